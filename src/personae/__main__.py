@@ -1,0 +1,3 @@
+from personae.cli.main import main
+
+raise SystemExit(main())

@@ -1,0 +1,118 @@
+"""Shared machinery for settings schemas.
+
+Every schema subclasses `Strict`: unknown keys are errors (a typo in a job file names
+the key and the nearest valid one), values are validated once, and persisted files
+carry a `version` that `parse_settings` migrates forward, one function per version.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, ClassVar, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from personae.errors import UserError, did_you_mean
+
+T = TypeVar("T", bound="Strict")
+
+
+class Strict(BaseModel):
+    """A settings schema: unknown keys rejected, assignment validated."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
+
+    # The newest version of this schema, and how to lift an older dict to the next one:
+    # MIGRATIONS[n] turns a version-n dict into a version-(n+1) dict.
+    VERSION: ClassVar[int] = 1
+    MIGRATIONS: ClassVar[dict[int, Callable[[dict], dict]]] = {}
+
+
+def _fields_at(cls: type[BaseModel], loc: tuple) -> list[str]:
+    """Valid key names at the location of an error (for 'did you mean')."""
+    model: Any = cls
+    for part in loc[:-1]:
+        field = getattr(model, "model_fields", {}).get(part)
+        if field is None:
+            return []
+        model = field.annotation
+        args = getattr(model, "__args__", ())
+        for arg in args:  # Optional[Sub] / Sub | None
+            if isinstance(arg, type) and issubclass(arg, BaseModel):
+                model = arg
+    return list(getattr(model, "model_fields", {}))
+
+
+def migrate(cls: type[Strict], data: dict, source: str) -> dict:
+    """Bring a persisted dict up to `cls.VERSION` through the registered migrations."""
+    version = data.get("version", cls.VERSION)
+    if not isinstance(version, int) or version < 1:
+        raise UserError(f"{source}: 'version' must be a positive whole number, got {version!r}.")
+    if version > cls.VERSION:
+        raise UserError(
+            f"{source} has version {version}, newer than this personae understands (up to {cls.VERSION}).",
+            "Upgrade personae, or write the file for the older version.",
+        )
+    while version < cls.VERSION:
+        data = cls.MIGRATIONS[version](dict(data))
+        version += 1
+        data["version"] = version
+    return data
+
+
+def parse_settings(cls: type[T], data: Mapping[str, Any] | None, source: str = "settings") -> T:
+    """Validate `data` against `cls`; a problem becomes one readable UserError."""
+    data = dict(data or {})
+    if "version" in cls.model_fields:
+        data = migrate(cls, data, source)
+    try:
+        return cls.model_validate(data)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            loc = tuple(err["loc"])
+            where = ".".join(str(p) for p in loc) or "(top level)"
+            if err["type"] == "extra_forbidden":
+                hint = did_you_mean(str(loc[-1]), _fields_at(cls, loc))
+                problems.append(f'unknown key "{where}".{hint}')
+            else:
+                problems.append(f'"{where}": {err["msg"]}')
+        raise UserError(
+            f"{source} is not valid: " + "; ".join(problems) + ".",
+            "Fix the key or value named above (see --help for the valid settings).",
+        ) from None
+
+
+def load_yaml(path: str | Path) -> dict:
+    """Read a YAML mapping, with a clear error for a missing or malformed file."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path} does not exist or is not a file.", "Check the path.")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise UserError(f"{path} is not valid YAML: {exc}.", "Fix the syntax at the line shown.") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise UserError(f"{path} must hold a mapping of settings (key: value), not {type(data).__name__}.")
+    return data
+
+
+def apply_overrides(data: dict, assignments: list[str]) -> dict:
+    """Apply `--set a.b=value` overrides (values parsed as YAML) to a nested dict."""
+    data = dict(data)
+    for item in assignments:
+        if "=" not in item:
+            raise UserError(f'--set "{item}" has no "=".', "Write it as key=value, e.g. --set train.steps=100.")
+        key, raw = item.split("=", 1)
+        node = data
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            child = node.get(part)
+            node[part] = dict(child) if isinstance(child, dict) else {}
+            node = node[part]
+        node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else ""
+    return data

@@ -1,0 +1,100 @@
+"""The tiny SD-1.5-architecture model used by tests, the demo and benchmarks.
+
+Real diffusers / transformers classes at small sizes (the way diffusers tests itself),
+random weights from a seed, the real SD-1.5 CLIP tokenizer files and scheduler config.
+It keeps SD-1.5's structure (4 UNet levels with cross-attention, a VAE that downsamples
+8x, a CLIP text encoder) so every code path, single-file conversion included, is the
+one real models take. Native size: 64x64 pixels (8x8 latents).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+from safetensors.torch import save_file
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+from personae.models.original_layout import pipeline_to_original
+
+SD15_DIR = Path(__file__).parent / "sd15"
+CONFIG_METADATA_KEY = "personae_configs"  # single-file header entry holding the component configs
+
+TINY_UNET = dict(
+    sample_size=8, in_channels=4, out_channels=4, layers_per_block=1,
+    block_out_channels=(32, 32, 64, 64), attention_head_dim=8, cross_attention_dim=32, norm_num_groups=8,
+    down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+)
+TINY_VAE = dict(
+    sample_size=64, in_channels=3, out_channels=3, latent_channels=4, layers_per_block=1,
+    block_out_channels=(8, 16, 32, 32), norm_num_groups=8,
+    down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+)
+TINY_TEXT = dict(
+    hidden_size=32, intermediate_size=37, num_hidden_layers=4, num_attention_heads=4, projection_dim=32,
+    vocab_size=49408, max_position_embeddings=77, hidden_act="quick_gelu",
+    bos_token_id=49406, eos_token_id=49407, pad_token_id=49407,
+)
+
+
+def sd15_tokenizer() -> CLIPTokenizer:
+    """The SD-1.5 CLIP tokenizer from the files shipped in the package (no network)."""
+    return CLIPTokenizer.from_pretrained(str(SD15_DIR / "tokenizer"))
+
+
+def sd15_scheduler() -> PNDMScheduler:
+    return PNDMScheduler.from_pretrained(str(SD15_DIR / "scheduler"))
+
+
+def build_tiny_pipeline(seed: int = 0) -> StableDiffusionPipeline:
+    """A tiny, seeded StableDiffusionPipeline (random weights, float32, CPU)."""
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(**TINY_UNET)
+    torch.manual_seed(seed + 1)
+    vae = AutoencoderKL(**TINY_VAE)
+    torch.manual_seed(seed + 2)
+    text_encoder = CLIPTextModel(CLIPTextConfig(**TINY_TEXT))
+    return StableDiffusionPipeline(
+        unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=sd15_tokenizer(), scheduler=sd15_scheduler(),
+        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+    )
+
+
+def component_configs(pipe: StableDiffusionPipeline) -> dict:
+    """The configs a single file needs to be rebuilt (stored in its header)."""
+    return {
+        "unet": dict(pipe.unet.config),
+        "vae": dict(pipe.vae.config),
+        "text_encoder": pipe.text_encoder.config.to_dict(),
+        "scheduler": dict(pipe.scheduler.config),
+    }
+
+
+def save_single_file(pipe: StableDiffusionPipeline, path: str | Path, extra_metadata: dict | None = None) -> Path:
+    """Write the pipeline's weights as one original-layout .safetensors file.
+
+    The component configs go into the header so personae can rebuild non-standard
+    sizes (such as the tiny model) offline; other tools read the tensors as usual.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = pipeline_to_original(pipe.unet, pipe.vae, pipe.text_encoder)
+    metadata = {"format": "pt", CONFIG_METADATA_KEY: json.dumps(component_configs(pipe), default=list)}
+    metadata.update(extra_metadata or {})
+    tmp = path.with_name(path.name + ".partial")
+    save_file(state, str(tmp), metadata=metadata)
+    tmp.replace(path)
+    return path
+
+
+def write_tiny_model(out_dir: str | Path, seed: int = 0, single_file: str | Path | None = None) -> Path:
+    """Write the tiny model as a diffusers folder (and optionally as one original-layout file)."""
+    out_dir = Path(out_dir)
+    pipe = build_tiny_pipeline(seed)
+    pipe.save_pretrained(str(out_dir), safe_serialization=True)
+    if single_file is not None:
+        save_single_file(pipe, single_file)
+    return out_dir
