@@ -164,7 +164,7 @@ def load_pipeline(source: ModelSource, dtype: torch.dtype = torch.float32):
     """Load a StableDiffusionPipeline (no safety checker) from any kind of source, on the CPU."""
     from diffusers import StableDiffusionPipeline
 
-    kwargs = dict(torch_dtype=dtype, safety_checker=None, requires_safety_checker=False)
+    kwargs = dict(dtype=dtype, safety_checker=None, requires_safety_checker=False)
     if source.kind == "folder":
         return StableDiffusionPipeline.from_pretrained(source.location, local_files_only=True, **kwargs)
     if source.kind == "hub":

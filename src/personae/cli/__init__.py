@@ -1,0 +1,1 @@
+"""The command line: parse, call the core, render its events. No logic of its own."""

@@ -1,0 +1,109 @@
+"""`personae generate`: txt2img with A1111's settings; every PNG carries them."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+EXAMPLES = """examples:
+  personae generate --model ./tiny --prompt "a photo of a cat" --steps 4 --seed 7 --out out/
+  personae generate --model runwayml/stable-diffusion-v1-5 --prompt "a (red:1.3) fox, [blurry]" \\
+      --negative "lowres" --sampler "DPM++ 2M Karras" --clip-skip 2 --batch-size 4 --out out/
+  personae generate --model ./majicmix.safetensors --lora me.safetensors:0.8 \\
+      --embedding easynegative.safetensors --prompt "photo of sks man" --out out/
+  personae generate --from-png out/00000-7.png --seed 8 --out out/
+
+samplers: {samplers}
+"""
+
+
+def _lora(text: str) -> dict:
+    path, _, weight = text.rpartition(":")
+    if path and not Path(text).is_file():
+        try:
+            return {"path": path, "weight": float(weight)}
+        except ValueError:
+            pass
+    return {"path": text, "weight": 1.0}
+
+
+def _embedding(text: str) -> dict:
+    path, _, token = text.rpartition(":")
+    if path and not Path(text).is_file() and token:
+        return {"path": path, "token": token}
+    return {"path": text, "token": None}
+
+
+def add_generate_options(p: argparse.ArgumentParser) -> None:
+    """The options every generating command shares (generate, animate, compare overrides)."""
+    p.add_argument("--model", help="diffusers folder, single-file .safetensors checkpoint, or hub id")
+    p.add_argument("--prompt", help='prompt; A1111 syntax: (word:1.3), (word), [word], BREAK; any length')
+    p.add_argument("--negative", help="negative prompt")
+    p.add_argument("--steps", type=int, help="sampling steps (default 20)")
+    p.add_argument("--cfg", type=float, help="CFG scale (default 7)")
+    p.add_argument("--seed", type=int, help="seed; -1 for random (default)")
+    p.add_argument("--width", type=int, help="width in pixels, multiple of 8 (default: the model's native size)")
+    p.add_argument("--height", type=int, help="height in pixels, multiple of 8 (default: the model's native size)")
+    p.add_argument("--sampler", help='A1111 sampler name (default "DPM++ 2M Karras"); see the list below')
+    p.add_argument("--clip-skip", type=int, help="1 = last CLIP layer (default), 2 = the one before (anime models)")
+    p.add_argument("--lora", action="append", type=_lora, metavar="FILE[:WEIGHT]", help="a LoRA file (repeatable)")
+    p.add_argument("--embedding", action="append", type=_embedding, metavar="FILE[:TOKEN]",
+                   help="a textual-inversion embedding (repeatable); token defaults to the file's")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], help="default auto")
+    p.add_argument("--dtype", choices=["auto", "fp32", "fp16", "bf16"], help="default auto (fp16 on GPU, fp32 on CPU)")
+    p.add_argument("--allow-pickle", action="store_true", default=None,
+                   help="allow .ckpt/.pt/.bin files (they can run code when loaded)")
+
+
+def add_parser(sub) -> None:
+    from personae.inference.samplers import SAMPLERS
+
+    p = sub.add_parser("generate", help="text to image with A1111 settings",
+                       description="Generate images; each PNG carries its settings in A1111's `parameters` chunk.",
+                       epilog=EXAMPLES.format(samplers=", ".join(SAMPLERS)),
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_generate_options(p)
+    p.add_argument("--batch-size", type=int, help="images per pass (default 1)")
+    p.add_argument("--batch-count", type=int, help="number of passes (default 1)")
+    p.add_argument("--from-png", metavar="FILE", help="start from the settings stored in a PNG; other options override")
+    p.add_argument("--out", default="outputs", help="output folder (default ./outputs)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(run=run)
+
+
+_FIELDS = {"model": "model", "prompt": "prompt", "negative": "negative", "steps": "steps", "cfg": "cfg",
+           "seed": "seed", "width": "width", "height": "height", "sampler": "sampler", "clip_skip": "clip_skip",
+           "batch_size": "batch_size", "batch_count": "batch_count", "lora": "loras", "embedding": "embeddings",
+           "device": "device", "dtype": "dtype", "allow_pickle": "allow_pickle"}
+
+
+def settings_from_args(args, base: dict | None = None):
+    """Merge explicitly given options over `base` and validate them as GenerateSettings."""
+    from personae.config.base import parse_settings
+    from personae.config.generate import GenerateSettings
+    from personae.errors import UserError
+
+    data = dict(base or {})
+    for arg, field in _FIELDS.items():
+        value = getattr(args, arg, None)
+        if value is not None:
+            data[field] = value
+    for needed in ("model", "prompt"):
+        if not data.get(needed):
+            hint = " (the PNG names only the model's name)" if needed == "model" and base else ""
+            raise UserError(f"--{needed} is required{hint}.", "See `personae generate --help` for examples.")
+    return parse_settings(GenerateSettings, data, "the generate options")
+
+
+def run(args) -> int:
+    from personae.cli.progress import TerminalProgress
+    from personae.jobs.generate import run_generate, settings_from_png
+
+    base = settings_from_png(args.from_png) if args.from_png else None
+    settings = settings_from_args(args, base)
+    progress = TerminalProgress(quiet=args.quiet)
+    try:
+        run_generate(settings, args.out, on_event=progress)
+    finally:
+        progress.close()
+    return 0

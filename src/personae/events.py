@@ -1,0 +1,36 @@
+"""Typed progress events: how long-running work reports to the CLI, the web UI and tests.
+
+The core never prints or draws bars; it calls an `on_event` callback with these, and the
+adapters render them (tqdm in the CLI). A callback may raise `Cancelled` to stop work.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Progress:
+    stage: str  # what is running, e.g. "denoise", "prepare", "train"
+    done: int  # units finished so far
+    total: int  # units in the stage (0 when unknown)
+    info: dict = field(default_factory=dict)  # e.g. {"loss": 0.1} for a postfix
+
+
+@dataclass(frozen=True)
+class Message:
+    text: str  # a line for the user (a warning, or where files went)
+    level: str = "info"  # "info" or "warning"
+
+
+Event = Progress | Message
+EventHandler = Callable[[Event], None]
+
+
+class Cancelled(Exception):
+    """Raised by an event handler to stop the work that called it."""
+
+
+def ignore(_: Event) -> None:
+    """The default handler: report nothing."""

@@ -1,0 +1,138 @@
+"""Prompts as AUTOMATIC1111 reads them: attention weights, any length, clip skip.
+
+- `(word)` multiplies attention by 1.1, `[word]` divides by 1.1, `(word:1.3)` sets 1.3
+  (nesting multiplies), `\\(` is a literal bracket, `BREAK` starts a new 75-token chunk.
+- A prompt longer than 75 tokens is not cut: it is split into chunks of 75, each
+  encoded as its own 77-token sequence, and the embeddings are concatenated, as A1111
+  does. The UNet's cross-attention takes any sequence length.
+- Weights scale the token embeddings, then the chunk is rescaled to keep its mean
+  (A1111's method), so `(word:1.0)` equals `word`.
+- Clip skip K uses the K-th hidden state from the end, passed through the final layer
+  norm (K=1 is the normal output).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import torch
+
+CHUNK = 75  # tokens per chunk, plus begin and end tokens = CLIP's 77
+_TOKEN = re.compile(r"\\[()\[\]\\]|\(|\[|:\s*([+-]?(?:\d+\.?\d*|\.\d+))\s*\)|\)|\]|[^\\()\[\]:]+|:|\\")
+_BREAK = re.compile(r"\s*\bBREAK\b\s*")
+
+
+def parse_attention(text: str) -> list[tuple[str, float]]:
+    """Split a prompt into (text, weight) runs; "BREAK" comes out as its own run with weight -1."""
+    runs: list[list] = []
+    round_starts: list[int] = []
+    square_starts: list[int] = []
+
+    def scale(start: int, factor: float) -> None:
+        for run in runs[start:]:
+            run[1] *= factor
+
+    for match in _TOKEN.finditer(text):
+        tok, weight = match.group(0), match.group(1)
+        if tok.startswith("\\") and len(tok) == 2:
+            runs.append([tok[1], 1.0])
+        elif tok == "(":
+            round_starts.append(len(runs))
+        elif tok == "[":
+            square_starts.append(len(runs))
+        elif weight is not None and round_starts:
+            scale(round_starts.pop(), float(weight))
+        elif tok == ")" and round_starts:
+            scale(round_starts.pop(), 1.1)
+        elif tok == "]" and square_starts:
+            scale(square_starts.pop(), 1 / 1.1)
+        else:
+            parts = _BREAK.split(tok)
+            for i, part in enumerate(parts):
+                if i:
+                    runs.append(["BREAK", -1.0])
+                if part:
+                    runs.append([part, 1.0])
+    for start in round_starts:  # unclosed brackets still count, as in A1111
+        scale(start, 1.1)
+    for start in square_starts:
+        scale(start, 1 / 1.1)
+    merged: list[list] = []
+    for text_run, weight in runs:
+        if merged and merged[-1][1] == weight and weight != -1.0:
+            merged[-1][0] += text_run
+        else:
+            merged.append([text_run, weight])
+    return [(t, w) for t, w in merged] or [("", 1.0)]
+
+
+@dataclass
+class EncodedPrompt:
+    embeds: torch.Tensor  # [1, 77 * chunks, hidden]
+    chunks: int
+    tokens: int  # prompt tokens, without begin/end/padding
+
+
+class PromptEncoder:
+    """Encodes prompts for one pipeline (its tokenizer, text encoder and loaded embeddings)."""
+
+    def __init__(self, pipe):
+        self.pipe = pipe
+        self.tokenizer = pipe.tokenizer
+        self.text_encoder = pipe.text_encoder
+
+    def token_chunks(self, prompt: str) -> list[list[tuple[int, float]]]:
+        """(token id, weight) lists of at most 75 tokens each."""
+        chunks: list[list[tuple[int, float]]] = [[]]
+        for text, weight in parse_attention(prompt):
+            if weight == -1.0:  # BREAK
+                chunks.append([])
+                continue
+            if hasattr(self.pipe, "maybe_convert_prompt"):  # expands multi-vector embedding tokens
+                text = self.pipe.maybe_convert_prompt(text, self.tokenizer)
+            ids = self.tokenizer(text, add_special_tokens=False, truncation=False, verbose=False).input_ids
+            for token in ids:
+                if len(chunks[-1]) == CHUNK:
+                    chunks.append([])
+                chunks[-1].append((token, weight))
+        return chunks
+
+    @torch.no_grad()
+    def _encode_chunk(self, chunk: list[tuple[int, float]], clip_skip: int) -> torch.Tensor:
+        bos, eos = self.tokenizer.bos_token_id, self.tokenizer.eos_token_id
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else eos
+        ids = [bos] + [t for t, _ in chunk] + [eos]
+        ids += [pad] * (CHUNK + 2 - len(ids))
+        weights = torch.tensor([1.0] + [w for _, w in chunk] + [1.0] * (CHUNK + 1 - len(chunk)))
+        device = self.text_encoder.device
+        out = self.text_encoder(torch.tensor([ids], device=device), output_hidden_states=clip_skip > 1)
+        if clip_skip > 1:
+            final_norm = getattr(self.text_encoder, "final_layer_norm", None)
+            if final_norm is None:  # transformers < 5 nests the modules under .text_model
+                final_norm = self.text_encoder.text_model.final_layer_norm
+            z = final_norm(out.hidden_states[-clip_skip])
+        else:
+            z = out[0]
+        if bool((weights != 1.0).any()):
+            weights = weights.to(device=device, dtype=z.dtype)
+            original_mean = z.mean()
+            z = z * weights[None, :, None]
+            z = z * (original_mean / z.mean())
+        return z
+
+    def encode(self, prompt: str, clip_skip: int = 1, min_chunks: int = 1) -> EncodedPrompt:
+        layers = self.text_encoder.config.num_hidden_layers
+        if clip_skip > layers:
+            from personae.errors import UserError
+
+            raise UserError(f"Clip skip {clip_skip} is more than this text encoder's {layers} layers.", "Use 1 or 2.")
+        chunks = self.token_chunks(prompt)
+        chunks += [[]] * (min_chunks - len(chunks))
+        embeds = torch.cat([self._encode_chunk(c, clip_skip) for c in chunks], dim=1)
+        return EncodedPrompt(embeds, len(chunks), sum(len(c) for c in chunks))
+
+    def encode_pair(self, prompt: str, negative: str, clip_skip: int = 1) -> tuple[EncodedPrompt, EncodedPrompt]:
+        """Positive and negative embeddings with the same number of chunks (padded with empty ones)."""
+        n = max(len(self.token_chunks(prompt)), len(self.token_chunks(negative)))
+        return self.encode(prompt, clip_skip, n), self.encode(negative, clip_skip, n)

@@ -1,0 +1,60 @@
+"""A loaded model ready to generate: pipeline, device, add-ons and prompt encoder.
+
+Loading is the slow part, so callers that generate many images (compare, storyboard,
+the UI) keep one `Session` and change only what differs between images.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from personae.events import EventHandler, Message, ignore
+from personae.inference.prompt import PromptEncoder
+from personae.models.addons import LoadedEmbedding, LoadedLora, load_embeddings, load_loras
+from personae.models.device import pick_device, pick_dtype
+from personae.models.resolve import ModelSource, load_pipeline, model_hash, resolve_model
+
+
+@dataclass
+class Session:
+    pipe: object  # a diffusers StableDiffusionPipeline (or a subclass sharing its components)
+    source: ModelSource
+    device: torch.device
+    dtype: torch.dtype
+    loras: list[LoadedLora] = field(default_factory=list)
+    embeddings: list[LoadedEmbedding] = field(default_factory=list)
+
+    @property
+    def encoder(self) -> PromptEncoder:
+        return PromptEncoder(self.pipe)
+
+    @property
+    def native_size(self) -> int:
+        """The model's training resolution in pixels (512 for SD-1.5, 64 for the tiny model)."""
+        return int(self.pipe.unet.config.sample_size) * int(self.pipe.vae_scale_factor)
+
+    @property
+    def model_hash(self) -> str | None:
+        return model_hash(self.source)
+
+
+def open_session(model: str, device: str = "auto", dtype: str = "auto", allow_pickle: bool = False,
+                 loras: list[tuple[str, float]] = (), embeddings: list[tuple[str, str | None]] = (),
+                 on_event: EventHandler = ignore) -> Session:
+    """Resolve, load and move a model, then apply LoRAs and embeddings."""
+    # 1. check inputs before any heavy work
+    source = resolve_model(model, allow_pickle=allow_pickle)
+    dev = pick_device(device)
+    torch_dtype = pick_dtype(dtype, dev)
+    # 2. load the base model
+    on_event(Message(f"loading {source.kind.replace('_', ' ')} {source.location}"))
+    pipe = load_pipeline(source, dtype=torch_dtype)
+    pipe.to(dev)
+    pipe.set_progress_bar_config(disable=True)
+    # 3. add-ons: diffusers' own loaders
+    session = Session(pipe, source, dev, torch_dtype)
+    session.loras = load_loras(pipe, list(loras), allow_pickle=allow_pickle)
+    session.embeddings = load_embeddings(pipe, list(embeddings), allow_pickle=allow_pickle)
+    return session

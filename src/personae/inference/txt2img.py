@@ -1,0 +1,100 @@
+"""Text to image, A1111-style: samplers by name, weighted long prompts, clip skip, seeds.
+
+    images = txt2img(GenerateSettings(model="./tiny", prompt="a photo of a cat", steps=4))
+
+Seeds follow A1111: image i of batch b gets seed + b * batch_size + i, each with its
+own CPU generator, so an image reproduces on any device and at any batch position.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass
+
+import torch
+from PIL import Image
+
+from personae import __version__
+from personae.config.generate import GenerateSettings
+from personae.events import EventHandler, Message, Progress, ignore
+from personae.inference.samplers import get_sampler
+from personae.inference.session import Session, open_session
+from personae.media.png import format_parameters
+from personae.models.addons import hashes_text
+
+
+@dataclass
+class GeneratedImage:
+    image: Image.Image
+    seed: int
+    parameters: str  # A1111 infotext for the PNG's `parameters` chunk
+    settings: GenerateSettings  # settings that reproduce this one image (its seed, batch of 1)
+
+    def png_text(self) -> dict[str, str]:
+        """Text chunks to write: A1111's `parameters` and personae's full settings."""
+        return {"personae": json.dumps(self.settings.model_dump(), ensure_ascii=False)}
+
+
+def session_for(settings: GenerateSettings, on_event: EventHandler = ignore) -> Session:
+    return open_session(settings.model, settings.device, settings.dtype, settings.allow_pickle,
+                        loras=[(l.path, l.weight) for l in settings.loras],
+                        embeddings=[(e.path, e.token) for e in settings.embeddings], on_event=on_event)
+
+
+def infotext(settings: GenerateSettings, session: Session, seed: int, width: int, height: int) -> str:
+    params = {
+        "Steps": settings.steps, "Sampler": settings.sampler, "CFG scale": float(settings.cfg), "Seed": seed,
+        "Size": f"{width}x{height}", "Model hash": session.model_hash, "Model": session.source.name,
+        "Clip skip": settings.clip_skip,
+        "Lora hashes": hashes_text({l.name: l.hash for l in session.loras}),
+        "TI hashes": hashes_text({e.token: e.hash for e in session.embeddings}),
+        "Version": f"personae {__version__}",
+    }
+    prompt = settings.prompt + "".join(f" <lora:{l.name}:{l.weight:g}>" for l in session.loras)
+    return format_parameters(prompt, settings.negative, params)
+
+
+def txt2img(settings: GenerateSettings, session: Session | None = None,
+            on_event: EventHandler = ignore) -> list[GeneratedImage]:
+    # 1. check inputs and fix the seed
+    sampler = get_sampler(settings.sampler)
+    seed = settings.seed if settings.seed >= 0 else random.randrange(2**32)
+    # 2. load the model, LoRAs and embeddings (unless the caller holds a session)
+    session = session or session_for(settings, on_event)
+    pipe = session.pipe
+    width = settings.width or session.native_size
+    height = settings.height or session.native_size
+    # 3. the sampler, built on the model's own noise schedule
+    pipe.scheduler = sampler.make(pipe.scheduler.config)
+    if not sampler.exact:
+        on_event(Message(f'"{sampler.name}" runs as diffusers\' {sampler.scheduler.__name__} (the nearest match).', "warning"))
+    # 4. encode prompts: weighted, chunked by 75 tokens, clip skip
+    positive, negative = session.encoder.encode_pair(settings.prompt, settings.negative, settings.clip_skip)
+    if positive.chunks > 1:
+        on_event(Message(f"prompt has {positive.tokens} tokens: encoded as {positive.chunks} chunks of 75 (not truncated)"))
+    results: list[GeneratedImage] = []
+    n = settings.batch_size
+    for batch in range(settings.batch_count):
+        seeds = [(seed + batch * n + i) % 2**32 for i in range(n)]
+        total = settings.steps
+
+        def report(pipeline, step, timestep, kwargs, _batch=batch):
+            count = len(pipeline.scheduler.timesteps) or total
+            on_event(Progress("denoise", step + 1, count, {"batch": _batch + 1, "batches": settings.batch_count}))
+            return kwargs
+
+        # 5. denoise: one CPU generator per image, so each seed reproduces alone
+        with torch.no_grad():
+            images = pipe(
+                prompt_embeds=positive.embeds.to(session.dtype).repeat(n, 1, 1),
+                negative_prompt_embeds=negative.embeds.to(session.dtype).repeat(n, 1, 1),
+                num_inference_steps=settings.steps, guidance_scale=settings.cfg, width=width, height=height,
+                generator=[torch.Generator("cpu").manual_seed(s) for s in seeds],
+                callback_on_step_end=report,
+            ).images
+        # 6. settings that reproduce each image on its own
+        for image, s in zip(images, seeds):
+            one = settings.model_copy(update={"seed": s, "batch_size": 1, "batch_count": 1, "width": width, "height": height})
+            results.append(GeneratedImage(image, s, infotext(settings, session, s, width, height), one))
+    return results
