@@ -14,7 +14,7 @@ from typing import Any, ClassVar, TypeVar
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from personae.errors import UserError, did_you_mean
+from personae.errors import UserError, nearest
 
 T = TypeVar("T", bound="Strict")
 
@@ -34,6 +34,8 @@ def _fields_at(cls: type[BaseModel], loc: tuple) -> list[str]:
     """Valid key names at the location of an error (for 'did you mean')."""
     model: Any = cls
     for part in loc[:-1]:
+        if isinstance(part, int):  # an index into a list: the item type was taken already
+            continue
         field = getattr(model, "model_fields", {}).get(part)
         if field is None:
             return []
@@ -75,8 +77,8 @@ def parse_settings(cls: type[T], data: Mapping[str, Any] | None, source: str = "
             loc = tuple(err["loc"])
             where = ".".join(str(p) for p in loc) or "(top level)"
             if err["type"] == "extra_forbidden":
-                hint = did_you_mean(str(loc[-1]), _fields_at(cls, loc))
-                problems.append(f'unknown key "{where}".{hint}')
+                hint = nearest(str(loc[-1]), _fields_at(cls, loc))
+                problems.append(f'unknown key "{where}"' + (f' (did you mean "{hint}"?)' if hint else ""))
             else:
                 problems.append(f'"{where}": {err["msg"]}')
         raise UserError(
@@ -101,6 +103,19 @@ def load_yaml(path: str | Path) -> dict:
     return data
 
 
+def _yaml_value(raw: str) -> Any:
+    """A --set value as YAML would read it, plus 1e-4 as a number (YAML 1.1 reads it as text)."""
+    if not raw.strip():
+        return ""
+    value = yaml.safe_load(raw)
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    return value
+
+
 def apply_overrides(data: dict, assignments: list[str]) -> dict:
     """Apply `--set a.b=value` overrides (values parsed as YAML) to a nested dict."""
     data = dict(data)
@@ -114,5 +129,5 @@ def apply_overrides(data: dict, assignments: list[str]) -> dict:
             child = node.get(part)
             node[part] = dict(child) if isinstance(child, dict) else {}
             node = node[part]
-        node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else ""
+        node[parts[-1]] = _yaml_value(raw)
     return data

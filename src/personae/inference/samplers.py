@@ -8,6 +8,7 @@ A new sampler is one line in SAMPLERS.
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, field
 
 from diffusers import (
@@ -36,11 +37,19 @@ class Sampler:
     exact: bool = True  # False: the nearest diffusers scheduler, not the same algorithm
 
     def make(self, base_config: dict) -> SchedulerMixin:
-        """A fresh scheduler built on the model's own noise schedule (betas, timesteps)."""
-        return self.scheduler.from_config(base_config, **self.options)
+        """A fresh scheduler built on the model's own noise schedule (betas, timesteps).
+
+        Options that tell samplers apart are always set, so a model whose shipped scheduler
+        config enables e.g. Karras sigmas does not turn "DPM++ 2M" into "DPM++ 2M Karras".
+        """
+        accepted = inspect.signature(self.scheduler.__init__).parameters
+        options = {k: v for k, v in _DISTINGUISHING.items() if k in accepted}
+        options.update(self.options)
+        return self.scheduler.from_config(base_config, **options)
 
 
 _KARRAS = {"use_karras_sigmas": True}
+_DISTINGUISHING = {"use_karras_sigmas": False, "use_exponential_sigmas": False, "use_beta_sigmas": False}
 SAMPLERS: dict[str, Sampler] = {s.name: s for s in [
     Sampler("Euler", EulerDiscreteScheduler),
     Sampler("Euler a", EulerAncestralDiscreteScheduler),
@@ -51,8 +60,8 @@ SAMPLERS: dict[str, Sampler] = {s.name: s for s in [
     Sampler("Heun", HeunDiscreteScheduler),
     Sampler("DPM2", KDPM2DiscreteScheduler),
     Sampler("DPM2 a", KDPM2AncestralDiscreteScheduler),
-    Sampler("DPM++ 2M", DPMSolverMultistepScheduler),
-    Sampler("DPM++ 2M Karras", DPMSolverMultistepScheduler, _KARRAS),
+    Sampler("DPM++ 2M", DPMSolverMultistepScheduler, {"algorithm_type": "dpmsolver++"}),
+    Sampler("DPM++ 2M Karras", DPMSolverMultistepScheduler, {"algorithm_type": "dpmsolver++", **_KARRAS}),
     Sampler("DPM++ 2M SDE", DPMSolverMultistepScheduler, {"algorithm_type": "sde-dpmsolver++"}),
     Sampler("DPM++ 2M SDE Karras", DPMSolverMultistepScheduler, {"algorithm_type": "sde-dpmsolver++", **_KARRAS}),
     Sampler("DPM++ 2S a", DPMSolverSinglestepScheduler, exact=False),

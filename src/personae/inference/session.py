@@ -25,6 +25,11 @@ class Session:
     dtype: torch.dtype
     loras: list[LoadedLora] = field(default_factory=list)
     embeddings: list[LoadedEmbedding] = field(default_factory=list)
+    base_scheduler: dict = field(default_factory=dict)  # the model's own scheduler config, samplers build on it
+
+    def __post_init__(self):
+        if not self.base_scheduler:
+            self.base_scheduler = dict(self.pipe.scheduler.config)
 
     @property
     def encoder(self) -> PromptEncoder:

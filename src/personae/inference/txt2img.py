@@ -66,7 +66,7 @@ def txt2img(settings: GenerateSettings, session: Session | None = None,
     width = settings.width or session.native_size
     height = settings.height or session.native_size
     # 3. the sampler, built on the model's own noise schedule
-    pipe.scheduler = sampler.make(pipe.scheduler.config)
+    pipe.scheduler = sampler.make(session.base_scheduler)
     if not sampler.exact:
         on_event(Message(f'"{sampler.name}" runs as diffusers\' {sampler.scheduler.__name__} (the nearest match).', "warning"))
     # 4. encode prompts: weighted, chunked by 75 tokens, clip skip

@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Set up personae in ./.venv. `--test` also installs what the test suite needs.
+# Idempotent: a second run only checks. Used by the README's two commands and by .ci/run.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PY=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  "$PY" -m venv .venv
+fi
+PIP=".venv/bin/pip --disable-pip-version-check"
+# torch first and pinned: an unpinned torch would pull a multi-GB CUDA build where a CPU one is wanted.
+# On a GPU machine this same pin is PyTorch's default (CUDA) build.
+$PIP install -q "torch==${PERSONAE_TORCH:-2.13.0}"
+extras=""
+if [ "${1:-}" = "--test" ]; then
+  extras="[test]"
+fi
+$PIP install -q -e ".${extras}"
+echo "personae is set up in .venv ($(.venv/bin/python -c 'import torch, diffusers; print("torch", torch.__version__, "diffusers", diffusers.__version__)'))"

@@ -1,0 +1,33 @@
+"""Shared fixtures: the tiny model written once per test session, CPU, fixed threads."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never touch the network
+os.environ.setdefault("PERSONAE_CACHE", os.path.join(os.environ.get("TMPDIR", "/tmp"), "personae-test-cache"))
+
+import pytest
+import torch
+
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory):
+    """(folder, single_file) of the tiny model, seed 0."""
+    from personae.models.tiny import write_tiny_model
+
+    root = tmp_path_factory.mktemp("tiny")
+    write_tiny_model(root / "tiny", seed=0, single_file=root / "tiny.safetensors")
+    return root / "tiny", root / "tiny.safetensors"
+
+
+@pytest.fixture(scope="session")
+def tiny_session(tiny_model):
+    """A loaded tiny pipeline (no add-ons); tests must not add LoRAs or tokens to it."""
+    from personae.cli.main import quiet_libraries
+    from personae.inference.session import open_session
+
+    quiet_libraries()
+    return open_session(str(tiny_model[0]), device="cpu")

@@ -1,0 +1,98 @@
+"""The command line as users run it: exit codes, one-paragraph errors, no tracebacks (issue #2's must-shows)."""
+
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from personae.media.png import read_png_text
+
+
+def personae(*args, env_extra=None, drop_env=(), timeout=300):
+    env = {k: v for k, v in os.environ.items() if k not in drop_env}
+    env.update(env_extra or {})
+    return subprocess.run([sys.executable, "-m", "personae", *map(str, args)], capture_output=True, text=True,
+                          env=env, timeout=timeout)
+
+
+def only_png(folder):
+    pngs = sorted(folder.glob("*.png"))
+    assert len(pngs) == 1, pngs
+    return pngs[0]
+
+
+def test_model_tiny_then_generate_reproducibly(tmp_path):
+    assert personae("model", "tiny", tmp_path / "T").returncode == 0
+    common = ["--model", tmp_path / "T", "--prompt", "a photo of a cat", "--steps", 4, "--width", 64, "--height", 64]
+    runs = {}
+    for name, seed in [("a", 7), ("b", 7), ("c", 8)]:
+        r = personae("generate", *common, "--seed", seed, "--out", tmp_path / name)
+        assert r.returncode == 0, r.stderr
+        runs[name] = only_png(tmp_path / name)
+    assert "wrote 1 image to" in r.stderr
+    params = read_png_text(runs["a"])["parameters"]
+    assert "Steps: 4" in params and "Seed: 7" in params and "Size: 64x64" in params
+    a, b, c = (np.asarray(Image.open(runs[k])) for k in "abc")
+    assert np.array_equal(a, b) and not np.array_equal(a, c)
+    # --from-png reproduces, and other options override what it stored
+    r = personae("generate", "--from-png", runs["a"], "--out", tmp_path / "d")
+    assert r.returncode == 0, r.stderr
+    assert np.array_equal(a, np.asarray(Image.open(only_png(tmp_path / "d"))))
+
+
+def test_single_file_and_folder_give_identical_pixels(tmp_path):
+    assert personae("model", "tiny", tmp_path / "T2", "--single-file", tmp_path / "T2.safetensors").returncode == 0
+    common = ["--prompt", "a photo of a cat", "--steps", 4, "--seed", 3, "--width", 64, "--height", 64]
+    for name, model in [("folder", tmp_path / "T2"), ("file", tmp_path / "T2.safetensors")]:
+        r = personae("generate", "--model", model, *common, "--out", tmp_path / name)
+        assert r.returncode == 0, r.stderr
+    assert np.array_equal(np.asarray(Image.open(only_png(tmp_path / "folder"))),
+                          np.asarray(Image.open(only_png(tmp_path / "file"))))
+
+
+def test_hub_id_offline_fails_fast_and_names_the_id(tmp_path):
+    """No HF_HUB_OFFLINE here: the real path with no network must still answer within seconds."""
+    start = time.monotonic()
+    r = personae("generate", "--model", "runwayml/stable-diffusion-v1-5", "--prompt", "x", "--out", tmp_path,
+                 drop_env=("HF_HUB_OFFLINE",), timeout=120)
+    assert time.monotonic() - start < 60
+    assert r.returncode != 0
+    assert "runwayml/stable-diffusion-v1-5" in r.stderr and "Traceback" not in r.stderr
+    assert not list(tmp_path.glob("*.png"))
+
+
+@pytest.mark.parametrize("args,expected", [
+    (["--model", "{ckpt}", "--prompt", "x"], "arbitrary code"),
+    (["--model", "{missing}", "--prompt", "x"], "not found"),
+    (["--model", "{tiny}", "--prompt", "x", "--sampler", "Eulr a"], 'Did you mean "Euler a"'),
+    (["--model", "{tiny}", "--prompt", "x", "--width", "65"], "multiple of 8"),
+    (["--model", "{tiny}", "--prompt", "x", "--dtype", "fp16", "--device", "cpu"], "fp16"),
+    (["--model", "{tiny}"], "--prompt is required"),
+])
+def test_bad_input_is_one_paragraph_and_a_nonzero_exit(tmp_path, tiny_model, args, expected):
+    (tmp_path / "model.ckpt").write_bytes(b"\x80\x02pickle")
+    values = {"ckpt": tmp_path / "model.ckpt", "missing": tmp_path / "nope", "tiny": tiny_model[0]}
+    r = personae("generate", *[a.format(**values) for a in args], "--out", tmp_path / "out")
+    assert r.returncode == 2
+    assert r.stderr.startswith("error: ") and expected in r.stderr.replace("\n", " ")
+    assert "Traceback" not in r.stderr and not (tmp_path / "out").exists()
+
+
+def test_help_has_examples_for_every_command():
+    for command in (["generate"], ["demo"], ["model", "tiny"]):
+        r = personae(*command, "--help")
+        assert r.returncode == 0 and "example" in r.stdout
+
+
+def test_demo_runs_offline_and_writes_an_index(tmp_path):
+    r = personae("demo", "--out", tmp_path / "demo", "--quiet")
+    assert r.returncode == 0, r.stderr
+    index = (tmp_path / "demo" / "index.md").read_text()
+    assert "identical pixels to the folder: True" in index and "identical pixels: True" in index
+    for line in index.splitlines():
+        if line.startswith("![]("):
+            assert (tmp_path / "demo" / line[4:-1]).is_file()

@@ -1,0 +1,147 @@
+"""txt2img: seeds, samplers, sizes, LoRAs and embeddings by file, PNG metadata and --from-png."""
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from personae.config.generate import GenerateSettings
+from personae.errors import UserError
+from personae.inference.samplers import SAMPLERS, get_sampler
+from personae.inference.txt2img import txt2img
+from personae.jobs.generate import run_generate, settings_from_png
+from personae.media.png import parse_parameters, read_png_text
+
+
+def pixels(result):
+    return np.asarray(result.image, dtype=np.int16)
+
+
+def settings(model, **kw):
+    return GenerateSettings(**{"model": str(model), "prompt": "a photo of a cat", "steps": 4, "seed": 7,
+                               "width": 64, "height": 64, **kw})
+
+
+def test_same_seed_same_pixels_new_seed_new_pixels(tiny_model, tiny_session):
+    a = txt2img(settings(tiny_model[0]), tiny_session)[0]
+    b = txt2img(settings(tiny_model[0]), tiny_session)[0]
+    c = txt2img(settings(tiny_model[0], seed=8), tiny_session)[0]
+    assert np.array_equal(pixels(a), pixels(b))
+    assert np.abs(pixels(a) - pixels(c)).mean() > 1
+
+
+def test_default_size_is_the_models_native_size(tiny_model, tiny_session):
+    out = txt2img(settings(tiny_model[0], width=None, height=None, steps=2), tiny_session)
+    assert out[0].image.size == (64, 64) and "Size: 64x64" in out[0].parameters
+    wide = txt2img(settings(tiny_model[0], width=96, height=64, steps=2), tiny_session)
+    assert wide[0].image.size == (96, 64)
+
+
+def test_batches_continue_the_seeds_and_each_image_reproduces_alone(tiny_model, tiny_session):
+    out = txt2img(settings(tiny_model[0], seed=10, batch_size=2, batch_count=2, steps=3), tiny_session)
+    assert [r.seed for r in out] == [10, 11, 12, 13]
+    alone = txt2img(settings(tiny_model[0], seed=12, steps=3), tiny_session)[0]
+    assert np.abs(pixels(alone) - pixels(out[2])).max() <= 1  # batched matmuls may differ in the last bit
+
+
+@pytest.mark.parametrize("name", list(SAMPLERS))
+def test_every_sampler_runs_and_is_deterministic(tiny_model, tiny_session, name):
+    s = settings(tiny_model[0], sampler=name, steps=3)
+    a, b = txt2img(s, tiny_session)[0], txt2img(s, tiny_session)[0]
+    assert type(tiny_session.pipe.scheduler) is SAMPLERS[name].scheduler
+    assert np.array_equal(pixels(a), pixels(b)) and pixels(a).std() > 0
+    assert f"Sampler: {name}," in a.parameters
+
+
+def test_karras_variant_changes_the_sigmas(tiny_session):
+    config = tiny_session.base_scheduler
+    plain, karras = get_sampler("DPM++ 2M").make(config), get_sampler("dpm++  2m karras").make(config)
+    plain.set_timesteps(10), karras.set_timesteps(10)
+    assert not torch.equal(plain.timesteps, karras.timesteps)
+    # a model that ships Karras sigmas on does not turn plain "DPM++ 2M" into the Karras variant
+    again = get_sampler("DPM++ 2M").make(karras.config)
+    again.set_timesteps(10)
+    assert torch.equal(again.timesteps, plain.timesteps)
+
+
+def test_unknown_sampler_lists_the_valid_names():
+    with pytest.raises(UserError) as err:
+        get_sampler("Euler b")
+    assert "Euler a" in str(err.value) and "UniPC" in str(err.value)
+
+
+def test_png_carries_a1111_parameters_and_from_png_reproduces(tiny_model, tmp_path):
+    s = settings(tiny_model[0], negative="blurry, (lowres:1.2)", clip_skip=2, sampler="Euler a")
+    [path] = run_generate(s, tmp_path)
+    prompt, negative, params = parse_parameters(read_png_text(path)["parameters"])
+    assert prompt == "a photo of a cat" and negative == "blurry, (lowres:1.2)"
+    assert params["Steps"] == "4" and params["Seed"] == "7" and params["Size"] == "64x64"
+    assert params["Sampler"] == "Euler a" and params["CFG scale"] == "7" and params["Clip skip"] == "2"
+    assert params["Model"] == "tiny"
+    again = run_generate(GenerateSettings(**settings_from_png(path)), tmp_path / "again")[0]
+    assert np.array_equal(np.asarray(__import__("PIL.Image").Image.open(path)), np.asarray(__import__("PIL.Image").Image.open(again)))
+
+
+def test_a1111_infotext_is_read_including_schedule_type(tmp_path):
+    from PIL import Image
+    from PIL.PngImagePlugin import PngInfo
+
+    text = ("masterpiece, (red fox:1.2), <lora:me:0.8>\nNegative prompt: lowres, bad hands\n"
+            'Steps: 30, Sampler: DPM++ 2M, Schedule type: Karras, CFG scale: 6.5, Seed: 1234, Size: 512x768, '
+            'Model hash: abcdef1234, Model: majicmix, Clip skip: 2, Lora hashes: "me: 0123456789ab", Version: v1.10.1')
+    info = PngInfo()
+    info.add_text("parameters", text)
+    Image.new("RGB", (8, 8)).save(tmp_path / "a1111.png", pnginfo=info)
+    data = settings_from_png(tmp_path / "a1111.png")
+    assert data == {"prompt": "masterpiece, (red fox:1.2),", "negative": "lowres, bad hands", "steps": 30,
+                    "cfg": 6.5, "seed": 1234, "width": 512, "height": 768, "clip_skip": 2, "sampler": "DPM++ 2M Karras"}
+
+
+def _lora_file(path, seed=0):
+    from diffusers import StableDiffusionPipeline
+    from diffusers.utils import convert_state_dict_to_diffusers
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+
+    from personae.models.tiny import build_tiny_pipeline
+
+    pipe = build_tiny_pipeline()
+    torch.manual_seed(seed)
+    pipe.unet.add_adapter(LoraConfig(r=4, lora_alpha=4, target_modules=["to_q", "to_k", "to_v", "to_out.0"],
+                                     init_lora_weights=False))
+    layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(pipe.unet))
+    StableDiffusionPipeline.save_lora_weights(str(path.parent), unet_lora_layers=layers, weight_name=path.name)
+    return path
+
+
+def test_lora_by_file_and_weight(tiny_model, tiny_session, tmp_path):
+    lora = _lora_file(tmp_path / "style.safetensors")
+    base = pixels(txt2img(settings(tiny_model[0]), tiny_session)[0])
+    full = txt2img(settings(tiny_model[0], loras=[{"path": str(lora), "weight": 1.0}]))[0]
+    off = txt2img(settings(tiny_model[0], loras=[{"path": str(lora), "weight": 0.0}]))[0]
+    assert np.abs(pixels(full) - base).mean() > 1
+    assert np.abs(pixels(off) - base).max() <= 1
+    assert "<lora:style:1>" in full.parameters and "Lora hashes: \"style: " in full.parameters
+
+
+def test_embeddings_in_a1111_and_diffusers_formats(tiny_model, tiny_session, tmp_path):
+    torch.manual_seed(0)
+    save_file({"emb_params": torch.randn(2, 32)}, str(tmp_path / "shiny-style.safetensors"))
+    save_file({"<toy>": torch.randn(1, 32)}, str(tmp_path / "learned_embeds.safetensors"))
+    base = pixels(txt2img(settings(tiny_model[0], prompt="a photo of a cat"), tiny_session)[0])
+    s = settings(tiny_model[0], prompt="a photo of a cat, shiny-style, <toy>",
+                 embeddings=[{"path": str(tmp_path / "shiny-style.safetensors")},
+                             {"path": str(tmp_path / "learned_embeds.safetensors")}])
+    out = txt2img(s)[0]
+    assert 'TI hashes: "shiny-style: ' in out.parameters and "<toy>: " in out.parameters
+    assert np.abs(pixels(out) - base).mean() > 1
+    renamed = settings(tiny_model[0], prompt="a photo of a cat, mytok",
+                       embeddings=[{"path": str(tmp_path / "shiny-style.safetensors"), "token": "mytok"}])
+    assert "mytok: " in txt2img(renamed)[0].parameters
+
+
+def test_missing_addon_files_and_cpu_fp16_are_clear_errors(tiny_model, tmp_path):
+    with pytest.raises(UserError, match="does not exist"):
+        txt2img(settings(tiny_model[0], loras=[{"path": str(tmp_path / "nope.safetensors")}]))
+    with pytest.raises(UserError, match="fp16"):
+        txt2img(settings(tiny_model[0], device="cpu", dtype="fp16"))

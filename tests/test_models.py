@@ -1,0 +1,117 @@
+"""The tiny model writer, the original-layout export and the model resolver's three kinds of input."""
+
+import json
+import time
+
+import pytest
+import torch
+from diffusers import StableDiffusionPipeline, UNet2DConditionModel
+from safetensors.torch import save_file
+
+from personae.errors import UserError
+from personae.models.resolve import load_pipeline, resolve_model
+from personae.models.tiny import TINY_UNET, build_tiny_pipeline, save_single_file, sd15_tokenizer, write_tiny_model
+
+
+def _files(folder):
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_same_seed_same_bytes_other_seed_other_weights(tmp_path):
+    write_tiny_model(tmp_path / "a", seed=3, single_file=tmp_path / "a.safetensors")
+    write_tiny_model(tmp_path / "b", seed=3, single_file=tmp_path / "b.safetensors")
+    write_tiny_model(tmp_path / "c", seed=4)
+    assert _files(tmp_path / "a") == _files(tmp_path / "b")
+    assert (tmp_path / "a.safetensors").read_bytes() == (tmp_path / "b.safetensors").read_bytes()
+    unet = "unet/diffusion_pytorch_model.safetensors"
+    assert _files(tmp_path / "a")[unet] != _files(tmp_path / "c")[unet]
+
+
+def test_shipped_tokenizer_gives_sd15_token_ids():
+    tok = sd15_tokenizer()
+    assert len(tok) == 49408
+    assert tok("a photo of a cat").input_ids == [49406, 320, 1125, 539, 320, 2368, 49407]
+
+
+def _assert_same_weights(a, b):
+    for name in ("unet", "vae", "text_encoder"):
+        sa, sb = getattr(a, name).state_dict(), getattr(b, name).state_dict()
+        assert set(sa) == set(sb), name
+        for key in sa:
+            assert torch.equal(sa[key], sb[key]), f"{name}.{key}"
+
+
+def test_single_file_reloads_through_diffusers_with_identical_weights(tiny_model):
+    folder, single = tiny_model
+    a = load_pipeline(resolve_model(str(folder)))
+    b = load_pipeline(resolve_model(str(single)))
+    assert resolve_model(str(single)).kind == "single_file"
+    _assert_same_weights(a, b)
+
+
+def test_export_holds_for_sd15_block_layout_with_two_layers_per_block(tmp_path):
+    """SD-1.5 itself has layers_per_block=2; the index arithmetic must hold there too."""
+    pipe = build_tiny_pipeline(seed=1)
+    torch.manual_seed(5)
+    pipe.unet = UNet2DConditionModel(**{**TINY_UNET, "layers_per_block": 2})
+    save_single_file(pipe, tmp_path / "lpb2.safetensors")
+    _assert_same_weights(pipe, load_pipeline(resolve_model(str(tmp_path / "lpb2.safetensors"))))
+
+
+def test_original_layout_keys_are_the_sd15_names(tiny_model):
+    from safetensors import safe_open
+
+    with safe_open(str(tiny_model[1]), framework="pt") as fh:
+        keys = set(fh.keys())
+    for key in ["model.diffusion_model.input_blocks.0.0.weight", "model.diffusion_model.time_embed.0.weight",
+                "model.diffusion_model.input_blocks.1.1.proj_in.weight", "model.diffusion_model.middle_block.1.proj_out.weight",
+                "model.diffusion_model.output_blocks.1.1.conv.weight", "model.diffusion_model.out.2.weight",
+                "first_stage_model.encoder.down.0.block.0.conv1.weight", "first_stage_model.decoder.up.3.upsample.conv.weight",
+                "first_stage_model.encoder.mid.attn_1.q.weight", "first_stage_model.quant_conv.weight",
+                "cond_stage_model.transformer.text_model.embeddings.token_embedding.weight"]:
+        assert key in keys, key
+
+
+def test_plain_sd15_file_without_header_uses_the_shipped_configs(tmp_path):
+    """A model-site file has no personae header: the shipped SD-1.5 configs are used (here: shapes mismatch
+    on purpose, proving those configs and not the tiny ones were read, offline)."""
+    pipe = build_tiny_pipeline()
+    from personae.models.original_layout import pipeline_to_original
+
+    save_file(pipeline_to_original(pipe.unet, pipe.vae, pipe.text_encoder), str(tmp_path / "site.safetensors"))
+    with pytest.raises(Exception) as err:
+        load_pipeline(resolve_model(str(tmp_path / "site.safetensors")))
+    assert "size" in str(err.value).lower() or "shape" in str(err.value).lower()
+
+
+def test_hub_id_fails_fast_offline_with_a_helpful_message():
+    source = resolve_model("runwayml/stable-diffusion-v1-5")
+    assert source.kind == "hub"
+    start = time.monotonic()
+    with pytest.raises(UserError) as err:
+        load_pipeline(source)
+    assert time.monotonic() - start < 30
+    assert "runwayml/stable-diffusion-v1-5" in str(err.value) and "--model ./" in str(err.value)
+
+
+@pytest.mark.parametrize("name", ["model.ckpt", "model.pt", "model.bin"])
+def test_pickle_checkpoints_are_refused_unless_allowed(tmp_path, name):
+    (tmp_path / name).write_bytes(b"not really")
+    with pytest.raises(UserError, match="arbitrary code"):
+        resolve_model(str(tmp_path / name))
+    assert resolve_model(str(tmp_path / name), allow_pickle=True).kind == "single_file"
+
+
+def test_bad_paths_say_what_is_wrong(tmp_path):
+    with pytest.raises(UserError, match="not found"):
+        resolve_model(str(tmp_path / "missing"))
+    with pytest.raises(UserError, match="model_index.json"):
+        resolve_model(str(tmp_path))
+    (tmp_path / "sdxl.safetensors").write_bytes(b"")
+    save_file({"conditioner.embedders.0.x": torch.zeros(1), "model.diffusion_model.x": torch.zeros(1)},
+              str(tmp_path / "sdxl.safetensors"))
+    with pytest.raises(UserError, match="SDXL"):
+        load_pipeline(resolve_model(str(tmp_path / "sdxl.safetensors")))
+    save_file({"lora_unet_down.alpha": torch.zeros(1)}, str(tmp_path / "lora.safetensors"))
+    with pytest.raises(UserError, match="--lora"):
+        load_pipeline(resolve_model(str(tmp_path / "lora.safetensors")))
