@@ -83,7 +83,7 @@ def test_bad_input_is_one_paragraph_and_a_nonzero_exit(tmp_path, tiny_model, arg
 
 
 def test_help_has_examples_for_every_command():
-    for command in (["generate"], ["demo"], ["model", "tiny"]):
+    for command in (["generate"], ["demo"], ["model", "tiny"], ["prepare"]):
         r = personae(*command, "--help")
         assert r.returncode == 0 and "example" in r.stdout
 
@@ -92,7 +92,22 @@ def test_demo_runs_offline_and_writes_an_index(tmp_path):
     r = personae("demo", "--out", tmp_path / "demo", "--quiet")
     assert r.returncode == 0, r.stderr
     index = (tmp_path / "demo" / "index.md").read_text()
+    assert "## Prepared training set" in index and (tmp_path / "demo/prepared/manifest.jsonl").is_file()
     assert "identical pixels to the folder: True" in index and "identical pixels: True" in index
     for line in index.splitlines():
         if line.startswith("![]("):
             assert (tmp_path / "demo" / line[4:-1]).is_file()
+
+
+def test_prepare_command_reports_and_fails_clearly(tmp_path):
+    from personae.data.samples import write_sample_subject
+
+    write_sample_subject(tmp_path / "photos", count=3)
+    (tmp_path / "photos" / "broken.png").write_text("not an image")
+    r = personae("prepare", tmp_path / "photos", tmp_path / "set", "--resolution", 64, "--trigger", "sks")
+    assert r.returncode == 0, r.stderr
+    assert "3 images" in r.stdout and "1 rejected" in r.stdout
+    r = personae("prepare", tmp_path / "nothing", tmp_path / "set2")
+    assert r.returncode == 2 and "not a folder" in r.stderr and "Traceback" not in r.stderr
+    r = personae("prepare", tmp_path / "photos", tmp_path / "set3", "--crop", "sideways")
+    assert r.returncode == 2 and "invalid choice" in r.stderr

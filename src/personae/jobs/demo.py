@@ -13,6 +13,9 @@ import numpy as np
 from PIL import Image
 
 from personae.config.generate import GenerateSettings
+from personae.config.prepare import PrepareSettings
+from personae.data.prepare import prepare_dataset
+from personae.data.samples import write_sample_subject
 from personae.events import EventHandler, Message, ignore
 from personae.jobs.generate import run_generate, settings_from_png
 from personae.models.tiny import write_tiny_model
@@ -34,7 +37,8 @@ class Index:
         for t, body, imgs in self.sections:
             md += [f"## {t}", "", body, ""] + [f"![]({p.relative_to(self.out).as_posix()})" for p in imgs] + [""]
             page.append(f"<h2>{html.escape(t)}</h2><p>{html.escape(body)}</p>")
-            page += [f"<img src='{p.relative_to(self.out).as_posix()}' width=128 style='image-rendering:pixelated'>" for p in imgs]
+            page += [f"<img src='{p.relative_to(self.out).as_posix()}' style='min-width:128px;image-rendering:pixelated'>"
+                     for p in imgs]
         (self.out / "index.md").write_text("\n".join(md), encoding="utf-8")
         (self.out / "index.html").write_text("\n".join(page), encoding="utf-8")
 
@@ -54,7 +58,13 @@ def run_demo(out_dir: str | Path, on_event: EventHandler = ignore) -> Path:
     index.add("Tiny model", f"A random SD-1.5-architecture model: folder {model.relative_to(out)}, "
                             "single file models/tiny.safetensors (original checkpoint layout).")
 
-    # 2. txt2img with A1111 settings
+    # 2. a training set from a folder of images (here drawn procedurally: one subject, varied scenes)
+    write_sample_subject(out / "photos", count=6)
+    prepared = prepare_dataset(out / "photos", out / "prepared", PrepareSettings(resolution=64), on_event)
+    index.add("Prepared training set", f"{len(prepared.entries)} images from photos/ framed to 64x64 and captioned "
+                                       "(prepared/manifest.jsonl, prepared/report.md).", [out / "prepared/contact_sheet.png"])
+
+    # 3. txt2img with A1111 settings
     base = GenerateSettings(model=str(model), prompt="a photo of a cat", steps=4, seed=7, width=64, height=64)
     plain = run_generate(base, out / "generate", on_event)
     batch = run_generate(base.model_copy(update={"seed": 100, "batch_size": 2, "batch_count": 2, "sampler": "Euler a",
@@ -62,17 +72,17 @@ def run_demo(out_dir: str | Path, on_event: EventHandler = ignore) -> Path:
     index.add("Text to image", "Seed 7, 4 steps, DPM++ 2M Karras; then a batch of 2 x 2 with Euler a, clip skip 2 "
                                "and a negative prompt. Every PNG carries A1111 `parameters`.", plain + batch)
 
-    # 3. long, weighted prompt (chunked by 75 tokens, not truncated)
+    # 4. long, weighted prompt (chunked by 75 tokens, not truncated)
     long = run_generate(base.model_copy(update={"prompt": LONG_PROMPT, "sampler": "UniPC"}), out / "generate", on_event)
     index.add("Long weighted prompt", f"{len(LONG_PROMPT.split())} words with (word:1.3) and [word]: encoded in "
                                       "75-token chunks.", long)
 
-    # 4. the single file gives the same pixels as the folder
+    # 5. the single file gives the same pixels as the folder
     single = run_generate(base.model_copy(update={"model": str(out / "models/tiny.safetensors")}), out / "single-file", on_event)
     index.add("Single-file checkpoint", "Same settings from models/tiny.safetensors: identical pixels to the folder: "
                                         f"{_same_pixels(plain[0], single[0])}.", single)
 
-    # 5. reproduce an image from its PNG metadata
+    # 6. reproduce an image from its PNG metadata
     again = run_generate(GenerateSettings(**settings_from_png(plain[0])), out / "from-png", on_event)
     index.add("Reproduce from PNG", f"`personae generate --from-png {plain[0].relative_to(out)}`: identical pixels: "
                                     f"{_same_pixels(plain[0], again[0])}.", again)

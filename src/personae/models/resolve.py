@@ -26,6 +26,7 @@ import torch
 from safetensors import safe_open
 
 from personae.errors import UserError
+from personae.hub import require_hub
 from personae.models.tiny import CONFIG_METADATA_KEY, SD15_DIR
 
 PICKLE_SUFFIXES = {".ckpt", ".pt", ".pth", ".bin"}
@@ -135,28 +136,16 @@ def _write_config_dir(path: Path, target: Path) -> None:
         (sub / file).write_text(json.dumps(config, indent=1))
 
 
-def _hub_offline_error(repo_id: str, why: str) -> UserError:
-    return UserError(
-        f'Cannot load "{repo_id}" from the Hugging Face hub: {why}',
-        "Download it where you have network (or copy its folder), then pass the local folder with "
-        "--model ./path/to/folder, or a checkpoint file with --model ./model.safetensors.",
-    )
-
-
 def _load_from_hub(repo_id: str, **kwargs):
     from diffusers import StableDiffusionPipeline
-    from huggingface_hub import HfApi, constants
 
     try:  # 1. already in the local cache: no network needed
         return StableDiffusionPipeline.from_pretrained(repo_id, local_files_only=True, **kwargs)
     except (OSError, ValueError):
         pass
-    if constants.HF_HUB_OFFLINE:
-        raise _hub_offline_error(repo_id, "it is not in the local cache and HF_HUB_OFFLINE is set.")
-    try:  # 2. one quick request decides whether the hub is reachable at all (no retry loop)
-        HfApi().model_info(repo_id, timeout=10)
-    except Exception as exc:  # noqa: BLE001 - any failure here means we cannot download
-        raise _hub_offline_error(repo_id, f"the hub could not be reached or has no such model ({type(exc).__name__}).") from None
+    # 2. one quick request decides whether the hub is reachable at all (no retry loop)
+    require_hub(repo_id, "model", "pass the local folder with --model ./path/to/folder, "
+                                  "or a checkpoint file with --model ./model.safetensors.")
     return StableDiffusionPipeline.from_pretrained(repo_id, **kwargs)
 
 

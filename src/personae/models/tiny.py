@@ -82,7 +82,9 @@ def save_single_file(pipe: StableDiffusionPipeline, path: str | Path, extra_meta
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     state = pipeline_to_original(pipe.unet, pipe.vae, pipe.text_encoder)
-    metadata = {"format": "pt", CONFIG_METADATA_KEY: json.dumps(component_configs(pipe), default=list)}
+    # One header key only: safetensors writes metadata from a hash map whose order changes from
+    # one call to the next, so two or more keys would break "same seed, same bytes".
+    metadata = {CONFIG_METADATA_KEY: json.dumps(component_configs(pipe), default=list, sort_keys=True)}
     metadata.update(extra_metadata or {})
     tmp = path.with_name(path.name + ".partial")
     save_file(state, str(tmp), metadata=metadata)

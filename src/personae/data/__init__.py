@@ -1,0 +1,1 @@
+"""Training data: reading photos and drawings, framing, buckets, captions, the prepared-set format."""

@@ -1,0 +1,208 @@
+"""`personae prepare SRC OUT`: a folder of photos or drawings becomes a training set.
+
+OUT holds, for every usable image, `images/<name>.png` and `images/<name>.txt` (its
+caption), plus `manifest.jsonl` (one JSON object per image: the trainer's input),
+`report.md` (counts, every rejected file with its reason, near-duplicates, faces not
+found) and `contact_sheet.png`. SRC is only read. A re-run reuses every output whose
+source file and settings are unchanged, and removes outputs whose source is gone.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from PIL import Image
+
+from personae.config.prepare import PrepareSettings
+from personae.data import captions as cap
+from personae.data.captioners import get_captioner
+from personae.data.framing import bucket_box, center_box, detect_faces, face_box, make_buckets, nearest_bucket
+from personae.data.images import Rejected, file_hash, find_images, hamming, load_image, perceptual_hash
+from personae.errors import UserError
+from personae.events import EventHandler, Message, Progress, ignore
+from personae.media.sheet import contact_sheet
+
+MANIFEST = "manifest.jsonl"
+
+
+@dataclass
+class Entry:
+    """One line of manifest.jsonl."""
+
+    source: str  # path relative to SRC
+    source_sha256: str
+    image: str  # path relative to OUT
+    caption: str
+    crop_box: list[int]  # in the upright source image: left, top, right, bottom
+    width: int
+    height: int
+    bucket: list[int]  # [width, height] the trainer batches by
+    repeats: int
+    token: str
+    keep_tokens: int
+    face: bool | None  # face crop: was a face found (None when not asked)
+    phash: str
+    settings_hash: str
+    source_size: int
+    source_mtime_ns: int
+
+
+@dataclass
+class PrepareResult:
+    out: Path
+    entries: list[Entry]
+    rejected: list[Rejected]
+    duplicates: list[tuple[str, str, int]]
+    reused: int
+
+
+def _settings_hash(settings: PrepareSettings) -> str:
+    return hashlib.sha256(settings.model_dump_json().encode()).hexdigest()[:16]
+
+
+def _output_name(relative: Path) -> str:
+    stem = "__".join(relative.with_suffix("").parts)
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in stem)
+
+
+def _read_manifest(out: Path) -> dict[str, Entry]:
+    path = out / MANIFEST
+    if not path.is_file():
+        return {}
+    entries = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            entry = Entry(**json.loads(line))
+        except (TypeError, ValueError):
+            return {}  # an older or damaged manifest: rebuild everything
+        entries[entry.source] = entry
+    return entries
+
+
+def load_manifest(folder: str | Path) -> list[Entry]:
+    """The entries of a prepared set (used by the trainer)."""
+    return list(_read_manifest(Path(folder)).values())
+
+
+def _frame(image: Image.Image, settings: PrepareSettings, buckets) -> tuple[list[int], tuple[int, int], bool | None]:
+    """(crop box, output size, face found?) for one upright RGB image."""
+    w, h = image.size
+    if settings.crop == "none":
+        bucket = nearest_bucket(w, h, buckets)
+        return list(bucket_box(w, h, bucket)), (bucket.width, bucket.height), None
+    if settings.crop == "face":
+        faces = detect_faces(image)
+        if faces:
+            return list(face_box(w, h, faces[0], settings.face_margin)), (settings.resolution,) * 2, True
+        return list(center_box(w, h)), (settings.resolution,) * 2, False
+    return list(center_box(w, h)), (settings.resolution,) * 2, None
+
+
+def prepare_dataset(src: str | Path, out: str | Path, settings: PrepareSettings,
+                    on_event: EventHandler = ignore) -> PrepareResult:
+    # 1. check inputs
+    src, out = Path(src), Path(out)
+    if not src.is_dir():
+        raise UserError(f"{src} is not a folder.", "Pass the folder that holds your images as SRC.")
+    if out.resolve() == src.resolve() or src.resolve() in out.resolve().parents:
+        raise UserError(f"OUT ({out}) is inside SRC ({src}); SRC is never written to.", "Choose an OUT outside SRC.")
+    files = find_images(src)
+    if not files:
+        raise UserError(f"{src} holds no image files (looked for jpg, jpeg, png, webp, bmp, tiff, gif, recursively).")
+    captioner = get_captioner(settings.captioner)
+    settings_hash = _settings_hash(settings)
+    previous = _read_manifest(out)
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    buckets = make_buckets(settings.resolution, settings.bucket_step)
+
+    # 2. read, frame, caption and write each image (reusing unchanged outputs)
+    entries, rejected, reused = [], [], 0
+    for i, path in enumerate(files):
+        on_event(Progress("prepare", i, len(files)))
+        relative = path.relative_to(src)
+        stat = path.stat()
+        old = previous.get(relative.as_posix())
+        if (old and old.settings_hash == settings_hash and old.source_size == stat.st_size
+                and old.source_mtime_ns == stat.st_mtime_ns and (out / old.image).is_file()):
+            entries.append(old)
+            reused += 1
+            continue
+        image = load_image(path, settings.min_side, settings.max_aspect, settings.background)
+        if isinstance(image, Rejected):
+            rejected.append(Rejected(relative, image.reason))
+            continue
+        box, size, face = _frame(image, settings, buckets)
+        framed = image.crop(tuple(box)).resize(size, Image.Resampling.LANCZOS)
+        repeats, prefix, token = cap.folder_meaning(relative, settings.folder_tokens)
+        sidecar = cap.read_sidecar(path)
+        raw = sidecar if sidecar and not settings.recaption else captioner.caption([image], [path])[0]
+        caption = cap.fill_template(settings.template, caption=cap.clean_tags(raw or ""), trigger=settings.trigger,
+                                    class_word=settings.class_word, token=token, folder=prefix, append=settings.append)
+        name = _output_name(relative)
+        image_rel = f"images/{name}.png"
+        tmp = out / f"{image_rel}.partial"
+        framed.save(tmp, format="PNG")
+        tmp.replace(out / image_rel)
+        (out / f"images/{name}.txt").write_text(caption + "\n", encoding="utf-8")
+        entries.append(Entry(relative.as_posix(), file_hash(path), image_rel, caption, box, size[0], size[1],
+                             [size[0], size[1]], repeats, token, settings.keep_tokens, face,
+                             f"{perceptual_hash(image):016x}", settings_hash, stat.st_size, stat.st_mtime_ns))
+    on_event(Progress("prepare", len(files), len(files)))
+
+    # 3. remove outputs whose source is gone or now rejected
+    kept = {e.image for e in entries}
+    for old in previous.values():
+        if old.image not in kept:
+            for stale in (out / old.image, (out / old.image).with_suffix(".txt")):
+                stale.unlink(missing_ok=True)
+
+    # 4. near-duplicates by perceptual hash
+    duplicates = []
+    hashes = [(e.source, int(e.phash, 16)) for e in entries]
+    for a in range(len(hashes)):
+        for b in range(a + 1, len(hashes)):
+            distance = hamming(hashes[a][1], hashes[b][1])
+            if distance <= settings.duplicate_distance:
+                duplicates.append((hashes[a][0], hashes[b][0], distance))
+
+    # 5. manifest, report, contact sheet
+    result = PrepareResult(out, entries, rejected, duplicates, reused)
+    tmp = out / f"{MANIFEST}.partial"
+    tmp.write_text("".join(json.dumps(asdict(e), ensure_ascii=False) + "\n" for e in entries), encoding="utf-8")
+    tmp.replace(out / MANIFEST)
+    (out / "report.md").write_text(_report(src, result, settings), encoding="utf-8")
+    if entries:
+        contact_sheet([out / e.image for e in entries], [e.caption for e in entries], out / "contact_sheet.png")
+    on_event(Message(f"prepared {len(entries)} images ({reused} unchanged), rejected {len(rejected)}: see {out / 'report.md'}"))
+    return result
+
+
+def _report(src: Path, r: PrepareResult, settings: PrepareSettings) -> str:
+    lines = [f"# Training set prepared from `{src}`", "",
+             f"- images: {len(r.entries)} ({r.reused} reused unchanged from the last run)",
+             f"- rejected: {len(r.rejected)}", f"- near-duplicate pairs: {len(r.duplicates)}",
+             f"- framing: {settings.crop}, resolution {settings.resolution}", ""]
+    if r.rejected:
+        lines += ["## Rejected files", "", "| file | reason |", "|---|---|"]
+        lines += [f"| `{x.path.as_posix()}` | {x.reason} |" for x in r.rejected] + [""]
+    no_face = [e.source for e in r.entries if e.face is False]
+    if no_face:
+        lines += ["## No face found (centre crop used)", ""] + [f"- `{s}`" for s in no_face] + [""]
+    if r.duplicates:
+        lines += ["## Near-duplicates (perceptual hash)", "", "| first | second | differing bits |", "|---|---|---|"]
+        lines += [f"| `{a}` | `{b}` | {d} |" for a, b, d in r.duplicates] + [""]
+    buckets: dict[str, int] = {}
+    for e in r.entries:
+        buckets[f"{e.width}x{e.height}"] = buckets.get(f"{e.width}x{e.height}", 0) + 1
+    lines += ["## Sizes", "", "| size | images |", "|---|---|"] + [f"| {k} | {v} |" for k, v in sorted(buckets.items())]
+    return "\n".join(lines) + "\n"
+
+
+def clear_outputs(out: Path) -> None:
+    """Remove a prepared set (used when the user asks for a clean re-run)."""
+    if (out / MANIFEST).is_file():
+        shutil.rmtree(out)

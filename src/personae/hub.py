@@ -1,0 +1,21 @@
+"""The Hugging Face hub, asked once and quickly: is a repo reachable? (No retry loops offline.)"""
+
+from __future__ import annotations
+
+from personae.errors import UserError
+
+
+def require_hub(repo_id: str, what: str, local_hint: str) -> None:
+    """Raise a UserError within seconds when `repo_id` cannot be downloaded now."""
+    from huggingface_hub import HfApi, constants
+
+    if constants.HF_HUB_OFFLINE:
+        why = "it is not in the local cache and HF_HUB_OFFLINE is set."
+    else:
+        try:
+            HfApi().model_info(repo_id, timeout=10)
+            return
+        except Exception as exc:  # noqa: BLE001 - any failure means we cannot download it now
+            why = f"the hub could not be reached or has no such repository ({type(exc).__name__})."
+    raise UserError(f'Cannot load {what} "{repo_id}" from the Hugging Face hub: {why}',
+                    f"Download it where you have network (or copy its folder), then {local_hint}")

@@ -1,0 +1,47 @@
+"""Contact sheets: thumbnails in a grid with a caption under each (Pillow only)."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+from PIL import Image, ImageDraw, ImageFont, ImageOps
+
+_FONT_CANDIDATES = ["DejaVuSans.ttf", "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf"]
+
+
+def font(size: int) -> ImageFont.ImageFont:
+    for name in _FONT_CANDIDATES:
+        try:
+            return ImageFont.truetype(name, size)
+        except OSError:
+            continue
+    return ImageFont.load_default(size=size)
+
+
+def contact_sheet(images: list[Path], captions: list[str], out: Path, thumb: int = 160, columns: int = 6,
+                  text_lines: int = 4) -> Path:
+    """A PNG grid of `images` with their captions, written atomically."""
+    columns = max(1, min(columns, len(images)))
+    rows = -(-len(images) // columns)
+    text_size = 11
+    line_h = text_size + 3
+    cell_w, cell_h = thumb + 10, thumb + 10 + text_lines * line_h
+    sheet = Image.new("RGB", (columns * cell_w, rows * cell_h), "white")
+    draw = ImageDraw.Draw(sheet)
+    f = font(text_size)
+    chars = max(8, int(thumb / (text_size * 0.55)))
+    for i, (path, caption) in enumerate(zip(images, captions)):
+        x, y = (i % columns) * cell_w + 5, (i // columns) * cell_h + 5
+        with Image.open(path) as im:
+            im = im.convert("RGB")
+            small = max(im.size) < thumb  # tiny training images are enlarged with hard pixels, not blurred
+            im = ImageOps.contain(im, (thumb, thumb), Image.Resampling.NEAREST if small else Image.Resampling.LANCZOS)
+            sheet.paste(im, (x + (thumb - im.width) // 2, y + (thumb - im.height) // 2))
+        lines = textwrap.wrap(caption, chars)[:text_lines]
+        for j, line in enumerate(lines):
+            draw.text((x, y + thumb + 3 + j * line_h), line, fill="black", font=f)
+    tmp = out.with_name(out.name + ".partial")
+    sheet.save(tmp, format="PNG")
+    tmp.replace(out)
+    return out
