@@ -1,0 +1,83 @@
+"""LoRA: low-rank adapters (peft) on the UNet, optionally on the text encoder."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from peft import LoraConfig
+from peft.utils import get_peft_model_state_dict
+
+from personae.methods.base import ExportFile, Method, ParamGroup
+from personae.methods.lora_files import kohya_metadata, peft_to_kohya, write_kohya
+
+TEXT_ENCODER_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj"]
+
+
+def freeze(pipe) -> None:
+    for part in (pipe.unet, pipe.vae, pipe.text_encoder):
+        part.requires_grad_(False)
+
+
+def add_lora(pipe, rank: int, alpha: float, dropout: float, targets: list[str], text_encoder: bool,
+             te_rank: int | None) -> None:
+    pipe.unet.add_adapter(LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets,
+                                     init_lora_weights="gaussian"))
+    if text_encoder:
+        r = te_rank or rank
+        pipe.text_encoder.add_adapter(LoraConfig(r=r, lora_alpha=alpha * r / rank, lora_dropout=dropout,
+                                                 target_modules=TEXT_ENCODER_TARGETS, init_lora_weights="gaussian"))
+
+
+def export_lora(pipe, out: Path, *, name: str, rank: int, alpha: float, te_alpha: float | None, steps: int,
+                base_model: str, trigger: str, extra_meta: dict[str, str]) -> list[ExportFile]:
+    """Write `<name>.safetensors` (kohya/A1111) and `<name>_diffusers/pytorch_lora_weights.safetensors`."""
+    from diffusers import StableDiffusionPipeline
+    from diffusers.utils import convert_state_dict_to_diffusers
+
+    te_trained = bool(getattr(pipe.text_encoder, "peft_config", None))
+    unet_state = get_peft_model_state_dict(pipe.unet)
+    te_state = get_peft_model_state_dict(pipe.text_encoder) if te_trained else None
+    out.mkdir(parents=True, exist_ok=True)
+    kohya = write_kohya(out / f"{name}.safetensors", peft_to_kohya(unet_state, te_state, alpha, te_alpha),
+                        kohya_metadata(rank=rank, alpha=alpha, steps=steps, base_model=base_model, trigger=trigger,
+                                       name=name, te_trained=te_trained, extra=extra_meta))
+    folder = out / f"{name}_diffusers"
+    kwargs = {"unet_lora_adapter_metadata": pipe.unet.peft_config["default"].to_dict()}
+    if te_trained:
+        kwargs["text_encoder_lora_layers"] = convert_state_dict_to_diffusers(te_state)
+        kwargs["text_encoder_lora_adapter_metadata"] = pipe.text_encoder.peft_config["default"].to_dict()
+    StableDiffusionPipeline.save_lora_weights(str(folder), unet_lora_layers=convert_state_dict_to_diffusers(unet_state),
+                                              safe_serialization=True, **kwargs)
+    return [ExportFile(kohya, "kohya", "lora"), ExportFile(folder / "pytorch_lora_weights.safetensors", "diffusers", "lora")]
+
+
+@dataclass
+class LoraMethod(Method):
+    name: str = "lora"
+
+    def setup(self, pipe) -> list[ParamGroup]:
+        c = self.job.lora
+        freeze(pipe)
+        add_lora(pipe, c.rank, c.alpha, c.dropout, c.target_modules, c.text_encoder, c.text_encoder_rank)
+        lr = self.job.train.learning_rate
+        groups = [ParamGroup("unet_lora", [p for p in pipe.unet.parameters() if p.requires_grad], lr)]
+        if c.text_encoder:
+            groups.append(ParamGroup("text_encoder_lora", [p for p in pipe.text_encoder.parameters() if p.requires_grad],
+                                     c.text_encoder_lr or lr))
+        return groups
+
+    def modules(self, pipe) -> list[torch.nn.Module]:
+        return [pipe.unet, pipe.text_encoder] if self.job.lora.text_encoder else [pipe.unet]
+
+    @property
+    def text_encoder_changes(self) -> bool:
+        return self.job.lora.text_encoder
+
+    def export(self, pipe, out: Path, metadata: dict[str, str]) -> list[ExportFile]:
+        c = self.job.lora
+        te_alpha = c.alpha * (c.text_encoder_rank or c.rank) / c.rank
+        return export_lora(pipe, out, name="lora", rank=c.rank, alpha=c.alpha, te_alpha=te_alpha,
+                           steps=int(metadata.get("steps", 0)), base_model=self.job.base_model,
+                           trigger=self.job.trigger, extra_meta=metadata)

@@ -1,0 +1,48 @@
+"""Pivotal tuning: new tokens (textual inversion) and a LoRA trained together, each with its own rate.
+
+The recipe behind the storyboard shot tokens `<cu_trg>` `<ms_trg>` `<fs_trg>`: the tokens
+carry the concept, the LoRA the look.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from personae.methods.base import ExportFile, ParamGroup
+from personae.methods.lora import LoraMethod
+from personae.methods.textual_inversion import TextualInversionMethod, TokenTable
+
+
+@dataclass
+class PivotalMethod(TextualInversionMethod):
+    name: str = "pivotal"
+
+    def _specs(self):
+        return self.job.pivotal.tokens
+
+    def setup(self, pipe) -> list[ParamGroup]:
+        groups = LoraMethod(self.job).setup(pipe)  # freezes the base, adds the LoRA
+        self.table = TokenTable(self._specs())
+        self.table.add(pipe)
+        self.tokens = [s.token for s in self._specs()]
+        groups.append(ParamGroup("tokens", [self.table.parameter(pipe)], self.job.pivotal.token_lr, weight_decay=0.0))
+        return groups
+
+    def modules(self, pipe):
+        return [pipe.unet, pipe.text_encoder]
+
+    def trainable_state(self, pipe):
+        state = {k: v for k, v in LoraMethod.trainable_state(self, pipe).items() if "lora_" in k}
+        state.update(self.table.state(pipe))
+        return state
+
+    def load_trainable_state(self, pipe, state):
+        LoraMethod.load_trainable_state(self, pipe, {k: v for k, v in state.items() if "lora_" in k})
+        self.table.load_state(pipe, state)
+
+    def trainable_parameters(self, pipe):
+        return {k: p for k, p in super().trainable_parameters(pipe).items() if "lora_" in k}
+
+    def export(self, pipe, out: Path, metadata: dict[str, str]) -> list[ExportFile]:
+        return LoraMethod(self.job).export(pipe, out, metadata) + self.table.export(pipe, out / "embeddings", metadata)

@@ -1,0 +1,61 @@
+"""Checkpoints: exactly what a resumed run needs to continue bit-identically.
+
+A checkpoint folder `checkpoints/step-NNNNNN/` holds the trained tensors
+(`trainable.safetensors`), the optimizer, LR schedule and EMA state with the step count
+and loss history (`state.pt`, read back with weights_only=True: no code runs on load),
+and the exports written at that step. All other randomness is derived from
+(seed, step), so no RNG state needs saving. A folder is complete only once
+`state.pt` exists (written last, atomically).
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+_NAME = re.compile(r"^step-(\d{6,})$")
+
+
+def checkpoint_dir(run: Path, step: int) -> Path:
+    return run / "checkpoints" / f"step-{step:06d}"
+
+
+def list_checkpoints(run: Path) -> list[tuple[int, Path]]:
+    """Complete checkpoints, oldest first."""
+    root = run / "checkpoints"
+    found = []
+    if root.is_dir():
+        for p in root.iterdir():
+            m = _NAME.match(p.name)
+            if m and (p / "state.pt").is_file():
+                found.append((int(m.group(1)), p))
+    return sorted(found)
+
+
+def save_checkpoint(folder: Path, trainable: dict[str, torch.Tensor], state: dict) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    save_file(trainable, str(folder / "trainable.safetensors"))
+    tmp = folder / "state.pt.partial"
+    torch.save(state, tmp)
+    tmp.replace(folder / "state.pt")
+    return folder
+
+
+def load_checkpoint(folder: Path) -> tuple[dict[str, torch.Tensor], dict]:
+    return load_file(str(folder / "trainable.safetensors")), torch.load(folder / "state.pt", weights_only=True)
+
+
+def prune(run: Path, keep_last: int) -> None:
+    """Keep the newest `keep_last` complete checkpoints; drop incomplete ones."""
+    complete = list_checkpoints(run)
+    for _, path in complete[:-keep_last]:
+        shutil.rmtree(path, ignore_errors=True)
+    root = run / "checkpoints"
+    if root.is_dir():
+        for p in root.iterdir():
+            if p.is_dir() and not (p / "state.pt").is_file():
+                shutil.rmtree(p, ignore_errors=True)

@@ -1,0 +1,152 @@
+"""Everything the loop needs before its first step: accelerator, data, class images, optimizer, caches."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from personae.config.prepare import PrepareSettings
+from personae.config.train import TrainJob
+from personae.data.dataset import Example, examples_from_prepared, load_pixels
+from personae.data.prepare import prepare_dataset
+from personae.errors import UserError
+from personae.events import EventHandler, Message, Progress
+from personae.methods.base import ParamGroup
+
+
+def make_accelerator(job: TrainJob):
+    from accelerate import Accelerator
+
+    cpu = job.device == "cpu" or (job.device == "auto" and not torch.cuda.is_available())
+    if job.device == "cuda" and not torch.cuda.is_available():
+        raise UserError("device: cuda was asked for, but this PyTorch sees no CUDA GPU.", "Use device: auto or cpu.")
+    if cpu and job.train.mixed_precision == "fp16":
+        raise UserError("train.mixed_precision: fp16 needs a GPU (PyTorch has no fp16 training kernels on the CPU).",
+                        "Use mixed_precision: bf16 or no on the CPU.")
+    return Accelerator(mixed_precision=job.train.mixed_precision, cpu=cpu,
+                       gradient_accumulation_steps=job.train.gradient_accumulation)
+
+
+def load_examples(job: TrainJob, run: Path, on_event: EventHandler) -> list[Example]:
+    """A prepared set as is; a raw folder is prepared now into <run>/prepared."""
+    path = Path(job.data.path).expanduser()
+    if (path / "manifest.jsonl").is_file():
+        examples = examples_from_prepared(path)
+    elif path.is_dir():
+        on_event(Message(f"{path} is not a prepared set: preparing it into {run / 'prepared'}"))
+        template = f"{job.data.caption}, {{caption}}" if job.data.caption else PrepareSettings().template
+        prepare_dataset(path, run / "prepared", PrepareSettings(crop=job.data.crop, resolution=job.train.resolution,
+                                                                template=template), on_event)
+        examples = examples_from_prepared(run / "prepared")
+    else:
+        raise UserError(f"data.path {path} does not exist.", "Point it at a `personae prepare` output or an image folder.")
+    if not examples:
+        raise UserError(f"data.path {path} holds no usable images.", "See its report.md for why images were rejected.")
+    if job.method == "dreambooth" and job.dreambooth.instance_prompt:
+        examples = [Example(e.image, job.dreambooth.instance_prompt, e.size, e.repeats, 0) for e in examples]
+    return examples
+
+
+def class_examples(pipe, source, job: TrainJob, run: Path, size: tuple[int, int], on_event: EventHandler) -> list[Example]:
+    """DreamBooth prior preservation: class images from the untouched base model, cached and reused."""
+    from personae.config.generate import GenerateSettings
+    from personae.inference.session import Session
+    from personae.inference.txt2img import txt2img
+
+    c = job.dreambooth
+    folder = Path(c.class_data_dir).expanduser() if c.class_data_dir else run / "class_images"
+    folder.mkdir(parents=True, exist_ok=True)
+    existing = sorted(folder.glob("class_*.png"))
+    missing = c.num_class_images - len(existing)
+    if missing > 0:
+        on_event(Message(f"generating {missing} class images for prior preservation ({c.class_prompt!r})"))
+        session = Session(pipe, source, pipe.device, pipe.unet.dtype)
+        for i in range(len(existing), c.num_class_images):
+            on_event(Progress("class images", i - len(existing), missing))
+            settings = GenerateSettings(model=source.location, prompt=c.class_prompt, steps=c.class_steps, seed=i,
+                                        width=size[0], height=size[1], sampler="DDIM")
+            image = txt2img(settings, session)[0].image
+            tmp = folder / f"class_{i:05d}.png.partial"
+            image.save(tmp, format="PNG")
+            tmp.replace(folder / f"class_{i:05d}.png")
+        on_event(Progress("class images", missing, missing))
+    images = sorted(folder.glob("class_*.png"))[: c.num_class_images]
+    return [Example(p, c.class_prompt, size) for p in images]
+
+
+def make_optimizer(job: TrainJob, groups: list[ParamGroup], device: torch.device):
+    t = job.train
+    params = [{"params": g.params, "lr": g.lr,
+               "weight_decay": t.weight_decay if g.weight_decay is None else g.weight_decay} for g in groups]
+    if t.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=t.learning_rate, weight_decay=t.weight_decay)
+    if t.optimizer == "adamw8bit":
+        if device.type != "cuda":
+            raise UserError("optimizer adamw8bit (bitsandbytes) runs only on CUDA GPUs.", "Use optimizer: adamw here.")
+        try:
+            import bitsandbytes as bnb
+        except ImportError:
+            raise UserError("optimizer adamw8bit needs bitsandbytes.", "pip install bitsandbytes") from None
+        return bnb.optim.AdamW8bit(params, lr=t.learning_rate, weight_decay=t.weight_decay)
+    try:
+        from prodigyopt import Prodigy
+    except ImportError:
+        raise UserError("optimizer prodigy needs the prodigyopt package.", "pip install prodigyopt (and set learning_rate: 1.0)") from None
+    return Prodigy(params, lr=t.learning_rate, weight_decay=t.weight_decay)
+
+
+class LatentCache:
+    """VAE posterior parameters (mean and log-variance) per image and flip, computed once.
+
+    Latents are sampled from them each step with the step's generator, so caching
+    changes speed, not results. mode: memory, disk (<run>/cache/latents.safetensors) or none.
+    """
+
+    def __init__(self, vae, examples: list[Example], flip: bool, mode: str, cache_file: Path | None):
+        self.vae, self.examples, self.mode = vae, examples, mode
+        self.store: dict[str, torch.Tensor] = {}
+        self.flips = (False, True) if flip else (False,)
+        if mode == "disk" and cache_file and cache_file.is_file():
+            from safetensors.torch import load_file
+
+            self.store = load_file(str(cache_file))
+        if mode != "none":
+            for i in range(len(examples)):
+                for f in self.flips:
+                    self.get(i, f)
+            if mode == "disk" and cache_file:
+                from safetensors.torch import save_file
+
+                cache_file.parent.mkdir(parents=True, exist_ok=True)
+                save_file(self.store, str(cache_file))
+
+    def _key(self, i: int, flip: bool) -> str:
+        return f"{self.examples[i].image.name}|{int(flip)}|{i}"
+
+    @torch.no_grad()
+    def _encode(self, i: int, flip: bool) -> torch.Tensor:
+        pixels = torch.from_numpy(load_pixels(self.examples[i].image, flip))[None]
+        pixels = pixels.to(self.vae.device, self.vae.dtype)
+        return self.vae.encode(pixels).latent_dist.parameters[0].float().cpu()
+
+    def get(self, i: int, flip: bool) -> torch.Tensor:
+        key = self._key(i, flip)
+        if self.mode == "none":
+            return self._encode(i, flip)
+        if key not in self.store:
+            self.store[key] = self._encode(i, flip)
+        return self.store[key]
+
+
+def sample_latents(params: list[torch.Tensor], draws: torch.Tensor, scaling: float) -> torch.Tensor:
+    """z = scaling * (mean + std * eps) for stacked posterior parameters."""
+    stacked = torch.stack(params)
+    mean, logvar = stacked.chunk(2, dim=1)
+    std = torch.exp(0.5 * logvar.clamp(-30.0, 20.0))
+    return (mean + std * draws) * scaling
+
+
+def seeded(*parts: int) -> torch.Generator:
+    return torch.Generator("cpu").manual_seed(int(np.random.SeedSequence(list(parts)).generate_state(1)[0]))
