@@ -75,52 +75,111 @@ def kohya_metadata(*, rank: int, alpha: float, steps: int, base_model: str, trig
     return meta
 
 
-def kohya_to_diffusers(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], dict]:
-    """Read a kohya/A1111 SD-1 LoRA (ours or sd-scripts') as peft-style unet / text-encoder dicts plus alphas.
+# Path segments of SD-1 UNet and CLIP text-encoder modules that contain underscores or are
+# otherwise needed to split kohya's underscored names back into module paths.
+_SEGMENTS = {"down_blocks", "up_blocks", "mid_block", "attentions", "resnets", "transformer_blocks", "attn1", "attn2",
+             "to_q", "to_k", "to_v", "to_out", "ff", "net", "proj", "proj_in", "proj_out", "norm", "norm1", "norm2",
+             "norm3", "conv1", "conv2", "conv_shortcut", "time_emb_proj", "downsamplers", "upsamplers", "conv",
+             "conv_in", "conv_out", "time_embedding", "linear_1", "linear_2", "encoder", "layers", "self_attn",
+             "q_proj", "k_proj", "v_proj", "out_proj", "mlp", "fc1", "fc2"}
 
-    Module names are recovered by matching the underscored names against the real module
-    paths of an SD-1 UNet / CLIP text encoder, so names with underscores inside
-    (`transformer_blocks`, `self_attn`) come back right.
-    """
-    from personae.models.tiny import build_tiny_pipeline
 
-    reference = build_tiny_pipeline()
-    unet_names = {n.replace(".", "_"): n for n, _ in reference.unet.named_modules() if n}
-    te_names = {n.replace(".", "_"): n for n, _ in reference.text_encoder.named_modules() if n}
+def split_module(underscored: str) -> str:
+    """"down_blocks_0_attentions_1_transformer_blocks_0_attn1_to_q" -> "down_blocks.0.attentions.1....attn1.to_q"."""
+    words = underscored.split("_")
+    parts, i = [], 0
+    while i < len(words):
+        for j in range(len(words), i, -1):  # longest known segment first
+            candidate = "_".join(words[i:j])
+            if candidate in _SEGMENTS or (j == i + 1 and candidate.isdigit()):
+                parts.append(candidate)
+                i = j
+                break
+        else:
+            raise ValueError(f'cannot map the LoRA module name "{underscored}" to an SD-1 module (at "{words[i]}")')
+    return ".".join(parts)
+
+
+def read_kohya(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], dict[str, float]]:
+    """A kohya/A1111 SD-1 LoRA (ours or sd-scripts') as peft-style (unet, text_encoder) dicts and per-module alpha."""
     unet, te, alphas = {}, {}, {}
     with safe_open(str(path), framework="pt") as fh:
-        keys = list(fh.keys())
-        for key in keys:
+        keys = set(fh.keys())
+        for key in sorted(keys):
             name, _, part = key.partition(".")
             if part not in ("lora_down.weight", "lora_up.weight"):
                 continue
-            tensor = fh.get_tensor(key)
             letter = "A" if part == "lora_down.weight" else "B"
+            tensor = fh.get_tensor(key).to(torch.float32)
             if name.startswith("lora_unet_"):
-                module = _lookup(unet_names, name[len("lora_unet_"):], key)
-                unet[f"{module}.lora_{letter}.weight"] = tensor
+                module, target = split_module(name[len("lora_unet_"):]), unet
             elif name.startswith(("lora_te_", "lora_te1_")):
-                stripped = re.sub(r"^lora_te1?_(text_model_)?", "", name)
-                module = _lookup(te_names, stripped, key)
-                te[f"{module}.lora_{letter}.weight"] = tensor
-            if f"{name}.alpha" in keys:
-                alphas[name] = float(fh.get_tensor(f"{name}.alpha"))
+                module, target = split_module(re.sub(r"^lora_te1?_(text_model_)?", "", name)), te
+            else:
+                raise ValueError(f"{key} is not an SD-1 LoRA key (expected lora_unet_* or lora_te_*)")
+            target[f"{module}.lora_{letter}.weight"] = tensor
+            rank = tensor.shape[0] if letter == "A" else tensor.shape[1]
+            alphas[module if target is unet else "te:" + module] = (
+                float(fh.get_tensor(f"{name}.alpha")) if f"{name}.alpha" in keys else float(rank))
     return unet, te, alphas
 
 
-def _lookup(names: dict[str, str], underscored: str, key: str) -> str:
-    # SD-1 module paths do not depend on sizes, but block counts beyond the tiny model's may appear:
-    # fall back to splitting digits, which is how every SD-1 path separates its indices.
-    if underscored in names:
-        return names[underscored]
-    guess = re.sub(r"_(\d+)_", r".\1.", underscored)
-    guess = re.sub(r"_(\d+)$", r".\1", guess)
-    for known in ("transformer_blocks", "self_attn", "final_layer_norm", "layer_norm1", "layer_norm2",
-                  "time_emb_proj", "conv_shortcut", "proj_in", "proj_out", "to_out", "out_proj", "q_proj",
-                  "k_proj", "v_proj", "fc1", "fc2", "down_blocks", "up_blocks", "mid_block", "to_q", "to_k",
-                  "to_v", "ff_net", "attn1", "attn2"):
-        guess = guess.replace(known, known.replace("_", "\0"))
-    guess = guess.replace("_", ".").replace("\0", "_")
-    if not guess:
-        raise ValueError(f"cannot map LoRA key {key}")
-    return guess
+def adapter_config(state: dict[str, torch.Tensor], alphas: dict[str, float]) -> dict:
+    """A peft LoraConfig dict for these weights: the common rank/alpha plus per-module patterns."""
+    from collections import Counter
+
+    from peft import LoraConfig
+
+    ranks = {k[: -len(".lora_A.weight")]: v.shape[0] for k, v in state.items() if k.endswith(".lora_A.weight")}
+    r = Counter(ranks.values()).most_common(1)[0][0]
+    alpha = Counter(alphas[m] for m in ranks).most_common(1)[0][0]
+    config = LoraConfig(r=r, lora_alpha=alpha, target_modules=sorted(ranks),
+                        rank_pattern={m: v for m, v in ranks.items() if v != r},
+                        alpha_pattern={m: alphas[m] for m in ranks if alphas[m] != alpha})
+    return config.to_dict()
+
+
+def kohya_to_diffusers_file(src: Path, dst_folder: Path) -> Path:
+    """Convert a kohya/A1111 LoRA to the diffusers/peft layout (with its adapter config in the header)."""
+    from diffusers import StableDiffusionPipeline
+
+    unet, te, alphas = read_kohya(src)
+    kwargs = {}
+    if te:
+        te_alphas = {k[3:]: v for k, v in alphas.items() if k.startswith("te:")}
+        kwargs = {"text_encoder_lora_layers": te, "text_encoder_lora_adapter_metadata": adapter_config(te, te_alphas)}
+    StableDiffusionPipeline.save_lora_weights(str(dst_folder), unet_lora_layers=unet, safe_serialization=True,
+                                              unet_lora_adapter_metadata=adapter_config(unet, alphas), **kwargs)
+    return dst_folder / "pytorch_lora_weights.safetensors"
+
+
+def diffusers_to_kohya_file(src: Path, dst: Path) -> Path:
+    """Convert a diffusers/peft LoRA file to the kohya/A1111 layout, keeping each module's alpha."""
+    with safe_open(str(src), framework="pt") as fh:
+        meta = fh.metadata() or {}
+        tensors = {k: fh.get_tensor(k) for k in fh.keys()}
+    if any(k.startswith("lora_unet_") for k in tensors):
+        raise ValueError(f"{src} is already in the kohya layout")
+    configs = json.loads(meta.get("lora_adapter_metadata", "{}")) if meta.get("lora_adapter_metadata") else {}
+    out = {}
+    for part, prefix in (("unet", "lora_unet_"), ("text_encoder", _TE_PREFIX)):
+        state = {k[len(part) + 1:]: v for k, v in tensors.items() if k.startswith(part + ".")}
+        config = configs.get(f"{part}.", configs.get(part, {})) if configs else {}
+        for module, w in _module_weights(state).items():
+            rank = w["A"].shape[0]
+            alpha = _pattern(config.get("alpha_pattern", {}), module, config.get("lora_alpha", rank))
+            name = prefix + module.removeprefix("text_model.").replace(".", "_")
+            out[f"{name}.lora_down.weight"] = w["A"].to(torch.float32).contiguous()
+            out[f"{name}.lora_up.weight"] = w["B"].to(torch.float32).contiguous()
+            out[f"{name}.alpha"] = torch.tensor(float(alpha))
+    if not out:
+        raise ValueError(f"{src} holds no unet.* or text_encoder.* LoRA weights")
+    return write_kohya(dst, out, {"ss_network_module": "networks.lora", "ss_base_model_version": "sd_v1",
+                                  "personae_converted_from": src.name})
+
+
+def _pattern(patterns: dict[str, float], module: str, default: float) -> float:
+    for key, value in patterns.items():
+        if module == key or module.endswith("." + key):
+            return value
+    return default

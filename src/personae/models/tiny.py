@@ -49,12 +49,32 @@ def sd15_scheduler() -> PNDMScheduler:
     return PNDMScheduler.from_pretrained(str(SD15_DIR / "scheduler"))
 
 
+@torch.no_grad()
+def calibrate_vae(vae: AutoencoderKL) -> None:
+    """Make a random VAE behave like a trained one where training depends on it.
+
+    A freshly initialised VAE's posterior has a standard deviation near 1 while its means
+    spread about 0.2, so sampled latents would be mostly noise and no subject could be
+    learned. Trained VAEs have sharp posteriors and a scaling factor that brings latents
+    to unit variance (SD-1.5's 0.18215 was measured that way). So: the log-variance half
+    of quant_conv is set to a constant -20, and the scaling factor is measured on fixed
+    random images.
+    """
+    half = vae.config.latent_channels
+    vae.quant_conv.weight[half:] = 0.0
+    vae.quant_conv.bias[half:] = -20.0
+    probe = torch.rand(4, 3, vae.config.sample_size, vae.config.sample_size, generator=torch.Generator().manual_seed(0))
+    std = vae.encode(probe * 2 - 1).latent_dist.mean.std().item()
+    vae.register_to_config(scaling_factor=round(1.0 / std, 5))
+
+
 def build_tiny_pipeline(seed: int = 0) -> StableDiffusionPipeline:
     """A tiny, seeded StableDiffusionPipeline (random weights, float32, CPU)."""
     torch.manual_seed(seed)
     unet = UNet2DConditionModel(**TINY_UNET)
     torch.manual_seed(seed + 1)
     vae = AutoencoderKL(**TINY_VAE)
+    calibrate_vae(vae)
     torch.manual_seed(seed + 2)
     text_encoder = CLIPTextModel(CLIPTextConfig(**TINY_TEXT))
     return StableDiffusionPipeline(

@@ -1,0 +1,1 @@
+"""Measuring results: pixel and structural similarity, prompt suites, grids, reports."""

@@ -1,0 +1,60 @@
+"""Shared helpers for training tests: a prepared subject set, job files, and the learning measure."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+from diffusers import DDIMScheduler
+from PIL import Image
+
+from personae.data.dataset import examples_from_prepared, load_pixels
+from personae.evaluation.pixels import nearest_distances
+
+# LoRA settings that can reshape a random tiny UNet (real models learn with far lower ranks)
+TINY_LORA = {"rank": 32, "alpha": 32, "target_modules": [
+    "to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out", "conv1", "conv2", "conv_shortcut", "ff.net.0.proj",
+    "ff.net.2", "conv_in", "conv_out", "linear_1", "linear_2", "time_emb_proj"]}
+
+
+def write_job(folder: Path, **sections) -> Path:
+    job = {"version": 1, "base_model": sections.pop("base_model"), "method": sections.pop("method"),
+           "data": {"path": str(sections.pop("data"))}, "output": str(sections.pop("output"))}
+    job.update(sections)
+    path = folder / f"job-{job['method']}-{abs(hash(job['output'])) % 10**6}.yaml"
+    path.write_text(yaml.safe_dump(job))
+    return path
+
+
+def vae_roundtrip(pipe, images: list[Path]) -> list[Image.Image]:
+    """decode(encode(x)): what the model's own VAE can reproduce of each training image."""
+    out = []
+    for path in images:
+        x = torch.from_numpy(load_pixels(path))[None]
+        with torch.no_grad():
+            y = pipe.vae.decode(pipe.vae.encode(x).latent_dist.mean).sample[0]
+        out.append(Image.fromarray(((y.permute(1, 2, 0).clamp(-1, 1) + 1) * 127.5).round().byte().numpy()))
+    return out
+
+
+def generate(pipe, prompts: list[str], seeds=(0, 1), cfg: float = 2.0) -> list[Image.Image]:
+    pipe.set_progress_bar_config(disable=True)
+    pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
+    images = []
+    for prompt in prompts:
+        for seed in seeds:
+            images += pipe(prompt, num_inference_steps=20, guidance_scale=cfg, height=64, width=64,
+                           generator=torch.Generator().manual_seed(seed)).images
+    return images
+
+
+def distance_to_training(pipe, prepared: Path) -> float:
+    examples = examples_from_prepared(prepared)
+    references = vae_roundtrip(pipe, [e.image for e in examples])
+    return float(np.mean(nearest_distances(generate(pipe, [e.caption for e in examples]), references)))
+
+
+def mean_abs(a: list[Image.Image], b: list[Image.Image]) -> float:
+    return float(np.mean([np.abs(np.asarray(x, float) - np.asarray(y, float)).mean() / 255 for x, y in zip(a, b)]))
