@@ -76,6 +76,7 @@ def train(job: TrainJob, run: Path, resume: bool = False, on_event: EventHandler
     baseline = validation_grid(pipe, source, base_scheduler, prompts, t.validation, "base model") if main else None
     # 4. the method decides what trains
     method = METHODS[job.method](job)
+    torch.manual_seed(t.seed)  # new weights (LoRA matrices) start from the job's seed, not the process's
     groups = method.setup(pipe)
     params = [p for g in groups for p in g.params]
     if t.gradient_checkpointing:

@@ -1,0 +1,195 @@
+"""Training mechanics: the job file, exports every tool can load, resume, interrupts, NaN, convert (issue #4)."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+
+from personae.config.base import parse_settings
+from personae.config.train import TrainJob
+from personae.errors import UserError
+from personae.jobs.train import load_job, run_training
+from personae.models.resolve import load_pipeline, resolve_model
+from personae.training.verify import render
+from train_helpers import write_job
+
+TOKENS = [{"token": "<sks>", "init_word": "star", "vectors": 2}]
+QUICK = {"steps": 4, "batch_size": 2, "learning_rate": 5e-3, "seed": 0, "validation": {"steps": 2}}
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory):
+    from personae.config.prepare import PrepareSettings
+    from personae.data.prepare import prepare_dataset
+    from personae.data.samples import write_sample_subject
+
+    root = tmp_path_factory.mktemp("data")
+    write_sample_subject(root / "photos", count=4, trigger="<sks>")
+    prepare_dataset(root / "photos", root / "prepared", PrepareSettings(resolution=64))
+    return root / "prepared"
+
+
+def test_the_issue_example_job_works_as_written(tmp_path, tiny_model, prepared):
+    os.symlink(tiny_model[0], tmp_path / "tiny")
+    os.symlink(prepared, tmp_path / "prepared")
+    (tmp_path / "job.yaml").write_text(
+        "version: 1\nbase_model: ./tiny\nmethod: lora\ndata: {path: ./prepared}\n"
+        "train: {steps: 200, batch_size: 2, learning_rate: 1.0e-4, seed: 0, resolution: 64}\n"
+        "lora: {rank: 4, alpha: 4, text_encoder: false}\noutput: ./runs/demo\n")
+    job = load_job(tmp_path / "job.yaml", ["train.steps=6", "train.validation.steps=2"])
+    result = run_training(job)
+    run = tmp_path / "runs/demo"
+    assert result.steps == 6 and len(result.losses) == 6
+    for name in ["lora.safetensors", "lora_diffusers/pytorch_lora_weights.safetensors", "config.yaml",
+                 "versions.json", "loss.png", "losses.csv", "exports.json", "validation/step-000006.png"]:
+        assert (run / name).is_file(), name
+    assert yaml.safe_load((run / "config.yaml").read_text())["train"]["steps"] == 6
+    with safe_open(str(run / "lora.safetensors"), "pt") as fh:
+        meta, keys = fh.metadata(), list(fh.keys())
+    assert meta["ss_network_dim"] == "4" and meta["ss_network_alpha"] == "4" and meta["ss_steps"] == "6"
+    assert any(k.startswith("lora_unet_") and k.endswith(".alpha") for k in keys)
+    with pytest.raises(UserError, match="--resume"):
+        run_training(job)
+
+
+def test_job_errors_name_the_key():
+    with pytest.raises(UserError, match='did you mean "learning_rate"'):
+        parse_settings(TrainJob, {"base_model": "m", "method": "lora", "data": {"path": "d"}, "output": "o",
+                                  "train": {"learning_rat": 1}})
+    with pytest.raises(UserError, match="textual_inversion.tokens"):
+        parse_settings(TrainJob, {"base_model": "m", "method": "textual_inversion", "data": {"path": "d"}, "output": "o"})
+    with pytest.raises(UserError, match="Input should be"):
+        parse_settings(TrainJob, {"base_model": "m", "method": "lorra", "data": {"path": "d"}, "output": "o"})
+
+
+EXPORT_CASES = {
+    "lora": ({"lora": {"rank": 4, "alpha": 2, "text_encoder": True, "text_encoder_rank": 2,
+                       "target_modules": ["to_q", "to_k", "to_v", "to_out.0", "conv1", "conv2"]}},
+             {"a1111", "diffusers"}),
+    "textual_inversion": ({"textual_inversion": {"tokens": TOKENS}}, {"a1111", "diffusers"}),
+    "pivotal": ({"pivotal": {"tokens": TOKENS}, "lora": {"rank": 4, "alpha": 8}}, {"a1111", "diffusers"}),
+    "dreambooth": ({"dreambooth": {"train_text_encoder": True}}, {"folder", "single_file"}),
+}
+
+
+@pytest.mark.parametrize("method", list(EXPORT_CASES))
+def test_every_export_reloads_with_the_same_output(tmp_path, tiny_model, prepared, method):
+    sections, families = EXPORT_CASES[method]
+    job = load_job(write_job(tmp_path, base_model=str(tiny_model[0]), method=method, data=prepared,
+                             output=tmp_path / "run", train=dict(QUICK, ema=method == "lora"), trigger="<sks>", **sections))
+    result = run_training(job)
+    assert {c.family for c in result.checks} == families
+    for check in result.checks:
+        assert check.max_abs_diff <= 1e-4, check
+    # independently: the files reload through diffusers' loaders and differ from the base model
+    base = render(load_pipeline(resolve_model(str(tiny_model[0]))), "a photo of <sks> star")
+    outputs = []
+    for family in families:
+        files = [f for f in result.exports if {"kohya": "a1111", "original": "single_file"}.get(f.format, f.format) == family
+                 or (family == "folder" and f.loader == "folder")]
+        if family == "folder":
+            pipe = load_pipeline(resolve_model(str(files[0].path)))
+        elif family == "single_file":
+            pipe = load_pipeline(resolve_model(str(files[0].path)))
+        else:
+            pipe = load_pipeline(resolve_model(str(tiny_model[0])))
+            for f in files:
+                if f.loader == "lora":
+                    pipe.load_lora_weights(str(f.path))
+                else:
+                    pipe.load_textual_inversion(str(f.path), token=f.token)
+        outputs.append(render(pipe, "a photo of <sks> star"))
+    assert np.abs(outputs[0] - outputs[1]).max() <= 1e-4
+    assert np.abs(outputs[0] - base).max() > 1e-3
+
+
+def _subprocess_env():
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    return env
+
+
+def _train_cmd(job, *extra):
+    return [sys.executable, "-m", "personae", "train", str(job), "--quiet", *extra]
+
+
+def test_resume_after_sigkill_is_bit_identical(tmp_path, tiny_model, prepared):
+    common = dict(base_model=str(tiny_model[0]), method="pivotal", data=prepared, lora={"rank": 4, "alpha": 4, "dropout": 0.1},
+                  pivotal={"tokens": TOKENS}, train={"steps": 40, "batch_size": 2, "learning_rate": 1e-3, "save_every": 5,
+                                                     "keep_last": 2, "verify_exports": False, "ema": True,
+                                                     "lr_scheduler": "cosine", "warmup_steps": 3,
+                                                     "validation": {"steps": 1}})
+    whole = write_job(tmp_path, output=tmp_path / "whole", **common)
+    broken = write_job(tmp_path, output=tmp_path / "broken", **common)
+    assert subprocess.run(_train_cmd(whole), env=_subprocess_env(), capture_output=True).returncode == 0
+    proc = subprocess.Popen(_train_cmd(broken), env=_subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 240
+    while not (tmp_path / "broken/checkpoints/step-000010/state.pt").exists():
+        assert proc.poll() is None and time.monotonic() < deadline, "the run ended before it could be killed"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (tmp_path / "broken/exports.json").exists()
+    r = subprocess.run(_train_cmd(broken, "--resume"), env=_subprocess_env(), capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    a = load_file(str(tmp_path / "whole/checkpoints/step-000040/trainable.safetensors"))
+    b = load_file(str(tmp_path / "broken/checkpoints/step-000040/trainable.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert (tmp_path / "whole/lora.safetensors").read_bytes() != b""
+    assert load_file(str(tmp_path / "whole/lora.safetensors")).keys() == load_file(str(tmp_path / "broken/lora.safetensors")).keys()
+    assert len(list((tmp_path / "broken/checkpoints").iterdir())) == 2  # keep_last
+
+
+def test_ctrl_c_saves_a_checkpoint_then_exits(tmp_path, tiny_model, prepared):
+    job = write_job(tmp_path, base_model=str(tiny_model[0]), method="lora", data=prepared, output=tmp_path / "run",
+                    train={"steps": 100000, "batch_size": 1, "verify_exports": False, "validation": {"steps": 1}})
+    proc = subprocess.Popen([sys.executable, "-m", "personae", "train", str(job)], env=_subprocess_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    time.sleep(8)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=max(10, deadline - time.monotonic()))
+    assert proc.returncode == 130, err[-2000:]
+    found = list((tmp_path / "run/checkpoints").glob("step-*/state.pt"))
+    assert len(found) == 1 and "saving a checkpoint" in err and "Traceback" not in err
+
+
+def test_nan_loss_stops_with_a_message_and_keeps_the_last_good_checkpoint(tmp_path, tiny_model, prepared):
+    job = load_job(write_job(tmp_path, base_model=str(tiny_model[0]), method="lora", data=prepared,
+                             output=tmp_path / "run", train={"steps": 30, "learning_rate": 1e12, "max_grad_norm": 0,
+                                                              "save_every": 1, "verify_exports": False,
+                                                              "validation": {"steps": 1}}))
+    with pytest.raises(UserError, match="training diverged") as err:
+        run_training(job)
+    assert "last good checkpoint" in str(err.value) or "No checkpoint" in str(err.value)
+    for state in (tmp_path / "run/checkpoints").glob("step-*/trainable.safetensors"):
+        assert all(torch.isfinite(t).all() for t in load_file(str(state)).values())
+
+
+def test_cpu_refuses_fp16_and_adamw8bit_clearly(tmp_path, tiny_model, prepared):
+    for train, expected in [({"mixed_precision": "fp16"}, "fp16 needs a GPU"), ({"optimizer": "adamw8bit"}, "CUDA")]:
+        job = load_job(write_job(tmp_path, base_model=str(tiny_model[0]), method="lora", data=prepared,
+                                 output=tmp_path / f"run-{expected[:4]}", train=dict(QUICK, **train)))
+        with pytest.raises(UserError, match=expected):
+            run_training(job)
+
+
+def test_raw_folder_is_prepared_on_the_fly_and_epochs_count_batches(tmp_path, tiny_model):
+    from personae.data.samples import write_sample_subject
+
+    write_sample_subject(tmp_path / "raw", count=3)
+    job = load_job(write_job(tmp_path, base_model=str(tiny_model[0]), method="lora", data=tmp_path / "raw",
+                             output=tmp_path / "run", train={"epochs": 2, "batch_size": 2, "resolution": 64,
+                                                             "verify_exports": False, "validation": {"steps": 1},
+                                                             "cache_latents": "disk"}))
+    result = run_training(job)
+    assert (tmp_path / "run/prepared/manifest.jsonl").is_file()
+    assert result.steps == 4  # 3 images -> 2 batches of 2 per epoch
+    assert (tmp_path / "run/cache/latents.safetensors").is_file()
