@@ -8,6 +8,7 @@ and the final exported files.
 from __future__ import annotations
 
 import json
+import os
 import platform
 import shutil
 from importlib import metadata
@@ -54,6 +55,10 @@ def run_training(job: TrainJob, resume: bool = False, overwrite: bool = False, o
     from personae.training.loop import train
 
     run = Path(job.output)
+    state = _distributed_state(job)
+    if state is not None and not state.is_main_process:  # one process sets the folder up, the others wait
+        state.wait_for_everyone()
+        return train(job, run, resume=resume, on_event=ignore)
     if run.exists() and not run.is_dir():
         raise UserError(f"output {run} exists and is not a folder.")
     has_run = run.is_dir() and (ckpt.list_checkpoints(run) or (run / "exports.json").exists())
@@ -65,4 +70,20 @@ def run_training(job: TrainJob, resume: bool = False, overwrite: bool = False, o
     run.mkdir(parents=True, exist_ok=True)
     (run / "config.yaml").write_text(yaml.safe_dump(job.model_dump(), sort_keys=False, allow_unicode=True))
     (run / "versions.json").write_text(json.dumps(versions(), indent=1))
+    if state is not None:
+        state.wait_for_everyone()
     return train(job, run, resume=resume, on_event=on_event)
+
+
+def _distributed_state(job: TrainJob):
+    """accelerate's process state when launched as several processes (accelerate launch, torchrun), else None.
+
+    On the CPU it must be created with cpu=True, or each process believes it is alone.
+    """
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return None
+    from accelerate import PartialState
+
+    from personae.training.setup import uses_cpu
+
+    return PartialState(cpu=uses_cpu(job))

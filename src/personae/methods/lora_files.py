@@ -121,6 +121,8 @@ def read_kohya(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, torch.Ten
             rank = tensor.shape[0] if letter == "A" else tensor.shape[1]
             alphas[module if target is unet else "te:" + module] = (
                 float(fh.get_tensor(f"{name}.alpha")) if f"{name}.alpha" in keys else float(rank))
+    if not unet and not te:
+        raise ValueError("it holds no lora_unet_* or lora_te_* weights")
     return unet, te, alphas
 
 
@@ -145,6 +147,8 @@ def kohya_to_diffusers_file(src: Path, dst_folder: Path) -> Path:
 
     unet, te, alphas = read_kohya(src)
     kwargs = {}
+    if not unet:
+        raise ValueError("it holds only text-encoder weights; personae converts LoRAs with UNet weights")
     if te:
         te_alphas = {k[3:]: v for k, v in alphas.items() if k.startswith("te:")}
         kwargs = {"text_encoder_lora_layers": te, "text_encoder_lora_adapter_metadata": adapter_config(te, te_alphas)}
@@ -164,7 +168,8 @@ def diffusers_to_kohya_file(src: Path, dst: Path) -> Path:
     out = {}
     for part, prefix in (("unet", "lora_unet_"), ("text_encoder", _TE_PREFIX)):
         state = {k[len(part) + 1:]: v for k, v in tensors.items() if k.startswith(part + ".")}
-        config = configs.get(f"{part}.", configs.get(part, {})) if configs else {}
+        # diffusers stores each adapter config flattened: {"unet.lora_alpha": 8, "unet.alpha_pattern": {...}, ...}
+        config = {k[len(part) + 1:]: v for k, v in configs.items() if k.startswith(part + ".")}
         for module, w in _module_weights(state).items():
             rank = w["A"].shape[0]
             alpha = _pattern(config.get("alpha_pattern", {}), module, config.get("lora_alpha", rank))

@@ -16,10 +16,14 @@ from personae.events import EventHandler, Message, Progress
 from personae.methods.base import ParamGroup
 
 
+def uses_cpu(job: TrainJob) -> bool:
+    return job.device == "cpu" or (job.device == "auto" and not torch.cuda.is_available())
+
+
 def make_accelerator(job: TrainJob):
     from accelerate import Accelerator
 
-    cpu = job.device == "cpu" or (job.device == "auto" and not torch.cuda.is_available())
+    cpu = uses_cpu(job)
     if job.device == "cuda" and not torch.cuda.is_available():
         raise UserError("device: cuda was asked for, but this PyTorch sees no CUDA GPU.", "Use device: auto or cpu.")
     if cpu and job.train.mixed_precision == "fp16":
