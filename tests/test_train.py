@@ -72,7 +72,7 @@ def test_job_errors_name_the_key():
 
 EXPORT_CASES = {
     "lora": ({"lora": {"rank": 4, "alpha": 2, "text_encoder": True, "text_encoder_rank": 2,
-                       "target_modules": ["to_q", "to_k", "to_v", "to_out.0", "conv1", "conv2"]}},
+                       "target_modules": ["to_q", "to_k", "to_v", "to_out.0", "conv1", "conv2", "proj_in", "conv_in"]}},
              {"a1111", "diffusers"}),
     "textual_inversion": ({"textual_inversion": {"tokens": TOKENS}}, {"a1111", "diffusers"}),
     "pivotal": ({"pivotal": {"tokens": TOKENS}, "lora": {"rank": 4, "alpha": 8}}, {"a1111", "diffusers"}),

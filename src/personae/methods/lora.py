@@ -34,7 +34,6 @@ def export_lora(pipe, out: Path, *, name: str, rank: int, alpha: float, te_alpha
                 base_model: str, trigger: str, extra_meta: dict[str, str]) -> list[ExportFile]:
     """Write `<name>.safetensors` (kohya/A1111) and `<name>_diffusers/pytorch_lora_weights.safetensors`."""
     from diffusers import StableDiffusionPipeline
-    from diffusers.utils import convert_state_dict_to_diffusers
 
     te_trained = bool(getattr(pipe.text_encoder, "peft_config", None))
     unet_state = get_peft_model_state_dict(pipe.unet)
@@ -46,10 +45,12 @@ def export_lora(pipe, out: Path, *, name: str, rank: int, alpha: float, te_alpha
     folder = out / f"{name}_diffusers"
     kwargs = {"unet_lora_adapter_metadata": pipe.unet.peft_config["default"].to_dict()}
     if te_trained:
-        kwargs["text_encoder_lora_layers"] = convert_state_dict_to_diffusers(te_state)
+        kwargs["text_encoder_lora_layers"] = te_state
         kwargs["text_encoder_lora_adapter_metadata"] = pipe.text_encoder.peft_config["default"].to_dict()
-    StableDiffusionPipeline.save_lora_weights(str(folder), unet_lora_layers=convert_state_dict_to_diffusers(unet_state),
-                                              safe_serialization=True, **kwargs)
+    # peft key names as they are: diffusers' convert_state_dict_to_diffusers renames attention modules to the
+    # old "lora.down" names but leaves others (conv_in, proj_in) as lora_A, and the loader, seeing lora_A,
+    # then silently drops every "lora.down" key.
+    StableDiffusionPipeline.save_lora_weights(str(folder), unet_lora_layers=unet_state, safe_serialization=True, **kwargs)
     return [ExportFile(kohya, "kohya", "lora"), ExportFile(folder / "pytorch_lora_weights.safetensors", "diffusers", "lora")]
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +24,12 @@ def uses_cpu(job: TrainJob) -> bool:
 def make_accelerator(job: TrainJob):
     from accelerate import Accelerator
 
+    from accelerate.state import AcceleratorState
+
     cpu = uses_cpu(job)
+    # accelerate keeps one global state per process; a second run in the same process (the UI, tests) may ask
+    # for another precision, so the per-run part is reset (the process group of a launched run is kept).
+    AcceleratorState._reset_state(reset_partial_state=int(os.environ.get("WORLD_SIZE", "1")) <= 1)
     if job.device == "cuda" and not torch.cuda.is_available():
         raise UserError("device: cuda was asked for, but this PyTorch sees no CUDA GPU.", "Use device: auto or cpu.")
     if cpu and job.train.mixed_precision == "fp16":
