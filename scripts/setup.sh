@@ -17,4 +17,13 @@ if [ "${1:-}" = "--test" ]; then
   extras="[test]"
 fi
 $PIP install -q -e ".${extras}"
+# Storyboards draw dialogue in any script: make sure a font with Hangul and Cyrillic exists.
+if ! fc-list 2>/dev/null | grep -qiE "nanum|noto sans cjk|notosanscjk"; then
+  if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null; then
+    (apt-get install -y -qq fonts-nanum >/dev/null 2>&1 || { apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq fonts-nanum >/dev/null 2>&1; }) \
+      || echo "note: could not install fonts-nanum; storyboards with Korean text need a CJK font (--font FILE)"
+  else
+    echo "note: storyboards with Korean or other CJK text need a CJK font: install fonts-nanum or fonts-noto-cjk, or pass --font"
+  fi
+fi
 echo "personae is set up in .venv ($(.venv/bin/python -c 'import torch, diffusers; print("torch", torch.__version__, "diffusers", diffusers.__version__)'))"

@@ -55,6 +55,8 @@ def test_single_file_reloads_through_diffusers_with_identical_weights(tiny_model
     b = load_pipeline(resolve_model(str(single)))
     assert resolve_model(str(single)).kind == "single_file"
     _assert_same_weights(a, b)
+    # diffusers' from_single_file would reset the VAE scaling factor to SD-1.5's 0.18215
+    assert b.vae.config.scaling_factor == a.vae.config.scaling_factor != 0.18215
 
 
 def test_export_holds_for_sd15_block_layout_with_two_layers_per_block(tmp_path):

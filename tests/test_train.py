@@ -215,3 +215,28 @@ def test_two_processes_of_batch_1_match_one_process_of_batch_2(tmp_path, tiny_mo
     moved = max(a[k].abs().max().item() for k in a if "lora_B" in k)
     print(f"2 x batch 1 vs 1 x batch 2: max weight difference {diff:.2e} (LoRA B weights moved up to {moved:.2e})")
     assert diff <= 1e-5 and moved > 1e-4
+
+
+def test_the_export_check_catches_a_file_that_loads_differently(tmp_path, tiny_model):
+    """The checker itself: a LoRA file with one module's weights changed must be reported, not passed."""
+    from personae.methods.lora import add_lora, export_lora, freeze
+    from personae.training.verify import verify_exports
+
+    source = resolve_model(str(tiny_model[0]))
+    pipe = load_pipeline(source)
+    freeze(pipe)
+    torch.manual_seed(0)
+    add_lora(pipe, 4, 4.0, 0.0, ["to_q", "to_v"], False, None)
+    with torch.no_grad():
+        for name, p in pipe.unet.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.3)
+    files = export_lora(pipe, tmp_path, name="lora", rank=4, alpha=4.0, te_alpha=None, steps=1, base_model="tiny",
+                        trigger="", extra_meta={})
+    assert all(c.ok for c in verify_exports(pipe, files, source, "a photo"))
+    tensors = load_file(str(files[0].path))
+    key = next(k for k in tensors if k.endswith("attn1_to_q.lora_up.weight"))
+    tensors[key] = tensors[key] * 2
+    save_file(tensors, str(files[0].path))
+    checks = {c.family: c for c in verify_exports(pipe, files, source, "a photo")}
+    assert not checks["a1111"].ok and checks["diffusers"].ok

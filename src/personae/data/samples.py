@@ -51,3 +51,27 @@ def write_sample_subject(folder: str | Path, count: int = 6, size: int = 128, se
         path.with_suffix(".txt").write_text(f"a photo of {trigger} {class_word} on a {bg} background\n")
         paths.append(path)
     return paths
+
+
+SHOT_SCALES = {"close_up": 0.95, "medium": 0.55, "full": 0.25}
+
+
+def write_shot_frames(folder: str | Path, per_shot: int = 2, size: int = 128, seed: int = 0) -> list[Path]:
+    """Storyboard-style frames sorted into close_up/, medium/ and full/ folders: a pencil-sketch star on
+    paper, framed tight, at mid size, or small in the frame (the shot-token recipe's input)."""
+    folder = Path(folder)
+    rng = np.random.default_rng(seed)
+    paths = []
+    for shot, scale in SHOT_SCALES.items():
+        (folder / shot).mkdir(parents=True, exist_ok=True)
+        for i in range(per_shot):
+            image = Image.new("RGB", (size, size), (245, 243, 235))
+            draw = ImageDraw.Draw(image)
+            cx, cy = size / 2 + rng.uniform(-0.08, 0.08) * size, size / 2 + rng.uniform(-0.08, 0.08) * size
+            draw.polygon(star_points(cx, cy, size * scale / 2), outline=(40, 40, 40), width=max(1, size // 40))
+            draw.line([(0, size * 0.8), (size, size * 0.8)], fill=(120, 120, 120), width=1)  # a horizon line
+            path = folder / shot / f"frame_{i:02d}.png"
+            image.save(path)
+            path.with_suffix(".txt").write_text("a star, storyboard sketch\n")
+            paths.append(path)
+    return paths

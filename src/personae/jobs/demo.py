@@ -24,6 +24,13 @@ from personae.models.tiny import write_tiny_model
 DEMO_LORA = {"rank": 32, "alpha": 32, "target_modules": [
     "to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out", "conv1", "conv2", "conv_shortcut", "ff.net.0.proj",
     "ff.net.2", "conv_in", "conv_out", "linear_1", "linear_2", "time_emb_proj"]}
+DEMO_SCENES = [
+    {"number": 1, "description": "a girl waits at a bus stop", "dialogue": "버스가 왜 안 오지?", "shot": "close-up",
+     "angle": "eye level"},
+    {"number": 2, "description": "the bus arrives in the rain", "dialogue": "Наконец-то!", "shot": "full",
+     "angle": "high angle"},
+    {"number": 3, "description": "she steps inside", "dialogue": "Thank you!", "shot": "medium", "angle": "eye level"},
+]
 LONG_PROMPT = ", ".join(["a (watercolor:1.3) painting of a fox in a [misty] forest at dawn"] * 8)
 
 
@@ -111,4 +118,14 @@ def run_demo(out_dir: str | Path, on_event: EventHandler = ignore) -> Path:
     again = run_generate(GenerateSettings(**settings_from_png(plain[0])), out / "from-png", on_event)
     index.add("Reproduce from PNG", f"`personae generate --from-png {plain[0].relative_to(out)}`: identical pixels: "
                                     f"{_same_pixels(plain[0], again[0])}.", again)
+    # 8. a storyboard sheet (PNG and PDF) with Korean, Cyrillic and Latin dialogue
+    from personae.config.storyboard import StoryboardSettings
+    from personae.jobs.storyboard import run_storyboard
+
+    board = StoryboardSettings(model=str(model), steps=10, seed=0, sampler="DDIM", layout={"title": "personae demo"},
+                               scenes=DEMO_SCENES)
+    run_storyboard(board, out / "storyboard", on_event=on_event)
+    index.add("Storyboard", "Three scenes -> panels, storyboard/sheet.png and storyboard/sheet.pdf (dialogue in Korean, "
+                            "Russian and English; storyboard.json records every setting).", [out / "storyboard/sheet.png"])
+
     return out / "index.html"

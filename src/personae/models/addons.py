@@ -22,6 +22,7 @@ class LoadedLora:
     name: str  # file stem, as A1111 names it in <lora:name:w>
     weight: float
     hash: str  # A1111's "Lora hashes" value
+    adapter: str = ""  # the diffusers adapter name (for set_adapters)
 
 
 @dataclass(frozen=True)
@@ -76,7 +77,7 @@ def load_loras(pipe, loras: list[tuple[str, float]], allow_pickle: bool = False)
                 "Check that it is a LoRA (kohya/A1111 or diffusers layout) made for a Stable Diffusion 1.x model.",
             ) from None
         names.append(name)
-        loaded.append(LoadedLora(p.stem, weight, file_sha256(p, skip_safetensors_header=True)[:12]))
+        loaded.append(LoadedLora(p.stem, weight, file_sha256(p, skip_safetensors_header=True)[:12], name))
     if names:
         pipe.set_adapters(names, adapter_weights=[w for _, w in loras])
     return loaded

@@ -103,7 +103,7 @@ def model_hash(source: ModelSource) -> str | None:
     return cache[key]
 
 
-def _write_config_dir(path: Path, target: Path) -> None:
+def _write_config_dir(path: Path, target: Path) -> dict:
     """Fill `target` with the component configs and tokenizer a single file needs."""
     shutil.copytree(SD15_DIR, target, dirs_exist_ok=True)
     configs = None
@@ -134,6 +134,7 @@ def _write_config_dir(path: Path, target: Path) -> None:
         sub.mkdir(exist_ok=True)
         file = "scheduler_config.json" if name == "scheduler" else "config.json"
         (sub / file).write_text(json.dumps(config, indent=1))
+    return configs or {}
 
 
 def _load_from_hub(repo_id: str, **kwargs):
@@ -160,5 +161,10 @@ def load_pipeline(source: ModelSource, dtype: torch.dtype = torch.float32):
         return _load_from_hub(source.location, **kwargs)
     path = Path(source.location)
     with tempfile.TemporaryDirectory(prefix="personae-config-") as tmp:
-        _write_config_dir(path, Path(tmp))
-        return StableDiffusionPipeline.from_single_file(str(path), config=tmp, local_files_only=True, **kwargs)
+        configs = _write_config_dir(path, Path(tmp))
+        pipe = StableDiffusionPipeline.from_single_file(str(path), config=tmp, local_files_only=True, **kwargs)
+    # from_single_file takes the VAE's scaling factor from the original SD config (0.18215), not from `config`
+    scaling = configs.get("vae", {}).get("scaling_factor")
+    if scaling is not None and scaling != pipe.vae.config.scaling_factor:
+        pipe.vae.register_to_config(scaling_factor=scaling)
+    return pipe

@@ -1,0 +1,57 @@
+"""`personae storyboard SCENES.yaml`: scenes and shots -> panels, a printable sheet (PNG, PDF)."""
+
+from __future__ import annotations
+
+import argparse
+
+EXAMPLES = """examples:
+  personae storyboard scenes.yaml --out board/
+  personae storyboard scenes.yaml --out board/ --only 2,5        # redraw panels 2 and 5, re-lay the sheet
+  personae storyboard scenes.csv --model ./tiny --out board/     # CSV: number,description,dialogue,shot,angle,characters
+
+a scenes file:
+  version: 1
+  model: ./tiny
+  steps: 4
+  width: 64
+  height: 64
+  seed: 0
+  scenes:
+    - {number: 1, description: "a girl waits at a bus stop", dialogue: "버스가 왜 안 오지?", shot: close-up, angle: eye level}
+    - {number: 2, description: "the bus arrives in the rain", dialogue: "", shot: full, angle: high angle}
+"""
+
+
+def _numbers(text: str) -> set[int]:
+    try:
+        return {int(x) for x in text.replace(" ", "").split(",") if x}
+    except ValueError:
+        raise argparse.ArgumentTypeError(f'"{text}" is not a list of panel numbers like 3,7') from None
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("storyboard", help="scenes and shots -> panels and a printable sheet", epilog=EXAMPLES,
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       description="Draw one panel per scene and lay them out as sheet.png and sheet.pdf, with number, "
+                                   "shot, angle, dialogue and description; storyboard.json records everything.")
+    p.add_argument("scenes", metavar="SCENES.yaml|SCENES.csv")
+    p.add_argument("--out", default="storyboard", help="output folder (default ./storyboard)")
+    p.add_argument("--only", type=_numbers, metavar="N,M", help="redraw only these panels")
+    p.add_argument("--model", help="model (overrides the file; required for CSV)")
+    p.add_argument("--font", help="a .ttf/.otf/.ttc font covering the dialogue's scripts")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(run=run)
+
+
+def run(args) -> int:
+    from personae.cli.progress import TerminalProgress
+    from personae.jobs.storyboard import load_scenes, run_storyboard
+
+    settings = load_scenes(args.scenes, {"model": args.model, "font": args.font})
+    progress = TerminalProgress(quiet=args.quiet)
+    try:
+        summary = run_storyboard(settings, args.out, args.only, on_event=progress)
+    finally:
+        progress.close()
+    print(f"{len(summary['panels'])} panels; sheets: {', '.join(summary['sheets'])}, sheet.pdf in {args.out}")
+    return 0

@@ -1,0 +1,97 @@
+"""Storyboard panels: a scene's shot, angle, description and characters become a prompt and a seed.
+
+A scene's shot maps to a learned shot token (`close-up -> <cu_trg>`) when that token is
+loaded, and always to a written phrase ("close-up shot"), so one scene file works with
+or without trained shot tokens. Characters bring their description, LoRA (active only
+in their panels) and seed.
+"""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass
+
+from personae.config.generate import GenerateSettings
+from personae.config.storyboard import SHOT_ALIASES, Scene, StoryboardSettings
+from personae.data.captions import fill_template
+from personae.errors import UserError
+from personae.inference.session import Session
+from personae.inference.txt2img import GeneratedImage, txt2img
+
+
+def canonical_shot(shot: str, settings: StoryboardSettings) -> str:
+    wanted = " ".join(shot.lower().replace("_", " ").split())
+    keys = list(dict.fromkeys([*settings.shot_phrases, *settings.shot_tokens]))
+    for key in keys:
+        names = {key.lower(), key.lower().replace("-", " ")} | set(SHOT_ALIASES.get(key, []))
+        if wanted in names or wanted.replace("-", " ") in names:
+            return key
+    raise UserError(f'Unknown shot "{shot}".', "Use one of: " + ", ".join(keys) + " (or CU, MS, wide, long shot...).")
+
+
+def panel_prompt(scene: Scene, settings: StoryboardSettings, loaded_tokens: set[str]) -> str:
+    shot = canonical_shot(scene.shot, settings)
+    token = settings.shot_tokens.get(shot, "")
+    use = settings.use_shot_tokens == "yes" or (settings.use_shot_tokens == "auto" and token in loaded_tokens)
+    if settings.use_shot_tokens == "yes" and token not in loaded_tokens:
+        raise UserError(f'use_shot_tokens is yes but the token "{token}" for {shot} is not loaded.',
+                        "Add its embedding file to shot_embeddings, or set use_shot_tokens: auto.")
+    people = [settings.characters[c].prompt or c if c in settings.characters else c for c in scene.characters]
+    text = settings.template.format(style=settings.style_trigger, shot_token=token if use else "",
+                                    shot_phrase=settings.shot_phrases.get(shot, shot), angle=scene.angle,
+                                    description=scene.description, characters=", ".join(people), extra=scene.prompt)
+    return fill_template("{caption}", caption=text)
+
+
+def panel_seed(scene: Scene, settings: StoryboardSettings) -> int:
+    if scene.seed is not None:
+        return scene.seed
+    if settings.seed_policy == "fixed":
+        return settings.seed
+    if settings.seed_policy == "per_character" and scene.characters:
+        character = settings.characters.get(scene.characters[0])
+        if character and character.seed is not None:
+            return character.seed
+        return (settings.seed + zlib.crc32(scene.characters[0].encode())) % 2**32
+    return (settings.seed + scene.number) % 2**32
+
+
+def render_panel(session: Session, scene: Scene, settings: StoryboardSettings) -> tuple[GeneratedImage, str]:
+    """One panel; character LoRAs are switched on only for the characters in the scene."""
+    loaded_tokens = {e.token for e in session.embeddings}
+    prompt = panel_prompt(scene, settings, loaded_tokens)
+    if session.loras:  # loaded in the order of addon_loras(settings)
+        weights = []
+        for lora, ref in zip(session.loras, addon_loras(settings)):
+            owner = _lora_owner(ref.path, settings)
+            weights.append(lora.weight if owner is None or owner in scene.characters else 0.0)
+        session.pipe.set_adapters([l.adapter for l in session.loras], adapter_weights=weights)
+    generate = GenerateSettings(model=settings.model, prompt=prompt, negative=settings.negative, steps=settings.steps,
+                                cfg=settings.cfg, seed=panel_seed(scene, settings), width=settings.width,
+                                height=settings.height, sampler=settings.sampler, clip_skip=settings.clip_skip)
+    return txt2img(generate, session)[0], prompt
+
+
+def _lora_owner(path: str, settings: StoryboardSettings) -> str | None:
+    for name, character in settings.characters.items():
+        if character.lora and character.lora.path == path:
+            return name
+    return None
+
+
+def addon_loras(settings: StoryboardSettings):
+    return ([settings.style_lora] if settings.style_lora else []) + [c.lora for c in settings.characters.values() if c.lora]
+
+
+def addon_embeddings(settings: StoryboardSettings):
+    return list(settings.shot_embeddings) + [c.embedding for c in settings.characters.values() if c.embedding]
+
+
+@dataclass
+class PanelRecord:
+    number: int
+    shot: str
+    prompt: str
+    seed: int
+    file: str
+    sha256: str

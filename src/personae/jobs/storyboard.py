@@ -1,0 +1,136 @@
+"""`personae storyboard SCENES.yaml`: panels, sheet PNG and PDF, and storyboard.json to redo any panel.
+
+OUT/panels/panel-NNN.png (each with A1111 metadata), OUT/sheet.png (or sheet-1.png,
+sheet-2.png... for several pages), OUT/sheet.pdf, OUT/storyboard.json (every setting,
+every panel's prompt, seed and file hash). `only` regenerates the listed panels and
+re-lays the sheets from the panel files on disk.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+from pathlib import Path
+
+from personae.config.base import load_yaml, parse_settings
+from personae.config.storyboard import StoryboardSettings
+from personae.errors import UserError
+from personae.events import EventHandler, Message, Progress, ignore
+from personae.inference.session import open_session
+from personae.inference.storyboard import PanelRecord, addon_embeddings, addon_loras, canonical_shot, render_panel
+from personae.media.fonts import font_for
+from personae.media.png import save_png
+from personae.media.storyboard_sheet import PanelText, render_png_pages, write_pdf
+
+
+def load_scenes(path: str | Path, overrides: dict | None = None) -> StoryboardSettings:
+    """A YAML storyboard file, or a CSV of scenes (number, description, dialogue, shot, angle, characters)."""
+    path = Path(path)
+    if path.suffix.lower() == ".csv":
+        if not path.is_file():
+            raise UserError(f"{path} does not exist.")
+        with open(path, newline="", encoding="utf-8-sig") as fh:
+            rows = list(csv.DictReader(fh))
+        scenes = []
+        for i, row in enumerate(rows, start=1):
+            row = {k.strip().lower(): (v or "").strip() for k, v in row.items() if k}
+            scene = {k: v for k, v in row.items() if v != ""}
+            scene["number"] = int(row.get("number") or i)
+            if "characters" in scene:
+                scene["characters"] = [c.strip() for c in scene["characters"].replace(";", ",").split(",") if c.strip()]
+            scenes.append(scene)
+        data = {"scenes": scenes}
+    else:
+        data = load_yaml(path)
+    data.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    settings = parse_settings(StoryboardSettings, data, str(path))
+    return _relative_to(settings, path.resolve().parent)
+
+
+def _relative_to(settings: StoryboardSettings, base: Path) -> StoryboardSettings:
+    """Paths in a scenes file (model, LoRAs, embeddings, font) are relative to the file, as users expect."""
+    def fix(value: str | None) -> str | None:
+        if value and not Path(value).is_absolute() and (base / value).exists():
+            return str((base / value).resolve())
+        return value
+
+    data = settings.model_dump()
+    data["model"], data["font"] = fix(data["model"]), fix(data["font"])
+    refs = [data["style_lora"]] + data["shot_embeddings"]
+    refs += [c[k] for c in data["characters"].values() for k in ("lora", "embedding")]
+    for ref in refs:
+        if ref:
+            ref["path"] = fix(ref["path"])
+    return StoryboardSettings.model_validate(data)
+
+
+def _check(settings: StoryboardSettings, only: set[int] | None) -> None:
+    numbers = [s.number for s in settings.scenes]
+    duplicates = sorted({n for n in numbers if numbers.count(n) > 1})
+    if duplicates:
+        raise UserError(f"Scene numbers must be unique; repeated: {duplicates}.")
+    for scene in settings.scenes:
+        canonical_shot(scene.shot, settings)
+        unknown = [c for c in scene.characters if c not in settings.characters and settings.characters]
+        if unknown:
+            raise UserError(f"Scene {scene.number} names characters not defined under `characters`: {unknown}.")
+    if only and not only <= set(numbers):
+        raise UserError(f"--only names scenes that are not in the file: {sorted(only - set(numbers))}.")
+
+
+def run_storyboard(settings: StoryboardSettings, out: str | Path, only: set[int] | None = None,
+                   on_event: EventHandler = ignore) -> dict:
+    out = Path(out)
+    # 1. check everything before generating: scenes, shots, characters, and a font for all the text
+    _check(settings, only)
+    text = "".join(f"#{s.number} {s.shot.upper()} {s.angle} “{s.dialogue}” {s.description}" for s in settings.scenes)
+    font = font_for(text + settings.layout.title, settings.font)
+    panels_dir = out / "panels"
+    previous = {}
+    if only:
+        record = out / "storyboard.json"
+        if record.is_file():
+            previous = {p["number"]: p for p in json.loads(record.read_text(encoding="utf-8"))["panels"]}
+        missing = [s.number for s in settings.scenes if s.number not in only
+                   and not (panels_dir / f"panel-{s.number:03d}.png").is_file()]
+        if missing:
+            raise UserError(f"Panels {missing} have no image yet in {panels_dir}.", "Run once without --only first.")
+    panels_dir.mkdir(parents=True, exist_ok=True)
+    # 2. one loaded model with the style LoRA, character LoRAs and the shot / character tokens
+    session = open_session(settings.model, settings.device, settings.dtype,
+                           loras=[(l.path, l.weight) for l in addon_loras(settings)],
+                           embeddings=[(e.path, e.token) for e in addon_embeddings(settings)], on_event=on_event)
+    # 3. the panels
+    todo = [s for s in settings.scenes if not only or s.number in only]
+    records = {}
+    for i, scene in enumerate(todo):
+        on_event(Progress("panels", i, len(todo)))
+        image, prompt = render_panel(session, scene, settings)
+        path = save_png(image.image, panels_dir / f"panel-{scene.number:03d}.png", image.parameters, image.png_text())
+        records[scene.number] = PanelRecord(scene.number, canonical_shot(scene.shot, settings), prompt, image.seed,
+                                            str(path.relative_to(out)), hashlib.sha256(path.read_bytes()).hexdigest()).__dict__
+    on_event(Progress("panels", len(todo), len(todo)))
+    # 4. the sheets, from the panel files on disk
+    texts = [PanelText(s.number, canonical_shot(s.shot, settings), s.angle, s.dialogue, s.description,
+                       panels_dir / f"panel-{s.number:03d}.png") for s in settings.scenes]
+    lay = settings.layout
+    pages = render_png_pages(texts, font, lay.page_size, lay.landscape, lay.panels_per_row, lay.panels_per_page, lay.title)
+    for stale in out.glob("sheet*.png"):
+        stale.unlink()
+    names = ["sheet.png"] if len(pages) == 1 else [f"sheet-{i + 1}.png" for i in range(len(pages))]
+    for name, page in zip(names, pages):
+        tmp = out / (name + ".partial")
+        page.save(tmp, format="PNG")
+        tmp.replace(out / name)
+    write_pdf(texts, font, out / "sheet.pdf", lay.page_size, lay.landscape, lay.panels_per_row, lay.panels_per_page,
+              lay.title)
+    # 5. storyboard.json: enough to regenerate the board or any panel
+    panels = [records.get(s.number) or previous.get(s.number) for s in settings.scenes]
+    summary = {"settings": settings.model_dump(), "font": font, "sheets": names, "pdf": "sheet.pdf",
+               "panels": [p for p in panels if p]}
+    tmp = out / "storyboard.json.partial"
+    tmp.write_text(json.dumps(summary, ensure_ascii=False, indent=1), encoding="utf-8")
+    tmp.replace(out / "storyboard.json")
+    on_event(Message(f"storyboard: {len(todo)} panel(s) drawn, {len(pages)} page(s) in {out}"))
+    return summary

@@ -1,0 +1,138 @@
+"""Storyboards: panels, a one-page sheet PNG and PDF with Korean text, --only, shot tokens (issue #7)."""
+
+import hashlib
+import subprocess
+import sys
+
+import pytest
+import torch
+import yaml
+from PIL import ImageFont
+from safetensors.torch import save_file
+
+from personae.errors import UserError
+from personae.jobs.storyboard import load_scenes, run_storyboard
+
+SCENES = [
+    {"number": 1, "description": "a girl waits at a bus stop", "dialogue": "버스가 왜 안 오지?", "shot": "close-up",
+     "angle": "eye level"},
+    {"number": 2, "description": "the bus arrives in the rain", "dialogue": "", "shot": "full", "angle": "high angle"},
+    {"number": 3, "description": "she checks her phone", "dialogue": "Привет! Ты где?", "shot": "medium",
+     "angle": "low angle"},
+    {"number": 4, "description": "the driver waves", "dialogue": "Come on in!", "shot": "MS", "angle": "eye level"},
+    {"number": 5, "description": "rain on the window", "dialogue": "비가 너무 많이 와요.", "shot": "CU", "angle": ""},
+    {"number": 6, "description": "the bus drives into the night", "dialogue": "안녕히 가세요", "shot": "wide",
+     "angle": "high angle"},
+]
+
+
+def _write(tmp_path, model, scenes=SCENES, **extra):
+    data = {"version": 1, "model": str(model), "steps": 3, "width": 64, "height": 64, "seed": 0, "scenes": scenes, **extra}
+    path = tmp_path / "scenes.yaml"
+    path.write_text(yaml.safe_dump(data, allow_unicode=True), encoding="utf-8")
+    return path
+
+
+def _sha(path):
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_six_korean_scenes_make_six_panels_a_one_page_sheet_and_a_pdf(tmp_path, tiny_model):
+    from pypdf import PdfReader
+
+    summary = run_storyboard(load_scenes(_write(tmp_path, tiny_model[0])), tmp_path / "board")
+    board = tmp_path / "board"
+    assert sorted(p.name for p in (board / "panels").glob("*.png")) == [f"panel-{i:03d}.png" for i in range(1, 7)]
+    assert summary["sheets"] == ["sheet.png"] and (board / "sheet.png").is_file()
+    reader = PdfReader(str(board / "sheet.pdf"))
+    assert len(reader.pages) == 1 and len(reader.pages[0].images) == 6
+    text = reader.pages[0].extract_text()
+    for scene in SCENES:
+        assert f"#{scene['number']}" in text and scene["dialogue"] in text and scene["description"] in text
+    # the font really draws Hangul and Cyrillic (not the empty-box glyph)
+    font = ImageFont.truetype(summary["font"], 24)
+    notdef = font.getmask("\ue000").getbbox()
+    for ch in "버스가왜안오지Привет":
+        assert font.getmask(ch).getbbox() not in (None, notdef)
+    panel_params = (board / "panels" / "panel-001.png")
+    from personae.media.png import read_png_text
+
+    assert "close-up shot" in read_png_text(panel_params)["parameters"]
+
+
+def test_only_redraws_that_panel_and_relays_the_sheet(tmp_path, tiny_model):
+    path = _write(tmp_path, tiny_model[0])
+    run_storyboard(load_scenes(path), tmp_path / "board")
+    before = {p.name: _sha(p) for p in (tmp_path / "board/panels").glob("*.png")}
+    sheet = _sha(tmp_path / "board/sheet.png")
+    edited = [dict(s, description="the bus arrives in the snow") if s["number"] == 2 else s for s in SCENES]
+    run_storyboard(load_scenes(_write(tmp_path, tiny_model[0], edited)), tmp_path / "board", only={2})
+    after = {p.name: _sha(p) for p in (tmp_path / "board/panels").glob("*.png")}
+    assert [n for n in before if before[n] != after[n]] == ["panel-002.png"]
+    assert _sha(tmp_path / "board/sheet.png") != sheet
+    import json
+
+    record = json.loads((tmp_path / "board/storyboard.json").read_text())
+    assert [p["number"] for p in record["panels"]] == [1, 2, 3, 4, 5, 6]
+    assert "snow" in record["panels"][1]["prompt"] and record["panels"][1]["sha256"] == after["panel-002.png"]
+
+
+def test_shot_tokens_reach_the_text_encoder(tmp_path, tiny_model):
+    from personae.config.storyboard import Scene
+    from personae.inference.prompt import PromptEncoder
+    from personae.inference.session import open_session
+    from personae.inference.storyboard import panel_prompt
+
+    torch.manual_seed(0)
+    files = {}
+    for name in ("a", "b"):
+        save_file({"emb_params": torch.randn(2, 32)}, str(tmp_path / f"cu_{name}.safetensors"))
+        files[name] = tmp_path / f"cu_{name}.safetensors"
+    settings = load_scenes(_write(tmp_path, tiny_model[0], shot_embeddings=[{"path": str(files["a"]), "token": "<cu_trg>"}]))
+    close, medium = Scene(**SCENES[0]), Scene(**SCENES[2])
+    outputs, ids = {}, {}
+    for name, file in files.items():
+        session = open_session(str(tiny_model[0]), "cpu", embeddings=[(str(file), "<cu_trg>")])
+        prompt = panel_prompt(close, settings, {"<cu_trg>"})
+        assert prompt.startswith("<cu_trg> close-up shot")
+        encoder = PromptEncoder(session.pipe)
+        token_ids = [t for chunk in encoder.token_chunks(prompt) for t, _ in chunk]
+        ids[name] = session.pipe.tokenizer.convert_tokens_to_ids(["<cu_trg>", "<cu_trg>_1"])
+        assert all(i in token_ids for i in ids[name])
+        outputs[name] = (encoder.encode(prompt).embeds, encoder.encode(panel_prompt(medium, settings, {"<cu_trg>"})).embeds)
+    assert not torch.equal(outputs["a"][0], outputs["b"][0])  # the close-up panel uses the <cu_trg> vectors
+    assert torch.equal(outputs["a"][1], outputs["b"][1])  # the medium panel does not
+    without = load_scenes(_write(tmp_path, tiny_model[0]))
+    assert panel_prompt(close, without, set()).startswith("close-up shot")  # no token loaded: the phrase alone
+
+
+def test_the_issue_example_file_and_csv_work_through_the_cli(tmp_path, tiny_model):
+    (tmp_path / "tiny").symlink_to(tiny_model[0])
+    (tmp_path / "scenes.yaml").write_text(
+        "version: 1\nmodel: ./tiny\nsteps: 4\nwidth: 64\nheight: 64\nseed: 0\nscenes:\n"
+        '  - {number: 1, description: "a girl waits at a bus stop", dialogue: "버스가 왜 안 오지?", shot: close-up, angle: eye level}\n'
+        '  - {number: 2, description: "the bus arrives in the rain", dialogue: "", shot: full, angle: high angle}\n',
+        encoding="utf-8")
+    r = subprocess.run([sys.executable, "-m", "personae", "storyboard", tmp_path / "scenes.yaml", "--out",
+                        tmp_path / "board", "--quiet"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "board/sheet.pdf").is_file() and len(list((tmp_path / "board/panels").glob("*.png"))) == 2
+    (tmp_path / "scenes.csv").write_text("number,description,dialogue,shot,angle\n1,a cat on a roof,야옹,CU,low angle\n"
+                                         "2,the city at night,,wide,\n", encoding="utf-8")
+    r = subprocess.run([sys.executable, "-m", "personae", "storyboard", tmp_path / "scenes.csv", "--model",
+                        tiny_model[0], "--out", tmp_path / "csv", "--quiet"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert len(list((tmp_path / "csv/panels").glob("*.png"))) == 2
+
+
+def test_bad_storyboards_fail_before_drawing(tmp_path, tiny_model):
+    bad_shot = [dict(SCENES[0], shot="bird's eye")]
+    with pytest.raises(UserError, match="Unknown shot"):
+        run_storyboard(load_scenes(_write(tmp_path, tiny_model[0], bad_shot)), tmp_path / "b1")
+    dejavu = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf"
+    if __import__("os").path.exists(dejavu):
+        with pytest.raises(UserError, match="no glyphs"):
+            run_storyboard(load_scenes(_write(tmp_path, tiny_model[0], font=dejavu)), tmp_path / "b2")
+    with pytest.raises(UserError, match="no image yet"):
+        run_storyboard(load_scenes(_write(tmp_path, tiny_model[0])), tmp_path / "b3", only={2})
+    assert not list((tmp_path).glob("b*/panels/*.png"))
