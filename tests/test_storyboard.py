@@ -136,3 +136,32 @@ def test_bad_storyboards_fail_before_drawing(tmp_path, tiny_model):
     with pytest.raises(UserError, match="no image yet"):
         run_storyboard(load_scenes(_write(tmp_path, tiny_model[0])), tmp_path / "b3", only={2})
     assert not list((tmp_path).glob("b*/panels/*.png"))
+
+
+def test_characters_keep_their_seed_and_their_lora_is_on_only_in_their_panels(tmp_path, tiny_model):
+    import numpy as np
+
+    from personae.config.storyboard import Scene
+    from personae.inference.storyboard import panel_seed
+    from test_generate import _lora_file
+
+    lora = _lora_file(tmp_path / "mina.safetensors")
+    scenes = [{"number": 1, "description": "mina at the stop", "shot": "CU", "characters": ["mina"]},
+              {"number": 2, "description": "an empty street", "shot": "wide"},
+              {"number": 3, "description": "mina boards", "shot": "MS", "characters": ["mina"]}]
+    characters = {"mina": {"prompt": "a girl with a red umbrella", "lora": {"path": str(lora)}, "seed": 42}}
+    settings = load_scenes(_write(tmp_path, tiny_model[0], scenes, characters=characters, seed_policy="per_character"))
+    assert [panel_seed(Scene(**s), settings) for s in scenes] == [42, 2, 42]
+    run_storyboard(settings, tmp_path / "with")
+    no_lora = {"mina": {"prompt": "a girl with a red umbrella", "seed": 42}}
+    plain = load_scenes(_write(tmp_path, tiny_model[0], scenes[:2], characters=no_lora, seed_policy="per_character"))
+    run_storyboard(plain, tmp_path / "without")
+    from PIL import Image
+
+    def px(board, n):
+        return np.asarray(Image.open(tmp_path / board / "panels" / f"panel-{n:03d}.png"), dtype=int)
+
+    assert np.abs(px("with", 1) - px("without", 1)).mean() > 1  # mina's LoRA is on in her panel...
+    assert np.abs(px("with", 2) - px("without", 2)).max() <= 1  # ...and off where she is absent
+    record = __import__("json").loads((tmp_path / "with/storyboard.json").read_text())
+    assert "a girl with a red umbrella" in record["panels"][0]["prompt"]
