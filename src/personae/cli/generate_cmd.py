@@ -12,6 +12,8 @@ EXAMPLES = """examples:
   personae generate --model ./majicmix.safetensors --lora me.safetensors:0.8 \\
       --embedding easynegative.safetensors --prompt "photo of sks man" --out out/
   personae generate --from-png out/00000-7.png --seed 8 --out out/
+  personae generate --model ./tiny --prompt "a watercolor" --init-image photo.png --strength 0.6 --out out/
+  personae generate --model ./tiny --prompt "a red hat" --init-image photo.png --mask hat_mask.png --out out/
 
 samplers: {samplers}
 """
@@ -65,6 +67,10 @@ def add_parser(sub) -> None:
     add_generate_options(p)
     p.add_argument("--batch-size", type=int, help="images per pass (default 1)")
     p.add_argument("--batch-count", type=int, help="number of passes (default 1)")
+    p.add_argument("--init-image", metavar="IMG", help="img2img: start from this image")
+    p.add_argument("--strength", type=float, help="denoising strength for --init-image: 0 keeps it, 1 redraws (default 0.75)")
+    p.add_argument("--mask", metavar="MASK", help="inpaint: redraw only the white part of this mask (needs --init-image)")
+    p.add_argument("--mask-blur", type=int, help="feather the mask edge by N pixels (default 4)")
     p.add_argument("--from-png", metavar="FILE", help="start from the settings stored in a PNG; other options override")
     p.add_argument("--out", default="outputs", help="output folder (default ./outputs)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -74,7 +80,8 @@ def add_parser(sub) -> None:
 _FIELDS = {"model": "model", "prompt": "prompt", "negative": "negative", "steps": "steps", "cfg": "cfg",
            "seed": "seed", "width": "width", "height": "height", "sampler": "sampler", "clip_skip": "clip_skip",
            "batch_size": "batch_size", "batch_count": "batch_count", "lora": "loras", "embedding": "embeddings",
-           "device": "device", "dtype": "dtype", "allow_pickle": "allow_pickle"}
+           "device": "device", "dtype": "dtype", "allow_pickle": "allow_pickle", "init_image": "init_image",
+           "strength": "strength", "mask": "mask", "mask_blur": "mask_blur"}
 
 
 def settings_from_args(args, base: dict | None = None):

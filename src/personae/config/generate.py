@@ -44,6 +44,10 @@ class GenerateSettings(Strict):
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
     dtype: Literal["auto", "fp32", "fp16", "bf16"] = "auto"  # auto: fp16 on cuda/mps, fp32 on cpu
     allow_pickle: bool = False  # load .ckpt/.pt/.bin files (they can run code when loaded)
+    init_image: str | None = None  # img2img: start from this image ("Denoising strength" decides how much changes)
+    strength: float = Field(0.75, ge=0.0, le=1.0)  # "Denoising strength": 0 keeps the image, 1 redraws it
+    mask: str | None = None  # inpainting: white = redraw, black = keep (needs init_image)
+    mask_blur: int = Field(4, ge=0, le=64)  # "Mask blur": feathering of the mask edge, in pixels
 
     @field_validator("width", "height")
     @classmethod

@@ -18,6 +18,8 @@ from PIL import Image
 from personae import __version__
 from personae.config.generate import GenerateSettings
 from personae.events import EventHandler, Message, Progress, ignore
+from personae.errors import UserError
+from personae.inference.img2img import composite, default_size, denoiser, feathered_mask, open_image, vae_roundtrip
 from personae.inference.samplers import get_sampler
 from personae.inference.session import Session, open_session
 from personae.media.png import format_parameters
@@ -47,6 +49,8 @@ def infotext(settings: GenerateSettings, session: Session, seed: int, width: int
         "Steps": settings.steps, "Sampler": settings.sampler, "CFG scale": float(settings.cfg), "Seed": seed,
         "Size": f"{width}x{height}", "Model hash": session.model_hash, "Model": session.source.name,
         "Clip skip": settings.clip_skip,
+        "Denoising strength": float(settings.strength) if settings.init_image else None,
+        "Mask blur": settings.mask_blur if settings.mask else None,
         "Lora hashes": hashes_text({l.name: l.hash for l in session.loras}),
         "TI hashes": hashes_text({e.token: e.hash for e in session.embeddings}),
         "Version": f"personae {__version__}",
@@ -63,8 +67,13 @@ def txt2img(settings: GenerateSettings, session: Session | None = None,
     # 2. load the model, LoRAs and embeddings (unless the caller holds a session)
     session = session or session_for(settings, on_event)
     pipe = session.pipe
-    width = settings.width or session.native_size
-    height = settings.height or session.native_size
+    if settings.mask and not settings.init_image:
+        raise UserError("--mask needs --init-image (the picture to inpaint).")
+    size = default_size(settings.init_image) if settings.init_image else (session.native_size, session.native_size)
+    width = settings.width or size[0]
+    height = settings.height or size[1]
+    init = open_image(settings.init_image, "init image", (width, height)) if settings.init_image else None
+    mask = feathered_mask(settings.mask, (width, height), settings.mask_blur) if settings.mask else None
     # 3. the sampler, built on the model's own noise schedule
     pipe.scheduler = sampler.make(session.base_scheduler)
     if not sampler.exact:
@@ -85,14 +94,20 @@ def txt2img(settings: GenerateSettings, session: Session | None = None,
             return kwargs
 
         # 5. denoise: one CPU generator per image, so each seed reproduces alone
+        kwargs = dict(prompt_embeds=positive.embeds.to(session.dtype).repeat(n, 1, 1),
+                      negative_prompt_embeds=negative.embeds.to(session.dtype).repeat(n, 1, 1),
+                      num_inference_steps=settings.steps, guidance_scale=settings.cfg,
+                      generator=[torch.Generator("cpu").manual_seed(s) for s in seeds], callback_on_step_end=report)
         with torch.no_grad():
-            images = pipe(
-                prompt_embeds=positive.embeds.to(session.dtype).repeat(n, 1, 1),
-                negative_prompt_embeds=negative.embeds.to(session.dtype).repeat(n, 1, 1),
-                num_inference_steps=settings.steps, guidance_scale=settings.cfg, width=width, height=height,
-                generator=[torch.Generator("cpu").manual_seed(s) for s in seeds],
-                callback_on_step_end=report,
-            ).images
+            if init is not None and settings.strength == 0:  # nothing to redraw: the image as the VAE gives it
+                images = [vae_roundtrip(pipe, init)] * n
+            elif init is not None:
+                extra = {"mask_image": mask, "height": height, "width": width} if mask is not None else {}
+                images = denoiser(session, init, mask)(image=init, strength=settings.strength, **extra, **kwargs).images
+            else:
+                images = pipe(width=width, height=height, **kwargs).images
+        if mask is not None:
+            images = [composite(init, image, mask) for image in images]
         # 6. settings that reproduce each image on its own
         for image, s in zip(images, seeds):
             one = settings.model_copy(update={"seed": s, "batch_size": 1, "batch_count": 1, "width": width, "height": height})

@@ -49,6 +49,8 @@ def _from_infotext(text: str) -> dict:
         data["seed"] = int(p["Seed"])
     if "Size" in p and "x" in p["Size"]:
         data["width"], data["height"] = (int(v) for v in p["Size"].split("x"))
+    if "Denoising strength" in p:
+        data["strength"] = float(p["Denoising strength"])
     if "Clip skip" in p:
         data["clip_skip"] = int(p["Clip skip"])
     if "Sampler" in p:

@@ -1,0 +1,65 @@
+"""img2img and inpainting on the loaded model: diffusers' pipelines sharing the session's components.
+
+Like A1111: the init image is resized to the output size; "Denoising strength" 0 returns
+the image as the VAE reproduces it; inpainting redraws the white part of the mask and
+pastes the untouched pixels back through a feathered mask, so unmasked pixels are kept.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageFilter, ImageOps
+
+from personae.errors import UserError
+
+
+def open_image(path: str, what: str, size: tuple[int, int] | None = None) -> Image.Image:
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise UserError(f"The {what} {p} does not exist.")
+    try:
+        with Image.open(p) as im:
+            im = ImageOps.exif_transpose(im) or im
+            image = im.convert("RGB")
+    except OSError as exc:
+        raise UserError(f"The {what} {p} is not a readable image ({exc}).") from None
+    return image.resize(size, Image.Resampling.LANCZOS) if size and image.size != size else image
+
+
+def default_size(path: str) -> tuple[int, int]:
+    """The init image's size, rounded down to multiples of 8."""
+    w, h = open_image(path, "init image").size
+    return max(8, w // 8 * 8), max(8, h // 8 * 8)
+
+
+def feathered_mask(path: str, size: tuple[int, int], blur: int) -> Image.Image:
+    mask = open_image(path, "mask", size).convert("L")
+    return mask.filter(ImageFilter.GaussianBlur(blur)) if blur else mask
+
+
+@torch.no_grad()
+def vae_roundtrip(pipe, image: Image.Image) -> Image.Image:
+    """What strength 0 gives: the image encoded and decoded by the model's VAE."""
+    x = pipe.image_processor.preprocess(image).to(pipe.vae.device, pipe.vae.dtype)
+    latents = pipe.vae.encode(x).latent_dist.mode()
+    return pipe.image_processor.postprocess(pipe.vae.decode(latents).sample, output_type="pil")[0]
+
+
+def denoiser(session, init_image: Image.Image, mask: Image.Image | None):
+    """The diffusers pipeline for this mode, built on the session's own modules (no copy)."""
+    from diffusers import StableDiffusionImg2ImgPipeline, StableDiffusionInpaintPipeline
+
+    cls = StableDiffusionInpaintPipeline if mask is not None else StableDiffusionImg2ImgPipeline
+    pipe = cls(**session.pipe.components)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def composite(original: Image.Image, generated: Image.Image, mask: Image.Image) -> Image.Image:
+    """Keep the original where the mask is black, A1111's overlay."""
+    alpha = np.asarray(mask, dtype=np.float32)[..., None] / 255.0
+    mixed = np.asarray(generated, dtype=np.float32) * alpha + np.asarray(original, dtype=np.float32) * (1 - alpha)
+    return Image.fromarray(np.clip(mixed + 0.5, 0, 255).astype(np.uint8))
