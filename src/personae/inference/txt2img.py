@@ -64,11 +64,14 @@ def txt2img(settings: GenerateSettings, session: Session | None = None,
     # 1. check inputs and fix the seed
     sampler = get_sampler(settings.sampler)
     seed = settings.seed if settings.seed >= 0 else random.randrange(2**32)
+    if settings.mask and not settings.init_image:
+        raise UserError("--mask needs --init-image (the picture to inpaint).")
+    for path, what in ((settings.init_image, "init image"), (settings.mask, "mask")):
+        if path:
+            open_image(path, what)  # a missing or unreadable file fails before the model loads
     # 2. load the model, LoRAs and embeddings (unless the caller holds a session)
     session = session or session_for(settings, on_event)
     pipe = session.pipe
-    if settings.mask and not settings.init_image:
-        raise UserError("--mask needs --init-image (the picture to inpaint).")
     size = default_size(settings.init_image) if settings.init_image else (session.native_size, session.native_size)
     width = settings.width or size[0]
     height = settings.height or size[1]
