@@ -5,6 +5,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -179,6 +180,7 @@ def test_cpu_refuses_fp16_and_adamw8bit_clearly(tmp_path, tiny_model, prepared):
                                  output=tmp_path / f"run-{expected[:4]}", train=dict(QUICK, **train)))
         with pytest.raises(UserError, match=expected):
             run_training(job)
+        assert not Path(job.output).exists()  # nothing half-written
 
 
 def test_raw_folder_is_prepared_on_the_fly_and_epochs_count_batches(tmp_path, tiny_model):

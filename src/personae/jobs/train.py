@@ -21,6 +21,7 @@ from personae.config.train import TrainJob
 from personae.errors import UserError
 from personae.events import EventHandler, ignore
 from personae.training import checkpoint as ckpt
+from personae.training.setup import preflight
 
 PACKAGES = ["personae", "torch", "diffusers", "transformers", "peft", "accelerate", "safetensors"]
 
@@ -61,6 +62,7 @@ def run_training(job: TrainJob, resume: bool = False, overwrite: bool = False, o
         return train(job, run, resume=resume, on_event=ignore)
     if run.exists() and not run.is_dir():
         raise UserError(f"output {run} exists and is not a folder.")
+    preflight(job)  # bad settings fail here, before any folder is made
     has_run = run.is_dir() and (ckpt.list_checkpoints(run) or (run / "exports.json").exists())
     if has_run and not (resume or overwrite):
         raise UserError(f"The run folder {run} already holds a run.",

@@ -31,7 +31,7 @@ from personae.methods.base import ExportFile
 from personae.models.resolve import load_pipeline, resolve_model
 from personae.training import checkpoint as ckpt
 from personae.training.setup import (LatentCache, class_examples, load_examples, make_accelerator, make_optimizer,
-                                     sample_latents, seeded)
+                                     preflight, sample_latents, seeded)
 from personae.training.validation import validation_grid
 from personae.training.verify import Check, verify_exports
 
@@ -55,7 +55,8 @@ def encode_text(pipe, text_encoder, captions: list[str]) -> torch.Tensor:
 
 def train(job: TrainJob, run: Path, resume: bool = False, on_event: EventHandler = ignore) -> TrainResult:
     t = job.train
-    # 1. processes, devices, precision
+    # 1. check inputs; processes, devices, precision
+    preflight(job)
     accelerator = make_accelerator(job)
     world, rank, main = accelerator.num_processes, accelerator.process_index, accelerator.is_main_process
     # 2. the base model
@@ -84,7 +85,7 @@ def train(job: TrainJob, run: Path, resume: bool = False, on_event: EventHandler
         if method.text_encoder_changes:
             pipe.text_encoder.gradient_checkpointing_enable()
     # 5. optimizer, LR schedule (stepped once per optimizer step, by us), EMA; accelerate wraps modules
-    optimizer = make_optimizer(job, groups, accelerator.device)
+    optimizer = make_optimizer(job, groups)
     lr_schedule = get_scheduler(t.lr_scheduler, optimizer, num_warmup_steps=t.warmup_steps, num_training_steps=total)
     modules = method.modules(pipe)
     prepared = accelerator.prepare(*modules, optimizer)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from pathlib import Path
 
@@ -21,21 +22,38 @@ def uses_cpu(job: TrainJob) -> bool:
     return job.device == "cpu" or (job.device == "auto" and not torch.cuda.is_available())
 
 
-def make_accelerator(job: TrainJob):
-    from accelerate import Accelerator
-
-    from accelerate.state import AcceleratorState
+def preflight(job: TrainJob) -> None:
+    """Every check that needs no model: run before a run folder is made, so bad input leaves nothing behind."""
+    from personae.models.resolve import resolve_model
 
     cpu = uses_cpu(job)
-    # accelerate keeps one global state per process; a second run in the same process (the UI, tests) may ask
-    # for another precision, so the per-run part is reset (the process group of a launched run is kept).
-    AcceleratorState._reset_state(reset_partial_state=int(os.environ.get("WORLD_SIZE", "1")) <= 1)
     if job.device == "cuda" and not torch.cuda.is_available():
         raise UserError("device: cuda was asked for, but this PyTorch sees no CUDA GPU.", "Use device: auto or cpu.")
     if cpu and job.train.mixed_precision == "fp16":
         raise UserError("train.mixed_precision: fp16 needs a GPU (PyTorch has no fp16 training kernels on the CPU).",
                         "Use mixed_precision: bf16 or no on the CPU.")
-    return Accelerator(mixed_precision=job.train.mixed_precision, cpu=cpu,
+    if job.train.optimizer == "adamw8bit":
+        if cpu:
+            raise UserError("optimizer adamw8bit (bitsandbytes) runs only on CUDA GPUs.", "Use optimizer: adamw here.")
+        if importlib.util.find_spec("bitsandbytes") is None:
+            raise UserError("optimizer adamw8bit needs bitsandbytes.", "pip install bitsandbytes")
+    if job.train.optimizer == "prodigy" and importlib.util.find_spec("prodigyopt") is None:
+        raise UserError("optimizer prodigy needs the prodigyopt package.",
+                        "pip install prodigyopt (and set learning_rate: 1.0)")
+    if not Path(job.data.path).expanduser().exists():
+        raise UserError(f"data.path {job.data.path} does not exist.",
+                        "Point it at a `personae prepare` output or an image folder.")
+    resolve_model(job.base_model, allow_pickle=job.allow_pickle)
+
+
+def make_accelerator(job: TrainJob):
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+
+    # accelerate keeps one global state per process; a second run in the same process (the UI, tests) may ask
+    # for another precision, so the per-run part is reset (the process group of a launched run is kept).
+    AcceleratorState._reset_state(reset_partial_state=int(os.environ.get("WORLD_SIZE", "1")) <= 1)
+    return Accelerator(mixed_precision=job.train.mixed_precision, cpu=uses_cpu(job),
                        gradient_accumulation_steps=job.train.gradient_accumulation)
 
 
@@ -86,24 +104,19 @@ def class_examples(pipe, source, job: TrainJob, run: Path, size: tuple[int, int]
     return [Example(p, c.class_prompt, size) for p in images]
 
 
-def make_optimizer(job: TrainJob, groups: list[ParamGroup], device: torch.device):
+def make_optimizer(job: TrainJob, groups: list[ParamGroup]):
+    """The optimizer `preflight` checked can be had here."""
     t = job.train
     params = [{"params": g.params, "lr": g.lr,
                "weight_decay": t.weight_decay if g.weight_decay is None else g.weight_decay} for g in groups]
     if t.optimizer == "adamw":
         return torch.optim.AdamW(params, lr=t.learning_rate, weight_decay=t.weight_decay)
     if t.optimizer == "adamw8bit":
-        if device.type != "cuda":
-            raise UserError("optimizer adamw8bit (bitsandbytes) runs only on CUDA GPUs.", "Use optimizer: adamw here.")
-        try:
-            import bitsandbytes as bnb
-        except ImportError:
-            raise UserError("optimizer adamw8bit needs bitsandbytes.", "pip install bitsandbytes") from None
+        import bitsandbytes as bnb
+
         return bnb.optim.AdamW8bit(params, lr=t.learning_rate, weight_decay=t.weight_decay)
-    try:
-        from prodigyopt import Prodigy
-    except ImportError:
-        raise UserError("optimizer prodigy needs the prodigyopt package.", "pip install prodigyopt (and set learning_rate: 1.0)") from None
+    from prodigyopt import Prodigy
+
     return Prodigy(params, lr=t.learning_rate, weight_decay=t.weight_decay)
 
 
@@ -151,11 +164,12 @@ class LatentCache:
 
 
 def sample_latents(params: list[torch.Tensor], draws: torch.Tensor, scaling: float) -> torch.Tensor:
-    """z = scaling * (mean + std * eps) for stacked posterior parameters."""
-    stacked = torch.stack(params)
-    mean, logvar = stacked.chunk(2, dim=1)
-    std = torch.exp(0.5 * logvar.clamp(-30.0, 20.0))
-    return (mean + std * draws) * scaling
+    """z = scaling * (mean + std * eps) for stacked posterior parameters, with eps drawn by the caller
+    (for the whole global batch) instead of inside diffusers' DiagonalGaussianDistribution.sample."""
+    from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
+
+    posterior = DiagonalGaussianDistribution(torch.stack(params))
+    return (posterior.mean + posterior.std * draws) * scaling
 
 
 def seeded(*parts: int) -> torch.Generator:
