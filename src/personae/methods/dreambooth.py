@@ -37,7 +37,7 @@ class DreamBoothMethod(Method):
         return self.job.dreambooth.train_text_encoder
 
     def export(self, pipe, out: Path, metadata: dict[str, str]) -> list[ExportFile]:
-        from personae.models.tiny import save_single_file
+        from personae.models.original_layout import save_single_file
 
         folder = out / "model"
         pipe.save_pretrained(str(folder), safe_serialization=True)

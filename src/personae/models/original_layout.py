@@ -3,14 +3,23 @@
 The original layout is what model sites share as one `.safetensors` file
 (`model.diffusion_model.*`, `first_stage_model.*`, `cond_stage_model.transformer.*`).
 diffusers reads it (`from_single_file`) but has no writer in its wheel, so this module
-writes it. The mapping is derived from the UNet config, so it holds for any number of
+writes it (`save_single_file`). The mapping is derived from the UNet config, so it holds for any number of
 blocks and layers per block; tests reload the result through diffusers' own reader.
 """
 
 from __future__ import annotations
 
-import torch
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING
 
+import torch
+from safetensors.torch import save_file
+
+if TYPE_CHECKING:
+    from diffusers import StableDiffusionPipeline
+
+CONFIG_METADATA_KEY = "personae_configs"  # single-file header entry holding the component configs
 UNET_PREFIX = "model.diffusion_model."
 VAE_PREFIX = "first_stage_model."
 TEXT_PREFIX = "cond_stage_model.transformer."
@@ -114,3 +123,32 @@ def pipeline_to_original(unet, vae, text_encoder) -> dict[str, torch.Tensor]:
     state.update(vae_to_original(vae.state_dict(), dict(vae.config)))
     state.update(text_encoder_to_original(text_encoder.state_dict()))
     return {k: v.detach().to("cpu").contiguous().clone() for k, v in state.items()}
+
+
+def component_configs(pipe: StableDiffusionPipeline) -> dict:
+    """The configs a single file needs to be rebuilt (stored in its header)."""
+    return {
+        "unet": dict(pipe.unet.config),
+        "vae": dict(pipe.vae.config),
+        "text_encoder": pipe.text_encoder.config.to_dict(),
+        "scheduler": dict(pipe.scheduler.config),
+    }
+
+
+def save_single_file(pipe: StableDiffusionPipeline, path: str | Path, extra_metadata: dict | None = None) -> Path:
+    """Write the pipeline's weights as one original-layout .safetensors file.
+
+    The component configs go into the header so personae can rebuild non-standard
+    sizes (such as the tiny model) offline; other tools read the tensors as usual.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = pipeline_to_original(pipe.unet, pipe.vae, pipe.text_encoder)
+    # One header key only: safetensors writes metadata from a hash map whose order changes from
+    # one call to the next, so two or more keys would break "same seed, same bytes".
+    metadata = {CONFIG_METADATA_KEY: json.dumps(component_configs(pipe), default=list, sort_keys=True)}
+    metadata.update(extra_metadata or {})
+    tmp = path.with_name(path.name + ".partial")
+    save_file(state, str(tmp), metadata=metadata)
+    tmp.replace(path)
+    return path

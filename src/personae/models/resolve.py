@@ -27,7 +27,8 @@ from safetensors import safe_open
 
 from personae.errors import UserError
 from personae.hub import require_hub
-from personae.models.tiny import CONFIG_METADATA_KEY, SD15_DIR
+from personae.models.original_layout import CONFIG_METADATA_KEY
+from personae.models.tiny import SD15_DIR
 
 PICKLE_SUFFIXES = {".ckpt", ".pt", ".pth", ".bin"}
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")

@@ -9,18 +9,15 @@ one real models take. Native size: 64x64 pixels (8x8 latents).
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-from safetensors.torch import save_file
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-from personae.models.original_layout import pipeline_to_original
+from personae.models.original_layout import save_single_file
 
 SD15_DIR = Path(__file__).parent / "sd15"
-CONFIG_METADATA_KEY = "personae_configs"  # single-file header entry holding the component configs
 
 TINY_UNET = dict(
     sample_size=8, in_channels=4, out_channels=4, layers_per_block=1,
@@ -81,35 +78,6 @@ def build_tiny_pipeline(seed: int = 0) -> StableDiffusionPipeline:
         unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=sd15_tokenizer(), scheduler=sd15_scheduler(),
         safety_checker=None, feature_extractor=None, requires_safety_checker=False,
     )
-
-
-def component_configs(pipe: StableDiffusionPipeline) -> dict:
-    """The configs a single file needs to be rebuilt (stored in its header)."""
-    return {
-        "unet": dict(pipe.unet.config),
-        "vae": dict(pipe.vae.config),
-        "text_encoder": pipe.text_encoder.config.to_dict(),
-        "scheduler": dict(pipe.scheduler.config),
-    }
-
-
-def save_single_file(pipe: StableDiffusionPipeline, path: str | Path, extra_metadata: dict | None = None) -> Path:
-    """Write the pipeline's weights as one original-layout .safetensors file.
-
-    The component configs go into the header so personae can rebuild non-standard
-    sizes (such as the tiny model) offline; other tools read the tensors as usual.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    state = pipeline_to_original(pipe.unet, pipe.vae, pipe.text_encoder)
-    # One header key only: safetensors writes metadata from a hash map whose order changes from
-    # one call to the next, so two or more keys would break "same seed, same bytes".
-    metadata = {CONFIG_METADATA_KEY: json.dumps(component_configs(pipe), default=list, sort_keys=True)}
-    metadata.update(extra_metadata or {})
-    tmp = path.with_name(path.name + ".partial")
-    save_file(state, str(tmp), metadata=metadata)
-    tmp.replace(path)
-    return path
 
 
 def write_tiny_model(out_dir: str | Path, seed: int = 0, single_file: str | Path | None = None) -> Path:
