@@ -165,3 +165,20 @@ def test_characters_keep_their_seed_and_their_lora_is_on_only_in_their_panels(tm
     assert np.abs(px("with", 2) - px("without", 2)).max() <= 1  # ...and off where she is absent
     record = __import__("json").loads((tmp_path / "with/storyboard.json").read_text())
     assert "a girl with a red umbrella" in record["panels"][0]["prompt"]
+
+
+def test_letter_portrait_layout_spills_onto_a_second_page(tmp_path, tiny_model):
+    from pypdf import PdfReader
+
+    seven = SCENES + [{"number": 7, "description": "the end", "dialogue": "끝", "shot": "full", "angle": ""}]
+    layout = {"panels_per_row": 2, "panels_per_page": 6, "page_size": "Letter", "landscape": False, "title": "Bus"}
+    summary = run_storyboard(load_scenes(_write(tmp_path, tiny_model[0], seven, layout=layout)), tmp_path / "board")
+    assert summary["sheets"] == ["sheet-1.png", "sheet-2.png"]
+    from PIL import Image
+
+    width, height = Image.open(tmp_path / "board/sheet-1.png").size
+    assert height > width  # portrait
+    reader = PdfReader(str(tmp_path / "board/sheet.pdf"))
+    assert len(reader.pages) == 2 and len(reader.pages[1].images) == 1
+    assert round(float(reader.pages[0].mediabox.width)) == 612  # Letter: 8.5 in
+    assert "끝" in reader.pages[1].extract_text()
