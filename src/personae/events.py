@@ -1,7 +1,7 @@
 """Typed progress events: how long-running work reports to the CLI, the web UI and tests.
 
 The core never prints or draws bars; it calls an `on_event` callback with these, and the
-adapters render them (tqdm in the CLI). A callback may raise `Cancelled` to stop work.
+adapters render them (tqdm in the CLI).
 """
 
 from __future__ import annotations
@@ -26,10 +26,6 @@ class Message:
 
 Event = Progress | Message
 EventHandler = Callable[[Event], None]
-
-
-class Cancelled(Exception):
-    """Raised by an event handler to stop the work that called it."""
 
 
 def ignore(_: Event) -> None:

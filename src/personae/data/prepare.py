@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -200,9 +199,3 @@ def _report(src: Path, r: PrepareResult, settings: PrepareSettings) -> str:
         buckets[f"{e.width}x{e.height}"] = buckets.get(f"{e.width}x{e.height}", 0) + 1
     lines += ["## Sizes", "", "| size | images |", "|---|---|"] + [f"| {k} | {v} |" for k, v in sorted(buckets.items())]
     return "\n".join(lines) + "\n"
-
-
-def clear_outputs(out: Path) -> None:
-    """Remove a prepared set (used when the user asks for a clean re-run)."""
-    if (out / MANIFEST).is_file():
-        shutil.rmtree(out)

@@ -1,4 +1,4 @@
-"""Metrics that always work offline: distance to the nearest reference image, diversity."""
+"""Metrics that always work offline: distance to the nearest reference image."""
 
 from __future__ import annotations
 
@@ -19,12 +19,3 @@ def nearest_distances(images: list[Image.Image], references: list[Image.Image]) 
     size = references[0].size
     refs = np.stack([as_array(r, size) for r in references])
     return [float(np.abs(refs - as_array(img, size)[None]).mean(axis=(1, 2, 3)).min()) for img in images]
-
-
-def diversity(images: list[Image.Image]) -> float:
-    """Mean pairwise mean-absolute pixel distance (0 when all images are the same)."""
-    if len(images) < 2:
-        return 0.0
-    arrays = [as_array(i, images[0].size) for i in images]
-    pairs = [np.abs(a - b).mean() for i, a in enumerate(arrays) for b in arrays[i + 1:]]
-    return float(np.mean(pairs))

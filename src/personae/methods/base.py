@@ -7,7 +7,7 @@ nothing else about it. New methods: a module with a `Method` subclass, one regis
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -38,7 +38,6 @@ class ParamGroup:
 class Method:
     job: TrainJob
     name: str = "base"
-    tokens: list[str] = field(default_factory=list)  # tokens this method adds to prompts
 
     # 1. setup: freeze the base, add what is trained; returns optimizer groups
     def setup(self, pipe) -> list[ParamGroup]:

@@ -25,7 +25,6 @@ class PivotalMethod(TextualInversionMethod):
         groups = LoraMethod(self.job).setup(pipe)  # freezes the base, adds the LoRA
         self.table = TokenTable(self._specs())
         self.table.add(pipe)
-        self.tokens = [s.token for s in self._specs()]
         groups.append(ParamGroup("tokens", [self.table.parameter(pipe)], self.job.pivotal.token_lr, weight_decay=0.0))
         return groups
 

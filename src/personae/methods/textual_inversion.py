@@ -113,7 +113,6 @@ class TextualInversionMethod(Method):
         freeze(pipe)
         self.table = TokenTable(self._specs())
         self.table.add(pipe)
-        self.tokens = [s.token for s in self._specs()]
         return [ParamGroup("tokens", [self.table.parameter(pipe)], self.job.train.learning_rate, weight_decay=0.0)]
 
     def modules(self, pipe):
