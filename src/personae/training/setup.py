@@ -146,7 +146,10 @@ class LatentCache:
                 save_file(self.store, str(cache_file))
 
     def _key(self, i: int, flip: bool) -> str:
-        return f"{self.examples[i].image.name}|{int(flip)}|{i}"
+        """Names the image by path, size and modification time, so a re-prepared set is not served stale latents."""
+        path = self.examples[i].image
+        stat = path.stat()
+        return f"{path.name}|{stat.st_size}|{stat.st_mtime_ns}|{int(flip)}|{i}"
 
     @torch.no_grad()
     def _encode(self, i: int, flip: bool) -> torch.Tensor:
