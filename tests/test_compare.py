@@ -161,3 +161,29 @@ def test_bad_suites_fail_clearly(project, text, expected):
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert expected in " ".join(r.stderr.split())
     assert not (project / "bad-out").exists() and not (project / "bad-out.partial").exists()
+
+
+def test_report_opens_in_a_browser_with_every_image(compared):
+    """Headless Debian chromium through Playwright: every image loads, the table sorts by a clicked column."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path="/usr/bin/chromium", headless=True,
+                                    args=["--no-sandbox", "--disable-background-networking", "--disable-gpu"])
+        try:
+            page = browser.new_page()
+            page.goto((compared / "report.html").as_uri())
+            page.wait_for_load_state("load")
+            images = page.eval_on_selector_all("img", "els => els.map(e => [e.getAttribute('src'), e.complete, e.naturalWidth])")
+            assert len(images) >= 18 + 2  # every generated image and both grids
+            broken = [src for src, complete, width in images if not complete or width == 0]
+            assert broken == []
+            column = "pixel sim. ↑"
+            values = lambda: page.eval_on_selector_all(
+                "#metrics tbody tr", f"rows => rows.map(r => parseFloat(r.cells[3].dataset.value))")
+            page.click(f"#metrics th:has-text('{column}')")
+            assert values() == sorted(values(), reverse=True)
+            page.click(f"#metrics th:has-text('{column}')")
+            assert values() == sorted(values())
+        finally:
+            browser.close()

@@ -128,4 +128,22 @@ def run_demo(out_dir: str | Path, on_event: EventHandler = ignore) -> Path:
     index.add("Storyboard", "Three scenes -> panels, storyboard/sheet.png and storyboard/sheet.pdf (dialogue in Korean, "
                             "Russian and English; storyboard.json records every setting).", [out / "storyboard/sheet.png"])
 
+    # 9. compare: the base model against the trained LoRA on a fixed prompt suite, with metrics and a report
+    from personae.config.compare import CompareSuite
+    from personae.jobs.compare import run_compare
+
+    lora = str(out / "runs/lora/lora.safetensors")
+    suite = CompareSuite.model_validate({
+        "base_model": str(model), "token": "sks", "class": "star", "seeds": [0, 1], "steps": 20, "cfg": 2.0,
+        "sampler": "DDIM", "width": 64, "height": 64, "references": str(out / "prepared"),
+        "prompts": ["a photo of {token} {class} on a blue background", "{token} {class} on a red background",
+                    "a painting of {token} {class}"],
+        "variants": [{"label": "base"}, {"label": "lora 0.5", "lora": lora, "weight": 0.5},
+                     {"label": "lora 1.0", "lora": lora, "weight": 1.0}]})
+    compared = run_compare(suite, out / "compare", on_event)
+    means = "; ".join(f"{v['label']}: pixel {v['pixel']:.3f}, SSIM {v['ssim']:.3f}" for v in compared["variants"])
+    index.add("Compare", f"Base model vs the LoRA at weights 0.5 and 1.0, 3 prompts x 2 seeds: compare/report.html "
+                         f"(sortable metrics, grids, every image). Similarity to the training images: {means}. "
+                         f"Skipped offline: {', '.join(compared['skipped']) or 'none'}.",
+              [out / "compare/grids/seed-0.png"])
     return out / "index.html"
