@@ -187,3 +187,29 @@ def test_report_opens_in_a_browser_with_every_image(compared):
             assert values() == sorted(values())
         finally:
             browser.close()
+
+
+def test_embedding_and_checkpoint_variants(project, tiny_model, tmp_path):
+    """An embedding row fills {token} with its token and gets a session of its own; a checkpoint row loads that file."""
+    import torch
+    from safetensors.torch import save_file
+
+    from personae.jobs.compare import run_compare
+    from personae.jobs.compare_plan import load_suite
+
+    torch.manual_seed(0)
+    save_file({"emb_params": torch.randn(2, 32)}, str(tmp_path / "shiny.safetensors"))  # A1111 layout, 2 vectors
+    suite = yaml.safe_load(SUITE)
+    suite.update(seeds=[0], prompts=["a photo of {token} {class}"], variants=[
+        {"label": "base"}, {"label": "ti", "embedding": str(tmp_path / "shiny.safetensors")},
+        {"label": "single", "model": str(tiny_model[1])}])
+    (tmp_path / "suite.yaml").write_text(yaml.safe_dump(suite))
+    (tmp_path / "prepared").symlink_to(project / "prepared")
+    (tmp_path / "tiny").symlink_to(tiny_model[0])
+    result = run_compare(load_suite(tmp_path / "suite.yaml"), tmp_path / "out")
+    prompts = {i["variant"]: i["prompt"] for i in result["images"]}
+    assert prompts == {"base": "a photo of sks dog", "ti": "a photo of shiny dog", "single": "a photo of sks dog"}
+    assert 'TI hashes: "shiny: ' in read_png_text(tmp_path / "out/images/ti/p00-s0.png")["parameters"]
+    base = pixels(tmp_path / "out/images/base/p00-s0.png")
+    assert np.array_equal(base, pixels(tmp_path / "out/images/single/p00-s0.png"))  # same weights, other file
+    assert not np.array_equal(base, pixels(tmp_path / "out/images/ti/p00-s0.png"))
