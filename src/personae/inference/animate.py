@@ -166,7 +166,7 @@ def check_context(settings: AnimateSettings, limit: int, adapter_name: str) -> N
                         f"{adapter_name} knows.", f"Use a context of at most {limit} (16 suits AnimateDiff v1-v3).")
 
 
-def _use_context_windows(pipe, frames: int, context: int, stride: int) -> bool:
+def use_context_windows(pipe, frames: int, context: int, stride: int) -> bool:
     """FreeNoise windows when the clip is longer than the context, the plain path otherwise."""
     if frames > context:
         pipe.enable_free_noise(context_length=context, context_stride=stride)
@@ -228,7 +228,7 @@ def animate(settings: AnimateSettings, animate_session: AnimateSession | None = 
     positive, negative = session.encoder.encode_pair(settings.prompt, settings.negative, settings.clip_skip)
     # 5. motion: strength, and overlapping windows for clips longer than the context
     animate_session.motion_scale.value = settings.motion_scale
-    if _use_context_windows(pipe, settings.frames, settings.context, settings.context_stride):
+    if use_context_windows(pipe, settings.frames, settings.context, settings.context_stride):
         on_event(Message(f"{settings.frames} frames: motion in overlapping windows of {settings.context} "
                          f"(stride {settings.context_stride})"))
 

@@ -42,7 +42,7 @@ def resolve_motion_adapter(spec: str, allow_pickle: bool = False) -> MotionSourc
     if path.is_dir():
         if not (path / "config.json").is_file():
             raise UserError(f"{path} is a folder but not a diffusers motion adapter (no config.json in it).",
-                            "Pass the folder MotionAdapter.save_pretrained wrote, or one .safetensors motion module file.")
+                            "Pass --motion-adapter the folder MotionAdapter.save_pretrained wrote, or one .safetensors motion module.")
         return MotionSource("folder", str(path.resolve()), path.resolve().name)
     if path.is_file():
         refuse_pickle(path, allow_pickle)
