@@ -15,7 +15,7 @@ from PIL import Image
 from personae.config.animate import AnimateSettings
 from personae.config.base import parse_settings
 from personae.errors import UserError
-from personae.events import Message
+from personae.events import Message, Progress
 from personae.inference.animate import animate, open_for, use_context_windows
 from personae.jobs.animate import run_animate
 from personae.media.png import parse_parameters, read_png_text
@@ -141,6 +141,7 @@ def test_32_frames_run_in_overlapping_windows_as_one_clip(tiny_model, tiny_motio
     long = animate(base.model_copy(update={"frames": 32}), clip_session, on_event=events.append)
     assert len(long.frames) == 32 and long.frames[0].size == (32, 32)
     assert any(isinstance(e, Message) and "overlapping windows of 16" in e.text for e in events)
+    assert [(e.stage, e.done, e.total) for e in events if isinstance(e, Progress)] == [("denoise", 1, 2), ("denoise", 2, 2)]
     assert "Context: 16/4" in long.parameters
     windowed = [m for m in clip_session.pipe.unet.modules() if isinstance(m, FreeNoiseTransformerBlock)]
     assert windowed  # the motion modules ran in windows
@@ -218,3 +219,54 @@ def test_cli_bad_input_is_one_paragraph(tmp_path, tiny_model, tiny_motion):
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and r.stderr.startswith("error: ") and "Traceback" not in r.stderr
     assert "was not found" in r.stderr.replace("\n", " ") and not (tmp_path / "c.gif").exists()
+
+
+def _original_layout(state: dict, positions: int) -> dict:
+    """diffusers MotionAdapter keys -> AnimateDiff's own checkpoint layout (as mm_sd_v15_v2.safetensors ships)."""
+    import re
+
+    out = {}
+    for key, value in state.items():
+        if key.endswith("pos_embed.pe"):
+            continue
+        key = re.sub(r"(motion_modules\.\d+\.)", r"\1temporal_transformer.", key)
+        for new, old in ((".attn1.", ".attention_blocks.0."), (".attn2.", ".attention_blocks.1."),
+                         (".norm1.", ".norms.0."), (".norm2.", ".norms.1."), (".norm3.", ".ff_norm.")):
+            key = key.replace(new, old)
+        out[key] = value.contiguous()
+        if key.endswith("attention_blocks.0.to_q.weight"):  # AnimateDiff stores its position table per attention
+            out[key.replace("to_q.weight", "pos_encoder.pe")] = torch.zeros(1, positions, value.shape[0])
+    return out
+
+
+def test_original_layout_motion_module_file_loads_offline(tmp_path):
+    """A motion module as model sites share it: AnimateDiff's key layout, no config; read off the shapes."""
+    from diffusers import MotionAdapter
+    from safetensors.torch import save_file
+
+    from personae.models.motion import load_motion_adapter, resolve_motion_adapter
+
+    torch.manual_seed(0)  # AnimateDiff's heads (8) and norm groups (32) at tiny channel counts
+    adapter = MotionAdapter(block_out_channels=(32, 64), motion_layers_per_block=1, motion_max_seq_length=24)
+    save_file(_original_layout(adapter.state_dict(), 24), str(tmp_path / "mm_tiny.safetensors"))
+    loaded = load_motion_adapter(resolve_motion_adapter(str(tmp_path / "mm_tiny.safetensors")))
+    assert loaded.config.block_out_channels == (32, 64) and loaded.config.motion_max_seq_length == 24
+    assert loaded.config.motion_num_attention_heads == 8 and loaded.config.motion_norm_num_groups == 32
+    expected, got = adapter.state_dict(), loaded.state_dict()
+    assert set(expected) == set(got) and all(torch.equal(expected[k], got[k]) for k in expected)
+    save_file({"foo.weight": torch.zeros(1)}, str(tmp_path / "not_motion.safetensors"))
+    with pytest.raises(UserError, match="holds no motion modules"):
+        load_motion_adapter(resolve_motion_adapter(str(tmp_path / "not_motion.safetensors")))
+
+
+def test_help_has_examples_and_the_demo_clip(tiny_model, tmp_path, capsys):
+    from personae.cli.main import build_parser
+    from personae.jobs.animate import make_demo_clip
+
+    for command in (["animate"], ["model", "tiny-motion"]):
+        with pytest.raises(SystemExit):
+            build_parser().parse_args([*command, "--help"])
+        assert "examples:" in capsys.readouterr().out
+    gif, mp4 = make_demo_clip(tiny_model[0], tmp_path / "demo")
+    assert len(read_clip_frames(gif)) == 16 and len(read_clip_frames(mp4)) == 16
+    assert "Motion module: motion-adapter" in read_clip_comment(mp4)
