@@ -16,7 +16,7 @@ from personae.config.animate import AnimateSettings
 from personae.config.base import parse_settings
 from personae.errors import UserError
 from personae.events import Message, Progress
-from personae.inference.animate import animate, open_for, use_context_windows
+from personae.inference.animate import animate, open_animate_session, open_for, use_context_windows
 from personae.jobs.animate import run_animate
 from personae.media.png import parse_parameters, read_png_text
 from personae.media.video import read_clip_comment, read_clip_frames, write_clip
@@ -239,7 +239,7 @@ def _original_layout(state: dict, positions: int) -> dict:
     return out
 
 
-def test_original_layout_motion_module_file_loads_offline(tmp_path):
+def test_original_layout_motion_module_file_loads_offline(tmp_path, tiny_session):
     """A motion module as model sites share it: AnimateDiff's key layout, no config; read off the shapes."""
     from diffusers import MotionAdapter
     from safetensors.torch import save_file
@@ -254,6 +254,8 @@ def test_original_layout_motion_module_file_loads_offline(tmp_path):
     assert loaded.config.motion_num_attention_heads == 8 and loaded.config.motion_norm_num_groups == 32
     expected, got = adapter.state_dict(), loaded.state_dict()
     assert set(expected) == set(got) and all(torch.equal(expected[k], got[k]) for k in expected)
+    with pytest.raises(UserError, match="does not fit the model"):  # 2 levels; the tiny UNet has 4
+        open_animate_session(tiny_session, loaded, resolve_motion_adapter(str(tmp_path / "mm_tiny.safetensors")))
     save_file({"foo.weight": torch.zeros(1)}, str(tmp_path / "not_motion.safetensors"))
     with pytest.raises(UserError, match="holds no motion modules"):
         load_motion_adapter(resolve_motion_adapter(str(tmp_path / "not_motion.safetensors")))

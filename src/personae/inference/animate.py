@@ -19,6 +19,7 @@ import copy
 import json
 import random
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import torch
 from PIL import Image
@@ -89,7 +90,10 @@ def motion_unet(unet, adapter, lora_weights: dict[str, float] | None = None):
     not_motion = [k for k in missing if ".motion_modules." not in k]
     if unexpected or not_motion:
         raise RuntimeError(f"UNet -> motion UNet: unexpected {unexpected[:3]}, missing {not_motion[:3]}")
-    model.load_motion_modules(adapter)
+    try:
+        model.load_motion_modules(adapter)
+    except RuntimeError as exc:  # same block layout, other channel counts
+        raise ValueError("its motion modules do not match the UNet's channels (" + str(exc).splitlines()[0] + ")") from None
     if lora_configs:  # the same adapters active at the same weights as on the session's UNet
         names = list(lora_configs)
         weights = [(lora_weights or {}).get(name, 1.0) for name in names]
@@ -136,8 +140,9 @@ class AnimateSession:
     motion_scale: MotionScale
     context_limit: int = field(default=32)  # positions in the adapter's table
 
-    @property
+    @cached_property
     def motion_hash(self) -> str | None:
+        """Like A1111's "Model hash": sha256 of the file, first 10 hex digits (hashed once: real modules are 1.7 GB)."""
         from pathlib import Path
 
         from personae.models.addons import file_sha256

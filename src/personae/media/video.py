@@ -44,7 +44,11 @@ def _frame_duration_ms(fps: float) -> int:
 
 
 def write_gif(frames: list[Image.Image], path: str | Path, fps: float, comment: str = "") -> Path:
-    """A looping GIF (loop=0 is "forever"); one adaptive palette per frame."""
+    """A looping GIF (loop=0 is "forever"); one adaptive palette per frame.
+
+    Pillow stores a frame identical to the one before it as a longer display of that frame,
+    so a clip with still stretches decodes to fewer frames but plays the same.
+    """
     path = Path(path)
     tmp = _partial(path)
     try:
