@@ -272,3 +272,13 @@ def test_help_has_examples_and_the_demo_clip(tiny_model, tmp_path, capsys):
     gif, mp4 = make_demo_clip(tiny_model[0], tmp_path / "demo")
     assert len(read_clip_frames(gif)) == 16 and len(read_clip_frames(mp4)) == 16
     assert "Motion module: motion-adapter" in read_clip_comment(mp4)
+
+
+def test_every_sampler_runs_on_the_motion_schedule(tiny_model, tiny_motion, clip_session):
+    from personae.inference.samplers import SAMPLERS
+
+    for name, sampler in SAMPLERS.items():
+        clip = animate(settings(tiny_model[0], tiny_motion[0], sampler=name, frames=4), clip_session)
+        scheduler = clip_session.pipe.scheduler
+        assert type(scheduler) is sampler.scheduler and scheduler.config.beta_schedule == "linear", name
+        assert len(clip.frames) == 4 and pixels(clip).std() > 0 and f"Sampler: {name}," in clip.parameters
