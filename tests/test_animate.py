@@ -282,3 +282,15 @@ def test_every_sampler_runs_on_the_motion_schedule(tiny_model, tiny_motion, clip
         scheduler = clip_session.pipe.scheduler
         assert type(scheduler) is sampler.scheduler and scheduler.config.beta_schedule == "linear", name
         assert len(clip.frames) == 4 and pixels(clip).std() > 0 and f"Sampler: {name}," in clip.parameters
+
+
+@pytest.mark.parametrize("frames", [8, 20])
+def test_long_weighted_prompt_with_and_without_guidance(tiny_model, tiny_motion, clip_session, frames):
+    """Our prompt embeddings (chunks of 75 tokens, weights) go through both the plain and the windowed path."""
+    long_prompt = ", ".join(["a (watercolor:1.3) painting of a fox in a [misty] forest at dawn"] * 8)
+    events = []
+    for cfg in (7.5, 1.0):
+        clip = animate(settings(tiny_model[0], tiny_motion[0], prompt=long_prompt, frames=frames, cfg=cfg),
+                       clip_session, on_event=events.append)
+        assert len(clip.frames) == frames and pixels(clip).std() > 0
+    assert any(isinstance(e, Message) and "2 chunks of 75" in e.text for e in events)

@@ -231,6 +231,8 @@ def animate(settings: AnimateSettings, animate_session: AnimateSession | None = 
         on_event(Message(f'"{sampler.name}" runs as diffusers\' {sampler.scheduler.__name__} (the nearest match).', "warning"))
     # 4. encode prompts: weighted, chunked by 75 tokens, clip skip
     positive, negative = session.encoder.encode_pair(settings.prompt, settings.negative, settings.clip_skip)
+    if positive.chunks > 1:
+        on_event(Message(f"prompt has {positive.tokens} tokens: encoded as {positive.chunks} chunks of 75 (not truncated)"))
     # 5. motion: strength, and overlapping windows for clips longer than the context
     animate_session.motion_scale.value = settings.motion_scale
     if use_context_windows(pipe, settings.frames, settings.context, settings.context_stride):
