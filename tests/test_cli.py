@@ -92,7 +92,7 @@ def test_help_has_examples_for_every_command():
 
 
 def test_demo_runs_offline_and_writes_an_index(tmp_path):
-    r = personae("demo", "--out", tmp_path / "demo", "--quiet")
+    r = personae("demo", "--out", tmp_path / "demo", "--quiet", timeout=900)
     assert r.returncode == 0, r.stderr
     index = (tmp_path / "demo" / "index.md").read_text()
     assert "## Prepared training set" in index and (tmp_path / "demo/prepared/manifest.jsonl").is_file()

@@ -180,7 +180,7 @@ def test_report_opens_in_a_browser_with_every_image(compared):
             assert broken == []
             column = "pixel sim. ↑"
             values = lambda: page.eval_on_selector_all(
-                "#metrics tbody tr", f"rows => rows.map(r => parseFloat(r.cells[3].dataset.value))")
+                "#metrics tbody tr", "rows => rows.map(r => parseFloat(r.cells[3].dataset.value))")
             page.click(f"#metrics th:has-text('{column}')")
             assert values() == sorted(values(), reverse=True)
             page.click(f"#metrics th:has-text('{column}')")

@@ -1,4 +1,4 @@
-"""`personae model tiny OUT_DIR`: write the tiny SD-1.5-architecture model."""
+"""`personae model tiny OUT_DIR` / `tiny-motion OUT_DIR`: write the tiny SD-1.5-architecture model / motion adapter."""
 
 from __future__ import annotations
 
@@ -8,6 +8,11 @@ from pathlib import Path
 EXAMPLES = """examples:
   personae model tiny ./tiny
   personae model tiny ./tiny --single-file ./tiny.safetensors --seed 3
+"""
+MOTION_EXAMPLES = """examples:
+  personae model tiny-motion ./tiny-motion
+  personae model tiny-motion ./tiny-motion --single-file ./tiny-motion.safetensors
+  personae animate --model ./tiny --motion-adapter ./tiny-motion --prompt "a cat" --out clip.gif
 """
 
 
@@ -23,6 +28,14 @@ def add_parser(sub) -> None:
                       help="also write the same weights as one file in the original SD checkpoint layout")
     tiny.add_argument("--seed", type=int, default=0, help="weight seed (default 0)")
     tiny.set_defaults(run=run_tiny)
+    motion = kinds.add_parser("tiny-motion", help="a tiny random AnimateDiff motion adapter that fits the tiny model",
+                              epilog=MOTION_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
+                              description="Write a tiny AnimateDiff MotionAdapter (real class, random seeded weights) "
+                                          "matching the tiny model's UNet, as a diffusers folder.")
+    motion.add_argument("out_dir", metavar="OUT_DIR", help="folder to write (diffusers layout)")
+    motion.add_argument("--single-file", metavar="FILE.safetensors", help="also write it as one .safetensors file")
+    motion.add_argument("--seed", type=int, default=0, help="weight seed (default 0)")
+    motion.set_defaults(run=run_tiny_motion)
     p.set_defaults(run=lambda args: p.print_help() or 2)
 
 
@@ -37,4 +50,18 @@ def run_tiny(args) -> int:
         raise UserError(f"--single-file {args.single_file}: the name must end in .safetensors.")
     write_tiny_model(out, seed=args.seed, single_file=args.single_file)
     print(f"wrote tiny model to {out}" + (f" and {args.single_file}" if args.single_file else ""))
+    return 0
+
+
+def run_tiny_motion(args) -> int:
+    from personae.errors import UserError
+    from personae.models.tiny_motion import write_tiny_motion_adapter
+
+    out = Path(args.out_dir)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{out} exists and is not a folder.", "Choose another OUT_DIR.")
+    if args.single_file and not str(args.single_file).endswith(".safetensors"):
+        raise UserError(f"--single-file {args.single_file}: the name must end in .safetensors.")
+    write_tiny_motion_adapter(out, seed=args.seed, single_file=args.single_file)
+    print(f"wrote tiny motion adapter to {out}" + (f" and {args.single_file}" if args.single_file else ""))
     return 0

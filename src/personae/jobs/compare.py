@@ -30,7 +30,7 @@ from personae.evaluation.report import ReportData, render_report
 from personae.evaluation.suites import PROMPT_SETS, fill
 from personae.events import EventHandler, Message, Progress, ignore
 from personae.inference.samplers import get_sampler
-from personae.inference.session import Session, open_session
+from personae.inference.session import open_session
 from personae.inference.txt2img import txt2img
 from personae.jobs.compare_plan import Row, expand, slug
 from personae.media.grid import labelled_grid, save_image
