@@ -29,9 +29,12 @@ def _source(name: str, load):
         return load(str(path))
     if path.suffix or name.startswith((".", "/", "~")) or name.count("/") != 1:
         raise Unavailable(f'"{name}" is not a model folder (and not a hub id)')
-    try:
-        return load(name, local_files_only=True)
-    except OSError:
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    try:  # already downloaded: load the cached folder without asking the network anything
+        return load(snapshot_download(name, local_files_only=True))
+    except LocalEntryNotFoundError:
         pass
     from personae.hub import require_hub
 
