@@ -117,3 +117,20 @@ def test_face_identity_on_the_astronaut():
                                    ["a", "b", "c"]), [astronaut])
     assert scores[0] > 0.6  # the same person (dlib's same-person threshold is 0.4 in these units)
     assert scores[1] is None and scores[2] is None  # no face found: reported, not an error
+
+
+def test_a_hub_id_already_in_the_cache_loads_offline(tiny_clip, tmp_path, monkeypatch):
+    """Users download metric models once; afterwards the hub id works with no network (HF_HUB_OFFLINE is set here)."""
+    import shutil
+
+    import huggingface_hub.constants as hub
+
+    shutil.copytree(tiny_clip, tmp_path / "models--tiny--clip/snapshots/abc123")
+    (tmp_path / "models--tiny--clip/refs").mkdir()
+    (tmp_path / "models--tiny--clip/refs/main").write_text("abc123")
+    monkeypatch.setattr(hub, "HF_HUB_CACHE", str(tmp_path))
+    metrics, skipped = build_metrics(MetricSettings(pixel=False, ssim=False, diversity=False, clip="tiny/clip", dino=None))
+    assert skipped == {} and [m.name for m in metrics] == ["clip_i", "clip_t"]
+    gens = _images(2, 0)
+    direct, _ = build_metrics(MetricSettings(pixel=False, ssim=False, diversity=False, clip=str(tiny_clip), dino=None))
+    assert metrics[1].score(_samples(gens, ["a", "b"]), []) == direct[1].score(_samples(gens, ["a", "b"]), [])
