@@ -93,18 +93,29 @@ def _in_batches(fn, items, size=16) -> torch.Tensor:
     return torch.cat([fn(items[i:i + size]) for i in range(0, len(items), size)])
 
 
-class ClipImage(Metric):
-    name, title, needs_references = "clip_i", "CLIP-I ↑", True
+class ReferenceSimilarity(Metric):
+    """Mean cosine similarity between an image's embedding and each reference image's (the paper's CLIP-I, DINO)."""
+
+    needs_references = True
+
+    def embed(self, images) -> torch.Tensor:
+        raise NotImplementedError
+
+    def score(self, samples, references):
+        refs = _in_batches(self.embed, references)
+        gens = _in_batches(self.embed, [s.image for s in samples])
+        return (gens @ refs.T).mean(dim=1).tolist()
+
+
+class ClipImage(ReferenceSimilarity):
+    name, title = "clip_i", "CLIP-I ↑"
 
     def __init__(self, model: str, device: str = "cpu"):
         self.model, self.processor, _ = load_clip(model, device)
         self.device = device
 
-    def score(self, samples, references):
-        embed = lambda imgs: clip_image_embeddings(self.model, self.processor, imgs, self.device)
-        refs = _in_batches(embed, references)
-        gens = _in_batches(embed, [s.image for s in samples])
-        return (gens @ refs.T).mean(dim=1).tolist()
+    def embed(self, images):
+        return clip_image_embeddings(self.model, self.processor, images, self.device)
 
 
 class ClipText(Metric):
@@ -122,15 +133,12 @@ class ClipText(Metric):
         return (images * texts).sum(dim=1).tolist()
 
 
-class DinoImage(Metric):
-    name, title, needs_references = "dino", "DINO ↑", True
+class DinoImage(ReferenceSimilarity):
+    name, title = "dino", "DINO ↑"
 
     def __init__(self, model: str, device: str = "cpu"):
         self.model, self.processor = load_dino(model, device)
         self.device = device
 
-    def score(self, samples, references):
-        embed = lambda imgs: dino_embeddings(self.model, self.processor, imgs, self.device)
-        refs = _in_batches(embed, references)
-        gens = _in_batches(embed, [s.image for s in samples])
-        return (gens @ refs.T).mean(dim=1).tolist()
+    def embed(self, images):
+        return dino_embeddings(self.model, self.processor, images, self.device)
