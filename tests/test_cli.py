@@ -97,10 +97,12 @@ def test_demo_runs_offline_and_writes_an_index(tmp_path):
     index = (tmp_path / "demo" / "index.md").read_text()
     assert "## Prepared training set" in index and (tmp_path / "demo/prepared/manifest.jsonl").is_file()
     assert "identical pixels to the folder: True" in index and "identical pixels: True" in index
-    # the demo ends with a comparison: the trained LoRA is closer to the training images than the base model
+    # the demo ends with a comparison: the trained LoRA is structurally closer to the training images than the base
+    # (pixel similarity barely moves on the random tiny model: its VAE cannot draw the clean training images)
     compared = json.loads((tmp_path / "demo/compare/metrics.json").read_text())
-    pixel = {v["label"]: v["pixel"] for v in compared["variants"]}
-    assert pixel["lora 1.0"] > pixel["base"] and (tmp_path / "demo/compare/report.html").is_file()
+    ssim = {v["label"]: v["ssim"] for v in compared["variants"]}
+    assert ssim["lora 1.0"] > ssim["base"] + 0.01 and (tmp_path / "demo/compare/report.html").is_file()
+    assert (tmp_path / "demo/animate/clip.gif").is_file() and (tmp_path / "demo/animate/clip.mp4").is_file()
     for line in index.splitlines():
         if line.startswith("![]("):
             assert (tmp_path / "demo" / line[4:-1]).is_file()
