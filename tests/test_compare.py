@@ -100,7 +100,8 @@ def test_rows_are_what_they_say(compared, tiny_model, tiny_session, project):
     plain = txt2img(GenerateSettings(model=str(tiny_model[0]), prompt="a photo of sks dog", steps=4, seed=0,
                                      width=64, height=64), tiny_session)[0]
     base = pixels(compared / "images/base/p00-s0.png")
-    assert np.array_equal(base, np.asarray(plain.image, dtype=np.int16))
+    # equal up to float summation order (the CLI ran in another process, possibly with another thread count)
+    assert np.abs(base - np.asarray(plain.image, dtype=np.int16)).max() <= 2
     half, full = pixels(compared / "images/lora-0.5/p00-s0.png"), pixels(compared / "images/lora-1.0/p00-s0.png")
     assert 0 < np.abs(half - base).mean() < np.abs(full - base).mean()
 
