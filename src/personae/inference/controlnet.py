@@ -19,7 +19,7 @@ from personae.data.control import ControlType, detect_control, get_control_type
 from personae.errors import UserError
 from personae.events import EventHandler, Message, ignore
 from personae.inference.img2img import open_image
-from personae.models.controlnet import ControlNetSource, load_controlnet, resolve_controlnet
+from personae.models.controlnet import ControlNetSource, check_available, load_controlnet, resolve_controlnet
 
 
 @dataclass
@@ -50,6 +50,7 @@ def prepare_controls(controls: list[ControlRef]) -> list[PreparedControl]:
     prepared = []
     for i, ref in enumerate(controls):
         control_type = get_control_type(ref.type)
+        check_available(resolve_controlnet(model_for(ref)))  # a wrong path or an unreachable hub id, at once
         photo = open_image(ref.image, f"control image of ControlNet {i} ({ref.type})")
         control_map = detect_control(ref.type, photo, ref.options, where=f"the control image {ref.image}")
         prepared.append(PreparedControl(ref, control_type, model_for(ref), control_map))

@@ -57,6 +57,20 @@ def resolve_controlnet(spec: str) -> ControlNetSource:
     return ControlNetSource("hub", f"{owner}/{name}", name, "/".join(rest) or None)
 
 
+def check_available(source: ControlNetSource) -> None:
+    """Fail within seconds, before any model loads, when a hub ControlNet is neither cached nor downloadable."""
+    if source.kind != "hub":
+        return
+    from diffusers import ControlNetModel
+
+    try:
+        ControlNetModel.load_config(source.location, subfolder=source.subfolder, local_files_only=True)
+        return
+    except (OSError, ValueError):
+        pass
+    require_hub(source.location, "ControlNet", "pass its folder with --controlnet TYPE=./path/to/controlnet.")
+
+
 def load_controlnet(source: ControlNetSource, dtype: torch.dtype = torch.float32):
     """A diffusers ControlNetModel on the CPU."""
     from diffusers import ControlNetModel
