@@ -95,6 +95,15 @@ def test_no_face_or_person_is_a_clear_error(photos, kind, words, name):
     assert words in str(err.value) and name in str(err.value) and "raw:IMAGE" in str(err.value)
 
 
+def test_missing_mediapipe_names_the_install_command(photos, monkeypatch):
+    for name in ("mediapipe", "mediapipe.python"):
+        monkeypatch.setitem(__import__("sys").modules, name, None)  # what Python sees when it is not installed
+    with pytest.raises(UserError, match="need MediaPipe") as err:
+        detect_control("face", Image.open(photos / "astronaut.png"))
+    assert 'pip install --no-deps "mediapipe==0.10.21"' in str(err.value)
+    assert detect_control("canny", Image.open(photos / "grey.png")).size == (256, 256)  # canny does not need it
+
+
 def test_unknown_type_or_option_names_the_valid_ones(photos):
     photo = Image.open(photos / "grey.png")
     with pytest.raises(UserError, match='Did you mean "canny"') as err:

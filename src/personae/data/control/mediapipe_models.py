@@ -10,8 +10,8 @@ import os
 
 from personae.errors import UserError
 
-INSTALL = ('pip install --no-deps "mediapipe==0.10.21" && pip install attrs absl-py flatbuffers matplotlib '
-           '"protobuf>=6.31,<7"   (scripts/setup.sh does this)')
+INSTALL = ('pip install attrs absl-py flatbuffers matplotlib "protobuf>=6.31,<7" && '
+           'pip install --no-deps "mediapipe==0.10.21" (scripts/setup.sh does this)')
 
 
 def solutions():
