@@ -191,6 +191,21 @@ def test_infotext_carries_controlnet_units_and_from_png_reproduces(tiny_model, p
     assert np.array_equal(np.asarray(Image.open(path)), np.asarray(Image.open(again)))
 
 
+def test_single_file_controlnet_matches_the_folder(tiny_model, tiny_session, photos, tmp_path):
+    """A1111 users download ControlNets as one original-layout file (control_model.*)."""
+    from personae.models.controlnet import write_tiny_controlnet
+
+    folder = write_tiny_controlnet(tmp_path / "cn", base=tiny_model[0], seed=1, single_file=tmp_path / "cn.safetensors")
+    run = lambda model: txt2img(_settings(tiny_model[0], controls=[_unit("canny", photos / "astronaut.png", model)]),
+                                tiny_session)[0]
+    from_folder, from_file = run(folder), run(tmp_path / "cn.safetensors")
+    assert np.array_equal(_px(from_folder.image), _px(from_file.image))
+    assert "Model: cn [" in from_file.parameters  # A1111 shows a file's short hash after its name
+    with pytest.raises(UserError, match="pickle"):
+        (tmp_path / "cn.pth").write_bytes(b"")
+        txt2img(_settings(tiny_model[0], controls=[_unit("canny", photos / "astronaut.png", tmp_path / "cn.pth")]))
+
+
 # --- command line ---------------------------------------------------------------------------------------------
 
 def test_cli_detect_writes_the_map_and_names_valid_types(photos, tmp_path, capsys):

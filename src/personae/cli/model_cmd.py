@@ -8,7 +8,7 @@ from pathlib import Path
 EXAMPLES = """examples:
   personae model tiny ./tiny
   personae model tiny ./tiny --single-file ./tiny.safetensors --seed 3
-  personae model tiny-controlnet ./tiny-controlnet --base ./tiny
+  personae model tiny-controlnet ./tiny-controlnet --base ./tiny --single-file ./tiny-controlnet.safetensors
 """
 
 
@@ -32,6 +32,8 @@ def add_parser(sub) -> None:
     control.add_argument("out_dir", metavar="DIR", help="folder to write (diffusers layout)")
     control.add_argument("--base", metavar="TINY_MODEL_DIR", help="the tiny model whose UNet it copies (default: seed 0)")
     control.add_argument("--seed", type=int, default=0, help="seed of the perturbed weights (default 0)")
+    control.add_argument("--single-file", metavar="FILE.safetensors",
+                         help="also write it as one file in the original ControlNet layout (as A1111 users have them)")
     control.set_defaults(run=run_tiny_controlnet)
     p.set_defaults(run=lambda args: p.print_help() or 2)
 
@@ -57,6 +59,8 @@ def run_tiny_controlnet(args) -> int:
     out = Path(args.out_dir)
     if out.exists() and not out.is_dir():
         raise UserError(f"{out} exists and is not a folder.", "Choose another DIR.")
-    write_tiny_controlnet(out, base=args.base, seed=args.seed)
-    print(f"wrote tiny ControlNet to {out}")
+    if args.single_file and not str(args.single_file).endswith(".safetensors"):
+        raise UserError(f"--single-file {args.single_file}: the name must end in .safetensors.")
+    write_tiny_controlnet(out, base=args.base, seed=args.seed, single_file=args.single_file)
+    print(f"wrote tiny ControlNet to {out}" + (f" and {args.single_file}" if args.single_file else ""))
     return 0

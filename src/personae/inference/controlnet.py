@@ -45,22 +45,22 @@ def model_for(ref: ControlRef) -> str:
     return control_type.default_model
 
 
-def prepare_controls(controls: list[ControlRef]) -> list[PreparedControl]:
+def prepare_controls(controls: list[ControlRef], allow_pickle: bool = False) -> list[PreparedControl]:
     """Read every control image and draw its map: bad input fails here, before any model loads."""
     prepared = []
     for i, ref in enumerate(controls):
         control_type = get_control_type(ref.type)
-        check_available(resolve_controlnet(model_for(ref)))  # a wrong path or an unreachable hub id, at once
+        check_available(resolve_controlnet(model_for(ref), allow_pickle))  # a wrong path or an unreachable hub id, at once
         photo = open_image(ref.image, f"control image of ControlNet {i} ({ref.type})")
         control_map = detect_control(ref.type, photo, ref.options, where=f"the control image {ref.image}")
         prepared.append(PreparedControl(ref, control_type, model_for(ref), control_map))
     return prepared
 
 
-def controlnet_for(session, spec: str, on_event: EventHandler = ignore):
+def controlnet_for(session, spec: str, allow_pickle: bool = False, on_event: EventHandler = ignore):
     """The ControlNet named by `spec`, loaded once per session and moved to its device and dtype."""
     if spec not in session.controlnets:
-        source = resolve_controlnet(spec)
+        source = resolve_controlnet(spec, allow_pickle)
         on_event(Message(f"loading ControlNet {source.location}" + (f"/{source.subfolder}" if source.subfolder else "")))
         model = load_controlnet(source, session.dtype).to(session.device)
         if model.config.cross_attention_dim != session.pipe.unet.config.cross_attention_dim:
@@ -92,7 +92,7 @@ def control_denoise(session, settings: GenerateSettings, controls: list[Prepared
                     mask: Image.Image | None, size: tuple[int, int], kwargs: dict,
                     on_event: EventHandler = ignore) -> list[Image.Image]:
     """Denoise with every control unit; `kwargs` are the shared pipeline arguments (embeds, steps, generators)."""
-    controlnets = [controlnet_for(session, c.model, on_event) for c in controls]
+    controlnets = [controlnet_for(session, c.model, settings.allow_pickle, on_event) for c in controls]
     maps = [c.map_at(size) for c in controls]
     weights = [float(c.ref.weight) for c in controls]
     single = len(controls) == 1
@@ -114,7 +114,8 @@ def control_infotext(settings: GenerateSettings, session) -> dict[str, str]:
         control_type = get_control_type(ref.type)
         spec = ref.model or control_type.default_model or ""
         source: ControlNetSource | None = session.controlnets.get(spec, (None, None))[0]
-        fields = {"Module": control_type.a1111_module, "Model": source.name if source else Path(spec).name,
+        name = (f"{source.name} [{source.hash}]" if source.hash else source.name) if source else Path(spec).name
+        fields = {"Module": control_type.a1111_module, "Model": name,
                   "Weight": f"{ref.weight:g}"}
         options = control_type.check_options(ref.options)
         for label, value in zip(("Threshold A", "Threshold B"), options.values()):

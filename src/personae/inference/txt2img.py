@@ -71,7 +71,7 @@ def txt2img(settings: GenerateSettings, session: Session | None = None,
     for path, what in ((settings.init_image, "init image"), (settings.mask, "mask")):
         if path:
             open_image(path, what)  # a missing or unreadable file fails before the model loads
-    controls = prepare_controls(settings.controls)  # control maps too: no face found is said before loading
+    controls = prepare_controls(settings.controls, settings.allow_pickle)  # control maps too: no face found is said before loading
     # 2. load the model, LoRAs and embeddings (unless the caller holds a session)
     session = session or session_for(settings, on_event)
     pipe = session.pipe

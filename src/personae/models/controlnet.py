@@ -1,8 +1,11 @@
-"""ControlNet models: resolve what the user passed (folder, hub id), load it, and the tiny one for tests.
+"""ControlNet models: resolve what the user passed (folder, single file, hub id), load it; the tiny one for tests.
 
-    source = resolve_controlnet("lllyasviel/control_v11p_sd15_canny")   # or ./my-controlnet
+    source = resolve_controlnet("lllyasviel/control_v11p_sd15_canny")   # or ./my-controlnet, ./canny.safetensors
     controlnet = load_controlnet(source, torch.float16)
 
+A single file is the original layout A1111 users download (`control_model.*`); its config
+comes from the file's header when personae wrote it, else it is the SD-1.5 ControlNet
+config derived from the SD-1.5 UNet config shipped in this package, so no network is needed.
 A hub id may name a subfolder after the repository (`owner/name/subfolder`), as the
 MediaPipe-face ControlNet keeps its SD-1.5 weights in `diffusion_sd15`. Offline, a hub
 id that is not in the local cache fails within seconds, saying to pass a local folder.
@@ -10,8 +13,11 @@ id that is not in the local cache fails within seconds, saying to pass a local f
 
 from __future__ import annotations
 
+import json
 import re
+import tempfile
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
@@ -19,6 +25,10 @@ import torch
 
 from personae.errors import UserError
 from personae.hub import require_hub
+from personae.models.addons import file_sha256
+from personae.models.original_layout import CONFIG_METADATA_KEY
+from personae.models.resolve import PICKLE_SUFFIXES, refuse_pickle
+from personae.models.tiny import SD15_DIR
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+(/[\w./-]+)?$")
 # The perturbation of the tiny ControlNet's zero convolutions, and the gain of its conditioning embedding's
@@ -30,13 +40,26 @@ TINY_CONDITIONING_CHANNELS = (8, 16, 32, 32)  # 3 stride-2 stages: 64 px control
 
 @dataclass(frozen=True)
 class ControlNetSource:
-    kind: Literal["folder", "hub"]
-    location: str  # absolute folder path, or the hub repository id
+    kind: Literal["folder", "single_file", "hub"]
+    location: str  # absolute folder or file path, or the hub repository id
     name: str  # what the A1111 infotext shows as the ControlNet "Model"
     subfolder: str | None = None  # inside a hub repository
 
+    @property
+    def hash(self) -> str | None:
+        """The short sha256 A1111's ControlNet extension shows after a file's name."""
+        if self.kind != "single_file":
+            return None
+        stat = Path(self.location).stat()
+        return _short_hash(self.location, stat.st_size, stat.st_mtime_ns)
 
-def resolve_controlnet(spec: str) -> ControlNetSource:
+
+@lru_cache(maxsize=16)
+def _short_hash(path: str, size: int, mtime_ns: int) -> str:  # size and mtime: a changed file is hashed again
+    return file_sha256(Path(path))[:8]
+
+
+def resolve_controlnet(spec: str, allow_pickle: bool = False) -> ControlNetSource:
     """Decide which kind of ControlNet `spec` names, without loading it."""
     path = Path(spec).expanduser()
     if path.is_dir():
@@ -46,9 +69,10 @@ def resolve_controlnet(spec: str) -> ControlNetSource:
                             "or a hub id such as lllyasviel/control_v11p_sd15_canny.")
         return ControlNetSource("folder", str(path.resolve()), path.resolve().name)
     if path.is_file():
-        raise UserError(f"{path} is a single file; personae loads ControlNets as diffusers folders or hub ids for now.",
-                        "Use the diffusers version of the model (a folder with config.json and "
-                        "diffusion_pytorch_model.safetensors), e.g. the lllyasviel/control_v11p_sd15_* repositories.")
+        refuse_pickle(path, allow_pickle)
+        if path.suffix.lower() not in PICKLE_SUFFIXES | {".safetensors"}:
+            raise UserError(f"{path} is not a ControlNet checkpoint (expected .safetensors, or .pth with --allow-pickle).")
+        return ControlNetSource("single_file", str(path.resolve()), path.stem)
     looks_local = spec.startswith((".", "/", "~")) or spec.endswith((".safetensors", ".ckpt", ".pth", ".pt", ".bin"))
     if looks_local or not _HUB_ID.match(spec):
         raise UserError(f'ControlNet "{spec}" was not found: no such folder, and it is not a hub id (owner/name).',
@@ -71,10 +95,42 @@ def check_available(source: ControlNetSource) -> None:
     require_hub(source.location, "ControlNet", "pass its folder with --controlnet TYPE=./path/to/controlnet.")
 
 
+def sd15_controlnet_config() -> dict:
+    """The SD-1.5 ControlNet config: the SD-1.5 UNet's encoder settings (what lllyasviel's models use)."""
+    import inspect
+
+    from diffusers import ControlNetModel
+
+    unet = json.loads((SD15_DIR / "unet" / "config.json").read_text())
+    accepted = inspect.signature(ControlNetModel.__init__).parameters
+    return {"_class_name": "ControlNetModel", **{k: v for k, v in unet.items() if k in accepted}}
+
+
+def _single_file_config(path: Path) -> dict:
+    config = None
+    if path.suffix.lower() == ".safetensors":
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as fh:
+            meta = fh.metadata() or {}
+            keys = list(fh.keys())
+        if CONFIG_METADATA_KEY in meta:
+            config = json.loads(meta[CONFIG_METADATA_KEY]).get("controlnet")
+        if not any(k.startswith("control_model.") for k in keys):
+            raise UserError(f"{path} is not a ControlNet checkpoint in the original layout (no control_model.* weights).",
+                            "Pass a ControlNet file (e.g. control_v11p_sd15_canny.safetensors) or a diffusers folder.")
+    return {"_class_name": "ControlNetModel", **config} if config else sd15_controlnet_config()
+
+
 def load_controlnet(source: ControlNetSource, dtype: torch.dtype = torch.float32):
     """A diffusers ControlNetModel on the CPU."""
     from diffusers import ControlNetModel
 
+    if source.kind == "single_file":
+        path = Path(source.location)
+        with tempfile.TemporaryDirectory(prefix="personae-controlnet-") as tmp:
+            (Path(tmp) / "config.json").write_text(json.dumps(_single_file_config(path), default=list))
+            return ControlNetModel.from_single_file(str(path), config=tmp, local_files_only=True, torch_dtype=dtype)
     kwargs = dict(torch_dtype=dtype)
     if source.subfolder:
         kwargs["subfolder"] = source.subfolder
@@ -124,8 +180,10 @@ def build_tiny_controlnet(unet, seed: int = 0, zero_conv_std: float = TINY_ZERO_
     return controlnet
 
 
-def write_tiny_controlnet(out_dir: str | Path, base: str | Path | None = None, seed: int = 0) -> Path:
-    """Write a tiny ControlNet (diffusers folder) for the tiny model in `base` (default: the seed-0 tiny model)."""
+def write_tiny_controlnet(out_dir: str | Path, base: str | Path | None = None, seed: int = 0,
+                          single_file: str | Path | None = None) -> Path:
+    """Write a tiny ControlNet (diffusers folder, optionally also one original-layout file) for the tiny
+    model in `base` (default: the seed-0 tiny model)."""
     from diffusers import UNet2DConditionModel
 
     from personae.models.tiny import build_tiny_pipeline
@@ -139,5 +197,10 @@ def write_tiny_controlnet(out_dir: str | Path, base: str | Path | None = None, s
                             "Pass the folder written by `personae model tiny`.")
         unet = UNet2DConditionModel.from_pretrained(str(base), subfolder="unet", local_files_only=True)
     out_dir = Path(out_dir)
-    build_tiny_controlnet(unet, seed).save_pretrained(str(out_dir), safe_serialization=True)
+    controlnet = build_tiny_controlnet(unet, seed)
+    controlnet.save_pretrained(str(out_dir), safe_serialization=True)
+    if single_file is not None:
+        from personae.models.original_layout import save_controlnet_single_file
+
+        save_controlnet_single_file(controlnet, single_file)
     return out_dir
