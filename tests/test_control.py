@@ -104,6 +104,15 @@ def test_missing_mediapipe_names_the_install_command(photos, monkeypatch):
     assert detect_control("canny", Image.open(photos / "grey.png")).size == (256, 256)  # canny does not need it
 
 
+def test_control_maps_do_not_import_torch():
+    import subprocess
+    import sys
+
+    code = "import sys, personae.data.control; print(any(m.split('.')[0] in ('torch', 'diffusers') for m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"  # data/ sits below the model layers
+
+
 def test_unknown_type_or_option_names_the_valid_ones(photos):
     photo = Image.open(photos / "grey.png")
     with pytest.raises(UserError, match='Did you mean "canny"') as err:

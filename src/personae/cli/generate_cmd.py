@@ -71,8 +71,9 @@ def add_control_options(p: argparse.ArgumentParser) -> None:
                    help="a ControlNet unit: control type (canny, face, pose, raw), the image, weight (default 1); "
                         "repeat for multi-ControlNet")
     p.add_argument("--controlnet", action="append", type=_assignment("=", "TYPE=PATH_OR_ID"), metavar="TYPE=PATH_OR_ID",
-                   help="the ControlNet for a control type: a diffusers folder or hub id (owner/name[/subfolder]); "
-                        "default: lllyasviel/control_v11p_sd15_canny, ..._openpose, CrucibleAI/ControlNetMediaPipeFace")
+                   help="the ControlNet for a control type: a diffusers folder, an original-layout .safetensors file "
+                        "or a hub id (owner/name[/subfolder]); default: lllyasviel/control_v11p_sd15_canny, "
+                        "..._openpose, CrucibleAI/ControlNetMediaPipeFace/diffusion_sd15")
     p.add_argument("--control-option", action="append", type=_assignment("=", "TYPE.KEY=VALUE"),
                    metavar="TYPE.KEY=VALUE", help="a preprocessor option, e.g. canny.low=50 canny.high=150")
     p.add_argument("--control-start", type=float, help='fraction of the steps before control acts ("Guidance Start", default 0)')

@@ -69,5 +69,5 @@ def face_map(image: Image.Image, options: dict[str, float], where: str) -> Image
 
 FACE = ControlType("face", face_map, "MediaPipe face mesh (oval, brows, eyes, lips, irises) in the MediaPipe-face "
                    "ControlNet's colours (options: max_faces 1, min_confidence 0.5)",
-                   a1111_module="mediapipe_face", default_model="CrucibleAI/ControlNetMediaPipeFace",
+                   a1111_module="mediapipe_face", default_model="CrucibleAI/ControlNetMediaPipeFace/diffusion_sd15",
                    options={"max_faces": 1.0, "min_confidence": 0.5})
