@@ -40,4 +40,13 @@ if ! fc-list 2>/dev/null | grep -qiE "nanum|noto sans cjk|notosanscjk"; then
     echo "note: storyboards with Korean or other CJK text need a CJK font: install fonts-nanum or fonts-noto-cjk, or pass --font"
   fi
 fi
+# The browser tests drive Debian's chromium with Playwright (never `playwright install`).
+if [ "${1:-}" = "--test" ] && [ ! -x /usr/bin/chromium ]; then
+  if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null; then
+    (apt-get install -y -qq chromium >/dev/null 2>&1 || { apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq chromium >/dev/null 2>&1; }) \
+      || echo "note: could not install chromium; the report browser test needs /usr/bin/chromium"
+  else
+    echo "note: the report browser test needs Debian's chromium at /usr/bin/chromium (apt-get install chromium)"
+  fi
+fi
 echo "personae is set up in .venv ($(.venv/bin/python -c 'import torch, diffusers; print("torch", torch.__version__, "diffusers", diffusers.__version__)'))"

@@ -1,6 +1,7 @@
 """The command line as users run it: exit codes, one-paragraph errors, no tracebacks (issue #2's must-shows)."""
 
 import os
+import json
 import subprocess
 import sys
 import time
@@ -91,11 +92,15 @@ def test_help_has_examples_for_every_command():
 
 
 def test_demo_runs_offline_and_writes_an_index(tmp_path):
-    r = personae("demo", "--out", tmp_path / "demo", "--quiet")
+    r = personae("demo", "--out", tmp_path / "demo", "--quiet", timeout=900)
     assert r.returncode == 0, r.stderr
     index = (tmp_path / "demo" / "index.md").read_text()
     assert "## Prepared training set" in index and (tmp_path / "demo/prepared/manifest.jsonl").is_file()
     assert "identical pixels to the folder: True" in index and "identical pixels: True" in index
+    # the demo ends with a comparison: the trained LoRA is closer to the training images than the base model
+    compared = json.loads((tmp_path / "demo/compare/metrics.json").read_text())
+    pixel = {v["label"]: v["pixel"] for v in compared["variants"]}
+    assert pixel["lora 1.0"] > pixel["base"] and (tmp_path / "demo/compare/report.html").is_file()
     for line in index.splitlines():
         if line.startswith("![]("):
             assert (tmp_path / "demo" / line[4:-1]).is_file()

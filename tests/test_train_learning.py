@@ -5,7 +5,7 @@ import pytest
 
 from personae.jobs.train import load_job, run_training
 from personae.models.resolve import load_pipeline, resolve_model
-from train_helpers import TINY_LORA, distance_to_training, generate, mean_abs, write_job
+from train_helpers import TINY_LORA, distance_to_training, generate, write_job
 
 TOKEN = [{"token": "<sks>", "init_word": "star", "vectors": 2}]
 

@@ -128,4 +128,35 @@ def run_demo(out_dir: str | Path, on_event: EventHandler = ignore) -> Path:
     index.add("Storyboard", "Three scenes -> panels, storyboard/sheet.png and storyboard/sheet.pdf (dialogue in Korean, "
                             "Russian and English; storyboard.json records every setting).", [out / "storyboard/sheet.png"])
 
+    # 9. an animated clip of the taught subject: AnimateDiff with a tiny motion adapter, the LoRA on
+    from personae.config.animate import AnimateSettings
+    from personae.jobs.animate import run_animate
+    from personae.models.tiny_motion import write_tiny_motion_adapter
+
+    lora = str(out / "runs/lora/lora.safetensors")
+    adapter = write_tiny_motion_adapter(out / "models/tiny-motion", seed=0)
+    clip = AnimateSettings(model=str(model), motion_adapter=str(adapter), prompt="a photo of sks star on a blue background",
+                           loras=[LoraRef(path=lora)], frames=16, fps=8, steps=20, cfg=2.0, seed=0, width=64, height=64)
+    run_animate(clip, [out / "animate/clip.gif", out / "animate/clip.mp4"], on_event=on_event)
+    index.add("Animated clip", "`personae animate --motion-adapter models/tiny-motion --lora runs/lora/lora.safetensors "
+                               "--frames 16 --fps 8`: a looping GIF and an H.264 MP4 (animate/clip.mp4), settings in the "
+                               "GIF comment and MP4 metadata (DDIM, clip skip 2 by default).", [out / "animate/clip.gif"])
+
+    # 10. compare: the base model against the trained LoRA on a fixed prompt suite, with metrics and a report
+    from personae.config.compare import CompareSuite
+    from personae.jobs.compare import run_compare
+
+    suite = CompareSuite.model_validate({
+        "base_model": str(model), "token": "sks", "class": "star", "seeds": [0, 1], "steps": 20, "cfg": 2.0,
+        "sampler": "DDIM", "width": 64, "height": 64, "references": str(out / "prepared"),
+        "prompts": ["a photo of {token} {class} on a blue background", "{token} {class} on a red background",
+                    "a painting of {token} {class}"],
+        "variants": [{"label": "base"}, {"label": "lora 0.5", "lora": lora, "weight": 0.5},
+                     {"label": "lora 1.0", "lora": lora, "weight": 1.0}]})
+    compared = run_compare(suite, out / "compare", on_event)
+    means = "; ".join(f"{v['label']}: pixel {v['pixel']:.3f}, SSIM {v['ssim']:.3f}" for v in compared["variants"])
+    index.add("Compare", f"Base model vs the LoRA at weights 0.5 and 1.0, 3 prompts x 2 seeds: compare/report.html "
+                         f"(sortable metrics, grids, every image). Similarity to the training images: {means}. "
+                         f"Skipped offline: {', '.join(compared['skipped']) or 'none'}.",
+              [out / "compare/grids/seed-0.png"])
     return out / "index.html"

@@ -1,0 +1,59 @@
+"""`personae compare SUITE.yaml --out DIR`: variants x prompts x seeds -> grids, metrics, report.html."""
+
+from __future__ import annotations
+
+import argparse
+
+EXAMPLES = """examples:
+  personae compare suite.yaml --out compare/
+  personae compare suite.yaml --out compare/ --set steps=30 --set "seeds=[0,1,2,3]"
+
+a suite file:
+  version: 1
+  base_model: ./tiny
+  variants:
+    - {label: base}
+    - {label: lora-0.5, lora: ./runs/demo/lora.safetensors, weight: 0.5}
+    - {label: lora-1.0, lora: ./runs/demo/lora.safetensors, weight: 1.0}
+    - {label: db, model: ./runs/db/model}               # another checkpoint (DreamBooth)
+    - {label: ti, embedding: ./runs/ti/sks.safetensors} # {token} becomes the embedding's token
+    - {label: run, run: ./runs/demo}                    # every kept checkpoint of a run, plus its final export
+  sweep: {cfg: [5, 7]}                                  # A1111's X/Y plot: weight, cfg, steps, sampler
+  prompts: ["a photo of {token} {class}", "{token} {class} on the beach"]   # leave out for the built-in set
+  prompt_set: live                                      # object (default) or live: DreamBooth-style prompts
+  token: sks
+  class: dog
+  seeds: [0, 1]
+  steps: 4
+  references: ./prepared                                # the training images
+  metrics: {clip: openai/clip-vit-base-patch32, dino: facebook/dino-vits16, face: false}
+"""
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("compare", help="variants x prompts x seeds -> grids, metrics, report.html", epilog=EXAMPLES,
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       description="Generate every variant on a fixed prompt suite with fixed seeds, then write labelled "
+                                   "grids, metrics.csv / metrics.json (pixel, SSIM, diversity; DINO, CLIP-I, CLIP-T and "
+                                   "face identity when their models are available) and a sortable report.html.")
+    p.add_argument("suite", metavar="SUITE.yaml")
+    p.add_argument("--out", default="compare", help="output folder (default ./compare); a previous comparison there is replaced")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a suite setting (repeatable)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(run=run)
+
+
+def run(args) -> int:
+    from personae.cli.progress import TerminalProgress
+    from personae.config.base import apply_overrides
+    from personae.jobs.compare import run_compare
+    from personae.jobs.compare_plan import load_suite
+
+    suite = load_suite(args.suite, apply_overrides({}, args.set))
+    progress = TerminalProgress(quiet=args.quiet)
+    try:
+        result = run_compare(suite, args.out, on_event=progress)
+    finally:
+        progress.close()
+    print(f"{len(result['images'])} images, {len(result['variants'])} variants: {args.out}/report.html")
+    return 0

@@ -1,0 +1,105 @@
+"""The comparison suite (`personae compare SUITE.yaml`): variants x prompts x seeds, sweeps, metrics.
+
+    version: 1
+    base_model: ./tiny
+    variants:
+      - {label: base}
+      - {label: lora, lora: ./runs/demo/lora.safetensors, weight: 0.8}
+      - {label: run, run: ./runs/demo, checkpoints: [200, 400]}
+    sweep: {weight: [0.5, 1.0], cfg: [5, 7]}     # A1111's X/Y plot: every combination
+    prompts: ["a photo of {token} {class}", ...]  # or prompt_set: object | live (built in)
+    token: sks
+    class: dog
+    seeds: [0, 1]
+    references: ./prepared
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import ConfigDict, Field, field_validator, model_validator
+
+from personae.config.base import Strict
+from personae.config.generate import LoraRef
+
+SWEEP_KEYS = ("weight", "cfg", "steps", "sampler")
+
+
+class Variant(Strict):
+    """One row of the comparison: the base model, or the base model plus what a run taught it."""
+
+    label: str  # the row label in grids and the metrics table
+    model: str | None = None  # another checkpoint (e.g. a DreamBooth export); default: the suite's base_model
+    lora: str | None = None  # a LoRA file (kohya/A1111 or diffusers layout)
+    weight: float = 1.0  # the LoRA's strength
+    loras: list[LoraRef] = []  # more LoRAs, each with its own weight
+    embedding: str | None = None  # a textual-inversion embedding file
+    token: str | None = None  # what {token} becomes for this variant (default: the embedding's token, else the suite's)
+    run: str | None = None  # a training run folder: expands to one variant per checkpoint plus the final export
+    checkpoints: list[int] | None = None  # with run: only these steps (default: every checkpoint kept)
+    steps: int | None = Field(None, ge=1, le=1000)  # per-variant sampling overrides
+    cfg: float | None = Field(None, ge=0.0, le=100.0)
+    sampler: str | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self):
+        if self.run and (self.lora or self.loras or self.embedding or self.model):
+            raise ValueError(f'variant "{self.label}": `run` brings its own files; do not combine it with '
+                             "model / lora / loras / embedding")
+        return self
+
+
+class MetricSettings(Strict):
+    """Which metrics to compute, and where their models come from (local folder or hub id)."""
+
+    pixel: bool = True  # 1 - mean absolute difference to the nearest reference (offline, always)
+    ssim: bool = True  # best SSIM against the references (offline, always)
+    diversity: bool = True  # mean pairwise distance between seeds of one prompt (offline, always)
+    clip: str | None = "openai/clip-vit-base-patch32"  # CLIP-I and CLIP-T (DreamBooth paper); null to skip
+    dino: str | None = "facebook/dino-vits16"  # DINO ViT-S/16 subject fidelity; null to skip
+    face: bool = False  # face identity (needs the `face` extra: dlib-bin + face-recognition-models)
+
+
+class CompareSuite(Strict):
+    model_config = ConfigDict(populate_by_name=True)
+
+    version: int = 1
+    base_model: str  # diffusers folder, single-file checkpoint or hub id
+    variants: list[Variant] = Field(default_factory=lambda: [Variant(label="base")])
+    sweep: dict[str, list] = {}  # weight / cfg / steps / sampler -> values; every combination per variant
+    prompts: list[str] = []  # with {token} and {class}; empty: the built-in prompt_set
+    prompt_set: Literal["object", "live"] = "object"  # the built-in DreamBooth-style suite when prompts is empty
+    token: str = "sks"  # the trigger word put in for {token}
+    class_word: str = Field("", alias="class")  # the class noun put in for {class} (dog, man, backpack)
+    negative: str = ""
+    seeds: list[int] = Field([0, 1, 2, 3], min_length=1)
+    steps: int = Field(20, ge=1, le=1000)
+    cfg: float = Field(7.0, ge=0.0, le=100.0)
+    sampler: str = "DPM++ 2M Karras"
+    clip_skip: int = Field(1, ge=1, le=12)
+    width: int | None = Field(None, ge=8, le=8192)  # None: the model's native size
+    height: int | None = Field(None, ge=8, le=8192)
+    references: str | None = None  # folder of reference images (the training set, e.g. a prepared folder)
+    metrics: MetricSettings = MetricSettings()
+    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
+    dtype: Literal["auto", "fp32", "fp16", "bf16"] = "auto"
+
+    @field_validator("sweep")
+    @classmethod
+    def _sweep_keys(cls, value: dict) -> dict:
+        for key, values in value.items():
+            if key not in SWEEP_KEYS:
+                raise ValueError(f'cannot sweep "{key}"; sweepable: {", ".join(SWEEP_KEYS)}')
+            if not isinstance(values, list) or not values:
+                raise ValueError(f'sweep.{key} must be a non-empty list of values')
+        return value
+
+    @field_validator("variants")
+    @classmethod
+    def _unique_labels(cls, value: list[Variant]) -> list[Variant]:
+        labels = [v.label for v in value]
+        repeated = sorted({l for l in labels if labels.count(l) > 1})
+        if repeated:
+            raise ValueError(f"variant labels must be unique; repeated: {repeated}")
+        return value

@@ -1,0 +1,255 @@
+"""AnimateDiff clips on the loaded model: diffusers' AnimateDiffPipeline with our prompts, samplers and add-ons.
+
+    clip = animate(AnimateSettings(model="./tiny", motion_adapter="./tiny-motion", prompt="a cat", steps=4))
+
+- The motion UNet is built from the session's UNet and the motion adapter; LoRAs loaded
+  on the session (peft adapters) are carried over with their weights, embeddings and
+  text-encoder LoRAs act through the shared tokenizer and text encoder.
+- Prompts go through our encoder (A1111 weights, any length, clip skip), samplers by
+  their A1111 names, seeds on a CPU generator as in txt2img.
+- Clips longer than the motion module's context run as overlapping windows (FreeNoise),
+  so frame 17 of a 32-frame clip continues frame 16 instead of starting a second clip.
+- `motion_scale` multiplies what each motion module adds to its input: 0 gives frames
+  drawn independently by the image model, 1 the motion as trained.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import random
+from dataclasses import dataclass, field
+from functools import cached_property
+
+import torch
+from PIL import Image
+
+from personae import __version__
+from personae.config.animate import AnimateSettings
+from personae.errors import UserError
+from personae.events import EventHandler, Message, Progress, ignore
+from personae.inference.samplers import get_sampler
+from personae.inference.session import Session, open_session
+from personae.media.png import format_parameters
+from personae.models.addons import hashes_text
+from personae.models.motion import MotionSource, load_motion_adapter, resolve_motion_adapter
+
+# AnimateDiff's motion modules were trained on the linear beta schedule (not SD's scaled_linear) with
+# DDIM-style "linspace" timesteps and no sample clipping; samplers are built on that schedule.
+MOTION_SCHEDULE = {"beta_schedule": "linear", "clip_sample": False, "timestep_spacing": "linspace", "steps_offset": 1}
+
+
+@dataclass
+class Clip:
+    frames: list[Image.Image]
+    seed: int
+    parameters: str  # A1111-style infotext plus Frames, FPS, Motion module, Motion scale
+    settings: AnimateSettings  # settings that reproduce this clip (its seed and size filled in)
+
+    def settings_json(self) -> str:
+        return json.dumps(self.settings.model_dump(), ensure_ascii=False)
+
+
+def _pipeline_class():
+    from diffusers import AnimateDiffPipeline
+
+    class WindowedAnimateDiffPipeline(AnimateDiffPipeline):
+        """AnimateDiff whose FreeNoise path takes precomputed prompt embeddings.
+
+        diffusers' FreeNoise path encodes prompts itself and refuses `prompt_embeds`; ours carry
+        A1111 weights, 75-token chunks and clip skip, so here they are repeated per frame exactly
+        as the plain path does (negative frames first, then positive).
+        """
+
+        def _encode_prompt_free_noise(self, prompt, num_frames, device, num_videos_per_prompt,
+                                      do_classifier_free_guidance, negative_prompt=None, prompt_embeds=None,
+                                      negative_prompt_embeds=None, lora_scale=None, clip_skip=None):
+            positive = prompt_embeds.to(device).repeat_interleave(num_frames, dim=0)
+            if not do_classifier_free_guidance:
+                return positive, None
+            negative = negative_prompt_embeds.to(device).repeat_interleave(num_frames, dim=0)
+            return torch.cat([negative, positive]), negative
+
+    return WindowedAnimateDiffPipeline
+
+
+def motion_unet(unet, adapter, lora_weights: dict[str, float] | None = None):
+    """A UNetMotionModel from the session's UNet (LoRA adapters and their weights included) plus the motion modules.
+
+    diffusers' `UNetMotionModel.from_unet2d` copies the UNet block by block and fails on a UNet
+    that carries peft LoRA layers (their weights appear as extra keys). So the motion UNet gets
+    the same adapters first, then the whole state dict (same key names for every image layer).
+    """
+    from diffusers import UNetMotionModel
+
+    model = UNetMotionModel.from_unet2d(unet, adapter, load_weights=False)
+    lora_configs = dict(getattr(unet, "peft_config", {}) or {})
+    for name, config in lora_configs.items():
+        model.add_adapter(_only_wrapped_modules(unet, name, config), adapter_name=name)
+    missing, unexpected = model.load_state_dict(unet.state_dict(), strict=False)
+    not_motion = [k for k in missing if ".motion_modules." not in k]
+    if unexpected or not_motion:
+        raise RuntimeError(f"UNet -> motion UNet: unexpected {unexpected[:3]}, missing {not_motion[:3]}")
+    try:
+        model.load_motion_modules(adapter)
+    except RuntimeError as exc:  # same block layout, other channel counts
+        raise ValueError("its motion modules do not match the UNet's channels (" + str(exc).splitlines()[0] + ")") from None
+    if lora_configs:  # the same adapters active at the same weights as on the session's UNet
+        names = list(lora_configs)
+        weights = [(lora_weights or {}).get(name, 1.0) for name in names]
+        model.set_adapters(names, weights)
+    return model.to(device=unet.device, dtype=unet.dtype)
+
+
+def _only_wrapped_modules(unet, adapter_name: str, config):
+    """The adapter's config targeting exactly the modules it wraps in `unet`, by full name.
+
+    A LoRA's config often targets short names ("to_q"), which would also match the motion
+    modules' attention layers; a LoRA trained on the image UNet has no weights for those.
+    """
+    from peft.tuners.lora import LoraLayer
+
+    config = copy.deepcopy(config)
+    config.target_modules = sorted(name for name, module in unet.named_modules()
+                                   if isinstance(module, LoraLayer) and adapter_name in module.scaling)
+    return config
+
+
+class MotionScale:
+    """A forward hook on each motion module's output projection: what the module adds is multiplied by `value`."""
+
+    def __init__(self, unet):
+        from diffusers.models.unets.unet_motion_model import AnimateDiffTransformer3D
+
+        self.value = 1.0
+        for module in unet.modules():
+            if isinstance(module, AnimateDiffTransformer3D):
+                module.proj_out.register_forward_hook(self._scale)
+
+    def _scale(self, module, args, output):
+        return output if self.value == 1.0 else output * self.value
+
+
+@dataclass
+class AnimateSession:
+    """A session plus its AnimateDiff pipeline (the motion UNet is built once per adapter)."""
+
+    session: Session
+    pipe: object  # WindowedAnimateDiffPipeline sharing the session's VAE, text encoder and tokenizer
+    motion: MotionSource
+    motion_scale: MotionScale
+    context_limit: int = field(default=32)  # positions in the adapter's table
+
+    @cached_property
+    def motion_hash(self) -> str | None:
+        """Like A1111's "Model hash": sha256 of the file, first 10 hex digits (hashed once: real modules are 1.7 GB)."""
+        from pathlib import Path
+
+        from personae.models.addons import file_sha256
+
+        return file_sha256(Path(self.motion.location))[:10] if self.motion.kind == "single_file" else None
+
+
+def open_animate_session(session: Session, adapter, motion: MotionSource) -> AnimateSession:
+    """Build the AnimateDiff pipeline on a loaded session and a loaded MotionAdapter."""
+    adapter = adapter.to(device=session.device, dtype=session.dtype)
+    base = session.pipe
+    try:
+        unet = motion_unet(base.unet, adapter, {l.adapter: l.weight for l in session.loras})
+    except ValueError as exc:  # from_unet2d: block counts or layers per block differ
+        raise UserError(f"The motion adapter {motion.location} does not fit the model {session.source.name}: {exc}.",
+                        "Use a motion adapter made for this model family (Stable Diffusion 1.x adapters for SD-1.x models).") from None
+    pipe = _pipeline_class()(vae=base.vae, text_encoder=base.text_encoder, tokenizer=base.tokenizer, unet=unet,
+                             motion_adapter=adapter, scheduler=base.scheduler)
+    pipe.set_progress_bar_config(disable=True)
+    return AnimateSession(session, pipe, motion, MotionScale(unet), int(adapter.config.motion_max_seq_length))
+
+
+def check_context(settings: AnimateSettings, limit: int, adapter_name: str) -> None:
+    if settings.context > limit:
+        raise UserError(f"context {settings.context} is more than the {limit} frame positions the motion adapter "
+                        f"{adapter_name} knows.", f"Use a context of at most {limit} (16 suits AnimateDiff v1-v3).")
+
+
+def use_context_windows(pipe, frames: int, context: int, stride: int) -> bool:
+    """FreeNoise windows when the clip is longer than the context, the plain path otherwise."""
+    if frames > context:
+        pipe.enable_free_noise(context_length=context, context_stride=stride)
+        return True
+    if pipe.free_noise_enabled:
+        # diffusers' disable_free_noise assumes a mid-block motion module (v1 adapters have none): only touch blocks that have them
+        for block in [*pipe.unet.down_blocks, pipe.unet.mid_block, *pipe.unet.up_blocks]:
+            if hasattr(block, "motion_modules"):
+                pipe._disable_free_noise_in_block(block)
+        pipe._free_noise_context_length = None
+    return False
+
+
+def clip_infotext(settings: AnimateSettings, animate_session: AnimateSession, seed: int, width: int, height: int) -> str:
+    session = animate_session.session
+    params = {
+        "Steps": settings.steps, "Sampler": settings.sampler, "CFG scale": float(settings.cfg), "Seed": seed,
+        "Size": f"{width}x{height}", "Model hash": session.model_hash, "Model": session.source.name,
+        "Clip skip": settings.clip_skip,
+        "Lora hashes": hashes_text({l.name: l.hash for l in session.loras}),
+        "TI hashes": hashes_text({e.token: e.hash for e in session.embeddings}),
+        "Frames": settings.frames, "FPS": float(settings.fps), "Motion module": animate_session.motion.name,
+        "Motion module hash": animate_session.motion_hash, "Motion scale": float(settings.motion_scale),
+        "Context": f"{settings.context}/{settings.context_stride}" if settings.frames > settings.context else None,
+        "Version": f"personae {__version__}",
+    }
+    prompt = settings.prompt + "".join(f" <lora:{l.name}:{l.weight:g}>" for l in session.loras)
+    return format_parameters(prompt, settings.negative, params)
+
+
+def open_for(settings: AnimateSettings, on_event: EventHandler = ignore) -> AnimateSession:
+    """Load the motion adapter named in `settings` (first: it is the smaller download), then the model and add-ons."""
+    motion = resolve_motion_adapter(settings.motion_adapter, settings.allow_pickle)
+    on_event(Message(f"loading motion adapter {motion.location}"))
+    adapter = load_motion_adapter(motion)
+    check_context(settings, int(adapter.config.motion_max_seq_length), motion.name)
+    session = open_session(settings.model, settings.device, settings.dtype, settings.allow_pickle,
+                           loras=[(l.path, l.weight) for l in settings.loras],
+                           embeddings=[(e.path, e.token) for e in settings.embeddings], on_event=on_event)
+    return open_animate_session(session, adapter, motion)
+
+
+def animate(settings: AnimateSettings, animate_session: AnimateSession | None = None,
+            on_event: EventHandler = ignore) -> Clip:
+    # 1. check inputs and fix the seed
+    sampler = get_sampler(settings.sampler)
+    seed = settings.seed if settings.seed >= 0 else random.randrange(2**32)
+    # 2. load the model, add-ons and motion adapter (unless the caller holds them)
+    animate_session = animate_session or open_for(settings, on_event)
+    session, pipe = animate_session.session, animate_session.pipe
+    check_context(settings, animate_session.context_limit, animate_session.motion.name)
+    width = settings.width or session.native_size
+    height = settings.height or session.native_size
+    # 3. the sampler, on the schedule the motion modules were trained with
+    pipe.scheduler = sampler.make({**session.base_scheduler, **MOTION_SCHEDULE})
+    if not sampler.exact:
+        on_event(Message(f'"{sampler.name}" runs as diffusers\' {sampler.scheduler.__name__} (the nearest match).', "warning"))
+    # 4. encode prompts: weighted, chunked by 75 tokens, clip skip
+    positive, negative = session.encoder.encode_pair(settings.prompt, settings.negative, settings.clip_skip)
+    if positive.chunks > 1:
+        on_event(Message(f"prompt has {positive.tokens} tokens: encoded as {positive.chunks} chunks of 75 (not truncated)"))
+    # 5. motion: strength, and overlapping windows for clips longer than the context
+    animate_session.motion_scale.value = settings.motion_scale
+    if use_context_windows(pipe, settings.frames, settings.context, settings.context_stride):
+        on_event(Message(f"{settings.frames} frames: motion in overlapping windows of {settings.context} "
+                         f"(stride {settings.context_stride})"))
+
+    def report(pipeline, step, timestep, kwargs):
+        on_event(Progress("denoise", step + 1, len(pipeline.scheduler.timesteps) or settings.steps))
+        return kwargs
+
+    # 6. denoise all frames together
+    with torch.no_grad():
+        out = pipe(prompt_embeds=positive.embeds.to(session.dtype), negative_prompt_embeds=negative.embeds.to(session.dtype),
+                   num_frames=settings.frames, width=width, height=height, num_inference_steps=settings.steps,
+                   guidance_scale=settings.cfg, generator=torch.Generator("cpu").manual_seed(seed),
+                   callback_on_step_end=report, output_type="pil")
+    frames = list(out.frames[0])
+    # 7. settings that reproduce this clip
+    exact = settings.model_copy(update={"seed": seed, "width": width, "height": height})
+    return Clip(frames, seed, clip_infotext(settings, animate_session, seed, width, height), exact)

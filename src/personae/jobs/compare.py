@@ -1,0 +1,208 @@
+"""`personae compare SUITE.yaml --out DIR`: variants x prompts x seeds, grids, metrics, report.html.
+
+DIR/images/<variant>/p<prompt>-s<seed>.png (each with A1111 metadata), DIR/grids/seed-<seed>.png
+(rows variants, columns prompts), DIR/metrics.csv (one row per variant), DIR/metrics.json (per
+variant and per image, plus skipped metrics), DIR/runs/<variant>/ (loss curves and validation
+grids of run folders), DIR/report.html, DIR/compare.json (the resolved suite).
+
+Everything is written to DIR.partial first and moved into place at the end, so a failed or
+interrupted comparison leaves no half-written report behind. Seeds are fixed, so a rerun
+gives the same images and numbers.
+"""
+
+from __future__ import annotations
+
+import csv
+import gc
+import json
+import shutil
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+from personae.config.compare import CompareSuite
+from personae.config.generate import GenerateSettings
+from personae.data.images import Rejected, find_images, load_image
+from personae.errors import UserError
+from personae.evaluation.metrics import Sample, build_metrics
+from personae.evaluation.report import ReportData, render_report
+from personae.evaluation.suites import PROMPT_SETS, fill
+from personae.events import EventHandler, Message, Progress, ignore
+from personae.inference.samplers import get_sampler
+from personae.inference.session import open_session
+from personae.inference.txt2img import txt2img
+from personae.jobs.compare_plan import Row, expand, slug
+from personae.media.grid import labelled_grid, save_image
+from personae.media.png import save_png
+
+
+def load_references(folder: str | None) -> list:
+    if not folder:
+        return []
+    root = Path(folder).expanduser()
+    if not root.is_dir():
+        raise UserError(f"references: {root} is not a folder.", "Point it at the training images (e.g. a prepared folder).")
+    images = [img for p in find_images(root) if not p.name.startswith(("contact_sheet", "grid"))
+              and not isinstance(img := load_image(p, min_side=8), Rejected)]
+    if not images:
+        raise UserError(f"references: {root} holds no readable images.")
+    return images
+
+
+def _prepare_out(out: Path) -> Path:
+    if out.exists() and not (out / "compare.json").is_file() and any(out.iterdir()):
+        raise UserError(f"{out} exists and is not a comparison output folder.", "Choose an empty or new --out folder.")
+    work = out.with_name(out.name + ".partial")
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    return work
+
+
+def _generate_group(suite: CompareSuite, model: str, rows: list[Row], prompts: list[str], work: Path,
+                    progress, on_event: EventHandler) -> list[tuple[Row, Sample, Path]]:
+    """One loaded model for every row that uses it; LoRAs switch on and off by adapter weight."""
+    loras = list(dict.fromkeys(p for r in rows for p, _ in r.loras))
+    embeddings = list(dict.fromkeys(e for r in rows for e in r.embeddings))
+    session = open_session(model, suite.device, suite.dtype, loras=[(p, 1.0) for p in loras], embeddings=embeddings,
+                           on_event=on_event)
+    by_path = dict(zip(loras, session.loras))
+    by_file = dict(zip(embeddings, session.embeddings))
+    out = []
+    for row in rows:
+        weights = dict(row.loras)
+        if session.loras:
+            session.pipe.set_adapters([l.adapter for l in session.loras],
+                                      adapter_weights=[weights.get(p, 0.0) for p in loras])
+        view = replace(session, loras=[replace(by_path[p], weight=w) for p, w in row.loras],
+                       embeddings=[by_file[e] for e in row.embeddings])
+        token = row.token or (view.embeddings[0].token if view.embeddings else suite.token)
+        folder = work / "images" / slug(row.label)
+        folder.mkdir(parents=True, exist_ok=True)
+        for pi, template in enumerate(prompts):
+            prompt = fill(template, token, suite.class_word)
+            for seed in suite.seeds:
+                settings = GenerateSettings(
+                    model=model, prompt=prompt, negative=suite.negative, steps=row.steps or suite.steps,
+                    cfg=suite.cfg if row.cfg is None else row.cfg, seed=seed, width=suite.width, height=suite.height,
+                    sampler=row.sampler or suite.sampler, clip_skip=suite.clip_skip, device=suite.device, dtype=suite.dtype)
+                image = txt2img(settings, view)[0]
+                path = save_png(image.image, folder / f"p{pi:02d}-s{seed}.png", image.parameters, image.png_text())
+                sample = Sample(image.image, row.label, prompt, pi, seed, fill(template, "", suite.class_word))
+                out.append((row, sample, path))
+                progress()
+    del session, view
+    gc.collect()
+    return out
+
+
+def _grids(rows: list[Row], prompts: list[str], seeds: list[int], made, work: Path) -> list[tuple[str, str]]:
+    (work / "grids").mkdir()
+    cell = {(r.label, s.prompt_index, s.seed): s.image for r, s, _ in made}
+    grids = []
+    for seed in seeds:
+        cells = [[cell[(r.label, pi, seed)] for pi in range(len(prompts))] for r in rows]
+        grid = labelled_grid(cells, [r.label for r in rows], prompts, title=f"seed {seed}")
+        save_image(grid, work / "grids" / f"seed-{seed}.png")
+        grids.append((f"seed {seed}: rows are variants, columns prompts", f"grids/seed-{seed}.png"))
+    return grids
+
+
+def _run_files(rows: list[Row], work: Path) -> list[tuple[str, list[tuple[str, str]]]]:
+    """Each run folder's loss curve and validation grids, copied beside the report."""
+    runs, seen = [], set()
+    for row in rows:
+        if not row.run or row.run in seen:
+            continue
+        seen.add(row.run)
+        run = Path(row.run)
+        dest = work / "runs" / slug(run.name)
+        dest.mkdir(parents=True, exist_ok=True)
+        files = []
+        for src in [run / "loss.png"] + sorted((run / "validation").glob("*.png")):
+            if src.is_file():
+                shutil.copy2(src, dest / src.name)
+                caption = "loss curve" if src.name == "loss.png" else f"validation {src.stem}"
+                files.append((caption, f"runs/{dest.name}/{src.name}"))
+        runs.append((f"run {run.name} ({row.run})", files))
+    return runs
+
+
+def run_compare(suite: CompareSuite, out: str | Path, on_event: EventHandler = ignore) -> dict:
+    out = Path(out)
+    # 1. check inputs before loading anything: rows, prompts, samplers, references
+    rows = expand(suite)
+    prompts = suite.prompts or PROMPT_SETS[suite.prompt_set]
+    for name in {r.sampler or suite.sampler for r in rows}:
+        get_sampler(name)
+    references = load_references(suite.references)
+    metrics, skipped = build_metrics(suite.metrics, "cpu", bool(references))
+    work = _prepare_out(out)
+    try:
+        # 2. generate, one loaded model per distinct model
+        total, done = len(rows) * len(prompts) * len(suite.seeds), [0]
+
+        def progress():
+            done[0] += 1
+            on_event(Progress("compare", done[0], total))
+
+        made = []
+        # rows with embeddings get a session of their own: a loaded token could otherwise change another row's prompt
+        for model, embeddings in dict.fromkeys((r.model, r.embeddings) for r in rows):
+            group = [r for r in rows if (r.model, r.embeddings) == (model, embeddings)]
+            made += _generate_group(suite, model, group, prompts, work, progress, on_event)
+        order = {r.label: i for i, r in enumerate(rows)}
+        made.sort(key=lambda m: (order[m[0].label], m[1].prompt_index, suite.seeds.index(m[1].seed)))
+        # 3. metrics per image, then means per variant
+        samples = [s for _, s, _ in made]
+        scores = {}
+        for metric in metrics:
+            on_event(Message(f"computing {metric.name}"))
+            scores[metric.name] = metric.score(samples, references)
+        names = [m.name for m in metrics]
+        per_image = [{"file": path.relative_to(work).as_posix(), "variant": s.variant, "prompt": s.prompt,
+                      "seed": s.seed, "scores": {n: scores[n][i] for n in names}} for i, (_, s, path) in enumerate(made)]
+        table = []
+        for row in rows:
+            mine = [p for p in per_image if p["variant"] == row.label]
+            entry = {"label": row.label, "settings": ", ".join(f"{k} {v}" for k, v in row.settings.items()),
+                     "images": len(mine)}
+            for n in names:
+                values = [p["scores"][n] for p in mine if p["scores"][n] is not None]
+                entry[n] = float(np.mean(values)) if values else None
+                if n == "face" and len(values) < len(mine):
+                    entry["no_face"] = len(mine) - len(values)
+            table.append(entry)
+        # 4. files: grids, tables, run curves, report
+        grids = _grids(rows, [fill(p, suite.token, suite.class_word) for p in prompts], suite.seeds, made, work)
+        runs = _run_files(rows, work)
+        with open(work / "metrics.csv", "w", newline="", encoding="utf-8") as fh:
+            writer = csv.writer(fh)
+            writer.writerow(["variant", "settings", "images"] + names)
+            for entry in table:
+                writer.writerow([entry["label"], entry["settings"], entry["images"]]
+                                + ["" if entry[n] is None else f"{entry[n]:.6f}" for n in names])
+        result = {"variants": table, "images": per_image, "skipped": skipped, "metrics": names}
+        (work / "metrics.json").write_text(json.dumps(result, indent=1, ensure_ascii=False), encoding="utf-8")
+        notes = [f'{e["label"]}: no face found in {e["no_face"]} image(s)' for e in table if e.get("no_face")]
+        titles = {m.name: m.title for m in metrics}
+        report = ReportData(
+            "personae compare", {"base model": suite.base_model, "prompts": str(len(prompts)),
+                                 "seeds": ", ".join(map(str, suite.seeds)), "steps": str(suite.steps),
+                                 "CFG": f"{suite.cfg:g}", "sampler": suite.sampler,
+                                 "references": f"{len(references)} image(s) from {suite.references}" if references else "none"},
+            [(n, titles[n]) for n in names], table, skipped, grids, runs, per_image, notes)
+        (work / "report.html").write_text(render_report(report), encoding="utf-8")
+        (work / "compare.json").write_text(json.dumps({"suite": suite.model_dump(by_alias=True),
+                                                       "rows": [r.label for r in rows]}, indent=1), encoding="utf-8")
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    # 5. the finished folder replaces any previous comparison in DIR
+    if out.exists():
+        shutil.rmtree(out)
+    work.replace(out)
+    for name, why in skipped.items():
+        on_event(Message(f"skipped {name}: {why}", "warning"))
+    on_event(Message(f"compare: {len(made)} images, {len(rows)} variants; report at {out / 'report.html'}"))
+    return result

@@ -1,0 +1,140 @@
+"""Load an AnimateDiff motion adapter from what a user passes as --motion-adapter.
+
+Three kinds of input, as for base models:
+  - a local diffusers folder (config.json + diffusion_pytorch_model.safetensors), as
+    `MotionAdapter.save_pretrained` writes it;
+  - one `.safetensors` file: diffusers' key layout, or the original AnimateDiff layout
+    shared on model sites (`mm_sd_v15_v2.safetensors`: `...temporal_transformer...`). Its
+    config comes from the file's header when personae wrote it, else it is read off the
+    tensor shapes, with AnimateDiff's published values for what shapes cannot tell
+    (8 attention heads, 32 norm groups), so no network is needed;
+  - a hub id (`guoyww/animatediff-motion-adapter-v1-5-3`), from the local cache or
+    downloaded; with no network it fails within seconds, saying what to pass instead.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from personae.errors import UserError
+from personae.hub import require_hub
+from personae.models.resolve import PICKLE_SUFFIXES, refuse_pickle
+
+MOTION_CONFIG_KEY = "personae_motion_config"  # single-file header entry holding the adapter config
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+@dataclass(frozen=True)
+class MotionSource:
+    kind: str  # "folder", "single_file" or "hub"
+    location: str  # absolute path, or the hub id
+    name: str  # what the infotext shows as "Motion module"
+
+
+def resolve_motion_adapter(spec: str, allow_pickle: bool = False) -> MotionSource:
+    """Decide which kind of adapter `spec` names, without loading it (so bad input fails before the model loads)."""
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise UserError(f"{path} is a folder but not a diffusers motion adapter (no config.json in it).",
+                            "Pass --motion-adapter the folder MotionAdapter.save_pretrained wrote, or one .safetensors motion module.")
+        return MotionSource("folder", str(path.resolve()), path.resolve().name)
+    if path.is_file():
+        refuse_pickle(path, allow_pickle)
+        if path.suffix.lower() not in PICKLE_SUFFIXES | {".safetensors"}:
+            raise UserError(f"{path} is not a motion module file (expected .safetensors).")
+        return MotionSource("single_file", str(path.resolve()), path.stem)
+    looks_local = spec.startswith((".", "/", "~")) or spec.endswith((".safetensors", ".ckpt", ".pt", ".bin"))
+    if looks_local or not _HUB_ID.match(spec):
+        raise UserError(
+            f'Motion adapter "{spec}" was not found: no such folder or file, and it is not a hub id of the form owner/name.',
+            "Check the path given with --motion-adapter (`personae model tiny-motion DIR` writes a tiny one for tests).")
+    return MotionSource("hub", spec, spec.split("/")[-1])
+
+
+def _read_state_dict(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    if path.suffix.lower() == ".safetensors":
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as fh:
+            return {k: fh.get_tensor(k) for k in fh.keys()}, dict(fh.metadata() or {})
+    state = torch.load(str(path), map_location="cpu", weights_only=False)  # refuse_pickle ran: the user opted in
+    return state.get("state_dict", state), {}
+
+
+def _config_from_shapes(state: dict[str, torch.Tensor]) -> dict:
+    """A MotionAdapter config read off a diffusers-layout state dict."""
+    def count(prefix: str) -> int:
+        found = {int(m.group(1)) for k in state if (m := re.match(re.escape(prefix) + r"(\d+)\.", k))}
+        return max(found) + 1 if found else 0
+
+    levels = count("down_blocks.")
+    channels = tuple(int(state[f"down_blocks.{i}.motion_modules.0.norm.weight"].shape[0]) for i in range(levels))
+    pe = [v for k, v in state.items() if k.endswith("pos_embed.pe")]
+    return {
+        "block_out_channels": channels,
+        "motion_layers_per_block": count("down_blocks.0.motion_modules."),
+        "motion_transformer_layers_per_block": count("down_blocks.0.motion_modules.0.transformer_blocks."),
+        "use_motion_mid_block": any(k.startswith("mid_block.") for k in state),
+        "motion_max_seq_length": int(pe[0].shape[1]) if pe else 32,
+        "motion_num_attention_heads": 8,  # AnimateDiff v1-v3 (not stored in the weights)
+        "motion_norm_num_groups": 32,
+    }
+
+
+def _load_single_file(path: Path):
+    from diffusers import MotionAdapter
+    from diffusers.loaders.single_file_utils import convert_animatediff_checkpoint_to_diffusers
+
+    state, meta = _read_state_dict(path)
+    if not any(".motion_modules." in k for k in state):
+        raise UserError(f"{path} holds no motion modules (no *.motion_modules.* weights).",
+                        "Pass an AnimateDiff motion module (e.g. mm_sd_v15_v2.safetensors) or a diffusers MotionAdapter folder.")
+    table_lengths = [int(v.shape[1]) for k, v in state.items() if k.endswith("pos_encoder.pe")]
+    if any("temporal_transformer" in k for k in state):  # AnimateDiff's own layout
+        state = convert_animatediff_checkpoint_to_diffusers(state)
+    config = json.loads(meta[MOTION_CONFIG_KEY]) if MOTION_CONFIG_KEY in meta else _config_from_shapes(state)
+    if table_lengths and MOTION_CONFIG_KEY not in meta:  # v1 modules hold 24 positions, v2/v3 32
+        config["motion_max_seq_length"] = table_lengths[0]
+    adapter = MotionAdapter(**config)
+    missing, unexpected = adapter.load_state_dict(state, strict=False)
+    missing = [k for k in missing if not k.endswith("pos_embed.pe")]  # fixed sinusoids, rebuilt from the config
+    if missing or unexpected:
+        raise UserError(f"{path} does not fit the motion adapter its shapes describe "
+                        f"({len(missing)} missing, {len(unexpected)} unexpected weights, e.g. {(missing + unexpected)[0]}).",
+                        "Use a motion module for Stable Diffusion 1.x, or its diffusers folder.")
+    return adapter
+
+
+def load_motion_adapter(source: MotionSource):
+    """A diffusers MotionAdapter on the CPU, float32 (the caller moves it to the model's device and dtype)."""
+    from diffusers import MotionAdapter
+
+    if source.kind == "folder":
+        adapter = MotionAdapter.from_pretrained(source.location, local_files_only=True)
+    elif source.kind == "single_file":
+        adapter = _load_single_file(Path(source.location))
+    else:
+        try:  # 1. already in the local cache: no network needed
+            adapter = MotionAdapter.from_pretrained(source.location, local_files_only=True)
+        except (OSError, ValueError):
+            # 2. one quick request decides whether the hub is reachable at all (no retry loop)
+            require_hub(source.location, "motion adapter",
+                        "pass its folder with --motion-adapter ./path/to/folder, or one .safetensors motion module file.")
+            adapter = MotionAdapter.from_pretrained(source.location)
+    return adapter
+
+
+def save_motion_single_file(adapter, path: str | Path) -> Path:
+    """One .safetensors in diffusers' key layout, its config in the header (loads back offline)."""
+    from safetensors.torch import save_file
+
+    state = {k: v.contiguous() for k, v in adapter.state_dict().items() if not k.endswith("pos_embed.pe")}
+    config = {k: v for k, v in adapter.config.items() if not k.startswith("_")}
+    save_file(state, str(path), metadata={MOTION_CONFIG_KEY: json.dumps(config, default=list)})
+    return Path(path)

@@ -1,0 +1,292 @@
+"""AnimateDiff: GIF/MP4 with settings, context windows, motion scale, LoRAs, clear errors (issue #5).
+
+Tiny model + tiny motion adapter, 32 px, 2 steps: each clip takes well under a second.
+"""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from personae.config.animate import AnimateSettings
+from personae.config.base import parse_settings
+from personae.errors import UserError
+from personae.events import Message, Progress
+from personae.inference.animate import animate, open_animate_session, open_for, use_context_windows
+from personae.jobs.animate import run_animate
+from personae.media.png import parse_parameters, read_png_text
+from personae.media.video import read_clip_comment, read_clip_frames, write_clip
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One thread: AnimateDiff on two threads is many times slower while other processes share the two cores."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def tiny_motion(tmp_path_factory):
+    """(folder, single file) of the tiny motion adapter, seed 0."""
+    from personae.models.tiny_motion import write_tiny_motion_adapter
+
+    root = tmp_path_factory.mktemp("motion")
+    write_tiny_motion_adapter(root / "motion", seed=0, single_file=root / "motion.safetensors")
+    return root / "motion", root / "motion.safetensors"
+
+
+def settings(model, motion, **kw):
+    return AnimateSettings(**{"model": str(model), "motion_adapter": str(motion), "prompt": "a photo of a cat",
+                              "steps": 2, "seed": 7, "width": 32, "height": 32, "frames": 16, **kw})
+
+
+@pytest.fixture(scope="module")
+def clip_session(tiny_model, tiny_motion):
+    """The tiny model with the tiny motion adapter (no add-ons); tests must not add LoRAs to it."""
+    return open_for(settings(tiny_model[0], tiny_motion[0]))
+
+
+def pixels(clip):
+    return np.stack([np.asarray(f, dtype=np.int16) for f in clip.frames])
+
+
+def test_cli_writes_gif_mp4_and_frames_that_decode_with_their_settings(tmp_path, tiny_model, tiny_motion):
+    import av
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    r = subprocess.run([sys.executable, "-m", "personae", "animate", "--model", str(tiny_model[0]),
+                        "--motion-adapter", str(tiny_motion[0]), "--prompt", "a (red:1.2) fox", "--negative", "blurry",
+                        "--frames", "16", "--fps", "8", "--steps", "2", "--seed", "5", "--width", "48", "--height", "32",
+                        "--out", str(tmp_path / "clip.gif"), "--out", str(tmp_path / "mp4/clip.mp4"),
+                        "--frames-dir", str(tmp_path / "frames")], capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "wrote a 16-frame clip (seed 5)" in r.stderr
+    # GIF: Pillow reads 16 frames of 48x32, looping forever, at 8 fps (GIF keeps hundredths of a second)
+    with Image.open(tmp_path / "clip.gif") as gif:
+        assert gif.n_frames == 16 and gif.size == (48, 32)
+        assert gif.info["loop"] == 0 and gif.info["duration"] in (120, 130)
+        gif_comment = gif.info["comment"].decode("utf-8")
+    # MP4: PyAV (an independent decoder) reads H.264 in yuv420p, 16 frames of 48x32 at 8 fps, and the comment tag
+    with av.open(str(tmp_path / "mp4/clip.mp4")) as container:
+        stream = container.streams.video[0]
+        assert stream.codec_context.name == "h264" and stream.codec_context.pix_fmt == "yuv420p"
+        assert stream.average_rate == 8
+        mp4_comment = container.metadata["comment"]
+        decoded = list(container.decode(video=0))
+    assert len(decoded) == 16 and (decoded[0].width, decoded[0].height) == (48, 32)
+    assert gif_comment == mp4_comment == read_clip_comment(tmp_path / "mp4/clip.mp4")
+    prompt, negative, params = parse_parameters(gif_comment)
+    assert prompt == "a (red:1.2) fox" and negative == "blurry"
+    assert params["Frames"] == "16" and params["FPS"] == "8" and params["Motion module"] == "motion"
+    assert params["Seed"] == "5" and params["Steps"] == "2" and params["Size"] == "48x32"
+    assert params["Sampler"] == "DDIM" and params["Clip skip"] == "2" and params["Motion scale"] == "1"
+    # the frames as PNGs, each with the same settings; the MP4 is close to them (lossy), the GIF too (palette)
+    pngs = sorted((tmp_path / "frames").glob("frame-*.png"))
+    assert len(pngs) == 16 and read_png_text(pngs[3])["parameters"] == gif_comment
+    first = np.asarray(Image.open(pngs[0]), dtype=np.int16)
+    assert np.abs(decoded[0].to_ndarray(format="rgb24").astype(np.int16) - first).mean() < 20
+    assert np.abs(read_clip_frames(tmp_path / "clip.gif")[0].astype(np.int16) - first).mean() < 20
+    assert not list(tmp_path.rglob("*.partial"))
+
+
+def test_same_seed_same_frames_and_what_changes_them(tiny_model, tiny_motion, clip_session):
+    base = settings(tiny_model[0], tiny_motion[0])
+    a, b = animate(base, clip_session), animate(base, clip_session)
+    assert len(a.frames) == 16 and a.frames[0].size == (32, 32)
+    assert np.array_equal(pixels(a), pixels(b))
+    assert np.abs(pixels(a) - pixels(animate(base.model_copy(update={"seed": 8}), clip_session))).mean() > 1
+    assert np.abs(pixels(a) - pixels(animate(base.model_copy(update={"clip_skip": 1}), clip_session))).mean() > 1
+    # the motion module acts: scale 0 (image model alone) and 0.5 differ from 1; back at 1, the same frames again
+    no_motion = animate(base.model_copy(update={"motion_scale": 0.0}), clip_session)
+    half = animate(base.model_copy(update={"motion_scale": 0.5}), clip_session)
+    assert np.abs(pixels(a) - pixels(no_motion)).mean() > 1 and np.abs(pixels(a) - pixels(half)).mean() > 0.5
+    assert np.array_equal(pixels(a), pixels(animate(base, clip_session)))
+    # a single-file adapter gives the same frames as its folder
+    single = base.model_copy(update={"motion_adapter": str(tiny_motion[1])})
+    assert np.array_equal(pixels(a), pixels(animate(single)))
+
+
+def _first_frame_influence(clip_session, frames: int, scale: float) -> np.ndarray:
+    """How much each frame changes when only frame 0's starting noise changes (mean abs pixel difference)."""
+    pipe = clip_session.pipe
+    use_context_windows(pipe, frames, 16, 4)
+    clip_session.motion_scale.value = scale
+    session = clip_session.session
+    embeds = session.encoder.encode_pair("a photo of a cat", "", 2)
+    latents = torch.randn((1, 4, frames, 4, 4), generator=torch.Generator().manual_seed(0))
+    changed = latents.clone()
+    changed[:, :, 0] = torch.randn((1, 4, 4, 4), generator=torch.Generator().manual_seed(1))
+    outs = []
+    for start in (latents, changed):
+        with torch.no_grad():
+            outs.append(pipe(prompt_embeds=embeds[0].embeds, negative_prompt_embeds=embeds[1].embeds, num_frames=frames,
+                             width=32, height=32, num_inference_steps=2, latents=start.clone(),
+                             generator=torch.Generator().manual_seed(0), output_type="np").frames[0])
+    clip_session.motion_scale.value = 1.0
+    return np.abs(outs[0] - outs[1]).mean(axis=(1, 2, 3))
+
+
+def test_32_frames_run_in_overlapping_windows_as_one_clip(tiny_model, tiny_motion, clip_session):
+    from diffusers.models.attention import FreeNoiseTransformerBlock
+
+    events = []
+    base = settings(tiny_model[0], tiny_motion[0])
+    short = animate(base, clip_session)
+    long = animate(base.model_copy(update={"frames": 32}), clip_session, on_event=events.append)
+    assert len(long.frames) == 32 and long.frames[0].size == (32, 32)
+    assert any(isinstance(e, Message) and "overlapping windows of 16" in e.text for e in events)
+    assert [(e.stage, e.done, e.total) for e in events if isinstance(e, Progress)] == [("denoise", 1, 2), ("denoise", 2, 2)]
+    assert "Context: 16/4" in long.parameters
+    windowed = [m for m in clip_session.pipe.unet.modules() if isinstance(m, FreeNoiseTransformerBlock)]
+    assert windowed  # the motion modules ran in windows
+    # frames 16-31 share no window with frame 0, yet its noise reaches them through the overlaps:
+    # one continuous clip, not two clips glued together
+    influence = _first_frame_influence(clip_session, 32, 1.0)
+    assert influence[16:].min() > 1e-5  # exactly 0 if the windows did not connect (as with motion scale 0)
+    # the seam is no jump: consecutive-frame change across frame 15 -> 16 is within the range inside windows
+    steps = np.abs(np.diff(pixels(long).astype(float), axis=0)).mean(axis=(1, 2, 3))
+    assert steps[15] <= steps[:15].max()
+    # a 16-frame clip afterwards takes the plain path again, with the same frames as before
+    again = animate(base, clip_session)
+    assert not [m for m in clip_session.pipe.unet.modules() if isinstance(m, FreeNoiseTransformerBlock)]
+    assert np.array_equal(pixels(short), pixels(again))
+
+
+def test_motion_scale_zero_draws_frames_independently(clip_session):
+    assert _first_frame_influence(clip_session, 8, 0.0)[1:].max() == 0
+    assert _first_frame_influence(clip_session, 8, 1.0)[1:].min() > 1e-4
+
+
+def test_lora_and_embedding_reach_the_clip(tiny_model, tiny_motion, clip_session, tmp_path):
+    from safetensors.torch import save_file
+
+    from test_generate import _lora_file
+
+    lora = _lora_file(tmp_path / "style.safetensors")
+    base = settings(tiny_model[0], tiny_motion[0])
+    plain = pixels(animate(base, clip_session))
+    full = animate(settings(tiny_model[0], tiny_motion[0], loras=[{"path": str(lora), "weight": 1.0}]))
+    off = animate(settings(tiny_model[0], tiny_motion[0], loras=[{"path": str(lora), "weight": 0.0}]))
+    assert np.abs(pixels(full) - plain).mean() > 1
+    assert np.array_equal(pixels(off), plain)
+    assert "<lora:style:1>" in full.parameters and 'Lora hashes: "style: ' in full.parameters
+    torch.manual_seed(0)
+    save_file({"<toy>": torch.randn(1, 32)}, str(tmp_path / "learned_embeds.safetensors"))
+    embedded = animate(settings(tiny_model[0], tiny_motion[0], prompt="a photo of a cat, <toy>",
+                                embeddings=[{"path": str(tmp_path / "learned_embeds.safetensors")}]))
+    assert np.abs(pixels(embedded) - plain).mean() > 1 and "TI hashes" in embedded.parameters
+
+
+@pytest.mark.parametrize("data,expected", [
+    ({"frames": 0}, "greater than or equal to 1"),
+    ({"context_stride": 16}, "must be smaller than context"),
+    ({"batch_size": 2}, "cannot be used for animation"),
+    ({"motion_scale": -1}, "motion_scale"),
+    ({"fps": 0}, "fps"),
+])
+def test_bad_settings_are_one_readable_error(data, expected):
+    with pytest.raises(UserError, match=expected):
+        parse_settings(AnimateSettings, {"model": "m", "motion_adapter": "a", "prompt": "p", **data}, "animate")
+
+
+def test_bad_adapters_and_outputs_fail_before_anything_is_written(tiny_model, tiny_motion, tmp_path):
+    out = tmp_path / "out"
+    for adapter, expected in [(tmp_path / "nope", "not found"), (tiny_model[0], "no config.json"),
+                              ("guoyww/animatediff-motion-adapter-v1-5-3", "HF_HUB_OFFLINE")]:
+        with pytest.raises(UserError, match=expected) as err:
+            run_animate(settings(tiny_model[0], adapter), [out / "clip.gif"], out / "frames")
+        assert "--motion-adapter" in str(err.value)
+    with pytest.raises(UserError, match=r"\.gif or \.mp4"):
+        run_animate(settings(tiny_model[0], tiny_motion[0]), [out / "clip.webm"])
+    with pytest.raises(UserError, match="Unknown sampler"):
+        run_animate(settings(tiny_model[0], tiny_motion[0], sampler="Eulr a"), [out / "clip.mp4"], out / "frames")
+    with pytest.raises(UserError, match="frame positions"):
+        run_animate(settings(tiny_model[0], tiny_motion[0], context=40, frames=48), [out / "clip.gif"])
+    with pytest.raises(UserError, match="even width and height"):
+        write_clip([Image.new("RGB", (33, 32))] * 2, out / "odd.mp4", fps=8)
+    assert not out.exists() or not any(p.is_file() for p in out.rglob("*"))
+
+
+def test_cli_bad_input_is_one_paragraph(tmp_path, tiny_model, tiny_motion):
+    r = subprocess.run([sys.executable, "-m", "personae", "animate", "--model", str(tiny_model[0]), "--motion-adapter",
+                        str(tmp_path / "missing"), "--prompt", "x", "--out", str(tmp_path / "c.gif")],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and r.stderr.startswith("error: ") and "Traceback" not in r.stderr
+    assert "was not found" in r.stderr.replace("\n", " ") and not (tmp_path / "c.gif").exists()
+
+
+def _original_layout(state: dict, positions: int) -> dict:
+    """diffusers MotionAdapter keys -> AnimateDiff's own checkpoint layout (as mm_sd_v15_v2.safetensors ships)."""
+    import re
+
+    out = {}
+    for key, value in state.items():
+        if key.endswith("pos_embed.pe"):
+            continue
+        key = re.sub(r"(motion_modules\.\d+\.)", r"\1temporal_transformer.", key)
+        for new, old in ((".attn1.", ".attention_blocks.0."), (".attn2.", ".attention_blocks.1."),
+                         (".norm1.", ".norms.0."), (".norm2.", ".norms.1."), (".norm3.", ".ff_norm.")):
+            key = key.replace(new, old)
+        out[key] = value.contiguous()
+        if key.endswith("attention_blocks.0.to_q.weight"):  # AnimateDiff stores its position table per attention
+            out[key.replace("to_q.weight", "pos_encoder.pe")] = torch.zeros(1, positions, value.shape[0])
+    return out
+
+
+def test_original_layout_motion_module_file_loads_offline(tmp_path, tiny_session):
+    """A motion module as model sites share it: AnimateDiff's key layout, no config; read off the shapes."""
+    from diffusers import MotionAdapter
+    from safetensors.torch import save_file
+
+    from personae.models.motion import load_motion_adapter, resolve_motion_adapter
+
+    torch.manual_seed(0)  # AnimateDiff's heads (8) and norm groups (32) at tiny channel counts
+    adapter = MotionAdapter(block_out_channels=(32, 64), motion_layers_per_block=1, motion_max_seq_length=24)
+    save_file(_original_layout(adapter.state_dict(), 24), str(tmp_path / "mm_tiny.safetensors"))
+    loaded = load_motion_adapter(resolve_motion_adapter(str(tmp_path / "mm_tiny.safetensors")))
+    assert loaded.config.block_out_channels == (32, 64) and loaded.config.motion_max_seq_length == 24
+    assert loaded.config.motion_num_attention_heads == 8 and loaded.config.motion_norm_num_groups == 32
+    expected, got = adapter.state_dict(), loaded.state_dict()
+    assert set(expected) == set(got) and all(torch.equal(expected[k], got[k]) for k in expected)
+    with pytest.raises(UserError, match="does not fit the model"):  # 2 levels; the tiny UNet has 4
+        open_animate_session(tiny_session, loaded, resolve_motion_adapter(str(tmp_path / "mm_tiny.safetensors")))
+    save_file({"foo.weight": torch.zeros(1)}, str(tmp_path / "not_motion.safetensors"))
+    with pytest.raises(UserError, match="holds no motion modules"):
+        load_motion_adapter(resolve_motion_adapter(str(tmp_path / "not_motion.safetensors")))
+
+
+def test_help_has_examples(capsys):
+    from personae.cli.main import build_parser
+
+    for command in (["animate"], ["model", "tiny-motion"]):
+        with pytest.raises(SystemExit):
+            build_parser().parse_args([*command, "--help"])
+        assert "examples:" in capsys.readouterr().out
+
+
+def test_every_sampler_runs_on_the_motion_schedule(tiny_model, tiny_motion, clip_session):
+    from personae.inference.samplers import SAMPLERS
+
+    for name, sampler in SAMPLERS.items():
+        clip = animate(settings(tiny_model[0], tiny_motion[0], sampler=name, frames=4), clip_session)
+        scheduler = clip_session.pipe.scheduler
+        assert type(scheduler) is sampler.scheduler and scheduler.config.beta_schedule == "linear", name
+        assert len(clip.frames) == 4 and pixels(clip).std() > 0 and f"Sampler: {name}," in clip.parameters
+
+
+@pytest.mark.parametrize("frames", [8, 20])
+def test_long_weighted_prompt_with_and_without_guidance(tiny_model, tiny_motion, clip_session, frames):
+    """Our prompt embeddings (chunks of 75 tokens, weights) go through both the plain and the windowed path."""
+    long_prompt = ", ".join(["a (watercolor:1.3) painting of a fox in a [misty] forest at dawn"] * 8)
+    events = []
+    for cfg in (7.5, 1.0):
+        clip = animate(settings(tiny_model[0], tiny_motion[0], prompt=long_prompt, frames=frames, cfg=cfg),
+                       clip_session, on_event=events.append)
+        assert len(clip.frames) == frames and pixels(clip).std() > 0
+    assert any(isinstance(e, Message) and "2 chunks of 75" in e.text for e in events)

@@ -1,0 +1,215 @@
+"""`personae compare`: the issue's minimal suite, grids, metrics, determinism, run folders, sweeps, errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+
+from personae.config.generate import GenerateSettings
+from personae.data.prepare import prepare_dataset
+from personae.config.prepare import PrepareSettings
+from personae.data.samples import write_sample_subject
+from personae.inference.txt2img import txt2img
+from personae.media.png import read_png_text
+from train_helpers import TINY_LORA, write_job
+
+
+def cli(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "personae", *map(str, args)], capture_output=True, text=True, cwd=cwd)
+
+
+@pytest.fixture(scope="module")
+def project(tiny_model, tmp_path_factory):
+    """A folder laid out as the issue's suite expects: ./tiny, ./prepared, ./runs/demo (a real short LoRA run)."""
+    from personae.jobs.train import load_job, run_training
+
+    root = tmp_path_factory.mktemp("compare")
+    (root / "tiny").symlink_to(tiny_model[0])
+    write_sample_subject(root / "photos", count=4)
+    prepare_dataset(root / "photos", root / "prepared", PrepareSettings(resolution=64))
+    job = write_job(root, base_model=str(root / "tiny"), method="lora", data=root / "prepared",
+                    output=root / "runs/demo", trigger="sks", lora=TINY_LORA,
+                    train={"steps": 4, "batch_size": 2, "learning_rate": 3e-3, "save_every": 2, "keep_last": 2,
+                           "verify_exports": False, "validation": {"steps": 2}})
+    run_training(load_job(job), overwrite=True)
+    return root
+
+
+SUITE = """\
+version: 1
+base_model: ./tiny
+variants:
+  - {label: base}
+  - {label: lora-0.5, lora: ./runs/demo/lora.safetensors, weight: 0.5}
+  - {label: lora-1.0, lora: ./runs/demo/lora.safetensors, weight: 1.0}
+prompts: ["a photo of {token} {class}", "{token} {class} on the beach", "a painting of {token} {class}"]
+token: sks
+class: dog
+seeds: [0, 1]
+steps: 4
+width: 64
+height: 64
+references: ./prepared
+"""
+
+
+def pixels(path):
+    return np.asarray(Image.open(path).convert("RGB"), dtype=np.int16)
+
+
+@pytest.fixture(scope="module")
+def compared(project):
+    (project / "suite.yaml").write_text(SUITE)
+    r = cli("compare", "suite.yaml", "--out", "out", "--quiet", cwd=project)
+    assert r.returncode == 0, r.stderr
+    return project / "out"
+
+
+def test_minimal_suite_as_written(compared, project):
+    images = sorted((compared / "images").rglob("*.png"))
+    assert len(images) == 18
+    assert {p.parent.name for p in images} == {"base", "lora-0.5", "lora-1.0"}
+    text = read_png_text(images[0])
+    assert "sks dog" in text["parameters"] and "Steps: 4" in text["parameters"]
+    assert "<lora:lora:0.5>" in read_png_text(compared / "images/lora-0.5/p00-s0.png")["parameters"]
+    # one grid per seed: 3 variant rows x 3 prompt columns, big enough to read labels
+    grids = sorted((compared / "grids").glob("*.png"))
+    assert [g.name for g in grids] == ["seed-0.png", "seed-1.png"]
+    assert Image.open(grids[0]).size[0] >= 3 * 128 + 150 and Image.open(grids[0]).size[1] >= 3 * 128
+    # metrics: one row per variant; offline, DINO / CLIP are skipped with the reason
+    rows = (compared / "metrics.csv").read_text().splitlines()
+    assert rows[0] == "variant,settings,images,pixel,ssim,diversity"
+    assert [r.split(",")[0] for r in rows[1:]] == ["base", "lora-0.5", "lora-1.0"]
+    data = json.loads((compared / "metrics.json").read_text())
+    assert set(data["skipped"]) == {"dino", "clip_i", "clip_t"}
+    assert "HF_HUB_OFFLINE" in data["skipped"]["dino"]
+    assert len(data["images"]) == 18 and all(0 <= i["scores"]["pixel"] <= 1 for i in data["images"])
+    report = (compared / "report.html").read_text()
+    assert "Skipped metrics" in report and report.count("<tr>") >= 3
+    assert not (project / "out.partial").exists()
+
+
+def test_rows_are_what_they_say(compared, tiny_model, tiny_session, project):
+    """The base row equals plain generate; weight 0.5 lies between base and weight 1.0."""
+    plain = txt2img(GenerateSettings(model=str(tiny_model[0]), prompt="a photo of sks dog", steps=4, seed=0,
+                                     width=64, height=64), tiny_session)[0]
+    base = pixels(compared / "images/base/p00-s0.png")
+    assert np.array_equal(base, np.asarray(plain.image, dtype=np.int16))
+    half, full = pixels(compared / "images/lora-0.5/p00-s0.png"), pixels(compared / "images/lora-1.0/p00-s0.png")
+    assert 0 < np.abs(half - base).mean() < np.abs(full - base).mean()
+
+
+def test_same_suite_twice_is_identical(compared, project):
+    r = cli("compare", "suite.yaml", "--out", "again", "--quiet", cwd=project)
+    assert r.returncode == 0, r.stderr
+    for first in sorted((compared / "images").rglob("*.png")):
+        second = project / "again" / first.relative_to(compared)
+        assert first.read_bytes() == second.read_bytes()
+    assert (compared / "metrics.json").read_text() == (project / "again/metrics.json").read_text()
+    assert (compared / "metrics.csv").read_text() == (project / "again/metrics.csv").read_text()
+
+
+def test_run_folder_and_sweep(project, tmp_path):
+    from personae.jobs.compare import run_compare
+    from personae.jobs.compare_plan import load_suite
+
+    suite = yaml.safe_load(SUITE)
+    suite.update(variants=[{"label": "demo", "run": "./runs/demo"}], sweep={"cfg": [2, 7]}, seeds=[0],
+                 prompts=["a photo of {token} {class}"])
+    (project / "sweep.yaml").write_text(yaml.safe_dump(suite))
+    result = run_compare(load_suite(project / "sweep.yaml"), tmp_path / "out")
+    labels = [v["label"] for v in result["variants"]]
+    # the last step's checkpoint holds no separate export: the run's final files are that step
+    assert labels == ["demo step 2 · cfg 2", "demo step 2 · cfg 7", "demo final · cfg 2", "demo final · cfg 7"]
+    final = pixels(tmp_path / "out/images/demo-final-cfg-7/p00-s0.png")
+    assert not np.array_equal(final, pixels(tmp_path / "out/images/demo-step-2-cfg-7/p00-s0.png"))
+    assert not np.array_equal(final, pixels(tmp_path / "out/images/demo-final-cfg-2/p00-s0.png"))
+    assert "CFG scale: 2" in read_png_text(tmp_path / "out/images/demo-final-cfg-2/p00-s0.png")["parameters"]
+    assert (tmp_path / "out/runs/demo/loss.png").is_file()
+    assert "runs/demo/loss.png" in (tmp_path / "out/report.html").read_text()
+
+
+def test_builtin_prompt_set(project, tmp_path):
+    from personae.evaluation.suites import PROMPT_SETS
+    from personae.jobs.compare_plan import load_suite
+
+    (project / "builtin.yaml").write_text("version: 1\nbase_model: ./tiny\nclass: dog\nprompt_set: live\n")
+    suite = load_suite(project / "builtin.yaml")
+    assert suite.prompts == [] and suite.class_word == "dog"
+    assert len(PROMPT_SETS["live"]) == 25 and len(PROMPT_SETS["object"]) == 20
+    assert all("{token} {class}" in p for s in PROMPT_SETS.values() for p in s)
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("version: 1\nbase_model: ./tiny\nprompt: [x]\n", 'unknown key "prompt" (did you mean "prompts"?)'),
+    ("version: 1\nbase_model: ./tiny\nsweep: {seed: [1]}\n", 'cannot sweep "seed"'),
+    ("version: 1\nbase_model: ./tiny\nvariants: [{label: a}, {label: a}]\n", "repeated: ['a']"),
+    ("version: 1\nbase_model: ./tiny\nvariants: [{label: r, run: ./prepared}]\n", "not a finished training run"),
+    ("version: 1\nbase_model: ./tiny\nvariants: [{label: r, run: ./runs/demo, checkpoints: [3]}]\n",
+     "no checkpoint at step(s) [3]"),
+    ("version: 1\nbase_model: ./tiny\nreferences: ./nowhere\n", "is not a folder"),
+])
+def test_bad_suites_fail_clearly(project, text, expected):
+    (project / "bad.yaml").write_text(text)
+    r = cli("compare", "bad.yaml", "--out", "bad-out", cwd=project)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert expected in " ".join(r.stderr.split())
+    assert not (project / "bad-out").exists() and not (project / "bad-out.partial").exists()
+
+
+def test_report_opens_in_a_browser_with_every_image(compared):
+    """Headless Debian chromium through Playwright: every image loads, the table sorts by a clicked column."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path="/usr/bin/chromium", headless=True,
+                                    args=["--no-sandbox", "--disable-background-networking", "--disable-gpu"])
+        try:
+            page = browser.new_page()
+            page.goto((compared / "report.html").as_uri())
+            page.wait_for_load_state("load")
+            images = page.eval_on_selector_all("img", "els => els.map(e => [e.getAttribute('src'), e.complete, e.naturalWidth])")
+            assert len(images) >= 18 + 2  # every generated image and both grids
+            broken = [src for src, complete, width in images if not complete or width == 0]
+            assert broken == []
+            column = "pixel sim. ↑"
+            values = lambda: page.eval_on_selector_all(
+                "#metrics tbody tr", "rows => rows.map(r => parseFloat(r.cells[3].dataset.value))")
+            page.click(f"#metrics th:has-text('{column}')")
+            assert values() == sorted(values(), reverse=True)
+            page.click(f"#metrics th:has-text('{column}')")
+            assert values() == sorted(values())
+        finally:
+            browser.close()
+
+
+def test_embedding_and_checkpoint_variants(project, tiny_model, tmp_path):
+    """An embedding row fills {token} with its token and gets a session of its own; a checkpoint row loads that file."""
+    import torch
+    from safetensors.torch import save_file
+
+    from personae.jobs.compare import run_compare
+    from personae.jobs.compare_plan import load_suite
+
+    torch.manual_seed(0)
+    save_file({"emb_params": torch.randn(2, 32)}, str(tmp_path / "shiny.safetensors"))  # A1111 layout, 2 vectors
+    suite = yaml.safe_load(SUITE)
+    suite.update(seeds=[0], prompts=["a photo of {token} {class}"], variants=[
+        {"label": "base"}, {"label": "ti", "embedding": str(tmp_path / "shiny.safetensors")},
+        {"label": "single", "model": str(tiny_model[1])}])
+    (tmp_path / "suite.yaml").write_text(yaml.safe_dump(suite))
+    (tmp_path / "prepared").symlink_to(project / "prepared")
+    (tmp_path / "tiny").symlink_to(tiny_model[0])
+    result = run_compare(load_suite(tmp_path / "suite.yaml"), tmp_path / "out")
+    prompts = {i["variant"]: i["prompt"] for i in result["images"]}
+    assert prompts == {"base": "a photo of sks dog", "ti": "a photo of shiny dog", "single": "a photo of sks dog"}
+    assert 'TI hashes: "shiny: ' in read_png_text(tmp_path / "out/images/ti/p00-s0.png")["parameters"]
+    base = pixels(tmp_path / "out/images/base/p00-s0.png")
+    assert np.array_equal(base, pixels(tmp_path / "out/images/single/p00-s0.png"))  # same weights, other file
+    assert not np.array_equal(base, pixels(tmp_path / "out/images/ti/p00-s0.png"))
