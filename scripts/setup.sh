@@ -17,6 +17,20 @@ if [ "${1:-}" = "--test" ]; then
   extras="[test]"
 fi
 $PIP install -q -e ".${extras}"
+# ControlNet's face and pose maps use MediaPipe 0.10.21, the last release with its models inside the wheel.
+# Its declared dependencies pull jax, a second OpenCV, numpy<2 and protobuf<5 (TensorBoard needs newer), so it
+# goes in without them, after the few packages it really imports (that order keeps pip from printing a
+# dependency-conflict report about the ones left out); it runs with protobuf 6.
+if ! .venv/bin/python -c "from mediapipe.python.solutions import face_mesh, pose" >/dev/null 2>&1; then
+  if ! { $PIP install -q attrs absl-py flatbuffers matplotlib "protobuf>=6.31,<7" \
+         && $PIP install -q --no-deps "mediapipe==0.10.21"; }; then
+    if [ -n "$extras" ]; then
+      echo "error: could not install mediapipe==0.10.21 (the tests of ControlNet face and pose maps need it)." >&2
+      exit 1
+    fi
+    echo "note: could not install mediapipe==0.10.21; ControlNet face and pose maps need it (canny works without)"
+  fi
+fi
 # Storyboards draw dialogue in any script: make sure a font with Hangul and Cyrillic exists.
 if ! fc-list 2>/dev/null | grep -qiE "nanum|noto sans cjk|notosanscjk"; then
   if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null; then

@@ -14,8 +14,15 @@ EXAMPLES = """examples:
   personae generate --from-png out/00000-7.png --seed 8 --out out/
   personae generate --model ./tiny --prompt "a watercolor" --init-image photo.png --strength 0.6 --out out/
   personae generate --model ./tiny --prompt "a red hat" --init-image photo.png --mask hat_mask.png --out out/
+  personae generate --model runwayml/stable-diffusion-v1-5 --prompt "a dancer on a stage" \\
+      --control pose:me.jpg --control canny:me.jpg:0.5 --control-option canny.low=50 --control-end 0.8 --out out/
+  personae generate --model ./tiny --prompt "a cat" --control face:me.jpg --controlnet face=./tiny-controlnet --out out/
+  personae generate --model runwayml/stable-diffusion-v1-5 --recipe face-to-animal --init-image me.jpg \\
+      --animal dog --seed 1 --out out/
 
 samplers: {samplers}
+control types: {control_types}
+recipes: {recipes}
 """
 
 
@@ -34,6 +41,43 @@ def _embedding(text: str) -> dict:
     if path and not Path(text).is_file() and token:
         return {"path": path, "token": token}
     return {"path": text, "token": None}
+
+
+def _control(text: str) -> dict:
+    kind, sep, rest = text.partition(":")
+    if not sep or not kind or not rest:
+        raise argparse.ArgumentTypeError(f"expected TYPE:IMAGE[:WEIGHT], e.g. canny:photo.png:0.8, got {text!r}")
+    image, _, weight = rest.rpartition(":")
+    if image and not Path(rest).is_file():
+        try:
+            return {"type": kind, "image": image, "weight": float(weight)}
+        except ValueError:
+            pass
+    return {"type": kind, "image": rest, "weight": 1.0}
+
+
+def _assignment(sep: str, meaning: str):
+    def parse(text: str) -> tuple[str, str]:
+        key, found, value = text.partition(sep)
+        if not found or not key or not value:
+            raise argparse.ArgumentTypeError(f"expected {meaning}, got {text!r}")
+        return key.strip(), value.strip()
+    return parse
+
+
+def add_control_options(p: argparse.ArgumentParser) -> None:
+    """ControlNet options (A1111's ControlNet units)."""
+    p.add_argument("--control", action="append", type=_control, metavar="TYPE:IMAGE[:WEIGHT]",
+                   help="a ControlNet unit: control type (canny, face, pose, raw), the image, weight (default 1); "
+                        "repeat for multi-ControlNet")
+    p.add_argument("--controlnet", action="append", type=_assignment("=", "TYPE=PATH_OR_ID"), metavar="TYPE=PATH_OR_ID",
+                   help="the ControlNet for a control type: a diffusers folder, an original-layout .safetensors file "
+                        "or a hub id (owner/name[/subfolder]); default: lllyasviel/control_v11p_sd15_canny, "
+                        "..._openpose, CrucibleAI/ControlNetMediaPipeFace/diffusion_sd15")
+    p.add_argument("--control-option", action="append", type=_assignment("=", "TYPE.KEY=VALUE"),
+                   metavar="TYPE.KEY=VALUE", help="a preprocessor option, e.g. canny.low=50 canny.high=150")
+    p.add_argument("--control-start", type=float, help='fraction of the steps before control acts ("Guidance Start", default 0)')
+    p.add_argument("--control-end", type=float, help='fraction of the steps after which control stops ("Guidance End", default 1)')
 
 
 def add_generate_options(p: argparse.ArgumentParser) -> None:
@@ -58,11 +102,14 @@ def add_generate_options(p: argparse.ArgumentParser) -> None:
 
 
 def add_parser(sub) -> None:
+    from personae.data.control import CONTROL_TYPES
     from personae.inference.samplers import SAMPLERS
+    from personae.jobs.recipes import RECIPES
 
     p = sub.add_parser("generate", help="text to image with A1111 settings",
                        description="Generate images; each PNG carries its settings in A1111's `parameters` chunk.",
-                       epilog=EXAMPLES.format(samplers=", ".join(SAMPLERS)),
+                       epilog=EXAMPLES.format(samplers=", ".join(SAMPLERS), control_types=", ".join(CONTROL_TYPES),
+                                              recipes=", ".join(RECIPES)),
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     add_generate_options(p)
     p.add_argument("--batch-size", type=int, help="images per pass (default 1)")
@@ -71,6 +118,10 @@ def add_parser(sub) -> None:
     p.add_argument("--strength", type=float, help="denoising strength for --init-image: 0 keeps it, 1 redraws (default 0.75)")
     p.add_argument("--mask", metavar="MASK", help="inpaint: redraw only the white part of this mask (needs --init-image)")
     p.add_argument("--mask-blur", type=int, help="feather the mask edge by N pixels (default 4)")
+    add_control_options(p)
+    p.add_argument("--recipe", metavar="NAME", help="start from a recipe's settings (face-to-animal: needs --init-image "
+                                                    "PHOTO); other options override")
+    p.add_argument("--animal", help="face-to-animal: the animal to draw (default dog)")
     p.add_argument("--from-png", metavar="FILE", help="start from the settings stored in a PNG; other options override")
     p.add_argument("--out", default="outputs", help="output folder (default ./outputs)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -81,7 +132,8 @@ _FIELDS = {"model": "model", "prompt": "prompt", "negative": "negative", "steps"
            "seed": "seed", "width": "width", "height": "height", "sampler": "sampler", "clip_skip": "clip_skip",
            "batch_size": "batch_size", "batch_count": "batch_count", "lora": "loras", "embedding": "embeddings",
            "device": "device", "dtype": "dtype", "allow_pickle": "allow_pickle", "init_image": "init_image",
-           "strength": "strength", "mask": "mask", "mask_blur": "mask_blur"}
+           "strength": "strength", "mask": "mask", "mask_blur": "mask_blur", "control": "controls",
+           "control_start": "control_start", "control_end": "control_end"}
 
 
 def settings_from_args(args, base: dict | None = None):
@@ -95,6 +147,7 @@ def settings_from_args(args, base: dict | None = None):
         value = getattr(args, arg, None)
         if value is not None:
             data[field] = value
+    apply_control_choices(data, getattr(args, "controlnet", None) or [], getattr(args, "control_option", None) or [])
     for needed in ("model", "prompt"):
         if not data.get(needed):
             hint = " (the PNG names only the model's name)" if needed == "model" and base else ""
@@ -102,11 +155,43 @@ def settings_from_args(args, base: dict | None = None):
     return parse_settings(GenerateSettings, data, "the generate options")
 
 
+def apply_control_choices(data: dict, models: list[tuple[str, str]], options: list[tuple[str, str]]) -> None:
+    """--controlnet TYPE=MODEL and --control-option TYPE.KEY=VALUE, applied to every unit of that type."""
+    from personae.data.control import get_control_type
+    from personae.errors import UserError
+
+    controls = [dict(c) for c in data.get("controls", [])]
+    for kind, model in models:
+        get_control_type(kind)  # a typo names the valid types
+        for control in controls:
+            if control["type"] == kind:
+                control["model"] = model
+    for key, value in options:
+        kind, dot, name = key.partition(".")
+        get_control_type(kind)
+        if not dot or not name:
+            raise UserError(f"--control-option {key}={value}: expected TYPE.KEY=VALUE, e.g. canny.low=50.")
+        try:
+            number = float(value)
+        except ValueError:
+            raise UserError(f"--control-option {key}={value}: the value must be a number.") from None
+        for control in controls:
+            if control["type"] == kind:
+                control["options"] = {**control.get("options", {}), name: number}
+    if controls:
+        data["controls"] = controls
+
+
 def run(args) -> int:
     from personae.cli.progress import TerminalProgress
     from personae.jobs.generate import run_generate, settings_from_png
 
     base = settings_from_png(args.from_png) if args.from_png else None
+    if args.recipe:
+        from personae.jobs.recipes import recipe_settings
+
+        base = {**(base or {}), **recipe_settings(args.recipe, args.init_image, args.out, animal=args.animal)}
+        args.init_image = None  # the recipe's face crop replaces the photo
     settings = settings_from_args(args, base)
     progress = TerminalProgress(quiet=args.quiet)
     try:

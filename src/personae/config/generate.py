@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from personae.config.base import Strict
 
@@ -21,6 +21,16 @@ class EmbeddingRef(Strict):
 
     path: str  # A1111 .safetensors/.pt or diffusers learned_embeds.safetensors
     token: str | None = None  # default: the token stored in the file, else the file name (as A1111 does)
+
+
+class ControlRef(Strict):
+    """One ControlNet unit (A1111's "ControlNet 0", "ControlNet 1", ...): a control map from an image, a model, a weight."""
+
+    type: str  # how the image becomes a control map: canny, face, pose, raw (`personae detect --help` lists them)
+    image: str  # the photo to read (for raw: the control map itself)
+    weight: float = Field(1.0, ge=0.0, le=2.0)  # "Control Weight": 0 switches the unit off, 1 as trained
+    model: str | None = None  # ControlNet folder or hub id; None: the type's public default model
+    options: dict[str, float] = {}  # the type's preprocessor options, e.g. canny {"low": 100, "high": 200}
 
 
 class GenerateSettings(Strict):
@@ -48,6 +58,15 @@ class GenerateSettings(Strict):
     strength: float = Field(0.75, ge=0.0, le=1.0)  # "Denoising strength": 0 keeps the image, 1 redraws it
     mask: str | None = None  # inpainting: white = redraw, black = keep (needs init_image)
     mask_blur: int = Field(4, ge=0, le=64)  # "Mask blur": feathering of the mask edge, in pixels
+    controls: list[ControlRef] = []  # ControlNet units; several make a multi-ControlNet
+    control_start: float = Field(0.0, ge=0.0, le=1.0)  # "Guidance Start": fraction of the steps before control acts
+    control_end: float = Field(1.0, ge=0.0, le=1.0)  # "Guidance End": fraction of the steps after which it stops
+
+    @model_validator(mode="after")
+    def _control_window(self):
+        if self.control_start >= self.control_end:
+            raise ValueError(f"control_start ({self.control_start:g}) must be below control_end ({self.control_end:g})")
+        return self
 
     @field_validator("width", "height")
     @classmethod

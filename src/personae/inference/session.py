@@ -26,6 +26,7 @@ class Session:
     loras: list[LoadedLora] = field(default_factory=list)
     embeddings: list[LoadedEmbedding] = field(default_factory=list)
     base_scheduler: dict = field(default_factory=dict)  # the model's own scheduler config, samplers build on it
+    controlnets: dict = field(default_factory=dict)  # ControlNets loaded so far: spec -> (ControlNetSource, model)
 
     def __post_init__(self):
         if not self.base_scheduler:

@@ -19,6 +19,7 @@ from personae import __version__
 from personae.config.generate import GenerateSettings
 from personae.events import EventHandler, Message, Progress, ignore
 from personae.errors import UserError
+from personae.inference.controlnet import control_denoise, control_infotext, prepare_controls
 from personae.inference.img2img import composite, default_size, denoiser, feathered_mask, open_image, vae_roundtrip
 from personae.inference.samplers import get_sampler
 from personae.inference.session import Session, open_session
@@ -53,6 +54,7 @@ def infotext(settings: GenerateSettings, session: Session, seed: int, width: int
         "Mask blur": settings.mask_blur if settings.mask else None,
         "Lora hashes": hashes_text({l.name: l.hash for l in session.loras}),
         "TI hashes": hashes_text({e.token: e.hash for e in session.embeddings}),
+        **control_infotext(settings, session),
         "Version": f"personae {__version__}",
     }
     prompt = settings.prompt + "".join(f" <lora:{l.name}:{l.weight:g}>" for l in session.loras)
@@ -69,6 +71,7 @@ def txt2img(settings: GenerateSettings, session: Session | None = None,
     for path, what in ((settings.init_image, "init image"), (settings.mask, "mask")):
         if path:
             open_image(path, what)  # a missing or unreadable file fails before the model loads
+    controls = prepare_controls(settings.controls, settings.allow_pickle)  # control maps too: no face found is said before loading
     # 2. load the model, LoRAs and embeddings (unless the caller holds a session)
     session = session or session_for(settings, on_event)
     pipe = session.pipe
@@ -104,6 +107,8 @@ def txt2img(settings: GenerateSettings, session: Session | None = None,
         with torch.no_grad():
             if init is not None and settings.strength == 0:  # nothing to redraw: the image as the VAE gives it
                 images = [vae_roundtrip(pipe, init)] * n
+            elif controls:
+                images = control_denoise(session, settings, controls, init, mask, (width, height), kwargs, on_event)
             elif init is not None:
                 extra = {"mask_image": mask, "height": height, "width": width} if mask is not None else {}
                 images = denoiser(session, init, mask)(image=init, strength=settings.strength, **extra, **kwargs).images

@@ -152,3 +152,44 @@ def save_single_file(pipe: StableDiffusionPipeline, path: str | Path, extra_meta
     save_file(state, str(tmp), metadata=metadata)
     tmp.replace(path)
     return path
+
+
+def _controlnet_prefixes(controlnet) -> dict[str, str]:
+    """diffusers ControlNetModel prefix -> prefix under `control_model.` in the original ControlNet layout."""
+    config = dict(controlnet.config)
+    n = len(config["block_out_channels"])
+    unet_like = _unet_prefixes({**config, "up_block_types": ["UpBlock2D"] * n})  # a ControlNet is the UNet's encoder half
+    m = {k: v for k, v in unet_like.items() if not k.startswith(("up_blocks.", "conv_out.", "conv_norm_out."))}
+    blocks = len(controlnet.controlnet_cond_embedding.blocks)
+    m["controlnet_cond_embedding.conv_in."] = "input_hint_block.0."  # the hint block interleaves convs and SiLUs
+    for i in range(blocks):
+        m[f"controlnet_cond_embedding.blocks.{i}."] = f"input_hint_block.{2 * (i + 1)}."
+    m["controlnet_cond_embedding.conv_out."] = f"input_hint_block.{2 * (blocks + 1)}."
+    for i in range(len(controlnet.controlnet_down_blocks)):
+        m[f"controlnet_down_blocks.{i}."] = f"zero_convs.{i}.0."
+    m["controlnet_mid_block."] = "middle_block_out.0."
+    return m
+
+
+def controlnet_to_original(controlnet) -> dict[str, torch.Tensor]:
+    """A ControlNetModel's weights in the original layout (`control_model.*`), as A1111 ControlNet files hold them."""
+    prefixes = _controlnet_prefixes(controlnet)
+    out = {}
+    for key, value in controlnet.state_dict().items():
+        src, dst, rest = _rename(key, prefixes)
+        if ".resnets." in src:
+            head, _, tail = rest.partition(".")
+            rest = f"{_UNET_RESNET.get(head, head)}.{tail}"
+        out["control_model." + dst + rest] = value.detach().to("cpu").contiguous().clone()
+    return out
+
+
+def save_controlnet_single_file(controlnet, path: str | Path) -> Path:
+    """Write a ControlNet as one original-layout .safetensors file (its config in the header, as for models)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    metadata = {CONFIG_METADATA_KEY: json.dumps({"controlnet": dict(controlnet.config)}, default=list, sort_keys=True)}
+    tmp = path.with_name(path.name + ".partial")
+    save_file(controlnet_to_original(controlnet), str(tmp), metadata=metadata)
+    tmp.replace(path)
+    return path

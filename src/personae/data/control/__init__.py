@@ -1,0 +1,44 @@
+"""Control maps for ControlNet: one module per type, one registry line each (no torch here).
+
+    control = detect_control("canny", photo, {"low": 50})   # a PIL image: white edges on black
+
+A type names how a photo becomes the picture a ControlNet was trained on (edges, face
+landmarks, a pose skeleton), the A1111 preprocessor ("Module") it matches, and the
+public ControlNet that reads it, used when the user names no model. Weights come from
+packages only (OpenCV, MediaPipe 0.10.21), so every type works offline.
+Depth and lineart are absent on purpose: no registry package ships their models.
+"""
+
+from __future__ import annotations
+
+from PIL import Image
+
+from personae.data.control import canny, face, pose, raw
+from personae.data.control.base import ControlType
+from personae.errors import UserError, did_you_mean
+
+CONTROL_TYPES: dict[str, ControlType] = {t.name: t for t in [
+    canny.CANNY,
+    face.FACE,
+    pose.POSE,
+    raw.RAW,
+]}
+
+
+def get_control_type(name: str) -> ControlType:
+    """A control type by name; an unknown one is an error that lists the valid types."""
+    found = CONTROL_TYPES.get(name.strip().lower())
+    if found is None:
+        raise UserError(f'Unknown control type "{name}".{did_you_mean(name, CONTROL_TYPES)}',
+                        "Valid types: " + ", ".join(CONTROL_TYPES) + ".")
+    return found
+
+
+def detect_control(name: str, image: Image.Image, options: dict[str, float] | None = None,
+                   where: str = "the image") -> Image.Image:
+    """The control map of `image` for control type `name` (an RGB image of the same size)."""
+    control_type = get_control_type(name)
+    return control_type.detect(image.convert("RGB"), control_type.check_options(options or {}), where)
+
+
+__all__ = ["CONTROL_TYPES", "ControlType", "detect_control", "get_control_type"]

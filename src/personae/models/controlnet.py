@@ -1,0 +1,206 @@
+"""ControlNet models: resolve what the user passed (folder, single file, hub id), load it; the tiny one for tests.
+
+    source = resolve_controlnet("lllyasviel/control_v11p_sd15_canny")   # or ./my-controlnet, ./canny.safetensors
+    controlnet = load_controlnet(source, torch.float16)
+
+A single file is the original layout A1111 users download (`control_model.*`); its config
+comes from the file's header when personae wrote it, else it is the SD-1.5 ControlNet
+config derived from the SD-1.5 UNet config shipped in this package, so no network is needed.
+A hub id may name a subfolder after the repository (`owner/name/subfolder`), as the
+MediaPipe-face ControlNet keeps its SD-1.5 weights in `diffusion_sd15`. Offline, a hub
+id that is not in the local cache fails within seconds, saying to pass a local folder.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import tempfile
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+import torch
+
+from personae.errors import UserError
+from personae.hub import require_hub
+from personae.models.addons import file_sha256
+from personae.models.original_layout import CONFIG_METADATA_KEY
+from personae.models.resolve import PICKLE_SUFFIXES, refuse_pickle
+from personae.models.tiny import SD15_DIR
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+(/[\w./-]+)?$")
+# The perturbation of the tiny ControlNet's zero convolutions, and the gain of its conditioning embedding's
+# last layer (see build_tiny_controlnet)
+TINY_ZERO_CONV_STD = 0.05
+TINY_CONDITIONING_GAIN = 6.0
+TINY_CONDITIONING_CHANNELS = (8, 16, 32, 32)  # 3 stride-2 stages: 64 px control image -> 8x8 latents
+
+
+@dataclass(frozen=True)
+class ControlNetSource:
+    kind: Literal["folder", "single_file", "hub"]
+    location: str  # absolute folder or file path, or the hub repository id
+    name: str  # what the A1111 infotext shows as the ControlNet "Model"
+    subfolder: str | None = None  # inside a hub repository
+
+    @property
+    def hash(self) -> str | None:
+        """The short sha256 A1111's ControlNet extension shows after a file's name."""
+        if self.kind != "single_file":
+            return None
+        stat = Path(self.location).stat()
+        return _short_hash(self.location, stat.st_size, stat.st_mtime_ns)
+
+
+@lru_cache(maxsize=16)
+def _short_hash(path: str, size: int, mtime_ns: int) -> str:  # size and mtime: a changed file is hashed again
+    return file_sha256(Path(path))[:8]
+
+
+def resolve_controlnet(spec: str, allow_pickle: bool = False) -> ControlNetSource:
+    """Decide which kind of ControlNet `spec` names, without loading it."""
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise UserError(f"{path} is a folder but not a diffusers ControlNet (no config.json in it).",
+                            "Pass the folder written by ControlNetModel.save_pretrained (config.json + weights), "
+                            "or a hub id such as lllyasviel/control_v11p_sd15_canny.")
+        return ControlNetSource("folder", str(path.resolve()), path.resolve().name)
+    if path.is_file():
+        refuse_pickle(path, allow_pickle)
+        if path.suffix.lower() not in PICKLE_SUFFIXES | {".safetensors"}:
+            raise UserError(f"{path} is not a ControlNet checkpoint (expected .safetensors, or .pth with --allow-pickle).")
+        return ControlNetSource("single_file", str(path.resolve()), path.stem)
+    looks_local = spec.startswith((".", "/", "~")) or spec.endswith((".safetensors", ".ckpt", ".pth", ".pt", ".bin"))
+    if looks_local or not _HUB_ID.match(spec):
+        raise UserError(f'ControlNet "{spec}" was not found: no such folder, and it is not a hub id (owner/name).',
+                        "Check the path given with --controlnet TYPE=PATH, or pass a hub id.")
+    owner, name, *rest = spec.split("/")
+    return ControlNetSource("hub", f"{owner}/{name}", name, "/".join(rest) or None)
+
+
+def check_available(source: ControlNetSource) -> None:
+    """Fail within seconds, before any model loads, when a hub ControlNet is neither cached nor downloadable."""
+    if source.kind != "hub":
+        return
+    from diffusers import ControlNetModel
+
+    try:
+        ControlNetModel.load_config(source.location, subfolder=source.subfolder, local_files_only=True)
+        return
+    except (OSError, ValueError):
+        pass
+    require_hub(source.location, "ControlNet", "pass its folder with --controlnet TYPE=./path/to/controlnet.")
+
+
+def sd15_controlnet_config() -> dict:
+    """The SD-1.5 ControlNet config: the SD-1.5 UNet's encoder settings (what lllyasviel's models use)."""
+    import inspect
+
+    from diffusers import ControlNetModel
+
+    unet = json.loads((SD15_DIR / "unet" / "config.json").read_text())
+    accepted = inspect.signature(ControlNetModel.__init__).parameters
+    return {"_class_name": "ControlNetModel", **{k: v for k, v in unet.items() if k in accepted}}
+
+
+def _single_file_config(path: Path) -> dict:
+    config = None
+    if path.suffix.lower() == ".safetensors":
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as fh:
+            meta = fh.metadata() or {}
+            keys = list(fh.keys())
+        if CONFIG_METADATA_KEY in meta:
+            config = json.loads(meta[CONFIG_METADATA_KEY]).get("controlnet")
+        if not any(k.startswith("control_model.") for k in keys):
+            raise UserError(f"{path} is not a ControlNet checkpoint in the original layout (no control_model.* weights).",
+                            "Pass a ControlNet file (e.g. control_v11p_sd15_canny.safetensors) or a diffusers folder.")
+    return {"_class_name": "ControlNetModel", **config} if config else sd15_controlnet_config()
+
+
+def load_controlnet(source: ControlNetSource, dtype: torch.dtype = torch.float32):
+    """A diffusers ControlNetModel on the CPU."""
+    from diffusers import ControlNetModel
+
+    if source.kind == "single_file":
+        path = Path(source.location)
+        with tempfile.TemporaryDirectory(prefix="personae-controlnet-") as tmp:
+            (Path(tmp) / "config.json").write_text(json.dumps(_single_file_config(path), default=list))
+            return ControlNetModel.from_single_file(str(path), config=tmp, local_files_only=True, torch_dtype=dtype)
+    kwargs = dict(torch_dtype=dtype)
+    if source.subfolder:
+        kwargs["subfolder"] = source.subfolder
+    if source.kind == "folder":
+        return ControlNetModel.from_pretrained(source.location, local_files_only=True, **kwargs)
+    try:  # 1. already in the local cache: no network needed
+        return ControlNetModel.from_pretrained(source.location, local_files_only=True, **kwargs)
+    except (OSError, ValueError):
+        pass
+    # 2. one quick request decides whether the hub is reachable at all
+    require_hub(source.location, "ControlNet", "pass its folder with --controlnet TYPE=./path/to/controlnet.")
+    return ControlNetModel.from_pretrained(source.location, **kwargs)
+
+
+@torch.no_grad()
+def build_tiny_controlnet(unet, seed: int = 0, zero_conv_std: float = TINY_ZERO_CONV_STD,
+                          conditioning_gain: float = TINY_CONDITIONING_GAIN):
+    """A ControlNet copied from a (tiny) UNet, with its zero convolutions made non-zero.
+
+    ControlNet's output convolutions start at exactly zero so that training begins from
+    the unchanged base model: an untrained ControlNet adds nothing and every image equals
+    the one without control. A tiny test model is never trained, so:
+      - the zero convolutions after each down block and the mid block get small seeded
+        random values (`zero_conv_std`), so the ControlNet's residuals reach the UNet;
+      - the conditioning embedding (control image -> features added to the latents) is
+        re-initialised He-normal without biases, its last (zero) layer with `conditioning_gain`:
+        with diffusers' default init its random biases swamp the image after six layers
+        and the residuals would barely depend on the control map.
+    So the control image visibly steers the result, weight 0 still switches it off, and
+    the same seed gives the same model.
+    """
+    from diffusers import ControlNetModel
+
+    controlnet = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=TINY_CONDITIONING_CHANNELS)
+    generator = torch.Generator().manual_seed(seed)
+
+    def fill(conv, std: float, bias: bool) -> None:
+        conv.weight.copy_(torch.randn(conv.weight.shape, generator=generator) * std)
+        conv.bias.copy_(torch.randn(conv.bias.shape, generator=generator) * std if bias else torch.zeros_like(conv.bias))
+
+    embedding = controlnet.controlnet_cond_embedding
+    for conv in [embedding.conv_in, *embedding.blocks]:
+        fill(conv, 1.5 * (2.0 / conv.weight[0].numel()) ** 0.5, bias=False)  # He-normal, a little above unit gain
+    fill(embedding.conv_out, conditioning_gain / embedding.conv_out.weight[0].numel() ** 0.5, bias=False)
+    for conv in [*controlnet.controlnet_down_blocks, controlnet.controlnet_mid_block]:
+        fill(conv, zero_conv_std, bias=True)
+    return controlnet
+
+
+def write_tiny_controlnet(out_dir: str | Path, base: str | Path | None = None, seed: int = 0,
+                          single_file: str | Path | None = None) -> Path:
+    """Write a tiny ControlNet (diffusers folder, optionally also one original-layout file) for the tiny
+    model in `base` (default: the seed-0 tiny model)."""
+    from diffusers import UNet2DConditionModel
+
+    from personae.models.tiny import build_tiny_pipeline
+
+    if base is None:
+        unet = build_tiny_pipeline(0).unet
+    else:
+        base = Path(base)
+        if not (base / "unet" / "config.json").is_file():
+            raise UserError(f"--base {base} is not a diffusers model folder (no unet/config.json in it).",
+                            "Pass the folder written by `personae model tiny`.")
+        unet = UNet2DConditionModel.from_pretrained(str(base), subfolder="unet", local_files_only=True)
+    out_dir = Path(out_dir)
+    controlnet = build_tiny_controlnet(unet, seed)
+    controlnet.save_pretrained(str(out_dir), safe_serialization=True)
+    if single_file is not None:
+        from personae.models.original_layout import save_controlnet_single_file
+
+        save_controlnet_single_file(controlnet, single_file)
+    return out_dir
