@@ -102,6 +102,7 @@ def test_demo_runs_offline_and_writes_an_index(tmp_path):
     compared = json.loads((tmp_path / "demo/compare/metrics.json").read_text())
     ssim = {v["label"]: v["ssim"] for v in compared["variants"]}
     assert ssim["lora 1.0"] > ssim["base"] + 0.01 and (tmp_path / "demo/compare/report.html").is_file()
+    assert "## ControlNet" in index and "## Animated clip" in index
     assert (tmp_path / "demo/animate/clip.gif").is_file() and (tmp_path / "demo/animate/clip.mp4").is_file()
     for line in index.splitlines():
         if line.startswith("![]("):

@@ -128,7 +128,12 @@ def run_demo(out_dir: str | Path, on_event: EventHandler = ignore) -> Path:
     index.add("Storyboard", "Three scenes -> panels, storyboard/sheet.png and storyboard/sheet.pdf (dialogue in Korean, "
                             "Russian and English; storyboard.json records every setting).", [out / "storyboard/sheet.png"])
 
-    # 9. an animated clip of the taught subject: AnimateDiff with a tiny motion adapter, the LoRA on
+    # 9. ControlNet: an edge map from a picture steers the same seed (tiny ControlNet matching the tiny UNet)
+    from personae.jobs.control import make_demo_control
+
+    index.add(*make_demo_control(model, out / "controlnet", on_event))
+
+    # 10. an animated clip of the taught subject: AnimateDiff with a tiny motion adapter, the LoRA on
     from personae.config.animate import AnimateSettings
     from personae.jobs.animate import run_animate
     from personae.models.tiny_motion import write_tiny_motion_adapter
@@ -142,7 +147,7 @@ def run_demo(out_dir: str | Path, on_event: EventHandler = ignore) -> Path:
                                "--frames 16 --fps 8`: a looping GIF and an H.264 MP4 (animate/clip.mp4), settings in the "
                                "GIF comment and MP4 metadata (DDIM, clip skip 2 by default).", [out / "animate/clip.gif"])
 
-    # 10. compare: the base model against the trained LoRA on a fixed prompt suite, with metrics and a report
+    # 11. compare: the base model against the trained LoRA on a fixed prompt suite, with metrics and a report
     from personae.config.compare import CompareSuite
     from personae.jobs.compare import run_compare
 
