@@ -187,6 +187,7 @@ def test_lora_and_embedding_reach_the_clip(tiny_model, tiny_motion, clip_session
     ({"frames": 0}, "greater than or equal to 1"),
     ({"context_stride": 16}, "must be smaller than context"),
     ({"batch_size": 2}, "cannot be used for animation"),
+    ({"controls": [{"type": "canny", "image": "x.png"}]}, "controls cannot be used for animation"),
     ({"motion_scale": -1}, "motion_scale"),
     ({"fps": 0}, "fps"),
 ])

@@ -30,7 +30,7 @@ class AnimateSettings(GenerateSettings):
     def _one_clip_from_text(self):
         # batch and img2img fields come with GenerateSettings; a clip is one video from text
         unsupported = [name for name, default in (("batch_size", 1), ("batch_count", 1), ("init_image", None),
-                                                   ("mask", None)) if getattr(self, name) != default]
+                                                   ("mask", None), ("controls", [])) if getattr(self, name) != default]
         if unsupported:
             raise ValueError(f"{', '.join(unsupported)} cannot be used for animation (one clip from text per run)")
         if self.context_stride >= self.context:
