@@ -9,7 +9,7 @@ import textwrap
 
 from personae.errors import UserError
 
-COMMANDS = ["demo", "model", "generate", "prepare", "train", "convert", "storyboard", "compare"]  # each is personae.cli.<name>_cmd with add_parser() and run()
+COMMANDS = ["demo", "model", "generate", "prepare", "train", "convert", "storyboard", "compare", "world"]  # each is personae.cli.<name>_cmd with add_parser() and run()
 
 
 def quiet_libraries() -> None:

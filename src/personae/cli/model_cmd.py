@@ -1,4 +1,4 @@
-"""`personae model tiny OUT_DIR`: write the tiny SD-1.5-architecture model."""
+"""`personae model tiny|world OUT_DIR`: write the tiny random model or the pretrained shapes-world model."""
 
 from __future__ import annotations
 
@@ -8,6 +8,10 @@ from pathlib import Path
 EXAMPLES = """examples:
   personae model tiny ./tiny
   personae model tiny ./tiny --single-file ./tiny.safetensors --seed 3
+"""
+WORLD_EXAMPLES = """examples:
+  personae model world ./world
+  personae generate --model ./world --prompt "a green square on a yellow background, close-up" --sampler DDIM --cfg 4
 """
 
 
@@ -23,6 +27,12 @@ def add_parser(sub) -> None:
                       help="also write the same weights as one file in the original SD checkpoint layout")
     tiny.add_argument("--seed", type=int, default=0, help="weight seed (default 0)")
     tiny.set_defaults(run=run_tiny)
+    world = kinds.add_parser("world", help="the small shapes-world model, pretrained (32x32)", epilog=WORLD_EXAMPLES,
+                             formatter_class=argparse.RawDescriptionHelpFormatter,
+                             description="Write the shapes-world model that ships with personae (SD-1.5 "
+                                         "architecture, pretrained by `personae world pretrain`) as a diffusers folder.")
+    world.add_argument("out_dir", metavar="OUT_DIR", help="folder to write (diffusers layout)")
+    world.set_defaults(run=run_world)
     p.set_defaults(run=lambda args: p.print_help() or 2)
 
 
@@ -37,4 +47,12 @@ def run_tiny(args) -> int:
         raise UserError(f"--single-file {args.single_file}: the name must end in .safetensors.")
     write_tiny_model(out, seed=args.seed, single_file=args.single_file)
     print(f"wrote tiny model to {out}" + (f" and {args.single_file}" if args.single_file else ""))
+    return 0
+
+
+def run_world(args) -> int:
+    from personae.models.world_model import write_world_model
+
+    out = write_world_model(args.out_dir)
+    print(f"wrote the shapes-world model to {out}")
     return 0
