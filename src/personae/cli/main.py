@@ -9,7 +9,7 @@ import textwrap
 
 from personae.errors import UserError
 
-COMMANDS = ["demo", "model", "detect", "generate", "prepare", "train", "convert", "storyboard", "compare", "animate"]  # each is personae.cli.<name>_cmd with add_parser() and run()
+COMMANDS = ["demo", "model", "detect", "generate", "prepare", "train", "convert", "storyboard", "compare", "animate", "world"]  # each is personae.cli.<name>_cmd with add_parser() and run()
 
 
 def quiet_libraries() -> None:

@@ -1,4 +1,4 @@
-"""`personae model tiny OUT_DIR` / `tiny-motion OUT_DIR` / `tiny-controlnet DIR`: write the tiny test models."""
+"""`personae model tiny|tiny-motion|tiny-controlnet|world DIR`: write the tiny test models or the pretrained shapes-world model."""
 
 from __future__ import annotations
 
@@ -14,6 +14,10 @@ MOTION_EXAMPLES = """examples:
   personae model tiny-motion ./tiny-motion
   personae model tiny-motion ./tiny-motion --single-file ./tiny-motion.safetensors
   personae animate --model ./tiny --motion-adapter ./tiny-motion --prompt "a cat" --out clip.gif
+"""
+WORLD_EXAMPLES = """examples:
+  personae model world ./world
+  personae generate --model ./world --prompt "a green square on a yellow background, close-up" --sampler DDIM --cfg 4
 """
 
 
@@ -48,46 +52,58 @@ def add_parser(sub) -> None:
     control.add_argument("--single-file", metavar="FILE.safetensors",
                          help="also write it as one file in the original ControlNet layout (as A1111 users have them)")
     control.set_defaults(run=run_tiny_controlnet)
+    world = kinds.add_parser("world", help="the small shapes-world model, pretrained (32x32)", epilog=WORLD_EXAMPLES,
+                             formatter_class=argparse.RawDescriptionHelpFormatter,
+                             description="Write the shapes-world model that ships with personae (SD-1.5 "
+                                         "architecture, pretrained by `personae world pretrain`) as a diffusers folder.")
+    world.add_argument("out_dir", metavar="OUT_DIR", help="folder to write (diffusers layout)")
+    world.set_defaults(run=run_world)
     p.set_defaults(run=lambda args: p.print_help() or 2)
 
 
-def run_tiny(args) -> int:
+def _checked_out(args) -> Path:
+    """OUT_DIR must be a folder (or new); --single-file a .safetensors name."""
     from personae.errors import UserError
-    from personae.models.tiny import write_tiny_model
 
     out = Path(args.out_dir)
     if out.exists() and not out.is_dir():
-        raise UserError(f"{out} exists and is not a folder.", "Choose another OUT_DIR.")
-    if args.single_file and not str(args.single_file).endswith(".safetensors"):
+        raise UserError(f"{out} exists and is not a folder.", "Choose another output folder.")
+    if getattr(args, "single_file", None) and not str(args.single_file).endswith(".safetensors"):
         raise UserError(f"--single-file {args.single_file}: the name must end in .safetensors.")
-    write_tiny_model(out, seed=args.seed, single_file=args.single_file)
-    print(f"wrote tiny model to {out}" + (f" and {args.single_file}" if args.single_file else ""))
+    return out
+
+
+def _wrote(what: str, out: Path, single_file) -> int:
+    print(f"wrote {what} to {out}" + (f" and {single_file}" if single_file else ""))
     return 0
+
+
+def run_tiny(args) -> int:
+    from personae.models.tiny import write_tiny_model
+
+    out = _checked_out(args)
+    write_tiny_model(out, seed=args.seed, single_file=args.single_file)
+    return _wrote("tiny model", out, args.single_file)
 
 
 def run_tiny_controlnet(args) -> int:
-    from personae.errors import UserError
     from personae.models.controlnet import write_tiny_controlnet
 
-    out = Path(args.out_dir)
-    if out.exists() and not out.is_dir():
-        raise UserError(f"{out} exists and is not a folder.", "Choose another DIR.")
-    if args.single_file and not str(args.single_file).endswith(".safetensors"):
-        raise UserError(f"--single-file {args.single_file}: the name must end in .safetensors.")
+    out = _checked_out(args)
     write_tiny_controlnet(out, base=args.base, seed=args.seed, single_file=args.single_file)
-    print(f"wrote tiny ControlNet to {out}" + (f" and {args.single_file}" if args.single_file else ""))
-    return 0
+    return _wrote("tiny ControlNet", out, args.single_file)
 
 
 def run_tiny_motion(args) -> int:
-    from personae.errors import UserError
     from personae.models.tiny_motion import write_tiny_motion_adapter
 
-    out = Path(args.out_dir)
-    if out.exists() and not out.is_dir():
-        raise UserError(f"{out} exists and is not a folder.", "Choose another OUT_DIR.")
-    if args.single_file and not str(args.single_file).endswith(".safetensors"):
-        raise UserError(f"--single-file {args.single_file}: the name must end in .safetensors.")
+    out = _checked_out(args)
     write_tiny_motion_adapter(out, seed=args.seed, single_file=args.single_file)
-    print(f"wrote tiny motion adapter to {out}" + (f" and {args.single_file}" if args.single_file else ""))
-    return 0
+    return _wrote("tiny motion adapter", out, args.single_file)
+
+
+def run_world(args) -> int:
+    from personae.models.world_model import write_world_model
+
+    out = write_world_model(_checked_out(args))
+    return _wrote("the shapes-world model", out, None)

@@ -1,0 +1,78 @@
+"""The shapes-world model: SD-1.5's architecture at a size we can pretrain on 2 CPU cores.
+
+    pipe = build_world_pipeline(seed=0, tokenizer_dir=folder)   # random weights, ready to pretrain
+    write_world_model(folder)                                    # copy the shipped pretrained model
+
+The same classes as SD-1.5 (AutoencoderKL, CLIPTextModel with our own tokenizer files,
+UNet2DConditionModel with cross-attention, SD-1.5's noise schedule), so everything that
+runs on SD-1.5 runs on it: 32x32 images, a VAE that downsamples 4x (8x8x4 latents), a
+UNet of about 1.65 M parameters and a text encoder of about 0.18 M. Pretrained by
+`personae world pretrain` (training/world_pretrain.py); the result ships in
+`models/world/` and `personae model world DIR` writes it out.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import torch
+from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+from personae.errors import UserError
+from personae.models.tiny import SD15_DIR
+
+WORLD_DIR = Path(__file__).parent / "world"  # the shipped pretrained model (a diffusers folder)
+
+TEXT_WIDTH = 64  # the text encoder's hidden size, which is the UNet's cross-attention width
+WORLD_UNET = dict(
+    sample_size=8, in_channels=4, out_channels=4, layers_per_block=1,
+    block_out_channels=(32, 64, 72), attention_head_dim=8, cross_attention_dim=TEXT_WIDTH, norm_num_groups=8,
+    down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+)
+WORLD_VAE = dict(  # three levels: two downsamplings, so 32 px -> 8x8 latents
+    sample_size=32, in_channels=3, out_channels=3, latent_channels=4, layers_per_block=1,
+    block_out_channels=(16, 32, 32), norm_num_groups=8,
+    down_block_types=("DownEncoderBlock2D",) * 3, up_block_types=("UpDecoderBlock2D",) * 3,
+)
+WORLD_TEXT = dict(hidden_size=TEXT_WIDTH, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
+                  projection_dim=TEXT_WIDTH, max_position_embeddings=77, hidden_act="quick_gelu")
+
+
+def text_config(tokenizer: CLIPTokenizer) -> CLIPTextConfig:
+    """The text encoder's config for this tokenizer (its vocabulary size and special ids)."""
+    return CLIPTextConfig(vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id,
+                          eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, **WORLD_TEXT)
+
+
+def build_world_pipeline(seed: int, tokenizer_dir: str | Path) -> StableDiffusionPipeline:
+    """Random, seeded components (float32, CPU) with SD-1.5's scheduler and the given tokenizer files."""
+    tokenizer = CLIPTokenizer.from_pretrained(str(tokenizer_dir))  # not keyword file paths: see FACTS.md
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(**WORLD_UNET)
+    torch.manual_seed(seed + 1)
+    vae = AutoencoderKL(**WORLD_VAE)
+    torch.manual_seed(seed + 2)
+    text_encoder = CLIPTextModel(text_config(tokenizer))
+    scheduler = PNDMScheduler.from_pretrained(str(SD15_DIR / "scheduler"))
+    return StableDiffusionPipeline(
+        unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, scheduler=scheduler,
+        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+    )
+
+
+def write_world_model(out_dir: str | Path, source: Path = WORLD_DIR) -> Path:
+    """Copy the shipped pretrained world model (a diffusers folder) to `out_dir`."""
+    out_dir = Path(out_dir)
+    if not (source / "model_index.json").is_file():
+        raise UserError(
+            f"The pretrained shapes-world model is not in this copy of personae ({source} holds no model_index.json).",
+            "Pretrain it with `personae world pretrain OUT` (about half an hour on 2 CPU cores) and use OUT as the "
+            "model; to ship it, copy OUT's model files into src/personae/models/world/.",
+        )
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UserError(f"{out_dir} exists and is not a folder.", "Choose another OUT_DIR.")
+    shutil.copytree(source, out_dir, dirs_exist_ok=True, ignore=shutil.ignore_patterns("__pycache__", "*.py"))
+    return out_dir
