@@ -1,8 +1,9 @@
-"""`personae world pretrain OUT`: pretrain the shapes-world model from scratch."""
+"""`personae world pretrain OUT` and `personae world bench --out DIR`: the shapes world."""
 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 EXAMPLES = """examples:
   personae world pretrain ./world                       # the full run: about 35 minutes on 2 CPU cores
@@ -12,10 +13,21 @@ EXAMPLES = """examples:
 
 settings (--set KEY=VALUE; defaults are the full run):
   seed, dataset_size, threads, time_budget_minutes
-  vae.steps, vae.batch_size, vae.learning_rate, vae.kl_weight
+  vae.steps, vae.batch_size, vae.learning_rate, vae.lr_scheduler, vae.kl_weight
   unet.steps, unet.batch_size, unet.learning_rate, unet.lr_scheduler, unet.warmup_steps,
   unet.weight_decay, unet.max_grad_norm, unet.caption_dropout, unet.ema_decay
   eval.every, eval.samples, eval.steps, eval.cfg
+"""
+
+BENCH_EXAMPLES = """examples:
+  personae world bench --out bench                      # the committed table (docs/world-bench.md)
+  personae world bench --out bench --methods pivotal --concepts star --seeds 1
+  personae world bench --out bench --set jobs.lora.train.steps=600 --set eval.seeds_per_prompt=16
+
+settings (--set KEY=VALUE): model, methods, concepts, seeds, images, train_backgrounds, train_sizes,
+  trigger, token, concept_settings.<shape>.colour / .init_word, workers,
+  eval.seeds_per_prompt, eval.steps, eval.cfg, eval.prior_samples,
+  jobs.<method>.<any `personae train` job key>, e.g. jobs.pivotal.lora.rank=16
 """
 
 
@@ -35,6 +47,23 @@ def add_parser(sub) -> None:
     pre.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
     pre.add_argument("--quiet", action="store_true", help="no progress bar")
     pre.set_defaults(run=run_pretrain)
+    bench = kinds.add_parser("bench", help="teach held-out shapes with each method and measure exactly",
+                             epilog=BENCH_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
+                             description="Teach the held-out shapes (star, heart) to the world model with each "
+                                         "training method, then measure subject fidelity, prompt fidelity on "
+                                         "unseen backgrounds and sizes, prior preservation, diversity and time "
+                                         "with the exact checker. Writes table.md, table.csv, results.json, "
+                                         "grids/, runs/ and report.html to DIR.")
+    bench.add_argument("--out", required=True, metavar="DIR", help="folder to write")
+    bench.add_argument("--methods", help="comma-separated: lora,dreambooth,textual_inversion,pivotal (default: all)")
+    bench.add_argument("--concepts", help="comma-separated held-out shapes: star,heart (default: both)")
+    bench.add_argument("--seeds", type=int, help="training seeds per method and concept (default 3)")
+    bench.add_argument("--model", help="`world` (the shipped model, default) or a `personae world pretrain` folder")
+    bench.add_argument("--config", metavar="YAML", help="bench settings file (same keys as --set)")
+    bench.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a setting")
+    bench.add_argument("--overwrite", action="store_true", help="replace DIR if it exists")
+    bench.add_argument("--quiet", action="store_true", help="no progress bar")
+    bench.set_defaults(run=run_bench_cmd)
     p.set_defaults(run=lambda args: p.print_help() or 2)
 
 
@@ -58,3 +87,39 @@ def run_pretrain(args) -> int:
         print("right on the 16 evaluation prompts: " +
               ", ".join(f"{k} {v:.0%}" for k, v in last.items() if k not in ("step", "probe_loss")))
     return 0
+
+
+def run_bench_cmd(args) -> int:
+    import shlex
+    import sys
+
+    from personae.cli.progress import TerminalProgress
+    from personae.config.base import apply_overrides, load_yaml, parse_settings
+    from personae.config.world_bench import WorldBench
+    from personae.jobs.world_bench import run_bench
+
+    data = _merged(WorldBench().model_dump(), load_yaml(args.config) if args.config else {})  # keep unnamed recipes
+    for key in ("methods", "concepts"):
+        if getattr(args, key):
+            data[key] = [v.strip() for v in getattr(args, key).split(",") if v.strip()]
+    if args.seeds is not None:
+        data["seeds"] = args.seeds
+    if args.model:
+        data["model"] = args.model
+    settings = parse_settings(WorldBench, apply_overrides(data, list(args.set)), args.config or "--set")
+    command = "personae " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    progress = TerminalProgress(quiet=args.quiet)
+    try:
+        result = run_bench(settings, args.out, command=command, overwrite=args.overwrite, on_event=progress)
+    finally:
+        progress.close()
+    print((Path(args.out) / "table.md").read_text(), end="")
+    print(f"finished in {result['seconds'] / 60:.1f} min; report: {Path(args.out) / 'report.html'}")
+    return 0
+
+
+def _merged(base: dict, changes: dict) -> dict:
+    out = dict(base)
+    for key, value in changes.items():
+        out[key] = _merged(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out

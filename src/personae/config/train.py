@@ -94,7 +94,7 @@ class PivotalSection(Strict):
     token_lr: float = Field(5e-3, gt=0)  # embeddings usually learn with a higher rate than the LoRA
 
 
-class DreamBoothSection(Strict):
+class DreamBoothSection(Strict):  # prior preservation here applies to every method (kohya: reg images)
     instance_prompt: str = ""  # used when an image has no caption, e.g. "a photo of sks dog"
     class_prompt: str = ""  # e.g. "a photo of a dog"
     prior_preservation: bool = False
@@ -127,6 +127,8 @@ class TrainJob(Strict):
             raise ValueError("method textual_inversion needs textual_inversion.tokens (e.g. [{token: '<sks>', init_word: dog}])")
         if self.method == "pivotal" and not self.pivotal.tokens:
             raise ValueError("method pivotal needs pivotal.tokens")
-        if self.method == "dreambooth" and self.dreambooth.prior_preservation and not self.dreambooth.class_prompt:
-            raise ValueError("dreambooth.prior_preservation needs dreambooth.class_prompt (e.g. 'a photo of a dog')")
+        d = self.dreambooth
+        if d.prior_preservation and not d.class_prompt and not d.class_data_dir:
+            raise ValueError("dreambooth.prior_preservation needs dreambooth.class_prompt (e.g. 'a photo of a dog') "
+                             "or a class_data_dir of captioned regularization images")
         return self

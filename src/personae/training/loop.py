@@ -69,7 +69,7 @@ def train(job: TrainJob, run: Path, resume: bool = False, on_event: EventHandler
     examples = load_examples(job, run, on_event)
     plan = BatchPlan(examples, t.batch_size * world * t.gradient_accumulation, t.seed)
     priors = None
-    if job.method == "dreambooth" and job.dreambooth.prior_preservation:
+    if job.dreambooth.prior_preservation:  # DreamBooth's class images, or kohya-style regularization images
         priors = class_examples(pipe, source, job, run, examples[0].size, on_event)
         prior_plan = BatchPlan(priors, plan.batch, t.seed + 1)
     total = t.steps or t.epochs * plan.steps_per_epoch

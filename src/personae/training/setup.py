@@ -65,8 +65,10 @@ def load_examples(job: TrainJob, run: Path, on_event: EventHandler) -> list[Exam
     elif path.is_dir():
         on_event(Message(f"{path} is not a prepared set: preparing it into {run / 'prepared'}"))
         template = f"{job.data.caption}, {{caption}}" if job.data.caption else PrepareSettings().template
+        small = min(64, job.train.resolution)  # a model trained below 64 px (the world model) takes its own size
         prepare_dataset(path, run / "prepared", PrepareSettings(crop=job.data.crop, resolution=job.train.resolution,
-                                                                template=template), on_event)
+                                                                template=template, min_side=small, bucket_step=small),
+                        on_event)
         examples = examples_from_prepared(run / "prepared")
     else:
         raise UserError(f"data.path {path} does not exist.", "Point it at a `personae prepare` output or an image folder.")
@@ -78,7 +80,11 @@ def load_examples(job: TrainJob, run: Path, on_event: EventHandler) -> list[Exam
 
 
 def class_examples(pipe, source, job: TrainJob, run: Path, size: tuple[int, int], on_event: EventHandler) -> list[Example]:
-    """DreamBooth prior preservation: class images from the untouched base model, cached and reused."""
+    """Prior preservation: class images from the untouched base model, cached and reused.
+
+    A `class_data_dir` may also hold regularization images made elsewhere (kohya's reg folder):
+    any PNG / JPEG / WebP there is used, captioned by its .txt sidecar or else by `class_prompt`.
+    """
     from personae.config.generate import GenerateSettings
     from personae.inference.session import Session
     from personae.inference.txt2img import txt2img
@@ -86,13 +92,17 @@ def class_examples(pipe, source, job: TrainJob, run: Path, size: tuple[int, int]
     c = job.dreambooth
     folder = Path(c.class_data_dir).expanduser() if c.class_data_dir else run / "class_images"
     folder.mkdir(parents=True, exist_ok=True)
-    existing = sorted(folder.glob("class_*.png"))
-    missing = c.num_class_images - len(existing)
-    if missing > 0:
+
+    def found() -> list[Path]:
+        return sorted(p for p in folder.iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".webp"))
+
+    missing = c.num_class_images - len(found())
+    if missing > 0 and c.class_prompt:
         on_event(Message(f"generating {missing} class images for prior preservation ({c.class_prompt!r})"))
         session = Session(pipe, source, pipe.device, pipe.unet.dtype)
-        for i in range(len(existing), c.num_class_images):
-            on_event(Progress("class images", i - len(existing), missing))
+        start = len(found())
+        for i in range(start, c.num_class_images):
+            on_event(Progress("class images", i - start, missing))
             settings = GenerateSettings(model=source.location, prompt=c.class_prompt, steps=c.class_steps, seed=i,
                                         width=size[0], height=size[1], sampler="DDIM")
             image = txt2img(settings, session)[0].image
@@ -100,8 +110,16 @@ def class_examples(pipe, source, job: TrainJob, run: Path, size: tuple[int, int]
             image.save(tmp, format="PNG")
             tmp.replace(folder / f"class_{i:05d}.png")
         on_event(Progress("class images", missing, missing))
-    images = sorted(folder.glob("class_*.png"))[: c.num_class_images]
-    return [Example(p, c.class_prompt, size) for p in images]
+    images = found()[: c.num_class_images]
+    if not images:
+        raise UserError(f"Prior preservation has no class images: {folder} holds none and no class_prompt is set.",
+                        "Set dreambooth.class_prompt (images are generated) or put captioned images in class_data_dir.")
+
+    def caption_of(path: Path) -> str:
+        sidecar = path.with_suffix(".txt")
+        return sidecar.read_text(encoding="utf-8").strip() if sidecar.is_file() else c.class_prompt
+
+    return [Example(p, caption_of(p), size) for p in images]
 
 
 def make_optimizer(job: TrainJob, groups: list[ParamGroup]):

@@ -67,6 +67,7 @@ def to_pixels(images) -> torch.Tensor:
 def train_vae(vae, pixels: torch.Tensor, s: WorldPretrain, on_event: EventHandler) -> list[float]:
     v = s.vae
     optimizer = torch.optim.AdamW(vae.parameters(), lr=v.learning_rate, weight_decay=0.0)
+    lr_schedule = get_scheduler(v.lr_scheduler, optimizer, num_warmup_steps=0, num_training_steps=v.steps)
     vae.train()
     losses = []
     for step in range(v.steps):
@@ -82,6 +83,7 @@ def train_vae(vae, pixels: torch.Tensor, s: WorldPretrain, on_event: EventHandle
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+        lr_schedule.step()
         losses.append(loss.item())
         on_event(Progress("vae", step + 1, v.steps, {"loss": f"{losses[-1]:.4f}"}))
     vae.eval()

@@ -1,0 +1,297 @@
+"""`personae world bench`: teach held-out shapes with each method, then measure exactly.
+
+    result = run_bench(WorldBench(methods=["lora"], concepts=["star"], seeds=1), "bench")
+
+Per (method, concept, seed): draw the training images (the concept's shape and colour on
+the training backgrounds and sizes), train an ordinary `personae train` job, load what it
+exported (kohya LoRA, A1111 embedding, DreamBooth model folder) the way a user would, and
+score generations with the exact checker. Jobs run side by side in worker processes (one
+torch thread each). DIR/ gets table.md, table.csv, results.json, grids/, runs/, data/ and
+report.html; it is written as DIR.partial and moved into place when everything succeeded.
+"""
+
+from __future__ import annotations
+
+import csv
+import gc
+import json
+import shutil
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass
+from multiprocessing import get_context
+from pathlib import Path
+
+import numpy as np
+
+from personae.config.world_bench import WorldBench
+from personae.data.world import HELD_OUT, caption, render
+from personae.errors import UserError
+from personae.events import EventHandler, Message, Progress, ignore
+
+COLUMNS = [  # (key, header) of the table, in order
+    ("subject_fidelity", "subject fidelity"),
+    ("prompt_fidelity", "prompt fidelity (unseen bg/size)"),
+    ("subject_on_edit", "shape on unseen bg/size"),
+    ("prior_after", "prior accuracy after"),
+    ("prior_delta", "prior change (points)"),
+    ("position_spread_px", "position spread (px)"),
+    ("size_entropy_bits", "size entropy (bits)"),
+    ("train_seconds", "train time (s)"),
+]
+
+
+@dataclass(frozen=True)
+class Task:
+    method: str
+    concept: str
+    seed: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.method}-{self.concept}-s{self.seed}"
+
+
+def word_for(bench: WorldBench, method: str, concept: str) -> str:
+    """What stands for the subject in captions and prompts: the trigger word, or the new token."""
+    if method in ("textual_inversion", "pivotal"):
+        return bench.token.format(concept=concept)
+    return bench.trigger
+
+
+def make_data(bench: WorldBench, task: Task, folder: Path) -> list[str]:
+    """The task's training images with caption sidecars; the same draw for every method at a seed."""
+    colour = bench.concept_settings[task.concept].colour
+    backgrounds = [b for b in bench.train_backgrounds if b != colour]
+    rng = np.random.default_rng([task.seed, HELD_OUT.index(task.concept)])
+    folder.mkdir(parents=True, exist_ok=True)
+    word = word_for(bench, task.method, task.concept)
+    captions = []
+    for i in range(bench.images):
+        background = backgrounds[i % len(backgrounds)]  # every training background and size is covered
+        size = bench.train_sizes[(i // len(backgrounds)) % len(bench.train_sizes)]
+        offset = tuple(float(v) for v in rng.uniform(-1.0, 1.0, 2))
+        render(task.concept, colour, background, size, offset).save(folder / f"{i:02d}.png")
+        text = caption(task.concept, colour, background, size).replace(f"{colour} {task.concept}", word)
+        (folder / f"{i:02d}.txt").write_text(text + "\n")
+        captions.append(text)
+    return captions
+
+
+def make_prior(bench: WorldBench, pipe, folder: Path) -> None:
+    """Regularization images: the base model's own pictures of ordinary random captions, with sidecars."""
+    from personae.data.world import world_samples
+    from personae.evaluation.world_eval import generate_world
+
+    folder.mkdir(parents=True, exist_ok=True)
+    captions = [text for _, text, _ in world_samples(seed=10_000, count=bench.prior_images)]
+    images = generate_world(pipe, captions, list(range(len(captions))), bench.eval.steps, bench.eval.cfg)
+    for i, (image, text) in enumerate(zip(images, captions)):
+        image.save(folder / f"prior_{i:04d}.png")
+        (folder / f"prior_{i:04d}.txt").write_text(text + "\n")
+
+
+def job_for(bench: WorldBench, task: Task, model: str, data: Path, run: Path, init: str):
+    """The `personae train` job of a task: the method's recipe with paths, seed and token filled in."""
+    from personae.config.base import parse_settings
+    from personae.config.train import TrainJob
+
+    word = word_for(bench, task.method, task.concept)
+    text = json.dumps(bench.jobs[task.method]).replace("{token}", word).replace("{init}", init)
+    text = text.replace("{prior}", str(run.parent.parent / "prior"))
+    recipe = json.loads(text)
+    recipe.setdefault("train", {})["seed"] = task.seed
+    recipe["train"].setdefault("resolution", 32)
+    recipe.update(base_model=model, data={**recipe.get("data", {}), "path": str(data)}, output=str(run),
+                  trigger=word, device="cpu")
+    return parse_settings(TrainJob, recipe, f"jobs.{task.method}")
+
+
+def _exports(run: Path) -> tuple[str | None, list[tuple[str, str | None]], str | None]:
+    """(kohya LoRA, [(A1111 embedding, token)], model folder) from a finished run's exports.json."""
+    files = json.loads((run / "exports.json").read_text(encoding="utf-8"))["files"]
+    lora = next((str(run / f["path"]) for f in files if f["loader"] == "lora" and f["format"] == "kohya"), None)
+    embeddings = [(str(run / f["path"]), f.get("token")) for f in files if f["loader"] == "embedding" and f["format"] == "a1111"]
+    folder = next((str(run / f["path"]) for f in files if f["loader"] == "folder"), None)
+    return lora, embeddings, folder
+
+
+def evaluate(bench: WorldBench, pipe, word: str, concept: str, seed: int) -> tuple[dict, list, list]:
+    """Scores of one loaded pipeline for a concept, and the images per prompt (for grids)."""
+    from personae.evaluation.world_bench_eval import bench_prompts, score_concept
+    from personae.evaluation.world_eval import evaluate_world, generate_world
+
+    e = bench.eval
+    prompts = bench_prompts(word, bench.concept_settings[concept].colour, bench.train_backgrounds, bench.train_sizes)
+    texts = [p.text for p in prompts for _ in range(e.seeds_per_prompt)]
+    seeds = [1000 * seed + i for _ in prompts for i in range(e.seeds_per_prompt)]
+    flat = generate_world(pipe, texts, seeds, e.steps, e.cfg)
+    images = [flat[i * e.seeds_per_prompt:(i + 1) * e.seeds_per_prompt] for i in range(len(prompts))]
+    scores = score_concept(concept, prompts, images)
+    scores["prior_after"] = evaluate_world(pipe, e.prior_samples, e.steps, e.cfg, seed=0).scores["all"]  # paired
+    return scores, prompts, images
+
+
+def run_task(bench_data: dict, task: Task, model: str, work: str) -> dict:
+    """One (method, concept, seed): data, training, loading the exports, scoring. Runs in a worker."""
+    import torch
+
+    from personae.inference.session import open_session
+    from personae.jobs.train import run_training
+
+    torch.set_num_threads(1)
+    bench = WorldBench.model_validate(bench_data)
+    work_dir = Path(work)
+    data = work_dir / "data" / task.name
+    run = work_dir / "runs" / task.name
+    make_data(bench, task, data)
+    job = job_for(bench, task, model, data, run, bench.concept_settings[task.concept].init_word)
+    started = time.monotonic()
+    run_training(job, overwrite=True)
+    seconds = time.monotonic() - started
+    lora, embeddings, folder = _exports(run)
+    session = open_session(folder or model, device="cpu", loras=[(lora, 1.0)] if lora else [], embeddings=embeddings)
+    word = word_for(bench, task.method, task.concept)
+    scores, prompts, images = evaluate(bench, session.pipe, word, task.concept, task.seed)
+    scores["train_seconds"] = round(seconds, 1)
+    _save_grid(work_dir / "grids" / f"{task.name}.png", f"{task.method}, {task.concept}, seed {task.seed}", prompts, images)
+    del session
+    gc.collect()
+    return {"method": task.method, "concept": task.concept, "seed": task.seed, **scores}
+
+
+def _save_grid(path: Path, title: str, prompts, images) -> None:
+    from personae.media.grid import labelled_grid, save_image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_image(labelled_grid(images, [p.text for p in prompts], [], title=title, cell=64), path)
+
+
+def base_scores(bench: WorldBench, model: str, work: Path) -> dict:
+    """The untouched model: prior accuracy (what training must preserve) and the trigger's subject fidelity."""
+    import torch
+
+    from personae.inference.session import open_session
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        session = open_session(model, device="cpu")
+        make_prior(bench, session.pipe, work / "prior")
+        out = {}
+        for concept in bench.concepts:
+            scores, prompts, images = evaluate(bench, session.pipe, bench.trigger, concept, 0)
+            out[concept] = scores
+            _save_grid(work / "grids" / f"base-{concept}.png", f"base model, {concept} prompts", prompts, images)
+    finally:
+        torch.set_num_threads(threads)
+    return out
+
+
+def summarise(results: list[dict], base: dict, methods: list[str]) -> list[dict]:
+    """One row per method: mean and spread (standard deviation) over concepts and seeds."""
+    rows = []
+    for method in methods:
+        mine = [r for r in results if r["method"] == method]
+        for r in mine:
+            r["prior_delta"] = 100.0 * (r["prior_after"] - base[r["concept"]]["prior_after"])
+        row = {"method": method, "runs": len(mine)}
+        for key, _ in COLUMNS:
+            values = np.array([r[key] for r in mine], dtype=float)
+            row[key] = float(values.mean()) if len(values) else None
+            row[key + "_sd"] = float(values.std()) if len(values) else None
+        rows.append(row)
+    return rows
+
+
+def _fmt(key: str, mean, sd) -> str:
+    if mean is None:
+        return "–"
+    if key in ("subject_fidelity", "prompt_fidelity", "subject_on_edit", "prior_after"):
+        return f"{100 * mean:.0f} % ± {100 * sd:.0f}"
+    if key == "prior_delta":
+        return f"{mean:+.1f} ± {sd:.1f}"
+    return f"{mean:.1f} ± {sd:.1f}" if key != "size_entropy_bits" else f"{mean:.2f} ± {sd:.2f}"
+
+
+def table_markdown(rows: list[dict], base: dict, command: str) -> str:
+    prior = np.mean([b["prior_after"] for b in base.values()])
+    subject = np.mean([b["subject_fidelity"] for b in base.values()])
+    lines = [f"`{command}`", "",
+             f"Base model: prior accuracy {100 * prior:.0f} %, subject fidelity of the untaught trigger {100 * subject:.0f} %.",
+             "Mean ± standard deviation over concepts and seeds.", "",
+             "| method | runs | " + " | ".join(h for _, h in COLUMNS) + " |",
+             "|---|---|" + "---|" * len(COLUMNS)]
+    for r in rows:
+        lines.append(f"| {r['method']} | {r['runs']} | " + " | ".join(_fmt(k, r[k], r[k + '_sd']) for k, _ in COLUMNS) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _write_outputs(work: Path, bench: WorldBench, results: list[dict], base: dict, rows: list[dict],
+                   command: str, seconds: float) -> None:
+    from personae.evaluation.report import ReportData, render_report
+
+    (work / "table.md").write_text(table_markdown(rows, base, command))
+    with open(work / "table.csv", "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["method", "runs"] + [c for k, _ in COLUMNS for c in (k, k + "_sd")])
+        for r in rows:
+            writer.writerow([r["method"], r["runs"]] + [r[c] for k, _ in COLUMNS for c in (k, k + "_sd")])
+    (work / "results.json").write_text(json.dumps({
+        "settings": bench.model_dump(), "command": command, "seconds": round(seconds, 1),
+        "base": base, "runs": results, "table": rows}, indent=1))
+    grids = [(f"base model, {c} prompts", f"grids/base-{c}.png") for c in bench.concepts]
+    grids += [(f"{r['method']}, {r['concept']}, seed {r['seed']}", f"grids/{r['method']}-{r['concept']}-s{r['seed']}.png")
+              for r in results]
+    report = ReportData(
+        title="Shapes-world bench", settings={"command": command, "minutes": f"{seconds / 60:.1f}",
+                                              "concepts": ", ".join(bench.concepts), "seeds": str(bench.seeds),
+                                              "training images": str(bench.images)},
+        columns=COLUMNS, skipped={},
+        rows=[{"label": r["method"], "settings": "", "images": r["runs"], **{k: r[k] for k, _ in COLUMNS}} for r in rows],
+        grids=grids, notes=["Every score is read from the images by the exact checker (evaluation/world_check.py)."])
+    (work / "report.html").write_text(render_report(report), encoding="utf-8")
+
+
+def run_bench(bench: WorldBench, out: str | Path, command: str = "personae world bench",
+              overwrite: bool = False, on_event: EventHandler = ignore) -> dict:
+    """Every task, the base model's scores, the table and report; returns results.json's content."""
+    from personae.models.world_model import write_world_model
+
+    started = time.monotonic()
+    out = Path(out)
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise UserError(f"{out} exists and is not empty.", "Choose another --out folder, or pass --overwrite.")
+    work = out.with_name(out.name + ".partial")
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    try:
+        model = bench.model
+        if model == "world":
+            model = str(write_world_model(work / "model"))
+        elif not (Path(model) / "model_index.json").is_file():
+            raise UserError(f"model {model} is not a diffusers model folder.",
+                            "Use `world` (the shipped model) or a `personae world pretrain` output folder.")
+        tasks = [Task(m, c, s) for m in bench.methods for c in bench.concepts for s in range(bench.seeds)]
+        on_event(Message(f"{len(tasks)} training runs ({len(bench.methods)} methods x {len(bench.concepts)} concepts "
+                         f"x {bench.seeds} seeds), {bench.workers} at a time"))
+        base = base_scores(bench, model, work)
+        results = []
+        on_event(Progress("bench", 0, len(tasks)))
+        data = bench.model_dump()
+        with ProcessPoolExecutor(max_workers=bench.workers, mp_context=get_context("spawn")) as pool:
+            futures = {pool.submit(run_task, data, t, model, str(work)): t for t in tasks}
+            for future in as_completed(futures):
+                results.append(future.result())
+                on_event(Progress("bench", len(results), len(tasks), {"last": futures[future].name}))
+        results.sort(key=lambda r: (bench.methods.index(r["method"]), r["concept"], r["seed"]))
+        rows = summarise(results, base, bench.methods)
+        _write_outputs(work, bench, results, base, rows, command, time.monotonic() - started)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    if out.exists():
+        shutil.rmtree(out)
+    work.rename(out)
+    on_event(Message(f"wrote the bench to {out} ({(time.monotonic() - started) / 60:.1f} min)"))
+    return json.loads((out / "results.json").read_text())
