@@ -192,3 +192,38 @@ def test_model_world_command(tmp_path, short_world, capsys):
     assert pipe.unet.config.sample_size * pipe.vae_scale_factor == 32
     assert 1.5e6 < sum(p.numel() for p in pipe.unet.parameters()) < 1.9e6
     assert sum(p.numel() for p in pipe.text_encoder.parameters()) < 0.25e6
+
+
+@pytest.fixture(scope="module")
+def shipped_world(tmp_path_factory):
+    """`personae model world DIR`: the pretrained model that ships in the package."""
+    from personae.cli.main import main
+
+    out = tmp_path_factory.mktemp("shipped") / "world"
+    assert main(["model", "world", str(out)]) == 0
+    return out
+
+
+def test_shipped_world_model_draws_what_it_is_asked(shipped_world, tmp_path):
+    """Issue #8, must show 1: generate's defaults (no size, sampler, steps or CFG given) on the shipped model,
+    read back by the exact checker: the one prompt, then >= 90 % of 64 seeds over the 16 fixed prompts."""
+    from personae.cli.main import main
+    from personae.config.generate import GenerateSettings
+    from personae.inference.session import open_session
+    from personae.inference.txt2img import txt2img
+
+    prompt = "a green square on a yellow background, close-up"
+    assert main(["generate", "--model", str(shipped_world), "--prompt", prompt, "--seed", "0", "--out", str(tmp_path),
+                 "--quiet"]) == 0
+    (png,) = tmp_path.glob("*.png")
+    image = Image.open(png)
+    assert image.size == (32, 32)
+    assert agreement(check(image), parse_prompt(prompt))["all"]
+    session = open_session(str(shipped_world), device="cpu")
+    pairs = []
+    for i in range(64):
+        p = EVAL_PROMPTS[i % 16]
+        made = txt2img(GenerateSettings(model=str(shipped_world), prompt=p, seed=i), session)[0].image
+        pairs.append((check(made), parse_prompt(p)))
+    scores = accuracy(pairs)
+    assert scores["all"] >= 0.9, scores

@@ -12,18 +12,18 @@ from personae.jobs.world_bench import Task, job_for, make_data, summarise, word_
 
 
 def test_bench_prompts_ask_for_unseen_backgrounds_and_sizes_only():
-    prompts = bench_prompts("sks", "white", ["blue", "green"], ["close-up", "medium shot"])
+    prompts = bench_prompts("star", "white", ["blue", "green"], ["close-up", "medium shot"])
     subject = [p for p in prompts if p.kind == "subject"]
     edit = [p for p in prompts if p.kind == "edit"]
-    assert [p.text for p in subject] == [f"a sks on a {b} background" for b in BACKGROUNDS]
+    assert [p.text for p in subject] == [f"a white star on a {b} background" for b in BACKGROUNDS]
     assert {(p.background, p.size) for p in edit} == {
         (b, s) for b in BACKGROUNDS for s in SIZES if b in ("red", "yellow") or s == "full shot"}
     # a yellow shape never stands on yellow
-    assert all(p.background != "yellow" for p in bench_prompts("sks", "yellow", ["blue"], ["close-up"]))
+    assert all(p.background != "yellow" for p in bench_prompts("star", "yellow", ["blue"], ["close-up"]))
 
 
 def test_scores_are_read_exactly_from_images():
-    prompts = bench_prompts("sks", "white", ["blue", "green"], ["close-up", "medium shot"])
+    prompts = bench_prompts("<star>", "white", ["blue", "green"], ["close-up", "medium shot"])
 
     def draw(shape, wrong_size=False):
         out = []
@@ -49,13 +49,13 @@ def test_training_images_show_the_concept_on_training_contexts(tmp_path):
     for i, text in enumerate(captions):
         found = check(Image.open(tmp_path / f"{i:02d}.png"))
         assert (found.shape, found.colour) == ("heart", "black")
-        assert text == f"a <heart> on a {found.background} background, {found.size}"
+        assert text == f"a black <heart> on a {found.background} background, {found.size}"
         assert (tmp_path / f"{i:02d}.txt").read_text().strip() == text
         seen.add((found.background, found.size))
     assert seen == {(b, s) for b in bench.train_backgrounds for s in bench.train_sizes}
     # the same draw for every method, only the word differs
     other = make_data(bench, Task("lora", "heart", 1), tmp_path / "lora")
-    assert [c.replace("<heart>", "sks") for c in captions] == other
+    assert [c.replace("<heart>", "heart") for c in captions] == other  # lora: the shape's own (untrained) word
     assert np.array_equal(np.asarray(Image.open(tmp_path / "00.png")), np.asarray(Image.open(tmp_path / "lora/00.png")))
 
 

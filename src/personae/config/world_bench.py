@@ -42,11 +42,11 @@ def _default_jobs() -> dict[str, dict]:
 
 class Concept(Strict):
     colour: str  # the taught shape's colour (part of the subject, like a dog's fur)
-    init_word: str = "shape"  # where a new token's embedding starts (textual inversion, pivotal)
+    init_word: str = "circle"  # where a new token's embedding starts (textual inversion, pivotal): a trained shape
 
 
 def _default_concepts() -> dict[str, Concept]:
-    return {"star": Concept(colour="white"), "heart": Concept(colour="black")}
+    return {"star": Concept(colour="white", init_word="cross"), "heart": Concept(colour="black", init_word="circle")}
 
 
 class EvalSettings(Strict):
@@ -66,8 +66,14 @@ class WorldBench(Strict):
     prior_images: int = Field(64, ge=1)  # the base model's own images of ordinary captions ("{prior}" in jobs)
     train_backgrounds: list[str] = ["blue", "green"]  # backgrounds of the training images
     train_sizes: list[str] = ["close-up", "medium shot"]  # sizes of the training images (the rest are unseen)
-    trigger: str = "sks"  # the subject's word for lora / dreambooth (captions: "a sks on a blue background, ...")
-    token: str = "<{concept}>"  # the new token of textual inversion / pivotal
+    # The word for the subject stands where the shape's name stands in every caption the model was pretrained on
+    # ("a white star on a blue background, close-up"). LoRA and DreamBooth teach the held-out shape's own word,
+    # which the tokenizer knows but pretraining never used (an untrained embedding, a rare identifier); textual
+    # inversion and pivotal tuning add a new token. A multi-token trigger such as "sks" (three tokens here) moves
+    # every later word to positions the text encoder never saw words at, and the untaught model already loses
+    # the background: measured, 0 % of "a sks on a red background" images had a red background.
+    trigger: str = "{concept}"
+    token: str = "<{concept}>"
     concept_settings: dict[str, Concept] = Field(default_factory=_default_concepts)
     jobs: dict[str, dict] = Field(default_factory=_default_jobs)  # per method: a train job without paths
     eval: EvalSettings = EvalSettings()

@@ -1,12 +1,12 @@
 """Scores of a taught shapes-world concept, read back by the exact checker (the bench's measurements).
 
-    prompts = bench_prompts("sks", colour="white", train_backgrounds=["blue", "green"],
+    prompts = bench_prompts("<star>", colour="white", train_backgrounds=["blue", "green"],
                             train_sizes=["close-up", "medium shot"])
     scores = score_concept("star", prompts, images)
 
-- subject fidelity: share of "a {word} on a {bg} background" images that show the taught shape
-  (every background the shape's colour can stand on);
-- prompt fidelity: share of "a {word} on a {bg} background, {size}" images, for backgrounds or
+- subject fidelity: share of "a {colour} {word} on a {bg} background" images that show the taught
+  shape (every background the shape's colour can stand on);
+- prompt fidelity: share of "a {colour} {word} on a {bg} background, {size}" images, for backgrounds or
   sizes not in the training images, whose background and size follow the prompt;
 - diversity: how far the taught shape's positions spread across seeds (pixels, standard deviation
   of the centre)
@@ -37,11 +37,11 @@ class BenchPrompt:
 def bench_prompts(word: str, colour: str, train_backgrounds: list[str], train_sizes: list[str]) -> list[BenchPrompt]:
     """The subject prompts, then the editability prompts (unseen background or unseen size)."""
     backgrounds = [b for b in BACKGROUNDS if b != colour]  # a white star cannot stand on white
-    out = [BenchPrompt(f"a {word} on a {b} background", "subject", b, None) for b in backgrounds]
+    out = [BenchPrompt(f"a {colour} {word} on a {b} background", "subject", b, None) for b in backgrounds]
     for b in backgrounds:
         for size in SIZES:
             if b not in train_backgrounds or size not in train_sizes:
-                out.append(BenchPrompt(f"a {word} on a {b} background, {size}", "edit", b, size))
+                out.append(BenchPrompt(f"a {colour} {word} on a {b} background, {size}", "edit", b, size))
     return out
 
 

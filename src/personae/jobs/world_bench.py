@@ -56,7 +56,7 @@ def word_for(bench: WorldBench, method: str, concept: str) -> str:
     """What stands for the subject in captions and prompts: the trigger word, or the new token."""
     if method in ("textual_inversion", "pivotal"):
         return bench.token.format(concept=concept)
-    return bench.trigger
+    return bench.trigger.format(concept=concept)
 
 
 def make_data(bench: WorldBench, task: Task, folder: Path) -> list[str]:
@@ -72,7 +72,7 @@ def make_data(bench: WorldBench, task: Task, folder: Path) -> list[str]:
         size = bench.train_sizes[(i // len(backgrounds)) % len(bench.train_sizes)]
         offset = tuple(float(v) for v in rng.uniform(-1.0, 1.0, 2))
         render(task.concept, colour, background, size, offset).save(folder / f"{i:02d}.png")
-        text = caption(task.concept, colour, background, size).replace(f"{colour} {task.concept}", word)
+        text = caption(word, colour, background, size)
         (folder / f"{i:02d}.txt").write_text(text + "\n")
         captions.append(text)
     return captions
@@ -180,7 +180,7 @@ def base_scores(bench: WorldBench, model: str, work: Path) -> dict:
         make_prior(bench, session.pipe, work / "prior")
         out = {}
         for concept in bench.concepts:
-            scores, prompts, images = evaluate(bench, session.pipe, bench.trigger, concept, 0)
+            scores, prompts, images = evaluate(bench, session.pipe, bench.trigger.format(concept=concept), concept, 0)
             out[concept] = scores
             _save_grid(work / "grids" / f"base-{concept}.png", f"base model, {concept} prompts", prompts, images)
     finally:
