@@ -2,6 +2,7 @@
 
 import os
 import json
+import re
 import subprocess
 import sys
 import time
@@ -103,6 +104,13 @@ def test_demo_runs_offline_and_writes_an_index(tmp_path):
     ssim = {v["label"]: v["ssim"] for v in compared["variants"]}
     assert ssim["lora 1.0"] > ssim["base"] + 0.01 and (tmp_path / "demo/compare/report.html").is_file()
     assert "## ControlNet" in index and "## Animated clip" in index
+    # the demo opens on the shapes-world model: its prompts read back exactly, and a star is learnt
+    assert index.index("## Shapes-world model") < index.index("## Teach a star") < index.index("## Tiny model")
+    right = int(re.search(r"the exact checker finds (\d+) of 16 right", index).group(1))
+    assert right >= 13, index
+    bench = json.loads((tmp_path / "demo/world-bench/results.json").read_text())
+    assert bench["runs"][0]["subject_fidelity"] > bench["base"]["star"]["subject_fidelity"] + 0.3
+    assert len(list((tmp_path / "demo/world/taught").glob("*.png"))) == 4
     assert (tmp_path / "demo/animate/clip.gif").is_file() and (tmp_path / "demo/animate/clip.mp4").is_file()
     for line in index.splitlines():
         if line.startswith("![]("):

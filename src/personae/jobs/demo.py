@@ -1,4 +1,10 @@
-"""`personae demo`: every capability that exists, offline, on the tiny model.
+"""`personae demo`: every capability that exists, offline.
+
+First the shapes-world model that ships with personae (jobs/demo_world.py): it draws what
+it is asked and learns a held-out shape, measured exactly. Then the random tiny model for
+everything whose point is the plumbing and the file formats (single-file checkpoints,
+prompts, LoRA exports, storyboards, ControlNet, AnimateDiff, compare), where a tiny
+ControlNet and motion adapter are built to match it.
 
 Each step appends a section to index.md / index.html in the output folder, so the
 user sees what was made and where. Later capabilities add steps here.
@@ -62,6 +68,11 @@ def run_demo(out_dir: str | Path, on_event: EventHandler = ignore) -> Path:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     index = Index(out)
+
+    # 0. the shapes-world model: 16 prompts read back exactly, then a star taught and measured
+    from personae.jobs.demo_world import world_demo
+
+    world_demo(out, index, on_event)
 
     # 1. the tiny model, as a diffusers folder and as one original-layout file
     on_event(Message("writing the tiny model"))
