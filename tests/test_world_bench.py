@@ -16,6 +16,7 @@ def test_bench_prompts_ask_for_unseen_backgrounds_and_sizes_only():
     subject = [p for p in prompts if p.kind == "subject"]
     edit = [p for p in prompts if p.kind == "edit"]
     assert [p.text for p in subject] == [f"a white star on a {b} background" for b in BACKGROUNDS]
+    assert [p.seen for p in subject] == [b in ("blue", "green") for b in BACKGROUNDS]
     assert {(p.background, p.size) for p in edit} == {
         (b, s) for b in BACKGROUNDS for s in SIZES if b in ("red", "yellow") or s == "full shot"}
     # a yellow shape never stands on yellow
@@ -36,6 +37,7 @@ def test_scores_are_read_exactly_from_images():
 
     right = score_concept("star", prompts, draw("star"))
     assert right["subject_fidelity"] == 1.0 and right["prompt_fidelity"] == 1.0 and right["subject_on_edit"] == 1.0
+    assert right["subject_seen_bg"] == 1.0 == right["subject_unseen_bg"]
     assert right["position_spread_px"] > 0.5 and right["size_entropy_bits"] == 0.0
     circles = score_concept("star", prompts, draw("circle", wrong_size=True))
     assert circles["subject_fidelity"] == 0.0 and circles["prompt_fidelity"] == 0.0
@@ -75,7 +77,7 @@ def test_each_method_gets_an_ordinary_train_job(tmp_path):
 def test_summary_means_and_prior_change():
     base = {"star": {"prior_after": 0.9}, "heart": {"prior_after": 0.8}}
     runs = [{"method": "lora", "concept": c, "seed": 0, "subject_fidelity": f, "prompt_fidelity": 0.5,
-             "subject_on_edit": 0.5, "prior_after": p, "position_spread_px": 1.0, "size_entropy_bits": 0.0,
+             "subject_on_edit": 0.5, "subject_seen_bg": f, "subject_unseen_bg": f, "prior_after": p, "position_spread_px": 1.0, "size_entropy_bits": 0.0,
              "train_seconds": 10.0} for c, f, p in (("star", 1.0, 0.85), ("heart", 0.5, 0.8))]
     row = summarise(runs, base, ["lora"])[0]
     assert row["runs"] == 2 and row["subject_fidelity"] == pytest.approx(0.75)

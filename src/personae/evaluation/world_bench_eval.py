@@ -32,12 +32,14 @@ class BenchPrompt:
     kind: str  # "subject" (no size) or "edit" (a background or size the training images lacked)
     background: str
     size: str | None
+    seen: bool = False  # the background (and size) appear in the training images
 
 
 def bench_prompts(word: str, colour: str, train_backgrounds: list[str], train_sizes: list[str]) -> list[BenchPrompt]:
     """The subject prompts, then the editability prompts (unseen background or unseen size)."""
     backgrounds = [b for b in BACKGROUNDS if b != colour]  # a white star cannot stand on white
-    out = [BenchPrompt(f"a {colour} {word} on a {b} background", "subject", b, None) for b in backgrounds]
+    out = [BenchPrompt(f"a {colour} {word} on a {b} background", "subject", b, None, b in train_backgrounds)
+           for b in backgrounds]
     for b in backgrounds:
         for size in SIZES:
             if b not in train_backgrounds or size not in train_sizes:
@@ -53,11 +55,12 @@ def _entropy(values: list[str]) -> float:
 
 def score_concept(shape: str, prompts: list[BenchPrompt], images_per_prompt: list[list]) -> dict[str, float]:
     """Subject fidelity, prompt fidelity, their shape-on-edit share, and diversity, from generated images."""
-    subject, edit, edit_shape, spreads, sizes = [], [], [], [], []
+    subject, edit, edit_shape, spreads, sizes, seen, unseen = [], [], [], [], [], [], []
     for prompt, images in zip(prompts, images_per_prompt):
         found = [check(image) for image in images]
         if prompt.kind == "subject":
             subject += [f.shape == shape for f in found]
+            (seen if prompt.seen else unseen).extend(f.shape == shape for f in found)
             sizes += [f.size for f in found if f.shape == shape]
             centres = np.array([f.position for f in found if f.shape == shape]) * SIDE
             if len(centres) > 1:
@@ -68,6 +71,8 @@ def score_concept(shape: str, prompts: list[BenchPrompt], images_per_prompt: lis
     return {
         "subject_fidelity": float(np.mean(subject)) if subject else 0.0,
         "prompt_fidelity": float(np.mean(edit)) if edit else 0.0,
+        "subject_seen_bg": float(np.mean(seen)) if seen else 0.0,
+        "subject_unseen_bg": float(np.mean(unseen)) if unseen else 0.0,
         "subject_on_edit": float(np.mean(edit_shape)) if edit_shape else 0.0,
         "position_spread_px": float(np.mean(spreads)) if spreads else 0.0,
         "size_entropy_bits": _entropy(sizes),

@@ -31,6 +31,8 @@ from personae.events import EventHandler, Message, Progress, ignore
 
 COLUMNS = [  # (key, header) of the table, in order
     ("subject_fidelity", "subject fidelity"),
+    ("subject_seen_bg", "subject, training backgrounds"),
+    ("subject_unseen_bg", "subject, unseen backgrounds"),
     ("prompt_fidelity", "prompt fidelity (unseen bg/size)"),
     ("subject_on_edit", "shape on unseen bg/size"),
     ("prior_after", "prior accuracy after"),
@@ -207,7 +209,8 @@ def summarise(results: list[dict], base: dict, methods: list[str]) -> list[dict]
 def _fmt(key: str, mean, sd) -> str:
     if mean is None:
         return "–"
-    if key in ("subject_fidelity", "prompt_fidelity", "subject_on_edit", "prior_after"):
+    if key in ("subject_fidelity", "subject_seen_bg", "subject_unseen_bg", "prompt_fidelity", "subject_on_edit",
+               "prior_after"):
         return f"{100 * mean:.0f} % ± {100 * sd:.0f}"
     if key == "prior_delta":
         return f"{mean:+.1f} ± {sd:.1f}"
