@@ -37,7 +37,9 @@ def export_lora(pipe, out: Path, *, name: str, rank: int, alpha: float, te_alpha
 
     te_trained = bool(getattr(pipe.text_encoder, "peft_config", None))
     unet_state = get_peft_model_state_dict(pipe.unet)
-    te_state = get_peft_model_state_dict(pipe.text_encoder) if te_trained else None
+    # pivotal tuning resizes the token embeddings: they travel in the embedding file; peft would put the whole
+    # table into the LoRA, which diffusers' loader then rejects ("all LoRA param names contain 'lora'")
+    te_state = get_peft_model_state_dict(pipe.text_encoder, save_embedding_layers=False) if te_trained else None
     out.mkdir(parents=True, exist_ok=True)
     kohya = write_kohya(out / f"{name}.safetensors", peft_to_kohya(unet_state, te_state, alpha, te_alpha),
                         kohya_metadata(rank=rank, alpha=alpha, steps=steps, base_model=base_model, trigger=trigger,
