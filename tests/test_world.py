@@ -227,3 +227,18 @@ def test_shipped_world_model_draws_what_it_is_asked(shipped_world, tmp_path):
         pairs.append((check(made), parse_prompt(p)))
     scores = accuracy(pairs)
     assert scores["all"] >= 0.9, scores
+
+
+def test_shipped_model_was_made_by_the_default_pretraining():
+    """`personae world pretrain OUT` with no settings is the run that made the shipped weights (must show 3),
+    and its record says how well it did."""
+    import yaml
+
+    from personae.config.world import WorldPretrain
+    from personae.models.world_model import WORLD_DIR
+
+    recorded = yaml.safe_load((WORLD_DIR / "training/settings.yaml").read_text())
+    assert recorded == WorldPretrain().model_dump()
+    summary = json.loads((WORLD_DIR / "training/summary.json").read_text())
+    assert summary["unet_steps"] == WorldPretrain().unet.steps and summary["seconds"] < 3600
+    assert summary["evals"][-1]["all"] >= 0.9

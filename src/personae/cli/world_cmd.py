@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 EXAMPLES = """examples:
-  personae world pretrain ./world                       # the full run: about 35 minutes on 2 CPU cores
+  personae world pretrain ./world                       # the full run: about 52 minutes (one thread)
   personae world pretrain ./world --steps 300 --set vae.steps=100 --set dataset_size=2048
   personae world pretrain ./world --set seed=1 --set threads=2 --overwrite
   personae generate --model ./world --prompt "a green square on a yellow background, close-up" --sampler DDIM --cfg 4

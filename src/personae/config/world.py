@@ -28,7 +28,7 @@ class VaePhase(Strict):
 
 
 class UnetPhase(Strict):
-    steps: int = Field(4000, ge=1)  # optimizer steps of the UNet + text encoder phase
+    steps: int = Field(5500, ge=1)  # optimizer steps of the UNet + text encoder phase (about 42 minutes, 1 thread)
     batch_size: int = Field(64, ge=1)
     learning_rate: float = Field(1e-3, gt=0)  # UNet and text encoder alike
     lr_scheduler: Literal["constant", "constant_with_warmup", "cosine"] = "cosine"
