@@ -50,7 +50,7 @@ def bench_prompts(word: str, colour: str, train_backgrounds: list[str], train_si
 def _entropy(values: list[str]) -> float:
     counts = Counter(values)
     n = sum(counts.values())
-    return -sum(c / n * math.log2(c / n) for c in counts.values()) if n else 0.0
+    return 0.0 - sum(c / n * math.log2(c / n) for c in counts.values()) if n else 0.0  # 0.0, never -0.0
 
 
 def score_concept(shape: str, prompts: list[BenchPrompt], images_per_prompt: list[list]) -> dict[str, float]:
