@@ -151,3 +151,21 @@ def test_bench_teaches_a_held_out_shape(tmp_path):
     assert run["prompt_fidelity"] >= 0.6, run
     assert abs(run["prior_after"] - base["prior_after"]) <= 0.1, (run, base)
     assert "| pivotal | 1 |" in (out / "table.md").read_text()
+
+
+def test_dreambooth_on_a_model_with_its_own_tokenizer_exports_a_folder_only(tmp_path):
+    """A single-file checkpoint has no tokenizer (readers assume CLIP's 49,408 tokens): for the world model's
+    615-token vocabulary it would load with ids past the embedding table, so only the folder is written."""
+    from personae.config.train import TrainJob
+    from personae.jobs.train import run_training
+    from personae.models.world_model import write_world_model
+
+    model = write_world_model(tmp_path / "world")
+    bench = WorldBench()
+    make_data(bench, Task("dreambooth", "star", 0), tmp_path / "data")
+    job = TrainJob(base_model=str(model), method="dreambooth", data={"path": str(tmp_path / "data")},
+                   output=str(tmp_path / "run"), train={"steps": 2, "batch_size": 2, "resolution": 32,
+                                                        "validation": {"steps": 2}})
+    result = run_training(job)
+    assert [(f.format, f.loader) for f in result.exports] == [("diffusers", "folder")]
+    assert [c.family for c in result.checks] == ["folder"] and result.checks[0].max_abs_diff <= 1e-4
