@@ -20,11 +20,11 @@ settings (--set KEY=VALUE; defaults are the full run):
 """
 
 BENCH_EXAMPLES = """examples:
-  personae world bench --out bench                      # the committed table (docs/world-bench.md)
+  personae world bench --out bench                      # the committed table (docs/world.md)
   personae world bench --out bench --methods pivotal --concepts star --seeds 1
-  personae world bench --out bench --set jobs.lora.train.steps=600 --set eval.seeds_per_prompt=16
+  personae world bench --out bench --set jobs.lora.train.steps=900 --set eval.seeds_per_prompt=16
 
-settings (--set KEY=VALUE): model, methods, concepts, seeds, images, train_backgrounds, train_sizes,
+settings (--set KEY=VALUE): model, methods, concepts, seeds, images, prior_images, train_backgrounds, train_sizes,
   trigger, token, concept_settings.<shape>.colour / .init_word, workers,
   eval.seeds_per_prompt, eval.steps, eval.cfg, eval.prior_samples,
   jobs.<method>.<any `personae train` job key>, e.g. jobs.pivotal.lora.rank=16

@@ -1,11 +1,11 @@
 """Settings of `personae world bench`: which methods teach which held-out shapes, and how.
 
     personae world bench --out bench --methods lora,pivotal --concepts star --seeds 1
-    personae world bench --out bench --set jobs.lora.train.steps=600
+    personae world bench --out bench --set jobs.lora.train.steps=900
 
 Each method's training job is an ordinary `personae train` job (config/train.py) written
 under `jobs.<method>` without the paths; the bench fills in the base model, the data and
-the output. Defaults are the recipes the committed table (docs/world-bench.md) was made with.
+the output. Defaults are the recipes the committed table (docs/world.md) was made with.
 """
 
 from __future__ import annotations
