@@ -130,27 +130,29 @@ def test_bench_refuses_a_used_folder_and_unknown_settings(tmp_path, capsys):
 
 
 def test_bench_teaches_a_held_out_shape(tmp_path):
-    """One method, one concept, one seed, the default recipe, on the shipped model, through the CLI:
-    the taught word draws the star where the untaught one never does, on backgrounds it never saw."""
+    """The best method (DreamBooth), one concept, one seed, the default recipe, on the shipped model, through
+    the CLI: the taught word draws the star where the untaught one never does, on backgrounds it never saw."""
     import json
 
     from personae.cli.main import main
 
     out = tmp_path / "bench"
-    assert main(["world", "bench", "--out", str(out), "--methods", "pivotal", "--concepts", "star", "--seeds", "1",
+    assert main(["world", "bench", "--out", str(out), "--methods", "dreambooth", "--concepts", "star", "--seeds", "1",
                  "--set", "workers=1", "--set", "eval.seeds_per_prompt=4", "--quiet"]) == 0
     for name in ("table.md", "table.csv", "results.json", "report.html", "grids/base-star.png",
-                 "grids/pivotal-star-s0.png", "runs/pivotal-star-s0/exports.json", "data/pivotal-star-s0/00.png"):
+                 "grids/dreambooth-star-s0.png", "runs/dreambooth-star-s0/exports.json",
+                 "runs/dreambooth-star-s0/model/model_index.json", "data/dreambooth-star-s0/00.png"):
         assert (out / name).is_file(), name
     assert not (tmp_path / "bench.partial").exists()
     result = json.loads((out / "results.json").read_text())
     (run,) = result["runs"]
     base = result["base"]["star"]
     assert base["subject_fidelity"] == 0.0
-    assert run["subject_fidelity"] >= 0.5, run
+    assert run["subject_fidelity"] >= 0.6, run  # 91 % in the committed table (8 seeds per prompt)
+    assert run["subject_unseen_bg"] >= 0.5, run
     assert run["prompt_fidelity"] >= 0.6, run
     assert abs(run["prior_after"] - base["prior_after"]) <= 0.1, (run, base)
-    assert "| pivotal | 1 |" in (out / "table.md").read_text()
+    assert "| dreambooth | 1 |" in (out / "table.md").read_text()
 
 
 def test_dreambooth_on_a_model_with_its_own_tokenizer_exports_a_folder_only(tmp_path):

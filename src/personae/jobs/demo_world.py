@@ -2,7 +2,7 @@
 
 Everything here is measured by the exact checker (evaluation/world_check.py): how many of the
 16 fixed prompts come out right with `personae generate`'s defaults, and what teaching a
-held-out shape (the bench's pivotal recipe, one seed) changes: subject fidelity, prompt
+held-out shape (the bench's best recipe, DreamBooth, one seed) changes: subject fidelity, prompt
 fidelity on backgrounds and sizes the training images lacked, and the prior.
 """
 
@@ -12,13 +12,13 @@ from pathlib import Path
 
 from PIL import Image
 
-from personae.config.generate import EmbeddingRef, GenerateSettings, LoraRef
+from personae.config.generate import GenerateSettings
 from personae.data.world import EVAL_PROMPTS, parse_prompt
 from personae.events import EventHandler, Message
 from personae.jobs.generate import run_generate
 
-TAUGHT_PROMPTS = ["a white <star> on a red background, close-up", "a white <star> on a yellow background, medium shot",
-                  "a white <star> on a blue background, close-up", "a white <star> on a green background, medium shot"]
+TAUGHT_PROMPTS = ["a white star on a red background, close-up", "a white star on a yellow background, medium shot",
+                  "a white star on a blue background, close-up", "a white star on a green background, medium shot"]
 
 
 def world_demo(out: Path, index, on_event: EventHandler) -> Path:
@@ -42,25 +42,23 @@ def world_demo(out: Path, index, on_event: EventHandler) -> Path:
                                     f"pretrained by `personae world pretrain`. The 16 fixed prompts with `personae "
                                     f"generate`'s defaults, one seed each: the exact checker finds {sum(right)} of 16 "
                                     "right (background, shape colour, shape, size).", [out / "world/prompts.png"])
-    # 2. teach the held-out star (never in pretraining) with the bench's pivotal recipe, measured before and after
-    bench = WorldBench(model=str(model), methods=["pivotal"], concepts=["star"], seeds=1, workers=1,
+    # 2. teach the held-out star (never in pretraining) with the bench's best recipe, measured before and after
+    bench = WorldBench(model=str(model), methods=["dreambooth"], concepts=["star"], seeds=1, workers=1,
                        eval={"seeds_per_prompt": 4})
-    result = run_bench(bench, out / "world-bench", command="personae world bench --methods pivotal --concepts star "
+    result = run_bench(bench, out / "world-bench", command="personae world bench --methods dreambooth --concepts star "
                        "--seeds 1 --set workers=1 --set eval.seeds_per_prompt=4", overwrite=True, on_event=on_event)
     (run,) = result["runs"]
     base = result["base"]["star"]
-    taught = out / "world-bench/runs/pivotal-star-s0"
-    refs = {"loras": [LoraRef(path=str(taught / "lora.safetensors"))],
-            "embeddings": [EmbeddingRef(path=str(taught / "embeddings/star.safetensors"))]}
+    taught = out / "world-bench/runs/dreambooth-star-s0/model"  # the fine-tuned model, a diffusers folder
     images = []
     for i, prompt in enumerate(TAUGHT_PROMPTS):
-        images += run_generate(GenerateSettings(model=str(model), prompt=prompt, seed=i, **refs), out / "world/taught",
-                               on_event)
-    index.add("Teach a star", f"6 images of a white star (blue and green backgrounds, close-up and medium shot) -> "
-                              f"pivotal tuning (new token <star> + LoRA, with the model's own images as prior): "
-                              f"subject fidelity {base['subject_fidelity']:.0%} -> {run['subject_fidelity']:.0%}, "
-                              f"prompt fidelity on unseen backgrounds/sizes {run['prompt_fidelity']:.0%}, prior accuracy "
+        images += run_generate(GenerateSettings(model=str(taught), prompt=prompt, seed=i), out / "world/taught", on_event)
+    index.add("Teach a star", f"{bench.images} images of a white star (blue and green backgrounds, close-up and medium "
+                              f"shot) -> DreamBooth (the whole UNet, with the model's own images as prior): subject "
+                              f"fidelity {base['subject_fidelity']:.0%} -> {run['subject_fidelity']:.0%}, prompt "
+                              f"fidelity on unseen backgrounds/sizes {run['prompt_fidelity']:.0%}, prior accuracy "
                               f"{base['prior_after']:.0%} -> {run['prior_after']:.0%}. world-bench/report.html has the "
-                              "table and grids; below, `personae generate --lora ... --embedding ...` on red, yellow "
-                              "(never seen), blue and green.", images + [out / "world-bench/grids/pivotal-star-s0.png"])
+                              "table and grids; below, `personae generate --model world-bench/runs/dreambooth-star-s0/"
+                              "model` on red, yellow (never seen), blue and green.",
+              images + [out / "world-bench/grids/dreambooth-star-s0.png"])
     return model
