@@ -27,9 +27,8 @@ def _default_jobs() -> dict[str, dict]:
     """The recipe per method (a `personae train` job without base_model, data.path, output).
 
     Every method that changes the UNet trains with prior preservation on the base model's own
-    images of ordinary captions ("{prior}", made once per bench): without it, a LoRA taught on
-    two backgrounds drew those two for every background asked (lr 5e-4: 12 % prompt fidelity,
-    prior -31 points; with it: 98 %, prior -6).
+    images of ordinary captions ("{prior}", made once per bench): the same LoRA recipe (lr 5e-4,
+    six images) lost 31 points of prior accuracy without it and none with it.
     """
     train = {"batch_size": 4, "steps": 600, "learning_rate": 1e-3, "lr_scheduler": "constant", "keep_last": 1,
              "validation": {"steps": 10, "cfg": 4.0}}
@@ -77,7 +76,7 @@ class WorldBench(Strict):
     # which the tokenizer knows but pretraining never used (an untrained embedding, a rare identifier); textual
     # inversion and pivotal tuning add a new token. A multi-token trigger such as "sks" (three tokens here) moves
     # every later word to positions the text encoder never saw words at, and the untaught model already loses
-    # the background: measured, 0 % of "a sks on a red background" images had a red background.
+    # the background: none of 8 images of "a sks on a red background" had a red background.
     trigger: str = "{concept}"
     token: str = "<{concept}>"
     concept_settings: dict[str, Concept] = Field(default_factory=_default_concepts)
