@@ -35,6 +35,7 @@ from personae.inference.txt2img import txt2img
 from personae.jobs.compare_plan import Row, expand, slug
 from personae.media.grid import labelled_grid, save_image
 from personae.media.png import save_png
+from personae.staging import staged_folder
 
 
 def load_references(folder: str | None) -> list:
@@ -50,13 +51,9 @@ def load_references(folder: str | None) -> list:
     return images
 
 
-def _prepare_out(out: Path) -> Path:
+def _check_out(out: Path) -> None:
     if out.exists() and not (out / "compare.json").is_file() and any(out.iterdir()):
         raise UserError(f"{out} exists and is not a comparison output folder.", "Choose an empty or new --out folder.")
-    work = out.with_name(out.name + ".partial")
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
-    return work
 
 
 def _generate_group(suite: CompareSuite, model: str, rows: list[Row], prompts: list[str], work: Path,
@@ -137,8 +134,8 @@ def run_compare(suite: CompareSuite, out: str | Path, on_event: EventHandler = i
         get_sampler(name)
     references = load_references(suite.references)
     metrics, skipped = build_metrics(suite.metrics, "cpu", bool(references))
-    work = _prepare_out(out)
-    try:
+    _check_out(out)
+    with staged_folder(out) as work:  # 5. the finished folder replaces any previous comparison in DIR
         # 2. generate, one loaded model per distinct model
         total, done = len(rows) * len(prompts) * len(suite.seeds), [0]
 
@@ -195,13 +192,6 @@ def run_compare(suite: CompareSuite, out: str | Path, on_event: EventHandler = i
         (work / "report.html").write_text(render_report(report), encoding="utf-8")
         (work / "compare.json").write_text(json.dumps({"suite": suite.model_dump(by_alias=True),
                                                        "rows": [r.label for r in rows]}, indent=1), encoding="utf-8")
-    except BaseException:
-        shutil.rmtree(work, ignore_errors=True)
-        raise
-    # 5. the finished folder replaces any previous comparison in DIR
-    if out.exists():
-        shutil.rmtree(out)
-    work.replace(out)
     for name, why in skipped.items():
         on_event(Message(f"skipped {name}: {why}", "warning"))
     on_event(Message(f"compare: {len(made)} images, {len(rows)} variants; report at {out / 'report.html'}"))

@@ -15,7 +15,6 @@ from __future__ import annotations
 import csv
 import gc
 import json
-import shutil
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
@@ -28,6 +27,7 @@ from personae.config.world_bench import WorldBench
 from personae.data.world import HELD_OUT, caption, render
 from personae.errors import UserError
 from personae.events import EventHandler, Message, Progress, ignore
+from personae.staging import staged_folder
 
 COLUMNS = [  # (key, header) of the table, in order
     ("subject_fidelity", "subject fidelity"),
@@ -265,10 +265,7 @@ def run_bench(bench: WorldBench, out: str | Path, command: str = "personae world
     out = Path(out)
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise UserError(f"{out} exists and is not empty.", "Choose another --out folder, or pass --overwrite.")
-    work = out.with_name(out.name + ".partial")
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
-    try:
+    with staged_folder(out) as work:
         model = bench.model
         if model == "world":
             model = str(write_world_model(work / "model"))
@@ -290,11 +287,5 @@ def run_bench(bench: WorldBench, out: str | Path, command: str = "personae world
         results.sort(key=lambda r: (bench.methods.index(r["method"]), r["concept"], r["seed"]))
         rows = summarise(results, base, bench.methods)
         _write_outputs(work, bench, results, base, rows, command, time.monotonic() - started)
-    except BaseException:
-        shutil.rmtree(work, ignore_errors=True)
-        raise
-    if out.exists():
-        shutil.rmtree(out)
-    work.rename(out)
     on_event(Message(f"wrote the bench to {out} ({(time.monotonic() - started) / 60:.1f} min)"))
     return json.loads((out / "results.json").read_text())

@@ -24,7 +24,6 @@ from __future__ import annotations
 import csv
 import json
 import math
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,6 +43,7 @@ from personae.evaluation.world_eval import evaluate_world
 from personae.models.world_model import build_world_pipeline
 from personae.models.world_tokenizer import write_world_tokenizer
 from personae.training.setup import seeded
+from personae.staging import staged_folder
 
 PROBE = 256  # examples in the fixed batch that measures the denoising loss
 
@@ -121,20 +121,13 @@ def pretrain(s: WorldPretrain, out: str | Path, overwrite: bool = False, on_even
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
         raise UserError(f"{out} exists and is not empty.", "Choose another OUT folder, or pass --overwrite.")
-    partial = out.with_name(out.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
     threads = torch.get_num_threads()
     torch.set_num_threads(s.threads)
     try:
-        result = _pretrain(s, partial, started, on_event)
-    except BaseException:
-        shutil.rmtree(partial, ignore_errors=True)
-        raise
+        with staged_folder(out) as partial:
+            result = _pretrain(s, partial, started, on_event)
     finally:
         torch.set_num_threads(threads)
-    if out.exists():
-        shutil.rmtree(out)
-    partial.rename(out)
     result.out = out
     on_event(Message(f"wrote the world model to {out} ({result.unet_steps} UNet steps)"))
     return result
@@ -142,7 +135,7 @@ def pretrain(s: WorldPretrain, out: str | Path, overwrite: bool = False, on_even
 
 def _pretrain(s: WorldPretrain, out: Path, started: float, on_event: EventHandler) -> PretrainResult:
     log = out / "training"
-    log.mkdir(parents=True)
+    log.mkdir()
     (log / "settings.yaml").write_text(yaml.safe_dump(s.model_dump(), sort_keys=False))
     result = PretrainResult(out, 0)
     # 1. tokenizer, random components, data
