@@ -8,22 +8,29 @@ PY=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
+# Every package comes from the lock (locks/personae.txt, pip constraints): the versions CI tested, so a
+# release that appears on the registry tomorrow cannot break today's install. scripts/lock.sh refreshes it.
+LOCK=locks/personae.txt
+if [ -n "${PERSONAE_TORCH:-}" ]; then  # another torch build (e.g. a CUDA one): everything else stays locked
+  grep -v '^torch==' locks/personae.txt > .venv/lock-without-torch.txt
+  LOCK=.venv/lock-without-torch.txt
+fi
 PIP=".venv/bin/pip --disable-pip-version-check"
 # torch first and pinned: an unpinned torch would pull a multi-GB CUDA build where a CPU one is wanted.
 # On a GPU machine this same pin is PyTorch's default (CUDA) build.
-$PIP install -q "torch==${PERSONAE_TORCH:-2.13.0}"
+$PIP install -q -c "$LOCK" "torch==${PERSONAE_TORCH:-2.13.0}"
 extras=""
 if [ "${1:-}" = "--test" ]; then
   extras="[test]"
 fi
-$PIP install -q -e ".${extras}"
+$PIP install -q -c "$LOCK" -e ".${extras}"
 # ControlNet's face and pose maps use MediaPipe 0.10.21, the last release with its models inside the wheel.
 # Its declared dependencies pull jax, a second OpenCV, numpy<2 and protobuf<5 (TensorBoard needs newer), so it
 # goes in without them, after the few packages it really imports (that order keeps pip from printing a
 # dependency-conflict report about the ones left out); it runs with protobuf 6.
 if ! .venv/bin/python -c "from mediapipe.python.solutions import face_mesh, pose" >/dev/null 2>&1; then
-  if ! { $PIP install -q attrs absl-py flatbuffers matplotlib "protobuf>=6.31,<7" \
-         && $PIP install -q --no-deps "mediapipe==0.10.21"; }; then
+  if ! { $PIP install -q -c "$LOCK" attrs absl-py flatbuffers matplotlib "protobuf>=6.31,<7" \
+         && $PIP install -q -c "$LOCK" --no-deps "mediapipe==0.10.21"; }; then
     if [ -n "$extras" ]; then
       echo "error: could not install mediapipe==0.10.21 (the tests of ControlNet face and pose maps need it)." >&2
       exit 1

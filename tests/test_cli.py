@@ -59,11 +59,11 @@ def test_single_file_and_folder_give_identical_pixels(tmp_path):
 def test_hub_id_offline_fails_fast_and_names_the_id(tmp_path):
     """No HF_HUB_OFFLINE here: the real path with no network must still answer within seconds."""
     start = time.monotonic()
-    r = personae("generate", "--model", "runwayml/stable-diffusion-v1-5", "--prompt", "x", "--out", tmp_path,
+    r = personae("generate", "--model", "stable-diffusion-v1-5/stable-diffusion-v1-5", "--prompt", "x", "--out", tmp_path,
                  drop_env=("HF_HUB_OFFLINE",), timeout=120)
     assert time.monotonic() - start < 60
     assert r.returncode != 0
-    assert "runwayml/stable-diffusion-v1-5" in r.stderr and "Traceback" not in r.stderr
+    assert "stable-diffusion-v1-5/stable-diffusion-v1-5" in r.stderr and "Traceback" not in r.stderr
     assert not list(tmp_path.glob("*.png"))
 
 

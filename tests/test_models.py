@@ -96,13 +96,13 @@ def test_plain_sd15_file_without_header_uses_the_shipped_configs(tmp_path):
 
 
 def test_hub_id_fails_fast_offline_with_a_helpful_message():
-    source = resolve_model("runwayml/stable-diffusion-v1-5")
+    source = resolve_model("stable-diffusion-v1-5/stable-diffusion-v1-5")
     assert source.kind == "hub"
     start = time.monotonic()
     with pytest.raises(UserError) as err:
         load_pipeline(source)
     assert time.monotonic() - start < 30
-    assert "runwayml/stable-diffusion-v1-5" in str(err.value) and "--model ./" in str(err.value)
+    assert "stable-diffusion-v1-5/stable-diffusion-v1-5" in str(err.value) and "--model ./" in str(err.value)
 
 
 @pytest.mark.parametrize("name", ["model.ckpt", "model.pt", "model.bin"])
@@ -126,3 +126,8 @@ def test_bad_paths_say_what_is_wrong(tmp_path):
     save_file({"lora_unet_down.alpha": torch.zeros(1)}, str(tmp_path / "lora.safetensors"))
     with pytest.raises(UserError, match="--lora"):
         load_pipeline(resolve_model(str(tmp_path / "lora.safetensors")))
+
+
+def test_a_hub_id_that_left_the_hub_names_its_maintained_copy():
+    with pytest.raises(UserError, match="stable-diffusion-v1-5/stable-diffusion-v1-5"):
+        load_pipeline(resolve_model("runwayml/stable-diffusion-v1-5"))

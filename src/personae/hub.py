@@ -4,11 +4,18 @@ from __future__ import annotations
 
 from personae.errors import UserError
 
+# Repositories that left the hub, and where their maintained copies live.
+MOVED = {"runwayml/stable-diffusion-v1-5": "stable-diffusion-v1-5/stable-diffusion-v1-5",
+         "runwayml/stable-diffusion-inpainting": "stable-diffusion-v1-5/stable-diffusion-inpainting"}
+
 
 def require_hub(repo_id: str, what: str, local_hint: str) -> None:
     """Raise a UserError within seconds when `repo_id` cannot be downloaded now."""
     from huggingface_hub import HfApi, constants
 
+    if repo_id in MOVED:
+        raise UserError(f'"{repo_id}" was removed from the Hugging Face hub in 2024.',
+                        f'Its maintained copy is "{MOVED[repo_id]}": pass that instead, or {local_hint}')
     if constants.HF_HUB_OFFLINE:
         why = "it is not in the local cache and HF_HUB_OFFLINE is set."
     else:

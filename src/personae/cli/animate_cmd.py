@@ -8,7 +8,7 @@ EXAMPLES = """examples:
   personae model tiny ./tiny && personae model tiny-motion ./tiny-motion
   personae animate --model ./tiny --motion-adapter ./tiny-motion --prompt "a cat" --steps 4 --width 64 --height 64 \\
       --out clip.gif --out clip.mp4
-  personae animate --model runwayml/stable-diffusion-v1-5 --motion-adapter guoyww/animatediff-motion-adapter-v1-5-3 \\
+  personae animate --model stable-diffusion-v1-5/stable-diffusion-v1-5 --motion-adapter guoyww/animatediff-motion-adapter-v1-5-3 \\
       --lora me.safetensors:0.8 --prompt "photo of sks man smiling, wind in hair" --negative "lowres" \\
       --frames 16 --fps 8 --steps 30 --seed 7 --out me.gif
   personae animate --model ./model.safetensors --motion-adapter ./mm_sd_v15_v2.safetensors --prompt "waves" \\

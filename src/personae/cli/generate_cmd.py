@@ -7,17 +7,17 @@ from pathlib import Path
 
 EXAMPLES = """examples:
   personae generate --model ./tiny --prompt "a photo of a cat" --steps 4 --seed 7 --out out/
-  personae generate --model runwayml/stable-diffusion-v1-5 --prompt "a (red:1.3) fox, [blurry]" \\
+  personae generate --model stable-diffusion-v1-5/stable-diffusion-v1-5 --prompt "a (red:1.3) fox, [blurry]" \\
       --negative "lowres" --sampler "DPM++ 2M Karras" --clip-skip 2 --batch-size 4 --out out/
   personae generate --model ./majicmix.safetensors --lora me.safetensors:0.8 \\
       --embedding easynegative.safetensors --prompt "photo of sks man" --out out/
   personae generate --from-png out/00000-7.png --seed 8 --out out/
   personae generate --model ./tiny --prompt "a watercolor" --init-image photo.png --strength 0.6 --out out/
   personae generate --model ./tiny --prompt "a red hat" --init-image photo.png --mask hat_mask.png --out out/
-  personae generate --model runwayml/stable-diffusion-v1-5 --prompt "a dancer on a stage" \\
+  personae generate --model stable-diffusion-v1-5/stable-diffusion-v1-5 --prompt "a dancer on a stage" \\
       --control pose:me.jpg --control canny:me.jpg:0.5 --control-option canny.low=50 --control-end 0.8 --out out/
   personae generate --model ./tiny --prompt "a cat" --control face:me.jpg --controlnet face=./tiny-controlnet --out out/
-  personae generate --model runwayml/stable-diffusion-v1-5 --recipe face-to-animal --init-image me.jpg \\
+  personae generate --model stable-diffusion-v1-5/stable-diffusion-v1-5 --recipe face-to-animal --init-image me.jpg \\
       --animal dog --seed 1 --out out/
 
 samplers: {samplers}
