@@ -5,10 +5,11 @@ from __future__ import annotations
 import os
 import re
 import sys
-from importlib import metadata
 from pathlib import Path
 
 import pytest
+
+from personae.jobs.doctor import installed_versions, lock_differences, read_lock
 
 ROOT = Path(__file__).resolve().parents[1]
 LOCK = ROOT / "locks" / "personae.txt"
@@ -16,26 +17,8 @@ LOCK = ROOT / "locks" / "personae.txt"
 UNLOCKED = re.compile(r"^(pip|personae|nvidia-.*|triton|cuda-.*)$")
 
 
-def _norm(name: str) -> str:
-    return re.sub(r"[-_.]+", "-", name).lower()
-
-
-def _lock() -> dict[str, str]:
-    pins = {}
-    for line in LOCK.read_text().splitlines():
-        if line.strip() and not line.startswith("#"):
-            name, _, version = line.partition("==")
-            assert version, f"lock line without an exact version: {line}"
-            pins[_norm(name)] = version
-    return pins
-
-
-def _installed() -> dict[str, str]:
-    return {_norm(d.metadata["Name"]): d.version for d in metadata.distributions()}
-
-
 def test_lock_pins_every_package_exactly_and_keeps_the_known_bad_pair_out():
-    pins = _lock()
+    pins = read_lock(LOCK)
     assert {"torch", "diffusers", "transformers", "peft", "accelerate", "safetensors"} <= set(pins)
     transformers = tuple(int(x) for x in pins["transformers"].split(".")[:2])
     peft = tuple(int(x) for x in pins["peft"].split(".")[:2])
@@ -45,9 +28,8 @@ def test_lock_pins_every_package_exactly_and_keeps_the_known_bad_pair_out():
 @pytest.mark.skipif(Path(sys.prefix).resolve() != (ROOT / ".venv").resolve(),
                     reason="checks the project's own .venv (made by scripts/setup.sh)")
 def test_installed_packages_are_exactly_the_lock():
-    pins, installed = _lock(), _installed()
-    wrong = {n: (v, installed.get(n)) for n, v in pins.items()
-             if installed.get(n, "").split("+")[0] != v}
+    pins, installed = read_lock(LOCK), installed_versions()
+    wrong = lock_differences(pins, installed)
     assert not wrong, f"installed versions differ from {LOCK.name} (locked, installed): {wrong}"
     if os.environ.get("CI") or os.environ.get("PERSONAE_STRICT_LOCK"):
         extra = sorted(n for n in installed if n not in pins and not UNLOCKED.match(n))

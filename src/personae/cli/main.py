@@ -9,7 +9,7 @@ import textwrap
 
 from personae.errors import UserError
 
-COMMANDS = ["demo", "model", "detect", "generate", "prepare", "train", "convert", "storyboard", "compare", "animate", "world"]  # each is personae.cli.<name>_cmd with add_parser() and run()
+COMMANDS = ["demo", "model", "detect", "generate", "prepare", "train", "convert", "storyboard", "compare", "animate", "world", "doctor"]  # each is personae.cli.<name>_cmd with add_parser() and run()
 
 
 def quiet_libraries() -> None:
@@ -40,6 +40,9 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="Run `personae COMMAND --help` for a command's options and examples.",
     )
+    from personae import __version__
+
+    parser.add_argument("--version", action="version", version=f"personae {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
         module = importlib.import_module(f"personae.cli.{name}_cmd")
