@@ -66,9 +66,19 @@ def test_sd_scripts_file_converts_to_diffusers_and_back_with_identical_output(tm
     r = personae("convert", diffusers_file, "--to", "kohya", "--out", tmp_path / "back.safetensors")
     assert r.returncode == 0, r.stderr
     with safe_open(str(tmp_path / "back.safetensors"), "pt") as fh:
+        ranks = {fh.get_tensor(k).shape[0] for k in fh.keys() if k.endswith(".lora_down.weight")}
         alphas = {float(fh.get_tensor(k)) for k in fh.keys() if k.endswith(".alpha")}
-    assert alphas == {1.0, 8.0}
+        back_meta = fh.metadata()
+    # the diffusers layout folds alpha / rank into the up weights (older diffusers ignore the header): alpha = rank
+    assert alphas == {float(r) for r in ranks} == {2.0, 4.0}
     assert np.abs(_with_lora(tiny, tmp_path / "back.safetensors") - reference).max() <= 1e-4
+    # the sd-scripts header travels through both conversions; the hashes are the new file's own
+    assert back_meta["ss_network_alpha"] == "1.0" and back_meta["ss_base_model_version"] == "sd_v1"
+    from personae.models.addons import file_sha256
+
+    assert back_meta["sshs_model_hash"] == file_sha256(tmp_path / "back.safetensors", skip_safetensors_header=True)
+    for path in (diffusers_file, tmp_path / "back.safetensors"):
+        assert path.stat().st_mode & 0o777 == 0o644, path
 
 
 def test_convert_refuses_what_it_cannot_read(tmp_path):

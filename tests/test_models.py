@@ -131,3 +131,28 @@ def test_bad_paths_say_what_is_wrong(tmp_path):
 def test_a_hub_id_that_left_the_hub_names_its_maintained_copy():
     with pytest.raises(UserError, match="stable-diffusion-v1-5/stable-diffusion-v1-5"):
         load_pipeline(resolve_model("runwayml/stable-diffusion-v1-5"))
+
+
+def test_written_folders_are_conventional_for_transformers_4_and_5(tmp_path):
+    """Text-encoder names with `text_model.` (transformers 4 reads bare names as missing and initialises them at
+    random), the tokenizer's vocab.json / merges.txt, files readable by others; transformers 5 loads the same weights."""
+    from safetensors import safe_open
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    from personae.models.world_model import write_world_model
+
+    pipe = build_tiny_pipeline(seed=0)
+    write_tiny_model(tmp_path / "tiny", seed=0)
+    write_world_model(tmp_path / "world")
+    for folder in (tmp_path / "tiny", tmp_path / "world"):
+        with safe_open(str(folder / "text_encoder" / "model.safetensors"), "pt") as fh:
+            assert all(k.startswith("text_model.") for k in fh.keys()), folder
+        assert (folder / "tokenizer" / "vocab.json").is_file() and (folder / "tokenizer" / "merges.txt").is_file()
+        assert all(p.stat().st_mode & 0o777 == 0o644 for p in folder.rglob("*") if p.is_file()), folder
+        loaded, info = CLIPTextModel.from_pretrained(str(folder / "text_encoder"), output_loading_info=True)
+        assert not info["missing_keys"] and not info["unexpected_keys"], folder
+    reloaded = CLIPTextModel.from_pretrained(str(tmp_path / "tiny" / "text_encoder")).state_dict()
+    assert all(torch.equal(v, reloaded[k]) for k, v in pipe.text_encoder.state_dict().items())
+    # the slow tokenizer (what transformers 4 pipelines build) from vocab.json / merges.txt gives SD-1.5's ids
+    slow = CLIPTokenizer(str(tmp_path / "tiny/tokenizer/vocab.json"), str(tmp_path / "tiny/tokenizer/merges.txt"))
+    assert slow("a photo of a cat").input_ids == sd15_tokenizer()("a photo of a cat").input_ids

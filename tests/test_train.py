@@ -1,5 +1,6 @@
 """Training mechanics: the job file, exports every tool can load, resume, interrupts, NaN, convert (issue #4)."""
 
+import json
 import os
 import signal
 import subprocess
@@ -56,6 +57,16 @@ def test_the_issue_example_job_works_as_written(tmp_path, tiny_model, prepared):
     with safe_open(str(run / "lora.safetensors"), "pt") as fh:
         meta, keys = fh.metadata(), list(fh.keys())
     assert meta["ss_network_dim"] == "4" and meta["ss_network_alpha"] == "4" and meta["ss_steps"] == "6"
+    assert meta["ss_output_name"] == "demo"  # the run's name, not "lora" for every file
+    from personae.models.addons import file_sha256
+
+    assert meta["sshs_model_hash"] == file_sha256(run / "lora.safetensors", skip_safetensors_header=True)
+    assert all(p.stat().st_mode & 0o777 == 0o644 for p in [run / "lora.safetensors", *run.glob("lora_diffusers/*")])
+    # the diffusers layout: conventional names, alpha folded in, a header older peft releases accept
+    with safe_open(str(run / "lora_diffusers/pytorch_lora_weights.safetensors"), "pt") as fh:
+        header = json.loads(fh.metadata()["lora_adapter_metadata"])
+    assert {k.split(".", 1)[1] for k in header} <= {"r", "lora_alpha", "target_modules", "rank_pattern", "alpha_pattern"}
+    assert header["unet.r"] == header["unet.lora_alpha"] == 4
     assert any(k.startswith("lora_unet_") and k.endswith(".alpha") for k in keys)
     with pytest.raises(UserError, match="--resume"):
         run_training(job)

@@ -41,10 +41,10 @@ class DreamBoothMethod(Method):
         return self.job.dreambooth.train_text_encoder
 
     def export(self, pipe, out: Path, metadata: dict[str, str]) -> list[ExportFile]:
+        from personae.models.folders import save_pipeline_folder
         from personae.models.original_layout import save_single_file
 
-        folder = out / "model"
-        pipe.save_pretrained(str(folder), safe_serialization=True)
+        folder = save_pipeline_folder(pipe, out / "model")
         files = [ExportFile(folder, "diffusers", "folder")]
         if len(pipe.tokenizer) == CLIP_VOCAB_SIZE:
             files.append(ExportFile(save_single_file(pipe, out / "model.safetensors"), "original", "single_file"))

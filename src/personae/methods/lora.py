@@ -10,7 +10,7 @@ from peft import LoraConfig
 from peft.utils import get_peft_model_state_dict
 
 from personae.methods.base import ExportFile, Method, ParamGroup
-from personae.methods.lora_files import kohya_metadata, peft_to_kohya, write_kohya
+from personae.methods.lora_files import kohya_metadata, peft_to_kohya, training_metadata, write_diffusers, write_kohya
 
 TEXT_ENCODER_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj"]
 
@@ -31,29 +31,25 @@ def add_lora(pipe, rank: int, alpha: float, dropout: float, targets: list[str], 
 
 
 def export_lora(pipe, out: Path, *, name: str, rank: int, alpha: float, te_alpha: float | None, steps: int,
-                base_model: str, trigger: str, extra_meta: dict[str, str]) -> list[ExportFile]:
-    """Write `<name>.safetensors` (kohya/A1111) and `<name>_diffusers/pytorch_lora_weights.safetensors`."""
-    from diffusers import StableDiffusionPipeline
+                base_model: str, trigger: str, extra_meta: dict[str, str], file_stem: str = "lora") -> list[ExportFile]:
+    """Write `<file_stem>.safetensors` (kohya/A1111) and `<file_stem>_diffusers/pytorch_lora_weights.safetensors`.
 
+    `name` is what the file calls itself (`ss_output_name`: the run's name); `file_stem` names the files.
+    """
     te_trained = bool(getattr(pipe.text_encoder, "peft_config", None))
     unet_state = get_peft_model_state_dict(pipe.unet)
     # pivotal tuning resizes the token embeddings: they travel in the embedding file; peft would put the whole
     # table into the LoRA, which diffusers' loader then rejects ("all LoRA param names contain 'lora'")
     te_state = get_peft_model_state_dict(pipe.text_encoder, save_embedding_layers=False) if te_trained else None
     out.mkdir(parents=True, exist_ok=True)
-    kohya = write_kohya(out / f"{name}.safetensors", peft_to_kohya(unet_state, te_state, alpha, te_alpha),
-                        kohya_metadata(rank=rank, alpha=alpha, steps=steps, base_model=base_model, trigger=trigger,
-                                       name=name, te_trained=te_trained, extra=extra_meta))
-    folder = out / f"{name}_diffusers"
-    kwargs = {"unet_lora_adapter_metadata": pipe.unet.peft_config["default"].to_dict()}
+    meta = kohya_metadata(rank=rank, alpha=alpha, steps=steps, base_model=base_model, trigger=trigger,
+                          name=name, te_trained=te_trained, extra=extra_meta)
+    kohya = write_kohya(out / f"{file_stem}.safetensors", peft_to_kohya(unet_state, te_state, alpha, te_alpha), meta)
+    parts = {"unet": (unet_state, alpha)}
     if te_trained:
-        kwargs["text_encoder_lora_layers"] = te_state
-        kwargs["text_encoder_lora_adapter_metadata"] = pipe.text_encoder.peft_config["default"].to_dict()
-    # peft key names as they are: diffusers' convert_state_dict_to_diffusers renames attention modules to the
-    # old "lora.down" names but leaves others (conv_in, proj_in) as lora_A, and the loader, seeing lora_A,
-    # then silently drops every "lora.down" key.
-    StableDiffusionPipeline.save_lora_weights(str(folder), unet_lora_layers=unet_state, safe_serialization=True, **kwargs)
-    return [ExportFile(kohya, "kohya", "lora"), ExportFile(folder / "pytorch_lora_weights.safetensors", "diffusers", "lora")]
+        parts["text_encoder"] = (te_state, te_alpha if te_alpha is not None else alpha)
+    diffusers_file = write_diffusers(out / f"{file_stem}_diffusers", parts, training_metadata(kohya))
+    return [ExportFile(kohya, "kohya", "lora"), ExportFile(diffusers_file, "diffusers", "lora")]
 
 
 @dataclass
@@ -81,6 +77,6 @@ class LoraMethod(Method):
     def export(self, pipe, out: Path, metadata: dict[str, str]) -> list[ExportFile]:
         c = self.job.lora
         te_alpha = c.alpha * (c.text_encoder_rank or c.rank) / c.rank
-        return export_lora(pipe, out, name="lora", rank=c.rank, alpha=c.alpha, te_alpha=te_alpha,
+        return export_lora(pipe, out, name=Path(self.job.output).resolve().name or "lora", rank=c.rank, alpha=c.alpha, te_alpha=te_alpha,
                            steps=int(metadata.get("steps", 0)), base_model=self.job.base_model,
                            trigger=self.job.trigger, extra_meta=metadata)

@@ -5,8 +5,11 @@ kohya load): `lora_unet_<module path with _>.lora_down.weight`, `.lora_up.weight
 `.alpha` (scale = alpha / rank); the SD-1 text encoder as `lora_te_text_model_<path>`.
 Training metadata goes into the header under kohya's `ss_*` names.
 
-diffusers / peft layout: `unet.<path>.lora_A.weight` ..., with the adapter config in the
-header so `load_lora_weights` restores alpha (without it the loader assumes alpha = rank).
+diffusers / peft layout: `unet.<path>.lora_A.weight` ..., text encoder under its conventional
+`text_encoder.text_model.` names. Each module's alpha / rank is multiplied into its up matrix and
+the header says alpha = rank: diffusers before 0.34 ignores the adapter header and assumes alpha =
+rank, so only this form gives the same image in every stack; the header is the few LoraConfig
+fields (r, lora_alpha, target_modules) that every peft release accepts.
 
 diffusers' own `convert_state_dict_to_kohya` is not used: it writes alpha = rank and names
 the text encoder `lora_te1_`, so its files load with a different output.
@@ -14,13 +17,16 @@ the text encoder `lora_te1_`, so its files load with a different output.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
+import struct
 from pathlib import Path
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
+
+from personae.models.folders import save_safetensors
 
 _PEFT_KEY = re.compile(r"^(?P<module>.+)\.lora_(?P<part>A|B)(?:\.[^.]+)?\.weight$")
 _TE_PREFIX = "lora_te_text_model_"
@@ -52,11 +58,69 @@ def peft_to_kohya(unet_state: dict[str, torch.Tensor], te_state: dict[str, torch
     return out
 
 
+DIFFUSERS_FILE = "pytorch_lora_weights.safetensors"
+
+
+def write_diffusers(folder: Path, parts: dict[str, tuple[dict[str, torch.Tensor], dict[str, float] | float]],
+                    metadata: dict[str, str] | None = None) -> Path:
+    """Write `folder/pytorch_lora_weights.safetensors` from peft-style states.
+
+    parts: {"unet" | "text_encoder": (state with `<module>.lora_A/B.weight` keys, alpha or {module: alpha})}.
+    """
+    tensors, header = {}, {}
+    for part, (state, alphas) in parts.items():
+        modules = _module_weights(state)
+        if not modules:
+            continue
+        for module, w in modules.items():
+            rank = w["A"].shape[0]
+            alpha = alphas if isinstance(alphas, (int, float)) else alphas.get(module, rank)
+            name = module
+            if part == "text_encoder" and not module.startswith("text_model."):
+                name = "text_model." + module  # transformers 4's names; diffusers strips them for transformers 5
+            tensors[f"{part}.{name}.lora_A.weight"] = w["A"].detach().to("cpu", torch.float32).contiguous()
+            tensors[f"{part}.{name}.lora_B.weight"] = (w["B"].detach().to("cpu", torch.float32) * (alpha / rank)).contiguous()
+        ranks = {m: w["A"].shape[0] for m, w in modules.items()}
+        common = max(set(ranks.values()), key=list(ranks.values()).count)
+        header[f"{part}.r"] = common
+        header[f"{part}.lora_alpha"] = common
+        # module paths without `text_model.`: peft matches them as suffixes under either transformers' names
+        header[f"{part}.target_modules"] = sorted(m.removeprefix("text_model.") for m in modules)
+        if any(r != common for r in ranks.values()):
+            odd = {m.removeprefix("text_model."): r for m, r in ranks.items() if r != common}
+            header[f"{part}.rank_pattern"], header[f"{part}.alpha_pattern"] = odd, odd
+    if not tensors:
+        raise ValueError("there are no LoRA weights to write")
+    folder.mkdir(parents=True, exist_ok=True)
+    meta = {"format": "pt", "lora_adapter_metadata": json.dumps(header, sort_keys=True)}
+    meta.update(metadata or {})
+    return save_safetensors(tensors, folder / DIFFUSERS_FILE, meta)
+
+
 def write_kohya(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> Path:
-    tmp = path.with_name(path.name + ".partial")
-    save_file(tensors, str(tmp), metadata={k: str(v) for k, v in metadata.items()})
-    tmp.replace(path)
-    return path
+    """The kohya file, with sd-scripts' precomputed hashes (A1111 reads `sshs_model_hash` instead of hashing)."""
+    meta = {k: str(v) for k, v in metadata.items()}
+    meta.update(kohya_hashes(tensors, meta))
+    return save_safetensors(tensors, path, meta)
+
+
+def kohya_hashes(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> dict[str, str]:
+    """sd-scripts' `sshs_model_hash` (sha256 of the tensor bytes after the header: A1111's LoRA hash) and
+    `sshs_legacy_hash` (8 hex digits of the sha256 of 64 KiB at 1 MiB), over the file with its ss_* header."""
+    from safetensors.torch import save
+
+    data = save(tensors, metadata={k: v for k, v in metadata.items() if k.startswith("ss_")})
+    (header_len,) = struct.unpack("<Q", data[:8])
+    return {"sshs_model_hash": hashlib.sha256(data[8 + header_len:]).hexdigest(),
+            "sshs_legacy_hash": hashlib.sha256(data[0x100000:0x110000]).hexdigest()[:8]}
+
+
+def training_metadata(path: Path) -> dict[str, str]:
+    """The header fields that describe how a LoRA was made (kohya's ss_*, modelspec.*, ours), to carry across
+    a conversion; the file's own hashes are recomputed for the new file."""
+    with safe_open(str(path), framework="pt") as fh:
+        meta = fh.metadata() or {}
+    return {k: v for k, v in meta.items() if k.startswith(("ss_", "modelspec.", "personae_"))}
 
 
 def kohya_metadata(*, rank: int, alpha: float, steps: int, base_model: str, trigger: str, name: str,
@@ -126,35 +190,13 @@ def read_kohya(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, torch.Ten
     return unet, te, alphas
 
 
-def adapter_config(state: dict[str, torch.Tensor], alphas: dict[str, float]) -> dict:
-    """A peft LoraConfig dict for these weights: the common rank/alpha plus per-module patterns."""
-    from collections import Counter
-
-    from peft import LoraConfig
-
-    ranks = {k[: -len(".lora_A.weight")]: v.shape[0] for k, v in state.items() if k.endswith(".lora_A.weight")}
-    r = Counter(ranks.values()).most_common(1)[0][0]
-    alpha = Counter(alphas[m] for m in ranks).most_common(1)[0][0]
-    config = LoraConfig(r=r, lora_alpha=alpha, target_modules=sorted(ranks),
-                        rank_pattern={m: v for m, v in ranks.items() if v != r},
-                        alpha_pattern={m: alphas[m] for m in ranks if alphas[m] != alpha})
-    return config.to_dict()
-
-
 def kohya_to_diffusers_file(src: Path, dst_folder: Path) -> Path:
-    """Convert a kohya/A1111 LoRA to the diffusers/peft layout (with its adapter config in the header)."""
-    from diffusers import StableDiffusionPipeline
-
+    """Convert a kohya/A1111 LoRA to the diffusers/peft layout, keeping its training metadata."""
     unet, te, alphas = read_kohya(src)
-    kwargs = {}
-    if not unet:
-        raise ValueError("it holds only text-encoder weights; personae converts LoRAs with UNet weights")
-    if te:
-        te_alphas = {k[3:]: v for k, v in alphas.items() if k.startswith("te:")}
-        kwargs = {"text_encoder_lora_layers": te, "text_encoder_lora_adapter_metadata": adapter_config(te, te_alphas)}
-    StableDiffusionPipeline.save_lora_weights(str(dst_folder), unet_lora_layers=unet, safe_serialization=True,
-                                              unet_lora_adapter_metadata=adapter_config(unet, alphas), **kwargs)
-    return dst_folder / "pytorch_lora_weights.safetensors"
+    te_alphas = {k[3:]: v for k, v in alphas.items() if k.startswith("te:")}
+    unet_alphas = {k: v for k, v in alphas.items() if not k.startswith("te:")}
+    meta = dict(training_metadata(src), personae_converted_from=src.name)
+    return write_diffusers(dst_folder, {"unet": (unet, unet_alphas), "text_encoder": (te, te_alphas)}, meta)
 
 
 def diffusers_to_kohya_file(src: Path, dst: Path) -> Path:
@@ -179,8 +221,10 @@ def diffusers_to_kohya_file(src: Path, dst: Path) -> Path:
             out[f"{name}.alpha"] = torch.tensor(float(alpha))
     if not out:
         raise ValueError(f"{src} holds no unet.* or text_encoder.* LoRA weights")
-    return write_kohya(dst, out, {"ss_network_module": "networks.lora", "ss_base_model_version": "sd_v1",
-                                  "personae_converted_from": src.name})
+    meta = {"ss_network_module": "networks.lora", "ss_base_model_version": "sd_v1"}
+    meta.update(training_metadata(src))
+    meta["personae_converted_from"] = src.name
+    return write_kohya(dst, out, meta)
 
 
 def _pattern(patterns: dict[str, float], module: str, default: float) -> float:

@@ -12,12 +12,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
 
 from personae.config.train import TokenSpec
 from personae.errors import UserError
 from personae.methods.base import ExportFile, Method, ParamGroup
 from personae.methods.lora import freeze
+from personae.models.folders import save_safetensors
 
 
 def token_names(spec: TokenSpec) -> list[str]:
@@ -94,9 +94,7 @@ class TokenTable:
                     "sd_checkpoint_name": str(metadata.get("base_model", ""))}
             for path, tensors, fmt in [(out / f"{stem}.safetensors", {"emb_params": vectors}, "a1111"),
                                        (out / f"{stem}.diffusers.safetensors", {token: vectors}, "diffusers")]:
-                tmp = path.with_name(path.name + ".partial")
-                save_file(tensors, str(tmp), metadata=meta if fmt == "a1111" else {"name": token})
-                tmp.replace(path)
+                save_safetensors(tensors, path, metadata=meta if fmt == "a1111" else {"name": token})
                 files.append(ExportFile(path, fmt, "embedding", token))
         return files
 

@@ -26,6 +26,7 @@ import torch
 from personae.errors import UserError
 from personae.hub import require_hub
 from personae.models.addons import file_sha256
+from personae.models.folders import readable_by_others
 from personae.models.original_layout import CONFIG_METADATA_KEY
 from personae.models.resolve import PICKLE_SUFFIXES, refuse_pickle
 from personae.models.tiny import SD15_DIR
@@ -199,6 +200,7 @@ def write_tiny_controlnet(out_dir: str | Path, base: str | Path | None = None, s
     out_dir = Path(out_dir)
     controlnet = build_tiny_controlnet(unet, seed)
     controlnet.save_pretrained(str(out_dir), safe_serialization=True)
+    readable_by_others(out_dir)
     if single_file is not None:
         from personae.models.original_layout import save_controlnet_single_file
 

@@ -132,9 +132,8 @@ def load_motion_adapter(source: MotionSource):
 
 def save_motion_single_file(adapter, path: str | Path) -> Path:
     """One .safetensors in diffusers' key layout, its config in the header (loads back offline)."""
-    from safetensors.torch import save_file
+    from personae.models.folders import save_safetensors
 
     state = {k: v.contiguous() for k, v in adapter.state_dict().items() if not k.endswith("pos_embed.pe")}
     config = {k: v for k, v in adapter.config.items() if not k.startswith("_")}
-    save_file(state, str(path), metadata={MOTION_CONFIG_KEY: json.dumps(config, default=list)})
-    return Path(path)
+    return save_safetensors(state, path, {MOTION_CONFIG_KEY: json.dumps(config, default=list)})

@@ -15,6 +15,7 @@ import torch
 from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
+from personae.models.folders import save_pipeline_folder
 from personae.models.original_layout import save_single_file
 
 SD15_DIR = Path(__file__).parent / "sd15"
@@ -84,7 +85,7 @@ def write_tiny_model(out_dir: str | Path, seed: int = 0, single_file: str | Path
     """Write the tiny model as a diffusers folder (and optionally as one original-layout file)."""
     out_dir = Path(out_dir)
     pipe = build_tiny_pipeline(seed)
-    pipe.save_pretrained(str(out_dir), safe_serialization=True)
+    save_pipeline_folder(pipe, out_dir)
     if single_file is not None:
         save_single_file(pipe, single_file)
     return out_dir

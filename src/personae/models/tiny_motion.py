@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 from diffusers import MotionAdapter
 
+from personae.models.folders import readable_by_others
 from personae.models.motion import save_motion_single_file
 from personae.models.tiny import TINY_UNET
 
@@ -44,6 +45,7 @@ def write_tiny_motion_adapter(out_dir: str | Path, seed: int = 0, single_file: s
     out_dir = Path(out_dir)
     adapter = build_tiny_motion_adapter(seed)
     adapter.save_pretrained(str(out_dir), safe_serialization=True)
+    readable_by_others(out_dir)
     if single_file is not None:
         save_motion_single_file(adapter, single_file)
     return out_dir

@@ -21,6 +21,7 @@ from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNe
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 from personae.errors import UserError
+from personae.models.folders import readable_by_others
 from personae.models.tiny import SD15_DIR
 
 WORLD_DIR = Path(__file__).parent / "world"  # the shipped pretrained model (a diffusers folder)
@@ -75,4 +76,5 @@ def write_world_model(out_dir: str | Path, source: Path = WORLD_DIR) -> Path:
     if out_dir.exists() and not out_dir.is_dir():
         raise UserError(f"{out_dir} exists and is not a folder.", "Choose another OUT_DIR.")
     shutil.copytree(source, out_dir, dirs_exist_ok=True, ignore=shutil.ignore_patterns("__pycache__", "*.py"))
+    readable_by_others(out_dir)
     return out_dir

@@ -40,6 +40,7 @@ from personae.data.world import world_array
 from personae.errors import UserError
 from personae.events import EventHandler, Message, Progress, ignore
 from personae.evaluation.world_eval import evaluate_world
+from personae.models.folders import save_pipeline_folder
 from personae.models.world_model import build_world_pipeline
 from personae.models.world_tokenizer import write_world_tokenizer
 from personae.training.setup import seeded
@@ -234,7 +235,7 @@ def _pretrain(s: WorldPretrain, out: Path, started: float, on_event: EventHandle
     # 4. save the EMA weights as a diffusers folder, and the training record
     if ema:
         ema.copy_to(params)
-    pipe.save_pretrained(str(out), safe_serialization=True)
+    save_pipeline_folder(pipe, out)
     _write_record(log, result, scaling, time.monotonic() - started)
     return result
 

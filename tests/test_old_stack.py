@@ -1,0 +1,118 @@
+"""Every export kind loads in an older stack (transformers 4.46, diffusers 0.32, peft 0.14) with the same image.
+
+ComfyUI, A1111 extensions and older notebooks pin transformers 4.x and diffusers 0.3x. A folder whose
+text encoder loads "silently random" there (transformers 4 reads un-prefixed names as missing and
+initialises them) or a LoRA whose alpha is ignored would be the worst kind of bug: a picture, just the
+wrong one. So short LoRA (with text encoder), pivotal, textual-inversion and DreamBooth runs are
+exported here, and tests/compat/render.py (plain diffusers, no personae) renders every export in this
+stack and in the old one (built once by scripts/setup_old_stack.sh from locks/old-stack.txt and cached).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from personae.jobs.train import load_job, run_training
+from train_helpers import write_job
+
+ROOT = Path(__file__).resolve().parents[1]
+RENDER = ROOT / "tests" / "compat" / "render.py"
+TOKENS = [{"token": "<sks>", "init_word": "star", "vectors": 2}]
+QUICK = {"steps": 2, "batch_size": 2, "learning_rate": 5e-3, "seed": 0, "validation": {"steps": 2}}
+RUNS = {
+    # LoCon-style resnet convs too; not conv_in / conv_out / time_embedding, whose kohya keys diffusers 0.32 (like
+    # kohya sd-scripts) skips without a word: A1111 and ComfyUI apply them (see docs in README, "Sharing")
+    "lora": {"lora": {"rank": 4, "alpha": 2, "text_encoder": True, "text_encoder_rank": 2,
+                      "target_modules": ["to_q", "to_k", "to_v", "to_out.0", "conv1", "conv2", "proj_in"]}},
+    "pivotal": {"pivotal": {"tokens": TOKENS}, "lora": {"rank": 4, "alpha": 8, "text_encoder": True}},
+    "textual_inversion": {"textual_inversion": {"tokens": TOKENS}},
+    "dreambooth": {"dreambooth": {"train_text_encoder": True}},
+}
+PROMPT = "a photo of <sks> star"
+
+
+@pytest.fixture(scope="module")
+def old_python() -> str:
+    venv = Path(os.environ.get("PERSONAE_OLD_STACK_VENV", Path.home() / ".cache" / "personae" / "old-stack-venv"))
+    subprocess.run(["bash", str(ROOT / "scripts" / "setup_old_stack.sh"), str(venv)], check=True, cwd=ROOT)
+    return str(venv / "bin" / "python")
+
+
+@pytest.fixture(scope="module")
+def exports(tmp_path_factory, tiny_model):
+    from personae.config.prepare import PrepareSettings
+    from personae.data.prepare import prepare_dataset
+    from personae.data.samples import write_sample_subject
+
+    root = tmp_path_factory.mktemp("old-stack")
+    write_sample_subject(root / "photos", count=2, trigger="<sks>")
+    prepare_dataset(root / "photos", root / "prepared", PrepareSettings(resolution=64))
+    runs = {}
+    for method, sections in RUNS.items():
+        job = load_job(write_job(root, base_model=str(tiny_model[0]), method=method, data=root / "prepared",
+                                 output=root / method, train=QUICK, trigger="<sks>", **sections))
+        run_training(job)
+        runs[method] = root / method
+    return root, runs
+
+
+def _cases(tiny: Path, runs: dict[str, Path], world: Path) -> list[dict]:
+    base = {"model": str(tiny), "prompt": PROMPT}
+    lora, pivotal, ti, db = runs["lora"], runs["pivotal"], runs["textual_inversion"], runs["dreambooth"]
+    return [
+        dict(base, name="base model folder"),
+        dict(base, name="world model folder", model=str(world), prompt="a red circle on a blue background, close-up"),
+        dict(base, name="lora kohya", loras=[str(lora / "lora.safetensors")]),
+        dict(base, name="lora diffusers", loras=[str(lora / "lora_diffusers")]),
+        dict(base, name="pivotal kohya + a1111 embedding", loras=[str(pivotal / "lora.safetensors")],
+             embeddings=[[str(pivotal / "embeddings" / "sks.safetensors"), "<sks>"]]),
+        dict(base, name="pivotal diffusers", loras=[str(pivotal / "lora_diffusers")],
+             embeddings=[[str(pivotal / "embeddings" / "sks.diffusers.safetensors"), "<sks>"]]),
+        dict(base, name="textual inversion a1111", embeddings=[[str(ti / "embeddings" / "sks.safetensors"), "<sks>"]]),
+        dict(base, name="textual inversion diffusers",
+             embeddings=[[str(ti / "embeddings" / "sks.diffusers.safetensors"), "<sks>"]]),
+        dict(base, name="dreambooth folder", model=str(db / "model")),
+        dict(base, name="dreambooth single file", model=str(db / "model.safetensors"), config=str(tiny)),
+    ]
+
+
+def _render(python: str, cases: list[dict], out: Path) -> tuple[dict[str, np.ndarray], dict]:
+    cases_file = out.with_suffix(".cases.json")
+    cases_file.write_text(json.dumps(cases))
+    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", PYTHONPATH="")
+    r = subprocess.run([python, str(RENDER), str(cases_file), str(out)], capture_output=True, text=True, env=env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    with np.load(out) as images:
+        return {k: images[k] for k in images.files}, json.loads(out.with_suffix(".json").read_text())
+
+
+def test_every_export_renders_the_same_in_the_old_stack(exports, tiny_model, old_python):
+    root, runs = exports
+    for name in ("lora", "textual_inversion"):
+        assert (runs[name] / "exports.json").is_file()
+    from personae.models.world_model import write_world_model
+
+    cases = _cases(tiny_model[0], runs, write_world_model(root / "world"))
+    for case in cases:  # every file the case names exists: a renamed export must not make a case vanish
+        for path in [case["model"], *case.get("loras", []), *(e[0] for e in case.get("embeddings", []))]:
+            assert Path(path).exists(), path
+    new, new_report = _render(sys.executable, cases, root / "new.npz")
+    old, old_report = _render(old_python, cases, root / "old.npz")
+    assert old_report["versions"]["transformers"].startswith("4.") and old_report["versions"]["diffusers"].startswith("0.32")
+    # no text-encoder weight is missing (initialised at random) in either stack, for any folder we wrote
+    assert not any(old_report["missing"].values()), old_report["missing"]
+    assert not any(new_report["missing"].values()), new_report["missing"]
+    # the diffusers-layout header is one that older peft accepts
+    headers = [h for hs in old_report["headers"].values() for h in hs]
+    assert headers and all(h.endswith(": ok") for h in headers), old_report["headers"]
+    diffs = {name: float(np.abs(new[name] - old[name]).max()) for name in new}
+    assert max(diffs.values()) <= 1e-4, diffs
+    changed = {name: float(np.abs(new[name] - new["base model folder"]).max()) for name in new}
+    assert all(v > 1e-3 for k, v in changed.items() if k not in ("base model folder", "world model folder")), changed
