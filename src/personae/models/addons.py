@@ -33,6 +33,7 @@ class LoadedLora:
     weight: float
     hash: str  # A1111's "Lora hashes" value
     adapter: str = ""  # the diffusers adapter name (for set_adapters)
+    layout: str = ""  # what the file was read as (naming and kinds), for messages
 
 
 @dataclass(frozen=True)
@@ -85,7 +86,8 @@ def add_lora_adapter(pipe, lora: LoraFile, adapter: str) -> None:
         if not state:
             continue
         model = getattr(pipe, component)
-        state = {k: v.to(model.dtype) for k, v in state.items()}
+        dtype = model.dtype  # a property that walks every parameter: once, not per tensor
+        state = {k: v.to(dtype) for k, v in state.items()}
         prefixed = {f"{component}.{k}": v for k, v in state.items()}
         metadata = {f"{component}.{k}": v for k, v in config.items()}  # the config, so no alpha is guessed
         if component == UNET:
@@ -105,9 +107,10 @@ def load_loras(pipe, loras: list[tuple[str, float]], allow_pickle: bool = False)
     for i, (path, weight) in enumerate(loras):
         p = _existing(path, "lora", allow_pickle)
         name = f"lora{i}_" + re.sub(r"[^\w-]", "_", p.stem)  # peft adapter names must not contain dots
-        add_lora_adapter(pipe, read_lora(pipe, p, allow_pickle), name)
+        lora = read_lora(pipe, p, allow_pickle)
+        add_lora_adapter(pipe, lora, name)
         names.append(name)
-        loaded.append(LoadedLora(p.stem, weight, file_sha256(p, skip_safetensors_header=True)[:12], name))
+        loaded.append(LoadedLora(p.stem, weight, file_sha256(p, skip_safetensors_header=True)[:12], name, lora.layout))
     if names:
         pipe.set_adapters(names, adapter_weights=[w for _, w in loras])
     return loaded

@@ -48,7 +48,7 @@ _CANONICAL = [(re.compile(r"^(lora_down|lora\.down|lora_A(\.[\w-]+)?|down)\.weig
 _PROCESSOR = [(re.compile(r"\.processor\.to_(q|k|v)_lora$"), r".to_\1"), (re.compile(r"\.processor\.to_out_lora$"), ".to_out.0"),
               (re.compile(r"\.self_attn\.to_(q|k|v)_lora$"), r".self_attn.\1_proj"),
               (re.compile(r"\.self_attn\.to_out_lora$"), ".self_attn.out_proj"), (re.compile(r"\.lora_linear_layer$"), "")]
-_SHOWN = 5  # unplaced keys named in a refusal
+_SHOWN = 3  # modules whose unplaced keys a refusal names
 
 
 @dataclass
@@ -67,7 +67,7 @@ class LoraFile:
     layout: str  # described for people: naming and kinds
     naming: str = ""  # the NAMINGS key most of its modules use
     changes: dict[tuple[str, str], LowRank] = field(default_factory=dict)
-    unplaced: list[str] = field(default_factory=list)  # "key: why"
+    unplaced: list[tuple[list[str], str]] = field(default_factory=list)  # (keys of one module, why not placed)
 
 
 def _layers(model) -> dict[str, tuple[int, ...]]:
@@ -205,7 +205,7 @@ def place(path: Path, tensors: dict[str, torch.Tensor], header: dict[str, str], 
     for key in tensors:
         split = _split(key)
         if split is None:
-            result.unplaced.append(f"{key}: not a LoRA parameter name")
+            result.unplaced.append(([key], "not a LoRA parameter name"))
             continue
         groups.setdefault(split[0], {})[split[1]] = tensors[key]
         key_of[split] = key
@@ -218,12 +218,12 @@ def place(path: Path, tensors: dict[str, torch.Tensor], header: dict[str, str], 
         keys = [key_of[(name, p)] for p in params]
         where = _resolve(name, table)
         if where is None:
-            result.unplaced += [f"{k}: no module of this model is called that" for k in keys]
+            result.unplaced.append((keys, "no module of this model is called that"))
             continue
         component, module, naming = where
         namings[naming] += 1
         if (component, module) in result.changes:
-            result.unplaced += [f"{k}: a second set of weights for {module}" for k in keys]
+            result.unplaced.append((keys, f"a second set of weights for {module}"))
             continue
         shape = table.shapes[(component, module)]
         params = dict(params)
@@ -232,12 +232,12 @@ def place(path: Path, tensors: dict[str, torch.Tensor], header: dict[str, str], 
         try:
             change = low_rank(params, shape)
         except (ValueError, RuntimeError) as exc:
-            result.unplaced += [f"{k}: {str(exc).splitlines()[0]}" for k in keys]
+            result.unplaced.append((keys, str(exc).splitlines()[0].rstrip(".")))
             continue
         sizes = (change.up.shape[0], change.down.shape[1])
         if check_sizes and (sizes != shape[:2] or (change.bias is not None and change.bias.shape != (shape[0],))):
-            result.unplaced += [f"{k}: a {sizes[0]}x{sizes[1]} change does not fit {module} ({'x'.join(map(str, shape))})"
-                                for k in keys]
+            result.unplaced.append((keys, f"a {sizes[0]}x{sizes[1]} change does not fit {module} "
+                                          f"({'x'.join(map(str, shape))})"))
             continue
         kinds[_kind_label(params, shape)] += 1
         result.changes[(component, module)] = change
@@ -254,10 +254,11 @@ def _kind_label(params, shape) -> str:
 
 def unplaced_message(lora: LoraFile, total_keys: int) -> str:
     """Which keys found no module (the first few, with why) and the layout the file seems to be in."""
-    n = len(lora.unplaced)
-    shown = "; ".join(lora.unplaced[:_SHOWN]) + (f"; and {n - _SHOWN} more" if n > _SHOWN else "")
+    n = sum(len(keys) for keys, _ in lora.unplaced)
+    shown = "; ".join(f"{', '.join(keys)}: {why}" for keys, why in lora.unplaced[:_SHOWN])
+    more = sum(len(keys) for keys, _ in lora.unplaced[_SHOWN:])
     return (f"{n} of its {total_keys} keys fit no module of a Stable Diffusion 1.x model. It looks like "
-            f"{lora.layout}. Unplaced: {shown}")
+            f"{lora.layout}. Unplaced: {shown}{f'; and {more} more' if more else ''}")
 
 
 def refuse_unplaced(lora: LoraFile, total_keys: int) -> None:

@@ -77,7 +77,7 @@ def _scale(params, rank: int | None) -> float:
 
 def _tucker(core: torch.Tensor, wa: torch.Tensor, wb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(up, down) of the Tucker form delta[o, c, k, l] = sum_ij wa[i, o] core[i, j, k, l] wb[j, c]."""
-    return wa.T, torch.einsum("ijkl,jc->ickl", core, wb)
+    return wa.T.contiguous(), torch.einsum("ijkl,jc->ickl", core, wb).contiguous()
 
 
 def _lora(p):
@@ -85,7 +85,7 @@ def _lora(p):
     rank = down.shape[0]
     if "mid" not in p:  # the file's own alpha, kept exactly (convert writes it back)
         return up, down, float(p["alpha"]) if "alpha" in p else float(rank)
-    down = torch.einsum("nmkl,mj->njkl", _f32(p["mid"]), down.flatten(1))  # CP: mid[n, m] between up[:, n], down[m]
+    down = torch.einsum("nmkl,mj->njkl", _f32(p["mid"]), down.flatten(1)).contiguous()  # CP: mid[n, m] between up[:, n], down[m]
     return up, down, _scale(p, rank) * down.shape[0]
 
 
