@@ -433,6 +433,18 @@ def test_a_key_whose_sizes_do_not_fit_is_refused(sd15, tmp_path):
         load_loras(sd15, [(str(tmp_path / "small.safetensors"), 1.0)])
 
 
+def test_a_load_that_fails_halfway_leaves_no_adapter_behind(sd15, tmp_path, monkeypatch):
+    save_file(small_kohya(sd15), str(tmp_path / "half.safetensors"))
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("text encoder loader failed")
+
+    monkeypatch.setattr(type(sd15), "load_lora_into_text_encoder", broken)
+    with pytest.raises(RuntimeError, match="text encoder loader failed"):
+        load_loras(sd15, [(str(tmp_path / "half.safetensors"), 1.0)])
+    assert placed(sd15, "lora0_half") == 0 and not any(sd15.get_list_adapters().values())
+
+
 @pytest.mark.parametrize("family, tensors", [
     ("SDXL", {"lora_te1_text_model_encoder_layers_0_self_attn_q_proj.lora_down.weight": torch.zeros(4, 768),
               "lora_te2_text_model_encoder_layers_0_self_attn_q_proj.lora_down.weight": torch.zeros(4, 1280),
@@ -473,6 +485,8 @@ def test_embeddings_in_every_format_load_and_their_tokens_work(sd15, tmp_path):
             load_embeddings(sd15, [(str(pickled), None)])
     loaded = load_embeddings(sd15, [(str(p), None) for p in files.values()], allow_pickle=True)
     assert [e.token for e in loaded] == list(files)
+    with pytest.raises(UserError, match="already taken"):
+        load_embeddings(sd15, [(str(files["a1111-st"]), None)])
     table = sd15.text_encoder.get_input_embeddings().weight
     for token, v in vectors.items():
         ids = sd15.tokenizer.convert_tokens_to_ids([token] + [f"{token}_{i}" for i in range(1, len(v))])

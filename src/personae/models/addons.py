@@ -81,6 +81,15 @@ def _adapter_layers(model, adapter: str) -> int:
 
 def add_lora_adapter(pipe, lora: LoraFile, adapter: str) -> None:
     """Load a placed file as one peft adapter through diffusers' loaders (unloadable; weight set by set_adapters)."""
+    try:
+        _add_lora_adapter(pipe, lora, adapter)
+    except BaseException:
+        if adapter in pipe.get_list_adapters().get(UNET, []) + pipe.get_list_adapters().get(TEXT, []):
+            pipe.delete_adapters(adapter)  # no half-loaded adapter left on a shared pipeline
+        raise
+
+
+def _add_lora_adapter(pipe, lora: LoraFile, adapter: str) -> None:
     for component in (UNET, TEXT):
         state, config = peft_layers(lora.changes, component)
         if not state:
@@ -155,21 +164,27 @@ def load_embeddings(pipe, embeddings: list[tuple[str, str | None]], allow_pickle
     """Load embeddings; each token is added to the tokenizer and text encoder.
 
     The token: the one given, else the one a diffusers file names, else the file name (A1111's rule).
+    All go to `load_textual_inversion` in one call: it resizes the token table once (seconds at full size).
     """
-    loaded = []
     width = pipe.text_encoder.get_input_embeddings().weight.shape[1]
+    vocab = set(pipe.tokenizer.get_vocab())
+    tokens, vectors, loaded = [], [], []
     for path, token in embeddings:
         p = _existing(path, "embedding", allow_pickle)
-        file_token, vectors = read_embedding(p, allow_pickle, width)
+        file_token, v = read_embedding(p, allow_pickle, width)
         token = token or file_token or p.stem
-        try:
-            pipe.load_textual_inversion(vectors.to(pipe.text_encoder.dtype), token=token)
-        except (ValueError, KeyError, RuntimeError) as exc:
-            raise UserError(
-                f"{p} could not be loaded as a textual-inversion embedding: {exc}",
-                "If the token is already taken, give another one (--embedding FILE:TOKEN).",
-            ) from None
+        if token in vocab or token in tokens:
+            raise UserError(f"The token {token!r} of {p} is already taken (by the tokenizer or another embedding).",
+                            "Give it another token with --embedding FILE:TOKEN.")
+        tokens.append(token)
+        vectors.append(v.to(pipe.text_encoder.dtype))
         loaded.append(LoadedEmbedding(token, file_sha256(p)[:12]))
+    if tokens:
+        try:
+            pipe.load_textual_inversion(vectors, token=tokens)
+        except (ValueError, KeyError, RuntimeError) as exc:
+            raise UserError(f"The embeddings {', '.join(tokens)} could not be loaded: {exc}",
+                            "Check that they are A1111 or diffusers embeddings for this model.") from None
     return loaded
 
 

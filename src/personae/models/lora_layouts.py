@@ -57,6 +57,7 @@ class ModuleTable:
 
     shapes: dict[tuple[str, str], tuple[int, ...]]  # (component, module path) -> weight shape
     spellings: dict[str, tuple[str, str, str]]  # a file's module name -> (component, module path, naming)
+    family: str = "SD-1"  # the model's: files for another family are named as such
 
 
 @dataclass
@@ -100,7 +101,8 @@ def module_table(unet, text_encoder) -> ModuleTable:
             spellings[prefix + under] = (TEXT, module, "kohya")
         for prefix in ("text_encoder.", "text_encoder.text_model.", "", "text_model."):
             spellings[prefix + path] = (TEXT, module, "peft")
-    return ModuleTable(shapes, spellings)
+    cross = unet.config.cross_attention_dim
+    return ModuleTable(shapes, spellings, "SDXL" if cross == 2048 else "SD-2" if cross == 1024 else "SD-1")
 
 
 @cache
@@ -152,8 +154,11 @@ def _in_width(params: dict[str, torch.Tensor]) -> int | None:
     return w1.shape[1] * w2.shape[1] if w1 is not None and w2 is not None and w2.ndim == 2 else None
 
 
-def foreign_family(keys: list[str], metadata: dict[str, str], groups: dict[str, dict]) -> tuple[str, str] | None:
-    """("SDXL" or "SD-2", the evidence) when the file was made for another model family, else None."""
+FAMILIES = {"SD-1": "Stable Diffusion 1.x", "SD-2": "SD-2", "SDXL": "SDXL"}
+
+
+def file_family(keys: list[str], metadata: dict[str, str], groups: dict[str, dict]) -> tuple[str, str] | None:
+    """("SDXL" or "SD-2", the evidence) when the file shows it was made for one of them, else None."""
     header = f'{metadata.get("ss_base_model_version", "")} {metadata.get("modelspec.architecture", "")}'.lower()
     if "sdxl" in header or "stable-diffusion-xl" in header:
         return "SDXL", f'its header says "{header.strip()}"'
@@ -207,12 +212,16 @@ def place(path: Path, tensors: dict[str, torch.Tensor], header: dict[str, str], 
         if split is None:
             result.unplaced.append(([key], "not a LoRA parameter name"))
             continue
+        if split in key_of:  # two spellings of one parameter: which one would apply is anyone's guess
+            result.unplaced.append(([key], f"the same parameter as {key_of[split]}"))
+            continue
         groups.setdefault(split[0], {})[split[1]] = tensors[key]
         key_of[split] = key
-    family = foreign_family(list(tensors), header, groups)
-    if family:
-        raise UserError(f"{path} is a LoRA for {family[0]}, not for Stable Diffusion 1.x: {family[1]}.",
-                        f"Use it with an {family[0]} model in another tool, or pick a LoRA made for SD 1.x.")
+    family = file_family(list(tensors), header, groups)
+    if family and family[0] != table.family:
+        model = FAMILIES[table.family]
+        raise UserError(f"{path} is a LoRA for {family[0]}, not for {model}: {family[1]}.",
+                        f"Use it with an {family[0]} model in another tool, or pick a LoRA made for {model}.")
     configs, namings, kinds = adapter_metadata(header), Counter(), Counter()
     for name, params in groups.items():
         keys = [key_of[(name, p)] for p in params]
