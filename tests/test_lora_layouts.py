@@ -239,13 +239,14 @@ def test_old_processor_layout_without_unet_prefix(sd15, tmp_path):
                  sample=("unet", "up_blocks.3.attentions.2.transformer_blocks.0.attn1.to_out.0"))
 
 
-def peft_states(pipe):
+def peft_states(pipe, lora_bias=False):
     """peft's own LoRA state dicts for the UNet and text encoder (random), and their configs."""
     from peft import LoraConfig
     from peft.utils import get_peft_model_state_dict
 
     torch.manual_seed(5)
     unet_config = LoraConfig(r=4, lora_alpha=8, init_lora_weights=False, rank_pattern={"mid_block.attentions.0.proj_in": 8},
+                             lora_bias=lora_bias,
                              target_modules=["to_q", "to_k", "to_v", "to_out.0", "proj_in", "conv1", "conv_shortcut"])
     te_config = LoraConfig(r=4, lora_alpha=2, init_lora_weights=False, target_modules=["q_proj", "v_proj", "fc1"])
     pipe.unet.add_adapter(unet_config)
@@ -273,12 +274,15 @@ def peft_reference(states, scales):
 def test_peft_layout_with_adapter_metadata(sd15, tmp_path):
     from diffusers import StableDiffusionPipeline
 
-    (unet_state, te_state), (unet_config, te_config) = peft_states(sd15)
+    (unet_state, te_state), (unet_config, te_config) = peft_states(sd15, lora_bias=True)
     StableDiffusionPipeline.save_lora_weights(
         str(tmp_path), unet_lora_layers=unet_state, text_encoder_lora_layers=te_state, safe_serialization=True,
         unet_lora_adapter_metadata=unet_config.to_dict(), text_encoder_lora_adapter_metadata=te_config.to_dict())
     ref = peft_reference((unet_state, te_state), (lambda m, r: 8 / r, lambda m, r: 2 / r))
-    check_loaded(sd15, tmp_path / "pytorch_lora_weights.safetensors", ref, sample=("unet", "mid_block.attentions.0.proj_in"))
+    lora = check_loaded(sd15, tmp_path / "pytorch_lora_weights.safetensors", ref, sample=("unet", "mid_block.attentions.0.proj_in"))
+    module = "up_blocks.2.resnets.1.conv1"  # peft's lora_bias: the bias of lora_B arrives too
+    bias = sd15.unet.get_submodule(module).lora_B[lora.adapter].bias
+    assert torch.equal(bias.detach(), unet_state[f"{module}.lora_B.bias"]) and bias.abs().max() > 0
 
 
 # ... and without it, in diffusers' renamed spelling (lora.down / lora_linear_layer) with the text_model. prefix

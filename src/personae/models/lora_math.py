@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import torch
 
 KINDS = {  # parameter names that make up each kind (the rest of a module's names must be among them)
-    "LoRA": {"down", "up", "mid", "alpha"},
+    "LoRA": {"down", "up", "mid", "alpha", "up_bias"},  # up_bias: peft's lora_bias
     "LoHa": {"hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b", "hada_t1", "hada_t2", "alpha"},
     "LoKr": {"lokr_w1", "lokr_w1_a", "lokr_w1_b", "lokr_w2", "lokr_w2_a", "lokr_w2_b", "lokr_t2", "alpha"},
     "full": {"diff", "diff_b"},
@@ -153,7 +153,8 @@ def low_rank(params: dict[str, torch.Tensor], weight_shape: tuple[int, ...]) -> 
         raise ValueError(f"parameters {sorted(params)} are no LoRA, LoHa, LoKr or full-diff set")
     kernel = tuple(weight_shape[2:]) or None
     factors = _FACTORS[kind](params)
-    bias = _f32(params["diff_b"]) if "diff_b" in params else None
+    bias = params.get("diff_b", params.get("up_bias"))  # scaled like the weight change (by 1 for a full diff)
+    bias = _f32(bias) if bias is not None else None
     if factors is None:  # bias only: a zero rank-1 weight change carries it
         factors = (torch.zeros(weight_shape[0], 1), torch.zeros(1, math.prod(weight_shape[1:])), 1.0)
     up, down, alpha = factors
