@@ -62,5 +62,7 @@ def open_session(model: str, device: str = "auto", dtype: str = "auto", allow_pi
     # 3. add-ons: diffusers' own loaders
     session = Session(pipe, source, dev, torch_dtype)
     session.loras = load_loras(pipe, list(loras), allow_pickle=allow_pickle)
+    for lora in session.loras:
+        on_event(Message(f"LoRA {lora.name}: read as {lora.layout}"))
     session.embeddings = load_embeddings(pipe, list(embeddings), allow_pickle=allow_pickle)
     return session

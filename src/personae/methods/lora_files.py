@@ -11,6 +11,9 @@ the header says alpha = rank: diffusers before 0.34 ignores the adapter header a
 rank, so only this form gives the same image in every stack; the header is the few LoraConfig
 fields (r, lora_alpha, target_modules) that every peft release accepts.
 
+Reading goes through `models.lora_layouts`, the one reader of every layout found in the wild, so
+`personae convert` accepts what `generate --lora` accepts (LyCORIS as its exact low-rank form).
+
 diffusers' own `convert_state_dict_to_kohya` is not used: it writes alpha = rank and names
 the text encoder `lora_te1_`, so its files load with a different output.
 """
@@ -24,9 +27,11 @@ import struct
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 
 from personae.models.folders import save_safetensors
+from personae.models.lora_layouts import TEXT, UNET, LoraFile, place, sd15_table, unplaced_message
+from personae.models.tensor_files import flat_tensors, read_tensors
 
 _PEFT_KEY = re.compile(r"^(?P<module>.+)\.lora_(?P<part>A|B)(?:\.[^.]+)?\.weight$")
 _TE_PREFIX = "lora_te_text_model_"
@@ -118,8 +123,11 @@ def kohya_hashes(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> 
 def training_metadata(path: Path) -> dict[str, str]:
     """The header fields that describe how a LoRA was made (kohya's ss_*, modelspec.*, ours), to carry across
     a conversion; the file's own hashes are recomputed for the new file."""
-    with safe_open(str(path), framework="pt") as fh:
-        meta = fh.metadata() or {}
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            meta = fh.metadata() or {}
+    except (SafetensorError, OSError):
+        return {}  # a pickled LoRA (read with --allow-pickle) carries no header
     return {k: v for k, v in meta.items() if k.startswith(("ss_", "modelspec.", "personae_"))}
 
 
@@ -139,96 +147,51 @@ def kohya_metadata(*, rank: int, alpha: float, steps: int, base_model: str, trig
     return meta
 
 
-# Path segments of SD-1 UNet and CLIP text-encoder modules that contain underscores or are
-# otherwise needed to split kohya's underscored names back into module paths.
-_SEGMENTS = {"down_blocks", "up_blocks", "mid_block", "attentions", "resnets", "transformer_blocks", "attn1", "attn2",
-             "to_q", "to_k", "to_v", "to_out", "ff", "net", "proj", "proj_in", "proj_out", "norm", "norm1", "norm2",
-             "norm3", "conv1", "conv2", "conv_shortcut", "time_emb_proj", "downsamplers", "upsamplers", "conv",
-             "conv_in", "conv_out", "time_embedding", "linear_1", "linear_2", "encoder", "layers", "self_attn",
-             "q_proj", "k_proj", "v_proj", "out_proj", "mlp", "fc1", "fc2"}
+def read_lora_file(path: Path, allow_pickle: bool = False) -> LoraFile:
+    """A LoRA-family file in any layout `lora_layouts` reads, every key placed on an SD-1.x module by name.
+
+    No model is at hand here, so sizes are not checked (a LoRA for the tiny model converts too).
+    """
+    data, header = read_tensors(path, allow_pickle, "LoRA")
+    tensors = flat_tensors(data)
+    if not tensors:
+        raise ValueError("it holds no tensors")
+    lora = place(path, tensors, header, sd15_table(), check_sizes=False)
+    if lora.unplaced:
+        raise ValueError(unplaced_message(lora, len(tensors)))
+    if any(change.bias is not None for change in lora.changes.values()):
+        raise ValueError("it changes layer biases (a full-diff diff_b), which a LoRA file cannot hold")
+    return lora
 
 
-def split_module(underscored: str) -> str:
-    """"down_blocks_0_attentions_1_transformer_blocks_0_attn1_to_q" -> "down_blocks.0.attentions.1....attn1.to_q"."""
-    words = underscored.split("_")
-    parts, i = [], 0
-    while i < len(words):
-        for j in range(len(words), i, -1):  # longest known segment first
-            candidate = "_".join(words[i:j])
-            if candidate in _SEGMENTS or (j == i + 1 and candidate.isdigit()):
-                parts.append(candidate)
-                i = j
-                break
-        else:
-            raise ValueError(f'cannot map the LoRA module name "{underscored}" to an SD-1 module (at "{words[i]}")')
-    return ".".join(parts)
-
-
-def read_kohya(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], dict[str, float]]:
-    """A kohya/A1111 SD-1 LoRA (ours or sd-scripts') as peft-style (unet, text_encoder) dicts and per-module alpha."""
-    unet, te, alphas = {}, {}, {}
-    with safe_open(str(path), framework="pt") as fh:
-        keys = set(fh.keys())
-        for key in sorted(keys):
-            name, _, part = key.partition(".")
-            if part not in ("lora_down.weight", "lora_up.weight"):
-                continue
-            letter = "A" if part == "lora_down.weight" else "B"
-            tensor = fh.get_tensor(key).to(torch.float32)
-            if name.startswith("lora_unet_"):
-                module, target = split_module(name[len("lora_unet_"):]), unet
-            elif name.startswith(("lora_te_", "lora_te1_")):
-                module, target = split_module(re.sub(r"^lora_te1?_(text_model_)?", "", name)), te
-            else:
-                raise ValueError(f"{key} is not an SD-1 LoRA key (expected lora_unet_* or lora_te_*)")
-            target[f"{module}.lora_{letter}.weight"] = tensor
-            rank = tensor.shape[0] if letter == "A" else tensor.shape[1]
-            alphas[module if target is unet else "te:" + module] = (
-                float(fh.get_tensor(f"{name}.alpha")) if f"{name}.alpha" in keys else float(rank))
-    if not unet and not te:
-        raise ValueError("it holds no lora_unet_* or lora_te_* weights")
-    return unet, te, alphas
-
-
-def kohya_to_diffusers_file(src: Path, dst_folder: Path) -> Path:
-    """Convert a kohya/A1111 LoRA to the diffusers/peft layout, keeping its training metadata."""
-    unet, te, alphas = read_kohya(src)
-    te_alphas = {k[3:]: v for k, v in alphas.items() if k.startswith("te:")}
-    unet_alphas = {k: v for k, v in alphas.items() if not k.startswith("te:")}
+def kohya_to_diffusers_file(src: Path, dst_folder: Path, allow_pickle: bool = False) -> Path:
+    """Convert a LoRA in any layout personae reads (kohya in either spelling, the old processor layout,
+    LyCORIS as its exact low-rank form) to the diffusers/peft layout, keeping its training metadata."""
+    lora = read_lora_file(src, allow_pickle)
+    parts = {}
+    for component in (UNET, TEXT):
+        mine = {module: c for (comp, module), c in lora.changes.items() if comp == component}
+        state = {}
+        for module, change in mine.items():
+            state[f"{module}.lora_A.weight"], state[f"{module}.lora_B.weight"] = change.down, change.up
+        parts[component] = (state, {module: float(change.alpha) for module, change in mine.items()})
     meta = dict(training_metadata(src), personae_converted_from=src.name)
-    return write_diffusers(dst_folder, {"unet": (unet, unet_alphas), "text_encoder": (te, te_alphas)}, meta)
+    return write_diffusers(dst_folder, parts, meta)
 
 
-def diffusers_to_kohya_file(src: Path, dst: Path) -> Path:
-    """Convert a diffusers/peft LoRA file to the kohya/A1111 layout, keeping each module's alpha."""
-    with safe_open(str(src), framework="pt") as fh:
-        meta = fh.metadata() or {}
-        tensors = {k: fh.get_tensor(k) for k in fh.keys()}
-    if any(k.startswith("lora_unet_") for k in tensors):
+def diffusers_to_kohya_file(src: Path, dst: Path, allow_pickle: bool = False) -> Path:
+    """Convert a LoRA in any layout but kohya's to the kohya/A1111 layout, keeping each module's alpha."""
+    lora = read_lora_file(src, allow_pickle)
+    if lora.naming in ("kohya", "kohya-ldm"):
         raise ValueError(f"{src} is already in the kohya layout")
-    configs = json.loads(meta.get("lora_adapter_metadata", "{}")) if meta.get("lora_adapter_metadata") else {}
     out = {}
-    for part, prefix in (("unet", "lora_unet_"), ("text_encoder", _TE_PREFIX)):
-        state = {k[len(part) + 1:]: v for k, v in tensors.items() if k.startswith(part + ".")}
-        # diffusers stores each adapter config flattened: {"unet.lora_alpha": 8, "unet.alpha_pattern": {...}, ...}
-        config = {k[len(part) + 1:]: v for k, v in configs.items() if k.startswith(part + ".")}
-        for module, w in _module_weights(state).items():
-            rank = w["A"].shape[0]
-            alpha = _pattern(config.get("alpha_pattern", {}), module, config.get("lora_alpha", rank))
-            name = prefix + module.removeprefix("text_model.").replace(".", "_")
-            out[f"{name}.lora_down.weight"] = w["A"].to(torch.float32).contiguous()
-            out[f"{name}.lora_up.weight"] = w["B"].to(torch.float32).contiguous()
-            out[f"{name}.alpha"] = torch.tensor(float(alpha))
-    if not out:
-        raise ValueError(f"{src} holds no unet.* or text_encoder.* LoRA weights")
+    for (component, module), change in sorted(lora.changes.items()):
+        prefix = "lora_unet_" if component == UNET else _TE_PREFIX
+        name = prefix + module.removeprefix("text_model.").replace(".", "_")
+        out[f"{name}.lora_down.weight"] = change.down.contiguous()
+        out[f"{name}.lora_up.weight"] = change.up.contiguous()
+        out[f"{name}.alpha"] = torch.tensor(float(change.alpha))
     meta = {"ss_network_module": "networks.lora", "ss_base_model_version": "sd_v1"}
     meta.update(training_metadata(src))
     meta["personae_converted_from"] = src.name
     return write_kohya(dst, out, meta)
-
-
-def _pattern(patterns: dict[str, float], module: str, default: float) -> float:
-    for key, value in patterns.items():
-        if module == key or module.endswith("." + key):
-            return value
-    return default

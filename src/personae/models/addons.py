@@ -1,20 +1,30 @@
-"""Load LoRAs and textual-inversion embeddings into a pipeline with diffusers' own loaders.
+"""Load LoRAs and textual-inversion embeddings into a pipeline through diffusers' own loaders.
 
-LoRA files in the kohya/A1111 layout and in the diffusers/peft layout both go through
-`load_lora_weights` (which recognises the layout); embeddings in A1111 and diffusers
-formats go through `load_textual_inversion`. This module only adds the product around
-them: file checks, pickle refusal, the token A1111 would use, the hashes A1111 writes.
+LoRA-family files in any layout found in the wild (kohya/A1111 in either UNet spelling, the old
+attention-processor layout, diffusers/peft, LyCORIS LoHa / LoKr / full diff) are read by
+`lora_layouts`, every key placed on a module (a file with unplaced keys is refused), and loaded
+as one peft LoRA adapter per file with `load_lora_into_unet` / `load_lora_into_text_encoder`,
+so per-file weights (`set_adapters`), several files at once and unloading all work as for any LoRA.
+Embeddings (A1111 `.pt` / `.safetensors`, diffusers `learned_embeds.*`) are read here (pickles
+only with allow_pickle, as plain tensors) and handed to `load_textual_inversion` as tensors.
+This module also adds the product around them: file checks, the token A1111 would use, the
+hashes A1111 writes.
 """
 
 from __future__ import annotations
 
 import hashlib
+import re
 import struct
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
 from personae.errors import UserError
+from personae.models.lora_layouts import TEXT, UNET, LoraFile, module_table, peft_layers, place, refuse_unplaced
 from personae.models.resolve import refuse_pickle
+from personae.models.tensor_files import flat_tensors, read_tensors
 
 
 @dataclass(frozen=True)
@@ -23,6 +33,7 @@ class LoadedLora:
     weight: float
     hash: str  # A1111's "Lora hashes" value
     adapter: str = ""  # the diffusers adapter name (for set_adapters)
+    layout: str = ""  # what the file was read as (naming and kinds), for messages
 
 
 @dataclass(frozen=True)
@@ -51,56 +62,129 @@ def _existing(path: str, what: str, allow_pickle: bool) -> Path:
     return p
 
 
-def default_token(path: Path) -> str | None:
-    """The token that calls an embedding: the key of a diffusers file, else the file name (A1111's rule)."""
-    if path.suffix == ".safetensors":
-        from safetensors import safe_open
+def read_lora(pipe, path: Path, allow_pickle: bool = False) -> LoraFile:
+    """A LoRA-family file in any layout (see lora_layouts), every key placed on `pipe`'s UNet or text encoder."""
+    data, header = read_tensors(path, allow_pickle, "LoRA")
+    tensors = flat_tensors(data)
+    if not tensors:
+        raise UserError(f"{path} holds no tensors, so it is no LoRA.", "Check the file given with --lora.")
+    lora = place(path, tensors, header, module_table(pipe.unet, pipe.text_encoder))
+    refuse_unplaced(lora, len(tensors))
+    return lora
 
-        with safe_open(str(path), framework="pt") as fh:
-            keys = list(fh.keys())
-        if len(keys) == 1 and keys[0] != "emb_params":
-            return None  # diffusers learned_embeds: the key is the token; the loader reads it
-    return path.stem
+
+def _adapter_layers(model, adapter: str) -> int:
+    from peft.tuners.lora import LoraLayer
+
+    return sum(1 for m in model.modules() if isinstance(m, LoraLayer) and adapter in m.lora_A)
+
+
+def add_lora_adapter(pipe, lora: LoraFile, adapter: str) -> None:
+    """Load a placed file as one peft adapter through diffusers' loaders (unloadable; weight set by set_adapters)."""
+    try:
+        _add_lora_adapter(pipe, lora, adapter)
+    except BaseException:
+        if adapter in pipe.get_list_adapters().get(UNET, []) + pipe.get_list_adapters().get(TEXT, []):
+            pipe.delete_adapters(adapter)  # no half-loaded adapter left on a shared pipeline
+        raise
+
+
+def _add_lora_adapter(pipe, lora: LoraFile, adapter: str) -> None:
+    for component in (UNET, TEXT):
+        state, config = peft_layers(lora.changes, component)
+        if not state:
+            continue
+        model = getattr(pipe, component)
+        dtype = model.dtype  # a property that walks every parameter: once, not per tensor
+        state = {k: v.to(dtype) for k, v in state.items()}
+        prefixed = {f"{component}.{k}": v for k, v in state.items()}
+        metadata = {f"{component}.{k}": v for k, v in config.items()}  # the config, so no alpha is guessed
+        if component == UNET:
+            pipe.load_lora_into_unet(prefixed, network_alphas=None, unet=model, adapter_name=adapter, metadata=metadata,
+                                     _pipeline=pipe)
+        else:
+            pipe.load_lora_into_text_encoder(prefixed, network_alphas=None, text_encoder=model, prefix=TEXT,
+                                             adapter_name=adapter, metadata=metadata, _pipeline=pipe)
+        placed = _adapter_layers(model, adapter)
+        if placed != len(config["target_modules"]):  # our placement and peft's disagree: a bug, not the user's file
+            raise RuntimeError(f"{lora.path}: {placed} of {len(config['target_modules'])} {component} layers got the LoRA")
 
 
 def load_loras(pipe, loras: list[tuple[str, float]], allow_pickle: bool = False) -> list[LoadedLora]:
-    """Load LoRA files as named adapters and set their weights."""
+    """Load LoRA files (any layout, see lora_layouts) as named adapters and set their weights."""
     loaded, names = [], []
     for i, (path, weight) in enumerate(loras):
         p = _existing(path, "lora", allow_pickle)
-        name = f"lora{i}_{p.stem}"
-        try:
-            pipe.load_lora_weights(str(p), adapter_name=name)
-        except (ValueError, KeyError, RuntimeError) as exc:
-            raise UserError(
-                f"{p} could not be loaded as a LoRA for this model: {exc}",
-                "Check that it is a LoRA (kohya/A1111 or diffusers layout) made for a Stable Diffusion 1.x model.",
-            ) from None
+        name = f"lora{i}_" + re.sub(r"[^\w-]", "_", p.stem)  # peft adapter names must not contain dots
+        lora = read_lora(pipe, p, allow_pickle)
+        add_lora_adapter(pipe, lora, name)
         names.append(name)
-        loaded.append(LoadedLora(p.stem, weight, file_sha256(p, skip_safetensors_header=True)[:12], name))
+        loaded.append(LoadedLora(p.stem, weight, file_sha256(p, skip_safetensors_header=True)[:12], name, lora.layout))
     if names:
         pipe.set_adapters(names, adapter_weights=[w for _, w in loras])
     return loaded
 
 
+_FAMILY_WIDTH = {1024: "SD-2", 1280: "SDXL"}
+
+
+def read_embedding(path: Path, allow_pickle: bool, width: int) -> tuple[str | None, torch.Tensor]:
+    """(token the file names or None, vectors (n, width)) of an A1111 or diffusers embedding, read by us.
+
+    A1111: `.pt` {"string_to_param": {"*": vectors}, ...} or `.safetensors` {"emb_params": vectors}, called
+    by the file name. diffusers: {token: vectors} (`learned_embeds.safetensors`, or `.bin` as pickle).
+    """
+    data, _ = read_tensors(path, allow_pickle, "textual-inversion embedding")
+    token, vectors = None, None
+    if isinstance(data, torch.Tensor):
+        vectors = data
+    elif isinstance(data, dict) and isinstance(data.get("string_to_param"), dict) and data["string_to_param"]:
+        params = data["string_to_param"]
+        vectors = params.get("*", next(iter(params.values())))
+    elif isinstance(data, dict) and "emb_params" in data:
+        vectors = data["emb_params"]
+    elif isinstance(data, dict) and ("clip_l" in data or "clip_g" in data):
+        raise UserError(f"{path} is an SDXL embedding (clip_l / clip_g vectors), not one for Stable Diffusion 1.x.",
+                        "Use an embedding made for SD 1.x.")
+    elif isinstance(data, dict) and len(data) == 1:
+        token, vectors = next(iter(data.items()))
+    if not isinstance(vectors, torch.Tensor) or vectors.ndim not in (1, 2):
+        raise UserError(f"{path} is not a textual-inversion embedding personae knows (A1111 string_to_param / "
+                        "emb_params, or diffusers {token: vectors}).", "Check the file given with --embedding.")
+    vectors = vectors.detach().to(torch.float32).reshape(-1, vectors.shape[-1])
+    if vectors.shape[1] != width:
+        family = _FAMILY_WIDTH.get(vectors.shape[1])
+        what = f"an {family} embedding" if family else f"made for a text encoder {vectors.shape[1]} wide"
+        raise UserError(f"{path} is {what}; this model's text encoder is {width} wide (Stable Diffusion 1.x: 768).",
+                        "Use an embedding made for this model's family.")
+    return (str(token) if token is not None else None), vectors
+
+
 def load_embeddings(pipe, embeddings: list[tuple[str, str | None]], allow_pickle: bool = False) -> list[LoadedEmbedding]:
-    """Load embeddings; each token is added to the tokenizer and text encoder."""
-    loaded = []
+    """Load embeddings; each token is added to the tokenizer and text encoder.
+
+    The token: the one given, else the one a diffusers file names, else the file name (A1111's rule).
+    All go to `load_textual_inversion` in one call: it resizes the token table once (seconds at full size).
+    """
+    width = pipe.text_encoder.get_input_embeddings().weight.shape[1]
+    vocab = set(pipe.tokenizer.get_vocab())
+    tokens, vectors, loaded = [], [], []
     for path, token in embeddings:
         p = _existing(path, "embedding", allow_pickle)
-        token = token or default_token(p)
-        before = set(pipe.tokenizer.get_vocab())
-        try:
-            pipe.load_textual_inversion(str(p), token=token)
-        except (ValueError, KeyError, RuntimeError) as exc:
-            raise UserError(
-                f"{p} could not be loaded as a textual-inversion embedding: {exc}",
-                "Check that it is an A1111 or diffusers embedding for a Stable Diffusion 1.x model.",
-            ) from None
-        if token is None:  # read back which token the file brought
-            added = sorted(set(pipe.tokenizer.get_vocab()) - before, key=len)
-            token = added[0] if added else p.stem
+        file_token, v = read_embedding(p, allow_pickle, width)
+        token = token or file_token or p.stem
+        if token in vocab or token in tokens:
+            raise UserError(f"The token {token!r} of {p} is already taken (by the tokenizer or another embedding).",
+                            "Give it another token with --embedding FILE:TOKEN.")
+        tokens.append(token)
+        vectors.append(v.to(pipe.text_encoder.dtype))
         loaded.append(LoadedEmbedding(token, file_sha256(p)[:12]))
+    if tokens:
+        try:
+            pipe.load_textual_inversion(vectors, token=tokens)
+        except (ValueError, KeyError, RuntimeError) as exc:
+            raise UserError(f"The embeddings {', '.join(tokens)} could not be loaded: {exc}",
+                            "Check that they are A1111 or diffusers embeddings for this model.") from None
     return loaded
 
 
@@ -109,4 +193,4 @@ def hashes_text(items: dict[str, str]) -> str | None:
     return ", ".join(f"{k}: {v}" for k, v in items.items()) or None
 
 
-__all__ = ["LoadedLora", "LoadedEmbedding", "load_loras", "load_embeddings", "hashes_text", "default_token"]
+__all__ = ["LoadedLora", "LoadedEmbedding", "load_loras", "load_embeddings", "hashes_text", "read_lora", "read_embedding"]

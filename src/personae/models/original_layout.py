@@ -89,6 +89,12 @@ def unet_to_original(state: dict[str, torch.Tensor], config: dict) -> dict[str, 
     return out
 
 
+def unet_module_names_to_original(names: list[str], config: dict) -> dict[str, str]:
+    """diffusers UNet module name -> the same module's LDM name (`down_blocks.0.resnets.0.conv1` -> `input_blocks.1.0.in_layers.2`)."""
+    renamed = unet_to_original({f"{name}.weight": name for name in names}, config)
+    return {name: key[len(UNET_PREFIX):-len(".weight")] for key, name in renamed.items()}
+
+
 def vae_to_original(state: dict[str, torch.Tensor], config: dict) -> dict[str, torch.Tensor]:
     prefixes = _vae_prefixes(config)
     out = {}

@@ -1,0 +1,303 @@
+"""LoRA-family files in every layout found in the wild, read into one form and placed on an SD-1.x model.
+
+The one place that knows how files name a module:
+
+  kohya / A1111   `lora_unet_<module path with _>.<param>`, `lora_te_[text_model_]...` (diffusers
+                  writes `lora_te1_`); the UNet path in the diffusers spelling (down_blocks_0_...)
+                  or the LDM spelling (input_blocks_1_1_..., middle_block_..., output_blocks_...,
+                  in_layers_2, time_embed_0, out_2), mapped by `original_layout`.
+  processor       the 2023 diffusers scripts: `[unet.]<attention>.processor.to_q_lora.down.weight`,
+                  `text_encoder.text_model.<layer>.self_attn.to_q_lora.up.weight`, `...lora_linear_layer...`.
+  diffusers/peft  `unet.<path>.lora_A.weight` / `lora_B.weight` / `lora.down.weight`, `text_encoder.<path>`
+                  with or without `text_model.`; alphas from the `lora_adapter_metadata` header.
+
+Parameters (`lora_down`/`lora_up`/`lora_mid`/`alpha`, LyCORIS `hada_*`, `lokr_*`, `diff`/`diff_b`)
+become one exact low-rank change per module (`lora_math`). Every key must land on a Linear or
+Conv2d of the model with matching sizes; a file where any does not is refused, naming the keys,
+and a file made for SDXL or SD-2 is named as such in one line.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
+
+import torch
+
+from personae.errors import UserError
+from personae.models.lora_math import LowRank, low_rank
+from personae.models.original_layout import unet_module_names_to_original
+
+UNET, TEXT = "unet", "text_encoder"
+NAMINGS = {
+    "kohya": "kohya/A1111 names (diffusers spelling: lora_unet_down_blocks_...)",
+    "kohya-ldm": "kohya/A1111 names (LDM spelling: lora_unet_input_blocks_...)",
+    "processor": "the old diffusers attention-processor layout (...processor.to_q_lora.down.weight, 2023 scripts)",
+    "peft": "the diffusers/peft layout (unet.<module>.lora_A.weight)",
+}
+_PARAM = re.compile(
+    r"^(?P<name>.+?)\.(?P<param>lora_(?:down|up|mid)\.weight|lora\.(?:down|up)\.weight|lora_[AB](?:\.[\w-]+)?\.weight"
+    r"|lora_B(?:\.[\w-]+)?\.bias|(?:down|up)\.weight|alpha|hada_\w+|lokr_\w+|diff(?:_b)?|dora_scale|[wb]_norm|scale)$")
+_CANONICAL = [(re.compile(r"^(lora_down|lora\.down|lora_A(\.[\w-]+)?|down)\.weight$"), "down"),
+              (re.compile(r"^(lora_up|lora\.up|lora_B(\.[\w-]+)?|up)\.weight$"), "up"),
+              (re.compile(r"^lora_B(\.[\w-]+)?\.bias$"), "up_bias"), (re.compile(r"^lora_mid\.weight$"), "mid")]
+_PROCESSOR = [(re.compile(r"\.processor\.to_(q|k|v)_lora$"), r".to_\1"), (re.compile(r"\.processor\.to_out_lora$"), ".to_out.0"),
+              (re.compile(r"\.self_attn\.to_(q|k|v)_lora$"), r".self_attn.\1_proj"),
+              (re.compile(r"\.self_attn\.to_out_lora$"), ".self_attn.out_proj"), (re.compile(r"\.lora_linear_layer$"), "")]
+_SHOWN = 3  # modules whose unplaced keys a refusal names
+
+
+@dataclass
+class ModuleTable:
+    """Where a file's names can land: every Linear / Conv2d of the UNet and text encoder, under every spelling."""
+
+    shapes: dict[tuple[str, str], tuple[int, ...]]  # (component, module path) -> weight shape
+    spellings: dict[str, tuple[str, str, str]]  # a file's module name -> (component, module path, naming)
+    family: str = "SD-1"  # the model's: files for another family are named as such
+
+
+@dataclass
+class LoraFile:
+    """A file read, placed and turned into one low-rank change per module."""
+
+    path: Path
+    layout: str  # described for people: naming and kinds
+    naming: str = ""  # the NAMINGS key most of its modules use
+    changes: dict[tuple[str, str], LowRank] = field(default_factory=dict)
+    unplaced: list[tuple[list[str], str]] = field(default_factory=list)  # (keys of one module, why not placed)
+
+
+def _layers(model) -> dict[str, tuple[int, ...]]:
+    """Linear / Conv2d modules by name (through a peft LoRA layer to the original it wraps)."""
+    out = {}
+    for name, module in model.named_modules():
+        if ".base_layer" in name or ".lora_" in name:
+            continue  # a loaded LoRA's own parts
+        base = getattr(module, "base_layer", module)
+        if isinstance(base, (torch.nn.Linear, torch.nn.Conv2d)):
+            out[name] = tuple(base.weight.shape)
+    return out
+
+
+def module_table(unet, text_encoder) -> ModuleTable:
+    shapes, spellings = {}, {}
+    unet_layers = _layers(unet)
+    for module, shape in unet_layers.items():
+        shapes[(UNET, module)] = shape
+        under = module.replace(".", "_")
+        spellings["lora_unet_" + under] = (UNET, module, "kohya")
+        spellings["unet." + module] = spellings[module] = (UNET, module, "peft")
+    for module, ldm in unet_module_names_to_original(list(unet_layers), dict(unet.config)).items():
+        spellings.setdefault("lora_unet_" + ldm.replace(".", "_"), (UNET, module, "kohya-ldm"))
+    for module, shape in _layers(text_encoder).items():
+        shapes[(TEXT, module)] = shape
+        path = module.removeprefix("text_model.")
+        under = path.replace(".", "_")
+        for prefix in ("lora_te_", "lora_te_text_model_", "lora_te1_", "lora_te1_text_model_"):
+            spellings[prefix + under] = (TEXT, module, "kohya")
+        for prefix in ("text_encoder.", "text_encoder.text_model.", "", "text_model."):
+            spellings[prefix + path] = (TEXT, module, "peft")
+    cross = unet.config.cross_attention_dim
+    return ModuleTable(shapes, spellings, "SDXL" if cross == 2048 else "SD-2" if cross == 1024 else "SD-1")
+
+
+@cache
+def sd15_table() -> ModuleTable:
+    """The table of the SD-1.5 architecture (configs shipped in the package), for reading files with no model at hand."""
+    from diffusers import UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from personae.models.tiny import SD15_DIR
+
+    with torch.device("meta"):  # names and shapes only: no memory, no init time
+        unet = UNet2DConditionModel.from_config(json.loads((SD15_DIR / "unet" / "config.json").read_text()))
+        text_encoder = CLIPTextModel(CLIPTextConfig.from_pretrained(str(SD15_DIR / "text_encoder")))
+    return module_table(unet, text_encoder)
+
+
+def _split(key: str) -> tuple[str, str] | None:
+    """(module name as the file spells it, canonical parameter name), or None for a key of no known form."""
+    match = _PARAM.match(key)
+    if not match:
+        return None
+    name, param = match["name"], match["param"]
+    for pattern, canonical in _CANONICAL:
+        if pattern.match(param):
+            return name, canonical
+    return name, param
+
+
+def _resolve(name: str, table: ModuleTable) -> tuple[str, str, str] | None:
+    if name in table.spellings:
+        return table.spellings[name]
+    for pattern, repl in _PROCESSOR:
+        renamed = pattern.sub(repl, name)
+        if renamed != name and renamed in table.spellings:
+            component, module, _ = table.spellings[renamed]
+            return component, module, "processor"
+    return None
+
+
+def _in_width(params: dict[str, torch.Tensor]) -> int | None:
+    """Input width of a Linear's change, read from the file's own tensors (used to tell model families apart)."""
+    if "down" in params:
+        return params["down"].shape[1]
+    if "hada_w1_b" in params:
+        return params["hada_w1_b"].shape[1]
+    if "diff" in params:
+        return params["diff"].shape[1]
+    w1, w2 = params.get("lokr_w1", params.get("lokr_w1_b")), params.get("lokr_w2", params.get("lokr_w2_b"))
+    return w1.shape[1] * w2.shape[1] if w1 is not None and w2 is not None and w2.ndim == 2 else None
+
+
+FAMILIES = {"SD-1": "Stable Diffusion 1.x", "SD-2": "SD-2", "SDXL": "SDXL"}
+
+
+def file_family(keys: list[str], metadata: dict[str, str], groups: dict[str, dict]) -> tuple[str, str] | None:
+    """("SDXL" or "SD-2", the evidence) when the file shows it was made for one of them, else None."""
+    header = f'{metadata.get("ss_base_model_version", "")} {metadata.get("modelspec.architecture", "")}'.lower()
+    if "sdxl" in header or "stable-diffusion-xl" in header:
+        return "SDXL", f'its header says "{header.strip()}"'
+    if metadata.get("ss_v2") == "True" or "sd_v2" in header or "stable-diffusion-v2" in header:
+        return "SD-2", f'its header says "{header.strip() or "ss_v2"}"'
+    if any(k.startswith(("lora_te2_", "text_encoder_2.")) for k in keys):
+        return "SDXL", "it has weights for a second text encoder (lora_te2_ keys)"
+    if any(re.search(r"transformer_blocks[._][1-9]", k) for k in keys):
+        return "SDXL", "its attention layers hold several transformer blocks (SD 1.x has one)"
+    for name, params in groups.items():
+        width = _in_width(params)
+        if re.search(r"attn2[._](processor[._])?to_[kv]", name) and width in (1024, 2048):
+            family = "SDXL" if width == 2048 else "SD-2"
+            return family, f"its cross-attention reads {width}-wide text features (SD 1.x: 768)"
+        if name.startswith(("lora_te", "text_encoder")) and width in (1024, 1280):
+            family = "SDXL" if width == 1280 else "SD-2"
+            return family, f"its text-encoder layers are {width} wide (SD 1.x: 768)"
+    return None
+
+
+def adapter_metadata(header: dict[str, str]) -> dict:
+    """The diffusers/peft file's adapter configs ({"unet.lora_alpha": 8, ...}), {} without one."""
+    try:
+        return json.loads(header.get("lora_adapter_metadata") or "{}")
+    except ValueError:
+        return {}
+
+
+def _peft_alpha(configs: dict, component: str, module: str, rank: int) -> float:
+    """alpha of one module of a diffusers/peft file: its alpha_pattern, else lora_alpha, else the rank."""
+    config = {k[len(component) + 1:]: v for k, v in configs.items() if k.startswith(component + ".")}
+    for key, value in (config.get("alpha_pattern") or {}).items():
+        if re.fullmatch(rf"(.*\.)?{key.lstrip('^')}", module):
+            return float(value)
+    return float(config.get("lora_alpha", rank))
+
+
+def describe(namings: Counter, kinds: Counter) -> str:
+    naming = NAMINGS[namings.most_common(1)[0][0]] if namings else "no layout personae knows"
+    return naming + (", " + " + ".join(k for k, _ in kinds.most_common()) if kinds else "")
+
+
+def place(path: Path, tensors: dict[str, torch.Tensor], header: dict[str, str], table: ModuleTable,
+          check_sizes: bool = True) -> LoraFile:
+    """Read every key onto a module of `table`; refuse SDXL / SD-2 files. Unplaced keys are listed, not dropped."""
+    groups: dict[str, dict[str, torch.Tensor]] = {}
+    key_of: dict[tuple[str, str], str] = {}
+    result = LoraFile(path, "")
+    for key in tensors:
+        split = _split(key)
+        if split is None:
+            result.unplaced.append(([key], "not a LoRA parameter name"))
+            continue
+        if split in key_of:  # two spellings of one parameter: which one would apply is anyone's guess
+            result.unplaced.append(([key], f"the same parameter as {key_of[split]}"))
+            continue
+        groups.setdefault(split[0], {})[split[1]] = tensors[key]
+        key_of[split] = key
+    family = file_family(list(tensors), header, groups)
+    if family and family[0] != table.family:
+        model = FAMILIES[table.family]
+        raise UserError(f"{path} is a LoRA for {family[0]}, not for {model}: {family[1]}.",
+                        f"Use it with an {family[0]} model in another tool, or pick a LoRA made for {model}.")
+    configs, namings, kinds = adapter_metadata(header), Counter(), Counter()
+    for name, params in groups.items():
+        keys = [key_of[(name, p)] for p in params]
+        where = _resolve(name, table)
+        if where is None:
+            result.unplaced.append((keys, "no module of this model is called that"))
+            continue
+        component, module, naming = where
+        namings[naming] += 1
+        if (component, module) in result.changes:
+            result.unplaced.append((keys, f"a second set of weights for {module}"))
+            continue
+        shape = table.shapes[(component, module)]
+        params = dict(params)
+        if naming == "peft" and "alpha" not in params and "down" in params:
+            params["alpha"] = torch.tensor(_peft_alpha(configs, component, module, params["down"].shape[0]))
+        try:
+            change = low_rank(params, shape)
+        except (ValueError, RuntimeError) as exc:
+            result.unplaced.append((keys, str(exc).splitlines()[0].rstrip(".")))
+            continue
+        sizes = (change.up.shape[0], change.down.shape[1])
+        if check_sizes and (sizes != shape[:2] or (change.bias is not None and change.bias.shape != (shape[0],))):
+            result.unplaced.append((keys, f"a {sizes[0]}x{sizes[1]} change does not fit {module} "
+                                          f"({'x'.join(map(str, shape))})"))
+            continue
+        kinds[_kind_label(params, shape)] += 1
+        result.changes[(component, module)] = change
+    result.layout = describe(namings, kinds)
+    result.naming = namings.most_common(1)[0][0] if namings else ""
+    return result
+
+
+def _kind_label(params, shape) -> str:
+    if "down" in params:
+        return "LoCon" if len(shape) == 4 and shape[2:] != (1, 1) else "LoRA"
+    return "LoHa" if "hada_w1_a" in params else "LoKr" if any(p.startswith("lokr") for p in params) else "full diff"
+
+
+def unplaced_message(lora: LoraFile, total_keys: int) -> str:
+    """Which keys found no module (the first few, with why) and the layout the file seems to be in."""
+    n = sum(len(keys) for keys, _ in lora.unplaced)
+    shown = "; ".join(f"{', '.join(keys)}: {why}" for keys, why in lora.unplaced[:_SHOWN])
+    more = sum(len(keys) for keys, _ in lora.unplaced[_SHOWN:])
+    return (f"{n} of its {total_keys} keys fit no module of a Stable Diffusion 1.x model. It looks like "
+            f"{lora.layout}. Unplaced: {shown}{f'; and {more} more' if more else ''}")
+
+
+def refuse_unplaced(lora: LoraFile, total_keys: int) -> None:
+    """A file that would load only in part is refused: one paragraph naming the keys and the layout."""
+    if lora.unplaced:
+        raise UserError(
+            f"{lora.path} would load only in part, so personae does not load it: {unplaced_message(lora, total_keys)}.",
+            "Check that it is a LoRA, LoCon, LoHa, LoKr or full-diff file made for SD 1.x; a textual-inversion "
+            "embedding goes with --embedding and a full checkpoint with --model.")
+
+
+def peft_layers(changes: dict[tuple[str, str], LowRank], component: str) -> tuple[dict[str, torch.Tensor], dict]:
+    """One component's changes as peft LoRA weights (keys relative to it) and the LoraConfig fields that load them."""
+    mine = {module: c for (comp, module), c in changes.items() if comp == component}
+    if not mine:
+        return {}, {}
+    ranks = {m: c.rank for m, c in mine.items()}
+    alphas = {m: c.alpha for m, c in mine.items()}
+    r = Counter(ranks.values()).most_common(1)[0][0]
+    alpha = Counter(alphas.values()).most_common(1)[0][0]
+    has_bias = any(c.bias is not None for c in mine.values())
+    state = {}
+    for module, change in mine.items():
+        state[f"{module}.lora_A.weight"] = change.down
+        state[f"{module}.lora_B.weight"] = change.up
+        if has_bias:  # peft gives every layer of the adapter a bias: zeros where the file has none
+            state[f"{module}.lora_B.bias"] = change.bias if change.bias is not None else torch.zeros(change.up.shape[0])
+    config = {"r": r, "lora_alpha": alpha, "target_modules": sorted(mine),
+              "rank_pattern": {m: v for m, v in ranks.items() if v != r},
+              "alpha_pattern": {m: v for m, v in alphas.items() if v != alpha}}
+    if has_bias:  # only then: older peft versions reject fields they do not know
+        config["lora_bias"] = True
+    return state, config
