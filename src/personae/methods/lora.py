@@ -11,6 +11,7 @@ from peft.utils import get_peft_model_state_dict
 
 from personae.methods.base import ExportFile, Method, ParamGroup
 from personae.methods.lora_files import kohya_metadata, peft_to_kohya, write_kohya
+from personae.staging import atomic_folder
 
 TEXT_ENCODER_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj"]
 
@@ -52,7 +53,9 @@ def export_lora(pipe, out: Path, *, name: str, rank: int, alpha: float, te_alpha
     # peft key names as they are: diffusers' convert_state_dict_to_diffusers renames attention modules to the
     # old "lora.down" names but leaves others (conv_in, proj_in) as lora_A, and the loader, seeing lora_A,
     # then silently drops every "lora.down" key.
-    StableDiffusionPipeline.save_lora_weights(str(folder), unet_lora_layers=unet_state, safe_serialization=True, **kwargs)
+    with atomic_folder(folder) as tmp:
+        StableDiffusionPipeline.save_lora_weights(str(tmp), unet_lora_layers=unet_state, safe_serialization=True,
+                                                  **kwargs)
     return [ExportFile(kohya, "kohya", "lora"), ExportFile(folder / "pytorch_lora_weights.safetensors", "diffusers", "lora")]
 
 

@@ -22,6 +22,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from personae.staging import atomic_file, atomic_folder
+
 _PEFT_KEY = re.compile(r"^(?P<module>.+)\.lora_(?P<part>A|B)(?:\.[^.]+)?\.weight$")
 _TE_PREFIX = "lora_te_text_model_"
 
@@ -53,9 +55,8 @@ def peft_to_kohya(unet_state: dict[str, torch.Tensor], te_state: dict[str, torch
 
 
 def write_kohya(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> Path:
-    tmp = path.with_name(path.name + ".partial")
-    save_file(tensors, str(tmp), metadata={k: str(v) for k, v in metadata.items()})
-    tmp.replace(path)
+    with atomic_file(path) as tmp:
+        save_file(tensors, str(tmp), metadata={k: str(v) for k, v in metadata.items()})
     return path
 
 
@@ -152,8 +153,9 @@ def kohya_to_diffusers_file(src: Path, dst_folder: Path) -> Path:
     if te:
         te_alphas = {k[3:]: v for k, v in alphas.items() if k.startswith("te:")}
         kwargs = {"text_encoder_lora_layers": te, "text_encoder_lora_adapter_metadata": adapter_config(te, te_alphas)}
-    StableDiffusionPipeline.save_lora_weights(str(dst_folder), unet_lora_layers=unet, safe_serialization=True,
-                                              unet_lora_adapter_metadata=adapter_config(unet, alphas), **kwargs)
+    with atomic_folder(dst_folder) as tmp:
+        StableDiffusionPipeline.save_lora_weights(str(tmp), unet_lora_layers=unet, safe_serialization=True,
+                                                  unet_lora_adapter_metadata=adapter_config(unet, alphas), **kwargs)
     return dst_folder / "pytorch_lora_weights.safetensors"
 
 

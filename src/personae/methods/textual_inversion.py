@@ -18,6 +18,7 @@ from personae.config.train import TokenSpec
 from personae.errors import UserError
 from personae.methods.base import ExportFile, Method, ParamGroup
 from personae.methods.lora import freeze
+from personae.staging import atomic_file
 
 
 def token_names(spec: TokenSpec) -> list[str]:
@@ -94,9 +95,8 @@ class TokenTable:
                     "sd_checkpoint_name": str(metadata.get("base_model", ""))}
             for path, tensors, fmt in [(out / f"{stem}.safetensors", {"emb_params": vectors}, "a1111"),
                                        (out / f"{stem}.diffusers.safetensors", {token: vectors}, "diffusers")]:
-                tmp = path.with_name(path.name + ".partial")
-                save_file(tensors, str(tmp), metadata=meta if fmt == "a1111" else {"name": token})
-                tmp.replace(path)
+                with atomic_file(path) as tmp:
+                    save_file(tensors, str(tmp), metadata=meta if fmt == "a1111" else {"name": token})
                 files.append(ExportFile(path, fmt, "embedding", token))
         return files
 

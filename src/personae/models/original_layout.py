@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING
 import torch
 from safetensors.torch import save_file
 
+from personae.staging import atomic_file
+
 if TYPE_CHECKING:
     from diffusers import StableDiffusionPipeline
 
@@ -148,9 +150,8 @@ def save_single_file(pipe: StableDiffusionPipeline, path: str | Path, extra_meta
     # one call to the next, so two or more keys would break "same seed, same bytes".
     metadata = {CONFIG_METADATA_KEY: json.dumps(component_configs(pipe), default=list, sort_keys=True)}
     metadata.update(extra_metadata or {})
-    tmp = path.with_name(path.name + ".partial")
-    save_file(state, str(tmp), metadata=metadata)
-    tmp.replace(path)
+    with atomic_file(path) as tmp:
+        save_file(state, str(tmp), metadata=metadata)
     return path
 
 
@@ -189,7 +190,6 @@ def save_controlnet_single_file(controlnet, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     metadata = {CONFIG_METADATA_KEY: json.dumps({"controlnet": dict(controlnet.config)}, default=list, sort_keys=True)}
-    tmp = path.with_name(path.name + ".partial")
-    save_file(controlnet_to_original(controlnet), str(tmp), metadata=metadata)
-    tmp.replace(path)
+    with atomic_file(path) as tmp:
+        save_file(controlnet_to_original(controlnet), str(tmp), metadata=metadata)
     return path
