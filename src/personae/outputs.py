@@ -17,9 +17,11 @@ it) and every file personae wrote there. Every command follows the same rules:
    numbered images, the demo) and records its files when it closes. If a writer was killed first,
    the files matching its kind's layout count as personae's.
 
-Folders written before markers existed are recognised by their kind's layout: the signature file
-is there and every file is a name that command writes (a run folder holding config.yaml,
-checkpoints/... and nothing else). They get a marker the next time personae writes them.
+Folders written before markers existed are recognised by their kind's layout: the signature files
+are there and every file is a name that command writes (a run folder holding config.yaml,
+versions.json, checkpoints/... and nothing else). They get a marker the next time personae writes
+them. Kinds whose names a user's folder could share (a model folder, a demo's index.html) have no
+such rule: without a marker they are the user's.
 
     with staged_output("compare", COMPARISON) as work:   # work is compare.partial, empty
         ...                                              # write everything into work
@@ -56,7 +58,9 @@ class Kind:
     name: str  # for messages, e.g. "a training run"
     command: str  # e.g. "personae train"
     layout: tuple[str, ...] = ()  # fnmatch patterns ("*" spans folders) of every file the command writes
-    signature: str = ""  # a file every such folder holds: recognises folders from before markers
+    # files every such folder holds, to recognise folders from before markers (with every file in the layout);
+    # (): any folder whose every file is in the layout; None: folders without a marker are never personae's
+    signature: tuple[str, ...] | None = None
     hint: str = "Pass --overwrite to replace it, or choose another folder."  # when replacing needs asking
 
     def writes(self, rel: str) -> bool:
@@ -119,8 +123,11 @@ def survey(out: str | Path, kind: Kind) -> Survey:
     if marker is None:
         if not entries and not (out / MARKER).exists():
             return Survey(out, "empty")
-        legacy = kind.signature and (out / kind.signature).is_file() and all(kind.writes(e) for e in entries)
-        return Survey(out, "ours", None, entries) if legacy else Survey(out, "foreign", None, [], entries)
+        signed = kind.signature is not None and bool(entries) and all((out / f).is_file() for f in kind.signature)
+        legacy = signed and all(kind.writes(e) for e in entries)
+        if legacy:
+            return Survey(out, "ours", None, entries)
+        return Survey(out, "foreign", None, [], sorted(entries, key=kind.writes))  # the names it never writes first
     if marker.get("kind") != kind.id:
         return Survey(out, "other", marker, [], entries)
     recorded = set(marker["files"])
@@ -167,7 +174,11 @@ def lock_path(out: str | Path) -> Path:
 
 def _acquire(path: Path, out: Path) -> int:
     while True:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except PermissionError:
+            raise UserError(f"Cannot write in {out.parent}: permission denied.",
+                            "Choose an output folder in a place you can write to.") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -348,6 +359,11 @@ def open_output(out: str | Path, kind: Kind, clear: bool = False) -> Iterator[Pa
                 _write_marker(out, kind, [e for e in _walk(out) if e not in users], writing=False)
             except OSError:
                 pass  # a full disk: the marker still says "writing", and the layout names personae's files
+
+
+# a diffusers folder personae wrote (`personae model ...`, `personae world pretrain`, with its training/ record)
+MODEL_FOLDER = Kind("model", "a model folder", "personae model / personae world pretrain",
+                    layout=("model_index.json", "*config.json", "*.safetensors", "*.txt", "*.json", "training/*"))
 
 
 def check_file_output(path: str | Path, overwrite: bool = False, flag: str = "--overwrite") -> Path:

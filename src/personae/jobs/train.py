@@ -30,7 +30,7 @@ from personae.training.setup import preflight
 
 PACKAGES = ["personae", "torch", "diffusers", "transformers", "peft", "accelerate", "safetensors"]
 TRAINING_RUN = Kind(
-    "train", "a training run", "personae train", signature="config.yaml",
+    "train", "a training run", "personae train", signature=("config.yaml", "versions.json"),
     layout=("config.yaml", "versions.json", "exports.json", "loss.png", "losses.csv", "checkpoints/step-*",
             "validation/step-*.png", "logs/*", "cache/*", "class_images/class_*.png", "prepared/*",
             "lora.safetensors", "lora_diffusers/*", "embeddings/*", "model/*", "model.safetensors"),

@@ -22,7 +22,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from personae.staging import atomic_file, atomic_folder
+from personae.staging import atomic_file
 
 _PEFT_KEY = re.compile(r"^(?P<module>.+)\.lora_(?P<part>A|B)(?:\.[^.]+)?\.weight$")
 _TE_PREFIX = "lora_te_text_model_"
@@ -143,7 +143,9 @@ def adapter_config(state: dict[str, torch.Tensor], alphas: dict[str, float]) -> 
 
 
 def kohya_to_diffusers_file(src: Path, dst_folder: Path) -> Path:
-    """Convert a kohya/A1111 LoRA to the diffusers/peft layout (with its adapter config in the header)."""
+    """Convert a kohya/A1111 LoRA to the diffusers/peft layout (with its adapter config in the header).
+
+    `dst_folder` is written directly: give it a folder being staged (outputs.staged_output)."""
     from diffusers import StableDiffusionPipeline
 
     unet, te, alphas = read_kohya(src)
@@ -153,9 +155,8 @@ def kohya_to_diffusers_file(src: Path, dst_folder: Path) -> Path:
     if te:
         te_alphas = {k[3:]: v for k, v in alphas.items() if k.startswith("te:")}
         kwargs = {"text_encoder_lora_layers": te, "text_encoder_lora_adapter_metadata": adapter_config(te, te_alphas)}
-    with atomic_folder(dst_folder) as tmp:
-        StableDiffusionPipeline.save_lora_weights(str(tmp), unet_lora_layers=unet, safe_serialization=True,
-                                                  unet_lora_adapter_metadata=adapter_config(unet, alphas), **kwargs)
+    StableDiffusionPipeline.save_lora_weights(str(dst_folder), unet_lora_layers=unet, safe_serialization=True,
+                                              unet_lora_adapter_metadata=adapter_config(unet, alphas), **kwargs)
     return dst_folder / "pytorch_lora_weights.safetensors"
 
 

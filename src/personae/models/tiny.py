@@ -16,6 +16,7 @@ from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNe
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 from personae.models.original_layout import save_single_file
+from personae.outputs import MODEL_FOLDER, check_file_output, staged_output
 
 SD15_DIR = Path(__file__).parent / "sd15"
 
@@ -80,11 +81,15 @@ def build_tiny_pipeline(seed: int = 0) -> StableDiffusionPipeline:
     )
 
 
-def write_tiny_model(out_dir: str | Path, seed: int = 0, single_file: str | Path | None = None) -> Path:
+def write_tiny_model(out_dir: str | Path, seed: int = 0, single_file: str | Path | None = None,
+                     overwrite: bool = False) -> Path:
     """Write the tiny model as a diffusers folder (and optionally as one original-layout file)."""
     out_dir = Path(out_dir)
-    pipe = build_tiny_pipeline(seed)
-    pipe.save_pretrained(str(out_dir), safe_serialization=True)
+    if single_file is not None:
+        check_file_output(single_file, overwrite)
+    with staged_output(out_dir, MODEL_FOLDER, replace=overwrite) as work:
+        pipe = build_tiny_pipeline(seed)
+        pipe.save_pretrained(str(work), safe_serialization=True)
     if single_file is not None:
         save_single_file(pipe, single_file)
     return out_dir

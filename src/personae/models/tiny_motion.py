@@ -39,11 +39,19 @@ def build_tiny_motion_adapter(seed: int = 0) -> MotionAdapter:
     return adapter
 
 
-def write_tiny_motion_adapter(out_dir: str | Path, seed: int = 0, single_file: str | Path | None = None) -> Path:
+def write_tiny_motion_adapter(out_dir: str | Path, seed: int = 0, single_file: str | Path | None = None,
+                              overwrite: bool = False) -> Path:
     """Write the tiny adapter as a diffusers folder (and optionally as one .safetensors file)."""
+    from personae.outputs import MODEL_FOLDER, check_file_output, staged_output
+    from personae.staging import atomic_file
+
     out_dir = Path(out_dir)
-    adapter = build_tiny_motion_adapter(seed)
-    adapter.save_pretrained(str(out_dir), safe_serialization=True)
     if single_file is not None:
-        save_motion_single_file(adapter, single_file)
+        check_file_output(single_file, overwrite)
+    with staged_output(out_dir, MODEL_FOLDER, replace=overwrite) as work:
+        adapter = build_tiny_motion_adapter(seed)
+        adapter.save_pretrained(str(work), safe_serialization=True)
+    if single_file is not None:
+        with atomic_file(single_file) as tmp:
+            save_motion_single_file(adapter, tmp)
     return out_dir
