@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import errno
+import json
 import os
 import random
 import shutil
@@ -25,6 +26,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file
 
 from personae.cli.main import main
@@ -102,7 +104,7 @@ def test_sigterm_five_times_with_resume_is_bit_identical(tmp_path, tiny_model, p
     reference = _train(whole, quiet=True)
     assert reference.wait(timeout=600) == 0, reference.stderr.read().decode()[-2000:]
     rng = random.Random(14)
-    done = 0
+    done, stops = 0, []
     for attempt in range(5):
         proc = _train(broken, *(["--resume"] if attempt else []))
         watcher = StepWatcher(proc)
@@ -119,12 +121,35 @@ def test_sigterm_five_times_with_resume_is_bit_identical(tmp_path, tiny_model, p
         if watcher.done:  # the loop had begun: it stopped at a step's end, with a checkpoint of that step
             assert proc.returncode == 143 and ("saving a checkpoint" in err or "stopping after" in err), err[-2000:]
             assert found and found[-1][0] >= watcher.done
+            stops.append(found[-1][0])
         done = found[-1][0] if found else 0
+    assert len(stops) >= 4 and stops == sorted(stops) and len(set(stops)) == len(stops)  # each went further
     final = _train(broken, "--resume", quiet=True)
     assert final.wait(timeout=600) == 0, final.stderr.read().decode()[-2000:]
-    for name in ["lora.safetensors", "lora_diffusers/pytorch_lora_weights.safetensors", "losses.csv",
-                 "checkpoints/step-000020/trainable.safetensors"]:
+    for name in ["losses.csv", "checkpoints/step-000020/trainable.safetensors"]:
         assert (tmp_path / "whole" / name).read_bytes() == (tmp_path / "broken" / name).read_bytes(), name
+    for name in ["lora.safetensors", "lora_diffusers/pytorch_lora_weights.safetensors"]:  # the exports: every bit
+        # of every tensor, and the same header (safetensors orders header keys differently from call to call)
+        a, b = (safe_open(str(tmp_path / run / name), "pt") for run in ("whole", "broken"))
+        assert _header(a.metadata()) == _header(b.metadata()) and a.keys() == b.keys(), name
+        for key in a.keys():
+            x, y = a.get_tensor(key), b.get_tensor(key)
+            assert x.dtype == y.dtype and torch.equal(x.reshape(-1).view(torch.uint8), y.reshape(-1).view(torch.uint8)), (name, key)
+
+
+def _header(metadata: dict[str, str]) -> dict:
+    """A header's fields, JSON parsed; peft's target_modules is a set, listed in a per-process hash order."""
+    def norm(value):
+        if isinstance(value, dict):
+            return {k: norm(v) for k, v in value.items()}
+        return sorted(value) if isinstance(value, list) and all(isinstance(v, str) for v in value) else value
+    out = {}
+    for key, text in metadata.items():
+        try:
+            out[key] = norm(json.loads(text))
+        except ValueError:
+            out[key] = text
+    return out
 
 
 # ---------------------------------------------------------------- a full disk
