@@ -375,3 +375,69 @@ def test_prepare_names_never_collide_and_stay_the_same_across_runs(tmp_path):
     again = prepare_dataset(src, tmp_path / "set", PrepareSettings(resolution=64))
     assert again.reused == 6 and {e.source: e.image for e in again.entries} == {e.source: e.image for e in first.entries}
     assert len(list((tmp_path / "set/images").glob("*.png"))) == 6 and snapshot(src) == before
+
+
+# ---------------------------------------------------------------- the policy itself (outputs.py), no models
+
+def test_the_policy_on_its_own(tmp_path):
+    import threading
+
+    from personae.errors import UserError
+    from personae.outputs import Kind, locked, open_output, staged_output
+
+    kind = Kind("toy", "a toy output", "personae toy", layout=("report.txt", "parts/*"), signature=("report.txt",))
+    out = tmp_path / "out"
+    with staged_output(out, kind) as work:
+        (work / "report.txt").write_text("1")
+    assert read_marker(out)["files"] == ["report.txt"] and not (tmp_path / "out.partial").exists()
+    # a user's file where the new output puts one of its own: refused, nothing changed
+    (out / "extra.txt").write_text("mine")
+    before = snapshot(tmp_path)
+    with pytest.raises(UserError, match="extra.txt"):
+        with staged_output(out, kind) as work:
+            (work / "report.txt").write_text("2")
+            (work / "extra.txt").write_text("personae's")
+    assert snapshot(tmp_path) == before
+    # a staging folder a killed run left is cleared; one that is a finished output (or the user's) is not
+    with staged_output(tmp_path / "left", kind) as work:
+        (work / "report.txt").write_text("x")
+        os.rename(work, tmp_path / "left-over.partial")
+        work.mkdir()
+    (tmp_path / "left-over.partial" / MARKER).write_text(json.dumps({**read_marker(tmp_path / "left-over.partial"),
+                                                                      "writing": True}))
+    with staged_output(tmp_path / "left-over", kind) as work:
+        (work / "report.txt").write_text("y")
+    assert (tmp_path / "left-over/report.txt").read_text() == "y" and not (tmp_path / "left-over.partial").exists()
+    with staged_output(tmp_path / "x.partial", kind) as work:  # a finished output that happens to be named so
+        (work / "report.txt").write_text("z")
+    with pytest.raises(UserError, match="is not personae's"):
+        with staged_output(tmp_path / "x", kind):
+            pass
+    # written in place and killed: the layout names personae's files, anything else stays the user's
+    run = tmp_path / "run"
+    with open_output(run, kind):
+        (run / "parts").mkdir()
+        (run / "parts/a.bin").write_bytes(b"a")
+    (run / MARKER).write_text(json.dumps({**read_marker(run), "files": [], "writing": True}))
+    (run / "mine.txt").write_text("mine")
+    with open_output(run, kind, clear=True):
+        pass
+    assert sorted(os.listdir(run)) == [MARKER, "mine.txt"]
+    # the lock: re-entrant in one thread, refused in another with this process's pid
+    errors = []
+    with locked(run), locked(run):
+        thread = threading.Thread(target=lambda: errors.append(_try_lock(run)))
+        thread.start()
+        thread.join()
+    assert f"pid {os.getpid()}" in errors[0] and _try_lock(run) == "" and not (tmp_path / ".run.personae-lock").exists()
+
+
+def _try_lock(path) -> str:
+    from personae.errors import UserError
+    from personae.outputs import locked
+
+    try:
+        with locked(path):
+            return ""
+    except UserError as exc:
+        return str(exc)

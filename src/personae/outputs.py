@@ -40,6 +40,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
+from itertools import islice
 from pathlib import Path
 
 from personae.errors import UserError
@@ -83,18 +84,21 @@ def absolute(path: str | Path) -> Path:
     return Path(os.path.abspath(os.path.expanduser(str(path))))
 
 
-def _walk(folder: Path) -> list[str]:
+def _entries(folder: Path) -> Iterator[str]:
     """Files and links under `folder` (relative, "/"), empty folders as "name/"; the marker left out."""
-    found = []
     for root, dirs, files in os.walk(folder):
         rel = Path(root).relative_to(folder)
         links = [d for d in dirs if os.path.islink(os.path.join(root, d))]
         dirs[:] = [d for d in dirs if d not in links]
-        names = [(rel / f).as_posix() for f in files + links]
-        found += [n for n in names if n != MARKER]
+        for name in files + links:
+            if (rel / name).as_posix() != MARKER:
+                yield (rel / name).as_posix()
         if not files and not dirs and not links and root != str(folder):
-            found.append(rel.as_posix() + "/")
-    return sorted(found)
+            yield rel.as_posix() + "/"
+
+
+def _walk(folder: Path) -> list[str]:
+    return sorted(_entries(folder))
 
 
 def read_marker(folder: Path) -> dict | None:
@@ -118,16 +122,19 @@ def survey(out: str | Path, kind: Kind) -> Survey:
         return Survey(out, "new")
     if not out.is_dir():
         return Survey(out, "file")
-    entries = _walk(out)
     marker = read_marker(out)
     if marker is None:
-        if not entries and not (out / MARKER).exists():
+        if not any(out.iterdir()):
             return Survey(out, "empty")
-        signed = kind.signature is not None and bool(entries) and all((out / f).is_file() for f in kind.signature)
-        legacy = signed and all(kind.writes(e) for e in entries)
-        if legacy:
-            return Survey(out, "ours", None, entries)
-        return Survey(out, "foreign", None, [], sorted(entries, key=kind.writes))  # the names it never writes first
+        # a folder without a marker is looked at only as far as needed (it may be someone's home folder)
+        if kind.signature is not None and all((out / f).is_file() for f in kind.signature):
+            strangers = list(islice((e for e in _entries(out) if not kind.writes(e)), 5))
+            if not strangers:
+                return Survey(out, "ours", None, _walk(out))
+        else:
+            strangers = list(islice(_entries(out), 5))
+        return Survey(out, "foreign", None, [], strangers or [MARKER])
+    entries = _walk(out)
     if marker.get("kind") != kind.id:
         return Survey(out, "other", marker, [], entries)
     recorded = set(marker["files"])
@@ -139,8 +146,7 @@ def survey(out: str | Path, kind: Kind) -> Survey:
 
 
 def _listing(names: list[str], limit: int = 4) -> str:
-    shown = ", ".join(names[:limit])
-    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
+    return ", ".join(names[:limit]) + (" and more" if len(names) > limit else "")
 
 
 def check_output(out: str | Path, kind: Kind, replace: bool = True) -> Survey:
