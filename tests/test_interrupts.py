@@ -249,3 +249,24 @@ def test_a_really_full_disk_during_the_final_export(tmp_path, tiny_model, prepar
     assert [s for s, _ in ckpt.list_checkpoints(run)] == [2] and _leftovers(run) == []
     assert ckpt.load_checkpoint(ckpt.checkpoint_dir(run, 2))[1]["step"] == 2
     assert torch.is_tensor(next(iter(load_file(str(run / "checkpoints/step-000002/trainable.safetensors")).values())))
+
+
+def test_a_full_disk_in_generate_and_detect_is_a_message(tmp_path, tiny_model, prepared, monkeypatch, capsys):
+    import personae.media.png as png
+
+    real = png.Image.Image.save
+
+    def full(self, fp, *args, **kwargs):  # the PNG writer starts its file, then the disk is full
+        Path(fp).write_bytes(b"\x89PNG")
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(png.Image.Image, "save", full)
+    photo = next(prepared.glob("images/*.png"))
+    runs = [(["generate", "--model", str(tiny_model[0]), "--prompt", "x", "--steps", "1", "--width", "64", "--height", "64",
+              "--out", str(tmp_path / "pictures"), "--quiet"], tmp_path / "pictures"),
+            (["detect", "canny", str(photo), str(tmp_path / "maps/edges.png")], tmp_path / "maps")]
+    for argv, folder in runs:
+        assert main(argv) == 2
+        err = " ".join(capsys.readouterr().err.split())
+        assert "disk is full" in err and "Traceback" not in err
+        assert [p.name for p in folder.iterdir() if p.name != ".personae.json"] == []
+    monkeypatch.setattr(png.Image.Image, "save", real)

@@ -44,7 +44,7 @@ from itertools import islice
 from pathlib import Path
 
 from personae.errors import UserError
-from personae.staging import atomic_file, disk_full, is_disk_full
+from personae.staging import atomic_file, disk_full, explain_disk_full, is_disk_full
 
 MARKER = ".personae.json"
 # names personae's own machinery leaves inside a folder it writes: temporary files and folders, nested locks
@@ -359,7 +359,8 @@ def open_output(out: str | Path, kind: Kind, clear: bool = False) -> Iterator[Pa
         users = set(s.foreign)
         _write_marker(out, kind, [] if clear else s.ours, writing=True)
         try:
-            yield out
+            with explain_disk_full(out):
+                yield out
         finally:
             try:  # everything that appeared while the folder was locked is personae's
                 _write_marker(out, kind, [e for e in _walk(out) if e not in users], writing=False)

@@ -89,6 +89,17 @@ def is_disk_full(exc: BaseException | None) -> bool:
     return False
 
 
+@contextmanager
+def explain_disk_full(where: str | Path, kept: str = "") -> Iterator[None]:
+    """Let a full disk while writing `where` end as a UserError (the writers inside leave nothing half-written)."""
+    try:
+        yield
+    except Exception as exc:
+        if is_disk_full(exc) and not isinstance(exc, UserError):
+            raise disk_full(where, kept) from None
+        raise
+
+
 def disk_full(where: str | Path, kept: str = "", fix: str = "") -> UserError:
     """The message for a write that failed because the disk is full."""
     return UserError(f"The disk is full: writing {where} failed (no space left on device). Nothing half-written "

@@ -34,6 +34,7 @@ def run(args) -> int:
     from personae.methods.lora_files import diffusers_to_kohya_file, kohya_to_diffusers_file
     from personae.models.resolve import refuse_pickle
     from personae.outputs import check_file_output, staged_output
+    from personae.staging import explain_disk_full
 
     src = Path(args.file)
     if not src.is_file():
@@ -47,14 +48,15 @@ def run(args) -> int:
             if dst.suffix == ".safetensors":
                 raise UserError(f"--out {dst}: --to diffusers writes a folder (holding pytorch_lora_weights.safetensors).",
                                 "Give a folder name, e.g. --out lora_diffusers.")
-            with staged_output(dst, CONVERTED_LORA, replace=args.overwrite) as work:
+            with staged_output(dst, CONVERTED_LORA, replace=args.overwrite) as work:  # a full disk: explained there
                 kohya_to_diffusers_file(src, work)
             out = dst / "pytorch_lora_weights.safetensors"
         else:
             dst = Path(args.out) if args.out else src.with_name(src.stem.replace("pytorch_lora_weights", "lora") + "_kohya.safetensors")
             if dst.suffix != ".safetensors":
                 raise UserError(f"--out {dst}: --to kohya writes one .safetensors file.", "Give a name ending in .safetensors.")
-            out = diffusers_to_kohya_file(src, check_file_output(dst, args.overwrite))
+            with explain_disk_full(dst):
+                out = diffusers_to_kohya_file(src, check_file_output(dst, args.overwrite))
     except ValueError as exc:
         raise UserError(f"{src} could not be converted: {exc}.",
                         "Check that it is a LoRA for Stable Diffusion 1.x in the other layout.") from None

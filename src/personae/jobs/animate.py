@@ -18,6 +18,7 @@ from personae.inference.animate import Clip, animate
 from personae.media.png import save_png
 from personae.media.video import check_clip_path, write_clip
 from personae.outputs import Kind, check_file_output, check_output, staged_output
+from personae.staging import explain_disk_full
 
 FRAMES = Kind("frames", "the frames of a clip", "personae animate --frames-dir", layout=("frame-*.png",))
 
@@ -43,8 +44,10 @@ def save_frames(clip: Clip, folder: str | Path, overwrite: bool = False) -> list
 
 def save_clip(clip: Clip, outputs: list[str | Path], frames_dir: str | Path | None = None,
               overwrite: bool = False) -> list[Path]:
-    written = [write_clip(clip.frames, check_file_output(p, overwrite), clip.settings.fps, clip.parameters)
-               for p in outputs]
+    written = []
+    for p in outputs:
+        with explain_disk_full(p):
+            written.append(write_clip(clip.frames, check_file_output(p, overwrite), clip.settings.fps, clip.parameters))
     if frames_dir is not None:
         written += save_frames(clip, frames_dir, overwrite)
     return written

@@ -207,5 +207,8 @@ def write_tiny_controlnet(out_dir: str | Path, base: str | Path | None = None, s
     if single_file is not None:
         from personae.models.original_layout import save_controlnet_single_file
 
-        save_controlnet_single_file(controlnet, single_file)
+        from personae.staging import explain_disk_full
+
+        with explain_disk_full(single_file):
+            save_controlnet_single_file(controlnet, single_file)
     return out_dir

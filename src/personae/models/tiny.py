@@ -17,6 +17,7 @@ from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 from personae.models.original_layout import save_single_file
 from personae.outputs import MODEL_FOLDER, check_file_output, staged_output
+from personae.staging import explain_disk_full
 
 SD15_DIR = Path(__file__).parent / "sd15"
 
@@ -91,5 +92,6 @@ def write_tiny_model(out_dir: str | Path, seed: int = 0, single_file: str | Path
         pipe = build_tiny_pipeline(seed)
         pipe.save_pretrained(str(work), safe_serialization=True)
     if single_file is not None:
-        save_single_file(pipe, single_file)
+        with explain_disk_full(single_file):
+            save_single_file(pipe, single_file)
     return out_dir

@@ -43,7 +43,7 @@ def write_tiny_motion_adapter(out_dir: str | Path, seed: int = 0, single_file: s
                               overwrite: bool = False) -> Path:
     """Write the tiny adapter as a diffusers folder (and optionally as one .safetensors file)."""
     from personae.outputs import MODEL_FOLDER, check_file_output, staged_output
-    from personae.staging import atomic_file
+    from personae.staging import atomic_file, explain_disk_full
 
     out_dir = Path(out_dir)
     if single_file is not None:
@@ -52,6 +52,6 @@ def write_tiny_motion_adapter(out_dir: str | Path, seed: int = 0, single_file: s
         adapter = build_tiny_motion_adapter(seed)
         adapter.save_pretrained(str(work), safe_serialization=True)
     if single_file is not None:
-        with atomic_file(single_file) as tmp:
+        with explain_disk_full(single_file), atomic_file(single_file) as tmp:
             save_motion_single_file(adapter, tmp)
     return out_dir
