@@ -3,6 +3,7 @@
 import io
 import json
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -108,9 +109,12 @@ def test_rerun_is_idempotent_and_only_processes_changes(messy_folder, tmp_path):
     assert {p: p.stat().st_mtime_ns for p in (out / "images").iterdir()} == stamps
     _shape_image(99).save(messy_folder / "good_00.png")  # one changed, one removed
     os.remove(messy_folder / "good_02.png")
+    gone = next(e.image for e in again.entries if e.source == "good_02.png")
     third = prepare_dataset(messy_folder, out, PrepareSettings(resolution=64))
     assert third.reused == 24 and len(third.entries) == 25
-    assert not (out / "images" / "good_02.png").exists()
+    assert (out / gone).exists() is False and not (out / gone).with_suffix(".txt").exists()
+    assert sorted(p.name for p in (out / "images").iterdir()) == sorted(
+        n for e in third.entries for n in (Path(e.image).name, Path(e.image).with_suffix(".txt").name))
 
 
 def test_face_crop_keeps_the_detected_face_inside_also_off_centre(tmp_path):

@@ -169,7 +169,7 @@ def test_pretrain_refuses_a_used_folder_and_bad_settings(tmp_path):
 
     (tmp_path / "used").mkdir()
     (tmp_path / "used" / "keep.txt").write_text("mine")
-    with pytest.raises(UserError, match="not empty"):
+    with pytest.raises(UserError, match="personae did not write"):
         pretrain(WorldPretrain(), tmp_path / "used")
     assert (tmp_path / "used" / "keep.txt").read_text() == "mine"
     assert main(["world", "pretrain", str(tmp_path / "x"), "--set", "unet.stepz=3"]) == 2

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import re
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -58,3 +62,38 @@ def distance_to_training(pipe, prepared: Path) -> float:
 
 def mean_abs(a: list[Image.Image], b: list[Image.Image]) -> float:
     return float(np.mean([np.abs(np.asarray(x, float) - np.asarray(y, float)).mean() / 255 for x, y in zip(a, b)]))
+
+
+class StepWatcher:
+    """Follows a `personae train` subprocess's progress bar (its stderr, read in a thread).
+
+    `wait(n)` returns once n training steps are done, so a test can signal the process at a
+    known point of the loop instead of after a guessed number of seconds.
+    """
+
+    _STEP = re.compile(r"train:[^\r\n]*?(\d+)/\d+")
+
+    def __init__(self, proc):
+        self.proc, self.text, self.done = proc, "", 0
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        fd = self.proc.stderr.fileno()
+        while data := os.read(fd, 65536):
+            self.text += data.decode(errors="replace")
+            steps = [int(m.group(1)) for m in self._STEP.finditer(self.text[-4000:])]
+            self.done = max([self.done] + steps)
+
+    def wait(self, step: int, timeout: float = 240) -> int:
+        deadline = time.monotonic() + timeout
+        while self.done < step:
+            assert self.proc.poll() is None, f"the run ended before step {step}: {self.text[-2000:]}"
+            assert time.monotonic() < deadline, f"step {step} not reached in {timeout} s: {self.text[-2000:]}"
+            time.sleep(0.02)
+        return self.done
+
+    def finish(self, timeout: float = 240) -> str:
+        self.proc.wait(timeout=timeout)
+        self._thread.join(timeout=10)
+        return self.text

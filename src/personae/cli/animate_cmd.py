@@ -52,6 +52,8 @@ def add_parser(sub) -> None:
     p.add_argument("--out", action="append", default=[], metavar="CLIP.gif|CLIP.mp4",
                    help="output clip; the suffix picks the format; repeat for both")
     p.add_argument("--frames-dir", metavar="DIR", help="also write every frame as a PNG (with its settings) to DIR")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace existing --out files and an earlier clip's --frames-dir")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(run=run)
 
@@ -79,10 +81,10 @@ def run(args) -> int:
     from personae.jobs.animate import check_outputs, run_animate
 
     settings = settings_from_args(args)
-    check_outputs(args.out, args.frames_dir)  # a bad --out fails before the model loads
+    check_outputs(args.out, args.frames_dir, args.overwrite)  # a bad --out fails before the model loads
     progress = TerminalProgress(quiet=args.quiet)
     try:
-        run_animate(settings, args.out, args.frames_dir, on_event=progress)
+        run_animate(settings, args.out, args.frames_dir, on_event=progress, overwrite=args.overwrite)
     finally:
         progress.close()
     return 0

@@ -5,8 +5,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from personae.outputs import Kind
+
+CONVERTED_LORA = Kind("convert", "a converted LoRA", "personae convert", layout=("pytorch_lora_weights.safetensors",))
 EXAMPLES = """examples:
-  personae convert runs/demo/lora.safetensors --to diffusers           # -> runs/demo/lora_diffusers/
+  personae convert downloads/style.safetensors --to diffusers          # -> downloads/style_diffusers/
   personae convert pytorch_lora_weights.safetensors --to kohya --out me.safetensors
   personae convert my_sd_scripts_lora.safetensors --to diffusers --out converted/
   personae convert old_pytorch_lora_weights.bin --allow-pickle --to kohya   # the 2023 attention-processor layout
@@ -23,6 +26,8 @@ def add_parser(sub) -> None:
     p.add_argument("--to", required=True, choices=["kohya", "diffusers"])
     p.add_argument("--out", help="kohya: a .safetensors file; diffusers: a folder (default: beside FILE)")
     p.add_argument("--allow-pickle", action="store_true", help="accept .pt/.ckpt/.bin input")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing output file, or a folder an earlier convert wrote")
     p.set_defaults(run=run)
 
 
@@ -30,6 +35,8 @@ def run(args) -> int:
     from personae.errors import UserError
     from personae.methods.lora_files import diffusers_to_kohya_file, kohya_to_diffusers_file
     from personae.models.resolve import refuse_pickle
+    from personae.outputs import check_file_output, staged_output
+    from personae.staging import explain_disk_full
 
     src = Path(args.file)
     if not src.is_file():
@@ -37,11 +44,19 @@ def run(args) -> int:
     refuse_pickle(src, args.allow_pickle)
     try:
         if args.to == "diffusers":
-            out = kohya_to_diffusers_file(src, Path(args.out) if args.out else src.with_name(src.stem + "_diffusers"),
-                                          allow_pickle=args.allow_pickle)
+            dst = Path(args.out) if args.out else src.with_name(src.stem + "_diffusers")
+            if dst.suffix == ".safetensors":
+                raise UserError(f"--out {dst}: --to diffusers writes a folder (holding pytorch_lora_weights.safetensors).",
+                                "Give a folder name, e.g. --out lora_diffusers.")
+            with staged_output(dst, CONVERTED_LORA, replace=args.overwrite) as work:  # a full disk: explained there
+                kohya_to_diffusers_file(src, work, allow_pickle=args.allow_pickle)
+            out = dst / "pytorch_lora_weights.safetensors"
         else:
             dst = Path(args.out) if args.out else src.with_name(src.stem.replace("pytorch_lora_weights", "lora") + "_kohya.safetensors")
-            out = diffusers_to_kohya_file(src, dst, allow_pickle=args.allow_pickle)
+            if dst.suffix != ".safetensors":
+                raise UserError(f"--out {dst}: --to kohya writes one .safetensors file.", "Give a name ending in .safetensors.")
+            with explain_disk_full(dst):
+                out = diffusers_to_kohya_file(src, check_file_output(dst, args.overwrite), allow_pickle=args.allow_pickle)
     except ValueError as exc:
         raise UserError(f"{src} could not be converted: {exc}.",
                         "Check that it is a LoRA for Stable Diffusion 1.x in the other layout.") from None

@@ -28,6 +28,7 @@ def add_parser(sub) -> None:
     p.add_argument("out", metavar="OUT.png", help="where to write the map")
     p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                    help="a preprocessor option, e.g. low=50 for canny (repeatable)")
+    p.add_argument("--overwrite", action="store_true", help="replace OUT.png if it exists")
     p.set_defaults(run=run)
 
 
@@ -44,6 +45,6 @@ def run(args) -> int:
             raise UserError(f"--option {text}: expected KEY=NUMBER, e.g. low=50.") from None
         if not sep:
             raise UserError(f"--option {text}: expected KEY=NUMBER, e.g. low=50.")
-    out = run_detect(args.type, args.image, args.out, options)
+    out = run_detect(args.type, args.image, args.out, options, overwrite=args.overwrite)
     print(f"wrote {args.type} control map to {out}")
     return 0

@@ -188,9 +188,12 @@ def run(args) -> int:
 
     base = settings_from_png(args.from_png) if args.from_png else None
     if args.recipe:
+        from personae.jobs.generate import GENERATED
         from personae.jobs.recipes import recipe_settings
+        from personae.outputs import open_output
 
-        base = {**(base or {}), **recipe_settings(args.recipe, args.init_image, args.out, animal=args.animal)}
+        with open_output(args.out, GENERATED):  # the recipe's inputs go beside the images (never elsewhere)
+            base = {**(base or {}), **recipe_settings(args.recipe, args.init_image, args.out, animal=args.animal)}
         args.init_image = None  # the recipe's face crop replaces the photo
     settings = settings_from_args(args, base)
     progress = TerminalProgress(quiet=args.quiet)

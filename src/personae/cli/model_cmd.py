@@ -32,6 +32,7 @@ def add_parser(sub) -> None:
     tiny.add_argument("--single-file", metavar="FILE.safetensors",
                       help="also write the same weights as one file in the original SD checkpoint layout")
     tiny.add_argument("--seed", type=int, default=0, help="weight seed (default 0)")
+    _overwrite(tiny)
     tiny.set_defaults(run=run_tiny)
     motion = kinds.add_parser("tiny-motion", help="a tiny random AnimateDiff motion adapter that fits the tiny model",
                               epilog=MOTION_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -40,6 +41,7 @@ def add_parser(sub) -> None:
     motion.add_argument("out_dir", metavar="OUT_DIR", help="folder to write (diffusers layout)")
     motion.add_argument("--single-file", metavar="FILE.safetensors", help="also write it as one .safetensors file")
     motion.add_argument("--seed", type=int, default=0, help="weight seed (default 0)")
+    _overwrite(motion)
     motion.set_defaults(run=run_tiny_motion)
     control = kinds.add_parser("tiny-controlnet", help="a tiny ControlNet for the tiny model", epilog=EXAMPLES,
                                formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -51,23 +53,28 @@ def add_parser(sub) -> None:
     control.add_argument("--seed", type=int, default=0, help="seed of the perturbed weights (default 0)")
     control.add_argument("--single-file", metavar="FILE.safetensors",
                          help="also write it as one file in the original ControlNet layout (as A1111 users have them)")
+    _overwrite(control)
     control.set_defaults(run=run_tiny_controlnet)
     world = kinds.add_parser("world", help="the small shapes-world model, pretrained (32x32)", epilog=WORLD_EXAMPLES,
                              formatter_class=argparse.RawDescriptionHelpFormatter,
                              description="Write the shapes-world model that ships with personae (SD-1.5 "
                                          "architecture, pretrained by `personae world pretrain`) as a diffusers folder.")
     world.add_argument("out_dir", metavar="OUT_DIR", help="folder to write (diffusers layout)")
+    _overwrite(world)
     world.set_defaults(run=run_world)
     p.set_defaults(run=lambda args: p.print_help() or 2)
 
 
+def _overwrite(p) -> None:
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace a model personae wrote there before (never a folder or file of your own)")
+
+
 def _checked_out(args) -> Path:
-    """OUT_DIR must be a folder (or new); --single-file a .safetensors name."""
+    """--single-file must be a .safetensors name; the folder itself is checked by the writer (outputs.py)."""
     from personae.errors import UserError
 
     out = Path(args.out_dir)
-    if out.exists() and not out.is_dir():
-        raise UserError(f"{out} exists and is not a folder.", "Choose another output folder.")
     if getattr(args, "single_file", None) and not str(args.single_file).endswith(".safetensors"):
         raise UserError(f"--single-file {args.single_file}: the name must end in .safetensors.")
     return out
@@ -82,7 +89,7 @@ def run_tiny(args) -> int:
     from personae.models.tiny import write_tiny_model
 
     out = _checked_out(args)
-    write_tiny_model(out, seed=args.seed, single_file=args.single_file)
+    write_tiny_model(out, seed=args.seed, single_file=args.single_file, overwrite=args.overwrite)
     return _wrote("tiny model", out, args.single_file)
 
 
@@ -90,7 +97,7 @@ def run_tiny_controlnet(args) -> int:
     from personae.models.controlnet import write_tiny_controlnet
 
     out = _checked_out(args)
-    write_tiny_controlnet(out, base=args.base, seed=args.seed, single_file=args.single_file)
+    write_tiny_controlnet(out, base=args.base, seed=args.seed, single_file=args.single_file, overwrite=args.overwrite)
     return _wrote("tiny ControlNet", out, args.single_file)
 
 
@@ -98,12 +105,12 @@ def run_tiny_motion(args) -> int:
     from personae.models.tiny_motion import write_tiny_motion_adapter
 
     out = _checked_out(args)
-    write_tiny_motion_adapter(out, seed=args.seed, single_file=args.single_file)
+    write_tiny_motion_adapter(out, seed=args.seed, single_file=args.single_file, overwrite=args.overwrite)
     return _wrote("tiny motion adapter", out, args.single_file)
 
 
 def run_world(args) -> int:
     from personae.models.world_model import write_world_model
 
-    out = write_world_model(_checked_out(args))
+    out = write_world_model(_checked_out(args), overwrite=args.overwrite)
     return _wrote("the shapes-world model", out, None)

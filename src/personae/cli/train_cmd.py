@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 EXAMPLES = """examples:
   personae train job.yaml
@@ -29,7 +30,8 @@ def add_parser(sub) -> None:
     p.add_argument("job", metavar="JOB.yaml")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a job setting")
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in the run folder")
-    p.add_argument("--overwrite", action="store_true", help="delete an existing run folder and start again")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start again in an existing run folder (removes only what earlier runs wrote there)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(run=run)
 
@@ -37,11 +39,18 @@ def add_parser(sub) -> None:
 def run(args) -> int:
     from personae.cli.progress import TerminalProgress
     from personae.jobs.train import load_job, run_training
+    from personae.training.stopping import NAMES, Stopped, sigterm_stops
 
     job = load_job(args.job, args.set)
     progress = TerminalProgress(quiet=args.quiet)
     try:
-        result = run_training(job, resume=args.resume, overwrite=args.overwrite, on_event=progress)
+        with sigterm_stops():  # SIGTERM (kill, schedulers) stops like Ctrl-C: checkpoint, lock released
+            result = run_training(job, resume=args.resume, overwrite=args.overwrite, on_event=progress)
+    except Stopped as stop:
+        progress.close()
+        print(f"stopped by {NAMES.get(stop.signum, 'a signal')}; continue with: personae train {args.job} --resume",
+              file=sys.stderr)
+        return 128 + stop.signum
     finally:
         progress.close()
     if result.exports:

@@ -3,14 +3,21 @@
 OUT holds, for every usable image, `images/<name>.png` and `images/<name>.txt` (its
 caption), plus `manifest.jsonl` (one JSON object per image: the trainer's input),
 `report.md` (counts, every rejected file with its reason, near-duplicates, faces not
-found) and `contact_sheet.png`. SRC is only read. A re-run reuses every output whose
-source file and settings are unchanged, and removes outputs whose source is gone.
+found) and `contact_sheet.png`. SRC is only read, and may not overlap OUT. Each output's name
+is its source's path made safe plus a short hash of that exact path, so no two sources share
+one (`a b.png` / `a_b.png`, `x.jpg` / `x.png`) and a name never changes between runs.
+
+OUT is built in OUT.partial and replaces personae's previous set whole (outputs.py): a
+re-run reuses (links) every output whose source file and settings are unchanged, and drops
+outputs whose source is gone; files the user added to OUT are left alone.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
+import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -24,8 +31,12 @@ from personae.data.images import Rejected, file_hash, find_images, hamming, load
 from personae.errors import UserError
 from personae.events import EventHandler, Message, Progress, ignore
 from personae.media.sheet import contact_sheet
+from personae.outputs import Kind, absolute, check_output, staged_output
+from personae.staging import atomic_file, write_text
 
 MANIFEST = "manifest.jsonl"
+PREPARED_SET = Kind("prepare", "a prepared training set", "personae prepare", signature=(MANIFEST, "report.md"),
+                    layout=("images/*.png", "images/*.txt", MANIFEST, "report.md", "contact_sheet.png"))
 
 
 @dataclass
@@ -64,8 +75,10 @@ def _settings_hash(settings: PrepareSettings) -> str:
 
 
 def _output_name(relative: Path) -> str:
+    """A readable, file-system-safe name that is unique to the exact source path (suffix and folders included)."""
     stem = "__".join(relative.with_suffix("").parts)
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in stem)
+    readable = "".join(c if c.isalnum() or c in "-_." else "_" for c in stem)[:100]
+    return f"{readable}-{hashlib.sha256(relative.as_posix().encode('utf-8')).hexdigest()[:8]}"
 
 
 def _read_manifest(out: Path) -> dict[str, Entry]:
@@ -107,15 +120,42 @@ def prepare_dataset(src: str | Path, out: str | Path, settings: PrepareSettings,
     src, out = Path(src), Path(out)
     if not src.is_dir():
         raise UserError(f"{src} is not a folder.", "Pass the folder that holds your images as SRC.")
-    if out.resolve() == src.resolve() or src.resolve() in out.resolve().parents:
-        raise UserError(f"OUT ({out}) is inside SRC ({src}); SRC is never written to.", "Choose an OUT outside SRC.")
+    _refuse_overlap(src, out)
     files = find_images(src)
     if not files:
         raise UserError(f"{src} holds no image files (looked for jpg, jpeg, png, webp, bmp, tiff, gif, recursively).")
+    previous = _read_manifest(out) if check_output(out, PREPARED_SET).state == "ours" else {}
     captioner = get_captioner(settings.captioner)
+    with staged_output(out, PREPARED_SET) as work:
+        result = _prepare(src, files, out, work, previous, settings, captioner, on_event)
+    result.out = out
+    on_event(Message(f"prepared {len(result.entries)} images ({result.reused} unchanged), rejected "
+                     f"{len(result.rejected)}: see {out / 'report.md'}"))
+    return result
+
+
+def _refuse_overlap(src: Path, out: Path) -> None:
+    """SRC is only read: OUT may not be SRC, sit inside it, or hold it (SRC = OUT/images would be overwritten)."""
+    a, b = absolute(src).resolve(), absolute(out).resolve()
+    if a == b or a in b.parents or b in a.parents:
+        where = "is" if a == b else ("is inside" if a in b.parents else "holds")
+        raise UserError(f"OUT ({out}) {where} SRC ({src}); SRC is only ever read, so the two may not overlap.",
+                        "Choose an OUT folder outside SRC (and not around it), e.g. a sibling folder named prepared.")
+
+
+def _reuse(old_out: Path, work: Path, name: str) -> None:
+    """Bring an unchanged output into the new set: a hard link (no copy) where the file system allows it."""
+    target = work / name
+    try:
+        os.link(old_out / name, target)
+    except OSError:
+        shutil.copy2(old_out / name, target)
+
+
+def _prepare(src: Path, files: list[Path], out: Path, work: Path, previous: dict[str, Entry],
+             settings: PrepareSettings, captioner, on_event: EventHandler) -> PrepareResult:
     settings_hash = _settings_hash(settings)
-    previous = _read_manifest(out)
-    (out / "images").mkdir(parents=True, exist_ok=True)
+    (work / "images").mkdir(parents=True, exist_ok=True)
     buckets = make_buckets(settings.resolution, settings.bucket_step)
 
     # 2. read, frame, caption and write each image (reusing unchanged outputs)
@@ -124,9 +164,14 @@ def prepare_dataset(src: str | Path, out: str | Path, settings: PrepareSettings,
         on_event(Progress("prepare", i, len(files)))
         relative = path.relative_to(src)
         stat = path.stat()
+        name = _output_name(relative)
+        image_rel = f"images/{name}.png"
         old = previous.get(relative.as_posix())
         if (old and old.settings_hash == settings_hash and old.source_size == stat.st_size
-                and old.source_mtime_ns == stat.st_mtime_ns and (out / old.image).is_file()):
+                and old.source_mtime_ns == stat.st_mtime_ns and old.image == image_rel
+                and (out / old.image).is_file() and (out / f"images/{name}.txt").is_file()):
+            _reuse(out, work, old.image)
+            _reuse(out, work, f"images/{name}.txt")
             entries.append(old)
             reused += 1
             continue
@@ -141,23 +186,18 @@ def prepare_dataset(src: str | Path, out: str | Path, settings: PrepareSettings,
         raw = sidecar if sidecar and not settings.recaption else captioner.caption([image], [path])[0]
         caption = cap.fill_template(settings.template, caption=cap.clean_tags(raw or ""), trigger=settings.trigger,
                                     class_word=settings.class_word, token=token, folder=prefix, append=settings.append)
-        name = _output_name(relative)
-        image_rel = f"images/{name}.png"
-        tmp = out / f"{image_rel}.partial"
-        framed.save(tmp, format="PNG")
-        tmp.replace(out / image_rel)
-        (out / f"images/{name}.txt").write_text(caption + "\n", encoding="utf-8")
+        with atomic_file(work / image_rel) as tmp:
+            framed.save(tmp, format="PNG")
+        write_text(work / f"images/{name}.txt", caption + "\n")
         entries.append(Entry(relative.as_posix(), file_hash(path), image_rel, caption, box, size[0], size[1],
                              [size[0], size[1]], repeats, token, settings.keep_tokens, face,
                              f"{perceptual_hash(image):016x}", settings_hash, stat.st_size, stat.st_mtime_ns))
     on_event(Progress("prepare", len(files), len(files)))
 
-    # 3. remove outputs whose source is gone or now rejected
-    kept = {e.image for e in entries}
-    for old in previous.values():
-        if old.image not in kept:
-            for stale in (out / old.image, (out / old.image).with_suffix(".txt")):
-                stale.unlink(missing_ok=True)
+    # 3. outputs whose source is gone or now rejected are not carried over into the new set; names never repeat
+    names = [e.image for e in entries]
+    if len(set(names)) != len(names):  # would need two source paths with the same readable name and hash
+        raise RuntimeError(f"prepare: two sources were given one output name: {sorted(n for n in names if names.count(n) > 1)}")
 
     # 4. near-duplicates by perceptual hash
     duplicates = []
@@ -169,14 +209,11 @@ def prepare_dataset(src: str | Path, out: str | Path, settings: PrepareSettings,
                 duplicates.append((hashes[a][0], hashes[b][0], distance))
 
     # 5. manifest, report, contact sheet
-    result = PrepareResult(out, entries, rejected, duplicates, reused)
-    tmp = out / f"{MANIFEST}.partial"
-    tmp.write_text("".join(json.dumps(asdict(e), ensure_ascii=False) + "\n" for e in entries), encoding="utf-8")
-    tmp.replace(out / MANIFEST)
-    (out / "report.md").write_text(_report(src, result, settings), encoding="utf-8")
+    result = PrepareResult(work, entries, rejected, duplicates, reused)
+    write_text(work / MANIFEST, "".join(json.dumps(asdict(e), ensure_ascii=False) + "\n" for e in entries))
+    write_text(work / "report.md", _report(src, result, settings))
     if entries:
-        contact_sheet([out / e.image for e in entries], [e.caption for e in entries], out / "contact_sheet.png")
-    on_event(Message(f"prepared {len(entries)} images ({reused} unchanged), rejected {len(rejected)}: see {out / 'report.md'}"))
+        contact_sheet([work / e.image for e in entries], [e.caption for e in entries], work / "contact_sheet.png")
     return result
 
 

@@ -6,8 +6,10 @@ variant and per image, plus skipped metrics), DIR/runs/<variant>/ (loss curves a
 grids of run folders), DIR/report.html, DIR/compare.json (the resolved suite).
 
 Everything is written to DIR.partial first and moved into place at the end, so a failed or
-interrupted comparison leaves no half-written report behind. Seeds are fixed, so a rerun
-gives the same images and numbers.
+interrupted comparison leaves no half-written report behind; a rerun replaces personae's
+previous comparison in DIR (and leaves files the user put there alone), and a DIR holding
+anything else is refused (outputs.py). Seeds are fixed, so a rerun gives the same images
+and numbers.
 """
 
 from __future__ import annotations
@@ -35,7 +37,10 @@ from personae.inference.txt2img import txt2img
 from personae.jobs.compare_plan import Row, expand, slug
 from personae.media.grid import labelled_grid, save_image
 from personae.media.png import save_png
-from personae.staging import staged_folder
+from personae.outputs import Kind, check_output, staged_output
+
+COMPARISON = Kind("compare", "a comparison", "personae compare", signature=("compare.json", "metrics.json", "report.html"),
+                  layout=("images/*", "grids/*", "runs/*", "metrics.csv", "metrics.json", "report.html", "compare.json"))
 
 
 def load_references(folder: str | None) -> list:
@@ -49,11 +54,6 @@ def load_references(folder: str | None) -> list:
     if not images:
         raise UserError(f"references: {root} holds no readable images.")
     return images
-
-
-def _check_out(out: Path) -> None:
-    if out.exists() and not (out / "compare.json").is_file() and any(out.iterdir()):
-        raise UserError(f"{out} exists and is not a comparison output folder.", "Choose an empty or new --out folder.")
 
 
 def _generate_group(suite: CompareSuite, model: str, rows: list[Row], prompts: list[str], work: Path,
@@ -127,15 +127,15 @@ def _run_files(rows: list[Row], work: Path) -> list[tuple[str, list[tuple[str, s
 
 def run_compare(suite: CompareSuite, out: str | Path, on_event: EventHandler = ignore) -> dict:
     out = Path(out)
-    # 1. check inputs before loading anything: rows, prompts, samplers, references
+    # 1. check inputs before loading anything: the output folder, rows, prompts, samplers, references
+    check_output(out, COMPARISON)
     rows = expand(suite)
     prompts = suite.prompts or PROMPT_SETS[suite.prompt_set]
     for name in {r.sampler or suite.sampler for r in rows}:
         get_sampler(name)
     references = load_references(suite.references)
     metrics, skipped = build_metrics(suite.metrics, "cpu", bool(references))
-    _check_out(out)
-    with staged_folder(out) as work:  # 5. the finished folder replaces any previous comparison in DIR
+    with staged_output(out, COMPARISON) as work:  # 5. the finished folder replaces any previous comparison in DIR
         # 2. generate, one loaded model per distinct model
         total, done = len(rows) * len(prompts) * len(suite.seeds), [0]
 

@@ -7,7 +7,9 @@ prompts, LoRA exports, storyboards, ControlNet, AnimateDiff, compare), where a t
 ControlNet and motion adapter are built to match it.
 
 Each step appends a section to index.md / index.html in the output folder, so the
-user sees what was made and where. Later capabilities add steps here.
+user sees what was made and where. Later capabilities add steps here. The folder must be
+new, empty or an earlier demo's (whose files are replaced; files the user added stay), and
+it is locked while the demo runs (outputs.py).
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ from personae.data.samples import write_sample_subject
 from personae.events import EventHandler, Message, ignore
 from personae.jobs.generate import run_generate, settings_from_png
 from personae.models.tiny import write_tiny_model
+from personae.outputs import Kind, open_output
+from personae.staging import write_text
 
 # LoRA settings that can reshape a random tiny UNet in a few hundred steps (real models need far lower ranks)
 DEMO_LORA = {"rank": 32, "alpha": 32, "target_modules": [
@@ -38,6 +42,10 @@ DEMO_SCENES = [
     {"number": 3, "description": "she steps inside", "dialogue": "Thank you!", "shot": "medium", "angle": "eye level"},
 ]
 LONG_PROMPT = ", ".join(["a (watercolor:1.3) painting of a fox in a [misty] forest at dawn"] * 8)
+DEMO = Kind("demo", "a demo", "personae demo",
+            layout=("index.md", "index.html", "models/*", "photos/*", "prepared/*", "generate/*", "single-file/*",
+                    "runs/*", "with-lora/*", "from-png/*", "storyboard/*", "controlnet/*", "animate/*", "compare/*",
+                    "world/*", "world-bench/*"))
 
 
 class Index:
@@ -56,8 +64,8 @@ class Index:
             page.append(f"<h2>{html.escape(t)}</h2><p>{html.escape(body)}</p>")
             page += [f"<img src='{p.relative_to(self.out).as_posix()}' style='min-width:128px;image-rendering:pixelated'>"
                      for p in imgs]
-        (self.out / "index.md").write_text("\n".join(md), encoding="utf-8")
-        (self.out / "index.html").write_text("\n".join(page), encoding="utf-8")
+        write_text(self.out / "index.md", "\n".join(md))
+        write_text(self.out / "index.html", "\n".join(page))
 
 
 def _same_pixels(a: Path, b: Path) -> bool:
@@ -65,8 +73,11 @@ def _same_pixels(a: Path, b: Path) -> bool:
 
 
 def run_demo(out_dir: str | Path, on_event: EventHandler = ignore) -> Path:
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    with open_output(out_dir, DEMO, clear=True) as out:  # an earlier demo's files go first
+        return _demo(out, on_event)
+
+
+def _demo(out: Path, on_event: EventHandler) -> Path:
     index = Index(out)
 
     # 0. the shapes-world model: 16 prompts read back exactly, then a star taught and measured

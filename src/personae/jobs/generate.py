@@ -1,4 +1,8 @@
-"""`personae generate`: settings in, PNGs with A1111 metadata out; and reading settings back from a PNG."""
+"""`personae generate`: settings in, PNGs with A1111 metadata out; and reading settings back from a PNG.
+
+The output folder collects numbered images run after run, as A1111's does (nothing is ever
+replaced); it must be new, empty or one generate made (outputs.py), and is locked while written.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +16,10 @@ from personae.errors import UserError
 from personae.events import EventHandler, Message, ignore
 from personae.inference.txt2img import GeneratedImage, txt2img
 from personae.media.png import parse_parameters, read_png_text, save_png
+from personae.outputs import Kind, check_output, open_output
+
+GENERATED = Kind("generate", "generated images", "personae generate", signature=(),
+                 layout=("[0-9][0-9][0-9][0-9][0-9]-*.png", "inputs/*"))
 
 _NUMBERED = re.compile(r"^(\d{5})-")
 
@@ -23,14 +31,14 @@ def next_index(out_dir: Path) -> int:
 
 
 def save_images(images: list[GeneratedImage], out_dir: str | Path) -> list[Path]:
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    start = next_index(out)
-    return [save_png(img.image, out / f"{start + i:05d}-{img.seed}.png", img.parameters, img.png_text())
-            for i, img in enumerate(images)]
+    with open_output(out_dir, GENERATED) as out:
+        start = next_index(out)
+        return [save_png(img.image, out / f"{start + i:05d}-{img.seed}.png", img.parameters, img.png_text())
+                for i, img in enumerate(images)]
 
 
 def run_generate(settings: GenerateSettings, out_dir: str | Path, on_event: EventHandler = ignore) -> list[Path]:
+    check_output(out_dir, GENERATED)  # before the model loads
     paths = save_images(txt2img(settings, on_event=on_event), out_dir)
     on_event(Message(f"wrote {len(paths)} image{'s' * (len(paths) != 1)} to {Path(out_dir)}"))
     return paths

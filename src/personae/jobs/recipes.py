@@ -18,6 +18,7 @@ from PIL import Image
 from personae.data.framing import detect_faces, face_box
 from personae.errors import UserError, did_you_mean
 from personae.inference.img2img import open_image
+from personae.staging import atomic_file
 
 FACE_TO_ANIMAL_PROMPT = "{animal}, close up, face portrait, looking at the camera, detailed fur, sharp focus, photo"
 FACE_TO_ANIMAL_NEGATIVE = "human, person, human skin, lowres, blurry, deformed, extra eyes, text, watermark"
@@ -31,8 +32,8 @@ def crop_face(photo: str | Path, out: Path, size: int = 512, margin: float = 0.6
         raise UserError(f"No face was found in {photo}, so the face-to-animal recipe has nothing to turn into an animal.",
                         "Use a photo where one face is clearly visible and roughly front-facing, or crop it closer.")
     crop = image.crop(face_box(image.width, image.height, faces[0], margin)).resize((size, size), Image.Resampling.LANCZOS)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    crop.save(out)
+    with atomic_file(out) as tmp:
+        crop.save(tmp, format="PNG")
     return out
 
 

@@ -3,7 +3,8 @@
 OUT/panels/panel-NNN.png (each with A1111 metadata), OUT/sheet.png (or sheet-1.png,
 sheet-2.png... for several pages), OUT/sheet.pdf, OUT/storyboard.json (every setting,
 every panel's prompt, seed and file hash). `only` regenerates the listed panels and
-re-lays the sheets from the panel files on disk.
+re-lays the sheets from the panel files on disk. The board is built in OUT.partial and
+replaces personae's previous board whole (outputs.py); an OUT holding anything else is refused.
 """
 
 from __future__ import annotations
@@ -22,6 +23,11 @@ from personae.inference.storyboard import PanelRecord, addon_embeddings, addon_l
 from personae.media.fonts import font_for
 from personae.media.png import save_png
 from personae.media.storyboard_sheet import PanelText, render_png_pages, write_pdf
+from personae.outputs import Kind, check_output, staged_output
+from personae.staging import atomic_file, write_text
+
+STORYBOARD = Kind("storyboard", "a storyboard", "personae storyboard", signature=("storyboard.json", "sheet.pdf"),
+                  layout=("panels/panel-*.png", "sheet.png", "sheet-*.png", "sheet.pdf", "storyboard.json"))
 
 
 def load_scenes(path: str | Path, overrides: dict | None = None) -> StoryboardSettings:
@@ -82,20 +88,30 @@ def _check(settings: StoryboardSettings, only: set[int] | None) -> None:
 def run_storyboard(settings: StoryboardSettings, out: str | Path, only: set[int] | None = None,
                    on_event: EventHandler = ignore) -> dict:
     out = Path(out)
-    # 1. check everything before generating: scenes, shots, characters, and a font for all the text
+    # 1. check everything before generating: scenes, shots, characters, a font for all the text, the folder
     _check(settings, only)
     text = "".join(f"#{s.number} {s.shot.upper()} {s.angle} “{s.dialogue}” {s.description}" for s in settings.scenes)
     font = font_for(text + settings.layout.title, settings.font)
-    panels_dir = out / "panels"
+    check_output(out, STORYBOARD)
     previous = {}
     if only:
         record = out / "storyboard.json"
         if record.is_file():
             previous = {p["number"]: p for p in json.loads(record.read_text(encoding="utf-8"))["panels"]}
         missing = [s.number for s in settings.scenes if s.number not in only
-                   and not (panels_dir / f"panel-{s.number:03d}.png").is_file()]
+                   and not (out / "panels" / f"panel-{s.number:03d}.png").is_file()]
         if missing:
-            raise UserError(f"Panels {missing} have no image yet in {panels_dir}.", "Run once without --only first.")
+            raise UserError(f"Panels {missing} have no image yet in {out / 'panels'}.", "Run once without --only first.")
+    with staged_output(out, STORYBOARD, keep_previous=bool(only)) as work:  # --only starts from the board there
+        summary, todo, pages = _draw(settings, only, font, previous, work, on_event)
+    on_event(Message(f"storyboard: {len(todo)} panel(s) drawn, {len(pages)} page(s) in {out}"))
+    return summary
+
+
+def _draw(settings: StoryboardSettings, only: set[int] | None, font: str, previous: dict, out: Path,
+          on_event: EventHandler) -> tuple[dict, list, list]:
+    """Panels, sheets and storyboard.json into `out` (the board being built)."""
+    panels_dir = out / "panels"
     panels_dir.mkdir(parents=True, exist_ok=True)
     # 2. one loaded model with the style LoRA, character LoRAs and the shot / character tokens
     session = open_session(settings.model, settings.device, settings.dtype,
@@ -111,26 +127,22 @@ def run_storyboard(settings: StoryboardSettings, out: str | Path, only: set[int]
         records[scene.number] = PanelRecord(scene.number, canonical_shot(scene.shot, settings), prompt, image.seed,
                                             str(path.relative_to(out)), hashlib.sha256(path.read_bytes()).hexdigest()).__dict__
     on_event(Progress("panels", len(todo), len(todo)))
-    # 4. the sheets, from the panel files on disk
+    # 4. the sheets, from the panel files on disk (an earlier board's pages are replaced, whatever their number)
     texts = [PanelText(s.number, canonical_shot(s.shot, settings), s.angle, s.dialogue, s.description,
                        panels_dir / f"panel-{s.number:03d}.png") for s in settings.scenes]
     lay = settings.layout
     pages = render_png_pages(texts, font, lay.page_size, lay.landscape, lay.panels_per_row, lay.panels_per_page, lay.title)
-    for stale in out.glob("sheet*.png"):
-        stale.unlink()
+    for stale in [out / "sheet.png", *out.glob("sheet-*.png")]:
+        stale.unlink(missing_ok=True)
     names = ["sheet.png"] if len(pages) == 1 else [f"sheet-{i + 1}.png" for i in range(len(pages))]
     for name, page in zip(names, pages):
-        tmp = out / (name + ".partial")
-        page.save(tmp, format="PNG")
-        tmp.replace(out / name)
+        with atomic_file(out / name) as tmp:
+            page.save(tmp, format="PNG")
     write_pdf(texts, font, out / "sheet.pdf", lay.page_size, lay.landscape, lay.panels_per_row, lay.panels_per_page,
               lay.title)
     # 5. storyboard.json: enough to regenerate the board or any panel
     panels = [records.get(s.number) or previous.get(s.number) for s in settings.scenes]
     summary = {"settings": settings.model_dump(), "font": font, "sheets": names, "pdf": "sheet.pdf",
                "panels": [p for p in panels if p]}
-    tmp = out / "storyboard.json.partial"
-    tmp.write_text(json.dumps(summary, ensure_ascii=False, indent=1), encoding="utf-8")
-    tmp.replace(out / "storyboard.json")
-    on_event(Message(f"storyboard: {len(todo)} panel(s) drawn, {len(pages)} page(s) in {out}"))
-    return summary
+    write_text(out / "storyboard.json", json.dumps(summary, ensure_ascii=False, indent=1))
+    return summary, todo, pages

@@ -2,7 +2,11 @@
 
 <output>/ holds config.yaml (the resolved job), versions.json, checkpoints/,
 validation/, loss.png, losses.csv, logs/ (TensorBoard, when installed), exports.json
-and the final exported files.
+and the final exported files, and the marker every personae output has (outputs.py).
+The folder is locked while a process trains into it. It must be new, empty or a run
+folder: anything else (a folder of the user's, the project folder, the training data,
+the base model) is refused before anything is written, with --overwrite or without;
+--overwrite removes only what earlier runs wrote there.
 """
 
 from __future__ import annotations
@@ -10,7 +14,6 @@ from __future__ import annotations
 import json
 import os
 import platform
-import shutil
 from importlib import metadata
 from pathlib import Path
 
@@ -20,10 +23,18 @@ from personae.config.base import apply_overrides, load_yaml, parse_settings
 from personae.config.train import TrainJob
 from personae.errors import UserError
 from personae.events import EventHandler, ignore
+from personae.outputs import Kind, absolute, check_output, open_output
+from personae.staging import write_text
 from personae.training import checkpoint as ckpt
 from personae.training.setup import preflight
 
 PACKAGES = ["personae", "torch", "diffusers", "transformers", "peft", "accelerate", "safetensors"]
+TRAINING_RUN = Kind(
+    "train", "a training run", "personae train", signature=("config.yaml", "versions.json"),
+    layout=("config.yaml", "versions.json", "exports.json", "loss.png", "losses.csv", "checkpoints/step-*",
+            "validation/step-*.png", "logs/*", "cache/*", "class_images/class_*.png", "prepared/*",
+            "lora.safetensors", "lora_diffusers/*", "embeddings/*", "model/*", "model.safetensors"),
+    hint="Pass --resume to continue it, --overwrite to start again, or set another output.")
 
 
 def load_job(path: str | Path, overrides: list[str] = ()) -> TrainJob:
@@ -60,21 +71,37 @@ def run_training(job: TrainJob, resume: bool = False, overwrite: bool = False, o
     if state is not None and not state.is_main_process:  # one process sets the folder up, the others wait
         state.wait_for_everyone()
         return train(job, run, resume=resume, on_event=ignore)
-    if run.exists() and not run.is_dir():
-        raise UserError(f"output {run} exists and is not a folder.")
-    preflight(job)  # bad settings fail here, before any folder is made
+    # 1. nothing is written before every check passed: the folder, the paths, the settings
+    _refuse_overlaps(job, run)
+    check_output(run, TRAINING_RUN)  # a folder of the user's or another command's output is refused
+    preflight(job)
     has_run = run.is_dir() and (ckpt.list_checkpoints(run) or (run / "exports.json").exists())
     if has_run and not (resume or overwrite):
-        raise UserError(f"The run folder {run} already holds a run.",
-                        "Pass --resume to continue it, --overwrite to start again, or set another output.")
-    if overwrite and run.is_dir():
-        shutil.rmtree(run)
-    run.mkdir(parents=True, exist_ok=True)
-    (run / "config.yaml").write_text(yaml.safe_dump(job.model_dump(), sort_keys=False, allow_unicode=True))
-    (run / "versions.json").write_text(json.dumps(versions(), indent=1))
-    if state is not None:
-        state.wait_for_everyone()
-    return train(job, run, resume=resume, on_event=on_event)
+        raise UserError(f"The run folder {run} already holds a run.", TRAINING_RUN.hint)
+    # 2. locked while training; --overwrite removes what earlier runs wrote, nothing else
+    with open_output(run, TRAINING_RUN, clear=overwrite):
+        write_text(run / "config.yaml", yaml.safe_dump(job.model_dump(), sort_keys=False, allow_unicode=True))
+        write_text(run / "versions.json", json.dumps(versions(), indent=1))
+        if state is not None:
+            state.wait_for_everyone()
+        return train(job, run, resume=resume, on_event=on_event)
+
+
+def _refuse_overlaps(job: TrainJob, run: Path) -> None:
+    """The run folder may not be, hold or sit inside what training reads."""
+    out = absolute(run)
+    reads = [("data.path", job.data.path, False), ("dreambooth.class_data_dir", job.dreambooth.class_data_dir, True)]
+    if Path(job.base_model).expanduser().exists():
+        reads.append(("base_model", job.base_model, False))
+    for key, value, may_be_inside in reads:  # class images may be cached inside the run (its default place)
+        if not value:
+            continue
+        other = absolute(value)
+        if other == out or other in out.parents or (out in other.parents and not may_be_inside):
+            where = "is" if other == out else ("is inside" if other in out.parents else "holds")
+            raise UserError(f"output {out} {where} {key} ({other}): a run folder never shares a folder with what "
+                            "training reads, so nothing there can be overwritten or deleted.",
+                            "Set output to a new folder of its own, e.g. runs/NAME.")
 
 
 def _distributed_state(job: TrainJob):

@@ -7,7 +7,8 @@ the training backgrounds and sizes), train an ordinary `personae train` job, loa
 exported (kohya LoRA, A1111 embedding, DreamBooth model folder) the way a user would, and
 score generations with the exact checker. Jobs run side by side in worker processes (one
 torch thread each). DIR/ gets table.md, table.csv, results.json, grids/, runs/, data/ and
-report.html; it is written as DIR.partial and moved into place when everything succeeded.
+report.html; it is written as DIR.partial and moved into place when everything succeeded
+(replacing an earlier bench only with --overwrite; a DIR holding anything else is refused).
 """
 
 from __future__ import annotations
@@ -27,7 +28,11 @@ from personae.config.world_bench import WorldBench
 from personae.data.world import HELD_OUT, caption, render
 from personae.errors import UserError
 from personae.events import EventHandler, Message, Progress, ignore
-from personae.staging import staged_folder
+from personae.outputs import Kind, staged_output
+
+WORLD_BENCH = Kind("world-bench", "a shapes-world bench", "personae world bench",
+                   layout=("table.md", "table.csv", "results.json", "report.html", "grids/*", "runs/*", "data/*",
+                           "prior/*", "model/*"))
 
 COLUMNS = [  # (key, header) of the table, in order
     ("subject_fidelity", "subject fidelity"),
@@ -263,9 +268,7 @@ def run_bench(bench: WorldBench, out: str | Path, command: str = "personae world
 
     started = time.monotonic()
     out = Path(out)
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise UserError(f"{out} exists and is not empty.", "Choose another --out folder, or pass --overwrite.")
-    with staged_folder(out) as work:
+    with staged_output(out, WORLD_BENCH, replace=overwrite) as work:
         model = bench.model
         if model == "world":
             model = str(write_world_model(work / "model"))

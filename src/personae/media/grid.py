@@ -8,6 +8,7 @@ from pathlib import Path
 from PIL import Image, ImageDraw
 
 from personae.media.sheet import font
+from personae.staging import atomic_file
 
 
 def labelled_grid(cells: list[list[Image.Image]], row_labels: list[str], col_labels: list[str], title: str = "",
@@ -41,7 +42,6 @@ def labelled_grid(cells: list[list[Image.Image]], row_labels: list[str], col_lab
 
 
 def save_image(image: Image.Image, path: Path) -> Path:
-    tmp = path.with_name(path.name + ".partial")
-    image.save(tmp, format="PNG")
-    tmp.replace(path)
+    with atomic_file(path) as tmp:
+        image.save(tmp, format="PNG")
     return path

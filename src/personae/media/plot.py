@@ -7,6 +7,7 @@ from pathlib import Path
 from PIL import Image, ImageDraw
 
 from personae.media.sheet import font
+from personae.staging import atomic_file
 
 
 def moving_average(values: list[float], window: int) -> list[float]:
@@ -42,7 +43,6 @@ def loss_curve(losses: list[float], path: Path, title: str = "training loss", si
         draw.text((left, h - bottom + 8), "step 1", fill="black", font=f)
         draw.text((w - right - 70, h - bottom + 8), f"step {len(losses)}", fill="black", font=f)
     draw.rectangle([left, top, w - right, h - bottom], outline="black")
-    tmp = path.with_name(path.name + ".partial")
-    image.save(tmp, format="PNG")
-    tmp.replace(path)
+    with atomic_file(path) as tmp:
+        image.save(tmp, format="PNG")
     return path

@@ -20,6 +20,8 @@ from pathlib import Path
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
+from personae.staging import atomic_file
+
 _PARAM = re.compile(r'\s*([\w][\w \-/]*):\s*("(?:\\.|[^\\"])*"|[^,]*)(?:,|$)')
 
 
@@ -71,9 +73,8 @@ def save_png(image: Image.Image, path: str | Path, parameters: str, extra: dict[
     info.add_text("parameters", parameters)
     for key, value in (extra or {}).items():
         info.add_text(key, value)
-    tmp = path.with_name(path.name + ".partial")
-    image.save(tmp, format="PNG", pnginfo=info)
-    tmp.replace(path)
+    with atomic_file(path) as tmp:
+        image.save(tmp, format="PNG", pnginfo=info)
     return path
 
 

@@ -7,6 +7,8 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
+from personae.staging import atomic_file
+
 _FONT_CANDIDATES = ["DejaVuSans.ttf", "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf"]
 
 
@@ -41,7 +43,6 @@ def contact_sheet(images: list[Path], captions: list[str], out: Path, thumb: int
         lines = textwrap.wrap(caption, chars)[:text_lines]
         for j, line in enumerate(lines):
             draw.text((x, y + thumb + 3 + j * line_h), line, fill="black", font=f)
-    tmp = out.with_name(out.name + ".partial")
-    sheet.save(tmp, format="PNG")
-    tmp.replace(out)
+    with atomic_file(out) as tmp:
+        sheet.save(tmp, format="PNG")
     return out

@@ -12,6 +12,8 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 
+from personae.staging import atomic_file
+
 PAGES_MM = {"A4": (210.0, 297.0), "Letter": (215.9, 279.4)}
 DPI = 150
 MARGIN, GAP, HEADER, TITLE = 10.0, 5.0, 6.0, 9.0
@@ -156,7 +158,6 @@ def write_pdf(panels: list[PanelText], font_path: str, path: Path, page: str = "
             for line in lines[:max(0, room)]:
                 pdf.set_x(cell.x)
                 pdf.cell(w=cell.w, h=TEXT_PT * 0.3528 * 1.35, text=line, new_x="LMARGIN", new_y="NEXT")
-    tmp = path.with_name(path.name + ".partial")
-    pdf.output(str(tmp))
-    tmp.replace(path)
+    with atomic_file(path) as tmp:
+        pdf.output(str(tmp))
     return path

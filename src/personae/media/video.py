@@ -18,6 +18,7 @@ import numpy as np
 from PIL import Image
 
 from personae.errors import UserError
+from personae.staging import atomic_file
 
 FORMATS = {".gif": "GIF", ".mp4": "MP4"}  # suffix -> what `write_clip` writes
 
@@ -35,10 +36,6 @@ def check_clip_path(path: str | Path) -> Path:
     return path
 
 
-def _partial(path: Path) -> Path:
-    return path.with_name(path.name + ".partial")
-
-
 def _frame_duration_ms(fps: float) -> int:
     return max(10, round(1000 / fps))  # GIF counts in hundredths of a second; browsers treat < 2 as 10
 
@@ -50,14 +47,10 @@ def write_gif(frames: list[Image.Image], path: str | Path, fps: float, comment: 
     so a clip with still stretches decodes to fewer frames but plays the same.
     """
     path = Path(path)
-    tmp = _partial(path)
-    try:
+    with atomic_file(path) as tmp:
         first, *rest = [f.convert("RGB") for f in frames]
         first.save(tmp, format="GIF", save_all=True, append_images=rest, loop=0,
                    duration=_frame_duration_ms(fps), comment=comment.encode("utf-8"))
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return path
 
 
@@ -76,21 +69,18 @@ def write_mp4(frames: list[Image.Image], path: str | Path, fps: float, comment: 
     if width % 2 or height % 2:
         raise UserError(f"MP4 (H.264, yuv420p) needs an even width and height, got {width}x{height}.",
                         "Use sizes that are multiples of 8, as generation does.")
-    tmp = _partial(path)
-    # macro_block_size=2: keep the exact size (imageio-ffmpeg would otherwise pad to multiples of 16)
-    writer = imageio_ffmpeg.write_frames(
-        str(tmp), (width, height), fps=fps, codec="libx264", pix_fmt_out="yuv420p", macro_block_size=2,
-        quality=None, output_params=["-crf", str(crf), "-metadata", f"comment={comment}", "-movflags", "+faststart",
-                                     "-f", "mp4"])
-    try:
-        writer.send(None)
-        for frame in frames:
-            writer.send(np.ascontiguousarray(np.asarray(frame.convert("RGB"))))
-        writer.close()
-        tmp.replace(path)
-    finally:
-        writer.close()
-        tmp.unlink(missing_ok=True)
+    with atomic_file(path) as tmp:
+        # macro_block_size=2: keep the exact size (imageio-ffmpeg would otherwise pad to multiples of 16)
+        writer = imageio_ffmpeg.write_frames(
+            str(tmp), (width, height), fps=fps, codec="libx264", pix_fmt_out="yuv420p", macro_block_size=2,
+            quality=None, output_params=["-crf", str(crf), "-metadata", f"comment={comment}", "-movflags",
+                                         "+faststart", "-f", "mp4"])
+        try:
+            writer.send(None)
+            for frame in frames:
+                writer.send(np.ascontiguousarray(np.asarray(frame.convert("RGB"))))
+        finally:
+            writer.close()
     return path
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from personae.methods.base import ExportFile, Method, ParamGroup
 from personae.methods.lora import freeze
+from personae.staging import atomic_folder
 
 # A single-file checkpoint carries no tokenizer: A1111, ComfyUI and from_single_file read it with CLIP's own
 # vocabulary. A model with its own tokenizer (the shapes-world model: 615 tokens) is exported as a folder only.
@@ -44,7 +45,9 @@ class DreamBoothMethod(Method):
         from personae.models.folders import save_pipeline_folder
         from personae.models.original_layout import save_single_file
 
-        folder = save_pipeline_folder(pipe, out / "model")
+        folder = out / "model"
+        with atomic_folder(folder) as tmp:
+            save_pipeline_folder(pipe, tmp)
         files = [ExportFile(folder, "diffusers", "folder")]
         if len(pipe.tokenizer) == CLIP_VOCAB_SIZE:
             files.append(ExportFile(save_single_file(pipe, out / "model.safetensors"), "original", "single_file"))

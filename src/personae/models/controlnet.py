@@ -182,13 +182,17 @@ def build_tiny_controlnet(unet, seed: int = 0, zero_conv_std: float = TINY_ZERO_
 
 
 def write_tiny_controlnet(out_dir: str | Path, base: str | Path | None = None, seed: int = 0,
-                          single_file: str | Path | None = None) -> Path:
+                          single_file: str | Path | None = None, overwrite: bool = False) -> Path:
     """Write a tiny ControlNet (diffusers folder, optionally also one original-layout file) for the tiny
     model in `base` (default: the seed-0 tiny model)."""
     from diffusers import UNet2DConditionModel
 
     from personae.models.tiny import build_tiny_pipeline
+    from personae.outputs import MODEL_FOLDER, check_file_output, check_output, staged_output
 
+    check_output(out_dir, MODEL_FOLDER, replace=overwrite)
+    if single_file is not None:
+        check_file_output(single_file, overwrite)
     if base is None:
         unet = build_tiny_pipeline(0).unet
     else:
@@ -199,10 +203,14 @@ def write_tiny_controlnet(out_dir: str | Path, base: str | Path | None = None, s
         unet = UNet2DConditionModel.from_pretrained(str(base), subfolder="unet", local_files_only=True)
     out_dir = Path(out_dir)
     controlnet = build_tiny_controlnet(unet, seed)
-    controlnet.save_pretrained(str(out_dir), safe_serialization=True)
-    readable_by_others(out_dir)
+    with staged_output(out_dir, MODEL_FOLDER, replace=overwrite) as work:
+        controlnet.save_pretrained(str(work), safe_serialization=True)
+        readable_by_others(work)
     if single_file is not None:
         from personae.models.original_layout import save_controlnet_single_file
 
-        save_controlnet_single_file(controlnet, single_file)
+        from personae.staging import explain_disk_full
+
+        with explain_disk_full(single_file):
+            save_controlnet_single_file(controlnet, single_file)
     return out_dir

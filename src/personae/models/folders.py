@@ -69,13 +69,11 @@ def save_pipeline_folder(pipe, out_dir: str | Path) -> Path:
 
 
 def save_safetensors(tensors: dict, path: str | Path, metadata: dict[str, str] | None = None) -> Path:
-    """One .safetensors file, written whole or not at all (FILE.partial, then renamed), readable by others."""
+    """One .safetensors file, written whole or not at all (a temporary file beside it, then renamed), with the
+    mode a plain open() gives (safetensors itself writes 0600)."""
+    from personae.staging import atomic_file
+
     path = Path(path)
-    tmp = path.with_name(path.name + ".partial")
-    try:
+    with atomic_file(path) as tmp:
         save_file(tensors, str(tmp), metadata=metadata)
-        os.chmod(tmp, 0o644)
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return path

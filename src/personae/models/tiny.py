@@ -17,6 +17,8 @@ from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 from personae.models.folders import save_pipeline_folder
 from personae.models.original_layout import save_single_file
+from personae.outputs import MODEL_FOLDER, check_file_output, staged_output
+from personae.staging import explain_disk_full
 
 SD15_DIR = Path(__file__).parent / "sd15"
 
@@ -81,11 +83,16 @@ def build_tiny_pipeline(seed: int = 0) -> StableDiffusionPipeline:
     )
 
 
-def write_tiny_model(out_dir: str | Path, seed: int = 0, single_file: str | Path | None = None) -> Path:
+def write_tiny_model(out_dir: str | Path, seed: int = 0, single_file: str | Path | None = None,
+                     overwrite: bool = False) -> Path:
     """Write the tiny model as a diffusers folder (and optionally as one original-layout file)."""
     out_dir = Path(out_dir)
-    pipe = build_tiny_pipeline(seed)
-    save_pipeline_folder(pipe, out_dir)
     if single_file is not None:
-        save_single_file(pipe, single_file)
+        check_file_output(single_file, overwrite)
+    with staged_output(out_dir, MODEL_FOLDER, replace=overwrite) as work:
+        pipe = build_tiny_pipeline(seed)
+        save_pipeline_folder(pipe, work)
+    if single_file is not None:
+        with explain_disk_full(single_file):
+            save_single_file(pipe, single_file)
     return out_dir

@@ -40,12 +40,20 @@ def build_tiny_motion_adapter(seed: int = 0) -> MotionAdapter:
     return adapter
 
 
-def write_tiny_motion_adapter(out_dir: str | Path, seed: int = 0, single_file: str | Path | None = None) -> Path:
+def write_tiny_motion_adapter(out_dir: str | Path, seed: int = 0, single_file: str | Path | None = None,
+                              overwrite: bool = False) -> Path:
     """Write the tiny adapter as a diffusers folder (and optionally as one .safetensors file)."""
+    from personae.outputs import MODEL_FOLDER, check_file_output, staged_output
+    from personae.staging import explain_disk_full
+
     out_dir = Path(out_dir)
-    adapter = build_tiny_motion_adapter(seed)
-    adapter.save_pretrained(str(out_dir), safe_serialization=True)
-    readable_by_others(out_dir)
     if single_file is not None:
-        save_motion_single_file(adapter, single_file)
+        check_file_output(single_file, overwrite)
+    with staged_output(out_dir, MODEL_FOLDER, replace=overwrite) as work:
+        adapter = build_tiny_motion_adapter(seed)
+        adapter.save_pretrained(str(work), safe_serialization=True)
+        readable_by_others(work)
+    if single_file is not None:
+        with explain_disk_full(single_file):
+            save_motion_single_file(adapter, single_file)
     return out_dir

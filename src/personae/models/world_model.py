@@ -23,6 +23,7 @@ from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 from personae.errors import UserError
 from personae.models.folders import readable_by_others
 from personae.models.tiny import SD15_DIR
+from personae.outputs import MODEL_FOLDER, staged_output
 
 WORLD_DIR = Path(__file__).parent / "world"  # the shipped pretrained model (a diffusers folder)
 
@@ -64,7 +65,7 @@ def build_world_pipeline(seed: int, tokenizer_dir: str | Path) -> StableDiffusio
     )
 
 
-def write_world_model(out_dir: str | Path, source: Path = WORLD_DIR) -> Path:
+def write_world_model(out_dir: str | Path, source: Path = WORLD_DIR, overwrite: bool = False) -> Path:
     """Copy the shipped pretrained world model (a diffusers folder) to `out_dir`."""
     out_dir = Path(out_dir)
     if not (source / "model_index.json").is_file():
@@ -73,8 +74,7 @@ def write_world_model(out_dir: str | Path, source: Path = WORLD_DIR) -> Path:
             "Pretrain it with `personae world pretrain OUT` (about half an hour on 2 CPU cores) and use OUT as the "
             "model; to ship it, copy OUT's model files into src/personae/models/world/.",
         )
-    if out_dir.exists() and not out_dir.is_dir():
-        raise UserError(f"{out_dir} exists and is not a folder.", "Choose another OUT_DIR.")
-    shutil.copytree(source, out_dir, dirs_exist_ok=True, ignore=shutil.ignore_patterns("__pycache__", "*.py"))
-    readable_by_others(out_dir)
+    with staged_output(out_dir, MODEL_FOLDER, replace=overwrite) as work:
+        shutil.copytree(source, work, dirs_exist_ok=True, ignore=shutil.ignore_patterns("__pycache__", "*.py"))
+        readable_by_others(work)
     return out_dir

@@ -5,7 +5,8 @@ A checkpoint folder `checkpoints/step-NNNNNN/` holds the trained tensors
 and loss history (`state.pt`, read back with weights_only=True: no code runs on load),
 and the exports written at that step. All other randomness is derived from
 (seed, step), so no RNG state needs saving. A folder is complete only once
-`state.pt` exists (written last, atomically).
+`state.pt` exists (written last). Every file is written under a temporary name and renamed,
+so a full disk or a kill leaves no torn file; `save_checkpoint` removes a folder it could not finish.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
+
+from personae.staging import atomic_file
 
 _NAME = re.compile(r"^step-(\d{6,})$")
 
@@ -38,11 +41,21 @@ def list_checkpoints(run: Path) -> list[tuple[int, Path]]:
 
 def save_checkpoint(folder: Path, trainable: dict[str, torch.Tensor], state: dict) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
-    save_file(trainable, str(folder / "trainable.safetensors"))
-    tmp = folder / "state.pt.partial"
-    torch.save(state, tmp)
-    tmp.replace(folder / "state.pt")
+    try:
+        with atomic_file(folder / "trainable.safetensors") as tmp:
+            save_file(trainable, str(tmp))
+        with atomic_file(folder / "state.pt") as tmp, open(tmp, "wb") as fh:
+            torch.save(state, fh)  # through a file object, so a full disk surfaces as OSError(ENOSPC)
+    except BaseException:
+        discard_incomplete(folder)
+        raise
     return folder
+
+
+def discard_incomplete(folder: Path) -> None:
+    """Remove a checkpoint folder that has no state.pt (a save that failed or was cut short)."""
+    if folder.is_dir() and not (folder / "state.pt").is_file():
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def load_checkpoint(folder: Path) -> tuple[dict[str, torch.Tensor], dict]:

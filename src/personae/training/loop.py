@@ -12,6 +12,7 @@ import csv
 import json
 import math
 import random
+import signal
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,9 +30,11 @@ from personae.media.plot import loss_curve
 from personae.methods import METHODS
 from personae.methods.base import ExportFile
 from personae.models.resolve import load_pipeline, resolve_model
+from personae.staging import atomic_file, disk_full, is_disk_full, write_text
 from personae.training import checkpoint as ckpt
 from personae.training.setup import (LatentCache, class_examples, load_examples, make_accelerator, make_optimizer,
                                      preflight, sample_latents, seeded)
+from personae.training.stopping import NAMES, Stopped, stop_at_step_end
 from personae.training.validation import validation_grid
 from personae.training.verify import Check, verify_exports
 
@@ -173,14 +176,14 @@ def train(job: TrainJob, run: Path, resume: bool = False, on_event: EventHandler
         finally:
             if ema:
                 ema.restore(params)
-        (run / "validation").mkdir(exist_ok=True)
-        grid.save(run / "validation" / f"step-{step:06d}.png")
+        with atomic_file(run / "validation" / f"step-{step:06d}.png") as tmp:
+            grid.save(tmp, format="PNG")
         ckpt.save_checkpoint(folder, method.trainable_state(pipe), {
             "step": step, "optimizer": optimizer.state_dict(), "lr_schedule": lr_schedule.state_dict(),
             "ema": ema.state_dict() if ema else None, "losses": losses})
         ckpt.prune(run, t.keep_last)
         loss_curve(losses, run / "loss.png", f"{job.method} training loss")
-        with open(run / "losses.csv", "w", newline="") as fh:
+        with atomic_file(run / "losses.csv") as tmp, open(tmp, "w", newline="") as fh:
             csv.writer(fh).writerows([("step", "loss")] + [(i + 1, f"{v:.6f}") for i, v in enumerate(losses)])
         bad = [c for c in checks if not c.ok]
         if bad:
@@ -189,11 +192,25 @@ def train(job: TrainJob, run: Path, resume: bool = False, on_event: EventHandler
                             f"{folder} is kept.", "Report this as a bug, with the job file.")
         return files, checks
 
+    def checkpoint(step: int, final: bool = False):
+        """`save`, and on failure no half-written checkpoint; a full disk is explained, with what is left to resume."""
+        try:
+            return save(step, final)
+        except BaseException as exc:
+            ckpt.discard_incomplete(ckpt.checkpoint_dir(run, step))
+            if not is_disk_full(exc):
+                raise
+            last = ckpt.list_checkpoints(run)
+            kept = (f"the last complete checkpoint is step {last[-1][0]} ({last[-1][1]})" if last
+                    else "no checkpoint was written yet")
+            raise disk_full(f"the {'final exports' if final else 'checkpoint'} of step {step} in {run}", kept,
+                            "Free some space, then continue with `personae train JOB.yaml --resume`.") from None
+
     # 8. the loop
     writer = _tensorboard(run) if main else None
     unet.train()
     step = start
-    try:
+    with stop_at_step_end() as stop:
         for step in range(start, total):
             ids = plan.batch_for_step(step)
             z, noise, steps_, captions = draw(step, ids, latents, 0, caption_of)
@@ -232,27 +249,40 @@ def train(job: TrainJob, run: Path, resume: bool = False, on_event: EventHandler
                 writer.add_scalar("loss", step_loss, step + 1)
                 writer.add_scalar("lr", lr_schedule.get_last_lr()[0], step + 1)
             on_event(Progress("train", step + 1, total, {"loss": f"{step_loss:.4f}"}))
-            if t.save_every and (step + 1) % t.save_every == 0 and step + 1 < total and main:
-                save(step + 1)
+            saved = bool(t.save_every and (step + 1) % t.save_every == 0 and step + 1 < total)
+            if saved and main:
+                checkpoint(step + 1)
             accelerator.wait_for_everyone()
-    except KeyboardInterrupt:
-        if main and losses and len(losses) > start:
-            on_event(Message(f"interrupted: saving a checkpoint at step {len(losses)} before exiting", "warning"))
-            save(len(losses))
-        raise
-    # 9. the final exports, checked, at the run's top level
-    result = TrainResult(run, total, losses)
-    if main:
-        result.exports, result.checks = save(total, final=True)
-        (run / "exports.json").write_text(json.dumps({
-            "files": [{"path": str(f.path.relative_to(run)), "format": f.format, "loader": f.loader, "token": f.token}
-                      for f in result.exports],
-            "checks": [{"family": c.family, "files": c.files, "max_abs_diff": c.max_abs_diff} for c in result.checks],
-        }, indent=1))
+            if _stop_wanted(stop, accelerator):  # Ctrl-C / SIGTERM: a checkpoint of exactly step + 1 steps, then exit
+                name = NAMES.get(stop.signum, "stop")
+                if main and not saved:
+                    on_event(Message(f"{name}: saving a checkpoint at step {step + 1} before exiting", "warning"))
+                    checkpoint(step + 1)
+                elif main:
+                    on_event(Message(f"{name}: stopping after the checkpoint at step {step + 1}", "warning"))
+                accelerator.wait_for_everyone()
+                raise Stopped(stop.signum or signal.SIGTERM)
+        # 9. the final exports, checked, at the run's top level (a stop asked for now waits for them)
+        result = TrainResult(run, total, losses)
+        if main:
+            result.exports, result.checks = checkpoint(total, final=True)
+            write_text(run / "exports.json", json.dumps({
+                "files": [{"path": str(f.path.relative_to(run)), "format": f.format, "loader": f.loader,
+                           "token": f.token} for f in result.exports],
+                "checks": [{"family": c.family, "files": c.files, "max_abs_diff": c.max_abs_diff} for c in result.checks],
+            }, indent=1))
     accelerator.wait_for_everyone()
     if writer:
         writer.close()
     return result
+
+
+def _stop_wanted(stop, accelerator) -> bool:
+    """Has any process been asked to stop? (All processes must leave the loop at the same step.)"""
+    if accelerator.num_processes == 1:
+        return stop.signum is not None
+    flag = torch.tensor([0.0 if stop.signum is None else 1.0], device=accelerator.device)
+    return accelerator.reduce(flag, "sum").item() > 0
 
 
 def _tensorboard(run: Path):

@@ -16,6 +16,7 @@ from personae.data.prepare import prepare_dataset
 from personae.errors import UserError
 from personae.events import EventHandler, Message, Progress
 from personae.methods.base import ParamGroup
+from personae.staging import atomic_file
 
 
 def uses_cpu(job: TrainJob) -> bool:
@@ -106,9 +107,12 @@ def class_examples(pipe, source, job: TrainJob, run: Path, size: tuple[int, int]
             settings = GenerateSettings(model=source.location, prompt=c.class_prompt, steps=c.class_steps, seed=i,
                                         width=size[0], height=size[1], sampler="DDIM")
             image = txt2img(settings, session)[0].image
-            tmp = folder / f"class_{i:05d}.png.partial"
-            image.save(tmp, format="PNG")
-            tmp.replace(folder / f"class_{i:05d}.png")
+            target = folder / f"class_{i:05d}.png"
+            k = 1
+            while target.exists() or target.is_symlink():  # class_data_dir may be the user's: never replace a file
+                target, k = folder / f"class_{i:05d}_{k}.png", k + 1
+            with atomic_file(target) as tmp:
+                image.save(tmp, format="PNG")
         on_event(Progress("class images", missing, missing))
     images = found()[: c.num_class_images]
     if not images:
@@ -160,8 +164,8 @@ class LatentCache:
             if mode == "disk" and cache_file:
                 from safetensors.torch import save_file
 
-                cache_file.parent.mkdir(parents=True, exist_ok=True)
-                save_file(self.store, str(cache_file))
+                with atomic_file(cache_file) as tmp:
+                    save_file(self.store, str(tmp))
 
     def _key(self, i: int, flip: bool) -> str:
         """Names the image by path, size and modification time, so a re-prepared set is not served stale latents."""

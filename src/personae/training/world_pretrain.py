@@ -16,7 +16,8 @@
      with OUT/training/ holding settings, losses, evaluations and sample sheets.
 
 Every random draw comes from a generator seeded by (seed, phase, step): same settings and
-thread count, same weights. The output is written to OUT.partial and renamed at the end.
+thread count, same weights. The output is written to OUT.partial and renamed at the end; an
+earlier model in OUT is replaced only with --overwrite, and an OUT holding anything else is refused.
 """
 
 from __future__ import annotations
@@ -43,8 +44,8 @@ from personae.evaluation.world_eval import evaluate_world
 from personae.models.folders import save_pipeline_folder
 from personae.models.world_model import build_world_pipeline
 from personae.models.world_tokenizer import write_world_tokenizer
+from personae.outputs import MODEL_FOLDER, staged_output
 from personae.training.setup import seeded
-from personae.staging import staged_folder
 
 PROBE = 256  # examples in the fixed batch that measures the denoising loss
 
@@ -120,12 +121,10 @@ def denoising_loss(unet, text_encoder, noise_scheduler, z, ids, seed: int) -> fl
 def pretrain(s: WorldPretrain, out: str | Path, overwrite: bool = False, on_event: EventHandler = ignore) -> PretrainResult:
     started = time.monotonic()
     out = Path(out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
-        raise UserError(f"{out} exists and is not empty.", "Choose another OUT folder, or pass --overwrite.")
     threads = torch.get_num_threads()
     torch.set_num_threads(s.threads)
     try:
-        with staged_folder(out) as partial:
+        with staged_output(out, MODEL_FOLDER, replace=overwrite) as partial:
             result = _pretrain(s, partial, started, on_event)
     finally:
         torch.set_num_threads(threads)
