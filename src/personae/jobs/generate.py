@@ -72,6 +72,7 @@ def settings_from_png(path: str | Path) -> dict:
         raise UserError(f"--from-png: {path} is not a readable PNG ({exc}).") from None
     if "personae" in text:
         data = json.loads(text["personae"])
+        data.pop("allow_pickle", None)  # a file never widens what the user allowed on the command line
         parse_settings(GenerateSettings, data, f"the settings stored in {path}")  # validate early
         return data
     if "parameters" in text:

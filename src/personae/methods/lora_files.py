@@ -141,7 +141,7 @@ def adapter_config(state: dict[str, torch.Tensor], alphas: dict[str, float]) -> 
     return config.to_dict()
 
 
-def kohya_to_diffusers_file(src: Path, dst_folder: Path) -> Path:
+def kohya_to_diffusers_file(src: Path, dst_folder: Path, weight_name: str = "pytorch_lora_weights.safetensors") -> Path:
     """Convert a kohya/A1111 LoRA to the diffusers/peft layout (with its adapter config in the header)."""
     from diffusers import StableDiffusionPipeline
 
@@ -152,9 +152,12 @@ def kohya_to_diffusers_file(src: Path, dst_folder: Path) -> Path:
     if te:
         te_alphas = {k[3:]: v for k, v in alphas.items() if k.startswith("te:")}
         kwargs = {"text_encoder_lora_layers": te, "text_encoder_lora_adapter_metadata": adapter_config(te, te_alphas)}
+    if dst_folder.exists() and not dst_folder.is_dir():  # diffusers would log an error and write nothing
+        raise ValueError(f"the output folder {dst_folder} is a file")
     StableDiffusionPipeline.save_lora_weights(str(dst_folder), unet_lora_layers=unet, safe_serialization=True,
+                                              weight_name=weight_name,
                                               unet_lora_adapter_metadata=adapter_config(unet, alphas), **kwargs)
-    return dst_folder / "pytorch_lora_weights.safetensors"
+    return dst_folder / weight_name
 
 
 def diffusers_to_kohya_file(src: Path, dst: Path) -> Path:

@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from personae.errors import UserError
-from personae.models.resolve import refuse_pickle
+from personae.models.model_files import check_model_file, tensor_shapes
+from personae.models.resolve import LOAD_ERRORS, _short
 
 
 @dataclass(frozen=True)
@@ -45,9 +46,7 @@ def file_sha256(path: Path, skip_safetensors_header: bool = False) -> str:
 
 def _existing(path: str, what: str, allow_pickle: bool) -> Path:
     p = Path(path).expanduser()
-    if not p.is_file():
-        raise UserError(f"The {what} file {p} does not exist.", "Check the path given with --" + what.split()[0].lower() + ".")
-    refuse_pickle(p, allow_pickle)
+    check_model_file(p, what, allow_pickle)  # by content: missing, a folder, damaged, foreign, or a pickle not opted in
     return p
 
 
@@ -71,9 +70,9 @@ def load_loras(pipe, loras: list[tuple[str, float]], allow_pickle: bool = False)
         name = f"lora{i}_{p.stem}"
         try:
             pipe.load_lora_weights(str(p), adapter_name=name)
-        except (ValueError, KeyError, RuntimeError) as exc:
+        except LOAD_ERRORS as exc:
             raise UserError(
-                f"{p} could not be loaded as a LoRA for this model: {exc}",
+                f"{p} could not be loaded as a LoRA for this model: {_short(exc)}",
                 "Check that it is a LoRA (kohya/A1111 or diffusers layout) made for a Stable Diffusion 1.x model.",
             ) from None
         names.append(name)
@@ -92,9 +91,10 @@ def load_embeddings(pipe, embeddings: list[tuple[str, str | None]], allow_pickle
         before = set(pipe.tokenizer.get_vocab())
         try:
             pipe.load_textual_inversion(str(p), token=token)
-        except (ValueError, KeyError, RuntimeError) as exc:
+        except LOAD_ERRORS as exc:
+            _wrong_width(pipe, p, exc)
             raise UserError(
-                f"{p} could not be loaded as a textual-inversion embedding: {exc}",
+                f"{p} could not be loaded as a textual-inversion embedding: {_short(exc)}",
                 "Check that it is an A1111 or diffusers embedding for a Stable Diffusion 1.x model.",
             ) from None
         if token is None:  # read back which token the file brought
@@ -102,6 +102,17 @@ def load_embeddings(pipe, embeddings: list[tuple[str, str | None]], allow_pickle
             token = added[0] if added else p.stem
         loaded.append(LoadedEmbedding(token, file_sha256(p)[:12]))
     return loaded
+
+
+def _wrong_width(pipe, path: Path, exc: BaseException) -> None:
+    """diffusers' message for an embedding of another model family shows its placeholders unfilled: say it here."""
+    if "incorrect shape" not in str(exc):
+        return
+    expected = pipe.text_encoder.get_input_embeddings().weight.shape[-1]
+    widths = sorted({shape[-1] for shape in tensor_shapes(path)[0].values() if shape})
+    raise UserError(f"{path} holds embedding vectors of width {', '.join(map(str, widths))}, but this model's text "
+                    f"encoder uses {expected}: the embedding was made for another model family (SD 1.x uses 768, "
+                    "SD 2.x 1024).", "Use an embedding trained for this model.") from None
 
 
 def hashes_text(items: dict[str, str]) -> str | None:
