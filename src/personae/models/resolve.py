@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Literal
 
 import torch
+from diffusers.loaders.single_file_utils import SingleFileComponentError
 from safetensors import SafetensorError
 
 from personae.errors import UserError
@@ -36,7 +37,7 @@ from personae.models.tiny import SD15_DIR
 
 # What diffusers' and transformers' loaders raise on a file or folder that is not what they expect
 LOAD_ERRORS = (OSError, ValueError, KeyError, RuntimeError, TypeError, AttributeError, IndexError, EOFError,
-               pickle.UnpicklingError, SafetensorError)
+               pickle.UnpicklingError, SafetensorError, SingleFileComponentError)
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 

@@ -26,6 +26,7 @@ from personae.data.dataset import BatchPlan, noisy_caption
 from personae.errors import UserError
 from personae.events import EventHandler, Message, Progress, ignore
 from personae.media.plot import loss_curve
+from personae.media.png import save_image
 from personae.methods import METHODS
 from personae.methods.base import ExportFile
 from personae.models.resolve import load_pipeline, resolve_model
@@ -174,7 +175,7 @@ def train(job: TrainJob, run: Path, resume: bool = False, on_event: EventHandler
             if ema:
                 ema.restore(params)
         (run / "validation").mkdir(exist_ok=True)
-        grid.save(run / "validation" / f"step-{step:06d}.png")
+        save_image(grid, run / "validation" / f"step-{step:06d}.png")  # whole or absent, even on a second Ctrl-C
         ckpt.save_checkpoint(folder, method.trainable_state(pipe), {
             "step": step, "optimizer": optimizer.state_dict(), "lr_schedule": lr_schedule.state_dict(),
             "ema": ema.state_dict() if ema else None, "losses": losses})
