@@ -523,3 +523,27 @@ def test_generate_asks_before_a_big_batch_at_a_terminal(tiny_model, monkeypatch,
                     "--out", tmp_path / "out")
     refused(code, err, "This generation was not started")
     assert not (tmp_path / "out").exists()
+
+
+# -- found by the fuzz suite ----------------------------------------------------------------------------------------
+
+
+def test_a_set_value_that_is_not_yaml_is_taken_as_text(tiny_model, tmp_path, capsys):
+    """`--set train.steps=:` was a YAML parser traceback; now the text is the value, and the schema says why not."""
+    from personae.config.base import apply_overrides
+
+    assert apply_overrides({}, ["prompt=a: b: c", "x=:"]) == {"prompt": "a: b: c", "x": ":"}
+    job = {"base_model": str(tiny_model[0]), "method": "lora", "data": {"path": str(tmp_path)}, "output": str(tmp_path / "r")}
+    (tmp_path / "job.yaml").write_text(yaml.safe_dump(job))
+    code, err = cli(capsys, "train", tmp_path / "job.yaml", "--set", "train.steps=:")
+    refused(code, err, '"train.steps"')
+
+
+def test_a_damaged_run_record_in_a_suite_is_one_paragraph(tiny_model, tmp_path, capsys):
+    (tmp_path / "run").mkdir()
+    for record in ("{not json", "[]", '{"files": 3}', '{"files": [1, {"path": 2}]}'):
+        (tmp_path / "run" / "exports.json").write_text(record)
+        (tmp_path / "suite.yaml").write_text(yaml.safe_dump({"base_model": str(tiny_model[0]),
+                                                             "variants": [{"label": "r", "run": str(tmp_path / "run")}]}))
+        code, err = cli(capsys, "compare", tmp_path / "suite.yaml", "--out", tmp_path / "cmp")
+        refused(code, err, "r")

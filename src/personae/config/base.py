@@ -138,7 +138,10 @@ def _yaml_value(raw: str) -> Any:
     """A --set value as YAML would read it, plus 1e-4 as a number (YAML 1.1 reads it as text)."""
     if not raw.strip():
         return ""
-    value = yaml.safe_load(raw)
+    try:
+        value = yaml.safe_load(raw)
+    except yaml.YAMLError:  # not YAML (e.g. "a: b: c"): the text as it was typed
+        return raw
     if isinstance(value, str):
         try:
             return float(value)

@@ -28,6 +28,7 @@ import pickle
 import shutil
 import struct
 import tempfile
+import warnings
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -143,15 +144,16 @@ def load_pickle(path: Path, map_location: str = "cpu"):
     """A pickle's tensors through PyTorch's weights-only unpickler; a UserError if it holds anything else."""
     import torch
 
-    mmap = zipfile.is_zipfile(path)
     try:
-        return torch.load(str(path), map_location=map_location, weights_only=True, mmap=mmap)
+        with warnings.catch_warnings():  # "Detected pickle protocol 4..." is not for our users
+            warnings.simplefilter("ignore")
+            return torch.load(str(path), map_location=map_location, weights_only=True, mmap=zipfile.is_zipfile(path))
     except pickle.UnpicklingError as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else "unsupported content"
         raise UserError(f"{path} holds more than weights (PyTorch's safe loader refused it: {first[:300]}). "
                         "personae never runs code from a model file, --allow-pickle or not.",
                         "Use a .safetensors version of the file.") from None
-    except (RuntimeError, EOFError, ValueError, OSError, zipfile.BadZipFile, KeyError, struct.error) as exc:
+    except Exception as exc:  # noqa: BLE001 - the unpickler fails on damaged bytes with any kind of error
         raise UserError(f"{path} could not be read as a PyTorch checkpoint ({type(exc).__name__}: {str(exc)[:300]}).",
                         "The file is damaged or not a checkpoint: get it again, or use a .safetensors version.") from None
 
