@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from personae.cli.main import main
@@ -211,7 +212,7 @@ def test_single_file_controlnet_matches_the_folder(tiny_model, tiny_session, pho
     assert np.array_equal(_px(from_folder.image), _px(from_file.image))
     assert "Model: cn [" in from_file.parameters  # A1111 shows a file's short hash after its name
     with pytest.raises(UserError, match="pickle"):
-        (tmp_path / "cn.pth").write_bytes(b"")
+        torch.save({"control_model.x": torch.zeros(1)}, tmp_path / "cn.pth")  # a pickle: refused without the flag
         txt2img(_settings(tiny_model[0], controls=[_unit("canny", photos / "astronaut.png", tmp_path / "cn.pth")]))
 
 

@@ -4,7 +4,6 @@ import subprocess
 import sys
 
 import numpy as np
-import pytest
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
@@ -85,6 +84,6 @@ def test_convert_refuses_what_it_cannot_read(tmp_path):
     save_file({"something_else.weight": torch.zeros(2)}, str(tmp_path / "x.safetensors"))
     r = personae("convert", tmp_path / "x.safetensors", "--to", "diffusers")
     assert r.returncode == 2 and "could not be converted" in " ".join(r.stderr.split()) and "Traceback" not in r.stderr
-    (tmp_path / "x.pt").write_bytes(b"x")
+    torch.save({"x": torch.zeros(1)}, tmp_path / "x.pt")
     r = personae("convert", tmp_path / "x.pt", "--to", "kohya")
     assert r.returncode == 2 and "arbitrary code" in " ".join(r.stderr.split())

@@ -1,11 +1,10 @@
 """The tiny model writer, the original-layout export and the model resolver's three kinds of input."""
 
-import json
 import time
 
 import pytest
 import torch
-from diffusers import StableDiffusionPipeline, UNet2DConditionModel
+from diffusers import UNet2DConditionModel
 from safetensors.torch import save_file
 
 from personae.errors import UserError
@@ -105,9 +104,9 @@ def test_hub_id_fails_fast_offline_with_a_helpful_message():
     assert "stable-diffusion-v1-5/stable-diffusion-v1-5" in str(err.value) and "--model ./" in str(err.value)
 
 
-@pytest.mark.parametrize("name", ["model.ckpt", "model.pt", "model.bin"])
+@pytest.mark.parametrize("name", ["model.ckpt", "model.pt", "model.bin", "model.pkl", "model"])
 def test_pickle_checkpoints_are_refused_unless_allowed(tmp_path, name):
-    (tmp_path / name).write_bytes(b"not really")
+    torch.save({"model.diffusion_model.x": torch.zeros(1)}, tmp_path / name)  # a pickle, whatever its name
     with pytest.raises(UserError, match="arbitrary code"):
         resolve_model(str(tmp_path / name))
     assert resolve_model(str(tmp_path / name), allow_pickle=True).kind == "single_file"

@@ -55,6 +55,7 @@ def add_parser(sub) -> None:
     p.add_argument("--overwrite", action="store_true",
                    help="replace existing --out files and an earlier clip's --frames-dir")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--yes", action="store_true", help="do not ask before a big job (asked only at a terminal)")
     p.set_defaults(run=run)
 
 
@@ -77,11 +78,15 @@ def settings_from_args(args):
 
 
 def run(args) -> int:
+    from personae.cli.big_jobs import confirm_big_job, estimate_seconds
     from personae.cli.progress import TerminalProgress
     from personae.jobs.animate import check_outputs, run_animate
 
     settings = settings_from_args(args)
     check_outputs(args.out, args.frames_dir, args.overwrite)  # a bad --out fails before the model loads
+    confirm_big_job("This clip", settings.frames, estimate_seconds(
+        settings.model, 1, settings.steps, settings.width, settings.height, settings.cfg, settings.device,
+        frames=settings.frames), args.yes)
     progress = TerminalProgress(quiet=args.quiet)
     try:
         run_animate(settings, args.out, args.frames_dir, on_event=progress, overwrite=args.overwrite)

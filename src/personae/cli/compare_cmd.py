@@ -40,16 +40,24 @@ def add_parser(sub) -> None:
     p.add_argument("--out", default="compare", help="output folder (default ./compare); a previous comparison there is replaced")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a suite setting (repeatable)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--yes", action="store_true", help="do not ask before a big job (asked only at a terminal)")
     p.set_defaults(run=run)
 
 
 def run(args) -> int:
+    from personae.cli.big_jobs import confirm_big_job, estimate_seconds
     from personae.cli.progress import TerminalProgress
     from personae.config.base import apply_overrides
+    from personae.evaluation.suites import PROMPT_SETS
+    from personae.jobs.compare_plan import expand
     from personae.jobs.compare import run_compare
     from personae.jobs.compare_plan import load_suite
 
     suite = load_suite(args.suite, apply_overrides({}, args.set))
+    rows, per_row = expand(suite), len(suite.prompts or PROMPT_SETS[suite.prompt_set]) * len(suite.seeds)
+    seconds = sum(estimate_seconds(r.model, per_row, r.steps or suite.steps, suite.width, suite.height,
+                                   suite.cfg if r.cfg is None else r.cfg, suite.device) for r in rows)
+    confirm_big_job("This comparison", len(rows) * per_row, seconds, args.yes)
     progress = TerminalProgress(quiet=args.quiet)
     try:
         result = run_compare(suite, args.out, on_event=progress)

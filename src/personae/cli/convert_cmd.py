@@ -25,7 +25,8 @@ def add_parser(sub) -> None:
     p.add_argument("file", metavar="FILE")
     p.add_argument("--to", required=True, choices=["kohya", "diffusers"])
     p.add_argument("--out", help="kohya: a .safetensors file; diffusers: a folder (default: beside FILE)")
-    p.add_argument("--allow-pickle", action="store_true", help="accept .pt/.ckpt/.bin input")
+    p.add_argument("--allow-pickle", action="store_true",
+                   help="accept pickle (.pt/.ckpt/.bin) input; only its tensors are read, never code")
     p.add_argument("--overwrite", action="store_true",
                    help="replace an existing output file, or a folder an earlier convert wrote")
     p.set_defaults(run=run)
@@ -34,14 +35,12 @@ def add_parser(sub) -> None:
 def run(args) -> int:
     from personae.errors import UserError
     from personae.methods.lora_files import diffusers_to_kohya_file, kohya_to_diffusers_file
-    from personae.models.resolve import refuse_pickle
+    from personae.models.model_files import check_model_file
     from personae.outputs import check_file_output, staged_output
     from personae.staging import explain_disk_full
 
     src = Path(args.file)
-    if not src.is_file():
-        raise UserError(f"{src} does not exist.")
-    refuse_pickle(src, args.allow_pickle)
+    check_model_file(src, "LoRA", args.allow_pickle)  # by content: damaged, foreign or unwanted pickles stop here
     try:
         if args.to == "diffusers":
             dst = Path(args.out) if args.out else src.with_name(src.stem + "_diffusers")
@@ -57,8 +56,25 @@ def run(args) -> int:
                 raise UserError(f"--out {dst}: --to kohya writes one .safetensors file.", "Give a name ending in .safetensors.")
             with explain_disk_full(dst):
                 out = diffusers_to_kohya_file(src, check_file_output(dst, args.overwrite), allow_pickle=args.allow_pickle)
-    except ValueError as exc:
-        raise UserError(f"{src} could not be converted: {exc}.",
+    except (ValueError, KeyError, IndexError, RuntimeError, TypeError) as exc:
+        raise UserError(f"{src} could not be converted: {str(exc).rstrip('.')}.",
                         "Check that it is a LoRA for Stable Diffusion 1.x in the other layout.") from None
     print(f"wrote {out}")
     return 0
+
+
+def _convert(args, src: Path, readable: Path, to_diffusers, to_kohya) -> Path:
+    if args.to == "diffusers":
+        out = Path(args.out) if args.out else src.with_name(src.stem + "_diffusers")
+        if out.suffix.lower() == ".safetensors":  # a file: its folder and name
+            out.parent.mkdir(parents=True, exist_ok=True)
+            return to_diffusers(readable, out.parent, weight_name=out.name)
+        if out.exists() and not out.is_dir():
+            from personae.errors import UserError
+
+            raise UserError(f"--out {out} is a file, but --to diffusers writes a folder.",
+                            "Give a folder, or a new file name ending in .safetensors.")
+        return to_diffusers(readable, out)
+    dst = Path(args.out) if args.out else src.with_name(src.stem.replace("pytorch_lora_weights", "lora") + "_kohya.safetensors")
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    return to_kohya(readable, dst)

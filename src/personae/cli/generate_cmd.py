@@ -125,6 +125,7 @@ def add_parser(sub) -> None:
     p.add_argument("--from-png", metavar="FILE", help="start from the settings stored in a PNG; other options override")
     p.add_argument("--out", default="outputs", help="output folder (default ./outputs)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--yes", action="store_true", help="do not ask before a big job (asked only at a terminal)")
     p.set_defaults(run=run)
 
 
@@ -183,10 +184,13 @@ def apply_control_choices(data: dict, models: list[tuple[str, str]], options: li
 
 
 def run(args) -> int:
+    from personae.cli.big_jobs import confirm_big_job, estimate_seconds
     from personae.cli.progress import TerminalProgress
-    from personae.jobs.generate import run_generate, settings_from_png
+    from personae.events import Message
+    from personae.jobs.generate import png_references, run_generate, settings_from_png
 
-    base = settings_from_png(args.from_png) if args.from_png else None
+    stored = settings_from_png(args.from_png) if args.from_png else None
+    base = stored
     if args.recipe:
         from personae.jobs.generate import GENERATED
         from personae.jobs.recipes import recipe_settings
@@ -196,7 +200,13 @@ def run(args) -> int:
             base = {**(base or {}), **recipe_settings(args.recipe, args.init_image, args.out, animal=args.animal)}
         args.init_image = None  # the recipe's face crop replaces the photo
     settings = settings_from_args(args, base)
+    images = settings.batch_size * settings.batch_count
+    confirm_big_job("This generation", images, estimate_seconds(
+        settings.model, images, settings.steps, settings.width, settings.height, settings.cfg, settings.device), args.yes)
     progress = TerminalProgress(quiet=args.quiet)
+    if args.from_png:
+        for line in png_references(settings, stored):  # what a file makes us read is shown
+            progress(Message(f"from {args.from_png}: {line}"))
     try:
         run_generate(settings, args.out, on_event=progress)
     finally:

@@ -40,14 +40,19 @@ def add_parser(sub) -> None:
     p.add_argument("--model", help="model (overrides the file; required for CSV)")
     p.add_argument("--font", help="a .ttf/.otf/.ttc font covering the dialogue's scripts")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--yes", action="store_true", help="do not ask before a big job (asked only at a terminal)")
     p.set_defaults(run=run)
 
 
 def run(args) -> int:
+    from personae.cli.big_jobs import confirm_big_job, estimate_seconds
     from personae.cli.progress import TerminalProgress
     from personae.jobs.storyboard import load_scenes, run_storyboard
 
     settings = load_scenes(args.scenes, {"model": args.model, "font": args.font})
+    panels = len(args.only) if args.only else len(settings.scenes)
+    confirm_big_job("This storyboard", panels, estimate_seconds(settings.model, panels, settings.steps, settings.width,
+                                                                settings.height, settings.cfg, settings.device), args.yes)
     progress = TerminalProgress(quiet=args.quiet)
     try:
         summary = run_storyboard(settings, args.out, args.only, on_event=progress)

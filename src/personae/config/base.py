@@ -7,7 +7,8 @@ carry a `version` that `parse_settings` migrates forward, one function per versi
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import string
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
@@ -22,12 +23,37 @@ T = TypeVar("T", bound="Strict")
 class Strict(BaseModel):
     """A settings schema: unknown keys rejected, assignment validated."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
+    # NaN and infinity are never a setting (a LoRA weight of nan draws a black image)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=(), allow_inf_nan=False)
 
     # The newest version of this schema, and how to lift an older dict to the next one:
     # MIGRATIONS[n] turns a version-n dict into a version-(n+1) dict.
     VERSION: ClassVar[int] = 1
     MIGRATIONS: ClassVar[dict[int, Callable[[dict], dict]]] = {}
+
+
+def check_template(template: str, fields: Iterable[str]) -> str:
+    """A `{field}` template that str.format can fill from `fields`, or a ValueError naming the problem.
+
+    Only plain `{name}` placeholders: no positions, attributes, indexes, conversions or format
+    specs (`{caption:>999999999}` would build a gigabyte string).
+    """
+    fields = list(fields)
+    valid = ", ".join("{" + f + "}" for f in fields)
+    try:
+        parts = list(string.Formatter().parse(template))
+    except ValueError as exc:
+        raise ValueError(f"{exc} (write a literal brace as {{{{ or }}}}; placeholders: {valid})") from None
+    for _, name, spec, conversion in parts:
+        if name is None:
+            continue
+        if name not in fields:
+            hint = nearest(name, fields) if name else None
+            raise ValueError(f'unknown placeholder "{{{name}}}"' + (f' (did you mean "{{{hint}}}"?)' if hint else "")
+                             + f"; placeholders: {valid}")
+        if spec or conversion:
+            raise ValueError(f'"{{{name}}}" must be a plain placeholder, without ! or : parts')
+    return template
 
 
 def _fields_at(cls: type[BaseModel], loc: tuple) -> list[str]:
@@ -80,7 +106,7 @@ def parse_settings(cls: type[T], data: Mapping[str, Any] | None, source: str = "
                 hint = nearest(str(loc[-1]), _fields_at(cls, loc))
                 problems.append(f'unknown key "{where}"' + (f' (did you mean "{hint}"?)' if hint else ""))
             else:
-                problems.append(f'"{where}": {err["msg"]}')
+                problems.append(f'"{where}": {err["msg"].removeprefix("Value error, ")}')
         raise UserError(
             f"{source} is not valid: " + "; ".join(problems) + ".",
             "Fix the key or value named above (see --help for the valid settings).",
@@ -94,8 +120,13 @@ def load_yaml(path: str | Path) -> dict:
         raise UserError(f"{path} does not exist or is not a file.", "Check the path.")
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{path} is not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at position {exc.start}).",
+                        "Save it as UTF-8 (any editor's \"Save as\" offers it).") from None
     except yaml.YAMLError as exc:
         raise UserError(f"{path} is not valid YAML: {exc}.", "Fix the syntax at the line shown.") from None
+    except RecursionError:
+        raise UserError(f"{path} is nested too deeply to be a settings file.") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -107,7 +138,10 @@ def _yaml_value(raw: str) -> Any:
     """A --set value as YAML would read it, plus 1e-4 as a number (YAML 1.1 reads it as text)."""
     if not raw.strip():
         return ""
-    value = yaml.safe_load(raw)
+    try:
+        value = yaml.safe_load(raw)
+    except yaml.YAMLError:  # not YAML (e.g. "a: b: c"): the text as it was typed
+        return raw
     if isinstance(value, str):
         try:
             return float(value)

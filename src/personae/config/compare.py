@@ -26,6 +26,23 @@ from personae.config.generate import LoraRef
 SWEEP_KEYS = ("weight", "cfg", "steps", "sampler")
 
 
+def _sweep_value(key: str, value):
+    """One swept value checked like the setting it replaces (a typo fails here, not after an hour of images)."""
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if key == "sampler":
+        if not isinstance(value, str) or not value.strip():
+            raise ValueError(f"sweep.sampler values must be sampler names, got {value!r}")
+    elif key == "steps":
+        if not (number and float(value).is_integer() and 1 <= value <= 1000):
+            raise ValueError(f"sweep.steps values must be whole numbers from 1 to 1000, got {value!r}")
+        value = int(value)
+    elif not number or value != value or abs(value) == float("inf"):
+        raise ValueError(f"sweep.{key} values must be numbers, got {value!r}")
+    elif key == "cfg" and not 0 <= value <= 100:
+        raise ValueError(f"sweep.cfg values must be from 0 to 100, got {value!r}")
+    return value
+
+
 class Variant(Strict):
     """One row of the comparison: the base model, or the base model plus what a run taught it."""
 
@@ -93,6 +110,7 @@ class CompareSuite(Strict):
                 raise ValueError(f'cannot sweep "{key}"; sweepable: {", ".join(SWEEP_KEYS)}')
             if not isinstance(values, list) or not values:
                 raise ValueError(f'sweep.{key} must be a non-empty list of values')
+            value[key] = [_sweep_value(key, v) for v in values]
         return value
 
     @field_validator("variants")

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
-from personae.config.base import Strict
+from personae.config.base import Strict, check_template
+
+TEMPLATE_FIELDS = ("caption", "trigger", "class", "token", "folder")
 
 
 class PrepareSettings(Strict):
@@ -27,3 +29,8 @@ class PrepareSettings(Strict):
     captioner: str = "filename"  # filename | none | a BLIP-style model folder or hub id
     recaption: bool = False  # caption with the captioner even where a sidecar caption exists
     duplicate_distance: int = Field(4, ge=0, le=64)  # pHash bits within which two images count as near-duplicates
+
+    @field_validator("template")
+    @classmethod
+    def _template(cls, value: str) -> str:
+        return check_template(value, TEMPLATE_FIELDS)

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
-from personae.config.base import Strict
+from personae.config.base import Strict, check_template
 from personae.config.generate import EmbeddingRef, LoraRef
 
+TEMPLATE_FIELDS = ("style", "shot_token", "shot_phrase", "angle", "description", "characters", "extra")
 DEFAULT_SHOT_TOKENS = {"close-up": "<cu_trg>", "medium": "<ms_trg>", "full": "<fs_trg>"}
 DEFAULT_SHOT_PHRASES = {"close-up": "close-up shot", "medium": "medium shot", "full": "full shot"}
 SHOT_ALIASES = {  # what people write on shot lists -> the shot key
@@ -70,3 +71,8 @@ class StoryboardSettings(Strict):
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
     dtype: Literal["auto", "fp32", "fp16", "bf16"] = "auto"
     scenes: list[Scene] = Field(min_length=1)
+
+    @field_validator("template")
+    @classmethod
+    def _template(cls, value: str) -> str:
+        return check_template(value, TEMPLATE_FIELDS)

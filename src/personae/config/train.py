@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from personae.config.base import Strict
 
@@ -83,6 +83,13 @@ class TokenSpec(Strict):
     token: str  # e.g. "<cu_trg>"
     init_word: str = "*"  # the embedding starts as this word's (mean over its tokens)
     vectors: int = Field(1, ge=1, le=75)  # vectors per token (A1111 "number of vectors per token")
+
+    @field_validator("token")
+    @classmethod
+    def _one_word(cls, value: str) -> str:
+        if not value.strip() or any(c.isspace() for c in value):
+            raise ValueError(f"a token must be one word with no spaces, e.g. <sks>, got {value!r}")
+        return value
 
 
 class TextualInversionSection(Strict):

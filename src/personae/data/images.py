@@ -73,6 +73,8 @@ def load_image(path: Path, min_side: int = 64, max_aspect: float = 4.0,
             rgb = to_rgb(img, background)
     except UnidentifiedImageError:
         return Rejected(path, "not an image (the contents are not a known image format)")
+    except Image.DecompressionBombError as exc:  # a few KB on disk that would take gigabytes to decode
+        return Rejected(path, f"too large to decode safely ({exc.args[0].split(' exceeds')[0].lower()})")
     except (OSError, SyntaxError, ValueError) as exc:  # PIL reports truncation and corruption as these
         return Rejected(path, f"damaged or truncated image ({exc})")
     width, height = rgb.size

@@ -24,7 +24,10 @@ def open_image(path: str, what: str, size: tuple[int, int] | None = None) -> Ima
         with Image.open(p) as im:
             im = ImageOps.exif_transpose(im) or im
             image = im.convert("RGB")
-    except OSError as exc:
+    except Image.DecompressionBombError as exc:
+        raise UserError(f"The {what} {p} is too large to decode safely ({exc.args[0].split(' exceeds')[0]}).",
+                        "Use a smaller image (a few thousand pixels a side is plenty).") from None
+    except (OSError, SyntaxError, ValueError) as exc:  # PIL reports damaged files as these
         raise UserError(f"The {what} {p} is not a readable image ({exc}).") from None
     return image.resize(size, Image.Resampling.LANCZOS) if size and image.size != size else image
 

@@ -7,6 +7,7 @@ the UI) keep one `Session` and change only what differs between images.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
@@ -14,6 +15,7 @@ from personae.events import EventHandler, Message, ignore
 from personae.inference.prompt import PromptEncoder
 from personae.models.addons import LoadedEmbedding, LoadedLora, load_embeddings, load_loras
 from personae.models.device import pick_device, pick_dtype
+from personae.models.model_files import check_model_file
 from personae.models.resolve import ModelSource, load_pipeline, model_hash, resolve_model
 
 
@@ -52,6 +54,8 @@ def open_session(model: str, device: str = "auto", dtype: str = "auto", allow_pi
     """Resolve, load and move a model, then apply LoRAs and embeddings."""
     # 1. check inputs before any heavy work
     source = resolve_model(model, allow_pickle=allow_pickle)
+    for path, what in [(p, "lora") for p, _ in loras] + [(p, "embedding") for p, _ in embeddings]:
+        check_model_file(Path(path).expanduser(), what, allow_pickle)  # a bad add-on fails before the model loads
     dev = pick_device(device)
     torch_dtype = pick_dtype(dtype, dev)
     # 2. load the base model

@@ -9,6 +9,7 @@ own CPU generator, so an image reproduces on any device and at any batch positio
 from __future__ import annotations
 
 import json
+import math
 import random
 from dataclasses import dataclass
 
@@ -68,6 +69,12 @@ def txt2img(settings: GenerateSettings, session: Session | None = None,
     seed = settings.seed if settings.seed >= 0 else random.randrange(2**32)
     if settings.mask and not settings.init_image:
         raise UserError("--mask needs --init-image (the picture to inpaint).")
+    if settings.init_image and settings.strength > 0 and int(settings.steps * settings.strength) < 1:
+        # img2img runs int(steps x strength) of the steps: none at all is an error deep inside diffusers
+        raise UserError(f"--strength {settings.strength:g} with --steps {settings.steps} leaves no denoising step "
+                        f"(img2img runs steps x strength = {settings.steps * settings.strength:g}, rounded down).",
+                        f"Raise --steps to at least {math.ceil(1 / settings.strength)}, or --strength to at least "
+                        f"{math.ceil(100 / settings.steps) / 100:g}.")
     for path, what in ((settings.init_image, "init image"), (settings.mask, "mask")):
         if path:
             open_image(path, what)  # a missing or unreadable file fails before the model loads

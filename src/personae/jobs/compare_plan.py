@@ -69,14 +69,20 @@ def _run_rows(v: Variant, base_model: str) -> list[Row]:
     if not record.is_file():
         raise UserError(f'Variant "{v.label}": {run} is not a finished training run (no exports.json).',
                         "Point `run:` at a `personae train` output folder, or use `lora:` / `embedding:` for a file.")
-    files = json.loads(record.read_text(encoding="utf-8"))["files"]
+    try:
+        files = json.loads(record.read_text(encoding="utf-8"))["files"]
+        files = [f for f in files if isinstance(f.get("path"), str)]
+    except (ValueError, KeyError, TypeError, AttributeError):
+        raise UserError(f'Variant "{v.label}": {record} is damaged (not the exports list personae writes).',
+                        "Train the run again, or point `lora:` / `embedding:` at its files.") from None
     kinds = {}
     for f in files:  # the file each loader reads: kohya LoRA, A1111 embedding, diffusers model folder
-        if f["loader"] == "lora" and f["format"] == "kohya":
+        if f.get("loader") == "lora" and f.get("format") == "kohya":
             kinds.setdefault("lora", f["path"])
-        elif f["loader"] == "embedding" and f["format"] == "a1111":
-            kinds.setdefault("embeddings", []).append((f["path"], f.get("token")))
-        elif f["loader"] == "folder":
+        elif f.get("loader") == "embedding" and f.get("format") == "a1111":
+            token = f.get("token")
+            kinds.setdefault("embeddings", []).append((f["path"], token if isinstance(token, str) else None))
+        elif f.get("loader") == "folder":
             kinds.setdefault("model", f["path"])
     if not kinds:
         raise UserError(f'Variant "{v.label}": {record} lists no LoRA, embedding or model to compare.')

@@ -15,7 +15,7 @@ from personae.config.generate import GenerateSettings
 from personae.errors import UserError
 from personae.events import EventHandler, Message, ignore
 from personae.inference.txt2img import GeneratedImage, txt2img
-from personae.media.png import parse_parameters, read_png_text, save_png
+from personae.media.png import PngTextError, parse_parameters, read_png_text, save_png
 from personae.outputs import Kind, check_output, open_output
 
 GENERATED = Kind("generate", "generated images", "personae generate", signature=(),
@@ -44,23 +44,28 @@ def run_generate(settings: GenerateSettings, out_dir: str | Path, on_event: Even
     return paths
 
 
-def _from_infotext(text: str) -> dict:
+def _from_infotext(text: str, source: Path) -> dict:
     """Generate settings from A1111 infotext (a PNG made by A1111 or another tool)."""
     prompt, negative, p = parse_parameters(text)
     prompt = re.sub(r"\s*<lora:[^>]+>", "", prompt)  # LoRAs are files here: pass them with --lora
     data: dict = {"prompt": prompt, "negative": negative}
-    if "Steps" in p:
-        data["steps"] = int(p["Steps"])
-    if "CFG scale" in p:
-        data["cfg"] = float(p["CFG scale"])
-    if "Seed" in p:
-        data["seed"] = int(p["Seed"])
-    if "Size" in p and "x" in p["Size"]:
-        data["width"], data["height"] = (int(v) for v in p["Size"].split("x"))
-    if "Denoising strength" in p:
-        data["strength"] = float(p["Denoising strength"])
-    if "Clip skip" in p:
-        data["clip_skip"] = int(p["Clip skip"])
+
+    def number(key: str, kind):
+        try:
+            return kind(p[key].strip())
+        except ValueError:
+            raise UserError(f'--from-png: {source} stores "{key}: {p[key][:40]}", which is not a number.',
+                            "Pass that setting on the command line instead.") from None
+
+    for key, field, kind in (("Steps", "steps", int), ("CFG scale", "cfg", float), ("Seed", "seed", int),
+                             ("Denoising strength", "strength", float), ("Clip skip", "clip_skip", int)):
+        if key in p:
+            data[field] = number(key, kind)
+    if "Size" in p:
+        width, x, height = p["Size"].partition("x")
+        p["Width"], p["Height"] = width, height
+        if x:
+            data["width"], data["height"] = number("Width", int), number("Height", int)
     if "Sampler" in p:
         sampler, schedule = p["Sampler"], p.get("Schedule type", "")
         if schedule and schedule.lower() not in ("automatic", "") and schedule.lower() not in sampler.lower():
@@ -70,19 +75,77 @@ def _from_infotext(text: str) -> dict:
 
 
 def settings_from_png(path: str | Path) -> dict:
-    """The settings stored in a PNG: personae's own chunk if present, else A1111's `parameters`."""
+    """The settings stored in a PNG: personae's own chunk if present, else A1111's `parameters`.
+
+    What a file says never widens what the user allowed: `allow_pickle` is not taken from it.
+    """
     path = Path(path)
     if not path.is_file():
         raise UserError(f"--from-png: {path} does not exist.")
     try:
         text = read_png_text(path)
-    except OSError as exc:
-        raise UserError(f"--from-png: {path} is not a readable PNG ({exc}).") from None
+    except (OSError, PngTextError) as exc:
+        raise UserError(f"--from-png: {path} is not a PNG whose settings can be read ({exc}).",
+                        "Pass a PNG written by personae, AUTOMATIC1111 or another tool that stores A1111 infotext.") from None
     if "personae" in text:
-        data = json.loads(text["personae"])
+        try:
+            data = json.loads(text["personae"])
+        except ValueError:
+            data = None
+        if not isinstance(data, dict):
+            raise UserError(f"--from-png: the settings stored in {path} (its `personae` chunk) are not valid JSON "
+                            "settings.", "The file was damaged or edited; pass the settings on the command line.")
+        data.pop("allow_pickle", None)  # a file never widens what the user allowed on the command line
         parse_settings(GenerateSettings, data, f"the settings stored in {path}")  # validate early
         return data
     if "parameters" in text:
-        return _from_infotext(text["parameters"])
+        return _from_infotext(text["parameters"], path)
     raise UserError(f"{path} carries no generation settings (no `parameters` text chunk).",
                     "Use a PNG written by personae, AUTOMATIC1111 or another tool that stores A1111 infotext.")
+
+
+def png_references(settings: GenerateSettings, stored: dict) -> list[str]:
+    """The files and hub ids a PNG's stored settings make this run read, each announced; hub ids only from the cache.
+
+    A PNG from elsewhere may name any path or hub repository: every one that is used is listed for the user,
+    and one that is not downloaded yet is refused (a file never starts a download), so the user passes it
+    themselves if they want it.
+    """
+    from personae.inference.controlnet import model_for
+
+    named = []
+    if settings.model == stored.get("model"):
+        named.append(("model", settings.model, "model_index.json"))
+    stored_loras = [l.get("path") for l in stored.get("loras", []) if isinstance(l, dict)]
+    named += [("LoRA", l.path, None) for l in settings.loras if l.path in stored_loras]
+    stored_embeddings = [e.get("path") for e in stored.get("embeddings", []) if isinstance(e, dict)]
+    named += [("embedding", e.path, None) for e in settings.embeddings if e.path in stored_embeddings]
+    for what in ("init_image", "mask"):
+        if getattr(settings, what) and getattr(settings, what) == stored.get(what):
+            named.append((what.replace("_", " "), getattr(settings, what), None))
+    stored_controls = [c for c in stored.get("controls", []) if isinstance(c, dict)]
+    for control in settings.controls:
+        if any(c.get("image") == control.image for c in stored_controls):
+            named.append(("control image", control.image, None))
+        if any(c.get("model") == control.model for c in stored_controls):
+            named.append(("ControlNet", model_for(control), "config.json"))
+    lines = []
+    for what, spec, marker in named:
+        local = Path(spec).expanduser()
+        if marker and not local.exists() and "/" in spec and not _in_hub_cache(spec, marker):
+            raise UserError(f'--from-png: the PNG names the {what} "{spec}", a hub repository that is not downloaded; '
+                            "personae does not download what a file asks for.",
+                            f"If you want it, pass it yourself (--model {spec}), or pass your own.")
+        lines.append(f"{what}: {spec}")
+    return lines
+
+
+def _in_hub_cache(repo: str, filename: str) -> bool:
+    from huggingface_hub import try_to_load_from_cache
+
+    owner, name, *sub = repo.split("/")
+    target = "/".join([*sub, filename])
+    try:
+        return isinstance(try_to_load_from_cache(f"{owner}/{name}", target), str)
+    except ValueError:  # not a valid repository id
+        return False

@@ -34,24 +34,39 @@ def load_scenes(path: str | Path, overrides: dict | None = None) -> StoryboardSe
     """A YAML storyboard file, or a CSV of scenes (number, description, dialogue, shot, angle, characters)."""
     path = Path(path)
     if path.suffix.lower() == ".csv":
-        if not path.is_file():
-            raise UserError(f"{path} does not exist.")
-        with open(path, newline="", encoding="utf-8-sig") as fh:
-            rows = list(csv.DictReader(fh))
-        scenes = []
-        for i, row in enumerate(rows, start=1):
-            row = {k.strip().lower(): (v or "").strip() for k, v in row.items() if k}
-            scene = {k: v for k, v in row.items() if v != ""}
-            scene["number"] = int(row.get("number") or i)
-            if "characters" in scene:
-                scene["characters"] = [c.strip() for c in scene["characters"].replace(";", ",").split(",") if c.strip()]
-            scenes.append(scene)
-        data = {"scenes": scenes}
+        data = {"scenes": _csv_scenes(path)}
     else:
         data = load_yaml(path)
     data.update({k: v for k, v in (overrides or {}).items() if v is not None})
     settings = parse_settings(StoryboardSettings, data, str(path))
     return _relative_to(settings, path.resolve().parent)
+
+
+def _csv_scenes(path: Path) -> list[dict]:
+    """The scenes of a CSV file (a header row naming the columns, then one row per scene)."""
+    if not path.is_file():
+        raise UserError(f"{path} does not exist.")
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as fh:
+            rows = list(csv.DictReader(fh))
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{path} is not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at position {exc.start}).",
+                        "Save it as UTF-8 CSV (spreadsheets offer \"CSV UTF-8\").") from None
+    except csv.Error as exc:
+        raise UserError(f"{path} is not a readable CSV file ({exc}).") from None
+    scenes = []
+    for i, row in enumerate(rows, start=1):
+        row = {str(k).strip().lower(): (v if isinstance(v, str) else "").strip() for k, v in row.items() if k}
+        scene = {k: v for k, v in row.items() if v != ""}
+        number = row.get("number") or str(i)
+        if not number.isdecimal() or len(number) > 9:
+            raise UserError(f'{path}, scene row {i}: the number "{number[:40]}" is not a whole number.',
+                            "Number the scenes 1, 2, 3... (or leave the column empty to count rows).")
+        scene["number"] = int(number)
+        if "characters" in scene:
+            scene["characters"] = [c.strip() for c in scene["characters"].replace(";", ",").split(",") if c.strip()]
+        scenes.append(scene)
+    return scenes
 
 
 def _relative_to(settings: StoryboardSettings, base: Path) -> StoryboardSettings:

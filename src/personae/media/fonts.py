@@ -52,7 +52,12 @@ def font_for(text: str, preferred: str | None = None) -> str:
     if preferred:
         if not Path(preferred).is_file():
             raise UserError(f"The font {preferred} does not exist.")
-        missing = missing_characters(preferred, text)
+        try:
+            missing = missing_characters(preferred, text)
+        except Exception as exc:  # noqa: BLE001 - fontTools raises many kinds of errors on a file that is not a font
+            raise UserError(f"The font {preferred} could not be read as a TrueType / OpenType font "
+                            f"({type(exc).__name__}: {str(exc)[:200]}).",
+                            "Pass a .ttf, .otf or .ttc font file.") from None
         if missing:
             raise UserError(f"The font {preferred} has no glyphs for: {''.join(sorted(missing))}.",
                             "Choose a font that covers every script in the dialogue, e.g. Noto Sans CJK or NanumGothic.")

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import json
 import re
+import struct
+import zlib
 from pathlib import Path
 
 from PIL import Image
@@ -22,7 +24,12 @@ from PIL.PngImagePlugin import PngInfo
 
 from personae.staging import atomic_file
 
-_PARAM = re.compile(r'\s*([\w][\w \-/]*):\s*("(?:\\.|[^\\"])*"|[^,]*)(?:,|$)')
+# A1111 infotext's last line: `Key: value, Key: "quoted, value", ...`. One pass over the line: each match
+# is a key run (possessive: a run not followed by ":" is skipped whole) with its value, or one other
+# character. re.findall with the pair pattern alone retried from every character: minutes on 10 MB.
+_TOKEN = re.compile(r'\s*(\w[\w \-/]*+)(?::\s*("(?:\\.|[^\\"])*"|[^,]*)(?:,|$))?|.', re.DOTALL)
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+MAX_TEXT = 1 << 20  # bytes of text chunks read from a PNG: settings are a few KB; more is not settings
 
 
 def format_number(value: float) -> str:
@@ -47,16 +54,31 @@ def format_parameters(prompt: str, negative: str, params: dict[str, object]) -> 
     return "\n".join(lines)
 
 
+def _pairs(line: str) -> list[tuple[str, str]]:
+    """The `Key: value` pairs of an infotext parameter line, in linear time (the pairs re.findall would find)."""
+    pairs = []
+    for match in _TOKEN.finditer(line):
+        key, value = match.group(1), match.group(2)
+        if value is None:
+            continue
+        value = value.strip()
+        if len(value) >= 2 and value[0] == value[-1] == '"':
+            try:
+                value = str(json.loads(value))
+            except ValueError:  # not valid JSON escapes: keep it as written
+                pass
+        pairs.append((key.strip(), value))
+    return pairs
+
+
 def parse_parameters(text: str) -> tuple[str, str, dict[str, str]]:
     """Split A1111 infotext into (prompt, negative prompt, {key: value})."""
     lines = text.strip().split("\n")
     params: dict[str, str] = {}
-    if lines and len(_PARAM.findall(lines[-1])) >= 3:
-        for key, value in _PARAM.findall(lines.pop()):
-            value = value.strip()
-            if value.startswith('"') and value.endswith('"'):
-                value = json.loads(value)
-            params[key.strip()] = value
+    pairs = _pairs(lines[-1]) if lines else []
+    if len(pairs) >= 3:
+        lines.pop()
+        params = dict(pairs)
     prompt_lines, negative_lines, in_negative = [], [], False
     for line in lines:
         if line.startswith("Negative prompt:"):
@@ -73,13 +95,72 @@ def save_png(image: Image.Image, path: str | Path, parameters: str, extra: dict[
     info.add_text("parameters", parameters)
     for key, value in (extra or {}).items():
         info.add_text(key, value)
+    return save_image(image, path, pnginfo=info)
+
+
+def save_image(image: Image.Image, path: str | Path, **options) -> Path:
+    """Write a PNG whole or not at all: a second Ctrl-C (or a full disk) mid-write leaves no torn file behind."""
     with atomic_file(path) as tmp:
-        image.save(tmp, format="PNG", pnginfo=info)
+        image.save(tmp, format="PNG", **options)
     return path
 
 
-def read_png_text(path: str | Path) -> dict[str, str]:
-    """The text chunks of a PNG (empty when there are none)."""
-    with Image.open(path) as image:
-        image.load()
-        return dict(getattr(image, "text", {}) or {})
+class PngTextError(ValueError):
+    """A file that is not a PNG, or whose text chunks are damaged or too large to be settings."""
+
+
+def read_png_text(path: str | Path, limit: int = MAX_TEXT) -> dict[str, str]:
+    """The tEXt / zTXt / iTXt chunks of a PNG, read from its chunk list without decoding a pixel.
+
+    At most `limit` bytes of text (after inflating) are read: settings are small, and a file with
+    more is refused (PngTextError) instead of being parsed for minutes.
+    """
+    texts: dict[str, str] = {}
+    used = 0
+    with open(path, "rb") as fh:
+        if fh.read(8) != PNG_SIGNATURE:
+            raise PngTextError("it is not a PNG file")
+        while True:
+            head = fh.read(8)
+            if len(head) < 8:
+                break  # truncated after the last whole chunk: keep what was read
+            length, kind = struct.unpack(">I4s", head)
+            if kind == b"IEND":
+                break
+            if kind not in (b"tEXt", b"zTXt", b"iTXt"):
+                fh.seek(length + 4, 1)  # pixels and other chunks are skipped, not read
+                continue
+            if used + length > limit:
+                raise PngTextError(f"its text chunks hold more than {limit // 1024} KB, far more than any settings")
+            key, text = _text_chunk(kind, fh.read(length), limit - used)
+            fh.seek(4, 1)  # CRC
+            used += max(length, len(text))
+            if key and key not in texts:
+                texts[key] = text
+    return texts
+
+
+def _text_chunk(kind: bytes, data: bytes, room: int) -> tuple[str, str]:
+    """(keyword, text) of one text chunk; compressed text is inflated to at most `room` bytes."""
+    key, _, rest = data.partition(b"\0")
+    keyword = key.decode("latin-1")
+    try:
+        if kind == b"tEXt":
+            return keyword, rest.decode("latin-1")
+        if kind == b"zTXt":
+            return keyword, _inflate(rest[1:], room).decode("latin-1")
+        compressed, rest = rest[:1] == b"\x01", rest[2:]
+        _language, _, rest = rest.partition(b"\0")
+        _translated, _, rest = rest.partition(b"\0")
+        return keyword, (_inflate(rest, room) if compressed else rest).decode("utf-8")
+    except (zlib.error, UnicodeDecodeError) as exc:
+        raise PngTextError(f"its {kind.decode()} chunk {keyword!r} is damaged ({exc})") from None
+
+
+def _inflate(data: bytes, room: int) -> bytes:
+    inflater = zlib.decompressobj()
+    out = inflater.decompress(data, room + 1)
+    if len(out) > room:
+        raise PngTextError(f"a compressed text chunk inflates to more than {MAX_TEXT // 1024} KB, far more than any "
+                           "settings")
+    return out

@@ -23,7 +23,7 @@ import torch
 
 from personae.errors import UserError
 from personae.models.lora_layouts import TEXT, UNET, LoraFile, module_table, peft_layers, place, refuse_unplaced
-from personae.models.resolve import refuse_pickle
+from personae.models.model_files import check_model_file
 from personae.models.tensor_files import flat_tensors, read_tensors
 
 
@@ -56,9 +56,7 @@ def file_sha256(path: Path, skip_safetensors_header: bool = False) -> str:
 
 def _existing(path: str, what: str, allow_pickle: bool) -> Path:
     p = Path(path).expanduser()
-    if not p.is_file():
-        raise UserError(f"The {what} file {p} does not exist.", "Check the path given with --" + what.split()[0].lower() + ".")
-    refuse_pickle(p, allow_pickle)
+    check_model_file(p, what, allow_pickle)  # by content: missing, a folder, damaged, foreign, or a pickle not opted in
     return p
 
 

@@ -28,7 +28,9 @@ from personae.hub import require_hub
 from personae.models.addons import file_sha256
 from personae.models.folders import readable_by_others
 from personae.models.original_layout import CONFIG_METADATA_KEY
-from personae.models.resolve import PICKLE_SUFFIXES, refuse_pickle
+from personae.models.model_files import (PICKLE_SUFFIXES, check_folder_weights, check_model_file, header_json,
+                                         named_by_content, tensor_shapes)
+from personae.models.resolve import LOAD_ERRORS, _short
 from personae.models.tiny import SD15_DIR
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+(/[\w./-]+)?$")
@@ -68,13 +70,12 @@ def resolve_controlnet(spec: str, allow_pickle: bool = False) -> ControlNetSourc
             raise UserError(f"{path} is a folder but not a diffusers ControlNet (no config.json in it).",
                             "Pass the folder written by ControlNetModel.save_pretrained (config.json + weights), "
                             "or a hub id such as lllyasviel/control_v11p_sd15_canny.")
+        check_folder_weights(path, allow_pickle)
         return ControlNetSource("folder", str(path.resolve()), path.resolve().name)
-    if path.is_file():
-        refuse_pickle(path, allow_pickle)
-        if path.suffix.lower() not in PICKLE_SUFFIXES | {".safetensors"}:
-            raise UserError(f"{path} is not a ControlNet checkpoint (expected .safetensors, or .pth with --allow-pickle).")
+    if path.exists():
+        check_model_file(path, "ControlNet", allow_pickle)
         return ControlNetSource("single_file", str(path.resolve()), path.stem)
-    looks_local = spec.startswith((".", "/", "~")) or spec.endswith((".safetensors", ".ckpt", ".pth", ".pt", ".bin"))
+    looks_local = spec.startswith((".", "/", "~")) or spec.endswith((".safetensors", *PICKLE_SUFFIXES))
     if looks_local or not _HUB_ID.match(spec):
         raise UserError(f'ControlNet "{spec}" was not found: no such folder, and it is not a hub id (owner/name).',
                         "Check the path given with --controlnet TYPE=PATH, or pass a hub id.")
@@ -108,18 +109,13 @@ def sd15_controlnet_config() -> dict:
 
 
 def _single_file_config(path: Path) -> dict:
-    config = None
-    if path.suffix.lower() == ".safetensors":
-        from safetensors import safe_open
-
-        with safe_open(str(path), framework="pt") as fh:
-            meta = fh.metadata() or {}
-            keys = list(fh.keys())
-        if CONFIG_METADATA_KEY in meta:
-            config = json.loads(meta[CONFIG_METADATA_KEY]).get("controlnet")
-        if not any(k.startswith("control_model.") for k in keys):
-            raise UserError(f"{path} is not a ControlNet checkpoint in the original layout (no control_model.* weights).",
-                            "Pass a ControlNet file (e.g. control_v11p_sd15_canny.safetensors) or a diffusers folder.")
+    shapes, meta = tensor_shapes(path)
+    config = (header_json(meta, CONFIG_METADATA_KEY, path) or {}).get("controlnet")
+    if not any(k.startswith("control_model.") for k in shapes):
+        raise UserError(f"{path} is not a ControlNet checkpoint in the original layout (no control_model.* weights).",
+                        "Pass a ControlNet file (e.g. control_v11p_sd15_canny.safetensors) or a diffusers folder.")
+    if config is not None and not isinstance(config, dict):
+        raise UserError(f"{path}: its header entry {CONFIG_METADATA_KEY!r} holds no ControlNet config.")
     return {"_class_name": "ControlNetModel", **config} if config else sd15_controlnet_config()
 
 
@@ -129,14 +125,23 @@ def load_controlnet(source: ControlNetSource, dtype: torch.dtype = torch.float32
 
     if source.kind == "single_file":
         path = Path(source.location)
-        with tempfile.TemporaryDirectory(prefix="personae-controlnet-") as tmp:
+        kind = check_model_file(path, "ControlNet", allow_pickle=True)  # the opt-in was checked by resolve_controlnet
+        with tempfile.TemporaryDirectory(prefix="personae-controlnet-") as tmp, named_by_content(path, kind) as named:
             (Path(tmp) / "config.json").write_text(json.dumps(_single_file_config(path), default=list))
-            return ControlNetModel.from_single_file(str(path), config=tmp, local_files_only=True, torch_dtype=dtype)
+            try:
+                return ControlNetModel.from_single_file(str(named), config=tmp, local_files_only=True, torch_dtype=dtype)
+            except LOAD_ERRORS as exc:
+                raise UserError(f"{path} could not be loaded as a ControlNet ({_short(exc)}).",
+                                "Use a ControlNet for Stable Diffusion 1.x (original layout or a diffusers folder).") from None
     kwargs = dict(torch_dtype=dtype)
     if source.subfolder:
         kwargs["subfolder"] = source.subfolder
     if source.kind == "folder":
-        return ControlNetModel.from_pretrained(source.location, local_files_only=True, **kwargs)
+        try:
+            return ControlNetModel.from_pretrained(source.location, local_files_only=True, **kwargs)
+        except LOAD_ERRORS as exc:
+            raise UserError(f"{source.location} could not be loaded as a ControlNet folder ({_short(exc)}).",
+                            "Pass the folder ControlNetModel.save_pretrained wrote.") from None
     try:  # 1. already in the local cache: no network needed
         return ControlNetModel.from_pretrained(source.location, local_files_only=True, **kwargs)
     except (OSError, ValueError):

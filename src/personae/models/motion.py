@@ -23,7 +23,9 @@ import torch
 
 from personae.errors import UserError
 from personae.hub import require_hub
-from personae.models.resolve import PICKLE_SUFFIXES, refuse_pickle
+from personae.models.model_files import (PICKLE_SUFFIXES, check_folder_weights, check_model_file, header_json,
+                                         read_state_dict)
+from personae.models.resolve import LOAD_ERRORS, _short
 
 MOTION_CONFIG_KEY = "personae_motion_config"  # single-file header entry holding the adapter config
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -43,28 +45,17 @@ def resolve_motion_adapter(spec: str, allow_pickle: bool = False) -> MotionSourc
         if not (path / "config.json").is_file():
             raise UserError(f"{path} is a folder but not a diffusers motion adapter (no config.json in it).",
                             "Pass --motion-adapter the folder MotionAdapter.save_pretrained wrote, or one .safetensors motion module.")
+        check_folder_weights(path, allow_pickle)
         return MotionSource("folder", str(path.resolve()), path.resolve().name)
-    if path.is_file():
-        refuse_pickle(path, allow_pickle)
-        if path.suffix.lower() not in PICKLE_SUFFIXES | {".safetensors"}:
-            raise UserError(f"{path} is not a motion module file (expected .safetensors).")
+    if path.exists():
+        check_model_file(path, "motion module", allow_pickle)
         return MotionSource("single_file", str(path.resolve()), path.stem)
-    looks_local = spec.startswith((".", "/", "~")) or spec.endswith((".safetensors", ".ckpt", ".pt", ".bin"))
+    looks_local = spec.startswith((".", "/", "~")) or spec.endswith((".safetensors", *PICKLE_SUFFIXES))
     if looks_local or not _HUB_ID.match(spec):
         raise UserError(
             f'Motion adapter "{spec}" was not found: no such folder or file, and it is not a hub id of the form owner/name.',
             "Check the path given with --motion-adapter (`personae model tiny-motion DIR` writes a tiny one for tests).")
     return MotionSource("hub", spec, spec.split("/")[-1])
-
-
-def _read_state_dict(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    if path.suffix.lower() == ".safetensors":
-        from safetensors import safe_open
-
-        with safe_open(str(path), framework="pt") as fh:
-            return {k: fh.get_tensor(k) for k in fh.keys()}, dict(fh.metadata() or {})
-    state = torch.load(str(path), map_location="cpu", weights_only=False)  # refuse_pickle ran: the user opted in
-    return state.get("state_dict", state), {}
 
 
 def _config_from_shapes(state: dict[str, torch.Tensor]) -> dict:
@@ -91,18 +82,23 @@ def _load_single_file(path: Path):
     from diffusers import MotionAdapter
     from diffusers.loaders.single_file_utils import convert_animatediff_checkpoint_to_diffusers
 
-    state, meta = _read_state_dict(path)
+    check_model_file(path, "motion module", allow_pickle=True)  # the opt-in was checked by resolve_motion_adapter
+    state, meta = read_state_dict(path)  # a pickle goes through the weights-only unpickler
     if not any(".motion_modules." in k for k in state):
         raise UserError(f"{path} holds no motion modules (no *.motion_modules.* weights).",
                         "Pass an AnimateDiff motion module (e.g. mm_sd_v15_v2.safetensors) or a diffusers MotionAdapter folder.")
-    table_lengths = [int(v.shape[1]) for k, v in state.items() if k.endswith("pos_encoder.pe")]
-    if any("temporal_transformer" in k for k in state):  # AnimateDiff's own layout
-        state = convert_animatediff_checkpoint_to_diffusers(state)
-    config = json.loads(meta[MOTION_CONFIG_KEY]) if MOTION_CONFIG_KEY in meta else _config_from_shapes(state)
-    if table_lengths and MOTION_CONFIG_KEY not in meta:  # v1 modules hold 24 positions, v2/v3 32
-        config["motion_max_seq_length"] = table_lengths[0]
-    adapter = MotionAdapter(**config)
-    missing, unexpected = adapter.load_state_dict(state, strict=False)
+    try:
+        table_lengths = [int(v.shape[1]) for k, v in state.items() if k.endswith("pos_encoder.pe")]
+        if any("temporal_transformer" in k for k in state):  # AnimateDiff's own layout
+            state = convert_animatediff_checkpoint_to_diffusers(state)
+        config = header_json(meta, MOTION_CONFIG_KEY, path) or _config_from_shapes(state)
+        if table_lengths and MOTION_CONFIG_KEY not in meta:  # v1 modules hold 24 positions, v2/v3 32
+            config["motion_max_seq_length"] = table_lengths[0]
+        adapter = MotionAdapter(**config)
+        missing, unexpected = adapter.load_state_dict(state, strict=False)
+    except LOAD_ERRORS as exc:
+        raise UserError(f"{path} could not be loaded as a motion module ({_short(exc)}).",
+                        "Use an AnimateDiff motion module for Stable Diffusion 1.x, or its diffusers folder.") from None
     missing = [k for k in missing if not k.endswith("pos_embed.pe")]  # fixed sinusoids, rebuilt from the config
     if missing or unexpected:
         raise UserError(f"{path} does not fit the motion adapter its shapes describe "
@@ -116,7 +112,11 @@ def load_motion_adapter(source: MotionSource):
     from diffusers import MotionAdapter
 
     if source.kind == "folder":
-        adapter = MotionAdapter.from_pretrained(source.location, local_files_only=True)
+        try:
+            adapter = MotionAdapter.from_pretrained(source.location, local_files_only=True)
+        except LOAD_ERRORS as exc:
+            raise UserError(f"{source.location} could not be loaded as a motion adapter folder ({_short(exc)}).",
+                            "Pass the folder MotionAdapter.save_pretrained wrote, or one motion module file.") from None
     elif source.kind == "single_file":
         adapter = _load_single_file(Path(source.location))
     else:

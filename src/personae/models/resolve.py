@@ -3,7 +3,8 @@
 Three kinds of input, one entry point (`load_pipeline`):
   - a local diffusers folder (has model_index.json);
   - a single-file checkpoint in the original layout, as shared on model sites
-    (`.safetensors`; pickle `.ckpt`/`.pt`/`.bin` only with allow_pickle); its component
+    (safetensors; a pickle `.ckpt`/`.pt`/`.bin` only with allow_pickle, read by PyTorch's
+    weights-only unpickler; the file's content decides, not its name); its component
     configs come from the file's header when personae wrote it, else from the SD-1.5
     configs and CLIP tokenizer shipped in this package, so no network is needed;
   - a hub id (`owner/name`), loaded from the local cache or downloaded; with no network
@@ -15,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import pickle
 import re
 import shutil
 import tempfile
@@ -23,14 +25,19 @@ from pathlib import Path
 from typing import Literal
 
 import torch
-from safetensors import safe_open
+from diffusers.loaders.single_file_utils import SingleFileComponentError
+from safetensors import SafetensorError
 
 from personae.errors import UserError
 from personae.hub import require_hub
+from personae.models.model_files import (PICKLE, PICKLE_SUFFIXES, check_folder_weights, check_model_file, header_json,
+                                         named_by_content, sniff, tensor_shapes)
 from personae.models.original_layout import CONFIG_METADATA_KEY
 from personae.models.tiny import SD15_DIR
 
-PICKLE_SUFFIXES = {".ckpt", ".pt", ".pth", ".bin"}
+# What diffusers' and transformers' loaders raise on a file or folder that is not what they expect
+LOAD_ERRORS = (OSError, ValueError, KeyError, RuntimeError, TypeError, AttributeError, IndexError, EOFError,
+               pickle.UnpicklingError, SafetensorError, SingleFileComponentError)
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
@@ -42,16 +49,13 @@ class ModelSource:
 
     @property
     def is_pickle(self) -> bool:
-        return self.kind == "single_file" and Path(self.location).suffix.lower() in PICKLE_SUFFIXES
+        return self.kind == "single_file" and sniff(Path(self.location)) == PICKLE
 
 
-def refuse_pickle(path: Path, allow_pickle: bool, flag: str = "--allow-pickle") -> None:
-    """Pickle files can run arbitrary code when loaded: refuse them unless the user opts in."""
-    if path.suffix.lower() in PICKLE_SUFFIXES and not allow_pickle:
-        raise UserError(
-            f"{path} is a pickle file ({path.suffix}); loading one can run arbitrary code hidden in it.",
-            f"Use a .safetensors version of it if one exists, or pass {flag} if you trust where it came from.",
-        )
+def refuse_pickle(path: Path, allow_pickle: bool, flag: str = "--allow-pickle") -> str:
+    """Check a model file by its content: damaged or foreign files are refused, and pickles (which can run code
+    when loaded) unless the user opts in. Returns "safetensors" or "pickle" (see personae.models.model_files)."""
+    return check_model_file(path, "model", allow_pickle, flag)
 
 
 def resolve_model(spec: str, allow_pickle: bool = False) -> ModelSource:
@@ -63,13 +67,12 @@ def resolve_model(spec: str, allow_pickle: bool = False) -> ModelSource:
                 f"{path} is a folder but not a diffusers model (no model_index.json in it).",
                 "Pass the folder that holds model_index.json, or a single .safetensors checkpoint file.",
             )
+        check_folder_weights(path, allow_pickle)
         return ModelSource("folder", str(path.resolve()), path.resolve().name)
-    if path.is_file():
-        refuse_pickle(path, allow_pickle)
-        if path.suffix.lower() not in PICKLE_SUFFIXES | {".safetensors"}:
-            raise UserError(f"{path} is not a model checkpoint (expected .safetensors, or .ckpt with --allow-pickle).")
+    if path.exists():
+        check_model_file(path, "model", allow_pickle)
         return ModelSource("single_file", str(path.resolve()), path.stem)
-    looks_local = spec.startswith((".", "/", "~")) or spec.endswith((".safetensors", ".ckpt", ".pt", ".bin"))
+    looks_local = spec.startswith((".", "/", "~")) or spec.endswith((".safetensors", *PICKLE_SUFFIXES))
     if looks_local or not _HUB_ID.match(spec):
         raise UserError(
             f'Model "{spec}" was not found: no such folder or file, and it is not a hub id of the form owner/name.',
@@ -105,32 +108,27 @@ def model_hash(source: ModelSource) -> str | None:
 
 
 def _write_config_dir(path: Path, target: Path) -> dict:
-    """Fill `target` with the component configs and tokenizer a single file needs."""
+    """Fill `target` with the component configs and tokenizer a single file needs (refusing other architectures)."""
     shutil.copytree(SD15_DIR, target, dirs_exist_ok=True)
-    configs = None
-    keys: list[str] = []
-    if path.suffix.lower() == ".safetensors":
-        with safe_open(str(path), framework="pt") as fh:
-            meta = fh.metadata() or {}
-            keys = list(fh.keys())
-            if CONFIG_METADATA_KEY in meta:
-                configs = json.loads(meta[CONFIG_METADATA_KEY])
-            elif "model.diffusion_model.input_blocks.0.0.weight" in keys:
-                in_channels = fh.get_slice("model.diffusion_model.input_blocks.0.0.weight").get_shape()[1]
-                if in_channels != 4:  # SD-1.5 inpainting models take 9 channels
-                    unet = json.loads((target / "unet/config.json").read_text())
-                    unet["in_channels"] = in_channels
-                    configs = {"unet": unet}
-        if any(k.startswith("conditioner.embedders") for k in keys):
-            raise UserError(f"{path} is an SDXL checkpoint; personae supports Stable Diffusion 1.x models for now.")
-        if any(k.startswith("cond_stage_model.model.") for k in keys):
-            raise UserError(f"{path} is a Stable Diffusion 2.x checkpoint; personae supports SD 1.x models for now.")
-        if keys and not any(k.startswith("model.diffusion_model.") for k in keys):
-            raise UserError(
-                f"{path} is not a full Stable Diffusion checkpoint (no model.diffusion_model.* weights).",
-                "If it is a LoRA or an embedding, pass it with --lora or --embedding and give the base model as --model.",
-            )
+    shapes, meta = tensor_shapes(path)
+    configs = header_json(meta, CONFIG_METADATA_KEY, path)
+    if any(k.startswith("conditioner.embedders") for k in shapes):
+        raise UserError(f"{path} is an SDXL checkpoint; personae supports Stable Diffusion 1.x models for now.")
+    if any(k.startswith("cond_stage_model.model.") for k in shapes):
+        raise UserError(f"{path} is a Stable Diffusion 2.x checkpoint; personae supports SD 1.x models for now.")
+    if not any(k.startswith("model.diffusion_model.") for k in shapes):
+        raise UserError(
+            f"{path} is not a full Stable Diffusion checkpoint (no model.diffusion_model.* weights).",
+            "If it is a LoRA or an embedding, pass it with --lora or --embedding and give the base model as --model.",
+        )
+    first = shapes.get("model.diffusion_model.input_blocks.0.0.weight", ())
+    if configs is None and len(first) == 4 and first[1] != 4:  # SD-1.5 inpainting models take 9 channels
+        unet = json.loads((target / "unet/config.json").read_text())
+        unet["in_channels"] = first[1]
+        configs = {"unet": unet}
     for name, config in (configs or {}).items():
+        if not re.fullmatch(r"[a-z_]+", str(name)) or not isinstance(config, dict):
+            raise UserError(f"{path}: its header entry {CONFIG_METADATA_KEY!r} is not a set of component configs.")
         sub = target / name
         sub.mkdir(exist_ok=True)
         file = "scheduler_config.json" if name == "scheduler" else "config.json"
@@ -157,15 +155,32 @@ def load_pipeline(source: ModelSource, dtype: torch.dtype = torch.float32):
 
     kwargs = dict(dtype=dtype, safety_checker=None, requires_safety_checker=False)
     if source.kind == "folder":
-        return StableDiffusionPipeline.from_pretrained(source.location, local_files_only=True, **kwargs)
+        try:
+            return StableDiffusionPipeline.from_pretrained(source.location, local_files_only=True, **kwargs)
+        except LOAD_ERRORS as exc:
+            raise UserError(f"{source.location} could not be loaded as a diffusers model folder ({_short(exc)}).",
+                            "Check that it is a complete Stable Diffusion 1.x model folder (model_index.json, unet/, "
+                            "vae/, text_encoder/, tokenizer/, scheduler/).") from None
     if source.kind == "hub":
         return _load_from_hub(source.location, **kwargs)
     path = Path(source.location)
-    with tempfile.TemporaryDirectory(prefix="personae-config-") as tmp:
+    kind = check_model_file(path, "model", allow_pickle=True)  # the opt-in was checked by resolve_model
+    with tempfile.TemporaryDirectory(prefix="personae-config-") as tmp, named_by_content(path, kind) as named:
         configs = _write_config_dir(path, Path(tmp))
-        pipe = StableDiffusionPipeline.from_single_file(str(path), config=tmp, local_files_only=True, **kwargs)
+        try:
+            pipe = StableDiffusionPipeline.from_single_file(str(named), config=tmp, local_files_only=True, **kwargs)
+        except LOAD_ERRORS as exc:
+            raise UserError(f"{path} could not be loaded as a Stable Diffusion 1.x checkpoint ({_short(exc)}).",
+                            "Check that it is a full SD 1.x model in the original layout (as shared on model sites), "
+                            "not damaged, and made for this architecture.") from None
     # from_single_file takes the VAE's scaling factor from the original SD config (0.18215), not from `config`
     scaling = configs.get("vae", {}).get("scaling_factor")
     if scaling is not None and scaling != pipe.vae.config.scaling_factor:
         pipe.vae.register_to_config(scaling_factor=scaling)
     return pipe
+
+
+def _short(exc: BaseException) -> str:
+    """An exception as one short line for a message."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= 300 else text[:297] + "..."
