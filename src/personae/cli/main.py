@@ -124,7 +124,11 @@ def crash_report(exc: BaseException, argv: list[str] | None) -> Path | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    try:
+        parser = build_parser()  # imports every command's module: Ctrl-C can land here
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+        return 130
     args = parser.parse_args(argv)
     if not getattr(args, "run", None):
         parser.print_help()
