@@ -75,3 +75,18 @@ def test_break_starts_a_new_chunk_and_negative_is_padded_to_match(tiny_session):
     pos, neg = enc.encode_pair("a cat BREAK a dog", "blurry")
     assert pos.embeds.shape == neg.embeds.shape == (1, 154, 32)
     assert torch.equal(neg.embeds[:, 77:], enc.encode("").embeds)
+
+
+def test_weight_rescale_keeps_a1111_mean_and_never_explodes_on_a_zero_mean():
+    """A1111 restores the chunk mean after weighting; an output whose mean is ~0 (layer norm, zero bias: the tiny
+    model) made that ratio inf and the image black (seen in the long weighted-prompt animate test)."""
+    import torch
+
+    from personae.inference.prompt import mean_restoring_factor
+
+    z = torch.full((1, 4, 3), 0.5)
+    weighted = z * torch.tensor([1.0, 1.3, 1.0, 1.0])[None, :, None]
+    factor = mean_restoring_factor(z.mean(), weighted)
+    assert torch.isclose((weighted * factor).mean(), z.mean())  # A1111's rule where the mean means something
+    centred = torch.tensor([[[1.0, -1.0, 0.0], [0.5, -0.5, 0.0]]])
+    assert mean_restoring_factor(centred.mean(), centred * 1.3) == 1.0  # mean ~0: kept as weighted, no inf

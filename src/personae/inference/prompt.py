@@ -18,6 +18,18 @@ from dataclasses import dataclass
 
 import torch
 
+
+def mean_restoring_factor(original_mean: torch.Tensor, weighted: torch.Tensor) -> torch.Tensor | float:
+    """A1111's rescale after weighting: original mean / weighted mean. A text encoder whose output mean is
+    about zero (a layer-normed output with zero bias, as small or untrained models give) turns that ratio
+    into inf / NaN and the image black; there the mean says nothing and the weighted embeddings are kept."""
+    new_mean = weighted.mean()
+    scale = weighted.abs().mean()
+    if new_mean.abs() <= 1e-3 * scale or original_mean.abs() <= 1e-3 * scale:
+        return 1.0
+    factor = original_mean / new_mean
+    return factor if bool(torch.isfinite(factor)) and 0.1 <= float(factor) <= 10.0 else 1.0
+
 CHUNK = 75  # tokens per chunk, plus begin and end tokens = CLIP's 77
 _TOKEN = re.compile(r"\\[()\[\]\\]|\(|\[|:\s*([+-]?(?:\d+\.?\d*|\.\d+))\s*\)|\)|\]|[^\\()\[\]:]+|:|\\")
 _BREAK = re.compile(r"\s*\bBREAK\b\s*")
@@ -118,7 +130,7 @@ class PromptEncoder:
             weights = weights.to(device=device, dtype=z.dtype)
             original_mean = z.mean()
             z = z * weights[None, :, None]
-            z = z * (original_mean / z.mean())
+            z = z * mean_restoring_factor(original_mean, z)
         return z
 
     def encode(self, prompt: str, clip_skip: int = 1, min_chunks: int = 1) -> EncodedPrompt:
