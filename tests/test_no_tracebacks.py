@@ -547,3 +547,20 @@ def test_a_damaged_run_record_in_a_suite_is_one_paragraph(tiny_model, tmp_path, 
                                                              "variants": [{"label": "r", "run": str(tmp_path / "run")}]}))
         code, err = cli(capsys, "compare", tmp_path / "suite.yaml", "--out", tmp_path / "cmp")
         refused(code, err, "r")
+
+
+def test_a_missing_file_of_personae_itself_is_a_bug_not_the_users(monkeypatch, tmp_path, capsys):
+    from pathlib import Path
+
+    import personae
+    import personae.cli.convert_cmd as convert_cmd
+
+    own = Path(personae.__file__).parent / "models" / "sd15" / "missing.json"
+
+    def broken(args):
+        raise FileNotFoundError(errno.ENOENT, "No such file or directory", str(own))
+
+    monkeypatch.setenv("PERSONAE_CACHE", str(tmp_path))
+    monkeypatch.setattr(convert_cmd, "run", broken)
+    code, err = cli(capsys, "convert", "x.safetensors", "--to", "kohya")
+    assert code == 1 and "this is a bug in personae" in err and "Traceback" not in err
