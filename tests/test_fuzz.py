@@ -151,26 +151,37 @@ def valid_then_mutated(draw) -> bytes:
     return bytes(data)
 
 
-def _read_model_file(path: Path, allow_pickle: bool):
-    from personae.models.addons import default_token, file_sha256
+@pytest.fixture(scope="module")
+def tiny_pipe():
+    from personae.models.tiny import build_tiny_pipeline
+
+    return build_tiny_pipeline(0)
+
+
+def _read_model_file(path: Path, allow_pickle: bool, pipe):
+    """Every reader of a model file: the sniffer, shapes, state dicts, and the LoRA and embedding readers."""
+    from personae.models.addons import file_sha256, read_embedding, read_lora
     from personae.models.model_files import check_model_file, read_state_dict, tensor_shapes
 
     kind = check_model_file(path, "model", allow_pickle)
     tensor_shapes(path, kind)
     read_state_dict(path, kind)
-    if kind == "safetensors":
-        file_sha256(path, skip_safetensors_header=True)
-        default_token(path)
+    file_sha256(path, skip_safetensors_header=True)
+    for reader in (lambda: read_embedding(path, allow_pickle, 32), lambda: read_lora(pipe, path, allow_pickle)):
+        try:
+            reader()
+        except UserError as exc:
+            assert str(exc).strip() and "\n\n" not in str(exc)
     return kind
 
 
 @examples(150)
 @given(data=st.one_of(safetensors_files(), valid_then_mutated(), st.binary(max_size=64)),
        suffix=st.sampled_from([".safetensors", ".ckpt", ".bin", ""]))
-def test_fuzz_safetensors_headers(workdir, data, suffix):
+def test_fuzz_safetensors_headers(workdir, tiny_pipe, data, suffix):
     path = workdir / f"fuzz{suffix}"
     path.write_bytes(data)
-    clean_or_user_error(_read_model_file, path, False)
+    clean_or_user_error(_read_model_file, path, False, tiny_pipe)
 
 
 @st.composite
@@ -199,10 +210,10 @@ def pickle_files(draw) -> bytes:
 
 @examples(80)
 @given(data=pickle_files(), suffix=st.sampled_from([".ckpt", ".pt", ".pkl", ""]))
-def test_fuzz_pickles_through_the_weights_only_reader(workdir, data, suffix):
+def test_fuzz_pickles_through_the_weights_only_reader(workdir, tiny_pipe, data, suffix):
     path = workdir / f"fuzz-pickle{suffix}"
     path.write_bytes(data)
-    clean_or_user_error(_read_model_file, path, True)
+    clean_or_user_error(_read_model_file, path, True, tiny_pipe)
 
 
 # -- images ---------------------------------------------------------------------------------------------------------

@@ -330,18 +330,19 @@ def _kohya_lora(tiny, path):
     return path
 
 
-def test_convert_to_diffusers_out_file_writes_that_file(tiny_model, tmp_path, capsys):
-    from safetensors import safe_open
-
+def test_convert_to_diffusers_out_file_is_refused_not_reported_as_written(tiny_model, tmp_path, capsys):
+    """It printed "wrote FILE/pytorch_lora_weights.safetensors" and wrote nothing; --to diffusers writes a folder."""
     lora = _kohya_lora(tiny_model[0], tmp_path / "kohya.safetensors")
     code, err = cli(capsys, "convert", lora, "--to", "diffusers", "--out", tmp_path / "me.safetensors")
-    assert code == 0, err
-    with safe_open(str(tmp_path / "me.safetensors"), "pt") as fh:
-        assert any(k.startswith("unet.") and "lora_A" in k for k in fh.keys())
+    refused(code, err, "--to diffusers writes a folder")
+    assert not (tmp_path / "me.safetensors").exists()
     (tmp_path / "a_file").write_text("mine")
     code, err = cli(capsys, "convert", lora, "--to", "diffusers", "--out", tmp_path / "a_file")
-    refused(code, err, "is a file, but --to diffusers writes a folder")
+    refused(code, err, "is a file")
     assert (tmp_path / "a_file").read_text() == "mine"
+    code, out = main(["convert", str(lora), "--to", "diffusers", "--out", str(tmp_path / "folder")]), capsys.readouterr()
+    written = tmp_path / "folder" / "pytorch_lora_weights.safetensors"
+    assert code == 0 and written.is_file() and f"wrote {written}" in out.out
 
 
 @pytest.mark.parametrize("weight", ["nan", "inf", "-inf"])
@@ -377,7 +378,7 @@ def test_the_wrong_size_embedding_message_is_filled_in(tiny_model, tmp_path, cap
     save_file({"emb_params": torch.zeros(2, 48)}, str(tmp_path / "sdxl-ish.safetensors"))
     code, err = cli(capsys, "generate", "--model", tiny_model[0], "--prompt", "x", "--embedding",
                     tmp_path / "sdxl-ish.safetensors", "--out", tmp_path / "out")
-    flat = refused(code, err, "width 48", "uses 32")
+    flat = refused(code, err, "48 wide", "32 wide")
     assert "{" not in flat
 
 
@@ -426,8 +427,9 @@ def test_the_training_loop_writes_validation_grids_through_the_atomic_writer():
 
     from personae.training import loop
 
-    source = inspect.getsource(loop)
-    assert "save_image(grid" in source and "grid.save(" not in source
+    source = inspect.getsource(loop)  # the behaviour of both writers is tested above (save_image uses atomic_file)
+    assert 'atomic_file(run / "validation"' in source or "save_image(grid" in source
+    assert "grid.save(run" not in source
 
 
 # -- the top-level handler ------------------------------------------------------------------------------------------
@@ -547,3 +549,20 @@ def test_a_damaged_run_record_in_a_suite_is_one_paragraph(tiny_model, tmp_path, 
                                                              "variants": [{"label": "r", "run": str(tmp_path / "run")}]}))
         code, err = cli(capsys, "compare", tmp_path / "suite.yaml", "--out", tmp_path / "cmp")
         refused(code, err, "r")
+
+
+def test_a_missing_file_of_personae_itself_is_a_bug_not_the_users(monkeypatch, tmp_path, capsys):
+    from pathlib import Path
+
+    import personae
+    import personae.cli.convert_cmd as convert_cmd
+
+    own = Path(personae.__file__).parent / "models" / "sd15" / "missing.json"
+
+    def broken(args):
+        raise FileNotFoundError(errno.ENOENT, "No such file or directory", str(own))
+
+    monkeypatch.setenv("PERSONAE_CACHE", str(tmp_path))
+    monkeypatch.setattr(convert_cmd, "run", broken)
+    code, err = cli(capsys, "convert", "x.safetensors", "--to", "kohya")
+    assert code == 1 and "this is a bug in personae" in err and "Traceback" not in err

@@ -118,6 +118,9 @@ def _write_marker(folder: Path, kind: Kind, files: list[str], writing: bool) -> 
 
 def survey(out: str | Path, kind: Kind) -> Survey:
     out = absolute(out)
+    blocking = next((p for p in out.parents if p.exists() and not p.is_dir()), None)
+    if blocking is not None:  # under a file: it cannot become a folder (exists() says False here)
+        return Survey(blocking, "file")
     if not out.exists() and not out.is_symlink():
         return Survey(out, "new")
     if not out.is_dir():

@@ -62,19 +62,3 @@ def run(args) -> int:
     print(f"wrote {out}")
     return 0
 
-
-def _convert(args, src: Path, readable: Path, to_diffusers, to_kohya) -> Path:
-    if args.to == "diffusers":
-        out = Path(args.out) if args.out else src.with_name(src.stem + "_diffusers")
-        if out.suffix.lower() == ".safetensors":  # a file: its folder and name
-            out.parent.mkdir(parents=True, exist_ok=True)
-            return to_diffusers(readable, out.parent, weight_name=out.name)
-        if out.exists() and not out.is_dir():
-            from personae.errors import UserError
-
-            raise UserError(f"--out {out} is a file, but --to diffusers writes a folder.",
-                            "Give a folder, or a new file name ending in .safetensors.")
-        return to_diffusers(readable, out)
-    dst = Path(args.out) if args.out else src.with_name(src.stem.replace("pytorch_lora_weights", "lora") + "_kohya.safetensors")
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    return to_kohya(readable, dst)

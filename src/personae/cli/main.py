@@ -13,6 +13,7 @@ import errno
 import os
 import platform
 import sys
+import tempfile
 import textwrap
 import time
 import traceback
@@ -89,6 +90,9 @@ def describe_os_error(exc: OSError) -> str | None:
     """One paragraph for an OSError the user can act on, or None (then it is a bug)."""
     if exc.errno not in _OS_ERRORS:
         return None
+    package = Path(__file__).resolve().parents[1]
+    if exc.filename is not None and package in Path(str(exc.filename)).resolve().parents:
+        return None  # a file of personae's own is missing or unreadable: not the user's to fix
     path = exc.filename if exc.filename is not None else "a file personae was using"
     what, fix = _OS_ERRORS[exc.errno]
     what = what.format(path=path)
@@ -111,8 +115,6 @@ def crash_report(exc: BaseException, argv: list[str] | None) -> Path | None:
     text = "\n".join(lines) + "\n\n" + "".join(traceback.format_exception(exc))
     name = f"crash-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.txt"
     cache = Path(os.environ.get("PERSONAE_CACHE", Path.home() / ".cache" / "personae"))
-    import tempfile
-
     for folder in (cache / "crash-reports", Path(tempfile.gettempdir())):
         try:
             folder.mkdir(parents=True, exist_ok=True)

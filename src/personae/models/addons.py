@@ -146,7 +146,7 @@ def read_embedding(path: Path, allow_pickle: bool, width: int) -> tuple[str | No
                         "Use an embedding made for SD 1.x.")
     elif isinstance(data, dict) and len(data) == 1:
         token, vectors = next(iter(data.items()))
-    if not isinstance(vectors, torch.Tensor) or vectors.ndim not in (1, 2):
+    if not isinstance(vectors, torch.Tensor) or vectors.ndim not in (1, 2) or vectors.numel() == 0:
         raise UserError(f"{path} is not a textual-inversion embedding personae knows (A1111 string_to_param / "
                         "emb_params, or diffusers {token: vectors}).", "Check the file given with --embedding.")
     vectors = vectors.detach().to(torch.float32).reshape(-1, vectors.shape[-1])
