@@ -31,3 +31,14 @@ def tiny_session(tiny_model):
 
     quiet_libraries()
     return open_session(str(tiny_model[0]), device="cpu")
+
+
+@pytest.fixture(scope="module")
+def photo(tmp_path_factory):
+    """A 64x64 PNG of seeded noise: an ordinary image file for commands that take one."""
+    import numpy as np
+    from PIL import Image
+
+    path = tmp_path_factory.mktemp("photo") / "photo.png"
+    Image.fromarray((np.random.default_rng(0).random((64, 64, 3)) * 255).astype(np.uint8)).save(path)
+    return path

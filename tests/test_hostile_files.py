@@ -78,12 +78,6 @@ def hostile(tmp_path_factory):
     return files
 
 
-@pytest.fixture(scope="module")
-def photo(tmp_path_factory):
-    path = tmp_path_factory.mktemp("photo") / "photo.png"
-    Image.fromarray((np.random.default_rng(0).random((64, 64, 3)) * 255).astype(np.uint8)).save(path)
-    return path
-
 
 def test_the_hostile_files_really_are_hostile(hostile, tmp_path):
     """Sanity: a plain unpickler would run them (so the suite below tests something)."""

@@ -33,21 +33,14 @@ from personae.cli.main import main
 from personae.errors import UserError
 from personae.jobs.train import load_job, run_training
 from personae.training import checkpoint as ckpt
-from train_helpers import StepWatcher, write_job
+from train_helpers import StepWatcher, prepared_subject, write_job
 
 QUICK = {"batch_size": 1, "resolution": 64, "verify_exports": False, "validation": {"steps": 1}}
 
 
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory):
-    from personae.config.prepare import PrepareSettings
-    from personae.data.prepare import prepare_dataset
-    from personae.data.samples import write_sample_subject
-
-    root = tmp_path_factory.mktemp("data")
-    write_sample_subject(root / "photos", count=3, trigger="sks")
-    prepare_dataset(root / "photos", root / "prepared", PrepareSettings(resolution=64))
-    return root / "prepared"
+    return prepared_subject(tmp_path_factory.mktemp("data"), count=3, trigger="sks")
 
 
 def _env():

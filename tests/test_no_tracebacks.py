@@ -44,12 +44,6 @@ def refused(code: int, err: str, *expected: str) -> str:
     return flat
 
 
-@pytest.fixture(scope="module")
-def photo(tmp_path_factory):
-    path = tmp_path_factory.mktemp("photo") / "photo.png"
-    Image.fromarray((np.random.default_rng(0).random((64, 64, 3)) * 255).astype(np.uint8)).save(path)
-    return path
-
 
 # -- damaged safetensors, in every entry point ---------------------------------------------------------------------
 

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 from personae.jobs.train import load_job, run_training
-from train_helpers import write_job
+from train_helpers import prepared_subject, write_job
 
 ROOT = Path(__file__).resolve().parents[1]
 RENDER = ROOT / "tests" / "compat" / "render.py"
@@ -47,16 +47,11 @@ def old_python() -> str:
 
 @pytest.fixture(scope="module")
 def exports(tmp_path_factory, tiny_model):
-    from personae.config.prepare import PrepareSettings
-    from personae.data.prepare import prepare_dataset
-    from personae.data.samples import write_sample_subject
-
     root = tmp_path_factory.mktemp("old-stack")
-    write_sample_subject(root / "photos", count=2, trigger="<sks>")
-    prepare_dataset(root / "photos", root / "prepared", PrepareSettings(resolution=64))
+    prepared = prepared_subject(root, count=2, trigger="<sks>")
     runs = {}
     for method, sections in RUNS.items():
-        job = load_job(write_job(root, base_model=str(tiny_model[0]), method=method, data=root / "prepared",
+        job = load_job(write_job(root, base_model=str(tiny_model[0]), method=method, data=prepared,
                                  output=root / method, train=QUICK, trigger="<sks>", **sections))
         run_training(job)
         runs[method] = root / method

@@ -21,7 +21,7 @@ from personae.errors import UserError
 from personae.jobs.train import load_job, run_training
 from personae.models.resolve import load_pipeline, resolve_model
 from personae.training.verify import render
-from train_helpers import StepWatcher, write_job
+from train_helpers import StepWatcher, prepared_subject, write_job
 
 TOKENS = [{"token": "<sks>", "init_word": "star", "vectors": 2}]
 QUICK = {"steps": 4, "batch_size": 2, "learning_rate": 5e-3, "seed": 0, "validation": {"steps": 2}}
@@ -29,14 +29,7 @@ QUICK = {"steps": 4, "batch_size": 2, "learning_rate": 5e-3, "seed": 0, "validat
 
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory):
-    from personae.config.prepare import PrepareSettings
-    from personae.data.prepare import prepare_dataset
-    from personae.data.samples import write_sample_subject
-
-    root = tmp_path_factory.mktemp("data")
-    write_sample_subject(root / "photos", count=4, trigger="<sks>")
-    prepare_dataset(root / "photos", root / "prepared", PrepareSettings(resolution=64))
-    return root / "prepared"
+    return prepared_subject(tmp_path_factory.mktemp("data"), count=4, trigger="<sks>")
 
 
 def test_the_issue_example_job_works_as_written(tmp_path, tiny_model, prepared):

@@ -8,19 +8,12 @@ from safetensors.torch import load_file
 
 from personae.data.dataset import BatchPlan, Example, noisy_caption
 from personae.jobs.train import load_job, run_training
-from train_helpers import write_job
+from train_helpers import prepared_subject, write_job
 
 
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory):
-    from personae.config.prepare import PrepareSettings
-    from personae.data.prepare import prepare_dataset
-    from personae.data.samples import write_sample_subject
-
-    root = tmp_path_factory.mktemp("data")
-    write_sample_subject(root / "photos", count=4)
-    prepare_dataset(root / "photos", root / "prepared", PrepareSettings(resolution=64))
-    return root / "prepared"
+    return prepared_subject(tmp_path_factory.mktemp("data"), count=4, trigger="sks")
 
 
 def _weights(tmp_path, tiny, prepared, name, **train):

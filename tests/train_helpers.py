@@ -97,3 +97,14 @@ class StepWatcher:
         self.proc.wait(timeout=timeout)
         self._thread.join(timeout=10)
         return self.text
+
+
+def prepared_subject(root: Path, count: int, trigger: str = "sks") -> Path:
+    """`root/prepared`: `count` sample-subject pictures captioned with `trigger`, prepared at 64 px."""
+    from personae.config.prepare import PrepareSettings
+    from personae.data.prepare import prepare_dataset
+    from personae.data.samples import write_sample_subject
+
+    write_sample_subject(root / "photos", count=count, trigger=trigger)
+    prepare_dataset(root / "photos", root / "prepared", PrepareSettings(resolution=64))
+    return root / "prepared"
