@@ -138,7 +138,7 @@ def test_written_folders_are_conventional_for_transformers_4_and_5(tmp_path):
     from safetensors import safe_open
     from transformers import CLIPTextModel, CLIPTokenizer
 
-    from personae.models.world_model import write_world_model
+    from personae.world.model import write_world_model
 
     pipe = build_tiny_pipeline(seed=0)
     write_tiny_model(tmp_path / "tiny", seed=0)

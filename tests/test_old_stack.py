@@ -92,7 +92,7 @@ def test_every_export_renders_the_same_in_the_old_stack(exports, tiny_model, old
     root, runs = exports
     for name in ("lora", "textual_inversion"):
         assert (runs[name] / "exports.json").is_file()
-    from personae.models.world_model import write_world_model
+    from personae.world.model import write_world_model
 
     cases = _cases(tiny_model[0], runs, write_world_model(root / "world"))
     for case in cases:  # every file the case names exists: a renamed export must not make a case vanish

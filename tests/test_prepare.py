@@ -7,13 +7,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
-
 from personae.config.prepare import PrepareSettings
 from personae.data import captions as cap
 from personae.data.framing import face_box, make_buckets, nearest_bucket
-from personae.data.prepare import load_manifest, prepare_dataset
+from personae.data.prepare import prepare_dataset
 from personae.errors import UserError
+from PIL import Image
 
 
 def _shape_image(i: int, size=(96, 80)) -> Image.Image:
@@ -118,9 +117,8 @@ def test_rerun_is_idempotent_and_only_processes_changes(messy_folder, tmp_path):
 
 
 def test_face_crop_keeps_the_detected_face_inside_also_off_centre(tmp_path):
-    from skimage import data
-
     from personae.data.framing import detect_faces
+    from skimage import data
 
     src = tmp_path / "src"
     src.mkdir()
@@ -228,10 +226,14 @@ def test_near_duplicates_are_reported(tmp_path):
 
 def test_transformers_captioner_on_a_tiny_blip(tmp_path):
     import torch
-    from transformers import (BertTokenizer, BlipConfig, BlipForConditionalGeneration, BlipImageProcessor,
-                              BlipProcessor)
-
-    from personae.data.captioners import get_captioner
+    from personae.models.captioners import load_captioner
+    from transformers import (
+        BertTokenizer,
+        BlipConfig,
+        BlipForConditionalGeneration,
+        BlipImageProcessor,
+        BlipProcessor,
+    )
 
     words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + "a photo of the man dog red on grass".split()
     (tmp_path / "vocab.txt").write_text("\n".join(words) + "\n")
@@ -247,7 +249,7 @@ def test_transformers_captioner_on_a_tiny_blip(tmp_path):
     model.save_pretrained(tmp_path / "blip")
     processor.save_pretrained(tmp_path / "blip")
     image = _shape_image(1)
-    captioner = get_captioner(str(tmp_path / "blip"))
+    captioner = load_captioner(str(tmp_path / "blip"))
     [text] = captioner.caption([image], [tmp_path / "x.png"])
     inputs = processor(images=[image], return_tensors="pt")
     expected = processor.batch_decode(model.generate(**inputs, max_new_tokens=40, do_sample=False), skip_special_tokens=True)
@@ -255,15 +257,16 @@ def test_transformers_captioner_on_a_tiny_blip(tmp_path):
     src = tmp_path / "src"
     src.mkdir()
     image.save(src / "IMG_1.png")
-    result = prepare_dataset(src, tmp_path / "out", PrepareSettings(resolution=64, captioner=str(tmp_path / "blip")))
+    result = prepare_dataset(src, tmp_path / "out", PrepareSettings(resolution=64, captioner=str(tmp_path / "blip")),
+                             load_captioner=load_captioner)
     assert result.entries[0].caption == text
 
 
 def test_captioner_hub_id_offline_and_bad_inputs_are_clear(tmp_path):
-    from personae.data.captioners import get_captioner
+    from personae.models.captioners import load_captioner
 
     with pytest.raises(UserError, match="--captioner"):
-        get_captioner("Salesforce/blip-image-captioning-base")
+        load_captioner("Salesforce/blip-image-captioning-base")
     with pytest.raises(UserError, match="not a folder"):
         prepare_dataset(tmp_path / "missing", tmp_path / "out", PrepareSettings())
     (tmp_path / "empty").mkdir()

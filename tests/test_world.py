@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from personae.data.world import (BACKGROUNDS, COLOURS, EVAL_PROMPTS, HELD_OUT, SHAPES, SIZES, TRAINED, caption,
+from personae.world.scene import (BACKGROUNDS, COLOURS, EVAL_PROMPTS, HELD_OUT, SHAPES, SIZES, TRAINED, caption,
                                  caption_words, parse_prompt, render, world_samples)
-from personae.evaluation.world_check import accuracy, agreement, check
+from personae.world.check import accuracy, agreement, check
 
 
 def test_world_covers_what_the_issue_asks():
@@ -57,7 +57,7 @@ def test_checker_on_odd_input():
 def test_world_tokenizer(tmp_path):
     from transformers import CLIPTokenizer
 
-    from personae.models.world_tokenizer import write_world_tokenizer
+    from personae.world.tokenizer import write_world_tokenizer
 
     write_world_tokenizer(tmp_path / "a")
     write_world_tokenizer(tmp_path / "b")
@@ -131,8 +131,8 @@ def test_scaling_factor_gives_unit_latents(short_world):
     import torch
     from diffusers import AutoencoderKL
 
-    from personae.data.world import world_array
-    from personae.training.world_pretrain import to_pixels
+    from personae.world.scene import world_array
+    from personae.world.pretrain import to_pixels
 
     vae = AutoencoderKL.from_pretrained(str(short_world / "vae"))
     assert vae.config.sample_size == 32 and 2 ** (len(vae.config.block_out_channels) - 1) == 4
@@ -145,8 +145,8 @@ def test_scaling_factor_gives_unit_latents(short_world):
 
 def test_pretraining_is_reproducible_from_the_seed(tmp_path):
     from personae.config.base import apply_overrides, parse_settings
-    from personae.config.world import WorldPretrain
-    from personae.training.world_pretrain import pretrain
+    from personae.world.pretrain_settings import WorldPretrain
+    from personae.world.pretrain import pretrain
 
     tiny = ["dataset_size=64", "vae.steps=3", "vae.batch_size=8", "unet.steps=3", "unet.batch_size=8",
             "eval.every=0", "eval.samples=16", "eval.steps=2"]
@@ -163,9 +163,9 @@ def test_pretraining_is_reproducible_from_the_seed(tmp_path):
 
 def test_pretrain_refuses_a_used_folder_and_bad_settings(tmp_path):
     from personae.cli.main import main
-    from personae.config.world import WorldPretrain
+    from personae.world.pretrain_settings import WorldPretrain
     from personae.errors import UserError
-    from personae.training.world_pretrain import pretrain
+    from personae.world.pretrain import pretrain
 
     (tmp_path / "used").mkdir()
     (tmp_path / "used" / "keep.txt").write_text("mine")
@@ -180,7 +180,7 @@ def test_model_world_command(tmp_path, short_world, capsys):
     from personae.cli.main import main
     from personae.errors import UserError
     from personae.models.resolve import load_pipeline, resolve_model
-    from personae.models.world_model import WORLD_DIR, write_world_model
+    from personae.world.model import WORLD_DIR, write_world_model
 
     if not (WORLD_DIR / "model_index.json").is_file():  # not shipped yet: a clear error naming the way out
         assert main(["model", "world", str(tmp_path / "w")]) == 2
@@ -234,8 +234,8 @@ def test_shipped_model_was_made_by_the_default_pretraining():
     and its record says how well it did."""
     import yaml
 
-    from personae.config.world import WorldPretrain
-    from personae.models.world_model import WORLD_DIR
+    from personae.world.pretrain_settings import WorldPretrain
+    from personae.world.model import WORLD_DIR
 
     recorded = yaml.safe_load((WORLD_DIR / "training/settings.yaml").read_text())
     assert recorded == WorldPretrain().model_dump()

@@ -4,11 +4,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from personae.config.world_bench import WorldBench
-from personae.data.world import BACKGROUNDS, SIZES, render
-from personae.evaluation.world_bench_eval import bench_prompts, score_concept
-from personae.evaluation.world_check import check
-from personae.jobs.world_bench import Task, job_for, make_data, summarise, word_for
+from personae.world.bench_settings import WorldBench
+from personae.world.scene import BACKGROUNDS, SIZES, render
+from personae.world.bench_scores import bench_prompts, score_concept
+from personae.world.check import check
+from personae.world.bench import Task, job_for, make_data, summarise, word_for
 
 
 def test_bench_prompts_ask_for_unseen_backgrounds_and_sizes_only():
@@ -160,7 +160,7 @@ def test_dreambooth_on_a_model_with_its_own_tokenizer_exports_a_folder_only(tmp_
     615-token vocabulary it would load with ids past the embedding table, so only the folder is written."""
     from personae.config.train import TrainJob
     from personae.jobs.train import run_training
-    from personae.models.world_model import write_world_model
+    from personae.world.model import write_world_model
 
     model = write_world_model(tmp_path / "world")
     bench = WorldBench()

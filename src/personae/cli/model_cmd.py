@@ -110,7 +110,7 @@ def run_tiny_motion(args) -> int:
 
 
 def run_world(args) -> int:
-    from personae.models.world_model import write_world_model
+    from personae.world.model import write_world_model
 
     out = write_world_model(_checked_out(args), overwrite=args.overwrite)
     return _wrote("the shapes-world model", out, None)

@@ -72,12 +72,13 @@ def run(args) -> int:
     from personae.config.base import parse_settings
     from personae.config.prepare import PrepareSettings
     from personae.data.prepare import prepare_dataset
+    from personae.models.captioners import load_captioner
 
     data = {f: getattr(args, f) for f in _FIELDS if getattr(args, f) is not None}
     settings = parse_settings(PrepareSettings, data, "the prepare options")
     progress = TerminalProgress(quiet=args.quiet)
     try:
-        result = prepare_dataset(args.src, args.out, settings, on_event=progress)
+        result = prepare_dataset(args.src, args.out, settings, on_event=progress, load_captioner=load_captioner)
     finally:
         progress.close()
     print(f"{len(result.entries)} images in {args.out} ({len(result.rejected)} rejected; see report.md)")

@@ -18,6 +18,7 @@ import hashlib
 import json
 import os
 import shutil
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -25,9 +26,23 @@ from PIL import Image
 
 from personae.config.prepare import PrepareSettings
 from personae.data import captions as cap
-from personae.data.captioners import get_captioner
-from personae.data.framing import bucket_box, center_box, detect_faces, face_box, make_buckets, nearest_bucket
-from personae.data.images import Rejected, file_hash, find_images, hamming, load_image, perceptual_hash
+from personae.data.captioners import Captioner, get_captioner
+from personae.data.framing import (
+    bucket_box,
+    center_box,
+    detect_faces,
+    face_box,
+    make_buckets,
+    nearest_bucket,
+)
+from personae.data.images import (
+    Rejected,
+    file_hash,
+    find_images,
+    hamming,
+    load_image,
+    perceptual_hash,
+)
 from personae.errors import UserError
 from personae.events import EventHandler, Message, Progress, ignore
 from personae.media.sheet import contact_sheet
@@ -114,8 +129,10 @@ def _frame(image: Image.Image, settings: PrepareSettings, buckets) -> tuple[list
     return list(center_box(w, h)), (settings.resolution,) * 2, None
 
 
-def prepare_dataset(src: str | Path, out: str | Path, settings: PrepareSettings,
-                    on_event: EventHandler = ignore) -> PrepareResult:
+def prepare_dataset(src: str | Path, out: str | Path, settings: PrepareSettings, on_event: EventHandler = ignore,
+                    load_captioner: Callable[[str], Captioner] = get_captioner) -> PrepareResult:
+    """`load_captioner` turns `settings.captioner` into a captioner once the inputs are checked; the default knows
+    only the ones that need no model (a model captioner: `personae.models.captioners.load_captioner`)."""
     # 1. check inputs
     src, out = Path(src), Path(out)
     if not src.is_dir():
@@ -125,7 +142,7 @@ def prepare_dataset(src: str | Path, out: str | Path, settings: PrepareSettings,
     if not files:
         raise UserError(f"{src} holds no image files (looked for jpg, jpeg, png, webp, bmp, tiff, gif, recursively).")
     previous = _read_manifest(out) if check_output(out, PREPARED_SET).state == "ours" else {}
-    captioner = get_captioner(settings.captioner)
+    captioner = load_captioner(settings.captioner)
     with staged_output(out, PREPARED_SET) as work:
         result = _prepare(src, files, out, work, previous, settings, captioner, on_event)
     result.out = out

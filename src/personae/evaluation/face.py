@@ -14,7 +14,7 @@ import warnings
 import numpy as np
 from PIL import Image
 
-from personae.evaluation.metrics import Metric, Unavailable
+from personae.evaluation.metric import Metric, Unavailable
 
 INSTALL = 'pip install "personae[face]" (dlib-bin, face-recognition-models, setuptools<81)'
 

@@ -15,37 +15,11 @@ Offline metrics (always available):
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 from PIL import Image
 
+from personae.evaluation.metric import Metric, Sample, Unavailable  # noqa: F401  (Sample: re-exported)
 from personae.evaluation.pixels import as_array
-
-
-@dataclass
-class Sample:
-    """One generated image and what made it."""
-
-    image: Image.Image
-    variant: str
-    prompt: str  # the prompt as generated (token and class filled in)
-    prompt_index: int
-    seed: int
-    class_prompt: str = ""  # the prompt with the class noun only, for CLIP-T (as in the DreamBooth paper)
-
-
-class Unavailable(Exception):
-    """The metric cannot run here; the message says why (shown in the report)."""
-
-
-class Metric:
-    name = ""  # column key in metrics.csv / metrics.json
-    title = ""  # column header in the report
-    needs_references = False
-
-    def score(self, samples: list[Sample], references: list[Image.Image]) -> list[float | None]:
-        raise NotImplementedError
 
 
 def _stack(images: list[Image.Image], size: tuple[int, int]) -> np.ndarray:
@@ -95,8 +69,8 @@ class Diversity(Metric):
 
 def build_metrics(settings, device: str = "cpu", has_references: bool = True) -> tuple[list[Metric], dict[str, str]]:
     """The metrics a suite asks for, and {metric: why it was skipped} for those that cannot run here."""
-    from personae.evaluation.model_metrics import ClipImage, ClipText, DinoImage
     from personae.evaluation.face import FaceIdentity
+    from personae.evaluation.model_metrics import ClipImage, ClipText, DinoImage
 
     wanted: list[tuple[str, object]] = []
     if settings.pixel:

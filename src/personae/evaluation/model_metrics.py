@@ -18,8 +18,8 @@ from pathlib import Path
 
 import torch
 
-from personae.evaluation.metrics import Metric, Unavailable
 from personae.errors import UserError
+from personae.evaluation.metric import Metric, Unavailable
 
 
 def _source(name: str, load):

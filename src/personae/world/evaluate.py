@@ -15,8 +15,8 @@ import torch
 from diffusers import DDIMScheduler
 from PIL import Image
 
-from personae.data.world import EVAL_PROMPTS, parse_prompt
-from personae.evaluation.world_check import accuracy, check
+from personae.world.check import accuracy, check
+from personae.world.scene import EVAL_PROMPTS, parse_prompt
 
 
 @torch.no_grad()

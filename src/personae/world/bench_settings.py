@@ -15,7 +15,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from personae.config.base import Strict
-from personae.data.world import BACKGROUNDS, COLOURS, HELD_OUT, SIZES
+from personae.world.vocab import BACKGROUNDS, COLOURS, HELD_OUT, SIZES
 
 Method = Literal["lora", "dreambooth", "textual_inversion", "pivotal"]
 METHODS: tuple[str, ...] = ("lora", "dreambooth", "textual_inversion", "pivotal")

@@ -24,11 +24,11 @@ from pathlib import Path
 
 import numpy as np
 
-from personae.config.world_bench import WorldBench
-from personae.data.world import HELD_OUT, caption, render
 from personae.errors import UserError
 from personae.events import EventHandler, Message, Progress, ignore
 from personae.outputs import Kind, staged_output
+from personae.world.bench_settings import WorldBench
+from personae.world.scene import HELD_OUT, caption, render
 
 WORLD_BENCH = Kind("world-bench", "a shapes-world bench", "personae world bench",
                    layout=("table.md", "table.csv", "results.json", "report.html", "grids/*", "runs/*", "data/*",
@@ -87,8 +87,8 @@ def make_data(bench: WorldBench, task: Task, folder: Path) -> list[str]:
 
 def make_prior(bench: WorldBench, pipe, folder: Path) -> None:
     """Regularization images: the base model's own pictures of ordinary random captions, with sidecars."""
-    from personae.data.world import world_samples
-    from personae.evaluation.world_eval import generate_world
+    from personae.world.evaluate import generate_world
+    from personae.world.scene import world_samples
 
     folder.mkdir(parents=True, exist_ok=True)
     captions = [text for _, text, _ in world_samples(seed=10_000, count=bench.prior_images)]
@@ -125,8 +125,8 @@ def _exports(run: Path) -> tuple[str | None, list[tuple[str, str | None]], str |
 
 def evaluate(bench: WorldBench, pipe, word: str, concept: str, seed: int) -> tuple[dict, list, list]:
     """Scores of one loaded pipeline for a concept, and the images per prompt (for grids)."""
-    from personae.evaluation.world_bench_eval import bench_prompts, score_concept
-    from personae.evaluation.world_eval import evaluate_world, generate_world
+    from personae.world.bench_scores import bench_prompts, score_concept
+    from personae.world.evaluate import evaluate_world, generate_world
 
     e = bench.eval
     prompts = bench_prompts(word, bench.concept_settings[concept].colour, bench.train_backgrounds, bench.train_sizes)
@@ -257,14 +257,14 @@ def _write_outputs(work: Path, bench: WorldBench, results: list[dict], base: dic
                                               "training images": str(bench.images)},
         columns=COLUMNS, skipped={},
         rows=[{"label": r["method"], "settings": "", "images": r["runs"], **{k: r[k] for k, _ in COLUMNS}} for r in rows],
-        grids=grids, notes=["Every score is read from the images by the exact checker (evaluation/world_check.py)."])
+        grids=grids, notes=["Every score is read from the images by the exact checker (world/check.py)."])
     (work / "report.html").write_text(render_report(report), encoding="utf-8")
 
 
 def run_bench(bench: WorldBench, out: str | Path, command: str = "personae world bench",
               overwrite: bool = False, on_event: EventHandler = ignore) -> dict:
     """Every task, the base model's scores, the table and report; returns results.json's content."""
-    from personae.models.world_model import write_world_model
+    from personae.world.model import write_world_model
 
     started = time.monotonic()
     out = Path(out)

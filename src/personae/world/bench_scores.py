@@ -22,8 +22,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from personae.data.world import BACKGROUNDS, SIDE, SIZES
-from personae.evaluation.world_check import check
+from personae.world.check import check
+from personae.world.scene import BACKGROUNDS, SIDE, SIZES
 
 
 @dataclass(frozen=True)

@@ -7,8 +7,8 @@ The same classes as SD-1.5 (AutoencoderKL, CLIPTextModel with our own tokenizer 
 UNet2DConditionModel with cross-attention, SD-1.5's noise schedule), so everything that
 runs on SD-1.5 runs on it: 32x32 images, a VAE that downsamples 4x (8x8x4 latents), a
 UNet of about 1.65 M parameters and a text encoder of about 0.18 M. Pretrained by
-`personae world pretrain` (training/world_pretrain.py); the result ships in
-`models/world/` and `personae model world DIR` writes it out.
+`personae world pretrain` (world/pretrain.py); the result ships in
+`world/weights/` and `personae model world DIR` writes it out.
 """
 
 from __future__ import annotations
@@ -17,7 +17,12 @@ import shutil
 from pathlib import Path
 
 import torch
-from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+from diffusers import (
+    AutoencoderKL,
+    PNDMScheduler,
+    StableDiffusionPipeline,
+    UNet2DConditionModel,
+)
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 from personae.errors import UserError
@@ -25,7 +30,7 @@ from personae.models.folders import readable_by_others
 from personae.models.tiny import SD15_DIR
 from personae.outputs import MODEL_FOLDER, staged_output
 
-WORLD_DIR = Path(__file__).parent / "world"  # the shipped pretrained model (a diffusers folder)
+WORLD_DIR = Path(__file__).parent / "weights"  # the shipped pretrained model (a diffusers folder)
 
 TEXT_WIDTH = 64  # the text encoder's hidden size, which is the UNet's cross-attention width
 WORLD_UNET = dict(
@@ -72,7 +77,7 @@ def write_world_model(out_dir: str | Path, source: Path = WORLD_DIR, overwrite: 
         raise UserError(
             f"The pretrained shapes-world model is not in this copy of personae ({source} holds no model_index.json).",
             "Pretrain it with `personae world pretrain OUT` (about half an hour on 2 CPU cores) and use OUT as the "
-            "model; to ship it, copy OUT's model files into src/personae/models/world/.",
+            "model; to ship it, copy OUT's model files into src/personae/world/weights/.",
         )
     with staged_output(out_dir, MODEL_FOLDER, replace=overwrite) as work:
         shutil.copytree(source, work, dirs_exist_ok=True, ignore=shutil.ignore_patterns("__pycache__", "*.py"))

@@ -36,16 +36,16 @@ from diffusers import DDPMScheduler
 from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
 
-from personae.config.world import WorldPretrain
-from personae.data.world import world_array
 from personae.errors import UserError
 from personae.events import EventHandler, Message, Progress, ignore
-from personae.evaluation.world_eval import evaluate_world
 from personae.models.folders import save_pipeline_folder
-from personae.models.world_model import build_world_pipeline
-from personae.models.world_tokenizer import write_world_tokenizer
 from personae.outputs import MODEL_FOLDER, staged_output
 from personae.training.setup import seeded
+from personae.world.evaluate import evaluate_world
+from personae.world.model import build_world_pipeline
+from personae.world.pretrain_settings import WorldPretrain
+from personae.world.scene import world_array
+from personae.world.tokenizer import write_world_tokenizer
 
 PROBE = 256  # examples in the fixed batch that measures the denoising loss
 

@@ -18,7 +18,7 @@ import json
 from collections import Counter
 from pathlib import Path
 
-from personae.data.world import caption_words
+from personae.world.scene import caption_words
 
 BOS, EOS = "<|startoftext|>", "<|endoftext|>"
 CLIP_SPLIT = r"""<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+"""

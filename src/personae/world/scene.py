@@ -8,7 +8,7 @@ One shape in one colour on a plain background, at one of three sizes that double
 shot types (close-up, medium shot, full shot), moved by a random sub-pixel offset. The
 shape's coverage of each pixel is rendered 8x supersampled and box-filtered, and the
 image is the exact blend `background + coverage * (colour - background)`, so the
-checker (evaluation/world_check.py) can recover the coverage map and read the shape,
+checker (world/check.py) can recover the coverage map and read the shape,
 size and position back. Some shapes (`HELD_OUT`) never appear in pretraining: they are
 the subjects users teach the pretrained model. No torch here.
 """
@@ -17,58 +17,25 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image, ImageDraw
 
-SIDE = 32  # image side in pixels
-SUPERSAMPLE = 8  # coverage is drawn at SIDE * SUPERSAMPLE and box-filtered down
-
-COLOURS = {  # shape colours (RGB)
-    "red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 80, 220),
-    "yellow": (240, 210, 40), "white": (245, 245, 245), "black": (20, 20, 20),
-}
-BACKGROUNDS = ("red", "green", "blue", "yellow")  # background colours, same RGB as the shape colour of that name
-
-SIZES = {"close-up": 24.0, "medium shot": 16.0, "full shot": 10.0}  # the side of the shape's square box, pixels
-MARGIN = 2.0  # pixels kept free between the shape's box and the image border (the border shows the background)
-
-TRAINED = ("circle", "square", "triangle", "cross", "ring", "diamond")  # shapes seen in pretraining
-HELD_OUT = ("star", "heart")  # never in pretraining: the subjects to teach
-SHAPES = TRAINED + HELD_OUT
-
-EXTRA_WORDS = ("a", "an", "of", "on", "background", "shape", "photo", "picture", "drawing", "in", "the", "style")
-
-EVAL_PROMPTS = (  # a fixed set: every colour, background, trained shape and size at least twice
-    "a green square on a yellow background, close-up",
-    "a red circle on a blue background, close-up",
-    "a blue triangle on a yellow background, medium shot",
-    "a yellow cross on a red background, full shot",
-    "a white ring on a green background, close-up",
-    "a black diamond on a blue background, medium shot",
-    "a red square on a green background, full shot",
-    "a green circle on a red background, medium shot",
-    "a yellow triangle on a blue background, close-up",
-    "a blue ring on a yellow background, full shot",
-    "a white cross on a blue background, medium shot",
-    "a black circle on a yellow background, full shot",
-    "a red diamond on a yellow background, close-up",
-    "a blue square on a red background, medium shot",
-    "a white triangle on a red background, full shot",
-    "a green diamond on a blue background, full shot",
+from personae.world.vocab import (  # noqa: F401  (re-exported: the world's words, with its pictures)
+    BACKGROUNDS,
+    COLOURS,
+    EVAL_PROMPTS,
+    EXTRA_WORDS,
+    HELD_OUT,
+    MARGIN,
+    SHAPES,
+    SIDE,
+    SIZES,
+    TRAINED,
+    Attributes,
 )
 
-
-@dataclass(frozen=True)
-class Attributes:
-    """What an image shows. Position is the centre of the shape's box as a fraction of the side (0.5 = middle)."""
-
-    background: str
-    colour: str
-    shape: str
-    size: str
-    position: tuple[float, float] = (0.5, 0.5)
+SUPERSAMPLE = 8  # coverage is drawn at SIDE * SUPERSAMPLE and box-filtered down
 
 
 def _regular(n: int, rotation: float, inner: float | None = None) -> list[tuple[float, float]]:

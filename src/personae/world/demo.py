@@ -1,6 +1,6 @@
 """The demo's first part: the pretrained shapes-world model draws what it is asked, then learns a star.
 
-Everything here is measured by the exact checker (evaluation/world_check.py): how many of the
+Everything here is measured by the exact checker (world/check.py): how many of the
 16 fixed prompts come out right with `personae generate`'s defaults, and what teaching a
 held-out shape (the bench's best recipe, DreamBooth, one seed) changes: subject fidelity, prompt
 fidelity on backgrounds and sizes the training images lacked, and the prior.
@@ -13,9 +13,9 @@ from pathlib import Path
 from PIL import Image
 
 from personae.config.generate import GenerateSettings
-from personae.data.world import EVAL_PROMPTS, parse_prompt
 from personae.events import EventHandler, Message
 from personae.jobs.generate import run_generate
+from personae.world.scene import EVAL_PROMPTS, parse_prompt
 
 TAUGHT_PROMPTS = ["a white star on a red background, close-up", "a white star on a yellow background, medium shot",
                   "a white star on a blue background, close-up", "a white star on a green background, medium shot"]
@@ -23,11 +23,11 @@ TAUGHT_PROMPTS = ["a white star on a red background, close-up", "a white star on
 
 def world_demo(out: Path, index, on_event: EventHandler) -> Path:
     """Sections "Shapes-world model" and "Teach a star"; returns the world model's folder."""
-    from personae.config.world_bench import WorldBench
-    from personae.evaluation.world_check import agreement, check
-    from personae.jobs.world_bench import run_bench
     from personae.media.grid import labelled_grid, save_image
-    from personae.models.world_model import write_world_model
+    from personae.world.bench import run_bench
+    from personae.world.bench_settings import WorldBench
+    from personae.world.check import agreement, check
+    from personae.world.model import write_world_model
 
     on_event(Message("writing the shapes-world model"))
     model = write_world_model(out / "models/world")

@@ -1,0 +1,14 @@
+"""The shapes world, in one package: small procedural pictures in which every property can be checked exactly.
+
+Each module sits at one of the project's layers (DESIGN.md), and imports only from its own layer or below,
+as any other module does (tests/test_architecture.py holds the map):
+
+    vocab, pretrain_settings, bench_settings   config      the words, sizes and colours; the two settings schemas
+    scene                                      data        the generator: render, caption, samples (no torch)
+    tokenizer, model                           models      the world's own CLIP tokenizer; the model and its weights
+    check, bench_scores, evaluate              evaluation  the exact checker; bench scores; generate and score
+    pretrain                                   training    pretraining the world model
+    bench, demo                                jobs        `personae world bench`; the demo's world section
+
+The shipped pretrained model (a diffusers folder) is in `weights/`.
+"""

@@ -1,0 +1,53 @@
+"""The shapes world's vocabulary: the words and numbers every part of the world shares (generator, checker,
+tokenizer, bench settings). Plain constants, no numpy or torch, so settings can import them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+SIDE = 32  # image side in pixels
+
+COLOURS = {  # shape colours (RGB)
+    "red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 80, 220),
+    "yellow": (240, 210, 40), "white": (245, 245, 245), "black": (20, 20, 20),
+}
+BACKGROUNDS = ("red", "green", "blue", "yellow")  # background colours, same RGB as the shape colour of that name
+
+SIZES = {"close-up": 24.0, "medium shot": 16.0, "full shot": 10.0}  # the side of the shape's square box, pixels
+MARGIN = 2.0  # pixels kept free between the shape's box and the image border (the border shows the background)
+
+TRAINED = ("circle", "square", "triangle", "cross", "ring", "diamond")  # shapes seen in pretraining
+HELD_OUT = ("star", "heart")  # never in pretraining: the subjects to teach
+SHAPES = TRAINED + HELD_OUT
+
+EXTRA_WORDS = ("a", "an", "of", "on", "background", "shape", "photo", "picture", "drawing", "in", "the", "style")
+
+EVAL_PROMPTS = (  # a fixed set: every colour, background, trained shape and size at least twice
+    "a green square on a yellow background, close-up",
+    "a red circle on a blue background, close-up",
+    "a blue triangle on a yellow background, medium shot",
+    "a yellow cross on a red background, full shot",
+    "a white ring on a green background, close-up",
+    "a black diamond on a blue background, medium shot",
+    "a red square on a green background, full shot",
+    "a green circle on a red background, medium shot",
+    "a yellow triangle on a blue background, close-up",
+    "a blue ring on a yellow background, full shot",
+    "a white cross on a blue background, medium shot",
+    "a black circle on a yellow background, full shot",
+    "a red diamond on a yellow background, close-up",
+    "a blue square on a red background, medium shot",
+    "a white triangle on a red background, full shot",
+    "a green diamond on a blue background, full shot",
+)
+
+
+@dataclass(frozen=True)
+class Attributes:
+    """What an image shows. Position is the centre of the shape's box as a fraction of the side (0.5 = middle)."""
+
+    background: str
+    colour: str
+    shape: str
+    size: str
+    position: tuple[float, float] = (0.5, 0.5)
