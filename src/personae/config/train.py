@@ -16,6 +16,7 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from personae.config.base import Strict
+from personae.config.methods import METHODS, MethodName
 
 
 class DataSection(Strict):
@@ -116,7 +117,7 @@ class DreamBoothSection(Strict):  # prior preservation here applies to every met
 class TrainJob(Strict):
     version: int = 1
     base_model: str
-    method: Literal["lora", "dreambooth", "textual_inversion", "pivotal"]
+    method: MethodName  # config/methods.py lists them
     data: DataSection
     train: TrainSection = TrainSection()
     lora: LoraSection = LoraSection()
@@ -130,10 +131,9 @@ class TrainJob(Strict):
 
     @model_validator(mode="after")
     def _method_needs(self):
-        if self.method == "textual_inversion" and not self.textual_inversion.tokens:
-            raise ValueError("method textual_inversion needs textual_inversion.tokens (e.g. [{token: '<sks>', init_word: dog}])")
-        if self.method == "pivotal" and not self.pivotal.tokens:
-            raise ValueError("method pivotal needs pivotal.tokens")
+        section = METHODS[self.method].tokens_section
+        if section and not getattr(self, section).tokens:
+            raise ValueError(f"method {self.method} needs {section}.tokens (e.g. [{{token: '<sks>', init_word: dog}}])")
         d = self.dreambooth
         if d.prior_preservation and not d.class_prompt and not d.class_data_dir:
             raise ValueError("dreambooth.prior_preservation needs dreambooth.class_prompt (e.g. 'a photo of a dog') "

@@ -1,16 +1,17 @@
-"""Training methods behind one interface (`Method`), found by name in METHODS."""
+"""Training methods behind one interface (`Method`); config/methods.py is their registry."""
 
+from __future__ import annotations
+
+from importlib import import_module
+
+from personae.config.methods import METHODS
 from personae.methods.base import ExportFile, Method, ParamGroup
-from personae.methods.dreambooth import DreamBoothMethod
-from personae.methods.lora import LoraMethod
-from personae.methods.pivotal import PivotalMethod
-from personae.methods.textual_inversion import TextualInversionMethod
 
-METHODS: dict[str, type[Method]] = {
-    "lora": LoraMethod,
-    "dreambooth": DreamBoothMethod,
-    "textual_inversion": TextualInversionMethod,
-    "pivotal": PivotalMethod,
-}
 
-__all__ = ["METHODS", "ExportFile", "Method", "ParamGroup"]
+def method_class(name: str) -> type[Method]:
+    """The `Method` subclass that config/methods.py registers under `name`."""
+    module, cls = METHODS[name].implementation.split(":")
+    return getattr(import_module(module), cls)
+
+
+__all__ = ["ExportFile", "Method", "ParamGroup", "method_class"]

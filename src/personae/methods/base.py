@@ -37,7 +37,6 @@ class ParamGroup:
 @dataclass
 class Method:
     job: TrainJob
-    name: str = "base"
 
     # 1. setup: freeze the base, add what is trained; returns optimizer groups
     def setup(self, pipe) -> list[ParamGroup]:

@@ -1,4 +1,11 @@
-"""LoRA: low-rank adapters (peft) on the UNet, optionally on the text encoder."""
+"""LoRA: low-rank adapters (peft) on the UNet, optionally on the text encoder.
+
+Trains: peft LoRA layers on `lora.target_modules` of the UNet (rank, alpha, dropout), and on the text
+    encoder's attention when `lora.text_encoder`; the base weights stay frozen.
+Exports: `lora.safetensors` in kohya / A1111 layout (with sd-scripts' ss_* header and hashes) and
+    `lora_diffusers/pytorch_lora_weights.safetensors` for diffusers / peft; both reloaded and checked.
+Reads: `lora` (rank, alpha, targets, text encoder), `dreambooth` (prior preservation), `train`, `data`.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +17,13 @@ from peft import LoraConfig
 from peft.utils import get_peft_model_state_dict
 
 from personae.methods.base import ExportFile, Method, ParamGroup
-from personae.methods.lora_files import kohya_metadata, peft_to_kohya, training_metadata, write_diffusers, write_kohya
+from personae.methods.lora_files import (
+    kohya_metadata,
+    peft_to_kohya,
+    training_metadata,
+    write_diffusers,
+    write_kohya,
+)
 
 TEXT_ENCODER_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj"]
 
@@ -54,7 +67,6 @@ def export_lora(pipe, out: Path, *, name: str, rank: int, alpha: float, te_alpha
 
 @dataclass
 class LoraMethod(Method):
-    name: str = "lora"
 
     def setup(self, pipe) -> list[ParamGroup]:
         c = self.job.lora

@@ -2,6 +2,11 @@
 
 The recipe behind the storyboard shot tokens `<cu_trg>` `<ms_trg>` `<fs_trg>`: the tokens
 carry the concept, the LoRA the look.
+
+Trains: the new tokens' embedding rows (at `pivotal.token_lr`) and LoRA layers (as the lora method).
+Exports: what the lora and textual_inversion methods export (a kohya LoRA, a diffusers LoRA, the A1111
+    and diffusers embeddings), each reloaded and checked.
+Reads: `pivotal` (tokens, token rate), `lora`, `dreambooth` (prior preservation), `train`, `data`.
 """
 
 from __future__ import annotations
@@ -16,7 +21,6 @@ from personae.methods.textual_inversion import TextualInversionMethod, TokenTabl
 
 @dataclass
 class PivotalMethod(TextualInversionMethod):
-    name: str = "pivotal"
 
     def _specs(self):
         return self.job.pivotal.tokens

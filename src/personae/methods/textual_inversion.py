@@ -3,6 +3,12 @@
 A token with N vectors is stored as `<t>`, `<t>_1` ... `<t>_{N-1}` in the tokenizer, the
 naming diffusers' `load_textual_inversion` uses, so prompts expand `<t>` identically in
 training, here, and after reloading the exported files.
+
+Trains: only the input-embedding rows of the new tokens (`textual_inversion.tokens`: token, init word,
+    vectors); every other row is put back after each step.
+Exports: an A1111 embedding (`<token>.safetensors`, `string_to_param`) and a diffusers
+    `learned_embeds.safetensors`; both reloaded and checked.
+Reads: `textual_inversion` (tokens), `train`, `data`.
 """
 
 from __future__ import annotations
@@ -101,7 +107,6 @@ class TokenTable:
 
 @dataclass
 class TextualInversionMethod(Method):
-    name: str = "textual_inversion"
     table: TokenTable | None = None
 
     def _specs(self) -> list[TokenSpec]:

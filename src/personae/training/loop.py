@@ -27,13 +27,21 @@ from personae.data.dataset import BatchPlan, noisy_caption
 from personae.errors import UserError
 from personae.events import EventHandler, Message, Progress, ignore
 from personae.media.plot import loss_curve
-from personae.methods import METHODS
+from personae.methods import method_class
 from personae.methods.base import ExportFile
 from personae.models.resolve import load_pipeline, resolve_model
 from personae.staging import atomic_file, disk_full, is_disk_full, write_text
 from personae.training import checkpoint as ckpt
-from personae.training.setup import (LatentCache, class_examples, load_examples, make_accelerator, make_optimizer,
-                                     preflight, sample_latents, seeded)
+from personae.training.setup import (
+    LatentCache,
+    class_examples,
+    load_examples,
+    make_accelerator,
+    make_optimizer,
+    preflight,
+    sample_latents,
+    seeded,
+)
 from personae.training.stopping import NAMES, Stopped, stop_at_step_end
 from personae.training.validation import validation_grid
 from personae.training.verify import Check, verify_exports
@@ -79,7 +87,7 @@ def train(job: TrainJob, run: Path, resume: bool = False, on_event: EventHandler
     prompts = t.validation.prompts or [examples[0].caption]
     baseline = validation_grid(pipe, source, base_scheduler, prompts, t.validation, "base model") if main else None
     # 4. the method decides what trains
-    method = METHODS[job.method](job)
+    method = method_class(job.method)(job)
     torch.manual_seed(t.seed)  # new weights (LoRA matrices) start from the job's seed, not the process's
     groups = method.setup(pipe)
     params = [p for g in groups for p in g.params]

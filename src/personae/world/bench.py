@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from personae.config.methods import METHODS as REGISTRY
 from personae.errors import UserError
 from personae.events import EventHandler, Message, Progress, ignore
 from personae.outputs import Kind, staged_output
@@ -61,7 +62,7 @@ class Task:
 
 def word_for(bench: WorldBench, method: str, concept: str) -> str:
     """What stands for the subject in captions and prompts: the trigger word, or the new token."""
-    if method in ("textual_inversion", "pivotal"):
+    if REGISTRY[method].tokens_section:  # it learns a new token
         return bench.token.format(concept=concept)
     return bench.trigger.format(concept=concept)
 

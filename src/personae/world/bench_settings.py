@@ -15,34 +15,20 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from personae.config.base import Strict
+from personae.config.methods import METHODS as REGISTRY
+from personae.config.methods import MethodName
 from personae.world.vocab import BACKGROUNDS, COLOURS, HELD_OUT, SIZES
 
-Method = Literal["lora", "dreambooth", "textual_inversion", "pivotal"]
-METHODS: tuple[str, ...] = ("lora", "dreambooth", "textual_inversion", "pivotal")
-
-_LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "conv1", "conv2", "proj_in", "proj_out"]
+METHODS: tuple[str, ...] = tuple(REGISTRY)
 
 
 def _default_jobs() -> dict[str, dict]:
-    """The recipe per method (a `personae train` job without base_model, data.path, output).
-
-    Every method that changes the UNet trains with prior preservation on the base model's own
-    images of ordinary captions ("{prior}", made once per bench): the same LoRA recipe (lr 5e-4,
-    six images) lost 31 points of prior accuracy without it and none with it.
-    """
+    """The recipe per method (a `personae train` job without base_model, data.path, output): the shared train
+    settings under each method's own recipe from config/methods.py."""
     train = {"batch_size": 4, "steps": 600, "learning_rate": 1e-3, "lr_scheduler": "constant", "keep_last": 1,
              "validation": {"steps": 10, "cfg": 4.0}}
-    prior = {"prior_preservation": True, "class_data_dir": "{prior}", "num_class_images": 64}
-    lora = {"rank": 8, "alpha": 8, "target_modules": _LORA_TARGETS}
-    return {
-        "lora": {"method": "lora", "train": train, "lora": lora, "dreambooth": prior},
-        # the whole UNet: 1e-4 gave 75 % subject fidelity, 2e-4 85 % (seeds 0-1), the prior still within 5 points
-        "dreambooth": {"method": "dreambooth", "train": {**train, "learning_rate": 2e-4}, "dreambooth": prior},
-        "textual_inversion": {"method": "textual_inversion", "train": {**train, "learning_rate": 3e-3},
-                              "textual_inversion": {"tokens": [{"token": "{token}", "init_word": "{init}"}]}},
-        "pivotal": {"method": "pivotal", "train": train, "lora": lora, "dreambooth": prior,
-                    "pivotal": {"tokens": [{"token": "{token}", "init_word": "{init}"}], "token_lr": 3e-3}},
-    }
+    return {name: {"method": name, **spec.bench, "train": {**train, **spec.bench.get("train", {})}}
+            for name, spec in REGISTRY.items()}
 
 
 class Concept(Strict):
@@ -64,7 +50,7 @@ class EvalSettings(Strict):
 class WorldBench(Strict):
     version: int = 1
     model: str = "world"  # "world": the shipped pretrained model; or a folder from `personae world pretrain`
-    methods: list[Method] = list(METHODS)
+    methods: list[MethodName] = list(METHODS)
     concepts: list[str] = ["star", "heart"]
     seeds: int = Field(3, ge=1)  # training seeds per (method, concept): each also draws its own images
     images: int = Field(12, ge=1)  # training images per concept (6 -> 12: same subject fidelity, prior -16 -> -2 points)
