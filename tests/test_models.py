@@ -8,8 +8,8 @@ from diffusers import UNet2DConditionModel
 from safetensors.torch import save_file
 
 from personae.errors import UserError
-from personae.models.resolve import load_pipeline, resolve_model
 from personae.models.original_layout import save_single_file
+from personae.models.resolve import load_pipeline, resolve_model
 from personae.models.tiny import TINY_UNET, build_tiny_pipeline, sd15_tokenizer, write_tiny_model
 
 

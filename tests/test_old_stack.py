@@ -18,9 +18,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from train_helpers import prepared_subject, write_job
 
 from personae.jobs.train import load_job, run_training
-from train_helpers import prepared_subject, write_job
 
 ROOT = Path(__file__).resolve().parents[1]
 RENDER = ROOT / "tests" / "compat" / "render.py"

@@ -7,12 +7,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
+
 from personae.config.prepare import PrepareSettings
 from personae.data import captions as cap
 from personae.data.framing import face_box, make_buckets, nearest_bucket
 from personae.data.prepare import prepare_dataset
 from personae.errors import UserError
-from PIL import Image
 
 
 def _shape_image(i: int, size=(96, 80)) -> Image.Image:
@@ -117,8 +118,9 @@ def test_rerun_is_idempotent_and_only_processes_changes(messy_folder, tmp_path):
 
 
 def test_face_crop_keeps_the_detected_face_inside_also_off_centre(tmp_path):
-    from personae.data.framing import detect_faces
     from skimage import data
+
+    from personae.data.framing import detect_faces
 
     src = tmp_path / "src"
     src.mkdir()
@@ -226,14 +228,9 @@ def test_near_duplicates_are_reported(tmp_path):
 
 def test_transformers_captioner_on_a_tiny_blip(tmp_path):
     import torch
+    from transformers import BertTokenizer, BlipConfig, BlipForConditionalGeneration, BlipImageProcessor, BlipProcessor
+
     from personae.models.captioners import load_captioner
-    from transformers import (
-        BertTokenizer,
-        BlipConfig,
-        BlipForConditionalGeneration,
-        BlipImageProcessor,
-        BlipProcessor,
-    )
 
     words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + "a photo of the man dog red on grass".split()
     (tmp_path / "vocab.txt").write_text("\n".join(words) + "\n")

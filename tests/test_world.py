@@ -6,9 +6,21 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from personae.world.scene import (BACKGROUNDS, COLOURS, EVAL_PROMPTS, HELD_OUT, SHAPES, SIZES, TRAINED, caption,
-                                 caption_words, parse_prompt, render, world_samples)
 from personae.world.check import accuracy, agreement, check
+from personae.world.scene import (
+    BACKGROUNDS,
+    COLOURS,
+    EVAL_PROMPTS,
+    HELD_OUT,
+    SHAPES,
+    SIZES,
+    TRAINED,
+    caption,
+    caption_words,
+    parse_prompt,
+    render,
+    world_samples,
+)
 
 
 def test_world_covers_what_the_issue_asks():
@@ -131,8 +143,8 @@ def test_scaling_factor_gives_unit_latents(short_world):
     import torch
     from diffusers import AutoencoderKL
 
-    from personae.world.scene import world_array
     from personae.world.pretrain import to_pixels
+    from personae.world.scene import world_array
 
     vae = AutoencoderKL.from_pretrained(str(short_world / "vae"))
     assert vae.config.sample_size == 32 and 2 ** (len(vae.config.block_out_channels) - 1) == 4
@@ -145,8 +157,8 @@ def test_scaling_factor_gives_unit_latents(short_world):
 
 def test_pretraining_is_reproducible_from_the_seed(tmp_path):
     from personae.config.base import apply_overrides, parse_settings
-    from personae.world.pretrain_settings import WorldPretrain
     from personae.world.pretrain import pretrain
+    from personae.world.pretrain_settings import WorldPretrain
 
     tiny = ["dataset_size=64", "vae.steps=3", "vae.batch_size=8", "unet.steps=3", "unet.batch_size=8",
             "eval.every=0", "eval.samples=16", "eval.steps=2"]
@@ -163,9 +175,9 @@ def test_pretraining_is_reproducible_from_the_seed(tmp_path):
 
 def test_pretrain_refuses_a_used_folder_and_bad_settings(tmp_path):
     from personae.cli.main import main
-    from personae.world.pretrain_settings import WorldPretrain
     from personae.errors import UserError
     from personae.world.pretrain import pretrain
+    from personae.world.pretrain_settings import WorldPretrain
 
     (tmp_path / "used").mkdir()
     (tmp_path / "used" / "keep.txt").write_text("mine")
@@ -234,8 +246,8 @@ def test_shipped_model_was_made_by_the_default_pretraining():
     and its record says how well it did."""
     import yaml
 
-    from personae.world.pretrain_settings import WorldPretrain
     from personae.world.model import WORLD_DIR
+    from personae.world.pretrain_settings import WorldPretrain
 
     recorded = yaml.safe_load((WORLD_DIR / "training/settings.yaml").read_text())
     assert recorded == WorldPretrain().model_dump()

@@ -4,11 +4,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from personae.world.bench_settings import WorldBench
-from personae.world.scene import BACKGROUNDS, SIZES, render
-from personae.world.bench_scores import bench_prompts, score_concept
-from personae.world.check import check
 from personae.world.bench import Task, job_for, make_data, summarise, word_for
+from personae.world.bench_scores import bench_prompts, score_concept
+from personae.world.bench_settings import WorldBench
+from personae.world.check import check
+from personae.world.scene import BACKGROUNDS, SIZES, render
 
 
 def test_bench_prompts_ask_for_unseen_backgrounds_and_sizes_only():

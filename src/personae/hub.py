@@ -2,7 +2,17 @@
 
 from __future__ import annotations
 
+import re
+
 from personae.errors import UserError
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+(/[\w./-]+)?$")  # owner/name[/subfolder]
+
+
+def is_hub_id(spec: str, subfolder: bool = False) -> bool:
+    """Does `spec` have the form of a hub repository id (owner/name, and /subfolder when allowed)?"""
+    match = _HUB_ID.match(spec)
+    return bool(match) and (subfolder or match.group(1) is None)
 
 # Repositories that left the hub, and where their maintained copies live.
 MOVED = {"runwayml/stable-diffusion-v1-5": "stable-diffusion-v1-5/stable-diffusion-v1-5",

@@ -70,8 +70,8 @@ def add_parser(sub) -> None:
 def run_pretrain(args) -> int:
     from personae.cli.progress import TerminalProgress
     from personae.config.base import apply_overrides, parse_settings
-    from personae.world.pretrain_settings import WorldPretrain
     from personae.world.pretrain import pretrain
+    from personae.world.pretrain_settings import WorldPretrain
 
     overrides = list(args.set) + ([f"unet.steps={args.steps}"] if args.steps is not None else [])
     settings = parse_settings(WorldPretrain, apply_overrides({}, overrides), "--set")
@@ -95,8 +95,8 @@ def run_bench_cmd(args) -> int:
 
     from personae.cli.progress import TerminalProgress
     from personae.config.base import apply_overrides, load_yaml, parse_settings
-    from personae.world.bench_settings import WorldBench
     from personae.world.bench import run_bench
+    from personae.world.bench_settings import WorldBench
 
     data = _merged(WorldBench().model_dump(), load_yaml(args.config) if args.config else {})  # keep unnamed recipes
     for key in ("methods", "concepts"):

@@ -27,22 +27,8 @@ from PIL import Image
 from personae.config.prepare import PrepareSettings
 from personae.data import captions as cap
 from personae.data.captioners import Captioner, get_captioner
-from personae.data.framing import (
-    bucket_box,
-    center_box,
-    detect_faces,
-    face_box,
-    make_buckets,
-    nearest_bucket,
-)
-from personae.data.images import (
-    Rejected,
-    file_hash,
-    find_images,
-    hamming,
-    load_image,
-    perceptual_hash,
-)
+from personae.data.framing import bucket_box, center_box, detect_faces, face_box, make_buckets, nearest_bucket
+from personae.data.images import Rejected, file_hash, find_images, hamming, load_image, perceptual_hash
 from personae.errors import UserError
 from personae.events import EventHandler, Message, Progress, ignore
 from personae.media.sheet import contact_sheet

@@ -17,13 +17,7 @@ from peft import LoraConfig
 from peft.utils import get_peft_model_state_dict
 
 from personae.methods.base import ExportFile, Method, ParamGroup
-from personae.methods.lora_files import (
-    kohya_metadata,
-    peft_to_kohya,
-    training_metadata,
-    write_diffusers,
-    write_kohya,
-)
+from personae.methods.lora_files import kohya_metadata, peft_to_kohya, training_metadata, write_diffusers, write_kohya
 
 TEXT_ENCODER_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj"]
 

@@ -30,14 +30,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 
 from personae.models.folders import save_safetensors
-from personae.models.lora_layouts import (
-    TEXT,
-    UNET,
-    LoraFile,
-    place,
-    sd15_table,
-    unplaced_message,
-)
+from personae.models.lora_layouts import TEXT, UNET, LoraFile, place, sd15_table, unplaced_message
 from personae.models.tensor_files import flat_tensors, read_tensors
 
 _PEFT_KEY = re.compile(r"^(?P<module>.+)\.lora_(?P<part>A|B)(?:\.[^.]+)?\.weight$")

@@ -14,12 +14,9 @@ id that is not in the local cache fails within seconds, saying to pass a local f
 from __future__ import annotations
 
 import json
-import re
 import tempfile
-from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
 
 import torch
 
@@ -27,13 +24,11 @@ from personae.errors import UserError
 from personae.hub import require_hub
 from personae.models.addons import file_sha256
 from personae.models.folders import readable_by_others
+from personae.models.model_files import check_model_file, header_json, named_by_content, tensor_shapes
 from personae.models.original_layout import CONFIG_METADATA_KEY
-from personae.models.model_files import (PICKLE_SUFFIXES, check_folder_weights, check_model_file, header_json,
-                                         named_by_content, tensor_shapes)
-from personae.models.resolve import LOAD_ERRORS, _short
+from personae.models.resolve import LOAD_ERRORS, Source, _short, locate
 from personae.models.tiny import SD15_DIR
 
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+(/[\w./-]+)?$")
 # The perturbation of the tiny ControlNet's zero convolutions, and the gain of its conditioning embedding's
 # last layer (see build_tiny_controlnet)
 TINY_ZERO_CONV_STD = 0.05
@@ -41,12 +36,8 @@ TINY_CONDITIONING_GAIN = 6.0
 TINY_CONDITIONING_CHANNELS = (8, 16, 32, 32)  # 3 stride-2 stages: 64 px control image -> 8x8 latents
 
 
-@dataclass(frozen=True)
-class ControlNetSource:
-    kind: Literal["folder", "single_file", "hub"]
-    location: str  # absolute folder or file path, or the hub repository id
-    name: str  # what the A1111 infotext shows as the ControlNet "Model"
-    subfolder: str | None = None  # inside a hub repository
+class ControlNetSource(Source):
+    """A ControlNet: a diffusers folder, one file in the original layout, or a hub id (owner/name[/subfolder])."""
 
     @property
     def hash(self) -> str | None:
@@ -64,23 +55,10 @@ def _short_hash(path: str, size: int, mtime_ns: int) -> str:  # size and mtime: 
 
 def resolve_controlnet(spec: str, allow_pickle: bool = False) -> ControlNetSource:
     """Decide which kind of ControlNet `spec` names, without loading it."""
-    path = Path(spec).expanduser()
-    if path.is_dir():
-        if not (path / "config.json").is_file():
-            raise UserError(f"{path} is a folder but not a diffusers ControlNet (no config.json in it).",
-                            "Pass the folder written by ControlNetModel.save_pretrained (config.json + weights), "
-                            "or a hub id such as lllyasviel/control_v11p_sd15_canny.")
-        check_folder_weights(path, allow_pickle)
-        return ControlNetSource("folder", str(path.resolve()), path.resolve().name)
-    if path.exists():
-        check_model_file(path, "ControlNet", allow_pickle)
-        return ControlNetSource("single_file", str(path.resolve()), path.stem)
-    looks_local = spec.startswith((".", "/", "~")) or spec.endswith((".safetensors", *PICKLE_SUFFIXES))
-    if looks_local or not _HUB_ID.match(spec):
-        raise UserError(f'ControlNet "{spec}" was not found: no such folder, and it is not a hub id (owner/name).',
-                        "Check the path given with --controlnet TYPE=PATH, or pass a hub id.")
-    owner, name, *rest = spec.split("/")
-    return ControlNetSource("hub", f"{owner}/{name}", name, "/".join(rest) or None)
+    return locate(spec, ControlNetSource, "ControlNet", "config.json", allow_pickle,
+                  "Pass the folder written by ControlNetModel.save_pretrained (config.json + weights), "
+                  "or a hub id such as lllyasviel/control_v11p_sd15_canny.",
+                  "Check the path given with --controlnet TYPE=PATH, or pass a hub id.", subfolder=True)
 
 
 def check_available(source: ControlNetSource) -> None:
@@ -213,7 +191,6 @@ def write_tiny_controlnet(out_dir: str | Path, base: str | Path | None = None, s
         readable_by_others(work)
     if single_file is not None:
         from personae.models.original_layout import save_controlnet_single_file
-
         from personae.staging import explain_disk_full
 
         with explain_disk_full(single_file):

@@ -16,46 +16,28 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from personae.errors import UserError
 from personae.hub import require_hub
-from personae.models.model_files import (PICKLE_SUFFIXES, check_folder_weights, check_model_file, header_json,
-                                         read_state_dict)
-from personae.models.resolve import LOAD_ERRORS, _short
+from personae.models.model_files import check_model_file, header_json, read_state_dict
+from personae.models.resolve import LOAD_ERRORS, Source, _short, locate
 
 MOTION_CONFIG_KEY = "personae_motion_config"  # single-file header entry holding the adapter config
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
-@dataclass(frozen=True)
-class MotionSource:
-    kind: str  # "folder", "single_file" or "hub"
-    location: str  # absolute path, or the hub id
-    name: str  # what the infotext shows as "Motion module"
+class MotionSource(Source):
+    """A motion adapter: a diffusers MotionAdapter folder, one AnimateDiff motion module file, or a hub id."""
 
 
 def resolve_motion_adapter(spec: str, allow_pickle: bool = False) -> MotionSource:
     """Decide which kind of adapter `spec` names, without loading it (so bad input fails before the model loads)."""
-    path = Path(spec).expanduser()
-    if path.is_dir():
-        if not (path / "config.json").is_file():
-            raise UserError(f"{path} is a folder but not a diffusers motion adapter (no config.json in it).",
-                            "Pass --motion-adapter the folder MotionAdapter.save_pretrained wrote, or one .safetensors motion module.")
-        check_folder_weights(path, allow_pickle)
-        return MotionSource("folder", str(path.resolve()), path.resolve().name)
-    if path.exists():
-        check_model_file(path, "motion module", allow_pickle)
-        return MotionSource("single_file", str(path.resolve()), path.stem)
-    looks_local = spec.startswith((".", "/", "~")) or spec.endswith((".safetensors", *PICKLE_SUFFIXES))
-    if looks_local or not _HUB_ID.match(spec):
-        raise UserError(
-            f'Motion adapter "{spec}" was not found: no such folder or file, and it is not a hub id of the form owner/name.',
-            "Check the path given with --motion-adapter (`personae model tiny-motion DIR` writes a tiny one for tests).")
-    return MotionSource("hub", spec, spec.split("/")[-1])
+    return locate(spec, MotionSource, "motion adapter", "config.json", allow_pickle,
+                  "Pass --motion-adapter the folder MotionAdapter.save_pretrained wrote, or one .safetensors motion module.",
+                  "Check the path given with --motion-adapter (`personae model tiny-motion DIR` writes a tiny one for tests).",
+                  file_noun="motion module")
 
 
 def _config_from_shapes(state: dict[str, torch.Tensor]) -> dict:

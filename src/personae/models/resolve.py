@@ -29,27 +29,62 @@ from diffusers.loaders.single_file_utils import SingleFileComponentError
 from safetensors import SafetensorError
 
 from personae.errors import UserError
-from personae.hub import require_hub
-from personae.models.model_files import (PICKLE, PICKLE_SUFFIXES, check_folder_weights, check_model_file, header_json,
-                                         named_by_content, sniff, tensor_shapes)
+from personae.hub import is_hub_id, require_hub
+from personae.models.model_files import (
+    PICKLE,
+    PICKLE_SUFFIXES,
+    check_folder_weights,
+    check_model_file,
+    header_json,
+    named_by_content,
+    sniff,
+    tensor_shapes,
+)
 from personae.models.original_layout import CONFIG_METADATA_KEY
 from personae.models.tiny import SD15_DIR
 
 # What diffusers' and transformers' loaders raise on a file or folder that is not what they expect
 LOAD_ERRORS = (OSError, ValueError, KeyError, RuntimeError, TypeError, AttributeError, IndexError, EOFError,
                pickle.UnpicklingError, SafetensorError, SingleFileComponentError)
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
 @dataclass(frozen=True)
-class ModelSource:
+class Source:
+    """Where a base model, ControlNet or motion adapter comes from, decided by `locate` before anything loads."""
+
     kind: Literal["folder", "single_file", "hub"]
-    location: str  # absolute path, or the hub id
-    name: str  # what A1111 shows as "Model"
+    location: str  # absolute path, or the hub repository id
+    name: str  # what A1111's infotext shows for it
+    subfolder: str | None = None  # inside a hub repository
 
     @property
     def is_pickle(self) -> bool:
         return self.kind == "single_file" and sniff(Path(self.location)) == PICKLE
+
+
+class ModelSource(Source):
+    """A base model: a diffusers folder (model_index.json), one checkpoint file, or a hub id."""
+
+
+def locate(spec: str, cls: type[Source], what: str, config_file: str, allow_pickle: bool, folder_fix: str,
+           not_found_fix: str, subfolder: bool = False, file_noun: str | None = None) -> Source:
+    """The one resolver: `spec` is a diffusers folder (holding `config_file`), one weights file (checked by
+    content; a pickle only with the opt-in), or a hub id; anything else is a UserError naming `what`."""
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        if not (path / config_file).is_file():
+            raise UserError(f"{path} is a folder but not a diffusers {what} (no {config_file} in it).", folder_fix)
+        check_folder_weights(path, allow_pickle)
+        return cls("folder", str(path.resolve()), path.resolve().name)
+    if path.exists():
+        check_model_file(path, file_noun or what, allow_pickle)
+        return cls("single_file", str(path.resolve()), path.stem)
+    looks_local = spec.startswith((".", "/", "~")) or spec.endswith((".safetensors", *PICKLE_SUFFIXES))
+    if looks_local or not is_hub_id(spec, subfolder):
+        raise UserError(f'{what[0].upper() + what[1:]} "{spec}" was not found: no such folder or file, and it is not '
+                        f"a hub id of the form owner/name{'[/subfolder]' if subfolder else ''}.", not_found_fix)
+    owner, name, *rest = spec.split("/")
+    return cls("hub", f"{owner}/{name}", spec if cls is ModelSource else name, "/".join(rest) or None)
 
 
 def refuse_pickle(path: Path, allow_pickle: bool, flag: str = "--allow-pickle") -> str:
@@ -60,25 +95,9 @@ def refuse_pickle(path: Path, allow_pickle: bool, flag: str = "--allow-pickle") 
 
 def resolve_model(spec: str, allow_pickle: bool = False) -> ModelSource:
     """Decide which kind of model `spec` names, without loading it."""
-    path = Path(spec).expanduser()
-    if path.is_dir():
-        if not (path / "model_index.json").is_file():
-            raise UserError(
-                f"{path} is a folder but not a diffusers model (no model_index.json in it).",
-                "Pass the folder that holds model_index.json, or a single .safetensors checkpoint file.",
-            )
-        check_folder_weights(path, allow_pickle)
-        return ModelSource("folder", str(path.resolve()), path.resolve().name)
-    if path.exists():
-        check_model_file(path, "model", allow_pickle)
-        return ModelSource("single_file", str(path.resolve()), path.stem)
-    looks_local = spec.startswith((".", "/", "~")) or spec.endswith((".safetensors", *PICKLE_SUFFIXES))
-    if looks_local or not _HUB_ID.match(spec):
-        raise UserError(
-            f'Model "{spec}" was not found: no such folder or file, and it is not a hub id of the form owner/name.',
-            "Check the path, or pass a diffusers folder, a .safetensors checkpoint, or a hub id.",
-        )
-    return ModelSource("hub", spec, spec)
+    return locate(spec, ModelSource, "model", "model_index.json", allow_pickle,
+                  "Pass the folder that holds model_index.json, or a single .safetensors checkpoint file.",
+                  "Check the path, or pass a diffusers folder, a .safetensors checkpoint, or a hub id.")
 
 
 def model_hash(source: ModelSource) -> str | None:

@@ -23,15 +23,7 @@ from functools import lru_cache
 import numpy as np
 from PIL import Image
 
-from personae.world.scene import (
-    BACKGROUNDS,
-    COLOURS,
-    SHAPES,
-    SIDE,
-    SIZES,
-    Attributes,
-    coverage,
-)
+from personae.world.scene import BACKGROUNDS, COLOURS, SHAPES, SIDE, SIZES, Attributes, coverage
 
 NONE = "none"  # what `check` reports for the shape, size and colour of an image with no shape in it
 MIN_AREA = 3.0  # pixels of coverage below which there is no shape
