@@ -42,3 +42,15 @@ def photo(tmp_path_factory):
     path = tmp_path_factory.mktemp("photo") / "photo.png"
     Image.fromarray((np.random.default_rng(0).random((64, 64, 3)) * 255).astype(np.uint8)).save(path)
     return path
+
+
+# The fast tier (`pytest -m "not slow"`, a few minutes on 2 cores, for contributors): a test that loads or
+# trains a model (one of these fixtures, directly or through another fixture) is slow; tests that are slow for
+# other reasons say so with @pytest.mark.slow. CI runs everything.
+MODEL_FIXTURES = {"tiny_model", "tiny_session", "short_world", "shipped_world", "tiny_motion", "tiny_controlnet"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if MODEL_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)

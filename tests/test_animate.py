@@ -21,6 +21,8 @@ from personae.jobs.animate import run_animate
 from personae.media.png import parse_parameters, read_png_text
 from personae.media.video import read_clip_comment, read_clip_frames, write_clip
 
+pytestmark = pytest.mark.slow  # models, training or CLI subprocesses: the full tier only
+
 
 @pytest.fixture(scope="module", autouse=True)
 def one_thread():
@@ -165,7 +167,6 @@ def test_motion_scale_zero_draws_frames_independently(clip_session):
 
 def test_lora_and_embedding_reach_the_clip(tiny_model, tiny_motion, clip_session, tmp_path):
     from safetensors.torch import save_file
-
     from test_generate import _lora_file
 
     lora = _lora_file(tmp_path / "style.safetensors")

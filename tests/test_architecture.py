@@ -12,16 +12,15 @@ import pytest
 SRC = Path(__file__).resolve().parents[1] / "src" / "personae"
 
 # low to high; a module may import its own layer and the ones below it
-LAYERS = ["base", "config", "data", "models", "evaluation", "inference", "methods", "training", "jobs", "cli"]
+LAYERS = ["base", "config", "data", "models", "evaluation", "inference", "methods", "training", "jobs", "demo", "cli"]
 PACKAGE_LAYER = {"config": "config", "data": "data", "media": "data", "models": "models",
                  "evaluation": "evaluation", "inference": "inference", "methods": "methods",
-                 "training": "training", "jobs": "jobs", "cli": "cli", "web": "cli"}
+                 "training": "training", "jobs": "jobs", "demo": "demo", "cli": "cli", "web": "cli"}
 TOP_LEVEL = {"errors": "base", "events": "base", "staging": "base", "hub": "base", "outputs": "base",
              "__init__": "base", "__main__": "cli"}
 WORLD = {"__init__": "base", "vocab": "config", "pretrain_settings": "config", "bench_settings": "config",
          "scene": "data", "tokenizer": "models", "model": "models", "check": "evaluation",
-         "bench_scores": "evaluation", "evaluate": "evaluation", "pretrain": "training", "bench": "jobs",
-         "demo": "jobs"}
+         "bench_scores": "evaluation", "evaluate": "evaluation", "pretrain": "training", "bench": "jobs"}
 NO_TORCH = ("config", "data", "media")  # packages (and world modules at the config / data layers)
 TORCH = ("torch", "diffusers", "transformers", "peft", "accelerate")
 

@@ -1,7 +1,7 @@
 """The command line as users run it: exit codes, one-paragraph errors, no tracebacks (issue #2's must-shows)."""
 
-import os
 import json
+import os
 import re
 import subprocess
 import sys
@@ -12,6 +12,8 @@ import pytest
 from PIL import Image
 
 from personae.media.png import read_png_text
+
+pytestmark = pytest.mark.slow  # models, training or CLI subprocesses: the full tier only
 
 
 def personae(*args, env_extra=None, drop_env=(), timeout=300):
@@ -108,8 +110,21 @@ def test_demo_runs_offline_and_writes_an_index(tmp_path):
     assert index.index("## Shapes-world model") < index.index("## Teach a star") < index.index("## Tiny model")
     right = int(re.search(r"the exact checker finds (\d+) of 16 right", index).group(1))
     assert right >= 13, index
-    bench = json.loads((tmp_path / "demo/world-bench/results.json").read_text())
-    assert bench["runs"][0]["subject_fidelity"] > bench["base"]["star"]["subject_fidelity"] + 0.3
+    # the demo's bench run: DreamBooth, the star, one seed, the default recipe, on the shipped model; the taught
+    # word draws the star where the untaught one never does, on backgrounds it never saw
+    bench_out = tmp_path / "demo/world-bench"
+    for name in ("table.md", "table.csv", "results.json", "report.html", "grids/base-star.png",
+                 "grids/dreambooth-star-s0.png", "runs/dreambooth-star-s0/model/model_index.json",
+                 "data/dreambooth-star-s0/00.png"):
+        assert (bench_out / name).is_file(), name
+    bench = json.loads((bench_out / "results.json").read_text())
+    (run,) = bench["runs"]
+    base = bench["base"]["star"]
+    assert base["subject_fidelity"] == 0.0
+    assert run["subject_fidelity"] >= 0.6, run  # 83 % in docs/world.md's table (3 seeds, 8 images per prompt)
+    assert run["subject_unseen_bg"] >= 0.5 and run["prompt_fidelity"] >= 0.6, run
+    assert abs(run["prior_after"] - base["prior_after"]) <= 0.1, (run, base)
+    assert "| dreambooth | 1 |" in (bench_out / "table.md").read_text()
     assert len(list((tmp_path / "demo/world/taught").glob("*.png"))) == 4
     assert (tmp_path / "demo/animate/clip.gif").is_file() and (tmp_path / "demo/animate/clip.mp4").is_file()
     for line in index.splitlines():

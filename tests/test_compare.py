@@ -10,14 +10,16 @@ import numpy as np
 import pytest
 import yaml
 from PIL import Image
+from train_helpers import TINY_LORA, write_job
 
 from personae.config.generate import GenerateSettings
-from personae.data.prepare import prepare_dataset
 from personae.config.prepare import PrepareSettings
+from personae.data.prepare import prepare_dataset
 from personae.data.samples import write_sample_subject
 from personae.inference.txt2img import txt2img
 from personae.media.png import read_png_text
-from train_helpers import TINY_LORA, write_job
+
+pytestmark = pytest.mark.slow  # models, training or CLI subprocesses: the full tier only
 
 
 def cli(*args, cwd=None):

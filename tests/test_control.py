@@ -14,6 +14,8 @@ from personae.inference.txt2img import txt2img
 from personae.jobs.generate import run_generate, settings_from_png
 from personae.media.png import parse_parameters, read_png_text
 
+pytestmark = pytest.mark.slow  # models, training or CLI subprocesses: the full tier only
+
 skimage_data = pytest.importorskip("skimage.data")
 
 

@@ -4,12 +4,15 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
 from personae.models.resolve import load_pipeline, resolve_model
 from personae.training.verify import render
+
+pytestmark = pytest.mark.slow  # models, training or CLI subprocesses: the full tier only
 
 
 def _with_lora(tiny, path):

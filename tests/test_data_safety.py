@@ -28,6 +28,8 @@ from personae.data.prepare import prepare_dataset
 from personae.data.samples import write_sample_subject
 from personae.outputs import MARKER, read_marker
 
+pytestmark = pytest.mark.slow  # models, training or CLI subprocesses: the full tier only
+
 QUICK_TRAIN = {"steps": 2, "batch_size": 1, "resolution": 64, "verify_exports": False, "validation": {"steps": 1}}
 
 

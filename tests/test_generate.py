@@ -1,5 +1,7 @@
 """txt2img: seeds, samplers, sizes, LoRAs and embeddings by file, PNG metadata and --from-png."""
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -145,3 +147,27 @@ def test_missing_addon_files_and_cpu_fp16_are_clear_errors(tiny_model, tmp_path)
         txt2img(settings(tiny_model[0], loras=[{"path": str(tmp_path / "nope.safetensors")}]))
     with pytest.raises(UserError, match="fp16"):
         txt2img(settings(tiny_model[0], device="cpu", dtype="fp16"))
+
+
+def test_a_generation_leaves_the_session_it_was_handed_as_it_was(tiny_model, tmp_path, photo):
+    """Scheduler, LoRA weights, add-on lists: per-call choices (sampler, img2img, this call's LoRA weights) are
+    made in a pipeline of the call's own; the session's pipeline, scheduler and adapter weights stay put, and a
+    later call with the defaults gives the same pixels as before."""
+    from personae.inference.session import open_session
+
+    lora = _lora_file(tmp_path / "style.safetensors")
+    session = open_session(str(tiny_model[0]), device="cpu", loras=[(str(lora), 0.7)])
+    scheduler, pipe, loras = session.pipe.scheduler, session.pipe, list(session.loras)
+    scale = lambda: sorted({float(m.scaling[a]) for m in session.pipe.unet.modules()  # noqa: E731
+                            if hasattr(m, "scaling") for a in m.scaling})
+    before_scale = scale()
+    first = txt2img(settings(tiny_model[0], steps=3), session)[0]
+    other = txt2img(settings(tiny_model[0], steps=3, sampler="Euler a"), session, loras=[])[0]  # LoRA off, other sampler
+    assert other.parameters.count("<lora:") == 0 and "<lora:style:0.7>" in first.parameters
+    txt2img(settings(tiny_model[0], steps=4, init_image=str(photo), strength=0.5, sampler="DDIM"), session,
+            loras=[replace(loras[0], weight=1.5)])
+    assert session.pipe is pipe and session.pipe.scheduler is scheduler and session.loras == loras
+    assert type(scheduler).__name__ == type(session.pipe.scheduler).__name__ and scale() == before_scale
+    again = txt2img(settings(tiny_model[0], steps=3), session)[0]
+    assert np.array_equal(pixels(first), pixels(again))
+    assert not np.array_equal(pixels(first), pixels(other))

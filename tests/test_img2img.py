@@ -1,12 +1,15 @@
 """img2img and inpainting through `generate` (issue #5, must-show 1; ControlNet and motion are not built yet)."""
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from personae.config.generate import GenerateSettings
 from personae.data.samples import BACKGROUNDS, draw_star
 from personae.inference.img2img import vae_roundtrip
 from personae.inference.txt2img import txt2img
+
+pytestmark = pytest.mark.slow  # models, training or CLI subprocesses: the full tier only
 
 
 def _px(image):

@@ -28,12 +28,14 @@ import pytest
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
+from train_helpers import StepWatcher, prepared_subject, write_job
 
 from personae.cli.main import main
 from personae.errors import UserError
 from personae.jobs.train import load_job, run_training
 from personae.training import checkpoint as ckpt
-from train_helpers import StepWatcher, prepared_subject, write_job
+
+pytestmark = pytest.mark.slow  # models, training or CLI subprocesses: the full tier only
 
 QUICK = {"batch_size": 1, "resolution": 64, "verify_exports": False, "validation": {"steps": 1}}
 

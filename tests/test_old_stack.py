@@ -22,6 +22,8 @@ from train_helpers import prepared_subject, write_job
 
 from personae.jobs.train import load_job, run_training
 
+pytestmark = pytest.mark.slow  # models, training or CLI subprocesses: the full tier only
+
 ROOT = Path(__file__).resolve().parents[1]
 RENDER = ROOT / "tests" / "compat" / "render.py"
 TOKENS = [{"token": "<sks>", "init_word": "star", "vectors": 2}]

@@ -13,6 +13,8 @@ from safetensors.torch import save_file
 from personae.errors import UserError
 from personae.jobs.storyboard import load_scenes, run_storyboard
 
+pytestmark = pytest.mark.slow  # models, training or CLI subprocesses: the full tier only
+
 SCENES = [
     {"number": 1, "description": "a girl waits at a bus stop", "dialogue": "버스가 왜 안 오지?", "shot": "close-up",
      "angle": "eye level"},
@@ -140,10 +142,10 @@ def test_bad_storyboards_fail_before_drawing(tmp_path, tiny_model):
 
 def test_characters_keep_their_seed_and_their_lora_is_on_only_in_their_panels(tmp_path, tiny_model):
     import numpy as np
+    from test_generate import _lora_file
 
     from personae.config.storyboard import Scene
     from personae.inference.storyboard import panel_seed
-    from test_generate import _lora_file
 
     lora = _lora_file(tmp_path / "mina.safetensors")
     scenes = [{"number": 1, "description": "mina at the stop", "shot": "CU", "characters": ["mina"]},

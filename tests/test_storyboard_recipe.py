@@ -6,7 +6,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from personae.data.samples import write_shot_frames
+
+pytestmark = pytest.mark.slow  # models, training or CLI subprocesses: the full tier only
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "storyboard"
 

@@ -14,6 +14,7 @@ import torch
 import yaml
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
+from train_helpers import StepWatcher, prepared_subject, write_job
 
 from personae.config.base import parse_settings
 from personae.config.train import TrainJob
@@ -21,7 +22,8 @@ from personae.errors import UserError
 from personae.jobs.train import load_job, run_training
 from personae.models.resolve import load_pipeline, resolve_model
 from personae.training.verify import render
-from train_helpers import StepWatcher, prepared_subject, write_job
+
+pytestmark = pytest.mark.slow  # models, training or CLI subprocesses: the full tier only
 
 TOKENS = [{"token": "<sks>", "init_word": "star", "vectors": 2}]
 QUICK = {"steps": 4, "batch_size": 2, "learning_rate": 5e-3, "seed": 0, "validation": {"steps": 2}}

@@ -2,10 +2,12 @@
 
 import numpy as np
 import pytest
+from train_helpers import TINY_LORA, distance_to_training, generate, write_job
 
 from personae.jobs.train import load_job, run_training
 from personae.models.resolve import load_pipeline, resolve_model
-from train_helpers import TINY_LORA, distance_to_training, generate, write_job
+
+pytestmark = pytest.mark.slow  # models, training or CLI subprocesses: the full tier only
 
 TOKEN = [{"token": "<sks>", "init_word": "star", "vectors": 2}]
 
@@ -75,9 +77,10 @@ def test_prior_preservation_keeps_the_class_prompt_from_turning_into_the_subject
 
     (Same-seed pixel distance to the base model cannot show this on a random tiny model: its outputs are
     not fixed points of its own denoising loss, so any training moves them; the world model can.)"""
+    from train_helpers import vae_roundtrip
+
     from personae.data.dataset import examples_from_prepared
     from personae.evaluation.pixels import nearest_distances
-    from train_helpers import vae_roundtrip
 
     root, prepared, _ = subject
     base = load_pipeline(resolve_model(str(tiny_model[0])))

@@ -5,10 +5,12 @@ import random
 import pytest
 import torch
 from safetensors.torch import load_file
+from train_helpers import prepared_subject, write_job
 
 from personae.data.dataset import BatchPlan, Example, noisy_caption
 from personae.jobs.train import load_job, run_training
-from train_helpers import prepared_subject, write_job
+
+pytestmark = pytest.mark.slow  # models, training or CLI subprocesses: the full tier only
 
 
 @pytest.fixture(scope="module")

@@ -10,6 +10,8 @@ from personae.world.bench_settings import WorldBench
 from personae.world.check import check
 from personae.world.scene import BACKGROUNDS, SIZES, render
 
+pytestmark = pytest.mark.slow  # models, training or CLI subprocesses: the full tier only
+
 
 def test_bench_prompts_ask_for_unseen_backgrounds_and_sizes_only():
     prompts = bench_prompts("star", "white", ["blue", "green"], ["close-up", "medium shot"])
@@ -129,30 +131,9 @@ def test_bench_refuses_a_used_folder_and_unknown_settings(tmp_path, capsys):
     assert not (tmp_path / "x").exists() and not (tmp_path / "x.partial").exists()
 
 
-def test_bench_teaches_a_held_out_shape(tmp_path):
-    """The best method (DreamBooth), one concept, one seed, the default recipe, on the shipped model, through
-    the CLI: the taught word draws the star where the untaught one never does, on backgrounds it never saw."""
-    import json
-
-    from personae.cli.main import main
-
-    out = tmp_path / "bench"
-    assert main(["world", "bench", "--out", str(out), "--methods", "dreambooth", "--concepts", "star", "--seeds", "1",
-                 "--set", "workers=1", "--set", "eval.seeds_per_prompt=4", "--quiet"]) == 0
-    for name in ("table.md", "table.csv", "results.json", "report.html", "grids/base-star.png",
-                 "grids/dreambooth-star-s0.png", "runs/dreambooth-star-s0/exports.json",
-                 "runs/dreambooth-star-s0/model/model_index.json", "data/dreambooth-star-s0/00.png"):
-        assert (out / name).is_file(), name
-    assert not (tmp_path / "bench.partial").exists()
-    result = json.loads((out / "results.json").read_text())
-    (run,) = result["runs"]
-    base = result["base"]["star"]
-    assert base["subject_fidelity"] == 0.0
-    assert run["subject_fidelity"] >= 0.6, run  # 91 % in the committed table (8 seeds per prompt)
-    assert run["subject_unseen_bg"] >= 0.5, run
-    assert run["prompt_fidelity"] >= 0.6, run
-    assert abs(run["prior_after"] - base["prior_after"]) <= 0.1, (run, base)
-    assert "| dreambooth | 1 |" in (out / "table.md").read_text()
+# The real bench run (DreamBooth teaches the held-out star on the shipped model, one seed) is the demo's
+# "Teach a star" section; tests/test_cli.py::test_demo_runs_offline_and_writes_an_index checks its numbers and
+# files, so the same few-minute run is not repeated here.
 
 
 def test_dreambooth_on_a_model_with_its_own_tokenizer_exports_a_folder_only(tmp_path):

@@ -15,7 +15,7 @@ def add_parser(sub) -> None:
 
 def run(args) -> int:
     from personae.cli.progress import TerminalProgress
-    from personae.jobs.demo import run_demo
+    from personae.demo.flow import run_demo
 
     progress = TerminalProgress(quiet=args.quiet)
     try:

@@ -226,7 +226,7 @@ def animate(settings: AnimateSettings, animate_session: AnimateSession | None = 
     width = settings.width or session.native_size
     height = settings.height or session.native_size
     # 3. the sampler, on the schedule the motion modules were trained with
-    pipe.scheduler = sampler.make({**session.base_scheduler, **MOTION_SCHEDULE})
+    scheduler = sampler.make({**session.base_scheduler, **MOTION_SCHEDULE})
     if not sampler.exact:
         on_event(Message(f'"{sampler.name}" runs as diffusers\' {sampler.scheduler.__name__} (the nearest match).', "warning"))
     # 4. encode prompts: weighted, chunked by 75 tokens, clip skip
@@ -243,12 +243,18 @@ def animate(settings: AnimateSettings, animate_session: AnimateSession | None = 
         on_event(Progress("denoise", step + 1, len(pipeline.scheduler.timesteps) or settings.steps))
         return kwargs
 
-    # 6. denoise all frames together
-    with torch.no_grad():
-        out = pipe(prompt_embeds=positive.embeds.to(session.dtype), negative_prompt_embeds=negative.embeds.to(session.dtype),
-                   num_frames=settings.frames, width=width, height=height, num_inference_steps=settings.steps,
-                   guidance_scale=settings.cfg, generator=torch.Generator("cpu").manual_seed(seed),
-                   callback_on_step_end=report, output_type="pil")
+    # 6. denoise all frames together, with this call's scheduler (the session's is back afterwards; the motion
+    # pipeline keeps its FreeNoise state across calls, so it is lent rather than rebuilt)
+    previous, pipe.scheduler = pipe.scheduler, scheduler
+    try:
+        with torch.no_grad():
+            out = pipe(prompt_embeds=positive.embeds.to(session.dtype),
+                       negative_prompt_embeds=negative.embeds.to(session.dtype), num_frames=settings.frames,
+                       width=width, height=height, num_inference_steps=settings.steps, guidance_scale=settings.cfg,
+                       generator=torch.Generator("cpu").manual_seed(seed), callback_on_step_end=report,
+                       output_type="pil")
+    finally:
+        pipe.scheduler = previous
     frames = list(out.frames[0])
     # 7. settings that reproduce this clip
     exact = settings.model_copy(update={"seed": seed, "width": width, "height": height})

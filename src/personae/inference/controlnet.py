@@ -71,8 +71,8 @@ def controlnet_for(session, spec: str, allow_pickle: bool = False, on_event: Eve
     return session.controlnets[spec][1]
 
 
-def control_pipeline(session, controlnets: list, img2img: bool, inpaint: bool):
-    """diffusers' ControlNet pipeline for this mode, sharing the session's modules."""
+def control_pipeline(session, controlnets: list, img2img: bool, inpaint: bool, scheduler):
+    """diffusers' ControlNet pipeline for this mode, sharing the session's modules, with this call's scheduler."""
     from diffusers import (
         StableDiffusionControlNetImg2ImgPipeline,
         StableDiffusionControlNetInpaintPipeline,
@@ -81,15 +81,12 @@ def control_pipeline(session, controlnets: list, img2img: bool, inpaint: bool):
 
     cls = (StableDiffusionControlNetInpaintPipeline if inpaint else
            StableDiffusionControlNetImg2ImgPipeline if img2img else StableDiffusionControlNetPipeline)
-    components = {k: v for k, v in session.pipe.components.items() if k != "controlnet"}
-    pipe = cls(**components, controlnet=controlnets[0] if len(controlnets) == 1 else controlnets,
-               requires_safety_checker=False)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+    return session.pipeline(cls, scheduler=scheduler,
+                            controlnet=controlnets[0] if len(controlnets) == 1 else controlnets)
 
 
 def control_denoise(session, settings: GenerateSettings, controls: list[PreparedControl], init: Image.Image | None,
-                    mask: Image.Image | None, size: tuple[int, int], kwargs: dict,
+                    mask: Image.Image | None, size: tuple[int, int], kwargs: dict, scheduler,
                     on_event: EventHandler = ignore) -> list[Image.Image]:
     """Denoise with every control unit; `kwargs` are the shared pipeline arguments (embeds, steps, generators)."""
     controlnets = [controlnet_for(session, c.model, settings.allow_pickle, on_event) for c in controls]
@@ -98,7 +95,8 @@ def control_denoise(session, settings: GenerateSettings, controls: list[Prepared
     single = len(controls) == 1
     control = dict(controlnet_conditioning_scale=weights[0] if single else weights,
                    control_guidance_start=settings.control_start, control_guidance_end=settings.control_end)
-    pipe = control_pipeline(session, controlnets, img2img=init is not None, inpaint=mask is not None)
+    pipe = control_pipeline(session, controlnets, img2img=init is not None, inpaint=mask is not None,
+                            scheduler=scheduler)
     width, height = size
     if init is None:
         return pipe(image=maps[0] if single else maps, width=width, height=height, **control, **kwargs).images

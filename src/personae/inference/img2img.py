@@ -51,14 +51,12 @@ def vae_roundtrip(pipe, image: Image.Image) -> Image.Image:
     return pipe.image_processor.postprocess(pipe.vae.decode(latents).sample, output_type="pil")[0]
 
 
-def denoiser(session, init_image: Image.Image, mask: Image.Image | None):
-    """The diffusers pipeline for this mode, built on the session's own modules (no copy)."""
+def denoiser(session, init_image: Image.Image, mask: Image.Image | None, scheduler):
+    """The diffusers pipeline for this mode, built on the session's own modules (no copy) and `scheduler`."""
     from diffusers import StableDiffusionImg2ImgPipeline, StableDiffusionInpaintPipeline
 
     cls = StableDiffusionInpaintPipeline if mask is not None else StableDiffusionImg2ImgPipeline
-    pipe = cls(**session.pipe.components)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+    return session.pipeline(cls, scheduler=scheduler)
 
 
 def composite(original: Image.Image, generated: Image.Image, mask: Image.Image) -> Image.Image:

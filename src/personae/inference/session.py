@@ -6,6 +6,9 @@ the UI) keep one `Session` and change only what differs between images.
 
 from __future__ import annotations
 
+import inspect
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -46,6 +49,35 @@ class Session:
     @property
     def model_hash(self) -> str | None:
         return model_hash(self.source)
+
+    def pipeline(self, cls: type | None = None, base=None, **parts):
+        """A pipeline of class `cls` (default: the session's) built on the session's modules (no copy) with
+        `parts` swapped in, such as this call's scheduler or a ControlNet: per-call choices never change the
+        session, so one session can serve any number of calls (compare, storyboard, the UI)."""
+        base = base or self.pipe
+        cls = cls or type(base)
+        accepted = inspect.signature(cls.__init__).parameters
+        kwargs = {k: v for k, v in {**base.components, **parts}.items() if k in accepted}
+        if "requires_safety_checker" in accepted:
+            kwargs["requires_safety_checker"] = False
+        pipe = cls(**kwargs)
+        pipe.set_progress_bar_config(disable=True)
+        return pipe
+
+    @contextmanager
+    def lora_weights(self, loras: list[LoadedLora] | None) -> Iterator[list[LoadedLora]]:
+        """Within the block, the session's LoRAs at the weights `loras` give (one left out is off); after it,
+        back at the session's own. Yields the LoRAs in effect (for the infotext)."""
+        if loras is None or not self.loras:
+            yield self.loras if loras is None else loras
+            return
+        chosen = {lora.adapter: lora.weight for lora in loras}
+        adapters = [lora.adapter for lora in self.loras]
+        self.pipe.set_adapters(adapters, adapter_weights=[chosen.get(a, 0.0) for a in adapters])
+        try:
+            yield loras
+        finally:
+            self.pipe.set_adapters(adapters, adapter_weights=[lora.weight for lora in self.loras])
 
 
 def open_session(model: str, device: str = "auto", dtype: str = "auto", allow_pickle: bool = False,

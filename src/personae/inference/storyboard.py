@@ -60,16 +60,15 @@ def render_panel(session: Session, scene: Scene, settings: StoryboardSettings) -
     """One panel; character LoRAs are switched on only for the characters in the scene."""
     loaded_tokens = {e.token for e in session.embeddings}
     prompt = panel_prompt(scene, settings, loaded_tokens)
-    if session.loras:  # loaded in the order of addon_loras(settings)
-        weights = []
-        for lora, ref in zip(session.loras, addon_loras(settings)):
-            owner = _lora_owner(ref.path, settings)
-            weights.append(lora.weight if owner is None or owner in scene.characters else 0.0)
-        session.pipe.set_adapters([l.adapter for l in session.loras], adapter_weights=weights)
+    loras = []  # the session's LoRAs (loaded in the order of addon_loras(settings)) that this panel uses
+    for lora, ref in zip(session.loras, addon_loras(settings)):
+        owner = _lora_owner(ref.path, settings)
+        if owner is None or owner in scene.characters:
+            loras.append(lora)
     generate = GenerateSettings(model=settings.model, prompt=prompt, negative=settings.negative, steps=settings.steps,
                                 cfg=settings.cfg, seed=panel_seed(scene, settings), width=settings.width,
                                 height=settings.height, sampler=settings.sampler, clip_skip=settings.clip_skip)
-    return txt2img(generate, session)[0], prompt
+    return txt2img(generate, session, loras=loras)[0], prompt
 
 
 def _lora_owner(path: str, settings: StoryboardSettings) -> str | None:

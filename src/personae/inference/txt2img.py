@@ -25,7 +25,7 @@ from personae.inference.img2img import composite, default_size, denoiser, feathe
 from personae.inference.samplers import get_sampler
 from personae.inference.session import Session, open_session
 from personae.media.png import format_parameters
-from personae.models.addons import hashes_text
+from personae.models.addons import LoadedEmbedding, LoadedLora, hashes_text
 
 
 @dataclass
@@ -46,24 +46,32 @@ def session_for(settings: GenerateSettings, on_event: EventHandler = ignore) -> 
                         embeddings=[(e.path, e.token) for e in settings.embeddings], on_event=on_event)
 
 
-def infotext(settings: GenerateSettings, session: Session, seed: int, width: int, height: int) -> str:
+def infotext(settings: GenerateSettings, session: Session, seed: int, width: int, height: int,
+             loras: list[LoadedLora] | None = None, embeddings: list[LoadedEmbedding] | None = None) -> str:
+    """A1111's `parameters` text; `loras` / `embeddings`: the add-ons this image used (default: the session's)."""
+    loras = session.loras if loras is None else loras
+    embeddings = session.embeddings if embeddings is None else embeddings
     params = {
         "Steps": settings.steps, "Sampler": settings.sampler, "CFG scale": float(settings.cfg), "Seed": seed,
         "Size": f"{width}x{height}", "Model hash": session.model_hash, "Model": session.source.name,
         "Clip skip": settings.clip_skip,
         "Denoising strength": float(settings.strength) if settings.init_image else None,
         "Mask blur": settings.mask_blur if settings.mask else None,
-        "Lora hashes": hashes_text({l.name: l.hash for l in session.loras}),
-        "TI hashes": hashes_text({e.token: e.hash for e in session.embeddings}),
+        "Lora hashes": hashes_text({l.name: l.hash for l in loras}),
+        "TI hashes": hashes_text({e.token: e.hash for e in embeddings}),
         **control_infotext(settings, session),
         "Version": f"personae {__version__}",
     }
-    prompt = settings.prompt + "".join(f" <lora:{l.name}:{l.weight:g}>" for l in session.loras)
+    prompt = settings.prompt + "".join(f" <lora:{l.name}:{l.weight:g}>" for l in loras)
     return format_parameters(prompt, settings.negative, params)
 
 
-def txt2img(settings: GenerateSettings, session: Session | None = None,
-            on_event: EventHandler = ignore) -> list[GeneratedImage]:
+def txt2img(settings: GenerateSettings, session: Session | None = None, on_event: EventHandler = ignore,
+            loras: list[LoadedLora] | None = None, embeddings: list[LoadedEmbedding] | None = None
+            ) -> list[GeneratedImage]:
+    """Images for `settings`. A caller holding a session may pick, per call, the weights of its LoRAs (`loras`:
+    the session's LoRAs at other weights; one left out is off) and which of its embeddings the PNG names; the
+    session itself is left exactly as it was (its pipeline, scheduler and LoRA weights)."""
     # 1. check inputs and fix the seed
     sampler = get_sampler(settings.sampler)
     seed = settings.seed if settings.seed >= 0 else random.randrange(2**32)
@@ -81,14 +89,14 @@ def txt2img(settings: GenerateSettings, session: Session | None = None,
     controls = prepare_controls(settings.controls, settings.allow_pickle)  # control maps too: no face found is said before loading
     # 2. load the model, LoRAs and embeddings (unless the caller holds a session)
     session = session or session_for(settings, on_event)
-    pipe = session.pipe
     size = default_size(settings.init_image) if settings.init_image else (session.native_size, session.native_size)
     width = settings.width or size[0]
     height = settings.height or size[1]
     init = open_image(settings.init_image, "init image", (width, height)) if settings.init_image else None
     mask = feathered_mask(settings.mask, (width, height), settings.mask_blur) if settings.mask else None
-    # 3. the sampler, built on the model's own noise schedule
-    pipe.scheduler = sampler.make(session.base_scheduler)
+    # 3. the sampler, built on the model's own noise schedule, in a pipeline of this call's own
+    scheduler = sampler.make(session.base_scheduler)
+    pipe = session.pipeline(scheduler=scheduler)
     if not sampler.exact:
         on_event(Message(f'"{sampler.name}" runs as diffusers\' {sampler.scheduler.__name__} (the nearest match).', "warning"))
     # 4. encode prompts: weighted, chunked by 75 tokens, clip skip
@@ -111,14 +119,16 @@ def txt2img(settings: GenerateSettings, session: Session | None = None,
                       negative_prompt_embeds=negative.embeds.to(session.dtype).repeat(n, 1, 1),
                       num_inference_steps=settings.steps, guidance_scale=settings.cfg,
                       generator=[torch.Generator("cpu").manual_seed(s) for s in seeds], callback_on_step_end=report)
-        with torch.no_grad():
+        with torch.no_grad(), session.lora_weights(loras) as used:
             if init is not None and settings.strength == 0:  # nothing to redraw: the image as the VAE gives it
                 images = [vae_roundtrip(pipe, init)] * n
             elif controls:
-                images = control_denoise(session, settings, controls, init, mask, (width, height), kwargs, on_event)
+                images = control_denoise(session, settings, controls, init, mask, (width, height), kwargs, scheduler,
+                                         on_event)
             elif init is not None:
                 extra = {"mask_image": mask, "height": height, "width": width} if mask is not None else {}
-                images = denoiser(session, init, mask)(image=init, strength=settings.strength, **extra, **kwargs).images
+                images = denoiser(session, init, mask, scheduler)(image=init, strength=settings.strength, **extra,
+                                                                  **kwargs).images
             else:
                 images = pipe(width=width, height=height, **kwargs).images
         if mask is not None:
@@ -126,5 +136,5 @@ def txt2img(settings: GenerateSettings, session: Session | None = None,
         # 6. settings that reproduce each image on its own
         for image, s in zip(images, seeds):
             one = settings.model_copy(update={"seed": s, "batch_size": 1, "batch_count": 1, "width": width, "height": height})
-            results.append(GeneratedImage(image, s, infotext(settings, session, s, width, height), one))
+            results.append(GeneratedImage(image, s, infotext(settings, session, s, width, height, used, embeddings), one))
     return results

@@ -67,13 +67,9 @@ def _generate_group(suite: CompareSuite, model: str, rows: list[Row], prompts: l
     by_file = dict(zip(embeddings, session.embeddings))
     out = []
     for row in rows:
-        weights = dict(row.loras)
-        if session.loras:
-            session.pipe.set_adapters([l.adapter for l in session.loras],
-                                      adapter_weights=[weights.get(p, 0.0) for p in loras])
-        view = replace(session, loras=[replace(by_path[p], weight=w) for p, w in row.loras],
-                       embeddings=[by_file[e] for e in row.embeddings])
-        token = row.token or (view.embeddings[0].token if view.embeddings else suite.token)
+        used_loras = [replace(by_path[p], weight=w) for p, w in row.loras]  # this row's weights; the rest off
+        used_embeddings = [by_file[e] for e in row.embeddings]
+        token = row.token or (used_embeddings[0].token if used_embeddings else suite.token)
         folder = work / "images" / slug(row.label)
         folder.mkdir(parents=True, exist_ok=True)
         for pi, template in enumerate(prompts):
@@ -83,12 +79,12 @@ def _generate_group(suite: CompareSuite, model: str, rows: list[Row], prompts: l
                     model=model, prompt=prompt, negative=suite.negative, steps=row.steps or suite.steps,
                     cfg=suite.cfg if row.cfg is None else row.cfg, seed=seed, width=suite.width, height=suite.height,
                     sampler=row.sampler or suite.sampler, clip_skip=suite.clip_skip, device=suite.device, dtype=suite.dtype)
-                image = txt2img(settings, view)[0]
+                image = txt2img(settings, session, loras=used_loras, embeddings=used_embeddings)[0]
                 path = save_png(image.image, folder / f"p{pi:02d}-s{seed}.png", image.parameters, image.png_text())
                 sample = Sample(image.image, row.label, prompt, pi, seed, fill(template, "", suite.class_word))
                 out.append((row, sample, path))
                 progress()
-    del session, view
+    del session
     gc.collect()
     return out
 

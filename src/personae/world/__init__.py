@@ -8,7 +8,7 @@ as any other module does (tests/test_architecture.py holds the map):
     tokenizer, model                           models      the world's own CLIP tokenizer; the model and its weights
     check, bench_scores, evaluate              evaluation  the exact checker; bench scores; generate and score
     pretrain                                   training    pretraining the world model
-    bench, demo                                jobs        `personae world bench`; the demo's world section
+    bench                                      jobs        `personae world bench` (the demo's world part: demo/world.py)
 
 The shipped pretrained model (a diffusers folder) is in `weights/`.
 """

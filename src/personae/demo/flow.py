@@ -1,6 +1,6 @@
 """`personae demo`: every capability that exists, offline.
 
-First the shapes-world model that ships with personae (world/demo.py): it draws what
+First the shapes-world model that ships with personae (demo/world.py): it draws what
 it is asked and learns a held-out shape, measured exactly. Then the random tiny model for
 everything whose point is the plumbing and the file formats (single-file checkpoints,
 prompts, LoRA exports, storyboards, ControlNet, AnimateDiff, compare), where a tiny
@@ -81,7 +81,7 @@ def _demo(out: Path, on_event: EventHandler) -> Path:
     index = Index(out)
 
     # 0. the shapes-world model: 16 prompts read back exactly, then a star taught and measured
-    from personae.world.demo import world_demo
+    from personae.demo.world import world_demo
 
     world_demo(out, index, on_event)
 
