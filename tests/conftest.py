@@ -47,7 +47,8 @@ def photo(tmp_path_factory):
 # The fast tier (`pytest -m "not slow"`, a few minutes on 2 cores, for contributors): a test that loads or
 # trains a model (one of these fixtures, directly or through another fixture) is slow; tests that are slow for
 # other reasons say so with @pytest.mark.slow. CI runs everything.
-MODEL_FIXTURES = {"tiny_model", "tiny_session", "short_world", "shipped_world", "tiny_motion", "tiny_controlnet"}
+MODEL_FIXTURES = {"tiny_model", "tiny_session", "short_world", "shipped_world", "tiny_motion", "tiny_controlnet",
+                  "sd15"}  # sd15: the full-size SD-1.5 UNet and text encoder (tests/test_lora_layouts.py)
 
 
 def pytest_collection_modifyitems(config, items):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ast
 import shutil
+from functools import lru_cache
 from pathlib import Path
 
 import pytest
@@ -45,9 +46,14 @@ def modules(root: Path) -> dict[str, Path]:
 
 def imports(path: Path, module: str) -> set[str]:
     """Every module `module` imports (absolute names; packages resolved to their __init__ names as written)."""
+    return _imports(path.read_text(encoding="utf-8"), module, path.name == "__init__.py")
+
+
+@lru_cache(maxsize=None)  # the planted-violation tests read a copy of the same files
+def _imports(text: str, module: str, is_package: bool) -> frozenset[str]:
     found = set()
-    package = module if path.name == "__init__.py" else module.rsplit(".", 1)[0]
-    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+    package = module if is_package else module.rsplit(".", 1)[0]
+    for node in ast.walk(ast.parse(text)):
         if isinstance(node, ast.Import):
             found.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom):
@@ -56,7 +62,7 @@ def imports(path: Path, module: str) -> set[str]:
                 base = ".".join(package.split(".")[: len(package.split(".")) - node.level + 1] + ([base] if base else []))
             found.add(base)
             found.update(f"{base}.{alias.name}" for alias in node.names)  # `from pkg import module`
-    return found
+    return frozenset(found)
 
 
 def violations(root: Path = SRC) -> list[str]:

@@ -464,6 +464,7 @@ def test_an_os_error_the_user_can_act_on_is_one_paragraph_naming_the_path(monkey
     assert expected in " ".join(err.split())
 
 
+@pytest.mark.slow
 def test_a_subprocess_bug_shows_no_traceback(tmp_path):
     """The same handler when personae runs as users run it (python -m personae)."""
     script = ("import personae.cli.convert_cmd as c, personae.cli.main as m, sys\n"

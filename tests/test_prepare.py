@@ -226,6 +226,7 @@ def test_near_duplicates_are_reported(tmp_path):
     assert "Near-duplicates" in (tmp_path / "out" / "report.md").read_text()
 
 
+@pytest.mark.slow
 def test_transformers_captioner_on_a_tiny_blip(tmp_path):
     import torch
     from transformers import BertTokenizer, BlipConfig, BlipForConditionalGeneration, BlipImageProcessor, BlipProcessor

@@ -155,6 +155,7 @@ def test_scaling_factor_gives_unit_latents(short_world):
     assert 0.9 < latents.std().item() < 1.1
 
 
+@pytest.mark.slow
 def test_pretraining_is_reproducible_from_the_seed(tmp_path):
     from personae.config.base import apply_overrides, parse_settings
     from personae.world.pretrain import pretrain
