@@ -140,7 +140,7 @@ def test_bench_teaches_a_held_out_shape(tmp_path):
     assert main(["world", "bench", "--out", str(out), "--methods", "dreambooth", "--concepts", "star", "--seeds", "1",
                  "--set", "workers=1", "--set", "eval.seeds_per_prompt=4", "--quiet"]) == 0
     for name in ("table.md", "table.csv", "results.json", "report.html", "grids/base-star.png",
-                 "grids/dreambooth-star-s0.png", "runs/dreambooth-star-s0/exports.json",
+                 "grids/dreambooth-star-s0.png", "runs/dreambooth-star-s0/run.json",
                  "runs/dreambooth-star-s0/model/model_index.json", "data/dreambooth-star-s0/00.png"):
         assert (out / name).is_file(), name
     assert not (tmp_path / "bench.partial").exists()

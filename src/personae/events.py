@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 
 @dataclass(frozen=True)
@@ -24,7 +25,31 @@ class Message:
     level: str = "info"  # "info" or "warning"
 
 
-Event = Progress | Message
+@dataclass(frozen=True)
+class ImageReady:
+    path: Path  # an image just written (a validation grid, a sample)
+    step: int | None = None  # the training step it shows, when it comes from training
+
+
+@dataclass(frozen=True)
+class CheckpointSaved:
+    step: int
+    path: Path  # the checkpoint folder
+
+
+@dataclass(frozen=True)
+class Finished:
+    run: Path  # the run folder
+    steps: int  # steps done
+    stopped: bool = False  # True: ended early on a stop (command or signal), with a checkpoint to resume from
+
+
+@dataclass(frozen=True)
+class Failed:
+    error: BaseException  # what ended the job (a UserError for the user's mistakes)
+
+
+Event = Progress | Message | ImageReady | CheckpointSaved | Finished | Failed
 EventHandler = Callable[[Event], None]
 
 
