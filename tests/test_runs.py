@@ -11,6 +11,11 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -23,7 +28,7 @@ from personae.jobs.runner import start
 from personae.jobs.train import load_job
 from personae.runs import RUN_FILE, read_run
 from personae.training.stopping import Stopped
-from train_helpers import prepared_subject, write_job
+from train_helpers import StepWatcher, prepared_subject, write_job
 
 QUICK = {"batch_size": 1, "resolution": 64, "verify_exports": False, "validation": {"steps": 1}}
 
@@ -97,6 +102,38 @@ def test_sample_and_save_now_give_an_image_and_a_checkpoint(tmp_path, tiny_model
     assert record.status == "finished" and [c.step for c in record.checkpoints] == [1, 3]
     with pytest.raises(ValueError, match="unknown command"):
         handle.send("explode")
+
+
+def test_a_stop_before_the_first_step_ends_the_run_without_a_checkpoint(tmp_path, tiny_model, prepared):
+    handle = start(load_job(_job(tmp_path, tiny_model, prepared, "run")))
+    handle.stop()
+    events = list(handle.events())
+    with pytest.raises(Stopped):
+        handle.result()
+    assert events[-1] == Finished(tmp_path / "run", 0, stopped=True)
+    assert not [e for e in events if isinstance(e, CheckpointSaved) or (isinstance(e, Progress) and e.stage == "train")]
+    record = read_run(tmp_path / "run")
+    assert record.status == "stopped" and record.checkpoints == [] and record.metrics.steps == 0
+
+
+def test_a_second_ctrl_c_stops_at_once_and_cleans_up(tmp_path, tiny_model, prepared):
+    """The CLI runs the job in a worker: the second Ctrl-C interrupts it there, so its cleanup still runs."""
+    from personae.outputs import read_marker
+
+    job = _job(tmp_path, tiny_model, prepared, "run", steps=100000, save_every=1)
+    proc = subprocess.Popen([sys.executable, "-m", "personae", "train", str(job)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    watcher = StepWatcher(proc)
+    watcher.wait(2)
+    proc.send_signal(signal.SIGINT)
+    time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    err = watcher.finish(timeout=120)
+    assert proc.returncode == 130 and "Traceback" not in err and "interrupted" in err, err[-2000:]
+    run = tmp_path / "run"
+    assert read_run(run).status == "stopped" and read_run(run).checkpoints
+    assert read_marker(run)["writing"] is False and not (tmp_path / ".run.personae-lock").exists()
+    assert not [p for p in run.rglob("*") if ".partial" in p.name]
 
 
 def _older_run(folder: Path) -> Path:

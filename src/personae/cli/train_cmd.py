@@ -53,8 +53,9 @@ def run(args) -> int:
         if handle is None:
             raise Stopped(signum)  # not started yet: nothing to save
         if handle.commands.signum is not None and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        handle.stop(signum)
+            handle.interrupt()  # asked twice: at once (KeyboardInterrupt in the run; the last checkpoint is kept)
+        else:
+            handle.stop(signum)
 
     previous = {}
     if threading.current_thread() is threading.main_thread():

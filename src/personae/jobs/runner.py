@@ -15,6 +15,7 @@ Events are queued for `events()`; `on_event`, when given, is also called with ea
 
 from __future__ import annotations
 
+import ctypes
 import queue
 import threading
 from collections.abc import Iterator
@@ -36,10 +37,9 @@ class JobHandle:
         self.steps = 0  # training steps done, from the progress events
         self._resume, self._overwrite, self._on_event = resume, overwrite, on_event
         self._queue: queue.Queue = queue.Queue()
-        self._done = threading.Event()
         self._result = None
         self._error: BaseException | None = None
-        # a daemon: a second Ctrl-C ends the process at once, as a kill would (the lock goes with the process)
+        # a daemon: should the process end while the worker still runs, it does not wait for it
         self._thread = threading.Thread(target=self._run, name=f"personae train {job.output}", daemon=True)
 
     # -- events out
@@ -66,7 +66,6 @@ class JobHandle:
             self._result = result
             self._emit(Finished(result.run, result.steps))
         finally:
-            self._done.set()
             self._queue.put(_END)
 
     def events(self, poll: float = 0.2) -> Iterator[Event]:
@@ -75,6 +74,8 @@ class JobHandle:
             try:
                 event = self._queue.get(timeout=poll)
             except queue.Empty:
+                if not self._thread.is_alive() and self._queue.empty():
+                    return  # ended without its last event (interrupted inside its own bookkeeping)
                 continue
             if event is _END:
                 self._queue.put(_END)  # a second reader ends too
@@ -95,20 +96,30 @@ class JobHandle:
     def save_now(self) -> None:
         self.send("save")
 
+    def interrupt(self) -> None:
+        """Stop at once, not at the step's end (a second Ctrl-C): KeyboardInterrupt is raised in the worker, as it
+        would be in a run in the main thread, so its cleanup runs (no half-written file, the folder unlocked)."""
+        ident = self._thread.ident
+        if ident is not None and not self.done:
+            ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(ident), ctypes.py_object(KeyboardInterrupt))
+
     # -- the end
     @property
     def done(self) -> bool:
-        return self._done.is_set()
+        return self._thread.ident is not None and not self._thread.is_alive()
 
     def wait(self, timeout: float | None = None) -> bool:
-        return self._done.wait(timeout)
+        self._thread.join(timeout)
+        return self.done
 
     def result(self, timeout: float | None = None):
         """The TrainResult once the job ends; a stopped job raises Stopped, a failed one its error."""
-        if not self._done.wait(timeout):
+        if not self.wait(timeout):
             raise TimeoutError(f"the training job {self.job.output} is still running")
         if self._error is not None:
             raise self._error
+        if self._result is None:
+            raise KeyboardInterrupt  # interrupted before it could record how it ended
         return self._result
 
 

@@ -202,11 +202,10 @@ def _train(job: TrainJob, run: Path, resume: bool, on_event: EventHandler, comma
                 ema.restore(params)
 
     def write_grid(step: int, grid) -> Path:
-        path = run / "validation" / f"step-{step:06d}.png"
-        with atomic_file(path) as tmp:
+        with atomic_file(run / "validation" / f"step-{step:06d}.png") as tmp:
             grid.save(tmp, format="PNG")
-        on_event(ImageReady(path, step))
-        return path
+        on_event(ImageReady(run / "validation" / f"step-{step:06d}.png", step))
+        return run / "validation" / f"step-{step:06d}.png"
 
     def sample(step: int) -> Path:
         """The validation samples now (the "sample" command)."""

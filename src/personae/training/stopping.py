@@ -71,26 +71,6 @@ class Commands:
             raise Stopped(self.signum)
 
 
-StopRequest = Commands  # the older name
-
-
-def _raise_stopped(signum, frame):
-    raise Stopped(signum)
-
-
-@contextmanager
-def sigterm_stops() -> Iterator[None]:
-    """Outside the training loop, SIGTERM unwinds like Ctrl-C (cleanup runs, locks are released) instead of killing."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = signal.signal(signal.SIGTERM, _raise_stopped)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
 @contextmanager
 def stop_at_step_end(request: Commands | None = None) -> Iterator[Commands]:
     """In the main thread, Ctrl-C and SIGTERM become a stop at the end of the step (a second Ctrl-C: at once)."""
