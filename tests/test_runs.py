@@ -170,6 +170,9 @@ def test_an_older_run_folder_reads_as_a_record_and_compare_plans_it(tmp_path, ti
     assert record.personae_version == "0.1.0" and record.libraries == {"python": "3.11.2", "torch": "2.13.0"}
     (tmp_path / "suite.yaml").write_text(yaml.safe_dump({"base_model": str(tiny_model[0]), "prompts": ["a {token}"],
                                                          "variants": [{"label": "old", "run": str(run)}]}))
+    from personae.world.bench import _exports  # the world bench loads what the record lists, too
+
+    assert _exports(run) == (str(run / "lora.safetensors"), [], None)
     rows = expand(load_suite(tmp_path / "suite.yaml"))
     assert [(r.label, r.step, r.loras) for r in rows] == [
         ("old step 2", 2, ((str(run / "checkpoints/step-000002/exports/lora.safetensors"), 1.0),)),

@@ -1,7 +1,8 @@
 """Typed progress events: how long-running work reports to the CLI, the web UI and tests.
 
 The core never prints or draws bars; it calls an `on_event` callback with these, and the
-adapters render them (tqdm in the CLI).
+adapters render them (tqdm in the CLI). A training job (jobs/runner.py) also reports the images
+and checkpoints it writes and how it ended (Finished, Failed); a handler ignores what it does not know.
 """
 
 from __future__ import annotations
