@@ -40,18 +40,16 @@ def add_parser(sub) -> None:
 
 def run(args) -> int:
     from personae.cli.progress import TerminalProgress
-    from personae.jobs.runner import start
+    from personae.jobs.runner import JobHandle
     from personae.jobs.train import load_job
     from personae.training.stopping import NAMES, Stopped
 
     job = load_job(args.job, args.set)
     progress = TerminalProgress(quiet=args.quiet)
-    handle = None
+    handle = JobHandle(job, resume=args.resume, overwrite=args.overwrite)
 
     def on_signal(signum, frame):
         """Ctrl-C / SIGTERM send "stop" (a checkpoint at the step's end); a second Ctrl-C stops at once."""
-        if handle is None:
-            raise Stopped(signum)  # not started yet: nothing to save
         if handle.commands.signum is not None and signum == signal.SIGINT:
             handle.interrupt()  # asked twice: at once (KeyboardInterrupt in the run; the last checkpoint is kept)
         else:
@@ -61,7 +59,7 @@ def run(args) -> int:
     if threading.current_thread() is threading.main_thread():
         previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
-        handle = start(job, resume=args.resume, overwrite=args.overwrite)
+        handle.start()  # a signal before this is a stop the job sees before its first stage
         for event in handle.events():
             progress(event)
         result = handle.result()

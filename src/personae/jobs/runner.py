@@ -42,6 +42,10 @@ class JobHandle:
         # a daemon: should the process end while the worker still runs, it does not wait for it
         self._thread = threading.Thread(target=self._run, name=f"personae train {job.output}", daemon=True)
 
+    def start(self) -> JobHandle:
+        self._thread.start()
+        return self
+
     # -- events out
     def _emit(self, event: Event) -> None:
         if isinstance(event, Progress) and event.stage == "train":
@@ -126,6 +130,4 @@ class JobHandle:
 def start(job: TrainJob, resume: bool = False, overwrite: bool = False,
           on_event: EventHandler | None = None) -> JobHandle:
     """Start `job` in a worker thread and return its handle."""
-    handle = JobHandle(job, resume, overwrite, on_event)
-    handle._thread.start()
-    return handle
+    return JobHandle(job, resume, overwrite, on_event).start()
