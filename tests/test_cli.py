@@ -114,7 +114,8 @@ def test_demo_runs_offline_and_writes_an_index(tmp_path):
     # word draws the star where the untaught one never does, on backgrounds it never saw
     bench_out = tmp_path / "demo/world-bench"
     for name in ("table.md", "table.csv", "results.json", "report.html", "grids/base-star.png",
-                 "grids/dreambooth-star-s0.png", "runs/dreambooth-star-s0/model/model_index.json",
+                 "grids/dreambooth-star-s0.png", "runs/dreambooth-star-s0/run.json",
+                 "runs/dreambooth-star-s0/model/model_index.json",
                  "data/dreambooth-star-s0/00.png"):
         assert (bench_out / name).is_file(), name
     bench = json.loads((bench_out / "results.json").read_text())

@@ -33,6 +33,7 @@ from train_helpers import StepWatcher, prepared_subject, write_job
 from personae.cli.main import main
 from personae.errors import UserError
 from personae.jobs.train import load_job, run_training
+from personae.runs import read_run
 from personae.training import checkpoint as ckpt
 
 pytestmark = pytest.mark.slow  # models, training or CLI subprocesses: the full tier only
@@ -83,7 +84,7 @@ def test_a_run_folder_is_locked_while_trained_and_free_after_kill_9(tmp_path, ti
         watcher.finish()
     found = ckpt.list_checkpoints(run)[-1][0]
     result = run_training(load_job(job, [f"train.steps={found + 1}", "train.save_every=1000"]), resume=True)
-    assert result.steps == found + 1 and len(result.losses) == found + 1 and (run / "exports.json").is_file()
+    assert result.steps == found + 1 and len(result.losses) == found + 1 and read_run(run).status == "finished"
     assert not (tmp_path / ".run.personae-lock").exists()
 
 
@@ -191,7 +192,9 @@ def test_a_full_disk_is_explained_and_the_last_checkpoint_survives(where, target
     assert "disk is full" in err and "step 4" in err and "step 2" in err and "--resume" in err and "Traceback" not in err
     assert [s for s, _ in ckpt.list_checkpoints(run)] == [2] and _leftovers(run) == []
     weights, state = ckpt.load_checkpoint(ckpt.checkpoint_dir(run, 2))
-    assert state["step"] == 2 and weights and not (run / "exports.json").exists()
+    record = read_run(run)
+    assert state["step"] == 2 and weights and record.status == "failed" and "disk is full" in record.error
+    assert record.exports == [] and [c.step for c in record.checkpoints] == [2]
     monkeypatch.undo()  # space freed: the run continues from step 2
     assert main(["train", str(job), "--resume", "--quiet"]) == 0
     assert [s for s, _ in ckpt.list_checkpoints(run)][-1] == 4 and (run / "lora.safetensors").is_file()

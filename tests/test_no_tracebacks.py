@@ -544,6 +544,11 @@ def test_a_damaged_run_record_in_a_suite_is_one_paragraph(tiny_model, tmp_path, 
                                                              "variants": [{"label": "r", "run": str(tmp_path / "run")}]}))
         code, err = cli(capsys, "compare", tmp_path / "suite.yaml", "--out", tmp_path / "cmp")
         refused(code, err, "r")
+    (tmp_path / "run" / "exports.json").unlink()
+    for record in ("{not json", "[]", '{"version": 1, "status": 3}', '{"version": 99}', '{"version": 1, "extra": 1}'):
+        (tmp_path / "run" / "run.json").write_text(record)
+        code, err = cli(capsys, "compare", tmp_path / "suite.yaml", "--out", tmp_path / "cmp")
+        refused(code, err, "r", "run.json")
 
 
 def test_a_missing_file_of_personae_itself_is_a_bug_not_the_users(monkeypatch, tmp_path, capsys):

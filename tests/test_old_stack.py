@@ -93,7 +93,7 @@ def _render(python: str, cases: list[dict], out: Path) -> tuple[dict[str, np.nda
 def test_every_export_renders_the_same_in_the_old_stack(exports, tiny_model, old_python):
     root, runs = exports
     for name in ("lora", "textual_inversion"):
-        assert (runs[name] / "exports.json").is_file()
+        assert (runs[name] / "run.json").is_file()
     from personae.world.model import write_world_model
 
     cases = _cases(tiny_model[0], runs, write_world_model(root / "world"))

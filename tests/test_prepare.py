@@ -270,3 +270,33 @@ def test_captioner_hub_id_offline_and_bad_inputs_are_clear(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(UserError, match="no image files"):
         prepare_dataset(tmp_path / "empty", tmp_path / "out", PrepareSettings())
+
+
+def test_manifest_lines_carry_a_version_and_a_damaged_line_is_named(tmp_path):
+    from personae.data.dataset import examples_from_prepared
+    from personae.data.prepare import MANIFEST_VERSION, load_manifest
+
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(3):
+        _shape_image(i).save(src / f"{i}.png")
+    out = tmp_path / "set"
+    prepare_dataset(src, out, PrepareSettings(resolution=64))
+    path = out / "manifest.jsonl"
+    lines = path.read_text().splitlines()
+    assert [json.loads(line)["version"] for line in lines] == [MANIFEST_VERSION] * 3
+    # a manifest written before the version field reads the same
+    older = [json.loads(line) for line in lines]
+    for entry in older:
+        del entry["version"]
+    path.write_text("".join(json.dumps(e) + "\n" for e in older))
+    assert [e.caption for e in load_manifest(out)] == [json.loads(line)["caption"] for line in lines]
+    for damaged, why in [('{"source": "0.png", "ima', "not a JSON object"), ('[1, 2]', "not a JSON object"),
+                         ('{"source": "x.png"}', "not a manifest entry"),
+                         (json.dumps({**older[1], "version": MANIFEST_VERSION + 1}), "is newer")]:
+        path.write_text("\n".join([lines[0], damaged, lines[2]]) + "\n")
+        with pytest.raises(UserError) as err:
+            examples_from_prepared(out)
+        assert f"{path}, line 2:" in str(err.value) and why in str(err.value) and "prepare" in str(err.value)
+    again = prepare_dataset(src, out, PrepareSettings(resolution=64))  # a re-run rebuilds the damaged set
+    assert again.reused == 0 and len(load_manifest(out)) == 3

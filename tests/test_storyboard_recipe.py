@@ -36,7 +36,7 @@ def test_shot_token_recipe(tmp_path, tiny_model):
     for name in ["lora.safetensors", "embeddings/cu_trg.safetensors", "embeddings/ms_trg.safetensors",
                  "embeddings/fs_trg.safetensors"]:
         assert (run / name).is_file(), name
-    assert all(c["max_abs_diff"] <= 1e-4 for c in json.loads((run / "exports.json").read_text())["checks"])
+    assert all(c["max_abs_diff"] <= 1e-4 for c in json.loads((run / "run.json").read_text())["checks"])
     personae("storyboard", "examples/storyboard/scenes.yaml", "--out", "board", "--quiet", cwd=tmp_path)
     record = json.loads((tmp_path / "board/storyboard.json").read_text())
     prompts = {p["number"]: p["prompt"] for p in record["panels"]}

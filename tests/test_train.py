@@ -21,6 +21,7 @@ from personae.config.train import TrainJob
 from personae.errors import UserError
 from personae.jobs.train import load_job, run_training
 from personae.models.resolve import load_pipeline, resolve_model
+from personae.runs import read_run
 from personae.training.verify import render
 
 pytestmark = pytest.mark.slow  # models, training or CLI subprocesses: the full tier only
@@ -46,7 +47,7 @@ def test_the_issue_example_job_works_as_written(tmp_path, tiny_model, prepared):
     run = tmp_path / "runs/demo"
     assert result.steps == 6 and len(result.losses) == 6
     for name in ["lora.safetensors", "lora_diffusers/pytorch_lora_weights.safetensors", "config.yaml",
-                 "versions.json", "loss.png", "losses.csv", "exports.json", "validation/step-000006.png"]:
+                 "run.json", "loss.png", "losses.csv", "validation/step-000006.png"]:
         assert (run / name).is_file(), name
     assert yaml.safe_load((run / "config.yaml").read_text())["train"]["steps"] == 6
     with safe_open(str(run / "lora.safetensors"), "pt") as fh:
@@ -146,7 +147,7 @@ def test_resume_after_sigkill_is_bit_identical(tmp_path, tiny_model, prepared):
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    assert not (tmp_path / "broken/exports.json").exists()
+    assert read_run(tmp_path / "broken").status == "running"  # killed: nothing could say otherwise
     r = subprocess.run(_train_cmd(broken, "--resume"), env=_subprocess_env(), capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     a = load_file(str(tmp_path / "whole/checkpoints/step-000040/trainable.safetensors"))

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
+import threading
 
 EXAMPLES = """examples:
   personae train job.yaml
@@ -38,21 +40,38 @@ def add_parser(sub) -> None:
 
 def run(args) -> int:
     from personae.cli.progress import TerminalProgress
-    from personae.jobs.train import load_job, run_training
-    from personae.training.stopping import NAMES, Stopped, sigterm_stops
+    from personae.jobs.runner import JobHandle
+    from personae.jobs.train import load_job
+    from personae.training.stopping import NAMES, Stopped
 
     job = load_job(args.job, args.set)
     progress = TerminalProgress(quiet=args.quiet)
+    handle = JobHandle(job, resume=args.resume, overwrite=args.overwrite)
+
+    def on_signal(signum, frame):
+        """Ctrl-C / SIGTERM send "stop" (a checkpoint at the step's end); a second Ctrl-C stops at once."""
+        if handle.commands.signum is not None and signum == signal.SIGINT:
+            handle.interrupt()  # asked twice: at once (KeyboardInterrupt in the run; the last checkpoint is kept)
+        else:
+            handle.stop(signum)
+
+    previous = {}
+    if threading.current_thread() is threading.main_thread():
+        previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
-        with sigterm_stops():  # SIGTERM (kill, schedulers) stops like Ctrl-C: checkpoint, lock released
-            result = run_training(job, resume=args.resume, overwrite=args.overwrite, on_event=progress)
+        handle.start()  # a signal before this is a stop the job sees before its first stage
+        for event in handle.events():
+            progress(event)
+        result = handle.result()
     except Stopped as stop:
         progress.close()
-        print(f"stopped by {NAMES.get(stop.signum, 'a signal')}; continue with: personae train {args.job} --resume",
-              file=sys.stderr)
-        return 128 + stop.signum
+        how = NAMES.get(stop.signum, "a signal") if stop.signum is not None else "a stop command"
+        print(f"stopped by {how}; continue with: personae train {args.job} --resume", file=sys.stderr)
+        return 128 + (stop.signum or signal.SIGINT)
     finally:
         progress.close()
+        for s, h in previous.items():
+            signal.signal(s, h)
     if result.exports:
         print(f"trained {job.method} for {result.steps} steps; files in {result.run}:")
         for f in result.exports:

@@ -1,7 +1,9 @@
 """`personae prepare SRC OUT`: a folder of photos or drawings becomes a training set.
 
 OUT holds, for every usable image, `images/<name>.png` and `images/<name>.txt` (its
-caption), plus `manifest.jsonl` (one JSON object per image: the trainer's input),
+caption), plus `manifest.jsonl` (one JSON object per image: the trainer's input; each line
+carries the manifest's `version`, lines without one are version 1; a damaged line is an error
+that names the file and the line),
 `report.md` (counts, every rejected file with its reason, near-duplicates, faces not
 found) and `contact_sheet.png`. SRC is only read, and may not overlap OUT. Each output's name
 is its source's path made safe plus a short hash of that exact path, so no two sources share
@@ -36,6 +38,7 @@ from personae.outputs import Kind, absolute, check_output, staged_output
 from personae.staging import atomic_file, write_text
 
 MANIFEST = "manifest.jsonl"
+MANIFEST_VERSION = 1  # in every line; a change of shape adds a migration in _entry
 PREPARED_SET = Kind("prepare", "a prepared training set", "personae prepare", signature=(MANIFEST, "report.md"),
                     layout=("images/*.png", "images/*.txt", MANIFEST, "report.md", "contact_sheet.png"))
 
@@ -60,6 +63,7 @@ class Entry:
     settings_hash: str
     source_size: int
     source_mtime_ns: int
+    version: int = MANIFEST_VERSION  # the manifest format (lines written before it existed are version 1)
 
 
 @dataclass
@@ -82,17 +86,41 @@ def _output_name(relative: Path) -> str:
     return f"{readable}-{hashlib.sha256(relative.as_posix().encode('utf-8')).hexdigest()[:8]}"
 
 
+def _entry(path: Path, number: int, line: str) -> Entry:
+    """One manifest line; a damaged or newer one is a UserError naming the file and the line."""
+    fix = "Run `personae prepare` again on the source folder to rebuild the set."
+    try:
+        data = json.loads(line)
+    except ValueError as exc:
+        raise UserError(f"{path}, line {number}: not a JSON object ({exc.msg}).", fix) from None
+    if not isinstance(data, dict):
+        raise UserError(f"{path}, line {number}: not a JSON object.", fix)
+    version = data.get("version", 1)
+    if isinstance(version, int) and version > MANIFEST_VERSION:
+        raise UserError(f"{path}, line {number}: manifest version {version} is newer than this personae reads "
+                        f"({MANIFEST_VERSION}).", "Update personae, or prepare the set again with this version.")
+    try:
+        entry = Entry(**data)
+    except TypeError as exc:  # a field missing or unknown
+        raise UserError(f"{path}, line {number}: not a manifest entry ({exc}).", fix) from None
+    if not isinstance(entry.image, str) or not isinstance(entry.caption, str):
+        raise UserError(f"{path}, line {number}: `image` and `caption` must be text.", fix)
+    return entry
+
+
 def _read_manifest(out: Path) -> dict[str, Entry]:
     path = out / MANIFEST
     if not path.is_file():
         return {}
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise UserError(f"{path} is not UTF-8 text.", "Run `personae prepare` again to rebuild the set.") from None
     entries = {}
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            entry = Entry(**json.loads(line))
-        except (TypeError, ValueError):
-            return {}  # an older or damaged manifest: rebuild everything
-        entries[entry.source] = entry
+    for number, line in enumerate(text.splitlines(), start=1):
+        if line.strip():
+            entry = _entry(path, number, line)
+            entries[entry.source] = entry
     return entries
 
 
@@ -127,7 +155,12 @@ def prepare_dataset(src: str | Path, out: str | Path, settings: PrepareSettings,
     files = find_images(src)
     if not files:
         raise UserError(f"{src} holds no image files (looked for jpg, jpeg, png, webp, bmp, tiff, gif, recursively).")
-    previous = _read_manifest(out) if check_output(out, PREPARED_SET).state == "ours" else {}
+    previous = {}
+    if check_output(out, PREPARED_SET).state == "ours":
+        try:
+            previous = _read_manifest(out)
+        except UserError as exc:  # nothing of it is reused: every image is prepared again
+            on_event(Message(f"{exc.what} Rebuilding the whole set.", "warning"))
     captioner = load_captioner(settings.captioner)
     with staged_output(out, PREPARED_SET) as work:
         result = _prepare(src, files, out, work, previous, settings, captioner, on_event)

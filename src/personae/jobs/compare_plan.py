@@ -1,15 +1,14 @@
 """From a suite file to the rows of a comparison: run folders expanded, sweeps multiplied out.
 
 A run folder (`personae train` output) becomes one row per kept checkpoint plus its final
-export, using the files listed in its exports.json (a kohya LoRA, an A1111 embedding, or a
-DreamBooth model folder). A sweep turns each row into every combination of the swept values
+export, using the files its run record lists (runs.read_run: a kohya LoRA, an A1111 embedding,
+or a DreamBooth model folder). A sweep turns each row into every combination of the swept values
 (LoRA weight only multiplies rows that have a LoRA).
 """
 
 from __future__ import annotations
 
 import itertools
-import json
 import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -17,7 +16,7 @@ from pathlib import Path
 from personae.config.base import load_yaml, parse_settings
 from personae.config.compare import CompareSuite, Variant
 from personae.errors import UserError
-from personae.training import checkpoint as ckpt
+from personae.runs import checkpoint_dir, read_run
 
 
 @dataclass(frozen=True)
@@ -65,27 +64,23 @@ def load_suite(path: str | Path, overrides: dict | None = None) -> CompareSuite:
 
 def _run_rows(v: Variant, base_model: str) -> list[Row]:
     run = Path(v.run).expanduser()
-    record = run / "exports.json"
-    if not record.is_file():
-        raise UserError(f'Variant "{v.label}": {run} is not a finished training run (no exports.json).',
-                        "Point `run:` at a `personae train` output folder, or use `lora:` / `embedding:` for a file.")
     try:
-        files = json.loads(record.read_text(encoding="utf-8"))["files"]
-        files = [f for f in files if isinstance(f.get("path"), str)]
-    except (ValueError, KeyError, TypeError, AttributeError):
-        raise UserError(f'Variant "{v.label}": {record} is damaged (not the exports list personae writes).',
-                        "Train the run again, or point `lora:` / `embedding:` at its files.") from None
+        record = read_run(run)
+    except UserError as exc:
+        raise UserError(f'Variant "{v.label}": {exc.what}', exc.fix) from None
+    if record.status != "finished":
+        raise UserError(f'Variant "{v.label}": {run} is not a finished training run (it is {record.status}).',
+                        "Finish it with `personae train JOB.yaml --resume`, or use `lora:` / `embedding:` for a file.")
     kinds = {}
-    for f in files:  # the file each loader reads: kohya LoRA, A1111 embedding, diffusers model folder
-        if f.get("loader") == "lora" and f.get("format") == "kohya":
-            kinds.setdefault("lora", f["path"])
-        elif f.get("loader") == "embedding" and f.get("format") == "a1111":
-            token = f.get("token")
-            kinds.setdefault("embeddings", []).append((f["path"], token if isinstance(token, str) else None))
-        elif f.get("loader") == "folder":
-            kinds.setdefault("model", f["path"])
+    for f in record.exports:  # the file each loader reads: kohya LoRA, A1111 embedding, diffusers model folder
+        if f.loader == "lora" and f.format == "kohya":
+            kinds.setdefault("lora", f.path)
+        elif f.loader == "embedding" and f.format == "a1111":
+            kinds.setdefault("embeddings", []).append((f.path, f.token))
+        elif f.loader == "folder":
+            kinds.setdefault("model", f.path)
     if not kinds:
-        raise UserError(f'Variant "{v.label}": {record} lists no LoRA, embedding or model to compare.')
+        raise UserError(f'Variant "{v.label}": the run record of {run} lists no LoRA, embedding or model to compare.')
 
     def row(root: Path, label: str, step: int | None) -> Row | None:
         paths = [root / p for p in [kinds.get("lora"), kinds.get("model")] if p] + [root / p for p, _ in kinds.get("embeddings", [])]
@@ -97,13 +92,13 @@ def _run_rows(v: Variant, base_model: str) -> list[Row]:
         return Row(label, model, loras, embeddings, v.token, v.steps, v.cfg, v.sampler, str(run), step,
                    {"run": run.name, "step": step if step is not None else "final"})
 
-    steps = dict(ckpt.list_checkpoints(run))
+    steps = {c.step: c.path for c in record.checkpoints}
     wanted = v.checkpoints if v.checkpoints is not None else sorted(steps)
     missing = [s for s in wanted if s not in steps]
     if missing:
         raise UserError(f'Variant "{v.label}": {run} has no checkpoint at step(s) {missing}; it keeps {sorted(steps)}.',
                         "List kept steps under `checkpoints:`, or leave it out to use them all.")
-    rows = [row(ckpt.checkpoint_dir(run, s) / "exports", f"{v.label} step {s}", s) for s in wanted]
+    rows = [row(checkpoint_dir(run, s) / "exports", f"{v.label} step {s}", s) for s in wanted]
     return [r for r in rows if r] + [row(run, f"{v.label} final", None)]
 
 

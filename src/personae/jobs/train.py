@@ -1,8 +1,10 @@
 """`personae train JOB.yaml`: a run folder per job, then the training loop.
 
-<output>/ holds config.yaml (the resolved job), versions.json, checkpoints/,
-validation/, loss.png, losses.csv, logs/ (TensorBoard, when installed), exports.json
-and the final exported files, and the marker every personae output has (outputs.py).
+<output>/ holds run.json (the run record: settings, status, versions, exports, checkpoints,
+metrics; runs.py), config.yaml (the resolved job, to read or run again), checkpoints/,
+validation/, loss.png, losses.csv, logs/ (TensorBoard, when installed) and the final exported
+files, and the marker every personae output has (outputs.py). Runs made before run.json have
+versions.json and exports.json instead; they are read, resumed and compared as they are.
 The folder is locked while a process trains into it. It must be new, empty or a run
 folder: anything else (a folder of the user's, the project folder, the training data,
 the base model) is refused before anything is written, with --overwrite or without;
@@ -11,10 +13,7 @@ the base model) is refused before anything is written, with --overwrite or witho
 
 from __future__ import annotations
 
-import json
 import os
-import platform
-from importlib import metadata
 from pathlib import Path
 
 import yaml
@@ -24,14 +23,13 @@ from personae.config.train import TrainJob
 from personae.errors import UserError
 from personae.events import EventHandler, ignore
 from personae.outputs import Kind, absolute, check_output, open_output
+from personae.runs import RUN_FILE, is_run, read_run
 from personae.staging import write_text
-from personae.training import checkpoint as ckpt
 from personae.training.setup import preflight
 
-PACKAGES = ["personae", "torch", "diffusers", "transformers", "peft", "accelerate", "safetensors"]
-TRAINING_RUN = Kind(
+TRAINING_RUN = Kind(  # the signature recognises runs from before output markers (they had versions.json)
     "train", "a training run", "personae train", signature=("config.yaml", "versions.json"),
-    layout=("config.yaml", "versions.json", "exports.json", "loss.png", "losses.csv", "checkpoints/step-*",
+    layout=(RUN_FILE, "config.yaml", "versions.json", "exports.json", "loss.png", "losses.csv", "checkpoints/step-*",
             "validation/step-*.png", "logs/*", "cache/*", "class_images/class_*.png", "prepared/*",
             "lora.safetensors", "lora_diffusers/*", "embeddings/*", "model/*", "model.safetensors"),
     hint="Pass --resume to continue it, --overwrite to start again, or set another output.")
@@ -53,38 +51,39 @@ def load_job(path: str | Path, overrides: list[str] = ()) -> TrainJob:
     return job.model_copy(update=updates)
 
 
-def versions() -> dict[str, str]:
-    out = {"python": platform.python_version()}
-    for name in PACKAGES:
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            pass
-    return out
-
-
-def run_training(job: TrainJob, resume: bool = False, overwrite: bool = False, on_event: EventHandler = ignore):
+def run_training(job: TrainJob, resume: bool = False, overwrite: bool = False, on_event: EventHandler = ignore,
+                 commands=None):
+    """Check, lock and train; `commands` (training.stopping.Commands) stop, sample or save at a step's end."""
     from personae.training.loop import train
 
     run = Path(job.output)
     state = _distributed_state(job)
     if state is not None and not state.is_main_process:  # one process sets the folder up, the others wait
         state.wait_for_everyone()
-        return train(job, run, resume=resume, on_event=ignore)
+        return train(job, run, resume=resume, on_event=ignore, commands=commands)
     # 1. nothing is written before every check passed: the folder, the paths, the settings
     _refuse_overlaps(job, run)
     check_output(run, TRAINING_RUN)  # a folder of the user's or another command's output is refused
     preflight(job)
-    has_run = run.is_dir() and (ckpt.list_checkpoints(run) or (run / "exports.json").exists())
-    if has_run and not (resume or overwrite):
+    if _holds_run(run) and not (resume or overwrite):
         raise UserError(f"The run folder {run} already holds a run.", TRAINING_RUN.hint)
     # 2. locked while training; --overwrite removes what earlier runs wrote, nothing else
     with open_output(run, TRAINING_RUN, clear=overwrite):
         write_text(run / "config.yaml", yaml.safe_dump(job.model_dump(), sort_keys=False, allow_unicode=True))
-        write_text(run / "versions.json", json.dumps(versions(), indent=1))
         if state is not None:
             state.wait_for_everyone()
-        return train(job, run, resume=resume, on_event=on_event)
+        return train(job, run, resume=resume, on_event=on_event, commands=commands)
+
+
+def _holds_run(run: Path) -> bool:
+    """Is there a run to resume or replace: a checkpoint, or finished exports (a damaged record counts too)?"""
+    if not is_run(run):
+        return False
+    try:
+        record = read_run(run)
+    except UserError:
+        return True
+    return bool(record.checkpoints) or record.status == "finished"
 
 
 def _refuse_overlaps(job: TrainJob, run: Path) -> None:

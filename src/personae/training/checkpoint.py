@@ -11,32 +11,14 @@ so a full disk or a kill leaves no torn file; `save_checkpoint` removes a folder
 
 from __future__ import annotations
 
-import re
 import shutil
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 
+from personae.runs import checkpoint_dir, list_checkpoints  # noqa: F401  (the run folder's layout lives there)
 from personae.staging import atomic_file
-
-_NAME = re.compile(r"^step-(\d{6,})$")
-
-
-def checkpoint_dir(run: Path, step: int) -> Path:
-    return run / "checkpoints" / f"step-{step:06d}"
-
-
-def list_checkpoints(run: Path) -> list[tuple[int, Path]]:
-    """Complete checkpoints, oldest first."""
-    root = run / "checkpoints"
-    found = []
-    if root.is_dir():
-        for p in root.iterdir():
-            m = _NAME.match(p.name)
-            if m and (p / "state.pt").is_file():
-                found.append((int(m.group(1)), p))
-    return sorted(found)
 
 
 def save_checkpoint(folder: Path, trainable: dict[str, torch.Tensor], state: dict) -> Path:

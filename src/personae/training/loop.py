@@ -9,7 +9,6 @@ compute what 1 process x batch 2 does, and a resumed run continues exactly.
 from __future__ import annotations
 
 import csv
-import json
 import math
 import random
 import signal
@@ -25,24 +24,17 @@ from diffusers.training_utils import EMAModel, compute_snr
 from personae.config.train import TrainJob
 from personae.data.dataset import BatchPlan, noisy_caption
 from personae.errors import UserError
-from personae.events import EventHandler, Message, Progress, ignore
+from personae.events import CheckpointSaved, EventHandler, ImageReady, Message, Progress, ignore
 from personae.media.plot import loss_curve
 from personae.methods import method_class
 from personae.methods.base import ExportFile
 from personae.models.resolve import load_pipeline, resolve_model
-from personae.staging import atomic_file, disk_full, is_disk_full, write_text
+from personae.runs import CheckRecord, ExportRecord, RunLog, is_run, read_run
+from personae.staging import atomic_file, disk_full, is_disk_full
 from personae.training import checkpoint as ckpt
-from personae.training.setup import (
-    LatentCache,
-    class_examples,
-    load_examples,
-    make_accelerator,
-    make_optimizer,
-    preflight,
-    sample_latents,
-    seeded,
-)
-from personae.training.stopping import NAMES, Stopped, stop_at_step_end
+from personae.training.setup import (LatentCache, class_examples, load_examples, make_accelerator, make_optimizer,
+                                     preflight, sample_latents, seeded)
+from personae.training.stopping import NAMES, Commands, Stopped, stop_at_step_end
 from personae.training.validation import validation_grid
 from personae.training.verify import Check, verify_exports
 
@@ -64,15 +56,41 @@ def encode_text(pipe, text_encoder, captions: list[str]) -> torch.Tensor:
     return text_encoder(ids.to(pipe.text_encoder.device))[0]
 
 
-def train(job: TrainJob, run: Path, resume: bool = False, on_event: EventHandler = ignore) -> TrainResult:
+def train(job: TrainJob, run: Path, resume: bool = False, on_event: EventHandler = ignore,
+          commands: Commands | None = None) -> TrainResult:
+    """Train `job` into the run folder `run`; `commands` (stop, sample, save) are acted on at the end of a step.
+
+    The run record (run.json) says "running" from the start, then "finished", "stopped" or "failed"."""
+    log = RunLog(run)
+    try:
+        return _train(job, run, resume, on_event, commands if commands is not None else Commands(), log)
+    except KeyboardInterrupt:  # Stopped included: a checkpoint to resume from (or the last one) is kept
+        log.end("stopped")
+        raise
+    except BaseException as exc:
+        log.end("failed", f"{type(exc).__name__}: {exc}")
+        raise
+
+
+def _train(job: TrainJob, run: Path, resume: bool, on_event: EventHandler, commands: Commands,
+           log: RunLog) -> TrainResult:
     t = job.train
     # 1. check inputs; processes, devices, precision
     preflight(job)
     accelerator = make_accelerator(job)
     world, rank, main = accelerator.num_processes, accelerator.process_index, accelerator.is_main_process
+    previous = read_run(run) if is_run(run) else None  # read before this run's record replaces it
+    if main:
+        log.start(job.model_dump())
+
+    def check():  # a stop asked for before the loop ends the run between stages (one process: no peers to wait)
+        if world == 1:
+            commands.check()
+
     # 2. the base model
     source = resolve_model(job.base_model, allow_pickle=job.allow_pickle)
     pipe = load_pipeline(source).to(accelerator.device)
+    check()
     pipe.set_progress_bar_config(disable=True)
     base_scheduler = dict(pipe.scheduler.config)
     noise_scheduler = DDPMScheduler.from_config(base_scheduler)
@@ -86,6 +104,7 @@ def train(job: TrainJob, run: Path, resume: bool = False, on_event: EventHandler
     total = t.steps or t.epochs * plan.steps_per_epoch
     prompts = t.validation.prompts or [examples[0].caption]
     baseline = validation_grid(pipe, source, base_scheduler, prompts, t.validation, "base model") if main else None
+    check()
     # 4. the method decides what trains
     method = method_class(job.method)(job)
     torch.manual_seed(t.seed)  # new weights (LoRA matrices) start from the job's seed, not the process's
@@ -106,9 +125,9 @@ def train(job: TrainJob, run: Path, resume: bool = False, on_event: EventHandler
     ema = EMAModel(params, decay=t.ema_decay) if t.ema else None
     # 6. resume: weights, optimizer, schedule, EMA, losses; the rest follows from the step
     start, losses = 0, []
-    found = ckpt.list_checkpoints(run)
+    found = previous.checkpoints if previous else []
     if resume and found:
-        step0, folder = found[-1]
+        step0, folder = found[-1].step, run / found[-1].path
         weights, state = ckpt.load_checkpoint(folder)
         method.load_trainable_state(pipe, weights)
         optimizer.load_state_dict(state["optimizer"])
@@ -124,6 +143,8 @@ def train(job: TrainJob, run: Path, resume: bool = False, on_event: EventHandler
     prior_latents = LatentCache(pipe.vae, priors, False, t.cache_latents, None) if priors else None
     text_cache: dict[str, torch.Tensor] = {}
     scaling = float(pipe.vae.config.scaling_factor)
+    log.update(metrics={"steps": start, "total_steps": total, "final_loss": losses[-1] if losses else None})
+    check()
 
     def text_embeddings(captions):
         if method.text_encoder_changes:
@@ -169,23 +190,42 @@ def train(job: TrainJob, run: Path, resume: bool = False, on_event: EventHandler
             per_example = per_example * weight
         return per_example.mean()
 
-    def save(step: int, final: bool = False) -> tuple[list[ExportFile], list[Check]]:
-        """Checkpoint (not for the final step alone), exports, checks, validation grid, loss curve."""
-        folder = ckpt.checkpoint_dir(run, step)
-        out = run if final else folder / "exports"
+    def with_ema(work):
+        """`work()` with the EMA weights in place of the trained ones (what is exported and sampled)."""
         if ema:
             ema.store(params)
             ema.copy_to(params)
         try:
+            return work()
+        finally:
+            if ema:
+                ema.restore(params)
+
+    def write_grid(step: int, grid) -> Path:
+        with atomic_file(run / "validation" / f"step-{step:06d}.png") as tmp:
+            grid.save(tmp, format="PNG")
+        on_event(ImageReady(run / "validation" / f"step-{step:06d}.png", step))
+        return run / "validation" / f"step-{step:06d}.png"
+
+    def sample(step: int) -> Path:
+        """The validation samples now (the "sample" command)."""
+        return write_grid(step, with_ema(lambda: validation_grid(pipe, source, base_scheduler, prompts, t.validation,
+                                                                 f"step {step}", baseline)))
+
+    def save(step: int, final: bool = False) -> tuple[list[ExportFile], list[Check]]:
+        """Checkpoint, exports, checks, validation grid, loss curve."""
+        folder = ckpt.checkpoint_dir(run, step)
+        out = run if final else folder / "exports"
+
+        def export():
             meta = {"steps": str(step), "base_model": job.base_model, "method": job.method}
             files = method.export(pipe, out, meta)
             checks = verify_exports(pipe, files, source, prompts[0]) if t.verify_exports else []
             grid = validation_grid(pipe, source, base_scheduler, prompts, t.validation, f"step {step}", baseline)
-        finally:
-            if ema:
-                ema.restore(params)
-        with atomic_file(run / "validation" / f"step-{step:06d}.png") as tmp:
-            grid.save(tmp, format="PNG")
+            return files, checks, grid
+
+        files, checks, grid = with_ema(export)
+        write_grid(step, grid)
         ckpt.save_checkpoint(folder, method.trainable_state(pipe), {
             "step": step, "optimizer": optimizer.state_dict(), "lr_schedule": lr_schedule.state_dict(),
             "ema": ema.state_dict() if ema else None, "losses": losses})
@@ -198,6 +238,13 @@ def train(job: TrainJob, run: Path, resume: bool = False, on_event: EventHandler
             raise UserError(f"An exported file does not reproduce the trained model: {bad[0].files} differ by "
                             f"{bad[0].max_abs_diff:.2e} (tolerance 1e-4). The run is stopped; the checkpoint at "
                             f"{folder} is kept.", "Report this as a bug, with the job file.")
+        done = {"metrics": {"steps": step, "final_loss": losses[-1] if losses else None}}
+        if final:
+            done.update(status="finished", error=None, checks=[CheckRecord(**vars(c)) for c in checks],
+                        exports=[ExportRecord(path=f.path.relative_to(run).as_posix(), format=f.format,
+                                              loader=f.loader, token=f.token) for f in files])
+        log.update(**done)
+        on_event(CheckpointSaved(step, folder))
         return files, checks
 
     def checkpoint(step: int, final: bool = False):
@@ -218,7 +265,7 @@ def train(job: TrainJob, run: Path, resume: bool = False, on_event: EventHandler
     writer = _tensorboard(run) if main else None
     unet.train()
     step = start
-    with stop_at_step_end() as stop:
+    with stop_at_step_end(commands) as stop:
         for step in range(start, total):
             ids = plan.batch_for_step(step)
             z, noise, steps_, captions = draw(step, ids, latents, 0, caption_of)
@@ -258,10 +305,16 @@ def train(job: TrainJob, run: Path, resume: bool = False, on_event: EventHandler
                 writer.add_scalar("lr", lr_schedule.get_last_lr()[0], step + 1)
             on_event(Progress("train", step + 1, total, {"loss": f"{step_loss:.4f}"}))
             saved = bool(t.save_every and (step + 1) % t.save_every == 0 and step + 1 < total)
+            asked = commands.take()  # "save" / "sample" from the job interface
+            if "save" in asked and step + 1 < total and not saved:
+                saved = True
+                on_event(Message(f"saving a checkpoint at step {step + 1}, as asked"))
             if saved and main:
                 checkpoint(step + 1)
+            if "sample" in asked and main:
+                sample(step + 1)
             accelerator.wait_for_everyone()
-            if _stop_wanted(stop, accelerator):  # Ctrl-C / SIGTERM: a checkpoint of exactly step + 1 steps, then exit
+            if _stop_wanted(stop, accelerator):  # Ctrl-C / SIGTERM / "stop": a checkpoint of step + 1 steps, then exit
                 name = NAMES.get(stop.signum, "stop")
                 if main and not saved:
                     on_event(Message(f"{name}: saving a checkpoint at step {step + 1} before exiting", "warning"))
@@ -269,16 +322,11 @@ def train(job: TrainJob, run: Path, resume: bool = False, on_event: EventHandler
                 elif main:
                     on_event(Message(f"{name}: stopping after the checkpoint at step {step + 1}", "warning"))
                 accelerator.wait_for_everyone()
-                raise Stopped(stop.signum or signal.SIGTERM)
+                raise Stopped(stop.signum if stop.signum is not None else None if stop.stop_asked else signal.SIGTERM)
         # 9. the final exports, checked, at the run's top level (a stop asked for now waits for them)
         result = TrainResult(run, total, losses)
         if main:
             result.exports, result.checks = checkpoint(total, final=True)
-            write_text(run / "exports.json", json.dumps({
-                "files": [{"path": str(f.path.relative_to(run)), "format": f.format, "loader": f.loader,
-                           "token": f.token} for f in result.exports],
-                "checks": [{"family": c.family, "files": c.files, "max_abs_diff": c.max_abs_diff} for c in result.checks],
-            }, indent=1))
     accelerator.wait_for_everyone()
     if writer:
         writer.close()
@@ -288,8 +336,8 @@ def train(job: TrainJob, run: Path, resume: bool = False, on_event: EventHandler
 def _stop_wanted(stop, accelerator) -> bool:
     """Has any process been asked to stop? (All processes must leave the loop at the same step.)"""
     if accelerator.num_processes == 1:
-        return stop.signum is not None
-    flag = torch.tensor([0.0 if stop.signum is None else 1.0], device=accelerator.device)
+        return stop.stopping
+    flag = torch.tensor([1.0 if stop.stopping else 0.0], device=accelerator.device)
     return accelerator.reduce(flag, "sum").item() > 0
 
 

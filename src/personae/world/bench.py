@@ -116,11 +116,13 @@ def job_for(bench: WorldBench, task: Task, model: str, data: Path, run: Path, in
 
 
 def _exports(run: Path) -> tuple[str | None, list[tuple[str, str | None]], str | None]:
-    """(kohya LoRA, [(A1111 embedding, token)], model folder) from a finished run's exports.json."""
-    files = json.loads((run / "exports.json").read_text(encoding="utf-8"))["files"]
-    lora = next((str(run / f["path"]) for f in files if f["loader"] == "lora" and f["format"] == "kohya"), None)
-    embeddings = [(str(run / f["path"]), f.get("token")) for f in files if f["loader"] == "embedding" and f["format"] == "a1111"]
-    folder = next((str(run / f["path"]) for f in files if f["loader"] == "folder"), None)
+    """(kohya LoRA, [(A1111 embedding, token)], model folder) from a finished run's record."""
+    from personae.runs import read_run
+
+    files = read_run(run).exports
+    lora = next((str(run / f.path) for f in files if f.loader == "lora" and f.format == "kohya"), None)
+    embeddings = [(str(run / f.path), f.token) for f in files if f.loader == "embedding" and f.format == "a1111"]
+    folder = next((str(run / f.path) for f in files if f.loader == "folder"), None)
     return lora, embeddings, folder
 
 
@@ -141,13 +143,10 @@ def evaluate(bench: WorldBench, pipe, word: str, concept: str, seed: int) -> tup
 
 
 def run_task(bench_data: dict, task: Task, model: str, work: str) -> dict:
-    """One (method, concept, seed): data, training, loading the exports, scoring. Runs in a worker."""
-    import torch
-
+    """One (method, concept, seed): data, training, loading the exports, scoring. Runs in a worker (_worker_start)."""
     from personae.inference.session import open_session
     from personae.jobs.train import run_training
 
-    torch.set_num_threads(1)
     bench = WorldBench.model_validate(bench_data)
     work_dir = Path(work)
     data = work_dir / "data" / task.name
@@ -166,6 +165,13 @@ def run_task(bench_data: dict, task: Task, model: str, work: str) -> dict:
     del session
     gc.collect()
     return {"method": task.method, "concept": task.concept, "seed": task.seed, **scores}
+
+
+def _worker_start() -> None:
+    """A bench worker process uses one torch thread (workers run side by side); the caller's process is left as is."""
+    import torch
+
+    torch.set_num_threads(1)
 
 
 def _save_grid(path: Path, title: str, prompts, images) -> None:
@@ -283,7 +289,8 @@ def run_bench(bench: WorldBench, out: str | Path, command: str = "personae world
         results = []
         on_event(Progress("bench", 0, len(tasks)))
         data = bench.model_dump()
-        with ProcessPoolExecutor(max_workers=bench.workers, mp_context=get_context("spawn")) as pool:
+        with ProcessPoolExecutor(max_workers=bench.workers, mp_context=get_context("spawn"),
+                                 initializer=_worker_start) as pool:
             futures = {pool.submit(run_task, data, t, model, str(work)): t for t in tasks}
             for future in as_completed(futures):
                 results.append(future.result())
