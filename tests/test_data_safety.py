@@ -443,3 +443,23 @@ def _try_lock(path) -> str:
             return ""
     except UserError as exc:
         return str(exc)
+
+
+def test_the_umask_is_read_without_being_changed(tmp_path, monkeypatch):
+    """Files personae writes get the mode a plain open() gives, and finding that mode never sets the process's
+    umask (another thread creating a file at that instant would get mode 0666 / 0777)."""
+    import os
+
+    from personae import staging
+
+    calls = []
+    real = os.umask
+    monkeypatch.setattr(os, "umask", lambda mask: calls.append(mask) or real(mask))
+    old = real(0o027)
+    try:
+        assert staging._umask() == 0o027 and calls == []
+        with staging.atomic_file(tmp_path / "a.txt") as tmp:
+            tmp.write_text("x")
+        assert (tmp_path / "a.txt").stat().st_mode & 0o777 == 0o640 and calls == []
+    finally:
+        real(old)
