@@ -17,8 +17,8 @@ from pathlib import Path
 
 from personae.cli.main import quiet_libraries
 from personae.config.base import apply_overrides, parse_settings
-from personae.world.pretrain_settings import WorldPretrain
 from personae.world.pretrain import pretrain
+from personae.world.pretrain_settings import WorldPretrain
 
 
 def main() -> None:
