@@ -175,13 +175,13 @@ def load_pipeline(source: ModelSource, dtype: torch.dtype = torch.float32):
     kwargs = dict(dtype=dtype, safety_checker=None, requires_safety_checker=False)
     if source.kind == "folder":
         try:
-            return StableDiffusionPipeline.from_pretrained(source.location, local_files_only=True, **kwargs)
+            return aligned(StableDiffusionPipeline.from_pretrained(source.location, local_files_only=True, **kwargs))
         except LOAD_ERRORS as exc:
             raise UserError(f"{source.location} could not be loaded as a diffusers model folder ({_short(exc)}).",
                             "Check that it is a complete Stable Diffusion 1.x model folder (model_index.json, unet/, "
                             "vae/, text_encoder/, tokenizer/, scheduler/).") from None
     if source.kind == "hub":
-        return _load_from_hub(source.location, **kwargs)
+        return aligned(_load_from_hub(source.location, **kwargs))
     path = Path(source.location)
     kind = check_model_file(path, "model", allow_pickle=True)  # the opt-in was checked by resolve_model
     with tempfile.TemporaryDirectory(prefix="personae-config-") as tmp, named_by_content(path, kind) as named:
@@ -196,6 +196,22 @@ def load_pipeline(source: ModelSource, dtype: torch.dtype = torch.float32):
     scaling = configs.get("vae", {}).get("scaling_factor")
     if scaling is not None and scaling != pipe.vae.config.scaling_factor:
         pipe.vae.register_to_config(scaling_factor=scaling)
+    return aligned(pipe)
+
+
+ALIGNMENT = 64  # bytes: what torch's CPU allocator gives every new tensor
+
+
+def aligned(pipe):
+    """Move every weight that sits at an odd address (safetensors maps a file and hands out views at the
+    offsets it holds them) into memory of its own. CPU kernels pick their code path by alignment, and the
+    paths round differently: one model from a folder and from a single file gave images 1 level apart with one
+    thread. Aligned, the same weights give the same pixels whatever file they came from."""
+    for module in pipe.components.values():
+        if isinstance(module, torch.nn.Module):
+            for tensor in [*module.parameters(), *module.buffers()]:
+                if tensor.device.type == "cpu" and tensor.data_ptr() % ALIGNMENT:
+                    tensor.data = tensor.data.clone()
     return pipe
 
 
