@@ -24,7 +24,7 @@ from personae.inference.controlnet import control_denoise, control_infotext, pre
 from personae.inference.img2img import composite, default_size, denoiser, feathered_mask, open_image, vae_roundtrip
 from personae.inference.samplers import get_sampler
 from personae.inference.session import Session, open_session
-from personae.media.png import format_parameters
+from personae.media.png import format_parameters, infotext_values
 from personae.models.addons import hashes_text
 
 
@@ -47,12 +47,9 @@ def session_for(settings: GenerateSettings, on_event: EventHandler = ignore) -> 
 
 
 def infotext(settings: GenerateSettings, session: Session, seed: int, width: int, height: int) -> str:
-    params = {
-        "Steps": settings.steps, "Sampler": settings.sampler, "CFG scale": float(settings.cfg), "Seed": seed,
+    params = {  # the settings that declare an A1111 name, then what this run resolved
+        **infotext_values(settings), "Seed": seed,
         "Size": f"{width}x{height}", "Model hash": session.model_hash, "Model": session.source.name,
-        "Clip skip": settings.clip_skip,
-        "Denoising strength": float(settings.strength) if settings.init_image else None,
-        "Mask blur": settings.mask_blur if settings.mask else None,
         "Lora hashes": hashes_text({l.name: l.hash for l in session.loras}),
         "TI hashes": hashes_text({e.token: e.hash for e in session.embeddings}),
         **control_infotext(settings, session),
