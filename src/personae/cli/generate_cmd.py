@@ -33,7 +33,7 @@ def _assignment(sep: str, meaning: str):
     return parse
 
 
-def add_control_choices(p: argparse.ArgumentParser) -> None:
+def add_control_choices(p) -> None:
     """Options that refine the --control units (not settings of their own: they fill each unit's model / options)."""
     p.add_argument("--controlnet", action="append", type=_assignment("=", "TYPE=PATH_OR_ID"), metavar="TYPE=PATH_OR_ID",
                    help="the ControlNet for a control type: a diffusers folder, an original-layout .safetensors file "
@@ -55,8 +55,8 @@ def add_parser(sub) -> None:
                        epilog=EXAMPLES.format(samplers=", ".join(SAMPLERS), control_types=", ".join(CONTROL_TYPES),
                                               recipes=", ".join(RECIPES)),
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_settings_options(p, GenerateSettings)
-    add_control_choices(p)
+    sections = add_settings_options(p, GenerateSettings)
+    add_control_choices(sections["ControlNet"])
     p.add_argument("--recipe", metavar="NAME", help="start from a recipe's settings (face-to-animal: needs --init-image "
                                                     "PHOTO); other options override")
     p.add_argument("--animal", help="face-to-animal: the animal to draw (default dog)")

@@ -92,13 +92,13 @@ def option_kwargs(name: str, info: FieldInfo) -> dict | None:
     return kw
 
 
-def add_settings_options(parser: argparse.ArgumentParser, cls: type[BaseModel], *, groups: tuple[str, ...] = (),
-                         skip: tuple[str, ...] = ()) -> list[str]:
-    """Add an option for each field of `cls` (only the concept groups named in `groups`, when given); the
-    field names added, for `settings_values`."""
-    added, sections = [], {}
+def add_settings_options(parser: argparse.ArgumentParser, cls: type[BaseModel], *,
+                         groups: tuple[str, ...] = ()) -> dict[str, argparse._ArgumentGroup]:
+    """Add an option for each field of `cls` (only the concept groups named in `groups`, when given), one
+    `--help` section per concept; the sections by concept title, for options that belong beside them."""
+    sections: dict[str, argparse._ArgumentGroup] = {}
     for title, name, info in grouped_fields(cls):
-        if (groups and title not in groups) or name in skip:
+        if groups and title not in groups:
             continue
         kw = option_kwargs(name, info)
         if kw is None:
@@ -110,8 +110,7 @@ def add_settings_options(parser: argparse.ArgumentParser, cls: type[BaseModel], 
         if title not in sections:
             sections[title] = parser.add_argument_group(f"{title} options")
         sections[title].add_argument(*flags, **kw)
-        added.append(name)
-    return added
+    return sections
 
 
 def settings_values(args: Any, cls: type[BaseModel], *, groups: tuple[str, ...] = ()) -> dict:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from personae.config.addons import LoraRef
 from personae.config.base import Strict
@@ -28,23 +28,30 @@ from personae.config.sampling import RuntimeSettings, SamplingSettings
 SWEEP_KEYS = ("weight", "cfg", "steps", "sampler")
 
 
+def _bounds(key: str) -> tuple[float, float]:
+    """The (lowest, highest) value the sampling setting `key` takes, as its declaration says."""
+    meta = SamplingSettings.model_fields[key].metadata
+    return (next(m.ge for m in meta if hasattr(m, "ge")), next(m.le for m in meta if hasattr(m, "le")))
+
+
 def _sweep_value(key: str, value):
     """One swept value checked like the setting it replaces (a typo fails here, not after an hour of images)."""
     number = isinstance(value, (int, float)) and not isinstance(value, bool)
     if key == "sampler":
         if not isinstance(value, str) or not value.strip():
             raise ValueError(f"sweep.sampler values must be sampler names, got {value!r}")
-    elif key == "steps":
-        if not (number and float(value).is_integer() and 1 <= value <= 1000):
-            raise ValueError(f"sweep.steps values must be whole numbers from 1 to 1000, got {value!r}")
-        value = int(value)
-    elif not number or value != value or abs(value) == float("inf"):
+        return value
+    if key == "steps":
+        low, high = _bounds(key)
+        if not (number and float(value).is_integer() and low <= value <= high):
+            raise ValueError(f"sweep.steps values must be whole numbers from {low} to {high}, got {value!r}")
+        return int(value)
+    if not number or value != value or abs(value) == float("inf"):
         raise ValueError(f"sweep.{key} values must be numbers, got {value!r}")
-    if key in SamplingSettings.model_fields:  # the bounds of the setting itself
-        try:
-            SamplingSettings.model_validate({key: value})
-        except ValidationError as exc:
-            raise ValueError(f"sweep.{key} value {value!r}: {exc.errors()[0]['msg']}") from None
+    if key in SamplingSettings.model_fields:  # the bounds the setting itself declares
+        low, high = _bounds(key)
+        if not low <= value <= high:
+            raise ValueError(f"sweep.{key} values must be from {low:g} to {high:g}, got {value!r}")
     return value
 
 

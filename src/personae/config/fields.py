@@ -73,7 +73,3 @@ def grouped_fields(cls: type[BaseModel]) -> Iterator[tuple[str, str, FieldInfo]]
     for name, info in cls.model_fields.items():
         if name not in seen:
             yield "settings", name, info
-
-
-def field_names(concept: type[BaseModel]) -> list[str]:
-    return list(concept.model_fields)
