@@ -21,15 +21,9 @@ continuous motion. Settings are stored in the GIF comment, the MP4 comment tag a
 samplers: {samplers}
 """
 
-ANIMATE_DEFAULTS = {"steps": "sampling steps (default 25; 25-45 works well)", "cfg": "CFG scale (default 7.5)",
-                    "sampler": 'A1111 sampler name (default "DDIM"); see the list below',
-                    "clip_skip": "1 = last CLIP layer, 2 = the one before (default 2)"}
-_FIELDS = {"motion_adapter": "motion_adapter", "frames": "frames", "fps": "fps", "motion_scale": "motion_scale",
-           "context": "context", "context_stride": "context_stride"}
-
-
 def add_parser(sub) -> None:
-    from personae.cli.generate_cmd import add_generate_options
+    from personae.cli.options import add_settings_options
+    from personae.config.animate import AnimateSettings
     from personae.inference.samplers import SAMPLERS
 
     p = sub.add_parser("animate", help="AnimateDiff clip -> .gif / .mp4",
@@ -37,18 +31,7 @@ def add_parser(sub) -> None:
                                    "(with its LoRAs and embeddings) and write a looping GIF and/or an MP4.",
                        epilog=EXAMPLES.format(samplers=", ".join(SAMPLERS)),
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_generate_options(p)
-    for action in p._actions:  # the shared options' help states generate's defaults; animate's differ
-        if action.dest in ANIMATE_DEFAULTS:
-            action.help = ANIMATE_DEFAULTS[action.dest]
-    p.add_argument("--motion-adapter", metavar="PATH_OR_ID",
-                   help="motion adapter: diffusers folder, one .safetensors motion module, or hub id")
-    p.add_argument("--frames", type=int, help="number of frames (default 16)")
-    p.add_argument("--fps", type=float, help="frames per second of the GIF / MP4 (default 8)")
-    p.add_argument("--motion-scale", type=float,
-                   help="strength of the motion module: 0 = no motion modelling, 1 = as trained (default 1)")
-    p.add_argument("--context", type=int, help="frames the motion module sees at once (default 16)")
-    p.add_argument("--context-stride", type=int, help="window step for clips longer than --context (default 4)")
+    add_settings_options(p, AnimateSettings)  # the shared options with animate's own defaults in their help
     p.add_argument("--out", action="append", default=[], metavar="CLIP.gif|CLIP.mp4",
                    help="output clip; the suffix picks the format; repeat for both")
     p.add_argument("--frames-dir", metavar="DIR", help="also write every frame as a PNG (with its settings) to DIR")
@@ -60,20 +43,16 @@ def add_parser(sub) -> None:
 
 
 def settings_from_args(args):
-    """The animate settings from the options given (the generate options mean the same as for generate)."""
-    from personae.cli.generate_cmd import _FIELDS as GENERATE_FIELDS
+    """The animate settings from the options given (the shared options mean the same as for generate)."""
+    from personae.cli.options import missing_required, settings_values
     from personae.config.animate import AnimateSettings
     from personae.config.base import parse_settings
     from personae.errors import UserError
 
-    data = {}
-    for arg, field in {**GENERATE_FIELDS, **_FIELDS}.items():
-        value = getattr(args, arg, None)
-        if value is not None:
-            data[field] = value
-    for needed, flag in (("model", "--model"), ("prompt", "--prompt"), ("motion_adapter", "--motion-adapter")):
-        if not data.get(needed):
-            raise UserError(f"{flag} is required.", "See `personae animate --help` for examples.")
+    data = settings_values(args, AnimateSettings)
+    flag = missing_required(AnimateSettings, data)
+    if flag:
+        raise UserError(f"{flag} is required.", "See `personae animate --help` for examples.")
     return parse_settings(AnimateSettings, data, "the animate options")
 
 

@@ -7,6 +7,7 @@ import argparse
 EXAMPLES = """examples:
   personae compare suite.yaml --out compare/
   personae compare suite.yaml --out compare/ --set steps=30 --set "seeds=[0,1,2,3]"
+  personae compare suite.yaml --out compare/ --steps 30 --cfg 6   # the sampling options override the suite's
 
 a suite file:
   version: 1
@@ -30,7 +31,13 @@ a suite file:
 """
 
 
+SHARED = ("sampling", "runtime")  # the concepts a suite shares with generate: overridable per run
+
+
 def add_parser(sub) -> None:
+    from personae.cli.options import add_settings_options
+    from personae.config.compare import CompareSuite
+
     p = sub.add_parser("compare", help="variants x prompts x seeds -> grids, metrics, report.html", epilog=EXAMPLES,
                        formatter_class=argparse.RawDescriptionHelpFormatter,
                        description="Generate every variant on a fixed prompt suite with fixed seeds, then write labelled "
@@ -41,19 +48,23 @@ def add_parser(sub) -> None:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a suite setting (repeatable)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--yes", action="store_true", help="do not ask before a big job (asked only at a terminal)")
+    add_settings_options(p, CompareSuite, groups=SHARED)  # override the suite's (as --set does)
     p.set_defaults(run=run)
 
 
 def run(args) -> int:
     from personae.cli.big_jobs import confirm_big_job, estimate_seconds
+    from personae.cli.options import settings_values
     from personae.cli.progress import TerminalProgress
     from personae.config.base import apply_overrides
+    from personae.config.compare import CompareSuite
     from personae.evaluation.suites import PROMPT_SETS
     from personae.jobs.compare_plan import expand
     from personae.jobs.compare import run_compare
     from personae.jobs.compare_plan import load_suite
 
-    suite = load_suite(args.suite, apply_overrides({}, args.set))
+    overrides = {**apply_overrides({}, args.set), **settings_values(args, CompareSuite, groups=SHARED)}
+    suite = load_suite(args.suite, overrides)
     rows, per_row = expand(suite), len(suite.prompts or PROMPT_SETS[suite.prompt_set]) * len(suite.seeds)
     seconds = sum(estimate_seconds(r.model, per_row, r.steps or suite.steps, suite.width, suite.height,
                                    suite.cfg if r.cfg is None else r.cfg, suite.device) for r in rows)

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
-
 EXAMPLES = """examples:
   personae generate --model ./tiny --prompt "a photo of a cat" --steps 4 --seed 7 --out out/
   personae generate --model stable-diffusion-v1-5/stable-diffusion-v1-5 --prompt "a (red:1.3) fox, [blurry]" \\
@@ -26,36 +24,6 @@ recipes: {recipes}
 """
 
 
-def _lora(text: str) -> dict:
-    path, _, weight = text.rpartition(":")
-    if path and not Path(text).is_file():
-        try:
-            return {"path": path, "weight": float(weight)}
-        except ValueError:
-            pass
-    return {"path": text, "weight": 1.0}
-
-
-def _embedding(text: str) -> dict:
-    path, _, token = text.rpartition(":")
-    if path and not Path(text).is_file() and token:
-        return {"path": path, "token": token}
-    return {"path": text, "token": None}
-
-
-def _control(text: str) -> dict:
-    kind, sep, rest = text.partition(":")
-    if not sep or not kind or not rest:
-        raise argparse.ArgumentTypeError(f"expected TYPE:IMAGE[:WEIGHT], e.g. canny:photo.png:0.8, got {text!r}")
-    image, _, weight = rest.rpartition(":")
-    if image and not Path(rest).is_file():
-        try:
-            return {"type": kind, "image": image, "weight": float(weight)}
-        except ValueError:
-            pass
-    return {"type": kind, "image": rest, "weight": 1.0}
-
-
 def _assignment(sep: str, meaning: str):
     def parse(text: str) -> tuple[str, str]:
         key, found, value = text.partition(sep)
@@ -65,43 +33,19 @@ def _assignment(sep: str, meaning: str):
     return parse
 
 
-def add_control_options(p: argparse.ArgumentParser) -> None:
-    """ControlNet options (A1111's ControlNet units)."""
-    p.add_argument("--control", action="append", type=_control, metavar="TYPE:IMAGE[:WEIGHT]",
-                   help="a ControlNet unit: control type (canny, face, pose, raw), the image, weight (default 1); "
-                        "repeat for multi-ControlNet")
+def add_control_choices(p) -> None:
+    """Options that refine the --control units (not settings of their own: they fill each unit's model / options)."""
     p.add_argument("--controlnet", action="append", type=_assignment("=", "TYPE=PATH_OR_ID"), metavar="TYPE=PATH_OR_ID",
                    help="the ControlNet for a control type: a diffusers folder, an original-layout .safetensors file "
                         "or a hub id (owner/name[/subfolder]); default: lllyasviel/control_v11p_sd15_canny, "
                         "..._openpose, CrucibleAI/ControlNetMediaPipeFace/diffusion_sd15")
     p.add_argument("--control-option", action="append", type=_assignment("=", "TYPE.KEY=VALUE"),
                    metavar="TYPE.KEY=VALUE", help="a preprocessor option, e.g. canny.low=50 canny.high=150")
-    p.add_argument("--control-start", type=float, help='fraction of the steps before control acts ("Guidance Start", default 0)')
-    p.add_argument("--control-end", type=float, help='fraction of the steps after which control stops ("Guidance End", default 1)')
-
-
-def add_generate_options(p: argparse.ArgumentParser) -> None:
-    """The options every generating command shares (generate, animate, compare overrides)."""
-    p.add_argument("--model", help="diffusers folder, single-file .safetensors checkpoint, or hub id")
-    p.add_argument("--prompt", help='prompt; A1111 syntax: (word:1.3), (word), [word], BREAK; any length')
-    p.add_argument("--negative", help="negative prompt")
-    p.add_argument("--steps", type=int, help="sampling steps (default 20)")
-    p.add_argument("--cfg", type=float, help="CFG scale (default 7)")
-    p.add_argument("--seed", type=int, help="seed; -1 for random (default)")
-    p.add_argument("--width", type=int, help="width in pixels, multiple of 8 (default: the model's native size)")
-    p.add_argument("--height", type=int, help="height in pixels, multiple of 8 (default: the model's native size)")
-    p.add_argument("--sampler", help='A1111 sampler name (default "DPM++ 2M Karras"); see the list below')
-    p.add_argument("--clip-skip", type=int, help="1 = last CLIP layer (default), 2 = the one before (anime models)")
-    p.add_argument("--lora", action="append", type=_lora, metavar="FILE[:WEIGHT]", help="a LoRA file (repeatable)")
-    p.add_argument("--embedding", action="append", type=_embedding, metavar="FILE[:TOKEN]",
-                   help="a textual-inversion embedding (repeatable); token defaults to the file's")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], help="default auto")
-    p.add_argument("--dtype", choices=["auto", "fp32", "fp16", "bf16"], help="default auto (fp16 on GPU, fp32 on CPU)")
-    p.add_argument("--allow-pickle", action="store_true", default=None,
-                   help="allow .ckpt/.pt/.bin files (they can run code when loaded)")
 
 
 def add_parser(sub) -> None:
+    from personae.cli.options import add_settings_options
+    from personae.config.generate import GenerateSettings
     from personae.data.control import CONTROL_TYPES
     from personae.inference.samplers import SAMPLERS
     from personae.jobs.recipes import RECIPES
@@ -111,14 +55,8 @@ def add_parser(sub) -> None:
                        epilog=EXAMPLES.format(samplers=", ".join(SAMPLERS), control_types=", ".join(CONTROL_TYPES),
                                               recipes=", ".join(RECIPES)),
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_generate_options(p)
-    p.add_argument("--batch-size", type=int, help="images per pass (default 1)")
-    p.add_argument("--batch-count", type=int, help="number of passes (default 1)")
-    p.add_argument("--init-image", metavar="IMG", help="img2img: start from this image")
-    p.add_argument("--strength", type=float, help="denoising strength for --init-image: 0 keeps it, 1 redraws (default 0.75)")
-    p.add_argument("--mask", metavar="MASK", help="inpaint: redraw only the white part of this mask (needs --init-image)")
-    p.add_argument("--mask-blur", type=int, help="feather the mask edge by N pixels (default 4)")
-    add_control_options(p)
+    sections = add_settings_options(p, GenerateSettings)
+    add_control_choices(sections["ControlNet"])
     p.add_argument("--recipe", metavar="NAME", help="start from a recipe's settings (face-to-animal: needs --init-image "
                                                     "PHOTO); other options override")
     p.add_argument("--animal", help="face-to-animal: the animal to draw (default dog)")
@@ -129,30 +67,19 @@ def add_parser(sub) -> None:
     p.set_defaults(run=run)
 
 
-_FIELDS = {"model": "model", "prompt": "prompt", "negative": "negative", "steps": "steps", "cfg": "cfg",
-           "seed": "seed", "width": "width", "height": "height", "sampler": "sampler", "clip_skip": "clip_skip",
-           "batch_size": "batch_size", "batch_count": "batch_count", "lora": "loras", "embedding": "embeddings",
-           "device": "device", "dtype": "dtype", "allow_pickle": "allow_pickle", "init_image": "init_image",
-           "strength": "strength", "mask": "mask", "mask_blur": "mask_blur", "control": "controls",
-           "control_start": "control_start", "control_end": "control_end"}
-
-
 def settings_from_args(args, base: dict | None = None):
-    """Merge explicitly given options over `base` and validate them as GenerateSettings."""
+    """Merge the options given over `base` (a PNG's or a recipe's settings) and validate them as GenerateSettings."""
+    from personae.cli.options import missing_required, settings_values
     from personae.config.base import parse_settings
     from personae.config.generate import GenerateSettings
     from personae.errors import UserError
 
-    data = dict(base or {})
-    for arg, field in _FIELDS.items():
-        value = getattr(args, arg, None)
-        if value is not None:
-            data[field] = value
+    data = {**(base or {}), **settings_values(args, GenerateSettings)}
     apply_control_choices(data, getattr(args, "controlnet", None) or [], getattr(args, "control_option", None) or [])
-    for needed in ("model", "prompt"):
-        if not data.get(needed):
-            hint = " (the PNG names only the model's name)" if needed == "model" and base else ""
-            raise UserError(f"--{needed} is required{hint}.", "See `personae generate --help` for examples.")
+    flag = missing_required(GenerateSettings, data)
+    if flag:
+        hint = " (the PNG names only the model's name)" if flag == "--model" and base else ""
+        raise UserError(f"{flag} is required{hint}.", "See `personae generate --help` for examples.")
     return parse_settings(GenerateSettings, data, "the generate options")
 
 

@@ -8,6 +8,7 @@ EXAMPLES = """examples:
   personae storyboard scenes.yaml --out board/
   personae storyboard scenes.yaml --out board/ --only 2,5        # redraw panels 2 and 5, re-lay the sheet
   personae storyboard scenes.csv --model ./tiny --out board/     # CSV: number,description,dialogue,shot,angle,characters
+  personae storyboard scenes.yaml --steps 30 --cfg 6 --out board/ # the sampling options override the file's
 
 a scenes file:
   version: 1
@@ -29,7 +30,13 @@ def _numbers(text: str) -> set[int]:
         raise argparse.ArgumentTypeError(f'"{text}" is not a list of panel numbers like 3,7') from None
 
 
+SHARED = ("sampling", "runtime")  # the concepts a storyboard shares with generate: overridable per run
+
+
 def add_parser(sub) -> None:
+    from personae.cli.options import add_settings_options
+    from personae.config.storyboard import StoryboardSettings
+
     p = sub.add_parser("storyboard", help="scenes and shots -> panels and a printable sheet", epilog=EXAMPLES,
                        formatter_class=argparse.RawDescriptionHelpFormatter,
                        description="Draw one panel per scene and lay them out as sheet.png and sheet.pdf, with number, "
@@ -41,15 +48,19 @@ def add_parser(sub) -> None:
     p.add_argument("--font", help="a .ttf/.otf/.ttc font covering the dialogue's scripts")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--yes", action="store_true", help="do not ask before a big job (asked only at a terminal)")
+    add_settings_options(p, StoryboardSettings, groups=SHARED)  # override the file's, for every panel
     p.set_defaults(run=run)
 
 
 def run(args) -> int:
     from personae.cli.big_jobs import confirm_big_job, estimate_seconds
+    from personae.cli.options import settings_values
     from personae.cli.progress import TerminalProgress
+    from personae.config.storyboard import StoryboardSettings
     from personae.jobs.storyboard import load_scenes, run_storyboard
 
-    settings = load_scenes(args.scenes, {"model": args.model, "font": args.font})
+    overrides = {"model": args.model, "font": args.font, **settings_values(args, StoryboardSettings, groups=SHARED)}
+    settings = load_scenes(args.scenes, overrides)
     panels = len(args.only) if args.only else len(settings.scenes)
     confirm_big_job("This storyboard", panels, estimate_seconds(settings.model, panels, settings.steps, settings.width,
                                                                 settings.height, settings.cfg, settings.device), args.yes)

@@ -1,4 +1,4 @@
-"""Settings of one AnimateDiff clip: the generate settings plus motion, frames and timing.
+"""Settings of one AnimateDiff clip: the generate concepts a clip takes, plus motion, frames and timing.
 
 Defaults are the ones that worked for animated portraits (issue #5): DDIM, clip skip 2,
 25 steps (25-45 is the useful range; more steps mostly sharpen), CFG 7.5, 16 frames at
@@ -7,33 +7,53 @@ Defaults are the ones that worked for animated portraits (issue #5): DDIM, clip 
 
 from __future__ import annotations
 
-from pydantic import Field, model_validator
+from typing import ClassVar
 
-from personae.config.generate import GenerateSettings
+from pydantic import model_validator
+
+from personae.config.fields import Concept, retuned, setting
+from personae.config.sampling import (AddonSettings, BatchSettings, ControlSettings, Img2ImgSettings, PromptSettings,
+                                      RuntimeSettings, SamplingSettings, SourceSettings)
+
+# generate's settings that a clip does not take (one clip from text per run)
+NOT_FOR_CLIPS = (*BatchSettings.model_fields, *Img2ImgSettings.model_fields, *ControlSettings.model_fields)
 
 
-class AnimateSettings(GenerateSettings):
-    """Everything that decides the frames of one clip (GenerateSettings' fields mean the same here)."""
+class MotionSettings(Concept):
+    TITLE: ClassVar[str] = "motion"
 
-    motion_adapter: str  # AnimateDiff motion adapter: diffusers folder, one .safetensors file, or hub id
-    frames: int = Field(16, ge=1, le=1024)  # clip length; longer than `context` runs in overlapping windows
-    fps: float = Field(8.0, gt=0, le=120)  # playback speed (frames per second) of the GIF / MP4
-    motion_scale: float = Field(1.0, ge=0.0, le=5.0)  # motion module strength: 0 = frames drawn independently, 1 = as trained
-    context: int = Field(16, ge=2, le=256)  # frames the motion module sees at once (AnimateDiff v1-v3 trained on 16)
-    context_stride: int = Field(4, ge=1, le=256)  # window step for clips longer than `context` (FreeNoise)
-    steps: int = Field(25, ge=1, le=1000)
-    cfg: float = Field(7.5, ge=0.0, le=100.0)
-    sampler: str = "DDIM"
-    clip_skip: int = Field(2, ge=1, le=12)
+    motion_adapter: str = setting(description="the AnimateDiff motion adapter: a diffusers folder, one .safetensors "
+                                              "motion module, or a hub id", metavar="PATH_OR_ID")
+    frames: int = setting(16, "clip length in frames; longer than --context runs in overlapping windows",
+                          infotext="Frames", ge=1, le=1024)
+    fps: float = setting(8.0, "playback speed (frames per second) of the GIF / MP4", infotext="FPS", gt=0, le=120)
+    motion_scale: float = setting(1.0, "motion module strength: 0 = frames drawn independently, 1 = as trained",
+                                  infotext="Motion scale", ge=0.0, le=5.0)
+    context: int = setting(16, "frames the motion module sees at once (AnimateDiff v1-v3 trained on 16)", ge=2, le=256)
+    context_stride: int = setting(4, "window step for clips longer than --context (FreeNoise)", ge=1, le=256)
 
     @model_validator(mode="after")
-    def _one_clip_from_text(self):
-        # batch and img2img fields come with GenerateSettings; a clip is one video from text
-        unsupported = [name for name, default in (("batch_size", 1), ("batch_count", 1), ("init_image", None),
-                                                   ("mask", None), ("controls", [])) if getattr(self, name) != default]
-        if unsupported:
-            raise ValueError(f"{', '.join(unsupported)} cannot be used for animation (one clip from text per run)")
+    def _windows_overlap(self):
         if self.context_stride >= self.context:
             raise ValueError(f"context_stride ({self.context_stride}) must be smaller than context ({self.context}), "
                              "so that windows overlap")
         return self
+
+
+class AnimateSettings(SourceSettings, PromptSettings, SamplingSettings, MotionSettings, AddonSettings, RuntimeSettings):
+    """Everything that decides the frames of one clip (the shared settings mean the same as for generate)."""
+
+    version: int = setting(1, "version of this settings layout", cli=False)
+    steps: int = retuned(SamplingSettings, "steps", 25)
+    cfg: float = retuned(SamplingSettings, "cfg", 7.5)
+    sampler: str = retuned(SamplingSettings, "sampler", "DDIM")
+    clip_skip: int = retuned(SamplingSettings, "clip_skip", 2)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_clip_from_text(cls, data):
+        # said plainly instead of "unknown key": these are generate's settings, not typos
+        unsupported = [name for name in NOT_FOR_CLIPS if isinstance(data, dict) and name in data]
+        if unsupported:
+            raise ValueError(f"{', '.join(unsupported)} cannot be used for animation (one clip from text per run)")
+        return data

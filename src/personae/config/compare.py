@@ -20,10 +20,18 @@ from typing import Literal
 
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
+from personae.config.addons import LoraRef
 from personae.config.base import Strict
-from personae.config.generate import LoraRef
+from personae.config.fields import retuned, setting
+from personae.config.sampling import RuntimeSettings, SamplingSettings
 
 SWEEP_KEYS = ("weight", "cfg", "steps", "sampler")
+
+
+def _bounds(key: str) -> tuple[float, float]:
+    """The (lowest, highest) value the sampling setting `key` takes, as its declaration says."""
+    meta = SamplingSettings.model_fields[key].metadata
+    return (next(m.ge for m in meta if hasattr(m, "ge")), next(m.le for m in meta if hasattr(m, "le")))
 
 
 def _sweep_value(key: str, value):
@@ -32,32 +40,39 @@ def _sweep_value(key: str, value):
     if key == "sampler":
         if not isinstance(value, str) or not value.strip():
             raise ValueError(f"sweep.sampler values must be sampler names, got {value!r}")
-    elif key == "steps":
-        if not (number and float(value).is_integer() and 1 <= value <= 1000):
-            raise ValueError(f"sweep.steps values must be whole numbers from 1 to 1000, got {value!r}")
-        value = int(value)
-    elif not number or value != value or abs(value) == float("inf"):
+        return value
+    if key == "steps":
+        low, high = _bounds(key)
+        if not (number and float(value).is_integer() and low <= value <= high):
+            raise ValueError(f"sweep.steps values must be whole numbers from {low} to {high}, got {value!r}")
+        return int(value)
+    if not number or value != value or abs(value) == float("inf"):
         raise ValueError(f"sweep.{key} values must be numbers, got {value!r}")
-    elif key == "cfg" and not 0 <= value <= 100:
-        raise ValueError(f"sweep.cfg values must be from 0 to 100, got {value!r}")
+    if key in SamplingSettings.model_fields:  # the bounds the setting itself declares
+        low, high = _bounds(key)
+        if not low <= value <= high:
+            raise ValueError(f"sweep.{key} values must be from {low:g} to {high:g}, got {value!r}")
     return value
 
 
 class Variant(Strict):
     """One row of the comparison: the base model, or the base model plus what a run taught it."""
 
-    label: str  # the row label in grids and the metrics table
-    model: str | None = None  # another checkpoint (e.g. a DreamBooth export); default: the suite's base_model
-    lora: str | None = None  # a LoRA file (kohya/A1111 or diffusers layout)
-    weight: float = 1.0  # the LoRA's strength
-    loras: list[LoraRef] = []  # more LoRAs, each with its own weight
-    embedding: str | None = None  # a textual-inversion embedding file
-    token: str | None = None  # what {token} becomes for this variant (default: the embedding's token, else the suite's)
-    run: str | None = None  # a training run folder: expands to one variant per checkpoint plus the final export
-    checkpoints: list[int] | None = None  # with run: only these steps (default: every checkpoint kept)
-    steps: int | None = Field(None, ge=1, le=1000)  # per-variant sampling overrides
-    cfg: float | None = Field(None, ge=0.0, le=100.0)
-    sampler: str | None = None
+    label: str = setting(description="the row label in grids and the metrics table")
+    model: str | None = setting(None, "another checkpoint (e.g. a DreamBooth export); default: the suite's base_model")
+    lora: str | None = setting(None, "a LoRA file (kohya/A1111 or diffusers layout)")
+    weight: float = setting(1.0, "the LoRA's strength")
+    loras: list[LoraRef] = setting([], "more LoRAs, each with its own weight")
+    embedding: str | None = setting(None, "a textual-inversion embedding file")
+    token: str | None = setting(None, "what {token} becomes for this variant (default: the embedding's token, else "
+                                      "the suite's)")
+    run: str | None = setting(None, "a training run folder: expands to one variant per checkpoint plus the final "
+                                    "export")
+    checkpoints: list[int] | None = setting(None, "with run: only these steps (default: every checkpoint kept)")
+    # per-variant sampling overrides: the suite's declarations, default None (= the suite's value)
+    steps: int | None = retuned(SamplingSettings, "steps", None)
+    cfg: float | None = retuned(SamplingSettings, "cfg", None)
+    sampler: str | None = retuned(SamplingSettings, "sampler", None)
 
     @model_validator(mode="after")
     def _one_source(self):
@@ -70,37 +85,33 @@ class Variant(Strict):
 class MetricSettings(Strict):
     """Which metrics to compute, and where their models come from (local folder or hub id)."""
 
-    pixel: bool = True  # 1 - mean absolute difference to the nearest reference (offline, always)
-    ssim: bool = True  # best SSIM against the references (offline, always)
-    diversity: bool = True  # mean pairwise distance between seeds of one prompt (offline, always)
-    clip: str | None = "openai/clip-vit-base-patch32"  # CLIP-I and CLIP-T (DreamBooth paper); null to skip
-    dino: str | None = "facebook/dino-vits16"  # DINO ViT-S/16 subject fidelity; null to skip
-    face: bool = False  # face identity (needs the `face` extra: dlib-bin + face-recognition-models)
+    pixel: bool = setting(True, "1 - mean absolute difference to the nearest reference (offline, always)")
+    ssim: bool = setting(True, "best SSIM against the references (offline, always)")
+    diversity: bool = setting(True, "mean pairwise distance between seeds of one prompt (offline, always)")
+    clip: str | None = setting("openai/clip-vit-base-patch32", "CLIP-I and CLIP-T (DreamBooth paper); null to skip")
+    dino: str | None = setting("facebook/dino-vits16", "DINO ViT-S/16 subject fidelity; null to skip")
+    face: bool = setting(False, "face identity (needs the `face` extra: dlib-bin + face-recognition-models)")
 
 
-class CompareSuite(Strict):
+class CompareSuite(SamplingSettings, RuntimeSettings):
+    """A comparison suite: variants x prompts x seeds, with the sampling and runtime settings every image shares."""
+
     model_config = ConfigDict(populate_by_name=True)
 
-    version: int = 1
-    base_model: str  # diffusers folder, single-file checkpoint or hub id
-    variants: list[Variant] = Field(default_factory=lambda: [Variant(label="base")])
-    sweep: dict[str, list] = {}  # weight / cfg / steps / sampler -> values; every combination per variant
-    prompts: list[str] = []  # with {token} and {class}; empty: the built-in prompt_set
-    prompt_set: Literal["object", "live"] = "object"  # the built-in DreamBooth-style suite when prompts is empty
-    token: str = "sks"  # the trigger word put in for {token}
-    class_word: str = Field("", alias="class")  # the class noun put in for {class} (dog, man, backpack)
-    negative: str = ""
-    seeds: list[int] = Field([0, 1, 2, 3], min_length=1)
-    steps: int = Field(20, ge=1, le=1000)
-    cfg: float = Field(7.0, ge=0.0, le=100.0)
-    sampler: str = "DPM++ 2M Karras"
-    clip_skip: int = Field(1, ge=1, le=12)
-    width: int | None = Field(None, ge=8, le=8192)  # None: the model's native size
-    height: int | None = Field(None, ge=8, le=8192)
-    references: str | None = None  # folder of reference images (the training set, e.g. a prepared folder)
-    metrics: MetricSettings = MetricSettings()
-    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
-    dtype: Literal["auto", "fp32", "fp16", "bf16"] = "auto"
+    version: int = setting(1, "version of this file's layout", cli=False)
+    base_model: str = setting(description="the base model: a diffusers folder, single-file checkpoint or hub id")
+    variants: list[Variant] = Field(default_factory=lambda: [Variant(label="base")],
+                                    description="the rows: the base model, LoRAs, embeddings, runs")
+    sweep: dict[str, list] = setting({}, "weight / cfg / steps / sampler -> values; every combination per variant "
+                                         "(A1111's X/Y plot)")
+    prompts: list[str] = setting([], "prompts with {token} and {class}; empty: the built-in prompt_set")
+    prompt_set: Literal["object", "live"] = setting("object", "the built-in DreamBooth-style suite when prompts is "
+                                                              "empty")
+    token: str = setting("sks", "the trigger word put in for {token}")
+    class_word: str = Field("", alias="class", description="the class noun put in for {class} (dog, man, backpack)")
+    seeds: list[int] = setting([0, 1, 2, 3], "the seeds every prompt is drawn with", min_length=1)
+    references: str | None = setting(None, "folder of reference images (the training set, e.g. a prepared folder)")
+    metrics: MetricSettings = setting(MetricSettings(), "which metrics to compute")
 
     @field_validator("sweep")
     @classmethod

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import field_validator
 
+from personae.config.addons import EmbeddingRef, LoraRef
 from personae.config.base import Strict, check_template
-from personae.config.generate import EmbeddingRef, LoraRef
+from personae.config.fields import setting
+from personae.config.sampling import RuntimeSettings, SamplingSettings
 
 TEMPLATE_FIELDS = ("style", "shot_token", "shot_phrase", "angle", "description", "characters", "extra")
 DEFAULT_SHOT_TOKENS = {"close-up": "<cu_trg>", "medium": "<ms_trg>", "full": "<fs_trg>"}
@@ -20,57 +22,52 @@ SHOT_ALIASES = {  # what people write on shot lists -> the shot key
 
 
 class Character(Strict):
-    prompt: str = ""  # how the character is described in every panel they appear in
-    lora: LoraRef | None = None  # a character LoRA, active only in their panels
-    embedding: EmbeddingRef | None = None  # a character token
-    seed: int | None = None  # with seed_policy per_character: this character's panels start from this seed
+    prompt: str = setting("", "how the character is described in every panel they appear in")
+    lora: LoraRef | None = setting(None, "a character LoRA, active only in their panels")
+    embedding: EmbeddingRef | None = setting(None, "a character token")
+    seed: int | None = setting(None, "with seed_policy per_character: this character's panels start from this seed")
 
 
 class Scene(Strict):
-    number: int = Field(ge=1)
-    description: str  # what happens (goes into the prompt and under the panel)
-    dialogue: str = ""  # any script: Korean, Cyrillic, Latin...
-    shot: str = "medium"  # close-up | medium | full (or an alias such as CU, MS, wide)
-    angle: str = ""  # eye level, high angle, low angle, ...
-    characters: list[str] = []  # names from `characters`
-    prompt: str = ""  # extra words for this panel only
-    seed: int | None = None  # overrides the seed policy
+    number: int = setting(description="the panel number", ge=1)
+    description: str = setting(description="what happens (goes into the prompt and under the panel)")
+    dialogue: str = setting("", "any script: Korean, Cyrillic, Latin...")
+    shot: str = setting("medium", "close-up | medium | full (or an alias such as CU, MS, wide)")
+    angle: str = setting("", "eye level, high angle, low angle, ...")
+    characters: list[str] = setting([], "names from `characters`")
+    prompt: str = setting("", "extra words for this panel only")
+    seed: int | None = setting(None, "overrides the seed policy")
 
 
 class Layout(Strict):
-    panels_per_row: int = Field(3, ge=1, le=8)
-    panels_per_page: int = Field(6, ge=1, le=48)
-    page_size: Literal["A4", "Letter"] = "A4"
-    landscape: bool = True
-    title: str = ""
+    panels_per_row: int = setting(3, "panels in a row of the sheet", ge=1, le=8)
+    panels_per_page: int = setting(6, "panels on one page", ge=1, le=48)
+    page_size: Literal["A4", "Letter"] = setting("A4", "the PDF's paper size")
+    landscape: bool = setting(True, "pages wider than tall")
+    title: str = setting("", "a title at the top of each page")
 
 
-class StoryboardSettings(Strict):
-    version: int = 1
-    model: str  # diffusers folder, single file, or hub id
-    steps: int = Field(20, ge=1)
-    cfg: float = 7.0
-    width: int | None = None  # default: the model's native size
-    height: int | None = None
-    sampler: str = "DPM++ 2M Karras"
-    clip_skip: int = Field(1, ge=1, le=12)
-    negative: str = ""
-    seed: int = Field(0, ge=0)
-    seed_policy: Literal["fixed", "per_panel", "per_character"] = "per_panel"  # fixed: same seed everywhere;
-    # per_panel: seed + panel number; per_character: the first character's seed (or seed) + panel number
-    style_lora: LoraRef | None = None  # the drawing style, e.g. a sketch LoRA
-    style_trigger: str = ""  # e.g. "storyboard sketch, drawn by KSH style"
-    shot_embeddings: list[EmbeddingRef] = []  # learned shot tokens (e.g. from the pivotal recipe)
-    shot_tokens: dict[str, str] = DEFAULT_SHOT_TOKENS
-    shot_phrases: dict[str, str] = DEFAULT_SHOT_PHRASES
-    use_shot_tokens: Literal["auto", "yes", "no"] = "auto"  # auto: a token is used when its embedding is loaded
-    template: str = "{style}, {shot_token} {shot_phrase}, {angle}, {description}, {characters}, {extra}"
-    characters: dict[str, Character] = {}
-    layout: Layout = Layout()
-    font: str | None = None  # a .ttf/.otf/.ttc covering the dialogue's scripts (default: found on the system)
-    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
-    dtype: Literal["auto", "fp32", "fp16", "bf16"] = "auto"
-    scenes: list[Scene] = Field(min_length=1)
+class StoryboardSettings(SamplingSettings, RuntimeSettings):
+    """A storyboard file: the sampling and runtime settings every panel shares, the style, the characters and scenes."""
+
+    version: int = setting(1, "version of this file's layout", cli=False)
+    model: str = setting(description="the base model: a diffusers folder, a single file, or a hub id")
+    seed: int = setting(0, "the first seed; each panel's seed follows seed_policy", ge=0, lt=2**32)
+    seed_policy: Literal["fixed", "per_panel", "per_character"] = setting(
+        "per_panel", "fixed: the same seed everywhere; per_panel: seed + panel number; per_character: the first "
+                     "character's seed (or seed) + panel number")
+    style_lora: LoraRef | None = setting(None, "the drawing style, e.g. a sketch LoRA")
+    style_trigger: str = setting("", 'words that call the style, e.g. "storyboard sketch, drawn by KSH style"')
+    shot_embeddings: list[EmbeddingRef] = setting([], "learned shot tokens (e.g. from the pivotal recipe)")
+    shot_tokens: dict[str, str] = setting(DEFAULT_SHOT_TOKENS, "the token of each shot")
+    shot_phrases: dict[str, str] = setting(DEFAULT_SHOT_PHRASES, "the words of each shot")
+    use_shot_tokens: Literal["auto", "yes", "no"] = setting("auto", "auto: a token is used when its embedding is loaded")
+    template: str = setting("{style}, {shot_token} {shot_phrase}, {angle}, {description}, {characters}, {extra}",
+                            "how a panel's prompt is built; placeholders: " + ", ".join(TEMPLATE_FIELDS))
+    characters: dict[str, Character] = setting({}, "the characters by name")
+    layout: Layout = setting(Layout(), "how panels are laid out on the sheet")
+    font: str | None = setting(None, "a .ttf/.otf/.ttc covering the dialogue's scripts (default: found on the system)")
+    scenes: list[Scene] = setting(description="the scenes, one panel each", min_length=1)
 
     @field_validator("template")
     @classmethod

@@ -30,7 +30,7 @@ from personae.errors import UserError
 from personae.events import EventHandler, Message, Progress, ignore
 from personae.inference.samplers import get_sampler
 from personae.inference.session import Session, open_session
-from personae.media.png import format_parameters
+from personae.media.png import format_parameters, infotext_values
 from personae.models.addons import hashes_text
 from personae.models.motion import MotionSource, load_motion_adapter, resolve_motion_adapter
 
@@ -187,14 +187,12 @@ def use_context_windows(pipe, frames: int, context: int, stride: int) -> bool:
 
 def clip_infotext(settings: AnimateSettings, animate_session: AnimateSession, seed: int, width: int, height: int) -> str:
     session = animate_session.session
-    params = {
-        "Steps": settings.steps, "Sampler": settings.sampler, "CFG scale": float(settings.cfg), "Seed": seed,
+    params = {  # the settings that declare an A1111 name, then what this run resolved
+        **infotext_values(settings), "Seed": seed,
         "Size": f"{width}x{height}", "Model hash": session.model_hash, "Model": session.source.name,
-        "Clip skip": settings.clip_skip,
         "Lora hashes": hashes_text({l.name: l.hash for l in session.loras}),
         "TI hashes": hashes_text({e.token: e.hash for e in session.embeddings}),
-        "Frames": settings.frames, "FPS": float(settings.fps), "Motion module": animate_session.motion.name,
-        "Motion module hash": animate_session.motion_hash, "Motion scale": float(settings.motion_scale),
+        "Motion module": animate_session.motion.name, "Motion module hash": animate_session.motion_hash,
         "Context": f"{settings.context}/{settings.context_stride}" if settings.frames > settings.context else None,
         "Version": f"personae {__version__}",
     }

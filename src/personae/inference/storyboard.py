@@ -65,9 +65,8 @@ def render_panel(session: Session, scene: Scene, settings: StoryboardSettings) -
         owner = _lora_owner(ref.path, settings)
         if owner is None or owner in scene.characters:
             loras.append(lora)
-    generate = GenerateSettings(model=settings.model, prompt=prompt, negative=settings.negative, steps=settings.steps,
-                                cfg=settings.cfg, seed=panel_seed(scene, settings), width=settings.width,
-                                height=settings.height, sampler=settings.sampler, clip_skip=settings.clip_skip)
+    generate = GenerateSettings(**settings.sampling(), model=settings.model, prompt=prompt,
+                                seed=panel_seed(scene, settings))
     return txt2img(generate, session, loras=loras)[0], prompt
 
 

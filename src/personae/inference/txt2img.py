@@ -24,7 +24,7 @@ from personae.inference.controlnet import control_denoise, control_infotext, pre
 from personae.inference.img2img import composite, default_size, denoiser, feathered_mask, open_image, vae_roundtrip
 from personae.inference.samplers import get_sampler
 from personae.inference.session import Session, open_session
-from personae.media.png import format_parameters
+from personae.media.png import format_parameters, infotext_values
 from personae.models.addons import LoadedEmbedding, LoadedLora, hashes_text
 
 
@@ -51,12 +51,9 @@ def infotext(settings: GenerateSettings, session: Session, seed: int, width: int
     """A1111's `parameters` text; `loras` / `embeddings`: the add-ons this image used (default: the session's)."""
     loras = session.loras if loras is None else loras
     embeddings = session.embeddings if embeddings is None else embeddings
-    params = {
-        "Steps": settings.steps, "Sampler": settings.sampler, "CFG scale": float(settings.cfg), "Seed": seed,
+    params = {  # the settings that declare an A1111 name, then what this run resolved
+        **infotext_values(settings), "Seed": seed,
         "Size": f"{width}x{height}", "Model hash": session.model_hash, "Model": session.source.name,
-        "Clip skip": settings.clip_skip,
-        "Denoising strength": float(settings.strength) if settings.init_image else None,
-        "Mask blur": settings.mask_blur if settings.mask else None,
         "Lora hashes": hashes_text({l.name: l.hash for l in loras}),
         "TI hashes": hashes_text({e.token: e.hash for e in embeddings}),
         **control_infotext(settings, session),

@@ -75,10 +75,9 @@ def _generate_group(suite: CompareSuite, model: str, rows: list[Row], prompts: l
         for pi, template in enumerate(prompts):
             prompt = fill(template, token, suite.class_word)
             for seed in suite.seeds:
-                settings = GenerateSettings(
-                    model=model, prompt=prompt, negative=suite.negative, steps=row.steps or suite.steps,
-                    cfg=suite.cfg if row.cfg is None else row.cfg, seed=seed, width=suite.width, height=suite.height,
-                    sampler=row.sampler or suite.sampler, clip_skip=suite.clip_skip, device=suite.device, dtype=suite.dtype)
+                swept = {k: getattr(row, k) for k in ("steps", "cfg", "sampler") if getattr(row, k) is not None}
+                settings = GenerateSettings(**{**suite.sampling(), **swept}, model=model, prompt=prompt, seed=seed,
+                                            device=suite.device, dtype=suite.dtype)
                 image = txt2img(settings, session, loras=used_loras, embeddings=used_embeddings)[0]
                 path = save_png(image.image, folder / f"p{pi:02d}-s{seed}.png", image.parameters, image.png_text())
                 sample = Sample(image.image, row.label, prompt, pi, seed, fill(template, "", suite.class_word))

@@ -10,12 +10,15 @@ import json
 import re
 from pathlib import Path
 
+from pydantic import TypeAdapter, ValidationError
+
 from personae.config.base import parse_settings
 from personae.config.generate import GenerateSettings
 from personae.errors import UserError
 from personae.events import EventHandler, Message, ignore
 from personae.inference.txt2img import GeneratedImage, txt2img
-from personae.media.png import PngTextError, parse_parameters, read_png_text, save_png
+from personae.media.png import (InfotextValueError, PngTextError, infotext_settings, parse_parameters, read_png_text,
+                                 save_png)
 from personae.outputs import Kind, check_output, open_output
 
 GENERATED = Kind("generate", "generated images", "personae generate", signature=(),
@@ -45,32 +48,31 @@ def run_generate(settings: GenerateSettings, out_dir: str | Path, on_event: Even
 
 
 def _from_infotext(text: str, source: Path) -> dict:
-    """Generate settings from A1111 infotext (a PNG made by A1111 or another tool)."""
+    """Generate settings from A1111 infotext (a PNG made by A1111 or another tool).
+
+    Every setting that declares its A1111 name is read by that name (media/png.py); "Size" and
+    "Schedule type" are A1111's joins of two settings and are split here.
+    """
     prompt, negative, p = parse_parameters(text)
     prompt = re.sub(r"\s*<lora:[^>]+>", "", prompt)  # LoRAs are files here: pass them with --lora
-    data: dict = {"prompt": prompt, "negative": negative}
-
-    def number(key: str, kind):
-        try:
-            return kind(p[key].strip())
-        except ValueError:
-            raise UserError(f'--from-png: {source} stores "{key}: {p[key][:40]}", which is not a number.',
-                            "Pass that setting on the command line instead.") from None
-
-    for key, field, kind in (("Steps", "steps", int), ("CFG scale", "cfg", float), ("Seed", "seed", int),
-                             ("Denoising strength", "strength", float), ("Clip skip", "clip_skip", int)):
-        if key in p:
-            data[field] = number(key, kind)
+    sizes = {}
     if "Size" in p:
-        width, x, height = p["Size"].partition("x")
-        p["Width"], p["Height"] = width, height
+        width, x, height = p.pop("Size").partition("x")
         if x:
-            data["width"], data["height"] = number("Width", int), number("Height", int)
-    if "Sampler" in p:
-        sampler, schedule = p["Sampler"], p.get("Schedule type", "")
-        if schedule and schedule.lower() not in ("automatic", "") and schedule.lower() not in sampler.lower():
-            sampler = f"{sampler} {schedule}"
-        data["sampler"] = sampler
+            sizes = {"Width": width, "Height": height}
+    try:
+        data: dict = {"prompt": prompt, "negative": negative, **infotext_settings(GenerateSettings, p)}
+        if sizes:
+            data.update(width=TypeAdapter(int).validate_python(sizes["Width"].strip()),
+                        height=TypeAdapter(int).validate_python(sizes["Height"].strip()))
+    except InfotextValueError as exc:
+        raise UserError(f"--from-png: {source} stores {exc}.", "Pass that setting on the command line instead.") from None
+    except ValidationError:
+        raise UserError(f'--from-png: {source} stores "Size: {sizes["Width"][:20]}x{sizes["Height"][:20]}", which is '
+                        "not a size in pixels.", "Pass --width and --height on the command line instead.") from None
+    schedule = p.get("Schedule type", "")
+    if "sampler" in data and schedule.lower() not in ("automatic", "") and schedule.lower() not in data["sampler"].lower():
+        data["sampler"] = f"{data['sampler']} {schedule}"
     return data
 
 

@@ -9,6 +9,10 @@ tab, ComfyUI and image sites read it:
 
 personae also stores its full settings as JSON in a `personae` chunk, so `--from-png`
 reproduces its own images exactly, including file paths of LoRAs and embeddings.
+
+Which settings appear in the `parameters` line, and under which A1111 name, is declared on
+the settings fields themselves (`setting(..., infotext="Steps")`, config/fields.py): both
+directions (`infotext_values`, `infotext_settings`) read those declarations.
 """
 
 from __future__ import annotations
@@ -21,7 +25,9 @@ from pathlib import Path
 
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
+from pydantic import BaseModel, TypeAdapter, ValidationError
 
+from personae.config.fields import extra_of, grouped_fields
 from personae.staging import atomic_file
 
 # A1111 infotext's last line: `Key: value, Key: "quoted, value", ...`. One pass over the line: each match
@@ -52,6 +58,43 @@ def format_parameters(prompt: str, negative: str, params: dict[str, object]) -> 
         lines.append(f"Negative prompt: {negative}")
     lines.append(", ".join(parts))
     return "\n".join(lines)
+
+
+def infotext_values(settings: BaseModel) -> dict[str, object]:
+    """{A1111 key: value} of every field of `settings` that declares its A1111 name, in --help order.
+
+    A field with `infotext_if` is written only when that other field is set (strength only for img2img).
+    """
+    values: dict[str, object] = {}
+    for _, name, info in grouped_fields(type(settings)):
+        extra = extra_of(info)
+        if "infotext" in extra and (not extra.get("infotext_if") or getattr(settings, extra["infotext_if"])):
+            values[extra["infotext"]] = getattr(settings, name)
+    return values
+
+
+class InfotextValueError(ValueError):
+    """An infotext value that does not fit its setting's type (e.g. `Steps: four`)."""
+
+    def __init__(self, key: str, text: str, field: str):
+        super().__init__(f'"{key}: {text[:40]}" is not a valid {field}')
+        self.key, self.text, self.field = key, text, field
+
+
+def infotext_settings(cls: type[BaseModel], params: dict[str, str]) -> dict[str, object]:
+    """{field: value} for the fields of `cls` whose A1111 name is in `params`, each read as its field's type.
+
+    Raises InfotextValueError for a value of the wrong type; bounds are left to the schema's validation.
+    """
+    data: dict[str, object] = {}
+    for _, name, info in grouped_fields(cls):
+        key = extra_of(info).get("infotext")
+        if key and key in params:
+            try:
+                data[name] = TypeAdapter(info.annotation).validate_python(params[key].strip())
+            except ValidationError:
+                raise InfotextValueError(key, params[key], name) from None
+    return data
 
 
 def _pairs(line: str) -> list[tuple[str, str]]:

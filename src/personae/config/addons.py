@@ -1,0 +1,83 @@
+"""What a generation adds to the base model: LoRAs, embeddings, ControlNet units.
+
+Each reference also says how it is written on one command-line word (`CLI_FORM`, `from_cli`),
+so the CLI options are generated from these declarations like every other setting.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import ClassVar
+
+from personae.config.base import Strict
+from personae.config.fields import setting
+
+
+def _split_last(text: str, sep: str = ":") -> tuple[str, str] | None:
+    """`a:b:c` -> ("a:b", "c") when the whole text is not an existing file (a path may hold the separator)."""
+    head, found, tail = text.rpartition(sep)
+    if found and head and not Path(text).is_file():
+        return head, tail
+    return None
+
+
+class LoraRef(Strict):
+    """A LoRA file applied at a strength (A1111's <lora:name:weight>)."""
+
+    CLI_FORM: ClassVar[str] = "FILE[:WEIGHT]"
+
+    path: str = setting(description=".safetensors in kohya/A1111 or diffusers/peft layout")
+    weight: float = setting(1.0, "strength; 0 disables, 1 is as trained, negative inverts")
+
+    @staticmethod
+    def from_cli(text: str) -> dict:
+        split = _split_last(text)
+        if split:
+            try:
+                return {"path": split[0], "weight": float(split[1])}
+            except ValueError:
+                pass
+        return {"path": text, "weight": 1.0}
+
+
+class EmbeddingRef(Strict):
+    """A textual-inversion embedding and the token that calls it in prompts."""
+
+    CLI_FORM: ClassVar[str] = "FILE[:TOKEN]"
+
+    path: str = setting(description="A1111 .safetensors/.pt or diffusers learned_embeds.safetensors")
+    token: str | None = setting(None, "the token in prompts; default: the token stored in the file, else the file "
+                                      "name (as A1111 does)")
+
+    @staticmethod
+    def from_cli(text: str) -> dict:
+        split = _split_last(text)
+        if split and split[1]:
+            return {"path": split[0], "token": split[1]}
+        return {"path": text, "token": None}
+
+
+class ControlRef(Strict):
+    """One ControlNet unit (A1111's "ControlNet 0", "ControlNet 1", ...): a control map from an image, a model, a weight."""
+
+    CLI_FORM: ClassVar[str] = "TYPE:IMAGE[:WEIGHT]"
+
+    type: str = setting(description="how the image becomes a control map: canny, face, pose, raw "
+                                    "(`personae detect --help` lists them)")
+    image: str = setting(description="the photo to read (for raw: the control map itself)")
+    weight: float = setting(1.0, '"Control Weight": 0 switches the unit off, 1 as trained', ge=0.0, le=2.0)
+    model: str | None = setting(None, "ControlNet folder or hub id; default: the type's public default model")
+    options: dict[str, float] = setting({}, 'the type\'s preprocessor options, e.g. canny {"low": 100, "high": 200}')
+
+    @staticmethod
+    def from_cli(text: str) -> dict:
+        kind, sep, rest = text.partition(":")
+        if not sep or not kind or not rest:
+            raise ValueError(f"expected TYPE:IMAGE[:WEIGHT], e.g. canny:photo.png:0.8, got {text!r}")
+        split = _split_last(rest)
+        if split:
+            try:
+                return {"type": kind, "image": split[0], "weight": float(split[1])}
+            except ValueError:
+                pass
+        return {"type": kind, "image": rest, "weight": 1.0}

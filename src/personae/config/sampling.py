@@ -1,0 +1,118 @@
+"""The settings concepts every generating command composes: one declaration per setting.
+
+    GenerateSettings   = Source + Prompt + Sampling + Batch + Addons + Img2Img + Control + Runtime
+    AnimateSettings    = Source + Prompt + Sampling + Addons + Motion + Runtime
+    StoryboardSettings = Sampling + Runtime + the storyboard's own fields
+    CompareSuite       = Sampling + Runtime + the suite's own fields
+
+So a check (bounds, the multiple-of-8 size) is the same in every command, and a field added
+here reaches the CLI options, `--help`, YAML files, PNG metadata and `--from-png` (fields.py).
+A1111's names are in the descriptions and, where A1111 writes them, in `infotext`.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar, Literal
+
+from pydantic import field_validator, model_validator
+
+from personae.config.addons import ControlRef, EmbeddingRef, LoraRef
+from personae.config.fields import Concept, setting
+
+
+class SourceSettings(Concept):
+    TITLE: ClassVar[str] = "model"
+
+    model: str = setting(description="the base model: a diffusers folder, a single-file .safetensors checkpoint, "
+                                     "or a hub id")
+    allow_pickle: bool = setting(False, "load .ckpt/.pt/.bin files (they can run code when loaded)")
+
+
+class PromptSettings(Concept):
+    TITLE: ClassVar[str] = "prompt"
+
+    prompt: str = setting(description="the prompt; A1111 syntax: (word:1.3), (word), [word], BREAK; any length "
+                                      "(chunked by 75 tokens)")
+    seed: int = setting(-1, '"Seed"; -1 picks one at random (written to the PNG)', infotext="Seed", ge=-1, lt=2**32)
+
+
+class SamplingSettings(Concept):
+    """How the sampler draws: the settings every generating command takes (generate, animate, storyboard, compare)."""
+
+    TITLE: ClassVar[str] = "sampling"
+
+    negative: str = setting("", '"Negative prompt": what the image should not show')
+    steps: int = setting(20, '"Steps": sampling steps', infotext="Steps", ge=1, le=1000)
+    cfg: float = setting(7.0, '"CFG scale": how strongly the prompt steers; <= 1 turns guidance off',
+                         infotext="CFG scale", ge=0.0, le=100.0)
+    sampler: str = setting("DPM++ 2M Karras", '"Sampler", by its A1111 name (the list is below)', infotext="Sampler")
+    clip_skip: int = setting(1, '"Clip skip": 1 uses the last CLIP layer, 2 the one before (anime models)',
+                             infotext="Clip skip", ge=1, le=12)
+    width: int | None = setting(None, '"Size" width in pixels, a multiple of 8; default: the model\'s native size',
+                                ge=8, le=8192)
+    height: int | None = setting(None, '"Size" height in pixels, a multiple of 8; default: the model\'s native size',
+                                 ge=8, le=8192)
+
+    @field_validator("width", "height")
+    @classmethod
+    def _multiple_of_8(cls, value: int | None) -> int | None:
+        if value is not None and value % 8:
+            raise ValueError(f"must be a multiple of 8 (the VAE works in 8-pixel cells), got {value}")
+        return value
+
+    def sampling(self) -> dict:
+        """The sampling values, to pass on to the settings of one image (storyboard panels, comparison cells)."""
+        return {name: getattr(self, name) for name in SamplingSettings.model_fields}
+
+
+class BatchSettings(Concept):
+    TITLE: ClassVar[str] = "batch"
+
+    batch_size: int = setting(1, '"Batch size": images per forward pass (seeds seed, seed+1, ...)', ge=1, le=64)
+    batch_count: int = setting(1, '"Batch count": how many batches, continuing the seeds', ge=1, le=10000)
+
+
+class RuntimeSettings(Concept):
+    TITLE: ClassVar[str] = "runtime"
+
+    device: Literal["auto", "cpu", "cuda", "mps"] = setting("auto", "where to run")
+    dtype: Literal["auto", "fp32", "fp16", "bf16"] = setting("auto", "number format; auto: fp16 on cuda/mps, fp32 on cpu")
+
+
+class Img2ImgSettings(Concept):
+    TITLE: ClassVar[str] = "img2img and inpainting"
+
+    init_image: str | None = setting(None, 'img2img: start from this image ("Denoising strength" decides how much '
+                                           'changes)', metavar="IMG")
+    strength: float = setting(0.75, '"Denoising strength" for --init-image: 0 keeps the image, 1 redraws it',
+                              infotext="Denoising strength", infotext_if="init_image", ge=0.0, le=1.0)
+    mask: str | None = setting(None, "inpainting: redraw only the white part of this mask, keep the black "
+                                     "(needs --init-image)", metavar="MASK")
+    mask_blur: int = setting(4, '"Mask blur": feathering of the mask edge, in pixels', infotext="Mask blur",
+                             infotext_if="mask", ge=0, le=64)
+
+
+class ControlSettings(Concept):
+    TITLE: ClassVar[str] = "ControlNet"
+
+    controls: list[ControlRef] = setting([], 'ControlNet units (A1111\'s "ControlNet 0", "ControlNet 1", ...): '
+                                             "control type (canny, face, pose, raw), the image, weight (default 1); "
+                                             "repeat for multi-ControlNet", flag="--control")
+    control_start: float = setting(0.0, '"Guidance Start": fraction of the steps before control acts', ge=0.0, le=1.0)
+    control_end: float = setting(1.0, '"Guidance End": fraction of the steps after which control stops', ge=0.0,
+                                 le=1.0)
+
+    @model_validator(mode="after")
+    def _control_window(self):
+        if self.control_start >= self.control_end:
+            raise ValueError(f"control_start ({self.control_start:g}) must be below control_end ({self.control_end:g})")
+        return self
+
+
+class AddonSettings(Concept):
+    TITLE: ClassVar[str] = "add-ons"
+
+    loras: list[LoraRef] = setting([], "a LoRA file at a strength (A1111's <lora:name:weight>); repeatable",
+                                   flag="--lora")
+    embeddings: list[EmbeddingRef] = setting([], "a textual-inversion embedding; repeatable; the token defaults to "
+                                                 "the file's", flag="--embedding")

@@ -1,0 +1,231 @@
+"""One settings declaration per concept: a field added once reaches every surface; shared checks agree everywhere."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from personae.cli.main import build_parser, main
+from personae.config.animate import AnimateSettings
+from personae.config.base import parse_settings
+from personae.config.compare import CompareSuite, Variant
+from personae.config.generate import GenerateSettings
+from personae.config.sampling import SamplingSettings
+from personae.config.storyboard import StoryboardSettings
+from personae.errors import UserError
+from personae.media.png import infotext_settings, infotext_values
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+NEW_FIELD = '''    eta: float = setting(0.0, '"Eta": a setting added by the test', infotext="Eta", ge=0.0, le=1.0)
+
+'''
+
+# Everything a user can do with a setting, run in a personae whose sampling concept gained one field.
+SURFACES = r'''
+import contextlib, io, json, sys
+from pathlib import Path
+
+import yaml
+from PIL import Image
+from PIL.PngImagePlugin import PngInfo
+
+from personae.cli import animate_cmd
+from personae.cli.main import build_parser, main
+from personae.errors import UserError
+from personae.jobs.compare_plan import load_suite
+from personae.jobs.generate import settings_from_png
+from personae.jobs.storyboard import load_scenes
+from personae.media.png import infotext_values, read_png_text
+
+tiny, work = sys.argv[1], Path(sys.argv[2])
+out = {}
+for command in ("generate", "animate", "storyboard", "compare"):
+    text = io.StringIO()
+    with contextlib.redirect_stdout(text), contextlib.suppress(SystemExit):
+        build_parser().parse_args([command, "--help"])
+    out["help " + command] = text.getvalue()
+scene = [{"number": 1, "description": "a cat"}]
+(work / "board.yaml").write_text(yaml.safe_dump({"model": tiny, "eta": 0.5, "scenes": scene}))
+out["storyboard yaml"] = load_scenes(work / "board.yaml").eta
+(work / "suite.yaml").write_text(yaml.safe_dump({"base_model": tiny, "eta": 0.25}))
+out["compare yaml"] = load_suite(work / "suite.yaml").eta
+(work / "bad.yaml").write_text(yaml.safe_dump({"model": tiny, "eta": 2, "scenes": scene}))
+try:
+    load_scenes(work / "bad.yaml")
+except UserError as exc:
+    out["out of bounds"] = str(exc)
+clip = animate_cmd.settings_from_args(build_parser().parse_args(
+    ["animate", "--model", tiny, "--prompt", "x", "--motion-adapter", "m", "--eta", "0.75"]))
+out["animate option"], out["animate infotext"] = clip.eta, infotext_values(clip).get("Eta")
+out["generate exit"] = main(["generate", "--model", tiny, "--prompt", "a cat", "--steps", "2", "--width", "64",
+                             "--height", "64", "--seed", "3", "--eta", "0.125", "--out", str(work / "a"), "--quiet"])
+png = next((work / "a").glob("*.png"))
+out["png json"] = json.loads(read_png_text(png)["personae"])["eta"]
+out["png parameters"] = read_png_text(png)["parameters"]
+main(["generate", "--from-png", str(png), "--model", tiny, "--out", str(work / "b"), "--quiet"])
+out["from png"] = json.loads(read_png_text(next((work / "b").glob("*.png")))["personae"])["eta"]
+info = PngInfo()
+info.add_text("parameters", "a dog\nSteps: 2, Sampler: Euler, CFG scale: 7, Seed: 1, Size: 64x64, Eta: 0.5")
+Image.new("RGB", (8, 8)).save(work / "a1111.png", pnginfo=info)
+out["from a1111 png"] = settings_from_png(work / "a1111.png")["eta"]
+print("RESULT " + json.dumps(out))
+'''
+
+
+def _personae_with_one_more_field(root: Path) -> Path:
+    """A copy of personae whose SamplingSettings declares one more field: the only edit a developer makes."""
+    copy = root / "src"
+    shutil.copytree(SRC / "personae", copy / "personae", ignore=shutil.ignore_patterns("__pycache__"))
+    sampling = copy / "personae/config/sampling.py"
+    text = sampling.read_text()
+    anchor = '    @field_validator("width", "height")\n'
+    assert text.count(anchor) == 1
+    sampling.write_text(text.replace(anchor, NEW_FIELD + anchor))
+    return copy
+
+
+def test_a_sampling_field_added_once_reaches_cli_help_yaml_png_and_from_png(tiny_model, tmp_path):
+    assert "--eta" not in _help("generate")  # the field is new
+    src = _personae_with_one_more_field(tmp_path)
+    (tmp_path / "work").mkdir()
+    env = {**os.environ, "PYTHONPATH": str(src), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    r = subprocess.run([sys.executable, "-c", SURFACES, str(tiny_model[0]), str(tmp_path / "work")], env=env,
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout.rsplit("RESULT ", 1)[1])
+    for command in ("generate", "animate", "storyboard", "compare"):
+        assert "--eta ETA" in out["help " + command] and '"Eta": a setting added by the test' in out["help " + command]
+    assert out["storyboard yaml"] == 0.5 and out["compare yaml"] == 0.25
+    assert '"eta"' in out["out of bounds"] and "less than or equal to 1" in out["out of bounds"]
+    assert out["animate option"] == 0.75 and out["animate infotext"] == 0.75
+    assert out["generate exit"] == 0
+    assert out["png json"] == 0.125 and "Eta: 0.125" in out["png parameters"]
+    assert out["from png"] == 0.125 and out["from a1111 png"] == 0.5
+
+
+def _help(command: str) -> str:
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices[command]
+    return sub.format_help()
+
+
+def _options(command: str) -> set[str]:
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices[command]
+    return {s for a in sub._actions for s in a.option_strings} - {"-h", "--help"}
+
+
+SHARED = {"--model", "--prompt", "--negative", "--steps", "--cfg", "--seed", "--width", "--height", "--sampler",
+          "--clip-skip", "--lora", "--embedding", "--device", "--dtype", "--allow-pickle"}
+
+
+def test_generated_options_keep_the_names_users_know():
+    assert _options("generate") == SHARED | {
+        "--batch-size", "--batch-count", "--init-image", "--strength", "--mask", "--mask-blur", "--control",
+        "--controlnet", "--control-option", "--control-start", "--control-end", "--recipe", "--animal", "--from-png",
+        "--out", "--quiet", "--yes"}
+    assert _options("animate") == SHARED | {"--motion-adapter", "--frames", "--fps", "--motion-scale", "--context",
+                                            "--context-stride", "--out", "--frames-dir", "--overwrite", "--quiet",
+                                            "--yes"}
+    sampling = {"--negative", "--steps", "--cfg", "--sampler", "--clip-skip", "--width", "--height", "--device",
+                "--dtype"}
+    assert sampling <= _options("storyboard") and sampling <= _options("compare")
+
+
+def test_help_comes_from_the_declarations_with_each_commands_defaults(monkeypatch):
+    monkeypatch.setenv("COLUMNS", "1000")  # one line per option: descriptions are compared whole
+    generate, animate = (" ".join(_help(c).split()) for c in ("generate", "animate"))
+    for name, info in GenerateSettings.model_fields.items():
+        if name != "version":
+            assert " ".join(info.description.split()) in generate, name
+    assert '"Steps": sampling steps (default 20)' in generate and '"Steps": sampling steps (default 25)' in animate
+    assert '(default "DPM++ 2M Karras")' in generate and "(default DDIM)" in animate
+    assert "--device {auto,cpu,cuda,mps}" in generate and "--lora FILE[:WEIGHT]" in generate
+    assert "motion options:" in animate and "ControlNet options:" in generate
+
+
+def test_generated_options_parse_like_the_hand_written_ones(tmp_path, capsys):
+    from personae.cli import generate_cmd
+
+    args = build_parser().parse_args(["generate", "--model", "m", "--prompt", "p", "--lora", "a.safetensors:0.5",
+                                      "--embedding", "e.pt:<tok>", "--control", "canny:x.png:0.8", "--control",
+                                      "pose:y.png", "--allow-pickle", "--steps", "4", "--cfg", "2.5"])
+    settings = generate_cmd.settings_from_args(args)
+    assert [(l.path, l.weight) for l in settings.loras] == [("a.safetensors", 0.5)]
+    assert [(e.path, e.token) for e in settings.embeddings] == [("e.pt", "<tok>")]
+    assert [(c.type, c.image, c.weight) for c in settings.controls] == [("canny", "x.png", 0.8), ("pose", "y.png", 1.0)]
+    assert settings.allow_pickle and settings.steps == 4 and settings.cfg == 2.5 and settings.sampler == "DPM++ 2M Karras"
+    with pytest.raises(SystemExit) as exc:
+        build_parser().parse_args(["generate", "--control", "canny"])
+    assert exc.value.code == 2 and "expected TYPE:IMAGE[:WEIGHT]" in capsys.readouterr().err
+    # options not given leave a PNG's settings alone
+    assert generate_cmd.settings_from_args(build_parser().parse_args(["generate"]),
+                                           {"model": "m", "prompt": "p", "steps": 9}).steps == 9
+
+
+COMMANDS = [(GenerateSettings, {"model": "m", "prompt": "p"}),
+            (AnimateSettings, {"model": "m", "prompt": "p", "motion_adapter": "a"}),
+            (StoryboardSettings, {"model": "m", "scenes": [{"number": 1, "description": "d"}]}),
+            (CompareSuite, {"base_model": "m"})]
+
+
+@pytest.mark.parametrize("cls,base", COMMANDS, ids=lambda c: getattr(c, "__name__", ""))
+@pytest.mark.parametrize("bad,expected", [
+    ({"cfg": 101}, "less than or equal to 100"), ({"cfg": -1}, "greater than or equal to 0"),
+    ({"width": 65}, "multiple of 8"), ({"height": 100}, "multiple of 8"), ({"width": 8200}, "less than or equal"),
+    ({"steps": 0}, "greater than or equal to 1"), ({"steps": 1001}, "less than or equal to 1000"),
+    ({"clip_skip": 13}, "less than or equal to 12"), ({"dtype": "fp8"}, "fp32"),
+])
+def test_the_shared_checks_are_the_same_in_every_command(cls, base, bad, expected):
+    with pytest.raises(UserError, match=expected) as err:
+        parse_settings(cls, {**base, **bad}, "settings")
+    assert f'"{next(iter(bad))}"' in str(err.value)
+
+
+@pytest.mark.parametrize("cls", [c for c, _ in COMMANDS], ids=lambda c: c.__name__)
+def test_every_command_uses_the_one_declaration(cls):
+    for name, shared in SamplingSettings.model_fields.items():
+        mine = cls.model_fields[name]
+        assert (mine.annotation, mine.metadata, mine.description) == (shared.annotation, shared.metadata,
+                                                                      shared.description), name
+    for name in ("steps", "cfg", "sampler"):  # a comparison variant's override is checked like the suite's value
+        assert Variant.model_fields[name].metadata == SamplingSettings.model_fields[name].metadata
+    with pytest.raises(UserError, match="less than or equal to 100"):
+        parse_settings(Variant, {"label": "v", "cfg": 101})
+    with pytest.raises(UserError, match="sweep.cfg"):
+        parse_settings(CompareSuite, {"base_model": "m", "sweep": {"cfg": [5, 101]}})
+
+
+def test_storyboard_and_compare_options_are_checked_like_generate(tmp_path, capsys):
+    board = tmp_path / "board.yaml"
+    board.write_text(yaml.safe_dump({"model": "./nowhere", "scenes": [{"number": 1, "description": "d"}]}))
+    assert main(["storyboard", str(board), "--width", "65", "--out", str(tmp_path / "b")]) == 2
+    assert "multiple of 8" in capsys.readouterr().err
+    assert main(["storyboard", str(board), "--cfg", "101", "--out", str(tmp_path / "b")]) == 2
+    assert "less than or equal to 100" in capsys.readouterr().err
+    suite = tmp_path / "suite.yaml"
+    suite.write_text(yaml.safe_dump({"base_model": "./nowhere"}))
+    assert main(["compare", str(suite), "--height", "100", "--out", str(tmp_path / "c")]) == 2
+    assert "multiple of 8" in capsys.readouterr().err
+    assert not (tmp_path / "b").exists() and not (tmp_path / "c").exists()
+
+
+def test_infotext_names_come_from_the_declarations():
+    plain = GenerateSettings(model="m", prompt="p", steps=4, cfg=6.5, seed=3, clip_skip=2, strength=0.4)
+    assert infotext_values(plain) == {"Seed": 3, "Steps": 4, "CFG scale": 6.5, "Sampler": "DPM++ 2M Karras",
+                                      "Clip skip": 2}  # strength only when there is an init image
+    img2img = plain.model_copy(update={"init_image": "x.png"})
+    assert infotext_values(img2img)["Denoising strength"] == 0.4
+    read = infotext_settings(GenerateSettings, {"Steps": "4", "CFG scale": "6.5", "Seed": "3", "Clip skip": "2",
+                                                "Denoising strength": "0.4", "Model": "ignored"})
+    assert read == {"seed": 3, "steps": 4, "cfg": 6.5, "clip_skip": 2, "strength": 0.4}
+    clip = AnimateSettings(model="m", prompt="p", motion_adapter="a", frames=8, fps=12)
+    assert {"Frames": 8, "FPS": 12.0, "Motion scale": 1.0, "Steps": 25}.items() <= infotext_values(clip).items()
