@@ -153,7 +153,7 @@ def test_builtin_prompt_set(project, tmp_path):
     ("version: 1\nbase_model: ./tiny\nprompt: [x]\n", 'unknown key "prompt" (did you mean "prompts"?)'),
     ("version: 1\nbase_model: ./tiny\nsweep: {seed: [1]}\n", 'cannot sweep "seed"'),
     ("version: 1\nbase_model: ./tiny\nvariants: [{label: a}, {label: a}]\n", "repeated: ['a']"),
-    ("version: 1\nbase_model: ./tiny\nvariants: [{label: r, run: ./prepared}]\n", "not a finished training run"),
+    ("version: 1\nbase_model: ./tiny\nvariants: [{label: r, run: ./prepared}]\n", "not a personae training run"),
     ("version: 1\nbase_model: ./tiny\nvariants: [{label: r, run: ./runs/demo, checkpoints: [3]}]\n",
      "no checkpoint at step(s) [3]"),
     ("version: 1\nbase_model: ./tiny\nreferences: ./nowhere\n", "is not a folder"),

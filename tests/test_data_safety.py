@@ -328,13 +328,18 @@ def test_run_folders_from_before_markers_still_resume_and_overwrite(ctx, tmp_pat
 
     run = tmp_path / "old-run"
     job = _job(tmp_path / "job.yaml", ctx["tiny"], ctx["prepared"], run, train={**QUICK_TRAIN, "save_every": 1})
+    def as_before_markers():  # as runs were written then: config.yaml, versions.json, checkpoints/, no marker
+        (run / MARKER).unlink()
+        (run / "run.json").unlink()
+        (run / "versions.json").write_text('{"personae": "0.1.0"}\n')
+
     run_training(load_job(job, ["train.steps=1"]))
-    (run / MARKER).unlink()  # as written before this change: config.yaml, checkpoints/, exports, no marker
+    as_before_markers()
     result = run_training(load_job(job), resume=True)  # recognised by its layout; continues from step 1
     assert result.steps == 2 and len(result.losses) == 2 and read_marker(run)["kind"] == "train"
-    (run / MARKER).unlink()
+    as_before_markers()
     run_training(load_job(job), overwrite=True)
-    (run / MARKER).unlink()
+    as_before_markers()
     user_files(run, ("notes.txt",))  # not a name personae writes: an old folder with it is not recognised
     before = snapshot(run)
     assert main(["train", str(job), "--overwrite", "--quiet"]) == 2

@@ -47,10 +47,16 @@ def test_batches_continue_the_seeds_and_each_image_reproduces_alone(tiny_model, 
 
 
 @pytest.mark.parametrize("name", list(SAMPLERS))
-def test_every_sampler_runs_and_is_deterministic(tiny_model, tiny_session, name):
+def test_every_sampler_runs_and_is_deterministic(tiny_model, tiny_session, name, monkeypatch):
+    from personae.inference.session import Session
+
+    used, build = [], Session.pipeline  # each call's pipeline is built with the sampler's scheduler
+    monkeypatch.setattr(Session, "pipeline", lambda self, *a, **kw: used.append(kw["scheduler"]) or build(self, *a, **kw))
+    own = tiny_session.pipe.scheduler
     s = settings(tiny_model[0], sampler=name, steps=3)
     a, b = txt2img(s, tiny_session)[0], txt2img(s, tiny_session)[0]
-    assert type(tiny_session.pipe.scheduler) is SAMPLERS[name].scheduler
+    assert len(used) == 2 and all(type(x) is SAMPLERS[name].scheduler for x in used)
+    assert tiny_session.pipe.scheduler is own  # the session's own is left as it was
     assert np.array_equal(pixels(a), pixels(b)) and pixels(a).std() > 0
     assert f"Sampler: {name}," in a.parameters
 
