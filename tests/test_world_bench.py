@@ -152,3 +152,26 @@ def test_dreambooth_on_a_model_with_its_own_tokenizer_exports_a_folder_only(tmp_
     result = run_training(job)
     assert [(f.format, f.loader) for f in result.exports] == [("diffusers", "folder")]
     assert [c.family for c in result.checks] == ["folder"] and result.checks[0].max_abs_diff <= 1e-4
+
+
+def test_bench_through_the_cli_writes_its_whole_folder(tmp_path):
+    """`personae world bench` as a user runs it, at plumbing size (one method without prior images, 2 steps,
+    1 evaluation image per prompt): exit 0, every file of the folder, no .partial left. The real numbers
+    (DreamBooth teaching the star) are checked on the demo's run (tests/test_cli.py)."""
+    import json
+
+    from personae.cli.main import main
+
+    out = tmp_path / "bench"
+    assert main(["world", "bench", "--out", str(out), "--methods", "textual_inversion", "--concepts", "star",
+                 "--seeds", "1", "--set", "workers=1", "--set", "images=2", "--set", "prior_images=1",
+                 "--set", "eval.seeds_per_prompt=1", "--set", "eval.steps=2", "--set", "eval.prior_samples=16",
+                 "--set", "jobs.textual_inversion.train.steps=2", "--quiet"]) == 0
+    for name in ("table.md", "table.csv", "results.json", "report.html", "grids/base-star.png",
+                 "grids/textual_inversion-star-s0.png", "runs/textual_inversion-star-s0/run.json",
+                 "data/textual_inversion-star-s0/00.png"):
+        assert (out / name).is_file(), name
+    assert not (tmp_path / "bench.partial").exists()
+    (run,) = json.loads((out / "results.json").read_text())["runs"]
+    assert run["method"] == "textual_inversion" and 0.0 <= run["subject_fidelity"] <= 1.0
+    assert "| textual_inversion | 1 |" in (out / "table.md").read_text()
