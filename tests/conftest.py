@@ -55,3 +55,17 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if MODEL_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.slow)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_accelerate_state():
+    """Tests train many jobs in one process, with different precisions; personae runs each job in its own
+    process (jobs.runner), so here accelerate's per-process state is reset after each test, as accelerate's
+    own tests do (AccelerateTestCase.tearDown)."""
+    yield
+    import sys
+
+    if "accelerate.state" in sys.modules:
+        from accelerate.state import AcceleratorState
+
+        AcceleratorState._reset_state(reset_partial_state=True)

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from train_helpers import StepWatcher, prepared_subject, write_job
 
 from personae.cli.main import main
 from personae.errors import UserError
@@ -28,7 +29,6 @@ from personae.jobs.runner import start
 from personae.jobs.train import load_job
 from personae.runs import RUN_FILE, read_run
 from personae.training.stopping import Stopped
-from train_helpers import StepWatcher, prepared_subject, write_job
 
 QUICK = {"batch_size": 1, "resolution": 64, "verify_exports": False, "validation": {"steps": 1}}
 
@@ -55,20 +55,31 @@ def _at_step(step: int, *commands: str):
     return holder, on_event
 
 
-def test_stop_through_the_interface_then_resume_is_bit_identical(tmp_path, tiny_model, prepared):
-    whole = start(load_job(_job(tmp_path, tiny_model, prepared, "whole")))
-    assert whole.result(timeout=600).steps == 4
+@pytest.fixture(scope="module")
+def whole(tmp_path_factory, tiny_model, prepared):
+    """The 4-step run uninterrupted, in a worker process (start's default)."""
+    tmp = tmp_path_factory.mktemp("whole")
+    assert start(load_job(_job(tmp, tiny_model, prepared, "whole"))).result(timeout=600).steps == 4
+    return tmp / "whole"
+
+
+@pytest.mark.parametrize("isolated", [False, True], ids=["thread", "process"])
+def test_stop_through_the_interface_then_resume_is_bit_identical(tmp_path, tiny_model, prepared, whole, isolated):
+    """In a thread the stop sent at step 2's event lands at step 2's end; a worker process hears it a step or
+    two later (the events cross processes), so there the checkpoint is of the step it stopped at."""
     job = _job(tmp_path, tiny_model, prepared, "broken")
     holder, on_event = _at_step(2, "stop")
-    handle = holder["handle"] = start(load_job(job), on_event=on_event)
+    handle = holder["handle"] = start(load_job(job), on_event=on_event, isolated=isolated)
     events = list(handle.events())
     with pytest.raises(Stopped):
         handle.result()
     saved = [e for e in events if isinstance(e, CheckpointSaved)]
-    assert [e.step for e in saved] == [2] and (saved[0].path / "state.pt").is_file()
-    assert events[-1] == Finished(tmp_path / "broken", 2, stopped=True)
+    at = saved[0].step if saved else None
+    assert (at == 2 if not isolated else at in (2, 3)), [e.step for e in saved]
+    assert [e.step for e in saved] == [at] and (saved[0].path / "state.pt").is_file()
+    assert events[-1] == Finished(tmp_path / "broken", at, stopped=True)
     record = read_run(tmp_path / "broken")
-    assert record.status == "stopped" and [c.step for c in record.checkpoints] == [2] and record.metrics.steps == 2
+    assert record.status == "stopped" and [c.step for c in record.checkpoints] == [at] and record.metrics.steps == at
     assert record.settings["train"]["steps"] == 4 and record.libraries["torch"] and record.exports == []
     # the folder as personae wrote it before run.json: --resume reads its checkpoints all the same
     (tmp_path / "broken" / RUN_FILE).unlink()
@@ -79,19 +90,41 @@ def test_stop_through_the_interface_then_resume_is_bit_identical(tmp_path, tiny_
         if name == "lora.safetensors":  # kohya names the file after its run folder: compare the tensors' bytes
             from safetensors.torch import load_file
 
-            a, b = (load_file(str(tmp_path / run / name)) for run in ("whole", "broken"))
+            a, b = load_file(str(whole / name)), load_file(str(tmp_path / "broken" / name))
             assert a.keys() == b.keys() and all(a[k].numpy().tobytes() == b[k].numpy().tobytes() for k in a), name
             continue
-        assert (tmp_path / "whole" / name).read_bytes() == (tmp_path / "broken" / name).read_bytes(), name
+        assert (whole / name).read_bytes() == (tmp_path / "broken" / name).read_bytes(), name
     record = read_run(tmp_path / "broken")
     assert record.status == "finished" and record.metrics.steps == 4 and record.error is None
     assert {(e.path, e.format, e.loader) for e in record.exports} >= {("lora.safetensors", "kohya", "lora")}
-    assert record.metrics.final_loss == pytest.approx(float((tmp_path / "whole/losses.csv").read_text().split(",")[-1]), abs=1e-6)
+    assert record.metrics.final_loss == pytest.approx(float((whole / "losses.csv").read_text().split(",")[-1]), abs=1e-6)
+
+
+def test_jobs_in_worker_processes_may_differ_in_precision(tmp_path, tiny_model, prepared):
+    """accelerate keeps one precision per process: two jobs that differ both run, each in its own worker, and
+    the calling process's accelerate state is untouched; in one process the second is a clear error."""
+    from accelerate.state import AcceleratorState
+
+    from personae.jobs.train import run_training
+
+    holder, on_event = _at_step(1, "sample")
+    plain = holder["handle"] = start(load_job(_job(tmp_path, tiny_model, prepared, "no", steps=3)), on_event=on_event)
+    half = start(load_job(_job(tmp_path, tiny_model, prepared, "bf16", steps=1, mixed_precision="bf16")))
+    events = list(plain.events())
+    assert plain.result(timeout=600).steps == 3 and half.result(timeout=600).steps == 1
+    images = [e for e in events if isinstance(e, ImageReady)]
+    assert len(images) == 2 and all(e.path.is_file() for e in images)  # "sample now" (a step or two later), the end
+    assert read_run(tmp_path / "bf16").settings["train"]["mixed_precision"] == "bf16"
+    assert not AcceleratorState._shared_state  # nothing initialised here: the jobs ran in their own processes
+    run_training(load_job(_job(tmp_path, tiny_model, prepared, "here", steps=1)))
+    with pytest.raises(UserError, match="accelerate keeps one precision per process"):
+        run_training(load_job(_job(tmp_path, tiny_model, prepared, "here-bf16", steps=1, mixed_precision="bf16")))
 
 
 def test_sample_and_save_now_give_an_image_and_a_checkpoint(tmp_path, tiny_model, prepared):
     holder, on_event = _at_step(1, "sample", "save")
-    handle = holder["handle"] = start(load_job(_job(tmp_path, tiny_model, prepared, "run", steps=3)), on_event=on_event)
+    handle = holder["handle"] = start(load_job(_job(tmp_path, tiny_model, prepared, "run", steps=3)), on_event=on_event,
+                                      isolated=False)  # in a thread, so the commands land at step 1 exactly
     events = list(handle.events())
     assert handle.result().steps == 3 and isinstance(events[-1], Finished) and not events[-1].stopped
     images = [e for e in events if isinstance(e, ImageReady)]

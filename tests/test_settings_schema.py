@@ -229,3 +229,76 @@ def test_infotext_names_come_from_the_declarations():
     assert read == {"seed": 3, "steps": 4, "cfg": 6.5, "clip_skip": 2, "strength": 0.4}
     clip = AnimateSettings(model="m", prompt="p", motion_adapter="a", frames=8, fps=12)
     assert {"Frames": 8, "FPS": 12.0, "Motion scale": 1.0, "Steps": 25}.items() <= infotext_values(clip).items()
+
+
+def _all_fields(cls, seen=None):
+    """Every (model, field name, info) of a settings model, nested sections and list items included."""
+    from pydantic import BaseModel
+
+    from personae.cli.options import _plain
+
+    seen = set() if seen is None else seen
+    if cls in seen:
+        return
+    seen.add(cls)
+    for name, info in cls.model_fields.items():
+        yield cls, name, info
+        kind = _plain(info.annotation)
+        for arg in (kind, *getattr(kind, "__args__", ())):
+            if isinstance(arg, type) and issubclass(arg, BaseModel):
+                yield from _all_fields(arg, seen)
+
+
+def _settings_models():
+    from personae.config.prepare import PrepareSettings
+    from personae.config.train import TrainJob
+    from personae.world.bench_settings import WorldBench
+    from personae.world.pretrain_settings import WorldPretrain
+
+    return {"train": TrainJob, "prepare": PrepareSettings, "world pretrain": WorldPretrain, "world bench": WorldBench}
+
+
+@pytest.mark.parametrize("command", ["train", "prepare", "world pretrain", "world bench"])
+def test_every_setting_of_train_prepare_and_world_is_documented_in_its_help(command, monkeypatch):
+    """The job, prepare and world settings carry their description in the declaration, and `--help` is made from
+    it: every key (train.steps, lora.rank, vae.kl_weight ...) or option (--class-word ...) with its text."""
+    from personae.cli.options import flag_of, settings_lines
+
+    monkeypatch.setenv("COLUMNS", "1000")
+    cls = _settings_models()[command]
+    undocumented = [f"{model.__name__}.{name}" for model, name, info in _all_fields(cls) if not info.description]
+    assert not undocumented, undocumented
+    parser = build_parser()
+    for word in command.split():
+        parser = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices[word]
+    text = " ".join(parser.format_help().split())
+    if command == "prepare":  # options, one per field
+        for name, info in cls.model_fields.items():
+            if name != "version":
+                assert flag_of(name, info) in text and " ".join(info.description.split()) in text, name
+    else:  # a listing of the file's keys
+        keys = settings_lines(cls)
+        assert len(keys) > 10 and all(key in text for key, _ in keys)
+        for key, description in keys:
+            assert " ".join(description.split()) in text, key
+    if command == "train":
+        assert "train.min_snr_gamma" in text and "pivotal.tokens[].init_word" in text and "(default 500" in text
+
+
+def test_prepare_options_parse_colours_and_folder_tokens_in_the_settings_model(tmp_path):
+    from personae.cli.options import settings_values
+    from personae.config.prepare import PrepareSettings
+
+    args = build_parser().parse_args(["prepare", "src", "out", "--background", "#808080", "--folder-tokens",
+                                      "close_up=<cu>, full=<fs>", "--recaption", "--class-word", "dog"])
+    settings = parse_settings(PrepareSettings, settings_values(args, PrepareSettings))
+    assert settings.background == (128, 128, 128) and settings.folder_tokens == {"close_up": "<cu>", "full": "<fs>"}
+    assert settings.recaption and settings.class_word == "dog"
+    assert parse_settings(PrepareSettings, {"background": "10, 20, 30"}).background == (10, 20, 30)
+    assert parse_settings(PrepareSettings, {"background": [1, 2, 3]}).background == (1, 2, 3)
+    for bad, why in (("nocolour", "is not a colour"), ("300,0,0", "0-255")):
+        with pytest.raises(UserError, match=why):
+            parse_settings(PrepareSettings, {"background": bad})
+    with pytest.raises(UserError, match="is not folder=token"):
+        parse_settings(PrepareSettings, {"folder_tokens": "close_up"})
+    assert main(["prepare", str(tmp_path / "none"), str(tmp_path / "out"), "--background", "nocolour"]) == 2

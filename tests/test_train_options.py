@@ -8,6 +8,7 @@ from safetensors.torch import load_file
 from train_helpers import prepared_subject, write_job
 
 from personae.data.dataset import BatchPlan, Example, noisy_caption
+from personae.jobs.runner import start
 from personae.jobs.train import load_job, run_training
 
 pytestmark = pytest.mark.slow  # models, training or CLI subprocesses: the full tier only
@@ -22,7 +23,10 @@ def _weights(tmp_path, tiny, prepared, name, **train):
     base = {"steps": 4, "batch_size": 2, "learning_rate": 1e-4, "verify_exports": False, "validation": {"steps": 1}}
     job = load_job(write_job(tmp_path, base_model=str(tiny), method="lora", data=prepared, output=tmp_path / name,
                              lora={"rank": 4, "alpha": 4}, train={**base, **train}))
-    result = run_training(job)
+    if job.train.mixed_precision != "no":  # accelerate keeps one precision per process: the job gets its own
+        result = start(job).result(timeout=900)
+    else:
+        result = run_training(job)
     return load_file(str(tmp_path / name / "checkpoints" / f"step-{result.steps:06d}" / "trainable.safetensors")), result
 
 

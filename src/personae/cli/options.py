@@ -49,7 +49,8 @@ def _one_word(parse):
 def _default_text(value: Any) -> str:
     if value is None or value == "" or value == [] or value == {} or isinstance(value, bool):
         return ""
-    shown = f"{value:g}" if isinstance(value, float) else str(value)
+    shown = f"{value:g}" if isinstance(value, float) else ",".join(map(str, value)) if isinstance(value, tuple) \
+        else str(value)
     return f' (default "{shown}")' if " " in shown else f" (default {shown})"
 
 
@@ -64,7 +65,9 @@ def option_kwargs(name: str, info: FieldInfo) -> dict | None:
     kw: dict[str, Any] = {"dest": name, "default": None, "help": help_text}
     if "metavar" in extra:
         kw["metavar"] = extra["metavar"]
-    if typing.get_origin(kind) is Literal:
+    if extra.get("text"):
+        kw["type"] = str
+    elif typing.get_origin(kind) is Literal:
         choices = list(typing.get_args(kind))
         kw.update(choices=choices, type=type(choices[0]))
     elif kind is bool:
@@ -125,3 +128,68 @@ def missing_required(cls: type[BaseModel], data: dict) -> str | None:
         if info.is_required() and not data.get(name):
             return flag_of(name, info)
     return None
+
+
+def _kind_text(annotation: Any) -> str:
+    kind = _plain(annotation)
+    if typing.get_origin(kind) is Literal:
+        return " | ".join(str(c) for c in typing.get_args(kind))
+    return ""
+
+
+def _nested_model(annotation: Any) -> tuple[type[BaseModel] | None, bool]:
+    """(the settings model a field holds, whether it is a list of them), or (None, False)."""
+    kind = _plain(annotation)
+    many = typing.get_origin(kind) is list
+    if many:
+        (kind,) = typing.get_args(kind)
+    if isinstance(kind, type) and issubclass(kind, BaseModel):
+        return kind, many
+    return None, False
+
+
+def settings_lines(cls: type[BaseModel], prefix: str = "") -> list[tuple[str, str]]:
+    """(dotted key, help) for every setting of a nested settings file, sections expanded, in declaration order."""
+    lines: list[tuple[str, str]] = []
+    for name, info in cls.model_fields.items():
+        if name == "version" and not prefix:
+            continue
+        key = prefix + name
+        kind = _plain(info.annotation)
+        if typing.get_origin(kind) is dict:  # named entries: their fields when they are settings, else no default
+            item = typing.get_args(kind)[1]
+            if isinstance(item, type) and issubclass(item, BaseModel):
+                lines.append((key, (info.description or "") + " (by name; each:)"))
+                lines += settings_lines(item, key + ".<name>.")
+            else:
+                lines.append((key, info.description or ""))
+            continue
+        model, many = _nested_model(info.annotation)
+        if model is not None:
+            if many:
+                lines.append((key, (info.description or "") + " (a list; each item:)"))
+            lines += settings_lines(model, key + ("[]." if many else "."))
+            continue
+        choices = _kind_text(info.annotation)
+        value = None if info.is_required() else info.get_default(call_default_factory=True)
+        default = (f" (default {str(value).lower()})" if isinstance(value, bool)
+                   else f" (default {', '.join(map(str, value))})" if isinstance(value, list) and value
+                   else _default_text(value))
+        text = (info.description or "") + (f" [{choices}]" if choices else "")
+        lines.append((key, text + (" (required)" if info.is_required() and not many else default)))
+    return lines
+
+
+def settings_epilog(cls: type[BaseModel], title: str, width: int = 100) -> str:
+    """The `--help` section listing every setting of a settings file (keys for YAML and --set KEY=VALUE)."""
+    import textwrap
+
+    rows = settings_lines(cls)
+    column = min(max(len(k) for k, _ in rows) + 4, 40)
+    out = [f"{title}:"]
+    for key, text in rows:
+        wrapped = textwrap.wrap(text, width - column, break_on_hyphens=False) or [""]
+        first = f"  {key}".ljust(column) if len(key) + 2 < column else f"  {key}\n" + " " * column
+        out.append(first + wrapped[0])
+        out += [" " * column + line for line in wrapped[1:]]
+    return "\n".join(out)

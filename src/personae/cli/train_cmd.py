@@ -25,10 +25,14 @@ a job file:
 
 
 def add_parser(sub) -> None:
+    from personae.cli.options import settings_epilog
+    from personae.config.train import TrainJob
+
+    settings = settings_epilog(TrainJob, "settings (keys of JOB.yaml; on the command line --set KEY=VALUE)")
     p = sub.add_parser("train", help="train a LoRA, DreamBooth, textual inversion or pivotal tuning",
                        description="Run one training job; writes checkpoints, validation grids, a loss curve and "
                                    "exports (kohya/A1111 and diffusers layouts), each reloaded and checked.",
-                       epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+                       epilog=EXAMPLES + "\n" + settings, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("job", metavar="JOB.yaml")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a job setting")
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in the run folder")

@@ -11,12 +11,6 @@ EXAMPLES = """examples:
   personae world pretrain ./world --set seed=1 --set threads=2 --overwrite
   personae generate --model ./world --prompt "a green square on a yellow background, close-up" --sampler DDIM --cfg 4
 
-settings (--set KEY=VALUE; defaults are the full run):
-  seed, dataset_size, threads, time_budget_minutes
-  vae.steps, vae.batch_size, vae.learning_rate, vae.lr_scheduler, vae.kl_weight
-  unet.steps, unet.batch_size, unet.learning_rate, unet.lr_scheduler, unet.warmup_steps,
-  unet.weight_decay, unet.max_grad_norm, unet.caption_dropout, unet.ema_decay
-  eval.every, eval.samples, eval.steps, eval.cfg
 """
 
 BENCH_EXAMPLES = """examples:
@@ -24,19 +18,21 @@ BENCH_EXAMPLES = """examples:
   personae world bench --out bench --methods pivotal --concepts star --seeds 1
   personae world bench --out bench --set jobs.lora.train.steps=900 --set eval.seeds_per_prompt=16
 
-settings (--set KEY=VALUE): model, methods, concepts, seeds, images, prior_images, train_backgrounds, train_sizes,
-  trigger, token, concept_settings.<shape>.colour / .init_word, workers,
-  eval.seeds_per_prompt, eval.steps, eval.cfg, eval.prior_samples,
-  jobs.<method>.<any `personae train` job key>, e.g. jobs.pivotal.lora.rank=16
 """
 
 
 def add_parser(sub) -> None:
+    from personae.cli.options import settings_epilog
+    from personae.world.bench_settings import WorldBench
+    from personae.world.pretrain_settings import WorldPretrain
+
     p = sub.add_parser("world", help="pretrain the small shapes-world model",
                        description="The shapes world: a small SD-1.5-architecture model pretrained by us on "
                                    "procedural images whose every property can be checked exactly.")
     kinds = p.add_subparsers(dest="kind", metavar="ACTION")
-    pre = kinds.add_parser("pretrain", help="train the VAE, text encoder and UNet from scratch", epilog=EXAMPLES,
+    pre = kinds.add_parser("pretrain", help="train the VAE, text encoder and UNet from scratch",
+                           epilog=EXAMPLES + "\n" + settings_epilog(WorldPretrain, "settings (--set KEY=VALUE; "
+                                                                     "defaults are the full run)"),
                            formatter_class=argparse.RawDescriptionHelpFormatter,
                            description="Pretrain the world model from scratch and write it to OUT as a diffusers "
                                        "folder (with OUT/training/: settings, losses, evaluations, sample sheets). "
@@ -48,7 +44,9 @@ def add_parser(sub) -> None:
     pre.add_argument("--quiet", action="store_true", help="no progress bar")
     pre.set_defaults(run=run_pretrain)
     bench = kinds.add_parser("bench", help="teach held-out shapes with each method and measure exactly",
-                             epilog=BENCH_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
+                             epilog=BENCH_EXAMPLES + "\n" + settings_epilog(WorldBench, "settings (--set KEY=VALUE "
+                                                                                    "or --config YAML)"),
+                             formatter_class=argparse.RawDescriptionHelpFormatter,
                              description="Teach the held-out shapes (star, heart) to the world model with each "
                                          "training method, then measure subject fidelity, prompt fidelity on "
                                          "unseen backgrounds and sizes, prior preservation, diversity and time "
@@ -75,10 +73,15 @@ def run_pretrain(args) -> int:
 
     overrides = list(args.set) + ([f"unet.steps={args.steps}"] if args.steps is not None else [])
     settings = parse_settings(WorldPretrain, apply_overrides({}, overrides), "--set")
+    import torch
+
     progress = TerminalProgress(quiet=args.quiet)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(settings.threads)  # the command owns its process: the count the weights reproduce at
     try:
         result = pretrain(settings, args.out, overwrite=args.overwrite, on_event=progress)
     finally:
+        torch.set_num_threads(threads)  # as it was, for a caller that runs the command in its own process (tests)
         progress.close()
     last = result.evals[-1] if result.evals else {}
     print(f"pretrained the world model in {sum(result.seconds.values()) / 60:.1f} min "

@@ -1,36 +1,82 @@
-"""Settings of `personae prepare` (photos or drawings -> a training set)."""
+"""Settings of `personae prepare` (photos or drawings -> a training set), declared once: the CLI options and
+their `--help` are generated from these fields (cli/options.py)."""
 
 from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import field_validator
 
 from personae.config.base import Strict, check_template
+from personae.config.fields import setting
 
 TEMPLATE_FIELDS = ("caption", "trigger", "class", "token", "folder")
 
 
 class PrepareSettings(Strict):
-    version: int = 1
-    crop: Literal["center", "face", "none"] = "center"  # none: whole image in an aspect-ratio bucket
-    resolution: int = Field(512, ge=32, le=4096)  # square side for center/face; bucket pixel budget N x N for none
-    bucket_step: int = Field(64, ge=8, le=256)  # bucket sides move in these steps (kohya: 64)
-    face_margin: float = Field(1.0, ge=0.0, le=10.0)  # context around the face, in face sizes per side
-    min_side: int = Field(64, ge=1)  # smaller images are rejected
-    max_aspect: float = Field(4.0, ge=1.0)  # longer/shorter beyond this is rejected
-    background: tuple[int, int, int] = (255, 255, 255)  # transparent pixels become this colour
-    trigger: str = ""  # the rare word that names the subject, e.g. "sks"
-    class_word: str = ""  # what the subject is, e.g. "man", "dog", "drawing"
-    template: str = "{folder} {token} {trigger} {class}, {caption}"  # placeholders: caption trigger class token folder
-    append: str = ""  # added to every caption, e.g. ", drawn by KSH style"
-    folder_tokens: dict[str, str] = {}  # subfolder name -> token, e.g. {"close_up": "<cu_trg>"}
-    keep_tokens: int = Field(0, ge=0)  # first N tags stay fixed when the trainer shuffles tags
-    captioner: str = "filename"  # filename | none | a BLIP-style model folder or hub id
-    recaption: bool = False  # caption with the captioner even where a sidecar caption exists
-    duplicate_distance: int = Field(4, ge=0, le=64)  # pHash bits within which two images count as near-duplicates
+    version: int = setting(1, "settings file version", cli=False)
+    crop: Literal["center", "face", "none"] = setting("center", "framing: center crop, a crop around the face, "
+                                                                "or none (whole images in aspect-ratio buckets)")
+    resolution: int = setting(512, "output side in px for center / face; the bucket pixel budget N x N for none",
+                              ge=32, le=4096)
+    bucket_step: int = setting(64, "bucket sides move in steps of this many px (kohya: 64)", ge=8, le=256)
+    face_margin: float = setting(1.0, "context around a face, in face sizes per side", ge=0.0, le=10.0)
+    min_side: int = setting(64, "reject images whose shorter side is smaller", ge=1)
+    max_aspect: float = setting(4.0, "reject images whose longer / shorter side ratio is above this", ge=1.0)
+    background: tuple[int, int, int] = setting((255, 255, 255), "colour behind transparent pixels: a name (white, "
+                                               "black, gray), #RRGGBB or R,G,B", text=True, metavar="COLOUR")
+    trigger: str = setting("", 'the rare word that names the subject, e.g. "sks"')
+    class_word: str = setting("", 'what the subject is, e.g. "man", "dog", "drawing"')
+    template: str = setting("{folder} {token} {trigger} {class}, {caption}",
+                            "caption template; placeholders: {caption} {trigger} {class} {token} {folder}")
+    append: str = setting("", 'text added to every caption, e.g. ", drawn by KSH style"')
+    folder_tokens: dict[str, str] = setting({}, "subfolder -> learned token, e.g. close_up=<cu_trg>,medium=<ms_trg>",
+                                            text=True, metavar="DIR=TOKEN,...")
+    keep_tokens: int = setting(0, "the first N tags stay fixed when the trainer shuffles tags", ge=0)
+    captioner: str = setting("filename", "filename, none, or a BLIP-style model folder / hub id")
+    recaption: bool = setting(False, "caption with the captioner even where a sidecar .txt exists")
+    duplicate_distance: int = setting(4, "pHash bits within which two images count as near-duplicates",
+                                      ge=0, le=64)
 
     @field_validator("template")
     @classmethod
     def _template(cls, value: str) -> str:
         return check_template(value, TEMPLATE_FIELDS)
+
+    @field_validator("background", mode="before")
+    @classmethod
+    def _colour(cls, value):
+        """A colour as written on the command line or in YAML: a CSS name, #RRGGBB, or R,G,B."""
+        if not isinstance(value, str):
+            return value
+        from PIL import ImageColor
+
+        parts = [p.strip() for p in value.split(",")]
+        if len(parts) == 3 and all(p.isdigit() for p in parts):
+            return tuple(int(p) for p in parts)
+        try:
+            return ImageColor.getrgb(value.strip())[:3]
+        except ValueError:
+            pass
+        raise ValueError(f'"{value}" is not a colour (try white, black, gray, #808080 or 128,128,128)')
+
+    @field_validator("folder_tokens", mode="before")
+    @classmethod
+    def _pairs(cls, value):
+        """`close_up=<cu_trg>,medium=<ms_trg>` as written on the command line, or a mapping."""
+        if not isinstance(value, str):
+            return value
+        pairs = {}
+        for item in filter(None, (p.strip() for p in value.split(","))):
+            if "=" not in item:
+                raise ValueError(f'"{item}" is not folder=token')
+            folder, token = item.split("=", 1)
+            pairs[folder.strip()] = token.strip()
+        return pairs
+
+    @field_validator("background")
+    @classmethod
+    def _channels(cls, value):
+        if any(not 0 <= c <= 255 for c in value):
+            raise ValueError(f"each colour channel is 0-255, got {value}")
+        return value

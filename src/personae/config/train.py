@@ -13,55 +13,59 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import field_validator, model_validator
 
 from personae.config.base import Strict
+from personae.config.fields import setting
 from personae.config.methods import METHODS, MethodName
 
 
 class DataSection(Strict):
-    path: str  # a prepared set (has manifest.jsonl) or a folder of images to prepare now
-    crop: Literal["center", "face", "none"] = "center"  # used only when `path` is a raw folder
-    caption: str = ""  # used for raw folders without sidecar captions, e.g. "a photo of sks dog"
-    flip: bool = False  # random horizontal flips (off for faces and text)
-    shuffle_tags: bool = False  # shuffle comma-separated tags after the kept ones (kohya --shuffle_caption)
-    keep_tokens: int | None = None  # tags fixed in front when shuffling; None: as recorded by prepare
-    caption_dropout: float = Field(0.0, ge=0.0, le=1.0)  # share of steps trained with an empty caption
+    path: str = setting(description="a `personae prepare` output (has manifest.jsonl), or a folder of images to "
+                                    "prepare now")
+    crop: Literal["center", "face", "none"] = setting("center", "framing when `path` is a raw folder")
+    caption: str = setting("", 'caption for a raw folder\'s images without sidecar .txt, e.g. "a photo of sks dog"')
+    flip: bool = setting(False, "random horizontal flips (leave off for faces and text)")
+    shuffle_tags: bool = setting(False, "shuffle comma-separated tags after the kept ones (kohya --shuffle_caption)")
+    keep_tokens: int | None = setting(None, "tags fixed in front when shuffling (default: as prepare recorded)")
+    caption_dropout: float = setting(0.0, "share of examples trained with an empty caption", ge=0.0, le=1.0)
 
 
 class ValidationSection(Strict):
-    prompts: list[str] = []  # rendered at each checkpoint; empty: the first training caption
-    seed: int = 0
-    steps: int = Field(20, ge=1)
-    cfg: float = 7.0
-    sampler: str = "DDIM"
+    prompts: list[str] = setting([], "prompts rendered at each checkpoint (default: the first training caption)")
+    seed: int = setting(0, "seed of the validation images")
+    steps: int = setting(20, "sampling steps of the validation images", ge=1)
+    cfg: float = setting(7.0, "CFG scale of the validation images")
+    sampler: str = setting("DDIM", "sampler of the validation images, by its A1111 name")
 
 
 class TrainSection(Strict):
-    steps: int | None = Field(None, ge=1)  # optimizer steps; give steps or epochs
-    epochs: int | None = Field(None, ge=1)  # passes over the data (with repeats)
-    batch_size: int = Field(1, ge=1)  # images per optimizer step, across all processes
-    gradient_accumulation: int = Field(1, ge=1)  # micro-batches per optimizer step
-    learning_rate: float = Field(1e-4, gt=0)
+    steps: int | None = setting(None, "optimizer steps (default 500 when epochs is not given either)", ge=1)
+    epochs: int | None = setting(None, "passes over the data (repeats included), instead of steps", ge=1)
+    batch_size: int = setting(1, "images per optimizer step, across all processes", ge=1)
+    gradient_accumulation: int = setting(1, "micro-batches per optimizer step", ge=1)
+    learning_rate: float = setting(1e-4, "learning rate (of the UNet part; sections may set their own)", gt=0)
     lr_scheduler: Literal["constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts",
-                          "polynomial"] = "constant"
-    warmup_steps: int = Field(0, ge=0)
-    optimizer: Literal["adamw", "adamw8bit", "prodigy"] = "adamw"
-    weight_decay: float = Field(1e-2, ge=0)
-    max_grad_norm: float = Field(1.0, ge=0)  # 0 disables clipping
-    seed: int = 0
-    resolution: int = Field(512, ge=8)  # square side for raw folders; prepared sets keep their sizes
-    min_snr_gamma: float | None = Field(None, gt=0)  # min-SNR weighting (5 is the paper's value)
-    noise_offset: float = Field(0.0, ge=0)  # e.g. 0.05 for darker darks / brighter brights
-    ema: bool = False  # keep an exponential moving average of the trained weights (exported instead)
-    ema_decay: float = Field(0.999, gt=0, lt=1)
-    mixed_precision: Literal["no", "fp16", "bf16"] = "no"
-    gradient_checkpointing: bool = False
-    cache_latents: Literal["memory", "disk", "none"] = "memory"
-    save_every: int | None = Field(None, ge=1)  # checkpoint every N steps (and always at the end)
-    keep_last: int = Field(3, ge=1)  # checkpoints kept on disk
-    verify_exports: bool = True  # reload every exported file with its loader and compare the image
-    validation: ValidationSection = ValidationSection()
+                          "polynomial"] = setting("constant", "learning-rate schedule")
+    warmup_steps: int = setting(0, "steps of linear warm-up", ge=0)
+    optimizer: Literal["adamw", "adamw8bit", "prodigy"] = setting("adamw", "adamw8bit needs a CUDA GPU and "
+                                                                  "bitsandbytes; prodigy the prodigyopt package")
+    weight_decay: float = setting(1e-2, "AdamW weight decay", ge=0)
+    max_grad_norm: float = setting(1.0, "clip the gradient norm to this (0: no clipping)", ge=0)
+    seed: int = setting(0, "seed of every random draw: batches, noise, timesteps, new weights")
+    resolution: int = setting(512, "square side for raw folders (prepared sets keep their sizes)", ge=8)
+    min_snr_gamma: float | None = setting(None, "min-SNR loss weighting (5 is the paper's value)", gt=0)
+    noise_offset: float = setting(0.0, "noise offset, e.g. 0.05 for darker darks and brighter brights", ge=0)
+    ema: bool = setting(False, "keep an exponential moving average of the trained weights (exported instead)")
+    ema_decay: float = setting(0.999, "EMA decay", gt=0, lt=1)
+    mixed_precision: Literal["no", "fp16", "bf16"] = setting("no", "fp16 needs a GPU; bf16 also runs on the CPU")
+    gradient_checkpointing: bool = setting(False, "recompute activations in the backward pass: less memory, slower")
+    cache_latents: Literal["memory", "disk", "none"] = setting("memory", "keep the VAE encodings in memory, on disk "
+                                                               "(<output>/cache) or encode every step")
+    save_every: int | None = setting(None, "a checkpoint every N steps (and always at the end)", ge=1)
+    keep_last: int = setting(3, "checkpoints kept on disk", ge=1)
+    verify_exports: bool = setting(True, "reload every exported file with its loader and compare the image")
+    validation: ValidationSection = setting(ValidationSection(), "the images rendered at each checkpoint")
 
     @model_validator(mode="after")
     def _steps_or_epochs(self):
@@ -71,19 +75,20 @@ class TrainSection(Strict):
 
 
 class LoraSection(Strict):
-    rank: int = Field(4, ge=1)
-    alpha: float = Field(4.0, gt=0)  # scale = alpha / rank
-    dropout: float = Field(0.0, ge=0, lt=1)
-    target_modules: list[str] = ["to_q", "to_k", "to_v", "to_out.0"]  # add conv1, conv2 etc. for LoCon-style
-    text_encoder: bool = False  # also a LoRA on the text encoder
-    text_encoder_rank: int | None = None
-    text_encoder_lr: float | None = None  # default: train.learning_rate
+    rank: int = setting(4, "LoRA rank (kohya network_dim)", ge=1)
+    alpha: float = setting(4.0, "LoRA alpha; the scale is alpha / rank (kohya network_alpha)", gt=0)
+    dropout: float = setting(0.0, "LoRA dropout", ge=0, lt=1)
+    target_modules: list[str] = setting(["to_q", "to_k", "to_v", "to_out.0"], "UNet layers that get a LoRA (add "
+                                        "conv1, conv2 ... for LoCon-style)")
+    text_encoder: bool = setting(False, "also a LoRA on the text encoder")
+    text_encoder_rank: int | None = setting(None, "the text encoder's LoRA rank (default: rank)")
+    text_encoder_lr: float | None = setting(None, "the text encoder's learning rate (default: train.learning_rate)")
 
 
 class TokenSpec(Strict):
-    token: str  # e.g. "<cu_trg>"
-    init_word: str = "*"  # the embedding starts as this word's (mean over its tokens)
-    vectors: int = Field(1, ge=1, le=75)  # vectors per token (A1111 "number of vectors per token")
+    token: str = setting(description='the new word, e.g. "<cu_trg>"')
+    init_word: str = setting("*", "the embedding starts as this word's (the mean over its tokens)")
+    vectors: int = setting(1, 'vectors per token (A1111 "number of vectors per token")', ge=1, le=75)
 
     @field_validator("token")
     @classmethod
@@ -94,40 +99,44 @@ class TokenSpec(Strict):
 
 
 class TextualInversionSection(Strict):
-    tokens: list[TokenSpec] = []
+    tokens: list[TokenSpec] = setting([], "the tokens to learn, e.g. [{token: <sks>, init_word: dog}]")
 
 
 class PivotalSection(Strict):
-    tokens: list[TokenSpec] = []
-    token_lr: float = Field(5e-3, gt=0)  # embeddings usually learn with a higher rate than the LoRA
+    tokens: list[TokenSpec] = setting([], "the tokens to learn beside the LoRA, e.g. [{token: <sks>, init_word: "
+                                          "man}]")
+    token_lr: float = setting(5e-3, "the embeddings' learning rate (higher than the LoRA's, usually)", gt=0)
 
 
 class DreamBoothSection(Strict):  # prior preservation here applies to every method (kohya: reg images)
-    instance_prompt: str = ""  # used when an image has no caption, e.g. "a photo of sks dog"
-    class_prompt: str = ""  # e.g. "a photo of a dog"
-    prior_preservation: bool = False
-    num_class_images: int = Field(50, ge=1)
-    prior_loss_weight: float = Field(1.0, ge=0)
-    class_data_dir: str | None = None  # cache of generated class images (default: <output>/class_images)
-    class_steps: int = Field(25, ge=1)  # sampling steps for generating class images
-    train_text_encoder: bool = False
-    text_encoder_lr: float | None = None
+    instance_prompt: str = setting("", 'one caption for every training image, e.g. "a photo of sks dog"')
+    class_prompt: str = setting("", 'the class images\' prompt, e.g. "a photo of a dog"')
+    prior_preservation: bool = setting(False, "train on class images too, so the class keeps its look (any method)")
+    num_class_images: int = setting(50, "class images to use (generated when missing)", ge=1)
+    prior_loss_weight: float = setting(1.0, "weight of the class images' loss", ge=0)
+    class_data_dir: str | None = setting(None, "class images: generated ones are cached here, or your own "
+                                         "regularization images (default: <output>/class_images)")
+    class_steps: int = setting(25, "sampling steps when generating class images", ge=1)
+    train_text_encoder: bool = setting(False, "DreamBooth: train the text encoder too")
+    text_encoder_lr: float | None = setting(None, "the text encoder's learning rate (default: train.learning_rate)")
 
 
 class TrainJob(Strict):
-    version: int = 1
-    base_model: str
-    method: MethodName  # config/methods.py lists them
-    data: DataSection
-    train: TrainSection = TrainSection()
-    lora: LoraSection = LoraSection()
-    dreambooth: DreamBoothSection = DreamBoothSection()
-    textual_inversion: TextualInversionSection = TextualInversionSection()
-    pivotal: PivotalSection = PivotalSection()
-    output: str  # the run folder
-    trigger: str = ""  # recorded in exports' metadata, e.g. "sks"
-    allow_pickle: bool = False
-    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
+    version: int = setting(1, "job file version")
+    base_model: str = setting(description="the model to start from: a diffusers folder, a single .safetensors file, "
+                                          "or a hub id")
+    method: MethodName = setting(description="what to train (config/methods.py lists them)")
+    data: DataSection = setting(description="the training images")
+    train: TrainSection = setting(TrainSection(), "the optimisation")
+    lora: LoraSection = setting(LoraSection(), "LoRA shape (lora and pivotal)")
+    dreambooth: DreamBoothSection = setting(DreamBoothSection(), "DreamBooth and prior preservation")
+    textual_inversion: TextualInversionSection = setting(TextualInversionSection(), "textual inversion tokens")
+    pivotal: PivotalSection = setting(PivotalSection(), "pivotal tuning tokens (a LoRA and new tokens together)")
+    output: str = setting(description="the run folder (made by personae; an existing one needs --resume or "
+                                      "--overwrite)")
+    trigger: str = setting("", 'the trigger word, recorded in the exports\' metadata, e.g. "sks"')
+    allow_pickle: bool = setting(False, "allow a base model in a pickle (.ckpt / .bin) file: it can run code")
+    device: Literal["auto", "cpu", "cuda", "mps"] = setting("auto", "where to train (auto: a GPU when there is one)")
 
     @model_validator(mode="after")
     def _method_needs(self):

@@ -1,6 +1,6 @@
 """The job interface: start a training job, read its events, send it commands. The CLI and the web UI drive this.
 
-    handle = start(job)                       # a worker thread running run_training
+    handle = start(job)                       # a worker process running run_training (in-thread: isolated=False)
     for event in handle.events():             # Progress, Message, ImageReady, CheckpointSaved, then Finished or Failed
         if isinstance(event, Progress) and event.stage == "train" and event.done == 2:
             handle.stop()                     # or handle.sample_now() / handle.save_now()
@@ -10,7 +10,12 @@ Commands are acted on at the end of the current step (training/stopping.py): "st
 checkpoint of exactly the steps done and ends the run (a --resume continues it bit-identically),
 "sample" renders the validation samples (an ImageReady event), "save" writes a checkpoint (a
 CheckpointSaved event). A stop sent before the loop begins ends the run between its setup stages.
-Events are queued for `events()`; `on_event`, when given, is also called with each, in the worker.
+Events are queued for `events()`; `on_event`, when given, is also called with each, in a thread of this process.
+
+Each job runs in its own process by default (`ProcessJobHandle`): accelerate keeps one precision and
+one accumulation setting per process, and a training run sets both, so two jobs in one process could
+not differ (or run side by side) without resetting library state under each other. The CLI runs its
+one job in a thread of its own process (`JobHandle`), where its signal handlers live.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import ctypes
 import queue
 import threading
 from collections.abc import Iterator
+from multiprocessing import get_context
 from pathlib import Path
 
 from personae.config.train import TrainJob
@@ -127,7 +133,119 @@ class JobHandle:
         return self._result
 
 
-def start(job: TrainJob, resume: bool = False, overwrite: bool = False,
-          on_event: EventHandler | None = None) -> JobHandle:
-    """Start `job` in a worker thread and return its handle."""
-    return JobHandle(job, resume, overwrite, on_event).start()
+class ProcessJobHandle(JobHandle):
+    """A training job running in a worker process of its own; the same events, commands and result."""
+
+    def __init__(self, job: TrainJob, resume: bool = False, overwrite: bool = False,
+                 on_event: EventHandler | None = None):
+        super().__init__(job, resume, overwrite, on_event)
+        context = get_context("spawn")  # a fresh interpreter: no state inherited from this process
+        self._events, self._commands = context.Queue(), context.Queue()
+        self._process = context.Process(target=_worker, args=(job.model_dump(), resume, overwrite, self._events,
+                                                              self._commands, _threads()),
+                                        name=f"personae train {job.output}")
+
+    def start(self) -> ProcessJobHandle:
+        self._process.start()
+        self._thread.start()  # here the thread relays the worker's events
+        return self
+
+    def _run(self) -> None:
+        try:
+            while True:
+                try:
+                    kind, value = self._events.get(timeout=0.5)
+                except queue.Empty:
+                    if not self._process.is_alive():
+                        code = self._process.exitcode
+                        self._error = RuntimeError(f"the training process ended without a result (exit code {code})")
+                        self._emit(Failed(self._error))
+                        return
+                    continue
+                if kind == "event":
+                    self._emit(value)
+                elif kind == "stopped":
+                    self._error = Stopped(value)
+                    self._emit(Finished(Path(self.job.output), self.steps, stopped=True))
+                    return
+                elif kind == "failed":
+                    self._error = value
+                    self._emit(Failed(value))
+                    return
+                else:
+                    self._result = value
+                    self._emit(Finished(value.run, value.steps))
+                    return
+        finally:
+            self._queue.put(_END)
+            self._process.join(timeout=30)
+
+    def send(self, command: str, signum: int | None = None) -> None:
+        self.commands.send(command, signum)  # checked and recorded here too (the CLI reads commands.signum)
+        self._commands.put((command, signum))
+
+    def interrupt(self) -> None:
+        """Stop at once: KeyboardInterrupt in the worker's training, whose cleanup runs as in a main-thread run."""
+        if not self.done:
+            self._commands.put(("interrupt", None))
+
+
+def _threads() -> int | None:
+    """This process's torch thread count (None before torch is loaded): the worker computes with the same, so a
+    job gives the same numbers in a worker as in a thread here."""
+    import sys
+
+    return sys.modules["torch"].get_num_threads() if "torch" in sys.modules else None
+
+
+def _worker(job_data: dict, resume: bool, overwrite: bool, events, commands, threads: int | None) -> None:
+    """The worker process: runs the job in its main thread; a thread takes commands from the parent."""
+    import torch
+
+    from personae.jobs.train import run_training
+
+    if threads:
+        torch.set_num_threads(threads)  # this process is the job's own
+
+    job = TrainJob.model_validate(job_data)
+    request = Commands()
+    main = threading.main_thread().ident
+
+    def listen():
+        while True:
+            command, signum = commands.get()
+            if command == "interrupt":
+                ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(main), ctypes.py_object(KeyboardInterrupt))
+                return
+            request.send(command, signum)
+
+    threading.Thread(target=listen, daemon=True).start()
+    try:
+        result = run_training(job, resume=resume, overwrite=overwrite, on_event=lambda e: events.put(("event", e)),
+                              commands=request)
+    except Stopped as stop:
+        events.put(("stopped", stop.signum))
+    except BaseException as exc:
+        events.put(("failed", _portable(exc)))
+    else:
+        events.put(("finished", result))
+    events.close()
+    events.join_thread()  # everything sent before the process ends
+
+
+def _portable(exc: BaseException) -> BaseException:
+    """The error as the parent can receive it: itself when it pickles, else its type and message."""
+    import pickle
+
+    try:
+        pickle.loads(pickle.dumps(exc))
+        return exc
+    except Exception:
+        return RuntimeError(f"{type(exc).__name__}: {exc}")
+
+
+def start(job: TrainJob, resume: bool = False, overwrite: bool = False, on_event: EventHandler | None = None,
+          isolated: bool = True) -> JobHandle:
+    """Start `job` and return its handle: in a worker process of its own, or (isolated=False) in a thread here."""
+    kind = ProcessJobHandle if isolated else JobHandle
+    return kind(job, resume, overwrite, on_event).start()

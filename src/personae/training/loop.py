@@ -8,35 +8,37 @@ compute what 1 process x batch 2 does, and a resumed run continues exactly.
 
 from __future__ import annotations
 
-import csv
-import math
 import random
 import signal
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from diffusers import DDPMScheduler
 from diffusers.optimization import get_scheduler
-from diffusers.training_utils import EMAModel, compute_snr
+from diffusers.training_utils import EMAModel
 
 from personae.config.train import TrainJob
 from personae.data.dataset import BatchPlan, noisy_caption
-from personae.errors import UserError
-from personae.events import CheckpointSaved, EventHandler, ImageReady, Message, Progress, ignore
-from personae.media.plot import loss_curve
+from personae.events import EventHandler, Message, Progress, ignore
 from personae.methods import method_class
 from personae.methods.base import ExportFile
 from personae.models.resolve import load_pipeline, resolve_model
-from personae.runs import CheckRecord, ExportRecord, RunLog, is_run, read_run
-from personae.staging import atomic_file, disk_full, is_disk_full
+from personae.runs import RunLog, is_run, read_run
 from personae.training import checkpoint as ckpt
-from personae.training.setup import (LatentCache, class_examples, load_examples, make_accelerator, make_optimizer,
-                                     preflight, sample_latents, seeded)
+from personae.training.saving import Saver
+from personae.training.setup import (
+    LatentCache,
+    class_examples,
+    load_examples,
+    make_accelerator,
+    make_optimizer,
+    preflight,
+)
+from personae.training.step import Batch, after_step, check_finite, diffusion_loss, draw_batch, optimizer_step, seeded
 from personae.training.stopping import NAMES, Commands, Stopped, stop_at_step_end
 from personae.training.validation import validation_grid
-from personae.training.verify import Check, verify_exports
+from personae.training.verify import Check
 
 
 @dataclass
@@ -146,6 +148,11 @@ def _train(job: TrainJob, run: Path, resume: bool, on_event: EventHandler, comma
     log.update(metrics={"steps": start, "total_steps": total, "final_loss": losses[-1] if losses else None})
     check()
 
+    saver = Saver(run, job, pipe, method, source, base_scheduler, prompts, baseline, optimizer, lr_schedule, ema,
+                  params, losses, log, on_event)
+    train_batch = _Draws(job, examples, latents, noise_scheduler, scaling, tag=0)
+    prior_batch = _Draws(job, priors, prior_latents, noise_scheduler, scaling, tag=1) if priors else None
+
     def text_embeddings(captions):
         if method.text_encoder_changes:
             return encode_text(pipe, text_encoder, captions)
@@ -154,112 +161,9 @@ def _train(job: TrainJob, run: Path, resume: bool, on_event: EventHandler, comma
                 text_cache[c] = encode_text(pipe, pipe.text_encoder, [c])[0]
         return torch.stack([text_cache[c] for c in captions])
 
-    def draw(step: int, ids: list[int], cache: LatentCache, tag: int, captions_of):
-        """The global batch's random inputs, identical whatever the process count."""
-        gen = seeded(t.seed, step, tag)
-        n = len(ids)
-        shape = cache.get(ids[0], False).shape
-        flips = (torch.rand(n, generator=gen) < 0.5).tolist() if job.data.flip and tag == 0 else [False] * n
-        eps = torch.randn((n, shape[0] // 2, *shape[1:]), generator=gen)
-        noise = torch.randn((n, shape[0] // 2, *shape[1:]), generator=gen)
-        if t.noise_offset:
-            noise = noise + t.noise_offset * torch.randn((n, shape[0] // 2, 1, 1), generator=gen)
-        steps_ = torch.randint(0, noise_scheduler.config.num_train_timesteps, (n,), generator=gen)
-        rng = random.Random(f"{t.seed}-{step}-{tag}")
-        captions = [captions_of(i, rng) for i in ids]
-        z = sample_latents([cache.get(i, f) for i, f in zip(ids, flips)], eps, scaling)
-        return z, noise, steps_, captions
-
-    def caption_of(i, rng):
-        ex = examples[i]
-        keep = ex.keep_tokens if job.data.keep_tokens is None else job.data.keep_tokens
-        return noisy_caption(ex.caption, rng, job.data.shuffle_tags, keep, job.data.caption_dropout)
-
-    def loss_of(z, noise, steps_, embeds):
-        noisy = noise_scheduler.add_noise(z, noise, steps_)
-        if noise_scheduler.config.prediction_type == "v_prediction":
-            target = noise_scheduler.get_velocity(z, noise, steps_)
-        else:
-            target = noise
-        pred = unet(noisy, steps_, encoder_hidden_states=embeds).sample
-        per_example = F.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
-        if t.min_snr_gamma:
-            snr = compute_snr(noise_scheduler, steps_)
-            weight = snr.clamp(max=t.min_snr_gamma)
-            weight = weight / (snr + 1 if noise_scheduler.config.prediction_type == "v_prediction" else snr)
-            per_example = per_example * weight
-        return per_example.mean()
-
-    def with_ema(work):
-        """`work()` with the EMA weights in place of the trained ones (what is exported and sampled)."""
-        if ema:
-            ema.store(params)
-            ema.copy_to(params)
-        try:
-            return work()
-        finally:
-            if ema:
-                ema.restore(params)
-
-    def write_grid(step: int, grid) -> Path:
-        with atomic_file(run / "validation" / f"step-{step:06d}.png") as tmp:
-            grid.save(tmp, format="PNG")
-        on_event(ImageReady(run / "validation" / f"step-{step:06d}.png", step))
-        return run / "validation" / f"step-{step:06d}.png"
-
-    def sample(step: int) -> Path:
-        """The validation samples now (the "sample" command)."""
-        return write_grid(step, with_ema(lambda: validation_grid(pipe, source, base_scheduler, prompts, t.validation,
-                                                                 f"step {step}", baseline)))
-
-    def save(step: int, final: bool = False) -> tuple[list[ExportFile], list[Check]]:
-        """Checkpoint, exports, checks, validation grid, loss curve."""
-        folder = ckpt.checkpoint_dir(run, step)
-        out = run if final else folder / "exports"
-
-        def export():
-            meta = {"steps": str(step), "base_model": job.base_model, "method": job.method}
-            files = method.export(pipe, out, meta)
-            checks = verify_exports(pipe, files, source, prompts[0]) if t.verify_exports else []
-            grid = validation_grid(pipe, source, base_scheduler, prompts, t.validation, f"step {step}", baseline)
-            return files, checks, grid
-
-        files, checks, grid = with_ema(export)
-        write_grid(step, grid)
-        ckpt.save_checkpoint(folder, method.trainable_state(pipe), {
-            "step": step, "optimizer": optimizer.state_dict(), "lr_schedule": lr_schedule.state_dict(),
-            "ema": ema.state_dict() if ema else None, "losses": losses})
-        ckpt.prune(run, t.keep_last)
-        loss_curve(losses, run / "loss.png", f"{job.method} training loss")
-        with atomic_file(run / "losses.csv") as tmp, open(tmp, "w", newline="") as fh:
-            csv.writer(fh).writerows([("step", "loss")] + [(i + 1, f"{v:.6f}") for i, v in enumerate(losses)])
-        bad = [c for c in checks if not c.ok]
-        if bad:
-            raise UserError(f"An exported file does not reproduce the trained model: {bad[0].files} differ by "
-                            f"{bad[0].max_abs_diff:.2e} (tolerance 1e-4). The run is stopped; the checkpoint at "
-                            f"{folder} is kept.", "Report this as a bug, with the job file.")
-        done = {"metrics": {"steps": step, "final_loss": losses[-1] if losses else None}}
-        if final:
-            done.update(status="finished", error=None, checks=[CheckRecord(**vars(c)) for c in checks],
-                        exports=[ExportRecord(path=f.path.relative_to(run).as_posix(), format=f.format,
-                                              loader=f.loader, token=f.token) for f in files])
-        log.update(**done)
-        on_event(CheckpointSaved(step, folder))
-        return files, checks
-
-    def checkpoint(step: int, final: bool = False):
-        """`save`, and on failure no half-written checkpoint; a full disk is explained, with what is left to resume."""
-        try:
-            return save(step, final)
-        except BaseException as exc:
-            ckpt.discard_incomplete(ckpt.checkpoint_dir(run, step))
-            if not is_disk_full(exc):
-                raise
-            last = ckpt.list_checkpoints(run)
-            kept = (f"the last complete checkpoint is step {last[-1][0]} ({last[-1][1]})" if last
-                    else "no checkpoint was written yet")
-            raise disk_full(f"the {'final exports' if final else 'checkpoint'} of step {step} in {run}", kept,
-                            "Free some space, then continue with `personae train JOB.yaml --resume`.") from None
+    def loss_of(batch: Batch) -> torch.Tensor:
+        batch = batch.to(accelerator.device)
+        return diffusion_loss(unet, noise_scheduler, batch, text_embeddings(batch.captions), t.min_snr_gamma)
 
     # 8. the loop
     writer = _tensorboard(run) if main else None
@@ -267,38 +171,22 @@ def _train(job: TrainJob, run: Path, resume: bool, on_event: EventHandler, comma
     step = start
     with stop_at_step_end(commands) as stop:
         for step in range(start, total):
-            ids = plan.batch_for_step(step)
-            z, noise, steps_, captions = draw(step, ids, latents, 0, caption_of)
-            if priors:
-                pids = prior_plan.batch_for_step(step)
-                pz, pnoise, psteps, pcaptions = draw(step, pids, prior_latents, 1, lambda i, rng: priors[i].caption)
+            batch = train_batch(step, plan.batch_for_step(step))
+            prior = prior_batch(step, prior_plan.batch_for_step(step)) if priors else None
             step_loss = 0.0
             for micro in range(t.gradient_accumulation):
                 part = slice((micro * world + rank) * t.batch_size, (micro * world + rank + 1) * t.batch_size)
                 torch.manual_seed(int(seeded(t.seed, step, micro, rank).initial_seed()))  # LoRA dropout
                 with accelerator.accumulate(*modules):
-                    dev = accelerator.device
-                    embeds = text_embeddings(captions[part])
-                    loss = loss_of(z[part].to(dev), noise[part].to(dev), steps_[part].to(dev), embeds)
-                    if priors:
-                        pembeds = text_embeddings(pcaptions[part])
-                        prior = loss_of(pz[part].to(dev), pnoise[part].to(dev), psteps[part].to(dev), pembeds)
-                        loss = loss + job.dreambooth.prior_loss_weight * prior
-                    accelerator.backward(loss)
-                    if accelerator.sync_gradients and t.max_grad_norm:
-                        accelerator.clip_grad_norm_(params, t.max_grad_norm)
-                    optimizer.step()
-                    optimizer.zero_grad(set_to_none=True)
+                    loss = loss_of(batch.part(part))
+                    if prior is not None:
+                        loss = loss + job.dreambooth.prior_loss_weight * loss_of(prior.part(part))
+                    optimizer_step(loss, optimizer, params, t.max_grad_norm, accelerator)
                 step_loss += accelerator.reduce(loss.detach(), "mean").item() / t.gradient_accumulation
-            if not math.isfinite(step_loss):
-                last = ckpt.list_checkpoints(run)
-                raise UserError(f"The loss became {step_loss} at step {step + 1}: training diverged. "
-                                + (f"The last good checkpoint is {last[-1][1]}." if last else "No checkpoint was written."),
-                                "Lower train.learning_rate, or turn on train.max_grad_norm / min_snr_gamma.")
-            lr_schedule.step()
+            check_finite(step_loss, step + 1, lambda: _last_checkpoint(run),
+                         "Lower train.learning_rate, or turn on train.max_grad_norm / min_snr_gamma.")
+            after_step(lr_schedule, ema, params)
             method.after_step(pipe)
-            if ema:
-                ema.step(params)
             losses.append(step_loss)
             if writer:
                 writer.add_scalar("loss", step_loss, step + 1)
@@ -310,15 +198,15 @@ def _train(job: TrainJob, run: Path, resume: bool, on_event: EventHandler, comma
                 saved = True
                 on_event(Message(f"saving a checkpoint at step {step + 1}, as asked"))
             if saved and main:
-                checkpoint(step + 1)
+                saver.checkpoint(step + 1)
             if "sample" in asked and main:
-                sample(step + 1)
+                saver.sample(step + 1)
             accelerator.wait_for_everyone()
             if _stop_wanted(stop, accelerator):  # Ctrl-C / SIGTERM / "stop": a checkpoint of step + 1 steps, then exit
                 name = NAMES.get(stop.signum, "stop")
                 if main and not saved:
                     on_event(Message(f"{name}: saving a checkpoint at step {step + 1} before exiting", "warning"))
-                    checkpoint(step + 1)
+                    saver.checkpoint(step + 1)
                 elif main:
                     on_event(Message(f"{name}: stopping after the checkpoint at step {step + 1}", "warning"))
                 accelerator.wait_for_everyone()
@@ -326,11 +214,36 @@ def _train(job: TrainJob, run: Path, resume: bool, on_event: EventHandler, comma
         # 9. the final exports, checked, at the run's top level (a stop asked for now waits for them)
         result = TrainResult(run, total, losses)
         if main:
-            result.exports, result.checks = checkpoint(total, final=True)
+            result.exports, result.checks = saver.checkpoint(total, final=True)
     accelerator.wait_for_everyone()
     if writer:
         writer.close()
     return result
+
+
+class _Draws:
+    """The batch of one optimizer step from a set of examples: flips, then `draw_batch`, then caption noise."""
+
+    def __init__(self, job: TrainJob, examples, cache: LatentCache, noise_scheduler, scaling: float, tag: int):
+        self.job, self.examples, self.cache, self.tag = job, examples, cache, tag
+        self.scaling, self.timesteps = scaling, noise_scheduler.config.num_train_timesteps
+
+    def caption(self, i: int, rng: random.Random) -> str:
+        if self.tag:  # class images: their caption as is
+            return self.examples[i].caption
+        d, ex = self.job.data, self.examples[i]
+        keep = ex.keep_tokens if d.keep_tokens is None else d.keep_tokens
+        return noisy_caption(ex.caption, rng, d.shuffle_tags, keep, d.caption_dropout)
+
+    def __call__(self, step: int, ids: list[int]) -> Batch:
+        t = self.job.train
+        gen = seeded(t.seed, step, self.tag)
+        n = len(ids)
+        flips = (torch.rand(n, generator=gen) < 0.5).tolist() if self.job.data.flip and not self.tag else [False] * n
+        posteriors = [self.cache.get(i, f) for i, f in zip(ids, flips)]
+        rng = random.Random(f"{t.seed}-{step}-{self.tag}")
+        captions = [self.caption(i, rng) for i in ids]
+        return draw_batch(gen, posteriors, captions, self.scaling, self.timesteps, t.noise_offset)
 
 
 def _stop_wanted(stop, accelerator) -> bool:
@@ -339,6 +252,11 @@ def _stop_wanted(stop, accelerator) -> bool:
         return stop.stopping
     flag = torch.tensor([1.0 if stop.stopping else 0.0], device=accelerator.device)
     return accelerator.reduce(flag, "sum").item() > 0
+
+
+def _last_checkpoint(run: Path) -> str | None:
+    last = ckpt.list_checkpoints(run)
+    return str(last[-1][1]) if last else None
 
 
 def _tensorboard(run: Path):

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import importlib.util
-import os
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from personae.config.prepare import PrepareSettings
@@ -48,14 +46,20 @@ def preflight(job: TrainJob) -> None:
 
 
 def make_accelerator(job: TrainJob):
+    """accelerate keeps one state per process (precision, device, the process group): the first run in a process
+    sets it and a later one must agree. Jobs that differ run in processes of their own (jobs.runner.start)."""
     from accelerate import Accelerator
-    from accelerate.state import AcceleratorState
 
-    # accelerate keeps one global state per process; a second run in the same process (the UI, tests) may ask
-    # for another precision, so the per-run part is reset (the process group of a launched run is kept).
-    AcceleratorState._reset_state(reset_partial_state=int(os.environ.get("WORLD_SIZE", "1")) <= 1)
-    return Accelerator(mixed_precision=job.train.mixed_precision, cpu=uses_cpu(job),
-                       gradient_accumulation_steps=job.train.gradient_accumulation)
+    try:
+        return Accelerator(mixed_precision=job.train.mixed_precision, cpu=uses_cpu(job),
+                           gradient_accumulation_steps=job.train.gradient_accumulation)
+    except ValueError as exc:
+        if "already been initialized" not in str(exc):
+            raise
+        raise UserError(f"train.mixed_precision: {job.train.mixed_precision} differs from an earlier training run "
+                        "in this process, and accelerate keeps one precision per process.",
+                        "Run each job in its own process: `personae train`, or jobs.runner.start(job) "
+                        "(isolated, the default).") from None
 
 
 def load_examples(job: TrainJob, run: Path, on_event: EventHandler) -> list[Example]:
@@ -186,16 +190,3 @@ class LatentCache:
         if key not in self.store:
             self.store[key] = self._encode(i, flip)
         return self.store[key]
-
-
-def sample_latents(params: list[torch.Tensor], draws: torch.Tensor, scaling: float) -> torch.Tensor:
-    """z = scaling * (mean + std * eps) for stacked posterior parameters, with eps drawn by the caller
-    (for the whole global batch) instead of inside diffusers' DiagonalGaussianDistribution.sample."""
-    from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
-
-    posterior = DiagonalGaussianDistribution(torch.stack(params))
-    return (posterior.mean + posterior.std * draws) * scaling
-
-
-def seeded(*parts: int) -> torch.Generator:
-    return torch.Generator("cpu").manual_seed(int(np.random.SeedSequence(list(parts)).generate_state(1)[0]))

@@ -182,24 +182,22 @@ def _save_grid(path: Path, title: str, prompts, images) -> None:
 
 
 def base_scores(bench: WorldBench, model: str, work: Path) -> dict:
-    """The untouched model: prior accuracy (what training must preserve) and the trigger's subject fidelity."""
-    import torch
-
+    """The untouched model: prior accuracy (what training must preserve) and the trigger's subject fidelity.
+    Run in a worker like the tasks (`run_bench` does), so its numbers come from the same thread count."""
     from personae.inference.session import open_session
 
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        session = open_session(model, device="cpu")
-        make_prior(bench, session.pipe, work / "prior")
-        out = {}
-        for concept in bench.concepts:
-            scores, prompts, images = evaluate(bench, session.pipe, bench.trigger.format(concept=concept), concept, 0)
-            out[concept] = scores
-            _save_grid(work / "grids" / f"base-{concept}.png", f"base model, {concept} prompts", prompts, images)
-    finally:
-        torch.set_num_threads(threads)
+    session = open_session(model, device="cpu")
+    make_prior(bench, session.pipe, work / "prior")
+    out = {}
+    for concept in bench.concepts:
+        scores, prompts, images = evaluate(bench, session.pipe, bench.trigger.format(concept=concept), concept, 0)
+        out[concept] = scores
+        _save_grid(work / "grids" / f"base-{concept}.png", f"base model, {concept} prompts", prompts, images)
     return out
+
+
+def _base_task(data: dict, model: str, work: str) -> dict:
+    return base_scores(WorldBench.model_validate(data), model, Path(work))
 
 
 def summarise(results: list[dict], base: dict, methods: list[str]) -> list[dict]:
@@ -285,10 +283,11 @@ def run_bench(bench: WorldBench, out: str | Path, command: str = "personae world
         tasks = [Task(m, c, s) for m in bench.methods for c in bench.concepts for s in range(bench.seeds)]
         on_event(Message(f"{len(tasks)} training runs ({len(bench.methods)} methods x {len(bench.concepts)} concepts "
                          f"x {bench.seeds} seeds), {bench.workers} at a time"))
-        base = base_scores(bench, model, work)
+        data = bench.model_dump()
+        with ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn"), initializer=_worker_start) as pool:
+            base = pool.submit(_base_task, data, model, str(work)).result()  # this process's threads are left as is
         results = []
         on_event(Progress("bench", 0, len(tasks)))
-        data = bench.model_dump()
         with ProcessPoolExecutor(max_workers=bench.workers, mp_context=get_context("spawn"),
                                  initializer=_worker_start) as pool:
             futures = {pool.submit(run_task, data, t, model, str(work)): t for t in tasks}

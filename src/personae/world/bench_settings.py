@@ -15,6 +15,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from personae.config.base import Strict
+from personae.config.fields import setting
 from personae.config.methods import METHODS as REGISTRY
 from personae.config.methods import MethodName
 from personae.world.vocab import BACKGROUNDS, COLOURS, HELD_OUT, SIZES
@@ -32,8 +33,9 @@ def _default_jobs() -> dict[str, dict]:
 
 
 class Concept(Strict):
-    colour: str  # the taught shape's colour (part of the subject, like a dog's fur)
-    init_word: str = "circle"  # where a new token's embedding starts (textual inversion, pivotal): a trained shape
+    colour: str = setting(description="the taught shape's colour (part of the subject, like a dog's fur)")
+    init_word: str = setting("circle", "a trained shape where a new token's embedding starts (textual inversion, "
+                                       "pivotal)")
 
 
 def _default_concepts() -> dict[str, Concept]:
@@ -41,35 +43,38 @@ def _default_concepts() -> dict[str, Concept]:
 
 
 class EvalSettings(Strict):
-    seeds_per_prompt: int = Field(8, ge=1)  # images per prompt
-    steps: int = Field(25, ge=1)  # DDIM steps
-    cfg: float = Field(4.0, ge=1)
-    prior_samples: int = Field(64, ge=16)  # images over the 16 fixed ordinary prompts, before and after
+    seeds_per_prompt: int = setting(8, "images per evaluation prompt", ge=1)
+    steps: int = setting(25, "DDIM steps of the evaluation images", ge=1)
+    cfg: float = setting(4.0, "CFG scale of the evaluation images", ge=1)
+    prior_samples: int = setting(64, "images over the 16 fixed ordinary prompts, before and after training", ge=16)
 
 
 class WorldBench(Strict):
-    version: int = 1
-    model: str = "world"  # "world": the shipped pretrained model; or a folder from `personae world pretrain`
-    methods: list[MethodName] = list(METHODS)
-    concepts: list[str] = ["star", "heart"]
-    seeds: int = Field(3, ge=1)  # training seeds per (method, concept): each also draws its own images
-    images: int = Field(12, ge=1)  # training images per concept (6 -> 12: same subject fidelity, prior -16 -> -2 points)
-    prior_images: int = Field(64, ge=1)  # the base model's own images of ordinary captions ("{prior}" in jobs)
-    train_backgrounds: list[str] = ["blue", "green"]  # backgrounds of the training images
-    train_sizes: list[str] = ["close-up", "medium shot"]  # sizes of the training images (the rest are unseen)
+    version: int = setting(1, "settings file version")
+    model: str = setting("world", "`world` (the shipped pretrained model) or a `personae world pretrain` folder")
+    methods: list[MethodName] = setting(list(METHODS), "the methods compared")
+    concepts: list[str] = setting(["star", "heart"], "the held-out shapes taught")
+    seeds: int = setting(3, "training seeds per (method, concept): each also draws its own images", ge=1)
+    # 6 -> 12 images: the same subject fidelity, prior change -16 -> -2 points
+    images: int = setting(12, "training images per concept", ge=1)
+    prior_images: int = setting(64, 'the base model\'s own images of ordinary captions ("{prior}" in jobs)', ge=1)
+    train_backgrounds: list[str] = setting(["blue", "green"], "backgrounds of the training images")
+    train_sizes: list[str] = setting(["close-up", "medium shot"], "sizes of the training images (the rest are unseen)")
     # The word for the subject stands where the shape's name stands in every caption the model was pretrained on
     # ("a white star on a blue background, close-up"). LoRA and DreamBooth teach the held-out shape's own word,
     # which the tokenizer knows but pretraining never used (an untrained embedding, a rare identifier); textual
     # inversion and pivotal tuning add a new token. A multi-token trigger such as "sks" (three tokens here) moves
     # every later word to positions the text encoder never saw words at, and the untaught model already loses
     # the background: none of 8 images of "a sks on a red background" had a red background.
-    trigger: str = "{concept}"
-    token: str = "<{concept}>"
-    concept_settings: dict[str, Concept] = Field(default_factory=_default_concepts)
-    jobs: dict[str, dict] = Field(default_factory=_default_jobs)  # per method: a train job without paths
-    eval: EvalSettings = EvalSettings()
-    workers: int = Field(2, ge=1)  # training jobs run side by side, one torch thread each
-    device: Literal["cpu"] = "cpu"  # results are compared across methods at a fixed thread count
+    trigger: str = setting("{concept}", "the subject's word in captions (LoRA, DreamBooth)")
+    token: str = setting("<{concept}>", "the new token (textual inversion, pivotal)")
+    concept_settings: dict[str, Concept] = Field(default_factory=_default_concepts,
+                                                 description="per concept: colour and init_word")
+    jobs: dict[str, dict] = Field(default_factory=_default_jobs, description="per method: a `personae train` job "
+                                  "without base_model, data.path and output (e.g. jobs.lora.train.steps)")
+    eval: EvalSettings = setting(EvalSettings(), "how each trained model is scored")
+    workers: int = setting(2, "training jobs run side by side, one torch thread each", ge=1)
+    device: Literal["cpu"] = setting("cpu", "results are compared across methods at a fixed thread count")
 
     @model_validator(mode="after")
     def _known(self):

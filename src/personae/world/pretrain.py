@@ -36,11 +36,10 @@ from diffusers import DDPMScheduler
 from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
 
-from personae.errors import UserError
 from personae.events import EventHandler, Message, Progress, ignore
 from personae.models.folders import save_pipeline_folder
 from personae.outputs import MODEL_FOLDER, staged_output
-from personae.training.setup import seeded
+from personae.training.step import Batch, after_step, check_finite, diffusion_loss, draw_noise, optimizer_step, seeded
 from personae.world.evaluate import evaluate_world
 from personae.world.model import build_world_pipeline
 from personae.world.pretrain_settings import WorldPretrain
@@ -82,10 +81,8 @@ def train_vae(vae, pixels: torch.Tensor, s: WorldPretrain, on_event: EventHandle
         recon = vae.decode(posterior.mean + posterior.std * eps).sample
         loss = F.mse_loss(recon, x) + v.kl_weight * posterior.kl().mean()
         # 3. step
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        lr_schedule.step()
+        optimizer_step(loss, optimizer, list(vae.parameters()))
+        after_step(lr_schedule, None, [])
         losses.append(loss.item())
         on_event(Progress("vae", step + 1, v.steps, {"loss": f"{losses[-1]:.4f}"}))
     vae.eval()
@@ -119,15 +116,15 @@ def denoising_loss(unet, text_encoder, noise_scheduler, z, ids, seed: int) -> fl
 
 
 def pretrain(s: WorldPretrain, out: str | Path, overwrite: bool = False, on_event: EventHandler = ignore) -> PretrainResult:
+    """The process's torch thread count is the caller's to set (the CLI sets `s.threads`): weights are
+    bit-reproducible at a fixed count, so a different count is said, not changed."""
     started = time.monotonic()
     out = Path(out)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(s.threads)
-    try:
-        with staged_output(out, MODEL_FOLDER, replace=overwrite) as partial:
-            result = _pretrain(s, partial, started, on_event)
-    finally:
-        torch.set_num_threads(threads)
+    if torch.get_num_threads() != s.threads:
+        on_event(Message(f"torch uses {torch.get_num_threads()} threads here, the settings say {s.threads}: the "
+                         "weights will differ from a run at that count (`personae world pretrain` sets it)", "warning"))
+    with staged_output(out, MODEL_FOLDER, replace=overwrite) as partial:
+        result = _pretrain(s, partial, started, on_event)
     result.out = out
     on_event(Message(f"wrote the world model to {out} ({result.unet_steps} UNet steps)"))
     return result
@@ -201,26 +198,14 @@ def _pretrain(s: WorldPretrain, out: Path, started: float, on_event: EventHandle
         z = (means[idx] + stds[idx] * torch.randn(means[idx].shape, generator=gen)) * scaling
         drop = torch.rand(u.batch_size, generator=gen) < u.caption_dropout
         tokens = torch.where(drop[:, None], empty[None], ids[idx])
-        # 2. add noise at random timesteps
-        noise = torch.randn(z.shape, generator=gen)
-        timesteps = torch.randint(0, noise_scheduler.config.num_train_timesteps, (u.batch_size,), generator=gen)
-        noisy = noise_scheduler.add_noise(z, noise, timesteps)
-        # 3. predict the noise from the noisy latents and the encoded caption
-        pred = unet(noisy, timesteps, encoder_hidden_states=text_encoder(tokens)[0]).sample
-        loss = F.mse_loss(pred, noise)
-        # 4. backward, clip, step
-        loss.backward()
-        if u.max_grad_norm:
-            torch.nn.utils.clip_grad_norm_(params, u.max_grad_norm)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        lr_schedule.step()
-        if ema:
-            ema.step(params)
+        # 2. noise at random timesteps; the loss every method trains with (training/step.py)
+        noise, timesteps = draw_noise(gen, tuple(z.shape), noise_scheduler.config.num_train_timesteps)
+        loss = diffusion_loss(unet, noise_scheduler, Batch(z, noise, timesteps), text_encoder(tokens)[0])
+        # 3. backward, clip, step; the schedule and the EMA
+        optimizer_step(loss, optimizer, params, u.max_grad_norm)
+        after_step(lr_schedule, ema, params)
         result.unet_losses.append(loss.item())
-        if not math.isfinite(result.unet_losses[-1]):
-            raise UserError(f"The loss became {result.unet_losses[-1]} at UNet step {step}: training diverged.",
-                            "Lower unet.learning_rate or set unet.max_grad_norm.")
+        check_finite(result.unet_losses[-1], step, lambda: None, "Lower unet.learning_rate or set unet.max_grad_norm.")
         on_event(Progress("unet", step, u.steps, {"loss": f"{result.unet_losses[-1]:.4f}"}))
         if s.eval.every and step % s.eval.every == 0 and step < u.steps:
             evaluate(step)

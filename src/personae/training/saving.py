@@ -1,0 +1,123 @@
+"""Saving a run while it trains: checkpoints, exports and their checks, validation grids, the loss record.
+
+    saver = Saver(run, job, pipe, method, ...)
+    saver.checkpoint(step)              # checkpoints/step-NNNNNN/: weights, optimizer state, exports
+    saver.checkpoint(total, final=True) # the exports at the run's top level; run.json says "finished"
+    saver.sample(step)                  # the validation grid now (the "sample" command)
+
+A save that fails leaves no half-written checkpoint; a full disk is explained with what is
+left to resume from. What is exported and sampled uses the EMA weights when there are any.
+"""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from personae.config.train import TrainJob
+from personae.errors import UserError
+from personae.events import CheckpointSaved, EventHandler, ImageReady
+from personae.media.plot import loss_curve
+from personae.methods.base import ExportFile
+from personae.runs import CheckRecord, ExportRecord, RunLog
+from personae.staging import atomic_file, disk_full, is_disk_full
+from personae.training import checkpoint as ckpt
+from personae.training.validation import validation_grid
+from personae.training.verify import Check, verify_exports
+
+
+@dataclass
+class Saver:
+    run: Path
+    job: TrainJob
+    pipe: object  # the pipeline being trained
+    method: object  # the method instance (what is trainable, how it exports)
+    source: object  # the resolved base model
+    base_scheduler: dict
+    prompts: list[str]  # validation prompts
+    baseline: object  # the base model's validation grid (PIL image) or None
+    optimizer: object
+    lr_schedule: object
+    ema: object  # EMAModel or None
+    params: list  # the trained parameters (what the EMA averages)
+    losses: list[float]  # the loss per step so far (shared with the loop)
+    log: RunLog
+    on_event: EventHandler
+    saved_steps: list[int] = field(default_factory=list)
+
+    def with_ema(self, work):
+        """`work()` with the EMA weights in place of the trained ones (what is exported and sampled)."""
+        if self.ema:
+            self.ema.store(self.params)
+            self.ema.copy_to(self.params)
+        try:
+            return work()
+        finally:
+            if self.ema:
+                self.ema.restore(self.params)
+
+    def _grid(self, step: int):
+        return validation_grid(self.pipe, self.source, self.base_scheduler, self.prompts, self.job.train.validation,
+                               f"step {step}", self.baseline)
+
+    def _write_grid(self, step: int, grid) -> Path:
+        path = self.run / "validation" / f"step-{step:06d}.png"
+        with atomic_file(path) as tmp:
+            grid.save(tmp, format="PNG")
+        self.on_event(ImageReady(path, step))
+        return path
+
+    def sample(self, step: int) -> Path:
+        """The validation samples now."""
+        return self._write_grid(step, self.with_ema(lambda: self._grid(step)))
+
+    def save(self, step: int, final: bool = False) -> tuple[list[ExportFile], list[Check]]:
+        """Exports (checked against the model in memory), validation grid, checkpoint, loss curve, run record."""
+        t, run = self.job.train, self.run
+        folder = ckpt.checkpoint_dir(run, step)
+        out = run if final else folder / "exports"
+
+        def export():
+            meta = {"steps": str(step), "base_model": self.job.base_model, "method": self.job.method}
+            files = self.method.export(self.pipe, out, meta)
+            checks = verify_exports(self.pipe, files, self.source, self.prompts[0]) if t.verify_exports else []
+            return files, checks, self._grid(step)
+
+        files, checks, grid = self.with_ema(export)
+        self._write_grid(step, grid)
+        ckpt.save_checkpoint(folder, self.method.trainable_state(self.pipe), {
+            "step": step, "optimizer": self.optimizer.state_dict(), "lr_schedule": self.lr_schedule.state_dict(),
+            "ema": self.ema.state_dict() if self.ema else None, "losses": self.losses})
+        ckpt.prune(run, t.keep_last)
+        loss_curve(self.losses, run / "loss.png", f"{self.job.method} training loss")
+        with atomic_file(run / "losses.csv") as tmp, open(tmp, "w", newline="") as fh:
+            csv.writer(fh).writerows([("step", "loss")] + [(i + 1, f"{v:.6f}") for i, v in enumerate(self.losses)])
+        bad = [c for c in checks if not c.ok]
+        if bad:
+            raise UserError(f"An exported file does not reproduce the trained model: {bad[0].files} differ by "
+                            f"{bad[0].max_abs_diff:.2e} (tolerance 1e-4). The run is stopped; the checkpoint at "
+                            f"{folder} is kept.", "Report this as a bug, with the job file.")
+        done = {"metrics": {"steps": step, "final_loss": self.losses[-1] if self.losses else None}}
+        if final:
+            done.update(status="finished", error=None, checks=[CheckRecord(**vars(c)) for c in checks],
+                        exports=[ExportRecord(path=f.path.relative_to(run).as_posix(), format=f.format,
+                                              loader=f.loader, token=f.token) for f in files])
+        self.log.update(**done)
+        self.saved_steps.append(step)
+        self.on_event(CheckpointSaved(step, folder))
+        return files, checks
+
+    def checkpoint(self, step: int, final: bool = False) -> tuple[list[ExportFile], list[Check]]:
+        """`save`, and on failure no half-written checkpoint; a full disk is explained, with what is left to resume."""
+        try:
+            return self.save(step, final)
+        except BaseException as exc:
+            ckpt.discard_incomplete(ckpt.checkpoint_dir(self.run, step))
+            if not is_disk_full(exc):
+                raise
+            last = ckpt.list_checkpoints(self.run)
+            kept = (f"the last complete checkpoint is step {last[-1][0]} ({last[-1][1]})" if last
+                    else "no checkpoint was written yet")
+            raise disk_full(f"the {'final exports' if final else 'checkpoint'} of step {step} in {self.run}", kept,
+                            "Free some space, then continue with `personae train JOB.yaml --resume`.") from None

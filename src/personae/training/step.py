@@ -1,0 +1,123 @@
+"""The training step in named parts, shared by every method's loop (loop.py) and world pretraining.
+
+    gen = seeded(seed, step, tag)                      # every draw of a step comes from (seed, step)
+    batch = draw_batch(gen, posteriors, captions, scaling, num_train_timesteps, noise_offset)
+    loss = diffusion_loss(unet, noise_scheduler, batch.part(s), embeddings, min_snr_gamma)
+    optimizer_step(loss, optimizer, params, max_grad_norm, accelerator)
+    after_step(lr_schedule, ema, params)
+
+- batch: the random inputs of one optimizer step, drawn for the whole global batch (every process
+  slices its part, so the process count does not change what is computed);
+- loss: the denoising objective (epsilon or v-prediction as the scheduler says, min-SNR weighting);
+- step: gradients to weights (backward, clipping, the optimizer), then the schedule and EMA.
+Saving (checkpoint, exports, record) is saving.py.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from diffusers.training_utils import compute_snr
+
+from personae.errors import UserError
+
+
+@dataclass
+class Batch:
+    latents: torch.Tensor  # clean latents z, scaled by the VAE's scaling factor
+    noise: torch.Tensor
+    timesteps: torch.Tensor
+    captions: list[str] = field(default_factory=list)  # empty when the caller encodes its own (world pretraining)
+
+    def part(self, rows: slice) -> Batch:
+        return Batch(self.latents[rows], self.noise[rows], self.timesteps[rows], self.captions[rows])
+
+    def to(self, device) -> Batch:
+        return Batch(self.latents.to(device), self.noise.to(device), self.timesteps.to(device), self.captions)
+
+
+def seeded(*parts: int) -> torch.Generator:
+    """A CPU generator seeded from the parts (seed, step, tag...): the same parts, the same draws."""
+    return torch.Generator("cpu").manual_seed(int(np.random.SeedSequence(list(parts)).generate_state(1)[0]))
+
+
+def draw_noise(gen: torch.Generator, shape: tuple[int, ...], num_train_timesteps: int,
+               noise_offset: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Noise (plus a per-channel offset, the "noise offset" trick) and a timestep per example."""
+    noise = torch.randn(shape, generator=gen)
+    if noise_offset:
+        noise = noise + noise_offset * torch.randn((shape[0], shape[1], 1, 1), generator=gen)
+    timesteps = torch.randint(0, num_train_timesteps, (shape[0],), generator=gen)
+    return noise, timesteps
+
+
+def sample_latents(params: list[torch.Tensor], draws: torch.Tensor, scaling: float) -> torch.Tensor:
+    """z = scaling * (mean + std * eps) for stacked VAE posterior parameters (mean and log-variance, as
+    `latent_dist.parameters` holds them), with eps drawn by the caller instead of inside diffusers'
+    DiagonalGaussianDistribution.sample."""
+    from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
+
+    posterior = DiagonalGaussianDistribution(torch.stack(params))
+    return (posterior.mean + posterior.std * draws) * scaling
+
+
+def draw_batch(gen: torch.Generator, posteriors: list[torch.Tensor], captions: list[str], scaling: float,
+               num_train_timesteps: int, noise_offset: float = 0.0) -> Batch:
+    """A batch from VAE posteriors (one per example): a latent sample, noise and timesteps, drawn in that order."""
+    channels, *size = posteriors[0].shape
+    shape = (len(posteriors), channels // 2, *size)
+    eps = torch.randn(shape, generator=gen)
+    noise, timesteps = draw_noise(gen, shape, num_train_timesteps, noise_offset)
+    return Batch(sample_latents(posteriors, eps, scaling), noise, timesteps, list(captions))
+
+
+def diffusion_loss(unet, noise_scheduler, batch: Batch, embeddings: torch.Tensor,
+                   min_snr_gamma: float | None = None) -> torch.Tensor:
+    """Mean squared error of the UNet's prediction on the noised latents: noise for epsilon models, the
+    velocity for v-prediction ones; with `min_snr_gamma`, each example weighted by min(SNR, gamma) / SNR
+    (/ (SNR + 1) for v-prediction), as in the min-SNR paper and diffusers' scripts."""
+    v_prediction = noise_scheduler.config.prediction_type == "v_prediction"
+    noisy = noise_scheduler.add_noise(batch.latents, batch.noise, batch.timesteps)
+    target = noise_scheduler.get_velocity(batch.latents, batch.noise, batch.timesteps) if v_prediction else batch.noise
+    prediction = unet(noisy, batch.timesteps, encoder_hidden_states=embeddings).sample
+    per_example = F.mse_loss(prediction.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
+    if min_snr_gamma:
+        snr = compute_snr(noise_scheduler, batch.timesteps)
+        per_example = per_example * snr.clamp(max=min_snr_gamma) / (snr + 1 if v_prediction else snr)
+    return per_example.mean()
+
+
+def optimizer_step(loss: torch.Tensor, optimizer, params: list[torch.Tensor], max_grad_norm: float = 0.0,
+                   accelerator=None) -> None:
+    """Backward, clip the gradient norm (0: no clipping), step, clear. Under an accelerator's gradient
+    accumulation, clipping waits for the micro-batch that syncs and the wrapped optimizer skips the others."""
+    if accelerator is None:
+        loss.backward()
+    else:
+        accelerator.backward(loss)
+    if max_grad_norm and (accelerator is None or accelerator.sync_gradients):
+        clip = accelerator.clip_grad_norm_ if accelerator is not None else torch.nn.utils.clip_grad_norm_
+        clip(params, max_grad_norm)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
+def after_step(lr_schedule, ema, params: list[torch.Tensor]) -> None:
+    """Once per optimizer step, after it: the learning-rate schedule moves on and the EMA takes the new weights."""
+    lr_schedule.step()
+    if ema is not None:
+        ema.step(params)
+
+
+def check_finite(loss: float, step: int, last_checkpoint: Callable[[], str | None], fix: str) -> None:
+    """A loss that is NaN or infinite ends the run, saying what is left to go back to (`last_checkpoint()`)."""
+    if math.isfinite(loss):
+        return
+    last = last_checkpoint()
+    kept = f"The last good checkpoint is {last}." if last else "No checkpoint was written."
+    raise UserError(f"The loss became {loss} at step {step}: training diverged. {kept}", fix)

@@ -1,0 +1,142 @@
+"""The training step's named parts (training/step.py) on their own: batch, loss, step, and the divergence check.
+
+The whole loop is tested through `personae train` elsewhere (test_train*.py, test_runs.py, test_interrupts.py);
+here each part is checked against what it must compute, on a tiny real UNet.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from diffusers import DDPMScheduler, UNet2DConditionModel
+from diffusers.optimization import get_scheduler
+from diffusers.training_utils import EMAModel, compute_snr
+
+from personae.errors import UserError
+from personae.training.step import (
+    Batch,
+    after_step,
+    check_finite,
+    diffusion_loss,
+    draw_batch,
+    draw_noise,
+    optimizer_step,
+    seeded,
+)
+
+
+def _unet() -> UNet2DConditionModel:
+    torch.manual_seed(0)
+    return UNet2DConditionModel(sample_size=8, in_channels=4, out_channels=4, layers_per_block=1,
+                                block_out_channels=(8, 16), down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+                                up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=8,
+                                attention_head_dim=2, norm_num_groups=4)
+
+
+def _posteriors(n: int, logvar: float = 0.0) -> list[torch.Tensor]:
+    """VAE posterior parameters as `latent_dist.parameters` holds them: 4 means, then 4 log-variances."""
+    gen = torch.Generator().manual_seed(1)
+    return [torch.cat([torch.randn(4, 8, 8, generator=gen), torch.full((4, 8, 8), logvar)]) for _ in range(n)]
+
+
+def test_a_batch_is_its_seed_and_step():
+    posteriors = _posteriors(4)
+    a = draw_batch(seeded(0, 5, 0), posteriors, list("abcd"), 0.5, 1000)
+    b = draw_batch(seeded(0, 5, 0), posteriors, list("abcd"), 0.5, 1000)
+    c = draw_batch(seeded(0, 6, 0), posteriors, list("abcd"), 0.5, 1000)
+    for x, y in ((a.latents, b.latents), (a.noise, b.noise), (a.timesteps, b.timesteps)):
+        assert torch.equal(x, y)
+    assert not torch.equal(a.noise, c.noise) and not torch.equal(a.latents, c.latents)
+    assert a.latents.shape == a.noise.shape == (4, 4, 8, 8) and a.timesteps.shape == (4,)
+    assert 0 <= int(a.timesteps.min()) and int(a.timesteps.max()) < 1000
+    # a process's slice of the global batch is that batch's rows, whatever the process count
+    half = a.part(slice(2, 4))
+    assert torch.equal(half.latents, a.latents[2:]) and half.captions == ["c", "d"]
+
+
+def test_latents_are_sampled_from_the_posterior_and_scaled():
+    sharp = draw_batch(seeded(0, 1), _posteriors(2, logvar=-30.0), ["", ""], 0.18215, 1000)
+    means = torch.stack([p[:4] for p in _posteriors(2)])
+    assert torch.allclose(sharp.latents, means * 0.18215, atol=1e-6)  # no variance: the scaled mean
+    wide = draw_batch(seeded(0, 1), _posteriors(2, logvar=0.0), ["", ""], 1.0, 1000)
+    eps = torch.randn((2, 4, 8, 8), generator=seeded(0, 1))  # the first draw of the step is the latent sample's
+    assert torch.allclose(wide.latents, means + eps, atol=1e-6)
+
+
+def test_noise_offset_adds_one_value_per_channel():
+    plain, _ = draw_noise(seeded(3), (2, 4, 8, 8), 1000)
+    offset, _ = draw_noise(seeded(3), (2, 4, 8, 8), 1000, noise_offset=0.1)
+    shift = offset - plain
+    assert torch.allclose(shift, shift[:, :, :1, :1].expand_as(shift), atol=1e-6)
+    assert 0 < shift.abs().max() < 1.0
+
+
+@pytest.mark.parametrize("prediction", ["epsilon", "v_prediction"])
+def test_the_loss_is_the_prediction_error_against_the_right_target(prediction):
+    unet, scheduler = _unet(), DDPMScheduler(num_train_timesteps=1000, prediction_type=prediction)
+    batch = draw_batch(seeded(0, 0), _posteriors(3), ["", "", ""], 1.0, 1000)
+    embeddings = torch.randn(3, 5, 8, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        loss = diffusion_loss(unet, scheduler, batch, embeddings)
+        noisy = scheduler.add_noise(batch.latents, batch.noise, batch.timesteps)
+        target = batch.noise if prediction == "epsilon" else scheduler.get_velocity(batch.latents, batch.noise,
+                                                                                       batch.timesteps)
+        expected = F.mse_loss(unet(noisy, batch.timesteps, encoder_hidden_states=embeddings).sample, target)
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_min_snr_weighting_follows_the_paper():
+    unet, scheduler = _unet(), DDPMScheduler(num_train_timesteps=1000)
+    batch = draw_batch(seeded(0, 0), _posteriors(4), [""] * 4, 1.0, 1000)
+    batch.timesteps = torch.tensor([5, 100, 500, 990])  # SNR from large to small
+    embeddings = torch.zeros(4, 5, 8)
+    with torch.no_grad():
+        plain = [diffusion_loss(unet, scheduler, batch.part(slice(i, i + 1)), embeddings[:1]).item() for i in range(4)]
+        weighted = diffusion_loss(unet, scheduler, batch, embeddings, min_snr_gamma=5.0).item()
+        huge = diffusion_loss(unet, scheduler, batch, embeddings, min_snr_gamma=1e12).item()
+    snr = compute_snr(scheduler, batch.timesteps)
+    weights = (snr.clamp(max=5.0) / snr).tolist()
+    assert weights[0] < 0.01 and weights[-1] == pytest.approx(1.0)  # nearly clean steps count least
+    assert weighted == pytest.approx(sum(w * p for w, p in zip(weights, plain)) / 4, rel=1e-4)
+    assert huge == pytest.approx(sum(plain) / 4, rel=1e-4)  # gamma above every SNR: no weighting
+
+
+def test_a_step_clips_the_gradient_then_clears_it():
+    for max_norm in (0.0, 1e-3):
+        weight = torch.nn.Parameter(torch.ones(10))
+        optimizer = torch.optim.SGD([weight], lr=1.0)
+        loss = (weight * torch.arange(10.0)).sum() * 100  # gradient norm about 1,700
+        optimizer_step(loss, optimizer, [weight], max_norm)
+        moved = (torch.ones(10) - weight.detach()).norm().item()
+        expected = 100 * torch.arange(10.0).norm().item() if not max_norm else max_norm
+        assert moved == pytest.approx(expected, rel=1e-4), max_norm
+        assert weight.grad is None
+
+
+def test_after_a_step_the_schedule_moves_and_the_ema_follows():
+    weight = torch.nn.Parameter(torch.zeros(3))
+    optimizer = torch.optim.SGD([weight], lr=1.0)
+    schedule = get_scheduler("linear", optimizer, num_warmup_steps=0, num_training_steps=4)
+    ema = EMAModel([weight], decay=0.5, min_decay=0.5, update_after_step=0, use_ema_warmup=False)
+    for value in (1.0, 3.0):
+        optimizer.step()
+        with torch.no_grad():
+            weight.fill_(value)
+        after_step(schedule, ema, [weight])
+    assert schedule.get_last_lr()[0] == pytest.approx(0.5)
+    assert ema.shadow_params[0][0].item() == pytest.approx(2.0)  # 1 (the first step copies), then half-way to 3
+    optimizer.step()
+    after_step(schedule, None, [weight])  # no EMA: the schedule alone
+    assert schedule.get_last_lr()[0] == pytest.approx(0.25)
+
+
+def test_a_loss_that_is_not_finite_ends_the_run_naming_what_is_left():
+    asked = []
+    check_finite(0.25, 3, lambda: asked.append(1) or None, "fix")
+    assert not asked  # a finite loss does not look for checkpoints
+    with pytest.raises(UserError, match=r"nan at step 7: training diverged\. The last good checkpoint is ck/6"):
+        check_finite(float("nan"), 7, lambda: "ck/6", "Lower train.learning_rate.")
+    with pytest.raises(UserError, match="No checkpoint was written"):
+        check_finite(float("inf"), 1, lambda: None, "Lower train.learning_rate.")
+    assert isinstance(Batch(torch.zeros(1), torch.zeros(1), torch.zeros(1)).captions, list)
