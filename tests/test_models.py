@@ -3,6 +3,7 @@
 import time
 
 import numpy as np
+
 import pytest
 import torch
 from diffusers import UNet2DConditionModel

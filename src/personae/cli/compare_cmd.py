@@ -59,8 +59,9 @@ def run(args) -> int:
     from personae.config.base import apply_overrides
     from personae.config.compare import CompareSuite
     from personae.evaluation.suites import PROMPT_SETS
+    from personae.jobs.compare_plan import expand
     from personae.jobs.compare import run_compare
-    from personae.jobs.compare_plan import expand, load_suite
+    from personae.jobs.compare_plan import load_suite
 
     overrides = {**apply_overrides({}, args.set), **settings_values(args, CompareSuite, groups=SHARED)}
     suite = load_suite(args.suite, overrides)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-
 EXAMPLES = """examples:
   personae generate --model ./tiny --prompt "a photo of a cat" --steps 4 --seed 7 --out out/
   personae generate --model stable-diffusion-v1-5/stable-diffusion-v1-5 --prompt "a (red:1.3) fox, [blurry]" \\

@@ -17,14 +17,8 @@ from personae.config.generate import GenerateSettings
 from personae.errors import UserError
 from personae.events import EventHandler, Message, ignore
 from personae.inference.txt2img import GeneratedImage, txt2img
-from personae.media.png import (
-    InfotextValueError,
-    PngTextError,
-    infotext_settings,
-    parse_parameters,
-    read_png_text,
-    save_png,
-)
+from personae.media.png import (InfotextValueError, PngTextError, infotext_settings, parse_parameters, read_png_text,
+                                 save_png)
 from personae.outputs import Kind, check_output, open_output
 
 GENERATED = Kind("generate", "generated images", "personae generate", signature=(),

@@ -17,6 +17,7 @@ import torch
 
 from personae.models.folders import save_safetensors
 
+
 if TYPE_CHECKING:
     from diffusers import StableDiffusionPipeline
 
