@@ -116,7 +116,11 @@ def test_jobs_in_worker_processes_may_differ_in_precision(tmp_path, tiny_model, 
     assert len(images) == 2 and all(e.path.is_file() for e in images)  # "sample now" (a step or two later), the end
     assert read_run(tmp_path / "bf16").settings["train"]["mixed_precision"] == "bf16"
     assert not AcceleratorState._shared_state  # nothing initialised here: the jobs ran in their own processes
+    import torch
+
+    state = torch.get_rng_state()
     run_training(load_job(_job(tmp_path, tiny_model, prepared, "here", steps=1)))
+    assert torch.equal(torch.get_rng_state(), state)  # the run seeds torch in a fork of the caller's generator
     with pytest.raises(UserError, match="accelerate keeps one precision per process"):
         run_training(load_job(_job(tmp_path, tiny_model, prepared, "here-bf16", steps=1, mixed_precision="bf16")))
 

@@ -140,3 +140,20 @@ def test_a_loss_that_is_not_finite_ends_the_run_naming_what_is_left():
     with pytest.raises(UserError, match="No checkpoint was written"):
         check_finite(float("inf"), 1, lambda: None, "Lower train.learning_rate.")
     assert isinstance(Batch(torch.zeros(1), torch.zeros(1), torch.zeros(1)).captions, list)
+
+
+def test_model_builders_leave_the_callers_random_state_and_threads_alone(tmp_path):
+    """Library functions change no process-wide state: seeded builders fork torch's generator."""
+    from personae.models.tiny import build_tiny_pipeline
+    from personae.models.tiny_motion import build_tiny_motion_adapter
+    from personae.world.model import build_world_pipeline
+    from personae.world.tokenizer import write_world_tokenizer
+
+    write_world_tokenizer(tmp_path / "tok")
+    torch.manual_seed(1234)
+    state, threads = torch.get_rng_state(), torch.get_num_threads()
+    first = build_tiny_pipeline(0).unet.conv_in.weight.detach().clone()
+    build_world_pipeline(0, tmp_path / "tok")
+    build_tiny_motion_adapter(0)
+    assert torch.equal(torch.get_rng_state(), state) and torch.get_num_threads() == threads
+    assert torch.equal(build_tiny_pipeline(0).unet.conv_in.weight, first)  # still the seed's weights

@@ -70,13 +70,14 @@ def calibrate_vae(vae: AutoencoderKL) -> None:
 
 def build_tiny_pipeline(seed: int = 0) -> StableDiffusionPipeline:
     """A tiny, seeded StableDiffusionPipeline (random weights, float32, CPU)."""
-    torch.manual_seed(seed)
-    unet = UNet2DConditionModel(**TINY_UNET)
-    torch.manual_seed(seed + 1)
-    vae = AutoencoderKL(**TINY_VAE)
-    calibrate_vae(vae)
-    torch.manual_seed(seed + 2)
-    text_encoder = CLIPTextModel(CLIPTextConfig(**TINY_TEXT))
+    with torch.random.fork_rng(devices=[]):  # seeded here; the caller's random state is left as it was
+        torch.manual_seed(seed)
+        unet = UNet2DConditionModel(**TINY_UNET)
+        torch.manual_seed(seed + 1)
+        vae = AutoencoderKL(**TINY_VAE)
+        calibrate_vae(vae)
+        torch.manual_seed(seed + 2)
+        text_encoder = CLIPTextModel(CLIPTextConfig(**TINY_TEXT))
     return StableDiffusionPipeline(
         unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=sd15_tokenizer(), scheduler=sd15_scheduler(),
         safety_checker=None, feature_extractor=None, requires_safety_checker=False,

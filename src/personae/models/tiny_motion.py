@@ -31,8 +31,9 @@ PROJ_OUT_STD = 0.2  # output projection scale: large enough that motion visibly 
 
 @torch.no_grad()
 def build_tiny_motion_adapter(seed: int = 0) -> MotionAdapter:
-    torch.manual_seed(seed)
-    adapter = MotionAdapter(**TINY_MOTION)
+    with torch.random.fork_rng(devices=[]):  # seeded here; the caller's random state is left as it was
+        torch.manual_seed(seed)
+        adapter = MotionAdapter(**TINY_MOTION)
     generator = torch.Generator().manual_seed(seed + 1)
     for name, param in adapter.named_parameters():
         if ".proj_out." in name:

@@ -64,8 +64,10 @@ def train(job: TrainJob, run: Path, resume: bool = False, on_event: EventHandler
 
     The run record (run.json) says "running" from the start, then "finished", "stopped" or "failed"."""
     log = RunLog(run)
+    cuda = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
     try:
-        return _train(job, run, resume, on_event, commands if commands is not None else Commands(), log)
+        with torch.random.fork_rng(devices=cuda):  # the run seeds torch's generators; the caller's state comes back
+            return _train(job, run, resume, on_event, commands if commands is not None else Commands(), log)
     except KeyboardInterrupt:  # Stopped included: a checkpoint to resume from (or the last one) is kept
         log.end("stopped")
         raise

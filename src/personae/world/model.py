@@ -52,12 +52,13 @@ def text_config(tokenizer: CLIPTokenizer) -> CLIPTextConfig:
 def build_world_pipeline(seed: int, tokenizer_dir: str | Path) -> StableDiffusionPipeline:
     """Random, seeded components (float32, CPU) with SD-1.5's scheduler and the given tokenizer files."""
     tokenizer = CLIPTokenizer.from_pretrained(str(tokenizer_dir))  # not keyword file paths: see FACTS.md
-    torch.manual_seed(seed)
-    unet = UNet2DConditionModel(**WORLD_UNET)
-    torch.manual_seed(seed + 1)
-    vae = AutoencoderKL(**WORLD_VAE)
-    torch.manual_seed(seed + 2)
-    text_encoder = CLIPTextModel(text_config(tokenizer))
+    with torch.random.fork_rng(devices=[]):  # seeded here; the caller's random state is left as it was
+        torch.manual_seed(seed)
+        unet = UNet2DConditionModel(**WORLD_UNET)
+        torch.manual_seed(seed + 1)
+        vae = AutoencoderKL(**WORLD_VAE)
+        torch.manual_seed(seed + 2)
+        text_encoder = CLIPTextModel(text_config(tokenizer))
     scheduler = PNDMScheduler.from_pretrained(str(SD15_DIR / "scheduler"))
     return StableDiffusionPipeline(
         unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, scheduler=scheduler,
