@@ -188,6 +188,25 @@ def _reuse(old_out: Path, work: Path, name: str) -> None:
         shutil.copy2(old_out / name, target)
 
 
+def caption_for(path: Path, relative: Path, settings: PrepareSettings, captioner: Captioner,
+                image: Image.Image | None = None) -> str:
+    """The caption `prepare` gives the image at `path` (SRC/`relative`): its sidecar, else the captioner's, through
+    the template. `image` may be None for captioners that read only the path (filename, none)."""
+    _, prefix, token = cap.folder_meaning(relative, settings.folder_tokens)
+    sidecar = cap.read_sidecar(path)
+    raw = sidecar if sidecar and not settings.recaption else captioner.caption([image], [path])[0]
+    return cap.fill_template(settings.template, caption=cap.clean_tags(raw or ""), trigger=settings.trigger,
+                             class_word=settings.class_word, token=token, folder=prefix, append=settings.append)
+
+
+def planned_captions(src: str | Path, settings: PrepareSettings) -> list[str]:
+    """The captions `prepare_dataset(src, ..., settings)` would write, without reading or writing any image
+    (only for captioners that need no model; images prepare would reject are included)."""
+    src = Path(src)
+    captioner = get_captioner(settings.captioner)
+    return [caption_for(path, path.relative_to(src), settings, captioner) for path in find_images(src)]
+
+
 def _prepare(src: Path, files: list[Path], out: Path, work: Path, previous: dict[str, Entry],
              settings: PrepareSettings, captioner, on_event: EventHandler) -> PrepareResult:
     settings_hash = _settings_hash(settings)
@@ -217,11 +236,8 @@ def _prepare(src: Path, files: list[Path], out: Path, work: Path, previous: dict
             continue
         box, size, face = _frame(image, settings, buckets)
         framed = image.crop(tuple(box)).resize(size, Image.Resampling.LANCZOS)
-        repeats, prefix, token = cap.folder_meaning(relative, settings.folder_tokens)
-        sidecar = cap.read_sidecar(path)
-        raw = sidecar if sidecar and not settings.recaption else captioner.caption([image], [path])[0]
-        caption = cap.fill_template(settings.template, caption=cap.clean_tags(raw or ""), trigger=settings.trigger,
-                                    class_word=settings.class_word, token=token, folder=prefix, append=settings.append)
+        repeats, _, token = cap.folder_meaning(relative, settings.folder_tokens)
+        caption = caption_for(path, relative, settings, captioner, image)
         with atomic_file(work / image_rel) as tmp:
             framed.save(tmp, format="PNG")
         write_text(work / f"images/{name}.txt", caption + "\n")
