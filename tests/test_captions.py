@@ -59,3 +59,46 @@ def test_a_token_in_the_captions_passes_the_check(subject, tmp_path):
         preflight(job)
     assert "<me>" not in str(err.value) and "no-model-needed" in str(err.value)
     check_tokens(job, ["a photo of <me> star", "a star"], data)  # one caption with it is enough
+
+
+# --- item 2: captions on disk are the truth ---
+
+def test_training_reads_edited_sidecar_captions_and_says_how_many(subject, tmp_path):
+    from personae.data.dataset import examples_from_prepared
+    from personae.events import Message
+
+    out = tmp_path / "prepared"
+    prepare_dataset(subject, out, PrepareSettings(resolution=64))
+    first = sorted((out / "images").glob("*.txt"))[0]
+    first.write_text("a photo of sks star, edited by hand\n")  # what a kohya user or a tagging tool does
+    events = []
+    examples = examples_from_prepared(out, events.append)
+    by_image = {e.image.with_suffix(".txt"): e.caption for e in examples}
+    assert by_image[first] == "a photo of sks star, edited by hand"
+    assert all(c.startswith("a photo of sks star on a") for p, c in by_image.items() if p != first)
+    said = [e.text for e in events if isinstance(e, Message)]
+    assert len(said) == 1 and "1 of 6 captions come from edited .txt files" in said[0]
+
+
+def test_prepare_again_recaptions_an_image_whose_source_sidecar_changed(subject, tmp_path):
+    out = tmp_path / "prepared"
+    prepare_dataset(subject, out, PrepareSettings(resolution=64))
+    (subject / "star_02.txt").write_text("a drawing of sks star, new caption\n")  # the image itself is unchanged
+    result = prepare_dataset(subject, out, PrepareSettings(resolution=64))
+    assert result.reused == 5
+    entry = next(e for e in result.entries if e.source == "star_02.png")
+    assert entry.caption == "a drawing of sks star, new caption"
+    assert (out / entry.image).with_suffix(".txt").read_text().strip() == entry.caption
+    manifest = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
+    assert next(m for m in manifest if m["source"] == "star_02.png")["caption"] == entry.caption
+    assert prepare_dataset(subject, out, PrepareSettings(resolution=64)).reused == 6  # then unchanged again
+
+
+def test_prepare_again_keeps_a_caption_edited_in_the_set_and_the_manifest_follows_it(subject, tmp_path):
+    out = tmp_path / "prepared"
+    first = prepare_dataset(subject, out, PrepareSettings(resolution=64)).entries[0]
+    (out / first.image).with_suffix(".txt").write_text("my own words\n")
+    result = prepare_dataset(subject, out, PrepareSettings(resolution=64))
+    assert result.reused == 6
+    manifest = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
+    assert next(m for m in manifest if m["image"] == first.image)["caption"] == "my own words"

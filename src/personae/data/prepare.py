@@ -38,7 +38,7 @@ from personae.outputs import Kind, absolute, check_output, staged_output
 from personae.staging import atomic_file, write_text
 
 MANIFEST = "manifest.jsonl"
-MANIFEST_VERSION = 1  # in every line; a change of shape adds a migration in _entry
+MANIFEST_VERSION = 2  # in every line; a change of shape adds a migration in _entry
 PREPARED_SET = Kind("prepare", "a prepared training set", "personae prepare", signature=(MANIFEST, "report.md"),
                     layout=("images/*.png", "images/*.txt", MANIFEST, "report.md", "contact_sheet.png"))
 
@@ -63,6 +63,8 @@ class Entry:
     settings_hash: str
     source_size: int
     source_mtime_ns: int
+    sidecar_sha256: str | None = None  # the source's caption sidecar(s) ("" for none; None: not recorded, version 1)
+    caption_from: str | None = None  # "sidecar", the captioner's name, or "" when neither gave text (None: version 1)
     version: int = MANIFEST_VERSION  # the manifest format (lines written before it existed are version 1)
 
 
@@ -99,6 +101,8 @@ def _entry(path: Path, number: int, line: str) -> Entry:
     if isinstance(version, int) and version > MANIFEST_VERSION:
         raise UserError(f"{path}, line {number}: manifest version {version} is newer than this personae reads "
                         f"({MANIFEST_VERSION}).", "Update personae, or prepare the set again with this version.")
+    if isinstance(version, int) and version < 2:  # 1 -> 2: sidecar_sha256, caption_from (unknown: not reused)
+        data = {**data, "version": MANIFEST_VERSION}
     try:
         entry = Entry(**data)
     except TypeError as exc:  # a field missing or unknown
@@ -122,6 +126,11 @@ def _read_manifest(out: Path) -> dict[str, Entry]:
             entry = _entry(path, number, line)
             entries[entry.source] = entry
     return entries
+
+
+def read_caption_file(path: Path) -> str:
+    """A caption .txt as one line of text (whitespace runs collapsed; empty is allowed: the user's choice)."""
+    return " ".join(path.read_text(encoding="utf-8", errors="replace").split())
 
 
 def load_manifest(folder: str | Path) -> list[Entry]:
@@ -189,14 +198,20 @@ def _reuse(old_out: Path, work: Path, name: str) -> None:
 
 
 def caption_for(path: Path, relative: Path, settings: PrepareSettings, captioner: Captioner,
-                image: Image.Image | None = None) -> str:
-    """The caption `prepare` gives the image at `path` (SRC/`relative`): its sidecar, else the captioner's, through
-    the template. `image` may be None for captioners that read only the path (filename, none)."""
+                image: Image.Image | None = None) -> tuple[str, str]:
+    """(caption, where its description came from) for the image at `path` (SRC/`relative`): its sidecar, else the
+    captioner's text, through the template; "from" is "sidecar", the captioner's name, or "" when neither gave
+    text. `image` may be None for captioners that read only the path (filename, none)."""
     _, prefix, token = cap.folder_meaning(relative, settings.folder_tokens)
     sidecar = cap.read_sidecar(path)
-    raw = sidecar if sidecar and not settings.recaption else captioner.caption([image], [path])[0]
-    return cap.fill_template(settings.template, caption=cap.clean_tags(raw or ""), trigger=settings.trigger,
-                             class_word=settings.class_word, token=token, folder=prefix, append=settings.append)
+    if sidecar and not settings.recaption:
+        raw, origin = sidecar, "sidecar"
+    else:
+        raw = cap.clean_tags(captioner.caption([image], [path])[0] or "")
+        origin = captioner.name if raw else ""
+    caption = cap.fill_template(settings.template, caption=cap.clean_tags(raw), trigger=settings.trigger,
+                                class_word=settings.class_word, token=token, folder=prefix, append=settings.append)
+    return caption, origin
 
 
 def planned_captions(src: str | Path, settings: PrepareSettings) -> list[str]:
@@ -204,7 +219,7 @@ def planned_captions(src: str | Path, settings: PrepareSettings) -> list[str]:
     (only for captioners that need no model; images prepare would reject are included)."""
     src = Path(src)
     captioner = get_captioner(settings.captioner)
-    return [caption_for(path, path.relative_to(src), settings, captioner) for path in find_images(src)]
+    return [caption_for(path, path.relative_to(src), settings, captioner)[0] for path in find_images(src)]
 
 
 def _prepare(src: Path, files: list[Path], out: Path, work: Path, previous: dict[str, Entry],
@@ -222,11 +237,13 @@ def _prepare(src: Path, files: list[Path], out: Path, work: Path, previous: dict
         name = _output_name(relative)
         image_rel = f"images/{name}.png"
         old = previous.get(relative.as_posix())
+        sidecar_sha = cap.sidecar_fingerprint(path)
         if (old and old.settings_hash == settings_hash and old.source_size == stat.st_size
-                and old.source_mtime_ns == stat.st_mtime_ns and old.image == image_rel
-                and (out / old.image).is_file() and (out / f"images/{name}.txt").is_file()):
+                and old.source_mtime_ns == stat.st_mtime_ns and old.sidecar_sha256 == sidecar_sha
+                and old.image == image_rel and (out / old.image).is_file() and (out / f"images/{name}.txt").is_file()):
             _reuse(out, work, old.image)
             _reuse(out, work, f"images/{name}.txt")
+            old.caption = read_caption_file(out / f"images/{name}.txt")  # edited there by the user: the manifest follows
             entries.append(old)
             reused += 1
             continue
@@ -237,13 +254,14 @@ def _prepare(src: Path, files: list[Path], out: Path, work: Path, previous: dict
         box, size, face = _frame(image, settings, buckets)
         framed = image.crop(tuple(box)).resize(size, Image.Resampling.LANCZOS)
         repeats, _, token = cap.folder_meaning(relative, settings.folder_tokens)
-        caption = caption_for(path, relative, settings, captioner, image)
+        caption, caption_from = caption_for(path, relative, settings, captioner, image)
         with atomic_file(work / image_rel) as tmp:
             framed.save(tmp, format="PNG")
         write_text(work / f"images/{name}.txt", caption + "\n")
         entries.append(Entry(relative.as_posix(), file_hash(path), image_rel, caption, box, size[0], size[1],
                              [size[0], size[1]], repeats, token, settings.keep_tokens, face,
-                             f"{perceptual_hash(image):016x}", settings_hash, stat.st_size, stat.st_mtime_ns))
+                             f"{perceptual_hash(image):016x}", settings_hash, stat.st_size, stat.st_mtime_ns,
+                             sidecar_sha, caption_from))
     on_event(Progress("prepare", len(files), len(files)))
 
     # 3. outputs whose source is gone or now rejected are not carried over into the new set; names never repeat

@@ -86,7 +86,7 @@ def load_examples(job: TrainJob, run: Path, on_event: EventHandler) -> list[Exam
     """A prepared set as is; a raw folder is prepared now into <run>/prepared."""
     path = Path(job.data.path).expanduser()
     if (path / "manifest.jsonl").is_file():
-        examples = examples_from_prepared(path)
+        examples = examples_from_prepared(path, on_event)
     elif path.is_dir():
         on_event(Message(f"{path} is not a prepared set: preparing it into {run / 'prepared'}"))
         prepare_dataset(path, run / "prepared", raw_folder_settings(job), on_event)
