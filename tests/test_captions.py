@@ -102,3 +102,55 @@ def test_prepare_again_keeps_a_caption_edited_in_the_set_and_the_manifest_follow
     assert result.reused == 6
     manifest = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
     assert next(m for m in manifest if m["image"] == first.image)["caption"] == "my own words"
+
+
+# --- item 5: every prepare option combination ends in a result or one clear message ---
+
+RISKY_PREPARE_OPTIONS = [
+    ["--crop", "none", "--resolution", "32"],  # the bucket step (64) larger than the resolution: was a traceback
+    ["--crop", "none", "--resolution", "32", "--bucket-step", "256"],
+    ["--crop", "none", "--resolution", "48", "--bucket-step", "32"],
+    ["--crop", "none", "--resolution", "33", "--bucket-step", "8"],
+    ["--crop", "none", "--resolution", "64", "--max-aspect", "1"],
+    ["--crop", "none", "--resolution", "32", "--bucket-step", "16", "--min-side", "1"],
+    ["--crop", "face", "--resolution", "32", "--face-margin", "0"],
+    ["--crop", "center", "--resolution", "31"],
+    ["--resolution", "32", "--min-side", "100000"],  # every image rejected
+    ["--resolution", "32", "--template", "{caption"],
+    ["--resolution", "32", "--template", "{nope}"],
+    ["--resolution", "32", "--template", ""],
+    ["--resolution", "32", "--template", "{trigger}", "--trigger", "{caption}"],
+    ["--resolution", "32", "--append", ",,, ;"],
+    ["--resolution", "32", "--captioner", "none", "--template", "{caption}"],
+    ["--resolution", "32", "--captioner", "./no-such-captioner"],
+    ["--resolution", "32", "--keep-tokens", "-1"],
+    ["--resolution", "32", "--bucket-step", "0"],
+    ["--resolution", "32", "--folder-tokens", "close_up"],
+    ["--resolution", "32", "--background", "not-a-colour"],
+]
+
+
+@pytest.mark.parametrize("options", RISKY_PREPARE_OPTIONS, ids=lambda o: " ".join(o))
+def test_risky_prepare_options_end_in_a_result_or_a_clear_message(subject, tmp_path, capsys, options):
+    from personae.cli.main import main
+
+    try:
+        code = main(["prepare", str(subject), str(tmp_path / "out"), "--quiet", *options])
+    except SystemExit as exc:  # argparse's one-line usage error
+        code = exc.code
+    err = capsys.readouterr().err
+    assert code in (0, 2), err
+    assert "Traceback" not in err and "this is a bug" not in err, err
+    if code == 2:
+        assert "error" in err.lower()
+
+
+def test_a_bucket_step_larger_than_the_resolution_is_named_with_the_fix(subject, tmp_path, capsys):
+    from personae.cli.main import main
+
+    assert main(["prepare", str(subject), str(tmp_path / "out"), "--quiet", "--crop", "none", "--resolution", "32"]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "--bucket-step 64 gives no bucket" in err and "e.g. --bucket-step 16" in err
+    assert not (tmp_path / "out").exists()
+    assert main(["prepare", str(subject), str(tmp_path / "out"), "--quiet", "--crop", "none", "--resolution", "32",
+                 "--bucket-step", "16"]) == 0

@@ -161,6 +161,7 @@ def prepare_dataset(src: str | Path, out: str | Path, settings: PrepareSettings,
     if not src.is_dir():
         raise UserError(f"{src} is not a folder.", "Pass the folder that holds your images as SRC.")
     _refuse_overlap(src, out)
+    _check_buckets(settings)
     files = find_images(src)
     if not files:
         raise UserError(f"{src} holds no image files (looked for jpg, jpeg, png, webp, bmp, tiff, gif, recursively).")
@@ -177,6 +178,18 @@ def prepare_dataset(src: str | Path, out: str | Path, settings: PrepareSettings,
     on_event(Message(f"prepared {len(result.entries)} images ({result.reused} unchanged), rejected "
                      f"{len(result.rejected)}: see {out / 'report.md'}"))
     return result
+
+
+def _check_buckets(settings: PrepareSettings) -> None:
+    """With --crop none every image goes into an aspect-ratio bucket: there must be at least one."""
+    if settings.crop != "none" or make_buckets(settings.resolution, settings.bucket_step):
+        return
+    fitting = max((s for s in (64, 32, 16, 8) if s <= settings.resolution // 2), default=8)
+    raise UserError(f"--crop none with --resolution {settings.resolution} and --bucket-step {settings.bucket_step} "
+                    f"gives no bucket: bucket sides move in steps of {settings.bucket_step} px, which do not fit in "
+                    f"a {settings.resolution} x {settings.resolution} pixel budget.",
+                    f"Use a smaller step (e.g. --bucket-step {fitting}; it should be at most half the resolution) or "
+                    "a larger --resolution.")
 
 
 def _refuse_overlap(src: Path, out: Path) -> None:
