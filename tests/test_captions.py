@@ -154,3 +154,54 @@ def test_a_bucket_step_larger_than_the_resolution_is_named_with_the_fix(subject,
     assert not (tmp_path / "out").exists()
     assert main(["prepare", str(subject), str(tmp_path / "out"), "--quiet", "--crop", "none", "--resolution", "32",
                  "--bucket-step", "16"]) == 0
+
+
+# --- item 3 (data side): camera-style names give no caption; junk captions are flagged ---
+
+@pytest.mark.parametrize("name", ["IMG_1234.jpg", "DSC_0001.JPG", "DSCN0001.jpg", "PXL_20240101_123456789.MP.jpg",
+                                  "DCIM_0001.jpg", "12345.png", "20240101_123456.jpg", "IMG-20240101-WA0001.jpg",
+                                  "WhatsApp Image 2024-01-01 at 10.00.00 (1).jpeg", "IMG_E1234.JPG",
+                                  "Screenshot 2024-01-01 at 10.00.00.png", "Copy of IMG_1234.jpg", "GOPR0001.JPG",
+                                  "IMG_20240101_123456_HDR.jpg", "image0.jpeg", "P1000123.JPG"])
+def test_camera_style_file_names_give_no_caption(name):
+    from personae.data.captioners import FilenameCaptioner
+
+    assert FilenameCaptioner().caption([None], [Path(name)]) == [""]
+
+
+@pytest.mark.parametrize("name,caption", [("red_dress-03.jpg", "red dress"), ("photo of my dog.jpg", "photo of my dog"),
+                                          ("cat-on-sofa (2).jpg", "cat on sofa"), ("Eva at the beach.png", "eva at the beach")])
+def test_descriptive_file_names_still_give_their_words(name, caption):
+    from personae.data.captioners import FilenameCaptioner
+
+    assert FilenameCaptioner().caption([None], [Path(name)]) == [caption]
+
+
+def test_report_and_contact_sheet_flag_empty_duplicate_and_file_name_captions(tmp_path):
+    from personae.media.sheet import MARK_RED
+
+    src = tmp_path / "src"
+    src.mkdir()
+    for i, name in enumerate(["IMG_1234", "DSC_0001", "red_dress-03", "beach", "park"]):
+        Image.new("RGB", (64, 64), (40 * i, 120, 200 - 30 * i)).save(src / f"{name}.png")
+    (src / "beach.txt").write_text("a woman on a beach\n")
+    (src / "park.txt").write_text("a woman on a beach\n")  # the same caption twice
+    out = tmp_path / "out"
+    prepare_dataset(src, out, PrepareSettings(resolution=64, trigger="sks"))
+    report = (out / "report.md").read_text()
+    assert ("- captions: 2 from sidecar files, 1 from file names, 2 empty (template only), 2 duplicated "
+            "(the same text on 4 images)") in report
+    rows = {line.split("|")[1].strip(" `"): line.split("|")[3].strip() for line in report.splitlines()
+            if line.startswith("| `")}
+    assert rows["IMG_1234.png"] == "empty, duplicate" and rows["DSC_0001.png"] == "empty, duplicate"
+    assert rows["red_dress-03.png"] == "from file name"
+    assert rows["beach.png"] == rows["park.png"] == "duplicate"
+    # the contact sheet: a red band over every flagged thumbnail (all five here), none on an unflagged one
+    sheet = Image.open(out / "contact_sheet.png").convert("RGB")
+    assert all(sheet.getpixel((5 + col * 170 + 150, 7)) == MARK_RED for col in range(5))
+    (src / "red_dress-03.txt").write_text("a red dress on a hanger\n")
+    prepare_dataset(src, out, PrepareSettings(resolution=64, trigger="sks"))
+    sheet = Image.open(out / "contact_sheet.png").convert("RGB")
+    entries = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
+    column = [e["source"] for e in entries].index("red_dress-03.png")
+    assert sheet.getpixel((5 + column * 170 + 150, 7)) != MARK_RED

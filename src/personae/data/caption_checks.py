@@ -2,8 +2,8 @@
 
 - `require_token`: a learned token (textual inversion, pivotal) that no caption contains gets no gradient,
   so the run would "succeed" and export the init word unchanged: it is refused before the run starts.
-- `caption_flags`: empty captions, the same caption on several images, captions made from file names
-  (counted in report.md and marked on the contact sheet).
+- `caption_flags`: empty captions (nothing described the image), the same caption on several images, captions
+  made from file names (counted in report.md and marked on the contact sheet).
 """
 
 from __future__ import annotations
@@ -35,36 +35,35 @@ def require_token(token: str, captions: Sequence[str], where: str, setting: str)
 
 @dataclass
 class CaptionFlags:
-    """Captions worth a look before training, by image (the source path as the report names it)."""
+    """Captions worth a look before training, by image name (as the report names images)."""
 
-    empty: list[str] = field(default_factory=list)
-    duplicates: dict[str, list[str]] = field(default_factory=dict)  # caption -> the images sharing it
-    from_filename: list[str] = field(default_factory=list)
+    empty: set[str] = field(default_factory=set)  # nothing described the image: the template alone is left
+    duplicates: dict[str, list[str]] = field(default_factory=dict)  # a caption shared by several images -> them
+    from_filename: set[str] = field(default_factory=set)  # made from the file name by the filename captioner
 
     def of(self, name: str, caption: str) -> list[str]:
-        """Short labels for one image ("empty", "duplicate", "from file name")."""
-        labels = []
-        if name in self.empty:
-            labels.append("empty")
-        if caption in self.duplicates:
-            labels.append("duplicate")
-        if name in self.from_filename:
-            labels.append("from file name")
-        return labels
+        """Short labels for one image: "empty", "duplicate", "from file name"."""
+        return [label for label, hit in (("empty", name in self.empty), ("duplicate", caption in self.duplicates),
+                                         ("from file name", name in self.from_filename)) if hit]
 
     @property
     def duplicated_images(self) -> int:
         return sum(len(names) for names in self.duplicates.values())
 
+    def any(self) -> bool:
+        return bool(self.empty or self.duplicates or self.from_filename)
 
-def caption_flags(items: Sequence[tuple[str, str, str]]) -> CaptionFlags:
-    """Flags over (name, raw caption, final caption) triples: the raw caption is what the sidecar or captioner
-    gave before the template; `final` is what trains. Raw "" counts as empty (the template alone remains)."""
+
+def caption_flags(items: Sequence[tuple[str, str, str | None]]) -> CaptionFlags:
+    """Flags over (name, caption, origin) triples; origin is where the description came from: "sidecar", a
+    captioner's name ("filename", ...), "" when nothing gave one, None when not recorded."""
     flags = CaptionFlags()
-    counts = Counter(final for _, _, final in items)
-    for name, raw, final in items:
-        if not raw.strip():
-            flags.empty.append(name)
-        if counts[final] > 1:
-            flags.duplicates.setdefault(final, []).append(name)
+    counts = Counter(caption for _, caption, _ in items)
+    for name, caption, origin in items:
+        if origin == "" or not caption.strip():
+            flags.empty.add(name)
+        if counts[caption] > 1:
+            flags.duplicates.setdefault(caption, []).append(name)
+        if origin == "filename":
+            flags.from_filename.add(name)
     return flags

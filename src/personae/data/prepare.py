@@ -28,6 +28,7 @@ from PIL import Image
 
 from personae.config.prepare import PrepareSettings
 from personae.data import captions as cap
+from personae.data.caption_checks import CaptionFlags, caption_flags
 from personae.data.captioners import Captioner, get_captioner
 from personae.data.framing import bucket_box, center_box, detect_faces, face_box, make_buckets, nearest_bucket
 from personae.data.images import Rejected, file_hash, find_images, hamming, load_image, perceptual_hash
@@ -296,15 +297,31 @@ def _prepare(src: Path, files: list[Path], out: Path, work: Path, previous: dict
     write_text(work / MANIFEST, "".join(json.dumps(asdict(e), ensure_ascii=False) + "\n" for e in entries))
     write_text(work / "report.md", _report(src, result, settings))
     if entries:
-        contact_sheet([work / e.image for e in entries], [e.caption for e in entries], work / "contact_sheet.png")
+        flags = _flags(entries)
+        contact_sheet([work / e.image for e in entries], [e.caption for e in entries], work / "contact_sheet.png",
+                      marks=[", ".join(flags.of(e.source, e.caption)) for e in entries])
     return result
+
+
+def _flags(entries: list[Entry]) -> CaptionFlags:
+    return caption_flags([(e.source, e.caption, e.caption_from) for e in entries])
+
+
+def _cell(text: str) -> str:
+    """Text for a markdown table cell."""
+    return (text or "(empty)").replace("|", "\\|")
 
 
 def _report(src: Path, r: PrepareResult, settings: PrepareSettings) -> str:
     lines = [f"# Training set prepared from `{src}`", "",
              f"- images: {len(r.entries)} ({r.reused} reused unchanged from the last run)",
              f"- rejected: {len(r.rejected)}", f"- near-duplicate pairs: {len(r.duplicates)}",
-             f"- framing: {settings.crop}, resolution {settings.resolution}", ""]
+             f"- framing: {settings.crop}, resolution {settings.resolution}"]
+    flags = _flags(r.entries)
+    origins = [e.caption_from for e in r.entries]
+    lines += [f"- captions: {origins.count('sidecar')} from sidecar files, {len(flags.from_filename)} from file "
+              f"names, {len(flags.empty)} empty (template only), {len(flags.duplicates)} duplicated "
+              f"(the same text on {flags.duplicated_images} images)", ""]
     if r.rejected:
         lines += ["## Rejected files", "", "| file | reason |", "|---|---|"]
         lines += [f"| `{x.path.as_posix()}` | {x.reason} |" for x in r.rejected] + [""]
@@ -314,6 +331,14 @@ def _report(src: Path, r: PrepareResult, settings: PrepareSettings) -> str:
     if r.duplicates:
         lines += ["## Near-duplicates (perceptual hash)", "", "| first | second | differing bits |", "|---|---|---|"]
         lines += [f"| `{a}` | `{b}` | {d} |" for a, b, d in r.duplicates] + [""]
+    if flags.any():
+        lines += ["## Captions to check", "",
+                  "Empty captions teach only the template's words; a caption shared by several images cannot tell "
+                  "them apart; a file name is rarely a description. Edit the `.txt` files in `images/` (training "
+                  "reads them) or add sidecar captions beside the sources and run prepare again.", "",
+                  "| file | caption | why |", "|---|---|---|"]
+        lines += [f"| `{e.source}` | {_cell(e.caption)} | {', '.join(flags.of(e.source, e.caption))} |"
+                  for e in r.entries if flags.of(e.source, e.caption)] + [""]
     buckets: dict[str, int] = {}
     for e in r.entries:
         buckets[f"{e.width}x{e.height}"] = buckets.get(f"{e.width}x{e.height}", 0) + 1
