@@ -205,3 +205,101 @@ def test_report_and_contact_sheet_flag_empty_duplicate_and_file_name_captions(tm
     entries = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
     column = [e["source"] for e in entries].index("red_dress-03.png")
     assert sheet.getpixel((5 + column * 170 + 150, 7)) != MARK_RED
+
+
+# --- `personae captions DIR`: list, search and edit in bulk ---
+
+@pytest.mark.parametrize("caption,edit,expected", [
+    ("a man, long_hair, smiling", {"replace": ("man", "woman")}, "a woman, long_hair, smiling"),
+    ("a man, long_hair, smiling", {"remove_tags": ("Long Hair",)}, "a man, smiling"),  # any case, "_" = space
+    ("a man, long_hair, smiling", {"remove_tags": ("hair",)}, "a man, long_hair, smiling"),  # whole tags only
+    ("a man, sks, smiling", {"prepend": ("sks",)}, "sks, a man, smiling"),  # moved to the front, not doubled
+    ("a man, smiling", {"append": ("drawn by KSH style",)}, "a man, smiling, drawn by KSH style"),
+    ("a photo of a man", {"prepend": ("sks man",)}, "sks man, a photo of a man"),  # a sentence is one tag
+    ("blurry, a man", {"replace": ("man", "dog"), "remove_tags": ("blurry",), "prepend": ("sks",),
+                       "append": ("outdoors",)}, "sks, a dog, outdoors"),
+    ("blurry", {"remove_tags": ("blurry",)}, ""),
+])
+def test_caption_edits_follow_kohya_tag_semantics(caption, edit, expected):
+    from personae.data.caption_editor import CaptionEdit, edit_caption
+
+    assert edit_caption(caption, CaptionEdit(**edit)) == expected
+
+
+def _cli(capsys, *argv) -> tuple[int, str, str]:
+    from personae.cli.main import main
+
+    code = main(["captions", *map(str, argv)])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def _manifest_captions(out: Path) -> dict[str, str]:
+    return {m["image"]: m["caption"] for m in map(json.loads, (out / "manifest.jsonl").read_text().splitlines())}
+
+
+def test_captions_lists_and_searches_a_prepared_set(subject, tmp_path, capsys):
+    out = tmp_path / "prepared"
+    prepare_dataset(subject, out, PrepareSettings(resolution=64))
+    code, text, _ = _cli(capsys, out)
+    assert code == 0 and text.count("a photo of sks star on a") == 6 and "6 images in" in text
+    code, text, _ = _cli(capsys, out, "--search", "BLUE")
+    assert code == 0 and text.count(": a photo of sks star on a blue background") == 1 and "(1 contain 'BLUE')" in text
+
+
+def test_captions_edits_a_prepared_set_and_its_manifest_follows(subject, tmp_path, capsys):
+    from personae.data.dataset import examples_from_prepared
+
+    out = tmp_path / "prepared"
+    prepare_dataset(subject, out, PrepareSettings(resolution=64))
+    before = {p: p.read_text() for p in (out / "images").glob("*.txt")}
+    manifest_before = (out / "manifest.jsonl").read_text()
+    code, text, _ = _cli(capsys, out, "--prepend", "<me>", "--replace", "a photo of", "a drawing of", "--dry-run")
+    assert code == 0 and "would change 6 of 6 captions" in text and "+ <me>, a drawing of sks star" in text
+    assert {p: p.read_text() for p in (out / "images").glob("*.txt")} == before  # a dry run writes nothing
+    assert (out / "manifest.jsonl").read_text() == manifest_before
+
+    code, text, _ = _cli(capsys, out, "--search", "red background", "--append", "red")
+    assert code == 0 and "changed 1 of 1 captions containing 'red background'" in text
+    code, text, _ = _cli(capsys, out, "--prepend", "<me>", "--replace", "a photo of", "a drawing of")
+    assert code == 0 and "changed 6 of 6 captions" in text
+    on_disk = {p.relative_to(out).with_suffix(".png").as_posix(): p.read_text().strip()
+               for p in (out / "images").glob("*.txt")}
+    assert _manifest_captions(out) == on_disk  # the manifest follows the caption files
+    assert sorted(on_disk.values())[0] == "<me>, a drawing of sks star on a blue background"
+    assert sum(c.endswith(", red") for c in on_disk.values()) == 1
+    assert {e.caption for e in examples_from_prepared(out)} == set(on_disk.values())
+    code, text, _ = _cli(capsys, out, "--remove-tag", "red")
+    assert code == 0 and "changed 1 of 6 captions" in text
+    assert not any(c.endswith(", red") for c in _manifest_captions(out).values())
+
+
+def test_captions_edits_only_caption_files_that_exist_beside_images(tmp_path, capsys):
+    src = tmp_path / "drawings"
+    (src / "10_ksh").mkdir(parents=True)
+    for name in ("a", "b", "10_ksh/c"):
+        Image.new("RGB", (64, 64), "white").save(src / f"{name}.png")
+    (src / "a.txt").write_text("pencil, cat\n")
+    (src / "10_ksh/c.caption").write_text("pencil, dog\n")
+    elsewhere = tmp_path / "elsewhere.txt"
+    elsewhere.write_text("pencil, bird\n")
+    Image.new("RGB", (64, 64), "white").save(src / "d.png")
+    (src / "d.txt").symlink_to(elsewhere)
+    code, text, _ = _cli(capsys, src, "--remove-tag", "pencil", "--append", "drawn by KSH style")
+    assert code == 0 and "changed 2 of 4 captions" in text
+    assert "b.png: not edited: no caption file" in text and "d.png: not edited: its caption file is a link" in text
+    assert (src / "a.txt").read_text() == "cat, drawn by KSH style\n"
+    assert (src / "10_ksh/c.caption").read_text() == "dog, drawn by KSH style\n"
+    assert not (src / "b.txt").exists() and elsewhere.read_text() == "pencil, bird\n"
+    assert sorted(p.name for p in src.iterdir()) == ["10_ksh", "a.png", "a.txt", "b.png", "d.png", "d.txt"]
+
+
+@pytest.mark.parametrize("argv", [["--remove-tag", "a, b"], ["--prepend", " "], ["--replace", "", "x"]])
+def test_captions_bad_options_are_clear_messages(subject, capsys, argv):
+    code, _, err = _cli(capsys, subject, *argv)
+    assert code == 2 and "error" in err.lower() and "Traceback" not in err
+
+
+def test_captions_of_a_missing_folder_is_a_clear_message(tmp_path, capsys):
+    code, _, err = _cli(capsys, tmp_path / "nope")
+    assert code == 2 and "is not a folder" in err

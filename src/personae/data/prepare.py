@@ -139,6 +139,11 @@ def load_manifest(folder: str | Path) -> list[Entry]:
     return list(_read_manifest(Path(folder)).values())
 
 
+def write_manifest(folder: str | Path, entries: list[Entry]) -> None:
+    """manifest.jsonl of a prepared set, written atomically."""
+    write_text(Path(folder) / MANIFEST, "".join(json.dumps(asdict(e), ensure_ascii=False) + "\n" for e in entries))
+
+
 def _frame(image: Image.Image, settings: PrepareSettings, buckets) -> tuple[list[int], tuple[int, int], bool | None]:
     """(crop box, output size, face found?) for one upright RGB image."""
     w, h = image.size
@@ -294,7 +299,7 @@ def _prepare(src: Path, files: list[Path], out: Path, work: Path, previous: dict
 
     # 5. manifest, report, contact sheet
     result = PrepareResult(work, entries, rejected, duplicates, reused)
-    write_text(work / MANIFEST, "".join(json.dumps(asdict(e), ensure_ascii=False) + "\n" for e in entries))
+    write_manifest(work, entries)
     write_text(work / "report.md", _report(src, result, settings))
     if entries:
         flags = _flags(entries)
