@@ -303,3 +303,27 @@ def test_captions_bad_options_are_clear_messages(subject, capsys, argv):
 def test_captions_of_a_missing_folder_is_a_clear_message(tmp_path, capsys):
     code, _, err = _cli(capsys, tmp_path / "nope")
     assert code == 2 and "is not a folder" in err
+
+
+def test_a_raw_folder_caption_with_braces_is_text_not_a_template(tmp_path):
+    from personae.training.setup import check_tokens, raw_folder_settings
+
+    src = tmp_path / "raw"
+    src.mkdir()
+    Image.new("RGB", (64, 64), "white").save(src / "IMG_0001.png")
+    job = _ti_job(tmp_path, src, "<me>")
+    job.data.caption = "a photo of <me> {wearing} a hat"
+    from personae.data.prepare import planned_captions
+
+    assert planned_captions(src, raw_folder_settings(job)) == ["a photo of <me> {wearing} a hat"]
+    check_tokens(job, planned_captions(src, raw_folder_settings(job)), src)
+
+
+def test_the_report_lists_a_bounded_number_of_flagged_captions(subject, tmp_path, monkeypatch):
+    import personae.data.prepare as prepare
+
+    monkeypatch.setattr(prepare, "REPORT_ROWS", 2)
+    prepare_dataset(subject, tmp_path / "out", PrepareSettings(resolution=64, captioner="none", recaption=True))
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert "6 empty (template only)" in report  # the counts cover every image
+    assert report.count("| empty, duplicate |") == 2 and "| ... | 4 more (see `manifest.jsonl`) | |" in report

@@ -39,6 +39,7 @@ from personae.outputs import Kind, absolute, check_output, staged_output
 from personae.staging import atomic_file, write_text
 
 MANIFEST = "manifest.jsonl"
+REPORT_ROWS = 200  # flagged captions listed in report.md (the counts cover them all)
 MANIFEST_VERSION = 2  # in every line; a change of shape adds a migration in _entry
 PREPARED_SET = Kind("prepare", "a prepared training set", "personae prepare", signature=(MANIFEST, "report.md"),
                     layout=("images/*.png", "images/*.txt", MANIFEST, "report.md", "contact_sheet.png"))
@@ -342,8 +343,11 @@ def _report(src: Path, r: PrepareResult, settings: PrepareSettings) -> str:
                   "them apart; a file name is rarely a description. Edit the `.txt` files in `images/` (training "
                   "reads them) or add sidecar captions beside the sources and run prepare again.", "",
                   "| file | caption | why |", "|---|---|---|"]
+        flagged = [e for e in r.entries if flags.of(e.source, e.caption)]
         lines += [f"| `{e.source}` | {_cell(e.caption)} | {', '.join(flags.of(e.source, e.caption))} |"
-                  for e in r.entries if flags.of(e.source, e.caption)] + [""]
+                  for e in flagged[:REPORT_ROWS]]
+        lines += [f"| ... | {len(flagged) - REPORT_ROWS} more (see `manifest.jsonl`) | |"] * (len(flagged) > REPORT_ROWS)
+        lines += [""]
     buckets: dict[str, int] = {}
     for e in r.entries:
         buckets[f"{e.width}x{e.height}"] = buckets.get(f"{e.width}x{e.height}", 0) + 1

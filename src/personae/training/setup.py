@@ -65,7 +65,8 @@ def check_tokens(job: TrainJob, captions: list[str], where: Path) -> None:
 
 def raw_folder_settings(job: TrainJob) -> PrepareSettings:
     """How a raw image folder in data.path is prepared for this job."""
-    template = f"{job.data.caption}, {{caption}}" if job.data.caption else PrepareSettings().template
+    literal = job.data.caption.replace("{", "{{").replace("}", "}}")  # the user's text, not placeholders
+    template = f"{literal}, {{caption}}" if literal else PrepareSettings().template
     small = min(64, job.train.resolution)  # a model trained below 64 px (the world model) takes its own size
     return PrepareSettings(crop=job.data.crop, resolution=job.train.resolution, template=template, min_side=small,
                            bucket_step=small)
