@@ -101,7 +101,8 @@ def test_prepare_again_keeps_a_caption_edited_in_the_set_and_the_manifest_follow
     result = prepare_dataset(subject, out, PrepareSettings(resolution=64))
     assert result.reused == 6
     manifest = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
-    assert next(m for m in manifest if m["image"] == first.image)["caption"] == "my own words"
+    line = next(m for m in manifest if m["image"] == first.image)
+    assert line["caption"] == "my own words" and line["caption_from"] == "edited"
 
 
 # --- item 5: every prepare option combination ends in a result or one clear message ---

@@ -146,5 +146,6 @@ def _write(captions: CaptionSet, changes: list[Change]) -> None:
         now = {item.name: item.caption for item in captions.items}
         entries = load_manifest(captions.folder)
         for entry in entries:
-            entry.caption = now.get(entry.image, entry.caption)
+            if now.get(entry.image, entry.caption) != entry.caption:
+                entry.caption, entry.caption_from = now[entry.image], "edited"
         write_manifest(captions.folder, entries)

@@ -66,7 +66,8 @@ class Entry:
     source_size: int
     source_mtime_ns: int
     sidecar_sha256: str | None = None  # the source's caption sidecar(s) ("" for none; None: not recorded, version 1)
-    caption_from: str | None = None  # "sidecar", the captioner's name, or "" when neither gave text (None: version 1)
+    caption_from: str | None = None  # "sidecar", the captioner's name, "" when neither gave text, "edited" when the
+    # user changed the set's .txt since (None: version 1)
     version: int = MANIFEST_VERSION  # the manifest format (lines written before it existed are version 1)
 
 
@@ -263,7 +264,9 @@ def _prepare(src: Path, files: list[Path], out: Path, work: Path, previous: dict
                 and old.image == image_rel and (out / old.image).is_file() and (out / f"images/{name}.txt").is_file()):
             _reuse(out, work, old.image)
             _reuse(out, work, f"images/{name}.txt")
-            old.caption = read_caption_file(out / f"images/{name}.txt")  # edited there by the user: the manifest follows
+            text = read_caption_file(out / f"images/{name}.txt")
+            if text != old.caption:  # edited there by the user: the manifest follows
+                old.caption, old.caption_from = text, "edited"
             entries.append(old)
             reused += 1
             continue
