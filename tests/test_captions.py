@@ -328,3 +328,20 @@ def test_the_report_lists_a_bounded_number_of_flagged_captions(subject, tmp_path
     report = (tmp_path / "out" / "report.md").read_text()
     assert "6 empty (template only)" in report  # the counts cover every image
     assert report.count("| empty, duplicate |") == 2 and "| ... | 4 more (see `manifest.jsonl`) | |" in report
+
+
+def test_a_job_trigger_in_no_caption_is_warned_about(subject, tmp_path):
+    from personae.events import Message
+    from personae.training.setup import load_examples
+
+    data = tmp_path / "prepared"
+    prepare_dataset(subject, data, PrepareSettings(resolution=64))
+    job = TrainJob(base_model="x", method="lora", data={"path": str(data)}, output=str(tmp_path / "run"),
+                   trigger="ohwx")
+    events = []
+    load_examples(job, tmp_path / "run", events.append)
+    warned = [e.text for e in events if isinstance(e, Message) and e.level == "warning"]
+    assert len(warned) == 1 and 'trigger "ohwx" appears in none of the 6 training captions' in warned[0]
+    events.clear()
+    load_examples(job.model_copy(update={"trigger": "sks"}), tmp_path / "run", events.append)
+    assert not events

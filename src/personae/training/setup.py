@@ -99,6 +99,11 @@ def load_examples(job: TrainJob, run: Path, on_event: EventHandler) -> list[Exam
     check_tokens(job, [e.caption for e in examples], path)  # the captions as prepared (preflight predicted them)
     if job.method == "dreambooth" and job.dreambooth.instance_prompt:
         examples = [Example(e.image, job.dreambooth.instance_prompt, e.size, e.repeats, 0) for e in examples]
+    if job.trigger and not any(job.trigger in e.caption for e in examples):  # exports would name a word never taught
+        on_event(Message(f'trigger "{job.trigger}" appears in none of the {len(examples)} training captions (e.g. '
+                         f'"{examples[0].caption[:80]}"): prompts with it will not call up what this run learns. Put '
+                         "it in the captions (personae prepare --trigger, or personae captions DIR --prepend).",
+                         "warning"))
     return examples
 
 
