@@ -16,7 +16,15 @@ from typing import Protocol
 
 from PIL import Image
 
-_CAMERA = re.compile(r"^(img|dsc|dscn|dcim|pxl|mvimg|photo|image|screenshot|scan|vid|p)$", re.I)
+# Names cameras, phones and apps give files: they say nothing about the picture. A word that is one of these, or
+# one of them glued to a number (IMG1234, DSCN0001, GOPR0001, P1000123, WA0001, image0), marks a camera-style name.
+_CAMERA = re.compile(r"^(img|imag|image|dsc|dscn|dscf|dcim|pxl|mvimg|pano|vid|dji|gopr|gp|mg|sam|pict|picture|pic|"
+                     r"photo|foto|screenshot|scan|signal|whatsapp|telegram|snapchat|wp|wa|e|p)\d*$", re.I)
+_WORDS = {"image", "picture", "pic", "photo", "foto", "screenshot", "scan"}  # kept in a name that says more
+# Words that remain of a camera-style name once its numbers are gone ("WhatsApp Image 2024-01-01 at 10.00.00",
+# "Copy of IMG_1234", "PXL_20240101_123456.MP", "IMG_..._HDR", "_MG_1234.CR2"): such a name gives no caption.
+_CAMERA_FILLER = {"at", "of", "copy", "mp", "hdr", "cr2", "nef", "arw", "raw", "burst", "cover", "edited", "edit",
+                  "original", "night", "portrait", "bokeh", "top", "pm", "am", "jpg", "jpeg", "heic", "png", "final"}
 
 
 class Captioner(Protocol):
@@ -32,18 +40,25 @@ class NoCaptioner:
         return ["" for _ in paths]
 
 
+def filename_caption(stem: str) -> str:
+    """"red_dress-03" -> "red dress"; camera-style names ("IMG_2041", "PXL_20240101_123456789", "WhatsApp Image
+    2024-01-01 at 10.00.00", "12345") -> "": they would teach the model a camera's numbering, not the picture."""
+    words = [w.lower() for w in re.split(r"[\s_\-.,()\[\]]+", stem) if w]
+    camera = any(_CAMERA.match(w) for w in words)
+    kept = [w for w in words if (w in _WORDS or not _CAMERA.match(w)) and sum(c.isdigit() for c in w) < 2
+            and not re.fullmatch(r"\d+[a-z]?", w)]
+    if (camera and all(w in _CAMERA_FILLER or _CAMERA.match(w) for w in kept)) or len("".join(kept)) < 2:
+        return ""
+    return " ".join(kept)
+
+
 class FilenameCaptioner:
-    """"red_dress-03.jpg" -> "red dress"; "IMG_2041.JPG" -> ""."""
+    """"red_dress-03.jpg" -> "red dress"; "IMG_2041.JPG" -> "" (see `filename_caption`)."""
 
     name = "filename"
 
     def caption(self, images, paths):
-        out = []
-        for path in paths:
-            words = [w for w in re.split(r"[\s_\-.()\[\]]+", path.stem) if w]
-            words = [w for w in words if not w.isdigit() and not _CAMERA.match(w) and not re.fullmatch(r"\d+[a-z]?", w, re.I)]
-            out.append(" ".join(words).lower())
-        return out
+        return [filename_caption(path.stem) for path in paths]
 
 
 SIMPLE = {"filename": FilenameCaptioner, "none": NoCaptioner}  # captioners that need no model

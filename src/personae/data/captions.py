@@ -8,6 +8,7 @@ Folder conventions users bring from other tools:
 
 from __future__ import annotations
 
+import hashlib
 import re
 from pathlib import Path
 
@@ -26,6 +27,17 @@ def read_sidecar(image_path: Path) -> str | None:
             if text:
                 return " ".join(text.split())
     return None
+
+
+def sidecar_fingerprint(image_path: Path) -> str:
+    """A hash of the image's caption sidecars (what `read_sidecar` reads), "" when it has none: a changed caption
+    file makes `prepare` caption the image again even when the image itself is unchanged."""
+    parts = []
+    for suffix in CAPTION_SUFFIXES:
+        side = image_path.with_suffix(suffix)
+        if side.is_file():
+            parts.append(suffix.encode() + b"\0" + side.read_bytes())
+    return hashlib.sha256(b"\0\0".join(parts)).hexdigest()[:16] if parts else ""
 
 
 def kohya_folder(name: str) -> tuple[int, str] | None:

@@ -15,7 +15,8 @@ import numpy as np
 from PIL import Image
 
 from personae.data.captions import keep_and_shuffle_split
-from personae.data.prepare import load_manifest
+from personae.data.prepare import load_manifest, read_caption_file
+from personae.events import EventHandler, Message, ignore
 
 
 @dataclass(frozen=True)
@@ -27,10 +28,21 @@ class Example:
     keep_tokens: int = 0
 
 
-def examples_from_prepared(folder: str | Path) -> list[Example]:
+def examples_from_prepared(folder: str | Path, on_event: EventHandler = ignore) -> list[Example]:
+    """The set's images with their captions. Captions on disk are the truth: an image's `.txt` beside it (which
+    users and tagging tools edit, as with kohya) wins over manifest.jsonl; how many did is said once."""
     folder = Path(folder)
-    return [Example(folder / e.image, e.caption, (e.width, e.height), e.repeats, e.keep_tokens)
-            for e in load_manifest(folder)]
+    examples, edited = [], 0
+    for e in load_manifest(folder):
+        caption, sidecar = e.caption, (folder / e.image).with_suffix(".txt")
+        if sidecar.is_file():
+            caption = read_caption_file(sidecar)
+            edited += caption != e.caption
+        examples.append(Example(folder / e.image, caption, (e.width, e.height), e.repeats, e.keep_tokens))
+    if edited:
+        on_event(Message(f"{edited} of {len(examples)} captions come from edited .txt files in {folder / 'images'} "
+                         "(they differ from manifest.jsonl; the .txt files are used)"))
+    return examples
 
 
 def load_pixels(path: Path, flip: bool = False) -> np.ndarray:

@@ -28,6 +28,7 @@ from PIL import Image
 
 from personae.config.prepare import PrepareSettings
 from personae.data import captions as cap
+from personae.data.caption_checks import CaptionFlags, caption_flags
 from personae.data.captioners import Captioner, get_captioner
 from personae.data.framing import bucket_box, center_box, detect_faces, face_box, make_buckets, nearest_bucket
 from personae.data.images import Rejected, file_hash, find_images, hamming, load_image, perceptual_hash
@@ -38,7 +39,8 @@ from personae.outputs import Kind, absolute, check_output, staged_output
 from personae.staging import atomic_file, write_text
 
 MANIFEST = "manifest.jsonl"
-MANIFEST_VERSION = 1  # in every line; a change of shape adds a migration in _entry
+REPORT_ROWS = 200  # flagged captions listed in report.md (the counts cover them all)
+MANIFEST_VERSION = 2  # in every line; a change of shape adds a migration in _entry
 PREPARED_SET = Kind("prepare", "a prepared training set", "personae prepare", signature=(MANIFEST, "report.md"),
                     layout=("images/*.png", "images/*.txt", MANIFEST, "report.md", "contact_sheet.png"))
 
@@ -63,6 +65,9 @@ class Entry:
     settings_hash: str
     source_size: int
     source_mtime_ns: int
+    sidecar_sha256: str | None = None  # the source's caption sidecar(s) ("" for none; None: not recorded, version 1)
+    caption_from: str | None = None  # "sidecar", the captioner's name, "" when neither gave text, "edited" when the
+    # user changed the set's .txt since (None: version 1)
     version: int = MANIFEST_VERSION  # the manifest format (lines written before it existed are version 1)
 
 
@@ -99,6 +104,8 @@ def _entry(path: Path, number: int, line: str) -> Entry:
     if isinstance(version, int) and version > MANIFEST_VERSION:
         raise UserError(f"{path}, line {number}: manifest version {version} is newer than this personae reads "
                         f"({MANIFEST_VERSION}).", "Update personae, or prepare the set again with this version.")
+    if isinstance(version, int) and version < 2:  # 1 -> 2: sidecar_sha256, caption_from (unknown: not reused)
+        data = {**data, "version": MANIFEST_VERSION}
     try:
         entry = Entry(**data)
     except TypeError as exc:  # a field missing or unknown
@@ -124,9 +131,19 @@ def _read_manifest(out: Path) -> dict[str, Entry]:
     return entries
 
 
+def read_caption_file(path: Path) -> str:
+    """A caption .txt as one line of text (whitespace runs collapsed; empty is allowed: the user's choice)."""
+    return " ".join(path.read_text(encoding="utf-8", errors="replace").split())
+
+
 def load_manifest(folder: str | Path) -> list[Entry]:
     """The entries of a prepared set (used by the trainer)."""
     return list(_read_manifest(Path(folder)).values())
+
+
+def write_manifest(folder: str | Path, entries: list[Entry]) -> None:
+    """manifest.jsonl of a prepared set, written atomically."""
+    write_text(Path(folder) / MANIFEST, "".join(json.dumps(asdict(e), ensure_ascii=False) + "\n" for e in entries))
 
 
 def _frame(image: Image.Image, settings: PrepareSettings, buckets) -> tuple[list[int], tuple[int, int], bool | None]:
@@ -152,6 +169,7 @@ def prepare_dataset(src: str | Path, out: str | Path, settings: PrepareSettings,
     if not src.is_dir():
         raise UserError(f"{src} is not a folder.", "Pass the folder that holds your images as SRC.")
     _refuse_overlap(src, out)
+    _check_buckets(settings)
     files = find_images(src)
     if not files:
         raise UserError(f"{src} holds no image files (looked for jpg, jpeg, png, webp, bmp, tiff, gif, recursively).")
@@ -168,6 +186,18 @@ def prepare_dataset(src: str | Path, out: str | Path, settings: PrepareSettings,
     on_event(Message(f"prepared {len(result.entries)} images ({result.reused} unchanged), rejected "
                      f"{len(result.rejected)}: see {out / 'report.md'}"))
     return result
+
+
+def _check_buckets(settings: PrepareSettings) -> None:
+    """With --crop none every image goes into an aspect-ratio bucket: there must be at least one."""
+    if settings.crop != "none" or make_buckets(settings.resolution, settings.bucket_step):
+        return
+    fitting = max((s for s in (64, 32, 16, 8) if s <= settings.resolution // 2), default=8)
+    raise UserError(f"--crop none with --resolution {settings.resolution} and --bucket-step {settings.bucket_step} "
+                    f"gives no bucket: bucket sides move in steps of {settings.bucket_step} px, which do not fit in "
+                    f"a {settings.resolution} x {settings.resolution} pixel budget.",
+                    f"Use a smaller step (e.g. --bucket-step {fitting}; it should be at most half the resolution) or "
+                    "a larger --resolution.")
 
 
 def _refuse_overlap(src: Path, out: Path) -> None:
@@ -188,6 +218,31 @@ def _reuse(old_out: Path, work: Path, name: str) -> None:
         shutil.copy2(old_out / name, target)
 
 
+def caption_for(path: Path, relative: Path, settings: PrepareSettings, captioner: Captioner,
+                image: Image.Image | None = None) -> tuple[str, str]:
+    """(caption, where its description came from) for the image at `path` (SRC/`relative`): its sidecar, else the
+    captioner's text, through the template; "from" is "sidecar", the captioner's name, or "" when neither gave
+    text. `image` may be None for captioners that read only the path (filename, none)."""
+    _, prefix, token = cap.folder_meaning(relative, settings.folder_tokens)
+    sidecar = cap.read_sidecar(path)
+    if sidecar and not settings.recaption:
+        raw, origin = sidecar, "sidecar"
+    else:
+        raw = cap.clean_tags(captioner.caption([image], [path])[0] or "")
+        origin = captioner.name if raw else ""
+    caption = cap.fill_template(settings.template, caption=cap.clean_tags(raw), trigger=settings.trigger,
+                                class_word=settings.class_word, token=token, folder=prefix, append=settings.append)
+    return caption, origin
+
+
+def planned_captions(src: str | Path, settings: PrepareSettings) -> list[str]:
+    """The captions `prepare_dataset(src, ..., settings)` would write, without reading or writing any image
+    (only for captioners that need no model; images prepare would reject are included)."""
+    src = Path(src)
+    captioner = get_captioner(settings.captioner)
+    return [caption_for(path, path.relative_to(src), settings, captioner)[0] for path in find_images(src)]
+
+
 def _prepare(src: Path, files: list[Path], out: Path, work: Path, previous: dict[str, Entry],
              settings: PrepareSettings, captioner, on_event: EventHandler) -> PrepareResult:
     settings_hash = _settings_hash(settings)
@@ -203,11 +258,15 @@ def _prepare(src: Path, files: list[Path], out: Path, work: Path, previous: dict
         name = _output_name(relative)
         image_rel = f"images/{name}.png"
         old = previous.get(relative.as_posix())
+        sidecar_sha = cap.sidecar_fingerprint(path)
         if (old and old.settings_hash == settings_hash and old.source_size == stat.st_size
-                and old.source_mtime_ns == stat.st_mtime_ns and old.image == image_rel
-                and (out / old.image).is_file() and (out / f"images/{name}.txt").is_file()):
+                and old.source_mtime_ns == stat.st_mtime_ns and old.sidecar_sha256 == sidecar_sha
+                and old.image == image_rel and (out / old.image).is_file() and (out / f"images/{name}.txt").is_file()):
             _reuse(out, work, old.image)
             _reuse(out, work, f"images/{name}.txt")
+            text = read_caption_file(out / f"images/{name}.txt")
+            if text != old.caption:  # edited there by the user: the manifest follows
+                old.caption, old.caption_from = text, "edited"
             entries.append(old)
             reused += 1
             continue
@@ -217,17 +276,15 @@ def _prepare(src: Path, files: list[Path], out: Path, work: Path, previous: dict
             continue
         box, size, face = _frame(image, settings, buckets)
         framed = image.crop(tuple(box)).resize(size, Image.Resampling.LANCZOS)
-        repeats, prefix, token = cap.folder_meaning(relative, settings.folder_tokens)
-        sidecar = cap.read_sidecar(path)
-        raw = sidecar if sidecar and not settings.recaption else captioner.caption([image], [path])[0]
-        caption = cap.fill_template(settings.template, caption=cap.clean_tags(raw or ""), trigger=settings.trigger,
-                                    class_word=settings.class_word, token=token, folder=prefix, append=settings.append)
+        repeats, _, token = cap.folder_meaning(relative, settings.folder_tokens)
+        caption, caption_from = caption_for(path, relative, settings, captioner, image)
         with atomic_file(work / image_rel) as tmp:
             framed.save(tmp, format="PNG")
         write_text(work / f"images/{name}.txt", caption + "\n")
         entries.append(Entry(relative.as_posix(), file_hash(path), image_rel, caption, box, size[0], size[1],
                              [size[0], size[1]], repeats, token, settings.keep_tokens, face,
-                             f"{perceptual_hash(image):016x}", settings_hash, stat.st_size, stat.st_mtime_ns))
+                             f"{perceptual_hash(image):016x}", settings_hash, stat.st_size, stat.st_mtime_ns,
+                             sidecar_sha, caption_from))
     on_event(Progress("prepare", len(files), len(files)))
 
     # 3. outputs whose source is gone or now rejected are not carried over into the new set; names never repeat
@@ -246,18 +303,34 @@ def _prepare(src: Path, files: list[Path], out: Path, work: Path, previous: dict
 
     # 5. manifest, report, contact sheet
     result = PrepareResult(work, entries, rejected, duplicates, reused)
-    write_text(work / MANIFEST, "".join(json.dumps(asdict(e), ensure_ascii=False) + "\n" for e in entries))
+    write_manifest(work, entries)
     write_text(work / "report.md", _report(src, result, settings))
     if entries:
-        contact_sheet([work / e.image for e in entries], [e.caption for e in entries], work / "contact_sheet.png")
+        flags = _flags(entries)
+        contact_sheet([work / e.image for e in entries], [e.caption for e in entries], work / "contact_sheet.png",
+                      marks=[", ".join(flags.of(e.source, e.caption)) for e in entries])
     return result
+
+
+def _flags(entries: list[Entry]) -> CaptionFlags:
+    return caption_flags([(e.source, e.caption, e.caption_from) for e in entries])
+
+
+def _cell(text: str) -> str:
+    """Text for a markdown table cell."""
+    return (text or "(empty)").replace("|", "\\|")
 
 
 def _report(src: Path, r: PrepareResult, settings: PrepareSettings) -> str:
     lines = [f"# Training set prepared from `{src}`", "",
              f"- images: {len(r.entries)} ({r.reused} reused unchanged from the last run)",
              f"- rejected: {len(r.rejected)}", f"- near-duplicate pairs: {len(r.duplicates)}",
-             f"- framing: {settings.crop}, resolution {settings.resolution}", ""]
+             f"- framing: {settings.crop}, resolution {settings.resolution}"]
+    flags = _flags(r.entries)
+    origins = [e.caption_from for e in r.entries]
+    lines += [f"- captions: {origins.count('sidecar')} from sidecar files, {len(flags.from_filename)} from file "
+              f"names, {len(flags.empty)} empty (template only), {len(flags.duplicates)} duplicated "
+              f"(the same text on {flags.duplicated_images} images)", ""]
     if r.rejected:
         lines += ["## Rejected files", "", "| file | reason |", "|---|---|"]
         lines += [f"| `{x.path.as_posix()}` | {x.reason} |" for x in r.rejected] + [""]
@@ -267,6 +340,17 @@ def _report(src: Path, r: PrepareResult, settings: PrepareSettings) -> str:
     if r.duplicates:
         lines += ["## Near-duplicates (perceptual hash)", "", "| first | second | differing bits |", "|---|---|---|"]
         lines += [f"| `{a}` | `{b}` | {d} |" for a, b, d in r.duplicates] + [""]
+    if flags.any():
+        lines += ["## Captions to check", "",
+                  "Empty captions teach only the template's words; a caption shared by several images cannot tell "
+                  "them apart; a file name is rarely a description. Edit the `.txt` files in `images/` (training "
+                  "reads them) or add sidecar captions beside the sources and run prepare again.", "",
+                  "| file | caption | why |", "|---|---|---|"]
+        flagged = [e for e in r.entries if flags.of(e.source, e.caption)]
+        lines += [f"| `{e.source}` | {_cell(e.caption)} | {', '.join(flags.of(e.source, e.caption))} |"
+                  for e in flagged[:REPORT_ROWS]]
+        lines += [f"| ... | {len(flagged) - REPORT_ROWS} more (see `manifest.jsonl`) | |"] * (len(flagged) > REPORT_ROWS)
+        lines += [""]
     buckets: dict[str, int] = {}
     for e in r.entries:
         buckets[f"{e.width}x{e.height}"] = buckets.get(f"{e.width}x{e.height}", 0) + 1

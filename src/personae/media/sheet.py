@@ -21,9 +21,13 @@ def font(size: int) -> ImageFont.ImageFont:
     return ImageFont.load_default(size=size)
 
 
+MARK_RED = (200, 30, 30)
+
+
 def contact_sheet(images: list[Path], captions: list[str], out: Path, thumb: int = 160, columns: int = 6,
-                  text_lines: int = 4) -> Path:
-    """A PNG grid of `images` with their captions, written atomically."""
+                  text_lines: int = 4, marks: list[str] | None = None) -> Path:
+    """A PNG grid of `images` with their captions, written atomically; a non-empty `marks[i]` ("empty, duplicate")
+    is written in white on a red band across the top of image i."""
     columns = max(1, min(columns, len(images)))
     rows = -(-len(images) // columns)
     text_size = 11
@@ -40,6 +44,9 @@ def contact_sheet(images: list[Path], captions: list[str], out: Path, thumb: int
             small = max(im.size) < thumb  # tiny training images are enlarged with hard pixels, not blurred
             im = ImageOps.contain(im, (thumb, thumb), Image.Resampling.NEAREST if small else Image.Resampling.LANCZOS)
             sheet.paste(im, (x + (thumb - im.width) // 2, y + (thumb - im.height) // 2))
+        if marks and marks[i]:
+            draw.rectangle([x, y, x + thumb - 1, y + line_h + 2], fill=MARK_RED)
+            draw.text((x + 3, y + 2), f"! {marks[i]}", fill="white", font=f)
         lines = textwrap.wrap(caption, chars)[:text_lines]
         for j, line in enumerate(lines):
             draw.text((x, y + thumb + 3 + j * line_h), line, fill="black", font=f)

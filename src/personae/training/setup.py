@@ -7,10 +7,12 @@ from pathlib import Path
 
 import torch
 
+from personae.config.methods import METHODS
 from personae.config.prepare import PrepareSettings
 from personae.config.train import TrainJob
+from personae.data.caption_checks import require_token
 from personae.data.dataset import Example, examples_from_prepared, load_pixels
-from personae.data.prepare import prepare_dataset
+from personae.data.prepare import planned_captions, prepare_dataset
 from personae.errors import UserError
 from personae.events import EventHandler, Message, Progress
 from personae.methods.base import ParamGroup
@@ -39,10 +41,33 @@ def preflight(job: TrainJob) -> None:
     if job.train.optimizer == "prodigy" and importlib.util.find_spec("prodigyopt") is None:
         raise UserError("optimizer prodigy needs the prodigyopt package.",
                         "pip install prodigyopt (and set learning_rate: 1.0)")
-    if not Path(job.data.path).expanduser().exists():
+    data = Path(job.data.path).expanduser()
+    if not data.exists():
         raise UserError(f"data.path {job.data.path} does not exist.",
                         "Point it at a `personae prepare` output or an image folder.")
+    if (data / "manifest.jsonl").is_file():
+        check_tokens(job, [e.caption for e in examples_from_prepared(data)], data)
+    elif data.is_dir():  # the captions a raw folder will be given (load_examples checks the prepared ones again)
+        check_tokens(job, planned_captions(data, raw_folder_settings(job)), data)
     resolve_model(job.base_model, allow_pickle=job.allow_pickle)
+
+
+def check_tokens(job: TrainJob, captions: list[str], where: Path) -> None:
+    """Every token the method learns must appear in some caption, or it learns nothing (a UserError)."""
+    section = METHODS[job.method].tokens_section
+    if section is None:
+        return
+    for spec in getattr(job, section).tokens:
+        require_token(spec.token, captions, str(where), f"{section}.tokens")
+
+
+def raw_folder_settings(job: TrainJob) -> PrepareSettings:
+    """How a raw image folder in data.path is prepared for this job."""
+    literal = job.data.caption.replace("{", "{{").replace("}", "}}")  # the user's text, not placeholders
+    template = f"{literal}, {{caption}}" if literal else PrepareSettings().template
+    small = min(64, job.train.resolution)  # a model trained below 64 px (the world model) takes its own size
+    return PrepareSettings(crop=job.data.crop, resolution=job.train.resolution, template=template, min_side=small,
+                           bucket_step=small)
 
 
 def make_accelerator(job: TrainJob):
@@ -66,21 +91,23 @@ def load_examples(job: TrainJob, run: Path, on_event: EventHandler) -> list[Exam
     """A prepared set as is; a raw folder is prepared now into <run>/prepared."""
     path = Path(job.data.path).expanduser()
     if (path / "manifest.jsonl").is_file():
-        examples = examples_from_prepared(path)
+        examples = examples_from_prepared(path, on_event)
     elif path.is_dir():
         on_event(Message(f"{path} is not a prepared set: preparing it into {run / 'prepared'}"))
-        template = f"{job.data.caption}, {{caption}}" if job.data.caption else PrepareSettings().template
-        small = min(64, job.train.resolution)  # a model trained below 64 px (the world model) takes its own size
-        prepare_dataset(path, run / "prepared", PrepareSettings(crop=job.data.crop, resolution=job.train.resolution,
-                                                                template=template, min_side=small, bucket_step=small),
-                        on_event)
+        prepare_dataset(path, run / "prepared", raw_folder_settings(job), on_event)
         examples = examples_from_prepared(run / "prepared")
     else:
         raise UserError(f"data.path {path} does not exist.", "Point it at a `personae prepare` output or an image folder.")
     if not examples:
         raise UserError(f"data.path {path} holds no usable images.", "See its report.md for why images were rejected.")
+    check_tokens(job, [e.caption for e in examples], path)  # the captions as prepared (preflight predicted them)
     if job.method == "dreambooth" and job.dreambooth.instance_prompt:
         examples = [Example(e.image, job.dreambooth.instance_prompt, e.size, e.repeats, 0) for e in examples]
+    if job.trigger and not any(job.trigger in e.caption for e in examples):  # exports would name a word never taught
+        on_event(Message(f'trigger "{job.trigger}" appears in none of the {len(examples)} training captions (e.g. '
+                         f'"{examples[0].caption[:80]}"): prompts with it will not call up what this run learns. Put '
+                         "it in the captions (personae prepare --trigger, or personae captions DIR --prepend).",
+                         "warning"))
     return examples
 
 
