@@ -18,8 +18,10 @@ from diffusers import DDPMScheduler
 from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
 
+from personae.config.methods import METHODS
 from personae.config.train import TrainJob
 from personae.data.dataset import BatchPlan, noisy_caption
+from personae.data.stats import dataset_stats
 from personae.events import EventHandler, Message, Progress, ignore
 from personae.methods import method_class
 from personae.methods.base import ExportFile
@@ -48,6 +50,7 @@ class TrainResult:
     losses: list[float]
     exports: list[ExportFile] = field(default_factory=list)
     checks: list[Check] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)  # exports the method could not write, each with why
 
 
 def encode_text(pipe, text_encoder, captions: list[str]) -> torch.Tensor:
@@ -93,6 +96,8 @@ def _train(job: TrainJob, run: Path, resume: bool, on_event: EventHandler, comma
 
     # 2. the base model
     source = resolve_model(job.base_model, allow_pickle=job.allow_pickle)
+    where = {"folder": "diffusers folder", "single_file": "single file", "hub": "hub id"}.get(source.kind, source.kind)
+    on_event(Message(f"loading the base model {source.name} ({where} {source.location}) on {accelerator.device}"))
     pipe = load_pipeline(source).to(accelerator.device)
     check()
     pipe.set_progress_bar_config(disable=True)
@@ -106,6 +111,9 @@ def _train(job: TrainJob, run: Path, resume: bool, on_event: EventHandler, comma
         priors = class_examples(pipe, source, job, run, examples[0].size, on_event)
         prior_plan = BatchPlan(priors, plan.batch, t.seed + 1)
     total = t.steps or t.epochs * plan.steps_per_epoch
+    stats = dataset_stats(examples, Path(job.data.path).name, _trigger_words(job), len(priors or []))
+    on_event(Message(stats.summary()))
+    on_event(Message(f"{total} steps, {plan.batch} image(s) per step ({plan.steps_per_epoch} steps per epoch)"))
     prompts = t.validation.prompts or [examples[0].caption]
     baseline = validation_grid(pipe, source, base_scheduler, prompts, t.validation, "base model") if main else None
     check()
@@ -151,7 +159,7 @@ def _train(job: TrainJob, run: Path, resume: bool, on_event: EventHandler, comma
     check()
 
     saver = Saver(run, job, pipe, method, source, base_scheduler, prompts, baseline, optimizer, lr_schedule, ema,
-                  params, losses, log, on_event)
+                  params, losses, log, on_event, header=_kohya_settings(job, stats, plan, total, examples[0].size))
     train_batch = _Draws(job, examples, latents, noise_scheduler, scaling, tag=0)
     prior_batch = _Draws(job, priors, prior_latents, noise_scheduler, scaling, tag=1) if priors else None
 
@@ -168,7 +176,7 @@ def _train(job: TrainJob, run: Path, resume: bool, on_event: EventHandler, comma
         return diffusion_loss(unet, noise_scheduler, batch, text_embeddings(batch.captions), t.min_snr_gamma)
 
     # 8. the loop
-    writer = _tensorboard(run) if main else None
+    writer = _tensorboard(run, on_event) if main else None
     unet.train()
     step = start
     with stop_at_step_end(commands) as stop:
@@ -217,6 +225,9 @@ def _train(job: TrainJob, run: Path, resume: bool, on_event: EventHandler, comma
         result = TrainResult(run, total, losses)
         if main:
             result.exports, result.checks = saver.checkpoint(total, final=True)
+            result.skipped = list(method.skipped)
+            for why in result.skipped:
+                on_event(Message(f"not exported: {why}", "warning"))
     accelerator.wait_for_everyone()
     if writer:
         writer.close()
@@ -261,9 +272,34 @@ def _last_checkpoint(run: Path) -> str | None:
     return str(last[-1][1]) if last else None
 
 
-def _tensorboard(run: Path):
+def _tensorboard(run: Path, on_event: EventHandler = ignore):
+    """A TensorBoard writer into <run>/logs, or None (said once) when TensorBoard is not installed."""
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:
+        on_event(Message("TensorBoard is not installed: no logs/ (pip install tensorboard)"))
         return None
+    on_event(Message(f"TensorBoard logs: {run / 'logs'} (tensorboard --logdir {run / 'logs'})"))
     return SummaryWriter(str(run / "logs"))
+
+
+def _trigger_words(job: TrainJob) -> list[str]:
+    """What the captions should hold: the trigger word and the method's new tokens."""
+    section = METHODS[job.method].tokens_section
+    return [job.trigger] + ([spec.token for spec in getattr(job, section).tokens] if section else [])
+
+
+def _kohya_settings(job: TrainJob, stats, plan: BatchPlan, total: int, size: tuple[int, int]) -> dict[str, str]:
+    """The exports' header: the dataset (kohya's ss_* names) and the settings that made them; no paths."""
+    t = job.train
+    epochs = -(-total // plan.steps_per_epoch)
+    return {**stats.kohya_fields(), "ss_learning_rate": f"{t.learning_rate:g}", "ss_batch_size_per_device": str(t.batch_size),
+            "ss_gradient_accumulation_steps": str(t.gradient_accumulation), "ss_max_train_steps": str(total),
+            "ss_num_batches_per_epoch": str(plan.steps_per_epoch), "ss_num_epochs": str(epochs),
+            "ss_resolution": f"({size[0]}, {size[1]})", "ss_seed": str(t.seed), "ss_lr_scheduler": t.lr_scheduler,
+            "ss_lr_warmup_steps": str(t.warmup_steps), "ss_optimizer": t.optimizer,
+            "ss_mixed_precision": t.mixed_precision, "ss_save_precision": job.output_dtype,
+            "ss_max_grad_norm": f"{t.max_grad_norm:g}", "ss_noise_offset": f"{t.noise_offset:g}",
+            "ss_min_snr_gamma": "None" if t.min_snr_gamma is None else f"{t.min_snr_gamma:g}",
+            "ss_caption_dropout_rate": f"{job.data.caption_dropout:g}", "ss_shuffle_caption": str(job.data.shuffle_tags),
+            "ss_flip_aug": str(job.data.flip), "ss_prior_loss_weight": f"{job.dreambooth.prior_loss_weight:g}"}

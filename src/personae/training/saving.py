@@ -19,12 +19,12 @@ from personae.config.train import TrainJob
 from personae.errors import UserError
 from personae.events import CheckpointSaved, EventHandler, ImageReady
 from personae.media.plot import loss_curve
-from personae.methods.base import ExportFile
+from personae.methods.base import ExportFile, export_dtype
 from personae.runs import CheckRecord, ExportRecord, RunLog
 from personae.staging import atomic_file, disk_full, is_disk_full
 from personae.training import checkpoint as ckpt
 from personae.training.validation import validation_grid
-from personae.training.verify import Check, verify_exports
+from personae.training.verify import TOLERANCES, Check, verify_exports
 
 
 @dataclass
@@ -44,6 +44,7 @@ class Saver:
     losses: list[float]  # the loss per step so far (shared with the loop)
     log: RunLog
     on_event: EventHandler
+    header: dict[str, str] = field(default_factory=dict)  # the exports' dataset and settings fields (kohya ss_*)
     saved_steps: list[int] = field(default_factory=list)
 
     def with_ema(self, work):
@@ -79,9 +80,12 @@ class Saver:
         out = run if final else folder / "exports"
 
         def export():
-            meta = {"steps": str(step), "base_model": self.job.base_model, "method": self.job.method}
+            # the base model by name (folder or file name, hub id): the exports carry no path of this machine
+            meta = {"steps": str(step), "base_model": self.source.name, "method": self.job.method, **self.header,
+                    "ss_steps": str(step)}
+            self.method.skipped = []
             files = self.method.export(self.pipe, out, meta)
-            checks = verify_exports(self.pipe, files, self.source, self.prompts[0]) if t.verify_exports else []
+            checks = self._verify(files) if t.verify_exports else []
             return files, checks, self._grid(step)
 
         files, checks, grid = self.with_ema(export)
@@ -96,17 +100,32 @@ class Saver:
         bad = [c for c in checks if not c.ok]
         if bad:
             raise UserError(f"An exported file does not reproduce the trained model: {bad[0].files} differ by "
-                            f"{bad[0].max_abs_diff:.2e} (tolerance 1e-4). The run is stopped; the checkpoint at "
+                            f"{bad[0].max_abs_diff:.2e} (tolerance {bad[0].tolerance:.0e}). The run is stopped; the checkpoint at "
                             f"{folder} is kept.", "Report this as a bug, with the job file.")
         done = {"metrics": {"steps": step, "final_loss": self.losses[-1] if self.losses else None}}
         if final:
             done.update(status="finished", error=None, checks=[CheckRecord(**vars(c)) for c in checks],
                         exports=[ExportRecord(path=f.path.relative_to(run).as_posix(), format=f.format,
-                                              loader=f.loader, token=f.token) for f in files])
+                                              loader=f.loader, token=f.token) for f in files],
+                        skipped_exports=list(self.method.skipped))
         self.log.update(**done)
         self.saved_steps.append(step)
         self.on_event(CheckpointSaved(step, folder))
         return files, checks
+
+    def _verify(self, files: list[ExportFile]) -> list[Check]:
+        """Reload and compare; with `output_dtype` fp16 / bf16 the model in memory is compared with its trained
+        tensors rounded as the files hold them (then put back), within that precision's tolerance."""
+        dtype = self.job.output_dtype
+        if dtype == "fp32" or self.job.method == "dreambooth":  # DreamBooth models are written in fp32
+            return verify_exports(self.pipe, files, self.source, self.prompts[0])
+        exact = self.method.trainable_state(self.pipe)
+        rounded = {k: v.to(export_dtype(self.job)).to(v.dtype) for k, v in exact.items()}
+        self.method.load_trainable_state(self.pipe, rounded)
+        try:
+            return verify_exports(self.pipe, files, self.source, self.prompts[0], TOLERANCES[dtype])
+        finally:
+            self.method.load_trainable_state(self.pipe, exact)
 
     def checkpoint(self, step: int, final: bool = False) -> tuple[list[ExportFile], list[Check]]:
         """`save`, and on failure no half-written checkpoint; a full disk is explained, with what is left to resume."""
