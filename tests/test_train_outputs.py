@@ -149,3 +149,34 @@ def test_an_export_that_cannot_be_written_is_named_with_why(tmp_path, captioned,
     assert "warning: not exported: model.safetensors" in err
     skipped = read_run(run).skipped_exports
     assert len(skipped) == 1 and "own tokenizer" in skipped[0] and not (run / "model.safetensors").exists()
+    # the exported folder's configs do not say where the base model was loaded from
+    configs = [run / "model/model_index.json", *(run / "model").glob("*/config.json")]
+    assert len(configs) >= 4 and not [p for p in configs if str(tmp_path) in p.read_text()]
+
+
+def test_the_fp16_check_still_catches_a_file_that_loads_differently(tmp_path, tiny_model):
+    """fp16 files are compared with the trained weights rounded to fp16 at 1e-3: a wrong module still fails."""
+    from safetensors.torch import load_file, save_file
+
+    from personae.methods.lora import add_lora, export_lora, freeze
+    from personae.models.resolve import load_pipeline, resolve_model
+    from personae.training.verify import TOLERANCES, verify_exports
+
+    source = resolve_model(str(tiny_model[0]))
+    pipe = load_pipeline(source)
+    freeze(pipe)
+    torch.manual_seed(0)
+    add_lora(pipe, 4, 4.0, 0.0, ["to_q", "to_v"], False, None)
+    with torch.no_grad():
+        for name, p in pipe.unet.named_parameters():
+            if "lora_" in name:
+                p.normal_(0, 0.3).copy_(p.half().float())  # the model as its fp16 file holds it
+    files = export_lora(pipe, tmp_path, name="x", rank=4, alpha=4.0, te_alpha=None, steps=1, base_model="tiny",
+                        trigger="", extra_meta={}, dtype=torch.float16)
+    assert all(c.ok for c in verify_exports(pipe, files, source, "a photo", TOLERANCES["fp16"]))
+    tensors = load_file(str(files[0].path))
+    key = next(k for k in tensors if k.endswith("attn1_to_q.lora_up.weight"))
+    tensors[key] = tensors[key] * 1.5
+    save_file(tensors, str(files[0].path))
+    checks = {c.family: c for c in verify_exports(pipe, files, source, "a photo", TOLERANCES["fp16"])}
+    assert not checks["a1111"].ok and checks["diffusers"].ok, checks
