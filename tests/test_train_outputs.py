@@ -125,7 +125,8 @@ def test_named_fp16_lora_run_prints_every_stage_and_shares_cleanly(tmp_path, tin
     assert json.loads(meta["ss_dataset_dirs"]) == {"me": {"n_repeats": 1, "img_count": 4}}
     # 4. the record lists them; compare and the bench read these, not guessed names
     record = read_run(run)
-    assert [e.path for e in record.exports] == ["sks_me.safetensors", "sks_me_diffusers/pytorch_lora_weights.safetensors"]
+    assert [e.path for e in record.exports] == ["sks_me.safetensors",
+                                                "sks_me_diffusers/pytorch_lora_weights.safetensors"]
     assert record.checks and all(c.tolerance == 1e-3 and c.max_abs_diff <= 1e-3 for c in record.checks)
     assert record.skipped_exports == []
     # 5. the fp16 file loads where users take it
@@ -180,3 +181,24 @@ def test_the_fp16_check_still_catches_a_file_that_loads_differently(tmp_path, ti
     save_file(tensors, str(files[0].path))
     checks = {c.family: c for c in verify_exports(pipe, files, source, "a photo", TOLERANCES["fp16"])}
     assert not checks["a1111"].ok and checks["diffusers"].ok, checks
+
+
+def test_fp16_pivotal_exports_are_half_and_reload_within_the_fp16_tolerance(tmp_path, tiny_model):
+    """Pivotal: the new token's rows and the LoRA rounded to fp16 for the check, the model put back afterwards."""
+    from train_helpers import prepared_subject
+
+    from personae.jobs.train import load_job, run_training
+
+    data = prepared_subject(tmp_path / "data", count=2, trigger="<sks>")
+    job = load_job(write_job(tmp_path, base_model=str(tiny_model[0]), method="pivotal", data=data,
+                             output=tmp_path / "run", output_dtype="fp16",
+                             pivotal={"tokens": [{"token": "<sks>", "init_word": "star"}]},
+                             lora={"rank": 2, "alpha": 2},
+                             train={"steps": 2, "batch_size": 1, "learning_rate": 1e-3, "validation": {"steps": 1}}))
+    result = run_training(job)
+    assert {c.family for c in result.checks} == {"a1111", "diffusers"}
+    assert all(c.ok and c.tolerance == 1e-3 for c in result.checks), result.checks
+    for f in result.exports:
+        assert _headers(f.path)[1] == {torch.float16}, f.path
+    emb, _ = _headers(next(f.path for f in result.exports if f.format == "a1111"))
+    assert emb["sd_checkpoint_name"] == Path(tiny_model[0]).name

@@ -72,7 +72,7 @@ class RunRecord(_Record):
     status: Status = "running"
     settings: dict = {}  # the job as resolved (TrainJob.model_dump())
     exports: list[ExportRecord] = []
-    skipped_exports: list[str] = []  # exports the method could not write, each with why (optional: older records lack it)
+    skipped_exports: list[str] = []  # exports the method could not write, each with why (older records: none)
     checks: list[CheckRecord] = []
     checkpoints: list[CheckpointRecord] = []
     metrics: Metrics = Metrics()

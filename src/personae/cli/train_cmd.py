@@ -101,7 +101,8 @@ def summary(job, result) -> str:
                      f"continue with --resume)")
     grids = sorted((run / "validation").glob("step-*.png"))
     if grids:
-        lines.append(f"  validation/  ({len(grids)} grids, base model above each step's samples; last {grids[-1].name})")
+        lines.append(f"  validation/  ({len(grids)} grids, base model above each step's samples; "
+                     f"last {grids[-1].name})")
     for name, what in [("loss.png", "loss curve"), ("losses.csv", "loss per step"), ("run.json", "run record")]:
         if (run / name).is_file():
             lines.append(f"  {name}  ({what})")

@@ -54,7 +54,8 @@ class DatasetStats:
 
         dirs = {self.name: {"n_repeats": max(self.repeats, key=self.repeats.get) if self.repeats else 1,
                             "img_count": self.images}}
-        buckets = {str(i): {"resolution": list(size), "count": n} for i, (size, n) in enumerate(sorted(self.buckets.items()))}
+        buckets = {str(i): {"resolution": list(size), "count": n}
+                   for i, (size, n) in enumerate(sorted(self.buckets.items()))}
         return {"ss_num_train_images": str(self.per_epoch), "ss_num_reg_images": str(self.class_images),
                 "ss_tag_frequency": json.dumps(self.tag_frequency, ensure_ascii=False),
                 "ss_dataset_dirs": json.dumps(dirs, ensure_ascii=False),
@@ -76,6 +77,7 @@ def dataset_stats(examples: list[Example], name: str, triggers: list[str], class
         tags.update(dict.fromkeys(caption_tags(ex.caption), 1))  # once per image
     triggers = [t for t in dict.fromkeys(triggers) if t]
     with_trigger = sum(any(has_word(ex.caption, t) for t in triggers) for ex in examples)
-    return DatasetStats(name, len(examples), Counter(ex.repeats for ex in examples), Counter(ex.size for ex in examples),
+    return DatasetStats(name, len(examples), Counter(ex.repeats for ex in examples),
+                        Counter(ex.size for ex in examples),
                         {name: dict(sorted(tags.items(), key=lambda kv: (-kv[1], kv[0])))}, triggers, with_trigger,
                         class_images)

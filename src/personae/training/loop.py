@@ -28,7 +28,7 @@ from personae.methods.base import ExportFile
 from personae.models.resolve import load_pipeline, resolve_model
 from personae.runs import RunLog, is_run, read_run
 from personae.training import checkpoint as ckpt
-from personae.training.saving import Saver
+from personae.training.saving import Saver, export_header
 from personae.training.setup import (
     LatentCache,
     class_examples,
@@ -159,7 +159,8 @@ def _train(job: TrainJob, run: Path, resume: bool, on_event: EventHandler, comma
     check()
 
     saver = Saver(run, job, pipe, method, source, base_scheduler, prompts, baseline, optimizer, lr_schedule, ema,
-                  params, losses, log, on_event, header=_kohya_settings(job, stats, plan, total, examples[0].size))
+                  params, losses, log, on_event,
+                  header=export_header(job, stats, plan.steps_per_epoch, total, examples[0].size))
     train_batch = _Draws(job, examples, latents, noise_scheduler, scaling, tag=0)
     prior_batch = _Draws(job, priors, prior_latents, noise_scheduler, scaling, tag=1) if priors else None
 
@@ -287,19 +288,3 @@ def _trigger_words(job: TrainJob) -> list[str]:
     """What the captions should hold: the trigger word and the method's new tokens."""
     section = METHODS[job.method].tokens_section
     return [job.trigger] + ([spec.token for spec in getattr(job, section).tokens] if section else [])
-
-
-def _kohya_settings(job: TrainJob, stats, plan: BatchPlan, total: int, size: tuple[int, int]) -> dict[str, str]:
-    """The exports' header: the dataset (kohya's ss_* names) and the settings that made them; no paths."""
-    t = job.train
-    epochs = -(-total // plan.steps_per_epoch)
-    return {**stats.kohya_fields(), "ss_learning_rate": f"{t.learning_rate:g}", "ss_batch_size_per_device": str(t.batch_size),
-            "ss_gradient_accumulation_steps": str(t.gradient_accumulation), "ss_max_train_steps": str(total),
-            "ss_num_batches_per_epoch": str(plan.steps_per_epoch), "ss_num_epochs": str(epochs),
-            "ss_resolution": f"({size[0]}, {size[1]})", "ss_seed": str(t.seed), "ss_lr_scheduler": t.lr_scheduler,
-            "ss_lr_warmup_steps": str(t.warmup_steps), "ss_optimizer": t.optimizer,
-            "ss_mixed_precision": t.mixed_precision, "ss_save_precision": job.output_dtype,
-            "ss_max_grad_norm": f"{t.max_grad_norm:g}", "ss_noise_offset": f"{t.noise_offset:g}",
-            "ss_min_snr_gamma": "None" if t.min_snr_gamma is None else f"{t.min_snr_gamma:g}",
-            "ss_caption_dropout_rate": f"{job.data.caption_dropout:g}", "ss_shuffle_caption": str(job.data.shuffle_tags),
-            "ss_flip_aug": str(job.data.flip), "ss_prior_loss_weight": f"{job.dreambooth.prior_loss_weight:g}"}

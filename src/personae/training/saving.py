@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from personae.config.train import TrainJob
+from personae.data.stats import DatasetStats
 from personae.errors import UserError
 from personae.events import CheckpointSaved, EventHandler, ImageReady
 from personae.media.plot import loss_curve
@@ -100,8 +101,8 @@ class Saver:
         bad = [c for c in checks if not c.ok]
         if bad:
             raise UserError(f"An exported file does not reproduce the trained model: {bad[0].files} differ by "
-                            f"{bad[0].max_abs_diff:.2e} (tolerance {bad[0].tolerance:.0e}). The run is stopped; the checkpoint at "
-                            f"{folder} is kept.", "Report this as a bug, with the job file.")
+                            f"{bad[0].max_abs_diff:.2e} (tolerance {bad[0].tolerance:.0e}). The run is stopped; the "
+                            f"checkpoint at {folder} is kept.", "Report this as a bug, with the job file.")
         done = {"metrics": {"steps": step, "final_loss": self.losses[-1] if self.losses else None}}
         if final:
             done.update(status="finished", error=None, checks=[CheckRecord(**vars(c)) for c in checks],
@@ -140,3 +141,22 @@ class Saver:
                     else "no checkpoint was written yet")
             raise disk_full(f"the {'final exports' if final else 'checkpoint'} of step {step} in {self.run}", kept,
                             "Free some space, then continue with `personae train JOB.yaml --resume`.") from None
+
+
+def export_header(job: TrainJob, stats: DatasetStats, steps_per_epoch: int, total: int,
+                  size: tuple[int, int]) -> dict[str, str]:
+    """The exports' header: the dataset (kohya's ss_* names) and the settings that made them; no paths."""
+    t = job.train
+    epochs = -(-total // steps_per_epoch)
+    return {**stats.kohya_fields(), "ss_learning_rate": f"{t.learning_rate:g}",
+            "ss_batch_size_per_device": str(t.batch_size),
+            "ss_gradient_accumulation_steps": str(t.gradient_accumulation), "ss_max_train_steps": str(total),
+            "ss_num_batches_per_epoch": str(steps_per_epoch), "ss_num_epochs": str(epochs),
+            "ss_resolution": f"({size[0]}, {size[1]})", "ss_seed": str(t.seed), "ss_lr_scheduler": t.lr_scheduler,
+            "ss_lr_warmup_steps": str(t.warmup_steps), "ss_optimizer": t.optimizer,
+            "ss_mixed_precision": t.mixed_precision, "ss_save_precision": job.output_dtype,
+            "ss_max_grad_norm": f"{t.max_grad_norm:g}", "ss_noise_offset": f"{t.noise_offset:g}",
+            "ss_min_snr_gamma": "None" if t.min_snr_gamma is None else f"{t.min_snr_gamma:g}",
+            "ss_caption_dropout_rate": f"{job.data.caption_dropout:g}",
+            "ss_shuffle_caption": str(job.data.shuffle_tags),
+            "ss_flip_aug": str(job.data.flip), "ss_prior_loss_weight": f"{job.dreambooth.prior_loss_weight:g}"}
