@@ -228,7 +228,7 @@ def _train(job: TrainJob, run: Path, resume: bool, on_event: EventHandler, comma
             result.exports, result.checks = saver.checkpoint(total, final=True)
             result.skipped = list(method.skipped)
             for why in result.skipped:
-                on_event(Message(f"not exported: {why}", "warning"))
+                on_event(Message(f"not exported: {why}"))  # nothing to act on: the other exports hold the model
     accelerator.wait_for_everyone()
     if writer:
         writer.close()
