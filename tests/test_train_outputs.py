@@ -155,8 +155,10 @@ def test_an_export_that_cannot_be_written_is_named_with_why(tmp_path, captioned,
     assert len(configs) >= 4 and not [p for p in configs if str(tmp_path) in p.read_text()]
 
 
-def test_the_fp16_check_still_catches_a_file_that_loads_differently(tmp_path, tiny_model):
-    """fp16 files are compared with the trained weights rounded to fp16 at 1e-3: a wrong module still fails."""
+@pytest.mark.parametrize("dtype", ["fp16", "bf16"])
+def test_the_half_precision_check_still_catches_a_file_that_loads_differently(tmp_path, tiny_model, dtype):
+    """Half-precision files are compared with the trained weights rounded the same way, within that precision's
+    tolerance (alpha / rank = 0.75 folded into the diffusers file before rounding): a wrong module still fails."""
     from safetensors.torch import load_file, save_file
 
     from personae.methods.lora import add_lora, export_lora, freeze
@@ -167,19 +169,21 @@ def test_the_fp16_check_still_catches_a_file_that_loads_differently(tmp_path, ti
     pipe = load_pipeline(source)
     freeze(pipe)
     torch.manual_seed(0)
-    add_lora(pipe, 4, 4.0, 0.0, ["to_q", "to_v"], False, None)
+    add_lora(pipe, 4, 3.0, 0.0, ["to_q", "to_v"], False, None)
+    half = {"fp16": torch.float16, "bf16": torch.bfloat16}[dtype]
     with torch.no_grad():
         for name, p in pipe.unet.named_parameters():
             if "lora_" in name:
-                p.normal_(0, 0.3).copy_(p.half().float())  # the model as its fp16 file holds it
-    files = export_lora(pipe, tmp_path, name="x", rank=4, alpha=4.0, te_alpha=None, steps=1, base_model="tiny",
-                        trigger="", extra_meta={}, dtype=torch.float16)
-    assert all(c.ok for c in verify_exports(pipe, files, source, "a photo", TOLERANCES["fp16"]))
+                p.normal_(0, 0.3).copy_(p.to(half).float())  # the model as its half-precision file holds it
+    files = export_lora(pipe, tmp_path, name="x", rank=4, alpha=3.0, te_alpha=None, steps=1, base_model="tiny",
+                        trigger="", extra_meta={}, dtype=half)
+    checks = verify_exports(pipe, files, source, "a photo", TOLERANCES[dtype])
+    assert all(c.ok for c in checks), checks
     tensors = load_file(str(files[0].path))
     key = next(k for k in tensors if k.endswith("attn1_to_q.lora_up.weight"))
     tensors[key] = tensors[key] * 1.5
     save_file(tensors, str(files[0].path))
-    checks = {c.family: c for c in verify_exports(pipe, files, source, "a photo", TOLERANCES["fp16"])}
+    checks = {c.family: c for c in verify_exports(pipe, files, source, "a photo", TOLERANCES[dtype])}
     assert not checks["a1111"].ok and checks["diffusers"].ok, checks
 
 
