@@ -52,6 +52,7 @@ class CheckRecord(_Record):
     family: str  # the tool family the files were reloaded as (a1111, diffusers, folder, single_file)
     files: list[str]
     max_abs_diff: float
+    tolerance: float | None = None  # the largest difference accepted (by output_dtype); older records: 1e-4
 
 
 class CheckpointRecord(_Record):
@@ -71,6 +72,7 @@ class RunRecord(_Record):
     status: Status = "running"
     settings: dict = {}  # the job as resolved (TrainJob.model_dump())
     exports: list[ExportRecord] = []
+    skipped_exports: list[str] = []  # exports the method could not write, each with why (older records: none)
     checks: list[CheckRecord] = []
     checkpoints: list[CheckpointRecord] = []
     metrics: Metrics = Metrics()

@@ -1,4 +1,4 @@
-"""Render core events in a terminal: tqdm bars for Progress, lines for Message."""
+"""Render core events in a terminal: tqdm bars for Progress, lines for Message, ImageReady and CheckpointSaved."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import sys
 
 from tqdm import tqdm
 
-from personae.events import Event, Message, Progress
+from personae.events import CheckpointSaved, Event, ImageReady, Message, Progress
 
 
 class TerminalProgress:
@@ -21,6 +21,13 @@ class TerminalProgress:
         if isinstance(event, Message):
             if event.level == "warning" or not self.quiet:
                 self._write(("warning: " if event.level == "warning" else "") + event.text)
+            return
+        if isinstance(event, (ImageReady, CheckpointSaved)) and not self.quiet:
+            at = f"step {event.step}: " if event.step is not None else ""
+            noun = "checkpoint" if isinstance(event, CheckpointSaved) else "image"
+            if isinstance(event, ImageReady) and event.path.parent.name == "validation":
+                noun = "validation grid"
+            self._write(f"{at}{noun} {event.path}")
             return
         if self.quiet or not isinstance(event, Progress):
             return

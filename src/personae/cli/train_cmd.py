@@ -76,10 +76,36 @@ def run(args) -> int:
         progress.close()
         for s, h in previous.items():
             signal.signal(s, h)
-    if result.exports:
-        print(f"trained {job.method} for {result.steps} steps; files in {result.run}:")
-        for f in result.exports:
-            print(f"  {f.path.relative_to(result.run)}  ({f.format})")
-        for c in result.checks:
-            print(f"  reload check [{c.family}]: max difference {c.max_abs_diff:.1e} ({'ok' if c.ok else 'MISMATCH'})")
+    print(summary(job, result))
     return 0
+
+
+def summary(job, result) -> str:
+    """Every output of a finished run: exports with their format, what was not exported and why, the reload
+    checks, checkpoints kept, validation grids, the loss record, TensorBoard logs."""
+    from personae.runs import read_run
+
+    run = result.run
+    lines = [f"trained {job.method} for {result.steps} steps; files in {run}:"]
+    for f in result.exports:
+        dtype = job.output_dtype if f.loader in ("lora", "embedding") else "fp32"
+        lines.append(f"  {f.path.relative_to(run)}  ({f.format}, loads as {f.loader}, {dtype})")
+    for why in result.skipped:
+        lines.append(f"  not exported: {why}")
+    for c in result.checks:
+        lines.append(f"  reload check [{c.family}]: max difference {c.max_abs_diff:.1e} "
+                     f"(tolerance {c.tolerance:.0e}: {'ok' if c.ok else 'MISMATCH'})")
+    kept = read_run(run).checkpoints
+    if kept:
+        lines.append(f"  checkpoints/  ({len(kept)} kept: steps {', '.join(str(c.step) for c in kept)}; "
+                     f"continue with --resume)")
+    grids = sorted((run / "validation").glob("step-*.png"))
+    if grids:
+        lines.append(f"  validation/  ({len(grids)} grids, base model above each step's samples; "
+                     f"last {grids[-1].name})")
+    for name, what in [("loss.png", "loss curve"), ("losses.csv", "loss per step"), ("run.json", "run record")]:
+        if (run / name).is_file():
+            lines.append(f"  {name}  ({what})")
+    if (run / "logs").is_dir():
+        lines.append(f"  logs/  (TensorBoard: tensorboard --logdir {run / 'logs'})")
+    return "\n".join(lines)

@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Literal
 
 from pydantic import field_validator, model_validator
@@ -18,6 +19,11 @@ from pydantic import field_validator, model_validator
 from personae.config.base import Strict
 from personae.config.fields import setting
 from personae.config.methods import METHODS, MethodName
+
+
+# names the run folder uses itself: an export called so would collide with them
+RESERVED_NAMES = {"checkpoints", "validation", "logs", "cache", "prepared", "embeddings", "class_images", "model",
+                  "run", "config", "losses", "loss"}
 
 
 class DataSection(Strict):
@@ -135,8 +141,23 @@ class TrainJob(Strict):
     output: str = setting(description="the run folder (made by personae; an existing one needs --resume or "
                                       "--overwrite)")
     trigger: str = setting("", 'the trigger word, recorded in the exports\' metadata, e.g. "sks"')
+    name: str = setting("", 'what the exports are called (kohya --output_name): "sks_dog" writes sks_dog.safetensors, '
+                            "sks_dog_diffusers/ and names itself sks_dog inside (default: files lora.safetensors / "
+                            "model.safetensors, named after the run folder inside); embeddings keep their token's name")
+    output_dtype: Literal["fp32", "fp16", "bf16"] = setting(
+        "fp32", "precision of the exported LoRA and embedding tensors (kohya --save_precision); fp16 halves the "
+                "file. DreamBooth models are written in fp32")
     allow_pickle: bool = setting(False, "allow a base model in a pickle (.ckpt / .bin) file: it can run code")
     device: Literal["auto", "cpu", "cuda", "mps"] = setting("auto", "where to train (auto: a GPU when there is one)")
+
+    @field_validator("name")
+    @classmethod
+    def _file_stem(cls, value: str) -> str:
+        value = value.strip().removesuffix(".safetensors")
+        if value and (not re.fullmatch(r"[\w][\w.\-]*", value) or value.lower() in RESERVED_NAMES):
+            raise ValueError(f"name {value!r} must be a file name of letters, digits, _ - and . (no spaces or "
+                             f"slashes), and not one of the run folder's own: {', '.join(sorted(RESERVED_NAMES))}")
+        return value
 
     @model_validator(mode="after")
     def _method_needs(self):

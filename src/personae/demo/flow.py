@@ -118,6 +118,7 @@ def _demo(out: Path, on_event: EventHandler) -> Path:
     # 6. train a LoRA on the prepared set, then generate with it
     from personae.config.train import TrainJob
     from personae.jobs.train import run_training
+    from personae.runs import read_run
 
     job = TrainJob(base_model=str(model), method="lora", data={"path": str(out / "prepared")}, output=str(out / "runs/lora"),
                    trigger="sks", lora=DEMO_LORA,
@@ -125,15 +126,18 @@ def _demo(out: Path, on_event: EventHandler) -> Path:
                           "keep_last": 2, "validation": {"prompts": ["a photo of sks star on a blue background"], "steps": 20}})
     result = run_training(job, overwrite=True, on_event=on_event)
     checks = ", ".join(f"{c.family} {c.max_abs_diff:.0e}" for c in result.checks)
-    index.add("LoRA training", f"300 steps on the prepared set: runs/lora/lora.safetensors (kohya/A1111) and "
-                               f"runs/lora/lora_diffusers/ (diffusers), each reloaded and compared: {checks}. "
+    # the exports by the run record, not by a guessed name (a job's `name` renames them)
+    files = {e.format: e.path for e in read_run(out / "runs/lora").exports if e.loader == "lora"}
+    kohya_lora = f"runs/lora/{files['kohya']}"
+    index.add("LoRA training", f"300 steps on the prepared set: {kohya_lora} (kohya/A1111) and "
+                               f"runs/lora/{files['diffusers']} (diffusers), each reloaded and compared: {checks}. "
                                "Validation: base model (top) vs trained (bottom); loss curve.",
               [out / "runs/lora/validation/step-000300.png", out / "runs/lora/loss.png"])
     with_lora = run_generate(base.model_copy(update={"prompt": "a photo of sks star on a blue background", "steps": 20,
                                                      "sampler": "DDIM", "cfg": 2.0, "batch_size": 4, "seed": 0,
-                                                     "loras": [LoraRef(path=str(out / "runs/lora/lora.safetensors"))]}),
+                                                     "loras": [LoraRef(path=str(out / kohya_lora))]}),
                              out / "with-lora", on_event)
-    index.add("Generate with the LoRA", "`personae generate --lora runs/lora/lora.safetensors --prompt \"a photo of sks "
+    index.add("Generate with the LoRA", f"`personae generate --lora {kohya_lora} --prompt \"a photo of sks "
                                         "star on a blue background\"`, seeds 0-3.", with_lora)
 
     # 7. reproduce an image from its PNG metadata
@@ -160,12 +164,12 @@ def _demo(out: Path, on_event: EventHandler) -> Path:
     from personae.jobs.animate import run_animate
     from personae.models.tiny_motion import write_tiny_motion_adapter
 
-    lora = str(out / "runs/lora/lora.safetensors")
+    lora = str(out / kohya_lora)
     adapter = write_tiny_motion_adapter(out / "models/tiny-motion", seed=0)
     clip = AnimateSettings(model=str(model), motion_adapter=str(adapter), prompt="a photo of sks star on a blue background",
                            loras=[LoraRef(path=lora)], frames=16, fps=8, steps=20, cfg=2.0, seed=0, width=64, height=64)
     run_animate(clip, [out / "animate/clip.gif", out / "animate/clip.mp4"], on_event=on_event)
-    index.add("Animated clip", "`personae animate --motion-adapter models/tiny-motion --lora runs/lora/lora.safetensors "
+    index.add("Animated clip", f"`personae animate --motion-adapter models/tiny-motion --lora {kohya_lora} "
                                "--frames 16 --fps 8`: a looping GIF and an H.264 MP4 (animate/clip.mp4), settings in the "
                                "GIF comment and MP4 metadata (DDIM, clip skip 2 by default).", [out / "animate/clip.gif"])
 

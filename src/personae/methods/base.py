@@ -7,7 +7,7 @@ nothing else about it. New methods: a module with a `Method` subclass, one regis
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -26,6 +26,11 @@ class ExportFile:
     token: str | None = None  # for embeddings: the token to load it under
 
 
+def export_dtype(job: TrainJob) -> torch.dtype:
+    """The tensor type of the exported files (`output_dtype`, kohya's --save_precision)."""
+    return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[job.output_dtype]
+
+
 @dataclass
 class ParamGroup:
     name: str
@@ -37,6 +42,7 @@ class ParamGroup:
 @dataclass
 class Method:
     job: TrainJob
+    skipped: list[str] = field(default_factory=list)  # exports the last `export` could not write, each with why
 
     # 1. setup: freeze the base, add what is trained; returns optimizer groups
     def setup(self, pipe) -> list[ParamGroup]:
@@ -71,6 +77,7 @@ class Method:
         for key, p in params.items():
             p.copy_(state[key].to(p.device, p.dtype))
 
-    # 3. exports other tools read
+    # 3. exports other tools read; what cannot be written goes into `self.skipped` with the reason
     def export(self, pipe, out: Path, metadata: dict[str, str]) -> list[ExportFile]:
+        """`metadata`: "steps", "base_model" (its name, no path), "method", and the kohya header fields (ss_*)."""
         raise NotImplementedError

@@ -6,7 +6,8 @@ single-file checkpoint in the original layout (when the model uses CLIP's vocabu
 
 Trains: every UNet weight; the text encoder too with `dreambooth.train_text_encoder`.
 Exports: a diffusers folder (`model/`) and a single `.safetensors` in the original SD layout (A1111,
-    ComfyUI); both reloaded and checked.
+    ComfyUI), `model.safetensors` or `<name>.safetensors`; both reloaded and checked, in fp32 whatever
+    `output_dtype` says. A model with its own tokenizer gets no single file, and says why (`skipped`).
 Reads: `dreambooth` (prompts, prior preservation, text encoder and its rate), `train`, `data`.
 """
 
@@ -53,6 +54,11 @@ class DreamBoothMethod(Method):
         with atomic_folder(folder) as tmp:
             save_pipeline_folder(pipe, tmp)
         files = [ExportFile(folder, "diffusers", "folder")]
+        stem = self.job.name or "model"
         if len(pipe.tokenizer) == CLIP_VOCAB_SIZE:
-            files.append(ExportFile(save_single_file(pipe, out / "model.safetensors"), "original", "single_file"))
+            files.append(ExportFile(save_single_file(pipe, out / f"{stem}.safetensors"), "original", "single_file"))
+        else:
+            self.skipped = [f"{stem}.safetensors (single file, original layout): this model has its own tokenizer "
+                            f"({len(pipe.tokenizer)} tokens, not CLIP's {CLIP_VOCAB_SIZE}), which a single file "
+                            f"cannot carry; use the diffusers folder model/"]
         return files

@@ -2,8 +2,9 @@
 
 Trains: peft LoRA layers on `lora.target_modules` of the UNet (rank, alpha, dropout), and on the text
     encoder's attention when `lora.text_encoder`; the base weights stay frozen.
-Exports: `lora.safetensors` in kohya / A1111 layout (with sd-scripts' ss_* header and hashes) and
-    `lora_diffusers/pytorch_lora_weights.safetensors` for diffusers / peft; both reloaded and checked.
+Exports: `<name>.safetensors` in kohya / A1111 layout (with sd-scripts' ss_* header and hashes) and
+    `<name>_diffusers/pytorch_lora_weights.safetensors` for diffusers / peft (`name` of the job, default
+    "lora"), tensors in `output_dtype`; both reloaded and checked.
 Reads: `lora` (rank, alpha, targets, text encoder), `dreambooth` (prior preservation), `train`, `data`.
 """
 
@@ -16,7 +17,7 @@ import torch
 from peft import LoraConfig
 from peft.utils import get_peft_model_state_dict
 
-from personae.methods.base import ExportFile, Method, ParamGroup
+from personae.methods.base import ExportFile, Method, ParamGroup, export_dtype
 from personae.methods.lora_files import kohya_metadata, peft_to_kohya, training_metadata, write_diffusers, write_kohya
 
 TEXT_ENCODER_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj"]
@@ -38,7 +39,8 @@ def add_lora(pipe, rank: int, alpha: float, dropout: float, targets: list[str], 
 
 
 def export_lora(pipe, out: Path, *, name: str, rank: int, alpha: float, te_alpha: float | None, steps: int,
-                base_model: str, trigger: str, extra_meta: dict[str, str], file_stem: str = "lora") -> list[ExportFile]:
+                base_model: str, trigger: str, extra_meta: dict[str, str], file_stem: str = "lora",
+                dtype: torch.dtype = torch.float32) -> list[ExportFile]:
     """Write `<file_stem>.safetensors` (kohya/A1111) and `<file_stem>_diffusers/pytorch_lora_weights.safetensors`.
 
     `name` is what the file calls itself (`ss_output_name`: the run's name); `file_stem` names the files.
@@ -51,11 +53,12 @@ def export_lora(pipe, out: Path, *, name: str, rank: int, alpha: float, te_alpha
     out.mkdir(parents=True, exist_ok=True)
     meta = kohya_metadata(rank=rank, alpha=alpha, steps=steps, base_model=base_model, trigger=trigger,
                           name=name, te_trained=te_trained, extra=extra_meta)
-    kohya = write_kohya(out / f"{file_stem}.safetensors", peft_to_kohya(unet_state, te_state, alpha, te_alpha), meta)
+    kohya = write_kohya(out / f"{file_stem}.safetensors", peft_to_kohya(unet_state, te_state, alpha, te_alpha, dtype),
+                        meta)
     parts = {"unet": (unet_state, alpha)}
     if te_trained:
         parts["text_encoder"] = (te_state, te_alpha if te_alpha is not None else alpha)
-    diffusers_file = write_diffusers(out / f"{file_stem}_diffusers", parts, training_metadata(kohya))
+    diffusers_file = write_diffusers(out / f"{file_stem}_diffusers", parts, training_metadata(kohya), dtype)
     return [ExportFile(kohya, "kohya", "lora"), ExportFile(diffusers_file, "diffusers", "lora")]
 
 
@@ -83,6 +86,8 @@ class LoraMethod(Method):
     def export(self, pipe, out: Path, metadata: dict[str, str]) -> list[ExportFile]:
         c = self.job.lora
         te_alpha = c.alpha * (c.text_encoder_rank or c.rank) / c.rank
-        return export_lora(pipe, out, name=Path(self.job.output).resolve().name or "lora", rank=c.rank, alpha=c.alpha, te_alpha=te_alpha,
-                           steps=int(metadata.get("steps", 0)), base_model=self.job.base_model,
-                           trigger=self.job.trigger, extra_meta=metadata)
+        header = {k: v for k, v in metadata.items() if k.startswith(("ss_", "modelspec.", "personae_"))}
+        return export_lora(pipe, out, name=self.job.name or Path(self.job.output).resolve().name or "lora",
+                           rank=c.rank, alpha=c.alpha, te_alpha=te_alpha, steps=int(metadata.get("steps", 0)),
+                           base_model=metadata.get("base_model", ""), trigger=self.job.trigger, extra_meta=header,
+                           file_stem=self.job.name or "lora", dtype=export_dtype(self.job))

@@ -47,8 +47,9 @@ def _module_weights(state: dict[str, torch.Tensor]) -> dict[str, dict[str, torch
 
 
 def peft_to_kohya(unet_state: dict[str, torch.Tensor], te_state: dict[str, torch.Tensor] | None,
-                  unet_alpha: float, te_alpha: float | None = None) -> dict[str, torch.Tensor]:
-    """peft adapter state dicts (keys relative to the UNet / text encoder) -> kohya tensors."""
+                  unet_alpha: float, te_alpha: float | None = None,
+                  dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
+    """peft adapter state dicts (keys relative to the UNet / text encoder) -> kohya tensors in `dtype`."""
     out = {}
     parts = [("lora_unet_", unet_state, unet_alpha)]
     if te_state:
@@ -57,9 +58,9 @@ def peft_to_kohya(unet_state: dict[str, torch.Tensor], te_state: dict[str, torch
         for module, w in _module_weights(state).items():
             module = module.removeprefix("text_model.")  # transformers < 5 nests the text model
             name = prefix + module.replace(".", "_")
-            out[f"{name}.lora_down.weight"] = w["A"].detach().to("cpu", torch.float32).contiguous()
-            out[f"{name}.lora_up.weight"] = w["B"].detach().to("cpu", torch.float32).contiguous()
-            out[f"{name}.alpha"] = torch.tensor(float(alpha))
+            out[f"{name}.lora_down.weight"] = w["A"].detach().to("cpu", dtype).contiguous()
+            out[f"{name}.lora_up.weight"] = w["B"].detach().to("cpu", dtype).contiguous()
+            out[f"{name}.alpha"] = torch.tensor(float(alpha), dtype=dtype)
     return out
 
 
@@ -67,8 +68,8 @@ DIFFUSERS_FILE = "pytorch_lora_weights.safetensors"
 
 
 def write_diffusers(folder: Path, parts: dict[str, tuple[dict[str, torch.Tensor], dict[str, float] | float]],
-                    metadata: dict[str, str] | None = None) -> Path:
-    """Write `folder/pytorch_lora_weights.safetensors` from peft-style states.
+                    metadata: dict[str, str] | None = None, dtype: torch.dtype = torch.float32) -> Path:
+    """Write `folder/pytorch_lora_weights.safetensors` from peft-style states, tensors in `dtype`.
 
     parts: {"unet" | "text_encoder": (state with `<module>.lora_A/B.weight` keys, alpha or {module: alpha})}.
     """
@@ -83,8 +84,9 @@ def write_diffusers(folder: Path, parts: dict[str, tuple[dict[str, torch.Tensor]
             name = module
             if part == "text_encoder" and not module.startswith("text_model."):
                 name = "text_model." + module  # transformers 4's names; diffusers strips them for transformers 5
-            tensors[f"{part}.{name}.lora_A.weight"] = w["A"].detach().to("cpu", torch.float32).contiguous()
-            tensors[f"{part}.{name}.lora_B.weight"] = (w["B"].detach().to("cpu", torch.float32) * (alpha / rank)).contiguous()
+            tensors[f"{part}.{name}.lora_A.weight"] = w["A"].detach().to("cpu", dtype).contiguous()
+            up = w["B"].detach().to("cpu", torch.float32) * (alpha / rank)
+            tensors[f"{part}.{name}.lora_B.weight"] = up.to(dtype).contiguous()
         ranks = {m: w["A"].shape[0] for m, w in modules.items()}
         common = max(set(ranks.values()), key=list(ranks.values()).count)
         header[f"{part}.r"] = common
@@ -133,13 +135,16 @@ def training_metadata(path: Path) -> dict[str, str]:
 
 def kohya_metadata(*, rank: int, alpha: float, steps: int, base_model: str, trigger: str, name: str,
                    te_trained: bool, extra: dict[str, str] | None = None) -> dict[str, str]:
-    """The header fields kohya sd-scripts writes (those A1111 and civitai read)."""
+    """The header fields kohya sd-scripts writes (those A1111 and civitai read).
+
+    `base_model` is the model's name (folder or file name, or hub id), never a path of this machine; `extra`
+    carries the dataset's fields (`data.stats.DatasetStats.kohya_fields`) and the training settings."""
     meta = {
         "ss_network_module": "networks.lora", "ss_network_dim": str(rank), "ss_network_alpha": f"{alpha:g}",
         "ss_base_model_version": "sd_v1", "ss_sd_model_name": base_model, "ss_output_name": name,
         "ss_steps": str(steps), "ss_training_comment": f"trained with personae; trigger: {trigger}" if trigger else "",
         "ss_network_args": json.dumps({"text_encoder": te_trained}),
-        "ss_tag_frequency": json.dumps({"personae": {trigger: 1}} if trigger else {}),
+        "ss_tag_frequency": json.dumps({}),
         "modelspec.architecture": "stable-diffusion-v1/lora", "modelspec.title": name,
         "personae_trigger": trigger,
     }

@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from personae.methods.base import ExportFile, ParamGroup
+from personae.methods.base import ExportFile, ParamGroup, export_dtype
 from personae.methods.lora import LoraMethod
 from personae.methods.textual_inversion import TextualInversionMethod, TokenTable
 
@@ -48,4 +48,5 @@ class PivotalMethod(TextualInversionMethod):
         return {k: p for k, p in super().trainable_parameters(pipe).items() if "lora_" in k}
 
     def export(self, pipe, out: Path, metadata: dict[str, str]) -> list[ExportFile]:
-        return LoraMethod(self.job).export(pipe, out, metadata) + self.table.export(pipe, out / "embeddings", metadata)
+        return (LoraMethod(self.job).export(pipe, out, metadata)
+                + self.table.export(pipe, out / "embeddings", metadata, export_dtype(self.job)))

@@ -21,7 +21,7 @@ import torch
 
 from personae.config.train import TokenSpec
 from personae.errors import UserError
-from personae.methods.base import ExportFile, Method, ParamGroup
+from personae.methods.base import ExportFile, Method, ParamGroup, export_dtype
 from personae.methods.lora import freeze
 from personae.models.folders import save_safetensors
 
@@ -89,12 +89,14 @@ class TokenTable:
         for token, ids in self.ids.items():
             weight[ids] = state[f"embedding.{token}"].to(weight.device, weight.dtype)
 
-    def export(self, pipe, out: Path, metadata: dict[str, str]) -> list[ExportFile]:
-        """Per token: `<name>.safetensors` (A1111: emb_params) and `<name>.diffusers.safetensors`."""
+    def export(self, pipe, out: Path, metadata: dict[str, str], dtype: torch.dtype = torch.float32) -> list[ExportFile]:
+        """Per token: `<name>.safetensors` (A1111: emb_params) and `<name>.diffusers.safetensors`, in `dtype`.
+
+        The files keep their token's name whatever the job's `name`: A1111 calls an embedding by its file name."""
         out.mkdir(parents=True, exist_ok=True)
         files = []
         for token in self.ids:
-            vectors = self.vectors(pipe, token).contiguous()
+            vectors = self.vectors(pipe, token).to(dtype).contiguous()
             stem = file_stem(token)
             meta = {"name": token, "step": str(metadata.get("steps", "")),
                     "sd_checkpoint_name": str(metadata.get("base_model", ""))}
@@ -135,4 +137,4 @@ class TextualInversionMethod(Method):
         self.table.load_state(pipe, state)
 
     def export(self, pipe, out: Path, metadata: dict[str, str]) -> list[ExportFile]:
-        return self.table.export(pipe, out / "embeddings", metadata)
+        return self.table.export(pipe, out / "embeddings", metadata, export_dtype(self.job))

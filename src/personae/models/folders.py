@@ -64,8 +64,23 @@ def save_pipeline_folder(pipe, out_dir: str | Path) -> Path:
         conventional_text_encoder(out / "text_encoder")
     if getattr(pipe, "tokenizer", None) is not None and (out / "tokenizer").is_dir():
         tokenizer_vocab_files(pipe.tokenizer, out / "tokenizer")
+    forget_origin(out)
     readable_by_others(out)
     return out
+
+
+def forget_origin(folder: Path) -> None:
+    """Drop diffusers' `_name_or_path` (where the model was loaded from: a path of this machine) from the configs
+    a saved folder holds; loaders do not need it, and a shared model should not carry it."""
+    import json
+
+    for path in [folder / "model_index.json", *folder.glob("*/config.json")]:
+        if not path.is_file():
+            continue
+        data = json.loads(path.read_text(encoding="utf-8"))
+        if isinstance(data, dict) and "_name_or_path" in data:
+            del data["_name_or_path"]
+            path.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n", encoding="utf-8")
 
 
 def save_safetensors(tensors: dict, path: str | Path, metadata: dict[str, str] | None = None) -> Path:

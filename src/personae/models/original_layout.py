@@ -134,13 +134,15 @@ def pipeline_to_original(unet, vae, text_encoder) -> dict[str, torch.Tensor]:
 
 
 def component_configs(pipe: StableDiffusionPipeline) -> dict:
-    """The configs a single file needs to be rebuilt (stored in its header)."""
-    return {
+    """The configs a single file needs to be rebuilt (stored in its header), without `_name_or_path`: where
+    the components were loaded from is a path of this machine, not part of the model."""
+    configs = {
         "unet": dict(pipe.unet.config),
         "vae": dict(pipe.vae.config),
         "text_encoder": pipe.text_encoder.config.to_dict(),
         "scheduler": dict(pipe.scheduler.config),
     }
+    return {part: {k: v for k, v in config.items() if k != "_name_or_path"} for part, config in configs.items()}
 
 
 def save_single_file(pipe: StableDiffusionPipeline, path: str | Path, extra_metadata: dict | None = None) -> Path:

@@ -18,15 +18,17 @@ from diffusers import DDPMScheduler
 from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
 
+from personae.config.methods import METHODS
 from personae.config.train import TrainJob
 from personae.data.dataset import BatchPlan, noisy_caption
+from personae.data.stats import dataset_stats
 from personae.events import EventHandler, Message, Progress, ignore
 from personae.methods import method_class
 from personae.methods.base import ExportFile
 from personae.models.resolve import load_pipeline, resolve_model
 from personae.runs import RunLog, is_run, read_run
 from personae.training import checkpoint as ckpt
-from personae.training.saving import Saver
+from personae.training.saving import Saver, export_header
 from personae.training.setup import (
     LatentCache,
     class_examples,
@@ -48,6 +50,7 @@ class TrainResult:
     losses: list[float]
     exports: list[ExportFile] = field(default_factory=list)
     checks: list[Check] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)  # exports the method could not write, each with why
 
 
 def encode_text(pipe, text_encoder, captions: list[str]) -> torch.Tensor:
@@ -93,6 +96,8 @@ def _train(job: TrainJob, run: Path, resume: bool, on_event: EventHandler, comma
 
     # 2. the base model
     source = resolve_model(job.base_model, allow_pickle=job.allow_pickle)
+    where = {"folder": "diffusers folder", "single_file": "single file", "hub": "hub id"}.get(source.kind, source.kind)
+    on_event(Message(f"loading the base model {source.name} ({where} {source.location}) on {accelerator.device}"))
     pipe = load_pipeline(source).to(accelerator.device)
     check()
     pipe.set_progress_bar_config(disable=True)
@@ -106,6 +111,9 @@ def _train(job: TrainJob, run: Path, resume: bool, on_event: EventHandler, comma
         priors = class_examples(pipe, source, job, run, examples[0].size, on_event)
         prior_plan = BatchPlan(priors, plan.batch, t.seed + 1)
     total = t.steps or t.epochs * plan.steps_per_epoch
+    stats = dataset_stats(examples, Path(job.data.path).name, _trigger_words(job), len(priors or []))
+    on_event(Message(stats.summary()))
+    on_event(Message(f"{total} steps, {plan.batch} image(s) per step ({plan.steps_per_epoch} steps per epoch)"))
     prompts = t.validation.prompts or [examples[0].caption]
     baseline = validation_grid(pipe, source, base_scheduler, prompts, t.validation, "base model") if main else None
     check()
@@ -151,7 +159,8 @@ def _train(job: TrainJob, run: Path, resume: bool, on_event: EventHandler, comma
     check()
 
     saver = Saver(run, job, pipe, method, source, base_scheduler, prompts, baseline, optimizer, lr_schedule, ema,
-                  params, losses, log, on_event)
+                  params, losses, log, on_event,
+                  header=export_header(job, stats, plan.steps_per_epoch, total, examples[0].size))
     train_batch = _Draws(job, examples, latents, noise_scheduler, scaling, tag=0)
     prior_batch = _Draws(job, priors, prior_latents, noise_scheduler, scaling, tag=1) if priors else None
 
@@ -168,7 +177,7 @@ def _train(job: TrainJob, run: Path, resume: bool, on_event: EventHandler, comma
         return diffusion_loss(unet, noise_scheduler, batch, text_embeddings(batch.captions), t.min_snr_gamma)
 
     # 8. the loop
-    writer = _tensorboard(run) if main else None
+    writer = _tensorboard(run, on_event) if main else None
     unet.train()
     step = start
     with stop_at_step_end(commands) as stop:
@@ -217,6 +226,9 @@ def _train(job: TrainJob, run: Path, resume: bool, on_event: EventHandler, comma
         result = TrainResult(run, total, losses)
         if main:
             result.exports, result.checks = saver.checkpoint(total, final=True)
+            result.skipped = list(method.skipped)
+            for why in result.skipped:
+                on_event(Message(f"not exported: {why}"))  # nothing to act on: the other exports hold the model
     accelerator.wait_for_everyone()
     if writer:
         writer.close()
@@ -261,9 +273,18 @@ def _last_checkpoint(run: Path) -> str | None:
     return str(last[-1][1]) if last else None
 
 
-def _tensorboard(run: Path):
+def _tensorboard(run: Path, on_event: EventHandler = ignore):
+    """A TensorBoard writer into <run>/logs, or None (said once) when TensorBoard is not installed."""
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:
+        on_event(Message("TensorBoard is not installed: no logs/ (pip install tensorboard)"))
         return None
+    on_event(Message(f"TensorBoard logs: {run / 'logs'} (tensorboard --logdir {run / 'logs'})"))
     return SummaryWriter(str(run / "logs"))
+
+
+def _trigger_words(job: TrainJob) -> list[str]:
+    """What the captions should hold: the trigger word and the method's new tokens."""
+    section = METHODS[job.method].tokens_section
+    return [job.trigger] + ([spec.token for spec in getattr(job, section).tokens] if section else [])

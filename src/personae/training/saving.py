@@ -16,15 +16,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from personae.config.train import TrainJob
+from personae.data.stats import DatasetStats
 from personae.errors import UserError
 from personae.events import CheckpointSaved, EventHandler, ImageReady
 from personae.media.plot import loss_curve
-from personae.methods.base import ExportFile
+from personae.methods.base import ExportFile, export_dtype
 from personae.runs import CheckRecord, ExportRecord, RunLog
 from personae.staging import atomic_file, disk_full, is_disk_full
 from personae.training import checkpoint as ckpt
 from personae.training.validation import validation_grid
-from personae.training.verify import Check, verify_exports
+from personae.training.verify import TOLERANCES, Check, verify_exports
 
 
 @dataclass
@@ -44,6 +45,7 @@ class Saver:
     losses: list[float]  # the loss per step so far (shared with the loop)
     log: RunLog
     on_event: EventHandler
+    header: dict[str, str] = field(default_factory=dict)  # the exports' dataset and settings fields (kohya ss_*)
     saved_steps: list[int] = field(default_factory=list)
 
     def with_ema(self, work):
@@ -79,9 +81,12 @@ class Saver:
         out = run if final else folder / "exports"
 
         def export():
-            meta = {"steps": str(step), "base_model": self.job.base_model, "method": self.job.method}
+            # the base model by name (folder or file name, hub id): the exports carry no path of this machine
+            meta = {"steps": str(step), "base_model": self.source.name, "method": self.job.method, **self.header,
+                    "ss_steps": str(step)}
+            self.method.skipped = []
             files = self.method.export(self.pipe, out, meta)
-            checks = verify_exports(self.pipe, files, self.source, self.prompts[0]) if t.verify_exports else []
+            checks = self._verify(files) if t.verify_exports else []
             return files, checks, self._grid(step)
 
         files, checks, grid = self.with_ema(export)
@@ -96,17 +101,32 @@ class Saver:
         bad = [c for c in checks if not c.ok]
         if bad:
             raise UserError(f"An exported file does not reproduce the trained model: {bad[0].files} differ by "
-                            f"{bad[0].max_abs_diff:.2e} (tolerance 1e-4). The run is stopped; the checkpoint at "
-                            f"{folder} is kept.", "Report this as a bug, with the job file.")
+                            f"{bad[0].max_abs_diff:.2e} (tolerance {bad[0].tolerance:.0e}). The run is stopped; the "
+                            f"checkpoint at {folder} is kept.", "Report this as a bug, with the job file.")
         done = {"metrics": {"steps": step, "final_loss": self.losses[-1] if self.losses else None}}
         if final:
             done.update(status="finished", error=None, checks=[CheckRecord(**vars(c)) for c in checks],
                         exports=[ExportRecord(path=f.path.relative_to(run).as_posix(), format=f.format,
-                                              loader=f.loader, token=f.token) for f in files])
+                                              loader=f.loader, token=f.token) for f in files],
+                        skipped_exports=list(self.method.skipped))
         self.log.update(**done)
         self.saved_steps.append(step)
         self.on_event(CheckpointSaved(step, folder))
         return files, checks
+
+    def _verify(self, files: list[ExportFile]) -> list[Check]:
+        """Reload and compare; with `output_dtype` fp16 / bf16 the model in memory is compared with its trained
+        tensors rounded as the files hold them (then put back), within that precision's tolerance."""
+        dtype = self.job.output_dtype
+        if dtype == "fp32" or self.job.method == "dreambooth":  # DreamBooth models are written in fp32
+            return verify_exports(self.pipe, files, self.source, self.prompts[0])
+        exact = self.method.trainable_state(self.pipe)
+        rounded = {k: v.to(export_dtype(self.job)).to(v.dtype) for k, v in exact.items()}
+        self.method.load_trainable_state(self.pipe, rounded)
+        try:
+            return verify_exports(self.pipe, files, self.source, self.prompts[0], TOLERANCES[dtype])
+        finally:
+            self.method.load_trainable_state(self.pipe, exact)
 
     def checkpoint(self, step: int, final: bool = False) -> tuple[list[ExportFile], list[Check]]:
         """`save`, and on failure no half-written checkpoint; a full disk is explained, with what is left to resume."""
@@ -121,3 +141,22 @@ class Saver:
                     else "no checkpoint was written yet")
             raise disk_full(f"the {'final exports' if final else 'checkpoint'} of step {step} in {self.run}", kept,
                             "Free some space, then continue with `personae train JOB.yaml --resume`.") from None
+
+
+def export_header(job: TrainJob, stats: DatasetStats, steps_per_epoch: int, total: int,
+                  size: tuple[int, int]) -> dict[str, str]:
+    """The exports' header: the dataset (kohya's ss_* names) and the settings that made them; no paths."""
+    t = job.train
+    epochs = -(-total // steps_per_epoch)
+    return {**stats.kohya_fields(), "ss_learning_rate": f"{t.learning_rate:g}",
+            "ss_batch_size_per_device": str(t.batch_size),
+            "ss_gradient_accumulation_steps": str(t.gradient_accumulation), "ss_max_train_steps": str(total),
+            "ss_num_batches_per_epoch": str(steps_per_epoch), "ss_num_epochs": str(epochs),
+            "ss_resolution": f"({size[0]}, {size[1]})", "ss_seed": str(t.seed), "ss_lr_scheduler": t.lr_scheduler,
+            "ss_lr_warmup_steps": str(t.warmup_steps), "ss_optimizer": t.optimizer,
+            "ss_mixed_precision": t.mixed_precision, "ss_save_precision": job.output_dtype,
+            "ss_max_grad_norm": f"{t.max_grad_norm:g}", "ss_noise_offset": f"{t.noise_offset:g}",
+            "ss_min_snr_gamma": "None" if t.min_snr_gamma is None else f"{t.min_snr_gamma:g}",
+            "ss_caption_dropout_rate": f"{job.data.caption_dropout:g}",
+            "ss_shuffle_caption": str(job.data.shuffle_tags),
+            "ss_flip_aug": str(job.data.flip), "ss_prior_loss_weight": f"{job.dreambooth.prior_loss_weight:g}"}
