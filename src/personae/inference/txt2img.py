@@ -22,6 +22,7 @@ from personae.events import EventHandler, Message, Progress, ignore
 from personae.errors import UserError
 from personae.inference.controlnet import control_denoise, control_infotext, prepare_controls
 from personae.inference.img2img import composite, default_size, denoiser, feathered_mask, open_image, vae_roundtrip
+from personae.inference.nans import check_embeddings, nan_guard
 from personae.inference.samplers import get_sampler
 from personae.inference.session import Session, open_session
 from personae.media.png import format_parameters, infotext_values
@@ -98,6 +99,7 @@ def txt2img(settings: GenerateSettings, session: Session | None = None, on_event
         on_event(Message(f'"{sampler.name}" runs as diffusers\' {sampler.scheduler.__name__} (the nearest match).', "warning"))
     # 4. encode prompts: weighted, chunked by 75 tokens, clip skip
     positive, negative = session.encoder.encode_pair(settings.prompt, settings.negative, settings.clip_skip)
+    check_embeddings(positive.embeds), check_embeddings(negative.embeds, "negative prompt")
     if positive.chunks > 1:
         on_event(Message(f"prompt has {positive.tokens} tokens: encoded as {positive.chunks} chunks of 75 (not truncated)"))
     results: list[GeneratedImage] = []
@@ -116,7 +118,8 @@ def txt2img(settings: GenerateSettings, session: Session | None = None, on_event
                       negative_prompt_embeds=negative.embeds.to(session.dtype).repeat(n, 1, 1),
                       num_inference_steps=settings.steps, guidance_scale=settings.cfg,
                       generator=[torch.Generator("cpu").manual_seed(s) for s in seeds], callback_on_step_end=report)
-        with torch.no_grad(), session.lora_weights(loras) as used:
+        with torch.no_grad(), session.lora_weights(loras) as used, \
+                nan_guard(session.pipe, [f"{l.name} at {l.weight:g}" for l in used if l.weight]):
             if init is not None and settings.strength == 0:  # nothing to redraw: the image as the VAE gives it
                 images = [vae_roundtrip(pipe, init)] * n
             elif controls:
