@@ -177,3 +177,55 @@ def test_a_generation_leaves_the_session_it_was_handed_as_it_was(tiny_model, tmp
     again = txt2img(settings(tiny_model[0], steps=3), session)[0]
     assert np.array_equal(pixels(first), pixels(again))
     assert not np.array_equal(pixels(first), pixels(other))
+
+
+def _kohya_lora(pipe, path, seed=0):
+    """A kohya / A1111 layout LoRA on the UNet's self-attention queries, as shared on model sites."""
+    g = torch.Generator().manual_seed(seed)
+    tensors = {}
+    for name, module in pipe.unet.named_modules():
+        if name.endswith("attn1.to_q"):
+            key = "lora_unet_" + name.replace(".", "_")
+            tensors |= {f"{key}.lora_down.weight": torch.randn(2, module.in_features, generator=g),
+                        f"{key}.lora_up.weight": torch.randn(module.out_features, 2, generator=g),
+                        f"{key}.alpha": torch.tensor(2.0)}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(path))
+    return path
+
+
+def test_lora_tag_in_the_prompt_is_found_in_lora_dir_and_applied(tiny_model, tiny_session, tmp_path, capsys):
+    """<lora:name:0.8> (A1111) was passed to the tokenizer as text and the LoRA ignored."""
+    from personae.cli.main import main
+
+    webui = tmp_path / "stable-diffusion-webui"
+    lora = _kohya_lora(tiny_session.pipe, webui / "models" / "Lora" / "styles" / "watercolor.safetensors")
+    base = pixels(txt2img(settings(tiny_model[0]), tiny_session)[0])
+    by_file = txt2img(settings(tiny_model[0], loras=[{"path": str(lora), "weight": 0.8}]))[0]
+    for folder in (webui, webui / "models" / "Lora"):  # the webui folder or its models/Lora
+        tagged = txt2img(settings(tiny_model[0], prompt="a photo of <lora:watercolor:0.8> a cat", lora_dir=str(folder)))[0]
+        assert np.array_equal(pixels(tagged), pixels(by_file)) and np.abs(pixels(tagged) - base).mean() > 1
+    assert tagged.settings.prompt == "a photo of a cat" and tagged.settings.loras[0].path == str(lora.resolve())
+    assert tagged.parameters.splitlines()[0] == "a photo of a cat <lora:watercolor:0.8>"
+    with pytest.raises(UserError, match=r"holds no file named watercolour.safetensors. Did you mean \"watercolor\"") as err:
+        txt2img(settings(tiny_model[0], prompt="a cat <lora:watercolour:0.8>", lora_dir=str(webui)))
+    assert "It holds: watercolor." in str(err.value)
+    with pytest.raises(UserError, match="Pass --lora-dir DIR"):
+        txt2img(settings(tiny_model[0], prompt="a cat <lora:watercolor>"))
+    code = main(["generate", "--model", str(tiny_model[0]), "--prompt", "a cat <lora:styles/watercolor:0.5>", "--steps",
+                 "1", "--lora-dir", str(webui), "--quiet", "--out", str(tmp_path / "out")])
+    assert code == 0, capsys.readouterr().err
+    [png] = (tmp_path / "out").glob("*.png")
+    assert "<lora:watercolor:0.5>" in read_png_text(png)["parameters"]
+
+
+def test_lora_tag_with_a_session_picks_the_weight_of_a_loaded_lora(tiny_model, tiny_session, tmp_path):
+    from personae.inference.session import open_session
+
+    lora = _kohya_lora(tiny_session.pipe, tmp_path / "ink.safetensors")
+    session = open_session(str(tiny_model[0]), device="cpu", loras=[(str(lora), 1.0)])
+    half = txt2img(settings(tiny_model[0], prompt="a photo of a cat <lora:ink:0.5>"), session)[0]
+    again = txt2img(settings(tiny_model[0]), session, loras=[replace(session.loras[0], weight=0.5)])[0]
+    assert np.array_equal(pixels(half), pixels(again)) and "<lora:ink:0.5>" in half.parameters
+    with pytest.raises(UserError, match="not among the LoRAs loaded"):
+        txt2img(settings(tiny_model[0], prompt="a cat <lora:other:1>"), session)

@@ -116,3 +116,6 @@ class AddonSettings(Concept):
                                    flag="--lora")
     embeddings: list[EmbeddingRef] = setting([], "a textual-inversion embedding; repeatable; the token defaults to "
                                                  "the file's", flag="--embedding")
+    lora_dir: str | None = setting(None, "the folder where <lora:name:weight> tags in the prompt are looked up by "
+                                         "file name (A1111's models/Lora; an A1111 webui folder works too)",
+                                   metavar="DIR")

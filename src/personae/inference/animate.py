@@ -32,6 +32,7 @@ from personae.inference.samplers import get_sampler
 from personae.inference.session import Session, open_session
 from personae.media.png import format_parameters, infotext_values
 from personae.models.addons import hashes_text
+from personae.models.lora_dir import expand_lora_tags
 from personae.models.motion import MotionSource, load_motion_adapter, resolve_motion_adapter
 
 # AnimateDiff's motion modules were trained on the linear beta schedule (not SD's scaled_linear) with
@@ -217,6 +218,8 @@ def animate(settings: AnimateSettings, animate_session: AnimateSession | None = 
     # 1. check inputs and fix the seed
     sampler = get_sampler(settings.sampler)
     seed = settings.seed if settings.seed >= 0 else random.randrange(2**32)
+    if animate_session is None:
+        settings = expand_lora_tags(settings)  # <lora:name:w> tags: files from --lora-dir
     # 2. load the model, add-ons and motion adapter (unless the caller holds them)
     animate_session = animate_session or open_for(settings, on_event)
     session, pipe = animate_session.session, animate_session.pipe

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import math
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from PIL import Image
@@ -27,6 +27,7 @@ from personae.inference.samplers import get_sampler
 from personae.inference.session import Session, open_session
 from personae.media.png import format_parameters, infotext_values
 from personae.models.addons import LoadedEmbedding, LoadedLora, hashes_text
+from personae.models.lora_dir import expand_lora_tags, lora_tags
 
 
 @dataclass
@@ -64,14 +65,36 @@ def infotext(settings: GenerateSettings, session: Session, seed: int, width: int
     return format_parameters(prompt, settings.negative, params)
 
 
+def session_lora_tags(settings: GenerateSettings, session: Session, loras: list[LoadedLora] | None
+                      ) -> tuple[GenerateSettings, list[LoadedLora] | None]:
+    """A caller holding a session (compare, storyboard): a prompt's <lora:name:w> tags pick the weights of the
+    session's LoRAs by name for this call; a name the session has not loaded is an error (it cannot load one)."""
+    prompt, tags = lora_tags(settings.prompt)
+    if not tags:
+        return settings, loras
+    chosen = {l.name: l for l in (session.loras if loras is None else loras)}
+    by_name = {l.name: l for l in session.loras}
+    for tag in tags:
+        if tag.name not in by_name:
+            raise UserError(f"The prompt asks for the LoRA {tag.text}, which is not among the LoRAs loaded for this "
+                            f"run ({', '.join(by_name) or 'none'}).", "Add the file to the run's LoRAs (--lora or the "
+                            "file's `loras:`), or take the tag out of the prompt.")
+        chosen[tag.name] = replace(by_name[tag.name], weight=tag.weight)
+    return settings.model_copy(update={"prompt": prompt}), list(chosen.values())
+
+
 def txt2img(settings: GenerateSettings, session: Session | None = None, on_event: EventHandler = ignore,
             loras: list[LoadedLora] | None = None, embeddings: list[LoadedEmbedding] | None = None
             ) -> list[GeneratedImage]:
     """Images for `settings`. A caller holding a session may pick, per call, the weights of its LoRAs (`loras`:
     the session's LoRAs at other weights; one left out is off) and which of its embeddings the PNG names; the
     session itself is left exactly as it was (its pipeline, scheduler and LoRA weights)."""
-    # 1. check inputs and fix the seed
+    # 1. check inputs and fix the seed; <lora:name:w> tags become LoRAs (found in --lora-dir, or the session's)
     sampler = get_sampler(settings.sampler)
+    if session is None:
+        settings = expand_lora_tags(settings)
+    else:
+        settings, loras = session_lora_tags(settings, session, loras)
     seed = settings.seed if settings.seed >= 0 else random.randrange(2**32)
     if settings.mask and not settings.init_image:
         raise UserError("--mask needs --init-image (the picture to inpaint).")
