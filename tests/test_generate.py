@@ -101,7 +101,7 @@ def test_a1111_infotext_is_read_including_schedule_type(tmp_path):
     info.add_text("parameters", text)
     Image.new("RGB", (8, 8)).save(tmp_path / "a1111.png", pnginfo=info)
     data = settings_from_png(tmp_path / "a1111.png")
-    assert data == {"prompt": "masterpiece, (red fox:1.2),", "negative": "lowres, bad hands", "steps": 30,
+    assert data == {"prompt": "masterpiece, (red fox:1.2), <lora:me:0.8>", "negative": "lowres, bad hands", "steps": 30,
                     "cfg": 6.5, "seed": 1234, "width": 512, "height": 768, "clip_skip": 2, "sampler": "DPM++ 2M Karras"}
 
 
@@ -229,3 +229,63 @@ def test_lora_tag_with_a_session_picks_the_weight_of_a_loaded_lora(tiny_model, t
     assert np.array_equal(pixels(half), pixels(again)) and "<lora:ink:0.5>" in half.parameters
     with pytest.raises(UserError, match="not among the LoRAs loaded"):
         txt2img(settings(tiny_model[0], prompt="a cat <lora:other:1>"), session)
+
+
+def _a1111_png(path, parameters):
+    from PIL import Image
+    from PIL.PngImagePlugin import PngInfo
+
+    info = PngInfo()
+    info.add_text("parameters", parameters)
+    Image.new("RGB", (8, 8)).save(path, pnginfo=info)
+    return path
+
+
+def test_from_png_of_an_a1111_png_applies_lora_tags_and_names_what_it_does_not_apply(tiny_model, tiny_session,
+                                                                                     tmp_path, capsys):
+    """LoRA tags were dropped and Hires fix, ADetailer, embeddings ignored without a word."""
+    from personae.cli.main import main
+
+    _kohya_lora(tiny_session.pipe, tmp_path / "Lora" / "watercolor.safetensors")
+    png = _a1111_png(tmp_path / "a1111.png", (
+        "a photo of a cat, <lora:watercolor:0.8>, easynegative\nNegative prompt: lowres\n"
+        "Steps: 2, Sampler: DPM++ 2M, Schedule type: Karras, CFG scale: 6, Seed: 3, Size: 64x64, "
+        "Model hash: abcdef1234, Model: majicmix, Face restoration: CodeFormer, ADetailer model: face_yolov8n.pt, "
+        'ADetailer confidence: 0.3, Denoising strength: 0.4, TI hashes: "easynegative: 0123", '
+        'Lora hashes: "watercolor: 0123456789ab", Version: v1.10.1'))
+    code = main(["generate", "--from-png", str(png), "--model", str(tiny_model[0]), "--lora-dir", str(tmp_path / "Lora"),
+                 "--out", str(tmp_path / "out")])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    [warning] = [line for line in captured.err.splitlines() if "not applied" in line]
+    for name in ('Face restoration "CodeFormer"', 'ADetailer model "face_yolov8n.pt"', "ADetailer confidence",
+                 "TI hashes", "(pass the embeddings with --embedding)", "Denoising strength", "(no --init-image)",
+                 'Model "majicmix" [abcdef1234]'):
+        assert name in warning, (name, warning)
+    for applied in ("Steps", "Sampler", "Schedule type", "Lora hashes", "Size", "Seed"):
+        assert applied + " " not in warning.split("apply")[-1]
+    [out] = (tmp_path / "out").glob("*.png")
+    _, _, params = parse_parameters(read_png_text(out)["parameters"])
+    assert params["Sampler"] == "DPM++ 2M Karras" and "watercolor: " in params["Lora hashes"]
+    assert read_png_text(out)["parameters"].startswith("a photo of a cat, , easynegative <lora:watercolor:0.8>")
+
+
+def test_model_hash_and_absolute_paths_in_the_png(tiny_model, tiny_session, tmp_path, monkeypatch):
+    """A1111's "Model hash" (sha256 of the file, 10 hex) for a single file, none for a folder; the stored settings
+    name the model and add-ons by absolute path, so --from-png works from another working folder."""
+    import hashlib
+    import os
+
+    lora = _kohya_lora(tiny_session.pipe, tmp_path / "ink.safetensors")
+    monkeypatch.chdir(tiny_model[1].parent)
+    [single] = run_generate(settings(tiny_model[1].name, steps=1), tmp_path / "single")
+    expected = hashlib.sha256(tiny_model[1].read_bytes()).hexdigest()[:10]
+    assert parse_parameters(read_png_text(single)["parameters"])[2]["Model hash"] == expected
+    monkeypatch.chdir(tmp_path)  # the model and the LoRA given relative to this folder
+    relative = settings(os.path.relpath(tiny_model[0]), steps=1, loras=[{"path": "ink.safetensors", "weight": 0.5}])
+    [folder] = run_generate(relative, tmp_path / "folder")
+    assert "Model hash" not in read_png_text(folder)["parameters"]
+    monkeypatch.chdir(tmp_path / "folder")  # elsewhere: the stored paths still name the files
+    data = settings_from_png(folder)
+    assert data["loras"][0]["path"] == str(lora.resolve()) and data["model"] == str(tiny_model[0].resolve())
+    assert settings_from_png(single)["model"] == str(tiny_model[1].resolve())

@@ -12,6 +12,7 @@ import json
 import math
 import random
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 import torch
 from PIL import Image
@@ -83,6 +84,22 @@ def session_lora_tags(settings: GenerateSettings, session: Session, loras: list[
     return settings.model_copy(update={"prompt": prompt}), list(chosen.values())
 
 
+def _absolute(path: str | None) -> str | None:
+    return str(Path(path).expanduser().resolve()) if path else path
+
+
+def with_absolute_paths(settings: GenerateSettings, session: Session) -> GenerateSettings:
+    """`settings` as stored in the PNG: every local file by its absolute path (the model as loaded), so
+    `--from-png` works from any working folder, not only the one the image was made in; hub ids stay ids."""
+    model = settings.model if session.source.kind == "hub" else session.source.location
+    return settings.model_copy(update={
+        "model": model, "init_image": _absolute(settings.init_image), "mask": _absolute(settings.mask),
+        "lora_dir": _absolute(settings.lora_dir),
+        "loras": [l.model_copy(update={"path": _absolute(l.path)}) for l in settings.loras],
+        "embeddings": [e.model_copy(update={"path": _absolute(e.path)}) for e in settings.embeddings],
+        "controls": [c.model_copy(update={"image": _absolute(c.image)}) for c in settings.controls]})
+
+
 def txt2img(settings: GenerateSettings, session: Session | None = None, on_event: EventHandler = ignore,
             loras: list[LoadedLora] | None = None, embeddings: list[LoadedEmbedding] | None = None
             ) -> list[GeneratedImage]:
@@ -126,6 +143,7 @@ def txt2img(settings: GenerateSettings, session: Session | None = None, on_event
     if positive.chunks > 1:
         on_event(Message(f"prompt has {positive.tokens} tokens: encoded as {positive.chunks} chunks of 75 (not truncated)"))
     results: list[GeneratedImage] = []
+    stored = with_absolute_paths(settings, session)
     n = settings.batch_size
     for batch in range(settings.batch_count):
         seeds = [(seed + batch * n + i) % 2**32 for i in range(n)]
@@ -158,6 +176,6 @@ def txt2img(settings: GenerateSettings, session: Session | None = None, on_event
             images = [composite(init, image, mask) for image in images]
         # 6. settings that reproduce each image on its own
         for image, s in zip(images, seeds):
-            one = settings.model_copy(update={"seed": s, "batch_size": 1, "batch_count": 1, "width": width, "height": height})
+            one = stored.model_copy(update={"seed": s, "batch_size": 1, "batch_count": 1, "width": width, "height": height})
             results.append(GeneratedImage(image, s, infotext(settings, session, s, width, height, used, embeddings), one))
     return results

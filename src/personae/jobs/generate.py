@@ -13,6 +13,7 @@ from pathlib import Path
 from pydantic import TypeAdapter, ValidationError
 
 from personae.config.base import parse_settings
+from personae.config.fields import extra_of, grouped_fields
 from personae.config.generate import GenerateSettings
 from personae.errors import UserError
 from personae.events import EventHandler, Message, ignore
@@ -53,8 +54,7 @@ def _from_infotext(text: str, source: Path) -> dict:
     Every setting that declares its A1111 name is read by that name (media/png.py); "Size" and
     "Schedule type" are A1111's joins of two settings and are split here.
     """
-    prompt, negative, p = parse_parameters(text)
-    prompt = re.sub(r"\s*<lora:[^>]+>", "", prompt)  # LoRAs are files here: pass them with --lora
+    prompt, negative, p = parse_parameters(text)  # <lora:name:w> tags stay: --lora-dir finds their files
     sizes = {}
     if "Size" in p:
         width, x, height = p.pop("Size").partition("x")
@@ -104,6 +104,35 @@ def settings_from_png(path: str | Path) -> dict:
         return _from_infotext(text["parameters"], path)
     raise UserError(f"{path} carries no generation settings (no `parameters` text chunk).",
                     "Use a PNG written by personae, AUTOMATIC1111 or another tool that stores A1111 infotext.")
+
+
+# A1111 keys that --from-png reads besides the settings that declare an infotext name: the joins of two settings,
+# LoRA hashes (the tags in the prompt are what apply them), and what describes the file rather than the picture
+_READ_KEYS = {"Size", "Schedule type", "Lora hashes", "Version", "Model", "Model hash"}
+
+
+def _shown(key: str, value: str) -> str:
+    value = " ".join(value.split())
+    return f"{key} {json.dumps(value, ensure_ascii=False)}" if value and len(value) <= 32 else key
+
+
+def png_not_applied(path: str | Path, settings: GenerateSettings, model_hash: str | None = None) -> list[str]:
+    """What an A1111 PNG's infotext asks for that this run does not apply, each named (empty for personae's own
+    PNGs, whose settings are read whole): Hires fix without our hires settings, ADetailer, embeddings by name, a
+    denoising strength with nothing to denoise, another model than the one passed."""
+    text = read_png_text(Path(path))
+    if "personae" in text or "parameters" not in text:
+        return []
+    _, _, params = parse_parameters(text["parameters"])
+    known = {extra_of(info).get("infotext") for _, _, info in grouped_fields(GenerateSettings)} | _READ_KEYS
+    missed = [_shown(key, value) for key, value in params.items() if key not in known | {"TI hashes"}]
+    if "TI hashes" in params and not settings.embeddings:
+        missed.append(_shown("TI hashes", params["TI hashes"]) + " (pass the embeddings with --embedding)")
+    if "Denoising strength" in params and not (settings.init_image or "Hires upscale" in params):
+        missed.append(_shown("Denoising strength", params["Denoising strength"]) + " (no --init-image)")
+    if "Model hash" in params and params["Model hash"] != model_hash:
+        missed.append(f'Model "{params.get("Model", "")}" [{params["Model hash"]}] (this run uses {settings.model})')
+    return missed
 
 
 def png_references(settings: GenerateSettings, stored: dict) -> list[str]:

@@ -19,7 +19,7 @@ from pathlib import Path
 from personae.errors import UserError, did_you_mean
 
 LORA_SUFFIXES = (".safetensors", ".pt", ".ckpt", ".bin")
-_TAG = re.compile(r"\s*<(lora|lyco):([^:>]+)((?::[^:>]*)*)>", re.IGNORECASE)
+_TAG = re.compile(r"<(lora|lyco):([^:>]+)((?::[^:>]*)*)>", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -34,7 +34,7 @@ def lora_tags(prompt: str) -> tuple[str, list[LoraTag]]:
     tags = []
     for match in _TAG.finditer(prompt):
         name, args = match.group(2).strip(), [a.strip() for a in match.group(3).split(":")[1:]]
-        text = match.group(0).strip()
+        text = match.group(0)
         weight = 1.0
         if args and args[0]:
             try:
@@ -43,7 +43,7 @@ def lora_tags(prompt: str) -> tuple[str, list[LoraTag]]:
                 raise UserError(f'The prompt tag {text} has the weight "{args[0]}", which is not a number.',
                                 "Write it as <lora:name:0.8>.") from None
         tags.append(LoraTag(name, weight, text))
-    return _TAG.sub("", prompt).strip(), tags
+    return re.sub(r" {2,}", " ", _TAG.sub("", prompt)).strip(), tags  # as A1111: the tag goes, commas stay
 
 
 def lora_roots(lora_dir: str | Path) -> list[Path]:
