@@ -289,3 +289,45 @@ def test_model_hash_and_absolute_paths_in_the_png(tiny_model, tiny_session, tmp_
     data = settings_from_png(folder)
     assert data["loras"][0]["path"] == str(lora.resolve()) and data["model"] == str(tiny_model[0].resolve())
     assert settings_from_png(single)["model"] == str(tiny_model[1].resolve())
+
+
+@pytest.mark.parametrize("upscaler,a1111", [("latent", "Latent"), ("image", "Lanczos")])
+def test_hires_fix_upscales_redraws_and_round_trips_through_a1111_infotext(tiny_model, tiny_session, tmp_path,
+                                                                           upscaler, a1111):
+    """A1111's "Hires upscale", "Hires steps", "Denoising strength", "Hires upscaler": base size, upscale, redraw."""
+    s = settings(tiny_model[0], steps=3, hires_scale=1.5, hires_steps=4, hires_denoise=0.6, hires_upscaler=upscaler)
+    out = txt2img(s, tiny_session)[0]
+    assert out.image.size == (96, 96) and out.settings.width == 64  # the base size is what reproduces it
+    _, _, params = parse_parameters(out.parameters)
+    assert (params["Size"], params["Hires upscale"], params["Hires steps"], params["Denoising strength"],
+            params["Hires upscaler"]) == ("64x64", "1.5", "4", "0.6", a1111)
+    plain = np.asarray(txt2img(settings(tiny_model[0], steps=3), tiny_session)[0].image.resize((96, 96)), np.int16)
+    assert np.abs(pixels(out) - plain).mean() > 1  # redrawn, not only resized
+    # an A1111-style PNG (no personae chunk) gives the same settings back, and the same picture
+    png = tmp_path / "a1111.png"
+    from personae.media.png import save_png
+    save_png(out.image, png, out.parameters)
+    data = settings_from_png(png)
+    assert {k: data[k] for k in ("hires_scale", "hires_steps", "hires_denoise", "hires_upscaler")} == {
+        "hires_scale": 1.5, "hires_steps": 4, "hires_denoise": 0.6, "hires_upscaler": upscaler}
+    again = txt2img(GenerateSettings(**{**data, "model": str(tiny_model[0])}), tiny_session)[0]
+    assert np.array_equal(pixels(again), pixels(out))
+
+
+def test_hires_fix_refuses_img2img_and_a_redraw_of_no_steps(tiny_model, photo):
+    with pytest.raises(UserError, match="--hires-scale cannot be combined with --init-image"):
+        txt2img(settings(tiny_model[0], hires_scale=2, init_image=str(photo)))
+    with pytest.raises(UserError, match="leaves no step of the redraw"):
+        txt2img(settings(tiny_model[0], hires_scale=2, hires_denoise=0.1, steps=4))
+
+
+def test_a1111_hires_with_a_model_upscaler_is_read_and_the_difference_named(tmp_path):
+    from personae.jobs.generate import png_not_applied
+
+    png = _a1111_png(tmp_path / "hires.png", "a cat\nSteps: 20, Sampler: Euler a, Seed: 1, Size: 512x512, "
+                     "Denoising strength: 0.45, Hires upscale: 2, Hires steps: 10, Hires upscaler: R-ESRGAN 4x+")
+    data = settings_from_png(png)
+    assert (data["hires_scale"], data["hires_steps"], data["hires_denoise"], data["hires_upscaler"]) == (2, 10, 0.45,
+                                                                                                         "image")
+    missed = png_not_applied(png, GenerateSettings(model="m", **data))
+    assert missed == ['Hires upscaler "R-ESRGAN 4x+" (upscaled as image here)']

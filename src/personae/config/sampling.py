@@ -1,6 +1,6 @@
 """The settings concepts every generating command composes: one declaration per setting.
 
-    GenerateSettings   = Source + Prompt + Sampling + Batch + Addons + Img2Img + Control + Runtime
+    GenerateSettings   = Source + Prompt + Sampling + Batch + Addons + Img2Img + Hires + Control + Runtime
     AnimateSettings    = Source + Prompt + Sampling + Addons + Motion + Runtime
     StoryboardSettings = Sampling + Runtime + the storyboard's own fields
     CompareSuite       = Sampling + Runtime + the suite's own fields
@@ -90,6 +90,22 @@ class Img2ImgSettings(Concept):
                                      "(needs --init-image)", metavar="MASK")
     mask_blur: int = setting(4, '"Mask blur": feathering of the mask edge, in pixels', infotext="Mask blur",
                              infotext_if="mask", ge=0, le=64)
+
+
+class HiresSettings(Concept):
+    TITLE: ClassVar[str] = "hires fix"
+
+    hires_scale: float | None = setting(None, '"Hires upscale": draw at the base size, upscale by this factor, then '
+                                              "redraw at --hires-denoise (A1111's hires fix); off by default",
+                                        infotext="Hires upscale", metavar="SCALE", ge=1.0, le=8.0)
+    hires_steps: int = setting(0, '"Hires steps": steps of the redraw; 0 uses --steps', infotext="Hires steps",
+                               infotext_if="hires_scale", ge=0, le=1000)
+    hires_denoise: float = setting(0.7, '"Denoising strength" of the redraw: 0 keeps the upscaled picture, 1 redraws '
+                                        "it", infotext="Denoising strength", infotext_if="hires_scale", ge=0.0, le=1.0)
+    hires_upscaler: Literal["latent", "image"] = setting(
+        "latent", '"Hires upscaler": latent (A1111\'s "Latent": the latents interpolated; wants a denoise >= 0.5) or '
+                  'image (A1111\'s "Lanczos": the picture resized)', infotext="Hires upscaler",
+        infotext_if="hires_scale")
 
 
 class ControlSettings(Concept):

@@ -22,6 +22,7 @@ from personae.config.generate import GenerateSettings
 from personae.events import EventHandler, Message, Progress, ignore
 from personae.errors import UserError
 from personae.inference.controlnet import control_denoise, control_infotext, prepare_controls
+from personae.inference.hires import A1111_UPSCALER, hires_fix
 from personae.inference.img2img import composite, default_size, denoiser, feathered_mask, open_image, vae_roundtrip
 from personae.inference.nans import check_embeddings, nan_guard
 from personae.inference.samplers import get_sampler
@@ -60,6 +61,7 @@ def infotext(settings: GenerateSettings, session: Session, seed: int, width: int
         "Lora hashes": hashes_text({l.name: l.hash for l in loras}),
         "TI hashes": hashes_text({e.token: e.hash for e in embeddings}),
         **control_infotext(settings, session),
+        **({"Hires upscaler": A1111_UPSCALER[settings.hires_upscaler]} if settings.hires_scale else {}),
         "Version": f"personae {__version__}",
     }
     prompt = settings.prompt + "".join(f" <lora:{l.name}:{l.weight:g}>" for l in loras)
@@ -82,6 +84,20 @@ def session_lora_tags(settings: GenerateSettings, session: Session, loras: list[
                             "file's `loras:`), or take the tag out of the prompt.")
         chosen[tag.name] = replace(by_name[tag.name], weight=tag.weight)
     return settings.model_copy(update={"prompt": prompt}), list(chosen.values())
+
+
+def check_hires(settings: GenerateSettings) -> None:
+    """The hires fix is a txt2img second pass (as in A1111): not with img2img or ControlNet, and with a step to run."""
+    if settings.init_image or settings.controls:
+        what = "--init-image" if settings.init_image else "--control"
+        raise UserError(f"--hires-scale cannot be combined with {what}: the hires fix redraws a txt2img picture.",
+                        f"Leave out --hires-scale, or run img2img on the picture yourself with {what} and a larger "
+                        "--width / --height.")
+    steps = settings.hires_steps or settings.steps
+    if int(steps * settings.hires_denoise) < 1:
+        raise UserError(f"--hires-denoise {settings.hires_denoise:g} with {steps} hires steps leaves no step of the "
+                        "redraw (it runs steps x denoise, rounded down).",
+                        "Raise --hires-denoise (0.3-0.7 is usual) or --hires-steps.")
 
 
 def _absolute(path: str | None) -> str | None:
@@ -121,6 +137,8 @@ def txt2img(settings: GenerateSettings, session: Session | None = None, on_event
                         f"(img2img runs steps x strength = {settings.steps * settings.strength:g}, rounded down).",
                         f"Raise --steps to at least {math.ceil(1 / settings.strength)}, or --strength to at least "
                         f"{math.ceil(100 / settings.steps) / 100:g}.")
+    if settings.hires_scale:
+        check_hires(settings)
     for path, what in ((settings.init_image, "init image"), (settings.mask, "mask")):
         if path:
             open_image(path, what)  # a missing or unreadable file fails before the model loads
@@ -170,6 +188,9 @@ def txt2img(settings: GenerateSettings, session: Session | None = None, on_event
                 extra = {"mask_image": mask, "height": height, "width": width} if mask is not None else {}
                 images = denoiser(session, init, mask, scheduler)(image=init, strength=settings.strength, **extra,
                                                                   **kwargs).images
+            elif settings.hires_scale:
+                redraw = denoiser(session, None, None, sampler.make(session.base_scheduler))
+                images = hires_fix(pipe, redraw, settings, (width, height), kwargs, seeds)
             else:
                 images = pipe(width=width, height=height, **kwargs).images
         if mask is not None:

@@ -17,6 +17,7 @@ from personae.config.fields import extra_of, grouped_fields
 from personae.config.generate import GenerateSettings
 from personae.errors import UserError
 from personae.events import EventHandler, Message, ignore
+from personae.inference.hires import upscaler_from_a1111
 from personae.inference.txt2img import GeneratedImage, txt2img
 from personae.media.png import (InfotextValueError, PngTextError, infotext_settings, parse_parameters, read_png_text,
                                  save_png)
@@ -55,6 +56,8 @@ def _from_infotext(text: str, source: Path) -> dict:
     "Schedule type" are A1111's joins of two settings and are split here.
     """
     prompt, negative, p = parse_parameters(text)  # <lora:name:w> tags stay: --lora-dir finds their files
+    if "Hires upscaler" in p:
+        p["Hires upscaler"] = upscaler_from_a1111(p["Hires upscaler"])[0]
     sizes = {}
     if "Size" in p:
         width, x, height = p.pop("Size").partition("x")
@@ -128,6 +131,9 @@ def png_not_applied(path: str | Path, settings: GenerateSettings, model_hash: st
     missed = [_shown(key, value) for key, value in params.items() if key not in known | {"TI hashes"}]
     if "TI hashes" in params and not settings.embeddings:
         missed.append(_shown("TI hashes", params["TI hashes"]) + " (pass the embeddings with --embedding)")
+    upscaler = params.get("Hires upscaler")
+    if upscaler and "Hires upscale" in params and not upscaler_from_a1111(upscaler)[1]:
+        missed.append(_shown("Hires upscaler", upscaler) + f" (upscaled as {settings.hires_upscaler} here)")
     if "Denoising strength" in params and not (settings.init_image or "Hires upscale" in params):
         missed.append(_shown("Denoising strength", params["Denoising strength"]) + " (no --init-image)")
     if "Model hash" in params and params["Model hash"] != model_hash:
