@@ -331,3 +331,31 @@ def test_a1111_hires_with_a_model_upscaler_is_read_and_the_difference_named(tmp_
                                                                                                          "image")
     missed = png_not_applied(png, GenerateSettings(model="m", **data))
     assert missed == ['Hires upscaler "R-ESRGAN 4x+" (upscaled as image here)']
+
+
+def test_vae_from_a_diffusers_folder_or_an_a1111_single_file_replaces_the_models(tiny_model, tiny_session, tmp_path):
+    import json
+
+    from personae.models.original_layout import CONFIG_METADATA_KEY, VAE_PREFIX, vae_to_original
+    from personae.models.tiny import build_tiny_pipeline
+
+    vae = build_tiny_pipeline(seed=1).vae  # other weights than the model's own
+    vae.save_pretrained(tmp_path / "my-vae")
+    state = {k.removeprefix(VAE_PREFIX): v.contiguous() for k, v in vae_to_original(vae.state_dict(),
+                                                                                     dict(vae.config)).items()}
+    single = tmp_path / "my-vae.safetensors"  # A1111's layout: LDM names without the first_stage_model. prefix
+    save_file(state, str(single), metadata={CONFIG_METADATA_KEY: json.dumps({"vae": dict(vae.config)})})
+    base = txt2img(settings(tiny_model[0], steps=2), tiny_session)[0]
+    by_folder = txt2img(settings(tiny_model[0], steps=2, vae=str(tmp_path / "my-vae")))[0]
+    by_file = txt2img(settings(tiny_model[0], steps=2, vae=str(single)))[0]
+    assert np.abs(pixels(by_folder) - pixels(base)).mean() > 1
+    assert np.abs(pixels(by_folder) - pixels(by_file)).max() <= 1
+    assert "VAE: my-vae," in by_folder.parameters and "VAE hash" not in by_folder.parameters
+    params = parse_parameters(by_file.parameters)[2]
+    assert params["VAE"] == "my-vae.safetensors" and len(params["VAE hash"]) == 10
+    assert by_file.settings.vae == str(single.resolve())
+    save_file({"decoder.conv_in.weight": torch.zeros(2, 2, 3, 3)}, str(tmp_path / "broken.safetensors"))
+    with pytest.raises(UserError, match="could not be loaded as an SD-1.x VAE"):
+        txt2img(settings(tiny_model[0], steps=1, vae=str(tmp_path / "broken.safetensors")))
+    with pytest.raises(UserError, match="holds no VAE decoder weights"):
+        txt2img(settings(tiny_model[0], steps=1, vae=str(_kohya_lora(tiny_session.pipe, tmp_path / "l.safetensors"))))

@@ -124,7 +124,7 @@ def _options(command: str) -> set[str]:
 
 
 SHARED = {"--model", "--prompt", "--negative", "--steps", "--cfg", "--seed", "--width", "--height", "--sampler",
-          "--clip-skip", "--lora", "--lora-dir", "--embedding", "--device", "--dtype", "--allow-pickle"}
+          "--clip-skip", "--lora", "--lora-dir", "--vae", "--embedding", "--device", "--dtype", "--allow-pickle"}
 
 
 def test_generated_options_keep_the_names_users_know():

@@ -191,6 +191,7 @@ def clip_infotext(settings: AnimateSettings, animate_session: AnimateSession, se
     params = {  # the settings that declare an A1111 name, then what this run resolved
         **infotext_values(settings), "Seed": seed,
         "Size": f"{width}x{height}", "Model hash": session.model_hash, "Model": session.source.name,
+        "VAE hash": session.vae_hash, "VAE": session.vae_name,
         "Lora hashes": hashes_text({l.name: l.hash for l in session.loras}),
         "TI hashes": hashes_text({e.token: e.hash for e in session.embeddings}),
         "Motion module": animate_session.motion.name, "Motion module hash": animate_session.motion_hash,
@@ -209,7 +210,8 @@ def open_for(settings: AnimateSettings, on_event: EventHandler = ignore) -> Anim
     check_context(settings, int(adapter.config.motion_max_seq_length), motion.name)
     session = open_session(settings.model, settings.device, settings.dtype, settings.allow_pickle,
                            loras=[(l.path, l.weight) for l in settings.loras],
-                           embeddings=[(e.path, e.token) for e in settings.embeddings], on_event=on_event)
+                           embeddings=[(e.path, e.token) for e in settings.embeddings], on_event=on_event,
+                           vae=settings.vae)
     return open_animate_session(session, adapter, motion)
 
 

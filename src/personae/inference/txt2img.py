@@ -47,7 +47,8 @@ class GeneratedImage:
 def session_for(settings: GenerateSettings, on_event: EventHandler = ignore) -> Session:
     return open_session(settings.model, settings.device, settings.dtype, settings.allow_pickle,
                         loras=[(l.path, l.weight) for l in settings.loras],
-                        embeddings=[(e.path, e.token) for e in settings.embeddings], on_event=on_event)
+                        embeddings=[(e.path, e.token) for e in settings.embeddings], on_event=on_event,
+                        vae=settings.vae)
 
 
 def infotext(settings: GenerateSettings, session: Session, seed: int, width: int, height: int,
@@ -58,6 +59,7 @@ def infotext(settings: GenerateSettings, session: Session, seed: int, width: int
     params = {  # the settings that declare an A1111 name, then what this run resolved
         **infotext_values(settings), "Seed": seed,
         "Size": f"{width}x{height}", "Model hash": session.model_hash, "Model": session.source.name,
+        "VAE hash": session.vae_hash, "VAE": session.vae_name,
         "Lora hashes": hashes_text({l.name: l.hash for l in loras}),
         "TI hashes": hashes_text({e.token: e.hash for e in embeddings}),
         **control_infotext(settings, session),
@@ -110,7 +112,7 @@ def with_absolute_paths(settings: GenerateSettings, session: Session) -> Generat
     model = settings.model if session.source.kind == "hub" else session.source.location
     return settings.model_copy(update={
         "model": model, "init_image": _absolute(settings.init_image), "mask": _absolute(settings.mask),
-        "lora_dir": _absolute(settings.lora_dir),
+        "lora_dir": _absolute(settings.lora_dir), "vae": _absolute(settings.vae),
         "loras": [l.model_copy(update={"path": _absolute(l.path)}) for l in settings.loras],
         "embeddings": [e.model_copy(update={"path": _absolute(e.path)}) for e in settings.embeddings],
         "controls": [c.model_copy(update={"image": _absolute(c.image)}) for c in settings.controls]})

@@ -111,7 +111,7 @@ def settings_from_png(path: str | Path) -> dict:
 
 # A1111 keys that --from-png reads besides the settings that declare an infotext name: the joins of two settings,
 # LoRA hashes (the tags in the prompt are what apply them), and what describes the file rather than the picture
-_READ_KEYS = {"Size", "Schedule type", "Lora hashes", "Version", "Model", "Model hash"}
+_READ_KEYS = {"Size", "Schedule type", "Lora hashes", "Version", "Model", "Model hash", "VAE", "VAE hash"}
 
 
 def _shown(key: str, value: str) -> str:
@@ -136,6 +136,8 @@ def png_not_applied(path: str | Path, settings: GenerateSettings, model_hash: st
         missed.append(_shown("Hires upscaler", upscaler) + f" (upscaled as {settings.hires_upscaler} here)")
     if "Denoising strength" in params and not (settings.init_image or "Hires upscale" in params):
         missed.append(_shown("Denoising strength", params["Denoising strength"]) + " (no --init-image)")
+    if "VAE" in params and not settings.vae:
+        missed.append(_shown("VAE", params["VAE"]) + " (pass it with --vae)")
     if "Model hash" in params and params["Model hash"] != model_hash:
         missed.append(f'Model "{params.get("Model", "")}" [{params["Model hash"]}] (this run uses {settings.model})')
     return missed
@@ -157,6 +159,8 @@ def png_references(settings: GenerateSettings, stored: dict) -> list[str]:
     named += [("LoRA", l.path, None) for l in settings.loras if l.path in stored_loras]
     stored_embeddings = [e.get("path") for e in stored.get("embeddings", []) if isinstance(e, dict)]
     named += [("embedding", e.path, None) for e in settings.embeddings if e.path in stored_embeddings]
+    if settings.vae and settings.vae == stored.get("vae"):
+        named.append(("VAE", settings.vae, None))
     for what in ("init_image", "mask"):
         if getattr(settings, what) and getattr(settings, what) == stored.get(what):
             named.append((what.replace("_", " "), getattr(settings, what), None))
