@@ -359,3 +359,48 @@ def test_vae_from_a_diffusers_folder_or_an_a1111_single_file_replaces_the_models
         txt2img(settings(tiny_model[0], steps=1, vae=str(tmp_path / "broken.safetensors")))
     with pytest.raises(UserError, match="holds no VAE decoder weights"):
         txt2img(settings(tiny_model[0], steps=1, vae=str(_kohya_lora(tiny_session.pipe, tmp_path / "l.safetensors"))))
+
+
+@pytest.mark.parametrize("name,a1111,cls,config", [
+    ("DPM++ 3M SDE", "DPM++ 3M SDE", "DPMSolverMultistepScheduler",
+     {"algorithm_type": "sde-dpmsolver++", "solver_order": 3, "use_karras_sigmas": False}),
+    ("DPM++ 3M SDE Karras", "DPM++ 3M SDE Karras", "DPMSolverMultistepScheduler",
+     {"algorithm_type": "sde-dpmsolver++", "solver_order": 3, "use_karras_sigmas": True}),
+    ("dpm++ 3m sde exponential", "DPM++ 3M SDE Exponential", "DPMSolverMultistepScheduler",
+     {"solver_order": 3, "use_exponential_sigmas": True, "use_karras_sigmas": False}),
+    ("DPM++ 2M SDE Exponential", "DPM++ 2M SDE Exponential", "DPMSolverMultistepScheduler",
+     {"algorithm_type": "sde-dpmsolver++", "solver_order": 2, "use_exponential_sigmas": True}),
+    ("Euler Karras", "Euler Karras", "EulerDiscreteScheduler", {"use_karras_sigmas": True}),
+    ("UniPC Beta", "UniPC Beta", "UniPCMultistepScheduler", {"use_beta_sigmas": True}),
+    ("LCM", "LCM", "LCMScheduler", {}),
+    # ComfyUI: sampler name + scheduler, in the ways people write them
+    ("dpmpp_2m karras", "DPM++ 2M Karras", "DPMSolverMultistepScheduler",
+     {"algorithm_type": "dpmsolver++", "use_karras_sigmas": True}),
+    ("dpmpp_2m + karras", "DPM++ 2M Karras", "DPMSolverMultistepScheduler", {"use_karras_sigmas": True}),
+    ("dpmpp_2m_sde_karras", "DPM++ 2M SDE Karras", "DPMSolverMultistepScheduler",
+     {"algorithm_type": "sde-dpmsolver++", "use_karras_sigmas": True}),
+    ("dpmpp_3m_sde exponential", "DPM++ 3M SDE Exponential", "DPMSolverMultistepScheduler",
+     {"solver_order": 3, "use_exponential_sigmas": True}),
+    ("euler_ancestral", "Euler a", "EulerAncestralDiscreteScheduler", {}),
+    ("euler normal", "Euler", "EulerDiscreteScheduler", {"use_karras_sigmas": False}),
+    ("uni_pc sgm_uniform", "UniPC SGM Uniform", "UniPCMultistepScheduler", {"timestep_spacing": "trailing"}),
+    ("lcm", "LCM", "LCMScheduler", {}),
+])
+def test_newer_samplers_schedule_types_and_comfyui_names_build_the_right_scheduler(tiny_session, name, a1111, cls,
+                                                                                    config):
+    sampler = get_sampler(name)
+    scheduler = sampler.make(tiny_session.base_scheduler)
+    assert sampler.name == a1111 and type(scheduler).__name__ == cls
+    assert {k: scheduler.config[k] for k in config} == config
+    scheduler.set_timesteps(6)  # a schedule diffusers can actually build from the model's betas
+    assert len(scheduler.timesteps) >= 6
+
+
+def test_samplers_without_a_schedule_type_are_refused_and_names_are_written_the_a1111_way(tiny_model, tiny_session):
+    with pytest.raises(UserError, match='"DDIM" has no Karras schedule'):
+        get_sampler("DDIM Karras")
+    with pytest.raises(UserError, match="ComfyUI's names") as err:
+        get_sampler("dpmpp_2m simple")
+    assert "sgm_uniform" in str(err.value)
+    out = txt2img(settings(tiny_model[0], steps=2, sampler="dpmpp_2m karras"), tiny_session)[0]
+    assert "Sampler: DPM++ 2M Karras," in out.parameters and out.settings.sampler == "DPM++ 2M Karras"

@@ -19,6 +19,8 @@ EXAMPLES = """examples:
       --animal dog --seed 1 --out out/
 
 samplers: {samplers}
+  (+ a schedule type where diffusers has it: Karras, Exponential, Beta, SGM Uniform, e.g. "Euler Karras";
+   ComfyUI names too: "dpmpp_2m karras", "dpmpp_3m_sde exponential", "euler_ancestral")
 control types: {control_types}
 recipes: {recipes}
 """

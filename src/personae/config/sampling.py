@@ -97,7 +97,8 @@ class HiresSettings(Concept):
 
     hires_scale: float | None = setting(None, '"Hires upscale": draw at the base size, upscale by this factor, then '
                                               "redraw at --hires-denoise (A1111's hires fix); off by default",
-                                        infotext="Hires upscale", metavar="SCALE", ge=1.0, le=8.0)
+                                        infotext="Hires upscale", infotext_if="hires_scale", metavar="SCALE",
+                                        ge=1.0, le=8.0)
     hires_steps: int = setting(0, '"Hires steps": steps of the redraw; 0 uses --steps', infotext="Hires steps",
                                infotext_if="hires_scale", ge=0, le=1000)
     hires_denoise: float = setting(0.7, '"Denoising strength" of the redraw: 0 keeps the upscaled picture, 1 redraws '

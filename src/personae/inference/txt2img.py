@@ -126,6 +126,7 @@ def txt2img(settings: GenerateSettings, session: Session | None = None, on_event
     session itself is left exactly as it was (its pipeline, scheduler and LoRA weights)."""
     # 1. check inputs and fix the seed; <lora:name:w> tags become LoRAs (found in --lora-dir, or the session's)
     sampler = get_sampler(settings.sampler)
+    settings = settings.model_copy(update={"sampler": sampler.name})  # written as A1111 names it, whatever was typed
     if session is None:
         settings = expand_lora_tags(settings)
     else:

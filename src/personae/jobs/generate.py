@@ -18,6 +18,7 @@ from personae.config.generate import GenerateSettings
 from personae.errors import UserError
 from personae.events import EventHandler, Message, ignore
 from personae.inference.hires import upscaler_from_a1111
+from personae.inference.samplers import DEFAULT_SCHEDULES, SCHEDULES
 from personae.inference.txt2img import GeneratedImage, txt2img
 from personae.media.png import (InfotextValueError, PngTextError, infotext_settings, parse_parameters, read_png_text,
                                  save_png)
@@ -74,7 +75,7 @@ def _from_infotext(text: str, source: Path) -> dict:
         raise UserError(f'--from-png: {source} stores "Size: {sizes["Width"][:20]}x{sizes["Height"][:20]}", which is '
                         "not a size in pixels.", "Pass --width and --height on the command line instead.") from None
     schedule = p.get("Schedule type", "")
-    if "sampler" in data and schedule.lower() not in ("automatic", "") and schedule.lower() not in data["sampler"].lower():
+    if "sampler" in data and schedule in SCHEDULES and schedule.lower() not in data["sampler"].lower():
         data["sampler"] = f"{data['sampler']} {schedule}"
     return data
 
@@ -131,6 +132,9 @@ def png_not_applied(path: str | Path, settings: GenerateSettings, model_hash: st
     missed = [_shown(key, value) for key, value in params.items() if key not in known | {"TI hashes"}]
     if "TI hashes" in params and not settings.embeddings:
         missed.append(_shown("TI hashes", params["TI hashes"]) + " (pass the embeddings with --embedding)")
+    schedule = params.get("Schedule type")
+    if schedule and schedule not in SCHEDULES and schedule not in DEFAULT_SCHEDULES:
+        missed.append(_shown("Schedule type", schedule) + " (the sampler's own schedule is used)")
     upscaler = params.get("Hires upscaler")
     if upscaler and "Hires upscale" in params and not upscaler_from_a1111(upscaler)[1]:
         missed.append(_shown("Hires upscaler", upscaler) + f" (upscaled as {settings.hires_upscaler} here)")
