@@ -160,7 +160,8 @@ def txt2img(settings: GenerateSettings, session: Session | None = None, on_event
         on_event(Message(f'"{sampler.name}" runs as diffusers\' {sampler.scheduler.__name__} (the nearest match).', "warning"))
     # 4. encode prompts: weighted, chunked by 75 tokens, clip skip
     positive, negative = session.encoder.encode_pair(settings.prompt, settings.negative, settings.clip_skip)
-    check_embeddings(positive.embeds), check_embeddings(negative.embeds, "negative prompt")
+    check_embeddings(positive.embeds)  # NaN from emphasis or an embedding file: said before any denoising
+    check_embeddings(negative.embeds, "negative prompt")
     if positive.chunks > 1:
         on_event(Message(f"prompt has {positive.tokens} tokens: encoded as {positive.chunks} chunks of 75 (not truncated)"))
     results: list[GeneratedImage] = []
