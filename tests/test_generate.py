@@ -331,6 +331,12 @@ def test_a1111_hires_with_a_model_upscaler_is_read_and_the_difference_named(tmp_
                                                                                                          "image")
     missed = png_not_applied(png, GenerateSettings(model="m", **data))
     assert missed == ['Hires upscaler "R-ESRGAN 4x+" (upscaled as image here)']
+    ays = _a1111_png(tmp_path / "ays.png", "a cat\nSteps: 20, Sampler: DPM++ 2M, Schedule type: Align Your Steps, "
+                     "Seed: 1, Size: 512x512, VAE: vae-ft-mse-840000-ema-pruned.safetensors")
+    data = settings_from_png(ays)
+    assert data["sampler"] == "DPM++ 2M"
+    assert png_not_applied(ays, GenerateSettings(model="m", **data)) == [
+        'Schedule type "Align Your Steps" (the sampler\'s own schedule is used)', "VAE (pass it with --vae)"]
 
 
 def test_vae_from_a_diffusers_folder_or_an_a1111_single_file_replaces_the_models(tiny_model, tiny_session, tmp_path):
