@@ -101,7 +101,7 @@ def test_a1111_infotext_is_read_including_schedule_type(tmp_path):
     info.add_text("parameters", text)
     Image.new("RGB", (8, 8)).save(tmp_path / "a1111.png", pnginfo=info)
     data = settings_from_png(tmp_path / "a1111.png")
-    assert data == {"prompt": "masterpiece, (red fox:1.2),", "negative": "lowres, bad hands", "steps": 30,
+    assert data == {"prompt": "masterpiece, (red fox:1.2), <lora:me:0.8>", "negative": "lowres, bad hands", "steps": 30,
                     "cfg": 6.5, "seed": 1234, "width": 512, "height": 768, "clip_skip": 2, "sampler": "DPM++ 2M Karras"}
 
 
@@ -177,3 +177,236 @@ def test_a_generation_leaves_the_session_it_was_handed_as_it_was(tiny_model, tmp
     again = txt2img(settings(tiny_model[0], steps=3), session)[0]
     assert np.array_equal(pixels(first), pixels(again))
     assert not np.array_equal(pixels(first), pixels(other))
+
+
+def _kohya_lora(pipe, path, seed=0):
+    """A kohya / A1111 layout LoRA on the UNet's self-attention queries, as shared on model sites."""
+    g = torch.Generator().manual_seed(seed)
+    tensors = {}
+    for name, module in pipe.unet.named_modules():
+        if name.endswith("attn1.to_q"):
+            key = "lora_unet_" + name.replace(".", "_")
+            tensors |= {f"{key}.lora_down.weight": torch.randn(2, module.in_features, generator=g),
+                        f"{key}.lora_up.weight": torch.randn(module.out_features, 2, generator=g),
+                        f"{key}.alpha": torch.tensor(2.0)}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(path))
+    return path
+
+
+def test_lora_tag_in_the_prompt_is_found_in_lora_dir_and_applied(tiny_model, tiny_session, tmp_path, capsys):
+    """<lora:name:0.8> (A1111) was passed to the tokenizer as text and the LoRA ignored."""
+    from personae.cli.main import main
+
+    webui = tmp_path / "stable-diffusion-webui"
+    lora = _kohya_lora(tiny_session.pipe, webui / "models" / "Lora" / "styles" / "watercolor.safetensors")
+    base = pixels(txt2img(settings(tiny_model[0]), tiny_session)[0])
+    by_file = txt2img(settings(tiny_model[0], loras=[{"path": str(lora), "weight": 0.8}]))[0]
+    for folder in (webui, webui / "models" / "Lora"):  # the webui folder or its models/Lora
+        tagged = txt2img(settings(tiny_model[0], prompt="a photo of <lora:watercolor:0.8> a cat", lora_dir=str(folder)))[0]
+        assert np.array_equal(pixels(tagged), pixels(by_file)) and np.abs(pixels(tagged) - base).mean() > 1
+    assert tagged.settings.prompt == "a photo of a cat" and tagged.settings.loras[0].path == str(lora.resolve())
+    assert tagged.parameters.splitlines()[0] == "a photo of a cat <lora:watercolor:0.8>"
+    with pytest.raises(UserError, match=r"holds no file named watercolour.safetensors. Did you mean \"watercolor\"") as err:
+        txt2img(settings(tiny_model[0], prompt="a cat <lora:watercolour:0.8>", lora_dir=str(webui)))
+    assert "It holds: watercolor." in str(err.value)
+    with pytest.raises(UserError, match="Pass --lora-dir DIR"):
+        txt2img(settings(tiny_model[0], prompt="a cat <lora:watercolor>"))
+    code = main(["generate", "--model", str(tiny_model[0]), "--prompt", "a cat <lora:styles/watercolor:0.5>", "--steps",
+                 "1", "--lora-dir", str(webui), "--quiet", "--out", str(tmp_path / "out")])
+    assert code == 0, capsys.readouterr().err
+    [png] = (tmp_path / "out").glob("*.png")
+    assert "<lora:watercolor:0.5>" in read_png_text(png)["parameters"]
+
+
+def test_lora_tag_with_a_session_picks_the_weight_of_a_loaded_lora(tiny_model, tiny_session, tmp_path):
+    from personae.inference.session import open_session
+
+    lora = _kohya_lora(tiny_session.pipe, tmp_path / "ink.safetensors")
+    session = open_session(str(tiny_model[0]), device="cpu", loras=[(str(lora), 1.0)])
+    half = txt2img(settings(tiny_model[0], prompt="a photo of a cat <lora:ink:0.5>"), session)[0]
+    again = txt2img(settings(tiny_model[0]), session, loras=[replace(session.loras[0], weight=0.5)])[0]
+    assert np.array_equal(pixels(half), pixels(again)) and "<lora:ink:0.5>" in half.parameters
+    with pytest.raises(UserError, match="not among the LoRAs loaded"):
+        txt2img(settings(tiny_model[0], prompt="a cat <lora:other:1>"), session)
+
+
+def _a1111_png(path, parameters):
+    from PIL import Image
+    from PIL.PngImagePlugin import PngInfo
+
+    info = PngInfo()
+    info.add_text("parameters", parameters)
+    Image.new("RGB", (8, 8)).save(path, pnginfo=info)
+    return path
+
+
+def test_from_png_of_an_a1111_png_applies_lora_tags_and_names_what_it_does_not_apply(tiny_model, tiny_session,
+                                                                                     tmp_path, capsys):
+    """LoRA tags were dropped and Hires fix, ADetailer, embeddings ignored without a word."""
+    from personae.cli.main import main
+
+    _kohya_lora(tiny_session.pipe, tmp_path / "Lora" / "watercolor.safetensors")
+    png = _a1111_png(tmp_path / "a1111.png", (
+        "a photo of a cat, <lora:watercolor:0.8>, easynegative\nNegative prompt: lowres\n"
+        "Steps: 2, Sampler: DPM++ 2M, Schedule type: Karras, CFG scale: 6, Seed: 3, Size: 64x64, "
+        "Model hash: abcdef1234, Model: majicmix, Face restoration: CodeFormer, ADetailer model: face_yolov8n.pt, "
+        'ADetailer confidence: 0.3, Denoising strength: 0.4, TI hashes: "easynegative: 0123", '
+        'Lora hashes: "watercolor: 0123456789ab", Version: v1.10.1'))
+    code = main(["generate", "--from-png", str(png), "--model", str(tiny_model[0]), "--lora-dir", str(tmp_path / "Lora"),
+                 "--out", str(tmp_path / "out")])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    [warning] = [line for line in captured.err.splitlines() if "not applied" in line]
+    for name in ('Face restoration "CodeFormer"', 'ADetailer model "face_yolov8n.pt"', "ADetailer confidence",
+                 "TI hashes", "(pass the embeddings with --embedding)", "Denoising strength", "(no --init-image)",
+                 'Model "majicmix" [abcdef1234]'):
+        assert name in warning, (name, warning)
+    for applied in ("Steps", "Sampler", "Schedule type", "Lora hashes", "Size", "Seed"):
+        assert applied + " " not in warning.split("apply")[-1]
+    [out] = (tmp_path / "out").glob("*.png")
+    _, _, params = parse_parameters(read_png_text(out)["parameters"])
+    assert params["Sampler"] == "DPM++ 2M Karras" and "watercolor: " in params["Lora hashes"]
+    assert read_png_text(out)["parameters"].startswith("a photo of a cat, , easynegative <lora:watercolor:0.8>")
+
+
+def test_model_hash_and_absolute_paths_in_the_png(tiny_model, tiny_session, tmp_path, monkeypatch):
+    """A1111's "Model hash" (sha256 of the file, 10 hex) for a single file, none for a folder; the stored settings
+    name the model and add-ons by absolute path, so --from-png works from another working folder."""
+    import hashlib
+    import os
+
+    lora = _kohya_lora(tiny_session.pipe, tmp_path / "ink.safetensors")
+    monkeypatch.chdir(tiny_model[1].parent)
+    [single] = run_generate(settings(tiny_model[1].name, steps=1), tmp_path / "single")
+    expected = hashlib.sha256(tiny_model[1].read_bytes()).hexdigest()[:10]
+    assert parse_parameters(read_png_text(single)["parameters"])[2]["Model hash"] == expected
+    monkeypatch.chdir(tmp_path)  # the model and the LoRA given relative to this folder
+    relative = settings(os.path.relpath(tiny_model[0]), steps=1, loras=[{"path": "ink.safetensors", "weight": 0.5}])
+    [folder] = run_generate(relative, tmp_path / "folder")
+    assert "Model hash" not in read_png_text(folder)["parameters"]
+    monkeypatch.chdir(tmp_path / "folder")  # elsewhere: the stored paths still name the files
+    data = settings_from_png(folder)
+    assert data["loras"][0]["path"] == str(lora.resolve()) and data["model"] == str(tiny_model[0].resolve())
+    assert settings_from_png(single)["model"] == str(tiny_model[1].resolve())
+
+
+@pytest.mark.parametrize("upscaler,a1111", [("latent", "Latent"), ("image", "Lanczos")])
+def test_hires_fix_upscales_redraws_and_round_trips_through_a1111_infotext(tiny_model, tiny_session, tmp_path,
+                                                                           upscaler, a1111):
+    """A1111's "Hires upscale", "Hires steps", "Denoising strength", "Hires upscaler": base size, upscale, redraw."""
+    s = settings(tiny_model[0], steps=3, hires_scale=1.5, hires_steps=4, hires_denoise=0.6, hires_upscaler=upscaler)
+    out = txt2img(s, tiny_session)[0]
+    assert out.image.size == (96, 96) and out.settings.width == 64  # the base size is what reproduces it
+    _, _, params = parse_parameters(out.parameters)
+    assert (params["Size"], params["Hires upscale"], params["Hires steps"], params["Denoising strength"],
+            params["Hires upscaler"]) == ("64x64", "1.5", "4", "0.6", a1111)
+    plain = np.asarray(txt2img(settings(tiny_model[0], steps=3), tiny_session)[0].image.resize((96, 96)), np.int16)
+    assert np.abs(pixels(out) - plain).mean() > 1  # redrawn, not only resized
+    # an A1111-style PNG (no personae chunk) gives the same settings back, and the same picture
+    png = tmp_path / "a1111.png"
+    from personae.media.png import save_png
+    save_png(out.image, png, out.parameters)
+    data = settings_from_png(png)
+    assert {k: data[k] for k in ("hires_scale", "hires_steps", "hires_denoise", "hires_upscaler")} == {
+        "hires_scale": 1.5, "hires_steps": 4, "hires_denoise": 0.6, "hires_upscaler": upscaler}
+    again = txt2img(GenerateSettings(**{**data, "model": str(tiny_model[0])}), tiny_session)[0]
+    assert np.array_equal(pixels(again), pixels(out))
+
+
+def test_hires_fix_refuses_img2img_and_a_redraw_of_no_steps(tiny_model, photo):
+    with pytest.raises(UserError, match="--hires-scale cannot be combined with --init-image"):
+        txt2img(settings(tiny_model[0], hires_scale=2, init_image=str(photo)))
+    with pytest.raises(UserError, match="leaves no step of the redraw"):
+        txt2img(settings(tiny_model[0], hires_scale=2, hires_denoise=0.1, steps=4))
+
+
+def test_a1111_hires_with_a_model_upscaler_is_read_and_the_difference_named(tmp_path):
+    from personae.jobs.generate import png_not_applied
+
+    png = _a1111_png(tmp_path / "hires.png", "a cat\nSteps: 20, Sampler: Euler a, Seed: 1, Size: 512x512, "
+                     "Denoising strength: 0.45, Hires upscale: 2, Hires steps: 10, Hires upscaler: R-ESRGAN 4x+")
+    data = settings_from_png(png)
+    assert (data["hires_scale"], data["hires_steps"], data["hires_denoise"], data["hires_upscaler"]) == (2, 10, 0.45,
+                                                                                                         "image")
+    missed = png_not_applied(png, GenerateSettings(model="m", **data))
+    assert missed == ['Hires upscaler "R-ESRGAN 4x+" (upscaled as image here)']
+    ays = _a1111_png(tmp_path / "ays.png", "a cat\nSteps: 20, Sampler: DPM++ 2M, Schedule type: Align Your Steps, "
+                     "Seed: 1, Size: 512x512, VAE: vae-ft-mse-840000-ema-pruned.safetensors")
+    data = settings_from_png(ays)
+    assert data["sampler"] == "DPM++ 2M"
+    assert png_not_applied(ays, GenerateSettings(model="m", **data)) == [
+        'Schedule type "Align Your Steps" (the sampler\'s own schedule is used)', "VAE (pass it with --vae)"]
+
+
+def test_vae_from_a_diffusers_folder_or_an_a1111_single_file_replaces_the_models(tiny_model, tiny_session, tmp_path):
+    import json
+
+    from personae.models.original_layout import CONFIG_METADATA_KEY, VAE_PREFIX, vae_to_original
+    from personae.models.tiny import build_tiny_pipeline
+
+    vae = build_tiny_pipeline(seed=1).vae  # other weights than the model's own
+    vae.save_pretrained(tmp_path / "my-vae")
+    state = {k.removeprefix(VAE_PREFIX): v.contiguous() for k, v in vae_to_original(vae.state_dict(),
+                                                                                     dict(vae.config)).items()}
+    single = tmp_path / "my-vae.safetensors"  # A1111's layout: LDM names without the first_stage_model. prefix
+    save_file(state, str(single), metadata={CONFIG_METADATA_KEY: json.dumps({"vae": dict(vae.config)})})
+    base = txt2img(settings(tiny_model[0], steps=2), tiny_session)[0]
+    by_folder = txt2img(settings(tiny_model[0], steps=2, vae=str(tmp_path / "my-vae")))[0]
+    by_file = txt2img(settings(tiny_model[0], steps=2, vae=str(single)))[0]
+    assert np.abs(pixels(by_folder) - pixels(base)).mean() > 1
+    assert np.abs(pixels(by_folder) - pixels(by_file)).max() <= 1
+    assert "VAE: my-vae," in by_folder.parameters and "VAE hash" not in by_folder.parameters
+    params = parse_parameters(by_file.parameters)[2]
+    assert params["VAE"] == "my-vae.safetensors" and len(params["VAE hash"]) == 10
+    assert by_file.settings.vae == str(single.resolve())
+    save_file({"decoder.conv_in.weight": torch.zeros(2, 2, 3, 3)}, str(tmp_path / "broken.safetensors"))
+    with pytest.raises(UserError, match="could not be loaded as an SD-1.x VAE"):
+        txt2img(settings(tiny_model[0], steps=1, vae=str(tmp_path / "broken.safetensors")))
+    with pytest.raises(UserError, match="holds no VAE decoder weights"):
+        txt2img(settings(tiny_model[0], steps=1, vae=str(_kohya_lora(tiny_session.pipe, tmp_path / "l.safetensors"))))
+
+
+@pytest.mark.parametrize("name,a1111,cls,config", [
+    ("DPM++ 3M SDE", "DPM++ 3M SDE", "DPMSolverMultistepScheduler",
+     {"algorithm_type": "sde-dpmsolver++", "solver_order": 3, "use_karras_sigmas": False}),
+    ("DPM++ 3M SDE Karras", "DPM++ 3M SDE Karras", "DPMSolverMultistepScheduler",
+     {"algorithm_type": "sde-dpmsolver++", "solver_order": 3, "use_karras_sigmas": True}),
+    ("dpm++ 3m sde exponential", "DPM++ 3M SDE Exponential", "DPMSolverMultistepScheduler",
+     {"solver_order": 3, "use_exponential_sigmas": True, "use_karras_sigmas": False}),
+    ("DPM++ 2M SDE Exponential", "DPM++ 2M SDE Exponential", "DPMSolverMultistepScheduler",
+     {"algorithm_type": "sde-dpmsolver++", "solver_order": 2, "use_exponential_sigmas": True}),
+    ("Euler Karras", "Euler Karras", "EulerDiscreteScheduler", {"use_karras_sigmas": True}),
+    ("UniPC Beta", "UniPC Beta", "UniPCMultistepScheduler", {"use_beta_sigmas": True}),
+    ("LCM", "LCM", "LCMScheduler", {}),
+    # ComfyUI: sampler name + scheduler, in the ways people write them
+    ("dpmpp_2m karras", "DPM++ 2M Karras", "DPMSolverMultistepScheduler",
+     {"algorithm_type": "dpmsolver++", "use_karras_sigmas": True}),
+    ("dpmpp_2m + karras", "DPM++ 2M Karras", "DPMSolverMultistepScheduler", {"use_karras_sigmas": True}),
+    ("dpmpp_2m_sde_karras", "DPM++ 2M SDE Karras", "DPMSolverMultistepScheduler",
+     {"algorithm_type": "sde-dpmsolver++", "use_karras_sigmas": True}),
+    ("dpmpp_3m_sde exponential", "DPM++ 3M SDE Exponential", "DPMSolverMultistepScheduler",
+     {"solver_order": 3, "use_exponential_sigmas": True}),
+    ("euler_ancestral", "Euler a", "EulerAncestralDiscreteScheduler", {}),
+    ("euler normal", "Euler", "EulerDiscreteScheduler", {"use_karras_sigmas": False}),
+    ("uni_pc sgm_uniform", "UniPC SGM Uniform", "UniPCMultistepScheduler", {"timestep_spacing": "trailing"}),
+    ("lcm", "LCM", "LCMScheduler", {}),
+])
+def test_newer_samplers_schedule_types_and_comfyui_names_build_the_right_scheduler(tiny_session, name, a1111, cls,
+                                                                                    config):
+    sampler = get_sampler(name)
+    scheduler = sampler.make(tiny_session.base_scheduler)
+    assert sampler.name == a1111 and type(scheduler).__name__ == cls
+    assert {k: scheduler.config[k] for k in config} == config
+    scheduler.set_timesteps(6)  # a schedule diffusers can actually build from the model's betas
+    assert len(scheduler.timesteps) >= 6
+
+
+def test_samplers_without_a_schedule_type_are_refused_and_names_are_written_the_a1111_way(tiny_model, tiny_session):
+    with pytest.raises(UserError, match='"DDIM" has no Karras schedule'):
+        get_sampler("DDIM Karras")
+    with pytest.raises(UserError, match="ComfyUI's names") as err:
+        get_sampler("dpmpp_2m simple")
+    assert "sgm_uniform" in str(err.value)
+    out = txt2img(settings(tiny_model[0], steps=2, sampler="dpmpp_2m karras"), tiny_session)[0]
+    assert "Sampler: DPM++ 2M Karras," in out.parameters and out.settings.sampler == "DPM++ 2M Karras"

@@ -124,12 +124,13 @@ def _options(command: str) -> set[str]:
 
 
 SHARED = {"--model", "--prompt", "--negative", "--steps", "--cfg", "--seed", "--width", "--height", "--sampler",
-          "--clip-skip", "--lora", "--embedding", "--device", "--dtype", "--allow-pickle"}
+          "--clip-skip", "--lora", "--lora-dir", "--vae", "--embedding", "--device", "--dtype", "--allow-pickle"}
 
 
 def test_generated_options_keep_the_names_users_know():
     assert _options("generate") == SHARED | {
         "--batch-size", "--batch-count", "--init-image", "--strength", "--mask", "--mask-blur", "--control",
+        "--hires-scale", "--hires-steps", "--hires-denoise", "--hires-upscaler",
         "--controlnet", "--control-option", "--control-start", "--control-end", "--recipe", "--animal", "--from-png",
         "--out", "--quiet", "--yes"}
     assert _options("animate") == SHARED | {"--motion-adapter", "--frames", "--fps", "--motion-scale", "--context",

@@ -19,6 +19,8 @@ EXAMPLES = """examples:
       --animal dog --seed 1 --out out/
 
 samplers: {samplers}
+  (+ a schedule type where diffusers has it: Karras, Exponential, Beta, SGM Uniform, e.g. "Euler Karras";
+   ComfyUI names too: "dpmpp_2m karras", "dpmpp_3m_sde exponential", "euler_ancestral")
 control types: {control_types}
 recipes: {recipes}
 """
@@ -114,7 +116,8 @@ def run(args) -> int:
     from personae.cli.big_jobs import confirm_big_job, estimate_seconds
     from personae.cli.progress import TerminalProgress
     from personae.events import Message
-    from personae.jobs.generate import png_references, run_generate, settings_from_png
+    from personae.jobs.generate import png_not_applied, png_references, run_generate, settings_from_png
+    from personae.models.resolve import model_hash, resolve_model
 
     stored = settings_from_png(args.from_png) if args.from_png else None
     base = stored
@@ -134,6 +137,10 @@ def run(args) -> int:
     if args.from_png:
         for line in png_references(settings, stored):  # what a file makes us read is shown
             progress(Message(f"from {args.from_png}: {line}"))
+        missed = png_not_applied(args.from_png, settings, model_hash(resolve_model(settings.model, settings.allow_pickle)))
+        if missed:  # what the PNG asks for and this run does not do, said once, not dropped silently
+            progress(Message(f"from {args.from_png}: not applied (personae does not do these, or they need your "
+                             f"files): {'; '.join(missed)}", "warning"))
     try:
         run_generate(settings, args.out, on_event=progress)
     finally:

@@ -8,22 +8,14 @@ from __future__ import annotations
 
 from personae.config.addons import ControlRef, EmbeddingRef, LoraRef
 from personae.config.fields import setting
-from personae.config.sampling import (
-    AddonSettings,
-    BatchSettings,
-    ControlSettings,
-    Img2ImgSettings,
-    PromptSettings,
-    RuntimeSettings,
-    SamplingSettings,
-    SourceSettings,
-)
+from personae.config.sampling import (AddonSettings, BatchSettings, ControlSettings, HiresSettings, Img2ImgSettings,
+                                      PromptSettings, RuntimeSettings, SamplingSettings, SourceSettings)
 
 __all__ = ["GenerateSettings", "LoraRef", "EmbeddingRef", "ControlRef"]
 
 
 class GenerateSettings(SourceSettings, PromptSettings, SamplingSettings, BatchSettings, AddonSettings, Img2ImgSettings,
-                       ControlSettings, RuntimeSettings):
+                       HiresSettings, ControlSettings, RuntimeSettings):
     """Everything that decides the pixels of a txt2img / img2img / ControlNet run."""
 
     version: int = setting(1, "version of this settings layout", cli=False)

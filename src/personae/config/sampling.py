@@ -1,6 +1,6 @@
 """The settings concepts every generating command composes: one declaration per setting.
 
-    GenerateSettings   = Source + Prompt + Sampling + Batch + Addons + Img2Img + Control + Runtime
+    GenerateSettings   = Source + Prompt + Sampling + Batch + Addons + Img2Img + Hires + Control + Runtime
     AnimateSettings    = Source + Prompt + Sampling + Addons + Motion + Runtime
     StoryboardSettings = Sampling + Runtime + the storyboard's own fields
     CompareSuite       = Sampling + Runtime + the suite's own fields
@@ -92,6 +92,23 @@ class Img2ImgSettings(Concept):
                              infotext_if="mask", ge=0, le=64)
 
 
+class HiresSettings(Concept):
+    TITLE: ClassVar[str] = "hires fix"
+
+    hires_scale: float | None = setting(None, '"Hires upscale": draw at the base size, upscale by this factor, then '
+                                              "redraw at --hires-denoise (A1111's hires fix); off by default",
+                                        infotext="Hires upscale", infotext_if="hires_scale", metavar="SCALE",
+                                        ge=1.0, le=8.0)
+    hires_steps: int = setting(0, '"Hires steps": steps of the redraw; 0 uses --steps', infotext="Hires steps",
+                               infotext_if="hires_scale", ge=0, le=1000)
+    hires_denoise: float = setting(0.7, '"Denoising strength" of the redraw: 0 keeps the upscaled picture, 1 redraws '
+                                        "it", infotext="Denoising strength", infotext_if="hires_scale", ge=0.0, le=1.0)
+    hires_upscaler: Literal["latent", "image"] = setting(
+        "latent", '"Hires upscaler": latent (A1111\'s "Latent": the latents interpolated; wants a denoise >= 0.5) or '
+                  'image (A1111\'s "Lanczos": the picture resized)', infotext="Hires upscaler",
+        infotext_if="hires_scale")
+
+
 class ControlSettings(Concept):
     TITLE: ClassVar[str] = "ControlNet"
 
@@ -116,3 +133,8 @@ class AddonSettings(Concept):
                                    flag="--lora")
     embeddings: list[EmbeddingRef] = setting([], "a textual-inversion embedding; repeatable; the token defaults to "
                                                  "the file's", flag="--embedding")
+    vae: str | None = setting(None, '"SD VAE": a VAE in place of the model\'s: a diffusers AutoencoderKL folder or a '
+                                    "single-file VAE .safetensors (A1111's models/VAE)", metavar="FILE_OR_FOLDER")
+    lora_dir: str | None = setting(None, "the folder where <lora:name:weight> tags in the prompt are looked up by "
+                                         "file name (A1111's models/Lora; an A1111 webui folder works too)",
+                                   metavar="DIR")

@@ -32,6 +32,7 @@ from personae.inference.samplers import get_sampler
 from personae.inference.session import Session, open_session
 from personae.media.png import format_parameters, infotext_values
 from personae.models.addons import hashes_text
+from personae.models.lora_dir import expand_lora_tags
 from personae.models.motion import MotionSource, load_motion_adapter, resolve_motion_adapter
 
 # AnimateDiff's motion modules were trained on the linear beta schedule (not SD's scaled_linear) with
@@ -190,6 +191,7 @@ def clip_infotext(settings: AnimateSettings, animate_session: AnimateSession, se
     params = {  # the settings that declare an A1111 name, then what this run resolved
         **infotext_values(settings), "Seed": seed,
         "Size": f"{width}x{height}", "Model hash": session.model_hash, "Model": session.source.name,
+        "VAE hash": session.vae_hash, "VAE": session.vae_name,
         "Lora hashes": hashes_text({l.name: l.hash for l in session.loras}),
         "TI hashes": hashes_text({e.token: e.hash for e in session.embeddings}),
         "Motion module": animate_session.motion.name, "Motion module hash": animate_session.motion_hash,
@@ -208,7 +210,8 @@ def open_for(settings: AnimateSettings, on_event: EventHandler = ignore) -> Anim
     check_context(settings, int(adapter.config.motion_max_seq_length), motion.name)
     session = open_session(settings.model, settings.device, settings.dtype, settings.allow_pickle,
                            loras=[(l.path, l.weight) for l in settings.loras],
-                           embeddings=[(e.path, e.token) for e in settings.embeddings], on_event=on_event)
+                           embeddings=[(e.path, e.token) for e in settings.embeddings], on_event=on_event,
+                           vae=settings.vae)
     return open_animate_session(session, adapter, motion)
 
 
@@ -217,6 +220,8 @@ def animate(settings: AnimateSettings, animate_session: AnimateSession | None = 
     # 1. check inputs and fix the seed
     sampler = get_sampler(settings.sampler)
     seed = settings.seed if settings.seed >= 0 else random.randrange(2**32)
+    if animate_session is None:
+        settings = expand_lora_tags(settings)  # <lora:name:w> tags: files from --lora-dir
     # 2. load the model, add-ons and motion adapter (unless the caller holds them)
     animate_session = animate_session or open_for(settings, on_event)
     session, pipe = animate_session.session, animate_session.pipe

@@ -20,6 +20,7 @@ from personae.models.addons import LoadedEmbedding, LoadedLora, load_embeddings,
 from personae.models.device import pick_device, pick_dtype
 from personae.models.model_files import check_model_file
 from personae.models.resolve import ModelSource, load_pipeline, model_hash, resolve_model
+from personae.models.vae import load_vae
 
 
 @dataclass
@@ -32,6 +33,8 @@ class Session:
     embeddings: list[LoadedEmbedding] = field(default_factory=list)
     base_scheduler: dict = field(default_factory=dict)  # the model's own scheduler config, samplers build on it
     controlnets: dict = field(default_factory=dict)  # ControlNets loaded so far: spec -> (ControlNetSource, model)
+    vae_name: str | None = None  # a --vae in place of the model's: its name and hash, as A1111's infotext has them
+    vae_hash: str | None = None
 
     def __post_init__(self):
         if not self.base_scheduler:
@@ -82,21 +85,26 @@ class Session:
 
 def open_session(model: str, device: str = "auto", dtype: str = "auto", allow_pickle: bool = False,
                  loras: list[tuple[str, float]] = (), embeddings: list[tuple[str, str | None]] = (),
-                 on_event: EventHandler = ignore) -> Session:
-    """Resolve, load and move a model, then apply LoRAs and embeddings."""
+                 on_event: EventHandler = ignore, vae: str | None = None) -> Session:
+    """Resolve, load and move a model, put `vae` (a folder or file) in place of its VAE, then apply LoRAs and
+    embeddings."""
     # 1. check inputs before any heavy work
     source = resolve_model(model, allow_pickle=allow_pickle)
     for path, what in [(p, "lora") for p, _ in loras] + [(p, "embedding") for p, _ in embeddings]:
         check_model_file(Path(path).expanduser(), what, allow_pickle)  # a bad add-on fails before the model loads
     dev = pick_device(device)
     torch_dtype = pick_dtype(dtype, dev)
-    # 2. load the base model
+    # 2. load the VAE asked for (first: it is small, and a wrong file fails before the model loads), the base model
+    own_vae = load_vae(vae, torch_dtype, allow_pickle) if vae else None
     on_event(Message(f"loading {source.kind.replace('_', ' ')} {source.location}"))
     pipe = load_pipeline(source, dtype=torch_dtype)
+    if own_vae:
+        on_event(Message(f"VAE: {own_vae.name} in place of the model's"))
+        pipe.register_modules(vae=own_vae.vae)
     pipe.to(dev)
     pipe.set_progress_bar_config(disable=True)
     # 3. add-ons: diffusers' own loaders
-    session = Session(pipe, source, dev, torch_dtype)
+    session = Session(pipe, source, dev, torch_dtype, vae_name=own_vae and own_vae.name, vae_hash=own_vae and own_vae.hash)
     session.loras = load_loras(pipe, list(loras), allow_pickle=allow_pickle)
     for lora in session.loras:
         on_event(Message(f"LoRA {lora.name}: read as {lora.layout}"))

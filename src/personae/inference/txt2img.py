@@ -11,7 +11,8 @@ from __future__ import annotations
 import json
 import math
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from pathlib import Path
 
 import torch
 from PIL import Image
@@ -21,11 +22,14 @@ from personae.config.generate import GenerateSettings
 from personae.events import EventHandler, Message, Progress, ignore
 from personae.errors import UserError
 from personae.inference.controlnet import control_denoise, control_infotext, prepare_controls
+from personae.inference.hires import A1111_UPSCALER, hires_fix
 from personae.inference.img2img import composite, default_size, denoiser, feathered_mask, open_image, vae_roundtrip
+from personae.inference.nans import check_embeddings, nan_guard
 from personae.inference.samplers import get_sampler
 from personae.inference.session import Session, open_session
 from personae.media.png import format_parameters, infotext_values
 from personae.models.addons import LoadedEmbedding, LoadedLora, hashes_text
+from personae.models.lora_dir import expand_lora_tags, lora_tags
 
 
 @dataclass
@@ -43,7 +47,8 @@ class GeneratedImage:
 def session_for(settings: GenerateSettings, on_event: EventHandler = ignore) -> Session:
     return open_session(settings.model, settings.device, settings.dtype, settings.allow_pickle,
                         loras=[(l.path, l.weight) for l in settings.loras],
-                        embeddings=[(e.path, e.token) for e in settings.embeddings], on_event=on_event)
+                        embeddings=[(e.path, e.token) for e in settings.embeddings], on_event=on_event,
+                        vae=settings.vae)
 
 
 def infotext(settings: GenerateSettings, session: Session, seed: int, width: int, height: int,
@@ -54,13 +59,63 @@ def infotext(settings: GenerateSettings, session: Session, seed: int, width: int
     params = {  # the settings that declare an A1111 name, then what this run resolved
         **infotext_values(settings), "Seed": seed,
         "Size": f"{width}x{height}", "Model hash": session.model_hash, "Model": session.source.name,
+        "VAE hash": session.vae_hash, "VAE": session.vae_name,
         "Lora hashes": hashes_text({l.name: l.hash for l in loras}),
         "TI hashes": hashes_text({e.token: e.hash for e in embeddings}),
         **control_infotext(settings, session),
+        **({"Hires upscaler": A1111_UPSCALER[settings.hires_upscaler]} if settings.hires_scale else {}),
         "Version": f"personae {__version__}",
     }
     prompt = settings.prompt + "".join(f" <lora:{l.name}:{l.weight:g}>" for l in loras)
     return format_parameters(prompt, settings.negative, params)
+
+
+def session_lora_tags(settings: GenerateSettings, session: Session, loras: list[LoadedLora] | None
+                      ) -> tuple[GenerateSettings, list[LoadedLora] | None]:
+    """A caller holding a session (compare, storyboard): a prompt's <lora:name:w> tags pick the weights of the
+    session's LoRAs by name for this call; a name the session has not loaded is an error (it cannot load one)."""
+    prompt, tags = lora_tags(settings.prompt)
+    if not tags:
+        return settings, loras
+    chosen = {l.name: l for l in (session.loras if loras is None else loras)}
+    by_name = {l.name: l for l in session.loras}
+    for tag in tags:
+        if tag.name not in by_name:
+            raise UserError(f"The prompt asks for the LoRA {tag.text}, which is not among the LoRAs loaded for this "
+                            f"run ({', '.join(by_name) or 'none'}).", "Add the file to the run's LoRAs (--lora or the "
+                            "file's `loras:`), or take the tag out of the prompt.")
+        chosen[tag.name] = replace(by_name[tag.name], weight=tag.weight)
+    return settings.model_copy(update={"prompt": prompt}), list(chosen.values())
+
+
+def check_hires(settings: GenerateSettings) -> None:
+    """The hires fix is a txt2img second pass (as in A1111): not with img2img or ControlNet, and with a step to run."""
+    if settings.init_image or settings.controls:
+        what = "--init-image" if settings.init_image else "--control"
+        raise UserError(f"--hires-scale cannot be combined with {what}: the hires fix redraws a txt2img picture.",
+                        f"Leave out --hires-scale, or run img2img on the picture yourself with {what} and a larger "
+                        "--width / --height.")
+    steps = settings.hires_steps or settings.steps
+    if int(steps * settings.hires_denoise) < 1:
+        raise UserError(f"--hires-denoise {settings.hires_denoise:g} with {steps} hires steps leaves no step of the "
+                        "redraw (it runs steps x denoise, rounded down).",
+                        "Raise --hires-denoise (0.3-0.7 is usual) or --hires-steps.")
+
+
+def _absolute(path: str | None) -> str | None:
+    return str(Path(path).expanduser().resolve()) if path else path
+
+
+def with_absolute_paths(settings: GenerateSettings, session: Session) -> GenerateSettings:
+    """`settings` as stored in the PNG: every local file by its absolute path (the model as loaded), so
+    `--from-png` works from any working folder, not only the one the image was made in; hub ids stay ids."""
+    model = settings.model if session.source.kind == "hub" else session.source.location
+    return settings.model_copy(update={
+        "model": model, "init_image": _absolute(settings.init_image), "mask": _absolute(settings.mask),
+        "lora_dir": _absolute(settings.lora_dir), "vae": _absolute(settings.vae),
+        "loras": [l.model_copy(update={"path": _absolute(l.path)}) for l in settings.loras],
+        "embeddings": [e.model_copy(update={"path": _absolute(e.path)}) for e in settings.embeddings],
+        "controls": [c.model_copy(update={"image": _absolute(c.image)}) for c in settings.controls]})
 
 
 def txt2img(settings: GenerateSettings, session: Session | None = None, on_event: EventHandler = ignore,
@@ -69,8 +124,13 @@ def txt2img(settings: GenerateSettings, session: Session | None = None, on_event
     """Images for `settings`. A caller holding a session may pick, per call, the weights of its LoRAs (`loras`:
     the session's LoRAs at other weights; one left out is off) and which of its embeddings the PNG names; the
     session itself is left exactly as it was (its pipeline, scheduler and LoRA weights)."""
-    # 1. check inputs and fix the seed
+    # 1. check inputs and fix the seed; <lora:name:w> tags become LoRAs (found in --lora-dir, or the session's)
     sampler = get_sampler(settings.sampler)
+    settings = settings.model_copy(update={"sampler": sampler.name})  # written as A1111 names it, whatever was typed
+    if session is None:
+        settings = expand_lora_tags(settings)
+    else:
+        settings, loras = session_lora_tags(settings, session, loras)
     seed = settings.seed if settings.seed >= 0 else random.randrange(2**32)
     if settings.mask and not settings.init_image:
         raise UserError("--mask needs --init-image (the picture to inpaint).")
@@ -80,6 +140,8 @@ def txt2img(settings: GenerateSettings, session: Session | None = None, on_event
                         f"(img2img runs steps x strength = {settings.steps * settings.strength:g}, rounded down).",
                         f"Raise --steps to at least {math.ceil(1 / settings.strength)}, or --strength to at least "
                         f"{math.ceil(100 / settings.steps) / 100:g}.")
+    if settings.hires_scale:
+        check_hires(settings)
     for path, what in ((settings.init_image, "init image"), (settings.mask, "mask")):
         if path:
             open_image(path, what)  # a missing or unreadable file fails before the model loads
@@ -98,9 +160,12 @@ def txt2img(settings: GenerateSettings, session: Session | None = None, on_event
         on_event(Message(f'"{sampler.name}" runs as diffusers\' {sampler.scheduler.__name__} (the nearest match).', "warning"))
     # 4. encode prompts: weighted, chunked by 75 tokens, clip skip
     positive, negative = session.encoder.encode_pair(settings.prompt, settings.negative, settings.clip_skip)
+    check_embeddings(positive.embeds)  # NaN from emphasis or an embedding file: said before any denoising
+    check_embeddings(negative.embeds, "negative prompt")
     if positive.chunks > 1:
         on_event(Message(f"prompt has {positive.tokens} tokens: encoded as {positive.chunks} chunks of 75 (not truncated)"))
     results: list[GeneratedImage] = []
+    stored = with_absolute_paths(settings, session)
     n = settings.batch_size
     for batch in range(settings.batch_count):
         seeds = [(seed + batch * n + i) % 2**32 for i in range(n)]
@@ -116,7 +181,8 @@ def txt2img(settings: GenerateSettings, session: Session | None = None, on_event
                       negative_prompt_embeds=negative.embeds.to(session.dtype).repeat(n, 1, 1),
                       num_inference_steps=settings.steps, guidance_scale=settings.cfg,
                       generator=[torch.Generator("cpu").manual_seed(s) for s in seeds], callback_on_step_end=report)
-        with torch.no_grad(), session.lora_weights(loras) as used:
+        with torch.no_grad(), session.lora_weights(loras) as used, \
+                nan_guard(session.pipe, [f"{l.name} at {l.weight:g}" for l in used if l.weight]):
             if init is not None and settings.strength == 0:  # nothing to redraw: the image as the VAE gives it
                 images = [vae_roundtrip(pipe, init)] * n
             elif controls:
@@ -126,12 +192,15 @@ def txt2img(settings: GenerateSettings, session: Session | None = None, on_event
                 extra = {"mask_image": mask, "height": height, "width": width} if mask is not None else {}
                 images = denoiser(session, init, mask, scheduler)(image=init, strength=settings.strength, **extra,
                                                                   **kwargs).images
+            elif settings.hires_scale:
+                redraw = denoiser(session, None, None, sampler.make(session.base_scheduler))
+                images = hires_fix(pipe, redraw, settings, (width, height), kwargs, seeds)
             else:
                 images = pipe(width=width, height=height, **kwargs).images
         if mask is not None:
             images = [composite(init, image, mask) for image in images]
         # 6. settings that reproduce each image on its own
         for image, s in zip(images, seeds):
-            one = settings.model_copy(update={"seed": s, "batch_size": 1, "batch_count": 1, "width": width, "height": height})
+            one = stored.model_copy(update={"seed": s, "batch_size": 1, "batch_count": 1, "width": width, "height": height})
             results.append(GeneratedImage(image, s, infotext(settings, session, s, width, height, used, embeddings), one))
     return results

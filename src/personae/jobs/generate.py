@@ -13,9 +13,12 @@ from pathlib import Path
 from pydantic import TypeAdapter, ValidationError
 
 from personae.config.base import parse_settings
+from personae.config.fields import extra_of, grouped_fields
 from personae.config.generate import GenerateSettings
 from personae.errors import UserError
 from personae.events import EventHandler, Message, ignore
+from personae.inference.hires import upscaler_from_a1111
+from personae.inference.samplers import DEFAULT_SCHEDULES, SCHEDULES
 from personae.inference.txt2img import GeneratedImage, txt2img
 from personae.media.png import (InfotextValueError, PngTextError, infotext_settings, parse_parameters, read_png_text,
                                  save_png)
@@ -53,8 +56,9 @@ def _from_infotext(text: str, source: Path) -> dict:
     Every setting that declares its A1111 name is read by that name (media/png.py); "Size" and
     "Schedule type" are A1111's joins of two settings and are split here.
     """
-    prompt, negative, p = parse_parameters(text)
-    prompt = re.sub(r"\s*<lora:[^>]+>", "", prompt)  # LoRAs are files here: pass them with --lora
+    prompt, negative, p = parse_parameters(text)  # <lora:name:w> tags stay: --lora-dir finds their files
+    if "Hires upscaler" in p:
+        p["Hires upscaler"] = upscaler_from_a1111(p["Hires upscaler"])[0]
     sizes = {}
     if "Size" in p:
         width, x, height = p.pop("Size").partition("x")
@@ -71,7 +75,7 @@ def _from_infotext(text: str, source: Path) -> dict:
         raise UserError(f'--from-png: {source} stores "Size: {sizes["Width"][:20]}x{sizes["Height"][:20]}", which is '
                         "not a size in pixels.", "Pass --width and --height on the command line instead.") from None
     schedule = p.get("Schedule type", "")
-    if "sampler" in data and schedule.lower() not in ("automatic", "") and schedule.lower() not in data["sampler"].lower():
+    if "sampler" in data and schedule in SCHEDULES and schedule.lower() not in data["sampler"].lower():
         data["sampler"] = f"{data['sampler']} {schedule}"
     return data
 
@@ -106,6 +110,43 @@ def settings_from_png(path: str | Path) -> dict:
                     "Use a PNG written by personae, AUTOMATIC1111 or another tool that stores A1111 infotext.")
 
 
+# A1111 keys that --from-png reads besides the settings that declare an infotext name: the joins of two settings,
+# LoRA hashes (the tags in the prompt are what apply them), and what describes the file rather than the picture
+_READ_KEYS = {"Size", "Schedule type", "Lora hashes", "Version", "Model", "Model hash", "VAE", "VAE hash"}
+
+
+def _shown(key: str, value: str) -> str:
+    value = " ".join(value.split())
+    return f"{key} {json.dumps(value, ensure_ascii=False)}" if value and len(value) <= 32 else key
+
+
+def png_not_applied(path: str | Path, settings: GenerateSettings, model_hash: str | None = None) -> list[str]:
+    """What an A1111 PNG's infotext asks for that this run does not apply, each named (empty for personae's own
+    PNGs, whose settings are read whole): Hires fix without our hires settings, ADetailer, embeddings by name, a
+    denoising strength with nothing to denoise, another model than the one passed."""
+    text = read_png_text(Path(path))
+    if "personae" in text or "parameters" not in text:
+        return []
+    _, _, params = parse_parameters(text["parameters"])
+    known = {extra_of(info).get("infotext") for _, _, info in grouped_fields(GenerateSettings)} | _READ_KEYS
+    missed = [_shown(key, value) for key, value in params.items() if key not in known | {"TI hashes"}]
+    if "TI hashes" in params and not settings.embeddings:
+        missed.append(_shown("TI hashes", params["TI hashes"]) + " (pass the embeddings with --embedding)")
+    schedule = params.get("Schedule type")
+    if schedule and schedule not in SCHEDULES and schedule not in DEFAULT_SCHEDULES:
+        missed.append(_shown("Schedule type", schedule) + " (the sampler's own schedule is used)")
+    upscaler = params.get("Hires upscaler")
+    if upscaler and "Hires upscale" in params and not upscaler_from_a1111(upscaler)[1]:
+        missed.append(_shown("Hires upscaler", upscaler) + f" (upscaled as {settings.hires_upscaler} here)")
+    if "Denoising strength" in params and not (settings.init_image or "Hires upscale" in params):
+        missed.append(_shown("Denoising strength", params["Denoising strength"]) + " (no --init-image)")
+    if "VAE" in params and not settings.vae:
+        missed.append(_shown("VAE", params["VAE"]) + " (pass it with --vae)")
+    if "Model hash" in params and params["Model hash"] != model_hash:
+        missed.append(f'Model "{params.get("Model", "")}" [{params["Model hash"]}] (this run uses {settings.model})')
+    return missed
+
+
 def png_references(settings: GenerateSettings, stored: dict) -> list[str]:
     """The files and hub ids a PNG's stored settings make this run read, each announced; hub ids only from the cache.
 
@@ -122,6 +163,8 @@ def png_references(settings: GenerateSettings, stored: dict) -> list[str]:
     named += [("LoRA", l.path, None) for l in settings.loras if l.path in stored_loras]
     stored_embeddings = [e.get("path") for e in stored.get("embeddings", []) if isinstance(e, dict)]
     named += [("embedding", e.path, None) for e in settings.embeddings if e.path in stored_embeddings]
+    if settings.vae and settings.vae == stored.get("vae"):
+        named.append(("VAE", settings.vae, None))
     for what in ("init_image", "mask"):
         if getattr(settings, what) and getattr(settings, what) == stored.get(what):
             named.append((what.replace("_", " "), getattr(settings, what), None))

@@ -84,11 +84,15 @@ class InfotextValueError(ValueError):
 def infotext_settings(cls: type[BaseModel], params: dict[str, str]) -> dict[str, object]:
     """{field: value} for the fields of `cls` whose A1111 name is in `params`, each read as its field's type.
 
+    A field written only when another is set (`infotext_if`) is read only when that one's key is there too.
     Raises InfotextValueError for a value of the wrong type; bounds are left to the schema's validation.
     """
     data: dict[str, object] = {}
+    keys = {name: extra_of(info).get("infotext") for _, name, info in grouped_fields(cls)}
     for _, name, info in grouped_fields(cls):
-        key = extra_of(info).get("infotext")
+        key, condition = keys[name], keys.get(extra_of(info).get("infotext_if"))
+        if condition and condition not in params:
+            continue  # e.g. the hires "Denoising strength" is the hires fix's only where "Hires upscale" is written
         if key and key in params:
             try:
                 data[name] = TypeAdapter(info.annotation).validate_python(params[key].strip())

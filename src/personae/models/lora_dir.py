@@ -1,0 +1,100 @@
+"""A1111's `<lora:name:weight>` prompt tags: the tag read and taken out of the prompt, the file found by name.
+
+    prompt, tags = lora_tags("a cat <lora:watercolor:0.8>")     # "a cat", [LoraTag("watercolor", 0.8)]
+    path = find_lora("watercolor", "~/stable-diffusion-webui")  # .../models/Lora/watercolor.safetensors
+
+As in A1111: `<lora:name>` is weight 1; `<lyco:...>` is the same tag (LyCORIS files load as LoRAs here);
+`<lora:name:te:unet>` gives the text-encoder and UNet weights separately, and personae applies one weight per
+file, the first. A name is a file stem anywhere under the folder (subfolders included) or its path without the
+extension (`styles/watercolor`); a folder given as an A1111 webui folder is searched in `models/Lora` and
+`models/LyCORIS`. The file's content is checked when it loads (models/addons.py), like any `--lora FILE`.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from personae.errors import UserError, did_you_mean
+
+LORA_SUFFIXES = (".safetensors", ".pt", ".ckpt", ".bin")
+_TAG = re.compile(r"<(lora|lyco):([^:>]+)((?::[^:>]*)*)>", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class LoraTag:
+    name: str
+    weight: float
+    text: str  # the tag as written, for messages
+
+
+def lora_tags(prompt: str) -> tuple[str, list[LoraTag]]:
+    """The prompt without its `<lora:...>` tags, and the tags in order."""
+    tags = []
+    for match in _TAG.finditer(prompt):
+        name, args = match.group(2).strip(), [a.strip() for a in match.group(3).split(":")[1:]]
+        text = match.group(0)
+        weight = 1.0
+        if args and args[0]:
+            try:
+                weight = float(args[0].removeprefix("te="))
+            except ValueError:
+                raise UserError(f'The prompt tag {text} has the weight "{args[0]}", which is not a number.',
+                                "Write it as <lora:name:0.8>.") from None
+        tags.append(LoraTag(name, weight, text))
+    return re.sub(r" {2,}", " ", _TAG.sub("", prompt)).strip(), tags  # as A1111: the tag goes, commas stay
+
+
+def lora_roots(lora_dir: str | Path) -> list[Path]:
+    """Where names are looked up: the folder itself, and A1111's models/Lora and models/LyCORIS inside it."""
+    root = Path(lora_dir).expanduser()
+    if not root.is_dir():
+        raise UserError(f"--lora-dir {root} is not a folder.",
+                        "Pass the folder holding your LoRA files (A1111's models/Lora) or your A1111 webui folder.")
+    return [root] + [p for p in (root / "models" / "Lora", root / "models" / "LyCORIS") if p.is_dir()]
+
+
+def lora_files(lora_dir: str | Path) -> dict[str, Path]:
+    """{name: file} of every LoRA-like file under `lora_dir`; by stem, and by path without extension inside a root."""
+    found: dict[str, Path] = {}
+    for root in lora_roots(lora_dir):
+        for path in sorted(root.rglob("*"), key=lambda p: (p.suffix != ".safetensors", str(p))):
+            if path.suffix.lower() in LORA_SUFFIXES and path.is_file():
+                found.setdefault(path.stem, path.resolve())
+                found.setdefault(path.relative_to(root).with_suffix("").as_posix(), path.resolve())
+    return found
+
+
+def find_lora(name: str, lora_dir: str | Path | None, tag: str = "") -> Path:
+    """The file a `<lora:name:...>` tag means, or a UserError listing what the folder holds."""
+    tag = tag or f"<lora:{name}>"
+    if not lora_dir:
+        raise UserError(f"The prompt asks for the LoRA {tag}, but no folder to find it in was given.",
+                        f"Pass --lora-dir DIR (the folder holding {name}.safetensors, or your A1111 webui folder), "
+                        "or pass the file with --lora FILE:WEIGHT and take the tag out of the prompt.")
+    files = lora_files(lora_dir)
+    if name in files:
+        return files[name]
+    stems = sorted({p.stem for p in files.values()})
+    listing = ", ".join(stems[:40]) + (f" and {len(stems) - 40} more" if len(stems) > 40 else "") if stems else "nothing"
+    raise UserError(f"The prompt asks for the LoRA {tag}, but --lora-dir {lora_dir} holds no file named "
+                    f"{name}.safetensors.{did_you_mean(name, stems)}",
+                    f"It holds: {listing}. Check the name in the tag, or pass another --lora-dir.")
+
+
+def expand_lora_tags(settings):
+    """`settings` (any with prompt, loras, lora_dir) with the prompt's tags taken out and their files added to
+    `loras`, as if each had been passed as --lora FILE:WEIGHT (a tag naming a file already given sets its weight)."""
+    prompt, tags = lora_tags(settings.prompt)
+    if not tags:
+        return settings
+    loras = [ref.model_dump() for ref in settings.loras]
+    for tag in tags:
+        path = str(find_lora(tag.name, settings.lora_dir, tag.text))
+        same = [ref for ref in loras if Path(ref["path"]).expanduser().resolve() == Path(path)]
+        if same:
+            same[0]["weight"] = tag.weight
+        else:
+            loras.append({"path": path, "weight": tag.weight})
+    return type(settings).model_validate({**settings.model_dump(), "prompt": prompt, "loras": loras})
