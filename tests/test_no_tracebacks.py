@@ -419,11 +419,12 @@ def test_an_interrupted_png_write_leaves_no_torn_file(tmp_path):
 def test_the_training_loop_writes_validation_grids_through_the_atomic_writer():
     import inspect
 
-    from personae.training import loop
+    from personae.training import loop, saving
 
-    source = inspect.getsource(loop)  # the behaviour of both writers is tested above (save_image uses atomic_file)
-    assert 'atomic_file(run / "validation"' in source or "save_image(grid" in source
-    assert "grid.save(run" not in source
+    source = inspect.getsource(saving)  # the behaviour of both writers is tested above (save_image uses atomic_file)
+    assert 'path = self.run / "validation"' in source and "with atomic_file(path) as tmp:" in source
+    assert "grid.save(run" not in source and "grid.save(self.run" not in source
+    assert ".save(run" not in inspect.getsource(loop)  # the loop itself writes no image
 
 
 # -- the top-level handler ------------------------------------------------------------------------------------------

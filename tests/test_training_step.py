@@ -157,3 +157,13 @@ def test_model_builders_leave_the_callers_random_state_and_threads_alone(tmp_pat
     build_tiny_motion_adapter(0)
     assert torch.equal(torch.get_rng_state(), state) and torch.get_num_threads() == threads
     assert torch.equal(build_tiny_pipeline(0).unet.conv_in.weight, first)  # still the seed's weights
+
+
+def test_weights_that_are_not_finite_end_the_run_before_anything_is_saved():
+    """A step can break the weights while its own loss was finite: the saver checks the weights themselves."""
+    from personae.training.step import check_weights
+
+    good, bad = torch.ones(3), torch.tensor([1.0, float("inf"), 0.0])
+    check_weights([good], 4, lambda: "ck/3", "fix")
+    with pytest.raises(UserError, match=r"at step 5: training diverged\. The last good checkpoint is ck/3"):
+        check_weights([good, bad], 5, lambda: "ck/3", "Lower train.learning_rate.")

@@ -40,7 +40,12 @@ def _share(t: torch.Tensor) -> str:
     return "all NaN" if bad == t.numel() else f"{100 * bad / t.numel():.3g}% NaN"
 
 
-def unet_nan_error(share: str, dtype: torch.dtype, loras: Sequence[str]) -> UserError:
+class NansError(UserError):
+    """NaNs out of the model (A1111's NansException): a UserError that callers can tell apart, e.g. training,
+    where a model that draws NaNs after some steps has diverged."""
+
+
+def unet_nan_error(share: str, dtype: torch.dtype, loras: Sequence[str]) -> NansError:
     causes = []
     if loras:
         causes.append(f"a LoRA at too high a weight or with broken weights ({', '.join(loras)}): lower its weight or "
@@ -49,24 +54,24 @@ def unet_nan_error(share: str, dtype: torch.dtype, loras: Sequence[str]) -> User
     if dtype in (torch.float16, torch.bfloat16):
         causes.append("half precision overflowing: run with --dtype fp32")
     causes.append("a damaged model file: try another copy")
-    return UserError(f"The UNet produced NaNs ({share}) while denoising, so the picture would be black; nothing was "
+    return NansError(f"The UNet produced NaNs ({share}) while denoising, so the picture would be black; nothing was "
                      "saved (A1111 calls this a NansException).", "Likely causes, most likely first: "
                      + "; ".join(causes) + ".")
 
 
-def vae_nan_error(share: str, dtype: torch.dtype) -> UserError:
+def vae_nan_error(share: str, dtype: torch.dtype) -> NansError:
     fix = ("The SD-1.x VAE overflows in half precision: run with --dtype fp32 (A1111's --no-half-vae), or pass a "
            "VAE made for fp16 with --vae."
            if dtype in (torch.float16, torch.bfloat16) else
            "The VAE's weights hold NaNs or overflow: pass another VAE with --vae, or check the model file.")
-    return UserError(f"The VAE produced NaNs ({share}) when decoding finite latents, so the picture would be black; "
+    return NansError(f"The VAE produced NaNs ({share}) when decoding finite latents, so the picture would be black; "
                      "nothing was saved (A1111 calls this a NansException).", fix)
 
 
 def check_embeddings(embeds: torch.Tensor, what: str = "prompt") -> None:
     """Prompt embeddings with NaN / inf in them: the emphasis weights or an embedding file."""
     if not bool(torch.isfinite(embeds).all()):
-        raise UserError(f"The {what} encodes to NaN / infinite values, so the picture would be black.",
+        raise NansError(f"The {what} encodes to NaN / infinite values, so the picture would be black.",
                         "Lower the emphasis weights such as (word:3) to between 0.5 and 1.6, and check the "
                         "textual-inversion embeddings the prompt uses (a damaged file holds NaNs).")
 

@@ -28,7 +28,7 @@ from personae.methods.base import ExportFile
 from personae.models.resolve import load_pipeline, resolve_model
 from personae.runs import RunLog, is_run, read_run
 from personae.training import checkpoint as ckpt
-from personae.training.saving import Saver, export_header
+from personae.training.saving import DIVERGED_FIX, Saver, export_header
 from personae.training.setup import (
     LatentCache,
     class_examples,
@@ -194,8 +194,7 @@ def _train(job: TrainJob, run: Path, resume: bool, on_event: EventHandler, comma
                         loss = loss + job.dreambooth.prior_loss_weight * loss_of(prior.part(part))
                     optimizer_step(loss, optimizer, params, t.max_grad_norm, accelerator)
                 step_loss += accelerator.reduce(loss.detach(), "mean").item() / t.gradient_accumulation
-            check_finite(step_loss, step + 1, lambda: _last_checkpoint(run),
-                         "Lower train.learning_rate, or turn on train.max_grad_norm / min_snr_gamma.")
+            check_finite(step_loss, step + 1, lambda: _last_checkpoint(run), DIVERGED_FIX)
             after_step(lr_schedule, ema, params)
             method.after_step(pipe)
             losses.append(step_loss)

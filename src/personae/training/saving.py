@@ -18,14 +18,19 @@ from pathlib import Path
 from personae.config.train import TrainJob
 from personae.data.stats import DatasetStats
 from personae.errors import UserError
+from personae.inference.nans import NansError
 from personae.events import CheckpointSaved, EventHandler, ImageReady
 from personae.media.plot import loss_curve
 from personae.methods.base import ExportFile, export_dtype
 from personae.runs import CheckRecord, ExportRecord, RunLog
 from personae.staging import atomic_file, disk_full, is_disk_full
 from personae.training import checkpoint as ckpt
+from personae.training.step import check_weights
 from personae.training.validation import validation_grid
 from personae.training.verify import TOLERANCES, Check, verify_exports
+
+
+DIVERGED_FIX = "Lower train.learning_rate, or turn on train.max_grad_norm / min_snr_gamma."
 
 
 @dataclass
@@ -70,13 +75,31 @@ class Saver:
         self.on_event(ImageReady(path, step))
         return path
 
+    def _last(self) -> str | None:
+        found = ckpt.list_checkpoints(self.run)
+        return str(found[-1][1]) if found else None
+
+    def _weights_finite(self, step: int) -> None:
+        check_weights(self.params, step, self._last, DIVERGED_FIX)
+
+    def _drawn(self, step: int, work):
+        """`work()` (it draws with the trained model); NaNs out of the model mean the training diverged."""
+        try:
+            return self.with_ema(work)
+        except NansError as exc:
+            kept = f"The last good checkpoint is {self._last()}." if self._last() else "No checkpoint was written."
+            raise UserError(f"The model draws NaNs after step {step} ({exc.what.split(',')[0]}): training "
+                            f"diverged. {kept}", DIVERGED_FIX) from None
+
     def sample(self, step: int) -> Path:
         """The validation samples now."""
-        return self._write_grid(step, self.with_ema(lambda: self._grid(step)))
+        self._weights_finite(step)
+        return self._write_grid(step, self._drawn(step, lambda: self._grid(step)))
 
     def save(self, step: int, final: bool = False) -> tuple[list[ExportFile], list[Check]]:
         """Exports (checked against the model in memory), validation grid, checkpoint, loss curve, run record."""
         t, run = self.job.train, self.run
+        self._weights_finite(step)  # a diverged run keeps its last good checkpoint, and no broken one is written
         folder = ckpt.checkpoint_dir(run, step)
         out = run if final else folder / "exports"
 
@@ -89,7 +112,7 @@ class Saver:
             checks = self._verify(files) if t.verify_exports else []
             return files, checks, self._grid(step)
 
-        files, checks, grid = self.with_ema(export)
+        files, checks, grid = self._drawn(step, export)
         self._write_grid(step, grid)
         ckpt.save_checkpoint(folder, self.method.trainable_state(self.pipe), {
             "step": step, "optimizer": self.optimizer.state_dict(), "lr_schedule": self.lr_schedule.state_dict(),

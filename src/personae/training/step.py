@@ -121,3 +121,12 @@ def check_finite(loss: float, step: int, last_checkpoint: Callable[[], str | Non
     last = last_checkpoint()
     kept = f"The last good checkpoint is {last}." if last else "No checkpoint was written."
     raise UserError(f"The loss became {loss} at step {step}: training diverged. {kept}", fix)
+
+
+def check_weights(params: list[torch.Tensor], step: int, last_checkpoint: Callable[[], str | None], fix: str) -> None:
+    """Trained weights that hold NaN or infinity end the run before anything is saved or sampled from them (the
+    loss of the step that broke them was still finite)."""
+    with torch.no_grad():
+        if all(bool(torch.isfinite(p).all()) for p in params):
+            return
+    check_finite(float("nan"), step, last_checkpoint, fix)
