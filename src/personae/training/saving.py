@@ -18,8 +18,8 @@ from pathlib import Path
 from personae.config.train import TrainJob
 from personae.data.stats import DatasetStats
 from personae.errors import UserError
-from personae.inference.nans import NansError
 from personae.events import CheckpointSaved, EventHandler, ImageReady
+from personae.inference.nans import NansError
 from personae.media.plot import loss_curve
 from personae.methods.base import ExportFile, export_dtype
 from personae.runs import CheckRecord, ExportRecord, RunLog
@@ -28,7 +28,6 @@ from personae.training import checkpoint as ckpt
 from personae.training.step import check_weights
 from personae.training.validation import validation_grid
 from personae.training.verify import TOLERANCES, Check, verify_exports
-
 
 DIVERGED_FIX = "Lower train.learning_rate, or turn on train.max_grad_norm / min_snr_gamma."
 
