@@ -303,3 +303,26 @@ def test_prepare_options_parse_colours_and_folder_tokens_in_the_settings_model(t
     with pytest.raises(UserError, match="is not folder=token"):
         parse_settings(PrepareSettings, {"folder_tokens": "close_up"})
     assert main(["prepare", str(tmp_path / "none"), str(tmp_path / "out"), "--background", "nocolour"]) == 2
+
+
+def test_add_on_references_are_written_in_yaml_as_on_the_command_line(tmp_path):
+    """A character's `lora: FILE:0.8` in a storyboard (and any LoRA, embedding or ControlNet reference in a YAML
+    file) reads as the command line's FILE[:WEIGHT] / FILE[:TOKEN] / TYPE:IMAGE[:WEIGHT]; the mapping form stays."""
+    from personae.config.addons import ControlRef, EmbeddingRef, LoraRef
+    from personae.jobs.storyboard import load_scenes
+
+    (tmp_path / "hero.safetensors").write_bytes(b"")
+    board = {"model": "m", "scenes": [{"number": 1, "description": "a cat", "characters": ["mia"]}],
+             "characters": {"mia": {"prompt": "a girl", "lora": "hero.safetensors:0.8", "embedding": "e.pt:<mia>"}}}
+    (tmp_path / "board.yaml").write_text(yaml.safe_dump(board))
+    mia = load_scenes(tmp_path / "board.yaml").characters["mia"]
+    assert Path(mia.lora.path).name == "hero.safetensors" and mia.lora.weight == 0.8
+    assert Path(mia.embedding.path).name == "e.pt" and mia.embedding.token == "<mia>"
+    assert parse_settings(GenerateSettings, {"model": "m", "prompt": "p", "loras": ["a.safetensors:0.5", {
+        "path": "b.safetensors", "weight": 0.25}]}).loras == [LoraRef(path="a.safetensors", weight=0.5),
+                                                             LoraRef(path="b.safetensors", weight=0.25)]
+    assert LoraRef.model_validate("plain.safetensors").weight == 1.0
+    assert ControlRef.model_validate("canny:photo.png:0.7") == ControlRef(type="canny", image="photo.png", weight=0.7)
+    assert EmbeddingRef.model_validate("e.pt").token is None
+    with pytest.raises(UserError, match="TYPE:IMAGE"):
+        parse_settings(GenerateSettings, {"model": "m", "prompt": "p", "controls": ["canny"]})

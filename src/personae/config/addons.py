@@ -9,6 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import ClassVar
 
+from pydantic import model_validator
+
 from personae.config.base import Strict
 from personae.config.fields import setting
 
@@ -28,6 +30,12 @@ class LoraRef(Strict):
 
     path: str = setting(description=".safetensors in kohya/A1111 or diffusers/peft layout")
     weight: float = setting(1.0, "strength; 0 disables, 1 is as trained, negative inverts")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_word(cls, data):
+        """In a YAML file as on the command line: `FILE:0.8` is accepted as one string."""
+        return cls.from_cli(data) if isinstance(data, str) else data
 
     @staticmethod
     def from_cli(text: str) -> dict:
@@ -49,6 +57,12 @@ class EmbeddingRef(Strict):
     token: str | None = setting(None, "the token in prompts; default: the token stored in the file, else the file "
                                       "name (as A1111 does)")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _one_word(cls, data):
+        """In a YAML file as on the command line: `FILE:<token>` is accepted as one string."""
+        return cls.from_cli(data) if isinstance(data, str) else data
+
     @staticmethod
     def from_cli(text: str) -> dict:
         split = _split_last(text)
@@ -68,6 +82,12 @@ class ControlRef(Strict):
     weight: float = setting(1.0, '"Control Weight": 0 switches the unit off, 1 as trained', ge=0.0, le=2.0)
     model: str | None = setting(None, "ControlNet folder or hub id; default: the type's public default model")
     options: dict[str, float] = setting({}, 'the type\'s preprocessor options, e.g. canny {"low": 100, "high": 200}')
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_word(cls, data):
+        """In a YAML file as on the command line: `canny:photo.png:0.8` is accepted as one string."""
+        return cls.from_cli(data) if isinstance(data, str) else data
 
     @staticmethod
     def from_cli(text: str) -> dict:
