@@ -275,7 +275,9 @@ def test_captions_edits_a_prepared_set_and_its_manifest_follows(subject, tmp_pat
     assert not any(c.endswith(", red") for c in _manifest_captions(out).values())
 
 
-def test_captions_edits_only_caption_files_that_exist_beside_images(tmp_path, capsys):
+def test_captions_never_writes_into_a_folder_personae_did_not_make(tmp_path, capsys):
+    """A folder of the user's images and .txt files is read, searched and dry-run; an edit there is refused with
+    the way out (prepare it, edit the prepared set), and every file stays as it was."""
     src = tmp_path / "drawings"
     (src / "10_ksh").mkdir(parents=True)
     for name in ("a", "b", "10_ksh/c"):
@@ -286,12 +288,14 @@ def test_captions_edits_only_caption_files_that_exist_beside_images(tmp_path, ca
     elsewhere.write_text("pencil, bird\n")
     Image.new("RGB", (64, 64), "white").save(src / "d.png")
     (src / "d.txt").symlink_to(elsewhere)
-    code, text, _ = _cli(capsys, src, "--remove-tag", "pencil", "--append", "drawn by KSH style")
-    assert code == 0 and "changed 2 of 4 captions" in text
-    assert "b.png: not edited: no caption file" in text and "d.png: not edited: its caption file is a link" in text
-    assert (src / "a.txt").read_text() == "cat, drawn by KSH style\n"
-    assert (src / "10_ksh/c.caption").read_text() == "dog, drawn by KSH style\n"
-    assert not (src / "b.txt").exists() and elsewhere.read_text() == "pencil, bird\n"
+    before = {p: p.read_bytes() for p in src.rglob("*") if p.is_file()}
+    code, text, _ = _cli(capsys, src, "--remove-tag", "pencil", "--append", "drawn by KSH style", "--dry-run")
+    assert code == 0 and "b.png: not edited: no caption file" in text and "d.png: not edited: its caption file is a link" in text
+    assert "cat, drawn by KSH style" in text and "dog, drawn by KSH style" in text
+    code, _, err = _cli(capsys, src, "--remove-tag", "pencil", "--append", "drawn by KSH style")
+    err = " ".join(err.split())
+    assert code == 2 and "is not a `personae prepare` output" in err and "personae prepare" in err and "Traceback" not in err
+    assert {p: p.read_bytes() for p in src.rglob("*") if p.is_file()} == before and elsewhere.read_text() == "pencil, bird\n"
     assert sorted(p.name for p in src.iterdir()) == ["10_ksh", "a.png", "a.txt", "b.png", "d.png", "d.txt"]
 
 

@@ -2,9 +2,10 @@
 tag managers.
 
 DIR is a `personae prepare` output (captions in images/*.txt, mirrored in manifest.jsonl, which is kept in step)
-or any folder of images with caption sidecars beside them (`x.txt`, or `x.caption`). Only those caption files
-are ever written, each atomically: an image without one is listed, never given one; a caption file that is a
-link is left alone (it belongs somewhere else).
+or any folder of images with caption sidecars beside them (`x.txt`, or `x.caption`). Edits are written only into
+a prepared set (a folder personae made), each caption file atomically: an image without one is listed, never
+given one; a caption file that is a link is left alone. Any other folder is the user's: it is listed, searched
+and dry-run, and an edit there is refused with the way out (prepare it, edit the prepared set).
 
 Edits use kohya's comma-separated tag semantics: a caption is a list of tags split at commas; tags compare
 without case, with "_" as a space. Applied in this order to every caption (or every caption matching --search):
@@ -130,10 +131,12 @@ def edit_captions(captions: CaptionSet, edit: CaptionEdit, search: str | None = 
             result.changes.append(Change(item, item.caption, new))
     if dry_run or not result.changes:
         return result
-    if captions.prepared:
-        with locked(captions.folder):
-            _write(captions, result.changes)
-    else:
+    if not captions.prepared:  # a folder personae did not make: its caption files are the user's, never written
+        raise UserError(f"{captions.folder} is not a `personae prepare` output: its {len(result.changes)} caption "
+                        "file(s) that would change are yours, and personae writes only into folders it made.",
+                        f"Prepare it (`personae prepare {captions.folder} OUT`) and edit OUT's captions, which "
+                        "training reads; or see the changes with --dry-run and make them with your own tools.")
+    with locked(captions.folder):
         _write(captions, result.changes)
     return result
 
