@@ -36,3 +36,18 @@ def test_version_migrations_run_in_order_and_newer_versions_are_refused():
 def test_set_overrides_parse_values_as_yaml():
     data = apply_overrides({"train": {"steps": 10}}, ["train.steps=20", "train.lr=1e-4", "method=lora"])
     assert data == {"train": {"steps": 20, "lr": 1e-4}, "method": "lora"}
+
+
+def test_yaml_yes_and_no_mean_the_words_they_spell():
+    """YAML 1.1 reads a bare `no` as false: `--set train.mixed_precision=no` (and `mixed_precision: no` in a job
+    file) was refused as "Input should be 'no', 'fp16' or 'bf16'"."""
+    from personae.config.storyboard import StoryboardSettings
+    from personae.config.train import TrainSection
+
+    data = apply_overrides({}, ["mixed_precision=no"])
+    assert data == {"mixed_precision": False}
+    assert TrainSection.model_validate(data).mixed_precision == "no"
+    scenes = [{"number": 1, "description": "a bus stop"}]
+    for written, meant in [("no", "no"), ("yes", "yes"), ("auto", "auto")]:
+        board = apply_overrides({"version": 1, "model": "m", "scenes": scenes}, [f"use_shot_tokens={written}"])
+        assert parse_settings(StoryboardSettings, board, "s.yaml").use_shot_tokens == meant

@@ -73,3 +73,8 @@ class StoryboardSettings(SamplingSettings, RuntimeSettings):
     @classmethod
     def _template(cls, value: str) -> str:
         return check_template(value, TEMPLATE_FIELDS)
+
+    @field_validator("use_shot_tokens", mode="before")
+    @classmethod
+    def _yaml_yes_no(cls, value):
+        return {True: "yes", False: "no"}.get(value, value) if isinstance(value, bool) else value  # YAML's yes/no

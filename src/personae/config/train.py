@@ -73,6 +73,11 @@ class TrainSection(Strict):
     verify_exports: bool = setting(True, "reload every exported file with its loader and compare the image")
     validation: ValidationSection = setting(ValidationSection(), "the images rendered at each checkpoint")
 
+    @field_validator("mixed_precision", mode="before")
+    @classmethod
+    def _yaml_no(cls, value):
+        return "no" if value is False else value  # YAML (and so --set) reads a bare `no` as false
+
     @model_validator(mode="after")
     def _steps_or_epochs(self):
         if self.steps is None and self.epochs is None:
