@@ -184,3 +184,20 @@ def test_letter_portrait_layout_spills_onto_a_second_page(tmp_path, tiny_model):
     assert len(reader.pages) == 2 and len(reader.pages[1].images) == 1
     assert round(float(reader.pages[0].mediabox.width)) == 612  # Letter: 8.5 in
     assert "끝" in reader.pages[1].extract_text()
+
+
+def test_a_missing_path_in_the_scenes_file_is_named_by_its_key(tmp_path, tiny_model):
+    """Issue #17 item 6: a style LoRA path from the YAML was reported as "The lora file ..." (read: --lora)."""
+    missing = {"path": "./runs/board/lora.safetensors", "weight": 0.9}
+    with pytest.raises(UserError, match=r"scenes.yaml: style_lora.path is ./runs/board/lora.safetensors, which does "
+                                         r"not exist \(looked for .*runs/board/lora.safetensors, relative to the "
+                                         r"scenes file\)") as err:
+        load_scenes(_write(tmp_path, tiny_model[0], style_lora=missing))
+    assert "--lora" not in str(err.value)
+    embedding = [{"path": "emb/cu.safetensors", "token": "<cu_trg>"}]
+    with pytest.raises(UserError, match=r"shot_embeddings\[0\].path is emb/cu.safetensors"):
+        load_scenes(_write(tmp_path, tiny_model[0], shot_embeddings=embedding))
+    (tmp_path / "emb").mkdir()
+    save_file({"emb_params": torch.zeros(1, 32)}, str(tmp_path / "emb/cu.safetensors"))
+    settings = load_scenes(_write(tmp_path, tiny_model[0], shot_embeddings=embedding))
+    assert settings.shot_embeddings[0].path == str((tmp_path / "emb/cu.safetensors").resolve())

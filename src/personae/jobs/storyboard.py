@@ -39,7 +39,7 @@ def load_scenes(path: str | Path, overrides: dict | None = None) -> StoryboardSe
         data = load_yaml(path)
     data.update({k: v for k, v in (overrides or {}).items() if v is not None})
     settings = parse_settings(StoryboardSettings, data, str(path))
-    return _relative_to(settings, path.resolve().parent)
+    return _relative_to(settings, path.resolve().parent, path)
 
 
 def _csv_scenes(path: Path) -> list[dict]:
@@ -69,20 +69,28 @@ def _csv_scenes(path: Path) -> list[dict]:
     return scenes
 
 
-def _relative_to(settings: StoryboardSettings, base: Path) -> StoryboardSettings:
-    """Paths in a scenes file (model, LoRAs, embeddings, font) are relative to the file, as users expect."""
-    def fix(value: str | None) -> str | None:
-        if value and not Path(value).is_absolute() and (base / value).exists():
+def _relative_to(settings: StoryboardSettings, base: Path, source: Path) -> StoryboardSettings:
+    """Paths in a scenes file (model, LoRAs, embeddings, font) are relative to the file, as users expect; a path
+    that exists nowhere is named with its key and where it was looked for (not blamed on a command-line flag)."""
+    def fix(value: str | None, key: str, must_exist: bool = True) -> str | None:
+        if not value or Path(value).expanduser().is_absolute():
+            return value
+        if (base / value).exists():
             return str((base / value).resolve())
-        return value
+        if Path(value).exists() or not must_exist:  # given on the command line (relative to here), or a hub id
+            return value
+        raise UserError(f"{source}: {key} is {value}, which does not exist (looked for {base / value}, relative "
+                        "to the scenes file).", "Fix the path in the file (relative to the file, or absolute), or "
+                        "run the step that writes it first (e.g. `personae train` for a run's LoRA).")
 
     data = settings.model_dump()
-    data["model"], data["font"] = fix(data["model"]), fix(data["font"])
-    refs = [data["style_lora"]] + data["shot_embeddings"]
-    refs += [c[k] for c in data["characters"].values() for k in ("lora", "embedding")]
-    for ref in refs:
+    data["model"], data["font"] = fix(data["model"], "model", must_exist=False), fix(data["font"], "font")
+    refs = [("style_lora", data["style_lora"])]
+    refs += [(f"shot_embeddings[{i}]", ref) for i, ref in enumerate(data["shot_embeddings"])]
+    refs += [(f"characters.{name}.{k}", c[k]) for name, c in data["characters"].items() for k in ("lora", "embedding")]
+    for key, ref in refs:
         if ref:
-            ref["path"] = fix(ref["path"])
+            ref["path"] = fix(ref["path"], f"{key}.path")
     return StoryboardSettings.model_validate(data)
 
 
