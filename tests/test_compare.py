@@ -331,7 +331,8 @@ def test_grid_headers_wrap_and_grow():
 
 
 @pytest.mark.parametrize("unit, expected", [
-    ("{type: canny, image: nowhere.png, model: ./tiny-controlnet}", 'Variant "c", controls[0].image: The control image'),
+    ("{type: canny, image: nowhere.png, model: ./tiny-controlnet}", 'Variant "c", controls[0].image: The control '
+                                                                    'image'),
     ("{type: cany, image: shapes.png, model: ./tiny-controlnet}", 'Variant "c", controls[0].type: Unknown control type '
                                                                   '"cany". Did you mean "canny"?'),
     ("{type: canny, image: shapes.png, model: ./no-controlnet}", 'Variant "c", controls[0].model:'),
@@ -341,7 +342,7 @@ def test_grid_headers_wrap_and_grow():
     ("canny:shapes.png", 'controls[0].model: Cannot load ControlNet "lllyasviel/control_v11p_sd15_canny"'),
 ])
 def test_bad_control_unit_names_variant_and_field(project, controlnet, unit, expected):
-    """Every unit is checked before anything loads or is written (the CLI's exit 2 is test_bad_suites_fail_clearly's)."""
+    """Every unit is checked before anything loads or is written (the CLI's exit 2: test_bad_suites_fail_clearly)."""
     from personae.errors import UserError
     from personae.jobs.compare import run_compare
     from personae.jobs.compare_plan import load_suite

@@ -74,7 +74,8 @@ def _image_figure(image: dict) -> str:
     e = html.escape
     scores = ", ".join(f"{k} {v:.3f}" for k, v in image["scores"].items() if v is not None)
     tip = f"{image['variant']} | {image['prompt']} | seed {image['seed']}"
-    return (f"<figure><img src='{e(image['file'], quote=True)}' title='{e(tip, quote=True)}' alt='{e(tip, quote=True)}'>"
+    return (f"<figure><img src='{e(image['file'], quote=True)}' title='{e(tip, quote=True)}' "
+            f"alt='{e(tip, quote=True)}'>"
             f"<figcaption class='caption'><span class='prompt'>{e(image['prompt'])}</span><br>seed {image['seed']}, "
             f"{e(image['variant'])}<br>{e(scores)}</figcaption></figure>")
 
@@ -102,7 +103,8 @@ def render_report(data: ReportData) -> str:
                      "<th>control map</th></tr></thead><tbody>")
         for label, units in data.controls:
             parts += [f"<tr><td>{e(label)}</td><td>{e(text)}<br><small>from {e(source)}</small></td><td><img "
-                      f"src='{e(path, quote=True)}' alt='{e(text, quote=True)}'></td></tr>" for text, path, source in units]
+                      f"src='{e(path, quote=True)}' alt='{e(text, quote=True)}'></td></tr>"
+                      for text, path, source in units]
             if not units:
                 parts.append(f"<tr><td>{e(label)}</td><td>no ControlNet</td><td></td></tr>")
         parts.append("</tbody></table>")
@@ -123,7 +125,8 @@ def render_report(data: ReportData) -> str:
         for label in dict.fromkeys(image["variant"] for image in data.images):
             parts.append(f"<h3>{e(label)}</h3><div class='cells'>")
             parts += [f"<figure class='control'><img src='{e(path, quote=True)}' alt='{e(text, quote=True)}'>"
-                      f"<figcaption>control map: {e(text)}</figcaption></figure>" for text, path, _ in maps.get(label, [])]
+                      f"<figcaption>control map: {e(text)}</figcaption></figure>"
+                      for text, path, _ in maps.get(label, ())]
             parts += [_image_figure(image) for image in data.images if image["variant"] == label]
             parts.append("</div>")
     parts.append(f"<script>{SORT_SCRIPT}</script></html>")

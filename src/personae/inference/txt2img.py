@@ -19,8 +19,8 @@ from PIL import Image
 
 from personae import __version__
 from personae.config.generate import GenerateSettings
-from personae.events import EventHandler, Message, Progress, ignore
 from personae.errors import UserError
+from personae.events import EventHandler, Message, Progress, ignore
 from personae.inference.controlnet import PreparedControl, control_denoise, control_infotext, prepare_controls
 from personae.inference.hires import A1111_UPSCALER, hires_fix
 from personae.inference.img2img import composite, default_size, denoiser, feathered_mask, open_image, vae_roundtrip

@@ -39,8 +39,9 @@ def _prepare_unit(ref: ControlRef, where: str, allow_pickle: bool) -> PreparedCo
     except UserError as exc:
         fix = exc.fix
         if field == "model":  # generate's advice names its --controlnet flag; a suite names the model in the unit
-            fix = " ".join(filter(None, [fix, f"In the suite file, name it in the unit: {{type: {ref.type}, image: ..., "
-                                              "model: ./path/to/controlnet}."]))
+            suite_fix = (f"In the suite file, name it in the unit: {{type: {ref.type}, image: ..., "
+                         "model: ./path/to/controlnet}.")
+            fix = f"{fix} {suite_fix}" if fix else suite_fix
         raise UserError(f"{where}.{field}: {exc.what}", fix) from None
 
 
