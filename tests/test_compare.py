@@ -355,3 +355,28 @@ def test_bad_control_unit_names_variant_and_field(project, controlnet, unit, exp
     if "model" in expected:
         assert "model: ./path/to/controlnet" in err.value.fix  # said for a suite file, not only as a CLI flag
     assert not (project / "bad-unit-out").exists() and not (project / "bad-unit-out.partial").exists()
+
+
+def test_suite_units_are_every_variants_unless_it_sets_its_own(tmp_path):
+    """Suite-level `controls` reach each variant without its own; `controls: []` opts out; paths are the file's."""
+    from personae.errors import UserError
+    from personae.jobs.compare_plan import expand, load_suite
+
+    (tmp_path / "edges.png").write_bytes(b"")
+    (tmp_path / "cn").mkdir()
+    (tmp_path / "suite.yaml").write_text(
+        "version: 1\nbase_model: m\ncontrol_end: 0.8\ncontrols: [{type: canny, image: edges.png, model: cn}]\n"
+        "variants: [{label: a}, {label: plain, controls: []}, {label: half, controls: ['raw:edges.png:0.5'], "
+        "control_start: 0.2}]\n")
+    rows = {r.label: r for r in expand(load_suite(tmp_path / "suite.yaml"))}
+    assert [(u.type, u.image, u.model) for u in rows["a"].controls] == [("canny", str(tmp_path / "edges.png"),
+                                                                        str(tmp_path / "cn"))]
+    assert rows["a"].control_settings() == {"controls": list(rows["a"].controls), "control_start": 0.0,
+                                            "control_end": 0.8}
+    assert rows["plain"].controls == () and rows["plain"].settings == {"control": "none"}
+    assert rows["half"].controls[0].weight == 0.5 and (rows["half"].control_start, rows["half"].control_end) == (0.2, 0.8)
+    assert rows["half"].settings == {"control": "raw weight 0.5 steps 0.2-0.8"}
+    (tmp_path / "bad.yaml").write_text("version: 1\nbase_model: m\nvariants: [{label: w, controls: ['raw:e.png'], "
+                                       "control_start: 0.9, control_end: 0.5}]\n")
+    with pytest.raises(UserError, match=r'Variant "w": control_start \(0.9\) must be below control_end \(0.5\)'):
+        expand(load_suite(tmp_path / "bad.yaml"))
