@@ -374,7 +374,8 @@ def test_suite_units_are_every_variants_unless_it_sets_its_own(tmp_path):
     assert rows["a"].control_settings() == {"controls": list(rows["a"].controls), "control_start": 0.0,
                                             "control_end": 0.8}
     assert rows["plain"].controls == () and rows["plain"].settings == {"control": "none"}
-    assert rows["half"].controls[0].weight == 0.5 and (rows["half"].control_start, rows["half"].control_end) == (0.2, 0.8)
+    assert rows["half"].controls[0].weight == 0.5
+    assert (rows["half"].control_start, rows["half"].control_end) == (0.2, 0.8)
     assert rows["half"].settings == {"control": "raw weight 0.5 steps 0.2-0.8"}
     (tmp_path / "bad.yaml").write_text("version: 1\nbase_model: m\nvariants: [{label: w, controls: ['raw:e.png'], "
                                        "control_start: 0.9, control_end: 0.5}]\n")
