@@ -216,3 +216,168 @@ def test_embedding_and_checkpoint_variants(project, tiny_model, tmp_path):
     base = pixels(tmp_path / "out/images/base/p00-s0.png")
     assert np.array_equal(base, pixels(tmp_path / "out/images/single/p00-s0.png"))  # same weights, other file
     assert not np.array_equal(base, pixels(tmp_path / "out/images/ti/p00-s0.png"))
+
+
+# --- ControlNet variants, long prompts, captions (#17 item 10) -------------------------------------------------
+
+LONG_PROMPT = ("a highly detailed photograph of {token} {class} sitting in a sunlit meadow full of wild flowers, "
+               "soft morning light, shallow depth of field, bokeh, golden hour, shot on a medium format camera with "
+               "an 80mm lens, award winning composition, ultra sharp focus on the eyes, gentle breeze in the fur")
+
+
+@pytest.fixture(scope="module")
+def controlnet(project):
+    """The tiny ControlNet (perturbed, so control acts) and a drawing to take canny edges from, inside the project."""
+    from PIL import ImageDraw
+
+    from personae.models.controlnet import write_tiny_controlnet
+
+    write_tiny_controlnet(project / "tiny-controlnet", base=project / "tiny", seed=0)
+    shapes = Image.new("RGB", (64, 64), "black")
+    draw = ImageDraw.Draw(shapes)
+    draw.rectangle((8, 8, 40, 30), fill="white")
+    draw.ellipse((24, 28, 58, 60), fill=(200, 200, 200))
+    shapes.save(project / "shapes.png")
+    return project / "tiny-controlnet"
+
+
+CONTROL_SUITE = """\
+version: 1
+base_model: ./tiny
+variants:
+  - {label: no control}
+  - {label: canny 0, controls: [{type: canny, image: shapes.png, weight: 0.0, model: ./tiny-controlnet}]}
+  - {label: canny 1, controls: [{type: canny, image: shapes.png, weight: 1.0, model: ./tiny-controlnet}]}
+  - label: canny 1 first half
+    controls: [{type: canny, image: shapes.png, model: ./tiny-controlnet}]
+    control_end: 0.5
+prompts: ["a photo of {token} {class}", "%s"]
+token: sks
+class: dog
+seeds: [0]
+steps: 4
+width: 64
+height: 64
+metrics: {clip: null, dino: null}
+""" % LONG_PROMPT
+
+
+@pytest.fixture(scope="module")
+def control_compared(project, controlnet):
+    (project / "control.yaml").write_text(CONTROL_SUITE)
+    r = cli("compare", "control.yaml", "--out", "control-out", "--quiet", cwd=project)
+    assert r.returncode == 0, r.stderr
+    return project / "control-out"
+
+
+def test_controlnet_variants_in_one_suite(control_compared):
+    """Weight 0 gives exactly the no-control image (the ControlNet's residuals are scaled to zero before they are
+    added); weight 1 changes it; a shorter guidance window changes it less; the PNGs carry the units."""
+    image = lambda label: pixels(control_compared / "images" / label / "p00-s0.png")
+    none, zero, one, half = image("no-control"), image("canny-0"), image("canny-1"), image("canny-1-first-half")
+    assert np.array_equal(zero, none)
+    assert np.abs(one - none).mean() > 1.0
+    assert 0 < np.abs(half - none).mean() < np.abs(one - none).mean()
+    text = read_png_text(control_compared / "images/canny-1-first-half/p00-s0.png")["parameters"]
+    assert 'ControlNet 0: "Module: canny, Model: tiny-controlnet' in text and "Guidance End: 0.5" in text
+    assert "ControlNet" not in read_png_text(control_compared / "images/no-control/p00-s0.png")["parameters"]
+
+
+def test_report_names_each_unit_and_shows_the_control_map_once(control_compared, project):
+    from personae.data.control import detect_control
+
+    # one map for three units that share image and type; it is the map generate draws
+    assert [p.name for p in (control_compared / "controls").iterdir()] == ["canny-shapes.png"]
+    expected = detect_control("canny", Image.open(project / "shapes.png").convert("RGB"))
+    assert np.array_equal(pixels(control_compared / "controls/canny-shapes.png"), np.asarray(expected, dtype=np.int16))
+    report = (control_compared / "report.html").read_text()
+    assert "<h2>ControlNet units</h2>" in report and report.count("src='controls/canny-shapes.png'") >= 3 + 3
+    for unit in ("canny weight 0 model tiny-controlnet", "canny weight 1 model tiny-controlnet",
+                 "canny weight 1 model tiny-controlnet steps 0-0.5"):
+        assert unit in report
+    assert "<td>no control</td><td>no ControlNet</td>" in report
+    settings = {r.split(",")[0]: r for r in (control_compared / "metrics.csv").read_text().splitlines()[1:]}
+    assert "control canny weight 0 model tiny-controlnet" in settings["canny 0"]
+    assert "control" not in settings["no control"].split(",", 1)[1]
+    variants = {v["label"]: v for v in json.loads((control_compared / "metrics.json").read_text())["variants"]}
+    assert variants["canny 1 first half"]["controls"][0]["end"] == 0.5 and "controls" not in variants["no control"]
+
+
+def test_long_prompt_shown_whole_in_grid_and_report(control_compared):
+    from personae.media.grid import LINE, wrapped
+
+    long_prompt = LONG_PROMPT.format(token="sks", **{"class": "dog"})
+    lines = wrapped(long_prompt, 128 - 8)
+    assert " ".join(lines) == long_prompt and len(lines) >= 10  # wrapped, nothing cut
+    grid = Image.open(control_compared / "grids/seed-0.png")
+    assert grid.height >= 24 + len(lines) * LINE + 4 * (128 + 4)  # the header grew to every line
+    report = (control_compared / "report.html").read_text()
+    # A1111-style captions: the prompt (whole), seed and variant under every image
+    assert report.count(f"<span class='prompt'>{long_prompt}</span><br>seed 0, ") == 4
+    assert "<span class='prompt'>a photo of sks dog</span><br>seed 0, canny 1 first half" in report
+
+
+def test_grid_headers_wrap_and_grow():
+    from personae.media.grid import labelled_grid, wrapped
+
+    cells = [[Image.new("RGB", (64, 64), "gray")] * 2] * 2
+    short = labelled_grid(cells, ["a", "b"], ["short", "short"], title="seed 0")
+    long = labelled_grid(cells, ["a", "b"], ["short", LONG_PROMPT], title="seed 0")
+    assert long.width == short.width
+    assert long.height - short.height == (len(wrapped(LONG_PROMPT, 120)) - 1) * 16 > 8 * 16
+    long_row = "lora-0.5 · cfg 7 · steps 30 · sampler DPM++ 2M Karras · a very long variant name indeed"
+    tall = labelled_grid(cells, [long_row * 2, "b"], ["short", "short"], title="seed 0")
+    assert tall.height > short.height and " ".join(wrapped(long_row, 140)) == long_row
+
+
+@pytest.mark.parametrize("unit, expected", [
+    ("{type: canny, image: nowhere.png, model: ./tiny-controlnet}", 'Variant "c", controls[0].image: The control '
+                                                                    'image'),
+    ("{type: cany, image: shapes.png, model: ./tiny-controlnet}", 'Variant "c", controls[0].type: Unknown control type '
+                                                                  '"cany". Did you mean "canny"?'),
+    ("{type: canny, image: shapes.png, model: ./no-controlnet}", 'Variant "c", controls[0].model:'),
+    ("{type: canny, image: shapes.png, model: ./tiny-controlnet, options: {lo: 3}}", 'controls[0].options: Control '
+                                                                                     'type "canny" has no option "lo"'),
+    ("{type: canny, image: shapes.png, weight: 3}", "variants.1.controls.0.weight"),
+    ("canny:shapes.png", 'controls[0].model: Cannot load ControlNet "lllyasviel/control_v11p_sd15_canny"'),
+])
+def test_bad_control_unit_names_variant_and_field(project, controlnet, unit, expected):
+    """Every unit is checked before anything loads or is written (the CLI's exit 2: test_bad_suites_fail_clearly)."""
+    from personae.errors import UserError
+    from personae.jobs.compare import run_compare
+    from personae.jobs.compare_plan import load_suite
+
+    text = f"version: 1\nbase_model: ./tiny\nvariants: [{{label: ok}}, {{label: c, controls: [{unit}]}}]\n"
+    (project / "bad-unit.yaml").write_text(text)
+    with pytest.raises(UserError) as err:
+        run_compare(load_suite(project / "bad-unit.yaml"), project / "bad-unit-out")
+    assert expected in " ".join(str(err.value).split())
+    if "model" in expected:
+        assert "model: ./path/to/controlnet" in err.value.fix  # said for a suite file, not only as a CLI flag
+    assert not (project / "bad-unit-out").exists() and not (project / "bad-unit-out.partial").exists()
+
+
+def test_suite_units_are_every_variants_unless_it_sets_its_own(tmp_path):
+    """Suite-level `controls` reach each variant without its own; `controls: []` opts out; paths are the file's."""
+    from personae.errors import UserError
+    from personae.jobs.compare_plan import expand, load_suite
+
+    (tmp_path / "edges.png").write_bytes(b"")
+    (tmp_path / "cn").mkdir()
+    (tmp_path / "suite.yaml").write_text(
+        "version: 1\nbase_model: m\ncontrol_end: 0.8\ncontrols: [{type: canny, image: edges.png, model: cn}]\n"
+        "variants: [{label: a}, {label: plain, controls: []}, {label: half, controls: ['raw:edges.png:0.5'], "
+        "control_start: 0.2}]\n")
+    rows = {r.label: r for r in expand(load_suite(tmp_path / "suite.yaml"))}
+    assert [(u.type, u.image, u.model) for u in rows["a"].controls] == [("canny", str(tmp_path / "edges.png"),
+                                                                        str(tmp_path / "cn"))]
+    assert rows["a"].control_settings() == {"controls": list(rows["a"].controls), "control_start": 0.0,
+                                            "control_end": 0.8}
+    assert rows["plain"].controls == () and rows["plain"].settings == {"control": "none"}
+    assert rows["half"].controls[0].weight == 0.5
+    assert (rows["half"].control_start, rows["half"].control_end) == (0.2, 0.8)
+    assert rows["half"].settings == {"control": "raw weight 0.5 steps 0.2-0.8"}
+    (tmp_path / "bad.yaml").write_text("version: 1\nbase_model: m\nvariants: [{label: w, controls: ['raw:e.png'], "
+                                       "control_start: 0.9, control_end: 0.5}]\n")
+    with pytest.raises(UserError, match=r'Variant "w": control_start \(0.9\) must be below control_end \(0.5\)'):
+        expand(load_suite(tmp_path / "bad.yaml"))

@@ -19,6 +19,8 @@ a suite file:
     - {label: db, model: ./runs/db/model}               # another checkpoint (DreamBooth)
     - {label: ti, embedding: ./runs/ti/sks.safetensors} # {token} becomes the embedding's token
     - {label: run, run: ./runs/demo}                    # every kept checkpoint of a run, plus its final export
+    - {label: canny-0.5, controls: [{type: canny, image: me.jpg, weight: 0.5, model: ./canny-controlnet}]}
+    - {label: depth, controls: [{type: raw, image: depth.png, model: ./depth-cn}], control_end: 0.8}
   sweep: {cfg: [5, 7]}                                  # A1111's X/Y plot: weight, cfg, steps, sampler
   prompts: ["a photo of {token} {class}", "{token} {class} on the beach"]   # leave out for the built-in set
   prompt_set: live                                      # object (default) or live: DreamBooth-style prompts
@@ -27,6 +29,7 @@ a suite file:
   seeds: [0, 1]
   steps: 4
   references: ./prepared                                # the training images
+  # controls: [...]                                     # ControlNet units for every variant (generate's spelling)
   metrics: {clip: openai/clip-vit-base-patch32, dino: facebook/dino-vits16, face: false}
 """
 
@@ -59,9 +62,8 @@ def run(args) -> int:
     from personae.config.base import apply_overrides
     from personae.config.compare import CompareSuite
     from personae.evaluation.suites import PROMPT_SETS
-    from personae.jobs.compare_plan import expand
     from personae.jobs.compare import run_compare
-    from personae.jobs.compare_plan import load_suite
+    from personae.jobs.compare_plan import expand, load_suite
 
     overrides = {**apply_overrides({}, args.set), **settings_values(args, CompareSuite, groups=SHARED)}
     suite = load_suite(args.suite, overrides)

@@ -6,6 +6,8 @@
       - {label: base}
       - {label: lora, lora: ./runs/demo/lora.safetensors, weight: 0.8}
       - {label: run, run: ./runs/demo, checkpoints: [200, 400]}
+    - {label: canny-0.5, controls: ["canny:pose.jpg:0.5"]}   # ControlNet units, spelled as in generate's YAML
+    - {label: depth, controls: [{type: raw, image: depth.png, model: ./depth-controlnet}], control_end: 0.8}
     sweep: {weight: [0.5, 1.0], cfg: [5, 7]}     # A1111's X/Y plot: every combination
     prompts: ["a photo of {token} {class}", ...]  # or prompt_set: object | live (built in)
     token: sks
@@ -20,10 +22,10 @@ from typing import Literal
 
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
-from personae.config.addons import LoraRef
+from personae.config.addons import ControlRef, LoraRef
 from personae.config.base import Strict
 from personae.config.fields import retuned, setting
-from personae.config.sampling import RuntimeSettings, SamplingSettings
+from personae.config.sampling import ControlSettings, RuntimeSettings, SamplingSettings
 
 SWEEP_KEYS = ("weight", "cfg", "steps", "sampler")
 
@@ -73,6 +75,10 @@ class Variant(Strict):
     steps: int | None = retuned(SamplingSettings, "steps", None)
     cfg: float | None = retuned(SamplingSettings, "cfg", None)
     sampler: str | None = retuned(SamplingSettings, "sampler", None)
+    # ControlNet units as generate spells them; None = the suite's units, [] = none for this variant
+    controls: list[ControlRef] | None = retuned(ControlSettings, "controls", None)
+    control_start: float | None = retuned(ControlSettings, "control_start", None)
+    control_end: float | None = retuned(ControlSettings, "control_end", None)
 
     @model_validator(mode="after")
     def _one_source(self):
@@ -93,8 +99,9 @@ class MetricSettings(Strict):
     face: bool = setting(False, "face identity (needs the `face` extra: dlib-bin + face-recognition-models)")
 
 
-class CompareSuite(SamplingSettings, RuntimeSettings):
-    """A comparison suite: variants x prompts x seeds, with the sampling and runtime settings every image shares."""
+class CompareSuite(SamplingSettings, ControlSettings, RuntimeSettings):
+    """A comparison suite: variants x prompts x seeds, with the sampling, ControlNet and runtime settings every image
+    shares (a variant may replace the ControlNet units and the guidance window)."""
 
     model_config = ConfigDict(populate_by_name=True)
 

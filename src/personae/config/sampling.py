@@ -3,7 +3,7 @@
     GenerateSettings   = Source + Prompt + Sampling + Batch + Addons + Img2Img + Hires + Control + Runtime
     AnimateSettings    = Source + Prompt + Sampling + Addons + Motion + Runtime
     StoryboardSettings = Sampling + Runtime + the storyboard's own fields
-    CompareSuite       = Sampling + Runtime + the suite's own fields
+    CompareSuite       = Sampling + Control + Runtime + the suite's own fields (a variant may replace Control)
 
 So a check (bounds, the multiple-of-8 size) is the same in every command, and a field added
 here reaches the CLI options, `--help`, YAML files, PNG metadata and `--from-png` (fields.py).

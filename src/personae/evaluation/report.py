@@ -1,8 +1,11 @@
 """report.html for a comparison: one self-contained page (images beside it, linked relatively).
 
 The page holds the suite's settings, the metrics table (click a header to sort; numbers sort
-as numbers), the skipped metrics and why, the grids, each run's loss curve and validation
-grids, and every image with its own scores. No external scripts, styles or fonts.
+as numbers), the skipped metrics and why, each variant's ControlNet units with their control
+maps, the grids, each run's loss curve and validation grids, and every image, variant by variant
+beside the control maps it used, captioned with its variant, seed, prompt and scores (as A1111
+writes under an image). Long labels and prompts wrap; nothing is cut. No external scripts,
+styles or fonts.
 """
 
 from __future__ import annotations
@@ -12,11 +15,13 @@ from dataclasses import dataclass, field
 
 STYLE = """
 body{font-family:system-ui,sans-serif;margin:24px;color:#222;max-width:1400px}
-table{border-collapse:collapse;margin:8px 0}th,td{border:1px solid #ccc;padding:4px 8px;text-align:right}
+table{border-collapse:collapse;margin:8px 0}th,td{border:1px solid #ccc;padding:4px 8px;text-align:right;
+overflow-wrap:anywhere;max-width:40em}
 th{background:#f2f2f2;cursor:pointer;user-select:none}th:first-child,td:first-child{text-align:left}
 th[aria-sort=ascending]::after{content:" ▲"}th[aria-sort=descending]::after{content:" ▼"}
 img{image-rendering:pixelated;max-width:100%}.cells img{width:128px;height:128px}
-.cells figure{display:inline-block;margin:4px;font-size:11px;width:132px;vertical-align:top}
+.cells figure{display:inline-block;margin:4px;font-size:11px;width:132px;vertical-align:top;overflow-wrap:anywhere}
+.cells figure.control{background:#eef3ff}.units img{width:96px;height:96px}figcaption{white-space:normal}
 .note{color:#8a4b00}code{background:#f5f5f5;padding:1px 3px}
 """
 
@@ -53,6 +58,8 @@ class ReportData:
     runs: list[tuple[str, list[tuple[str, str]]]] = field(default_factory=list)  # (label, [(caption, path)])
     images: list[dict] = field(default_factory=list)  # per image: file, variant, prompt, seed, scores
     notes: list[str] = field(default_factory=list)
+    controls: list[tuple[str, list[tuple[str, str, str]]]] = field(default_factory=list)  # per variant:
+    # (label, [(unit description, control map path, source image)]); empty when no variant uses ControlNet
 
 
 def _cell(value) -> str:
@@ -61,6 +68,16 @@ def _cell(value) -> str:
     if isinstance(value, float):
         return f"<td data-value='{value:.6f}'>{value:.4f}</td>"
     return f"<td data-value='{html.escape(str(value), quote=True)}'>{html.escape(str(value))}</td>"
+
+
+def _image_figure(image: dict) -> str:
+    e = html.escape
+    scores = ", ".join(f"{k} {v:.3f}" for k, v in image["scores"].items() if v is not None)
+    tip = f"{image['variant']} | {image['prompt']} | seed {image['seed']}"
+    return (f"<figure><img src='{e(image['file'], quote=True)}' title='{e(tip, quote=True)}' "
+            f"alt='{e(tip, quote=True)}'>"
+            f"<figcaption class='caption'><span class='prompt'>{e(image['prompt'])}</span><br>seed {image['seed']}, "
+            f"{e(image['variant'])}<br>{e(scores)}</figcaption></figure>")
 
 
 def render_report(data: ReportData) -> str:
@@ -79,26 +96,38 @@ def render_report(data: ReportData) -> str:
         parts.append("<p class='note'>Skipped metrics:</p><ul>" + "".join(
             f"<li class='note'><b>{e(k)}</b>: {e(v)}</li>" for k, v in data.skipped.items()) + "</ul>")
     parts += [f"<p class='note'>{e(n)}</p>" for n in data.notes]
-    # 2. grids: rows variants, columns prompts
+    # 2. ControlNet units per variant, each with the control map it used
+    maps = {label: units for label, units in data.controls}
+    if data.controls:
+        parts.append("<h2>ControlNet units</h2><table class='units'><thead><tr><th>variant</th><th>unit</th>"
+                     "<th>control map</th></tr></thead><tbody>")
+        for label, units in data.controls:
+            parts += [f"<tr><td>{e(label)}</td><td>{e(text)}<br><small>from {e(source)}</small></td><td><img "
+                      f"src='{e(path, quote=True)}' alt='{e(text, quote=True)}'></td></tr>"
+                      for text, path, source in units]
+            if not units:
+                parts.append(f"<tr><td>{e(label)}</td><td>no ControlNet</td><td></td></tr>")
+        parts.append("</tbody></table>")
+    # 3. grids: rows variants, columns prompts
     parts.append("<h2>Grids</h2>")
     parts += [f"<figure><img src='{e(path, quote=True)}' alt='{e(caption, quote=True)}'><figcaption>{e(caption)}"
               "</figcaption></figure>" for caption, path in data.grids]
-    # 3. training runs: loss curves and validation grids
+    # 4. training runs: loss curves and validation grids
     if data.runs:
         parts.append("<h2>Training runs</h2>")
         for label, files in data.runs:
             parts.append(f"<h3>{e(label)}</h3>")
             parts += [f"<figure><img src='{e(path, quote=True)}' alt='{e(caption, quote=True)}'><figcaption>"
                       f"{e(caption)}</figcaption></figure>" for caption, path in files]
-    # 4. every image with its scores
+    # 5. every image, variant by variant beside its control maps, captioned as A1111 does: prompt, seed, variant
     if data.images:
-        parts.append("<h2>Every image</h2><div class='cells'>")
-        for image in data.images:
-            scores = ", ".join(f"{k} {v:.3f}" for k, v in image["scores"].items() if v is not None)
-            tip = f"{image['variant']} | {image['prompt']} | seed {image['seed']}"
-            parts.append(f"<figure><img src='{e(image['file'], quote=True)}' title='{e(tip, quote=True)}' "
-                         f"alt='{e(tip, quote=True)}'><figcaption>{e(image['variant'])}, seed {image['seed']}<br>"
-                         f"{e(scores)}</figcaption></figure>")
-        parts.append("</div>")
+        parts.append("<h2>Every image</h2>")
+        for label in dict.fromkeys(image["variant"] for image in data.images):
+            parts.append(f"<h3>{e(label)}</h3><div class='cells'>")
+            parts += [f"<figure class='control'><img src='{e(path, quote=True)}' alt='{e(text, quote=True)}'>"
+                      f"<figcaption>control map: {e(text)}</figcaption></figure>"
+                      for text, path, _ in maps.get(label, ())]
+            parts += [_image_figure(image) for image in data.images if image["variant"] == label]
+            parts.append("</div>")
     parts.append(f"<script>{SORT_SCRIPT}</script></html>")
     return "\n".join(parts)

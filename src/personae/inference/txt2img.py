@@ -19,9 +19,9 @@ from PIL import Image
 
 from personae import __version__
 from personae.config.generate import GenerateSettings
-from personae.events import EventHandler, Message, Progress, ignore
 from personae.errors import UserError
-from personae.inference.controlnet import control_denoise, control_infotext, prepare_controls
+from personae.events import EventHandler, Message, Progress, ignore
+from personae.inference.controlnet import PreparedControl, control_denoise, control_infotext, prepare_controls
 from personae.inference.hires import A1111_UPSCALER, hires_fix
 from personae.inference.img2img import composite, default_size, denoiser, feathered_mask, open_image, vae_roundtrip
 from personae.inference.nans import check_embeddings, nan_guard
@@ -119,11 +119,12 @@ def with_absolute_paths(settings: GenerateSettings, session: Session) -> Generat
 
 
 def txt2img(settings: GenerateSettings, session: Session | None = None, on_event: EventHandler = ignore,
-            loras: list[LoadedLora] | None = None, embeddings: list[LoadedEmbedding] | None = None
-            ) -> list[GeneratedImage]:
+            loras: list[LoadedLora] | None = None, embeddings: list[LoadedEmbedding] | None = None,
+            controls: list[PreparedControl] | None = None) -> list[GeneratedImage]:
     """Images for `settings`. A caller holding a session may pick, per call, the weights of its LoRAs (`loras`:
     the session's LoRAs at other weights; one left out is off) and which of its embeddings the PNG names; the
-    session itself is left exactly as it was (its pipeline, scheduler and LoRA weights)."""
+    session itself is left exactly as it was (its pipeline, scheduler and LoRA weights). A caller drawing many
+    images with the same units may pass their maps (`controls`: prepare_controls(settings.controls)), drawn once."""
     # 1. check inputs and fix the seed; <lora:name:w> tags become LoRAs (found in --lora-dir, or the session's)
     sampler = get_sampler(settings.sampler)
     settings = settings.model_copy(update={"sampler": sampler.name})  # written as A1111 names it, whatever was typed
@@ -145,7 +146,8 @@ def txt2img(settings: GenerateSettings, session: Session | None = None, on_event
     for path, what in ((settings.init_image, "init image"), (settings.mask, "mask")):
         if path:
             open_image(path, what)  # a missing or unreadable file fails before the model loads
-    controls = prepare_controls(settings.controls, settings.allow_pickle)  # control maps too: no face found is said before loading
+    if controls is None:
+        controls = prepare_controls(settings.controls, settings.allow_pickle)  # no face found: said before loading
     # 2. load the model, LoRAs and embeddings (unless the caller holds a session)
     session = session or session_for(settings, on_event)
     size = default_size(settings.init_image) if settings.init_image else (session.native_size, session.native_size)

@@ -1,7 +1,8 @@
 """`personae compare SUITE.yaml --out DIR`: variants x prompts x seeds, grids, metrics, report.html.
 
 DIR/images/<variant>/p<prompt>-s<seed>.png (each with A1111 metadata), DIR/grids/seed-<seed>.png
-(rows variants, columns prompts), DIR/metrics.csv (one row per variant), DIR/metrics.json (per
+(rows variants, columns prompts), DIR/controls/<type>-<image>.png (each ControlNet map used, once),
+DIR/metrics.csv (one row per variant), DIR/metrics.json (per
 variant and per image, plus skipped metrics), DIR/runs/<variant>/ (loss curves and validation
 grids of run folders), DIR/report.html, DIR/compare.json (the resolved suite).
 
@@ -34,13 +35,14 @@ from personae.events import EventHandler, Message, Progress, ignore
 from personae.inference.samplers import get_sampler
 from personae.inference.session import open_session
 from personae.inference.txt2img import txt2img
+from personae.jobs.compare_controls import prepare_suite_controls, prepared_for, row_units, save_maps
 from personae.jobs.compare_plan import Row, expand, slug
 from personae.media.grid import labelled_grid, save_image
 from personae.media.png import save_png
 from personae.outputs import Kind, check_output, staged_output
 
 COMPARISON = Kind("compare", "a comparison", "personae compare", signature=("compare.json", "metrics.json", "report.html"),
-                  layout=("images/*", "grids/*", "runs/*", "metrics.csv", "metrics.json", "report.html", "compare.json"))
+                  layout=("images/*", "grids/*", "runs/*", "controls/*", "metrics.csv", "metrics.json", "report.html", "compare.json"))
 
 
 def load_references(folder: str | None) -> list:
@@ -56,7 +58,7 @@ def load_references(folder: str | None) -> list:
     return images
 
 
-def _generate_group(suite: CompareSuite, model: str, rows: list[Row], prompts: list[str], work: Path,
+def _generate_group(suite: CompareSuite, model: str, rows: list[Row], prompts: list[str], work: Path, maps: dict,
                     progress, on_event: EventHandler) -> list[tuple[Row, Sample, Path]]:
     """One loaded model for every row that uses it; LoRAs switch on and off by adapter weight."""
     loras = list(dict.fromkeys(p for r in rows for p, _ in r.loras))
@@ -69,6 +71,7 @@ def _generate_group(suite: CompareSuite, model: str, rows: list[Row], prompts: l
     for row in rows:
         used_loras = [replace(by_path[p], weight=w) for p, w in row.loras]  # this row's weights; the rest off
         used_embeddings = [by_file[e] for e in row.embeddings]
+        controls = prepared_for(row, maps)  # generate's ControlNet units, their maps drawn once per comparison
         token = row.token or (used_embeddings[0].token if used_embeddings else suite.token)
         folder = work / "images" / slug(row.label)
         folder.mkdir(parents=True, exist_ok=True)
@@ -77,8 +80,9 @@ def _generate_group(suite: CompareSuite, model: str, rows: list[Row], prompts: l
             for seed in suite.seeds:
                 swept = {k: getattr(row, k) for k in ("steps", "cfg", "sampler") if getattr(row, k) is not None}
                 settings = GenerateSettings(**{**suite.sampling(), **swept}, model=model, prompt=prompt, seed=seed,
-                                            device=suite.device, dtype=suite.dtype)
-                image = txt2img(settings, session, loras=used_loras, embeddings=used_embeddings)[0]
+                                            device=suite.device, dtype=suite.dtype, **row.control_settings())
+                image = txt2img(settings, session, loras=used_loras, embeddings=used_embeddings,
+                                controls=controls)[0]
                 path = save_png(image.image, folder / f"p{pi:02d}-s{seed}.png", image.parameters, image.png_text())
                 sample = Sample(image.image, row.label, prompt, pi, seed, fill(template, "", suite.class_word))
                 out.append((row, sample, path))
@@ -122,9 +126,10 @@ def _run_files(rows: list[Row], work: Path) -> list[tuple[str, list[tuple[str, s
 
 def run_compare(suite: CompareSuite, out: str | Path, on_event: EventHandler = ignore) -> dict:
     out = Path(out)
-    # 1. check inputs before loading anything: the output folder, rows, prompts, samplers, references
+    # 1. check inputs before loading anything: the output folder, rows, ControlNet units, prompts, samplers, references
     check_output(out, COMPARISON)
     rows = expand(suite)
+    maps = prepare_suite_controls(suite)
     prompts = suite.prompts or PROMPT_SETS[suite.prompt_set]
     for name in {r.sampler or suite.sampler for r in rows}:
         get_sampler(name)
@@ -142,7 +147,7 @@ def run_compare(suite: CompareSuite, out: str | Path, on_event: EventHandler = i
         # rows with embeddings get a session of their own: a loaded token could otherwise change another row's prompt
         for model, embeddings in dict.fromkeys((r.model, r.embeddings) for r in rows):
             group = [r for r in rows if (r.model, r.embeddings) == (model, embeddings)]
-            made += _generate_group(suite, model, group, prompts, work, progress, on_event)
+            made += _generate_group(suite, model, group, prompts, work, maps, progress, on_event)
         order = {r.label: i for i, r in enumerate(rows)}
         made.sort(key=lambda m: (order[m[0].label], m[1].prompt_index, suite.seeds.index(m[1].seed)))
         # 3. metrics per image, then means per variant
@@ -159,6 +164,9 @@ def run_compare(suite: CompareSuite, out: str | Path, on_event: EventHandler = i
             mine = [p for p in per_image if p["variant"] == row.label]
             entry = {"label": row.label, "settings": ", ".join(f"{k} {v}" for k, v in row.settings.items()),
                      "images": len(mine)}
+            if row.controls:
+                entry["controls"] = [dict(u.model_dump(), start=row.control_start, end=row.control_end)
+                                     for u in row.controls]
             for n in names:
                 values = [p["scores"][n] for p in mine if p["scores"][n] is not None]
                 entry[n] = float(np.mean(values)) if values else None
@@ -168,6 +176,7 @@ def run_compare(suite: CompareSuite, out: str | Path, on_event: EventHandler = i
         # 4. files: grids, tables, run curves, report
         grids = _grids(rows, [fill(p, suite.token, suite.class_word) for p in prompts], suite.seeds, made, work)
         runs = _run_files(rows, work)
+        units = row_units(rows, save_maps(maps, work)) if maps else []
         with open(work / "metrics.csv", "w", newline="", encoding="utf-8") as fh:
             writer = csv.writer(fh)
             writer.writerow(["variant", "settings", "images"] + names)
@@ -183,7 +192,7 @@ def run_compare(suite: CompareSuite, out: str | Path, on_event: EventHandler = i
                                  "seeds": ", ".join(map(str, suite.seeds)), "steps": str(suite.steps),
                                  "CFG": f"{suite.cfg:g}", "sampler": suite.sampler,
                                  "references": f"{len(references)} image(s) from {suite.references}" if references else "none"},
-            [(n, titles[n]) for n in names], table, skipped, grids, runs, per_image, notes)
+            [(n, titles[n]) for n in names], table, skipped, grids, runs, per_image, notes, units)
         (work / "report.html").write_text(render_report(report), encoding="utf-8")
         (work / "compare.json").write_text(json.dumps({"suite": suite.model_dump(by_alias=True),
                                                        "rows": [r.label for r in rows]}, indent=1), encoding="utf-8")

@@ -3,7 +3,8 @@
 A run folder (`personae train` output) becomes one row per kept checkpoint plus its final
 export, using the files its run record lists (runs.read_run: a kohya LoRA, an A1111 embedding,
 or a DreamBooth model folder). A sweep turns each row into every combination of the swept values
-(LoRA weight only multiplies rows that have a LoRA).
+(LoRA weight only multiplies rows that have a LoRA). ControlNet units are generate's own
+(`controls`, `control_start`, `control_end`): a variant's replace the suite's, `controls: []` is none.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from personae.config.addons import ControlRef
 from personae.config.base import load_yaml, parse_settings
 from personae.config.compare import CompareSuite, Variant
 from personae.errors import UserError
@@ -34,6 +36,24 @@ class Row:
     run: str | None = None  # the run folder this row came from (its loss curve goes in the report)
     step: int | None = None
     settings: dict = field(default_factory=dict)  # what differs from the suite, for the metrics table
+    controls: tuple[ControlRef, ...] = ()  # ControlNet units, as generate takes them
+    control_start: float = 0.0
+    control_end: float = 1.0
+
+    def control_settings(self) -> dict:
+        """This row's ControlNet part of GenerateSettings."""
+        return {"controls": list(self.controls), "control_start": self.control_start, "control_end": self.control_end}
+
+
+def describe_unit(ref: ControlRef, start: float = 0.0, end: float = 1.0) -> str:
+    """One ControlNet unit in a few words, for the metrics table and the report (A1111's unit fields)."""
+    parts = [ref.type, f"weight {ref.weight:g}"]
+    if ref.model:
+        parts.append(f"model {Path(ref.model).name or ref.model}")
+    parts += [f"{k} {v:g}" for k, v in ref.options.items()]
+    if (start, end) != (0.0, 1.0):
+        parts.append(f"steps {start:g}-{end:g}")
+    return " ".join(parts)
 
 
 def slug(label: str) -> str:
@@ -53,13 +73,17 @@ def load_suite(path: str | Path, overrides: dict | None = None) -> CompareSuite:
             return str((base / value).resolve())
         return value
 
+    def fix_units(units: list[ControlRef] | None) -> list[ControlRef] | None:
+        return None if units is None else [u.model_copy(update={"image": fix(u.image), "model": fix(u.model)})
+                                           for u in units]
+
     variants = []
     for v in suite.variants:
         loras = [l.model_copy(update={"path": fix(l.path)}) for l in v.loras]
         variants.append(v.model_copy(update={"model": fix(v.model), "lora": fix(v.lora), "embedding": fix(v.embedding),
-                                             "run": fix(v.run), "loras": loras}))
+                                             "run": fix(v.run), "loras": loras, "controls": fix_units(v.controls)}))
     return suite.model_copy(update={"base_model": fix(suite.base_model), "references": fix(suite.references),
-                                    "variants": variants})
+                                    "variants": variants, "controls": fix_units(suite.controls)})
 
 
 def _run_rows(v: Variant, base_model: str) -> list[Row]:
@@ -102,6 +126,23 @@ def _run_rows(v: Variant, base_model: str) -> list[Row]:
     return [r for r in rows if r] + [row(run, f"{v.label} final", None)]
 
 
+def _with_controls(rows: list[Row], v: Variant, suite: CompareSuite) -> list[Row]:
+    """The variant's ControlNet units (else the suite's) and guidance window on each of its rows."""
+    units = tuple(suite.controls if v.controls is None else v.controls)
+    start = suite.control_start if v.control_start is None else v.control_start
+    end = suite.control_end if v.control_end is None else v.control_end
+    if units and start >= end:
+        raise UserError(f'Variant "{v.label}": control_start ({start:g}) must be below control_end ({end:g}).',
+                        "Set control_start / control_end on the variant (or the suite) so that start < end.")
+    out = []
+    for row in rows:
+        settings = dict(row.settings)
+        if units != tuple(suite.controls) or (units and (start, end) != (suite.control_start, suite.control_end)):
+            settings["control"] = " + ".join(describe_unit(u, start, end) for u in units) or "none"
+        out.append(replace(row, controls=units, control_start=start, control_end=end, settings=settings))
+    return out
+
+
 def _variant_rows(v: Variant, base_model: str) -> list[Row]:
     if v.run:
         return _run_rows(v, base_model)
@@ -132,7 +173,7 @@ def _swept(row: Row, sweep: dict[str, list]) -> list[Row]:
 
 
 def expand(suite: CompareSuite) -> list[Row]:
-    rows = [r for v in suite.variants for r in _variant_rows(v, suite.base_model)]
+    rows = [r for v in suite.variants for r in _with_controls(_variant_rows(v, suite.base_model), v, suite)]
     if suite.sweep:
         rows = [s for r in rows for s in _swept(r, suite.sweep)]
     labels = [r.label for r in rows]
