@@ -132,9 +132,9 @@ def write_florence(folder: Path, seed: int = 0) -> Path:
     """A tiny random Florence2ForConditionalGeneration + Florence2Processor (a byte-level BART tokenizer over
     printable ASCII, a 16 px CLIP image processor), saved as a transformers folder."""
     import torch
-    from transformers import (BartTokenizer, CLIPImageProcessor, Florence2Config, Florence2ForConditionalGeneration,
-                              Florence2Processor)
+    from transformers import BartTokenizer, CLIPImageProcessor, Florence2Config, Florence2Processor
     from transformers.convert_slow_tokenizer import bytes_to_unicode
+    from transformers.models.florence2 import Florence2ForConditionalGeneration
 
     byte_chars = bytes_to_unicode()
     chars = [byte_chars[b] for b in range(32, 127)]  # space (as "Ġ") and printable ASCII: captions stay readable
@@ -143,13 +143,17 @@ def write_florence(folder: Path, seed: int = 0) -> Path:
     image_processor = CLIPImageProcessor(size={"height": 16, "width": 16}, do_center_crop=False)
     image_processor.image_seq_length = 17  # (16 / 4)^2 patches + 1 temporal token
     processor = Florence2Processor(image_processor=image_processor, tokenizer=tokenizer)
-    text = dict(model_type="bart", vocab_size=len(tokenizer), max_position_embeddings=128, d_model=16,
-                encoder_layers=1, decoder_layers=1, encoder_ffn_dim=16, decoder_ffn_dim=16, encoder_attention_heads=1,
-                decoder_attention_heads=1, bos_token_id=0, pad_token_id=1, eos_token_id=2, decoder_start_token_id=2)
+    # weights drawn wider than the usual 0.02 so that what is generated depends on the image and the prompt
+    text = dict(model_type="bart", vocab_size=len(tokenizer), max_position_embeddings=128, d_model=32,
+                encoder_layers=1, decoder_layers=1, encoder_ffn_dim=32, decoder_ffn_dim=32, encoder_attention_heads=2,
+                decoder_attention_heads=2, bos_token_id=0, pad_token_id=1, eos_token_id=2, decoder_start_token_id=2,
+                init_std=0.3)
     vision = dict(depths=[1], patch_size=[7], patch_stride=[4], patch_padding=[3], patch_prenorm=[False],
-                  embed_dim=[16], num_heads=[1], num_groups=[1], projection_dim=16, drop_path_rate=0.0)
+                  embed_dim=[16], num_heads=[1], num_groups=[1], projection_dim=32, drop_path_rate=0.0,
+                  initializer_range=0.3)
     torch.manual_seed(seed)
-    config = Florence2Config(text_config=text, vision_config=vision, image_token_id=tokenizer.image_token_id)
+    config = Florence2Config(text_config=text, vision_config=vision, image_token_id=tokenizer.image_token_id,
+                             initializer_range=0.3)
     model = Florence2ForConditionalGeneration(config).eval()
     model.save_pretrained(folder)
     processor.save_pretrained(folder)
@@ -177,15 +181,16 @@ def test_florence2_captions_through_transformers_native_classes(tmp_path):
     processor = AutoProcessor.from_pretrained(folder)
     model = Florence2ForConditionalGeneration.from_pretrained(folder).eval()
     prompts = {}
-    for task in ("<CAPTION>", "<DETAILED_CAPTION>"):
+    short = load_captioner(str(folder), settings=PrepareSettings(caption_task="<CAPTION>"))
+    for task, got in (("<CAPTION>", short.caption(images, paths)), ("<DETAILED_CAPTION>", captions)):
         inputs = processor(images=images, text=[task] * 2, return_tensors="pt")
         prompts[task] = inputs["input_ids"]
         with torch.no_grad():
             ids = model.generate(**inputs, max_new_tokens=77, do_sample=False)
         expected = [" ".join(t.split()) for t in processor.batch_decode(ids, skip_special_tokens=True)]
-        got = load_captioner(str(folder), settings=PrepareSettings(caption_task=task)).caption(images, paths)
         assert got == expected
     assert prompts["<CAPTION>"].shape != prompts["<DETAILED_CAPTION>"].shape  # two different prompts went in
+    assert captions[0] != captions[1] and short.caption(images, paths) != captions  # image and task both count
     assert processor.batch_decode(prompts["<DETAILED_CAPTION>"][:, 17:], skip_special_tokens=True)[0] == \
         "Describe in detail what is shown in the image."
 
@@ -206,3 +211,11 @@ def test_remote_code_only_checkpoints_are_refused(tmp_path):
     (custom / "config.json").write_text(json.dumps({"model_type": "my_captioner", "auto_map": {}}))
     with pytest.raises(UserError, match='"my_captioner".*never runs code'):
         load_captioner(str(custom))
+
+
+def test_tag_cleaning_keeps_kaomoji_and_underscores_on_request():
+    from personae.data.captions import clean_tags
+
+    assert clean_tags("long_hair, ^_^, long hair, >_<") == "long hair, ^_^, >_<"
+    assert clean_tags("long_hair, ^_^", underscores_to_spaces=False) == "long_hair, ^_^"
+    assert clean_tags("^_^") == "^_^" and clean_tags("hatsune_miku") == "hatsune miku"

@@ -17,7 +17,7 @@ EXAMPLES = """examples:
   personae prepare ~/frames ./shots --folder-tokens close_up=<cu_trg>,medium=<ms_trg>,full=<fs_trg>
   # kohya folders (10_sks man/) keep their repeats and caption prefix
   # anime drawings tagged by a WD14 tagger folder (model.onnx + selected_tags.csv), booru-style
-  personae prepare ~/drawings ./tagged --crop none --captioner wd14:./wd-vit-tagger-v3 --tag-threshold 0.35 \
+  personae prepare ~/drawings ./tagged --crop none --captioner wd14:./wd-vit-tagger-v3 --tag-threshold 0.35 \\
       --undesired-tags "simple background"
 
 outputs: OUT/images/*.png + *.txt, OUT/manifest.jsonl, OUT/report.md, OUT/contact_sheet.png

@@ -94,7 +94,8 @@ class TransformersCaptioner:
             prompt, max_new_tokens = florence_task, max(max_new_tokens, 77)
         try:
             self.processor = AutoProcessor.from_pretrained(source, local_files_only=local_only)
-            self.model = AutoModelForImageTextToText.from_pretrained(source, local_files_only=local_only).to(device).eval()
+            model = AutoModelForImageTextToText.from_pretrained(source, local_files_only=local_only)
+            self.model = model.to(device).eval()
         except OSError as exc:
             raise UserError(
                 f'Captioner "{name_or_path}" could not be loaded ({str(exc).splitlines()[0]}).',
