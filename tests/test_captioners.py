@@ -144,7 +144,7 @@ def write_florence(folder: Path, seed: int = 0) -> Path:
     image_processor.image_seq_length = 17  # (16 / 4)^2 patches + 1 temporal token
     processor = Florence2Processor(image_processor=image_processor, tokenizer=tokenizer)
     # weights drawn wider than the usual 0.02 so that what is generated depends on the image and the prompt
-    text = dict(model_type="bart", vocab_size=len(tokenizer), max_position_embeddings=128, d_model=32,
+    text = dict(model_type="bart", vocab_size=len(tokenizer), max_position_embeddings=320, d_model=32,
                 encoder_layers=1, decoder_layers=1, encoder_ffn_dim=32, decoder_ffn_dim=32, encoder_attention_heads=2,
                 decoder_attention_heads=2, bos_token_id=0, pad_token_id=1, eos_token_id=2, decoder_start_token_id=2,
                 init_std=0.3)
@@ -172,8 +172,14 @@ def test_florence2_captions_through_transformers_native_classes(tmp_path):
     paths = [Path("a.png"), Path("b.png")]
     captioner = load_captioner(str(folder))
     assert isinstance(captioner, TransformersCaptioner) and captioner.prompt == "<DETAILED_CAPTION>"
-    captions = captioner.caption(images, paths)
-    assert captions == load_captioner(str(folder)).caption(images, paths)  # deterministic
+    assert captioner.max_new_tokens == 256  # room for a whole paragraph; below, 24 tokens keep the test quick
+    assert load_captioner(str(folder), settings=PrepareSettings(caption_task="<CAPTION>")).prompt == "<CAPTION>"
+
+    def florence(task="<DETAILED_CAPTION>"):
+        return TransformersCaptioner(str(folder), max_new_tokens=24, florence_task=task)
+
+    captions = florence().caption(images, paths)
+    assert captions == florence().caption(images, paths)  # deterministic
     assert all(isinstance(c, str) and c.isprintable() for c in captions)
     assert not any(s in c for c in captions for s in ("<s>", "</s>", "<pad>", "<image>", "CAPTION", "Describe"))
 
@@ -181,12 +187,12 @@ def test_florence2_captions_through_transformers_native_classes(tmp_path):
     processor = AutoProcessor.from_pretrained(folder)
     model = Florence2ForConditionalGeneration.from_pretrained(folder).eval()
     prompts = {}
-    short = load_captioner(str(folder), settings=PrepareSettings(caption_task="<CAPTION>"))
+    short = florence("<CAPTION>")
     for task, got in (("<CAPTION>", short.caption(images, paths)), ("<DETAILED_CAPTION>", captions)):
         inputs = processor(images=images, text=[task] * 2, return_tensors="pt")
         prompts[task] = inputs["input_ids"]
         with torch.no_grad():
-            ids = model.generate(**inputs, max_new_tokens=77, do_sample=False)
+            ids = model.generate(**inputs, max_new_tokens=24, do_sample=False)
         expected = [" ".join(t.split()) for t in processor.batch_decode(ids, skip_special_tokens=True)]
         assert got == expected
     assert prompts["<CAPTION>"].shape != prompts["<DETAILED_CAPTION>"].shape  # two different prompts went in

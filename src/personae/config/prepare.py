@@ -45,8 +45,9 @@ class PrepareSettings(Strict):
     keep_underscores: bool = setting(False, "keep underscores in tags (long_hair) instead of spaces; kaomoji such "
                                             "as ^_^ always keep theirs")
     caption_task: Literal["<CAPTION>", "<DETAILED_CAPTION>", "<MORE_DETAILED_CAPTION>"] = setting(
-        "<DETAILED_CAPTION>", "Florence-2: the task prompt; DETAILED gives 1-3 sentences that fit the 77-token "
-                              "text encoder, MORE_DETAILED a paragraph that gets cut", metavar="TASK")
+        "<DETAILED_CAPTION>", "Florence-2: the task prompt; DETAILED gives 1-3 sentences that fit the 77 tokens "
+                              "the text encoder reads, MORE_DETAILED a paragraph past them, CAPTION a phrase",
+        metavar="TASK")
     recaption: bool = setting(False, "caption with the captioner even where a sidecar .txt exists")
     duplicate_distance: int = setting(4, "pHash bits within which two images count as near-duplicates",
                                       ge=0, le=64)

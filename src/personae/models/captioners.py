@@ -71,8 +71,9 @@ def _config_of(source: str, local_only: bool) -> dict:
 class TransformersCaptioner:
     """Any transformers image-to-text model with a processor (BLIP, BLIP-2, GIT, Florence-2...)."""
 
-    def __init__(self, name_or_path: str, device: str = "cpu", max_new_tokens: int = 40, prompt: str | None = None,
-                 florence_task: str = "<DETAILED_CAPTION>"):
+    def __init__(self, name_or_path: str, device: str = "cpu", max_new_tokens: int | None = None,
+                 prompt: str | None = None, florence_task: str = "<DETAILED_CAPTION>"):
+        """max_new_tokens: 40, or 256 for Florence-2; florence_task: the task prompt when the model is Florence-2."""
         import torch
         from transformers import AutoModelForImageTextToText, AutoProcessor
 
@@ -90,8 +91,8 @@ class TransformersCaptioner:
         source = str(local) if local_only else name_or_path
         config = _config_of(source, local_only)
         check_native(config, name_or_path)
-        if config.get("model_type") == "florence2":  # a task prompt in, a caption of up to ~77 tokens out
-            prompt, max_new_tokens = florence_task, max(max_new_tokens, 77)
+        if config.get("model_type") == "florence2":  # a task prompt in, and room for a whole paragraph out:
+            prompt, max_new_tokens = florence_task, max_new_tokens or 256  # no caption cut mid-sentence
         try:
             self.processor = AutoProcessor.from_pretrained(source, local_files_only=local_only)
             model = AutoModelForImageTextToText.from_pretrained(source, local_files_only=local_only)
@@ -102,7 +103,7 @@ class TransformersCaptioner:
                 "With no network, download the model elsewhere and pass its folder with --captioner ./folder, "
                 "or use the offline default --captioner filename.",
             ) from None
-        self.device, self.max_new_tokens, self.prompt = device, max_new_tokens, prompt
+        self.device, self.max_new_tokens, self.prompt = device, max_new_tokens or 40, prompt
         self._torch = torch
 
     def caption(self, images, paths):
