@@ -124,6 +124,8 @@ def test_wd14_tagger_errors_name_the_file_and_the_fix(tmp_path, monkeypatch):
     assert time.monotonic() - start < 5 and "wd14:./folder" in err.value.fix
     with pytest.raises(UserError, match="was not found"):
         load_captioner(f"wd14:{tmp_path / 'missing'}")
+    with pytest.raises(UserError, match="names no tagger"):
+        load_captioner("wd14:")
 
 
 # -- Florence-2 -------------------------------------------------------------------------------------------------
