@@ -79,7 +79,7 @@ def tagger_files(spec: str) -> tuple[Path, Path]:
     """(model.onnx, selected_tags.csv) of a folder, or of a hub repo (downloaded once, then from the cache)."""
     if not spec.strip():
         raise UserError("--captioner wd14: names no tagger.",
-                        "Write the tagger's folder or hub id after the colon, e.g. --captioner wd14:./wd-vit-tagger-v3.")
+                        "Write the tagger's folder or hub id after the colon, e.g. wd14:./wd-vit-tagger-v3.")
     folder = Path(spec).expanduser()
     if folder.is_dir():
         for name in FILES:
