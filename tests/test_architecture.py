@@ -23,7 +23,7 @@ WORLD = {"__init__": "base", "vocab": "config", "pretrain_settings": "config", "
          "scene": "data", "tokenizer": "models", "model": "models", "check": "evaluation",
          "bench_scores": "evaluation", "evaluate": "evaluation", "pretrain": "training", "bench": "jobs"}
 NO_TORCH = ("config", "data", "media")  # packages (and world modules at the config / data layers)
-TORCH = ("torch", "diffusers", "transformers", "peft", "accelerate")
+TORCH = ("torch", "diffusers", "transformers", "peft", "accelerate", "onnxruntime")
 
 
 def layer_of(module: str) -> str:

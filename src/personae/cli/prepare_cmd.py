@@ -16,6 +16,9 @@ EXAMPLES = """examples:
   # storyboard frames sorted into close_up/ medium/ full/ folders, one learned token per shot
   personae prepare ~/frames ./shots --folder-tokens close_up=<cu_trg>,medium=<ms_trg>,full=<fs_trg>
   # kohya folders (10_sks man/) keep their repeats and caption prefix
+  # anime drawings tagged by a WD14 tagger folder (model.onnx + selected_tags.csv), booru-style
+  personae prepare ~/drawings ./tagged --crop none --captioner wd14:./wd-vit-tagger-v3 --tag-threshold 0.35 \\
+      --undesired-tags "simple background"
 
 outputs: OUT/images/*.png + *.txt, OUT/manifest.jsonl, OUT/report.md, OUT/contact_sheet.png
 """
@@ -43,7 +46,8 @@ def run(args) -> int:
     settings = parse_settings(PrepareSettings, data, "the prepare options")
     progress = TerminalProgress(quiet=args.quiet)
     try:
-        result = prepare_dataset(args.src, args.out, settings, on_event=progress, load_captioner=load_captioner)
+        result = prepare_dataset(args.src, args.out, settings, on_event=progress,
+                                 load_captioner=lambda spec: load_captioner(spec, settings=settings))
     finally:
         progress.close()
     print(f"{len(result.entries)} images in {args.out} ({len(result.rejected)} rejected; see report.md)")

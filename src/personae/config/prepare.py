@@ -33,7 +33,21 @@ class PrepareSettings(Strict):
     folder_tokens: dict[str, str] = setting({}, "subfolder -> learned token, e.g. close_up=<cu_trg>,medium=<ms_trg>",
                                             text=True, metavar="DIR=TOKEN,...")
     keep_tokens: int = setting(0, "the first N tags stay fixed when the trainer shuffles tags", ge=0)
-    captioner: str = setting("filename", "filename, none, or a BLIP-style model folder / hub id")
+    captioner: str = setting("filename", "filename, none, wd14:FOLDER_OR_HUB_ID (a WD14-style ONNX tagger), or a "
+                             "transformers image-to-text model folder / hub id (BLIP, BLIP-2, GIT, Florence-2)")
+    tag_threshold: float = setting(0.35, "wd14: general tags at least this likely go into the caption (kohya: 0.35)",
+                                   ge=0.0, le=1.0)
+    character_threshold: float = setting(0.85, "wd14: character tags at least this likely (kohya: 0.85)",
+                                         ge=0.0, le=1.0)
+    undesired_tags: str = setting("", 'wd14: tags never written, comma-separated, e.g. "simple background, 1girl"')
+    max_tags: int = setting(0, "wd14: at most this many tags per caption, most likely first (0: no limit)", ge=0)
+    rating_tags: bool = setting(False, "wd14: put the rating tag (general, sensitive, questionable, explicit) first")
+    keep_underscores: bool = setting(False, "keep underscores in tags (long_hair) instead of spaces; kaomoji such "
+                                            "as ^_^ always keep theirs")
+    caption_task: Literal["<CAPTION>", "<DETAILED_CAPTION>", "<MORE_DETAILED_CAPTION>"] = setting(
+        "<DETAILED_CAPTION>", "Florence-2: the task prompt; DETAILED gives 1-3 sentences that fit the 77 tokens "
+                              "the text encoder reads, MORE_DETAILED a paragraph past them, CAPTION a phrase",
+        metavar="TASK")
     recaption: bool = setting(False, "caption with the captioner even where a sidecar .txt exists")
     duplicate_distance: int = setting(4, "pHash bits within which two images count as near-duplicates",
                                       ge=0, le=64)

@@ -2,7 +2,8 @@
 
 - "filename" (default, offline): words from the file name, camera prefixes and numbers dropped;
 - "none": no caption beyond the template;
-- a folder or hub id of a BLIP / BLIP-2 / Florence-style image-to-text model, loaded
+- `wd14:FOLDER_OR_HUB_ID`: a WD14-style ONNX tagger (booru tags), run by models/wd14.py;
+- a folder or hub id of a BLIP / BLIP-2 / Florence-2 image-to-text model, loaded
   with transformers (a hub id needs network or the local cache; offline it fails fast
   and says to pass a folder).
 A new captioner is a class with `name` and `caption`, plus one line in `get_captioner`.

@@ -16,6 +16,9 @@ from personae.data.images import CAPTION_SUFFIXES
 
 _KOHYA = re.compile(r"^(\d+)_(.+)$")
 DEFAULT_TEMPLATE = "{folder} {token} {trigger} {class}, {caption}"
+# Booru tags that are faces drawn with an underscore: "^ ^" would be another tag, so theirs is kept.
+KAOMOJI = frozenset({"0_0", "(o)_(o)", "+_+", "+_-", "._.", "<o>_<o>", "<|>_<|>", "=_=", ">_<", "3_3", "6_9", ">_o",
+                     "@_@", "^_^", "o_o", "u_u", "x_x", "|_|", "||_||"})
 
 
 def read_sidecar(image_path: Path) -> str | None:
@@ -62,17 +65,20 @@ def folder_meaning(relative: Path, folder_tokens: dict[str, str]) -> tuple[int, 
     return repeats, prefix, token
 
 
-def clean_tags(caption: str) -> str:
-    """Tag lists (a, b_c, a) -> "a, b c": underscores to spaces, duplicates and empties dropped.
-
-    Plain sentences pass through unchanged apart from whitespace.
+def clean_tags(caption: str, underscores_to_spaces: bool = True) -> str:
+    """Tag lists (a, b_c, a) -> "a, b c": underscores to spaces (not in kaomoji such as ^_^, nor at all with
+    `underscores_to_spaces=False`), duplicates and empties dropped. Plain sentences pass through unchanged apart
+    from whitespace.
     """
+    def spelled(tag: str) -> str:
+        return tag.replace("_", " ") if underscores_to_spaces and tag not in KAOMOJI else tag
+
     caption = " ".join(caption.split())
     if "," not in caption:
-        return caption.replace("_", " ") if " " not in caption and "_" in caption else caption
+        return spelled(caption) if " " not in caption and "_" in caption else caption
     seen, tags = set(), []
     for tag in caption.split(","):
-        tag = " ".join(tag.replace("_", " ").split())
+        tag = " ".join(spelled(tag.strip()).split())
         if tag and tag.lower() not in seen:
             seen.add(tag.lower())
             tags.append(tag)

@@ -228,9 +228,9 @@ def caption_for(path: Path, relative: Path, settings: PrepareSettings, captioner
     if sidecar and not settings.recaption:
         raw, origin = sidecar, "sidecar"
     else:
-        raw = cap.clean_tags(captioner.caption([image], [path])[0] or "")
+        raw = cap.clean_tags(captioner.caption([image], [path])[0] or "", not settings.keep_underscores)
         origin = captioner.name if raw else ""
-    caption = cap.fill_template(settings.template, caption=cap.clean_tags(raw), trigger=settings.trigger,
+    caption = cap.fill_template(settings.template, caption=cap.clean_tags(raw, not settings.keep_underscores), trigger=settings.trigger,
                                 class_word=settings.class_word, token=token, folder=prefix, append=settings.append)
     return caption, origin
 
