@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from tiny_metric_models import write_tiny_clip, write_tiny_dino
 
 pytestmark = pytest.mark.slow  # models, training or CLI subprocesses: the full tier only
 
@@ -253,6 +254,9 @@ def machine(tmp_path_factory, tiny_model):
     for repo_id in HUB_MOTION:
         write_tiny_motion_adapter(root / "motion")
         hub_cache_put(cache, repo_id, root / "motion")
+    # compare's learned metrics, which a user with network gets on first use
+    hub_cache_put(cache, "openai/clip-vit-base-patch32", write_tiny_clip(root / "clip"))
+    hub_cache_put(cache, "facebook/dino-vits16", write_tiny_dino(root / "dino"))
     home = root / "home"
     (home / "models").mkdir(parents=True)
     shutil.copy(tiny_model[1], home / "models" / "majicmixRealistic_v7.safetensors")
@@ -316,13 +320,18 @@ def pngs(folder: Path) -> list[Path]:
 
 
 def test_readme_runs_as_written(machine, tmp_path):
+    from test_captioners import write_florence, write_tagger  # the tiny tagger and Florence-2 of those tests
+
     project, env = sandbox(machine, tmp_path)
+    write_tagger(project / "wd-vit-tagger-v3")
+    write_florence(project / "Florence-2-base")
     run_document("README.md", project, env)
     assert len(pngs(project / "out")) >= 1 + 4 + 1  # quick start: three generate commands
     for name in ["runs/me/lora.safetensors", "runs/demo/lora.safetensors", "board/sheet.pdf", "board/sheet.png",
                  "comparison/report.html", "me.gif", "me.mp4"]:
         assert (project / name).is_file(), name
     assert len(list((project / "frames").glob("*.png"))) == 16
+    assert (project / "tagged/manifest.jsonl").is_file() and (project / "described/manifest.jsonl").is_file()
     record = json.loads((project / "runs/me/run.json").read_text())
     assert record["status"] == "finished" and record["settings"]["train"]["steps"] == 4
 

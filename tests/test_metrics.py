@@ -11,37 +11,17 @@ from PIL import Image
 
 from personae.config.compare import MetricSettings
 from personae.evaluation.metrics import Diversity, PixelSimilarity, Sample, SSIMSimilarity, build_metrics
+from tiny_metric_models import write_tiny_clip, write_tiny_dino
 
 
 @pytest.fixture(scope="module")
 def tiny_clip(tmp_path_factory):
-    """A randomly initialised CLIPModel with the SD-1.5 tokenizer, saved as a local folder."""
-    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
-
-    from personae.models.tiny import sd15_tokenizer
-
-    torch.manual_seed(0)
-    common = dict(hidden_size=32, intermediate_size=37, num_attention_heads=4, num_hidden_layers=2)
-    model = CLIPModel(CLIPConfig(text_config={**common, "vocab_size": 49408},
-                                 vision_config={**common, "image_size": 32, "patch_size": 8}, projection_dim=16))
-    folder = tmp_path_factory.mktemp("clip")
-    model.save_pretrained(folder)
-    CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(folder)
-    sd15_tokenizer().save_pretrained(folder)
-    return folder
+    return write_tiny_clip(tmp_path_factory.mktemp("clip"))
 
 
 @pytest.fixture(scope="module")
 def tiny_dino(tmp_path_factory):
-    from transformers import ViTConfig, ViTImageProcessor, ViTModel
-
-    torch.manual_seed(1)
-    model = ViTModel(ViTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37,
-                               image_size=32, patch_size=8))
-    folder = tmp_path_factory.mktemp("dino")
-    model.save_pretrained(folder)
-    ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(folder)
-    return folder
+    return write_tiny_dino(tmp_path_factory.mktemp("dino"))
 
 
 def _images(n, seed):
