@@ -107,6 +107,36 @@ def test_missing_mediapipe_names_the_install_command(photos, monkeypatch):
     assert detect_control("canny", Image.open(photos / "grey.png")).size == (256, 256)  # canny does not need it
 
 
+@pytest.mark.parametrize("kind", ["face", "pose"])
+def test_face_and_pose_maps_print_no_mediapipe_noise(photos, tmp_path, kind):
+    """MediaPipe beside protobuf 6 printed an AttributeError (GetPrototype) and TF Lite / absl / glog notes that
+    look like a crash; building a map prints only what personae says."""
+    import subprocess
+    import sys
+
+    out = tmp_path / f"{kind}.png"
+    r = subprocess.run([sys.executable, "-m", "personae", "detect", kind, str(photos / "astronaut.png"), str(out)],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    for noise in ("AttributeError", "Traceback", "TfLite", "TensorFlow Lite", "INFO: Created", "absl::", "W0000",
+                  "I0000"):
+        assert noise not in r.stderr, r.stderr
+    assert r.stderr == "" and f"wrote {kind} control map" in r.stdout
+    assert np.asarray(Image.open(out)).max() > 0  # the map was still drawn
+
+
+def test_native_quiet_drops_only_mediapipes_notes(capfd):
+    import os
+
+    from personae.data.control.mediapipe_models import native_quiet
+
+    with native_quiet():
+        os.write(2, b"INFO: Created TensorFlow Lite XNNPACK delegate for CPU.\n"
+                    b"W0000 00:00:1796053783.002602   11728 inference_feedback_manager.cc:114] Feedback manager\n"
+                    b"E0000 00:00:1796053783.002602   11728 graph.cc:1] a real failure\n")
+    assert capfd.readouterr().err == "E0000 00:00:1796053783.002602   11728 graph.cc:1] a real failure\n"
+
+
 def test_control_maps_do_not_import_torch():
     import subprocess
     import sys
