@@ -184,3 +184,42 @@ def test_letter_portrait_layout_spills_onto_a_second_page(tmp_path, tiny_model):
     assert len(reader.pages) == 2 and len(reader.pages[1].images) == 1
     assert round(float(reader.pages[0].mediabox.width)) == 612  # Letter: 8.5 in
     assert "끝" in reader.pages[1].extract_text()
+
+
+SHOT_LIST = [("ECU", "extreme close-up shot"), ("XCU", "extreme close-up shot"), ("extreme close-up", "extreme close-up shot"),
+             ("OTS", "over-the-shoulder shot"), ("over the shoulder", "over-the-shoulder shot"), ("two shot", "two shot"),
+             ("2-shot", "two shot"), ("establishing shot", "establishing shot"), ("EWS", "extreme wide shot"),
+             ("ELS", "extreme wide shot"), ("XLS", "extreme wide shot"), ("extreme long shot", "extreme wide shot"),
+             ("wide shot", "full shot"), ("long shot", "full shot"), ("CU", "close-up shot"), ("MS", "medium shot")]
+
+
+def test_shot_names_of_storyboard_artists_are_their_own_kinds_in_yaml_and_csv(tmp_path, tiny_model):
+    from personae.inference.storyboard import panel_prompt
+
+    scenes = [{"number": i + 1, "description": f"scene {i + 1}", "shot": name} for i, (name, _) in enumerate(SHOT_LIST)]
+    (tmp_path / "yaml").mkdir()
+    from_yaml = load_scenes(_write(tmp_path / "yaml", tiny_model[0], scenes))
+    csv_path = tmp_path / "scenes.csv"
+    csv_path.write_text("number,description,shot\n" + "".join(f"{s['number']},{s['description']},{s['shot']}\n"
+                                                               for s in scenes), encoding="utf-8")
+    from_csv = load_scenes(csv_path, {"model": str(tiny_model[0])})
+    tokens = {"<cu_trg>", "<ms_trg>", "<fs_trg>"}  # the three learned shot tokens, all loaded
+    for settings in (from_yaml, from_csv):
+        for scene, (name, phrase) in zip(settings.scenes, SHOT_LIST):
+            prompt = panel_prompt(scene, settings, tokens)
+            assert prompt.startswith(phrase) or prompt.split(" ", 1)[1].startswith(phrase), (name, prompt)
+            if phrase not in ("close-up shot", "medium shot", "full shot"):  # ECU never borrows <cu_trg>
+                assert "<" not in prompt, (name, prompt)
+    # a token only when the file maps one to the kind
+    mapped = load_scenes(_write(tmp_path / "yaml", tiny_model[0], scenes[:1],
+                                shot_tokens={"close-up": "<cu_trg>", "extreme close-up": "<ecu_trg>"}))
+    assert panel_prompt(mapped.scenes[0], mapped, {"<ecu_trg>"}).startswith("<ecu_trg> extreme close-up shot")
+    # an unknown name is a UserError that lists the accepted ones, for YAML and CSV alike
+    csv_path.write_text("number,description,shot\n1,a roof,bird's eye\n", encoding="utf-8")
+    for path in (_write(tmp_path / "yaml", tiny_model[0], [dict(SCENES[0], shot="bird's eye")]), csv_path):
+        with pytest.raises(UserError, match="Unknown shot") as err:
+            run_storyboard(load_scenes(path, {"model": str(tiny_model[0])}), tmp_path / "never")
+        for accepted in ("extreme close-up (ECU, XCU, BCU)", "over-the-shoulder (OTS)", "two shot", "establishing",
+                         "extreme wide (EWS, XWS, ELS, XLS)", "full (FS, LS, WS)"):
+            assert accepted in str(err.value)
+    assert not (tmp_path / "never").exists()

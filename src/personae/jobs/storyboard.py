@@ -19,7 +19,8 @@ from personae.config.storyboard import StoryboardSettings
 from personae.errors import UserError
 from personae.events import EventHandler, Message, Progress, ignore
 from personae.inference.session import open_session
-from personae.inference.storyboard import PanelRecord, addon_embeddings, addon_loras, canonical_shot, render_panel
+from personae.inference.storyboard import (PanelRecord, addon_embeddings, addon_loras, canonical_shot, render_panel,
+                                           shot_phrase, tokenless_shots)
 from personae.media.fonts import font_for
 from personae.media.png import save_png
 from personae.media.storyboard_sheet import PanelText, render_png_pages, write_pdf
@@ -132,6 +133,10 @@ def _draw(settings: StoryboardSettings, only: set[int] | None, font: str, previo
     session = open_session(settings.model, settings.device, settings.dtype,
                            loras=[(l.path, l.weight) for l in addon_loras(settings)],
                            embeddings=[(e.path, e.token) for e in addon_embeddings(settings)], on_event=on_event)
+    loaded = {e.token for e in session.embeddings}
+    for shot in tokenless_shots(settings, loaded):  # a trained token is never borrowed by another kind of shot
+        on_event(Message(f'note: the {shot} panels get no shot token (none of the loaded ones is mapped to {shot} in '
+                         f'shot_tokens); they are drawn with the words "{shot_phrase(shot, settings)}"'))
     # 3. the panels
     todo = [s for s in settings.scenes if not only or s.number in only]
     records = {}
