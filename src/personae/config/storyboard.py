@@ -68,9 +68,10 @@ class StoryboardSettings(SamplingSettings, RuntimeSettings):
     seed_policy: Literal["fixed", "per_panel", "per_character"] = setting(
         "per_panel", "fixed: the same seed everywhere; per_panel: seed + panel number; per_character: the first "
                      "character's seed (or seed) + panel number")
-    style_lora: LoraRef | None = setting(None, "the drawing style, e.g. a sketch LoRA")
+    style_lora: LoraRef | None = setting(None, "the drawing style, e.g. a sketch LoRA", flag="--lora")
     style_trigger: str = setting("", 'words that call the style, e.g. "storyboard sketch, drawn by KSH style"')
-    shot_embeddings: list[EmbeddingRef] = setting([], "learned shot tokens (e.g. from the pivotal recipe)")
+    shot_embeddings: list[EmbeddingRef] = setting([], "learned shot tokens (e.g. from the pivotal recipe); repeatable",
+                                                  flag="--embedding")
     shot_tokens: dict[str, str] = setting(DEFAULT_SHOT_TOKENS, "the learned token of each shot that has one (a shot "
                                                                "not listed gets its words only)")
     shot_phrases: dict[str, str] = setting(DEFAULT_SHOT_PHRASES, "the words of each shot (a built-in shot not listed "
