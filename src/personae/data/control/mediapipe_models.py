@@ -32,7 +32,7 @@ INSTALL = ('pip install attrs absl-py flatbuffers matplotlib "protobuf>=6.31,<7"
 # line, and glog/absl info and warning lines ("I0000 00:00:17... file.cc:12] ...", "W0000 ...")
 NOISE = re.compile(r"^(INFO: Created TensorFlow Lite|WARNING: All log messages before absl::InitializeLog"
                    r"|[IW]\d{4} \d\d:\d\d:[\d.]+ +\d+ [\w./-]+:\d+\])")
-_STDERR = threading.Lock()  # descriptor 2 is the process's: one holder at a time
+_STDERR = threading.RLock()  # descriptor 2 is the process's: one holder at a time (a nested holder restores it)
 
 
 def _protobuf_compat() -> None:
