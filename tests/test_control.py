@@ -295,6 +295,36 @@ def test_face_to_animal_recipe(tiny_model, photos, tiny_controlnet, tmp_path, ca
     assert "No face was found" in capsys.readouterr().err
 
 
+def test_face_to_animal_draws_at_the_models_size_and_keeps_its_control_map(tiny_model, photos, tiny_controlnet,
+                                                                          tmp_path, capsys):
+    """No --width / --height: the model's own size (the tiny model's 64 px, not a fixed 512); the face map that
+    steered the picture is saved beside it, named, and listed."""
+    out = tmp_path / "dog"
+    assert main(["generate", "--model", str(tiny_model[0]), "--recipe", "face-to-animal", "--init-image",
+                 str(photos / "astronaut.png"), "--controlnet", f"face={tiny_controlnet}", "--steps", "3", "--seed",
+                 "2", "--out", str(out)]) == 0
+    [path] = out.glob("*.png")
+    assert Image.open(path).size == (64, 64)
+    stored = settings_from_png(path)
+    assert (stored["width"], stored["height"]) == (64, 64)
+    assert Image.open(stored["init_image"]).size == (512, 512)  # the crop stays large enough to find the face in
+    face_map = out / "inputs" / "astronaut-face-control-map.png"
+    assert Image.open(face_map).size == (64, 64) and np.asarray(Image.open(face_map)).max() > 0
+    expected = detect_control("face", Image.open(stored["init_image"])).resize((64, 64), Image.Resampling.BILINEAR)
+    assert np.array_equal(np.asarray(Image.open(face_map)), np.asarray(expected))  # the map the ControlNet saw
+    printed = " ".join(capsys.readouterr().err.split())
+    assert f"face-to-animal: face control map: {face_map}" in printed
+    assert f"face-to-animal: face crop (init image and control image): {stored['init_image']}" in printed
+    # a size the user sets wins, and the crop keeps its aspect
+    assert main(["generate", "--model", str(tiny_model[0]), "--recipe", "face-to-animal", "--init-image",
+                 str(photos / "astronaut.png"), "--controlnet", f"face={tiny_controlnet}", "--steps", "3", "--width",
+                 "96", "--height", "64", "--quiet", "--out", str(tmp_path / "wide")]) == 0
+    [wide] = (tmp_path / "wide").glob("*.png")
+    assert Image.open(wide).size == (96, 64)
+    assert Image.open(settings_from_png(wide)["init_image"]).size == (768, 512)
+    assert Image.open(tmp_path / "wide/inputs/astronaut-face-control-map.png").size == (96, 64)
+
+
 def test_demo_control_step(tiny_model, tmp_path):
     from personae.jobs.control import make_demo_control
 

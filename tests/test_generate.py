@@ -37,6 +37,10 @@ def test_default_size_is_the_models_native_size(tiny_model, tiny_session):
     assert out[0].image.size == (64, 64) and "Size: 64x64" in out[0].parameters
     wide = txt2img(settings(tiny_model[0], width=96, height=64, steps=2), tiny_session)
     assert wide[0].image.size == (96, 64)
+    # read from the configs before any load (a recipe prepares its inputs at it), for a folder and a single file
+    from personae.models.resolve import native_size, resolve_model
+
+    assert [native_size(resolve_model(str(m))) for m in tiny_model] == [tiny_session.native_size] * 2 == [64, 64]
 
 
 def test_batches_continue_the_seeds_and_each_image_reproduces_alone(tiny_model, tiny_session):
