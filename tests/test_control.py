@@ -107,6 +107,36 @@ def test_missing_mediapipe_names_the_install_command(photos, monkeypatch):
     assert detect_control("canny", Image.open(photos / "grey.png")).size == (256, 256)  # canny does not need it
 
 
+@pytest.mark.parametrize("kind", ["face", "pose"])
+def test_face_and_pose_maps_print_no_mediapipe_noise(photos, tmp_path, kind):
+    """MediaPipe beside protobuf 6 printed an AttributeError (GetPrototype) and TF Lite / absl / glog notes that
+    look like a crash; building a map prints only what personae says."""
+    import subprocess
+    import sys
+
+    out = tmp_path / f"{kind}.png"
+    r = subprocess.run([sys.executable, "-m", "personae", "detect", kind, str(photos / "astronaut.png"), str(out)],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    for noise in ("AttributeError", "Traceback", "TfLite", "TensorFlow Lite", "INFO: Created", "absl::", "W0000",
+                  "I0000"):
+        assert noise not in r.stderr, r.stderr
+    assert r.stderr == "" and f"wrote {kind} control map" in r.stdout
+    assert np.asarray(Image.open(out)).max() > 0  # the map was still drawn
+
+
+def test_native_quiet_drops_only_mediapipes_notes(capfd):
+    import os
+
+    from personae.data.control.mediapipe_models import native_quiet
+
+    with native_quiet():
+        os.write(2, b"INFO: Created TensorFlow Lite XNNPACK delegate for CPU.\n"
+                    b"W0000 00:00:1796053783.002602   11728 inference_feedback_manager.cc:114] Feedback manager\n"
+                    b"E0000 00:00:1796053783.002602   11728 graph.cc:1] a real failure\n")
+    assert capfd.readouterr().err == "E0000 00:00:1796053783.002602   11728 graph.cc:1] a real failure\n"
+
+
 def test_control_maps_do_not_import_torch():
     import subprocess
     import sys
@@ -263,6 +293,36 @@ def test_face_to_animal_recipe(tiny_model, photos, tiny_controlnet, tmp_path, ca
     assert detect_faces(crop)  # the crop holds the face
     assert main(args + ["--init-image", str(photos / "coffee.png"), "--out", str(tmp_path / "none")]) == 2
     assert "No face was found" in capsys.readouterr().err
+
+
+def test_face_to_animal_draws_at_the_models_size_and_keeps_its_control_map(tiny_model, photos, tiny_controlnet,
+                                                                          tmp_path, capsys):
+    """No --width / --height: the model's own size (the tiny model's 64 px, not a fixed 512); the face map that
+    steered the picture is saved beside it, named, and listed."""
+    out = tmp_path / "dog"
+    assert main(["generate", "--model", str(tiny_model[0]), "--recipe", "face-to-animal", "--init-image",
+                 str(photos / "astronaut.png"), "--controlnet", f"face={tiny_controlnet}", "--steps", "3", "--seed",
+                 "2", "--out", str(out)]) == 0
+    [path] = out.glob("*.png")
+    assert Image.open(path).size == (64, 64)
+    stored = settings_from_png(path)
+    assert (stored["width"], stored["height"]) == (64, 64)
+    assert Image.open(stored["init_image"]).size == (512, 512)  # the crop stays large enough to find the face in
+    face_map = out / "inputs" / "astronaut-face-control-map.png"
+    assert Image.open(face_map).size == (64, 64) and np.asarray(Image.open(face_map)).max() > 0
+    expected = detect_control("face", Image.open(stored["init_image"])).resize((64, 64), Image.Resampling.BILINEAR)
+    assert np.array_equal(np.asarray(Image.open(face_map)), np.asarray(expected))  # the map the ControlNet saw
+    printed = " ".join(capsys.readouterr().err.split())
+    assert f"face-to-animal: face control map: {face_map}" in printed
+    assert f"face-to-animal: face crop (init image and control image): {stored['init_image']}" in printed
+    # a size the user sets wins, and the crop keeps its aspect
+    assert main(["generate", "--model", str(tiny_model[0]), "--recipe", "face-to-animal", "--init-image",
+                 str(photos / "astronaut.png"), "--controlnet", f"face={tiny_controlnet}", "--steps", "3", "--width",
+                 "96", "--height", "64", "--quiet", "--out", str(tmp_path / "wide")]) == 0
+    [wide] = (tmp_path / "wide").glob("*.png")
+    assert Image.open(wide).size == (96, 64)
+    assert Image.open(settings_from_png(wide)["init_image"]).size == (768, 512)
+    assert Image.open(tmp_path / "wide/inputs/astronaut-face-control-map.png").size == (96, 64)
 
 
 def test_demo_control_step(tiny_model, tmp_path):

@@ -37,6 +37,10 @@ def test_default_size_is_the_models_native_size(tiny_model, tiny_session):
     assert out[0].image.size == (64, 64) and "Size: 64x64" in out[0].parameters
     wide = txt2img(settings(tiny_model[0], width=96, height=64, steps=2), tiny_session)
     assert wide[0].image.size == (96, 64)
+    # read from the configs before any load (a recipe prepares its inputs at it), for a folder and a single file
+    from personae.models.resolve import native_size, resolve_model
+
+    assert [native_size(resolve_model(str(m))) for m in tiny_model] == [tiny_session.native_size] * 2 == [64, 64]
 
 
 def test_batches_continue_the_seeds_and_each_image_reproduces_alone(tiny_model, tiny_session):
@@ -120,6 +124,36 @@ def _lora_file(path, seed=0):
     layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(pipe.unet))
     StableDiffusionPipeline.save_lora_weights(str(path.parent), unet_lora_layers=layers, weight_name=path.name)
     return path
+
+
+def test_a_lora_made_for_another_base_model_is_one_short_error(tiny_model, tmp_path):
+    """A LoRA trained on a UNet of other sizes (here: a tiny UNet with 48-wide text features and other block widths,
+    as an SDXL LoRA is to SD 1.x) is refused in one line naming the first misfit, not pages of tensor sizes."""
+    import subprocess
+    import sys
+
+    from diffusers import StableDiffusionPipeline, UNet2DConditionModel
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+
+    from personae.models.tiny import TINY_UNET
+
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(**{**TINY_UNET, "cross_attention_dim": 48, "block_out_channels": (16, 32, 32, 48)})
+    unet.add_adapter(LoraConfig(r=4, lora_alpha=4, target_modules=["to_q", "to_k", "to_v", "to_out.0"],
+                                init_lora_weights="gaussian"))
+    StableDiffusionPipeline.save_lora_weights(str(tmp_path), unet_lora_layers=get_peft_model_state_dict(unet),
+                                              weight_name="other.safetensors")
+    r = subprocess.run([sys.executable, "-m", "personae", "generate", "--model", str(tiny_model[0]), "--prompt", "x",
+                        "--steps", "2", "--lora", f"{tmp_path / 'other.safetensors'}:0.8", "--out",
+                        str(tmp_path / "out"), "--quiet"], capture_output=True, text=True)
+    assert r.returncode == 2, r.stderr
+    assert r.stdout == "" and len(r.stderr) < 800, r.stderr
+    one_line = " ".join(r.stderr.split())
+    assert one_line.count("was made for another base model") == 1 and one_line.startswith("error: LoRA ")
+    assert " of 80 layers have other shapes, first: unet.down_blocks.0.attentions.0" in one_line
+    assert "expected (32, 32) got (16, 16). Use a LoRA trained for this model." in one_line
+    assert not (tmp_path / "out").exists()  # refused before anything was written
 
 
 def test_lora_by_file_and_weight(tiny_model, tiny_session, tmp_path):

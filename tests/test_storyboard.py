@@ -201,3 +201,88 @@ def test_a_missing_path_in_the_scenes_file_is_named_by_its_key(tmp_path, tiny_mo
     save_file({"emb_params": torch.zeros(1, 32)}, str(tmp_path / "emb/cu.safetensors"))
     settings = load_scenes(_write(tmp_path, tiny_model[0], shot_embeddings=embedding))
     assert settings.shot_embeddings[0].path == str((tmp_path / "emb/cu.safetensors").resolve())
+
+
+SHOT_LIST = [("ECU", "extreme close-up shot"), ("XCU", "extreme close-up shot"), ("extreme close-up", "extreme close-up shot"),
+             ("OTS", "over-the-shoulder shot"), ("over the shoulder", "over-the-shoulder shot"), ("two shot", "two shot"),
+             ("2-shot", "two shot"), ("establishing shot", "establishing shot"), ("EWS", "extreme wide shot"),
+             ("ELS", "extreme wide shot"), ("XLS", "extreme wide shot"), ("extreme long shot", "extreme wide shot"),
+             ("wide shot", "full shot"), ("long shot", "full shot"), ("CU", "close-up shot"), ("MS", "medium shot")]
+
+
+def test_shot_names_of_storyboard_artists_are_their_own_kinds_in_yaml_and_csv(tmp_path, tiny_model):
+    from personae.inference.storyboard import panel_prompt
+
+    scenes = [{"number": i + 1, "description": f"scene {i + 1}", "shot": name} for i, (name, _) in enumerate(SHOT_LIST)]
+    (tmp_path / "yaml").mkdir()
+    from_yaml = load_scenes(_write(tmp_path / "yaml", tiny_model[0], scenes))
+    csv_path = tmp_path / "scenes.csv"
+    csv_path.write_text("number,description,shot\n" + "".join(f"{s['number']},{s['description']},{s['shot']}\n"
+                                                               for s in scenes), encoding="utf-8")
+    from_csv = load_scenes(csv_path, {"model": str(tiny_model[0])})
+    tokens = {"<cu_trg>", "<ms_trg>", "<fs_trg>"}  # the three learned shot tokens, all loaded
+    for settings in (from_yaml, from_csv):
+        for scene, (name, phrase) in zip(settings.scenes, SHOT_LIST):
+            prompt = panel_prompt(scene, settings, tokens)
+            assert prompt.startswith(phrase) or prompt.split(" ", 1)[1].startswith(phrase), (name, prompt)
+            if phrase not in ("close-up shot", "medium shot", "full shot"):  # ECU never borrows <cu_trg>
+                assert "<" not in prompt, (name, prompt)
+    # a token only when the file maps one to the kind
+    mapped = load_scenes(_write(tmp_path / "yaml", tiny_model[0], scenes[:1],
+                                shot_tokens={"close-up": "<cu_trg>", "extreme close-up": "<ecu_trg>"}))
+    assert panel_prompt(mapped.scenes[0], mapped, {"<ecu_trg>"}).startswith("<ecu_trg> extreme close-up shot")
+    # an unknown name is a UserError that lists the accepted ones, for YAML and CSV alike
+    csv_path.write_text("number,description,shot\n1,a roof,bird's eye\n", encoding="utf-8")
+    for path in (_write(tmp_path / "yaml", tiny_model[0], [dict(SCENES[0], shot="bird's eye")]), csv_path):
+        with pytest.raises(UserError, match="Unknown shot") as err:
+            run_storyboard(load_scenes(path, {"model": str(tiny_model[0])}), tmp_path / "never")
+        for accepted in ("extreme close-up (ECU, XCU, BCU)", "over-the-shoulder (OTS)", "two shot", "establishing",
+                         "extreme wide (EWS, XWS, ELS, XLS)", "full (FS, LS, WS)"):
+            assert accepted in str(err.value)
+    assert not (tmp_path / "never").exists()
+
+
+def test_a_csv_storyboard_reaches_the_style_lora_shot_embeddings_and_any_setting(tmp_path, tiny_model):
+    """CSV storyboards take what a YAML file does: "# key: value" lines above the header, and on the command line
+    --lora (the style LoRA), --style-trigger, --embedding (shot tokens) and --set KEY=VALUE, as the other commands."""
+    import json
+
+    from test_generate import _lora_file
+
+    lora = _lora_file(tmp_path / "sketch.safetensors")
+    torch.manual_seed(0)
+    save_file({"emb_params": torch.randn(2, 32)}, str(tmp_path / "cu.safetensors"))
+    (tmp_path / "scenes.csv").write_text(
+        "# steps: 3\n# width: 64\n# height: 64\n# style_trigger: storyboard sketch\n"
+        "number,description,dialogue,shot,angle\n1,a cat on a roof,야옹,CU,low angle\n2,its eye,,ECU,\n",
+        encoding="utf-8")
+    r = subprocess.run([sys.executable, "-m", "personae", "storyboard", tmp_path / "scenes.csv", "--model",
+                        tiny_model[0], "--lora", f"{lora}:0.8", "--embedding", f"{tmp_path / 'cu.safetensors'}:<cu_trg>",
+                        "--set", "layout.title=Act 1", "--set", "seed_policy=fixed", "--out", tmp_path / "board"],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    record = json.loads((tmp_path / "board/storyboard.json").read_text(encoding="utf-8"))
+    settings = record["settings"]
+    assert settings["style_lora"] == {"path": str(lora), "weight": 0.8} and settings["steps"] == 3
+    assert [e["token"] for e in settings["shot_embeddings"]] == ["<cu_trg>"]
+    assert settings["layout"]["title"] == "Act 1" and settings["layout"]["panels_per_row"] == 3  # nested, kept
+    assert settings["seed_policy"] == "fixed" and [p["seed"] for p in record["panels"]] == [0, 0]
+    cu, ecu = (p["prompt"] for p in record["panels"])
+    assert cu.startswith("storyboard sketch, <cu_trg> close-up shot, low angle, a cat on a roof")
+    assert ecu.startswith("storyboard sketch, extreme close-up shot, its eye") and "<cu_trg>" not in ecu
+    assert 'the extreme close-up panels get no shot token' in " ".join(r.stderr.split())
+    from personae.media.png import read_png_text
+
+    params = read_png_text(tmp_path / "board/panels/panel-001.png")["parameters"]
+    assert "<lora:sketch:0.8>" in params and "Lora hashes" in params and "TI hashes: \"<cu_trg>" in params
+    # the same settings written in the file itself, through the same path
+    (tmp_path / "inline.csv").write_text(
+        f"# model: {tiny_model[0]}\n# style_lora: {lora}:0.8\n# shot_embeddings: ['{tmp_path / 'cu.safetensors'}']\n"
+        "#\n# layout:\n#   title: Act 1\n#,description,shot\n1,a cat,CU\n", encoding="utf-8")
+    inline = load_scenes(tmp_path / "inline.csv")
+    assert inline.style_lora.path == str(lora) and inline.style_lora.weight == 0.8
+    assert inline.shot_embeddings[0].path == str(tmp_path / "cu.safetensors") and inline.layout.title == "Act 1"
+    assert [s.description for s in inline.scenes] == ["a cat"]
+    (tmp_path / "bad.csv").write_text("# style_lora sketch\nnumber,description\n1,a cat\n", encoding="utf-8")
+    with pytest.raises(UserError, match="key: value"):
+        load_scenes(tmp_path / "bad.csv", {"model": str(tiny_model[0])})

@@ -38,7 +38,7 @@ SHARED = ("sampling", "runtime")  # the concepts a suite shares with generate: o
 
 
 def add_parser(sub) -> None:
-    from personae.cli.options import add_settings_options
+    from personae.cli.options import add_set_option, add_settings_options
     from personae.config.compare import CompareSuite
 
     p = sub.add_parser("compare", help="variants x prompts x seeds -> grids, metrics, report.html", epilog=EXAMPLES,
@@ -48,7 +48,7 @@ def add_parser(sub) -> None:
                                    "face identity when their models are available) and a sortable report.html.")
     p.add_argument("suite", metavar="SUITE.yaml")
     p.add_argument("--out", default="compare", help="output folder (default ./compare); a previous comparison there is replaced")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a suite setting (repeatable)")
+    add_set_option(p, "a suite setting")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--yes", action="store_true", help="do not ask before a big job (asked only at a terminal)")
     add_settings_options(p, CompareSuite, groups=SHARED)  # override the suite's (as --set does)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+
 EXAMPLES = """examples:
   personae generate --model ./tiny --prompt "a photo of a cat" --steps 4 --seed 7 --out out/
   personae generate --model stable-diffusion-v1-5/stable-diffusion-v1-5 --prompt "a (red:1.3) fox, [blurry]" \\
@@ -112,6 +113,26 @@ def apply_control_choices(data: dict, models: list[tuple[str, str]], options: li
         data["controls"] = controls
 
 
+def run_recipe(args, base: dict | None, progress) -> dict:
+    """The recipe's settings under the options given; its inputs are prepared at the size the images will have
+    (--width / --height, else the model's own) beside them, and named."""
+    from personae.events import Message
+    from personae.jobs.generate import GENERATED
+    from personae.jobs.recipes import recipe_settings
+    from personae.models.resolve import native_size, resolve_model
+    from personae.outputs import open_output
+
+    partial = settings_from_args(args, {"prompt": "-", **(base or {})})  # the model and size asked for, checked
+    native = native_size(resolve_model(partial.model, partial.allow_pickle)) or 512  # a hub model not downloaded
+    size = (partial.width or partial.height or native, partial.height or partial.width or native)
+    with open_output(args.out, GENERATED):  # the recipe's inputs go beside the images (never elsewhere)
+        recipe = recipe_settings(args.recipe, args.init_image, args.out, size, animal=args.animal)
+    for what, path in recipe.files.items():
+        progress(Message(f"{args.recipe}: {what}: {path}"))
+    args.init_image = None  # the recipe's face crop replaces the photo
+    return {**(base or {}), **recipe.settings}
+
+
 def run(args) -> int:
     from personae.cli.big_jobs import confirm_big_job, estimate_seconds
     from personae.cli.progress import TerminalProgress
@@ -121,19 +142,13 @@ def run(args) -> int:
 
     stored = settings_from_png(args.from_png) if args.from_png else None
     base = stored
+    progress = TerminalProgress(quiet=args.quiet)
     if args.recipe:
-        from personae.jobs.generate import GENERATED
-        from personae.jobs.recipes import recipe_settings
-        from personae.outputs import open_output
-
-        with open_output(args.out, GENERATED):  # the recipe's inputs go beside the images (never elsewhere)
-            base = {**(base or {}), **recipe_settings(args.recipe, args.init_image, args.out, animal=args.animal)}
-        args.init_image = None  # the recipe's face crop replaces the photo
+        base = run_recipe(args, base, progress)
     settings = settings_from_args(args, base)
     images = settings.batch_size * settings.batch_count
     confirm_big_job("This generation", images, estimate_seconds(
         settings.model, images, settings.steps, settings.width, settings.height, settings.cfg, settings.device), args.yes)
-    progress = TerminalProgress(quiet=args.quiet)
     if args.from_png:
         for line in png_references(settings, stored):  # what a file makes us read is shown
             progress(Message(f"from {args.from_png}: {line}"))

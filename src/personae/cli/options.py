@@ -79,6 +79,8 @@ def option_kwargs(name: str, info: FieldInfo) -> dict | None:
             kw["action"] = argparse.BooleanOptionalAction
     elif kind in (int, float, str):
         kw["type"] = kind
+    elif isinstance(kind, type) and issubclass(kind, BaseModel) and hasattr(kind, "from_cli"):  # one reference
+        kw.update(type=_one_word(kind.from_cli), metavar=kw.get("metavar", getattr(kind, "CLI_FORM", None)))
     elif typing.get_origin(kind) is list:
         (item,) = typing.get_args(kind)
         if isinstance(item, type) and issubclass(item, BaseModel):
@@ -95,13 +97,18 @@ def option_kwargs(name: str, info: FieldInfo) -> dict | None:
     return kw
 
 
-def add_settings_options(parser: argparse.ArgumentParser, cls: type[BaseModel], *,
-                         groups: tuple[str, ...] = ()) -> dict[str, argparse._ArgumentGroup]:
-    """Add an option for each field of `cls` (only the concept groups named in `groups`, when given), one
-    `--help` section per concept; the sections by concept title, for options that belong beside them."""
+def _chosen(title: str, name: str, groups: tuple[str, ...], names: tuple[str, ...]) -> bool:
+    return (not groups and not names) or title in groups or name in names
+
+
+def add_settings_options(parser: argparse.ArgumentParser, cls: type[BaseModel], *, groups: tuple[str, ...] = (),
+                         names: tuple[str, ...] = ()) -> dict[str, argparse._ArgumentGroup]:
+    """Add an option for each field of `cls` (only the concept groups named in `groups` and the fields named in
+    `names`, when given), one `--help` section per concept; the sections by concept title, for options that belong
+    beside them."""
     sections: dict[str, argparse._ArgumentGroup] = {}
     for title, name, info in grouped_fields(cls):
-        if groups and title not in groups:
+        if not _chosen(title, name, groups, names):
             continue
         kw = option_kwargs(name, info)
         if kw is None:
@@ -116,10 +123,19 @@ def add_settings_options(parser: argparse.ArgumentParser, cls: type[BaseModel], 
     return sections
 
 
-def settings_values(args: Any, cls: type[BaseModel], *, groups: tuple[str, ...] = ()) -> dict:
-    """{field: value} for every option of `cls` (in `groups`, when given) given on the command line (not None)."""
-    return {name: value for title, name, _ in grouped_fields(cls) if not groups or title in groups
+def settings_values(args: Any, cls: type[BaseModel], *, groups: tuple[str, ...] = (),
+                    names: tuple[str, ...] = ()) -> dict:
+    """{field: value} for every option of `cls` (in `groups` / `names`, when given) given on the command line."""
+    return {name: value for title, name, _ in grouped_fields(cls) if _chosen(title, name, groups, names)
             if (value := getattr(args, name, None)) is not None}
+
+
+def add_set_option(parser: argparse.ArgumentParser, what: str = "a setting") -> None:
+    """`--set KEY=VALUE` (repeatable; dotted keys reach nested settings, values read as YAML): any key of a
+    settings file, from the command line (apply with config.base.apply_overrides)."""
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help=f"override {what}: a key of the file, dotted for a nested one (repeatable; the value is "
+                             "read as YAML)")
 
 
 def missing_required(cls: type[BaseModel], data: dict) -> str | None:

@@ -9,6 +9,15 @@ EXAMPLES = """examples:
   personae storyboard scenes.yaml --out board/ --only 2,5        # redraw panels 2 and 5, re-lay the sheet
   personae storyboard scenes.csv --model ./tiny --out board/     # CSV: number,description,dialogue,shot,angle,characters
   personae storyboard scenes.yaml --steps 30 --cfg 6 --out board/ # the sampling options override the file's
+  personae storyboard scenes.csv --model ./sd15 --lora sketch.safetensors:0.8 --style-trigger "storyboard sketch" \\
+      --embedding cu.safetensors:<cu_trg> --embedding ms.safetensors:<ms_trg> --set layout.title="Act 1" --out board/
+
+a CSV file takes any setting of a scenes file in "# key: value" lines above its header row:
+  # model: ./tiny
+  # style_lora: sketch.safetensors:0.8
+  # shot_embeddings: [cu.safetensors, ms.safetensors]
+  number,description,dialogue,shot,angle,characters
+  1,a cat on a roof,야옹,ECU,low angle,
 
 a scenes file:
   version: 1
@@ -31,10 +40,11 @@ def _numbers(text: str) -> set[int]:
 
 
 SHARED = ("sampling", "runtime")  # the concepts a storyboard shares with generate: overridable per run
+STYLE = ("style_lora", "style_trigger", "shot_embeddings")  # the look of every panel: for CSV files above all
 
 
 def add_parser(sub) -> None:
-    from personae.cli.options import add_settings_options
+    from personae.cli.options import add_set_option, add_settings_options
     from personae.config.storyboard import StoryboardSettings
 
     p = sub.add_parser("storyboard", help="scenes and shots -> panels and a printable sheet", epilog=EXAMPLES,
@@ -44,11 +54,12 @@ def add_parser(sub) -> None:
     p.add_argument("scenes", metavar="SCENES.yaml|SCENES.csv")
     p.add_argument("--out", default="storyboard", help="output folder (default ./storyboard)")
     p.add_argument("--only", type=_numbers, metavar="N,M", help="redraw only these panels")
-    p.add_argument("--model", help="model (overrides the file; required for CSV)")
+    p.add_argument("--model", help="model (overrides the file; required for a CSV without a `# model:` line)")
     p.add_argument("--font", help="a .ttf/.otf/.ttc font covering the dialogue's scripts")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--yes", action="store_true", help="do not ask before a big job (asked only at a terminal)")
-    add_settings_options(p, StoryboardSettings, groups=SHARED)  # override the file's, for every panel
+    add_set_option(p, "a setting of the scenes file")
+    add_settings_options(p, StoryboardSettings, groups=SHARED, names=STYLE)  # override the file's, for every panel
     p.set_defaults(run=run)
 
 
@@ -59,8 +70,9 @@ def run(args) -> int:
     from personae.config.storyboard import StoryboardSettings
     from personae.jobs.storyboard import load_scenes, run_storyboard
 
-    overrides = {"model": args.model, "font": args.font, **settings_values(args, StoryboardSettings, groups=SHARED)}
-    settings = load_scenes(args.scenes, overrides)
+    overrides = {"model": args.model, "font": args.font,
+                 **settings_values(args, StoryboardSettings, groups=SHARED, names=STYLE)}
+    settings = load_scenes(args.scenes, overrides, args.set)
     panels = len(args.only) if args.only else len(settings.scenes)
     confirm_big_job("This storyboard", panels, estimate_seconds(settings.model, panels, settings.steps, settings.width,
                                                                 settings.height, settings.cfg, settings.device), args.yes)

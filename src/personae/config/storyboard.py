@@ -12,13 +12,23 @@ from personae.config.fields import setting
 from personae.config.sampling import RuntimeSettings, SamplingSettings
 
 TEMPLATE_FIELDS = ("style", "shot_token", "shot_phrase", "angle", "description", "characters", "extra")
-DEFAULT_SHOT_TOKENS = {"close-up": "<cu_trg>", "medium": "<ms_trg>", "full": "<fs_trg>"}
-DEFAULT_SHOT_PHRASES = {"close-up": "close-up shot", "medium": "medium shot", "full": "full shot"}
-SHOT_ALIASES = {  # what people write on shot lists -> the shot key
-    "close-up": ["close-up", "close up", "closeup", "cu", "close", "close shot", "extreme close-up", "ecu"],
-    "medium": ["medium", "medium shot", "ms", "mid", "mid shot", "medium close-up", "mcu", "waist shot"],
-    "full": ["full", "full shot", "fs", "long shot", "ls", "wide", "wide shot", "ws", "full body"],
+# the shot kinds storyboard artists write: kind -> (the words a panel's prompt gets, the abbreviations on shot lists,
+# other names); the learned tokens of the shot-token recipe are three (close-up, medium, full): another kind gets a
+# token only when `shot_tokens` maps one to it, else its own words (never a neighbour's token)
+SHOTS = {
+    "extreme close-up": ("extreme close-up shot", ["ECU", "XCU", "BCU"], ["extreme closeup", "big close-up"]),
+    "close-up": ("close-up shot", ["CU"], ["closeup", "close", "close shot"]),
+    "medium": ("medium shot", ["MS", "MCU"], ["mid", "mid shot", "medium close-up", "waist shot"]),
+    "full": ("full shot", ["FS", "LS", "WS"], ["long shot", "wide", "wide shot", "full body"]),
+    "extreme wide": ("extreme wide shot", ["EWS", "XWS", "ELS", "XLS"], ["extreme long shot", "extreme long"]),
+    "over-the-shoulder": ("over-the-shoulder shot", ["OTS"], ["over shoulder"]),
+    "two shot": ("two shot", ["2S"], ["2 shot"]),
+    "establishing": ("establishing shot", ["EST"], []),
 }
+DEFAULT_SHOT_TOKENS = {"close-up": "<cu_trg>", "medium": "<ms_trg>", "full": "<fs_trg>"}
+DEFAULT_SHOT_PHRASES = {kind: phrase for kind, (phrase, _, _) in SHOTS.items()}
+# what people write on shot lists -> the kind (besides the kind's name and its words, each with or without "shot")
+SHOT_ALIASES = {kind: [*abbreviations, *names] for kind, (_, abbreviations, names) in SHOTS.items()}
 
 
 class Character(Strict):
@@ -32,7 +42,9 @@ class Scene(Strict):
     number: int = setting(description="the panel number", ge=1)
     description: str = setting(description="what happens (goes into the prompt and under the panel)")
     dialogue: str = setting("", "any script: Korean, Cyrillic, Latin...")
-    shot: str = setting("medium", "close-up | medium | full (or an alias such as CU, MS, wide)")
+    shot: str = setting("medium", "extreme close-up (ECU) | close-up (CU) | medium (MS) | full (FS, wide, long "
+                                  "shot) | extreme wide (EWS, ELS) | over-the-shoulder (OTS) | two shot | establishing, "
+                                  "or a shot named in shot_phrases / shot_tokens")
     angle: str = setting("", "eye level, high angle, low angle, ...")
     characters: list[str] = setting([], "names from `characters`")
     prompt: str = setting("", "extra words for this panel only")
@@ -56,12 +68,16 @@ class StoryboardSettings(SamplingSettings, RuntimeSettings):
     seed_policy: Literal["fixed", "per_panel", "per_character"] = setting(
         "per_panel", "fixed: the same seed everywhere; per_panel: seed + panel number; per_character: the first "
                      "character's seed (or seed) + panel number")
-    style_lora: LoraRef | None = setting(None, "the drawing style, e.g. a sketch LoRA")
+    style_lora: LoraRef | None = setting(None, "the drawing style, e.g. a sketch LoRA", flag="--lora")
     style_trigger: str = setting("", 'words that call the style, e.g. "storyboard sketch, drawn by KSH style"')
-    shot_embeddings: list[EmbeddingRef] = setting([], "learned shot tokens (e.g. from the pivotal recipe)")
-    shot_tokens: dict[str, str] = setting(DEFAULT_SHOT_TOKENS, "the token of each shot")
-    shot_phrases: dict[str, str] = setting(DEFAULT_SHOT_PHRASES, "the words of each shot")
-    use_shot_tokens: Literal["auto", "yes", "no"] = setting("auto", "auto: a token is used when its embedding is loaded")
+    shot_embeddings: list[EmbeddingRef] = setting([], "learned shot tokens (e.g. from the pivotal recipe); repeatable",
+                                                  flag="--embedding")
+    shot_tokens: dict[str, str] = setting(DEFAULT_SHOT_TOKENS, "the learned token of each shot that has one (a shot "
+                                                               "not listed gets its words only)")
+    shot_phrases: dict[str, str] = setting(DEFAULT_SHOT_PHRASES, "the words of each shot (a built-in shot not listed "
+                                                                 "keeps its own words)")
+    use_shot_tokens: Literal["auto", "yes", "no"] = setting("auto", "auto: a shot's token is used when its embedding "
+                                                                    "is loaded; yes: it must be loaded")
     template: str = setting("{style}, {shot_token} {shot_phrase}, {angle}, {description}, {characters}, {extra}",
                             "how a panel's prompt is built; placeholders: " + ", ".join(TEMPLATE_FIELDS))
     characters: dict[str, Character] = setting({}, "the characters by name")

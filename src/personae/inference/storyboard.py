@@ -12,35 +12,74 @@ import zlib
 from dataclasses import dataclass
 
 from personae.config.generate import GenerateSettings
-from personae.config.storyboard import SHOT_ALIASES, Scene, StoryboardSettings
+from personae.config.storyboard import DEFAULT_SHOT_PHRASES, SHOT_ALIASES, SHOTS, Scene, StoryboardSettings
 from personae.data.captions import fill_template
 from personae.errors import UserError
 from personae.inference.session import Session
 from personae.inference.txt2img import GeneratedImage, txt2img
 
 
+def _words(name: str) -> str:
+    return " ".join(name.lower().replace("_", " ").replace("-", " ").split())
+
+
+def shot_names(settings: StoryboardSettings) -> list[str]:
+    """Every shot kind a scene may name: the built-in kinds, then any the file adds in shot_phrases / shot_tokens."""
+    return list(dict.fromkeys([*SHOTS, *settings.shot_phrases, *settings.shot_tokens]))
+
+
+def _names(key: str) -> set[str]:
+    """What a scene may write for shot kind `key`: its name, its words, its abbreviations and other names, each with
+    or without a trailing "shot", in any case, with "-", "_" or spaces."""
+    names = {_words(n) for n in [key, DEFAULT_SHOT_PHRASES.get(key, key), *SHOT_ALIASES.get(key, [])]}
+    return names | {n + " shot" for n in names} | {n.removesuffix(" shot") for n in names}
+
+
 def canonical_shot(shot: str, settings: StoryboardSettings) -> str:
-    wanted = " ".join(shot.lower().replace("_", " ").split())
-    keys = list(dict.fromkeys([*settings.shot_phrases, *settings.shot_tokens]))
-    for key in keys:
-        names = {key.lower(), key.lower().replace("-", " ")} | set(SHOT_ALIASES.get(key, []))
-        if wanted in names or wanted.replace("-", " ") in names:
+    """The shot kind `shot` names (a kind, or an alias such as ECU, OTS, wide); an unknown name lists the valid ones."""
+    wanted = _words(shot)
+    for key in shot_names(settings):
+        if wanted in _names(key):
             return key
-    raise UserError(f'Unknown shot "{shot}".', "Use one of: " + ", ".join(keys) + " (or CU, MS, wide, long shot...).")
+    accepted = [key + (f" ({', '.join(SHOTS[key][1])})" if key in SHOTS else "") for key in shot_names(settings)]
+    raise UserError(f'Unknown shot "{shot}".', "Use one of: " + "; ".join(accepted) + ". To add a kind of your own, "
+                    "give it words under shot_phrases.")
+
+
+def shot_token(shot: str, settings: StoryboardSettings, loaded_tokens: set[str]) -> str:
+    """The learned token a panel of this shot kind starts with, or "" (none mapped to it, none loaded, or "no")."""
+    token = settings.shot_tokens.get(shot, "")
+    if not token or settings.use_shot_tokens == "no":
+        return ""
+    if token in loaded_tokens:
+        return token
+    if settings.use_shot_tokens == "yes":
+        raise UserError(f'use_shot_tokens is yes but the token "{token}" for {shot} is not loaded.',
+                        "Add its embedding file to shot_embeddings, or set use_shot_tokens: auto.")
+    return ""
+
+
+def shot_phrase(shot: str, settings: StoryboardSettings) -> str:
+    return settings.shot_phrases.get(shot) or DEFAULT_SHOT_PHRASES.get(shot, shot)
 
 
 def panel_prompt(scene: Scene, settings: StoryboardSettings, loaded_tokens: set[str]) -> str:
     shot = canonical_shot(scene.shot, settings)
-    token = settings.shot_tokens.get(shot, "")
-    use = settings.use_shot_tokens == "yes" or (settings.use_shot_tokens == "auto" and token in loaded_tokens)
-    if settings.use_shot_tokens == "yes" and token not in loaded_tokens:
-        raise UserError(f'use_shot_tokens is yes but the token "{token}" for {shot} is not loaded.',
-                        "Add its embedding file to shot_embeddings, or set use_shot_tokens: auto.")
+    token = shot_token(shot, settings, loaded_tokens)
+    phrase = shot_phrase(shot, settings)
     people = [settings.characters[c].prompt or c if c in settings.characters else c for c in scene.characters]
-    text = settings.template.format(style=settings.style_trigger, shot_token=token if use else "",
-                                    shot_phrase=settings.shot_phrases.get(shot, shot), angle=scene.angle,
-                                    description=scene.description, characters=", ".join(people), extra=scene.prompt)
+    text = settings.template.format(style=settings.style_trigger, shot_token=token, shot_phrase=phrase,
+                                    angle=scene.angle, description=scene.description, characters=", ".join(people),
+                                    extra=scene.prompt)
     return fill_template("{caption}", caption=text)
+
+
+def tokenless_shots(settings: StoryboardSettings, loaded_tokens: set[str]) -> list[str]:
+    """The shot kinds the scenes use that get no token although shot tokens are loaded (said once, as a note)."""
+    if not loaded_tokens & set(settings.shot_tokens.values()) or settings.use_shot_tokens == "no":
+        return []
+    used = dict.fromkeys(canonical_shot(s.shot, settings) for s in settings.scenes)
+    return [shot for shot in used if settings.shot_tokens.get(shot) not in loaded_tokens]
 
 
 def panel_seed(scene: Scene, settings: StoryboardSettings) -> int:

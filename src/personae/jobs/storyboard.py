@@ -11,15 +11,27 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import json
+import re
 from pathlib import Path
 
-from personae.config.base import load_yaml, parse_settings
+import yaml
+
+from personae.config.base import apply_overrides, load_yaml, parse_settings
 from personae.config.storyboard import StoryboardSettings
 from personae.errors import UserError
 from personae.events import EventHandler, Message, Progress, ignore
 from personae.inference.session import open_session
-from personae.inference.storyboard import PanelRecord, addon_embeddings, addon_loras, canonical_shot, render_panel
+from personae.inference.storyboard import (
+    PanelRecord,
+    addon_embeddings,
+    addon_loras,
+    canonical_shot,
+    render_panel,
+    shot_phrase,
+    tokenless_shots,
+)
 from personae.media.fonts import font_for
 from personae.media.png import save_png
 from personae.media.storyboard_sheet import PanelText, render_png_pages, write_pdf
@@ -30,33 +42,64 @@ STORYBOARD = Kind("storyboard", "a storyboard", "personae storyboard", signature
                   layout=("panels/panel-*.png", "sheet.png", "sheet-*.png", "sheet.pdf", "storyboard.json"))
 
 
-def load_scenes(path: str | Path, overrides: dict | None = None) -> StoryboardSettings:
-    """A YAML storyboard file, or a CSV of scenes (number, description, dialogue, shot, angle, characters)."""
+def load_scenes(path: str | Path, overrides: dict | None = None, assignments: list[str] = ()) -> StoryboardSettings:
+    """A YAML storyboard file, or a CSV of scenes (number, description, dialogue, shot, angle, characters) whose
+    "# key: value" lines above the header hold the same settings a YAML file does; then `--set KEY=VALUE`
+    `assignments`, then `overrides` (the command line's options), over either."""
     path = Path(path)
     if path.suffix.lower() == ".csv":
-        data = {"scenes": _csv_scenes(path)}
+        data, scenes = _csv_file(path)
+        data["scenes"] = scenes
     else:
         data = load_yaml(path)
+    data = apply_overrides(data, list(assignments))
     data.update({k: v for k, v in (overrides or {}).items() if v is not None})
     settings = parse_settings(StoryboardSettings, data, str(path))
     return _relative_to(settings, path.resolve().parent, path)
 
 
-def _csv_scenes(path: Path) -> list[dict]:
-    """The scenes of a CSV file (a header row naming the columns, then one row per scene)."""
+_SETTING_LINE = re.compile(r"^#(\s|$)")  # "# key: value" above the header (a header's own "#" column is "#,")
+
+
+def _csv_file(path: Path) -> tuple[dict, list[dict]]:
+    """(the settings in the "# key: value" lines above the header, the scenes of the rows below it)."""
     if not path.is_file():
         raise UserError(f"{path} does not exist.")
     try:
-        with open(path, newline="", encoding="utf-8-sig") as fh:
-            rows = list(csv.DictReader(fh))
+        text = path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as exc:
         raise UserError(f"{path} is not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at position {exc.start}).",
                         "Save it as UTF-8 CSV (spreadsheets offer \"CSV UTF-8\").") from None
+    lines = text.splitlines(keepends=True)
+    head = 0
+    while head < len(lines) and _SETTING_LINE.match(lines[head].rstrip().rstrip(",")):
+        head += 1
+    settings = "".join(line.rstrip().rstrip(",")[1:].removeprefix(" ") + "\n" for line in lines[:head])
+    try:
+        data = yaml.safe_load(settings) if settings.strip() else {}
+    except yaml.YAMLError as exc:
+        raise UserError(f'{path}: the "# key: value" settings lines above the header are not valid YAML ({exc}).',
+                        'Write one setting per line, e.g. "# style_lora: sketch.safetensors:0.8".') from None
+    if not isinstance(data, dict):
+        raise UserError(f'{path}: the "#" lines above the header must be settings written "# key: value".',
+                        'E.g. "# model: ./tiny" and "# style_lora: sketch.safetensors:0.8".')
+    if "scenes" in data:
+        raise UserError(f"{path}: the scenes of a CSV file are its rows, not a `# scenes:` setting.",
+                        "Write each scene as a row below the header, or use a YAML file.")
+    return data, _csv_scenes(path, "".join(lines[head:]))
+
+
+def _csv_scenes(path: Path, text: str) -> list[dict]:
+    """The scenes of a CSV text (a header row naming the columns, then one row per scene)."""
+    try:
+        rows = list(csv.DictReader(io.StringIO(text, newline="")))
     except csv.Error as exc:
         raise UserError(f"{path} is not a readable CSV file ({exc}).") from None
     scenes = []
     for i, row in enumerate(rows, start=1):
         row = {str(k).strip().lower(): (v if isinstance(v, str) else "").strip() for k, v in row.items() if k}
+        if "#" in row and "number" not in row:  # shot lists often head the number column "#"
+            row["number"] = row.pop("#")
         scene = {k: v for k, v in row.items() if v != ""}
         number = row.get("number") or str(i)
         if not number.isdecimal() or len(number) > 9:
@@ -140,6 +183,10 @@ def _draw(settings: StoryboardSettings, only: set[int] | None, font: str, previo
     session = open_session(settings.model, settings.device, settings.dtype,
                            loras=[(l.path, l.weight) for l in addon_loras(settings)],
                            embeddings=[(e.path, e.token) for e in addon_embeddings(settings)], on_event=on_event)
+    loaded = {e.token for e in session.embeddings}
+    for shot in tokenless_shots(settings, loaded):  # a trained token is never borrowed by another kind of shot
+        on_event(Message(f'note: the {shot} panels get no shot token (none of the loaded ones is mapped to {shot} in '
+                         f'shot_tokens); they are drawn with the words "{shot_phrase(shot, settings)}"'))
     # 3. the panels
     todo = [s for s in settings.scenes if not only or s.number in only]
     records = {}

@@ -69,6 +69,9 @@ class LoraFile:
     naming: str = ""  # the NAMINGS key most of its modules use
     changes: dict[tuple[str, str], LowRank] = field(default_factory=dict)
     unplaced: list[tuple[list[str], str]] = field(default_factory=list)  # (keys of one module, why not placed)
+    layers: int = 0  # modules the file holds weights for
+    # (the file's module name, the model's (out, in), the file's (out, in)) of every layer whose sizes differ
+    misfits: list[tuple[str, tuple[int, int], tuple[int, int]]] = field(default_factory=list)
 
 
 def _layers(model) -> dict[str, tuple[int, ...]]:
@@ -247,9 +250,11 @@ def place(path: Path, tensors: dict[str, torch.Tensor], header: dict[str, str], 
         if check_sizes and (sizes != shape[:2] or (change.bias is not None and change.bias.shape != (shape[0],))):
             result.unplaced.append((keys, f"a {sizes[0]}x{sizes[1]} change does not fit {module} "
                                           f"({'x'.join(map(str, shape))})"))
+            result.misfits.append((name, tuple(shape[:2]), sizes))
             continue
         kinds[_kind_label(params, shape)] += 1
         result.changes[(component, module)] = change
+    result.layers = len(groups)
     result.layout = describe(namings, kinds)
     result.naming = namings.most_common(1)[0][0] if namings else ""
     return result
@@ -271,7 +276,14 @@ def unplaced_message(lora: LoraFile, total_keys: int) -> str:
 
 
 def refuse_unplaced(lora: LoraFile, total_keys: int) -> None:
-    """A file that would load only in part is refused: one paragraph naming the keys and the layout."""
+    """A file that would load only in part is refused: one paragraph naming the keys and the layout; a file
+    whose layers have other sizes than this model's (made for another base model) in one line."""
+    if lora.misfits:
+        name, expected, got = lora.misfits[0]
+        raise UserError(f"LoRA {lora.path} was made for another base model (e.g. SDXL / a different size): "
+                        f"{len(lora.misfits)} of {lora.layers} layers have other shapes, first: {name} expected "
+                        f"({expected[0]}, {expected[1]}) got ({got[0]}, {got[1]}).",
+                        "Use a LoRA trained for this model.")
     if lora.unplaced:
         raise UserError(
             f"{lora.path} would load only in part, so personae does not load it: {unplaced_message(lora, total_keys)}.",

@@ -126,6 +126,45 @@ def model_hash(source: ModelSource) -> str | None:
     return cache[key]
 
 
+def _native(configs: dict) -> int | None:
+    unet, vae = configs.get("unet") or {}, configs.get("vae") or {}
+    if not isinstance(unet.get("sample_size"), int) or not isinstance(vae.get("block_out_channels"), list):
+        return None
+    return unet["sample_size"] * 2 ** (len(vae["block_out_channels"]) - 1)  # the pipeline's vae_scale_factor
+
+
+def native_size(source: ModelSource) -> int | None:
+    """The model's training resolution in pixels (UNet sample size x the VAE's scale factor), read from its configs
+    without loading it: what `Session.native_size` will say, before the load. None for a hub model not downloaded."""
+    def read(folder: Path) -> dict:
+        configs = {}
+        for name in ("unet", "vae"):
+            try:
+                configs[name] = json.loads((folder / name / "config.json").read_text())
+            except (OSError, ValueError):
+                configs[name] = {}
+        return configs
+
+    if source.kind == "folder":
+        return _native(read(Path(source.location)))
+    if source.kind == "single_file":  # personae's own files carry their configs; others are SD 1.x
+        configs = {}
+        if not source.is_pickle:
+            path = Path(source.location)
+            configs = header_json(tensor_shapes(path)[1], CONFIG_METADATA_KEY, path) or {}
+        return _native({**read(SD15_DIR), **configs})
+    from huggingface_hub import try_to_load_from_cache
+
+    found = {}
+    for name in ("unet", "vae"):
+        try:
+            file = try_to_load_from_cache(source.location, "/".join(filter(None, [source.subfolder, name, "config.json"])))
+        except ValueError:
+            file = None
+        found[name] = json.loads(Path(file).read_text()) if isinstance(file, str) else {}
+    return _native(found)
+
+
 def _write_config_dir(path: Path, target: Path) -> dict:
     """Fill `target` with the component configs and tokenizer a single file needs (refusing other architectures)."""
     shutil.copytree(SD15_DIR, target, dirs_exist_ok=True)

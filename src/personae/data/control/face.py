@@ -13,7 +13,7 @@ import numpy as np
 from PIL import Image
 
 from personae.data.control.base import ControlType, line_width
-from personae.data.control.mediapipe_models import solutions
+from personae.data.control.mediapipe_models import native_quiet, solutions
 from personae.errors import UserError
 
 # region -> RGB colour, the convention of the MediaPipe-face ControlNet's training maps
@@ -31,8 +31,8 @@ IRIS_COLOURS = {"FACEMESH_LEFT_IRIS": (250, 200, 10), "FACEMESH_RIGHT_IRIS": (10
 def face_landmarks(image: Image.Image, max_faces: int = 1, min_confidence: float = 0.5) -> list[np.ndarray]:
     """Per face, 478 (x, y) pixel positions from MediaPipe's face mesh (with irises)."""
     face_mesh = solutions().face_mesh
-    with face_mesh.FaceMesh(static_image_mode=True, max_num_faces=max_faces, refine_landmarks=True,
-                            min_detection_confidence=min_confidence) as mesh:
+    with native_quiet(), face_mesh.FaceMesh(static_image_mode=True, max_num_faces=max_faces, refine_landmarks=True,
+                                            min_detection_confidence=min_confidence) as mesh:
         found = mesh.process(np.ascontiguousarray(np.asarray(image.convert("RGB"))))
     faces = []
     for landmarks in found.multi_face_landmarks or []:

@@ -15,7 +15,7 @@ import numpy as np
 from PIL import Image
 
 from personae.data.control.base import ControlType, line_width
-from personae.data.control.mediapipe_models import solutions
+from personae.data.control.mediapipe_models import native_quiet, solutions
 from personae.errors import UserError
 
 NECK = -1  # not a MediaPipe point: the midpoint of the shoulders (11, 12)
@@ -33,7 +33,7 @@ COLOURS = [(255, 0, 0), (255, 85, 0), (255, 170, 0), (255, 255, 0), (170, 255, 0
 def openpose_keypoints(image: Image.Image, min_visibility: float = 0.5) -> list[tuple[float, float] | None]:
     """The 18 OpenPose keypoints in pixels (None where unseen), or [] when no person is found."""
     pose = solutions().pose
-    with pose.Pose(static_image_mode=True, model_complexity=1, min_detection_confidence=0.5) as model:
+    with native_quiet(), pose.Pose(static_image_mode=True, model_complexity=1, min_detection_confidence=0.5) as model:
         found = model.process(np.ascontiguousarray(np.asarray(image.convert("RGB"))))
     if found.pose_landmarks is None:
         return []
