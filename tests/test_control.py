@@ -286,10 +286,11 @@ def test_face_to_animal_recipe(tiny_model, photos, tiny_controlnet, tmp_path, ca
     [path] = tmp_path.glob("*.png")
     stored = settings_from_png(path)
     assert stored["prompt"].startswith("dog, close up, face portrait")
-    assert stored["sampler"] == "DPM++ 2S a" and stored["cfg"] == 7.0 and stored["steps"] == 3  # explicit --steps wins
+    assert stored["sampler"] == "Euler a" and stored["cfg"] == 7.0 and stored["steps"] == 3  # explicit --steps wins
     crop = Image.open(stored["init_image"])
     assert crop.size == (512, 512) and stored["controls"][0]["image"] == stored["init_image"]
     assert stored["controls"][0]["type"] == "face" and stored["controls"][0]["weight"] == 1.0
+    assert "warning" not in capsys.readouterr().err.lower()  # the recipe's own choices never warn
     assert detect_faces(crop)  # the crop holds the face
     assert main(args + ["--init-image", str(photos / "coffee.png"), "--out", str(tmp_path / "none")]) == 2
     assert "No face was found" in capsys.readouterr().err
