@@ -312,6 +312,7 @@ def test_add_on_references_are_written_in_yaml_as_on_the_command_line(tmp_path):
     from personae.jobs.storyboard import load_scenes
 
     (tmp_path / "hero.safetensors").write_bytes(b"")
+    (tmp_path / "e.pt").write_bytes(b"")  # paths in a scenes file must exist (read relative to it)
     board = {"model": "m", "scenes": [{"number": 1, "description": "a cat", "characters": ["mia"]}],
              "characters": {"mia": {"prompt": "a girl", "lora": "hero.safetensors:0.8", "embedding": "e.pt:<mia>"}}}
     (tmp_path / "board.yaml").write_text(yaml.safe_dump(board))
