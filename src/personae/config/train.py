@@ -5,7 +5,7 @@
     method: lora                  # lora | dreambooth | textual_inversion | pivotal
     data: {path: ./prepared}      # a `personae prepare` output, or a raw folder (prepared on the fly)
     train: {steps: 200, batch_size: 2, learning_rate: 1.0e-4, seed: 0, resolution: 64}
-    lora: {rank: 4, alpha: 4, text_encoder: false}
+    lora: {rank: 4, alpha: 4, text_encoder: false}   # variant: lora | locon | dora | loha | lokr
     output: ./runs/demo
 """
 
@@ -85,7 +85,15 @@ class TrainSection(Strict):
         return self
 
 
+LORA_VARIANTS = ("lora", "locon", "dora", "loha", "lokr")
+LoraVariant = Literal["lora", "locon", "dora", "loha", "lokr"]
+
+
 class LoraSection(Strict):
+    variant: LoraVariant = setting(
+        "lora", "the adapter's form: lora (low-rank pairs), locon (LoRA on the resnet convolutions too, kohya "
+                "conv_dim), dora (LoRA with a learned magnitude per output channel), loha (LyCORIS Hadamard "
+                "product), lokr (LyCORIS Kronecker product); all trained through peft")
     rank: int = setting(4, "LoRA rank (kohya network_dim)", ge=1)
     alpha: float = setting(4.0, "LoRA alpha; the scale is alpha / rank (kohya network_alpha)", gt=0)
     dropout: float = setting(0.0, "LoRA dropout", ge=0, lt=1)
@@ -94,6 +102,20 @@ class LoraSection(Strict):
     text_encoder: bool = setting(False, "also a LoRA on the text encoder")
     text_encoder_rank: int | None = setting(None, "the text encoder's LoRA rank (default: rank)")
     text_encoder_lr: float | None = setting(None, "the text encoder's learning rate (default: train.learning_rate)")
+    conv_rank: int | None = setting(None, "locon: the rank of the UNet's 3x3 convolutions (kohya conv_dim; default: "
+                                          "rank)", ge=1)
+    conv_alpha: float | None = setting(None, "locon: the alpha of the 3x3 convolutions (kohya conv_alpha; default: "
+                                             "alpha)", gt=0)
+
+    @model_validator(mode="after")
+    def _variant_fits(self):
+        if (self.conv_rank or self.conv_alpha) and self.variant != "locon":
+            raise ValueError(f"lora.conv_rank / conv_alpha shape the convolutions of variant locon, but the variant "
+                             f"is {self.variant}: set lora.variant: locon, or remove conv_rank / conv_alpha")
+        if self.dropout and self.variant in ("loha", "lokr"):
+            raise ValueError(f"lora.dropout is LoRA's input dropout, which peft's {self.variant} layers do not "
+                             "have: set lora.dropout: 0 for this variant")
+        return self
 
 
 class TokenSpec(Strict):

@@ -15,7 +15,9 @@ import torch
 
 from personae.config.train import TrainJob
 
-Loader = Literal["lora", "embedding", "folder", "single_file"]
+# lora: diffusers' load_lora_weights; personae: `generate --lora` (models.addons, every LyCORIS kind); peft: a peft
+# adapter folder per component (PeftModel.from_pretrained); embedding: load_textual_inversion; folder / single_file
+Loader = Literal["lora", "personae", "peft", "embedding", "folder", "single_file"]
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,12 @@ from personae.methods.base import ExportFile, ParamGroup, export_dtype
 from personae.methods.lora import LoraMethod
 from personae.methods.textual_inversion import TextualInversionMethod, TokenTable
 
+ADAPTER_KEYS = ("lora_", "hada_", "lokr_")  # the adapter's parameters (LoRA, DoRA, LoHa, LoKr), not the token table
+
+
+def _adapter(key: str) -> bool:
+    return any(part in key for part in ADAPTER_KEYS)
+
 
 @dataclass
 class PivotalMethod(TextualInversionMethod):
@@ -36,16 +42,16 @@ class PivotalMethod(TextualInversionMethod):
         return [pipe.unet, pipe.text_encoder]
 
     def trainable_state(self, pipe):
-        state = {k: v for k, v in LoraMethod.trainable_state(self, pipe).items() if "lora_" in k}
+        state = {k: v for k, v in LoraMethod.trainable_state(self, pipe).items() if _adapter(k)}
         state.update(self.table.state(pipe))
         return state
 
     def load_trainable_state(self, pipe, state):
-        LoraMethod.load_trainable_state(self, pipe, {k: v for k, v in state.items() if "lora_" in k})
+        LoraMethod.load_trainable_state(self, pipe, {k: v for k, v in state.items() if _adapter(k)})
         self.table.load_state(pipe, state)
 
     def trainable_parameters(self, pipe):
-        return {k: p for k, p in super().trainable_parameters(pipe).items() if "lora_" in k}
+        return {k: p for k, p in super().trainable_parameters(pipe).items() if _adapter(k)}
 
     def export(self, pipe, out: Path, metadata: dict[str, str]) -> list[ExportFile]:
         return (LoraMethod(self.job).export(pipe, out, metadata)
