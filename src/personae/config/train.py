@@ -97,8 +97,8 @@ class LoraSection(Strict):
     rank: int = setting(4, "LoRA rank (kohya network_dim)", ge=1)
     alpha: float = setting(4.0, "LoRA alpha; the scale is alpha / rank (kohya network_alpha)", gt=0)
     dropout: float = setting(0.0, "LoRA dropout", ge=0, lt=1)
-    target_modules: list[str] = setting(["to_q", "to_k", "to_v", "to_out.0"], "UNet layers that get a LoRA (add "
-                                        "conv1, conv2 ... for LoCon-style)")
+    target_modules: list[str] = setting(["to_q", "to_k", "to_v", "to_out.0"], "UNet layers that get a LoRA (variant "
+                                        "locon adds the resnet and sampler convolutions)")
     text_encoder: bool = setting(False, "also a LoRA on the text encoder")
     text_encoder_rank: int | None = setting(None, "the text encoder's LoRA rank (default: rank)")
     text_encoder_lr: float | None = setting(None, "the text encoder's learning rate (default: train.learning_rate)")

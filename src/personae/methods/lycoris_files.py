@@ -34,7 +34,8 @@ _ARGS = {"dora": {"algo": "lora", "dora_wd": "True", "wd_on_out": "True"}, "loha
 def lycoris_network_args(variant: str, te_trained: bool, extra: dict[str, str]) -> dict[str, str]:
     """The header's `ss_network_module` and `ss_network_args` for a variant (lora / locon stay kohya's own)."""
     if variant == "lora":  # lora and locon: kohya sd-scripts' networks.lora, conv_dim / conv_alpha in its args
-        return {"ss_network_module": "networks.lora", "ss_network_args": json.dumps(extra)}
+        return {"ss_network_module": "networks.lora", "ss_network_args": json.dumps({"text_encoder": te_trained,
+                                                                                    **extra})}
     return {"ss_network_module": "lycoris.kohya", "ss_network_args": json.dumps({**_ARGS[variant], **extra}),
             "ss_network_train_unet_only": str(not te_trained)}
 

@@ -167,16 +167,16 @@ def low_rank(params: dict[str, torch.Tensor], weight_shape: tuple[int, ...]) -> 
         factors = (torch.zeros(weight_shape[0], 1), torch.zeros(1, math.prod(weight_shape[1:])), 1.0)
     up, down, alpha = factors
     down, up = _shaped(up, down, kernel)
-    return LowRank(down.contiguous(), up.contiguous(), alpha, bias, _magnitude(params, weight_shape))
+    return LowRank(down.contiguous(), up.contiguous(), alpha, bias, _magnitude(params, up.shape[0]))
 
 
-def _magnitude(params, weight_shape) -> torch.Tensor | None:
+def _magnitude(params, out: int) -> torch.Tensor | None:
     """DoRA's `dora_scale` as (out,), when it holds one value per output channel (the axis peft normalises)."""
     if "dora_scale" not in params:
         return None
     scale = _f32(params["dora_scale"])
-    if scale.shape[0] != weight_shape[0] or scale.numel() != weight_shape[0]:
+    if scale.shape[0] != out or scale.numel() != out:
         raise ValueError(f"its dora_scale {tuple(scale.shape)} normalises the input axis (A1111's and LyCORIS' "
                          "default); personae applies DoRA as peft does, per output channel, and reads dora_scale "
-                         f"of shape ({weight_shape[0]}, 1) only")
+                         f"of shape ({out}, 1) only")
     return scale.flatten().contiguous()

@@ -51,7 +51,7 @@ def render(pipe, prompt: str) -> np.ndarray:
                 generator=torch.Generator("cpu").manual_seed(0), output_type="np").images
 
 
-def _load_family(family: str, files: list[ExportFile], base: ModelSource, device):
+def load_family(family: str, files: list[ExportFile], base: ModelSource, device):
     kind = files[0].loader
     if family == "generate":
         from personae.models.addons import load_embeddings, load_loras
@@ -109,7 +109,7 @@ def verify_exports(pipe, files: list[ExportFile], base: ModelSource, prompt: str
             getattr(pipe, name).train(was)
     checks = []
     for family, group in families(files).items():
-        reloaded = _load_family(family, group, base, pipe.device)
+        reloaded = load_family(family, group, base, pipe.device)
         diff = float(np.abs(render(reloaded, prompt) - reference).max())
         checks.append(Check(family, [str(f.path) for f in group], diff, tolerance))
         del reloaded
