@@ -176,7 +176,7 @@ def test_bad_variant_settings_are_one_paragraph(tiny_model):
         assert "\n" not in str(err.value)
     pipe = load_pipeline(resolve_model(str(tiny_model[0])))
     freeze(pipe)
-    with pytest.raises(UserError, match="it is a GroupNorm") as err:
+    with pytest.raises(UserError, match="it is a LayerNorm") as err:
         add_lora(pipe, 4, 4.0, 0.0, ["to_q", "norm1"], False, None, "lokr")
     assert "\n" not in str(err.value) and "norm1" in str(err.value)
     with pytest.raises(UserError, match="name no layer"):

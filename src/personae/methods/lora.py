@@ -66,11 +66,12 @@ def check_targets(model, targets: list[str], variant: str, where: str) -> None:
     if not matched:
         raise UserError(f"lora.target_modules {targets} name no layer of the {where}.",
                         "Use layer names such as to_q, to_k, to_v, to_out.0, proj_in, conv1, conv2.")
-    odd = {name: kind for name, kind in matched.items() if kind not in ("Linear", "Conv2d")}
+    kinds = ("Linear", "Conv2d") + (("Embedding",) if variant in ("lora", "locon", "dora") else ())
+    odd = {name: kind for name, kind in matched.items() if kind not in kinds}
     if odd:
         name, kind = next(iter(odd.items()))
         raise UserError(f"lora.variant {variant} cannot adapt {name} of the {where}: it is a {kind}, and peft's "
-                        f"{variant} layers go on Linear and Conv2d layers only ({len(odd)} such layer(s) matched "
+                        f"{variant} layers go on {', '.join(kinds)} layers only ({len(odd)} such layer(s) matched "
                         f"lora.target_modules {targets}).",
                         "Take that name out of lora.target_modules (e.g. norm layers cannot carry a LoRA).")
 
