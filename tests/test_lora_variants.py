@@ -43,10 +43,14 @@ VARIANTS = {
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory, tiny_model):
+def prepared(tmp_path_factory):
+    return prepared_subject(tmp_path_factory.mktemp("data"), count=4, trigger="<sks>")
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, tiny_model, prepared):
     """variant -> (run result, run folder), each trained once on first use."""
     root = tmp_path_factory.mktemp("variants")
-    prepared = prepared_subject(root / "data", count=4, trigger="<sks>")
     runs = {}
 
     def get(variant: str):
@@ -182,3 +186,24 @@ def test_bad_variant_settings_are_one_paragraph(tiny_model):
     with pytest.raises(UserError, match="name no layer"):
         add_lora(pipe, 4, 4.0, 0.0, ["to_qq"], False, None, "loha")
     assert not getattr(pipe.unet, "peft_config", None)  # refused before any layer was added
+
+
+def test_pivotal_phases_train_the_tokens_then_the_lora(tmp_path, tiny_model, prepared):
+    """pivotal.phases [2, 2]: after step 2 only the token moved (the LoRA's up matrices are still their zero
+    start); from step 2 to 4 only the LoRA moved (the token is as step 2 left it)."""
+    job = load_job(write_job(tmp_path, base_model=str(tiny_model[0]), method="pivotal", data=prepared,
+                             output=tmp_path / "run", lora={"rank": 4, "alpha": 4, "text_encoder": True},
+                             pivotal={"tokens": [{"token": "<sks>", "init_word": "star"}], "phases": [2, 2]},
+                             train={"batch_size": 2, "learning_rate": 5e-3, "save_every": 2, "verify_exports": False,
+                                    "validation": {"steps": 1}}))
+    assert job.train.steps == 4
+    run_training(job)
+    at = {n: load_file(str(tmp_path / f"run/checkpoints/step-00000{n}/trainable.safetensors")) for n in (2, 4)}
+    ups = [k for k in at[2] if "lora_B" in k]
+    assert ups and all(not at[2][k].any() for k in ups)  # phase 1: the LoRA waits
+    assert any(at[4][k].abs().max() > 1e-4 for k in ups)  # phase 2: it trains
+    pipe = load_pipeline(resolve_model(str(tiny_model[0])))
+    ids = pipe.tokenizer("star", add_special_tokens=False).input_ids
+    start = pipe.text_encoder.get_input_embeddings().weight[ids].mean(0)
+    assert (at[2]["embedding.<sks>"] - start).abs().max() > 1e-4  # phase 1: the token moves
+    assert torch.equal(at[2]["embedding.<sks>"], at[4]["embedding.<sks>"])  # phase 2: it stays

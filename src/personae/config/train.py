@@ -139,6 +139,17 @@ class PivotalSection(Strict):
     tokens: list[TokenSpec] = setting([], "the tokens to learn beside the LoRA, e.g. [{token: <sks>, init_word: "
                                           "man}]")
     token_lr: float = setting(5e-3, "the embeddings' learning rate (higher than the LoRA's, usually)", gt=0)
+    phases: list[int] | None = setting(None, "two phases [embedding_steps, lora_steps]: the tokens alone, then the "
+                                             "LoRA alone with the tokens fixed; their sum is train.steps (default: "
+                                             "both together for all steps)")
+
+    @field_validator("phases")
+    @classmethod
+    def _two_phases(cls, value):
+        if value is not None and (len(value) != 2 or min(value) < 0 or sum(value) < 1):
+            raise ValueError(f"pivotal.phases is [embedding_steps, lora_steps], two whole numbers >= 0 (e.g. "
+                             f"[300, 700]), got {value}")
+        return value
 
 
 class DreamBoothSection(Strict):  # prior preservation here applies to every method (kohya: reg images)
@@ -186,11 +197,29 @@ class TrainJob(Strict):
                              f"slashes), and not one of the run folder's own: {', '.join(sorted(RESERVED_NAMES))}")
         return value
 
+    @model_validator(mode="before")
+    @classmethod
+    def _phases_make_the_steps(cls, data):
+        """pivotal.phases [a, b] give train.steps a + b when the job file sets neither steps nor epochs."""
+        if not isinstance(data, dict) or data.get("method") != "pivotal":
+            return data
+        pivotal, train = data.get("pivotal"), data.get("train", {})
+        phases = pivotal.get("phases") if isinstance(pivotal, dict) else None
+        if (isinstance(phases, list) and all(isinstance(n, int) for n in phases) and isinstance(train, dict)
+                and train.get("steps") is None and train.get("epochs") is None):
+            data = {**data, "train": {**train, "steps": max(sum(phases), 1)}}
+        return data
+
     @model_validator(mode="after")
     def _method_needs(self):
         section = METHODS[self.method].tokens_section
         if section and not getattr(self, section).tokens:
             raise ValueError(f"method {self.method} needs {section}.tokens (e.g. [{{token: '<sks>', init_word: dog}}])")
+        phases = self.pivotal.phases
+        if phases and self.method == "pivotal" and (self.train.epochs is not None or self.train.steps != sum(phases)):
+            raise ValueError(f"pivotal.phases {phases} make {sum(phases)} steps, but train sets "
+                             f"{'epochs' if self.train.epochs is not None else f'steps: {self.train.steps}'}: "
+                             f"remove train.steps / train.epochs, or make the phases add up to them")
         d = self.dreambooth
         if d.prior_preservation and not d.class_prompt and not d.class_data_dir:
             raise ValueError("dreambooth.prior_preservation needs dreambooth.class_prompt (e.g. 'a photo of a dog') "

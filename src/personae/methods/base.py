@@ -59,6 +59,10 @@ class Method:
         """True when text-encoder outputs change during training (no caching of text embeddings)."""
         return False
 
+    def frozen(self, step: int) -> list[torch.nn.Parameter]:
+        """Trained parameters left as they are at optimizer step `step` (0-based): a method's phases."""
+        return []
+
     def after_step(self, pipe) -> None:
         """Called after each optimizer step (e.g. to keep untrained embedding rows fixed)."""
 
