@@ -20,7 +20,6 @@ from personae.config.base import Strict
 from personae.config.fields import setting
 from personae.config.methods import METHODS, MethodName
 
-
 # names the run folder uses itself: an export called so would collide with them
 RESERVED_NAMES = {"checkpoints", "validation", "logs", "cache", "prepared", "embeddings", "class_images", "model",
                   "run", "config", "losses", "loss"}
