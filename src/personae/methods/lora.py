@@ -105,14 +105,14 @@ def variant_of(model) -> str:
                                                              else "lora")
 
 
-def export_lora(pipe, out: Path, *, name: str, rank: int, alpha: float, te_alpha: float | None, steps: int,
+def export_lora(pipe, out: Path, *, name: str, rank: int, alpha: float, te_alpha: float | None = None, steps: int,
                 base_model: str, trigger: str, extra_meta: dict[str, str], file_stem: str = "lora",
                 dtype: torch.dtype = torch.float32, network_args: dict[str, str] | None = None) -> list[ExportFile]:
     """Write `<file_stem>.safetensors` (kohya/A1111 or LyCORIS names) and the diffusers or peft export beside it.
 
     `name` is what the file calls itself (`ss_output_name`: the run's name); `file_stem` names the files. Each
-    module's alpha is read from the adapted layers (`te_alpha` and `alpha` only describe the run in the header).
-    """
+    module's alpha is read from the adapted layers: `rank` and `alpha` only describe the run in the header, and
+    `te_alpha` is no longer needed (kept for callers)."""
     te_trained = bool(getattr(pipe.text_encoder, "peft_config", None))
     models = {"unet": pipe.unet, **({"text_encoder": pipe.text_encoder} if te_trained else {})}
     variant = variant_of(pipe.unet)
@@ -166,10 +166,9 @@ class LoraMethod(Method):
 
     def export(self, pipe, out: Path, metadata: dict[str, str]) -> list[ExportFile]:
         c = self.job.lora
-        te_alpha = c.alpha * (c.text_encoder_rank or c.rank) / c.rank
         header = {k: v for k, v in metadata.items() if k.startswith(("ss_", "modelspec.", "personae_"))}
         return export_lora(pipe, out, name=self.job.name or Path(self.job.output).resolve().name or "lora",
-                           rank=c.rank, alpha=c.alpha, te_alpha=te_alpha, steps=int(metadata.get("steps", 0)),
+                           rank=c.rank, alpha=c.alpha, steps=int(metadata.get("steps", 0)),
                            base_model=metadata.get("base_model", ""), trigger=self.job.trigger, extra_meta=header,
                            file_stem=self.job.name or "lora", dtype=export_dtype(self.job),
                            network_args=locon_args(c) if c.variant == "locon" else None)
