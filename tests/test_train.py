@@ -97,7 +97,8 @@ def test_every_export_reloads_with_the_same_output(tmp_path, tiny_model, prepare
     job = load_job(write_job(tmp_path, base_model=str(tiny_model[0]), method=method.split("+")[0], data=prepared,
                              output=tmp_path / "run", train=dict(QUICK, ema=method == "lora"), trigger="<sks>", **sections))
     result = run_training(job)
-    assert {c.family for c in result.checks} == families
+    generate = {"generate"} if any(f.format == "kohya" for f in result.exports) else set()  # personae's own loader
+    assert {c.family for c in result.checks} == families | generate
     for check in result.checks:
         assert check.max_abs_diff <= 1e-4, check
     # independently: the files reload through diffusers' loaders and differ from the base model

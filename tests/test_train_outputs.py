@@ -200,7 +200,7 @@ def test_fp16_pivotal_exports_are_half_and_reload_within_the_fp16_tolerance(tmp_
                              lora={"rank": 2, "alpha": 2},
                              train={"steps": 2, "batch_size": 1, "learning_rate": 1e-3, "validation": {"steps": 1}}))
     result = run_training(job)
-    assert {c.family for c in result.checks} == {"a1111", "diffusers"}
+    assert {c.family for c in result.checks} == {"a1111", "diffusers", "generate"}  # generate: personae generate --lora
     assert all(c.ok and c.tolerance == 1e-3 for c in result.checks), result.checks
     for f in result.exports:
         assert _headers(f.path)[1] == {torch.float16}, f.path

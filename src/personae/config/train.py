@@ -5,7 +5,7 @@
     method: lora                  # lora | dreambooth | textual_inversion | pivotal
     data: {path: ./prepared}      # a `personae prepare` output, or a raw folder (prepared on the fly)
     train: {steps: 200, batch_size: 2, learning_rate: 1.0e-4, seed: 0, resolution: 64}
-    lora: {rank: 4, alpha: 4, text_encoder: false}
+    lora: {rank: 4, alpha: 4, text_encoder: false}   # variant: lora | locon | dora | loha | lokr
     output: ./runs/demo
 """
 
@@ -19,7 +19,6 @@ from pydantic import field_validator, model_validator
 from personae.config.base import Strict
 from personae.config.fields import setting
 from personae.config.methods import METHODS, MethodName
-
 
 # names the run folder uses itself: an export called so would collide with them
 RESERVED_NAMES = {"checkpoints", "validation", "logs", "cache", "prepared", "embeddings", "class_images", "model",
@@ -85,15 +84,37 @@ class TrainSection(Strict):
         return self
 
 
+LORA_VARIANTS = ("lora", "locon", "dora", "loha", "lokr")
+LoraVariant = Literal["lora", "locon", "dora", "loha", "lokr"]
+
+
 class LoraSection(Strict):
+    variant: LoraVariant = setting(
+        "lora", "the adapter's form: lora (low-rank pairs), locon (LoRA on the resnet convolutions too, kohya "
+                "conv_dim), dora (LoRA with a learned magnitude per output channel), loha (LyCORIS Hadamard "
+                "product), lokr (LyCORIS Kronecker product); all trained through peft")
     rank: int = setting(4, "LoRA rank (kohya network_dim)", ge=1)
     alpha: float = setting(4.0, "LoRA alpha; the scale is alpha / rank (kohya network_alpha)", gt=0)
     dropout: float = setting(0.0, "LoRA dropout", ge=0, lt=1)
-    target_modules: list[str] = setting(["to_q", "to_k", "to_v", "to_out.0"], "UNet layers that get a LoRA (add "
-                                        "conv1, conv2 ... for LoCon-style)")
+    target_modules: list[str] = setting(["to_q", "to_k", "to_v", "to_out.0"], "UNet layers that get a LoRA (variant "
+                                        "locon adds the resnet and sampler convolutions)")
     text_encoder: bool = setting(False, "also a LoRA on the text encoder")
     text_encoder_rank: int | None = setting(None, "the text encoder's LoRA rank (default: rank)")
     text_encoder_lr: float | None = setting(None, "the text encoder's learning rate (default: train.learning_rate)")
+    conv_rank: int | None = setting(None, "locon: the rank of the UNet's 3x3 convolutions (kohya conv_dim; default: "
+                                          "rank)", ge=1)
+    conv_alpha: float | None = setting(None, "locon: the alpha of the 3x3 convolutions (kohya conv_alpha; default: "
+                                             "alpha)", gt=0)
+
+    @model_validator(mode="after")
+    def _variant_fits(self):
+        if (self.conv_rank or self.conv_alpha) and self.variant != "locon":
+            raise ValueError(f"lora.conv_rank / conv_alpha shape the convolutions of variant locon, but the variant "
+                             f"is {self.variant}: set lora.variant: locon, or remove conv_rank / conv_alpha")
+        if self.dropout and self.variant in ("loha", "lokr"):
+            raise ValueError(f"lora.dropout is LoRA's input dropout, which peft's {self.variant} layers do not "
+                             "have: set lora.dropout: 0 for this variant")
+        return self
 
 
 class TokenSpec(Strict):
@@ -117,6 +138,17 @@ class PivotalSection(Strict):
     tokens: list[TokenSpec] = setting([], "the tokens to learn beside the LoRA, e.g. [{token: <sks>, init_word: "
                                           "man}]")
     token_lr: float = setting(5e-3, "the embeddings' learning rate (higher than the LoRA's, usually)", gt=0)
+    phases: list[int] | None = setting(None, "two phases [embedding_steps, lora_steps]: the tokens alone, then the "
+                                             "LoRA alone with the tokens fixed; their sum is train.steps (default: "
+                                             "both together for all steps)")
+
+    @field_validator("phases")
+    @classmethod
+    def _two_phases(cls, value):
+        if value is not None and (len(value) != 2 or min(value) < 0 or sum(value) < 1):
+            raise ValueError(f"pivotal.phases is [embedding_steps, lora_steps], two whole numbers >= 0 (e.g. "
+                             f"[300, 700]), got {value}")
+        return value
 
 
 class DreamBoothSection(Strict):  # prior preservation here applies to every method (kohya: reg images)
@@ -164,11 +196,29 @@ class TrainJob(Strict):
                              f"slashes), and not one of the run folder's own: {', '.join(sorted(RESERVED_NAMES))}")
         return value
 
+    @model_validator(mode="before")
+    @classmethod
+    def _phases_make_the_steps(cls, data):
+        """pivotal.phases [a, b] give train.steps a + b when the job file sets neither steps nor epochs."""
+        if not isinstance(data, dict) or data.get("method") != "pivotal":
+            return data
+        pivotal, train = data.get("pivotal"), data.get("train", {})
+        phases = pivotal.get("phases") if isinstance(pivotal, dict) else None
+        if (isinstance(phases, list) and all(isinstance(n, int) for n in phases) and isinstance(train, dict)
+                and train.get("steps") is None and train.get("epochs") is None):
+            data = {**data, "train": {**train, "steps": max(sum(phases), 1)}}
+        return data
+
     @model_validator(mode="after")
     def _method_needs(self):
         section = METHODS[self.method].tokens_section
         if section and not getattr(self, section).tokens:
             raise ValueError(f"method {self.method} needs {section}.tokens (e.g. [{{token: '<sks>', init_word: dog}}])")
+        phases = self.pivotal.phases
+        if phases and self.method == "pivotal" and (self.train.epochs is not None or self.train.steps != sum(phases)):
+            raise ValueError(f"pivotal.phases {phases} make {sum(phases)} steps, but train sets "
+                             f"{'epochs' if self.train.epochs is not None else f'steps: {self.train.steps}'}: "
+                             f"remove train.steps / train.epochs, or make the phases add up to them")
         d = self.dreambooth
         if d.prior_preservation and not d.class_prompt and not d.class_data_dir:
             raise ValueError("dreambooth.prior_preservation needs dreambooth.class_prompt (e.g. 'a photo of a dog') "

@@ -15,7 +15,9 @@ import torch
 
 from personae.config.train import TrainJob
 
-Loader = Literal["lora", "embedding", "folder", "single_file"]
+# lora: diffusers' load_lora_weights; personae: `generate --lora` (models.addons, every LyCORIS kind); peft: a peft
+# adapter folder per component (PeftModel.from_pretrained); embedding: load_textual_inversion; folder / single_file
+Loader = Literal["lora", "personae", "peft", "embedding", "folder", "single_file"]
 
 
 @dataclass(frozen=True)
@@ -56,6 +58,10 @@ class Method:
     def text_encoder_changes(self) -> bool:
         """True when text-encoder outputs change during training (no caching of text embeddings)."""
         return False
+
+    def frozen(self, step: int) -> list[torch.nn.Parameter]:
+        """Trained parameters left as they are at optimizer step `step` (0-based): a method's phases."""
+        return []
 
     def after_step(self, pipe) -> None:
         """Called after each optimizer step (e.g. to keep untrained embedding rows fixed)."""

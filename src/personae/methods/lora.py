@@ -1,11 +1,14 @@
-"""LoRA: low-rank adapters (peft) on the UNet, optionally on the text encoder.
+"""LoRA and its family (LoCon, DoRA, LoHa, LoKr): peft adapters on the UNet, optionally on the text encoder.
 
-Trains: peft LoRA layers on `lora.target_modules` of the UNet (rank, alpha, dropout), and on the text
-    encoder's attention when `lora.text_encoder`; the base weights stay frozen.
-Exports: `<name>.safetensors` in kohya / A1111 layout (with sd-scripts' ss_* header and hashes) and
-    `<name>_diffusers/pytorch_lora_weights.safetensors` for diffusers / peft (`name` of the job, default
-    "lora"), tensors in `output_dtype`; both reloaded and checked.
-Reads: `lora` (rank, alpha, targets, text encoder), `dreambooth` (prior preservation), `train`, `data`.
+Trains: peft layers on `lora.target_modules` of the UNet (rank, alpha, dropout), and on the text encoder's
+    attention when `lora.text_encoder`; the base weights stay frozen. `lora.variant` picks peft's class:
+    lora and locon (`LoraConfig`; locon adds the resnet / sampler 3x3 convolutions at conv_rank / conv_alpha,
+    kohya's conv_dim / conv_alpha), dora (`LoraConfig(use_dora=True)`), loha (`LoHaConfig`), lokr (`LoKrConfig`).
+Exports: `<name>.safetensors` in kohya / A1111 layout (LyCORIS key names and `ss_network_module:
+    lycoris.kohya` for dora, loha and lokr; sd-scripts' ss_* header and hashes); beside it
+    `<name>_diffusers/pytorch_lora_weights.safetensors` for diffusers (lora, locon, dora) or `<name>_peft/`
+    (a peft adapter folder per component, loha and lokr). Tensors in `output_dtype`; every file reloaded and checked.
+Reads: `lora` (variant, rank, alpha, targets, text encoder), `dreambooth` (prior preservation), `train`, `data`.
 """
 
 from __future__ import annotations
@@ -14,13 +17,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from peft import LoraConfig
+from peft import LoHaConfig, LoKrConfig, LoraConfig
+from peft.tuners.tuners_utils import BaseTunerLayer
 from peft.utils import get_peft_model_state_dict
 
+from personae.errors import UserError
 from personae.methods.base import ExportFile, Method, ParamGroup, export_dtype
 from personae.methods.lora_files import kohya_metadata, peft_to_kohya, training_metadata, write_diffusers, write_kohya
+from personae.methods.lycoris_files import lycoris_network_args, peft_to_lycoris, write_peft_folder
 
 TEXT_ENCODER_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj"]
+LOCON_CONVS = ["conv1", "conv2", "conv"]  # resnet 3x3 convolutions and the down/up samplers' (kohya's conv_dim set)
+LOCON_1X1 = ["conv_shortcut"]  # 1x1 convolutions: kohya trains them at network_dim, as Linear layers
 
 
 def freeze(pipe) -> None:
@@ -28,38 +36,110 @@ def freeze(pipe) -> None:
         part.requires_grad_(False)
 
 
+def unet_targets(targets: list[str], variant: str) -> list[str]:
+    """The UNet layers a variant trains: `targets`, and for locon every resnet and sampler convolution."""
+    extra = LOCON_CONVS + LOCON_1X1 if variant == "locon" else []
+    return list(dict.fromkeys([*targets, *extra]))
+
+
+def adapter_config(variant: str, rank: int, alpha: float, dropout: float, targets: list[str],
+                   conv_rank: int | None = None, conv_alpha: float | None = None):
+    """peft's config for one component: LoraConfig (lora, locon, dora), LoHaConfig or LoKrConfig."""
+    if variant == "loha":
+        return LoHaConfig(r=rank, alpha=alpha, target_modules=targets)
+    if variant == "lokr":
+        return LoKrConfig(r=rank, alpha=alpha, target_modules=targets)
+    patterns = {}
+    if variant == "locon" and (conv_rank or conv_alpha):
+        patterns = {name: (conv_rank or rank, conv_alpha or alpha) for name in LOCON_CONVS if name in targets}
+    return LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets,
+                      init_lora_weights="gaussian", use_dora=variant == "dora",
+                      rank_pattern={k: r for k, (r, _) in patterns.items()},
+                      alpha_pattern={k: a for k, (_, a) in patterns.items()})
+
+
+def check_targets(model, targets: list[str], variant: str, where: str) -> None:
+    """Every layer `targets` names is one peft's `variant` can adapt (Linear / Conv2d), and at least one exists:
+    else one paragraph before anything trains."""
+    matched = {name: type(m).__name__ for name, m in model.named_modules()
+               if any(name == t or name.endswith("." + t) for t in targets)}
+    if not matched:
+        raise UserError(f"lora.target_modules {targets} name no layer of the {where}.",
+                        "Use layer names such as to_q, to_k, to_v, to_out.0, proj_in, conv1, conv2.")
+    kinds = ("Linear", "Conv2d") + (("Embedding",) if variant in ("lora", "locon", "dora") else ())
+    odd = {name: kind for name, kind in matched.items() if kind not in kinds}
+    if odd:
+        name, kind = next(iter(odd.items()))
+        raise UserError(f"lora.variant {variant} cannot adapt {name} of the {where}: it is a {kind}, and peft's "
+                        f"{variant} layers go on {', '.join(kinds)} layers only ({len(odd)} such layer(s) matched "
+                        f"lora.target_modules {targets}).",
+                        "Take that name out of lora.target_modules (e.g. norm layers cannot carry a LoRA).")
+
+
 def add_lora(pipe, rank: int, alpha: float, dropout: float, targets: list[str], text_encoder: bool,
-             te_rank: int | None) -> None:
-    pipe.unet.add_adapter(LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets,
-                                     init_lora_weights="gaussian"))
+             te_rank: int | None, variant: str = "lora", conv_rank: int | None = None,
+             conv_alpha: float | None = None) -> None:
+    targets = unet_targets(targets, variant)
+    check_targets(pipe.unet, targets, variant, "UNet")
+    pipe.unet.add_adapter(adapter_config(variant, rank, alpha, dropout, targets, conv_rank, conv_alpha))
     if text_encoder:
         r = te_rank or rank
-        pipe.text_encoder.add_adapter(LoraConfig(r=r, lora_alpha=alpha * r / rank, lora_dropout=dropout,
-                                                 target_modules=TEXT_ENCODER_TARGETS, init_lora_weights="gaussian"))
+        pipe.text_encoder.add_adapter(adapter_config("lora" if variant == "locon" else variant, r, alpha * r / rank,
+                                                     dropout, TEXT_ENCODER_TARGETS))
 
 
-def export_lora(pipe, out: Path, *, name: str, rank: int, alpha: float, te_alpha: float | None, steps: int,
+def layer_alphas(model) -> dict[str, float]:
+    """{module: alpha} of every adapted layer, read from peft's own layers (scale * rank), so patterns count."""
+    alphas = {}
+    for name, module in model.named_modules():
+        if isinstance(module, BaseTunerLayer) and "default" in getattr(module, "scaling", {}):
+            alphas[name] = float(module.scaling["default"]) * module.r["default"]
+    return alphas
+
+
+def variant_of(model) -> str:
+    """"lora", "dora", "loha" or "lokr": what kind of adapter `model` carries."""
+    config = model.peft_config["default"]
+    kind = type(config).__name__
+    return {"LoHaConfig": "loha", "LoKrConfig": "lokr"}.get(kind, "dora" if getattr(config, "use_dora", False)
+                                                             else "lora")
+
+
+def export_lora(pipe, out: Path, *, name: str, rank: int, alpha: float, te_alpha: float | None = None, steps: int,
                 base_model: str, trigger: str, extra_meta: dict[str, str], file_stem: str = "lora",
-                dtype: torch.dtype = torch.float32) -> list[ExportFile]:
-    """Write `<file_stem>.safetensors` (kohya/A1111) and `<file_stem>_diffusers/pytorch_lora_weights.safetensors`.
+                dtype: torch.dtype = torch.float32, network_args: dict[str, str] | None = None) -> list[ExportFile]:
+    """Write `<file_stem>.safetensors` (kohya/A1111 or LyCORIS names) and the diffusers or peft export beside it.
 
-    `name` is what the file calls itself (`ss_output_name`: the run's name); `file_stem` names the files.
-    """
+    `name` is what the file calls itself (`ss_output_name`: the run's name); `file_stem` names the files. Each
+    module's alpha is read from the adapted layers: `rank` and `alpha` only describe the run in the header, and
+    `te_alpha` is no longer needed (kept for callers)."""
     te_trained = bool(getattr(pipe.text_encoder, "peft_config", None))
-    unet_state = get_peft_model_state_dict(pipe.unet)
+    models = {"unet": pipe.unet, **({"text_encoder": pipe.text_encoder} if te_trained else {})}
+    variant = variant_of(pipe.unet)
     # pivotal tuning resizes the token embeddings: they travel in the embedding file; peft would put the whole
     # table into the LoRA, which diffusers' loader then rejects ("all LoRA param names contain 'lora'")
-    te_state = get_peft_model_state_dict(pipe.text_encoder, save_embedding_layers=False) if te_trained else None
+    states = {part: get_peft_model_state_dict(m, save_embedding_layers=False) for part, m in models.items()}
+    alphas = {part: layer_alphas(m) for part, m in models.items()}
     out.mkdir(parents=True, exist_ok=True)
     meta = kohya_metadata(rank=rank, alpha=alpha, steps=steps, base_model=base_model, trigger=trigger,
                           name=name, te_trained=te_trained, extra=extra_meta)
-    kohya = write_kohya(out / f"{file_stem}.safetensors", peft_to_kohya(unet_state, te_state, alpha, te_alpha, dtype),
-                        meta)
-    parts = {"unet": (unet_state, alpha)}
-    if te_trained:
-        parts["text_encoder"] = (te_state, te_alpha if te_alpha is not None else alpha)
+    if variant in ("lora", "dora"):
+        tensors = peft_to_kohya(states["unet"], states.get("text_encoder"), alphas["unet"], alphas.get("text_encoder"),
+                                dtype)
+    else:
+        tensors = peft_to_lycoris(models, states, dtype)
+    if variant != "lora" or network_args:
+        meta.update(lycoris_network_args(variant, te_trained, network_args or {}))
+    kohya = write_kohya(out / f"{file_stem}.safetensors", tensors, meta)
+    if variant in ("loha", "lokr"):
+        folder = write_peft_folder(out / f"{file_stem}_peft", models, states, dtype, training_metadata(kohya))
+        return [ExportFile(kohya, "lycoris", "personae"), ExportFile(folder, "peft", "peft")]
+    parts = {part: (states[part], alphas[part]) for part in models}
     diffusers_file = write_diffusers(out / f"{file_stem}_diffusers", parts, training_metadata(kohya), dtype)
-    return [ExportFile(kohya, "kohya", "lora"), ExportFile(diffusers_file, "diffusers", "lora")]
+    # diffusers' kohya converter hands dora_scale over unshaped (peft wants (out,)): a DoRA file is checked, and
+    # meant to be read, by LyCORIS-aware loaders (personae generate, ComfyUI), not load_lora_weights
+    return [ExportFile(kohya, "kohya", "personae" if variant == "dora" else "lora"),
+            ExportFile(diffusers_file, "diffusers", "lora")]
 
 
 @dataclass
@@ -68,7 +148,8 @@ class LoraMethod(Method):
     def setup(self, pipe) -> list[ParamGroup]:
         c = self.job.lora
         freeze(pipe)
-        add_lora(pipe, c.rank, c.alpha, c.dropout, c.target_modules, c.text_encoder, c.text_encoder_rank)
+        add_lora(pipe, c.rank, c.alpha, c.dropout, c.target_modules, c.text_encoder, c.text_encoder_rank, c.variant,
+                 c.conv_rank, c.conv_alpha)
         lr = self.job.train.learning_rate
         groups = [ParamGroup("unet_lora", [p for p in pipe.unet.parameters() if p.requires_grad], lr)]
         if c.text_encoder:
@@ -85,9 +166,14 @@ class LoraMethod(Method):
 
     def export(self, pipe, out: Path, metadata: dict[str, str]) -> list[ExportFile]:
         c = self.job.lora
-        te_alpha = c.alpha * (c.text_encoder_rank or c.rank) / c.rank
         header = {k: v for k, v in metadata.items() if k.startswith(("ss_", "modelspec.", "personae_"))}
         return export_lora(pipe, out, name=self.job.name or Path(self.job.output).resolve().name or "lora",
-                           rank=c.rank, alpha=c.alpha, te_alpha=te_alpha, steps=int(metadata.get("steps", 0)),
+                           rank=c.rank, alpha=c.alpha, steps=int(metadata.get("steps", 0)),
                            base_model=metadata.get("base_model", ""), trigger=self.job.trigger, extra_meta=header,
-                           file_stem=self.job.name or "lora", dtype=export_dtype(self.job))
+                           file_stem=self.job.name or "lora", dtype=export_dtype(self.job),
+                           network_args=locon_args(c) if c.variant == "locon" else None)
+
+
+def locon_args(c) -> dict[str, str]:
+    """kohya's conv_dim / conv_alpha network args of a locon run."""
+    return {"conv_dim": str(c.conv_rank or c.rank), "conv_alpha": f"{c.conv_alpha or c.alpha:g}"}

@@ -33,34 +33,57 @@ from personae.models.folders import save_safetensors
 from personae.models.lora_layouts import TEXT, UNET, LoraFile, place, sd15_table, unplaced_message
 from personae.models.tensor_files import flat_tensors, read_tensors
 
-_PEFT_KEY = re.compile(r"^(?P<module>.+)\.lora_(?P<part>A|B)(?:\.[^.]+)?\.weight$")
+_PEFT_KEY = re.compile(r"^(?P<module>.+)\.(?:lora_(?P<part>A|B)(?:\.[^.]+)?\.weight"
+                       r"|(?P<magnitude>lora_magnitude_vector)(?:\.[^.]+)?(?:\.weight)?)$")
 _TE_PREFIX = "lora_te_text_model_"
 
 
 def _module_weights(state: dict[str, torch.Tensor]) -> dict[str, dict[str, torch.Tensor]]:
+    """{module: {"A": down, "B": up[, "M": DoRA magnitude]}} of a peft LoRA state dict."""
     modules: dict[str, dict[str, torch.Tensor]] = {}
     for key, value in state.items():
         match = _PEFT_KEY.match(key)
         if match:
-            modules.setdefault(match.group("module"), {})[match.group("part")] = value
+            modules.setdefault(match.group("module"), {})[match.group("part") or "M"] = value
     return modules
 
 
+def _alpha(alphas: dict[str, float] | float, module: str, rank: int) -> float:
+    return float(alphas) if isinstance(alphas, (int, float)) else float(alphas.get(module, rank))
+
+
+def magnitude_key(component: str) -> str:
+    """DoRA's magnitude parameter name: peft's loader (the UNet's) adds `.weight` itself, transformers' adapter
+    loader (the text encoder's) does not, so there it is spelled out."""
+    return "lora_magnitude_vector.weight" if component == "text_encoder" else "lora_magnitude_vector"
+
+
+def dora_scale(magnitude: torch.Tensor, down: torch.Tensor) -> torch.Tensor:
+    """peft's DoRA magnitude ((out,) for a Linear, (1, out, 1, 1) for a Conv2d) as LyCORIS writes `dora_scale` with
+    wd_on_out: (out, 1) / (out, 1, 1, 1), one value per output channel (ComfyUI tells the axis by this shape)."""
+    return magnitude.reshape(-1, *[1] * (down.dim() - 1))
+
+
 def peft_to_kohya(unet_state: dict[str, torch.Tensor], te_state: dict[str, torch.Tensor] | None,
-                  unet_alpha: float, te_alpha: float | None = None,
+                  unet_alpha: dict[str, float] | float, te_alpha: dict[str, float] | float | None = None,
                   dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
-    """peft adapter state dicts (keys relative to the UNet / text encoder) -> kohya tensors in `dtype`."""
+    """peft LoRA / DoRA state dicts (keys relative to the UNet / text encoder) -> kohya tensors in `dtype`.
+
+    Alphas are one number or {module: alpha}; a DoRA magnitude becomes `dora_scale` (LyCORIS' name)."""
     out = {}
     parts = [("lora_unet_", unet_state, unet_alpha)]
     if te_state:
         parts.append((_TE_PREFIX, te_state, te_alpha if te_alpha is not None else unet_alpha))
-    for prefix, state, alpha in parts:
+    for prefix, state, alphas in parts:
         for module, w in _module_weights(state).items():
+            alpha = _alpha(alphas, module, w["A"].shape[0])
             module = module.removeprefix("text_model.")  # transformers < 5 nests the text model
             name = prefix + module.replace(".", "_")
             out[f"{name}.lora_down.weight"] = w["A"].detach().to("cpu", dtype).contiguous()
             out[f"{name}.lora_up.weight"] = w["B"].detach().to("cpu", dtype).contiguous()
-            out[f"{name}.alpha"] = torch.tensor(float(alpha), dtype=dtype)
+            out[f"{name}.alpha"] = torch.tensor(alpha, dtype=dtype)
+            if "M" in w:
+                out[f"{name}.dora_scale"] = dora_scale(w["M"], w["A"]).detach().to("cpu", dtype).contiguous()
     return out
 
 
@@ -80,19 +103,23 @@ def write_diffusers(folder: Path, parts: dict[str, tuple[dict[str, torch.Tensor]
             continue
         for module, w in modules.items():
             rank = w["A"].shape[0]
-            alpha = alphas if isinstance(alphas, (int, float)) else alphas.get(module, rank)
+            alpha = _alpha(alphas, module, rank)
             name = module
             if part == "text_encoder" and not module.startswith("text_model."):
                 name = "text_model." + module  # transformers 4's names; diffusers strips them for transformers 5
             tensors[f"{part}.{name}.lora_A.weight"] = w["A"].detach().to("cpu", dtype).contiguous()
             up = w["B"].detach().to("cpu", torch.float32) * (alpha / rank)
             tensors[f"{part}.{name}.lora_B.weight"] = up.to(dtype).contiguous()
+            if "M" in w:  # DoRA: peft's magnitude, under peft's name (diffusers then loads it with use_dora)
+                tensors[f"{part}.{name}.{magnitude_key(part)}"] = w["M"].detach().to("cpu", dtype).contiguous()
         ranks = {m: w["A"].shape[0] for m, w in modules.items()}
         common = max(set(ranks.values()), key=list(ranks.values()).count)
         header[f"{part}.r"] = common
         header[f"{part}.lora_alpha"] = common
         # module paths without `text_model.`: peft matches them as suffixes under either transformers' names
         header[f"{part}.target_modules"] = sorted(m.removeprefix("text_model.") for m in modules)
+        if any("M" in w for w in modules.values()):
+            header[f"{part}.use_dora"] = True
         if any(r != common for r in ranks.values()):
             odd = {m.removeprefix("text_model."): r for m, r in ranks.items() if r != common}
             header[f"{part}.rank_pattern"], header[f"{part}.alpha_pattern"] = odd, odd
@@ -179,6 +206,8 @@ def kohya_to_diffusers_file(src: Path, dst_folder: Path, allow_pickle: bool = Fa
         state = {}
         for module, change in mine.items():
             state[f"{module}.lora_A.weight"], state[f"{module}.lora_B.weight"] = change.down, change.up
+            if change.magnitude is not None:
+                state[f"{module}.{magnitude_key(component)}"] = change.magnitude
         parts[component] = (state, {module: float(change.alpha) for module, change in mine.items()})
     meta = dict(training_metadata(src), personae_converted_from=src.name)
     return write_diffusers(dst_folder, parts, meta)
@@ -196,7 +225,10 @@ def diffusers_to_kohya_file(src: Path, dst: Path, allow_pickle: bool = False) ->
         out[f"{name}.lora_down.weight"] = change.down.contiguous()
         out[f"{name}.lora_up.weight"] = change.up.contiguous()
         out[f"{name}.alpha"] = torch.tensor(float(change.alpha))
-    meta = {"ss_network_module": "networks.lora", "ss_base_model_version": "sd_v1"}
+        if change.magnitude is not None:
+            out[f"{name}.dora_scale"] = dora_scale(change.magnitude, change.down)
+    dora = any(change.magnitude is not None for change in lora.changes.values())
+    meta = {"ss_network_module": "lycoris.kohya" if dora else "networks.lora", "ss_base_model_version": "sd_v1"}
     meta.update(training_metadata(src))
     meta["personae_converted_from"] = src.name
     return write_kohya(dst, out, meta)

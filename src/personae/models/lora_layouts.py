@@ -41,10 +41,12 @@ NAMINGS = {
 }
 _PARAM = re.compile(
     r"^(?P<name>.+?)\.(?P<param>lora_(?:down|up|mid)\.weight|lora\.(?:down|up)\.weight|lora_[AB](?:\.[\w-]+)?\.weight"
-    r"|lora_B(?:\.[\w-]+)?\.bias|(?:down|up)\.weight|alpha|hada_\w+|lokr_\w+|diff(?:_b)?|dora_scale|[wb]_norm|scale)$")
+    r"|lora_B(?:\.[\w-]+)?\.bias|(?:down|up)\.weight|alpha|hada_\w+|lokr_\w+|diff(?:_b)?|dora_scale|[wb]_norm|scale"
+    r"|lora_magnitude_vector(?:\.[\w-]+)?(?:\.weight)?)$")
 _CANONICAL = [(re.compile(r"^(lora_down|lora\.down|lora_A(\.[\w-]+)?|down)\.weight$"), "down"),
               (re.compile(r"^(lora_up|lora\.up|lora_B(\.[\w-]+)?|up)\.weight$"), "up"),
-              (re.compile(r"^lora_B(\.[\w-]+)?\.bias$"), "up_bias"), (re.compile(r"^lora_mid\.weight$"), "mid")]
+              (re.compile(r"^lora_B(\.[\w-]+)?\.bias$"), "up_bias"), (re.compile(r"^lora_mid\.weight$"), "mid"),
+              (re.compile(r"^lora_magnitude_vector(\.[\w-]+)?(\.weight)?$"), "dora_scale")]
 _PROCESSOR = [(re.compile(r"\.processor\.to_(q|k|v)_lora$"), r".to_\1"), (re.compile(r"\.processor\.to_out_lora$"), ".to_out.0"),
               (re.compile(r"\.self_attn\.to_(q|k|v)_lora$"), r".self_attn.\1_proj"),
               (re.compile(r"\.self_attn\.to_out_lora$"), ".self_attn.out_proj"), (re.compile(r"\.lora_linear_layer$"), "")]
@@ -241,6 +243,8 @@ def place(path: Path, tensors: dict[str, torch.Tensor], header: dict[str, str], 
         params = dict(params)
         if naming == "peft" and "alpha" not in params and "down" in params:
             params["alpha"] = torch.tensor(_peft_alpha(configs, component, module, params["down"].shape[0]))
+        if naming == "peft" and "dora_scale" in params:  # peft's magnitude: per output channel, (1, out, 1, 1) on convs
+            params["dora_scale"] = params["dora_scale"].reshape(-1, *[1] * (len(shape) - 1))
         try:
             change = low_rank(params, shape)
         except (ValueError, RuntimeError) as exc:
@@ -261,6 +265,8 @@ def place(path: Path, tensors: dict[str, torch.Tensor], header: dict[str, str], 
 
 
 def _kind_label(params, shape) -> str:
+    if "dora_scale" in params:
+        return "DoRA"
     if "down" in params:
         return "LoCon" if len(shape) == 4 and shape[2:] != (1, 1) else "LoRA"
     return "LoHa" if "hada_w1_a" in params else "LoKr" if any(p.startswith("lokr") for p in params) else "full diff"
@@ -301,15 +307,27 @@ def peft_layers(changes: dict[tuple[str, str], LowRank], component: str) -> tupl
     r = Counter(ranks.values()).most_common(1)[0][0]
     alpha = Counter(alphas.values()).most_common(1)[0][0]
     has_bias = any(c.bias is not None for c in mine.values())
+    dora = [m for m, c in mine.items() if c.magnitude is not None]
+    if dora and len(dora) != len(mine):  # peft's use_dora gives every layer of an adapter a magnitude
+        plain = next(m for m in mine if m not in dora)
+        raise UserError(f"This LoRA mixes DoRA layers ({dora[0]} has a dora_scale) with plain LoRA layers ({plain} "
+                        f"has none) in its {component}; personae loads a file as one peft adapter, DoRA or not.",
+                        "Load a file whose layers are all DoRA or all plain LoRA.")
     state = {}
     for module, change in mine.items():
         state[f"{module}.lora_A.weight"] = change.down
         state[f"{module}.lora_B.weight"] = change.up
         if has_bias:  # peft gives every layer of the adapter a bias: zeros where the file has none
             state[f"{module}.lora_B.bias"] = change.bias if change.bias is not None else torch.zeros(change.up.shape[0])
+        if change.magnitude is not None:  # peft's shape: (out,) on a Linear, (1, out, 1, 1) on a Conv2d
+            m = change.magnitude
+            key = "lora_magnitude_vector" + (".weight" if component == TEXT else "")  # as lora_files.magnitude_key
+            state[f"{module}.{key}"] = m if change.down.dim() == 2 else m.reshape(1, -1, 1, 1)
     config = {"r": r, "lora_alpha": alpha, "target_modules": sorted(mine),
               "rank_pattern": {m: v for m, v in ranks.items() if v != r},
               "alpha_pattern": {m: v for m, v in alphas.items() if v != alpha}}
     if has_bias:  # only then: older peft versions reject fields they do not know
         config["lora_bias"] = True
+    if dora:
+        config["use_dora"] = True
     return state, config

@@ -11,6 +11,12 @@ layers (per-file weights, several files at once, unloadable):
   LoKr           kron(w1, w2): kron(U1, U2) @ kron(V1, V2) when w1 = U1 V1 and w2 = U2 V2; a
                  full w1 or w2 factors against an identity on its shorter side.
   full diff      the delta itself against an identity (`diff_b` becomes the LoRA bias).
+  DoRA           a LoRA with `dora_scale`: W' = m * (W + delta) / ||W + delta||, the norm per output
+                 channel as peft computes it (peft's `lora/dora.py`: Linear norm over dim 1, Conv2d over
+                 dims 1-3), so `dora_scale` must hold one value per output channel ((out, 1[, 1, 1]), LyCORIS'
+                 wd_on_out). It loads as a peft DoRA layer, the magnitude kept beside the low-rank pair.
+                 A1111 and LyCORIS' default put the norm on the input axis ((1, in)): peft has no such
+                 layer, so such a file is refused by name, not loaded differently.
 
 Scales follow LyCORIS / A1111 / ComfyUI: alpha / rank, rank being lora_down's rows, LoHa's
 w1b rows, LoKr's w2b (else w1b) rows; 1 without alpha, and for LoKr with both factors full.
@@ -26,7 +32,7 @@ from dataclasses import dataclass
 import torch
 
 KINDS = {  # parameter names that make up each kind (the rest of a module's names must be among them)
-    "LoRA": {"down", "up", "mid", "alpha", "up_bias"},  # up_bias: peft's lora_bias
+    "LoRA": {"down", "up", "mid", "alpha", "up_bias", "dora_scale"},  # up_bias: peft's lora_bias
     "LoHa": {"hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b", "hada_t1", "hada_t2", "alpha"},
     "LoKr": {"lokr_w1", "lokr_w1_a", "lokr_w1_b", "lokr_w2", "lokr_w2_a", "lokr_w2_b", "lokr_t2", "alpha"},
     "full": {"diff", "diff_b"},
@@ -43,12 +49,14 @@ class LowRank:
     up: torch.Tensor  # (out, rank) or (out, rank, 1, 1)
     alpha: float
     bias: torch.Tensor | None = None
+    magnitude: torch.Tensor | None = None  # DoRA: m, one value per output channel (out,)
 
     @property
     def rank(self) -> int:
         return self.down.shape[0]
 
     def delta(self) -> torch.Tensor:
+        """The low-rank change (for DoRA: before the magnitude / norm rescaling, which needs the base weight)."""
         flat = self.up.flatten(1) @ self.down.flatten(1) * (self.alpha / self.rank)
         return flat.reshape(self.up.shape[0], *self.down.shape[1:])
 
@@ -159,4 +167,16 @@ def low_rank(params: dict[str, torch.Tensor], weight_shape: tuple[int, ...]) -> 
         factors = (torch.zeros(weight_shape[0], 1), torch.zeros(1, math.prod(weight_shape[1:])), 1.0)
     up, down, alpha = factors
     down, up = _shaped(up, down, kernel)
-    return LowRank(down.contiguous(), up.contiguous(), alpha, bias)
+    return LowRank(down.contiguous(), up.contiguous(), alpha, bias, _magnitude(params, up.shape[0]))
+
+
+def _magnitude(params, out: int) -> torch.Tensor | None:
+    """DoRA's `dora_scale` as (out,), when it holds one value per output channel (the axis peft normalises)."""
+    if "dora_scale" not in params:
+        return None
+    scale = _f32(params["dora_scale"])
+    if scale.shape[0] != out or scale.numel() != out:
+        raise ValueError(f"its dora_scale {tuple(scale.shape)} normalises the input axis (A1111's and LyCORIS' "
+                         "default); personae applies DoRA as peft does, per output channel, and reads dora_scale "
+                         f"of shape ({out}, 1) only")
+    return scale.flatten().contiguous()

@@ -192,7 +192,7 @@ def _train(job: TrainJob, run: Path, resume: bool, on_event: EventHandler, comma
                     loss = loss_of(batch.part(part))
                     if prior is not None:
                         loss = loss + job.dreambooth.prior_loss_weight * loss_of(prior.part(part))
-                    optimizer_step(loss, optimizer, params, t.max_grad_norm, accelerator)
+                    optimizer_step(loss, optimizer, params, t.max_grad_norm, accelerator, method.frozen(step))
                 step_loss += accelerator.reduce(loss.detach(), "mean").item() / t.gradient_accumulation
             check_finite(step_loss, step + 1, lambda: _last_checkpoint(run), DIVERGED_FIX)
             after_step(lr_schedule, ema, params)

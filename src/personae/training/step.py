@@ -93,13 +93,17 @@ def diffusion_loss(unet, noise_scheduler, batch: Batch, embeddings: torch.Tensor
 
 
 def optimizer_step(loss: torch.Tensor, optimizer, params: list[torch.Tensor], max_grad_norm: float = 0.0,
-                   accelerator=None) -> None:
+                   accelerator=None, frozen: list[torch.Tensor] = ()) -> None:
     """Backward, clip the gradient norm (0: no clipping), step, clear. Under an accelerator's gradient
-    accumulation, clipping waits for the micro-batch that syncs and the wrapped optimizer skips the others."""
+    accumulation, clipping waits for the micro-batch that syncs and the wrapped optimizer skips the others.
+    `frozen` parameters (a phase that does not train them) lose their gradient before clipping, so the
+    optimizer skips them whole: no update, no weight decay, no moment change."""
     if accelerator is None:
         loss.backward()
     else:
         accelerator.backward(loss)
+    for p in frozen:
+        p.grad = None
     if max_grad_norm and (accelerator is None or accelerator.sync_gradients):
         clip = accelerator.clip_grad_norm_ if accelerator is not None else torch.nn.utils.clip_grad_norm_
         clip(params, max_grad_norm)

@@ -1,9 +1,11 @@
 """Prove every export: reload it with the loader it is meant for and compare the image.
 
 Files are grouped by the tool family that would load them together (kohya LoRA with
-A1111 embeddings; diffusers LoRA with diffusers embeddings; a model folder; a single
-file), loaded into a fresh copy of the base model with diffusers' own loaders, and
-rendered with the in-memory model's prompt, seed and sampler. A difference above the
+A1111 embeddings; diffusers LoRA with diffusers embeddings; a peft adapter folder; a model
+folder; a single file), loaded into a fresh copy of the base model with diffusers' (or
+peft's) own loaders, and rendered with the in-memory model's prompt, seed and sampler.
+Every kohya / LyCORIS file is also loaded the way `personae generate --lora` loads it
+(family "generate": models.addons, which reads LoCon, DoRA, LoHa and LoKr too). A difference above the
 tolerance fails the run: a file that loads differently elsewhere is a bug, not a detail.
 """
 
@@ -24,7 +26,8 @@ TOLERANCE = 1e-4
 # the up matrix before rounding (one unit in the last place of some weights): fp16 keeps 11 bits (2^-11 = 5e-4
 # relative), bf16 8 bits (2^-8 = 4e-3). A wrong key or scale differs by 1e-2 or more.
 TOLERANCES = {"fp32": TOLERANCE, "fp16": 1e-3, "bf16": 1e-2}
-_FAMILY = {"kohya": "a1111", "a1111": "a1111", "diffusers": "diffusers", "original": "single_file"}
+_FAMILY = {"kohya": "a1111", "a1111": "a1111", "diffusers": "diffusers", "original": "single_file", "peft": "peft"}
+_GENERATE_FORMATS = ("kohya", "lycoris")  # the LoRA files `personae generate --lora` is checked on
 
 
 @dataclass
@@ -48,8 +51,17 @@ def render(pipe, prompt: str) -> np.ndarray:
                 generator=torch.Generator("cpu").manual_seed(0), output_type="np").images
 
 
-def _load_family(files: list[ExportFile], base: ModelSource, device):
+def load_family(family: str, files: list[ExportFile], base: ModelSource, device):
     kind = files[0].loader
+    if family == "generate":
+        from personae.models.addons import load_embeddings, load_loras
+
+        pipe = load_pipeline(base)
+        load_loras(pipe, [(str(f.path), 1.0) for f in files if f.loader != "embedding"])
+        embeddings = [(str(f.path), f.token) for f in files if f.loader == "embedding"]
+        if embeddings:
+            load_embeddings(pipe, embeddings)
+        return pipe.to(device)
     if kind == "folder":
         return load_pipeline(ModelSource("folder", str(files[0].path), files[0].path.name))
     if kind == "single_file":
@@ -60,15 +72,32 @@ def _load_family(files: list[ExportFile], base: ModelSource, device):
             pipe.load_lora_weights(str(f.path))
         elif f.loader == "embedding":
             pipe.load_textual_inversion(str(f.path), token=f.token)
+        elif f.loader == "peft":
+            from peft import PeftModel
+
+            for component in ("unet", "text_encoder"):
+                if (f.path / component).is_dir():  # peft injects its layers into the component in place
+                    PeftModel.from_pretrained(getattr(pipe, component), str(f.path / component))
     return pipe.to(device)
+
+
+def families(files: list[ExportFile]) -> dict[str, list[ExportFile]]:
+    """The files each check loads together: by tool family, plus "generate" (every kohya / LyCORIS LoRA file
+    with the A1111 embeddings, through personae's own loader)."""
+    groups: dict[str, list[ExportFile]] = {}
+    for f in files:
+        if f.loader == "personae":
+            continue  # read by personae's loader only: the generate family
+        groups.setdefault(_FAMILY.get(f.format, f.loader) if f.loader != "folder" else "folder", []).append(f)
+    loras = [f for f in files if f.format in _GENERATE_FORMATS]
+    if loras:
+        groups["generate"] = loras + [f for f in files if f.format == "a1111" and f.loader == "embedding"]
+    return groups
 
 
 def verify_exports(pipe, files: list[ExportFile], base: ModelSource, prompt: str,
                    tolerance: float = TOLERANCE) -> list[Check]:
     """Compare each family of exported files, reloaded, with the in-memory `pipe` (left unchanged)."""
-    families: dict[str, list[ExportFile]] = {}
-    for f in files:
-        families.setdefault(_FAMILY.get(f.format, f.loader) if f.loader != "folder" else "folder", []).append(f)
     scheduler = pipe.scheduler
     training = {name: getattr(pipe, name).training for name in ("unet", "text_encoder")}
     pipe.unet.eval(), pipe.text_encoder.eval()
@@ -79,8 +108,8 @@ def verify_exports(pipe, files: list[ExportFile], base: ModelSource, prompt: str
         for name, was in training.items():
             getattr(pipe, name).train(was)
     checks = []
-    for family, group in families.items():
-        reloaded = _load_family(group, base, pipe.device)
+    for family, group in families(files).items():
+        reloaded = load_family(family, group, base, pipe.device)
         diff = float(np.abs(render(reloaded, prompt) - reference).max())
         checks.append(Check(family, [str(f.path) for f in group], diff, tolerance))
         del reloaded

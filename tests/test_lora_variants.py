@@ -1,0 +1,209 @@
+"""The LoRA family (issue #18): `lora.variant` lora | locon | dora | loha | lokr, trained through peft's own
+classes, exported in the kohya / LyCORIS layout A1111 and ComfyUI read and as a diffusers or peft folder; each
+export reloads with the in-memory model's image, and `personae generate --lora FILE` draws it too.
+
+One short run per variant (3 steps on the tiny model, text encoder included), shared by the tests below.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+from train_helpers import prepared_subject, write_job
+
+from personae.config.base import parse_settings
+from personae.config.generate import GenerateSettings
+from personae.config.train import TrainJob
+from personae.errors import UserError
+from personae.jobs.train import load_job, run_training
+from personae.models.resolve import load_pipeline, resolve_model
+
+pytestmark = pytest.mark.slow  # training runs: the full tier only
+
+PROMPT = "a photo of <sks> star"
+LORA_KEYS = {"lora_down.weight", "lora_up.weight", "alpha"}
+LOKR_KEYS = {"lokr_w1", "lokr_w1_a", "lokr_w1_b", "lokr_w2", "lokr_w2_a", "lokr_w2_b", "alpha"}
+# variant: (lora settings beyond the common ones, kohya-file parameter names, ss_network_module, checks run)
+VARIANTS = {
+    "lora": ({}, LORA_KEYS, "networks.lora", {"a1111", "diffusers", "generate"}),
+    "locon": ({"conv_rank": 2, "conv_alpha": 1}, LORA_KEYS, "networks.lora", {"a1111", "diffusers", "generate"}),
+    "dora": ({"target_modules": ["to_q", "to_v", "conv1"]}, LORA_KEYS | {"dora_scale"}, "lycoris.kohya",
+             {"diffusers", "generate"}),
+    "loha": ({"target_modules": ["to_q", "to_v", "conv1"]}, {"hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b",
+                                                              "alpha"}, "lycoris.kohya", {"peft", "generate"}),
+    "lokr": ({"target_modules": ["to_q", "to_v", "conv1"]}, LOKR_KEYS, "lycoris.kohya", {"peft", "generate"}),
+}
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory):
+    return prepared_subject(tmp_path_factory.mktemp("data"), count=4, trigger="<sks>")
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, tiny_model, prepared):
+    """variant -> (run result, run folder), each trained once on first use."""
+    root = tmp_path_factory.mktemp("variants")
+    runs = {}
+
+    def get(variant: str):
+        if variant not in runs:
+            lora = {"variant": variant, "rank": 4, "alpha": 2, "text_encoder": True, "text_encoder_rank": 2,
+                    **VARIANTS[variant][0]}
+            job = load_job(write_job(root, base_model=str(tiny_model[0]), method="lora", data=prepared,
+                                     output=root / variant, lora=lora, trigger="<sks>",
+                                     train={"steps": 3, "batch_size": 2, "learning_rate": 5e-3, "seed": 0,
+                                            "validation": {"steps": 2}}))
+            runs[variant] = run_training(job), root / variant
+        return runs[variant]
+
+    return get
+
+
+def _read(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    with safe_open(str(path), "pt") as fh:
+        return {k: fh.get_tensor(k) for k in fh.keys()}, fh.metadata()
+
+
+def _generate_cli(tiny_model, lora: Path, out: Path) -> np.ndarray:
+    from personae.cli.main import main
+
+    assert main(["generate", "--model", str(tiny_model[0]), "--prompt", PROMPT, "--seed", "3", "--steps", "3",
+                 "--width", "64", "--height", "64", "--lora", str(lora), "--out", str(out), "--quiet"]) == 0
+    [png] = sorted(out.glob("*.png"))
+    return np.asarray(Image.open(png)).astype(int)
+
+
+def _txt2img(pipe, source) -> np.ndarray:
+    """The same picture as _generate_cli, drawn by personae's txt2img on a pipeline loaded otherwise."""
+    from personae.inference.session import Session
+    from personae.inference.txt2img import txt2img
+
+    settings = GenerateSettings(model=source.location, prompt=PROMPT, seed=3, steps=3, width=64, height=64)
+    pipe.set_progress_bar_config(disable=True)
+    image = txt2img(settings, Session(pipe, source, torch.device("cpu"), torch.float32))[0].image
+    return np.asarray(image).astype(int)
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_every_variant_exports_in_its_layout_and_reloads_with_the_same_image(tiny_model, trained, variant, tmp_path):
+    from personae.training.verify import families, load_family
+
+    extra, params, module, checks = VARIANTS[variant]
+    result, run = trained(variant)
+    # 1. the run reloaded every export and compared the image with the model in memory
+    assert {c.family for c in result.checks} == checks
+    assert all(c.max_abs_diff <= 1e-4 for c in result.checks), result.checks
+    # 2. the kohya / LyCORIS file: its key families, both components, its header
+    tensors, meta = _read(run / "lora.safetensors")
+    assert {k.split(".", 1)[1] for k in tensors} <= params and {"alpha"} < {k.split(".", 1)[1] for k in tensors}
+    assert any(k.startswith("lora_unet_") for k in tensors) and any(k.startswith("lora_te_text_model_")
+                                                                     for k in tensors)
+    assert meta["ss_network_module"] == module and meta["ss_network_dim"] == "4"
+    args = json.loads(meta["ss_network_args"])
+    if variant == "locon":
+        assert args["conv_dim"] == "2" and args["conv_alpha"] == "1"
+        down = tensors["lora_unet_down_blocks_0_resnets_0_conv1.lora_down.weight"]
+        assert down.shape[0] == 2 and down.dim() == 4
+        assert float(tensors["lora_unet_down_blocks_0_resnets_0_conv1.alpha"]) == 1.0
+    if variant in ("dora", "loha", "lokr"):
+        assert args["algo"] == {"dora": "lora"}.get(variant, variant)
+    if variant == "dora":  # LyCORIS' wd_on_out: one value per output channel, shaped for ComfyUI's axis test
+        assert args["dora_wd"] == "True" and args["wd_on_out"] == "True"
+        q = "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q"
+        conv = "lora_unet_down_blocks_0_resnets_0_conv1"
+        assert tensors[f"{q}.dora_scale"].shape == (tensors[f"{q}.lora_up.weight"].shape[0], 1)
+        assert tensors[f"{conv}.dora_scale"].shape == (tensors[f"{conv}.lora_up.weight"].shape[0], 1, 1, 1)
+    # 3. the second export (diffusers or peft folder) loads by its own library; `personae generate --lora` on the
+    # kohya / LyCORIS file draws the same picture, and that picture is not the base model's
+    source = resolve_model(str(tiny_model[0]))
+    other = [f for f in result.exports if f.format in ("diffusers", "peft")]
+    family = "diffusers" if other[0].format == "diffusers" else "peft"
+    assert families(other) == {family: other}
+    reference = _txt2img(load_family(family, other, source, "cpu"), source)
+    drawn = _generate_cli(tiny_model, run / "lora.safetensors", tmp_path / "out")
+    assert np.abs(drawn - reference).max() <= 1  # one level of 255 at most: float rounding
+    assert np.abs(_txt2img(load_pipeline(source), source) - reference).max() > 3
+
+
+def test_a_dora_file_loads_only_where_peft_can_apply_it(tiny_model, trained, tmp_path):
+    """dora_scale on the input axis (A1111's and LyCORIS' default) and files mixing DoRA with plain LoRA layers
+    are refused in one paragraph, not loaded with another image."""
+    from personae.models.addons import load_loras
+
+    _, run = trained("dora")
+    tensors, meta = _read(run / "lora.safetensors")
+    q = "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q"
+    pipe = load_pipeline(resolve_model(str(tiny_model[0])))
+    input_axis = dict(tensors, **{f"{q}.dora_scale": torch.ones(1, tensors[f"{q}.lora_down.weight"].shape[1])})
+    mixed = {k: v for k, v in tensors.items() if k != f"{q}.dora_scale"}
+    for name, data, expected in [("input_axis", input_axis, "input axis"), ("mixed", mixed, "mixes DoRA")]:
+        save_file(data, str(tmp_path / f"{name}.safetensors"), meta)
+        with pytest.raises(UserError, match=expected) as err:
+            load_loras(pipe, [(str(tmp_path / f"{name}.safetensors"), 1.0)])
+        assert "\n" not in str(err.value)
+
+
+def test_convert_keeps_dora_magnitudes(tiny_model, trained, tmp_path):
+    """`personae convert` of a DoRA file, both ways, keeps its magnitudes: the same image after the round trip."""
+    from personae.methods.lora_files import diffusers_to_kohya_file, kohya_to_diffusers_file
+    from personae.models.addons import load_loras
+    from personae.training.verify import render
+
+    _, run = trained("dora")
+    back = diffusers_to_kohya_file(run / "lora_diffusers/pytorch_lora_weights.safetensors", tmp_path / "k.safetensors")
+    folder = kohya_to_diffusers_file(back, tmp_path / "d")
+    assert any(k.endswith("dora_scale") for k in load_file(str(back)))
+    images = []
+    for path in (run / "lora.safetensors", back, folder):
+        pipe = load_pipeline(resolve_model(str(tiny_model[0])))
+        load_loras(pipe, [(str(path), 1.0)])
+        images.append(render(pipe, PROMPT))
+    assert max(np.abs(images[0] - image).max() for image in images[1:]) <= 1e-5
+
+
+def test_bad_variant_settings_are_one_paragraph(tiny_model):
+    from personae.methods.lora import add_lora, freeze
+
+    base = {"base_model": "m", "method": "lora", "data": {"path": "d"}, "output": "o"}
+    for lora, expected in [({"variant": "dora", "conv_rank": 8}, "set lora.variant: locon"),
+                           ({"variant": "loha", "dropout": 0.1}, "lora.dropout: 0")]:
+        with pytest.raises(UserError, match=expected) as err:
+            parse_settings(TrainJob, {**base, "lora": lora})
+        assert "\n" not in str(err.value)
+    pipe = load_pipeline(resolve_model(str(tiny_model[0])))
+    freeze(pipe)
+    with pytest.raises(UserError, match="it is a LayerNorm") as err:
+        add_lora(pipe, 4, 4.0, 0.0, ["to_q", "norm1"], False, None, "lokr")
+    assert "\n" not in str(err.value) and "norm1" in str(err.value)
+    with pytest.raises(UserError, match="name no layer"):
+        add_lora(pipe, 4, 4.0, 0.0, ["to_qq"], False, None, "loha")
+    assert not getattr(pipe.unet, "peft_config", None)  # refused before any layer was added
+
+
+def test_pivotal_phases_train_the_tokens_then_the_lora(tmp_path, tiny_model, prepared):
+    """pivotal.phases [2, 2]: after step 2 only the token moved (the LoRA's up matrices are still their zero
+    start); from step 2 to 4 only the LoRA moved (the token is as step 2 left it)."""
+    job = load_job(write_job(tmp_path, base_model=str(tiny_model[0]), method="pivotal", data=prepared,
+                             output=tmp_path / "run", lora={"rank": 4, "alpha": 4, "text_encoder": True},
+                             pivotal={"tokens": [{"token": "<sks>", "init_word": "star"}], "phases": [2, 2]},
+                             train={"batch_size": 2, "learning_rate": 5e-3, "save_every": 2, "verify_exports": False,
+                                    "validation": {"steps": 1}}))
+    assert job.train.steps == 4
+    run_training(job)
+    at = {n: load_file(str(tmp_path / f"run/checkpoints/step-00000{n}/trainable.safetensors")) for n in (2, 4)}
+    ups = [k for k in at[2] if "lora_B" in k]
+    assert ups and all(not at[2][k].any() for k in ups)  # phase 1: the LoRA waits
+    assert any(at[4][k].abs().max() > 1e-4 for k in ups)  # phase 2: it trains
+    pipe = load_pipeline(resolve_model(str(tiny_model[0])))
+    ids = pipe.tokenizer("star", add_special_tokens=False).input_ids
+    start = pipe.text_encoder.get_input_embeddings().weight[ids].mean(0)
+    assert (at[2]["embedding.<sks>"] - start).abs().max() > 1e-4  # phase 1: the token moves
+    assert torch.equal(at[2]["embedding.<sks>"], at[4]["embedding.<sks>"])  # phase 2: it stays
