@@ -8,10 +8,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from tiny_metric_models import write_tiny_clip, write_tiny_dino
 
 from personae.config.compare import MetricSettings
 from personae.evaluation.metrics import Diversity, PixelSimilarity, Sample, SSIMSimilarity, build_metrics
-from tiny_metric_models import write_tiny_clip, write_tiny_dino
 
 
 @pytest.fixture(scope="module")
