@@ -401,3 +401,24 @@ def test_document_runs_as_written(doc, machine, tmp_path):
     if script.count("\n") <= 1:
         pytest.skip(f"{doc} has no command block")
     run_document(doc, project, env)
+
+
+def test_help_examples_quote_what_the_shell_would_take_as_a_redirection():
+    """`--folder-tokens close_up=<cu_trg>` typed as shown makes the shell read a file named cu_trg (issue #17
+    item 6): every example in every command's --help quotes its <token>s."""
+    from personae.cli.main import build_parser
+
+    parser = build_parser()
+    helps, todo = [], [parser]
+    while todo:
+        p = todo.pop()
+        helps.append(p.format_help())
+        for action in p._actions:
+            if hasattr(action, "choices") and isinstance(action.choices, dict):
+                todo += [sub for sub in action.choices.values() if hasattr(sub, "format_help")]
+    assert len(helps) > 10
+    for text in helps:
+        for line in text.splitlines():
+            unquoted = re.sub(r"\"[^\"]*\"|'[^']*'", "", line)
+            if "personae " in line or line.startswith("      --"):
+                assert not re.search(r"(^|[\s=:,])<\w+>", unquoted), f"unquoted token in a --help example: {line}"

@@ -14,7 +14,7 @@ EXAMPLES = """examples:
   # thousands of drawings, whole images in aspect-ratio buckets, a style phrase appended
   personae prepare ~/drawings ./style-set --crop none --resolution 768 --append ", drawn by KSH style"
   # storyboard frames sorted into close_up/ medium/ full/ folders, one learned token per shot
-  personae prepare ~/frames ./shots --folder-tokens close_up=<cu_trg>,medium=<ms_trg>,full=<fs_trg>
+  personae prepare ~/frames ./shots --folder-tokens "close_up=<cu_trg>,medium=<ms_trg>,full=<fs_trg>"
   # kohya folders (10_sks man/) keep their repeats and caption prefix
   # anime drawings tagged by a WD14 tagger folder (model.onnx + selected_tags.csv), booru-style
   personae prepare ~/drawings ./tagged --crop none --captioner wd14:./wd-vit-tagger-v3 --tag-threshold 0.35 \\

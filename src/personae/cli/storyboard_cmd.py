@@ -10,7 +10,7 @@ EXAMPLES = """examples:
   personae storyboard scenes.csv --model ./tiny --out board/     # CSV: number,description,dialogue,shot,angle,characters
   personae storyboard scenes.yaml --steps 30 --cfg 6 --out board/ # the sampling options override the file's
   personae storyboard scenes.csv --model ./sd15 --lora sketch.safetensors:0.8 --style-trigger "storyboard sketch" \\
-      --embedding cu.safetensors:<cu_trg> --embedding ms.safetensors:<ms_trg> --set layout.title="Act 1" --out board/
+      --embedding "cu.safetensors:<cu_trg>" --embedding "ms.safetensors:<ms_trg>" --set layout.title="Act 1" --out board/
 
 a CSV file takes any setting of a scenes file in "# key: value" lines above its header row:
   # model: ./tiny
