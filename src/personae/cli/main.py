@@ -21,7 +21,7 @@ from pathlib import Path
 
 from personae.errors import UserError
 
-COMMANDS = ["demo", "model", "detect", "generate", "prepare", "captions", "train", "convert", "storyboard", "compare", "animate", "world", "doctor"]  # each is personae.cli.<name>_cmd with add_parser() and run()
+COMMANDS = ["demo", "model", "detect", "generate", "prepare", "captions", "train", "convert", "storyboard", "compare", "animate", "world", "doctor", "ui"]  # each is personae.cli.<name>_cmd with add_parser() and run()
 
 
 def quiet_libraries() -> None:

@@ -1,0 +1,168 @@
+"""The Generate tab: txt2img / img2img / ControlNet as `personae generate` runs them (jobs/generate.py)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from personae.errors import UserError
+
+HUB_ID = re.compile(r"^[\w.\-]+/[\w.\-]+(/[\w.\-]+)?$")
+LORA_SUFFIXES = (".safetensors",)
+EMBEDDING_SUFFIXES = (".safetensors", ".pt", ".bin")
+CONTROL_TYPES_NONE = "none"
+
+
+def models(ws) -> list[str]:
+    """Base models in the workspace: diffusers folders and single-file checkpoints under models/."""
+    base = ws.root / "models"
+    found = []
+    if base.is_dir():
+        for p in sorted(base.iterdir()):
+            if (p / "model_index.json").is_file() or (p.suffix == ".safetensors" and p.stat().st_size > 50 * 2**20):
+                found.append(ws.relative(p))
+    return found
+
+
+def model_path(ws, text: str) -> str:
+    """A model the page named: a workspace path, or a hub id (owner/name) when no such path exists."""
+    text = (text or "").strip()
+    if not text:
+        raise UserError("No model is chosen.", "Pick a model (a folder under models/ in the workspace, or a hub id).")
+    path = ws.path(text, what="model")
+    if path.exists():
+        return str(path)
+    if HUB_ID.match(text):
+        return text
+    raise UserError(f"The model {text!r} is neither in the workspace nor a hub id.",
+                    "Put the model under models/ in the workspace, or type its hub id (owner/name).")
+
+
+def upload(ctx, file, under: str) -> str | None:
+    """An uploaded file (a Gradio temp path) copied into a new workspace folder; its absolute path."""
+    if not file:
+        return None
+    src = Path(file if isinstance(file, str) else file.name)
+    return str(ctx.workspace.take_upload(src, src.name, ctx.workspace.new_folder(under)))
+
+
+def settings_data(ctx, data: dict, model, loras, lora_weight, embeddings, init_image, control_type, control_image,
+                  control_weight) -> dict:
+    """The form's values completed with the pickers and uploads, every path checked to be in the workspace."""
+    ws = ctx.workspace
+    data["model"] = model_path(ws, model)
+    data["loras"] = [{"path": str(ws.path(p, what="LoRA", must_exist=True)), "weight": float(lora_weight)}
+                     for p in loras or []]
+    data["embeddings"] = [{"path": str(ws.path(p, what="embedding", must_exist=True))} for p in embeddings or []]
+    init = upload(ctx, init_image, "uploads/init")
+    if init:
+        data["init_image"] = init
+    if control_type and control_type != CONTROL_TYPES_NONE:
+        image = upload(ctx, control_image, "uploads/control")
+        if not image:
+            raise UserError(f"ControlNet {control_type} needs a control image.", "Drop an image on \"Control image\".")
+        data["controls"] = [{"type": control_type, "image": image, "weight": float(control_weight)}]
+    return data
+
+
+def build(ctx) -> None:
+    import gradio as gr
+
+    from personae.config.base import parse_settings
+    from personae.config.generate import GenerateSettings
+    from personae.data.control import CONTROL_TYPES
+    from personae.inference.samplers import SAMPLERS
+    from personae.jobs.generate import run_generate, settings_from_png
+    from personae.web.forms import SettingsForm
+
+    ws, jobs = ctx.workspace, ctx.jobs
+    with gr.Row():
+        with gr.Column(scale=3):
+            model = gr.Dropdown(models(ws), value=(models(ws) or [None])[0], allow_custom_value=True, label="Model",
+                                info="a folder or .safetensors under models/ in the workspace, or a hub id",
+                                elem_id="field-model")
+            prompt_form = SettingsForm(GenerateSettings, groups=("prompt",), skip=("model", "allow_pickle"))
+            form = SettingsForm(GenerateSettings, groups=("sampling", "batch", "hires fix"),
+                                choices={"sampler": list(SAMPLERS)})
+            with gr.Accordion("LoRA and embeddings", open=False):
+                loras = gr.Dropdown(ws.files(LORA_SUFFIXES), multiselect=True, label="LoRAs",
+                                    info="LoRA files in the workspace (runs/ and models/)", elem_id="field-loras")
+                lora_weight = gr.Slider(-2, 2, value=1.0, step=0.05, label="LoRA weight")
+                embeddings = gr.Dropdown(ws.files(EMBEDDING_SUFFIXES), multiselect=True, label="Embeddings",
+                                         elem_id="field-embeddings")
+                refresh = gr.Button("Refresh lists", size="sm")
+            with gr.Accordion("img2img", open=False):
+                init_image = gr.Image(type="filepath", label="Init image (img2img)", elem_id="field-init-image")
+                img_form = SettingsForm(GenerateSettings, names=("strength",))
+            with gr.Accordion("ControlNet", open=False):
+                control_type = gr.Dropdown([CONTROL_TYPES_NONE, *CONTROL_TYPES], value=CONTROL_TYPES_NONE,
+                                           label="Control type")
+                control_image = gr.Image(type="filepath", label="Control image")
+                control_weight = gr.Slider(0, 2, value=1.0, step=0.05, label="Control weight")
+                control_form = SettingsForm(GenerateSettings, names=("control_start", "control_end"))
+            with gr.Accordion("Runtime", open=False):
+                runtime_form = SettingsForm(GenerateSettings, groups=("runtime",))
+            png = gr.File(label="Drop a PNG made by personae or A1111 to fill the form", file_types=[".png"],
+                          elem_id="png-drop")
+        with gr.Column(scale=2):
+            go = gr.Button("Generate", variant="primary", elem_id="generate-button")
+            status = gr.Markdown(elem_id="generate-status")
+            gallery = gr.Gallery(label="Results", columns=2, height=420, elem_id="generate-gallery")
+    forms = [prompt_form, form, img_form, control_form, runtime_form]
+    raw_inputs = [c for f in forms for c in f.inputs]
+    shown = gr.State(0)
+
+    def values(raw):
+        out, at = {}, 0
+        for f in forms:
+            out.update(f.values(*raw[at: at + len(f.inputs)]))
+            at += len(f.inputs)
+        return out
+
+    def submit(model_v, loras_v, weight_v, emb_v, init_v, ctype_v, cimage_v, cweight_v, *raw):
+        try:
+            data = settings_data(ctx, values(raw), model_v, loras_v, weight_v, emb_v, init_v, ctype_v, cimage_v,
+                                 cweight_v)
+            settings = parse_settings(GenerateSettings, data, "the Generate form")
+            out = ws.new_folder("outputs/generate")
+        except UserError as exc:
+            return f"**Not started:** {exc}"
+        task = jobs.submit("generate", settings.prompt[:60], lambda on_event: run_generate(settings, out, on_event))
+        waiting = sum(1 for t in jobs.snapshot() if t.status in ("queued", "running") and t.id != task.id)
+        where = f", {waiting} job(s) ahead of it" if waiting else ""
+        return f"Queued as job {task.id}{where}; images go to `{ws.relative(out)}`."
+
+    go.click(submit, [model, loras, lora_weight, embeddings, init_image, control_type, control_image, control_weight,
+                      *raw_inputs], status)
+
+    def latest(seen: int):
+        done = [t for t in jobs.snapshot() if t.kind == "generate" and t.status in ("done", "failed")]
+        if not done or done[-1].id == seen:
+            return gr.skip(), gr.skip(), seen
+        task = done[-1]
+        if task.status == "failed":
+            return gr.skip(), f"**Job {task.id} failed:** {task.error}", task.id
+        return [str(p) for p in task.result or []], f"Job {task.id} done: {len(task.result or [])} image(s).", task.id
+
+    gr.Timer(1.0).tick(latest, shown, [gallery, status, shown], show_progress="hidden")
+
+    def from_png(file):
+        if not file:
+            return [gr.skip()] * (len(raw_inputs) + 1)
+        try:
+            data = settings_from_png(file if isinstance(file, str) else file.name)
+        except UserError as exc:
+            gr.Warning(str(exc))
+            return [gr.skip()] * (len(raw_inputs) + 1)
+        updates = []
+        for f in forms:
+            for name in f.components:
+                value = data.get(name)
+                updates.append(gr.skip() if value is None else value)
+        shown_model = data.get("model")
+        return [*updates, shown_model if shown_model else gr.skip()]
+
+    png.upload(from_png, png, [*raw_inputs, model])
+    refresh.click(lambda: (gr.update(choices=ws.files(LORA_SUFFIXES)), gr.update(choices=ws.files(EMBEDDING_SUFFIXES)),
+                           gr.update(choices=models(ws))), None, [loras, embeddings, model])
+    ctx.generate_loras = loras

@@ -1,0 +1,7 @@
+"""placeholder while the tab is built"""
+
+
+def build(ctx) -> None:
+    import gradio as gr
+
+    gr.Markdown("(being built)")
