@@ -41,6 +41,8 @@ NOT_RUN_HERE = [
      "the demo"),
     ("README.md", "bash scripts/setup.sh --test && .venv/bin/python -m pytest -q", "it is .ci/run, the CI command"),
     ("README.md", '.venv/bin/python -m pytest -q -m "not slow"', "a part of the suite CI runs whole"),
+    ("README.md", "personae ui --workspace ~/personae", "it serves until stopped; tests/test_web_ui.py drives the "
+                                                      "UI in a browser"),
 ]
 # A line that sets up the machine, already done by CI before the suite runs (tests/test_install.py checks it).
 SETUP_LINE = "bash scripts/setup.sh"

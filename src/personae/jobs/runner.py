@@ -206,6 +206,7 @@ def _worker(job_data: dict, resume: bool, overwrite: bool, events, commands, thr
 
     if threads:
         torch.set_num_threads(threads)  # this process is the job's own
+    _quiet()
 
     job = TrainJob.model_validate(job_data)
     request = Commands()
@@ -231,6 +232,21 @@ def _worker(job_data: dict, resume: bool, overwrite: bool, events, commands, thr
         events.put(("finished", result))
     events.close()
     events.join_thread()  # everything sent before the process ends
+
+
+def _quiet() -> None:
+    """The worker's terminal is its parent's (e.g. `personae ui`): library chatter stays out of it, as the CLI keeps
+    it out of its own (cli.main.quiet_libraries); the job's own messages travel as events."""
+    import warnings
+
+    import diffusers
+    import transformers
+
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=UserWarning)
+    for library in (diffusers, transformers):
+        library.utils.logging.set_verbosity_error()
+        library.utils.logging.disable_progress_bar()
 
 
 def _portable(exc: BaseException) -> BaseException:

@@ -21,7 +21,7 @@ from personae.web.workspace import MAX_UPLOAD_MB, Workspace
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 CSS = """
 .personae-queue {width: 100%; font-size: 0.9em} .personae-queue td, .personae-queue th {padding: 2px 6px}
-.personae-queue progress {width: 9em} .personae-error {color: #c0392b; white-space: pre-wrap}
+.personae-scroll {overflow-x: auto} .personae-queue progress {width: 7em} .personae-error {color: #c0392b; white-space: pre-wrap}
 """
 
 
@@ -64,7 +64,13 @@ def build(workspace: Workspace, jobs: JobQueue):
                 tab_world.build(ctx)
         with gr.Accordion("Jobs (one at a time, in order)", open=True):
             board = gr.HTML(queue_table(jobs.snapshot()), elem_id="personae-queue")
-        gr.Timer(1.0).tick(lambda: queue_table(jobs.snapshot()), outputs=board, show_progress="hidden")
+        shown = gr.State("")
+
+        def refresh(last: str):  # the page redraws only what changed (a redraw costs the browser more than a poll)
+            table = queue_table(jobs.snapshot())
+            return (gr.skip(), last) if table == last else (table, table)
+
+        gr.Timer(1.0).tick(refresh, shown, [board, shown], show_progress="hidden")
     return app
 
 

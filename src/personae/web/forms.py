@@ -36,6 +36,13 @@ def _bounds(info: FieldInfo) -> tuple[float | None, float | None]:
     return low, high
 
 
+def _allows_zero(info: FieldInfo) -> bool:
+    for rule in info.metadata:
+        if (isinstance(rule, annotated_types.Ge) and rule.ge > 0) or (isinstance(rule, annotated_types.Gt) and rule.gt >= 0):
+            return False
+    return True
+
+
 def _label(name: str, description: str) -> tuple[str, str]:
     """(label, help): A1111's name when the description starts with it in quotes ('"CFG scale": how ...')."""
     if description.startswith('"') and '":' in description:
@@ -44,14 +51,15 @@ def _label(name: str, description: str) -> tuple[str, str]:
     return name.replace("_", " ").capitalize(), description
 
 
-def component_for(name: str, info: FieldInfo, choices: list | None = None) -> tuple[gr.components.Component, str] | None:
+def component_for(name: str, info: FieldInfo, choices: list | None = None,
+                  prefix: str = "field") -> tuple[gr.components.Component, str] | None:
     """(a Gradio input for the field, how its value reads back), or None for a field forms do not take."""
     kw = option_kwargs(name, info)
     if kw is None:
         return None
     default = None if info.is_required() else info.get_default(call_default_factory=True)
     label, help_text = _label(name, info.description or "")
-    common = {"label": label, "info": help_text or None, "elem_id": f"field-{name}"}
+    common = {"label": label, "info": help_text or None, "elem_id": f"{prefix}-{name.replace('_', '-')}"}
     kind = _plain(info.annotation)
     if choices is not None or "choices" in kw:
         options = list(choices if choices is not None else kw["choices"])
@@ -79,14 +87,15 @@ class SettingsForm:
     """Inputs for the fields of a settings class (the concept groups / field names asked for, in --help order)."""
 
     def __init__(self, cls: type[BaseModel], *, groups: tuple[str, ...] = (), names: tuple[str, ...] = (),
-                 skip: tuple[str, ...] = (), choices: dict[str, list] | None = None):
+                 skip: tuple[str, ...] = (), choices: dict[str, list] | None = None, prefix: str = "field"):
+        """`prefix`: the inputs' element ids are PREFIX-FIELD-NAME (unique on the page; tests find inputs by them)."""
         self.cls = cls
         self.components: dict[str, gr.components.Component] = {}
         self._reads: dict[str, tuple[str, FieldInfo]] = {}
         for title, name, info in grouped_fields(cls):
             if name in skip or not _chosen(title, name, groups, names):
                 continue
-            made = component_for(name, info, (choices or {}).get(name))
+            made = component_for(name, info, (choices or {}).get(name), prefix)
             if made is not None:
                 self.components[name], read = made
                 self._reads[name] = (read, info)
@@ -102,7 +111,7 @@ class SettingsForm:
             if value is None or (isinstance(value, str) and not value.strip()):
                 continue
             if read in ("int", "float") and value == 0 and not info.is_required() and info.default is None \
-                    and (_bounds(info)[0] or 0) > 0:
+                    and not _allows_zero(info):
                 continue  # an emptied optional number box reads 0, which its bounds refuse: "not given"
             if read == "list":
                 item = typing.get_args(_plain(info.annotation))[0]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import html
-import time
 
 from personae.jobs.queue import ENDED, RUNNING, WAITING, Task
 
@@ -42,6 +41,6 @@ def queue_table(tasks: list[Task], limit: int = 12) -> str:
     ended = sorted((t for t in tasks if t.status in ENDED), key=lambda t: t.ended or 0, reverse=True)
     rows = [task_line(t) for t in active] + [task_line(t, i + 1) for i, t in enumerate(waiting)]
     rows += [task_line(t) for t in ended[: max(0, limit - len(rows))]]
-    return ("<table class='personae-queue'><thead><tr><th>#</th><th>job</th><th>what</th><th>status</th>"
+    return ("<div class='personae-scroll'><table class='personae-queue'><thead><tr><th>#</th><th>job</th><th>what</th><th>status</th>"
             "<th>progress</th><th>step</th><th>rate</th><th>loss</th><th>time</th></tr></thead><tbody>"
-            + "".join(rows) + f"</tbody></table><p class='personae-updated'>updated {time.strftime('%H:%M:%S')}</p>")
+            + "".join(rows) + "</tbody></table></div>")

@@ -82,4 +82,10 @@ def build(ctx) -> None:
         return gr.update(choices=ws.files((".safetensors",)), value=lora_files[:1]), gr.Tabs(selected="generate"), ""
 
     use.click(use_lora, loras, [ctx.generate_loras, ctx.tabs, note])
-    gr.Timer(5.0).tick(lambda: runs_table(ws), None, table, show_progress="hidden")
+    last = gr.State("")
+
+    def poll(shown: str):
+        now = runs_table(ws)
+        return (gr.skip(), shown) if now == shown else (now, now)
+
+    gr.Timer(5.0).tick(poll, last, [table, last], show_progress="hidden")

@@ -65,8 +65,8 @@ def build(ctx) -> None:
             with gr.Row():
                 model = gr.Dropdown(models(ws), value=(models(ws) or [None])[0], allow_custom_value=True,
                                     label="Base model", elem_id="train-model")
-                method = gr.Dropdown(list(METHODS), value="lora", label="Method",
-                                     info="; ".join(f"{k}: {v.summary}" for k, v in METHODS.items()))
+                method = gr.Dropdown(list(METHODS), value="lora", label="Method", elem_id="train-method",
+                                     info=METHODS["lora"].summary)
             with gr.Row():
                 dataset = gr.Dropdown(ws.folders("datasets") + ws.folders("uploads"), allow_custom_value=True,
                                       label="Training images", info="a prepared set (datasets/) or an upload folder",
@@ -76,11 +76,11 @@ def build(ctx) -> None:
                 token = gr.Textbox(label="Token (textual inversion, pivotal)", placeholder="<sks>")
                 init_word = gr.Textbox(label="Token starts from the word", placeholder="person")
             with gr.Accordion("Training settings", open=False):
-                train_form = SettingsForm(TrainSection, skip=("validation",))
+                train_form = SettingsForm(TrainSection, skip=("validation",), prefix="train")
             with gr.Accordion("LoRA settings", open=False):
-                lora_form = SettingsForm(LoraSection)
+                lora_form = SettingsForm(LoraSection, prefix="train-lora")
             with gr.Accordion("Data settings", open=False):
-                data_form = SettingsForm(DataSection, skip=("path",))
+                data_form = SettingsForm(DataSection, skip=("path",), prefix="train-data")
             with gr.Accordion("Or paste a job YAML (replaces the form)", open=False):
                 pasted = gr.Code(language="yaml", label="job.yaml", lines=10)
         with gr.Column(scale=2):
@@ -108,9 +108,10 @@ def build(ctx) -> None:
             job = parse_settings(TrainJob, data, "the Train form")
         except UserError as exc:
             return f"**Not started:** {exc}"
-        task = jobs.submit_training(job)
+        task = jobs.submit_training(job, title=f"{job.method} -> {ws.relative(job.output)}")
         return f"Queued as job {task.id}: {job.method} into `{ws.relative(job.output)}`."
 
+    method.change(lambda m: gr.update(info=METHODS[m].summary if m in METHODS else ""), method, method)
     start.click(submit, [model, method, dataset, run_name, token, init_word, pasted, *raw], status)
 
     def current():
@@ -135,18 +136,26 @@ def build(ctx) -> None:
             job = load_job(folder / "config.yaml")
         except UserError as exc:
             return f"**Not resumed:** {exc}"
-        task = jobs.submit_training(job, resume=True)
+        task = jobs.submit_training(job, resume=True, title=f"resume {job.method} -> {ws.relative(folder)}")
         return f"Queued as job {task.id}: resume `{ws.relative(folder)}`."
 
     resume.click(resume_job, run_name, status)
 
-    def live():
+    seen = gr.State(("", 0, 0))
+
+    def live(last):
         from personae.web.panel import queue_table
 
         task = current()
         if task is None:
-            return "", pd.DataFrame({"step": [], "loss": []}), []
+            return gr.skip(), gr.skip(), gr.skip(), last
+        table = queue_table([task])
+        now = (table, len(task.losses), len(task.images))
+        if now == tuple(last):  # the page redraws only what changed
+            return gr.skip(), gr.skip(), gr.skip(), last
         frame = pd.DataFrame(task.losses or [], columns=["step", "loss"])
-        return queue_table([task]), frame, [str(p) for p in task.images]
+        plot = frame if now[1] != last[1] else gr.skip()
+        images = [str(p) for p in task.images] if now[2] != last[2] else gr.skip()
+        return table, plot, images, now
 
-    gr.Timer(1.0).tick(live, None, [progress, losses, samples], show_progress="hidden")
+    gr.Timer(1.0).tick(live, seen, [progress, losses, samples, seen], show_progress="hidden")

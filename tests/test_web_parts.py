@@ -1,0 +1,192 @@
+"""The web UI's parts without a browser (issue #16): the workspace's path checks, forms generated from the settings
+declarations, and the job queue (order, cancel, progress, rates, failures)."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+
+import pytest
+
+from personae.errors import UserError
+from personae.events import ImageReady, Message, Progress
+from personae.jobs.queue import JobQueue
+from personae.web.workspace import Workspace
+
+
+# -- the workspace
+def test_paths_stay_inside_the_workspace(tmp_path):
+    ws = Workspace(tmp_path / "work")
+    (tmp_path / "outside").mkdir()
+    (tmp_path / "work" / "data").mkdir()
+    os.symlink(tmp_path / "outside", tmp_path / "work" / "link")
+    assert ws.path("data") == ws.root / "data"
+    assert ws.path("./data/") == ws.root / "data"
+    for bad, why in [("../outside", "goes up"), ("data/../../outside", "goes up"), ("/etc", "absolute"),
+                     ("~/x", "absolute"), ("C:\\Windows", "absolute"), ("link", "symbolic link"),
+                     ("link/file.png", "symbolic link"), ("", "empty")]:
+        with pytest.raises(UserError, match=why):
+            ws.path(bad)
+    with pytest.raises(UserError, match="does not exist"):
+        ws.path("nothing", must_exist=True)
+
+
+def test_uploads_keep_plain_names_only_and_never_replace_a_file(tmp_path):
+    ws = Workspace(tmp_path / "work")
+    src = tmp_path / "upload.tmp"
+    src.write_bytes(b"x" * 100)
+    folder = ws.new_folder("uploads")
+    assert folder == ws.root / "uploads" / "0001" and ws.new_folder("uploads").name == "0002"
+    taken = ws.take_upload(src, "me 01.png", folder)
+    assert taken.read_bytes() == src.read_bytes()
+    for name in ["../evil.png", "a/b.png", "..\\evil.png", "/etc/passwd", "..", ".hidden"]:
+        with pytest.raises(UserError):
+            ws.take_upload(src, name, folder)
+    with pytest.raises(UserError, match="already exists"):
+        ws.take_upload(src, "me 01.png", folder)
+    with pytest.raises(UserError, match="over the"):
+        ws.take_upload(src, "big.png", folder, limit_mb=50 / 2**20)
+    with pytest.raises(UserError, match="outside"):
+        ws.take_upload(src, "x.png", tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["upload.tmp", "work"]  # nothing escaped
+
+
+def test_a_workspace_that_is_a_file_is_refused(tmp_path):
+    (tmp_path / "f").write_text("mine")
+    with pytest.raises(UserError, match="is a file"):
+        Workspace(tmp_path / "f")
+    assert (tmp_path / "f").read_text() == "mine"
+
+
+# -- forms from the settings declarations
+def test_generate_form_comes_from_the_declarations():
+    import gradio as gr
+
+    from personae.config.generate import GenerateSettings
+    from personae.config.sampling import SamplingSettings
+    from personae.web.forms import SettingsForm
+
+    with gr.Blocks():
+        form = SettingsForm(GenerateSettings, groups=("sampling", "batch", "runtime"), choices={"sampler": ["Euler a"]})
+    c = form.components
+    steps = SamplingSettings.model_fields["steps"]
+    assert isinstance(c["steps"], gr.Slider) and (c["steps"].minimum, c["steps"].maximum) == (1, 1000)
+    assert c["steps"].value == steps.default and c["steps"].label == "Steps"
+    assert c["cfg"].label == "CFG scale" and "steers" in c["cfg"].info
+    assert isinstance(c["width"], gr.Number) and c["width"].value is None  # optional: the model's native size
+    assert isinstance(c["device"], gr.Dropdown) and [x[0] for x in c["device"].choices] == ["auto", "cpu", "cuda", "mps"]
+    assert set(c) == {name for name in GenerateSettings.model_fields
+                      if name in ("negative", "steps", "cfg", "sampler", "clip_skip", "width", "height", "batch_size",
+                                  "batch_count", "device", "dtype")}
+    raw = {name: comp.value for name, comp in c.items()}
+    raw.update(steps=12.0, width=0, negative="  ", batch_size=2.0)
+    values = form.values(*[raw[name] for name in c])
+    assert values["steps"] == 12 and isinstance(values["steps"], int) and values["batch_size"] == 2
+    assert "width" not in values and "negative" not in values  # empty inputs leave the defaults
+
+
+def test_a_field_added_to_a_concept_appears_in_the_form():
+    """The form is generated: a new declaration shows up with its bounds and help, with no UI edit."""
+    import gradio as gr
+
+    from personae.config.fields import setting
+    from personae.config.sampling import SamplingSettings
+    from personae.web.forms import SettingsForm
+
+    class Extended(SamplingSettings):
+        eta: float = setting(0.0, '"Eta": noise of ancestral samplers', ge=0.0, le=1.0)
+
+    with gr.Blocks():
+        form = SettingsForm(Extended)
+    assert isinstance(form.components["eta"], gr.Slider) and form.components["eta"].label == "Eta"
+    assert form.components["eta"].elem_id == "field-eta"
+
+
+def test_list_settings_read_one_reference_per_line():
+    import gradio as gr
+
+    from personae.config.generate import GenerateSettings
+    from personae.web.forms import SettingsForm
+
+    with gr.Blocks():
+        form = SettingsForm(GenerateSettings, names=("loras",))
+    assert form.values("a.safetensors:0.5\n\n b.safetensors") == {
+        "loras": [{"path": "a.safetensors", "weight": 0.5}, {"path": "b.safetensors", "weight": 1.0}]}
+
+
+# -- the job queue
+def test_jobs_run_one_at_a_time_in_order_and_a_queued_one_can_be_cancelled():
+    jobs = JobQueue()
+    gate, order, running = threading.Event(), [], []
+
+    def work(name):
+        def run(on_event):
+            running.append(name)
+            assert len(running) - len(order) == 1  # nothing else is running
+            if name == "a":
+                gate.wait(10)
+            order.append(name)
+            return name
+        return run
+
+    a, b, c = (jobs.submit("generate", n, work(n)) for n in "abc")
+    time.sleep(0.3)
+    snap = {t.id: t.status for t in jobs.snapshot()}
+    assert snap == {a.id: "running", b.id: "queued", c.id: "queued"}
+    assert "cancelled" in jobs.stop(b.id)
+    gate.set()
+    assert jobs.wait(c.id, 10).result == "c"
+    assert order == ["a", "c"] and jobs.get(b.id).status == "cancelled" and jobs.get(a.id).result == "a"
+
+
+def test_events_become_progress_rate_eta_losses_and_images(tmp_path):
+    jobs = JobQueue()
+
+    def work(on_event):
+        for step in range(1, 5):
+            time.sleep(0.05)
+            on_event(Progress("train", step, 8, {"loss": 1.0 / step}))
+        on_event(ImageReady(tmp_path / "step-4.png", 4))
+        on_event(Message("half way"))
+        return ["out"]
+
+    task = jobs.wait(jobs.submit("train", "t", work).id, 10)
+    assert task.status == "done" and task.percent == 100 and task.result == ["out"]
+    assert task.losses == [(1, 1.0), (2, 0.5), (3, 1 / 3), (4, 0.25)]
+    assert task.images == [tmp_path / "step-4.png"] and task.messages == ["half way"]
+    assert 5 < task.rate < 40 and task.eta == 0.0  # about 20 steps a second; nothing left once done
+
+
+def test_a_failing_job_reports_its_paragraph_and_the_worker_goes_on():
+    jobs = JobQueue()
+
+    def fail(on_event):
+        raise UserError("The model x does not exist.", "Check the path.")
+
+    def crash(on_event):
+        raise RuntimeError("boom")
+
+    failed = jobs.wait(jobs.submit("generate", "bad", fail).id, 10)
+    crashed = jobs.wait(jobs.submit("generate", "bug", crash).id, 10)
+    after = jobs.wait(jobs.submit("generate", "ok", lambda on_event: 1).id, 10)
+    assert failed.status == "failed" and failed.error == "The model x does not exist. Check the path."
+    assert crashed.status == "failed" and "RuntimeError: boom" in crashed.error
+    assert after.status == "done" and after.result == 1
+
+
+def test_the_queue_table_shows_places_in_line():
+    from personae.web.panel import queue_table
+
+    jobs = JobQueue()
+    gate = threading.Event()
+    first = jobs.submit("train", "long", lambda on_event: gate.wait(10))
+    second = jobs.submit("generate", "fox", lambda on_event: None)
+    third = jobs.submit("generate", "cat", lambda on_event: None)
+    time.sleep(0.3)
+    table = queue_table(jobs.snapshot())
+    assert table.index(f"data-job='{first.id}'") < table.index(f"data-job='{second.id}'") \
+        < table.index(f"data-job='{third.id}'")
+    assert "#1 in line" in table and "#2 in line" in table and "running" in table
+    gate.set()
+    jobs.wait(third.id, 10)

@@ -1,0 +1,278 @@
+"""`personae ui` in a real browser (issue #16): Debian's chromium driven by Playwright against the UI served on a free
+loopback port over a workspace holding the tiny model. Screenshots of every tab land in test-artifacts/ui/."""
+
+from __future__ import annotations
+
+import socket
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+ARTIFACTS = ROOT / "test-artifacts" / "ui"
+TABS = ["Generate", "Train", "Prepare", "Animate", "Storyboard", "Compare", "Runs", "World"]
+pytestmark = pytest.mark.slow
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def workspace(tiny_model, tmp_path_factory):
+    import shutil
+
+    ws = tmp_path_factory.mktemp("ui") / "work"
+    shutil.copytree(tiny_model[0], ws / "models" / "tiny")
+    faces = ws / "uploads" / "faces"
+    faces.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for i in range(4):
+        Image.fromarray((rng.random((32, 32, 3)) * 255).astype(np.uint8)).save(faces / f"face{i}.png")
+    (ws.parent / "secret.txt").write_text("outside the workspace\n")
+    return ws
+
+
+@pytest.fixture(scope="module")
+def server(workspace):
+    from personae.web.app import serve
+
+    app, url = serve(str(workspace), port=_free_port(), block=False)
+    yield app, url
+    app.close()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path="/usr/bin/chromium", headless=True,
+                              args=["--no-sandbox", "--disable-background-networking", "--disable-gpu"])
+        yield b
+        b.close()
+
+
+def _open(browser, url):
+    page = browser.new_page(viewport={"width": 1280, "height": 800})
+    page.goto(url)
+    page.wait_for_selector("#generate-button", timeout=60_000)
+    return page
+
+
+def _tab(page, name):
+    page.get_by_role("tab", name=name, exact=True).click()
+    page.wait_for_timeout(300)
+
+
+def _set(page, elem_id, value):
+    box = page.locator(f"#{elem_id} input, #{elem_id} textarea").first
+    box.fill(str(value))
+    box.press("Tab")
+
+
+def _wait_text(page, selector, text, timeout=300):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        content = page.inner_text(selector)
+        if text in content:
+            return content
+        page.wait_for_timeout(250)
+    raise AssertionError(f"{text!r} never appeared in {selector}: {page.inner_text(selector)!r}")
+
+
+def _job_row(page, job_id):
+    return page.locator(f"#personae-queue tr[data-job='{job_id}']")
+
+
+def _status(page, job_id):
+    row = _job_row(page, job_id)
+    return row.get_attribute("data-status") if row.count() else None
+
+
+def _wait_status(page, job_id, statuses, timeout=600):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if _status(page, job_id) in statuses:
+            return _status(page, job_id)
+        page.wait_for_timeout(250)
+    raise AssertionError(f"job {job_id} never reached {statuses}: {_status(page, job_id)}")
+
+
+def _step(page, job_id) -> int:
+    """The step a job's row shows ("12/3000 train" -> 12; 0 before the first)."""
+    row = _job_row(page, job_id)
+    words = row.inner_text().split() if row.count() else []
+    numbers = [int(w.split("/")[0]) for w in words if "/" in w and w.split("/")[0].isdigit()]
+    return numbers[0] if numbers else 0
+
+
+def _wait_step(page, job_id, above, timeout=600) -> int:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if _status(page, job_id) == "running" and _step(page, job_id) > above:
+            return _step(page, job_id)
+        page.wait_for_timeout(300)
+    raise AssertionError(f"job {job_id} never passed step {above}: {_job_row(page, job_id).inner_text()}")
+
+
+def _job_id(text):
+    import re
+
+    return int(re.search(r"job (\d+)", text).group(1))
+
+
+def _start_training(page, run, steps, save_every):
+    _tab(page, "Train")
+    page.locator("#train-data input").fill("uploads/faces")
+    page.locator("#train-data input").press("Enter")
+    _set(page, "train-run", run)
+    page.get_by_text("Training settings").click()
+    _set(page, "train-steps", steps)
+    _set(page, "train-resolution", 32)
+    _set(page, "train-save-every", save_every)
+    page.get_by_text("Data settings").click()
+    _set(page, "train-data-caption", "a photo of sks person")
+    page.click("#train-start")
+    return _job_id(_wait_text(page, "#train-status", "Queued as job"))
+
+
+def test_generate_shows_an_image_that_is_not_blank(server, browser):
+    page = _open(browser, server[1])
+    _set(page, "field-prompt", "a photo of a cat")
+    _set(page, "field-seed", 7)
+    _set(page, "field-steps", 4)
+    page.click("#generate-button")
+    _wait_text(page, "#generate-status", "done", timeout=120)
+    src = page.locator("#generate-gallery img").first.get_attribute("src")
+    with urllib.request.urlopen(src if src.startswith("http") else server[1].rstrip("/") + src) as r:
+        import io
+
+        pixels = np.asarray(Image.open(io.BytesIO(r.read())).convert("RGB"), dtype=np.float32)
+    assert pixels.std() > 5 and pixels.shape[0] >= 32  # a picture, not a blank or single-colour square
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "generate.png"))
+    page.close()
+
+
+def test_training_progress_reaches_100_percent_with_a_validation_image(server, browser, workspace):
+    page = _open(browser, server[1])
+    job = _start_training(page, "short", steps=6, save_every=3)
+    assert _wait_status(page, job, ("done", "failed")) == "done", page.inner_text("#personae-queue")
+    _wait_text(page, "#train-progress", "100%")
+    page.wait_for_selector("#train-samples img", timeout=30_000)
+    assert (workspace / "runs" / "short" / "validation").is_dir()
+    page.screenshot(path=str(ARTIFACTS / "train.png"))
+    page.close()
+
+
+def test_queue_order_stop_and_resume_while_generating(server, browser, workspace):
+    """A long training job, two generate requests behind it: the queue shows their places, the page keeps
+    answering; Stop leaves a checkpoint and the two generations run; Resume continues from the stopped step."""
+    page = _open(browser, server[1])
+    train = _start_training(page, "long", steps=3000, save_every=1000)
+    _wait_status(page, train, ("running",))
+    _tab(page, "Generate")
+    _set(page, "field-prompt", "a red fox")
+    _set(page, "field-steps", 2)
+    page.click("#generate-button")
+    first = _job_id(_wait_text(page, "#generate-status", "Queued as job"))
+    page.click("#generate-button")
+    deadline = time.time() + 30
+    while _job_id(page.inner_text("#generate-status")) == first and time.time() < deadline:
+        page.wait_for_timeout(200)
+    second = _job_id(page.inner_text("#generate-status"))
+    assert second == first + 1
+    row1, row2 = _job_row(page, first), _job_row(page, second)
+    row1.wait_for(timeout=10_000)
+    row2.wait_for(timeout=10_000)
+    assert "#1 in line" in row1.inner_text() and "#2 in line" in row2.inner_text()
+    t = time.time()
+    _tab(page, "Runs")  # the page answers while the worker trains
+    _tab(page, "Generate")
+    assert time.time() - t < 10
+    _wait_text(page, f"#personae-queue tr[data-job='{train}']", "train", timeout=10)
+    _tab(page, "Train")
+    _wait_step(page, train, 20)  # let it do some steps
+    page.click("#train-stop")
+    assert _wait_status(page, train, ("stopped",), timeout=120) == "stopped"
+    from personae.runs import list_checkpoints
+
+    checkpoints = list_checkpoints(workspace / "runs" / "long")
+    assert checkpoints, "Stop left no checkpoint"
+    stopped_at = checkpoints[-1][0]
+    assert _wait_status(page, first, ("done",), timeout=120) == "done"
+    assert _wait_status(page, second, ("done",), timeout=120) == "done"
+    _set(page, "train-run", "long")
+    page.click("#train-resume")
+    resumed = _job_id(_wait_text(page, "#train-status", "resume"))
+    _wait_step(page, resumed, stopped_at)  # continued from the checkpoint (its first progress is past it)
+    # closing the tab and opening the page again shows the running job with live progress
+    page.close()
+    page = _open(browser, server[1])
+    _tab(page, "Train")
+    first_seen = _wait_text(page, "#train-progress", "running", timeout=20)
+    page.wait_for_timeout(2500)
+    assert page.inner_text("#train-progress") != first_seen  # live: the step moved on
+    page.click("#train-stop")
+    assert _wait_status(page, resumed, ("stopped",), timeout=120) == "stopped"
+    page.close()
+
+
+def test_paths_out_of_the_workspace_are_refused(server, browser, workspace):
+    page = _open(browser, server[1])
+    _tab(page, "Train")
+    page.locator("#train-data input").fill("../")
+    page.locator("#train-data input").press("Enter")
+    _set(page, "train-run", "escape")
+    page.click("#train-start")
+    assert "out of the workspace" in _wait_text(page, "#train-status", "Not started")
+    # an upload whose name climbs out: nothing lands outside the workspace, and the file is refused or renamed
+    _tab(page, "Generate")
+    page.get_by_text("img2img", exact=True).click()
+    png = (workspace / "uploads" / "faces" / "face0.png").read_bytes()
+    page.locator("#field-init-image input[type=file]").set_input_files(
+        files=[{"name": "../../escaped.png", "mimeType": "image/png", "buffer": png}])
+    page.wait_for_timeout(1500)
+    _set(page, "field-prompt", "x")
+    _set(page, "field-steps", 1)
+    page.click("#generate-button")
+    _wait_text(page, "#generate-status", "job", timeout=30)
+    assert not list(workspace.parent.parent.rglob("escaped.png"))[:1] or all(
+        workspace in p.parents for p in workspace.parent.parent.rglob("escaped.png"))
+    # the server serves nothing outside the workspace
+    secret = workspace.parent / "secret.txt"
+    for url in (f"{server[1]}gradio_api/file={secret}", f"{server[1]}file={secret}"):
+        try:
+            with urllib.request.urlopen(url) as r:
+                assert b"outside the workspace" not in r.read()
+        except urllib.error.HTTPError as exc:
+            assert exc.code in (403, 404)
+    page.close()
+
+
+def test_every_tab_renders_and_a_restarted_ui_lists_past_runs(server, browser, workspace):
+    """Screenshots of each tab at 1280x800; a second UI on the same workspace lists the runs made above."""
+    page = _open(browser, server[1])
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    for name in TABS:
+        _tab(page, name)
+        page.screenshot(path=str(ARTIFACTS / f"tab-{name.lower()}.png"))
+    page.close()
+    from personae.web.app import serve
+
+    app, url = serve(str(workspace), port=_free_port(), block=False)
+    try:
+        page = _open(browser, url)
+        _tab(page, "Runs")
+        table = page.inner_text("#runs-table")
+        assert "runs/short" in table and "runs/long" in table
+        page.close()
+    finally:
+        app.close()
