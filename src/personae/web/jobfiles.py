@@ -82,7 +82,7 @@ def settings_file(ws, text: str | None, under: str, name: str, chosen: str | Non
         path.write_text(yaml.safe_dump(data, allow_unicode=True, sort_keys=False), encoding="utf-8")
         return path
     if not chosen or not str(chosen).strip():
-        raise UserError(f"No {name} is given.", f"Type one in the box, or name a file in the workspace.")
+        raise UserError(f"No {name} is given.", "Type one in the box, or name a file in the workspace.")
     path = ws.path(chosen, what="settings file", must_exist=True)
     if not path.is_file():
         raise UserError(f"{chosen} is not a file.", "Name a YAML file in the workspace.")

@@ -98,7 +98,8 @@ def build_animate(ctx) -> None:
         gif_v, mp4_v = task.result
         return f"{ended_line(task)} `{ws.relative(Path(mp4_v).parent)}`", mp4_v, gif_v, task.id
 
-    gr.Timer(1.0).tick(tick, seen, [status, video, gif, seen], show_progress="hidden")
+    gr.Timer(1.0).tick(tick, seen, [status, video, gif, seen], show_progress="hidden",
+                       concurrency_limit=None)
     refresh.click(lambda: (gr.update(choices=ws.files(LORA_SUFFIXES)), gr.update(choices=ws.files(EMBEDDING_SUFFIXES)),
                            gr.update(choices=models(ws)), gr.update(choices=ws.folders("models"))),
                   None, [loras, embeddings, model, motion])

@@ -128,7 +128,8 @@ def build_storyboard(ctx) -> None:
         out = Path(task.result)
         return f"{ended_line(task)} `{ws.relative(out)}`", str(out / "sheet.png"), str(out / "sheet.pdf"), task.id
 
-    gr.Timer(1.0).tick(tick, seen, [status, sheet, pdf, seen], show_progress="hidden")
+    gr.Timer(1.0).tick(tick, seen, [status, sheet, pdf, seen], show_progress="hidden",
+                       concurrency_limit=None)
 
 
 def build_compare(ctx) -> None:
@@ -183,4 +184,5 @@ def build_compare(ctx) -> None:
         images = [str(p) for p in sorted((out / "grids").glob("*.png"))]
         return f"{ended_line(task)} `{ws.relative(out)}`", report_frame(ws, out / "report.html"), images, task.id
 
-    gr.Timer(1.0).tick(tick, seen, [status, report, grids, seen], show_progress="hidden")
+    gr.Timer(1.0).tick(tick, seen, [status, report, grids, seen], show_progress="hidden",
+                       concurrency_limit=None)

@@ -149,7 +149,8 @@ def build(ctx) -> None:
         return (f"{ended_line(task)} {line}", contact, rows,
                 gr.update(choices=ws.folders("datasets"), value=name_v), task.id)
 
-    gr.Timer(1.0).tick(tick, seen, [status, sheet, captions, shown, seen], show_progress="hidden")
+    gr.Timer(1.0).tick(tick, seen, [status, sheet, captions, shown, seen], show_progress="hidden",
+                       concurrency_limit=None)
     load.click(show, shown, [sheet, captions, note])
 
     def save_now(folder_v, rows):

@@ -29,6 +29,12 @@ def bench_view(out: Path) -> tuple[str, list[tuple[str, str]]]:
     return table, grids
 
 
+def newest_bench(ws) -> Path | None:
+    """The newest finished bench under outputs/world (shown when the page opens, also after a restart)."""
+    done = [ws.root / f for f in ws.folders("outputs/world") if (ws.root / f / "table.md").is_file()]
+    return max(done, key=lambda p: p.stat().st_mtime) if done else None
+
+
 def build(ctx) -> None:
     import gradio as gr
 
@@ -41,6 +47,8 @@ def build(ctx) -> None:
     from personae.world.vocab import HELD_OUT
 
     ws, jobs = ctx.workspace, ctx.jobs
+    last = newest_bench(ws)
+    last_table, last_grids = bench_view(last) if last is not None else ("", [])
     gr.Markdown("Teach the shapes-world model (a small model pretrained on shapes whose every property can be checked "
                 "exactly) a shape it has never seen, with one method, then score it exactly: subject fidelity, prompt "
                 "fidelity on unseen backgrounds and sizes, and how much of what it knew it kept (prior).")
@@ -62,9 +70,9 @@ def build(ctx) -> None:
             status = gr.Markdown(elem_id="world-status")
         with gr.Column(scale=3):
             progress = gr.HTML(elem_id="world-progress")
-            table = gr.Markdown(elem_id="world-table")
             grids = gr.Gallery(label="Grids (the base model, then the taught one)", columns=2, height=380,
-                               elem_id="world-grids")
+                               value=last_grids or None, elem_id="world-grids")
+    table = gr.Markdown(last_table, elem_id="world-table")  # full width: a dozen score columns
     seen = gr.State(0)
 
     def submit(method_v, concept_v, steps_v, *raw):
@@ -97,4 +105,5 @@ def build(ctx) -> None:
         table_v, grids_v = bench_view(Path(done.result))
         return line, f"{ended_line(done)} `{ws.relative(Path(done.result))}`", table_v, grids_v, done.id
 
-    gr.Timer(1.0).tick(tick, seen, [progress, status, table, grids, seen], show_progress="hidden")
+    gr.Timer(1.0).tick(tick, seen, [progress, status, table, grids, seen], show_progress="hidden",
+                       concurrency_limit=None)
