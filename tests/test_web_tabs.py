@@ -87,6 +87,9 @@ def test_prepare_inputs_outside_the_workspace_are_refused(ws, tmp_path):
     (ws.root / "models" / "tagger").mkdir(parents=True)
     assert captioner_in_workspace(ws, "wd14:models/tagger") == f"wd14:{ws.root / 'models' / 'tagger'}"
     assert captioner_in_workspace(ws, "filename") == "filename"
+    assert captioner_in_workspace(ws, "models/tagger") == str(ws.root / "models" / "tagger")
+    with pytest.raises(UserError, match="absolute"):
+        captioner_in_workspace(ws, str(outside))
 
 
 def test_a_scenes_file_or_suite_naming_a_file_out_of_the_workspace_is_refused(ws, tmp_path, tiny_model):

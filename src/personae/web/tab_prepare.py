@@ -36,12 +36,17 @@ def dataset_folder(ws, name: str | None) -> Path:
 
 
 def captioner_in_workspace(ws, spec: str) -> str:
-    """A captioner spec whose folder (wd14:FOLDER) is a workspace path, made absolute; a hub id as it is."""
+    """A captioner spec whose folder (wd14:FOLDER, or a transformers model folder) is a workspace path, made
+    absolute; a name (filename, none) or a hub id as it is."""
     kind, colon, where = (spec or "").partition(":")
-    if not colon or not where.strip():
+    if not colon:
+        kind, where = "", spec or ""
+    if not where.strip():
         return spec
     path = ws.path(where, what="captioner folder")  # refuses absolute paths and `..`
-    return f"{kind}:{path}" if path.exists() else spec
+    if not path.exists():
+        return spec
+    return f"{kind}:{path}" if kind else str(path)
 
 
 def prepare(src: Path, out: Path, settings, on_event) -> str:
