@@ -97,19 +97,9 @@ def run_bench_cmd(args) -> int:
     import sys
 
     from personae.cli.progress import TerminalProgress
-    from personae.config.base import apply_overrides, load_yaml, parse_settings
     from personae.world.bench import run_bench
-    from personae.world.bench_settings import WorldBench
 
-    data = _merged(WorldBench().model_dump(), load_yaml(args.config) if args.config else {})  # keep unnamed recipes
-    for key in ("methods", "concepts"):
-        if getattr(args, key):
-            data[key] = [v.strip() for v in getattr(args, key).split(",") if v.strip()]
-    if args.seeds is not None:
-        data["seeds"] = args.seeds
-    if args.model:
-        data["model"] = args.model
-    settings = parse_settings(WorldBench, apply_overrides(data, list(args.set)), args.config or "--set")
+    settings = bench_settings(args.config, args.methods, args.concepts, args.seeds, args.model, list(args.set))
     command = "personae " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     progress = TerminalProgress(quiet=args.quiet)
     try:
@@ -119,6 +109,24 @@ def run_bench_cmd(args) -> int:
     print((Path(args.out) / "table.md").read_text(), end="")
     print(f"finished in {result['seconds'] / 60:.1f} min; report: {Path(args.out) / 'report.html'}")
     return 0
+
+
+def bench_settings(config: str | None = None, methods: str | None = None, concepts: str | None = None,
+                   seeds: int | None = None, model: str | None = None, assignments: list[str] = ()):
+    """The bench's settings as `personae world bench` reads its options (the web UI's World tab calls this too):
+    the defaults, the --config file over them, then --methods / --concepts / --seeds / --model, then --set."""
+    from personae.config.base import apply_overrides, load_yaml, parse_settings
+    from personae.world.bench_settings import WorldBench
+
+    data = _merged(WorldBench().model_dump(), load_yaml(config) if config else {})  # keep unnamed recipes
+    for key, value in (("methods", methods), ("concepts", concepts)):
+        if value:
+            data[key] = [v.strip() for v in value.split(",") if v.strip()]
+    if seeds is not None:
+        data["seeds"] = seeds
+    if model:
+        data["model"] = model
+    return parse_settings(WorldBench, apply_overrides(data, list(assignments)), config or "--set")
 
 
 def _merged(base: dict, changes: dict) -> dict:

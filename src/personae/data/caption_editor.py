@@ -129,6 +129,33 @@ def edit_captions(captions: CaptionSet, edit: CaptionEdit, search: str | None = 
             result.skipped.append((item, "its caption file is a link (it belongs elsewhere)"))
         else:
             result.changes.append(Change(item, item.caption, new))
+    return _apply(captions, result, dry_run)
+
+
+def set_captions(captions: CaptionSet, new: dict[str, str], dry_run: bool = False) -> EditResult:
+    """Give the images named in `new` ({image name: caption}, as listed) those captions (the web UI's inline
+    editor); written as `edit_captions` writes: only a prepared set's own caption files, its manifest following."""
+    unknown = sorted(set(new) - {item.name for item in captions.items})
+    if unknown:
+        raise UserError(f"{captions.folder} has no image named {unknown[0]!r}.", "Edit the captions of the images listed.")
+    result = EditResult()
+    for item in captions.items:
+        if item.name not in new:
+            continue
+        result.matched += 1
+        caption = " ".join(str(new[item.name]).split())
+        if caption == item.caption:
+            continue
+        if item.text_file is None:
+            result.skipped.append((item, "no caption file beside it (none is created)"))
+        elif item.text_file.is_symlink():
+            result.skipped.append((item, "its caption file is a link (it belongs elsewhere)"))
+        else:
+            result.changes.append(Change(item, item.caption, caption))
+    return _apply(captions, result, dry_run)
+
+
+def _apply(captions: CaptionSet, result: EditResult, dry_run: bool) -> EditResult:
     if dry_run or not result.changes:
         return result
     if not captions.prepared:  # a folder personae did not make: its caption files are the user's, never written

@@ -80,6 +80,8 @@ def component_for(name: str, info: FieldInfo, choices: list | None = None,
             return gr.Number(value=None, precision=0 if kind is int else None, **common), kind.__name__
         return gr.Number(value=default, minimum=low, maximum=high, precision=0 if kind is int else None,
                          **common), kind.__name__
+    if isinstance(default, (tuple, list)):  # e.g. a colour (255, 255, 255): shown as the CLI spells it, 255,255,255
+        default = ",".join(str(v) for v in default)
     return gr.Textbox(value=default or "", **common), "text"
 
 

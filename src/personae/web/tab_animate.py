@@ -1,0 +1,105 @@
+"""The Animate tab: an AnimateDiff clip as `personae animate` makes it (jobs/animate.py), GIF and MP4 into a new
+outputs/animate/NNNN, played in the page when done."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+CLIPS = ("clip.gif", "clip.mp4")
+
+
+def animate_data(ws, data: dict, model: str, motion: str, loras, lora_weight: float, embeddings) -> dict:
+    """The form's values completed with the pickers, every path checked to be in the workspace."""
+    from personae.web.tab_generate import model_path
+
+    data["model"] = model_path(ws, model)
+    data["motion_adapter"] = model_path(ws, motion)
+    data["loras"] = [{"path": str(ws.path(p, what="LoRA", must_exist=True)), "weight": float(lora_weight)}
+                     for p in loras or []]
+    data["embeddings"] = [{"path": str(ws.path(p, what="embedding", must_exist=True))} for p in embeddings or []]
+    return data
+
+
+def animate_work(settings, out: Path):
+    """The job: `personae animate ... --out OUT/clip.gif --out OUT/clip.mp4`; returns the clip files."""
+    from personae.jobs.animate import run_animate
+
+    paths = [out / name for name in CLIPS]
+
+    def work(on_event):
+        run_animate(settings, paths, on_event=on_event)
+        return [str(p) for p in paths]
+    return work
+
+
+def build_animate(ctx) -> None:
+    import gradio as gr
+
+    from personae.config.animate import AnimateSettings
+    from personae.config.base import parse_settings
+    from personae.errors import UserError
+    from personae.inference.samplers import SAMPLERS
+    from personae.web.forms import SettingsForm
+    from personae.web.jobfiles import ended_line, latest
+    from personae.web.tab_generate import EMBEDDING_SUFFIXES, LORA_SUFFIXES, models
+
+    ws, jobs = ctx.workspace, ctx.jobs
+    with gr.Row():
+        with gr.Column(scale=3):
+            with gr.Row():
+                model = gr.Dropdown(models(ws), value=(models(ws) or [None])[0], allow_custom_value=True,
+                                    label="Model", info="a model under models/ in the workspace, or a hub id",
+                                    elem_id="animate-model")
+                motion = gr.Dropdown(ws.folders("models"), allow_custom_value=True, label="Motion adapter",
+                                     info="an AnimateDiff motion adapter under models/, or a hub id",
+                                     elem_id="animate-motion")
+            prompt_form = SettingsForm(AnimateSettings, groups=("prompt",))
+            motion_form = SettingsForm(AnimateSettings, groups=("motion",), skip=("motion_adapter",))
+            with gr.Accordion("Sampling", open=False):
+                form = SettingsForm(AnimateSettings, groups=("sampling",), choices={"sampler": list(SAMPLERS)})
+            with gr.Accordion("LoRA and embeddings", open=False):
+                loras = gr.Dropdown(ws.files(LORA_SUFFIXES), multiselect=True, label="LoRAs")
+                lora_weight = gr.Slider(-2, 2, value=1.0, step=0.05, label="LoRA weight")
+                embeddings = gr.Dropdown(ws.files(EMBEDDING_SUFFIXES), multiselect=True, label="Embeddings")
+                refresh = gr.Button("Refresh lists", size="sm")
+            with gr.Accordion("Runtime", open=False):
+                runtime_form = SettingsForm(AnimateSettings, groups=("runtime",))
+        with gr.Column(scale=2):
+            go = gr.Button("Animate", variant="primary", elem_id="animate-run")
+            status = gr.Markdown(elem_id="animate-status")
+            video = gr.Video(label="Clip (MP4)", interactive=False, loop=True, elem_id="animate-video")
+            gif = gr.Image(label="Clip (GIF)", type="filepath", interactive=False, elem_id="animate-gif")
+    forms = [prompt_form, motion_form, form, runtime_form]
+    raw = [c for f in forms for c in f.inputs]
+    seen = gr.State(0)
+
+    def submit(model_v, motion_v, loras_v, weight_v, emb_v, *values):
+        data, at = {}, 0
+        for f in forms:
+            data.update(f.values(*values[at: at + len(f.inputs)]))
+            at += len(f.inputs)
+        try:
+            data = animate_data(ws, data, model_v, motion_v, loras_v, weight_v, emb_v)
+            settings = parse_settings(AnimateSettings, data, "the Animate form")
+            out = ws.new_folder("outputs/animate")
+        except UserError as exc:
+            return f"**Not started:** {exc}"
+        task = jobs.submit("animate", settings.prompt[:60], animate_work(settings, out))
+        return f"Queued as job {task.id}; the clip goes to `{ws.relative(out)}`."
+
+    go.click(submit, [model, motion, loras, lora_weight, embeddings, *raw], status)
+
+    def tick(seen_v):
+        task = latest(jobs, "animate", seen_v)
+        if task is None:
+            return gr.skip(), gr.skip(), gr.skip(), seen_v
+        if task.status != "done":
+            return ended_line(task), gr.skip(), gr.skip(), task.id
+        gif_v, mp4_v = task.result
+        return f"{ended_line(task)} `{ws.relative(Path(mp4_v).parent)}`", mp4_v, gif_v, task.id
+
+    gr.Timer(1.0).tick(tick, seen, [status, video, gif, seen], show_progress="hidden",
+                       concurrency_limit=None)
+    refresh.click(lambda: (gr.update(choices=ws.files(LORA_SUFFIXES)), gr.update(choices=ws.files(EMBEDDING_SUFFIXES)),
+                           gr.update(choices=models(ws)), gr.update(choices=ws.folders("models"))),
+                  None, [loras, embeddings, model, motion])

@@ -1,0 +1,176 @@
+"""The web UI's Prepare, Storyboard, Compare, Animate and World tabs, without a browser: the functions their
+buttons call (uploads into the workspace, settings files kept inside it, captions written as `personae
+captions` writes them) and real jobs on the tiny model through the job queue."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from personae.errors import UserError
+from personae.events import ignore
+from personae.web.workspace import Workspace
+
+
+def _images(folder: Path, n: int = 3) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        Image.fromarray((rng.random((96, 96, 3)) * 255).astype(np.uint8)).save(folder / f"red cat {i}.png")
+    return folder
+
+
+@pytest.fixture
+def ws(tmp_path):
+    return Workspace(tmp_path / "ws")
+
+
+def _prepared(ws, tmp_path) -> Path:
+    from personae.config.prepare import PrepareSettings
+    from personae.web.tab_prepare import dataset_folder, prepare, source_folder
+
+    uploads = sorted(_images(tmp_path / "phone").iterdir())
+    src = source_folder(ws, [str(p) for p in uploads], None)
+    assert src == ws.root / "uploads" / "0001" and sorted(p.name for p in src.iterdir()) == [p.name for p in uploads]
+    out = dataset_folder(ws, "cat")
+    settings = PrepareSettings(trigger="sks", class_word="cat", resolution=64, template="{trigger} {class}, {caption}")
+    line = prepare(src, out, settings, ignore)
+    assert line.startswith("3 images") and (out / "contact_sheet.png").is_file()
+    return out
+
+
+def test_prepare_then_edit_a_caption_inline_writes_the_caption_file_and_the_manifest(ws, tmp_path):
+    from personae.web.tab_prepare import caption_rows, save_captions
+
+    out = _prepared(ws, tmp_path)
+    rows = caption_rows(out)
+    assert len(rows) == 3 and all(r[1].startswith("sks cat") for r in rows)
+    name = rows[1][0]
+    rows[1][1] = "sks cat, sitting on a chair"
+    import pandas as pd
+
+    assert save_captions(out, pd.DataFrame(rows, columns=["image", "caption"])).startswith("Saved: changed 1 of 3")
+    assert (out / name).with_suffix(".txt").read_text().strip() == "sks cat, sitting on a chair"
+    manifest = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
+    assert {e["image"]: e["caption"] for e in manifest}[name] == "sks cat, sitting on a chair"
+    assert caption_rows(out)[1][1] == "sks cat, sitting on a chair"
+
+
+def test_captions_of_a_folder_personae_did_not_make_are_never_written(ws, tmp_path):
+    from personae.web.tab_prepare import caption_rows, save_captions
+
+    mine = _images(ws.root / "mine", 1)
+    (mine / "red cat 0.txt").write_text("my own caption\n")
+    rows = caption_rows(mine)
+    rows[0][1] = "changed"
+    with pytest.raises(UserError, match="not a `personae prepare` output"):
+        save_captions(mine, rows)
+    assert (mine / "red cat 0.txt").read_text() == "my own caption\n"
+
+
+def test_prepare_inputs_outside_the_workspace_are_refused(ws, tmp_path):
+    from personae.web.tab_prepare import captioner_in_workspace, dataset_folder, source_folder
+
+    outside = _images(tmp_path / "outside", 1)
+    for bad in (str(outside), "../outside", "uploads/../../outside"):
+        with pytest.raises(UserError):
+            source_folder(ws, None, bad)
+    for bad in ("a/b", "../x", "/tmp/x"):
+        with pytest.raises(UserError):
+            dataset_folder(ws, bad)
+    with pytest.raises(UserError, match="absolute"):
+        captioner_in_workspace(ws, f"wd14:{outside}")
+    (ws.root / "models" / "tagger").mkdir(parents=True)
+    assert captioner_in_workspace(ws, "wd14:models/tagger") == f"wd14:{ws.root / 'models' / 'tagger'}"
+    assert captioner_in_workspace(ws, "filename") == "filename"
+    assert captioner_in_workspace(ws, "models/tagger") == str(ws.root / "models" / "tagger")
+    with pytest.raises(UserError, match="absolute"):
+        captioner_in_workspace(ws, str(outside))
+
+
+def test_a_scenes_file_or_suite_naming_a_file_out_of_the_workspace_is_refused(ws, tmp_path, tiny_model):
+    from personae.web.tab_more import compare_suite, storyboard_settings
+
+    scenes = ("version: 1\nmodel: {model}\nsteps: 2\nwidth: 64\nheight: 64\n"
+              "scenes:\n  - {{number: 1, description: a cat, shot: full}}\n")
+    with pytest.raises(UserError, match="outside the workspace"):
+        storyboard_settings(ws, scenes.format(model=tiny_model[0]), None, {})  # an absolute path elsewhere
+    with pytest.raises(UserError, match="goes up out of the workspace"):
+        storyboard_settings(ws, scenes.format(model="../tiny"), None, {})
+    suite = f"version: 1\nbase_model: models/tiny\nvariants:\n  - {{label: l, lora: {tiny_model[1]}}}\n"
+    with pytest.raises(UserError, match="outside the workspace"):
+        compare_suite(ws, suite, None, {})
+    with pytest.raises(UserError, match="does not exist in the workspace"):
+        compare_suite(ws, "", "suites/none.yaml", {})
+    with pytest.raises(UserError, match="not valid YAML"):
+        compare_suite(ws, "a: [", None, {})
+
+
+def test_unmoved_form_values_do_not_override_the_file(ws):
+    import gradio as gr
+
+    from personae.config.compare import CompareSuite
+    from personae.web.forms import SettingsForm
+    from personae.web.jobfiles import changed
+
+    with gr.Blocks():
+        form = SettingsForm(CompareSuite, groups=("sampling",))
+    defaults = [c.value for c in form.inputs]
+    assert changed(form, defaults) == {}
+    moved = list(defaults)
+    moved[list(form.components).index("steps")] = 7
+    assert changed(form, moved) == {"steps": 7}
+
+
+def test_world_tab_bench_settings_are_the_commands(ws):
+    from personae.web.tab_world import SMALL, bench_for
+
+    bench = bench_for("pivotal", "heart", 12, {"images": 4, "workers": 1}, {"steps": 3, "seeds_per_prompt": 2})
+    assert (bench.methods, bench.concepts, bench.seeds, bench.images) == (["pivotal"], ["heart"], 1, 4)
+    assert bench.jobs["pivotal"]["train"]["steps"] == 12 and bench.eval.steps == 3 and bench.eval.seeds_per_prompt == 2
+    assert bench.jobs["lora"]["train"]["steps"] == 600  # the other recipes as declared
+    with pytest.raises(UserError):
+        bench_for("lora", "square", 10, {}, {})  # not a held-out shape
+    assert SMALL["workers"] == 1
+
+
+def test_storyboard_typed_in_the_page_runs_on_the_tiny_model_through_the_queue(ws, tiny_model):
+    import shutil
+
+    from personae.jobs.queue import JobQueue
+    from personae.jobs.storyboard import run_storyboard
+    from personae.web.tab_more import storyboard_settings
+
+    shutil.copytree(tiny_model[0], ws.root / "models" / "tiny")
+    text = ("version: 1\nmodel: models/tiny\nsteps: 2\nwidth: 64\nheight: 64\nseed: 0\nscenes:\n"
+            "  - {number: 1, description: a cat on a roof, dialogue: hi, shot: close-up, angle: eye level}\n"
+            "  - {number: 2, description: a red house, shot: full, angle: high angle}\n")
+    settings = storyboard_settings(ws, text, None, {"steps": 1})
+    assert settings.model == str(ws.root / "models" / "tiny") and settings.steps == 1  # the form's value wins
+    assert (ws.root / "uploads" / "storyboard" / "0001" / "scenes.yaml").is_file()
+    out = ws.new_folder("outputs/storyboard")
+    jobs = JobQueue()
+    task = jobs.wait(jobs.submit("storyboard", "2 scenes", lambda on_event: run_storyboard(settings, out,
+                                                                                           on_event=on_event)).id, 300)
+    assert task.status == "done", task.error
+    assert (out / "sheet.png").is_file() and (out / "sheet.pdf").read_bytes().startswith(b"%PDF")
+    assert np.asarray(Image.open(out / "sheet.png")).std() > 5
+
+
+def test_animate_form_values_become_the_commands_settings(ws, tiny_model):
+    from personae.config.animate import AnimateSettings
+    from personae.config.base import parse_settings
+    from personae.web.tab_animate import animate_data
+
+    (ws.root / "models" / "motion").mkdir(parents=True)
+    data = animate_data(ws, {"prompt": "a cat", "frames": 4}, "models/motion", "models/motion", [], 1.0, [])
+    settings = parse_settings(AnimateSettings, data, "the Animate form")
+    assert settings.motion_adapter == str(ws.root / "models" / "motion") and settings.frames == 4
+    with pytest.raises(UserError):
+        animate_data(ws, {"prompt": "a cat"}, "models/motion", "models/motion", ["../lora.safetensors"], 1.0, [])
+    with pytest.raises(UserError):
+        animate_data(ws, {"prompt": "a cat"}, str(tiny_model[0]), "models/motion", [], 1.0, [])
