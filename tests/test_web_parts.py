@@ -190,3 +190,41 @@ def test_the_queue_table_shows_places_in_line():
     assert "#1 in line" in table and "#2 in line" in table and "running" in table
     gate.set()
     jobs.wait(third.id, 10)
+
+
+# -- serving
+def test_auth_and_the_warning_for_a_ui_reachable_from_the_network(tmp_path):
+    from personae.web.app import exposure_warning, parse_auth
+
+    ws = Workspace(tmp_path / "work")
+    assert parse_auth(None) is None and parse_auth("me:se:cret") == ("me", "se:cret")
+    for bad in ("me", ":x", "me:"):
+        with pytest.raises(UserError, match="USER:PASSWORD"):
+            parse_auth(bad)
+    assert exposure_warning("127.0.0.1", 7860, None, ws) is None
+    assert exposure_warning("0.0.0.0", 7860, ("me", "x"), ws) is None
+    warning = exposure_warning("0.0.0.0", 7861, None, ws)
+    assert "without --auth" in warning and "7861" in warning and str(ws.root) in warning
+
+
+def test_with_auth_nothing_is_served_before_login(tmp_path):
+    import socket
+    import urllib.error
+    import urllib.request
+
+    from personae.web.app import serve
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    (tmp_path / "work").mkdir()
+    (tmp_path / "work" / "note.txt").write_text("private")
+    app, url = serve(str(tmp_path / "work"), port=port, auth="me:secret", block=False)
+    try:
+        for path in ("config", f"gradio_api/file={tmp_path / 'work' / 'note.txt'}"):
+            with pytest.raises(urllib.error.HTTPError) as refused:
+                urllib.request.urlopen(url + path).read()
+            assert refused.value.code in (401, 403)
+        assert not app.share  # no share link unless asked
+    finally:
+        app.close()

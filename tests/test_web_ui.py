@@ -143,7 +143,7 @@ def _start_training(page, run, steps, save_every):
     return _job_id(_wait_text(page, "#train-status", "Queued as job"))
 
 
-def test_generate_shows_an_image_that_is_not_blank(server, browser):
+def test_generate_shows_an_image_that_is_not_blank(server, browser, workspace):
     page = _open(browser, server[1])
     _set(page, "field-prompt", "a photo of a cat")
     _set(page, "field-seed", 7)
@@ -158,6 +158,17 @@ def test_generate_shows_an_image_that_is_not_blank(server, browser):
     assert pixels.std() > 5 and pixels.shape[0] >= 32  # a picture, not a blank or single-colour square
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "generate.png"))
+    page.close()
+    # dropping that PNG on a fresh page fills the form from the settings it carries
+    made = sorted((workspace / "outputs" / "generate").rglob("*.png"))[0]
+    page = _open(browser, server[1])
+    page.locator("#png-drop input[type=file]").set_input_files(str(made))
+    deadline = time.time() + 30
+    while page.locator("#field-prompt textarea").input_value() != "a photo of a cat" and time.time() < deadline:
+        page.wait_for_timeout(250)
+    assert page.locator("#field-prompt textarea").input_value() == "a photo of a cat"
+    assert page.locator("#field-seed input").input_value() == "7"
+    assert page.locator("#field-steps input[type=number]").input_value() == "4"
     page.close()
 
 
@@ -264,6 +275,15 @@ def test_every_tab_renders_and_a_restarted_ui_lists_past_runs(server, browser, w
     for name in TABS:
         _tab(page, name)
         page.screenshot(path=str(ARTIFACTS / f"tab-{name.lower()}.png"))
+    # a run's LoRA goes to the Generate tab's picker
+    page = _open(browser, server[1])
+    _tab(page, "Runs")
+    page.locator("#runs-choice input").fill("runs/short")
+    page.locator("#runs-choice input").press("Enter")
+    page.wait_for_timeout(1500)
+    page.click("#runs-use-lora")
+    page.wait_for_selector("#generate-button", state="visible", timeout=15_000)
+    assert "runs/short/lora.safetensors" in page.inner_text("#field-loras")
     page.close()
     from personae.web.app import serve
 

@@ -74,20 +74,32 @@ def build(workspace: Workspace, jobs: JobQueue):
     return app
 
 
+def parse_auth(auth: str | None) -> tuple[str, str] | None:
+    if not auth:
+        return None
+    user, colon, password = auth.partition(":")
+    if not colon or not user or not password:
+        raise UserError(f"--auth {auth!r} is not USER:PASSWORD.", "Pass --auth name:secret.")
+    return user, password
+
+
+def exposure_warning(host: str, port: int, credentials, ws: Workspace) -> str | None:
+    """What to say when the UI listens beyond this machine with no login (None when it does not)."""
+    if host in LOOPBACK or credentials is not None:
+        return None
+    return (f"warning: personae ui listens on {host} without --auth: anyone who can reach this machine's port {port} "
+            f"can run jobs and read the workspace {ws.root}. Add --auth USER:PASSWORD.")
+
+
 def serve(workspace: str, host: str = "127.0.0.1", port: int = 7860, auth: str | None = None,
           share: bool = False, block: bool = True, jobs: JobQueue | None = None):
     """Launch the UI on host:port; with block=False return (app, url) and leave it running in threads."""
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     ws = Workspace(workspace)
-    credentials = None
-    if auth:
-        user, colon, password = auth.partition(":")
-        if not colon or not user or not password:
-            raise UserError(f"--auth {auth!r} is not USER:PASSWORD.", "Pass --auth name:secret.")
-        credentials = (user, password)
-    if host not in LOOPBACK and credentials is None:
-        print(f"warning: personae ui listens on {host} without --auth: anyone who can reach this machine's port "
-              f"{port} can run jobs and read the workspace {ws.root}. Add --auth USER:PASSWORD.", file=sys.stderr)
+    credentials = parse_auth(auth)
+    warning = exposure_warning(host, port, credentials, ws)
+    if warning:
+        print(warning, file=sys.stderr)
     import gradio as gr
 
     temp = ws.root / ".personae-ui" / "uploads"  # Gradio's uploads land here before a tab copies them in

@@ -53,17 +53,17 @@ def build_animate(ctx) -> None:
                 motion = gr.Dropdown(ws.folders("models"), allow_custom_value=True, label="Motion adapter",
                                      info="an AnimateDiff motion adapter under models/, or a hub id",
                                      elem_id="animate-motion")
-            prompt_form = SettingsForm(AnimateSettings, groups=("prompt",))
-            motion_form = SettingsForm(AnimateSettings, groups=("motion",), skip=("motion_adapter",))
+            prompt_form = SettingsForm(AnimateSettings, prefix="animate", groups=("prompt",))
+            motion_form = SettingsForm(AnimateSettings, prefix="animate", groups=("motion",), skip=("motion_adapter",))
             with gr.Accordion("Sampling", open=False):
-                form = SettingsForm(AnimateSettings, groups=("sampling",), choices={"sampler": list(SAMPLERS)})
+                form = SettingsForm(AnimateSettings, prefix="animate", groups=("sampling",), choices={"sampler": list(SAMPLERS)})
             with gr.Accordion("LoRA and embeddings", open=False):
                 loras = gr.Dropdown(ws.files(LORA_SUFFIXES), multiselect=True, label="LoRAs")
                 lora_weight = gr.Slider(-2, 2, value=1.0, step=0.05, label="LoRA weight")
                 embeddings = gr.Dropdown(ws.files(EMBEDDING_SUFFIXES), multiselect=True, label="Embeddings")
                 refresh = gr.Button("Refresh lists", size="sm")
             with gr.Accordion("Runtime", open=False):
-                runtime_form = SettingsForm(AnimateSettings, groups=("runtime",))
+                runtime_form = SettingsForm(AnimateSettings, prefix="animate", groups=("runtime",))
         with gr.Column(scale=2):
             go = gr.Button("Animate", variant="primary", elem_id="animate-run")
             status = gr.Markdown(elem_id="animate-status")

@@ -91,7 +91,7 @@ def build_storyboard(ctx) -> None:
             model = gr.Dropdown(["", *models(ws)], value="", allow_custom_value=True, label="Model",
                                 info="empty: the file's", elem_id="storyboard-model")
             with gr.Accordion("Sampling (a setting moved from its default overrides the file's)", open=False):
-                form = SettingsForm(StoryboardSettings, groups=("sampling", "runtime"), names=("style_trigger",),
+                form = SettingsForm(StoryboardSettings, prefix="storyboard", groups=("sampling", "runtime"), names=("style_trigger",),
                                     choices={"sampler": list(SAMPLERS)})
         with gr.Column(scale=3):
             go = gr.Button("Draw the storyboard", variant="primary", elem_id="storyboard-run")
@@ -149,7 +149,7 @@ def build_compare(ctx) -> None:
                                  lines=14, elem_id="compare-suite")
             chosen = _file_box(gr, ws, "suites", "Or a suite file in the workspace", "compare-file")
             with gr.Accordion("Sampling (a setting moved from its default overrides the suite's)", open=False):
-                form = SettingsForm(CompareSuite, groups=("sampling", "runtime"), choices={"sampler": list(SAMPLERS)})
+                form = SettingsForm(CompareSuite, prefix="compare", groups=("sampling", "runtime"), choices={"sampler": list(SAMPLERS)})
             go = gr.Button("Compare", variant="primary", elem_id="compare-run")
             status = gr.Markdown(elem_id="compare-status")
         with gr.Column(scale=3):

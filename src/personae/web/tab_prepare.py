@@ -95,10 +95,10 @@ def build(ctx) -> None:
                                  info="used when nothing is uploaded", elem_id="prepare-folder")
             name = gr.Textbox(label="Dataset name", info="written to datasets/NAME (empty: a new numbered folder); "
                               "running again on the same name updates only what changed", elem_id="prepare-name")
-            main = SettingsForm(PrepareSettings, names=("trigger", "class_word", "crop", "resolution", "captioner",
+            main = SettingsForm(PrepareSettings, prefix="prepare", names=("trigger", "class_word", "crop", "resolution", "captioner",
                                                         "template"))
             with gr.Accordion("More settings", open=False):
-                more = SettingsForm(PrepareSettings, skip=tuple(main.components))
+                more = SettingsForm(PrepareSettings, prefix="prepare", skip=tuple(main.components))
         with gr.Column(scale=3):
             go = gr.Button("Prepare", variant="primary", elem_id="prepare-run")
             status = gr.Markdown(elem_id="prepare-status")

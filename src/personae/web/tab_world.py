@@ -60,8 +60,8 @@ def build(ctx) -> None:
                               info="the method's train.steps (the committed table: the recipe's, 600 for most)")
             with gr.Accordion("Bench settings (small by default; the committed table uses the larger defaults)",
                               open=False):
-                main = SettingsForm(WorldBench, names=("images", "prior_images", "workers"))
-                evaluation = SettingsForm(EvalSettings)
+                main = SettingsForm(WorldBench, prefix="world", names=("images", "prior_images", "workers"))
+                evaluation = SettingsForm(EvalSettings, prefix="world-eval")
             for form in (main, evaluation):
                 for name, component in form.components.items():
                     if name in SMALL:
