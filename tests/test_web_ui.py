@@ -252,11 +252,13 @@ def test_paths_out_of_the_workspace_are_refused(server, browser, workspace):
         files=[{"name": "../../escaped.png", "mimeType": "image/png", "buffer": png}])
     page.wait_for_timeout(1500)
     _set(page, "field-prompt", "x")
-    _set(page, "field-steps", 1)
+    _set(page, "field-steps", 2)
     page.click("#generate-button")
     _wait_text(page, "#generate-status", "job", timeout=30)
-    assert not list(workspace.parent.parent.rglob("escaped.png"))[:1] or all(
-        workspace in p.parents for p in workspace.parent.parent.rglob("escaped.png"))
+    # Gradio keeps only the last part of an uploaded file's name; the UI copies it into a new uploads/ folder
+    found = sorted(workspace.parent.parent.rglob("escaped.png"))
+    assert found and all(workspace in p.parents for p in found)
+    assert any(p.parent.parent == workspace / "uploads" / "init" for p in found)
     # the server serves nothing outside the workspace
     secret = workspace.parent / "secret.txt"
     for url in (f"{server[1]}gradio_api/file={secret}", f"{server[1]}file={secret}"):
@@ -278,9 +280,10 @@ def test_every_tab_renders_and_a_restarted_ui_lists_past_runs(server, browser, w
     # a run's LoRA goes to the Generate tab's picker
     page = _open(browser, server[1])
     _tab(page, "Runs")
+    _wait_text(page, "#runs-table", "runs/short", timeout=30)
     page.locator("#runs-choice input").fill("runs/short")
     page.locator("#runs-choice input").press("Enter")
-    page.wait_for_timeout(1500)
+    _wait_text(page, "#runs-note", "export file", timeout=60)
     page.click("#runs-use-lora")
     page.wait_for_selector("#generate-button", state="visible", timeout=15_000)
     assert "runs/short/lora.safetensors" in page.inner_text("#field-loras")

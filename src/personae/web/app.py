@@ -33,6 +33,7 @@ class Context:
     jobs: JobQueue
     tabs: object = None  # the gr.Tabs, for "use this LoRA in Generate"
     generate_loras: object = None  # the Generate tab's LoRA picker
+    generate_addons: object = None  # the accordion it is in
 
 
 def build(workspace: Workspace, jobs: JobQueue):

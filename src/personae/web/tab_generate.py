@@ -84,7 +84,7 @@ def build(ctx) -> None:
             prompt_form = SettingsForm(GenerateSettings, groups=("prompt",), skip=("model", "allow_pickle"))
             form = SettingsForm(GenerateSettings, groups=("sampling", "batch", "hires fix"),
                                 choices={"sampler": list(SAMPLERS)})
-            with gr.Accordion("LoRA and embeddings", open=False):
+            with gr.Accordion("LoRA and embeddings", open=False, elem_id="generate-addons") as addons:
                 loras = gr.Dropdown(ws.files(LORA_SUFFIXES), multiselect=True, label="LoRAs",
                                     info="LoRA files in the workspace (runs/ and models/)", elem_id="field-loras")
                 lora_weight = gr.Slider(-2, 2, value=1.0, step=0.05, label="LoRA weight")
@@ -165,4 +165,4 @@ def build(ctx) -> None:
     png.upload(from_png, png, [*raw_inputs, model])
     refresh.click(lambda: (gr.update(choices=ws.files(LORA_SUFFIXES)), gr.update(choices=ws.files(EMBEDDING_SUFFIXES)),
                            gr.update(choices=models(ws))), None, [loras, embeddings, model])
-    ctx.generate_loras = loras
+    ctx.generate_loras, ctx.generate_addons = loras, addons

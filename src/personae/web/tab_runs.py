@@ -56,7 +56,7 @@ def build(ctx) -> None:
         choice = gr.Dropdown([ws.relative(e.path) for e in ws.runs()], label="Run", elem_id="runs-choice")
         refresh = gr.Button("Refresh", size="sm")
         use = gr.Button("Use this LoRA in Generate", elem_id="runs-use-lora")
-    note = gr.Markdown()
+    note = gr.Markdown(elem_id="runs-note")
     with gr.Row():
         curve = gr.Image(label="Loss", type="filepath", height=260)
         grids = gr.Gallery(label="Validation grids by step", columns=3, height=260)
@@ -78,14 +78,17 @@ def build(ctx) -> None:
 
     def use_lora(lora_files):
         if not lora_files:
-            return gr.skip(), gr.skip(), "This run has no LoRA file (pick a LoRA or pivotal run)."
-        return gr.update(choices=ws.files((".safetensors",)), value=lora_files[:1]), gr.Tabs(selected="generate"), ""
+            return gr.skip(), gr.skip(), gr.skip(), "This run has no LoRA file (pick a LoRA or pivotal run)."
+        return (gr.update(choices=ws.files((".safetensors",)), value=lora_files[:1]), gr.Accordion(open=True),
+                gr.Tabs(selected="generate"), "")
 
-    use.click(use_lora, loras, [ctx.generate_loras, ctx.tabs, note])
+    use.click(use_lora, loras, [ctx.generate_loras, ctx.generate_addons, ctx.tabs, note])
     last = gr.State("")
 
-    def poll(shown: str):
+    def poll(shown: str):  # runs made since the page was built (or by another UI) appear within seconds
         now = runs_table(ws)
-        return (gr.skip(), shown) if now == shown else (now, now)
+        if now == shown:
+            return gr.skip(), gr.skip(), shown
+        return now, gr.update(choices=[ws.relative(e.path) for e in ws.runs()]), now
 
-    gr.Timer(5.0).tick(poll, last, [table, last], show_progress="hidden")
+    gr.Timer(2.0).tick(poll, last, [table, choice, last], show_progress="hidden")
