@@ -228,3 +228,13 @@ def test_with_auth_nothing_is_served_before_login(tmp_path):
         assert not app.share  # no share link unless asked
     finally:
         app.close()
+
+
+def test_the_readme_shows_the_generate_and_train_tabs():
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    readme = (root / "README.md").read_text(encoding="utf-8")
+    for name in ("ui-generate.png", "ui-train.png"):
+        assert f"](docs/images/{name})" in readme
+        assert (root / "docs" / "images" / name).stat().st_size > 10_000  # a real screenshot, taken by test_web_ui
