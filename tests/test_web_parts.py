@@ -238,3 +238,29 @@ def test_the_readme_shows_the_generate_and_train_tabs():
     for name in ("ui-generate.png", "ui-train.png"):
         assert f"](docs/images/{name})" in readme
         assert (root / "docs" / "images" / name).stat().st_size > 10_000  # a real screenshot, taken by test_web_ui
+
+
+def test_shutdown_cancels_the_queue_and_stops_a_running_training_job_with_its_stop_command():
+    """The UI's exit: queued jobs cancelled, the running training job sent "stop" (its handle's command, which
+    saves a checkpoint) and waited for. The handle here is a stand-in for jobs.runner's, registered as the queue
+    registers a real one."""
+    jobs = JobQueue()
+    stopped = threading.Event()
+
+    class Handle:
+        def stop(self):
+            stopped.set()
+
+    def training(on_event):
+        with jobs._lock:
+            jobs._handles[task.id] = Handle()
+        assert stopped.wait(10)
+        on_event(Progress("train", 3, 10))
+        return "checkpoint at 3"
+
+    task = jobs.submit("train", "long", training)
+    later = jobs.submit("generate", "after", lambda on_event: 1)
+    time.sleep(0.3)
+    ended = jobs.shutdown(timeout=10)
+    assert [t.id for t in ended] == [task.id] and ended[0].status == "done" and ended[0].result == "checkpoint at 3"
+    assert jobs.get(later.id).status == "cancelled"

@@ -127,6 +127,22 @@ class JobQueue:
         handle.stop()
         return f"job {task_id} stops at the end of its current step and saves a checkpoint"
 
+    def shutdown(self, timeout: float = 600) -> list[Task]:
+        """Before the process ends: cancel the queued jobs, stop a running training job at its step's end (a
+        checkpoint that resume continues) and wait for the running job to end; the jobs that were still running."""
+        with self._lock:
+            for task in self._tasks:
+                if task.status == WAITING:
+                    task.status, task.ended = CANCELLED, time.time()
+            handles = list(self._handles.values())
+            running = [t.id for t in self._tasks if t.status == RUNNING]
+        for handle in handles:
+            handle.stop()
+        deadline = time.time() + timeout
+        while time.time() < deadline and any(self.get(i).status == RUNNING for i in running):
+            time.sleep(0.1)
+        return [self.get(i) for i in running]
+
     # -- out
     def snapshot(self) -> list[Task]:
         with self._lock:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import ctypes
 import queue
+import signal
 import threading
 from collections.abc import Iterator
 from multiprocessing import get_context
@@ -207,6 +208,9 @@ def _worker(job_data: dict, resume: bool, overwrite: bool, events, commands, thr
     if threads:
         torch.set_num_threads(threads)  # this process is the job's own
     _quiet()
+    # Ctrl-C at a terminal reaches the whole process group: the parent decides (its handle sends "stop", which
+    # saves a checkpoint, or "interrupt"); the worker acting on the signal itself would end without a checkpoint
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
     job = TrainJob.model_validate(job_data)
     request = Commands()

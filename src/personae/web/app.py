@@ -106,7 +106,8 @@ def serve(workspace: str, host: str = "127.0.0.1", port: int = 7860, auth: str |
     temp = ws.root / ".personae-ui" / "uploads"  # Gradio's uploads land here before a tab copies them in
     temp.mkdir(parents=True, exist_ok=True)
     os.environ["GRADIO_TEMP_DIR"] = str(temp)
-    app = build(ws, jobs or JobQueue())
+    jobs = jobs or JobQueue()
+    app = build(ws, jobs)
     theme = gr.themes.Default(font=["system-ui", "sans-serif"], font_mono=["monospace"])  # no web fonts offline
     app.queue(default_concurrency_limit=4)
     _, url, _ = app.launch(server_name=host, server_port=port, auth=credentials, share=share, inbrowser=False,
@@ -120,4 +121,8 @@ def serve(workspace: str, host: str = "127.0.0.1", port: int = 7860, auth: str |
         app.block_thread()
     finally:
         app.close()
+        if any(t.status in ("running", "queued") for t in jobs.snapshot()):
+            print("personae ui: stopping the running job (a training run saves a checkpoint; Resume continues it)",
+                  file=sys.stderr)
+        jobs.shutdown()
     return app, url
