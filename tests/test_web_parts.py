@@ -264,3 +264,23 @@ def test_shutdown_cancels_the_queue_and_stops_a_running_training_job_with_its_st
     ended = jobs.shutdown(timeout=10)
     assert [t.id for t in ended] == [task.id] and ended[0].status == "done" and ended[0].result == "checkpoint at 3"
     assert jobs.get(later.id).status == "cancelled"
+
+
+def test_a_pasted_job_is_read_as_a_job_file_and_kept_in_the_workspace(tmp_path):
+    from types import SimpleNamespace
+
+    from personae.web.tab_train import job_data
+
+    ws = Workspace(tmp_path / "work")
+    (ws.root / "models" / "m").mkdir(parents=True)
+    (ws.root / "uploads" / "me").mkdir(parents=True)
+    ctx = SimpleNamespace(workspace=ws)
+    job = "base_model: models/m\nmethod: lora\ndata: {path: uploads/me}\noutput: runs/a\n"
+    data = job_data(ctx, {}, "", "lora", "", "", "", "", job)
+    assert data["base_model"] == str(ws.root / "models" / "m") and data["output"] == str(ws.root / "runs" / "a")
+    assert data["data"]["path"] == str(ws.root / "uploads" / "me")
+    for bad, why in [("method: [", "not valid YAML"), ("- a list", "not a YAML mapping"),
+                     (job.replace("runs/a", "../a"), "goes up"), (job.replace("runs/a", "outputs/a"), "not under runs/"),
+                     (job.replace("uploads/me", "/etc"), "absolute")]:
+        with pytest.raises(UserError, match=why):
+            job_data(ctx, {}, "", "lora", "", "", "", "", bad)

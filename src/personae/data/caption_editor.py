@@ -120,15 +120,7 @@ def edit_captions(captions: CaptionSet, edit: CaptionEdit, search: str | None = 
         if not matches(item.caption, search):
             continue
         result.matched += 1
-        new = edit_caption(item.caption, edit)
-        if new == item.caption:
-            continue
-        if item.text_file is None:
-            result.skipped.append((item, "no caption file beside it (none is created)"))
-        elif item.text_file.is_symlink():
-            result.skipped.append((item, "its caption file is a link (it belongs elsewhere)"))
-        else:
-            result.changes.append(Change(item, item.caption, new))
+        _propose(result, item, edit_caption(item.caption, edit))
     return _apply(captions, result, dry_run)
 
 
@@ -143,16 +135,20 @@ def set_captions(captions: CaptionSet, new: dict[str, str], dry_run: bool = Fals
         if item.name not in new:
             continue
         result.matched += 1
-        caption = " ".join(str(new[item.name]).split())
-        if caption == item.caption:
-            continue
-        if item.text_file is None:
-            result.skipped.append((item, "no caption file beside it (none is created)"))
-        elif item.text_file.is_symlink():
-            result.skipped.append((item, "its caption file is a link (it belongs elsewhere)"))
-        else:
-            result.changes.append(Change(item, item.caption, caption))
+        _propose(result, item, " ".join(str(new[item.name]).split()))
     return _apply(captions, result, dry_run)
+
+
+def _propose(result: EditResult, item, new: str) -> None:
+    """A changed caption becomes a change, unless its file is missing or a link (then skipped, with why)."""
+    if new == item.caption:
+        return
+    if item.text_file is None:
+        result.skipped.append((item, "no caption file beside it (none is created)"))
+    elif item.text_file.is_symlink():
+        result.skipped.append((item, "its caption file is a link (it belongs elsewhere)"))
+    else:
+        result.changes.append(Change(item, item.caption, new))
 
 
 def _apply(captions: CaptionSet, result: EditResult, dry_run: bool) -> EditResult:

@@ -66,17 +66,22 @@ def inside(ws, data: dict, where: str) -> None:
     _walk(data, visit)
 
 
+def typed_yaml(text: str, what: str, other: str) -> dict:
+    """A YAML mapping typed in the page; `what` names it in the error, `other` is the way round it."""
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise UserError(f"{what} is not valid YAML ({str(exc).splitlines()[0]}).", f"Fix it, or {other}.") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{what} is not a YAML mapping.", f"Type the keys as the file has them, or {other}.")
+    return data
+
+
 def settings_file(ws, text: str | None, under: str, name: str, chosen: str | None = None) -> Path:
     """The settings file to read: the text typed in the page (saved into a new folder under `under`), else the
     workspace file `chosen`."""
     if text and text.strip():
-        try:
-            data = yaml.safe_load(text)
-        except yaml.YAMLError as exc:
-            raise UserError(f"The {name} typed in the page is not valid YAML ({str(exc).splitlines()[0]}).",
-                            "Fix it, or clear the box to use a file of the workspace.") from None
-        if not isinstance(data, dict):
-            raise UserError(f"The {name} typed in the page is not a YAML mapping.", "See the example above the box.")
+        data = typed_yaml(text, f"The {name} typed in the page", "clear the box to use a file of the workspace")
         data = _walk(data, lambda v: _local(ws, v))
         path = ws.new_folder(under) / name
         path.write_text(yaml.safe_dump(data, allow_unicode=True, sort_keys=False), encoding="utf-8")

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import yaml
-
 from personae.errors import UserError
 
 TOKEN_METHODS = ("textual_inversion", "pivotal")
@@ -12,17 +10,12 @@ TOKEN_METHODS = ("textual_inversion", "pivotal")
 def job_data(ctx, base: dict, model: str, method: str, dataset: str, run_name: str, token: str, init_word: str,
              pasted: str) -> dict:
     """The job as a dict: the pasted YAML if any, else the form; paths made absolute inside the workspace."""
+    from personae.web.jobfiles import typed_yaml
     from personae.web.tab_generate import model_path
 
     ws = ctx.workspace
     if pasted and pasted.strip():
-        try:
-            data = yaml.safe_load(pasted)
-        except yaml.YAMLError as exc:
-            raise UserError(f"The pasted job is not valid YAML ({str(exc).splitlines()[0]}).",
-                            "Fix it, or clear the box to use the form.") from None
-        if not isinstance(data, dict):
-            raise UserError("The pasted job is not a YAML mapping.", "Paste a job file as `personae train` reads it.")
+        data = typed_yaml(pasted, "The pasted job", "clear the box to use the form")
     else:
         data = dict(base)
         data["method"] = method
