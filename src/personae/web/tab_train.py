@@ -4,12 +4,10 @@ from __future__ import annotations
 
 from personae.errors import UserError
 
-TOKEN_METHODS = ("textual_inversion", "pivotal")
-
-
 def job_data(ctx, base: dict, model: str, method: str, dataset: str, run_name: str, token: str, init_word: str,
              pasted: str) -> dict:
     """The job as a dict: the pasted YAML if any, else the form; paths made absolute inside the workspace."""
+    from personae.config.methods import METHODS
     from personae.web.jobfiles import typed_yaml
     from personae.web.tab_generate import model_path
 
@@ -22,10 +20,11 @@ def job_data(ctx, base: dict, model: str, method: str, dataset: str, run_name: s
         data["base_model"] = model
         data["data"] = {**base.get("data", {}), "path": dataset}
         data["output"] = f"runs/{(run_name or '').strip()}" if (run_name or "").strip() else ""
-        if method in TOKEN_METHODS:
+        section = METHODS[method].tokens_section if method in METHODS else None  # the methods that learn a token
+        if section:
             if not token.strip():
                 raise UserError(f"{method} learns a new token, and none is given.", "Type one, e.g. <sks>.")
-            data[method] = {**data.get(method, {}), "tokens": [{"token": token.strip(),
+            data[section] = {**data.get(section, {}), "tokens": [{"token": token.strip(),
                                                                "init_word": init_word.strip() or "person"}]}
     for key in ("base_model", "output"):
         if not data.get(key):
