@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from personae.errors import UserError
 
+
 def job_data(ctx, base: dict, model: str, method: str, dataset: str, run_name: str, token: str, init_word: str,
              pasted: str) -> dict:
     """The job as a dict: the pasted YAML if any, else the form; paths made absolute inside the workspace."""
