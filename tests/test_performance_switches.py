@@ -19,6 +19,7 @@ from personae.inference.session import open_session
 from personae.inference.speedups import place_pipeline, upcast_on_nan
 from personae.inference.txt2img import txt2img
 from personae.models.tiny import build_tiny_pipeline
+from personae.training.memory import GB, MemoryEstimate, check_fits, fitting_switch, saved_bytes, unet_activation_bytes
 
 
 def _processors(module) -> set[type]:
@@ -142,3 +143,92 @@ def test_without_vae_upcast_the_nan_is_reported(tiny_model):
     with pytest.raises(NansError, match="VAE produced NaNs"):
         txt2img(_settings(tiny_model[0], dtype="bf16", vae_upcast=False), session)
     assert session.pipe.vae.dtype == torch.bfloat16
+
+
+# ---------------------------------------------------------------- training: memory estimate, text-encoder cache
+
+SD15 = dict(frozen=1_066_235_307, batch=1, size=(512, 512), largest=int(0.04 * GB))  # UNet + text encoder + VAE
+
+
+def test_memory_decision_names_the_switch_that_fits():
+    lora = MemoryEstimate(trained=797_184, activations=int(6.3 * GB), checkpointed=int(1.6 * GB), **SD15)
+    assert 4.9 * GB < lora.total() < 11.5 * GB and lora.total(True) < lora.total(False)
+    assert fitting_switch(lora, 24 * GB) is None  # fits
+    assert fitting_switch(lora, int(lora.total() / 1.2)) is None  # within the estimate's uncertainty: not refused
+    with pytest.raises(UserError, match="gradient_checkpointing: true: about") as err:
+        check_fits(lora, 7 * GB)
+    assert "7.0 GB free" in str(err.value) and "out-of-memory" in str(err.value)
+    # full-UNet DreamBooth on 12 GB: weights + gradients + AdamW states are 16 GB before any activation
+    dreambooth = MemoryEstimate(trained=859_520_964, activations=int(6.3 * GB), checkpointed=int(1.6 * GB),
+                                **{**SD15, "frozen": SD15["frozen"] - 859_520_964})
+    switches, fitted = fitting_switch(dreambooth, 12 * GB)
+    assert "adamw8bit" in switches and "gradient_checkpointing" in switches and fitted.total() <= 12 * GB
+    with pytest.raises(UserError, match="Even with .* lower train.resolution"):
+        check_fits(dreambooth, 4 * GB)
+
+
+def _real_saved_bytes(module, args, kwargs) -> int:
+    """What autograd saves in one real forward (CPU, real weights), counted the same way."""
+    params = {id(p) for p in module.parameters()}
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        module(*args, **kwargs)
+    seen, total = set(), 0
+    for t in saved:
+        base = t._base if t._base is not None else t
+        if id(base) not in params and id(base) not in seen:
+            seen.add(id(base))
+            total += base.numel() * base.element_size()
+    return total
+
+
+def test_activation_count_on_the_meta_device_is_what_autograd_saves():
+    from peft import LoraConfig
+
+    pipe = build_tiny_pipeline()
+    unet = pipe.unet.requires_grad_(False)
+    unet.add_adapter(LoraConfig(r=4, lora_alpha=4, target_modules=["to_q", "to_k", "to_v", "to_out.0"]))
+    unet.train()
+    args = (torch.randn(2, 4, 16, 16), torch.tensor([10, 500]))
+    kwargs = {"encoder_hidden_states": torch.randn(2, 77, 32)}
+    real = _real_saved_bytes(unet, args, kwargs)
+    counted, _ = saved_bytes(unet, args, kwargs)
+    assert abs(counted - real) <= 0.02 * real, (counted, real)
+    full, checkpointed, largest = unet_activation_bytes(unet, 2, (128, 128), 77)
+    assert full == counted and 0 < largest < checkpointed < full
+    assert unet_activation_bytes(unet, 4, (128, 128), 77)[0] == pytest.approx(2 * full, rel=0.05)  # linear in batch
+    assert not unet.is_gradient_checkpointing and all(p.device.type == "cpu" for p in unet.parameters())
+
+
+def test_training_prints_the_estimate_records_it_and_caches_captions(tmp_path, tiny_model, monkeypatch):
+    from train_helpers import prepared_subject, write_job
+
+    from personae.jobs.train import load_job, run_training
+    from personae.runs import read_run
+    from personae.training import loop
+
+    prepared = prepared_subject(tmp_path / "data", count=2, trigger="sks")
+    encoded = []
+
+    def counting(pipe, text_encoder, captions):
+        encoded.append(len(captions))
+        return encode(pipe, text_encoder, captions)
+
+    encode = loop.encode_text
+    monkeypatch.setattr(loop, "encode_text", counting)
+    results = {}
+    for cache in (True, False):
+        encoded.clear()
+        messages = []
+        job = load_job(write_job(tmp_path, base_model=str(tiny_model[0]), method="lora", data=prepared,
+                                 output=tmp_path / f"run-{cache}", lora={"rank": 4, "alpha": 4},
+                                 train={"steps": 3, "batch_size": 2, "verify_exports": False,
+                                        "validation": {"steps": 1}, "cache_text_encoder_outputs": cache}))
+        run_training(job, on_event=lambda e: messages.append(str(getattr(e, "text", ""))))
+        results[cache] = (list(encoded), messages, read_run(job.output))
+    cached, uncached = results[True][0], results[False][0]
+    assert uncached == [2, 2, 2]  # a batch of 2 captions encoded at each of the 3 steps
+    assert cached == [1] * len(cached) and 1 <= len(cached) <= 2  # each distinct caption once
+    line = next(m for m in results[True][1] if m.startswith("memory: about"))
+    assert "at batch 2, 64x64 px; with gradient checkpointing about" in line
+    assert results[True][2].metrics.memory_estimate_gb > 0
