@@ -26,8 +26,9 @@ def _processors(module) -> set[type]:
     return {type(p) for p in module.attn_processors.values()}
 
 
-def _settings(model, **runtime) -> GenerateSettings:
-    return GenerateSettings(model=str(model), prompt="a red square", steps=2, seed=3, device="cpu", **runtime)
+def _settings(model, **changes) -> GenerateSettings:
+    return GenerateSettings(**{"model": str(model), "prompt": "a red square", "steps": 2, "seed": 3, "device": "cpu",
+                               **changes})
 
 
 @pytest.mark.parametrize("attention, expected", [("sdpa", AttnProcessor2_0), ("sliced", SlicedAttnProcessor),
@@ -90,6 +91,21 @@ def test_offload_installs_accelerates_hooks_on_the_pipeline(monkeypatch, flag, h
     a = plain(**call, generator=torch.Generator().manual_seed(0)).images
     b = offloaded(**call, generator=torch.Generator().manual_seed(0)).images
     assert np.abs(a - b).max() < 1e-5
+
+
+def test_medvram_session_draws_through_personaes_own_steps(monkeypatch, tiny_model):
+    """personae's prompt encoder and per-call pipelines run on an offloaded session (the CPU standing in for
+    the GPU) and draw the picture the plain session draws."""
+    from personae.inference import session as session_module
+
+    monkeypatch.setattr(speedups, "check_runtime", lambda runtime, device: None)
+    monkeypatch.setattr(session_module, "check_runtime", lambda runtime, device: None)
+    settings = _settings(tiny_model[0], prompt="a (red:1.3) square")
+    offloaded = open_session(str(tiny_model[0]), "cpu", runtime=RuntimeSettings(medvram=True))
+    assert type(offloaded.pipe.unet._hf_hook).__name__ == "CpuOffload"
+    a = np.asarray(txt2img(settings)[0].image, dtype=np.int16)
+    b = np.asarray(txt2img(settings, offloaded)[0].image, dtype=np.int16)
+    assert np.abs(a - b).max() <= 1
 
 
 def test_fp16_on_the_cpu_is_refused_and_bf16_runs(tiny_model):
