@@ -48,8 +48,7 @@ def attention_processor(name: str):
 
 def set_attention(pipe, name: str) -> None:
     """The attention of the UNet and VAE: PyTorch's SDPA kernel, head slices, or the plain math."""
-    if name == "sliced":
-        pipe.vae.set_default_attn_processor()  # the VAE's one attention block is not sliced by diffusers
+    if name == "sliced":  # the UNet's attention in head slices; the VAE's one attention block keeps SDPA
         pipe.unet.set_attention_slice("auto")
         return
     for module in (pipe.unet, pipe.vae):

@@ -1,9 +1,9 @@
 """How much memory a training run needs, said before its first step; on a GPU that clearly lacks it, a refusal
 that names the switch that would make it fit.
 
-    estimate = estimate_training(pipe, trainable, job, (width, height))
-    on_event(Message(estimate.summary()))   # "about 6.2 GB at batch 1, 256x256 px; with gradient checkpointing ..."
-    check_fits(estimate, job, free_bytes)   # UserError when clearly too little is free (CUDA)
+    estimate = estimate_training(pipe, trained_params, job, (width, height), text_encoder_trains=False)
+    on_event(Message(estimate.summary()))   # "memory: about 6.2 GB at batch 1, 256x256 px; with gradient ..."
+    check_fits(estimate, free_memory(device))   # UserError when clearly too little is free (CUDA only)
 
 The model, in bytes (each term printed by `MemoryEstimate.parts`):
 
