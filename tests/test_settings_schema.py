@@ -124,7 +124,9 @@ def _options(command: str) -> set[str]:
 
 
 SHARED = {"--model", "--prompt", "--negative", "--steps", "--cfg", "--seed", "--width", "--height", "--sampler",
-          "--clip-skip", "--lora", "--lora-dir", "--vae", "--embedding", "--device", "--dtype", "--allow-pickle"}
+          "--clip-skip", "--lora", "--lora-dir", "--vae", "--embedding", "--device", "--dtype", "--allow-pickle",
+          "--attention", "--channels-last", "--compile", "--vae-slicing", "--vae-tiling", "--no-vae-upcast", "--medvram",
+          "--lowvram"}
 
 
 def test_generated_options_keep_the_names_users_know():
@@ -137,7 +139,7 @@ def test_generated_options_keep_the_names_users_know():
                                             "--context-stride", "--out", "--frames-dir", "--overwrite", "--quiet",
                                             "--yes"}
     sampling = {"--negative", "--steps", "--cfg", "--sampler", "--clip-skip", "--width", "--height", "--device",
-                "--dtype"}
+                "--dtype", "--attention", "--medvram", "--lowvram", "--compile"}
     assert sampling <= _options("storyboard") and sampling <= _options("compare")
 
 

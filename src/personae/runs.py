@@ -64,6 +64,7 @@ class Metrics(_Record):
     steps: int = 0  # optimizer steps done
     total_steps: int | None = None  # steps the job asks for
     final_loss: float | None = None  # the loss of the last step done
+    memory_estimate_gb: float | None = None  # the memory the run was estimated to need at its start (training/memory.py)
 
 
 class RunRecord(_Record):

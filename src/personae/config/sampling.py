@@ -73,10 +73,40 @@ class BatchSettings(Concept):
 
 
 class RuntimeSettings(Concept):
+    """Where and how fast: the device, the number format, and the speed / memory switches A1111 users know from
+    its command line (inference/speedups.py applies them). None of them changes what is drawn beyond the last
+    bits of the numbers, so none is written to the PNG's infotext."""
+
     TITLE: ClassVar[str] = "runtime"
 
     device: Literal["auto", "cpu", "cuda", "mps"] = setting("auto", "where to run")
-    dtype: Literal["auto", "fp32", "fp16", "bf16"] = setting("auto", "number format; auto: fp16 on cuda/mps, fp32 on cpu")
+    dtype: Literal["auto", "fp32", "fp16", "bf16"] = setting(
+        "auto", "number format; auto: fp16 on cuda/mps, fp32 on cpu (fp16 is refused on the CPU, bf16 runs there)")
+    attention: Literal["sdpa", "sliced", "classic"] = setting(
+        "sdpa", '"Cross attention optimization": sdpa (PyTorch\'s scaled dot product, A1111 --opt-sdp-attention), '
+                "sliced (one head slice at a time: less memory, slower; A1111 --opt-split-attention, diffusers' "
+                "attention slicing) or classic (plain matrix products)")
+    channels_last: bool = setting(False, "UNet weights in channels-last memory order, faster on some GPUs (A1111 "
+                                         "--opt-channelslast)")
+    compile: bool = setting(False, "torch.compile the UNet: the first image waits (minutes) while it compiles, later "
+                                   "ones run faster")
+    vae_slicing: bool = setting(False, "decode a batch one image at a time: less memory at batch sizes above 1")
+    vae_tiling: bool = setting(False, "encode and decode in overlapping tiles: large images on small GPUs (A1111's "
+                                      "Tiled VAE)")
+    vae_upcast: bool = setting(True, "redo a half-precision VAE decode in fp32 when it gives NaN and keep the VAE in "
+                                     "fp32 (A1111's \"Automatically revert VAE to 32-bit floats\"; its --no-half-vae "
+                                     "does it from the start)")
+    medvram: bool = setting(False, "keep the model in main memory and move each part (text encoder, UNet, VAE) to "
+                                   "the GPU while it runs (A1111 --medvram; diffusers' model CPU offload; needs CUDA)")
+    lowvram: bool = setting(False, "move the model to the GPU one layer at a time: the least GPU memory, several "
+                                   "times slower (A1111 --lowvram; diffusers' sequential CPU offload; needs CUDA)")
+
+    @model_validator(mode="after")
+    def _one_offload(self):
+        if self.medvram and self.lowvram:
+            raise ValueError("medvram and lowvram are two ways of offloading the model: choose one (lowvram uses "
+                             "less GPU memory and runs slower)")
+        return self
 
 
 class Img2ImgSettings(Concept):

@@ -66,7 +66,11 @@ class TrainSection(Strict):
     mixed_precision: Literal["no", "fp16", "bf16"] = setting("no", "fp16 needs a GPU; bf16 also runs on the CPU")
     gradient_checkpointing: bool = setting(False, "recompute activations in the backward pass: less memory, slower")
     cache_latents: Literal["memory", "disk", "none"] = setting("memory", "keep the VAE encodings in memory, on disk "
-                                                               "(<output>/cache) or encode every step")
+                                                               "(<output>/cache) or encode every step (kohya "
+                                                               "--cache_latents / --cache_latents_to_disk)")
+    cache_text_encoder_outputs: bool = setting(True, "encode each caption once and keep its text-encoder output while "
+                                                     "the text encoder does not train (kohya "
+                                                     "--cache_text_encoder_outputs); off: encode every step")
     save_every: int | None = setting(None, "a checkpoint every N steps (and always at the end)", ge=1)
     keep_last: int = setting(3, "checkpoints kept on disk", ge=1)
     verify_exports: bool = setting(True, "reload every exported file with its loader and compare the image")

@@ -204,6 +204,11 @@ def clip_infotext(settings: AnimateSettings, animate_session: AnimateSession, se
 
 def open_for(settings: AnimateSettings, on_event: EventHandler = ignore) -> AnimateSession:
     """Load the motion adapter named in `settings` (first: it is the smaller download), then the model and add-ons."""
+    if settings.medvram or settings.lowvram:  # the motion UNet is built beside the session's, outside its hooks
+        flag = "--medvram" if settings.medvram else "--lowvram"
+        raise UserError(f"{flag} (CPU offload) is not available for animate yet: the motion UNet is built after the "
+                        "model is offloaded and would not be moved to the GPU.",
+                        f"Leave out {flag}; --vae-slicing and --attention sliced lower animate's GPU memory too.")
     motion = resolve_motion_adapter(settings.motion_adapter, settings.allow_pickle)
     on_event(Message(f"loading motion adapter {motion.location}"))
     adapter = load_motion_adapter(motion)
@@ -211,7 +216,7 @@ def open_for(settings: AnimateSettings, on_event: EventHandler = ignore) -> Anim
     session = open_session(settings.model, settings.device, settings.dtype, settings.allow_pickle,
                            loras=[(l.path, l.weight) for l in settings.loras],
                            embeddings=[(e.path, e.token) for e in settings.embeddings], on_event=on_event,
-                           vae=settings.vae)
+                           vae=settings.vae, runtime=settings)
     return open_animate_session(session, adapter, motion)
 
 

@@ -92,6 +92,8 @@ def nan_guard(pipe, loras: Sequence[str] = ()) -> Iterator[None]:
             latents = inputs[0] if inputs else None
             if isinstance(latents, torch.Tensor) and bool(torch.isnan(latents).any()):
                 raise unet_nan_error(_share(latents), dtype, loras)  # NaNs came in from the denoising
+            if getattr(pipe.vae, "_personae_upcast", False) and out.dtype in (torch.float16, torch.bfloat16):
+                return  # speedups.upcast_on_nan decodes again in fp32 (and this hook sees that decode too)
             raise vae_nan_error(_share(out), pipe.vae.dtype)
 
     handles = [pipe.unet.register_forward_hook(on_unet), pipe.vae.decoder.register_forward_hook(on_decoder)]

@@ -117,7 +117,7 @@ class PromptEncoder:
         ids = [bos] + [t for t, _ in chunk] + [eos]
         ids += [pad] * (CHUNK + 2 - len(ids))
         weights = torch.tensor([1.0] + [w for _, w in chunk] + [1.0] * (CHUNK + 1 - len(chunk)))
-        device = self.text_encoder.device
+        device = getattr(self.pipe, "_execution_device", None) or self.text_encoder.device  # offloaded: the GPU
         out = self.text_encoder(torch.tensor([ids], device=device), output_hidden_states=clip_skip > 1)
         if clip_skip > 1:
             final_norm = getattr(self.text_encoder, "final_layer_norm", None)
@@ -127,7 +127,7 @@ class PromptEncoder:
         else:
             z = out[0]
         if bool((weights != 1.0).any()):
-            weights = weights.to(device=device, dtype=z.dtype)
+            weights = weights.to(device=z.device, dtype=z.dtype)
             original_mean = z.mean()
             z = z * weights[None, :, None]
             z = z * mean_restoring_factor(original_mean, z)

@@ -14,8 +14,10 @@ from pathlib import Path
 
 import torch
 
+from personae.config.sampling import RuntimeSettings
 from personae.events import EventHandler, Message, ignore
 from personae.inference.prompt import PromptEncoder
+from personae.inference.speedups import check_runtime, place_pipeline
 from personae.models.addons import LoadedEmbedding, LoadedLora, load_embeddings, load_loras
 from personae.models.device import pick_device, pick_dtype
 from personae.models.model_files import check_model_file
@@ -85,15 +87,17 @@ class Session:
 
 def open_session(model: str, device: str = "auto", dtype: str = "auto", allow_pickle: bool = False,
                  loras: list[tuple[str, float]] = (), embeddings: list[tuple[str, str | None]] = (),
-                 on_event: EventHandler = ignore, vae: str | None = None) -> Session:
-    """Resolve, load and move a model, put `vae` (a folder or file) in place of its VAE, then apply LoRAs and
-    embeddings."""
+                 on_event: EventHandler = ignore, vae: str | None = None,
+                 runtime: RuntimeSettings | None = None) -> Session:
+    """Resolve and load a model, put `vae` (a folder or file) in place of its VAE, apply LoRAs and embeddings,
+    then the speed and memory switches of `runtime` (its device and dtype are `device` and `dtype`), and move it."""
     # 1. check inputs before any heavy work
     source = resolve_model(model, allow_pickle=allow_pickle)
     for path, what in [(p, "lora") for p, _ in loras] + [(p, "embedding") for p, _ in embeddings]:
         check_model_file(Path(path).expanduser(), what, allow_pickle)  # a bad add-on fails before the model loads
     dev = pick_device(device)
     torch_dtype = pick_dtype(dtype, dev)
+    check_runtime(runtime or RuntimeSettings(), dev)  # offload on a CPU: said before the model loads
     # 2. load the VAE asked for (first: it is small, and a wrong file fails before the model loads), the base model
     own_vae = load_vae(vae, torch_dtype, allow_pickle) if vae else None
     on_event(Message(f"loading {source.kind.replace('_', ' ')} {source.location}"))
@@ -101,7 +105,6 @@ def open_session(model: str, device: str = "auto", dtype: str = "auto", allow_pi
     if own_vae:
         on_event(Message(f"VAE: {own_vae.name} in place of the model's"))
         pipe.register_modules(vae=own_vae.vae)
-    pipe.to(dev)
     pipe.set_progress_bar_config(disable=True)
     # 3. add-ons: diffusers' own loaders
     session = Session(pipe, source, dev, torch_dtype, vae_name=own_vae and own_vae.name, vae_hash=own_vae and own_vae.hash)
@@ -109,4 +112,6 @@ def open_session(model: str, device: str = "auto", dtype: str = "auto", allow_pi
     for lora in session.loras:
         on_event(Message(f"LoRA {lora.name}: read as {lora.layout}"))
     session.embeddings = load_embeddings(pipe, list(embeddings), allow_pickle=allow_pickle)
+    # 4. attention, memory order, VAE slicing / tiling / upcast, offload or the device, compile
+    place_pipeline(pipe, runtime, dev, torch_dtype, on_event)
     return session

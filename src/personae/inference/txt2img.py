@@ -48,7 +48,7 @@ def session_for(settings: GenerateSettings, on_event: EventHandler = ignore) -> 
     return open_session(settings.model, settings.device, settings.dtype, settings.allow_pickle,
                         loras=[(l.path, l.weight) for l in settings.loras],
                         embeddings=[(e.path, e.token) for e in settings.embeddings], on_event=on_event,
-                        vae=settings.vae)
+                        vae=settings.vae, runtime=settings)
 
 
 def infotext(settings: GenerateSettings, session: Session, seed: int, width: int, height: int,

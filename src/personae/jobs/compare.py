@@ -64,7 +64,7 @@ def _generate_group(suite: CompareSuite, model: str, rows: list[Row], prompts: l
     loras = list(dict.fromkeys(p for r in rows for p, _ in r.loras))
     embeddings = list(dict.fromkeys(e for r in rows for e in r.embeddings))
     session = open_session(model, suite.device, suite.dtype, loras=[(p, 1.0) for p in loras], embeddings=embeddings,
-                           on_event=on_event)
+                           on_event=on_event, runtime=suite)
     by_path = dict(zip(loras, session.loras))
     by_file = dict(zip(embeddings, session.embeddings))
     out = []

@@ -182,7 +182,8 @@ def _draw(settings: StoryboardSettings, only: set[int] | None, font: str, previo
     # 2. one loaded model with the style LoRA, character LoRAs and the shot / character tokens
     session = open_session(settings.model, settings.device, settings.dtype,
                            loras=[(l.path, l.weight) for l in addon_loras(settings)],
-                           embeddings=[(e.path, e.token) for e in addon_embeddings(settings)], on_event=on_event)
+                           embeddings=[(e.path, e.token) for e in addon_embeddings(settings)], on_event=on_event,
+                           runtime=settings)
     loaded = {e.token for e in session.embeddings}
     for shot in tokenless_shots(settings, loaded):  # a trained token is never borrowed by another kind of shot
         on_event(Message(f'note: the {shot} panels get no shot token (none of the loaded ones is mapped to {shot} in '

@@ -28,6 +28,7 @@ from personae.methods.base import ExportFile
 from personae.models.resolve import load_pipeline, resolve_model
 from personae.runs import RunLog, is_run, read_run
 from personae.training import checkpoint as ckpt
+from personae.training.memory import GB, check_fits, estimate_training, free_memory
 from personae.training.saving import DIVERGED_FIX, Saver, export_header
 from personae.training.setup import (
     LatentCache,
@@ -126,6 +127,13 @@ def _train(job: TrainJob, run: Path, resume: bool, on_event: EventHandler, comma
         pipe.unet.enable_gradient_checkpointing()
         if method.text_encoder_changes:
             pipe.text_encoder.gradient_checkpointing_enable()
+    # 4b. the memory it needs, said now; a GPU that clearly lacks it is refused with the switch that would fit
+    size = max((e.size for e in examples), key=lambda s: s[0] * s[1])
+    memory = estimate_training(pipe, params, job, size, method.text_encoder_changes, passes=2 if priors else 1)
+    on_event(Message(memory.summary()))
+    if (free := free_memory(accelerator.device)) is not None:
+        check_fits(memory, free, f"the GPU ({accelerator.device})")
+    log.update(metrics={"memory_estimate_gb": round(memory.total() / GB, 2)})
     # 5. optimizer, LR schedule (stepped once per optimizer step, by us), EMA; accelerate wraps modules
     optimizer = make_optimizer(job, groups)
     lr_schedule = get_scheduler(t.lr_scheduler, optimizer, num_warmup_steps=t.warmup_steps, num_training_steps=total)
@@ -167,6 +175,9 @@ def _train(job: TrainJob, run: Path, resume: bool, on_event: EventHandler, comma
     def text_embeddings(captions):
         if method.text_encoder_changes:
             return encode_text(pipe, text_encoder, captions)
+        if not t.cache_text_encoder_outputs:
+            with torch.no_grad():
+                return encode_text(pipe, pipe.text_encoder, captions)
         for c in set(captions) - set(text_cache):
             with torch.no_grad():
                 text_cache[c] = encode_text(pipe, pipe.text_encoder, [c])[0]

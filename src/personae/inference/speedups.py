@@ -1,0 +1,114 @@
+"""The speed and memory switches of a loaded pipeline (config/sampling.py RuntimeSettings), applied once.
+
+    check_runtime(runtime, device)                # before the model loads: offload needs a GPU
+    place_pipeline(pipe, runtime, device, dtype)  # attention, memory order, VAE, compile, then the device
+
+Each switch is diffusers' or PyTorch's own primitive, named as A1111 users know it:
+
+    attention sdpa / sliced / classic   AttnProcessor2_0 / SlicedAttnProcessor / AttnProcessor on UNet and VAE
+    channels_last                       the UNet's weights in channels-last order (A1111 --opt-channelslast)
+    compile                             nn.Module.compile on the UNet: lazy, compiled at its first call
+    vae_slicing, vae_tiling             AutoencoderKL.enable_slicing / enable_tiling
+    vae_upcast                          a half-precision decode that gives NaN is redone in fp32 (upcast_on_nan)
+    medvram, lowvram                    enable_model_cpu_offload / enable_sequential_cpu_offload (accelerate hooks)
+
+The switches live on the pipeline's modules, so every pipeline a session builds on them (txt2img,
+img2img, ControlNet, hires fix) has them.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+
+from personae.config.sampling import RuntimeSettings
+from personae.errors import UserError
+from personae.events import EventHandler, Message, ignore
+
+HALF = (torch.float16, torch.bfloat16)
+
+
+def check_runtime(runtime: RuntimeSettings, device: torch.device) -> None:
+    """What cannot work on `device`, said before the model loads."""
+    for name, what in (("medvram", "model CPU offload"), ("lowvram", "sequential CPU offload")):
+        if getattr(runtime, name) and device.type != "cuda":
+            raise UserError(f"--{name} ({what}) keeps the model in main memory and moves it to a GPU's memory as it "
+                            f"runs; it needs a CUDA GPU, and this run is on the {device.type}, where the model is in "
+                            "main memory already.", f"Leave out --{name} here (it saves GPU memory only).")
+
+
+def attention_processor(name: str):
+    from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0, SlicedAttnProcessor
+
+    if name == "sliced":
+        return None  # set per module by set_attention_slice: the slice size depends on the head count
+    return {"sdpa": AttnProcessor2_0, "classic": AttnProcessor}[name]()
+
+
+def set_attention(pipe, name: str) -> None:
+    """The attention of the UNet and VAE: PyTorch's SDPA kernel, head slices, or the plain math."""
+    if name == "sliced":  # the UNet's attention in head slices; the VAE's one attention block keeps SDPA
+        pipe.unet.set_attention_slice("auto")
+        return
+    for module in (pipe.unet, pipe.vae):
+        module.set_attn_processor(attention_processor(name))
+
+
+def place_pipeline(pipe, runtime: RuntimeSettings | None, device: torch.device, dtype: torch.dtype,
+                   on_event: EventHandler = ignore) -> None:
+    """Apply `runtime`'s switches to `pipe` and put it on `device` (or, offloaded, leave it in main memory)."""
+    runtime = runtime or RuntimeSettings()
+    check_runtime(runtime, device)
+    # 1. attention, memory order, VAE memory
+    set_attention(pipe, runtime.attention)
+    if runtime.channels_last:
+        pipe.unet.to(memory_format=torch.channels_last)
+    if runtime.vae_slicing:
+        pipe.vae.enable_slicing()
+    if runtime.vae_tiling:
+        pipe.vae.enable_tiling()
+    if runtime.vae_upcast and dtype in HALF:
+        upcast_on_nan(pipe.vae, on_event)
+    # 2. the device: offload hooks move parts to the GPU as they run, or everything goes there now
+    if runtime.lowvram:
+        pipe.enable_sequential_cpu_offload(device=device)
+    elif runtime.medvram:
+        pipe.enable_model_cpu_offload(device=device)
+    else:
+        pipe.to(device)
+    # 3. compile last: it wraps the module's call as it is now (compiled lazily, at the first image)
+    if runtime.compile:
+        on_event(Message("--compile: the UNet compiles at the first image (minutes), later images run faster"))
+        pipe.unet.compile()
+
+
+def upcast_on_nan(vae, on_event: EventHandler = ignore) -> None:
+    """Make `vae.decode` redo a half-precision decode in fp32 when it gives NaN from finite latents, and keep the
+    VAE in fp32 from then on (the SD-1.x VAE overflows in fp16; A1111 reverts to fp32 the same way).
+
+    Installed on the module itself, so every pipeline sharing this VAE decodes safely. The decode's result comes
+    back in the latents' dtype, as the pipeline expects. nans.nan_guard lets the half-precision NaN through to
+    this redo (`vae._personae_upcast`) and still stops one that fp32 gives too.
+    """
+    if getattr(vae, "_personae_upcast", False):
+        return
+    decode = vae.decode  # the bound method, with diffusers' offload-hook decorator
+
+    @functools.wraps(decode)
+    def safe_decode(z: torch.Tensor, *args, **kwargs):
+        out = decode(z.to(vae.dtype), *args, **kwargs)
+        sample = out[0] if isinstance(out, tuple) else out.sample
+        if vae.dtype not in HALF or not bool(torch.isnan(sample).any()) or not bool(torch.isfinite(z).all()):
+            return out
+        on_event(Message(f"the VAE gave NaN in {str(vae.dtype).removeprefix('torch.')}: decoding again in fp32, "
+                         "and keeping the VAE in fp32 (as A1111's --no-half-vae)", "warning"))
+        vae.to(torch.float32)
+        out = decode(z.to(torch.float32), *args, **kwargs)
+        if isinstance(out, tuple):
+            return (out[0].to(z.dtype), *out[1:])
+        out.sample = out.sample.to(z.dtype)
+        return out
+
+    vae.decode = safe_decode
+    vae._personae_upcast = True

@@ -1,0 +1,282 @@
+"""How much memory a training run needs, said before its first step; on a GPU that clearly lacks it, a refusal
+that names the switch that would make it fit.
+
+    estimate = estimate_training(pipe, trained_params, job, (width, height), text_encoder_trains=False)
+    on_event(Message(estimate.summary()))   # "memory: about 6.2 GB at batch 1, 256x256 px; with gradient ..."
+    check_fits(estimate, free_memory(device))   # UserError when clearly too little is free (CUDA only)
+
+The model, in bytes (each term printed by `MemoryEstimate.parts`):
+
+  weights      every parameter of the UNet, text encoder and VAE, at 4 bytes (training keeps fp32 weights;
+               mixed precision only computes in half)
+  training     per trained parameter: its gradient (4) + the optimizer's state (AdamW 8, 8-bit AdamW 2,
+               Prodigy 16) + an EMA copy (4) when ema is on
+  activations  what autograd keeps from the forward pass for the backward pass. Not guessed: the UNet (and the
+               text encoder when it trains) runs once on PyTorch's meta device (shapes without storage, no
+               arithmetic) at the run's batch and size, with the real module tree, its adapters and which
+               parameters train, and every tensor saved for backward is counted once (parameters excluded).
+               Attention is counted as the fused kernels (flash / memory-efficient) store it: q, k, v, the
+               output and one log-sum-exp per query, not the score matrix. With gradient checkpointing the
+               count is the blocks' inputs plus the largest single block, recomputed during backward.
+               Mixed precision (fp16 / bf16) halves it.
+  transient    the gradients flowing backward: one more copy of the largest saved tensor, x2 as headroom
+  overhead     0.6 GB: the CUDA context and allocator slack (on a GPU) or the Python libraries (on the CPU)
+
+The arithmetic (`MemoryEstimate`, `fitting_switch`) is pure; `activation_bytes` does the meta-device run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, replace
+
+import torch
+
+from personae.config.train import TrainJob
+from personae.errors import UserError
+
+GB = 1024**3
+OPTIMIZER_BYTES = {"adamw": 8, "adamw8bit": 2, "prodigy": 16}  # state per trained parameter
+OVERHEAD = int(0.6 * GB)
+CLEARLY = 1.25  # refuse only when the estimate exceeds the free memory by more than its own uncertainty
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    frozen: int  # parameters that do not train
+    trained: int  # parameters that do
+    activations: int  # bytes kept for backward, without gradient checkpointing, at `batch`
+    checkpointed: int  # the same with gradient checkpointing
+    largest: int  # the largest single saved tensor, bytes
+    batch: int
+    size: tuple[int, int]  # (width, height) in pixels
+    optimizer: str = "adamw"
+    ema: bool = False
+    mixed_precision: str = "no"
+    checkpointing: bool = False
+
+    def parts(self, checkpointing: bool | None = None) -> dict[str, int]:
+        checkpointing = self.checkpointing if checkpointing is None else checkpointing
+        half = 0.5 if self.mixed_precision in ("fp16", "bf16") else 1.0
+        per_trained = 4 + OPTIMIZER_BYTES[self.optimizer] + (4 if self.ema else 0)
+        return {"weights": 4 * (self.frozen + self.trained), "training": per_trained * self.trained,
+                "activations": int(half * (self.checkpointed if checkpointing else self.activations)),
+                "transient": int(2 * half * self.largest), "overhead": OVERHEAD}
+
+    def total(self, checkpointing: bool | None = None) -> int:
+        return sum(self.parts(checkpointing).values())
+
+    def summary(self) -> str:
+        w, h = self.size
+        line = (f"memory: about {self.total(False) / GB:.1f} GB at batch {self.batch}, {w}x{h} px; with gradient "
+                f"checkpointing about {self.total(True) / GB:.1f} GB")
+        parts = ", ".join(f"{k} {v / GB:.1f}" for k, v in self.parts().items())
+        on = "on" if self.checkpointing else "off"
+        return f"{line} (checkpointing {on}: {parts} GB)"
+
+
+def variants(estimate: MemoryEstimate) -> list[tuple[str, MemoryEstimate]]:
+    """The switches that lower the memory, each on top of the ones before, in the order users reach for them."""
+    out, e = [], estimate
+    if not e.checkpointing:
+        e = replace(e, checkpointing=True)
+        out.append(("train.gradient_checkpointing: true", e))
+    if e.mixed_precision == "no":
+        e = replace(e, mixed_precision="bf16")
+        out.append(("train.mixed_precision: bf16 (or fp16)", e))
+    if e.optimizer == "adamw" and e.trained > 50_000_000:  # a few-MB LoRA gains nothing from 8-bit states
+        e = replace(e, optimizer="adamw8bit")
+        out.append(("train.optimizer: adamw8bit", e))
+    if e.batch > 1:
+        e = replace(e, activations=e.activations // e.batch, checkpointed=e.checkpointed // e.batch,
+                    largest=e.largest // e.batch, batch=1)
+        out.append(("train.batch_size: 1 (with gradient_accumulation for the same effective batch)", e))
+    return out
+
+
+def fitting_switch(estimate: MemoryEstimate, free: int) -> tuple[str, MemoryEstimate] | None:
+    """None when the run fits (or may: within the estimate's uncertainty); else the fewest switches, named, that
+    make it fit, with their estimate (the last of them all when none does)."""
+    if estimate.total() <= CLEARLY * free:
+        return None
+    steps = variants(estimate)
+    names = []
+    for name, e in steps:
+        names.append(name)
+        if e.total() <= free:
+            return " and ".join(names), e
+    return (" and ".join(names), steps[-1][1]) if steps else ("a smaller train.resolution", estimate)
+
+
+def free_memory(device: torch.device) -> int | None:
+    """Bytes this process may still use on a CUDA `device`, counting what it holds already (the model is loaded
+    by the time the estimate is made); None elsewhere (the CPU's memory is the operating system's to share)."""
+    if device.type != "cuda":
+        return None
+    free, _ = torch.cuda.mem_get_info(device)
+    return free + torch.cuda.memory_allocated(device)
+
+
+def check_fits(estimate: MemoryEstimate, free: int, where: str = "the GPU") -> None:
+    """A UserError when `free` bytes are clearly too few for `estimate`, naming what would fit."""
+    found = fitting_switch(estimate, free)
+    if found is None:
+        return
+    switches, fitted = found
+    fits = fitted.total() <= free
+    fix = (f"Set {switches}: about {fitted.total() / GB:.1f} GB." if fits else
+           f"Even with {switches} it needs about {fitted.total() / GB:.1f} GB: lower train.resolution as well, or "
+           "train on a GPU with more memory.")
+    raise UserError(f"This run needs about {estimate.total() / GB:.1f} GB ({estimate.summary()}), but {where} has "
+                    f"{free / GB:.1f} GB free: it would stop with out-of-memory.", fix)
+
+
+# ---------------------------------------------------------------- activations, counted on the meta device
+
+class _FusedAttention(torch.autograd.Function):
+    """Scaled dot-product attention on the meta device, saving what the fused kernels save for backward."""
+
+    @staticmethod
+    def forward(ctx, q, k, v):
+        out = torch.empty((*q.shape[:-1], v.shape[-1]), dtype=q.dtype, device=q.device)
+        lse = torch.empty(q.shape[:-1], dtype=torch.float32, device=q.device)
+        ctx.save_for_backward(q, k, v, lse)  # and `out`, which the next projection saves as its input anyway
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):  # never run: the count needs only the forward pass
+        raise NotImplementedError
+
+
+def _fused_sdpa(query, key, value, *args, **kwargs):
+    return _FusedAttention.apply(query, key, value)
+
+
+@contextlib.contextmanager
+def _meta_attention():
+    original = torch.nn.functional.scaled_dot_product_attention
+    torch.nn.functional.scaled_dot_product_attention = _fused_sdpa
+    try:
+        yield
+    finally:
+        torch.nn.functional.scaled_dot_product_attention = original
+
+
+def _saved_tensors(module: torch.nn.Module, args: tuple, kwargs: dict, blocks: tuple[type, ...] = (),
+                   block_inputs: dict[int, int] | None = None) -> list[tuple[int, int, int]]:
+    """(bytes, storage id, enclosing block number or -1) of each distinct tensor autograd saves in
+    `module(*args, **kwargs)`, parameters excluded, with every parameter, buffer and input a meta tensor of its
+    shape (and requires_grad): nothing is computed or stored. `block_inputs` collects {id: bytes} of the tensors
+    passed into the `blocks`."""
+    from torch.func import functional_call
+
+    params = {n: torch.empty_like(p, device="meta").requires_grad_(p.requires_grad)
+              for n, p in module.named_parameters()}
+    params |= {n: torch.empty_like(b, device="meta") for n, b in module.named_buffers()}
+    skip = {id(p) for p in params.values()}
+    args = tuple(a.to("meta") if isinstance(a, torch.Tensor) else a for a in args)
+    kwargs = {k: v.to("meta") if isinstance(v, torch.Tensor) else v for k, v in kwargs.items()}
+    saved: list[tuple[torch.Tensor, int]] = []
+    inside: list[int] = []  # the blocks running now, innermost last
+    count = iter(range(10**9))
+    kept: list[torch.Tensor] = []  # the block inputs, alive until the count ends so that their ids stay unique
+
+    def enter(m, a, kw):
+        inside.append(next(count))
+        if block_inputs is not None and len(inside) == 1:
+            for x in (*a, *kw.values()):
+                if isinstance(x, torch.Tensor):
+                    block_inputs[id(x)] = x.numel() * x.element_size()
+                    kept.append(x)
+
+    def leave(*_):
+        inside.pop()
+
+    handles = []
+    for m in module.modules():
+        if blocks and isinstance(m, blocks):
+            handles.append(m.register_forward_pre_hook(enter, with_kwargs=True))
+            handles.append(m.register_forward_hook(leave))
+
+    def pack(t):
+        saved.append((t, inside[0] if inside else -1))
+        return t
+
+    try:
+        with _meta_attention(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            functional_call(module, params, args, kwargs)
+    finally:
+        for handle in handles:
+            handle.remove()
+    out, seen = [], set()
+    for t, block in saved:
+        base = t._base if t._base is not None else t
+        if id(base) in skip or id(base) in seen:
+            continue
+        seen.add(id(base))
+        out.append((base.numel() * base.element_size(), id(base), block))
+    return out
+
+
+def saved_bytes(module: torch.nn.Module, args: tuple, kwargs: dict) -> tuple[int, int]:
+    """(bytes autograd saves for backward in one forward of `module`, the largest saved tensor)."""
+    sizes = [size for size, _, _ in _saved_tensors(module, args, kwargs)]
+    return sum(sizes), max(sizes, default=0)
+
+
+def unet_activation_bytes(unet, batch: int, size: tuple[int, int], context: int) -> tuple[int, int, int]:
+    """(saved bytes without, and with gradient checkpointing, the largest saved tensor) of one UNet training
+    forward at `batch` images of `size` pixels with `context` text tokens. diffusers checkpoints each resnet and
+    transformer block: autograd then keeps what lies outside them plus their inputs, and backward recomputes one
+    block at a time, whose tensors are held meanwhile: the largest block is added."""
+    from diffusers.models.attention import BasicTransformerBlock
+    from diffusers.models.resnet import ResnetBlock2D
+
+    w, h = size
+    args = (torch.empty(batch, unet.config.in_channels, h // 8, w // 8, device="meta"),
+            torch.zeros(batch, dtype=torch.long, device="meta"))
+    kwargs = {"encoder_hidden_states": torch.empty(batch, context, unet.config.cross_attention_dim, device="meta")}
+    was_checkpointing, was_training = unet.is_gradient_checkpointing, unet.training
+    unet.train()
+    try:
+        unet.disable_gradient_checkpointing()
+        inputs: dict[int, int] = {}
+        saved = _saved_tensors(unet, args, kwargs, (ResnetBlock2D, BasicTransformerBlock), inputs)
+    finally:
+        if was_checkpointing:
+            unet.enable_gradient_checkpointing()
+        unet.train(was_training)
+    per_block: dict[int, int] = {}
+    for s, _, block in saved:
+        per_block[block] = per_block.get(block, 0) + s
+    outside = per_block.pop(-1, 0)
+    kept_outside = {i for _, i, block in saved if block == -1}
+    inputs_kept = sum(b for i, b in inputs.items() if i not in kept_outside)  # what each checkpoint holds
+    full = sum(s for s, _, _ in saved)
+    return full, outside + inputs_kept + max(per_block.values(), default=0), max((s for s, _, _ in saved), default=0)
+
+
+def text_activation_bytes(text_encoder, batch: int, tokens: int) -> tuple[int, int]:
+    ids = torch.zeros(batch, tokens, dtype=torch.long, device="meta")
+    return saved_bytes(text_encoder, (ids,), {})
+
+
+def estimate_training(pipe, trained: list[torch.Tensor], job: TrainJob, size: tuple[int, int],
+                      text_encoder_trains: bool, passes: int = 1) -> MemoryEstimate:
+    """The memory of `job` on `pipe` (the method set up: `trained` are its parameters) at images of `size`;
+    `passes`: forward passes whose graphs are alive together (2 with prior preservation's class batch)."""
+    t = job.train
+    batch = t.batch_size * passes
+    modules = [pipe.unet, pipe.vae, pipe.text_encoder]
+    ids = {id(p) for p in trained}
+    everything = {id(p): p.numel() for m in modules for p in m.parameters()} | {id(p): p.numel() for p in trained}
+    n_trained = sum(p.numel() for p in trained)
+    tokens = pipe.tokenizer.model_max_length
+    act, ckpt, largest = unet_activation_bytes(pipe.unet, batch, size, tokens)
+    if text_encoder_trains:
+        text, text_largest = text_activation_bytes(pipe.text_encoder, batch, tokens)
+        act, ckpt, largest = act + text, ckpt + text, max(largest, text_largest)
+    return MemoryEstimate(frozen=sum(n for i, n in everything.items() if i not in ids), trained=n_trained,
+                          activations=act, checkpointed=ckpt, largest=largest, batch=batch, size=size,
+                          optimizer=t.optimizer, ema=t.ema, mixed_precision=t.mixed_precision,
+                          checkpointing=t.gradient_checkpointing)
