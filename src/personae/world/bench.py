@@ -258,8 +258,8 @@ def _write_outputs(work: Path, bench: WorldBench, results: list[dict], base: dic
         "settings": bench.model_dump(), "command": command, "seconds": round(seconds, 1),
         "base": base, "runs": results, "table": rows}, indent=1))
     grids = [(f"base model, {c} prompts", f"grids/base-{c}.png") for c in bench.concepts]
-    grids += [(f"{r['method']}, {r['concept']}, seed {r['seed']}", f"grids/{Task(r['method'], r['concept'], r['seed']).name}.png")
-              for r in results]
+    grids += [(f"{r['method']}, {r['concept']}, seed {r['seed']}",
+               f"grids/{Task(r['method'], r['concept'], r['seed']).name}.png") for r in results]
     report = ReportData(
         title="Shapes-world bench", settings={"command": command, "minutes": f"{seconds / 60:.1f}",
                                               "concepts": ", ".join(bench.concepts), "seeds": str(bench.seeds),

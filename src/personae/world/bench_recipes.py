@@ -9,8 +9,9 @@ name that exactly one job section has (`rank` is lora.rank, `steps` train.steps,
 data.masked_loss; a name several sections have, such as `text_encoder_lr`, must be written with its section).
 VALUE is read as YAML, as with --set; a list is written in brackets: `lora.target_modules=[to_q,to_v]`. The
 recipe's text is its name in the tables. In a comma-separated --methods list an item with `=` belongs to the
-recipe before it and an item without one is the next method (method names have no `=`). A sweep (`KEY=V1,V2,...`, repeatable) runs every combination of its
-values over every method given, each as a recipe `METHOD:KEY=V,...`. No torch here.
+recipe before it and an item without one is the next method (method names have no `=`). A sweep
+(`KEY=V1,V2,...`, repeatable) runs every combination of its values over every method given, each as a
+recipe `METHOD:KEY=V,...`. No torch here.
 """
 
 from __future__ import annotations
@@ -21,9 +22,6 @@ import re
 from typing import Any
 
 from personae.config.base import apply_overrides
-
-_SECTIONS = ("data", "train", "lora", "dreambooth", "textual_inversion", "pivotal")
-
 
 def split_items(text: str) -> list[str]:
     """`a=1,b=[x,y]` -> ["a=1", "b=[x,y]"]: commas outside brackets separate."""
@@ -56,7 +54,9 @@ def resolve_key(key: str) -> str:
     key = key.strip()
     if "." in key or key in TrainJob.model_fields:
         return key
-    owners = [s for s in _SECTIONS if key in TrainJob.model_fields[s].annotation.model_fields]
+    sections = {name: f.annotation for name, f in TrainJob.model_fields.items()
+                if hasattr(f.annotation, "model_fields")}
+    owners = [name for name, section in sections.items() if key in section.model_fields]
     if len(owners) == 1:
         return f"{owners[0]}.{key}"
     if owners:

@@ -18,7 +18,7 @@ from pydantic import Field, model_validator
 from personae.config.base import Strict
 from personae.config.fields import setting
 from personae.config.methods import METHODS as REGISTRY
-from personae.world.bench_recipes import parse_recipe, recipe_job, sweep_labels
+from personae.world.bench_recipes import parse_recipe, recipe_job, safe_name, sweep_labels
 from personae.world.vocab import BACKGROUNDS, COLOURS, HELD_OUT, SIZES
 
 METHODS: tuple[str, ...] = tuple(REGISTRY)
@@ -99,6 +99,10 @@ class WorldBench(Strict):
         for s in self.train_sizes:
             if s not in SIZES:
                 raise ValueError(f"train_sizes: {s!r} is not one of {', '.join(SIZES)}")
+        names = [safe_name(label) for label in self.labels]
+        if len(set(names)) < len(names):
+            twice = next(label for label, name in zip(self.labels, names) if names.count(name) > 1)
+            raise ValueError(f"two methods or recipes would share the run folder of {twice!r}: give each once")
         for label in self.labels:
             method = label.partition(":")[0].strip()
             if method not in self.jobs:
@@ -110,7 +114,7 @@ class WorldBench(Strict):
     @property
     def labels(self) -> list[str]:
         """What runs: every method or recipe, once per point of the sweep's grid."""
-        return sweep_labels(self.methods, parse_sweep_dict(self.sweep))
+        return sweep_labels(self.methods, self.sweep)
 
     def job(self, label: str) -> dict:
         """The train job (without paths) of a method or recipe label."""
@@ -118,10 +122,6 @@ class WorldBench(Strict):
             return self.jobs[label]
         method, pairs = parse_recipe(label)
         return recipe_job(self.jobs[method], pairs)
-
-
-def parse_sweep_dict(sweep: dict[str, list]) -> dict[str, list]:
-    return {key: values if isinstance(values, list) else [values] for key, values in sweep.items()}
 
 
 def _check_job(label: str, recipe: dict) -> None:
