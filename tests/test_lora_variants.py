@@ -207,3 +207,113 @@ def test_pivotal_phases_train_the_tokens_then_the_lora(tmp_path, tiny_model, pre
     start = pipe.text_encoder.get_input_embeddings().weight[ids].mean(0)
     assert (at[2]["embedding.<sks>"] - start).abs().max() > 1e-4  # phase 1: the token moves
     assert torch.equal(at[2]["embedding.<sks>"], at[4]["embedding.<sks>"])  # phase 2: it stays
+
+
+@pytest.mark.parametrize("module, block", [
+    # A1111's names for SD-1.5 (its diffusers -> LDM conversion: input_blocks 1 + 3 i + j, downsampler 3 + 3 i,
+    # output_blocks 3 i + j, upsampler 3 i + 2), two layers per block
+    ("conv_in", "IN00"), ("down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q", "IN01"),
+    ("down_blocks.0.resnets.1.conv1", "IN02"), ("down_blocks.0.downsamplers.0.conv", "IN03"),
+    ("down_blocks.1.attentions.0.proj_in", "IN04"), ("down_blocks.2.resnets.1.conv2", "IN08"),
+    ("down_blocks.3.resnets.1.conv1", "IN11"), ("mid_block.attentions.0.transformer_blocks.0.attn2.to_k", "M00"),
+    ("mid_block.resnets.1.conv1", "M00"), ("up_blocks.0.resnets.0.conv1", "OUT00"),
+    ("up_blocks.0.upsamplers.0.conv", "OUT02"), ("up_blocks.1.attentions.2.proj_out", "OUT05"),
+    ("up_blocks.3.attentions.2.transformer_blocks.0.attn1.to_out.0", "OUT11"), ("conv_out", None),
+    ("time_embedding.linear_1", None),
+])
+def test_unet_modules_get_a1111_block_names(module, block):
+    from personae.methods.lora_blocks import a1111_block
+
+    assert a1111_block(module, layers_per_block=2) == block
+
+
+def _blocks_job(root: Path, tiny_model, prepared, variant: str = "locon", **lora):
+    lora = {"variant": variant, "rank": 4, "alpha": 4, "text_encoder": True, "text_encoder_rank": 2,
+            "text_encoder_alpha": 3, "block_ranks": {"IN": 2, "MID": 8, "OUT": 4, "OUT03": 6},
+            "block_alphas": {"MID": 4, "IN01": 1}, **lora}
+    return load_job(write_job(root, base_model=str(tiny_model[0]), method="lora", data=prepared, output=root / "run",
+                              lora=lora, trigger="<sks>", train={"steps": 2, "batch_size": 2, "learning_rate": 5e-3,
+                                                                 "validation": {"steps": 2}}))
+
+
+def _expected(module: str) -> tuple[int, float]:
+    """(rank, alpha) _blocks_job asks for a UNet module of the tiny model (one layer per block: IN00-IN07,
+    M00, OUT00-OUT07)."""
+    from personae.methods.lora_blocks import a1111_block
+
+    block = a1111_block(module, 1)
+    rank = {None: 4, "OUT03": 6}.get(block) or {"I": 2, "M": 8, "O": 4}[block[0]]
+    alpha = {"M00": 4, "IN01": 1}.get(block, 4)
+    return rank, alpha
+
+
+@pytest.mark.parametrize("variant", ["locon", "loha"])
+def test_block_ranks_shape_the_peft_layers(tmp_path, tiny_model, prepared, variant):
+    """lora.block_ranks / block_alphas by A1111 names reach every adapted layer of the UNet through peft's
+    rank_pattern / alpha_pattern (a single block over its group), and the text encoder has its own rank and
+    alpha."""
+    from personae.methods.lora import LoraMethod, layer_alphas
+
+    job = _blocks_job(tmp_path, tiny_model, prepared, variant)
+    pipe = load_pipeline(resolve_model(str(tiny_model[0])))
+    LoraMethod(job).setup(pipe)
+    ranks = {name: m.r["default"] for name, m in pipe.unet.named_modules() if hasattr(m, "r") and "default" in m.r}
+    alphas = layer_alphas(pipe.unet)
+    assert {_expected(m)[0] for m in ranks} == {2, 4, 6, 8}  # every group and a single block
+    for module, rank in ranks.items():
+        assert (rank, pytest.approx(alphas[module])) == _expected(module), module
+    if variant == "locon":  # the convolutions follow the blocks too (no conv_rank given)
+        assert ranks["up_blocks.1.resnets.1.conv1"] == 6 and ranks["down_blocks.0.resnets.0.conv2"] == 2
+    te = {name: (m.r["default"], round(layer_alphas(pipe.text_encoder)[name], 6)) for name, m in
+          pipe.text_encoder.named_modules() if hasattr(m, "r") and "default" in m.r}
+    assert te and set(te.values()) == {(2, 3.0)}
+
+
+def test_block_ranks_are_exported_per_key_and_reload_equal(tmp_path, tiny_model, prepared):
+    """A trained run with block ranks: the kohya file carries each module's own rank (lora_down rows), the text
+    encoder's too, and every export reloaded with the in-memory image. Block alphas that differ on attention
+    layers are folded into the up matrices over one written alpha (diffusers' kohya loader loses the attention
+    layers' own alphas; lora_files.diffusers_safe_alphas), so the reload through diffusers is exact too."""
+    job = _blocks_job(tmp_path, tiny_model, prepared)
+    result = run_training(job)
+    assert result.checks and all(c.max_abs_diff <= 1e-4 for c in result.checks), result.checks
+    tensors, _ = _read(tmp_path / "run/lora.safetensors")
+    unet = {k.removesuffix(".lora_down.weight") for k in tensors if k.startswith("lora_unet_") and "lora_down" in k}
+    pipe = load_pipeline(resolve_model(str(tiny_model[0])))
+    names = {"lora_unet_" + m.replace(".", "_"): m for m, _ in pipe.unet.named_modules()}
+    seen = set()
+    for key in unet:
+        rank, alpha = _expected(names[key])
+        assert tensors[f"{key}.lora_down.weight"].shape[0] == rank, key
+        seen.add(rank)
+    assert seen == {2, 4, 6, 8}
+    assert {float(tensors[f"{key}.alpha"]) for key in unet} == {4.0}
+    te = [k for k in tensors if k.startswith("lora_te_") and k.endswith(".lora_down.weight")]
+    assert te and all(tensors[k].shape[0] == 2 and float(tensors[k.replace("lora_down.weight", "alpha")]) == 3
+                      for k in te)
+
+
+def test_bad_block_names_are_one_paragraph(tiny_model, prepared, tmp_path):
+    base = {"base_model": "m", "method": "lora", "data": {"path": "d"}, "output": "o"}
+    for lora, expected in [({"block_ranks": {"BASE": 4}}, "text_encoder_rank"),
+                           ({"block_ranks": {"IN1": 4}}, "no UNet block name"),
+                           ({"block_ranks": {"IN": 0}}, "positive whole number")]:
+        with pytest.raises(UserError, match=expected) as err:
+            parse_settings(TrainJob, {**base, "lora": lora})
+        assert "\n" not in str(err.value)
+    from personae.methods.lora import LoraMethod
+
+    job = _blocks_job(tmp_path, tiny_model, prepared, block_ranks={"IN11": 4})  # the tiny UNet ends at IN07
+    with pytest.raises(UserError, match="IN00-IN07, M00, OUT00-OUT07"):
+        LoraMethod(job).setup(load_pipeline(resolve_model(str(tiny_model[0]))))
+
+
+def test_kohya_alphas_stay_per_key_unless_diffusers_would_lose_an_attention_alpha():
+    from personae.methods.lora_files import diffusers_safe_alphas
+
+    q, conv = "down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q", "down_blocks.0.resnets.0.conv1"
+    convs = {f"down_blocks.0.resnets.{i}.conv{j}": 1.0 for i in range(3) for j in (1, 2)}
+    assert diffusers_safe_alphas({q: 4.0, conv: 1.0, "x.attn2.to_k": 4.0}) == {q: 4.0, conv: 1.0, "x.attn2.to_k": 4.0}
+    # attention layers with their own alpha, or outnumbered by convolutions: one alpha for all (the common one)
+    assert set(diffusers_safe_alphas({q: 1.0, "x.attn2.to_k": 4.0, conv: 4.0}).values()) == {4.0}
+    assert set(diffusers_safe_alphas({q: 4.0, **convs}).values()) == {1.0}

@@ -114,7 +114,9 @@ def test_rerun_is_idempotent_and_only_processes_changes(messy_folder, tmp_path):
     assert third.reused == 24 and len(third.entries) == 25
     assert (out / gone).exists() is False and not (out / gone).with_suffix(".txt").exists()
     assert sorted(p.name for p in (out / "images").iterdir()) == sorted(
-        n for e in third.entries for n in (Path(e.image).name, Path(e.image).with_suffix(".txt").name))
+        n for e in third.entries for n in (Path(e.image).name, Path(e.image).with_suffix(".txt").name)
+        + ((Path(e.image).with_suffix(".mask.png").name,) if e.mask else ()))  # a transparent source's mask
+    assert [e.mask for e in third.entries].count("alpha") >= 1
 
 
 def test_face_crop_keeps_the_detected_face_inside_also_off_centre(tmp_path):

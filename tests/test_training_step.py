@@ -167,3 +167,38 @@ def test_weights_that_are_not_finite_end_the_run_before_anything_is_saved():
     check_weights([good], 4, lambda: "ck/3", "fix")
     with pytest.raises(UserError, match=r"at step 5: training diverged\. The last good checkpoint is ck/3"):
         check_weights([good, bad], 5, lambda: "ck/3", "Lower train.learning_rate.")
+
+
+def test_a_masked_loss_is_the_mean_error_over_the_masked_pixels():
+    """data.masked_loss: the step's loss equals the masked MSE computed by hand on the same tensors (per example:
+    sum of mask x squared error over pixels and channels / (mask sum x channels)), and the prediction outside the
+    mask gets no gradient."""
+    from personae.training.step import per_example_mse
+
+    unet, scheduler = _unet(), DDPMScheduler(num_train_timesteps=1000)
+    batch = draw_batch(seeded(0, 0), _posteriors(2), ["", ""], 1.0, 1000)
+    masks = torch.zeros(2, 1, 8, 8)
+    masks[0, :, 2:6, 1:5] = 1.0
+    masks[1, :, :, 4:] = 0.5  # soft weights, as an area-downsampled mask edge has
+    masks[1, :, 0, 0] = 0.25
+    batch.masks = masks
+    embeddings = torch.randn(2, 5, 8, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        loss = diffusion_loss(unet, scheduler, batch, embeddings)
+        noisy = scheduler.add_noise(batch.latents, batch.noise, batch.timesteps)
+        error = (unet(noisy, batch.timesteps, encoder_hidden_states=embeddings).sample - batch.noise) ** 2
+    by_hand = [(error[i] * masks[i]).sum() / (masks[i].sum() * 4) for i in range(2)]
+    assert loss.item() == pytest.approx(float(sum(by_hand) / 2), rel=1e-5)
+    assert loss.item() != pytest.approx(float(error.mean()), rel=1e-3)  # not the plain loss
+    # outside the mask: zero gradient, and any prediction there gives the same loss
+    prediction = torch.randn(2, 4, 8, 8, requires_grad=True)
+    target = torch.randn(2, 4, 8, 8)
+    per_example_mse(prediction, target, masks).mean().backward()
+    outside = (masks == 0).expand_as(prediction)
+    assert torch.all(prediction.grad[outside] == 0) and torch.all(prediction.grad[~outside] != 0)
+    changed = prediction.detach() + 100.0 * outside
+    assert torch.equal(per_example_mse(changed, target, masks), per_example_mse(prediction.detach(), target, masks))
+    # an all-white mask is the plain loss; the rows of a process's part keep their masks
+    assert torch.allclose(per_example_mse(prediction.detach(), target, torch.ones(2, 1, 8, 8)),
+                          per_example_mse(prediction.detach(), target))
+    assert torch.equal(batch.part(slice(1, 2)).masks, masks[1:])

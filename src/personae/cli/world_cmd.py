@@ -17,6 +17,15 @@ BENCH_EXAMPLES = """examples:
   personae world bench --out bench                      # the committed table (docs/world.md)
   personae world bench --out bench --methods pivotal --concepts star --seeds 1
   personae world bench --out bench --set jobs.lora.train.steps=900 --set eval.seeds_per_prompt=16
+  personae world bench --out bench --methods lora:variant=dora,rank=8,pivotal --concepts star
+  personae world bench --out sweep --methods lora --sweep lora.rank=4,8,16 --sweep lora.variant=lora,dora
+
+recipes: METHOD:KEY=VALUE,KEY=VALUE,... is METHOD's bench recipe (jobs.METHOD) with those settings of its
+`personae train` job changed. KEY is a dotted path (lora.rank, train.learning_rate, data.masked_loss) or a
+setting name only one job section has (rank, variant, steps, masked_loss); VALUE is read as YAML, lists in
+brackets (lora.target_modules=[to_q,to_v]). In --methods an item with "=" belongs to the recipe before it.
+--sweep KEY=V1,V2,... (repeatable) runs every combination over every method and writes sweep.md and
+sweep.json: the table sorted by subject fidelity, printed at the end.
 
 """
 
@@ -53,7 +62,10 @@ def add_parser(sub) -> None:
                                          "with the exact checker. Writes table.md, table.csv, results.json, "
                                          "grids/, runs/ and report.html to DIR.")
     bench.add_argument("--out", required=True, metavar="DIR", help="folder to write")
-    bench.add_argument("--methods", help="comma-separated: lora,dreambooth,textual_inversion,pivotal (default: all)")
+    bench.add_argument("--methods", help="comma-separated: lora,dreambooth,textual_inversion,pivotal (default: all), "
+                                         "or recipes such as lora:variant=dora,rank=8 (see recipes below)")
+    bench.add_argument("--sweep", action="append", default=[], metavar="KEY=V1,V2",
+                       help="a grid over a setting (repeatable): every combination runs, sorted by subject fidelity")
     bench.add_argument("--concepts", help="comma-separated held-out shapes: star,heart (default: both)")
     bench.add_argument("--seeds", type=int, help="training seeds per method and concept (default 3)")
     bench.add_argument("--model", help="`world` (the shipped model, default) or a `personae world pretrain` folder")
@@ -99,29 +111,40 @@ def run_bench_cmd(args) -> int:
     from personae.cli.progress import TerminalProgress
     from personae.world.bench import run_bench
 
-    settings = bench_settings(args.config, args.methods, args.concepts, args.seeds, args.model, list(args.set))
+    settings = bench_settings(args.config, args.methods, args.concepts, args.seeds, args.model, list(args.set),
+                              sweep=args.sweep)
     command = "personae " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     progress = TerminalProgress(quiet=args.quiet)
     try:
         result = run_bench(settings, args.out, command=command, overwrite=args.overwrite, on_event=progress)
     finally:
         progress.close()
-    print((Path(args.out) / "table.md").read_text(), end="")
+    print((Path(args.out) / ("sweep.md" if settings.sweep else "table.md")).read_text(), end="")
     print(f"finished in {result['seconds'] / 60:.1f} min; report: {Path(args.out) / 'report.html'}")
     return 0
 
 
 def bench_settings(config: str | None = None, methods: str | None = None, concepts: str | None = None,
-                   seeds: int | None = None, model: str | None = None, assignments: list[str] = ()):
+                   seeds: int | None = None, model: str | None = None, assignments: list[str] = (),
+                   sweep: list[str] = ()):
     """The bench's settings as `personae world bench` reads its options (the web UI's World tab calls this too):
-    the defaults, the --config file over them, then --methods / --concepts / --seeds / --model, then --set."""
+    the defaults, the --config file over them, then --methods (names or recipes) / --concepts / --sweep /
+    --seeds / --model, then --set."""
     from personae.config.base import apply_overrides, load_yaml, parse_settings
+    from personae.errors import UserError
+    from personae.world.bench_recipes import parse_sweep, split_methods
     from personae.world.bench_settings import WorldBench
 
     data = _merged(WorldBench().model_dump(), load_yaml(config) if config else {})  # keep unnamed recipes
-    for key, value in (("methods", methods), ("concepts", concepts)):
-        if value:
-            data[key] = [v.strip() for v in value.split(",") if v.strip()]
+    if methods:
+        data["methods"] = split_methods(methods)
+    if concepts:
+        data["concepts"] = [v.strip() for v in concepts.split(",") if v.strip()]
+    if sweep:
+        try:
+            data["sweep"] = parse_sweep(list(sweep))
+        except ValueError as exc:
+            raise UserError(str(exc), "Write it as --sweep KEY=V1,V2,..., e.g. --sweep lora.rank=4,8,16.") from None
     if seeds is not None:
         data["seeds"] = seeds
     if model:

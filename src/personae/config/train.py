@@ -34,6 +34,12 @@ class DataSection(Strict):
     shuffle_tags: bool = setting(False, "shuffle comma-separated tags after the kept ones (kohya --shuffle_caption)")
     keep_tokens: int | None = setting(None, "tags fixed in front when shuffling (default: as prepare recorded)")
     caption_dropout: float = setting(0.0, "share of examples trained with an empty caption", ge=0.0, le=1.0)
+    masked_loss: bool = setting(False, "weight the loss by each image's mask (white = the subject), taken at the "
+                                       "latents' size: the loss is the mean over the masked pixels (kohya "
+                                       "masked_loss). The mask is images/NAME.mask.png in the prepared set, made by "
+                                       "prepare from the source's alpha channel, else a NAME.mask.png beside the "
+                                       "source (photo.jpg -> photo.mask.png), else the face box of crop: face; an "
+                                       "image without one stops the run")
 
 
 class ValidationSection(Strict):
@@ -89,6 +95,9 @@ class TrainSection(Strict):
 
 
 LORA_VARIANTS = ("lora", "locon", "dora", "loha", "lokr")
+# A1111's LoRA block-weight names (hako-mikan's extension, kohya's block_dims): the three groups, or one block of
+# the original (LDM) UNet layout: input_blocks.NN, middle_block, output_blocks.NN
+BLOCK_NAME = re.compile(r"IN|MID|OUT|IN\d\d|M00|OUT\d\d")
 LoraVariant = Literal["lora", "locon", "dora", "loha", "lokr"]
 
 
@@ -103,12 +112,35 @@ class LoraSection(Strict):
     target_modules: list[str] = setting(["to_q", "to_k", "to_v", "to_out.0"], "UNet layers that get a LoRA (variant "
                                         "locon adds the resnet and sampler convolutions)")
     text_encoder: bool = setting(False, "also a LoRA on the text encoder")
-    text_encoder_rank: int | None = setting(None, "the text encoder's LoRA rank (default: rank)")
-    text_encoder_lr: float | None = setting(None, "the text encoder's learning rate (default: train.learning_rate)")
+    text_encoder_rank: int | None = setting(None, "the text encoder's LoRA rank (default: rank)", ge=1)
+    text_encoder_alpha: float | None = setting(None, "the text encoder's LoRA alpha (default: the UNet's scale "
+                                                     "alpha / rank at the text encoder's rank)", gt=0)
+    text_encoder_lr: float | None = setting(None, "the text encoder's learning rate (default: train.learning_rate)",
+                                            gt=0)
+    block_ranks: dict[str, int] = setting({}, "rank per UNet block, by A1111 block-weight names: IN (down blocks), "
+                                              "MID, OUT (up blocks), or single blocks IN00-IN11, M00, OUT00-OUT11 "
+                                              "(SD-1.5's numbering; a single block wins over its group), e.g. {IN: 4, "
+                                              "MID: 8, OUT: 8}; other layers keep rank (kohya block_dims)")
+    block_alphas: dict[str, float] = setting({}, "alpha per UNet block, named as in block_ranks (default: alpha; "
+                                                 "kohya block_alphas)")
     conv_rank: int | None = setting(None, "locon: the rank of the UNet's 3x3 convolutions (kohya conv_dim; default: "
                                           "rank)", ge=1)
     conv_alpha: float | None = setting(None, "locon: the alpha of the 3x3 convolutions (kohya conv_alpha; default: "
                                              "alpha)", gt=0)
+
+    @field_validator("block_ranks", "block_alphas")
+    @classmethod
+    def _block_names(cls, value: dict, info):
+        for name, number in value.items():
+            if not BLOCK_NAME.fullmatch(str(name)):
+                hint = " (the text encoder, A1111's BASE, has text_encoder_rank / text_encoder_alpha)" if str(
+                    name).upper() == "BASE" else ""
+                raise ValueError(f"lora.{info.field_name} key {name!r} is no UNet block name: use IN, MID, OUT, or "
+                                 f"IN00-IN11, M00, OUT00-OUT11 (A1111's block-weight names){hint}")
+            if not number > 0 or (info.field_name == "block_ranks" and (number < 1 or int(number) != number)):
+                raise ValueError(f"lora.{info.field_name}.{name} must be a positive "
+                                 f"{'whole number' if info.field_name == 'block_ranks' else 'number'}, got {number}")
+        return value
 
     @model_validator(mode="after")
     def _variant_fits(self):

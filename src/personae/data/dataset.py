@@ -15,6 +15,7 @@ import numpy as np
 from PIL import Image
 
 from personae.data.captions import keep_and_shuffle_split
+from personae.data.masks import sidecar_mask
 from personae.data.prepare import load_manifest, read_caption_file
 from personae.events import EventHandler, Message, ignore
 
@@ -26,6 +27,7 @@ class Example:
     size: tuple[int, int]  # (width, height): examples batch only with their own size (bucket)
     repeats: int = 1
     keep_tokens: int = 0
+    mask: Path | None = None  # images/<name>.mask.png when there is one (data.masked_loss; data/masks.py)
 
 
 def examples_from_prepared(folder: str | Path, on_event: EventHandler = ignore) -> list[Example]:
@@ -38,7 +40,9 @@ def examples_from_prepared(folder: str | Path, on_event: EventHandler = ignore) 
         if sidecar.is_file():
             caption = read_caption_file(sidecar)
             edited += caption != e.caption
-        examples.append(Example(folder / e.image, caption, (e.width, e.height), e.repeats, e.keep_tokens))
+        mask = sidecar_mask(folder / e.image)
+        examples.append(Example(folder / e.image, caption, (e.width, e.height), e.repeats, e.keep_tokens,
+                                mask if mask.is_file() else None))
     if edited:
         on_event(Message(f"{edited} of {len(examples)} captions come from edited .txt files in {folder / 'images'} "
                          "(they differ from manifest.jsonl; the .txt files are used)"))

@@ -25,8 +25,10 @@ class Rejected:
 
 
 def find_images(root: Path) -> list[Path]:
-    """Every image file under root, recursively, in a stable order; hidden folders skipped."""
+    """Every image file under root, recursively, in a stable order; hidden folders and loss masks (`*.mask.png`,
+    data/masks.py) skipped."""
     return sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+                  and not p.name.lower().endswith(".mask.png")
                   and not any(part.startswith(".") for part in p.relative_to(root).parts))
 
 

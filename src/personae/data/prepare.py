@@ -32,6 +32,7 @@ from personae.data.caption_checks import CaptionFlags, caption_flags
 from personae.data.captioners import Captioner, get_captioner
 from personae.data.framing import bucket_box, center_box, detect_faces, face_box, make_buckets, nearest_bucket
 from personae.data.images import Rejected, file_hash, find_images, hamming, load_image, perceptual_hash
+from personae.data.masks import MASK_SUFFIX, frame_mask, mask_fingerprint, source_mask
 from personae.errors import UserError
 from personae.events import EventHandler, Message, Progress, ignore
 from personae.media.sheet import contact_sheet
@@ -40,7 +41,7 @@ from personae.staging import atomic_file, write_text
 
 MANIFEST = "manifest.jsonl"
 REPORT_ROWS = 200  # flagged captions listed in report.md (the counts cover them all)
-MANIFEST_VERSION = 2  # in every line; a change of shape adds a migration in _entry
+MANIFEST_VERSION = 3  # in every line; a change of shape adds a migration in _entry
 PREPARED_SET = Kind("prepare", "a prepared training set", "personae prepare", signature=(MANIFEST, "report.md"),
                     layout=("images/*.png", "images/*.txt", MANIFEST, "report.md", "contact_sheet.png"))
 
@@ -68,6 +69,8 @@ class Entry:
     sidecar_sha256: str | None = None  # the source's caption sidecar(s) ("" for none; None: not recorded, version 1)
     caption_from: str | None = None  # "sidecar", the captioner's name, "" when neither gave text, "edited" when the
     # user changed the set's .txt since (None: version 1)
+    mask: str | None = None  # where images/<name>.mask.png came from: "alpha", "sidecar", "face"; "" none (data/masks)
+    mask_sha256: str | None = None  # the source's sidecar mask ("" for none; None: not recorded, before version 3)
     version: int = MANIFEST_VERSION  # the manifest format (lines written before it existed are version 1)
 
 
@@ -104,8 +107,8 @@ def _entry(path: Path, number: int, line: str) -> Entry:
     if isinstance(version, int) and version > MANIFEST_VERSION:
         raise UserError(f"{path}, line {number}: manifest version {version} is newer than this personae reads "
                         f"({MANIFEST_VERSION}).", "Update personae, or prepare the set again with this version.")
-    if isinstance(version, int) and version < 2:  # 1 -> 2: sidecar_sha256, caption_from (unknown: not reused)
-        data = {**data, "version": MANIFEST_VERSION}
+    if isinstance(version, int) and version < 3:  # 1 -> 2: sidecar_sha256, caption_from; 2 -> 3: mask, mask_sha256
+        data = {**data, "version": MANIFEST_VERSION}  # (unknown: None, so the image is prepared again, not reused)
     try:
         entry = Entry(**data)
     except TypeError as exc:  # a field missing or unknown
@@ -146,18 +149,19 @@ def write_manifest(folder: str | Path, entries: list[Entry]) -> None:
     write_text(Path(folder) / MANIFEST, "".join(json.dumps(asdict(e), ensure_ascii=False) + "\n" for e in entries))
 
 
-def _frame(image: Image.Image, settings: PrepareSettings, buckets) -> tuple[list[int], tuple[int, int], bool | None]:
-    """(crop box, output size, face found?) for one upright RGB image."""
+def _frame(image: Image.Image, settings: PrepareSettings, buckets
+           ) -> tuple[list[int], tuple[int, int], bool | None, tuple[int, int, int, int] | None]:
+    """(crop box, output size, face found?, the face's box) for one upright RGB image."""
     w, h = image.size
     if settings.crop == "none":
         bucket = nearest_bucket(w, h, buckets)
-        return list(bucket_box(w, h, bucket)), (bucket.width, bucket.height), None
+        return list(bucket_box(w, h, bucket)), (bucket.width, bucket.height), None, None
     if settings.crop == "face":
         faces = detect_faces(image)
         if faces:
-            return list(face_box(w, h, faces[0], settings.face_margin)), (settings.resolution,) * 2, True
-        return list(center_box(w, h)), (settings.resolution,) * 2, False
-    return list(center_box(w, h)), (settings.resolution,) * 2, None
+            return list(face_box(w, h, faces[0], settings.face_margin)), (settings.resolution,) * 2, True, faces[0]
+        return list(center_box(w, h)), (settings.resolution,) * 2, False, None
+    return list(center_box(w, h)), (settings.resolution,) * 2, None, None
 
 
 def prepare_dataset(src: str | Path, out: str | Path, settings: PrepareSettings, on_event: EventHandler = ignore,
@@ -258,12 +262,16 @@ def _prepare(src: Path, files: list[Path], out: Path, work: Path, previous: dict
         name = _output_name(relative)
         image_rel = f"images/{name}.png"
         old = previous.get(relative.as_posix())
-        sidecar_sha = cap.sidecar_fingerprint(path)
+        sidecar_sha, mask_sha = cap.sidecar_fingerprint(path), mask_fingerprint(path)
+        mask_rel = f"images/{name}{MASK_SUFFIX}"
         if (old and old.settings_hash == settings_hash and old.source_size == stat.st_size
                 and old.source_mtime_ns == stat.st_mtime_ns and old.sidecar_sha256 == sidecar_sha
+                and old.mask_sha256 == mask_sha and (not old.mask or (out / mask_rel).is_file())
                 and old.image == image_rel and (out / old.image).is_file() and (out / f"images/{name}.txt").is_file()):
             _reuse(out, work, old.image)
             _reuse(out, work, f"images/{name}.txt")
+            if old.mask:
+                _reuse(out, work, mask_rel)
             text = read_caption_file(out / f"images/{name}.txt")
             if text != old.caption:  # edited there by the user: the manifest follows
                 old.caption, old.caption_from = text, "edited"
@@ -274,8 +282,12 @@ def _prepare(src: Path, files: list[Path], out: Path, work: Path, previous: dict
         if isinstance(image, Rejected):
             rejected.append(Rejected(relative, image.reason))
             continue
-        box, size, face = _frame(image, settings, buckets)
+        box, size, face, face_rect = _frame(image, settings, buckets)
         framed = image.crop(tuple(box)).resize(size, Image.Resampling.LANCZOS)
+        mask, mask_from = source_mask(path, image.size, face_rect)
+        if mask is not None:
+            with atomic_file(work / mask_rel) as tmp:
+                frame_mask(mask, box, size).save(tmp, format="PNG")
         repeats, _, token = cap.folder_meaning(relative, settings.folder_tokens)
         caption, caption_from = caption_for(path, relative, settings, captioner, image)
         with atomic_file(work / image_rel) as tmp:
@@ -284,7 +296,7 @@ def _prepare(src: Path, files: list[Path], out: Path, work: Path, previous: dict
         entries.append(Entry(relative.as_posix(), file_hash(path), image_rel, caption, box, size[0], size[1],
                              [size[0], size[1]], repeats, token, settings.keep_tokens, face,
                              f"{perceptual_hash(image):016x}", settings_hash, stat.st_size, stat.st_mtime_ns,
-                             sidecar_sha, caption_from))
+                             sidecar_sha, caption_from, mask_from, mask_sha))
     on_event(Progress("prepare", len(files), len(files)))
 
     # 3. outputs whose source is gone or now rejected are not carried over into the new set; names never repeat

@@ -23,6 +23,7 @@ from peft.utils import get_peft_model_state_dict
 
 from personae.errors import UserError
 from personae.methods.base import ExportFile, Method, ParamGroup, export_dtype
+from personae.methods.lora_blocks import layer_shapes, patterns
 from personae.methods.lora_files import kohya_metadata, peft_to_kohya, training_metadata, write_diffusers, write_kohya
 from personae.methods.lycoris_files import lycoris_network_args, peft_to_lycoris, write_peft_folder
 
@@ -43,26 +44,29 @@ def unet_targets(targets: list[str], variant: str) -> list[str]:
 
 
 def adapter_config(variant: str, rank: int, alpha: float, dropout: float, targets: list[str],
-                   conv_rank: int | None = None, conv_alpha: float | None = None):
-    """peft's config for one component: LoraConfig (lora, locon, dora), LoHaConfig or LoKrConfig."""
+                   shapes: dict[str, tuple[int, float]] | None = None):
+    """peft's config for one component: LoraConfig (lora, locon, dora), LoHaConfig or LoKrConfig. `shapes`
+    ({module: (rank, alpha)}, from lora_blocks.layer_shapes) become its rank_pattern / alpha_pattern."""
+    ranks, alphas = patterns(shapes or {}, rank, alpha)
     if variant == "loha":
-        return LoHaConfig(r=rank, alpha=alpha, target_modules=targets)
+        return LoHaConfig(r=rank, alpha=alpha, target_modules=targets, rank_pattern=ranks, alpha_pattern=alphas)
     if variant == "lokr":
-        return LoKrConfig(r=rank, alpha=alpha, target_modules=targets)
-    patterns = {}
-    if variant == "locon" and (conv_rank or conv_alpha):
-        patterns = {name: (conv_rank or rank, conv_alpha or alpha) for name in LOCON_CONVS if name in targets}
+        return LoKrConfig(r=rank, alpha=alpha, target_modules=targets, rank_pattern=ranks, alpha_pattern=alphas)
     return LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets,
-                      init_lora_weights="gaussian", use_dora=variant == "dora",
-                      rank_pattern={k: r for k, (r, _) in patterns.items()},
-                      alpha_pattern={k: a for k, (_, a) in patterns.items()})
+                      init_lora_weights="gaussian", use_dora=variant == "dora", rank_pattern=ranks,
+                      alpha_pattern=alphas)
+
+
+def targeted(model, targets: list[str]) -> dict[str, str]:
+    """{module name: class name} of the layers `targets` names (a whole name, or its last parts, as peft matches)."""
+    return {name: type(m).__name__ for name, m in model.named_modules()
+            if any(name == t or name.endswith("." + t) for t in targets)}
 
 
 def check_targets(model, targets: list[str], variant: str, where: str) -> None:
     """Every layer `targets` names is one peft's `variant` can adapt (Linear / Conv2d), and at least one exists:
     else one paragraph before anything trains."""
-    matched = {name: type(m).__name__ for name, m in model.named_modules()
-               if any(name == t or name.endswith("." + t) for t in targets)}
+    matched = targeted(model, targets)
     if not matched:
         raise UserError(f"lora.target_modules {targets} name no layer of the {where}.",
                         "Use layer names such as to_q, to_k, to_v, to_out.0, proj_in, conv1, conv2.")
@@ -78,14 +82,22 @@ def check_targets(model, targets: list[str], variant: str, where: str) -> None:
 
 def add_lora(pipe, rank: int, alpha: float, dropout: float, targets: list[str], text_encoder: bool,
              te_rank: int | None, variant: str = "lora", conv_rank: int | None = None,
-             conv_alpha: float | None = None) -> None:
+             conv_alpha: float | None = None, te_alpha: float | None = None, block_ranks: dict[str, int] | None = None,
+             block_alphas: dict[str, float] | None = None) -> None:
+    """peft adapters on the UNet (rank and alpha per block and, for locon, per 3x3 convolution) and optionally on
+    the text encoder (te_rank, te_alpha; by default the UNet's rank and alpha / rank scale)."""
     targets = unet_targets(targets, variant)
     check_targets(pipe.unet, targets, variant, "UNet")
-    pipe.unet.add_adapter(adapter_config(variant, rank, alpha, dropout, targets, conv_rank, conv_alpha))
+    modules = list(targeted(pipe.unet, targets))
+    convs = {}
+    if variant == "locon" and (conv_rank or conv_alpha):
+        convs = {m: (conv_rank, conv_alpha) for m in modules if m.rsplit(".", 1)[-1] in LOCON_CONVS}
+    shapes = layer_shapes(pipe.unet, modules, rank, alpha, block_ranks or {}, block_alphas or {}, convs)
+    pipe.unet.add_adapter(adapter_config(variant, rank, alpha, dropout, targets, shapes))
     if text_encoder:
         r = te_rank or rank
-        pipe.text_encoder.add_adapter(adapter_config("lora" if variant == "locon" else variant, r, alpha * r / rank,
-                                                     dropout, TEXT_ENCODER_TARGETS))
+        pipe.text_encoder.add_adapter(adapter_config("lora" if variant == "locon" else variant, r,
+                                                     te_alpha or alpha * r / rank, dropout, TEXT_ENCODER_TARGETS))
 
 
 def layer_alphas(model) -> dict[str, float]:
@@ -149,7 +161,7 @@ class LoraMethod(Method):
         c = self.job.lora
         freeze(pipe)
         add_lora(pipe, c.rank, c.alpha, c.dropout, c.target_modules, c.text_encoder, c.text_encoder_rank, c.variant,
-                 c.conv_rank, c.conv_alpha)
+                 c.conv_rank, c.conv_alpha, c.text_encoder_alpha, c.block_ranks, c.block_alphas)
         lr = self.job.train.learning_rate
         groups = [ParamGroup("unet_lora", [p for p in pipe.unet.parameters() if p.requires_grad], lr)]
         if c.text_encoder:

@@ -24,6 +24,7 @@ import hashlib
 import json
 import re
 import struct
+from collections import Counter
 from pathlib import Path
 
 import torch
@@ -64,6 +65,29 @@ def dora_scale(magnitude: torch.Tensor, down: torch.Tensor) -> torch.Tensor:
     return magnitude.reshape(-1, *[1] * (down.dim() - 1))
 
 
+_ATTENTION = re.compile(r"(^|\.)attn\d\.(to_q|to_k|to_v|to_out\.0)$")
+
+
+def diffusers_safe_alphas(alphas: dict[str, float]) -> dict[str, float]:
+    """The alpha each module's key carries in a kohya file: its own, unless diffusers would misread it.
+
+    diffusers (0.42) converts a kohya file's alphas into peft's lora_alpha (the most common one) plus an
+    alpha_pattern, but names the attention projections' entries by their old processor names
+    (`attn1.processor.to_q_lora...`), which match no layer: an attention layer whose alpha is not the file's most
+    common one loads at the wrong scale (block_alphas, or locon's conv_alpha where convolutions outnumber the
+    attention layers). Then every module carries the most common alpha and its up matrix the difference (up x
+    alpha / written alpha): the same weight change in every reader (A1111, ComfyUI, kohya, diffusers)."""
+    values = {m: float(torch.tensor(a, dtype=torch.float32)) for m, a in alphas.items()}
+    counts = Counter(values.values()).most_common()
+    if not counts:
+        return values
+    common = counts[0][0]
+    strict = len(counts) == 1 or counts[0][1] > counts[1][1]
+    if strict and all(a == common for m, a in values.items() if _ATTENTION.search(m)):
+        return values
+    return {m: common for m in values}
+
+
 def peft_to_kohya(unet_state: dict[str, torch.Tensor], te_state: dict[str, torch.Tensor] | None,
                   unet_alpha: dict[str, float] | float, te_alpha: dict[str, float] | float | None = None,
                   dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
@@ -75,12 +99,15 @@ def peft_to_kohya(unet_state: dict[str, torch.Tensor], te_state: dict[str, torch
     if te_state:
         parts.append((_TE_PREFIX, te_state, te_alpha if te_alpha is not None else unet_alpha))
     for prefix, state, alphas in parts:
-        for module, w in _module_weights(state).items():
-            alpha = _alpha(alphas, module, w["A"].shape[0])
+        modules = _module_weights(state)
+        trained = {module: _alpha(alphas, module, w["A"].shape[0]) for module, w in modules.items()}
+        written = diffusers_safe_alphas(trained)
+        for module, w in modules.items():
+            alpha, up = written[module], w["B"].detach().to("cpu", torch.float32) * (trained[module] / written[module])
             module = module.removeprefix("text_model.")  # transformers < 5 nests the text model
             name = prefix + module.replace(".", "_")
             out[f"{name}.lora_down.weight"] = w["A"].detach().to("cpu", dtype).contiguous()
-            out[f"{name}.lora_up.weight"] = w["B"].detach().to("cpu", dtype).contiguous()
+            out[f"{name}.lora_up.weight"] = up.to(dtype).contiguous()
             out[f"{name}.alpha"] = torch.tensor(alpha, dtype=dtype)
             if "M" in w:
                 out[f"{name}.dora_scale"] = dora_scale(w["M"], w["A"]).detach().to("cpu", dtype).contiguous()

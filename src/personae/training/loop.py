@@ -32,6 +32,7 @@ from personae.training.memory import GB, check_fits, estimate_training, free_mem
 from personae.training.saving import DIVERGED_FIX, Saver, export_header
 from personae.training.setup import (
     LatentCache,
+    MaskCache,
     class_examples,
     load_examples,
     make_accelerator,
@@ -169,7 +170,8 @@ def _train(job: TrainJob, run: Path, resume: bool, on_event: EventHandler, comma
     saver = Saver(run, job, pipe, method, source, base_scheduler, prompts, baseline, optimizer, lr_schedule, ema,
                   params, losses, log, on_event,
                   header=export_header(job, stats, plan.steps_per_epoch, total, examples[0].size))
-    train_batch = _Draws(job, examples, latents, noise_scheduler, scaling, tag=0)
+    masks = MaskCache(examples) if job.data.masked_loss else None
+    train_batch = _Draws(job, examples, latents, noise_scheduler, scaling, tag=0, masks=masks)
     prior_batch = _Draws(job, priors, prior_latents, noise_scheduler, scaling, tag=1) if priors else None
 
     def text_embeddings(captions):
@@ -248,8 +250,9 @@ def _train(job: TrainJob, run: Path, resume: bool, on_event: EventHandler, comma
 class _Draws:
     """The batch of one optimizer step from a set of examples: flips, then `draw_batch`, then caption noise."""
 
-    def __init__(self, job: TrainJob, examples, cache: LatentCache, noise_scheduler, scaling: float, tag: int):
-        self.job, self.examples, self.cache, self.tag = job, examples, cache, tag
+    def __init__(self, job: TrainJob, examples, cache: LatentCache, noise_scheduler, scaling: float, tag: int,
+                 masks: MaskCache | None = None):
+        self.job, self.examples, self.cache, self.tag, self.masks = job, examples, cache, tag, masks
         self.scaling, self.timesteps = scaling, noise_scheduler.config.num_train_timesteps
 
     def caption(self, i: int, rng: random.Random) -> str:
@@ -267,7 +270,11 @@ class _Draws:
         posteriors = [self.cache.get(i, f) for i, f in zip(ids, flips)]
         rng = random.Random(f"{t.seed}-{step}-{self.tag}")
         captions = [self.caption(i, rng) for i in ids]
-        return draw_batch(gen, posteriors, captions, self.scaling, self.timesteps, t.noise_offset)
+        batch = draw_batch(gen, posteriors, captions, self.scaling, self.timesteps, t.noise_offset)
+        if self.masks is not None:  # the loss weights, flipped with their images (class images have none)
+            size = tuple(batch.latents.shape[-2:])
+            batch.masks = torch.stack([self.masks.get(i, f, size) for i, f in zip(ids, flips)])
+        return batch
 
 
 def _stop_wanted(stop, accelerator) -> bool:

@@ -12,6 +12,7 @@ from personae.config.prepare import PrepareSettings
 from personae.config.train import TrainJob
 from personae.data.caption_checks import require_token
 from personae.data.dataset import Example, examples_from_prepared, load_pixels
+from personae.data.masks import load_mask, require_masks
 from personae.data.prepare import planned_captions, prepare_dataset
 from personae.errors import UserError
 from personae.events import EventHandler, Message, Progress
@@ -46,7 +47,10 @@ def preflight(job: TrainJob) -> None:
         raise UserError(f"data.path {job.data.path} does not exist.",
                         "Point it at a `personae prepare` output or an image folder.")
     if (data / "manifest.jsonl").is_file():
-        check_tokens(job, [e.caption for e in examples_from_prepared(data)], data)
+        examples = examples_from_prepared(data)
+        check_tokens(job, [e.caption for e in examples], data)
+        if job.data.masked_loss:
+            require_masks([e.image for e in examples], data)
     elif data.is_dir():  # the captions a raw folder will be given (load_examples checks the prepared ones again)
         check_tokens(job, planned_captions(data, raw_folder_settings(job)), data)
     resolve_model(job.base_model, allow_pickle=job.allow_pickle)
@@ -101,8 +105,10 @@ def load_examples(job: TrainJob, run: Path, on_event: EventHandler) -> list[Exam
     if not examples:
         raise UserError(f"data.path {path} holds no usable images.", "See its report.md for why images were rejected.")
     check_tokens(job, [e.caption for e in examples], path)  # the captions as prepared (preflight predicted them)
+    if job.data.masked_loss:
+        require_masks([e.image for e in examples], path)
     if job.method == "dreambooth" and job.dreambooth.instance_prompt:
-        examples = [Example(e.image, job.dreambooth.instance_prompt, e.size, e.repeats, 0) for e in examples]
+        examples = [Example(e.image, job.dreambooth.instance_prompt, e.size, e.repeats, 0, e.mask) for e in examples]
     if job.trigger and not any(job.trigger in e.caption for e in examples):  # exports would name a word never taught
         on_event(Message(f'trigger "{job.trigger}" appears in none of the {len(examples)} training captions (e.g. '
                          f'"{examples[0].caption[:80]}"): prompts with it will not call up what this run learns. Put '
@@ -216,4 +222,18 @@ class LatentCache:
             return self._encode(i, flip)
         if key not in self.store:
             self.store[key] = self._encode(i, flip)
+        return self.store[key]
+
+
+class MaskCache:
+    """Each example's loss mask at the latents' size (area-averaged, as kohya's masked_loss takes it), per flip."""
+
+    def __init__(self, examples: list[Example]):
+        self.examples, self.store = examples, {}
+
+    def get(self, i: int, flip: bool, size: tuple[int, int]) -> torch.Tensor:
+        key = (i, flip, size)
+        if key not in self.store:
+            mask = torch.from_numpy(load_mask(self.examples[i].mask, flip))[None, None]
+            self.store[key] = torch.nn.functional.interpolate(mask, size=size, mode="area")[0]
         return self.store[key]

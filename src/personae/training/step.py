@@ -33,12 +33,15 @@ class Batch:
     noise: torch.Tensor
     timesteps: torch.Tensor
     captions: list[str] = field(default_factory=list)  # empty when the caller encodes its own (world pretraining)
+    masks: torch.Tensor | None = None  # (n, 1, h, w) loss weights at the latents' size (data.masked_loss)
 
     def part(self, rows: slice) -> Batch:
-        return Batch(self.latents[rows], self.noise[rows], self.timesteps[rows], self.captions[rows])
+        masks = self.masks[rows] if self.masks is not None else None
+        return Batch(self.latents[rows], self.noise[rows], self.timesteps[rows], self.captions[rows], masks)
 
     def to(self, device) -> Batch:
-        return Batch(self.latents.to(device), self.noise.to(device), self.timesteps.to(device), self.captions)
+        masks = self.masks.to(device) if self.masks is not None else None
+        return Batch(self.latents.to(device), self.noise.to(device), self.timesteps.to(device), self.captions, masks)
 
 
 def seeded(*parts: int) -> torch.Generator:
@@ -76,16 +79,29 @@ def draw_batch(gen: torch.Generator, posteriors: list[torch.Tensor], captions: l
     return Batch(sample_latents(posteriors, eps, scaling), noise, timesteps, list(captions))
 
 
+def per_example_mse(prediction: torch.Tensor, target: torch.Tensor, masks: torch.Tensor | None = None
+                    ) -> torch.Tensor:
+    """Each example's mean squared error; with `masks` ((n, 1, h, w) weights in [0, 1]) the mean over the masked
+    pixels: sum(mask * error) / sum(mask) over pixels and channels, so a pixel outside the mask adds nothing and
+    a small subject weighs as much as a large one."""
+    error = F.mse_loss(prediction.float(), target.float(), reduction="none")
+    if masks is None:
+        return error.mean(dim=(1, 2, 3))
+    weights = masks.float().expand_as(error)
+    return (error * weights).sum(dim=(1, 2, 3)) / weights.sum(dim=(1, 2, 3)).clamp_min(1e-8)
+
+
 def diffusion_loss(unet, noise_scheduler, batch: Batch, embeddings: torch.Tensor,
                    min_snr_gamma: float | None = None) -> torch.Tensor:
     """Mean squared error of the UNet's prediction on the noised latents: noise for epsilon models, the
-    velocity for v-prediction ones; with `min_snr_gamma`, each example weighted by min(SNR, gamma) / SNR
-    (/ (SNR + 1) for v-prediction), as in the min-SNR paper and diffusers' scripts."""
+    velocity for v-prediction ones; with the batch's masks, over the masked pixels only; with `min_snr_gamma`,
+    each example weighted by min(SNR, gamma) / SNR (/ (SNR + 1) for v-prediction), as in the min-SNR paper and
+    diffusers' scripts."""
     v_prediction = noise_scheduler.config.prediction_type == "v_prediction"
     noisy = noise_scheduler.add_noise(batch.latents, batch.noise, batch.timesteps)
     target = noise_scheduler.get_velocity(batch.latents, batch.noise, batch.timesteps) if v_prediction else batch.noise
     prediction = unet(noisy, batch.timesteps, encoder_hidden_states=embeddings).sample
-    per_example = F.mse_loss(prediction.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
+    per_example = per_example_mse(prediction, target, batch.masks)
     if min_snr_gamma:
         snr = compute_snr(noise_scheduler, batch.timesteps)
         per_example = per_example * snr.clamp(max=min_snr_gamma) / (snr + 1 if v_prediction else snr)

@@ -29,11 +29,12 @@ from personae.errors import UserError
 from personae.events import EventHandler, Message, Progress, ignore
 from personae.outputs import Kind, staged_output
 from personae.world.bench_settings import WorldBench
-from personae.world.scene import HELD_OUT, caption, render
+from personae.world.bench_recipes import safe_name, sweep_rows
+from personae.world.scene import HELD_OUT, caption, render, shape_mask
 
 WORLD_BENCH = Kind("world-bench", "a shapes-world bench", "personae world bench",
-                   layout=("table.md", "table.csv", "results.json", "report.html", "grids/*", "runs/*", "data/*",
-                           "prior/*", "model/*"))
+                   layout=("table.md", "table.csv", "results.json", "report.html", "sweep.md", "sweep.json",
+                           "grids/*", "runs/*", "data/*", "prior/*", "model/*"))
 
 COLUMNS = [  # (key, header) of the table, in order
     ("subject_fidelity", "subject fidelity"),
@@ -57,18 +58,19 @@ class Task:
 
     @property
     def name(self) -> str:
-        return f"{self.method}-{self.concept}-s{self.seed}"
+        return f"{safe_name(self.method)}-{self.concept}-s{self.seed}"
 
 
 def word_for(bench: WorldBench, method: str, concept: str) -> str:
     """What stands for the subject in captions and prompts: the trigger word, or the new token."""
-    if REGISTRY[method].tokens_section:  # it learns a new token
+    if REGISTRY[bench.job(method)["method"]].tokens_section:  # it learns a new token
         return bench.token.format(concept=concept)
     return bench.trigger.format(concept=concept)
 
 
-def make_data(bench: WorldBench, task: Task, folder: Path) -> list[str]:
-    """The task's training images with caption sidecars; the same draw for every method at a seed."""
+def make_data(bench: WorldBench, task: Task, folder: Path, masks: bool = False) -> list[str]:
+    """The task's training images with caption sidecars (and with `masks`, the shape's own coverage as a
+    NN.mask.png sidecar, which prepare turns into the loss mask); the same draw for every method at a seed."""
     colour = bench.concept_settings[task.concept].colour
     backgrounds = [b for b in bench.train_backgrounds if b != colour]
     rng = np.random.default_rng([task.seed, HELD_OUT.index(task.concept)])
@@ -80,6 +82,8 @@ def make_data(bench: WorldBench, task: Task, folder: Path) -> list[str]:
         size = bench.train_sizes[(i // len(backgrounds)) % len(bench.train_sizes)]
         offset = tuple(float(v) for v in rng.uniform(-1.0, 1.0, 2))
         render(task.concept, colour, background, size, offset).save(folder / f"{i:02d}.png")
+        if masks:
+            shape_mask(task.concept, size, offset).save(folder / f"{i:02d}.mask.png")
         text = caption(word, colour, background, size)
         (folder / f"{i:02d}.txt").write_text(text + "\n")
         captions.append(text)
@@ -105,7 +109,7 @@ def job_for(bench: WorldBench, task: Task, model: str, data: Path, run: Path, in
     from personae.config.train import TrainJob
 
     word = word_for(bench, task.method, task.concept)
-    text = json.dumps(bench.jobs[task.method]).replace("{token}", word).replace("{init}", init)
+    text = json.dumps(bench.job(task.method)).replace("{token}", word).replace("{init}", init)
     text = text.replace("{prior}", str(run.parent.parent / "prior"))
     recipe = json.loads(text)
     recipe.setdefault("train", {})["seed"] = task.seed
@@ -151,8 +155,8 @@ def run_task(bench_data: dict, task: Task, model: str, work: str) -> dict:
     work_dir = Path(work)
     data = work_dir / "data" / task.name
     run = work_dir / "runs" / task.name
-    make_data(bench, task, data)
     job = job_for(bench, task, model, data, run, bench.concept_settings[task.concept].init_word)
+    make_data(bench, task, data, masks=job.data.masked_loss)
     started = time.monotonic()
     run_training(job, overwrite=True)
     seconds = time.monotonic() - started
@@ -254,8 +258,8 @@ def _write_outputs(work: Path, bench: WorldBench, results: list[dict], base: dic
         "settings": bench.model_dump(), "command": command, "seconds": round(seconds, 1),
         "base": base, "runs": results, "table": rows}, indent=1))
     grids = [(f"base model, {c} prompts", f"grids/base-{c}.png") for c in bench.concepts]
-    grids += [(f"{r['method']}, {r['concept']}, seed {r['seed']}", f"grids/{r['method']}-{r['concept']}-s{r['seed']}.png")
-              for r in results]
+    grids += [(f"{r['method']}, {r['concept']}, seed {r['seed']}",
+               f"grids/{Task(r['method'], r['concept'], r['seed']).name}.png") for r in results]
     report = ReportData(
         title="Shapes-world bench", settings={"command": command, "minutes": f"{seconds / 60:.1f}",
                                               "concepts": ", ".join(bench.concepts), "seeds": str(bench.seeds),
@@ -264,6 +268,15 @@ def _write_outputs(work: Path, bench: WorldBench, results: list[dict], base: dic
         rows=[{"label": r["method"], "settings": "", "images": r["runs"], **{k: r[k] for k, _ in COLUMNS}} for r in rows],
         grids=grids, notes=["Every score is read from the images by the exact checker (world/check.py)."])
     (work / "report.html").write_text(render_report(report), encoding="utf-8")
+
+
+def _write_sweep(work: Path, bench: WorldBench, base: dict, rows: list[dict], command: str) -> None:
+    """sweep.md and sweep.json: the table's rows, one per grid point (and method), best subject fidelity first."""
+    ranked = sweep_rows(rows)
+    grid = ", ".join(f"{k} in {v}" for k, v in bench.sweep.items())
+    (work / "sweep.md").write_text(f"Sweep over {grid}, sorted by subject fidelity.\n\n"
+                                   + table_markdown(ranked, base, command))
+    (work / "sweep.json").write_text(json.dumps({"command": command, "sweep": bench.sweep, "rows": ranked}, indent=1))
 
 
 def run_bench(bench: WorldBench, out: str | Path, command: str = "personae world bench",
@@ -280,9 +293,10 @@ def run_bench(bench: WorldBench, out: str | Path, command: str = "personae world
         elif not (Path(model) / "model_index.json").is_file():
             raise UserError(f"model {model} is not a diffusers model folder.",
                             "Use `world` (the shipped model) or a `personae world pretrain` output folder.")
-        tasks = [Task(m, c, s) for m in bench.methods for c in bench.concepts for s in range(bench.seeds)]
-        on_event(Message(f"{len(tasks)} training runs ({len(bench.methods)} methods x {len(bench.concepts)} concepts "
-                         f"x {bench.seeds} seeds), {bench.workers} at a time"))
+        labels = bench.labels
+        tasks = [Task(m, c, s) for m in labels for c in bench.concepts for s in range(bench.seeds)]
+        on_event(Message(f"{len(tasks)} training runs ({len(labels)} methods or recipes x {len(bench.concepts)} "
+                         f"concepts x {bench.seeds} seeds), {bench.workers} at a time"))
         data = bench.model_dump()
         with ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn"), initializer=_worker_start) as pool:
             base = pool.submit(_base_task, data, model, str(work)).result()  # this process's threads are left as is
@@ -294,8 +308,10 @@ def run_bench(bench: WorldBench, out: str | Path, command: str = "personae world
             for future in as_completed(futures):
                 results.append(future.result())
                 on_event(Progress("bench", len(results), len(tasks), {"last": futures[future].name}))
-        results.sort(key=lambda r: (bench.methods.index(r["method"]), r["concept"], r["seed"]))
-        rows = summarise(results, base, bench.methods)
+        results.sort(key=lambda r: (labels.index(r["method"]), r["concept"], r["seed"]))
+        rows = summarise(results, base, labels)
         _write_outputs(work, bench, results, base, rows, command, time.monotonic() - started)
+        if bench.sweep:
+            _write_sweep(work, bench, base, rows, command)
     on_event(Message(f"wrote the bench to {out} ({(time.monotonic() - started) / 60:.1f} min)"))
     return json.loads((out / "results.json").read_text())

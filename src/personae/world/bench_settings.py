@@ -10,6 +10,7 @@ the output. Defaults are the recipes the committed table (docs/world.md) was mad
 
 from __future__ import annotations
 
+import json
 from typing import Literal
 
 from pydantic import Field, model_validator
@@ -17,7 +18,7 @@ from pydantic import Field, model_validator
 from personae.config.base import Strict
 from personae.config.fields import setting
 from personae.config.methods import METHODS as REGISTRY
-from personae.config.methods import MethodName
+from personae.world.bench_recipes import parse_recipe, recipe_job, safe_name, sweep_labels
 from personae.world.vocab import BACKGROUNDS, COLOURS, HELD_OUT, SIZES
 
 METHODS: tuple[str, ...] = tuple(REGISTRY)
@@ -52,7 +53,12 @@ class EvalSettings(Strict):
 class WorldBench(Strict):
     version: int = setting(1, "settings file version")
     model: str = setting("world", "`world` (the shipped pretrained model) or a `personae world pretrain` folder")
-    methods: list[MethodName] = setting(list(METHODS), "the methods compared")
+    methods: list[str] = setting(list(METHODS), "the methods compared: a method, or a recipe METHOD:KEY=VALUE,... "
+                                                "over its jobs entry, e.g. lora:variant=dora,rank=8 (world/"
+                                                "bench_recipes.py)")
+    sweep: dict[str, list] = setting({}, "a grid run over every method: KEY: [values], e.g. {lora.rank: [4, 8, 16], "
+                                         "lora.variant: [lora, dora]}; the table is also written sorted by subject "
+                                         "fidelity (sweep.md, sweep.json)")
     concepts: list[str] = setting(["star", "heart"], "the held-out shapes taught")
     seeds: int = setting(3, "training seeds per (method, concept): each also draws its own images", ge=1)
     # 6 -> 12 images: the same subject fidelity, prior change -16 -> -2 points
@@ -93,7 +99,42 @@ class WorldBench(Strict):
         for s in self.train_sizes:
             if s not in SIZES:
                 raise ValueError(f"train_sizes: {s!r} is not one of {', '.join(SIZES)}")
-        for m in self.methods:
-            if m not in self.jobs:
-                raise ValueError(f"method {m} has no recipe under jobs.{m}")
+        names = [safe_name(label) for label in self.labels]
+        if len(set(names)) < len(names):
+            twice = next(label for label, name in zip(self.labels, names) if names.count(name) > 1)
+            raise ValueError(f"two methods or recipes would share the run folder of {twice!r}: give each once")
+        for label in self.labels:
+            method = label.partition(":")[0].strip()
+            if method not in self.jobs:
+                raise ValueError(f"method {method} has no recipe under jobs.{method} (methods: "
+                                 f"{', '.join(self.jobs)})")
+            _check_job(label, self.job(label))
         return self
+
+    @property
+    def labels(self) -> list[str]:
+        """What runs: every method or recipe, once per point of the sweep's grid."""
+        return sweep_labels(self.methods, self.sweep)
+
+    def job(self, label: str) -> dict:
+        """The train job (without paths) of a method or recipe label."""
+        if ":" not in label:
+            return self.jobs[label]
+        method, pairs = parse_recipe(label)
+        return recipe_job(self.jobs[method], pairs)
+
+
+def _check_job(label: str, recipe: dict) -> None:
+    """A recipe's train job must be one (paths and placeholders filled with stand-ins), said before anything runs."""
+    from pydantic import ValidationError
+
+    from personae.config.train import TrainJob
+
+    text = json.dumps(recipe).replace("{token}", "<x>").replace("{init}", "x").replace("{prior}", "prior")
+    try:
+        TrainJob.model_validate({**json.loads(text), "base_model": "m", "data": {**recipe.get("data", {}),
+                                                                                  "path": "d"}, "output": "o"})
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first["loc"])
+        raise ValueError(f"{label}: {where}: {first['msg']}") from None

@@ -116,14 +116,24 @@ def max_offset(size: str, side: int = SIDE) -> float:
     return max(0.0, (side - SIZES[size]) / 2 - MARGIN)
 
 
+def _centre(size: str, offset: tuple[float, float], side: int) -> tuple[float, float]:
+    limit = max_offset(size, side)
+    return side / 2 + offset[0] * limit, side / 2 + offset[1] * limit
+
+
 def render(shape: str, colour: str, background: str, size: str, offset: tuple[float, float] = (0.0, 0.0),
            side: int = SIDE) -> Image.Image:
     """One world image. `offset` moves the centre by a fraction (-1..1) of `max_offset(size)` on each axis."""
     if colour == background:
         raise ValueError(f"a {colour} shape on a {background} background would be invisible")
-    limit = max_offset(size, side)
-    centre = (side / 2 + offset[0] * limit, side / 2 + offset[1] * limit)
-    return blend(coverage(shape, SIZES[size], centre, side), colour, background)
+    return blend(coverage(shape, SIZES[size], _centre(size, offset, side), side), colour, background)
+
+
+def shape_mask(shape: str, size: str, offset: tuple[float, float] = (0.0, 0.0), side: int = SIDE) -> Image.Image:
+    """The shape's exact coverage in `render`'s image of the same shape, size and offset, as an 8-bit grey mask
+    (white = the shape): the loss mask of a world training image (data.masked_loss)."""
+    alpha = coverage(shape, SIZES[size], _centre(size, offset, side), side)
+    return Image.fromarray(np.round(alpha * 255).astype(np.uint8), "L")
 
 
 def caption(shape: str, colour: str, background: str, size: str) -> str:
