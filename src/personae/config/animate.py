@@ -12,8 +12,16 @@ from typing import ClassVar
 from pydantic import model_validator
 
 from personae.config.fields import Concept, retuned, setting
-from personae.config.sampling import (AddonSettings, BatchSettings, ControlSettings, Img2ImgSettings, PromptSettings,
-                                      RuntimeSettings, SamplingSettings, SourceSettings)
+from personae.config.sampling import (
+    AddonSettings,
+    BatchSettings,
+    ControlSettings,
+    Img2ImgSettings,
+    PromptSettings,
+    RuntimeSettings,
+    SamplingSettings,
+    SourceSettings,
+)
 
 # generate's settings that a clip does not take (one clip from text per run)
 NOT_FOR_CLIPS = (*BatchSettings.model_fields, *Img2ImgSettings.model_fields, *ControlSettings.model_fields)

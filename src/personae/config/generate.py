@@ -8,8 +8,17 @@ from __future__ import annotations
 
 from personae.config.addons import ControlRef, EmbeddingRef, LoraRef
 from personae.config.fields import setting
-from personae.config.sampling import (AddonSettings, BatchSettings, ControlSettings, HiresSettings, Img2ImgSettings,
-                                      PromptSettings, RuntimeSettings, SamplingSettings, SourceSettings)
+from personae.config.sampling import (
+    AddonSettings,
+    BatchSettings,
+    ControlSettings,
+    HiresSettings,
+    Img2ImgSettings,
+    PromptSettings,
+    RuntimeSettings,
+    SamplingSettings,
+    SourceSettings,
+)
 
 __all__ = ["GenerateSettings", "LoraRef", "EmbeddingRef", "ControlRef"]
 

@@ -39,7 +39,7 @@ def check_runtime(runtime: RuntimeSettings, device: torch.device) -> None:
 
 
 def attention_processor(name: str):
-    from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0, SlicedAttnProcessor
+    from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
 
     if name == "sliced":
         return None  # set per module by set_attention_slice: the slice size depends on the head count

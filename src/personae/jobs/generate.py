@@ -20,8 +20,14 @@ from personae.events import EventHandler, Message, ignore
 from personae.inference.hires import upscaler_from_a1111
 from personae.inference.samplers import DEFAULT_SCHEDULES, SCHEDULES
 from personae.inference.txt2img import GeneratedImage, txt2img
-from personae.media.png import (InfotextValueError, PngTextError, infotext_settings, parse_parameters, read_png_text,
-                                 save_png)
+from personae.media.png import (
+    InfotextValueError,
+    PngTextError,
+    infotext_settings,
+    parse_parameters,
+    read_png_text,
+    save_png,
+)
 from personae.outputs import Kind, check_output, open_output
 
 GENERATED = Kind("generate", "generated images", "personae generate", signature=(),

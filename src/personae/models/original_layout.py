@@ -17,7 +17,6 @@ import torch
 
 from personae.models.folders import save_safetensors
 
-
 if TYPE_CHECKING:
     from diffusers import StableDiffusionPipeline
 

@@ -17,7 +17,13 @@ from pathlib import Path
 import torch
 
 from personae.errors import UserError
-from personae.models.model_files import check_folder_weights, check_model_file, header_json, named_by_content, tensor_shapes
+from personae.models.model_files import (
+    check_folder_weights,
+    check_model_file,
+    header_json,
+    named_by_content,
+    tensor_shapes,
+)
 from personae.models.original_layout import CONFIG_METADATA_KEY
 from personae.models.tiny import SD15_DIR
 

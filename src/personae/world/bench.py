@@ -28,8 +28,8 @@ from personae.config.methods import METHODS as REGISTRY
 from personae.errors import UserError
 from personae.events import EventHandler, Message, Progress, ignore
 from personae.outputs import Kind, staged_output
-from personae.world.bench_settings import WorldBench
 from personae.world.bench_recipes import safe_name, sweep_rows
+from personae.world.bench_settings import WorldBench
 from personae.world.scene import HELD_OUT, caption, render, shape_mask
 
 WORLD_BENCH = Kind("world-bench", "a shapes-world bench", "personae world bench",

@@ -23,6 +23,7 @@ from typing import Any
 
 from personae.config.base import apply_overrides
 
+
 def split_items(text: str) -> list[str]:
     """`a=1,b=[x,y]` -> ["a=1", "b=[x,y]"]: commas outside brackets separate."""
     items, depth, start = [], 0, 0
