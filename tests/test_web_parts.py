@@ -64,7 +64,7 @@ def test_generate_form_comes_from_the_declarations():
     import gradio as gr
 
     from personae.config.generate import GenerateSettings
-    from personae.config.sampling import SamplingSettings
+    from personae.config.sampling import BatchSettings, RuntimeSettings, SamplingSettings
     from personae.web.forms import SettingsForm
 
     with gr.Blocks():
@@ -76,9 +76,11 @@ def test_generate_form_comes_from_the_declarations():
     assert c["cfg"].label == "CFG scale" and "steers" in c["cfg"].info
     assert isinstance(c["width"], gr.Number) and c["width"].value is None  # optional: the model's native size
     assert isinstance(c["device"], gr.Dropdown) and [x[0] for x in c["device"].choices] == ["auto", "cpu", "cuda", "mps"]
-    assert set(c) == {name for name in GenerateSettings.model_fields
-                      if name in ("negative", "steps", "cfg", "sampler", "clip_skip", "width", "height", "batch_size",
-                                  "batch_count", "device", "dtype")}
+    # every field of the three groups, and only those: a switch added to RuntimeSettings (--attention, --medvram...)
+    # reaches the page with no UI edit
+    assert set(c) == {*SamplingSettings.model_fields, *BatchSettings.model_fields, *RuntimeSettings.model_fields}
+    assert {"negative", "steps", "cfg", "sampler", "clip_skip", "width", "height", "batch_size", "batch_count",
+            "device", "dtype", "attention", "vae_tiling"} <= set(c)
     raw = {name: comp.value for name, comp in c.items()}
     raw.update(steps=12.0, width=0, negative="  ", batch_size=2.0)
     values = form.values(*[raw[name] for name in c])
