@@ -7,6 +7,7 @@ carry a `version` that `parse_settings` migrates forward, one function per versi
 
 from __future__ import annotations
 
+import re
 import string
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
@@ -18,6 +19,24 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from personae.errors import UserError, nearest
 
 T = TypeVar("T", bound="Strict")
+
+
+class _Loader(yaml.SafeLoader):
+    """Safe YAML with YAML 1.2's scalars: only true / false are booleans (`label: no`, `shot: on` stay the words
+    written; a bool setting still takes yes / no / on / off, as text) and 1e-4 is a number, as users mean them."""
+
+
+_BOOL, _FLOAT = "tag:yaml.org,2002:bool", "tag:yaml.org,2002:float"
+_Loader.yaml_implicit_resolvers = {first: [r for r in rules if r[0] != _BOOL]
+                                   for first, rules in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+_Loader.add_implicit_resolver(_BOOL, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
+_Loader.add_implicit_resolver(_FLOAT, re.compile(r"^[-+]?(?:[0-9][0-9_]*)?\.?[0-9]+[eE][-+]?[0-9]+$"),
+                              list("-+0123456789."))
+
+
+def parse_yaml(text: str) -> Any:
+    """YAML text as every personae settings file is read (see `_Loader`); raises yaml.YAMLError."""
+    return yaml.load(text, Loader=_Loader)  # noqa: S506 (a SafeLoader subclass: no objects, no code)
 
 
 class Strict(BaseModel):
@@ -119,7 +138,7 @@ def load_yaml(path: str | Path) -> dict:
     if not path.is_file():
         raise UserError(f"{path} does not exist or is not a file.", "Check the path.")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = parse_yaml(path.read_text(encoding="utf-8"))
     except UnicodeDecodeError as exc:
         raise UserError(f"{path} is not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at position {exc.start}).",
                         "Save it as UTF-8 (any editor's \"Save as\" offers it).") from None
@@ -139,7 +158,7 @@ def _yaml_value(raw: str) -> Any:
     if not raw.strip():
         return ""
     try:
-        value = yaml.safe_load(raw)
+        value = parse_yaml(raw)
     except yaml.YAMLError:  # not YAML (e.g. "a: b: c"): the text as it was typed
         return raw
     if isinstance(value, str):

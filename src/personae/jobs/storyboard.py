@@ -18,7 +18,7 @@ from pathlib import Path
 
 import yaml
 
-from personae.config.base import apply_overrides, load_yaml, parse_settings
+from personae.config.base import apply_overrides, load_yaml, parse_settings, parse_yaml
 from personae.config.storyboard import StoryboardSettings
 from personae.errors import UserError
 from personae.events import EventHandler, Message, Progress, ignore
@@ -76,7 +76,7 @@ def _csv_file(path: Path) -> tuple[dict, list[dict]]:
         head += 1
     settings = "".join(line.rstrip().rstrip(",")[1:].removeprefix(" ") + "\n" for line in lines[:head])
     try:
-        data = yaml.safe_load(settings) if settings.strip() else {}
+        data = parse_yaml(settings) if settings.strip() else {}
     except yaml.YAMLError as exc:
         raise UserError(f'{path}: the "# key: value" settings lines above the header are not valid YAML ({exc}).',
                         'Write one setting per line, e.g. "# style_lora: sketch.safetensors:0.8".') from None

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import yaml
 
+from personae.config.base import parse_yaml
 from personae.errors import UserError
 
 # keys whose string values (or list items) are files: models, LoRAs, embeddings, runs, images, fonts, metric models
@@ -69,7 +70,7 @@ def inside(ws, data: dict, where: str) -> None:
 def typed_yaml(text: str, what: str, other: str) -> dict:
     """A YAML mapping typed in the page; `what` names it in the error, `other` is the way round it."""
     try:
-        data = yaml.safe_load(text)
+        data = parse_yaml(text)
     except yaml.YAMLError as exc:
         raise UserError(f"{what} is not valid YAML ({str(exc).splitlines()[0]}).", f"Fix it, or {other}.") from None
     if not isinstance(data, dict):
