@@ -330,6 +330,33 @@ def test_grid_headers_wrap_and_grow():
     assert tall.height > short.height and " ".join(wrapped(long_row, 140)) == long_row
 
 
+def test_grid_and_contact_sheet_labels_draw_korean_and_russian_not_boxes(tmp_path):
+    """A prompt in Hangul used to be drawn with DejaVu Sans, which has no Hangul: every syllable the same box, so
+    two different prompts gave the same header. Now a font that covers the label is found (media.fonts)."""
+    import numpy as np
+
+    from personae.media.fonts import missing_characters
+    from personae.media.grid import labelled_grid
+    from personae.media.sheet import contact_sheet, font
+
+    assert not missing_characters(font(13, "버스가 왜 안 오지? Спасибо!").path, "버스가 왜 안 오지? Спасибо!")
+    assert font(13, "a plain prompt").path.endswith("DejaVuSans.ttf")
+    cells = [[Image.new("RGB", (64, 64), "gray")]]
+
+    def header(label):
+        return np.asarray(labelled_grid(cells, [""], [label]))[:24].astype(int)
+
+    assert np.abs(header("버스가") - header("오지요")).sum() > 0  # as boxes the two were pixel-identical
+    assert np.abs(header("Спасибо") - header("Пожалуй")).sum() > 0
+    pictures = []
+    for name, colour in (("a.png", "red"), ("b.png", "blue")):
+        Image.new("RGB", (32, 32), colour).save(tmp_path / name)
+        pictures.append(tmp_path / name)
+    one = contact_sheet(pictures, ["버스", "역"], tmp_path / "one.png")  # same lengths: only the glyphs differ
+    two = contact_sheet(pictures, ["눈비", "비"], tmp_path / "two.png")
+    assert np.abs(np.asarray(Image.open(one), int) - np.asarray(Image.open(two), int)).sum() > 0
+
+
 @pytest.mark.parametrize("unit, expected", [
     ("{type: canny, image: nowhere.png, model: ./tiny-controlnet}", 'Variant "c", controls[0].image: The control '
                                                                     'image'),

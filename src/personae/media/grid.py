@@ -18,9 +18,10 @@ LINE = 16  # pixels per label line at the 13-pixel font
 ROW_LABEL_W = 150
 
 
-def wrapped(text: str, width: int, size: int = 13) -> list[str]:
-    """`text` broken into lines no wider than `width` pixels (at spaces, else between characters); nothing dropped."""
-    f, measure = font(size), ImageDraw.Draw(Image.new("RGB", (1, 1)))
+def wrapped(text: str, width: int, size: int = 13, f=None) -> list[str]:
+    """`text` broken into lines no wider than `width` pixels in font `f` (default: `font(size, text)`), at spaces,
+    else between characters; nothing dropped."""
+    f, measure = f or font(size, text), ImageDraw.Draw(Image.new("RGB", (1, 1)))
     return [line for line in wrap(text, lambda s: measure.textlength(s, font=f) <= width) if line] or [""]
 
 
@@ -32,20 +33,21 @@ def labelled_grid(cells: list[list[Image.Image]], row_labels: list[str], col_lab
     cell = cell or max(128, first.width)
     scale_up = first.width < cell
     label_w = ROW_LABEL_W if any(row_labels) else 0
-    f = font(13)
-    col_lines = [wrapped(c, cell - 8) for c in col_labels]
+    f = font(13, "".join([*row_labels, *col_labels]))  # one font for every label: a Korean prompt draws in Hangul
+    col_lines = [wrapped(c, cell - 8, f=f) for c in col_labels]
     header = (max(len(lines) for lines in col_lines) * LINE + 8) if any(col_labels) else 0
-    row_lines = [wrapped(label, label_w - 10) for label in row_labels] if label_w else [[] for _ in cells]
+    row_lines = [wrapped(label, label_w - 10, f=f) for label in row_labels] if label_w else [[] for _ in cells]
     row_h = [max(cell, len(lines) * LINE + 8) for lines in row_lines]
     cols = max(len(r) for r in cells)
     width = label_w + cols * (cell + 4) + 4
-    title_lines = wrapped(title, width - 12, 15) if title else []
+    title_font = font(15, title)
+    title_lines = wrapped(title, width - 12, f=title_font) if title else []
     title_h = len(title_lines) * 20 + 4 if title else 0
     grid = Image.new("RGB", (width, title_h + header + sum(h + 4 for h in row_h) + 4), "white")
     # 2. draw: title, column headers, then each row's label and images
     draw = ImageDraw.Draw(grid)
     for j, line in enumerate(title_lines):
-        draw.text((6, 4 + j * 20), line, fill="black", font=font(15))
+        draw.text((6, 4 + j * 20), line, fill="black", font=title_font)
     for c, lines in enumerate(col_lines):
         for j, line in enumerate(lines):
             draw.text((label_w + c * (cell + 4) + 6, title_h + 4 + j * LINE), line, fill="black", font=f)

@@ -7,12 +7,23 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
+from personae.errors import UserError
+from personae.media.fonts import font_for
 from personae.staging import atomic_file
 
 _FONT_CANDIDATES = ["DejaVuSans.ttf", "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf"]
+_DEJAVU_COVERS = 0x24F  # Latin to Latin Extended-B; beyond it (Hangul, kana, Han...) look for a font that has them
 
 
-def font(size: int) -> ImageFont.ImageFont:
+def font(size: int, text: str = "") -> ImageFont.ImageFont:
+    """A font at `size` for labels: DejaVu Sans, or for `text` with characters beyond Latin (a Korean prompt, a
+    Russian caption) an installed font that draws all of them (media.fonts), so a label is never a row of boxes.
+    When no installed font covers them, DejaVu (the boxes show what is missing; a label is no reason to fail)."""
+    if any(ord(c) > _DEJAVU_COVERS for c in text):
+        try:
+            return ImageFont.truetype(font_for(text), size)
+        except (UserError, OSError):
+            pass
     for name in _FONT_CANDIDATES:
         try:
             return ImageFont.truetype(name, size)
@@ -35,7 +46,7 @@ def contact_sheet(images: list[Path], captions: list[str], out: Path, thumb: int
     cell_w, cell_h = thumb + 10, thumb + 10 + text_lines * line_h
     sheet = Image.new("RGB", (columns * cell_w, rows * cell_h), "white")
     draw = ImageDraw.Draw(sheet)
-    f = font(text_size)
+    f = font(text_size, "".join(captions))
     chars = max(8, int(thumb / (text_size * 0.55)))
     for i, (path, caption) in enumerate(zip(images, captions)):
         x, y = (i % columns) * cell_w + 5, (i // columns) * cell_h + 5
