@@ -184,6 +184,23 @@ def test_lora_and_embedding_reach_the_clip(tiny_model, tiny_motion, clip_session
     assert np.abs(pixels(embedded) - plain).mean() > 1 and "TI hashes" in embedded.parameters
 
 
+def test_a_held_session_takes_lora_tags_out_of_the_prompt(tiny_model, tiny_motion, tmp_path):
+    """A caller holding an animate session (the web UI, the demo) passed <lora:...> tags on to the text encoder as
+    words. Now a tag naming the session's LoRA at its weight is taken out; any other tag is one clear error."""
+    from test_generate import _lora_file
+
+    lora = _lora_file(tmp_path / "style.safetensors")
+    with_lora = settings(tiny_model[0], tiny_motion[0], loras=[{"path": str(lora), "weight": 1.0}], frames=4)
+    held = open_for(with_lora)
+    plain = animate(with_lora, held)
+    tagged = animate(with_lora.model_copy(update={"prompt": with_lora.prompt + " <lora:style:1>"}), held)
+    assert np.array_equal(pixels(tagged), pixels(plain)) and tagged.parameters == plain.parameters
+    assert plain.parameters.count("<lora:style:1>") == 1
+    for tag, expected in (("<lora:style:0.5>", "loaded at weight 1"), ("<lora:other:1>", "not among the LoRAs")):
+        with pytest.raises(UserError, match=expected):
+            animate(with_lora.model_copy(update={"prompt": with_lora.prompt + " " + tag}), held)
+
+
 @pytest.mark.parametrize("data,expected", [
     ({"frames": 0}, "greater than or equal to 1"),
     ({"context_stride": 16}, "must be smaller than context"),

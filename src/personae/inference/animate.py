@@ -32,7 +32,7 @@ from personae.inference.samplers import get_sampler
 from personae.inference.session import Session, open_session
 from personae.media.png import format_parameters, infotext_values
 from personae.models.addons import hashes_text
-from personae.models.lora_dir import expand_lora_tags
+from personae.models.lora_dir import expand_lora_tags, lora_tags
 from personae.models.motion import MotionSource, load_motion_adapter, resolve_motion_adapter
 
 # AnimateDiff's motion modules were trained on the linear beta schedule (not SD's scaled_linear) with
@@ -202,6 +202,26 @@ def clip_infotext(settings: AnimateSettings, animate_session: AnimateSession, se
     return format_parameters(prompt, settings.negative, params)
 
 
+def held_lora_tags(settings: AnimateSettings, session) -> AnimateSettings:
+    """A caller holding an animate session: the prompt's <lora:name:w> tags come out of the prompt. The session's
+    motion UNet was built with its LoRAs at their weights, so a tag may only name one of them at that weight."""
+    prompt, tags = lora_tags(settings.prompt)
+    if not tags:
+        return settings
+    loaded = {l.name: l.weight for l in session.loras}
+    for tag in tags:
+        if tag.name not in loaded:
+            raise UserError(f"The prompt asks for the LoRA {tag.text}, which is not among the LoRAs loaded for this "
+                            f"clip ({', '.join(loaded) or 'none'}).", "Add the file to the clip's LoRAs (--lora), "
+                            "or take the tag out of the prompt.")
+        if abs(tag.weight - loaded[tag.name]) > 1e-6:
+            raise UserError(f"The prompt asks for the LoRA {tag.text}, but it is loaded at weight "
+                            f"{loaded[tag.name]:g} for these clips (a clip's LoRA weights are fixed when its motion "
+                            "model is built).", f"Write <lora:{tag.name}:{loaded[tag.name]:g}>, or start a new run "
+                            f"with --lora FILE:{tag.weight:g}.")
+    return settings.model_copy(update={"prompt": prompt})
+
+
 def open_for(settings: AnimateSettings, on_event: EventHandler = ignore) -> AnimateSession:
     """Load the motion adapter named in `settings` (first: it is the smaller download), then the model and add-ons."""
     if settings.medvram or settings.lowvram:  # the motion UNet is built beside the session's, outside its hooks
@@ -227,6 +247,8 @@ def animate(settings: AnimateSettings, animate_session: AnimateSession | None = 
     seed = settings.seed if settings.seed >= 0 else random.randrange(2**32)
     if animate_session is None:
         settings = expand_lora_tags(settings)  # <lora:name:w> tags: files from --lora-dir
+    else:
+        settings = held_lora_tags(settings, animate_session.session)  # never passed on to the text encoder
     # 2. load the model, add-ons and motion adapter (unless the caller holds them)
     animate_session = animate_session or open_for(settings, on_event)
     session, pipe = animate_session.session, animate_session.pipe
