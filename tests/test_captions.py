@@ -206,6 +206,16 @@ def test_report_and_contact_sheet_flag_empty_duplicate_and_file_name_captions(tm
     entries = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
     column = [e["source"] for e in entries].index("red_dress-03.png")
     assert sheet.getpixel((5 + column * 170 + 150, 7)) != MARK_RED
+    # an edit with `personae captions` (or the web UI's editor) redraws the sheet: "park" is no longer a duplicate
+    from personae.data.caption_editor import load_captions, set_captions
+
+    names = {Path(item.name).stem.rsplit("-", 1)[0]: item.name for item in load_captions(out).items}
+    set_captions(load_captions(out), {names["park"]: "sks, a woman in a park"})
+    sheet = Image.open(out / "contact_sheet.png").convert("RGB")
+    entries = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
+    flagged = {e["source"]: sheet.getpixel((5 + i * 170 + 150, 7)) == MARK_RED for i, e in enumerate(entries)}
+    assert flagged == {"IMG_1234.png": True, "DSC_0001.png": True, "red_dress-03.png": False, "beach.png": False,
+                       "park.png": False}
 
 
 # --- `personae captions DIR`: list, search and edit in bulk ---

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from personae.data.images import CAPTION_SUFFIXES, find_images
-from personae.data.prepare import PREPARED_SET, load_manifest, read_caption_file, write_manifest
+from personae.data.prepare import PREPARED_SET, load_manifest, read_caption_file, write_contact_sheet, write_manifest
 from personae.errors import UserError
 from personae.outputs import locked, survey
 from personae.staging import write_text
@@ -175,3 +175,5 @@ def _write(captions: CaptionSet, changes: list[Change]) -> None:
             if now.get(entry.image, entry.caption) != entry.caption:
                 entry.caption, entry.caption_from = now[entry.image], "edited"
         write_manifest(captions.folder, entries)
+        if entries:
+            write_contact_sheet(captions.folder, entries)

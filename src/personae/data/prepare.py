@@ -318,10 +318,16 @@ def _prepare(src: Path, files: list[Path], out: Path, work: Path, previous: dict
     write_manifest(work, entries)
     write_text(work / "report.md", _report(src, result, settings))
     if entries:
-        flags = _flags(entries)
-        contact_sheet([work / e.image for e in entries], [e.caption for e in entries], work / "contact_sheet.png",
-                      marks=[", ".join(flags.of(e.source, e.caption)) for e in entries])
+        write_contact_sheet(work, entries)
     return result
+
+
+def write_contact_sheet(work: Path, entries: list[Entry]) -> Path:
+    """contact_sheet.png: every kept image with its caption, flagged captions under a red band (rewritten when
+    `personae captions` edits the set, so it never shows captions training will not read)."""
+    flags = _flags(entries)
+    return contact_sheet([work / e.image for e in entries], [e.caption for e in entries], work / "contact_sheet.png",
+                         marks=[", ".join(flags.of(e.source, e.caption)) for e in entries])
 
 
 def _flags(entries: list[Entry]) -> CaptionFlags:
