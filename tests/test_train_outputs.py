@@ -88,6 +88,47 @@ def _headers(path: Path) -> tuple[dict, set]:
         return fh.metadata() or {}, {fh.get_tensor(k).dtype for k in fh.keys()}
 
 
+def test_named_exports_of_a_killed_run_are_personaes_on_resume_or_overwrite(tmp_path):
+    """A run killed (kill -9) while writing `name: sks_dog`'s exports leaves a marker that never recorded them. The
+    run folder's layout names them, so --overwrite removes them and a resume writes them again as personae's; they
+    used to count as the user's files (never cleared, and the next export wrote over "the user's" file)."""
+    import subprocess
+    import textwrap
+
+    from personae.jobs.train import TRAINING_RUN, run_kind
+    from personae.outputs import open_output, read_marker, survey
+
+    run = tmp_path / "run"
+    job = parse_settings(TrainJob, {"base_model": "m", "method": "lora", "data": {"path": "d"}, "output": str(run),
+                                    "name": "sks_dog"}, "job")
+    script = textwrap.dedent(f"""
+        import os, sys
+        from pathlib import Path
+        from personae.config.train import TrainJob
+        from personae.jobs.train import run_kind
+        from personae.outputs import open_output
+        job = TrainJob.model_validate_json(sys.argv[1])
+        run = Path(job.output)
+        with open_output(run, run_kind(job)):
+            (run / "config.yaml").write_text("x")
+            (run / "sks_dog.safetensors").write_bytes(b"x")
+            (run / "sks_dog_diffusers").mkdir()
+            (run / "sks_dog_diffusers" / "pytorch_lora_weights.safetensors").write_bytes(b"x")
+            os._exit(9)  # killed: the marker still says "writing" and lists none of these
+    """)
+    assert subprocess.run([sys.executable, "-c", script, job.model_dump_json()], timeout=120).returncode == 9
+    assert read_marker(run)["writing"] is True
+    (run / "mine.txt").write_text("the user's")
+    named = ["sks_dog.safetensors", "sks_dog_diffusers/pytorch_lora_weights.safetensors"]
+    assert set(named) <= set(survey(run, TRAINING_RUN).foreign)  # as the fixed layout alone sees them
+    now = survey(run, run_kind(job))
+    assert now.foreign == ["mine.txt"] and set(named) <= set(now.ours)
+    with open_output(run, run_kind(job), clear=True):  # --overwrite
+        pass
+    assert sorted(p.name for p in run.iterdir() if not p.name.startswith(".")) == ["mine.txt"]
+    assert (run / "mine.txt").read_text() == "the user's"
+
+
 def test_named_fp16_lora_run_prints_every_stage_and_shares_cleanly(tmp_path, tiny_model, captioned, capsys):
     run = tmp_path / "runs" / "demo"
     job = write_job(tmp_path, base_model=str(tiny_model[0]), method="lora", data=captioned, output=run,

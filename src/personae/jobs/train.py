@@ -14,6 +14,7 @@ the base model) is refused before anything is written, with --overwrite or witho
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import yaml
@@ -31,8 +32,17 @@ TRAINING_RUN = Kind(  # the signature recognises runs from before output markers
     "train", "a training run", "personae train", signature=("config.yaml", "versions.json"),
     layout=(RUN_FILE, "config.yaml", "versions.json", "exports.json", "loss.png", "losses.csv", "checkpoints/step-*",
             "validation/step-*.png", "logs/*", "cache/*", "class_images/class_*.png", "prepared/*",
-            "lora.safetensors", "lora_diffusers/*", "embeddings/*", "model/*", "model.safetensors"),
+            "lora.safetensors", "lora_diffusers/*", "lora_peft/*", "embeddings/*", "model/*", "model.safetensors"),
     hint="Pass --resume to continue it, --overwrite to start again, or set another output.")
+
+
+def run_kind(job: TrainJob) -> Kind:
+    """The run folder's kind for this job: with `name`, its named exports are files the run writes too (so a run
+    killed while exporting them resumes or is replaced with them counted as personae's, not as the user's)."""
+    if not job.name:
+        return TRAINING_RUN
+    return replace(TRAINING_RUN, layout=(*TRAINING_RUN.layout, f"{job.name}.safetensors", f"{job.name}_diffusers/*",
+                                              f"{job.name}_peft/*"))
 
 
 def load_job(path: str | Path, overrides: list[str] = ()) -> TrainJob:
@@ -63,12 +73,13 @@ def run_training(job: TrainJob, resume: bool = False, overwrite: bool = False, o
         return train(job, run, resume=resume, on_event=ignore, commands=commands)
     # 1. nothing is written before every check passed: the folder, the paths, the settings
     _refuse_overlaps(job, run)
-    check_output(run, TRAINING_RUN)  # a folder of the user's or another command's output is refused
+    kind = run_kind(job)
+    check_output(run, kind)  # a folder of the user's or another command's output is refused
     preflight(job)
     if _holds_run(run) and not (resume or overwrite):
         raise UserError(f"The run folder {run} already holds a run.", TRAINING_RUN.hint)
     # 2. locked while training; --overwrite removes what earlier runs wrote, nothing else
-    with open_output(run, TRAINING_RUN, clear=overwrite):
+    with open_output(run, kind, clear=overwrite):
         write_text(run / "config.yaml", yaml.safe_dump(job.model_dump(), sort_keys=False, allow_unicode=True))
         if state is not None:
             state.wait_for_everyone()
