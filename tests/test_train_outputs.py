@@ -101,7 +101,7 @@ def test_named_exports_of_a_killed_run_are_personaes_on_resume_or_overwrite(tmp_
     run = tmp_path / "run"
     job = parse_settings(TrainJob, {"base_model": "m", "method": "lora", "data": {"path": "d"}, "output": str(run),
                                     "name": "sks_dog"}, "job")
-    script = textwrap.dedent(f"""
+    script = textwrap.dedent("""
         import os, sys
         from pathlib import Path
         from personae.config.train import TrainJob
