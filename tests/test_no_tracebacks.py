@@ -512,6 +512,8 @@ def test_a_big_job_asks_at_a_terminal_and_never_in_ci_or_a_pipe(monkeypatch, cap
     # the estimate: SD-1.5 on a CPU is slow, the tiny model is not
     assert estimate_seconds("some/hub-model", 10, 20, 512, 512, 7.0, "cpu") > 3600
     assert estimate_seconds("some/hub-model", 10, 20, 512, 512, 7.0, "cuda") < 60
+    plain = estimate_seconds("some/hub-model", 10, 20, 512, 512, 7.0, "cpu")  # a ControlNet unit costs ~0.45 UNet
+    assert estimate_seconds("some/hub-model", 10, 20, 512, 512, 7.0, "cpu", controls=2) == pytest.approx(plain * 1.9)
 
 
 def test_generate_asks_before_a_big_batch_at_a_terminal(tiny_model, monkeypatch, tmp_path, capsys):

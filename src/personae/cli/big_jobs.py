@@ -6,7 +6,8 @@ the web UI just run. `--yes` answers in advance.
 The estimate is deliberately simple: one UNet evaluation of SD-1.5 at 512x512 takes about
 18 s on a CPU core pair (measured here), 0.6 s on Apple MPS and 0.06 s on a CUDA GPU; it
 scales with the UNet's size on disk, the number of pixels, two evaluations per step with
-CFG, and the frames of a clip.
+CFG, the frames of a clip, and each ControlNet unit (a ControlNet is SD-1.5's encoder half again: about 0.45 of
+a UNet evaluation; a run with one unit measured 1.3-1.5x the time per step).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ BIG_IMAGES = 100
 BIG_SECONDS = 3600.0
 SD15_UNET_BYTES = 3.44e9  # SD-1.5's UNet in float32
 SECONDS_PER_EVAL = {"cpu": 18.0, "mps": 0.6, "cuda": 0.06}  # SD-1.5 UNet, 512x512, batch 1
+CONTROLNET_SHARE = 0.45  # one ControlNet unit's evaluation, as a share of the UNet's (361 M vs 860 M parameters)
 
 
 def unet_bytes(model: str | None) -> float:
@@ -38,15 +40,17 @@ def unet_bytes(model: str | None) -> float:
 
 
 def estimate_seconds(model: str | None, images: int, steps: int, width: int | None, height: int | None,
-                     cfg: float = 7.0, device: str = "auto", frames: int = 1) -> float:
-    """A rough time for `images` images (or clips of `frames` frames) of `steps` steps."""
+                     cfg: float = 7.0, device: str = "auto", frames: int = 1, controls: int = 0) -> float:
+    """A rough time for `images` images (or clips of `frames` frames) of `steps` steps, with `controls` ControlNet
+    units."""
     if device == "auto":
         import torch
 
         device = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
     pixels = (width or 512) * (height or 512) / (512 * 512)
     evaluations = images * steps * (2 if cfg > 1 else 1) * frames
-    return evaluations * SECONDS_PER_EVAL.get(device, 18.0) * pixels * unet_bytes(model) / SD15_UNET_BYTES
+    per_eval = SECONDS_PER_EVAL.get(device, 18.0) * (1 + CONTROLNET_SHARE * controls)
+    return evaluations * per_eval * pixels * unet_bytes(model) / SD15_UNET_BYTES
 
 
 def _duration(seconds: float) -> str:

@@ -69,7 +69,8 @@ def run(args) -> int:
     suite = load_suite(args.suite, overrides)
     rows, per_row = expand(suite), len(suite.prompts or PROMPT_SETS[suite.prompt_set]) * len(suite.seeds)
     seconds = sum(estimate_seconds(r.model, per_row, r.steps or suite.steps, suite.width, suite.height,
-                                   suite.cfg if r.cfg is None else r.cfg, suite.device) for r in rows)
+                                   suite.cfg if r.cfg is None else r.cfg, suite.device, controls=len(r.controls))
+                  for r in rows)
     confirm_big_job("This comparison", len(rows) * per_row, seconds, args.yes)
     progress = TerminalProgress(quiet=args.quiet)
     try:

@@ -148,7 +148,8 @@ def run(args) -> int:
     settings = settings_from_args(args, base)
     images = settings.batch_size * settings.batch_count
     confirm_big_job("This generation", images, estimate_seconds(
-        settings.model, images, settings.steps, settings.width, settings.height, settings.cfg, settings.device), args.yes)
+        settings.model, images, settings.steps, settings.width, settings.height, settings.cfg, settings.device,
+        controls=len(settings.controls)), args.yes)
     if args.from_png:
         for line in png_references(settings, stored):  # what a file makes us read is shown
             progress(Message(f"from {args.from_png}: {line}"))
