@@ -174,3 +174,45 @@ def test_animate_form_values_become_the_commands_settings(ws, tiny_model):
         animate_data(ws, {"prompt": "a cat"}, "models/motion", "models/motion", ["../lora.safetensors"], 1.0, [])
     with pytest.raises(UserError):
         animate_data(ws, {"prompt": "a cat"}, str(tiny_model[0]), "models/motion", [], 1.0, [])
+
+
+def test_earlier_results_are_listed_from_disk_after_a_restart(ws, tmp_path):
+    """Animate, Storyboard and Compare list their earlier outputs from the workspace (newest first), so a restarted
+    UI still shows them; a folder without its result, or a link out of the workspace, is not listed."""
+    from personae.web.tab_animate import show_clip
+    from personae.web.tab_more import show_board, show_comparison
+
+    root = ws.root
+    for n, files in ((1, ("clip.gif", "clip.mp4")), (2, ("clip.gif",)), (10, ("clip.gif", "clip.mp4"))):
+        folder = root / "outputs/animate" / f"{n:04d}"
+        folder.mkdir(parents=True)
+        for name in files:
+            (folder / name).write_bytes(b"x")
+    (root / "outputs/animate/notes").mkdir()
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    for name in ("clip.gif", "clip.mp4"):
+        (outside / name).write_bytes(b"x")
+    (root / "outputs/animate/0011").symlink_to(outside)
+    assert ws.outputs("animate", ("clip.gif", "clip.mp4")) == ["outputs/animate/0010", "outputs/animate/0001"]
+    status, mp4, gif = show_clip(ws, "outputs/animate/0010")
+    assert "outputs/animate/0010" in status and Path(mp4).name == "clip.mp4" and Path(gif).name == "clip.gif"
+    assert Path(mp4).parent == root / "outputs/animate/0010"
+    with pytest.raises(UserError):
+        show_clip(ws, "outputs/animate/0011")  # the link leads out of the workspace
+    board = root / "outputs/storyboard/0003"
+    board.mkdir(parents=True)
+    (board / "sheet.png").write_bytes(b"x")
+    assert ws.outputs("storyboard", ("sheet.png",)) == ["outputs/storyboard/0003"]
+    assert show_board(ws, "outputs/storyboard/0003")[1:] == (str(board / "sheet.png"), None)  # no PDF written
+    comparison = root / "outputs/compare/0001"
+    (comparison / "grids").mkdir(parents=True)
+    (comparison / "report.html").write_text("<html></html>")
+    (comparison / "grids/seed-0.png").write_bytes(b"x")
+    status, frame, grids = show_comparison(ws, ws.outputs("compare", ("report.html",))[0])
+    assert "report.html" in frame and grids == [str(comparison / "grids/seed-0.png")]
+    assert ws.outputs("generate", ("x.png",)) == [] and show_clip(ws, None) == ("", None, None)
+    from personae.web.jobfiles import shown
+
+    status, mp4, gif = shown(show_clip, ws, "../elsewhere")  # a value typed past the list: said, not raised
+    assert status.startswith("**Not shown:**") and mp4 is None and gif is None

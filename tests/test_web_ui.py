@@ -288,14 +288,24 @@ def test_every_tab_renders_and_a_restarted_ui_lists_past_runs(server, browser, w
     page.wait_for_selector("#generate-button", state="visible", timeout=15_000)
     assert "runs/short/lora.safetensors" in page.inner_text("#field-loras")
     page.close()
+    from PIL import Image
+
     from personae.web.app import serve
 
+    board = workspace / "outputs/storyboard/0001"  # an earlier storyboard, as the Storyboard tab writes one
+    board.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", (320, 200), (30, 140, 60)).save(board / "sheet.png")
     app, url = serve(str(workspace), port=_free_port(), block=False)
     try:
         page = _open(browser, url)
         _tab(page, "Runs")
         table = page.inner_text("#runs-table")
         assert "runs/short" in table and "runs/long" in table
+        _tab(page, "Storyboard")  # earlier results are listed from disk and shown when picked
+        page.locator("#storyboard-earlier input").fill("outputs/storyboard/0001")
+        page.locator("#storyboard-earlier input").press("Enter")
+        _wait_text(page, "#storyboard-status", "outputs/storyboard/0001", timeout=60)
+        page.wait_for_selector("#storyboard-sheet img", timeout=30_000)
         page.close()
     finally:
         app.close()

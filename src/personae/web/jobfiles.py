@@ -121,3 +121,11 @@ def ended_line(task) -> str:
     if task.status == "done":
         return f"Job {task.id} done."
     return f"**Job {task.id} {task.status}:** {task.error or ''}"
+
+
+def shown(show, ws, folder):
+    """`show(ws, folder)` for an earlier result picked in a tab; a folder that cannot be shown is the status line."""
+    try:
+        return show(ws, folder)
+    except UserError as exc:
+        return f"**Not shown:** {exc}", *([None] * (len(show(ws, None)) - 1))

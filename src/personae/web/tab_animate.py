@@ -32,6 +32,15 @@ def animate_work(settings, out: Path):
     return work
 
 
+def show_clip(ws, folder: str | None) -> tuple[str, str | None, str | None]:
+    """(status line, MP4, GIF) of an earlier clip folder (outputs/animate/NNNN), checked to be in the workspace."""
+    if not folder:
+        return "", None, None
+    out = ws.path(folder, what="clip folder", must_exist=True)
+    gif, mp4 = (out / name for name in CLIPS)
+    return f"`{ws.relative(out)}`", str(mp4) if mp4.is_file() else None, str(gif) if gif.is_file() else None
+
+
 def build_animate(ctx) -> None:
     import gradio as gr
 
@@ -40,7 +49,7 @@ def build_animate(ctx) -> None:
     from personae.errors import UserError
     from personae.inference.samplers import SAMPLERS
     from personae.web.forms import SettingsForm
-    from personae.web.jobfiles import ended_line, latest
+    from personae.web.jobfiles import ended_line, latest, shown
     from personae.web.tab_generate import EMBEDDING_SUFFIXES, LORA_SUFFIXES, models
 
     ws, jobs = ctx.workspace, ctx.jobs
@@ -67,6 +76,8 @@ def build_animate(ctx) -> None:
         with gr.Column(scale=2):
             go = gr.Button("Animate", variant="primary", elem_id="animate-run")
             status = gr.Markdown(elem_id="animate-status")
+            earlier = gr.Dropdown(ws.outputs("animate", CLIPS), value=None, label="Earlier clips",
+                                  elem_id="animate-earlier")
             video = gr.Video(label="Clip (MP4)", interactive=False, loop=True, elem_id="animate-video")
             gif = gr.Image(label="Clip (GIF)", type="filepath", interactive=False, elem_id="animate-gif")
     forms = [prompt_form, motion_form, form, runtime_form]
@@ -92,14 +103,16 @@ def build_animate(ctx) -> None:
     def tick(seen_v):
         task = latest(jobs, "animate", seen_v)
         if task is None:
-            return gr.skip(), gr.skip(), gr.skip(), seen_v
+            return gr.skip(), gr.skip(), gr.skip(), gr.skip(), seen_v
         if task.status != "done":
-            return ended_line(task), gr.skip(), gr.skip(), task.id
+            return ended_line(task), gr.skip(), gr.skip(), gr.skip(), task.id
         gif_v, mp4_v = task.result
-        return f"{ended_line(task)} `{ws.relative(Path(mp4_v).parent)}`", mp4_v, gif_v, task.id
+        return (f"{ended_line(task)} `{ws.relative(Path(mp4_v).parent)}`", mp4_v, gif_v,
+                gr.update(choices=ws.outputs("animate", CLIPS)), task.id)
 
-    gr.Timer(1.0).tick(tick, seen, [status, video, gif, seen], show_progress="hidden",
+    gr.Timer(1.0).tick(tick, seen, [status, video, gif, earlier, seen], show_progress="hidden",
                        concurrency_limit=None)
+    earlier.change(lambda f: shown(show_clip, ws, f), earlier, [status, video, gif])
     refresh.click(lambda: (gr.update(choices=ws.files(LORA_SUFFIXES)), gr.update(choices=ws.files(EMBEDDING_SUFFIXES)),
                            gr.update(choices=models(ws)), gr.update(choices=ws.folders("models"))),
                   None, [loras, embeddings, model, motion])

@@ -64,6 +64,27 @@ def report_frame(ws, report: Path) -> str:
             f"({ws.relative(report)})</p>")
 
 
+SHEETS = ("sheet.png", "sheet.pdf")
+
+
+def show_board(ws, folder: str | None) -> tuple[str, str | None, str | None]:
+    """(status line, sheet PNG, sheet PDF) of an earlier storyboard folder (outputs/storyboard/NNNN)."""
+    if not folder:
+        return "", None, None
+    out = ws.path(folder, what="storyboard folder", must_exist=True)
+    return f"`{ws.relative(out)}`", *(str(out / n) if (out / n).is_file() else None for n in SHEETS)
+
+
+def show_comparison(ws, folder: str | None) -> tuple[str, str, list[str]]:
+    """(status line, the report in a frame, the grids) of an earlier comparison (outputs/compare/NNNN)."""
+    if not folder:
+        return "", "", []
+    out = ws.path(folder, what="comparison folder", must_exist=True)
+    report = out / "report.html"
+    return (f"`{ws.relative(out)}`", report_frame(ws, report) if report.is_file() else "",
+            [str(p) for p in sorted((out / "grids").glob("*.png"))])
+
+
 def _file_box(gr, ws, under: str, label: str, elem_id: str):
     files = ws.files((".yaml", ".yml", ".csv"), under=("uploads", "datasets", "outputs", under))
     return gr.Dropdown(files, allow_custom_value=True, label=label, elem_id=elem_id,
@@ -78,7 +99,7 @@ def build_storyboard(ctx) -> None:
     from personae.inference.samplers import SAMPLERS
     from personae.jobs.storyboard import run_storyboard
     from personae.web.forms import SettingsForm
-    from personae.web.jobfiles import changed, ended_line, latest
+    from personae.web.jobfiles import changed, ended_line, latest, shown
     from personae.web.tab_generate import model_path, models
 
     ws, jobs = ctx.workspace, ctx.jobs
@@ -96,6 +117,8 @@ def build_storyboard(ctx) -> None:
         with gr.Column(scale=3):
             go = gr.Button("Draw the storyboard", variant="primary", elem_id="storyboard-run")
             status = gr.Markdown(elem_id="storyboard-status")
+            earlier = gr.Dropdown(ws.outputs("storyboard", SHEETS[:1]), value=None, label="Earlier storyboards",
+                                  elem_id="storyboard-earlier")
             sheet = gr.Image(label="Sheet", type="filepath", interactive=False, elem_id="storyboard-sheet")
             pdf = gr.File(label="Sheet (PDF)", interactive=False, elem_id="storyboard-pdf")
     seen = gr.State(0)
@@ -122,14 +145,16 @@ def build_storyboard(ctx) -> None:
     def tick(seen_v):
         task = latest(jobs, "storyboard", seen_v)
         if task is None:
-            return gr.skip(), gr.skip(), gr.skip(), seen_v
+            return gr.skip(), gr.skip(), gr.skip(), gr.skip(), seen_v
         if task.status != "done":
-            return ended_line(task), gr.skip(), gr.skip(), task.id
+            return ended_line(task), gr.skip(), gr.skip(), gr.skip(), task.id
         out = Path(task.result)
-        return f"{ended_line(task)} `{ws.relative(out)}`", str(out / "sheet.png"), str(out / "sheet.pdf"), task.id
+        return (f"{ended_line(task)} `{ws.relative(out)}`", str(out / "sheet.png"), str(out / "sheet.pdf"),
+                gr.update(choices=ws.outputs("storyboard", SHEETS[:1])), task.id)
 
-    gr.Timer(1.0).tick(tick, seen, [status, sheet, pdf, seen], show_progress="hidden",
+    gr.Timer(1.0).tick(tick, seen, [status, sheet, pdf, earlier, seen], show_progress="hidden",
                        concurrency_limit=None)
+    earlier.change(lambda f: shown(show_board, ws, f), earlier, [status, sheet, pdf])
 
 
 def build_compare(ctx) -> None:
@@ -140,7 +165,7 @@ def build_compare(ctx) -> None:
     from personae.inference.samplers import SAMPLERS
     from personae.jobs.compare import run_compare
     from personae.web.forms import SettingsForm
-    from personae.web.jobfiles import changed, ended_line, latest
+    from personae.web.jobfiles import changed, ended_line, latest, shown
 
     ws, jobs = ctx.workspace, ctx.jobs
     with gr.Row():
@@ -153,6 +178,8 @@ def build_compare(ctx) -> None:
             go = gr.Button("Compare", variant="primary", elem_id="compare-run")
             status = gr.Markdown(elem_id="compare-status")
         with gr.Column(scale=3):
+            earlier = gr.Dropdown(ws.outputs("compare", ("report.html",)), value=None, label="Earlier comparisons",
+                                  elem_id="compare-earlier")
             report = gr.HTML(elem_id="compare-report")
             grids = gr.Gallery(label="Grids (rows are variants, columns prompts)", columns=1, height=360,
                                elem_id="compare-grids")
@@ -177,12 +204,14 @@ def build_compare(ctx) -> None:
     def tick(seen_v):
         task = latest(jobs, "compare", seen_v)
         if task is None:
-            return gr.skip(), gr.skip(), gr.skip(), seen_v
+            return gr.skip(), gr.skip(), gr.skip(), gr.skip(), seen_v
         if task.status != "done":
-            return ended_line(task), gr.skip(), gr.skip(), task.id
+            return ended_line(task), gr.skip(), gr.skip(), gr.skip(), task.id
         out = Path(task.result)
         images = [str(p) for p in sorted((out / "grids").glob("*.png"))]
-        return f"{ended_line(task)} `{ws.relative(out)}`", report_frame(ws, out / "report.html"), images, task.id
+        return (f"{ended_line(task)} `{ws.relative(out)}`", report_frame(ws, out / "report.html"), images,
+                gr.update(choices=ws.outputs("compare", ("report.html",))), task.id)
 
-    gr.Timer(1.0).tick(tick, seen, [status, report, grids, seen], show_progress="hidden",
+    gr.Timer(1.0).tick(tick, seen, [status, report, grids, earlier, seen], show_progress="hidden",
                        concurrency_limit=None)
+    earlier.change(lambda f: shown(show_comparison, ws, f), earlier, [status, report, grids])

@@ -133,6 +133,16 @@ class Workspace:
                         and self.contains(p) and not any(part.startswith(".") for part in p.parts)]
         return sorted(out)
 
+    def outputs(self, kind: str, needs: tuple[str, ...]) -> list[str]:
+        """Workspace-relative outputs/KIND/NNNN folders that hold every file in `needs`, newest first: a tab lists
+        its earlier results from disk, so they are still there after the UI restarts."""
+        base = self.root / "outputs" / kind
+        if not base.is_dir():
+            return []
+        found = [p for p in base.iterdir() if p.name.isdigit() and p.is_dir() and self.contains(p)
+                 and all((p / name).is_file() for name in needs)]
+        return [self.relative(p) for p in sorted(found, key=lambda p: int(p.name), reverse=True)]
+
     def folders(self, under: str) -> list[str]:
         base = self.root / under
         if not base.is_dir():
