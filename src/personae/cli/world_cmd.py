@@ -1,4 +1,4 @@
-"""`personae world pretrain OUT` and `personae world bench --out DIR`: the shapes world."""
+"""`personae world pretrain OUT`, `personae world bench --out DIR` and `personae world render OUT`: the shapes world."""
 
 from __future__ import annotations
 
@@ -26,6 +26,19 @@ setting name only one job section has (rank, variant, steps, masked_loss); VALUE
 brackets (lora.target_modules=[to_q,to_v]). In --methods an item with "=" belongs to the recipe before it.
 --sweep KEY=V1,V2,... (repeatable) runs every combination over every method and writes sweep.md and
 sweep.json: the table sorted by subject fidelity, printed at the end.
+
+"""
+
+RENDER_EXAMPLES = """examples:
+  personae world render pictures                        # every shape, colour, background and shot once (360)
+  personae world render stars --shapes star --colours white --backgrounds blue,green --shots close-up,medium
+  # pictures sorted by shot, captions that never say the shot: a training set for shot tokens
+  personae world render shots --count 48 --by shot --caption "a {colour} {shape} on a {background} background"
+  personae prepare shots prepared-shots --resolution 32 --min-side 32 --template "{caption}, {token}" \\
+      --folder-tokens "close_up=<cu_trg>,medium=<ms_trg>,full=<fs_trg>"
+
+outputs: OUT/*.png + *.txt (or OUT/close_up/, medium/, full/ with --by shot), OUT/render.json (every file with
+its shape, colour, background, shot and position)
 
 """
 
@@ -74,7 +87,45 @@ def add_parser(sub) -> None:
     bench.add_argument("--overwrite", action="store_true", help="replace DIR if it exists")
     bench.add_argument("--quiet", action="store_true", help="no progress bar")
     bench.set_defaults(run=run_bench_cmd)
+    _add_render(kinds)
     p.set_defaults(run=lambda args: p.print_help() or 2)
+
+
+def _add_render(kinds) -> None:
+    from personae.cli.options import add_settings_options
+    from personae.world.render_settings import WorldRender
+
+    p = kinds.add_parser("render", help="world pictures with caption files (training sets for the world model)",
+                         epilog=RENDER_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
+                         description="Draw world pictures (32x32: one shape in one colour on a plain background, at "
+                                     "a shot size) with a caption .txt beside each, into a new folder OUT. Seeded: "
+                                     "the same options give the same files.")
+    p.add_argument("out", metavar="OUT", help="folder to write (new, or one this command wrote)")
+    add_settings_options(p, WorldRender)
+    p.add_argument("--overwrite", action="store_true", help="replace OUT if this command wrote it")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(run=run_render)
+
+
+def run_render(args) -> int:
+    from collections import Counter
+
+    from personae.cli.options import settings_values
+    from personae.cli.progress import TerminalProgress
+    from personae.config.base import parse_settings
+    from personae.world.render import render_world
+    from personae.world.render_settings import WorldRender
+
+    settings = parse_settings(WorldRender, settings_values(args, WorldRender), "the render options")
+    progress = TerminalProgress(quiet=args.quiet)
+    try:
+        result = render_world(settings, args.out, overwrite=args.overwrite, on_event=progress)
+    finally:
+        progress.close()
+    shots = Counter(p.shot for p in result.pictures)
+    print(f"{len(result.pictures)} pictures with captions in {args.out} ("
+          + ", ".join(f"{n} {shot}" for shot, n in shots.items()) + ")")
+    return 0
 
 
 def run_pretrain(args) -> int:
