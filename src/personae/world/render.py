@@ -4,7 +4,8 @@
     # stars/close_up/0000-white-star-on-blue-close_up.png + .txt, ..., stars/render.json
 
 Every combination of the chosen shapes, colours, backgrounds and shots once (a shape never on
-a background of its own colour), or `count` of them drawn at random; positions jittered as in
+a background of its own colour), or `count` of them drawn at random (no combination twice
+before every one has come once); positions jittered as in
 pretraining. Same settings, same bytes. `render.json` lists each file with what it shows, so
 the exact checker (world/check.py) can be held against it. No torch here.
 """
@@ -56,7 +57,11 @@ def plan(settings: WorldRender) -> list[Picture]:
     """What `render_world` writes, without drawing anything."""
     rng = np.random.default_rng(settings.seed)
     grid = combinations(settings)
-    chosen = grid if settings.count == 0 else [grid[i] for i in rng.integers(len(grid), size=settings.count)]
+    if settings.count == 0:
+        chosen = grid
+    else:  # without repeats until every combination is used (then again, in a new order)
+        order = np.concatenate([rng.permutation(len(grid)) for _ in range(-(-settings.count // len(grid)))])
+        chosen = [grid[i] for i in order[:settings.count]]
     pictures = []
     for i, (shape, colour, bg, shot) in enumerate(chosen):
         offset = tuple(float(v) for v in rng.uniform(-1.0, 1.0, 2)) if settings.jitter else (0.0, 0.0)
