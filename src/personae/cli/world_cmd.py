@@ -88,6 +88,7 @@ def add_parser(sub) -> None:
     bench.add_argument("--quiet", action="store_true", help="no progress bar")
     bench.set_defaults(run=run_bench_cmd)
     _add_render(kinds)
+    _add_shots(kinds)
     p.set_defaults(run=lambda args: p.print_help() or 2)
 
 
@@ -105,6 +106,59 @@ def _add_render(kinds) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace OUT if this command wrote it")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(run=run_render)
+
+
+SHOTS_EXAMPLES = """examples:
+  personae world shots --words                          # the plain size words: "..., close-up"
+  personae world shots --model ./world --embedding runs/shots/embeddings/cu_trg.safetensors \\
+      --embedding runs/shots/embeddings/ms_trg.safetensors --embedding runs/shots/embeddings/fs_trg.safetensors
+
+"""
+
+
+def _add_shots(kinds) -> None:
+    from personae.config.addons import EmbeddingRef
+
+    p = kinds.add_parser("shots", help="measure how well shot tokens (or the size words) set the size",
+                         epilog=SHOTS_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
+                         description="Draw 96 world pictures (3 shots x 8 shape / colour / background combinations, "
+                                     "half of them shapes a shot-token training set of circles, squares, triangles "
+                                     "and crosses lacks, x 4 seeds) with the shot tokens <cu_trg> <ms_trg> <fs_trg> "
+                                     "(or with --words the plain size words) and count, with the exact checker, "
+                                     "those at the size their shot asks for.")
+    p.add_argument("--model", default="world", help="`world` (the shipped model, default) or a model folder")
+    p.add_argument("--embedding", action="append", default=[], type=EmbeddingRef.from_cli, metavar="FILE[:TOKEN]",
+                   help="a shot token's embedding (repeatable; the three from `personae train`)")
+    p.add_argument("--words", action="store_true", help="prompt with the size words instead of the tokens")
+    p.set_defaults(run=run_shots)
+
+
+def run_shots(args) -> int:
+    import torch
+
+    from personae.errors import UserError
+    from personae.inference.session import open_session
+    from personae.world.model import WORLD_DIR
+    from personae.world.shots import SHOT_TOKENS, SHOT_WORDS, score_shots
+
+    model = str(WORLD_DIR) if args.model == "world" else args.model
+    embeddings = [(e["path"], e["token"]) for e in args.embedding]
+    if not args.words and not embeddings:
+        raise UserError("Nothing to measure: no shot-token embeddings were given.",
+                        "Pass the three with --embedding FILE (repeatable), or --words to measure the size words.")
+    session = open_session(model, device="cpu", embeddings=embeddings)
+    missing = [t for t in SHOT_TOKENS.values() if not args.words and t not in {e.token for e in session.embeddings}]
+    if missing:
+        raise UserError(f"The embeddings given do not define {', '.join(missing)}.",
+                        "Pass each shot token's embedding with --embedding FILE[:TOKEN].")
+    with torch.no_grad():
+        scores = score_shots(session.pipe, SHOT_WORDS if args.words else SHOT_TOKENS)
+    print("shot | right")
+    for size, right in scores["by_shot"].items():
+        print(f"{size} ({SHOT_WORDS[size] if args.words else SHOT_TOKENS[size]}) | {right} of {scores['per_shot_total']}")
+    print(f"held-out shapes | {scores['held_out_right']} of {scores['held_out_total']}")
+    print(f"all | {scores['right']} of {scores['total']} ({scores['share']:.0%})")
+    return 0
 
 
 def run_render(args) -> int:
