@@ -110,8 +110,9 @@ def _add_render(kinds) -> None:
 
 SHOTS_EXAMPLES = """examples:
   personae world shots --words                          # the plain size words: "..., close-up"
-  personae world shots --model ./world --embedding runs/shots/embeddings/cu_trg.safetensors \\
-      --embedding runs/shots/embeddings/ms_trg.safetensors --embedding runs/shots/embeddings/fs_trg.safetensors
+  personae world shots --model ./world --embedding "runs/shots/embeddings/cu_trg.safetensors:<cu_trg>" \\
+      --embedding "runs/shots/embeddings/ms_trg.safetensors:<ms_trg>" \\
+      --embedding "runs/shots/embeddings/fs_trg.safetensors:<fs_trg>"
 
 """
 
@@ -128,7 +129,7 @@ def _add_shots(kinds) -> None:
                                      "those at the size their shot asks for.")
     p.add_argument("--model", default="world", help="`world` (the shipped model, default) or a model folder")
     p.add_argument("--embedding", action="append", default=[], type=EmbeddingRef.from_cli, metavar="FILE[:TOKEN]",
-                   help="a shot token's embedding (repeatable; the three from `personae train`)")
+                   help="a shot token's embedding and its token (repeatable: the three that `personae train` wrote)")
     p.add_argument("--words", action="store_true", help="prompt with the size words instead of the tokens")
     p.set_defaults(run=run_shots)
 
@@ -150,7 +151,8 @@ def run_shots(args) -> int:
     missing = [t for t in SHOT_TOKENS.values() if not args.words and t not in {e.token for e in session.embeddings}]
     if missing:
         raise UserError(f"The embeddings given do not define {', '.join(missing)}.",
-                        "Pass each shot token's embedding with --embedding FILE[:TOKEN].")
+                        "Pass each shot token's embedding with its token: --embedding \"FILE:<cu_trg>\" (a file "
+                        "is otherwise called by its name, as A1111 does).")
     with torch.no_grad():
         scores = score_shots(session.pipe, SHOT_WORDS if args.words else SHOT_TOKENS)
     print("shot | right")

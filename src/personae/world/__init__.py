@@ -8,7 +8,8 @@ as any other module does (tests/test_architecture.py holds the map):
     scene, render                              data        the generator: render, caption, samples; `personae world
                                                            render` (pictures + captions into a folder; no torch)
     tokenizer, model                           models      the world's own CLIP tokenizer; the model and its weights
-    check, bench_scores, evaluate              evaluation  the exact checker; bench scores; generate and score
+    check, bench_scores, evaluate, shots       evaluation  the exact checker; bench scores; generate and score;
+                                                           the 96-generation measure of shot tokens
     pretrain                                   training    pretraining the world model
     bench                                      jobs        `personae world bench` (the demo's world part: demo/world.py)
 
