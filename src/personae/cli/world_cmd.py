@@ -156,8 +156,9 @@ def run_shots(args) -> int:
     with torch.no_grad():
         scores = score_shots(session.pipe, SHOT_WORDS if args.words else SHOT_TOKENS)
     print("shot | right")
+    words = SHOT_WORDS if args.words else SHOT_TOKENS
     for size, right in scores["by_shot"].items():
-        print(f"{size} ({SHOT_WORDS[size] if args.words else SHOT_TOKENS[size]}) | {right} of {scores['per_shot_total']}")
+        print(f"{size} ({words[size]}) | {right} of {scores['per_shot_total']}")
     print(f"held-out shapes | {scores['held_out_right']} of {scores['held_out_total']}")
     print(f"all | {scores['right']} of {scores['total']} ({scores['share']:.0%})")
     return 0

@@ -217,10 +217,10 @@ def _draw(settings: StoryboardSettings, only: set[int] | None, font: str, previo
     for stale in [out / "sheet.png", *out.glob("sheet-*.png")]:
         stale.unlink(missing_ok=True)
     names = ["sheet.png"] if len(pages) == 1 else [f"sheet-{i + 1}.png" for i in range(len(pages))]
+    per_page = lay.panels_per_page
     for i, (name, page) in enumerate(zip(names, pages)):
         with atomic_file(out / name) as tmp:
-            page.save(tmp, format="PNG", pnginfo=_page_text(texts[i * lay.panels_per_page:(i + 1) * lay.panels_per_page],
-                                                            lay.title))
+            page.save(tmp, format="PNG", pnginfo=_page_text(texts[i * per_page:(i + 1) * per_page], lay.title))
     write_pdf(texts, font, out / "sheet.pdf", lay.page_size, lay.landscape, lay.panels_per_row, lay.panels_per_page,
               lay.title)
     # 5. storyboard.json: enough to regenerate the board or any panel

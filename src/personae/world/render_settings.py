@@ -48,7 +48,8 @@ class WorldRender(Strict):
                                             "full shot (10 px); close_up, medium, full work too", text=True,
                                metavar="SHOT,...")
     count: int = setting(0, "pictures to write: 0 = every combination once (a grid; a shape never on a background "
-                            "of its own colour), N = N combinations drawn at random from those (none twice before each came once)", ge=0, le=100_000)
+                            "of its own colour), N = N combinations drawn at random from those (none twice before "
+                            "each came once)", ge=0, le=100_000)
     seed: int = setting(0, "the seed of the random draw and the positions; same seed, same files", ge=0, lt=2**32)
     jitter: bool = setting(True, "move each shape by a random offset within the picture (as in pretraining); "
                                  "--no-jitter centres them")
