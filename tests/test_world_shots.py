@@ -64,3 +64,11 @@ def _teach_and_score(tmp_path):
     scores = score_shots(open_session(str(model), device="cpu", embeddings=embeddings).pipe, SHOT_TOKENS)
     assert scores["share"] >= 0.9 and scores["held_out_share"] >= 0.9, scores
     assert min(scores["by_shot"].values()) >= 0.8 * scores["per_shot_total"], scores  # each token, not two of three
+
+
+def test_the_command_without_tokens_or_words_says_what_to_pass(capsys):
+    from personae.cli.main import main
+
+    assert main(["world", "shots"]) == 2
+    err = capsys.readouterr().err
+    assert "--embedding" in err and "--words" in err and "Traceback" not in err
