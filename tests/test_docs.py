@@ -389,7 +389,50 @@ def test_storyboard_example_runs_as_written(machine, tmp_path):
     assert not (project / "examples/storyboard/runs").exists()  # nothing written beside the recipe's files
 
 
+WORLD_SHOTS = {"close-up": "close-up", "medium": "medium shot", "full": "full shot"}  # a scene's shot -> the size
+
+
+def test_world_storyboard_example_runs_as_written_and_every_panel_is_right(machine, tmp_path):
+    """examples/storyboard-world (issue #20, must show 2): world pictures -> shot tokens and a star LoRA -> a
+    storyboard, as written; the exact checker reads every panel: the shot's size, the star on its panels only,
+    the colours the scene describes; the Korean and Russian dialogue reads back from the PDF and the PNG."""
+    import yaml
+    from pypdf import PdfReader
+
+    from personae.world.check import check
+
+    project, env = sandbox(machine, tmp_path)
+    result = run_document("examples/storyboard-world/README.md", project, env)
+    assert not quiet(result.stderr), f"the world storyboard printed: {quiet(result.stderr)}"
+    board = tmp_path / "home" / "world-board"
+    scenes = yaml.safe_load((board / "scenes.yaml").read_text(encoding="utf-8"))["scenes"]
+    record = json.loads((board / "storyboard/storyboard.json").read_text(encoding="utf-8"))
+    panels = {p["number"]: p for p in record["panels"]}
+    shots_right = 0
+    for scene in scenes:
+        found = check(Image.open(board / "storyboard" / panels[scene["number"]]["file"]))
+        _, colour, shape, _, _, background, _ = scene["description"].split()
+        assert panels[scene["number"]]["prompt"].endswith({"close-up": "<cu_trg>", "medium": "<ms_trg>",
+                                                            "full": "<fs_trg>"}[scene["shot"]])
+        shots_right += found.size == WORLD_SHOTS[scene["shot"]]
+        cast = "star" in scene.get("characters", [])
+        assert (found.shape == "star") == cast, (scene, found)  # the character on its panels only
+        assert (found.colour, found.background) == (colour, background), (scene, found)
+        assert not cast or shape == "star"
+    assert shots_right >= 0.9 * len(scenes), f"{shots_right} of {len(scenes)} panels at their shot's size"
+    assert sum("star" in s.get("characters", []) for s in scenes) == 2
+    pdf = PdfReader(str(board / "storyboard/sheet.pdf")).pages[0].extract_text()
+    png = Image.open(board / "storyboard/sheet.png").text["Description"]
+    dialogue = [s["dialogue"] for s in scenes]
+    assert any("\uac00" <= ch <= "\ud7a3" for d in dialogue for ch in d)  # Hangul
+    assert any("\u0400" <= ch <= "\u04ff" for d in dialogue for ch in d)  # Cyrillic
+    for line in dialogue:
+        assert line in pdf and line in png, line
+    assert not (project / "examples/storyboard-world/runs").exists()  # nothing written beside the recipe's files
+
+
 @pytest.mark.parametrize("doc", [d for d in DOCUMENTS if d not in ("README.md", "examples/storyboard/README.md",
+                                                                   "examples/storyboard-world/README.md",
                                                                    "docs/workflows.md")])
 def test_document_runs_as_written(doc, machine, tmp_path):
     project, env = sandbox(machine, tmp_path)

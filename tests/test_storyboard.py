@@ -7,7 +7,7 @@ import sys
 import pytest
 import torch
 import yaml
-from PIL import ImageFont
+from PIL import Image, ImageFont
 from safetensors.torch import save_file
 
 from personae.errors import UserError
@@ -51,6 +51,9 @@ def test_six_korean_scenes_make_six_panels_a_one_page_sheet_and_a_pdf(tmp_path, 
     text = reader.pages[0].extract_text()
     for scene in SCENES:
         assert f"#{scene['number']}" in text and scene["dialogue"] in text and scene["description"] in text
+    sheet_text = Image.open(board / "sheet.png").text["Description"]  # the PNG's words, as the PDF's
+    for scene in SCENES:
+        assert f"#{scene['number']}" in sheet_text and scene["dialogue"] in sheet_text
     # the font really draws Hangul and Cyrillic (not the empty-box glyph)
     font = ImageFont.truetype(summary["font"], 24)
     notdef = font.getmask("\ue000").getbbox()

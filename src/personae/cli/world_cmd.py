@@ -1,4 +1,4 @@
-"""`personae world pretrain OUT` and `personae world bench --out DIR`: the shapes world."""
+"""`personae world pretrain OUT`, `personae world bench --out DIR` and `personae world render OUT`: the shapes world."""
 
 from __future__ import annotations
 
@@ -26,6 +26,19 @@ setting name only one job section has (rank, variant, steps, masked_loss); VALUE
 brackets (lora.target_modules=[to_q,to_v]). In --methods an item with "=" belongs to the recipe before it.
 --sweep KEY=V1,V2,... (repeatable) runs every combination over every method and writes sweep.md and
 sweep.json: the table sorted by subject fidelity, printed at the end.
+
+"""
+
+RENDER_EXAMPLES = """examples:
+  personae world render pictures                        # every shape, colour, background and shot once (360)
+  personae world render stars --shapes star --colours white --backgrounds blue,green --shots close-up,medium
+  # pictures sorted by shot, captions that never say the shot: a training set for shot tokens
+  personae world render shots --count 48 --by shot --caption "a {colour} {shape} on a {background} background"
+  personae prepare shots prepared-shots --resolution 32 --min-side 32 --template "{caption}, {token}" \\
+      --folder-tokens "close_up=<cu_trg>,medium=<ms_trg>,full=<fs_trg>"
+
+outputs: OUT/*.png + *.txt (or OUT/close_up/, medium/, full/ with --by shot), OUT/render.json (every file with
+its shape, colour, background, shot and position)
 
 """
 
@@ -74,7 +87,102 @@ def add_parser(sub) -> None:
     bench.add_argument("--overwrite", action="store_true", help="replace DIR if it exists")
     bench.add_argument("--quiet", action="store_true", help="no progress bar")
     bench.set_defaults(run=run_bench_cmd)
+    _add_render(kinds)
+    _add_shots(kinds)
     p.set_defaults(run=lambda args: p.print_help() or 2)
+
+
+def _add_render(kinds) -> None:
+    from personae.cli.options import add_settings_options
+    from personae.world.render_settings import WorldRender
+
+    p = kinds.add_parser("render", help="world pictures with caption files (training sets for the world model)",
+                         epilog=RENDER_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
+                         description="Draw world pictures (32x32: one shape in one colour on a plain background, at "
+                                     "a shot size) with a caption .txt beside each, into a new folder OUT. Seeded: "
+                                     "the same options give the same files.")
+    p.add_argument("out", metavar="OUT", help="folder to write (new, or one this command wrote)")
+    add_settings_options(p, WorldRender)
+    p.add_argument("--overwrite", action="store_true", help="replace OUT if this command wrote it")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(run=run_render)
+
+
+SHOTS_EXAMPLES = """examples:
+  personae world shots --words                          # the plain size words: "..., close-up"
+  personae world shots --model ./world --embedding "runs/shots/embeddings/cu_trg.safetensors:<cu_trg>" \\
+      --embedding "runs/shots/embeddings/ms_trg.safetensors:<ms_trg>" \\
+      --embedding "runs/shots/embeddings/fs_trg.safetensors:<fs_trg>"
+
+"""
+
+
+def _add_shots(kinds) -> None:
+    from personae.config.addons import EmbeddingRef
+
+    p = kinds.add_parser("shots", help="measure how well shot tokens (or the size words) set the size",
+                         epilog=SHOTS_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
+                         description="Draw 96 world pictures (3 shots x 8 shape / colour / background combinations, "
+                                     "half of them shapes a shot-token training set of circles, squares, triangles "
+                                     "and crosses lacks, x 4 seeds) with the shot tokens <cu_trg> <ms_trg> <fs_trg> "
+                                     "(or with --words the plain size words) and count, with the exact checker, "
+                                     "those at the size their shot asks for.")
+    p.add_argument("--model", default="world", help="`world` (the shipped model, default) or a model folder")
+    p.add_argument("--embedding", action="append", default=[], type=EmbeddingRef.from_cli, metavar="FILE[:TOKEN]",
+                   help="a shot token's embedding and its token (repeatable: the three that `personae train` wrote)")
+    p.add_argument("--words", action="store_true", help="prompt with the size words instead of the tokens")
+    p.set_defaults(run=run_shots)
+
+
+def run_shots(args) -> int:
+    import torch
+
+    from personae.errors import UserError
+    from personae.inference.session import open_session
+    from personae.world.model import WORLD_DIR
+    from personae.world.shots import SHOT_TOKENS, SHOT_WORDS, score_shots
+
+    model = str(WORLD_DIR) if args.model == "world" else args.model
+    embeddings = [(e["path"], e["token"]) for e in args.embedding]
+    if not args.words and not embeddings:
+        raise UserError("Nothing to measure: no shot-token embeddings were given.",
+                        "Pass the three with --embedding FILE (repeatable), or --words to measure the size words.")
+    session = open_session(model, device="cpu", embeddings=embeddings)
+    missing = [t for t in SHOT_TOKENS.values() if not args.words and t not in {e.token for e in session.embeddings}]
+    if missing:
+        raise UserError(f"The embeddings given do not define {', '.join(missing)}.",
+                        "Pass each shot token's embedding with its token: --embedding \"FILE:<cu_trg>\" (a file "
+                        "is otherwise called by its name, as A1111 does).")
+    with torch.no_grad():
+        scores = score_shots(session.pipe, SHOT_WORDS if args.words else SHOT_TOKENS)
+    print("shot | right")
+    words = SHOT_WORDS if args.words else SHOT_TOKENS
+    for size, right in scores["by_shot"].items():
+        print(f"{size} ({words[size]}) | {right} of {scores['per_shot_total']}")
+    print(f"held-out shapes | {scores['held_out_right']} of {scores['held_out_total']}")
+    print(f"all | {scores['right']} of {scores['total']} ({scores['share']:.0%})")
+    return 0
+
+
+def run_render(args) -> int:
+    from collections import Counter
+
+    from personae.cli.options import settings_values
+    from personae.cli.progress import TerminalProgress
+    from personae.config.base import parse_settings
+    from personae.world.render import render_world
+    from personae.world.render_settings import WorldRender
+
+    settings = parse_settings(WorldRender, settings_values(args, WorldRender), "the render options")
+    progress = TerminalProgress(quiet=args.quiet)
+    try:
+        result = render_world(settings, args.out, overwrite=args.overwrite, on_event=progress)
+    finally:
+        progress.close()
+    shots = Counter(p.shot for p in result.pictures)
+    print(f"{len(result.pictures)} pictures with captions in {args.out} ("
+          + ", ".join(f"{n} {shot}" for shot, n in shots.items()) + ")")
+    return 0
 
 
 def run_pretrain(args) -> int:

@@ -34,12 +34,23 @@ from personae.inference.storyboard import (
 )
 from personae.media.fonts import font_for
 from personae.media.png import save_png
-from personae.media.storyboard_sheet import PanelText, render_png_pages, write_pdf
+from personae.media.storyboard_sheet import PanelText, body, header, render_png_pages, write_pdf
 from personae.outputs import Kind, check_output, staged_output
 from personae.staging import atomic_file, write_text
 
 STORYBOARD = Kind("storyboard", "a storyboard", "personae storyboard", signature=("storyboard.json", "sheet.pdf"),
                   layout=("panels/panel-*.png", "sheet.png", "sheet-*.png", "sheet.pdf", "storyboard.json"))
+
+
+def _page_text(panels: list[PanelText], title: str):
+    """The page's words as a UTF-8 PNG text chunk ("Description"), so a sheet's dialogue can be searched and read
+    back from the PNG as from the PDF."""
+    from PIL.PngImagePlugin import PngInfo
+
+    info = PngInfo()
+    lines = ([title] if title else []) + [f"{header(p)}\n{body(p)}" for p in panels]
+    info.add_itxt("Description", "\n".join(lines))
+    return info
 
 
 def load_scenes(path: str | Path, overrides: dict | None = None, assignments: list[str] = ()) -> StoryboardSettings:
@@ -206,9 +217,10 @@ def _draw(settings: StoryboardSettings, only: set[int] | None, font: str, previo
     for stale in [out / "sheet.png", *out.glob("sheet-*.png")]:
         stale.unlink(missing_ok=True)
     names = ["sheet.png"] if len(pages) == 1 else [f"sheet-{i + 1}.png" for i in range(len(pages))]
-    for name, page in zip(names, pages):
+    per_page = lay.panels_per_page
+    for i, (name, page) in enumerate(zip(names, pages)):
         with atomic_file(out / name) as tmp:
-            page.save(tmp, format="PNG")
+            page.save(tmp, format="PNG", pnginfo=_page_text(texts[i * per_page:(i + 1) * per_page], lay.title))
     write_pdf(texts, font, out / "sheet.pdf", lay.page_size, lay.landscape, lay.panels_per_row, lay.panels_per_page,
               lay.title)
     # 5. storyboard.json: enough to regenerate the board or any panel
