@@ -198,6 +198,11 @@ def test_folder_conventions_and_caption_templates(tmp_path):
 
 def test_caption_helpers():
     assert cap.clean_tags("a_b, c,, a_b , d") == "a b, c, d"
+    # learned tokens keep their underscores (a raw folder's "..., <cu_trg>" became "<cu trg>" and the token check
+    # stopped the run); kaomoji too; the rest of the tag still reads as words
+    assert cap.clean_tags("a red circle, <cu_trg>") == "a red circle, <cu_trg>"
+    assert cap.clean_tags("long_hair, <my_token> smiling_girl, ^_^") == "long hair, <my_token> smiling girl, ^_^"
+    assert cap.clean_tags("<fs_trg>") == "<fs_trg>" and cap.clean_tags("blue_sky") == "blue sky"
     assert cap.clean_tags("A photo of a dog.") == "A photo of a dog."
     assert cap.fill_template("a photo of {trigger} {class}, {caption}", trigger="sks", class_word="dog",
                              caption="") == "a photo of sks dog"

@@ -15,6 +15,7 @@ from pathlib import Path
 from personae.data.images import CAPTION_SUFFIXES
 
 _KOHYA = re.compile(r"^(\d+)_(.+)$")
+_TOKEN = re.compile(r"(<[^<>\s]+>)")  # a learned token's name, e.g. <cu_trg>
 DEFAULT_TEMPLATE = "{folder} {token} {trigger} {class}, {caption}"
 # Booru tags that are faces drawn with an underscore: "^ ^" would be another tag, so theirs is kept.
 KAOMOJI = frozenset({"0_0", "(o)_(o)", "+_+", "+_-", "._.", "<o>_<o>", "<|>_<|>", "=_=", ">_<", "3_3", "6_9", ">_o",
@@ -66,12 +67,15 @@ def folder_meaning(relative: Path, folder_tokens: dict[str, str]) -> tuple[int, 
 
 
 def clean_tags(caption: str, underscores_to_spaces: bool = True) -> str:
-    """Tag lists (a, b_c, a) -> "a, b c": underscores to spaces (not in kaomoji such as ^_^, nor at all with
-    `underscores_to_spaces=False`), duplicates and empties dropped. Plain sentences pass through unchanged apart
-    from whitespace.
+    """Tag lists (a, b_c, a) -> "a, b c": underscores to spaces (not in kaomoji such as ^_^ or learned tokens such
+    as <cu_trg>, nor at all with `underscores_to_spaces=False`), duplicates and empties dropped. Plain sentences
+    pass through unchanged apart from whitespace.
     """
     def spelled(tag: str) -> str:
-        return tag.replace("_", " ") if underscores_to_spaces and tag not in KAOMOJI else tag
+        if not underscores_to_spaces or tag in KAOMOJI:
+            return tag
+        # a learned token in angle brackets (<cu_trg>, as textual inversion names them) is a name: kept as written
+        return "".join(part if _TOKEN.fullmatch(part) else part.replace("_", " ") for part in _TOKEN.split(tag))
 
     caption = " ".join(caption.split())
     if "," not in caption:
