@@ -95,7 +95,7 @@ def test_help_has_examples_for_every_command():
 
 
 def test_demo_runs_offline_and_writes_an_index(tmp_path):
-    r = personae("demo", "--out", tmp_path / "demo", "--quiet", timeout=900)
+    r = personae("demo", "--out", tmp_path / "demo", "--quiet", timeout=1800)
     assert r.returncode == 0, r.stderr
     index = (tmp_path / "demo" / "index.md").read_text()
     assert "## Prepared training set" in index and (tmp_path / "demo/prepared/manifest.jsonl").is_file()
@@ -125,6 +125,14 @@ def test_demo_runs_offline_and_writes_an_index(tmp_path):
     assert run["subject_fidelity"] >= 0.6, run  # 83 % in docs/world.md's table (3 seeds, 8 images per prompt)
     assert run["subject_unseen_bg"] >= 0.5 and run["prompt_fidelity"] >= 0.6, run
     assert abs(run["prior_after"] - base["prior_after"]) <= 0.1, (run, base)
+    # the storyboard on the world: shot tokens and the star taught, every panel read back by the checker
+    section = index[index.index("## Shot tokens and a storyboard on the world"):index.index("## Tiny model")]
+    tokens = re.search(r"set the size in (\d+) of 96 generations", section)
+    assert tokens and int(tokens.group(1)) >= 87, section  # >= 90 %; 96 of 96 measured (docs/world.md)
+    board = re.search(r"shot right on (\d+) of 6 panels, the star exactly where cast on (\d+), colours right on (\d+)",
+                      section)
+    assert board and [int(g) for g in board.groups()] == [6, 6, 6], section
+    assert (tmp_path / "demo/world-board/storyboard/sheet.pdf").is_file()
     assert "| dreambooth | 1 |" in (bench_out / "table.md").read_text()
     assert len(list((tmp_path / "demo/world/taught").glob("*.png"))) == 4
     assert (tmp_path / "demo/animate/clip.gif").is_file() and (tmp_path / "demo/animate/clip.mp4").is_file()
@@ -145,3 +153,23 @@ def test_prepare_command_reports_and_fails_clearly(tmp_path):
     assert r.returncode == 2 and "not a folder" in r.stderr and "Traceback" not in r.stderr
     r = personae("prepare", tmp_path / "photos", tmp_path / "set3", "--crop", "sideways")
     assert r.returncode == 2 and "invalid choice" in r.stderr
+
+
+def test_the_demo_board_is_the_world_storyboard_example():
+    """demo/world_board.py runs examples/storyboard-world as calls: its jobs and scenes are the example's files."""
+    from pathlib import Path
+
+    import yaml
+
+    from personae.demo.world_board import BOARD, SCENES, SHOTS_JOB, STAR_JOB
+
+    example = Path(__file__).resolve().parents[1] / "examples/storyboard-world"
+
+    def read(name):
+        data = yaml.safe_load((example / name).read_text(encoding="utf-8"))
+        return {k: v for k, v in data.items() if k not in ("version", "base_model", "data", "output", "model",
+                                                           "shot_embeddings", "characters", "scenes")}, data
+
+    assert read("shots.yaml")[0] == SHOTS_JOB and read("star.yaml")[0] == STAR_JOB
+    board, scenes = read("scenes.yaml")
+    assert scenes["scenes"] == SCENES and {**board, "use_shot_tokens": "yes"} == BOARD

@@ -429,6 +429,28 @@ def test_world_storyboard_example_runs_as_written_and_every_panel_is_right(machi
     for line in dialogue:
         assert line in pdf and line in png, line
     assert not (project / "examples/storyboard-world/runs").exists()  # nothing written beside the recipe's files
+    # must show 1 on the tokens the README taught: >= 90 % of 96 generations (3 shots x 8 combinations x 4 seeds) at
+    # their token's size, held-out shapes (ring, diamond, star, heart) included, each token on its own
+    _shot_tokens_set_the_size(board)
+
+
+def _shot_tokens_set_the_size(board):
+    import torch
+
+    from personae.inference.session import open_session
+    from personae.world.shots import SHOT_TOKENS, score_shots
+
+    embeddings = [(str(board / f"runs/shots/embeddings/{token.strip('<>')}.safetensors"), token)
+                  for token in SHOT_TOKENS.values()]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as measured (docs/world.md)
+    try:
+        scores = score_shots(open_session(str(board / "world"), device="cpu", embeddings=embeddings).pipe,
+                             SHOT_TOKENS)
+    finally:
+        torch.set_num_threads(threads)
+    assert scores["share"] >= 0.9 and scores["held_out_share"] >= 0.9, scores
+    assert min(scores["by_shot"].values()) >= 0.8 * scores["per_shot_total"], scores
 
 
 @pytest.mark.parametrize("doc", [d for d in DOCUMENTS if d not in ("README.md", "examples/storyboard/README.md",

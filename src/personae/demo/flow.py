@@ -1,10 +1,11 @@
 """`personae demo`: every capability that exists, offline.
 
 First the shapes-world model that ships with personae (demo/world.py): it draws what
-it is asked and learns a held-out shape, measured exactly. Then the random tiny model for
-everything whose point is the plumbing and the file formats (single-file checkpoints,
-prompts, LoRA exports, storyboards, ControlNet, AnimateDiff, compare), where a tiny
-ControlNet and motion adapter are built to match it.
+it is asked and learns a held-out shape, measured exactly; then shot tokens and a star
+character taught on it and drawn as a storyboard whose panels are read back exactly
+(demo/world_board.py). Then the random tiny model for everything whose point is the
+plumbing and the file formats (single-file checkpoints, prompts, LoRA exports, ControlNet,
+AnimateDiff, compare), where a tiny ControlNet and motion adapter are built to match it.
 
 Each step appends a section to index.md / index.html in the output folder, so the
 user sees what was made and where. Later capabilities add steps here. The folder must be
@@ -34,18 +35,11 @@ from personae.staging import write_text
 DEMO_LORA = {"rank": 32, "alpha": 32, "target_modules": [
     "to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out", "conv1", "conv2", "conv_shortcut", "ff.net.0.proj",
     "ff.net.2", "conv_in", "conv_out", "linear_1", "linear_2", "time_emb_proj"]}
-DEMO_SCENES = [
-    {"number": 1, "description": "a girl waits at a bus stop", "dialogue": "버스가 왜 안 오지?", "shot": "close-up",
-     "angle": "eye level"},
-    {"number": 2, "description": "the bus arrives in the rain", "dialogue": "Наконец-то!", "shot": "full",
-     "angle": "high angle"},
-    {"number": 3, "description": "she steps inside", "dialogue": "Thank you!", "shot": "medium", "angle": "eye level"},
-]
 LONG_PROMPT = ", ".join(["a (watercolor:1.3) painting of a fox in a [misty] forest at dawn"] * 8)
 DEMO = Kind("demo", "a demo", "personae demo",
             layout=("index.md", "index.html", "models/*", "photos/*", "prepared/*", "generate/*", "single-file/*",
                     "runs/*", "with-lora/*", "from-png/*", "storyboard/*", "controlnet/*", "animate/*", "compare/*",
-                    "world/*", "world-bench/*"))
+                    "world/*", "world-bench/*", "world-board/*"))
 
 
 class Index:
@@ -82,8 +76,11 @@ def _demo(out: Path, on_event: EventHandler) -> Path:
 
     # 0. the shapes-world model: 16 prompts read back exactly, then a star taught and measured
     from personae.demo.world import world_demo
+    from personae.demo.world_board import world_board
 
-    world_demo(out, index, on_event)
+    world = world_demo(out, index, on_event)
+    # then a storyboard on it: shot tokens and a star character taught, every panel read back exactly
+    world_board(out, world, index, on_event)
 
     # 1. the tiny model, as a diffusers folder and as one original-layout file
     on_event(Message("writing the tiny model"))
@@ -144,22 +141,12 @@ def _demo(out: Path, on_event: EventHandler) -> Path:
     again = run_generate(GenerateSettings(**settings_from_png(plain[0])), out / "from-png", on_event)
     index.add("Reproduce from PNG", f"`personae generate --from-png {plain[0].relative_to(out)}`: identical pixels: "
                                     f"{_same_pixels(plain[0], again[0])}.", again)
-    # 8. a storyboard sheet (PNG and PDF) with Korean, Cyrillic and Latin dialogue
-    from personae.config.storyboard import StoryboardSettings
-    from personae.jobs.storyboard import run_storyboard
-
-    board = StoryboardSettings(model=str(model), steps=10, seed=0, sampler="DDIM", layout={"title": "personae demo"},
-                               scenes=DEMO_SCENES)
-    run_storyboard(board, out / "storyboard", on_event=on_event)
-    index.add("Storyboard", "Three scenes -> panels, storyboard/sheet.png and storyboard/sheet.pdf (dialogue in Korean, "
-                            "Russian and English; storyboard.json records every setting).", [out / "storyboard/sheet.png"])
-
-    # 9. ControlNet: an edge map from a picture steers the same seed (tiny ControlNet matching the tiny UNet)
+    # 8. ControlNet: an edge map from a picture steers the same seed (tiny ControlNet matching the tiny UNet)
     from personae.jobs.control import make_demo_control
 
     index.add(*make_demo_control(model, out / "controlnet", on_event))
 
-    # 10. an animated clip of the taught subject: AnimateDiff with a tiny motion adapter, the LoRA on
+    # 9. an animated clip of the taught subject: AnimateDiff with a tiny motion adapter, the LoRA on
     from personae.config.animate import AnimateSettings
     from personae.jobs.animate import run_animate
     from personae.models.tiny_motion import write_tiny_motion_adapter
@@ -173,7 +160,7 @@ def _demo(out: Path, on_event: EventHandler) -> Path:
                                "--frames 16 --fps 8`: a looping GIF and an H.264 MP4 (animate/clip.mp4), settings in the "
                                "GIF comment and MP4 metadata (DDIM, clip skip 2 by default).", [out / "animate/clip.gif"])
 
-    # 11. compare: the base model against the trained LoRA on a fixed prompt suite, with metrics and a report
+    # 10. compare: the base model against the trained LoRA on a fixed prompt suite, with metrics and a report
     from personae.config.compare import CompareSuite
     from personae.jobs.compare import run_compare
 
