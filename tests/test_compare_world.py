@@ -166,5 +166,5 @@ metrics: {world: star, clip: null, dino: null}
 """)
     r = cli("compare", "suite.yaml", "--out", "out", "--quiet", cwd=tmp_path)
     assert r.returncode == 2 and "Traceback" not in r.stderr
-    assert "not a shapes-world model" in r.stderr
+    assert "not a shapes-world model (it draws 64 px images" in " ".join(r.stderr.split())
     assert not (tmp_path / "out").exists()
