@@ -2,9 +2,9 @@
 
 DIR/images/<variant>/p<prompt>-s<seed>.png (each with A1111 metadata), DIR/grids/seed-<seed>.png
 (rows variants, columns prompts), DIR/controls/<type>-<image>.png (each ControlNet map used, once),
-DIR/metrics.csv (one row per variant), DIR/metrics.json (per
-variant, per prompt and per image, plus skipped metrics and, with the world metric, the ranking), DIR/runs/<variant>/ (loss curves and validation
-grids of run folders), DIR/report.html, DIR/compare.json (the resolved suite).
+DIR/metrics.csv (one row per variant), DIR/metrics.json (per variant, per prompt and per image, plus
+skipped metrics and, with the world metric, the ranking), DIR/runs/<variant>/ (loss curves and
+validation grids of run folders), DIR/report.html, DIR/compare.json (the resolved suite).
 
 Everything is written to DIR.partial first and moved into place at the end, so a failed or
 interrupted comparison leaves no half-written report behind; a rerun replaces personae's
@@ -188,9 +188,9 @@ def run_compare(suite: CompareSuite, out: str | Path, on_event: EventHandler = i
                 if n == "face" and len(values) < len(mine):
                     entry["no_face"] = len(mine) - len(values)
             table.append(entry)
-        per_prompt = [_means({"variant": row.label, "prompt": fill(template, row.token or suite.token, suite.class_word)},
+        per_prompt = [_means({"variant": row.label, "prompt": fill(t, row.token or suite.token, suite.class_word)},
                              [p for p in per_image if p["variant"] == row.label and p["prompt_index"] == pi], names)
-                      for row in rows for pi, template in enumerate(prompts)]
+                      for row in rows for pi, t in enumerate(prompts)]
         ranking = rank_variants(table) if suite.metrics.world else []
         # 4. files: grids, tables, run curves, report
         grids = _grids(rows, [fill(p, suite.token, suite.class_word) for p in prompts], suite.seeds, made, work)
