@@ -64,7 +64,7 @@ GPU_SCALE = [
     # the shapes-world comparison: the full run is measured in docs/world.md; here the commands, not the numbers
     ("examples/compare-world/dreambooth.yaml", "steps: 600,", "steps: 4,", "the measured run's length (docs/world.md)"),
     ("examples/compare-world/lora.yaml", "steps: 600,", "steps: 4,", "the measured run's length (docs/world.md)"),
-    ("examples/compare-world/suite.yaml", "seeds: [0, 1, 2, 3, 4, 5]", "seeds: [0]", "the measured run's seeds"),
+    ("examples/compare-world/suite.yaml", "seeds: [0, 1, 2]", "seeds: [0]", "the measured run's seeds"),
 ]
 # The five workflows personae is for (issue #17), each a test that ends in the file the user wanted: (document,
 # section or None, the file, relative to the folder its commands end in).
@@ -294,7 +294,9 @@ def sandbox(machine: Path, tmp_path: Path) -> tuple[Path, dict[str, str]]:
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "personae").write_text(launcher)
         (folder / "personae").chmod(0o755)
-    (project / ".venv" / "bin" / "python").symlink_to(sys.executable)
+    # a launcher, not a symlink: a venv's python reached through a symlink elsewhere loses the venv's packages
+    (project / ".venv" / "bin" / "python").write_text(f'#!/bin/sh\nexec "{sys.executable}" "$@"\n')
+    (project / ".venv" / "bin" / "python").chmod(0o755)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGINGFACE"))}
     env.update(HOME=str(home), PATH=f"{bin_dir}:{env['PATH']}", HF_HOME=str(machine / "hf"),
                HF_HUB_OFFLINE="1", PERSONAE_CACHE=str(tmp_path / "cache"), PYTHONPATH=str(ROOT / "src"))
