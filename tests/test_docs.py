@@ -46,8 +46,9 @@ NOT_RUN_HERE = [
 ]
 # A line that sets up the machine, already done by CI before the suite runs (tests/test_install.py checks it).
 SETUP_LINE = "bash scripts/setup.sh"
-# Numbers and switches meant for a GPU and a real model, turned down for the CPU: (a document's commands or a file
-# they use, as written, run as, why). Everything else runs as written.
+# Numbers and switches meant for a GPU and a real model, turned down for the CPU, and the lengths of measured CPU runs
+# whose numbers a document records: (a document's commands or a file they use, as written, run as, why). Everything
+# else runs as written.
 GPU_SCALE = [
     ("README.md", "--set train.steps=1500", "--set train.steps=4", "1500 steps is a GPU run's length"),
     ("README.md", "--set train.mixed_precision=fp16", "--set train.mixed_precision=no", "fp16 training needs a GPU"),
@@ -60,6 +61,10 @@ GPU_SCALE = [
     ("docs/workflows.md", "steps: 3000,", "steps: 6,", "a GPU run's length"),
     ("docs/workflows.md", "steps: 800,", "steps: 6,", "a GPU run's length"),
     ("docs/workflows.md", "num_class_images: 100", "num_class_images: 4", "a GPU run's class images"),
+    # the shapes-world comparison: the full run is measured in docs/world.md; here the commands, not the numbers
+    ("examples/compare-world/dreambooth.yaml", "steps: 600,", "steps: 4,", "the measured run's length (docs/world.md)"),
+    ("examples/compare-world/lora.yaml", "steps: 600,", "steps: 4,", "the measured run's length (docs/world.md)"),
+    ("examples/compare-world/suite.yaml", "seeds: [0, 1, 2]", "seeds: [0]", "the measured run's seeds"),
 ]
 # The five workflows personae is for (issue #17), each a test that ends in the file the user wanted: (document,
 # section or None, the file, relative to the folder its commands end in).
@@ -289,7 +294,9 @@ def sandbox(machine: Path, tmp_path: Path) -> tuple[Path, dict[str, str]]:
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "personae").write_text(launcher)
         (folder / "personae").chmod(0o755)
-    (project / ".venv" / "bin" / "python").symlink_to(sys.executable)
+    # a launcher, not a symlink: a venv's python reached through a symlink elsewhere loses the venv's packages
+    (project / ".venv" / "bin" / "python").write_text(f'#!/bin/sh\nexec "{sys.executable}" "$@"\n')
+    (project / ".venv" / "bin" / "python").chmod(0o755)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGINGFACE"))}
     env.update(HOME=str(home), PATH=f"{bin_dir}:{env['PATH']}", HF_HOME=str(machine / "hf"),
                HF_HUB_OFFLINE="1", PERSONAE_CACHE=str(tmp_path / "cache"), PYTHONPATH=str(ROOT / "src"))
@@ -453,8 +460,27 @@ def _shot_tokens_set_the_size(board):
     assert min(scores["by_shot"].values()) >= 0.8 * scores["per_shot_total"], scores
 
 
+def test_world_comparison_example_runs_as_written(machine, tmp_path):
+    """examples/compare-world (issue #20, must show 4): star images -> DreamBooth and LoRA r1/r4/r8 -> a compare
+    suite whose report and metrics.json carry the world checker's columns, and whose ranking is printed."""
+    project, env = sandbox(machine, tmp_path)
+    result = run_document("examples/compare-world/README.md", project, env)
+    home = tmp_path / "home" / "stars"
+    assert len(list((home / "stars").glob("*.png"))) == 12 and len(list((home / "prior").glob("*.png"))) == 64
+    metrics = json.loads((home / "comparison/metrics.json").read_text())
+    labels = ["base", "DreamBooth final", "LoRA r1 final", "LoRA r4 final", "LoRA r8 final"]
+    assert [v["label"] for v in metrics["variants"]] == labels
+    assert sorted(r["variant"] for r in metrics["ranking"]) == sorted(labels)
+    assert all(v["world_subject"] is not None and v["world_prior"] is not None for v in metrics["variants"])
+    html = (home / "comparison/report.html").read_text()
+    assert "world: subject fidelity" in html and "SSIM" in html and "id='ranking'" in html
+    assert "ranking (world checker" in result.stdout
+    assert not list((project / "examples/compare-world").glob("*/"))  # nothing written beside the recipe's files
+
+
 @pytest.mark.parametrize("doc", [d for d in DOCUMENTS if d not in ("README.md", "examples/storyboard/README.md",
                                                                    "examples/storyboard-world/README.md",
+                                                                   "examples/compare-world/README.md",
                                                                    "docs/workflows.md")])
 def test_document_runs_as_written(doc, machine, tmp_path):
     project, env = sandbox(machine, tmp_path)

@@ -31,6 +31,7 @@ a suite file:
   references: ./prepared                                # the training images
   # controls: [...]                                     # ControlNet units for every variant (generate's spelling)
   metrics: {clip: openai/clip-vit-base-patch32, dino: facebook/dino-vits16, face: false}
+  # on a shapes-world model: metrics: {world: {subject: star}}   ({token} stands for a star)
 """
 
 
@@ -45,7 +46,9 @@ def add_parser(sub) -> None:
                        formatter_class=argparse.RawDescriptionHelpFormatter,
                        description="Generate every variant on a fixed prompt suite with fixed seeds, then write labelled "
                                    "grids, metrics.csv / metrics.json (pixel, SSIM, diversity; DINO, CLIP-I, CLIP-T and "
-                                   "face identity when their models are available) and a sortable report.html.")
+                                   "face identity when their models are available; on shapes-world models the exact "
+                                   "checker's subject fidelity, prompt fidelity and prior, and a ranking) and a "
+                                   "sortable report.html.")
     p.add_argument("suite", metavar="SUITE.yaml")
     p.add_argument("--out", default="compare", help="output folder (default ./compare); a previous comparison there is replaced")
     add_set_option(p, "a suite setting")
@@ -78,4 +81,9 @@ def run(args) -> int:
     finally:
         progress.close()
     print(f"{len(result['images'])} images, {len(result['variants'])} variants: {args.out}/report.html")
+    if result["ranking"]:
+        from personae.evaluation.world_metric import ranking_text
+
+        print("ranking (world checker: subject fidelity, then prompt fidelity, then prior):")
+        print("\n".join("  " + line for line in ranking_text(result["ranking"])))
     return 0

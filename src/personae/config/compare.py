@@ -14,6 +14,7 @@
     class: dog
     seeds: [0, 1]
     references: ./prepared
+    metrics: {world: {subject: star}}            # shapes-world models: the exact checker's scores
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from personae.config.addons import ControlRef, LoraRef
 from personae.config.base import Strict
 from personae.config.fields import retuned, setting
 from personae.config.sampling import ControlSettings, RuntimeSettings, SamplingSettings
+from personae.world.vocab import SHAPES
 
 SWEEP_KEYS = ("weight", "cfg", "steps", "sampler")
 
@@ -88,6 +90,25 @@ class Variant(Strict):
         return self
 
 
+class WorldMetricSettings(Strict):
+    """The shapes world's exact checker as a metric: what the taught token stands for."""
+
+    subject: str = setting(description="the shape {token} stands for (the taught subject), e.g. star; every prompt is "
+                                       "read as 'a COLOUR SHAPE on a BACKGROUND background[, SIZE]'")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, value):
+        return {"subject": value} if isinstance(value, str) else value  # `world: star`
+
+    @field_validator("subject")
+    @classmethod
+    def _a_shape(cls, value: str) -> str:
+        if value not in SHAPES:
+            raise ValueError(f"{value!r} is not a shape of the shapes world ({', '.join(SHAPES)})")
+        return value
+
+
 class MetricSettings(Strict):
     """Which metrics to compute, and where their models come from (local folder or hub id)."""
 
@@ -97,6 +118,9 @@ class MetricSettings(Strict):
     clip: str | None = setting("openai/clip-vit-base-patch32", "CLIP-I and CLIP-T (DreamBooth paper); null to skip")
     dino: str | None = setting("facebook/dino-vits16", "DINO ViT-S/16 subject fidelity; null to skip")
     face: bool = setting(False, "face identity (needs the `face` extra: dlib-bin + face-recognition-models)")
+    world: WorldMetricSettings | None = setting(None, "shapes-world models only: subject fidelity, prompt fidelity "
+                                                      "and prior, read by the exact checker; {subject: star} (or just "
+                                                      "star) when {token} stands for a star; null to skip")
 
 
 class CompareSuite(SamplingSettings, ControlSettings, RuntimeSettings):

@@ -18,6 +18,7 @@ class Sample:
     prompt_index: int
     seed: int
     class_prompt: str = ""  # the prompt with the class noun only, for CLIP-T (as in the DreamBooth paper)
+    template: str = ""  # the suite's prompt before {token} and {class} were filled in
 
 
 class Unavailable(Exception):

@@ -11,6 +11,9 @@ Offline metrics (always available):
 - diversity: per image, the mean pixel distance to the other seeds of the same variant and
   prompt; averaged, the mean pairwise distance across seeds (the paper uses LPIPS; this is
   its offline stand-in)
+
+The shapes world's exact checker (world_metric.py, `world: {subject: star}`): subject fidelity, prompt
+fidelity and prior of shapes-world models, read from each image against what its prompt asks.
 """
 
 from __future__ import annotations
@@ -86,6 +89,11 @@ def build_metrics(settings, device: str = "cpu", has_references: bool = True) ->
         wanted.append(("clip_t", lambda: ClipText(settings.clip, device)))
     if settings.face:
         wanted.append(("face", FaceIdentity))
+    if settings.world:
+        from personae.evaluation.world_metric import world_metrics
+
+        made = world_metrics(settings.world)
+        wanted += [(m.name, lambda m=m: m) for m in made]
     metrics, skipped = [], {}
     for name, make in wanted:
         try:

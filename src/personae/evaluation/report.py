@@ -1,11 +1,11 @@
 """report.html for a comparison: one self-contained page (images beside it, linked relatively).
 
 The page holds the suite's settings, the metrics table (click a header to sort; numbers sort
-as numbers), the skipped metrics and why, each variant's ControlNet units with their control
-maps, the grids, each run's loss curve and validation grids, and every image, variant by variant
-beside the control maps it used, captioned with its variant, seed, prompt and scores (as A1111
-writes under an image). Long labels and prompts wrap; nothing is cut. No external scripts,
-styles or fonts.
+as numbers), the world metric's ranking, the metrics per prompt, the skipped metrics and why,
+each variant's ControlNet units with their control maps, the grids, each run's loss curve and
+validation grids, and every image, variant by variant beside the control maps it used, captioned
+with its variant, seed, prompt and scores (as A1111 writes under an image). Long labels and prompts
+wrap; nothing is cut. No external scripts, styles or fonts.
 """
 
 from __future__ import annotations
@@ -60,6 +60,8 @@ class ReportData:
     notes: list[str] = field(default_factory=list)
     controls: list[tuple[str, list[tuple[str, str, str]]]] = field(default_factory=list)  # per variant:
     # (label, [(unit description, control map path, source image)]); empty when no variant uses ControlNet
+    prompts: list[dict] = field(default_factory=list)  # per variant and prompt: variant, prompt, images, metric means
+    ranking: list[str] = field(default_factory=list)  # the world metric's ranking, one line per variant
 
 
 def _cell(value) -> str:
@@ -96,6 +98,18 @@ def render_report(data: ReportData) -> str:
         parts.append("<p class='note'>Skipped metrics:</p><ul>" + "".join(
             f"<li class='note'><b>{e(k)}</b>: {e(v)}</li>" for k, v in data.skipped.items()) + "</ul>")
     parts += [f"<p class='note'>{e(n)}</p>" for n in data.notes]
+    if data.ranking:
+        parts.append("<h2>Ranking</h2><p>By the world checker: subject fidelity, then prompt fidelity, then prior."
+                     "</p><ol id='ranking'>" + "".join(f"<li>{e(line.split('. ', 1)[1])}</li>" for line in data.ranking)
+                     + "</ol>")
+    if data.prompts:
+        parts.append("<h2>Per prompt</h2><p>Means over the seeds of each prompt (– where a metric does not apply)."
+                     "</p>")
+        head = "".join(f"<th>{e(h)}</th>" for h in ["variant", "prompt", "images"] + [t for _, t in data.columns])
+        body = "".join("<tr>" + _cell(r["variant"]) + _cell(r["prompt"]) + _cell(r["images"])
+                       + "".join(_cell(r.get(k)) for k, _ in data.columns) + "</tr>" for r in data.prompts)
+        parts.append(f"<table class='sortable' id='per-prompt'><thead><tr>{head}</tr></thead><tbody>{body}</tbody>"
+                     "</table>")
     # 2. ControlNet units per variant, each with the control map it used
     maps = {label: units for label, units in data.controls}
     if data.controls:

@@ -2,9 +2,9 @@
 
 DIR/images/<variant>/p<prompt>-s<seed>.png (each with A1111 metadata), DIR/grids/seed-<seed>.png
 (rows variants, columns prompts), DIR/controls/<type>-<image>.png (each ControlNet map used, once),
-DIR/metrics.csv (one row per variant), DIR/metrics.json (per
-variant and per image, plus skipped metrics), DIR/runs/<variant>/ (loss curves and validation
-grids of run folders), DIR/report.html, DIR/compare.json (the resolved suite).
+DIR/metrics.csv (one row per variant), DIR/metrics.json (per variant, per prompt and per image, plus
+skipped metrics and, with the world metric, the ranking), DIR/runs/<variant>/ (loss curves and
+validation grids of run folders), DIR/report.html, DIR/compare.json (the resolved suite).
 
 Everything is written to DIR.partial first and moved into place at the end, so a failed or
 interrupted comparison leaves no half-written report behind; a rerun replaces personae's
@@ -31,6 +31,7 @@ from personae.errors import UserError
 from personae.evaluation.metrics import Sample, build_metrics
 from personae.evaluation.report import ReportData, render_report
 from personae.evaluation.suites import PROMPT_SETS, fill
+from personae.evaluation.world_metric import check_world_suite, rank_variants, ranking_text
 from personae.events import EventHandler, Message, Progress, ignore
 from personae.inference.samplers import get_sampler
 from personae.inference.session import open_session
@@ -84,7 +85,8 @@ def _generate_group(suite: CompareSuite, model: str, rows: list[Row], prompts: l
                 image = txt2img(settings, session, loras=used_loras, embeddings=used_embeddings,
                                 controls=controls)[0]
                 path = save_png(image.image, folder / f"p{pi:02d}-s{seed}.png", image.parameters, image.png_text())
-                sample = Sample(image.image, row.label, prompt, pi, seed, fill(template, "", suite.class_word))
+                sample = Sample(image.image, row.label, prompt, pi, seed, fill(template, "", suite.class_word),
+                                template)
                 out.append((row, sample, path))
                 progress()
     del session
@@ -124,6 +126,15 @@ def _run_files(rows: list[Row], work: Path) -> list[tuple[str, list[tuple[str, s
     return runs
 
 
+def _means(entry: dict, images: list[dict], names: list[str]) -> dict:
+    """`entry` with the number of images and each metric's mean over them (None where none applies)."""
+    entry["images"] = len(images)
+    for n in names:
+        values = [p["scores"][n] for p in images if p["scores"][n] is not None]
+        entry[n] = float(np.mean(values)) if values else None
+    return entry
+
+
 def run_compare(suite: CompareSuite, out: str | Path, on_event: EventHandler = ignore) -> dict:
     out = Path(out)
     # 1. check inputs before loading anything: the output folder, rows, ControlNet units, prompts, samplers, references
@@ -135,6 +146,9 @@ def run_compare(suite: CompareSuite, out: str | Path, on_event: EventHandler = i
         get_sampler(name)
     references = load_references(suite.references)
     metrics, skipped = build_metrics(suite.metrics, "cpu", bool(references))
+    if suite.metrics.world:  # prompts in the world's grammar, shapes-world models only: said before any image
+        check_world_suite(suite.metrics.world, prompts, suite.token, suite.class_word,
+                          {r.label: r.model for r in rows}, suite.width, suite.height)
     with staged_output(out, COMPARISON) as work:  # 5. the finished folder replaces any previous comparison in DIR
         # 2. generate, one loaded model per distinct model
         total, done = len(rows) * len(prompts) * len(suite.seeds), [0]
@@ -158,7 +172,8 @@ def run_compare(suite: CompareSuite, out: str | Path, on_event: EventHandler = i
             scores[metric.name] = metric.score(samples, references)
         names = [m.name for m in metrics]
         per_image = [{"file": path.relative_to(work).as_posix(), "variant": s.variant, "prompt": s.prompt,
-                      "seed": s.seed, "scores": {n: scores[n][i] for n in names}} for i, (_, s, path) in enumerate(made)]
+                      "prompt_index": s.prompt_index, "seed": s.seed, "scores": {n: scores[n][i] for n in names}}
+                     for i, (_, s, path) in enumerate(made)]
         table = []
         for row in rows:
             mine = [p for p in per_image if p["variant"] == row.label]
@@ -173,6 +188,10 @@ def run_compare(suite: CompareSuite, out: str | Path, on_event: EventHandler = i
                 if n == "face" and len(values) < len(mine):
                     entry["no_face"] = len(mine) - len(values)
             table.append(entry)
+        per_prompt = [_means({"variant": row.label, "prompt": fill(t, row.token or suite.token, suite.class_word)},
+                             [p for p in per_image if p["variant"] == row.label and p["prompt_index"] == pi], names)
+                      for row in rows for pi, t in enumerate(prompts)]
+        ranking = rank_variants(table) if suite.metrics.world else []
         # 4. files: grids, tables, run curves, report
         grids = _grids(rows, [fill(p, suite.token, suite.class_word) for p in prompts], suite.seeds, made, work)
         runs = _run_files(rows, work)
@@ -183,7 +202,8 @@ def run_compare(suite: CompareSuite, out: str | Path, on_event: EventHandler = i
             for entry in table:
                 writer.writerow([entry["label"], entry["settings"], entry["images"]]
                                 + ["" if entry[n] is None else f"{entry[n]:.6f}" for n in names])
-        result = {"variants": table, "images": per_image, "skipped": skipped, "metrics": names}
+        result = {"variants": table, "prompts": per_prompt, "images": per_image, "skipped": skipped, "metrics": names,
+                  "ranking": ranking}
         (work / "metrics.json").write_text(json.dumps(result, indent=1, ensure_ascii=False), encoding="utf-8")
         notes = [f'{e["label"]}: no face found in {e["no_face"]} image(s)' for e in table if e.get("no_face")]
         titles = {m.name: m.title for m in metrics}
@@ -192,7 +212,8 @@ def run_compare(suite: CompareSuite, out: str | Path, on_event: EventHandler = i
                                  "seeds": ", ".join(map(str, suite.seeds)), "steps": str(suite.steps),
                                  "CFG": f"{suite.cfg:g}", "sampler": suite.sampler,
                                  "references": f"{len(references)} image(s) from {suite.references}" if references else "none"},
-            [(n, titles[n]) for n in names], table, skipped, grids, runs, per_image, notes, units)
+            [(n, titles[n]) for n in names], table, skipped, grids, runs, per_image, notes, units, per_prompt,
+            ranking_text(ranking))
         (work / "report.html").write_text(render_report(report), encoding="utf-8")
         (work / "compare.json").write_text(json.dumps({"suite": suite.model_dump(by_alias=True),
                                                        "rows": [r.label for r in rows]}, indent=1), encoding="utf-8")
