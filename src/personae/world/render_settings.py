@@ -66,25 +66,14 @@ class WorldRender(Strict):
     def _split(cls, value):
         return _items(value)
 
-    @field_validator("shapes")
+    @field_validator("shapes", "colours", "backgrounds", "shots")
     @classmethod
-    def _shapes(cls, value):
-        return _known(value, SHAPES, "shape")
-
-    @field_validator("colours")
-    @classmethod
-    def _colours(cls, value):
-        return _known(value, list(COLOURS), "colour")
-
-    @field_validator("backgrounds")
-    @classmethod
-    def _backgrounds(cls, value):
-        return _known(value, BACKGROUNDS, "background")
-
-    @field_validator("shots")
-    @classmethod
-    def _shots(cls, value):
-        return _known([SHOT_NAMES.get(v.replace("_", " "), SHOT_NAMES.get(v, v)) for v in value], list(SIZES), "shot")
+    def _known_words(cls, value, info):
+        if info.field_name == "shots":  # close_up / cu / medium as the shot's full name
+            value = [SHOT_NAMES.get(v.replace("_", " "), SHOT_NAMES.get(v, v)) for v in value]
+        known, what = {"shapes": (SHAPES, "shape"), "colours": (list(COLOURS), "colour"),
+                       "backgrounds": (BACKGROUNDS, "background"), "shots": (list(SIZES), "shot")}[info.field_name]
+        return _known(value, known, what)
 
     @field_validator("caption")
     @classmethod
