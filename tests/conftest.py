@@ -7,10 +7,16 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never touch the network
 os.environ.setdefault("PERSONAE_CACHE", os.path.join(os.environ.get("TMPDIR", "/tmp"), "personae-test-cache"))
 
+# Under pytest-xdist (pyproject's addopts run two workers) each worker gets one thread, and so do the personae
+# processes tests start: two processes with two OpenMP threads each on two cores spin against each other.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ["OMP_NUM_THREADS"] = "1"
+    os.environ["MKL_NUM_THREADS"] = "1"
+
 import pytest
 import torch
 
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else min(2, os.cpu_count() or 1))
 
 
 @pytest.fixture(scope="session")
@@ -51,10 +57,19 @@ MODEL_FIXTURES = {"tiny_model", "tiny_session", "short_world", "shipped_world", 
                   "sd15"}  # sd15: the full-size SD-1.5 UNet and text encoder (tests/test_lora_layouts.py)
 
 
+# The longest test files, longest first (seconds per file in a full run on 2 cores, one thread per worker). The
+# two xdist workers take files in collection order (`--dist loadfile`), so these go first and the many short
+# files fill in behind them; in alphabetical order one worker sat idle for the last 10 minutes.
+LONGEST_FIRST = ("test_train_learning.py", "test_docs.py", "test_cli.py", "test_web_ui.py", "test_train.py",
+                 "test_interrupts.py", "test_world.py", "test_runs.py", "test_compare.py", "test_world_bench.py")
+
+
 def pytest_collection_modifyitems(config, items):
     for item in items:
         if MODEL_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.slow)
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: each file keeps its order
 
 
 @pytest.fixture(autouse=True)
