@@ -3,9 +3,10 @@
 First the shapes-world model that ships with personae (demo/world.py): it draws what
 it is asked and learns a held-out shape, measured exactly; then shot tokens and a star
 character taught on it and drawn as a storyboard whose panels are read back exactly
-(demo/world_board.py). Then the random tiny model for everything whose point is the
-plumbing and the file formats (single-file checkpoints, prompts, LoRA exports, ControlNet,
-AnimateDiff, compare), where a tiny ControlNet and motion adapter are built to match it.
+(demo/world_board.py), and the base model, the DreamBooth star and the LoRA star compared with
+the checker as a metric (demo/world_compare.py). Then the random tiny model for everything whose
+point is the plumbing and the file formats (single-file checkpoints, prompts, LoRA exports,
+ControlNet, AnimateDiff), where a tiny ControlNet and motion adapter are built to match it.
 
 Each step appends a section to index.md / index.html in the output folder, so the
 user sees what was made and where. Later capabilities add steps here. The folder must be
@@ -39,7 +40,7 @@ LONG_PROMPT = ", ".join(["a (watercolor:1.3) painting of a fox in a [misty] fore
 DEMO = Kind("demo", "a demo", "personae demo",
             layout=("index.md", "index.html", "models/*", "photos/*", "prepared/*", "generate/*", "single-file/*",
                     "runs/*", "with-lora/*", "from-png/*", "storyboard/*", "controlnet/*", "animate/*", "compare/*",
-                    "world/*", "world-bench/*", "world-board/*"))
+                    "world/*", "world-bench/*", "world-board/*", "world-compare/*"))
 
 
 class Index:
@@ -77,10 +78,13 @@ def _demo(out: Path, on_event: EventHandler) -> Path:
     # 0. the shapes-world model: 16 prompts read back exactly, then a star taught and measured
     from personae.demo.world import world_demo
     from personae.demo.world_board import world_board
+    from personae.demo.world_compare import world_compare
 
     world = world_demo(out, index, on_event)
     # then a storyboard on it: shot tokens and a star character taught, every panel read back exactly
     world_board(out, world, index, on_event)
+    # and the comparison: base vs the DreamBooth star vs the LoRA star, every image read back by the checker
+    world_compare(out, world, index, on_event)
 
     # 1. the tiny model, as a diffusers folder and as one original-layout file
     on_event(Message("writing the tiny model"))
@@ -160,21 +164,4 @@ def _demo(out: Path, on_event: EventHandler) -> Path:
                                "--frames 16 --fps 8`: a looping GIF and an H.264 MP4 (animate/clip.mp4), settings in the "
                                "GIF comment and MP4 metadata (DDIM, clip skip 2 by default).", [out / "animate/clip.gif"])
 
-    # 10. compare: the base model against the trained LoRA on a fixed prompt suite, with metrics and a report
-    from personae.config.compare import CompareSuite
-    from personae.jobs.compare import run_compare
-
-    suite = CompareSuite.model_validate({
-        "base_model": str(model), "token": "sks", "class": "star", "seeds": [0, 1], "steps": 20, "cfg": 2.0,
-        "sampler": "DDIM", "width": 64, "height": 64, "references": str(out / "prepared"),
-        "prompts": ["a photo of {token} {class} on a blue background", "{token} {class} on a red background",
-                    "a painting of {token} {class}"],
-        "variants": [{"label": "base"}, {"label": "lora 0.5", "lora": lora, "weight": 0.5},
-                     {"label": "lora 1.0", "lora": lora, "weight": 1.0}]})
-    compared = run_compare(suite, out / "compare", on_event)
-    means = "; ".join(f"{v['label']}: pixel {v['pixel']:.3f}, SSIM {v['ssim']:.3f}" for v in compared["variants"])
-    index.add("Compare", f"Base model vs the LoRA at weights 0.5 and 1.0, 3 prompts x 2 seeds: compare/report.html "
-                         f"(sortable metrics, grids, every image). Similarity to the training images: {means}. "
-                         f"Skipped offline: {', '.join(compared['skipped']) or 'none'}.",
-              [out / "compare/grids/seed-0.png"])
     return out / "index.html"
