@@ -17,7 +17,7 @@ LAYERS = ["base", "config", "data", "models", "evaluation", "inference", "method
 PACKAGE_LAYER = {"config": "config", "data": "data", "media": "data", "models": "models",
                  "evaluation": "evaluation", "inference": "inference", "methods": "methods",
                  "training": "training", "jobs": "jobs", "demo": "demo", "cli": "cli", "web": "cli"}
-TOP_LEVEL = {"errors": "base", "events": "base", "staging": "base", "hub": "base", "outputs": "base", "runs": "base",
+TOP_LEVEL = {"errors": "base", "events": "base", "staging": "base", "hub": "base", "outputs": "base", "runs": "base", "quiet": "base",
              "__init__": "base", "__main__": "cli"}
 WORLD = {"__init__": "base", "vocab": "config", "pretrain_settings": "config", "bench_settings": "config",
          "bench_recipes": "config", "render_settings": "config",

@@ -154,10 +154,11 @@ def test_dreambooth_on_a_model_with_its_own_tokenizer_exports_a_folder_only(tmp_
     assert [c.family for c in result.checks] == ["folder"] and result.checks[0].max_abs_diff <= 1e-4
 
 
-def test_bench_through_the_cli_writes_its_whole_folder(tmp_path):
+def test_bench_through_the_cli_writes_its_whole_folder(tmp_path, capfd):
     """`personae world bench` as a user runs it, at plumbing size (one method without prior images, 2 steps,
-    1 evaluation image per prompt): exit 0, every file of the folder, no .partial left. The real numbers
-    (DreamBooth teaching the star) are checked on the demo's run (tests/test_cli.py)."""
+    1 evaluation image per prompt): exit 0, every file of the folder, no .partial left, and no library load bars
+    from the worker processes in the terminal. The real numbers (DreamBooth teaching the star) are checked on the
+    demo's run (tests/test_cli.py)."""
     import json
 
     from personae.cli.main import main
@@ -175,6 +176,8 @@ def test_bench_through_the_cli_writes_its_whole_folder(tmp_path):
     (run,) = json.loads((out / "results.json").read_text())["runs"]
     assert run["method"] == "textual_inversion" and 0.0 <= run["subject_fidelity"] <= 1.0
     assert "| textual_inversion | 1 |" in (out / "table.md").read_text()
+    terminal = capfd.readouterr()
+    assert "Loading pipeline components" not in terminal.err + terminal.out, terminal.err[-2000:]
 
 
 def test_recipes_change_their_method_recipe_and_name_their_runs(tmp_path):

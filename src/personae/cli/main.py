@@ -20,27 +20,9 @@ import traceback
 from pathlib import Path
 
 from personae.errors import UserError
+from personae.quiet import quiet_libraries
 
 COMMANDS = ["demo", "model", "detect", "generate", "prepare", "captions", "train", "convert", "storyboard", "compare", "animate", "world", "doctor", "ui"]  # each is personae.cli.<name>_cmd with add_parser() and run()
-
-
-def quiet_libraries() -> None:
-    """Library chatter (load bars, deprecation notes) is not for our users' terminals."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    import warnings
-
-    warnings.filterwarnings("ignore", category=FutureWarning)
-    warnings.filterwarnings("ignore", category=UserWarning)
-    import logging
-
-    logging.getLogger("fontTools").setLevel(logging.ERROR)  # fpdf2's font subsetting notes ("TSI0 NOT subset")
-    import diffusers
-    import transformers
-
-    diffusers.utils.logging.set_verbosity_error()
-    diffusers.utils.logging.disable_progress_bar()
-    transformers.utils.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -30,6 +30,7 @@ from pathlib import Path
 
 from personae.config.train import TrainJob
 from personae.events import Event, EventHandler, Failed, Finished, Progress
+from personae.quiet import quiet_libraries
 from personae.training.stopping import Commands, Stopped
 
 _END = object()
@@ -207,7 +208,7 @@ def _worker(job_data: dict, resume: bool, overwrite: bool, events, commands, thr
 
     if threads:
         torch.set_num_threads(threads)  # this process is the job's own
-    _quiet()
+    quiet_libraries()  # the worker's terminal is its parent's (e.g. `personae ui`)
     # Ctrl-C at a terminal reaches the whole process group: the parent decides (its handle sends "stop", which
     # saves a checkpoint, or "interrupt"); the worker acting on the signal itself would end without a checkpoint
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -236,21 +237,6 @@ def _worker(job_data: dict, resume: bool, overwrite: bool, events, commands, thr
         events.put(("finished", result))
     events.close()
     events.join_thread()  # everything sent before the process ends
-
-
-def _quiet() -> None:
-    """The worker's terminal is its parent's (e.g. `personae ui`): library chatter stays out of it, as the CLI keeps
-    it out of its own (cli.main.quiet_libraries); the job's own messages travel as events."""
-    import warnings
-
-    import diffusers
-    import transformers
-
-    warnings.filterwarnings("ignore", category=FutureWarning)
-    warnings.filterwarnings("ignore", category=UserWarning)
-    for library in (diffusers, transformers):
-        library.utils.logging.set_verbosity_error()
-        library.utils.logging.disable_progress_bar()
 
 
 def _portable(exc: BaseException) -> BaseException:

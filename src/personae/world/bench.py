@@ -172,9 +172,13 @@ def run_task(bench_data: dict, task: Task, model: str, work: str) -> dict:
 
 
 def _worker_start() -> None:
-    """A bench worker process uses one torch thread (workers run side by side); the caller's process is left as is."""
+    """A bench worker process uses one torch thread (workers run side by side; the caller's process is left as is)
+    and keeps library load bars out of the terminal it shares with the caller."""
     import torch
 
+    from personae.quiet import quiet_libraries
+
+    quiet_libraries()
     torch.set_num_threads(1)
 
 
