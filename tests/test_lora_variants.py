@@ -133,6 +133,35 @@ def test_every_variant_exports_in_its_layout_and_reloads_with_the_same_image(tin
     assert np.abs(_txt2img(load_pipeline(source), source) - reference).max() > 3
 
 
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_a_recipes_file_is_written_without_training_as_a_run_writes_it(tiny_model, trained, variant, tmp_path):
+    """methods/lora_size.py, how docs/world.md sizes each recipe at SD-1.5 size: `lora_file` on the model's configs
+    (zero weights, no training) writes exactly the trained run's tensors (names, shapes, types), so its size is the
+    run's file size but for the header; in fp16 every weight takes half the bytes."""
+    from diffusers import UNet2DConditionModel
+    from transformers import CLIPTextConfig
+
+    from personae.config.train import LoraSection
+    from personae.methods.lora_size import lora_file
+    from personae.runs import read_run
+
+    _, run = trained(variant)
+    lora = LoraSection.model_validate(read_run(run).settings["lora"])
+    configs = (UNet2DConditionModel.load_config(str(tiny_model[0] / "unet")),
+               CLIPTextConfig.from_pretrained(str(tiny_model[0] / "text_encoder")))
+    layout = {}
+    for dtype in (torch.float32, torch.float16):
+        tensors, _ = _read(lora_file(lora, *configs, tmp_path / str(dtype), dtype))
+        layout[dtype] = {k: (tuple(v.shape), v.dtype) for k, v in tensors.items()}
+        weights = sum(v.numel() * v.element_size() for k, v in tensors.items() if not k.endswith(".alpha"))
+        layout[dtype, "bytes"] = weights
+    trained_tensors, _ = _read(run / "lora.safetensors")
+    assert layout[torch.float32] == {k: (tuple(v.shape), v.dtype) for k, v in trained_tensors.items()}
+    assert {k: shape for k, (shape, _) in layout[torch.float16].items()} == {
+        k: shape for k, (shape, _) in layout[torch.float32].items()}
+    assert layout[torch.float16, "bytes"] * 2 == layout[torch.float32, "bytes"] > 0
+
+
 def test_a_dora_file_loads_only_where_peft_can_apply_it(tiny_model, trained, tmp_path):
     """dora_scale on the input axis (A1111's and LyCORIS' default) and files mixing DoRA with plain LoRA layers
     are refused in one paragraph, not loaded with another image."""

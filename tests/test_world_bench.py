@@ -80,10 +80,11 @@ def test_summary_means_and_prior_change():
     base = {"star": {"prior_after": 0.9}, "heart": {"prior_after": 0.8}}
     runs = [{"method": "lora", "concept": c, "seed": 0, "subject_fidelity": f, "prompt_fidelity": 0.5,
              "subject_on_edit": 0.5, "subject_seen_bg": f, "subject_unseen_bg": f, "prior_after": p, "position_spread_px": 1.0, "size_entropy_bits": 0.0,
-             "train_seconds": 10.0} for c, f, p in (("star", 1.0, 0.85), ("heart", 0.5, 0.8))]
+             "train_seconds": 10.0, "train_cpu_seconds": 9.0} for c, f, p in (("star", 1.0, 0.85), ("heart", 0.5, 0.8))]
     row = summarise(runs, base, ["lora"])[0]
     assert row["runs"] == 2 and row["subject_fidelity"] == pytest.approx(0.75)
     assert row["subject_fidelity_sd"] == pytest.approx(0.25) and row["prior_delta"] == pytest.approx(-2.5)
+    assert row["train_cpu_seconds"] == 9.0
 
 
 @pytest.mark.parametrize("change, words", [
@@ -116,6 +117,26 @@ def test_regularization_folder_captions_come_from_sidecars(tmp_path):
                                              "a green square on a red background, full shot"]
     with pytest.raises(Exception, match="class_prompt"):
         TrainJob(base_model="x", method="lora", data={"path": "d"}, output="o", dreambooth={"prior_preservation": True})
+
+
+def test_the_bench_scores_every_lora_variant_from_its_shared_file(tmp_path):
+    """The bench loads what a run exported the way a user would: the kohya file of lora / locon, DoRA's kohya file
+    and LoHa / LoKr's LyCORIS file (read back by personae's own loader), never nothing (a variant scored as the
+    untouched base model, which DoRA, LoHa and LoKr were until issue #18's measurements)."""
+    from personae.runs import ExportRecord, RunRecord, write_run
+    from personae.world.bench import _exports
+
+    for fmt, loader in [("kohya", "lora"), ("kohya", "personae"), ("lycoris", "personae")]:
+        run = tmp_path / f"{fmt}-{loader}"
+        run.mkdir()
+        other = ("diffusers", "lora") if fmt == "kohya" else ("peft", "peft")
+        write_run(run, RunRecord(status="finished", exports=[
+            ExportRecord(path="lora.safetensors", format=fmt, loader=loader),
+            ExportRecord(path="lora_x", format=other[0], loader=other[1]),
+            ExportRecord(path="embeddings/s.safetensors", format="a1111", loader="embedding", token="<s>")]))
+        lora, embeddings, folder = _exports(run)
+        assert lora == str(run / "lora.safetensors") and folder is None
+        assert embeddings == [(str(run / "embeddings/s.safetensors"), "<s>")]
 
 
 def test_bench_refuses_a_used_folder_and_unknown_settings(tmp_path, capsys):
@@ -175,7 +196,11 @@ def test_bench_through_the_cli_writes_its_whole_folder(tmp_path, capfd):
     assert not (tmp_path / "bench.partial").exists()
     (run,) = json.loads((out / "results.json").read_text())["runs"]
     assert run["method"] == "textual_inversion" and 0.0 <= run["subject_fidelity"] <= 1.0
-    assert "| textual_inversion | 1 |" in (out / "table.md").read_text()
+    # the training's CPU time beside its wall time: the worker runs one torch thread, so not much above the wall time
+    # (the two clocks are read at slightly different moments and each rounded to 0.1 s)
+    assert 0.0 < run["train_cpu_seconds"] <= 1.5 * run["train_seconds"] + 0.2, run
+    table = (out / "table.md").read_text()
+    assert "| textual_inversion | 1 |" in table and "| train CPU (s) |" in table
     terminal = capfd.readouterr()
     assert "Loading pipeline components" not in terminal.err + terminal.out, terminal.err[-2000:]
 

@@ -47,6 +47,7 @@ COLUMNS = [  # (key, header) of the table, in order
     ("position_spread_px", "position spread (px)"),
     ("size_entropy_bits", "size entropy (bits)"),
     ("train_seconds", "train time (s)"),
+    ("train_cpu_seconds", "train CPU (s)"),
 ]
 
 
@@ -124,7 +125,9 @@ def _exports(run: Path) -> tuple[str | None, list[tuple[str, str | None]], str |
     from personae.runs import read_run
 
     files = read_run(run).exports
-    lora = next((str(run / f.path) for f in files if f.loader == "lora" and f.format == "kohya"), None)
+    # the file users share, whatever reads it back: DoRA's kohya file and LoHa / LoKr's LyCORIS file are checked
+    # through personae's own loader (loader "personae"), which open_session uses too
+    lora = next((str(run / f.path) for f in files if f.format in ("kohya", "lycoris")), None)
     embeddings = [(str(run / f.path), f.token) for f in files if f.loader == "embedding" and f.format == "a1111"]
     folder = next((str(run / f.path) for f in files if f.loader == "folder"), None)
     return lora, embeddings, folder
@@ -157,14 +160,16 @@ def run_task(bench_data: dict, task: Task, model: str, work: str) -> dict:
     run = work_dir / "runs" / task.name
     job = job_for(bench, task, model, data, run, bench.concept_settings[task.concept].init_word)
     make_data(bench, task, data, masks=job.data.masked_loss)
-    started = time.monotonic()
+    started, cpu_started = time.monotonic(), time.process_time()
     run_training(job, overwrite=True)
-    seconds = time.monotonic() - started
+    # the wall time grows with whatever else shares the machine; the worker's CPU time (one torch thread) does not
+    seconds, cpu_seconds = time.monotonic() - started, time.process_time() - cpu_started
     lora, embeddings, folder = _exports(run)
     session = open_session(folder or model, device="cpu", loras=[(lora, 1.0)] if lora else [], embeddings=embeddings)
     word = word_for(bench, task.method, task.concept)
     scores, prompts, images = evaluate(bench, session.pipe, word, task.concept, task.seed)
     scores["train_seconds"] = round(seconds, 1)
+    scores["train_cpu_seconds"] = round(cpu_seconds, 1)
     _save_grid(work_dir / "grids" / f"{task.name}.png", f"{task.method}, {task.concept}, seed {task.seed}", prompts, images)
     del session
     gc.collect()
