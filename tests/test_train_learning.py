@@ -1,8 +1,15 @@
-"""Training must learn: generations with the trigger prompt move toward the training images (issue #4, 1)."""
+"""Training must learn (issue #4, 1).
 
-import numpy as np
+Shown exactly on the shapes world: LoRA and DreamBooth teach the held-out star (a shape pretraining never drew)
+through ordinary `personae train` jobs on 12 images, and the world's exact checker counts how often the taught
+word draws it and what the model still draws for ordinary prompts (one `personae world bench` run, one seed, four
+evaluation images per prompt; docs/world.md has the 3-seed numbers). Pivotal tuning, whose star is weak on the
+world (docs/world.md), is shown on the tiny model: its generations move halfway to the training images.
+Textual inversion is shown on the world in tests/test_world_bench.py (it recovers a shape the model knows) and
+by the shot tokens (tests/test_docs.py)."""
+
 import pytest
-from train_helpers import TINY_LORA, distance_to_training, generate, write_job
+from train_helpers import TINY_LORA, distance_to_training, write_job
 
 from personae.jobs.train import load_job, run_training
 from personae.models.resolve import load_pipeline, resolve_model
@@ -25,82 +32,58 @@ def subject(tmp_path_factory, tiny_model):
     return root, root / "prepared", distance_to_training(base, root / "prepared")
 
 
-def _train(root, prepared, tiny, method, **sections):
-    job = load_job(write_job(root, base_model=str(tiny), method=method, data=prepared, output=root / f"runs/{method}",
-                             **sections))
-    return run_training(job, overwrite=True)
-
-
-def _load(tiny, run, method):
-    if method == "dreambooth":
-        return load_pipeline(resolve_model(str(run / "model")))
+def _load_pivotal(tiny, run):
     pipe = load_pipeline(resolve_model(str(tiny)))
-    if method in ("lora", "pivotal"):
-        pipe.load_lora_weights(str(run / "lora.safetensors"))
-    if method in ("textual_inversion", "pivotal"):
-        pipe.load_textual_inversion(str(run / "embeddings" / "sks.safetensors"), token="<sks>")
+    pipe.load_lora_weights(str(run / "lora.safetensors"))
+    pipe.load_textual_inversion(str(run / "embeddings" / "sks.safetensors"), token="<sks>")
     return pipe
 
 
-CASES = {
-    "lora": dict(train={"steps": 600, "batch_size": 4, "learning_rate": 3e-3, "min_snr_gamma": 5, "verify_exports": False},
-                 lora=TINY_LORA),
-    "dreambooth": dict(train={"steps": 600, "batch_size": 4, "learning_rate": 2e-3, "verify_exports": False}),
-    "pivotal": dict(train={"steps": 700, "batch_size": 4, "learning_rate": 3e-3, "min_snr_gamma": 5,
-                           "verify_exports": False}, lora=TINY_LORA, pivotal={"tokens": TOKEN, "token_lr": 5e-3}),
-}
+PIVOTAL = dict(train={"steps": 700, "batch_size": 4, "learning_rate": 3e-3, "min_snr_gamma": 5, "verify_exports": False},
+               lora=TINY_LORA, pivotal={"tokens": TOKEN, "token_lr": 5e-3})
 
 
-@pytest.mark.parametrize("method", list(CASES))
-def test_training_moves_generations_at_least_halfway_to_the_subject(subject, tiny_model, method):
+def test_pivotal_moves_generations_at_least_halfway_to_the_subject(subject, tiny_model):
     root, prepared, before = subject
-    result = _train(root, prepared, tiny_model[0], method, **CASES[method])
-    after = distance_to_training(_load(tiny_model[0], result.run, method), prepared)
-    print(f"{method}: distance to training images {before:.4f} -> {after:.4f} ({after / before:.0%})")
+    job = load_job(write_job(root, base_model=str(tiny_model[0]), method="pivotal", data=prepared,
+                             output=root / "runs/pivotal", **PIVOTAL))
+    after = distance_to_training(_load_pivotal(tiny_model[0], run_training(job, overwrite=True).run), prepared)
+    print(f"pivotal: distance to training images {before:.4f} -> {after:.4f} ({after / before:.0%})")
     assert after <= 0.5 * before
 
 
-def test_textual_inversion_moves_toward_the_subject(subject, tiny_model):
-    """A random tiny model gives one token little to steer, so the drop is small; it is reported."""
-    root, prepared, before = subject
-    result = _train(root, prepared, tiny_model[0], "textual_inversion",
-                    train={"steps": 300, "batch_size": 4, "learning_rate": 5e-3, "verify_exports": False},
-                    textual_inversion={"tokens": TOKEN})
-    after = distance_to_training(_load(tiny_model[0], result.run, "textual_inversion"), prepared)
-    print(f"textual_inversion: distance to training images {before:.4f} -> {after:.4f} ({after / before:.0%})")
-    assert after < before
+# the world: one bench run (measured: base prior 94 %; lora subject 56 %, prompt 81 %, prior 94 %; DreamBooth 88 %,
+# 84 %, 91 %; DreamBooth without prior preservation 100 %, 100 %, 62 %)
+WORLD_METHODS = ["lora", "dreambooth", "dreambooth:dreambooth.prior_preservation=false"]
+NO_PRIOR = WORLD_METHODS[-1]
 
 
-def test_prior_preservation_keeps_the_class_prompt_from_turning_into_the_subject(subject, tiny_model):
-    """Without prior preservation, "a photo of a star" drifts toward the taught <sks> star (language drift);
-    with it, the class prompt stays about as far from the subject as the base model's is.
+@pytest.fixture(scope="module")
+def world_bench(tmp_path_factory):
+    from personae.world.bench import run_bench
+    from personae.world.bench_settings import WorldBench
 
-    (Same-seed pixel distance to the base model cannot show this on a random tiny model: its outputs are
-    not fixed points of its own denoising loss, so any training moves them; the world model can.)"""
-    from train_helpers import vae_roundtrip
+    settings = WorldBench(methods=WORLD_METHODS, concepts=["star"], seeds=1, workers=1, eval={"seeds_per_prompt": 4})
+    result = run_bench(settings, tmp_path_factory.mktemp("world") / "bench")
+    runs = {r["method"]: r for r in result["runs"]}
+    for method, r in runs.items():
+        print(f"{method}: subject {r['subject_fidelity']:.0%} (unseen backgrounds {r['subject_unseen_bg']:.0%}), "
+              f"prompt {r['prompt_fidelity']:.0%}, prior {r['prior_after']:.0%}")
+    return result["base"]["star"], runs
 
-    from personae.data.dataset import examples_from_prepared
-    from personae.evaluation.pixels import nearest_distances
 
-    root, prepared, _ = subject
-    base = load_pipeline(resolve_model(str(tiny_model[0])))
-    references = vae_roundtrip(base, [e.image for e in examples_from_prepared(prepared)])
-    prompts = ["a photo of a star"]
+@pytest.mark.parametrize("method, least", [("lora", 0.4), ("dreambooth", 0.6), (NO_PRIOR, 0.6)])
+def test_lora_and_dreambooth_teach_the_world_a_shape_it_never_drew(world_bench, method, least):
+    base, runs = world_bench
+    assert base["subject_fidelity"] == 0.0, base  # the untaught word never draws the star
+    run = runs[method]
+    assert run["subject_fidelity"] >= least, run
+    assert run["prompt_fidelity"] >= 0.7, run  # backgrounds and a size its images lacked are still followed
 
-    def to_subject(pipe):
-        return float(np.mean(nearest_distances(generate(pipe, prompts, seeds=(0, 1, 2, 3), cfg=7.0), references)))
 
-    distance = {"base": to_subject(base)}
-    for prior in (False, True):
-        run = root / f"runs/db-prior-{prior}"
-        job = load_job(write_job(root, base_model=str(tiny_model[0]), method="dreambooth", data=prepared, output=run,
-                                 train={"steps": 600, "batch_size": 4, "learning_rate": 2e-3, "verify_exports": False},
-                                 dreambooth={"prior_preservation": prior, "class_prompt": "a photo of a star",
-                                             "num_class_images": 4, "class_steps": 20}))
-        run_training(job, overwrite=True)
-        distance[prior] = to_subject(load_pipeline(resolve_model(str(run / "model"))))
-    print(f"class prompt's distance to the subject: base {distance['base']:.4f}, "
-          f"without prior {distance[False]:.4f}, with prior {distance[True]:.4f}")
-    assert distance[False] < 0.75 * distance["base"]  # drift happened
-    assert abs(distance[True] - distance["base"]) < 0.5 * abs(distance[False] - distance["base"])
-    assert len(list((root / "runs/db-prior-True/class_images").glob("class_*.png"))) == 4
+def test_prior_preservation_keeps_what_the_model_drew_before(world_bench):
+    """DreamBooth with the model's own pictures of ordinary captions beside the star's keeps the 16 ordinary
+    prompts right; without them the whole UNet drifts toward the star (language drift)."""
+    base, runs = world_bench
+    kept, lost = runs["dreambooth"]["prior_after"], runs[NO_PRIOR]["prior_after"]
+    assert kept >= base["prior_after"] - 0.1 and kept >= lost + 0.15, (base, runs["dreambooth"], runs[NO_PRIOR])
