@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import ast
 import os
 import re
+import subprocess
 import sys
 from pathlib import Path
 
@@ -34,3 +36,18 @@ def test_installed_packages_are_exactly_the_lock():
     if os.environ.get("CI") or os.environ.get("PERSONAE_STRICT_LOCK"):
         extra = sorted(n for n in installed if n not in pins and not UNLOCKED.match(n))
         assert not extra, f"installed but not in {LOCK.name}: {extra} (refresh it with scripts/lock.sh)"
+
+
+def test_installed_versions_are_the_ones_import_finds_even_after_setuptools_vendors_its_own():
+    # setuptools appends setuptools/_vendor (importlib_metadata 8.x, packaging, zipp dist-info) to sys.path when
+    # imported; under pytest-xdist a worker that had imported it reported those as installed and CI went red
+    code = ("import setuptools, sys; from importlib import metadata; "
+            "from personae.jobs.doctor import installed_versions, normalise; "
+            "assert any(p.endswith('_vendor') for p in sys.path), 'setuptools no longer vendors: test is moot'; "
+            "v = installed_versions(); "
+            "print({n: (v.get(normalise(n)), metadata.version(n)) for n in ('packaging', 'zipp', 'jaraco.text')})")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    pairs = ast.literal_eval(out)
+    # packaging and zipp: the site-packages copy import finds; jaraco.text lives only in _vendor: not installed
+    assert pairs["packaging"][0] == pairs["packaging"][1] and pairs["zipp"][0] == pairs["zipp"][1], pairs
+    assert pairs["jaraco.text"][0] is None, pairs

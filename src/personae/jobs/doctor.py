@@ -10,7 +10,9 @@ import importlib.util
 import os
 import re
 import shutil
+import site
 import sys
+import sysconfig
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -35,8 +37,20 @@ def version_tuple(version: str) -> tuple[int, ...]:
 
 
 def installed_versions() -> dict[str, str]:
-    """Every installed distribution, by normalised name."""
-    return {normalise(d.metadata["Name"]): d.version for d in metadata.distributions() if d.metadata["Name"]}
+    """Every distribution installed in this environment's site-packages, by normalised name.
+
+    Only site folders count: setuptools appends its `_vendor` folder (older importlib_metadata, packaging,
+    zipp, jaraco.* with their dist-info) to sys.path once anything imports it, and those are not installed.
+    """
+    folders = [sysconfig.get_paths()[key] for key in ("purelib", "platlib")]
+    if site.ENABLE_USER_SITE:
+        folders.append(site.getusersitepackages())
+    found: dict[str, str] = {}
+    for dist in metadata.distributions(path=list(dict.fromkeys(folders))):
+        name = dist.metadata["Name"]
+        if name:
+            found.setdefault(normalise(name), dist.version)
+    return found
 
 
 def read_lock(path: Path = LOCK_FILE) -> dict[str, str]:
