@@ -18,7 +18,7 @@ from personae.config.fields import setting
 
 
 class ControlEvalSection(Strict):
-    every: int = setting(500, "measure every N steps (and always at the end); 0: only at the end", ge=0)
+    every: int = setting(1000, "measure every N steps (and always at the end); 0: only at the end", ge=0)
     controls: int = setting(32, "held-out controls per control type in the measurements during training", ge=1)
     steps: int = setting(20, "sampling steps of the measurement images (generate's sampler, DPM++ 2M Karras)", ge=1)
     cfg: float = setting(7.0, "CFG scale of the measurement images (generate's default)", ge=1)

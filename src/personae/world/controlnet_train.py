@@ -45,7 +45,7 @@ from personae.training.step import Batch, check_finite, diffusion_loss, draw_noi
 from personae.world.control_eval import measure_placement, sheet
 from personae.world.controlnet_settings import WorldControlNet
 from personae.world.model import WORLD_DIR
-from personae.world.placed import control_map, eval_placed, random_placed
+from personae.world.placed import eval_placed, random_placed, training_pair
 from personae.world.pretrain import encode_all, to_pixels, tokenize
 
 
@@ -104,9 +104,11 @@ def _data(s: WorldControlNet, pipe, on_event: EventHandler):
     rng = np.random.default_rng([s.seed, 7])
     placements = [random_placed(rng, box_range=tuple(s.box_range)) for _ in range(s.dataset_size)]
     on_event(Message(f"rendering {len(placements)} (control, picture) pairs"))
-    pixels = to_pixels(np.stack([np.asarray(p.image()) for p in placements]))
-    maps = torch.stack([torch.from_numpy(np.stack([np.asarray(control_map(p, kind))[..., 0] for p in placements]))
+    pairs = [training_pair(p, tuple(s.control_types)) for p in placements]
+    pixels = to_pixels(np.stack([np.asarray(image) for image, _ in pairs]))
+    maps = torch.stack([torch.from_numpy(np.stack([np.asarray(m[kind])[..., 0] for _, m in pairs]))
                         for kind in s.control_types])
+    del pairs
     with torch.no_grad():
         means, stds = encode_all(pipe.vae, pixels)
         captions = sorted({p.caption() for p in placements})

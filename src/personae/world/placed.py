@@ -98,22 +98,29 @@ def eval_placed(count: int = 64, seed: int = EVAL_SEED) -> list[Placed]:
     return out
 
 
-def silhouette(placed: Placed) -> Image.Image:
-    """The shape's coverage, white on black (RGB), rounded to 8 bits."""
-    grey = np.round(placed.coverage() * 255).astype(np.uint8)
+def silhouette(placed: Placed, alpha: np.ndarray | None = None) -> Image.Image:
+    """The shape's coverage (`alpha` when the caller has it), white on black (RGB), rounded to 8 bits."""
+    grey = np.round((placed.coverage() if alpha is None else alpha) * 255).astype(np.uint8)
     return Image.fromarray(np.repeat(grey[..., None], 3, axis=2), "RGB")
 
 
 def control_map(placed: Placed, kind: str) -> Image.Image:
     """The control map of a placed shape: `canny` edges of its picture, as `personae detect canny` draws them
     (default thresholds), or its `silhouette`."""
+    return training_pair(placed, (kind,))[1][kind]
+
+
+def training_pair(placed: Placed, kinds: tuple[str, ...] = CONTROL_TYPES) -> tuple[Image.Image, dict[str, Image.Image]]:
+    """The picture and its control maps, the shape's coverage drawn once."""
     from personae.data.control import detect_control
 
-    if kind == "canny":
-        return detect_control("canny", placed.image())
-    if kind == "silhouette":
-        return silhouette(placed)
-    raise ValueError(f"unknown control type {kind!r}; known: {', '.join(CONTROL_TYPES)}")
+    unknown = [k for k in kinds if k not in CONTROL_TYPES]
+    if unknown:
+        raise ValueError(f"unknown control type {unknown[0]!r}; known: {', '.join(CONTROL_TYPES)}")
+    alpha = placed.coverage()
+    image = blend(alpha, placed.colour, placed.background)
+    maps = {"canny": lambda: detect_control("canny", image), "silhouette": lambda: silhouette(placed, alpha)}
+    return image, {kind: maps[kind]() for kind in kinds}
 
 
 def control_source(placed: Placed, kind: str) -> Image.Image:
