@@ -176,6 +176,8 @@ def _add_controlnet(kinds) -> None:
     e.add_argument("--controlnet", default="world", help="`world` (the shipped ControlNet, default) or a folder")
     e.add_argument("--model", default="world", help="`world` (the shipped model, default) or a model folder")
     e.add_argument("--controls", type=int, default=64, help="held-out controls per row (default 64)")
+    e.add_argument("--subject-lora", metavar="FILE", help="a LoRA that taught the star (examples/storyboard-world's "
+                                                          "star.yaml): also measure white stars placed by the control")
     e.add_argument("--overwrite", action="store_true", help="replace DIR if this command wrote it")
     e.set_defaults(run=run_control_eval)
 
@@ -217,7 +219,8 @@ def run_control_eval(args) -> int:
     model = str(WORLD_DIR) if args.model == "world" else args.model
     progress = TerminalProgress(quiet=True)
     with staged_output(args.out, CONTROL_EVAL, replace=args.overwrite) as work:
-        measure_controlnet(controlnet, model, work, count=args.controls, on_event=progress)
+        measure_controlnet(controlnet, model, work, count=args.controls, subject_lora=args.subject_lora,
+                           on_event=progress)
     print((Path(args.out) / "table.md").read_text(), end="")
     return 0
 

@@ -31,7 +31,7 @@ from personae.world.scene import SIDE
 TOLERANCE = 2.0  # px between the centre read back and the control's
 CONTROL_EVAL = Kind("world-control-eval", "a world ControlNet measurement", "personae world control-eval",
                    layout=("table.md", "results.json", "controls/*", "sheets/*"))
-KEYS = ("placed", "centre", "size", "colour", "background", "prompt", "all")
+KEYS = ("placed", "centre", "size", "colour", "background", "prompt", "all", "shape")
 
 
 @dataclass
@@ -53,11 +53,12 @@ def score(image: Image.Image, placed: Placed, tolerance: float = TOLERANCE) -> d
     """One image read back against the placed shape its control and prompt asked for."""
     found = check(image)
     distance = math.hypot(found.position[0] * SIDE - placed.centre[0], found.position[1] * SIDE - placed.centre[1])
-    row = {"shape": placed.shape, "asked": [round(v, 2) for v in placed.centre], "box": round(placed.box, 2),
+    row = {"shape_asked": placed.shape, "asked": [round(v, 2) for v in placed.centre], "box": round(placed.box, 2),
            "read": [round(v * SIDE, 2) for v in found.position], "distance": round(distance, 2),
            "size_read": found.size, "shape_read": found.shape,
            "centre": distance <= tolerance, "size": found.size == placed.size,
-           "colour": found.colour == placed.colour, "background": found.background == placed.background}
+           "colour": found.colour == placed.colour, "background": found.background == placed.background,
+           "shape": found.shape == placed.shape}
     row["placed"] = row["centre"] and row["size"]
     row["prompt"] = row["colour"] and row["background"]
     row["all"] = row["placed"] and row["prompt"]
@@ -123,10 +124,12 @@ def _row(name: str, kind: str, weight: float, start: float, end: float, scores: 
             **{k: round(v, 4) for k, v in scores.shares.items()}, "mean_distance": round(scores.mean_distance, 2)}
 
 
-def measure_controlnet(controlnet: str, model: str, out: Path, count: int = 64, kinds: tuple[str, ...] = ("canny", "silhouette"),
-                       steps: int = 20, cfg: float = 7.0, on_event=None) -> dict:
+def measure_controlnet(controlnet: str, model: str, out: Path, count: int = 64,
+                       kinds: tuple[str, ...] = ("canny", "silhouette"), steps: int = 20, cfg: float = 7.0,
+                       subject_lora: str | None = None, on_event=None) -> dict:
     """The table of docs/world.md: `count` held-out controls per control type, drawn with generate's sampler at each
-    guidance window (weight 1), with no control, and at weight 0 (compared pixel by pixel with no control).
+    guidance window (weight 1), with no control, and at weight 0 (compared pixel by pixel with no control); with
+    `subject_lora` (a LoRA that taught the star) also `count` white stars placed by each control type, the LoRA on.
     Writes OUT/table.md, OUT/results.json, OUT/controls/ (what generate read) and OUT/sheets/."""
     from personae.events import Message, ignore
     from personae.inference.session import open_session
@@ -153,6 +156,8 @@ def measure_controlnet(controlnet: str, model: str, out: Path, count: int = 64, 
         off = generate_placed(session, controlnet, placements, kind, out / "controls", weight=0.0, **options)
         differences[kind] = max_difference(off, plain.images)
     sheet([plain.images[:16], plain.images[16:32]]).save(out / "sheets" / "no-control.png")
+    if subject_lora:
+        rows += _subject_rows(model, controlnet, subject_lora, out, count, kinds, options, on_event)
     result = {"controlnet": controlnet, "model": model, "controls": count, "steps": steps, "cfg": cfg,
               "sampler": GenerateSettings.model_fields["sampler"].default, "tolerance_px": TOLERANCE, "rows": rows,
               "weight_0_max_pixel_difference": differences}
@@ -161,11 +166,32 @@ def measure_controlnet(controlnet: str, model: str, out: Path, count: int = 64, 
     return result
 
 
+def _subject_rows(model: str, controlnet: str, lora: str, out: Path, count: int, kinds, options: dict,
+                  on_event) -> list[dict]:
+    """The taught star (a LoRA, on at weight 1) placed by each control type, and on its own."""
+    from personae.events import Message
+    from personae.inference.session import open_session
+    from personae.world.placed import subject_placed
+
+    session = open_session(model, device="cpu", loras=[(lora, 1.0)])
+    stars = subject_placed(count)
+    rows = [_row("star (LoRA), no control", "-", 0.0, 0.0, 1.0,
+                 measure_placement(session, None, stars, kinds[0], out / "controls", **options))]
+    for kind in kinds:
+        scores = measure_placement(session, controlnet, stars, kind, out / "controls" / "star", **options)
+        rows.append(_row(f"star (LoRA), {kind}", kind, 1.0, 0.0, 1.0, scores))
+        on_event(Message(f"{rows[-1]['run']}: placed {scores.shares['placed']:.0%}, star {scores.shares['shape']:.0%}"))
+        maps = [control_map(p, kind) for p in stars]
+        sheet([maps[:16], scores.images[:16]]).save(out / "sheets" / f"star-{kind}.png")
+    return rows
+
+
 def table_markdown(result: dict) -> str:
     head = ("| run | placed (centre within 2 px and size) | centre | size | colour | background | prompt (colour and "
-            "background) | all | mean distance (px) |\n|---|---|---|---|---|---|---|---|---|\n")
+            "background) | all | shape | mean distance (px) |\n|---|---|---|---|---|---|---|---|---|---|\n")
     lines = [f"| {r['run']} | {r['placed']:.0%} | {r['centre']:.0%} | {r['size']:.0%} | {r['colour']:.0%} | "
-             f"{r['background']:.0%} | {r['prompt']:.0%} | {r['all']:.0%} | {r['mean_distance']:.2f} |" for r in result["rows"]]
+             f"{r['background']:.0%} | {r['prompt']:.0%} | {r['all']:.0%} | {r['shape']:.0%} | {r['mean_distance']:.2f} |"
+             for r in result["rows"]]
     off = ", ".join(f"{k} {v}" for k, v in result["weight_0_max_pixel_difference"].items())
     return (f"{result['controls']} held-out controls per row ({result['sampler']}, {result['steps']} steps, CFG "
             f"{result['cfg']:g}).\n\n" + head + "\n".join(lines) +

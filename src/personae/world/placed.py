@@ -98,6 +98,21 @@ def eval_placed(count: int = 64, seed: int = EVAL_SEED) -> list[Placed]:
     return out
 
 
+def subject_placed(count: int = 32, shape: str = "star", colour: str = "white", seed: int = EVAL_SEED + 1,
+                   boxes: tuple[float, ...] = (SIZES["close-up"], SIZES["medium shot"])) -> list[Placed]:
+    """Controls for a taught subject: `shape` in `colour` on every background it allows, at `boxes` (a star at
+    full shot, 10 px, does not survive the world's VAE), positions from `seed`."""
+    rng = np.random.default_rng(seed)
+    backgrounds = [b for b in BACKGROUNDS if b != colour]
+    out = []
+    for i in range(count):
+        box = boxes[i % len(boxes)]
+        lo, hi = centre_range(box)
+        centre = (float(rng.uniform(lo, hi)), float(rng.uniform(lo, hi)))
+        out.append(Placed(shape, colour, backgrounds[i % len(backgrounds)], box, centre))
+    return out
+
+
 def silhouette(placed: Placed, alpha: np.ndarray | None = None) -> Image.Image:
     """The shape's coverage (`alpha` when the caller has it), white on black (RGB), rounded to 8 bits."""
     grey = np.round((placed.coverage() if alpha is None else alpha) * 255).astype(np.uint8)
