@@ -136,12 +136,13 @@ def _add_shots(kinds) -> None:
 
 
 CONTROLNET_EXAMPLES = """examples:
-  personae world controlnet ./world-controlnet          # the shipped run (under 30 minutes, one thread)
+  personae world controlnet ./world-controlnet          # the shipped run (about 25 minutes, one thread)
   personae world controlnet ./cn --steps 200 --set eval.every=0 --set dataset_size=2048
   personae world control-eval --out placement            # the table of docs/world.md, for the shipped ControlNet
-  personae world render pic --shapes ring --colours red --backgrounds blue --shots "full shot" --count 1
-  personae generate --model ./world --prompt "a red ring on a blue background, full shot" \\
-      --control canny:map.png --controlnet canny=./world-controlnet
+  # a control: any picture of a shape (here a ring somewhere on the canvas); generate draws its canny edges
+  personae world render pic --shapes ring --colours red --backgrounds blue --shots "full shot" --count 1 --seed 3
+  personae generate --model ./world --prompt "a green ring on a yellow background, full shot" \\
+      --control canny:pic/0000-red-ring-on-blue-full.png --controlnet canny=./world-controlnet
 
 """
 
