@@ -136,7 +136,7 @@ def _add_shots(kinds) -> None:
 
 
 CONTROLNET_EXAMPLES = """examples:
-  personae world controlnet ./world-controlnet          # the shipped run (about 25 minutes, one thread)
+  personae world controlnet ./world-controlnet          # the shipped run (7 min of CPU, one thread)
   personae world controlnet ./cn --steps 200 --set eval.every=0 --set dataset_size=2048
   personae world control-eval --out placement            # the table of docs/world.md, for the shipped ControlNet
   # a control: any picture of a shape (here a ring somewhere on the canvas); generate draws its canny edges

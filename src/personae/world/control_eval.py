@@ -121,7 +121,8 @@ WINDOWS = (("whole", 0.0, 1.0), ("first 30 %", 0.0, 0.3), ("last 30 %", 0.7, 1.0
 
 def _row(name: str, kind: str, weight: float, start: float, end: float, scores: PlacementScores) -> dict:
     return {"run": name, "control": kind, "weight": weight, "guidance": [start, end],
-            **{k: round(v, 4) for k, v in scores.shares.items()}, "mean_distance": round(scores.mean_distance, 2)}
+            **{k: round(v, 4) for k, v in scores.shares.items()}, "mean_distance": round(scores.mean_distance, 2),
+            "images": scores.rows}
 
 
 def measure_controlnet(controlnet: str, model: str, out: Path, count: int = 64,
