@@ -1,4 +1,5 @@
-"""`personae model tiny|tiny-motion|tiny-controlnet|world|world-controlnet DIR`: write the tiny test models or the pretrained shapes-world model."""
+"""`personae model tiny|tiny-motion|tiny-controlnet|world|world-controlnet DIR`: the tiny test models, or the
+pretrained shapes-world model and its ControlNet."""
 
 from __future__ import annotations
 

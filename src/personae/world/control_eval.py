@@ -86,7 +86,8 @@ def generate_placed(session, controlnet: str | None, placements: list[Placed], k
     prompts = prompts or [p.caption() for p in placements]
     images = []
     for i, (path, prompt) in enumerate(zip(paths, prompts)):
-        controls = [ControlRef(type=GENERATE_TYPE[kind], image=str(path), model=controlnet, weight=weight)] if path else []
+        unit = ControlRef(type=GENERATE_TYPE[kind], image=str(path), model=controlnet, weight=weight) if path else None
+        controls = [unit] if unit else []
         settings = GenerateSettings(model=session.source.location, prompt=prompt, seed=seed + i, steps=steps, cfg=cfg,
                                     controls=controls, control_start=start, control_end=end, device="cpu")
         images.append(txt2img(settings, session, loras=loras)[0].image)
@@ -150,10 +151,12 @@ def measure_controlnet(controlnet: str, model: str, out: Path, count: int = 64,
             scores = measure_placement(session, controlnet, placements, kind, out / "controls", start=start, end=end,
                                        **options)
             rows.append(_row(f"{kind}, guidance {name}", kind, 1.0, start, end, scores))
-            on_event(Message(f"{rows[-1]['run']}: placed {scores.shares['placed']:.0%}, prompt {scores.shares['prompt']:.0%}"))
+            on_event(Message(f"{rows[-1]['run']}: placed {scores.shares['placed']:.0%}, "
+                             f"prompt {scores.shares['prompt']:.0%}"))
             if name == "whole":
                 maps = [control_map(p, kind) for p in placements]
-                sheet([maps[:16], scores.images[:16], maps[16:32], scores.images[16:32]]).save(out / "sheets" / f"{kind}.png")
+                rows_of = [maps[:16], scores.images[:16], maps[16:32], scores.images[16:32]]
+                sheet(rows_of).save(out / "sheets" / f"{kind}.png")
         off = generate_placed(session, controlnet, placements, kind, out / "controls", weight=0.0, **options)
         differences[kind] = max_difference(off, plain.images)
     sheet([plain.images[:16], plain.images[16:32]]).save(out / "sheets" / "no-control.png")

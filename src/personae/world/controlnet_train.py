@@ -181,7 +181,8 @@ def _train(s: WorldControlNet, out: Path, started: float, on_event: EventHandler
         hidden = embeds[torch.where(drop, torch.full_like(idx, empty), caption_ids[idx])]
         # 2. noise at random timesteps; the UNet with the ControlNet's residuals predicts it
         noise, timesteps = draw_noise(gen, tuple(z.shape), noise_scheduler.config.num_train_timesteps)
-        loss = diffusion_loss(Controlled(pipe.unet, controlnet, cond), noise_scheduler, Batch(z, noise, timesteps), hidden)
+        controlled = Controlled(pipe.unet, controlnet, cond)
+        loss = diffusion_loss(controlled, noise_scheduler, Batch(z, noise, timesteps), hidden)
         # 3. backward, clip, step (the ControlNet only)
         optimizer_step(loss, optimizer, params, s.max_grad_norm)
         lr_schedule.step()

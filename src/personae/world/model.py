@@ -26,7 +26,7 @@ from personae.models.tiny import SD15_DIR
 from personae.outputs import MODEL_FOLDER, staged_output
 
 WORLD_DIR = Path(__file__).parent / "weights"  # the shipped pretrained model (a diffusers folder)
-WORLD_CONTROLNET_DIR = Path(__file__).parent / "controlnet_weights"  # its ControlNet (`personae world controlnet`), shipped
+WORLD_CONTROLNET_DIR = Path(__file__).parent / "controlnet_weights"  # its ControlNet (`personae world controlnet`)
 
 TEXT_WIDTH = 64  # the text encoder's hidden size, which is the UNet's cross-attention width
 WORLD_UNET = dict(
