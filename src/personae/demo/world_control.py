@@ -76,7 +76,7 @@ def world_control(out: Path, model: Path, star_model: Path, index, on_event: Eve
               "--control canny:PICTURE --controlnet canny=models/world-controlnet` with its caption as the prompt: "
               f"placed {counts['placed']} of {n} (centre within 2 px of the control's, size right), colour and "
               f"background as prompted {counts['prompt']} of {n}; the same seeds without control placed "
-              f"{counts['own_placed']} of {n} (the model draws shapes near the middle). The DreamBooth star (section "
+              f"{counts['own_placed']} of {n} (without control the seed decides where). The DreamBooth star (section "
               f"\"Teach a star\") with the same ControlNet and a star's edges: placed {counts['star_placed']} of {n}, "
               f"a star {counts['star_shape']} of {n}. docs/world.md has the measured table (64 held-out controls "
               "per control type, guidance windows, weight 0).", [folder / "sheet.png"])
