@@ -3,10 +3,10 @@
     placed = Placed("ring", "red", "blue", box=10.0, centre=(8.5, 22.0))
     placed.image(), placed.caption(), control_map(placed, "canny")   # picture, prompt, control map
 
-`scene.render` keeps a shape within `max_offset` of the middle at one of three box sides;
-a ControlNet must place a shape where its control map says, so here the box side is any
-value and the centre anywhere that keeps `MARGIN` free to the border (the checker reads the
-background from the border). Two control types, as `personae generate --control` reads them:
+`scene.render` draws one of three box sides at an offset given as a fraction of `max_offset`
+(its outputs stay as they are: the world's tests depend on them); a ControlNet must place a
+shape where its control map says, so here the box side is any value and the centre any pixel
+position that keeps `MARGIN` free to the border (the checker reads the background there). Two control types, as `personae generate --control` reads them:
 `canny` (the picture's edges, drawn by the same code as `personae detect canny`) and
 `silhouette` (the shape's exact coverage, white on black: a `raw` control map).
 
