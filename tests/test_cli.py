@@ -139,6 +139,14 @@ def test_demo_runs_offline_and_writes_an_index(tmp_path):
     assert (tmp_path / "demo/world-board/storyboard/sheet.pdf").is_file()
     assert "| dreambooth | 1 |" in (bench_out / "table.md").read_text()
     assert len(list((tmp_path / "demo/world/taught").glob("*.png"))) == 4
+    # the world ControlNet: held-out shapes placed where the control says, the DreamBooth star too (docs/world.md)
+    section = index[index.index("## World ControlNet"):index.index("## Tiny model")]
+    counts = re.search(r"placed (\d+) of 8 .*colour and background as prompted (\d+) of 8; the same seeds without "
+                       r"control placed (\d+) of 8.*placed (\d+) of 8, a star (\d+) of 8", " ".join(section.split()))
+    assert counts, section
+    placed, prompted, own, star_placed, star = (int(g) for g in counts.groups())
+    assert placed >= 7 and prompted >= 7 and own < placed, section
+    assert (tmp_path / "demo/world-control/sheet.png").is_file()
     assert (tmp_path / "demo/animate/clip.gif").is_file() and (tmp_path / "demo/animate/clip.mp4").is_file()
     for line in index.splitlines():
         if line.startswith("![]("):

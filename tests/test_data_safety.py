@@ -189,6 +189,16 @@ def _world_pretrain(c, tmp):
     return out, ["world", "pretrain", str(out), "--steps", "1", "--quiet"], out
 
 
+def _world_controlnet(c, tmp):
+    out = user_files(tmp / "cn")
+    return out, ["world", "controlnet", str(out), "--steps", "1", "--quiet"], out
+
+
+def _world_control_eval(c, tmp):
+    out = user_files(tmp / "placement")
+    return out, ["world", "control-eval", "--out", str(out), "--controls", "1"], out
+
+
 def _model(kind):
     def build(c, tmp):
         out = user_files(tmp / "model")
@@ -229,10 +239,13 @@ CASES = [
     Case("compare beside a user folder named OUT.partial", _compare_beside_a_partial_named_folder),
     Case("world bench", _world_bench, OVERWRITE),
     Case("world pretrain", _world_pretrain, OVERWRITE),
+    Case("world controlnet", _world_controlnet, OVERWRITE),
+    Case("world control-eval", _world_control_eval, OVERWRITE),
     Case("model tiny", _model("tiny"), OVERWRITE),
     Case("model tiny-motion", _model("tiny-motion"), OVERWRITE),
     Case("model tiny-controlnet", _model("tiny-controlnet"), OVERWRITE),
     Case("model world", _model("world"), OVERWRITE),
+    Case("model world-controlnet", _model("world-controlnet"), OVERWRITE),
     Case("model tiny over a downloaded model", _model_over_a_downloaded_model, OVERWRITE),
     Case("animate --frames-dir", _animate_frames, OVERWRITE),
     Case("generate", _generate),

@@ -1,4 +1,5 @@
-"""`personae model tiny|tiny-motion|tiny-controlnet|world DIR`: write the tiny test models or the pretrained shapes-world model."""
+"""`personae model tiny|tiny-motion|tiny-controlnet|world|world-controlnet DIR`: the tiny test models, or the
+pretrained shapes-world model and its ControlNet."""
 
 from __future__ import annotations
 
@@ -18,6 +19,13 @@ MOTION_EXAMPLES = """examples:
 WORLD_EXAMPLES = """examples:
   personae model world ./world
   personae generate --model ./world --prompt "a green square on a yellow background, close-up" --sampler DDIM --cfg 4
+"""
+WORLD_CONTROLNET_EXAMPLES = """examples:
+  personae model world ./world && personae model world-controlnet ./world-controlnet
+  personae generate --model ./world --prompt "a red ring on a blue background, full shot" \\
+      --control canny:picture.png --controlnet canny=./world-controlnet
+  personae generate --model ./world --prompt "a red ring on a blue background, full shot" \\
+      --control raw:silhouette.png --controlnet raw=./world-controlnet
 """
 
 
@@ -62,6 +70,14 @@ def add_parser(sub) -> None:
     world.add_argument("out_dir", metavar="OUT_DIR", help="folder to write (diffusers layout)")
     _overwrite(world)
     world.set_defaults(run=run_world)
+    control = kinds.add_parser("world-controlnet", help="the shapes-world model's ControlNet, trained (canny, silhouette)",
+                               epilog=WORLD_CONTROLNET_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
+                               description="Write the world model's ControlNet that ships with personae (trained by "
+                                           "`personae world controlnet`: it puts the prompt's shape where a canny map "
+                                           "or a silhouette says) as a diffusers folder, with its training record.")
+    control.add_argument("out_dir", metavar="OUT_DIR", help="folder to write (diffusers layout)")
+    _overwrite(control)
+    control.set_defaults(run=run_world_controlnet)
     p.set_defaults(run=lambda args: p.print_help() or 2)
 
 
@@ -114,3 +130,10 @@ def run_world(args) -> int:
 
     out = write_world_model(_checked_out(args), overwrite=args.overwrite)
     return _wrote("the shapes-world model", out, None)
+
+
+def run_world_controlnet(args) -> int:
+    from personae.world.model import write_world_controlnet
+
+    out = write_world_controlnet(_checked_out(args), overwrite=args.overwrite)
+    return _wrote("the shapes-world ControlNet", out, None)

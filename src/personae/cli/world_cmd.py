@@ -89,6 +89,7 @@ def add_parser(sub) -> None:
     bench.set_defaults(run=run_bench_cmd)
     _add_render(kinds)
     _add_shots(kinds)
+    _add_controlnet(kinds)
     p.set_defaults(run=lambda args: p.print_help() or 2)
 
 
@@ -132,6 +133,97 @@ def _add_shots(kinds) -> None:
                    help="a shot token's embedding and its token (repeatable: the three that `personae train` wrote)")
     p.add_argument("--words", action="store_true", help="prompt with the size words instead of the tokens")
     p.set_defaults(run=run_shots)
+
+
+CONTROLNET_EXAMPLES = """examples:
+  personae world controlnet ./world-controlnet          # the shipped run (7 min of CPU, one thread)
+  personae world controlnet ./cn --steps 200 --set eval.every=0 --set dataset_size=2048
+  personae world control-eval --out placement            # the table of docs/world.md, for the shipped ControlNet
+  # a control: any picture of a shape (here a ring somewhere on the canvas); generate draws its canny edges
+  personae world render pic --shapes ring --colours red --backgrounds blue --shots "full shot" --count 1 --seed 3
+  personae generate --model ./world --prompt "a green ring on a yellow background, full shot" \\
+      --control canny:pic/0000-red-ring-on-blue-full.png --controlnet canny=./world-controlnet
+
+"""
+
+
+def _add_controlnet(kinds) -> None:
+    from personae.cli.options import settings_epilog
+    from personae.world.controlnet_settings import WorldControlNet
+
+    p = kinds.add_parser("controlnet", help="train the world model's ControlNet (shapes placed by a control map)",
+                         epilog=CONTROLNET_EXAMPLES + "\n" + settings_epilog(WorldControlNet, "settings (--set "
+                                                                               "KEY=VALUE; defaults are the shipped run)"),
+                         formatter_class=argparse.RawDescriptionHelpFormatter,
+                         description="Train a ControlNet for the world model (ControlNetModel.from_unet of its UNet, "
+                                     "zero convolutions) from rendered pairs: a control map (canny edges or a "
+                                     "silhouette) and the picture, the shape at any position and size. Writes OUT as "
+                                     "a diffusers ControlNet folder with OUT/training/ (settings, losses, "
+                                     "measurements, sample sheets). Same settings and thread count, same weights.")
+    p.add_argument("out", metavar="OUT", help="folder to write (a diffusers ControlNet folder)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a setting")
+    p.add_argument("--steps", type=int, help="training steps (shortcut for --set steps=N)")
+    p.add_argument("--overwrite", action="store_true", help="replace OUT if personae wrote it")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(run=run_controlnet)
+    e = kinds.add_parser("control-eval", help="measure how well a world ControlNet places shapes",
+                         epilog=CONTROLNET_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
+                         description="Draw held-out controls (shapes and colour pairs the ControlNet never trained "
+                                     "on, each size, positions anywhere) through `personae generate --control`, "
+                                     "per control type and guidance window, with no control and at weight 0, and "
+                                     "read every picture back with the exact checker. Writes table.md, "
+                                     "results.json, controls/ and sheets/ to DIR and prints the table.")
+    e.add_argument("--out", required=True, metavar="DIR", help="folder to write")
+    e.add_argument("--controlnet", default="world", help="`world` (the shipped ControlNet, default) or a folder")
+    e.add_argument("--model", default="world", help="`world` (the shipped model, default) or a model folder")
+    e.add_argument("--controls", type=int, default=64, help="held-out controls per row (default 64)")
+    e.add_argument("--subject-lora", metavar="FILE", help="a LoRA that taught the star (examples/storyboard-world's "
+                                                          "star.yaml): also measure white stars placed by the control")
+    e.add_argument("--overwrite", action="store_true", help="replace DIR if this command wrote it")
+    e.set_defaults(run=run_control_eval)
+
+
+def run_controlnet(args) -> int:
+    import torch
+
+    from personae.cli.progress import TerminalProgress
+    from personae.config.base import apply_overrides, parse_settings
+    from personae.world.controlnet_settings import WorldControlNet
+    from personae.world.controlnet_train import train_controlnet
+
+    overrides = list(args.set) + ([f"steps={args.steps}"] if args.steps is not None else [])
+    settings = parse_settings(WorldControlNet, apply_overrides({}, overrides), "--set")
+    progress = TerminalProgress(quiet=args.quiet)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(settings.threads)  # the command owns its process: the count the weights reproduce at
+    try:
+        result = train_controlnet(settings, args.out, overwrite=args.overwrite, on_event=progress)
+    finally:
+        torch.set_num_threads(threads)
+        progress.close()
+    print(f"trained the world ControlNet in {result.seconds['total'] / 60:.1f} min ({result.steps} steps; training "
+          f"{result.seconds['train'] / 60:.1f} min, measuring {result.seconds['measure'] / 60:.1f} min) into {result.out}")
+    last = result.evals[-1]
+    for kind in settings.control_types:
+        print(f"{kind}: placed {last[kind]['placed']:.0%}, prompt {last[kind]['prompt']:.0%} of "
+              f"{settings.eval.controls} held-out controls")
+    return 0
+
+
+def run_control_eval(args) -> int:
+    from personae.cli.progress import TerminalProgress
+    from personae.outputs import staged_output
+    from personae.world.control_eval import CONTROL_EVAL, measure_controlnet
+    from personae.world.model import WORLD_CONTROLNET_DIR, WORLD_DIR
+
+    controlnet = str(WORLD_CONTROLNET_DIR) if args.controlnet == "world" else args.controlnet
+    model = str(WORLD_DIR) if args.model == "world" else args.model
+    progress = TerminalProgress(quiet=True)
+    with staged_output(args.out, CONTROL_EVAL, replace=args.overwrite) as work:
+        measure_controlnet(controlnet, model, work, count=args.controls, subject_lora=args.subject_lora,
+                           on_event=progress)
+    print((Path(args.out) / "table.md").read_text(), end="")
+    return 0
 
 
 def run_shots(args) -> int:

@@ -26,6 +26,7 @@ from personae.models.tiny import SD15_DIR
 from personae.outputs import MODEL_FOLDER, staged_output
 
 WORLD_DIR = Path(__file__).parent / "weights"  # the shipped pretrained model (a diffusers folder)
+WORLD_CONTROLNET_DIR = Path(__file__).parent / "controlnet_weights"  # its ControlNet (`personae world controlnet`)
 
 TEXT_WIDTH = 64  # the text encoder's hidden size, which is the UNet's cross-attention width
 WORLD_UNET = dict(
@@ -74,6 +75,21 @@ def write_world_model(out_dir: str | Path, source: Path = WORLD_DIR, overwrite: 
             f"The pretrained shapes-world model is not in this copy of personae ({source} holds no model_index.json).",
             "Pretrain it with `personae world pretrain OUT` (about half an hour on 2 CPU cores) and use OUT as the "
             "model; to ship it, copy OUT's model files into src/personae/world/weights/.",
+        )
+    with staged_output(out_dir, MODEL_FOLDER, replace=overwrite) as work:
+        shutil.copytree(source, work, dirs_exist_ok=True, ignore=shutil.ignore_patterns("__pycache__", "*.py"))
+        readable_by_others(work)
+    return out_dir
+
+
+def write_world_controlnet(out_dir: str | Path, source: Path = WORLD_CONTROLNET_DIR, overwrite: bool = False) -> Path:
+    """Copy the shipped world ControlNet (a diffusers ControlNetModel folder, with its training record) to `out_dir`."""
+    out_dir = Path(out_dir)
+    if not (source / "config.json").is_file():
+        raise UserError(
+            f"The world ControlNet is not in this copy of personae ({source} holds no config.json).",
+            "Train it with `personae world controlnet OUT` (under half an hour on 2 CPU cores) and pass OUT to "
+            "--controlnet; to ship it, copy OUT into src/personae/world/controlnet_weights/.",
         )
     with staged_output(out_dir, MODEL_FOLDER, replace=overwrite) as work:
         shutil.copytree(source, work, dirs_exist_ok=True, ignore=shutil.ignore_patterns("__pycache__", "*.py"))
