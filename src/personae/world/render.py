@@ -25,14 +25,14 @@ from personae.events import EventHandler, Progress, ignore
 from personae.outputs import Kind, staged_output
 from personae.staging import atomic_file, write_text
 from personae.world.render_settings import SHOT_FOLDERS, WorldRender
-from personae.world.scene import SIDE, max_offset, render
+from personae.world.scene import SIDE, max_offset, render, render_banded
 
 RECORD = "render.json"
 WORLD_PICTURES = Kind("world-render", "rendered world pictures", "personae world render", signature=(RECORD,),
                       layout=(RECORD, "*.png", "*.txt"))
 # style -> painter(shape, colour, background, shot, offset) -> a SIDE x SIDE picture; a new style is one line here
-# and its name in render_settings.STYLES
-PAINTERS: dict[str, Callable[..., Image.Image]] = {"flat": render}
+# and its name in vocab.STYLES
+PAINTERS: dict[str, Callable[..., Image.Image]] = {"flat": render, "banded": render_banded}
 
 
 @dataclass(frozen=True)
