@@ -83,6 +83,23 @@ def test_read_style_after_the_world_vae_round_trip():
         assert right >= (0.97 if style == "flat" else 0.85) * len(pictures), (style, right)
 
 
+def test_world_render_draws_the_style_and_the_checker_reads_every_file_back(tmp_path):
+    import json
+
+    from personae.cli.main import main
+    from personae.world.render import render_world
+    from personae.world.render_settings import WorldRender
+
+    result = render_world(WorldRender(style="banded", count=24, shots="close-up,medium"), tmp_path / "ksh")
+    assert json.loads((tmp_path / "ksh/render.json").read_text())["settings"]["style"] == "banded"
+    for p in result.pictures:
+        style, found = read_style(Image.open(tmp_path / "ksh" / p.file))
+        assert style == "banded" and _content(found) == (p.shape, p.colour, p.background, p.shot), p
+    with pytest.raises(SystemExit) as exit_:  # argparse names the styles there are
+        main(["world", "render", str(tmp_path / "x"), "--style", "hatched", "--quiet"])
+    assert exit_.value.code == 2 and not (tmp_path / "x").exists()
+
+
 def test_style_prompts_are_unseen_combinations_with_and_without_the_trigger():
     from personae.world.style import COMBINATIONS, SEEDS, TRIGGER, style_prompts
 
@@ -95,3 +112,42 @@ def test_style_prompts_are_unseen_combinations_with_and_without_the_trigger():
     for shape, colour, background in COMBINATIONS:  # none in the example's training set
         assert shape in ("ring", "diamond") or colour in ("yellow", "white"), (shape, colour)
     assert sorted(b for _, _, b in COMBINATIONS) == sorted(["red", "green", "blue", "yellow"] * 2)
+
+
+@pytest.mark.slow
+def test_a_lora_learns_the_style_with_its_trigger_only_and_keeps_the_content(tmp_path):
+    """The bar of issue #20 part 2, on the recipe of examples/style-world (the demo's calls): 200 banded pictures,
+    captions ending with the trigger phrase (prepare --append), a rank-8 LoRA beside 200 flat pictures of plain
+    captions; then 64 generations with the trigger and 64 without on combinations the training set lacks."""
+    from personae.config.prepare import PrepareSettings
+    from personae.config.train import TrainJob
+    from personae.data.prepare import prepare_dataset
+    from personae.demo.world_style import PICTURES, STYLE_JOB, TRIGGER
+    from personae.inference.session import open_session
+    from personae.jobs.train import run_training
+    from personae.world.model import write_world_model
+    from personae.world.render import render_world
+    from personae.world.render_settings import WorldRender
+    from personae.world.style import score_style
+
+    model = write_world_model(tmp_path / "world")
+    render_world(WorldRender(style="banded", **PICTURES), tmp_path / "ksh")
+    prepare_dataset(tmp_path / "ksh", tmp_path / "ksh-set", PrepareSettings(resolution=32, min_side=32,
+                                                                              template="{caption}", append=TRIGGER))
+    render_world(WorldRender(seed=1, **PICTURES), tmp_path / "plain")
+    job = {**STYLE_JOB, "base_model": str(model), "output": str(tmp_path / "runs/ksh"),
+           "data": {"path": str(tmp_path / "ksh-set")},
+           "dreambooth": {**STYLE_JOB["dreambooth"], "class_data_dir": str(tmp_path / "plain")}}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as measured (docs/world.md)
+    try:
+        run_training(TrainJob.model_validate(job))
+        session = open_session(str(model), device="cpu", loras=[(str(tmp_path / "runs/ksh/lora.safetensors"), 1.0)])
+        with torch.no_grad():
+            scores = score_style(session.pipe, TRIGGER)
+    finally:
+        torch.set_num_threads(threads)
+    summary = {k: scores[k] for k in ("present", "leak", "content", "content_plain")}
+    assert scores["present"] >= 0.8, summary
+    assert scores["leak"] <= 0.1, summary
+    assert scores["content"] >= 0.85, summary

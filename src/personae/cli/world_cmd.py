@@ -1,4 +1,5 @@
-"""`personae world pretrain OUT`, `personae world bench --out DIR` and `personae world render OUT`: the shapes world."""
+"""`personae world pretrain OUT`, `personae world bench --out DIR`, `personae world render OUT`, `personae world shots`
+and `personae world style`: the shapes world."""
 
 from __future__ import annotations
 
@@ -32,6 +33,8 @@ sweep.json: the table sorted by subject fidelity, printed at the end.
 RENDER_EXAMPLES = """examples:
   personae world render pictures                        # every shape, colour, background and shot once (360)
   personae world render stars --shapes star --colours white --backgrounds blue,green --shots close-up,medium
+  # a drawing style the world model never saw: shapes filled in bands, a training set for a style LoRA
+  personae world render ksh --style banded --count 200 --shapes circle,square,triangle,cross --shots close-up,medium
   # pictures sorted by shot, captions that never say the shot: a training set for shot tokens
   personae world render shots --count 48 --by shot --caption "a {colour} {shape} on a {background} background"
   personae prepare shots prepared-shots --resolution 32 --min-side 32 --template "{caption}, {token}" \\

@@ -4,7 +4,8 @@ First the shapes-world model that ships with personae (demo/world.py): it draws 
 it is asked and learns a held-out shape, measured exactly; then shot tokens and a star
 character taught on it and drawn as a storyboard whose panels are read back exactly
 (demo/world_board.py), and the base model, the DreamBooth star and the LoRA star compared with
-the checker as a metric (demo/world_compare.py). Then the random tiny model for everything whose
+the checker as a metric (demo/world_compare.py), and a drawing style taught from banded pictures with a trigger
+phrase, measured with and without it (demo/world_style.py). Then the random tiny model for everything whose
 point is the plumbing and the file formats (single-file checkpoints, prompts, LoRA exports,
 ControlNet, AnimateDiff), where a tiny ControlNet and motion adapter are built to match it.
 
@@ -40,7 +41,7 @@ LONG_PROMPT = ", ".join(["a (watercolor:1.3) painting of a fox in a [misty] fore
 DEMO = Kind("demo", "a demo", "personae demo",
             layout=("index.md", "index.html", "models/*", "photos/*", "prepared/*", "generate/*", "single-file/*",
                     "runs/*", "with-lora/*", "from-png/*", "storyboard/*", "controlnet/*", "animate/*", "compare/*",
-                    "world/*", "world-bench/*", "world-board/*", "world-compare/*"))
+                    "world/*", "world-bench/*", "world-board/*", "world-compare/*", "world-style/*"))
 
 
 class Index:
@@ -79,12 +80,15 @@ def _demo(out: Path, on_event: EventHandler) -> Path:
     from personae.demo.world import world_demo
     from personae.demo.world_board import world_board
     from personae.demo.world_compare import world_compare
+    from personae.demo.world_style import world_style
 
     world = world_demo(out, index, on_event)
     # then a storyboard on it: shot tokens and a star character taught, every panel read back exactly
     world_board(out, world, index, on_event)
     # and the comparison: base vs the DreamBooth star vs the LoRA star, every image read back by the checker
     world_compare(out, world, index, on_event)
+    # and a drawing style: a LoRA on banded pictures whose captions end with a trigger phrase, with and without it
+    world_style(out, world, index, on_event)
 
     # 1. the tiny model, as a diffusers folder and as one original-layout file
     on_event(Message("writing the tiny model"))

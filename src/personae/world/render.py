@@ -5,8 +5,9 @@
 
 Every combination of the chosen shapes, colours, backgrounds and shots once (a shape never on
 a background of its own colour), or `count` of them drawn at random (no combination twice
-before every one has come once); positions jittered as in
-pretraining. Same settings, same bytes. `render.json` lists each file with what it shows, so
+before every one has come once); positions jittered as in pretraining; drawn flat (the world
+model's own pictures) or banded (`style`, vocab.STYLES: a drawing style for a LoRA to learn).
+Same settings, same bytes. `render.json` lists each file with what it shows, so
 the exact checker (world/check.py) can be held against it. No torch here.
 """
 
