@@ -59,7 +59,7 @@ class WorldRender(Strict):
         "none", "one subfolder per value; shot writes close_up/ medium/ full/, which `personae prepare "
                 "--folder-tokens` maps to tokens")
     style: Literal[STYLES] = setting("flat", "how the pictures are drawn: flat (the world model's own pictures) or "
-                                             "banded (the shape in horizontal bands of its colour, 7 px high with 3 "
+                                             "banded (the shape in horizontal bands of its colour, 5 px high with 3 "
                                              "px gaps: a drawing style the world model never saw)")
 
     @field_validator("shapes", "colours", "backgrounds", "shots", mode="before")
