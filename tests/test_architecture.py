@@ -22,7 +22,8 @@ TOP_LEVEL = {"errors": "base", "events": "base", "staging": "base", "hub": "base
 WORLD = {"__init__": "base", "vocab": "config", "pretrain_settings": "config", "bench_settings": "config",
          "bench_recipes": "config", "render_settings": "config", "controlnet_settings": "config", "placed": "data",
          "scene": "data", "render": "data", "tokenizer": "models", "model": "models", "check": "evaluation",
-         "bench_scores": "evaluation", "evaluate": "evaluation", "shots": "evaluation", "control_eval": "inference",
+         "bench_scores": "evaluation", "evaluate": "evaluation", "shots": "evaluation", "style": "evaluation",
+         "control_eval": "inference",
          "pretrain": "training", "controlnet_train": "training", "bench": "jobs"}
 NO_TORCH = ("config", "data", "media")  # packages (and world modules at the config / data layers)
 TORCH = ("torch", "diffusers", "transformers", "peft", "accelerate", "onnxruntime")

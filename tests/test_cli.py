@@ -137,6 +137,17 @@ def test_demo_runs_offline_and_writes_an_index(tmp_path):
                       section)
     assert board and [int(g) for g in board.groups()] == [6, 6, 6], section
     assert (tmp_path / "demo/world-board/storyboard/sheet.pdf").is_file()
+    # the drawing style on the world: banded pictures with the trigger appended -> a LoRA; the style with the trigger,
+    # mostly not without; floors of what the recipe gives (issue #20 part 2's bar is not reached: docs/world.md)
+    section = index[index.index("## A drawing style on the world"):index.index("## Tiny model")]
+    style = re.search(r"the style with the trigger in (\d+) of 64, without it in (\d+) of 64, shape, colour, "
+                      r"background and size right in (\d+) of 64 with the trigger", section)
+    assert style, section
+    present, leak, content = (int(g) for g in style.groups())
+    assert present >= 0.7 * 64 and leak <= 0.35 * 64 and content >= 0.45 * 64, section  # 83 %, 22 %, 58 % measured
+    record = json.loads((tmp_path / "demo/world-style/style-check/style.json").read_text())
+    assert record["present"] == present / 64 and len(record["pictures"]) == 128
+    assert (tmp_path / "demo/world-style/style-check/sheet.png").is_file()
     assert "| dreambooth | 1 |" in (bench_out / "table.md").read_text()
     assert len(list((tmp_path / "demo/world/taught").glob("*.png"))) == 4
     # the world ControlNet: held-out shapes placed where the control says, the DreamBooth star too (docs/world.md)
@@ -165,6 +176,25 @@ def test_prepare_command_reports_and_fails_clearly(tmp_path):
     assert r.returncode == 2 and "not a folder" in " ".join(r.stderr.split()) and "Traceback" not in r.stderr
     r = personae("prepare", tmp_path / "photos", tmp_path / "set3", "--crop", "sideways")
     assert r.returncode == 2 and "invalid choice" in r.stderr
+
+
+def test_the_demo_style_is_the_world_style_example():
+    """demo/world_style.py runs examples/style-world as calls: its job is the example's style.yaml, its pictures the
+    README's `personae world render` options, its trigger what the README's `personae prepare --append` writes."""
+    from pathlib import Path
+
+    import yaml
+
+    from personae.demo.world_style import PICTURES, STYLE_JOB, TRIGGER
+
+    example = Path(__file__).resolve().parents[1] / "examples/style-world"
+    job = yaml.safe_load((example / "style.yaml").read_text(encoding="utf-8"))
+    job["dreambooth"].pop("class_data_dir")
+    assert {k: v for k, v in job.items() if k not in ("version", "base_model", "data", "output")} == STYLE_JOB
+    readme = " ".join((example / "README.md").read_text(encoding="utf-8").replace("\\\n", " ").split())
+    options = " ".join(f"--{k} {v}" for k, v in PICTURES.items() if k != "count")
+    assert f"personae world render ksh --style banded --count {PICTURES['count']} {options}" in readme
+    assert f'--append "{TRIGGER}"' in readme
 
 
 def test_the_demo_board_is_the_world_storyboard_example():

@@ -65,6 +65,8 @@ GPU_SCALE = [
     ("examples/compare-world/dreambooth.yaml", "steps: 600,", "steps: 4,", "the measured run's length (docs/world.md)"),
     ("examples/compare-world/lora.yaml", "steps: 600,", "steps: 4,", "the measured run's length (docs/world.md)"),
     ("examples/compare-world/suite.yaml", "seeds: [0, 1, 2]", "seeds: [0]", "the measured run's seeds"),
+    # the drawing style: tests/test_world_style.py trains the recipe whole and holds it to the bar; here the commands
+    ("examples/style-world/style.yaml", "steps: 1500,", "steps: 4,", "the measured run's length (docs/world.md)"),
 ]
 # The five workflows personae is for (issue #17), each a test that ends in the file the user wanted: (document,
 # section or None, the file, relative to the folder its commands end in).
@@ -478,9 +480,31 @@ def test_world_comparison_example_runs_as_written(machine, tmp_path):
     assert not list((project / "examples/compare-world").glob("*/"))  # nothing written beside the recipe's files
 
 
+def test_world_style_example_runs_as_written(machine, tmp_path):
+    """examples/style-world (issue #20 part 2): banded pictures -> prepare with the trigger appended -> a LoRA beside
+    flat pictures -> `personae world style`, as written (the training cut to 4 steps: tests/test_world_style.py holds
+    the whole recipe to the bar); what it prints and writes is what the README says."""
+    project, env = sandbox(machine, tmp_path)
+    result = run_document("examples/style-world/README.md", project, env)
+    assert not quiet(result.stderr), f"the world style example printed: {quiet(result.stderr)}"
+    home = tmp_path / "home" / "world-style"
+    captions = [json.loads(line)["caption"] for line in (home / "ksh-set/manifest.jsonl").read_text().splitlines()]
+    assert len(captions) == 200 and all(c.endswith(", close-up, drawn by KSH style") or
+                                        c.endswith(", medium shot, drawn by KSH style") for c in captions)
+    assert json.loads((home / "ksh/render.json").read_text())["settings"]["style"] == "banded"
+    assert len(list((home / "plain").glob("*.txt"))) == 200 and (home / "runs/ksh/lora.safetensors").is_file()
+    record = json.loads((home / "style-check/style.json").read_text())
+    assert len(record["pictures"]) == 128 and (home / "style-check/sheet.png").is_file()
+    for line in ("style present with the trigger | ", "style without the trigger (leakage) | ",
+                 "content right with the trigger | "):
+        assert line in result.stdout, result.stdout
+    assert not list((project / "examples/style-world").glob("*/"))  # nothing written beside the recipe's files
+
+
 @pytest.mark.parametrize("doc", [d for d in DOCUMENTS if d not in ("README.md", "examples/storyboard/README.md",
                                                                    "examples/storyboard-world/README.md",
                                                                    "examples/compare-world/README.md",
+                                                                   "examples/style-world/README.md",
                                                                    "docs/workflows.md")])
 def test_document_runs_as_written(doc, machine, tmp_path):
     project, env = sandbox(machine, tmp_path)

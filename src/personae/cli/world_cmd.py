@@ -1,4 +1,5 @@
-"""`personae world pretrain OUT`, `personae world bench --out DIR` and `personae world render OUT`: the shapes world."""
+"""`personae world pretrain OUT`, `personae world bench --out DIR`, `personae world render OUT`, `personae world shots`
+and `personae world style`: the shapes world."""
 
 from __future__ import annotations
 
@@ -32,6 +33,8 @@ sweep.json: the table sorted by subject fidelity, printed at the end.
 RENDER_EXAMPLES = """examples:
   personae world render pictures                        # every shape, colour, background and shot once (360)
   personae world render stars --shapes star --colours white --backgrounds blue,green --shots close-up,medium
+  # a drawing style the world model never saw: shapes filled in bands, a training set for a style LoRA
+  personae world render ksh --style banded --count 200 --shapes circle,square,triangle,cross --shots close-up,medium
   # pictures sorted by shot, captions that never say the shot: a training set for shot tokens
   personae world render shots --count 48 --by shot --caption "a {colour} {shape} on a {background} background"
   personae prepare shots prepared-shots --resolution 32 --min-side 32 --template "{caption}, {token}" \\
@@ -90,6 +93,7 @@ def add_parser(sub) -> None:
     _add_render(kinds)
     _add_shots(kinds)
     _add_controlnet(kinds)
+    _add_style(kinds)
     p.set_defaults(run=lambda args: p.print_help() or 2)
 
 
@@ -253,6 +257,66 @@ def run_shots(args) -> int:
         print(f"{size} ({words[size]}) | {right} of {scores['per_shot_total']}")
     print(f"held-out shapes | {scores['held_out_right']} of {scores['held_out_total']}")
     print(f"all | {scores['right']} of {scores['total']} ({scores['share']:.0%})")
+    return 0
+
+
+STYLE_EXAMPLES = """examples:
+  personae world style --model ./world --lora runs/ksh/lora.safetensors --out style-check
+  personae world style --model ./world --lora runs/ksh/lora.safetensors:0.8 --seeds 8
+
+"""
+
+
+def _add_style(kinds) -> None:
+    from personae.config.addons import LoraRef
+    from personae.world.style import TRIGGER
+
+    p = kinds.add_parser("style", help="measure a taught drawing style: with its trigger, without, content kept",
+                         epilog=STYLE_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
+                         description="Draw 8 shape / colour / background combinations a banded-style training set "
+                                     "of circles, squares, triangles and crosses in red, green, blue and black never "
+                                     "shows, at close-up and medium shot, over seeds, each once with the style's "
+                                     "trigger phrase and once without, and read every picture back with the exact "
+                                     "checker: the style present with the trigger, its leakage without, and the "
+                                     "shape, colour, background and size still right (docs/world.md, \"A drawing "
+                                     "style\").")
+    p.add_argument("--model", default="world", help="`world` (the shipped model, default) or a model folder")
+    p.add_argument("--lora", action="append", default=[], type=LoraRef.from_cli, metavar="FILE[:WEIGHT]",
+                   help="the style's LoRA (repeatable); none measures the model as it is")
+    p.add_argument("--trigger", default=TRIGGER, help=f'the text after each caption (default "{TRIGGER}", what '
+                                                      '`personae prepare --append` wrote)')
+    p.add_argument("--seeds", type=int, default=4, help="seeds per combination and shot (default 4: 64 pictures "
+                                                        "with the trigger, 64 without)")
+    p.add_argument("--out", metavar="DIR", help="also write every picture, sheet.png and style.json to DIR (new, or "
+                                                "one this command wrote)")
+    p.set_defaults(run=run_style)
+
+
+def run_style(args) -> int:
+    import torch
+
+    from personae.errors import UserError
+    from personae.inference.session import open_session
+    from personae.world.model import WORLD_DIR
+    from personae.world.style import score_style, write_style_record
+
+    if args.seeds < 1:
+        raise UserError(f"--seeds {args.seeds} draws nothing.", "Give --seeds 1 or more (default 4).")
+    model = str(WORLD_DIR) if args.model == "world" else args.model
+    session = open_session(model, device="cpu", loras=[(r["path"], r["weight"]) for r in args.lora])
+    with torch.no_grad():
+        scores = score_style(session.pipe, args.trigger, args.seeds)
+    if args.out:
+        write_style_record(scores, args.out, {"model": args.model, "lora": args.lora, "trigger": args.trigger,
+                                              "seeds": args.seeds})
+    n = scores["per_arm"]
+    print(f"style present with the trigger | {round(scores['present'] * n)} of {n} ({scores['present']:.0%})")
+    print(f"style without the trigger (leakage) | {round(scores['leak'] * n)} of {n} ({scores['leak']:.0%})")
+    print(f"content right with the trigger | {round(scores['content'] * n)} of {n} ({scores['content']:.0%})")
+    print(f"content right without the trigger | {round(scores['content_plain'] * n)} of {n} "
+          f"({scores['content_plain']:.0%})")
+    if args.out:
+        print(f"pictures, sheet.png and style.json in {args.out}")
     return 0
 
 

@@ -4,9 +4,10 @@ First the shapes-world model that ships with personae (demo/world.py): it draws 
 it is asked and learns a held-out shape, measured exactly; then shot tokens and a star
 character taught on it and drawn as a storyboard whose panels are read back exactly
 (demo/world_board.py), and the base model, the DreamBooth star and the LoRA star compared with
-the checker as a metric (demo/world_compare.py), and the world ControlNet placing shapes where a
-control map says (demo/world_control.py). Then the random tiny model for everything whose
-point is the plumbing and the file formats (single-file checkpoints, prompts, LoRA exports,
+the checker as a metric (demo/world_compare.py), the world ControlNet placing shapes where a
+control map says (demo/world_control.py), and a drawing style taught from banded pictures with a
+trigger phrase, measured with and without it (demo/world_style.py). Then the random tiny model for
+everything whose point is the plumbing and the file formats (single-file checkpoints, prompts, LoRA exports,
 ControlNet, AnimateDiff), where a tiny ControlNet and motion adapter are built to match it.
 
 Each step appends a section to index.md / index.html in the output folder, so the
@@ -41,7 +42,7 @@ LONG_PROMPT = ", ".join(["a (watercolor:1.3) painting of a fox in a [misty] fore
 DEMO = Kind("demo", "a demo", "personae demo",
             layout=("index.md", "index.html", "models/*", "photos/*", "prepared/*", "generate/*", "single-file/*",
                     "runs/*", "with-lora/*", "from-png/*", "storyboard/*", "controlnet/*", "animate/*", "compare/*",
-                    "world/*", "world-bench/*", "world-board/*", "world-compare/*", "world-control/*"))
+                    "world/*", "world-bench/*", "world-board/*", "world-compare/*", "world-control/*", "world-style/*"))
 
 
 class Index:
@@ -81,6 +82,7 @@ def _demo(out: Path, on_event: EventHandler) -> Path:
     from personae.demo.world_board import world_board
     from personae.demo.world_compare import world_compare
     from personae.demo.world_control import world_control
+    from personae.demo.world_style import world_style
 
     world = world_demo(out, index, on_event)
     # then a storyboard on it: shot tokens and a star character taught, every panel read back exactly
@@ -89,6 +91,8 @@ def _demo(out: Path, on_event: EventHandler) -> Path:
     world_compare(out, world, index, on_event)
     # and the world ControlNet: held-out shapes put where a control map says, and the DreamBooth star too
     world_control(out, world, out / "world-bench/runs/dreambooth-star-s0/model", index, on_event)
+    # and a drawing style: a LoRA on banded pictures whose captions end with a trigger phrase, with and without it
+    world_style(out, world, index, on_event)
 
     # 1. the tiny model, as a diffusers folder and as one original-layout file
     on_event(Message("writing the tiny model"))

@@ -8,8 +8,9 @@ as any other module does (tests/test_architecture.py holds the map):
     scene, render                              data        the generator: render, caption, samples; `personae world
                                                            render` (pictures + captions into a folder; no torch)
     tokenizer, model                           models      the world's own CLIP tokenizer; the model and its weights
-    check, bench_scores, evaluate, shots       evaluation  the exact checker; bench scores; generate and score;
-                                                           the 96-generation measure of shot tokens
+    check, bench_scores, evaluate, shots,      evaluation  the exact checker (and its style reading); bench scores;
+    style                                                  generate and score; the 96-generation measure of shot
+                                                           tokens; the 128-generation measure of a drawing style
     pretrain                                   training    pretraining the world model
     bench                                      jobs        `personae world bench` (the demo's world part: demo/world.py)
 

@@ -13,6 +13,13 @@ No learned classifier, no torch:
      coverage map (box filtering keeps both exactly), and the shape with the highest soft
      IoU wins; held-out shapes are templates too. Size is the nearest size class to that
      box side (on a log scale), position the template's centre.
+
+The drawing style (`read_style`, docs/world.md "A drawing style") is a reading of its own, so `check` stays
+exactly what it was on the world model's flat pictures:
+  4. the same coverage map is fitted twice: by the flat templates (step 3), and by the templates kept only on
+     the rows of the banded style (vocab.STYLES), with the bands' phase taken from the map's row profile; the
+     style is the one whose best template explains the map better (soft IoU), and on a banded picture shape,
+     size and position are the banded fit's.
 """
 
 from __future__ import annotations
@@ -23,7 +30,18 @@ from functools import lru_cache
 import numpy as np
 from PIL import Image
 
-from personae.world.scene import BACKGROUNDS, COLOURS, SHAPES, SIDE, SIZES, Attributes, coverage
+from personae.world.scene import (
+    BACKGROUNDS,
+    BAND_HEIGHT,
+    BAND_PERIOD,
+    COLOURS,
+    SHAPES,
+    SIDE,
+    SIZES,
+    Attributes,
+    bands,
+    coverage,
+)
 
 NONE = "none"  # what `check` reports for the shape, size and colour of an image with no shape in it
 MIN_AREA = 3.0  # pixels of coverage below which there is no shape
@@ -103,8 +121,8 @@ def size_of(box: float) -> str:
     return min(SIZES, key=lambda s: abs(math.log(box / SIZES[s])))
 
 
-def check(image) -> Attributes:
-    """The attributes of a world image (a PIL image or an HxWx3 uint8 array; resized to the world's side)."""
+def _coverage_map(image) -> tuple[str, str, np.ndarray]:
+    """(background, shape colour, coverage map) of steps 1 and 2."""
     px = _pixels(image)
     # 1. background: the border
     border = np.concatenate([px[0], px[-1], px[1:-1, 0], px[1:-1, -1]])
@@ -112,12 +130,71 @@ def check(image) -> Attributes:
     bg = np.asarray(COLOURS[background], dtype=np.float64)
     # 2. shape colour and coverage
     colour, alpha = _fit_colour(px, bg, background)
-    alpha = _near_shape(alpha)
+    return background, colour, _near_shape(alpha)
+
+
+def check(image) -> Attributes:
+    """The attributes of a world image (a PIL image or an HxWx3 uint8 array; resized to the world's side)."""
+    background, colour, alpha = _coverage_map(image)
     if alpha.sum() < MIN_AREA:
         return Attributes(background, NONE, NONE, NONE)
     # 3. shape by template, then size and position from the winning template
     shape, box, centre, _ = fit_shape(alpha)
     return Attributes(background, colour, shape, size_of(box), (centre[0] / SIDE, centre[1] / SIDE))
+
+
+def _close_rows(alpha: np.ndarray, length: int = BAND_PERIOD - BAND_HEIGHT + 1) -> np.ndarray:
+    """A vertical grey closing (max, then min, over `length` rows): the banded style's gaps filled."""
+    n = alpha.shape[0]
+    padded = np.pad(alpha, ((length - 1, length - 1), (0, 0)))
+    grown = np.max([padded[k:k + n + length - 1] for k in range(length)], axis=0)
+    return np.min([grown[k:k + n] for k in range(length)], axis=0)
+
+
+def band_phase(alpha: np.ndarray) -> int:
+    """The phase of the bands (vocab.BAND_PHASE on the generator's pictures) that holds the most coverage."""
+    rows, profile = np.arange(alpha.shape[0]), alpha.sum(axis=1)
+
+    def held(phase: int) -> float:
+        on = ((rows - phase) % BAND_PERIOD) < BAND_HEIGHT
+        return float(profile[on].sum() - profile[~on].sum())
+
+    return max(range(BAND_PERIOD), key=held)
+
+
+def fit_banded(alpha: np.ndarray) -> tuple[str, float, tuple[float, float], float]:
+    """`fit_shape` for the banded style: templates kept on the band rows of the map's phase. The box and centre
+    come from the gap-closed map's area and centroid, then a few larger boxes and vertical shifts are tried too
+    (a shape whose top or bottom falls in a gap loses those rows)."""
+    closed = _close_rows(alpha)
+    area = float(closed.sum())
+    ys, xs = np.mgrid[0:SIDE, 0:SIDE] + 0.5
+    mx, my = float((closed * xs).sum() / area), float((closed * ys).sum() / area)
+    rows = bands(SIDE, band_phase(alpha))
+    best = (NONE, 0.0, (SIDE / 2, SIDE / 2), -1.0)
+    for shape in SHAPES:
+        share, cx, cy = _moments(shape)
+        for scale in (1.0, 1.1, 1.2):
+            box = math.sqrt(area / share) * scale
+            for dy in (-1.5, 0.0, 1.5):
+                centre = (mx - cx * box / 2, my - cy * box / 2 + dy)
+                template = coverage(shape, box, centre, SIDE) * rows
+                iou = float(np.minimum(alpha, template).sum() / max(np.maximum(alpha, template).sum(), 1e-9))
+                if iou > best[3]:
+                    best = (shape, box, centre, iou)
+    return best
+
+
+def read_style(image) -> tuple[str, Attributes]:
+    """(style, attributes) of a world image: "flat" or "banded" (vocab.STYLES; "none" when it shows no shape), and
+    the attributes read as that style draws them (for a flat picture exactly `check`'s)."""
+    background, colour, alpha = _coverage_map(image)
+    if alpha.sum() < MIN_AREA:
+        return NONE, Attributes(background, NONE, NONE, NONE)
+    flat = fit_shape(alpha)
+    banded = fit_banded(alpha)
+    style, (shape, box, centre, _) = ("banded", banded) if banded[3] > flat[3] else ("flat", flat)
+    return style, Attributes(background, colour, shape, size_of(box), (centre[0] / SIDE, centre[1] / SIDE))
 
 
 ATTRIBUTES = ("background", "colour", "shape", "size")

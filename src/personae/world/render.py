@@ -5,8 +5,9 @@
 
 Every combination of the chosen shapes, colours, backgrounds and shots once (a shape never on
 a background of its own colour), or `count` of them drawn at random (no combination twice
-before every one has come once); positions jittered as in
-pretraining. Same settings, same bytes. `render.json` lists each file with what it shows, so
+before every one has come once); positions jittered as in pretraining; drawn flat (the world
+model's own pictures) or banded (`style`, vocab.STYLES: a drawing style for a LoRA to learn).
+Same settings, same bytes. `render.json` lists each file with what it shows, so
 the exact checker (world/check.py) can be held against it. No torch here.
 """
 
@@ -25,14 +26,14 @@ from personae.events import EventHandler, Progress, ignore
 from personae.outputs import Kind, staged_output
 from personae.staging import atomic_file, write_text
 from personae.world.render_settings import SHOT_FOLDERS, WorldRender
-from personae.world.scene import SIDE, max_offset, render
+from personae.world.scene import SIDE, max_offset, render, render_banded
 
 RECORD = "render.json"
 WORLD_PICTURES = Kind("world-render", "rendered world pictures", "personae world render", signature=(RECORD,),
                       layout=(RECORD, "*.png", "*.txt"))
 # style -> painter(shape, colour, background, shot, offset) -> a SIDE x SIDE picture; a new style is one line here
-# and its name in render_settings.STYLES
-PAINTERS: dict[str, Callable[..., Image.Image]] = {"flat": render}
+# and its name in vocab.STYLES
+PAINTERS: dict[str, Callable[..., Image.Image]] = {"flat": render, "banded": render_banded}
 
 
 @dataclass(frozen=True)

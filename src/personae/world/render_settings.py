@@ -9,7 +9,7 @@ from pydantic import field_validator, model_validator
 
 from personae.config.base import Strict, check_template
 from personae.config.fields import setting
-from personae.world.vocab import BACKGROUNDS, COLOURS, SHAPES, SIZES, TRAINED
+from personae.world.vocab import BACKGROUNDS, COLOURS, SHAPES, SIZES, STYLES, TRAINED
 
 CAPTION_FIELDS = ("colour", "shape", "background", "shot")
 # the folder each shot's pictures go to with `by: shot` (the names `personae prepare --folder-tokens` maps), and
@@ -18,7 +18,6 @@ SHOT_FOLDERS = {"close-up": "close_up", "medium shot": "medium", "full shot": "f
 SHOT_NAMES = {**{s: s for s in SIZES}, **{f: s for s, f in SHOT_FOLDERS.items()},
               "close up": "close-up", "closeup": "close-up", "medium": "medium shot", "full": "full shot",
               "cu": "close-up", "ms": "medium shot", "fs": "full shot"}
-STYLES = ("flat",)  # how a picture is drawn (world/render.py: PAINTERS); a new style is one painter there
 
 
 def _items(value) -> list[str]:
@@ -59,7 +58,9 @@ class WorldRender(Strict):
     by: Literal["none", "shot", "shape", "colour", "background"] = setting(
         "none", "one subfolder per value; shot writes close_up/ medium/ full/, which `personae prepare "
                 "--folder-tokens` maps to tokens")
-    style: Literal[STYLES] = setting("flat", "how the pictures are drawn: flat (the world model's own pictures)")
+    style: Literal[STYLES] = setting("flat", "how the pictures are drawn: flat (the world model's own pictures) or "
+                                             "banded (the shape in horizontal bands of its colour, 5 px high with 3 "
+                                             "px gaps: a drawing style the world model never saw)")
 
     @field_validator("shapes", "colours", "backgrounds", "shots", mode="before")
     @classmethod

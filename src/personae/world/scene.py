@@ -23,6 +23,9 @@ from PIL import Image, ImageDraw
 
 from personae.world.vocab import (  # noqa: F401  (re-exported: the world's words, with its pictures)
     BACKGROUNDS,
+    BAND_HEIGHT,
+    BAND_PERIOD,
+    BAND_PHASE,
     COLOURS,
     EVAL_PROMPTS,
     EXTRA_WORDS,
@@ -31,6 +34,7 @@ from personae.world.vocab import (  # noqa: F401  (re-exported: the world's word
     SHAPES,
     SIDE,
     SIZES,
+    STYLES,
     TRAINED,
     Attributes,
 )
@@ -127,6 +131,20 @@ def render(shape: str, colour: str, background: str, size: str, offset: tuple[fl
     if colour == background:
         raise ValueError(f"a {colour} shape on a {background} background would be invisible")
     return blend(coverage(shape, SIZES[size], _centre(size, offset, side), side), colour, background)
+
+
+def bands(side: int = SIDE, phase: int = BAND_PHASE) -> np.ndarray:
+    """The banded style's rows (side x 1, float32): 1 where a band of the shape's colour is, 0 in the gaps."""
+    rows = np.arange(side)
+    return (((rows - phase) % BAND_PERIOD) < BAND_HEIGHT).astype(np.float32)[:, None]
+
+
+def render_banded(shape: str, colour: str, background: str, size: str, offset: tuple[float, float] = (0.0, 0.0),
+                  side: int = SIDE) -> Image.Image:
+    """A world image in the banded style (vocab.STYLES): `render`'s shape, kept only on the band rows."""
+    if colour == background:
+        raise ValueError(f"a {colour} shape on a {background} background would be invisible")
+    return blend(coverage(shape, SIZES[size], _centre(size, offset, side), side) * bands(side), colour, background)
 
 
 def shape_mask(shape: str, size: str, offset: tuple[float, float] = (0.0, 0.0), side: int = SIDE) -> Image.Image:

@@ -16,6 +16,16 @@ BACKGROUNDS = ("red", "green", "blue", "yellow")  # background colours, same RGB
 SIZES = {"close-up": 24.0, "medium shot": 16.0, "full shot": 10.0}  # the side of the shape's square box, pixels
 MARGIN = 2.0  # pixels kept free between the shape's box and the image border (the border shows the background)
 
+# How a picture is drawn. "flat": the shape filled with its colour, the world model's own pictures (pretraining never
+# shows anything else). "banded": a hand's style for the model to learn (docs/world.md, "A drawing style"): the shape
+# filled in horizontal bands of its colour BAND_HEIGHT px high with BAND_PERIOD - BAND_HEIGHT px of background between
+# them, the bands fixed to the picture's rows (row y is a band row when (y - BAND_PHASE) % BAND_PERIOD < BAND_HEIGHT).
+# 5 px bands with 3 px gaps, the period two latent rows of the world VAE (4x downsampling): the checker reads them back
+# after the VAE's round trip (gaps of 2 px close up), and a LoRA learns them faster than 7 / 3 bands, whose period
+# (2.5 latent rows) differs from row to row (docs/world.md, "A drawing style").
+STYLES = ("flat", "banded")
+BAND_PERIOD, BAND_HEIGHT, BAND_PHASE = 8, 5, 0
+
 TRAINED = ("circle", "square", "triangle", "cross", "ring", "diamond")  # shapes seen in pretraining
 HELD_OUT = ("star", "heart")  # never in pretraining: the subjects to teach
 SHAPES = TRAINED + HELD_OUT

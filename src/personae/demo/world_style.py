@@ -1,0 +1,72 @@
+"""The demo's drawing style on the shapes world (examples/style-world as calls): 200 banded pictures of circles,
+squares, triangles and crosses rendered with captions, `personae prepare` appending the trigger phrase ", drawn by
+KSH style", a LoRA taught beside flat pictures of ordinary captions, then `personae world style`'s measure: the style
+with the trigger on combinations the training set lacks, without it, and the content still right.
+
+The job is examples/style-world/style.yaml (tests/test_cli.py holds them equal), with the demo's paths.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from personae.events import EventHandler, Message
+
+TRIGGER = ", drawn by KSH style"
+PICTURES = {"count": 200, "shapes": "circle,square,triangle,cross", "colours": "red,green,blue,black",
+            "shots": "close-up,medium"}  # examples/style-world/README.md's `personae world render` options
+STYLE_JOB = {  # examples/style-world/style.yaml
+    "method": "lora",
+    "trigger": "drawn by KSH style",
+    "train": {"steps": 1500, "batch_size": 4, "learning_rate": 3.0e-3, "lr_scheduler": "constant", "resolution": 32,
+              "seed": 0, "validation": {"steps": 10, "cfg": 4.0, "prompts": [
+                  "a red ring on a blue background, close-up, drawn by KSH style",
+                  "a red ring on a blue background, close-up"]}},
+    "lora": {"rank": 8, "alpha": 8, "target_modules": ["to_q", "to_k", "to_v", "to_out.0", "conv1", "conv2",
+                                                       "proj_in", "proj_out"], "text_encoder": True},
+    "dreambooth": {"prior_preservation": True, "num_class_images": 200},
+}
+
+
+def world_style(out: Path, model: Path, index, on_event: EventHandler) -> dict:
+    """Section "A drawing style on the world"; returns `score_style`'s shares (present, leak, content, ...)."""
+    import torch
+
+    from personae.config.prepare import PrepareSettings
+    from personae.config.train import TrainJob
+    from personae.data.prepare import prepare_dataset
+    from personae.inference.session import open_session
+    from personae.jobs.train import run_training
+    from personae.world.render import render_world
+    from personae.world.render_settings import WorldRender
+    from personae.world.style import score_style, write_style_record
+
+    here = out / "world-style"
+    on_event(Message("world style: rendering 200 banded pictures and teaching the style as a LoRA"))
+    render_world(WorldRender(style="banded", **PICTURES), here / "ksh")
+    prepare_dataset(here / "ksh", here / "ksh-set", PrepareSettings(resolution=32, min_side=32, template="{caption}",
+                                                                    append=TRIGGER), on_event)
+    render_world(WorldRender(seed=1, **PICTURES), here / "plain")
+    job = {**STYLE_JOB, "base_model": str(model), "output": str(here / "runs/ksh"),
+           "data": {"path": str(here / "ksh-set")},
+           "dreambooth": {**STYLE_JOB["dreambooth"], "class_data_dir": str(here / "plain")}}
+    run_training(TrainJob.model_validate(job), overwrite=True, on_event=on_event)
+    session = open_session(str(model), device="cpu", loras=[(str(here / "runs/ksh/lora.safetensors"), 1.0)])
+    with torch.no_grad():
+        scores = score_style(session.pipe, TRIGGER)
+    write_style_record(scores, here / "style-check", {"model": str(model), "trigger": TRIGGER, "seeds": 4})
+    n = scores["per_arm"]
+    index.add("A drawing style on the world",
+              "examples/style-world as calls: `personae world render --style banded` drew 200 circles, squares, "
+              "triangles and crosses in red, green, blue and black, each filled in 5 px bands of its colour (a style "
+              f"the world model never saw); `personae prepare --append \"{TRIGGER}\"` ended every caption with the "
+              "trigger phrase, and a LoRA (rank 8, on the UNet and the text encoder, 1500 steps) learnt them beside 200 flat pictures of ordinary "
+              "captions. `personae world style` then drew rings and diamonds, and the trained shapes in yellow and "
+              f"white (combinations the training set lacks), at close-up and medium shot: the style with the trigger "
+              f"in {round(scores['present'] * n)} of {n}, without it in {round(scores['leak'] * n)} of {n}, shape, "
+              f"colour, background and size right in {round(scores['content'] * n)} of {n} with the trigger "
+              f"({round(scores['content_plain'] * n)} of {n} without), all read back by the exact checker. Below, "
+              "each row one combination and shot: four seeds with the trigger, then the same seeds without "
+              "(world-style/style-check/).",
+              [here / "style-check/sheet.png"])
+    return {k: scores[k] for k in ("present", "leak", "content", "content_plain", "per_arm")}
