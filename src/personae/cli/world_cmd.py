@@ -4,6 +4,7 @@ and `personae world style`: the shapes world."""
 from __future__ import annotations
 
 import argparse
+from contextlib import contextmanager
 from pathlib import Path
 
 EXAMPLES = """examples:
@@ -187,9 +188,21 @@ def _add_controlnet(kinds) -> None:
     e.set_defaults(run=run_control_eval)
 
 
-def run_controlnet(args) -> int:
+@contextmanager
+def _threads(count: int):
+    """A training command owns its process: torch runs at the thread count its weights reproduce at, and is set
+    back afterwards for a caller that runs the command in its own process (tests)."""
     import torch
 
+    before = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def run_controlnet(args) -> int:
     from personae.cli.progress import TerminalProgress
     from personae.config.base import apply_overrides, parse_settings
     from personae.world.controlnet_settings import WorldControlNet
@@ -198,12 +211,10 @@ def run_controlnet(args) -> int:
     overrides = list(args.set) + ([f"steps={args.steps}"] if args.steps is not None else [])
     settings = parse_settings(WorldControlNet, apply_overrides({}, overrides), "--set")
     progress = TerminalProgress(quiet=args.quiet)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(settings.threads)  # the command owns its process: the count the weights reproduce at
     try:
-        result = train_controlnet(settings, args.out, overwrite=args.overwrite, on_event=progress)
+        with _threads(settings.threads):
+            result = train_controlnet(settings, args.out, overwrite=args.overwrite, on_event=progress)
     finally:
-        torch.set_num_threads(threads)
         progress.close()
     print(f"trained the world ControlNet in {result.seconds['total'] / 60:.1f} min ({result.steps} steps; training "
           f"{result.seconds['train'] / 60:.1f} min, measuring {result.seconds['measure'] / 60:.1f} min) into {result.out}")
@@ -349,15 +360,11 @@ def run_pretrain(args) -> int:
 
     overrides = list(args.set) + ([f"unet.steps={args.steps}"] if args.steps is not None else [])
     settings = parse_settings(WorldPretrain, apply_overrides({}, overrides), "--set")
-    import torch
-
     progress = TerminalProgress(quiet=args.quiet)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(settings.threads)  # the command owns its process: the count the weights reproduce at
     try:
-        result = pretrain(settings, args.out, overwrite=args.overwrite, on_event=progress)
+        with _threads(settings.threads):
+            result = pretrain(settings, args.out, overwrite=args.overwrite, on_event=progress)
     finally:
-        torch.set_num_threads(threads)  # as it was, for a caller that runs the command in its own process (tests)
         progress.close()
     last = result.evals[-1] if result.evals else {}
     print(f"pretrained the world model in {sum(result.seconds.values()) / 60:.1f} min "

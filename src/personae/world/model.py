@@ -69,29 +69,28 @@ def build_world_pipeline(seed: int, tokenizer_dir: str | Path) -> StableDiffusio
 
 def write_world_model(out_dir: str | Path, source: Path = WORLD_DIR, overwrite: bool = False) -> Path:
     """Copy the shipped pretrained world model (a diffusers folder) to `out_dir`."""
-    out_dir = Path(out_dir)
-    if not (source / "model_index.json").is_file():
-        raise UserError(
-            f"The pretrained shapes-world model is not in this copy of personae ({source} holds no model_index.json).",
-            "Pretrain it with `personae world pretrain OUT` (about half an hour on 2 CPU cores) and use OUT as the "
-            "model; to ship it, copy OUT's model files into src/personae/world/weights/.",
-        )
-    with staged_output(out_dir, MODEL_FOLDER, replace=overwrite) as work:
-        shutil.copytree(source, work, dirs_exist_ok=True, ignore=shutil.ignore_patterns("__pycache__", "*.py"))
-        readable_by_others(work)
-    return out_dir
+    return _write_shipped(
+        source / "model_index.json", out_dir, overwrite,
+        f"The pretrained shapes-world model is not in this copy of personae ({source} holds no model_index.json).",
+        "Pretrain it with `personae world pretrain OUT` (about half an hour on 2 CPU cores) and use OUT as the "
+        "model; to ship it, copy OUT's model files into src/personae/world/weights/.")
 
 
 def write_world_controlnet(out_dir: str | Path, source: Path = WORLD_CONTROLNET_DIR, overwrite: bool = False) -> Path:
     """Copy the shipped world ControlNet (a diffusers ControlNetModel folder, with its training record) to `out_dir`."""
+    return _write_shipped(
+        source / "config.json", out_dir, overwrite,
+        f"The world ControlNet is not in this copy of personae ({source} holds no config.json).",
+        "Train it with `personae world controlnet OUT` (under half an hour on 2 CPU cores) and pass OUT to "
+        "--controlnet; to ship it, copy OUT into src/personae/world/controlnet_weights/.")
+
+
+def _write_shipped(marker: Path, out_dir: str | Path, overwrite: bool, missing: str, fix: str) -> Path:
+    """Copy a folder shipped in the package (the one holding `marker`) to `out_dir`, readable by everyone."""
     out_dir = Path(out_dir)
-    if not (source / "config.json").is_file():
-        raise UserError(
-            f"The world ControlNet is not in this copy of personae ({source} holds no config.json).",
-            "Train it with `personae world controlnet OUT` (under half an hour on 2 CPU cores) and pass OUT to "
-            "--controlnet; to ship it, copy OUT into src/personae/world/controlnet_weights/.",
-        )
+    if not marker.is_file():
+        raise UserError(missing, fix)
     with staged_output(out_dir, MODEL_FOLDER, replace=overwrite) as work:
-        shutil.copytree(source, work, dirs_exist_ok=True, ignore=shutil.ignore_patterns("__pycache__", "*.py"))
+        shutil.copytree(marker.parent, work, dirs_exist_ok=True, ignore=shutil.ignore_patterns("__pycache__", "*.py"))
         readable_by_others(work)
     return out_dir
