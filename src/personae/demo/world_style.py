@@ -60,13 +60,14 @@ def world_style(out: Path, model: Path, index, on_event: EventHandler) -> dict:
               "examples/style-world as calls: `personae world render --style banded` drew 200 circles, squares, "
               "triangles and crosses in red, green, blue and black, each filled in 5 px bands of its colour (a style "
               f"the world model never saw); `personae prepare --append \"{TRIGGER}\"` ended every caption with the "
-              "trigger phrase, and a LoRA (rank 8, on the UNet and the text encoder, 1500 steps) learnt them beside 200 flat pictures of ordinary "
-              "captions. `personae world style` then drew rings and diamonds, and the trained shapes in yellow and "
+              "trigger phrase, and a LoRA (rank 8, on the UNet and the text encoder, 1500 steps) learnt them beside "
+              "200 flat pictures of ordinary captions. `personae world style` then drew rings and diamonds, and the trained shapes in yellow and "
               f"white (combinations the training set lacks), at close-up and medium shot: the style with the trigger "
               f"in {round(scores['present'] * n)} of {n}, without it in {round(scores['leak'] * n)} of {n}, shape, "
               f"colour, background and size right in {round(scores['content'] * n)} of {n} with the trigger "
               f"({round(scores['content_plain'] * n)} of {n} without), all read back by the exact checker. Below, "
               "each row one combination and shot: four seeds with the trigger, then the same seeds without "
-              "(world-style/style-check/).",
+              "(world-style/style-check/). Not yet what a style should do: at least 80 % with the trigger, at most "
+              "10 % without, content 85 % (docs/world.md, \"A drawing style\", has every recipe tried).",
               [here / "style-check/sheet.png"])
     return {k: scores[k] for k in ("present", "leak", "content", "content_plain", "per_arm")}
