@@ -154,3 +154,17 @@ def test_a_lora_learns_the_style_with_its_trigger_only_and_keeps_the_content(tmp
     assert scores["present"] >= 0.7, summary
     assert scores["leak"] <= 0.35, summary
     assert scores["content"] >= 0.45 and scores["content_plain"] >= 0.7, summary
+
+
+def test_style_measure_refuses_a_folder_of_the_users_before_drawing(tmp_path, capsys):
+    from personae.cli.main import main
+
+    lora = tmp_path / "ksh.safetensors"
+    lora.write_bytes(b"not read: the folder is refused first")
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("mine")
+    assert main(["world", "style", "--lora", str(lora), "--out", str(mine)]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "personae did not write (notes.txt)" in err and "Traceback" not in err
+    assert sorted(p.name for p in mine.iterdir()) == ["notes.txt"] and (mine / "notes.txt").read_text() == "mine"

@@ -308,11 +308,14 @@ def run_style(args) -> int:
 
     from personae.errors import UserError
     from personae.inference.session import open_session
+    from personae.outputs import check_output
     from personae.world.model import WORLD_DIR
-    from personae.world.style import score_style, write_style_record
+    from personae.world.style import STYLE_CHECK, score_style, write_style_record
 
     if args.seeds < 1:
         raise UserError(f"--seeds {args.seeds} draws nothing.", "Give --seeds 1 or more (default 4).")
+    if args.out:  # a folder that cannot take the record is said now, not after 128 pictures
+        check_output(args.out, STYLE_CHECK)
     model = str(WORLD_DIR) if args.model == "world" else args.model
     session = open_session(model, device="cpu", loras=[(r["path"], r["weight"]) for r in args.lora])
     with torch.no_grad():
