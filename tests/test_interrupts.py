@@ -93,7 +93,7 @@ def test_a_run_folder_is_locked_while_trained_and_free_after_kill_9(tmp_path, ti
 def test_sigterm_five_times_with_resume_is_bit_identical(tmp_path, tiny_model, prepared):
     common = dict(base_model=str(tiny_model[0]), method="lora", data=prepared,
                   lora={"rank": 4, "alpha": 4, "dropout": 0.1},
-                  train={**QUICK, "steps": 20, "batch_size": 2, "learning_rate": 1e-3, "save_every": 5, "keep_last": 2,
+                  train={**QUICK, "steps": 60, "batch_size": 2, "learning_rate": 1e-3, "save_every": 5, "keep_last": 2,
                          "ema": True, "lr_scheduler": "cosine", "warmup_steps": 3})
     whole = write_job(tmp_path, output=tmp_path / "whole", **common)
     broken = write_job(tmp_path, output=tmp_path / "broken", **common)
@@ -106,9 +106,11 @@ def test_sigterm_five_times_with_resume_is_bit_identical(tmp_path, tiny_model, p
         watcher = StepWatcher(proc)
         if attempt == 2:  # one lands before the loop: model loading, caches (no checkpoint is due)
             time.sleep(rng.uniform(0.5, 3.0))
-        else:  # the others during a random step (a save included), or while its checkpoint is written
-            watcher.wait(min(done + rng.randint(1, 4), 17))
-            time.sleep(rng.uniform(0.0, 0.4))
+        else:  # the others during a random step (a save included), or while its checkpoint is written. A step of
+            # the tiny model takes milliseconds, so the pause is counted in steps and 20 steps stay after the
+            # last target: a signal that came after the run had ended would test nothing
+            watcher.wait(min(done + rng.randint(1, 4), 40))
+            time.sleep(rng.uniform(0.0, 1.0) * watcher.seconds_per_step())
         proc.send_signal(signal.SIGTERM)
         err = watcher.finish()
         assert proc.returncode in (143, -signal.SIGTERM), err[-2000:]  # -15: it came before Python's handler existed
@@ -122,7 +124,7 @@ def test_sigterm_five_times_with_resume_is_bit_identical(tmp_path, tiny_model, p
     assert len(stops) >= 4 and stops == sorted(stops) and len(set(stops)) == len(stops)  # each went further
     final = _train(broken, "--resume", quiet=True)
     assert final.wait(timeout=600) == 0, final.stderr.read().decode()[-2000:]
-    for name in ["losses.csv", "checkpoints/step-000020/trainable.safetensors"]:
+    for name in ["losses.csv", "checkpoints/step-000060/trainable.safetensors"]:
         assert (tmp_path / "whole" / name).read_bytes() == (tmp_path / "broken" / name).read_bytes(), name
     for name in ["lora.safetensors", "lora_diffusers/pytorch_lora_weights.safetensors"]:  # the exports: every bit
         # of every tensor, and the same header (safetensors orders header keys differently from call to call)

@@ -75,6 +75,7 @@ class StepWatcher:
 
     def __init__(self, proc):
         self.proc, self.text, self.done = proc, "", 0
+        self._seen: list[tuple[float, int]] = []  # (when, steps done) at each advance the bar showed
         self._thread = threading.Thread(target=self._read, daemon=True)
         self._thread.start()
 
@@ -83,14 +84,23 @@ class StepWatcher:
         while data := os.read(fd, 65536):
             self.text += data.decode(errors="replace")
             steps = [int(m.group(1)) for m in self._STEP.finditer(self.text[-4000:])]
-            self.done = max([self.done] + steps)
+            if max(steps, default=0) > self.done:
+                self.done = max(steps)
+                self._seen.append((time.monotonic(), self.done))
+
+    def seconds_per_step(self, fallback: float = 0.05) -> float:
+        """The loop's pace as the bar showed it (a resume's first jump is not a step): signals are timed in steps."""
+        if len(self._seen) < 2:
+            return fallback
+        (t0, d0), (t1, d1) = self._seen[0], self._seen[-1]
+        return (t1 - t0) / (d1 - d0)
 
     def wait(self, step: int, timeout: float = 240) -> int:
         deadline = time.monotonic() + timeout
         while self.done < step:
             assert self.proc.poll() is None, f"the run ended before step {step}: {self.text[-2000:]}"
             assert time.monotonic() < deadline, f"step {step} not reached in {timeout} s: {self.text[-2000:]}"
-            time.sleep(0.02)
+            time.sleep(0.002)
         return self.done
 
     def finish(self, timeout: float = 240) -> str:
