@@ -11,14 +11,12 @@ import numpy as np
 from PIL import Image
 
 from personae.config.generate import GenerateSettings, LoraRef
+from personae.demo.world_board import STAR_JOB
 from personae.events import EventHandler, Message
 from personae.jobs.generate import run_generate, settings_from_png
 
-# a star taught as a LoRA from a prepared set (examples/storyboard-world's star.yaml, with a kohya user's extras)
-FLOW_LORA = {"rank": 8, "alpha": 8, "target_modules": ["to_q", "to_k", "to_v", "to_out.0", "conv1", "conv2", "proj_in",
-                                                       "proj_out"]}
-FLOW_TRAIN = {"steps": 300, "batch_size": 4, "learning_rate": 1.0e-3, "lr_scheduler": "constant", "resolution": 32,
-              "seed": 0, "min_snr_gamma": 5, "save_every": 100, "keep_last": 2,
+# the star of examples/storyboard-world's star.yaml, from a prepared set, with a kohya user's extras
+FLOW_TRAIN = {**STAR_JOB["train"], "min_snr_gamma": 5, "save_every": 100, "keep_last": 2,
               "validation": {"steps": 10, "cfg": 4.0, "prompts": ["a white star on a red background, close-up"]}}
 # eight captions, one chunk each (BREAK), weighted: the world's text encoder was pretrained on one short caption,
 # so a long prompt is made of captions it can read, 8 x 75 tokens, none truncated
@@ -84,7 +82,7 @@ def world_flow(out: Path, model: Path, index, on_event: EventHandler) -> None:
     # 4. a LoRA on the prepared set, its kohya and diffusers files each reloaded and compared
     on_event(Message("teaching the star as a LoRA on the prepared set"))
     job = TrainJob.model_validate({"base_model": str(model), "method": "lora", "data": {"path": str(out / "prepared")},
-                                   "output": str(out / "runs/lora"), "lora": FLOW_LORA, "train": FLOW_TRAIN})
+                                   "output": str(out / "runs/lora"), "lora": STAR_JOB["lora"], "train": FLOW_TRAIN})
     result = run_training(job, overwrite=True, on_event=on_event)
     checks = ", ".join(f"{c.family} {c.max_abs_diff:.0e}" for c in result.checks)
     # the exports by the run record, not by a guessed name (a job's `name` renames them)
