@@ -209,7 +209,8 @@ def _add_img2img(kinds) -> None:
                                      "the outputs that keep the init's background, colour, shape and position and "
                                      "those that follow the prompt. Then the face-to-animal recipe in miniature: "
                                      "an init picture of one shape, the silhouette of another drawn at its place as "
-                                     "a `raw` control, a prompt naming the other shape; counted right when the "
+                                     "a `raw` control (and once canny edges of a picture of it), a prompt naming the "
+                                     "other shape, and the prompt alone for comparison; counted right when the "
                                      "other shape comes out at the init's place, size and background. Writes "
                                      "table.md, results.json, inits/ and sheets/ to DIR and prints the tables.")
     e.add_argument("--out", required=True, metavar="DIR", help="folder to write (new, or one this command wrote)")

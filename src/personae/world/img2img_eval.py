@@ -1,8 +1,8 @@
 """img2img on the world, measured exactly: the strength curve, and the face-to-animal recipe in miniature.
 
     result = measure_img2img(str(WORLD_DIR), str(WORLD_CONTROLNET_DIR), Path("img2img"))
-    result["curve"][2]      # strength 0.2: {"strength": 0.2, "kept": {"background": .., ..}, "followed": {..}}
-    result["recipe"]["rows"]  # init + silhouette + prompt, per strength: target shape, centre, size, background
+    point_at(result["curves"][0], 0.2)  # CFG 1, strength 0.2: {"kept": {"background": .., "all": ..}, "followed": ..}
+    result["recipe"]["rows"]            # per control and strength: target shape, centre, size, background
 
 Every picture is drawn through `personae generate`'s own code (`txt2img` with `--init-image FILE --strength S`,
 and for the recipe a `--control raw:SILHOUETTE --controlnet raw=DIR` unit as well), generate's defaults (sampler,
@@ -14,8 +14,9 @@ background; per strength 0, 0.1, ..., 1 the share that **keeps** the init's back
 (centre within `TOLERANCE` px of the init's) and the share that **follows** the prompt's colour and background.
 
 **The recipe** (J3, "my face as a dog"): the init picture shows one shape (`recipe_cases`: a circle, square, ...),
-the control is the silhouette of another shape drawn at the init's place and box (what a user draws over the photo),
-the prompt names that other shape in the init's colour, background and size. Right when the shape read back is the
+the control is the silhouette of another shape drawn at the init's place and box (what a user draws over the photo;
+or, once, canny edges of a picture of it), the prompt names that other shape in the init's colour, background and
+size; the same without any control, for comparison. Right when the shape read back is the
 target, its centre within `TOLERANCE` px of the init's, its size class and background the init's.
 """
 
@@ -33,7 +34,7 @@ from personae.inference.txt2img import txt2img
 from personae.outputs import Kind
 from personae.world.check import check
 from personae.world.control_eval import TOLERANCE, sheet
-from personae.world.placed import EVAL_COMBOS, EVAL_SEED, Placed, centre_range, silhouette
+from personae.world.placed import EVAL_COMBOS, EVAL_SEED, GENERATE_TYPE, Placed, centre_range, silhouette
 from personae.world.scene import BACKGROUNDS, COLOURS, SIDE, SIZES, TRAINED
 
 IMG2IMG_EVAL = Kind("world-img2img-eval", "a world img2img measurement", "personae world img2img-eval",
@@ -104,28 +105,33 @@ def read_back(image: Image.Image, init: Placed, asked: Placed, tolerance: float 
     return row
 
 
-def write_inits(cases: list[tuple[Placed, Placed]], folder: Path, control: bool = False) -> list[tuple[Path, Path]]:
-    """The files generate reads: init-NN.png (the picture), and with `control` silhouette-NN.png (the target's)."""
+def write_inits(cases: list[tuple[Placed, Placed]], folder: Path, control: bool = False) -> list[dict[str, Path]]:
+    """The files generate reads: init-NN.png (the picture); with `control` also silhouette-NN.png (the target's
+    silhouette, a `raw` map) and target-NN.png (a picture of the target, whose canny edges generate draws)."""
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
     for i, (init, asked) in enumerate(cases):
-        path, mask = folder / f"init-{i:02d}.png", folder / f"silhouette-{i:02d}.png"
-        init.image().save(path)
+        files = {"init": folder / f"init-{i:02d}.png"}
+        init.image().save(files["init"])
         if control:
-            silhouette(asked).save(mask)
-        paths.append((path, mask if control else None))
+            files.update(silhouette=folder / f"silhouette-{i:02d}.png", canny=folder / f"target-{i:02d}.png")
+            silhouette(asked).save(files["silhouette"])
+            asked.image().save(files["canny"])
+        paths.append(files)
     return paths
 
 
-def draw(session, files: list[tuple[Path, Path | None]], prompts: list[str], strength: float,
-         controlnet: str | None = None, steps: int = 20, cfg: float = 7.0, seed: int = 0) -> list[Image.Image]:
-    """One image per init, as `personae generate --init-image FILE --strength S [--control raw:SILHOUETTE
-    --controlnet raw=DIR]` makes it."""
+def draw(session, files: list[dict[str, Path]], prompts: list[str], strength: float, controlnet: str | None = None,
+         kind: str = "silhouette", steps: int = 20, cfg: float = 7.0, seed: int = 0) -> list[Image.Image]:
+    """One image per init, as `personae generate --init-image FILE --strength S` makes it; with `controlnet` plus
+    `--control raw:SILHOUETTE --controlnet raw=DIR` (kind "silhouette") or `--control canny:TARGET --controlnet
+    canny=DIR` (kind "canny")."""
     images = []
-    for i, ((init, mask), prompt) in enumerate(zip(files, prompts)):
-        controls = [ControlRef(type="raw", image=str(mask), model=controlnet)] if controlnet and mask else []
+    for i, (paths, prompt) in enumerate(zip(files, prompts)):
+        unit = ControlRef(type=GENERATE_TYPE[kind], image=str(paths[kind]), model=controlnet) if controlnet else None
+        controls = [unit] if unit else []
         settings = GenerateSettings(model=session.source.location, prompt=prompt, seed=seed + i, steps=steps, cfg=cfg,
-                                    init_image=str(init), strength=strength, controls=controls, device="cpu")
+                                    init_image=str(paths["init"]), strength=strength, controls=controls, device="cpu")
         images.append(txt2img(settings, session)[0].image)
     return images
 
@@ -152,22 +158,25 @@ def measure_curve(session, cases, folder: Path, strengths=STRENGTHS, **options) 
 
 
 RECIPE_KEYS = ("recipe", "target", "position", "size", "background", "colour")
+# (control, strength) of the recipe's rows: the silhouette at each strength, canny edges of a picture of the target
+# at generate's default strength, and the prompt alone (no control) at each strength
+RECIPE_RUNS = (*(("silhouette", s) for s in RECIPE_STRENGTHS), ("canny", 0.75),
+               *(("none", s) for s in RECIPE_STRENGTHS))
 
 
-def measure_recipe(session, controlnet: str, cases, folder: Path, strengths=RECIPE_STRENGTHS,
+def measure_recipe(session, controlnet: str, cases, folder: Path, runs=RECIPE_RUNS,
                    **options) -> tuple[list[dict], dict]:
-    """Per strength, with the silhouette control and without it (the prompt alone): the shares of `RECIPE_KEYS`."""
+    """Per (control, strength) of `runs`: the shares of `RECIPE_KEYS`, and the images."""
     files = write_inits(cases, folder, control=True)
     prompts = [target.caption() for _, target in cases]
     rows, images = [], {}
-    for with_control in (True, False):
-        for strength in strengths:
-            drawn = draw(session, files, prompts, strength, controlnet if with_control else None, **options)
-            read = [read_back(image, init, target) for image, (init, target) in zip(drawn, cases)]
-            rows.append({"control": "silhouette" if with_control else "none", "strength": strength,
-                         **shares(read, RECIPE_KEYS), "by_pair": _by_pair(read),
-                         "mean_distance": round(float(np.mean([r["distance"] for r in read])), 2), "images": read})
-            images[(with_control, strength)] = drawn
+    for kind, strength in runs:
+        drawn = draw(session, files, prompts, strength, None if kind == "none" else controlnet,
+                     kind if kind != "none" else "silhouette", **options)
+        read = [read_back(image, init, target) for image, (init, target) in zip(drawn, cases)]
+        rows.append({"control": kind, "strength": strength, **shares(read, RECIPE_KEYS), "by_pair": _by_pair(read),
+                     "mean_distance": round(float(np.mean([r["distance"] for r in read])), 2), "images": read})
+        images[(kind, strength)] = drawn
     return rows, images
 
 
@@ -196,8 +205,8 @@ def measure_img2img(model: str, controlnet: str, out: Path, cases: int = 64, cfg
         points, images = measure_curve(session, curve_set, out / "inits" / "curve", steps=steps, cfg=cfg)
         curves.append({"cfg": cfg, "points": points})
         for point in points:
-            on_event(Message(f"CFG {cfg:g}, strength {point['strength']:.1f}: keeps all four {point['kept']['all']:.0%}, "
-                             f"follows the prompt {point['followed']['both']:.0%}"))
+            on_event(Message(f"CFG {cfg:g}, strength {point['strength']:.1f}: keeps all four "
+                             f"{point['kept']['all']:.0%}, follows the prompt {point['followed']['both']:.0%}"))
         curve_sheet(curve_set, images).save(out / "sheets" / f"curve-cfg{cfg:g}.png")
     recipe_set = recipe_cases(cases)
     recipe, images = measure_recipe(session, controlnet, recipe_set, out / "inits" / "recipe", steps=steps,
@@ -225,9 +234,8 @@ def curve_sheet(cases, images: list[list[Image.Image]], rows: int = 12) -> Image
 
 
 def recipe_sheet(cases, images: dict, rows: int = 12) -> Image.Image:
-    """A row per case: the init, the silhouette, then each strength with the control, then without it."""
-    keys = [k for k in images if k[0]] + [k for k in images if not k[0]]
-    return sheet([[init.image(), silhouette(target)] + [images[k][i] for k in keys]
+    """A row per case: the init, the silhouette, then each run of the recipe (`RECIPE_RUNS`' order)."""
+    return sheet([[init.image(), silhouette(target)] + [drawn[i] for drawn in images.values()]
                   for i, (init, target) in enumerate(cases[:rows])])
 
 
