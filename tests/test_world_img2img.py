@@ -66,10 +66,11 @@ def shipped_world(tmp_path_factory):
 
 
 def test_strength_curve_bars(shipped_world, tmp_path):
-    """Issue #19, must show 2, on 64 held-out init pictures whose prompt names another colour and background:
-    at strength 0.2 the init's background, colour, shape and position (centre within 2 px) all kept in >= 90 %,
-    at strength 0.9 the prompt's background in >= 90 %, at CFG 1 (measured: 97 % and 100 %). At generate's
-    default CFG 7 the prompt takes the colours already at 0.2 (docs/world.md): there only 0.9 is held."""
+    """Issue #19, must show 2, on the 64 held-out init pictures of docs/world.md, whose prompt names another colour
+    and another background: at CFG 1, strength 0.2 keeps the init's background, colour, shape and position (centre
+    within 2 px) all four in >= 95 % (the bar 90 %; measured 63 of 64: a 10 px cross the world VAE turns into a
+    diamond at any strength), strength 0.9 follows the prompt's background (and colour) in >= 95 % (measured 64).
+    At generate's default CFG 7 the prompt takes the colours already at 0.2 (docs/world.md): there 0.9 is held."""
     session, _ = shipped_world
     cases = curve_cases(64)
     files = write_inits(cases, tmp_path)
@@ -81,16 +82,17 @@ def test_strength_curve_bars(shipped_world, tmp_path):
         return shares(rows, ("background", "colour", "shape", "position", "all", "asked_background", "both"))
 
     low, high = point(0.2, 1.0), point(0.9, 1.0)
-    assert low["all"] >= 0.9, low
-    assert high["asked_background"] >= 0.9 and high["both"] >= 0.9, high
+    assert low["all"] >= 0.95, low
+    assert high["asked_background"] >= 0.95 and high["both"] >= 0.95, high
     default_high = point(0.9, 7.0)
-    assert default_high["asked_background"] >= 0.9 and default_high["both"] >= 0.9, default_high
+    assert default_high["asked_background"] >= 0.95 and default_high["both"] >= 0.95, default_high
 
 
 def test_the_recipe_in_miniature(shipped_world, tmp_path):
     """A picture of one shape, the silhouette of another drawn at its place, a prompt naming the other shape, at
     generate's defaults (strength 0.75, CFG 7): the other shape at the init's place (centre within 2 px), size
-    class and background in >= 85 % of 64 (measured: 91 %); the prompt alone, without the silhouette, in fewer."""
+    class and background in >= 85 % of 64 (measured 58 of 64, 91 %: 5 of the 6 misses are 10 px crosses read as
+    diamonds); the prompt alone, without the silhouette, in far fewer (measured 28 of 64: the shape moves)."""
     session, controlnet = shipped_world
     cases = recipe_cases(64)
     files = write_inits(cases, tmp_path, control=True)
@@ -101,7 +103,7 @@ def test_the_recipe_in_miniature(shipped_world, tmp_path):
     assert with_control["recipe"] >= 0.85 and with_control["background"] >= 0.95, with_control
     alone = shares([read_back(image, init, target) for image, (init, target) in
                     zip(draw(session, files, prompts, 0.75), cases)], keys)
-    assert alone["recipe"] < with_control["recipe"] - 0.1, (alone, with_control)
+    assert alone["recipe"] < with_control["recipe"] - 0.25 and alone["position"] < 0.7, (alone, with_control)
 
 
 def test_img2img_eval_writes_its_record_and_refuses_a_users_folder(shipped_world, tmp_path, capsys):

@@ -190,11 +190,15 @@ def _add_controlnet(kinds) -> None:
 
 
 IMG2IMG_EXAMPLES = """examples:
-  personae world img2img-eval --out img2img              # the tables of docs/world.md (about 15 min, one thread)
+  personae world img2img-eval --out img2img              # the tables of docs/world.md (11 min of CPU, one thread)
   personae world img2img-eval --out quick --cases 8 --cfg 1,7
-  # the recipe by hand: a circle's picture, a square's silhouette drawn at its place, a prompt naming the square
+  # the recipe by hand: a circle's picture, a square at the same place (generate draws its canny edges), a prompt
+  # naming the square (a silhouette drawn over the picture works the same: --control raw:FILE --controlnet raw=DIR)
+  personae world render circle --shapes circle --colours red --backgrounds blue --shots "medium shot" --count 1 --seed 3
+  personae world render square --shapes square --colours red --backgrounds blue --shots "medium shot" --count 1 --seed 3
   personae generate --model ./world --prompt "a red square on a blue background, medium shot" \\
-      --init-image circle.png --strength 0.75 --control raw:square.png --controlnet raw=./world-controlnet
+      --init-image circle/0000-red-circle-on-blue-medium.png --strength 0.75 \\
+      --control canny:square/0000-red-square-on-blue-medium.png --controlnet canny=./world-controlnet
 
 """
 
