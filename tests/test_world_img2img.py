@@ -138,7 +138,7 @@ def test_img2img_eval_writes_its_record_and_refuses_a_users_folder(shipped_world
     err = " ".join(capsys.readouterr().err.split())
     assert "personae did not write (notes.txt)" in err and "Traceback" not in err
     assert sorted(p.name for p in mine.iterdir()) == ["notes.txt"] and (mine / "notes.txt").read_text() == "mine"
-    for bad in (["--cases", "0"], ["--cfg", "1,x"], ["--cfg", "0.5"]):
+    for bad in (["--cases", "0"], ["--cfg", "1,x"], ["--cfg", "0.5"], ["--controlnet", str(tmp_path / "none")]):
         assert main(["world", "img2img-eval", "--out", str(tmp_path / "x")] + bad) == 2, bad
         assert "Traceback" not in capsys.readouterr().err
     assert not (tmp_path / "x").exists()

@@ -243,6 +243,10 @@ def run_img2img_eval(args) -> int:
     if any(not 1 <= c <= 30 for c in cfgs):
         raise UserError(f"--cfg {args.cfg} has a scale outside 1 to 30.", "Write it as --cfg 1,7.")
     controlnet = str(WORLD_CONTROLNET_DIR) if args.controlnet == "world" else args.controlnet
+    if not (Path(controlnet) / "config.json").is_file():  # said now, not after the curves' 20 minutes
+        raise UserError(f"--controlnet {controlnet} is not a ControlNet folder (no config.json in it).",
+                        "Give `world` (the shipped one), or a folder `personae world controlnet` or `personae model "
+                        "world-controlnet` wrote.")
     model = str(WORLD_DIR) if args.model == "world" else args.model
     progress = TerminalProgress(quiet=True)
     with staged_output(args.out, IMG2IMG_EVAL, replace=args.overwrite) as work:
