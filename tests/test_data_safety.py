@@ -199,6 +199,11 @@ def _world_control_eval(c, tmp):
     return out, ["world", "control-eval", "--out", str(out), "--controls", "1"], out
 
 
+def _world_img2img_eval(c, tmp):
+    out = user_files(tmp / "img2img")
+    return out, ["world", "img2img-eval", "--out", str(out), "--cases", "1"], out
+
+
 def _model(kind):
     def build(c, tmp):
         out = user_files(tmp / "model")
@@ -241,6 +246,7 @@ CASES = [
     Case("world pretrain", _world_pretrain, OVERWRITE),
     Case("world controlnet", _world_controlnet, OVERWRITE),
     Case("world control-eval", _world_control_eval, OVERWRITE),
+    Case("world img2img-eval", _world_img2img_eval, OVERWRITE),
     Case("model tiny", _model("tiny"), OVERWRITE),
     Case("model tiny-motion", _model("tiny-motion"), OVERWRITE),
     Case("model tiny-controlnet", _model("tiny-controlnet"), OVERWRITE),

@@ -1,5 +1,5 @@
-"""`personae world pretrain OUT`, `personae world bench --out DIR`, `personae world render OUT`, `personae world shots`
-and `personae world style`: the shapes world."""
+"""`personae world pretrain OUT`, `personae world bench --out DIR`, `personae world render OUT`, `personae world shots`,
+`personae world controlnet OUT`, `control-eval`, `img2img-eval` and `personae world style`: the shapes world."""
 
 from __future__ import annotations
 
@@ -94,6 +94,7 @@ def add_parser(sub) -> None:
     _add_render(kinds)
     _add_shots(kinds)
     _add_controlnet(kinds)
+    _add_img2img(kinds)
     _add_style(kinds)
     p.set_defaults(run=lambda args: p.print_help() or 2)
 
@@ -186,6 +187,72 @@ def _add_controlnet(kinds) -> None:
                                                           "star.yaml): also measure white stars placed by the control")
     e.add_argument("--overwrite", action="store_true", help="replace DIR if this command wrote it")
     e.set_defaults(run=run_control_eval)
+
+
+IMG2IMG_EXAMPLES = """examples:
+  personae world img2img-eval --out img2img              # the tables of docs/world.md (11 min of CPU, one thread)
+  personae world img2img-eval --out quick --cases 8 --cfg 1,7
+  # the recipe by hand: a circle's picture, a square at the same place (generate draws its canny edges), a prompt
+  # naming the square (a silhouette drawn over the picture works the same: --control raw:FILE --controlnet raw=DIR)
+  personae world render circle --shapes circle --colours red --backgrounds blue --shots "medium shot" --count 1 --seed 3
+  personae world render square --shapes square --colours red --backgrounds blue --shots "medium shot" --count 1 --seed 3
+  personae generate --model ./world --prompt "a red square on a blue background, medium shot" \\
+      --init-image circle/0000-red-circle-on-blue-medium.png --strength 0.75 \\
+      --control canny:square/0000-red-square-on-blue-medium.png --controlnet canny=./world-controlnet
+
+"""
+
+
+def _add_img2img(kinds) -> None:
+    e = kinds.add_parser("img2img-eval", help="measure img2img on the world: the strength curve and a shape changed "
+                                              "in place", epilog=IMG2IMG_EXAMPLES,
+                         formatter_class=argparse.RawDescriptionHelpFormatter,
+                         description="Draw init pictures (any shape, size, colours and place) through `personae "
+                                     "generate --init-image --strength` with a prompt naming other colours, at "
+                                     "strength 0 to 1 in 0.1 steps and each --cfg, and count with the exact checker "
+                                     "the outputs that keep the init's background, colour, shape and position and "
+                                     "those that follow the prompt. Then the face-to-animal recipe in miniature: "
+                                     "an init picture of one shape, the silhouette of another drawn at its place as "
+                                     "a `raw` control (and once canny edges of a picture of it), a prompt naming the "
+                                     "other shape, and the prompt alone for comparison; counted right when the "
+                                     "other shape comes out at the init's place, size and background. Writes "
+                                     "table.md, results.json, inits/ and sheets/ to DIR and prints the tables.")
+    e.add_argument("--out", required=True, metavar="DIR", help="folder to write (new, or one this command wrote)")
+    e.add_argument("--model", default="world", help="`world` (the shipped model, default) or a model folder")
+    e.add_argument("--controlnet", default="world", help="`world` (the shipped ControlNet, default) or a folder")
+    e.add_argument("--cases", type=int, default=64, help="init pictures per strength and in the recipe (default 64)")
+    e.add_argument("--cfg", default="1,2,4,7", metavar="S1,S2", help="the curve's CFG scales (default 1,2,4,7; the "
+                                                                     "recipe runs at generate's default, 7)")
+    e.add_argument("--overwrite", action="store_true", help="replace DIR if this command wrote it")
+    e.set_defaults(run=run_img2img_eval)
+
+
+def run_img2img_eval(args) -> int:
+    from personae.cli.progress import TerminalProgress
+    from personae.errors import UserError
+    from personae.outputs import staged_output
+    from personae.world.img2img_eval import IMG2IMG_EVAL, measure_img2img
+    from personae.world.model import WORLD_CONTROLNET_DIR, WORLD_DIR
+
+    if args.cases < 1:
+        raise UserError(f"--cases {args.cases} draws nothing.", "Give --cases 1 or more (default 64).")
+    try:
+        cfgs = tuple(float(v) for v in args.cfg.split(","))
+    except ValueError:
+        raise UserError(f"--cfg {args.cfg} is not a list of numbers.", "Write it as --cfg 1,7.") from None
+    if any(not 1 <= c <= 30 for c in cfgs):
+        raise UserError(f"--cfg {args.cfg} has a scale outside 1 to 30.", "Write it as --cfg 1,7.")
+    controlnet = str(WORLD_CONTROLNET_DIR) if args.controlnet == "world" else args.controlnet
+    if not (Path(controlnet) / "config.json").is_file():  # said now, not after the curves' 20 minutes
+        raise UserError(f"--controlnet {controlnet} is not a ControlNet folder (no config.json in it).",
+                        "Give `world` (the shipped one), or a folder `personae world controlnet` or `personae model "
+                        "world-controlnet` wrote.")
+    model = str(WORLD_DIR) if args.model == "world" else args.model
+    progress = TerminalProgress(quiet=True)
+    with staged_output(args.out, IMG2IMG_EVAL, replace=args.overwrite) as work:
+        measure_img2img(model, controlnet, work, cases=args.cases, cfgs=cfgs, on_event=progress)
+    print((Path(args.out) / "table.md").read_text(), end="")
+    return 0
 
 
 @contextmanager
