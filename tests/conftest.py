@@ -62,7 +62,7 @@ MODEL_FIXTURES = {"tiny_model", "tiny_session", "short_world", "shipped_world", 
 # files fill in behind them; in alphabetical order one worker sat idle for the last 10 minutes.
 LONGEST_FIRST = ("test_train_learning.py", "test_docs.py", "test_cli.py", "test_web_ui.py", "test_world_style.py",
                  "test_train.py", "test_interrupts.py", "test_world.py", "test_runs.py", "test_compare.py",
-                 "test_world_bench.py", "test_world_controlnet.py")
+                 "test_world_bench.py", "test_world_controlnet.py", "test_world_img2img.py")
 
 
 def pytest_collection_modifyitems(config, items):

@@ -5,7 +5,8 @@ it is asked and learns a held-out shape, measured exactly; then shot tokens and 
 character taught on it and drawn as a storyboard whose panels are read back exactly
 (demo/world_board.py), and the base model, the DreamBooth star and the LoRA star compared with
 the checker as a metric (demo/world_compare.py), the world ControlNet placing shapes where a
-control map says (demo/world_control.py), and a drawing style taught from banded pictures with a
+control map says (demo/world_control.py), img2img's strength curve and one shape turned into another in place
+(demo/world_img2img.py), and a drawing style taught from banded pictures with a
 trigger phrase, measured with and without it (demo/world_style.py); then the everyday flow on it (a
 folder prepared, text to image with A1111's settings, a long weighted prompt, a LoRA and its exports reloaded,
 --from-png; demo/world_flow.py). The random tiny model comes last, only where a file format is the point: a single
@@ -34,7 +35,8 @@ from personae.staging import write_text
 DEMO = Kind("demo", "a demo", "personae demo",
             layout=("index.md", "index.html", "models/*", "photos/*", "prepared/*", "generate/*", "single-file/*",
                     "runs/*", "with-lora/*", "from-png/*", "storyboard/*", "controlnet/*", "animate/*", "compare/*",
-                    "world/*", "world-bench/*", "world-board/*", "world-compare/*", "world-control/*", "world-style/*"))
+                    "world/*", "world-bench/*", "world-board/*", "world-compare/*", "world-control/*",
+                    "world-img2img/*", "world-style/*"))
 
 
 class Index:
@@ -70,6 +72,7 @@ def _demo(out: Path, on_event: EventHandler) -> Path:
     from personae.demo.world_board import world_board
     from personae.demo.world_compare import world_compare
     from personae.demo.world_control import world_control
+    from personae.demo.world_img2img import world_img2img
     from personae.demo.world_style import world_style
 
     world = world_demo(out, index, on_event)
@@ -79,6 +82,8 @@ def _demo(out: Path, on_event: EventHandler) -> Path:
     world_compare(out, world, index, on_event)
     # and the world ControlNet: held-out shapes put where a control map says, and the DreamBooth star too
     world_control(out, world, out / "world-bench/runs/dreambooth-star-s0/model", index, on_event)
+    # and img2img: the strength curve, and one shape turned into another in place (init + silhouette + prompt)
+    world_img2img(out, world, out / "models/world-controlnet", index, on_event)
     # and a drawing style: a LoRA on banded pictures whose captions end with a trigger phrase, with and without it
     world_style(out, world, index, on_event)
 
