@@ -199,6 +199,16 @@ def _world_control_eval(c, tmp):
     return out, ["world", "control-eval", "--out", str(out), "--controls", "1"], out
 
 
+def _world_motion(c, tmp):
+    out = user_files(tmp / "wm")
+    return out, ["world", "motion", str(out), "--steps", "1", "--quiet"], out
+
+
+def _world_motion_eval(c, tmp):
+    out = user_files(tmp / "motion")
+    return out, ["world", "motion-eval", "--out", str(out), "--motion-adapter", str(c["tiny"]), "--clips", "1"], out
+
+
 def _model(kind):
     def build(c, tmp):
         out = user_files(tmp / "model")
@@ -241,11 +251,14 @@ CASES = [
     Case("world pretrain", _world_pretrain, OVERWRITE),
     Case("world controlnet", _world_controlnet, OVERWRITE),
     Case("world control-eval", _world_control_eval, OVERWRITE),
+    Case("world motion", _world_motion, OVERWRITE),
+    Case("world motion-eval", _world_motion_eval, OVERWRITE),
     Case("model tiny", _model("tiny"), OVERWRITE),
     Case("model tiny-motion", _model("tiny-motion"), OVERWRITE),
     Case("model tiny-controlnet", _model("tiny-controlnet"), OVERWRITE),
     Case("model world", _model("world"), OVERWRITE),
     Case("model world-controlnet", _model("world-controlnet"), OVERWRITE),
+    Case("model world-motion", _model("world-motion"), OVERWRITE),
     Case("model tiny over a downloaded model", _model_over_a_downloaded_model, OVERWRITE),
     Case("animate --frames-dir", _animate_frames, OVERWRITE),
     Case("generate", _generate),

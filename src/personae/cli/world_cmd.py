@@ -1,5 +1,5 @@
-"""`personae world pretrain OUT`, `personae world bench --out DIR`, `personae world render OUT`, `personae world shots`
-and `personae world style`: the shapes world."""
+"""`personae world pretrain OUT`, `personae world bench --out DIR`, `personae world render OUT`, `personae world shots`,
+`personae world controlnet OUT`, `personae world motion OUT` and `personae world style`: the shapes world."""
 
 from __future__ import annotations
 
@@ -94,6 +94,7 @@ def add_parser(sub) -> None:
     _add_render(kinds)
     _add_shots(kinds)
     _add_controlnet(kinds)
+    _add_motion(kinds)
     _add_style(kinds)
     p.set_defaults(run=lambda args: p.print_help() or 2)
 
@@ -188,6 +189,54 @@ def _add_controlnet(kinds) -> None:
     e.set_defaults(run=run_control_eval)
 
 
+MOTION_EXAMPLES = """examples:
+  personae world motion ./world-motion                  # the shipped run (docs/world.md, "World motion")
+  personae world motion ./wm --steps 200 --set dataset_size=256 --set eval.clips=6 --set eval.long_clips=0
+  personae world motion-eval --out motion                # the table of docs/world.md, for the shipped adapter
+  personae animate --model world --motion-adapter ./world-motion --sampler DDIM --cfg 4 --clip-skip 1 \\
+      --prompt "a white square on a red background, full shot, moving up" --out clip.gif
+
+captions: a world caption, then the motion: "moving left", "moving right", "moving up", "moving down", "growing"
+(from a full shot to a close-up; say "medium shot") or "still".
+
+"""
+
+
+def _add_motion(kinds) -> None:
+    from personae.cli.options import settings_epilog
+    from personae.world.motion_settings import WorldMotion
+
+    p = kinds.add_parser("motion", help="train the world model's motion adapter (shapes that move as the prompt says)",
+                         epilog=MOTION_EXAMPLES + "\n" + settings_epilog(WorldMotion, "settings (--set KEY=VALUE; "
+                                                                          "defaults are the shipped run)"),
+                         formatter_class=argparse.RawDescriptionHelpFormatter,
+                         description="Train an AnimateDiff motion adapter (diffusers MotionAdapter sized to the world "
+                                     "UNet) on the frozen world model from rendered 16-frame clips of one shape "
+                                     "moving left, right, up, down, growing or still, the motion named in the "
+                                     "caption. Writes OUT as a diffusers MotionAdapter folder with OUT/training/ "
+                                     "(settings, losses, measurements, a sheet and GIFs). Same settings and thread "
+                                     "count, same weights.")
+    p.add_argument("out", metavar="OUT", help="folder to write (a diffusers MotionAdapter folder)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a setting")
+    p.add_argument("--steps", type=int, help="training steps (shortcut for --set steps=N)")
+    p.add_argument("--overwrite", action="store_true", help="replace OUT if personae wrote it")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(run=run_motion)
+    e = kinds.add_parser("motion-eval", help="measure how well a world motion adapter moves shapes",
+                         epilog=MOTION_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
+                         description="Animate held-out clips (colour pairs the adapter never trained on) through "
+                                     "`personae animate`'s code: 16 frames at motion scale 1 and 0, and 32 frames in "
+                                     "context windows; read every frame back with the exact checker. Writes "
+                                     "table.md, results.json, sheets/ and clips/ to DIR and prints the table.")
+    e.add_argument("--out", required=True, metavar="DIR", help="folder to write")
+    e.add_argument("--motion-adapter", default="world", help="`world` (the shipped adapter, default) or a folder")
+    e.add_argument("--model", default="world", help="`world` (the shipped model, default) or a model folder")
+    e.add_argument("--clips", type=int, default=32, help="held-out 16-frame clips per row (default 32)")
+    e.add_argument("--long-clips", type=int, default=12, help="held-out 32-frame clips (default 12; 0: none)")
+    e.add_argument("--overwrite", action="store_true", help="replace DIR if this command wrote it")
+    e.set_defaults(run=run_motion_eval)
+
+
 @contextmanager
 def _threads(count: int):
     """A training command owns its process: torch runs at the thread count its weights reproduce at, and is set
@@ -237,6 +286,48 @@ def run_control_eval(args) -> int:
     with staged_output(args.out, CONTROL_EVAL, replace=args.overwrite) as work:
         measure_controlnet(controlnet, model, work, count=args.controls, subject_lora=args.subject_lora,
                            on_event=progress)
+    print((Path(args.out) / "table.md").read_text(), end="")
+    return 0
+
+
+def run_motion(args) -> int:
+    from personae.cli.progress import TerminalProgress
+    from personae.config.base import apply_overrides, parse_settings
+    from personae.world.motion_settings import WorldMotion
+    from personae.world.motion_train import train_motion
+
+    overrides = list(args.set) + ([f"steps={args.steps}"] if args.steps is not None else [])
+    settings = parse_settings(WorldMotion, apply_overrides({}, overrides), "--set")
+    progress = TerminalProgress(quiet=args.quiet)
+    try:
+        with _threads(settings.threads):
+            result = train_motion(settings, args.out, overwrite=args.overwrite, on_event=progress)
+    finally:
+        progress.close()
+    print(f"trained the world motion adapter in {result.seconds['total'] / 60:.1f} min ({result.steps} steps; "
+          f"training {result.seconds['train'] / 60:.1f} min, measuring {result.seconds['measure'] / 60:.1f} min) "
+          f"into {result.out}")
+    for row in result.evals[-1]["rows"]:
+        print(f"{row['run']}: identity {row['identity']:.0%}, direction {row['direction']:.0%} of {row['clips']} "
+              "held-out clips")
+    return 0
+
+
+def run_motion_eval(args) -> int:
+    from personae.cli.progress import TerminalProgress
+    from personae.errors import UserError
+    from personae.outputs import staged_output
+    from personae.world.model import WORLD_DIR, WORLD_MOTION_DIR
+    from personae.world.motion_eval import MOTION_EVAL, measure_motion
+
+    if args.motion_adapter == "world" and not (WORLD_MOTION_DIR / "config.json").is_file():
+        raise UserError(f"The world motion adapter is not in this copy of personae ({WORLD_MOTION_DIR} holds no "
+                        "config.json).", "Train one with `personae world motion OUT` and pass --motion-adapter OUT.")
+    adapter = str(WORLD_MOTION_DIR) if args.motion_adapter == "world" else args.motion_adapter
+    model = str(WORLD_DIR) if args.model == "world" else args.model
+    progress = TerminalProgress(quiet=True)
+    with staged_output(args.out, MOTION_EVAL, replace=args.overwrite) as work:
+        measure_motion(model, adapter, work, clips=args.clips, long_clips=args.long_clips, on_event=progress)
     print((Path(args.out) / "table.md").read_text(), end="")
     return 0
 
