@@ -1,5 +1,5 @@
-"""`personae model tiny|tiny-motion|tiny-controlnet|world|world-controlnet|world-motion DIR`: the tiny test models,
-or the pretrained shapes-world model, its ControlNet and its motion adapter."""
+"""`personae model tiny|tiny-motion|tiny-controlnet|world|world-controlnet DIR`: the tiny test models, or the
+pretrained shapes-world model and its ControlNet."""
 
 from __future__ import annotations
 
@@ -26,11 +26,6 @@ WORLD_CONTROLNET_EXAMPLES = """examples:
       --control canny:picture.png --controlnet canny=./world-controlnet
   personae generate --model ./world --prompt "a red ring on a blue background, full shot" \\
       --control raw:silhouette.png --controlnet raw=./world-controlnet
-"""
-WORLD_MOTION_EXAMPLES = """examples:
-  personae model world ./world && personae model world-motion ./world-motion
-  personae animate --model ./world --motion-adapter ./world-motion --prompt \\
-      "a red circle on a blue background, medium shot, moving left" --sampler DDIM --cfg 4 --clip-skip 1 --out clip.gif
 """
 
 
@@ -83,14 +78,6 @@ def add_parser(sub) -> None:
     control.add_argument("out_dir", metavar="OUT_DIR", help="folder to write (diffusers layout)")
     _overwrite(control)
     control.set_defaults(run=run_world_controlnet)
-    motion = kinds.add_parser("world-motion", help="the shapes-world model's motion adapter, trained (AnimateDiff)",
-                              epilog=WORLD_MOTION_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
-                              description="Write the world model's motion adapter that ships with personae (trained "
-                                          "by `personae world motion`: a shape moves left, right, up, down, grows or "
-                                          "stays as the prompt says) as a diffusers folder, with its training record.")
-    motion.add_argument("out_dir", metavar="OUT_DIR", help="folder to write (diffusers layout)")
-    _overwrite(motion)
-    motion.set_defaults(run=run_world_motion)
     p.set_defaults(run=lambda args: p.print_help() or 2)
 
 
@@ -150,10 +137,3 @@ def run_world_controlnet(args) -> int:
 
     out = write_world_controlnet(_checked_out(args), overwrite=args.overwrite)
     return _wrote("the shapes-world ControlNet", out, None)
-
-
-def run_world_motion(args) -> int:
-    from personae.world.model import write_world_motion
-
-    out = write_world_motion(_checked_out(args), overwrite=args.overwrite)
-    return _wrote("the shapes-world motion adapter", out, None)

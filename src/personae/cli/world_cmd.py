@@ -159,7 +159,7 @@ def _add_controlnet(kinds) -> None:
 
     p = kinds.add_parser("controlnet", help="train the world model's ControlNet (shapes placed by a control map)",
                          epilog=CONTROLNET_EXAMPLES + "\n" + settings_epilog(WorldControlNet, "settings (--set "
-                                                                               "KEY=VALUE; defaults are the shipped run)"),
+                                                                               "KEY=VALUE; defaults are the run of docs/world.md)"),
                          formatter_class=argparse.RawDescriptionHelpFormatter,
                          description="Train a ControlNet for the world model (ControlNetModel.from_unet of its UNet, "
                                      "zero convolutions) from rendered pairs: a control map (canny edges or a "
@@ -190,11 +190,11 @@ def _add_controlnet(kinds) -> None:
 
 
 MOTION_EXAMPLES = """examples:
-  personae world motion ./world-motion                  # the shipped run (docs/world.md, "World motion")
+  personae world motion ./world-motion                  # the run of docs/world.md, "World motion" (23 min)
   personae world motion ./wm --steps 200 --set dataset_size=256 --set eval.clips=6 --set eval.long_clips=0
-  personae world motion-eval --out motion                # the table of docs/world.md, for the shipped adapter
-  personae animate --model world --motion-adapter ./world-motion --sampler DDIM --cfg 4 --clip-skip 1 \\
-      --prompt "a white square on a red background, full shot, moving up" --out clip.gif
+  personae world motion-eval --out motion --motion-adapter ./world-motion   # its table again
+  personae model world ./world && personae animate --model ./world --motion-adapter ./world-motion --sampler DDIM \\
+      --cfg 4 --clip-skip 1 --prompt "a white square on a red background, full shot, moving up" --out clip.gif
 
 captions: a world caption, then the motion: "moving left", "moving right", "moving up", "moving down", "growing"
 (from a full shot to a close-up; say "medium shot") or "still".
@@ -208,7 +208,7 @@ def _add_motion(kinds) -> None:
 
     p = kinds.add_parser("motion", help="train the world model's motion adapter (shapes that move as the prompt says)",
                          epilog=MOTION_EXAMPLES + "\n" + settings_epilog(WorldMotion, "settings (--set KEY=VALUE; "
-                                                                          "defaults are the shipped run)"),
+                                                                          "defaults are the run of docs/world.md)"),
                          formatter_class=argparse.RawDescriptionHelpFormatter,
                          description="Train an AnimateDiff motion adapter (diffusers MotionAdapter sized to the world "
                                      "UNet) on the frozen world model from rendered 16-frame clips of one shape "
@@ -229,7 +229,8 @@ def _add_motion(kinds) -> None:
                                      "context windows; read every frame back with the exact checker. Writes "
                                      "table.md, results.json, sheets/ and clips/ to DIR and prints the table.")
     e.add_argument("--out", required=True, metavar="DIR", help="folder to write")
-    e.add_argument("--motion-adapter", default="world", help="`world` (the shipped adapter, default) or a folder")
+    e.add_argument("--motion-adapter", required=True, metavar="DIR",
+                   help="the adapter to measure: a `personae world motion` folder")
     e.add_argument("--model", default="world", help="`world` (the shipped model, default) or a model folder")
     e.add_argument("--clips", type=int, default=32, help="held-out 16-frame clips per row (default 32)")
     e.add_argument("--long-clips", type=int, default=12, help="held-out 32-frame clips (default 12; 0: none)")
@@ -315,15 +316,11 @@ def run_motion(args) -> int:
 
 def run_motion_eval(args) -> int:
     from personae.cli.progress import TerminalProgress
-    from personae.errors import UserError
     from personae.outputs import staged_output
-    from personae.world.model import WORLD_DIR, WORLD_MOTION_DIR
+    from personae.world.model import WORLD_DIR
     from personae.world.motion_eval import MOTION_EVAL, measure_motion
 
-    if args.motion_adapter == "world" and not (WORLD_MOTION_DIR / "config.json").is_file():
-        raise UserError(f"The world motion adapter is not in this copy of personae ({WORLD_MOTION_DIR} holds no "
-                        "config.json).", "Train one with `personae world motion OUT` and pass --motion-adapter OUT.")
-    adapter = str(WORLD_MOTION_DIR) if args.motion_adapter == "world" else args.motion_adapter
+    adapter = args.motion_adapter
     model = str(WORLD_DIR) if args.model == "world" else args.model
     progress = TerminalProgress(quiet=True)
     with staged_output(args.out, MOTION_EVAL, replace=args.overwrite) as work:

@@ -8,8 +8,7 @@ UNet2DConditionModel with cross-attention, SD-1.5's noise schedule), so everythi
 runs on SD-1.5 runs on it: 32x32 images, a VAE that downsamples 4x (8x8x4 latents), a
 UNet of about 1.65 M parameters and a text encoder of about 0.18 M. Pretrained by
 `personae world pretrain` (world/pretrain.py); the result ships in
-`world/weights/` and `personae model world DIR` writes it out
-(its ControlNet and motion adapter: `personae model world-controlnet|world-motion DIR`).
+`world/weights/` and `personae model world DIR` writes it out.
 """
 
 from __future__ import annotations
@@ -28,7 +27,6 @@ from personae.outputs import MODEL_FOLDER, staged_output
 
 WORLD_DIR = Path(__file__).parent / "weights"  # the shipped pretrained model (a diffusers folder)
 WORLD_CONTROLNET_DIR = Path(__file__).parent / "controlnet_weights"  # its ControlNet (`personae world controlnet`)
-WORLD_MOTION_DIR = Path(__file__).parent / "motion_weights"  # its motion adapter (`personae world motion`)
 
 TEXT_WIDTH = 64  # the text encoder's hidden size, which is the UNet's cross-attention width
 WORLD_UNET = dict(
@@ -85,16 +83,6 @@ def write_world_controlnet(out_dir: str | Path, source: Path = WORLD_CONTROLNET_
         f"The world ControlNet is not in this copy of personae ({source} holds no config.json).",
         "Train it with `personae world controlnet OUT` (under half an hour on 2 CPU cores) and pass OUT to "
         "--controlnet; to ship it, copy OUT into src/personae/world/controlnet_weights/.")
-
-
-def write_world_motion(out_dir: str | Path, source: Path = WORLD_MOTION_DIR, overwrite: bool = False) -> Path:
-    """Copy the shipped world motion adapter (a diffusers MotionAdapter folder, with its training record) to
-    `out_dir`."""
-    return _write_shipped(
-        source / "config.json", out_dir, overwrite,
-        f"The world motion adapter is not in this copy of personae ({source} holds no config.json).",
-        "Train it with `personae world motion OUT` (under half an hour on 2 CPU cores) and pass OUT to "
-        "--motion-adapter; to ship it, copy OUT into src/personae/world/motion_weights/.")
 
 
 def _write_shipped(marker: Path, out_dir: str | Path, overwrite: bool, missing: str, fix: str) -> Path:

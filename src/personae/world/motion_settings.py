@@ -1,4 +1,4 @@
-"""Settings of `personae world motion OUT`: defaults are the run that made the shipped world motion adapter.
+"""Settings of `personae world motion OUT`: defaults are the run measured in docs/world.md ("World motion").
 
     personae world motion ./world-motion --set steps=300 --set seed=1
 
@@ -35,9 +35,9 @@ class WorldMotion(Strict):
     heads: int = setting(4, "attention heads of each motion module (they divide every level's channels)", ge=1)
     max_seq_length: int = setting(32, "frame positions in the motion modules' table: the longest context window",
                                   ge=2)
-    steps: int = setting(1200, "optimizer steps", ge=1)
+    steps: int = setting(1500, "optimizer steps", ge=1)
     batch_size: int = setting(4, "clips per step", ge=1)
-    learning_rate: float = setting(5e-4, "the motion modules' learning rate", gt=0)
+    learning_rate: float = setting(2e-3, "the motion modules' learning rate", gt=0)
     lr_scheduler: Literal["constant", "constant_with_warmup", "cosine"] = setting("cosine", "learning-rate schedule")
     warmup_steps: int = setting(50, "steps of linear warm-up", ge=0)
     max_grad_norm: float = setting(1.0, "clip the gradient norm to this (0: no clipping)", ge=0)

@@ -1,6 +1,6 @@
 """Train the world motion adapter: AnimateDiff's motion modules, sized to the world UNet, on rendered clips.
 
-    train_motion(WorldMotion(), Path("./world-motion"))   # the shipped run
+    train_motion(WorldMotion(), Path("./world-motion"))   # the run of docs/world.md ("World motion")
     personae world motion ./world-motion --set steps=200  # the same from the command line, shortened
 
   1. the base model (frozen) and a diffusers `MotionAdapter` with the world UNet's channels, layers per block and
