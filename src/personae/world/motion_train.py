@@ -56,6 +56,7 @@ class MotionResult:
     losses: list[float] = field(default_factory=list)
     evals: list[dict] = field(default_factory=list)  # {"step": n, "rows": [{run, identity, direction, ...}]}
     seconds: dict[str, float] = field(default_factory=dict)  # data, train (without measurements), measure, total
+    frames: dict = field(default_factory=dict)  # the last measurement's clips (a list of frames per clip), by row
 
 
 def base_folder(base: str) -> Path:
