@@ -204,6 +204,16 @@ def _world_img2img_eval(c, tmp):
     return out, ["world", "img2img-eval", "--out", str(out), "--cases", "1"], out
 
 
+def _world_motion(c, tmp):
+    out = user_files(tmp / "wm")
+    return out, ["world", "motion", str(out), "--steps", "1", "--quiet"], out
+
+
+def _world_motion_eval(c, tmp):
+    out = user_files(tmp / "motion")
+    return out, ["world", "motion-eval", "--out", str(out), "--motion-adapter", str(c["tiny"]), "--clips", "1"], out
+
+
 def _model(kind):
     def build(c, tmp):
         out = user_files(tmp / "model")
@@ -247,6 +257,8 @@ CASES = [
     Case("world controlnet", _world_controlnet, OVERWRITE),
     Case("world control-eval", _world_control_eval, OVERWRITE),
     Case("world img2img-eval", _world_img2img_eval, OVERWRITE),
+    Case("world motion", _world_motion, OVERWRITE),
+    Case("world motion-eval", _world_motion_eval, OVERWRITE),
     Case("model tiny", _model("tiny"), OVERWRITE),
     Case("model tiny-motion", _model("tiny-motion"), OVERWRITE),
     Case("model tiny-controlnet", _model("tiny-controlnet"), OVERWRITE),

@@ -1,11 +1,13 @@
 """`personae world pretrain OUT`, `personae world bench --out DIR`, `personae world render OUT`, `personae world shots`,
-`personae world controlnet OUT`, `control-eval`, `img2img-eval` and `personae world style`: the shapes world."""
+`personae world style` and the commands of world_models_cmd.py (controlnet, control-eval, img2img-eval, motion,
+motion-eval): the shapes world."""
 
 from __future__ import annotations
 
 import argparse
-from contextlib import contextmanager
 from pathlib import Path
+
+from personae.cli.world_models_cmd import _add_controlnet, _add_img2img, _add_motion, command_threads
 
 EXAMPLES = """examples:
   personae world pretrain ./world                       # the full run: about 52 minutes (one thread)
@@ -95,6 +97,7 @@ def add_parser(sub) -> None:
     _add_shots(kinds)
     _add_controlnet(kinds)
     _add_img2img(kinds)
+    _add_motion(kinds)
     _add_style(kinds)
     p.set_defaults(run=lambda args: p.print_help() or 2)
 
@@ -139,173 +142,6 @@ def _add_shots(kinds) -> None:
                    help="a shot token's embedding and its token (repeatable: the three that `personae train` wrote)")
     p.add_argument("--words", action="store_true", help="prompt with the size words instead of the tokens")
     p.set_defaults(run=run_shots)
-
-
-CONTROLNET_EXAMPLES = """examples:
-  personae world controlnet ./world-controlnet          # the shipped run (7 min of CPU, one thread)
-  personae world controlnet ./cn --steps 200 --set eval.every=0 --set dataset_size=2048
-  personae world control-eval --out placement            # the table of docs/world.md, for the shipped ControlNet
-  # a control: any picture of a shape (here a ring somewhere on the canvas); generate draws its canny edges
-  personae world render pic --shapes ring --colours red --backgrounds blue --shots "full shot" --count 1 --seed 3
-  personae generate --model ./world --prompt "a green ring on a yellow background, full shot" \\
-      --control canny:pic/0000-red-ring-on-blue-full.png --controlnet canny=./world-controlnet
-
-"""
-
-
-def _add_controlnet(kinds) -> None:
-    from personae.cli.options import settings_epilog
-    from personae.world.controlnet_settings import WorldControlNet
-
-    p = kinds.add_parser("controlnet", help="train the world model's ControlNet (shapes placed by a control map)",
-                         epilog=CONTROLNET_EXAMPLES + "\n" + settings_epilog(WorldControlNet, "settings (--set "
-                                                                               "KEY=VALUE; defaults are the shipped run)"),
-                         formatter_class=argparse.RawDescriptionHelpFormatter,
-                         description="Train a ControlNet for the world model (ControlNetModel.from_unet of its UNet, "
-                                     "zero convolutions) from rendered pairs: a control map (canny edges or a "
-                                     "silhouette) and the picture, the shape at any position and size. Writes OUT as "
-                                     "a diffusers ControlNet folder with OUT/training/ (settings, losses, "
-                                     "measurements, sample sheets). Same settings and thread count, same weights.")
-    p.add_argument("out", metavar="OUT", help="folder to write (a diffusers ControlNet folder)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a setting")
-    p.add_argument("--steps", type=int, help="training steps (shortcut for --set steps=N)")
-    p.add_argument("--overwrite", action="store_true", help="replace OUT if personae wrote it")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(run=run_controlnet)
-    e = kinds.add_parser("control-eval", help="measure how well a world ControlNet places shapes",
-                         epilog=CONTROLNET_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
-                         description="Draw held-out controls (shapes and colour pairs the ControlNet never trained "
-                                     "on, each size, positions anywhere) through `personae generate --control`, "
-                                     "per control type and guidance window, with no control and at weight 0, and "
-                                     "read every picture back with the exact checker. Writes table.md, "
-                                     "results.json, controls/ and sheets/ to DIR and prints the table.")
-    e.add_argument("--out", required=True, metavar="DIR", help="folder to write")
-    e.add_argument("--controlnet", default="world", help="`world` (the shipped ControlNet, default) or a folder")
-    e.add_argument("--model", default="world", help="`world` (the shipped model, default) or a model folder")
-    e.add_argument("--controls", type=int, default=64, help="held-out controls per row (default 64)")
-    e.add_argument("--subject-lora", metavar="FILE", help="a LoRA that taught the star (examples/storyboard-world's "
-                                                          "star.yaml): also measure white stars placed by the control")
-    e.add_argument("--overwrite", action="store_true", help="replace DIR if this command wrote it")
-    e.set_defaults(run=run_control_eval)
-
-
-IMG2IMG_EXAMPLES = """examples:
-  personae world img2img-eval --out img2img              # the tables of docs/world.md (11 min of CPU, one thread)
-  personae world img2img-eval --out quick --cases 8 --cfg 1,7
-  # the recipe by hand: a circle's picture, a square at the same place (generate draws its canny edges), a prompt
-  # naming the square (a silhouette drawn over the picture works the same: --control raw:FILE --controlnet raw=DIR)
-  personae world render circle --shapes circle --colours red --backgrounds blue --shots "medium shot" --count 1 --seed 3
-  personae world render square --shapes square --colours red --backgrounds blue --shots "medium shot" --count 1 --seed 3
-  personae generate --model ./world --prompt "a red square on a blue background, medium shot" \\
-      --init-image circle/0000-red-circle-on-blue-medium.png --strength 0.75 \\
-      --control canny:square/0000-red-square-on-blue-medium.png --controlnet canny=./world-controlnet
-
-"""
-
-
-def _add_img2img(kinds) -> None:
-    e = kinds.add_parser("img2img-eval", help="measure img2img on the world: the strength curve and a shape changed "
-                                              "in place", epilog=IMG2IMG_EXAMPLES,
-                         formatter_class=argparse.RawDescriptionHelpFormatter,
-                         description="Draw init pictures (any shape, size, colours and place) through `personae "
-                                     "generate --init-image --strength` with a prompt naming other colours, at "
-                                     "strength 0 to 1 in 0.1 steps and each --cfg, and count with the exact checker "
-                                     "the outputs that keep the init's background, colour, shape and position and "
-                                     "those that follow the prompt. Then the face-to-animal recipe in miniature: "
-                                     "an init picture of one shape, the silhouette of another drawn at its place as "
-                                     "a `raw` control (and once canny edges of a picture of it), a prompt naming the "
-                                     "other shape, and the prompt alone for comparison; counted right when the "
-                                     "other shape comes out at the init's place, size and background. Writes "
-                                     "table.md, results.json, inits/ and sheets/ to DIR and prints the tables.")
-    e.add_argument("--out", required=True, metavar="DIR", help="folder to write (new, or one this command wrote)")
-    e.add_argument("--model", default="world", help="`world` (the shipped model, default) or a model folder")
-    e.add_argument("--controlnet", default="world", help="`world` (the shipped ControlNet, default) or a folder")
-    e.add_argument("--cases", type=int, default=64, help="init pictures per strength and in the recipe (default 64)")
-    e.add_argument("--cfg", default="1,2,4,7", metavar="S1,S2", help="the curve's CFG scales (default 1,2,4,7; the "
-                                                                     "recipe runs at generate's default, 7)")
-    e.add_argument("--overwrite", action="store_true", help="replace DIR if this command wrote it")
-    e.set_defaults(run=run_img2img_eval)
-
-
-def run_img2img_eval(args) -> int:
-    from personae.cli.progress import TerminalProgress
-    from personae.errors import UserError
-    from personae.outputs import staged_output
-    from personae.world.img2img_eval import IMG2IMG_EVAL, measure_img2img
-    from personae.world.model import WORLD_CONTROLNET_DIR, WORLD_DIR
-
-    if args.cases < 1:
-        raise UserError(f"--cases {args.cases} draws nothing.", "Give --cases 1 or more (default 64).")
-    try:
-        cfgs = tuple(float(v) for v in args.cfg.split(","))
-    except ValueError:
-        raise UserError(f"--cfg {args.cfg} is not a list of numbers.", "Write it as --cfg 1,7.") from None
-    if any(not 1 <= c <= 30 for c in cfgs):
-        raise UserError(f"--cfg {args.cfg} has a scale outside 1 to 30.", "Write it as --cfg 1,7.")
-    controlnet = str(WORLD_CONTROLNET_DIR) if args.controlnet == "world" else args.controlnet
-    if not (Path(controlnet) / "config.json").is_file():  # said now, not after the curves' 20 minutes
-        raise UserError(f"--controlnet {controlnet} is not a ControlNet folder (no config.json in it).",
-                        "Give `world` (the shipped one), or a folder `personae world controlnet` or `personae model "
-                        "world-controlnet` wrote.")
-    model = str(WORLD_DIR) if args.model == "world" else args.model
-    progress = TerminalProgress(quiet=True)
-    with staged_output(args.out, IMG2IMG_EVAL, replace=args.overwrite) as work:
-        measure_img2img(model, controlnet, work, cases=args.cases, cfgs=cfgs, on_event=progress)
-    print((Path(args.out) / "table.md").read_text(), end="")
-    return 0
-
-
-@contextmanager
-def _threads(count: int):
-    """A training command owns its process: torch runs at the thread count its weights reproduce at, and is set
-    back afterwards for a caller that runs the command in its own process (tests)."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(count)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
-def run_controlnet(args) -> int:
-    from personae.cli.progress import TerminalProgress
-    from personae.config.base import apply_overrides, parse_settings
-    from personae.world.controlnet_settings import WorldControlNet
-    from personae.world.controlnet_train import train_controlnet
-
-    overrides = list(args.set) + ([f"steps={args.steps}"] if args.steps is not None else [])
-    settings = parse_settings(WorldControlNet, apply_overrides({}, overrides), "--set")
-    progress = TerminalProgress(quiet=args.quiet)
-    try:
-        with _threads(settings.threads):
-            result = train_controlnet(settings, args.out, overwrite=args.overwrite, on_event=progress)
-    finally:
-        progress.close()
-    print(f"trained the world ControlNet in {result.seconds['total'] / 60:.1f} min ({result.steps} steps; training "
-          f"{result.seconds['train'] / 60:.1f} min, measuring {result.seconds['measure'] / 60:.1f} min) into {result.out}")
-    last = result.evals[-1]
-    for kind in settings.control_types:
-        print(f"{kind}: placed {last[kind]['placed']:.0%}, prompt {last[kind]['prompt']:.0%} of "
-              f"{settings.eval.controls} held-out controls")
-    return 0
-
-
-def run_control_eval(args) -> int:
-    from personae.cli.progress import TerminalProgress
-    from personae.outputs import staged_output
-    from personae.world.control_eval import CONTROL_EVAL, measure_controlnet
-    from personae.world.model import WORLD_CONTROLNET_DIR, WORLD_DIR
-
-    controlnet = str(WORLD_CONTROLNET_DIR) if args.controlnet == "world" else args.controlnet
-    model = str(WORLD_DIR) if args.model == "world" else args.model
-    progress = TerminalProgress(quiet=True)
-    with staged_output(args.out, CONTROL_EVAL, replace=args.overwrite) as work:
-        measure_controlnet(controlnet, model, work, count=args.controls, subject_lora=args.subject_lora,
-                           on_event=progress)
-    print((Path(args.out) / "table.md").read_text(), end="")
-    return 0
 
 
 def run_shots(args) -> int:
@@ -432,7 +268,7 @@ def run_pretrain(args) -> int:
     settings = parse_settings(WorldPretrain, apply_overrides({}, overrides), "--set")
     progress = TerminalProgress(quiet=args.quiet)
     try:
-        with _threads(settings.threads):
+        with command_threads(settings.threads):
             result = pretrain(settings, args.out, overwrite=args.overwrite, on_event=progress)
     finally:
         progress.close()

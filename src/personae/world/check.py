@@ -143,6 +143,16 @@ def check(image) -> Attributes:
     return Attributes(background, colour, shape, size_of(box), (centre[0] / SIDE, centre[1] / SIDE))
 
 
+def check_box(image) -> tuple[Attributes, float]:
+    """`check`'s attributes and the box side (px) of the winning template (0 when there is no shape): a size
+    finer than the three classes, for clips whose shape grows."""
+    background, colour, alpha = _coverage_map(image)
+    if alpha.sum() < MIN_AREA:
+        return Attributes(background, NONE, NONE, NONE), 0.0
+    shape, box, centre, _ = fit_shape(alpha)
+    return Attributes(background, colour, shape, size_of(box), (centre[0] / SIDE, centre[1] / SIDE)), box
+
+
 def _close_rows(alpha: np.ndarray, length: int = BAND_PERIOD - BAND_HEIGHT + 1) -> np.ndarray:
     """A vertical grey closing (max, then min, over `length` rows): the banded style's gaps filled."""
     n = alpha.shape[0]

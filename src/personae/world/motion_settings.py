@@ -1,0 +1,46 @@
+"""Settings of `personae world motion OUT`: defaults are the run measured in docs/world.md ("World motion").
+
+    personae world motion ./world-motion --set steps=300 --set seed=1
+
+A diffusers `MotionAdapter` sized to the world UNet (its channels, one motion module per UNet layer and one in
+the middle block, a 32-position table) learns, on the frozen world model, rendered 16-frame clips of one shape
+moving left, right, up, down, growing or still (world/clips.py). Same settings and thread count, same weights.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from personae.config.base import Strict
+from personae.config.fields import setting
+
+
+class MotionEvalSection(Strict):
+    every: int = setting(0, "measure every N steps (and always at the end); 0: only at the end", ge=0)
+    clips: int = setting(32, "held-out 16-frame clips measured (at motion scale 1, then again at 0)", ge=1)
+    long_clips: int = setting(12, "held-out 32-frame clips measured in context windows of 16 (0: none)", ge=0)
+    steps: int = setting(25, "sampling steps (`personae animate`'s sampler, DDIM)", ge=1)
+    cfg: float = setting(4.0, "CFG scale (the world's evaluation setting)", ge=1)
+
+
+class WorldMotion(Strict):
+    version: int = setting(1, "settings file version")
+    seed: int = setting(0, "clips, noise and the motion modules' weights: everything random derives from it")
+    threads: int = setting(1, "torch threads (the command sets them); weights are bit-reproducible at a fixed count",
+                           ge=1)
+    base: str = setting("world", "the frozen model the motion modules learn on: `world` (the shipped model) or a "
+                                 "`personae world pretrain` folder")
+    dataset_size: int = setting(1536, "rendered clips, VAE-encoded once and trained on", ge=4)
+    frames: int = setting(16, "frames per training clip (AnimateDiff's 16)", ge=2, le=32)
+    heads: int = setting(4, "attention heads of each motion module (they divide every level's channels)", ge=1)
+    max_seq_length: int = setting(32, "frame positions in the motion modules' table: the longest context window",
+                                  ge=2)
+    steps: int = setting(1500, "optimizer steps", ge=1)
+    batch_size: int = setting(4, "clips per step", ge=1)
+    learning_rate: float = setting(2e-3, "the motion modules' learning rate", gt=0)
+    lr_scheduler: Literal["constant", "constant_with_warmup", "cosine"] = setting("cosine", "learning-rate schedule")
+    warmup_steps: int = setting(50, "steps of linear warm-up", ge=0)
+    max_grad_norm: float = setting(1.0, "clip the gradient norm to this (0: no clipping)", ge=0)
+    caption_dropout: float = setting(0.1, "share of clips trained with the empty caption (for CFG)", ge=0, le=1)
+    time_budget_minutes: float | None = setting(30, "stop training when the run reaches this", gt=0)
+    eval: MotionEvalSection = setting(MotionEvalSection(), "the measurements")

@@ -1,0 +1,138 @@
+"""World motion (issue #19): a motion adapter for the world model, trained on rendered clips, read back frame by
+frame with the exact checker."""
+
+import json
+
+import numpy as np
+import pytest
+
+from personae.world.clips import MOTIONS, Clip, direction_right, eval_clips, make_clip, random_clip, score_clip
+from personae.world.placed import EVAL_COMBOS, TRAIN_COMBOS
+from personae.world.scene import SIDE, SIZES, TRAINED
+
+
+def test_rendered_clips_are_read_back_as_they_move():
+    """Every rendered clip (training and measured, 16 and 32 frames) is read back by the checker with its shape,
+    colour and background in every frame and a track that moves as its caption says."""
+    rng = np.random.default_rng(0)
+    clips = [random_clip(rng) for _ in range(24)] + eval_clips(12) + eval_clips(6, frames=32)
+    for clip in clips:
+        row = score_clip(clip.frames(), clip)
+        assert row["identity"] and row["direction"] and row["consistent"], (clip.caption(), row)
+        assert row["jitter"] < 0.3  # steady: a growing clip's centre moves a little as the box is rounded
+        assert row["frames"] == len(clip.boxes) and all(0 < b <= SIDE for b in clip.boxes)
+    left = make_clip(np.random.default_rng(1), "circle", "red", "blue", "left")
+    assert left.caption() == f"a red circle on a blue background, {left.size}, moving left"
+    xs = [c[0] for c in left.centres]
+    assert xs[0] > xs[-1] and len({c[1] for c in left.centres}) == 1 and left.size in SIZES
+
+
+def test_the_direction_rule_rejects_the_wrong_motion():
+    """A track read the wrong way round, a still shape that drifts and a shrinking one are not what was asked."""
+    clip = make_clip(np.random.default_rng(2), "square", "white", "red", "right")
+    centres, boxes = list(clip.centres), list(clip.boxes)
+    assert direction_right("right", centres, boxes)
+    assert not direction_right("left", centres, boxes) and not direction_right("still", centres, boxes)
+    assert not direction_right("up", centres, boxes) and not direction_right("growing", centres, boxes)
+    jitter = [(x + (2.5 if i % 2 else 0.0), y) for i, (x, y) in enumerate(centres)]  # steps back more than SLACK
+    assert not direction_right("right", jitter, boxes)
+    grow = make_clip(np.random.default_rng(3), "ring", "black", "green", "growing")
+    assert direction_right("growing", list(grow.centres), list(grow.boxes))
+    assert not direction_right("growing", list(grow.centres), list(grow.boxes)[::-1])
+
+
+def test_the_measured_clips_are_held_out():
+    rng = np.random.default_rng(4)
+    seen = {(c.colour, c.background) for c in (random_clip(rng) for _ in range(2000))}
+    assert seen == set(TRAIN_COMBOS)
+    measured = eval_clips(32)
+    assert {(c.colour, c.background) for c in measured} <= set(EVAL_COMBOS)
+    assert [c.motion for c in measured[:6]] == list(MOTIONS) and {c.shape for c in measured} <= set(TRAINED)
+    assert eval_clips(32) == measured
+
+
+def test_the_motion_words_reach_the_unet():
+    """The motion words are not world tokens: they are split into characters, and the padding after them differs
+    between two motions, while the world caption's own tokens are encoded exactly as without them."""
+    from personae.inference.session import open_session
+    from personae.world.model import WORLD_DIR
+
+    session = open_session(str(WORLD_DIR), device="cpu")
+    tokens = session.pipe.tokenizer.tokenize("a red circle on a blue background, medium shot, moving left")
+    assert tokens[:11] == session.pipe.tokenizer.tokenize("a red circle on a blue background, medium shot,")
+    assert "left</w>" not in tokens and "t</w>" in tokens
+    plain = session.encoder.encode("a red circle on a blue background, medium shot", 1).embeds
+    left = session.encoder.encode("a red circle on a blue background, medium shot, moving left", 1).embeds
+    right = session.encoder.encode("a red circle on a blue background, medium shot, moving right", 1).embeds
+    assert np.allclose(left[0, :11].numpy(), plain[0, :11].numpy(), atol=1e-5)
+    assert (left[0, -1] - right[0, -1]).abs().max() > 1e-3
+
+
+def _short(out) -> list[str]:
+    return ["world", "motion", str(out), "--steps", "3", "--quiet"] + [a for s in SHORT for a in ("--set", s)]
+
+
+SHORT = ["dataset_size=8", "batch_size=2", "eval.clips=2", "eval.long_clips=1", "eval.steps=2", "warmup_steps=1",
+         "eval.every=2"]
+
+
+@pytest.fixture(scope="module")
+def short_motion(tmp_path_factory):
+    """`personae world motion OUT --steps 3` on 8 clips at batch 2: the plumbing, not the learning."""
+    from personae.cli.main import main
+
+    out = tmp_path_factory.mktemp("wm") / "wm"
+    assert main(_short(out)) == 0
+    return out
+
+
+def test_short_motion_training_writes_an_adapter_that_animate_reads(short_motion, tmp_path):
+    from diffusers import MotionAdapter, UNet2DConditionModel
+    from PIL import Image
+
+    from personae.cli.main import main
+    from personae.world.model import WORLD_DIR
+
+    for name in ("config.json", "diffusion_pytorch_model.safetensors", "training/settings.yaml", "training/losses.csv",
+                 "training/summary.json", "training/samples-000002.png", "training/samples-000003.png",
+                 "training/clip-left.gif", "training/clip-right.gif"):
+        assert (short_motion / name).is_file(), name
+    summary = json.loads((short_motion / "training/summary.json").read_text())
+    assert summary["steps"] == 3 and [e["step"] for e in summary["evals"]] == [2, 3]
+    runs = summary["evals"][-1]["rows"]
+    assert [(r["clips"], r["frames"], r["motion_scale"]) for r in runs] == [(2, 16, 1.0), (2, 16, 0.0), (1, 32, 1.0)]
+    adapter = MotionAdapter.from_pretrained(str(short_motion))
+    unet = UNet2DConditionModel.from_pretrained(str(WORLD_DIR), subfolder="unet")
+    assert list(adapter.config.block_out_channels) == list(unet.config.block_out_channels)
+    assert adapter.config.motion_max_seq_length == 32
+    # AnimateDiff's start: output projections at zero, moved by training
+    proj = [p for n, p in adapter.named_parameters() if ".proj_out." in n and n.endswith("weight")]
+    assert proj and all(0 < p.abs().max() < 0.05 for p in proj)
+    gif = tmp_path / "clip.gif"
+    assert main(["animate", "--model", str(WORLD_DIR), "--motion-adapter", str(short_motion), "--prompt",
+                 "a white square on a red background, full shot, moving up", "--steps", "2", "--frames", "16",
+                 "--seed", "1", "--out", str(gif), "--quiet"]) == 0
+    with Image.open(gif) as clip:
+        assert clip.size == (SIDE, SIDE) and clip.n_frames > 1
+
+
+def test_motion_training_is_reproducible_and_refuses_bad_settings(short_motion, tmp_path):
+    from personae.cli.main import main
+
+    again = tmp_path / "again"
+    assert main(_short(again)) == 0
+    name = "diffusion_pytorch_model.safetensors"
+    assert (again / name).read_bytes() == (short_motion / name).read_bytes()
+    assert main(["world", "motion", str(tmp_path / "x"), "--set", "framez=3"]) == 2
+    assert main(["world", "motion", str(tmp_path / "x"), "--set", "frames=64"]) == 2
+    assert main(["world", "motion", str(again), "--steps", "1"]) == 2  # a used folder needs --overwrite
+
+
+def test_a_clip_is_scored_frame_by_frame():
+    """A clip whose shape changes in one frame has no identity; consistent says whether the frames agree at all."""
+    clip = Clip("circle", "red", "blue", "still", "medium shot", (16.0,) * 4, ((16.0, 16.0),) * 4)
+    frames = clip.frames()
+    assert score_clip(frames, clip)["both"]
+    other = Clip("square", "red", "blue", "still", "medium shot", (16.0,), ((16.0, 16.0),)).frames()[0]
+    row = score_clip(frames[:3] + [other], clip)
+    assert not row["identity"] and row["identity_frames"] == 3 and not row["consistent"] and row["direction"]
