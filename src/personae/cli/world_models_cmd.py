@@ -174,12 +174,12 @@ def command_threads(count: int):
     back afterwards for a caller that runs the command in its own process (tests)."""
     import torch
 
-    before = torch.get_numcommand_threads()
-    torch.set_numcommand_threads(count)
+    before = torch.get_num_threads()
+    torch.set_num_threads(count)
     try:
         yield
     finally:
-        torch.set_numcommand_threads(before)
+        torch.set_num_threads(before)
 
 
 def run_controlnet(args) -> int:
