@@ -70,7 +70,8 @@ def test_gradient_checkpointing_gives_the_same_weights(tmp_path, tiny_model, pre
 
 @pytest.mark.parametrize("option", [{"noise_offset": 0.1}, {"min_snr_gamma": 1.0}, {"mixed_precision": "bf16"},
                                     {"optimizer": "prodigy", "learning_rate": 1.0},
-                                    {"lr_scheduler": "cosine", "warmup_steps": 2}, {"ema": True}])
+                                    {"lr_scheduler": "cosine", "warmup_steps": 2}, {"ema": True},
+                                    {"min_timestep": 200, "max_timestep": 600}])
 def test_each_option_runs_and_changes_the_result(tmp_path, tiny_model, prepared, option):
     plain, _ = _weights(tmp_path, tiny_model[0], prepared, "plain")
     changed, result = _weights(tmp_path, tiny_model[0], prepared, "changed", **option)
@@ -86,3 +87,12 @@ def test_tensorboard_events_are_written_when_installed(tmp_path, tiny_model, pre
     pytest.importorskip("tensorboard")
     _, result = _weights(tmp_path, tiny_model[0], prepared, "tb")
     assert list((result.run / "logs").glob("events.out.tfevents.*"))
+
+
+def test_a_timestep_range_the_scheduler_lacks_is_one_paragraph_before_training(tmp_path, tiny_model, prepared):
+    from personae.errors import UserError
+
+    with pytest.raises(UserError) as err:
+        _weights(tmp_path, tiny_model[0], prepared, "late", max_timestep=5000)
+    assert "train.min_timestep / max_timestep" in str(err.value) and "0 .. 999" in str(err.value)
+    assert not list((tmp_path / "late").glob("checkpoints/*"))

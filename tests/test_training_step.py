@@ -72,6 +72,28 @@ def test_noise_offset_adds_one_value_per_channel():
     assert 0 < shift.abs().max() < 1.0
 
 
+def test_a_timestep_range_draws_only_its_timesteps_and_the_full_range_is_unchanged():
+    """kohya's --min_timestep / --max_timestep: the draws stay in [min, max); the default draws what it always drew
+    (same seed, same timesteps: runs and resumes made before the option are reproduced)."""
+    _, full = draw_noise(seeded(4), (4000, 1, 1, 1), 1000)
+    _, default = draw_noise(seeded(4), (4000, 1, 1, 1), 1000, min_timestep=0)
+    _, low = draw_noise(seeded(4), (4000, 1, 1, 1), 600, min_timestep=200)
+    assert torch.equal(full, default) and full.min() < 20 and full.max() > 980
+    assert low.min() == 200 and low.max() == 599
+    batch = draw_batch(seeded(0, 1), _posteriors(64), [""] * 64, 1.0, 300, min_timestep=100)
+    assert 100 <= batch.timesteps.min() and batch.timesteps.max() < 300
+
+
+def test_the_job_refuses_a_timestep_range_with_nothing_in_it():
+    from pydantic import ValidationError
+
+    from personae.config.train import TrainSection
+
+    assert TrainSection(min_timestep=100, max_timestep=700).max_timestep == 700
+    with pytest.raises(ValidationError, match="max_timestep .400. must be above train.min_timestep .400."):
+        TrainSection(min_timestep=400, max_timestep=400)
+
+
 @pytest.mark.parametrize("prediction", ["epsilon", "v_prediction"])
 def test_the_loss_is_the_prediction_error_against_the_right_target(prediction):
     unet, scheduler = _unet(), DDPMScheduler(num_train_timesteps=1000, prediction_type=prediction)

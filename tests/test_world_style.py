@@ -149,11 +149,12 @@ def test_a_lora_learns_the_style_with_its_trigger_only_and_keeps_the_content(tmp
     finally:
         torch.set_num_threads(threads)
     summary = {k: scores[k] for k in ("present", "leak", "content", "content_plain")}
-    # NOT the bar yet (present >= 80 %, leak <= 10 %, content >= 85 %): measured 83 %, 22 %, 58 % (docs/world.md,
-    # "A drawing style"); these floors hold what the recipe gives, so a change that loses it fails
-    assert scores["present"] >= 0.7, summary
-    assert scores["leak"] <= 0.35, summary
-    assert scores["content"] >= 0.45 and scores["content_plain"] >= 0.7, summary
+    # NOT the bar yet (present >= 80 %, leak <= 10 %, content >= 85 %): measured 75 %, 17 %, 80 % (86 % without
+    # the trigger; docs/world.md, "A drawing style", run Z); these floors hold what the recipe gives, so a change that
+    # loses it fails
+    assert scores["present"] >= 0.65, summary
+    assert scores["leak"] <= 0.25, summary
+    assert scores["content"] >= 0.7 and scores["content_plain"] >= 0.75, summary
 
 
 def test_style_measure_refuses_a_folder_of_the_users_before_drawing(tmp_path, capsys):

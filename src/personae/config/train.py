@@ -66,6 +66,9 @@ class TrainSection(Strict):
     seed: int = setting(0, "seed of every random draw: batches, noise, timesteps, new weights")
     resolution: int = setting(512, "square side for raw folders (prepared sets keep their sizes)", ge=8)
     min_snr_gamma: float | None = setting(None, "min-SNR loss weighting (5 is the paper's value)", gt=0)
+    min_timestep: int = setting(0, "train on noise levels from this timestep up (kohya --min_timestep)", ge=0)
+    max_timestep: int | None = setting(None, "train on noise levels below this timestep only (kohya --max_timestep; "
+                                             "default: the scheduler's num_train_timesteps, all of them)", ge=1)
     noise_offset: float = setting(0.0, "noise offset, e.g. 0.05 for darker darks and brighter brights", ge=0)
     ema: bool = setting(False, "keep an exponential moving average of the trained weights (exported instead)")
     ema_decay: float = setting(0.999, "EMA decay", gt=0, lt=1)
@@ -91,6 +94,13 @@ class TrainSection(Strict):
     def _steps_or_epochs(self):
         if self.steps is None and self.epochs is None:
             self.steps = 500
+        return self
+
+    @model_validator(mode="after")
+    def _timestep_range(self):
+        if self.max_timestep is not None and self.max_timestep <= self.min_timestep:
+            raise ValueError(f"train.max_timestep ({self.max_timestep}) must be above train.min_timestep "
+                             f"({self.min_timestep}): timesteps are drawn from min_timestep up to max_timestep - 1")
         return self
 
 

@@ -18,13 +18,15 @@ PICTURES = {"count": 200, "shapes": "circle,square,triangle,cross", "colours": "
 STYLE_JOB = {  # examples/style-world/style.yaml
     "method": "lora",
     "trigger": "drawn by KSH style",
-    "dreambooth": {"prior_preservation": True, "num_class_images": 200},  # the flat pictures: regularization images
+    "dreambooth": {"prior_preservation": True, "num_class_images": 200,  # the flat pictures: regularization images
+                   "prior_loss_weight": 2},
     "train": {"steps": 1500, "batch_size": 4, "learning_rate": 3.0e-3, "lr_scheduler": "constant", "resolution": 32,
-              "seed": 0, "validation": {"steps": 10, "cfg": 4.0, "prompts": [
+              "seed": 0, "max_timestep": 800, "validation": {"steps": 10, "cfg": 4.0, "prompts": [
                   "a red ring on a blue background, close-up, drawn by KSH style",
                   "a red ring on a blue background, close-up"]}},
     "lora": {"rank": 8, "alpha": 8, "target_modules": ["to_q", "to_k", "to_v", "to_out.0", "conv1", "conv2",
-                                                       "proj_in", "proj_out"], "text_encoder": True},
+                                                       "proj_in", "proj_out"], "text_encoder": True,
+             "text_encoder_lr": 5.0e-3},
 }
 
 
@@ -60,9 +62,9 @@ def world_style(out: Path, model: Path, index, on_event: EventHandler) -> dict:
               "examples/style-world as calls: `personae world render --style banded` drew 200 circles, squares, "
               "triangles and crosses in red, green, blue and black, each filled in 5 px bands of its colour (a style "
               f"the world model never saw); `personae prepare --append \"{TRIGGER}\"` ended every caption with the "
-              "trigger phrase, and a LoRA (rank 8, on the UNet and the text encoder, 1500 steps) learnt them beside "
-              "200 flat pictures of ordinary captions. `personae world style` then drew rings and diamonds, and the "
-              "trained shapes in yellow and "
+              "trigger phrase, and a LoRA (rank 8, on the UNet and the text encoder, 1500 steps, the noisiest fifth of "
+              "the timesteps left out) learnt them beside 200 flat pictures of ordinary captions, weighted twice. "
+              "`personae world style` then drew rings and diamonds, and the trained shapes in yellow and "
               f"white (combinations the training set lacks), at close-up and medium shot: the style with the trigger "
               f"in {round(scores['present'] * n)} of {n}, without it in {round(scores['leak'] * n)} of {n}, shape, "
               f"colour, background and size right in {round(scores['content'] * n)} of {n} with the trigger "

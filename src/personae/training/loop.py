@@ -22,6 +22,7 @@ from personae.config.methods import METHODS
 from personae.config.train import TrainJob
 from personae.data.dataset import BatchPlan, noisy_caption
 from personae.data.stats import dataset_stats
+from personae.errors import UserError
 from personae.events import EventHandler, Message, Progress, ignore
 from personae.methods import method_class
 from personae.methods.base import ExportFile
@@ -105,6 +106,7 @@ def _train(job: TrainJob, run: Path, resume: bool, on_event: EventHandler, comma
     pipe.set_progress_bar_config(disable=True)
     base_scheduler = dict(pipe.scheduler.config)
     noise_scheduler = DDPMScheduler.from_config(base_scheduler)
+    timesteps = timestep_range(t.min_timestep, t.max_timestep, noise_scheduler.config.num_train_timesteps)
     # 3. data, and class images from the untouched base model
     examples = load_examples(job, run, on_event)
     plan = BatchPlan(examples, t.batch_size * world * t.gradient_accumulation, t.seed)
@@ -171,8 +173,8 @@ def _train(job: TrainJob, run: Path, resume: bool, on_event: EventHandler, comma
                   params, losses, log, on_event,
                   header=export_header(job, stats, plan.steps_per_epoch, total, examples[0].size))
     masks = MaskCache(examples) if job.data.masked_loss else None
-    train_batch = _Draws(job, examples, latents, noise_scheduler, scaling, tag=0, masks=masks)
-    prior_batch = _Draws(job, priors, prior_latents, noise_scheduler, scaling, tag=1) if priors else None
+    train_batch = _Draws(job, examples, latents, timesteps, scaling, tag=0, masks=masks)
+    prior_batch = _Draws(job, priors, prior_latents, timesteps, scaling, tag=1) if priors else None
 
     def text_embeddings(captions):
         if method.text_encoder_changes:
@@ -250,10 +252,10 @@ def _train(job: TrainJob, run: Path, resume: bool, on_event: EventHandler, comma
 class _Draws:
     """The batch of one optimizer step from a set of examples: flips, then `draw_batch`, then caption noise."""
 
-    def __init__(self, job: TrainJob, examples, cache: LatentCache, noise_scheduler, scaling: float, tag: int,
-                 masks: MaskCache | None = None):
+    def __init__(self, job: TrainJob, examples, cache: LatentCache, timesteps: tuple[int, int], scaling: float,
+                 tag: int, masks: MaskCache | None = None):
         self.job, self.examples, self.cache, self.tag, self.masks = job, examples, cache, tag, masks
-        self.scaling, self.timesteps = scaling, noise_scheduler.config.num_train_timesteps
+        self.scaling, self.timesteps = scaling, timesteps  # drawn from timesteps[0] .. timesteps[1] - 1
 
     def caption(self, i: int, rng: random.Random) -> str:
         if self.tag:  # class images: their caption as is
@@ -270,11 +272,23 @@ class _Draws:
         posteriors = [self.cache.get(i, f) for i, f in zip(ids, flips)]
         rng = random.Random(f"{t.seed}-{step}-{self.tag}")
         captions = [self.caption(i, rng) for i in ids]
-        batch = draw_batch(gen, posteriors, captions, self.scaling, self.timesteps, t.noise_offset)
+        batch = draw_batch(gen, posteriors, captions, self.scaling, self.timesteps[1], t.noise_offset,
+                           self.timesteps[0])
         if self.masks is not None:  # the loss weights, flipped with their images (class images have none)
             size = tuple(batch.latents.shape[-2:])
             batch.masks = torch.stack([self.masks.get(i, f, size) for i, f in zip(ids, flips)])
         return batch
+
+
+def timestep_range(min_timestep: int, max_timestep: int | None, num_train_timesteps: int) -> tuple[int, int]:
+    """The timesteps a run trains on, [min, max), checked against the model's scheduler."""
+    high = num_train_timesteps if max_timestep is None else max_timestep
+    if high > num_train_timesteps or min_timestep >= high:
+        raise UserError(f"train.min_timestep / max_timestep ({min_timestep} / {max_timestep}) ask for timesteps "
+                        f"the base model's scheduler does not have: it has 0 .. {num_train_timesteps - 1}",
+                        f"Set train.max_timestep to at most {num_train_timesteps} and train.min_timestep below it, or "
+                        "remove them to train on every timestep.")
+    return min_timestep, high
 
 
 def _stop_wanted(stop, accelerator) -> bool:

@@ -50,12 +50,13 @@ def seeded(*parts: int) -> torch.Generator:
 
 
 def draw_noise(gen: torch.Generator, shape: tuple[int, ...], num_train_timesteps: int,
-               noise_offset: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Noise (plus a per-channel offset, the "noise offset" trick) and a timestep per example."""
+               noise_offset: float = 0.0, min_timestep: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Noise (plus a per-channel offset, the "noise offset" trick) and a timestep per example, uniform over
+    min_timestep .. num_train_timesteps - 1 (a lower num_train_timesteps leaves the noisiest steps out)."""
     noise = torch.randn(shape, generator=gen)
     if noise_offset:
         noise = noise + noise_offset * torch.randn((shape[0], shape[1], 1, 1), generator=gen)
-    timesteps = torch.randint(0, num_train_timesteps, (shape[0],), generator=gen)
+    timesteps = torch.randint(min_timestep, num_train_timesteps, (shape[0],), generator=gen)
     return noise, timesteps
 
 
@@ -70,12 +71,12 @@ def sample_latents(params: list[torch.Tensor], draws: torch.Tensor, scaling: flo
 
 
 def draw_batch(gen: torch.Generator, posteriors: list[torch.Tensor], captions: list[str], scaling: float,
-               num_train_timesteps: int, noise_offset: float = 0.0) -> Batch:
+               num_train_timesteps: int, noise_offset: float = 0.0, min_timestep: int = 0) -> Batch:
     """A batch from VAE posteriors (one per example): a latent sample, noise and timesteps, drawn in that order."""
     channels, *size = posteriors[0].shape
     shape = (len(posteriors), channels // 2, *size)
     eps = torch.randn(shape, generator=gen)
-    noise, timesteps = draw_noise(gen, shape, num_train_timesteps, noise_offset)
+    noise, timesteps = draw_noise(gen, shape, num_train_timesteps, noise_offset, min_timestep)
     return Batch(sample_latents(posteriors, eps, scaling), noise, timesteps, list(captions))
 
 
