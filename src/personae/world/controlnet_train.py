@@ -40,13 +40,12 @@ from personae.events import EventHandler, Message, Progress, ignore
 from personae.inference.session import open_session
 from personae.models.folders import readable_by_others
 from personae.models.resolve import load_pipeline, resolve_model
-from personae.outputs import MODEL_FOLDER, staged_output
 from personae.training.step import Batch, check_finite, diffusion_loss, draw_noise, optimizer_step, seeded
 from personae.world.control_eval import measure_placement, sheet
 from personae.world.controlnet_settings import WorldControlNet
 from personae.world.model import WORLD_DIR
 from personae.world.placed import eval_placed, random_placed, training_pair
-from personae.world.pretrain import encode_all, to_pixels, tokenize
+from personae.world.pretrain import encode_all, to_pixels, tokenize, train_into_folder
 
 
 @dataclass
@@ -87,15 +86,9 @@ def build_controlnet(unet, s: WorldControlNet) -> ControlNetModel:
 def train_controlnet(s: WorldControlNet, out: str | Path, overwrite: bool = False,
                      on_event: EventHandler = ignore) -> ControlNetResult:
     """The caller sets the torch thread count (the CLI sets `s.threads`): weights reproduce at a fixed count."""
-    started = time.monotonic()
-    out = Path(out)
-    if torch.get_num_threads() != s.threads:
-        on_event(Message(f"torch uses {torch.get_num_threads()} threads here, the settings say {s.threads}: the "
-                         "weights will differ from a run at that count (`personae world controlnet` sets it)", "warning"))
-    with staged_output(out, MODEL_FOLDER, replace=overwrite) as partial:
-        result = _train(s, partial, started, on_event)
-    result.out = out
-    on_event(Message(f"wrote the world ControlNet to {out} ({result.steps} steps)"))
+    result = train_into_folder("personae world controlnet", s.threads, out, overwrite, on_event,
+                               lambda partial, started: _train(s, partial, started, on_event))
+    on_event(Message(f"wrote the world ControlNet to {result.out} ({result.steps} steps)"))
     return result
 
 

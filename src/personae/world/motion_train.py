@@ -40,13 +40,12 @@ from personae.events import EventHandler, Message, Progress, ignore
 from personae.inference.animate import MOTION_SCHEDULE, motion_unet
 from personae.inference.session import open_session
 from personae.models.folders import readable_by_others
-from personae.outputs import MODEL_FOLDER, staged_output
 from personae.training.step import Batch, check_finite, diffusion_loss, draw_noise, optimizer_step, seeded
 from personae.world.clips import random_clip
 from personae.world.model import WORLD_DIR
 from personae.world.motion_eval import clip_sheet, measure_rows
 from personae.world.motion_settings import WorldMotion
-from personae.world.pretrain import encode_all, to_pixels
+from personae.world.pretrain import encode_all, to_pixels, train_into_folder
 
 
 @dataclass
@@ -88,15 +87,9 @@ def motion_state(model) -> dict[str, torch.Tensor]:
 def train_motion(s: WorldMotion, out: str | Path, overwrite: bool = False,
                  on_event: EventHandler = ignore) -> MotionResult:
     """The caller sets the torch thread count (the CLI sets `s.threads`): weights reproduce at a fixed count."""
-    started = time.monotonic()
-    out = Path(out)
-    if torch.get_num_threads() != s.threads:
-        on_event(Message(f"torch uses {torch.get_num_threads()} threads here, the settings say {s.threads}: the "
-                         "weights will differ from a run at that count (`personae world motion` sets it)", "warning"))
-    with staged_output(out, MODEL_FOLDER, replace=overwrite) as partial:
-        result = _train(s, partial, started, on_event)
-    result.out = out
-    on_event(Message(f"wrote the world motion adapter to {out} ({result.steps} steps)"))
+    result = train_into_folder("personae world motion", s.threads, out, overwrite, on_event,
+                               lambda partial, started: _train(s, partial, started, on_event))
+    on_event(Message(f"wrote the world motion adapter to {result.out} ({result.steps} steps)"))
     return result
 
 

@@ -118,15 +118,25 @@ def denoising_loss(unet, text_encoder, noise_scheduler, z, ids, seed: int) -> fl
 def pretrain(s: WorldPretrain, out: str | Path, overwrite: bool = False, on_event: EventHandler = ignore) -> PretrainResult:
     """The process's torch thread count is the caller's to set (the CLI sets `s.threads`): weights are
     bit-reproducible at a fixed count, so a different count is said, not changed."""
+    result = train_into_folder("personae world pretrain", s.threads, out, overwrite, on_event,
+                               lambda partial, started: _pretrain(s, partial, started, on_event))
+    on_event(Message(f"wrote the world model to {result.out} ({result.unet_steps} UNet steps)"))
+    return result
+
+
+def train_into_folder(command: str, threads: int, out: str | Path, overwrite: bool, on_event: EventHandler,
+                      train):
+    """`train(partial, started)` writes a model into a staged folder that becomes `out` when it returns (an earlier
+    run's folder is replaced only with `overwrite`); a thread count other than the settings' is said, since the
+    weights reproduce bit for bit only at that count. Returns train's result with `.out` set."""
     started = time.monotonic()
     out = Path(out)
-    if torch.get_num_threads() != s.threads:
-        on_event(Message(f"torch uses {torch.get_num_threads()} threads here, the settings say {s.threads}: the "
-                         "weights will differ from a run at that count (`personae world pretrain` sets it)", "warning"))
+    if torch.get_num_threads() != threads:
+        on_event(Message(f"torch uses {torch.get_num_threads()} threads here, the settings say {threads}: the "
+                         f"weights will differ from a run at that count (`{command}` sets it)", "warning"))
     with staged_output(out, MODEL_FOLDER, replace=overwrite) as partial:
-        result = _pretrain(s, partial, started, on_event)
+        result = train(partial, started)
     result.out = out
-    on_event(Message(f"wrote the world model to {out} ({result.unet_steps} UNet steps)"))
     return result
 
 
