@@ -97,12 +97,13 @@ def _demo(out: Path, on_event: EventHandler) -> Path:
     folder = run_generate(base, out / "single-file/from-folder", on_event)
     single = run_generate(base.model_copy(update={"model": str(out / "models/tiny.safetensors")}),
                           out / "single-file/from-file", on_event)
-    index.add("Single-file checkpoint", f"A random model of SD-1.5's architecture with CLIP's tokenizer, as a "
-                                        f"diffusers folder ({model.relative_to(out)}) and as one file in the original "
-                                        "checkpoint layout (models/tiny.safetensors), which a single file can hold "
-                                        "where the world model's own tokenizer cannot: the same settings from the file "
-                                        f"give identical pixels to the folder: {same_pixels(folder[0], single[0])} "
-                                        "(a random model draws noise, so the pictures are not shown).")
+    index.add("Single-file checkpoint", f"A random model of SD-1.5's architecture, as a diffusers folder "
+                                        f"({model.relative_to(out)}) and as one file in the original checkpoint layout "
+                                        "(models/tiny.safetensors). It is the tiny model here because a single file "
+                                        "carries CLIP's tokenizer only, not the world model's own. The same settings "
+                                        "from the file give identical pixels to the folder: "
+                                        f"{same_pixels(folder[0], single[0])} (a random model draws noise, so the "
+                                        "pictures are not shown).")
 
     # an animated clip: AnimateDiff with a tiny motion adapter
     from personae.config.animate import AnimateSettings
@@ -115,6 +116,8 @@ def _demo(out: Path, on_event: EventHandler) -> Path:
     run_animate(clip, [out / "animate/clip.gif", out / "animate/clip.mp4"], on_event=on_event)
     index.add("Animated clip", "`personae animate --motion-adapter models/tiny-motion --frames 16 --fps 8` on the "
                                "tiny model: a looping GIF and an H.264 MP4 (animate/clip.gif, animate/clip.mp4), "
-                               "settings in the GIF comment and MP4 metadata (DDIM, clip skip 2 by default).")
+                               "settings in the GIF comment and MP4 metadata (DDIM, clip skip 2 by default). The "
+                               "world's own motion adapter does not ship yet (docs/world.md, \"World motion\": the "
+                               "prompted direction is not learnt), so the clip is noise and not shown.")
 
     return out / "index.html"
