@@ -324,12 +324,3 @@ def test_face_to_animal_draws_at_the_models_size_and_keeps_its_control_map(tiny_
     assert Image.open(wide).size == (96, 64)
     assert Image.open(settings_from_png(wide)["init_image"]).size == (768, 512)
     assert Image.open(tmp_path / "wide/inputs/astronaut-face-control-map.png").size == (96, 64)
-
-
-def test_demo_control_step(tiny_model, tmp_path):
-    from personae.jobs.control import make_demo_control
-
-    title, text, images = make_demo_control(tiny_model[0], tmp_path)
-    assert title == "ControlNet" and all(p.is_file() for p in images)
-    plain, controlled = (_px(Image.open(p).convert("RGB")) for p in images[2:])
-    assert np.abs(plain - controlled).mean() > 1 and "ControlNet 0" in read_png_text(images[3])["parameters"]
