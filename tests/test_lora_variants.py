@@ -238,6 +238,26 @@ def test_pivotal_phases_train_the_tokens_then_the_lora(tmp_path, tiny_model, pre
     assert torch.equal(at[2]["embedding.<sks>"], at[4]["embedding.<sks>"])  # phase 2: it stays
 
 
+@pytest.mark.parametrize("variant, checks", [("dora", {"diffusers", "generate"}), ("lokr", {"peft", "generate"})])
+def test_pivotal_with_an_adapter_diffusers_cannot_read_checks_its_embeddings_beside_it(tmp_path, tiny_model,
+                                                                                         prepared, variant, checks):
+    """Pivotal tuning with DoRA (its kohya file is read by LyCORIS-aware loaders only) or LoKr: the A1111 embedding
+    is checked with the LyCORIS file (generate), the diffusers one with the peft folder, never alone (alone it
+    renders without the adapter: the bench's pivotal:variant=dora stopped with 'differ by 7.44e-01')."""
+    job = load_job(write_job(tmp_path, base_model=str(tiny_model[0]), method="pivotal", data=prepared,
+                             output=tmp_path / "run", lora={"variant": variant, "rank": 4, "alpha": 4,
+                                                            "target_modules": ["to_q", "to_v", "conv1"]},
+                             pivotal={"tokens": [{"token": "<sks>", "init_word": "star"}], "phases": [1, 2]},
+                             train={"batch_size": 2, "learning_rate": 5e-3, "validation": {"steps": 1}}))
+    run_training(job)  # raises if an export does not reproduce the model
+    done = json.loads((tmp_path / "run/run.json").read_text())
+    assert {c["family"] for c in done["checks"]} == checks
+    assert all(c["max_abs_diff"] <= c["tolerance"] for c in done["checks"])
+    embedded = [c for c in done["checks"] if any("embeddings" in f for f in c["files"])]
+    assert {c["family"] for c in embedded} == checks  # every check renders the token with the adapter
+    assert all(len(c["files"]) >= 2 for c in embedded)
+
+
 @pytest.mark.parametrize("module, block", [
     # A1111's names for SD-1.5 (its diffusers -> LDM conversion: input_blocks 1 + 3 i + j, downsampler 3 + 3 i,
     # output_blocks 3 i + j, upsampler 3 i + 2), two layers per block

@@ -92,6 +92,17 @@ def families(files: list[ExportFile]) -> dict[str, list[ExportFile]]:
     loras = [f for f in files if f.format in _GENERATE_FORMATS]
     if loras:
         groups["generate"] = loras + [f for f in files if f.format == "a1111" and f.loader == "embedding"]
+    # Pivotal tuning with an adapter diffusers cannot read (a DoRA kohya file, LoHa / LoKr): a family left with
+    # embeddings alone would render without the adapter and always differ. Its embeddings are checked where their
+    # users load them beside the adapter: A1111 embeddings with the LyCORIS file (generate), diffusers embeddings
+    # with the peft folder (peft, then diffusers' load_textual_inversion).
+    homes = {"a1111": "generate", "diffusers": "peft"}
+    for family, group in list(groups.items()):
+        home = homes.get(family)
+        if all(f.loader == "embedding" for f in group) and len(group) < len(files) and home in groups:
+            del groups[family]
+            if home != "generate":
+                groups[home] = groups[home] + group
     return groups
 
 
