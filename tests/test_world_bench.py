@@ -205,6 +205,34 @@ def test_bench_through_the_cli_writes_its_whole_folder(tmp_path, capfd):
     assert "Loading pipeline components" not in terminal.err + terminal.out, terminal.err[-2000:]
 
 
+def test_a_failed_run_keeps_the_other_runs_and_says_which_failed(tmp_path, capsys):
+    """One recipe whose runs fail in the worker (timesteps the scheduler does not have) beside one that works: the
+    bench still writes its folder with the working run scored, lists the failure in table.md and results.json, keeps
+    the failed run's folder, and exits 2 with one paragraph naming it (session 13 lost 30 minutes of finished runs
+    to one failed export check)."""
+    import json
+
+    from personae.cli.main import main
+
+    out = tmp_path / "bench"
+    assert main(["world", "bench", "--out", str(out), "--methods", "textual_inversion,lora:max_timestep=2000",
+                 "--concepts", "star", "--seeds", "1", "--set", "workers=1", "--set", "images=2",
+                 "--set", "prior_images=1", "--set", "eval.seeds_per_prompt=1", "--set", "eval.steps=2",
+                 "--set", "eval.prior_samples=16", "--set", "jobs.textual_inversion.train.steps=2",
+                 "--set", "jobs.lora.train.steps=2", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "1 of 2 bench runs failed" in err and "runs/lora-max_timestep-2000-star-s0" in err
+    assert "max_timestep" in err and "Traceback" not in err
+    results = json.loads((out / "results.json").read_text())
+    assert [r["method"] for r in results["runs"]] == ["textual_inversion"]
+    (failure,) = results["failed"]
+    assert failure["method"] == "lora:max_timestep=2000" and "max_timestep" in failure["error"]
+    assert (out / failure["run"]).is_dir() and not (tmp_path / "bench.partial").exists()
+    table = (out / "table.md").read_text()
+    assert "| textual_inversion | 1 |" in table and "| lora:max_timestep=2000 | 0 |" in table
+    assert "Failed, not in the table: runs/lora-max_timestep-2000-star-s0" in table
+
+
 def test_recipes_change_their_method_recipe_and_name_their_runs(tmp_path):
     """`--methods lora:variant=dora,rank=8,...`: bare keys resolve to the one section that has them, dotted keys
     are paths; the change reaches the train job; a sweep is every combination; bad recipes are one paragraph

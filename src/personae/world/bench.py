@@ -254,10 +254,11 @@ def table_markdown(rows: list[dict], base: dict, command: str) -> str:
 
 
 def _write_outputs(work: Path, bench: WorldBench, results: list[dict], base: dict, rows: list[dict],
-                   command: str, seconds: float) -> None:
+                   command: str, seconds: float, failed: list[dict] = ()) -> None:
     from personae.evaluation.report import ReportData, render_report
 
-    (work / "table.md").write_text(table_markdown(rows, base, command))
+    failures = "".join(f"\nFailed, not in the table: {f['run']}: {f['error']}\n" for f in failed)
+    (work / "table.md").write_text(table_markdown(rows, base, command) + failures)
     with open(work / "table.csv", "w", newline="") as fh:
         writer = csv.writer(fh)
         writer.writerow(["method", "runs"] + [c for k, _ in COLUMNS for c in (k, k + "_sd")])
@@ -265,7 +266,7 @@ def _write_outputs(work: Path, bench: WorldBench, results: list[dict], base: dic
             writer.writerow([r["method"], r["runs"]] + [r[c] for k, _ in COLUMNS for c in (k, k + "_sd")])
     (work / "results.json").write_text(json.dumps({
         "settings": bench.model_dump(), "command": command, "seconds": round(seconds, 1),
-        "base": base, "runs": results, "table": rows}, indent=1))
+        "base": base, "runs": results, "failed": list(failed), "table": rows}, indent=1))
     grids = [(f"base model, {c} prompts", f"grids/base-{c}.png") for c in bench.concepts]
     grids += [(f"{r['method']}, {r['concept']}, seed {r['seed']}",
                f"grids/{Task(r['method'], r['concept'], r['seed']).name}.png") for r in results]
@@ -309,18 +310,30 @@ def run_bench(bench: WorldBench, out: str | Path, command: str = "personae world
         data = bench.model_dump()
         with ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn"), initializer=_worker_start) as pool:
             base = pool.submit(_base_task, data, model, str(work)).result()  # this process's threads are left as is
-        results = []
+        results, failed = [], []
         on_event(Progress("bench", 0, len(tasks)))
         with ProcessPoolExecutor(max_workers=bench.workers, mp_context=get_context("spawn"),
                                  initializer=_worker_start) as pool:
             futures = {pool.submit(run_task, data, t, model, str(work)): t for t in tasks}
-            for future in as_completed(futures):
-                results.append(future.result())
-                on_event(Progress("bench", len(results), len(tasks), {"last": futures[future].name}))
+            for done, future in enumerate(as_completed(futures), 1):
+                task = futures[future]
+                try:
+                    results.append(future.result())
+                except Exception as err:  # one run's failure must not cost the others' hours: recorded, raised last
+                    failed.append({"method": task.method, "concept": task.concept, "seed": task.seed,
+                                   "run": f"runs/{task.name}", "error": " ".join(str(err).split())})
+                    on_event(Message(f"run {task.name} failed: {failed[-1]['error']}"))
+                on_event(Progress("bench", done, len(tasks), {"last": task.name}))
         results.sort(key=lambda r: (labels.index(r["method"]), r["concept"], r["seed"]))
         rows = summarise(results, base, labels)
-        _write_outputs(work, bench, results, base, rows, command, time.monotonic() - started)
+        _write_outputs(work, bench, results, base, rows, command, time.monotonic() - started, failed)
         if bench.sweep:
             _write_sweep(work, bench, base, rows, command)
     on_event(Message(f"wrote the bench to {out} ({(time.monotonic() - started) / 60:.1f} min)"))
+    if failed:
+        first = failed[0]
+        raise UserError(f"{len(failed)} of {len(tasks)} bench runs failed; the first, {first['run']}: "
+                        f"{first['error']}",
+                        f"The other runs are scored in {out}/table.md; every failure is listed under \"failed\" in "
+                        f"{out}/results.json and its run folder is kept.")
     return json.loads((out / "results.json").read_text())
