@@ -11,9 +11,12 @@
      VAE posterior and every caption's embedding (personae's own prompt encoder, clip skip 1) computed once;
   3. the motion modules learn the denoising loss of whole clips (one timestep and caption per clip) on the noise
      schedule animate samples with (AnimateDiff's linear betas), captions dropped to "" at `caption_dropout`;
+     with them, at `lora.learning_rate`, a LoRA on the image UNet's cross-attention (world/motion_lora.py: the
+     frozen UNet barely reads the motion words; the LoRA teaches it to), unless `lora.rank` is 0;
   4. every `eval.every` steps, and at the end, the adapter is written and measured as users run it
      (`personae animate --motion-adapter`, world/motion_eval.py) on held-out clips;
-  5. OUT becomes the adapter's diffusers folder (`--motion-adapter OUT`), with OUT/training/: settings, losses,
+  5. OUT becomes the adapter's diffusers folder (`--motion-adapter OUT`), with the LoRA as a kohya file
+     (`--lora OUT/motion-lora.safetensors`) and OUT/training/: settings, losses,
      the measurements, a sheet (a row of frames per clip) and GIFs of the measured clips.
 
 Every random draw comes from a generator seeded by (seed, phase, step): same settings and thread count, same
@@ -44,7 +47,8 @@ from personae.training.step import Batch, check_finite, diffusion_loss, draw_noi
 from personae.world.clips import random_clip
 from personae.world.model import WORLD_DIR
 from personae.world.motion_eval import clip_sheet, measure_rows
-from personae.world.motion_settings import WorldMotion
+from personae.world.motion_lora import add_motion_lora, lora_parameters, write_motion_lora
+from personae.world.motion_settings import LORA_FILE, WorldMotion
 from personae.world.pretrain import encode_all, to_pixels, train_into_folder
 
 
@@ -125,9 +129,13 @@ def _train(s: WorldMotion, out: Path, started: float, on_event: EventHandler) ->
     for module in (pipe.unet, pipe.vae, pipe.text_encoder):
         module.requires_grad_(False)
         module.eval()
+    if s.lora.rank:  # on the image UNet, carried into the motion UNet as animate carries a --lora
+        add_motion_lora(pipe.unet, s.lora, s.seed)
     adapter = build_adapter(pipe.unet, s)
     model = motion_unet(pipe.unet, adapter)
-    params = [p for name, p in model.named_parameters() if ".motion_modules." in name]
+    motion_params = [p for name, p in model.named_parameters() if ".motion_modules." in name]
+    lora_params = lora_parameters(model) if s.lora.rank else []
+    params = motion_params + lora_params
     model.requires_grad_(False)
     for p in params:
         p.requires_grad_(True)
@@ -139,7 +147,10 @@ def _train(s: WorldMotion, out: Path, started: float, on_event: EventHandler) ->
     result.seconds["data"] = time.monotonic() - t0
     # 3. the motion modules learn
     noise_scheduler = DDPMScheduler.from_config({**pipe.scheduler.config, **MOTION_SCHEDULE})
-    optimizer = torch.optim.AdamW(params, lr=s.learning_rate, weight_decay=0.0)
+    groups = [{"params": motion_params, "lr": s.learning_rate}]
+    if lora_params:
+        groups.append({"params": lora_params, "lr": s.lora.learning_rate})
+    optimizer = torch.optim.AdamW(groups, weight_decay=0.0)
     lr_schedule = get_scheduler(s.lr_scheduler, optimizer, num_warmup_steps=s.warmup_steps, num_training_steps=s.steps)
     measuring = 0.0
 
@@ -150,7 +161,9 @@ def _train(s: WorldMotion, out: Path, started: float, on_event: EventHandler) ->
         adapter.load_state_dict(motion_state(model))
         with tempfile.TemporaryDirectory(prefix="personae-world-motion-") as tmp:
             adapter.save_pretrained(tmp, safe_serialization=True)
-            rows, frames = measure_rows(base, tmp, s.eval.clips, s.eval.long_clips, s.eval.steps, s.eval.cfg, on_event)
+            lora = str(write_motion_lora(model, Path(tmp) / LORA_FILE, s.lora, step, s.base)) if lora_params else None
+            rows, frames = measure_rows(base, tmp, s.eval.clips, s.eval.long_clips, s.eval.steps, s.eval.cfg, on_event,
+                                        lora=lora)
         clip_sheet(next(iter(frames.values()))).save(log / f"samples-{step:06d}.png")
         result.evals.append({"step": step, "rows": rows})
         result.frames = frames
@@ -192,6 +205,8 @@ def _train(s: WorldMotion, out: Path, started: float, on_event: EventHandler) ->
     # 4. the adapter's folder and the training record
     adapter.load_state_dict(motion_state(model))
     adapter.save_pretrained(str(out), safe_serialization=True)
+    if lora_params:
+        write_motion_lora(model, out / LORA_FILE, s.lora, step, s.base)
     readable_by_others(out)
     _write_gifs(log, result.frames)
     result.seconds["total"] = time.monotonic() - started
