@@ -31,13 +31,13 @@ class MotionEvalSection(Strict):
 
 
 class MotionLoraSection(Strict):
-    rank: int = setting(4, "rank of the LoRA on the image UNet's cross-attention (0: no LoRA, the motion modules "
+    rank: int = setting(8, "rank of the LoRA on the image UNet's cross-attention (0: no LoRA, the motion modules "
                            "alone)", ge=0)
-    alpha: float = setting(4.0, "LoRA alpha (scale = alpha / rank)", gt=0)
+    alpha: float = setting(8.0, "LoRA alpha (scale = alpha / rank)", gt=0)
     target_modules: list[str] = setting(["attn2.to_k", "attn2.to_v"], "the image UNet's layers it adapts (last "
                                         "parts of their names; the motion modules' own layers are never adapted)",
                                         min_length=1)
-    learning_rate: float = setting(3e-4, "the LoRA's learning rate (the motion modules' is `learning_rate`)", gt=0)
+    learning_rate: float = setting(1e-3, "the LoRA's learning rate (the motion modules' is `learning_rate`)", gt=0)
 
 
 class WorldMotion(Strict):
