@@ -73,7 +73,7 @@ def _short(out) -> list[str]:
 
 
 SHORT = ["dataset_size=8", "batch_size=2", "eval.clips=2", "eval.long_clips=1", "eval.steps=2", "warmup_steps=1",
-         "eval.every=2", "lora.learning_rate=0.01"]  # the LoRA's rate raised so 3 steps move it visibly
+         "eval.every=2", "lora.learning_rate=0.01", "words.learning_rate=0.01"]  # rates that move in 3 steps
 
 
 @pytest.fixture(scope="module")
@@ -154,12 +154,42 @@ def test_the_motion_lora_is_trained_and_animate_applies_it(short_motion):
     assert plain == [] and (with_lora - without).abs().max() > 1e-6
 
 
+def test_the_motion_words_are_learnt_on_a_leash_and_animate_reads_them(short_motion):
+    """Each motion phrase's learnt vector is an A1111 embedding named by the phrase, moved from its start (the mean
+    of the phrase's character embeddings) but no longer than the world words' mean norm; `--embedding FILE` makes
+    the phrase one token, and the prompt's encoding changes with it."""
+    import torch
+    from safetensors.torch import load_file
+
+    from personae.inference.session import open_session
+    from personae.world.clips import MOTION_WORDS
+    from personae.world.model import WORLD_DIR
+    from personae.world.motion_eval import adapter_words
+    from personae.world.motion_words import world_norm
+
+    words = adapter_words(str(short_motion))
+    assert [token for _, token in words] == sorted(MOTION_WORDS.values())
+    plain = open_session(str(WORLD_DIR), device="cpu")
+    table = plain.pipe.text_encoder.get_input_embeddings().weight
+    limit = world_norm(plain.pipe)
+    for path, token in words:
+        vector = load_file(path)["emb_params"]
+        start = table[plain.pipe.tokenizer(token, add_special_tokens=False).input_ids].mean(0)
+        assert vector.shape == (1, table.shape[1]) and vector.norm() <= limit * (1 + 1e-5)
+        assert (vector[0] - start).abs().max() > 1e-3
+    session = open_session(str(WORLD_DIR), device="cpu", embeddings=words)
+    prompt = "a white square on a red background, full shot, moving up"
+    assert session.pipe.tokenizer.tokenize(prompt)[-1] == "moving up"
+    with torch.no_grad():
+        assert (session.encoder.encode(prompt, 1).embeds - plain.encoder.encode(prompt, 1).embeds).abs().max() > 1e-3
+
+
 def test_motion_training_is_reproducible_and_refuses_bad_settings(short_motion, tmp_path):
     from personae.cli.main import main
 
     again = tmp_path / "again"
     assert main(_short(again)) == 0
-    for name in ("diffusion_pytorch_model.safetensors", "motion-lora.safetensors"):
+    for name in ("diffusion_pytorch_model.safetensors", "motion-lora.safetensors", "motion-words/moving up.safetensors"):
         assert (again / name).read_bytes() == (short_motion / name).read_bytes(), name
     assert main(["world", "motion", str(tmp_path / "x"), "--set", "framez=3"]) == 2
     assert main(["world", "motion", str(tmp_path / "x"), "--set", "frames=64"]) == 2

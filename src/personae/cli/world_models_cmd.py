@@ -255,7 +255,7 @@ def run_motion_eval(args) -> int:
     from personae.cli.progress import TerminalProgress
     from personae.outputs import staged_output
     from personae.world.model import WORLD_DIR
-    from personae.world.motion_eval import MOTION_EVAL, adapter_lora, measure_motion
+    from personae.world.motion_eval import MOTION_EVAL, adapter_lora, adapter_words, measure_motion
 
     adapter = args.motion_adapter
     lora = adapter_lora(adapter) if args.lora is None else None if args.lora == "none" else args.lora
@@ -263,6 +263,6 @@ def run_motion_eval(args) -> int:
     progress = TerminalProgress(quiet=True)
     with staged_output(args.out, MOTION_EVAL, replace=args.overwrite) as work:
         measure_motion(model, adapter, work, clips=args.clips, long_clips=args.long_clips, on_event=progress,
-                       lora=lora)
+                       lora=lora, embeddings=adapter_words(adapter))
     print((Path(args.out) / "table.md").read_text(), end="")
     return 0

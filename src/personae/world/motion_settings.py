@@ -20,6 +20,7 @@ from personae.config.base import Strict
 from personae.config.fields import setting
 
 LORA_FILE = "motion-lora.safetensors"  # the LoRA's kohya file, in the adapter's folder
+WORDS_DIR = "motion-words"  # the motion words' embeddings (one A1111 file per phrase), in the adapter's folder
 
 
 class MotionEvalSection(Strict):
@@ -38,6 +39,14 @@ class MotionLoraSection(Strict):
                                         "parts of their names; the motion modules' own layers are never adapted)",
                                         min_length=1)
     learning_rate: float = setting(1e-3, "the LoRA's learning rate (the motion modules' is `learning_rate`)", gt=0)
+
+
+class MotionWordsSection(Strict):
+    learning_rate: float = setting(0.0, "learn one embedding per motion phrase (\"moving left\" ... \"still\" become "
+                                        "tokens, shipped as A1111 embeddings) at this rate; 0: the words stay as the "
+                                        "tokenizer splits them", ge=0)
+    max_norm: float = setting(1.0, "after every step each learnt vector is held to this many times the mean norm of "
+                                   "the world words' trained embeddings", gt=0)
 
 
 class WorldMotion(Strict):
@@ -62,4 +71,6 @@ class WorldMotion(Strict):
     time_budget_minutes: float | None = setting(30, "stop training when the run reaches this", gt=0)
     lora: MotionLoraSection = setting(MotionLoraSection(), "a LoRA that teaches the frozen UNet to read the motion "
                                                            "words, trained with the motion modules")
+    words: MotionWordsSection = setting(MotionWordsSection(), "learnt motion-word embeddings on a leash, trained "
+                                                              "with the motion modules")
     eval: MotionEvalSection = setting(MotionEvalSection(), "the measurements")
