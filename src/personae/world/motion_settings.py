@@ -42,7 +42,7 @@ class MotionLoraSection(Strict):
 
 
 class MotionWordsSection(Strict):
-    learning_rate: float = setting(0.0, "learn one embedding per motion phrase (\"moving left\" ... \"still\" become "
+    learning_rate: float = setting(5e-3, "learn one embedding per motion phrase (\"moving left\" ... \"still\" become "
                                         "tokens, shipped as A1111 embeddings) at this rate; 0: the words stay as the "
                                         "tokenizer splits them", ge=0)
     max_norm: float = setting(1.0, "after every step each learnt vector is held to this many times the mean norm of "
