@@ -189,7 +189,8 @@ def test_motion_training_is_reproducible_and_refuses_bad_settings(short_motion, 
 
     again = tmp_path / "again"
     assert main(_short(again)) == 0
-    for name in ("diffusion_pytorch_model.safetensors", "motion-lora.safetensors", "motion-words/moving up.safetensors"):
+    for name in ("diffusion_pytorch_model.safetensors", "motion-lora.safetensors",
+                 "motion-words/moving up.safetensors"):
         assert (again / name).read_bytes() == (short_motion / name).read_bytes(), name
     assert main(["world", "motion", str(tmp_path / "x"), "--set", "framez=3"]) == 2
     assert main(["world", "motion", str(tmp_path / "x"), "--set", "frames=64"]) == 2

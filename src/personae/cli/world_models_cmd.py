@@ -70,10 +70,11 @@ IMG2IMG_EXAMPLES = """examples:
 MOTION_EXAMPLES = """examples:
   personae world motion ./world-motion                  # the run of docs/world.md, "World motion" (23 min)
   personae world motion ./wm --steps 200 --set dataset_size=256 --set eval.clips=6 --set eval.long_clips=0
-  personae world motion ./wm --set lora.rank=0          # the motion modules alone (no LoRA on the image UNet)
-  personae world motion-eval --out motion --motion-adapter ./world-motion   # its table again (with its LoRA)
+  personae world motion ./wm --set lora.rank=0 --set words.learning_rate=0   # the motion modules alone
+  personae world motion-eval --out motion --motion-adapter ./world-motion   # its table again (LoRA, words found)
   personae model world ./world && personae animate --model ./world --motion-adapter ./world-motion --sampler DDIM \\
-      --lora ./world-motion/motion-lora.safetensors --cfg 4 --clip-skip 1 \\
+      --lora ./world-motion/motion-lora.safetensors --embedding "./world-motion/motion-words/moving up.safetensors" \\
+      --cfg 4 --clip-skip 1 \\
       --prompt "a white square on a red background, full shot, moving up" --out clip.gif
 
 captions: a world caption, then the motion: "moving left", "moving right", "moving up", "moving down", "growing"
@@ -145,11 +146,13 @@ def _add_motion(kinds) -> None:
                          description="Train an AnimateDiff motion adapter (diffusers MotionAdapter sized to the world "
                                      "UNet) on the frozen world model from rendered 16-frame clips of one shape "
                                      "moving left, right, up, down, growing or still, the motion named in the "
-                                     "caption, and with them a LoRA on the image UNet's cross-attention that teaches "
-                                     "it to read the motion words. Writes OUT as a diffusers MotionAdapter folder "
-                                     "with the LoRA beside it (OUT/motion-lora.safetensors, kohya layout: animate "
-                                     "--lora) and OUT/training/ (settings, losses, measurements, a sheet and GIFs). "
-                                     "Same settings and thread count, same weights.")
+                                     "caption, and with them a LoRA on the image UNet's cross-attention and one "
+                                     "embedding per motion phrase, so the UNet reads the motion words. Writes OUT as "
+                                     "a diffusers MotionAdapter folder with the LoRA beside it "
+                                     "(OUT/motion-lora.safetensors, kohya layout: animate --lora), the words' A1111 "
+                                     "embeddings (OUT/motion-words/, animate --embedding) and OUT/training/ "
+                                     "(settings, losses, measurements, a sheet and GIFs). Same settings and thread "
+                                     "count, same weights.")
     p.add_argument("out", metavar="OUT", help="folder to write (a diffusers MotionAdapter folder)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a setting")
     p.add_argument("--steps", type=int, help="training steps (shortcut for --set steps=N)")
@@ -167,7 +170,8 @@ def _add_motion(kinds) -> None:
                    help="the adapter to measure: a `personae world motion` folder")
     e.add_argument("--lora", metavar="FILE", help="a LoRA loaded with the adapter (as `personae animate --lora`); "
                                                   "default: the adapter folder's motion-lora.safetensors if it has "
-                                                  "one; `none`: no LoRA")
+                                                  "one; `none`: no LoRA (the folder's motion-words/ embeddings are "
+                                                  "always loaded)")
     e.add_argument("--model", default="world", help="`world` (the shipped model, default) or a model folder")
     e.add_argument("--clips", type=int, default=32, help="held-out 16-frame clips per row (default 32)")
     e.add_argument("--long-clips", type=int, default=12, help="held-out 32-frame clips (default 12; 0: none)")

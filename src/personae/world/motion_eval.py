@@ -6,7 +6,8 @@ frame read back by the exact checker.
 
 Clip i of a row is `personae animate --model MODEL --motion-adapter DIR --prompt CAPTION --seed i --sampler DDIM
 --steps 25 --cfg 4 --clip-skip 1` (the world model's own evaluation settings: it was pretrained on the last layer
-of its text encoder, not animate's default clip skip 2), the caption a held-out clip's (world/clips.py). Each row
+of its text encoder, not animate's default clip skip 2), the caption a held-out clip's (world/clips.py), plus
+`--lora` / `--embedding` for the LoRA and motion words `personae world motion` wrote beside the adapter. Each row
 counts: **identity** (shape, colour and background as asked in every frame), **direction** (the track moves as
 asked: monotonic within `clips.SLACK`, at least `clips.MIN_TRAVEL` px; growing at least `MIN_GROWTH`; still
 within `STILL_DRIFT`), **both**, **consistent** (the same reading in every frame, asked or not) and the mean
@@ -67,7 +68,8 @@ def generate_clips(model: str, adapter: str, clips: list[Clip], steps: int = 25,
 
 
 def measure_rows(model: str, adapter: str, clips: int = 32, long_clips: int = 12, steps: int = 25, cfg: float = 4.0,
-                 on_event=None, lora: str | None = None, embeddings=()) -> tuple[list[dict], dict[str, list[list[Image.Image]]]]:
+                 on_event=None, lora: str | None = None,
+                 embeddings=()) -> tuple[list[dict], dict[str, list[list[Image.Image]]]]:
     """The three rows (16 frames at scale 1, the same at scale 0, `long_clips` of 32 frames at scale 1) and the
     frames of each, by row name; `lora`, `embeddings`: a LoRA file and (file, token) embeddings loaded with the
     adapter (as `personae animate --lora FILE --embedding FILE:TOKEN`)."""
@@ -114,8 +116,8 @@ def measure_motion(model: str, adapter: str, out: Path, clips: int = 32, long_cl
     captions = [c.caption() for c in eval_clips(clips)]
     for i, made in enumerate(frames[rows[0]["run"]]):
         write_gif(made, out / "clips" / f"clip-{i:02d}.gif", fps=8.0, comment=captions[i])
-    result = {"adapter": adapter, "lora": lora, "embeddings": [path for path, _ in embeddings], "model": model, "steps": steps, "cfg": cfg, "sampler": "DDIM", "clip_skip": 1,
-              "rows": rows}
+    result = {"adapter": adapter, "lora": lora, "embeddings": [path for path, _ in embeddings], "model": model,
+              "steps": steps, "cfg": cfg, "sampler": "DDIM", "clip_skip": 1, "rows": rows}
     (out / "results.json").write_text(json.dumps(result, indent=1))
     (out / "table.md").write_text(table_markdown(result))
     return result

@@ -9,7 +9,9 @@ moving left, right, up, down, growing or still (world/clips.py). Same settings a
 The motion words are not world tokens, and the frozen UNet barely reads them (docs/world.md, "Measured"); `lora`
 trains, jointly with the motion modules and at a lower rate, a LoRA on the image UNet's cross-attention key and value
 projections (AnimateDiff v3's "domain adapter" place), so the UNet learns to read what the caption says of motion.
-It ships beside the adapter as a kohya LoRA (`personae animate --lora OUT/motion-lora.safetensors`).
+It ships beside the adapter as a kohya LoRA (`personae animate --lora OUT/motion-lora.safetensors`). `words` learns
+one embedding per motion phrase on a leash, shipped as A1111 embeddings in OUT/motion-words/ (`--embedding FILE`).
+Neither meets the direction bar yet (docs/world.md, "Teaching the UNet to read the motion words").
 """
 
 from __future__ import annotations

@@ -30,7 +30,7 @@ def add_motion_words(pipe, seed: int) -> list[int]:
     phrases = list(MOTION_WORDS.values())
     parts = {p: tokenizer(p, add_special_tokens=False).input_ids for p in phrases}
     tokenizer.add_tokens(phrases)
-    encoder.resize_token_embeddings(len(tokenizer))
+    encoder.resize_token_embeddings(len(tokenizer), mean_resizing=False)  # the rows are set below
     ids = tokenizer.convert_tokens_to_ids(phrases)
     table = encoder.get_input_embeddings().weight
     gen = torch.Generator().manual_seed(seed + 2)
@@ -70,7 +70,8 @@ def caption_token_ids(tokenizer, captions: list[str]) -> torch.Tensor:
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     rows = []
     for caption in captions:
-        ids = [tokenizer.bos_token_id] + tokenizer(caption, add_special_tokens=False).input_ids + [tokenizer.eos_token_id]
+        words = tokenizer(caption, add_special_tokens=False).input_ids
+        ids = [tokenizer.bos_token_id] + words + [tokenizer.eos_token_id]
         rows.append(ids + [pad] * (tokenizer.model_max_length - len(ids)))
     return torch.tensor(rows)
 
