@@ -12,11 +12,13 @@
   3. the motion modules learn the denoising loss of whole clips (one timestep and caption per clip) on the noise
      schedule animate samples with (AnimateDiff's linear betas), captions dropped to "" at `caption_dropout`;
      with them, at `lora.learning_rate`, a LoRA on the image UNet's cross-attention (world/motion_lora.py: the
-     frozen UNet barely reads the motion words; the LoRA teaches it to), unless `lora.rank` is 0;
+     frozen UNet barely reads the motion words; the LoRA teaches it to), unless `lora.rank` is 0, and one
+     embedding per motion phrase on a leash (world/motion_words.py), unless `words.learning_rate` is 0;
   4. every `eval.every` steps, and at the end, the adapter is written and measured as users run it
      (`personae animate --motion-adapter`, world/motion_eval.py) on held-out clips;
   5. OUT becomes the adapter's diffusers folder (`--motion-adapter OUT`), with the LoRA as a kohya file
-     (`--lora OUT/motion-lora.safetensors`) and OUT/training/: settings, losses,
+     (`--lora OUT/motion-lora.safetensors`), the words as A1111 embeddings (OUT/motion-words/) and OUT/training/:
+     settings, losses,
      the measurements, a sheet (a row of frames per clip) and GIFs of the measured clips.
 
 Every random draw comes from a generator seeded by (seed, phase, step): same settings and thread count, same
@@ -208,7 +210,7 @@ def _train(s: WorldMotion, out: Path, started: float, on_event: EventHandler) ->
         # 2. noise at one random timestep per clip; the motion UNet predicts it
         noise, timesteps = draw_noise(gen, tuple(z.shape), noise_scheduler.config.num_train_timesteps)
         loss = diffusion_loss(model, noise_scheduler, Batch(z, noise, timesteps), hidden)
-        # 3. backward, clip, step (the motion modules only)
+        # 3. backward, clip, step (the motion modules, the LoRA, the new words' rows), the words back on the leash
         optimizer_step(loss, optimizer, params, s.max_grad_norm)
         if word_ids:
             leash(pipe.text_encoder, word_ids, limit)
