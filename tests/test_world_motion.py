@@ -170,13 +170,16 @@ def test_the_motion_words_are_learnt_on_a_leash_and_animate_reads_them(short_mot
     words = adapter_words(str(short_motion))
     assert [token for _, token in words] == sorted(MOTION_WORDS.values())
     plain = open_session(str(WORLD_DIR), device="cpu")
-    table = plain.pipe.text_encoder.get_input_embeddings().weight
+    table = plain.pipe.text_encoder.get_input_embeddings().weight.detach()
     limit = world_norm(plain.pipe)
+    moved = []
     for path, token in words:
         vector = load_file(path)["emb_params"]
         start = table[plain.pipe.tokenizer(token, add_special_tokens=False).input_ids].mean(0)
         assert vector.shape == (1, table.shape[1]) and vector.norm() <= limit * (1 + 1e-5)
-        assert (vector[0] - start).abs().max() > 1e-3
+        moved.append(float((vector[0] - start).norm() / start.norm()))
+    # the phrases of the clips drawn in 3 steps moved (others keep their start and its 1 % jitter)
+    assert max(moved) > 0.05 and all(m < 0.02 or m > 0.05 for m in moved)
     session = open_session(str(WORLD_DIR), device="cpu", embeddings=words)
     prompt = "a white square on a red background, full shot, moving up"
     assert session.pipe.tokenizer.tokenize(prompt)[-1] == "moving up"
@@ -185,13 +188,19 @@ def test_the_motion_words_are_learnt_on_a_leash_and_animate_reads_them(short_mot
 
 
 def test_motion_training_is_reproducible_and_refuses_bad_settings(short_motion, tmp_path):
+    import torch
+    from safetensors import safe_open
+
     from personae.cli.main import main
 
     again = tmp_path / "again"
     assert main(_short(again)) == 0
-    for name in ("diffusion_pytorch_model.safetensors", "motion-lora.safetensors",
-                 "motion-words/moving up.safetensors"):
+    for name in ("diffusion_pytorch_model.safetensors", "motion-words/moving up.safetensors"):
         assert (again / name).read_bytes() == (short_motion / name).read_bytes(), name
+    # the LoRA's kohya header is a map that safetensors writes in no fixed order: tensors and header compared
+    loras = [safe_open(str(folder / "motion-lora.safetensors"), "pt") for folder in (short_motion, again)]
+    assert loras[0].metadata() == loras[1].metadata() and list(loras[0].keys()) == list(loras[1].keys())
+    assert all(torch.equal(loras[0].get_tensor(k), loras[1].get_tensor(k)) for k in loras[0].keys())
     assert main(["world", "motion", str(tmp_path / "x"), "--set", "framez=3"]) == 2
     assert main(["world", "motion", str(tmp_path / "x"), "--set", "frames=64"]) == 2
     assert main(["world", "motion", str(tmp_path / "x"), "--set", "lora.rank=-1"]) == 2
