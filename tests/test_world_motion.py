@@ -73,7 +73,7 @@ def _short(out) -> list[str]:
 
 
 SHORT = ["dataset_size=8", "batch_size=2", "eval.clips=2", "eval.long_clips=1", "eval.steps=2", "warmup_steps=1",
-         "eval.every=2"]
+         "eval.every=2", "lora.learning_rate=0.01", "words.learning_rate=0.01"]  # rates that move in 3 steps
 
 
 @pytest.fixture(scope="module")
@@ -93,7 +93,8 @@ def test_short_motion_training_writes_an_adapter_that_animate_reads(short_motion
     from personae.cli.main import main
     from personae.world.model import WORLD_DIR
 
-    for name in ("config.json", "diffusion_pytorch_model.safetensors", "training/settings.yaml", "training/losses.csv",
+    for name in ("config.json", "diffusion_pytorch_model.safetensors", "motion-lora.safetensors",
+                 "training/settings.yaml", "training/losses.csv",
                  "training/summary.json", "training/samples-000002.png", "training/samples-000003.png",
                  "training/clip-left.gif", "training/clip-right.gif"):
         assert (short_motion / name).is_file(), name
@@ -116,15 +117,93 @@ def test_short_motion_training_writes_an_adapter_that_animate_reads(short_motion
         assert clip.size == (SIDE, SIDE) and clip.n_frames > 1
 
 
+def test_the_motion_lora_is_trained_and_animate_applies_it(short_motion):
+    """The LoRA beside the adapter is a kohya file on the image UNet's cross-attention keys and values only, moved
+    from its zero start by training; `personae animate --lora FILE` (open_for) carries it into the motion UNet, where
+    it changes the noise prediction, and motion-eval finds it beside the adapter."""
+    import torch
+    from safetensors.torch import load_file
+
+    from personae.config.animate import AnimateSettings
+    from personae.inference.animate import open_for
+    from personae.world.model import WORLD_DIR
+    from personae.world.motion_eval import adapter_lora
+
+    lora = short_motion / "motion-lora.safetensors"
+    assert adapter_lora(str(short_motion)) == str(lora)
+    tensors = load_file(str(lora))
+    modules = {k.rsplit(".", 2)[0] if k.endswith(".weight") else k.rsplit(".", 1)[0] for k in tensors}
+    assert modules and all(m.startswith("lora_unet_") and m.endswith(("attn2_to_k", "attn2_to_v")) for m in modules)
+    assert all(v.abs().max() > 0 for k, v in tensors.items() if k.endswith("lora_up.weight"))  # trained from zero
+    prompt = "a white square on a red background, full shot, moving up"
+
+    def prediction(loras):
+        settings = AnimateSettings(model=str(WORLD_DIR), motion_adapter=str(short_motion), prompt=prompt,
+                                   device="cpu", loras=loras)
+        unet = open_for(settings).pipe.unet
+        adapted = [n for n, m in unet.named_modules() if hasattr(m, "lora_B")]
+        gen = torch.Generator().manual_seed(0)
+        sample = torch.randn(1, 4, 4, 8, 8, generator=gen)
+        hidden = torch.randn(4, 77, unet.config.cross_attention_dim, generator=gen)
+        with torch.no_grad():
+            return adapted, unet(sample, 500, encoder_hidden_states=hidden).sample
+
+    adapted, with_lora = prediction([{"path": str(lora)}])
+    assert len(adapted) == len(modules) and not any(".motion_modules." in n for n in adapted)
+    plain, without = prediction([])
+    assert plain == [] and (with_lora - without).abs().max() > 1e-6
+
+
+def test_the_motion_words_are_learnt_on_a_leash_and_animate_reads_them(short_motion):
+    """Each motion phrase's learnt vector is an A1111 embedding named by the phrase, moved from its start (the mean
+    of the phrase's character embeddings) but no longer than the world words' mean norm; `--embedding FILE` makes
+    the phrase one token, and the prompt's encoding changes with it."""
+    import torch
+    from safetensors.torch import load_file
+
+    from personae.inference.session import open_session
+    from personae.world.clips import MOTION_WORDS
+    from personae.world.model import WORLD_DIR
+    from personae.world.motion_eval import adapter_words
+    from personae.world.motion_words import world_norm
+
+    words = adapter_words(str(short_motion))
+    assert [token for _, token in words] == sorted(MOTION_WORDS.values())
+    plain = open_session(str(WORLD_DIR), device="cpu")
+    table = plain.pipe.text_encoder.get_input_embeddings().weight.detach()
+    limit = world_norm(plain.pipe)
+    moved = []
+    for path, token in words:
+        vector = load_file(path)["emb_params"]
+        start = table[plain.pipe.tokenizer(token, add_special_tokens=False).input_ids].mean(0)
+        assert vector.shape == (1, table.shape[1]) and vector.norm() <= limit * (1 + 1e-5)
+        moved.append(float((vector[0] - start).norm() / start.norm()))
+    # the phrases of the clips drawn in 3 steps moved (others keep their start and its 1 % jitter)
+    assert max(moved) > 0.05 and all(m < 0.02 or m > 0.05 for m in moved)
+    session = open_session(str(WORLD_DIR), device="cpu", embeddings=words)
+    prompt = "a white square on a red background, full shot, moving up"
+    assert session.pipe.tokenizer.tokenize(prompt)[-1] == "moving up"
+    with torch.no_grad():
+        assert (session.encoder.encode(prompt, 1).embeds - plain.encoder.encode(prompt, 1).embeds).abs().max() > 1e-3
+
+
 def test_motion_training_is_reproducible_and_refuses_bad_settings(short_motion, tmp_path):
+    import torch
+    from safetensors import safe_open
+
     from personae.cli.main import main
 
     again = tmp_path / "again"
     assert main(_short(again)) == 0
-    name = "diffusion_pytorch_model.safetensors"
-    assert (again / name).read_bytes() == (short_motion / name).read_bytes()
+    for name in ("diffusion_pytorch_model.safetensors", "motion-words/moving up.safetensors"):
+        assert (again / name).read_bytes() == (short_motion / name).read_bytes(), name
+    # the LoRA's kohya header is a map that safetensors writes in no fixed order: tensors and header compared
+    loras = [safe_open(str(folder / "motion-lora.safetensors"), "pt") for folder in (short_motion, again)]
+    assert loras[0].metadata() == loras[1].metadata() and list(loras[0].keys()) == list(loras[1].keys())
+    assert all(torch.equal(loras[0].get_tensor(k), loras[1].get_tensor(k)) for k in loras[0].keys())
     assert main(["world", "motion", str(tmp_path / "x"), "--set", "framez=3"]) == 2
     assert main(["world", "motion", str(tmp_path / "x"), "--set", "frames=64"]) == 2
+    assert main(["world", "motion", str(tmp_path / "x"), "--set", "lora.rank=-1"]) == 2
     assert main(["world", "motion", str(again), "--steps", "1"]) == 2  # a used folder needs --overwrite
 
 

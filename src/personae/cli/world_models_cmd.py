@@ -70,9 +70,12 @@ IMG2IMG_EXAMPLES = """examples:
 MOTION_EXAMPLES = """examples:
   personae world motion ./world-motion                  # the run of docs/world.md, "World motion" (23 min)
   personae world motion ./wm --steps 200 --set dataset_size=256 --set eval.clips=6 --set eval.long_clips=0
-  personae world motion-eval --out motion --motion-adapter ./world-motion   # its table again
+  personae world motion ./wm --set lora.rank=0 --set words.learning_rate=0   # the motion modules alone
+  personae world motion-eval --out motion --motion-adapter ./world-motion   # its table again (LoRA, words found)
   personae model world ./world && personae animate --model ./world --motion-adapter ./world-motion --sampler DDIM \\
-      --cfg 4 --clip-skip 1 --prompt "a white square on a red background, full shot, moving up" --out clip.gif
+      --lora ./world-motion/motion-lora.safetensors --embedding "./world-motion/motion-words/moving up.safetensors" \\
+      --cfg 4 --clip-skip 1 \\
+      --prompt "a white square on a red background, full shot, moving up" --out clip.gif
 
 captions: a world caption, then the motion: "moving left", "moving right", "moving up", "moving down", "growing"
 (from a full shot to a close-up; say "medium shot") or "still".
@@ -143,7 +146,11 @@ def _add_motion(kinds) -> None:
                          description="Train an AnimateDiff motion adapter (diffusers MotionAdapter sized to the world "
                                      "UNet) on the frozen world model from rendered 16-frame clips of one shape "
                                      "moving left, right, up, down, growing or still, the motion named in the "
-                                     "caption. Writes OUT as a diffusers MotionAdapter folder with OUT/training/ "
+                                     "caption, and with them a LoRA on the image UNet's cross-attention and one "
+                                     "embedding per motion phrase, so the UNet reads the motion words. Writes OUT as "
+                                     "a diffusers MotionAdapter folder with the LoRA beside it "
+                                     "(OUT/motion-lora.safetensors, kohya layout: animate --lora), the words' A1111 "
+                                     "embeddings (OUT/motion-words/, animate --embedding) and OUT/training/ "
                                      "(settings, losses, measurements, a sheet and GIFs). Same settings and thread "
                                      "count, same weights.")
     p.add_argument("out", metavar="OUT", help="folder to write (a diffusers MotionAdapter folder)")
@@ -161,6 +168,10 @@ def _add_motion(kinds) -> None:
     e.add_argument("--out", required=True, metavar="DIR", help="folder to write")
     e.add_argument("--motion-adapter", required=True, metavar="DIR",
                    help="the adapter to measure: a `personae world motion` folder")
+    e.add_argument("--lora", metavar="FILE", help="a LoRA loaded with the adapter (as `personae animate --lora`); "
+                                                  "default: the adapter folder's motion-lora.safetensors if it has "
+                                                  "one; `none`: no LoRA (the folder's motion-words/ embeddings are "
+                                                  "always loaded)")
     e.add_argument("--model", default="world", help="`world` (the shipped model, default) or a model folder")
     e.add_argument("--clips", type=int, default=32, help="held-out 16-frame clips per row (default 32)")
     e.add_argument("--long-clips", type=int, default=12, help="held-out 32-frame clips (default 12; 0: none)")
@@ -248,12 +259,14 @@ def run_motion_eval(args) -> int:
     from personae.cli.progress import TerminalProgress
     from personae.outputs import staged_output
     from personae.world.model import WORLD_DIR
-    from personae.world.motion_eval import MOTION_EVAL, measure_motion
+    from personae.world.motion_eval import MOTION_EVAL, adapter_lora, adapter_words, measure_motion
 
     adapter = args.motion_adapter
+    lora = adapter_lora(adapter) if args.lora is None else None if args.lora == "none" else args.lora
     model = str(WORLD_DIR) if args.model == "world" else args.model
     progress = TerminalProgress(quiet=True)
     with staged_output(args.out, MOTION_EVAL, replace=args.overwrite) as work:
-        measure_motion(model, adapter, work, clips=args.clips, long_clips=args.long_clips, on_event=progress)
+        measure_motion(model, adapter, work, clips=args.clips, long_clips=args.long_clips, on_event=progress,
+                       lora=lora, embeddings=adapter_words(adapter))
     print((Path(args.out) / "table.md").read_text(), end="")
     return 0

@@ -6,7 +6,8 @@ frame read back by the exact checker.
 
 Clip i of a row is `personae animate --model MODEL --motion-adapter DIR --prompt CAPTION --seed i --sampler DDIM
 --steps 25 --cfg 4 --clip-skip 1` (the world model's own evaluation settings: it was pretrained on the last layer
-of its text encoder, not animate's default clip skip 2), the caption a held-out clip's (world/clips.py). Each row
+of its text encoder, not animate's default clip skip 2), the caption a held-out clip's (world/clips.py), plus
+`--lora` / `--embedding` for the LoRA and motion words `personae world motion` wrote beside the adapter. Each row
 counts: **identity** (shape, colour and background as asked in every frame), **direction** (the track moves as
 asked: monotonic within `clips.SLACK`, at least `clips.MIN_TRAVEL` px; growing at least `MIN_GROWTH`; still
 within `STILL_DRIFT`), **both**, **consistent** (the same reading in every frame, asked or not) and the mean
@@ -25,6 +26,7 @@ from personae.inference.animate import animate, open_for
 from personae.outputs import Kind
 from personae.world.clips import SCORE_KEYS, Clip, eval_clips, score_clip, shares
 from personae.world.control_eval import sheet
+from personae.world.motion_settings import LORA_FILE, WORDS_DIR
 
 MOTION_EVAL = Kind("world-motion-eval", "a world motion adapter measurement", "personae world motion-eval",
                    layout=("table.md", "results.json", "sheets/*", "clips/*"))
@@ -32,28 +34,45 @@ CONTEXT, STRIDE = 16, 4  # the windows of a 32-frame clip: animate's defaults
 
 
 def clip_settings(model: str, adapter: str, clip: Clip, seed: int, steps: int, cfg: float, motion_scale: float = 1.0,
-                  frames: int = 16) -> AnimateSettings:
-    """What `personae animate` is given for one measured clip."""
+                  frames: int = 16, lora: str | None = None, embeddings=()) -> AnimateSettings:
+    """What `personae animate` is given for one measured clip (`--lora FILE`: the adapter's LoRA, if it has one;
+    `--embedding FILE:TOKEN`: its motion words, if it learnt them)."""
     return AnimateSettings(model=model, motion_adapter=adapter, prompt=clip.caption(), seed=seed, steps=steps,
                            cfg=cfg, sampler="DDIM", clip_skip=1, frames=frames, motion_scale=motion_scale,
-                           context=CONTEXT, context_stride=STRIDE, device="cpu")
+                           context=CONTEXT, context_stride=STRIDE, device="cpu",
+                           loras=[{"path": lora, "weight": 1.0}] if lora else [],
+                           embeddings=[{"path": path, "token": token} for path, token in embeddings])
+
+
+def adapter_lora(adapter: str) -> str | None:
+    """The LoRA `personae world motion` wrote beside the adapter (OUT/motion-lora.safetensors), if there is one."""
+    path = Path(adapter) / LORA_FILE
+    return str(path) if path.is_file() else None
+
+
+def adapter_words(adapter: str) -> list[tuple[str, str]]:
+    """The motion words' embeddings `personae world motion` wrote beside the adapter: (file, token) pairs."""
+    return [(str(p), p.stem) for p in sorted((Path(adapter) / WORDS_DIR).glob("*.safetensors"))]
 
 
 def generate_clips(model: str, adapter: str, clips: list[Clip], steps: int = 25, cfg: float = 4.0,
-                   motion_scale: float = 1.0, session=None) -> list[list[Image.Image]]:
+                   motion_scale: float = 1.0, session=None, lora: str | None = None,
+                   embeddings=()) -> list[list[Image.Image]]:
     """The frames of each clip (clip i at seed i), as `personae animate` draws them; one animate session for all."""
     out = []
     for i, clip in enumerate(clips):
-        settings = clip_settings(model, adapter, clip, i, steps, cfg, motion_scale, len(clip.boxes))
+        settings = clip_settings(model, adapter, clip, i, steps, cfg, motion_scale, len(clip.boxes), lora, embeddings)
         session = session or open_for(settings)
         out.append(animate(settings, session).frames)
     return out
 
 
 def measure_rows(model: str, adapter: str, clips: int = 32, long_clips: int = 12, steps: int = 25, cfg: float = 4.0,
-                 on_event=None) -> tuple[list[dict], dict[str, list[list[Image.Image]]]]:
+                 on_event=None, lora: str | None = None,
+                 embeddings=()) -> tuple[list[dict], dict[str, list[list[Image.Image]]]]:
     """The three rows (16 frames at scale 1, the same at scale 0, `long_clips` of 32 frames at scale 1) and the
-    frames of each, by row name."""
+    frames of each, by row name; `lora`, `embeddings`: a LoRA file and (file, token) embeddings loaded with the
+    adapter (as `personae animate --lora FILE --embedding FILE:TOKEN`)."""
     from personae.events import Message, ignore
 
     on_event = on_event or ignore
@@ -64,9 +83,10 @@ def measure_rows(model: str, adapter: str, clips: int = 32, long_clips: int = 12
     rows, frames = [], {}
     session = None
     for name, chosen, scale in runs:
-        settings = clip_settings(model, adapter, chosen[0], 0, steps, cfg, scale, len(chosen[0].boxes))
+        settings = clip_settings(model, adapter, chosen[0], 0, steps, cfg, scale, len(chosen[0].boxes), lora,
+                                 embeddings)
         session = session or open_for(settings)
-        made = generate_clips(model, adapter, chosen, steps, cfg, scale, session)
+        made = generate_clips(model, adapter, chosen, steps, cfg, scale, session, lora, embeddings)
         scored = [score_clip(f, c) for f, c in zip(made, chosen)]
         rows.append({"run": name, "clips": len(chosen), "frames": len(chosen[0].boxes), "motion_scale": scale,
                      **shares(scored), "per_clip": scored})
@@ -82,7 +102,7 @@ def clip_sheet(clips: list[list[Image.Image]], count: int = 12) -> Image.Image:
 
 
 def measure_motion(model: str, adapter: str, out: Path, clips: int = 32, long_clips: int = 12, steps: int = 25,
-                   cfg: float = 4.0, on_event=None) -> dict:
+                   cfg: float = 4.0, on_event=None, lora: str | None = None, embeddings=()) -> dict:
     """The table of docs/world.md: writes OUT/table.md, OUT/results.json, OUT/sheets/ (a row of frames per clip)
     and OUT/clips/ (one GIF per clip of the first row, as `personae animate` writes them)."""
     from personae.media.video import write_gif
@@ -90,14 +110,14 @@ def measure_motion(model: str, adapter: str, out: Path, clips: int = 32, long_cl
     out = Path(out)
     (out / "sheets").mkdir(parents=True, exist_ok=True)
     (out / "clips").mkdir(parents=True, exist_ok=True)
-    rows, frames = measure_rows(model, adapter, clips, long_clips, steps, cfg, on_event)
+    rows, frames = measure_rows(model, adapter, clips, long_clips, steps, cfg, on_event, lora, embeddings)
     for i, (name, made) in enumerate(frames.items()):
         clip_sheet(made).save(out / "sheets" / f"row-{i + 1}.png")
     captions = [c.caption() for c in eval_clips(clips)]
     for i, made in enumerate(frames[rows[0]["run"]]):
         write_gif(made, out / "clips" / f"clip-{i:02d}.gif", fps=8.0, comment=captions[i])
-    result = {"adapter": adapter, "model": model, "steps": steps, "cfg": cfg, "sampler": "DDIM", "clip_skip": 1,
-              "rows": rows}
+    result = {"adapter": adapter, "lora": lora, "embeddings": [path for path, _ in embeddings], "model": model,
+              "steps": steps, "cfg": cfg, "sampler": "DDIM", "clip_skip": 1, "rows": rows}
     (out / "results.json").write_text(json.dumps(result, indent=1))
     (out / "table.md").write_text(table_markdown(result))
     return result

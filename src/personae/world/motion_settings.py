@@ -5,6 +5,13 @@
 A diffusers `MotionAdapter` sized to the world UNet (its channels, one motion module per UNet layer and one in
 the middle block, a 32-position table) learns, on the frozen world model, rendered 16-frame clips of one shape
 moving left, right, up, down, growing or still (world/clips.py). Same settings and thread count, same weights.
+
+The motion words are not world tokens, and the frozen UNet barely reads them (docs/world.md, "Measured"); `lora`
+trains, jointly with the motion modules and at a lower rate, a LoRA on the image UNet's cross-attention key and value
+projections (AnimateDiff v3's "domain adapter" place), so the UNet learns to read what the caption says of motion.
+It ships beside the adapter as a kohya LoRA (`personae animate --lora OUT/motion-lora.safetensors`). `words` learns
+one embedding per motion phrase on a leash, shipped as A1111 embeddings in OUT/motion-words/ (`--embedding FILE`).
+Neither meets the direction bar yet (docs/world.md, "Teaching the UNet to read the motion words").
 """
 
 from __future__ import annotations
@@ -14,6 +21,9 @@ from typing import Literal
 from personae.config.base import Strict
 from personae.config.fields import setting
 
+LORA_FILE = "motion-lora.safetensors"  # the LoRA's kohya file, in the adapter's folder
+WORDS_DIR = "motion-words"  # the motion words' embeddings (one A1111 file per phrase), in the adapter's folder
+
 
 class MotionEvalSection(Strict):
     every: int = setting(0, "measure every N steps (and always at the end); 0: only at the end", ge=0)
@@ -21,6 +31,24 @@ class MotionEvalSection(Strict):
     long_clips: int = setting(12, "held-out 32-frame clips measured in context windows of 16 (0: none)", ge=0)
     steps: int = setting(25, "sampling steps (`personae animate`'s sampler, DDIM)", ge=1)
     cfg: float = setting(4.0, "CFG scale (the world's evaluation setting)", ge=1)
+
+
+class MotionLoraSection(Strict):
+    rank: int = setting(8, "rank of the LoRA on the image UNet's cross-attention (0: no LoRA, the motion modules "
+                           "alone)", ge=0)
+    alpha: float = setting(8.0, "LoRA alpha (scale = alpha / rank)", gt=0)
+    target_modules: list[str] = setting(["attn2.to_k", "attn2.to_v"], "the image UNet's layers it adapts (last "
+                                        "parts of their names; the motion modules' own layers are never adapted)",
+                                        min_length=1)
+    learning_rate: float = setting(1e-3, "the LoRA's learning rate (the motion modules' is `learning_rate`)", gt=0)
+
+
+class MotionWordsSection(Strict):
+    learning_rate: float = setting(5e-3, "learn one embedding per motion phrase (\"moving left\" ... \"still\" become "
+                                        "tokens, shipped as A1111 embeddings) at this rate; 0: the words stay as the "
+                                        "tokenizer splits them", ge=0)
+    max_norm: float = setting(1.0, "after every step each learnt vector is held to this many times the mean norm of "
+                                   "the world words' trained embeddings", gt=0)
 
 
 class WorldMotion(Strict):
@@ -43,4 +71,8 @@ class WorldMotion(Strict):
     max_grad_norm: float = setting(1.0, "clip the gradient norm to this (0: no clipping)", ge=0)
     caption_dropout: float = setting(0.1, "share of clips trained with the empty caption (for CFG)", ge=0, le=1)
     time_budget_minutes: float | None = setting(30, "stop training when the run reaches this", gt=0)
+    lora: MotionLoraSection = setting(MotionLoraSection(), "a LoRA that teaches the frozen UNet to read the motion "
+                                                           "words, trained with the motion modules")
+    words: MotionWordsSection = setting(MotionWordsSection(), "learnt motion-word embeddings on a leash, trained "
+                                                              "with the motion modules")
     eval: MotionEvalSection = setting(MotionEvalSection(), "the measurements")

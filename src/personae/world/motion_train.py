@@ -11,9 +11,14 @@
      VAE posterior and every caption's embedding (personae's own prompt encoder, clip skip 1) computed once;
   3. the motion modules learn the denoising loss of whole clips (one timestep and caption per clip) on the noise
      schedule animate samples with (AnimateDiff's linear betas), captions dropped to "" at `caption_dropout`;
+     with them, at `lora.learning_rate`, a LoRA on the image UNet's cross-attention (world/motion_lora.py: the
+     frozen UNet barely reads the motion words; the LoRA teaches it to), unless `lora.rank` is 0, and one
+     embedding per motion phrase on a leash (world/motion_words.py), unless `words.learning_rate` is 0;
   4. every `eval.every` steps, and at the end, the adapter is written and measured as users run it
      (`personae animate --motion-adapter`, world/motion_eval.py) on held-out clips;
-  5. OUT becomes the adapter's diffusers folder (`--motion-adapter OUT`), with OUT/training/: settings, losses,
+  5. OUT becomes the adapter's diffusers folder (`--motion-adapter OUT`), with the LoRA as a kohya file
+     (`--lora OUT/motion-lora.safetensors`), the words as A1111 embeddings (OUT/motion-words/) and OUT/training/:
+     settings, losses,
      the measurements, a sheet (a row of frames per clip) and GIFs of the measured clips.
 
 Every random draw comes from a generator seeded by (seed, phase, step): same settings and thread count, same
@@ -44,7 +49,16 @@ from personae.training.step import Batch, check_finite, diffusion_loss, draw_noi
 from personae.world.clips import random_clip
 from personae.world.model import WORLD_DIR
 from personae.world.motion_eval import clip_sheet, measure_rows
-from personae.world.motion_settings import WorldMotion
+from personae.world.motion_lora import add_motion_lora, lora_parameters, write_motion_lora
+from personae.world.motion_settings import LORA_FILE, WORDS_DIR, WorldMotion
+from personae.world.motion_words import (
+    add_motion_words,
+    caption_token_ids,
+    leash,
+    only_rows,
+    world_norm,
+    write_motion_words,
+)
 from personae.world.pretrain import encode_all, to_pixels, train_into_folder
 
 
@@ -110,7 +124,8 @@ def _data(s: WorldMotion, session, on_event: EventHandler):
         captions = sorted({c.caption() for c in clips})
         embeds = torch.cat([session.encoder.encode(c, clip_skip=1).embeds for c in captions + [""]])
     index = {c: i for i, c in enumerate(captions)}
-    return torch.cat(means), torch.cat(stds), torch.tensor([index[c.caption()] for c in clips]), embeds
+    return (torch.cat(means), torch.cat(stds), torch.tensor([index[c.caption()] for c in clips]), embeds,
+            captions + [""])
 
 
 def _train(s: WorldMotion, out: Path, started: float, on_event: EventHandler) -> MotionResult:
@@ -125,21 +140,38 @@ def _train(s: WorldMotion, out: Path, started: float, on_event: EventHandler) ->
     for module in (pipe.unet, pipe.vae, pipe.text_encoder):
         module.requires_grad_(False)
         module.eval()
+    if s.lora.rank:  # on the image UNet, carried into the motion UNet as animate carries a --lora
+        add_motion_lora(pipe.unet, s.lora, s.seed)
+    word_ids = add_motion_words(pipe, s.seed) if s.words.learning_rate else []
     adapter = build_adapter(pipe.unet, s)
     model = motion_unet(pipe.unet, adapter)
-    params = [p for name, p in model.named_parameters() if ".motion_modules." in name]
+    motion_params = [p for name, p in model.named_parameters() if ".motion_modules." in name]
+    lora_params = lora_parameters(model) if s.lora.rank else []
+    params = motion_params + lora_params
     model.requires_grad_(False)
     for p in params:
         p.requires_grad_(True)
     # 2. data
     t0 = time.monotonic()
-    means, stds, caption_ids, embeds = _data(s, session, on_event)
+    means, stds, caption_ids, embeds, captions = _data(s, session, on_event)
+    if word_ids:  # captions are encoded every step, through the new tokens' vectors
+        table = pipe.text_encoder.get_input_embeddings().weight
+        table.requires_grad_(True)
+        only_rows(table, word_ids)
+        params.append(table)
+        token_ids, limit = caption_token_ids(pipe.tokenizer, captions), world_norm(pipe) * s.words.max_norm
+        leash(pipe.text_encoder, word_ids, limit)
     empty = len(embeds) - 1
     scaling = pipe.vae.config.scaling_factor
     result.seconds["data"] = time.monotonic() - t0
     # 3. the motion modules learn
     noise_scheduler = DDPMScheduler.from_config({**pipe.scheduler.config, **MOTION_SCHEDULE})
-    optimizer = torch.optim.AdamW(params, lr=s.learning_rate, weight_decay=0.0)
+    groups = [{"params": motion_params, "lr": s.learning_rate}]
+    if lora_params:
+        groups.append({"params": lora_params, "lr": s.lora.learning_rate})
+    if word_ids:
+        groups.append({"params": [table], "lr": s.words.learning_rate})
+    optimizer = torch.optim.AdamW(groups, weight_decay=0.0)
     lr_schedule = get_scheduler(s.lr_scheduler, optimizer, num_warmup_steps=s.warmup_steps, num_training_steps=s.steps)
     measuring = 0.0
 
@@ -150,7 +182,11 @@ def _train(s: WorldMotion, out: Path, started: float, on_event: EventHandler) ->
         adapter.load_state_dict(motion_state(model))
         with tempfile.TemporaryDirectory(prefix="personae-world-motion-") as tmp:
             adapter.save_pretrained(tmp, safe_serialization=True)
-            rows, frames = measure_rows(base, tmp, s.eval.clips, s.eval.long_clips, s.eval.steps, s.eval.cfg, on_event)
+            lora = str(write_motion_lora(model, Path(tmp) / LORA_FILE, s.lora, step, s.base)) if lora_params else None
+            words = [(str(p), p.stem) for p in write_motion_words(pipe, word_ids, Path(tmp) / WORDS_DIR)] \
+                if word_ids else []
+            rows, frames = measure_rows(base, tmp, s.eval.clips, s.eval.long_clips, s.eval.steps, s.eval.cfg, on_event,
+                                        lora=lora, embeddings=words)
         clip_sheet(next(iter(frames.values()))).save(log / f"samples-{step:06d}.png")
         result.evals.append({"step": step, "rows": rows})
         result.frames = frames
@@ -168,13 +204,16 @@ def _train(s: WorldMotion, out: Path, started: float, on_event: EventHandler) ->
         z = (means[idx] + stds[idx] * torch.randn(means[idx].shape, generator=gen)) * scaling
         z = z.permute(0, 2, 1, 3, 4)
         drop = torch.rand(s.batch_size, generator=gen) < s.caption_dropout
-        hidden = embeds[torch.where(drop, torch.full_like(idx, empty), caption_ids[idx])]
+        chosen = torch.where(drop, torch.full_like(idx, empty), caption_ids[idx])
+        hidden = pipe.text_encoder(token_ids[chosen])[0] if word_ids else embeds[chosen]
         hidden = hidden.repeat_interleave(s.frames, dim=0)  # the motion UNet takes one embedding per frame
         # 2. noise at one random timestep per clip; the motion UNet predicts it
         noise, timesteps = draw_noise(gen, tuple(z.shape), noise_scheduler.config.num_train_timesteps)
         loss = diffusion_loss(model, noise_scheduler, Batch(z, noise, timesteps), hidden)
-        # 3. backward, clip, step (the motion modules only)
+        # 3. backward, clip, step (the motion modules, the LoRA, the new words' rows), the words back on the leash
         optimizer_step(loss, optimizer, params, s.max_grad_norm)
+        if word_ids:
+            leash(pipe.text_encoder, word_ids, limit)
         lr_schedule.step()
         result.losses.append(loss.item())
         check_finite(result.losses[-1], step, lambda: None, "Lower learning_rate or set max_grad_norm.")
@@ -192,6 +231,10 @@ def _train(s: WorldMotion, out: Path, started: float, on_event: EventHandler) ->
     # 4. the adapter's folder and the training record
     adapter.load_state_dict(motion_state(model))
     adapter.save_pretrained(str(out), safe_serialization=True)
+    if lora_params:
+        write_motion_lora(model, out / LORA_FILE, s.lora, step, s.base)
+    if word_ids:
+        write_motion_words(pipe, word_ids, out / WORDS_DIR)
     readable_by_others(out)
     _write_gifs(log, result.frames)
     result.seconds["total"] = time.monotonic() - started
