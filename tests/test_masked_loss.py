@@ -115,3 +115,36 @@ def test_masked_training_reads_the_masks_and_refuses_an_image_without_one(tmp_pa
         Image.new("L", (64, 64), 255).save(out / e.image.replace(".png", ".mask.png"))
     white = run_training(_job(tmp_path, tiny_model, out, "white")).losses
     assert white == pytest.approx(unmasked, rel=1e-6) and masked[0] != pytest.approx(unmasked[0], rel=1e-3)
+
+
+def test_auto_masks_a_set_only_when_every_image_has_its_mask_and_says_so(tmp_path, tiny_model):
+    """data.masked_loss defaults to auto: a set with one unmasked image trains as off (with a warning naming it),
+    the same set with every mask trains as on (and says so); true / false in old job files read as on / off."""
+    from personae.config.train import TrainJob
+    from personae.events import Message
+    from personae.jobs.train import run_training
+
+    _sources(tmp_path / "src")
+    out = tmp_path / "out"
+    prepare_dataset(tmp_path / "src", out, PrepareSettings(resolution=64, trigger="sks"))
+    assert _job(tmp_path, tiny_model, out, "x", masked=True).data.masked_loss == "on"
+    assert TrainJob(base_model="m", method="lora", data={"path": "d"}, output="o").data.masked_loss == "auto"
+
+    def run(name, masked):
+        said = []
+        losses = run_training(_job(tmp_path, tiny_model, out, name, masked),
+                              on_event=lambda e: said.append(e) if isinstance(e, Message) else None).losses
+        return losses, [m.text for m in said if m.text.startswith("masked loss")]
+
+    auto, said = run("auto-partial", "auto")
+    off, quiet = run("off", "off")
+    assert auto == off and quiet == []
+    assert len(said) == 1 and said[0].startswith("masked loss off: 1 of 3 training images have no mask") \
+        and "plain-" in said[0]
+    plain = next(e for e in load_manifest(out) if e.source == "plain.png")
+    Image.fromarray(_disc(64, (8, 8, 56, 56))).save(out / plain.image.replace(".png", ".mask.png"))
+    auto, said = run("auto-full", "auto")
+    on, _ = run("on", "on")
+    assert auto == on and auto[0] != pytest.approx(off[0], rel=1e-3)
+    assert said == ["masked loss on: each of the 3 training images has a mask (the loss reads only its white part; "
+                    "data.masked_loss: off trains on whole images)"]

@@ -39,6 +39,7 @@ from personae.training.setup import (
     make_accelerator,
     make_optimizer,
     preflight,
+    uses_masks,
 )
 from personae.training.step import Batch, after_step, check_finite, diffusion_loss, draw_batch, optimizer_step, seeded
 from personae.training.stopping import NAMES, Commands, Stopped, stop_at_step_end
@@ -172,7 +173,7 @@ def _train(job: TrainJob, run: Path, resume: bool, on_event: EventHandler, comma
     saver = Saver(run, job, pipe, method, source, base_scheduler, prompts, baseline, optimizer, lr_schedule, ema,
                   params, losses, log, on_event,
                   header=export_header(job, stats, plan.steps_per_epoch, total, examples[0].size))
-    masks = MaskCache(examples) if job.data.masked_loss else None
+    masks = MaskCache(examples) if uses_masks(job, examples, on_event) else None
     train_batch = _Draws(job, examples, latents, timesteps, scaling, tag=0, masks=masks)
     prior_batch = _Draws(job, priors, prior_latents, timesteps, scaling, tag=1) if priors else None
 

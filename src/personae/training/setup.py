@@ -49,7 +49,7 @@ def preflight(job: TrainJob) -> None:
     if (data / "manifest.jsonl").is_file():
         examples = examples_from_prepared(data)
         check_tokens(job, [e.caption for e in examples], data)
-        if job.data.masked_loss:
+        if job.data.masked_loss == "on":
             require_masks([e.image for e in examples], data)
     elif data.is_dir():  # the captions a raw folder will be given (load_examples checks the prepared ones again)
         check_tokens(job, planned_captions(data, raw_folder_settings(job)), data)
@@ -105,7 +105,7 @@ def load_examples(job: TrainJob, run: Path, on_event: EventHandler) -> list[Exam
     if not examples:
         raise UserError(f"data.path {path} holds no usable images.", "See its report.md for why images were rejected.")
     check_tokens(job, [e.caption for e in examples], path)  # the captions as prepared (preflight predicted them)
-    if job.data.masked_loss:
+    if job.data.masked_loss == "on":
         require_masks([e.image for e in examples], path)
     if job.method == "dreambooth" and job.dreambooth.instance_prompt:
         examples = [Example(e.image, job.dreambooth.instance_prompt, e.size, e.repeats, 0, e.mask) for e in examples]
@@ -115,6 +115,23 @@ def load_examples(job: TrainJob, run: Path, on_event: EventHandler) -> list[Exam
                          "it in the captions (personae prepare --trigger, or personae captions DIR --prepend).",
                          "warning"))
     return examples
+
+
+def uses_masks(job: TrainJob, examples: list[Example], on_event: EventHandler) -> bool:
+    """data.masked_loss: on, off, or auto (on exactly when every training image has its mask), said in the log."""
+    if job.data.masked_loss != "auto":
+        return job.data.masked_loss == "on"
+    masked = sum(e.mask is not None for e in examples)
+    if masked == len(examples):
+        on_event(Message(f"masked loss on: each of the {masked} training images has a mask (the loss reads only its "
+                         "white part; data.masked_loss: off trains on whole images)"))
+    elif masked:
+        unmasked = next(e.image for e in examples if e.mask is None)
+        on_event(Message(f"masked loss off: {len(examples) - masked} of {len(examples)} training images have no mask "
+                         f"(e.g. {unmasked}), and data.masked_loss: auto masks only a set whose every image has one. "
+                         "Add the missing masks (NAME.mask.png beside the source, then personae prepare again) to "
+                         "train on the subjects alone, or set data.masked_loss: off to silence this.", "warning"))
+    return masked == len(examples)
 
 
 def class_examples(pipe, source, job: TrainJob, run: Path, size: tuple[int, int], on_event: EventHandler) -> list[Example]:

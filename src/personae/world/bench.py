@@ -159,7 +159,7 @@ def run_task(bench_data: dict, task: Task, model: str, work: str) -> dict:
     data = work_dir / "data" / task.name
     run = work_dir / "runs" / task.name
     job = job_for(bench, task, model, data, run, bench.concept_settings[task.concept].init_word)
-    make_data(bench, task, data, masks=job.data.masked_loss)
+    make_data(bench, task, data, masks=job.data.masked_loss == "on")  # auto: no masks made, so off
     started, cpu_started = time.monotonic(), time.process_time()
     run_training(job, overwrite=True)
     # the wall time grows with whatever else shares the machine; the worker's CPU time (one torch thread) does not
