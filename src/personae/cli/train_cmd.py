@@ -18,8 +18,8 @@ a job file:
   base_model: ./tiny            # folder, single file, or hub id
   method: lora                  # lora | dreambooth | textual_inversion | pivotal
   data: {path: ./prepared}      # a `personae prepare` output, or a raw folder
-  train: {steps: 200, batch_size: 2, learning_rate: 1.0e-4, seed: 0, resolution: 64}
-  lora: {rank: 4, alpha: 4, text_encoder: false}
+  train: {steps: 200, batch_size: 2, learning_rate: 1.0e-4, min_snr_gamma: 5, seed: 0, resolution: 64}
+  lora: {rank: 8, alpha: 8, text_encoder: false}
   output: ./runs/demo
 """
 

@@ -4,8 +4,8 @@
     base_model: ./tiny            # folder, single file, or hub id
     method: lora                  # lora | dreambooth | textual_inversion | pivotal
     data: {path: ./prepared}      # a `personae prepare` output, or a raw folder (prepared on the fly)
-    train: {steps: 200, batch_size: 2, learning_rate: 1.0e-4, seed: 0, resolution: 64}
-    lora: {rank: 4, alpha: 4, text_encoder: false}   # variant: lora | locon | dora | loha | lokr
+    train: {steps: 200, batch_size: 2, learning_rate: 1.0e-4, min_snr_gamma: 5, seed: 0, resolution: 64}
+    lora: {rank: 8, alpha: 8, text_encoder: false}   # variant: lora | locon | dora | loha | lokr
     output: ./runs/demo
 """
 
@@ -122,11 +122,13 @@ class LoraSection(Strict):
         "lora", "the adapter's form: lora (low-rank pairs), locon (LoRA on the resnet convolutions too, kohya "
                 "conv_dim), dora (LoRA with a learned magnitude per output channel), loha (LyCORIS Hadamard "
                 "product), lokr (LyCORIS Kronecker product); all trained through peft")
-    rank: int = setting(4, "LoRA rank (kohya network_dim)", ge=1)
-    alpha: float = setting(4.0, "LoRA alpha; the scale is alpha / rank (kohya network_alpha)", gt=0)
+    rank: int = setting(8, "LoRA rank (kohya network_dim)", ge=1)
+    alpha: float = setting(8.0, "LoRA alpha; the scale is alpha / rank (kohya network_alpha)", gt=0)
     dropout: float = setting(0.0, "LoRA dropout", ge=0, lt=1)
-    target_modules: list[str] = setting(["to_q", "to_k", "to_v", "to_out.0"], "UNet layers that get a LoRA (variant "
-                                        "locon adds the resnet and sampler convolutions)")
+    target_modules: list[str] = setting(["to_q", "to_k", "to_v", "to_out.0", "conv1", "conv2", "proj_in", "proj_out"],
+                                        "UNet layers that get a LoRA: attention, the resnets' convolutions, the "
+                                        "transformers' projections (variant locon adds the samplers' convolutions "
+                                        "and the 1x1 shortcuts)")
     text_encoder: bool = setting(False, "also a LoRA on the text encoder")
     text_encoder_rank: int | None = setting(None, "the text encoder's LoRA rank (default: rank)", ge=1)
     text_encoder_alpha: float | None = setting(None, "the text encoder's LoRA alpha (default: the UNet's scale "
