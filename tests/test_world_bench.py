@@ -231,6 +231,10 @@ def test_a_failed_run_keeps_the_other_runs_and_says_which_failed(tmp_path, capsy
     table = (out / "table.md").read_text()
     assert "| textual_inversion | 1 |" in table and "| lora:max_timestep=2000 | 0 |" in table
     assert "Failed, not in the table: runs/lora-max_timestep-2000-star-s0" in table
+    # a recipe that leaves data.masked_loss at auto (personae train's default) gets no masks from the bench, so its
+    # runs train on whole images, as every bench row before `auto` did
+    data = out / "data/lora-max_timestep-2000-star-s0"
+    assert len(list(data.glob("*.png"))) == 2 and not list(data.glob("*.mask.png"))
 
 
 def test_recipes_change_their_method_recipe_and_name_their_runs(tmp_path):
@@ -246,7 +250,7 @@ def test_recipes_change_their_method_recipe_and_name_their_runs(tmp_path):
     bench = parse_settings(WorldBench, {"methods": methods + ["pivotal:steps=7,token_lr=0.01"]})
     assert bench.labels == bench.methods
     job = job_for(bench, Task(methods[0], "star", 1), str(tmp_path / "m"), tmp_path / "d", tmp_path / "r", "cross")
-    assert (job.method, job.lora.variant, job.lora.rank, job.data.masked_loss) == ("lora", "dora", 8, True)
+    assert (job.method, job.lora.variant, job.lora.rank, job.data.masked_loss) == ("lora", "dora", 8, "on")
     assert job.lora.target_modules == ["to_q", "to_v"] and job.lora.alpha == 8  # the rest is the lora recipe
     assert job.dreambooth.prior_preservation and job.train.learning_rate == 1e-3
     piv = job_for(bench, Task("pivotal:steps=7,token_lr=0.01", "star", 0), "m", tmp_path / "d", tmp_path / "r", "x")
@@ -312,7 +316,7 @@ def test_a_sweep_through_the_cli_trains_each_recipe_and_ranks_the_table(tmp_path
         name = Task(label, "star", 0).name
         settings = read_run(out / "runs" / name).settings
         assert (settings["lora"]["variant"], settings["lora"]["rank"], settings["data"]["masked_loss"]) == (
-            "dora", rank, True)
+            "dora", rank, "on")
         assert len(list((out / "data" / name).glob("*.mask.png"))) == 2
         assert len(list((out / "runs" / name / "prepared/images").glob("*.mask.png"))) == 2
         assert (out / "grids" / f"{name}.png").is_file()
