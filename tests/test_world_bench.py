@@ -377,3 +377,23 @@ def _teach_a_circle(tmp_path):
     [embedding] = [(str(tmp_path / "run" / f.path), f.token) for f in result.exports if f.format == "a1111"]
     scores = circles(open_session(str(model), device="cpu", embeddings=[embedding]).pipe, "<c>")
     assert scores["subject_fidelity"] >= 0.9 and scores["subject_unseen_bg"] >= 0.9, scores
+
+
+def test_personae_train_lora_defaults_are_the_bench_recipe_that_met_issue_18():
+    """The LoRA a user gets without settings is the bench's rank-8 recipe (attention, resnet convolutions,
+    projections) that met issue #18's bar with the loss masked and min-SNR 5 (docs/world.md); the loss is masked
+    by default whenever the set has masks, and the README's job sets min-SNR 5."""
+    from pathlib import Path
+
+    import yaml
+
+    from personae.config.methods import METHODS as REGISTRY
+    from personae.config.train import LoraSection, TrainJob
+
+    recipe, defaults = REGISTRY["lora"].bench["lora"], LoraSection()
+    assert (defaults.variant, defaults.rank, defaults.alpha, defaults.target_modules) == (
+        "lora", recipe["rank"], recipe["alpha"], recipe["target_modules"])
+    assert TrainJob(base_model="m", method="lora", data={"path": "d"}, output="o").data.masked_loss == "auto"
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    job = yaml.safe_load(readme.split('```yaml title="job.yaml"\n', 1)[1].split("```", 1)[0])
+    assert job["train"]["min_snr_gamma"] == 5 and (job["lora"]["rank"], job["lora"]["alpha"]) == (8, 8)
