@@ -118,7 +118,7 @@ def test_masked_training_reads_the_masks_and_refuses_an_image_without_one(tmp_pa
 
 
 def test_auto_masks_a_set_only_when_every_image_has_its_mask_and_says_so(tmp_path, tiny_model):
-    """data.masked_loss defaults to auto: a set with one unmasked image trains as off (with a warning naming it),
+    """data.masked_loss: auto: a set with one unmasked image trains as off (with a warning naming it),
     the same set with every mask trains as on (and says so); true / false in old job files read as on / off."""
     from personae.config.train import TrainJob
     from personae.events import Message
@@ -128,7 +128,7 @@ def test_auto_masks_a_set_only_when_every_image_has_its_mask_and_says_so(tmp_pat
     out = tmp_path / "out"
     prepare_dataset(tmp_path / "src", out, PrepareSettings(resolution=64, trigger="sks"))
     assert _job(tmp_path, tiny_model, out, "x", masked=True).data.masked_loss == "on"
-    assert TrainJob(base_model="m", method="lora", data={"path": "d"}, output="o").data.masked_loss == "auto"
+    assert TrainJob(base_model="m", method="lora", data={"path": "d"}, output="o").data.masked_loss == "off"  # the default
 
     def run(name, masked):
         said = []

@@ -231,8 +231,8 @@ def test_a_failed_run_keeps_the_other_runs_and_says_which_failed(tmp_path, capsy
     table = (out / "table.md").read_text()
     assert "| textual_inversion | 1 |" in table and "| lora:max_timestep=2000 | 0 |" in table
     assert "Failed, not in the table: runs/lora-max_timestep-2000-star-s0" in table
-    # a recipe that leaves data.masked_loss at auto (personae train's default) gets no masks from the bench, so its
-    # runs train on whole images, as every bench row before `auto` did
+    # a recipe that does not set data.masked_loss on gets no masks from the bench (auto then finds none), so its
+    # runs train on whole images
     data = out / "data/lora-max_timestep-2000-star-s0"
     assert len(list(data.glob("*.png"))) == 2 and not list(data.glob("*.mask.png"))
 
@@ -381,8 +381,8 @@ def _teach_a_circle(tmp_path):
 
 def test_personae_train_lora_defaults_are_the_bench_recipe_that_met_issue_18():
     """The LoRA a user gets without settings is the bench's rank-8 recipe (attention, resnet convolutions,
-    projections) that met issue #18's bar with the loss masked and min-SNR 5 (docs/world.md); the loss is masked
-    by default whenever the set has masks, and the README's job sets min-SNR 5."""
+    projections) that met issue #18's bar with min-SNR 5 and no mask (docs/world.md); the loss is not masked by
+    default, and the README's job sets min-SNR 5."""
     from pathlib import Path
 
     import yaml
@@ -393,7 +393,7 @@ def test_personae_train_lora_defaults_are_the_bench_recipe_that_met_issue_18():
     recipe, defaults = REGISTRY["lora"].bench["lora"], LoraSection()
     assert (defaults.variant, defaults.rank, defaults.alpha, defaults.target_modules) == (
         "lora", recipe["rank"], recipe["alpha"], recipe["target_modules"])
-    assert TrainJob(base_model="m", method="lora", data={"path": "d"}, output="o").data.masked_loss == "auto"
+    assert TrainJob(base_model="m", method="lora", data={"path": "d"}, output="o").data.masked_loss == "off"
     readme = (Path(__file__).parents[1] / "README.md").read_text()
     job = yaml.safe_load(readme.split('```yaml title="job.yaml"\n', 1)[1].split("```", 1)[0])
     assert job["train"]["min_snr_gamma"] == 5 and (job["lora"]["rank"], job["lora"]["alpha"]) == (8, 8)

@@ -35,12 +35,12 @@ class DataSection(Strict):
     keep_tokens: int | None = setting(None, "tags fixed in front when shuffling (default: as prepare recorded)")
     caption_dropout: float = setting(0.0, "share of examples trained with an empty caption", ge=0.0, le=1.0)
     masked_loss: Literal["auto", "on", "off"] = setting(
-        "auto", "weight the loss by each image's mask (white = the subject), taken at the latents' size: the loss is "
+        "off", "weight the loss by each image's mask (white = the subject), taken at the latents' size: the loss is "
                 "the mean over the masked pixels (kohya masked_loss). The mask is images/NAME.mask.png in the "
                 "prepared set, made by prepare from the source's alpha channel, else a NAME.mask.png beside the "
                 "source (photo.jpg -> photo.mask.png), else the face box of crop: face. auto: on when every "
-                "training image has one (the world bench's best LoRA recipe, docs/world.md); on: an image without "
-                "one stops the run; off: whole images")
+                "training image has one; on: an image without one stops the run; off: whole images (on the world "
+                "bench the best LoRA recipe did as well without the mask: docs/world.md)")
 
     @field_validator("masked_loss", mode="before")
     @classmethod
