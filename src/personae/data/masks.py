@@ -105,4 +105,4 @@ def require_masks(images: list[Path], where: str | Path) -> None:
                         "makes one from the source's alpha channel, a NAME.mask.png beside the source image, or the "
                         "face box of --crop face.",
                         "Add NAME.mask.png (white = the subject, the image's size) beside each source image and run "
-                        "personae prepare again, or set data.masked_loss: false.")
+                        "personae prepare again, or set data.masked_loss: off.")
