@@ -381,8 +381,9 @@ def _teach_a_circle(tmp_path):
 
 def test_personae_train_lora_defaults_are_the_bench_recipe_that_met_issue_18():
     """The LoRA a user gets without settings is the bench's rank-8 recipe (attention, resnet convolutions,
-    projections) that met issue #18's bar with min-SNR 5 and no mask (docs/world.md); the loss is not masked by
-    default, and the README's job sets min-SNR 5."""
+    projections) that met issue #18's bar with min-SNR 5 and no mask (docs/world.md): min-SNR 5 is on by default
+    for lora and pivotal (a job's own value wins, 0 turns it off) and off for the methods the bench never measured
+    with it; the loss is not masked by default, and the README's job sets min-SNR 5."""
     from pathlib import Path
 
     import yaml
@@ -393,7 +394,21 @@ def test_personae_train_lora_defaults_are_the_bench_recipe_that_met_issue_18():
     recipe, defaults = REGISTRY["lora"].bench["lora"], LoraSection()
     assert (defaults.variant, defaults.rank, defaults.alpha, defaults.target_modules) == (
         "lora", recipe["rank"], recipe["alpha"], recipe["target_modules"])
-    assert TrainJob(base_model="m", method="lora", data={"path": "d"}, output="o").data.masked_loss == "off"
+    def job(method, **train):
+        tokens = {"tokens": [{"token": "<x>"}]}
+        return TrainJob(base_model="m", method=method, data={"path": "d"}, output="o", train=train,
+                        textual_inversion=tokens, pivotal=tokens)
+
+    assert job("lora").data.masked_loss == "off"
+    assert [job(m).train.min_snr_gamma for m in ("lora", "pivotal", "dreambooth", "textual_inversion")] == [
+        5.0, 5.0, None, None]
+    assert job("lora", min_snr_gamma=0).train.min_snr_gamma == 0 and job("lora", steps=9).train.steps == 9
+    assert job("pivotal", min_snr_gamma=2).train.min_snr_gamma == 2
+    assert job("lora", min_snr_gamma=None).train.min_snr_gamma == 5.0  # null is "the method's default"
+    bench = WorldBench()  # the bench's methods keep the committed table's recipe: min-SNR off unless a recipe says
+    assert TrainJob.model_validate({**bench.job("lora"), "base_model": "m", "data": {"path": "d"},
+                                    "output": "o"}).train.min_snr_gamma == 0
+    assert bench.job("lora:min_snr_gamma=5")["train"]["min_snr_gamma"] == 5
     readme = (Path(__file__).parents[1] / "README.md").read_text()
     job = yaml.safe_load(readme.split('```yaml title="job.yaml"\n', 1)[1].split("```", 1)[0])
     assert job["train"]["min_snr_gamma"] == 5 and (job["lora"]["rank"], job["lora"]["alpha"]) == (8, 8)

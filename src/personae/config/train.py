@@ -71,7 +71,9 @@ class TrainSection(Strict):
     max_grad_norm: float = setting(1.0, "clip the gradient norm to this (0: no clipping)", ge=0)
     seed: int = setting(0, "seed of every random draw: batches, noise, timesteps, new weights")
     resolution: int = setting(512, "square side for raw folders (prepared sets keep their sizes)", ge=8)
-    min_snr_gamma: float | None = setting(None, "min-SNR loss weighting (5 is the paper's value)", gt=0)
+    min_snr_gamma: float | None = setting(None, "min-SNR loss weighting gamma (kohya --min_snr_gamma, diffusers "
+                                                "--snr_gamma; 5 is the paper's value); 0 turns it off. Default: 5 for "
+                                                "lora and pivotal, off for dreambooth and textual_inversion", ge=0)
     min_timestep: int = setting(0, "train on noise levels from this timestep up (kohya --min_timestep)", ge=0)
     max_timestep: int | None = setting(None, "train on noise levels below this timestep only (kohya --max_timestep; "
                                              "default: the scheduler's num_train_timesteps, all of them)", ge=1)
@@ -249,6 +251,19 @@ class TrainJob(Strict):
             raise ValueError(f"name {value!r} must be a file name of letters, digits, _ - and . (no spaces or "
                              f"slashes), and not one of the run folder's own: {', '.join(sorted(RESERVED_NAMES))}")
         return value
+
+    @model_validator(mode="before")
+    @classmethod
+    def _method_train_defaults(cls, data):
+        """The method's own train defaults (config/methods.py, e.g. min-SNR 5 for the LoRA family) under the job's."""
+        if not isinstance(data, dict) or not isinstance(data.get("train", {}), dict):
+            return data
+        spec = METHODS.get(data.get("method")) if isinstance(data.get("method"), str) else None
+        if spec is None or not spec.train:
+            return data
+        train = data.get("train", {})
+        return {**data, "train": {**spec.train, **{k: v for k, v in train.items() if v is not None or k not in
+                                                   spec.train}}}
 
     @model_validator(mode="before")
     @classmethod

@@ -25,8 +25,8 @@ SHOTS_JOB = {  # examples/storyboard-world/shots.yaml
 STAR_JOB = {  # examples/storyboard-world/star.yaml
     "method": "lora",
     "train": {"steps": 300, "batch_size": 4, "learning_rate": 1.0e-3, "lr_scheduler": "constant", "resolution": 32,
-              "seed": 0, "validation": {"steps": 10, "cfg": 4.0,
-                                        "prompts": ["a white star on a blue background, close-up"]}},
+              "seed": 0, "min_snr_gamma": 0, "validation": {"steps": 10, "cfg": 4.0,
+                                                            "prompts": ["a white star on a blue background, close-up"]}},
     "lora": {"rank": 8, "alpha": 8, "target_modules": ["to_q", "to_k", "to_v", "to_out.0", "conv1", "conv2",
                                                        "proj_in", "proj_out"]},
 }

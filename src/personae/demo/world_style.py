@@ -21,7 +21,7 @@ STYLE_JOB = {  # examples/style-world/style.yaml
     "dreambooth": {"prior_preservation": True, "num_class_images": 200,  # the flat pictures: regularization images
                    "prior_loss_weight": 2},
     "train": {"steps": 1500, "batch_size": 4, "learning_rate": 3.0e-3, "lr_scheduler": "constant", "resolution": 32,
-              "seed": 0, "max_timestep": 800, "validation": {"steps": 10, "cfg": 4.0, "prompts": [
+              "seed": 0, "max_timestep": 800, "min_snr_gamma": 0, "validation": {"steps": 10, "cfg": 4.0, "prompts": [
                   "a red ring on a blue background, close-up, drawn by KSH style",
                   "a red ring on a blue background, close-up"]}},
     "lora": {"rank": 8, "alpha": 8, "target_modules": ["to_q", "to_k", "to_v", "to_out.0", "conv1", "conv2",

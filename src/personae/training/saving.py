@@ -178,7 +178,7 @@ def export_header(job: TrainJob, stats: DatasetStats, steps_per_epoch: int, tota
             "ss_lr_warmup_steps": str(t.warmup_steps), "ss_optimizer": t.optimizer,
             "ss_mixed_precision": t.mixed_precision, "ss_save_precision": job.output_dtype,
             "ss_max_grad_norm": f"{t.max_grad_norm:g}", "ss_noise_offset": f"{t.noise_offset:g}",
-            "ss_min_snr_gamma": "None" if t.min_snr_gamma is None else f"{t.min_snr_gamma:g}",
+            "ss_min_snr_gamma": f"{t.min_snr_gamma:g}" if t.min_snr_gamma else "None",
             "ss_caption_dropout_rate": f"{job.data.caption_dropout:g}",
             "ss_shuffle_caption": str(job.data.shuffle_tags),
             "ss_flip_aug": str(job.data.flip), "ss_prior_loss_weight": f"{job.dreambooth.prior_loss_weight:g}"}
