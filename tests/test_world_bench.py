@@ -410,5 +410,6 @@ def test_personae_train_lora_defaults_are_the_bench_recipe_that_met_issue_18():
                                     "output": "o"}).train.min_snr_gamma == 0
     assert bench.job("lora:min_snr_gamma=5")["train"]["min_snr_gamma"] == 5
     readme = (Path(__file__).parents[1] / "README.md").read_text()
-    job = yaml.safe_load(readme.split('```yaml title="job.yaml"\n', 1)[1].split("```", 1)[0])
-    assert job["train"]["min_snr_gamma"] == 5 and (job["lora"]["rank"], job["lora"]["alpha"]) == (8, 8)
+    readme_job = yaml.safe_load(readme.split('```yaml title="job.yaml"\n', 1)[1].split("```", 1)[0])
+    assert readme_job["train"]["min_snr_gamma"] == 5 and (readme_job["lora"]["rank"],
+                                                           readme_job["lora"]["alpha"]) == (8, 8)
