@@ -98,6 +98,14 @@ class TrainSection(Strict):
     def _yaml_no(cls, value):
         return "no" if value is False else value  # YAML (and so --set) reads a bare `no` as false
 
+    @field_validator("min_snr_gamma", mode="before")
+    @classmethod
+    def _gamma_not_a_switch(cls, value):
+        if value is True:  # YAML's true / on / yes: a switch, not a gamma (pydantic would read it as 1)
+            raise ValueError("min_snr_gamma is a number, not on / off: 5 is the paper's value (the default for lora "
+                             "and pivotal), 0 turns it off")
+        return 0.0 if value is False else value  # false / off / no: off
+
     @model_validator(mode="after")
     def _steps_or_epochs(self):
         if self.steps is None and self.epochs is None:
