@@ -54,6 +54,14 @@ def test_the_issue_example_job_works_as_written(tmp_path, tiny_model, prepared):
         meta, keys = fh.metadata(), list(fh.keys())
     assert meta["ss_network_dim"] == "4" and meta["ss_network_alpha"] == "4" and meta["ss_steps"] == "6"
     assert meta["ss_output_name"] == "demo"  # the run's name, not "lora" for every file
+    # the job sets no min-SNR: the lora default (5) trained the run, and its config and header say so
+    assert meta["ss_min_snr_gamma"] == "5" and job.train.min_snr_gamma == 5
+    assert yaml.safe_load((run / "config.yaml").read_text())["train"]["min_snr_gamma"] == 5
+    off = load_job(tmp_path / "job.yaml", ["train.steps=2", "train.validation.steps=2", "train.min_snr_gamma=off",
+                                           "output=./runs/off"])
+    run_training(off)
+    with safe_open(str(tmp_path / "runs/off/lora.safetensors"), "pt") as fh:
+        assert fh.metadata()["ss_min_snr_gamma"] == "None"  # kohya's word for off
     from personae.models.addons import file_sha256
 
     assert meta["sshs_model_hash"] == file_sha256(run / "lora.safetensors", skip_safetensors_header=True)

@@ -405,9 +405,10 @@ def test_personae_train_lora_defaults_are_the_bench_recipe_that_met_issue_18():
     assert job("lora", min_snr_gamma=0).train.min_snr_gamma == 0 and job("lora", steps=9).train.steps == 9
     assert job("pivotal", min_snr_gamma=2).train.min_snr_gamma == 2
     assert job("lora", min_snr_gamma=None).train.min_snr_gamma == 5.0  # null is "the method's default"
-    assert job("lora", min_snr_gamma=False).train.min_snr_gamma == 0  # YAML's off / false / no
-    with pytest.raises(ValueError, match="min_snr_gamma is a number, not on / off"):
-        job("lora", min_snr_gamma=True)  # not silently gamma 1
+    assert [job("lora", min_snr_gamma=off).train.min_snr_gamma for off in (False, "off")] == [0, 0]
+    for switch in (True, "on"):
+        with pytest.raises(ValueError, match="min_snr_gamma is a number, not on / off"):
+            job("lora", min_snr_gamma=switch)  # not silently gamma 1
     bench = WorldBench()  # the bench's methods keep the committed table's recipe: min-SNR off unless a recipe says
     assert TrainJob.model_validate({**bench.job("lora"), "base_model": "m", "data": {"path": "d"},
                                     "output": "o"}).train.min_snr_gamma == 0

@@ -101,10 +101,11 @@ class TrainSection(Strict):
     @field_validator("min_snr_gamma", mode="before")
     @classmethod
     def _gamma_not_a_switch(cls, value):
-        if value is True:  # YAML's true / on / yes: a switch, not a gamma (pydantic would read it as 1)
+        word = str(value).strip().lower() if isinstance(value, (bool, str)) else None
+        if word in ("true", "on", "yes"):  # a switch, not a gamma (pydantic would read true as 1)
             raise ValueError("min_snr_gamma is a number, not on / off: 5 is the paper's value (the default for lora "
                              "and pivotal), 0 turns it off")
-        return 0.0 if value is False else value  # false / off / no: off
+        return 0.0 if word in ("false", "off", "no") else value
 
     @model_validator(mode="after")
     def _steps_or_epochs(self):
