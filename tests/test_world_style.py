@@ -169,3 +169,20 @@ def test_style_measure_refuses_a_folder_of_the_users_before_drawing(tmp_path, ca
     err = " ".join(capsys.readouterr().err.split())
     assert "personae did not write (notes.txt)" in err and "Traceback" not in err
     assert sorted(p.name for p in mine.iterdir()) == ["notes.txt"] and (mine / "notes.txt").read_text() == "mine"
+
+
+def test_style_measure_shows_progress_and_takes_quiet(tmp_path, capsys):
+    """`personae world style` draws its pictures under a progress bar (stderr) that reaches every picture, and
+    `--quiet` leaves stderr empty; the four lines it prints are the same either way."""
+    from personae.cli.main import main
+
+    printed = {}
+    for quiet in (False, True):
+        assert main(["world", "style", "--seeds", "1"] + (["--quiet"] if quiet else [])) == 0
+        out, err = capsys.readouterr()
+        printed[quiet] = out
+        if quiet:
+            assert err == ""
+        else:
+            assert "pictures" in err and "32/32" in err, err[-300:]
+    assert printed[False] == printed[True] and "style without the trigger (leakage) | 0 of 16" in printed[True]

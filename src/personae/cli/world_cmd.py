@@ -203,12 +203,14 @@ def _add_style(kinds) -> None:
                                                         "with the trigger, 64 without)")
     p.add_argument("--out", metavar="DIR", help="also write every picture, sheet.png and style.json to DIR (new, or "
                                                 "one this command wrote)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(run=run_style)
 
 
 def run_style(args) -> int:
     import torch
 
+    from personae.cli.progress import TerminalProgress
     from personae.errors import UserError
     from personae.inference.session import open_session
     from personae.outputs import check_output
@@ -221,8 +223,12 @@ def run_style(args) -> int:
         check_output(args.out, STYLE_CHECK)
     model = str(WORLD_DIR) if args.model == "world" else args.model
     session = open_session(model, device="cpu", loras=[(r["path"], r["weight"]) for r in args.lora])
-    with torch.no_grad():
-        scores = score_style(session.pipe, args.trigger, args.seeds)
+    progress = TerminalProgress(quiet=args.quiet)
+    try:
+        with torch.no_grad():
+            scores = score_style(session.pipe, args.trigger, args.seeds, on_event=progress)
+    finally:
+        progress.close()
     if args.out:
         write_style_record(scores, args.out, {"model": args.model, "lora": args.lora, "trigger": args.trigger,
                                               "seeds": args.seeds})

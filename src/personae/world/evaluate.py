@@ -15,13 +15,16 @@ import torch
 from diffusers import DDIMScheduler
 from PIL import Image
 
+from personae.events import EventHandler, Progress, ignore
 from personae.world.check import accuracy, check
 from personae.world.scene import EVAL_PROMPTS, parse_prompt
 
 
 @torch.no_grad()
-def generate_world(pipe, prompts: list[str], seeds: list[int], steps: int = 25, cfg: float = 4.0, batch: int = 64):
-    """PIL images, one per (prompt, seed), from a StableDiffusionPipeline (its scheduler is left as it was)."""
+def generate_world(pipe, prompts: list[str], seeds: list[int], steps: int = 25, cfg: float = 4.0, batch: int = 64,
+                   on_event: EventHandler = ignore):
+    """PIL images, one per (prompt, seed), from a StableDiffusionPipeline (its scheduler is left as it was);
+    `on_event` hears a Progress("pictures", done, total) after every denoising step of a batch, in pictures."""
     original = pipe.scheduler
     pipe.scheduler = DDIMScheduler.from_config(original.config)
     pipe.set_progress_bar_config(disable=True)
@@ -29,9 +32,15 @@ def generate_world(pipe, prompts: list[str], seeds: list[int], steps: int = 25, 
     try:
         for start in range(0, len(prompts), batch):
             part = slice(start, start + batch)
+            size = len(prompts[part])
             generators = [torch.Generator("cpu").manual_seed(s) for s in seeds[part]]
+
+            def stepped(_pipe, i, _t, values, start=start, size=size):
+                on_event(Progress("pictures", start + round(size * (i + 1) / steps), len(prompts)))
+                return values
+
             images += pipe(prompt=list(prompts[part]), num_inference_steps=steps, guidance_scale=cfg,
-                           generator=generators).images
+                           generator=generators, callback_on_step_end=stepped).images
     finally:
         pipe.scheduler = original
     return images

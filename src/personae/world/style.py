@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from personae.events import EventHandler, ignore
 from personae.outputs import Kind, staged_output
 from personae.staging import atomic_file, write_text
 from personae.world.check import read_style
@@ -47,12 +48,13 @@ def style_prompts(trigger: str = TRIGGER, seeds: int = SEEDS) -> list[tuple[str,
     return plan
 
 
-def score_style(pipe, trigger: str = TRIGGER, seeds: int = SEEDS, style: str = STYLE) -> dict:
+def score_style(pipe, trigger: str = TRIGGER, seeds: int = SEEDS, style: str = STYLE,
+                on_event: EventHandler = ignore) -> dict:
     """Share of the triggered generations drawn in `style` ("present"), of the untriggered ones drawn in it ("leak"),
     and of each whose shape, colour, background and size are the ones asked ("content" with the trigger,
     "content_plain" without), at DDIM 25, CFG 4 (the world's evaluation settings). Also the images and readings."""
     plan = style_prompts(trigger, seeds)
-    images = generate_world(pipe, [p for p, _, _, _ in plan], [s for _, _, _, s in plan])
+    images = generate_world(pipe, [p for p, _, _, _ in plan], [s for _, _, _, s in plan], on_event=on_event)
     rows = []
     for image, (prompt, triggered, wanted, seed) in zip(images, plan):
         found_style, found = read_style(image)
