@@ -67,10 +67,6 @@ GPU_SCALE = [
     ("examples/compare-world/suite.yaml", "seeds: [0, 1, 2]", "seeds: [0]", "the measured run's seeds"),
     # the drawing style: tests/test_world_style.py trains the recipe whole and holds it to the bar; here the commands
     ("examples/style-world/style.yaml", "steps: 1500,", "steps: 4,", "the measured run's length (docs/world.md)"),
-    # world motion: tests/test_world_motion.py trains it short twice; here the commands
-    ("docs/world.md", "personae world motion ./world-motion  ",
-     "personae world motion ./world-motion --steps 2 --set dataset_size=8 --set eval.clips=1 --set eval.long_clips=0 "
-     "--set eval.steps=2  ", "the measured run's length (23 min, docs/world.md)"),
 ]
 # The five workflows personae is for (issue #17), each a test that ends in the file the user wanted: (document,
 # section or None, the file, relative to the folder its commands end in).

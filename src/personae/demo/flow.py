@@ -36,7 +36,7 @@ DEMO = Kind("demo", "a demo", "personae demo",
             layout=("index.md", "index.html", "models/*", "photos/*", "prepared/*", "generate/*", "single-file/*",
                     "runs/*", "with-lora/*", "from-png/*", "storyboard/*", "controlnet/*", "animate/*", "compare/*",
                     "world/*", "world-bench/*", "world-board/*", "world-compare/*", "world-control/*",
-                    "world-img2img/*", "world-style/*"))
+                    "world-img2img/*", "world-style/*", "world-motion/*"))
 
 
 class Index:
@@ -73,6 +73,7 @@ def _demo(out: Path, on_event: EventHandler) -> Path:
     from personae.demo.world_compare import world_compare
     from personae.demo.world_control import world_control
     from personae.demo.world_img2img import world_img2img
+    from personae.demo.world_motion import world_motion
     from personae.demo.world_style import world_style
 
     world = world_demo(out, index, on_event)
@@ -86,6 +87,8 @@ def _demo(out: Path, on_event: EventHandler) -> Path:
     world_img2img(out, world, out / "models/world-controlnet", index, on_event)
     # and a drawing style: a LoRA on banded pictures whose captions end with a trigger phrase, with and without it
     world_style(out, world, index, on_event)
+    # and motion: the world motion adapter on held-out shapes and on the taught star, every frame read back
+    world_motion(out, world, out / "world-bench/runs/dreambooth-star-s0/model", index, on_event)
 
     # and the everyday flow on it: prepare, text to image, a long prompt, a LoRA and its files, --from-png
     world_flow(out, world, index, on_event)
@@ -104,20 +107,5 @@ def _demo(out: Path, on_event: EventHandler) -> Path:
                                         "from the file give identical pixels to the folder: "
                                         f"{same_pixels(folder[0], single[0])} (a random model draws noise, so the "
                                         "pictures are not shown).")
-
-    # an animated clip: AnimateDiff with a tiny motion adapter
-    from personae.config.animate import AnimateSettings
-    from personae.jobs.animate import run_animate
-    from personae.models.tiny_motion import write_tiny_motion_adapter
-
-    adapter = write_tiny_motion_adapter(out / "models/tiny-motion", seed=0)
-    clip = AnimateSettings(model=str(model), motion_adapter=str(adapter), prompt="a photo of a cat", frames=16, fps=8,
-                           steps=20, cfg=2.0, seed=0, width=64, height=64)
-    run_animate(clip, [out / "animate/clip.gif", out / "animate/clip.mp4"], on_event=on_event)
-    index.add("Animated clip", "`personae animate --motion-adapter models/tiny-motion --frames 16 --fps 8` on the "
-                               "tiny model: a looping GIF and an H.264 MP4 (animate/clip.gif, animate/clip.mp4), "
-                               "settings in the GIF comment and MP4 metadata (DDIM, clip skip 2 by default). The "
-                               "world's own motion adapter does not ship yet (docs/world.md, \"World motion\": the "
-                               "prompted direction is not learnt), so the clip is noise and not shown.")
 
     return out / "index.html"

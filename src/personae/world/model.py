@@ -27,6 +27,7 @@ from personae.outputs import MODEL_FOLDER, staged_output
 
 WORLD_DIR = Path(__file__).parent / "weights"  # the shipped pretrained model (a diffusers folder)
 WORLD_CONTROLNET_DIR = Path(__file__).parent / "controlnet_weights"  # its ControlNet (`personae world controlnet`)
+WORLD_MOTION_DIR = Path(__file__).parent / "motion_weights"  # its motion adapter (`personae world motion`)
 
 TEXT_WIDTH = 64  # the text encoder's hidden size, which is the UNet's cross-attention width
 WORLD_UNET = dict(
@@ -83,6 +84,16 @@ def write_world_controlnet(out_dir: str | Path, source: Path = WORLD_CONTROLNET_
         f"The world ControlNet is not in this copy of personae ({source} holds no config.json).",
         "Train it with `personae world controlnet OUT` (under half an hour on 2 CPU cores) and pass OUT to "
         "--controlnet; to ship it, copy OUT into src/personae/world/controlnet_weights/.")
+
+
+def write_world_motion(out_dir: str | Path, source: Path = WORLD_MOTION_DIR, overwrite: bool = False) -> Path:
+    """Copy the shipped world motion adapter (a diffusers MotionAdapter folder, with the LoRA and motion words it
+    was trained with, and its training record) to `out_dir`."""
+    return _write_shipped(
+        source / "config.json", out_dir, overwrite,
+        f"The world motion adapter is not in this copy of personae ({source} holds no config.json).",
+        "Train it with `personae world motion OUT` (about 20 minutes on 2 CPU cores) and pass OUT to "
+        "--motion-adapter; to ship it, copy OUT into src/personae/world/motion_weights/.")
 
 
 def _write_shipped(marker: Path, out_dir: str | Path, overwrite: bool, missing: str, fix: str) -> Path:
