@@ -115,7 +115,7 @@ def test_demo_runs_offline_and_writes_an_index(tmp_path):
     assert "Ranking" in (tmp_path / "demo/world-compare/report.html").read_text()
     section = index[index.index("## Compare on the world"):index.index("## World ControlNet")]
     assert "1. " in section and "subject" in section and "3. base: subject 0 %" in section, section
-    assert "## Animated clip" in index
+    assert "## World motion" in index and "## Animated clip" not in index  # the world clip replaced the tiny one
     # the demo opens on the shapes-world model: its prompts read back exactly, and a star is learnt
     assert index.index("## Shapes-world model") < index.index("## Teach a star") < index.index("## Single-file")
     right = int(re.search(r"the exact checker finds (\d+) of 16 right", index).group(1))

@@ -47,12 +47,11 @@ def world_motion(out: Path, model: Path, star_model: Path, index, on_event: Even
                 on_event=on_event)
     # the taught star through the same adapter, against the base model with the same seed
     star = make_clip(np.random.default_rng(0), *STAR_PROMPT)
-    taught = score_clip(generate_clips(str(star_model), str(adapter), [star], STEPS, CFG, lora=lora,
-                                       embeddings=words)[0], star)
+    taught = score_clip(run_animate(clip_settings(str(star_model), str(adapter), star, 0, STEPS, CFG, lora=lora,
+                                                  embeddings=words), [here / "star.gif"], on_event=on_event).frames,
+                        star)
     base = score_clip(generate_clips(str(model), str(adapter), [star], STEPS, CFG, lora=lora, embeddings=words)[0],
                       star)
-    run_animate(clip_settings(str(star_model), str(adapter), star, 0, STEPS, CFG, lora=lora, embeddings=words),
-                [here / "star.gif"], on_event=on_event)
     counts = {"identity": sum(r["identity"] for r in scored), "direction": sum(r["direction"] for r in scored),
               "clips": len(clips), "jitter": shares(scored)["jitter"], "jitter_independent": shares(independent)[
                   "jitter"], "star_frames": taught["identity_frames"], "star_grows": taught["direction"],
