@@ -226,7 +226,7 @@ def _every_picture_loads_and_none_is_noise(page_file):
         finally:
             browser.close()
     named = [line[4:-1] for line in (page_file.parent / "index.md").read_text().splitlines() if line.startswith("![](")]
-    assert [src for src, _, _ in images] == named and len(named) >= 25  # 33 (session 16), in 13 of the 15 sections
+    assert [src for src, _, _ in images] == named and len(named) >= 25  # 33 (session 16), in 14 of the 15 sections
     assert [src for src, complete, width in images if not complete or width == 0] == []
     noisy = {src: round(speckle(page_file.parent / src), 2) for src, _, _ in images}
     assert {src: s for src, s in noisy.items() if s > 0.4} == {}, noisy
