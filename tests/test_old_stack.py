@@ -6,6 +6,8 @@ initialises them) or a LoRA whose alpha is ignored would be the worst kind of bu
 wrong one. So short LoRA (with text encoder), pivotal, textual-inversion and DreamBooth runs are
 exported here, and tests/compat/render.py (plain diffusers, no personae) renders every export in this
 stack and in the old one (built once by scripts/setup_old_stack.sh from locks/old-stack.txt and cached).
+The world motion adapter's files (adapter folder, kohya LoRA, A1111 motion word) are rendered as clips the same way
+by tests/compat/animate.py and compared with `personae animate`'s.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ pytestmark = pytest.mark.slow  # models, training or CLI subprocesses: the full 
 
 ROOT = Path(__file__).resolve().parents[1]
 RENDER = ROOT / "tests" / "compat" / "render.py"
+ANIMATE = ROOT / "tests" / "compat" / "animate.py"
 TOKENS = [{"token": "<sks>", "init_word": "star", "vectors": 2}]
 QUICK = {"steps": 2, "batch_size": 2, "learning_rate": 5e-3, "seed": 0, "validation": {"steps": 2}}
 RUNS = {
@@ -80,11 +83,11 @@ def _cases(tiny: Path, runs: dict[str, Path], world: Path) -> list[dict]:
     ]
 
 
-def _render(python: str, cases: list[dict], out: Path) -> tuple[dict[str, np.ndarray], dict]:
+def _render(python: str, cases: list[dict], out: Path, script: Path = RENDER) -> tuple[dict[str, np.ndarray], dict]:
     cases_file = out.with_suffix(".cases.json")
     cases_file.write_text(json.dumps(cases))
     env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", PYTHONPATH="")
-    r = subprocess.run([python, str(RENDER), str(cases_file), str(out)], capture_output=True, text=True, env=env)
+    r = subprocess.run([python, str(script), str(cases_file), str(out)], capture_output=True, text=True, env=env)
     assert r.returncode == 0, r.stderr[-3000:]
     with np.load(out) as images:
         return {k: images[k] for k in images.files}, json.loads(out.with_suffix(".json").read_text())
@@ -113,3 +116,39 @@ def test_every_export_renders_the_same_in_the_old_stack(exports, tiny_model, old
     assert max(diffs.values()) <= 1e-4, diffs
     changed = {name: float(np.abs(new[name] - new["base model folder"]).max()) for name in new}
     assert all(v > 1e-3 for k, v in changed.items() if k not in ("base model folder", "world model folder")), changed
+
+
+def test_the_world_motion_files_give_animates_clip_in_both_stacks(tmp_path, old_python):
+    """The motion adapter folder, its kohya LoRA and a motion word's A1111 embedding, as `personae model world-motion`
+    writes them, loaded by plain diffusers' AnimateDiffPipeline (load_lora_weights, load_textual_inversion,
+    enable_free_noise for a 32-frame clip) give `personae animate`'s clip, in this stack and in the old one."""
+    from personae.config.animate import AnimateSettings
+    from personae.inference.animate import animate
+    from personae.world.model import write_world_model, write_world_motion
+
+    world, motion = write_world_model(tmp_path / "world"), write_world_motion(tmp_path / "world-motion")
+    lora, word = motion / "motion-lora.safetensors", motion / "motion-words" / "growing.safetensors"
+    growing = {"model": str(world), "adapter": str(motion), "prompt": "a white square on a red background, medium "
+               "shot, growing", "seed": 3, "steps": 4, "frames": 16}
+    cases = [dict(growing, name="adapter"), dict(growing, name="adapter + lora", loras=[str(lora)]),
+             dict(growing, name="adapter + lora + word", loras=[str(lora)], embeddings=[[str(word), "growing"]]),
+             dict(growing, name="32 frames in windows", prompt="a black circle on a green background, full shot, "
+                  "moving up", seed=5, steps=3, frames=32, context=16, stride=4)]
+    new, _ = _render(sys.executable, cases, tmp_path / "new.npz", ANIMATE)
+    old, old_report = _render(old_python, cases, tmp_path / "old.npz", ANIMATE)
+    assert old_report["versions"]["diffusers"].startswith("0.32")
+    for case in cases:
+        settings = AnimateSettings(
+            model=case["model"], motion_adapter=case["adapter"], prompt=case["prompt"], seed=case["seed"],
+            steps=case["steps"], cfg=4.0, sampler="DDIM", clip_skip=1, frames=case["frames"], device="cpu",
+            context=case.get("context", 16), context_stride=case.get("stride", 4),
+            loras=[{"path": p, "weight": 1.0} for p in case.get("loras", [])],
+            embeddings=[{"path": p, "token": t} for p, t in case.get("embeddings", [])])
+        ours = np.stack([np.asarray(f, dtype=np.float32) / 255 for f in animate(settings).frames])
+        name = case["name"]
+        assert ours.shape == new[name].shape == old[name].shape == (case["frames"], 32, 32, 3), name
+        assert np.abs(new[name] - old[name]).max() <= 1e-4, name
+        assert np.abs(ours - new[name]).max() <= 1 / 255, name  # animate writes 8-bit frames: rounding only
+    # each file changes the clip: a LoRA or word that failed to load would leave the adapter's clip
+    assert np.abs(new["adapter + lora"] - new["adapter"]).max() > 0.1
+    assert np.abs(new["adapter + lora + word"] - new["adapter + lora"]).max() > 0.1
