@@ -152,3 +152,38 @@ def test_the_world_motion_files_give_animates_clip_in_both_stacks(tmp_path, old_
     # each file changes the clip: a LoRA or word that failed to load would leave the adapter's clip
     assert np.abs(new["adapter + lora"] - new["adapter"]).max() > 0.1
     assert np.abs(new["adapter + lora + word"] - new["adapter + lora"]).max() > 0.1
+
+
+def test_the_world_controlnet_gives_generates_picture_in_both_stacks(tmp_path, old_python):
+    """The world ControlNet folder, as `personae model world-controlnet` writes it, in plain diffusers'
+    StableDiffusionControlNetPipeline with a canny map drawn by `personae detect`, gives `personae generate --control
+    raw:MAP`'s picture, in this stack and in the old one. At the map's own size (32 px): when the output is larger,
+    personae stretches the map bilinearly and diffusers with Lanczos, so the two differ there by design."""
+    from personae.config.generate import GenerateSettings
+    from personae.data.control import detect_control
+    from personae.inference.txt2img import txt2img
+    from personae.world.model import write_world_controlnet, write_world_model
+    from personae.world.placed import Placed
+
+    world, controlnet = write_world_model(tmp_path / "world"), write_world_controlnet(tmp_path / "world-controlnet")
+    control_map = tmp_path / "map.png"
+    shape = Placed("ring", "red", "blue", 10.0, (8.0, 23.0)).image()
+    detect_control("canny", shape, {}, where="test").save(control_map)
+    prompt = "a red ring on a blue background, full shot"
+    cases = [{"name": "world", "model": str(world), "prompt": prompt, "size": 32},
+             {"name": "world controlnet", "model": str(world), "prompt": prompt, "size": 32,
+              "controlnet": str(controlnet), "control_image": str(control_map)}]
+    new, _ = _render(sys.executable, cases, tmp_path / "new.npz")
+    old, old_report = _render(old_python, cases, tmp_path / "old.npz")
+    assert old_report["versions"]["diffusers"].startswith("0.32")
+    for case in cases:
+        unit = {"type": "raw", "image": str(control_map), "model": str(controlnet)}
+        controls = [unit] if "controlnet" in case else []
+        settings = GenerateSettings(model=str(world), prompt=prompt, negative="", steps=3, cfg=5.0, sampler="DDIM",
+                                    seed=0, width=32, height=32, clip_skip=1, device="cpu", controls=controls)
+        ours = np.asarray(txt2img(settings)[0].image, dtype=np.float32) / 255
+        name = case["name"]
+        assert ours.shape == new[name].shape == old[name].shape == (32, 32, 3), name
+        assert np.abs(new[name] - old[name]).max() <= 1e-4, name
+        assert np.abs(ours - new[name]).max() <= 1 / 255, name  # generate writes 8-bit pictures: rounding only
+    assert np.abs(new["world controlnet"] - new["world"]).max() > 0.1  # the ControlNet acts

@@ -3,8 +3,9 @@
 Run by tests/test_old_stack.py with the main stack's python and with the old stack's:
     python render.py CASES.json OUT.npz
 CASES.json: [{"name", "model" (folder or single file), "config" (folder, for single files),
-"loras": [file or folder], "embeddings": [[file, token or null]], "prompt"}]. Each case is
-rendered with DDIM, 3 steps, CFG 5, seed 0, 64 px, fp32; OUT.npz holds one image per case and
+"loras": [file or folder], "embeddings": [[file, token or null]], "prompt", optionally "controlnet" (folder) with
+"control_image" (the control map, a PNG), and "size" (px, default 64)}]. Each case is
+rendered with DDIM, 3 steps, CFG 5, seed 0, fp32; OUT.npz holds one image per case and
 OUT.json what each stack reported (versions, text-encoder weights missing on load).
 """
 
@@ -15,17 +16,22 @@ import warnings
 
 import numpy as np
 import torch
+from PIL import Image
 
 warnings.filterwarnings("ignore")
 
 
 def load(case):
-    from diffusers import DDIMScheduler, StableDiffusionPipeline
+    from diffusers import ControlNetModel, DDIMScheduler, StableDiffusionControlNetPipeline, StableDiffusionPipeline
     from transformers import CLIPTextModel
 
     missing = []
     kwargs = dict(safety_checker=None, requires_safety_checker=False, torch_dtype=torch.float32)
-    if case["model"].endswith(".safetensors"):
+    if case.get("controlnet"):
+        controlnet = ControlNetModel.from_pretrained(case["controlnet"], torch_dtype=torch.float32)
+        pipe = StableDiffusionControlNetPipeline.from_pretrained(case["model"], controlnet=controlnet,
+                                                                 local_files_only=True, **kwargs)
+    elif case["model"].endswith(".safetensors"):
         pipe = StableDiffusionPipeline.from_single_file(case["model"], config=case["config"], local_files_only=True,
                                                         **kwargs)
     else:
@@ -82,10 +88,12 @@ def main(cases_file, out_file):
         pipe, missing = load(case)
         report["missing"][case["name"]] = missing[:5]
         report["headers"][case["name"]] = header_configs(case)
+        control = {"image": Image.open(case["control_image"]).convert("RGB")} if case.get("controlnet") else {}
+        side = case.get("size", 64)
         with torch.no_grad():
             images[case["name"]] = pipe(case["prompt"], negative_prompt="", num_inference_steps=3, guidance_scale=5.0,
-                                        height=64, width=64, generator=torch.Generator().manual_seed(0),
-                                        output_type="np").images[0]
+                                        height=side, width=side, generator=torch.Generator().manual_seed(0),
+                                        output_type="np", **control).images[0]
     np.savez(out_file, **images)
     open(out_file[:-4] + ".json", "w").write(json.dumps(report, indent=1))
 
