@@ -6,12 +6,13 @@ character taught on it and drawn as a storyboard whose panels are read back exac
 (demo/world_board.py), and the base model, the DreamBooth star and the LoRA star compared with
 the checker as a metric (demo/world_compare.py), the world ControlNet placing shapes where a
 control map says (demo/world_control.py), img2img's strength curve and one shape turned into another in place
-(demo/world_img2img.py), and a drawing style taught from banded pictures with a
-trigger phrase, measured with and without it (demo/world_style.py); then the everyday flow on it (a
+(demo/world_img2img.py), a drawing style taught from banded pictures with a
+trigger phrase, measured with and without it (demo/world_style.py), and the world motion adapter animating held-out
+shapes and the taught star, every frame read back (demo/world_motion.py); then the everyday flow on it (a
 folder prepared, text to image with A1111's settings, a long weighted prompt, a LoRA and its exports reloaded,
 --from-png; demo/world_flow.py). The random tiny model comes last, only where a file format is the point: a single
-file in the original checkpoint layout (which cannot carry the world's own tokenizer) and an AnimateDiff clip; its
-pictures are noise and the index does not show them.
+file in the original checkpoint layout (which cannot carry the world's own tokenizer); its pictures are noise and
+the index does not show them.
 
 Each step appends a section to index.md / index.html in the output folder, so the
 user sees what was made and where. Later capabilities add steps here. The folder must be
