@@ -1,12 +1,12 @@
 """Render AnimateDiff clips the way plain diffusers (no personae) loads a motion adapter folder, a kohya LoRA and an
 A1111 embedding, in whichever stack runs it.
 
-Run by tests/test_world_motion.py with the main stack's python and with the old stack's:
+Run by tests/test_old_stack.py with the main stack's python and with the old stack's:
     python animate.py CASES.json OUT.npz
 CASES.json: [{"name", "model" (folder), "adapter" (folder), "loras": [file], "embeddings": [[file, token]],
 "prompt", "seed", "steps", "frames", optional "context" and "stride" for FreeNoise windows}]. Each clip: DDIM on
-AnimateDiff's linear schedule (as diffusers' AnimateDiff docs set it), CFG 4, the model's native size, fp32. OUT.npz holds one (frames, h, w, 3) array per case, OUT.json the
-stack's versions.
+AnimateDiff's linear schedule (as diffusers' AnimateDiff docs set it), CFG 4, the model's native size, fp32.
+OUT.npz holds one (frames, h, w, 3) array per case, OUT.json the stack's versions.
 """
 
 import json
