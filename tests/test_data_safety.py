@@ -204,6 +204,12 @@ def _world_img2img_eval(c, tmp):
     return out, ["world", "img2img-eval", "--out", str(out), "--cases", "1"], out
 
 
+def _world_zero_snr(c, tmp):
+    out = user_files(tmp / "zs")
+    return out, ["world", "zero-snr", str(out), "--steps", "1", "--set", "dataset_size=16", "--set", "eval.samples=16",
+                 "--set", "eval.steps=1", "--quiet"], out
+
+
 def _world_motion(c, tmp):
     out = user_files(tmp / "wm")
     return out, ["world", "motion", str(out), "--steps", "1", "--quiet"], out
@@ -257,6 +263,7 @@ CASES = [
     Case("world controlnet", _world_controlnet, OVERWRITE),
     Case("world control-eval", _world_control_eval, OVERWRITE),
     Case("world img2img-eval", _world_img2img_eval, OVERWRITE),
+    Case("world zero-snr", _world_zero_snr, OVERWRITE),
     Case("world motion", _world_motion, OVERWRITE),
     Case("world motion-eval", _world_motion_eval, OVERWRITE),
     Case("model tiny", _model("tiny"), OVERWRITE),

@@ -259,13 +259,14 @@ def _settings_models():
     from personae.world.controlnet_settings import WorldControlNet
     from personae.world.motion_settings import WorldMotion
     from personae.world.pretrain_settings import WorldPretrain
+    from personae.world.zero_snr_settings import WorldZeroSnr
 
     return {"train": TrainJob, "prepare": PrepareSettings, "world pretrain": WorldPretrain, "world bench": WorldBench,
-            "world controlnet": WorldControlNet, "world motion": WorldMotion}
+            "world controlnet": WorldControlNet, "world motion": WorldMotion, "world zero-snr": WorldZeroSnr}
 
 
 @pytest.mark.parametrize("command", ["train", "prepare", "world pretrain", "world bench", "world controlnet",
-                                     "world motion"])
+                                     "world motion", "world zero-snr"])
 def test_every_setting_of_train_prepare_and_world_is_documented_in_its_help(command, monkeypatch):
     """The job, prepare and world settings carry their description in the declaration, and `--help` is made from
     it: every key (train.steps, lora.rank, vae.kl_weight ...) or option (--class-word ...) with its text."""

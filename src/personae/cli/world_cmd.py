@@ -1,13 +1,13 @@
 """`personae world pretrain OUT`, `personae world bench --out DIR`, `personae world render OUT`, `personae world shots`,
-`personae world style` and the commands of world_models_cmd.py (controlnet, control-eval, img2img-eval, motion,
-motion-eval): the shapes world."""
+`personae world style` and the commands of world_models_cmd.py (controlnet, control-eval, img2img-eval,
+zero-snr, motion, motion-eval): the shapes world."""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
-from personae.cli.world_models_cmd import _add_controlnet, _add_img2img, _add_motion, command_threads
+from personae.cli.world_models_cmd import _add_controlnet, _add_img2img, _add_motion, _add_zero_snr, command_threads
 
 EXAMPLES = """examples:
   personae world pretrain ./world                       # the full run: about 52 minutes (one thread)
@@ -97,6 +97,7 @@ def add_parser(sub) -> None:
     _add_shots(kinds)
     _add_controlnet(kinds)
     _add_img2img(kinds)
+    _add_zero_snr(kinds)
     _add_motion(kinds)
     _add_style(kinds)
     p.set_defaults(run=lambda args: p.print_help() or 2)

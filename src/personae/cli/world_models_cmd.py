@@ -1,5 +1,6 @@
-"""`personae world controlnet OUT` / `control-eval`, `personae world img2img-eval`, and `personae world motion OUT` /
-`motion-eval`: the world model's ControlNet, img2img and motion adapter, trained and measured."""
+"""`personae world controlnet OUT` / `control-eval`, `personae world img2img-eval`, `personae world zero-snr OUT`
+and `personae world motion OUT` / `motion-eval`: the world model's ControlNet, img2img, zero-terminal-SNR fine-tune
+and motion adapter, trained and measured."""
 
 from __future__ import annotations
 
@@ -112,7 +113,7 @@ def run_img2img_eval(args) -> int:
     from personae.errors import UserError
     from personae.outputs import staged_output
     from personae.world.img2img_eval import IMG2IMG_EVAL, measure_img2img
-    from personae.world.model import WORLD_CONTROLNET_DIR, WORLD_DIR
+    from personae.world.model import WORLD_CONTROLNET_DIR, world_model_dir
 
     if args.cases < 1:
         raise UserError(f"--cases {args.cases} draws nothing.", "Give --cases 1 or more (default 64).")
@@ -127,7 +128,7 @@ def run_img2img_eval(args) -> int:
         raise UserError(f"--controlnet {controlnet} is not a ControlNet folder (no config.json in it).",
                         "Give `world` (the shipped one), or a folder `personae world controlnet` or `personae model "
                         "world-controlnet` wrote.")
-    model = str(WORLD_DIR) if args.model == "world" else args.model
+    model = str(world_model_dir(args.model))
     progress = TerminalProgress(quiet=True)
     with staged_output(args.out, IMG2IMG_EVAL, replace=args.overwrite) as work:
         measure_img2img(model, controlnet, work, cases=args.cases, cfgs=cfgs, on_event=progress)
@@ -172,7 +173,8 @@ def _add_motion(kinds) -> None:
                                                   "default: the adapter folder's motion-lora.safetensors if it has "
                                                   "one; `none`: no LoRA (the folder's motion-words/ embeddings are "
                                                   "always loaded)")
-    e.add_argument("--model", default="world", help="`world` (the shipped model, default) or a model folder")
+    e.add_argument("--model", help="`world` (the shipped model) or a model folder (default: the model the adapter "
+                                    "learnt on, as its training record says)")
     e.add_argument("--clips", type=int, default=32, help="held-out 16-frame clips per row (default 32)")
     e.add_argument("--long-clips", type=int, default=12, help="held-out 32-frame clips (default 12; 0: none)")
     e.add_argument("--overwrite", action="store_true", help="replace DIR if this command wrote it")
@@ -220,10 +222,10 @@ def run_control_eval(args) -> int:
     from personae.cli.progress import TerminalProgress
     from personae.outputs import staged_output
     from personae.world.control_eval import CONTROL_EVAL, measure_controlnet
-    from personae.world.model import WORLD_CONTROLNET_DIR, WORLD_DIR
+    from personae.world.model import WORLD_CONTROLNET_DIR, world_model_dir
 
     controlnet = str(WORLD_CONTROLNET_DIR) if args.controlnet == "world" else args.controlnet
-    model = str(WORLD_DIR) if args.model == "world" else args.model
+    model = str(world_model_dir(args.model))
     progress = TerminalProgress(quiet=True)
     with staged_output(args.out, CONTROL_EVAL, replace=args.overwrite) as work:
         measure_controlnet(controlnet, model, work, count=args.controls, subject_lora=args.subject_lora,
@@ -258,15 +260,66 @@ def run_motion(args) -> int:
 def run_motion_eval(args) -> int:
     from personae.cli.progress import TerminalProgress
     from personae.outputs import staged_output
-    from personae.world.model import WORLD_DIR
-    from personae.world.motion_eval import MOTION_EVAL, adapter_lora, adapter_words, measure_motion
+    from personae.world.model import world_model_dir
+    from personae.world.motion_eval import MOTION_EVAL, adapter_base, adapter_lora, adapter_words, measure_motion
 
     adapter = args.motion_adapter
     lora = adapter_lora(adapter) if args.lora is None else None if args.lora == "none" else args.lora
-    model = str(WORLD_DIR) if args.model == "world" else args.model
+    model = adapter_base(adapter) if args.model is None else str(world_model_dir(args.model))
     progress = TerminalProgress(quiet=True)
     with staged_output(args.out, MOTION_EVAL, replace=args.overwrite) as work:
         measure_motion(model, adapter, work, clips=args.clips, long_clips=args.long_clips, on_event=progress,
                        lora=lora, embeddings=adapter_words(adapter))
     print((Path(args.out) / "table.md").read_text(), end="")
+    return 0
+
+
+ZERO_SNR_EXAMPLES = """examples:
+  personae world zero-snr ./world-zero-snr               # the run of docs/world.md (about 10 min on 2 threads)
+  personae world zero-snr ./zs --steps 200 --set dataset_size=1024
+  personae generate --model ./world-zero-snr --prompt "a red circle on a blue background, medium shot" --cfg 4
+"""
+
+
+def _add_zero_snr(kinds) -> None:
+    from personae.cli.options import settings_epilog
+    from personae.world.zero_snr_settings import WorldZeroSnr
+
+    p = kinds.add_parser("zero-snr", help="fine-tune the world model to v-prediction at zero terminal SNR (the "
+                                          "motion adapter's base)",
+                         epilog=ZERO_SNR_EXAMPLES + "\n" + settings_epilog(WorldZeroSnr, "settings (--set KEY=VALUE; "
+                                                                            "defaults are the run of docs/world.md)"),
+                         formatter_class=argparse.RawDescriptionHelpFormatter,
+                         description="Fine-tune the world model's UNet to predict the velocity on its noise schedule "
+                                     "rescaled to zero terminal SNR and sampled from the last timestep (Lin et al. "
+                                     "2023), so the starting noise no longer decides where the shape is. Writes OUT "
+                                     "as a diffusers model folder (the new scheduler config in it) with OUT/training/ "
+                                     "(settings, losses, the checker's scores, a sheet). Same settings and thread "
+                                     "count, same weights.")
+    p.add_argument("out", metavar="OUT", help="folder to write (a diffusers model folder)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a setting")
+    p.add_argument("--steps", type=int, help="training steps (shortcut for --set steps=N)")
+    p.add_argument("--overwrite", action="store_true", help="replace OUT if personae wrote it")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(run=run_zero_snr)
+
+
+def run_zero_snr(args) -> int:
+    from personae.cli.progress import TerminalProgress
+    from personae.config.base import apply_overrides, parse_settings
+    from personae.world.zero_snr import fine_tune_zero_snr
+    from personae.world.zero_snr_settings import WorldZeroSnr
+
+    overrides = list(args.set) + ([f"steps={args.steps}"] if args.steps is not None else [])
+    settings = parse_settings(WorldZeroSnr, apply_overrides({}, overrides), "--set")
+    progress = TerminalProgress(quiet=args.quiet)
+    try:
+        with command_threads(settings.threads):
+            result = fine_tune_zero_snr(settings, args.out, overwrite=args.overwrite, on_event=progress)
+    finally:
+        progress.close()
+    print(f"fine-tuned the world model to zero terminal SNR in {result.seconds['total'] / 60:.1f} min "
+          f"({result.steps} steps) into {result.out}")
+    print(f"{settings.eval.samples} pictures of the fixed prompts, right: " +
+          ", ".join(f"{k} {v:.0%}" for k, v in result.scores.items()))
     return 0

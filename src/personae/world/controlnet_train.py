@@ -43,7 +43,7 @@ from personae.models.resolve import load_pipeline, resolve_model
 from personae.training.step import Batch, check_finite, diffusion_loss, draw_noise, optimizer_step, seeded
 from personae.world.control_eval import measure_placement, sheet
 from personae.world.controlnet_settings import WorldControlNet
-from personae.world.model import WORLD_DIR
+from personae.world.model import world_model_dir
 from personae.world.placed import eval_placed, random_placed, training_pair
 from personae.world.pretrain import encode_all, to_pixels, tokenize, train_into_folder
 
@@ -70,10 +70,6 @@ class Controlled(torch.nn.Module):
                                     controlnet_cond=self.cond, return_dict=False)
         return self.unet(sample, timesteps, encoder_hidden_states=encoder_hidden_states,
                          down_block_additional_residuals=down, mid_block_additional_residual=mid)
-
-
-def base_folder(base: str) -> Path:
-    return WORLD_DIR if base == "world" else Path(base)
 
 
 def build_controlnet(unet, s: WorldControlNet) -> ControlNetModel:
@@ -117,7 +113,7 @@ def _train(s: WorldControlNet, out: Path, started: float, on_event: EventHandler
     (log / "settings.yaml").write_text(yaml.safe_dump(s.model_dump(mode="json"), sort_keys=False))
     result = ControlNetResult(out, 0)
     # 1. the frozen base model and the ControlNet copied from its UNet
-    base = base_folder(s.base)
+    base = world_model_dir(s.base)
     pipe = load_pipeline(resolve_model(str(base)))
     for module in (pipe.unet, pipe.vae, pipe.text_encoder):
         module.requires_grad_(False)

@@ -86,6 +86,11 @@ def write_world_controlnet(out_dir: str | Path, source: Path = WORLD_CONTROLNET_
         "--controlnet; to ship it, copy OUT into src/personae/world/controlnet_weights/.")
 
 
+def world_model_dir(name: str) -> Path:
+    """A world command's --model or base setting: `world` is the shipped model, anything else a folder."""
+    return WORLD_DIR if name == "world" else Path(name)
+
+
 def write_world_motion(out_dir: str | Path, source: Path = WORLD_MOTION_DIR, overwrite: bool = False) -> Path:
     """Copy the shipped world motion adapter (a diffusers MotionAdapter folder, with the LoRA and motion words it
     was trained with, and its training record) to `out_dir`."""

@@ -55,6 +55,23 @@ def adapter_words(adapter: str) -> list[tuple[str, str]]:
     return [(str(p), p.stem) for p in sorted((Path(adapter) / WORDS_DIR).glob("*.safetensors"))]
 
 
+def adapter_base(adapter: str) -> str:
+    """The model an adapter was trained on, as its training record names it (`world` or a folder);
+    `world` for an adapter without a record. A recorded folder that is gone is the user's to name (`--model`)."""
+    import yaml
+
+    from personae.errors import UserError
+    from personae.world.model import world_model_dir
+
+    record = Path(adapter) / "training" / "settings.yaml"
+    base = yaml.safe_load(record.read_text()).get("base", "world") if record.is_file() else "world"
+    folder = world_model_dir(str(base))
+    if not (folder / "model_index.json").is_file():
+        raise UserError(f"{record} says the adapter learnt on the model {folder}, which is not a model folder here.",
+                        "Pass the model it learnt on with --model.")
+    return str(folder)
+
+
 def generate_clips(model: str, adapter: str, clips: list[Clip], steps: int = 25, cfg: float = 4.0,
                    motion_scale: float = 1.0, session=None, lora: str | None = None,
                    embeddings=()) -> list[list[Image.Image]]:

@@ -57,7 +57,7 @@ class WorldMotion(Strict):
     threads: int = setting(1, "torch threads (the command sets them); weights are bit-reproducible at a fixed count",
                            ge=1)
     base: str = setting("world", "the frozen model the motion modules learn on: `world` (the shipped model) or a "
-                                 "`personae world pretrain` folder")
+                                 "model folder (`personae world pretrain` or `personae world zero-snr`)")
     dataset_size: int = setting(1536, "rendered clips, VAE-encoded once and trained on", ge=4)
     frames: int = setting(16, "frames per training clip (AnimateDiff's 16)", ge=2, le=32)
     heads: int = setting(4, "attention heads of each motion module (they divide every level's channels)", ge=1)

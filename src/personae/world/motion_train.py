@@ -47,7 +47,7 @@ from personae.inference.session import open_session
 from personae.models.folders import readable_by_others
 from personae.training.step import Batch, check_finite, diffusion_loss, draw_noise, optimizer_step, seeded
 from personae.world.clips import random_clip
-from personae.world.model import WORLD_DIR
+from personae.world.model import world_model_dir
 from personae.world.motion_eval import clip_sheet, measure_rows
 from personae.world.motion_lora import add_motion_lora, lora_parameters, write_motion_lora
 from personae.world.motion_settings import LORA_FILE, WORDS_DIR, WorldMotion
@@ -70,10 +70,6 @@ class MotionResult:
     evals: list[dict] = field(default_factory=list)  # {"step": n, "rows": [{run, identity, direction, ...}]}
     seconds: dict[str, float] = field(default_factory=dict)  # data, train (without measurements), measure, total
     frames: dict = field(default_factory=dict)  # the last measurement's clips (a list of frames per clip), by row
-
-
-def base_folder(base: str) -> Path:
-    return WORLD_DIR if base == "world" else Path(base)
 
 
 def build_adapter(unet, s: WorldMotion) -> MotionAdapter:
@@ -134,7 +130,7 @@ def _train(s: WorldMotion, out: Path, started: float, on_event: EventHandler) ->
     (log / "settings.yaml").write_text(yaml.safe_dump(s.model_dump(mode="json"), sort_keys=False))
     result = MotionResult(out, 0)
     # 1. the frozen base model and the motion UNet animate builds from it
-    base = str(base_folder(s.base))
+    base = str(world_model_dir(s.base))
     session = open_session(base, device="cpu")
     pipe = session.pipe
     for module in (pipe.unet, pipe.vae, pipe.text_encoder):
