@@ -285,8 +285,8 @@ def _add_zero_snr(kinds) -> None:
     from personae.cli.options import settings_epilog
     from personae.world.zero_snr_settings import WorldZeroSnr
 
-    p = kinds.add_parser("zero-snr", help="fine-tune the world model to v-prediction at zero terminal SNR (the "
-                                          "motion adapter's base)",
+    p = kinds.add_parser("zero-snr", help="fine-tune the world model to v-prediction at zero terminal SNR (a base "
+                                          "for motion adapters)",
                          epilog=ZERO_SNR_EXAMPLES + "\n" + settings_epilog(WorldZeroSnr, "settings (--set KEY=VALUE; "
                                                                             "defaults are the run of docs/world.md)"),
                          formatter_class=argparse.RawDescriptionHelpFormatter,

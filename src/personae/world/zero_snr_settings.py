@@ -1,13 +1,13 @@
-"""Settings of `personae world zero-snr OUT`: defaults are the run that made the shipped zero-terminal-SNR model.
+"""Settings of `personae world zero-snr OUT`: defaults are the run measured in docs/world.md.
 
     personae world zero-snr ./world-zero-snr --set steps=300 --set seed=1
 
 The world model's UNet, fine-tuned to predict the velocity (v-prediction) on its noise schedule rescaled to zero
 terminal SNR, sampled from the last timestep (trailing spacing): the fix of Lin et al. 2023, "Common Diffusion Noise
-Schedules and Sample Steps are Flawed". SD-1.5's schedule keeps 6 % of the clean image at its last step (the world's
-motion schedule 4 %), so a model reads the picture's layout from the starting noise and the prompt cannot move it;
-the motion adapter learns on this model (docs/world.md, "Teaching the UNet to read the motion words"). Same
-settings and thread count, same weights.
+Schedules and Sample Steps are Flawed". SD-1.5's schedule keeps 7 % of the clean image at its last step (sqrt of
+alpha-bar; the world's motion schedule 4 %), so a model reads the picture's layout from the starting noise and the
+prompt cannot move it; a motion adapter learns one direction on this model and not on the shipped one
+(docs/world.md, "Teaching the UNet to read the motion words"). Same settings and thread count, same weights.
 """
 
 from __future__ import annotations
