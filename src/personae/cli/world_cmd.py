@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from personae.cli.world_models_cmd import _add_controlnet, _add_img2img, _add_motion, _add_zero_snr, command_threads
+from personae.cli.world_models_cmd import _add_controlnet, _add_img2img, _add_motion, _add_zero_snr, trained
 
 EXAMPLES = """examples:
   personae world pretrain ./world                       # the full run: about 52 minutes (one thread)
@@ -266,19 +266,10 @@ def run_render(args) -> int:
 
 
 def run_pretrain(args) -> int:
-    from personae.cli.progress import TerminalProgress
-    from personae.config.base import apply_overrides, parse_settings
     from personae.world.pretrain import pretrain
     from personae.world.pretrain_settings import WorldPretrain
 
-    overrides = list(args.set) + ([f"unet.steps={args.steps}"] if args.steps is not None else [])
-    settings = parse_settings(WorldPretrain, apply_overrides({}, overrides), "--set")
-    progress = TerminalProgress(quiet=args.quiet)
-    try:
-        with command_threads(settings.threads):
-            result = pretrain(settings, args.out, overwrite=args.overwrite, on_event=progress)
-    finally:
-        progress.close()
+    _, result = trained(args, WorldPretrain, pretrain, steps_key="unet.steps")
     last = result.evals[-1] if result.evals else {}
     print(f"pretrained the world model in {sum(result.seconds.values()) / 60:.1f} min "
           f"({len(result.vae_losses)} VAE steps, {result.unet_steps} UNet steps) into {result.out}")

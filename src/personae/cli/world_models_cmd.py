@@ -20,25 +20,34 @@ CONTROLNET_EXAMPLES = """examples:
 """
 
 
-def _add_controlnet(kinds) -> None:
+def _training_parser(kinds, name: str, help: str, settings_class, examples: str, description: str, writes: str,
+                     run) -> None:
+    """`personae world NAME OUT [--set k=v] [--steps N] [--overwrite] [--quiet]`: a training command whose settings
+    are listed in its help (defaults: the run of docs/world.md)."""
     from personae.cli.options import settings_epilog
-    from personae.world.controlnet_settings import WorldControlNet
 
-    p = kinds.add_parser("controlnet", help="train the world model's ControlNet (shapes placed by a control map)",
-                         epilog=CONTROLNET_EXAMPLES + "\n" + settings_epilog(WorldControlNet, "settings (--set "
-                                                                               "KEY=VALUE; defaults are the run of docs/world.md)"),
-                         formatter_class=argparse.RawDescriptionHelpFormatter,
-                         description="Train a ControlNet for the world model (ControlNetModel.from_unet of its UNet, "
-                                     "zero convolutions) from rendered pairs: a control map (canny edges or a "
-                                     "silhouette) and the picture, the shape at any position and size. Writes OUT as "
-                                     "a diffusers ControlNet folder with OUT/training/ (settings, losses, "
-                                     "measurements, sample sheets). Same settings and thread count, same weights.")
-    p.add_argument("out", metavar="OUT", help="folder to write (a diffusers ControlNet folder)")
+    p = kinds.add_parser(name, help=help, formatter_class=argparse.RawDescriptionHelpFormatter,
+                         epilog=examples + "\n" + settings_epilog(settings_class, "settings (--set KEY=VALUE; defaults "
+                                                                                  "are the run of docs/world.md)"),
+                         description=description)
+    p.add_argument("out", metavar="OUT", help=f"folder to write ({writes})")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a setting")
     p.add_argument("--steps", type=int, help="training steps (shortcut for --set steps=N)")
     p.add_argument("--overwrite", action="store_true", help="replace OUT if personae wrote it")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(run=run_controlnet)
+    p.set_defaults(run=run)
+
+
+def _add_controlnet(kinds) -> None:
+    from personae.world.controlnet_settings import WorldControlNet
+
+    _training_parser(kinds, "controlnet", "train the world model's ControlNet (shapes placed by a control map)",
+                     WorldControlNet, CONTROLNET_EXAMPLES,
+                     "Train a ControlNet for the world model (ControlNetModel.from_unet of its UNet, zero convolutions) "
+                     "from rendered pairs: a control map (canny edges or a silhouette) and the picture, the shape at "
+                     "any position and size. Writes OUT as a diffusers ControlNet folder with OUT/training/ (settings, "
+                     "losses, measurements, sample sheets). Same settings and thread count, same weights.",
+                     "a diffusers ControlNet folder", run_controlnet)
     e = kinds.add_parser("control-eval", help="measure how well a world ControlNet places shapes",
                          epilog=CONTROLNET_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
                          description="Draw held-out controls (shapes and colour pairs the ControlNet never trained "
@@ -137,29 +146,19 @@ def run_img2img_eval(args) -> int:
 
 
 def _add_motion(kinds) -> None:
-    from personae.cli.options import settings_epilog
     from personae.world.motion_settings import WorldMotion
 
-    p = kinds.add_parser("motion", help="train the world model's motion adapter (shapes that move as the prompt says)",
-                         epilog=MOTION_EXAMPLES + "\n" + settings_epilog(WorldMotion, "settings (--set KEY=VALUE; "
-                                                                          "defaults are the run of docs/world.md)"),
-                         formatter_class=argparse.RawDescriptionHelpFormatter,
-                         description="Train an AnimateDiff motion adapter (diffusers MotionAdapter sized to the world "
-                                     "UNet) on the frozen world model from rendered 16-frame clips of one shape "
-                                     "moving left, right, up, down, growing or still, the motion named in the "
-                                     "caption, and with them a LoRA on the image UNet's cross-attention and one "
-                                     "embedding per motion phrase, so the UNet reads the motion words. Writes OUT as "
-                                     "a diffusers MotionAdapter folder with the LoRA beside it "
-                                     "(OUT/motion-lora.safetensors, kohya layout: animate --lora), the words' A1111 "
-                                     "embeddings (OUT/motion-words/, animate --embedding) and OUT/training/ "
-                                     "(settings, losses, measurements, a sheet and GIFs). Same settings and thread "
-                                     "count, same weights.")
-    p.add_argument("out", metavar="OUT", help="folder to write (a diffusers MotionAdapter folder)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a setting")
-    p.add_argument("--steps", type=int, help="training steps (shortcut for --set steps=N)")
-    p.add_argument("--overwrite", action="store_true", help="replace OUT if personae wrote it")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(run=run_motion)
+    _training_parser(kinds, "motion", "train the world model's motion adapter (shapes that move as the prompt says)",
+                     WorldMotion, MOTION_EXAMPLES,
+                     "Train an AnimateDiff motion adapter (diffusers MotionAdapter sized to the world UNet) on the "
+                     "frozen world model from rendered 16-frame clips of one shape moving left, right, up, down, "
+                     "growing or still, the motion named in the caption, and with them a LoRA on the image UNet's "
+                     "cross-attention and one embedding per motion phrase, so the UNet reads the motion words. Writes "
+                     "OUT as a diffusers MotionAdapter folder with the LoRA beside it (OUT/motion-lora.safetensors, "
+                     "kohya layout: animate --lora), the words' A1111 embeddings (OUT/motion-words/, animate "
+                     "--embedding) and OUT/training/ (settings, losses, measurements, a sheet and GIFs). Same settings "
+                     "and thread count, same weights.",
+                     "a diffusers MotionAdapter folder", run_motion)
     e = kinds.add_parser("motion-eval", help="measure how well a world motion adapter moves shapes",
                          epilog=MOTION_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
                          description="Animate held-out clips (colour pairs the adapter never trained on) through "
@@ -195,20 +194,28 @@ def command_threads(count: int):
         torch.set_num_threads(before)
 
 
-def run_controlnet(args) -> int:
+def trained(args, settings_class, train, steps_key: str = "steps"):
+    """A world training command: its settings from --set (and --steps, as `steps_key`), then `train(settings,
+    OUT, overwrite=..., on_event=...)` at the settings' thread count, with a progress bar. Returns both."""
     from personae.cli.progress import TerminalProgress
     from personae.config.base import apply_overrides, parse_settings
-    from personae.world.controlnet_settings import WorldControlNet
-    from personae.world.controlnet_train import train_controlnet
 
-    overrides = list(args.set) + ([f"steps={args.steps}"] if args.steps is not None else [])
-    settings = parse_settings(WorldControlNet, apply_overrides({}, overrides), "--set")
+    overrides = list(args.set) + ([f"{steps_key}={args.steps}"] if args.steps is not None else [])
+    settings = parse_settings(settings_class, apply_overrides({}, overrides), "--set")
     progress = TerminalProgress(quiet=args.quiet)
     try:
         with command_threads(settings.threads):
-            result = train_controlnet(settings, args.out, overwrite=args.overwrite, on_event=progress)
+            result = train(settings, args.out, overwrite=args.overwrite, on_event=progress)
     finally:
         progress.close()
+    return settings, result
+
+
+def run_controlnet(args) -> int:
+    from personae.world.controlnet_settings import WorldControlNet
+    from personae.world.controlnet_train import train_controlnet
+
+    settings, result = trained(args, WorldControlNet, train_controlnet)
     print(f"trained the world ControlNet in {result.seconds['total'] / 60:.1f} min ({result.steps} steps; training "
           f"{result.seconds['train'] / 60:.1f} min, measuring {result.seconds['measure'] / 60:.1f} min) into {result.out}")
     last = result.evals[-1]
@@ -235,19 +242,10 @@ def run_control_eval(args) -> int:
 
 
 def run_motion(args) -> int:
-    from personae.cli.progress import TerminalProgress
-    from personae.config.base import apply_overrides, parse_settings
     from personae.world.motion_settings import WorldMotion
     from personae.world.motion_train import train_motion
 
-    overrides = list(args.set) + ([f"steps={args.steps}"] if args.steps is not None else [])
-    settings = parse_settings(WorldMotion, apply_overrides({}, overrides), "--set")
-    progress = TerminalProgress(quiet=args.quiet)
-    try:
-        with command_threads(settings.threads):
-            result = train_motion(settings, args.out, overwrite=args.overwrite, on_event=progress)
-    finally:
-        progress.close()
+    settings, result = trained(args, WorldMotion, train_motion)
     print(f"trained the world motion adapter in {result.seconds['total'] / 60:.1f} min ({result.steps} steps; "
           f"training {result.seconds['train'] / 60:.1f} min, measuring {result.seconds['measure'] / 60:.1f} min) "
           f"into {result.out}")
@@ -282,42 +280,22 @@ ZERO_SNR_EXAMPLES = """examples:
 
 
 def _add_zero_snr(kinds) -> None:
-    from personae.cli.options import settings_epilog
     from personae.world.zero_snr_settings import WorldZeroSnr
 
-    p = kinds.add_parser("zero-snr", help="fine-tune the world model to v-prediction at zero terminal SNR (a base "
-                                          "for motion adapters)",
-                         epilog=ZERO_SNR_EXAMPLES + "\n" + settings_epilog(WorldZeroSnr, "settings (--set KEY=VALUE; "
-                                                                            "defaults are the run of docs/world.md)"),
-                         formatter_class=argparse.RawDescriptionHelpFormatter,
-                         description="Fine-tune the world model's UNet to predict the velocity on its noise schedule "
-                                     "rescaled to zero terminal SNR and sampled from the last timestep (Lin et al. "
-                                     "2023), so the starting noise no longer decides where the shape is. Writes OUT "
-                                     "as a diffusers model folder (the new scheduler config in it) with OUT/training/ "
-                                     "(settings, losses, the checker's scores, a sheet). Same settings and thread "
-                                     "count, same weights.")
-    p.add_argument("out", metavar="OUT", help="folder to write (a diffusers model folder)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a setting")
-    p.add_argument("--steps", type=int, help="training steps (shortcut for --set steps=N)")
-    p.add_argument("--overwrite", action="store_true", help="replace OUT if personae wrote it")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(run=run_zero_snr)
+    _training_parser(kinds, "zero-snr", "fine-tune the world model to v-prediction at zero terminal SNR (a base for "
+                                        "motion adapters)", WorldZeroSnr, ZERO_SNR_EXAMPLES,
+                     "Fine-tune the world model's UNet to predict the velocity on its noise schedule rescaled to zero "
+                     "terminal SNR and sampled from the last timestep (Lin et al. 2023), so the starting noise no "
+                     "longer decides where the shape is. Writes OUT as a diffusers model folder (the new scheduler "
+                     "config in it) with OUT/training/ (settings, losses, the checker's scores, a sheet). Same settings "
+                     "and thread count, same weights.", "a diffusers model folder", run_zero_snr)
 
 
 def run_zero_snr(args) -> int:
-    from personae.cli.progress import TerminalProgress
-    from personae.config.base import apply_overrides, parse_settings
     from personae.world.zero_snr import fine_tune_zero_snr
     from personae.world.zero_snr_settings import WorldZeroSnr
 
-    overrides = list(args.set) + ([f"steps={args.steps}"] if args.steps is not None else [])
-    settings = parse_settings(WorldZeroSnr, apply_overrides({}, overrides), "--set")
-    progress = TerminalProgress(quiet=args.quiet)
-    try:
-        with command_threads(settings.threads):
-            result = fine_tune_zero_snr(settings, args.out, overwrite=args.overwrite, on_event=progress)
-    finally:
-        progress.close()
+    settings, result = trained(args, WorldZeroSnr, fine_tune_zero_snr)
     print(f"fine-tuned the world model to zero terminal SNR in {result.seconds['total'] / 60:.1f} min "
           f"({result.steps} steps) into {result.out}")
     print(f"{settings.eval.samples} pictures of the fixed prompts, right: " +
