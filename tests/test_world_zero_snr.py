@@ -89,3 +89,16 @@ def test_a_motion_adapter_learns_on_it_and_is_measured_on_it(short_runs, tmp_pat
         assert not (tmp_path / "gone").exists()
     finally:
         shutil.copytree(moved, base)
+
+
+def test_an_adapter_without_our_training_record_is_measured_on_the_world_model(tmp_path):
+    """No record, or another tool's file in its place (a list, bytes that are not text): the shipped world model."""
+    from personae.world.model import WORLD_DIR
+    from personae.world.motion_eval import adapter_base
+
+    (tmp_path / "listed/training").mkdir(parents=True)
+    (tmp_path / "listed/training/settings.yaml").write_text("- not\n- ours\n")
+    (tmp_path / "bare").mkdir()
+    (tmp_path / "binary/training").mkdir(parents=True)
+    (tmp_path / "binary/training/settings.yaml").write_bytes(b"\xff\xfe: [")
+    assert [adapter_base(str(tmp_path / n)) for n in ("listed", "bare", "binary")] == [str(WORLD_DIR)] * 3

@@ -64,7 +64,11 @@ def adapter_base(adapter: str) -> str:
     from personae.world.model import world_model_dir
 
     record = Path(adapter) / "training" / "settings.yaml"
-    base = yaml.safe_load(record.read_text()).get("base", "world") if record.is_file() else "world"
+    try:  # another tool's file of that name is no record of ours
+        data = yaml.safe_load(record.read_text()) if record.is_file() else None
+    except (yaml.YAMLError, UnicodeDecodeError):
+        data = None
+    base = data.get("base", "world") if isinstance(data, dict) else "world"
     folder = world_model_dir(str(base))
     if not (folder / "model_index.json").is_file():
         raise UserError(f"{record} says the adapter learnt on the model {folder}, which is not a model folder here.",
