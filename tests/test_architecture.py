@@ -25,7 +25,8 @@ WORLD = {"__init__": "base", "vocab": "config", "pretrain_settings": "config", "
          "bench_scores": "evaluation", "evaluate": "evaluation", "shots": "evaluation", "style": "evaluation",
          "control_eval": "inference", "img2img_eval": "inference", "motion_settings": "config", "clips": "evaluation", "motion_eval": "inference",
          "motion_train": "training", "motion_lora": "training", "motion_words": "training",
-         "pretrain": "training", "controlnet_train": "training", "bench": "jobs"}
+         "pretrain": "training", "controlnet_train": "training", "zero_snr_settings": "config",
+         "zero_snr": "training", "bench": "jobs"}
 NO_TORCH = ("config", "data", "media")  # packages (and world modules at the config / data layers)
 TORCH = ("torch", "diffusers", "transformers", "peft", "accelerate", "onnxruntime")
 
