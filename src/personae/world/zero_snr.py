@@ -1,6 +1,7 @@
-"""Fine-tune the world model to v-prediction on a zero-terminal-SNR schedule: the base the motion adapter learns on.
+"""Fine-tune the world model to v-prediction on a zero-terminal-SNR schedule, where the starting noise no longer
+decides the layout: a motion adapter learns one direction on it, and none on the shipped model (docs/world.md).
 
-    fine_tune_zero_snr(WorldZeroSnr(), Path("./world-zero-snr"))   # the run of docs/world.md ("The zero-terminal-SNR model")
+    fine_tune_zero_snr(WorldZeroSnr(), Path("./world-zero-snr"))   # the run of docs/world.md
     personae world zero-snr ./world-zero-snr --set steps=200       # the same from the command line, shortened
 
   1. the base model; its scheduler config takes ZERO_SNR_SCHEDULE (v-prediction, betas rescaled so the last
