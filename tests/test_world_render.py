@@ -82,9 +82,31 @@ def test_the_command_writes_pictures(tmp_path):
     assert "4 pictures" in done.stdout and len(list((tmp_path / "stars").glob("*.png"))) == 4
 
 
+def test_excluded_combinations_are_never_drawn_and_the_rest_still_are(tmp_path):
+    """--exclude holds combinations out of a training set (examples/style-world measures the style on them)."""
+    settings = WorldRender(shapes="circle,square", colours="red,blue", backgrounds="blue,yellow",
+                           shots="close-up,medium", exclude="red circle on blue, a blue square on a yellow background")
+    assert settings.exclude == ["red circle on blue", "blue square on yellow"]
+    full = {(p.shape, p.colour, p.background, p.shot) for p in plan(settings.model_copy(update={"exclude": []}))}
+    drawn = {(p.shape, p.colour, p.background, p.shot) for p in plan(settings)}
+    assert drawn == {c for c in full if c[:3] not in {("circle", "red", "blue"), ("square", "blue", "yellow")}}
+    assert len(full) == 12 and len(drawn) == 8
+    many = plan(settings.model_copy(update={"count": 100}))  # a random draw never falls on them either
+    assert len(many) == 100 and {(p.shape, p.colour, p.background, p.shot) for p in many} == drawn
+    record = render_world(settings, tmp_path / "out")
+    assert json.loads((tmp_path / "out/render.json").read_text())["settings"]["exclude"] == settings.exclude
+    assert len(record.pictures) == 8
+
+
 @pytest.mark.parametrize("bad, word", [(["--shapes", "blob"], "blob"), (["--shots", "extreme close-up"], "extreme"),
                                        (["--colours", "red", "--backgrounds", "red"], "invisible"),
-                                       (["--caption", "a {color} {shape}"], "color")])
+                                       (["--caption", "a {color} {shape}"], "color"),
+                                       (["--exclude", "red blob on blue"], "blob"),
+                                       (["--exclude", "red circle blue"], "COLOUR SHAPE on BACKGROUND"),
+                                       (["--shapes", "circle", "--exclude", "red star on blue"],
+                                        "nothing to leave out"),
+                                       (["--shapes", "circle", "--colours", "red", "--backgrounds", "blue",
+                                         "--exclude", "red circle on blue"], "every combination")])
 def test_bad_input_is_one_paragraph(bad, word, tmp_path, capsys):
     from personae.cli.main import main
 

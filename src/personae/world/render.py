@@ -25,7 +25,7 @@ from PIL import Image
 from personae.events import EventHandler, Progress, ignore
 from personae.outputs import Kind, staged_output
 from personae.staging import atomic_file, write_text
-from personae.world.render_settings import SHOT_FOLDERS, WorldRender
+from personae.world.render_settings import SHOT_FOLDERS, WorldRender, parse_combination
 from personae.world.scene import SIDE, max_offset, render, render_banded
 
 RECORD = "render.json"
@@ -50,8 +50,10 @@ class Picture:
 
 def combinations(settings: WorldRender) -> list[tuple[str, str, str, str]]:
     """(shape, colour, background, shot) of the grid, in a fixed order."""
+    left_out = {parse_combination(item) for item in settings.exclude}
     return [(shape, colour, bg, shot) for shot, shape, colour, bg in
-            itertools.product(settings.shots, settings.shapes, settings.colours, settings.backgrounds) if colour != bg]
+            itertools.product(settings.shots, settings.shapes, settings.colours, settings.backgrounds)
+            if colour != bg and (shape, colour, bg) not in left_out]
 
 
 def plan(settings: WorldRender) -> list[Picture]:

@@ -61,6 +61,10 @@ class WorldRender(Strict):
     style: Literal[STYLES] = setting("flat", "how the pictures are drawn: flat (the world model's own pictures) or "
                                              "banded (the shape in horizontal bands of its colour, 5 px high with 3 "
                                              "px gaps: a drawing style the world model never saw)")
+    exclude: list[str] = setting([], "combinations left out of the grid, comma-separated, each as COLOUR SHAPE on "
+                                     "BACKGROUND (\"red circle on green\"), at every shot: held out of a training "
+                                     "set so that a measure can ask for them unseen", text=True,
+                                 metavar="COMBINATION,...")
 
     @field_validator("shapes", "colours", "backgrounds", "shots", mode="before")
     @classmethod
@@ -76,6 +80,16 @@ class WorldRender(Strict):
                        "backgrounds": (BACKGROUNDS, "background"), "shots": (list(SIZES), "shot")}[info.field_name]
         return _known(value, known, what)
 
+    @field_validator("exclude", mode="before")
+    @classmethod
+    def _split_exclude(cls, value):
+        return _items(value)
+
+    @field_validator("exclude")
+    @classmethod
+    def _combinations(cls, value):
+        return list(dict.fromkeys(combination_name(*parse_combination(v)) for v in value))
+
     @field_validator("caption")
     @classmethod
     def _caption(cls, value):
@@ -86,4 +100,29 @@ class WorldRender(Strict):
         if not any(c != b for c in self.colours for b in self.backgrounds):
             raise ValueError(f"a {self.colours[0]} shape on a {self.colours[0]} background is invisible: give "
                              "another colour or background")
+        grid = {(shape, colour, bg) for shape in self.shapes for colour in self.colours for bg in self.backgrounds
+                if colour != bg}
+        for item in self.exclude:
+            if parse_combination(item) not in grid:
+                raise ValueError(f'"{item}" is not among the combinations these shapes, colours and backgrounds '
+                                 "make, so there is nothing to leave out: check its words")
+        if grid <= {parse_combination(item) for item in self.exclude}:
+            raise ValueError("--exclude leaves out every combination: nothing would be drawn")
         return self
+
+
+def combination_name(shape: str, colour: str, background: str) -> str:
+    return f"{colour} {shape} on {background}"
+
+
+def parse_combination(text: str) -> tuple[str, str, str]:
+    """"red circle on green" (or "a red circle on a green background") -> ("circle", "red", "green")."""
+    words = [w for w in text.lower().split() if w not in ("a", "an", "background")]
+    if len(words) != 4 or words[2] != "on":
+        raise ValueError(f'"{text}" is not a combination: write it as COLOUR SHAPE on BACKGROUND, e.g. "red circle '
+                         'on green"')
+    colour, shape, _, background = words
+    for word, known, what in ((colour, list(COLOURS), "colour"), (shape, SHAPES, "shape"),
+                              (background, BACKGROUNDS, "background")):
+        _known([word], known, what)
+    return shape, colour, background
