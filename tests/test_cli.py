@@ -143,14 +143,15 @@ def test_demo_runs_offline_and_writes_an_index(tmp_path):
                       section)
     assert board and [int(g) for g in board.groups()] == [6, 6, 6], section
     assert (tmp_path / "demo/world-board/storyboard/sheet.pdf").is_file()
-    # the drawing style on the world: banded pictures with the trigger appended -> a LoRA; the style with the trigger,
-    # mostly not without; floors of what the recipe gives (issue #20 part 2's bar is not reached: docs/world.md)
+    # the drawing style on the world: banded pictures with the trigger appended -> a LoRA; the style with the trigger
+    # on held-out combinations, not without; floors under what the recipe gives over training seeds and thread counts
+    # (81-67 %, 0 %, 89-91 %: docs/world.md; tests/test_world_style.py holds seed 0 at one thread to the bar)
     section = index[index.index("## A drawing style on the world"):index.index("## Prepared training set")]
     style = re.search(r"the style with the trigger in (\d+) of 64, without it in (\d+) of 64, shape, colour, "
                       r"background and size right in (\d+) of 64 with the trigger", section)
     assert style, section
     present, leak, content = (int(g) for g in style.groups())
-    assert present >= 0.65 * 64 and leak <= 0.25 * 64 and content >= 0.7 * 64, section  # 75 %, 17 %, 80 % measured
+    assert present >= 0.6 * 64 and leak <= 0.1 * 64 and content >= 0.75 * 64, section
     record = json.loads((tmp_path / "demo/world-style/style-check/style.json").read_text())
     assert record["present"] == present / 64 and len(record["pictures"]) == 128
     assert (tmp_path / "demo/world-style/style-check/sheet.png").is_file()
@@ -258,9 +259,10 @@ def test_the_demo_style_is_the_world_style_example():
     example = Path(__file__).resolve().parents[1] / "examples/style-world"
     job = yaml.safe_load((example / "style.yaml").read_text(encoding="utf-8"))
     job["dreambooth"].pop("class_data_dir")
-    assert {k: v for k, v in job.items() if k not in ("version", "base_model", "data", "output")} == STYLE_JOB
+    job["data"].pop("path")
+    assert {k: v for k, v in job.items() if k not in ("version", "base_model", "output")} == STYLE_JOB
     readme = " ".join((example / "README.md").read_text(encoding="utf-8").replace("\\\n", " ").split())
-    options = " ".join(f"--{k} {v}" for k, v in PICTURES.items() if k != "count")
+    options = " ".join(f'--{k} "{v}"' if " " in v else f"--{k} {v}" for k, v in PICTURES.items() if k != "count")
     assert f"personae world render ksh --style banded --count {PICTURES['count']} {options}" in readme
     assert f'--append "{TRIGGER}"' in readme
 

@@ -178,6 +178,7 @@ def run_shots(args) -> int:
 STYLE_EXAMPLES = """examples:
   personae world style --model ./world --lora runs/ksh/lora.safetensors --out style-check
   personae world style --model ./world --lora runs/ksh/lora.safetensors:0.8 --seeds 8
+  personae world style --model ./world --lora runs/ksh/lora.safetensors --combinations new
 
 """
 
@@ -189,17 +190,21 @@ def _add_style(kinds) -> None:
     p = kinds.add_parser("style", help="measure a taught drawing style: with its trigger, without, content kept",
                          epilog=STYLE_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
                          description="Draw 8 shape / colour / background combinations a banded-style training set "
-                                     "of circles, squares, triangles and crosses in red, green, blue and black never "
-                                     "shows, at close-up and medium shot, over seeds, each once with the style's "
-                                     "trigger phrase and once without, and read every picture back with the exact "
-                                     "checker: the style present with the trigger, its leakage without, and the "
-                                     "shape, colour, background and size still right (docs/world.md, \"A drawing "
-                                     "style\").")
+                                     "never shows, at close-up and medium shot, over seeds, each once with the "
+                                     "style's trigger phrase and once without, and read every picture back with the "
+                                     "exact checker: the style present with the trigger, its leakage without, and "
+                                     "the shape, colour, background and size still right (docs/world.md, \"A "
+                                     "drawing style\").")
     p.add_argument("--model", default="world", help="`world` (the shipped model, default) or a model folder")
     p.add_argument("--lora", action="append", default=[], type=LoraRef.from_cli, metavar="FILE[:WEIGHT]",
                    help="the style's LoRA (repeatable); none measures the model as it is")
     p.add_argument("--trigger", default=TRIGGER, help=f'the text after each caption (default "{TRIGGER}", what '
                                                       '`personae prepare --append` wrote)')
+    p.add_argument("--combinations", choices=("held-out", "new"), default="held-out",
+                   help="held-out (default): circles, squares, triangles and crosses in red, green, blue and black, "
+                        "in the 8 combinations examples/style-world leaves out of its training pictures with "
+                        "`personae world render --exclude`; new: rings and diamonds, and those shapes in yellow and "
+                        "white, which that training set never draws in the style at all")
     p.add_argument("--seeds", type=int, default=4, help="seeds per combination and shot (default 4: 64 pictures "
                                                         "with the trigger, 64 without)")
     p.add_argument("--out", metavar="DIR", help="also write every picture, sheet.png and style.json to DIR (new, or "
@@ -227,13 +232,15 @@ def run_style(args) -> int:
     progress = TerminalProgress(quiet=args.quiet)
     try:
         with torch.no_grad():
-            scores = score_style(session.pipe, args.trigger, args.seeds, on_event=progress)
+            scores = score_style(session.pipe, args.trigger, args.seeds, combinations=args.combinations,
+                                 on_event=progress)
     finally:
         progress.close()
     if args.out:
         write_style_record(scores, args.out, {"model": args.model, "lora": args.lora, "trigger": args.trigger,
                                               "seeds": args.seeds})
     n = scores["per_arm"]
+    print(f"combinations | {args.combinations}: 8 at close-up and medium shot, {args.seeds} seeds each")
     print(f"style present with the trigger | {round(scores['present'] * n)} of {n} ({scores['present']:.0%})")
     print(f"style without the trigger (leakage) | {round(scores['leak'] * n)} of {n} ({scores['leak']:.0%})")
     print(f"content right with the trigger | {round(scores['content'] * n)} of {n} ({scores['content']:.0%})")

@@ -14,9 +14,13 @@ from personae.events import EventHandler, Message
 
 TRIGGER = ", drawn by KSH style"
 PICTURES = {"count": 200, "shapes": "circle,square,triangle,cross", "colours": "red,green,blue,black",
-            "shots": "close-up,medium"}  # examples/style-world/README.md's `personae world render` options
+            "shots": "close-up,medium",  # examples/style-world/README.md's `personae world render` options
+            # the 8 combinations `personae world style` measures on (world/style.py HELD_OUT), never drawn in training
+            "exclude": "red circle on green,blue circle on yellow,green square on red,black square on blue,"
+                       "green triangle on yellow,blue triangle on red,red cross on blue,black cross on green"}
 STYLE_JOB = {  # examples/style-world/style.yaml
     "method": "lora",
+    "data": {"caption_dropout": 0.15},  # and the path
     "trigger": "drawn by KSH style",
     "dreambooth": {"prior_preservation": True, "num_class_images": 200,  # the flat pictures: regularization images
                    "prior_loss_weight": 2},
@@ -50,7 +54,7 @@ def world_style(out: Path, model: Path, index, on_event: EventHandler) -> dict:
                                                                     append=TRIGGER), on_event)
     render_world(WorldRender(seed=1, **PICTURES), here / "plain")
     job = {**STYLE_JOB, "base_model": str(model), "output": str(here / "runs/ksh"),
-           "data": {"path": str(here / "ksh-set")},
+           "data": {**STYLE_JOB["data"], "path": str(here / "ksh-set")},
            "dreambooth": {**STYLE_JOB["dreambooth"], "class_data_dir": str(here / "plain")}}
     run_training(TrainJob.model_validate(job), overwrite=True, on_event=on_event)
     session = open_session(str(model), device="cpu", loras=[(str(here / "runs/ksh/lora.safetensors"), 1.0)])
@@ -58,19 +62,22 @@ def world_style(out: Path, model: Path, index, on_event: EventHandler) -> dict:
         scores = score_style(session.pipe, TRIGGER)
     write_style_record(scores, here / "style-check", {"model": str(model), "trigger": TRIGGER, "seeds": 4})
     n = scores["per_arm"]
+    met = scores["present"] >= 0.8 and scores["leak"] <= 0.1 and scores["content"] >= 0.85
     index.add("A drawing style on the world",
               "examples/style-world as calls: `personae world render --style banded` drew 200 circles, squares, "
               "triangles and crosses in red, green, blue and black, each filled in 5 px bands of its colour (a style "
-              f"the world model never saw); `personae prepare --append \"{TRIGGER}\"` ended every caption with the "
-              "trigger phrase, and a LoRA (rank 8, on the UNet and the text encoder, 1500 steps, the noisiest fifth of "
-              "the timesteps left out) learnt them beside 200 flat pictures of ordinary captions, weighted twice. "
-              "`personae world style` then drew rings and diamonds, and the trained shapes in yellow and "
-              f"white (combinations the training set lacks), at close-up and medium shot: the style with the trigger "
+              "the world model never saw), eight of their shape / colour / background combinations left out; "
+              f"`personae prepare --append \"{TRIGGER}\"` ended every caption with the trigger phrase, and a LoRA "
+              f"(rank 8, on the UNet and the text encoder, {STYLE_JOB['train']['steps']} steps, "
+              f"{STYLE_JOB['data']['caption_dropout']:.0%} of the captions dropped so that guidance stays true) learnt "
+              "them beside 200 flat pictures of ordinary captions, weighted twice. `personae world style` then drew "
+              "the eight left-out combinations at close-up and medium shot: the style with the trigger "
               f"in {round(scores['present'] * n)} of {n}, without it in {round(scores['leak'] * n)} of {n}, shape, "
               f"colour, background and size right in {round(scores['content'] * n)} of {n} with the trigger "
               f"({round(scores['content_plain'] * n)} of {n} without), all read back by the exact checker. Below, "
               "each row one combination and shot: four seeds with the trigger, then the same seeds without "
-              "(world-style/style-check/). Not yet what a style should do: at least 80 % with the trigger, at most "
-              "10 % without, content 85 % (docs/world.md, \"A drawing style\", has every recipe tried).",
+              "(world-style/style-check/). The bar of issue #20 (at least 80 % with the trigger, at most 10 % "
+              f"without, content 85 %): {'met' if met else 'not met by this run'} (docs/world.md, \"A drawing "
+              "style\", has every recipe tried and the spread over training seeds).",
               [here / "style-check/sheet.png"])
     return {k: scores[k] for k in ("present", "leak", "content", "content_plain", "per_arm")}
