@@ -145,7 +145,7 @@ def test_demo_runs_offline_and_writes_an_index(tmp_path):
     assert (tmp_path / "demo/world-board/storyboard/sheet.pdf").is_file()
     # the drawing style on the world: banded pictures with the trigger appended -> a LoRA; the style with the trigger
     # on held-out combinations, not without; floors under what the recipe gives over training seeds and thread counts
-    # (81-67 %, 0 %, 89-91 %: docs/world.md; tests/test_world_style.py holds seed 0 at one thread to the bar)
+    # (67-81 %, 0 %, 89-91 %: docs/world.md; tests/test_world_style.py holds seed 0 at one thread to the bar)
     section = index[index.index("## A drawing style on the world"):index.index("## Prepared training set")]
     style = re.search(r"the style with the trigger in (\d+) of 64, without it in (\d+) of 64, shape, colour, "
                       r"background and size right in (\d+) of 64 with the trigger", section)
