@@ -66,7 +66,7 @@ GPU_SCALE = [
     ("examples/compare-world/lora.yaml", "steps: 600,", "steps: 4,", "the measured run's length (docs/world.md)"),
     ("examples/compare-world/suite.yaml", "seeds: [0, 1, 2]", "seeds: [0]", "the measured run's seeds"),
     # the drawing style: tests/test_world_style.py trains the recipe whole and holds it to the bar; here the commands
-    ("examples/style-world/style.yaml", "steps: 1500,", "steps: 4,", "the measured run's length (docs/world.md)"),
+    ("examples/style-world/style.yaml", "steps: 2000,", "steps: 4,", "the measured run's length (docs/world.md)"),
 ]
 # The five workflows personae is for (issue #17), each a test that ends in the file the user wanted: (document,
 # section or None, the file, relative to the folder its commands end in).

@@ -24,14 +24,16 @@ STYLE_JOB = {  # examples/style-world/style.yaml
     "trigger": "drawn by KSH style",
     "dreambooth": {"prior_preservation": True, "num_class_images": 200,  # the flat pictures: regularization images
                    "prior_loss_weight": 2},
-    "train": {"steps": 1500, "batch_size": 4, "learning_rate": 3.0e-3, "lr_scheduler": "constant", "resolution": 32,
-              "seed": 0, "max_timestep": 800, "min_snr_gamma": 0, "validation": {"steps": 10, "cfg": 4.0, "prompts": [
+    "train": {"steps": 2000, "batch_size": 4, "learning_rate": 3.0e-3, "lr_scheduler": "constant", "resolution": 32,
+              "seed": 0, "ema": True, "ema_decay": 0.995, "max_timestep": 800, "min_snr_gamma": 0,
+              "validation": {"steps": 10, "cfg": 4.0, "prompts": [
                   "a red ring on a blue background, close-up, drawn by KSH style",
                   "a red ring on a blue background, close-up"]}},
     "lora": {"rank": 8, "alpha": 8, "target_modules": ["to_q", "to_k", "to_v", "to_out.0", "conv1", "conv2",
                                                        "proj_in", "proj_out"], "text_encoder": True,
              "text_encoder_lr": 5.0e-3},
 }
+WEIGHT = 1.1  # the averaged (EMA) LoRA is about a tenth smaller than the last step's: README step 5's `--lora FILE:1.1`
 
 
 def world_style(out: Path, model: Path, index, on_event: EventHandler) -> dict:
@@ -57,10 +59,12 @@ def world_style(out: Path, model: Path, index, on_event: EventHandler) -> dict:
            "data": {**STYLE_JOB["data"], "path": str(here / "ksh-set")},
            "dreambooth": {**STYLE_JOB["dreambooth"], "class_data_dir": str(here / "plain")}}
     run_training(TrainJob.model_validate(job), overwrite=True, on_event=on_event)
-    session = open_session(str(model), device="cpu", loras=[(str(here / "runs/ksh/lora.safetensors"), 1.0)])
+    session = open_session(str(model), device="cpu", loras=[(str(here / "runs/ksh/lora.safetensors"), WEIGHT)])
     with torch.no_grad():
         scores = score_style(session.pipe, TRIGGER)
-    write_style_record(scores, here / "style-check", {"model": str(model), "trigger": TRIGGER, "seeds": 4})
+    lora = f"{here / 'runs/ksh/lora.safetensors'}:{WEIGHT}"
+    write_style_record(scores, here / "style-check", {"model": str(model), "lora": [lora], "trigger": TRIGGER,
+                                                      "seeds": 4})
     n = scores["per_arm"]
     met = scores["present"] >= 0.8 and scores["leak"] <= 0.1 and scores["content"] >= 0.85
     index.add("A drawing style on the world",
@@ -69,9 +73,10 @@ def world_style(out: Path, model: Path, index, on_event: EventHandler) -> dict:
               "the world model never saw), eight of their shape / colour / background combinations left out; "
               f"`personae prepare --append \"{TRIGGER}\"` ended every caption with the trigger phrase, and a LoRA "
               f"(rank 8, on the UNet and the text encoder, {STYLE_JOB['train']['steps']} steps, "
-              f"{STYLE_JOB['data']['caption_dropout']:.0%} of the captions dropped so that guidance stays true) learnt "
-              "them beside 200 flat pictures of ordinary captions, weighted twice. `personae world style` then drew "
-              "the eight left-out combinations at close-up and medium shot: the style with the trigger "
+              f"{STYLE_JOB['data']['caption_dropout']:.0%} of the captions dropped so that guidance stays true, the "
+              "weights averaged over the last steps) learnt them beside 200 flat pictures of ordinary captions, "
+              f"weighted twice. `personae world style` then drew, with the LoRA at weight {WEIGHT}, the eight left-out "
+              "combinations at close-up and medium shot: the style with the trigger "
               f"in {round(scores['present'] * n)} of {n}, without it in {round(scores['leak'] * n)} of {n}, shape, "
               f"colour, background and size right in {round(scores['content'] * n)} of {n} with the trigger "
               f"({round(scores['content_plain'] * n)} of {n} without), all read back by the exact checker. Below, "
