@@ -155,7 +155,9 @@ def test_demo_runs_offline_and_writes_an_index(tmp_path):
     assert present >= 0.7 * 64 and leak <= 0.1 * 64 and content >= 0.8 * 64, section
     record = json.loads((tmp_path / "demo/world-style/style-check/style.json").read_text())
     assert record["present"] == present / 64 and len(record["pictures"]) == 128
-    assert record["settings"]["lora"][0].endswith("lora.safetensors:1.1"), record["settings"]
+    from personae.demo.world_style import WEIGHT
+
+    assert record["settings"]["lora"][0].endswith(f"lora.safetensors:{WEIGHT}"), record["settings"]
     assert (tmp_path / "demo/world-style/style-check/sheet.png").is_file()
     assert "| dreambooth | 1 |" in (bench_out / "table.md").read_text()
     assert len(list((tmp_path / "demo/world/taught").glob("*.png"))) == 4
