@@ -11,6 +11,8 @@
   so frame 17 of a 32-frame clip continues frame 16 instead of starting a second clip.
 - `motion_scale` multiplies what each motion module adds to its input: 0 gives frames
   drawn independently by the image model, 1 the motion as trained.
+- An adapter folder holding a motion condition (inference/motion_condition.py, personae's
+  own file) gets it attached: the caption's motion, read from its text states, as a track.
 """
 
 from __future__ import annotations
@@ -140,6 +142,7 @@ class AnimateSession:
     motion: MotionSource
     motion_scale: MotionScale
     context_limit: int = field(default=32)  # positions in the adapter's table
+    condition: object = None  # the adapter folder's MotionCondition, attached to the motion UNet, or None
 
     @cached_property
     def motion_hash(self) -> str | None:
@@ -163,7 +166,26 @@ def open_animate_session(session: Session, adapter, motion: MotionSource) -> Ani
     pipe = _pipeline_class()(vae=base.vae, text_encoder=base.text_encoder, tokenizer=base.tokenizer, unet=unet,
                              motion_adapter=adapter, scheduler=base.scheduler)
     pipe.set_progress_bar_config(disable=True)
-    return AnimateSession(session, pipe, motion, MotionScale(unet), int(adapter.config.motion_max_seq_length))
+    return AnimateSession(session, pipe, motion, MotionScale(unet), int(adapter.config.motion_max_seq_length),
+                          _condition(unet, motion))
+
+
+def _condition(unet, motion: MotionSource):
+    """The motion condition in the adapter's folder, attached to the motion UNet; None when there is none."""
+    from pathlib import Path
+
+    from personae.inference.motion_condition import CONDITION_FILE, MotionCondition
+
+    path = Path(motion.location) / CONDITION_FILE
+    if motion.kind != "folder" or not path.is_file():
+        return None
+    try:
+        condition = MotionCondition.load(path, unet)
+    except ValueError as exc:
+        raise UserError(f"The motion condition {path} does not fit its adapter: {exc}.",
+                        f"Move {CONDITION_FILE} out of the adapter's folder to animate without it.") from None
+    condition.attach(unet)
+    return condition
 
 
 def check_context(settings: AnimateSettings, limit: int, adapter_name: str) -> None:

@@ -35,6 +35,9 @@ from personae.world.scene import SIZES, TRAINED, caption
 MOTIONS = ("left", "right", "up", "down", "growing", "still")
 MOTION_WORDS = {"left": "moving left", "right": "moving right", "up": "moving up", "down": "moving down",
                 "growing": "growing", "still": "still"}
+# the motion condition's target (inference/motion_condition.py): (dx, dy, growth), image axes (y down)
+MOTION_VECTORS = {"left": (-1.0, 0.0, 0.0), "right": (1.0, 0.0, 0.0), "up": (0.0, -1.0, 0.0), "down": (0.0, 1.0, 0.0),
+                  "growing": (0.0, 0.0, 1.0), "still": (0.0, 0.0, 0.0)}
 AXIS = {"left": (0, -1), "right": (0, 1), "up": (1, -1), "down": (1, 1)}  # (axis: 0 = x, 1 = y; sign in pixels)
 MOVING_SIZES = ("medium shot", "full shot")  # sizes with room to move (a close-up box has 2 px each way)
 TRAVEL = (0.5, 1.0)  # a moving clip travels this share of the room its box has on its axis (drawn uniform)

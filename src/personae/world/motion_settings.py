@@ -51,6 +51,15 @@ class MotionWordsSection(Strict):
                                    "the world words' trained embeddings", gt=0)
 
 
+class MotionConditionSection(Strict):
+    learning_rate: float = setting(0.0, "learn a motion condition (inference/motion_condition.py: the caption's motion "
+                                        "read by a linear head, given to every motion module as a track that grows "
+                                        "with the frame) at this rate, shipped as OUT/motion-condition.safetensors; "
+                                        "0: none", ge=0)
+    head_weight: float = setting(1.0, "weight of the head's loss (its reading against the clip's true motion) beside "
+                                      "the denoising loss", ge=0)
+
+
 class WorldMotion(Strict):
     version: int = setting(1, "settings file version")
     seed: int = setting(0, "clips, noise and the motion modules' weights: everything random derives from it")
@@ -75,4 +84,6 @@ class WorldMotion(Strict):
                                                            "words, trained with the motion modules")
     words: MotionWordsSection = setting(MotionWordsSection(), "learnt motion-word embeddings on a leash, trained "
                                                               "with the motion modules")
+    condition: MotionConditionSection = setting(MotionConditionSection(), "a motion condition read from the "
+                                                                          "caption, trained with the motion modules")
     eval: MotionEvalSection = setting(MotionEvalSection(), "the measurements")

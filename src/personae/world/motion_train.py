@@ -13,11 +13,15 @@
      schedule animate samples with (AnimateDiff's linear betas), captions dropped to "" at `caption_dropout`;
      with them, at `lora.learning_rate`, a LoRA on the image UNet's cross-attention (world/motion_lora.py: the
      frozen UNet barely reads the motion words; the LoRA teaches it to), unless `lora.rank` is 0, and one
-     embedding per motion phrase on a leash (world/motion_words.py), unless `words.learning_rate` is 0;
+     embedding per motion phrase on a leash (world/motion_words.py), unless `words.learning_rate` is 0; and a motion
+     condition (inference/motion_condition.py), unless `condition.learning_rate` is 0: the motion modules are given
+     each clip's true motion as a track growing with the frame, and a head learns to read that motion from the
+     caption's text states (its squared error beside the denoising loss); animate then uses the head's reading;
   4. every `eval.every` steps, and at the end, the adapter is written and measured as users run it
      (`personae animate --motion-adapter`, world/motion_eval.py) on held-out clips;
   5. OUT becomes the adapter's diffusers folder (`--motion-adapter OUT`), with the LoRA as a kohya file
-     (`--lora OUT/motion-lora.safetensors`), the words as A1111 embeddings (OUT/motion-words/) and OUT/training/:
+     (`--lora OUT/motion-lora.safetensors`), the words as A1111 embeddings (OUT/motion-words/), the condition
+     (OUT/motion-condition.safetensors, which animate finds there) and OUT/training/:
      settings, losses,
      the measurements, a sheet (a row of frames per clip) and GIFs of the measured clips.
 
@@ -43,10 +47,11 @@ from diffusers.optimization import get_scheduler
 
 from personae.events import EventHandler, Message, Progress, ignore
 from personae.inference.animate import MOTION_SCHEDULE, motion_unet
+from personae.inference.motion_condition import CONDITION_FILE, MotionCondition
 from personae.inference.session import open_session
 from personae.models.folders import readable_by_others
 from personae.training.step import Batch, check_finite, diffusion_loss, draw_noise, optimizer_step, seeded
-from personae.world.clips import random_clip
+from personae.world.clips import MOTION_VECTORS, random_clip
 from personae.world.model import world_model_dir
 from personae.world.motion_eval import clip_sheet, measure_rows
 from personae.world.motion_lora import add_motion_lora, lora_parameters, write_motion_lora
@@ -104,7 +109,8 @@ def train_motion(s: WorldMotion, out: str | Path, overwrite: bool = False,
 
 
 def _data(s: WorldMotion, session, on_event: EventHandler):
-    """Posteriors (N x frames x 4 x 8 x 8, mean and std), caption indices and the caption embeddings ("" last)."""
+    """Posteriors (N x frames x 4 x 8 x 8, mean and std), caption indices, the caption embeddings ("" last), the
+    captions and each clip's motion vector (clips.MOTION_VECTORS: the motion condition's target)."""
     rng = np.random.default_rng([s.seed, 7])
     clips = [random_clip(rng, frames=s.frames) for _ in range(s.dataset_size)]
     on_event(Message(f"rendering {len(clips)} clips of {s.frames} frames"))
@@ -121,7 +127,7 @@ def _data(s: WorldMotion, session, on_event: EventHandler):
         embeds = torch.cat([session.encoder.encode(c, clip_skip=1).embeds for c in captions + [""]])
     index = {c: i for i, c in enumerate(captions)}
     return (torch.cat(means), torch.cat(stds), torch.tensor([index[c.caption()] for c in clips]), embeds,
-            captions + [""])
+            captions + [""], torch.tensor([MOTION_VECTORS[c.motion] for c in clips]))
 
 
 def _train(s: WorldMotion, out: Path, started: float, on_event: EventHandler) -> MotionResult:
@@ -143,13 +149,21 @@ def _train(s: WorldMotion, out: Path, started: float, on_event: EventHandler) ->
     model = motion_unet(pipe.unet, adapter)
     motion_params = [p for name, p in model.named_parameters() if ".motion_modules." in name]
     lora_params = lora_parameters(model) if s.lora.rank else []
+    condition = None
+    if s.condition.learning_rate:  # seeded like the adapter; its layers start at zero, so the model is unchanged
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(s.seed + 1)
+            condition = MotionCondition.for_unet(model)
+        condition.attach(model)
+    condition_params = list(condition.parameters()) if condition else []
     params = motion_params + lora_params
     model.requires_grad_(False)
     for p in params:
         p.requires_grad_(True)
+    params += condition_params
     # 2. data
     t0 = time.monotonic()
-    means, stds, caption_ids, embeds, captions = _data(s, session, on_event)
+    means, stds, caption_ids, embeds, captions, vectors = _data(s, session, on_event)
     if word_ids:  # captions are encoded every step, through the new tokens' vectors
         table = pipe.text_encoder.get_input_embeddings().weight
         table.requires_grad_(True)
@@ -167,6 +181,8 @@ def _train(s: WorldMotion, out: Path, started: float, on_event: EventHandler) ->
         groups.append({"params": lora_params, "lr": s.lora.learning_rate})
     if word_ids:
         groups.append({"params": [table], "lr": s.words.learning_rate})
+    if condition:
+        groups.append({"params": condition_params, "lr": s.condition.learning_rate})
     optimizer = torch.optim.AdamW(groups, weight_decay=0.0)
     lr_schedule = get_scheduler(s.lr_scheduler, optimizer, num_warmup_steps=s.warmup_steps, num_training_steps=s.steps)
     measuring = 0.0
@@ -181,6 +197,8 @@ def _train(s: WorldMotion, out: Path, started: float, on_event: EventHandler) ->
             lora = str(write_motion_lora(model, Path(tmp) / LORA_FILE, s.lora, step, s.base)) if lora_params else None
             words = [(str(p), p.stem) for p in write_motion_words(pipe, word_ids, Path(tmp) / WORDS_DIR)] \
                 if word_ids else []
+            if condition:  # animate finds it in the adapter's folder
+                condition.save(Path(tmp) / CONDITION_FILE)
             rows, frames = measure_rows(base, tmp, s.eval.clips, s.eval.long_clips, s.eval.steps, s.eval.cfg, on_event,
                                         lora=lora, embeddings=words)
         clip_sheet(next(iter(frames.values()))).save(log / f"samples-{step:06d}.png")
@@ -205,7 +223,12 @@ def _train(s: WorldMotion, out: Path, started: float, on_event: EventHandler) ->
         hidden = hidden.repeat_interleave(s.frames, dim=0)  # the motion UNet takes one embedding per frame
         # 2. noise at one random timestep per clip; the motion UNet predicts it
         noise, timesteps = draw_noise(gen, tuple(z.shape), noise_scheduler.config.num_train_timesteps)
+        if condition:  # the modules learn from the true motion; the head learns to read it from the caption
+            target = torch.where(drop[:, None], torch.zeros(3), vectors[idx])
+            condition.given = target
         loss = diffusion_loss(model, noise_scheduler, Batch(z, noise, timesteps), hidden)
+        if condition:
+            loss = loss + s.condition.head_weight * torch.nn.functional.mse_loss(condition.read, target)
         # 3. backward, clip, step (the motion modules, the LoRA, the new words' rows), the words back on the leash
         optimizer_step(loss, optimizer, params, s.max_grad_norm)
         if word_ids:
@@ -231,6 +254,8 @@ def _train(s: WorldMotion, out: Path, started: float, on_event: EventHandler) ->
         write_motion_lora(model, out / LORA_FILE, s.lora, step, s.base)
     if word_ids:
         write_motion_words(pipe, word_ids, out / WORDS_DIR)
+    if condition:
+        condition.save(out / CONDITION_FILE)
     readable_by_others(out)
     _write_gifs(log, result.frames)
     result.seconds["total"] = time.monotonic() - started

@@ -1,0 +1,158 @@
+"""The motion condition (inference/motion_condition.py): the caption's motion, read by a head from the text states and
+given to every motion module as a track that grows with the frame; trained by `personae world motion --set
+condition.learning_rate=...`, found by `personae animate` beside the adapter."""
+
+import shutil
+
+import pytest
+import torch
+
+from personae.world.model import WORLD_DIR
+
+PROMPTS = ["a white square on a red background, full shot, moving left",
+           "a white square on a red background, full shot, moving right"]
+
+
+@pytest.fixture(scope="module")
+def world_motion_unet():
+    """The world UNet with a fresh adapter whose output projections are random (zero ones would hide any input)."""
+    from personae.inference.animate import motion_unet
+    from personae.inference.session import open_session
+    from personae.world.motion_settings import WorldMotion
+    from personae.world.motion_train import build_adapter
+
+    session = open_session(str(WORLD_DIR), device="cpu")
+    adapter = build_adapter(session.pipe.unet, WorldMotion())
+    gen = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for name, param in adapter.named_parameters():
+            if ".proj_out." in name:
+                param.copy_(torch.randn(param.shape, generator=gen) * 0.05)
+    states = torch.cat([session.encoder.encode(p, clip_skip=1).embeds for p in PROMPTS])
+    return motion_unet(session.pipe.unet, adapter).eval(), states
+
+
+def _predict(unet, states, frames=4):
+    gen = torch.Generator().manual_seed(0)
+    sample = torch.randn(len(states), 4, frames, 8, 8, generator=gen)
+    with torch.no_grad():
+        return unet(sample, 700, encoder_hidden_states=states.repeat_interleave(frames, dim=0)).sample
+
+
+def test_an_untrained_condition_changes_nothing_and_a_trained_one_follows_the_caption(world_motion_unet):
+    from personae.inference.motion_condition import MotionCondition, motion_modules
+
+    unet, states = world_motion_unet
+    before = _predict(unet, states)
+    condition = MotionCondition.for_unet(unet)
+    assert len(condition.layers) == len(motion_modules(unet)) == 10  # the world adapter's motion modules
+    handles = condition.attach(unet)
+    try:
+        assert torch.equal(_predict(unet, states), before)  # zero layers: exactly the adapter's own prediction
+        assert condition.read.shape == (2, 3)  # one reading per clip (the frames' rows are one caption)
+        gen = torch.Generator().manual_seed(1)
+        with torch.no_grad():
+            for layer in condition.layers:
+                layer.weight.copy_(torch.randn(layer.weight.shape, generator=gen))
+        after = _predict(unet, states)
+        assert (after - before).abs().max() > 1e-3
+        # what the head reads decides it: the two captions read differently, and a given motion overrides both
+        assert (condition.read[0] - condition.read[1]).abs().max() > 1e-4
+        condition.given = torch.tensor([[-1.0, 0.0, 0.0], [-1.0, 0.0, 0.0]])
+        given = _predict(unet, states)
+        assert not torch.allclose(given, after)
+        condition.given = torch.zeros(2, 3)
+        assert torch.allclose(_predict(unet, states), before, atol=1e-6)  # d = 0 (still, or the empty caption)
+    finally:
+        for h in handles:
+            h.remove()
+    assert torch.equal(_predict(unet, states), before)
+
+
+def test_the_track_grows_from_minus_d_on_the_first_frame_to_d_on_the_last():
+    from personae.inference.motion_condition import MotionCondition
+
+    condition = MotionCondition(8, [6])
+    with torch.no_grad():
+        condition.layers[0].weight.copy_(torch.eye(6))
+    d = torch.tensor([[1.0, -0.5, 0.25], [0.0, 0.0, 1.0]])
+    condition._d = d
+    out = condition._add(0, torch.zeros(2 * 3, 5, 6))  # 2 clips x 3 pixels, 5 frames, 6 channels
+    track = out.view(2, 3, 5, 6)
+    assert torch.equal(track[:, 0], track[:, 2])  # the same at every pixel
+    assert torch.allclose(track[:, 0, 0, :3], -d) and torch.allclose(track[:, 0, -1, :3], d)
+    assert torch.allclose(track[:, 0, 2, :3], torch.zeros(2, 3))  # the middle frame
+    assert torch.allclose(track[:, 0, :, 3:], d[:, None].expand(2, 5, 3))  # the motion itself, every frame
+
+
+def test_the_file_round_trips_and_a_file_for_another_adapter_is_refused(world_motion_unet, tmp_path):
+    from safetensors.torch import save_file
+
+    from personae.inference.motion_condition import MotionCondition
+
+    unet, _ = world_motion_unet
+    condition = MotionCondition.for_unet(unet)
+    with torch.no_grad():
+        condition.head.bias.fill_(0.5)
+    path = condition.save(tmp_path / "c.safetensors")
+    again = MotionCondition.load(path, unet)
+    assert all(torch.equal(a, b) for a, b in zip(condition.state_dict().values(), again.state_dict().values()))
+    other = MotionCondition(8, [6, 6])
+    wrong = other.save(tmp_path / "other.safetensors")
+    with pytest.raises(ValueError, match="another adapter"):
+        MotionCondition.load(wrong, unet)
+    save_file({"x": torch.zeros(1)}, str(tmp_path / "plain.safetensors"))
+    with pytest.raises(ValueError, match="not a personae motion condition"):
+        MotionCondition.load(tmp_path / "plain.safetensors", unet)
+    (tmp_path / "junk.safetensors").write_bytes(b"not a tensor file")
+    with pytest.raises(ValueError, match="not a safetensors file"):
+        MotionCondition.load(tmp_path / "junk.safetensors", unet)
+
+
+SHORT = ["dataset_size=8", "batch_size=2", "eval.clips=2", "eval.long_clips=0", "eval.steps=2", "warmup_steps=1",
+         "lora.rank=0", "words.learning_rate=0", "condition.learning_rate=0.01"]
+
+
+def _train(out):
+    from personae.cli.main import main
+
+    assert main(["world", "motion", str(out), "--steps", "3", "--quiet"] + [a for s in SHORT for a in ("--set", s)]) == 0
+
+
+def test_training_writes_the_condition_and_animate_attaches_it(tmp_path, capsys):
+    """Trained from zero with the motion modules (two runs: the same bytes); `personae animate` finds it in the
+    adapter's folder and the clip changes with it; a broken one is one paragraph, exit 2."""
+    from safetensors.torch import load_file
+
+    from personae.cli.main import main
+    from personae.config.animate import AnimateSettings
+    from personae.inference.animate import animate, open_for
+    from personae.inference.motion_condition import CONDITION_FILE
+
+    first, second = tmp_path / "a", tmp_path / "b"
+    _train(first)
+    _train(second)
+    assert (first / CONDITION_FILE).read_bytes() == (second / CONDITION_FILE).read_bytes()
+    tensors = load_file(str(first / CONDITION_FILE))
+    assert all(v.abs().max() > 0 for k, v in tensors.items() if k.startswith("layers."))  # moved from zero
+    plain = tmp_path / "plain"
+    shutil.copytree(first, plain)
+    (plain / CONDITION_FILE).unlink()
+
+    def clip(adapter):
+        settings = AnimateSettings(model=str(WORLD_DIR), motion_adapter=str(adapter), prompt=PROMPTS[0], steps=2,
+                                   frames=8, seed=0, cfg=4, clip_skip=1, sampler="DDIM", device="cpu")
+        session = open_for(settings)
+        return session.condition, [torch.tensor(list(f.getdata()), dtype=torch.float32) for f in
+                                   animate(settings, session).frames]
+
+    condition, with_it = clip(first)
+    none, without = clip(plain)
+    assert condition is not None and none is None
+    assert max((a - b).abs().max() for a, b in zip(with_it, without)) > 0
+    (plain / CONDITION_FILE).write_bytes(b"broken")
+    code = main(["animate", "--model", str(WORLD_DIR), "--motion-adapter", str(plain), "--prompt", PROMPTS[0],
+                 "--steps", "1", "--frames", "4", "--out", str(tmp_path / "x.gif"), "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2 and "motion condition" in err and CONDITION_FILE in err and "Traceback" not in err
+    assert not (tmp_path / "x.gif").exists()
