@@ -28,6 +28,24 @@ def test_same_seed_same_bytes_other_seed_other_weights(tmp_path):
     assert _files(tmp_path / "a")[unet] != _files(tmp_path / "c")[unet]
 
 
+def test_safetensors_with_several_metadata_keys_are_the_same_bytes_every_time(tmp_path):
+    """safetensors orders a header's metadata as its Rust HashMap does, differently from call to call (the same
+    tensors gave other bytes in CI); save_safetensors sorts the keys, and the file reads back whole."""
+    from safetensors import safe_open
+    from safetensors.torch import save
+
+    from personae.models.folders import save_safetensors
+
+    tensors = {"b": torch.arange(6.0).reshape(2, 3), "a": torch.ones(5, dtype=torch.float16)}
+    metadata = {"format": "x", "version": "1", "ss_network_dim": "8", "name": "é ünïcode \"quoted\"\n"}
+    assert len({save(tensors, metadata=metadata) for _ in range(16)}) > 1  # the library's own behaviour
+    files = [save_safetensors(tensors, tmp_path / f"{i}.safetensors", metadata) for i in range(16)]
+    assert len({f.read_bytes() for f in files}) == 1
+    with safe_open(str(files[0]), framework="pt") as fh:
+        assert fh.metadata() == metadata
+        assert {k: fh.get_tensor(k).tolist() for k in fh.keys()} == {k: v.tolist() for k, v in tensors.items()}
+
+
 def test_single_file_bytes_are_stable_across_writes(tmp_path):
     """safetensors writes header metadata from a hash map: with two or more keys their order (so the
     bytes) changes between calls in one process. Our single file keeps one key, so it is stable."""

@@ -97,11 +97,10 @@ class MotionCondition(nn.Module):
         return (out.view(clips, rows // clips, frames, channels) + add[:, None]).view(rows, frames, channels)
 
     def save(self, path: str | Path) -> Path:
-        from safetensors.torch import save_file
+        from personae.models.folders import save_safetensors
 
         state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
-        save_file(state, str(path), metadata={"format": FORMAT, "version": "1"})
-        return Path(path)
+        return save_safetensors(state, path, metadata={"format": FORMAT, "version": "1"})
 
     @classmethod
     def load(cls, path: str | Path, unet) -> MotionCondition:

@@ -91,4 +91,27 @@ def save_safetensors(tensors: dict, path: str | Path, metadata: dict[str, str] |
     path = Path(path)
     with atomic_file(path) as tmp:
         save_file(tensors, str(tmp), metadata=metadata)
+        if metadata and len(metadata) > 1:
+            _sort_metadata(Path(tmp))
     return path
+
+
+def _sort_metadata(path: Path) -> None:
+    """Rewrite the header of a just-written .safetensors file with its `__metadata__` keys sorted. safetensors keeps
+    the metadata in a Rust HashMap, whose order changes from run to run: without this the same tensors and metadata
+    give other bytes each time (tests/test_models.py). The tensors' entries and the data stay as written."""
+    import json
+
+    with open(path, "r+b") as fh:
+        size = int.from_bytes(fh.read(8), "little")
+        header = json.loads(fh.read(size))
+        header["__metadata__"] = dict(sorted(header["__metadata__"].items()))
+        text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+        if len(text) <= size:  # the same keys and values: the same length, padded with spaces as safetensors pads
+            fh.seek(8)
+            fh.write(text.ljust(size, b" "))
+            return
+        fh.seek(8 + size)
+        data = fh.read()
+    text = text.ljust(-(-len(text) // 8) * 8, b" ")
+    path.write_bytes(len(text).to_bytes(8, "little") + text + data)
