@@ -12,7 +12,7 @@
 - `motion_scale` multiplies what each motion module adds to its input: 0 gives frames
   drawn independently by the image model, 1 the motion as trained.
 - An adapter folder holding a motion condition (inference/motion_condition.py, personae's
-  own file) gets it attached: the caption's motion, read from its text states, as a track.
+  own file) gets it attached: the motion the prompt's words name, as a track across the frames.
 """
 
 from __future__ import annotations
@@ -167,10 +167,10 @@ def open_animate_session(session: Session, adapter, motion: MotionSource) -> Ani
                              motion_adapter=adapter, scheduler=base.scheduler)
     pipe.set_progress_bar_config(disable=True)
     return AnimateSession(session, pipe, motion, MotionScale(unet), int(adapter.config.motion_max_seq_length),
-                          _condition(unet, motion))
+                          _condition(unet, base.tokenizer, motion))
 
 
-def _condition(unet, motion: MotionSource):
+def _condition(unet, tokenizer, motion: MotionSource):
     """The motion condition in the adapter's folder, attached to the motion UNet; None when there is none."""
     from pathlib import Path
 
@@ -180,9 +180,9 @@ def _condition(unet, motion: MotionSource):
     if motion.kind != "folder" or not path.is_file():
         return None
     try:
-        condition = MotionCondition.load(path, unet)
+        condition = MotionCondition.load(path, unet, tokenizer)
     except ValueError as exc:
-        raise UserError(f"The motion condition {path} does not fit its adapter: {exc}.",
+        raise UserError(f"The motion condition {path} does not fit its adapter and model: {exc}.",
                         f"Move {CONDITION_FILE} out of the adapter's folder to animate without it.") from None
     condition.attach(unet)
     return condition
@@ -285,8 +285,12 @@ def animate(settings: AnimateSettings, animate_session: AnimateSession | None = 
     positive, negative = session.encoder.encode_pair(settings.prompt, settings.negative, settings.clip_skip)
     if positive.chunks > 1:
         on_event(Message(f"prompt has {positive.tokens} tokens: encoded as {positive.chunks} chunks of 75 (not truncated)"))
-    # 5. motion: strength, and overlapping windows for clips longer than the context
+    # 5. motion: strength, the motion the prompt names (an adapter with a condition), and overlapping windows for
+    # clips longer than the context
     animate_session.motion_scale.value = settings.motion_scale
+    if animate_session.condition is not None:
+        with torch.no_grad():
+            animate_session.condition.given = animate_session.condition.read(pipe.tokenizer, [settings.prompt])
     if use_context_windows(pipe, settings.frames, settings.context, settings.context_stride):
         on_event(Message(f"{settings.frames} frames: motion in overlapping windows of {settings.context} "
                          f"(stride {settings.context_stride})"))

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 from typing import Literal
 
+from pydantic import model_validator
+
 from personae.config.base import Strict
 from personae.config.fields import setting
 
@@ -53,7 +55,7 @@ class MotionWordsSection(Strict):
 
 class MotionConditionSection(Strict):
     learning_rate: float = setting(0.0, "learn a motion condition (inference/motion_condition.py: the caption's motion "
-                                        "read by a linear head, given to every motion module as a track that grows "
+                                        "read from its words by a learnt vector per token, given to every motion module as a track that grows "
                                         "with the frame) at this rate, shipped as OUT/motion-condition.safetensors; "
                                         "0: none", ge=0)
     head_weight: float = setting(1.0, "weight of the head's loss (its reading against the clip's true motion) beside "
@@ -87,3 +89,10 @@ class WorldMotion(Strict):
     condition: MotionConditionSection = setting(MotionConditionSection(), "a motion condition read from the "
                                                                           "caption, trained with the motion modules")
     eval: MotionEvalSection = setting(MotionEvalSection(), "the measurements")
+
+    @model_validator(mode="after")
+    def _words_or_condition(self):
+        if self.condition.learning_rate and self.words.learning_rate:
+            raise ValueError("condition.learning_rate needs words.learning_rate=0: the learnt motion words are tokens "
+                             "added to the tokenizer, which the condition's head does not read")
+        return self

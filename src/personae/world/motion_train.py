@@ -16,7 +16,7 @@
      embedding per motion phrase on a leash (world/motion_words.py), unless `words.learning_rate` is 0; and a motion
      condition (inference/motion_condition.py), unless `condition.learning_rate` is 0: the motion modules are given
      each clip's true motion as a track growing with the frame, and a head learns to read that motion from the
-     caption's text states (its squared error beside the denoising loss); animate then uses the head's reading;
+     caption's words (its squared error beside the denoising loss); animate then uses the head's reading;
   4. every `eval.every` steps, and at the end, the adapter is written and measured as users run it
      (`personae animate --motion-adapter`, world/motion_eval.py) on held-out clips;
   5. OUT becomes the adapter's diffusers folder (`--motion-adapter OUT`), with the LoRA as a kohya file
@@ -153,7 +153,7 @@ def _train(s: WorldMotion, out: Path, started: float, on_event: EventHandler) ->
     if s.condition.learning_rate:  # seeded like the adapter; its layers start at zero, so the model is unchanged
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(s.seed + 1)
-            condition = MotionCondition.for_unet(model)
+            condition = MotionCondition.for_unet(model, pipe.tokenizer)
         condition.attach(model)
     condition_params = list(condition.parameters()) if condition else []
     params = motion_params + lora_params
@@ -164,6 +164,7 @@ def _train(s: WorldMotion, out: Path, started: float, on_event: EventHandler) ->
     # 2. data
     t0 = time.monotonic()
     means, stds, caption_ids, embeds, captions, vectors = _data(s, session, on_event)
+    words_of = condition.token_ids(pipe.tokenizer, captions) if condition else []  # what the head reads ("" last)
     if word_ids:  # captions are encoded every step, through the new tokens' vectors
         table = pipe.text_encoder.get_input_embeddings().weight
         table.requires_grad_(True)
@@ -228,7 +229,8 @@ def _train(s: WorldMotion, out: Path, started: float, on_event: EventHandler) ->
             condition.given = target
         loss = diffusion_loss(model, noise_scheduler, Batch(z, noise, timesteps), hidden)
         if condition:
-            loss = loss + s.condition.head_weight * torch.nn.functional.mse_loss(condition.read, target)
+            read = condition.read(pipe.tokenizer, ids=[words_of[i] for i in chosen.tolist()])
+            loss = loss + s.condition.head_weight * torch.nn.functional.mse_loss(read, target)
         # 3. backward, clip, step (the motion modules, the LoRA, the new words' rows), the words back on the leash
         optimizer_step(loss, optimizer, params, s.max_grad_norm)
         if word_ids:
