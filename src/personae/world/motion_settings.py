@@ -55,9 +55,9 @@ class MotionWordsSection(Strict):
 
 class MotionConditionSection(Strict):
     learning_rate: float = setting(0.0, "learn a motion condition (inference/motion_condition.py: the caption's motion "
-                                        "read from its words by a learnt vector per token, given to every motion module as a track that grows "
-                                        "with the frame) at this rate, shipped as OUT/motion-condition.safetensors; "
-                                        "0: none", ge=0)
+                                        "read from its words by a learnt vector per token, given to every motion "
+                                        "module as a track that grows with the frame) at this rate, shipped as "
+                                        "OUT/motion-condition.safetensors; 0: none", ge=0)
     head_weight: float = setting(1.0, "weight of the head's loss (its reading against the clip's true motion) beside "
                                       "the denoising loss", ge=0)
 
