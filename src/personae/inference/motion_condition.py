@@ -103,10 +103,10 @@ class MotionCondition(nn.Module):
         d = d.to(device=sample.device, dtype=self.layers[0].weight.dtype)
         if len(d) * 2 == clips:  # classifier-free guidance: [negative, positive], as diffusers' pipelines order them
             d = torch.cat([torch.zeros_like(d), d])
+        elif len(d) == 1:
+            d = d.expand(clips, 3)
         elif len(d) != clips:
-            d = d.expand(clips, 3) if len(d) == 1 else None
-            if d is None:
-                raise ValueError(f"the motion condition was given {len(self.given)} prompts for {clips} clips")
+            raise ValueError(f"the motion condition was given {len(d)} prompts for {clips} clips")
         self._d = d
 
     def _add(self, k: int, out: torch.Tensor) -> torch.Tensor:
