@@ -33,11 +33,11 @@ def world_motion_unet():
     return motion_unet(session.pipe.unet, adapter).eval(), states, session.pipe.tokenizer
 
 
-def _predict(unet, states, frames=4):
+def _predict(unet, states, frames=4, timestep=700):
     gen = torch.Generator().manual_seed(0)
     sample = torch.randn(len(states), 4, frames, 8, 8, generator=gen)
     with torch.no_grad():
-        return unet(sample, 700, encoder_hidden_states=states.repeat_interleave(frames, dim=0)).sample
+        return unet(sample, timestep, encoder_hidden_states=states.repeat_interleave(frames, dim=0)).sample
 
 
 def test_an_untrained_condition_changes_nothing_and_a_trained_one_follows_the_words(world_motion_unet):
@@ -77,6 +77,33 @@ def test_an_untrained_condition_changes_nothing_and_a_trained_one_follows_the_wo
         for h in handles:
             h.remove()
     assert torch.equal(_predict(unet, states), before)
+
+
+def test_the_condition_acts_only_from_its_timestep_up_in_sampling_and_in_a_training_batch(world_motion_unet):
+    """Sampling gives one timestep for all clips, training one per clip: below `from_timestep` a clip is the
+    adapter's own prediction, at or above it the conditioned one."""
+    from personae.inference.motion_condition import MotionCondition
+
+    unet, states, tokenizer = world_motion_unet
+    condition = MotionCondition.for_unet(unet, tokenizer, from_timestep=500)
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for layer in condition.layers:
+            layer.weight.copy_(torch.randn(layer.weight.shape, generator=gen))
+        condition.head.weight.copy_(torch.randn(condition.head.weight.shape, generator=gen))
+    plain = {t: _predict(unet, states, timestep=t) for t in (499, 500)}
+    handles = condition.attach(unet)
+    try:
+        with torch.no_grad():
+            condition.given = condition.read(tokenizer, PROMPTS)
+        assert torch.equal(_predict(unet, states, timestep=499), plain[499])  # below: untouched
+        at = _predict(unet, states, timestep=500)
+        assert (at - plain[500]).abs().max() > 1e-3
+        mixed = _predict(unet, states, timestep=torch.tensor([499, 500]))  # a training batch: one timestep per clip
+        assert torch.allclose(mixed[0], plain[499][0], atol=1e-6) and torch.allclose(mixed[1], at[1], atol=1e-6)
+    finally:
+        for h in handles:
+            h.remove()
 
 
 def test_the_head_reads_the_motion_from_the_words_of_captions_it_never_saw():
@@ -128,17 +155,23 @@ def test_the_track_grows_from_minus_d_on_the_first_frame_to_d_on_the_last():
 
 
 def test_the_file_round_trips_and_a_file_for_another_adapter_is_refused(world_motion_unet, tmp_path):
-    from safetensors.torch import save_file
+    from safetensors.torch import load_file, save_file
 
     from personae.inference.motion_condition import MotionCondition
+    from personae.models.folders import save_safetensors
 
     unet, _, tokenizer = world_motion_unet
-    condition = MotionCondition.for_unet(unet, tokenizer)
+    condition = MotionCondition.for_unet(unet, tokenizer, from_timestep=300)
     with torch.no_grad():
         condition.head.weight.fill_(0.5)
     path = condition.save(tmp_path / "c.safetensors")
     again = MotionCondition.load(path, unet, tokenizer)
     assert all(torch.equal(a, b) for a, b in zip(condition.state_dict().values(), again.state_dict().values()))
+    assert again.from_timestep == 300
+    save_safetensors(load_file(str(path)), tmp_path / "header.safetensors",
+                     metadata={"format": "personae-motion-condition", "version": "1", "from_timestep": "late"})
+    with pytest.raises(ValueError, match="from_timestep 'late'"):
+        MotionCondition.load(tmp_path / "header.safetensors", unet, tokenizer)
     other = MotionCondition(len(tokenizer), [6, 6])
     wrong = other.save(tmp_path / "other.safetensors")
     with pytest.raises(ValueError, match="another adapter"):
@@ -155,7 +188,7 @@ def test_the_file_round_trips_and_a_file_for_another_adapter_is_refused(world_mo
 
 
 SHORT = ["dataset_size=8", "batch_size=2", "eval.clips=2", "eval.long_clips=0", "eval.steps=2", "warmup_steps=1",
-         "lora.rank=0", "words.learning_rate=0", "condition.learning_rate=0.01"]
+         "lora.rank=0", "words.learning_rate=0", "condition.learning_rate=0.01", "condition.from_timestep=100"]
 
 
 def _train(out):
@@ -209,7 +242,7 @@ def test_training_writes_the_condition_and_animate_attaches_it(tmp_path, capsys)
 
     condition, with_it = clip(first)
     none, without = clip(plain)
-    assert condition is not None and none is None
+    assert condition is not None and none is None and condition.from_timestep == 100  # as trained
     with torch.no_grad():  # animate gave the motion modules what the head reads in the prompt
         assert torch.equal(condition.given, condition.read(condition_tokenizer(first), [PROMPTS[0]]))
         assert condition.given.abs().max() > 0

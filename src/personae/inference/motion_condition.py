@@ -21,7 +21,11 @@ signal read from the caption:
 2. frame f of F gets (tau * d, d) with tau running from -1 (first frame) to 1 (last): a displacement that grows
    with the frame, and the motion itself;
 3. motion module k adds `layers[k]` of it (channels x 6, zero at the start) to its input projection's output, the
-   same at every pixel, before its temporal attention.
+   same at every pixel, before its temporal attention;
+4. only while the timestep is at least `from_timestep`, in training and sampling alike (a clip below it gets
+   d = 0): the noisy steps set the layout and so the motion, and the last steps, which draw a subject's details,
+   run as the plain adapter, following the motion already in the latents. Conditioned there too, the condition
+   turned a taught star (a shape training never saw) into world shapes (docs/world.md).
 
 A clip in FreeNoise windows is conditioned over its whole length (the modules' input projection sees every
 frame; the windows are inside their attention), so a 32-frame clip makes one motion at half the speed per frame.
@@ -53,8 +57,9 @@ def motion_modules(unet) -> list:
 
 
 class MotionCondition(nn.Module):
-    def __init__(self, vocab_size: int, channels: list[int]):
+    def __init__(self, vocab_size: int, channels: list[int], from_timestep: int = 0):
         super().__init__()
+        self.from_timestep = int(from_timestep)  # clips at a lower timestep get d = 0
         self.head = nn.EmbeddingBag(vocab_size, 3, mode="sum")
         nn.init.zeros_(self.head.weight)  # a token training never saw adds nothing
         self.layers = nn.ModuleList(nn.Linear(6, c) for c in channels)
@@ -64,11 +69,11 @@ class MotionCondition(nn.Module):
         self.given: torch.Tensor | None = None  # d per clip (prompts x 3) for the next forward passes; None: 0
 
     @classmethod
-    def for_unet(cls, unet, tokenizer) -> MotionCondition:
+    def for_unet(cls, unet, tokenizer, from_timestep: int = 0) -> MotionCondition:
         channels = [m.proj_in.out_features for m in motion_modules(unet)]
         if not channels:
             raise ValueError("the UNet has no motion modules")
-        return cls(base_vocab_size(tokenizer), channels)
+        return cls(base_vocab_size(tokenizer), channels, from_timestep)
 
     def token_ids(self, tokenizer, prompts: list[str]) -> list[list[int]]:
         """Each prompt's tokens in the tokenizer's own vocabulary, without start / end tokens; tokens added to it
@@ -107,7 +112,9 @@ class MotionCondition(nn.Module):
             d = d.expand(clips, 3)
         elif len(d) != clips:
             raise ValueError(f"the motion condition was given {len(d)} prompts for {clips} clips")
-        self._d = d
+        timestep = torch.as_tensor(args[1] if len(args) > 1 else kwargs["timestep"], device=sample.device).flatten()
+        on = (timestep >= self.from_timestep).to(d.dtype).expand(clips)  # one timestep for all clips, or one each
+        self._d = d * on[:, None]
 
     def _add(self, k: int, out: torch.Tensor) -> torch.Tensor:
         d = self._d.to(out.dtype)
@@ -122,7 +129,8 @@ class MotionCondition(nn.Module):
         from personae.models.folders import save_safetensors
 
         state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
-        return save_safetensors(state, path, metadata={"format": FORMAT, "version": "1"})
+        return save_safetensors(state, path, metadata={"format": FORMAT, "version": "1",
+                                                       "from_timestep": str(self.from_timestep)})
 
     @classmethod
     def load(cls, path: str | Path, unet, tokenizer) -> MotionCondition:
@@ -137,8 +145,13 @@ class MotionCondition(nn.Module):
             raise ValueError(f"{path} is not a safetensors file ({' '.join(str(exc).split())[:120]})") from None
         if metadata.get("format") != FORMAT:
             raise ValueError(f"{path} is not a personae motion condition (no '{FORMAT}' format in its header)")
+        try:
+            from_timestep = int(metadata.get("from_timestep", "0"))
+        except ValueError:
+            raise ValueError(f"{path} has a broken header: from_timestep '{metadata['from_timestep']}' is not a "
+                             "whole number") from None
         condition = cls(int(state.get("head.weight", torch.zeros(0, 3)).shape[0]),
-                        [m.proj_in.out_features for m in motion_modules(unet)])
+                        [m.proj_in.out_features for m in motion_modules(unet)], from_timestep)
         expected = {k: tuple(v.shape) for k, v in condition.state_dict().items()}
         found = {k: tuple(v.shape) for k, v in state.items()}
         if expected != found:

@@ -60,6 +60,10 @@ class MotionConditionSection(Strict):
                                         "OUT/motion-condition.safetensors; 0: none", ge=0)
     head_weight: float = setting(1.0, "weight of the head's loss (its reading against the clip's true motion) beside "
                                       "the denoising loss", ge=0)
+    from_timestep: int = setting(0, "the condition acts only while the timestep is at least this, in training and "
+                                    "sampling (stored in the file): the noisy steps set the motion, the last ones "
+                                    "draw the subject as the adapter alone does, which keeps a taught subject's shape",
+                                 ge=0, le=1000)
 
 
 class WorldMotion(Strict):

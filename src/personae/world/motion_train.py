@@ -153,7 +153,7 @@ def _train(s: WorldMotion, out: Path, started: float, on_event: EventHandler) ->
     if s.condition.learning_rate:  # seeded like the adapter; its layers start at zero, so the model is unchanged
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(s.seed + 1)
-            condition = MotionCondition.for_unet(model, pipe.tokenizer)
+            condition = MotionCondition.for_unet(model, pipe.tokenizer, s.condition.from_timestep)
         condition.attach(model)
     condition_params = list(condition.parameters()) if condition else []
     params = motion_params + lora_params
