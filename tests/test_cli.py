@@ -179,12 +179,12 @@ def test_demo_runs_offline_and_writes_an_index(tmp_path):
     # world motion: the shipped adapter on six held-out clips and on the taught star (demo/world_motion.py)
     start = index.index("## World motion")
     section = " ".join(index[start:index.index("\n## ", start)].split())
-    found = re.search(r"every frame in (\d+) of 6;.* jitter ([\d.]+) px, against ([\d.]+) px .* a star in (\d+) of 16 "
-                      r"frames, growing: (yes|no); the base model with the same seed draws a star in (\d+) of 16",
-                      section)
+    found = re.search(r"every frame in (\d+) of 6; the track moves as asked: .* \((\d+) of 6;.* jitter ([\d.]+) px, "
+                      r"against ([\d.]+) px .* a star in (\d+) of 16 frames, growing: (yes|no) .* the model it was "
+                      r"taught on draws a star in (\d+) of 16", section)
     assert found, section
-    identity, smooth, loose, star, grows, base_star = found.groups()
-    assert int(identity) >= 5 and float(smooth) < float(loose) / 3, section
+    identity, direction, smooth, loose, star, grows, base_star = found.groups()
+    assert int(identity) >= 5 and int(direction) >= 5 and float(smooth) < float(loose) / 3, section
     assert int(star) >= 14 and int(base_star) <= 2, section  # the taught star animates as a star; the base has none
     assert (tmp_path / "demo/animate/clip.gif").is_file() and (tmp_path / "demo/animate/clip.mp4").is_file()
     for line in index.splitlines():

@@ -271,6 +271,7 @@ CASES = [
     Case("model tiny-controlnet", _model("tiny-controlnet"), OVERWRITE),
     Case("model world", _model("world"), OVERWRITE),
     Case("model world-controlnet", _model("world-controlnet"), OVERWRITE),
+    Case("model world-zero-snr", _model("world-zero-snr"), OVERWRITE),
     Case("model world-motion", _model("world-motion"), OVERWRITE),
     Case("model tiny over a downloaded model", _model_over_a_downloaded_model, OVERWRITE),
     Case("animate --frames-dir", _animate_frames, OVERWRITE),

@@ -209,8 +209,8 @@ def test_the_learnt_words_and_the_condition_do_not_go_together():
     from personae.world.motion_settings import WorldMotion
 
     with pytest.raises(ValidationError, match="words.learning_rate=0"):
-        WorldMotion.model_validate({"condition": {"learning_rate": 0.002}})
-    assert WorldMotion.model_validate({"condition": {"learning_rate": 0.002}, "words": {"learning_rate": 0}})
+        WorldMotion.model_validate({"words": {"learning_rate": 0.005}})  # the condition is on by default
+    assert WorldMotion.model_validate({"condition": {"learning_rate": 0}, "words": {"learning_rate": 0.005}})
 
 
 def test_training_writes_the_condition_and_animate_attaches_it(tmp_path, capsys):

@@ -6,8 +6,8 @@ initialises them) or a LoRA whose alpha is ignored would be the worst kind of bu
 wrong one. So short LoRA (with text encoder), pivotal, textual-inversion and DreamBooth runs are
 exported here, and tests/compat/render.py (plain diffusers, no personae) renders every export in this
 stack and in the old one (built once by scripts/setup_old_stack.sh from locks/old-stack.txt and cached).
-The world motion adapter's files (adapter folder, kohya LoRA, A1111 motion word) are rendered as clips the same way
-by tests/compat/animate.py and compared with `personae animate`'s.
+The world motion adapter's files (adapter folder, kohya LoRA) are rendered as clips the same way by
+tests/compat/animate.py and compared with `personae animate`'s (without the motion condition, personae's own file).
 """
 
 from __future__ import annotations
@@ -119,19 +119,27 @@ def test_every_export_renders_the_same_in_the_old_stack(exports, tiny_model, old
 
 
 def test_the_world_motion_files_give_animates_clip_in_both_stacks(tmp_path, old_python):
-    """The motion adapter folder, its kohya LoRA and a motion word's A1111 embedding, as `personae model world-motion`
-    writes them, loaded by plain diffusers' AnimateDiffPipeline (load_lora_weights, load_textual_inversion,
-    enable_free_noise for a 32-frame clip) give `personae animate`'s clip, in this stack and in the old one."""
+    """The motion adapter folder and its kohya LoRA, as `personae model world-motion` writes them, on the
+    zero-terminal-SNR model they learnt on (`personae model world-zero-snr`: v-prediction, rescaled betas), loaded by
+    plain diffusers' AnimateDiffPipeline (load_lora_weights, enable_free_noise for a 32-frame clip) give `personae
+    animate`'s clip, in this stack and in the old one. The motion condition beside them is personae's own file (no
+    other loader knows it: docs/world.md); both sides draw without it here, from a copy of the folder without the
+    file, and with it personae's clip differs."""
+    import shutil
+
     from personae.config.animate import AnimateSettings
     from personae.inference.animate import animate
-    from personae.world.model import write_world_model, write_world_motion
+    from personae.inference.motion_condition import CONDITION_FILE
+    from personae.world.model import write_world_motion, write_world_zero_snr
 
-    world, motion = write_world_model(tmp_path / "world"), write_world_motion(tmp_path / "world-motion")
-    lora, word = motion / "motion-lora.safetensors", motion / "motion-words" / "growing.safetensors"
+    world, shipped = write_world_zero_snr(tmp_path / "world-zero-snr"), write_world_motion(tmp_path / "world-motion")
+    motion = tmp_path / "world-motion-plain"
+    shutil.copytree(shipped, motion)
+    (motion / CONDITION_FILE).unlink()
+    lora = motion / "motion-lora.safetensors"
     growing = {"model": str(world), "adapter": str(motion), "prompt": "a white square on a red background, medium "
                "shot, growing", "seed": 3, "steps": 4, "frames": 16}
     cases = [dict(growing, name="adapter"), dict(growing, name="adapter + lora", loras=[str(lora)]),
-             dict(growing, name="adapter + lora + word", loras=[str(lora)], embeddings=[[str(word), "growing"]]),
              dict(growing, name="32 frames in windows", prompt="a black circle on a green background, full shot, "
                   "moving up", seed=5, steps=3, frames=32, context=16, stride=4)]
     new, _ = _render(sys.executable, cases, tmp_path / "new.npz", ANIMATE)
@@ -149,9 +157,13 @@ def test_the_world_motion_files_give_animates_clip_in_both_stacks(tmp_path, old_
         assert ours.shape == new[name].shape == old[name].shape == (case["frames"], 32, 32, 3), name
         assert np.abs(new[name] - old[name]).max() <= 1e-4, name
         assert np.abs(ours - new[name]).max() <= 1 / 255, name  # animate writes 8-bit frames: rounding only
-    # each file changes the clip: a LoRA or word that failed to load would leave the adapter's clip
+    # each file changes the clip: a LoRA that failed to load would leave the adapter's clip; so does the condition
     assert np.abs(new["adapter + lora"] - new["adapter"]).max() > 0.1
-    assert np.abs(new["adapter + lora + word"] - new["adapter + lora"]).max() > 0.1
+    settings = AnimateSettings(model=str(world), motion_adapter=str(shipped), prompt=growing["prompt"], seed=3, steps=4,
+                               cfg=4.0, sampler="DDIM", clip_skip=1, frames=16, device="cpu",
+                               loras=[{"path": str(lora), "weight": 1.0}])
+    conditioned = np.stack([np.asarray(f, dtype=np.float32) / 255 for f in animate(settings).frames])
+    assert np.abs(conditioned - new["adapter + lora"]).max() > 0.1
 
 
 def test_the_world_controlnet_gives_generates_picture_in_both_stacks(tmp_path, old_python):

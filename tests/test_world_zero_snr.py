@@ -102,3 +102,30 @@ def test_an_adapter_without_our_training_record_is_measured_on_the_world_model(t
     (tmp_path / "binary/training").mkdir(parents=True)
     (tmp_path / "binary/training/settings.yaml").write_bytes(b"\xff\xfe: [")
     assert [adapter_base(str(tmp_path / n)) for n in ("listed", "bare", "binary")] == [str(WORLD_DIR)] * 3
+
+
+def test_the_shipped_zero_snr_model_was_made_by_the_default_fine_tune(tmp_path):
+    """`personae model world-zero-snr` writes the fine-tune that ships (the world motion adapter's base): the
+    defaults' run, on the zero-terminal-SNR schedule, only its UNet other than the world model's, drawing the world as
+    well as the world model does (docs/world.md)."""
+    import yaml
+
+    from personae.cli.main import main
+    from personae.world.model import WORLD_DIR, WORLD_ZERO_SNR_DIR, world_model_dir
+    from personae.world.zero_snr_settings import WorldZeroSnr
+
+    assert world_model_dir("world-zero-snr") == WORLD_ZERO_SNR_DIR
+    recorded = yaml.safe_load((WORLD_ZERO_SNR_DIR / "training/settings.yaml").read_text())
+    assert recorded == WorldZeroSnr().model_dump(mode="json")
+    summary = json.loads((WORLD_ZERO_SNR_DIR / "training/summary.json").read_text())
+    assert summary["steps"] == WorldZeroSnr().steps and summary["seconds"]["total"] < 30 * 60
+    assert round(summary["scores"]["all"] * 64) == 61  # 95.3 % of the fixed prompts right in all four attributes
+    assert main(["model", "world-zero-snr", str(tmp_path / "z")]) == 0
+    out = tmp_path / "z"
+    config = json.loads((out / "scheduler/scheduler_config.json").read_text())
+    assert {k: config[k] for k in ZERO_SNR_SCHEDULE} == ZERO_SNR_SCHEDULE
+    for part, name in (("vae", "diffusion_pytorch_model.safetensors"), ("text_encoder", "model.safetensors")):
+        assert (out / part / name).read_bytes() == (WORLD_DIR / part / name).read_bytes(), part
+    unet = "unet/diffusion_pytorch_model.safetensors"
+    assert (out / unet).read_bytes() == (WORLD_ZERO_SNR_DIR / unet).read_bytes() != (WORLD_DIR / unet).read_bytes()
+    assert main(["model", "world-zero-snr", str(tmp_path / "z")]) == 2  # a folder that is there is not replaced

@@ -1,5 +1,6 @@
-"""`personae model tiny|tiny-motion|tiny-controlnet|world|world-controlnet|world-motion DIR`: the tiny test models,
-or the pretrained shapes-world model, its ControlNet and its motion adapter."""
+"""`personae model tiny|tiny-motion|tiny-controlnet|world|world-controlnet|world-zero-snr|world-motion DIR`: the tiny
+test models, or the pretrained shapes-world model, its ControlNet, its zero-terminal-SNR fine-tune and the motion
+adapter trained on that."""
 
 from __future__ import annotations
 
@@ -27,11 +28,15 @@ WORLD_CONTROLNET_EXAMPLES = """examples:
   personae generate --model ./world --prompt "a red ring on a blue background, full shot" \\
       --control raw:silhouette.png --controlnet raw=./world-controlnet
 """
+WORLD_ZERO_SNR_EXAMPLES = """examples:
+  personae model world-zero-snr ./world-zero-snr
+  personae generate --model ./world-zero-snr --prompt "a red ring on a blue background, full shot" --sampler DDIM
+"""
 WORLD_MOTION_EXAMPLES = """examples:
-  personae model world ./world && personae model world-motion ./world-motion
-  personae animate --model ./world --motion-adapter ./world-motion --lora ./world-motion/motion-lora.safetensors \\
-      --embedding ./world-motion/motion-words/growing.safetensors --sampler DDIM --cfg 4 --clip-skip 1 \\
-      --prompt "a white square on a red background, medium shot, growing" --out clip.gif
+  personae model world-zero-snr ./world-zero-snr && personae model world-motion ./world-motion
+  personae animate --model ./world-zero-snr --motion-adapter ./world-motion \\
+      --lora ./world-motion/motion-lora.safetensors --sampler DDIM --cfg 4 --clip-skip 1 \\
+      --prompt "a white square on a red background, medium shot, moving left" --out clip.gif
 """
 
 
@@ -84,14 +89,27 @@ def add_parser(sub) -> None:
     control.add_argument("out_dir", metavar="OUT_DIR", help="folder to write (diffusers layout)")
     _overwrite(control)
     control.set_defaults(run=run_world_controlnet)
-    motion = kinds.add_parser("world-motion", help="the shapes-world model's motion adapter, trained (AnimateDiff)",
+    zero = kinds.add_parser("world-zero-snr", help="the shapes-world model fine-tuned to zero terminal SNR "
+                                                   "(v-prediction): the world motion adapter's base",
+                            epilog=WORLD_ZERO_SNR_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
+                            description="Write the zero-terminal-SNR fine-tune of the world model that ships with "
+                                        "personae (trained by `personae world zero-snr`: v-prediction on a schedule "
+                                        "whose last step is pure noise, so a clip's layout comes from the prompt and "
+                                        "not from the noise) as a diffusers folder, with its training record. Sample "
+                                        "it with DDIM or Euler (docs/world.md).")
+    zero.add_argument("out_dir", metavar="OUT_DIR", help="folder to write (diffusers layout)")
+    _overwrite(zero)
+    zero.set_defaults(run=run_world_zero_snr)
+    motion = kinds.add_parser("world-motion",
+                              help="the shapes-world motion adapter (AnimateDiff), trained on world-zero-snr",
                               epilog=WORLD_MOTION_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
                               description="Write the world model's motion adapter that ships with personae (trained by "
                                           "`personae world motion`: one shape moving smoothly through 16 frames) as a "
                                           "diffusers MotionAdapter folder, with the LoRA (motion-lora.safetensors) and "
-                                          "the motion words (motion-words/*.safetensors) it was trained with, and its "
-                                          "training record. It keeps the shape and grows it when asked; the prompted "
-                                          "direction of travel is not learnt yet (docs/world.md, \"World motion\").")
+                                          "the motion condition (motion-condition.safetensors, read by personae "
+                                          "animate) it was trained with, and its training record. On the model it "
+                                          "learnt on (`personae model world-zero-snr`) it keeps the shape and moves "
+                                          "it the way the prompt says (docs/world.md, \"World motion\").")
     motion.add_argument("out_dir", metavar="OUT_DIR", help="folder to write (diffusers layout)")
     _overwrite(motion)
     motion.set_defaults(run=run_world_motion)
@@ -154,6 +172,13 @@ def run_world_motion(args) -> int:
 
     out = write_world_motion(_checked_out(args), overwrite=args.overwrite)
     return _wrote("the shapes-world motion adapter", out, None)
+
+
+def run_world_zero_snr(args) -> int:
+    from personae.world.model import write_world_zero_snr
+
+    out = write_world_zero_snr(_checked_out(args), overwrite=args.overwrite)
+    return _wrote("the zero-terminal-SNR shapes-world model", out, None)
 
 
 def run_world_controlnet(args) -> int:

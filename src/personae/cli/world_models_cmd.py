@@ -78,14 +78,14 @@ IMG2IMG_EXAMPLES = """examples:
 
 """
 MOTION_EXAMPLES = """examples:
-  personae world motion ./world-motion                  # the run of docs/world.md, "World motion" (23 min)
+  personae world motion ./world-motion                  # the run of docs/world.md, "World motion" (22 min)
   personae world motion ./wm --steps 200 --set dataset_size=256 --set eval.clips=6 --set eval.long_clips=0
-  personae world motion ./wm --set lora.rank=0 --set words.learning_rate=0   # the motion modules alone
-  personae world motion-eval --out motion --motion-adapter ./world-motion   # its table again (LoRA, words found)
-  personae model world ./world && personae animate --model ./world --motion-adapter ./world-motion --sampler DDIM \\
-      --lora ./world-motion/motion-lora.safetensors --embedding "./world-motion/motion-words/moving up.safetensors" \\
-      --cfg 4 --clip-skip 1 \\
-      --prompt "a white square on a red background, full shot, moving up" --out clip.gif
+  personae world motion ./wm --set lora.rank=0          # the motion modules and the condition, no LoRA
+  personae world motion ./wm --set base=world --set condition.learning_rate=0 --set words.learning_rate=5e-3
+  personae world motion-eval --out motion --motion-adapter ./world-motion   # its table again (LoRA, condition found)
+  personae model world-zero-snr ./world-zero-snr && personae animate --model ./world-zero-snr \\
+      --motion-adapter ./world-motion --lora ./world-motion/motion-lora.safetensors --sampler DDIM --cfg 4 \\
+      --clip-skip 1 --prompt "a white square on a red background, full shot, moving up" --out clip.gif
 
 captions: a world caption, then the motion: "moving left", "moving right", "moving up", "moving down", "growing"
 (from a full shot to a close-up; say "medium shot") or "still".

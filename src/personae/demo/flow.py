@@ -89,7 +89,7 @@ def _demo(out: Path, on_event: EventHandler) -> Path:
     # and a drawing style: a LoRA on banded pictures whose captions end with a trigger phrase, with and without it
     world_style(out, world, index, on_event)
     # and motion: the world motion adapter on held-out shapes and on the taught star, every frame read back
-    world_motion(out, world, out / "world-bench/runs/dreambooth-star-s0/model", index, on_event)
+    world_motion(out, index, on_event)
 
     # and the everyday flow on it: prepare, text to image, a long prompt, a LoRA and its files, --from-png
     world_flow(out, world, index, on_event)

@@ -28,6 +28,9 @@ from personae.outputs import MODEL_FOLDER, staged_output
 WORLD_DIR = Path(__file__).parent / "weights"  # the shipped pretrained model (a diffusers folder)
 WORLD_CONTROLNET_DIR = Path(__file__).parent / "controlnet_weights"  # its ControlNet (`personae world controlnet`)
 WORLD_MOTION_DIR = Path(__file__).parent / "motion_weights"  # its motion adapter (`personae world motion`)
+# the shipped model fine-tuned to zero terminal SNR (`personae world zero-snr`): the motion adapter's base
+WORLD_ZERO_SNR_DIR = Path(__file__).parent / "zero_snr_weights"
+WORLD_NAMES = {"world": WORLD_DIR, "world-zero-snr": WORLD_ZERO_SNR_DIR}  # what a world command's base may name
 
 TEXT_WIDTH = 64  # the text encoder's hidden size, which is the UNet's cross-attention width
 WORLD_UNET = dict(
@@ -86,9 +89,20 @@ def write_world_controlnet(out_dir: str | Path, source: Path = WORLD_CONTROLNET_
         "--controlnet; to ship it, copy OUT into src/personae/world/controlnet_weights/.")
 
 
+def write_world_zero_snr(out_dir: str | Path, source: Path = WORLD_ZERO_SNR_DIR, overwrite: bool = False) -> Path:
+    """Copy the shipped zero-terminal-SNR world model (a diffusers folder, v-prediction, with its training record)
+    to `out_dir`."""
+    return _write_shipped(
+        source / "model_index.json", out_dir, overwrite,
+        f"The zero-terminal-SNR world model is not in this copy of personae ({source} holds no model_index.json).",
+        "Fine-tune it with `personae world zero-snr OUT` (about 10 minutes on 2 CPU cores) and use OUT as the model; "
+        "to ship it, copy OUT into src/personae/world/zero_snr_weights/.")
+
+
 def world_model_dir(name: str) -> Path:
-    """A world command's --model or base setting: `world` is the shipped model, anything else a folder."""
-    return WORLD_DIR if name == "world" else Path(name)
+    """A world command's --model or base setting: `world` is the shipped model, `world-zero-snr` its zero-terminal-SNR
+    fine-tune, anything else a folder."""
+    return WORLD_NAMES.get(name, Path(name))
 
 
 def write_world_motion(out_dir: str | Path, source: Path = WORLD_MOTION_DIR, overwrite: bool = False) -> Path:

@@ -46,24 +46,25 @@ class MotionLoraSection(Strict):
 
 
 class MotionWordsSection(Strict):
-    learning_rate: float = setting(5e-3, "learn one embedding per motion phrase (\"moving left\" ... \"still\" become "
-                                        "tokens, shipped as A1111 embeddings) at this rate; 0: the words stay as the "
-                                        "tokenizer splits them", ge=0)
+    learning_rate: float = setting(0.0, "learn one embedding per motion phrase (\"moving left\" ... \"still\" become "
+                                        "tokens, shipped as A1111 embeddings) at this rate (session 15's adapter: "
+                                        "5e-3; not with the condition); 0: the words stay as the tokenizer splits "
+                                        "them", ge=0)
     max_norm: float = setting(1.0, "after every step each learnt vector is held to this many times the mean norm of "
                                    "the world words' trained embeddings", gt=0)
 
 
 class MotionConditionSection(Strict):
-    learning_rate: float = setting(0.0, "learn a motion condition (inference/motion_condition.py: the caption's motion "
-                                        "read from its words by a learnt vector per token, given to every motion "
-                                        "module as a track that grows with the frame) at this rate, shipped as "
+    learning_rate: float = setting(2e-3, "learn a motion condition (inference/motion_condition.py: the caption's "
+                                        "motion read from its words by a learnt vector per token, given to every "
+                                        "motion module as a track that grows with the frame) at this rate, shipped as "
                                         "OUT/motion-condition.safetensors; 0: none", ge=0)
     head_weight: float = setting(1.0, "weight of the head's loss (its reading against the clip's true motion) beside "
                                       "the denoising loss", ge=0)
-    from_timestep: int = setting(0, "the condition acts only while the timestep is at least this, in training and "
-                                    "sampling (stored in the file): the noisy steps set the motion, the last ones "
-                                    "draw the subject as the adapter alone does, which keeps a taught subject's shape",
-                                 ge=0, le=1000)
+    from_timestep: int = setting(200, "the condition acts only while the timestep is at least this, in training and "
+                                      "sampling (stored in the file): the noisy steps set the motion, the last ones "
+                                      "draw the subject as the adapter alone does, which keeps a taught subject's "
+                                      "shape (0: every step, session 22)", ge=0, le=1000)
 
 
 class WorldMotion(Strict):
@@ -71,8 +72,11 @@ class WorldMotion(Strict):
     seed: int = setting(0, "clips, noise and the motion modules' weights: everything random derives from it")
     threads: int = setting(1, "torch threads (the command sets them); weights are bit-reproducible at a fixed count",
                            ge=1)
-    base: str = setting("world", "the frozen model the motion modules learn on: `world` (the shipped model) or a "
-                                 "model folder (`personae world pretrain` or `personae world zero-snr`)")
+    base: str = setting("world-zero-snr", "the frozen model the motion modules learn on: `world-zero-snr` (the shipped "
+                                          "model's zero-terminal-SNR fine-tune, `personae model world-zero-snr`: on it "
+                                          "the caption, not the noise, decides where a clip goes), `world` (the "
+                                          "shipped model) or a model folder (`personae world pretrain` or `personae "
+                                          "world zero-snr`)")
     dataset_size: int = setting(1536, "rendered clips, VAE-encoded once and trained on", ge=4)
     frames: int = setting(16, "frames per training clip (AnimateDiff's 16)", ge=2, le=32)
     heads: int = setting(4, "attention heads of each motion module (they divide every level's channels)", ge=1)
