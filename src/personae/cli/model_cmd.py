@@ -74,46 +74,38 @@ def add_parser(sub) -> None:
                          help="also write it as one file in the original ControlNet layout (as A1111 users have them)")
     _overwrite(control)
     control.set_defaults(run=run_tiny_controlnet)
-    world = kinds.add_parser("world", help="the small shapes-world model, pretrained (32x32)", epilog=WORLD_EXAMPLES,
-                             formatter_class=argparse.RawDescriptionHelpFormatter,
-                             description="Write the shapes-world model that ships with personae (SD-1.5 "
-                                         "architecture, pretrained by `personae world pretrain`) as a diffusers folder.")
-    world.add_argument("out_dir", metavar="OUT_DIR", help="folder to write (diffusers layout)")
-    _overwrite(world)
-    world.set_defaults(run=run_world)
-    control = kinds.add_parser("world-controlnet", help="the shapes-world model's ControlNet, trained (canny, silhouette)",
-                               epilog=WORLD_CONTROLNET_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
-                               description="Write the world model's ControlNet that ships with personae (trained by "
-                                           "`personae world controlnet`: it puts the prompt's shape where a canny map "
-                                           "or a silhouette says) as a diffusers folder, with its training record.")
-    control.add_argument("out_dir", metavar="OUT_DIR", help="folder to write (diffusers layout)")
-    _overwrite(control)
-    control.set_defaults(run=run_world_controlnet)
-    zero = kinds.add_parser("world-zero-snr", help="the shapes-world model fine-tuned to zero terminal SNR "
-                                                   "(v-prediction): the world motion adapter's base",
-                            epilog=WORLD_ZERO_SNR_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
-                            description="Write the zero-terminal-SNR fine-tune of the world model that ships with "
-                                        "personae (trained by `personae world zero-snr`: v-prediction on a schedule "
-                                        "whose last step is pure noise, so a clip's layout comes from the prompt and "
-                                        "not from the noise) as a diffusers folder, with its training record. Sample "
-                                        "it with DDIM or Euler (docs/world.md).")
-    zero.add_argument("out_dir", metavar="OUT_DIR", help="folder to write (diffusers layout)")
-    _overwrite(zero)
-    zero.set_defaults(run=run_world_zero_snr)
-    motion = kinds.add_parser("world-motion",
-                              help="the shapes-world motion adapter (AnimateDiff), trained on world-zero-snr",
-                              epilog=WORLD_MOTION_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
-                              description="Write the world model's motion adapter that ships with personae (trained by "
-                                          "`personae world motion`: one shape moving smoothly through 16 frames) as a "
-                                          "diffusers MotionAdapter folder, with the LoRA (motion-lora.safetensors) and "
-                                          "the motion condition (motion-condition.safetensors, read by personae "
-                                          "animate) it was trained with, and its training record. On the model it "
-                                          "learnt on (`personae model world-zero-snr`) it keeps the shape and moves "
-                                          "it the way the prompt says (docs/world.md, \"World motion\").")
-    motion.add_argument("out_dir", metavar="OUT_DIR", help="folder to write (diffusers layout)")
-    _overwrite(motion)
-    motion.set_defaults(run=run_world_motion)
+    _shipped(kinds, "world", "the small shapes-world model, pretrained (32x32)", WORLD_EXAMPLES, run_world,
+             "Write the shapes-world model that ships with personae (SD-1.5 architecture, pretrained by `personae "
+             "world pretrain`) as a diffusers folder.")
+    _shipped(kinds, "world-controlnet", "the shapes-world model's ControlNet, trained (canny, silhouette)",
+             WORLD_CONTROLNET_EXAMPLES, run_world_controlnet,
+             "Write the world model's ControlNet that ships with personae (trained by `personae world controlnet`: it "
+             "puts the prompt's shape where a canny map or a silhouette says) as a diffusers folder, with its training "
+             "record.")
+    _shipped(kinds, "world-zero-snr", "the shapes-world model fine-tuned to zero terminal SNR (v-prediction): the "
+                                      "world motion adapter's base", WORLD_ZERO_SNR_EXAMPLES, run_world_zero_snr,
+             "Write the zero-terminal-SNR fine-tune of the world model that ships with personae (trained by `personae "
+             "world zero-snr`: v-prediction on a schedule whose last step is pure noise, so a clip's layout comes from "
+             "the prompt and not from the noise) as a diffusers folder, with its training record. Sample it with DDIM "
+             "or Euler (docs/world.md).")
+    _shipped(kinds, "world-motion", "the shapes-world motion adapter (AnimateDiff), trained on world-zero-snr",
+             WORLD_MOTION_EXAMPLES, run_world_motion,
+             "Write the world model's motion adapter that ships with personae (trained by `personae world motion`: one "
+             "shape moving smoothly through 16 frames) as a diffusers MotionAdapter folder, with the LoRA "
+             "(motion-lora.safetensors) and the motion condition (motion-condition.safetensors, read by personae "
+             "animate) it was trained with, and its training record. On the model it learnt on (`personae model "
+             "world-zero-snr`) it keeps the shape and moves it the way the prompt says (docs/world.md, \"World "
+             "motion\").")
     p.set_defaults(run=lambda args: p.print_help() or 2)
+
+
+def _shipped(kinds, name: str, help: str, epilog: str, run, description: str) -> None:
+    """`personae model NAME OUT_DIR [--overwrite]` for a model that ships inside the package."""
+    kind = kinds.add_parser(name, help=help, epilog=epilog, description=description,
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
+    kind.add_argument("out_dir", metavar="OUT_DIR", help="folder to write (diffusers layout)")
+    _overwrite(kind)
+    kind.set_defaults(run=run)
 
 
 def _overwrite(p) -> None:
