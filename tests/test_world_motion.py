@@ -25,6 +25,14 @@ def test_rendered_clips_are_read_back_as_they_move():
     assert left.caption() == f"a red circle on a blue background, {left.size}, moving left"
     xs = [c[0] for c in left.centres]
     assert xs[0] > xs[-1] and len({c[1] for c in left.centres}) == 1 and left.size in SIZES
+    # a size word given (the demo's medium-shot star): that size's box, the clip still moves and reads back
+    for motion in MOTIONS:
+        sized = make_clip(np.random.default_rng(5), "star", "white", "blue", motion, size="medium shot")
+        assert sized.size == "medium shot" and score_clip(sized.frames(), sized)["direction"], motion
+        if motion != "growing":
+            assert set(sized.boxes) == {SIZES["medium shot"]}
+    with pytest.raises(ValueError, match="close-up"):
+        make_clip(np.random.default_rng(5), "star", "white", "blue", "left", size="close-up")
 
 
 def test_the_direction_rule_rejects_the_wrong_motion():

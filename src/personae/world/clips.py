@@ -81,15 +81,19 @@ def _line(start: float, end: float, frames: int) -> list[float]:
 
 
 def make_clip(rng: np.random.Generator, shape: str, colour: str, background: str, motion: str,
-              frames: int = FRAMES) -> Clip:
-    """A clip of `motion`: sizes, travel and positions drawn from `rng` (see the module's description)."""
+              frames: int = FRAMES, size: str | None = None) -> Clip:
+    """A clip of `motion`: sizes, travel and positions drawn from `rng` (see the module's description); `size`
+    fixes a moving or still clip's size word (a growing clip's is always `GROWING_SIZE`)."""
     if motion == "growing":
         boxes = [math.exp(v) for v in _line(math.log(rng.uniform(*GROW_FROM)), math.log(rng.uniform(*GROW_TO)), frames)]
         lo, hi = centre_range(max(boxes))
         centre = (float(rng.uniform(lo, hi)), float(rng.uniform(lo, hi)))
         return Clip(shape, colour, background, motion, GROWING_SIZE, tuple(boxes), (centre,) * frames)
     sizes = MOVING_SIZES if motion in AXIS else tuple(SIZES)
-    size = sizes[rng.integers(len(sizes))]
+    drawn = sizes[rng.integers(len(sizes))]  # drawn even when given, so the rest of the clip draws the same
+    size = size or drawn
+    if size not in sizes:
+        raise ValueError(f"a {motion} clip is one of {', '.join(sizes)}, not {size!r}")
     box = SIZES[size]
     lo, hi = centre_range(box)
     if motion == "still":
