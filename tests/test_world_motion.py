@@ -268,7 +268,7 @@ def test_the_shipped_adapter_was_made_by_the_default_training(shipped_motion):
 def test_the_shipped_adapter_moves_the_shape_the_way_the_prompt_says(shipped_motion):
     """Issue #19 on six held-out clips (one per motion, colour pairs no training clip showed), as `personae animate`
     draws them with the adapter, its LoRA and its condition on the zero-terminal-SNR model: the shape kept in every
-    frame, moving left, right, up and down and growing as asked (docs/world.md: 28 and 29 of 32; on these six, at
+    frame, moving left, right, up and down and growing as asked (docs/world.md: 30 and 26 of 32; on these six, at
     one thread, 6 and 5: the still diamond drifts), the track smooth (jitter a third of the same seeds' at motion
     scale 0, frames drawn independently)."""
     from personae.world.motion_eval import adapter_lora, generate_clips
