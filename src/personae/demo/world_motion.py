@@ -73,7 +73,8 @@ def world_motion(out: Path, index, on_event: EventHandler) -> dict:
               "clips": len(clips), "jitter": shares(scored)["jitter"], "jitter_independent": shares(independent)[
                   "jitter"], "star_frames": sum(r["identity_frames"] for r in taught),
               "star_moves": sum(r["direction"] for r in taught), "star_clips": len(stars),
-              "base_star_frames": base["identity_frames"], "frames": len(stars[0].boxes)}
+              "base_star_frames": base["identity_frames"], "frames": len(stars[0].boxes),
+              "star_start_x": float(np.mean([r["track"][0][0] for r in taught]))}
     asked = ", ".join(f"{r['motion']} {'yes' if r['direction'] else 'no'}" for r in scored)
     star_asked = ", ".join(f"{r['motion']} {'yes' if r['direction'] else 'no'}" for r in taught)
     index.add("World motion",
@@ -94,8 +95,9 @@ def world_motion(out: Path, index, on_event: EventHandler) -> dict:
               "adapter, asked for each motion (\"a white star on a blue background, medium shot, moving left\" and "
               "so on; third sheet, a row per motion): a star in "
               f"{counts['star_frames']} of {counts['star_clips'] * counts['frames']} frames; it moves as asked: "
-              f"{star_asked} ({counts['star_moves']} of {counts['star_clips']}; the star starts right of the centre "
-              "in these clips, with little room to move right: docs/world.md has 24 clips); world-motion/star.gif is "
+              f"{star_asked} ({counts['star_moves']} of {counts['star_clips']}; the star starts at x = "
+              f"{counts['star_start_x']:.0f} of {star_frames[0][0].width} px on average, the centre at "
+              f"{star_frames[0][0].width / 2:.0f}: docs/world.md has 24 clips); world-motion/star.gif is "
               f"the clip moving {STAR_GIF}, where the model it was taught on draws a star in "
               f"{counts['base_star_frames']} of {counts['frames']} frames with the same seed.",
               [here / "clips.png", here / "independent.png", out / "animate/clip.gif", here / "stars.png",
