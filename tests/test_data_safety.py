@@ -508,3 +508,31 @@ def test_the_umask_is_read_without_being_changed(tmp_path, monkeypatch):
         assert (tmp_path / "a.txt").stat().st_mode & 0o777 == 0o640 and calls == []
     finally:
         real(old)
+
+
+def _import_in_a_fresh_process(code: str, home: Path) -> int:
+    """Runs `code` in a new Python with HOME at `home` and the telemetry switch unset; returns its pid."""
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k not in ("ORT_DISABLE_TELEMETRY", "XDG_CACHE_HOME")}
+    env["HOME"] = str(home)
+    out = subprocess.run([sys.executable, "-c", code + "\nimport os; print(os.getpid())"], env=env, check=True,
+                         capture_output=True, text=True, timeout=300)
+    return int(out.stdout.split()[-1])
+
+
+def test_loading_models_starts_no_telemetry(tmp_path):
+    """diffusers imports onnxruntime whenever it loads a pipeline, and onnxruntime 1.30 then starts Microsoft's
+    telemetry: a device-id database in ~/.cache/Microsoft and /tmp/mat-debug-PID.log. A personae process turns
+    it off before anything imports onnxruntime; the bare import shows the test would see it."""
+    pytest.importorskip("onnxruntime")
+    bare, mine = tmp_path / "bare", tmp_path / "personae"
+    bare.mkdir(), mine.mkdir()
+    pid = _import_in_a_fresh_process("import onnxruntime", bare)
+    Path(f"/tmp/mat-debug-{pid}.log").unlink(missing_ok=True)  # the bare import's litter, not a user's file
+    if not (bare / ".cache" / "Microsoft").exists():
+        pytest.skip("this onnxruntime starts no telemetry")
+    pid = _import_in_a_fresh_process(
+        "import personae\nfrom diffusers.pipelines import OnnxRuntimeModel  # what pipeline loading imports", mine)
+    assert list(mine.rglob("*")) == [] and not Path(f"/tmp/mat-debug-{pid}.log").exists()
