@@ -511,11 +511,12 @@ def test_the_umask_is_read_without_being_changed(tmp_path, monkeypatch):
 
 
 def _import_in_a_fresh_process(code: str, home: Path) -> int:
-    """Runs `code` in a new Python with HOME at `home` and the telemetry switch unset; returns its pid."""
+    """Runs `code` in a new Python with HOME at `home` and the telemetry switch unset, as on a user's machine
+    (onnxruntime starts no telemetry where CI is set); returns its pid."""
     import subprocess
     import sys
 
-    env = {k: v for k, v in os.environ.items() if k not in ("ORT_DISABLE_TELEMETRY", "XDG_CACHE_HOME")}
+    env = {k: v for k, v in os.environ.items() if k not in ("ORT_DISABLE_TELEMETRY", "XDG_CACHE_HOME", "CI")}
     env["HOME"] = str(home)
     out = subprocess.run([sys.executable, "-c", code + "\nimport os; print(os.getpid())"], env=env, check=True,
                          capture_output=True, text=True, timeout=300)
