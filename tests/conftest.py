@@ -60,7 +60,7 @@ MODEL_FIXTURES = {"tiny_model", "tiny_session", "short_world", "shipped_world", 
 # The longest test files, longest first (seconds per file in a full run on 2 cores, one thread per worker). The
 # two xdist workers take files in collection order (`--dist loadfile`), so these go first and the many short
 # files fill in behind them; in alphabetical order one worker sat idle for the last 10 minutes.
-LONGEST_FIRST = ("test_train_learning.py", "test_docs.py", "test_cli.py", "test_web_ui.py", "test_world_style.py",
+LONGEST_FIRST = ("test_train_learning.py", "test_docs.py", "test_cli.py", "test_web_ui.py",
                  "test_train.py", "test_interrupts.py", "test_world.py", "test_runs.py", "test_compare.py",
                  "test_world_bench.py", "test_world_controlnet.py", "test_world_img2img.py")
 

@@ -65,7 +65,7 @@ GPU_SCALE = [
     ("examples/compare-world/dreambooth.yaml", "steps: 600,", "steps: 4,", "the measured run's length (docs/world.md)"),
     ("examples/compare-world/lora.yaml", "steps: 600,", "steps: 4,", "the measured run's length (docs/world.md)"),
     ("examples/compare-world/suite.yaml", "seeds: [0, 1, 2]", "seeds: [0]", "the measured run's seeds"),
-    # the drawing style: tests/test_world_style.py trains the recipe whole and holds it to the bar; here the commands
+    # the drawing style: the demo trains the recipe whole and tests/test_cli.py holds it to the bar; here the commands
     ("examples/style-world/style.yaml", "steps: 2000,", "steps: 4,", "the measured run's length (docs/world.md)"),
 ]
 # The five workflows personae is for (issue #17), each a test that ends in the file the user wanted: (document,
@@ -482,8 +482,8 @@ def test_world_comparison_example_runs_as_written(machine, tmp_path):
 
 def test_world_style_example_runs_as_written(machine, tmp_path):
     """examples/style-world (issue #20 part 2): banded pictures -> prepare with the trigger appended -> a LoRA beside
-    flat pictures -> `personae world style`, as written (the training cut to 4 steps: tests/test_world_style.py holds
-    the whole recipe to the bar); what it prints and writes is what the README says."""
+    flat pictures -> `personae world style`, as written (the training cut to 4 steps: the demo trains the whole recipe
+    and tests/test_cli.py holds it to the bar); what it prints and writes is what the README says."""
     project, env = sandbox(machine, tmp_path)
     result = run_document("examples/style-world/README.md", project, env)
     assert not quiet(result.stderr), f"the world style example printed: {quiet(result.stderr)}"

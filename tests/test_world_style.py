@@ -1,7 +1,7 @@
 """A drawing style on the shapes world (issue #20 part 2): the banded style drawn by the generator and read back by
-the checker (on its own pictures and after the world VAE's round trip), then taught by a LoRA from banded pictures
-whose captions end with a trigger phrase, and measured: the style with the trigger on combinations the training set
-lacks, its absence without the trigger, the content still right."""
+the checker (on its own pictures and after the world VAE's round trip), the measure's prompts, render and the
+measure's command. The LoRA taught from banded pictures whose captions end with a trigger phrase is held to the bar
+in tests/test_cli.py, on the demo's own run of the recipe."""
 
 from __future__ import annotations
 
@@ -128,49 +128,8 @@ def test_style_prompts_are_unseen_combinations_with_and_without_the_trigger():
     assert sorted(c for _, c, _ in HELD_OUT) == sorted(["red", "green", "blue", "black"] * 2)
 
 
-@pytest.mark.slow
-def test_a_lora_learns_the_style_with_its_trigger_only_and_keeps_the_content(tmp_path):
-    """Issue #20 part 2 measured on the recipe of examples/style-world (the demo's calls): 200 banded pictures,
-    captions ending with the trigger phrase (prepare --append), a rank-8 LoRA beside 200 flat pictures of plain
-    captions; then 64 generations with the trigger and 64 without on combinations the training set lacks."""
-    from personae.config.prepare import PrepareSettings
-    from personae.config.train import TrainJob
-    from personae.data.prepare import prepare_dataset
-    from personae.demo.world_style import PICTURES, STYLE_JOB, TRIGGER, WEIGHT
-    from personae.inference.session import open_session
-    from personae.jobs.train import run_training
-    from personae.world.model import write_world_model
-    from personae.world.render import render_world
-    from personae.world.render_settings import WorldRender
-    from personae.world.style import score_style
-
-    model = write_world_model(tmp_path / "world")
-    render_world(WorldRender(style="banded", **PICTURES), tmp_path / "ksh")
-    prepare_dataset(tmp_path / "ksh", tmp_path / "ksh-set", PrepareSettings(resolution=32, min_side=32,
-                                                                              template="{caption}", append=TRIGGER))
-    render_world(WorldRender(seed=1, **PICTURES), tmp_path / "plain")
-    job = {**STYLE_JOB, "base_model": str(model), "output": str(tmp_path / "runs/ksh"),
-           "data": {**STYLE_JOB["data"], "path": str(tmp_path / "ksh-set")},
-           "dreambooth": {**STYLE_JOB["dreambooth"], "class_data_dir": str(tmp_path / "plain")}}
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # as measured (docs/world.md)
-    try:
-        run_training(TrainJob.model_validate(job))
-        session = open_session(str(model), device="cpu", loras=[(str(tmp_path / "runs/ksh/lora.safetensors"), WEIGHT)])
-        with torch.no_grad():
-            scores = score_style(session.pipe, TRIGGER, seeds=16)
-    finally:
-        torch.set_num_threads(threads)
-    summary = {k: scores[k] for k in ("present", "leak", "content", "content_plain")}
-    # issue #20's bar on the held-out combinations, at the recipe's seed 0 (deterministic at one thread) and the
-    # README's weight 1.1, on 16 seeds (256 pictures per arm). Four seeds (64, the measure's default) are too few to
-    # hold a bar with: the same LoRA reads 51, 55, 59 and 56 of 64 on seeds 0-3, 4-7, 8-11 and 12-15, so a machine
-    # whose floating point differs (this one against session 20's, which read 53 of 64 on seeds 0-3) can move it
-    # across 80 %. On 256: 221 (86 %) with the style, 0 without, 221 (86 %) right in content (docs/world.md, "A
-    # drawing style"). Training seeds 1 and 2 gave 84 % and 91 % style on 64 (session 20).
-    assert scores["present"] >= 0.8, summary
-    assert scores["leak"] <= 0.1, summary
-    assert scores["content"] >= 0.85 and scores["content_plain"] >= 0.9, summary
+# The LoRA learning the style with its trigger only (issue #20 part 2's bar, on 16 seeds) is held in
+# tests/test_cli.py on the demo's own LoRA: the demo trains exactly this recipe, at one thread there too.
 
 
 def test_style_measure_refuses_a_folder_of_the_users_before_drawing(tmp_path, capsys):
