@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from lycoris_reference import lycoris_outputs, outputs, probe_inputs
 from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
@@ -131,6 +132,19 @@ def test_every_variant_exports_in_its_layout_and_reloads_with_the_same_image(tin
     drawn = _generate_cli(tiny_model, run / "lora.safetensors", tmp_path / "out")
     assert np.abs(drawn - reference).max() <= 1  # one level of 255 at most: float rounding
     assert np.abs(_txt2img(load_pipeline(source), source) - reference).max() > 3
+    # 4. LyCORIS' own loader (how kohya's sd-scripts reads a lycoris.kohya network) gives the kohya / LyCORIS file
+    # personae's numbers: text-encoder states and the UNet's prediction (tests/lycoris_reference.py)
+    from personae.models.addons import load_loras
+
+    pipe = load_pipeline(source)
+    inputs = probe_inputs(pipe)
+    base, theirs = outputs(pipe.text_encoder, pipe.unet, inputs), lycoris_outputs(pipe, run / "lora.safetensors", 1.0,
+                                                                                 inputs)
+    load_loras(pipe, [(str(run / "lora.safetensors"), 1.0)])
+    for part, before, ref, mine in zip(("text encoder", "unet"), base, theirs, outputs(pipe.text_encoder, pipe.unet,
+                                                                                        inputs)):
+        assert (ref - before).abs().max() > 1e-5, f"LyCORIS applied nothing to the {part}"
+        assert (mine - ref).abs().max() <= 1e-5, f"{variant}: the {part} differs in LyCORIS' loader"
 
 
 @pytest.mark.parametrize("variant", list(VARIANTS))
@@ -163,8 +177,8 @@ def test_a_recipes_file_is_written_without_training_as_a_run_writes_it(tiny_mode
 
 
 def test_a_dora_file_loads_only_where_peft_can_apply_it(tiny_model, trained, tmp_path):
-    """dora_scale on the input axis (A1111's and LyCORIS' default) and files mixing DoRA with plain LoRA layers
-    are refused in one paragraph, not loaded with another image."""
+    """dora_scale on the input axis (A1111's layout, LyCORIS' wd_on_output=False) and files mixing DoRA with plain
+    LoRA layers are refused in one paragraph, not loaded with another image."""
     from personae.models.addons import load_loras
 
     _, run = trained("dora")

@@ -51,6 +51,14 @@ _PROCESSOR = [(re.compile(r"\.processor\.to_(q|k|v)_lora$"), r".to_\1"), (re.com
               (re.compile(r"\.self_attn\.to_(q|k|v)_lora$"), r".self_attn.\1_proj"),
               (re.compile(r"\.self_attn\.to_out_lora$"), ".self_attn.out_proj"), (re.compile(r"\.lora_linear_layer$"), "")]
 _SHOWN = 3  # modules whose unplaced keys a refusal names
+# LyCORIS forms that are no low-rank change of a Linear / Conv2d weight, each known by a parameter only it has:
+# (suffix, what the file holds, which tools apply it)
+_FOREIGN = [(".oft_blocks", "OFT / BOFT modules (orthogonal fine-tuning: each weight is rotated, not added to)",
+             "A1111 and ComfyUI apply them"),
+            (".a1.weight", "GLoRA modules", "A1111 and ComfyUI apply them"),
+            (".on_input", "IA3 modules", "A1111 applies them"),
+            (".lambda_layer", "T-LoRA modules", "LyCORIS itself applies them"),
+            (".w_norm", "weights for normalisation layers (LyCORIS' train_norm)", "A1111 and ComfyUI apply them")]
 
 
 @dataclass
@@ -290,6 +298,13 @@ def refuse_unplaced(lora: LoraFile, total_keys: int) -> None:
                         f"{len(lora.misfits)} of {lora.layers} layers have other shapes, first: {name} expected "
                         f"({expected[0]}, {expected[1]}) got ({got[0]}, {got[1]}).",
                         "Use a LoRA trained for this model.")
+    unplaced = [key for group, _ in lora.unplaced for key in group]
+    for suffix, kind, who in _FOREIGN:
+        example = next((key for key in unplaced if key.endswith(suffix)), None)
+        if example:
+            raise UserError(f"{lora.path} holds LyCORIS {kind}, e.g. {example}, which personae cannot apply: it "
+                            "loads LoRA, LoCon, LoHa, LoKr, DoRA and full-diff modules, each as an exact low-rank "
+                            "change.", f"{who}; for personae, train the concept as one of those forms.")
     if lora.unplaced:
         raise UserError(
             f"{lora.path} would load only in part, so personae does not load it: {unplaced_message(lora, total_keys)}.",

@@ -15,8 +15,9 @@ layers (per-file weights, several files at once, unloadable):
                  channel as peft computes it (peft's `lora/dora.py`: Linear norm over dim 1, Conv2d over
                  dims 1-3), so `dora_scale` must hold one value per output channel ((out, 1[, 1, 1]), LyCORIS'
                  wd_on_out). It loads as a peft DoRA layer, the magnitude kept beside the low-rank pair.
-                 A1111 and LyCORIS' default put the norm on the input axis ((1, in)): peft has no such
-                 layer, so such a file is refused by name, not loaded differently.
+                 A1111 (and LyCORIS with wd_on_output=False) put the norm on the input axis ((1, in)): peft has
+                 no such layer, so such a file is refused by name, not loaded differently. LyCORIS' DoRA on
+                 LoHa / LoKr (`dora_wd` with algo loha / lokr) is the same rescaling of the same exact pair.
 
 Scales follow LyCORIS / A1111 / ComfyUI: alpha / rank, rank being lora_down's rows, LoHa's
 w1b rows, LoKr's w2b (else w1b) rows; 1 without alpha, and for LoKr with both factors full.
@@ -33,8 +34,9 @@ import torch
 
 KINDS = {  # parameter names that make up each kind (the rest of a module's names must be among them)
     "LoRA": {"down", "up", "mid", "alpha", "up_bias", "dora_scale"},  # up_bias: peft's lora_bias
-    "LoHa": {"hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b", "hada_t1", "hada_t2", "alpha"},
-    "LoKr": {"lokr_w1", "lokr_w1_a", "lokr_w1_b", "lokr_w2", "lokr_w2_a", "lokr_w2_b", "lokr_t2", "alpha"},
+    "LoHa": {"hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b", "hada_t1", "hada_t2", "alpha", "dora_scale"},
+    "LoKr": {"lokr_w1", "lokr_w1_a", "lokr_w1_b", "lokr_w2", "lokr_w2_a", "lokr_w2_b", "lokr_t2", "alpha",
+             "dora_scale"},
     "full": {"diff", "diff_b"},
 }
 _REQUIRED = {"LoRA": [{"down", "up"}], "LoHa": [{"hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b"}],
@@ -176,7 +178,7 @@ def _magnitude(params, out: int) -> torch.Tensor | None:
         return None
     scale = _f32(params["dora_scale"])
     if scale.shape[0] != out or scale.numel() != out:
-        raise ValueError(f"its dora_scale {tuple(scale.shape)} normalises the input axis (A1111's and LyCORIS' "
-                         "default); personae applies DoRA as peft does, per output channel, and reads dora_scale "
-                         f"of shape ({out}, 1) only")
+        raise ValueError(f"its dora_scale {tuple(scale.shape)} normalises the input axis (A1111's layout, LyCORIS' "
+                         "wd_on_output=False); personae applies DoRA as peft does, per output channel, and reads "
+                         f"dora_scale of shape ({out}, 1) only")
     return scale.flatten().contiguous()

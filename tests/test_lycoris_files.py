@@ -1,0 +1,125 @@
+"""Files LyCORIS writes load in personae with the numbers LyCORIS' own loader gives (issue #18's "every file layout
+users bring is read", proven against the reference implementation rather than our reading of it).
+
+lycoris-lora is the library kohya's sd-scripts trains LoCon / LoHa / LoKr / DoRA / full networks with
+(`--network_module lycoris.kohya`); A1111 and ComfyUI follow its layout. Each case below has LyCORIS build a network
+on the tiny model with the network_args a kohya user would pass, fill it with seeded values and save it; LyCORIS'
+loader reads the file back for the reference (text-encoder states and the UNet's prediction on fixed inputs), and
+personae's `load_loras` on a freshly loaded pipeline must give the same numbers. The other direction (personae's own
+LyCORIS-layout exports in LyCORIS' loader) is in tests/test_lora_variants.py.
+"""
+
+from __future__ import annotations
+
+import pytest
+from lycoris_reference import SD15_PRESET, lycoris_outputs, outputs, probe_inputs, write_lycoris_file
+from safetensors import safe_open
+
+from personae.errors import UserError
+from personae.models.addons import load_loras
+from personae.models.resolve import load_pipeline, resolve_model
+
+# name: (network_args, parameter names the file must hold, weights checked against LyCORIS' loader). LyCORIS 4.1.3's
+# loader cannot rebuild a LoKr whose w1 is decomposed (it infers another factor and fails on its own file): that case
+# is checked against the network that wrote it only.
+CASES = {
+    "locon": ({"algo": "lora", "conv_dim": 2, "conv_alpha": 1}, {"lora_down.weight", "lora_up.weight", "alpha"},
+              (1.0, 0.6)),
+    "locon, Tucker cores": ({"algo": "lora", "conv_dim": 2, "conv_alpha": 1, "use_tucker": True},
+                            {"lora_down.weight", "lora_up.weight", "lora_mid.weight", "alpha"}, (1.0,)),
+    "loha": ({"algo": "loha", "conv_dim": 2, "conv_alpha": 1}, {"hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b",
+                                                                 "alpha"}, (1.0, 0.6)),
+    "loha, Tucker cores": ({"algo": "loha", "conv_dim": 2, "conv_alpha": 1, "use_tucker": True},
+                           {"hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b", "hada_t1", "hada_t2", "alpha"}, (1.0,)),
+    "lokr": ({"algo": "lokr", "conv_dim": 2, "conv_alpha": 1, "factor": 4},
+             {"lokr_w1", "lokr_w2", "lokr_w2_a", "lokr_w2_b", "alpha"}, (1.0, 0.6)),
+    "lokr, both factors decomposed": ({"algo": "lokr", "factor": 8, "decompose_both": True, "dim": 2, "alpha": 1},
+                                      {"lokr_w1", "lokr_w1_a", "lokr_w1_b", "lokr_w2_a", "lokr_w2_b", "alpha"}, ()),
+    "lokr, full matrices": ({"algo": "lokr", "factor": 4, "full_matrix": True}, {"lokr_w1", "lokr_w2", "alpha"},
+                            (1.0, 0.6)),
+    "dora": ({"algo": "lora", "conv_dim": 2, "conv_alpha": 1, "dora_wd": True},
+             {"lora_down.weight", "lora_up.weight", "dora_scale", "alpha"}, (1.0,)),
+    "loha with dora": ({"algo": "loha", "dora_wd": True},
+                       {"hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b", "dora_scale", "alpha"}, (1.0,)),
+    "lokr with dora": ({"algo": "lokr", "factor": 4, "dora_wd": True},
+                       {"lokr_w1", "lokr_w2", "lokr_w2_a", "lokr_w2_b", "dora_scale", "alpha"}, (1.0,)),
+    "full": ({"algo": "full"}, {"diff", "diff_b"}, (1.0, 0.6)),
+}
+
+
+@pytest.fixture(scope="module")
+def base(tiny_model):
+    pipe = load_pipeline(resolve_model(str(tiny_model[0])))
+    return pipe, probe_inputs(pipe)
+
+
+@pytest.fixture(scope="module")
+def preset(tmp_path_factory):
+    path = tmp_path_factory.mktemp("lycoris") / "sd15.toml"
+    path.write_text(SD15_PRESET)
+    return path
+
+
+def _parameter_names(path) -> set[str]:
+    with safe_open(str(path), "pt") as fh:
+        return {key.split(".", 1)[1] for key in fh.keys()}
+
+
+def _personae_outputs(tiny_model, path, weight, inputs):
+    pipe = load_pipeline(resolve_model(str(tiny_model[0])))
+    load_loras(pipe, [(str(path), weight)])
+    return outputs(pipe.text_encoder, pipe.unet, inputs)
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_a_file_lycoris_wrote_gives_lycoris_numbers_in_personae(tiny_model, base, preset, tmp_path, case):
+    args, names, weights = CASES[case]
+    pipe, inputs = base
+    path = tmp_path / "lycoris.safetensors"
+    written = write_lycoris_file(pipe, path, preset, inputs, **args)
+    assert _parameter_names(path) == names  # the case is the form it claims
+    before = outputs(pipe.text_encoder, pipe.unet, inputs)
+    references = [(1.0, written)] + [(weight, lycoris_outputs(pipe, path, weight, inputs)) for weight in weights]
+    for weight, reference in references:
+        got = _personae_outputs(tiny_model, path, weight, inputs)
+        for part, ref, mine, base_out in zip(("text encoder", "unet"), reference, got, before):
+            moved = float((ref - base_out).abs().max())
+            assert moved > 1e-3, f"{case}: LyCORIS' file changes the {part} by only {moved}"
+            diff = float((mine - ref).abs().max())
+            assert diff <= 1e-4 * max(1.0, moved), f"{case} at {weight}: {part} differs by {diff} (moved {moved})"
+
+
+def test_a_file_lycoris_wrote_under_transformers_5_names_loads_too(tiny_model, base, preset, tmp_path):
+    """LyCORIS on transformers 5 (no `text_model` level) writes lora_te_encoder_layers_...: read the same way."""
+    pipe, inputs = base
+    path = tmp_path / "t5.safetensors"
+    write_lycoris_file(pipe, path, preset, inputs, text_model_level=False, algo="loha")
+    with safe_open(str(path), "pt") as fh:
+        assert any(k.startswith("lora_te_encoder_layers_0_") for k in fh.keys())
+    reference = lycoris_outputs(pipe, path, 1.0, inputs, text_model_level=False)
+    got = _personae_outputs(tiny_model, path, 1.0, inputs)
+    assert max(float((a - b).abs().max()) for a, b in zip(got, reference)) <= 1e-4
+
+
+@pytest.mark.parametrize("algo, kind", [("glora", "GLoRA"), ("diag-oft", "OFT / BOFT")])
+def test_lycoris_forms_that_are_no_low_rank_change_are_refused_by_name(tiny_model, base, preset, tmp_path, algo,
+                                                                         kind):
+    pipe, inputs = base
+    path = tmp_path / f"{algo}.safetensors"
+    write_lycoris_file(pipe, path, preset, inputs, algo=algo)
+    fresh = load_pipeline(resolve_model(str(tiny_model[0])))
+    with pytest.raises(UserError, match=f"holds LyCORIS {kind} modules") as err:
+        load_loras(fresh, [(str(path), 1.0)])
+    assert "\n" not in str(err.value) and "ComfyUI" in str(err.value)
+
+
+def test_dora_on_the_input_axis_from_lycoris_is_refused_by_name(tiny_model, base, preset, tmp_path):
+    """wd_on_output=False (A1111's axis): peft has no layer for it, so the file is refused, not drawn otherwise."""
+    pipe, inputs = base
+    path = tmp_path / "dora-in.safetensors"
+    write_lycoris_file(pipe, path, preset, inputs, algo="lora", dora_wd=True, wd_on_output=False)
+    with safe_open(str(path), "pt") as fh:
+        q = "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q"
+        assert fh.get_tensor(f"{q}.dora_scale").shape[0] == 1  # (1, in): the input axis
+    with pytest.raises(UserError, match="input axis"):
+        load_loras(load_pipeline(resolve_model(str(tiny_model[0]))), [(str(path), 1.0)])
