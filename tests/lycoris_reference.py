@@ -75,6 +75,24 @@ def write_lycoris_file(pipe, path: Path, preset: Path, inputs, dim: int = 4, alp
     return outputs(te, unet, inputs)
 
 
+def write_wrapper_file(pipe, path: Path, preset: Path, inputs, seed: int = 1, **network_args) -> torch.Tensor:
+    """LyCORIS' own wrapper (`lycoris.create_lycoris`, as SimpleTuner and scripts outside kohya use it) on a copy of
+    the UNet alone: keys `lycoris_<diffusers module name>`. Returns the writing network's UNet prediction."""
+    from lycoris import create_lycoris
+
+    quiet()
+    unet = copy.deepcopy(pipe.unet)
+    args = {"preset": str(preset), **{k: str(v) for k, v in network_args.items()}}
+    network = create_lycoris(unet, 1.0, linear_dim=4, linear_alpha=2, **args)
+    network.apply_to()
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in network.named_parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.1 + (1.0 if name.endswith("dora_scale") else 0.0))
+    network.save_weights(str(path), torch.float32, {})
+    return outputs(pipe.text_encoder, unet, inputs)[1]
+
+
 def lycoris_outputs(pipe, path: Path, weight: float, inputs, text_model_level: bool = True
                     ) -> tuple[torch.Tensor, torch.Tensor]:
     """What LyCORIS' own loader makes of `path` at `weight` on fresh copies of the pipeline's models (the way kohya's

@@ -12,7 +12,14 @@ LyCORIS-layout exports in LyCORIS' loader) is in tests/test_lora_variants.py.
 from __future__ import annotations
 
 import pytest
-from lycoris_reference import SD15_PRESET, lycoris_outputs, outputs, probe_inputs, write_lycoris_file
+from lycoris_reference import (
+    SD15_PRESET,
+    lycoris_outputs,
+    outputs,
+    probe_inputs,
+    write_lycoris_file,
+    write_wrapper_file,
+)
 from safetensors import safe_open
 
 from personae.errors import UserError
@@ -99,6 +106,22 @@ def test_a_file_lycoris_wrote_under_transformers_5_names_loads_too(tiny_model, b
     reference = lycoris_outputs(pipe, path, 1.0, inputs, text_model_level=False)
     got = _personae_outputs(tiny_model, path, 1.0, inputs)
     assert max(float((a - b).abs().max()) for a, b in zip(got, reference)) <= 1e-4
+
+
+@pytest.mark.parametrize("algo", ["lokr", "loha"])
+def test_a_file_of_lycoris_own_wrapper_loads_with_its_numbers(tiny_model, base, preset, tmp_path, algo):
+    """`lycoris_<module>` keys (LyCORIS' create_lycoris on a UNet, as SimpleTuner saves it; ComfyUI reads them)."""
+    pipe, inputs = base
+    path = tmp_path / "wrapper.safetensors"
+    written = write_wrapper_file(pipe, path, preset, inputs, algo=algo, factor=4)
+    with safe_open(str(path), "pt") as fh:
+        assert all(k.startswith("lycoris_") for k in fh.keys()) and "lycoris_conv_in.alpha" in fh.keys()
+    fresh = load_pipeline(resolve_model(str(tiny_model[0])))
+    (lora,) = load_loras(fresh, [(str(path), 1.0)])
+    assert lora.layout.startswith("LyCORIS' own names")
+    unet = outputs(fresh.text_encoder, fresh.unet, inputs)[1]
+    moved = float((written - outputs(pipe.text_encoder, pipe.unet, inputs)[1]).abs().max())
+    assert moved > 1e-3 and float((unet - written).abs().max()) <= 1e-4 * max(1.0, moved)
 
 
 @pytest.mark.parametrize("algo, kind", [("glora", "GLoRA"), ("diag-oft", "OFT / BOFT")])

@@ -38,6 +38,7 @@ NAMINGS = {
     "kohya-ldm": "kohya/A1111 names (LDM spelling: lora_unet_input_blocks_...)",
     "processor": "the old diffusers attention-processor layout (...processor.to_q_lora.down.weight, 2023 scripts)",
     "peft": "the diffusers/peft layout (unet.<module>.lora_A.weight)",
+    "lycoris": "LyCORIS' own names (lycoris_down_blocks_..., as SimpleTuner and create_lycoris write them)",
 }
 _PARAM = re.compile(
     r"^(?P<name>.+?)\.(?P<param>lora_(?:down|up|mid)\.weight|lora\.(?:down|up)\.weight|lora_[AB](?:\.[\w-]+)?\.weight"
@@ -103,6 +104,7 @@ def module_table(unet, text_encoder) -> ModuleTable:
         shapes[(UNET, module)] = shape
         under = module.replace(".", "_")
         spellings["lora_unet_" + under] = (UNET, module, "kohya")
+        spellings["lycoris_" + under] = (UNET, module, "lycoris")  # LyCORIS' wrapper on a UNet (ComfyUI reads it)
         spellings["unet." + module] = spellings[module] = (UNET, module, "peft")
     for module, ldm in unet_module_names_to_original(list(unet_layers), dict(unet.config)).items():
         spellings.setdefault("lora_unet_" + ldm.replace(".", "_"), (UNET, module, "kohya-ldm"))
