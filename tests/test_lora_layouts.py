@@ -398,6 +398,50 @@ def test_full_diff_with_biases(sd15, tmp_path):
         assert close(y - bias_only.base_layer.bias, tensors["lora_te_text_model_encoder_layers_1_mlp_fc1.diff_b"])
 
 
+# 7. ComfyUI's "Extract and Save Lora" (comfy_extras/nodes_lora_extract.py): the model's own keys with dots,
+# diffusion_model.<LDM name> and text_encoders.clip_l.transformer.text_model.<path>, fp16, no alpha (scale 1), and with
+# bias_diff (on by default) a diff_b per bias, which ComfyUI applies as it is, at the LoRA's weight
+def test_comfyui_extracted_lora_with_bias_changes(sd15, tmp_path):
+    names = ldm_names(sd15.unet)
+    g = torch.Generator().manual_seed(9)
+    tensors, ref, biases = {}, {}, {}
+    for component, model in (("unet", sd15.unet), ("text_encoder", sd15.text_encoder)):
+        for module, layer in layers(model).items():
+            if not module.startswith(("down_blocks.0.", "encoder.layers.0.", "text_model.encoder.layers.0.")):
+                continue
+            key = ("diffusion_model." + names[module] if component == "unet" else
+                   "text_encoders.clip_l.transformer.text_model." + module.removeprefix("text_model."))
+            w = layer.weight
+            down = (torch.randn(2, *w.shape[1:], generator=g) * 0.05).half()
+            up = (torch.randn(w.shape[0], 2, *([1, 1] if w.ndim == 4 else []), generator=g) * 0.05).half()
+            tensors |= {f"{key}.lora_up.weight": up, f"{key}.lora_down.weight": down}
+            ref[(component, module)] = lambda up=up.float(), down=down.float(): (
+                up.flatten(1) @ down.flatten(1)).reshape(up.shape[0], *down.shape[1:])
+            if layer.bias is not None:
+                biases[(component, module)] = tensors[f"{key}.diff_b"] = (torch.randn(w.shape[0], generator=g) * 0.1).half()
+    assert "diffusion_model.input_blocks.1.0.in_layers.2.diff_b" in tensors
+    save_file(tensors, str(tmp_path / "comfy.safetensors"))
+    lora = check_loaded(sd15, tmp_path / "comfy.safetensors", ref, weight=0.5, sample=("unet", "down_blocks.0.resnets.0.conv1"))
+    assert lora.layout.startswith("ComfyUI's model-key names")
+    module = "down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_out.0"
+    layer = sd15.unet.get_submodule(module)
+    x = torch.randn(3, layer.in_features, generator=g)
+    with torch.no_grad():  # the layer's output moves by half of the weight change and half of the bias change
+        assert close(layer(x) - layer.base_layer(x), 0.5 * (x @ ref[("unet", module)]().T + biases[("unet", module)].float()))
+
+
+def test_changes_to_normalisation_layers_are_refused_naming_the_layer(sd15, tmp_path):
+    """ComfyUI's extractor writes a .diff for every 1-D weight (GroupNorm, LayerNorm); peft has no layer for them."""
+    tensors = small_kohya(sd15)
+    tensors["diffusion_model.input_blocks.1.0.in_layers.0.diff"] = torch.zeros(320)
+    save_file(tensors, str(tmp_path / "norm.safetensors"))
+    with pytest.raises(UserError, match=r"1 of its 22 keys change normalisation layers or embeddings \("
+                                        r"diffusion_model.input_blocks.1.0.in_layers.0.diff: down_blocks.0.resnets.0.norm1 "
+                                        r"is a GroupNorm layer, and personae changes Linear and Conv2d layers only\)") as err:
+        load_loras(sd15, [(str(tmp_path / "norm.safetensors"), 1.0)])
+    assert "\n" not in str(err.value) and "bias_diff" in str(err.value)
+
+
 def test_several_files_each_with_its_weight(sd15, tmp_path):
     a, ref_a = old_processor_lora(sd15, prefix="unet.", text_encoder=False, seed=9, every=4)
     names = ldm_names(sd15.unet)

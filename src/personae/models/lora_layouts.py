@@ -39,6 +39,7 @@ NAMINGS = {
     "processor": "the old diffusers attention-processor layout (...processor.to_q_lora.down.weight, 2023 scripts)",
     "peft": "the diffusers/peft layout (unet.<module>.lora_A.weight)",
     "lycoris": "LyCORIS' own names (lycoris_down_blocks_..., as SimpleTuner and create_lycoris write them)",
+    "comfyui": "ComfyUI's model-key names (diffusion_model.input_blocks..., text_encoders.clip_l.transformer...)",
 }
 _PARAM = re.compile(
     r"^(?P<name>.+?)\.(?P<param>lora_(?:down|up|mid)\.weight|lora\.(?:down|up)\.weight|lora_[AB](?:\.[\w-]+)?\.weight"
@@ -52,6 +53,7 @@ _PROCESSOR = [(re.compile(r"\.processor\.to_(q|k|v)_lora$"), r".to_\1"), (re.com
               (re.compile(r"\.self_attn\.to_(q|k|v)_lora$"), r".self_attn.\1_proj"),
               (re.compile(r"\.self_attn\.to_out_lora$"), ".self_attn.out_proj"), (re.compile(r"\.lora_linear_layer$"), "")]
 _SHOWN = 3  # modules whose unplaced keys a refusal names
+_NOT_LINEAR = ", and personae changes Linear and Conv2d layers only"  # why a key on a norm or embedding is not placed
 # LyCORIS forms that are no low-rank change of a Linear / Conv2d weight, each known by a parameter only it has:
 # (suffix, what the file holds, which tools apply it)
 _FOREIGN = [(".oft_blocks", "OFT / BOFT modules (orthogonal fine-tuning: each weight is rotated, not added to)",
@@ -69,6 +71,8 @@ class ModuleTable:
     shapes: dict[tuple[str, str], tuple[int, ...]]  # (component, module path) -> weight shape
     spellings: dict[str, tuple[str, str, str]]  # a file's module name -> (component, module path, naming)
     family: str = "SD-1"  # the model's: files for another family are named as such
+    # a file's module name -> (module path, class) for layers that exist but take no low-rank change (norms, embeddings)
+    others: dict[str, tuple[str, str]] = field(default_factory=dict)
 
 
 @dataclass
@@ -85,39 +89,60 @@ class LoraFile:
     misfits: list[tuple[str, tuple[int, int], tuple[int, int]]] = field(default_factory=list)
 
 
-def _layers(model) -> dict[str, tuple[int, ...]]:
-    """Linear / Conv2d modules by name (through a peft LoRA layer to the original it wraps)."""
-    out = {}
+def _layers(model) -> tuple[dict[str, tuple[int, ...]], dict[str, str]]:
+    """Linear / Conv2d modules by name (through a peft LoRA layer to the original it wraps), and the other layers
+    with a weight of their own (normalisation layers, embeddings) with their class names."""
+    layers, others = {}, {}
     for name, module in model.named_modules():
         if ".base_layer" in name or ".lora_" in name:
             continue  # a loaded LoRA's own parts
         base = getattr(module, "base_layer", module)
         if isinstance(base, (torch.nn.Linear, torch.nn.Conv2d)):
-            out[name] = tuple(base.weight.shape)
-    return out
+            layers[name] = tuple(base.weight.shape)
+        elif name and isinstance(getattr(base, "weight", None), torch.Tensor):
+            others[name] = type(base).__name__
+    return layers, others
+
+
+def _unet_spellings(module: str) -> list[tuple[str, str]]:
+    under = module.replace(".", "_")
+    return [("lora_unet_" + under, "kohya"), ("lycoris_" + under, "lycoris"),  # LyCORIS' wrapper (ComfyUI reads it)
+            ("unet." + module, "peft"), (module, "peft")]
+
+
+def _ldm_spellings(ldm: str) -> list[tuple[str, str]]:
+    return [("lora_unet_" + ldm.replace(".", "_"), "kohya-ldm"), ("diffusion_model." + ldm, "comfyui")]
+
+
+def _text_spellings(module: str) -> list[tuple[str, str]]:
+    path = module.removeprefix("text_model.")  # transformers 4 has the level, 5 does not
+    under = path.replace(".", "_")
+    kohya = [(prefix + under, "kohya") for prefix in ("lora_te_", "lora_te_text_model_", "lora_te1_",
+                                                       "lora_te1_text_model_")]
+    peft = [(prefix + path, "peft") for prefix in ("text_encoder.", "text_encoder.text_model.", "", "text_model.")]
+    return kohya + peft + [("text_encoders.clip_l.transformer.text_model." + path, "comfyui")]
 
 
 def module_table(unet, text_encoder) -> ModuleTable:
-    shapes, spellings = {}, {}
-    unet_layers = _layers(unet)
-    for module, shape in unet_layers.items():
-        shapes[(UNET, module)] = shape
-        under = module.replace(".", "_")
-        spellings["lora_unet_" + under] = (UNET, module, "kohya")
-        spellings["lycoris_" + under] = (UNET, module, "lycoris")  # LyCORIS' wrapper on a UNet (ComfyUI reads it)
-        spellings["unet." + module] = spellings[module] = (UNET, module, "peft")
-    for module, ldm in unet_module_names_to_original(list(unet_layers), dict(unet.config)).items():
-        spellings.setdefault("lora_unet_" + ldm.replace(".", "_"), (UNET, module, "kohya-ldm"))
-    for module, shape in _layers(text_encoder).items():
-        shapes[(TEXT, module)] = shape
-        path = module.removeprefix("text_model.")
-        under = path.replace(".", "_")
-        for prefix in ("lora_te_", "lora_te_text_model_", "lora_te1_", "lora_te1_text_model_"):
-            spellings[prefix + under] = (TEXT, module, "kohya")
-        for prefix in ("text_encoder.", "text_encoder.text_model.", "", "text_model."):
-            spellings[prefix + path] = (TEXT, module, "peft")
+    (unet_layers, unet_others), (text_layers, text_others) = _layers(unet), _layers(text_encoder)
+    ldm = unet_module_names_to_original(list(unet_layers) + list(unet_others), dict(unet.config))
+    shapes = {(UNET, m): shape for m, shape in unet_layers.items()} | {(TEXT, m): shape for m, shape in
+                                                                       text_layers.items()}
+    named = [(UNET, m, _unet_spellings(m)) for m in unet_layers] + [(TEXT, m, _text_spellings(m)) for m in text_layers]
+    named += [(UNET, m, _ldm_spellings(ldm[m])) for m in unet_layers if m in ldm]  # the diffusers names win
+    spellings = {}
+    for component, module, names in named:
+        for name, naming in names:
+            spellings.setdefault(name, (component, module, naming))
+    others = {}
+    for module, cls in unet_others.items():
+        for name, _ in _unet_spellings(module) + (_ldm_spellings(ldm[module]) if module in ldm else []):
+            others.setdefault(name, (module, cls))
+    for module, cls in text_others.items():
+        for name, _ in _text_spellings(module):
+            others.setdefault(name, (module, cls))
     cross = unet.config.cross_attention_dim
-    return ModuleTable(shapes, spellings, "SDXL" if cross == 2048 else "SD-2" if cross == 1024 else "SD-1")
+    return ModuleTable(shapes, spellings, "SDXL" if cross == 2048 else "SD-2" if cross == 1024 else "SD-1", others)
 
 
 @cache
@@ -163,8 +188,8 @@ def _in_width(params: dict[str, torch.Tensor]) -> int | None:
         return params["down"].shape[1]
     if "hada_w1_b" in params:
         return params["hada_w1_b"].shape[1]
-    if "diff" in params:
-        return params["diff"].shape[1]
+    if "diff" in params:  # a 1-D diff belongs to a normalisation layer: no width to read
+        return params["diff"].shape[1] if params["diff"].ndim >= 2 else None
     w1, w2 = params.get("lokr_w1", params.get("lokr_w1_b")), params.get("lokr_w2", params.get("lokr_w2_b"))
     return w1.shape[1] * w2.shape[1] if w1 is not None and w2 is not None and w2.ndim == 2 else None
 
@@ -242,7 +267,9 @@ def place(path: Path, tensors: dict[str, torch.Tensor], header: dict[str, str], 
         keys = [key_of[(name, p)] for p in params]
         where = _resolve(name, table)
         if where is None:
-            result.unplaced.append((keys, "no module of this model is called that"))
+            other = table.others.get(name)
+            result.unplaced.append((keys, f"{other[0]} is a {other[1]} layer{_NOT_LINEAR}" if other
+                                    else "no module of this model is called that"))
             continue
         component, module, naming = where
         namings[naming] += 1
@@ -307,6 +334,13 @@ def refuse_unplaced(lora: LoraFile, total_keys: int) -> None:
             raise UserError(f"{lora.path} holds LyCORIS {kind}, e.g. {example}, which personae cannot apply: it "
                             "loads LoRA, LoCon, LoHa, LoKr, DoRA and full-diff modules, each as an exact low-rank "
                             "change.", f"{who}; for personae, train the concept as one of those forms.")
+    other = [(keys, why) for keys, why in lora.unplaced if why.endswith(_NOT_LINEAR)]
+    if other:
+        n = sum(len(keys) for keys, _ in other)
+        raise UserError(f"{lora.path} would load only in part, so personae does not load it: {n} of its {total_keys} "
+                        f"keys change normalisation layers or embeddings ({other[0][0][0]}: {other[0][1]}).",
+                        "ComfyUI's Extract and Save Lora writes such keys with bias_diff on; extract with it off for "
+                        "personae (ComfyUI and A1111 apply the file as it is).")
     if lora.unplaced:
         raise UserError(
             f"{lora.path} would load only in part, so personae does not load it: {unplaced_message(lora, total_keys)}.",

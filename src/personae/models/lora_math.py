@@ -33,7 +33,8 @@ from dataclasses import dataclass
 import torch
 
 KINDS = {  # parameter names that make up each kind (the rest of a module's names must be among them)
-    "LoRA": {"down", "up", "mid", "alpha", "up_bias", "dora_scale"},  # up_bias: peft's lora_bias
+    "LoRA": {"down", "up", "mid", "alpha", "up_bias", "dora_scale", "diff_b"},  # up_bias: peft's lora_bias;
+    # diff_b beside a LoRA: a bias change of its own, as ComfyUI's Extract and Save Lora writes it
     "LoHa": {"hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b", "hada_t1", "hada_t2", "alpha", "dora_scale"},
     "LoKr": {"lokr_w1", "lokr_w1_a", "lokr_w1_b", "lokr_w2", "lokr_w2_a", "lokr_w2_b", "lokr_t2", "alpha",
              "dora_scale"},
@@ -70,7 +71,8 @@ def kind_of(params: dict[str, torch.Tensor]) -> str | None:
         if names <= allowed and names - {"alpha"}:
             if kind == "LoKr" and not ({"lokr_w2"} <= names or {"lokr_w2_a", "lokr_w2_b"} <= names):
                 return None
-            return kind if any(req <= names for req in _REQUIRED[kind]) else None
+            if any(req <= names for req in _REQUIRED[kind]):
+                return kind  # else another kind may hold these names (diff_b alone is a full diff, not a LoRA)
     return None
 
 
@@ -163,11 +165,13 @@ def low_rank(params: dict[str, torch.Tensor], weight_shape: tuple[int, ...]) -> 
         raise ValueError(f"parameters {sorted(params)} are no LoRA, LoHa, LoKr or full-diff set")
     kernel = tuple(weight_shape[2:]) or None
     factors = _FACTORS[kind](params)
-    bias = params.get("diff_b", params.get("up_bias"))  # scaled like the weight change (by 1 for a full diff)
-    bias = _f32(bias) if bias is not None else None
     if factors is None:  # bias only: a zero rank-1 weight change carries it
         factors = (torch.zeros(weight_shape[0], 1), torch.zeros(1, math.prod(weight_shape[1:])), 1.0)
     up, down, alpha = factors
+    # peft scales lora_B's bias as the weight change (alpha / rank): up_bias is such a bias, diff_b (ComfyUI, LyCORIS'
+    # full diff) a change applied as it is, so it is stored divided by that scale
+    bias = _f32(params["diff_b"]) * (down.shape[0] / alpha) if "diff_b" in params else params.get("up_bias")
+    bias = _f32(bias) if bias is not None else None
     down, up = _shaped(up, down, kernel)
     return LowRank(down.contiguous(), up.contiguous(), alpha, bias, _magnitude(params, up.shape[0]))
 
