@@ -517,14 +517,16 @@ def test_sdxl_and_sd2_files_are_named_in_one_line(sd15, tmp_path, family, tensor
 def embedding_files(tmp_path):
     g = torch.Generator().manual_seed(12)
     vectors = {name: torch.randn(n, 768, generator=g) * 0.4 for name, n in
-               (("a1111-pt", 2), ("a1111-st", 3), ("<diffusers-st>", 1), ("<diffusers-bin>", 1))}
+               (("a1111-pt", 2), ("a1111-st", 3), ("<diffusers-st>", 1), ("<diffusers-bin>", 1), ("onetrainer", 2))}
     torch.save({"string_to_token": {"*": 265}, "string_to_param": {"*": vectors["a1111-pt"]}, "name": "whatever",
                 "step": 1500, "sd_checkpoint": "abc123", "sd_checkpoint_name": "v1-5"}, tmp_path / "a1111-pt.pt")
     save_file({"emb_params": vectors["a1111-st"]}, str(tmp_path / "a1111-st.safetensors"))
     save_file({"<diffusers-st>": vectors["<diffusers-st>"]}, str(tmp_path / "learned_embeds.safetensors"))
     torch.save({"<diffusers-bin>": vectors["<diffusers-bin>"]}, tmp_path / "learned_embeds.bin")
+    save_file({"emp_params": vectors["onetrainer"]}, str(tmp_path / "onetrainer.safetensors"))  # OneTrainer's key
     files = {"a1111-pt": "a1111-pt.pt", "a1111-st": "a1111-st.safetensors",
-             "<diffusers-st>": "learned_embeds.safetensors", "<diffusers-bin>": "learned_embeds.bin"}
+             "<diffusers-st>": "learned_embeds.safetensors", "<diffusers-bin>": "learned_embeds.bin",
+             "onetrainer": "onetrainer.safetensors"}
     return vectors, {token: tmp_path / name for token, name in files.items()}
 
 
@@ -544,6 +546,13 @@ def test_embeddings_in_every_format_load_and_their_tokens_work(sd15, tmp_path):
     base = sd15.encode_prompt(PROMPT, "cpu", 1, False)[0]
     for token in vectors:
         assert (sd15.encode_prompt(f"{PROMPT}, {token}", "cpu", 1, False)[0] - base).abs().max() > 1e-3
+
+
+def test_a_onetrainer_output_embedding_is_refused_by_name(sd15, tmp_path):
+    save_file({"emp_params_out": torch.zeros(1, 768)}, str(tmp_path / "out.safetensors"))
+    with pytest.raises(UserError, match="OneTrainer output embedding") as err:
+        load_embeddings(sd15, [(str(tmp_path / "out.safetensors"), None)])
+    assert "\n" not in str(err.value)
 
 
 class _Evil:

@@ -129,8 +129,9 @@ _FAMILY_WIDTH = {1024: "SD-2", 1280: "SDXL"}
 def read_embedding(path: Path, allow_pickle: bool, width: int) -> tuple[str | None, torch.Tensor]:
     """(token the file names or None, vectors (n, width)) of an A1111 or diffusers embedding, read by us.
 
-    A1111: `.pt` {"string_to_param": {"*": vectors}, ...} or `.safetensors` {"emb_params": vectors}, called
-    by the file name. diffusers: {token: vectors} (`learned_embeds.safetensors`, or `.bin` as pickle).
+    A1111: `.pt` {"string_to_param": {"*": vectors}, ...} or `.safetensors` {"emb_params": vectors}, and
+    OneTrainer's {"emp_params": vectors}, called by the file name (A1111 reads any one-tensor file so). diffusers:
+    {token: vectors} (`learned_embeds.safetensors`, or `.bin` as pickle).
     """
     data, _ = read_tensors(path, allow_pickle, "textual-inversion embedding")
     token, vectors = None, None
@@ -141,6 +142,12 @@ def read_embedding(path: Path, allow_pickle: bool, width: int) -> tuple[str | No
         vectors = params.get("*", next(iter(params.values())))
     elif isinstance(data, dict) and "emb_params" in data:
         vectors = data["emb_params"]
+    elif isinstance(data, dict) and "emp_params_out" in data:
+        raise UserError(f"{path} is a OneTrainer output embedding (emp_params_out): its vectors replace the text "
+                        "encoder's output at the token, which personae (like A1111 and ComfyUI) cannot apply.",
+                        "Train it in OneTrainer without the output-embedding option for an embedding all three read.")
+    elif isinstance(data, dict) and "emp_params" in data:  # OneTrainer's SD 1.x files: called by the file name
+        vectors = data["emp_params"]
     elif isinstance(data, dict) and ("clip_l" in data or "clip_g" in data):
         raise UserError(f"{path} is an SDXL embedding (clip_l / clip_g vectors), not one for Stable Diffusion 1.x.",
                         "Use an embedding made for SD 1.x.")
