@@ -548,6 +548,40 @@ def test_embeddings_in_every_format_load_and_their_tokens_work(sd15, tmp_path):
         assert (sd15.encode_prompt(f"{PROMPT}, {token}", "cpu", 1, False)[0] - base).abs().max() > 1e-3
 
 
+# 8. embeddings bundled in a LoRA file (A1111's bundle_emb.<token>.<vectors>; OneTrainer writes
+# bundle_emb.<token>.string_to_param.* for a LoRA trained with its embeddings, pivotal tuning)
+def test_embeddings_bundled_in_a_lora_join_the_tokenizer_with_the_lora(sd15, tmp_path):
+    from personae.methods.lora_files import read_lora_file
+
+    g = torch.Generator().manual_seed(13)
+    tensors = small_kohya(sd15)
+    vectors = {"<ohwx>": torch.randn(2, 768, generator=g) * 0.4, "stylx9": torch.randn(1, 768, generator=g) * 0.4}
+    tensors["bundle_emb.<ohwx>.string_to_param.*"] = vectors["<ohwx>"]
+    tensors["bundle_emb.stylx9.emb_params"] = vectors["stylx9"]
+    save_file(tensors, str(tmp_path / "pivotal.safetensors"))
+    (lora,) = load_loras(sd15, [(str(tmp_path / "pivotal.safetensors"), 0.7)])
+    assert lora.tokens == ("<ohwx>", "stylx9") and placed(sd15, lora.adapter) == 7
+    table = sd15.text_encoder.get_input_embeddings().weight
+    for token, v in vectors.items():
+        ids = sd15.tokenizer.convert_tokens_to_ids([token] + [f"{token}_{i}" for i in range(1, len(v))])
+        assert torch.equal(table[ids].detach(), v)
+    with pytest.raises(ValueError, match="bundles the embeddings <ohwx>, stylx9"):  # convert would lose them
+        read_lora_file(tmp_path / "pivotal.safetensors")
+
+
+def test_a_bundled_embedding_whose_token_is_taken_leaves_the_pipeline_as_it_was(sd15, tmp_path):
+    tensors = small_kohya(sd15)
+    tensors["bundle_emb.photo.string_to_param.*"] = torch.zeros(1, 768)  # "photo" is in the CLIP vocabulary
+    save_file(tensors, str(tmp_path / "taken.safetensors"))
+    with pytest.raises(UserError, match="'photo' of .*taken.safetensors is already taken"):
+        load_loras(sd15, [(str(tmp_path / "taken.safetensors"), 1.0)])
+    assert not any(isinstance(m, BaseTunerLayer) for m in sd15.unet.modules())
+    tensors = small_kohya(sd15) | {"bundle_emb.wide.clip_g": torch.zeros(1, 1280)}
+    save_file(tensors, str(tmp_path / "sdxl.safetensors"))
+    with pytest.raises(UserError, match=r"bundle_emb.wide.clip_g\) is an SDXL embedding"):
+        load_loras(sd15, [(str(tmp_path / "sdxl.safetensors"), 1.0)])
+
+
 def test_a_onetrainer_output_embedding_is_refused_by_name(sd15, tmp_path):
     save_file({"emp_params_out": torch.zeros(1, 768)}, str(tmp_path / "out.safetensors"))
     with pytest.raises(UserError, match="OneTrainer output embedding") as err:

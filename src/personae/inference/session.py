@@ -110,7 +110,8 @@ def open_session(model: str, device: str = "auto", dtype: str = "auto", allow_pi
     session = Session(pipe, source, dev, torch_dtype, vae_name=own_vae and own_vae.name, vae_hash=own_vae and own_vae.hash)
     session.loras = load_loras(pipe, list(loras), allow_pickle=allow_pickle)
     for lora in session.loras:
-        on_event(Message(f"LoRA {lora.name}: read as {lora.layout}"))
+        bundled = f", with the embeddings {', '.join(lora.tokens)}" if lora.tokens else ""
+        on_event(Message(f"LoRA {lora.name}: read as {lora.layout}{bundled}"))
     session.embeddings = load_embeddings(pipe, list(embeddings), allow_pickle=allow_pickle)
     # 4. attention, memory order, VAE slicing / tiling / upcast, offload or the device, compile
     place_pipeline(pipe, runtime, dev, torch_dtype, on_event)

@@ -220,6 +220,9 @@ def read_lora_file(path: Path, allow_pickle: bool = False) -> LoraFile:
         raise ValueError(unplaced_message(lora, len(tensors)))
     if any(change.bias is not None for change in lora.changes.values()):
         raise ValueError("it changes layer biases (a full-diff diff_b), which a LoRA file cannot hold")
+    if lora.embeddings:
+        raise ValueError(f"it bundles the embeddings {', '.join(lora.embeddings)} (bundle_emb keys), which the "
+                         "converted file would lose; personae generate --lora reads the file as it is")
     return lora
 
 

@@ -4,7 +4,8 @@ LoRA-family files in any layout found in the wild (kohya/A1111 in either UNet sp
 attention-processor layout, diffusers/peft, LyCORIS LoHa / LoKr / full diff) are read by
 `lora_layouts`, every key placed on a module (a file with unplaced keys is refused), and loaded
 as one peft LoRA adapter per file with `load_lora_into_unet` / `load_lora_into_text_encoder`,
-so per-file weights (`set_adapters`), several files at once and unloading all work as for any LoRA.
+so per-file weights (`set_adapters`), several files at once and unloading all work as for any LoRA;
+embeddings bundled in a LoRA file (A1111's bundle_emb, OneTrainer writes them) join the tokenizer.
 Embeddings (A1111 `.pt` / `.safetensors`, diffusers `learned_embeds.*`) are read here (pickles
 only with allow_pickle, as plain tensors) and handed to `load_textual_inversion` as tensors.
 This module also adds the product around them: file checks, the token A1111 would use, the
@@ -34,6 +35,7 @@ class LoadedLora:
     hash: str  # A1111's "Lora hashes" value
     adapter: str = ""  # the diffusers adapter name (for set_adapters)
     layout: str = ""  # what the file was read as (naming and kinds), for messages
+    tokens: tuple[str, ...] = ()  # embeddings bundled in the file (bundle_emb), added to the tokenizer
 
 
 @dataclass(frozen=True)
@@ -109,17 +111,30 @@ def _add_lora_adapter(pipe, lora: LoraFile, adapter: str) -> None:
 
 
 def load_loras(pipe, loras: list[tuple[str, float]], allow_pickle: bool = False) -> list[LoadedLora]:
-    """Load LoRA files (any layout, see lora_layouts) as named adapters and set their weights."""
-    loaded, names = [], []
-    for i, (path, weight) in enumerate(loras):
+    """Load LoRA files (any layout, see lora_layouts) as named adapters and set their weights; embeddings bundled
+    in them (bundle_emb, as A1111 reads them) join the tokenizer under their own tokens, whatever the weight."""
+    width = pipe.text_encoder.get_input_embeddings().weight.shape[1]
+    read = []
+    for path, _ in loras:  # every file read and checked before the pipeline changes
         p = _existing(path, "lora", allow_pickle)
-        name = f"lora{i}_" + re.sub(r"[^\w-]", "_", p.stem)  # peft adapter names must not contain dots
         lora = read_lora(pipe, p, allow_pickle)
+        if not lora.changes:
+            raise UserError(f"{p} holds only bundled embeddings ({', '.join(lora.embeddings)}), no LoRA weights.",
+                            "Check the file given with --lora.")
+        bundled = [(token, p, _fit_width(f"{p} ({key})", vectors, width))
+                   for token, (key, vectors) in lora.embeddings.items()]
+        read.append((p, lora, bundled))
+    _check_tokens(pipe, [(token, p) for _, _, bundled in read for token, p, _ in bundled], bundled=True)
+    loaded, names = [], []
+    for i, ((p, lora, bundled), (_, weight)) in enumerate(zip(read, loras)):
+        name = f"lora{i}_" + re.sub(r"[^\w-]", "_", p.stem)  # peft adapter names must not contain dots
         add_lora_adapter(pipe, lora, name)
         names.append(name)
-        loaded.append(LoadedLora(p.stem, weight, file_sha256(p, skip_safetensors_header=True)[:12], name, lora.layout))
+        loaded.append(LoadedLora(p.stem, weight, file_sha256(p, skip_safetensors_header=True)[:12], name, lora.layout,
+                                 tuple(token for token, _, _ in bundled)))
     if names:
         pipe.set_adapters(names, adapter_weights=[w for _, w in loras])
+    _add_tokens(pipe, [(token, v) for _, _, bundled in read for token, _, v in bundled])
     return loaded
 
 
@@ -156,13 +171,45 @@ def read_embedding(path: Path, allow_pickle: bool, width: int) -> tuple[str | No
     if not isinstance(vectors, torch.Tensor) or vectors.ndim not in (1, 2) or vectors.numel() == 0:
         raise UserError(f"{path} is not a textual-inversion embedding personae knows (A1111 string_to_param / "
                         "emb_params, or diffusers {token: vectors}).", "Check the file given with --embedding.")
+    return (str(token) if token is not None else None), _fit_width(str(path), vectors, width)
+
+
+def _fit_width(where: str, vectors: torch.Tensor, width: int) -> torch.Tensor:
+    """An embedding's vectors as (n, width) float32, or one paragraph naming the family they were made for."""
+    if vectors.ndim not in (1, 2) or vectors.numel() == 0:
+        raise UserError(f"{where} is no embedding: a tensor of shape {tuple(vectors.shape)}.",
+                        "Check the file's embedding vectors.")
     vectors = vectors.detach().to(torch.float32).reshape(-1, vectors.shape[-1])
     if vectors.shape[1] != width:
         family = _FAMILY_WIDTH.get(vectors.shape[1])
         what = f"an {family} embedding" if family else f"made for a text encoder {vectors.shape[1]} wide"
-        raise UserError(f"{path} is {what}; this model's text encoder is {width} wide (Stable Diffusion 1.x: 768).",
+        raise UserError(f"{where} is {what}; this model's text encoder is {width} wide (Stable Diffusion 1.x: 768).",
                         "Use an embedding made for this model's family.")
-    return (str(token) if token is not None else None), vectors
+    return vectors
+
+
+def _check_tokens(pipe, tokens: list[tuple[str, Path]], bundled: bool = False) -> None:
+    """Each new token free in the tokenizer and given once."""
+    vocab, seen = set(pipe.tokenizer.get_vocab()), set()
+    for token, path in tokens:
+        if token in vocab or token in seen:
+            raise UserError(f"The token {token!r} of {path} is already taken (by the tokenizer or another embedding).",
+                            "A token bundled in a LoRA is the file's own: leave out the other embedding that takes "
+                            "it, or save the embedding on its own and load it with --embedding FILE:TOKEN."
+                            if bundled else "Give it another token with --embedding FILE:TOKEN.")
+        seen.add(token)
+
+
+def _add_tokens(pipe, entries: list[tuple[str, torch.Tensor]]) -> None:
+    """All new tokens in one `load_textual_inversion` call: it resizes the token table once (seconds at full size)."""
+    if not entries:
+        return
+    tokens = [token for token, _ in entries]
+    try:
+        pipe.load_textual_inversion([v.to(pipe.text_encoder.dtype) for _, v in entries], token=tokens)
+    except (ValueError, KeyError, RuntimeError) as exc:
+        raise UserError(f"The embeddings {', '.join(tokens)} could not be loaded: {exc}",
+                        "Check that they are A1111 or diffusers embeddings for this model.") from None
 
 
 def load_embeddings(pipe, embeddings: list[tuple[str, str | None]], allow_pickle: bool = False) -> list[LoadedEmbedding]:
@@ -172,24 +219,14 @@ def load_embeddings(pipe, embeddings: list[tuple[str, str | None]], allow_pickle
     All go to `load_textual_inversion` in one call: it resizes the token table once (seconds at full size).
     """
     width = pipe.text_encoder.get_input_embeddings().weight.shape[1]
-    vocab = set(pipe.tokenizer.get_vocab())
-    tokens, vectors, loaded = [], [], []
+    entries, loaded = [], []
     for path, token in embeddings:
         p = _existing(path, "embedding", allow_pickle)
         file_token, v = read_embedding(p, allow_pickle, width)
-        token = token or file_token or p.stem
-        if token in vocab or token in tokens:
-            raise UserError(f"The token {token!r} of {p} is already taken (by the tokenizer or another embedding).",
-                            "Give it another token with --embedding FILE:TOKEN.")
-        tokens.append(token)
-        vectors.append(v.to(pipe.text_encoder.dtype))
-        loaded.append(LoadedEmbedding(token, file_sha256(p)[:12]))
-    if tokens:
-        try:
-            pipe.load_textual_inversion(vectors, token=tokens)
-        except (ValueError, KeyError, RuntimeError) as exc:
-            raise UserError(f"The embeddings {', '.join(tokens)} could not be loaded: {exc}",
-                            "Check that they are A1111 or diffusers embeddings for this model.") from None
+        entries.append((token or file_token or p.stem, p, v))
+        loaded.append(LoadedEmbedding(entries[-1][0], file_sha256(p)[:12]))
+    _check_tokens(pipe, [(token, p) for token, p, _ in entries])
+    _add_tokens(pipe, [(token, v) for token, _, v in entries])
     return loaded
 
 

@@ -87,6 +87,9 @@ class LoraFile:
     layers: int = 0  # modules the file holds weights for
     # (the file's module name, the model's (out, in), the file's (out, in)) of every layer whose sizes differ
     misfits: list[tuple[str, tuple[int, int], tuple[int, int]]] = field(default_factory=list)
+    # textual-inversion embeddings bundled in the file (A1111's bundle_emb.<token>.<vectors>, written by OneTrainer
+    # for a LoRA trained with its embeddings): token -> (key, vectors as stored)
+    embeddings: dict[str, tuple[str, torch.Tensor]] = field(default_factory=dict)
 
 
 def _layers(model) -> tuple[dict[str, tuple[int, ...]], dict[str, str]]:
@@ -248,6 +251,13 @@ def place(path: Path, tensors: dict[str, torch.Tensor], header: dict[str, str], 
     key_of: dict[tuple[str, str], str] = {}
     result = LoraFile(path, "")
     for key in tensors:
+        if key.startswith("bundle_emb."):  # A1111 reads any one tensor per token (string_to_param.*, emb_params, ...)
+            token = key.split(".")[1]
+            if token in result.embeddings:
+                result.unplaced.append(([key], f"a second tensor for the bundled embedding {token}"))
+            else:
+                result.embeddings[token] = (key, tensors[key])
+            continue
         split = _split(key)
         if split is None:
             result.unplaced.append(([key], "not a LoRA parameter name"))
