@@ -430,6 +430,25 @@ def test_comfyui_extracted_lora_with_bias_changes(sd15, tmp_path):
         assert close(layer(x) - layer.base_layer(x), 0.5 * (x @ ref[("unet", module)]().T + biases[("unet", module)].float()))
 
 
+# 9. the Open Model Initiative layout (omi_model_standards' convert_sd_lora_key_sets; OneTrainer saves it):
+# unet.<LDM name> and clip_l.text_model.<path>, kohya's parameter names and alpha
+def test_omi_layout(sd15, tmp_path):
+    names = ldm_names(sd15.unet)
+    tensors, ref = kohya_lora(sd15, lambda m: m, seed=14, only=lambda m: m.startswith(("up_blocks.1.", "encoder.layers.1.",
+                                                                                          "text_model.encoder.layers.1.")))
+    omi = {}
+    for (component, module) in ref:
+        key = "unet." + names[module] if component == "unet" else "clip_l.text_model." + module.removeprefix("text_model.")
+        kohya = "lora_unet_" + module if component == "unet" else "lora_te_text_model_" + module.removeprefix(
+            "text_model.").replace(".", "_")
+        for param in ("lora_down.weight", "lora_up.weight", "alpha"):
+            omi[f"{key}.{param}"] = tensors[f"{kohya}.{param}"]
+    assert "unet.output_blocks.3.1.transformer_blocks.0.attn2.to_k.alpha" in omi
+    save_file(omi, str(tmp_path / "omi.safetensors"))
+    lora = check_loaded(sd15, tmp_path / "omi.safetensors", ref, weight=0.9, sample=("unet", "up_blocks.1.resnets.0.conv1"))
+    assert lora.layout.startswith("the Open Model Initiative layout")
+
+
 def test_changes_to_normalisation_layers_are_refused_naming_the_layer(sd15, tmp_path):
     """ComfyUI's extractor writes a .diff for every 1-D weight (GroupNorm, LayerNorm); peft has no layer for them."""
     tensors = small_kohya(sd15)

@@ -40,6 +40,7 @@ NAMINGS = {
     "peft": "the diffusers/peft layout (unet.<module>.lora_A.weight)",
     "lycoris": "LyCORIS' own names (lycoris_down_blocks_..., as SimpleTuner and create_lycoris write them)",
     "comfyui": "ComfyUI's model-key names (diffusion_model.input_blocks..., text_encoders.clip_l.transformer...)",
+    "omi": "the Open Model Initiative layout (unet.input_blocks..., clip_l.text_model..., OneTrainer's)",
 }
 _PARAM = re.compile(
     r"^(?P<name>.+?)\.(?P<param>lora_(?:down|up|mid)\.weight|lora\.(?:down|up)\.weight|lora_[AB](?:\.[\w-]+)?\.weight"
@@ -114,7 +115,8 @@ def _unet_spellings(module: str) -> list[tuple[str, str]]:
 
 
 def _ldm_spellings(ldm: str) -> list[tuple[str, str]]:
-    return [("lora_unet_" + ldm.replace(".", "_"), "kohya-ldm"), ("diffusion_model." + ldm, "comfyui")]
+    return [("lora_unet_" + ldm.replace(".", "_"), "kohya-ldm"), ("diffusion_model." + ldm, "comfyui"),
+            ("unet." + ldm, "omi")]
 
 
 def _text_spellings(module: str) -> list[tuple[str, str]]:
@@ -123,7 +125,8 @@ def _text_spellings(module: str) -> list[tuple[str, str]]:
     kohya = [(prefix + under, "kohya") for prefix in ("lora_te_", "lora_te_text_model_", "lora_te1_",
                                                        "lora_te1_text_model_")]
     peft = [(prefix + path, "peft") for prefix in ("text_encoder.", "text_encoder.text_model.", "", "text_model.")]
-    return kohya + peft + [("text_encoders.clip_l.transformer.text_model." + path, "comfyui")]
+    return kohya + peft + [("text_encoders.clip_l.transformer.text_model." + path, "comfyui"),
+                           ("clip_l.text_model." + path, "omi")]
 
 
 def module_table(unet, text_encoder) -> ModuleTable:
