@@ -256,7 +256,9 @@ def place(path: Path, tensors: dict[str, torch.Tensor], header: dict[str, str], 
     for key in tensors:
         if key.startswith("bundle_emb."):  # A1111 reads any one tensor per token (string_to_param.*, emb_params, ...)
             token = key.split(".")[1]
-            if token in result.embeddings:
+            if not token:
+                result.unplaced.append(([key], "a bundled embedding without a token"))
+            elif token in result.embeddings:
                 result.unplaced.append(([key], f"a second tensor for the bundled embedding {token}"))
             else:
                 result.embeddings[token] = (key, tensors[key])
