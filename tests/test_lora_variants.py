@@ -145,6 +145,11 @@ def test_every_variant_exports_in_its_layout_and_reloads_with_the_same_image(tin
                                                                                         inputs)):
         assert (ref - before).abs().max() > 1e-5, f"LyCORIS applied nothing to the {part}"
         assert (mine - ref).abs().max() <= 1e-5, f"{variant}: the {part} differs in LyCORIS' loader"
+    if family == "peft":  # 5. the peft folder (unet/, text_encoder/) is a --lora too, with the same numbers
+        folder = load_pipeline(source)
+        load_loras(folder, [(str(other[0].path), 1.0)])
+        for ref, mine in zip(theirs, outputs(folder.text_encoder, folder.unet, inputs)):
+            assert (mine - ref).abs().max() <= 1e-5
 
 
 @pytest.mark.parametrize("variant", list(VARIANTS))

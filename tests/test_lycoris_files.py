@@ -146,3 +146,44 @@ def test_dora_on_the_input_axis_from_lycoris_is_refused_by_name(tiny_model, base
         assert fh.get_tensor(f"{q}.dora_scale").shape[0] == 1  # (1, in): the input axis
     with pytest.raises(UserError, match="input axis"):
         load_loras(load_pipeline(resolve_model(str(tiny_model[0]))), [(str(path), 1.0)])
+
+
+# peft's own adapter layout (PeftModel.save_pretrained: adapter_model.safetensors + adapter_config.json, keys
+# base_model.model.<module>), as peft-based scripts save it and personae's lora_peft/ export holds it
+def test_peft_adapter_folders_and_files_load_with_peft_numbers(tiny_model, base, tmp_path):
+    import copy
+    import shutil
+
+    import torch
+    from peft import LoHaConfig, LoKrConfig, LoraConfig, get_peft_model
+
+    pipe, inputs = base
+    torch.manual_seed(3)
+    unet = get_peft_model(copy.deepcopy(pipe.unet), LoraConfig(
+        r=4, lora_alpha=8, use_rslora=True, rank_pattern={"to_q": 2}, alpha_pattern={"to_k": 3},
+        target_modules=["to_q", "to_k", "to_v", "to_out.0"], init_lora_weights=False))
+    te = get_peft_model(copy.deepcopy(pipe.text_encoder), LoKrConfig(  # r above the layers' sizes: both factors full
+        r=64, alpha=16, target_modules=["q_proj", "v_proj"], init_weights=False))
+    unet.save_pretrained(str(tmp_path / "lora_peft" / "unet"))
+    te.save_pretrained(str(tmp_path / "lora_peft" / "text_encoder"))
+    with torch.no_grad():
+        states = te(inputs[1])[0]
+        expected = (states, unet(inputs[0], 500, states).sample)
+    assert any(".lokr_w1." in k for k in te.state_dict()) and not any(".lokr_w2_a." in k for k in te.state_dict())
+    got = _personae_outputs(tiny_model, tmp_path / "lora_peft", 1.0, inputs)  # the folder of both components
+    assert max(float((a - b).abs().max()) for a, b in zip(got, expected)) <= 1e-4
+    # one component's adapter file, its config beside it (a LoHa this time)
+    loha = get_peft_model(copy.deepcopy(pipe.unet), LoHaConfig(r=4, alpha=2, target_modules=["to_q", "conv1"],
+                                                                init_weights=False))
+    loha.save_pretrained(str(tmp_path / "loha"))
+    with torch.no_grad():
+        expected = loha(inputs[0], 500, pipe.text_encoder(inputs[1])[0]).sample
+    fresh = load_pipeline(resolve_model(str(tiny_model[0])))
+    (lora,) = load_loras(fresh, [(str(tmp_path / "loha" / "adapter_model.safetensors"), 1.0)])
+    assert lora.layout.startswith("peft's own adapter layout")
+    assert float((outputs(fresh.text_encoder, fresh.unet, inputs)[1] - expected).abs().max()) <= 1e-4
+    # without its config the scale is unknown: refused, not guessed
+    (tmp_path / "alone").mkdir()
+    shutil.copy(tmp_path / "loha" / "adapter_model.safetensors", tmp_path / "alone")
+    with pytest.raises(UserError, match="without its adapter_config.json"):
+        load_loras(load_pipeline(resolve_model(str(tiny_model[0]))), [(str(tmp_path / "alone"), 1.0)])

@@ -28,7 +28,7 @@ class LoraRef(Strict):
 
     CLI_FORM: ClassVar[str] = "FILE[:WEIGHT]"
 
-    path: str = setting(description=".safetensors in kohya/A1111 or diffusers/peft layout")
+    path: str = setting(description=".safetensors in kohya/A1111 or diffusers/peft layout, or a peft adapter folder")
     weight: float = setting(1.0, "strength; 0 disables, 1 is as trained, negative inverts")
 
     @model_validator(mode="before")

@@ -18,7 +18,7 @@ from personae.config.sampling import RuntimeSettings
 from personae.events import EventHandler, Message, ignore
 from personae.inference.prompt import PromptEncoder
 from personae.inference.speedups import check_runtime, place_pipeline
-from personae.models.addons import LoadedEmbedding, LoadedLora, load_embeddings, load_loras
+from personae.models.addons import LoadedEmbedding, LoadedLora, check_lora_path, load_embeddings, load_loras
 from personae.models.device import pick_device, pick_dtype
 from personae.models.model_files import check_model_file
 from personae.models.resolve import ModelSource, load_pipeline, model_hash, resolve_model
@@ -93,8 +93,10 @@ def open_session(model: str, device: str = "auto", dtype: str = "auto", allow_pi
     then the speed and memory switches of `runtime` (its device and dtype are `device` and `dtype`), and move it."""
     # 1. check inputs before any heavy work
     source = resolve_model(model, allow_pickle=allow_pickle)
-    for path, what in [(p, "lora") for p, _ in loras] + [(p, "embedding") for p, _ in embeddings]:
-        check_model_file(Path(path).expanduser(), what, allow_pickle)  # a bad add-on fails before the model loads
+    for path, _ in loras:  # a bad add-on fails before the model loads
+        check_lora_path(path, allow_pickle)  # a file, or a peft adapter folder
+    for path, _ in embeddings:
+        check_model_file(Path(path).expanduser(), "embedding", allow_pickle)
     dev = pick_device(device)
     torch_dtype = pick_dtype(dtype, dev)
     check_runtime(runtime or RuntimeSettings(), dev)  # offload on a CPU: said before the model loads

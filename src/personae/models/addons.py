@@ -15,6 +15,7 @@ hashes A1111 writes.
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 import struct
 from dataclasses import dataclass
@@ -62,13 +63,57 @@ def _existing(path: str, what: str, allow_pickle: bool) -> Path:
     return p
 
 
+_ADAPTER_FILES = ("adapter_model.safetensors", "adapter_model.bin")
+
+
+def _adapter_file(folder: Path) -> Path | None:
+    return next((folder / name for name in _ADAPTER_FILES if (folder / name).is_file()), None)
+
+
+def lora_sources(path: Path) -> list[tuple[Path, str | None]]:
+    """The weight files of a LoRA given as a file, a peft adapter folder (`PeftModel.save_pretrained`:
+    adapter_model.* + adapter_config.json) or a folder of those per component (unet/, text_encoder/: personae's
+    lora_peft export), each with its component when the folder names it; [] for any other folder."""
+    if not path.is_dir():
+        return [(path, None)]
+    if _adapter_file(path):
+        return [(_adapter_file(path), None)]
+    return [(_adapter_file(path / part), part) for part in (UNET, TEXT) if (path / part).is_dir() and
+            _adapter_file(path / part)]
+
+
+def check_lora_path(path: str | Path, allow_pickle: bool = False) -> list[tuple[Path, str | None]]:
+    """The LoRA's weight files, each checked by its bytes (a folder that is no peft adapter is named as a folder)."""
+    p = Path(path).expanduser()
+    sources = lora_sources(p)
+    if not sources:
+        check_model_file(p, "lora", allow_pickle)  # raises: a folder, with the files to pass instead
+    for file, _ in sources:
+        check_model_file(file, "lora", allow_pickle)
+    return sources
+
+
 def read_lora(pipe, path: Path, allow_pickle: bool = False) -> LoraFile:
-    """A LoRA-family file in any layout (see lora_layouts), every key placed on `pipe`'s UNet or text encoder."""
-    data, header = read_tensors(path, allow_pickle, "LoRA")
-    tensors = flat_tensors(data)
+    """A LoRA-family file (or peft adapter folder) in any layout (see lora_layouts), every key placed on `pipe`'s
+    UNet or text encoder; a peft adapter's adapter_config.json gives its scale."""
+    tensors, header, configs = {}, {}, {}
+    for file, part in check_lora_path(path, allow_pickle):
+        data, file_header = read_tensors(file, allow_pickle, "LoRA")
+        tensors |= flat_tensors(data)
+        header |= file_header
+        config = file.parent / "adapter_config.json"
+        if config.is_file():
+            try:
+                values = json.loads(config.read_text())
+            except (ValueError, UnicodeDecodeError) as exc:
+                raise UserError(f"{config} is no adapter config peft wrote: {exc}.",
+                                "Keep the adapter_config.json that came with the adapter.") from None
+            if isinstance(values, dict):
+                configs |= {f"{component}.{k}": v for component in ([part] if part else [UNET, TEXT])
+                            for k, v in values.items()}
     if not tensors:
         raise UserError(f"{path} holds no tensors, so it is no LoRA.", "Check the file given with --lora.")
-    lora = place(path, tensors, header, module_table(pipe.unet, pipe.text_encoder))
+    lora = place(path, tensors, header, module_table(pipe.unet, pipe.text_encoder), configs=configs)
     refuse_unplaced(lora, len(tensors))
     return lora
 
@@ -116,7 +161,7 @@ def load_loras(pipe, loras: list[tuple[str, float]], allow_pickle: bool = False)
     width = pipe.text_encoder.get_input_embeddings().weight.shape[1]
     read = []
     for path, _ in loras:  # every file read and checked before the pipeline changes
-        p = _existing(path, "lora", allow_pickle)
+        p = Path(path).expanduser()
         lora = read_lora(pipe, p, allow_pickle)
         if not lora.changes:
             raise UserError(f"{p} holds only bundled embeddings ({', '.join(lora.embeddings)}), no LoRA weights.",
@@ -130,8 +175,9 @@ def load_loras(pipe, loras: list[tuple[str, float]], allow_pickle: bool = False)
         name = f"lora{i}_" + re.sub(r"[^\w-]", "_", p.stem)  # peft adapter names must not contain dots
         add_lora_adapter(pipe, lora, name)
         names.append(name)
-        loaded.append(LoadedLora(p.stem, weight, file_sha256(p, skip_safetensors_header=True)[:12], name, lora.layout,
-                                 tuple(token for token, _, _ in bundled)))
+        weights = lora_sources(p)[0][0]  # a folder: its (first) adapter file
+        loaded.append(LoadedLora(p.stem, weight, file_sha256(weights, skip_safetensors_header=True)[:12], name,
+                                 lora.layout, tuple(token for token, _, _ in bundled)))
     if names:
         pipe.set_adapters(names, adapter_weights=[w for _, w in loras])
     _add_tokens(pipe, [(token, v) for _, _, bundled in read for token, _, v in bundled])
@@ -235,4 +281,5 @@ def hashes_text(items: dict[str, str]) -> str | None:
     return ", ".join(f"{k}: {v}" for k, v in items.items()) or None
 
 
-__all__ = ["LoadedLora", "LoadedEmbedding", "load_loras", "load_embeddings", "hashes_text", "read_lora", "read_embedding"]
+__all__ = ["LoadedLora", "LoadedEmbedding", "load_loras", "load_embeddings", "hashes_text", "read_lora", "read_embedding",
+           "check_lora_path", "lora_sources"]

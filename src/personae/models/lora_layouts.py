@@ -20,6 +20,7 @@ and a file made for SDXL or SD-2 is named as such in one line.
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections import Counter
 from dataclasses import dataclass, field
@@ -41,6 +42,7 @@ NAMINGS = {
     "lycoris": "LyCORIS' own names (lycoris_down_blocks_..., as SimpleTuner and create_lycoris write them)",
     "comfyui": "ComfyUI's model-key names (diffusion_model.input_blocks..., text_encoders.clip_l.transformer...)",
     "omi": "the Open Model Initiative layout (unet.input_blocks..., clip_l.text_model..., OneTrainer's)",
+    "peft-adapter": "peft's own adapter layout (adapter_model.safetensors + adapter_config.json, base_model.model...)",
 }
 _PARAM = re.compile(
     r"^(?P<name>.+?)\.(?P<param>lora_(?:down|up|mid)\.weight|lora\.(?:down|up)\.weight|lora_[AB](?:\.[\w-]+)?\.weight"
@@ -111,7 +113,7 @@ def _layers(model) -> tuple[dict[str, tuple[int, ...]], dict[str, str]]:
 def _unet_spellings(module: str) -> list[tuple[str, str]]:
     under = module.replace(".", "_")
     return [("lora_unet_" + under, "kohya"), ("lycoris_" + under, "lycoris"),  # LyCORIS' wrapper (ComfyUI reads it)
-            ("unet." + module, "peft"), (module, "peft")]
+            ("unet." + module, "peft"), (module, "peft"), ("base_model.model." + module, "peft-adapter")]
 
 
 def _ldm_spellings(ldm: str) -> list[tuple[str, str]]:
@@ -125,8 +127,9 @@ def _text_spellings(module: str) -> list[tuple[str, str]]:
     kohya = [(prefix + under, "kohya") for prefix in ("lora_te_", "lora_te_text_model_", "lora_te1_",
                                                        "lora_te1_text_model_")]
     peft = [(prefix + path, "peft") for prefix in ("text_encoder.", "text_encoder.text_model.", "", "text_model.")]
-    return kohya + peft + [("text_encoders.clip_l.transformer.text_model." + path, "comfyui"),
-                           ("clip_l.text_model." + path, "omi")]
+    adapter = [(prefix + path, "peft-adapter") for prefix in ("base_model.model.text_model.", "base_model.model.")]
+    return kohya + peft + adapter + [("text_encoders.clip_l.transformer.text_model." + path, "comfyui"),
+                                     ("clip_l.text_model." + path, "omi")]
 
 
 def module_table(unet, text_encoder) -> ModuleTable:
@@ -233,13 +236,32 @@ def adapter_metadata(header: dict[str, str]) -> dict:
         return {}
 
 
-def _peft_alpha(configs: dict, component: str, module: str, rank: int) -> float:
-    """alpha of one module of a diffusers/peft file: its alpha_pattern, else lora_alpha, else the rank."""
+def _peft_scaled(params: dict[str, torch.Tensor], configs: dict, component: str, module: str) -> dict:
+    """A diffusers / peft module's parameters with the alpha that makes the readers' alpha / rank peft's own scale.
+
+    The config ({"unet.lora_alpha": 8, ...}): lora_alpha / r (alpha / sqrt(r) with use_rslora) for LoRA, alpha / r
+    for LoHa and LoKr, each through alpha_pattern / rank_pattern; no config: alpha = rank, as diffusers assumes.
+    A LoKr with both factors full is scaled by 1 by the readers and by alpha / r by peft: lokr_w1 takes the scale.
+    """
     config = {k[len(component) + 1:]: v for k, v in configs.items() if k.startswith(component + ".")}
-    for key, value in (config.get("alpha_pattern") or {}).items():
-        if re.fullmatch(rf"(.*\.)?{key.lstrip('^')}", module):
-            return float(value)
-    return float(config.get("lora_alpha", rank))
+
+    def pattern(name: str, default):
+        for key, value in (config.get(name) or {}).items():
+            if re.fullmatch(rf"(.*\.)?{key.lstrip('^')}", module):
+                return value
+        return default
+
+    if "down" in params:
+        rank = params["down"].shape[0]
+        alpha = float(pattern("alpha_pattern", config.get("lora_alpha", rank)))
+        return params | {"alpha": torch.tensor(alpha * math.sqrt(rank) if config.get("use_rslora") else alpha)}
+    r = int(pattern("rank_pattern", config.get("r", 0)))
+    if not r:
+        return params
+    alpha = float(pattern("alpha_pattern", config.get("alpha", r)))
+    if "lokr_w1" in params and "lokr_w2" in params:
+        return params | {"lokr_w1": params["lokr_w1"].float() * (alpha / r)}
+    return params | {"alpha": torch.tensor(alpha)}
 
 
 def describe(namings: Counter, kinds: Counter) -> str:
@@ -248,8 +270,10 @@ def describe(namings: Counter, kinds: Counter) -> str:
 
 
 def place(path: Path, tensors: dict[str, torch.Tensor], header: dict[str, str], table: ModuleTable,
-          check_sizes: bool = True) -> LoraFile:
-    """Read every key onto a module of `table`; refuse SDXL / SD-2 files. Unplaced keys are listed, not dropped."""
+          check_sizes: bool = True, configs: dict | None = None) -> LoraFile:
+    """Read every key onto a module of `table`; refuse SDXL / SD-2 files. Unplaced keys are listed, not dropped.
+
+    `configs`: peft adapter configs read beside the file ({"unet.r": 8, ...}), added to the header's own."""
     groups: dict[str, dict[str, torch.Tensor]] = {}
     key_of: dict[tuple[str, str], str] = {}
     result = LoraFile(path, "")
@@ -277,7 +301,7 @@ def place(path: Path, tensors: dict[str, torch.Tensor], header: dict[str, str], 
         model = FAMILIES[table.family]
         raise UserError(f"{path} is a LoRA for {family[0]}, not for {model}: {family[1]}.",
                         f"Use it with an {family[0]} model in another tool, or pick a LoRA made for {model}.")
-    configs, namings, kinds = adapter_metadata(header), Counter(), Counter()
+    configs, namings, kinds = adapter_metadata(header) | (configs or {}), Counter(), Counter()
     for name, params in groups.items():
         keys = [key_of[(name, p)] for p in params]
         where = _resolve(name, table)
@@ -293,9 +317,13 @@ def place(path: Path, tensors: dict[str, torch.Tensor], header: dict[str, str], 
             continue
         shape = table.shapes[(component, module)]
         params = dict(params)
-        if naming == "peft" and "alpha" not in params and "down" in params:
-            params["alpha"] = torch.tensor(_peft_alpha(configs, component, module, params["down"].shape[0]))
-        if naming == "peft" and "dora_scale" in params:  # peft's magnitude: per output channel, (1, out, 1, 1) on convs
+        if naming == "peft-adapter" and not any(k.startswith(component + ".") for k in configs):
+            result.unplaced.append((keys, "peft's adapter layout without its adapter_config.json beside it (the "
+                                          "scale, alpha / r, is there)"))
+            continue
+        if naming in ("peft", "peft-adapter") and "alpha" not in params:
+            params = _peft_scaled(params, configs, component, module)
+        if naming in ("peft", "peft-adapter") and "dora_scale" in params:  # peft's magnitude: per output channel, (1, out, 1, 1) on convs
             params["dora_scale"] = params["dora_scale"].reshape(-1, *[1] * (len(shape) - 1))
         try:
             change = low_rank(params, shape)
