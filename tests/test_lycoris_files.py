@@ -172,6 +172,12 @@ def test_peft_adapter_folders_and_files_load_with_peft_numbers(tiny_model, base,
     assert any(".lokr_w1." in k for k in te.state_dict()) and not any(".lokr_w2_a." in k for k in te.state_dict())
     got = _personae_outputs(tiny_model, tmp_path / "lora_peft", 1.0, inputs)  # the folder of both components
     assert max(float((a - b).abs().max()) for a, b in zip(got, expected)) <= 1e-4
+    # `personae convert` takes the folder too: a kohya file for A1111 with the same numbers
+    from personae.cli.main import main
+
+    assert main(["convert", str(tmp_path / "lora_peft"), "--to", "kohya", "--out", str(tmp_path / "k.safetensors")]) == 0
+    got = _personae_outputs(tiny_model, tmp_path / "k.safetensors", 1.0, inputs)
+    assert max(float((a - b).abs().max()) for a, b in zip(got, expected)) <= 1e-4
     # one component's adapter file, its config beside it (a LoHa this time)
     loha = get_peft_model(copy.deepcopy(pipe.unet), LoHaConfig(r=4, alpha=2, target_modules=["to_q", "conv1"],
                                                                 init_weights=False))

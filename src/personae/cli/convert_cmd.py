@@ -35,12 +35,12 @@ def add_parser(sub) -> None:
 def run(args) -> int:
     from personae.errors import UserError
     from personae.methods.lora_files import diffusers_to_kohya_file, kohya_to_diffusers_file
-    from personae.models.model_files import check_model_file
+    from personae.models.addons import check_lora_path
     from personae.outputs import check_file_output, staged_output
     from personae.staging import explain_disk_full
 
     src = Path(args.file)
-    check_model_file(src, "LoRA", args.allow_pickle)  # by content: damaged, foreign or unwanted pickles stop here
+    check_lora_path(src, args.allow_pickle)  # by content (damaged, foreign or unwanted pickles stop here); or a peft folder
     try:
         if args.to == "diffusers":
             dst = Path(args.out) if args.out else src.with_name(src.stem + "_diffusers")

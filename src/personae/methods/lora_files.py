@@ -30,9 +30,9 @@ from pathlib import Path
 import torch
 from safetensors import SafetensorError, safe_open
 
+from personae.models.addons import lora_sources, read_lora_tensors
 from personae.models.folders import save_safetensors
 from personae.models.lora_layouts import TEXT, UNET, LoraFile, place, sd15_table, unplaced_message
-from personae.models.tensor_files import flat_tensors, read_tensors
 
 _PEFT_KEY = re.compile(r"^(?P<module>.+)\.(?:lora_(?P<part>A|B)(?:\.[^.]+)?\.weight"
                        r"|(?P<magnitude>lora_magnitude_vector)(?:\.[^.]+)?(?:\.weight)?)$")
@@ -179,11 +179,13 @@ def kohya_hashes(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> 
 def training_metadata(path: Path) -> dict[str, str]:
     """The header fields that describe how a LoRA was made (kohya's ss_*, modelspec.*, ours), to carry across
     a conversion; the file's own hashes are recomputed for the new file."""
-    try:
-        with safe_open(str(path), framework="pt") as fh:
-            meta = fh.metadata() or {}
-    except (SafetensorError, OSError):
-        return {}  # a pickled LoRA (read with --allow-pickle) carries no header
+    meta = {}
+    for file, _ in lora_sources(Path(path)):  # a file, or each adapter file of a peft folder
+        try:
+            with safe_open(str(file), framework="pt") as fh:
+                meta |= fh.metadata() or {}
+        except (SafetensorError, OSError):
+            continue  # a pickled LoRA (read with --allow-pickle) carries no header
     return {k: v for k, v in meta.items() if k.startswith(("ss_", "modelspec.", "personae_"))}
 
 
@@ -211,11 +213,10 @@ def read_lora_file(path: Path, allow_pickle: bool = False) -> LoraFile:
 
     No model is at hand here, so sizes are not checked (a LoRA for the tiny model converts too).
     """
-    data, header = read_tensors(path, allow_pickle, "LoRA")
-    tensors = flat_tensors(data)
+    tensors, header, configs = read_lora_tensors(path, allow_pickle)  # a file, or a peft adapter folder
     if not tensors:
         raise ValueError("it holds no tensors")
-    lora = place(path, tensors, header, sd15_table(), check_sizes=False)
+    lora = place(path, tensors, header, sd15_table(), check_sizes=False, configs=configs)
     if lora.unplaced:
         raise ValueError(unplaced_message(lora, len(tensors)))
     if any(change.bias is not None for change in lora.changes.values()):

@@ -93,9 +93,8 @@ def check_lora_path(path: str | Path, allow_pickle: bool = False) -> list[tuple[
     return sources
 
 
-def read_lora(pipe, path: Path, allow_pickle: bool = False) -> LoraFile:
-    """A LoRA-family file (or peft adapter folder) in any layout (see lora_layouts), every key placed on `pipe`'s
-    UNet or text encoder; a peft adapter's adapter_config.json gives its scale."""
+def read_lora_tensors(path: Path, allow_pickle: bool = False) -> tuple[dict[str, torch.Tensor], dict[str, str], dict]:
+    """(tensors, safetensors header, peft configs {"unet.r": ..}) of a LoRA file or peft adapter folder."""
     tensors, header, configs = {}, {}, {}
     for file, part in check_lora_path(path, allow_pickle):
         data, file_header = read_tensors(file, allow_pickle, "LoRA")
@@ -111,6 +110,13 @@ def read_lora(pipe, path: Path, allow_pickle: bool = False) -> LoraFile:
             if isinstance(values, dict):
                 configs |= {f"{component}.{k}": v for component in ([part] if part else [UNET, TEXT])
                             for k, v in values.items()}
+    return tensors, header, configs
+
+
+def read_lora(pipe, path: Path, allow_pickle: bool = False) -> LoraFile:
+    """A LoRA-family file (or peft adapter folder) in any layout (see lora_layouts), every key placed on `pipe`'s
+    UNet or text encoder; a peft adapter's adapter_config.json gives its scale."""
+    tensors, header, configs = read_lora_tensors(path, allow_pickle)
     if not tensors:
         raise UserError(f"{path} holds no tensors, so it is no LoRA.", "Check the file given with --lora.")
     lora = place(path, tensors, header, module_table(pipe.unet, pipe.text_encoder), configs=configs)
@@ -282,4 +288,4 @@ def hashes_text(items: dict[str, str]) -> str | None:
 
 
 __all__ = ["LoadedLora", "LoadedEmbedding", "load_loras", "load_embeddings", "hashes_text", "read_lora", "read_embedding",
-           "check_lora_path", "lora_sources"]
+           "check_lora_path", "lora_sources", "read_lora_tensors"]
