@@ -1,7 +1,7 @@
 """Load LoRAs and textual-inversion embeddings into a pipeline through diffusers' own loaders.
 
 LoRA-family files in any layout found in the wild (kohya/A1111 in either UNet spelling, the old
-attention-processor layout, diffusers/peft, LyCORIS LoHa / LoKr / full diff) are read by
+attention-processor layout, diffusers/peft and peft's adapter folders, LyCORIS, ComfyUI, OMI) are read by
 `lora_layouts`, every key placed on a module (a file with unplaced keys is refused), and loaded
 as one peft LoRA adapter per file with `load_lora_into_unet` / `load_lora_into_text_encoder`,
 so per-file weights (`set_adapters`), several files at once and unloading all work as for any LoRA;

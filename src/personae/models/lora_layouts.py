@@ -10,11 +10,17 @@ The one place that knows how files name a module:
                   `text_encoder.text_model.<layer>.self_attn.to_q_lora.up.weight`, `...lora_linear_layer...`.
   diffusers/peft  `unet.<path>.lora_A.weight` / `lora_B.weight` / `lora.down.weight`, `text_encoder.<path>`
                   with or without `text_model.`; alphas from the `lora_adapter_metadata` header.
+  peft adapter    `base_model.model.<path>` (PeftModel.save_pretrained), scales from adapter_config.json.
+  LyCORIS         `lycoris_<UNet path with _>` (its generic wrapper, SimpleTuner).
+  ComfyUI         `diffusion_model.<LDM path>`, `text_encoders.clip_l.transformer.text_model.<path>`.
+  OMI             `unet.<LDM path>`, `clip_l.text_model.<path>` (OneTrainer).
 
-Parameters (`lora_down`/`lora_up`/`lora_mid`/`alpha`, LyCORIS `hada_*`, `lokr_*`, `diff`/`diff_b`)
+Parameters (`lora_down`/`lora_up`/`lora_mid`/`alpha`, LyCORIS `hada_*`, `lokr_*`, `diff`/`diff_b`, `dora_scale`)
 become one exact low-rank change per module (`lora_math`). Every key must land on a Linear or
-Conv2d of the model with matching sizes; a file where any does not is refused, naming the keys,
-and a file made for SDXL or SD-2 is named as such in one line.
+Conv2d of the model with matching sizes; a file where any does not is refused, naming the keys
+(LyCORIS forms that are no low-rank change, and changes to normalisation layers, by what they are),
+and a file made for SDXL or SD-2 is named as such in one line. `bundle_emb.<token>.*` keys are
+embeddings bundled with the LoRA (A1111 reads them): kept apart for the loader.
 """
 
 from __future__ import annotations
