@@ -193,3 +193,6 @@ def test_peft_adapter_folders_and_files_load_with_peft_numbers(tiny_model, base,
     shutil.copy(tmp_path / "loha" / "adapter_model.safetensors", tmp_path / "alone")
     with pytest.raises(UserError, match="without its adapter_config.json"):
         load_loras(load_pipeline(resolve_model(str(tiny_model[0]))), [(str(tmp_path / "alone"), 1.0)])
+    (tmp_path / "alone" / "adapter_config.json").write_text("[]")  # JSON, but no config
+    with pytest.raises(UserError, match="adapter_config.json is no adapter config peft wrote"):
+        load_loras(load_pipeline(resolve_model(str(tiny_model[0]))), [(str(tmp_path / "alone"), 1.0)])

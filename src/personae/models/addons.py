@@ -107,9 +107,11 @@ def read_lora_tensors(path: Path, allow_pickle: bool = False) -> tuple[dict[str,
             except (ValueError, UnicodeDecodeError) as exc:
                 raise UserError(f"{config} is no adapter config peft wrote: {exc}.",
                                 "Keep the adapter_config.json that came with the adapter.") from None
-            if isinstance(values, dict):
-                configs |= {f"{component}.{k}": v for component in ([part] if part else [UNET, TEXT])
-                            for k, v in values.items()}
+            if not isinstance(values, dict):
+                raise UserError(f"{config} is no adapter config peft wrote: it holds no settings object.",
+                                "Keep the adapter_config.json that came with the adapter.")
+            configs |= {f"{component}.{k}": v for component in ([part] if part else [UNET, TEXT])
+                        for k, v in values.items()}
     return tensors, header, configs
 
 

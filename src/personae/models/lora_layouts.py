@@ -34,6 +34,7 @@ from functools import cache
 from pathlib import Path
 
 import torch
+from peft.utils.other import get_pattern_key
 
 from personae.errors import UserError
 from personae.models.lora_math import LowRank, low_rank
@@ -251,11 +252,9 @@ def _peft_scaled(params: dict[str, torch.Tensor], configs: dict, component: str,
     """
     config = {k[len(component) + 1:]: v for k, v in configs.items() if k.startswith(component + ".")}
 
-    def pattern(name: str, default):
-        for key, value in (config.get(name) or {}).items():
-            if re.fullmatch(rf"(.*\.)?{key.lstrip('^')}", module):
-                return value
-        return default
+    def pattern(name: str, default):  # peft's own lookup of rank_pattern / alpha_pattern
+        patterns = config.get(name) or {}
+        return patterns.get(get_pattern_key(list(patterns), module), default)
 
     if "down" in params:
         rank = params["down"].shape[0]
