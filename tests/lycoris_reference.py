@@ -93,8 +93,8 @@ def write_wrapper_file(pipe, path: Path, preset: Path, inputs, seed: int = 1, **
     return outputs(pipe.text_encoder, unet, inputs)[1]
 
 
-def lycoris_outputs(pipe, path: Path, weight: float, inputs, text_model_level: bool = True
-                    ) -> tuple[torch.Tensor, torch.Tensor]:
+def lycoris_outputs(pipe, path: Path, weight: float, inputs, text_model_level: bool = True,
+                    text_encoder: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """What LyCORIS' own loader makes of `path` at `weight` on fresh copies of the pipeline's models (the way kohya's
     sd-scripts loads a lycoris.kohya network for inference: create_network_from_weights, then apply_to)."""
     import toml
@@ -109,5 +109,6 @@ def lycoris_outputs(pipe, path: Path, weight: float, inputs, text_model_level: b
     network.apply_to(seen, unet, True, True)
     placed = {m.lora_name for m in network.unet_loras + network.text_encoder_loras}
     in_file = {key.split(".", 1)[0] for key in tensors}
-    assert placed == in_file and network.text_encoder_loras, f"LyCORIS left modules out: {sorted(in_file - placed)[:3]}"
+    assert placed == in_file, f"LyCORIS left modules out: {sorted(in_file - placed)[:3]}"
+    assert bool(network.text_encoder_loras) == text_encoder
     return outputs(te, unet, inputs)

@@ -492,6 +492,32 @@ def test_a_file_with_one_unknown_key_is_refused_naming_it_and_the_layout(sd15, t
     assert not any(isinstance(m, BaseTunerLayer) for m in sd15.unet.modules())
 
 
+def test_a_bare_weight_is_read_only_as_ia3_beside_its_on_input(sd15, tmp_path):
+    """IA3's parameter is called `weight`: a model's own weight (a checkpoint's key) must not pass for one."""
+    tensors = small_kohya(sd15)
+    tensors["lora_unet_down_blocks_0_attentions_0_proj_in.weight"] = torch.zeros(320, 320, 1, 1)
+    save_file(tensors, str(tmp_path / "weight.safetensors"))
+    with pytest.raises(UserError, match=r"1 of its 22 keys fit no module .* Unplaced: lora_unet_down_blocks_0_"
+                                        r"attentions_0_proj_in.weight: not a LoRA parameter name"):
+        load_loras(sd15, [(str(tmp_path / "weight.safetensors"), 1.0)])
+    tensors["lora_unet_down_blocks_0_attentions_0_proj_in.on_input"] = torch.tensor(0.0)
+    tensors["lora_unet_down_blocks_0_attentions_0_proj_in.weight"] = torch.full((1, 320, 1, 1), 0.5)
+    save_file(tensors, str(tmp_path / "ia3.safetensors"))
+    (lora,) = load_loras(sd15, [(str(tmp_path / "ia3.safetensors"), 1.0)])
+    assert lora.layout == "kohya/A1111 names (diffusers spelling: lora_unet_down_blocks_...), LoRA + IA3"
+    proj_in = sd15.unet.down_blocks[0].attentions[0].proj_in
+    assert close(delta(sd15, "unet", "down_blocks.0.attentions.0.proj_in", lora.adapter),
+                 0.5 * proj_in.base_layer.weight)  # W * 0.5 on every output channel
+
+
+def test_lycoris_1_oft_is_refused_by_name(sd15, tmp_path):
+    tensors = small_kohya(sd15)
+    tensors["lora_unet_down_blocks_0_attentions_0_proj_in.oft_diag"] = torch.zeros(4, 80, 80)
+    save_file(tensors, str(tmp_path / "oft1.safetensors"))
+    with pytest.raises(UserError, match=r"holds LyCORIS OFT modules in LyCORIS 1's layout \(oft_diag"):
+        load_loras(sd15, [(str(tmp_path / "oft1.safetensors"), 1.0)])
+
+
 def test_a_key_whose_sizes_do_not_fit_is_refused(sd15, tmp_path):
     tensors = small_kohya(sd15)
     tensors["lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q.lora_down.weight"] = torch.zeros(4, 64)

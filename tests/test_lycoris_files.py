@@ -51,7 +51,24 @@ CASES = {
     "lokr with dora": ({"algo": "lokr", "factor": 4, "dora_wd": True},
                        {"lokr_w1", "lokr_w2", "lokr_w2_a", "lokr_w2_b", "dora_scale", "alpha"}, (1.0,)),
     "full": ({"algo": "full"}, {"diff", "diff_b"}, (1.0, 0.6)),
+    # forms made from the base weight (models/lora_weight_forms.py). The tools scale them differently at weights other
+    # than 1 (LyCORIS keeps OFT's rescale whole and interpolates BOFT per stage; personae scales the change as a whole,
+    # as A1111 does): those are checked at 1 only. LyCORIS 4.1.3's loader fails on its own IA3 files (a signature
+    # mismatch in make_module_from_state_dict): checked against the network that wrote them.
+    "oft": ({"algo": "diag-oft"}, {"oft_blocks", "alpha"}, (1.0, 0.6)),
+    "oft, constraint reached": ({"algo": "diag-oft", "constraint": 1e-2}, {"oft_blocks", "alpha"}, (1.0, 0.6)),
+    "oft, rescaled": ({"algo": "diag-oft", "rescaled": True}, {"oft_blocks", "rescale", "alpha"}, (1.0,)),
+    "boft": ({"algo": "boft"}, {"oft_blocks", "alpha"}, (1.0,)),
+    "boft, rescaled, constraint reached": ({"algo": "boft", "rescaled": True, "constraint": 1e-2},
+                                           {"oft_blocks", "rescale", "alpha"}, (1.0,)),
+    "glora": ({"algo": "glora", "conv_dim": 2, "conv_alpha": 1},
+              {"a1.weight", "a2.weight", "b1.weight", "b2.weight", "alpha"}, (1.0, 0.6)),
+    "ia3": ({"algo": "ia3"}, {"weight", "on_input"}, ()),
+    "ia3 on the input side": ({"algo": "ia3", "train_on_input": True}, {"weight", "on_input"}, ()),
 }
+# BOFT splits a layer's outputs into a power of two of blocks: the tiny text encoder's 37-wide MLP has none, so
+# BOFT cases train attention alone there
+BOFT_PRESET = SD15_PRESET.replace(', "CLIPMLP"', "").replace('"conv_out", ', "")
 
 
 @pytest.fixture(scope="module")
@@ -67,6 +84,13 @@ def preset(tmp_path_factory):
     return path
 
 
+@pytest.fixture(scope="module")
+def boft_preset(tmp_path_factory):
+    path = tmp_path_factory.mktemp("lycoris") / "boft.toml"
+    path.write_text(BOFT_PRESET)
+    return path
+
+
 def _parameter_names(path) -> set[str]:
     with safe_open(str(path), "pt") as fh:
         return {key.split(".", 1)[1] for key in fh.keys()}
@@ -79,11 +103,12 @@ def _personae_outputs(tiny_model, path, weight, inputs):
 
 
 @pytest.mark.parametrize("case", list(CASES))
-def test_a_file_lycoris_wrote_gives_lycoris_numbers_in_personae(tiny_model, base, preset, tmp_path, case):
+def test_a_file_lycoris_wrote_gives_lycoris_numbers_in_personae(tiny_model, base, preset, boft_preset, tmp_path,
+                                                                case):
     args, names, weights = CASES[case]
     pipe, inputs = base
     path = tmp_path / "lycoris.safetensors"
-    written = write_lycoris_file(pipe, path, preset, inputs, **args)
+    written = write_lycoris_file(pipe, path, boft_preset if args["algo"] == "boft" else preset, inputs, **args)
     assert _parameter_names(path) == names  # the case is the form it claims
     before = outputs(pipe.text_encoder, pipe.unet, inputs)
     references = [(1.0, written)] + [(weight, lycoris_outputs(pipe, path, weight, inputs)) for weight in weights]
@@ -124,14 +149,50 @@ def test_a_file_of_lycoris_own_wrapper_loads_with_its_numbers(tiny_model, base, 
     assert moved > 1e-3 and float((unet - written).abs().max()) <= 1e-4 * max(1.0, moved)
 
 
-@pytest.mark.parametrize("algo, kind", [("glora", "GLoRA"), ("diag-oft", "OFT / BOFT")])
-def test_lycoris_forms_that_are_no_low_rank_change_are_refused_by_name(tiny_model, base, preset, tmp_path, algo,
-                                                                         kind):
+def test_kohya_oft_files_load_as_sd_scripts_applies_them(tiny_model, base, preset, tmp_path):
+    """kohya's sd-scripts networks.oft: `oft_unet_<module>` keys, UNet attention only, the same oft_blocks and alpha
+    (constraint alpha * out channels, R^T on each block of outputs: its OFTModule.get_weight / merge_to, read). The
+    same rotation as LyCORIS' diag-oft, so a LyCORIS file renamed to kohya's names must give LyCORIS' numbers."""
+    from safetensors.torch import load_file, save_file
+
     pipe, inputs = base
-    path = tmp_path / f"{algo}.safetensors"
-    write_lycoris_file(pipe, path, preset, inputs, algo=algo)
+    written = write_lycoris_file(pipe, tmp_path / "oft.safetensors", preset, inputs, algo="diag-oft", constraint=1e-2)
+    tensors = load_file(str(tmp_path / "oft.safetensors"))
+    kohya = {"oft_unet_" + k.removeprefix("lora_unet_"): v for k, v in tensors.items()
+             if k.startswith("lora_unet_") and "_attentions_" in k and "_attn" in k}
+    save_file(kohya, str(tmp_path / "kohya-oft.safetensors"))
+    unet_only = tmp_path / "unet-only.safetensors"  # LyCORIS' reference for the same modules
+    save_file({k: v for k, v in tensors.items() if "oft_unet_" + k.removeprefix("lora_unet_") in kohya},
+              str(unet_only))
     fresh = load_pipeline(resolve_model(str(tiny_model[0])))
-    with pytest.raises(UserError, match=f"holds LyCORIS {kind} modules") as err:
+    (lora,) = load_loras(fresh, [(str(tmp_path / "kohya-oft.safetensors"), 1.0)])
+    assert lora.layout == "kohya's OFT names (oft_unet_down_blocks_..., sd-scripts' networks.oft), OFT"
+    mine = outputs(fresh.text_encoder, fresh.unet, inputs)[1]
+    reference = lycoris_outputs(pipe, unet_only, 1.0, inputs, text_encoder=False)[1]
+    moved = float((reference - outputs(pipe.text_encoder, pipe.unet, inputs)[1]).abs().max())
+    assert moved > 1e-3 and float((mine - reference).abs().max()) <= 1e-5
+    assert float((written[1] - reference).abs().max()) > 1e-3  # the text encoder's OFT is left out, and it shows
+
+
+def test_forms_made_from_the_base_weight_cannot_be_converted_without_the_model(base, preset, tmp_path):
+    from personae.cli.main import main
+
+    pipe, inputs = base
+    path = tmp_path / "oft.safetensors"
+    write_lycoris_file(pipe, path, preset, inputs, algo="diag-oft")
+    out = tmp_path / "k.safetensors"
+    assert main(["convert", str(path), "--to", "diffusers", "--out", str(tmp_path / "d")]) == 2
+    assert main(["convert", str(path), "--to", "kohya", "--out", str(out)]) == 2
+    assert not out.exists() and not (tmp_path / "d").exists()
+
+
+def test_lycoris_forms_personae_does_not_apply_are_refused_by_name(tiny_model, base, preset, tmp_path):
+    """LyCORIS' train_norm (w_norm / b_norm on normalisation layers): no peft layer takes them."""
+    pipe, inputs = base
+    path = tmp_path / "norm.safetensors"
+    write_lycoris_file(pipe, path, preset, inputs, algo="lora", train_norm=True)
+    fresh = load_pipeline(resolve_model(str(tiny_model[0])))
+    with pytest.raises(UserError, match="holds LyCORIS weights for normalisation layers") as err:
         load_loras(fresh, [(str(path), 1.0)])
     assert "\n" not in str(err.value) and "ComfyUI" in str(err.value)
 

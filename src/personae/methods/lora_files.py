@@ -30,9 +30,11 @@ from pathlib import Path
 import torch
 from safetensors import SafetensorError, safe_open
 
+from personae.errors import UserError
 from personae.models.addons import lora_sources, read_lora_tensors
 from personae.models.folders import save_safetensors
 from personae.models.lora_layouts import TEXT, UNET, LoraFile, place, sd15_table, unplaced_message
+from personae.models.lora_weight_forms import NEEDS_BASE
 
 _PEFT_KEY = re.compile(r"^(?P<module>.+)\.(?:lora_(?P<part>A|B)(?:\.[^.]+)?\.weight"
                        r"|(?P<magnitude>lora_magnitude_vector)(?:\.[^.]+)?(?:\.weight)?)$")
@@ -217,6 +219,11 @@ def read_lora_file(path: Path, allow_pickle: bool = False) -> LoraFile:
     if not tensors:
         raise ValueError("it holds no tensors")
     lora = place(path, tensors, header, sd15_table(), check_sizes=False, configs=configs)
+    needs_base = next(((keys[0], why) for keys, why in lora.unplaced if why.endswith(NEEDS_BASE)), None)
+    if needs_base:  # OFT, BOFT, GLoRA, IA3: each weight is recomputed from the base model's, not added to
+        key, why = needs_base
+        raise UserError(f"{path} cannot be converted: {key.rsplit('.', 1)[0]} {why.removeprefix('it ')}.",
+                        "Use the file as it is: personae generate --lora, A1111 and ComfyUI apply it.")
     if lora.unplaced:
         raise ValueError(unplaced_message(lora, len(tensors)))
     if any(change.bias is not None for change in lora.changes.values()):

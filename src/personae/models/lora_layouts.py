@@ -12,13 +12,15 @@ The one place that knows how files name a module:
                   with or without `text_model.`; alphas from the `lora_adapter_metadata` header.
   peft adapter    `base_model.model.<path>` (PeftModel.save_pretrained), scales from adapter_config.json.
   LyCORIS         `lycoris_<UNet path with _>` (its generic wrapper, SimpleTuner).
+  kohya OFT       `oft_unet_<UNet path with _>` (sd-scripts' networks.oft).
   ComfyUI         `diffusion_model.<LDM path>`, `text_encoders.clip_l.transformer.text_model.<path>`.
   OMI             `unet.<LDM path>`, `clip_l.text_model.<path>` (OneTrainer).
 
-Parameters (`lora_down`/`lora_up`/`lora_mid`/`alpha`, LyCORIS `hada_*`, `lokr_*`, `diff`/`diff_b`, `dora_scale`)
+Parameters (`lora_down`/`lora_up`/`lora_mid`/`alpha`, LyCORIS `hada_*`, `lokr_*`, `diff`/`diff_b`, `dora_scale`;
+`oft_blocks`/`rescale`, GLoRA `a1.weight`..., IA3 `weight`/`on_input`, computed on the model's own weight)
 become one exact low-rank change per module (`lora_math`). Every key must land on a Linear or
 Conv2d of the model with matching sizes; a file where any does not is refused, naming the keys
-(LyCORIS forms that are no low-rank change, and changes to normalisation layers, by what they are),
+(LyCORIS forms personae does not apply, and changes to normalisation layers, by what they are),
 and a file made for SDXL or SD-2 is named as such in one line. `bundle_emb.<token>.*` keys are
 embeddings bundled with the LoRA (A1111 reads them): kept apart for the loader.
 """
@@ -37,13 +39,14 @@ import torch
 from peft.utils.other import get_pattern_key
 
 from personae.errors import UserError
-from personae.models.lora_math import LowRank, low_rank
+from personae.models.lora_math import LowRank, kind_label, low_rank
 from personae.models.original_layout import unet_module_names_to_original
 
 UNET, TEXT = "unet", "text_encoder"
 NAMINGS = {
     "kohya": "kohya/A1111 names (diffusers spelling: lora_unet_down_blocks_...)",
     "kohya-ldm": "kohya/A1111 names (LDM spelling: lora_unet_input_blocks_...)",
+    "kohya-oft": "kohya's OFT names (oft_unet_down_blocks_..., sd-scripts' networks.oft)",
     "processor": "the old diffusers attention-processor layout (...processor.to_q_lora.down.weight, 2023 scripts)",
     "peft": "the diffusers/peft layout (unet.<module>.lora_A.weight)",
     "lycoris": "LyCORIS' own names (lycoris_down_blocks_..., as SimpleTuner and create_lycoris write them)",
@@ -54,7 +57,8 @@ NAMINGS = {
 _PARAM = re.compile(
     r"^(?P<name>.+?)\.(?P<param>lora_(?:down|up|mid)\.weight|lora\.(?:down|up)\.weight|lora_[AB](?:\.[\w-]+)?\.weight"
     r"|lora_B(?:\.[\w-]+)?\.bias|(?:down|up)\.weight|alpha|hada_\w+|lokr_\w+|diff(?:_b)?|dora_scale|[wb]_norm|scale"
-    r"|lora_magnitude_vector(?:\.[\w-]+)?(?:\.weight)?)$")
+    r"|lora_magnitude_vector(?:\.[\w-]+)?(?:\.weight)?|oft_blocks|oft_diag|rescale|[ab][12]\.weight|bm\.weight|on_input"
+    r"|weight)$")  # a bare `weight` is IA3's, beside its on_input
 _CANONICAL = [(re.compile(r"^(lora_down|lora\.down|lora_A(\.[\w-]+)?|down)\.weight$"), "down"),
               (re.compile(r"^(lora_up|lora\.up|lora_B(\.[\w-]+)?|up)\.weight$"), "up"),
               (re.compile(r"^lora_B(\.[\w-]+)?\.bias$"), "up_bias"), (re.compile(r"^lora_mid\.weight$"), "mid"),
@@ -66,10 +70,8 @@ _SHOWN = 3  # modules whose unplaced keys a refusal names
 _NOT_LINEAR = ", and personae changes Linear and Conv2d layers only"  # why a key on a norm or embedding is not placed
 # LyCORIS forms that are no low-rank change of a Linear / Conv2d weight, each known by a parameter only it has:
 # (suffix, what the file holds, which tools apply it)
-_FOREIGN = [(".oft_blocks", "OFT / BOFT modules (orthogonal fine-tuning: each weight is rotated, not added to)",
-             "A1111 and ComfyUI apply them"),
-            (".a1.weight", "GLoRA modules", "A1111 and ComfyUI apply them"),
-            (".on_input", "IA3 modules", "A1111 applies them"),
+_FOREIGN = [(".oft_diag", "OFT modules in LyCORIS 1's layout (oft_diag: the rotation itself; LyCORIS 2 and later write "
+                          "oft_blocks, which personae reads)", "A1111 applies them"),
             (".lambda_layer", "T-LoRA modules", "LyCORIS itself applies them"),
             (".w_norm", "weights for normalisation layers (LyCORIS' train_norm)", "A1111 and ComfyUI apply them")]
 
@@ -83,6 +85,9 @@ class ModuleTable:
     family: str = "SD-1"  # the model's: files for another family are named as such
     # a file's module name -> (module path, class) for layers that exist but take no low-rank change (norms, embeddings)
     others: dict[str, tuple[str, str]] = field(default_factory=dict)
+    # (component, module path) -> the Linear / Conv2d itself, whose weight OFT / GLoRA / IA3 changes are made from
+    # (empty for a table of names and shapes only)
+    modules: dict[tuple[str, str], torch.nn.Module] = field(default_factory=dict)
 
 
 @dataclass
@@ -102,7 +107,7 @@ class LoraFile:
     embeddings: dict[str, tuple[str, torch.Tensor]] = field(default_factory=dict)
 
 
-def _layers(model) -> tuple[dict[str, tuple[int, ...]], dict[str, str]]:
+def _layers(model) -> tuple[dict[str, torch.nn.Module], dict[str, str]]:
     """Linear / Conv2d modules by name (through a peft LoRA layer to the original it wraps), and the other layers
     with a weight of their own (normalisation layers, embeddings) with their class names."""
     layers, others = {}, {}
@@ -111,7 +116,7 @@ def _layers(model) -> tuple[dict[str, tuple[int, ...]], dict[str, str]]:
             continue  # a loaded LoRA's own parts
         base = getattr(module, "base_layer", module)
         if isinstance(base, (torch.nn.Linear, torch.nn.Conv2d)):
-            layers[name] = tuple(base.weight.shape)
+            layers[name] = base
         elif name and isinstance(getattr(base, "weight", None), torch.Tensor):
             others[name] = type(base).__name__
     return layers, others
@@ -120,6 +125,7 @@ def _layers(model) -> tuple[dict[str, tuple[int, ...]], dict[str, str]]:
 def _unet_spellings(module: str) -> list[tuple[str, str]]:
     under = module.replace(".", "_")
     return [("lora_unet_" + under, "kohya"), ("lycoris_" + under, "lycoris"),  # LyCORIS' wrapper (ComfyUI reads it)
+            ("oft_unet_" + under, "kohya-oft"),
             ("unet." + module, "peft"), (module, "peft"), ("base_model.model." + module, "peft-adapter")]
 
 
@@ -139,11 +145,14 @@ def _text_spellings(module: str) -> list[tuple[str, str]]:
                                      ("clip_l.text_model." + path, "omi")]
 
 
-def module_table(unet, text_encoder) -> ModuleTable:
+def module_table(unet, text_encoder, with_weights: bool = True) -> ModuleTable:
+    """Where a file's names land on these models; `with_weights`: keep the layers themselves (for the forms made
+    from the base weight), not only their names and shapes."""
     (unet_layers, unet_others), (text_layers, text_others) = _layers(unet), _layers(text_encoder)
     ldm = unet_module_names_to_original(list(unet_layers) + list(unet_others), dict(unet.config))
-    shapes = {(UNET, m): shape for m, shape in unet_layers.items()} | {(TEXT, m): shape for m, shape in
+    modules = {(UNET, m): layer for m, layer in unet_layers.items()} | {(TEXT, m): layer for m, layer in
                                                                        text_layers.items()}
+    shapes = {key: tuple(layer.weight.shape) for key, layer in modules.items()}
     named = [(UNET, m, _unet_spellings(m)) for m in unet_layers] + [(TEXT, m, _text_spellings(m)) for m in text_layers]
     named += [(UNET, m, _ldm_spellings(ldm[m])) for m in unet_layers if m in ldm]  # the diffusers names win
     spellings = {}
@@ -158,7 +167,8 @@ def module_table(unet, text_encoder) -> ModuleTable:
         for name, _ in _text_spellings(module):
             others.setdefault(name, (module, cls))
     cross = unet.config.cross_attention_dim
-    return ModuleTable(shapes, spellings, "SDXL" if cross == 2048 else "SD-2" if cross == 1024 else "SD-1", others)
+    return ModuleTable(shapes, spellings, "SDXL" if cross == 2048 else "SD-2" if cross == 1024 else "SD-1", others,
+                       modules if with_weights else {})
 
 
 @cache
@@ -172,7 +182,7 @@ def sd15_table() -> ModuleTable:
     with torch.device("meta"):  # names and shapes only: no memory, no init time
         unet = UNet2DConditionModel.from_config(json.loads((SD15_DIR / "unet" / "config.json").read_text()))
         text_encoder = CLIPTextModel(CLIPTextConfig.from_pretrained(str(SD15_DIR / "text_encoder")))
-    return module_table(unet, text_encoder)
+    return module_table(unet, text_encoder, with_weights=False)
 
 
 def _split(key: str) -> tuple[str, str] | None:
@@ -206,6 +216,8 @@ def _in_width(params: dict[str, torch.Tensor]) -> int | None:
         return params["hada_w1_b"].shape[1]
     if "diff" in params:  # a 1-D diff belongs to a normalisation layer: no width to read
         return params["diff"].shape[1] if params["diff"].ndim >= 2 else None
+    if "a2.weight" in params:  # GLoRA: a2 (rank, in)
+        return params["a2.weight"].shape[1]
     w1, w2 = params.get("lokr_w1", params.get("lokr_w1_b")), params.get("lokr_w2", params.get("lokr_w2_b"))
     return w1.shape[1] * w2.shape[1] if w1 is not None and w2 is not None and w2.ndim == 2 else None
 
@@ -301,6 +313,12 @@ def place(path: Path, tensors: dict[str, torch.Tensor], header: dict[str, str], 
             continue
         groups.setdefault(split[0], {})[split[1]] = tensors[key]
         key_of[split] = key
+    for name in [n for n, params in groups.items() if "weight" in params and "on_input" not in params]:
+        # a bare `.weight` is a LoRA parameter only as IA3's, beside its on_input (else: a model's own weights)
+        result.unplaced.append(([key_of[(name, "weight")]], "not a LoRA parameter name"))
+        del groups[name]["weight"], key_of[(name, "weight")]
+        if not groups[name]:
+            del groups[name]
     family = file_family(list(tensors), header, groups)
     if family and family[0] != table.family:
         model = FAMILIES[table.family]
@@ -331,7 +349,7 @@ def place(path: Path, tensors: dict[str, torch.Tensor], header: dict[str, str], 
         if naming in ("peft", "peft-adapter") and "dora_scale" in params:  # peft's magnitude: per output channel, (1, out, 1, 1) on convs
             params["dora_scale"] = params["dora_scale"].reshape(-1, *[1] * (len(shape) - 1))
         try:
-            change = low_rank(params, shape)
+            change = low_rank(params, shape, table.modules.get((component, module)))
         except (ValueError, RuntimeError) as exc:
             result.unplaced.append((keys, str(exc).splitlines()[0].rstrip(".")))
             continue
@@ -354,7 +372,7 @@ def _kind_label(params, shape) -> str:
         return "DoRA"
     if "down" in params:
         return "LoCon" if len(shape) == 4 and shape[2:] != (1, 1) else "LoRA"
-    return "LoHa" if "hada_w1_a" in params else "LoKr" if any(p.startswith("lokr") for p in params) else "full diff"
+    return kind_label(params)
 
 
 def unplaced_message(lora: LoraFile, total_keys: int) -> str:
@@ -380,8 +398,9 @@ def refuse_unplaced(lora: LoraFile, total_keys: int) -> None:
         example = next((key for key in unplaced if key.endswith(suffix)), None)
         if example:
             raise UserError(f"{lora.path} holds LyCORIS {kind}, e.g. {example}, which personae cannot apply: it "
-                            "loads LoRA, LoCon, LoHa, LoKr, DoRA and full-diff modules, each as an exact low-rank "
-                            "change.", f"{who}; for personae, train the concept as one of those forms.")
+                            "loads LoRA, LoCon, LoHa, LoKr, DoRA, full-diff, OFT, BOFT, GLoRA and IA3 modules, each as "
+                            "the exact change it makes.", f"{who}; for personae, train the concept as one of those "
+                            "forms.")
     other = [(keys, why) for keys, why in lora.unplaced if why.endswith(_NOT_LINEAR)]
     if other:
         n = sum(len(keys) for keys, _ in other)
@@ -392,7 +411,8 @@ def refuse_unplaced(lora: LoraFile, total_keys: int) -> None:
     if lora.unplaced:
         raise UserError(
             f"{lora.path} would load only in part, so personae does not load it: {unplaced_message(lora, total_keys)}.",
-            "Check that it is a LoRA, LoCon, LoHa, LoKr or full-diff file made for SD 1.x; a textual-inversion "
+            "Check that it is a LoRA-family file (LoRA, LoCon, LoHa, LoKr, full diff, OFT, GLoRA, IA3) made for SD "
+            "1.x; a textual-inversion "
             "embedding goes with --embedding and a full checkpoint with --model.")
 
 
