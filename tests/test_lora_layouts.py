@@ -449,16 +449,113 @@ def test_omi_layout(sd15, tmp_path):
     assert lora.layout.startswith("the Open Model Initiative layout")
 
 
-def test_changes_to_normalisation_layers_are_refused_naming_the_layer(sd15, tmp_path):
-    """ComfyUI's extractor writes a .diff for every 1-D weight (GroupNorm, LayerNorm); peft has no layer for them."""
+def test_changes_to_normalisation_layers_and_embeddings_apply_beside_the_lora(sd15, tmp_path):
+    """ComfyUI's Extract and Save Lora with its defaults (bias_diff on, a text encoder given) writes a `diff` for each
+    1-D weight, a `diff_b` for each bias and LoRA pairs for the text encoder's embeddings; ComfyUI adds each, times
+    the strength, to the layer (nodes_lora_extract.py, weight_adapter). peft has no layer for them: personae applies
+    them beside the file's LoRA layers, at the file's weight, and they leave with it."""
+    import torch.nn.functional as F
+
     tensors = small_kohya(sd15)
-    tensors["diffusion_model.input_blocks.1.0.in_layers.0.diff"] = torch.zeros(320)
-    save_file(tensors, str(tmp_path / "norm.safetensors"))
-    with pytest.raises(UserError, match=r"1 of its 22 keys change normalisation layers or embeddings \("
-                                        r"diffusion_model.input_blocks.1.0.in_layers.0.diff: down_blocks.0.resnets.0.norm1 "
-                                        r"is a GroupNorm layer, and personae changes Linear and Conv2d layers only\)") as err:
-        load_loras(sd15, [(str(tmp_path / "norm.safetensors"), 1.0)])
-    assert "\n" not in str(err.value) and "bias_diff" in str(err.value)
+    g = torch.Generator().manual_seed(21)
+    te = dict(sd15.text_encoder.named_modules())
+    te_path = {p.removeprefix("text_model."): p for p in te}  # transformers 4 has the text_model level, 5 not
+    norms = {"diffusion_model.input_blocks.1.0.in_layers.0": ("unet", "down_blocks.0.resnets.0.norm1"),
+             "diffusion_model.input_blocks.1.1.transformer_blocks.0.norm2":
+                 ("unet", "down_blocks.0.attentions.0.transformer_blocks.0.norm2"),
+             "text_encoders.clip_l.transformer.text_model.encoder.layers.0.layer_norm1":
+                 ("text_encoder", te_path["encoder.layers.0.layer_norm1"])}
+    changes = {}
+    for key, (component, module) in norms.items():
+        width = getattr(sd15, component).get_submodule(module).weight.shape[0]
+        dw, db = torch.randn(width, generator=g) * 0.2, torch.randn(width, generator=g) * 0.2
+        tensors |= {f"{key}.diff": dw.half(), f"{key}.diff_b": db.half()}
+        changes[(component, module)] = (dw.half().float(), db.half().float())
+    token = "text_encoders.clip_l.transformer.text_model.embeddings.token_embedding"
+    up, down = torch.randn(49408, 4, generator=g) * 0.1, torch.randn(4, 768, generator=g) * 0.1
+    tensors |= {f"{token}.lora_up.weight": up.half(), f"{token}.lora_down.weight": down.half()}
+    save_file(tensors, str(tmp_path / "comfy.safetensors"))
+    (lora,) = load_loras(sd15, [(str(tmp_path / "comfy.safetensors"), 0.5)])
+    assert "norm full diff" in lora.layout and "embedding LoRA" in lora.layout
+    x = torch.randn(2, 320, 8, 8, generator=g)
+    with torch.no_grad():
+        for (component, module), (dw, db) in changes.items():
+            layer = getattr(sd15, component).get_submodule(module)
+            inp = x if isinstance(layer, torch.nn.GroupNorm) else torch.randn(2, 5, layer.weight.shape[0], generator=g)
+            expected = (F.group_norm(inp, layer.num_groups, layer.weight + 0.5 * dw, layer.bias + 0.5 * db, layer.eps)
+                        if isinstance(layer, torch.nn.GroupNorm) else
+                        F.layer_norm(inp, layer.normalized_shape, layer.weight + 0.5 * dw, layer.bias + 0.5 * db,
+                                     layer.eps))
+            assert close(layer(inp), expected) and not close(layer(inp), layer.__class__.forward(layer, inp))
+        table = sd15.text_encoder.get_input_embeddings()
+        ids = torch.tensor([[0, 7, 49407]])
+        want = table.weight[ids] + 0.5 * (up.half().float() @ down.half().float())[ids]
+        assert close(table(ids), want)
+        # the weight is the adapter's: off with it, and gone once it is unloaded
+        sd15.set_adapters([lora.adapter], adapter_weights=[0.0])
+        assert close(table(ids), table.weight[ids], tol=0)
+        sd15.set_adapters([lora.adapter], adapter_weights=[1.0])
+        assert close(table(ids), table.weight[ids] + (up.half().float() @ down.half().float())[ids])
+        # textual-inversion tokens added afterwards grow the table in place (transformers >= 4.46 keeps the module):
+        # the change stays on the rows it was made for, the new token's row is its own
+        load_embeddings(sd15, [(str(_embedding_file(tmp_path)), "<new>")])
+        grown = sd15.text_encoder.get_input_embeddings()
+        assert grown is table and grown.weight.shape[0] == 49409
+        assert close(grown(ids), grown.weight[ids] + (up.half().float() @ down.half().float())[ids])
+        assert close(grown(torch.tensor([[49408]])), grown.weight[49408:49409].unsqueeze(0), tol=0)
+        sd15.unload_lora_weights()
+        assert close(grown(ids), grown.weight[ids], tol=0) and not hasattr(grown, "_personae_patches")
+        layer = sd15.unet.get_submodule("down_blocks.0.resnets.0.norm1")
+        assert close(layer(x), torch.nn.GroupNorm.forward(layer, x), tol=0) and "forward" not in vars(layer)
+
+
+def test_normalisation_changes_under_accelerate_offload_hooks(sd15, tmp_path):
+    """--lowvram / --medvram put accelerate hooks on the layers after the LoRAs load: the change runs inside the
+    hook, and unloading the LoRA gives the layer its own forward back without taking the hook off."""
+    from accelerate.hooks import ModelHook, add_hook_to_module, remove_hook_from_module
+
+    key, module = "diffusion_model.input_blocks.1.0.in_layers.0", "down_blocks.0.resnets.0.norm1"
+    dw = torch.randn(320, generator=torch.Generator().manual_seed(4))
+    save_file(small_kohya(sd15) | {f"{key}.diff": dw}, str(tmp_path / "norm.safetensors"))
+    load_loras(sd15, [(str(tmp_path / "norm.safetensors"), 1.0)])
+    layer = sd15.unet.get_submodule(module)
+    calls = []
+
+    class Counting(ModelHook):
+        def pre_forward(self, module, *args, **kwargs):
+            calls.append(1)
+            return args, kwargs
+
+    add_hook_to_module(layer, Counting())
+    x = torch.randn(1, 320, 4, 4)
+    try:
+        with torch.no_grad():
+            plain = torch.nn.GroupNorm.forward(layer, x)
+            assert not close(layer(x), plain) and calls == [1]
+            sd15.unload_lora_weights()
+            assert close(layer(x), plain, tol=0) and calls == [1, 1] and hasattr(layer, "_hf_hook")
+            assert not hasattr(layer, "_personae_patches")
+    finally:
+        remove_hook_from_module(layer)
+
+
+def test_normalisation_changes_alone_or_converted_are_refused(sd15, tmp_path):
+    from personae.cli.main import main
+
+    norm = {"diffusion_model.input_blocks.1.0.in_layers.0.diff": torch.zeros(320)}
+    save_file(norm, str(tmp_path / "alone.safetensors"))
+    with pytest.raises(UserError, match="changes only normalisation layers or embeddings"):
+        load_loras(sd15, [(str(tmp_path / "alone.safetensors"), 1.0)])
+    save_file(small_kohya(sd15) | norm, str(tmp_path / "both.safetensors"))
+    out = tmp_path / "converted"
+    assert main(["convert", str(tmp_path / "both.safetensors"), "--to", "diffusers", "--out", str(out)]) == 2
+    assert not out.exists()
+
+
+def _embedding_file(tmp_path):
+    path = tmp_path / "new.safetensors"
+    save_file({"emb_params": torch.randn(1, 768, generator=torch.Generator().manual_seed(3))}, str(path))
+    return path
 
 
 def test_several_files_each_with_its_weight(sd15, tmp_path):

@@ -65,6 +65,10 @@ CASES = {
               {"a1.weight", "a2.weight", "b1.weight", "b2.weight", "alpha"}, (1.0, 0.6)),
     "ia3": ({"algo": "ia3"}, {"weight", "on_input"}, ()),
     "ia3 on the input side": ({"algo": "ia3", "train_on_input": True}, {"weight", "on_input"}, ()),
+    # train_norm: w_norm / b_norm on every GroupNorm and LayerNorm (models/layer_patches.py)
+    "locon with normalisation layers": ({"algo": "lora", "conv_dim": 2, "conv_alpha": 1, "train_norm": True},
+                                        {"lora_down.weight", "lora_up.weight", "alpha", "w_norm", "b_norm"},
+                                        (1.0, 0.6)),
 }
 # BOFT splits a layer's outputs into a power of two of blocks: the tiny text encoder's 37-wide MLP has none, so
 # BOFT cases train attention alone there
@@ -184,17 +188,6 @@ def test_forms_made_from_the_base_weight_cannot_be_converted_without_the_model(b
     assert main(["convert", str(path), "--to", "diffusers", "--out", str(tmp_path / "d")]) == 2
     assert main(["convert", str(path), "--to", "kohya", "--out", str(out)]) == 2
     assert not out.exists() and not (tmp_path / "d").exists()
-
-
-def test_lycoris_forms_personae_does_not_apply_are_refused_by_name(tiny_model, base, preset, tmp_path):
-    """LyCORIS' train_norm (w_norm / b_norm on normalisation layers): no peft layer takes them."""
-    pipe, inputs = base
-    path = tmp_path / "norm.safetensors"
-    write_lycoris_file(pipe, path, preset, inputs, algo="lora", train_norm=True)
-    fresh = load_pipeline(resolve_model(str(tiny_model[0])))
-    with pytest.raises(UserError, match="holds LyCORIS weights for normalisation layers") as err:
-        load_loras(fresh, [(str(path), 1.0)])
-    assert "\n" not in str(err.value) and "ComfyUI" in str(err.value)
 
 
 def test_dora_on_the_input_axis_from_lycoris_is_refused_by_name(tiny_model, base, preset, tmp_path):

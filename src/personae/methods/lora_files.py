@@ -226,6 +226,11 @@ def read_lora_file(path: Path, allow_pickle: bool = False) -> LoraFile:
                         "Use the file as it is: personae generate --lora, A1111 and ComfyUI apply it.")
     if lora.unplaced:
         raise ValueError(unplaced_message(lora, len(tensors)))
+    if lora.patches:
+        (component, module), *_ = lora.patches
+        raise UserError(f"{path} cannot be converted: it changes {len(lora.patches)} normalisation layers or "
+                        f"embeddings (e.g. the {component}'s {module}), which the converted file would not hold.",
+                        "Use the file as it is: personae generate --lora, A1111 and ComfyUI apply it.")
     if any(change.bias is not None for change in lora.changes.values()):
         raise ValueError("it changes layer biases (a full-diff diff_b), which a LoRA file cannot hold")
     if lora.embeddings:

@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 
 from personae.errors import UserError
+from personae.models.layer_patches import install
 from personae.models.lora_layouts import TEXT, UNET, LoraFile, module_table, peft_layers, place, refuse_unplaced
 from personae.models.model_files import check_model_file
 from personae.models.tensor_files import flat_tensors, read_tensors
@@ -161,6 +162,13 @@ def _add_lora_adapter(pipe, lora: LoraFile, adapter: str) -> None:
         placed = _adapter_layers(model, adapter)
         if placed != len(config["target_modules"]):  # our placement and peft's disagree: a bug, not the user's file
             raise RuntimeError(f"{lora.path}: {placed} of {len(config['target_modules'])} {component} layers got the LoRA")
+    if lora.patches:  # norms and embeddings: their weight follows one of the adapter's peft layers
+        from peft.tuners.lora import LoraLayer
+
+        root, path = next((model, name) for model in (pipe.unet, pipe.text_encoder) for name, m in model.named_modules()
+                          if isinstance(m, LoraLayer) and adapter in m.lora_A)
+        for (component, module), patch in lora.patches.items():
+            install(getattr(pipe, component).get_submodule(module), adapter, patch, root, path)
 
 
 def load_loras(pipe, loras: list[tuple[str, float]], allow_pickle: bool = False) -> list[LoadedLora]:
@@ -171,6 +179,10 @@ def load_loras(pipe, loras: list[tuple[str, float]], allow_pickle: bool = False)
     for path, _ in loras:  # every file read and checked before the pipeline changes
         p = Path(path).expanduser()
         lora = read_lora(pipe, p, allow_pickle)
+        if not lora.changes and lora.patches:
+            raise UserError(f"{p} changes only normalisation layers or embeddings ({len(lora.patches)} of them), no "
+                            "Linear or Conv2d layer: personae applies such changes beside a LoRA's own layers.",
+                            "Use the LoRA file they were extracted with (ComfyUI and A1111 apply this one as it is).")
         if not lora.changes:
             raise UserError(f"{p} holds only bundled embeddings ({', '.join(lora.embeddings)}), no LoRA weights.",
                             "Check the file given with --lora.")

@@ -39,6 +39,7 @@ import torch
 from peft.utils.other import get_pattern_key
 
 from personae.errors import UserError
+from personae.models.layer_patches import PATCHED, Patch, patch_of
 from personae.models.lora_math import LowRank, kind_label, low_rank
 from personae.models.original_layout import unet_module_names_to_original
 
@@ -67,13 +68,13 @@ _PROCESSOR = [(re.compile(r"\.processor\.to_(q|k|v)_lora$"), r".to_\1"), (re.com
               (re.compile(r"\.self_attn\.to_(q|k|v)_lora$"), r".self_attn.\1_proj"),
               (re.compile(r"\.self_attn\.to_out_lora$"), ".self_attn.out_proj"), (re.compile(r"\.lora_linear_layer$"), "")]
 _SHOWN = 3  # modules whose unplaced keys a refusal names
-_NOT_LINEAR = ", and personae changes Linear and Conv2d layers only"  # why a key on a norm or embedding is not placed
+# why a key on another layer is not placed
+_NOT_LINEAR = ", and personae changes Linear, Conv2d, normalisation and embedding layers only"
 # LyCORIS forms that are no low-rank change of a Linear / Conv2d weight, each known by a parameter only it has:
 # (suffix, what the file holds, which tools apply it)
 _FOREIGN = [(".oft_diag", "OFT modules in LyCORIS 1's layout (oft_diag: the rotation itself; LyCORIS 2 and later write "
                           "oft_blocks, which personae reads)", "A1111 applies them"),
-            (".lambda_layer", "T-LoRA modules", "LyCORIS itself applies them"),
-            (".w_norm", "weights for normalisation layers (LyCORIS' train_norm)", "A1111 and ComfyUI apply them")]
+            (".lambda_layer", "T-LoRA modules", "LyCORIS itself applies them")]
 
 
 @dataclass
@@ -83,10 +84,11 @@ class ModuleTable:
     shapes: dict[tuple[str, str], tuple[int, ...]]  # (component, module path) -> weight shape
     spellings: dict[str, tuple[str, str, str]]  # a file's module name -> (component, module path, naming)
     family: str = "SD-1"  # the model's: files for another family are named as such
-    # a file's module name -> (module path, class) for layers that exist but take no low-rank change (norms, embeddings)
-    others: dict[str, tuple[str, str]] = field(default_factory=dict)
-    # (component, module path) -> the Linear / Conv2d itself, whose weight OFT / GLoRA / IA3 changes are made from
-    # (empty for a table of names and shapes only)
+    # a file's module name -> (component, module path, class) for the other layers with a weight: normalisation layers
+    # and embeddings take changes outside peft (layer_patches), any other is named in a refusal
+    others: dict[str, tuple[str, str, str]] = field(default_factory=dict)
+    # (component, module path) -> the layer itself: the Linear / Conv2d whose weight OFT / GLoRA / IA3 changes are
+    # made from, and the other layers (empty for a table of names and shapes only)
     modules: dict[tuple[str, str], torch.nn.Module] = field(default_factory=dict)
 
 
@@ -102,14 +104,16 @@ class LoraFile:
     layers: int = 0  # modules the file holds weights for
     # (the file's module name, the model's (out, in), the file's (out, in)) of every layer whose sizes differ
     misfits: list[tuple[str, tuple[int, int], tuple[int, int]]] = field(default_factory=list)
+    # changes to normalisation layers and embeddings (layer_patches): (component, module path) -> change
+    patches: dict[tuple[str, str], Patch] = field(default_factory=dict)
     # textual-inversion embeddings bundled in the file (A1111's bundle_emb.<token>.<vectors>, written by OneTrainer
     # for a LoRA trained with its embeddings): token -> (key, vectors as stored)
     embeddings: dict[str, tuple[str, torch.Tensor]] = field(default_factory=dict)
 
 
-def _layers(model) -> tuple[dict[str, torch.nn.Module], dict[str, str]]:
+def _layers(model) -> tuple[dict[str, torch.nn.Module], dict[str, torch.nn.Module]]:
     """Linear / Conv2d modules by name (through a peft LoRA layer to the original it wraps), and the other layers
-    with a weight of their own (normalisation layers, embeddings) with their class names."""
+    with a weight of their own (normalisation layers, embeddings)."""
     layers, others = {}, {}
     for name, module in model.named_modules():
         if ".base_layer" in name or ".lora_" in name:
@@ -118,7 +122,7 @@ def _layers(model) -> tuple[dict[str, torch.nn.Module], dict[str, str]]:
         if isinstance(base, (torch.nn.Linear, torch.nn.Conv2d)):
             layers[name] = base
         elif name and isinstance(getattr(base, "weight", None), torch.Tensor):
-            others[name] = type(base).__name__
+            others[name] = base
     return layers, others
 
 
@@ -153,6 +157,8 @@ def module_table(unet, text_encoder, with_weights: bool = True) -> ModuleTable:
     modules = {(UNET, m): layer for m, layer in unet_layers.items()} | {(TEXT, m): layer for m, layer in
                                                                        text_layers.items()}
     shapes = {key: tuple(layer.weight.shape) for key, layer in modules.items()}
+    modules |= {(UNET, m): layer for m, layer in unet_others.items()} | {(TEXT, m): layer for m, layer in
+                                                                        text_others.items()}
     named = [(UNET, m, _unet_spellings(m)) for m in unet_layers] + [(TEXT, m, _text_spellings(m)) for m in text_layers]
     named += [(UNET, m, _ldm_spellings(ldm[m])) for m in unet_layers if m in ldm]  # the diffusers names win
     spellings = {}
@@ -160,12 +166,12 @@ def module_table(unet, text_encoder, with_weights: bool = True) -> ModuleTable:
         for name, naming in names:
             spellings.setdefault(name, (component, module, naming))
     others = {}
-    for module, cls in unet_others.items():
+    for module, layer in unet_others.items():
         for name, _ in _unet_spellings(module) + (_ldm_spellings(ldm[module]) if module in ldm else []):
-            others.setdefault(name, (module, cls))
-    for module, cls in text_others.items():
+            others.setdefault(name, (UNET, module, type(layer).__name__))
+    for module, layer in text_others.items():
         for name, _ in _text_spellings(module):
-            others.setdefault(name, (module, cls))
+            others.setdefault(name, (TEXT, module, type(layer).__name__))
     cross = unet.config.cross_attention_dim
     return ModuleTable(shapes, spellings, "SDXL" if cross == 2048 else "SD-2" if cross == 1024 else "SD-1", others,
                        modules if with_weights else {})
@@ -328,10 +334,11 @@ def place(path: Path, tensors: dict[str, torch.Tensor], header: dict[str, str], 
     for name, params in groups.items():
         keys = [key_of[(name, p)] for p in params]
         where = _resolve(name, table)
+        if where is None and name in table.others:
+            _place_other(result, table, name, params, keys, kinds)
+            continue
         if where is None:
-            other = table.others.get(name)
-            result.unplaced.append((keys, f"{other[0]} is a {other[1]} layer{_NOT_LINEAR}" if other
-                                    else "no module of this model is called that"))
+            result.unplaced.append((keys, "no module of this model is called that"))
             continue
         component, module, naming = where
         namings[naming] += 1
@@ -365,6 +372,26 @@ def place(path: Path, tensors: dict[str, torch.Tensor], header: dict[str, str], 
     result.layout = describe(namings, kinds)
     result.naming = namings.most_common(1)[0][0] if namings else ""
     return result
+
+
+def _place_other(result: LoraFile, table: ModuleTable, name: str, params: dict, keys: list[str],
+                 kinds: Counter) -> None:
+    """A change to a normalisation layer or embedding (layer_patches), or why it cannot be placed."""
+    component, module, cls = table.others[name]
+    layer = table.modules.get((component, module))  # None in a table of names only: sizes not checked
+    if cls not in PATCHED:
+        result.unplaced.append((keys, f"{module} is a {cls} layer{_NOT_LINEAR}"))
+        return
+    if (component, module) in result.patches:
+        result.unplaced.append((keys, f"a second set of weights for {module}"))
+        return
+    try:
+        patch = patch_of(params, cls, tuple(layer.weight.shape) if layer is not None else None)
+    except ValueError as exc:
+        result.unplaced.append((keys, f"{module} is a {cls} layer: {exc}"))
+        return
+    result.patches[(component, module)] = patch
+    kinds[f"{'embedding' if cls == 'Embedding' else 'norm'} {patch.label}"] += 1
 
 
 def _kind_label(params, shape) -> str:
@@ -401,13 +428,6 @@ def refuse_unplaced(lora: LoraFile, total_keys: int) -> None:
                             "loads LoRA, LoCon, LoHa, LoKr, DoRA, full-diff, OFT, BOFT, GLoRA and IA3 modules, each as "
                             "the exact change it makes.", f"{who}; for personae, train the concept as one of those "
                             "forms.")
-    other = [(keys, why) for keys, why in lora.unplaced if why.endswith(_NOT_LINEAR)]
-    if other:
-        n = sum(len(keys) for keys, _ in other)
-        raise UserError(f"{lora.path} would load only in part, so personae does not load it: {n} of its {total_keys} "
-                        f"keys change normalisation layers or embeddings ({other[0][0][0]}: {other[0][1]}).",
-                        "ComfyUI's Extract and Save Lora writes such keys with bias_diff on; extract with it off for "
-                        "personae (ComfyUI and A1111 apply the file as it is).")
     if lora.unplaced:
         raise UserError(
             f"{lora.path} would load only in part, so personae does not load it: {unplaced_message(lora, total_keys)}.",
