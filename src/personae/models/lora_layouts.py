@@ -18,9 +18,10 @@ The one place that knows how files name a module:
 
 Parameters (`lora_down`/`lora_up`/`lora_mid`/`alpha`, LyCORIS `hada_*`, `lokr_*`, `diff`/`diff_b`, `dora_scale`;
 `oft_blocks`/`rescale`, GLoRA `a1.weight`..., IA3 `weight`/`on_input`, computed on the model's own weight)
-become one exact low-rank change per module (`lora_math`). Every key must land on a Linear or
-Conv2d of the model with matching sizes; a file where any does not is refused, naming the keys
-(LyCORIS forms personae does not apply, and changes to normalisation layers, by what they are),
+become one exact low-rank change per module (`lora_math`); changes to normalisation layers and embeddings
+(`diff`/`diff_b`, `w_norm`/`b_norm`, a LoRA pair on a token table) are kept apart (`layer_patches`). Every key
+must land on a layer of the model with matching sizes; a file where any does not is refused, naming the keys
+(LyCORIS forms personae does not apply by what they are),
 and a file made for SDXL or SD-2 is named as such in one line. `bundle_emb.<token>.*` keys are
 embeddings bundled with the LoRA (A1111 reads them): kept apart for the loader.
 """
