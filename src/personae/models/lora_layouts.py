@@ -59,7 +59,7 @@ NAMINGS = {
 _PARAM = re.compile(
     r"^(?P<name>.+?)\.(?P<param>lora_(?:down|up|mid)\.weight|lora\.(?:down|up)\.weight|lora_[AB](?:\.[\w-]+)?\.weight"
     r"|lora_B(?:\.[\w-]+)?\.bias|(?:down|up)\.weight|alpha|hada_\w+|lokr_\w+|diff(?:_b)?|dora_scale|[wb]_norm|scale"
-    r"|lora_magnitude_vector(?:\.[\w-]+)?(?:\.weight)?|oft_blocks|oft_diag|rescale|[ab][12]\.weight|bm\.weight|on_input"
+    r"|lora_magnitude_vector(?:\.[\w-]+)?(?:\.weight)?|oft_blocks|oft_diag|rescale|[ab][12]\.weight|on_input"
     r"|weight)$")  # a bare `weight` is IA3's, beside its on_input
 _CANONICAL = [(re.compile(r"^(lora_down|lora\.down|lora_A(\.[\w-]+)?|down)\.weight$"), "down"),
               (re.compile(r"^(lora_up|lora\.up|lora_B(\.[\w-]+)?|up)\.weight$"), "up"),

@@ -45,7 +45,7 @@ KINDS = {  # parameter names that make up each kind (the rest of a module's name
     "full": {"diff", "diff_b"},
     # made from the base weight (lora_weight_forms): OFT's 4-D oft_blocks are BOFT
     "OFT": {"oft_blocks", "alpha", "rescale"},
-    "GLoRA": {"a1.weight", "a2.weight", "b1.weight", "b2.weight", "bm.weight", "alpha"},
+    "GLoRA": {"a1.weight", "a2.weight", "b1.weight", "b2.weight", "alpha"},
     "IA3": {"weight", "on_input"},
 }
 _REQUIRED = {"LoRA": [{"down", "up"}], "LoHa": [{"hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b"}],

@@ -12,7 +12,8 @@ several files at once, unloadable). The forms, as their trainers define them:
   BOFT    `oft_blocks` (stages, k, b, b): the same rotations in butterfly stages; stage i pairs the channels
           2^i * b/2 apart, rotates groups of b with R (not R^T), and puts them back.
   GLoRA   `a1.weight` (in, r), `a2.weight` (r, in), `b1.weight` (out, r), `b2.weight` (r, in[, kh, kw]), `alpha`:
-          delta = alpha / r * (W a1 a2 + b1 b2) (W a1 over the input channels of a convolution), LyCORIS >= 2.
+          delta = alpha / r * (W a1 a2 + b1 b2) (W a1 over the input channels of a convolution), LyCORIS >= 2
+          (its Tucker option never applies to GLoRA: no `bm.weight` is written, none is read).
   IA3     `weight`, `on_input`: delta = W * weight along the output channels (or the input ones).
 
 Each change is linear in the weight a user gives the file (A1111's scaling): at 1 it is what every tool
@@ -81,13 +82,10 @@ def glora_delta(params: dict[str, torch.Tensor], weight: torch.Tensor) -> torch.
             and b2.shape[0] == rank):
         raise ValueError(f"its GLoRA factors a1 {tuple(a1.shape)}, a2 {tuple(a2.shape)}, b1 {tuple(b1.shape)} are "
                          "not LyCORIS 2's layout (W a1 a2 + b1 b2; the older layout is not read)")
-    if "bm.weight" in params:  # Tucker core between b1 and b2 for a kernel: b1 (out, r), bm (r, r, kh, kw), b2 (r, in)
-        b = torch.einsum("oi,ij...,jc->oc...", b1, _f32(params["bm.weight"]), b2.flatten(1))
-    else:
-        b = (b1 @ b2.flatten(1)).reshape(w.shape)
+    b = (b1 @ b2.flatten(1)).reshape(w.shape)
     a = torch.einsum("oi...,ij,jc->oc...", w, a1, a2)  # W a1 a2 over the input channels, kernel kept
     alpha = float(params["alpha"]) if "alpha" in params else 0.0
-    return (a + b.reshape(w.shape)) * ((alpha or rank) / rank)
+    return (a + b) * ((alpha or rank) / rank)
 
 
 def ia3_delta(params: dict[str, torch.Tensor], weight: torch.Tensor) -> torch.Tensor:
