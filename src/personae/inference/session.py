@@ -10,7 +10,6 @@ import inspect
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 
@@ -18,9 +17,15 @@ from personae.config.sampling import RuntimeSettings
 from personae.events import EventHandler, Message, ignore
 from personae.inference.prompt import PromptEncoder
 from personae.inference.speedups import check_runtime, place_pipeline
-from personae.models.addons import LoadedEmbedding, LoadedLora, check_lora_path, load_embeddings, load_loras
+from personae.models.addons import (
+    LoadedEmbedding,
+    LoadedLora,
+    check_embedding_path,
+    check_lora_path,
+    load_embeddings,
+    load_loras,
+)
 from personae.models.device import pick_device, pick_dtype
-from personae.models.model_files import check_model_file
 from personae.models.resolve import ModelSource, load_pipeline, model_hash, resolve_model
 from personae.models.vae import load_vae
 
@@ -96,7 +101,7 @@ def open_session(model: str, device: str = "auto", dtype: str = "auto", allow_pi
     for path, _ in loras:  # a bad add-on fails before the model loads
         check_lora_path(path, allow_pickle)  # a file, or a peft adapter folder
     for path, _ in embeddings:
-        check_model_file(Path(path).expanduser(), "embedding", allow_pickle)
+        check_embedding_path(path, allow_pickle)  # a tensor file or an A1111 embedding card
     dev = pick_device(device)
     torch_dtype = pick_dtype(dtype, dev)
     check_runtime(runtime or RuntimeSettings(), dev)  # offload on a CPU: said before the model loads

@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 
 from personae.errors import UserError
+from personae.models.embedding_images import is_picture, read_embedding_picture
 from personae.models.layer_patches import install
 from personae.models.lora_layouts import TEXT, UNET, LoraFile, module_table, peft_layers, place, refuse_unplaced
 from personae.models.model_files import check_model_file
@@ -62,6 +63,15 @@ def _existing(path: str, what: str, allow_pickle: bool) -> Path:
     p = Path(path).expanduser()
     check_model_file(p, what, allow_pickle)  # by content: missing, a folder, damaged, foreign, or a pickle not opted in
     return p
+
+
+def check_embedding_path(path: str | Path, allow_pickle: bool = False) -> Path:
+    """An embedding file checked by its content: a tensor file (as check_model_file judges it), or a PNG / WebP card
+    A1111 saved the embedding in (embedding_images)."""
+    p = Path(path).expanduser()
+    if p.is_file() and p.stat().st_size and is_picture(p):
+        return p
+    return _existing(str(p), "embedding", allow_pickle)
 
 
 _ADAPTER_FILES = ("adapter_model.safetensors", "adapter_model.bin")
@@ -211,11 +221,16 @@ def read_embedding(path: Path, allow_pickle: bool, width: int) -> tuple[str | No
     """(token the file names or None, vectors (n, width)) of an A1111 or diffusers embedding, read by us.
 
     A1111: `.pt` {"string_to_param": {"*": vectors}, ...} or `.safetensors` {"emb_params": vectors}, and
-    OneTrainer's {"emp_params": vectors}, called by the file name (A1111 reads any one-tensor file so). diffusers:
-    {token: vectors} (`learned_embeds.safetensors`, or `.bin` as pickle).
+    OneTrainer's {"emp_params": vectors}, called by the file name (A1111 reads any one-tensor file so); A1111's
+    embedding cards (a PNG / WebP holding the .pt dictionary, embedding_images), called by the name inside.
+    diffusers: {token: vectors} (`learned_embeds.safetensors`, or `.bin` as pickle).
     """
-    data, _ = read_tensors(path, allow_pickle, "textual-inversion embedding")
     token, vectors = None, None
+    if is_picture(path):
+        data = read_embedding_picture(path)
+        token = data["name"] if isinstance(data.get("name"), str) and data["name"].strip() else None
+    else:
+        data, _ = read_tensors(path, allow_pickle, "textual-inversion embedding")
     if isinstance(data, torch.Tensor):
         vectors = data
     elif isinstance(data, dict) and isinstance(data.get("string_to_param"), dict) and data["string_to_param"]:
@@ -287,7 +302,7 @@ def load_embeddings(pipe, embeddings: list[tuple[str, str | None]], allow_pickle
     width = pipe.text_encoder.get_input_embeddings().weight.shape[1]
     entries, loaded = [], []
     for path, token in embeddings:
-        p = _existing(path, "embedding", allow_pickle)
+        p = check_embedding_path(path, allow_pickle)
         file_token, v = read_embedding(p, allow_pickle, width)
         entries.append((token or file_token or p.stem, p, v))
         loaded.append(LoadedEmbedding(entries[-1][0], file_sha256(p)[:12]))
