@@ -52,6 +52,18 @@ def test_uploads_keep_plain_names_only_and_never_replace_a_file(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["upload.tmp", "work"]  # nothing escaped
 
 
+def test_embeddings_offered_include_a1111_cards_under_models_not_previews_or_run_images(tmp_path):
+    from personae.web.tab_generate import embedding_files
+
+    ws = Workspace(tmp_path / "work")
+    for name in ("models/ksh.png", "models/ksh.preview.png", "models/old.pt", "models/sub/card.webp",
+                 "runs/lora/validation/step-000100.png", "runs/lora/lora.safetensors"):
+        (ws.root / name).parent.mkdir(parents=True, exist_ok=True)
+        (ws.root / name).write_bytes(b"x")
+    assert embedding_files(ws) == ["models/ksh.png", "models/old.pt", "models/sub/card.webp",
+                                   "runs/lora/lora.safetensors"]
+
+
 def test_a_workspace_that_is_a_file_is_refused(tmp_path):
     (tmp_path / "f").write_text("mine")
     with pytest.raises(UserError, match="is a file"):

@@ -50,7 +50,7 @@ def build_animate(ctx) -> None:
     from personae.inference.samplers import SAMPLERS
     from personae.web.forms import SettingsForm
     from personae.web.jobfiles import ended_line, latest, shown
-    from personae.web.tab_generate import EMBEDDING_SUFFIXES, LORA_SUFFIXES, models
+    from personae.web.tab_generate import LORA_SUFFIXES, embedding_files, models
 
     ws, jobs = ctx.workspace, ctx.jobs
     with gr.Row():
@@ -69,7 +69,7 @@ def build_animate(ctx) -> None:
             with gr.Accordion("LoRA and embeddings", open=False):
                 loras = gr.Dropdown(ws.files(LORA_SUFFIXES), multiselect=True, label="LoRAs")
                 lora_weight = gr.Slider(-2, 2, value=1.0, step=0.05, label="LoRA weight")
-                embeddings = gr.Dropdown(ws.files(EMBEDDING_SUFFIXES), multiselect=True, label="Embeddings")
+                embeddings = gr.Dropdown(embedding_files(ws), multiselect=True, label="Embeddings")
                 refresh = gr.Button("Refresh lists", size="sm")
             with gr.Accordion("Runtime", open=False):
                 runtime_form = SettingsForm(AnimateSettings, prefix="animate", groups=("runtime",))
@@ -113,6 +113,6 @@ def build_animate(ctx) -> None:
     gr.Timer(1.0).tick(tick, seen, [status, video, gif, earlier, seen], show_progress="hidden",
                        concurrency_limit=None)
     earlier.change(lambda f: shown(show_clip, ws, f), earlier, [status, video, gif])
-    refresh.click(lambda: (gr.update(choices=ws.files(LORA_SUFFIXES)), gr.update(choices=ws.files(EMBEDDING_SUFFIXES)),
+    refresh.click(lambda: (gr.update(choices=ws.files(LORA_SUFFIXES)), gr.update(choices=embedding_files(ws)),
                            gr.update(choices=models(ws)), gr.update(choices=ws.folders("models"))),
                   None, [loras, embeddings, model, motion])

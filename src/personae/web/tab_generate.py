@@ -10,6 +10,14 @@ from personae.errors import UserError
 HUB_ID = re.compile(r"^[\w.\-]+/[\w.\-]+(/[\w.\-]+)?$")
 LORA_SUFFIXES = (".safetensors",)
 EMBEDDING_SUFFIXES = (".safetensors", ".pt", ".bin")
+
+
+def embedding_files(ws) -> list[str]:
+    """The embeddings to offer: tensor files under runs/ and models/, and pictures under models/ (A1111's embedding
+    cards; as A1111 does, `*.preview.png` is a preview, not a card)."""
+    cards = [p for p in ws.files((".png", ".webp"), under=("models",))
+             if not p.lower().endswith((".preview.png", ".preview.webp"))]
+    return sorted(ws.files(EMBEDDING_SUFFIXES) + cards)
 CONTROL_TYPES_NONE = "none"
 
 
@@ -88,7 +96,7 @@ def build(ctx) -> None:
                 loras = gr.Dropdown(ws.files(LORA_SUFFIXES), multiselect=True, label="LoRAs",
                                     info="LoRA files in the workspace (runs/ and models/)", elem_id="field-loras")
                 lora_weight = gr.Slider(-2, 2, value=1.0, step=0.05, label="LoRA weight")
-                embeddings = gr.Dropdown(ws.files(EMBEDDING_SUFFIXES), multiselect=True, label="Embeddings",
+                embeddings = gr.Dropdown(embedding_files(ws), multiselect=True, label="Embeddings",
                                          elem_id="field-embeddings")
                 refresh = gr.Button("Refresh lists", size="sm")
             with gr.Accordion("img2img", open=False):
@@ -163,6 +171,6 @@ def build(ctx) -> None:
         return [*updates, shown_model if shown_model else gr.skip()]
 
     png.upload(from_png, png, [*raw_inputs, model])
-    refresh.click(lambda: (gr.update(choices=ws.files(LORA_SUFFIXES)), gr.update(choices=ws.files(EMBEDDING_SUFFIXES)),
+    refresh.click(lambda: (gr.update(choices=ws.files(LORA_SUFFIXES)), gr.update(choices=embedding_files(ws)),
                            gr.update(choices=models(ws))), None, [loras, embeddings, model])
     ctx.generate_loras, ctx.generate_addons = loras, addons
