@@ -35,6 +35,7 @@ from personae.models.addons import lora_sources, read_lora_tensors
 from personae.models.folders import save_safetensors
 from personae.models.lora_layouts import TEXT, UNET, LoraFile, place, sd15_table, unplaced_message
 from personae.models.lora_weight_forms import NEEDS_BASE
+from personae.models.peft_merged import merged_type
 
 _PEFT_KEY = re.compile(r"^(?P<module>.+)\.(?:lora_(?P<part>A|B)(?:\.[^.]+)?\.weight"
                        r"|(?P<magnitude>lora_magnitude_vector)(?:\.[^.]+)?(?:\.weight)?)$")
@@ -218,6 +219,9 @@ def read_lora_file(path: Path, allow_pickle: bool = False) -> LoraFile:
     tensors, header, configs = read_lora_tensors(path, allow_pickle)  # a file, or a peft adapter folder
     if not tensors:
         raise ValueError("it holds no tensors")
+    if merged_type(configs):
+        raise UserError(f"{path} cannot be converted: it is a peft {merged_type(configs)} adapter, which {NEEDS_BASE}.",
+                        "Use it as it is: personae generate --lora applies it, and peft's PeftModel loads it.")
     lora = place(path, tensors, header, sd15_table(), check_sizes=False, configs=configs)
     needs_base = next(((keys[0], why) for keys, why in lora.unplaced if why.endswith(NEEDS_BASE)), None)
     if needs_base:  # OFT, BOFT, GLoRA, IA3: each weight is recomputed from the base model's, not added to

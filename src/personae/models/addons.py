@@ -28,6 +28,7 @@ from personae.models.embedding_images import is_picture, read_embedding_picture
 from personae.models.layer_patches import install
 from personae.models.lora_layouts import TEXT, UNET, LoraFile, module_table, peft_layers, place, refuse_unplaced
 from personae.models.model_files import check_model_file
+from personae.models.peft_merged import merged_type, read_merged
 from personae.models.tensor_files import flat_tensors, read_tensors
 
 
@@ -132,7 +133,11 @@ def read_lora(pipe, path: Path, allow_pickle: bool = False) -> LoraFile:
     tensors, header, configs = read_lora_tensors(path, allow_pickle)
     if not tensors:
         raise UserError(f"{path} holds no tensors, so it is no LoRA.", "Check the file given with --lora.")
-    lora = place(path, tensors, header, module_table(pipe.unet, pipe.text_encoder), configs=configs)
+    table = module_table(pipe.unet, pipe.text_encoder)
+    if merged_type(configs):  # a peft OFT / BOFT / IA3 adapter: the change peft's merge makes
+        lora = read_merged(path, tensors, configs, table, {UNET: pipe.unet, TEXT: pipe.text_encoder})
+    else:
+        lora = place(path, tensors, header, table, configs=configs)
     refuse_unplaced(lora, len(tensors))
     return lora
 
