@@ -182,10 +182,7 @@ def low_rank(params: dict[str, torch.Tensor], weight_shape: tuple[int, ...],
         if base is None:
             label = kind_label(params)
             raise ValueError(f"it is {'an' if label[0] in 'AEIOU' else 'a'} {label} module, which {NEEDS_BASE}")
-        delta = _FROM_BASE[kind](params, base.weight)
-        up, down = _identity_split(delta.flatten(1))
-        down, up = _shaped(up, down, kernel)
-        return LowRank(down.contiguous(), up.contiguous(), float(down.shape[0]))
+        return full_rank(_FROM_BASE[kind](params, base.weight))
     factors = _FACTORS[kind](params)
     if factors is None:  # bias only: a zero rank-1 weight change carries it
         factors = (torch.zeros(weight_shape[0], 1), torch.zeros(1, math.prod(weight_shape[1:])), 1.0)
@@ -196,6 +193,13 @@ def low_rank(params: dict[str, torch.Tensor], weight_shape: tuple[int, ...],
     bias = _f32(bias) if bias is not None else None
     down, up = _shaped(up, down, kernel)
     return LowRank(down.contiguous(), up.contiguous(), alpha, bias, _magnitude(params, up.shape[0]))
+
+
+def full_rank(delta: torch.Tensor) -> LowRank:
+    """A dense weight change (out, in[, kh, kw]) as an exact LowRank: split against an identity on its shorter side."""
+    up, down = _identity_split(delta.flatten(1))
+    down, up = _shaped(up, down, tuple(delta.shape[2:]) or None)
+    return LowRank(down.contiguous(), up.contiguous(), float(down.shape[0]))
 
 
 def kind_label(params) -> str:

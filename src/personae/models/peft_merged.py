@@ -19,7 +19,7 @@ import torch
 
 from personae.errors import UserError
 from personae.models.lora_layouts import NAMINGS, LoraFile
-from personae.models.lora_math import LowRank, _identity_split, _shaped
+from personae.models.lora_math import LowRank, full_rank
 
 MERGED = ("OFT", "BOFT", "IA3")  # peft types read this way (LORA, LOHA, LOKR are read as their factors)
 PREFIX = "base_model.model."
@@ -87,10 +87,7 @@ def merged_changes(params: dict[str, dict[str, torch.Tensor]], config: dict, mod
             continue
         before = layer.get_base_layer().weight.detach().clone()
         layer.merge(adapter_names=["file"])
-        delta = layer.get_base_layer().weight.detach() - before
-        up, down = _identity_split(delta.flatten(1))
-        down, up = _shaped(up, down, tuple(delta.shape[2:]) or None)
-        changes[path] = LowRank(down.contiguous(), up.contiguous(), float(down.shape[0]))
+        changes[path] = full_rank(layer.get_base_layer().weight.detach() - before)
     return changes, untargeted
 
 
