@@ -197,6 +197,7 @@ def low_rank(params: dict[str, torch.Tensor], weight_shape: tuple[int, ...],
 
 def full_rank(delta: torch.Tensor) -> LowRank:
     """A dense weight change (out, in[, kh, kw]) as an exact LowRank: split against an identity on its shorter side."""
+    delta = _f32(delta)  # made on the model's device and dtype: kept as every change is, float32 on the CPU
     up, down = _identity_split(delta.flatten(1))
     down, up = _shaped(up, down, tuple(delta.shape[2:]) or None)
     return LowRank(down.contiguous(), up.contiguous(), float(down.shape[0]))

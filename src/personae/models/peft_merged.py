@@ -22,7 +22,6 @@ from personae.models.lora_layouts import NAMINGS, LoraFile
 from personae.models.lora_math import LowRank, full_rank
 
 MERGED = ("OFT", "BOFT", "IA3")  # peft types read this way (LORA, LOHA, LOKR are read as their factors)
-PREFIX = "base_model.model."
 
 
 def component_configs(configs: dict) -> dict[str, dict]:
