@@ -539,13 +539,22 @@ def test_normalisation_changes_under_accelerate_offload_hooks(sd15, tmp_path):
         remove_hook_from_module(layer)
 
 
-def test_normalisation_changes_alone_or_converted_are_refused(sd15, tmp_path):
+def test_a_file_of_changes_beside_the_layers_alone_loads_and_is_not_converted(sd15, tmp_path):
+    """Only normalisation changes (or only OFT / GLoRA / IA3): no LoRA layer of its own, so a zero rank-1 one on
+    conv_in carries the file's weight; it adds nothing. `convert` leaves such a file as it is."""
     from personae.cli.main import main
 
-    norm = {"diffusion_model.input_blocks.1.0.in_layers.0.diff": torch.zeros(320)}
+    key, module = "diffusion_model.input_blocks.1.0.in_layers.0", "down_blocks.0.resnets.0.norm1"
+    norm = {f"{key}.diff": torch.randn(320, generator=torch.Generator().manual_seed(6))}
     save_file(norm, str(tmp_path / "alone.safetensors"))
-    with pytest.raises(UserError, match="changes only normalisation layers or embeddings"):
-        load_loras(sd15, [(str(tmp_path / "alone.safetensors"), 1.0)])
+    (lora,) = load_loras(sd15, [(str(tmp_path / "alone.safetensors"), 0.5)])
+    layer, x = sd15.unet.get_submodule(module), torch.randn(1, 320, 4, 4)
+    with torch.no_grad():
+        want = torch.nn.functional.group_norm(x, 32, layer.weight + 0.5 * norm[f"{key}.diff"], layer.bias, layer.eps)
+        assert close(layer(x), want)
+        assert float(delta(sd15, "unet", "conv_in", lora.adapter).abs().max()) == 0.0
+        sd15.set_adapters([lora.adapter], adapter_weights=[0.0])
+        assert close(layer(x), torch.nn.GroupNorm.forward(layer, x), tol=0)
     save_file(small_kohya(sd15) | norm, str(tmp_path / "both.safetensors"))
     out = tmp_path / "converted"
     assert main(["convert", str(tmp_path / "both.safetensors"), "--to", "diffusers", "--out", str(out)]) == 2
@@ -603,8 +612,12 @@ def test_a_bare_weight_is_read_only_as_ia3_beside_its_on_input(sd15, tmp_path):
     (lora,) = load_loras(sd15, [(str(tmp_path / "ia3.safetensors"), 1.0)])
     assert lora.layout == "kohya/A1111 names (diffusers spelling: lora_unet_down_blocks_...), LoRA + IA3"
     proj_in = sd15.unet.down_blocks[0].attentions[0].proj_in
-    assert close(delta(sd15, "unet", "down_blocks.0.attentions.0.proj_in", lora.adapter),
-                 0.5 * proj_in.base_layer.weight)  # W * 0.5 on every output channel
+    x = torch.randn(1, 320, 4, 4, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():  # W * 0.5 on every output channel: the output less its bias, half again
+        plain = torch.nn.Conv2d.forward(proj_in, x)
+        assert close(proj_in(x), plain + 0.5 * (plain - proj_in.bias[None, :, None, None]))
+    # kept beside the layer: the file's 320 values, not a 320x320 copy of the change
+    assert not any(isinstance(m, BaseTunerLayer) for m in proj_in.modules())
 
 
 def test_lycoris_1_oft_is_refused_by_name(sd15, tmp_path):

@@ -26,7 +26,16 @@ import torch
 from personae.errors import UserError
 from personae.models.embedding_images import is_picture, read_embedding_picture
 from personae.models.layer_patches import install
-from personae.models.lora_layouts import TEXT, UNET, LoraFile, module_table, peft_layers, place, refuse_unplaced
+from personae.models.lora_layouts import (
+    TEXT,
+    UNET,
+    LoraFile,
+    module_table,
+    peft_layers,
+    place,
+    refuse_unplaced,
+)
+from personae.models.lora_math import LowRank
 from personae.models.model_files import check_model_file
 from personae.models.peft_merged import merged_type, read_merged
 from personae.models.tensor_files import flat_tensors, read_tensors
@@ -158,9 +167,17 @@ def add_lora_adapter(pipe, lora: LoraFile, adapter: str) -> None:
         raise
 
 
+def _carrier(pipe) -> dict:
+    """A zero rank-1 change on conv_in: the peft layer that carries the weight of a file whose changes all sit
+    beside their layers (layer_patches read it there); it adds exactly nothing."""
+    out, inp, *kernel = pipe.unet.conv_in.weight.shape
+    return {(UNET, "conv_in"): LowRank(torch.zeros(1, inp, *kernel), torch.zeros(out, 1, 1, 1), 1.0)}
+
+
 def _add_lora_adapter(pipe, lora: LoraFile, adapter: str) -> None:
+    changes = lora.changes or _carrier(pipe)
     for component in (UNET, TEXT):
-        state, config = peft_layers(lora.changes, component)
+        state, config = peft_layers(changes, component)
         if not state:
             continue
         model = getattr(pipe, component)
@@ -177,13 +194,14 @@ def _add_lora_adapter(pipe, lora: LoraFile, adapter: str) -> None:
         placed = _adapter_layers(model, adapter)
         if placed != len(config["target_modules"]):  # our placement and peft's disagree: a bug, not the user's file
             raise RuntimeError(f"{lora.path}: {placed} of {len(config['target_modules'])} {component} layers got the LoRA")
-    if lora.patches:  # norms and embeddings: their weight follows one of the adapter's peft layers
+    if lora.patches:  # norms, embeddings, OFT / GLoRA / IA3: their weight follows one of the adapter's peft layers
         from peft.tuners.lora import LoraLayer
 
         root, path = next((model, name) for model in (pipe.unet, pipe.text_encoder) for name, m in model.named_modules()
                           if isinstance(m, LoraLayer) and adapter in m.lora_A)
         for (component, module), patch in lora.patches.items():
-            install(getattr(pipe, component).get_submodule(module), adapter, patch, root, path)
+            layer = getattr(pipe, component).get_submodule(module)
+            install(getattr(layer, "base_layer", layer), adapter, patch, root, path)  # under any peft LoRA layer
 
 
 def load_loras(pipe, loras: list[tuple[str, float]], allow_pickle: bool = False) -> list[LoadedLora]:
@@ -194,11 +212,7 @@ def load_loras(pipe, loras: list[tuple[str, float]], allow_pickle: bool = False)
     for path, _ in loras:  # every file read and checked before the pipeline changes
         p = Path(path).expanduser()
         lora = read_lora(pipe, p, allow_pickle)
-        if not lora.changes and lora.patches:
-            raise UserError(f"{p} changes only normalisation layers or embeddings ({len(lora.patches)} of them), no "
-                            "Linear or Conv2d layer: personae applies such changes beside a LoRA's own layers.",
-                            "Use the LoRA file they were extracted with (ComfyUI and A1111 apply this one as it is).")
-        if not lora.changes:
+        if not lora.changes and not lora.patches:
             raise UserError(f"{p} holds only bundled embeddings ({', '.join(lora.embeddings)}), no LoRA weights.",
                             "Check the file given with --lora.")
         bundled = [(token, p, _fit_width(f"{p} ({key})", vectors, width))

@@ -1,11 +1,13 @@
-"""Changes to layers peft has no LoRA layer for: normalisation layers (GroupNorm, LayerNorm) and embeddings.
+"""Changes peft has no LoRA layer for: to normalisation layers (GroupNorm, LayerNorm) and embeddings, and the
+forms made from a Linear / Conv2d's own weight (OFT, BOFT, GLoRA, IA3: lora_weight_forms).
 
 Files in the wild change them beside their LoRA: ComfyUI's Extract and Save Lora (its default bias_diff) writes a
 `diff` for every 1-D weight and a `diff_b` for every bias, and, extracting a text encoder, a LoRA pair for its
 token and position embeddings; LyCORIS' train_norm writes `w_norm` / `b_norm`. A1111, ComfyUI and LyCORIS add
 each, times the file's weight, to the layer's weight or bias.
 
-personae keeps such a change beside the layer (non-persistent buffers, so it moves with the model's device and dtype
+The last are added to the layer's output ((W' - W) x, computed from the output or the weight on the fly), the rest
+to the layer's weight or bias before it runs. personae keeps such a change beside the layer (non-persistent buffers, so it moves with the model's device and dtype
 and never enters a state dict) and runs the layer on W + weight * dW. The weight is the adapter's own: read from one
 of the file's peft LoRA layers, so `set_adapters`, `disable_lora`, `delete_adapters` and `unload_lora_weights`
 govern these changes exactly as they govern the LoRA itself; once that layer has left the model (the adapter
@@ -19,6 +21,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from personae.models.lora_weight_forms import output_change
+
 PATCHED = ("GroupNorm", "LayerNorm", "Embedding")  # the layer classes taken
 _NORM = {"diff", "diff_b", "w_norm", "b_norm"}
 _EMBEDDING = {"down", "up", "alpha", "diff"}
@@ -26,13 +30,15 @@ _EMBEDDING = {"down", "up", "alpha", "diff"}
 
 @dataclass
 class Patch:
-    """One layer's change: weight (dense, or up @ down * scale for a LoRA pair on an embedding) and bias."""
+    """One layer's change: weight (dense, or up @ down * scale for a LoRA pair on an embedding) and bias; or, on a
+    Linear / Conv2d, a form made from its own weight (`form`: lora_weight_forms.prepare's tensors)."""
 
     weight: torch.Tensor | None = None
     up: torch.Tensor | None = None
     down: torch.Tensor | None = None
     scale: float = 1.0
     bias: torch.Tensor | None = None
+    form: dict[str, torch.Tensor] | None = None
 
     @property
     def label(self) -> str:
@@ -77,7 +83,7 @@ def patch_of(params: dict[str, torch.Tensor], layer: str, weight_shape: tuple[in
 def _adapter_weight(reference: tuple, adapter: str) -> float | None:
     """The weight set_adapters gave `adapter`, read from one of its peft LoRA layers (0 while it is off), or None
     once that layer is no longer in its model under its name or holds the adapter no more."""
-    root, path, layer = reference
+    root, path, layer, _ = reference
     try:
         if root.get_submodule(path) is not layer or adapter not in layer.lora_A:
             return None
@@ -89,9 +95,8 @@ def _adapter_weight(reference: tuple, adapter: str) -> float | None:
 
 
 def _drop(module: torch.nn.Module, adapter: str) -> None:
-    for suffix in ("_w", "_up", "_down", "_b", "_scale"):
-        if hasattr(module, f"_personae_{adapter}{suffix}"):
-            delattr(module, f"_personae_{adapter}{suffix}")
+    for attr in module._personae_patches[adapter][3]:
+        delattr(module, attr)
     del module._personae_patches[adapter]
     if module._personae_patches:
         return
@@ -110,7 +115,26 @@ def _added(weight: torch.Tensor, change: torch.Tensor) -> torch.Tensor:
     return torch.cat([weight[:change.shape[0]] + change, weight[change.shape[0]:]])
 
 
+def _form(module: torch.nn.Module, adapter: str) -> dict[str, torch.Tensor]:
+    prefix = f"_personae_{adapter}_t_"
+    return {name[len(prefix):]: getattr(module, name) for name in module._personae_patches[adapter][3]
+            if name.startswith(prefix)}
+
+
 def _patched_forward(module):
+    if isinstance(module, (torch.nn.Linear, torch.nn.Conv2d)):
+        def forward(x):  # the output, then each adapter's change to it
+            y = type(module).forward(module, x)
+            for adapter, reference in list(module._personae_patches.items()):
+                w = _adapter_weight(reference, adapter)
+                if w is None:
+                    _drop(module, adapter)
+                elif w:
+                    y = y + w * output_change(module, x, y, _form(module, adapter))
+            return y
+
+        return forward
+
     def forward(x):
         weight, bias = module.weight, getattr(module, "bias", None)  # an Embedding has none
         for adapter, reference in list(module._personae_patches.items()):
@@ -144,14 +168,15 @@ def install(module: torch.nn.Module, adapter: str, patch: Patch, root: torch.nn.
     the model `root`."""
     like = module.weight
     name = "_personae_" + adapter
-    if patch.weight is not None:
-        module.register_buffer(name + "_w", patch.weight.to(like), persistent=False)
+    buffers = {name + "_w": patch.weight, name + "_up": patch.up, name + "_down": patch.down, name + "_b": patch.bias}
+    buffers |= {f"{name}_t_{key}": t for key, t in (patch.form or {}).items()}
+    buffers = {attr: t for attr, t in buffers.items() if t is not None}
+    for attr, t in buffers.items():
+        module.register_buffer(attr, t.to(like), persistent=False)
+    attrs = list(buffers)
     if patch.up is not None:
-        module.register_buffer(name + "_up", patch.up.to(like), persistent=False)
-        module.register_buffer(name + "_down", patch.down.to(like), persistent=False)
         setattr(module, name + "_scale", patch.scale)
-    if patch.bias is not None:
-        module.register_buffer(name + "_b", patch.bias.to(like), persistent=False)
+        attrs.append(name + "_scale")
     if not hasattr(module, "_personae_patches"):
         module._personae_patches = {}
         module._personae_forward = _patched_forward(module)
@@ -159,5 +184,5 @@ def install(module: torch.nn.Module, adapter: str, patch: Patch, root: torch.nn.
             module._old_forward = module._personae_forward
         else:
             module.forward = module._personae_forward
-    module._personae_patches[adapter] = (root, path, root.get_submodule(path))  # a tuple: no child module
+    module._personae_patches[adapter] = (root, path, root.get_submodule(path), attrs)  # a tuple: no child module
 

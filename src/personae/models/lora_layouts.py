@@ -41,7 +41,8 @@ from peft.utils.other import get_pattern_key
 
 from personae.errors import UserError
 from personae.models.layer_patches import PATCHED, Patch, patch_of
-from personae.models.lora_math import LowRank, kind_label, low_rank
+from personae.models.lora_math import FROM_BASE, LowRank, kind_label, kind_of, low_rank
+from personae.models.lora_weight_forms import prepare
 from personae.models.original_layout import unet_module_names_to_original
 
 UNET, TEXT = "unet", "text_encoder"
@@ -343,7 +344,7 @@ def place(path: Path, tensors: dict[str, torch.Tensor], header: dict[str, str], 
             continue
         component, module, naming = where
         namings[naming] += 1
-        if (component, module) in result.changes:
+        if (component, module) in result.changes or (component, module) in result.patches:
             result.unplaced.append((keys, f"a second set of weights for {module}"))
             continue
         shape = table.shapes[(component, module)]
@@ -356,8 +357,17 @@ def place(path: Path, tensors: dict[str, torch.Tensor], header: dict[str, str], 
             params = _peft_scaled(params, configs, component, module)
         if naming in ("peft", "peft-adapter") and "dora_scale" in params:  # peft's magnitude: per output channel, (1, out, 1, 1) on convs
             params["dora_scale"] = params["dora_scale"].reshape(-1, *[1] * (len(shape) - 1))
+        layer = table.modules.get((component, module))
+        if kind_of(params) in FROM_BASE and layer is not None:  # OFT, GLoRA, IA3: beside the layer (layer_patches)
+            try:
+                result.patches[(component, module)] = Patch(form=prepare(params, layer))
+            except (ValueError, RuntimeError) as exc:
+                result.unplaced.append((keys, str(exc).splitlines()[0].rstrip(".")))
+                continue
+            kinds[kind_label(params)] += 1
+            continue
         try:
-            change = low_rank(params, shape, table.modules.get((component, module)))
+            change = low_rank(params, shape)
         except (ValueError, RuntimeError) as exc:
             result.unplaced.append((keys, str(exc).splitlines()[0].rstrip(".")))
             continue

@@ -12,7 +12,8 @@ layers (per-file weights, several files at once, unloadable):
                  full w1 or w2 factors against an identity on its shorter side.
   full diff      the delta itself against an identity (`diff_b` becomes the LoRA bias).
   OFT, BOFT,     changes made from the base weight W itself (a rotation of its output channels, W a1 a2 + b1 b2,
-  GLoRA, IA3     a rescaling): computed on W (`lora_weight_forms`) and split against an identity like a full diff.
+  GLoRA, IA3     a rescaling): no pair at all; recognised here (`kind_of`), applied beside the layer by
+                 `lora_weight_forms` / `layer_patches`.
   DoRA           a LoRA with `dora_scale`: W' = m * (W + delta) / ||W + delta||, the norm per output
                  channel as peft computes it (peft's `lora/dora.py`: Linear norm over dim 1, Conv2d over
                  dims 1-3), so `dora_scale` must hold one value per output channel ((out, 1[, 1, 1]), LyCORIS'
@@ -34,7 +35,7 @@ from dataclasses import dataclass
 
 import torch
 
-from personae.models.lora_weight_forms import NEEDS_BASE, glora_delta, ia3_delta, oft_delta
+from personae.models.lora_weight_forms import NEEDS_BASE
 
 KINDS = {  # parameter names that make up each kind (the rest of a module's names must be among them)
     "LoRA": {"down", "up", "mid", "alpha", "up_bias", "dora_scale", "diff_b"},  # up_bias: peft's lora_bias;
@@ -52,7 +53,7 @@ _REQUIRED = {"LoRA": [{"down", "up"}], "LoHa": [{"hada_w1_a", "hada_w1_b", "hada
              "LoKr": [{"lokr_w1"}, {"lokr_w1_a", "lokr_w1_b"}], "full": [{"diff"}, {"diff_b"}],
              "OFT": [{"oft_blocks"}], "GLoRA": [{"a1.weight", "a2.weight", "b1.weight", "b2.weight"}],
              "IA3": [{"weight", "on_input"}]}
-_FROM_BASE = {"OFT": oft_delta, "GLoRA": glora_delta, "IA3": ia3_delta}
+FROM_BASE = ("OFT", "GLoRA", "IA3")  # kinds made from the base weight: no LowRank form
 
 
 @dataclass
@@ -165,24 +166,20 @@ def _shaped(up, down, kernel):
     return down.reshape(rank, -1, *kernel), up.reshape(up.shape[0], rank, 1, 1)
 
 
-def low_rank(params: dict[str, torch.Tensor], weight_shape: tuple[int, ...],
-             base: torch.nn.Module | None = None) -> LowRank:
+def low_rank(params: dict[str, torch.Tensor], weight_shape: tuple[int, ...]) -> LowRank:
     """The exact LowRank form of one module's parameters, for a module whose weight has `weight_shape`.
 
     Only the kernel (and, for a bias-only full diff, the sizes) are taken from `weight_shape`; the
-    caller compares the result's sizes with the module's. OFT, BOFT, GLoRA and IA3 are computed on
-    `base`'s weight (the Linear / Conv2d the change lands on). Raises ValueError for an unknown set,
-    or for one of those without `base`.
+    caller compares the result's sizes with the module's. Raises ValueError for an unknown set, and for
+    OFT, BOFT, GLoRA and IA3 (FROM_BASE), which have no such form.
     """
     kind = kind_of(params)
     if kind is None:
         raise ValueError(f"parameters {sorted(params)} are no LoRA, LoHa, LoKr, full-diff, OFT, GLoRA or IA3 set")
     kernel = tuple(weight_shape[2:]) or None
-    if kind in _FROM_BASE:
-        if base is None:
-            label = kind_label(params)
-            raise ValueError(f"it is {'an' if label[0] in 'AEIOU' else 'a'} {label} module, which {NEEDS_BASE}")
-        return full_rank(_FROM_BASE[kind](params, base.weight))
+    if kind in FROM_BASE:
+        label = kind_label(params)
+        raise ValueError(f"it is {'an' if label[0] in 'AEIOU' else 'a'} {label} module, which {NEEDS_BASE}")
     factors = _FACTORS[kind](params)
     if factors is None:  # bias only: a zero rank-1 weight change carries it
         factors = (torch.zeros(weight_shape[0], 1), torch.zeros(1, math.prod(weight_shape[1:])), 1.0)
