@@ -1,17 +1,17 @@
-"""Changes peft has no LoRA layer for: to normalisation layers (GroupNorm, LayerNorm) and embeddings, and the
-forms made from a Linear / Conv2d's own weight (OFT, BOFT, GLoRA, IA3: lora_weight_forms).
+"""Changes peft has no LoRA layer for, kept beside their layers: to normalisation layers (GroupNorm, LayerNorm) and
+embeddings, and the forms made from a Linear / Conv2d's own weight (OFT, BOFT, GLoRA, IA3: lora_weight_forms).
 
-Files in the wild change them beside their LoRA: ComfyUI's Extract and Save Lora (its default bias_diff) writes a
-`diff` for every 1-D weight and a `diff_b` for every bias, and, extracting a text encoder, a LoRA pair for its
-token and position embeddings; LyCORIS' train_norm writes `w_norm` / `b_norm`. A1111, ComfyUI and LyCORIS add
-each, times the file's weight, to the layer's weight or bias.
+Files in the wild hold the first kind beside their LoRA: ComfyUI's Extract and Save Lora (its default bias_diff)
+writes a `diff` for every 1-D weight and a `diff_b` for every bias, and, extracting a text encoder, a LoRA pair for
+its token and position embeddings; LyCORIS' train_norm writes `w_norm` / `b_norm`. A1111, ComfyUI and LyCORIS add
+each, times the file's weight, to the layer's weight or bias: personae runs such a layer on W + weight * dW. The
+second kind is added to the layer's output instead, (W' - W) x computed on the fly, so no weight is copied.
 
-The last are added to the layer's output ((W' - W) x, computed from the output or the weight on the fly), the rest
-to the layer's weight or bias before it runs. personae keeps such a change beside the layer (non-persistent buffers, so it moves with the model's device and dtype
-and never enters a state dict) and runs the layer on W + weight * dW. The weight is the adapter's own: read from one
-of the file's peft LoRA layers, so `set_adapters`, `disable_lora`, `delete_adapters` and `unload_lora_weights`
-govern these changes exactly as they govern the LoRA itself; once that layer has left the model (the adapter
-deleted or unloaded), the change is dropped and the layer runs its own forward again.
+A change lives on its layer as non-persistent buffers (it moves with the model's device and dtype and never enters a
+state dict). Its weight is the adapter's own, read from one of the file's peft LoRA layers, so `set_adapters`,
+`disable_lora`, `delete_adapters` and `unload_lora_weights` govern it exactly as they govern the LoRA; once that
+layer has left the model (the adapter deleted or unloaded), the change drops itself and the layer runs its own
+forward again.
 """
 
 from __future__ import annotations

@@ -16,10 +16,11 @@ The one place that knows how files name a module:
   ComfyUI         `diffusion_model.<LDM path>`, `text_encoders.clip_l.transformer.text_model.<path>`.
   OMI             `unet.<LDM path>`, `clip_l.text_model.<path>` (OneTrainer).
 
-Parameters (`lora_down`/`lora_up`/`lora_mid`/`alpha`, LyCORIS `hada_*`, `lokr_*`, `diff`/`diff_b`, `dora_scale`;
-`oft_blocks`/`rescale`, GLoRA `a1.weight`..., IA3 `weight`/`on_input`, computed on the model's own weight)
-become one exact low-rank change per module (`lora_math`); changes to normalisation layers and embeddings
-(`diff`/`diff_b`, `w_norm`/`b_norm`, a LoRA pair on a token table) are kept apart (`layer_patches`). Every key
+Parameters (`lora_down`/`lora_up`/`lora_mid`/`alpha`, LyCORIS `hada_*`, `lokr_*`, `diff`/`diff_b`, `dora_scale`)
+become one exact low-rank change per module (`lora_math`); the forms made from a layer's own weight (`oft_blocks`/
+`rescale`, GLoRA `a1.weight`..., IA3 `weight`/`on_input`: `lora_weight_forms`) and changes to normalisation
+layers and embeddings (`diff`/`diff_b`, `w_norm`/`b_norm`, a LoRA pair on a token table) are kept apart, applied
+beside their layers (`layer_patches`). Every key
 must land on a layer of the model with matching sizes; a file where any does not is refused, naming the keys
 (LyCORIS forms personae does not apply by what they are),
 and a file made for SDXL or SD-2 is named as such in one line. `bundle_emb.<token>.*` keys are
