@@ -181,9 +181,10 @@ def test_a_recipes_file_is_written_without_training_as_a_run_writes_it(tiny_mode
     assert layout[torch.float16, "bytes"] * 2 == layout[torch.float32, "bytes"] > 0
 
 
-def test_a_dora_file_loads_only_where_peft_can_apply_it(tiny_model, trained, tmp_path):
-    """dora_scale on the input axis (A1111's layout, LyCORIS' wd_on_output=False) and files mixing DoRA with plain
-    LoRA layers are refused in one paragraph, not loaded with another image."""
+def test_dora_files_with_either_axis_load_and_mixed_ones_are_refused(tiny_model, trained, tmp_path):
+    """dora_scale on the input axis (A1111's layout, LyCORIS' wd_on_output=False) loads beside its layer (its numbers:
+    tests/test_lycoris_files.py); a file mixing DoRA with plain LoRA layers is refused in one paragraph, not loaded
+    with another image."""
     from personae.models.addons import load_loras
 
     _, run = trained("dora")
@@ -192,11 +193,18 @@ def test_a_dora_file_loads_only_where_peft_can_apply_it(tiny_model, trained, tmp
     pipe = load_pipeline(resolve_model(str(tiny_model[0])))
     input_axis = dict(tensors, **{f"{q}.dora_scale": torch.ones(1, tensors[f"{q}.lora_down.weight"].shape[1])})
     mixed = {k: v for k, v in tensors.items() if k != f"{q}.dora_scale"}
-    for name, data, expected in [("input_axis", input_axis, "input axis"), ("mixed", mixed, "mixes DoRA")]:
-        save_file(data, str(tmp_path / f"{name}.safetensors"), meta)
-        with pytest.raises(UserError, match=expected) as err:
-            load_loras(pipe, [(str(tmp_path / f"{name}.safetensors"), 1.0)])
-        assert "\n" not in str(err.value)
+    save_file(input_axis, str(tmp_path / "input_axis.safetensors"), meta)
+    (lora,) = load_loras(pipe, [(str(tmp_path / "input_axis.safetensors"), 1.0)])
+    assert "DoRA + DoRA (input axis)" in lora.layout
+    from personae.cli.main import main  # the diffusers layout has no input-axis DoRA: convert says so, writes nothing
+
+    assert main(["convert", str(tmp_path / "input_axis.safetensors"), "--to", "diffusers", "--out",
+                 str(tmp_path / "converted")]) == 2 and not (tmp_path / "converted").exists()
+    pipe = load_pipeline(resolve_model(str(tiny_model[0])))
+    save_file(mixed, str(tmp_path / "mixed.safetensors"), meta)
+    with pytest.raises(UserError, match="mixes DoRA") as err:
+        load_loras(pipe, [(str(tmp_path / "mixed.safetensors"), 1.0)])
+    assert "\n" not in str(err.value)
 
 
 def test_convert_keeps_dora_magnitudes(tiny_model, trained, tmp_path):

@@ -65,6 +65,14 @@ CASES = {
               {"a1.weight", "a2.weight", "b1.weight", "b2.weight", "alpha"}, (1.0, 0.6)),
     "ia3": ({"algo": "ia3"}, {"weight", "on_input"}, ()),
     "ia3 on the input side": ({"algo": "ia3", "train_on_input": True}, {"weight", "on_input"}, ()),
+    # DoRA on the input axis (wd_on_output=False: what A1111 and ComfyUI read, LyCORIS' default until 2025 and
+    # OneTrainer's): LyCORIS' loader fails on its own such conv files, so checked against the writing network
+    "dora on the input axis": ({"algo": "lora", "conv_dim": 2, "conv_alpha": 1, "dora_wd": True,
+                                "wd_on_output": False}, {"lora_down.weight", "lora_up.weight", "dora_scale", "alpha"},
+                               ()),
+    "loha with dora on the input axis": ({"algo": "loha", "dora_wd": True, "wd_on_output": False},
+                                         {"hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b", "dora_scale", "alpha"},
+                                         ()),
     # train_norm: w_norm / b_norm on every GroupNorm and LayerNorm (models/layer_patches.py)
     "locon with normalisation layers": ({"algo": "lora", "conv_dim": 2, "conv_alpha": 1, "train_norm": True},
                                         {"lora_down.weight", "lora_up.weight", "alpha", "w_norm", "b_norm"},
@@ -190,16 +198,27 @@ def test_forms_made_from_the_base_weight_cannot_be_converted_without_the_model(b
     assert not out.exists() and not (tmp_path / "d").exists()
 
 
-def test_dora_on_the_input_axis_from_lycoris_is_refused_by_name(tiny_model, base, preset, tmp_path):
-    """wd_on_output=False (A1111's axis): peft has no layer for it, so the file is refused, not drawn otherwise."""
+def test_dora_on_the_input_axis_blends_with_the_base_weight_at_other_weights(tiny_model, base, preset, tmp_path):
+    """At weight s a layer gives W + s (W' - W): A1111's and ComfyUI's blend of the fully applied DoRA weight."""
+    import torch
+
     pipe, inputs = base
     path = tmp_path / "dora-in.safetensors"
     write_lycoris_file(pipe, path, preset, inputs, algo="lora", dora_wd=True, wd_on_output=False)
+    q = "down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q"
     with safe_open(str(path), "pt") as fh:
-        q = "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q"
-        assert fh.get_tensor(f"{q}.dora_scale").shape[0] == 1  # (1, in): the input axis
-    with pytest.raises(UserError, match="input axis"):
-        load_loras(load_pipeline(resolve_model(str(tiny_model[0]))), [(str(path), 1.0)])
+        assert fh.get_tensor(f"lora_unet_{q.replace('.', '_')}.dora_scale").shape[0] == 1  # (1, in): the input axis
+    x = torch.randn(3, pipe.unet.get_submodule(q).in_features, generator=torch.Generator().manual_seed(1))
+    got = {}
+    for weight in (1.0, 0.3):
+        fresh = load_pipeline(resolve_model(str(tiny_model[0])))
+        load_loras(fresh, [(str(path), weight)])
+        with torch.no_grad():
+            got[weight] = fresh.unet.get_submodule(q)(x)
+    with torch.no_grad():
+        plain = pipe.unet.get_submodule(q)(x)
+    assert float((got[1.0] - plain).abs().max()) > 1e-3
+    assert float((got[0.3] - (plain + 0.3 * (got[1.0] - plain))).abs().max()) <= 1e-5
 
 
 # peft's own adapter layout (PeftModel.save_pretrained: adapter_model.safetensors + adapter_config.json, keys

@@ -34,6 +34,7 @@ from personae.errors import UserError
 from personae.models.addons import lora_sources, read_lora_tensors
 from personae.models.folders import save_safetensors
 from personae.models.lora_layouts import TEXT, UNET, LoraFile, place, sd15_table, unplaced_message
+from personae.models.lora_math import NO_PEFT_FORM
 from personae.models.lora_weight_forms import NEEDS_BASE
 from personae.models.peft_merged import merged_type
 
@@ -223,10 +224,11 @@ def read_lora_file(path: Path, allow_pickle: bool = False) -> LoraFile:
         raise UserError(f"{path} cannot be converted: it is a peft {merged_type(configs)} adapter, which {NEEDS_BASE}.",
                         "Use it as it is: personae generate --lora applies it, and peft's PeftModel loads it.")
     lora = place(path, tensors, header, sd15_table(), check_sizes=False, configs=configs)
-    needs_base = next(((keys[0], why) for keys, why in lora.unplaced if why.endswith(NEEDS_BASE)), None)
-    if needs_base:  # OFT, BOFT, GLoRA, IA3: each weight is recomputed from the base model's, not added to
+    needs_base = next(((keys[0], why) for keys, why in lora.unplaced if why.endswith((NEEDS_BASE, NO_PEFT_FORM))),
+                      None)
+    if needs_base:  # OFT, BOFT, GLoRA, IA3 (each weight recomputed from the base model's), DoRA on the input axis
         key, why = needs_base
-        raise UserError(f"{path} cannot be converted: {key.rsplit('.', 1)[0]} {why.removeprefix('it ')}.",
+        raise UserError(f"{path} cannot be converted: {key.rsplit('.', 1)[0]}: {why}.",
                         "Use the file as it is: personae generate --lora, A1111 and ComfyUI apply it.")
     if lora.unplaced:
         raise ValueError(unplaced_message(lora, len(tensors)))

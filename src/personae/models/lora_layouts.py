@@ -42,7 +42,7 @@ from peft.utils.other import get_pattern_key
 
 from personae.errors import UserError
 from personae.models.layer_patches import PATCHED, Patch, patch_of
-from personae.models.lora_math import FROM_BASE, LowRank, kind_label, kind_of, low_rank
+from personae.models.lora_math import FROM_BASE, LowRank, dora_on_input, kind_label, kind_of, low_rank
 from personae.models.lora_weight_forms import prepare
 from personae.models.original_layout import unet_module_names_to_original
 
@@ -359,13 +359,14 @@ def place(path: Path, tensors: dict[str, torch.Tensor], header: dict[str, str], 
         if naming in ("peft", "peft-adapter") and "dora_scale" in params:  # peft's magnitude: per output channel, (1, out, 1, 1) on convs
             params["dora_scale"] = params["dora_scale"].reshape(-1, *[1] * (len(shape) - 1))
         layer = table.modules.get((component, module))
-        if kind_of(params) in FROM_BASE and layer is not None:  # OFT, GLoRA, IA3: beside the layer (layer_patches)
+        beside = layer is not None and (kind_of(params) in FROM_BASE or dora_on_input(params, shape))
+        if beside:  # OFT, GLoRA, IA3, DoRA on the input axis: applied beside the layer (layer_patches)
             try:
-                result.patches[(component, module)] = Patch(form=prepare(params, layer))
+                result.patches[(component, module)] = Patch(form=_beside(params, shape, layer))
             except (ValueError, RuntimeError) as exc:
                 result.unplaced.append((keys, str(exc).splitlines()[0].rstrip(".")))
                 continue
-            kinds[kind_label(params)] += 1
+            kinds["DoRA (input axis)" if "dora_scale" in params else kind_label(params)] += 1
             continue
         try:
             change = low_rank(params, shape)
@@ -384,6 +385,16 @@ def place(path: Path, tensors: dict[str, torch.Tensor], header: dict[str, str], 
     result.layout = describe(namings, kinds)
     result.naming = namings.most_common(1)[0][0] if namings else ""
     return result
+
+
+def _beside(params: dict, shape: tuple[int, ...], layer: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """What layer_patches needs to apply a form beside `layer`: lora_weight_forms.prepare's tensors, or for DoRA on
+    the input axis the exact low-rank pair (its scale folded into up) and the magnitude per input channel."""
+    if "dora_scale" not in params:
+        return prepare(params, layer)
+    change = low_rank({k: v for k, v in params.items() if k != "dora_scale"}, shape)
+    return {"up": change.up.flatten(1) * (change.alpha / change.rank), "down": change.down.flatten(1),
+            "dora_in": params["dora_scale"].detach().to("cpu", torch.float32).flatten()}
 
 
 def _place_other(result: LoraFile, table: ModuleTable, name: str, params: dict, keys: list[str],

@@ -54,6 +54,7 @@ _REQUIRED = {"LoRA": [{"down", "up"}], "LoHa": [{"hada_w1_a", "hada_w1_b", "hada
              "OFT": [{"oft_blocks"}], "GLoRA": [{"a1.weight", "a2.weight", "b1.weight", "b2.weight"}],
              "IA3": [{"weight", "on_input"}]}
 FROM_BASE = ("OFT", "GLoRA", "IA3")  # kinds made from the base weight: no LowRank form
+NO_PEFT_FORM = "which peft's DoRA layers (they normalise the output axis) cannot hold"
 
 
 @dataclass
@@ -208,6 +209,13 @@ def kind_label(params) -> str:
     return {"LoRA": "LoRA", "full": "full diff"}.get(kind, kind or "unknown")
 
 
+def dora_on_input(params: dict[str, torch.Tensor], weight_shape: tuple[int, ...]) -> bool:
+    """Whether the module's `dora_scale` normalises the input axis ((1, in[, 1, 1]): A1111's and ComfyUI's reading,
+    LyCORIS' wd_on_output=False and OneTrainer's default), not the output axis peft's DoRA layers know."""
+    scale = params.get("dora_scale")
+    return scale is not None and scale.shape[0] == 1 and scale.numel() == weight_shape[1] and weight_shape[0] != 1
+
+
 def _magnitude(params, out: int) -> torch.Tensor | None:
     """DoRA's `dora_scale` as (out,), when it holds one value per output channel (the axis peft normalises)."""
     if "dora_scale" not in params:
@@ -215,6 +223,6 @@ def _magnitude(params, out: int) -> torch.Tensor | None:
     scale = _f32(params["dora_scale"])
     if scale.shape[0] != out or scale.numel() != out:
         raise ValueError(f"its dora_scale {tuple(scale.shape)} normalises the input axis (A1111's layout, LyCORIS' "
-                         "wd_on_output=False); personae applies DoRA as peft does, per output channel, and reads "
-                         f"dora_scale of shape ({out}, 1) only")
+                         f"wd_on_output=False), {NO_PEFT_FORM}" if scale.shape[0] == 1 else
+                         f"its dora_scale {tuple(scale.shape)} fits neither the output axis ({out}) nor the input axis")
     return scale.flatten().contiguous()

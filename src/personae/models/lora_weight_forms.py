@@ -16,6 +16,9 @@ would cost up to twice the layer (layer_patches installs it; the forms, as their
           delta = alpha / r * (W a1 a2 + b1 b2) (W a1 over the input channels of a convolution), LyCORIS >= 2
           (its Tucker option never applies to GLoRA: no `bm.weight` is written, none is read).
   IA3     `weight`, `on_input`: delta = W * weight along the output channels (or the input ones).
+  DoRA    on the input axis (`dora_scale` (1, in[, 1, 1]): A1111's and ComfyUI's reading, LyCORIS' wd_on_output=False,
+          OneTrainer's default): W' = m (W + dW) / ||W + dW|| with the norm per input channel; dW is the module's
+          exact low-rank pair (lora_math). At weight s: W + s (W' - W), as A1111 and ComfyUI blend it.
 
 Each change is linear in the weight a user gives the file (A1111's scaling): at 1 it is what every tool
 computes; at other weights LyCORIS keeps OFT's `rescale` whole and interpolates BOFT per stage, and ComfyUI
@@ -112,6 +115,12 @@ def output_change(layer: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, t: d
     """How the form in `t` (prepare's) changes the output y = layer(x), at weight 1: the exact (W' - W) x."""
     conv = isinstance(layer, torch.nn.Conv2d)
     axis = 1 if conv else -1  # the channel axis of x and y
+    if "dora_in" in t:  # m * (W + dW) / ||W + dW||, the norm per input channel (over outputs and kernel), eps as LyCORIS
+        w = layer.weight
+        merged = w + (t["up"] @ t["down"]).reshape(w.shape)
+        norm = merged.transpose(0, 1).reshape(w.shape[1], -1).norm(dim=1) + torch.finfo(merged.dtype).eps
+        scaled = merged * (t["dora_in"] / norm).reshape(1, -1, *[1] * (w.ndim - 2))
+        return _no_bias(layer, x, scaled - w)
     if "r" in t or ("scale" in t and not t["on_input"]):
         z = y if layer.bias is None else y - layer.bias.reshape(-1, *[1] * (y.ndim - 2 if conv else 0))
         if "scale" in t:
