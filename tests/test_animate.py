@@ -312,3 +312,35 @@ def test_long_weighted_prompt_with_and_without_guidance(tiny_model, tiny_motion,
                        clip_session, on_event=events.append)
         assert len(clip.frames) == frames and pixels(clip).std() > 0
     assert any(isinstance(e, Message) and "2 chunks of 75" in e.text for e in events)
+
+
+def test_changes_beside_the_layers_reach_the_motion_unet(tiny_model, tiny_motion, tmp_path):
+    """The motion UNet is built from the session's UNet by copying weights and peft adapters; a LoRA's changes kept
+    beside its layers (a normalisation layer's diff, an IA3 module) come along, at the adapter's weight."""
+    from safetensors.torch import save_file
+
+    from personae.inference.animate import motion_unet
+    from personae.models.addons import load_loras
+    from personae.models.motion import load_motion_adapter, resolve_motion_adapter
+    from personae.models.resolve import load_pipeline, resolve_model
+
+    pipe = load_pipeline(resolve_model(str(tiny_model[0])))
+    g = torch.Generator().manual_seed(8)
+    norm, conv = "down_blocks.0.resnets.0.norm1", "down_blocks.0.resnets.0.conv1"
+    width = pipe.unet.get_submodule(norm).weight.shape[0]
+    k = "lora_unet_" + conv.replace(".", "_")
+    save_file({"lora_unet_" + norm.replace(".", "_") + ".w_norm": torch.randn(width, generator=g),
+               k + ".weight": torch.randn(1, width, 1, 1, generator=g), k + ".on_input": torch.tensor(0.0)},
+              str(tmp_path / "beside.safetensors"))
+    (lora,) = load_loras(pipe, [(str(tmp_path / "beside.safetensors"), 0.7)])
+    model = motion_unet(pipe.unet, load_motion_adapter(resolve_motion_adapter(str(tiny_motion[0]))),
+                        {lora.adapter: 0.7})
+    x = torch.randn(2, width, 8, 8, generator=g)
+    with torch.no_grad():
+        for name in (norm, conv):
+            theirs, mine = pipe.unet.get_submodule(name), model.get_submodule(name)
+            plain = type(theirs).forward(theirs, x)
+            assert float((theirs(x) - plain).abs().max()) > 1e-3, name
+            assert torch.allclose(mine(x), theirs(x), atol=1e-6), name
+        model.set_adapters([lora.adapter], [0.0])  # the motion UNet's own adapter weight governs them
+        assert torch.equal(model.get_submodule(norm)(x), torch.nn.GroupNorm.forward(model.get_submodule(norm), x))

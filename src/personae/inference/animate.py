@@ -34,6 +34,7 @@ from personae.inference.samplers import get_sampler
 from personae.inference.session import Session, open_session
 from personae.media.png import format_parameters, infotext_values
 from personae.models.addons import hashes_text
+from personae.models.layer_patches import copy_patches
 from personae.models.lora_dir import expand_lora_tags, lora_tags
 from personae.models.motion import MotionSource, load_motion_adapter, resolve_motion_adapter
 
@@ -101,6 +102,7 @@ def motion_unet(unet, adapter, lora_weights: dict[str, float] | None = None):
         names = list(lora_configs)
         weights = [(lora_weights or {}).get(name, 1.0) for name in names]
         model.set_adapters(names, weights)
+    copy_patches(unet, model)  # a LoRA's changes beside its layers (norms, OFT, ...): the state dict has none
     return model.to(device=unet.device, dtype=unet.dtype)
 
 

@@ -186,3 +186,29 @@ def install(module: torch.nn.Module, adapter: str, patch: Patch, root: torch.nn.
             module.forward = module._personae_forward
     module._personae_patches[adapter] = (root, path, root.get_submodule(path), attrs)  # a tuple: no child module
 
+
+
+def _patch_on(module: torch.nn.Module, adapter: str) -> Patch:
+    """The Patch `install` put on `module` under `adapter`, rebuilt from its buffers."""
+    name = "_personae_" + adapter
+    attrs = module._personae_patches[adapter][3]
+
+    def get(suffix):
+        return getattr(module, name + suffix) if name + suffix in attrs else None
+
+    form = {attr[len(name) + 3:]: getattr(module, attr) for attr in attrs if attr.startswith(name + "_t_")}
+    return Patch(weight=get("_w"), up=get("_up"), down=get("_down"), bias=get("_b"),
+                 scale=get("_scale") if get("_scale") is not None else 1.0, form=form or None)
+
+
+def copy_patches(source: torch.nn.Module, target: torch.nn.Module) -> int:
+    """Put the changes on `source`'s layers on the layers of the same names in `target`, a model built from it
+    (AnimateDiff's motion UNet copies the UNet's weights and peft adapters, not these). A change whose weight was
+    read from a peft layer in `source` reads it from that layer's namesake in `target`. Returns the layers done."""
+    done = 0
+    for name, module in source.named_modules():
+        for adapter, (root, path, _, _) in list(getattr(module, "_personae_patches", {}).items()):
+            install(target.get_submodule(name), adapter, _patch_on(module, adapter),
+                    target if root is source else root, path)
+            done += 1
+    return done
