@@ -39,6 +39,10 @@ if ! .venv/bin/python -c "from mediapipe.python.solutions import face_mesh, pose
   fi
 fi
 # Storyboards draw dialogue in any script: make sure a font with Hangul and Cyrillic exists.
+if [ -n "$extras" ] && ! .venv/bin/python -m pip show -q spandrel >/dev/null 2>&1; then
+  # the upscaler tests' reference loader (A1111's and ComfyUI's); its declared torchvision would replace our torch
+  $PIP install -q -c "$LOCK" --no-deps "spandrel==0.4.2"
+fi
 if ! fc-list 2>/dev/null | grep -qiE "nanum|noto sans cjk|notosanscjk"; then
   if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null; then
     (apt-get install -y -qq fonts-nanum >/dev/null 2>&1 || { apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq fonts-nanum >/dev/null 2>&1; }) \

@@ -348,6 +348,45 @@ def test_hires_fix_upscales_redraws_and_round_trips_through_a1111_infotext(tiny_
     assert np.array_equal(pixels(again), pixels(out))
 
 
+def test_hires_fix_with_a_model_upscaler_and_an_a1111_png_of_it(tiny_model, tiny_session, tmp_path):
+    """--hires-upscaler FILE: an ESRGAN-family network (models/upscalers.py, checked against spandrel in
+    tests/test_upscalers.py) upscales the decoded picture; A1111's name for it goes in the infotext, and an A1111 PNG
+    naming it finds the file in --upscaler-dir and gives the same picture."""
+    from personae.jobs.generate import png_not_applied, png_references, png_upscaler
+    from personae.media.png import save_png
+    from personae.models.upscalers import RRDBNet
+
+    torch.manual_seed(0)
+    net = RRDBNet(3, 3, 8, 1, 4, 2, 1)  # 4x, BasicSR's names, as RealESRGAN_x4plus is written
+    folder = tmp_path / "webui" / "models" / "RealESRGAN"
+    folder.mkdir(parents=True)
+    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(folder / "RealESRGAN_x4plus.safetensors"))
+    s = settings(tiny_model[0], steps=3, hires_scale=1.5, hires_steps=4, hires_denoise=0.3,
+                 hires_upscaler=str(folder / "RealESRGAN_x4plus.safetensors"))
+    events = []
+    out = txt2img(s, tiny_session, on_event=events.append)[0]
+    tiles = [(e.done, e.total) for e in events if getattr(e, "stage", None) == "upscale"]
+    assert tiles == [(1, 1)], tiles  # 64 px: one A1111 tile of 192, padded; a progress bar for the slow part
+    lanczos = txt2img(s.model_copy(update={"hires_upscaler": "image"}), tiny_session)[0]
+    assert out.image.size == (96, 96) and np.abs(pixels(out) - pixels(lanczos)).mean() > 1  # the network drew
+    assert parse_parameters(out.parameters)[2]["Hires upscaler"] == "R-ESRGAN 4x+"  # A1111's name for that file
+    assert out.settings.hires_upscaler == str(folder.resolve() / "RealESRGAN_x4plus.safetensors")
+    png = tmp_path / "a1111.png"  # as A1111 would write it: infotext only, the upscaler by name
+    save_png(out.image, png, out.parameters)
+    data = settings_from_png(png)
+    assert data["hires_upscaler"] == "R-ESRGAN 4x+"
+    found = png_upscaler(GenerateSettings(**{**data, "model": str(tiny_model[0]), "upscaler_dir": str(tmp_path / "webui")}),
+                         data)
+    assert png_not_applied(png, found) == [] and "hires upscaler: " + str(folder.resolve() / "RealESRGAN_x4plus"
+                                                                        ".safetensors") in png_references(found, data)
+    assert np.array_equal(pixels(txt2img(found, tiny_session)[0]), pixels(out))
+    with pytest.raises(UserError, match='no --upscaler-dir is given'):  # typed by the user: an error, not Lanczos
+        txt2img(s.model_copy(update={"hires_upscaler": "R-ESRGAN 4x+"}), tiny_session)
+    with pytest.raises(UserError, match="is a pickle file"):  # checked before anything is drawn
+        torch.save(net.state_dict(), tmp_path / "4x.pth")
+        txt2img(s.model_copy(update={"hires_upscaler": str(tmp_path / "4x.pth")}), tiny_session)
+
+
 def test_hires_fix_refuses_img2img_and_a_redraw_of_no_steps(tiny_model, photo):
     with pytest.raises(UserError, match="--hires-scale cannot be combined with --init-image"):
         txt2img(settings(tiny_model[0], hires_scale=2, init_image=str(photo)))
@@ -356,15 +395,23 @@ def test_hires_fix_refuses_img2img_and_a_redraw_of_no_steps(tiny_model, photo):
 
 
 def test_a1111_hires_with_a_model_upscaler_is_read_and_the_difference_named(tmp_path):
-    from personae.jobs.generate import png_not_applied
+    from personae.jobs.generate import png_not_applied, png_upscaler
 
     png = _a1111_png(tmp_path / "hires.png", "a cat\nSteps: 20, Sampler: Euler a, Seed: 1, Size: 512x512, "
                      "Denoising strength: 0.45, Hires upscale: 2, Hires steps: 10, Hires upscaler: R-ESRGAN 4x+")
     data = settings_from_png(png)
     assert (data["hires_scale"], data["hires_steps"], data["hires_denoise"], data["hires_upscaler"]) == (2, 10, 0.45,
-                                                                                                         "image")
-    missed = png_not_applied(png, GenerateSettings(model="m", **data))
-    assert missed == ['Hires upscaler "R-ESRGAN 4x+" (upscaled as image here)']
+                                                                                                         "R-ESRGAN 4x+")
+    applied = png_upscaler(GenerateSettings(model="m", **data), data)  # no --upscaler-dir: resized with Lanczos
+    assert applied.hires_upscaler == "image"
+    assert png_not_applied(png, applied) == ['Hires upscaler "R-ESRGAN 4x+" (upscaled as image here; --upscaler-dir '
+                                             "with the folder holding its file would apply it)"]
+    nearest = _a1111_png(tmp_path / "nearest.png", "a cat\nSteps: 20, Seed: 1, Size: 512x512, Denoising strength: "
+                         "0.45, Hires upscale: 2, Hires upscaler: Nearest")
+    data = settings_from_png(nearest)
+    assert data["hires_upscaler"] == "image"
+    assert png_not_applied(nearest, GenerateSettings(model="m", **data)) == [
+        'Hires upscaler "Nearest" (upscaled as image here)']
     ays = _a1111_png(tmp_path / "ays.png", "a cat\nSteps: 20, Sampler: DPM++ 2M, Schedule type: Align Your Steps, "
                      "Seed: 1, Size: 512x512, VAE: vae-ft-mse-840000-ema-pruned.safetensors")
     data = settings_from_png(ays)

@@ -90,6 +90,7 @@ def test_damaged_safetensors_are_one_paragraph_in_every_entry_point(tiny_model, 
             "--model": ["generate", "--model", path, "--prompt", "x", "--out", tmp_path / "out"],
             "--lora": gen + ["--lora", path],
             "--embedding": gen + ["--embedding", path],
+            "--hires-upscaler": gen + ["--hires-scale", 1.5, "--hires-denoise", 1, "--hires-upscaler", path],
             "--controlnet": gen + ["--control", f"raw:{photo}", "--controlnet", f"raw={path}"],
             "--motion-adapter": anim + ["--motion-adapter", path],
             "convert": ["convert", path, "--to", "kohya", "--out", tmp_path / "k.safetensors"],
@@ -230,6 +231,31 @@ def test_png_settings_do_not_start_downloads_and_are_announced(tiny_model, tmp_p
     code, err = cli(capsys, "generate", "--from-png", path, "--out", tmp_path / "out")
     assert code == 0, err
     assert f"from {path}: model: {tiny_model[0]}" in err
+
+
+def test_an_a1111_png_naming_a_model_upscaler_uses_it_from_upscaler_dir_else_says_so(tiny_model, tmp_path, capsys):
+    from personae.models.upscalers import CompactNet
+
+    folder = tmp_path / "webui" / "models" / "ESRGAN"
+    folder.mkdir(parents=True)
+    save_file(CompactNet(3, 3, 4, 1, 4).state_dict(), str(folder / "4x-UltraSharp.safetensors"))
+    path = _png(tmp_path / "a1111.png", {"parameters": "a cat\nSteps: 2, Sampler: Euler a, Seed: 3, Size: 64x64, "
+                                                       "Denoising strength: 0.5, Hires upscale: 1.5, Hires upscaler: "
+                                                       "4x-UltraSharp"})
+    base = ["generate", "--from-png", path, "--model", tiny_model[0]]
+    code, err = cli(capsys, *base, "--out", tmp_path / "lanczos")
+    assert code == 0, err
+    flat = " ".join(err.split())
+    assert 'Hires upscaler "4x-UltraSharp" (upscaled as image here; --upscaler-dir with the folder' in flat, flat
+    code, err = cli(capsys, *base, "--upscaler-dir", tmp_path / "webui", "--out", tmp_path / "model")
+    assert code == 0, err
+    assert f"hires upscaler: {(folder / '4x-UltraSharp.safetensors').resolve()}" in err and "Hires upscaler" not in err
+    made = json.loads(Image.open(next((tmp_path / "model").glob("*.png"))).text["personae"])
+    assert made["hires_upscaler"] == str((folder / "4x-UltraSharp.safetensors").resolve())
+    code, err = cli(capsys, "generate", "--model", tiny_model[0], "--prompt", "x", "--hires-scale", 1.5,
+                    "--hires-upscaler", "4x-UltraSharp", "--out", tmp_path / "typed")
+    refused(code, err, '--hires-upscaler "4x-UltraSharp" is not latent, image or a file')
+    assert not (tmp_path / "typed").exists()
 
 
 # -- files users write ----------------------------------------------------------------------------------------------

@@ -64,6 +64,26 @@ def test_embeddings_offered_include_a1111_cards_under_models_not_previews_or_run
                                    "runs/lora/lora.safetensors"]
 
 
+def test_hires_upscalers_offered_and_named_ones_found_in_the_workspace(tmp_path):
+    from personae.web.tab_generate import upscaler_path, upscalers
+
+    ws = Workspace(tmp_path / "work")
+    for name in ("models/ESRGAN/4x-UltraSharp.pth", "models/RealESRGAN/RealESRGAN_x4plus.pth", "models/lora.pth"):
+        (ws.root / name).parent.mkdir(parents=True, exist_ok=True)
+        (ws.root / name).write_bytes(b"x")
+    assert upscalers(ws) == ["latent", "image", "models/ESRGAN/4x-UltraSharp.pth",
+                             "models/RealESRGAN/RealESRGAN_x4plus.pth"]
+    assert upscaler_path(ws, "image") == "image"
+    assert upscaler_path(ws, "models/ESRGAN/4x-UltraSharp.pth") == str(ws.root / "models/ESRGAN/4x-UltraSharp.pth")
+    # a dropped A1111 PNG names them as A1111 does
+    assert upscaler_path(ws, "R-ESRGAN 4x+") == str((ws.root / "models/RealESRGAN/RealESRGAN_x4plus.pth").resolve())
+    assert upscaler_path(ws, "4x-UltraSharp") == str((ws.root / "models/ESRGAN/4x-UltraSharp.pth").resolve())
+    with pytest.raises(UserError, match='"4x-Remacri" is not in the workspace'):
+        upscaler_path(ws, "4x-Remacri")
+    with pytest.raises(UserError, match="goes up out of the workspace"):
+        upscaler_path(ws, "../4x.pth")
+
+
 def test_a_workspace_that_is_a_file_is_refused(tmp_path):
     (tmp_path / "f").write_text("mine")
     with pytest.raises(UserError, match="is a file"):

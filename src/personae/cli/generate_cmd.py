@@ -11,6 +11,10 @@ EXAMPLES = """examples:
   personae generate --model ./majicmix.safetensors --lora me.safetensors:0.8 \\
       --embedding easynegative.safetensors --prompt "photo of sks man" --out out/
   personae generate --from-png out/00000-7.png --seed 8 --out out/
+  personae generate --model ./majicmix.safetensors --prompt "a castle" --hires-scale 2 --hires-denoise 0.4 \\
+      --hires-upscaler ~/webui/models/ESRGAN/4x-UltraSharp.pth --allow-pickle --out out/
+  personae generate --from-png a1111.png --upscaler-dir ~/stable-diffusion-webui --lora-dir ~/stable-diffusion-webui \\
+      --out out/
   personae generate --model ./tiny --prompt "a watercolor" --init-image photo.png --strength 0.6 --out out/
   personae generate --model ./tiny --prompt "a red hat" --init-image photo.png --mask hat_mask.png --out out/
   personae generate --model stable-diffusion-v1-5/stable-diffusion-v1-5 --prompt "a dancer on a stage" \\
@@ -137,7 +141,7 @@ def run(args) -> int:
     from personae.cli.big_jobs import confirm_big_job, estimate_seconds
     from personae.cli.progress import TerminalProgress
     from personae.events import Message
-    from personae.jobs.generate import png_not_applied, png_references, run_generate, settings_from_png
+    from personae.jobs.generate import png_not_applied, png_references, png_upscaler, run_generate, settings_from_png
     from personae.models.resolve import model_hash, resolve_model
 
     stored = settings_from_png(args.from_png) if args.from_png else None
@@ -146,6 +150,8 @@ def run(args) -> int:
     if args.recipe:
         base = run_recipe(args, base, progress)
     settings = settings_from_args(args, base)
+    if stored is not None:  # a model upscaler the PNG names: from --upscaler-dir, else Lanczos (and said below)
+        settings = png_upscaler(settings, stored)
     images = settings.batch_size * settings.batch_count
     confirm_big_job("This generation", images, estimate_seconds(
         settings.model, images, settings.steps, settings.width, settings.height, settings.cfg, settings.device,

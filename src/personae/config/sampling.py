@@ -133,10 +133,14 @@ class HiresSettings(Concept):
                                infotext_if="hires_scale", ge=0, le=1000)
     hires_denoise: float = setting(0.7, '"Denoising strength" of the redraw: 0 keeps the upscaled picture, 1 redraws '
                                         "it", infotext="Denoising strength", infotext_if="hires_scale", ge=0.0, le=1.0)
-    hires_upscaler: Literal["latent", "image"] = setting(
-        "latent", '"Hires upscaler": latent (A1111\'s "Latent": the latents interpolated; wants a denoise >= 0.5) or '
-                  'image (A1111\'s "Lanczos": the picture resized)', infotext="Hires upscaler",
-        infotext_if="hires_scale")
+    hires_upscaler: str = setting(
+        "latent", '"Hires upscaler": latent (A1111\'s "Latent": the latents interpolated; wants a denoise >= 0.5), '
+                  'image (A1111\'s "Lanczos": the picture resized) or a model upscaler: an ESRGAN / Real-ESRGAN file '
+                  "(4x-UltraSharp.pth, RealESRGAN_x4plus.pth; .pth needs --allow-pickle) or its name in --upscaler-dir",
+        infotext="Hires upscaler", infotext_if="hires_scale", metavar="latent|image|FILE", min_length=1)
+    upscaler_dir: str | None = setting(None, "the folder where --hires-upscaler names (and those in A1111 PNGs: "
+                                             '"4x-UltraSharp", "R-ESRGAN 4x+") are looked up: A1111\'s models/ESRGAN; '
+                                             "an A1111 webui folder works too", metavar="DIR")
 
 
 class ControlSettings(Concept):

@@ -1,10 +1,12 @@
 """A1111's hires fix: draw at the base size, upscale, then redraw the upscaled picture with img2img.
 
     --hires-scale 2 --hires-denoise 0.5 --hires-upscaler latent      # "Hires upscale: 2", "Denoising strength: 0.5"
+    --hires-scale 2 --hires-upscaler ~/webui/models/ESRGAN/4x-UltraSharp.pth --allow-pickle
 
 The base pass gives latents; the upscale is either of the latents themselves (A1111's "Latent": bilinear
 interpolation, then the redraw needs a denoise of about 0.5 or more to clean it up) or of the decoded picture
-(A1111's "Lanczos": PIL Lanczos, then re-encoded by the img2img pipeline). The redraw is diffusers'
+(A1111's "Lanczos": PIL Lanczos; or a model upscaler, an ESRGAN-family network run as A1111 runs it,
+models/upscalers.py), then re-encoded by the img2img pipeline. The redraw is diffusers'
 img2img pipeline on the session's modules at `hires_denoise`, `hires_steps` (0: the base steps) long, with
 a fresh scheduler of the same sampler and fresh generators from the same seeds, so each image reproduces alone.
 """
@@ -15,17 +17,28 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from personae.models.upscalers import UpscalerNet, a1111_name, upscale_picture
+
 # A1111's "Hires upscaler" names <-> ours: what A1111 writes, and how its names read back
 A1111_UPSCALER = {"latent": "Latent", "image": "Lanczos"}
+_RESIZERS = ("lanczos", "image", "nearest", "none")  # A1111's upscalers that only resize the picture
+
+
+def upscaler_to_a1111(upscaler: str) -> str:
+    """What A1111 writes for --hires-upscaler: Latent, Lanczos, or the model upscaler's name (its file's stem)."""
+    return A1111_UPSCALER.get(upscaler) or a1111_name(upscaler)
 
 
 def upscaler_from_a1111(name: str) -> tuple[str, bool]:
-    """(our upscaler, exact) for an A1111 "Hires upscaler" value: its latent modes -> latent; Lanczos, Nearest,
-    None and the model upscalers (ESRGAN, SwinIR, ...) -> image, exact only for Lanczos."""
+    """(our upscaler, exact) for an A1111 "Hires upscaler" value: its latent modes -> latent; Lanczos, Nearest and
+    None -> image (exact only for Lanczos); a model upscaler (ESRGAN, SwinIR, ...) -> its name, which --upscaler-dir
+    may find (exact then, for the ESRGAN family personae reads)."""
     lowered = name.strip().lower()
     if lowered.startswith("latent"):
         return "latent", lowered in ("latent", "latent (antialiased)")
-    return "image", lowered in ("lanczos", "image")
+    if lowered in _RESIZERS:
+        return "image", lowered in ("lanczos", "image")
+    return name.strip(), True
 
 
 def hires_size(width: int, height: int, scale: float) -> tuple[int, int]:
@@ -33,25 +46,32 @@ def hires_size(width: int, height: int, scale: float) -> tuple[int, int]:
     return max(8, int(width * scale) // 8 * 8), max(8, int(height * scale) // 8 * 8)
 
 
-def upscale(pipe, latents: torch.Tensor, size: tuple[int, int], upscaler: str) -> torch.Tensor | list[Image.Image]:
-    """The base pass's latents at `size`: interpolated latents, or decoded pictures resized with Lanczos."""
+def upscale(pipe, latents: torch.Tensor, size: tuple[int, int], upscaler: str,
+            net: UpscalerNet | None = None, on_tile=None) -> torch.Tensor | list[Image.Image]:
+    """The base pass's latents at `size`: interpolated latents, or decoded pictures resized with Lanczos or
+    upscaled by `net` (then Lanczos to the exact size, as A1111 does)."""
     width, height = size
     scale = pipe.vae_scale_factor
     if upscaler == "latent":
         return F.interpolate(latents, size=(height // scale, width // scale), mode="bilinear", antialias=False)
     decoded = pipe.vae.decode(latents / pipe.vae.config.scaling_factor).sample
     pictures = pipe.image_processor.postprocess(decoded, output_type="pil")
+    if net is not None:
+        return [upscale_picture(net, p, size, on_tile=on_tile) for p in pictures]
     return [p.resize(size, Image.Resampling.LANCZOS) for p in pictures]
 
 
-def hires_fix(pipe, redraw_pipe, settings, size: tuple[int, int], kwargs: dict, seeds: list[int]):
+def hires_fix(pipe, redraw_pipe, settings, size: tuple[int, int], kwargs: dict, seeds: list[int],
+              net: UpscalerNet | None = None, on_tile=None):
     """Images of `settings` with the hires fix: `pipe` draws the base picture, `redraw_pipe` (img2img, with a
-    scheduler of its own) redraws the upscaled one. `kwargs`: the shared call arguments (embeds, steps, cfg)."""
+    scheduler of its own) redraws the upscaled one. `kwargs`: the shared call arguments (embeds, steps, cfg);
+    `net`: the model upscaler that --hires-upscaler names, read beforehand; `on_tile(done, total)`: its progress."""
     width, height = size
     # 1. the base picture, kept as latents
     base = pipe(width=width, height=height, output_type="latent", **kwargs).images
     # 2. upscale the latents or the decoded picture
-    image = upscale(pipe, base, hires_size(width, height, settings.hires_scale), settings.hires_upscaler)
+    image = upscale(pipe, base, hires_size(width, height, settings.hires_scale), settings.hires_upscaler,
+                    net, on_tile)
     # 3. redraw at the denoising strength, from the same seeds
     redraw = {**kwargs, "num_inference_steps": settings.hires_steps or settings.steps,
               "generator": [torch.Generator("cpu").manual_seed(s) for s in seeds]}

@@ -22,7 +22,7 @@ from personae.config.generate import GenerateSettings
 from personae.errors import UserError
 from personae.events import EventHandler, Message, Progress, ignore
 from personae.inference.controlnet import PreparedControl, control_denoise, control_infotext, prepare_controls
-from personae.inference.hires import A1111_UPSCALER, hires_fix
+from personae.inference.hires import hires_fix, upscaler_to_a1111
 from personae.inference.img2img import composite, default_size, denoiser, feathered_mask, open_image, vae_roundtrip
 from personae.inference.nans import check_embeddings, nan_guard
 from personae.inference.samplers import get_sampler
@@ -30,6 +30,7 @@ from personae.inference.session import Session, open_session
 from personae.media.png import format_parameters, infotext_values
 from personae.models.addons import LoadedEmbedding, LoadedLora, hashes_text
 from personae.models.lora_dir import expand_lora_tags, lora_tags
+from personae.models.upscalers import UpscalerNet, is_path, read_upscaler, resolve_upscaler
 
 
 @dataclass
@@ -63,7 +64,7 @@ def infotext(settings: GenerateSettings, session: Session, seed: int, width: int
         "Lora hashes": hashes_text({l.name: l.hash for l in loras}),
         "TI hashes": hashes_text({e.token: e.hash for e in embeddings}),
         **control_infotext(settings, session),
-        **({"Hires upscaler": A1111_UPSCALER[settings.hires_upscaler]} if settings.hires_scale else {}),
+        **({"Hires upscaler": upscaler_to_a1111(settings.hires_upscaler)} if settings.hires_scale else {}),
         "Version": f"personae {__version__}",
     }
     prompt = settings.prompt + "".join(f" <lora:{l.name}:{l.weight:g}>" for l in loras)
@@ -88,8 +89,9 @@ def session_lora_tags(settings: GenerateSettings, session: Session, loras: list[
     return settings.model_copy(update={"prompt": prompt}), list(chosen.values())
 
 
-def check_hires(settings: GenerateSettings) -> None:
-    """The hires fix is a txt2img second pass (as in A1111): not with img2img or ControlNet, and with a step to run."""
+def check_hires(settings: GenerateSettings) -> tuple[GenerateSettings, UpscalerNet | None]:
+    """The hires fix is a txt2img second pass (as in A1111): not with img2img or ControlNet, and with a step to run.
+    Returns the settings with a model upscaler's name resolved to its file, and that upscaler read (else None)."""
     if settings.init_image or settings.controls:
         what = "--init-image" if settings.init_image else "--control"
         raise UserError(f"--hires-scale cannot be combined with {what}: the hires fix redraws a txt2img picture.",
@@ -100,6 +102,11 @@ def check_hires(settings: GenerateSettings) -> None:
         raise UserError(f"--hires-denoise {settings.hires_denoise:g} with {steps} hires steps leaves no step of the "
                         "redraw (it runs steps x denoise, rounded down).",
                         "Raise --hires-denoise (0.3-0.7 is usual) or --hires-steps.")
+    if settings.hires_upscaler in ("latent", "image"):
+        return settings, None
+    path = resolve_upscaler(settings.hires_upscaler, settings.upscaler_dir)
+    net = read_upscaler(path, settings.allow_pickle)  # a wrong or missing file fails before the model loads
+    return settings.model_copy(update={"hires_upscaler": str(path)}), net
 
 
 def _absolute(path: str | None) -> str | None:
@@ -113,6 +120,8 @@ def with_absolute_paths(settings: GenerateSettings, session: Session) -> Generat
     return settings.model_copy(update={
         "model": model, "init_image": _absolute(settings.init_image), "mask": _absolute(settings.mask),
         "lora_dir": _absolute(settings.lora_dir), "vae": _absolute(settings.vae),
+        "upscaler_dir": _absolute(settings.upscaler_dir),
+        **({"hires_upscaler": _absolute(settings.hires_upscaler)} if is_path(settings.hires_upscaler) else {}),
         "loras": [l.model_copy(update={"path": _absolute(l.path)}) for l in settings.loras],
         "embeddings": [e.model_copy(update={"path": _absolute(e.path)}) for e in settings.embeddings],
         "controls": [c.model_copy(update={"image": _absolute(c.image)}) for c in settings.controls]})
@@ -141,8 +150,9 @@ def txt2img(settings: GenerateSettings, session: Session | None = None, on_event
                         f"(img2img runs steps x strength = {settings.steps * settings.strength:g}, rounded down).",
                         f"Raise --steps to at least {math.ceil(1 / settings.strength)}, or --strength to at least "
                         f"{math.ceil(100 / settings.steps) / 100:g}.")
+    upscaler = None
     if settings.hires_scale:
-        check_hires(settings)
+        settings, upscaler = check_hires(settings)
     for path, what in ((settings.init_image, "init image"), (settings.mask, "mask")):
         if path:
             open_image(path, what)  # a missing or unreadable file fails before the model loads
@@ -196,7 +206,11 @@ def txt2img(settings: GenerateSettings, session: Session | None = None, on_event
                                                                   **kwargs).images
             elif settings.hires_scale:
                 redraw = denoiser(session, None, None, sampler.make(session.base_scheduler))
-                images = hires_fix(pipe, redraw, settings, (width, height), kwargs, seeds)
+                if upscaler is not None:
+                    upscaler.net.to(session.device)
+                images = hires_fix(pipe, redraw, settings, (width, height), kwargs, seeds, upscaler,
+                                   lambda done, tiles, _b=batch: on_event(Progress("upscale", done, tiles, {
+                                       "batch": _b + 1, "batches": settings.batch_count})))
             else:
                 images = pipe(width=width, height=height, **kwargs).images
         if mask is not None:

@@ -28,6 +28,7 @@ from personae.media.png import (
     read_png_text,
     save_png,
 )
+from personae.models.upscalers import find_upscaler, is_path
 from personae.outputs import Kind, check_output, open_output
 
 GENERATED = Kind("generate", "generated images", "personae generate", signature=(),
@@ -142,8 +143,12 @@ def png_not_applied(path: str | Path, settings: GenerateSettings, model_hash: st
     if schedule and schedule not in SCHEDULES and schedule not in DEFAULT_SCHEDULES:
         missed.append(_shown("Schedule type", schedule) + " (the sampler's own schedule is used)")
     upscaler = params.get("Hires upscaler")
-    if upscaler and "Hires upscale" in params and not upscaler_from_a1111(upscaler)[1]:
-        missed.append(_shown("Hires upscaler", upscaler) + f" (upscaled as {settings.hires_upscaler} here)")
+    if upscaler and "Hires upscale" in params:
+        ours, exact = upscaler_from_a1111(upscaler)
+        model = ours not in ("latent", "image")
+        if not exact or (model and settings.hires_upscaler == "image"):
+            hint = "; --upscaler-dir with the folder holding its file would apply it" if model else ""
+            missed.append(_shown("Hires upscaler", upscaler) + f" (upscaled as {settings.hires_upscaler} here{hint})")
     if "Denoising strength" in params and not (settings.init_image or "Hires upscale" in params):
         missed.append(_shown("Denoising strength", params["Denoising strength"]) + " (no --init-image)")
     if "VAE" in params and not settings.vae:
@@ -151,6 +156,17 @@ def png_not_applied(path: str | Path, settings: GenerateSettings, model_hash: st
     if "Model hash" in params and params["Model hash"] != model_hash:
         missed.append(f'Model "{params.get("Model", "")}" [{params["Model hash"]}] (this run uses {settings.model})')
     return missed
+
+
+def png_upscaler(settings: GenerateSettings, stored: dict) -> GenerateSettings:
+    """`settings` whose model upscaler an A1111 PNG names ("Hires upscaler: 4x-UltraSharp"): used when --upscaler-dir
+    holds it, else the picture is resized with Lanczos (`image`), and png_not_applied says so. A file path (personae's
+    own PNGs) or a name the user typed stays as it is: a missing file is then an error when it loads."""
+    name = settings.hires_upscaler
+    if (not settings.hires_scale or name in ("latent", "image") or is_path(name) or name != stored.get("hires_upscaler")
+            or find_upscaler(name, settings.upscaler_dir) is not None):
+        return settings
+    return settings.model_copy(update={"hires_upscaler": "image"})
 
 
 def png_references(settings: GenerateSettings, stored: dict) -> list[str]:
@@ -174,6 +190,10 @@ def png_references(settings: GenerateSettings, stored: dict) -> list[str]:
     for what in ("init_image", "mask"):
         if getattr(settings, what) and getattr(settings, what) == stored.get(what):
             named.append((what.replace("_", " "), getattr(settings, what), None))
+    if settings.hires_scale and settings.hires_upscaler == stored.get("hires_upscaler") and \
+            settings.hires_upscaler not in ("latent", "image"):
+        found = find_upscaler(settings.hires_upscaler, settings.upscaler_dir)
+        named.append(("hires upscaler", str(found or settings.hires_upscaler), None))
     stored_controls = [c for c in stored.get("controls", []) if isinstance(c, dict)]
     for control in settings.controls:
         if any(c.get("image") == control.image for c in stored_controls):

@@ -19,6 +19,35 @@ def embedding_files(ws) -> list[str]:
              if not p.lower().endswith((".preview.png", ".preview.webp"))]
     return sorted(ws.files(EMBEDDING_SUFFIXES) + cards)
 CONTROL_TYPES_NONE = "none"
+UPSCALER_FOLDERS = ("models/ESRGAN", "models/RealESRGAN")  # A1111's folders, inside the workspace
+
+
+def upscalers(ws) -> list[str]:
+    """--hires-upscaler's choices: latent, image, and the model upscalers under models/ESRGAN and models/RealESRGAN."""
+    from personae.models.upscalers import UPSCALER_SUFFIXES
+
+    return ["latent", "image", *ws.files(UPSCALER_SUFFIXES, under=UPSCALER_FOLDERS)]
+
+
+def upscaler_path(ws, value: str) -> str:
+    """The form's hires upscaler: latent, image, a workspace file, or an A1111 name (from a dropped PNG) of a file
+    in the workspace's upscaler folders."""
+    from personae.models.upscalers import upscaler_files
+
+    if value in ("latent", "image"):
+        return value
+    path = ws.path(value, what="hires upscaler")
+    if path.is_file():
+        return str(path)
+    named = {}
+    for folder in UPSCALER_FOLDERS:
+        if (ws.root / folder).is_dir():
+            named.update({k: v for k, v in upscaler_files(ws.root / folder).items() if ws.contains(v)})
+    if value in named:
+        return str(named[value])
+    raise UserError(f'The hires upscaler "{value}" is not in the workspace.',
+                    f"Put its file under {' or '.join(UPSCALER_FOLDERS)} in the workspace ({ws.root}), or pick "
+                    "latent or image.")
 
 
 def models(ws) -> list[str]:
@@ -62,6 +91,8 @@ def settings_data(ctx, data: dict, model, loras, lora_weight, embeddings, init_i
     data["loras"] = [{"path": str(ws.path(p, what="LoRA", must_exist=True)), "weight": float(lora_weight)}
                      for p in loras or []]
     data["embeddings"] = [{"path": str(ws.path(p, what="embedding", must_exist=True))} for p in embeddings or []]
+    if data.get("hires_upscaler"):
+        data["hires_upscaler"] = upscaler_path(ws, data["hires_upscaler"])
     init = upload(ctx, init_image, "uploads/init")
     if init:
         data["init_image"] = init
@@ -90,8 +121,8 @@ def build(ctx) -> None:
                                 info="a folder or .safetensors under models/ in the workspace, or a hub id",
                                 elem_id="field-model")
             prompt_form = SettingsForm(GenerateSettings, groups=("prompt",), skip=("model", "allow_pickle"))
-            form = SettingsForm(GenerateSettings, groups=("sampling", "batch", "hires fix"),
-                                choices={"sampler": list(SAMPLERS)})
+            form = SettingsForm(GenerateSettings, groups=("sampling", "batch", "hires fix"), skip=("upscaler_dir",),
+                                choices={"sampler": list(SAMPLERS), "hires_upscaler": upscalers(ws)})
             with gr.Accordion("LoRA and embeddings", open=False, elem_id="generate-addons") as addons:
                 loras = gr.Dropdown(ws.files(LORA_SUFFIXES), multiselect=True, label="LoRAs",
                                     info="LoRA files in the workspace (runs/ and models/)", elem_id="field-loras")
@@ -172,5 +203,6 @@ def build(ctx) -> None:
 
     png.upload(from_png, png, [*raw_inputs, model])
     refresh.click(lambda: (gr.update(choices=ws.files(LORA_SUFFIXES)), gr.update(choices=embedding_files(ws)),
-                           gr.update(choices=models(ws))), None, [loras, embeddings, model])
+                           gr.update(choices=models(ws)), gr.update(choices=upscalers(ws))), None,
+                  [loras, embeddings, model, form.components["hires_upscaler"]])
     ctx.generate_loras, ctx.generate_addons = loras, addons
