@@ -32,14 +32,21 @@ from personae.models.upscalers import (
 
 @pytest.fixture(scope="module")
 def spandrel():
-    if "torchvision" not in sys.modules:
-        vision, transforms, functional = (types.ModuleType(n) for n in (
-            "torchvision", "torchvision.transforms", "torchvision.transforms.functional"))
+    """spandrel, imported with stand-ins for the torchvision names two of its other architectures import; the
+    stand-ins leave sys.modules at once, so nothing else in this process (diffusers, transformers) ever sees them."""
+    stand_ins = {} if "torchvision" in sys.modules else {n: types.ModuleType(n) for n in (
+        "torchvision", "torchvision.transforms", "torchvision.transforms.functional")}
+    if stand_ins:
+        functional = stand_ins["torchvision.transforms.functional"]
         functional.InterpolationMode, functional.rotate, functional.normalize = object, None, None
-        vision.transforms, transforms.functional = transforms, functional
-        sys.modules.update({m.__name__: m for m in (vision, transforms, functional)})
-    import spandrel
-
+        stand_ins["torchvision"].transforms = stand_ins["torchvision.transforms"]
+        stand_ins["torchvision.transforms"].functional = functional
+    sys.modules.update(stand_ins)
+    try:
+        import spandrel
+    finally:
+        for name in stand_ins:
+            del sys.modules[name]
     return spandrel
 
 
@@ -196,3 +203,53 @@ def test_names_are_found_as_a1111_finds_them(tmp_path):
         resolve_upscaler("4x-Remacri", None)
     with pytest.raises(UserError, match="is not a folder"):
         resolve_upscaler("4x-Remacri", tmp_path / "nowhere")
+
+
+def test_upscale_command_writes_new_pngs_beside_nothing_it_did_not_make(tmp_path, capsys):
+    """`personae upscale`: A1111's Extras. Each picture once, sizes as A1111's (multiples of 8), a PNG's settings
+    kept and A1111's `extras` text added, names never reused, user folders and damaged inputs refused first."""
+    from PIL.PngImagePlugin import PngInfo
+
+    from personae.cli.main import main
+    from personae.media.png import read_png_text
+
+    _identity(tmp_path, scale=2)  # nearest.safetensors: exactly the nearest-neighbour 2x upscale
+    rng = np.random.default_rng(2)
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    info = PngInfo()
+    info.add_text("parameters", "a cat\nSteps: 4, Seed: 7, Size: 36x20")
+    drawn = Image.fromarray(rng.integers(0, 256, (20, 36, 3), dtype=np.uint8))
+    drawn.save(photos / "00000-7.png", pnginfo=info)
+    Image.fromarray(rng.integers(0, 256, (24, 16, 4), dtype=np.uint8), "RGBA").save(photos / "clip.png")
+    (photos / "notes.txt").write_text("mine")
+    before = {p.name: p.read_bytes() for p in photos.iterdir()}
+    argv = ["upscale", photos, "--upscaler", tmp_path / "nearest.safetensors", "--scale", 2, "--quiet"]
+    assert main([str(a) for a in [*argv, "--out", tmp_path / "big"]]) == 0, capsys.readouterr().err
+    big = tmp_path / "big"
+    assert sorted(p.name for p in big.glob("*.png")) == ["00000-7.png", "clip.png"]
+    out = Image.open(big / "00000-7.png")
+    assert out.size == (72, 40) and np.array_equal(np.asarray(out), np.asarray(drawn.resize((72, 40), Image.NEAREST)))
+    text = read_png_text(big / "00000-7.png")
+    assert text["parameters"].startswith("a cat") and text["extras"] == ("Postprocess upscale by: 2, Postprocess "
+                                                                          "upscaler: nearest")
+    assert Image.open(big / "clip.png").mode == "RGB" and Image.open(big / "clip.png").size == (32, 48)
+    first = (big / "00000-7.png").read_bytes()
+    # again into the same folder, at 1.5x: new names; 36 x 1.5 = 54 -> 48 and 20 x 1.5 = 30 -> 24 (multiples of 8)
+    assert main([str(a) for a in [*argv[:-3], "--scale", 1.5, "--quiet", "--out", big]]) == 0
+    assert Image.open(big / "00000-7-2.png").size == (48, 24) and (big / "00000-7.png").read_bytes() == first
+    assert {p.name: p.read_bytes() for p in photos.iterdir()} == before  # the pictures are only read
+    capsys.readouterr()
+    # refused before anything is written: a folder of the user's, a damaged picture, an upscaler that is not one
+    (photos / "broken.jpg").write_bytes(b"\xff\xd8 not a jpeg")
+    for extra, message in ((["--out", photos], "personae did not write"),
+                           (["--out", tmp_path / "new"], "broken.jpg is not a readable image"),):
+        assert main([str(a) for a in [*argv, *extra]]) == 2
+        assert message in " ".join(capsys.readouterr().err.split())
+    (photos / "broken.jpg").unlink()
+    for extra, message in ((["--upscaler", "4x-UltraSharp"], "no --upscaler-dir is given"),
+                           (["--upscaler", tmp_path / "photos" / "00000-7.png"], "neither a safetensors file nor"),
+                           (["--tile", 8, "--tile-overlap", 8], "tile_overlap (8) must be smaller than tile (8)")):
+        assert main([str(a) for a in [*argv, *extra, "--out", tmp_path / "new"]]) == 2
+        assert message in " ".join(capsys.readouterr().err.split()), message
+    assert not (tmp_path / "new").exists() and {p.name: p.read_bytes() for p in photos.iterdir()} == before

@@ -122,7 +122,7 @@ class CompactNet(nn.Module):
 
 @dataclass
 class UpscalerNet:
-    name: str  # A1111's name for it: the file's stem (modelloader.friendly_name)
+    name: str  # A1111's name for it: its built-in Real-ESRGAN name, else the file's stem (friendly_name)
     net: nn.Module
     scale: int
     architecture: str  # "ESRGAN" or "Compact", with its sizes, for messages
@@ -245,7 +245,7 @@ def read_upscaler(path: Path, allow_pickle: bool) -> UpscalerNet:
     if problem:
         raise UserError(f"{path} looks like an ESRGAN-family upscaler but its tensors do not fit one ({problem}).",
                         f"The file may be damaged or of a variant personae does not read: {supported}.")
-    return UpscalerNet(path.stem, net.eval().requires_grad_(False), scale, architecture)
+    return UpscalerNet(a1111_name(path), net.eval().requires_grad_(False), scale, architecture)
 
 
 def _tile_through(net: UpscalerNet, tile: Image.Image) -> Image.Image:
