@@ -108,6 +108,10 @@ def test_demo_runs_offline_and_writes_an_index(tmp_path):
         int(re.search(r"the checker reads (\d+) of 4 as prompted, star included", flow).group(1))]
     assert reads[0] >= 4 and reads[1] >= 3 and reads[2] >= 3, flow  # of 5, 4, 4: 5, 4, 4 measured
     assert "each reloaded and compared: a1111 0e+00, diffusers 0e+00" in flow, flow
+    # the LoRA baked into the world model (personae merge): the merged model alone draws the star as the LoRA did
+    baked = re.search(r"LoRA baked into the model .* the checker reads (\d+) of 4 as prompted, star included; the "
+                      r"largest pixel difference from the pictures with the LoRA: (\d+) of 255", flow)
+    assert baked and int(baked.group(1)) >= reads[2] - 1 and int(baked.group(2)) <= 2, flow
     # the comparison on the world: base, the DreamBooth star and the LoRA star, every image read back by the checker
     compared = json.loads((tmp_path / "demo/world-compare/metrics.json").read_text())
     table = {v["label"]: v for v in compared["variants"]}

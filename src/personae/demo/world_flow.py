@@ -105,6 +105,26 @@ def world_flow(out: Path, model: Path, index, on_event: EventHandler) -> None:
                                         f"\"{STAR_PROMPTS[1]}\" (backgrounds the stars were never on), seeds 0-3: "
                                         f"the checker reads {right} of 4 as prompted, star included.", with_lora)
 
+    # 4b. the LoRA baked into the model (personae merge): the model alone draws what the model with the LoRA drew
+    from personae.config.merge import MergeSettings
+    from personae.jobs.merge import run_merge
+
+    baked = run_merge([str(model)], out / "models/world-star", MergeSettings(method="none", loras=[
+        LoraRef(path=str(out / kohya_lora))]), overwrite=True, on_event=on_event)
+    alone = []
+    for i, prompt in enumerate(prompts):
+        alone += run_generate(base.model_copy(update={"model": str(baked), "prompt": prompt, "seed": i}),
+                              out / "merged", on_event)
+    largest = max(int(np.abs(np.asarray(Image.open(a), np.int16) - np.asarray(Image.open(b), np.int16)).max())
+                  for a, b in zip(alone, with_lora))
+    index.add("LoRA baked into the model", f"`personae merge {model.name} --method none --lora {kohya_lora} --out "
+                                           "models/world-star` (kohya's merge_lora; A1111's Checkpoint Merger does "
+                                           "weighted sums and differences of models the same way): the same prompts "
+                                           "and seeds on the merged model alone, no LoRA: the checker reads "
+                                           f"{_read(alone, prompts)} of 4 as prompted, star included; the largest "
+                                           f"pixel difference from the pictures with the LoRA: {largest} of 255.",
+              alone)
+
     # 5. reproduce a picture from its PNG's parameters
     again = run_generate(GenerateSettings(**settings_from_png(plain[0])), out / "from-png", on_event)
     index.add("Reproduce from PNG", f"`personae generate --from-png {plain[0].relative_to(out)}`: identical pixels: "
