@@ -181,6 +181,13 @@ def test_control_changes_the_image_through_the_map_and_weight_0_switches_it_off(
     assert np.abs(astronaut - plain).mean() > 1
     assert np.abs(astronaut - coffee).mean() > 1  # the control image itself steers the result
     assert np.abs(off - plain).max() <= 1
+    # A1111's variation seeds reach the ControlNet pipeline's starting noise: strength 1 is the variation seed's picture
+    varied = astronaut  # seed 7, no variation
+    toward = _px(txt2img(_settings(tiny_model[0], seed=7, subseed=9, subseed_strength=1.0, controls=[
+        _unit(model=tiny_controlnet, kind="canny", image=photos / "astronaut.png")]), tiny_session)[0].image)
+    own = _px(txt2img(_settings(tiny_model[0], seed=9, controls=[
+        _unit(model=tiny_controlnet, kind="canny", image=photos / "astronaut.png")]), tiny_session)[0].image)
+    assert np.abs(toward - own).max() <= 1 and np.abs(toward - varied).mean() > 1
 
 
 def test_multi_controlnet_and_the_guidance_window(tiny_model, tiny_session, photos, tiny_controlnet):

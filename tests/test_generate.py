@@ -387,6 +387,39 @@ def test_hires_fix_with_a_model_upscaler_and_an_a1111_png_of_it(tiny_model, tiny
         txt2img(s.model_copy(update={"hires_upscaler": str(tmp_path / "4x.pth")}), tiny_session)
 
 
+def test_variation_seeds_bend_the_noise_toward_another_seed_as_a1111(tiny_model, tiny_session, tmp_path, photo):
+    """A1111's "Variation seed" / "Variation seed strength": 0 is the seed's picture, 1 the variation seed's, a batch
+    keeps the seed and counts the variation seed up, and the PNG (A1111's keys) gives each picture back."""
+    from personae.inference.variation import seed_noise, slerp
+    from personae.media.png import save_png
+
+    low, high = seed_noise(7, (4, 8, 8)), seed_noise(9, (4, 8, 8))
+    assert torch.equal(slerp(0.0, low, high), low) and torch.allclose(slerp(1.0, low, high), high, atol=1e-5)
+    assert torch.equal(slerp(0.3, low, low), low * 0.3 + low * 0.7)  # A1111's plain mix when nearly parallel
+    own = txt2img(settings(tiny_model[0], seed=9), tiny_session)[0]
+    toward = txt2img(settings(tiny_model[0], seed=7, subseed=9, subseed_strength=1.0), tiny_session)[0]
+    assert np.abs(pixels(toward) - pixels(own)).max() <= 1  # strength 1: the variation seed's picture
+    plain = txt2img(settings(tiny_model[0], seed=7), tiny_session)[0]
+    batch = txt2img(settings(tiny_model[0], seed=7, subseed=9, subseed_strength=0.3, batch_size=2), tiny_session)
+    assert [b.seed for b in batch] == [7, 7] and [b.settings.subseed for b in batch] == [9, 10]
+    near = np.abs(pixels(batch[0]) - pixels(plain)).mean()
+    assert 0 < near < np.abs(pixels(own) - pixels(plain)).mean(), near  # between the two
+    params = parse_parameters(batch[1].parameters)[2]
+    assert (params["Seed"], params["Variation seed"], params["Variation seed strength"]) == ("7", "10", "0.3")
+    assert "Variation seed" not in parse_parameters(plain.parameters)[2]
+    png = tmp_path / "a1111.png"
+    save_png(batch[1].image, png, batch[1].parameters)  # as A1111 writes it: the second picture of the batch
+    data = settings_from_png(png)
+    assert (data["seed"], data["subseed"], data["subseed_strength"]) == (7, 10, 0.3)
+    again = txt2img(GenerateSettings(**{**data, "model": str(tiny_model[0])}), tiny_session)[0]
+    assert np.abs(pixels(again) - pixels(batch[1])).max() <= 1  # alone, not in a batch of 2: the last bits differ
+    hires = txt2img(settings(tiny_model[0], seed=7, subseed=9, subseed_strength=0.3, hires_scale=1.5,
+                             hires_denoise=0.5), tiny_session)[0]
+    assert hires.image.size == (96, 96)
+    with pytest.raises(UserError, match="img2img starts from --init-image"):
+        txt2img(settings(tiny_model[0], init_image=str(photo), subseed_strength=0.3), tiny_session)
+
+
 def test_hires_fix_refuses_img2img_and_a_redraw_of_no_steps(tiny_model, photo):
     with pytest.raises(UserError, match="--hires-scale cannot be combined with --init-image"):
         txt2img(settings(tiny_model[0], hires_scale=2, init_image=str(photo)))

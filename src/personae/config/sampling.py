@@ -72,6 +72,19 @@ class BatchSettings(Concept):
     batch_count: int = setting(1, '"Batch count": how many batches, continuing the seeds', ge=1, le=10000)
 
 
+class VariationSettings(Concept):
+    TITLE: ClassVar[str] = "variation"
+
+    subseed: int = setting(-1, '"Variation seed": a second seed whose noise the seed\'s is bent toward; -1 picks one '
+                               "at random (written to the PNG); with a variation strength every image keeps --seed "
+                               "and the variation seed counts up", infotext="Variation seed",
+                           infotext_if="subseed_strength", ge=-1, lt=2**32)
+    subseed_strength: float = setting(0.0, '"Variation strength": 0 is the seed\'s picture, 1 the variation seed\'s; '
+                                           "0.05-0.3 gives pictures near the seed's (A1111's Extra seed options; "
+                                           "txt2img, hires fix and ControlNet, not img2img)",
+                                      infotext="Variation seed strength", infotext_if="subseed_strength", ge=0.0, le=1.0)
+
+
 class RuntimeSettings(Concept):
     """Where and how fast: the device, the number format, and the speed / memory switches A1111 users know from
     its command line (inference/speedups.py applies them). None of them changes what is drawn beyond the last

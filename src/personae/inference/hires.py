@@ -73,6 +73,7 @@ def hires_fix(pipe, redraw_pipe, settings, size: tuple[int, int], kwargs: dict, 
     image = upscale(pipe, base, hires_size(width, height, settings.hires_scale), settings.hires_upscaler,
                     net, on_tile)
     # 3. redraw at the denoising strength, from the same seeds
-    redraw = {**kwargs, "num_inference_steps": settings.hires_steps or settings.steps,
+    shared = {k: v for k, v in kwargs.items() if k != "latents"}  # a variation seed's noise starts the base pass only
+    redraw = {**shared, "num_inference_steps": settings.hires_steps or settings.steps,
               "generator": [torch.Generator("cpu").manual_seed(s) for s in seeds]}
     return redraw_pipe(image=image, strength=settings.hires_denoise, **redraw).images

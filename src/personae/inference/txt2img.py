@@ -27,6 +27,7 @@ from personae.inference.img2img import composite, default_size, denoiser, feathe
 from personae.inference.nans import check_embeddings, nan_guard
 from personae.inference.samplers import get_sampler
 from personae.inference.session import Session, open_session
+from personae.inference.variation import variation_latents
 from personae.media.png import format_parameters, infotext_values
 from personae.models.addons import LoadedEmbedding, LoadedLora, hashes_text
 from personae.models.lora_dir import expand_lora_tags, lora_tags
@@ -142,6 +143,14 @@ def txt2img(settings: GenerateSettings, session: Session | None = None, on_event
     else:
         settings, loras = session_lora_tags(settings, session, loras)
     seed = settings.seed if settings.seed >= 0 else random.randrange(2**32)
+    variation = settings.subseed_strength > 0
+    if variation:
+        if settings.init_image:
+            raise UserError("--subseed-strength (A1111's variation seeds) bends the starting noise of txt2img; img2img "
+                            "starts from --init-image's picture instead.",
+                            "Leave out --subseed-strength, or vary --seed with img2img.")
+        subseed = settings.subseed if settings.subseed >= 0 else random.randrange(2**32)
+        settings = settings.model_copy(update={"subseed": subseed})
     if settings.mask and not settings.init_image:
         raise UserError("--mask needs --init-image (the picture to inpaint).")
     if settings.init_image and settings.strength > 0 and int(settings.steps * settings.strength) < 1:
@@ -180,7 +189,9 @@ def txt2img(settings: GenerateSettings, session: Session | None = None, on_event
     stored = with_absolute_paths(settings, session)
     n = settings.batch_size
     for batch in range(settings.batch_count):
-        seeds = [(seed + batch * n + i) % 2**32 for i in range(n)]
+        # A1111's all_seeds / all_subseeds: with a variation strength the seed stays and the variation seed counts up
+        seeds = [seed if variation else (seed + batch * n + i) % 2**32 for i in range(n)]
+        subseeds = [(settings.subseed + batch * n + i) % 2**32 for i in range(n)] if variation else [None] * n
         total = settings.steps
 
         def report(pipeline, step, timestep, kwargs, _batch=batch):
@@ -193,6 +204,9 @@ def txt2img(settings: GenerateSettings, session: Session | None = None, on_event
                       negative_prompt_embeds=negative.embeds.to(session.dtype).repeat(n, 1, 1),
                       num_inference_steps=settings.steps, guidance_scale=settings.cfg,
                       generator=[torch.Generator("cpu").manual_seed(s) for s in seeds], callback_on_step_end=report)
+        if variation:  # the starting noise, each seed's bent toward its variation seed's
+            shape = (pipe.vae.config.latent_channels, height // pipe.vae_scale_factor, width // pipe.vae_scale_factor)
+            kwargs["latents"] = variation_latents(seeds, subseeds, settings.subseed_strength, shape).to(session.dtype)
         with torch.no_grad(), session.lora_weights(loras) as used, \
                 nan_guard(session.pipe, [f"{l.name} at {l.weight:g}" for l in used if l.weight]):
             if init is not None and settings.strength == 0:  # nothing to redraw: the image as the VAE gives it
@@ -216,7 +230,9 @@ def txt2img(settings: GenerateSettings, session: Session | None = None, on_event
         if mask is not None:
             images = [composite(init, image, mask) for image in images]
         # 6. settings that reproduce each image on its own
-        for image, s in zip(images, seeds):
-            one = stored.model_copy(update={"seed": s, "batch_size": 1, "batch_count": 1, "width": width, "height": height})
-            results.append(GeneratedImage(image, s, infotext(settings, session, s, width, height, used, embeddings), one))
+        for image, s, sub in zip(images, seeds, subseeds):
+            own = {"seed": s, **({"subseed": sub} if variation else {})}
+            one = stored.model_copy(update={**own, "batch_size": 1, "batch_count": 1, "width": width, "height": height})
+            shown = settings.model_copy(update={"subseed": sub}) if variation else settings
+            results.append(GeneratedImage(image, s, infotext(shown, session, s, width, height, used, embeddings), one))
     return results

@@ -121,7 +121,8 @@ def build(ctx) -> None:
                                 info="a folder or .safetensors under models/ in the workspace, or a hub id",
                                 elem_id="field-model")
             prompt_form = SettingsForm(GenerateSettings, groups=("prompt",), skip=("model", "allow_pickle"))
-            form = SettingsForm(GenerateSettings, groups=("sampling", "batch", "hires fix"), skip=("upscaler_dir",),
+            form = SettingsForm(GenerateSettings, groups=("sampling", "batch", "variation", "hires fix"),
+                                skip=("upscaler_dir",),
                                 choices={"sampler": list(SAMPLERS), "hires_upscaler": upscalers(ws)})
             with gr.Accordion("LoRA and embeddings", open=False, elem_id="generate-addons") as addons:
                 loras = gr.Dropdown(ws.files(LORA_SUFFIXES), multiselect=True, label="LoRAs",

@@ -1,0 +1,39 @@
+"""A1111's variation seeds: the starting noise of a seed bent toward another seed's ("Variation seed",
+"Variation strength"), so a batch explores pictures near one you like.
+
+    --seed 7 --subseed 100 --subseed-strength 0.2      # "Seed: 7, Variation seed: 100, Variation seed strength: 0.2"
+
+As A1111's create_random_tensors with its CPU generator (what personae's seeds are: diffusers draws each image's
+noise from its own CPU generator, the same numbers A1111's "RNG source: CPU" draws): noise of the seed and of the
+variation seed, each (4, H/8, W/8), joined by A1111's slerp, which normalises along dim 1 of that 3-d tensor (the
+rows), and falls back to a plain mix (its weights as A1111 writes them) when the two are nearly parallel. With a
+variation strength, every image of the run keeps the seed and the variation seed counts up (A1111's all_seeds /
+all_subseeds), so strength 0 is the seed's picture and 1 the variation seed's.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def slerp(val: float, low: torch.Tensor, high: torch.Tensor) -> torch.Tensor:
+    """A1111's spherical interpolation from `low` (val 0) to `high` (val 1), norms along dim 1."""
+    low_norm = low / torch.norm(low, dim=1, keepdim=True)
+    high_norm = high / torch.norm(high, dim=1, keepdim=True)
+    dot = (low_norm * high_norm).sum(1)
+    if dot.mean() > 0.9995:
+        return low * val + high * (1 - val)  # A1111's own weights in this branch
+    omega = torch.acos(dot)
+    so = torch.sin(omega)
+    return (torch.sin((1.0 - val) * omega) / so).unsqueeze(1) * low + (torch.sin(val * omega) / so).unsqueeze(1) * high
+
+
+def seed_noise(seed: int, shape: tuple[int, ...]) -> torch.Tensor:
+    """The noise diffusers draws for one image from torch.Generator('cpu').manual_seed(seed)."""
+    return torch.randn(shape, generator=torch.Generator("cpu").manual_seed(seed))
+
+
+def variation_latents(seeds: list[int], subseeds: list[int], strength: float, shape: tuple[int, int, int]
+                      ) -> torch.Tensor:
+    """(n, *shape) starting latents: each seed's noise bent toward its variation seed's by `strength`."""
+    return torch.stack([slerp(strength, seed_noise(s, shape), seed_noise(v, shape)) for s, v in zip(seeds, subseeds)])
