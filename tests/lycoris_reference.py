@@ -25,6 +25,9 @@ unet_target_name = ["conv_in", "conv_out", "time_embedding.linear_1", "time_embe
 text_encoder_target_module = ["CLIPAttention", "CLIPSdpaAttention", "CLIPMLP"]
 text_encoder_target_name = []
 """
+# BOFT splits a layer's outputs into a power of two of blocks: the tiny text encoder's 37-wide MLP has none, so
+# BOFT cases train attention alone there
+BOFT_PRESET = SD15_PRESET.replace(', "CLIPMLP"', "").replace('"conv_out", ', "")
 
 
 def quiet() -> None:

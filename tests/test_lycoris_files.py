@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import pytest
 from lycoris_reference import (
+    BOFT_PRESET,
     SD15_PRESET,
     lycoris_outputs,
     outputs,
@@ -78,9 +79,6 @@ CASES = {
                                         {"lora_down.weight", "lora_up.weight", "alpha", "w_norm", "b_norm"},
                                         (1.0, 0.6)),
 }
-# BOFT splits a layer's outputs into a power of two of blocks: the tiny text encoder's 37-wide MLP has none, so
-# BOFT cases train attention alone there
-BOFT_PRESET = SD15_PRESET.replace(', "CLIPMLP"', "").replace('"conv_out", ', "")
 
 
 @pytest.fixture(scope="module")

@@ -109,6 +109,47 @@ def test_a_baked_lora_and_vae_draw_what_the_model_with_them_drew(three, tmp_path
         assert {f.get_slice(k).get_dtype() for k in f.keys()} == {"F16"}
 
 
+# every form personae keeps beside the layers, written by LyCORIS itself (tests/lycoris_reference.py)
+BESIDE = {"oft, rescaled": {"algo": "diag-oft", "rescaled": True}, "boft": {"algo": "boft"},
+          "glora with conv": {"algo": "glora", "conv_dim": 2, "conv_alpha": 1}, "ia3": {"algo": "ia3"},
+          "ia3 on the input side": {"algo": "ia3", "train_on_input": True},
+          "dora on the input axis": {"algo": "lora", "conv_dim": 2, "conv_alpha": 1, "dora_wd": True,
+                                     "wd_on_output": False},
+          "locon with normalisation layers": {"algo": "lora", "conv_dim": 2, "conv_alpha": 1, "train_norm": True}}
+
+
+@pytest.mark.parametrize("case", list(BESIDE))
+def test_forms_kept_beside_the_layers_bake_into_the_weights_they_stand_for(three, tmp_path, case):
+    from lycoris_reference import BOFT_PRESET, SD15_PRESET, outputs, probe_inputs, write_lycoris_file
+
+    from personae.events import ignore
+    from personae.jobs.merge import _bake_loras
+    from personae.models.addons import load_loras
+
+    def fresh():
+        return load_pipeline(resolve_model(str(three[0])))
+
+    pipe = fresh()
+    inputs = probe_inputs(pipe)
+    preset = tmp_path / "preset.toml"
+    preset.write_text(BOFT_PRESET if BESIDE[case]["algo"] == "boft" else SD15_PRESET)
+    path = tmp_path / "file.safetensors"
+    write_lycoris_file(pipe, path, preset, inputs, **BESIDE[case])
+    before = outputs(pipe.text_encoder, pipe.unet, inputs)
+    applied = fresh()
+    load_loras(applied, [(str(path), 0.6)])
+    assert any(hasattr(m, "_personae_patches") for m in applied.unet.modules())  # a form kept beside a layer
+    want = outputs(applied.text_encoder, applied.unet, inputs)
+    baked = fresh()
+    _bake_loras(baked, MergeSettings(method="none", loras=[f"{path}:0.6"]), False, ignore)
+    assert not any(hasattr(m, "_personae_patches") or hasattr(m, "lora_A") for part in (baked.unet, baked.text_encoder)
+                   for m in part.modules())  # plain layers with changed weights
+    for part, got, ref, base in zip(("text encoder", "unet"), outputs(baked.text_encoder, baked.unet, inputs), want,
+                                    before):
+        moved, diff = float((ref - base).abs().max()), float((got - ref).abs().max())
+        assert moved > 1e-3 and diff <= 1e-4 * max(1.0, moved), f"{case}: {part} differs by {diff} (moved {moved})"
+
+
 def test_wrong_inputs_are_refused_before_anything_is_written(three, tmp_path, tiny_model):
     a, b = str(three[0]), str(three[1])
     cases = [
@@ -129,11 +170,7 @@ def test_wrong_inputs_are_refused_before_anything_is_written(three, tmp_path, ti
         run_merge([a, str(world)], tmp_path / "x.safetensors", MergeSettings())
     with pytest.raises(UserError, match="a single checkpoint file carries no tokenizer"):
         run_merge([str(world)], tmp_path / "w.safetensors", MergeSettings(method="none", half=True))
-    beside = tmp_path / "norm.safetensors"
-    save_file({"lora_unet_down_blocks_0_resnets_0_norm1.w_norm": torch.zeros(32)}, str(beside))
-    with pytest.raises(UserError, match="cannot bake into weights yet"):
-        run_merge([a], tmp_path / "n", MergeSettings(method="none", loras=[str(beside)]))
-    assert not any((tmp_path / n).exists() for n in ("o.safetensors", "x.safetensors", "w.safetensors", "n"))
+    assert not any((tmp_path / n).exists() for n in ("o.safetensors", "x.safetensors", "w.safetensors"))
 
 
 def test_the_command_line_merges_and_refuses_in_one_paragraph(three, tmp_path, capsys):

@@ -10,7 +10,9 @@ with an ordinary A is refused, as A1111 refuses it. The models load through the 
 folders, single files, hub ids already downloaded) and merge in fp32 (A1111 merges in the files' own precision,
 fp16 for most shared checkpoints, so its last bits can differ). The result keeps A's tokenizer and scheduler.
 Then the VAE is replaced (--vae, "Bake in VAE") and the LoRAs are fused into the weights at their strengths through
-peft's merge (diffusers' fuse_lora), as kohya's merge_lora adds up x down x alpha / rank to each weight.
+peft's merge (diffusers' fuse_lora), as kohya's merge_lora adds up x down x alpha / rank to each weight; the forms
+personae keeps beside the layers (OFT, BOFT, GLoRA, IA3, input-axis DoRA, normalisation and embedding changes) are
+added as the weight changes they make (layer_patches.take_patches), so every file `--lora` reads can be baked.
 
 Written as one original-layout .safetensors file (what A1111, ComfyUI and model sites use) when OUT ends in
 .safetensors, else as a diffusers folder (with merge.json saying how it was made). Inputs are never written.
@@ -28,6 +30,7 @@ from personae.errors import UserError
 from personae.events import EventHandler, Message, Progress, ignore
 from personae.models.addons import load_loras, read_lora
 from personae.models.folders import save_pipeline_folder
+from personae.models.layer_patches import add_changes, take_patches
 from personae.models.original_layout import save_single_file
 from personae.models.resolve import load_pipeline, resolve_model
 from personae.models.vae import load_vae
@@ -105,17 +108,17 @@ def _merge(a, b, method: str, m: float, on_event: EventHandler) -> None:
 def _bake_loras(pipe, settings: MergeSettings, single_file: bool, on_event: EventHandler) -> None:
     for ref in settings.loras:  # every file read and checked before the weights change
         lora = read_lora(pipe, Path(ref.path).expanduser(), settings.allow_pickle)
-        if lora.patches:
-            raise UserError(f"{ref.path} holds changes personae applies beside the layers (OFT, BOFT, GLoRA, IA3, "
-                            "input-axis DoRA, normalisation or embedding changes), which it cannot bake into weights yet.",
-                            "Apply it with --lora when you generate, or bake it in A1111's SuperMerger or ComfyUI.")
         if lora.embeddings and single_file:
             raise UserError(f"{ref.path} bundles embeddings ({', '.join(lora.embeddings)}): their tokens would join "
                             "the tokenizer, which a single checkpoint file does not carry.",
                             "Write a diffusers folder (an OUT not ending in .safetensors), or leave the LoRA out.")
     loaded = load_loras(pipe, [(ref.path, ref.weight) for ref in settings.loras], settings.allow_pickle)
+    # the changes kept beside the layers (OFT, BOFT, GLoRA, IA3, input-axis DoRA, norms, embeddings) as weight
+    # changes, computed from the weights before the LoRA pairs are fused, then added after: the sum the layers gave
+    beside = take_patches(pipe.unet) + take_patches(pipe.text_encoder)
     pipe.fuse_lora(components=["unet", "text_encoder"], lora_scale=1.0, adapter_names=[l.adapter for l in loaded])
     pipe.unload_lora_weights()
+    add_changes(beside)
     for l in loaded:
         on_event(Message(f"baked {l.name} at {l.weight:g} ({l.layout})"))
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from personae.models.lora_weight_forms import output_change
+from personae.models.lora_weight_forms import dense_change, output_change
 
 PATCHED = ("GroupNorm", "LayerNorm", "Embedding")  # the layer classes taken
 _NORM = {"diff", "diff_b", "w_norm", "b_norm"}
@@ -212,3 +212,40 @@ def copy_patches(source: torch.nn.Module, target: torch.nn.Module) -> int:
                     target if root is source else root, path)
             done += 1
     return done
+
+
+def take_patches(model: torch.nn.Module) -> list[tuple[torch.nn.Module, torch.Tensor | None, torch.Tensor | None]]:
+    """Every change on `model`'s layers as (layer, weight change, bias change) at its adapter's current weight, and
+    the changes taken off (each layer runs its own forward again): what baking adds to the weights. The changes are
+    computed from the weights as they are now, before anything else (a fused LoRA) is added to them."""
+    taken = []
+    for module in list(model.modules()):
+        for adapter, reference in list(getattr(module, "_personae_patches", {}).items()):
+            w = _adapter_weight(reference, adapter) or 0.0
+            patch = _patch_on(module, adapter)
+            weight = bias = None
+            if patch.form is not None:
+                weight = w * dense_change(module, patch.form)
+            elif patch.weight is not None:
+                weight = w * patch.weight
+            elif patch.up is not None:
+                weight = (w * patch.scale) * (patch.up @ patch.down)
+            if patch.bias is not None:
+                bias = w * patch.bias
+            if w and (weight is not None or bias is not None):
+                taken.append((module, None if weight is None else weight.detach().clone(),
+                              None if bias is None else bias.detach().clone()))
+            _drop(module, adapter)
+    return taken
+
+
+def add_changes(taken: list[tuple[torch.nn.Module, torch.Tensor | None, torch.Tensor | None]]) -> None:
+    """take_patches' changes added into the layers' own weights and biases (a grown token table keeps its new rows)."""
+    with torch.no_grad():
+        for module, weight, bias in taken:
+            if weight is not None:
+                module.weight.copy_(_added(module.weight, weight.to(module.weight)))
+            if bias is not None:
+                if module.bias is None:
+                    raise ValueError(f"{type(module).__name__} has no bias to take a change")
+                module.bias.add_(bias.to(module.bias))

@@ -110,17 +110,42 @@ def _no_bias(layer: torch.nn.Module, x: torch.Tensor, weight: torch.Tensor) -> t
     return F.linear(x, weight)
 
 
+def _dora_in(w: torch.Tensor, t: dict[str, torch.Tensor]) -> torch.Tensor:
+    """m * (W + dW) / ||W + dW||, the norm per input channel (over outputs and kernel), eps as LyCORIS."""
+    merged = w + (t["up"] @ t["down"]).reshape(w.shape)
+    norm = merged.transpose(0, 1).reshape(w.shape[1], -1).norm(dim=1) + torch.finfo(merged.dtype).eps
+    return merged * (t["dora_in"] / norm).reshape(1, -1, *[1] * (w.ndim - 2))
+
+
+def dense_change(layer: torch.nn.Module, t: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The form's W' - W at weight 1 as one tensor of the weight's shape: what output_change adds, baked into the
+    weight (`personae merge`). Every form is linear in x, so W x + (W' - W) x is the layer with W' (bias unchanged)."""
+    w = layer.weight
+    if "dora_in" in t:
+        return _dora_in(w, t) - w
+    if "r" in t:  # the output channels turned as the outputs are: the weight's rows, a kernel's flattened
+        rows = w.reshape(w.shape[0], -1)
+        turned = _turned(t["r"], rows)
+        if "rescale" in t:
+            turned = turned * t["rescale"].reshape(-1, 1)
+        return (turned - rows).reshape(w.shape)
+    if "scale" in t:  # IA3: the weight scaled along its output channels, or its input ones
+        scale = t["scale"].reshape(-1)
+        if t["on_input"]:
+            return w * scale.reshape(1, -1, *[1] * (w.ndim - 2))
+        return w * scale.reshape(-1, *[1] * (w.ndim - 1))
+    mixed = torch.einsum("oj...,ji->oi...", w, t["a1"] @ t["a2"])  # GLoRA: W a1 a2 over the input channels
+    pair = (t["b1"] @ t["b2"].reshape(t["b2"].shape[0], -1)).reshape(w.shape)  # + b1 b2
+    return (mixed + pair) * t["gamma"]
+
+
 def output_change(layer: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, t: dict[str, torch.Tensor]
                   ) -> torch.Tensor:
     """How the form in `t` (prepare's) changes the output y = layer(x), at weight 1: the exact (W' - W) x."""
     conv = isinstance(layer, torch.nn.Conv2d)
     axis = 1 if conv else -1  # the channel axis of x and y
-    if "dora_in" in t:  # m * (W + dW) / ||W + dW||, the norm per input channel (over outputs and kernel), eps as LyCORIS
-        w = layer.weight
-        merged = w + (t["up"] @ t["down"]).reshape(w.shape)
-        norm = merged.transpose(0, 1).reshape(w.shape[1], -1).norm(dim=1) + torch.finfo(merged.dtype).eps
-        scaled = merged * (t["dora_in"] / norm).reshape(1, -1, *[1] * (w.ndim - 2))
-        return _no_bias(layer, x, scaled - w)
+    if "dora_in" in t:
+        return _no_bias(layer, x, _dora_in(layer.weight, t) - layer.weight)
     if "r" in t or ("scale" in t and not t["on_input"]):
         z = y if layer.bias is None else y - layer.bias.reshape(-1, *[1] * (y.ndim - 2 if conv else 0))
         if "scale" in t:
