@@ -115,7 +115,8 @@ BESIDE = {"oft, rescaled": {"algo": "diag-oft", "rescaled": True}, "boft": {"alg
           "ia3 on the input side": {"algo": "ia3", "train_on_input": True},
           "dora on the input axis": {"algo": "lora", "conv_dim": 2, "conv_alpha": 1, "dora_wd": True,
                                      "wd_on_output": False},
-          "locon with normalisation layers": {"algo": "lora", "conv_dim": 2, "conv_alpha": 1, "train_norm": True}}
+          "locon with normalisation layers": {"algo": "lora", "conv_dim": 2, "conv_alpha": 1, "train_norm": True},
+          "embeddings": {}}
 
 
 @pytest.mark.parametrize("case", list(BESIDE))
@@ -132,13 +133,25 @@ def test_forms_kept_beside_the_layers_bake_into_the_weights_they_stand_for(three
     pipe = fresh()
     inputs = probe_inputs(pipe)
     preset = tmp_path / "preset.toml"
-    preset.write_text(BOFT_PRESET if BESIDE[case]["algo"] == "boft" else SD15_PRESET)
+    preset.write_text(BOFT_PRESET if BESIDE[case].get("algo") == "boft" else SD15_PRESET)
     path = tmp_path / "file.safetensors"
-    write_lycoris_file(pipe, path, preset, inputs, **BESIDE[case])
+    if case == "embeddings":  # ComfyUI's Extract and Save Lora: LoRA pairs on the token and position tables
+        g = torch.Generator().manual_seed(3)
+        tensors = {}
+        modules = dict(pipe.text_encoder.named_modules())  # transformers 4 has a text_model level, 5 not
+        for table in ("token_embedding", "position_embedding"):
+            rows, width = next(m for n, m in modules.items() if n.endswith(f"embeddings.{table}")).weight.shape
+            key = f"text_encoders.clip_l.transformer.text_model.embeddings.{table}"
+            tensors |= {f"{key}.lora_up.weight": torch.randn(rows, 2, generator=g),
+                        f"{key}.lora_down.weight": torch.randn(2, width, generator=g)}
+        save_file(tensors, str(path))
+    else:
+        write_lycoris_file(pipe, path, preset, inputs, **BESIDE[case])
     before = outputs(pipe.text_encoder, pipe.unet, inputs)
     applied = fresh()
     load_loras(applied, [(str(path), 0.6)])
-    assert any(hasattr(m, "_personae_patches") for m in applied.unet.modules())  # a form kept beside a layer
+    assert any(hasattr(m, "_personae_patches") for part in (applied.unet, applied.text_encoder)
+               for m in part.modules())  # a form kept beside a layer
     want = outputs(applied.text_encoder, applied.unet, inputs)
     baked = fresh()
     _bake_loras(baked, MergeSettings(method="none", loras=[f"{path}:0.6"]), False, ignore)
