@@ -216,3 +216,54 @@ def test_earlier_results_are_listed_from_disk_after_a_restart(ws, tmp_path):
 
     status, mp4, gif = shown(show_clip, ws, "../elsewhere")  # a value typed past the list: said, not raised
     assert status.startswith("**Not shown:**") and mp4 is None and gif is None
+
+
+def test_extras_and_merge_forms_become_the_commands_settings_and_run_through_the_queue(ws, tiny_model, tmp_path):
+    """The Extras tab (A1111's Extras: `personae upscale`) and the Merge tab (its Checkpoint Merger: `personae
+    merge`): pictures and models from the workspace or uploads, results in new workspace folders."""
+    import shutil
+    from types import SimpleNamespace
+
+    from safetensors.torch import save_file
+
+    from personae.jobs.merge import run_merge
+    from personae.jobs.queue import JobQueue
+    from personae.jobs.upscale import run_upscale
+    from personae.models.upscalers import CompactNet
+    from personae.web.tab_extras import merge_request, upscale_request
+
+    ctx = SimpleNamespace(workspace=ws, jobs=JobQueue())
+    (ws.root / "models" / "RealESRGAN").mkdir(parents=True)
+    save_file(CompactNet(3, 3, 4, 1, 2).state_dict(), str(ws.root / "models/RealESRGAN/RealESRGAN_x2plus.safetensors"))
+    photo = _images(tmp_path / "mine", 1) / "red cat 0.png"
+    sources, settings = upscale_request(ctx, [str(photo)], "", "R-ESRGAN 2x+", {"scale": 2.0})
+    assert Path(sources[0]).parent.parent == ws.root / "uploads" / "extras"  # the upload copied into the workspace
+    assert settings.upscaler == str((ws.root / "models/RealESRGAN/RealESRGAN_x2plus.safetensors").resolve())
+    out = ws.new_folder("outputs/upscale")
+    task = ctx.jobs.wait(ctx.jobs.submit("upscale", "1", lambda on_event: run_upscale(sources, out, settings,
+                                                                                      on_event)).id, 120)
+    assert task.status == "done", task.error
+    assert Image.open(out / "red cat 0.png").size == (192, 192)
+    for args, message in ((([], "", "R-ESRGAN 2x+"), "No pictures"), (([str(photo)], "", "image"), "No upscaler"),
+                          (([], "../mine", "R-ESRGAN 2x+"), "goes up out of the workspace")):
+        with pytest.raises(UserError, match=message):
+            upscale_request(ctx, *args, {})
+    shutil.copytree(tiny_model[0], ws.root / "models" / "tiny")
+    models, target, merge = merge_request(ws, ["models/tiny", "", ""], [], 1.0, "", "tiny-half",
+                                          {"method": "none", "half": True})
+    assert models == [str(ws.root / "models" / "tiny")] and target == ws.root / "models" / "tiny-half" and merge.half
+    task = ctx.jobs.wait(ctx.jobs.submit("merge", "m", lambda on_event: run_merge(models, target, merge,
+                                                                                  on_event=on_event)).id, 120)
+    assert task.status == "done", task.error
+    assert (target / "model_index.json").is_file()
+    from personae.web.tab_generate import models as listed
+
+    assert "models/tiny-half" in listed(ws)  # the Generate tab offers the result
+    for args, message in (("tiny-half", "already exists"), ("../x", "not a plain name"), ("", "not a plain name")):
+        with pytest.raises(UserError, match=message):
+            merge_request(ws, ["models/tiny"], [], 1.0, "", args, {"method": "none", "half": True})
+    # the boxes a method does not use are ignored; one it needs must be filled
+    models, _, merge = merge_request(ws, ["models/tiny", "models/tiny-half", "models/tiny"], [], 1.0, "", "mix", {})
+    assert merge.method == "weighted-sum" and len(models) == 2
+    with pytest.raises(UserError, match="add-difference needs model C"):
+        merge_request(ws, ["models/tiny", "models/tiny-half", ""], [], 1.0, "", "mix", {"method": "add-difference"})

@@ -14,7 +14,7 @@ from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = ROOT / "test-artifacts" / "ui"
-TABS = ["Generate", "Train", "Prepare", "Animate", "Storyboard", "Compare", "Runs", "World"]
+TABS = ["Generate", "Train", "Prepare", "Animate", "Storyboard", "Compare", "Extras", "Merge", "Runs", "World"]
 pytestmark = pytest.mark.slow
 
 

@@ -14,7 +14,7 @@ class MergeSettings(Strict):
     version: int = setting(1, "settings file version", cli=False)
     method: Literal["weighted-sum", "add-difference", "none"] = setting(
         "weighted-sum", '"Interpolation Method": weighted-sum A x (1 - M) + B x M; add-difference A + (B - C) x M; '
-                        "none: A alone (to bake in a VAE or LoRAs, or to convert)")
+                        "none: A alone (to bake in a VAE or LoRAs, or to save it in fp16)")
     multiplier: float = setting(0.3, '"Multiplier (M)": how much of B (or of B - C) goes in; 0 gives A',
                                 ge=-10.0, le=10.0)
     loras: list[LoraRef] = setting([], "a LoRA baked into the result at a strength (kohya's merge_lora, after the "

@@ -39,7 +39,7 @@ class Context:
 def build(workspace: Workspace, jobs: JobQueue):
     import gradio as gr
 
-    from personae.web import tab_generate, tab_more, tab_prepare, tab_runs, tab_train, tab_world
+    from personae.web import tab_extras, tab_generate, tab_more, tab_prepare, tab_runs, tab_train, tab_world
     from personae.web.panel import queue_table
 
     ctx = Context(workspace, jobs)
@@ -59,6 +59,10 @@ def build(workspace: Workspace, jobs: JobQueue):
                 tab_more.build_storyboard(ctx)
             with gr.Tab("Compare", id="compare"):
                 tab_more.build_compare(ctx)
+            with gr.Tab("Extras", id="extras"):
+                tab_extras.build_extras(ctx)
+            with gr.Tab("Merge", id="merge"):
+                tab_extras.build_merge(ctx)
             with gr.Tab("Runs", id="runs"):
                 tab_runs.build(ctx)
             with gr.Tab("World", id="world"):
