@@ -420,6 +420,39 @@ def test_variation_seeds_bend_the_noise_toward_another_seed_as_a1111(tiny_model,
         txt2img(settings(tiny_model[0], init_image=str(photo), subseed_strength=0.3), tiny_session)
 
 
+def test_seed_resize_keeps_the_seeds_noise_in_the_middle_of_a_new_size(tiny_model, tiny_session, tmp_path):
+    """A1111's "Resize seed from": the noise of the old size centred in the new size's noise from the same seed."""
+    from pydantic import ValidationError
+
+    from personae.inference.variation import seed_noise, start_latents
+
+    wider = start_latents([5], [None], 0.0, (4, 8, 12), drawn_at=(4, 6, 8))[0]
+    small, own = seed_noise(5, (4, 6, 8)), seed_noise(5, (4, 8, 12))
+    assert torch.equal(wider[:, 1:7, 2:10], small)  # centred
+    assert torch.equal(wider[:, 0], own[:, 0]) and torch.equal(wider[:, :, :2], own[:, :, :2])  # the rest: the seed's
+    narrower = start_latents([5], [None], 0.0, (4, 4, 4), drawn_at=(4, 6, 8))[0]
+    assert torch.equal(narrower, small[:, 1:5, 2:6])  # larger noise: its middle
+    plain = txt2img(settings(tiny_model[0], width=80), tiny_session)[0]
+    same = txt2img(settings(tiny_model[0], width=80, seed_resize_from_w=80, seed_resize_from_h=64), tiny_session)[0]
+    assert np.array_equal(pixels(plain), pixels(same))  # from its own size: nothing moves
+    resized = txt2img(settings(tiny_model[0], width=80, seed_resize_from_w=64, seed_resize_from_h=64), tiny_session)[0]
+    assert np.abs(pixels(resized) - pixels(plain)).mean() > 1
+    assert parse_parameters(resized.parameters)[2]["Seed resize from"] == "64x64"
+    png = _a1111_png(tmp_path / "a1111.png", "a photo of a cat\nSteps: 4, Sampler: DPM++ 2M Karras, Seed: 7, "
+                                             "Size: 80x64, Seed resize from: 64x64")
+    data = settings_from_png(png)
+    assert (data["seed_resize_from_w"], data["seed_resize_from_h"], data["width"]) == (64, 64, 80)
+    again = txt2img(GenerateSettings(**{**data, "model": str(tiny_model[0]), "cfg": 7.0}), tiny_session)[0]
+    redo = txt2img(settings(tiny_model[0], width=80, cfg=7.0, seed_resize_from_w=64, seed_resize_from_h=64),
+                   tiny_session)[0]
+    assert np.array_equal(pixels(again), pixels(redo))
+    from personae.jobs.generate import png_not_applied
+
+    assert png_not_applied(png, GenerateSettings(**{**data, "model": "m"})) == []
+    with pytest.raises(ValidationError, match="go together"):
+        settings(tiny_model[0], seed_resize_from_w=64)
+
+
 def test_hires_fix_refuses_img2img_and_a_redraw_of_no_steps(tiny_model, photo):
     with pytest.raises(UserError, match="--hires-scale cannot be combined with --init-image"):
         txt2img(settings(tiny_model[0], hires_scale=2, init_image=str(photo)))

@@ -97,9 +97,18 @@ def test_every_export_renders_the_same_in_the_old_stack(exports, tiny_model, old
     root, runs = exports
     for name in ("lora", "textual_inversion"):
         assert (runs[name] / "run.json").is_file()
+    from personae.config.merge import MergeSettings
+    from personae.jobs.merge import run_merge
     from personae.world.model import write_world_model
 
     cases = _cases(tiny_model[0], runs, write_world_model(root / "world"))
+    # personae merge's files: an A1111 Checkpoint Merger file (original layout) and a LoRA baked into a folder
+    merged = run_merge([str(tiny_model[0]), str(runs["dreambooth"] / "model")], root / "merged.safetensors",
+                       MergeSettings(multiplier=0.5), overwrite=True)
+    baked = run_merge([str(tiny_model[0])], root / "baked", MergeSettings(method="none", loras=[
+        str(runs["lora"] / "lora.safetensors")]), overwrite=True)
+    cases += [dict(cases[0], name="merged single file", model=str(merged), config=str(tiny_model[0])),
+              dict(cases[0], name="lora baked into a folder", model=str(baked))]
     for case in cases:  # every file the case names exists: a renamed export must not make a case vanish
         for path in [case["model"], *case.get("loras", []), *(e[0] for e in case.get("embeddings", []))]:
             assert Path(path).exists(), path

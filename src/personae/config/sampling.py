@@ -83,6 +83,17 @@ class VariationSettings(Concept):
                                            "0.05-0.3 gives pictures near the seed's (A1111's Extra seed options; "
                                            "txt2img, hires fix and ControlNet, not img2img)",
                                       infotext="Variation seed strength", infotext_if="subseed_strength", ge=0.0, le=1.0)
+    seed_resize_from_w: int = setting(0, '"Resize seed from width": draw the starting noise as for this width and '
+                                         "centre it in this size's, so a picture keeps its composition at a new size "
+                                         "(0: off; A1111's \"Seed resize from\")", ge=0, le=8192)
+    seed_resize_from_h: int = setting(0, '"Resize seed from height": the same for the height (0: off)', ge=0, le=8192)
+
+    @model_validator(mode="after")
+    def _both_sides(self):
+        if bool(self.seed_resize_from_w) != bool(self.seed_resize_from_h):
+            raise ValueError("seed_resize_from_w and seed_resize_from_h go together: set both (the size the seed's "
+                             "noise is drawn at) or neither")
+        return self
 
 
 class RuntimeSettings(Concept):

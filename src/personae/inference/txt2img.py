@@ -27,7 +27,7 @@ from personae.inference.img2img import composite, default_size, denoiser, feathe
 from personae.inference.nans import check_embeddings, nan_guard
 from personae.inference.samplers import get_sampler
 from personae.inference.session import Session, open_session
-from personae.inference.variation import variation_latents
+from personae.inference.variation import start_latents
 from personae.media.png import format_parameters, infotext_values
 from personae.models.addons import LoadedEmbedding, LoadedLora, hashes_text
 from personae.models.lora_dir import expand_lora_tags, lora_tags
@@ -66,6 +66,8 @@ def infotext(settings: GenerateSettings, session: Session, seed: int, width: int
         "TI hashes": hashes_text({e.token: e.hash for e in embeddings}),
         **control_infotext(settings, session),
         **({"Hires upscaler": upscaler_to_a1111(settings.hires_upscaler)} if settings.hires_scale else {}),
+        **({"Seed resize from": f"{settings.seed_resize_from_w}x{settings.seed_resize_from_h}"}
+           if settings.seed_resize_from_w and settings.seed_resize_from_h else {}),
         "Version": f"personae {__version__}",
     }
     prompt = settings.prompt + "".join(f" <lora:{l.name}:{l.weight:g}>" for l in loras)
@@ -144,11 +146,12 @@ def txt2img(settings: GenerateSettings, session: Session | None = None, on_event
         settings, loras = session_lora_tags(settings, session, loras)
     seed = settings.seed if settings.seed >= 0 else random.randrange(2**32)
     variation = settings.subseed_strength > 0
+    resized = bool(settings.seed_resize_from_w and settings.seed_resize_from_h)
+    if (variation or resized) and settings.init_image:
+        flag = "--subseed-strength (A1111's variation seeds)" if variation else "--seed-resize-from-w / -h"
+        raise UserError(f"{flag} shapes the starting noise of txt2img; img2img starts from --init-image's picture "
+                        "instead.", "Leave it out, or vary --seed with img2img.")
     if variation:
-        if settings.init_image:
-            raise UserError("--subseed-strength (A1111's variation seeds) bends the starting noise of txt2img; img2img "
-                            "starts from --init-image's picture instead.",
-                            "Leave out --subseed-strength, or vary --seed with img2img.")
         subseed = settings.subseed if settings.subseed >= 0 else random.randrange(2**32)
         settings = settings.model_copy(update={"subseed": subseed})
     if settings.mask and not settings.init_image:
@@ -204,9 +207,12 @@ def txt2img(settings: GenerateSettings, session: Session | None = None, on_event
                       negative_prompt_embeds=negative.embeds.to(session.dtype).repeat(n, 1, 1),
                       num_inference_steps=settings.steps, guidance_scale=settings.cfg,
                       generator=[torch.Generator("cpu").manual_seed(s) for s in seeds], callback_on_step_end=report)
-        if variation:  # the starting noise, each seed's bent toward its variation seed's
-            shape = (pipe.vae.config.latent_channels, height // pipe.vae_scale_factor, width // pipe.vae_scale_factor)
-            kwargs["latents"] = variation_latents(seeds, subseeds, settings.subseed_strength, shape).to(session.dtype)
+        if variation or resized:  # the starting noise: bent toward the variation seeds', drawn at another size
+            channels, cell = pipe.vae.config.latent_channels, pipe.vae_scale_factor
+            drawn = (channels, settings.seed_resize_from_h // cell, settings.seed_resize_from_w // cell) if resized \
+                else None
+            kwargs["latents"] = start_latents(seeds, subseeds, settings.subseed_strength,
+                                              (channels, height // cell, width // cell), drawn).to(session.dtype)
         with torch.no_grad(), session.lora_weights(loras) as used, \
                 nan_guard(session.pipe, [f"{l.name} at {l.weight:g}" for l in used if l.weight]):
             if init is not None and settings.strength == 0:  # nothing to redraw: the image as the VAE gives it

@@ -8,7 +8,8 @@ noise from its own CPU generator, the same numbers A1111's "RNG source: CPU" dra
 variation seed, each (4, H/8, W/8), joined by A1111's slerp, which normalises along dim 1 of that 3-d tensor (the
 rows), and falls back to a plain mix (its weights as A1111 writes them) when the two are nearly parallel. With a
 variation strength, every image of the run keeps the seed and the variation seed counts up (A1111's all_seeds /
-all_subseeds), so strength 0 is the seed's picture and 1 the variation seed's.
+all_subseeds), so strength 0 is the seed's picture and 1 the variation seed's. "Resize seed from" draws the noise
+at another size and centres it in the seed's noise at this size (A1111's seed_resize_from_w / _h).
 """
 
 from __future__ import annotations
@@ -33,7 +34,27 @@ def seed_noise(seed: int, shape: tuple[int, ...]) -> torch.Tensor:
     return torch.randn(shape, generator=torch.Generator("cpu").manual_seed(seed))
 
 
-def variation_latents(seeds: list[int], subseeds: list[int], strength: float, shape: tuple[int, int, int]
-                      ) -> torch.Tensor:
-    """(n, *shape) starting latents: each seed's noise bent toward its variation seed's by `strength`."""
-    return torch.stack([slerp(strength, seed_noise(s, shape), seed_noise(v, shape)) for s, v in zip(seeds, subseeds)])
+def _resized(seed: int, noise: torch.Tensor, shape: tuple[int, int, int]) -> torch.Tensor:
+    """A1111's "Resize seed from": noise drawn at another size, put in the middle of the seed's noise at this size
+    (cropped to it when larger), so a picture keeps its composition at a new width or height."""
+    target = seed_noise(seed, shape)
+    dx, dy = (shape[2] - noise.shape[2]) // 2, (shape[1] - noise.shape[1]) // 2
+    w = noise.shape[2] if dx >= 0 else noise.shape[2] + 2 * dx
+    h = noise.shape[1] if dy >= 0 else noise.shape[1] + 2 * dy
+    tx, ty, dx, dy = max(dx, 0), max(dy, 0), max(-dx, 0), max(-dy, 0)
+    target[:, ty:ty + h, tx:tx + w] = noise[:, dy:dy + h, dx:dx + w]
+    return target
+
+
+def start_latents(seeds: list[int], subseeds: list[int | None], strength: float, shape: tuple[int, int, int],
+                  drawn_at: tuple[int, int, int] | None = None) -> torch.Tensor:
+    """(n, *shape) starting latents as A1111's create_random_tensors makes them: each seed's noise (drawn at
+    `drawn_at` and centred when the seed is resized from another size) bent toward its variation seed's."""
+    noise_shape = drawn_at or shape
+    out = []
+    for seed, subseed in zip(seeds, subseeds):
+        noise = seed_noise(seed, noise_shape)
+        if strength and subseed is not None:
+            noise = slerp(strength, noise, seed_noise(subseed, noise_shape))
+        out.append(_resized(seed, noise, shape) if noise_shape != shape else noise)
+    return torch.stack(out)
