@@ -30,6 +30,7 @@ from personae import __version__
 from personae.config.animate import AnimateSettings
 from personae.errors import UserError
 from personae.events import EventHandler, Message, Progress, ignore
+from personae.inference.prompt_schedule import prompt_schedule
 from personae.inference.samplers import get_sampler
 from personae.inference.session import Session, open_session
 from personae.media.png import format_parameters, infotext_values
@@ -273,6 +274,11 @@ def animate(settings: AnimateSettings, animate_session: AnimateSession | None = 
         settings = expand_lora_tags(settings)  # <lora:name:w> tags: files from --lora-dir
     else:
         settings = held_lora_tags(settings, animate_session.session)  # never passed on to the text encoder
+    for text, flag in ((settings.prompt, "--prompt"), (settings.negative, "--negative")):
+        if len(prompt_schedule(text, settings.steps)) > 1:  # read as words, the brackets would be drawn
+            raise UserError(f"{flag} uses A1111's prompt editing ([from:to:when] or [a|b]), which `personae generate` "
+                            "applies and animate does not: every frame is drawn with one prompt here.",
+                            "Write the prompt without it, or make the stills with `personae generate`.")
     # 2. load the model, add-ons and motion adapter (unless the caller holds them)
     animate_session = animate_session or open_for(settings, on_event)
     session, pipe = animate_session.session, animate_session.pipe

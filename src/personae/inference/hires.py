@@ -62,10 +62,12 @@ def upscale(pipe, latents: torch.Tensor, size: tuple[int, int], upscaler: str,
 
 
 def hires_fix(pipe, redraw_pipe, settings, size: tuple[int, int], kwargs: dict, seeds: list[int],
-              net: UpscalerNet | None = None, on_tile=None):
+              net: UpscalerNet | None = None, redraw_kwargs: dict | None = None, on_tile=None):
     """Images of `settings` with the hires fix: `pipe` draws the base picture, `redraw_pipe` (img2img, with a
     scheduler of its own) redraws the upscaled one. `kwargs`: the shared call arguments (embeds, steps, cfg);
-    `net`: the model upscaler that --hires-upscaler names, read beforehand; `on_tile(done, total)`: its progress."""
+    `net`: the model upscaler that --hires-upscaler names, read beforehand; `redraw_kwargs`: the redraw's own
+    (its prompt schedule over the hires steps, A1111's hr conditioning); `on_tile(done, total)`: the upscaler's
+    progress."""
     width, height = size
     # 1. the base picture, kept as latents
     base = pipe(width=width, height=height, output_type="latent", **kwargs).images
@@ -74,6 +76,6 @@ def hires_fix(pipe, redraw_pipe, settings, size: tuple[int, int], kwargs: dict, 
                     net, on_tile)
     # 3. redraw at the denoising strength, from the same seeds
     shared = {k: v for k, v in kwargs.items() if k != "latents"}  # a variation seed's noise starts the base pass only
-    redraw = {**shared, "num_inference_steps": settings.hires_steps or settings.steps,
+    redraw = {**shared, **(redraw_kwargs or {}), "num_inference_steps": settings.hires_steps or settings.steps,
               "generator": [torch.Generator("cpu").manual_seed(s) for s in seeds]}
     return redraw_pipe(image=image, strength=settings.hires_denoise, **redraw).images

@@ -25,6 +25,7 @@ from personae.inference.controlnet import PreparedControl, control_denoise, cont
 from personae.inference.hires import hires_fix, upscaler_to_a1111
 from personae.inference.img2img import composite, default_size, denoiser, feathered_mask, open_image, vae_roundtrip
 from personae.inference.nans import check_embeddings, nan_guard
+from personae.inference.prompt_schedule import ScheduledPrompts
 from personae.inference.samplers import get_sampler
 from personae.inference.session import Session, open_session
 from personae.inference.variation import start_latents
@@ -182,31 +183,41 @@ def txt2img(settings: GenerateSettings, session: Session | None = None, on_event
     pipe = session.pipeline(scheduler=scheduler)
     if not sampler.exact:
         on_event(Message(f'"{sampler.name}" runs as diffusers\' {sampler.scheduler.__name__} (the nearest match).', "warning"))
-    # 4. encode prompts: weighted, chunked by 75 tokens, clip skip
-    positive, negative = session.encoder.encode_pair(settings.prompt, settings.negative, settings.clip_skip)
-    check_embeddings(positive.embeds)  # NaN from emphasis or an embedding file: said before any denoising
-    check_embeddings(negative.embeds, "negative prompt")
+    # 4. encode prompts: weighted, chunked by 75 tokens, clip skip; A1111's prompt editing ([a:b:0.5], [a|b]): each
+    # text the schedule reaches encoded once, swapped in by the step callback
+    n = settings.batch_size
+    prompts = ScheduledPrompts(session.encoder, settings.prompt, settings.negative, settings.clip_skip, settings.steps,
+                               n, session.dtype)
+    hires_prompts = ScheduledPrompts(session.encoder, settings.prompt, settings.negative, settings.clip_skip,
+                                     settings.hires_steps or settings.steps, n, session.dtype)
+    for positive, negative in prompts.every_pair() + (hires_prompts.every_pair() if settings.hires_scale else []):
+        check_embeddings(positive.embeds)  # NaN from emphasis or an embedding file: said before any denoising
+        check_embeddings(negative.embeds, "negative prompt")
+    positive = prompts.pair(0)[0]
     if positive.chunks > 1:
         on_event(Message(f"prompt has {positive.tokens} tokens: encoded as {positive.chunks} chunks of 75 (not truncated)"))
+    if prompts.changes:
+        on_event(Message(f"prompt editing: {len(prompts.prompts)} prompt and {len(prompts.negatives)} negative "
+                         f"prompt stage(s) over {settings.steps} steps"))
     results: list[GeneratedImage] = []
     stored = with_absolute_paths(settings, session)
-    n = settings.batch_size
     for batch in range(settings.batch_count):
         # A1111's all_seeds / all_subseeds: with a variation strength the seed stays and the variation seed counts up
         seeds = [seed if variation else (seed + batch * n + i) % 2**32 for i in range(n)]
         subseeds = [(settings.subseed + batch * n + i) % 2**32 for i in range(n)] if variation else [None] * n
         total = settings.steps
 
-        def report(pipeline, step, timestep, kwargs, _batch=batch):
-            count = len(pipeline.scheduler.timesteps) or total
-            on_event(Progress("denoise", step + 1, count, {"batch": _batch + 1, "batches": settings.batch_count}))
-            return kwargs
+        def reporter(scheduled: ScheduledPrompts, _batch=batch):
+            def report(pipeline, step, timestep, kwargs):
+                count = len(pipeline.scheduler.timesteps) or total
+                on_event(Progress("denoise", step + 1, count, {"batch": _batch + 1, "batches": settings.batch_count}))
+                return scheduled.after_step(pipeline, step, kwargs)
+            return report
 
         # 5. denoise: one CPU generator per image, so each seed reproduces alone
-        kwargs = dict(prompt_embeds=positive.embeds.to(session.dtype).repeat(n, 1, 1),
-                      negative_prompt_embeds=negative.embeds.to(session.dtype).repeat(n, 1, 1),
-                      num_inference_steps=settings.steps, guidance_scale=settings.cfg,
-                      generator=[torch.Generator("cpu").manual_seed(s) for s in seeds], callback_on_step_end=report)
+        kwargs = dict(**prompts.call_kwargs(), num_inference_steps=settings.steps, guidance_scale=settings.cfg,
+                      generator=[torch.Generator("cpu").manual_seed(s) for s in seeds],
+                      callback_on_step_end=reporter(prompts))
         if variation or resized:  # the starting noise: bent toward the variation seeds', drawn at another size
             channels, cell = pipe.vae.config.latent_channels, pipe.vae_scale_factor
             drawn = (channels, settings.seed_resize_from_h // cell, settings.seed_resize_from_w // cell) if resized \
@@ -229,6 +240,7 @@ def txt2img(settings: GenerateSettings, session: Session | None = None, on_event
                 if upscaler is not None:
                     upscaler.net.to(session.device)
                 images = hires_fix(pipe, redraw, settings, (width, height), kwargs, seeds, upscaler,
+                                   {**hires_prompts.call_kwargs(), "callback_on_step_end": reporter(hires_prompts)},
                                    lambda done, tiles, _b=batch: on_event(Progress("upscale", done, tiles, {
                                        "batch": _b + 1, "batches": settings.batch_count})))
             else:
