@@ -453,6 +453,49 @@ def test_seed_resize_keeps_the_seeds_noise_in_the_middle_of_a_new_size(tiny_mode
         settings(tiny_model[0], seed_resize_from_w=64)
 
 
+def test_the_hires_redraw_has_its_own_prompt_sampler_and_cfg_as_in_a1111(tiny_model, tiny_session, tmp_path):
+    """A1111 1.6+'s "Hires prompt", "Hires negative prompt", "Hires sampler" (with "Hires schedule type") and 1.9's
+    "Hires CFG Scale": the base pass is conditioned on the prompt, the redraw on the hires prompt; all read back."""
+    from pydantic import ValidationError
+
+    from personae.media.png import save_png
+
+    seen = []
+    hook = tiny_session.pipe.unet.register_forward_pre_hook(
+        lambda module, args, kwargs: seen.append(kwargs["encoder_hidden_states"]), with_kwargs=True)
+    s = settings(tiny_model[0], steps=3, hires_scale=1.5, hires_steps=4, hires_denoise=0.5, hires_prompt="a red house",
+                 hires_negative="blurry", hires_sampler="euler", hires_cfg=3.0, cfg=5.0)
+    try:
+        out = txt2img(s, tiny_session)[0]
+    finally:
+        hook.remove()
+    base, redraw = tiny_session.encoder.encode_pair("a photo of a cat", "", 1), \
+        tiny_session.encoder.encode_pair("a red house", "blurry", 1)
+    assert len(seen) == 3 + 2  # 3 base steps, then 4 x 0.5 of the redraw
+    assert all(torch.equal(e, torch.cat([base[1].embeds, base[0].embeds])) for e in seen[:3])
+    assert all(torch.equal(e, torch.cat([redraw[1].embeds, redraw[0].embeds])) for e in seen[3:])
+    params = parse_parameters(out.parameters)[2]
+    assert (params["Hires prompt"], params["Hires negative prompt"], params["Hires sampler"],
+            params["Hires CFG Scale"]) == ("a red house", "blurry", "Euler", "3")
+    plain = txt2img(s.model_copy(update={"hires_prompt": "", "hires_negative": "", "hires_sampler": "",
+                                         "hires_cfg": None}), tiny_session)[0]
+    assert np.abs(pixels(out) - pixels(plain)).mean() > 1
+    png = tmp_path / "a1111.png"
+    save_png(out.image, png, out.parameters)
+    data = settings_from_png(png)
+    assert (data["hires_prompt"], data["hires_negative"], data["hires_sampler"], data["hires_cfg"]) == (
+        "a red house", "blurry", "Euler", 3.0)
+    again = txt2img(GenerateSettings(**{**data, "model": str(tiny_model[0])}), tiny_session)[0]
+    assert np.array_equal(pixels(again), pixels(out))
+    karras = _a1111_png(tmp_path / "k.png", "a cat\nSteps: 4, Seed: 1, Size: 64x64, Denoising strength: 0.5, "
+                                            "Hires upscale: 2, Hires sampler: DPM++ 2M, Hires schedule type: Karras")
+    assert settings_from_png(karras)["hires_sampler"] == "DPM++ 2M Karras"
+    with pytest.raises(ValidationError, match="need hires_scale"):
+        settings(tiny_model[0], hires_prompt="a red house")
+    with pytest.raises(UserError, match="LoRA tags other than the prompt's"):
+        txt2img(s.model_copy(update={"hires_prompt": "a red house <lora:other:1>"}), tiny_session)
+
+
 def test_hires_fix_refuses_img2img_and_a_redraw_of_no_steps(tiny_model, photo):
     with pytest.raises(UserError, match="--hires-scale cannot be combined with --init-image"):
         txt2img(settings(tiny_model[0], hires_scale=2, init_image=str(photo)))

@@ -165,6 +165,21 @@ class HiresSettings(Concept):
     upscaler_dir: str | None = setting(None, "the folder where --hires-upscaler names (and those in A1111 PNGs: "
                                              '"4x-UltraSharp", "R-ESRGAN 4x+") are looked up: A1111\'s models/ESRGAN; '
                                              "an A1111 webui folder works too", metavar="DIR")
+    hires_prompt: str = setting("", '"Hires prompt": the redraw\'s own prompt (A1111 1.6+); empty: --prompt',
+                                infotext="Hires prompt", infotext_if="hires_prompt")
+    hires_negative: str = setting("", '"Hires negative prompt": the redraw\'s own negative prompt; empty: --negative',
+                                  infotext="Hires negative prompt", infotext_if="hires_negative")
+    hires_sampler: str = setting("", '"Hires sampler": the redraw\'s sampler (A1111 1.6+); empty: --sampler',
+                                 infotext="Hires sampler", infotext_if="hires_sampler")
+    hires_cfg: float | None = setting(None, '"Hires CFG Scale": the redraw\'s CFG (A1111 1.9+); empty: --cfg',
+                                      infotext="Hires CFG Scale", infotext_if="hires_cfg", ge=0.0, le=30.0)
+
+    @model_validator(mode="after")
+    def _redraw_needs_hires(self):
+        given = [f for f in ("hires_prompt", "hires_negative", "hires_sampler", "hires_cfg") if getattr(self, f)]
+        if given and not self.hires_scale:
+            raise ValueError(f"{', '.join(given)} set the hires fix's redraw: they need hires_scale")
+        return self
 
 
 class ControlSettings(Concept):

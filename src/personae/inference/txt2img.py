@@ -93,6 +93,15 @@ def session_lora_tags(settings: GenerateSettings, session: Session, loras: list[
     return settings.model_copy(update={"prompt": prompt}), list(chosen.values())
 
 
+def hires_prompt_text(settings: GenerateSettings) -> str:
+    """--hires-prompt without its <lora:...> tags, which must be the prompt's own (the LoRAs apply to both passes)."""
+    text, tags = lora_tags(settings.hires_prompt)
+    if tags and {(t.name, t.weight) for t in tags} != {(t.name, t.weight) for t in lora_tags(settings.prompt)[1]}:
+        raise UserError("--hires-prompt has LoRA tags other than the prompt's; personae applies one set of LoRAs to "
+                        "both passes.", "Give the hires prompt the prompt's tags, or none.")
+    return text
+
+
 def check_hires(settings: GenerateSettings) -> tuple[GenerateSettings, UpscalerNet | None]:
     """The hires fix is a txt2img second pass (as in A1111): not with img2img or ControlNet, and with a step to run.
     Returns the settings with a model upscaler's name resolved to its file, and that upscaler read (else None)."""
@@ -141,6 +150,10 @@ def txt2img(settings: GenerateSettings, session: Session | None = None, on_event
     # 1. check inputs and fix the seed; <lora:name:w> tags become LoRAs (found in --lora-dir, or the session's)
     sampler = get_sampler(settings.sampler)
     settings = settings.model_copy(update={"sampler": sampler.name})  # written as A1111 names it, whatever was typed
+    hires_sampler = get_sampler(settings.hires_sampler) if settings.hires_sampler else sampler
+    if settings.hires_sampler:
+        settings = settings.model_copy(update={"hires_sampler": hires_sampler.name})
+    hires_text = hires_prompt_text(settings)
     if session is None:
         settings = expand_lora_tags(settings)
     else:
@@ -188,7 +201,8 @@ def txt2img(settings: GenerateSettings, session: Session | None = None, on_event
     n = settings.batch_size
     prompts = ScheduledPrompts(session.encoder, settings.prompt, settings.negative, settings.clip_skip, settings.steps,
                                n, session.dtype)
-    hires_prompts = ScheduledPrompts(session.encoder, settings.prompt, settings.negative, settings.clip_skip,
+    hires_prompts = ScheduledPrompts(session.encoder, hires_text or settings.prompt,
+                                     settings.hires_negative or settings.negative, settings.clip_skip,
                                      settings.hires_steps or settings.steps, n, session.dtype)
     for positive, negative in prompts.every_pair() + (hires_prompts.every_pair() if settings.hires_scale else []):
         check_embeddings(positive.embeds)  # NaN from emphasis or an embedding file: said before any denoising
@@ -236,11 +250,12 @@ def txt2img(settings: GenerateSettings, session: Session | None = None, on_event
                 images = denoiser(session, init, mask, scheduler)(image=init, strength=settings.strength, **extra,
                                                                   **kwargs).images
             elif settings.hires_scale:
-                redraw = denoiser(session, None, None, sampler.make(session.base_scheduler))
+                redraw = denoiser(session, None, None, hires_sampler.make(session.base_scheduler))
                 if upscaler is not None:
                     upscaler.net.to(session.device)
                 images = hires_fix(pipe, redraw, settings, (width, height), kwargs, seeds, upscaler,
-                                   {**hires_prompts.call_kwargs(), "callback_on_step_end": reporter(hires_prompts)},
+                                   {**hires_prompts.call_kwargs(), "callback_on_step_end": reporter(hires_prompts),
+                                    **({"guidance_scale": settings.hires_cfg} if settings.hires_cfg is not None else {})},
                                    lambda done, tiles, _b=batch: on_event(Progress("upscale", done, tiles, {
                                        "batch": _b + 1, "batches": settings.batch_count})))
             else:

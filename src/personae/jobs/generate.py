@@ -93,9 +93,10 @@ def _from_infotext(text: str, source: Path) -> dict:
     except ValidationError:
         raise UserError(f'--from-png: {source} stores "Size: {sizes["Width"][:20]}x{sizes["Height"][:20]}", which is '
                         "not a size in pixels.", "Pass --width and --height on the command line instead.") from None
-    schedule = p.get("Schedule type", "")
-    if "sampler" in data and schedule in SCHEDULES and schedule.lower() not in data["sampler"].lower():
-        data["sampler"] = f"{data['sampler']} {schedule}"
+    for field, key in (("sampler", "Schedule type"), ("hires_sampler", "Hires schedule type")):
+        schedule = p.get(key, "")
+        if field in data and schedule in SCHEDULES and schedule.lower() not in data[field].lower():
+            data[field] = f"{data[field]} {schedule}"
     return data
 
 
@@ -131,7 +132,7 @@ def settings_from_png(path: str | Path) -> dict:
 
 # A1111 keys that --from-png reads besides the settings that declare an infotext name: the joins of two settings,
 # LoRA hashes (the tags in the prompt are what apply them), and what describes the file rather than the picture
-_READ_KEYS = {"Size", "Seed resize from", "Schedule type", "Lora hashes", "Version", "Model", "Model hash", "VAE", "VAE hash"}
+_READ_KEYS = {"Size", "Seed resize from", "Schedule type", "Hires schedule type", "Lora hashes", "Version", "Model", "Model hash", "VAE", "VAE hash"}
 
 
 def _shown(key: str, value: str) -> str:
@@ -151,9 +152,10 @@ def png_not_applied(path: str | Path, settings: GenerateSettings, model_hash: st
     missed = [_shown(key, value) for key, value in params.items() if key not in known | {"TI hashes"}]
     if "TI hashes" in params and not settings.embeddings:
         missed.append(_shown("TI hashes", params["TI hashes"]) + " (pass the embeddings with --embedding)")
-    schedule = params.get("Schedule type")
-    if schedule and schedule not in SCHEDULES and schedule not in DEFAULT_SCHEDULES:
-        missed.append(_shown("Schedule type", schedule) + " (the sampler's own schedule is used)")
+    for key in ("Schedule type", "Hires schedule type"):
+        schedule = params.get(key)
+        if schedule and schedule not in SCHEDULES and schedule not in DEFAULT_SCHEDULES:
+            missed.append(_shown(key, schedule) + " (the sampler's own schedule is used)")
     upscaler = params.get("Hires upscaler")
     if upscaler and "Hires upscale" in params:
         ours, exact = upscaler_from_a1111(upscaler)

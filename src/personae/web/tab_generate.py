@@ -123,7 +123,8 @@ def build(ctx) -> None:
             prompt_form = SettingsForm(GenerateSettings, groups=("prompt",), skip=("model", "allow_pickle"))
             form = SettingsForm(GenerateSettings, groups=("sampling", "batch", "variation", "hires fix"),
                                 skip=("upscaler_dir",),
-                                choices={"sampler": list(SAMPLERS), "hires_upscaler": upscalers(ws)})
+                                choices={"sampler": list(SAMPLERS), "hires_upscaler": upscalers(ws),
+                                         "hires_sampler": ["", *SAMPLERS]})
             with gr.Accordion("LoRA and embeddings", open=False, elem_id="generate-addons") as addons:
                 loras = gr.Dropdown(ws.files(LORA_SUFFIXES), multiselect=True, label="LoRAs",
                                     info="LoRA files in the workspace (runs/ and models/)", elem_id="field-loras")
