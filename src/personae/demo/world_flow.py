@@ -79,6 +79,19 @@ def world_flow(out: Path, model: Path, index, on_event: EventHandler) -> None:
                                       f"0-3). The checker reads {right} of {len(long)} as a white diamond on red, "
                                       "close-up.", long)
 
+    # 3b. A1111's prompt editing: the prompt switches during sampling; the switch decides what is drawn
+    circle, square = "a red circle on a blue background, close-up", "a red square on a green background, close-up"
+    edited = {}
+    for when in (2, 18):
+        edited[when] = run_generate(base.model_copy(update={"prompt": f"[{circle}:{square}:{when}]", "steps": 20,
+                                                            "sampler": "Euler a", "seed": 0, "batch_size": 4}),
+                                    out / "generate", on_event)
+    early, late = (_read(edited[w], [square if w == 2 else circle] * 4) for w in (2, 18))
+    index.add("Prompt editing", f"A1111's `[from:to:when]`: \"[{circle}:{square}:2]\" and the same switched at step "
+                                f"18 of 20 (Euler a, seeds 0-3). Switched at 2, the checker reads {early} of 4 as "
+                                f"the second prompt; at 18, {late} of 4 as the first: on the world model the last "
+                                "steps settle shape and background.", edited[2] + edited[18])
+
     # 4. a LoRA on the prepared set, its kohya and diffusers files each reloaded and compared
     on_event(Message("teaching the star as a LoRA on the prepared set"))
     job = TrainJob.model_validate({"base_model": str(model), "method": "lora", "data": {"path": str(out / "prepared")},
