@@ -134,7 +134,7 @@ def test_generated_options_keep_the_names_users_know():
         "--batch-size", "--batch-count", "--init-image", "--strength", "--mask", "--mask-blur", "--control",
         "--hires-scale", "--hires-steps", "--hires-denoise", "--hires-upscaler", "--upscaler-dir", "--subseed",
         "--subseed-strength", "--seed-resize-from-w", "--seed-resize-from-h", "--hires-prompt", "--hires-negative",
-        "--hires-sampler", "--hires-cfg",
+        "--hires-sampler", "--hires-cfg", "--inpaint-area", "--masked-padding",
         "--controlnet", "--control-option", "--control-start", "--control-end", "--recipe", "--animal", "--from-png",
         "--out", "--quiet", "--yes"}
     assert _options("animate") == SHARED | {"--motion-adapter", "--frames", "--fps", "--motion-scale", "--context",

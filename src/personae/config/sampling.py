@@ -144,6 +144,12 @@ class Img2ImgSettings(Concept):
                                      "(needs --init-image)", metavar="MASK")
     mask_blur: int = setting(4, '"Mask blur": feathering of the mask edge, in pixels', infotext="Mask blur",
                              infotext_if="mask", ge=0, le=64)
+    inpaint_area: Literal["whole", "masked"] = setting(
+        "whole", '"Inpaint area": whole (the picture drawn at --width x --height) or masked (A1111\'s "Only masked": '
+                 "the mask's region and --masked-padding around it cut out, drawn at --width x --height and pasted "
+                 "back, so a small region gets all the pixels)")
+    masked_padding: int = setting(32, '"Only masked padding, pixels": context kept around the mask with --inpaint-area '
+                                      "masked", ge=0, le=2048)
 
 
 class HiresSettings(Concept):

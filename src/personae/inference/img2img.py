@@ -64,3 +64,46 @@ def composite(original: Image.Image, generated: Image.Image, mask: Image.Image) 
     alpha = np.asarray(mask, dtype=np.float32)[..., None] / 255.0
     mixed = np.asarray(generated, dtype=np.float32) * alpha + np.asarray(original, dtype=np.float32) * (1 - alpha)
     return Image.fromarray(np.clip(mixed + 0.5, 0, 255).astype(np.uint8))
+
+
+def crop_region(mask: Image.Image, padding: int) -> tuple[int, int, int, int] | None:
+    """A1111's "Only masked" region: the box around the mask's non-black pixels, `padding` pixels wider on every
+    side, inside the picture; None for a blank mask."""
+    box = mask.convert("L").point(lambda v: 255 if v else 0).getbbox()
+    if box is None:
+        return None
+    x1, y1, x2, y2 = box
+    return max(x1 - padding, 0), max(y1 - padding, 0), min(x2 + padding, mask.width), min(y2 + padding, mask.height)
+
+
+def _widen(lo: int, hi: int, want: float, limit: int) -> tuple[int, int]:
+    """[lo, hi) grown on both sides to `want` long, shifted back inside [0, limit)."""
+    grow = int(want - (hi - lo))
+    lo, hi = lo - grow // 2, hi + grow - grow // 2
+    if hi >= limit:
+        lo, hi = lo - (hi - limit), limit
+    if lo < 0:
+        hi, lo = hi - lo, 0
+    return lo, min(hi, limit)
+
+
+def fit_region(region: tuple[int, int, int, int], width: int, height: int, image_size: tuple[int, int]
+               ) -> tuple[int, int, int, int]:
+    """The region grown to the drawing size's aspect ratio (A1111's expand_crop_region), so the crop is drawn
+    undistorted at width x height; kept inside the picture."""
+    x1, y1, x2, y2 = region
+    if (x2 - x1) / (y2 - y1) > width / height:
+        y1, y2 = _widen(y1, y2, (x2 - x1) * height / width, image_size[1])
+    else:
+        x1, x2 = _widen(x1, x2, (y2 - y1) * width / height, image_size[0])
+    return x1, y1, x2, y2
+
+
+def paste_back(original: Image.Image, drawn: Image.Image, region: tuple[int, int, int, int],
+               mask: Image.Image) -> Image.Image:
+    """The crop drawn at the drawing size, resized back to its region and pasted into the original; then the
+    original kept wherever the (feathered, full-size) mask is black, A1111's overlay."""
+    x1, y1, x2, y2 = region
+    canvas = original.copy()
+    canvas.paste(drawn.resize((x2 - x1, y2 - y1), Image.Resampling.LANCZOS), (x1, y1))
+    return composite(original, canvas, mask)

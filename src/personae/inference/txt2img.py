@@ -23,7 +23,17 @@ from personae.errors import UserError
 from personae.events import EventHandler, Message, Progress, ignore
 from personae.inference.controlnet import PreparedControl, control_denoise, control_infotext, prepare_controls
 from personae.inference.hires import hires_fix, upscaler_to_a1111
-from personae.inference.img2img import composite, default_size, denoiser, feathered_mask, open_image, vae_roundtrip
+from personae.inference.img2img import (
+    composite,
+    crop_region,
+    default_size,
+    denoiser,
+    feathered_mask,
+    fit_region,
+    open_image,
+    paste_back,
+    vae_roundtrip,
+)
 from personae.inference.nans import check_embeddings, nan_guard
 from personae.inference.prompt_schedule import ScheduledPrompts
 from personae.inference.samplers import get_sampler
@@ -69,6 +79,8 @@ def infotext(settings: GenerateSettings, session: Session, seed: int, width: int
         **({"Hires upscaler": upscaler_to_a1111(settings.hires_upscaler)} if settings.hires_scale else {}),
         **({"Seed resize from": f"{settings.seed_resize_from_w}x{settings.seed_resize_from_h}"}
            if settings.seed_resize_from_w and settings.seed_resize_from_h else {}),
+        **({"Inpaint area": "Only masked", "Masked area padding": settings.masked_padding}
+           if settings.mask and settings.inpaint_area == "masked" else {}),
         "Version": f"personae {__version__}",
     }
     prompt = settings.prompt + "".join(f" <lora:{l.name}:{l.weight:g}>" for l in loras)
@@ -170,6 +182,12 @@ def txt2img(settings: GenerateSettings, session: Session | None = None, on_event
         settings = settings.model_copy(update={"subseed": subseed})
     if settings.mask and not settings.init_image:
         raise UserError("--mask needs --init-image (the picture to inpaint).")
+    if settings.inpaint_area == "masked" and not settings.mask:
+        raise UserError("--inpaint-area masked draws the region of --mask alone; no --mask is given.",
+                        "Add --mask, or leave --inpaint-area at whole.")
+    if settings.inpaint_area == "masked" and settings.controls:
+        raise UserError("--inpaint-area masked with --control: the control image would need the same cut, which "
+                        "personae does not make.", "Inpaint the whole picture with the control, or leave --control out.")
     if settings.init_image and settings.strength > 0 and int(settings.steps * settings.strength) < 1:
         # img2img runs int(steps x strength) of the steps: none at all is an error deep inside diffusers
         raise UserError(f"--strength {settings.strength:g} with --steps {settings.steps} leaves no denoising step "
@@ -191,6 +209,17 @@ def txt2img(settings: GenerateSettings, session: Session | None = None, on_event
     height = settings.height or size[1]
     init = open_image(settings.init_image, "init image", (width, height)) if settings.init_image else None
     mask = feathered_mask(settings.mask, (width, height), settings.mask_blur) if settings.mask else None
+    region = original = full_mask = None
+    if mask is not None and settings.inpaint_area == "masked":  # A1111's "Only masked": the region drawn alone
+        original = open_image(settings.init_image, "init image")
+        full_mask = feathered_mask(settings.mask, original.size, settings.mask_blur)
+        found = crop_region(full_mask, settings.masked_padding)
+        if found is None:
+            on_event(Message("the mask is blank, so the whole picture is drawn (A1111 does the same)", "warning"))
+        else:
+            region = fit_region(found, width, height, original.size)
+            init = original.crop(region).resize((width, height), Image.Resampling.LANCZOS)
+            mask = full_mask.crop(region).resize((width, height), Image.Resampling.LANCZOS)
     # 3. the sampler, built on the model's own noise schedule, in a pipeline of this call's own
     scheduler = sampler.make(session.base_scheduler)
     pipe = session.pipeline(scheduler=scheduler)
@@ -260,7 +289,9 @@ def txt2img(settings: GenerateSettings, session: Session | None = None, on_event
                                        "batch": _b + 1, "batches": settings.batch_count})))
             else:
                 images = pipe(width=width, height=height, **kwargs).images
-        if mask is not None:
+        if region is not None:
+            images = [paste_back(original, image, region, full_mask) for image in images]
+        elif mask is not None:
             images = [composite(init, image, mask) for image in images]
         # 6. settings that reproduce each image on its own
         for image, s, sub in zip(images, seeds, subseeds):

@@ -75,6 +75,11 @@ def _from_infotext(text: str, source: Path) -> dict:
                             "a size in pixels.", "Pass --seed-resize-from-w and -h on the command line instead.") from None
         if w > 0 and h > 0:
             p["_seed_resize"] = (w, h)
+    area = p.pop("Inpaint area", None)
+    padding = p.pop("Masked area padding", None)
+    if padding is not None and not padding.strip().isdigit():
+        raise UserError(f'--from-png: {source} stores "Masked area padding: {padding[:20]}", which is not a number of '
+                        "pixels.", "Pass --masked-padding on the command line instead.")
     sizes = {}
     if "Size" in p:
         width, x, height = p.pop("Size").partition("x")
@@ -85,6 +90,10 @@ def _from_infotext(text: str, source: Path) -> dict:
         data: dict = {"prompt": prompt, "negative": negative, **infotext_settings(GenerateSettings, p)}
         if resize:
             data.update(seed_resize_from_w=resize[0], seed_resize_from_h=resize[1])
+        if area == "Only masked":  # A1111's name for --inpaint-area masked
+            data["inpaint_area"] = "masked"
+            if padding is not None:
+                data["masked_padding"] = int(padding)
         if sizes:
             data.update(width=TypeAdapter(int).validate_python(sizes["Width"].strip()),
                         height=TypeAdapter(int).validate_python(sizes["Height"].strip()))
@@ -132,7 +141,7 @@ def settings_from_png(path: str | Path) -> dict:
 
 # A1111 keys that --from-png reads besides the settings that declare an infotext name: the joins of two settings,
 # LoRA hashes (the tags in the prompt are what apply them), and what describes the file rather than the picture
-_READ_KEYS = {"Size", "Seed resize from", "Schedule type", "Hires schedule type", "Lora hashes", "Version", "Model", "Model hash", "VAE", "VAE hash"}
+_READ_KEYS = {"Size", "Seed resize from", "Inpaint area", "Masked area padding", "Schedule type", "Hires schedule type", "Lora hashes", "Version", "Model", "Model hash", "VAE", "VAE hash"}
 
 
 def _shown(key: str, value: str) -> str:
