@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from personae.errors import UserError, did_you_mean
+from personae.models.named_files import files_by_name, search_roots
 
 LORA_SUFFIXES = (".safetensors", ".pt", ".ckpt", ".bin")
 _TAG = re.compile(r"<(lora|lyco):([^:>]+)((?::[^:>]*)*)>", re.IGNORECASE)
@@ -48,22 +49,14 @@ def lora_tags(prompt: str) -> tuple[str, list[LoraTag]]:
 
 def lora_roots(lora_dir: str | Path) -> list[Path]:
     """Where names are looked up: the folder itself, and A1111's models/Lora and models/LyCORIS inside it."""
-    root = Path(lora_dir).expanduser()
-    if not root.is_dir():
-        raise UserError(f"--lora-dir {root} is not a folder.",
+    return search_roots(lora_dir, ("models/Lora", "models/LyCORIS"), "--lora-dir",
                         "Pass the folder holding your LoRA files (A1111's models/Lora) or your A1111 webui folder.")
-    return [root] + [p for p in (root / "models" / "Lora", root / "models" / "LyCORIS") if p.is_dir()]
 
 
 def lora_files(lora_dir: str | Path) -> dict[str, Path]:
     """{name: file} of every LoRA-like file under `lora_dir`; by stem, and by path without extension inside a root."""
-    found: dict[str, Path] = {}
-    for root in lora_roots(lora_dir):
-        for path in sorted(root.rglob("*"), key=lambda p: (p.suffix != ".safetensors", str(p))):
-            if path.suffix.lower() in LORA_SUFFIXES and path.is_file():
-                found.setdefault(path.stem, path.resolve())
-                found.setdefault(path.relative_to(root).with_suffix("").as_posix(), path.resolve())
-    return found
+    return files_by_name(lora_roots(lora_dir), LORA_SUFFIXES,
+                         lambda path, root: (path.stem, path.relative_to(root).with_suffix("").as_posix()))
 
 
 def find_lora(name: str, lora_dir: str | Path | None, tag: str = "") -> Path:

@@ -40,6 +40,7 @@ from PIL import Image
 from torch import nn
 
 from personae.errors import UserError
+from personae.models.named_files import files_by_name, search_roots
 from personae.models.tensor_files import flat_tensors, read_tensors
 
 UPSCALER_SUFFIXES = (".pth", ".pt", ".safetensors")
@@ -325,24 +326,13 @@ def is_path(value: str) -> bool:
     return "/" in value or "\\" in value or value.lower().endswith(UPSCALER_SUFFIXES)
 
 
-def upscaler_roots(upscaler_dir: str | Path) -> list[Path]:
-    """The folder itself, and an A1111 webui folder's models/ESRGAN and models/RealESRGAN."""
-    root = Path(upscaler_dir).expanduser()
-    if not root.is_dir():
-        raise UserError(f"--upscaler-dir {root} is not a folder.",
-                        "Pass the folder holding your upscaler files (A1111's models/ESRGAN) or your A1111 webui folder.")
-    return [root] + [p for p in (root / "models" / "ESRGAN", root / "models" / "RealESRGAN") if p.is_dir()]
-
-
 def upscaler_files(upscaler_dir: str | Path) -> dict[str, Path]:
-    """{A1111 name: file} of the upscaler files under the folder, by stem and by A1111's built-in names."""
-    found: dict[str, Path] = {}
-    for root in upscaler_roots(upscaler_dir):
-        for path in sorted(root.rglob("*"), key=lambda p: (p.suffix != ".safetensors", str(p))):
-            if path.suffix.lower() in UPSCALER_SUFFIXES and path.is_file():
-                found.setdefault(path.stem, path.resolve())
-                found.setdefault(a1111_name(path), path.resolve())
-    return found
+    """{A1111 name: file} of the upscaler files in the folder, or in an A1111 webui folder's models/ESRGAN and
+    models/RealESRGAN; by stem and by A1111's built-in names."""
+    roots = search_roots(upscaler_dir, ("models/ESRGAN", "models/RealESRGAN"), "--upscaler-dir",
+                         "Pass the folder holding your upscaler files (A1111's models/ESRGAN) or your A1111 webui "
+                         "folder.")
+    return files_by_name(roots, UPSCALER_SUFFIXES, lambda path, root: (path.stem, a1111_name(path)))
 
 
 def find_upscaler(value: str, upscaler_dir: str | Path | None) -> Path | None:
