@@ -101,7 +101,8 @@ def test_a_baked_lora_and_vae_draw_what_the_model_with_them_drew(three, tmp_path
     got, want = (np.asarray(x.image, np.int16) for x in (alone, with_lora))
     assert np.abs(got - want).max() <= 2, np.abs(got - want).max()
     assert np.abs(np.asarray(plain.image, np.int16) - want).mean() > 2  # the LoRA changes the picture
-    assert torch.equal(_weights(baked)["vae.decoder.conv_out.weight"], _weights(three[1])["vae.decoder.conv_out.weight"])
+    key = "vae.decoder.conv_out.weight"
+    assert torch.equal(_weights(baked)[key], _weights(three[1])[key])
     half = run_merge([str(three[0])], tmp_path / "half.safetensors", MergeSettings(method="none", half=True))
     from safetensors import safe_open
 

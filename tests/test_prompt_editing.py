@@ -54,7 +54,7 @@ def test_each_step_is_conditioned_on_its_text(tiny_model, tiny_session):
     encoder = tiny_session.encoder
     seen = []
     hook = tiny_session.pipe.unet.register_forward_pre_hook(
-        lambda module, args, kwargs: seen.append(kwargs.get("encoder_hidden_states", args[2] if len(args) > 2 else None)),
+        lambda module, args, kwargs: seen.append(kwargs["encoder_hidden_states"]),
         with_kwargs=True)
     try:
         base = dict(model=str(tiny_model[0]), steps=6, seed=3, width=64, height=64, cfg=5.0, sampler="Euler")

@@ -22,4 +22,5 @@ class MergeSettings(Strict):
     vae: str | None = setting(None, '"Bake in VAE": this VAE replaces the result\'s (a diffusers AutoencoderKL folder '
                                     "or a single-file VAE, A1111's models/VAE)", metavar="FILE_OR_FOLDER")
     half: bool = setting(False, '"Save as float16": the result\'s weights in fp16 (half the size)')
-    allow_pickle: bool = setting(False, "read .ckpt / .pt / .bin models, LoRAs and VAEs (only their tensors, never code)")
+    allow_pickle: bool = setting(False, "read .ckpt / .pt / .bin models, LoRAs and VAEs (only their tensors, never "
+                                        "code)")

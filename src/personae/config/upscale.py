@@ -13,8 +13,9 @@ from personae.config.fields import setting
 
 class UpscaleSettings(Strict):
     version: int = setting(1, "settings file version", cli=False)
-    upscaler: str = setting(description='"Upscaler 1": an ESRGAN-family file (4x-UltraSharp.pth, RealESRGAN_x4plus.pth; .pth '
-                                 "needs --allow-pickle) or its name in --upscaler-dir (4x-UltraSharp, R-ESRGAN 4x+)",
+    upscaler: str = setting(description='"Upscaler 1": an ESRGAN-family file (4x-UltraSharp.pth, '
+                                        "RealESRGAN_x4plus.pth; .pth needs --allow-pickle) or its name in "
+                                        "--upscaler-dir (4x-UltraSharp, R-ESRGAN 4x+)",
                             metavar="FILE_OR_NAME", min_length=1)
     upscaler_dir: str | None = setting(None, "the folder where --upscaler names are looked up: A1111's models/ESRGAN; "
                                              "an A1111 webui folder works too", metavar="DIR")

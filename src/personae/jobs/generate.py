@@ -66,15 +66,17 @@ def _from_infotext(text: str, source: Path) -> dict:
     prompt, negative, p = parse_parameters(text)  # <lora:name:w> tags stay: --lora-dir finds their files
     if "Hires upscaler" in p:
         p["Hires upscaler"] = upscaler_from_a1111(p["Hires upscaler"])[0]
+    resize = None
     if "Seed resize from" in p:  # A1111 joins the two sides; 0x0 or -1x-1 is off
         width, x, height = p.pop("Seed resize from").partition("x")
         try:
             w, h = int(width.strip()), int(height.strip())
         except ValueError:
-            raise UserError(f'--from-png: {source} stores "Seed resize from: {width[:20]}x{height[:20]}", which is not '
-                            "a size in pixels.", "Pass --seed-resize-from-w and -h on the command line instead.") from None
+            raise UserError(f'--from-png: {source} stores "Seed resize from: {width[:20]}x{height[:20]}", which is '
+                            "not a size in pixels.",
+                            "Pass --seed-resize-from-w and -h on the command line instead.") from None
         if w > 0 and h > 0:
-            p["_seed_resize"] = (w, h)
+            resize = (w, h)
     area = p.pop("Inpaint area", None)
     padding = p.pop("Masked area padding", None)
     if padding is not None and not padding.strip().isdigit():
@@ -86,7 +88,6 @@ def _from_infotext(text: str, source: Path) -> dict:
         if x:
             sizes = {"Width": width, "Height": height}
     try:
-        resize = p.pop("_seed_resize", None)
         data: dict = {"prompt": prompt, "negative": negative, **infotext_settings(GenerateSettings, p)}
         if resize:
             data.update(seed_resize_from_w=resize[0], seed_resize_from_h=resize[1])
@@ -141,7 +142,8 @@ def settings_from_png(path: str | Path) -> dict:
 
 # A1111 keys that --from-png reads besides the settings that declare an infotext name: the joins of two settings,
 # LoRA hashes (the tags in the prompt are what apply them), and what describes the file rather than the picture
-_READ_KEYS = {"Size", "Seed resize from", "Inpaint area", "Masked area padding", "Schedule type", "Hires schedule type", "Lora hashes", "Version", "Model", "Model hash", "VAE", "VAE hash"}
+_READ_KEYS = {"Size", "Seed resize from", "Inpaint area", "Masked area padding", "Schedule type", "Hires schedule type",
+              "Lora hashes", "Version", "Model", "Model hash", "VAE", "VAE hash"}
 
 
 def _shown(key: str, value: str) -> str:

@@ -51,8 +51,9 @@ def _load(spec: str, label: str, allow_pickle: bool, on_event: EventHandler):
 def _check_alike(a, other, a_label: str, label: str) -> None:
     """Same tokenizer and the same weights by name and shape (an inpainting A's first layer aside)."""
     if a.tokenizer.get_vocab() != other.tokenizer.get_vocab():
-        raise UserError(f"{a_label} and {label} have different tokenizers ({len(a.tokenizer)} and {len(other.tokenizer)} "
-                        "tokens), so their text encoders do not mean the same thing by the same weights.",
+        raise UserError(f"{a_label} and {label} have different tokenizers ({len(a.tokenizer)} and "
+                        f"{len(other.tokenizer)} tokens), so their text encoders do not mean the same thing by the "
+                        "same weights.",
                         "Merge models of one family (SD-1.x with SD-1.x).")
     for part in COMPONENTS:
         mine, theirs = getattr(a, part).state_dict(), getattr(other, part).state_dict()
@@ -100,7 +101,8 @@ def _merge(a, b, method: str, m: float, on_event: EventHandler) -> None:
             for key, value in getattr(a, part).state_dict().items():
                 if not value.is_floating_point():
                     continue  # ids and counters stay A's
-                target, other = (value[:, :4], theirs[key]) if value.shape != theirs[key].shape else (value, theirs[key])
+                other = theirs[key]
+                target = value[:, :4] if value.shape != other.shape else value  # an inpainting A: its first 4 inputs
                 target.copy_((1 - m) * target + m * other if method == "weighted-sum" else target + m * other)
             on_event(Progress("merge", i + 1, len(COMPONENTS)))
 

@@ -85,8 +85,9 @@ def run_upscale(sources: list[str], out_dir: str | Path, settings: UpscaleSettin
         taken: set[str] = set()
         for i, (path, picture) in enumerate(opened):
             size = scaled_size(picture.size, settings.scale)
-            big = upscale_picture(net, picture, size, settings.tile, settings.tile_overlap, lambda done, total, _i=i:
-                                  on_event(Progress("upscale", done, total, {"picture": _i + 1, "pictures": len(opened)})))
+            tiles = {"picture": i + 1, "pictures": len(opened)}
+            big = upscale_picture(net, picture, size, settings.tile, settings.tile_overlap,
+                                  lambda done, total, _t=tiles: on_event(Progress("upscale", done, total, _t)))
             info = PngInfo()
             for key, value in _text_chunks(path).items():
                 if key != "extras":

@@ -47,7 +47,8 @@ UPSCALER_SUFFIXES = (".pth", ".pt", ".safetensors")
 # A1111's built-in Real-ESRGAN upscalers: the name it writes in "Hires upscaler" <-> the file it downloads
 A1111_BUILT_IN = {"R-ESRGAN 4x+": "RealESRGAN_x4plus", "R-ESRGAN 4x+ Anime6B": "RealESRGAN_x4plus_anime_6B",
                   "R-ESRGAN 2x+": "RealESRGAN_x2plus", "R-ESRGAN General 4xV3": "realesr-general-x4v3",
-                  "R-ESRGAN General WDN 4xV3": "realesr-general-wdn-x4v3", "R-ESRGAN AnimeVideo": "realesr-animevideov3"}
+                  "R-ESRGAN General WDN 4xV3": "realesr-general-wdn-x4v3",
+                  "R-ESRGAN AnimeVideo": "realesr-animevideov3"}
 A1111_TILE, A1111_TILE_OVERLAP = 192, 8  # A1111's ESRGAN_tile / ESRGAN_tile_overlap defaults
 
 
@@ -349,8 +350,8 @@ def resolve_upscaler(value: str, upscaler_dir: str | Path | None) -> Path:
         return found
     if not upscaler_dir:
         raise UserError(f'--hires-upscaler "{value}" is not latent, image or a file, and no --upscaler-dir is given to '
-                        "look the name up in.", "Pass the upscaler file itself (e.g. 4x-UltraSharp.pth), or --upscaler-dir "
-                        "with the folder holding it (A1111's models/ESRGAN, or your webui folder).")
+                        "look the name up in.", "Pass the upscaler file itself (e.g. 4x-UltraSharp.pth), or "
+                        "--upscaler-dir with the folder holding it (A1111's models/ESRGAN, or your webui folder).")
     names = sorted({p.stem for p in upscaler_files(upscaler_dir).values()})
     raise UserError(f'--upscaler-dir {upscaler_dir} holds no upscaler named "{value}" (it holds: '
                     f"{', '.join(names[:12]) or 'no .pth / .safetensors files'}).",

@@ -30,7 +30,8 @@ def upscale_request(ctx, uploads, folder: str | None, upscaler: str, values: dic
                                                   "models/RealESRGAN in the workspace.")
     chosen = upscaler_path(ws, upscaler)
     pickle = Path(chosen).suffix.lower() in (".pth", ".pt")  # the user picked the file: only tensors are read
-    settings = parse_settings(UpscaleSettings, {**values, "upscaler": chosen, "allow_pickle": pickle}, "the Extras form")
+    data = {**values, "upscaler": chosen, "allow_pickle": pickle}
+    settings = parse_settings(UpscaleSettings, data, "the Extras form")
     return sources, settings
 
 
@@ -125,7 +126,8 @@ def build_merge(ctx) -> None:
         with gr.Column(scale=3):
             with gr.Row():
                 first = (models(ws) or [None])[0]
-                pick = [gr.Dropdown(models(ws), value=value, allow_custom_value=True, label=label, elem_id=f"merge-{key}")
+                pick = [gr.Dropdown(models(ws), value=value, allow_custom_value=True, label=label,
+                                    elem_id=f"merge-{key}")
                         for key, label, value in (("a", "Primary model (A)", first), ("b", "Secondary model (B)", None),
                                                   ("c", "Tertiary model (C)", None))]
             form = SettingsForm(MergeSettings, prefix="merge", names=("method", "multiplier", "half"))
