@@ -224,6 +224,7 @@ def test_extras_and_merge_forms_become_the_commands_settings_and_run_through_the
     import shutil
     from types import SimpleNamespace
 
+    import torch
     from safetensors.torch import save_file
 
     from personae.jobs.merge import run_merge
@@ -244,6 +245,13 @@ def test_extras_and_merge_forms_become_the_commands_settings_and_run_through_the
                                                                                       on_event)).id, 120)
     assert task.status == "done", task.error
     assert Image.open(out / "red cat 0.png").size == (192, 192)
+    (ws.root / "models" / "ESRGAN").mkdir()
+    torch.save(CompactNet(3, 3, 4, 1, 2).state_dict(), ws.root / "models/ESRGAN/4x-Old.pth")
+    pickled, unticked = upscale_request(ctx, [], ws.relative(out), "models/ESRGAN/4x-Old.pth", {"scale": 2.0})
+    with pytest.raises(UserError, match="is a pickle file"):  # the form's allow-pickle box decides, as --allow-pickle
+        run_upscale(pickled, ws.new_folder("outputs/upscale"), unticked)
+    ticked = upscale_request(ctx, [], ws.relative(out), "4x-Old", {"scale": 2.0, "allow_pickle": True})[1]
+    assert ticked.allow_pickle and ticked.upscaler.endswith("4x-Old.pth")
     for args, message in ((([], "", "R-ESRGAN 2x+"), "No pictures"), (([str(photo)], "", "image"), "No upscaler"),
                           (([], "../mine", "R-ESRGAN 2x+"), "goes up out of the workspace")):
         with pytest.raises(UserError, match=message):

@@ -28,9 +28,7 @@ def upscale_request(ctx, uploads, folder: str | None, upscaler: str, values: dic
     if not upscaler or upscaler in ("latent", "image"):
         raise UserError("No upscaler is chosen.", "Pick an ESRGAN-family file under models/ESRGAN or "
                                                   "models/RealESRGAN in the workspace.")
-    chosen = upscaler_path(ws, upscaler)
-    pickle = Path(chosen).suffix.lower() in (".pth", ".pt")  # the user picked the file: only tensors are read
-    data = {**values, "upscaler": chosen, "allow_pickle": pickle}
+    data = {**values, "upscaler": upscaler_path(ws, upscaler)}  # a .pth needs the form's allow-pickle box ticked
     settings = parse_settings(UpscaleSettings, data, "the Extras form")
     return sources, settings
 
@@ -82,7 +80,8 @@ def build_extras(ctx) -> None:
             upscaler = gr.Dropdown(upscalers(ws)[2:], allow_custom_value=True, label="Upscaler",
                                    info="ESRGAN / Real-ESRGAN files under models/ESRGAN or models/RealESRGAN",
                                    elem_id="extras-upscaler")
-            form = SettingsForm(UpscaleSettings, prefix="extras", names=("scale", "tile", "tile_overlap", "device"))
+            form = SettingsForm(UpscaleSettings, prefix="extras",
+                                names=("scale", "tile", "tile_overlap", "device", "allow_pickle"))
             go = gr.Button("Upscale", variant="primary", elem_id="extras-run")
             status = gr.Markdown(elem_id="extras-status")
         with gr.Column(scale=3):
