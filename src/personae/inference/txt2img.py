@@ -242,6 +242,10 @@ def txt2img(settings: GenerateSettings, session: Session | None = None, on_event
     if prompts.changes:
         on_event(Message(f"prompt editing: {len(prompts.prompts)} prompt and {len(prompts.negatives)} negative "
                          f"prompt stage(s) over {settings.steps} steps"))
+    for text, which in ((settings.prompt, "prompt"), (settings.negative, "negative prompt")):
+        if " AND " in f" {text} ":  # A1111's composable diffusion: said, not silently read as a word
+            on_event(Message(f"the {which} has AND, which A1111 reads as composable diffusion (each part its own "
+                             "conditioning); personae encodes it as a word", "warning"))
     results: list[GeneratedImage] = []
     stored = with_absolute_paths(settings, session)
     for batch in range(settings.batch_count):
