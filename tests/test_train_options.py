@@ -4,6 +4,7 @@ import random
 
 import pytest
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file
 from train_helpers import prepared_subject, write_job
 
@@ -27,7 +28,13 @@ def _weights(tmp_path, tiny, prepared, name, **train):
         result = start(job).result(timeout=900)
     else:
         result = run_training(job)
-    return load_file(str(tmp_path / name / "checkpoints" / f"step-{result.steps:06d}" / "trainable.safetensors")), result
+    checkpoint = tmp_path / name / "checkpoints" / f"step-{result.steps:06d}"
+    return load_file(str(checkpoint / "trainable.safetensors")), result
+
+
+def _header(result) -> dict:
+    with safe_open(str(result.run / "lora.safetensors"), "pt") as f:
+        return f.metadata()
 
 
 def _max_diff(a, b):
@@ -68,12 +75,24 @@ def test_gradient_checkpointing_gives_the_same_weights(tmp_path, tiny_model, pre
     assert _max_diff(plain, checkpointed) <= 1e-6
 
 
+@pytest.fixture(scope="module")
+def plain_weights(tmp_path_factory, tiny_model, prepared):
+    return _weights(tmp_path_factory.mktemp("plain"), tiny_model[0], prepared, "plain")[0]
+
+
 @pytest.mark.parametrize("option", [{"noise_offset": 0.1}, {"min_snr_gamma": 1.0}, {"mixed_precision": "bf16"},
                                     {"optimizer": "prodigy", "learning_rate": 1.0},
                                     {"lr_scheduler": "cosine", "warmup_steps": 2}, {"ema": True},
-                                    {"min_timestep": 200, "max_timestep": 600}])
-def test_each_option_runs_and_changes_the_result(tmp_path, tiny_model, prepared, option):
-    plain, _ = _weights(tmp_path, tiny_model[0], prepared, "plain")
+                                    {"min_timestep": 200, "max_timestep": 600}, {"clip_skip": 2},
+                                    {"multires_noise_iterations": 6, "multires_noise_discount": 0.3},
+                                    {"ip_noise_gamma": 0.1}, {"loss_type": "huber"},
+                                    {"loss_type": "smooth_l1", "huber_schedule": "exponential"},
+                                    {"debiased_estimation": True}, {"optimizer": "adafactor"},
+                                    {"optimizer": "lion", "learning_rate": 3e-5}])
+def test_each_option_runs_and_changes_the_result(tmp_path, tiny_model, prepared, plain_weights, option):
+    """Each loop option reaches the step (the weights differ from the plain run's) and is recorded in the exports'
+    header under kohya's ss_* name, as kohya's trainers write it."""
+    plain = plain_weights
     changed, result = _weights(tmp_path, tiny_model[0], prepared, "changed", **option)
     assert all(torch.isfinite(v).all() for v in changed.values())
     if option.get("ema"):  # the checkpoint keeps raw weights; the export carries the average
@@ -81,6 +100,14 @@ def test_each_option_runs_and_changes_the_result(tmp_path, tiny_model, prepared,
         assert exported  # and it reloaded identically (verify_exports is off here; see test_train)
     else:
         assert _max_diff(plain, changed) > 1e-7
+    header = _header(result)
+    kohya_names = {"clip_skip": "ss_clip_skip", "multires_noise_iterations": "ss_multires_noise_iterations",
+                   "ip_noise_gamma": "ss_ip_noise_gamma", "loss_type": "ss_loss_type", "huber_schedule":
+                   "ss_huber_schedule", "debiased_estimation": "ss_debiased_estimation", "optimizer": "ss_optimizer",
+                   "noise_offset": "ss_noise_offset", "min_snr_gamma": "ss_min_snr_gamma"}
+    for key, value in option.items():
+        if key in kohya_names:
+            assert header[kohya_names[key]] == (f"{value:g}" if isinstance(value, float) else str(value)), key
 
 
 def test_tensorboard_events_are_written_when_installed(tmp_path, tiny_model, prepared):
@@ -96,3 +123,75 @@ def test_a_timestep_range_the_scheduler_lacks_is_one_paragraph_before_training(t
         _weights(tmp_path, tiny_model[0], prepared, "late", max_timestep=5000)
     assert "train.min_timestep / max_timestep" in str(err.value) and "0 .. 999" in str(err.value)
     assert not list((tmp_path / "late").glob("checkpoints/*"))
+
+
+def test_tag_dropout_leaves_out_tags_after_the_kept_ones():
+    """kohya's --caption_tag_dropout_rate: each tag after keep_tokens is left out with that chance (after the
+    shuffle); without it, the same seed draws the same shuffled captions as before."""
+    caption = "sks, man, a, b, c, d, e, f, g, h"
+    runs = [noisy_caption(caption, random.Random(i), False, 2, 0.0, 0.25) for i in range(400)]
+    assert all(r.startswith("sks, man") for r in runs)
+    kept = sum(len(r.split(", ")) - 2 for r in runs) / (400 * 8)
+    assert 0.7 < kept < 0.8  # 1 - 0.25
+    assert all(r.split(", ")[2:] == [t for t in caption.split(", ")[2:] if t in r.split(", ")] for r in runs)  # order
+    same = [noisy_caption(caption, random.Random(i), True, 2, 0.0, 0.0) for i in range(20)]
+    assert same == [noisy_caption(caption, random.Random(i), True, 2, 0.0) for i in range(20)]
+    assert noisy_caption("no tags here", random.Random(0), False, 0, 0.0, 0.9) == "no tags here"
+
+
+def test_lora_plus_moves_the_up_matrices_ratio_times_faster(tmp_path, tiny_model, prepared, plain_weights):
+    """lora.loraplus_lr_ratio: the up (lora_B) matrices get their own optimizer group at lr x ratio; with Adam a
+    step moves a weight by about the learning rate, so after a few steps from zero the up matrices are about
+    ratio times further out than in the plain run, and the down matrices about where they were."""
+    from personae.config.train import LoraSection
+
+    job = load_job(write_job(tmp_path, base_model=str(tiny_model[0]), method="lora", data=prepared,
+                             output=tmp_path / "plus", lora={"rank": 4, "alpha": 4, "loraplus_lr_ratio": 16},
+                             train={"steps": 4, "batch_size": 2, "learning_rate": 1e-4, "verify_exports": False,
+                                    "validation": {"steps": 1}}))
+    result = run_training(job)
+    plus = load_file(str(result.run / "checkpoints" / f"step-{result.steps:06d}" / "trainable.safetensors"))
+
+    def mean_abs(weights, part):
+        values = [v.abs().mean().item() for k, v in weights.items() if part in k]
+        assert values, part
+        return sum(values) / len(values)
+
+    up = mean_abs(plus, "lora_B") / mean_abs(plain_weights, "lora_B")
+    down = mean_abs(plus, "lora_A") / mean_abs(plain_weights, "lora_A")
+    assert 8 < up < 20 and 0.9 < down < 1.1, (up, down)
+    assert _header(result)["ss_loraplus_lr_ratio"] == "16"
+    with pytest.raises(ValueError, match="loraplus_lr_ratio speeds up LoRA's up"):
+        LoraSection(variant="loha", loraplus_lr_ratio=16)
+
+
+@pytest.mark.parametrize("a, b", [({"lr_scheduler": "cosine_with_restarts"},
+                                   {"lr_scheduler": "cosine_with_restarts", "lr_scheduler_num_cycles": 2}),
+                                  ({"lr_scheduler": "polynomial"},
+                                   {"lr_scheduler": "polynomial", "lr_scheduler_power": 2.0})])
+def test_the_schedules_cycles_and_power_reach_the_schedule(tmp_path, tiny_model, prepared, a, b):
+    first, _ = _weights(tmp_path, tiny_model[0], prepared, "a", **a)
+    second, _ = _weights(tmp_path, tiny_model[0], prepared, "b", **b)
+    assert _max_diff(first, second) > 1e-7
+
+
+def test_training_encodes_captions_with_the_clip_skip_generation_uses(tiny_session, tmp_path, tiny_model, prepared):
+    """train.clip_skip: the training text encoding is generation's for the same clip skip (A1111's "Clip skip",
+    kohya's --clip_skip: the layer before the last, through the final layer norm), and a clip skip beyond the
+    text encoder's layers is one paragraph before training."""
+    from personae.errors import UserError
+    from personae.training.loop import encode_text
+
+    pipe = tiny_session.pipe
+    with torch.no_grad():
+        by_skip = {}
+        for skip in (1, 2):
+            by_skip[skip] = encode_text(pipe, pipe.text_encoder, ["a photo of sks man"], skip)
+            generated = tiny_session.encoder.encode("a photo of sks man", clip_skip=skip).embeds
+            assert torch.allclose(by_skip[skip], generated, atol=1e-6), skip
+    assert (by_skip[1] - by_skip[2]).abs().max() > 1e-2
+    layers = pipe.text_encoder.config.num_hidden_layers
+    with pytest.raises(UserError) as err:
+        _weights(tmp_path, tiny_model[0], prepared, "deep", clip_skip=layers + 1)
+    assert f"train.clip_skip {layers + 1} is more than" in str(err.value)
+    assert not list((tmp_path / "deep").glob("checkpoints/*"))

@@ -195,7 +195,7 @@ def test_a_masked_loss_is_the_mean_error_over_the_masked_pixels():
     """data.masked_loss: the step's loss equals the masked MSE computed by hand on the same tensors (per example:
     sum of mask x squared error over pixels and channels / (mask sum x channels)), and the prediction outside the
     mask gets no gradient."""
-    from personae.training.step import per_example_mse
+    from personae.training.step import per_example_loss
 
     unet, scheduler = _unet(), DDPMScheduler(num_train_timesteps=1000)
     batch = draw_batch(seeded(0, 0), _posteriors(2), ["", ""], 1.0, 1000)
@@ -215,12 +215,130 @@ def test_a_masked_loss_is_the_mean_error_over_the_masked_pixels():
     # outside the mask: zero gradient, and any prediction there gives the same loss
     prediction = torch.randn(2, 4, 8, 8, requires_grad=True)
     target = torch.randn(2, 4, 8, 8)
-    per_example_mse(prediction, target, masks).mean().backward()
+    per_example_loss(prediction, target, masks).mean().backward()
     outside = (masks == 0).expand_as(prediction)
     assert torch.all(prediction.grad[outside] == 0) and torch.all(prediction.grad[~outside] != 0)
     changed = prediction.detach() + 100.0 * outside
-    assert torch.equal(per_example_mse(changed, target, masks), per_example_mse(prediction.detach(), target, masks))
+    assert torch.equal(per_example_loss(changed, target, masks), per_example_loss(prediction.detach(), target, masks))
     # an all-white mask is the plain loss; the rows of a process's part keep their masks
-    assert torch.allclose(per_example_mse(prediction.detach(), target, torch.ones(2, 1, 8, 8)),
-                          per_example_mse(prediction.detach(), target))
+    assert torch.allclose(per_example_loss(prediction.detach(), target, torch.ones(2, 1, 8, 8)),
+                          per_example_loss(prediction.detach(), target))
     assert torch.equal(batch.part(slice(1, 2)).masks, masks[1:])
+
+
+def test_multires_noise_adds_coarse_layers_and_keeps_unit_variance_and_the_timesteps():
+    """kohya's --multires_noise_iterations / --multires_noise_discount: the noise gains low-frequency layers (the
+    per-channel mean over a picture, which plain noise almost never moves, varies widely), is scaled back to
+    standard deviation 1, and the timesteps are the same seed's without it."""
+    shape = (16, 4, 32, 32)
+    plain, t_plain = draw_noise(seeded(5), shape, 1000)
+    pyramid, t_pyramid = draw_noise(seeded(5), shape, 1000, multires_iterations=6, multires_discount=0.8)
+    again, _ = draw_noise(seeded(5), shape, 1000, multires_iterations=6, multires_discount=0.8)
+    assert torch.equal(t_plain, t_pyramid) and torch.equal(pyramid, again)
+    assert pyramid.std().item() == pytest.approx(1.0, abs=1e-5)
+    assert pyramid.mean(dim=(2, 3)).std() > 5 * plain.mean(dim=(2, 3)).std()  # measured: 0.35 against 0.03
+    # neighbouring pixels are correlated (the upsampled layers), plain noise's are not
+    def neighbours(x):
+        return torch.corrcoef(torch.stack([x[..., :, :-1].flatten(), x[..., :, 1:].flatten()]))[0, 1].item()
+
+    assert abs(neighbours(plain)) < 0.02 and neighbours(pyramid) > 0.1  # measured: 0.005 and 0.28
+    # a discount near 0 leaves only the first layer (r**0 = 1: noise at full size): plain noise, rescaled
+    tiny, _ = draw_noise(seeded(5), shape, 1000, multires_iterations=6, multires_discount=1e-9)
+    first = torch.randn(shape, generator=_after_timesteps(seeded(5), shape))
+    assert torch.allclose(tiny, (plain + first) / (plain + first).std(), atol=1e-5)
+    batch = draw_batch(seeded(0, 1), _posteriors(4), [""] * 4, 1.0, 1000, multires_iterations=3)
+    assert batch.noise.std().item() == pytest.approx(1.0, abs=1e-5)
+
+
+def _after_timesteps(gen: torch.Generator, shape) -> torch.Generator:
+    """The generator past draw_noise's own draws (noise, timesteps) and the first layer's size draw."""
+    torch.randn(shape, generator=gen), torch.randint(0, 1000, (shape[0],), generator=gen)
+    torch.rand((), generator=gen)
+    return gen
+
+
+@pytest.mark.parametrize("prediction", ["epsilon", "v_prediction"])
+def test_input_perturbation_noises_the_input_and_not_the_target(prediction):
+    """kohya's --ip_noise_gamma: the UNet sees add_noise(latents, noise + gamma x fresh noise); the target is the
+    noise (or the velocity) without it; the rest of the batch is the same seed's without the option."""
+    unet, scheduler = _unet(), DDPMScheduler(num_train_timesteps=1000, prediction_type=prediction)
+    plain = draw_batch(seeded(0, 3), _posteriors(3), ["", "", ""], 1.0, 1000)
+    batch = draw_batch(seeded(0, 3), _posteriors(3), ["", "", ""], 1.0, 1000, ip_noise_gamma=0.1)
+    for a, b in ((plain.latents, batch.latents), (plain.noise, batch.noise), (plain.timesteps, batch.timesteps)):
+        assert torch.equal(a, b)
+    assert plain.perturbation is None and batch.perturbation.std().item() == pytest.approx(0.1, rel=0.1)
+    assert torch.equal(batch.part(slice(1, 2)).perturbation, batch.perturbation[1:2])
+    seen = []
+    hook = unet.register_forward_pre_hook(lambda module, args: seen.append(args[0].clone()))
+    embeddings = torch.randn(3, 5, 8, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        loss = diffusion_loss(unet, scheduler, batch, embeddings)
+    hook.remove()
+    noisy = scheduler.add_noise(batch.latents, batch.noise + batch.perturbation, batch.timesteps)
+    assert torch.allclose(seen[0], noisy, atol=1e-6)
+    target = batch.noise if prediction == "epsilon" else scheduler.get_velocity(batch.latents, batch.noise,
+                                                                                   batch.timesteps)
+    with torch.no_grad():
+        expected = F.mse_loss(unet(noisy, batch.timesteps, encoder_hidden_states=embeddings).sample, target)
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+    # random strength: one strength per batch, drawn in [0, gamma)
+    strengths = [draw_batch(seeded(0, s), _posteriors(8), [""] * 8, 1.0, 1000, ip_noise_gamma=0.2,
+                            ip_noise_random=True).perturbation.std().item() for s in range(20)]
+    assert max(strengths) < 0.2 * 1.15 and min(strengths) < 0.1 and len({round(s, 4) for s in strengths}) == 20
+
+
+def test_huber_and_smooth_l1_losses_are_kohyas_pseudo_huber():
+    """kohya's conditional_loss: huber = 2c(sqrt(d^2 + c^2) - c), smooth_l1 = 2(sqrt(d^2 + c^2) - c), c per
+    example; huber is the squared error for small errors and 2c|d| for large ones; l1 is |d|."""
+    from personae.training.step import huber_threshold, per_example_loss
+
+    prediction = torch.randn(3, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    target = torch.randn(3, 4, 8, 8, generator=torch.Generator().manual_seed(1))
+    c = torch.tensor([0.1, 0.5, 1.0])
+    d = prediction - target
+    cc = c.view(3, 1, 1, 1)
+    huber = per_example_loss(prediction, target, None, "huber", c)
+    smooth = per_example_loss(prediction, target, None, "smooth_l1", c)
+    assert torch.allclose(huber, (2 * cc * (torch.sqrt(d**2 + cc**2) - cc)).mean(dim=(1, 2, 3)), rtol=1e-6)
+    assert torch.allclose(smooth, (2 * (torch.sqrt(d**2 + cc**2) - cc)).mean(dim=(1, 2, 3)), rtol=1e-6)
+    assert torch.allclose(per_example_loss(prediction, target, None, "l1"), d.abs().mean(dim=(1, 2, 3)))
+    small, large = torch.full((1, 1, 2, 2), 1e-2), torch.full((1, 1, 2, 2), 100.0)
+    zero = torch.zeros(1, 1, 2, 2)
+    assert per_example_loss(small, zero, None, "huber", torch.tensor([0.5])).item() == pytest.approx(1e-4, rel=1e-2)
+    assert per_example_loss(large, zero, None, "huber", torch.tensor([0.5])).item() == pytest.approx(99.5, rel=1e-3)
+    # the thresholds per timestep: kohya's three schedules
+    scheduler = DDPMScheduler(num_train_timesteps=1000, beta_schedule="scaled_linear", beta_start=0.00085,
+                              beta_end=0.012)
+    t = torch.tensor([0, 500, 999])
+    assert huber_threshold(scheduler, t, 0.1, "constant").tolist() == pytest.approx([0.1] * 3)
+    assert huber_threshold(scheduler, t, 0.1, "exponential").tolist() == pytest.approx(
+        [1.0, 0.1**0.5, 0.1**0.999], rel=1e-5)
+    snr = huber_threshold(scheduler, t, 0.1, "snr")
+    sigmas = ((1 - scheduler.alphas_cumprod[t]) / scheduler.alphas_cumprod[t]) ** 0.5
+    assert torch.allclose(snr, 0.9 / (1 + sigmas) ** 2 + 0.1)
+    assert snr[0] > 0.9 and snr[2] < 0.11  # near 1 for nearly clean latents, near c for nearly pure noise
+
+
+@pytest.mark.parametrize("prediction", ["epsilon", "v_prediction"])
+def test_debiased_estimation_and_v_as_epsilon_weight_each_example_as_kohya(prediction):
+    from personae.training.step import LossShape
+
+    unet, scheduler = _unet(), DDPMScheduler(num_train_timesteps=1000, prediction_type=prediction)
+    batch = draw_batch(seeded(0, 0), _posteriors(4), [""] * 4, 1.0, 1000)
+    batch.timesteps = torch.tensor([0, 100, 500, 990])
+    embeddings = torch.zeros(4, 5, 8)
+    with torch.no_grad():
+        plain = [diffusion_loss(unet, scheduler, batch.part(slice(i, i + 1)), embeddings[:1]).item() for i in range(4)]
+        debiased = diffusion_loss(unet, scheduler, batch, embeddings, shape=LossShape(debiased_estimation=True))
+        v_like = diffusion_loss(unet, scheduler, batch, embeddings, shape=LossShape(scale_v_pred_like_noise=True))
+        both = diffusion_loss(unet, scheduler, batch, embeddings, 5.0, LossShape(debiased_estimation=True))
+    snr = compute_snr(scheduler, batch.timesteps).clamp(max=1000)
+    assert snr[0] == 1000  # t = 0: SNR in the thousands, capped as kohya caps it
+    weights = 1 / (snr + 1) if prediction == "v_prediction" else 1 / snr.sqrt()
+    assert debiased.item() == pytest.approx(sum(w * p for w, p in zip(weights.tolist(), plain)) / 4, rel=1e-4)
+    v_weights = (snr / (snr + 1)).tolist() if prediction == "v_prediction" else [1.0] * 4  # epsilon: unchanged
+    assert v_like.item() == pytest.approx(sum(w * p for w, p in zip(v_weights, plain)) / 4, rel=1e-4)
+    raw = compute_snr(scheduler, batch.timesteps)
+    min_snr = raw.clamp(max=5.0) / (raw + 1 if prediction == "v_prediction" else raw)
+    assert both.item() == pytest.approx(sum(m * w * p for m, w, p in zip(min_snr.tolist(), weights.tolist(), plain))
+                                        / 4, rel=1e-4)

@@ -34,6 +34,8 @@ class DataSection(Strict):
     shuffle_tags: bool = setting(False, "shuffle comma-separated tags after the kept ones (kohya --shuffle_caption)")
     keep_tokens: int | None = setting(None, "tags fixed in front when shuffling (default: as prepare recorded)")
     caption_dropout: float = setting(0.0, "share of examples trained with an empty caption", ge=0.0, le=1.0)
+    caption_tag_dropout: float = setting(0.0, "chance of leaving out each comma-separated tag after the kept ones "
+                                              "(kohya --caption_tag_dropout_rate)", ge=0.0, le=1.0)
     masked_loss: Literal["auto", "on", "off"] = setting(
         "off", "weight the loss by each image's mask (white = the subject), taken at the latents' size: the loss is "
                 "the mean over the masked pixels (kohya masked_loss). The mask is images/NAME.mask.png in the "
@@ -65,8 +67,13 @@ class TrainSection(Strict):
     lr_scheduler: Literal["constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts",
                           "polynomial"] = setting("constant", "learning-rate schedule")
     warmup_steps: int = setting(0, "steps of linear warm-up", ge=0)
-    optimizer: Literal["adamw", "adamw8bit", "prodigy"] = setting("adamw", "adamw8bit needs a CUDA GPU and "
-                                                                  "bitsandbytes; prodigy the prodigyopt package")
+    lr_scheduler_num_cycles: int = setting(1, "cosine_with_restarts: the number of hard restarts (kohya "
+                                              "--lr_scheduler_num_cycles)", ge=1)
+    lr_scheduler_power: float = setting(1.0, "polynomial: the decay's power (kohya --lr_scheduler_power)", gt=0)
+    optimizer: Literal["adamw", "adamw8bit", "prodigy", "adafactor", "lion"] = setting(
+        "adamw", "adamw8bit needs a CUDA GPU and bitsandbytes; prodigy the prodigyopt package; adafactor at the "
+                 "learning rate given (kohya's Adafactor with relative_step off); lion the lion-pytorch package (lion "
+                 "wants a learning rate 3-10x below AdamW's)")
     weight_decay: float = setting(1e-2, "AdamW weight decay", ge=0)
     max_grad_norm: float = setting(1.0, "clip the gradient norm to this (0: no clipping)", ge=0)
     seed: int = setting(0, "seed of every random draw: batches, noise, timesteps, new weights")
@@ -78,6 +85,32 @@ class TrainSection(Strict):
     max_timestep: int | None = setting(None, "train on noise levels below this timestep only (kohya --max_timestep; "
                                              "default: the scheduler's num_train_timesteps, all of them)", ge=1)
     noise_offset: float = setting(0.0, "noise offset, e.g. 0.05 for darker darks and brighter brights", ge=0)
+    multires_noise_iterations: int = setting(0, "multi-resolution (pyramid) noise: this many coarser noise layers "
+                                                "added to the noise, e.g. 6 (kohya --multires_noise_iterations; 0: "
+                                                "off)", ge=0)
+    multires_noise_discount: float = setting(0.3, "each coarser layer's weight is this to the power of its level "
+                                                  "(kohya --multires_noise_discount)", gt=0, le=1)
+    ip_noise_gamma: float = setting(0.0, "input perturbation: the noised latents get this much extra noise that the "
+                                         "target does not have, e.g. 0.1 (kohya --ip_noise_gamma; 0: off)", ge=0)
+    ip_noise_gamma_random_strength: bool = setting(False, "draw the perturbation's strength per step between 0 and "
+                                                          "ip_noise_gamma (kohya --ip_noise_gamma_random_strength)")
+    loss_type: Literal["l2", "l1", "huber", "smooth_l1"] = setting(
+        "l2", "the error measure: l2 (squared), l1, or huber / smooth_l1 (squared for small errors, linear for large "
+              "ones, less pulled by outlier pixels; kohya --loss_type)")
+    huber_c: float = setting(0.1, "huber / smooth_l1: where the error turns from squared to linear (kohya --huber_c)",
+                             gt=0, le=1)
+    huber_schedule: Literal["snr", "exponential", "constant"] = setting(
+        "snr", "huber / smooth_l1: huber_c per timestep: snr (near 1 for nearly clean latents, huber_c for noisy "
+               "ones), exponential (from 1 at t=0 down to huber_c), or constant (kohya --huber_schedule)")
+    debiased_estimation: bool = setting(False, "weight each example by 1 / sqrt(SNR) (1 / (SNR + 1) for "
+                                               "v-prediction), so nearly clean timesteps count less (kohya "
+                                               "--debiased_estimation_loss)")
+    scale_v_pred_loss_like_noise_pred: bool = setting(False, "v-prediction models: weight the loss by SNR / (SNR + 1), "
+                                                             "as an epsilon model's loss weighs the timesteps (kohya "
+                                                             "--scale_v_pred_loss_like_noise_pred)")
+    clip_skip: int = setting(1, 'train on the text encoder\'s output this many layers from the end, as A1111\'s "Clip '
+                                'skip": 2 for anime models made that way (kohya --clip_skip); generate with the same '
+                                'value', ge=1, le=12)
     ema: bool = setting(False, "keep an exponential moving average of the trained weights (exported instead)")
     ema_decay: float = setting(0.999, "EMA decay", gt=0, lt=1)
     mixed_precision: Literal["no", "fp16", "bf16"] = setting("no", "fp16 needs a GPU; bf16 also runs on the CPU")
@@ -136,6 +169,9 @@ class LoraSection(Strict):
     rank: int = setting(8, "LoRA rank (kohya network_dim)", ge=1)
     alpha: float = setting(8.0, "LoRA alpha; the scale is alpha / rank (kohya network_alpha)", gt=0)
     dropout: float = setting(0.0, "LoRA dropout", ge=0, lt=1)
+    loraplus_lr_ratio: float | None = setting(None, "LoRA+: the up (B) matrices learn this many times faster than the "
+                                                    "down (A) ones, e.g. 16 (kohya loraplus_lr_ratio; variants lora, "
+                                                    "locon and dora)", gt=0)
     target_modules: list[str] = setting(["to_q", "to_k", "to_v", "to_out.0", "conv1", "conv2", "proj_in", "proj_out"],
                                         "UNet layers that get a LoRA: attention, the resnets' convolutions, the "
                                         "transformers' projections (variant locon adds the samplers' convolutions "
@@ -176,6 +212,9 @@ class LoraSection(Strict):
         if (self.conv_rank or self.conv_alpha) and self.variant != "locon":
             raise ValueError(f"lora.conv_rank / conv_alpha shape the convolutions of variant locon, but the variant "
                              f"is {self.variant}: set lora.variant: locon, or remove conv_rank / conv_alpha")
+        if self.loraplus_lr_ratio and self.variant in ("loha", "lokr"):
+            raise ValueError(f"lora.loraplus_lr_ratio speeds up LoRA's up (B) matrices, which a {self.variant} has "
+                             "not: use variant lora, locon or dora, or remove loraplus_lr_ratio")
         if self.dropout and self.variant in ("loha", "lokr"):
             raise ValueError(f"lora.dropout is LoRA's input dropout, which peft's {self.variant} layers do not "
                              "have: set lora.dropout: 0 for this variant")

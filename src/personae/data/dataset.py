@@ -94,12 +94,17 @@ class BatchPlan:
         return self._epoch(epoch)[index]
 
 
-def noisy_caption(caption: str, rng: random.Random, shuffle: bool, keep_tokens: int, dropout: float) -> str:
-    """Caption dropout (-> "") and tag shuffle after the first `keep_tokens` tags, as kohya does."""
+def noisy_caption(caption: str, rng: random.Random, shuffle: bool, keep_tokens: int, dropout: float,
+                  tag_dropout: float = 0.0) -> str:
+    """Caption dropout (-> ""), then tag shuffle and tag dropout after the first `keep_tokens` tags, as kohya does
+    (its process_caption: shuffle first, then each remaining tag kept with probability 1 - tag_dropout)."""
     if dropout and rng.random() < dropout:
         return ""
-    if shuffle and "," in caption:
+    if (shuffle or tag_dropout) and "," in caption:
         kept, rest = keep_and_shuffle_split(caption, keep_tokens)
-        rng.shuffle(rest)
+        if shuffle:
+            rng.shuffle(rest)
+        if tag_dropout:
+            rest = [tag for tag in rest if rng.random() >= tag_dropout]
         return ", ".join(kept + rest)
     return caption

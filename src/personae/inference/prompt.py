@@ -79,6 +79,19 @@ def parse_attention(text: str) -> list[tuple[str, float]]:
     return [(t, w) for t, w in merged] or [("", 1.0)]
 
 
+def clip_states(text_encoder, ids: torch.Tensor, clip_skip: int = 1) -> torch.Tensor:
+    """CLIP's token states for `ids`, `clip_skip` layers from the end as A1111's "Clip skip" and kohya's --clip_skip
+    take them: 1 is the last layer's output (after the final layer norm); 2 the layer before it, through the same
+    final layer norm."""
+    out = text_encoder(ids, output_hidden_states=clip_skip > 1)
+    if clip_skip == 1:
+        return out[0]
+    final_norm = getattr(text_encoder, "final_layer_norm", None)
+    if final_norm is None:  # transformers < 5 nests the modules under .text_model
+        final_norm = text_encoder.text_model.final_layer_norm
+    return final_norm(out.hidden_states[-clip_skip])
+
+
 @dataclass
 class EncodedPrompt:
     embeds: torch.Tensor  # [1, 77 * chunks, hidden]
@@ -118,14 +131,7 @@ class PromptEncoder:
         ids += [pad] * (CHUNK + 2 - len(ids))
         weights = torch.tensor([1.0] + [w for _, w in chunk] + [1.0] * (CHUNK + 1 - len(chunk)))
         device = getattr(self.pipe, "_execution_device", None) or self.text_encoder.device  # offloaded: the GPU
-        out = self.text_encoder(torch.tensor([ids], device=device), output_hidden_states=clip_skip > 1)
-        if clip_skip > 1:
-            final_norm = getattr(self.text_encoder, "final_layer_norm", None)
-            if final_norm is None:  # transformers < 5 nests the modules under .text_model
-                final_norm = self.text_encoder.text_model.final_layer_norm
-            z = final_norm(out.hidden_states[-clip_skip])
-        else:
-            z = out[0]
+        z = clip_states(self.text_encoder, torch.tensor([ids], device=device), clip_skip)
         if bool((weights != 1.0).any()):
             weights = weights.to(device=z.device, dtype=z.dtype)
             original_mean = z.mean()

@@ -154,6 +154,18 @@ def export_lora(pipe, out: Path, *, name: str, rank: int, alpha: float, te_alpha
             ExportFile(diffusers_file, "diffusers", "lora")]
 
 
+def lora_plus_groups(name: str, module: torch.nn.Module, lr: float, ratio: float | None) -> list[ParamGroup]:
+    """The module's trainable parameters at `lr`; with LoRA+'s `ratio` (Hayou et al. 2024; kohya's
+    loraplus_lr_ratio, peft's create_loraplus_optimizer) the up matrices (peft's lora_B) in a group of their own at
+    lr x ratio."""
+    trainable = [(n, p) for n, p in module.named_parameters() if p.requires_grad]
+    if not ratio:
+        return [ParamGroup(name, [p for _, p in trainable], lr)]
+    up = [p for n, p in trainable if ".lora_B." in n]
+    return [ParamGroup(name, [p for n, p in trainable if ".lora_B." not in n], lr),
+            ParamGroup(f"{name}_up", up, lr * ratio)]
+
+
 @dataclass
 class LoraMethod(Method):
 
@@ -163,10 +175,10 @@ class LoraMethod(Method):
         add_lora(pipe, c.rank, c.alpha, c.dropout, c.target_modules, c.text_encoder, c.text_encoder_rank, c.variant,
                  c.conv_rank, c.conv_alpha, c.text_encoder_alpha, c.block_ranks, c.block_alphas)
         lr = self.job.train.learning_rate
-        groups = [ParamGroup("unet_lora", [p for p in pipe.unet.parameters() if p.requires_grad], lr)]
+        groups = lora_plus_groups("unet_lora", pipe.unet, lr, c.loraplus_lr_ratio)
         if c.text_encoder:
-            groups.append(ParamGroup("text_encoder_lora", [p for p in pipe.text_encoder.parameters() if p.requires_grad],
-                                     c.text_encoder_lr or lr))
+            groups += lora_plus_groups("text_encoder_lora", pipe.text_encoder, c.text_encoder_lr or lr,
+                                       c.loraplus_lr_ratio)
         return groups
 
     def modules(self, pipe) -> list[torch.nn.Module]:

@@ -24,6 +24,7 @@ from personae.data.dataset import BatchPlan, noisy_caption
 from personae.data.stats import dataset_stats
 from personae.errors import UserError
 from personae.events import EventHandler, Message, Progress, ignore
+from personae.inference.prompt import clip_states
 from personae.methods import method_class
 from personae.methods.base import ExportFile
 from personae.models.resolve import load_pipeline, resolve_model
@@ -41,7 +42,16 @@ from personae.training.setup import (
     preflight,
     uses_masks,
 )
-from personae.training.step import Batch, after_step, check_finite, diffusion_loss, draw_batch, optimizer_step, seeded
+from personae.training.step import (
+    Batch,
+    LossShape,
+    after_step,
+    check_finite,
+    diffusion_loss,
+    draw_batch,
+    optimizer_step,
+    seeded,
+)
 from personae.training.stopping import NAMES, Commands, Stopped, stop_at_step_end
 from personae.training.validation import validation_grid
 from personae.training.verify import Check
@@ -57,12 +67,13 @@ class TrainResult:
     skipped: list[str] = field(default_factory=list)  # exports the method could not write, each with why
 
 
-def encode_text(pipe, text_encoder, captions: list[str]) -> torch.Tensor:
-    """Training captions: plain CLIP encoding, new tokens expanded as diffusers' loader expands them."""
+def encode_text(pipe, text_encoder, captions: list[str], clip_skip: int = 1) -> torch.Tensor:
+    """Training captions: plain CLIP encoding (`clip_skip` layers from the end, as generation takes them), new
+    tokens expanded as diffusers' loader expands them."""
     captions = [pipe.maybe_convert_prompt(c, pipe.tokenizer) for c in captions]
     ids = pipe.tokenizer(captions, padding="max_length", max_length=pipe.tokenizer.model_max_length,
                          truncation=True, return_tensors="pt").input_ids
-    return text_encoder(ids.to(pipe.text_encoder.device))[0]
+    return clip_states(text_encoder, ids.to(pipe.text_encoder.device), clip_skip)
 
 
 def train(job: TrainJob, run: Path, resume: bool = False, on_event: EventHandler = ignore,
@@ -108,6 +119,9 @@ def _train(job: TrainJob, run: Path, resume: bool, on_event: EventHandler, comma
     base_scheduler = dict(pipe.scheduler.config)
     noise_scheduler = DDPMScheduler.from_config(base_scheduler)
     timesteps = timestep_range(t.min_timestep, t.max_timestep, noise_scheduler.config.num_train_timesteps)
+    if t.clip_skip > (layers := pipe.text_encoder.config.num_hidden_layers):
+        raise UserError(f"train.clip_skip {t.clip_skip} is more than the base model's text encoder has layers "
+                        f"({layers}).", "Use clip_skip 1 (the last layer) or 2 (the one before, for anime models).")
     # 3. data, and class images from the untouched base model
     examples = load_examples(job, run, on_event)
     plan = BatchPlan(examples, t.batch_size * world * t.gradient_accumulation, t.seed)
@@ -120,7 +134,8 @@ def _train(job: TrainJob, run: Path, resume: bool, on_event: EventHandler, comma
     on_event(Message(stats.summary()))
     on_event(Message(f"{total} steps, {plan.batch} image(s) per step ({plan.steps_per_epoch} steps per epoch)"))
     prompts = t.validation.prompts or [examples[0].caption]
-    baseline = validation_grid(pipe, source, base_scheduler, prompts, t.validation, "base model") if main else None
+    baseline = (validation_grid(pipe, source, base_scheduler, prompts, t.validation, "base model",
+                                clip_skip=t.clip_skip) if main else None)
     check()
     # 4. the method decides what trains
     method = method_class(job.method)(job)
@@ -140,7 +155,8 @@ def _train(job: TrainJob, run: Path, resume: bool, on_event: EventHandler, comma
     log.update(metrics={"memory_estimate_gb": round(memory.total() / GB, 2)})
     # 5. optimizer, LR schedule (stepped once per optimizer step, by us), EMA; accelerate wraps modules
     optimizer = make_optimizer(job, groups)
-    lr_schedule = get_scheduler(t.lr_scheduler, optimizer, num_warmup_steps=t.warmup_steps, num_training_steps=total)
+    lr_schedule = get_scheduler(t.lr_scheduler, optimizer, num_warmup_steps=t.warmup_steps, num_training_steps=total,
+                                num_cycles=t.lr_scheduler_num_cycles, power=t.lr_scheduler_power)
     modules = method.modules(pipe)
     prepared = accelerator.prepare(*modules, optimizer)
     wrapped, optimizer = dict(zip([id(m) for m in modules], prepared[:-1])), prepared[-1]
@@ -177,20 +193,24 @@ def _train(job: TrainJob, run: Path, resume: bool, on_event: EventHandler, comma
     train_batch = _Draws(job, examples, latents, timesteps, scaling, tag=0, masks=masks)
     prior_batch = _Draws(job, priors, prior_latents, timesteps, scaling, tag=1) if priors else None
 
+    loss_shape = LossShape(t.loss_type, t.huber_c, t.huber_schedule, t.debiased_estimation,
+                           t.scale_v_pred_loss_like_noise_pred)
+
     def text_embeddings(captions):
         if method.text_encoder_changes:
-            return encode_text(pipe, text_encoder, captions)
+            return encode_text(pipe, text_encoder, captions, t.clip_skip)
         if not t.cache_text_encoder_outputs:
             with torch.no_grad():
-                return encode_text(pipe, pipe.text_encoder, captions)
+                return encode_text(pipe, pipe.text_encoder, captions, t.clip_skip)
         for c in set(captions) - set(text_cache):
             with torch.no_grad():
-                text_cache[c] = encode_text(pipe, pipe.text_encoder, [c])[0]
+                text_cache[c] = encode_text(pipe, pipe.text_encoder, [c], t.clip_skip)[0]
         return torch.stack([text_cache[c] for c in captions])
 
     def loss_of(batch: Batch) -> torch.Tensor:
         batch = batch.to(accelerator.device)
-        return diffusion_loss(unet, noise_scheduler, batch, text_embeddings(batch.captions), t.min_snr_gamma)
+        return diffusion_loss(unet, noise_scheduler, batch, text_embeddings(batch.captions), t.min_snr_gamma,
+                              loss_shape)
 
     # 8. the loop
     writer = _tensorboard(run, on_event) if main else None
@@ -263,7 +283,7 @@ class _Draws:
             return self.examples[i].caption
         d, ex = self.job.data, self.examples[i]
         keep = ex.keep_tokens if d.keep_tokens is None else d.keep_tokens
-        return noisy_caption(ex.caption, rng, d.shuffle_tags, keep, d.caption_dropout)
+        return noisy_caption(ex.caption, rng, d.shuffle_tags, keep, d.caption_dropout, d.caption_tag_dropout)
 
     def __call__(self, step: int, ids: list[int]) -> Batch:
         t = self.job.train
@@ -274,7 +294,8 @@ class _Draws:
         rng = random.Random(f"{t.seed}-{step}-{self.tag}")
         captions = [self.caption(i, rng) for i in ids]
         batch = draw_batch(gen, posteriors, captions, self.scaling, self.timesteps[1], t.noise_offset,
-                           self.timesteps[0])
+                           self.timesteps[0], t.multires_noise_iterations, t.multires_noise_discount,
+                           t.ip_noise_gamma, t.ip_noise_gamma_random_strength)
         if self.masks is not None:  # the loss weights, flipped with their images (class images have none)
             size = tuple(batch.latents.shape[-2:])
             batch.masks = torch.stack([self.masks.get(i, f, size) for i, f in zip(ids, flips)])

@@ -10,7 +10,8 @@ The model, in bytes (each term printed by `MemoryEstimate.parts`):
   weights      every parameter of the UNet, text encoder and VAE, at 4 bytes (training keeps fp32 weights;
                mixed precision only computes in half)
   training     per trained parameter: its gradient (4) + the optimizer's state (AdamW 8, 8-bit AdamW 2,
-               Prodigy 16) + an EMA copy (4) when ema is on
+               Prodigy 16, Lion 4 (one momentum), Adafactor at most 4: a matrix keeps only its row and column
+               means) + an EMA copy (4) when ema is on
   activations  what autograd keeps from the forward pass for the backward pass. Not guessed: the UNet (and the
                text encoder when it trains) runs once on PyTorch's meta device (shapes without storage, no
                arithmetic) at the run's batch and size, with the real module tree, its adapters and which
@@ -36,7 +37,7 @@ from personae.config.train import TrainJob
 from personae.errors import UserError
 
 GB = 1024**3
-OPTIMIZER_BYTES = {"adamw": 8, "adamw8bit": 2, "prodigy": 16}  # state per trained parameter
+OPTIMIZER_BYTES = {"adamw": 8, "adamw8bit": 2, "prodigy": 16, "lion": 4, "adafactor": 4}  # state per trained parameter
 OVERHEAD = int(0.6 * GB)
 CLEARLY = 1.25  # refuse only when the estimate exceeds the free memory by more than its own uncertainty
 

@@ -65,7 +65,7 @@ class Saver:
 
     def _grid(self, step: int):
         return validation_grid(self.pipe, self.source, self.base_scheduler, self.prompts, self.job.train.validation,
-                               f"step {step}", self.baseline)
+                               f"step {step}", self.baseline, self.job.train.clip_skip)
 
     def _write_grid(self, step: int, grid) -> Path:
         path = self.run / "validation" / f"step-{step:06d}.png"
@@ -180,5 +180,14 @@ def export_header(job: TrainJob, stats: DatasetStats, steps_per_epoch: int, tota
             "ss_max_grad_norm": f"{t.max_grad_norm:g}", "ss_noise_offset": f"{t.noise_offset:g}",
             "ss_min_snr_gamma": f"{t.min_snr_gamma:g}" if t.min_snr_gamma else "None",
             "ss_caption_dropout_rate": f"{job.data.caption_dropout:g}",
+            "ss_caption_tag_dropout_rate": f"{job.data.caption_tag_dropout:g}", "ss_clip_skip": str(t.clip_skip),
+            "ss_multires_noise_iterations": str(t.multires_noise_iterations or None),
+            "ss_multires_noise_discount": f"{t.multires_noise_discount:g}",
+            "ss_ip_noise_gamma": f"{t.ip_noise_gamma:g}" if t.ip_noise_gamma else "None",
+            "ss_ip_noise_gamma_random_strength": str(t.ip_noise_gamma_random_strength),
+            "ss_loss_type": t.loss_type, "ss_huber_c": f"{t.huber_c:g}", "ss_huber_schedule": t.huber_schedule,
+            "ss_debiased_estimation": str(t.debiased_estimation),
+            "ss_scale_v_pred_loss_like_noise_pred": str(t.scale_v_pred_loss_like_noise_pred),
             "ss_shuffle_caption": str(job.data.shuffle_tags),
-            "ss_flip_aug": str(job.data.flip), "ss_prior_loss_weight": f"{job.dreambooth.prior_loss_weight:g}"}
+            "ss_flip_aug": str(job.data.flip), "ss_prior_loss_weight": f"{job.dreambooth.prior_loss_weight:g}",
+            **({"ss_loraplus_lr_ratio": f"{job.lora.loraplus_lr_ratio:g}"} if job.lora.loraplus_lr_ratio else {})}

@@ -42,6 +42,9 @@ def preflight(job: TrainJob) -> None:
     if job.train.optimizer == "prodigy" and importlib.util.find_spec("prodigyopt") is None:
         raise UserError("optimizer prodigy needs the prodigyopt package.",
                         "pip install prodigyopt (and set learning_rate: 1.0)")
+    if job.train.optimizer == "lion" and importlib.util.find_spec("lion_pytorch") is None:
+        raise UserError("optimizer lion needs the lion-pytorch package.",
+                        "pip install lion-pytorch (and use a learning rate 3-10x below AdamW's)")
     data = Path(job.data.path).expanduser()
     if not data.exists():
         raise UserError(f"data.path {job.data.path} does not exist.",
@@ -191,6 +194,15 @@ def make_optimizer(job: TrainJob, groups: list[ParamGroup]):
         import bitsandbytes as bnb
 
         return bnb.optim.AdamW8bit(params, lr=t.learning_rate, weight_decay=t.weight_decay)
+    if t.optimizer == "adafactor":  # kohya's Adafactor with a learning rate: transformers' own, its schedule off
+        from transformers.optimization import Adafactor
+
+        return Adafactor(params, lr=t.learning_rate, weight_decay=t.weight_decay, scale_parameter=False,
+                         relative_step=False, warmup_init=False)
+    if t.optimizer == "lion":
+        from lion_pytorch import Lion
+
+        return Lion(params, lr=t.learning_rate, weight_decay=t.weight_decay)
     from prodigyopt import Prodigy
 
     return Prodigy(params, lr=t.learning_rate, weight_decay=t.weight_decay)

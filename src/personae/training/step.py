@@ -1,14 +1,16 @@
 """The training step in named parts, shared by every method's loop (loop.py) and world pretraining.
 
     gen = seeded(seed, step, tag)                      # every draw of a step comes from (seed, step)
-    batch = draw_batch(gen, posteriors, captions, scaling, num_train_timesteps, noise_offset)
-    loss = diffusion_loss(unet, noise_scheduler, batch.part(s), embeddings, min_snr_gamma)
+    batch = draw_batch(gen, posteriors, captions, scaling, num_train_timesteps, noise_offset, **noise_shape)
+    loss = diffusion_loss(unet, noise_scheduler, batch.part(s), embeddings, min_snr_gamma, loss_shape)
     optimizer_step(loss, optimizer, params, max_grad_norm, accelerator)
     after_step(lr_schedule, ema, params)
 
 - batch: the random inputs of one optimizer step, drawn for the whole global batch (every process
-  slices its part, so the process count does not change what is computed);
-- loss: the denoising objective (epsilon or v-prediction as the scheduler says, min-SNR weighting);
+  slices its part, so the process count does not change what is computed): latents, noise (offset,
+  multi-resolution), timesteps, input perturbation;
+- loss: the denoising objective (epsilon or v-prediction as the scheduler says; l2, l1, huber or
+  smooth L1; min-SNR, debiased and v-as-epsilon weighting, each as kohya's sd-scripts computes it);
 - step: gradients to weights (backward, clipping, the optimizer), then the schedule and EMA.
 Saving (checkpoint, exports, record) is saving.py.
 """
@@ -34,14 +36,32 @@ class Batch:
     timesteps: torch.Tensor
     captions: list[str] = field(default_factory=list)  # empty when the caller encodes its own (world pretraining)
     masks: torch.Tensor | None = None  # (n, 1, h, w) loss weights at the latents' size (data.masked_loss)
+    perturbation: torch.Tensor | None = None  # input perturbation: noised into the input, not in the target
 
     def part(self, rows: slice) -> Batch:
-        masks = self.masks[rows] if self.masks is not None else None
-        return Batch(self.latents[rows], self.noise[rows], self.timesteps[rows], self.captions[rows], masks)
+        def cut(x):
+            return x[rows] if x is not None else None
+
+        return Batch(self.latents[rows], self.noise[rows], self.timesteps[rows], self.captions[rows], cut(self.masks),
+                     cut(self.perturbation))
 
     def to(self, device) -> Batch:
-        masks = self.masks.to(device) if self.masks is not None else None
-        return Batch(self.latents.to(device), self.noise.to(device), self.timesteps.to(device), self.captions, masks)
+        def move(x):
+            return x.to(device) if x is not None else None
+
+        return Batch(self.latents.to(device), self.noise.to(device), self.timesteps.to(device), self.captions,
+                     move(self.masks), move(self.perturbation))
+
+
+@dataclass(frozen=True)
+class LossShape:
+    """How prediction errors become the loss, beyond min-SNR (kohya's --loss_type, --huber_c, --huber_schedule,
+    --debiased_estimation_loss, --scale_v_pred_loss_like_noise_pred); the default is the plain squared error."""
+    loss_type: str = "l2"  # l2 | l1 | huber | smooth_l1
+    huber_c: float = 0.1
+    huber_schedule: str = "snr"  # snr | exponential | constant
+    debiased_estimation: bool = False
+    scale_v_pred_like_noise: bool = False
 
 
 def seeded(*parts: int) -> torch.Generator:
@@ -50,14 +70,35 @@ def seeded(*parts: int) -> torch.Generator:
 
 
 def draw_noise(gen: torch.Generator, shape: tuple[int, ...], num_train_timesteps: int,
-               noise_offset: float = 0.0, min_timestep: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+               noise_offset: float = 0.0, min_timestep: int = 0, multires_iterations: int = 0,
+               multires_discount: float = 0.3) -> tuple[torch.Tensor, torch.Tensor]:
     """Noise (plus a per-channel offset, the "noise offset" trick) and a timestep per example, uniform over
-    min_timestep .. num_train_timesteps - 1 (a lower num_train_timesteps leaves the noisiest steps out)."""
+    min_timestep .. num_train_timesteps - 1 (a lower num_train_timesteps leaves the noisiest steps out); then,
+    with `multires_iterations`, the coarser noise layers of `pyramid_noise` (drawn after the timesteps, so the
+    timesteps are those of the same seed without them)."""
     noise = torch.randn(shape, generator=gen)
     if noise_offset:
         noise = noise + noise_offset * torch.randn((shape[0], shape[1], 1, 1), generator=gen)
     timesteps = torch.randint(min_timestep, num_train_timesteps, (shape[0],), generator=gen)
+    if multires_iterations:
+        noise = pyramid_noise(gen, noise, multires_iterations, multires_discount)
     return noise, timesteps
+
+
+def pyramid_noise(gen: torch.Generator, noise: torch.Tensor, iterations: int, discount: float) -> torch.Tensor:
+    """Multi-resolution noise as kohya's pyramid_noise_like adds it: layer i is noise drawn at the size divided by
+    r**i (r uniform in [2, 4) per layer), upsampled bilinearly and weighted discount**i, until a side reaches 1;
+    the sum is scaled back to unit standard deviation over the batch."""
+    _, _, height, width = noise.shape
+    noise = noise.clone()
+    for i in range(iterations):
+        r = float(torch.rand((), generator=gen)) * 2 + 2
+        h, w = max(1, int(height / r**i)), max(1, int(width / r**i))
+        coarse = torch.randn((*noise.shape[:2], h, w), generator=gen)
+        noise += F.interpolate(coarse, size=(height, width), mode="bilinear", align_corners=False) * discount**i
+        if h == 1 or w == 1:
+            break
+    return noise / noise.std()
 
 
 def sample_latents(params: list[torch.Tensor], draws: torch.Tensor, scaling: float) -> torch.Tensor:
@@ -71,41 +112,88 @@ def sample_latents(params: list[torch.Tensor], draws: torch.Tensor, scaling: flo
 
 
 def draw_batch(gen: torch.Generator, posteriors: list[torch.Tensor], captions: list[str], scaling: float,
-               num_train_timesteps: int, noise_offset: float = 0.0, min_timestep: int = 0) -> Batch:
-    """A batch from VAE posteriors (one per example): a latent sample, noise and timesteps, drawn in that order."""
+               num_train_timesteps: int, noise_offset: float = 0.0, min_timestep: int = 0,
+               multires_iterations: int = 0, multires_discount: float = 0.3, ip_noise_gamma: float = 0.0,
+               ip_noise_random: bool = False) -> Batch:
+    """A batch from VAE posteriors (one per example): a latent sample, noise and timesteps, drawn in that order;
+    then the input perturbation (kohya's --ip_noise_gamma: gamma x fresh noise, its strength drawn uniform in
+    [0, gamma) once per batch with `ip_noise_random`)."""
     channels, *size = posteriors[0].shape
     shape = (len(posteriors), channels // 2, *size)
     eps = torch.randn(shape, generator=gen)
-    noise, timesteps = draw_noise(gen, shape, num_train_timesteps, noise_offset, min_timestep)
-    return Batch(sample_latents(posteriors, eps, scaling), noise, timesteps, list(captions))
+    noise, timesteps = draw_noise(gen, shape, num_train_timesteps, noise_offset, min_timestep, multires_iterations,
+                                  multires_discount)
+    perturbation = None
+    if ip_noise_gamma:
+        strength = float(torch.rand((), generator=gen)) * ip_noise_gamma if ip_noise_random else ip_noise_gamma
+        perturbation = strength * torch.randn(shape, generator=gen)
+    return Batch(sample_latents(posteriors, eps, scaling), noise, timesteps, list(captions),
+                 perturbation=perturbation)
 
 
-def per_example_mse(prediction: torch.Tensor, target: torch.Tensor, masks: torch.Tensor | None = None
-                    ) -> torch.Tensor:
-    """Each example's mean squared error; with `masks` ((n, 1, h, w) weights in [0, 1]) the mean over the masked
-    pixels: sum(mask * error) / sum(mask) over pixels and channels, so a pixel outside the mask adds nothing and
-    a small subject weighs as much as a large one."""
-    error = F.mse_loss(prediction.float(), target.float(), reduction="none")
+def per_example_loss(prediction: torch.Tensor, target: torch.Tensor, masks: torch.Tensor | None = None,
+                     loss_type: str = "l2", huber_c: torch.Tensor | None = None) -> torch.Tensor:
+    """Each example's mean error: squared (l2), absolute (l1), or kohya's pseudo-Huber forms with a threshold per
+    example (huber: 2c(sqrt(d^2 + c^2) - c), smooth_l1: 2(sqrt(d^2 + c^2) - c)). With `masks` ((n, 1, h, w)
+    weights in [0, 1]) the mean over the masked pixels: sum(mask * error) / sum(mask) over pixels and channels,
+    so a pixel outside the mask adds nothing and a small subject weighs as much as a large one."""
+    difference = prediction.float() - target.float()
+    if loss_type == "l2":
+        error = difference**2
+    elif loss_type == "l1":
+        error = difference.abs()
+    else:
+        c = huber_c.float().to(difference.device).view(-1, *([1] * (difference.ndim - 1)))
+        error = torch.sqrt(difference**2 + c**2) - c
+        error = 2 * c * error if loss_type == "huber" else 2 * error
+    dims = tuple(range(1, error.ndim))
     if masks is None:
-        return error.mean(dim=(1, 2, 3))
+        return error.mean(dim=dims)
     weights = masks.float().expand_as(error)
-    return (error * weights).sum(dim=(1, 2, 3)) / weights.sum(dim=(1, 2, 3)).clamp_min(1e-8)
+    return (error * weights).sum(dim=dims) / weights.sum(dim=dims).clamp_min(1e-8)
+
+
+def huber_threshold(noise_scheduler, timesteps: torch.Tensor, huber_c: float, schedule: str) -> torch.Tensor:
+    """kohya's huber_c per timestep: constant; exponential (exp(-alpha t), alpha = -ln(c) / T: 1 at t = 0, c at
+    t = T); snr ((1 - c) / (1 + sigma_t)^2 + c with sigma_t = sqrt((1 - alpha_bar_t) / alpha_bar_t): near 1 where
+    the latents are nearly clean, c where they are nearly noise)."""
+    t = timesteps.cpu()
+    if schedule == "constant":
+        return torch.full(t.shape, huber_c)
+    if schedule == "exponential":
+        alpha = -math.log(huber_c) / noise_scheduler.config.num_train_timesteps
+        return torch.exp(-alpha * t.float())
+    alphas_cumprod = noise_scheduler.alphas_cumprod.cpu()[t].float()
+    sigmas = ((1.0 - alphas_cumprod) / alphas_cumprod) ** 0.5
+    return (1 - huber_c) / (1 + sigmas) ** 2 + huber_c
 
 
 def diffusion_loss(unet, noise_scheduler, batch: Batch, embeddings: torch.Tensor,
-                   min_snr_gamma: float | None = None) -> torch.Tensor:
-    """Mean squared error of the UNet's prediction on the noised latents: noise for epsilon models, the
-    velocity for v-prediction ones; with the batch's masks, over the masked pixels only; with `min_snr_gamma`,
-    each example weighted by min(SNR, gamma) / SNR (/ (SNR + 1) for v-prediction), as in the min-SNR paper and
-    diffusers' scripts."""
+                   min_snr_gamma: float | None = None, shape: LossShape = LossShape()) -> torch.Tensor:
+    """The UNet's prediction error on the noised latents: against the noise for epsilon models, the velocity for
+    v-prediction ones; with the batch's masks, over the masked pixels only; the batch's input perturbation goes
+    into the noised input only. Then, per example and in kohya's order: `min_snr_gamma` weights by
+    min(SNR, gamma) / SNR (/ (SNR + 1) for v-prediction), as in the min-SNR paper and diffusers' scripts;
+    `shape.scale_v_pred_like_noise` by SNR / (SNR + 1); `shape.debiased_estimation` by 1 / sqrt(SNR)
+    (1 / (SNR + 1) for v-prediction), SNR capped at 1000 for both, as kohya caps it."""
     v_prediction = noise_scheduler.config.prediction_type == "v_prediction"
-    noisy = noise_scheduler.add_noise(batch.latents, batch.noise, batch.timesteps)
+    noise_in = batch.noise if batch.perturbation is None else batch.noise + batch.perturbation
+    noisy = noise_scheduler.add_noise(batch.latents, noise_in, batch.timesteps)
     target = noise_scheduler.get_velocity(batch.latents, batch.noise, batch.timesteps) if v_prediction else batch.noise
     prediction = unet(noisy, batch.timesteps, encoder_hidden_states=embeddings).sample
-    per_example = per_example_mse(prediction, target, batch.masks)
-    if min_snr_gamma:
-        snr = compute_snr(noise_scheduler, batch.timesteps)
-        per_example = per_example * snr.clamp(max=min_snr_gamma) / (snr + 1 if v_prediction else snr)
+    huber_c = None
+    if shape.loss_type in ("huber", "smooth_l1"):
+        huber_c = huber_threshold(noise_scheduler, batch.timesteps, shape.huber_c, shape.huber_schedule)
+    per_example = per_example_loss(prediction, target, batch.masks, shape.loss_type, huber_c)
+    if min_snr_gamma or shape.debiased_estimation or (shape.scale_v_pred_like_noise and v_prediction):
+        snr = compute_snr(noise_scheduler, batch.timesteps).to(per_example.device)
+        if min_snr_gamma:
+            per_example = per_example * snr.clamp(max=min_snr_gamma) / (snr + 1 if v_prediction else snr)
+        capped = snr.clamp(max=1000)
+        if shape.scale_v_pred_like_noise and v_prediction:
+            per_example = per_example * capped / (capped + 1)
+        if shape.debiased_estimation:
+            per_example = per_example / (capped + 1 if v_prediction else capped.sqrt())
     return per_example.mean()
 
 

@@ -11,14 +11,16 @@ from personae.inference.txt2img import txt2img
 from personae.media.grid import labelled_grid
 
 
-def render_prompts(pipe, source, base_scheduler: dict, prompts: list[str], v: ValidationSection) -> list[Image.Image]:
+def render_prompts(pipe, source, base_scheduler: dict, prompts: list[str], v: ValidationSection,
+                   clip_skip: int = 1) -> list[Image.Image]:
+    """The prompts at the validation settings, with the clip skip the run trains with."""
     session = Session(pipe, source, pipe.device, pipe.unet.dtype, base_scheduler=base_scheduler)
     scheduler = pipe.scheduler
     modes = {name: getattr(pipe, name).training for name in ("unet", "text_encoder")}
     pipe.unet.eval(), pipe.text_encoder.eval()
     try:
         return [txt2img(GenerateSettings(model=source.location, prompt=p, steps=v.steps, cfg=v.cfg, seed=v.seed,
-                                         sampler=v.sampler), session)[0].image for p in prompts]
+                                         sampler=v.sampler, clip_skip=clip_skip), session)[0].image for p in prompts]
     finally:
         pipe.scheduler = scheduler
         for name, was in modes.items():
@@ -26,9 +28,9 @@ def render_prompts(pipe, source, base_scheduler: dict, prompts: list[str], v: Va
 
 
 def validation_grid(pipe, source, base_scheduler, prompts, v: ValidationSection, label: str,
-                    baseline: Image.Image | None = None) -> Image.Image:
+                    baseline: Image.Image | None = None, clip_skip: int = 1) -> Image.Image:
     """One row for this model; with `baseline` (the base model's row grid) stacked above it."""
-    row = render_prompts(pipe, source, base_scheduler, prompts, v)
+    row = render_prompts(pipe, source, base_scheduler, prompts, v, clip_skip)
     grid = labelled_grid([row], [label], prompts, title=f"validation, seed {v.seed}")
     if baseline is None:
         return grid
