@@ -348,6 +348,52 @@ def test_hires_fix_upscales_redraws_and_round_trips_through_a1111_infotext(tiny_
     assert np.array_equal(pixels(again), pixels(out))
 
 
+def test_hires_resize_covers_the_size_and_crops_the_overhang_as_a1111():
+    """A1111's "Hires resize" arithmetic (calculate_target_resolution, sample_hr_pass): scale to cover the size at
+    the picture's aspect ratio, then cut the overhang in latent cells, the odd cell at the end."""
+    from personae.inference.hires import crop_overhang, resize_plan
+
+    assert resize_plan(512, 768, (1024, 1024)) == ((1024, 1536), (0, 64))  # tall picture: rows cut
+    assert resize_plan(768, 512, (1024, 1024)) == ((1536, 1024), (64, 0))  # wide: columns cut
+    assert resize_plan(512, 768, (1024, 0)) == ((1024, 1536), (0, 0))  # a 0 side follows the other
+    assert resize_plan(512, 768, (0, 1024)) == ((682, 1024), (0, 0))
+    assert resize_plan(512, 512, (1024, 1024)) == ((1024, 1024), (0, 0))
+    latents = torch.arange(12 * 10.0).reshape(1, 1, 12, 10)
+    cut = crop_overhang(latents, (3, 3), 8)
+    assert cut.shape[-2:] == (9, 7)
+    assert cut[0, 0, 0, 0] == latents[0, 0, 1, 1] and cut[0, 0, -1, -1] == latents[0, 0, 9, 7]
+    from PIL import Image
+    [picture] = crop_overhang([Image.new("RGB", (80, 96))], (3, 0), 8)
+    assert picture.size == (56, 96)
+    with pytest.raises(ValueError, match="needs a side between 1 and 8192"):
+        GenerateSettings(model="m", prompt="a cat", hires_resize="0x0")
+    with pytest.raises(ValueError, match="should match pattern"):
+        GenerateSettings(model="m", prompt="a cat", hires_resize="big")
+    on = GenerateSettings(model="m", prompt="a cat", hires_resize=" 1024 x 768")  # the size alone turns the fix on
+    assert on.hires_scale == 1.0 and on.hires_resize == "1024x768" and on.hires_target == (1024, 768)
+
+
+@pytest.mark.parametrize("upscaler", ["latent", "image"])
+def test_hires_resize_draws_the_size_asked_and_round_trips_through_a1111_infotext(tiny_model, tiny_session, tmp_path,
+                                                                                   upscaler):
+    s = settings(tiny_model[0], steps=3, height=96, hires_resize="96x96", hires_steps=3, hires_denoise=0.6,
+                 hires_upscaler=upscaler)
+    out = txt2img(s, tiny_session)[0]
+    assert out.image.size == (96, 96)  # 64x96 scaled to 96x144, 3 latent rows cut at the top and 3 at the bottom
+    _, _, params = parse_parameters(out.parameters)
+    assert params["Hires resize"] == "96x96" and "Hires upscale" not in params and params["Size"] == "64x96"
+    png = tmp_path / "a1111.png"
+    from personae.media.png import save_png
+    save_png(out.image, png, out.parameters)  # A1111's text alone: "Hires resize" carries the fix and its keys
+    data = settings_from_png(png)
+    assert (data["hires_resize"], data["hires_steps"], data["hires_denoise"]) == ("96x96", 3, 0.6)
+    again = txt2img(GenerateSettings(**{**data, "model": str(tiny_model[0])}), tiny_session)[0]
+    assert np.array_equal(pixels(again), pixels(out))
+    from personae.jobs.generate import png_not_applied
+    assert png_not_applied(png, GenerateSettings(**{**data, "model": str(tiny_model[0])}),
+                           tiny_session.model_hash) == []
+
+
 def test_hires_fix_with_a_model_upscaler_and_an_a1111_png_of_it(tiny_model, tiny_session, tmp_path):
     """--hires-upscaler FILE: an ESRGAN-family network (models/upscalers.py, checked against spandrel in
     tests/test_upscalers.py) upscales the decoded picture; A1111's name for it goes in the infotext, and an A1111 PNG

@@ -132,7 +132,7 @@ SHARED = {"--model", "--prompt", "--negative", "--steps", "--cfg", "--seed", "--
 def test_generated_options_keep_the_names_users_know():
     assert _options("generate") == SHARED | {
         "--batch-size", "--batch-count", "--init-image", "--strength", "--mask", "--mask-blur", "--control",
-        "--hires-scale", "--hires-steps", "--hires-denoise", "--hires-upscaler", "--upscaler-dir", "--subseed",
+        "--hires-scale", "--hires-resize", "--hires-steps", "--hires-denoise", "--hires-upscaler", "--upscaler-dir", "--subseed",
         "--subseed-strength", "--seed-resize-from-w", "--seed-resize-from-h", "--hires-prompt", "--hires-negative",
         "--hires-sampler", "--hires-cfg", "--inpaint-area", "--masked-padding",
         "--controlnet", "--control-option", "--control-start", "--control-end", "--recipe", "--animal", "--from-png",

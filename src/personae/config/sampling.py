@@ -157,8 +157,14 @@ class HiresSettings(Concept):
 
     hires_scale: float | None = setting(None, '"Hires upscale": draw at the base size, upscale by this factor, then '
                                               "redraw at --hires-denoise (A1111's hires fix); off by default",
-                                        infotext="Hires upscale", infotext_if="hires_scale", metavar="SCALE",
-                                        ge=1.0, le=8.0)
+                                        infotext="Hires upscale", infotext_if="hires_upscale_written",
+                                        metavar="SCALE", ge=1.0, le=8.0)
+    hires_resize: str = setting("", '"Hires resize": upscale to WIDTHxHEIGHT instead of by --hires-scale (turns the '
+                                    "hires fix on): the picture is scaled to cover that size and the overhang "
+                                    "cropped evenly from both sides, as A1111's \"Resize width to / height to\"; a "
+                                    "0 side follows the other by the aspect ratio (1024x0)",
+                                infotext="Hires resize", infotext_if="hires_resize", metavar="WxH",
+                                pattern=r"^\s*\d{1,5}\s*[xX]\s*\d{1,5}\s*$|^$")
     hires_steps: int = setting(0, '"Hires steps": steps of the redraw; 0 uses --steps', infotext="Hires steps",
                                infotext_if="hires_scale", ge=0, le=1000)
     hires_denoise: float = setting(0.7, '"Denoising strength" of the redraw: 0 keeps the upscaled picture, 1 redraws '
@@ -180,12 +186,42 @@ class HiresSettings(Concept):
     hires_cfg: float | None = setting(None, '"Hires CFG Scale": the redraw\'s CFG (A1111 1.9+); empty: --cfg',
                                       infotext="Hires CFG Scale", infotext_if="hires_cfg", ge=0.0, le=30.0)
 
+    @field_validator("hires_resize")
+    @classmethod
+    def _resize_size(cls, value: str) -> str:
+        if not value:
+            return value
+        width, _, height = value.lower().partition("x")
+        width, height = int(width), int(height)
+        if not (width or height) or max(width, height) > 8192:
+            raise ValueError(f"hires_resize {value!r} needs a side between 1 and 8192 (the other may be 0: it follows "
+                             "by the aspect ratio), e.g. 1024x1024 or 1024x0")
+        return f"{width}x{height}"  # as A1111 writes it
+
+    @model_validator(mode="before")
+    @classmethod
+    def _resize_turns_hires_on(cls, data):
+        if isinstance(data, dict) and data.get("hires_resize") and data.get("hires_scale") is None:
+            data = {**data, "hires_scale": 1.0}  # the hires fix is on; the size comes from hires_resize
+        return data
+
     @model_validator(mode="after")
     def _redraw_needs_hires(self):
         given = [f for f in ("hires_prompt", "hires_negative", "hires_sampler", "hires_cfg") if getattr(self, f)]
         if given and not self.hires_scale:
-            raise ValueError(f"{', '.join(given)} set the hires fix's redraw: they need hires_scale")
+            raise ValueError(f"{', '.join(given)} set the hires fix's redraw: they need hires_scale or hires_resize")
         return self
+
+    @property
+    def hires_target(self) -> tuple[int, int]:
+        """hires_resize as (width, height); (0, 0) when unset."""
+        width, _, height = self.hires_resize.partition("x")
+        return (int(width), int(height)) if self.hires_resize else (0, 0)
+
+    @property
+    def hires_upscale_written(self) -> bool:
+        """A1111 writes "Hires upscale" or, when the size is given instead, "Hires resize"; never both."""
+        return bool(self.hires_scale) and not self.hires_resize
 
 
 class ControlSettings(Concept):

@@ -2,6 +2,7 @@
 
     --hires-scale 2 --hires-denoise 0.5 --hires-upscaler latent      # "Hires upscale: 2", "Denoising strength: 0.5"
     --hires-scale 2 --hires-upscaler ~/webui/models/ESRGAN/4x-UltraSharp.pth --allow-pickle
+    --hires-resize 1024x1024                                          # "Hires resize: 1024x1024"
 
 The base pass gives latents; the upscale is either of the latents themselves (A1111's "Latent": bilinear
 interpolation, then the redraw needs a denoise of about 0.5 or more to clean it up) or of the decoded picture
@@ -46,6 +47,37 @@ def hires_size(width: int, height: int, scale: float) -> tuple[int, int]:
     return max(8, int(width * scale) // 8 * 8), max(8, int(height * scale) // 8 * 8)
 
 
+def resize_plan(width: int, height: int, target: tuple[int, int]) -> tuple[tuple[int, int], tuple[int, int]]:
+    """A1111's "Hires resize" (its calculate_target_resolution): the size to upscale to, covering `target` at the
+    picture's aspect ratio (a 0 side follows the other), and the overhang in latent cells (x, y) to crop."""
+    to_w, to_h = target
+    if not to_h:
+        size = (to_w, to_w * height // width)
+    elif not to_w:
+        size = (to_h * width // height, to_h)
+    elif width / height < to_w / to_h:
+        size = (to_w, to_w * height // width)
+    else:
+        size = (to_h * width // height, to_h)
+    if not (to_w and to_h):
+        return size, (0, 0)
+    return size, ((size[0] - to_w) // 8, (size[1] - to_h) // 8)
+
+
+def crop_overhang(upscaled, truncate: tuple[int, int], cell: int):
+    """The upscaled latents (or pictures) with the overhang cropped evenly, the extra cell at the end, as A1111's
+    sample_hr_pass slices its latents: [ty // 2 : H - (ty + 1) // 2, tx // 2 : W - (tx + 1) // 2]; pictures are cut
+    at the same cells, `cell` pixels each."""
+    tx, ty = truncate
+    if not (tx or ty):
+        return upscaled
+    if isinstance(upscaled, torch.Tensor):
+        h, w = upscaled.shape[-2:]
+        return upscaled[..., ty // 2:h - (ty + 1) // 2, tx // 2:w - (tx + 1) // 2]
+    return [p.crop((tx // 2 * cell, ty // 2 * cell, p.width - (tx + 1) // 2 * cell, p.height - (ty + 1) // 2 * cell))
+            for p in upscaled]
+
+
 def upscale(pipe, latents: torch.Tensor, size: tuple[int, int], upscaler: str,
             net: UpscalerNet | None = None, on_tile=None) -> torch.Tensor | list[Image.Image]:
     """The base pass's latents at `size`: interpolated latents, or decoded pictures resized with Lanczos or
@@ -72,8 +104,14 @@ def hires_fix(pipe, redraw_pipe, settings, size: tuple[int, int], kwargs: dict, 
     # 1. the base picture, kept as latents
     base = pipe(width=width, height=height, output_type="latent", **kwargs).images
     # 2. upscale the latents or the decoded picture
-    image = upscale(pipe, base, hires_size(width, height, settings.hires_scale), settings.hires_upscaler,
-                    net, on_tile)
+    truncate = (0, 0)
+    if settings.hires_resize:  # A1111's "Hires resize": cover the size, then crop the overhang
+        size, truncate = resize_plan(width, height, settings.hires_target)
+        size = (max(8, size[0] // 8 * 8), max(8, size[1] // 8 * 8))
+    else:
+        size = hires_size(width, height, settings.hires_scale)
+    image = crop_overhang(upscale(pipe, base, size, settings.hires_upscaler, net, on_tile), truncate,
+                          pipe.vae_scale_factor)
     # 3. redraw at the denoising strength, from the same seeds
     shared = {k: v for k, v in kwargs.items() if k != "latents"}  # a variation seed's noise starts the base pass only
     redraw = {**shared, **(redraw_kwargs or {}), "num_inference_steps": settings.hires_steps or settings.steps,

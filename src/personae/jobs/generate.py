@@ -66,6 +66,8 @@ def _from_infotext(text: str, source: Path) -> dict:
     prompt, negative, p = parse_parameters(text)  # <lora:name:w> tags stay: --lora-dir finds their files
     if "Hires upscaler" in p:
         p["Hires upscaler"] = upscaler_from_a1111(p["Hires upscaler"])[0]
+    if "Hires resize" in p and "Hires upscale" not in p:  # A1111 writes one of the two: the fix is on either way, and
+        p["Hires upscale"] = "1"  # the hires keys it governs (steps, denoise, upscaler) are read with it
     resize = None
     if "Seed resize from" in p:  # A1111 joins the two sides; 0x0 or -1x-1 is off
         width, x, height = p.pop("Seed resize from").partition("x")
@@ -167,14 +169,15 @@ def png_not_applied(path: str | Path, settings: GenerateSettings, model_hash: st
         schedule = params.get(key)
         if schedule and schedule not in SCHEDULES and schedule not in DEFAULT_SCHEDULES:
             missed.append(_shown(key, schedule) + " (the sampler's own schedule is used)")
+    hires = "Hires upscale" in params or "Hires resize" in params
     upscaler = params.get("Hires upscaler")
-    if upscaler and "Hires upscale" in params:
+    if upscaler and hires:
         ours, exact = upscaler_from_a1111(upscaler)
         model = ours not in ("latent", "image")
         if not exact or (model and settings.hires_upscaler == "image"):
             hint = "; --upscaler-dir with the folder holding its file would apply it" if model else ""
             missed.append(_shown("Hires upscaler", upscaler) + f" (upscaled as {settings.hires_upscaler} here{hint})")
-    if "Denoising strength" in params and not (settings.init_image or "Hires upscale" in params):
+    if "Denoising strength" in params and not (settings.init_image or hires):
         missed.append(_shown("Denoising strength", params["Denoising strength"]) + " (no --init-image)")
     if "VAE" in params and not settings.vae:
         missed.append(_shown("VAE", params["VAE"]) + " (pass it with --vae)")
