@@ -125,6 +125,7 @@ def _options(command: str) -> set[str]:
 
 SHARED = {"--model", "--prompt", "--negative", "--steps", "--cfg", "--seed", "--width", "--height", "--sampler",
           "--clip-skip", "--lora", "--lora-dir", "--vae", "--embedding", "--device", "--dtype", "--allow-pickle",
+          "--style", "--styles-file",
           "--attention", "--channels-last", "--compile", "--vae-slicing", "--vae-tiling", "--no-vae-upcast", "--medvram",
           "--lowvram"}
 
@@ -132,7 +133,8 @@ SHARED = {"--model", "--prompt", "--negative", "--steps", "--cfg", "--seed", "--
 def test_generated_options_keep_the_names_users_know():
     assert _options("generate") == SHARED | {
         "--batch-size", "--batch-count", "--init-image", "--strength", "--mask", "--mask-blur", "--control",
-        "--hires-scale", "--hires-resize", "--hires-steps", "--hires-denoise", "--hires-upscaler", "--upscaler-dir", "--subseed",
+        "--hires-scale", "--hires-resize", "--hires-steps", "--hires-denoise", "--hires-upscaler", "--upscaler-dir",
+        "--subseed",
         "--subseed-strength", "--seed-resize-from-w", "--seed-resize-from-h", "--hires-prompt", "--hires-negative",
         "--hires-sampler", "--hires-cfg", "--inpaint-area", "--masked-padding",
         "--controlnet", "--control-option", "--control-start", "--control-end", "--recipe", "--animal", "--from-png",

@@ -21,6 +21,7 @@ from personae.config.sampling import (
     RuntimeSettings,
     SamplingSettings,
     SourceSettings,
+    StyleSettings,
 )
 
 # generate's settings that a clip does not take (one clip from text per run)
@@ -48,7 +49,8 @@ class MotionSettings(Concept):
         return self
 
 
-class AnimateSettings(SourceSettings, PromptSettings, SamplingSettings, MotionSettings, AddonSettings, RuntimeSettings):
+class AnimateSettings(SourceSettings, PromptSettings, StyleSettings, SamplingSettings, MotionSettings, AddonSettings,
+                      RuntimeSettings):
     """Everything that decides the frames of one clip (the shared settings mean the same as for generate)."""
 
     version: int = setting(1, "version of this settings layout", cli=False)

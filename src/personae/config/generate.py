@@ -18,14 +18,16 @@ from personae.config.sampling import (
     RuntimeSettings,
     SamplingSettings,
     SourceSettings,
+    StyleSettings,
     VariationSettings,
 )
 
 __all__ = ["GenerateSettings", "LoraRef", "EmbeddingRef", "ControlRef"]
 
 
-class GenerateSettings(SourceSettings, PromptSettings, SamplingSettings, BatchSettings, VariationSettings, AddonSettings,
-                       Img2ImgSettings, HiresSettings, ControlSettings, RuntimeSettings):
+class GenerateSettings(SourceSettings, PromptSettings, StyleSettings, SamplingSettings, BatchSettings,
+                       VariationSettings, AddonSettings, Img2ImgSettings, HiresSettings, ControlSettings,
+                       RuntimeSettings):
     """Everything that decides the pixels of a txt2img / img2img / ControlNet run."""
 
     version: int = setting(1, "version of this settings layout", cli=False)

@@ -36,6 +36,16 @@ class PromptSettings(Concept):
     seed: int = setting(-1, '"Seed"; -1 picks one at random (written to the PNG)', infotext="Seed", ge=-1, lt=2**32)
 
 
+class StyleSettings(Concept):
+    TITLE: ClassVar[str] = "styles"
+
+    styles: list[str] = setting([], "an A1111 style by name, applied to the prompt and negative prompt (a style with "
+                                    "{prompt} wraps the prompt, others are appended); repeatable, in order. The PNG "
+                                    "gets the prompts with the styles applied, as A1111 writes them", flag="--style")
+    styles_file: str | None = setting(None, "A1111's styles.csv (name, prompt, negative_prompt), or the webui folder "
+                                            "holding it", metavar="FILE")
+
+
 class SamplingSettings(Concept):
     """How the sampler draws: the settings every generating command takes (generate, animate, storyboard, compare)."""
 

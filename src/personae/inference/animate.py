@@ -30,6 +30,7 @@ from personae import __version__
 from personae.config.animate import AnimateSettings
 from personae.errors import UserError
 from personae.events import EventHandler, Message, Progress, ignore
+from personae.inference.prompt import with_styles
 from personae.inference.prompt_schedule import prompt_schedule
 from personae.inference.samplers import get_sampler
 from personae.inference.session import Session, open_session
@@ -269,6 +270,7 @@ def animate(settings: AnimateSettings, animate_session: AnimateSession | None = 
             on_event: EventHandler = ignore) -> Clip:
     # 1. check inputs and fix the seed
     sampler = get_sampler(settings.sampler)
+    settings = with_styles(settings)
     seed = settings.seed if settings.seed >= 0 else random.randrange(2**32)
     if animate_session is None:
         settings = expand_lora_tags(settings)  # <lora:name:w> tags: files from --lora-dir

@@ -18,6 +18,8 @@ from dataclasses import dataclass
 
 import torch
 
+from personae.data.styles import apply_styles
+
 
 def mean_restoring_factor(original_mean: torch.Tensor, weighted: torch.Tensor) -> torch.Tensor | float:
     """A1111's rescale after weighting: original mean / weighted mean. A text encoder whose output mean is
@@ -78,6 +80,14 @@ def parse_attention(text: str) -> list[tuple[str, float]]:
             merged.append([text_run, weight])
     return [(t, w) for t, w in merged] or [("", 1.0)]
 
+
+def with_styles(settings):
+    """Settings (GenerateSettings or AnimateSettings) with their A1111 styles applied to the prompt and negative
+    prompt, and no styles left to apply: what is written to the PNG and read back from it."""
+    if not settings.styles:
+        return settings
+    prompt, negative = apply_styles(settings.prompt, settings.negative, settings.styles, settings.styles_file)
+    return settings.model_copy(update={"prompt": prompt, "negative": negative, "styles": [], "styles_file": None})
 
 def clip_states(text_encoder, ids: torch.Tensor, clip_skip: int = 1) -> torch.Tensor:
     """CLIP's token states for `ids`, `clip_skip` layers from the end as A1111's "Clip skip" and kohya's --clip_skip

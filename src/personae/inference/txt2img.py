@@ -35,6 +35,7 @@ from personae.inference.img2img import (
     vae_roundtrip,
 )
 from personae.inference.nans import check_embeddings, nan_guard
+from personae.inference.prompt import with_styles
 from personae.inference.prompt_schedule import ScheduledPrompts
 from personae.inference.samplers import get_sampler
 from personae.inference.session import Session, open_session
@@ -162,6 +163,7 @@ def txt2img(settings: GenerateSettings, session: Session | None = None, on_event
     # 1. check inputs and fix the seed; <lora:name:w> tags become LoRAs (found in --lora-dir, or the session's)
     sampler = get_sampler(settings.sampler)
     settings = settings.model_copy(update={"sampler": sampler.name})  # written as A1111 names it, whatever was typed
+    settings = with_styles(settings)  # A1111's styles: the prompts as written to the PNG, so it reproduces alone
     hires_sampler = get_sampler(settings.hires_sampler) if settings.hires_sampler else sampler
     if settings.hires_sampler:
         settings = settings.model_copy(update={"hires_sampler": hires_sampler.name})
