@@ -11,6 +11,7 @@ EXAMPLES = """examples:
   personae train job.yaml
   personae train job.yaml --set train.steps=400 --set lora.rank=8
   personae train job.yaml --resume            # continue from the newest checkpoint
+  personae train config_lora.toml             # kohya's sd-scripts / kohya_ss config: the same run
   accelerate launch --num_processes 2 -m personae train job.yaml
 
 a job file:
@@ -33,7 +34,7 @@ def add_parser(sub) -> None:
                        description="Run one training job; writes checkpoints, validation grids, a loss curve and "
                                    "exports (kohya/A1111 and diffusers layouts), each reloaded and checked.",
                        epilog=EXAMPLES + "\n" + settings, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("job", metavar="JOB.yaml")
+    p.add_argument("job", metavar="JOB.yaml", help="a personae job file, or kohya's training config (.toml)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a job setting")
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in the run folder")
     p.add_argument("--overwrite", action="store_true",
@@ -48,7 +49,10 @@ def run(args) -> int:
     from personae.jobs.train import load_job
     from personae.training.stopping import NAMES, Stopped
 
-    job = load_job(args.job, args.set)
+    notes: list[str] = []
+    job = load_job(args.job, args.set, notes)
+    if notes:  # a kohya config: what it sets that personae does not need, said once
+        print(f"{args.job}: not needed here: " + "; ".join(notes), file=sys.stderr)
     progress = TerminalProgress(quiet=args.quiet)
     handle = JobHandle(job, resume=args.resume, overwrite=args.overwrite)
 

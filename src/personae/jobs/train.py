@@ -23,6 +23,7 @@ from personae.config.base import apply_overrides, load_yaml, parse_settings
 from personae.config.train import TrainJob
 from personae.errors import UserError
 from personae.events import EventHandler, ignore
+from personae.jobs.kohya_job import is_kohya_config, kohya_job
 from personae.outputs import Kind, absolute, check_output, open_output
 from personae.runs import RUN_FILE, is_run, read_run
 from personae.staging import write_text
@@ -45,8 +46,16 @@ def run_kind(job: TrainJob) -> Kind:
                                               f"{job.name}_peft/*"))
 
 
-def load_job(path: str | Path, overrides: list[str] = ()) -> TrainJob:
-    data = apply_overrides(load_yaml(path), list(overrides))
+def load_job(path: str | Path, overrides: list[str] = (), notes: list[str] | None = None) -> TrainJob:
+    """A job file: personae's YAML, or kohya's training config (.toml, jobs/kohya_job.py), whose keys personae does
+    not need are appended to `notes`."""
+    if is_kohya_config(path):
+        data, skipped = kohya_job(path)
+        if notes is not None:
+            notes.extend(skipped)
+        data = apply_overrides(data, list(overrides))
+    else:
+        data = apply_overrides(load_yaml(path), list(overrides))
     base = Path(path).resolve().parent
     job = parse_settings(TrainJob, data, str(path))
     # relative paths in a job file are relative to the file, as users expect

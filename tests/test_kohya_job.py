@@ -1,0 +1,180 @@
+"""kohya's training config (sd-scripts --config_file, as the kohya_ss GUI writes it) read as a personae job."""
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from personae.errors import UserError
+from personae.jobs.kohya_job import kohya_job
+from personae.jobs.train import load_job
+
+# a LoRA config as the kohya_ss GUI saves it beside its run: every switch written, most off
+GUI_CONFIG = """
+bucket_no_upscale = true
+bucket_reso_steps = 64
+cache_latents = true
+cache_latents_to_disk = true
+caption_dropout_every_n_epochs = 0
+caption_dropout_rate = 0.05
+caption_extension = ".txt"
+clip_skip = 2
+color_aug = false
+dynamo_backend = "no"
+enable_bucket = true
+flip_aug = false
+full_fp16 = false
+gradient_accumulation_steps = 1
+huber_c = 0.1
+huber_schedule = "snr"
+ip_noise_gamma = 0.1
+keep_tokens = 1
+learning_rate = 0.0001
+logging_dir = "/home/me/kohya/log"
+loss_type = "l2"
+lr_scheduler = "cosine_with_restarts"
+lr_scheduler_num_cycles = 3
+lr_warmup_steps = 0
+max_bucket_reso = 2048
+max_data_loader_n_workers = 0
+max_grad_norm = 1
+max_timestep = 1000
+max_token_length = 75
+max_train_steps = {steps}
+min_bucket_reso = 256
+min_snr_gamma = 5
+mixed_precision = "no"
+multires_noise_discount = 0.3
+multires_noise_iterations = 6
+network_alpha = 8
+network_args = [ "loraplus_lr_ratio=4",]
+network_dim = 8
+network_module = "networks.lora"
+noise_offset = 0.05
+optimizer_args = [ "weight_decay=0.05",]
+optimizer_type = "AdamW"
+output_dir = "{out}"
+output_name = "sks_man"
+persistent_data_loader_workers = false
+pretrained_model_name_or_path = "{model}"
+prior_loss_weight = 1
+random_crop = false
+resolution = "64,64"
+save_every_n_epochs = 1
+save_model_as = "safetensors"
+save_precision = "fp16"
+scale_weight_norms = 0
+seed = 1234
+shuffle_caption = true
+text_encoder_lr = 5e-05
+train_batch_size = 2
+train_data_dir = "{data}"
+unet_lr = 0.0002
+xformers = true
+"""
+
+
+def _kohya_folder(root):
+    """kohya's layout: a folder per concept, named repeats_token class, captions as .txt beside the images."""
+    folder = root / "img" / "10_sks man"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for i in range(2):
+        Image.fromarray((rng.random((64, 64, 3)) * 255).astype(np.uint8)).save(folder / f"{i}.png")
+        (folder / f"{i}.txt").write_text("sks man, smiling, outdoors")
+    return root / "img"
+
+
+def _config(tmp_path, text: str = GUI_CONFIG, **values):
+    path = tmp_path / "config_lora.toml"
+    fill = {"steps": 2, "out": tmp_path / "model", "model": tmp_path / "tiny", "data": tmp_path / "img", **values}
+    path.write_text(text.format(**{k: str(v) for k, v in fill.items()}))
+    return path
+
+
+def test_every_key_of_a_gui_config_is_placed_or_said_unneeded(tmp_path):
+    job, notes = kohya_job(_config(tmp_path))
+    t, lora, d = job["train"], job["lora"], job["data"]
+    assert job["base_model"] == str(tmp_path / "tiny") and d["path"] == str(tmp_path / "img")
+    assert job["output"] == str(tmp_path / "model" / "sks_man") and job["name"] == "sks_man"
+    assert job["output_dtype"] == "fp16" and d["crop"] == "none"  # enable_bucket: kohya-style buckets
+    assert (lora["rank"], lora["alpha"], lora["variant"], lora["loraplus_lr_ratio"]) == (8, 8.0, "lora", 4.0)
+    assert "ff.net.0.proj" in lora["target_modules"] and "conv1" not in lora["target_modules"]  # kohya's targets
+    assert lora["text_encoder"] is True and lora["text_encoder_lr"] == 5e-5 and t["learning_rate"] == 2e-4
+    assert (t["steps"], t["batch_size"], t["seed"], t["clip_skip"], t["min_snr_gamma"]) == (2, 2, 1234, 2, 5)
+    assert (t["lr_scheduler"], t["lr_scheduler_num_cycles"], t["weight_decay"]) == ("cosine_with_restarts", 3, 0.05)
+    assert (t["multires_noise_iterations"], t["ip_noise_gamma"], t["noise_offset"]) == (6, 0.1, 0.05)
+    assert t["cache_latents"] == "disk" and t["resolution"] == 64
+    assert (d["shuffle_tags"], d["keep_tokens"], d["caption_dropout"]) == (True, 1, 0.05)
+    said = " ".join(notes)
+    for key in ("xformers", "logging_dir", "save_every_n_epochs", "save_model_as"):
+        assert key in said
+    assert "max_data_loader_n_workers" not in said  # 0: nothing to say
+
+
+@pytest.mark.parametrize("line, named", [
+    ("sdxl = true", "sdxl = True (personae trains SD-1.5 models)"),
+    ("random_crop = true", "random_crop"),
+    ("optimizer_type = \"DAdaptAdam\"", "optimizer_type"),
+    ("a_new_kohya_option = 3", "a_new_kohya_option (not a setting personae knows)"),
+    ("network_args = [ \"rank_dropout=0.1\",]", "network_args rank_dropout=0.1"),
+])
+def test_what_personae_cannot_train_as_asked_is_named(tmp_path, line, named):
+    key = line.split(" =")[0]
+    text = "\n".join(l for l in GUI_CONFIG.splitlines() if not l.startswith(key + " ")) + "\n" + line + "\n"
+    with pytest.raises(UserError) as err:
+        kohya_job(_config(tmp_path, text))
+    assert named in str(err.value) and "every other key is read" in str(err.value)
+
+
+def test_kohyas_default_caption_extension_and_its_network_forms(tmp_path):
+    text = "\n".join(l for l in GUI_CONFIG.splitlines() if not l.startswith("caption_extension"))
+    with pytest.raises(UserError, match="caption_extension = '.caption'"):
+        kohya_job(_config(tmp_path, text))
+    def network(args: str, module: str = "networks.lora"):
+        swapped = GUI_CONFIG.replace('network_args = [ "loraplus_lr_ratio=4",]', f"network_args = [ {args} ]")
+        swapped = swapped.replace('network_module = "networks.lora"', f'network_module = "{module}"')
+        return kohya_job(_config(tmp_path, swapped))[0]["lora"]
+
+    locon = network('"conv_dim=4", "conv_alpha=2"')
+    assert (locon["variant"], locon["conv_rank"], locon["conv_alpha"]) == ("locon", 4, 2.0)
+    assert network('"algo=loha"', "lycoris.kohya")["variant"] == "loha"
+    assert network('"algo=lora", "dora_wd=True"', "lycoris.kohya")["variant"] == "dora"
+    dims = ",".join(["4"] * 12 + ["8"] + ["2"] * 12)
+    blocks = network(f'"block_dims={dims}"')["block_ranks"]
+    assert (blocks["IN00"], blocks["M00"], blocks["OUT11"]) == (4, 8, 2)
+    with pytest.raises(UserError, match="block_dims has 3 values"):
+        network('"block_dims=1,2,3"')
+    with pytest.raises(UserError, match="not one personae trains"):
+        network('"algo=ia3"', "lycoris.kohya")
+
+
+def test_a_kohya_config_trains_and_its_lora_carries_kohyas_names(tmp_path, tiny_model):
+    from safetensors import safe_open
+
+    from personae.jobs.train import run_training
+
+    _kohya_folder(tmp_path)
+    config = _config(tmp_path, model=tiny_model[0])
+    notes = []
+    job = load_job(config, ["train.verify_exports=false", "train.validation.steps=1"], notes)
+    assert job.lora.rank == 8 and job.train.clip_skip == 2 and notes
+    result = run_training(job)
+    assert result.steps == 2 and (tmp_path / "model" / "sks_man").is_dir()
+    with safe_open(str(tmp_path / "model" / "sks_man" / "sks_man.safetensors"), "pt") as f:
+        keys, meta = list(f.keys()), f.metadata()
+    assert any("_ff_net_0_proj.lora_up" in k for k in keys) and any(k.startswith("lora_te_") for k in keys)
+    assert not any("_resnets_" in k for k in keys)  # kohya's networks.lora without conv_dim: no resnet layers
+    assert (meta["ss_network_dim"], meta["ss_clip_skip"], meta["ss_multires_noise_iterations"]) == ("8", "2", "6")
+    assert json.loads(meta["ss_tag_frequency"])  # the kohya folder's captions were read
+
+
+def test_the_command_line_refuses_a_config_it_cannot_train_in_one_paragraph(tmp_path, capsys):
+    from personae.cli.main import main
+
+    text = GUI_CONFIG.replace("full_fp16 = false", "full_fp16 = true")
+    code = main(["train", str(_config(tmp_path, text))])
+    err = capsys.readouterr().err
+    assert code == 2 and "full_fp16 = True (use mixed_precision)" in err and "Traceback" not in err
+    assert not (tmp_path / "model").exists()
