@@ -217,6 +217,15 @@ def test_the_png_keeps_the_prompt_as_written_and_from_png_reproduces(tiny_model,
     assert np.array_equal(_px(again), _px(drawn))
 
 
+def test_animate_refuses_and_rather_than_drawing_it_as_words(tiny_model):
+    from personae.config.animate import AnimateSettings
+    from personae.inference.animate import animate
+
+    for prompt in (f"{CAT} AND {DOG}", f"{CAT} :0.5"):
+        with pytest.raises(UserError, match="composable diffusion"):
+            animate(AnimateSettings(model=str(tiny_model[0]), motion_adapter="x", prompt=prompt, steps=2))
+
+
 @pytest.mark.slow
 def test_on_the_world_the_weights_pick_the_shape(tmp_path):
     """"circle :w AND square :1-w" (both red on blue, close-up), 20 steps of Euler a, seeds 0-7. Measured over
