@@ -30,6 +30,7 @@ from personae import __version__
 from personae.config.animate import AnimateSettings
 from personae.errors import UserError
 from personae.events import EventHandler, Message, Progress, ignore
+from personae.inference.composable import composable_parts
 from personae.inference.prompt import with_styles
 from personae.inference.prompt_schedule import prompt_schedule
 from personae.inference.samplers import get_sampler
@@ -281,6 +282,11 @@ def animate(settings: AnimateSettings, animate_session: AnimateSession | None = 
             raise UserError(f"{flag} uses A1111's prompt editing ([from:to:when] or [a|b]), which `personae generate` "
                             "applies and animate does not: every frame is drawn with one prompt here.",
                             "Write the prompt without it, or make the stills with `personae generate`.")
+    if composable_parts(settings.prompt) is not None:  # read as words, AND and the weight would be drawn
+        raise UserError("--prompt uses A1111's AND or ends in a weight (:0.5), composable diffusion, which `personae "
+                        "generate` applies and animate does not: the motion UNet runs every frame with one prompt.",
+                        "Write the prompt as one part without a trailing weight, or make the stills with `personae "
+                        "generate`.")
     # 2. load the model, add-ons and motion adapter (unless the caller holds them)
     animate_session = animate_session or open_for(settings, on_event)
     session, pipe = animate_session.session, animate_session.pipe

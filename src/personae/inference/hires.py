@@ -14,6 +14,8 @@ a fresh scheduler of the same sampler and fresh generators from the same seeds, 
 
 from __future__ import annotations
 
+from contextlib import nullcontext
+
 import torch
 import torch.nn.functional as F
 from PIL import Image
@@ -94,15 +96,18 @@ def upscale(pipe, latents: torch.Tensor, size: tuple[int, int], upscaler: str,
 
 
 def hires_fix(pipe, redraw_pipe, settings, size: tuple[int, int], kwargs: dict, seeds: list[int],
-              net: UpscalerNet | None = None, redraw_kwargs: dict | None = None, on_tile=None):
+              net: UpscalerNet | None = None, redraw_kwargs: dict | None = None, on_tile=None, passes=None):
     """Images of `settings` with the hires fix: `pipe` draws the base picture, `redraw_pipe` (img2img, with a
     scheduler of its own) redraws the upscaled one. `kwargs`: the shared call arguments (embeds, steps, cfg);
     `net`: the model upscaler that --hires-upscaler names, read beforehand; `redraw_kwargs`: the redraw's own
     (its prompt schedule over the hires steps, A1111's hr conditioning); `on_tile(done, total)`: the upscaler's
-    progress."""
+    progress; `passes`: a context manager for each pass to run in (the base pass, the redraw), such as the hooks
+    that compose a prompt's AND parts, each pass its own."""
     width, height = size
+    base_pass, redraw_pass = passes or (nullcontext(), nullcontext())
     # 1. the base picture, kept as latents
-    base = pipe(width=width, height=height, output_type="latent", **kwargs).images
+    with base_pass:
+        base = pipe(width=width, height=height, output_type="latent", **kwargs).images
     # 2. upscale the latents or the decoded picture
     truncate = (0, 0)
     if settings.hires_resize:  # A1111's "Hires resize": cover the size, then crop the overhang
@@ -116,4 +121,5 @@ def hires_fix(pipe, redraw_pipe, settings, size: tuple[int, int], kwargs: dict, 
     shared = {k: v for k, v in kwargs.items() if k != "latents"}  # a variation seed's noise starts the base pass only
     redraw = {**shared, **(redraw_kwargs or {}), "num_inference_steps": settings.hires_steps or settings.steps,
               "generator": [torch.Generator("cpu").manual_seed(s) for s in seeds]}
-    return redraw_pipe(image=image, strength=settings.hires_denoise, **redraw).images
+    with redraw_pass:
+        return redraw_pipe(image=image, strength=settings.hires_denoise, **redraw).images

@@ -21,7 +21,14 @@ from personae import __version__
 from personae.config.generate import GenerateSettings
 from personae.errors import UserError
 from personae.events import EventHandler, Message, Progress, ignore
-from personae.inference.controlnet import PreparedControl, control_denoise, control_infotext, prepare_controls
+from personae.inference.composable import ComposablePrompts, composing, scheduled_prompts
+from personae.inference.controlnet import (
+    PreparedControl,
+    control_denoise,
+    control_infotext,
+    controlnet_for,
+    prepare_controls,
+)
 from personae.inference.hires import hires_fix, upscaler_to_a1111
 from personae.inference.img2img import (
     composite,
@@ -228,13 +235,14 @@ def txt2img(settings: GenerateSettings, session: Session | None = None, on_event
     if not sampler.exact:
         on_event(Message(f'"{sampler.name}" runs as diffusers\' {sampler.scheduler.__name__} (the nearest match).', "warning"))
     # 4. encode prompts: weighted, chunked by 75 tokens, clip skip; A1111's prompt editing ([a:b:0.5], [a|b]): each
-    # text the schedule reaches encoded once, swapped in by the step callback
+    # text the schedule reaches encoded once, swapped in by the step callback; A1111's AND: each part on its own,
+    # composed by hooks on the UNet during each pass (inference/composable.py)
     n = settings.batch_size
-    prompts = ScheduledPrompts(session.encoder, settings.prompt, settings.negative, settings.clip_skip, settings.steps,
-                               n, session.dtype)
-    hires_prompts = ScheduledPrompts(session.encoder, hires_text or settings.prompt,
-                                     settings.hires_negative or settings.negative, settings.clip_skip,
-                                     settings.hires_steps or settings.steps, n, session.dtype)
+    prompts = scheduled_prompts(session.encoder, settings.prompt, settings.negative, settings.clip_skip,
+                                settings.steps, n, session.dtype)
+    hires_prompts = scheduled_prompts(session.encoder, hires_text or settings.prompt,
+                                      settings.hires_negative or settings.negative, settings.clip_skip,
+                                      settings.hires_steps or settings.steps, n, session.dtype)
     for positive, negative in prompts.every_pair() + (hires_prompts.every_pair() if settings.hires_scale else []):
         check_embeddings(positive.embeds)  # NaN from emphasis or an embedding file: said before any denoising
         check_embeddings(negative.embeds, "negative prompt")
@@ -244,10 +252,10 @@ def txt2img(settings: GenerateSettings, session: Session | None = None, on_event
     if prompts.changes:
         on_event(Message(f"prompt editing: {len(prompts.prompts)} prompt and {len(prompts.negatives)} negative "
                          f"prompt stage(s) over {settings.steps} steps"))
-    for text, which in ((settings.prompt, "prompt"), (settings.negative, "negative prompt")):
-        if " AND " in f" {text} ":  # A1111's composable diffusion: said, not silently read as a word
-            on_event(Message(f"the {which} has AND, which A1111 reads as composable diffusion (each part its own "
-                             "conditioning); personae encodes it as a word", "warning"))
+    if isinstance(prompts, ComposablePrompts):
+        on_event(Message(f"composable diffusion (AND): {len(prompts.weights)} part(s) at weight(s) "
+                         f"{', '.join(f'{w:g}' for w in prompts.weights)}"))
+    nets = [controlnet_for(session, c.model, settings.allow_pickle, on_event) for c in controls]
     results: list[GeneratedImage] = []
     stored = with_absolute_paths(settings, session)
     for batch in range(settings.batch_count):
@@ -256,7 +264,7 @@ def txt2img(settings: GenerateSettings, session: Session | None = None, on_event
         subseeds = [(settings.subseed + batch * n + i) % 2**32 for i in range(n)] if variation else [None] * n
         total = settings.steps
 
-        def reporter(scheduled: ScheduledPrompts, _batch=batch):
+        def reporter(scheduled: ScheduledPrompts | ComposablePrompts, _batch=batch):
             def report(pipeline, step, timestep, kwargs):
                 count = len(pipeline.scheduler.timesteps) or total
                 on_event(Progress("denoise", step + 1, count, {"batch": _batch + 1, "batches": settings.batch_count}))
@@ -273,17 +281,22 @@ def txt2img(settings: GenerateSettings, session: Session | None = None, on_event
                 else None
             kwargs["latents"] = start_latents(seeds, subseeds, settings.subseed_strength,
                                               (channels, height // cell, width // cell), drawn).to(session.dtype)
+        # A1111's AND: the pass's UNet (and ControlNet) calls run every part of its prompt; the hires fix's two
+        # passes each compose their own prompt
+        first_pass = composing(prompts, session.pipe.unet, nets)
         with torch.no_grad(), session.lora_weights(loras) as used, \
                 nan_guard(session.pipe, [f"{l.name} at {l.weight:g}" for l in used if l.weight]):
             if init is not None and settings.strength == 0:  # nothing to redraw: the image as the VAE gives it
                 images = [vae_roundtrip(pipe, init)] * n
             elif controls:
-                images = control_denoise(session, settings, controls, init, mask, (width, height), kwargs, scheduler,
-                                         on_event)
+                with first_pass:
+                    images = control_denoise(session, settings, controls, init, mask, (width, height), kwargs,
+                                             scheduler, on_event)
             elif init is not None:
                 extra = {"mask_image": mask, "height": height, "width": width} if mask is not None else {}
-                images = denoiser(session, init, mask, scheduler)(image=init, strength=settings.strength, **extra,
-                                                                  **kwargs).images
+                with first_pass:
+                    images = denoiser(session, init, mask, scheduler)(image=init, strength=settings.strength,
+                                                                      **extra, **kwargs).images
             elif settings.hires_scale:
                 redraw = denoiser(session, None, None, hires_sampler.make(session.base_scheduler))
                 if upscaler is not None:
@@ -292,9 +305,11 @@ def txt2img(settings: GenerateSettings, session: Session | None = None, on_event
                                    {**hires_prompts.call_kwargs(), "callback_on_step_end": reporter(hires_prompts),
                                     **({"guidance_scale": settings.hires_cfg} if settings.hires_cfg is not None else {})},
                                    lambda done, tiles, _b=batch: on_event(Progress("upscale", done, tiles, {
-                                       "batch": _b + 1, "batches": settings.batch_count})))
+                                       "batch": _b + 1, "batches": settings.batch_count})),
+                                   passes=(first_pass, composing(hires_prompts, session.pipe.unet)))
             else:
-                images = pipe(width=width, height=height, **kwargs).images
+                with first_pass:
+                    images = pipe(width=width, height=height, **kwargs).images
         if region is not None:
             images = [paste_back(original, image, region, full_mask) for image in images]
         elif mask is not None:

@@ -1,0 +1,201 @@
+"""A1111's composable diffusion: a prompt split on AND, each part its own conditioning.
+
+    "a red circle AND a blue square :0.5"      uncond + cfg * (1 * (circle - uncond) + 0.5 * (square - uncond))
+
+As A1111's prompt_parser.get_multicond_prompt_list and CFGDenoiser.combine_denoised: the prompt (never the negative
+prompt) is split on the word AND (capitals, a whole word: "ANDROID" and "and" are words); each part may end in a
+weight `:NUMBER` (default 1, negative allowed), even a prompt without AND ("a cat :0.5" is half the guidance);
+each part is encoded on its own with its own prompt-editing schedule and attention weights, and the guided
+prediction is
+
+    uncond + cfg * sum_i w_i * (cond_i - uncond)
+
+The diffusers pipeline runs unchanged: for one sampling pass, hooks on the UNet turn its classifier-free-guidance
+batch [uncond; cond] into one batch [uncond; cond_1; ...; cond_k] and hand back [uncond; uncond + sum_i w_i
+(cond_i - uncond)], so the pipeline's own guidance gives the formula above. It is linear in the predictions, so it
+holds for epsilon and v-prediction and for every sampler. A ControlNet's residuals are computed on the same
+expanded batch, each part with its own text (as A1111's ControlNet extension runs it). With CFG at 1 or below
+(diffusers then runs no uncond row) the hook adds the uncond row itself and returns A1111's formula at CFG 1.
+
+Parts of different lengths are padded to the longest by repeating its last vector (A1111's
+reconstruct_multicond_batch); the negative prompt meets the parts padded with empty 75-token chunks, as one prompt
+does (PromptEncoder.encode_pair).
+"""
+
+from __future__ import annotations
+
+import inspect
+import re
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+
+import torch
+
+from personae.inference.prompt_schedule import ScheduledPrompts
+
+_AND = re.compile(r"\bAND\b")
+_WEIGHT = re.compile(r"^((?:\s|.)*?)(?:\s*:\s*([-+]?(?:\d+\.?|\d*\.\d+)))?\s*$")  # A1111's re_weight
+_RESIDUALS = ("down_block_additional_residuals", "mid_block_additional_residual",
+              "down_intrablock_additional_residuals")
+
+
+def split_prompt(prompt: str) -> list[tuple[str, float | None]]:
+    """A1111's parts of a prompt: (text, the weight written after it, or None)."""
+    parts = []
+    for sub in _AND.split(prompt):
+        text, weight = _WEIGHT.search(sub).groups()  # the pattern matches any text
+        parts.append((text, None if weight is None else float(weight)))
+    return parts
+
+
+def composable_parts(prompt: str) -> list[tuple[str, float]] | None:
+    """(text, weight) of each part, or None when the prompt is one part with no weight: drawn as a plain prompt."""
+    parts = split_prompt(prompt)
+    if len(parts) == 1 and parts[0][1] is None:
+        return None
+    return [(text, 1.0 if weight is None else weight) for text, weight in parts]
+
+
+class ComposablePrompts:
+    """The parts of a prompt with AND, and the negative prompt, for one sampling pass of `steps` steps: each part a
+    ScheduledPrompts with the negative (its own schedule, encoded once per text), and the step the pass is at."""
+
+    def __init__(self, encoder, parts: list[tuple[str, float]], negative: str, clip_skip: int, steps: int,
+                 batch: int, dtype):
+        self.parts = [ScheduledPrompts(encoder, text, negative, clip_skip, steps, batch, dtype) for text, _ in parts]
+        self.weights = [weight for _, weight in parts]
+        self.batch, self.dtype = batch, dtype
+        self.step = 0  # the sampler step of the pass: 0 as it starts (composing), then set by the step callback
+
+    @property
+    def changes(self) -> bool:
+        return any(part.changes for part in self.parts)
+
+    @property
+    def prompts(self) -> tuple:
+        """Every part's stages (for the prompt-editing message)."""
+        return tuple(stage for part in self.parts for stage in part.prompts)
+
+    @property
+    def negatives(self) -> tuple:
+        return self.parts[0].negatives
+
+    def pair(self, step: int):
+        """(positive, negative) of the part with the most tokens at `step` (for the long-prompt message)."""
+        return max((part.pair(step) for part in self.parts), key=lambda pair: pair[0].tokens)
+
+    def every_pair(self) -> list:
+        return [pair for part in self.parts for pair in part.every_pair()]
+
+    def embeddings(self, step: int) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """(negative, [part, ...]) at sampler step `step`, each [1, tokens, hidden], all of one length."""
+        pairs = [part.pair(step) for part in self.parts]
+        longest = max(pairs, key=lambda pair: pair[0].embeds.shape[1])
+        length = longest[0].embeds.shape[1]
+
+        def padded(embeds: torch.Tensor) -> torch.Tensor:
+            missing = length - embeds.shape[1]
+            return torch.cat([embeds, embeds[:, -1:].repeat(1, missing, 1)], dim=1) if missing else embeds
+
+        return longest[1].embeds, [padded(positive.embeds) for positive, _ in pairs]
+
+    def hidden_states(self, step: int, device, dtype) -> torch.Tensor:
+        """The UNet's text input for the expanded batch: [negative x batch; part 1 x batch; ...; part k x batch]."""
+        negative, parts = self.embeddings(step)
+        rows = [embeds.to(device, dtype).repeat(self.batch, 1, 1) for embeds in [negative, *parts]]
+        return torch.cat(rows)
+
+    def call_kwargs(self) -> dict:
+        """The pipeline's arguments: the first part and the negative prompt, which set the pipeline's batch (the
+        hooks give the UNet every part at every step)."""
+        negative, parts = self.embeddings(0)
+        return dict(prompt_embeds=parts[0].to(self.dtype).repeat(self.batch, 1, 1),
+                    negative_prompt_embeds=negative.to(self.dtype).repeat(self.batch, 1, 1))
+
+    def after_step(self, pipeline, step: int, kwargs: dict) -> dict:
+        """Step `step` is done: the hooks take the parts' texts of the next one."""
+        self.step = step + 1
+        return kwargs
+
+
+def scheduled_prompts(encoder, prompt: str, negative: str, clip_skip: int, steps: int, batch: int, dtype):
+    """ComposablePrompts for a prompt with AND (or a trailing weight), else the plain ScheduledPrompts."""
+    parts = composable_parts(prompt)
+    if parts is None:
+        return ScheduledPrompts(encoder, prompt, negative, clip_skip, steps, batch, dtype)
+    return ComposablePrompts(encoder, parts, negative, clip_skip, steps, batch, dtype)
+
+
+class _Composition:
+    """The hooks of one pass: expand a call's batch to every part, then combine the UNet's predictions."""
+
+    def __init__(self, prompts: ComposablePrompts):
+        self.prompts = prompts
+        self.guided = False  # whether the UNet call being run came with the uncond rows (CFG above 1)
+
+    def _expanded(self, module, args: tuple, kwargs: dict, what: str) -> tuple[tuple, dict]:
+        arguments = inspect.signature(module.forward).bind(*args, **kwargs).arguments
+        sample, n, k = arguments["sample"], self.prompts.batch, len(self.prompts.weights)
+        rows = sample.shape[0]
+        if rows not in (n, 2 * n):
+            raise RuntimeError(f"composable diffusion: the {what} got {rows} rows for a batch of {n}")
+        self.guided = rows == 2 * n
+        uncond, cond = list(range(n)), list(range(n, 2 * n) if self.guided else range(n))
+        index = torch.tensor(uncond + cond * k, device=sample.device)
+
+        def rows_of(value):
+            if isinstance(value, torch.Tensor) and value.dim() and value.shape[0] == rows:
+                return value.index_select(0, index.to(value.device))
+            if isinstance(value, dict):
+                return {key: rows_of(v) for key, v in value.items()}
+            return value
+
+        hidden = arguments["encoder_hidden_states"]
+        for name, value in arguments.items():
+            if name == "encoder_hidden_states":
+                arguments[name] = self.prompts.hidden_states(self.prompts.step, hidden.device, hidden.dtype)
+            elif name in _RESIDUALS:  # a ControlNet's, already computed on the expanded batch (control_inputs)
+                first = value[0] if isinstance(value, (list, tuple)) else value
+                if first is not None and first.shape[0] != (k + 1) * n:
+                    raise RuntimeError("composable diffusion: the UNet got residuals of another batch")
+            else:
+                arguments[name] = rows_of(value)
+        return (), arguments
+
+    def control_inputs(self, module, args, kwargs):
+        if kwargs.get("guess_mode"):  # diffusers would give the ControlNet the cond rows alone
+            raise RuntimeError("composable diffusion does not run a ControlNet in guess mode")
+        return self._expanded(module, args, kwargs, "ControlNet")
+
+    def unet_inputs(self, module, args, kwargs):
+        return self._expanded(module, args, kwargs, "UNet")
+
+    def unet_output(self, module, args, kwargs, output):
+        predicted = output[0] if isinstance(output, tuple) else output.sample
+        n = self.prompts.batch
+        uncond, conds = predicted[:n], predicted[n:].unflatten(0, (len(self.prompts.weights), n))
+        combined = uncond.clone()
+        for weight, cond in zip(self.prompts.weights, conds):
+            combined += (cond - uncond) * weight
+        result = torch.cat([uncond, combined]) if self.guided else combined
+        return (result, *output[1:]) if isinstance(output, tuple) else type(output)(sample=result)
+
+
+@contextmanager
+def composing(prompts, unet, controlnets: Sequence = ()) -> Iterator[None]:
+    """Within the block (one sampling pass), calls of `unet` and of `controlnets` compose the parts of `prompts`
+    when it is ComposablePrompts; a plain prompt changes nothing. The hooks are removed when the block ends."""
+    if not isinstance(prompts, ComposablePrompts):
+        yield
+        return
+    prompts.step = 0
+    composition = _Composition(prompts)
+    handles = [unet.register_forward_pre_hook(composition.unet_inputs, with_kwargs=True),
+               unet.register_forward_hook(composition.unet_output, with_kwargs=True)]
+    unique = {id(net): net for net in controlnets}.values()  # two units may share one ControlNet: one hook each
+    handles += [net.register_forward_pre_hook(composition.control_inputs, with_kwargs=True) for net in unique]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
