@@ -92,6 +92,20 @@ def world_flow(out: Path, model: Path, index, on_event: EventHandler) -> None:
                                 f"the second prompt; at 18, {late} of 4 as the first: on the world model the last "
                                 "steps settle shape and background.", edited[2] + edited[18])
 
+    # 3c. A1111's composable diffusion: each part of an AND prompt its own conditioning, the weights decide
+    blue_square = "a red square on a blue background, close-up"
+    composed = {}
+    for first, second in ((0.8, 0.2), (0.2, 0.8)):
+        composed[first] = run_generate(base.model_copy(update={
+            "prompt": f"{circle} :{first:g} AND {blue_square} :{second:g}", "steps": 20,
+            "sampler": "Euler a", "seed": 0, "batch_size": 4}), out / "generate", on_event)
+    circles, squares = _read(composed[0.8], [circle] * 4), _read(composed[0.2], [blue_square] * 4)
+    index.add("Composable diffusion (AND)", f"A1111's AND: \"{circle} :0.8 AND {blue_square} :0.2\", then the "
+                                            "weights swapped (Euler a, seeds 0-3): each part is its own "
+                                            "conditioning, uncond + CFG x the weighted sum of each part's pull. At "
+                                            f"0.8 / 0.2 the checker reads {circles} of 4 as circles; at 0.2 / 0.8, "
+                                            f"{squares} of 4 as squares.", composed[0.8] + composed[0.2])
+
     # 4. a LoRA on the prepared set, its kohya and diffusers files each reloaded and compared
     on_event(Message("teaching the star as a LoRA on the prepared set"))
     job = TrainJob.model_validate({"base_model": str(model), "method": "lora", "data": {"path": str(out / "prepared")},
