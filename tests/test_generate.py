@@ -549,6 +549,27 @@ def test_hires_fix_refuses_img2img_and_a_redraw_of_no_steps(tiny_model, photo):
         txt2img(settings(tiny_model[0], hires_scale=2, hires_denoise=0.1, steps=4))
 
 
+def test_an_a1111_png_made_with_dynamic_prompts_is_read_whole(tmp_path):
+    """The Dynamic Prompts extension appends "Template:" and "Negative Template:" lines after A1111's parameters
+    line: read as two keys (the prompts as written), not as the end of the negative prompt swallowing the
+    settings; the picture's own prompts are the drawn ones, and nothing is said to be left out."""
+    from personae.jobs.generate import png_not_applied
+    from personae.media.png import parse_parameters
+
+    text = ("a cat, autumn\nNegative prompt: ugly\nSteps: 20, Sampler: Euler a, CFG scale: 7, Seed: 1, Size: 512x512\n"
+            "Template: a cat, {summer|autumn}\nNegative Template: ugly")
+    prompt, negative, params = parse_parameters(text)
+    assert (prompt, negative, params["Steps"], params["Template"]) == ("a cat, autumn", "ugly", "20",
+                                                                       "a cat, {summer|autumn}")
+    assert params["Negative Template"] == "ugly"
+    png = _a1111_png(tmp_path / "dynamic.png", text)
+    data = settings_from_png(png)
+    assert (data["prompt"], data["negative"], data["steps"], data["seed"]) == ("a cat, autumn", "ugly", 20, 1)
+    assert png_not_applied(png, GenerateSettings(model="m", **data)) == []
+    # a prompt that merely starts with "Template:" is a prompt
+    assert parse_parameters("Template: a photo\nNegative Template: x")[0] == "Template: a photo\nNegative Template: x"
+
+
 def test_a1111_hires_with_a_model_upscaler_is_read_and_the_difference_named(tmp_path):
     from personae.jobs.generate import png_not_applied, png_upscaler
 

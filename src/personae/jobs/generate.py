@@ -145,7 +145,8 @@ def settings_from_png(path: str | Path) -> dict:
 # A1111 keys that --from-png reads besides the settings that declare an infotext name: the joins of two settings,
 # LoRA hashes (the tags in the prompt are what apply them), and what describes the file rather than the picture
 _READ_KEYS = {"Size", "Seed resize from", "Inpaint area", "Masked area padding", "Schedule type", "Hires schedule type",
-              "Lora hashes", "Version", "Model", "Model hash", "VAE", "VAE hash"}
+              "Lora hashes", "Version", "Model", "Model hash", "VAE", "VAE hash",
+              "Template", "Negative Template"}  # Dynamic Prompts' prompts as written: the PNG's prompts are drawn
 
 
 def _shown(key: str, value: str) -> str:

@@ -118,14 +118,28 @@ def _pairs(line: str) -> list[tuple[str, str]]:
     return pairs
 
 
+# lines the Dynamic Prompts extension (sd-dynamic-prompts) appends after the parameters line: the prompts as written
+TEMPLATE_LINES = ("Template: ", "Negative Template: ")
+
+
 def parse_parameters(text: str) -> tuple[str, str, dict[str, str]]:
-    """Split A1111 infotext into (prompt, negative prompt, {key: value})."""
+    """Split A1111 infotext into (prompt, negative prompt, {key: value}); Dynamic Prompts' "Template:" and
+    "Negative Template:" lines after the parameters line are read as two more keys."""
     lines = text.strip().split("\n")
     params: dict[str, str] = {}
+    trailing = 0
+    while len(lines) > trailing + 1 and lines[-1 - trailing].startswith(TEMPLATE_LINES):
+        trailing += 1
+    if trailing and len(_pairs(lines[-1 - trailing])) < 3:
+        trailing = 0  # not after a parameters line: the prompt's own text
+    templates = [lines.pop() for _ in range(trailing)][::-1]
     pairs = _pairs(lines[-1]) if lines else []
     if len(pairs) >= 3:
         lines.pop()
         params = dict(pairs)
+    for line in templates:
+        key, _, value = line.partition(": ")
+        params[key] = value
     prompt_lines, negative_lines, in_negative = [], [], False
     for line in lines:
         if line.startswith("Negative prompt:"):
