@@ -344,3 +344,18 @@ def test_changes_beside_the_layers_reach_the_motion_unet(tiny_model, tiny_motion
             assert torch.allclose(mine(x), theirs(x), atol=1e-6), name
         model.set_adapters([lora.adapter], [0.0])  # the motion UNet's own adapter weight governs them
         assert torch.equal(model.get_submodule(norm)(x), torch.nn.GroupNorm.forward(model.get_submodule(norm), x))
+
+
+def test_a_template_and_a_style_draw_the_clips_prompt_from_its_seed(tiny_model, tiny_motion, clip_session, tmp_path):
+    """Dynamic Prompts' syntax in animate: one prompt for the clip, drawn from its seed; A1111 styles applied;
+    the clip is the clip of the drawn, styled prompt written out."""
+    from personae.data.dynamic_prompts import image_prompts
+
+    (tmp_path / "styles.csv").write_text("name,prompt,negative_prompt\nInk,\"{prompt}, ink\",blurry\n")
+    templated = animate(settings(tiny_model[0], tiny_motion[0], prompt="a {cat|dog|fox}", styles=["Ink"],
+                                 styles_file=str(tmp_path / "styles.csv")), clip_session)
+    [(drawn, _)] = image_prompts("a {cat|dog|fox}", "", [7], None)
+    written = animate(settings(tiny_model[0], tiny_motion[0], prompt=f"{drawn}, ink", negative="blurry"),
+                      clip_session)
+    assert np.array_equal(pixels(templated), pixels(written))
+    assert parse_parameters(templated.parameters)[:2] == (f"{drawn}, ink", "blurry")

@@ -125,7 +125,7 @@ def _options(command: str) -> set[str]:
 
 SHARED = {"--model", "--prompt", "--negative", "--steps", "--cfg", "--seed", "--width", "--height", "--sampler",
           "--clip-skip", "--lora", "--lora-dir", "--vae", "--embedding", "--device", "--dtype", "--allow-pickle",
-          "--style", "--styles-file",
+          "--style", "--styles-file", "--wildcards-dir",
           "--attention", "--channels-last", "--compile", "--vae-slicing", "--vae-tiling", "--no-vae-upcast", "--medvram",
           "--lowvram"}
 

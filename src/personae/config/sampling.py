@@ -37,13 +37,16 @@ class PromptSettings(Concept):
 
 
 class StyleSettings(Concept):
-    TITLE: ClassVar[str] = "styles"
+    TITLE: ClassVar[str] = "styles and wildcards"
 
     styles: list[str] = setting([], "an A1111 style by name, applied to the prompt and negative prompt (a style with "
                                     "{prompt} wraps the prompt, others are appended); repeatable, in order. The PNG "
                                     "gets the prompts with the styles applied, as A1111 writes them", flag="--style")
     styles_file: str | None = setting(None, "A1111's styles.csv (name, prompt, negative_prompt), or the webui folder "
                                             "holding it", metavar="FILE")
+    wildcards_dir: str | None = setting(None, "the folder of __name__ wildcard files for Dynamic Prompts' syntax in "
+                                              "the prompts ({a|b}, {2$$a|b|c}, __name__: one drawn per image from "
+                                              "its seed); the webui folder works too", metavar="DIR")
 
 
 class SamplingSettings(Concept):

@@ -28,6 +28,7 @@ from PIL import Image
 
 from personae import __version__
 from personae.config.animate import AnimateSettings
+from personae.data.dynamic_prompts import image_prompts, is_template
 from personae.errors import UserError
 from personae.events import EventHandler, Message, Progress, ignore
 from personae.inference.composable import composable_parts
@@ -273,6 +274,10 @@ def animate(settings: AnimateSettings, animate_session: AnimateSession | None = 
     sampler = get_sampler(settings.sampler)
     settings = with_styles(settings)
     seed = settings.seed if settings.seed >= 0 else random.randrange(2**32)
+    if is_template(settings.prompt) or is_template(settings.negative):  # Dynamic Prompts: drawn from the seed
+        [(prompt, negative)] = image_prompts(settings.prompt, settings.negative, [seed], settings.wildcards_dir)
+        on_event(Message(f"Dynamic Prompts: the clip's prompt is \"{prompt}\""))
+        settings = settings.model_copy(update={"prompt": prompt, "negative": negative})
     if animate_session is None:
         settings = expand_lora_tags(settings)  # <lora:name:w> tags: files from --lora-dir
     else:

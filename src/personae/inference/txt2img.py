@@ -19,6 +19,7 @@ from PIL import Image
 
 from personae import __version__
 from personae.config.generate import GenerateSettings
+from personae.data.dynamic_prompts import image_prompts, is_template
 from personae.errors import UserError
 from personae.events import EventHandler, Message, Progress, ignore
 from personae.inference.composable import ComposablePrompts, composing, scheduled_prompts
@@ -160,6 +161,54 @@ def with_absolute_paths(settings: GenerateSettings, session: Session) -> Generat
         "controls": [c.model_copy(update={"image": _absolute(c.image)}) for c in settings.controls]})
 
 
+def _each_drawn(settings: GenerateSettings, session: Session | None, on_event: EventHandler, loras, embeddings,
+                controls) -> list[GeneratedImage]:
+    """Dynamic Prompts' templates: every image its own prompt, drawn from its seed (data/dynamic_prompts.py), each
+    image drawn alone with it (a batch shares one prompt in the pipeline); the PNG gets the drawn prompts and the
+    templates as Dynamic Prompts writes them. LoRA tags the drawn prompts name are loaded once, off (weight 0) in
+    the images whose prompt does not name them."""
+    seed = settings.seed if settings.seed >= 0 else random.randrange(2**32)
+    variation = settings.subseed_strength > 0
+    subseed = settings.subseed if settings.subseed >= 0 else random.randrange(2**32)
+    count = settings.batch_size * settings.batch_count
+    seeds = [seed if variation else (seed + i) % 2**32 for i in range(count)]
+    subseeds = [(subseed + i) % 2**32 for i in range(count)]
+    keys = [(s * 2**32 + v) if variation else s for s, v in zip(seeds, subseeds)]  # what each draw is seeded by
+    drawn = image_prompts(settings.prompt, settings.negative, keys, settings.wildcards_dir)
+    on_event(Message(f"Dynamic Prompts: {len({p for p, _ in drawn})} different prompt(s) for {count} image(s)"))
+    own = session is None
+    if own:  # one session for every image: the LoRAs any drawn prompt names, loaded off (weight 0)
+        tags = {tag.name: tag for prompt, _ in drawn for tag in lora_tags(prompt)[1]}
+        named = "".join(f" <lora:{tag.name}:0>" for tag in tags.values())
+        loaded = expand_lora_tags(settings.model_copy(update={"prompt": named}))
+        given = {Path(l.path).expanduser().resolve(): l.weight for l in settings.loras}  # --lora keeps its weight
+        session = session_for(loaded.model_copy(update={"loras": [
+            l.model_copy(update={"weight": given.get(Path(l.path).expanduser().resolve(), l.weight)})
+            for l in loaded.loras]}), on_event)
+    results = []
+    for i, ((prompt, negative), image_seed, image_subseed) in enumerate(zip(drawn, seeds, subseeds)):
+        one = settings.model_copy(update={"prompt": prompt, "negative": negative, "seed": image_seed,
+                                          "subseed": image_subseed, "batch_size": 1, "batch_count": 1})
+        image_loras, stored = loras, None
+        if own:  # this image's LoRAs: --lora's and those its prompt drew, as a run of that prompt alone loads them
+            text, tags = lora_tags(prompt)
+            chosen = {l.name: l for l in session.loras if l.weight}
+            by_name = {l.name: l for l in session.loras}
+            chosen.update({tag.name: replace(by_name[tag.name], weight=tag.weight) for tag in tags})
+            image_loras, stored = list(chosen.values()), expand_lora_tags(one).loras
+            one = one.model_copy(update={"prompt": text})
+        on_event(Progress("images", i, count))
+        [image] = txt2img(one, session, on_event, image_loras, embeddings, controls)
+        templates = [("Template", settings.prompt), ("Negative Template", settings.negative)]
+        extra = "".join(f"\n{key}: {text}" for key, text in templates if text and is_template(text))
+        if stored is not None:
+            image = replace(image, settings=image.settings.model_copy(update={"loras": [
+                l.model_copy(update={"path": str(Path(l.path).expanduser().resolve())}) for l in stored]}))
+        results.append(replace(image, parameters=image.parameters + extra))
+    on_event(Progress("images", count, count))
+    return results
+
+
 def txt2img(settings: GenerateSettings, session: Session | None = None, on_event: EventHandler = ignore,
             loras: list[LoadedLora] | None = None, embeddings: list[LoadedEmbedding] | None = None,
             controls: list[PreparedControl] | None = None) -> list[GeneratedImage]:
@@ -171,6 +220,8 @@ def txt2img(settings: GenerateSettings, session: Session | None = None, on_event
     sampler = get_sampler(settings.sampler)
     settings = settings.model_copy(update={"sampler": sampler.name})  # written as A1111 names it, whatever was typed
     settings = with_styles(settings)  # A1111's styles: the prompts as written to the PNG, so it reproduces alone
+    if is_template(settings.prompt) or is_template(settings.negative):  # Dynamic Prompts: one prompt per image
+        return _each_drawn(settings, session, on_event, loras, embeddings, controls)
     hires_sampler = get_sampler(settings.hires_sampler) if settings.hires_sampler else sampler
     if settings.hires_sampler:
         settings = settings.model_copy(update={"hires_sampler": hires_sampler.name})
