@@ -84,6 +84,23 @@ def test_hires_upscalers_offered_and_named_ones_found_in_the_workspace(tmp_path)
         upscaler_path(ws, "../4x.pth")
 
 
+def test_the_workspaces_styles_and_wildcards_reach_the_settings(tmp_path):
+    from types import SimpleNamespace
+
+    from personae.web.tab_generate import settings_data, style_names
+
+    ws = Workspace(tmp_path / "work")
+    (ws.root / "models" / "m").mkdir(parents=True)
+    assert style_names(ws) == []
+    (ws.root / "styles.csv").write_text("name,prompt,negative_prompt\nInk,\"{prompt}, ink\",\nFilm,grain,\n")
+    (ws.root / "wildcards").mkdir()
+    assert style_names(ws) == ["Film", "Ink"]
+    data = settings_data(SimpleNamespace(workspace=ws), {"prompt": "a cat"}, "models/m", [], 1.0, [], None, "none",
+                         None, 1.0, ["Ink"])
+    assert data["styles"] == ["Ink"] and data["styles_file"] == str(ws.root / "styles.csv")
+    assert data["wildcards_dir"] == str(ws.root / "wildcards")
+
+
 def test_a_workspace_that_is_a_file_is_refused(tmp_path):
     (tmp_path / "f").write_text("mine")
     with pytest.raises(UserError, match="is a file"):

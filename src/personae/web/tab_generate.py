@@ -83,10 +83,26 @@ def upload(ctx, file, under: str) -> str | None:
     return str(ctx.workspace.take_upload(src, src.name, ctx.workspace.new_folder(under)))
 
 
+def style_names(ws) -> list[str]:
+    """The A1111 styles of the workspace's styles.csv (copy A1111's own there), or none."""
+    from personae.data.styles import read_styles
+
+    path = ws.root / "styles.csv"
+    try:
+        return sorted(read_styles(str(path))) if path.is_file() else []
+    except UserError:
+        return []
+
+
 def settings_data(ctx, data: dict, model, loras, lora_weight, embeddings, init_image, control_type, control_image,
-                  control_weight) -> dict:
-    """The form's values completed with the pickers and uploads, every path checked to be in the workspace."""
+                  control_weight, styles=()) -> dict:
+    """The form's values completed with the pickers and uploads, every path checked to be in the workspace; the
+    workspace's styles.csv for the chosen styles and its wildcards/ folder for Dynamic Prompts' __names__."""
     ws = ctx.workspace
+    if styles:
+        data["styles"], data["styles_file"] = list(styles), str(ws.root / "styles.csv")
+    if (ws.root / "wildcards").is_dir():
+        data["wildcards_dir"] = str(ws.root / "wildcards")
     data["model"] = model_path(ws, model)
     data["loras"] = [{"path": str(ws.path(p, what="LoRA", must_exist=True)), "weight": float(lora_weight)}
                      for p in loras or []]
@@ -121,6 +137,9 @@ def build(ctx) -> None:
                                 info="a folder or .safetensors under models/ in the workspace, or a hub id",
                                 elem_id="field-model")
             prompt_form = SettingsForm(GenerateSettings, groups=("prompt",), skip=("model", "allow_pickle"))
+            styles = gr.Dropdown(style_names(ws), multiselect=True, label="Styles",
+                                 info="A1111 styles from styles.csv in the workspace; {a|b} and __name__ (files in "
+                                      "wildcards/) draw a prompt per image", elem_id="field-styles")
             form = SettingsForm(GenerateSettings, groups=("sampling", "batch", "variation", "hires fix"),
                                 skip=("upscaler_dir",),
                                 choices={"sampler": list(SAMPLERS), "hires_upscaler": upscalers(ws),
@@ -160,10 +179,10 @@ def build(ctx) -> None:
             at += len(f.inputs)
         return out
 
-    def submit(model_v, loras_v, weight_v, emb_v, init_v, ctype_v, cimage_v, cweight_v, *raw):
+    def submit(model_v, loras_v, weight_v, emb_v, init_v, ctype_v, cimage_v, cweight_v, styles_v, *raw):
         try:
             data = settings_data(ctx, values(raw), model_v, loras_v, weight_v, emb_v, init_v, ctype_v, cimage_v,
-                                 cweight_v)
+                                 cweight_v, styles_v)
             settings = parse_settings(GenerateSettings, data, "the Generate form")
             out = ws.new_folder("outputs/generate")
         except UserError as exc:
@@ -174,7 +193,7 @@ def build(ctx) -> None:
         return f"Queued as job {task.id}{where}; images go to `{ws.relative(out)}`."
 
     go.click(submit, [model, loras, lora_weight, embeddings, init_image, control_type, control_image, control_weight,
-                      *raw_inputs], status)
+                      styles, *raw_inputs], status)
 
     def latest(seen: int):
         done = [t for t in jobs.snapshot() if t.kind == "generate" and t.status in ("done", "failed")]
@@ -205,6 +224,7 @@ def build(ctx) -> None:
 
     png.upload(from_png, png, [*raw_inputs, model])
     refresh.click(lambda: (gr.update(choices=ws.files(LORA_SUFFIXES)), gr.update(choices=embedding_files(ws)),
-                           gr.update(choices=models(ws)), gr.update(choices=upscalers(ws))), None,
-                  [loras, embeddings, model, form.components["hires_upscaler"]])
+                           gr.update(choices=models(ws)), gr.update(choices=upscalers(ws)),
+                           gr.update(choices=style_names(ws))), None,
+                  [loras, embeddings, model, form.components["hires_upscaler"], styles])
     ctx.generate_loras, ctx.generate_addons = loras, addons
