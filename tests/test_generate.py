@@ -570,6 +570,36 @@ def test_an_a1111_png_made_with_dynamic_prompts_is_read_whole(tmp_path):
     assert parse_parameters("Template: a photo\nNegative Template: x")[0] == "Template: a photo\nNegative Template: x"
 
 
+@pytest.mark.parametrize("suffix, encoding", [("jpg", "utf-16-be"), ("webp", "utf-16-be"), ("jpg", "utf-16-le"),
+                                              ("jpg", "ascii")])
+def test_an_a1111_jpeg_or_webp_is_read_from_its_exif_comment(tmp_path, suffix, encoding):
+    """A1111 saves JPEG and WebP pictures with the infotext in EXIF's UserComment (piexif's UNICODE: UTF-16
+    big-endian), as Civitai serves them; some tools write it little-endian or as ASCII."""
+    from PIL import Image
+
+    from personae.jobs.generate import png_not_applied
+
+    text = ("a red fox, (masterpiece:1.2)\nNegative prompt: blurry, ugly\nSteps: 24, Sampler: DPM++ 2M Karras, "
+            "CFG scale: 6.5, Seed: 77, Size: 512x768, Clip skip: 2")
+    code = b"ASCII\x00\x00\x00" if encoding == "ascii" else b"UNICODE\x00"
+    exif = Image.Exif()
+    exif[0x8769] = {0x9286: code + text.encode("utf-8" if encoding == "ascii" else encoding)}
+    path = tmp_path / f"civitai.{suffix}"
+    Image.new("RGB", (16, 16)).save(path, exif=exif.tobytes())
+    data = settings_from_png(path)
+    assert (data["prompt"], data["negative"], data["steps"], data["seed"], data["width"], data["height"],
+            data["clip_skip"], data["sampler"]) == ("a red fox, (masterpiece:1.2)", "blurry, ugly", 24, 77, 512, 768,
+                                                   2, "DPM++ 2M Karras")
+    assert png_not_applied(path, GenerateSettings(model="m", **data)) == []
+    plain = tmp_path / f"plain.{suffix}"
+    Image.new("RGB", (16, 16)).save(plain)
+    with pytest.raises(UserError, match="carries no generation settings"):
+        settings_from_png(plain)
+    with pytest.raises(UserError, match="not a picture whose settings can be read .it is not a PNG, JPEG or WebP"):
+        (tmp_path / "notes.txt").write_text("Steps: 20")
+        settings_from_png(tmp_path / "notes.txt")
+
+
 def test_a1111_hires_with_a_model_upscaler_is_read_and_the_difference_named(tmp_path):
     from personae.jobs.generate import png_not_applied, png_upscaler
 

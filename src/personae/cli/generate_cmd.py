@@ -67,7 +67,8 @@ def add_parser(sub) -> None:
     p.add_argument("--recipe", metavar="NAME", help="start from a recipe's settings (face-to-animal: needs --init-image "
                                                     "PHOTO); other options override")
     p.add_argument("--animal", help="face-to-animal: the animal to draw (default dog)")
-    p.add_argument("--from-png", metavar="FILE", help="start from the settings stored in a PNG; other options override")
+    p.add_argument("--from-png", metavar="FILE", help="start from the settings stored in a PNG (or an A1111 JPEG / "
+                                                      "WebP: its EXIF comment); other options override")
     p.add_argument("--out", default="outputs", help="output folder (default ./outputs)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--yes", action="store_true", help="do not ask before a big job (asked only at a terminal)")

@@ -25,7 +25,7 @@ from personae.media.png import (
     PngTextError,
     infotext_settings,
     parse_parameters,
-    read_png_text,
+    read_image_text,
     save_png,
 )
 from personae.models.upscalers import find_upscaler, is_path
@@ -113,7 +113,8 @@ def _from_infotext(text: str, source: Path) -> dict:
 
 
 def settings_from_png(path: str | Path) -> dict:
-    """The settings stored in a PNG: personae's own chunk if present, else A1111's `parameters`.
+    """The settings stored in a PNG: personae's own chunk if present, else A1111's `parameters` (from a JPEG or
+    WebP: A1111's EXIF UserComment).
 
     What a file says never widens what the user allowed: `allow_pickle` is not taken from it.
     """
@@ -121,10 +122,11 @@ def settings_from_png(path: str | Path) -> dict:
     if not path.is_file():
         raise UserError(f"--from-png: {path} does not exist.")
     try:
-        text = read_png_text(path)
+        text = read_image_text(path)
     except (OSError, PngTextError) as exc:
-        raise UserError(f"--from-png: {path} is not a PNG whose settings can be read ({exc}).",
-                        "Pass a PNG written by personae, AUTOMATIC1111 or another tool that stores A1111 infotext.") from None
+        raise UserError(f"--from-png: {path} is not a picture whose settings can be read ({exc}).",
+                        "Pass a PNG (or an A1111 JPEG / WebP) written by personae, AUTOMATIC1111 or another tool that "
+                        "stores A1111 infotext.") from None
     if "personae" in text:
         try:
             data = json.loads(text["personae"])
@@ -138,8 +140,9 @@ def settings_from_png(path: str | Path) -> dict:
         return data
     if "parameters" in text:
         return _from_infotext(text["parameters"], path)
-    raise UserError(f"{path} carries no generation settings (no `parameters` text chunk).",
-                    "Use a PNG written by personae, AUTOMATIC1111 or another tool that stores A1111 infotext.")
+    raise UserError(f"{path} carries no generation settings (no `parameters` text chunk or EXIF comment).",
+                    "Use a PNG (or an A1111 JPEG / WebP) written by personae, AUTOMATIC1111 or another tool that "
+                    "stores A1111 infotext.")
 
 
 # A1111 keys that --from-png reads besides the settings that declare an infotext name: the joins of two settings,
@@ -158,7 +161,7 @@ def png_not_applied(path: str | Path, settings: GenerateSettings, model_hash: st
     """What an A1111 PNG's infotext asks for that this run does not apply, each named (empty for personae's own
     PNGs, whose settings are read whole): Hires fix without our hires settings, ADetailer, embeddings by name, a
     denoising strength with nothing to denoise, another model than the one passed."""
-    text = read_png_text(Path(path))
+    text = read_image_text(Path(path))
     if "personae" in text or "parameters" not in text:
         return []
     _, _, params = parse_parameters(text["parameters"])

@@ -201,6 +201,45 @@ def read_png_text(path: str | Path, limit: int = MAX_TEXT) -> dict[str, str]:
     return texts
 
 
+def read_image_text(path: str | Path, limit: int = MAX_TEXT) -> dict[str, str]:
+    """The settings text a picture carries: a PNG's text chunks; a JPEG's or WebP's EXIF UserComment as
+    A1111 saves it there (and Civitai serves it), as `parameters`. Raises PngTextError for other files."""
+    with open(path, "rb") as fh:
+        head = fh.read(12)
+    if head.startswith(PNG_SIGNATURE):
+        return read_png_text(path, limit)
+    if not (head.startswith(b"\xff\xd8") or (head[:4] == b"RIFF" and head[8:12] == b"WEBP")):
+        raise PngTextError("it is not a PNG, JPEG or WebP file")
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:  # the header and its EXIF only: no pixel is decoded
+            comment = image.getexif().get_ifd(0x8769).get(0x9286)  # Exif IFD, UserComment
+    except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as exc:
+        raise PngTextError(f"its EXIF could not be read ({exc})") from None
+    if not comment:
+        return {}
+    if isinstance(comment, str):
+        comment = comment.encode("utf-8")
+    if len(comment) > limit:
+        raise PngTextError(f"its EXIF comment holds more than {limit // 1024} KB, far more than any settings")
+    return {"parameters": user_comment(comment)}
+
+
+def user_comment(data: bytes) -> str:
+    """EXIF's UserComment: an 8-byte character code, then the text (piexif's "UNICODE" is UTF-16, big-endian as
+    piexif writes it; little-endian from some Windows tools, told apart by where the zero bytes fall)."""
+    code, body = data[:8], data[8:]
+    if code.startswith(b"UNICODE"):
+        if body[:2] in (b"\xff\xfe", b"\xfe\xff"):
+            return body.decode("utf-16", errors="replace")
+        big = body[0::2].count(0) >= body[1::2].count(0)
+        return body.decode("utf-16-be" if big else "utf-16-le", errors="replace").rstrip("\x00")
+    if code.startswith(b"ASCII") or code == b"\x00" * 8:
+        return body.decode("utf-8", errors="replace").rstrip("\x00")
+    return data.decode("utf-8", errors="replace").rstrip("\x00")
+
+
 def _text_chunk(kind: bytes, data: bytes, room: int) -> tuple[str, str]:
     """(keyword, text) of one text chunk; compressed text is inflated to at most `room` bytes."""
     key, _, rest = data.partition(b"\0")

@@ -162,8 +162,8 @@ def build(ctx) -> None:
                 control_form = SettingsForm(GenerateSettings, names=("control_start", "control_end"))
             with gr.Accordion("Runtime", open=False):
                 runtime_form = SettingsForm(GenerateSettings, groups=("runtime",))
-            png = gr.File(label="Drop a PNG made by personae or A1111 to fill the form", file_types=[".png"],
-                          elem_id="png-drop")
+            png = gr.File(label="Drop a PNG made by personae or A1111 (or an A1111 JPEG / WebP) to fill the form",
+                          file_types=[".png", ".jpg", ".jpeg", ".webp"], elem_id="png-drop")
         with gr.Column(scale=2):
             go = gr.Button("Generate", variant="primary", elem_id="generate-button")
             status = gr.Markdown(elem_id="generate-status")
