@@ -226,9 +226,9 @@ def test_training_prints_the_estimate_records_it_and_caches_captions(tmp_path, t
     prepared = prepared_subject(tmp_path / "data", count=2, trigger="sks")
     encoded = []
 
-    def counting(pipe, text_encoder, captions):
+    def counting(pipe, text_encoder, captions, *options):
         encoded.append(len(captions))
-        return encode(pipe, text_encoder, captions)
+        return encode(pipe, text_encoder, captions, *options)
 
     encode = loop.encode_text
     monkeypatch.setattr(loop, "encode_text", counting)

@@ -180,7 +180,7 @@ def test_training_encodes_captions_with_the_clip_skip_generation_uses(tiny_sessi
     kohya's --clip_skip: the layer before the last, through the final layer norm), and a clip skip beyond the
     text encoder's layers is one paragraph before training."""
     from personae.errors import UserError
-    from personae.training.loop import encode_text
+    from personae.training.text import encode_text
 
     pipe = tiny_session.pipe
     with torch.no_grad():
@@ -195,3 +195,56 @@ def test_training_encodes_captions_with_the_clip_skip_generation_uses(tiny_sessi
         _weights(tmp_path, tiny_model[0], prepared, "deep", clip_skip=layers + 1)
     assert f"train.clip_skip {layers + 1} is more than" in str(err.value)
     assert not list((tmp_path / "deep").glob("checkpoints/*"))
+
+
+LONG = ", ".join(f"tag{i} word{i}" for i in range(30))  # 189 tokens for the tiny tokenizer: three chunks of 75
+
+
+def test_long_captions_are_encoded_in_chunks_as_generation_encodes_long_prompts(tiny_session):
+    """train.max_token_length 150 / 225: a caption past 75 tokens is encoded as `personae generate` encodes a long
+    prompt (chunks of 75, each between its own start and end tokens); shorter captions in the batch are padded
+    with empty chunks; a short caption alone is the plain encoding, bit for bit."""
+    from personae.training.text import caption_tokens, encode_text, stack_padded
+
+    pipe = tiny_session.pipe
+    assert len(caption_tokens(pipe, LONG)) > 150
+    with torch.no_grad():
+        three = encode_text(pipe, pipe.text_encoder, [LONG], 1, 3)
+        generated = tiny_session.encoder.encode(LONG).embeds
+        assert three.shape[1] == 3 * 77 and generated.shape[1] == 3 * 77
+        assert torch.allclose(three, generated, atol=1e-6)
+        two = encode_text(pipe, pipe.text_encoder, [LONG], 1, 2)  # cut at 150 tokens: the first two chunks
+        assert torch.allclose(two, three[:, :154], atol=1e-6)
+        short = "sks man, smiling"
+        assert torch.equal(encode_text(pipe, pipe.text_encoder, [short], 1, 3),
+                           encode_text(pipe, pipe.text_encoder, [short], 1, 1))
+        batch = encode_text(pipe, pipe.text_encoder, [short, LONG], 2, 3)  # clip skip 2 too
+        empty = encode_text(pipe, pipe.text_encoder, [""], 2, 1)[0]
+        alone = encode_text(pipe, pipe.text_encoder, [short], 2, 1)[0]
+        assert torch.allclose(batch[0], stack_padded([alone, batch[1]], empty)[0], atol=1e-6)
+        assert torch.allclose(batch[0, 77:154], empty, atol=1e-6)
+
+
+def test_long_captions_train_whole_with_the_cache_or_without_and_the_cut_is_said(tmp_path, tiny_model):
+    from train_helpers import prepared_subject
+
+    data = prepared_subject(tmp_path / "data", count=2, trigger="sks")
+    first = sorted((data / "images").glob("*.txt"))[0]  # the caption on disk is the one trained on
+    first.write_text(f"a photo of sks star, {LONG}")  # one long caption, one short: the batch mixes chunk counts
+    messages = []
+    weights = {}
+    for name, options in (("cut", {}), ("cached", {"max_token_length": 225}),
+                          ("uncached", {"max_token_length": 225, "cache_text_encoder_outputs": False})):
+        job = load_job(write_job(tmp_path, base_model=str(tiny_model[0]), method="lora", data=data,
+                                 output=tmp_path / name, lora={"rank": 4, "alpha": 4},
+                                 train={"steps": 2, "batch_size": 2, "verify_exports": False,
+                                        "validation": {"steps": 1}, **options}))
+        said = []
+        result = run_training(job, on_event=lambda e: said.append(str(getattr(e, "text", ""))))
+        messages.append(said)
+        checkpoint = result.run / "checkpoints" / f"step-{result.steps:06d}"
+        weights[name] = load_file(str(checkpoint / "trainable.safetensors"))
+    assert any("1 caption(s) have more than 75 tokens: cut there" in m for m in messages[0])
+    assert not any("have more than" in m for m in messages[1])
+    assert _max_diff(weights["cached"], weights["uncached"]) <= 1e-6  # the cache pads as the batch encoding does
+    assert _max_diff(weights["cut"], weights["cached"]) > 1e-7  # the tokens past 75 reach the UNet

@@ -108,6 +108,9 @@ class TrainSection(Strict):
     scale_v_pred_loss_like_noise_pred: bool = setting(False, "v-prediction models: weight the loss by SNR / (SNR + 1), "
                                                              "as an epsilon model's loss weighs the timesteps (kohya "
                                                              "--scale_v_pred_loss_like_noise_pred)")
+    max_token_length: Literal[75, 150, 225] = setting(
+        75, "captions are cut after this many tokens; 150 or 225 keep long (tag) captions, encoded in chunks of 75 "
+            "as generation encodes long prompts (kohya --max_token_length)")
     clip_skip: int = setting(1, 'train on the text encoder\'s output this many layers from the end, as A1111\'s "Clip '
                                 'skip": 2 for anime models made that way (kohya --clip_skip); generate with the same '
                                 'value', ge=1, le=12)

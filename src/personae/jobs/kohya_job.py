@@ -53,7 +53,7 @@ NOT_NEEDED = {
     "sample_at_first": "the base model's grid is always drawn first", "vae_batch_size": "",
     "cache_text_encoder_outputs": "caption encodings are cached whenever the text encoder does not train",
     "cache_text_encoder_outputs_to_disk": "", "no_half_vae": "the VAE encodes in fp32 (the latents are cached once)",
-    "max_token_length": "captions are read up to CLIP's 75 tokens", "huggingface_repo_id": "",
+    "huggingface_repo_id": "",
     "huggingface_token": "", "metadata_title": "", "metadata_author": "", "metadata_description": "",
     "metadata_license": "", "metadata_tags": "", "output_config": "", "dynamo_backend": "", "ddp_timeout": "",
     "ddp_gradient_as_bucket_view": "", "ddp_static_graph": "", "debug_dataset": "", "console_log_level": "",
@@ -224,7 +224,8 @@ def kohya_job(path: str | Path) -> tuple[dict, list[str]]:
               "scale_v_pred_loss_like_noise_pred": "scale_v_pred_loss_like_noise_pred", "loss_type": "loss_type",
               "huber_c": "huber_c", "huber_schedule": "huber_schedule", "min_timestep": "min_timestep",
               "max_timestep": "max_timestep", "lr_scheduler_num_cycles": "lr_scheduler_num_cycles",
-              "lr_scheduler_power": "lr_scheduler_power", "gradient_checkpointing": "gradient_checkpointing"}
+              "lr_scheduler_power": "lr_scheduler_power", "gradient_checkpointing": "gradient_checkpointing",
+              "max_token_length": "max_token_length"}
     for key, field in simple.items():
         if c.get(key) is not None:
             t[field] = c[key]

@@ -24,7 +24,6 @@ from personae.data.dataset import BatchPlan, noisy_caption
 from personae.data.stats import dataset_stats
 from personae.errors import UserError
 from personae.events import EventHandler, Message, Progress, ignore
-from personae.inference.prompt import clip_states
 from personae.methods import method_class
 from personae.methods.base import ExportFile
 from personae.models.resolve import load_pipeline, resolve_model
@@ -53,6 +52,7 @@ from personae.training.step import (
     seeded,
 )
 from personae.training.stopping import NAMES, Commands, Stopped, stop_at_step_end
+from personae.training.text import encode_text, long_captions, stack_padded
 from personae.training.validation import validation_grid
 from personae.training.verify import Check
 
@@ -65,15 +65,6 @@ class TrainResult:
     exports: list[ExportFile] = field(default_factory=list)
     checks: list[Check] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)  # exports the method could not write, each with why
-
-
-def encode_text(pipe, text_encoder, captions: list[str], clip_skip: int = 1) -> torch.Tensor:
-    """Training captions: plain CLIP encoding (`clip_skip` layers from the end, as generation takes them), new
-    tokens expanded as diffusers' loader expands them."""
-    captions = [pipe.maybe_convert_prompt(c, pipe.tokenizer) for c in captions]
-    ids = pipe.tokenizer(captions, padding="max_length", max_length=pipe.tokenizer.model_max_length,
-                         truncation=True, return_tensors="pt").input_ids
-    return clip_states(text_encoder, ids.to(pipe.text_encoder.device), clip_skip)
 
 
 def train(job: TrainJob, run: Path, resume: bool = False, on_event: EventHandler = ignore,
@@ -196,16 +187,24 @@ def _train(job: TrainJob, run: Path, resume: bool, on_event: EventHandler, comma
     loss_shape = LossShape(t.loss_type, t.huber_c, t.huber_schedule, t.debiased_estimation,
                            t.scale_v_pred_loss_like_noise_pred)
 
+    chunks = t.max_token_length // 75
+    if cut := long_captions(pipe, [e.caption for e in examples], chunks):
+        on_event(Message(f"{cut} caption(s) have more than {t.max_token_length} tokens: cut there (train."
+                         "max_token_length 150 or 225 keeps more, encoded in chunks as generation encodes them)",
+                         "warning"))
+
     def text_embeddings(captions):
         if method.text_encoder_changes:
-            return encode_text(pipe, text_encoder, captions, t.clip_skip)
+            return encode_text(pipe, text_encoder, captions, t.clip_skip, chunks)
         if not t.cache_text_encoder_outputs:
             with torch.no_grad():
-                return encode_text(pipe, pipe.text_encoder, captions, t.clip_skip)
-        for c in set(captions) - set(text_cache):
+                return encode_text(pipe, pipe.text_encoder, captions, t.clip_skip, chunks)
+        for c in (set(captions) | ({""} if chunks > 1 else set())) - set(text_cache):  # "": the empty chunk
             with torch.no_grad():
-                text_cache[c] = encode_text(pipe, pipe.text_encoder, [c], t.clip_skip)[0]
-        return torch.stack([text_cache[c] for c in captions])
+                text_cache[c] = encode_text(pipe, pipe.text_encoder, [c], t.clip_skip, chunks)[0]
+        if chunks == 1:
+            return torch.stack([text_cache[c] for c in captions])
+        return stack_padded([text_cache[c] for c in captions], text_cache[""][:77])
 
     def loss_of(batch: Batch) -> torch.Tensor:
         batch = batch.to(accelerator.device)

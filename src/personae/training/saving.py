@@ -181,6 +181,7 @@ def export_header(job: TrainJob, stats: DatasetStats, steps_per_epoch: int, tota
             "ss_min_snr_gamma": f"{t.min_snr_gamma:g}" if t.min_snr_gamma else "None",
             "ss_caption_dropout_rate": f"{job.data.caption_dropout:g}",
             "ss_caption_tag_dropout_rate": f"{job.data.caption_tag_dropout:g}", "ss_clip_skip": str(t.clip_skip),
+            "ss_max_token_length": str(t.max_token_length),
             "ss_multires_noise_iterations": str(t.multires_noise_iterations or None),
             "ss_multires_noise_discount": f"{t.multires_noise_discount:g}",
             "ss_ip_noise_gamma": f"{t.ip_noise_gamma:g}" if t.ip_noise_gamma else "None",

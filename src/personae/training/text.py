@@ -1,0 +1,59 @@
+"""Training captions through the text encoder, as generation encodes prompts (inference/prompt.py).
+
+    encode_text(pipe, text_encoder, ["sks man, smiling, ..."], clip_skip=2, max_chunks=3)
+
+Up to 75 tokens (CLIP's 77 with its start and end tokens), the plain encoding, cut at 75. With `max_chunks`
+above 1 (train.max_token_length 150 or 225, kohya's values), a longer caption is encoded as generation encodes a
+long prompt: chunks of 75 tokens, each between its own start and end tokens and padded to 77, encoded
+separately and joined; captions of fewer chunks are padded with empty chunks (start, end, padding), as A1111
+pads the shorter of a prompt and its negative. So the model trains on what `personae generate` (and A1111)
+feed it for the same text. (kohya joins its chunks without their inner start and end tokens: 227 states for
+225 tokens, where A1111 and personae give 231.)
+"""
+
+from __future__ import annotations
+
+import torch
+
+from personae.inference.prompt import CHUNK, clip_states
+
+
+def caption_tokens(pipe, caption: str) -> list[int]:
+    """The caption's token ids, without start and end tokens, new tokens expanded as diffusers' loader does."""
+    text = pipe.maybe_convert_prompt(caption, pipe.tokenizer)
+    return pipe.tokenizer(text, add_special_tokens=False, truncation=False, verbose=False).input_ids
+
+
+def _row(tokenizer, chunk: list[int]) -> list[int]:
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    ids = [tokenizer.bos_token_id, *chunk, tokenizer.eos_token_id]
+    return ids + [pad] * (CHUNK + 2 - len(ids))
+
+
+def encode_text(pipe, text_encoder, captions: list[str], clip_skip: int = 1, max_chunks: int = 1) -> torch.Tensor:
+    """(captions, 77 x chunks, hidden): each caption cut at 75 x max_chunks tokens, all padded to the batch's
+    longest with empty chunks."""
+    device = pipe.text_encoder.device
+    if max_chunks == 1:  # CLIP's own input: one chunk, cut at 75 tokens
+        captions = [pipe.maybe_convert_prompt(c, pipe.tokenizer) for c in captions]
+        ids = pipe.tokenizer(captions, padding="max_length", max_length=pipe.tokenizer.model_max_length,
+                             truncation=True, return_tensors="pt").input_ids
+        return clip_states(text_encoder, ids.to(device), clip_skip)
+    tokens = [caption_tokens(pipe, c)[:CHUNK * max_chunks] for c in captions]
+    count = max(1, *(-(-len(t) // CHUNK) for t in tokens))
+    rows = [_row(pipe.tokenizer, t[i * CHUNK:(i + 1) * CHUNK]) for t in tokens for i in range(count)]
+    states = clip_states(text_encoder, torch.tensor(rows, device=device), clip_skip)
+    return states.reshape(len(captions), count * states.shape[1], states.shape[2])
+
+
+def stack_padded(embeddings: list[torch.Tensor], empty: torch.Tensor) -> torch.Tensor:
+    """Cached caption encodings of different chunk counts as one batch: the shorter ones padded with the empty
+    chunk's states (`empty`: 77 x hidden), as encode_text pads a batch."""
+    longest = max(e.shape[0] for e in embeddings)
+    return torch.stack([torch.cat([e, empty.repeat((longest - e.shape[0]) // empty.shape[0], 1)])
+                        if e.shape[0] < longest else e for e in embeddings])
+
+
+def long_captions(pipe, captions: list[str], max_chunks: int) -> int:
+    """How many of the captions have more tokens than max_chunks x 75 (the rest is cut)."""
+    return sum(len(caption_tokens(pipe, c)) > CHUNK * max_chunks for c in set(captions))
