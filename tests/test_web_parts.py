@@ -317,6 +317,23 @@ def test_shutdown_cancels_the_queue_and_stops_a_running_training_job_with_its_st
     assert jobs.get(later.id).status == "cancelled"
 
 
+def test_a_pasted_kohya_config_becomes_a_run_under_runs(tmp_path):
+    from types import SimpleNamespace
+
+    from personae.web.tab_train import job_data
+
+    ws = Workspace(tmp_path / "work")
+    (ws.root / "models" / "m").mkdir(parents=True)
+    (ws.root / "uploads" / "img" / "10_sks man").mkdir(parents=True)
+    kohya = ('pretrained_model_name_or_path = "models/m"\ntrain_data_dir = "uploads/img"\noutput_dir = "/elsewhere"\n'
+             'output_name = "sks_man"\ncaption_extension = ".txt"\nnetwork_dim = 16\nxformers = true\n')
+    data = job_data(SimpleNamespace(workspace=ws), {}, "", "lora", "", "", "", "", kohya)
+    assert data["output"] == str(ws.root / "runs" / "sks_man") and data["lora"]["rank"] == 16
+    assert data["base_model"] == str(ws.root / "models" / "m") and data["data"]["path"] == str(ws.root / "uploads/img")
+    with pytest.raises(UserError, match="sdxl = True"):
+        job_data(SimpleNamespace(workspace=ws), {}, "", "lora", "", "", "", "", kohya + "sdxl = true\n")
+
+
 def test_a_pasted_job_is_read_as_a_job_file_and_kept_in_the_workspace(tmp_path):
     from types import SimpleNamespace
 

@@ -84,13 +84,23 @@ def is_kohya_config(path: str | Path) -> bool:
 
 def flat_config(path: Path) -> dict:
     """The TOML's keys, sections flattened one level as sd-scripts' read_config_from_file flattens them."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"{path} could not be read as a kohya config (TOML): {exc}.",
+                        "Pass the config_file the kohya_ss GUI or sd-scripts wrote.") from None
+    return flat_text(text, str(path))
+
+
+def flat_text(text: str, where: str) -> dict:
+    """flat_config of TOML text (`where` names it in errors)."""
     if tomllib is None:  # pragma: no cover - Python 3.10 without tomli
-        raise UserError(f"Reading the kohya config {path} needs Python 3.11 or the tomli package.",
+        raise UserError(f"Reading the kohya config {where} needs Python 3.11 or the tomli package.",
                         "pip install tomli")
     try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
-        raise UserError(f"{path} could not be read as a kohya config (TOML): {exc}.",
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise UserError(f"{where} could not be read as a kohya config (TOML): {exc}.",
                         "Pass the config_file the kohya_ss GUI or sd-scripts wrote.") from None
     flat = {}
     for key, value in raw.items():
@@ -99,6 +109,14 @@ def flat_config(path: Path) -> dict:
         else:
             flat[key] = value
     return flat
+
+
+def looks_like_kohya(text: str) -> bool:
+    """Whether pasted text is a kohya training config (TOML naming a model to train)."""
+    try:
+        return "pretrained_model_name_or_path" in flat_text(text, "the text")
+    except UserError:
+        return False
 
 
 def _network_args(values) -> dict[str, str]:
@@ -135,8 +153,11 @@ def kohya_job(path: str | Path) -> tuple[dict, list[str]]:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path} does not exist or is not a file.", "Check the path.")
-    c = flat_config(path)
-    base = path.resolve().parent
+    return kohya_settings(flat_config(path), path.resolve().parent, str(path))
+
+
+def kohya_settings(c: dict, base: Path, path: str) -> tuple[dict, list[str]]:
+    """kohya_job of a flattened config; `base`: where its relative files are, `path`: its name in messages."""
     refused, unknown, notes = [], [], []
 
     def refuse(key: str, why: str) -> None:

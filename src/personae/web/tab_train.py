@@ -1,4 +1,5 @@
-"""The Train tab: a job from a form (or a pasted job YAML), run as `personae train` runs it, watched live."""
+"""The Train tab: a job from a form (or a pasted job YAML, or a pasted kohya config), run as `personae train` runs
+it, watched live."""
 
 from __future__ import annotations
 
@@ -9,11 +10,16 @@ def job_data(ctx, base: dict, model: str, method: str, dataset: str, run_name: s
              pasted: str) -> dict:
     """The job as a dict: the pasted YAML if any, else the form; paths made absolute inside the workspace."""
     from personae.config.methods import METHODS
+    from personae.jobs.kohya_job import flat_text, kohya_settings, looks_like_kohya
     from personae.web.jobfiles import typed_yaml
     from personae.web.tab_generate import model_path
 
     ws = ctx.workspace
-    if pasted and pasted.strip():
+    if pasted and pasted.strip() and looks_like_kohya(pasted):  # kohya's config_file, pasted: its run under runs/
+        data, _ = kohya_settings(flat_text(pasted, "The pasted kohya config"), ws.root, "The pasted kohya config")
+        data["output"] = f"runs/{data.get('name') or 'kohya'}"
+        data["base_model"] = str(data["base_model"])
+    elif pasted and pasted.strip():
         data = typed_yaml(pasted, "The pasted job", "clear the box to use the form")
     else:
         data = dict(base)
@@ -74,8 +80,9 @@ def build(ctx) -> None:
                 lora_form = SettingsForm(LoraSection, prefix="train-lora")
             with gr.Accordion("Data settings", open=False):
                 data_form = SettingsForm(DataSection, skip=("path",), prefix="train-data")
-            with gr.Accordion("Or paste a job YAML (replaces the form)", open=False):
-                pasted = gr.Code(language="yaml", label="job.yaml", lines=10)
+            with gr.Accordion("Or paste a job YAML, or kohya's config .toml (replaces the form)", open=False):
+                pasted = gr.Code(language="yaml", label="job.yaml or kohya config_lora.toml (paths in the workspace)",
+                                 lines=10)
         with gr.Column(scale=2):
             with gr.Row():
                 start = gr.Button("Start training", variant="primary", elem_id="train-start")
