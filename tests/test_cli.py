@@ -114,6 +114,9 @@ def test_demo_runs_offline_and_writes_an_index(tmp_path):
     # A1111's AND on the world: the weights pick the shape (helper's measure: 24 of 24 both ways, 24 seeds)
     composed = re.search(r"At 0.8 / 0.2 the checker reads (\d+) of 4 as circles; at 0.2 / 0.8, (\d+) of 4", flow)
     assert composed and int(composed.group(1)) >= 3 and int(composed.group(2)) >= 3, flow
+    # Dynamic Prompts on the world: each picture drew its own prompt, and is that prompt (4 of 4 measured)
+    dynamic = re.search(r"read against its own prompt, the checker finds (\d+) of 4 as drawn", flow)
+    assert dynamic and int(dynamic.group(1)) >= 3, flow
     # the LoRA baked into the world model (personae merge): the merged model alone draws the star as the LoRA did
     baked = re.search(r"LoRA baked into the model .* the checker reads (\d+) of 4 as prompted, star included; the "
                       r"largest pixel difference from the pictures with the LoRA: (\d+) of 255", flow)

@@ -14,6 +14,7 @@ from personae.config.generate import GenerateSettings, LoraRef
 from personae.demo.world_board import STAR_JOB
 from personae.events import EventHandler, Message
 from personae.jobs.generate import run_generate, settings_from_png
+from personae.media.png import parse_parameters, read_png_text
 
 # the star of examples/storyboard-world's star.yaml, from a prepared set, with a kohya user's extras
 FLOW_TRAIN = {**STAR_JOB["train"], "min_snr_gamma": 5, "save_every": 100, "keep_last": 2,
@@ -105,6 +106,20 @@ def world_flow(out: Path, model: Path, index, on_event: EventHandler) -> None:
                                             "conditioning, uncond + CFG x the weighted sum of each part's pull. At "
                                             f"0.8 / 0.2 the checker reads {circles} of 4 as circles; at 0.2 / 0.8, "
                                             f"{squares} of 4 as squares.", composed[0.8] + composed[0.2])
+
+    # 3d. Dynamic Prompts' templates: each picture draws its own prompt from its seed; read against that prompt
+    (out / "wildcards").mkdir(parents=True, exist_ok=True)
+    (out / "wildcards" / "shape.txt").write_text("circle\nsquare\ntriangle\n", encoding="utf-8")
+    template = "a {red|yellow} __shape__ on a {blue|green} background, close-up"
+    drawn = run_generate(base.model_copy(update={"prompt": template, "wildcards_dir": str(out / "wildcards"),
+                                                 "steps": 20, "sampler": "Euler a", "seed": 0, "batch_size": 4}),
+                         out / "generate", on_event)
+    prompts = [parse_parameters(read_png_text(p)["parameters"])[0] for p in drawn]
+    index.add("Dynamic Prompts", f"The Dynamic Prompts extension's template \"{template}\" with __shape__ from "
+                                 "wildcards/shape.txt (circle, square, triangle), a batch of 4 (Euler a, seeds 0-3): "
+                                 f"each picture drew its own prompt from its seed ({'; '.join(prompts)}); read "
+                                 f"against its own prompt, the checker finds {_read(drawn, prompts)} of 4 as drawn.",
+              drawn)
 
     # 4. a LoRA on the prepared set, its kohya and diffusers files each reloaded and compared
     on_event(Message("teaching the star as a LoRA on the prepared set"))
