@@ -1,8 +1,9 @@
 """The training step in named parts, shared by every method's loop (loop.py) and world pretraining.
 
     gen = seeded(seed, step, tag)                      # every draw of a step comes from (seed, step)
-    batch = draw_batch(gen, posteriors, captions, scaling, num_train_timesteps, noise_offset, **noise_shape)
-    loss = diffusion_loss(unet, noise_scheduler, batch.part(s), embeddings, min_snr_gamma, loss_shape)
+    batch = draw_batch(gen, posteriors, captions, scaling, num_train_timesteps, noise_offset, min_timestep,
+                       multires_iterations, multires_discount, ip_noise_gamma, ip_noise_random)
+    loss = diffusion_loss(unet, noise_scheduler, batch.part(s), embeddings, min_snr_gamma, LossShape(...))
     optimizer_step(loss, optimizer, params, max_grad_norm, accelerator)
     after_step(lr_schedule, ema, params)
 
