@@ -17,6 +17,7 @@ from personae.config.fields import extra_of, grouped_fields
 from personae.config.generate import GenerateSettings
 from personae.errors import UserError
 from personae.events import EventHandler, Message, ignore
+from personae.inference.detailer import MODELS as FACE_MODELS
 from personae.inference.hires import upscaler_from_a1111
 from personae.inference.samplers import DEFAULT_SCHEDULES, SCHEDULES
 from personae.inference.txt2img import GeneratedImage, txt2img
@@ -66,6 +67,8 @@ def _from_infotext(text: str, source: Path) -> dict:
     prompt, negative, p = parse_parameters(text)  # <lora:name:w> tags stay: --lora-dir finds their files
     if "Hires upscaler" in p:
         p["Hires upscaler"] = upscaler_from_a1111(p["Hires upscaler"])[0]
+    if p.get("ADetailer model", FACE_MODELS) not in FACE_MODELS:  # a YOLO model: the face fix is left off and
+        p = {k: v for k, v in p.items() if not k.startswith("ADetailer ")}  # png_not_applied says so
     resize = None
     if "Seed resize from" in p:  # A1111 joins the two sides; 0x0 or -1x-1 is off
         width, x, height = p.pop("Seed resize from").partition("x")
@@ -143,7 +146,7 @@ def settings_from_png(path: str | Path) -> dict:
 # A1111 keys that --from-png reads besides the settings that declare an infotext name: the joins of two settings,
 # LoRA hashes (the tags in the prompt are what apply them), and what describes the file rather than the picture
 _READ_KEYS = {"Size", "Seed resize from", "Inpaint area", "Masked area padding", "Schedule type", "Hires schedule type",
-              "Lora hashes", "Version", "Model", "Model hash", "VAE", "VAE hash"}
+              "Lora hashes", "Version", "Model", "Model hash", "VAE", "VAE hash", "ADetailer version"}
 
 
 def _shown(key: str, value: str) -> str:
@@ -153,14 +156,20 @@ def _shown(key: str, value: str) -> str:
 
 def png_not_applied(path: str | Path, settings: GenerateSettings, model_hash: str | None = None) -> list[str]:
     """What an A1111 PNG's infotext asks for that this run does not apply, each named (empty for personae's own
-    PNGs, whose settings are read whole): Hires fix without our hires settings, ADetailer, embeddings by name, a
-    denoising strength with nothing to denoise, another model than the one passed."""
+    PNGs, whose settings are read whole): Hires fix without our hires settings, ADetailer's YOLO models and the
+    ADetailer settings personae does not take, embeddings by name, a denoising strength with nothing to denoise,
+    another model than the one passed."""
     text = read_png_text(Path(path))
     if "personae" in text or "parameters" not in text:
         return []
     _, _, params = parse_parameters(text["parameters"])
     known = {extra_of(info).get("infotext") for _, _, info in grouped_fields(GenerateSettings)} | _READ_KEYS
-    missed = [_shown(key, value) for key, value in params.items() if key not in known | {"TI hashes"}]
+    yolo = params.get("ADetailer model", FACE_MODELS) not in FACE_MODELS  # then no ADetailer key is applied
+    missed = [_shown(key, value) + (" (a YOLO model, which needs ultralytics: no face fix here; --ad-model "
+                                    f"{next(iter(FACE_MODELS))} runs ADetailer's MediaPipe one)"
+                                    if key == "ADetailer model" else "")
+              for key, value in params.items()
+              if key not in known | {"TI hashes"} or (yolo and key.startswith("ADetailer "))]
     if "TI hashes" in params and not settings.embeddings:
         missed.append(_shown("TI hashes", params["TI hashes"]) + " (pass the embeddings with --embedding)")
     for key in ("Schedule type", "Hires schedule type"):
