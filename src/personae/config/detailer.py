@@ -26,31 +26,36 @@ class DetailerSettings(Concept):
               "mediapipe_face_mesh (the face oval's outline as the mask); off by default", infotext="ADetailer model",
         infotext_if=_ON, metavar="MODEL")
     ad_prompt: str = setting("", '"ADetailer prompt": the faces\' own prompt; empty: --prompt; [PROMPT] in it stands '
-                                 "for --prompt; [SEP] splits it into one prompt per face (the last serves the rest)",
-                             infotext="ADetailer prompt", infotext_if=(_ON, "ad_prompt"))
+                                 "for --prompt; [SEP] splits it into one prompt per face (the last serves the rest); "
+                                 "a face whose prompt is [SKIP] is left as drawn",
+                             infotext="ADetailer prompt", infotext_if=(_ON, "ad_prompt"), metavar="P")
     ad_negative_prompt: str = setting("", '"ADetailer negative prompt": the faces\' own negative prompt; empty: '
                                           "--negative ([PROMPT] and [SEP] as in --ad-prompt)",
-                                      infotext="ADetailer negative prompt", infotext_if=(_ON, "ad_negative_prompt"))
+                                      infotext="ADetailer negative prompt", infotext_if=(_ON, "ad_negative_prompt"),
+                                      metavar="N")
     ad_confidence: float = setting(0.3, '"ADetailer confidence": the detector\'s lowest confidence that counts as a '
-                                        "face", infotext="ADetailer confidence", infotext_if=_ON, ge=0.0, le=1.0)
+                                        "face", infotext="ADetailer confidence", infotext_if=_ON, metavar="C", ge=0.0,
+                                   le=1.0)
     ad_mask_k_largest: int = setting(0, '"ADetailer mask only top k largest": redraw only the k largest faces, '
                                         "largest first; 0: every face, in the detector's order",
                                      infotext="ADetailer mask only top k largest",
-                                     infotext_if=(_ON, "ad_mask_k_largest"), ge=0, le=100)
+                                     infotext_if=(_ON, "ad_mask_k_largest"), metavar="K", ge=0, le=100)
     ad_dilate_erode: int = setting(4, '"ADetailer dilate erode": grow (positive) or shrink (negative) each face\'s '
                                       "mask by a square of this many pixels", infotext="ADetailer dilate erode",
-                                   infotext_if=_ON, ge=-128, le=128)
+                                   infotext_if=_ON, metavar="D", ge=-128, le=128)
     ad_mask_blur: int = setting(4, '"ADetailer mask blur": feathering of each face\'s mask edge, in pixels',
-                                infotext="ADetailer mask blur", infotext_if=_ON, ge=0, le=64)
+                                infotext="ADetailer mask blur", infotext_if=_ON, metavar="B", ge=0, le=64)
     ad_denoising_strength: float = setting(0.4, '"ADetailer denoising strength": 0 keeps the face, 1 redraws it',
-                                           infotext="ADetailer denoising strength", infotext_if=_ON, ge=0.0, le=1.0)
+                                           infotext="ADetailer denoising strength", infotext_if=_ON, metavar="S",
+                                           ge=0.0, le=1.0)
     ad_inpaint_only_masked: bool = setting(True, '"ADetailer inpaint only masked": draw each face\'s region alone at '
                                                  "--width x --height and paste it back (A1111's \"Only masked\"); "
                                                  "off: the whole picture is drawn at that size",
                                            infotext="ADetailer inpaint only masked", infotext_if=_ON)
     ad_inpaint_padding: int = setting(32, '"ADetailer inpaint padding": context kept around each face\'s mask when '
                                           "inpainting only masked, in pixels", infotext="ADetailer inpaint padding",
-                                      infotext_if=(_ON, "ad_inpaint_only_masked"), ge=0, le=2048)
+                                      infotext_if=(_ON, "ad_inpaint_only_masked"), metavar="N", ge=0,
+                                      le=2048)
 
     @model_validator(mode="after")
     def _needs_model(self):

@@ -67,8 +67,8 @@ def _from_infotext(text: str, source: Path) -> dict:
     prompt, negative, p = parse_parameters(text)  # <lora:name:w> tags stay: --lora-dir finds their files
     if "Hires upscaler" in p:
         p["Hires upscaler"] = upscaler_from_a1111(p["Hires upscaler"])[0]
-    if p.get("ADetailer model", FACE_MODELS) not in FACE_MODELS:  # a YOLO model: the face fix is left off and
-        p = {k: v for k, v in p.items() if not k.startswith("ADetailer ")}  # png_not_applied says so
+    if p.get("ADetailer model", "mediapipe_face_full") not in FACE_MODELS:  # a YOLO model: the face fix stays
+        p = {k: v for k, v in p.items() if not k.startswith("ADetailer ")}  # off and png_not_applied says so
     resize = None
     if "Seed resize from" in p:  # A1111 joins the two sides; 0x0 or -1x-1 is off
         width, x, height = p.pop("Seed resize from").partition("x")
@@ -164,7 +164,7 @@ def png_not_applied(path: str | Path, settings: GenerateSettings, model_hash: st
         return []
     _, _, params = parse_parameters(text["parameters"])
     known = {extra_of(info).get("infotext") for _, _, info in grouped_fields(GenerateSettings)} | _READ_KEYS
-    yolo = params.get("ADetailer model", FACE_MODELS) not in FACE_MODELS  # then no ADetailer key is applied
+    yolo = params.get("ADetailer model", "mediapipe_face_full") not in FACE_MODELS  # then no ADetailer key applies
     missed = [_shown(key, value) + (" (a YOLO model, which needs ultralytics: no face fix here; --ad-model "
                                     f"{next(iter(FACE_MODELS))} runs ADetailer's MediaPipe one)"
                                     if key == "ADetailer model" else "")
