@@ -216,3 +216,20 @@ def test_cli_refuses_a_yolo_model_in_one_paragraph(tiny_model, tmp_path, capsys)
                  "mediapipe_face_short", "mediapipe_face_mesh"):
         assert text in message, message
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").glob("*.png"))
+
+
+def test_the_generate_pages_face_fix_form_comes_from_the_declarations():
+    import gradio as gr
+
+    from personae.web.forms import SettingsForm
+
+    with gr.Blocks():
+        form = SettingsForm(GenerateSettings, groups=("face fix (ADetailer)",), choices={"ad_model": ["", *MODELS]})
+    c = form.components
+    assert c["ad_model"].label == "ADetailer model" and c["ad_denoising_strength"].value == 0.4
+    raw = {name: comp.value for name, comp in c.items()}
+    untouched = form.values(*raw.values())  # the defaults as the page shows them: no face fix, nothing refused
+    assert GenerateSettings(model="m", prompt="p", **untouched).ad_model is None
+    raw.update(ad_model="mediapipe_face_mesh", ad_dilate_erode=-6.0)
+    chosen = GenerateSettings(model="m", prompt="p", **form.values(*raw.values()))
+    assert (chosen.ad_model, chosen.ad_dilate_erode) == ("mediapipe_face_mesh", -6)
