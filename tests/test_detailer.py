@@ -193,8 +193,9 @@ def test_png_carries_adetailers_keys_and_from_png_reads_them_back(astronaut, bla
 def test_settings_refuse_adetailer_options_without_a_model_and_bad_steps(tiny_model):
     from personae.inference.detailer import check_detailer
 
-    with pytest.raises(ValueError, match="ad_prompt set the face fix"):
+    with pytest.raises(ValueError, match="ad_prompt belongs to the face fix"):
         GenerateSettings(model="m", prompt="p", ad_prompt="a face")
+    assert GenerateSettings(model="m", prompt="p", ad_model="None").ad_model is None  # ADetailer's word for off
     with pytest.raises(UserError, match="leaves no denoising step for the faces"):
         check_detailer(GenerateSettings(model="m", prompt="p", steps=2, ad_model="mediapipe_face_full",
                                         ad_denoising_strength=0.4))

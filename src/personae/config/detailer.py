@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from pydantic import model_validator
+from pydantic import field_validator, model_validator
 
 from personae.config.fields import Concept, setting
 
@@ -57,11 +57,16 @@ class DetailerSettings(Concept):
                                       infotext_if=(_ON, "ad_inpaint_only_masked"), metavar="N", ge=0,
                                       le=2048)
 
+    @field_validator("ad_model")
+    @classmethod
+    def _none_is_off(cls, value: str | None) -> str | None:
+        return None if value is None or value.strip() in ("", "None") else value.strip()  # ADetailer's "None": off
+
     @model_validator(mode="after")
     def _needs_model(self):
         changed = [name for name, info in DetailerSettings.model_fields.items()
                    if name != "ad_model" and getattr(self, name) != info.default]
         if changed and not self.ad_model:
-            raise ValueError(f"{', '.join(changed)} set the face fix (ADetailer): they need ad_model, e.g. "
-                             "mediapipe_face_full")
+            raise ValueError(f"{', '.join(changed)} belong{'s' * (len(changed) == 1)} to the face fix (ADetailer), "
+                             "which is off: set ad_model too (e.g. mediapipe_face_full)")
         return self
