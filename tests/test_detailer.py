@@ -99,18 +99,32 @@ def black(tmp_path_factory):
     return path
 
 
-def test_face_fix_redraws_inside_the_dilated_blurred_mask_and_no_pixel_outside(astronaut, black, tiny_model,
+@pytest.fixture(scope="module")
+def chin_line(tmp_path_factory):
+    """An inpainting mask of one 2-pixel line across the astronaut's chin: the picture stays the photo almost
+    everywhere (so there is a face to find), and the line touches the face (ADetailer redraws only such faces)."""
+    path = tmp_path_factory.mktemp("mask") / "line.png"
+    mask = Image.new("L", (256, 256), 0)
+    mask.paste(255, (0, 80, 256, 82))
+    mask.save(path)
+    return path
+
+
+def test_face_fix_redraws_inside_the_dilated_blurred_mask_and_no_pixel_outside(astronaut, chin_line, tiny_model,
                                                                                 tiny_session):
-    """img2img at strength 0 through a black mask gives the photo itself (resized), so the face fix sees a face;
-    then only the face's mask (dilated by 4, blurred by 4) may change, and every pixel outside it is kept exactly."""
+    """img2img at strength 0 through a thin mask gives the photo (resized) with one line redrawn, so the face fix
+    sees a face; then only the face's mask (dilated by 4, blurred by 4) may change: every pixel outside it is the
+    pixel the same generation gives without the face fix."""
     from personae.inference.txt2img import txt2img
 
     events = []
-    s = _settings(tiny_model[0], astronaut, black, ad_model="mediapipe_face_full", ad_denoising_strength=0.5)
-    out = txt2img(s, tiny_session, on_event=events.append)[0]
-    photo = Image.open(astronaut).convert("RGB").resize((256, 256), Image.Resampling.LANCZOS)
-    before, after = np.asarray(photo, dtype=np.int16), np.asarray(out.image, dtype=np.int16)
-    masks = face_masks(detect_faces(photo, "mediapipe_face_full", 0.3), 0, 4)
+    s = _settings(tiny_model[0], astronaut, chin_line, mask_blur=0)
+    plain = txt2img(s, tiny_session)[0].image
+    fixed = _settings(tiny_model[0], astronaut, chin_line, mask_blur=0, ad_model="mediapipe_face_full",
+                      ad_denoising_strength=0.5)
+    out = txt2img(fixed, tiny_session, on_event=events.append)[0]
+    before, after = np.asarray(plain, dtype=np.int16), np.asarray(out.image, dtype=np.int16)
+    masks = face_masks(detect_faces(plain, "mediapipe_face_full", 0.3), 0, 4)
     assert len(masks) == 1
     region = np.asarray(feather(masks[0], 4)) > 0
     changed = np.abs(after - before).max(axis=2) > 0
@@ -121,27 +135,62 @@ def test_face_fix_redraws_inside_the_dilated_blurred_mask_and_no_pixel_outside(a
     assert any(isinstance(e, Message) and "1 face on image 1" in e.text for e in events)
     steps = [e for e in events if isinstance(e, Progress) and e.stage == "face fix"]
     assert steps and steps[-1].done == steps[-1].total == 2  # 4 steps x 0.5
-    # the same run whole-picture (ADetailer's "inpaint only masked" off): still nothing outside the mask changes
-    whole = txt2img(s.model_copy(update={"ad_inpaint_only_masked": False}), tiny_session)[0]
+    # ADetailer's "inpaint only masked" off (the whole picture drawn at the size): still nothing outside changes
+    whole = txt2img(fixed.model_copy(update={"ad_inpaint_only_masked": False}), tiny_session)[0]
     assert np.array_equal(np.asarray(whole.image, dtype=np.int16)[~region], before[~region])
     assert not np.array_equal(np.asarray(whole.image), np.asarray(out.image))
-    # seed + j per face, from the image's seed: another seed draws another face
-    other = txt2img(s.model_copy(update={"seed": 6}), tiny_session)[0]
-    assert not np.array_equal(np.asarray(other.image), np.asarray(out.image))
 
 
-def test_no_face_leaves_the_picture_unchanged_and_says_so(tmp_path, black, tiny_model, tiny_session):
+def test_faces_are_redrawn_one_after_another_from_seed_plus_j(astronaut, tiny_model, tiny_session):
+    """ADetailer's order and seeds: face j is inpainted on the picture face j-1 left, from the image's seed + j;
+    "mask only top k largest" 1 redraws the larger face alone."""
+    from personae.inference.detailer import detail_faces, redraw_face
+    from personae.inference.samplers import get_sampler
+
+    photo = Image.open(astronaut).convert("RGB").resize((128, 128), Image.Resampling.LANCZOS)
+    pair = Image.new("RGB", (256, 128))
+    pair.paste(photo, (0, 0))
+    pair.paste(photo.resize((96, 96)), (144, 16))  # a second, smaller astronaut
+    s = GenerateSettings(model=str(tiny_model[0]), prompt="two astronauts", steps=4, seed=11, width=64, height=64,
+                         ad_model="mediapipe_face_full", ad_denoising_strength=0.5)
+    sampler = get_sampler(s.sampler)
+    masks = face_masks(detect_faces(pair, s.ad_model, s.ad_confidence), 0, s.ad_dilate_erode)
+    assert len(masks) == 2
+    out = detail_faces(tiny_session, s, pair, 11, sampler, (64, 64))
+    by_hand = pair
+    for j, mask in enumerate(masks):
+        by_hand = redraw_face(tiny_session, s, by_hand, mask, s.prompt, s.negative, 11 + j, sampler, (64, 64))
+    assert np.array_equal(np.asarray(out), np.asarray(by_hand))
+    same_seed = redraw_face(tiny_session, s, redraw_face(tiny_session, s, pair, masks[0], s.prompt, s.negative, 11,
+                                                          sampler, (64, 64)), masks[1], s.prompt, s.negative, 11,
+                            sampler, (64, 64))
+    assert not np.array_equal(np.asarray(out), np.asarray(same_seed))
+    one = detail_faces(tiny_session, s.model_copy(update={"ad_mask_k_largest": 1}), pair, 11, sampler, (64, 64))
+    larger = masks[0] if masks[0].getbbox()[2] - masks[0].getbbox()[0] > masks[1].getbbox()[2] - \
+        masks[1].getbbox()[0] else masks[1]
+    outside = np.asarray(feather(larger, s.ad_mask_blur)) == 0
+    assert np.array_equal(np.asarray(one)[outside], np.asarray(pair)[outside])  # the smaller face untouched
+
+
+def test_no_face_leaves_the_picture_unchanged_and_says_so(tmp_path, astronaut, black, chin_line, tiny_model,
+                                                          tiny_session):
     from personae.inference.txt2img import txt2img
 
     flat = tmp_path / "flat.png"
     Image.new("RGB", (256, 256), (90, 140, 200)).save(flat)
     events = []
-    s = _settings(tiny_model[0], flat, black)
+    s = _settings(tiny_model[0], flat, chin_line)
     fixed = txt2img(s.model_copy(update={"ad_model": "mediapipe_face_mesh"}), tiny_session, on_event=events.append)[0]
     plain = txt2img(s, tiny_session)[0]
     assert np.array_equal(np.asarray(fixed.image), np.asarray(plain.image))
     assert any(isinstance(e, Message) and "nothing detected on image 1" in e.text for e in events)
     assert not any(isinstance(e, Progress) and e.stage == "face fix" for e in events)
+    # a face the inpainting mask does not touch is left alone, as ADetailer does after img2img inpainting
+    events.clear()
+    s = _settings(tiny_model[0], astronaut, black)
+    fixed = txt2img(s.model_copy(update={"ad_model": "mediapipe_face_full"}), tiny_session, on_event=events.append)[0]
+    assert np.array_equal(np.asarray(fixed.image), np.asarray(txt2img(s, tiny_session)[0].image))
+    assert any(isinstance(e, Message) and "no face on image 1 touches the inpainting mask" in e.text for e in events)
 
 
 def test_png_carries_adetailers_keys_and_from_png_reads_them_back(astronaut, black, tiny_model, tiny_session,

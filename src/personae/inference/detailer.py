@@ -200,15 +200,26 @@ def redraw_face(session, settings, picture: Image.Image, mask: Image.Image, prom
     return paste_back(picture, drawn, region, full_mask)
 
 
+def touching(masks: list[Image.Image], within: Image.Image) -> list[Image.Image]:
+    """The masks that share a pixel with the white (> 128) part of `within`, ADetailer's filter for img2img
+    inpainting of the whole picture: only the faces the user's inpainting mask touches are redrawn."""
+    inside = np.asarray(within.convert("L").resize(masks[0].size, Image.Resampling.LANCZOS)) > 128 if masks else None
+    return [m for m in masks if (np.asarray(m) > 0)[inside].any()]
+
+
 def detail_faces(session, settings, picture: Image.Image, seed: int, sampler, size: tuple[int, int],
-                 on_event: EventHandler = ignore, number: int = 1) -> Image.Image:
+                 on_event: EventHandler = ignore, number: int = 1, within: Image.Image | None = None) -> Image.Image:
     """ADetailer's pass over one finished picture, each face drawn at `size` (number `number` of the run, for the
-    messages)."""
-    # 1. detect, keep the k largest, dilate or erode
+    messages); `within`: the inpainting mask of an img2img inpainting of the whole picture (faces outside it stay)."""
+    # 1. detect, keep the k largest, dilate or erode; with an inpainting mask, only the faces it touches
     faces = detect_faces(picture, settings.ad_model, settings.ad_confidence)
     masks = face_masks(faces, settings.ad_mask_k_largest, settings.ad_dilate_erode)
     if not masks:
         on_event(Message(f"face fix ({settings.ad_model}): nothing detected on image {number}; it is left as drawn"))
+        return picture
+    if within is not None and not (masks := touching(masks, within)):
+        on_event(Message(f"face fix ({settings.ad_model}): no face on image {number} touches the inpainting mask "
+                         "(ADetailer redraws only those); it is left as drawn"))
         return picture
     on_event(Message(f"face fix ({settings.ad_model}): {len(masks)} face{'s' * (len(masks) != 1)} on image {number}"))
     # 2. each face's prompts, ADetailer's [SEP] / [PROMPT] / [SKIP]

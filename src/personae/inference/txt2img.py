@@ -301,10 +301,11 @@ def txt2img(settings: GenerateSettings, session: Session | None = None, on_event
             images = [paste_back(original, image, region, full_mask) for image in images]
         elif mask is not None:
             images = [composite(init, image, mask) for image in images]
-        if settings.ad_model:  # ADetailer's face fix on each finished picture
+        if settings.ad_model:  # ADetailer's face fix on each picture; after inpainting the whole picture, only on
+            within = open_image(settings.mask, "mask") if mask is not None and region is None else None  # faces it hit
             with torch.no_grad(), session.lora_weights(loras), nan_guard(session.pipe):
                 images = [detail_faces(session, settings, image, s, sampler, (width, height), on_event,
-                                       batch * n + i + 1) for i, (image, s) in enumerate(zip(images, seeds))]
+                                       batch * n + i + 1, within) for i, (image, s) in enumerate(zip(images, seeds))]
         # 6. settings that reproduce each image on its own
         for image, s, sub in zip(images, seeds, subseeds):
             own = {"seed": s, **({"subseed": sub} if variation else {})}
