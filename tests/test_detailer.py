@@ -172,6 +172,22 @@ def test_faces_are_redrawn_one_after_another_from_seed_plus_j(astronaut, tiny_mo
     assert np.array_equal(np.asarray(one)[outside], np.asarray(pair)[outside])  # the smaller face untouched
 
 
+def test_face_fix_works_on_the_hires_fix_picture(tiny_model, tiny_session):
+    """After the hires fix the faces are found in the upscaled picture and drawn at the base size: MediaPipe's
+    full-range model sees a face in this seed's tiny-model noise, which is enough to show the order."""
+    from personae.inference.txt2img import txt2img
+
+    hires = GenerateSettings(model=str(tiny_model[0]), prompt="a face", steps=4, seed=2, width=64, height=64,
+                             hires_scale=1.5, hires_denoise=0.5)
+    plain = txt2img(hires, tiny_session)[0].image
+    masks = face_masks(detect_faces(plain, "mediapipe_face_full", 0.3), 0, 4)
+    assert plain.size == (96, 96) and len(masks) == 1
+    fixed = txt2img(hires.model_copy(update={"ad_model": "mediapipe_face_full"}), tiny_session)[0].image
+    outside = np.asarray(feather(masks[0], 4)) == 0
+    assert fixed.size == (96, 96) and np.array_equal(np.asarray(fixed)[outside], np.asarray(plain)[outside])
+    assert not np.array_equal(np.asarray(fixed), np.asarray(plain))
+
+
 def test_no_face_leaves_the_picture_unchanged_and_says_so(tmp_path, astronaut, black, chin_line, tiny_model,
                                                           tiny_session):
     from personae.inference.txt2img import txt2img
@@ -226,6 +242,11 @@ def test_png_carries_adetailers_keys_and_from_png_reads_them_back(astronaut, bla
     save_png(out.image, tmp_path / "own.png", out.parameters, out.png_text())  # personae's own chunk: read whole
     own = settings_from_png(tmp_path / "own.png")
     assert {k: own[k] for k in custom} == custom
+    # ADetailer options personae does not take, and a second ADetailer unit, are named, not dropped silently
+    extra = tmp_path / "extra.png"
+    save_png(out.image, extra, out.parameters + ", ADetailer x offset: 5, ADetailer model 2nd: mediapipe_face_mesh")
+    missed = png_not_applied(extra, applied)
+    assert missed == ['ADetailer x offset "5"', 'ADetailer model 2nd "mediapipe_face_mesh"'], missed
     # an A1111 PNG made with a YOLO model: the face fix stays off and the warning names every ADetailer key
     yolo = tmp_path / "yolo.png"
     save_png(out.image, yolo, "a man\nSteps: 20, Seed: 1, Size: 512x512, ADetailer model: face_yolov8n.pt, "
