@@ -188,6 +188,35 @@ def test_face_fix_works_on_the_hires_fix_picture(tiny_model, tiny_session):
     assert not np.array_equal(np.asarray(fixed), np.asarray(plain))
 
 
+def test_the_faces_own_steps_cfg_sampler_and_size_are_used(astronaut, tiny_model, tiny_session):
+    """ADetailer's "use separate" steps, CFG scale, sampler and width/height replace the generation's for the faces."""
+    from personae.inference.detailer import check_detailer, detail_faces
+    from personae.inference.samplers import get_sampler
+
+    photo = Image.open(astronaut).convert("RGB").resize((128, 128), Image.Resampling.LANCZOS)
+    s = GenerateSettings(model=str(tiny_model[0]), prompt="an astronaut", steps=4, seed=1,
+                         ad_model="mediapipe_face_full", ad_denoising_strength=0.5)
+    sampler = get_sampler(s.sampler)
+
+    def run(**own):
+        events = []
+        one = check_detailer(s.model_copy(update=own))
+        image = detail_faces(tiny_session, one, photo, 1, sampler, (64, 64), events.append)
+        totals = {e.total for e in events if isinstance(e, Progress)}
+        return np.asarray(image), totals
+
+    base, totals = run()
+    assert totals == {2}  # 4 steps x 0.5
+    steps, totals = run(ad_steps=6)
+    assert totals == {3} and not np.array_equal(steps, base)
+    for own in ({"ad_cfg_scale": 2.0}, {"ad_sampler": "euler_ancestral"}, {"ad_inpaint_width": 32,
+                                                                            "ad_inpaint_height": 32}):
+        assert not np.array_equal(run(**own)[0], base), own
+    assert check_detailer(s.model_copy(update={"ad_sampler": "euler_ancestral"})).ad_sampler == "Euler a"
+    with pytest.raises(ValueError, match="ad_inpaint_width and ad_inpaint_height go together"):
+        GenerateSettings(model="m", prompt="p", ad_model="mediapipe_face_full", ad_inpaint_width=512)
+
+
 def test_no_face_leaves_the_picture_unchanged_and_says_so(tmp_path, astronaut, black, chin_line, tiny_model,
                                                           tiny_session):
     from personae.inference.txt2img import txt2img
@@ -228,8 +257,15 @@ def test_png_carries_adetailers_keys_and_from_png_reads_them_back(astronaut, bla
     custom = {"ad_prompt": "[PROMPT], freckles, smiling", "ad_negative_prompt": "blurry", "ad_mask_k_largest": 1,
               "ad_dilate_erode": -8, "ad_mask_blur": 6, "ad_confidence": 0.45, "ad_inpaint_only_masked": False,
               "ad_denoising_strength": 0.0}
+    custom.update(ad_steps=6, ad_cfg_scale=5.5, ad_sampler="Euler a", ad_inpaint_width=128, ad_inpaint_height=64)
     out = txt2img(s.model_copy(update=custom), tiny_session)[0]
     params = parse_parameters(out.parameters)[2]
+    assert {k: params[k] for k in params if k.startswith("ADetailer use")} == {
+        "ADetailer use inpaint width height": "True", "ADetailer use separate steps": "True",
+        "ADetailer use separate CFG scale": "True", "ADetailer use separate sampler": "True"}
+    assert (params["ADetailer steps"], params["ADetailer CFG scale"], params["ADetailer sampler"],
+            params["ADetailer inpaint width"], params["ADetailer inpaint height"]) == ("6", "5.5", "Euler a", "128",
+                                                                                   "64")
     prompts = ("[PROMPT], freckles, smiling", "blurry")
     assert (params["ADetailer prompt"], params["ADetailer negative prompt"]) == prompts
     assert params["ADetailer mask only top k largest"] == "1" and "ADetailer inpaint padding" not in params
@@ -247,6 +283,14 @@ def test_png_carries_adetailers_keys_and_from_png_reads_them_back(astronaut, bla
     save_png(out.image, extra, out.parameters + ", ADetailer x offset: 5, ADetailer model 2nd: mediapipe_face_mesh")
     missed = png_not_applied(extra, applied)
     assert missed == ['ADetailer x offset "5"', 'ADetailer model 2nd "mediapipe_face_mesh"'], missed
+    # A1111 1.9+ writes the sampler and its schedule apart; an unticked "use separate" box leaves its value unread
+    split = tmp_path / "split.png"
+    save_png(out.image, split, "a man\nSteps: 20, Seed: 1, Size: 512x512, ADetailer model: mediapipe_face_full, "
+             "ADetailer confidence: 0.3, ADetailer use separate sampler: True, ADetailer sampler: DPM++ 2M, "
+             "ADetailer scheduler: Karras, ADetailer use separate steps: False, ADetailer steps: 30")
+    data = settings_from_png(split)
+    assert data["ad_sampler"] == "DPM++ 2M Karras" and "ad_steps" not in data
+    assert png_not_applied(split, GenerateSettings(**{"model": "m", **data})) == []
     # an A1111 PNG made with a YOLO model: the face fix stays off and the warning names every ADetailer key
     yolo = tmp_path / "yolo.png"
     save_png(out.image, yolo, "a man\nSteps: 20, Seed: 1, Size: 512x512, ADetailer model: face_yolov8n.pt, "

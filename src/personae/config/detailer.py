@@ -57,6 +57,31 @@ class DetailerSettings(Concept):
                                       infotext_if=(_ON, "ad_inpaint_only_masked"), metavar="N", ge=0,
                                       le=2048)
 
+    # ADetailer's "use separate ..." options: None (or "") uses the generation's own, as ADetailer's unticked box does
+    ad_inpaint_width: int | None = setting(None, '"ADetailer inpaint width": draw the faces at this width in place '
+                                                 "of --width (ADetailer's \"Use separate width/height\"), a multiple "
+                                                 "of 8", infotext="ADetailer inpaint width",
+                                           infotext_if=(_ON, "ad_inpaint_width"), metavar="W", ge=8, le=8192)
+    ad_inpaint_height: int | None = setting(None, '"ADetailer inpaint height": the same for the height',
+                                            infotext="ADetailer inpaint height",
+                                            infotext_if=(_ON, "ad_inpaint_height"), metavar="H", ge=8, le=8192)
+    ad_steps: int | None = setting(None, '"ADetailer steps": the faces\' own steps (ADetailer\'s "Use separate '
+                                         'steps"); empty: --steps', infotext="ADetailer steps",
+                                   infotext_if=(_ON, "ad_steps"), metavar="N", ge=1, le=1000)
+    ad_cfg_scale: float | None = setting(None, '"ADetailer CFG scale": the faces\' own CFG ("Use separate CFG '
+                                               'scale"); empty: --cfg', infotext="ADetailer CFG scale",
+                                         infotext_if=(_ON, "ad_cfg_scale"), metavar="C", ge=0.0, le=100.0)
+    ad_sampler: str = setting("", '"ADetailer sampler": the faces\' own sampler ("Use separate sampler"); empty: '
+                                  "--sampler", infotext="ADetailer sampler", infotext_if=(_ON, "ad_sampler"),
+                              metavar="NAME")
+
+    @field_validator("ad_inpaint_width", "ad_inpaint_height")
+    @classmethod
+    def _multiple_of_8(cls, value: int | None) -> int | None:
+        if value is not None and value % 8:
+            raise ValueError(f"must be a multiple of 8 (the VAE works in 8-pixel cells), got {value}")
+        return value
+
     @field_validator("ad_model")
     @classmethod
     def _none_is_off(cls, value: str | None) -> str | None:
@@ -69,4 +94,7 @@ class DetailerSettings(Concept):
         if changed and not self.ad_model:
             raise ValueError(f"{', '.join(changed)} belong{'s' * (len(changed) == 1)} to the face fix (ADetailer), "
                              "which is off: set ad_model too (e.g. mediapipe_face_full)")
+        if (self.ad_inpaint_width is None) != (self.ad_inpaint_height is None):
+            raise ValueError("ad_inpaint_width and ad_inpaint_height go together (ADetailer's \"Use separate "
+                             'width/height"): set both or neither')
         return self

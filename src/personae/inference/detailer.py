@@ -30,6 +30,7 @@ from personae.errors import UserError, did_you_mean
 from personae.events import EventHandler, Message, Progress, ignore
 from personae.inference.img2img import crop_region, denoiser, feather, fit_region, paste_back, vae_roundtrip
 from personae.inference.prompt_schedule import ScheduledPrompts
+from personae.inference.samplers import get_sampler
 from personae.models.lora_dir import lora_tags
 
 # ADetailer's MediaPipe models: name -> what it finds
@@ -41,6 +42,10 @@ MODELS = {
 # the ADetailer release whose settings, defaults and infotext keys these follow (adetailer/args.py of v24.5.0)
 ADETAILER_VERSION = "24.5.0"
 MAX_FACES = 20  # ADetailer's face-mesh limit
+# ADetailer's "use separate ..." boxes: written as True before the values they release, which are written only then
+SWITCHES = {"ADetailer use inpaint width height": ("ad_inpaint_width", "ad_inpaint_height"),
+            "ADetailer use separate steps": ("ad_steps",), "ADetailer use separate CFG scale": ("ad_cfg_scale",),
+            "ADetailer use separate sampler": ("ad_sampler",)}
 
 
 @dataclass(frozen=True)
@@ -64,17 +69,27 @@ def check_model(name: str) -> None:
                     f"Pass one of {listed}.")
 
 
-def check_detailer(settings) -> None:
-    """The face fix's settings, checked before the model loads."""
+def detailer_infotext(settings) -> dict[str, object]:
+    """The ADetailer keys that are not one setting each: the "use separate ..." boxes ticked, and the version."""
+    ticked = {key: True for key, fields in SWITCHES.items() if getattr(settings, fields[0]) not in (None, "")}
+    return {**ticked, "ADetailer version": ADETAILER_VERSION}
+
+
+def check_detailer(settings):
+    """The face fix's settings, checked before the model loads; returned with the faces' sampler by its A1111 name."""
     check_model(settings.ad_model)
-    steps, strength = settings.steps, settings.ad_denoising_strength
+    steps, strength = settings.ad_steps or settings.steps, settings.ad_denoising_strength
+    flag = "--ad-steps" if settings.ad_steps else "--steps"
     if strength > 0 and int(steps * strength) < 1:
-        raise UserError(f"--ad-denoising-strength {strength:g} with --steps {steps} leaves no denoising step for the "
+        raise UserError(f"--ad-denoising-strength {strength:g} with {flag} {steps} leaves no denoising step for the "
                         "faces (steps x strength, rounded down).", "Raise --ad-denoising-strength (0.3-0.5 is usual).")
+    if settings.ad_sampler:
+        settings = settings.model_copy(update={"ad_sampler": get_sampler(settings.ad_sampler).name})
     for text, flag in ((settings.ad_prompt, "--ad-prompt"), (settings.ad_negative_prompt, "--ad-negative-prompt")):
         if lora_tags(text)[1]:
             raise UserError(f"{flag} has LoRA tags; personae applies the prompt's LoRAs to the faces too.",
                             f"Leave the tags out of {flag}.")
+    return settings
 
 
 def box_mask(box: tuple[float, float, float, float], size: tuple[int, int]) -> Image.Image:
@@ -185,8 +200,9 @@ def redraw_face(session, settings, picture: Image.Image, mask: Image.Image, prom
     if settings.ad_denoising_strength == 0:  # nothing to redraw: the face as the VAE gives it
         drawn = vae_roundtrip(pipe, init)
     else:
-        prompts = ScheduledPrompts(session.encoder, prompt, negative, settings.clip_skip, settings.steps, 1,
-                                   session.dtype)
+        steps = settings.ad_steps or settings.steps
+        cfg = settings.cfg if settings.ad_cfg_scale is None else settings.ad_cfg_scale
+        prompts = ScheduledPrompts(session.encoder, prompt, negative, settings.clip_skip, steps, 1, session.dtype)
 
         def step_end(pipeline, step, timestep, kwargs):
             if report is not None:
@@ -194,8 +210,8 @@ def redraw_face(session, settings, picture: Image.Image, mask: Image.Image, prom
             return prompts.after_step(pipeline, step, kwargs)
 
         drawn = pipe(image=init, mask_image=crop_mask, strength=settings.ad_denoising_strength, width=width,
-                     height=height, **prompts.call_kwargs(), num_inference_steps=settings.steps,
-                     guidance_scale=settings.cfg, generator=[torch.Generator("cpu").manual_seed(seed % 2**32)],
+                     height=height, **prompts.call_kwargs(), num_inference_steps=steps, guidance_scale=cfg,
+                     generator=[torch.Generator("cpu").manual_seed(seed % 2**32)],
                      callback_on_step_end=step_end).images[0]
     return paste_back(picture, drawn, region, full_mask)
 
@@ -222,7 +238,11 @@ def detail_faces(session, settings, picture: Image.Image, seed: int, sampler, si
                          "(ADetailer redraws only those); it is left as drawn"))
         return picture
     on_event(Message(f"face fix ({settings.ad_model}): {len(masks)} face{'s' * (len(masks) != 1)} on image {number}"))
-    # 2. each face's prompts, ADetailer's [SEP] / [PROMPT] / [SKIP]
+    # 2. each face's prompts (ADetailer's [SEP] / [PROMPT] / [SKIP]), and its own sampler and size when given
+    if settings.ad_sampler:
+        sampler = get_sampler(settings.ad_sampler)
+    if settings.ad_inpaint_width and settings.ad_inpaint_height:
+        size = (settings.ad_inpaint_width, settings.ad_inpaint_height)
     prompts = face_prompts(settings.ad_prompt, settings.prompt)
     negatives = face_prompts(settings.ad_negative_prompt, settings.negative)
     # 3. one face after another, each on the picture the last one left, from seed + j

@@ -22,7 +22,7 @@ from personae.config.generate import GenerateSettings
 from personae.errors import UserError
 from personae.events import EventHandler, Message, Progress, ignore
 from personae.inference.controlnet import PreparedControl, control_denoise, control_infotext, prepare_controls
-from personae.inference.detailer import ADETAILER_VERSION, check_detailer, detail_faces
+from personae.inference.detailer import check_detailer, detail_faces, detailer_infotext
 from personae.inference.hires import hires_fix, upscaler_to_a1111
 from personae.inference.img2img import (
     composite,
@@ -82,7 +82,7 @@ def infotext(settings: GenerateSettings, session: Session, seed: int, width: int
            if settings.seed_resize_from_w and settings.seed_resize_from_h else {}),
         **({"Inpaint area": "Only masked", "Masked area padding": settings.masked_padding}
            if settings.mask and settings.inpaint_area == "masked" else {}),
-        **({"ADetailer version": ADETAILER_VERSION} if settings.ad_model else {}),
+        **(detailer_infotext(settings) if settings.ad_model else {}),
         "Version": f"personae {__version__}",
     }
     prompt = settings.prompt + "".join(f" <lora:{l.name}:{l.weight:g}>" for l in loras)
@@ -200,7 +200,7 @@ def txt2img(settings: GenerateSettings, session: Session | None = None, on_event
     if settings.hires_scale:
         settings, upscaler = check_hires(settings)
     if settings.ad_model:
-        check_detailer(settings)
+        settings = check_detailer(settings)
     for path, what in ((settings.init_image, "init image"), (settings.mask, "mask")):
         if path:
             open_image(path, what)  # a missing or unreadable file fails before the model loads

@@ -18,6 +18,7 @@ from personae.config.generate import GenerateSettings
 from personae.errors import UserError
 from personae.events import EventHandler, Message, ignore
 from personae.inference.detailer import MODELS as FACE_MODELS
+from personae.inference.detailer import SWITCHES as DETAILER_SWITCHES
 from personae.inference.hires import upscaler_from_a1111
 from personae.inference.samplers import DEFAULT_SCHEDULES, SCHEDULES
 from personae.inference.txt2img import GeneratedImage, txt2img
@@ -69,6 +70,12 @@ def _from_infotext(text: str, source: Path) -> dict:
         p["Hires upscaler"] = upscaler_from_a1111(p["Hires upscaler"])[0]
     if p.get("ADetailer model", "mediapipe_face_full") not in FACE_MODELS:  # a YOLO model: the face fix stays
         p = {k: v for k, v in p.items() if not k.startswith("ADetailer ")}  # off and png_not_applied says so
+    for switch, fields in DETAILER_SWITCHES.items():  # ADetailer's "use separate ..." box: its values count only ticked
+        if p.pop(switch, "True") != "True":
+            for field in fields:
+                p.pop(extra_of(GenerateSettings.model_fields[field])["infotext"], None)
+    if p.get("ADetailer scheduler", "") in SCHEDULES and "ADetailer sampler" in p:  # A1111 1.9+ writes them apart
+        p["ADetailer sampler"] = f'{p["ADetailer sampler"]} {p.pop("ADetailer scheduler")}'
     resize = None
     if "Seed resize from" in p:  # A1111 joins the two sides; 0x0 or -1x-1 is off
         width, x, height = p.pop("Seed resize from").partition("x")
@@ -146,7 +153,8 @@ def settings_from_png(path: str | Path) -> dict:
 # A1111 keys that --from-png reads besides the settings that declare an infotext name: the joins of two settings,
 # LoRA hashes (the tags in the prompt are what apply them), and what describes the file rather than the picture
 _READ_KEYS = {"Size", "Seed resize from", "Inpaint area", "Masked area padding", "Schedule type", "Hires schedule type",
-              "Lora hashes", "Version", "Model", "Model hash", "VAE", "VAE hash", "ADetailer version"}
+              "Lora hashes", "Version", "Model", "Model hash", "VAE", "VAE hash", "ADetailer version",
+              "ADetailer scheduler", *DETAILER_SWITCHES}
 
 
 def _shown(key: str, value: str) -> str:
@@ -172,7 +180,7 @@ def png_not_applied(path: str | Path, settings: GenerateSettings, model_hash: st
               if key not in known | {"TI hashes"} or (yolo and key.startswith("ADetailer "))]
     if "TI hashes" in params and not settings.embeddings:
         missed.append(_shown("TI hashes", params["TI hashes"]) + " (pass the embeddings with --embedding)")
-    for key in ("Schedule type", "Hires schedule type"):
+    for key in ("Schedule type", "Hires schedule type", "ADetailer scheduler"):
         schedule = params.get(key)
         if schedule and schedule not in SCHEDULES and schedule not in DEFAULT_SCHEDULES:
             missed.append(_shown(key, schedule) + " (the sampler's own schedule is used)")
