@@ -339,12 +339,14 @@ def test_the_generate_pages_face_fix_form_comes_from_the_declarations():
     from personae.web.forms import SettingsForm
 
     with gr.Blocks():
-        form = SettingsForm(GenerateSettings, groups=("face fix (ADetailer)",), choices={"ad_model": ["", *MODELS]})
+        form = SettingsForm(GenerateSettings, groups=("face fix (ADetailer)",),
+                            choices={"ad_model": ["", *MODELS], "ad_sampler": ["", "Euler a"]})
     c = form.components
     assert c["ad_model"].label == "ADetailer model" and c["ad_denoising_strength"].value == 0.4
     raw = {name: comp.value for name, comp in c.items()}
     untouched = form.values(*raw.values())  # the defaults as the page shows them: no face fix, nothing refused
     assert GenerateSettings(model="m", prompt="p", **untouched).ad_model is None
-    raw.update(ad_model="mediapipe_face_mesh", ad_dilate_erode=-6.0)
+    raw.update(ad_model="mediapipe_face_mesh", ad_dilate_erode=-6.0, ad_steps=12, ad_sampler="Euler a")
     chosen = GenerateSettings(model="m", prompt="p", **form.values(*raw.values()))
-    assert (chosen.ad_model, chosen.ad_dilate_erode) == ("mediapipe_face_mesh", -6)
+    assert (chosen.ad_model, chosen.ad_dilate_erode, chosen.ad_steps, chosen.ad_sampler) == (
+        "mediapipe_face_mesh", -6, 12, "Euler a")

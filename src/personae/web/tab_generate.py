@@ -138,7 +138,7 @@ def build(ctx) -> None:
                 img_form = SettingsForm(GenerateSettings, names=("strength",))
             with gr.Accordion("Face fix (ADetailer)", open=False):
                 face_form = SettingsForm(GenerateSettings, groups=("face fix (ADetailer)",),
-                                         choices={"ad_model": ["", *FACE_MODELS]})
+                                         choices={"ad_model": ["", *FACE_MODELS], "ad_sampler": ["", *SAMPLERS]})
             with gr.Accordion("ControlNet", open=False):
                 control_type = gr.Dropdown([CONTROL_TYPES_NONE, *CONTROL_TYPES], value=CONTROL_TYPES_NONE,
                                            label="Control type")
