@@ -26,11 +26,13 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
+from personae.config.detailer import DetailerSettings
+from personae.config.fields import extra_of
 from personae.errors import UserError, did_you_mean
 from personae.events import EventHandler, Message, Progress, ignore
 from personae.inference.img2img import crop_region, denoiser, feather, fit_region, paste_back, vae_roundtrip
 from personae.inference.prompt_schedule import ScheduledPrompts
-from personae.inference.samplers import get_sampler
+from personae.inference.samplers import SCHEDULES, get_sampler
 from personae.models.lora_dir import lora_tags
 
 # ADetailer's MediaPipe models: name -> what it finds
@@ -73,6 +75,23 @@ def detailer_infotext(settings) -> dict[str, object]:
     """The ADetailer keys that are not one setting each: the "use separate ..." boxes ticked, and the version."""
     ticked = {key: True for key, fields in SWITCHES.items() if getattr(settings, fields[0]) not in (None, "")}
     return {**ticked, "ADetailer version": ADETAILER_VERSION}
+
+
+def detailer_keys(params: dict[str, str]) -> dict[str, str]:
+    """An A1111 PNG's infotext `params` with its ADetailer keys as personae's settings read them: a ticked "use
+    separate ..." box taken out (an unticked one takes its values along), A1111 1.9's "ADetailer scheduler" joined
+    to the sampler (as "Schedule type" is); with a YOLO model, no ADetailer key at all (the face fix stays off, and
+    --from-png's warning names them)."""
+    if params.get("ADetailer model", "mediapipe_face_full") not in MODELS:
+        return {k: v for k, v in params.items() if not k.startswith("ADetailer ")}
+    params = dict(params)
+    for switch, fields in SWITCHES.items():
+        if params.pop(switch, "True") != "True":
+            for field in fields:
+                params.pop(extra_of(DetailerSettings.model_fields[field])["infotext"], None)
+    if params.get("ADetailer scheduler", "") in SCHEDULES and "ADetailer sampler" in params:
+        params["ADetailer sampler"] = f'{params["ADetailer sampler"]} {params.pop("ADetailer scheduler")}'
+    return params
 
 
 def check_detailer(settings):

@@ -19,6 +19,7 @@ from personae.errors import UserError
 from personae.events import EventHandler, Message, ignore
 from personae.inference.detailer import MODELS as FACE_MODELS
 from personae.inference.detailer import SWITCHES as DETAILER_SWITCHES
+from personae.inference.detailer import detailer_keys
 from personae.inference.hires import upscaler_from_a1111
 from personae.inference.samplers import DEFAULT_SCHEDULES, SCHEDULES
 from personae.inference.txt2img import GeneratedImage, txt2img
@@ -68,14 +69,7 @@ def _from_infotext(text: str, source: Path) -> dict:
     prompt, negative, p = parse_parameters(text)  # <lora:name:w> tags stay: --lora-dir finds their files
     if "Hires upscaler" in p:
         p["Hires upscaler"] = upscaler_from_a1111(p["Hires upscaler"])[0]
-    if p.get("ADetailer model", "mediapipe_face_full") not in FACE_MODELS:  # a YOLO model: the face fix stays
-        p = {k: v for k, v in p.items() if not k.startswith("ADetailer ")}  # off and png_not_applied says so
-    for switch, fields in DETAILER_SWITCHES.items():  # ADetailer's "use separate ..." box: its values count only ticked
-        if p.pop(switch, "True") != "True":
-            for field in fields:
-                p.pop(extra_of(GenerateSettings.model_fields[field])["infotext"], None)
-    if p.get("ADetailer scheduler", "") in SCHEDULES and "ADetailer sampler" in p:  # A1111 1.9+ writes them apart
-        p["ADetailer sampler"] = f'{p["ADetailer sampler"]} {p.pop("ADetailer scheduler")}'
+    p = detailer_keys(p)  # ADetailer's "use separate ..." boxes; a YOLO model leaves the face fix off
     resize = None
     if "Seed resize from" in p:  # A1111 joins the two sides; 0x0 or -1x-1 is off
         width, x, height = p.pop("Seed resize from").partition("x")
