@@ -165,6 +165,11 @@ def test_faces_are_redrawn_one_after_another_from_seed_plus_j(astronaut, tiny_mo
                                                           sampler, (64, 64)), masks[1], s.prompt, s.negative, 11,
                             sampler, (64, 64))
     assert not np.array_equal(np.asarray(out), np.asarray(same_seed))
+    # [SKIP] as a face's prompt leaves that face; the next one still draws from seed + its index
+    skipped = detail_faces(tiny_session, s.model_copy(update={"ad_prompt": "[SKIP] [SEP] [PROMPT]"}), pair, 11, sampler,
+                           (64, 64))
+    second = redraw_face(tiny_session, s, pair, masks[1], s.prompt, s.negative, 12, sampler, (64, 64))
+    assert np.array_equal(np.asarray(skipped), np.asarray(second))
     one = detail_faces(tiny_session, s.model_copy(update={"ad_mask_k_largest": 1}), pair, 11, sampler, (64, 64))
     larger = masks[0] if masks[0].getbbox()[2] - masks[0].getbbox()[0] > masks[1].getbbox()[2] - \
         masks[1].getbbox()[0] else masks[1]

@@ -28,6 +28,7 @@ from PIL import Image, ImageDraw
 
 from personae.config.detailer import DetailerSettings
 from personae.config.fields import extra_of
+from personae.data.control.mediapipe_models import native_quiet, solutions
 from personae.errors import UserError, did_you_mean
 from personae.events import EventHandler, Message, Progress, ignore
 from personae.inference.img2img import crop_region, denoiser, feather, fit_region, paste_back, vae_roundtrip
@@ -44,6 +45,7 @@ MODELS = {
 # the ADetailer release whose settings, defaults and infotext keys these follow (adetailer/args.py of v24.5.0)
 ADETAILER_VERSION = "24.5.0"
 MAX_FACES = 20  # ADetailer's face-mesh limit
+NEEDED_BY = "The face fix (--ad-model) and its MediaPipe detectors"
 # ADetailer's "use separate ..." boxes: written as True before the values they release, which are written only then
 SWITCHES = {"ADetailer use inpaint width height": ("ad_inpaint_width", "ad_inpaint_height"),
             "ADetailer use separate steps": ("ad_steps",), "ADetailer use separate CFG scale": ("ad_cfg_scale",),
@@ -97,6 +99,7 @@ def detailer_keys(params: dict[str, str]) -> dict[str, str]:
 def check_detailer(settings):
     """The face fix's settings, checked before the model loads; returned with the faces' sampler by its A1111 name."""
     check_model(settings.ad_model)
+    solutions(NEEDED_BY)  # MediaPipe missing: said before the model loads
     steps, strength = settings.ad_steps or settings.steps, settings.ad_denoising_strength
     flag = "--ad-steps" if settings.ad_steps else "--steps"
     if strength > 0 and int(steps * strength) < 1:
@@ -119,9 +122,7 @@ def box_mask(box: tuple[float, float, float, float], size: tuple[int, int]) -> I
 
 
 def _detections(image: Image.Image, selection: int, confidence: float) -> list[Face]:
-    from personae.data.control.mediapipe_models import native_quiet, solutions
-
-    face_detection = solutions().face_detection
+    face_detection = solutions(NEEDED_BY).face_detection
     with native_quiet(), face_detection.FaceDetection(model_selection=selection,
                                                       min_detection_confidence=confidence) as detector:
         found = detector.process(np.ascontiguousarray(np.asarray(image.convert("RGB"))))
@@ -137,9 +138,7 @@ def _detections(image: Image.Image, selection: int, confidence: float) -> list[F
 def _meshes(image: Image.Image, confidence: float) -> list[Face]:
     import cv2
 
-    from personae.data.control.mediapipe_models import native_quiet, solutions
-
-    face_mesh = solutions().face_mesh
+    face_mesh = solutions(NEEDED_BY).face_mesh
     with native_quiet(), face_mesh.FaceMesh(static_image_mode=True, max_num_faces=MAX_FACES,
                                             min_detection_confidence=confidence) as mesh:
         found = mesh.process(np.ascontiguousarray(np.asarray(image.convert("RGB"))))
