@@ -137,6 +137,10 @@ def test_generated_options_keep_the_names_users_know():
         "--subseed",
         "--subseed-strength", "--seed-resize-from-w", "--seed-resize-from-h", "--hires-prompt", "--hires-negative",
         "--hires-sampler", "--hires-cfg", "--inpaint-area", "--masked-padding",
+        "--ad-model", "--ad-prompt", "--ad-negative-prompt", "--ad-confidence", "--ad-mask-k-largest",
+        "--ad-dilate-erode", "--ad-mask-blur", "--ad-denoising-strength", "--no-ad-inpaint-only-masked",
+        "--ad-inpaint-padding", "--ad-inpaint-width", "--ad-inpaint-height", "--ad-steps", "--ad-cfg-scale",
+        "--ad-sampler",
         "--controlnet", "--control-option", "--control-start", "--control-end", "--recipe", "--animal", "--from-png",
         "--out", "--quiet", "--yes"}
     assert _options("animate") == SHARED | {"--motion-adapter", "--frames", "--fps", "--motion-scale", "--context",

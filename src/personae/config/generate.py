@@ -7,6 +7,7 @@ names) live there, once.
 from __future__ import annotations
 
 from personae.config.addons import ControlRef, EmbeddingRef, LoraRef
+from personae.config.detailer import DetailerSettings
 from personae.config.fields import setting
 from personae.config.sampling import (
     AddonSettings,
@@ -26,8 +27,8 @@ __all__ = ["GenerateSettings", "LoraRef", "EmbeddingRef", "ControlRef"]
 
 
 class GenerateSettings(SourceSettings, PromptSettings, StyleSettings, SamplingSettings, BatchSettings,
-                       VariationSettings, AddonSettings, Img2ImgSettings, HiresSettings, ControlSettings,
-                       RuntimeSettings):
+                       VariationSettings, AddonSettings, Img2ImgSettings, HiresSettings, DetailerSettings,
+                       ControlSettings, RuntimeSettings):
     """Everything that decides the pixels of a txt2img / img2img / ControlNet run."""
 
     version: int = setting(1, "version of this settings layout", cli=False)

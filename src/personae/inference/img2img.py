@@ -38,9 +38,13 @@ def default_size(path: str) -> tuple[int, int]:
     return max(8, w // 8 * 8), max(8, h // 8 * 8)
 
 
-def feathered_mask(path: str, size: tuple[int, int], blur: int) -> Image.Image:
-    mask = open_image(path, "mask", size).convert("L")
+def feather(mask: Image.Image, blur: int) -> Image.Image:
+    """A1111's "Mask blur": the mask's edge feathered by a Gaussian of `blur` pixels."""
     return mask.filter(ImageFilter.GaussianBlur(blur)) if blur else mask
+
+
+def feathered_mask(path: str, size: tuple[int, int], blur: int) -> Image.Image:
+    return feather(open_image(path, "mask", size).convert("L"), blur)
 
 
 @torch.no_grad()

@@ -30,6 +30,7 @@ from personae.inference.controlnet import (
     controlnet_for,
     prepare_controls,
 )
+from personae.inference.detailer import check_detailer, detail_faces, detailer_infotext
 from personae.inference.hires import hires_fix, upscaler_to_a1111
 from personae.inference.img2img import (
     composite,
@@ -90,6 +91,7 @@ def infotext(settings: GenerateSettings, session: Session, seed: int, width: int
            if settings.seed_resize_from_w and settings.seed_resize_from_h else {}),
         **({"Inpaint area": "Only masked", "Masked area padding": settings.masked_padding}
            if settings.mask and settings.inpaint_area == "masked" else {}),
+        **(detailer_infotext(settings) if settings.ad_model else {}),
         "Version": f"personae {__version__}",
     }
     prompt = settings.prompt + "".join(f" <lora:{l.name}:{l.weight:g}>" for l in loras)
@@ -257,6 +259,8 @@ def txt2img(settings: GenerateSettings, session: Session | None = None, on_event
     upscaler = None
     if settings.hires_scale:
         settings, upscaler = check_hires(settings)
+    if settings.ad_model:
+        settings = check_detailer(settings)
     for path, what in ((settings.init_image, "init image"), (settings.mask, "mask")):
         if path:
             open_image(path, what)  # a missing or unreadable file fails before the model loads
@@ -365,6 +369,11 @@ def txt2img(settings: GenerateSettings, session: Session | None = None, on_event
             images = [paste_back(original, image, region, full_mask) for image in images]
         elif mask is not None:
             images = [composite(init, image, mask) for image in images]
+        if settings.ad_model:  # ADetailer's face fix on each picture; after inpainting the whole picture, only on
+            within = open_image(settings.mask, "mask") if mask is not None and region is None else None  # faces it hit
+            with torch.no_grad(), session.lora_weights(loras), nan_guard(session.pipe):
+                images = [detail_faces(session, settings, image, s, sampler, (width, height), on_event,
+                                       batch * n + i + 1, within) for i, (image, s) in enumerate(zip(images, seeds))]
         # 6. settings that reproduce each image on its own
         for image, s, sub in zip(images, seeds, subseeds):
             own = {"seed": s, **({"subseed": sub} if variation else {})}

@@ -97,7 +97,7 @@ KNOWN_BAD = [
              lambda v: any((_v(v, n) or ()) >= (5,) for n in ("opencv-python-headless", "opencv-python",
                                                                 "opencv-contrib-python")),
              'pip install "opencv-python-headless>=4.8,<5"'),
-    KnownBad("mediapipe newer than 0.10.21 ships no models: face and pose control maps fail",
+    KnownBad("mediapipe newer than 0.10.21 ships no models: face and pose control maps and the face fix fail",
              lambda v: (_v(v, "mediapipe") or ()) > (0, 10, 21),
              'pip install --no-deps "mediapipe==0.10.21"'),
     KnownBad("a torchvision that does not import beside this torch ('operator torchvision::nms does not exist'): "
@@ -152,7 +152,8 @@ def _optional_parts(versions: dict[str, str]) -> list[Optional]:
                      if p and Path(p).is_file()), "")
     return [
         Optional("mediapipe", mediapipe == "0.10.21", f"{mediapipe or 'not installed'}; face and pose control maps "
-                                                      "need 0.10.21 (the last release with its models)"),
+                                                      "and the face fix (--ad-model) need 0.10.21 (the last release "
+                                                      "with its models)"),
         Optional("dlib", _present("dlib") and _present("face_recognition_models"), "face identity in comparisons (face: true)"),
         Optional("CJK font", bool(font), font or "storyboards with Korean / Chinese / Japanese dialogue (apt install fonts-nanum)"),
         Optional("chromium", bool(chromium), chromium or "the browser tests (apt install chromium)"),

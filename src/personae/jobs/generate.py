@@ -17,6 +17,9 @@ from personae.config.fields import extra_of, grouped_fields
 from personae.config.generate import GenerateSettings
 from personae.errors import UserError
 from personae.events import EventHandler, Message, ignore
+from personae.inference.detailer import MODELS as FACE_MODELS
+from personae.inference.detailer import SWITCHES as DETAILER_SWITCHES
+from personae.inference.detailer import detailer_keys
 from personae.inference.hires import upscaler_from_a1111
 from personae.inference.samplers import DEFAULT_SCHEDULES, SCHEDULES
 from personae.inference.txt2img import GeneratedImage, txt2img
@@ -68,6 +71,7 @@ def _from_infotext(text: str, source: Path) -> dict:
         p["Hires upscaler"] = upscaler_from_a1111(p["Hires upscaler"])[0]
     if "Hires resize" in p and "Hires upscale" not in p:  # A1111 writes one of the two: the fix is on either way, and
         p["Hires upscale"] = "1"  # the hires keys it governs (steps, denoise, upscaler) are read with it
+    p = detailer_keys(p)  # ADetailer's "use separate ..." boxes; a YOLO model leaves the face fix off
     resize = None
     if "Seed resize from" in p:  # A1111 joins the two sides; 0x0 or -1x-1 is off
         width, x, height = p.pop("Seed resize from").partition("x")
@@ -148,7 +152,8 @@ def settings_from_png(path: str | Path) -> dict:
 # A1111 keys that --from-png reads besides the settings that declare an infotext name: the joins of two settings,
 # LoRA hashes (the tags in the prompt are what apply them), and what describes the file rather than the picture
 _READ_KEYS = {"Size", "Seed resize from", "Inpaint area", "Masked area padding", "Schedule type", "Hires schedule type",
-              "Lora hashes", "Version", "Model", "Model hash", "VAE", "VAE hash",
+              "Lora hashes", "Version", "Model", "Model hash", "VAE", "VAE hash", "ADetailer version",
+              "ADetailer scheduler", *DETAILER_SWITCHES,
               "Template", "Negative Template"}  # Dynamic Prompts' prompts as written: the PNG's prompts are drawn
 
 
@@ -159,17 +164,23 @@ def _shown(key: str, value: str) -> str:
 
 def png_not_applied(path: str | Path, settings: GenerateSettings, model_hash: str | None = None) -> list[str]:
     """What an A1111 PNG's infotext asks for that this run does not apply, each named (empty for personae's own
-    PNGs, whose settings are read whole): Hires fix without our hires settings, ADetailer, embeddings by name, a
-    denoising strength with nothing to denoise, another model than the one passed."""
+    PNGs, whose settings are read whole): Hires fix without our hires settings, ADetailer's YOLO models and the
+    ADetailer settings personae does not take, embeddings by name, a denoising strength with nothing to denoise,
+    another model than the one passed."""
     text = read_image_text(Path(path))
     if "personae" in text or "parameters" not in text:
         return []
     _, _, params = parse_parameters(text["parameters"])
     known = {extra_of(info).get("infotext") for _, _, info in grouped_fields(GenerateSettings)} | _READ_KEYS
-    missed = [_shown(key, value) for key, value in params.items() if key not in known | {"TI hashes"}]
+    yolo = params.get("ADetailer model", "mediapipe_face_full") not in FACE_MODELS  # then no ADetailer key applies
+    missed = [_shown(key, value) + (" (a YOLO model, which needs ultralytics: no face fix here; --ad-model "
+                                    f"{next(iter(FACE_MODELS))} runs ADetailer's MediaPipe one)"
+                                    if key == "ADetailer model" else "")
+              for key, value in params.items()
+              if key not in known | {"TI hashes"} or (yolo and key.startswith("ADetailer "))]
     if "TI hashes" in params and not settings.embeddings:
         missed.append(_shown("TI hashes", params["TI hashes"]) + " (pass the embeddings with --embedding)")
-    for key in ("Schedule type", "Hires schedule type"):
+    for key in ("Schedule type", "Hires schedule type", "ADetailer scheduler"):
         schedule = params.get(key)
         if schedule and schedule not in SCHEDULES and schedule not in DEFAULT_SCHEDULES:
             missed.append(_shown(key, schedule) + " (the sampler's own schedule is used)")

@@ -63,14 +63,21 @@ def format_parameters(prompt: str, negative: str, params: dict[str, object]) -> 
 def infotext_values(settings: BaseModel) -> dict[str, object]:
     """{A1111 key: value} of every field of `settings` that declares its A1111 name, in --help order.
 
-    A field with `infotext_if` is written only when that other field is set (strength only for img2img).
+    A field with `infotext_if` is written only when that other field is set (strength only for img2img), or
+    those other fields, when it names several (ADetailer's padding: a face fix that inpaints only masked).
     """
     values: dict[str, object] = {}
     for _, name, info in grouped_fields(type(settings)):
         extra = extra_of(info)
-        if "infotext" in extra and (not extra.get("infotext_if") or getattr(settings, extra["infotext_if"])):
+        if "infotext" in extra and all(getattr(settings, field) for field in _conditions(extra)):
             values[extra["infotext"]] = getattr(settings, name)
     return values
+
+
+def _conditions(extra: dict) -> list[str]:
+    """The fields whose being set a field's infotext waits for (`infotext_if`: one name or several)."""
+    condition = extra.get("infotext_if") or []
+    return [condition] if isinstance(condition, str) else list(condition)
 
 
 class InfotextValueError(ValueError):
@@ -84,14 +91,14 @@ class InfotextValueError(ValueError):
 def infotext_settings(cls: type[BaseModel], params: dict[str, str]) -> dict[str, object]:
     """{field: value} for the fields of `cls` whose A1111 name is in `params`, each read as its field's type.
 
-    A field written only when another is set (`infotext_if`) is read only when that one's key is there too.
+    A field written only when others are set (`infotext_if`) is read only when their keys are there too.
     Raises InfotextValueError for a value of the wrong type; bounds are left to the schema's validation.
     """
     data: dict[str, object] = {}
     keys = {name: extra_of(info).get("infotext") for _, name, info in grouped_fields(cls)}
     for _, name, info in grouped_fields(cls):
-        key, condition = keys[name], keys.get(extra_of(info).get("infotext_if"))
-        if condition and condition not in params:
+        key, conditions = keys[name], [keys.get(field) for field in _conditions(extra_of(info))]
+        if any(condition and condition not in params for condition in conditions):
             continue  # e.g. the hires "Denoising strength" is the hires fix's only where "Hires upscale" is written
         if key and key in params:
             try:

@@ -126,6 +126,7 @@ def build(ctx) -> None:
     from personae.config.base import parse_settings
     from personae.config.generate import GenerateSettings
     from personae.data.control import CONTROL_TYPES
+    from personae.inference.detailer import MODELS as FACE_MODELS
     from personae.inference.samplers import SAMPLERS
     from personae.jobs.generate import run_generate, settings_from_png
     from personae.web.forms import SettingsForm
@@ -154,6 +155,9 @@ def build(ctx) -> None:
             with gr.Accordion("img2img", open=False):
                 init_image = gr.Image(type="filepath", label="Init image (img2img)", elem_id="field-init-image")
                 img_form = SettingsForm(GenerateSettings, names=("strength",))
+            with gr.Accordion("Face fix (ADetailer)", open=False):
+                face_form = SettingsForm(GenerateSettings, groups=("face fix (ADetailer)",),
+                                         choices={"ad_model": ["", *FACE_MODELS], "ad_sampler": ["", *SAMPLERS]})
             with gr.Accordion("ControlNet", open=False):
                 control_type = gr.Dropdown([CONTROL_TYPES_NONE, *CONTROL_TYPES], value=CONTROL_TYPES_NONE,
                                            label="Control type")
@@ -168,7 +172,7 @@ def build(ctx) -> None:
             go = gr.Button("Generate", variant="primary", elem_id="generate-button")
             status = gr.Markdown(elem_id="generate-status")
             gallery = gr.Gallery(label="Results", columns=2, height=420, elem_id="generate-gallery")
-    forms = [prompt_form, form, img_form, control_form, runtime_form]
+    forms = [prompt_form, form, img_form, face_form, control_form, runtime_form]
     raw_inputs = [c for f in forms for c in f.inputs]
     shown = gr.State(0)
 

@@ -64,8 +64,8 @@ def native_quiet() -> Iterator[None]:
                 sys.stderr.flush()
 
 
-def solutions():
-    """The `mediapipe.python.solutions` module."""
+def solutions(needed_by: str = "The face and pose control types"):
+    """The `mediapipe.python.solutions` module; `needed_by` starts the message when MediaPipe is missing."""
     os.environ.setdefault("GLOG_minloglevel", "2")  # MediaPipe's C++ start-up chatter
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     try:
@@ -73,6 +73,6 @@ def solutions():
         with native_quiet():
             from mediapipe.python import solutions
     except ImportError as exc:
-        raise UserError(f"The face and pose control types need MediaPipe, which is not installed ({exc}).",
+        raise UserError(f"{needed_by} need MediaPipe, which is not installed ({exc}).",
                         f"Install it with: {INSTALL}") from None
     return solutions
