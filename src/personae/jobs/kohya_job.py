@@ -166,9 +166,9 @@ def kohya_settings(c: dict, base: Path, path: str) -> tuple[dict, list[str]]:
     for key, why in REFUSED.items():
         if c.get(key):
             refuse(key, why)
-    job: dict = {"version": 1, "method": "lora", "data": {}, "train": {"min_snr_gamma": 0.0}, "lora": {},
-                 "dreambooth": {}}
-    d, t, lora, db = job["data"], job["train"], job["lora"], job["dreambooth"]
+    d, t, lora, db = {}, {"min_snr_gamma": 0.0}, {}, {}  # the job's data, train, lora and dreambooth sections
+    job: dict = {"version": 1, "method": "lora", "data": d, "train": t}
+    job["lora"], job["dreambooth"] = lora, db
     if "pretrained_model_name_or_path" not in c or "train_data_dir" not in c:
         raise UserError(f"{path} names no pretrained_model_name_or_path or train_data_dir: it is not a kohya "
                         "training config.", "Pass the config_file sd-scripts trains from, or a personae job YAML.")
