@@ -82,6 +82,12 @@ def test_hires_upscalers_offered_and_named_ones_found_in_the_workspace(tmp_path)
         upscaler_path(ws, "4x-Remacri")
     with pytest.raises(UserError, match="goes up out of the workspace"):
         upscaler_path(ws, "../4x.pth")
+    # a dropped PNG naming one the workspace lacks fills the form with Lanczos and says so, as --from-png does
+    from personae.web.tab_generate import png_upscaler
+
+    assert png_upscaler(ws, "4x-UltraSharp") == ("4x-UltraSharp", None)
+    kept, said = png_upscaler(ws, "4x-Remacri")
+    assert kept == "image" and '"4x-Remacri", which is not in the workspace' in said
 
 
 def test_the_workspaces_styles_and_wildcards_reach_the_settings(tmp_path):

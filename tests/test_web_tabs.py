@@ -275,3 +275,7 @@ def test_extras_and_merge_forms_become_the_commands_settings_and_run_through_the
     assert merge.method == "weighted-sum" and len(models) == 2
     with pytest.raises(UserError, match="add-difference needs model C"):
         merge_request(ws, ["models/tiny", "models/tiny-half", ""], [], 1.0, "", "mix", {"method": "add-difference"})
+    # the form's allow-pickle box, as --allow-pickle: a .ckpt model or LoRA is read only when it is ticked
+    assert not merge.allow_pickle
+    assert merge_request(ws, ["models/tiny", "", ""], [], 1.0, "", "mix", {"method": "none",
+                                                                           "allow_pickle": True})[2].allow_pickle

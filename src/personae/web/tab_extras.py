@@ -129,7 +129,7 @@ def build_merge(ctx) -> None:
                                     elem_id=f"merge-{key}")
                         for key, label, value in (("a", "Primary model (A)", first), ("b", "Secondary model (B)", None),
                                                   ("c", "Tertiary model (C)", None))]
-            form = SettingsForm(MergeSettings, prefix="merge", names=("method", "multiplier", "half"))
+            form = SettingsForm(MergeSettings, prefix="merge", names=("method", "multiplier", "half", "allow_pickle"))
             with gr.Accordion("Bake in LoRAs and a VAE", open=False):
                 loras = gr.Dropdown(ws.files(LORA_SUFFIXES), multiselect=True, label="LoRAs", elem_id="merge-loras")
                 lora_weight = gr.Slider(-2, 2, value=1.0, step=0.05, label="LoRA weight")

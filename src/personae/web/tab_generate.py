@@ -50,6 +50,18 @@ def upscaler_path(ws, value: str) -> str:
                     "latent or image.")
 
 
+def png_upscaler(ws, value: str) -> tuple[str, str | None]:
+    """A dropped PNG's hires upscaler for the form: kept when the workspace has it, else `image` (Lanczos) with the
+    warning to show, as `generate --from-png` falls back when --upscaler-dir lacks it."""
+    try:
+        upscaler_path(ws, value)
+        return value, None
+    except UserError:
+        return "image", (f'The PNG names the hires upscaler "{value}", which is not in the workspace: the form '
+                         f"resizes with Lanczos (image) instead; put its file under {' or '.join(UPSCALER_FOLDERS)} "
+                         "to use it.")
+
+
 def models(ws) -> list[str]:
     """Base models in the workspace: diffusers folders and single-file checkpoints under models/."""
     base = ws.root / "models"
@@ -218,6 +230,10 @@ def build(ctx) -> None:
         except UserError as exc:
             gr.Warning(str(exc))
             return [gr.skip()] * (len(raw_inputs) + 1)
+        if data.get("hires_upscaler"):
+            data["hires_upscaler"], missing = png_upscaler(ws, data["hires_upscaler"])
+            if missing:
+                gr.Warning(missing)
         updates = []
         for f in forms:
             for name in f.components:
