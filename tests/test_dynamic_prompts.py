@@ -38,6 +38,9 @@ def test_variants_counts_weights_and_joiners_draw_as_dynamic_prompts():
         assert _draw("{a {big|small} {cat|dog}|nothing}", seed) in {"a big cat", "a big dog", "a small cat",
                                                                     "a small dog", "nothing"}
     assert _draw("{3$$a|b}", 1) in ("a, b", "b, a")  # at most every option once
+    with pytest.raises(UserError, match="no option with a weight above 0"):  # one paragraph, no traceback
+        _draw("{0::a|0::b}")
+    assert _draw("{2$$1::a|0::b}") == "a"  # a weight of 0 is never drawn, even to make up a count
     assert _draw("same {x|y|z}", 7) == _draw("same {x|y|z}", 7)  # the seed decides
 
 

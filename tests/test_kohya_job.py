@@ -148,6 +148,13 @@ def test_kohyas_default_caption_extension_and_its_network_forms(tmp_path):
         network('"block_dims=1,2,3"')
     with pytest.raises(UserError, match="not one personae trains"):
         network('"algo=ia3"', "lycoris.kohya")
+    with pytest.raises(UserError, match="conv_dim / conv_alpha with algo=loha"):  # not dropped silently
+        network('"algo=loha", "conv_dim=4"', "lycoris.kohya")
+    for line in ('network_dim = "eight"', 'resolution = "big"'):  # one paragraph, not a traceback
+        key = line.split(" =")[0]
+        text = "\n".join(l for l in GUI_CONFIG.splitlines() if not l.startswith(key + " ")) + "\n" + line + "\n"
+        with pytest.raises(UserError, match="holds a value that is not what kohya takes there"):
+            kohya_job(_config(tmp_path, text))
 
 
 def test_a_kohya_config_trains_and_its_lora_carries_kohyas_names(tmp_path, tiny_model):

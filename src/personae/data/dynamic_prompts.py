@@ -167,6 +167,11 @@ def _variant(body: str, rng: random.Random, wildcards: Wildcards, depth: int) ->
     chosen: list[str] = []
     pool = list(range(len(options)))
     for _ in range(n):
+        if not any(weights[j] for j in pool):
+            if chosen:  # the options a weight allows are all drawn
+                break
+            raise UserError(f"The prompt's variant {{{body}}} has no option with a weight above 0 to draw.",
+                            "Give some option a weight above 0 (0.5::a).")
         pick = rng.choices(pool, weights=[weights[j] for j in pool])[0]
         pool.remove(pick)
         chosen.append(options[pick])

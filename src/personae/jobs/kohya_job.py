@@ -158,6 +158,14 @@ def kohya_job(path: str | Path) -> tuple[dict, list[str]]:
 
 def kohya_settings(c: dict, base: Path, path: str) -> tuple[dict, list[str]]:
     """kohya_job of a flattened config; `base`: where its relative files are, `path`: its name in messages."""
+    try:
+        return _settings(c, base, path)
+    except (ValueError, TypeError) as exc:  # a number that is not one (network_dim = "eight", resolution = "big")
+        raise UserError(f"{path} holds a value that is not what kohya takes there ({exc}).",
+                        "Fix the value (numbers as numbers, resolution as \"512\" or \"512,512\").") from None
+
+
+def _settings(c: dict, base: Path, path: str) -> tuple[dict, list[str]]:
     refused, unknown, notes = [], [], []
 
     def refuse(key: str, why: str) -> None:
@@ -211,6 +219,9 @@ def kohya_settings(c: dict, base: Path, path: str) -> tuple[dict, list[str]]:
         lora["conv_rank"] = int(conv)
         if conv_alpha:
             lora["conv_alpha"] = float(conv_alpha)
+    elif conv or conv_alpha:  # a rank of its own for the convolutions: personae's locon alone has one
+        refused.append(f"network_args conv_dim / conv_alpha with algo={algo}{' and dora_wd' * (variant == 'dora')} "
+                       "(personae gives the convolutions their own rank only in LoCon: algo=locon or networks.lora)")
     lora["rank"] = int(c.get("network_dim", 4))
     lora["alpha"] = float(c.get("network_alpha", 1))
     if c.get("network_dropout"):
