@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from personae.inference.rng import image_generators
 from personae.models.upscalers import UpscalerNet, a1111_name, upscale_picture
 
 # A1111's "Hires upscaler" names <-> ours: what A1111 writes, and how its names read back
@@ -119,7 +120,8 @@ def hires_fix(pipe, redraw_pipe, settings, size: tuple[int, int], kwargs: dict, 
                           pipe.vae_scale_factor)
     # 3. redraw at the denoising strength, from the same seeds
     shared = {k: v for k, v in kwargs.items() if k != "latents"}  # a variation seed's noise starts the base pass only
+    # A1111's hires pass: fresh generators of the same seeds (its RNG source, its ENSD for the steps)
     redraw = {**shared, **(redraw_kwargs or {}), "num_inference_steps": settings.hires_steps or settings.steps,
-              "generator": [torch.Generator("cpu").manual_seed(s) for s in seeds]}
+              "generator": image_generators(seeds, settings.rng, settings.ensd)}
     with redraw_pass:
         return redraw_pipe(image=image, strength=settings.hires_denoise, **redraw).images

@@ -3,7 +3,8 @@
     images = txt2img(GenerateSettings(model="./tiny", prompt="a photo of a cat", steps=4))
 
 Seeds follow A1111: image i of batch b gets seed + b * batch_size + i, each with its
-own CPU generator, so an image reproduces on any device and at any batch position.
+own generator (inference/rng.py: CPU numbers, or an NVIDIA GPU's computed on the CPU), so an image
+reproduces on any device and at any batch position.
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ from personae.inference.img2img import (
 from personae.inference.nans import check_embeddings, nan_guard
 from personae.inference.prompt import with_styles
 from personae.inference.prompt_schedule import ScheduledPrompts
+from personae.inference.rng import image_generators
 from personae.inference.samplers import get_sampler
 from personae.inference.session import Session, open_session
 from personae.inference.variation import start_latents
@@ -326,16 +328,19 @@ def txt2img(settings: GenerateSettings, session: Session | None = None, on_event
                 return scheduled.after_step(pipeline, step, kwargs)
             return report
 
-        # 5. denoise: one CPU generator per image, so each seed reproduces alone
+        # 5. denoise: one generator per image, so each seed reproduces alone (A1111's RNG source and ENSD)
+        generators = image_generators(seeds, settings.rng, settings.ensd)
         kwargs = dict(**prompts.call_kwargs(), num_inference_steps=settings.steps, guidance_scale=settings.cfg,
-                      generator=[torch.Generator("cpu").manual_seed(s) for s in seeds],
-                      callback_on_step_end=reporter(prompts))
+                      generator=generators, callback_on_step_end=reporter(prompts))
         if variation or resized:  # the starting noise: bent toward the variation seeds', drawn at another size
             channels, cell = pipe.vae.config.latent_channels, pipe.vae_scale_factor
+            shape = (channels, height // cell, width // cell)
             drawn = (channels, settings.seed_resize_from_h // cell, settings.seed_resize_from_w // cell) if resized \
                 else None
-            kwargs["latents"] = start_latents(seeds, subseeds, settings.subseed_strength,
-                                              (channels, height // cell, width // cell), drawn).to(session.dtype)
+            kwargs["latents"] = start_latents(seeds, subseeds, settings.subseed_strength, shape, drawn,
+                                              settings.rng).to(session.dtype)
+            for generator in generators:  # A1111 drew that noise with each image's own generator: the steps' next
+                generator.skip_first(shape)
         # A1111's AND: the pass's UNet (and ControlNet) calls run every part of its prompt; the hires fix's two
         # passes each compose their own prompt
         first_pass = composing(prompts, session.pipe.unet, nets)

@@ -109,6 +109,10 @@ def _from_infotext(text: str, source: Path) -> dict:
     except ValidationError:
         raise UserError(f'--from-png: {source} stores "Size: {sizes["Width"][:20]}x{sizes["Height"][:20]}", which is '
                         "not a size in pixels.", "Pass --width and --height on the command line instead.") from None
+    if "RNG" not in p and not p.get("Version", "").startswith("personae"):
+        # A1111 writes "RNG" only when it is not its default: the picture's noise was drawn on the GPU (personae
+        # draws those numbers on any device); personae's own PNGs always name their source
+        data["rng"] = "GPU"
     for field, key in (("sampler", "Schedule type"), ("hires_sampler", "Hires schedule type")):
         schedule = p.get(key, "")
         if field in data and schedule in SCHEDULES and schedule.lower() not in data[field].lower():
