@@ -167,3 +167,30 @@ def test_infotext_names_the_source_as_a1111_reads_it(tiny_model, tmp_path):
     assert _from_infotext(a1111.replace("ENSD", "RNG: CPU, ENSD"), tmp_path)["rng"] == "CPU"
     ours = "a cat\nSteps: 20, Sampler: Euler a, CFG scale: 7, Seed: 5, Size: 512x512, Version: personae 0.1.0"
     assert "rng" not in _from_infotext(ours, tmp_path)  # personae's own (before it wrote RNG) drew on the CPU
+
+
+def test_img2img_noise_is_the_images_first_draw_and_the_vae_sample_draws_aside(tiny_model, tiny_session, photo):
+    """A1111's img2img: the init image encoded without touching the image's generator, whose first draw is the
+    noise (diffusers alone would spend that draw on the VAE's sample)."""
+    from diffusers import EulerDiscreteScheduler
+    from PIL import Image
+
+    pipe = tiny_session.pipe
+    settings = _settings(tiny_model[0], sampler="Euler", rng="GPU", init_image=str(photo), strength=0.5)
+    seen: list[torch.Tensor] = []
+    hook = pipe.unet.register_forward_pre_hook(lambda module, args: seen.append(args[0][0].clone()))
+    try:
+        _drawn(tiny_session, settings)
+    finally:
+        hook.remove()
+    with torch.no_grad():
+        posterior = pipe.vae.encode(pipe.image_processor.preprocess(Image.open(photo).convert("RGB"))).latent_dist
+    aside = torch.randn(SHAPE, generator=torch.Generator().manual_seed(11))
+    init = (posterior.mean + posterior.std * aside) * pipe.vae.config.scaling_factor
+    scheduler = EulerDiscreteScheduler.from_config(pipe.scheduler.config)
+    scheduler.set_timesteps(settings.steps)
+    sigma = scheduler.sigmas[settings.steps - int(settings.steps * settings.strength)]
+    expected = (init + gpu_randn(11, 0, SHAPE) * sigma) / (sigma**2 + 1) ** 0.5
+    assert torch.allclose(seen[0], expected[0], atol=1e-4)
+    second = (init + gpu_randn(11, 1, SHAPE) * sigma) / (sigma**2 + 1) ** 0.5
+    assert not torch.allclose(seen[0], second[0], atol=0.1)

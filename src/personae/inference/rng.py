@@ -122,7 +122,12 @@ def image_generators(seeds: Sequence[int], source: str = "CPU", ensd: int = 0) -
     return [image_generator(s, source, ensd) for s in seeds]
 
 
-def _routed(original):
+def _aside(g: ImageGenerator, shape: tuple[int, ...]) -> torch.Tensor:
+    """A draw that leaves the image's stream alone: a fresh CPU generator of its seed."""
+    return torch.randn(shape, generator=torch.Generator("cpu").manual_seed(g.image_seed % 2**64))
+
+
+def _routed(original, aside: bool):
     @wraps(original)
     def randn_tensor(shape, generator=None, device=None, dtype=None, layout=None, **kwargs):
         many = isinstance(generator, list)
@@ -130,20 +135,25 @@ def _routed(original):
         if not gens or not all(isinstance(g, ImageGenerator) for g in gens):
             return original(shape, generator=generator, device=device, dtype=dtype, layout=layout, **kwargs)
         shape = tuple(shape)
+        draw = (lambda g, s: _aside(g, s)) if aside else (lambda g, s: g.randn(s))
         # as A1111: float32 numbers, then the model's number format
-        noise = torch.cat([g.randn((1, *shape[1:])) for g in gens]) if many else gens[0].randn(shape)
+        noise = torch.cat([draw(g, (1, *shape[1:])) for g in gens]) if many else draw(gens[0], shape)
         return noise.to(device=device or "cpu", dtype=dtype or torch.float32)
 
     randn_tensor.personae_routed = True
     return randn_tensor
 
 
+VAE_MODULE = "diffusers.models.autoencoders.vae"
+
+
 def route(*objects) -> None:
-    """Send the random draws of these diffusers objects (pipelines, schedulers) and of the VAE to the image
-    generators they are given. Idempotent; calls without an ImageGenerator are untouched."""
-    names = {type(o).__module__ for o in objects if o is not None} | {"diffusers.models.autoencoders.vae"}
-    for name in names:
+    """Send the random draws of these diffusers objects (pipelines, schedulers) to the image generators they are
+    given. The VAE's sample of an encoded picture (img2img, inpainting, the hires fix's redraw of an upscaled
+    picture) draws aside, from a fresh generator of the seed: A1111 encodes without touching the image's
+    generator, whose first draw is the img2img noise. Idempotent; calls without an ImageGenerator are untouched."""
+    for name in {type(o).__module__ for o in objects if o is not None} | {VAE_MODULE}:
         module = sys.modules.get(name)
         current = getattr(module, "randn_tensor", None)
         if current is not None and not getattr(current, "personae_routed", False):
-            module.randn_tensor = _routed(current)
+            module.randn_tensor = _routed(current, aside=name == VAE_MODULE)
