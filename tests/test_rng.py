@@ -194,3 +194,17 @@ def test_img2img_noise_is_the_images_first_draw_and_the_vae_sample_draws_aside(t
     assert torch.allclose(seen[0], expected[0], atol=1e-4)
     second = (init + gpu_randn(11, 1, SHAPE) * sigma) / (sigma**2 + 1) ** 0.5
     assert not torch.allclose(seen[0], second[0], atol=0.1)
+
+
+def test_the_hires_pass_starts_from_the_variation_seeds_noise_too(tiny_model, tiny_session):
+    """A1111's hires pass makes its starting noise as the base pass does, at the new size: at variation strength 1
+    the whole picture, redraw included, is the variation seed's."""
+    from personae.inference.variation import start_latents, variation_generators
+
+    g = variation_generators([7], [9], 0.3, "GPU", 0, drawn_at=(6, 6))[0]
+    assert torch.equal(g.randn((1, 4, 12, 12)), start_latents([7], [9], 0.3, (4, 12, 12), (4, 6, 6), "GPU"))
+    assert torch.equal(g.randn((1, 4, 12, 12)), gpu_randn(7, 1, (1, 4, 12, 12)))  # then the seed's stream goes on
+    hires = {"sampler": "Euler", "hires_scale": 1.5, "hires_denoise": 0.6, "hires_upscaler": "latent"}
+    own = _drawn(tiny_session, _settings(tiny_model[0], seed=9, **hires))
+    toward = _drawn(tiny_session, _settings(tiny_model[0], seed=7, subseed=9, subseed_strength=1.0, **hires))
+    assert own.shape == (96, 96, 3) and np.abs(toward - own).max() <= 1

@@ -25,7 +25,7 @@ to it, in the pipeline's module, its scheduler's and the VAE's, and leaves every
 from __future__ import annotations
 
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import wraps
 from typing import Literal
 
@@ -88,9 +88,16 @@ class ImageGenerator(torch.Generator):
     image_seed: int
     ensd: int
     draws: int
+    first: Callable[[tuple[int, ...]], torch.Tensor] | None
     _after: torch.Generator | None
 
     def randn(self, shape: Sequence[int]) -> torch.Tensor:
+        if self.draws == 0 and self.first is not None:  # a starting noise of its own (A1111's variation seeds):
+            self._draw(shape)  # the stream still moves past the draw it replaces, as A1111's does
+            return self.first(tuple(shape))
+        return self._draw(shape)
+
+    def _draw(self, shape: Sequence[int]) -> torch.Tensor:
         first, self.draws = self.draws == 0, self.draws + 1
         if self.source == "CPU":
             if first or not self.ensd:
@@ -102,19 +109,15 @@ class ImageGenerator(torch.Generator):
             return gpu_randn(self.image_seed, self.draws - 1, shape)
         return gpu_randn(self.image_seed + self.ensd, self.draws - 2, shape)
 
-    def skip_first(self, shape: Sequence[int]) -> ImageGenerator:
-        """Count the starting noise as drawn (drawn elsewhere, as A1111 draws a variation seed's), so the next draw
-        is the first step's."""
-        self.randn(shape)
-        return self
 
-
-def image_generator(seed: int, source: str = "CPU", ensd: int = 0) -> ImageGenerator:
+def image_generator(seed: int, source: str = "CPU", ensd: int = 0,
+                    first: Callable[[tuple[int, ...]], torch.Tensor] | None = None) -> ImageGenerator:
+    """`first(shape)`: the starting noise, when it is not simply the seed's first draw."""
     if source not in SOURCES:
         raise ValueError(f"unknown RNG source {source!r}; one of {', '.join(SOURCES)}")
     g = ImageGenerator("cpu")
     g.manual_seed(seed % 2**64)
-    g.source, g.image_seed, g.ensd, g.draws, g._after = source, int(seed), int(ensd), 0, None
+    g.source, g.image_seed, g.ensd, g.draws, g.first, g._after = source, int(seed), int(ensd), 0, first, None
     return g
 
 

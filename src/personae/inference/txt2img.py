@@ -50,7 +50,7 @@ from personae.inference.prompt_schedule import ScheduledPrompts
 from personae.inference.rng import image_generators
 from personae.inference.samplers import get_sampler
 from personae.inference.session import Session, open_session
-from personae.inference.variation import start_latents
+from personae.inference.variation import variation_generators
 from personae.media.png import format_parameters, infotext_values
 from personae.models.addons import LoadedEmbedding, LoadedLora, hashes_text
 from personae.models.lora_dir import expand_lora_tags, lora_tags
@@ -328,19 +328,18 @@ def txt2img(settings: GenerateSettings, session: Session | None = None, on_event
                 return scheduled.after_step(pipeline, step, kwargs)
             return report
 
-        # 5. denoise: one generator per image, so each seed reproduces alone (A1111's RNG source and ENSD)
-        generators = image_generators(seeds, settings.rng, settings.ensd)
+        # 5. denoise: one generator per image, so each seed reproduces alone (A1111's RNG source and ENSD); its
+        # starting noise bent toward the variation seed's, drawn at another size, in each pass (hires fix too)
+        def generators(_seeds=seeds, _subseeds=subseeds):
+            if not (variation or resized):
+                return image_generators(_seeds, settings.rng, settings.ensd)
+            cell = pipe.vae_scale_factor
+            drawn = (settings.seed_resize_from_h // cell, settings.seed_resize_from_w // cell) if resized else None
+            return variation_generators(_seeds, _subseeds, settings.subseed_strength, settings.rng, settings.ensd,
+                                        drawn)
+
         kwargs = dict(**prompts.call_kwargs(), num_inference_steps=settings.steps, guidance_scale=settings.cfg,
-                      generator=generators, callback_on_step_end=reporter(prompts))
-        if variation or resized:  # the starting noise: bent toward the variation seeds', drawn at another size
-            channels, cell = pipe.vae.config.latent_channels, pipe.vae_scale_factor
-            shape = (channels, height // cell, width // cell)
-            drawn = (channels, settings.seed_resize_from_h // cell, settings.seed_resize_from_w // cell) if resized \
-                else None
-            kwargs["latents"] = start_latents(seeds, subseeds, settings.subseed_strength, shape, drawn,
-                                              settings.rng).to(session.dtype)
-            for generator in generators:  # A1111 drew that noise with each image's own generator: the steps' next
-                generator.skip_first(shape)
+                      generator=generators(), callback_on_step_end=reporter(prompts))
         # A1111's AND: the pass's UNet (and ControlNet) calls run every part of its prompt; the hires fix's two
         # passes each compose their own prompt
         first_pass = composing(prompts, session.pipe.unet, nets)
@@ -361,7 +360,7 @@ def txt2img(settings: GenerateSettings, session: Session | None = None, on_event
                 redraw = denoiser(session, None, None, hires_sampler.make(session.base_scheduler))
                 if upscaler is not None:
                     upscaler.net.to(session.device)
-                images = hires_fix(pipe, redraw, settings, (width, height), kwargs, seeds, upscaler,
+                images = hires_fix(pipe, redraw, settings, (width, height), kwargs, generators, upscaler,
                                    {**hires_prompts.call_kwargs(), "callback_on_step_end": reporter(hires_prompts),
                                     **({"guidance_scale": settings.hires_cfg} if settings.hires_cfg is not None else {})},
                                    lambda done, tiles, _b=batch: on_event(Progress("upscale", done, tiles, {
