@@ -107,7 +107,7 @@ def test_a1111_infotext_is_read_including_schedule_type(tmp_path):
     data = settings_from_png(tmp_path / "a1111.png")
     assert data == {"prompt": "masterpiece, (red fox:1.2), <lora:me:0.8>", "negative": "lowres, bad hands", "steps": 30,
                     "cfg": 6.5, "seed": 1234, "width": 512, "height": 768, "clip_skip": 2, "sampler": "DPM++ 2M Karras",
-                    "rng": "GPU"}  # no "RNG" key: A1111 drew the noise on the GPU
+                    "rng": "GPU", "pad_conds": "off"}  # A1111's defaults: noise drawn on the GPU, no padding
 
 
 def _lora_file(path, seed=0):

@@ -134,7 +134,7 @@ def test_generated_options_keep_the_names_users_know():
     assert _options("generate") == SHARED | {
         "--batch-size", "--batch-count", "--init-image", "--strength", "--mask", "--mask-blur", "--control",
         "--hires-scale", "--hires-resize", "--hires-steps", "--hires-denoise", "--hires-upscaler", "--upscaler-dir",
-        "--subseed", "--subseed-strength", "--seed-resize-from-w", "--seed-resize-from-h", "--rng", "--ensd",
+        "--subseed", "--subseed-strength", "--seed-resize-from-w", "--seed-resize-from-h", "--rng", "--ensd", "--pad-conds",
         "--hires-prompt", "--hires-negative",
         "--hires-sampler", "--hires-cfg", "--inpaint-area", "--masked-padding",
         "--ad-model", "--ad-prompt", "--ad-negative-prompt", "--ad-confidence", "--ad-mask-k-largest",

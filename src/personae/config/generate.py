@@ -15,7 +15,7 @@ from personae.config.sampling import (
     ControlSettings,
     HiresSettings,
     Img2ImgSettings,
-    NoiseSettings,
+    OptionSettings,
     PromptSettings,
     RuntimeSettings,
     SamplingSettings,
@@ -28,7 +28,7 @@ __all__ = ["GenerateSettings", "LoraRef", "EmbeddingRef", "ControlRef"]
 
 
 class GenerateSettings(SourceSettings, PromptSettings, StyleSettings, SamplingSettings, BatchSettings,
-                       VariationSettings, NoiseSettings, AddonSettings, Img2ImgSettings, HiresSettings,
+                       VariationSettings, OptionSettings, AddonSettings, Img2ImgSettings, HiresSettings,
                        DetailerSettings, ControlSettings, RuntimeSettings):
     """Everything that decides the pixels of a txt2img / img2img / ControlNet run."""
 

@@ -228,7 +228,7 @@ def redraw_face(session, settings, picture: Image.Image, mask: Image.Image, prom
                 report(step + 1, getattr(pipeline, "_num_timesteps", 0) or len(pipeline.scheduler.timesteps))
             return prompts.after_step(pipeline, step, kwargs)
 
-        with composing(prompts, session.pipe.unet):  # A1111's AND in the face's prompt composes there too
+        with composing(prompts, session.pipe.unet, pad=settings.pad_conds):  # AND composes there too
             drawn = pipe(image=init, mask_image=crop_mask, strength=settings.ad_denoising_strength, width=width,
                          height=height, **prompts.call_kwargs(), num_inference_steps=steps, guidance_scale=cfg,
                          generator=image_generators([seed % 2**32], settings.rng, settings.ensd),

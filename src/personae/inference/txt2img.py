@@ -24,6 +24,7 @@ from personae.data.dynamic_prompts import image_prompts, is_template
 from personae.errors import UserError
 from personae.events import EventHandler, Message, Progress, ignore
 from personae.inference.composable import ComposablePrompts, composing, scheduled_prompts
+from personae.inference.cond_lengths import pads
 from personae.inference.controlnet import (
     PreparedControl,
     control_denoise,
@@ -77,8 +78,10 @@ def session_for(settings: GenerateSettings, on_event: EventHandler = ignore) -> 
 
 
 def infotext(settings: GenerateSettings, session: Session, seed: int, width: int, height: int,
-             loras: list[LoadedLora] | None = None, embeddings: list[LoadedEmbedding] | None = None) -> str:
-    """A1111's `parameters` text; `loras` / `embeddings`: the add-ons this image used (default: the session's)."""
+             loras: list[LoadedLora] | None = None, embeddings: list[LoadedEmbedding] | None = None,
+             padded: bool = False) -> str:
+    """A1111's `parameters` text; `loras` / `embeddings`: the add-ons this image used (default: the session's);
+    `padded`: a prompt and negative prompt of different lengths met (A1111 then says how it padded them)."""
     loras = session.loras if loras is None else loras
     embeddings = session.embeddings if embeddings is None else embeddings
     params = {  # the settings that declare an A1111 name, then what this run resolved
@@ -94,6 +97,8 @@ def infotext(settings: GenerateSettings, session: Session, seed: int, width: int
         **({"Inpaint area": "Only masked", "Masked area padding": settings.masked_padding}
            if settings.mask and settings.inpaint_area == "masked" else {}),
         **(detailer_infotext(settings) if settings.ad_model else {}),
+        **({"Pad conds": True} if padded and settings.pad_conds == "on" else {}),
+        **({"Pad conds v0": True} if padded and settings.pad_conds == "v0" else {}),
         "Version": f"personae {__version__}",
     }
     prompt = settings.prompt + "".join(f" <lora:{l.name}:{l.weight:g}>" for l in loras)
@@ -312,6 +317,7 @@ def txt2img(settings: GenerateSettings, session: Session | None = None, on_event
     if isinstance(prompts, ComposablePrompts):
         on_event(Message(f"composable diffusion (AND): {len(prompts.weights)} part(s) at weight(s) "
                          f"{', '.join(f'{w:g}' for w in prompts.weights)}"))
+    padded = pads(prompts) or bool(settings.hires_scale and pads(hires_prompts))
     nets = [controlnet_for(session, c.model, settings.allow_pickle, on_event) for c in controls]
     results: list[GeneratedImage] = []
     stored = with_absolute_paths(settings, session)
@@ -342,7 +348,7 @@ def txt2img(settings: GenerateSettings, session: Session | None = None, on_event
                       generator=generators(), callback_on_step_end=reporter(prompts))
         # A1111's AND: the pass's UNet (and ControlNet) calls run every part of its prompt; the hires fix's two
         # passes each compose their own prompt
-        first_pass = composing(prompts, session.pipe.unet, nets)
+        first_pass = composing(prompts, session.pipe.unet, nets, settings.pad_conds)
         with torch.no_grad(), session.lora_weights(loras) as used, \
                 nan_guard(session.pipe, [f"{l.name} at {l.weight:g}" for l in used if l.weight]):
             if init is not None and settings.strength == 0:  # nothing to redraw: the image as the VAE gives it
@@ -365,7 +371,8 @@ def txt2img(settings: GenerateSettings, session: Session | None = None, on_event
                                     **({"guidance_scale": settings.hires_cfg} if settings.hires_cfg is not None else {})},
                                    lambda done, tiles, _b=batch: on_event(Progress("upscale", done, tiles, {
                                        "batch": _b + 1, "batches": settings.batch_count})),
-                                   passes=(first_pass, composing(hires_prompts, session.pipe.unet)))
+                                   passes=(first_pass, composing(hires_prompts, session.pipe.unet,
+                                                                 pad=settings.pad_conds)))
             else:
                 with first_pass:
                     images = pipe(width=width, height=height, **kwargs).images
@@ -383,5 +390,6 @@ def txt2img(settings: GenerateSettings, session: Session | None = None, on_event
             own = {"seed": s, **({"subseed": sub} if variation else {})}
             one = stored.model_copy(update={**own, "batch_size": 1, "batch_count": 1, "width": width, "height": height})
             shown = settings.model_copy(update={"subseed": sub}) if variation else settings
-            results.append(GeneratedImage(image, s, infotext(shown, session, s, width, height, used, embeddings), one))
+            results.append(GeneratedImage(image, s, infotext(shown, session, s, width, height, used, embeddings,
+                                                             padded), one))
     return results
