@@ -294,7 +294,7 @@ def test_from_png_of_an_a1111_png_applies_lora_tags_and_names_what_it_does_not_a
     assert code == 0, captured.err
     [warning] = [line for line in captured.err.splitlines() if "not applied" in line]
     for name in ('Face restoration "CodeFormer"', 'ADetailer model "face_yolov8n.pt"', "ADetailer confidence",
-                 "TI hashes", "(pass the embeddings with --embedding)", "Denoising strength", "(no --init-image)",
+                 "TI hashes easynegative (pass --embeddings-dir", "Denoising strength", "(no --init-image)",
                  'Model "majicmix" [abcdef1234]'):
         assert name in warning, (name, warning)
     for applied in ("Steps", "Sampler", "Schedule type", "Lora hashes", "Size", "Seed"):

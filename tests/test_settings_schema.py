@@ -124,8 +124,8 @@ def _options(command: str) -> set[str]:
 
 
 SHARED = {"--model", "--prompt", "--negative", "--steps", "--cfg", "--seed", "--width", "--height", "--sampler",
-          "--clip-skip", "--lora", "--lora-dir", "--vae", "--embedding", "--device", "--dtype", "--allow-pickle",
-          "--style", "--styles-file", "--wildcards-dir",
+          "--clip-skip", "--lora", "--lora-dir", "--vae", "--embedding", "--embeddings-dir", "--device", "--dtype",
+          "--allow-pickle", "--style", "--styles-file", "--wildcards-dir",
           "--attention", "--channels-last", "--compile", "--vae-slicing", "--vae-tiling", "--no-vae-upcast", "--medvram",
           "--lowvram"}
 
@@ -134,8 +134,8 @@ def test_generated_options_keep_the_names_users_know():
     assert _options("generate") == SHARED | {
         "--batch-size", "--batch-count", "--init-image", "--strength", "--mask", "--mask-blur", "--control",
         "--hires-scale", "--hires-resize", "--hires-steps", "--hires-denoise", "--hires-upscaler", "--upscaler-dir",
-        "--subseed", "--subseed-strength", "--seed-resize-from-w", "--seed-resize-from-h", "--rng", "--ensd", "--pad-conds",
-        "--hires-prompt", "--hires-negative",
+        "--subseed", "--subseed-strength", "--seed-resize-from-w", "--seed-resize-from-h", "--rng", "--ensd",
+        "--pad-conds", "--hires-prompt", "--hires-negative",
         "--hires-sampler", "--hires-cfg", "--inpaint-area", "--masked-padding",
         "--ad-model", "--ad-prompt", "--ad-negative-prompt", "--ad-confidence", "--ad-mask-k-largest",
         "--ad-dilate-erode", "--ad-mask-blur", "--ad-denoising-strength", "--no-ad-inpaint-only-masked",

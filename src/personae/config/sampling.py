@@ -293,3 +293,6 @@ class AddonSettings(Concept):
     lora_dir: str | None = setting(None, "the folder where <lora:name:weight> tags in the prompt are looked up by "
                                          "file name (A1111's models/Lora; an A1111 webui folder works too)",
                                    metavar="DIR")
+    embeddings_dir: str | None = setting(None, "the folder of textual-inversion embeddings used by writing their "
+                                               "name in a prompt (\"EasyNegative\"), as A1111's embeddings folder "
+                                               "(an A1111 webui folder works too)", metavar="DIR")

@@ -38,6 +38,7 @@ from personae.inference.samplers import get_sampler
 from personae.inference.session import Session, open_session
 from personae.media.png import format_parameters, infotext_values
 from personae.models.addons import hashes_text
+from personae.models.embedding_dir import expand_embedding_names
 from personae.models.layer_patches import copy_patches
 from personae.models.lora_dir import expand_lora_tags, lora_tags
 from personae.models.motion import MotionSource, load_motion_adapter, resolve_motion_adapter
@@ -279,7 +280,7 @@ def animate(settings: AnimateSettings, animate_session: AnimateSession | None = 
         on_event(Message(f"Dynamic Prompts: the clip's prompt is \"{prompt}\""))
         settings = settings.model_copy(update={"prompt": prompt, "negative": negative})
     if animate_session is None:
-        settings = expand_lora_tags(settings)  # <lora:name:w> tags: files from --lora-dir
+        settings = expand_embedding_names(expand_lora_tags(settings))  # <lora:name:w> tags, embeddings by name
     else:
         settings = held_lora_tags(settings, animate_session.session)  # never passed on to the text encoder
     for text, flag in ((settings.prompt, "--prompt"), (settings.negative, "--negative")):

@@ -54,6 +54,7 @@ from personae.inference.session import Session, open_session
 from personae.inference.variation import variation_generators
 from personae.media.png import format_parameters, infotext_values
 from personae.models.addons import LoadedEmbedding, LoadedLora, hashes_text
+from personae.models.embedding_dir import expand_embedding_names
 from personae.models.lora_dir import expand_lora_tags, lora_tags
 from personae.models.upscalers import UpscalerNet, is_path, read_upscaler, resolve_upscaler
 
@@ -190,6 +191,8 @@ def _each_drawn(settings: GenerateSettings, session: Session | None, on_event: E
         tags = {tag.name: tag for prompt, _ in drawn for tag in lora_tags(prompt)[1]}
         named = "".join(f" <lora:{tag.name}:0>" for tag in tags.values())
         loaded = expand_lora_tags(settings.model_copy(update={"prompt": named}))
+        every = "\n".join(text for pair in drawn for text in pair)  # and the embeddings any drawn prompt names
+        loaded = expand_embedding_names(loaded.model_copy(update={"prompt": every, "negative": ""}))
         given = {Path(l.path).expanduser().resolve(): l.weight for l in settings.loras}  # --lora keeps its weight
         session = session_for(loaded.model_copy(update={"loras": [
             l.model_copy(update={"weight": given.get(Path(l.path).expanduser().resolve(), l.weight)})
@@ -236,7 +239,7 @@ def txt2img(settings: GenerateSettings, session: Session | None = None, on_event
         settings = settings.model_copy(update={"hires_sampler": hires_sampler.name})
     hires_text = hires_prompt_text(settings)
     if session is None:
-        settings = expand_lora_tags(settings)
+        settings = expand_embedding_names(expand_lora_tags(settings))
     else:
         settings, loras = session_lora_tags(settings, session, loras)
     seed = settings.seed if settings.seed >= 0 else random.randrange(2**32)

@@ -31,6 +31,7 @@ from personae.media.png import (
     read_image_text,
     save_png,
 )
+from personae.models.embedding_dir import embedding_files
 from personae.models.upscalers import find_upscaler, is_path
 from personae.outputs import Kind, check_output, open_output
 
@@ -189,8 +190,15 @@ def png_not_applied(path: str | Path, settings: GenerateSettings, model_hash: st
                                     if key == "ADetailer model" else "")
               for key, value in params.items()
               if key not in known | {"TI hashes"} or (yolo and key.startswith("ADetailer "))]
-    if "TI hashes" in params and not settings.embeddings:
-        missed.append(_shown("TI hashes", params["TI hashes"]) + " (pass the embeddings with --embedding)")
+    if "TI hashes" in params:  # the embeddings the prompts named: each given, or found in --embeddings-dir
+        named = [part.partition(":")[0].strip() for part in params["TI hashes"].strip('"').split(",") if part.strip()]
+        have = {e.token or Path(e.path).stem for e in settings.embeddings}
+        if settings.embeddings_dir:
+            have |= set(embedding_files(settings.embeddings_dir))
+        lost = [name for name in named if name.lower() not in {h.lower() for h in have}]
+        if lost:
+            missed.append(f"TI hashes {', '.join(lost)} (pass --embeddings-dir with the folder holding them, as "
+                          "A1111's embeddings folder, or each with --embedding)")
     for key in ("Schedule type", "Hires schedule type", "ADetailer scheduler"):
         schedule = params.get(key)
         if schedule and schedule not in SCHEDULES and schedule not in DEFAULT_SCHEDULES:
