@@ -24,8 +24,6 @@ import torch
 
 from personae.inference.prompt_schedule import ScheduledPrompts
 
-PAD_MODES = ("on", "off", "v0")
-
 
 def pads(prompts) -> bool:
     """Whether any step of the pass pairs a prompt and a negative prompt of different lengths."""

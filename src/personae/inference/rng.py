@@ -27,12 +27,10 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable, Sequence
 from functools import wraps
-from typing import Literal
 
 import numpy as np
 import torch
 
-RngSource = Literal["CPU", "GPU", "NV"]
 SOURCES: tuple[str, ...] = ("CPU", "GPU", "NV")
 
 _M0, _M1 = np.uint64(0xD2511F53), np.uint64(0xCD9E8D57)  # Philox4x32's multipliers
