@@ -230,7 +230,7 @@ def redraw_face(session, settings, picture: Image.Image, mask: Image.Image, prom
         with composing(prompts, session.pipe.unet):  # A1111's AND in the face's prompt composes there too
             drawn = pipe(image=init, mask_image=crop_mask, strength=settings.ad_denoising_strength, width=width,
                          height=height, **prompts.call_kwargs(), num_inference_steps=steps, guidance_scale=cfg,
-                         generator=[torch.Generator("cpu").manual_seed(seed % 2**32)],
+                         generator=[torch.Generator("cpu").manual_seed(seed % 2**64)],
                          callback_on_step_end=step_end).images[0]
     return paste_back(picture, drawn, region, full_mask)
 

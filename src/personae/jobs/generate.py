@@ -237,7 +237,7 @@ def comfy_not_applied(reading: ComfyReading, settings: GenerateSettings) -> list
         names = ", ".join(f"embedding:{name}" for name in dict.fromkeys(reading.embeddings))
         missed.append(f"{names} (written as the name; pass each file with --embedding FILE:NAME)")
     if reading.vae and not settings.vae:
-        missed.append(_shown("VAELoader", reading.vae) + " (pass it with --vae)")
+        missed.append(f'VAELoader "{reading.vae}" (pass it with --vae)')
     if reading.checkpoint:
         stem = PureWindowsPath(reading.checkpoint).stem
         if stem not in (Path(settings.model).stem, Path(settings.model).name):
