@@ -56,7 +56,6 @@ from personae.models.addons import LoadedEmbedding, LoadedLora, hashes_text
 from personae.models.lora_dir import expand_lora_tags, lora_tags
 from personae.models.upscalers import UpscalerNet, is_path, read_upscaler, resolve_upscaler
 
-
 SEEDS = 2**64  # seeds (and variation seeds) are 0 .. SEEDS - 1; counting up wraps there
 
 
