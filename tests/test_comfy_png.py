@@ -211,6 +211,10 @@ def test_a_custom_node_on_the_path_is_refused_by_name(tmp_path):
     message = refusal(tmp_path, graph)
     assert "BNK_CLIPTextEncodeAdvanced node 6, a custom node" in message and "Traceback" not in message
     assert "\n" not in message.split("\n\n")[0]  # one paragraph
+    graph = default_graph()
+    graph["6"]["inputs"]["text"] = ["40", 0]
+    graph["40"] = {"class_type": "Text Multiline", "inputs": {"text": "a cat"}}
+    assert "the input text as a link to Text Multiline node 40" in refusal(tmp_path, graph)
 
 
 def test_an_unknown_input_of_a_known_node_is_refused_by_name(tmp_path):
@@ -229,6 +233,7 @@ def test_several_samplers_that_are_not_a_hires_fix_are_refused(tmp_path):
     graph["11"]["inputs"]["latent_image"] = ["3", 0]  # a second pass straight on the first's latent
     del graph["10"]
     assert "KSampler node 3, KSampler node 11" in refusal(tmp_path, graph)
+    assert "KSampler node 11 at denoise 1;" in refusal(tmp_path, hires_graph(denoise=1.0))
 
 
 def test_damaged_or_partial_comfy_chunks_are_one_paragraph(tmp_path):

@@ -98,7 +98,9 @@ class _Graph:
         """An input's own value (not a link)."""
         value = inputs.get(name)
         if isinstance(value, bool) or not isinstance(value, kind):
-            got = "a link to another node" if isinstance(value, list) else "missing" if value is None else repr(value)
+            linked = str(value[0]) if isinstance(value, list) and value else None
+            got = (f"a link to {self.name(linked) if linked in self.nodes else f'node {linked}'}" if linked
+                   else "missing" if value is None else repr(value))
             raise self.refuse(f"gives {self.name(node_id)} the input {name} as {got}, which personae cannot read.")
         return value
 
@@ -318,9 +320,9 @@ def _hires(graph: _Graph, second: str, inputs: dict, values: dict) -> tuple[str,
     upscale_id = graph.link(second, inputs, "latent_image")[0]
     first = graph.link(upscale_id, up, "samples")[0]
     graph.node(first, SAMPLER_NODES)
-    if values["denoise"] >= 1:
-        raise graph.refuse(f"redraws the upscaled latent in {graph.name(second)} at denoise 1, which keeps nothing "
-                           "of the first pass; personae's hires fix redraws at a denoise below 1.")
+    if not 0 < values["denoise"] < 1:
+        raise graph.refuse(f"redraws the upscaled latent in {graph.name(second)} at denoise {values['denoise']:g}; "
+                           "personae's hires fix redraws at a denoise between 0 and 1.")
     hires: dict = {"hires_upscaler": "latent", "hires_denoise": values["denoise"],
                    "hires_steps": _steps_for(values["steps"], values["denoise"])}
     if kind == "LatentUpscaleBy":
