@@ -68,6 +68,7 @@ class ComfyReading:
 class _Graph:
     def __init__(self, nodes: dict, source: str):
         self.nodes, self.source = nodes, source
+        self.visits = 0  # nodes looked up on the walk: a graph linked in a loop (a damaged file) ends it
 
     def name(self, node_id: str) -> str:
         return f'{self.nodes[node_id].get("class_type")} node {node_id}'
@@ -80,6 +81,9 @@ class _Graph:
     def node(self, node_id: str, wanted: tuple[str, ...] = ()) -> tuple[str, dict]:
         """(class_type, inputs) of a node on the walk, each input one personae places; refused otherwise."""
         node = self.nodes.get(node_id)
+        self.visits += 1
+        if self.visits > 8 * len(self.nodes) + 64:
+            raise self.refuse(f"links its nodes in a loop (through node {node_id}); ComfyUI graphs run one way.")
         if not isinstance(node, dict) or not isinstance(node.get("inputs", {}), dict):
             raise self.refuse(f"links to node {node_id}, which it does not hold (the graph is damaged).")
         kind, inputs = node.get("class_type"), node.get("inputs", {})
@@ -202,6 +206,8 @@ def _sampler(graph: _Graph, node_id: str) -> dict:
     """A sampler node's own values, a KSamplerAdvanced only where it runs as a plain KSampler."""
     kind, inputs = graph.node(node_id, SAMPLER_NODES)
     steps = graph.value(node_id, inputs, "steps", int)
+    if not 1 <= steps <= 10000:
+        raise graph.refuse(f"gives {graph.name(node_id)} {steps} steps, outside ComfyUI's range (1 to 10000).")
     if kind == "KSamplerAdvanced":
         add, start, end = (inputs.get("add_noise"), graph.value(node_id, inputs, "start_at_step", int),
                            graph.value(node_id, inputs, "end_at_step", int))
@@ -214,6 +220,8 @@ def _sampler(graph: _Graph, node_id: str) -> dict:
         raise graph.refuse(f"gives {graph.name(node_id)} the seed {seed}, outside ComfyUI's range (0 to 2**64 - 1).")
     name, scheduler = (graph.value(node_id, inputs, k, str) for k in ("sampler_name", "scheduler"))
     denoise = float(graph.value(node_id, inputs, "denoise", (int, float))) if kind == "KSampler" else 1.0
+    if not 0 <= denoise <= 1:
+        raise graph.refuse(f"gives {graph.name(node_id)} the denoise {denoise:g}, outside ComfyUI's range (0 to 1).")
     return {"seed": seed, "steps": steps, "cfg": float(graph.value(node_id, inputs, "cfg", (int, float))),
             "sampler": f"{name} {scheduler}", "denoise": denoise}
 
@@ -221,8 +229,10 @@ def _sampler(graph: _Graph, node_id: str) -> dict:
 def _steps_for(steps: int, denoise: float) -> int:
     """personae's steps for a ComfyUI pass of `steps` at `denoise`: ComfyUI runs all its steps on the tail of a
     longer schedule; personae (as A1111) runs int(steps x denoise) of them, so the smallest count giving as many."""
-    total = max(steps, math.ceil(steps / denoise - 1e-9))
-    while int(total * denoise) < steps:
+    total = max(steps, math.ceil(min(steps / denoise, 10**6) - 1e-9))  # past personae's bound: refused by name
+    for _ in range(3):  # float rounding: one more step or two at most
+        if int(total * denoise) >= steps:
+            break
         total += 1
     return total
 
