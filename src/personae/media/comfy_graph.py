@@ -223,7 +223,7 @@ def _sampler(graph: _Graph, node_id: str) -> dict:
     if not 0 <= denoise <= 1:
         raise graph.refuse(f"gives {graph.name(node_id)} the denoise {denoise:g}, outside ComfyUI's range (0 to 1).")
     return {"seed": seed, "steps": steps, "cfg": float(graph.value(node_id, inputs, "cfg", (int, float))),
-            "sampler": f"{name} {scheduler}", "denoise": denoise}
+            "sampler": f"{name} {scheduler}", "name": name, "denoise": denoise}
 
 
 def _steps_for(steps: int, denoise: float) -> int:
@@ -379,12 +379,13 @@ def read_comfy_graph(text: str, source: str) -> ComfyReading:
     if tags:
         data["prompt"] = f"{prompt} {tags}".strip()
     _decoded(graph, last, reading)
-    kind, ckpt = graph.node(checkpoint)
+    _, ckpt = graph.node(checkpoint)
     reading.checkpoint = str(graph.value(checkpoint, ckpt, "ckpt_name", str))
     _prompt_notes(texts, reading)
-    if _NOISY.search(values["sampler"].split()[0]) or _NOISY.search(base["sampler"].split()[0]):
-        reading.notes.append(f"sampler {base['sampler'].split()[0]}: ComfyUI draws its step noise on the GPU, personae "
-                             "from the seed's CPU generator, so the picture differs from ComfyUI's")
+    for name in dict.fromkeys((base["name"], values["name"])):
+        if _NOISY.search(name):
+            reading.notes.append(f"sampler {name}: ComfyUI draws its step noise on the GPU, personae from the seed's "
+                                 "CPU generator, so the picture differs from ComfyUI's")
     reading.settings = data
     return reading
 
