@@ -323,3 +323,22 @@ def test_comfyuis_batch_of_one_starting_noise_is_personaes_for_a_seed_above_2_32
         hook.remove()
     comfy = torch.randn([1, 4, 8, 8], generator=torch.Generator("cpu").manual_seed(seed))
     assert torch.equal(seen[0], comfy)  # DDIM's init_noise_sigma is 1 and it does not scale the model input
+
+
+def test_a_comfy_hires_graph_runs_as_personaes_hires_fix(tiny_model, tiny_session, tmp_path):
+    import numpy as np
+
+    from personae.cli.main import main
+
+    graph = hires_graph(steps=2, cfg=5.0)
+    graph["3"]["inputs"].update(steps=2, seed=9)
+    graph["5"]["inputs"].update(width=64, height=64)
+    png = comfy_png(tmp_path / "hires.png", graph)
+    assert main(["generate", "--from-png", str(png), "--model", str(tiny_model[0]), "--out", str(tmp_path / "a")]) == 0
+    assert main(["generate", "--model", str(tiny_model[0]), "--prompt", "a photo of a cat", "--negative",
+                 "lowres, blurry", "--seed", "9", "--steps", "2", "--cfg", "7", "--sampler", "DPM++ 2M Karras",
+                 "--width", "64", "--height", "64", "--hires-scale", "1.5", "--hires-denoise", "0.5", "--hires-steps",
+                 "4", "--hires-upscaler", "latent", "--hires-cfg", "5", "--out", str(tmp_path / "b")]) == 0
+    [a], [b] = sorted((tmp_path / "a").glob("*.png")), sorted((tmp_path / "b").glob("*.png"))
+    assert Image.open(a).size == (96, 96)
+    assert np.array_equal(np.asarray(Image.open(a)), np.asarray(Image.open(b)))
