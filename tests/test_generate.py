@@ -106,7 +106,8 @@ def test_a1111_infotext_is_read_including_schedule_type(tmp_path):
     Image.new("RGB", (8, 8)).save(tmp_path / "a1111.png", pnginfo=info)
     data = settings_from_png(tmp_path / "a1111.png")
     assert data == {"prompt": "masterpiece, (red fox:1.2), <lora:me:0.8>", "negative": "lowres, bad hands", "steps": 30,
-                    "cfg": 6.5, "seed": 1234, "width": 512, "height": 768, "clip_skip": 2, "sampler": "DPM++ 2M Karras"}
+                    "cfg": 6.5, "seed": 1234, "width": 512, "height": 768, "clip_skip": 2, "sampler": "DPM++ 2M Karras",
+                    "rng": "GPU", "pad_conds": "off"}  # A1111's defaults: noise drawn on the GPU, no padding
 
 
 def _lora_file(path, seed=0):
@@ -485,7 +486,7 @@ def test_seed_resize_keeps_the_seeds_noise_in_the_middle_of_a_new_size(tiny_mode
     assert np.abs(pixels(resized) - pixels(plain)).mean() > 1
     assert parse_parameters(resized.parameters)[2]["Seed resize from"] == "64x64"
     png = _a1111_png(tmp_path / "a1111.png", "a photo of a cat\nSteps: 4, Sampler: DPM++ 2M Karras, Seed: 7, "
-                                             "Size: 80x64, Seed resize from: 64x64")
+                                             "Size: 80x64, Seed resize from: 64x64, RNG: CPU")
     data = settings_from_png(png)
     assert (data["seed_resize_from_w"], data["seed_resize_from_h"], data["width"]) == (64, 64, 80)
     again = txt2img(GenerateSettings(**{**data, "model": str(tiny_model[0]), "cfg": 7.0}), tiny_session)[0]

@@ -134,8 +134,8 @@ def test_generated_options_keep_the_names_users_know():
     assert _options("generate") == SHARED | {
         "--batch-size", "--batch-count", "--init-image", "--strength", "--mask", "--mask-blur", "--control",
         "--hires-scale", "--hires-resize", "--hires-steps", "--hires-denoise", "--hires-upscaler", "--upscaler-dir",
-        "--subseed",
-        "--subseed-strength", "--seed-resize-from-w", "--seed-resize-from-h", "--hires-prompt", "--hires-negative",
+        "--subseed", "--subseed-strength", "--seed-resize-from-w", "--seed-resize-from-h", "--rng", "--ensd", "--pad-conds",
+        "--hires-prompt", "--hires-negative",
         "--hires-sampler", "--hires-cfg", "--inpaint-area", "--masked-padding",
         "--ad-model", "--ad-prompt", "--ad-negative-prompt", "--ad-confidence", "--ad-mask-k-largest",
         "--ad-dilate-erode", "--ad-mask-blur", "--ad-denoising-strength", "--no-ad-inpaint-only-masked",
@@ -232,7 +232,8 @@ def test_storyboard_and_compare_options_are_checked_like_generate(tmp_path, caps
 def test_infotext_names_come_from_the_declarations():
     plain = GenerateSettings(model="m", prompt="p", steps=4, cfg=6.5, seed=3, clip_skip=2, strength=0.4)
     assert infotext_values(plain) == {"Seed": 3, "Steps": 4, "CFG scale": 6.5, "Sampler": "DPM++ 2M Karras",
-                                      "Clip skip": 2}  # strength only when there is an init image
+                                      "Clip skip": 2, "RNG": "CPU"}  # strength only with an init image; RNG
+    # because A1111's default source is GPU
     img2img = plain.model_copy(update={"init_image": "x.png"})
     assert infotext_values(img2img)["Denoising strength"] == 0.4
     read = infotext_settings(GenerateSettings, {"Steps": "4", "CFG scale": "6.5", "Seed": "3", "Clip skip": "2",

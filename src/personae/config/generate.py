@@ -15,6 +15,7 @@ from personae.config.sampling import (
     ControlSettings,
     HiresSettings,
     Img2ImgSettings,
+    OptionSettings,
     PromptSettings,
     RuntimeSettings,
     SamplingSettings,
@@ -27,8 +28,8 @@ __all__ = ["GenerateSettings", "LoraRef", "EmbeddingRef", "ControlRef"]
 
 
 class GenerateSettings(SourceSettings, PromptSettings, StyleSettings, SamplingSettings, BatchSettings,
-                       VariationSettings, AddonSettings, Img2ImgSettings, HiresSettings, DetailerSettings,
-                       ControlSettings, RuntimeSettings):
+                       VariationSettings, OptionSettings, AddonSettings, Img2ImgSettings, HiresSettings,
+                       DetailerSettings, ControlSettings, RuntimeSettings):
     """Everything that decides the pixels of a txt2img / img2img / ControlNet run."""
 
     version: int = setting(1, "version of this settings layout", cli=False)

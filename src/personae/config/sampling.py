@@ -110,6 +110,33 @@ class VariationSettings(Concept):
         return self
 
 
+class OptionSettings(Concept):
+    """A1111's options from its Settings page that change the pixels, and so go into its infotext."""
+
+    TITLE: ClassVar[str] = "A1111 options"
+
+    rng: Literal["CPU", "GPU", "NV"] = setting(
+        "CPU", '"Random number generator source": CPU, torch\'s CPU numbers (the same on every machine); GPU, the '
+               "numbers an NVIDIA GPU draws, A1111's default (its pictures without an \"RNG\" key were drawn so), "
+               "computed here on the CPU so they too reproduce anywhere; NV, A1111's name for the same numbers",
+        infotext="RNG", infotext_if="rng_written")
+    ensd: int = setting(0, '"Eta noise seed delta" (ENSD): the noise ancestral and SDE samplers add at each step comes '
+                           "from seed + ENSD instead of the seed (A1111's setting; 31337 in many shared pictures)",
+                        infotext="ENSD", infotext_if="ensd", ge=0, lt=2**32)
+
+    pad_conds: Literal["on", "off", "v0"] = setting(
+        "on", 'a prompt and negative prompt of different lengths (in chunks of 75 tokens): on, the shorter padded '
+              'with empty chunks (A1111\'s "Pad prompt/negative prompt", written "Pad conds"); off, each drawn over '
+              "its own length in a UNet call of its own, A1111's default (its pictures without the key were drawn "
+              'so); v0, the negative prompt padded with its last vector or cut to the prompt\'s length ("Pad conds '
+              'v0")')
+
+    @property
+    def rng_written(self) -> bool:
+        """A1111 writes "RNG" only when it is not its default, GPU."""
+        return self.rng != "GPU"
+
+
 class RuntimeSettings(Concept):
     """Where and how fast: the device, the number format, and the speed / memory switches A1111 users know from
     its command line (inference/speedups.py applies them). None of them changes what is drawn beyond the last

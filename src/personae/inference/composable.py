@@ -31,6 +31,7 @@ from contextlib import contextmanager
 
 import torch
 
+from personae.inference.cond_lengths import unpadded
 from personae.inference.prompt_schedule import ScheduledPrompts
 
 _AND = re.compile(r"\bAND\b")
@@ -182,11 +183,13 @@ class _Composition:
 
 
 @contextmanager
-def composing(prompts, unet, controlnets: Sequence = ()) -> Iterator[None]:
+def composing(prompts, unet, controlnets: Sequence = (), pad: str = "on") -> Iterator[None]:
     """Within the block (one sampling pass), calls of `unet` and of `controlnets` compose the parts of `prompts`
-    when it is ComposablePrompts; a plain prompt changes nothing. The hooks are removed when the block ends."""
+    when it is ComposablePrompts; a plain prompt and a negative prompt of different lengths are drawn as `pad`
+    says (inference/cond_lengths.py). The hooks are removed when the block ends."""
     if not isinstance(prompts, ComposablePrompts):
-        yield
+        with unpadded(prompts, unet, pad):
+            yield
         return
     prompts.step = 0
     composition = _Composition(prompts)

@@ -33,6 +33,7 @@ from personae.errors import UserError, did_you_mean
 from personae.events import EventHandler, Message, Progress, ignore
 from personae.inference.composable import composing, scheduled_prompts
 from personae.inference.img2img import crop_region, denoiser, feather, fit_region, paste_back, vae_roundtrip
+from personae.inference.rng import image_generators
 from personae.inference.samplers import SCHEDULES, get_sampler
 from personae.models.lora_dir import lora_tags
 
@@ -227,10 +228,10 @@ def redraw_face(session, settings, picture: Image.Image, mask: Image.Image, prom
                 report(step + 1, getattr(pipeline, "_num_timesteps", 0) or len(pipeline.scheduler.timesteps))
             return prompts.after_step(pipeline, step, kwargs)
 
-        with composing(prompts, session.pipe.unet):  # A1111's AND in the face's prompt composes there too
+        with composing(prompts, session.pipe.unet, pad=settings.pad_conds):  # AND composes there too
             drawn = pipe(image=init, mask_image=crop_mask, strength=settings.ad_denoising_strength, width=width,
                          height=height, **prompts.call_kwargs(), num_inference_steps=steps, guidance_scale=cfg,
-                         generator=[torch.Generator("cpu").manual_seed(seed % 2**64)],
+                         generator=image_generators([seed % 2**64], settings.rng, settings.ensd),
                          callback_on_step_end=step_end).images[0]
     return paste_back(picture, drawn, region, full_mask)
 

@@ -95,10 +95,11 @@ def upscale(pipe, latents: torch.Tensor, size: tuple[int, int], upscaler: str,
     return [p.resize(size, Image.Resampling.LANCZOS) for p in pictures]
 
 
-def hires_fix(pipe, redraw_pipe, settings, size: tuple[int, int], kwargs: dict, seeds: list[int],
+def hires_fix(pipe, redraw_pipe, settings, size: tuple[int, int], kwargs: dict, generators,
               net: UpscalerNet | None = None, redraw_kwargs: dict | None = None, on_tile=None, passes=None):
     """Images of `settings` with the hires fix: `pipe` draws the base picture, `redraw_pipe` (img2img, with a
-    scheduler of its own) redraws the upscaled one. `kwargs`: the shared call arguments (embeds, steps, cfg);
+    scheduler of its own) redraws the upscaled one. `kwargs`: the shared call arguments (embeds, steps, cfg, the
+    base pass's generators); `generators()`: fresh generators of the same seeds for the redraw (inference/rng.py);
     `net`: the model upscaler that --hires-upscaler names, read beforehand; `redraw_kwargs`: the redraw's own
     (its prompt schedule over the hires steps, A1111's hr conditioning); `on_tile(done, total)`: the upscaler's
     progress; `passes`: a context manager for each pass to run in (the base pass, the redraw), such as the hooks
@@ -117,9 +118,9 @@ def hires_fix(pipe, redraw_pipe, settings, size: tuple[int, int], kwargs: dict, 
         size = hires_size(width, height, settings.hires_scale)
     image = crop_overhang(upscale(pipe, base, size, settings.hires_upscaler, net, on_tile), truncate,
                           pipe.vae_scale_factor)
-    # 3. redraw at the denoising strength, from the same seeds
-    shared = {k: v for k, v in kwargs.items() if k != "latents"}  # a variation seed's noise starts the base pass only
-    redraw = {**shared, **(redraw_kwargs or {}), "num_inference_steps": settings.hires_steps or settings.steps,
-              "generator": [torch.Generator("cpu").manual_seed(s) for s in seeds]}
+    # 3. redraw at the denoising strength, from the same seeds: A1111's hires pass draws from fresh generators, its
+    # starting noise made as the base pass's (variation seed, seed resize) at the new size
+    redraw = {**kwargs, **(redraw_kwargs or {}), "num_inference_steps": settings.hires_steps or settings.steps,
+              "generator": generators()}
     with redraw_pass:
         return redraw_pipe(image=image, strength=settings.hires_denoise, **redraw).images

@@ -107,6 +107,12 @@ class EncodedPrompt:
     embeds: torch.Tensor  # [1, 77 * chunks, hidden]
     chunks: int
     tokens: int  # prompt tokens, without begin/end/padding
+    own_chunks: int = 0  # chunks of the text itself, before padding to the other prompt's (0: all of them)
+
+    @property
+    def own_length(self) -> int:
+        """The embeddings' length without the empty chunks padded on (A1111 without "Pad conds")."""
+        return self.embeds.shape[1] // self.chunks * (self.own_chunks or self.chunks)
 
 
 class PromptEncoder:
@@ -156,9 +162,10 @@ class PromptEncoder:
 
             raise UserError(f"Clip skip {clip_skip} is more than this text encoder's {layers} layers.", "Use 1 or 2.")
         chunks = self.token_chunks(prompt)
+        own = len(chunks)
         chunks += [[]] * (min_chunks - len(chunks))
         embeds = torch.cat([self._encode_chunk(c, clip_skip) for c in chunks], dim=1)
-        return EncodedPrompt(embeds, len(chunks), sum(len(c) for c in chunks))
+        return EncodedPrompt(embeds, len(chunks), sum(len(c) for c in chunks), own)
 
     def encode_pair(self, prompt: str, negative: str, clip_skip: int = 1) -> tuple[EncodedPrompt, EncodedPrompt]:
         """Positive and negative embeddings with the same number of chunks (padded with empty ones)."""

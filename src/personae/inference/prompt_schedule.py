@@ -93,6 +93,7 @@ class ScheduledPrompts:
         self.encoder, self.clip_skip, self.batch, self.dtype = encoder, clip_skip, batch, dtype
         self.prompts, self.negatives = prompt_schedule(prompt, steps), prompt_schedule(negative, steps)
         self._encoded: dict[tuple[str, str], tuple] = {}
+        self.step = 0  # the sampler step of the pass: set by the step callback (and to 0 as a pass starts)
 
     @property
     def changes(self) -> bool:
@@ -123,6 +124,7 @@ class ScheduledPrompts:
     def after_step(self, pipeline, step: int, kwargs: dict) -> dict:
         """Step `step` is done: the embeddings of the next one (the classifier-free-guidance batch, negative first,
         as the pipeline holds them), when the prompt changes."""
+        self.step = step + 1
         if self.changes and "prompt_embeds" in kwargs:
             positive, negative = self.pair(step + 1)
             embeds = positive.embeds.to(self.dtype).repeat(self.batch, 1, 1)

@@ -16,6 +16,7 @@ import torch
 from personae.config.sampling import RuntimeSettings
 from personae.events import EventHandler, Message, ignore
 from personae.inference.prompt import PromptEncoder
+from personae.inference.rng import route
 from personae.inference.speedups import check_runtime, place_pipeline
 from personae.models.addons import (
     LoadedEmbedding,
@@ -72,6 +73,7 @@ class Session:
             kwargs["requires_safety_checker"] = False
         pipe = cls(**kwargs)
         pipe.set_progress_bar_config(disable=True)
+        route(pipe, pipe.scheduler)  # the image generators' draws (A1111's RNG sources and ENSD): inference/rng.py
         return pipe
 
     @contextmanager

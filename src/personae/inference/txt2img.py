@@ -3,9 +3,10 @@
     images = txt2img(GenerateSettings(model="./tiny", prompt="a photo of a cat", steps=4))
 
 Seeds follow A1111: image i of batch b gets seed + b * batch_size + i, each with its
-own CPU generator, so an image reproduces on any device and at any batch position.
-Seeds go up to 2**64 - 1 (ComfyUI's range; torch's generators take 64 bits) and wrap
-there; a seed picked at random stays below 2**32, as A1111 picks them.
+own generator (inference/rng.py: CPU numbers, or an NVIDIA GPU's computed on the CPU), so an image
+reproduces on any device and at any batch position. Seeds go up to 2**64 - 1 (ComfyUI's range;
+torch's generators take 64 bits) and wrap there; a seed picked at random stays below 2**32, as
+A1111 picks them.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from personae.data.dynamic_prompts import image_prompts, is_template
 from personae.errors import UserError
 from personae.events import EventHandler, Message, Progress, ignore
 from personae.inference.composable import ComposablePrompts, composing, scheduled_prompts
+from personae.inference.cond_lengths import pads
 from personae.inference.controlnet import (
     PreparedControl,
     control_denoise,
@@ -48,9 +50,10 @@ from personae.inference.img2img import (
 from personae.inference.nans import check_embeddings, nan_guard
 from personae.inference.prompt import with_styles
 from personae.inference.prompt_schedule import ScheduledPrompts
+from personae.inference.rng import image_generators
 from personae.inference.samplers import get_sampler
 from personae.inference.session import Session, open_session
-from personae.inference.variation import start_latents
+from personae.inference.variation import variation_generators
 from personae.media.png import format_parameters, infotext_values
 from personae.models.addons import LoadedEmbedding, LoadedLora, hashes_text
 from personae.models.lora_dir import expand_lora_tags, lora_tags
@@ -79,8 +82,10 @@ def session_for(settings: GenerateSettings, on_event: EventHandler = ignore) -> 
 
 
 def infotext(settings: GenerateSettings, session: Session, seed: int, width: int, height: int,
-             loras: list[LoadedLora] | None = None, embeddings: list[LoadedEmbedding] | None = None) -> str:
-    """A1111's `parameters` text; `loras` / `embeddings`: the add-ons this image used (default: the session's)."""
+             loras: list[LoadedLora] | None = None, embeddings: list[LoadedEmbedding] | None = None,
+             padded: bool = False) -> str:
+    """A1111's `parameters` text; `loras` / `embeddings`: the add-ons this image used (default: the session's);
+    `padded`: a prompt and negative prompt of different lengths met (A1111 then says how it padded them)."""
     loras = session.loras if loras is None else loras
     embeddings = session.embeddings if embeddings is None else embeddings
     params = {  # the settings that declare an A1111 name, then what this run resolved
@@ -96,6 +101,8 @@ def infotext(settings: GenerateSettings, session: Session, seed: int, width: int
         **({"Inpaint area": "Only masked", "Masked area padding": settings.masked_padding}
            if settings.mask and settings.inpaint_area == "masked" else {}),
         **(detailer_infotext(settings) if settings.ad_model else {}),
+        **({"Pad conds": True} if padded and settings.pad_conds == "on" else {}),
+        **({"Pad conds v0": True} if padded and settings.pad_conds == "v0" else {}),
         "Version": f"personae {__version__}",
     }
     prompt = settings.prompt + "".join(f" <lora:{l.name}:{l.weight:g}>" for l in loras)
@@ -314,6 +321,7 @@ def txt2img(settings: GenerateSettings, session: Session | None = None, on_event
     if isinstance(prompts, ComposablePrompts):
         on_event(Message(f"composable diffusion (AND): {len(prompts.weights)} part(s) at weight(s) "
                          f"{', '.join(f'{w:g}' for w in prompts.weights)}"))
+    padded = pads(prompts) or bool(settings.hires_scale and pads(hires_prompts))
     nets = [controlnet_for(session, c.model, settings.allow_pickle, on_event) for c in controls]
     results: list[GeneratedImage] = []
     stored = with_absolute_paths(settings, session)
@@ -330,19 +338,21 @@ def txt2img(settings: GenerateSettings, session: Session | None = None, on_event
                 return scheduled.after_step(pipeline, step, kwargs)
             return report
 
-        # 5. denoise: one CPU generator per image, so each seed reproduces alone
+        # 5. denoise: one generator per image, so each seed reproduces alone (A1111's RNG source and ENSD); its
+        # starting noise bent toward the variation seed's, drawn at another size, in each pass (hires fix too)
+        def generators(_seeds=seeds, _subseeds=subseeds):
+            if not (variation or resized):
+                return image_generators(_seeds, settings.rng, settings.ensd)
+            cell = pipe.vae_scale_factor
+            drawn = (settings.seed_resize_from_h // cell, settings.seed_resize_from_w // cell) if resized else None
+            return variation_generators(_seeds, _subseeds, settings.subseed_strength, settings.rng, settings.ensd,
+                                        drawn)
+
         kwargs = dict(**prompts.call_kwargs(), num_inference_steps=settings.steps, guidance_scale=settings.cfg,
-                      generator=[torch.Generator("cpu").manual_seed(s) for s in seeds],
-                      callback_on_step_end=reporter(prompts))
-        if variation or resized:  # the starting noise: bent toward the variation seeds', drawn at another size
-            channels, cell = pipe.vae.config.latent_channels, pipe.vae_scale_factor
-            drawn = (channels, settings.seed_resize_from_h // cell, settings.seed_resize_from_w // cell) if resized \
-                else None
-            kwargs["latents"] = start_latents(seeds, subseeds, settings.subseed_strength,
-                                              (channels, height // cell, width // cell), drawn).to(session.dtype)
+                      generator=generators(), callback_on_step_end=reporter(prompts))
         # A1111's AND: the pass's UNet (and ControlNet) calls run every part of its prompt; the hires fix's two
         # passes each compose their own prompt
-        first_pass = composing(prompts, session.pipe.unet, nets)
+        first_pass = composing(prompts, session.pipe.unet, nets, settings.pad_conds)
         with torch.no_grad(), session.lora_weights(loras) as used, \
                 nan_guard(session.pipe, [f"{l.name} at {l.weight:g}" for l in used if l.weight]):
             if init is not None and settings.strength == 0:  # nothing to redraw: the image as the VAE gives it
@@ -360,12 +370,13 @@ def txt2img(settings: GenerateSettings, session: Session | None = None, on_event
                 redraw = denoiser(session, None, None, hires_sampler.make(session.base_scheduler))
                 if upscaler is not None:
                     upscaler.net.to(session.device)
-                images = hires_fix(pipe, redraw, settings, (width, height), kwargs, seeds, upscaler,
+                images = hires_fix(pipe, redraw, settings, (width, height), kwargs, generators, upscaler,
                                    {**hires_prompts.call_kwargs(), "callback_on_step_end": reporter(hires_prompts),
                                     **({"guidance_scale": settings.hires_cfg} if settings.hires_cfg is not None else {})},
                                    lambda done, tiles, _b=batch: on_event(Progress("upscale", done, tiles, {
                                        "batch": _b + 1, "batches": settings.batch_count})),
-                                   passes=(first_pass, composing(hires_prompts, session.pipe.unet)))
+                                   passes=(first_pass, composing(hires_prompts, session.pipe.unet,
+                                                                 pad=settings.pad_conds)))
             else:
                 with first_pass:
                     images = pipe(width=width, height=height, **kwargs).images
@@ -383,5 +394,6 @@ def txt2img(settings: GenerateSettings, session: Session | None = None, on_event
             own = {"seed": s, **({"subseed": sub} if variation else {})}
             one = stored.model_copy(update={**own, "batch_size": 1, "batch_count": 1, "width": width, "height": height})
             shown = settings.model_copy(update={"subseed": sub}) if variation else settings
-            results.append(GeneratedImage(image, s, infotext(shown, session, s, width, height, used, embeddings), one))
+            results.append(GeneratedImage(image, s, infotext(shown, session, s, width, height, used, embeddings,
+                                                             padded), one))
     return results

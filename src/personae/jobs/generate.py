@@ -110,6 +110,17 @@ def _from_infotext(text: str, source: Path) -> dict:
     except ValidationError:
         raise UserError(f'--from-png: {source} stores "Size: {sizes["Width"][:20]}x{sizes["Height"][:20]}", which is '
                         "not a size in pixels.", "Pass --width and --height on the command line instead.") from None
+    ours = p.get("Version", "").startswith("personae")  # personae's own infotext says what differs from its defaults
+    if "RNG" not in p and not ours:
+        # A1111 writes "RNG" only when it is not its default: the picture's noise was drawn on the GPU (personae
+        # draws those numbers on any device); personae's own PNGs always name their source
+        data["rng"] = "GPU"
+    if p.get("Pad conds v0") == "True":
+        data["pad_conds"] = "v0"
+    elif p.get("Pad conds") == "True":
+        data["pad_conds"] = "on"
+    elif not ours:  # A1111's default: a prompt and negative prompt of different lengths drawn each over its own
+        data["pad_conds"] = "off"
     for field, key in (("sampler", "Schedule type"), ("hires_sampler", "Hires schedule type")):
         schedule = p.get(key, "")
         if field in data and schedule in SCHEDULES and schedule.lower() not in data[field].lower():
@@ -176,7 +187,7 @@ def settings_from_png(path: str | Path) -> dict:
 # LoRA hashes (the tags in the prompt are what apply them), and what describes the file rather than the picture
 _READ_KEYS = {"Size", "Seed resize from", "Inpaint area", "Masked area padding", "Schedule type", "Hires schedule type",
               "Lora hashes", "Version", "Model", "Model hash", "VAE", "VAE hash", "ADetailer version",
-              "ADetailer scheduler", *DETAILER_SWITCHES,
+              "ADetailer scheduler", *DETAILER_SWITCHES, "Pad conds", "Pad conds v0",
               "Template", "Negative Template"}  # Dynamic Prompts' prompts as written: the PNG's prompts are drawn
 
 

@@ -153,7 +153,8 @@ def build(ctx) -> None:
             styles = gr.Dropdown(style_names(ws), multiselect=True, label="Styles",
                                  info="A1111 styles from styles.csv in the workspace; {a|b} and __name__ (files in "
                                       "wildcards/) draw a prompt per image", elem_id="field-styles")
-            form = SettingsForm(GenerateSettings, groups=("sampling", "batch", "variation", "hires fix"),
+            form = SettingsForm(GenerateSettings,
+                                groups=("sampling", "batch", "variation", "A1111 options", "hires fix"),
                                 skip=("upscaler_dir",),
                                 choices={"sampler": list(SAMPLERS), "hires_upscaler": upscalers(ws),
                                          "hires_sampler": ["", *SAMPLERS]})
