@@ -99,7 +99,8 @@ def not_applied(tmp_path, graph, **settings) -> str:
 def test_the_default_workflow_reads_as_its_txt2img_settings(tmp_path):
     data = read(tmp_path, default_graph())
     assert data == {"prompt": "a photo of a cat", "negative": "lowres, blurry", "seed": BIG_SEED, "steps": 20,
-                    "cfg": 8.0, "sampler": "Euler", "clip_skip": 1, "width": 512, "height": 768, "batch_size": 1}
+                    "cfg": 8.0, "sampler": "Euler", "clip_skip": 1, "width": 512, "height": 768, "batch_size": 1,
+                    "rng": "CPU", "pad_conds": "off"}
     GenerateSettings(model="m", **data)  # a seed above 2**32 is a valid personae seed
     assert not_applied(tmp_path, default_graph()) == ""  # same checkpoint name, nothing else to say
 

@@ -133,6 +133,10 @@ def _from_comfy(text: str, source: Path) -> ComfyReading:
     it; a sampler or scheduler it lacks stays in ComfyUI's words and fails by name when it runs, unless --sampler
     replaces it (as an A1111 PNG's unknown sampler does)."""
     reading = read_comfy_graph(text, str(source))
+    # ComfyUI draws the starting noise with torch's CPU generator, and runs a prompt and a negative prompt of other
+    # lengths each over its own (it repeats the shorter to a common length, which attention reads the same): A1111's
+    # pad conds off
+    reading.settings.update(rng="CPU", pad_conds="off")
     for key in ("sampler", "hires_sampler"):
         if key in reading.settings:
             try:
