@@ -343,6 +343,50 @@ def test_fuzz_from_png(workdir, data):
     clean_or_user_error(_from_png, path)
 
 
+@st.composite
+def comfy_graphs(draw) -> str:
+    """ComfyUI graphs as tests/test_comfy_png.py writes them, with nodes, inputs and links changed at random."""
+    from test_comfy_png import default_graph, hires_graph, with_lora_chain
+
+    from personae.media.comfy_graph import INPUTS
+
+    graph = draw(st.sampled_from([default_graph, hires_graph, lambda: with_lora_chain(default_graph())]))()
+    for _ in range(draw(st.integers(0, 4))):
+        node = draw(st.sampled_from(sorted(graph)))
+        inputs = graph[node]["inputs"]
+        what = draw(st.sampled_from(["value", "link", "class", "drop"]))
+        if what in ("value", "link") and inputs:
+            key = draw(st.sampled_from(sorted(inputs)))
+            inputs[key] = draw(json_values) if what == "value" else [
+                draw(st.sampled_from([*sorted(graph), "99"])), draw(st.integers(-1, 3))]
+        elif what == "class":
+            graph[node]["class_type"] = draw(st.sampled_from([*INPUTS, "FreeU_V2", ""]))
+        elif what == "drop" and len(graph) > 1:
+            del graph[node]
+    text = json.dumps(graph)
+    return draw(st.sampled_from([text, text[:-1], text.replace('"inputs"', '"input"', 1)]))
+
+
+def _from_comfy_png(path: Path):
+    from personae.jobs.generate import png_not_applied
+
+    settings = _from_png(path)
+    assert all(isinstance(line, str) for line in png_not_applied(path, settings))
+
+
+@examples(200)
+@given(graph=comfy_graphs())
+def test_fuzz_from_a_comfyui_png(workdir, graph):
+    """A damaged or hand-made ComfyUI graph is read or refused in one paragraph: never a traceback or a hang."""
+    from PIL.PngImagePlugin import PngInfo
+
+    info = PngInfo()
+    info.add_text("prompt", graph)
+    path = workdir / "fuzz-comfy.png"
+    Image.new("RGB", (4, 4)).save(path, pnginfo=info)
+    clean_or_user_error(_from_comfy_png, path)
+
+
 # -- YAML jobs, suites, storyboards and CSVs -------------------------------------------------------------------------
 
 def _keys(schema) -> list[str]:

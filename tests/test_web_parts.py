@@ -160,6 +160,20 @@ def test_a_field_added_to_a_concept_appears_in_the_form():
     assert form.components["eta"].elem_id == "field-eta"
 
 
+def test_a_64_bit_seed_is_typed_as_text_and_read_exactly():
+    """The browser holds numbers as doubles: a number box would round a ComfyUI seed such as 2**64 - 3."""
+    import gradio as gr
+
+    from personae.config.generate import GenerateSettings
+    from personae.web.forms import SettingsForm
+
+    with gr.Blocks():
+        form = SettingsForm(GenerateSettings, names=("seed", "steps"))
+    assert isinstance(form.components["seed"], gr.Textbox) and form.components["seed"].value == "-1"
+    assert form.values(f" {2**64 - 3} ", 4.0) == {"seed": 2**64 - 3, "steps": 4}
+    assert form.values("-1", 4.0)["seed"] == -1 and form.values("twelve", 4.0)["seed"] == "twelve"  # the schema says
+
+
 def test_list_settings_read_one_reference_per_line():
     import gradio as gr
 

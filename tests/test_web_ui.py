@@ -167,8 +167,30 @@ def test_generate_shows_an_image_that_is_not_blank(server, browser, workspace):
     while page.locator("#field-prompt textarea").input_value() != "a photo of a cat" and time.time() < deadline:
         page.wait_for_timeout(250)
     assert page.locator("#field-prompt textarea").input_value() == "a photo of a cat"
-    assert page.locator("#field-seed input").input_value() == "7"
+    assert page.locator("#field-seed input, #field-seed textarea").first.input_value() == "7"
     assert page.locator("#field-steps input[type=number]").input_value() == "4"
+    page.close()
+
+
+def test_a_comfyui_png_dropped_fills_the_form_with_its_64_bit_seed(server, browser, tmp_path):
+    """A ComfyUI picture's graph fills the form as an A1111 one does; a seed above 2**53 arrives exactly (a number
+    box would round it in the browser) and what ComfyUI draws differently is said."""
+    from test_comfy_png import comfy_png, default_graph
+
+    seed = 2**64 - 3
+    graph = default_graph(seed=seed, steps=5, sampler_name="dpmpp_2m", scheduler="karras", cfg=6.5)
+    graph["6"]["inputs"]["text"] = "a (red:1.2) fox"
+    png = comfy_png(tmp_path / "ComfyUI_00001_.png", graph)
+    page = _open(browser, server[1])
+    page.locator("#png-drop input[type=file]").set_input_files(str(png))
+    deadline = time.time() + 30
+    while page.locator("#field-prompt textarea").input_value() != "a (red:1.2) fox" and time.time() < deadline:
+        page.wait_for_timeout(250)
+    assert page.locator("#field-prompt textarea").input_value() == "a (red:1.2) fox"
+    assert page.locator("#field-seed input, #field-seed textarea").first.input_value() == str(seed)
+    assert page.locator("#field-steps input[type=number]").input_value() == "5"
+    assert page.locator("#field-sampler input").input_value() == "DPM++ 2M Karras"
+    _wait_text(page, "body", "without A1111's mean restore", timeout=30)
     page.close()
 
 

@@ -33,7 +33,8 @@ class PromptSettings(Concept):
 
     prompt: str = setting(description="the prompt; A1111 syntax: (word:1.3), (word), [word], BREAK; any length "
                                       "(chunked by 75 tokens)")
-    seed: int = setting(-1, '"Seed"; -1 picks one at random (written to the PNG)', infotext="Seed", ge=-1, lt=2**32)
+    seed: int = setting(-1, '"Seed"; -1 picks one at random (written to the PNG); up to 2**64 - 1, as ComfyUI\'s',
+                        infotext="Seed", ge=-1, lt=2**64)
 
 
 class StyleSettings(Concept):
@@ -91,7 +92,7 @@ class VariationSettings(Concept):
     subseed: int = setting(-1, '"Variation seed": a second seed whose noise the seed\'s is bent toward; -1 picks one '
                                "at random (written to the PNG); with a variation strength every image keeps --seed "
                                "and the variation seed counts up", infotext="Variation seed",
-                           infotext_if="subseed_strength", ge=-1, lt=2**32)
+                           infotext_if="subseed_strength", ge=-1, lt=2**64)
     subseed_strength: float = setting(0.0, '"Variation strength": 0 is the seed\'s picture, 1 the variation seed\'s; '
                                            "0.05-0.3 gives pictures near the seed's (A1111's Extra seed options; "
                                            "txt2img, hires fix and ControlNet, not img2img)",

@@ -231,7 +231,7 @@ def redraw_face(session, settings, picture: Image.Image, mask: Image.Image, prom
         with composing(prompts, session.pipe.unet, pad=settings.pad_conds):  # AND composes there too
             drawn = pipe(image=init, mask_image=crop_mask, strength=settings.ad_denoising_strength, width=width,
                          height=height, **prompts.call_kwargs(), num_inference_steps=steps, guidance_scale=cfg,
-                         generator=image_generators([seed % 2**32], settings.rng, settings.ensd),
+                         generator=image_generators([seed % 2**64], settings.rng, settings.ensd),
                          callback_on_step_end=step_end).images[0]
     return paste_back(picture, drawn, region, full_mask)
 

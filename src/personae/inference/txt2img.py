@@ -4,7 +4,9 @@
 
 Seeds follow A1111: image i of batch b gets seed + b * batch_size + i, each with its
 own generator (inference/rng.py: CPU numbers, or an NVIDIA GPU's computed on the CPU), so an image
-reproduces on any device and at any batch position.
+reproduces on any device and at any batch position. Seeds go up to 2**64 - 1 (ComfyUI's range;
+torch's generators take 64 bits) and wrap there; a seed picked at random stays below 2**32, as
+A1111 picks them.
 """
 
 from __future__ import annotations
@@ -57,6 +59,8 @@ from personae.models.addons import LoadedEmbedding, LoadedLora, hashes_text
 from personae.models.embedding_dir import expand_embedding_names
 from personae.models.lora_dir import expand_lora_tags, lora_tags
 from personae.models.upscalers import UpscalerNet, is_path, read_upscaler, resolve_upscaler
+
+SEEDS = 2**64  # seeds (and variation seeds) are 0 .. SEEDS - 1; counting up wraps there
 
 
 @dataclass
@@ -181,8 +185,8 @@ def _each_drawn(settings: GenerateSettings, session: Session | None, on_event: E
     variation = settings.subseed_strength > 0
     subseed = settings.subseed if settings.subseed >= 0 else random.randrange(2**32)
     count = settings.batch_size * settings.batch_count
-    seeds = [seed if variation else (seed + i) % 2**32 for i in range(count)]
-    subseeds = [(subseed + i) % 2**32 for i in range(count)]
+    seeds = [seed if variation else (seed + i) % SEEDS for i in range(count)]
+    subseeds = [(subseed + i) % SEEDS for i in range(count)]
     keys = [(s * 2**32 + v) if variation else s for s, v in zip(seeds, subseeds)]  # what each draw is seeded by
     drawn = image_prompts(settings.prompt, settings.negative, keys, settings.wildcards_dir)
     on_event(Message(f"Dynamic Prompts: {len({p for p, _ in drawn})} different prompt(s) for {count} image(s)"))
@@ -326,8 +330,8 @@ def txt2img(settings: GenerateSettings, session: Session | None = None, on_event
     stored = with_absolute_paths(settings, session)
     for batch in range(settings.batch_count):
         # A1111's all_seeds / all_subseeds: with a variation strength the seed stays and the variation seed counts up
-        seeds = [seed if variation else (seed + batch * n + i) % 2**32 for i in range(n)]
-        subseeds = [(settings.subseed + batch * n + i) % 2**32 for i in range(n)] if variation else [None] * n
+        seeds = [seed if variation else (seed + batch * n + i) % SEEDS for i in range(n)]
+        subseeds = [(settings.subseed + batch * n + i) % SEEDS for i in range(n)] if variation else [None] * n
         total = settings.steps
 
         def reporter(scheduled: ScheduledPrompts | ComposablePrompts, _batch=batch):

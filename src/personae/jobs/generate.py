@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import re
-from pathlib import Path
+from pathlib import Path, PureWindowsPath
 
 from pydantic import TypeAdapter, ValidationError
 
@@ -21,8 +21,9 @@ from personae.inference.detailer import MODELS as FACE_MODELS
 from personae.inference.detailer import SWITCHES as DETAILER_SWITCHES
 from personae.inference.detailer import detailer_keys
 from personae.inference.hires import upscaler_from_a1111
-from personae.inference.samplers import DEFAULT_SCHEDULES, SCHEDULES
+from personae.inference.samplers import DEFAULT_SCHEDULES, SCHEDULES, get_sampler
 from personae.inference.txt2img import GeneratedImage, txt2img
+from personae.media.comfy_graph import ComfyReading, read_comfy_graph
 from personae.media.png import (
     InfotextValueError,
     PngTextError,
@@ -128,9 +129,28 @@ def _from_infotext(text: str, source: Path) -> dict:
     return data
 
 
+def _from_comfy(text: str, source: Path) -> ComfyReading:
+    """ComfyUI's `prompt` graph read (media/comfy_graph.py), its sampler written by A1111's name where personae has
+    it; a sampler or scheduler it lacks stays in ComfyUI's words and fails by name when it runs, unless --sampler
+    replaces it (as an A1111 PNG's unknown sampler does)."""
+    reading = read_comfy_graph(text, str(source))
+    # ComfyUI draws the starting noise with torch's CPU generator, and runs a prompt and a negative prompt of other
+    # lengths each over its own (it repeats the shorter to a common length, which attention reads the same): A1111's
+    # pad conds off
+    reading.settings.update(rng="CPU", pad_conds="off")
+    for key in ("sampler", "hires_sampler"):
+        if key in reading.settings:
+            try:
+                reading.settings[key] = get_sampler(reading.settings[key]).name
+            except UserError:
+                reading.notes.append(f'sampler "{reading.settings[key]}" of {reading.sampler_at}: personae has no '
+                                     "such sampler or schedule (pass --sampler)")
+    return reading
+
+
 def settings_from_png(path: str | Path) -> dict:
     """The settings stored in a PNG: personae's own chunk if present, else A1111's `parameters` (from a JPEG or
-    WebP: A1111's EXIF UserComment).
+    WebP: A1111's EXIF UserComment), else ComfyUI's `prompt` graph.
 
     What a file says never widens what the user allowed: `allow_pickle` is not taken from it.
     """
@@ -156,9 +176,16 @@ def settings_from_png(path: str | Path) -> dict:
         return data
     if "parameters" in text:
         return _from_infotext(text["parameters"], path)
+    if "prompt" in text:
+        return _from_comfy(text["prompt"], path).settings
+    if "workflow" in text:
+        raise UserError(f"--from-png: {path} carries only ComfyUI's `workflow` (the editor's graph), not the `prompt` "
+                        "graph ComfyUI ran, which is what personae reads.",
+                        "Open the picture in ComfyUI and queue it once: the picture it saves carries both. Or pass "
+                        "the settings on the command line.")
     raise UserError(f"{path} carries no generation settings (no `parameters` text chunk or EXIF comment).",
-                    "Use a PNG (or an A1111 JPEG / WebP) written by personae, AUTOMATIC1111 or another tool that "
-                    "stores A1111 infotext.")
+                    "Use a PNG (or an A1111 JPEG / WebP) written by personae, AUTOMATIC1111, ComfyUI or another tool "
+                    "that stores A1111 infotext.")
 
 
 # A1111 keys that --from-png reads besides the settings that declare an infotext name: the joins of two settings,
@@ -180,6 +207,8 @@ def png_not_applied(path: str | Path, settings: GenerateSettings, model_hash: st
     ADetailer settings personae does not take, embeddings by name, a denoising strength with nothing to denoise,
     another model than the one passed."""
     text = read_image_text(Path(path))
+    if "personae" not in text and "parameters" not in text and "prompt" in text:
+        return comfy_not_applied(_from_comfy(text["prompt"], Path(path)), settings)
     if "personae" in text or "parameters" not in text:
         return []
     _, _, params = parse_parameters(text["parameters"])
@@ -217,6 +246,25 @@ def png_not_applied(path: str | Path, settings: GenerateSettings, model_hash: st
         missed.append(_shown("VAE", params["VAE"]) + " (pass it with --vae)")
     if "Model hash" in params and params["Model hash"] != model_hash:
         missed.append(f'Model "{params.get("Model", "")}" [{params["Model hash"]}] (this run uses {settings.model})')
+    return missed
+
+
+def comfy_not_applied(reading: ComfyReading, settings: GenerateSettings) -> list[str]:
+    """What a ComfyUI graph does that this run does not: the graph's own notes (media/comfy_graph.py), then the
+    files it names that are the user's to pass (the init image, a VAE, embeddings) and another checkpoint."""
+    missed = list(reading.notes)
+    if reading.init_image and not settings.init_image:
+        missed.append(f'img2img from LoadImage "{reading.init_image}" (pass that picture with --init-image; the '
+                      f"graph's denoise is the --strength, {settings.strength:g})")
+    if reading.embeddings and not settings.embeddings:
+        names = ", ".join(f"embedding:{name}" for name in dict.fromkeys(reading.embeddings))
+        missed.append(f"{names} (written as the name; pass each file with --embedding FILE:NAME)")
+    if reading.vae and not settings.vae:
+        missed.append(f'VAELoader "{reading.vae}" (pass it with --vae)')
+    if reading.checkpoint:
+        stem = PureWindowsPath(reading.checkpoint).stem
+        if stem not in (Path(settings.model).stem, Path(settings.model).name):
+            missed.append(f'CheckpointLoaderSimple "{reading.checkpoint}" (this run uses {settings.model})')
     return missed
 
 

@@ -24,6 +24,7 @@ from personae.cli.options import _chosen, _plain, option_kwargs
 from personae.config.fields import grouped_fields
 
 SLIDER_SPAN = 2000  # a bounded number whose range is wider than this is a number box (seeds, sizes)
+EXACT_IN_BROWSER = 2**53  # the browser holds numbers as doubles: an int that may pass this is typed as text (seeds)
 
 
 def _bounds(info: FieldInfo) -> tuple[float | None, float | None]:
@@ -73,6 +74,8 @@ def component_for(name: str, info: FieldInfo, choices: list | None = None,
         return gr.Textbox(value=shown, lines=2, placeholder=f"{form}, one per line", **common), "list"
     if kind in (int, float):
         low, high = _bounds(info)
+        if kind is int and high is not None and high > EXACT_IN_BROWSER:  # a number box would round 64-bit seeds
+            return gr.Textbox(value="" if default is None else str(default), lines=1, max_lines=1, **common), "int"
         step = 1 if kind is int else 0.05
         if low is not None and high is not None and high - low <= SLIDER_SPAN and default is not None:
             return gr.Slider(low, high, value=default, step=step, **common), kind.__name__
@@ -119,6 +122,8 @@ class SettingsForm:
                 item = typing.get_args(_plain(info.annotation))[0]
                 parse = getattr(item, "from_cli", lambda text: text)
                 out[name] = [parse(line.strip()) for line in str(value).splitlines() if line.strip()]
+            elif read == "int" and isinstance(value, str):  # typed as text: read exactly, or left to the schema
+                out[name] = int(value.strip()) if value.strip().lstrip("-").isdigit() else value.strip()
             elif read == "int":
                 out[name] = int(round(float(value)))
             elif read == "float":

@@ -140,7 +140,7 @@ def build(ctx) -> None:
     from personae.data.control import CONTROL_TYPES
     from personae.inference.detailer import MODELS as FACE_MODELS
     from personae.inference.samplers import SAMPLERS
-    from personae.jobs.generate import run_generate, settings_from_png
+    from personae.jobs.generate import png_not_applied, run_generate, settings_from_png
     from personae.web.forms import SettingsForm
 
     ws, jobs = ctx.workspace, ctx.jobs
@@ -179,7 +179,7 @@ def build(ctx) -> None:
                 control_form = SettingsForm(GenerateSettings, names=("control_start", "control_end"))
             with gr.Accordion("Runtime", open=False):
                 runtime_form = SettingsForm(GenerateSettings, groups=("runtime",))
-            png = gr.File(label="Drop a PNG made by personae or A1111 (or an A1111 JPEG / WebP) to fill the form",
+            png = gr.File(label="Drop a PNG made by personae, A1111 or ComfyUI (or an A1111 JPEG / WebP) to fill the form",
                           file_types=[".png", ".jpg", ".jpeg", ".webp"], elem_id="png-drop")
         with gr.Column(scale=2):
             go = gr.Button("Generate", variant="primary", elem_id="generate-button")
@@ -223,14 +223,21 @@ def build(ctx) -> None:
 
     gr.Timer(1.0).tick(latest, shown, [gallery, status, shown], show_progress="hidden")
 
-    def from_png(file):
+    def from_png(file, model_v):
         if not file:
             return [gr.skip()] * (len(raw_inputs) + 1)
+        path = file if isinstance(file, str) else file.name
         try:
-            data = settings_from_png(file if isinstance(file, str) else file.name)
+            data = settings_from_png(path)
         except UserError as exc:
             gr.Warning(str(exc))
             return [gr.skip()] * (len(raw_inputs) + 1)
+        try:  # what the picture asks for that the form does not do, said as the command line says it
+            missed = png_not_applied(path, GenerateSettings(**{"model": model_v or "-", **data}))
+        except (UserError, ValueError):
+            missed = []  # settings the form cannot hold are said when the job is submitted
+        if missed:
+            gr.Warning("Not applied (personae does not do these, or they need your files): " + "; ".join(missed))
         if data.get("hires_upscaler"):
             data["hires_upscaler"], missing = png_upscaler(ws, data["hires_upscaler"])
             if missing:
@@ -243,7 +250,7 @@ def build(ctx) -> None:
         shown_model = data.get("model")
         return [*updates, shown_model if shown_model else gr.skip()]
 
-    png.upload(from_png, png, [*raw_inputs, model])
+    png.upload(from_png, [png, model], [*raw_inputs, model])
     refresh.click(lambda: (gr.update(choices=ws.files(LORA_SUFFIXES)), gr.update(choices=embedding_files(ws)),
                            gr.update(choices=models(ws)), gr.update(choices=upscalers(ws)),
                            gr.update(choices=style_names(ws))), None,

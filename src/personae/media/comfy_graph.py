@@ -1,0 +1,417 @@
+"""ComfyUI pictures: the `prompt` text chunk (the API-format graph ComfyUI ran) read as generate settings.
+
+    reading = read_comfy_graph(text, "photo.png")
+    reading.settings   # {"prompt": ..., "seed": ..., "sampler": "dpmpp_2m karras", ...}: GenerateSettings fields
+    reading.notes      # what the graph does that personae does differently, each named (png_not_applied)
+
+The graph is {"<node id>": {"class_type": ..., "inputs": {name: value, or [node id, output index]}}}. The
+picture is what the last sampler makes (a KSampler, or a KSamplerAdvanced set up to run as one): the walk starts
+there and follows its links back: model <- LoRAs <- checkpoint, text encoders <- clip skip <- LoRAs <- checkpoint,
+latent <- an empty latent, an encoded picture (img2img) or the first pass of a hires fix. Every node on that walk
+is one of the classes in INPUTS, with exactly the inputs ComfyUI's nodes.py declares for it; anything else there
+is refused by name. Nodes off the walk (previews, notes, another branch) are not read.
+
+The sampler stays in ComfyUI's words ("dpmpp_2m karras"): inference/samplers.py reads those (not imported here:
+media/ sits below inference/).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import PureWindowsPath
+
+from personae.errors import UserError
+
+# the inputs of each node class personae places (ComfyUI's nodes.py; "upload" is LoadImage's upload widget)
+INPUTS: dict[str, set[str]] = {
+    "KSampler": {"model", "seed", "steps", "cfg", "sampler_name", "scheduler", "positive", "negative",
+                 "latent_image", "denoise"},
+    "KSamplerAdvanced": {"model", "add_noise", "noise_seed", "steps", "cfg", "sampler_name", "scheduler", "positive",
+                         "negative", "latent_image", "start_at_step", "end_at_step", "return_with_leftover_noise"},
+    "CheckpointLoaderSimple": {"ckpt_name"},
+    "CLIPTextEncode": {"text", "clip"},
+    "CLIPSetLastLayer": {"clip", "stop_at_clip_layer"},
+    "EmptyLatentImage": {"width", "height", "batch_size"},
+    "LoraLoader": {"model", "clip", "lora_name", "strength_model", "strength_clip"},
+    "LoraLoaderModelOnly": {"model", "lora_name", "strength_model"},
+    "VAELoader": {"vae_name"},
+    "VAEEncode": {"pixels", "vae"},
+    "VAEDecode": {"samples", "vae"},
+    "LoadImage": {"image", "upload"},
+    "LatentUpscale": {"samples", "upscale_method", "width", "height", "crop"},
+    "LatentUpscaleBy": {"samples", "upscale_method", "scale_by"},
+    "SaveImage": {"images", "filename_prefix"},
+    "PreviewImage": {"images"},
+}
+SAMPLER_NODES = ("KSampler", "KSamplerAdvanced")
+# ComfyUI samplers that draw noise at every step (on the GPU there, from the seed's CPU generator here)
+_NOISY = re.compile(r"ancestral|sde|^lcm$|^ddpm$|^er_sde$")
+_EMBEDDING = re.compile(r"embedding:([^\s,()\[\]:]+)", re.IGNORECASE)
+_EMPHASIS = re.compile(r"(?<!\\)\(")
+_A1111_ONLY = re.compile(r"(?<!\\)\[|\bBREAK\b|\bAND\b")
+
+
+@dataclass
+class ComfyReading:
+    settings: dict  # GenerateSettings fields
+    notes: list[str] = field(default_factory=list)  # said whatever the run's options (png_not_applied)
+    checkpoint: str = ""  # CheckpointLoaderSimple's ckpt_name, compared with the run's model
+    vae: str = ""  # VAELoader's vae_name, if the picture is decoded by one
+    init_image: str = ""  # LoadImage's file, for img2img
+    embeddings: list[str] = field(default_factory=list)  # `embedding:name` in the texts, by name
+    sampler_at: str = ""  # the node the sampler name comes from, for messages
+
+
+class _Graph:
+    def __init__(self, nodes: dict, source: str):
+        self.nodes, self.source = nodes, source
+        self.visits = 0  # nodes looked up on the walk: a graph linked in a loop (a damaged file) ends it
+
+    def name(self, node_id: str) -> str:
+        return f'{self.nodes[node_id].get("class_type")} node {node_id}'
+
+    def refuse(self, what: str, fix: str = "") -> UserError:
+        return UserError(f"--from-png: the ComfyUI graph in {self.source} {what}",
+                         fix or "personae reads ComfyUI's own sampling nodes (" + ", ".join(INPUTS) + "). Pass the "
+                         "settings on the command line instead, or save the picture from a graph of those nodes.")
+
+    def node(self, node_id: str, wanted: tuple[str, ...] = ()) -> tuple[str, dict]:
+        """(class_type, inputs) of a node on the walk, each input one personae places; refused otherwise."""
+        node = self.nodes.get(node_id)
+        self.visits += 1
+        if self.visits > 8 * len(self.nodes) + 64:
+            raise self.refuse(f"links its nodes in a loop (through node {node_id}); ComfyUI graphs run one way.")
+        if not isinstance(node, dict) or not isinstance(node.get("inputs", {}), dict):
+            raise self.refuse(f"links to node {node_id}, which it does not hold (the graph is damaged).")
+        kind, inputs = node.get("class_type"), node.get("inputs", {})
+        if kind not in INPUTS or (wanted and kind not in wanted):
+            custom = "" if kind in INPUTS else ", a custom node (or one personae does not read),"
+            there = f" (it reads {' or '.join(wanted)} there)" if wanted else ""
+            raise self.refuse(f"has {self.name(node_id)}{custom} on the sampler's path; personae cannot place what "
+                              f"it does there{there}.")
+        extra = sorted(set(inputs) - INPUTS[kind])
+        if extra:
+            raise self.refuse(f'gives {self.name(node_id)} the input{"s" * (len(extra) > 1)} {", ".join(extra)}, which '
+                              "personae cannot place (a newer or patched node?).")
+        return kind, inputs
+
+    def value(self, node_id: str, inputs: dict, name: str, kind: type | tuple = (int, float, str)):
+        """An input's own value (not a link)."""
+        value = inputs.get(name)
+        if isinstance(value, bool) or not isinstance(value, kind):
+            linked = str(value[0]) if isinstance(value, list) and value else None
+            got = (f"a link to {self.name(linked) if linked in self.nodes else f'node {linked}'}" if linked
+                   else "missing" if value is None else repr(value))
+            raise self.refuse(f"gives {self.name(node_id)} the input {name} as {got}, which personae cannot read.")
+        return value
+
+    def link(self, node_id: str, inputs: dict, name: str) -> tuple[str, int]:
+        """The (node id, output index) an input is linked to."""
+        value = inputs.get(name)
+        if not (isinstance(value, list) and len(value) == 2 and isinstance(value[1], int)):
+            raise self.refuse(f"gives {self.name(node_id)} its input {name} not as a link to another node.")
+        return str(value[0]), value[1]
+
+    def consumers(self, node_id: str) -> list[str]:
+        return [other for other, node in self.nodes.items() if isinstance(node, dict) and any(
+            isinstance(v, list) and len(v) == 2 and str(v[0]) == node_id for v in (node.get("inputs") or {}).values())]
+
+
+def _parse(text: str, source: str) -> dict:
+    try:
+        nodes = json.loads(text)
+    except ValueError as exc:
+        raise UserError(f"--from-png: the ComfyUI graph in {source} (its `prompt` text chunk) is not valid JSON "
+                        f"({exc}).", "The file was damaged or edited; pass the settings on the command line.") from None
+    if not isinstance(nodes, dict) or not all(isinstance(n, dict) and "class_type" in n for n in nodes.values()):
+        raise UserError(f"--from-png: the `prompt` text chunk of {source} is not a ComfyUI graph ({{node id: "
+                        "{class_type, inputs}}).", "Pass the settings on the command line instead.")
+    return {str(k): v for k, v in nodes.items()}
+
+
+def _last_sampler(graph: _Graph) -> tuple[str, list[str]]:
+    """The sampler whose latent no other sampler reads (through a latent upscale: the hires fix)."""
+    samplers = [i for i, n in graph.nodes.items() if n.get("class_type") in SAMPLER_NODES]
+    if not samplers:
+        custom = sorted({str(n.get("class_type")) for n in graph.nodes.values()} - set(INPUTS))
+        raise graph.refuse("has no KSampler or KSamplerAdvanced node" + (f" (its sampling is done by nodes personae "
+                           f"does not read: {', '.join(custom)})" if custom else "") + ".")
+    last = [s for s in samplers if not _upstream_samplers_of_any(graph, s, samplers)]
+    if len(last) != 1 or len(samplers) > 2:
+        raise _several(graph, samplers)
+    return last[0], samplers
+
+
+def _several(graph: _Graph, samplers: list[str]) -> UserError:
+    return graph.refuse(f"has {len(samplers)} samplers ({', '.join(graph.name(s) for s in samplers)}) that do not "
+                        "form a hires fix (a first pass, a LatentUpscale or LatentUpscaleBy, a second pass).",
+                        "personae reads one sampler, or two as a hires fix. Pass the settings on the command line.")
+
+
+def _upstream_samplers_of_any(graph: _Graph, node_id: str, samplers: list[str]) -> bool:
+    """Whether some other sampler reads this one's latent, directly or through other nodes."""
+    seen, todo = set(), graph.consumers(node_id)
+    while todo:
+        other = todo.pop()
+        if other in seen:
+            continue
+        seen.add(other)
+        if other in samplers:
+            return True
+        todo += graph.consumers(other)
+    return False
+
+
+def _text(graph: _Graph, node_id: str, reading: ComfyReading) -> tuple[str, tuple]:
+    """A CLIPTextEncode's text (ComfyUI's `embedding:name` as the name, A1111's way) and its clip chain."""
+    _, inputs = graph.node(node_id, ("CLIPTextEncode",))
+    text = graph.value(node_id, inputs, "text", str)
+    for match in _EMBEDDING.finditer(text):
+        name = re.sub(r"\.(pt|pth|bin|safetensors)$", "", match.group(1), flags=re.IGNORECASE)
+        reading.embeddings.append(PureWindowsPath(name).name)
+    text = _EMBEDDING.sub(lambda m: PureWindowsPath(re.sub(r"\.(pt|pth|bin|safetensors)$", "", m.group(1),
+                                                           flags=re.IGNORECASE)).name, text)
+    return text, _clip(graph, *graph.link(node_id, inputs, "clip"))
+
+
+def _clip(graph: _Graph, node_id: str, output: int) -> tuple:
+    """(clip skip, ((LoRA node, strength_clip), ...), checkpoint node) of a CLIP output."""
+    kind, inputs = graph.node(node_id, ("CLIPSetLastLayer", "LoraLoader", "CheckpointLoaderSimple"))
+    if kind == "CheckpointLoaderSimple":
+        return 1, (), node_id
+    skip, loras, checkpoint = _clip(graph, *graph.link(node_id, inputs, "clip"))
+    if kind == "CLIPSetLastLayer":
+        layer = graph.value(node_id, inputs, "stop_at_clip_layer", int)
+        if not -12 <= layer <= -1:
+            raise graph.refuse(f"sets stop_at_clip_layer {layer} in {graph.name(node_id)}; personae's clip skip "
+                               "goes from 1 to 12 (stop_at_clip_layer -1 to -12).")
+        return -layer, loras, checkpoint
+    return skip, ((node_id, float(graph.value(node_id, inputs, "strength_clip", (int, float)))), *loras), checkpoint
+
+
+def _model(graph: _Graph, node_id: str) -> tuple[tuple, str]:
+    """(((LoRA node, file name, strength_model), ...), checkpoint node) of a MODEL output."""
+    kind, inputs = graph.node(node_id, ("LoraLoader", "LoraLoaderModelOnly", "CheckpointLoaderSimple"))
+    if kind == "CheckpointLoaderSimple":
+        return (), node_id
+    loras, checkpoint = _model(graph, graph.link(node_id, inputs, "model")[0])
+    name = graph.value(node_id, inputs, "lora_name", str)
+    return ((node_id, name, float(graph.value(node_id, inputs, "strength_model", (int, float)))), *loras), checkpoint
+
+
+def _sampler(graph: _Graph, node_id: str) -> dict:
+    """A sampler node's own values, a KSamplerAdvanced only where it runs as a plain KSampler."""
+    kind, inputs = graph.node(node_id, SAMPLER_NODES)
+    steps = graph.value(node_id, inputs, "steps", int)
+    if not 1 <= steps <= 10000:
+        raise graph.refuse(f"gives {graph.name(node_id)} {steps} steps, outside ComfyUI's range (1 to 10000).")
+    if kind == "KSamplerAdvanced":
+        add, start, end = (inputs.get("add_noise"), graph.value(node_id, inputs, "start_at_step", int),
+                           graph.value(node_id, inputs, "end_at_step", int))
+        if add != "enable" or start != 0 or end < steps:
+            raise graph.refuse(f"runs {graph.name(node_id)} as part of a split sampling (add_noise {add}, "
+                               f"start_at_step {start}, end_at_step {end} of {steps} steps); personae runs a sampler "
+                               "from the first step to the last, with fresh noise.")
+    seed = graph.value(node_id, inputs, "noise_seed" if kind == "KSamplerAdvanced" else "seed", int)
+    if not 0 <= seed < 2**64:
+        raise graph.refuse(f"gives {graph.name(node_id)} the seed {seed}, outside ComfyUI's range (0 to 2**64 - 1).")
+    name, scheduler = (graph.value(node_id, inputs, k, str) for k in ("sampler_name", "scheduler"))
+    denoise = float(graph.value(node_id, inputs, "denoise", (int, float))) if kind == "KSampler" else 1.0
+    if not 0 <= denoise <= 1:
+        raise graph.refuse(f"gives {graph.name(node_id)} the denoise {denoise:g}, outside ComfyUI's range (0 to 1).")
+    return {"seed": seed, "steps": steps, "cfg": float(graph.value(node_id, inputs, "cfg", (int, float))),
+            "sampler": f"{name} {scheduler}", "name": name, "denoise": denoise}
+
+
+def _steps_for(steps: int, denoise: float) -> int:
+    """personae's steps for a ComfyUI pass of `steps` at `denoise`: ComfyUI runs all its steps on the tail of a
+    longer schedule; personae (as A1111) runs int(steps x denoise) of them, so the smallest count giving as many."""
+    total = max(steps, math.ceil(min(steps / denoise, 10**6) - 1e-9))  # past personae's bound: refused by name
+    for _ in range(3):  # float rounding: one more step or two at most
+        if int(total * denoise) >= steps:
+            break
+        total += 1
+    return total
+
+
+def _prompts(graph: _Graph, node_id: str, inputs: dict, reading: ComfyReading) -> tuple[str, str, tuple, tuple, str]:
+    """(prompt with LoRA tags, negative, clip chain, model chain, checkpoint node) of a sampler."""
+    positive, clip = _text(graph, graph.link(node_id, inputs, "positive")[0], reading)
+    negative, negative_clip = _text(graph, graph.link(node_id, inputs, "negative")[0], reading)
+    if negative_clip != clip:
+        raise graph.refuse(f"encodes {graph.name(node_id)}'s positive and negative prompts through different CLIP "
+                           "chains (clip skip or LoRAs); personae encodes both with one.")
+    loras, checkpoint = _model(graph, graph.link(node_id, inputs, "model")[0])
+    if clip[2] != checkpoint:
+        raise graph.refuse(f"takes {graph.name(node_id)}'s model and its text encoder from two checkpoints "
+                           f"({graph.name(checkpoint)}, {graph.name(clip[2])}); personae loads one model.")
+    return positive, negative, clip, loras, checkpoint
+
+
+def _lora_tags(graph: _Graph, loras: tuple, clip_loras: tuple, reading: ComfyReading) -> str:
+    """A1111's <lora:name:weight> tags (found through --lora-dir), at strength_model; what differs is said."""
+    clip_strength = dict(clip_loras)
+    tags = []
+    for node_id, name, strength in reversed(loras):  # the checkpoint's end first, as ComfyUI applies them
+        stem = PureWindowsPath(name).stem  # ComfyUI names "sub\\file.safetensors" on Windows
+        tags.append(f"<lora:{stem}:{strength:g}>")
+        te = clip_strength.pop(node_id, None)
+        if te is None:
+            reading.notes.append(f"{graph.name(node_id)} ({name}) applies to the UNet only in ComfyUI; personae "
+                                 f"applies a LoRA file's text-encoder part too, at {strength:g}")
+        elif te != strength:
+            reading.notes.append(f"{graph.name(node_id)} ({name}) has strength_clip {te:g} and strength_model "
+                                 f"{strength:g}; personae applies one weight per LoRA file, {strength:g}, to both")
+    for node_id in clip_strength:
+        raise graph.refuse(f"applies {graph.name(node_id)} to the text encoder only; personae applies a LoRA to the "
+                           "model and its text encoder together.")
+    return " ".join(tags)
+
+
+def _prompt_notes(texts: list[str], reading: ComfyReading) -> None:
+    if any(_EMPHASIS.search(t) for t in texts):
+        reading.notes.append("weighted prompts ((word:1.2)): ComfyUI scales the words without A1111's mean restore, "
+                             "which personae applies, so they draw slightly differently")
+    if any(_A1111_ONLY.search(t) for t in texts):
+        reading.notes.append("[...], BREAK or AND in the prompts: plain text to ComfyUI, A1111 syntax to personae")
+
+
+def _latent(graph: _Graph, sampler_id: str, inputs: dict, values: dict, reading: ComfyReading) -> dict:
+    """Size, batch and img2img settings from what the sampler's latent_image comes from."""
+    latent_id = graph.link(sampler_id, inputs, "latent_image")[0]
+    kind, latent = graph.node(latent_id, ("EmptyLatentImage", "VAEEncode"))
+    if kind == "EmptyLatentImage":
+        if values["denoise"] < 1:
+            raise graph.refuse(f"denoises {graph.name(sampler_id)} at {values['denoise']:g} from an empty latent; "
+                               "personae draws txt2img from pure noise (denoise 1).")
+        width, height, batch = (graph.value(latent_id, latent, k, int) for k in ("width", "height", "batch_size"))
+        if batch > 1:
+            reading.notes.append(f"batch_size {batch}: ComfyUI draws the whole batch's starting noise from one seed, "
+                                 "personae (as A1111) gives image i the seed + i, so only the first picture matches "
+                                 "the seed's noise")
+        return {"width": width, "height": height, "batch_size": batch}
+    _vae(graph, *graph.link(latent_id, latent, "vae"), reading)
+    image_id = graph.link(latent_id, latent, "pixels")[0]
+    _, load = graph.node(image_id, ("LoadImage",))
+    reading.init_image = str(graph.value(image_id, load, "image", str))
+    return {"strength": values["denoise"]}
+
+
+def _vae(graph: _Graph, node_id: str, output: int, reading: ComfyReading) -> None:
+    kind, inputs = graph.node(node_id, ("CheckpointLoaderSimple", "VAELoader"))
+    if kind == "VAELoader":
+        reading.vae = str(graph.value(node_id, inputs, "vae_name", str))
+
+
+def _decoded(graph: _Graph, sampler_id: str, reading: ComfyReading) -> None:
+    """What happens to the last sampler's latent on its way to a SaveImage: a VAEDecode, nothing else."""
+    for consumer in graph.consumers(sampler_id):
+        kind = graph.nodes[consumer].get("class_type")
+        if kind != "VAEDecode":
+            reading.notes.append(f"{graph.name(consumer)} after the sampler is not read (if it changes the saved "
+                                 "picture, personae does not do it)")
+            continue
+        _, inputs = graph.node(consumer)
+        _vae(graph, *graph.link(consumer, inputs, "vae"), reading)
+        for after in graph.consumers(consumer):
+            if graph.nodes[after].get("class_type") not in ("SaveImage", "PreviewImage"):
+                reading.notes.append(f"{graph.name(after)} after the VAEDecode is not read (if it changes the saved "
+                                     "picture, personae does not do it)")
+
+
+def _hires(graph: _Graph, second: str, inputs: dict, values: dict) -> tuple[str, dict] | None:
+    """(first sampler, hires settings) when the last sampler redraws an upscaled first pass; else None."""
+    kind, up = graph.node(graph.link(second, inputs, "latent_image")[0])
+    if kind not in ("LatentUpscale", "LatentUpscaleBy"):
+        return None
+    upscale_id = graph.link(second, inputs, "latent_image")[0]
+    first = graph.link(upscale_id, up, "samples")[0]
+    graph.node(first, SAMPLER_NODES)
+    if not 0 < values["denoise"] < 1:
+        raise graph.refuse(f"redraws the upscaled latent in {graph.name(second)} at denoise {values['denoise']:g}; "
+                           "personae's hires fix redraws at a denoise between 0 and 1.")
+    hires: dict = {"hires_upscaler": "latent", "hires_denoise": values["denoise"],
+                   "hires_steps": _steps_for(values["steps"], values["denoise"])}
+    if kind == "LatentUpscaleBy":
+        hires["hires_scale"] = float(graph.value(upscale_id, up, "scale_by", (int, float)))
+    else:
+        width, height = (graph.value(upscale_id, up, k, int) for k in ("width", "height"))
+        hires["hires_resize"] = f"{width}x{height}" if width or height else ""
+        hires["hires_scale"] = 1.0
+        hires["_crop"] = graph.value(upscale_id, up, "crop", str)
+    hires["_method"] = graph.value(upscale_id, up, "upscale_method", str)
+    hires["_at"] = graph.name(upscale_id)
+    return first, hires
+
+
+def read_comfy_graph(text: str, source: str) -> ComfyReading:
+    """Generate settings from ComfyUI's `prompt` chunk; raises a UserError naming what personae cannot place."""
+    graph = _Graph(_parse(text, source), source)
+    last, samplers = _last_sampler(graph)
+    reading = ComfyReading({})
+    _, inputs = graph.node(last, SAMPLER_NODES)
+    values = _sampler(graph, last)
+    hires = _hires(graph, last, inputs, values)
+    if len(samplers) > 1 and not hires:
+        raise _several(graph, samplers)
+    base_id = hires[0] if hires else last
+    _, base_inputs = graph.node(base_id)
+    base = _sampler(graph, base_id) if hires else values
+    prompt, negative, clip, loras, checkpoint = _prompts(graph, base_id, base_inputs, reading)
+    data: dict = {"prompt": prompt, "negative": negative, "seed": base["seed"], "steps": base["steps"],
+                  "cfg": base["cfg"], "sampler": base["sampler"], "clip_skip": clip[0]}
+    reading.sampler_at = graph.name(base_id)
+    data.update(_latent(graph, base_id, base_inputs, base, reading))
+    if "strength" in data and hires:
+        raise graph.refuse(f"runs a hires fix ({graph.name(last)}) on an img2img first pass; personae's hires fix "
+                           "redraws a txt2img picture.")
+    if "strength" in data:
+        data["steps"] = _steps_for(base["steps"], base["denoise"]) if base["denoise"] > 0 else base["steps"]
+    texts = [prompt, negative]
+    if hires:
+        data.update(_hires_settings(graph, last, inputs, values, base, hires[1], (prompt, negative, clip, loras),
+                                    reading))
+        texts += [data.get("hires_prompt", ""), data.get("hires_negative", "")]
+    tags = _lora_tags(graph, loras, clip[1], reading)
+    if tags:
+        data["prompt"] = f"{prompt} {tags}".strip()
+    _decoded(graph, last, reading)
+    _, ckpt = graph.node(checkpoint)
+    reading.checkpoint = str(graph.value(checkpoint, ckpt, "ckpt_name", str))
+    _prompt_notes(texts, reading)
+    for name in dict.fromkeys((base["name"], values["name"])):
+        if _NOISY.search(name):
+            reading.notes.append(f"sampler {name}: ComfyUI draws its step noise on the GPU, personae from the seed's "
+                                 "CPU generator, so the picture differs from ComfyUI's")
+    reading.settings = data
+    return reading
+
+
+def _hires_settings(graph: _Graph, last: str, inputs: dict, values: dict, base: dict, hires: dict, first: tuple,
+                    reading: ComfyReading) -> dict:
+    """The second pass as personae's hires fix: its own prompt, sampler and CFG where they differ from the first."""
+    prompt, negative, clip, loras, checkpoint = _prompts(graph, last, inputs, reading)
+    if (clip, loras) != (first[2], first[3]):
+        raise graph.refuse(f"runs the hires pass {graph.name(last)} with other LoRAs or another clip skip than the "
+                           "first pass; personae's hires fix uses the first pass's model.")
+    method, crop, at = hires.pop("_method"), hires.pop("_crop", "disabled"), hires.pop("_at")
+    if method != "bilinear":
+        reading.notes.append(f"{at} upscales with {method}; personae's latent upscaler is bilinear (A1111's Latent)")
+    if hires.get("hires_resize") and crop == "disabled":
+        reading.notes.append(f"{at} stretches to {hires['hires_resize']} (crop disabled); personae covers that size "
+                             "and crops the overhang evenly, the same when the aspect ratio is kept")
+    if values["seed"] != base["seed"]:
+        reading.notes.append(f"the hires pass {graph.name(last)} has its own seed {values['seed']}; personae's hires "
+                             f"fix draws the redraw's noise from the first seed {base['seed']}")
+    if prompt != first[0]:
+        hires["hires_prompt"] = prompt
+    if negative != first[1]:
+        hires["hires_negative"] = negative
+    if values["sampler"] != base["sampler"]:
+        hires["hires_sampler"] = values["sampler"]
+    if values["cfg"] != base["cfg"]:
+        hires["hires_cfg"] = values["cfg"]
+    return hires

@@ -1,0 +1,345 @@
+"""--from-png on pictures saved by ComfyUI: the `prompt` graph read into generate settings, refusals by node.
+
+The fixtures are graphs shaped as ComfyUI writes them (its default workflow's node ids, the input names of its
+nodes.py), stored as ComfyUI stores them: `prompt` and `workflow` text chunks.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+import torch
+from PIL import Image
+from PIL.PngImagePlugin import PngInfo
+from safetensors.torch import save_file
+
+from personae.config.generate import GenerateSettings
+from personae.errors import UserError
+from personae.jobs.generate import png_not_applied, settings_from_png
+from personae.media.png import parse_parameters, read_png_text
+
+BIG_SEED = 1_063_845_123_445_107  # a seed as ComfyUI draws them: far above 2**32
+
+
+def default_graph(**ksampler) -> dict:
+    """ComfyUI's default txt2img workflow in API format."""
+    graph = {
+        "3": {"class_type": "KSampler", "inputs": {
+            "seed": BIG_SEED, "steps": 20, "cfg": 8.0, "sampler_name": "euler", "scheduler": "normal",
+            "denoise": 1.0, "model": ["4", 0], "positive": ["6", 0], "negative": ["7", 0], "latent_image": ["5", 0]}},
+        "4": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "v1-5-pruned-emaonly.safetensors"}},
+        "5": {"class_type": "EmptyLatentImage", "inputs": {"width": 512, "height": 768, "batch_size": 1}},
+        "6": {"class_type": "CLIPTextEncode", "inputs": {"text": "a photo of a cat", "clip": ["4", 1]}},
+        "7": {"class_type": "CLIPTextEncode", "inputs": {"text": "lowres, blurry", "clip": ["4", 1]}},
+        "8": {"class_type": "VAEDecode", "inputs": {"samples": ["3", 0], "vae": ["4", 2]}},
+        "9": {"class_type": "SaveImage", "inputs": {"filename_prefix": "ComfyUI", "images": ["8", 0]}},
+    }
+    graph["3"]["inputs"].update(ksampler)
+    return graph
+
+
+def comfy_png(path, graph: dict | None, workflow: bool = True, size=(64, 64), prompt_text: str | None = None):
+    """A PNG as ComfyUI's SaveImage writes it: `prompt` (the API graph) and `workflow` (the editor's graph)."""
+    info = PngInfo()
+    if graph is not None or prompt_text is not None:
+        info.add_text("prompt", prompt_text if prompt_text is not None else json.dumps(graph))
+    if workflow:
+        info.add_text("workflow", json.dumps({"last_node_id": 9, "nodes": [], "links": [], "version": 0.4}))
+    Image.new("RGB", size, (90, 120, 150)).save(path, pnginfo=info)
+    return path
+
+
+def with_lora_chain(graph: dict, strength_clip: float = 0.8) -> dict:
+    """CheckpointLoaderSimple -> LoraLoader -> LoraLoaderModelOnly -> KSampler; clip: LoraLoader -> CLIPSetLastLayer."""
+    graph = copy.deepcopy(graph)
+    graph["10"] = {"class_type": "LoraLoader", "inputs": {
+        "lora_name": "styles\\watercolor.safetensors", "strength_model": 0.8, "strength_clip": strength_clip,
+        "model": ["4", 0], "clip": ["4", 1]}}
+    graph["11"] = {"class_type": "LoraLoaderModelOnly", "inputs": {
+        "lora_name": "detail.safetensors", "strength_model": 0.5, "model": ["10", 0]}}
+    graph["12"] = {"class_type": "CLIPSetLastLayer", "inputs": {"stop_at_clip_layer": -2, "clip": ["10", 1]}}
+    graph["3"]["inputs"]["model"] = ["11", 0]
+    graph["6"]["inputs"]["clip"] = graph["7"]["inputs"]["clip"] = ["12", 0]
+    return graph
+
+
+def hires_graph(**second) -> dict:
+    """The two-pass "hires fix" graph: KSampler -> LatentUpscaleBy -> KSampler at denoise 0.5."""
+    graph = default_graph(steps=12, sampler_name="dpmpp_2m", scheduler="karras", cfg=7.0)
+    graph["10"] = {"class_type": "LatentUpscaleBy", "inputs": {
+        "upscale_method": "bilinear", "scale_by": 1.5, "samples": ["3", 0]}}
+    graph["11"] = {"class_type": "KSampler", "inputs": {
+        "seed": BIG_SEED, "steps": 10, "cfg": 7.0, "sampler_name": "dpmpp_2m", "scheduler": "karras",
+        "denoise": 0.5, "model": ["4", 0], "positive": ["6", 0], "negative": ["7", 0], "latent_image": ["10", 0]}}
+    graph["11"]["inputs"].update(second)
+    graph["8"]["inputs"]["samples"] = ["11", 0]
+    return graph
+
+
+def read(tmp_path, graph, name="comfy.png") -> dict:
+    return settings_from_png(comfy_png(tmp_path / name, graph))
+
+
+def refusal(tmp_path, graph, prompt_text=None) -> str:
+    with pytest.raises(UserError) as caught:
+        settings_from_png(comfy_png(tmp_path / "refused.png", graph, prompt_text=prompt_text))
+    return str(caught.value)
+
+
+def not_applied(tmp_path, graph, **settings) -> str:
+    png = comfy_png(tmp_path / "notes.png", graph)
+    data = {"model": "./models/v1-5-pruned-emaonly.safetensors", **settings_from_png(png), **settings}
+    return "; ".join(png_not_applied(png, GenerateSettings(**data)))
+
+
+# -- what is read
+
+def test_the_default_workflow_reads_as_its_txt2img_settings(tmp_path):
+    data = read(tmp_path, default_graph())
+    assert data == {"prompt": "a photo of a cat", "negative": "lowres, blurry", "seed": BIG_SEED, "steps": 20,
+                    "cfg": 8.0, "sampler": "Euler", "clip_skip": 1, "width": 512, "height": 768, "batch_size": 1,
+                    "rng": "CPU", "pad_conds": "off"}
+    GenerateSettings(model="m", **data)  # a seed above 2**32 is a valid personae seed
+    assert not_applied(tmp_path, default_graph()) == ""  # same checkpoint name, nothing else to say
+
+
+@pytest.mark.parametrize("sampler_name, scheduler, ours", [
+    ("dpmpp_2m", "karras", "DPM++ 2M Karras"), ("euler_ancestral", "normal", "Euler a"),
+    ("dpmpp_2m_sde", "exponential", "DPM++ 2M SDE Exponential"), ("ddim", "sgm_uniform", "DDIM SGM Uniform"),
+    ("uni_pc", "normal", "UniPC")])
+def test_sampler_and_scheduler_become_personaes_sampler(tmp_path, sampler_name, scheduler, ours):
+    assert read(tmp_path, default_graph(sampler_name=sampler_name, scheduler=scheduler))["sampler"] == ours
+
+
+def test_a_sampler_personae_lacks_stays_by_name_and_is_said(tmp_path):
+    graph = default_graph(sampler_name="euler", scheduler="simple")
+    assert read(tmp_path, graph)["sampler"] == "euler simple"  # --sampler replaces it; else it fails by name
+    assert 'sampler "euler simple" of KSampler node 3' in not_applied(tmp_path, graph, sampler="Euler")
+
+
+def test_lora_chains_and_clip_skip(tmp_path):
+    data = read(tmp_path, with_lora_chain(default_graph()))
+    assert data["prompt"] == "a photo of a cat <lora:watercolor:0.8> <lora:detail:0.5>"
+    assert data["clip_skip"] == 2 and data["negative"] == "lowres, blurry"
+    notes = not_applied(tmp_path, with_lora_chain(default_graph()))
+    assert "LoraLoaderModelOnly node 11 (detail.safetensors) applies to the UNet only" in notes
+    assert "LoraLoader node 10" not in notes  # strength_clip = strength_model: applied as ComfyUI does
+    notes = not_applied(tmp_path, with_lora_chain(default_graph(), strength_clip=0.3))
+    assert "LoraLoader node 10 (styles\\watercolor.safetensors) has strength_clip 0.3 and strength_model 0.8" in notes
+
+
+def test_ksampler_advanced_reads_when_it_runs_as_a_ksampler(tmp_path):
+    graph = default_graph()
+    inputs = graph["3"]["inputs"]
+    graph["3"] = {"class_type": "KSamplerAdvanced", "inputs": {
+        "add_noise": "enable", "noise_seed": 5, "steps": 8, "cfg": 6.5, "sampler_name": "dpmpp_2m",
+        "scheduler": "karras", "start_at_step": 0, "end_at_step": 10000, "return_with_leftover_noise": "disable",
+        **{k: inputs[k] for k in ("model", "positive", "negative", "latent_image")}}}
+    data = read(tmp_path, graph)
+    assert (data["seed"], data["steps"], data["cfg"], data["sampler"]) == (5, 8, 6.5, "DPM++ 2M Karras")
+    graph["3"]["inputs"]["end_at_step"] = 4
+    message = refusal(tmp_path, graph)
+    assert "KSamplerAdvanced node 3" in message and "end_at_step 4 of 8 steps" in message
+
+
+def test_img2img_graph_reads_the_denoise_as_strength_and_asks_for_the_picture(tmp_path):
+    graph = default_graph(denoise=0.6, steps=12)
+    graph["5"] = {"class_type": "VAEEncode", "inputs": {"pixels": ["10", 0], "vae": ["4", 2]}}
+    graph["10"] = {"class_type": "LoadImage", "inputs": {"image": "portrait.png", "upload": "image"}}
+    data = read(tmp_path, graph)
+    assert data["strength"] == 0.6 and "width" not in data
+    assert int(data["steps"] * data["strength"]) == 12  # as many denoising steps as ComfyUI ran
+    assert 'img2img from LoadImage "portrait.png" (pass that picture with --init-image' in not_applied(tmp_path, graph)
+    assert "LoadImage" not in not_applied(tmp_path, graph, init_image="portrait.png")
+
+
+def test_hires_graph_becomes_the_latent_hires_fix(tmp_path):
+    data = read(tmp_path, hires_graph())
+    assert (data["steps"], data["width"], data["height"]) == (12, 512, 768)
+    assert (data["hires_scale"], data["hires_upscaler"], data["hires_denoise"]) == (1.5, "latent", 0.5)
+    assert data["hires_steps"] == 20 and "hires_sampler" not in data and "hires_prompt" not in data
+    data = read(tmp_path, hires_graph(sampler_name="euler", cfg=5.0, seed=1), "second.png")
+    assert (data["hires_sampler"], data["hires_cfg"]) == ("Euler Karras", 5.0)
+    notes = not_applied(tmp_path, hires_graph(seed=1))
+    assert "KSampler node 11 has its own seed 1" in notes
+    graph = hires_graph()
+    graph["10"] = {"class_type": "LatentUpscale", "inputs": {
+        "upscale_method": "nearest-exact", "width": 768, "height": 1152, "crop": "disabled", "samples": ["3", 0]}}
+    assert read(tmp_path, graph, "resize.png")["hires_resize"] == "768x1152"
+    assert "LatentUpscale node 10 upscales with nearest-exact" in not_applied(tmp_path, graph)
+
+
+def test_what_comfyui_draws_differently_is_said(tmp_path):
+    graph = default_graph(sampler_name="euler_ancestral")
+    graph["5"]["inputs"]["batch_size"] = 4
+    graph["6"]["inputs"]["text"] = "a (photo:1.2) of a cat, embedding:easynegative.pt"
+    assert read(tmp_path, graph)["prompt"] == "a (photo:1.2) of a cat, easynegative"
+    notes = not_applied(tmp_path, graph)
+    for said in ("batch_size 4: ComfyUI draws the whole batch's starting noise from one seed",
+                 "weighted prompts ((word:1.2))", "without A1111's mean restore",
+                 "sampler euler_ancestral: ComfyUI draws its step noise on the GPU",
+                 "embedding:easynegative (written as the name; pass each file with --embedding"):
+        assert said in notes, (said, notes)
+    assert "embedding" not in not_applied(tmp_path, graph, embeddings=["easynegative.pt"])
+    notes = not_applied(tmp_path, default_graph(), model="./tiny")
+    assert 'CheckpointLoaderSimple "v1-5-pruned-emaonly.safetensors" (this run uses ./tiny)' in notes
+
+
+def test_nodes_off_the_path_are_not_read(tmp_path):
+    graph = default_graph()
+    graph["20"] = {"class_type": "PreviewImage", "inputs": {"images": ["8", 0]}}
+    graph["21"] = {"class_type": "Note", "inputs": {"text": "hello"}}  # not on the sampler's path
+    graph["22"] = {"class_type": "VAELoader", "inputs": {"vae_name": "unused.safetensors"}}
+    assert read(tmp_path, graph)["prompt"] == "a photo of a cat"
+    assert not_applied(tmp_path, graph) == ""
+
+
+def test_a_vae_loader_on_the_path_is_named(tmp_path):
+    graph = default_graph()
+    graph["13"] = {"class_type": "VAELoader", "inputs": {"vae_name": "vae-ft-mse-840000-ema-pruned.safetensors"}}
+    graph["8"]["inputs"]["vae"] = ["13", 0]
+    assert 'VAELoader "vae-ft-mse-840000-ema-pruned.safetensors" (pass it with --vae)' in not_applied(tmp_path, graph)
+
+
+# -- what is refused, each by node
+
+def test_a_custom_node_on_the_path_is_refused_by_name(tmp_path):
+    graph = default_graph()
+    graph["6"] = {"class_type": "BNK_CLIPTextEncodeAdvanced", "inputs": {
+        "text": "a cat", "token_normalization": "none", "weight_interpretation": "A1111", "clip": ["4", 1]}}
+    message = refusal(tmp_path, graph)
+    assert "BNK_CLIPTextEncodeAdvanced node 6, a custom node" in message and "Traceback" not in message
+    assert "\n" not in message.split("\n\n")[0]  # one paragraph
+    graph = default_graph()
+    graph["6"]["inputs"]["text"] = ["40", 0]
+    graph["40"] = {"class_type": "Text Multiline", "inputs": {"text": "a cat"}}
+    assert "the input text as a link to Text Multiline node 40" in refusal(tmp_path, graph)
+
+
+def test_an_unknown_input_of_a_known_node_is_refused_by_name(tmp_path):
+    graph = default_graph()
+    graph["5"]["inputs"]["tiling"] = True
+    assert "EmptyLatentImage node 5 the input tiling" in refusal(tmp_path, graph)
+
+
+def test_several_samplers_that_are_not_a_hires_fix_are_refused(tmp_path):
+    graph = default_graph()
+    graph["13"] = copy.deepcopy(graph["3"])
+    graph["14"] = {"class_type": "VAEDecode", "inputs": {"samples": ["13", 0], "vae": ["4", 2]}}
+    message = refusal(tmp_path, graph)
+    assert "2 samplers (KSampler node 3, KSampler node 13)" in message
+    graph = hires_graph()
+    graph["11"]["inputs"]["latent_image"] = ["3", 0]  # a second pass straight on the first's latent
+    del graph["10"]
+    assert "KSampler node 3, KSampler node 11" in refusal(tmp_path, graph)
+    assert "KSampler node 11 at denoise 1;" in refusal(tmp_path, hires_graph(denoise=1.0))
+
+
+def test_damaged_or_partial_comfy_chunks_are_one_paragraph(tmp_path):
+    assert "is not valid JSON" in refusal(tmp_path, None, prompt_text='{"3": {"class_type": ')
+    assert "is not a ComfyUI graph" in refusal(tmp_path, None, prompt_text='[1, 2]')
+    with pytest.raises(UserError, match="only ComfyUI's `workflow`"):
+        settings_from_png(comfy_png(tmp_path / "workflow.png", None))
+    graph = default_graph()
+    graph["6"]["inputs"]["clip"] = ["99", 0]
+    assert "links to node 99, which it does not hold" in refusal(tmp_path, graph)
+    graph = default_graph()
+    del graph["3"]
+    graph["3"] = {"class_type": "SamplerCustomAdvanced", "inputs": {}}
+    assert "no KSampler or KSamplerAdvanced node" in refusal(tmp_path, graph)
+
+
+def test_the_cli_refuses_a_custom_node_without_a_traceback(tmp_path, capsys):
+    from personae.cli.main import main
+
+    graph = default_graph()
+    graph["3"]["inputs"]["model"] = ["30", 0]
+    graph["30"] = {"class_type": "FreeU_V2", "inputs": {"model": ["4", 0], "b1": 1.3, "b2": 1.4, "s1": 0.9, "s2": 0.2}}
+    code = main(["generate", "--from-png", str(comfy_png(tmp_path / "freeu.png", graph)), "--model", "x",
+                 "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert code != 0 and "FreeU_V2 node 30" in err and "Traceback" not in err
+
+
+# -- the pixels
+
+def _lora(pipe, path):
+    """A kohya-layout LoRA on the UNet's self-attention queries."""
+    g = torch.Generator().manual_seed(1)
+    tensors = {}
+    for name, module in pipe.unet.named_modules():
+        if name.endswith("attn1.to_q"):
+            key = "lora_unet_" + name.replace(".", "_")
+            tensors |= {f"{key}.lora_down.weight": torch.randn(2, module.in_features, generator=g),
+                        f"{key}.lora_up.weight": torch.randn(module.out_features, 2, generator=g),
+                        f"{key}.alpha": torch.tensor(2.0)}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(path))
+
+
+def test_from_png_of_a_comfy_picture_draws_what_the_same_settings_draw(tiny_model, tiny_session, tmp_path, capsys):
+    import numpy as np
+
+    from personae.cli.main import main
+
+    _lora(tiny_session.pipe, tmp_path / "loras" / "watercolor.safetensors")
+    graph = default_graph(steps=3, cfg=6.0, sampler_name="dpmpp_2m", scheduler="karras", seed=2**40 + 7)
+    graph["5"]["inputs"].update(width=64, height=64)
+    graph["10"] = {"class_type": "LoraLoader", "inputs": {
+        "lora_name": "watercolor.safetensors", "strength_model": 0.7, "strength_clip": 0.7, "model": ["4", 0],
+        "clip": ["4", 1]}}
+    graph["12"] = {"class_type": "CLIPSetLastLayer", "inputs": {"stop_at_clip_layer": -2, "clip": ["10", 1]}}
+    graph["3"]["inputs"]["model"] = ["10", 0]
+    graph["6"]["inputs"]["clip"] = graph["7"]["inputs"]["clip"] = ["12", 0]
+    png = comfy_png(tmp_path / "comfy.png", graph)
+    assert main(["generate", "--from-png", str(png), "--model", str(tiny_model[0]), "--lora-dir",
+                 str(tmp_path / "loras"), "--out", str(tmp_path / "a")]) == 0
+    assert 'CheckpointLoaderSimple "v1-5-pruned-emaonly.safetensors"' in capsys.readouterr().err
+    assert main(["generate", "--model", str(tiny_model[0]), "--prompt", "a photo of a cat", "--negative",
+                 "lowres, blurry", "--seed", str(2**40 + 7), "--steps", "3", "--cfg", "6", "--sampler",
+                 "DPM++ 2M Karras", "--clip-skip", "2", "--width", "64", "--height", "64", "--lora",
+                 f"{tmp_path / 'loras' / 'watercolor.safetensors'}:0.7", "--out", str(tmp_path / "b")]) == 0
+    [a], [b] = sorted((tmp_path / "a").glob("*.png")), sorted((tmp_path / "b").glob("*.png"))
+    assert a.name == b.name == f"00000-{2**40 + 7}.png"
+    assert np.array_equal(np.asarray(Image.open(a)), np.asarray(Image.open(b)))
+    _, _, params = parse_parameters(read_png_text(a)["parameters"])
+    assert params["Seed"] == str(2**40 + 7) and params["Clip skip"] == "2"
+    assert json.loads(read_png_text(a)["personae"])["seed"] == 2**40 + 7
+
+
+def test_comfyuis_batch_of_one_starting_noise_is_personaes_for_a_seed_above_2_32(tiny_model, tiny_session):
+    """ComfyUI (comfy/sample.py prepare_noise): torch.randn of the latent's shape from torch.manual_seed(seed) on the
+    CPU. personae's first UNet input for that seed, at a sampler whose first input is the noise times sigma_max."""
+    from personae.inference.txt2img import txt2img
+
+    seed = 2**63 + 12345
+    seen = []
+    hook = tiny_session.pipe.unet.register_forward_pre_hook(lambda module, args: seen.append(args[0].clone()))
+    try:
+        txt2img(GenerateSettings(model=str(tiny_model[0]), prompt="a cat", seed=seed, steps=1, cfg=1.0,
+                                 sampler="DDIM", width=64, height=64), tiny_session)
+    finally:
+        hook.remove()
+    comfy = torch.randn([1, 4, 8, 8], generator=torch.Generator("cpu").manual_seed(seed))
+    assert torch.equal(seen[0], comfy)  # DDIM's init_noise_sigma is 1 and it does not scale the model input
+
+
+def test_a_comfy_hires_graph_runs_as_personaes_hires_fix(tiny_model, tiny_session, tmp_path):
+    import numpy as np
+
+    from personae.cli.main import main
+
+    graph = hires_graph(steps=2, cfg=5.0)
+    graph["3"]["inputs"].update(steps=2, seed=9)
+    graph["5"]["inputs"].update(width=64, height=64)
+    png = comfy_png(tmp_path / "hires.png", graph)
+    assert main(["generate", "--from-png", str(png), "--model", str(tiny_model[0]), "--out", str(tmp_path / "a")]) == 0
+    assert main(["generate", "--model", str(tiny_model[0]), "--prompt", "a photo of a cat", "--negative",
+                 "lowres, blurry", "--seed", "9", "--steps", "2", "--cfg", "7", "--sampler", "DPM++ 2M Karras",
+                 "--width", "64", "--height", "64", "--hires-scale", "1.5", "--hires-denoise", "0.5", "--hires-steps",
+                 "4", "--hires-upscaler", "latent", "--hires-cfg", "5", "--out", str(tmp_path / "b")]) == 0
+    [a], [b] = sorted((tmp_path / "a").glob("*.png")), sorted((tmp_path / "b").glob("*.png"))
+    assert Image.open(a).size == (96, 96)
+    assert np.array_equal(np.asarray(Image.open(a)), np.asarray(Image.open(b)))
