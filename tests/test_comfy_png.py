@@ -180,7 +180,7 @@ def test_what_comfyui_draws_differently_is_said(tmp_path):
     for said in ("batch_size 4: ComfyUI draws the whole batch's starting noise from one seed",
                  "weighted prompts ((word:1.2))", "without A1111's mean restore",
                  "sampler euler_ancestral: ComfyUI draws its step noise on the GPU",
-                 "embedding:easynegative (written as the name; pass each file with --embedding"):
+                 "embedding:easynegative (written as the name; pass --embeddings-dir"):
         assert said in notes, (said, notes)
     assert "embedding" not in not_applied(tmp_path, graph, embeddings=["easynegative.pt"])
     notes = not_applied(tmp_path, default_graph(), model="./tiny")

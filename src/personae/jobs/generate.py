@@ -256,9 +256,12 @@ def comfy_not_applied(reading: ComfyReading, settings: GenerateSettings) -> list
     if reading.init_image and not settings.init_image:
         missed.append(f'img2img from LoadImage "{reading.init_image}" (pass that picture with --init-image; the '
                       f"graph's denoise is the --strength, {settings.strength:g})")
-    if reading.embeddings and not settings.embeddings:
-        names = ", ".join(f"embedding:{name}" for name in dict.fromkeys(reading.embeddings))
-        missed.append(f"{names} (written as the name; pass each file with --embedding FILE:NAME)")
+    found = set(embedding_files(settings.embeddings_dir)) if settings.embeddings_dir else set()
+    lost = [name for name in dict.fromkeys(reading.embeddings) if name not in found]
+    if lost and not settings.embeddings:
+        names = ", ".join(f"embedding:{name}" for name in lost)
+        missed.append(f"{names} (written as the name; pass --embeddings-dir with the folder holding them, or each "
+                      "file with --embedding FILE:NAME)")
     if reading.vae and not settings.vae:
         missed.append(f'VAELoader "{reading.vae}" (pass it with --vae)')
     if reading.checkpoint:
