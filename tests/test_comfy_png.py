@@ -13,7 +13,6 @@ import pytest
 import torch
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
-from safetensors.torch import save_file
 
 from personae.config.generate import GenerateSettings
 from personae.errors import UserError
@@ -265,26 +264,13 @@ def test_the_cli_refuses_a_custom_node_without_a_traceback(tmp_path, capsys):
 
 # -- the pixels
 
-def _lora(pipe, path):
-    """A kohya-layout LoRA on the UNet's self-attention queries."""
-    g = torch.Generator().manual_seed(1)
-    tensors = {}
-    for name, module in pipe.unet.named_modules():
-        if name.endswith("attn1.to_q"):
-            key = "lora_unet_" + name.replace(".", "_")
-            tensors |= {f"{key}.lora_down.weight": torch.randn(2, module.in_features, generator=g),
-                        f"{key}.lora_up.weight": torch.randn(module.out_features, 2, generator=g),
-                        f"{key}.alpha": torch.tensor(2.0)}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_file(tensors, str(path))
-
-
 def test_from_png_of_a_comfy_picture_draws_what_the_same_settings_draw(tiny_model, tiny_session, tmp_path, capsys):
     import numpy as np
+    from test_generate import _kohya_lora
 
     from personae.cli.main import main
 
-    _lora(tiny_session.pipe, tmp_path / "loras" / "watercolor.safetensors")
+    _kohya_lora(tiny_session.pipe, tmp_path / "loras" / "watercolor.safetensors", seed=1)
     graph = default_graph(steps=3, cfg=6.0, sampler_name="dpmpp_2m", scheduler="karras", seed=2**40 + 7)
     graph["5"]["inputs"].update(width=64, height=64)
     graph["10"] = {"class_type": "LoraLoader", "inputs": {
