@@ -119,7 +119,7 @@ class OptionSettings(Concept):
         "CPU", '"Random number generator source": CPU, torch\'s CPU numbers (the same on every machine); GPU, the '
                "numbers an NVIDIA GPU draws, A1111's default (its pictures without an \"RNG\" key were drawn so), "
                "computed here on the CPU so they too reproduce anywhere; NV, A1111's name for the same numbers",
-        infotext="RNG", infotext_if="rng_written")
+        infotext="RNG")
     ensd: int = setting(0, '"Eta noise seed delta" (ENSD): the noise ancestral and SDE samplers add at each step comes '
                            "from seed + ENSD instead of the seed (A1111's setting; 31337 in many shared pictures)",
                         infotext="ENSD", infotext_if="ensd", ge=0, lt=2**32)
@@ -130,11 +130,6 @@ class OptionSettings(Concept):
               "its own length in a UNet call of its own, A1111's default (its pictures without the key were drawn "
               'so); v0, the negative prompt padded with its last vector or cut to the prompt\'s length ("Pad conds '
               'v0")')
-
-    @property
-    def rng_written(self) -> bool:
-        """A1111 writes "RNG" only when it is not its default, GPU."""
-        return self.rng != "GPU"
 
 
 class RuntimeSettings(Concept):
