@@ -16,6 +16,7 @@ $PIP install -q -e ".[test]"
 $PIP install -q attrs absl-py flatbuffers matplotlib "protobuf>=6.31,<7"
 $PIP install -q --no-deps "mediapipe==0.10.21"
 $PIP install -q --no-deps "spandrel==0.4.2"  # the upscaler tests' reference, without its torchvision (setup.sh)
+$PIP install -q --no-deps "k-diffusion==0.1.1.post1"  # the samplers' reference, without its torchvision (setup.sh)
 {
   echo "# personae's locked install: exactly what CI tested. Written by scripts/lock.sh; used by scripts/setup.sh"
   echo "# as pip constraints (-c). torch is listed without its local label (+cpu / +cu12x) so one line fits both builds."

@@ -43,6 +43,10 @@ if [ -n "$extras" ] && ! .venv/bin/python -m pip show -q spandrel >/dev/null 2>&
   # the upscaler tests' reference loader (A1111's and ComfyUI's); its declared torchvision would replace our torch
   $PIP install -q -c "$LOCK" --no-deps "spandrel==0.4.2"
 fi
+if [ -n "$extras" ] && ! .venv/bin/python -m pip show -q k-diffusion >/dev/null 2>&1; then
+  # the samplers' reference (A1111 and ComfyUI sample with it); its declared torchvision would replace our torch
+  $PIP install -q -c "$LOCK" --no-deps "k-diffusion==0.1.1.post1"
+fi
 if ! fc-list 2>/dev/null | grep -qiE "nanum|noto sans cjk|notosanscjk"; then
   if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null; then
     (apt-get install -y -qq fonts-nanum >/dev/null 2>&1 || { apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq fonts-nanum >/dev/null 2>&1; }) \

@@ -113,9 +113,9 @@ def test_sampler_and_scheduler_become_personaes_sampler(tmp_path, sampler_name, 
 
 
 def test_a_sampler_personae_lacks_stays_by_name_and_is_said(tmp_path):
-    graph = default_graph(sampler_name="euler", scheduler="simple")
-    assert read(tmp_path, graph)["sampler"] == "euler simple"  # --sampler replaces it; else it fails by name
-    assert 'sampler "euler simple" of KSampler node 3' in not_applied(tmp_path, graph, sampler="Euler")
+    graph = default_graph(sampler_name="euler", scheduler="kl_optimal")  # ComfyUI's ends at 0, A1111's does not
+    assert read(tmp_path, graph)["sampler"] == "euler kl_optimal"  # --sampler replaces it; else it fails by name
+    assert 'sampler "euler kl_optimal" of KSampler node 3' in not_applied(tmp_path, graph, sampler="Euler")
 
 
 def test_lora_chains_and_clip_skip(tmp_path):

@@ -180,7 +180,7 @@ def test_the_hires_redraw_composes_its_own_prompt(tiny_model, tiny_session):
             tiny_model[0], hires_scale=1.5, hires_denoise=0.5, hires_upscaler="latent")), tiny_session)
     finally:
         hook.remove()
-    assert rows == [3] * 4 + [2] * 2  # 4 base steps; the redraw runs int(4 x 0.5) of its 4
+    assert rows == [3] * 4 + [2] * 4  # 4 base steps; the redraw runs its 4 (A1111's, of a schedule of 4 / 0.5)
 
 
 def test_controlnet_residuals_are_computed_for_every_part(tiny_model, tiny_session, tmp_path):

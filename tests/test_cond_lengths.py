@@ -20,8 +20,9 @@ def _settings(model, **kw) -> GenerateSettings:
 
 
 def _reference(session, settings: GenerateSettings, mode: str) -> np.ndarray:
-    """Euler on diffusers' sigmas with the UNet given the texts as A1111 would under `mode`."""
-    from diffusers import EulerDiscreteScheduler
+    """Euler on A1111's sigmas (personae's scheduler gives them: tests/test_ksampler.py) with the UNet given the
+    texts as A1111 would under `mode`."""
+    from personae.inference.samplers import get_sampler
 
     pipe, encoder = session.pipe, session.encoder
     cond, uncond = encoder.encode(settings.prompt).embeds, encoder.encode(settings.negative).embeds
@@ -31,7 +32,7 @@ def _reference(session, settings: GenerateSettings, mode: str) -> np.ndarray:
         uncond = torch.cat([uncond] + [empty] * ((cond.shape[1] - uncond.shape[1]) // empty.shape[1]), dim=1)
     elif mode == "v0":
         uncond = torch.cat([uncond, uncond[:, -1:].repeat(1, cond.shape[1] - uncond.shape[1], 1)], dim=1)
-    scheduler = EulerDiscreteScheduler.from_config(pipe.scheduler.config)
+    scheduler = get_sampler("Euler").make(dict(pipe.scheduler.config))
     scheduler.set_timesteps(settings.steps)
     x = torch.randn((1, 4, 8, 8), generator=torch.Generator().manual_seed(settings.seed)) * scheduler.init_noise_sigma
     with torch.no_grad():

@@ -518,7 +518,7 @@ def test_the_hires_redraw_has_its_own_prompt_sampler_and_cfg_as_in_a1111(tiny_mo
         hook.remove()
     base, redraw = tiny_session.encoder.encode_pair("a photo of a cat", "", 1), \
         tiny_session.encoder.encode_pair("a red house", "blurry", 1)
-    assert len(seen) == 3 + 2  # 3 base steps, then 4 x 0.5 of the redraw
+    assert len(seen) == 3 + 4  # 3 base steps, then the 4 of the redraw (A1111's: the last 4 of 4 / 0.5 = 8)
     assert all(torch.equal(e, torch.cat([base[1].embeds, base[0].embeds])) for e in seen[:3])
     assert all(torch.equal(e, torch.cat([redraw[1].embeds, redraw[0].embeds])) for e in seen[3:])
     params = parse_parameters(out.parameters)[2]
@@ -546,8 +546,8 @@ def test_the_hires_redraw_has_its_own_prompt_sampler_and_cfg_as_in_a1111(tiny_mo
 def test_hires_fix_refuses_img2img_and_a_redraw_of_no_steps(tiny_model, photo):
     with pytest.raises(UserError, match="--hires-scale cannot be combined with --init-image"):
         txt2img(settings(tiny_model[0], hires_scale=2, init_image=str(photo)))
-    with pytest.raises(UserError, match="leaves no step of the redraw"):
-        txt2img(settings(tiny_model[0], hires_scale=2, hires_denoise=0.1, steps=4))
+    with pytest.raises(UserError, match="leaves no step of the redraw"):  # diffusers' DDIM runs steps x denoise
+        txt2img(settings(tiny_model[0], hires_scale=2, hires_denoise=0.1, steps=4, sampler="DDIM"))
 
 
 def test_an_a1111_png_made_with_dynamic_prompts_is_read_whole(tmp_path):
@@ -622,9 +622,14 @@ def test_a1111_hires_with_a_model_upscaler_is_read_and_the_difference_named(tmp_
     ays = _a1111_png(tmp_path / "ays.png", "a cat\nSteps: 20, Sampler: DPM++ 2M, Schedule type: Align Your Steps, "
                      "Seed: 1, Size: 512x512, VAE: vae-ft-mse-840000-ema-pruned.safetensors")
     data = settings_from_png(ays)
-    assert data["sampler"] == "DPM++ 2M"
-    assert png_not_applied(ays, GenerateSettings(model="m", **data)) == [
-        'Schedule type "Align Your Steps" (the sampler\'s own schedule is used)', "VAE (pass it with --vae)"]
+    assert data["sampler"] == "DPM++ 2M Align Your Steps"  # k-diffusion's samplers take every schedule type
+    assert png_not_applied(ays, GenerateSettings(model="m", **data)) == ["VAE (pass it with --vae)"]
+    ddim = _a1111_png(tmp_path / "ddim.png", "a cat\nSteps: 20, Sampler: DDIM, Schedule type: Align Your Steps, "
+                      "Seed: 1, Size: 512x512")
+    data = settings_from_png(ddim)
+    assert data["sampler"] == "DDIM"
+    assert png_not_applied(ddim, GenerateSettings(model="m", **data)) == [
+        'Schedule type "Align Your Steps" (the sampler\'s own schedule is used)']
 
 
 def test_vae_from_a_diffusers_folder_or_an_a1111_single_file_replaces_the_models(tiny_model, tiny_session, tmp_path):
@@ -655,28 +660,25 @@ def test_vae_from_a_diffusers_folder_or_an_a1111_single_file_replaces_the_models
         txt2img(settings(tiny_model[0], steps=1, vae=str(_kohya_lora(tiny_session.pipe, tmp_path / "l.safetensors"))))
 
 
+K = "KDiffusionScheduler"  # k-diffusion's algorithm, on A1111's schedule (tests/test_ksampler.py)
+
+
 @pytest.mark.parametrize("name,a1111,cls,config", [
-    ("DPM++ 3M SDE", "DPM++ 3M SDE", "DPMSolverMultistepScheduler",
-     {"algorithm_type": "sde-dpmsolver++", "solver_order": 3, "use_karras_sigmas": False}),
-    ("DPM++ 3M SDE Karras", "DPM++ 3M SDE Karras", "DPMSolverMultistepScheduler",
-     {"algorithm_type": "sde-dpmsolver++", "solver_order": 3, "use_karras_sigmas": True}),
-    ("dpm++ 3m sde exponential", "DPM++ 3M SDE Exponential", "DPMSolverMultistepScheduler",
-     {"solver_order": 3, "use_exponential_sigmas": True, "use_karras_sigmas": False}),
-    ("DPM++ 2M SDE Exponential", "DPM++ 2M SDE Exponential", "DPMSolverMultistepScheduler",
-     {"algorithm_type": "sde-dpmsolver++", "solver_order": 2, "use_exponential_sigmas": True}),
-    ("Euler Karras", "Euler Karras", "EulerDiscreteScheduler", {"use_karras_sigmas": True}),
+    ("DPM++ 3M SDE", "DPM++ 3M SDE", K, {"sampler": "DPM++ 3M SDE", "schedule": "Uniform"}),
+    ("DPM++ 3M SDE Karras", "DPM++ 3M SDE Karras", K, {"sampler": "DPM++ 3M SDE", "schedule": "Karras"}),
+    ("dpm++ 3m sde exponential", "DPM++ 3M SDE Exponential", K, {"schedule": "Exponential"}),
+    ("DPM++ 2M SDE Exponential", "DPM++ 2M SDE Exponential", K, {"sampler": "DPM++ 2M SDE"}),
+    ("Euler Karras", "Euler Karras", K, {"sampler": "Euler", "schedule": "Karras"}),
     ("UniPC Beta", "UniPC Beta", "UniPCMultistepScheduler", {"use_beta_sigmas": True}),
     ("LCM", "LCM", "LCMScheduler", {}),
     # ComfyUI: sampler name + scheduler, in the ways people write them
-    ("dpmpp_2m karras", "DPM++ 2M Karras", "DPMSolverMultistepScheduler",
-     {"algorithm_type": "dpmsolver++", "use_karras_sigmas": True}),
-    ("dpmpp_2m + karras", "DPM++ 2M Karras", "DPMSolverMultistepScheduler", {"use_karras_sigmas": True}),
-    ("dpmpp_2m_sde_karras", "DPM++ 2M SDE Karras", "DPMSolverMultistepScheduler",
-     {"algorithm_type": "sde-dpmsolver++", "use_karras_sigmas": True}),
-    ("dpmpp_3m_sde exponential", "DPM++ 3M SDE Exponential", "DPMSolverMultistepScheduler",
-     {"solver_order": 3, "use_exponential_sigmas": True}),
-    ("euler_ancestral", "Euler a", "EulerAncestralDiscreteScheduler", {}),
-    ("euler normal", "Euler", "EulerDiscreteScheduler", {"use_karras_sigmas": False}),
+    ("dpmpp_2m karras", "DPM++ 2M Karras", K, {"sampler": "DPM++ 2M", "schedule": "Karras"}),
+    ("dpmpp_2m + karras", "DPM++ 2M Karras", K, {"schedule": "Karras"}),
+    ("dpmpp_2m_sde_karras", "DPM++ 2M SDE Karras", K, {"sampler": "DPM++ 2M SDE", "schedule": "Karras"}),
+    ("dpmpp_3m_sde exponential", "DPM++ 3M SDE Exponential", K, {"schedule": "Exponential"}),
+    ("euler_ancestral", "Euler a", K, {"sampler": "Euler a", "schedule": "Uniform"}),
+    ("euler normal", "Euler", K, {"schedule": "Uniform"}),
+    ("dpmpp_2m simple", "DPM++ 2M Simple", K, {"schedule": "Simple"}),
     ("uni_pc sgm_uniform", "UniPC SGM Uniform", "UniPCMultistepScheduler", {"timestep_spacing": "trailing"}),
     ("lcm", "LCM", "LCMScheduler", {}),
 ])
@@ -691,10 +693,10 @@ def test_newer_samplers_schedule_types_and_comfyui_names_build_the_right_schedul
 
 
 def test_samplers_without_a_schedule_type_are_refused_and_names_are_written_the_a1111_way(tiny_model, tiny_session):
-    with pytest.raises(UserError, match='"DDIM" has no Karras schedule'):
+    with pytest.raises(UserError, match='"DDIM" runs as diffusers\' DDIMScheduler, which has no Karras schedule'):
         get_sampler("DDIM Karras")
     with pytest.raises(UserError, match="ComfyUI's names") as err:
-        get_sampler("dpmpp_2m simple")
+        get_sampler("dpmpp_2m kl_optimal")  # ComfyUI's KL Optimal ends at 0, A1111's does not
     assert "sgm_uniform" in str(err.value)
     out = txt2img(settings(tiny_model[0], steps=2, sampler="dpmpp_2m karras"), tiny_session)[0]
     assert "Sampler: DPM++ 2M Karras," in out.parameters and out.settings.sampler == "DPM++ 2M Karras"

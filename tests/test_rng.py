@@ -78,12 +78,13 @@ def _settings(model, **kw) -> GenerateSettings:
 
 
 def _euler_a(session, settings: GenerateSettings, start: torch.Tensor, step_noise) -> np.ndarray:
-    """k-diffusion's sample_euler_ancestral on diffusers' own sigmas and UNet, CFG as A1111 does it: `start` the
-    starting noise, `step_noise(i)` the noise added after step i."""
-    from diffusers import EulerAncestralDiscreteScheduler
+    """k-diffusion's sample_euler_ancestral on A1111's sigmas (personae's scheduler gives them and the UNet's
+    fractional steps; tests/test_ksampler.py checks them against k-diffusion) and the UNet, CFG as A1111 does it:
+    `start` the starting noise, `step_noise(i)` the noise added after step i."""
+    from personae.inference.samplers import get_sampler
 
     pipe = session.pipe
-    scheduler = EulerAncestralDiscreteScheduler.from_config(pipe.scheduler.config)
+    scheduler = get_sampler("Euler a").make(dict(pipe.scheduler.config))
     scheduler.set_timesteps(settings.steps)
     cond, uncond = pipe.encode_prompt(settings.prompt, "cpu", 1, True, settings.negative)
     x = start * scheduler.init_noise_sigma
@@ -175,8 +176,9 @@ def test_infotext_names_the_source_as_a1111_reads_it(tiny_model, tmp_path):
 def test_img2img_noise_is_the_images_first_draw_and_the_vae_sample_draws_aside(tiny_model, tiny_session, photo):
     """A1111's img2img: the init image encoded without touching the image's generator, whose first draw is the
     noise (diffusers alone would spend that draw on the VAE's sample)."""
-    from diffusers import EulerDiscreteScheduler
     from PIL import Image
+
+    from personae.inference.samplers import get_sampler
 
     pipe = tiny_session.pipe
     settings = _settings(tiny_model[0], sampler="Euler", rng="GPU", init_image=str(photo), strength=0.5)
@@ -190,9 +192,9 @@ def test_img2img_noise_is_the_images_first_draw_and_the_vae_sample_draws_aside(t
         posterior = pipe.vae.encode(pipe.image_processor.preprocess(Image.open(photo).convert("RGB"))).latent_dist
     aside = torch.randn(SHAPE, generator=torch.Generator().manual_seed(11))
     init = (posterior.mean + posterior.std * aside) * pipe.vae.config.scaling_factor
-    scheduler = EulerDiscreteScheduler.from_config(pipe.scheduler.config)
+    scheduler = get_sampler("Euler").make(dict(pipe.scheduler.config))
     scheduler.set_timesteps(settings.steps)
-    sigma = scheduler.sigmas[settings.steps - int(settings.steps * settings.strength)]
+    sigma = scheduler.sigmas[settings.steps - int(settings.steps * settings.strength) - 1]  # A1111's start
     expected = (init + gpu_randn(11, 0, SHAPE) * sigma) / (sigma**2 + 1) ** 0.5
     assert torch.allclose(seen[0], expected[0], atol=1e-4)
     second = (init + gpu_randn(11, 1, SHAPE) * sigma) / (sigma**2 + 1) ** 0.5

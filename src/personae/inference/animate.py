@@ -301,8 +301,6 @@ def animate(settings: AnimateSettings, animate_session: AnimateSession | None = 
     height = settings.height or session.native_size
     # 3. the sampler, on the schedule the motion modules were trained with
     scheduler = sampler.make({**session.base_scheduler, **MOTION_SCHEDULE})
-    if not sampler.exact:
-        on_event(Message(f'"{sampler.name}" runs as diffusers\' {sampler.scheduler.__name__} (the nearest match).', "warning"))
     # 4. encode prompts: weighted, chunked by 75 tokens, clip skip
     positive, negative = session.encoder.encode_pair(settings.prompt, settings.negative, settings.clip_skip)
     if positive.chunks > 1:

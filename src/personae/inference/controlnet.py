@@ -19,6 +19,7 @@ from personae.data.control import ControlType, detect_control, get_control_type
 from personae.errors import UserError
 from personae.events import EventHandler, Message, ignore
 from personae.inference.img2img import open_image
+from personae.inference.ksampler import img2img_steps
 from personae.models.controlnet import ControlNetSource, check_available, load_controlnet, resolve_controlnet
 
 
@@ -101,8 +102,9 @@ def control_denoise(session, settings: GenerateSettings, controls: list[Prepared
     if init is None:
         return pipe(image=maps[0] if single else maps, width=width, height=height, **control, **kwargs).images
     extra = {"mask_image": mask} if mask is not None else {}
-    return pipe(image=init, control_image=maps[0] if single else maps, strength=settings.strength, width=width,
-                height=height, **extra, **control, **kwargs).images
+    steps = img2img_steps(scheduler, settings.steps, settings.strength)
+    return pipe(image=init, control_image=maps[0] if single else maps, width=width, height=height, **extra,
+                **control, **{**kwargs, **steps}).images
 
 
 def control_infotext(settings: GenerateSettings, session) -> dict[str, str]:

@@ -33,8 +33,9 @@ from personae.errors import UserError, did_you_mean
 from personae.events import EventHandler, Message, Progress, ignore
 from personae.inference.composable import composing, scheduled_prompts
 from personae.inference.img2img import crop_region, denoiser, feather, fit_region, paste_back, vae_roundtrip
+from personae.inference.ksampler import img2img_steps
 from personae.inference.rng import image_generators
-from personae.inference.samplers import SCHEDULES, get_sampler
+from personae.inference.samplers import get_sampler, with_schedule_type
 from personae.models.lora_dir import lora_tags
 
 # ADetailer's MediaPipe models: name -> what it finds
@@ -92,8 +93,10 @@ def detailer_keys(params: dict[str, str]) -> dict[str, str]:
         if params.pop(switch, "True") != "True":
             for field in fields:
                 params.pop(extra_of(DetailerSettings.model_fields[field])["infotext"], None)
-    if params.get("ADetailer scheduler", "") in SCHEDULES and "ADetailer sampler" in params:
-        params["ADetailer sampler"] = f'{params["ADetailer sampler"]} {params.pop("ADetailer scheduler")}'
+    joined = with_schedule_type(params.get("ADetailer sampler", ""), params.get("ADetailer scheduler", ""))
+    if joined and "ADetailer sampler" in params and params.get("ADetailer scheduler"):
+        params.pop("ADetailer scheduler")
+        params["ADetailer sampler"] = joined
     return params
 
 
@@ -229,8 +232,8 @@ def redraw_face(session, settings, picture: Image.Image, mask: Image.Image, prom
             return prompts.after_step(pipeline, step, kwargs)
 
         with composing(prompts, session.pipe.unet, pad=settings.pad_conds):  # AND composes there too
-            drawn = pipe(image=init, mask_image=crop_mask, strength=settings.ad_denoising_strength, width=width,
-                         height=height, **prompts.call_kwargs(), num_inference_steps=steps, guidance_scale=cfg,
+            drawn = pipe(image=init, mask_image=crop_mask, width=width, height=height, **prompts.call_kwargs(),
+                         **img2img_steps(pipe.scheduler, steps, settings.ad_denoising_strength), guidance_scale=cfg,
                          generator=image_generators([seed % 2**64], settings.rng, settings.ensd),
                          callback_on_step_end=step_end).images[0]
     return paste_back(picture, drawn, region, full_mask)

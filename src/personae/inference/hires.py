@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from personae.inference.ksampler import img2img_steps
 from personae.models.upscalers import UpscalerNet, a1111_name, upscale_picture
 
 # A1111's "Hires upscaler" names <-> ours: what A1111 writes, and how its names read back
@@ -120,7 +121,8 @@ def hires_fix(pipe, redraw_pipe, settings, size: tuple[int, int], kwargs: dict, 
                           pipe.vae_scale_factor)
     # 3. redraw at the denoising strength, from the same seeds: A1111's hires pass draws from fresh generators, its
     # starting noise made as the base pass's (variation seed, seed resize) at the new size
-    redraw = {**kwargs, **(redraw_kwargs or {}), "num_inference_steps": settings.hires_steps or settings.steps,
-              "generator": generators()}
+    redraw = {**kwargs, **(redraw_kwargs or {}), "generator": generators(),
+              **img2img_steps(redraw_pipe.scheduler, settings.hires_steps or settings.steps, settings.hires_denoise,
+                              hires=True)}
     with redraw_pass:
-        return redraw_pipe(image=image, strength=settings.hires_denoise, **redraw).images
+        return redraw_pipe(image=image, **redraw).images

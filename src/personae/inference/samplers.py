@@ -1,15 +1,15 @@
-"""Samplers by the names AUTOMATIC1111 users know, mapped to diffusers schedulers.
+"""Samplers by the names AUTOMATIC1111 users know.
 
-The mapping follows diffusers' documented A1111 equivalents. Where diffusers has no
-exact counterpart (A1111's "DPM++ 2S a" and "DPM++ SDE" are k-diffusion samplers), the
-closest scheduler is used and `exact` says so; `personae generate --help` lists them.
-A new sampler is one line in SAMPLERS.
+A1111's k-diffusion samplers (Euler, Euler a, LMS, Heun, DPM2, DPM2 a, the DPM++ family) run k-diffusion's own
+algorithms on A1111's schedules (inference/ksampler.py, inference/sigmas.py), so a seed and settings give A1111's
+picture; DDIM, PLMS, UniPC and LCM are diffusers' schedulers. A new sampler is one line in SAMPLERS.
 
-Schedule types (A1111's "Schedule type", which it used to write into the sampler name) are
-a suffix any sampler whose diffusers scheduler supports it takes: "Euler Karras", "DPM++ 3M
-SDE Exponential", "UniPC SGM Uniform" (SCHEDULES). ComfyUI's names are read too: its sampler
-name and its scheduler, e.g. "dpmpp_2m karras" or "dpmpp_2m + karras" (COMFY_SAMPLERS,
-COMFY_SCHEDULERS); a name is always written back the A1111 way.
+Schedule types (A1111's "Schedule type", which it used to write into the sampler name) are a suffix: "Euler
+Karras", "DPM++ 3M SDE Exponential", "DPM++ 2M Align Your Steps". A k-diffusion sampler takes every A1111 schedule
+type, and "Automatic" picks the one A1111 1.9+ picks for it (Karras for DPM++ 2M); a bare name is the Uniform
+schedule, what A1111 ran before 1.9. DDIM, PLMS and UniPC take the schedule types diffusers has (SCHEDULES).
+ComfyUI's names are read too: its sampler name and its scheduler, e.g. "dpmpp_2m karras" or "dpmpp_2m + karras"
+(COMFY_SAMPLERS, COMFY_SCHEDULERS); a name is always written back the A1111 way.
 """
 
 from __future__ import annotations
@@ -17,23 +17,12 @@ from __future__ import annotations
 import inspect
 from dataclasses import dataclass, field
 
-from diffusers import (
-    DDIMScheduler,
-    DPMSolverMultistepScheduler,
-    DPMSolverSinglestepScheduler,
-    EulerAncestralDiscreteScheduler,
-    EulerDiscreteScheduler,
-    HeunDiscreteScheduler,
-    KDPM2AncestralDiscreteScheduler,
-    KDPM2DiscreteScheduler,
-    LCMScheduler,
-    LMSDiscreteScheduler,
-    PNDMScheduler,
-    UniPCMultistepScheduler,
-)
+from diffusers import DDIMScheduler, LCMScheduler, PNDMScheduler, UniPCMultistepScheduler
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
 from personae.errors import UserError, did_you_mean
+from personae.inference.ksampler import KSAMPLERS, KDiffusionScheduler
+from personae.inference.sigmas import SCHEDULES as K_SCHEDULES
 
 
 @dataclass(frozen=True)
@@ -41,7 +30,6 @@ class Sampler:
     name: str  # the A1111 name
     scheduler: type[SchedulerMixin]
     options: dict = field(default_factory=dict)  # passed to from_config
-    exact: bool = True  # False: the nearest diffusers scheduler, not the same algorithm
 
     def make(self, base_config: dict) -> SchedulerMixin:
         """A fresh scheduler built on the model's own noise schedule (betas, timesteps).
@@ -52,38 +40,51 @@ class Sampler:
         accepted = inspect.signature(self.scheduler.__init__).parameters
         options = {k: v for k, v in _DISTINGUISHING.items() if k in accepted}
         options.update(self.options)
+        if self.scheduler is KDiffusionScheduler:  # it reads the noise schedule alone: the rest would be warned of
+            base_config = {k: v for k, v in base_config.items() if k in accepted}
         return self.scheduler.from_config(base_config, **options)
 
 
 _KARRAS = {"use_karras_sigmas": True}
 _DISTINGUISHING = {"use_karras_sigmas": False, "use_exponential_sigmas": False, "use_beta_sigmas": False}
+
+
+def _k(name: str, schedule: str = "Uniform") -> Sampler:
+    """k-diffusion's sampler `name` on A1111's schedule `schedule` (inference/ksampler.py): A1111's own algorithm.
+    A bare name is the Uniform schedule, as A1111 ran it before its separate "Schedule type" (1.9)."""
+    return Sampler(name if schedule == "Uniform" else f"{name} {schedule}", KDiffusionScheduler,
+                   {"sampler": name, "schedule": schedule})
+
+
 SAMPLERS: dict[str, Sampler] = {s.name: s for s in [
-    Sampler("Euler", EulerDiscreteScheduler),
-    Sampler("Euler a", EulerAncestralDiscreteScheduler),
+    _k("Euler"),
+    _k("Euler a"),
     Sampler("DDIM", DDIMScheduler),
     Sampler("PLMS", PNDMScheduler),
-    Sampler("LMS", LMSDiscreteScheduler),
-    Sampler("LMS Karras", LMSDiscreteScheduler, _KARRAS),
-    Sampler("Heun", HeunDiscreteScheduler),
-    Sampler("DPM2", KDPM2DiscreteScheduler),
-    Sampler("DPM2 a", KDPM2AncestralDiscreteScheduler),
-    Sampler("DPM++ 2M", DPMSolverMultistepScheduler, {"algorithm_type": "dpmsolver++"}),
-    Sampler("DPM++ 2M Karras", DPMSolverMultistepScheduler, {"algorithm_type": "dpmsolver++", **_KARRAS}),
-    Sampler("DPM++ 2M SDE", DPMSolverMultistepScheduler, {"algorithm_type": "sde-dpmsolver++"}),
-    Sampler("DPM++ 2M SDE Karras", DPMSolverMultistepScheduler, {"algorithm_type": "sde-dpmsolver++", **_KARRAS}),
-    Sampler("DPM++ 2S a", DPMSolverSinglestepScheduler, exact=False),
-    Sampler("DPM++ 2S a Karras", DPMSolverSinglestepScheduler, _KARRAS, exact=False),
-    Sampler("DPM++ SDE", DPMSolverSinglestepScheduler, exact=False),
-    Sampler("DPM++ SDE Karras", DPMSolverSinglestepScheduler, _KARRAS, exact=False),
-    Sampler("DPM++ 3M SDE", DPMSolverMultistepScheduler, {"algorithm_type": "sde-dpmsolver++", "solver_order": 3}),
-    Sampler("DPM++ 3M SDE Karras", DPMSolverMultistepScheduler,
-            {"algorithm_type": "sde-dpmsolver++", "solver_order": 3, **_KARRAS}),
+    _k("LMS"),
+    _k("LMS", "Karras"),
+    _k("Heun"),
+    _k("DPM2"),
+    _k("DPM2 a"),
+    _k("DPM++ 2M"),
+    _k("DPM++ 2M", "Karras"),
+    _k("DPM++ 2M SDE"),
+    _k("DPM++ 2M SDE", "Karras"),
+    _k("DPM++ 2M SDE Heun"),
+    _k("DPM++ 2S a"),
+    _k("DPM++ 2S a", "Karras"),
+    _k("DPM++ SDE"),
+    _k("DPM++ SDE", "Karras"),
+    _k("DPM++ 3M SDE"),
+    _k("DPM++ 3M SDE", "Karras"),
     Sampler("UniPC", UniPCMultistepScheduler),
     Sampler("LCM", LCMScheduler),  # for LCM models and LCM-LoRAs: 4-8 steps, CFG 1-2
 ]}
 
-# A1111's schedule types -> the scheduler options that give them (a sampler takes one if its scheduler has the option)
-DEFAULT_SCHEDULES = ("Automatic", "Uniform", "Normal")  # A1111 schedule types that mean the sampler's own
+# A1111's schedule types that mean the sampler's own; "Automatic" is A1111 1.9+'s, which picks per sampler
+DEFAULT_SCHEDULES = ("Automatic", "Uniform")
+# the schedule types diffusers' own schedulers (DDIM, PLMS, UniPC) take, as their options; k-diffusion's samplers
+# take all of A1111's (inference/sigmas.SCHEDULES)
 SCHEDULES: dict[str, dict] = {
     "Karras": _KARRAS,
     "Exponential": {"use_exponential_sigmas": True},
@@ -92,11 +93,13 @@ SCHEDULES: dict[str, dict] = {
 }
 # ComfyUI's sampler and scheduler names -> A1111's ("normal" is the sampler's own schedule)
 COMFY_SAMPLERS = {"euler": "Euler", "euler_ancestral": "Euler a", "heun": "Heun", "dpm_2": "DPM2",
-                  "dpm_2_ancestral": "DPM2 a", "lms": "LMS", "dpmpp_2s_ancestral": "DPM++ 2S a", "dpmpp_sde": "DPM++ SDE",
+                  "dpm_2_ancestral": "DPM2 a", "lms": "LMS", "dpmpp_2s_ancestral": "DPM++ 2S a",
+                  "dpmpp_sde": "DPM++ SDE",
                   "dpmpp_2m": "DPM++ 2M", "dpmpp_2m_sde": "DPM++ 2M SDE", "dpmpp_3m_sde": "DPM++ 3M SDE",
+                  "dpmpp_2m_sde_heun": "DPM++ 2M SDE Heun",
                   "ddim": "DDIM", "uni_pc": "UniPC", "lcm": "LCM"}
 COMFY_SCHEDULERS = {"normal": "", "karras": "Karras", "exponential": "Exponential", "beta": "Beta",
-                    "sgm_uniform": "SGM Uniform"}
+                    "sgm_uniform": "SGM Uniform", "simple": "Simple", "ddim_uniform": "DDIM"}
 
 
 def _lookup(name: str) -> Sampler | None:
@@ -115,24 +118,45 @@ def _from_comfy(name: str) -> str | None:
     if not words or words[0].lower() not in COMFY_SAMPLERS or len(words) > 2:
         return None
     schedule = COMFY_SCHEDULERS.get(words[1].lower()) if len(words) == 2 else ""
-    if schedule is None:  # "simple", "ddim_uniform", ...: no diffusers counterpart; the error lists what there is
+    if schedule is None:  # "kl_optimal", "linear_quadratic": no counterpart; the error lists what there is
         return None
     return f"{COMFY_SAMPLERS[words[0].lower()]} {schedule}".strip()
 
 
 def _with_schedule(name: str) -> Sampler | None:
     """"<sampler> <schedule type>", e.g. "Euler Karras", "DPM++ 2M SDE Exponential"; None if not of that form."""
-    for schedule, options in SCHEDULES.items():
+    for schedule in sorted((*K_SCHEDULES, *DEFAULT_SCHEDULES), key=len, reverse=True):  # SGM Uniform before Uniform
         if not name.lower().endswith(" " + schedule.lower()):
             continue
         base = _lookup(name[: -len(schedule)])
         if base is None:
             return None
-        if not set(options) <= set(inspect.signature(base.scheduler.__init__).parameters):
-            raise UserError(f'"{base.name}" has no {schedule} schedule in diffusers ({base.scheduler.__name__}).',
-                            f'Use "{base.name}", or a sampler that takes {schedule}, such as "Euler {schedule}".')
-        return Sampler(f"{base.name} {schedule}", base.scheduler, {**base.options, **options}, base.exact)
+        if base.scheduler is KDiffusionScheduler:
+            if base.options["schedule"] != "Uniform":  # "DPM++ 2M Karras Exponential"
+                return None
+            sampler = base.options["sampler"]
+            return _k(sampler, KSAMPLERS[sampler].schedule if schedule == "Automatic" else schedule)
+        if schedule in DEFAULT_SCHEDULES:
+            return base
+        options = SCHEDULES.get(schedule)
+        accepted = set(inspect.signature(base.scheduler.__init__).parameters)
+        if options is None or not set(options) <= accepted:
+            takes = [k for k in SCHEDULES if set(SCHEDULES[k]) <= accepted]
+            raise UserError(f'"{base.name}" runs as diffusers\' {base.scheduler.__name__}, which has no {schedule} '
+                            f"schedule{' (it has ' + ', '.join(takes) + ')' if takes else ''}.",
+                            f'Use "{base.name}", or a k-diffusion sampler, which takes every A1111 schedule type, '
+                            f'such as "Euler {schedule}".')
+        return Sampler(f"{base.name} {schedule}", base.scheduler, {**base.options, **options})
     return None
+
+
+def with_schedule_type(sampler: str, schedule: str) -> str | None:
+    """A1111's "Sampler" and "Schedule type" as one personae name ("DPM++ 2M" + "Karras": "DPM++ 2M Karras"), or
+    None when personae cannot run that pair (the sampler's own schedule is then used)."""
+    try:
+        return get_sampler(f"{sampler} {schedule}").name if schedule else get_sampler(sampler).name
+    except UserError:
+        return None
 
 
 def get_sampler(name: str) -> Sampler:
@@ -145,7 +169,8 @@ def get_sampler(name: str) -> Sampler:
         return found
     raise UserError(
         f'Unknown sampler "{name}".{did_you_mean(name, [*SAMPLERS, *COMFY_SAMPLERS])}',
-        "Valid names: " + ", ".join(SAMPLERS) + "; any of them with a schedule type after it where diffusers has it ("
-        + ", ".join(SCHEDULES) + "), or ComfyUI's names (" + ", ".join(COMFY_SAMPLERS) + ", with "
+        "Valid names: " + ", ".join(SAMPLERS) + "; any of them with an A1111 schedule type after it ("
+        + ", ".join((*K_SCHEDULES, "Automatic")) + "; DDIM, PLMS and UniPC take " + ", ".join(SCHEDULES)
+        + "), or ComfyUI's names (" + ", ".join(COMFY_SAMPLERS) + ", with "
         + "/".join(COMFY_SCHEDULERS) + ").",
     )

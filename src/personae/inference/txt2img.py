@@ -47,6 +47,7 @@ from personae.inference.img2img import (
     paste_back,
     vae_roundtrip,
 )
+from personae.inference.ksampler import KDiffusionScheduler, img2img_steps
 from personae.inference.nans import check_embeddings, nan_guard
 from personae.inference.prompt import with_styles
 from personae.inference.prompt_schedule import ScheduledPrompts
@@ -146,7 +147,8 @@ def check_hires(settings: GenerateSettings) -> tuple[GenerateSettings, UpscalerN
                         f"Leave out --hires-scale, or run img2img on the picture yourself with {what} and a larger "
                         "--width / --height.")
     steps = settings.hires_steps or settings.steps
-    if int(steps * settings.hires_denoise) < 1:
+    k_diffusion = get_sampler(settings.hires_sampler or settings.sampler).scheduler is KDiffusionScheduler
+    if int(steps * settings.hires_denoise) < 1 and not k_diffusion:  # A1111's k-diffusion redraw runs every step
         raise UserError(f"--hires-denoise {settings.hires_denoise:g} with {steps} hires steps leaves no step of the "
                         "redraw (it runs steps x denoise, rounded down).",
                         "Raise --hires-denoise (0.3-0.7 is usual) or --hires-steps.")
@@ -264,7 +266,8 @@ def txt2img(settings: GenerateSettings, session: Session | None = None, on_event
     if settings.inpaint_area == "masked" and settings.controls:
         raise UserError("--inpaint-area masked with --control: the control image would need the same cut, which "
                         "personae does not make.", "Inpaint the whole picture with the control, or leave --control out.")
-    if settings.init_image and settings.strength > 0 and int(settings.steps * settings.strength) < 1:
+    if settings.init_image and settings.strength > 0 and int(settings.steps * settings.strength) < 1 \
+            and sampler.scheduler is not KDiffusionScheduler:  # A1111's k-diffusion img2img runs one step more
         # img2img runs int(steps x strength) of the steps: none at all is an error deep inside diffusers
         raise UserError(f"--strength {settings.strength:g} with --steps {settings.steps} leaves no denoising step "
                         f"(img2img runs steps x strength = {settings.steps * settings.strength:g}, rounded down).",
@@ -301,8 +304,6 @@ def txt2img(settings: GenerateSettings, session: Session | None = None, on_event
     # 3. the sampler, built on the model's own noise schedule, in a pipeline of this call's own
     scheduler = sampler.make(session.base_scheduler)
     pipe = session.pipeline(scheduler=scheduler)
-    if not sampler.exact:
-        on_event(Message(f'"{sampler.name}" runs as diffusers\' {sampler.scheduler.__name__} (the nearest match).', "warning"))
     # 4. encode prompts: weighted, chunked by 75 tokens, clip skip; A1111's prompt editing ([a:b:0.5], [a|b]): each
     # text the schedule reaches encoded once, swapped in by the step callback; A1111's AND: each part on its own,
     # composed by hooks on the UNet during each pass (inference/composable.py)
@@ -367,8 +368,8 @@ def txt2img(settings: GenerateSettings, session: Session | None = None, on_event
             elif init is not None:
                 extra = {"mask_image": mask, "height": height, "width": width} if mask is not None else {}
                 with first_pass:
-                    images = denoiser(session, init, mask, scheduler)(image=init, strength=settings.strength,
-                                                                      **extra, **kwargs).images
+                    steps = img2img_steps(scheduler, settings.steps, settings.strength)
+                    images = denoiser(session, init, mask, scheduler)(image=init, **extra, **{**kwargs, **steps}).images
             elif settings.hires_scale:
                 redraw = denoiser(session, None, None, hires_sampler.make(session.base_scheduler))
                 if upscaler is not None:

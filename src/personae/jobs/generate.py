@@ -21,7 +21,7 @@ from personae.inference.detailer import MODELS as FACE_MODELS
 from personae.inference.detailer import SWITCHES as DETAILER_SWITCHES
 from personae.inference.detailer import detailer_keys
 from personae.inference.hires import upscaler_from_a1111
-from personae.inference.samplers import DEFAULT_SCHEDULES, SCHEDULES, get_sampler
+from personae.inference.samplers import get_sampler, with_schedule_type
 from personae.inference.txt2img import GeneratedImage, txt2img
 from personae.media.comfy_graph import ComfyReading, read_comfy_graph
 from personae.media.png import (
@@ -123,9 +123,9 @@ def _from_infotext(text: str, source: Path) -> dict:
     elif not ours:  # A1111's default: a prompt and negative prompt of different lengths drawn each over its own
         data["pad_conds"] = "off"
     for field, key in (("sampler", "Schedule type"), ("hires_sampler", "Hires schedule type")):
-        schedule = p.get(key, "")
-        if field in data and schedule in SCHEDULES and schedule.lower() not in data[field].lower():
-            data[field] = f"{data[field]} {schedule}"
+        joined = with_schedule_type(data.get(field, ""), p.get(key, "")) if field in data and p.get(key) else None
+        if joined:
+            data[field] = joined
     return data
 
 
@@ -228,9 +228,10 @@ def png_not_applied(path: str | Path, settings: GenerateSettings, model_hash: st
         if lost:
             missed.append(f"TI hashes {', '.join(lost)} (pass --embeddings-dir with the folder holding them, as "
                           "A1111's embeddings folder, or each with --embedding)")
-    for key in ("Schedule type", "Hires schedule type", "ADetailer scheduler"):
+    for key, sampler in (("Schedule type", "Sampler"), ("Hires schedule type", "Hires sampler"),
+                         ("ADetailer scheduler", "ADetailer sampler")):
         schedule = params.get(key)
-        if schedule and schedule not in SCHEDULES and schedule not in DEFAULT_SCHEDULES:
+        if schedule and not with_schedule_type(params.get(sampler) or params.get("Sampler", ""), schedule):
             missed.append(_shown(key, schedule) + " (the sampler's own schedule is used)")
     hires = "Hires upscale" in params or "Hires resize" in params
     upscaler = params.get("Hires upscaler")

@@ -1,0 +1,306 @@
+"""A1111's samplers as A1111 runs them (inference/ksampler.py, inference/sigmas.py), checked against k-diffusion
+itself: the package A1111 and ComfyUI sample with (0.1.1.post1, installed for the tests without its dependencies),
+its sample_* functions run on the tiny model's UNet with A1111's classifier-free guidance and random numbers. The
+pictures personae draws through diffusers' pipelines must be k-diffusion's to float rounding; diffusers' schedulers
+of the same names, which personae used before, are not."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+import types
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from personae.config.generate import GenerateSettings
+from personae.inference.ksampler import KSAMPLERS, KDiffusionScheduler, img2img_steps
+from personae.inference.samplers import get_sampler, with_schedule_type
+from personae.inference.sigmas import AYS, SCHEDULES, ModelSigmas, schedule_sigmas
+
+SHAPE = (1, 4, 8, 8)  # the tiny model's latents at 64 px
+
+
+@pytest.fixture(scope="module")
+def k():
+    """k_diffusion.sampling and k_diffusion.external, loaded alone: the package's __init__ imports its training
+    code, which needs torchvision (it cannot be installed beside our torch). The two modules take one helper from
+    k_diffusion.utils (which imports torchvision too): append_dims, restated here."""
+    spec = importlib.util.find_spec("k_diffusion")
+    saved = {name: sys.modules.get(name) for name in ("k_diffusion", "k_diffusion.utils")}
+    package = types.ModuleType("k_diffusion")
+    package.__path__ = list(spec.submodule_search_locations)
+    utils = types.ModuleType("k_diffusion.utils")
+    utils.append_dims = lambda x, n: x[(...,) + (None,) * (n - x.ndim)]
+    sys.modules.update({"k_diffusion": package, "k_diffusion.utils": utils})
+    import k_diffusion.external
+    import k_diffusion.sampling
+
+    yield types.SimpleNamespace(sampling=k_diffusion.sampling, external=k_diffusion.external)
+    for name in ("k_diffusion", "k_diffusion.utils", "k_diffusion.sampling", "k_diffusion.external"):
+        sys.modules.pop(name, None)
+    sys.modules.update({name: module for name, module in saved.items() if module is not None})
+
+
+class _CompVisModel(torch.nn.Module):
+    """The tiny UNet as an LDM model: k-diffusion's CompVisDenoiser reads alphas_cumprod and calls apply_model. The
+    LDM code A1111 loads makes alphas_cumprod from float64 betas and keeps it in float32."""
+
+    def __init__(self, pipe):
+        super().__init__()
+        config = pipe.scheduler.config
+        betas = torch.linspace(config.beta_start ** 0.5, config.beta_end ** 0.5, config.num_train_timesteps,
+                               dtype=torch.float64) ** 2
+        self.unet = pipe.unet
+        self.register_buffer("alphas_cumprod", torch.tensor(np.cumprod(1.0 - betas.numpy(), axis=0),
+                                                            dtype=torch.float32))
+
+    def apply_model(self, x, t, cond):
+        return self.unet(x, t, encoder_hidden_states=cond).sample
+
+
+def _denoiser(k, pipe):
+    return k.external.CompVisDenoiser(_CompVisModel(pipe))
+
+
+def _k_sigmas(k, denoiser, schedule: str, steps: int, discard: bool) -> torch.Tensor:
+    n = steps + 1 if discard else steps
+    lo, hi = denoiser.sigmas[0].item(), denoiser.sigmas[-1].item()
+    sigmas = {"Uniform": lambda: denoiser.get_sigmas(n),
+              "Karras": lambda: k.sampling.get_sigmas_karras(n, lo, hi),
+              "Exponential": lambda: k.sampling.get_sigmas_exponential(n, lo, hi),
+              "Polyexponential": lambda: k.sampling.get_sigmas_polyexponential(n, lo, hi)}[schedule]()
+    return torch.cat([sigmas[:-2], sigmas[-1:]]) if discard else sigmas
+
+
+def _k_run(k, pipe, settings: GenerateSettings, sigmas: torch.Tensor, x: torch.Tensor, stream) -> torch.Tensor:
+    """k-diffusion's sampler of `settings.sampler` from x over `sigmas`, A1111's CFG (on the denoised outputs),
+    its ancestral noise the generator `stream`'s next draws, its SDE noise a Brownian tree of the seed."""
+    base = get_sampler(settings.sampler).options["sampler"]
+    fn = KSAMPLERS[base].function
+    denoiser = _denoiser(k, pipe)
+    cond, uncond = pipe.encode_prompt(settings.prompt, "cpu", 1, True, settings.negative)
+
+    def cfg(x, sigma, **_):
+        out = denoiser(torch.cat([x, x]), torch.cat([sigma, sigma]), cond=torch.cat([cond, uncond]))
+        d_cond, d_uncond = out.chunk(2)
+        return d_uncond + (d_cond - d_uncond) * settings.cfg
+
+    extra = {}
+    if fn.replace("_heun", "") in ("dpmpp_sde", "dpmpp_2m_sde", "dpmpp_3m_sde"):
+        extra["noise_sampler"] = k.sampling.BrownianTreeNoiseSampler(x, sigmas[sigmas > 0].min(), sigmas.max(),
+                                                                     seed=[settings.seed])
+    elif "ancestral" in fn:
+        extra["noise_sampler"] = lambda sigma, sigma_next: torch.randn(SHAPE, generator=stream)
+    if fn.endswith("_heun"):
+        fn, extra["solver_type"] = fn[: -len("_heun")], "heun"
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torchsde's float-precision notes on the tree's ends
+        return getattr(k.sampling, "sample_" + fn)(cfg, x, sigmas, disable=True, **extra)
+
+
+def _decoder_input(pipe, run) -> torch.Tensor:
+    """What the VAE's decoder was given while `run()` ran (the final latents, as the VAE sees them)."""
+    seen = []
+    handle = pipe.vae.decoder.register_forward_pre_hook(lambda module, args: seen.append(args[0].clone()))
+    try:
+        run()
+    finally:
+        handle.remove()
+    return seen[-1]
+
+
+def _settings(model, **kw) -> GenerateSettings:
+    return GenerateSettings(**{"model": str(model), "prompt": "a photo of a cat", "negative": "blurry", "steps": 6,
+                               "seed": 11, "width": 64, "height": 64, "cfg": 5.0, "rng": "CPU", **kw})
+
+
+def _personae(session, settings) -> torch.Tensor:
+    from personae.inference.txt2img import txt2img
+
+    return _decoder_input(session.pipe, lambda: txt2img(settings, session))
+
+
+def _reference(k, session, settings) -> torch.Tensor:
+    pipe = session.pipe
+    sampler = get_sampler(settings.sampler)
+    kind = KSAMPLERS[sampler.options["sampler"]]
+    sigmas = _k_sigmas(k, _denoiser(k, pipe), sampler.options["schedule"], settings.steps, kind.discard_penultimate)
+    stream = torch.Generator().manual_seed(settings.seed)
+    x = torch.randn(SHAPE, generator=stream) * sigmas[0]
+    final = _k_run(k, pipe, settings, sigmas, x, stream)
+    with torch.no_grad():
+        return _decoder_input(pipe, lambda: pipe.vae.decode(final / pipe.vae.config.scaling_factor))
+
+
+CASES = ["Euler", "Euler a", "LMS", "Heun", "DPM2", "DPM2 a", "DPM++ 2S a", "DPM++ 2M", "DPM++ SDE", "DPM++ 2M SDE",
+         "DPM++ 2M SDE Heun", "DPM++ 3M SDE", "DPM++ 2M Karras", "DPM++ SDE Karras", "DPM++ 2M SDE Karras",
+         "Euler a Karras", "DPM2 Karras", "DPM++ 2M Exponential", "Heun Polyexponential"]
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_each_sampler_draws_k_diffusions_picture(k, tiny_model, tiny_session, name):
+    settings = _settings(tiny_model[0], sampler=name)
+    ours, theirs = _personae(tiny_session, settings), _reference(k, tiny_session, settings)
+    scale = theirs.abs().max().item()
+    assert (ours - theirs).abs().max().item() <= 2e-5 * scale, name  # measured: 0.8-2.6e-6
+
+
+# What diffusers' scheduler of the same name (personae's sampler before) draws, off A1111's picture
+DIFFUSERS_BEFORE = {"DPM++ 2M Karras": ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++",
+                                                                        "use_karras_sigmas": True}),
+                    "DPM++ 2M": ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++"}),
+                    "DPM2": ("KDPM2DiscreteScheduler", {})}
+
+
+@pytest.mark.parametrize("name", list(DIFFUSERS_BEFORE))
+def test_diffusers_schedulers_of_the_same_names_are_measurably_off(k, tiny_model, tiny_session, name):
+    """The check above can tell: diffusers' scheduler of the name, in the same pipeline, is 10x further off
+    (measured: DPM++ 2M Karras 0.23 % of the latents' range, 2600x personae's; DPM++ 2M and DPM2 60 %, another
+    schedule)."""
+    import diffusers
+
+    settings = _settings(tiny_model[0], sampler=name)
+    cls, options = DIFFUSERS_BEFORE[name]
+    pipe = tiny_session.pipe
+    scheduler = getattr(diffusers, cls).from_config(pipe.scheduler.config, **options)
+    cond, uncond = pipe.encode_prompt(settings.prompt, "cpu", 1, True, settings.negative)
+    start = torch.randn(SHAPE, generator=torch.Generator().manual_seed(settings.seed))
+    with torch.no_grad():
+        before = _decoder_input(pipe, lambda: pipe.__class__(**{**pipe.components, "scheduler": scheduler})(
+            prompt_embeds=cond, negative_prompt_embeds=uncond, latents=start, num_inference_steps=settings.steps,
+            guidance_scale=settings.cfg, height=64, width=64))
+    theirs, ours = _reference(k, tiny_session, settings), _personae(tiny_session, settings)
+    assert (before - theirs).abs().max() > 10 * (ours - theirs).abs().max()
+
+
+def test_img2img_runs_a1111s_steps_from_a1111s_start(k, tiny_model, tiny_session, photo):
+    """A1111's img2img: of `steps` sigmas, the last int(strength x steps) + 1 steps, from the encoded picture +
+    the seed's first draw x the first of them (diffusers would run one step fewer)."""
+    from PIL import Image
+
+    settings = _settings(tiny_model[0], sampler="DPM++ 2M Karras", init_image=str(photo), strength=0.6, steps=10)
+    pipe = tiny_session.pipe
+    ours = _personae(tiny_session, settings)
+    denoiser = _denoiser(k, pipe)
+    sigmas = _k_sigmas(k, denoiser, "Karras", settings.steps, False)
+    t_enc = int(min(settings.strength, 0.999) * settings.steps)
+    schedule = sigmas[settings.steps - t_enc - 1:]
+    assert len(schedule) - 1 == 7
+    with torch.no_grad():
+        image = pipe.image_processor.preprocess(Image.open(photo).convert("RGB"), height=64, width=64)
+        encoded = pipe.vae.encode(image).latent_dist.sample(generator=torch.Generator().manual_seed(settings.seed))
+        encoded = encoded * pipe.vae.config.scaling_factor
+    stream = torch.Generator().manual_seed(settings.seed)
+    x = encoded + torch.randn(SHAPE, generator=stream) * schedule[0]
+    final = _k_run(k, pipe, settings, schedule, x, stream)
+    with torch.no_grad():
+        theirs = _decoder_input(pipe, lambda: pipe.vae.decode(final / pipe.vae.config.scaling_factor))
+    assert (ours - theirs).abs().max().item() <= 2e-5 * theirs.abs().max().item()
+
+
+@pytest.mark.parametrize("steps,strength", [(20, 0.75), (20, 0.7), (10, 0.3), (30, 0.999), (20, 1.0), (7, 0.05)])
+def test_img2img_step_plans_are_a1111s(tiny_model, steps, strength):
+    """Through diffusers' own get_timesteps: img2img runs the last int(strength x steps) + 1 of `steps` sigmas;
+    the hires fix runs exactly `steps`, the last of int(steps / strength)."""
+    from diffusers import StableDiffusionImg2ImgPipeline
+
+    scheduler = get_sampler("DPM++ 2M Karras").make(dict(_tiny_config(tiny_model)))
+    for hires in (False, True):
+        call = img2img_steps(scheduler, steps, strength, hires=hires)
+        scheduler.set_timesteps(call["num_inference_steps"])
+        plan, count = StableDiffusionImg2ImgPipeline.get_timesteps(types.SimpleNamespace(scheduler=scheduler),
+                                                                   call["num_inference_steps"], call["strength"], "cpu")
+        capped = min(strength, 0.999)
+        total, t_enc = (int(steps / capped), steps - 1) if hires else (steps, int(capped * steps))
+        assert call["num_inference_steps"] == total
+        assert count == t_enc + 1 and torch.equal(plan, scheduler.timesteps[total - t_enc - 1:])
+
+
+def _tiny_config(tiny_model) -> dict:
+    import json
+
+    return json.loads((tiny_model[0] / "scheduler" / "scheduler_config.json").read_text())
+
+
+# ---------------------------------------------------------------- the schedules
+
+
+@pytest.mark.parametrize("schedule", ["Uniform", "Karras", "Exponential", "Polyexponential"])
+@pytest.mark.parametrize("discard", [False, True])
+def test_schedules_are_k_diffusions_to_the_bit(k, tiny_model, tiny_session, schedule, discard):
+    ours = schedule_sigmas(schedule, 12, ModelSigmas(_tiny_config(tiny_model)), discard_penultimate=discard)
+    theirs = _k_sigmas(k, _denoiser(k, tiny_session.pipe), schedule, 12, discard)
+    assert len(ours) == 13 and torch.allclose(ours, theirs, rtol=1e-6, atol=0)
+
+
+def test_the_unets_timesteps_are_k_diffusions_fractional_steps(k, tiny_model, tiny_session):
+    scheduler = get_sampler("DPM++ 2M Karras").make(_tiny_config(tiny_model))
+    scheduler.set_timesteps(10)
+    theirs = _denoiser(k, tiny_session.pipe).sigma_to_t(scheduler.sigmas[:-1])
+    assert torch.allclose(scheduler.timesteps, theirs, atol=1e-3)
+    assert (scheduler.timesteps != scheduler.timesteps.round()).sum() >= 8  # not rounded to whole steps
+
+
+def test_a1111s_other_schedule_types(tiny_model):
+    m = ModelSigmas(_tiny_config(tiny_model))
+    uniform = schedule_sigmas("Uniform", 10, m)
+    for name in SCHEDULES:
+        sigmas = schedule_sigmas(name, 10, m)
+        assert len(sigmas) == 11 and bool((sigmas[:-1] >= sigmas[1:]).all()), name  # n + 1, falling
+        assert sigmas[0] == pytest.approx(m.sigma_max, rel=1e-3) or name in ("Align Your Steps", "DDIM"), name
+        assert (sigmas[-1] == 0) != (name == "KL Optimal"), name  # KL Optimal stops at the lowest sigma
+    assert torch.allclose(schedule_sigmas("Normal", 10, m), uniform, rtol=1e-5)  # SD's range is all of it
+    # Align Your Steps: NVIDIA's published list of 11 sigmas is 11 steps (A1111 appends the 0); others interpolate
+    assert schedule_sigmas("Align Your Steps", 11, m).tolist() == pytest.approx(AYS[False] + [0.0], rel=1e-6)
+    # Simple and DDIM pick training sigmas (DDIM's from step 1 by 1000 // n: its first is below the highest)
+    assert set(schedule_sigmas("Simple", 10, m)[:-1].tolist()) <= set(m.sigmas.tolist())
+    assert set(schedule_sigmas("DDIM", 10, m)[:-1].tolist()) <= set(m.sigmas.tolist())
+    # SGM Uniform leaves out the last of n + 1 evenly spaced steps
+    assert schedule_sigmas("SGM Uniform", 10, m)[-2] > uniform[-2]
+
+
+# ---------------------------------------------------------------- names, as A1111 writes and reads them
+
+
+def test_names_and_schedule_types():
+    assert get_sampler("DPM++ 2M Karras").options == {"sampler": "DPM++ 2M", "schedule": "Karras"}
+    assert get_sampler("DPM++ 2M").options["schedule"] == "Uniform"  # before A1111 1.9, a bare name
+    assert get_sampler("DPM++ 2M Automatic").name == "DPM++ 2M Karras"  # A1111 1.9+'s choice
+    assert get_sampler("DPM++ 2M SDE Automatic").name == "DPM++ 2M SDE Exponential"
+    assert get_sampler("DPM2 a automatic").name == "DPM2 a Karras"
+    assert get_sampler("Euler a Automatic").name == "Euler a"
+    assert get_sampler("DPM++ 2M Uniform").name == "DPM++ 2M"
+    assert get_sampler("Euler SGM Uniform").options["schedule"] == "SGM Uniform"
+    assert get_sampler("DPM++ 2M SDE Heun Karras").options == {"sampler": "DPM++ 2M SDE Heun", "schedule": "Karras"}
+    assert get_sampler("dpmpp_2m_sde_heun karras").name == "DPM++ 2M SDE Heun Karras"
+    assert get_sampler("euler simple").name == "Euler Simple"  # ComfyUI's scheduler names
+    assert get_sampler("euler ddim_uniform").name == "Euler DDIM"
+    assert with_schedule_type("DPM++ 2M", "Karras") == "DPM++ 2M Karras"
+    assert with_schedule_type("DPM++ 2M", "Align Your Steps") == "DPM++ 2M Align Your Steps"
+    assert with_schedule_type("DDIM", "Align Your Steps") is None  # diffusers' DDIM has no such option
+    assert with_schedule_type("UniPC", "Karras") == "UniPC Karras"
+
+
+def test_sde_noise_is_a_brownian_tree_per_image_seed(tiny_model, tiny_session):
+    """Each image's SDE noise comes from its own seed's tree, so it does not depend on the batch it is drawn in
+    (A1111's "batch determinism"); the GPU sources draw it too, the same each time."""
+    from personae.inference.txt2img import txt2img
+
+    one = _settings(tiny_model[0], sampler="DPM++ 2M SDE Karras", seed=12)
+    batch = one.model_copy(update={"seed": 11, "batch_size": 2})
+    alone = np.asarray(txt2img(one, tiny_session)[0].image, dtype=np.int16)
+    second = np.asarray(txt2img(batch, tiny_session)[1].image, dtype=np.int16)
+    assert np.abs(alone - second).max() <= 1
+    gpu = np.asarray(txt2img(one.model_copy(update={"rng": "GPU"}), tiny_session)[0].image, dtype=np.int16)
+    again = np.asarray(txt2img(one.model_copy(update={"rng": "GPU"}), tiny_session)[0].image, dtype=np.int16)
+    assert np.array_equal(gpu, again)
+
+
+def test_scheduler_config_round_trips():
+    scheduler = KDiffusionScheduler(sampler="DPM++ SDE", schedule="Karras")
+    again = KDiffusionScheduler.from_config(scheduler.config)
+    again.set_timesteps(5)
+    assert again.config.sampler == "DPM++ SDE" and again.order == 2 and len(again.timesteps) == 9
