@@ -293,7 +293,7 @@ def test_face_to_animal_recipe(tiny_model, photos, tiny_controlnet, tmp_path, ca
     [path] = tmp_path.glob("*.png")
     stored = settings_from_png(path)
     assert stored["prompt"].startswith("dog, close up, face portrait")
-    assert stored["sampler"] == "Euler a" and stored["cfg"] == 7.0 and stored["steps"] == 3  # explicit --steps wins
+    assert stored["sampler"] == "DPM++ 2S a" and stored["cfg"] == 7.0 and stored["steps"] == 3  # explicit --steps wins
     crop = Image.open(stored["init_image"])
     assert crop.size == (512, 512) and stored["controls"][0]["image"] == stored["init_image"]
     assert stored["controls"][0]["type"] == "face" and stored["controls"][0]["weight"] == 1.0

@@ -284,6 +284,41 @@ def test_names_and_schedule_types():
     assert with_schedule_type("UniPC", "Karras") == "UniPC Karras"
 
 
+def test_the_infotext_names_the_uniform_schedule_where_a1111_would_read_another(tiny_model, tiny_session, tmp_path):
+    """A1111 1.9+ reads a bare "DPM++ 2M" as its Automatic schedule (Karras): a picture drawn on the Uniform one says
+    "Schedule type: Uniform"; both read back as drawn."""
+    from personae.inference.txt2img import txt2img
+    from personae.jobs.generate import settings_from_png
+    from personae.media.png import parse_parameters, save_png
+
+    for name, said in [("DPM++ 2M", "Uniform"), ("DPM++ 2M Karras", None), ("Euler a", None), ("DPM2", "Uniform"),
+                       ("DPM++ 2M SDE Exponential", None)]:
+        out = txt2img(_settings(tiny_model[0], sampler=name, steps=2), tiny_session)[0]
+        params = parse_parameters(out.parameters)[2]
+        assert (params["Sampler"], params.get("Schedule type")) == (name, said)
+        save_png(out.image, tmp_path / "p.png", out.parameters)
+        assert settings_from_png(tmp_path / "p.png")["sampler"] == name
+
+
+def test_prompt_editing_counts_a_second_order_samplers_calls(tiny_model, tiny_session):
+    """A1111 counts prompt editing in denoiser calls and schedules it over 2 x steps for its second-order samplers:
+    with Heun's 4 steps (7 calls), "[cat:dog:0.5]" is the cat for calls 0-4 and the dog for the last 2 (over 4
+    steps it would switch after call 2)."""
+    from personae.inference.txt2img import txt2img
+
+    seen = []
+    hook = tiny_session.pipe.unet.register_forward_pre_hook(
+        lambda module, args, kwargs: seen.append(kwargs["encoder_hidden_states"][1:]), with_kwargs=True)
+    try:
+        txt2img(_settings(tiny_model[0], prompt="[a photo of a cat:a photo of a dog:0.5]", negative="", steps=4,
+                          sampler="Heun"), tiny_session)
+    finally:
+        hook.remove()
+    cat = tiny_session.encoder.encode("a photo of a cat").embeds
+    assert len(seen) == 7
+    assert [torch.equal(e, cat) for e in seen] == [True] * 5 + [False] * 2
+
+
 def test_sde_noise_is_a_brownian_tree_per_image_seed(tiny_model, tiny_session):
     """Each image's SDE noise comes from its own seed's tree, so it does not depend on the batch it is drawn in
     (A1111's "batch determinism"); the GPU sources draw it too, the same each time."""

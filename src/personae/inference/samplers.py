@@ -31,6 +31,12 @@ class Sampler:
     scheduler: type[SchedulerMixin]
     options: dict = field(default_factory=dict)  # passed to from_config
 
+    def prompt_steps(self, steps: int) -> int:
+        """The step count A1111's prompt editing counts in: the model's calls, for its second-order samplers (Heun,
+        DPM2, DPM2 a, DPM++ 2S a, DPM++ SDE) two a step, so "[a:b:0.5]" switches halfway through the calls."""
+        two = self.scheduler is KDiffusionScheduler and KSAMPLERS[self.options["sampler"]].two_stage
+        return steps * 2 if two else steps
+
     def make(self, base_config: dict) -> SchedulerMixin:
         """A fresh scheduler built on the model's own noise schedule (betas, timesteps).
 
@@ -148,6 +154,16 @@ def _with_schedule(name: str) -> Sampler | None:
                             f'such as "Euler {schedule}".')
         return Sampler(f"{base.name} {schedule}", base.scheduler, {**base.options, **options})
     return None
+
+
+def uniform_said(name: str, key: str = "Schedule type") -> dict[str, str]:
+    """{key: "Uniform"} for a k-diffusion sampler on the Uniform schedule whose A1111 "Automatic" is another: A1111
+    1.9+ reads a bare "DPM++ 2M" as its Automatic (Karras), so the infotext must name the schedule drawn with."""
+    sampler = get_sampler(name)
+    if sampler.scheduler is KDiffusionScheduler and sampler.options["schedule"] == "Uniform" \
+            and KSAMPLERS[sampler.options["sampler"]].schedule != "Uniform":
+        return {key: "Uniform"}
+    return {}
 
 
 def with_schedule_type(sampler: str, schedule: str) -> str | None:

@@ -52,7 +52,7 @@ from personae.inference.nans import check_embeddings, nan_guard
 from personae.inference.prompt import with_styles
 from personae.inference.prompt_schedule import ScheduledPrompts
 from personae.inference.rng import image_generators
-from personae.inference.samplers import get_sampler
+from personae.inference.samplers import get_sampler, uniform_said
 from personae.inference.session import Session, open_session
 from personae.inference.variation import variation_generators
 from personae.media.png import format_parameters, infotext_values
@@ -91,7 +91,10 @@ def infotext(settings: GenerateSettings, session: Session, seed: int, width: int
     loras = session.loras if loras is None else loras
     embeddings = session.embeddings if embeddings is None else embeddings
     params = {  # the settings that declare an A1111 name, then what this run resolved
-        **infotext_values(settings), "Seed": seed,
+        **infotext_values(settings), **uniform_said(settings.sampler),
+        **(uniform_said(settings.hires_sampler, "Hires schedule type")
+           if settings.hires_scale and settings.hires_sampler else {}),
+        "Seed": seed,
         "Size": f"{width}x{height}", "Model hash": session.model_hash, "Model": session.source.name,
         "VAE hash": session.vae_hash, "VAE": session.vae_name,
         "Lora hashes": hashes_text({l.name: l.hash for l in loras}),
@@ -309,10 +312,11 @@ def txt2img(settings: GenerateSettings, session: Session | None = None, on_event
     # composed by hooks on the UNet during each pass (inference/composable.py)
     n = settings.batch_size
     prompts = scheduled_prompts(session.encoder, settings.prompt, settings.negative, settings.clip_skip,
-                                settings.steps, n, session.dtype)
+                                sampler.prompt_steps(settings.steps), n, session.dtype)
     hires_prompts = scheduled_prompts(session.encoder, hires_text or settings.prompt,
                                       settings.hires_negative or settings.negative, settings.clip_skip,
-                                      settings.hires_steps or settings.steps, n, session.dtype)
+                                      hires_sampler.prompt_steps(settings.hires_steps or settings.steps), n,
+                                      session.dtype)
     for positive, negative in prompts.every_pair() + (hires_prompts.every_pair() if settings.hires_scale else []):
         check_embeddings(positive.embeds)  # NaN from emphasis or an embedding file: said before any denoising
         check_embeddings(negative.embeds, "negative prompt")

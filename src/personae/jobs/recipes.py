@@ -69,9 +69,8 @@ def face_to_animal(photo: str | Path, out_dir: str | Path, size: tuple[int, int]
     the init image (colours, light) and the source of the face landmarks (framing, expression); it
     is kept at 512 px or more on its short side, where MediaPipe finds the landmarks, and its face
     map is saved at the images' size, as the ControlNet sees it. The prompt names the animal.
-    Euler a, 20 steps, CFG 7 and control weight 1.0 (1.0-1.25 holds the expression more firmly). The seed
-    project used A1111's DPM++ 2S a, which diffusers has no exact counterpart for (it would run as the nearest
-    scheduler and warn on every run); Euler a is the exact ancestral sampler closest to it.
+    DPM++ 2S a (the seed project's A1111 sampler, run as A1111 runs it: inference/ksampler.py), 20 steps, CFG 7
+    and control weight 1.0 (1.0-1.25 holds the expression more firmly).
     """
     animal = " ".join(animal.split())
     if not animal:
@@ -85,7 +84,7 @@ def face_to_animal(photo: str | Path, out_dir: str | Path, size: tuple[int, int]
         control_map.resize(size, Image.Resampling.BILINEAR).save(tmp, format="PNG")  # as the ControlNet sees it
     return Recipe({
         "prompt": FACE_TO_ANIMAL_PROMPT.format(animal=animal), "negative": FACE_TO_ANIMAL_NEGATIVE,
-        "steps": 20, "cfg": 7.0, "sampler": "Euler a", "init_image": str(crop), "strength": 0.8,
+        "steps": 20, "cfg": 7.0, "sampler": "DPM++ 2S a", "init_image": str(crop), "strength": 0.8,
         "controls": [{"type": "face", "image": str(crop), "weight": 1.0}], "width": size[0], "height": size[1],
     }, {"face crop (init image and control image)": crop, "face control map": map_path})
 
