@@ -96,6 +96,8 @@ def _k_run(k, pipe, settings: GenerateSettings, sigmas: torch.Tensor, x: torch.T
         extra["noise_sampler"] = lambda sigma, sigma_next: torch.randn(SHAPE, generator=stream)
     if fn.endswith("_heun"):
         fn, extra["solver_type"] = fn[: -len("_heun")], "heun"
+    if KSAMPLERS[base].noisy:
+        extra["eta"] = settings.eta
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torchsde's float-precision notes on the tree's ends
         return getattr(k.sampling, "sample_" + fn)(cfg, x, sigmas, disable=True, **extra)
@@ -153,6 +155,36 @@ DIFFUSERS_BEFORE = {"DPM++ 2M Karras": ("DPMSolverMultistepScheduler", {"algorit
                                                                         "use_karras_sigmas": True}),
                     "DPM++ 2M": ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++"}),
                     "DPM2": ("KDPM2DiscreteScheduler", {})}
+
+
+@pytest.mark.parametrize("name", ["Euler a", "DPM++ 2S a", "DPM++ SDE Karras", "DPM++ 2M SDE"])
+def test_eta_scales_the_fresh_noise_as_k_diffusions_eta(k, tiny_model, tiny_session, name):
+    settings = _settings(tiny_model[0], sampler=name, eta=0.4)
+    ours, theirs = _personae(tiny_session, settings), _reference(k, tiny_session, settings)
+    assert (ours - theirs).abs().max().item() <= 2e-5 * theirs.abs().max().item()
+    assert not torch.allclose(ours, _personae(tiny_session, settings.model_copy(update={"eta": 1.0})), atol=1e-3)
+
+
+def test_eta_is_written_and_read_as_a1111_does(tiny_model, tiny_session, tmp_path):
+    """"Eta" when not 1 for a sampler that adds noise; "Eta DDIM" when not 0 for DDIM (it changes the picture);
+    neither otherwise."""
+    from personae.inference.txt2img import txt2img
+    from personae.jobs.generate import settings_from_png
+    from personae.media.png import parse_parameters, save_png
+
+    def drawn(**kw):
+        out = txt2img(_settings(tiny_model[0], steps=3, **kw), tiny_session)[0]
+        save_png(out.image, tmp_path / "p.png", out.parameters)
+        params, again = parse_parameters(out.parameters)[2], settings_from_png(tmp_path / "p.png")
+        return np.asarray(out.image, dtype=np.int16), {k: params.get(k) for k in ("Eta", "Eta DDIM")}, again
+
+    _, said, again = drawn(sampler="Euler a", eta=0.5)
+    assert said == {"Eta": "0.5", "Eta DDIM": None} and again["eta"] == 0.5
+    assert drawn(sampler="Euler", eta=0.5)[1] == {"Eta": None, "Eta DDIM": None}  # Euler adds no noise
+    plain, said, _ = drawn(sampler="DDIM")
+    noisy, said_noisy, again = drawn(sampler="DDIM", eta_ddim=0.7)
+    assert said == {"Eta": None, "Eta DDIM": None} and said_noisy == {"Eta": None, "Eta DDIM": "0.7"}
+    assert again["eta_ddim"] == 0.7 and np.abs(plain - noisy).max() > 8
 
 
 @pytest.mark.parametrize("name", list(DIFFUSERS_BEFORE))

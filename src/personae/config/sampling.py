@@ -120,9 +120,14 @@ class OptionSettings(Concept):
                "numbers an NVIDIA GPU draws, A1111's default (its pictures without an \"RNG\" key were drawn so), "
                "computed here on the CPU so they too reproduce anywhere; NV, A1111's name for the same numbers",
         infotext="RNG")
-    ensd: int = setting(0, '"Eta noise seed delta" (ENSD): the noise ancestral and SDE samplers add at each step comes '
-                           "from seed + ENSD instead of the seed (A1111's setting; 31337 in many shared pictures)",
+    ensd: int = setting(0, '"Eta noise seed delta" (ENSD): the noise ancestral samplers add at each step comes from '
+                           "seed + ENSD instead of the seed (A1111's setting; 31337 in many shared pictures)",
                         infotext="ENSD", infotext_if="ensd", ge=0, lt=2**32)
+    eta: float = setting(1.0, '"Eta noise multiplier for ancestral samplers" (infotext "Eta", written when not 1): the '
+                              "share of fresh noise Euler a, DPM2 a, DPM++ 2S a and the SDE samplers add at each step; "
+                              "0 makes them deterministic", ge=0, le=10)
+    eta_ddim: float = setting(0.0, '"Eta for DDIM" (infotext "Eta DDIM", written when not 0): DDIM\'s step noise; 0 '
+                                   "is deterministic DDIM, 1 is DDPM-like", ge=0, le=10)
 
     pad_conds: Literal["on", "off", "v0"] = setting(
         "on", 'a prompt and negative prompt of different lengths (in chunks of 75 tokens): on, the shorter padded '

@@ -218,7 +218,7 @@ def redraw_face(session, settings, picture: Image.Image, mask: Image.Image, prom
         region = fit_region(found, width, height, picture.size)
     init = picture.crop(region).resize((width, height), Image.Resampling.LANCZOS)
     crop_mask = full_mask.crop(region).resize((width, height), Image.Resampling.LANCZOS)
-    pipe = denoiser(session, init, crop_mask, sampler.make(session.base_scheduler))
+    pipe = denoiser(session, init, crop_mask, sampler.make(session.base_scheduler, settings.eta))
     if settings.ad_denoising_strength == 0:  # nothing to redraw: the face as the VAE gives it
         drawn = vae_roundtrip(pipe, init)
     else:

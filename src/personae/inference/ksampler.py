@@ -37,6 +37,11 @@ class KSampler:
     discard_penultimate: bool = False
     two_stage: bool = False  # two model calls per step
 
+    @property
+    def noisy(self) -> bool:
+        """Adds fresh noise at each step (A1111's "Eta" applies)."""
+        return "ancestral" in self.function or "sde" in self.function
+
 
 # A1111 1.10's samplers_k_diffusion: function, its "Automatic" schedule, and whether the next-to-last sigma goes
 KSAMPLERS = {

@@ -37,7 +37,21 @@ class Sampler:
         two = self.scheduler is KDiffusionScheduler and KSAMPLERS[self.options["sampler"]].two_stage
         return steps * 2 if two else steps
 
-    def make(self, base_config: dict) -> SchedulerMixin:
+    @property
+    def takes_eta(self) -> bool:
+        """A1111's "Eta" applies: a k-diffusion sampler that adds fresh noise (ancestral or SDE)."""
+        return self.scheduler is KDiffusionScheduler and KSAMPLERS[self.options["sampler"]].noisy
+
+    def eta_said(self, eta: float, eta_ddim: float) -> dict[str, float]:
+        """The infotext's "Eta" / "Eta DDIM", as A1111 writes them: for a sampler they apply to, when not the
+        default."""
+        if self.takes_eta and eta != 1:
+            return {"Eta": eta}
+        if self.scheduler is DDIMScheduler and eta_ddim != 0:
+            return {"Eta DDIM": eta_ddim}
+        return {}
+
+    def make(self, base_config: dict, eta: float = 1.0) -> SchedulerMixin:
         """A fresh scheduler built on the model's own noise schedule (betas, timesteps).
 
         Options that tell samplers apart are always set, so a model whose shipped scheduler
@@ -48,6 +62,7 @@ class Sampler:
         options.update(self.options)
         if self.scheduler is KDiffusionScheduler:  # it reads the noise schedule alone: the rest would be warned of
             base_config = {k: v for k, v in base_config.items() if k in accepted}
+            options["eta"] = eta
         return self.scheduler.from_config(base_config, **options)
 
 

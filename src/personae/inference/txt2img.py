@@ -92,6 +92,7 @@ def infotext(settings: GenerateSettings, session: Session, seed: int, width: int
     embeddings = session.embeddings if embeddings is None else embeddings
     params = {  # the settings that declare an A1111 name, then what this run resolved
         **infotext_values(settings), **uniform_said(settings.sampler),
+        **get_sampler(settings.sampler).eta_said(settings.eta, settings.eta_ddim),
         **(uniform_said(settings.hires_sampler, "Hires schedule type")
            if settings.hires_scale and settings.hires_sampler else {}),
         "Seed": seed,
@@ -305,7 +306,7 @@ def txt2img(settings: GenerateSettings, session: Session | None = None, on_event
             init = original.crop(region).resize((width, height), Image.Resampling.LANCZOS)
             mask = full_mask.crop(region).resize((width, height), Image.Resampling.LANCZOS)
     # 3. the sampler, built on the model's own noise schedule, in a pipeline of this call's own
-    scheduler = sampler.make(session.base_scheduler)
+    scheduler = sampler.make(session.base_scheduler, settings.eta)
     pipe = session.pipeline(scheduler=scheduler)
     # 4. encode prompts: weighted, chunked by 75 tokens, clip skip; A1111's prompt editing ([a:b:0.5], [a|b]): each
     # text the schedule reaches encoded once, swapped in by the step callback; A1111's AND: each part on its own,
@@ -357,6 +358,7 @@ def txt2img(settings: GenerateSettings, session: Session | None = None, on_event
                                         drawn)
 
         kwargs = dict(**prompts.call_kwargs(), num_inference_steps=settings.steps, guidance_scale=settings.cfg,
+                      **({"eta": settings.eta_ddim} if settings.eta_ddim else {}),
                       generator=generators(), callback_on_step_end=reporter(prompts))
         # A1111's AND: the pass's UNet (and ControlNet) calls run every part of its prompt; the hires fix's two
         # passes each compose their own prompt
@@ -375,7 +377,7 @@ def txt2img(settings: GenerateSettings, session: Session | None = None, on_event
                     steps = img2img_steps(scheduler, settings.steps, settings.strength)
                     images = denoiser(session, init, mask, scheduler)(image=init, **extra, **{**kwargs, **steps}).images
             elif settings.hires_scale:
-                redraw = denoiser(session, None, None, hires_sampler.make(session.base_scheduler))
+                redraw = denoiser(session, None, None, hires_sampler.make(session.base_scheduler, settings.eta))
                 if upscaler is not None:
                     upscaler.net.to(session.device)
                 images = hires_fix(pipe, redraw, settings, (width, height), kwargs, generators, upscaler,

@@ -111,6 +111,13 @@ def _from_infotext(text: str, source: Path) -> dict:
     except ValidationError:
         raise UserError(f'--from-png: {source} stores "Size: {sizes["Width"][:20]}x{sizes["Height"][:20]}", which is '
                         "not a size in pixels.", "Pass --width and --height on the command line instead.") from None
+    for key, field in (("Eta", "eta"), ("Eta DDIM", "eta_ddim")):  # written only when not the sampler's default
+        if key in p:
+            try:
+                data[field] = float(p[key])
+            except ValueError:
+                raise UserError(f'--from-png: {source} stores "{key}: {p[key][:20]}", which is not a number.',
+                                f"Pass --{field.replace('_', '-')} on the command line instead.") from None
     ours = p.get("Version", "").startswith("personae")  # personae's own infotext says what differs from its defaults
     if "RNG" not in p and not ours:
         # A1111 writes "RNG" only when it is not its default: the picture's noise was drawn on the GPU (personae
@@ -193,7 +200,7 @@ def settings_from_png(path: str | Path) -> dict:
 _READ_KEYS = {"Size", "Seed resize from", "Inpaint area", "Masked area padding", "Schedule type", "Hires schedule type",
               "Lora hashes", "Version", "Model", "Model hash", "VAE", "VAE hash", "ADetailer version",
               "ADetailer scheduler", *DETAILER_SWITCHES, "Pad conds", "Pad conds v0",
-              "Template", "Negative Template"}  # Dynamic Prompts' prompts as written: the PNG's prompts are drawn
+              "Template", "Negative Template", "Eta", "Eta DDIM"}  # Dynamic Prompts' prompts as written: the PNG's prompts are drawn
 
 
 def _shown(key: str, value: str) -> str:
