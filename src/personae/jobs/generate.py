@@ -199,8 +199,8 @@ def settings_from_png(path: str | Path) -> dict:
 # LoRA hashes (the tags in the prompt are what apply them), and what describes the file rather than the picture
 _READ_KEYS = {"Size", "Seed resize from", "Inpaint area", "Masked area padding", "Schedule type", "Hires schedule type",
               "Lora hashes", "Version", "Model", "Model hash", "VAE", "VAE hash", "ADetailer version",
-              "ADetailer scheduler", *DETAILER_SWITCHES, "Pad conds", "Pad conds v0",
-              "Template", "Negative Template", "Eta", "Eta DDIM"}  # Dynamic Prompts' prompts as written: the PNG's prompts are drawn
+              "ADetailer scheduler", *DETAILER_SWITCHES, "Pad conds", "Pad conds v0", "Eta", "Eta DDIM",
+              "Template", "Negative Template"}  # Dynamic Prompts' prompts as written: the PNG's prompts are drawn
 
 
 def _shown(key: str, value: str) -> str:
