@@ -99,7 +99,7 @@ def test_the_default_workflow_reads_as_its_txt2img_settings(tmp_path):
     data = read(tmp_path, default_graph())
     assert data == {"prompt": "a photo of a cat", "negative": "lowres, blurry", "seed": BIG_SEED, "steps": 20,
                     "cfg": 8.0, "sampler": "Euler", "clip_skip": 1, "width": 512, "height": 768, "batch_size": 1,
-                    "rng": "CPU", "pad_conds": "off"}
+                    "rng": "CPU", "pad_conds": "off", "quantize": True}
     GenerateSettings(model="m", **data)  # a seed above 2**32 is a valid personae seed
     assert not_applied(tmp_path, default_graph()) == ""  # same checkpoint name, nothing else to say
 
@@ -149,7 +149,11 @@ def test_img2img_graph_reads_the_denoise_as_strength_and_asks_for_the_picture(tm
     graph["10"] = {"class_type": "LoadImage", "inputs": {"image": "portrait.png", "upload": "image"}}
     data = read(tmp_path, graph)
     assert data["strength"] == 0.6 and "width" not in data
-    assert int(data["steps"] * data["strength"]) == 12  # as many denoising steps as ComfyUI ran
+    # ComfyUI runs its 12 steps on the tail of a schedule of 12 / 0.6: A1111's "img2img fix steps"
+    assert (data["steps"], data["img2img_fix_steps"]) == (12, True)
+    graph["3"]["inputs"]["sampler_name"] = "ddim"  # diffusers' DDIM: as many steps as its int(steps x strength)
+    data = read(tmp_path, graph, "ddim.png")
+    assert int(data["steps"] * data["strength"]) == 12 and "img2img_fix_steps" not in data
     assert 'img2img from LoadImage "portrait.png" (pass that picture with --init-image' in not_applied(tmp_path, graph)
     assert "LoadImage" not in not_applied(tmp_path, graph, init_image="portrait.png")
 
@@ -158,7 +162,7 @@ def test_hires_graph_becomes_the_latent_hires_fix(tmp_path):
     data = read(tmp_path, hires_graph())
     assert (data["steps"], data["width"], data["height"]) == (12, 512, 768)
     assert (data["hires_scale"], data["hires_upscaler"], data["hires_denoise"]) == (1.5, "latent", 0.5)
-    assert data["hires_steps"] == 20 and "hires_sampler" not in data and "hires_prompt" not in data
+    assert data["hires_steps"] == 10 and "hires_sampler" not in data and "hires_prompt" not in data  # ComfyUI's
     data = read(tmp_path, hires_graph(sampler_name="euler", cfg=5.0, seed=1), "second.png")
     assert (data["hires_sampler"], data["hires_cfg"]) == ("Euler Karras", 5.0)
     notes = not_applied(tmp_path, hires_graph(seed=1))
@@ -285,7 +289,7 @@ def test_from_png_of_a_comfy_picture_draws_what_the_same_settings_draw(tiny_mode
     assert 'CheckpointLoaderSimple "v1-5-pruned-emaonly.safetensors"' in capsys.readouterr().err
     assert main(["generate", "--model", str(tiny_model[0]), "--prompt", "a photo of a cat", "--negative",
                  "lowres, blurry", "--seed", str(2**40 + 7), "--steps", "3", "--cfg", "6", "--sampler",
-                 "DPM++ 2M Karras", "--clip-skip", "2", "--width", "64", "--height", "64", "--lora",
+                 "DPM++ 2M Karras", "--quantize", "--clip-skip", "2", "--width", "64", "--height", "64", "--lora",
                  f"{tmp_path / 'loras' / 'watercolor.safetensors'}:0.7", "--out", str(tmp_path / "b")]) == 0
     [a], [b] = sorted((tmp_path / "a").glob("*.png")), sorted((tmp_path / "b").glob("*.png"))
     assert a.name == b.name == f"00000-{2**40 + 7}.png"
@@ -325,7 +329,7 @@ def test_a_comfy_hires_graph_runs_as_personaes_hires_fix(tiny_model, tiny_sessio
     assert main(["generate", "--model", str(tiny_model[0]), "--prompt", "a photo of a cat", "--negative",
                  "lowres, blurry", "--seed", "9", "--steps", "2", "--cfg", "7", "--sampler", "DPM++ 2M Karras",
                  "--width", "64", "--height", "64", "--hires-scale", "1.5", "--hires-denoise", "0.5", "--hires-steps",
-                 "4", "--hires-upscaler", "latent", "--hires-cfg", "5", "--out", str(tmp_path / "b")]) == 0
+                 "2", "--hires-upscaler", "latent", "--hires-cfg", "5", "--quantize", "--out", str(tmp_path / "b")]) == 0
     [a], [b] = sorted((tmp_path / "a").glob("*.png")), sorted((tmp_path / "b").glob("*.png"))
     assert Image.open(a).size == (96, 96)
     assert np.array_equal(np.asarray(Image.open(a)), np.asarray(Image.open(b)))

@@ -61,8 +61,8 @@ class _CompVisModel(torch.nn.Module):
         return self.unet(x, t, encoder_hidden_states=cond).sample
 
 
-def _denoiser(k, pipe):
-    return k.external.CompVisDenoiser(_CompVisModel(pipe))
+def _denoiser(k, pipe, quantize: bool = False):
+    return k.external.CompVisDenoiser(_CompVisModel(pipe), quantize=quantize)
 
 
 def _k_sigmas(k, denoiser, schedule: str, steps: int, discard: bool) -> torch.Tensor:
@@ -80,7 +80,7 @@ def _k_run(k, pipe, settings: GenerateSettings, sigmas: torch.Tensor, x: torch.T
     its ancestral noise the generator `stream`'s next draws, its SDE noise a Brownian tree of the seed."""
     base = get_sampler(settings.sampler).options["sampler"]
     fn = KSAMPLERS[base].function
-    denoiser = _denoiser(k, pipe)
+    denoiser = _denoiser(k, pipe, settings.quantize)
     cond, uncond = pipe.encode_prompt(settings.prompt, "cpu", 1, True, settings.negative)
 
     def cfg(x, sigma, **_):
@@ -236,19 +236,24 @@ def test_img2img_runs_a1111s_steps_from_a1111s_start(k, tiny_model, tiny_session
 @pytest.mark.parametrize("steps,strength", [(20, 0.75), (20, 0.7), (10, 0.3), (30, 0.999), (20, 1.0), (7, 0.05)])
 def test_img2img_step_plans_are_a1111s(tiny_model, steps, strength):
     """Through diffusers' own get_timesteps: img2img runs the last int(strength x steps) + 1 of `steps` sigmas;
-    the hires fix runs exactly `steps`, the last of int(steps / strength)."""
+    the hires fix and "img2img fix steps" run exactly `steps`, the last of int(steps / strength)."""
     from diffusers import StableDiffusionImg2ImgPipeline
 
-    scheduler = get_sampler("DPM++ 2M Karras").make(dict(_tiny_config(tiny_model)))
-    for hires in (False, True):
-        call = img2img_steps(scheduler, steps, strength, hires=hires)
+    k_sampler = get_sampler("DPM++ 2M Karras").make(dict(_tiny_config(tiny_model)))
+    ddim = get_sampler("DDIM").make(dict(_tiny_config(tiny_model)))
+    # (scheduler, hires, fixed): A1111's img2img, its hires redraw, its "img2img fix steps" (any sampler)
+    for scheduler, hires, fixed in ((k_sampler, False, False), (k_sampler, True, False), (k_sampler, False, True),
+                                    (ddim, False, True)):
+        call = img2img_steps(scheduler, steps, strength, hires=hires, fixed=fixed)
         scheduler.set_timesteps(call["num_inference_steps"])
         plan, count = StableDiffusionImg2ImgPipeline.get_timesteps(types.SimpleNamespace(scheduler=scheduler),
                                                                    call["num_inference_steps"], call["strength"], "cpu")
         capped = min(strength, 0.999)
-        total, t_enc = (int(steps / capped), steps - 1) if hires else (steps, int(capped * steps))
+        total, t_enc = (int(steps / capped), steps - 1) if hires or fixed else (steps, int(capped * steps))
         assert call["num_inference_steps"] == total
         assert count == t_enc + 1 and torch.equal(plan, scheduler.timesteps[total - t_enc - 1:])
+    # diffusers' DDIM otherwise keeps diffusers' reading: int(strength x steps)
+    assert img2img_steps(ddim, steps, strength) == {"num_inference_steps": steps, "strength": strength}
 
 
 def _tiny_config(tiny_model) -> dict:
@@ -266,6 +271,18 @@ def test_schedules_are_k_diffusions_to_the_bit(k, tiny_model, tiny_session, sche
     ours = schedule_sigmas(schedule, 12, ModelSigmas(_tiny_config(tiny_model)), discard_penultimate=discard)
     theirs = _k_sigmas(k, _denoiser(k, tiny_session.pipe), schedule, 12, discard)
     assert len(ours) == 13 and torch.allclose(ours, theirs, rtol=1e-6, atol=0)
+
+
+@pytest.mark.parametrize("name", ["DPM++ 2M Karras", "Euler", "DPM++ SDE"])
+def test_quantized_timesteps_are_k_diffusions_and_comfyuis(k, tiny_model, tiny_session, name):
+    """A1111's "Enable quantization in K samplers" (k-diffusion's quantize=True): the UNet is given the nearest
+    whole training step, as ComfyUI's ModelSamplingDiscrete.timestep always does."""
+    settings = _settings(tiny_model[0], sampler=name, quantize=True)
+    ours, theirs = _personae(tiny_session, settings), _reference(k, tiny_session, settings)
+    off = (ours - theirs).abs().max().item()
+    assert off <= 2e-5 * theirs.abs().max().item()
+    fractional = _personae(tiny_session, settings.model_copy(update={"quantize": False}))
+    assert (fractional - theirs).abs().max().item() > 20 * off  # the whole steps are what agrees
 
 
 def test_the_unets_timesteps_are_k_diffusions_fractional_steps(k, tiny_model, tiny_session):

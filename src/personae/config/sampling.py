@@ -126,6 +126,15 @@ class OptionSettings(Concept):
     eta: float = setting(1.0, '"Eta noise multiplier for ancestral samplers" (infotext "Eta", written when not 1): the '
                               "share of fresh noise Euler a, DPM2 a, DPM++ 2S a and the SDE samplers add at each step; "
                               "0 makes them deterministic", ge=0, le=10)
+    quantize: bool = setting(False, '"Enable quantization in K samplers": the UNet is given each sigma\'s nearest '
+                                    "whole training step instead of the fractional one (A1111's option, off by "
+                                    "default; ComfyUI always samples so, and --from-png sets it for its pictures)",
+                             infotext="K-sampler quantization", infotext_if="quantize")
+    img2img_fix_steps: bool = setting(
+        False, '"With img2img, do exactly the amount of steps the slider specifies": img2img runs --steps steps, the '
+               "last of a schedule of steps / strength (A1111's option, off by default: then int(strength x steps) + 1 "
+               "of --steps run; ComfyUI's denoise works this way, and --from-png sets it for its pictures)",
+        infotext="Img2img fix steps", infotext_if="img2img_fix_steps")
     eta_ddim: float = setting(0.0, '"Eta for DDIM" (infotext "Eta DDIM", written when not 0): DDIM\'s step noise; 0 '
                                    "is deterministic DDIM, 1 is DDPM-like", ge=0, le=10)
 

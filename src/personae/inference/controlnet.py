@@ -102,7 +102,7 @@ def control_denoise(session, settings: GenerateSettings, controls: list[Prepared
     if init is None:
         return pipe(image=maps[0] if single else maps, width=width, height=height, **control, **kwargs).images
     extra = {"mask_image": mask} if mask is not None else {}
-    steps = img2img_steps(scheduler, settings.steps, settings.strength)
+    steps = img2img_steps(scheduler, settings.steps, settings.strength, fixed=settings.img2img_fix_steps)
     return pipe(image=init, control_image=maps[0] if single else maps, width=width, height=height, **extra,
                 **control, **{**kwargs, **steps}).images
 

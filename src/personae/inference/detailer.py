@@ -218,7 +218,7 @@ def redraw_face(session, settings, picture: Image.Image, mask: Image.Image, prom
         region = fit_region(found, width, height, picture.size)
     init = picture.crop(region).resize((width, height), Image.Resampling.LANCZOS)
     crop_mask = full_mask.crop(region).resize((width, height), Image.Resampling.LANCZOS)
-    pipe = denoiser(session, init, crop_mask, sampler.make(session.base_scheduler, settings.eta))
+    pipe = denoiser(session, init, crop_mask, sampler.make(session.base_scheduler, settings.eta, settings.quantize))
     if settings.ad_denoising_strength == 0:  # nothing to redraw: the face as the VAE gives it
         drawn = vae_roundtrip(pipe, init)
     else:
@@ -234,7 +234,8 @@ def redraw_face(session, settings, picture: Image.Image, mask: Image.Image, prom
 
         with composing(prompts, session.pipe.unet, pad=settings.pad_conds):  # AND composes there too
             drawn = pipe(image=init, mask_image=crop_mask, width=width, height=height, **prompts.call_kwargs(),
-                         **img2img_steps(pipe.scheduler, steps, settings.ad_denoising_strength), guidance_scale=cfg,
+                         **img2img_steps(pipe.scheduler, steps, settings.ad_denoising_strength, fixed=settings.img2img_fix_steps),
+                         guidance_scale=cfg,
                          generator=image_generators([seed % 2**64], settings.rng, settings.ensd),
                          callback_on_step_end=step_end).images[0]
     return paste_back(picture, drawn, region, full_mask)

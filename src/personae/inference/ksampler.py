@@ -97,7 +97,7 @@ class KDiffusionScheduler(SchedulerMixin, ConfigMixin):
     def __init__(self, num_train_timesteps: int = 1000, beta_start: float = 0.00085, beta_end: float = 0.012,
                  beta_schedule: str = "scaled_linear", trained_betas=None, prediction_type: str = "epsilon",
                  rescale_betas_zero_snr: bool = False, sampler: str = "Euler", schedule: str = "Automatic",
-                 eta: float = 1.0, s_noise: float = 1.0, sdxl: bool = False):
+                 eta: float = 1.0, s_noise: float = 1.0, sdxl: bool = False, quantize: bool = False):
         self.kind = KSAMPLERS[sampler]
         self.schedule = self.kind.schedule if schedule == "Automatic" else schedule
         if self.schedule not in SCHEDULES:
@@ -121,7 +121,7 @@ class KDiffusionScheduler(SchedulerMixin, ConfigMixin):
             if second is not None:
                 self._calls.append((i, 1, second))
         call_sigmas = torch.stack([s for _, _, s in self._calls])
-        self.timesteps = self.model.sigma_to_t(call_sigmas).to(device=device)
+        self.timesteps = self.model.sigma_to_t(call_sigmas, whole=self.config.quantize).to(device=device)
         self._state: dict = {}
         self._step_index = self._begin_index = None
         self._noise = None
@@ -382,15 +382,21 @@ class KDiffusionScheduler(SchedulerMixin, ConfigMixin):
         return x
 
 
-def img2img_steps(scheduler, steps: int, strength: float, hires: bool = False) -> dict:
-    """The step count and strength to give a diffusers img2img pipeline so that a k-diffusion sampler runs A1111's
-    img2img steps (its setup_img2img_steps); diffusers' own schedulers keep diffusers' reading.
+def img2img_steps(scheduler, steps: int, strength: float, hires: bool = False, fixed: bool = False) -> dict:
+    """The step count and strength to give a diffusers img2img pipeline so that it runs A1111's img2img steps (its
+    setup_img2img_steps).
 
-    img2img and inpainting: the last int(strength x steps) + 1 of a schedule of `steps` (diffusers runs one fewer).
-    The hires fix's redraw (`hires`): exactly `steps`, the last of a schedule of int(steps / strength). The pipeline
-    starts at step N - int(N x strength'), so strength' is put half a step inside the wanted count."""
-    if not isinstance(scheduler, KDiffusionScheduler) or strength <= 0:
+    A k-diffusion sampler, img2img and inpainting: the last int(strength x steps) + 1 of a schedule of `steps`
+    (diffusers runs one fewer); its hires redraw (`hires`): exactly `steps`, the last of a schedule of
+    int(steps / strength). `fixed` (A1111's "With img2img, do exactly the amount of steps the slider specifies",
+    ComfyUI's denoise) runs that way with any sampler. Otherwise diffusers' reading stays. The pipeline starts at
+    step N - int(N x strength'), so strength' is put half a step inside the wanted count."""
+    k_diffusion = isinstance(scheduler, KDiffusionScheduler)
+    if strength <= 0 or not (k_diffusion or fixed):
         return {"num_inference_steps": steps, "strength": strength}
     capped = min(strength, 0.999)
-    total, run = (int(steps / capped), steps) if hires else (steps, int(capped * steps) + 1)
+    if fixed or hires:
+        total, run = int(steps / capped), steps
+    else:
+        total, run = steps, int(capped * steps) + 1
     return {"num_inference_steps": total, "strength": min(1.0, (run + 0.5) / total)}

@@ -51,7 +51,7 @@ class Sampler:
             return {"Eta DDIM": eta_ddim}
         return {}
 
-    def make(self, base_config: dict, eta: float = 1.0) -> SchedulerMixin:
+    def make(self, base_config: dict, eta: float = 1.0, quantize: bool = False) -> SchedulerMixin:
         """A fresh scheduler built on the model's own noise schedule (betas, timesteps).
 
         Options that tell samplers apart are always set, so a model whose shipped scheduler
@@ -62,7 +62,7 @@ class Sampler:
         options.update(self.options)
         if self.scheduler is KDiffusionScheduler:  # it reads the noise schedule alone: the rest would be warned of
             base_config = {k: v for k, v in base_config.items() if k in accepted}
-            options["eta"] = eta
+            options.update(eta=eta, quantize=quantize)
         return self.scheduler.from_config(base_config, **options)
 
 

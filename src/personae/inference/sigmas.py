@@ -61,9 +61,12 @@ class ModelSigmas:
         low, high, w = t.floor().long(), t.ceil().long(), t.frac()
         return ((1 - w) * self.log_sigmas[low] + w * self.log_sigmas[high]).exp()
 
-    def sigma_to_t(self, sigma: torch.Tensor) -> torch.Tensor:
-        """The fractional training step of each sigma (the UNet's timestep input)."""
+    def sigma_to_t(self, sigma: torch.Tensor, whole: bool = False) -> torch.Tensor:
+        """The fractional training step of each sigma (the UNet's timestep input); `whole`: the nearest whole step
+        (A1111's "Enable quantization in K samplers", and how ComfyUI always samples)."""
         log_sigma = sigma.log()
+        if whole:
+            return (log_sigma - self.log_sigmas[:, None]).abs().argmin(dim=0).view(sigma.shape).float()
         above = (log_sigma - self.log_sigmas[:, None]).ge(0)
         low_idx = above.cumsum(dim=0).argmax(dim=0).clamp(max=self.log_sigmas.shape[0] - 2)
         high_idx = low_idx + 1

@@ -306,7 +306,7 @@ def txt2img(settings: GenerateSettings, session: Session | None = None, on_event
             init = original.crop(region).resize((width, height), Image.Resampling.LANCZOS)
             mask = full_mask.crop(region).resize((width, height), Image.Resampling.LANCZOS)
     # 3. the sampler, built on the model's own noise schedule, in a pipeline of this call's own
-    scheduler = sampler.make(session.base_scheduler, settings.eta)
+    scheduler = sampler.make(session.base_scheduler, settings.eta, settings.quantize)
     pipe = session.pipeline(scheduler=scheduler)
     # 4. encode prompts: weighted, chunked by 75 tokens, clip skip; A1111's prompt editing ([a:b:0.5], [a|b]): each
     # text the schedule reaches encoded once, swapped in by the step callback; A1111's AND: each part on its own,
@@ -374,10 +374,11 @@ def txt2img(settings: GenerateSettings, session: Session | None = None, on_event
             elif init is not None:
                 extra = {"mask_image": mask, "height": height, "width": width} if mask is not None else {}
                 with first_pass:
-                    steps = img2img_steps(scheduler, settings.steps, settings.strength)
+                    steps = img2img_steps(scheduler, settings.steps, settings.strength, fixed=settings.img2img_fix_steps)
                     images = denoiser(session, init, mask, scheduler)(image=init, **extra, **{**kwargs, **steps}).images
             elif settings.hires_scale:
-                redraw = denoiser(session, None, None, hires_sampler.make(session.base_scheduler, settings.eta))
+                redraw_scheduler = hires_sampler.make(session.base_scheduler, settings.eta, settings.quantize)
+                redraw = denoiser(session, None, None, redraw_scheduler)
                 if upscaler is not None:
                     upscaler.net.to(session.device)
                 images = hires_fix(pipe, redraw, settings, (width, height), kwargs, generators, upscaler,

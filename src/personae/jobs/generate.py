@@ -21,6 +21,7 @@ from personae.inference.detailer import MODELS as FACE_MODELS
 from personae.inference.detailer import SWITCHES as DETAILER_SWITCHES
 from personae.inference.detailer import detailer_keys
 from personae.inference.hires import upscaler_from_a1111
+from personae.inference.ksampler import KDiffusionScheduler
 from personae.inference.samplers import get_sampler, with_schedule_type
 from personae.inference.txt2img import GeneratedImage, txt2img
 from personae.media.comfy_graph import ComfyReading, read_comfy_graph
@@ -143,15 +144,25 @@ def _from_comfy(text: str, source: Path) -> ComfyReading:
     reading = read_comfy_graph(text, str(source))
     # ComfyUI draws the starting noise with torch's CPU generator, and runs a prompt and a negative prompt of other
     # lengths each over its own (it repeats the shorter to a common length, which attention reads the same): A1111's
-    # pad conds off
-    reading.settings.update(rng="CPU", pad_conds="off")
+    # pad conds off; and it gives the UNet each sigma's nearest whole training step (A1111's K-sampler quantization)
+    reading.settings.update(rng="CPU", pad_conds="off", quantize=True)
+    samplers = {}
     for key in ("sampler", "hires_sampler"):
         if key in reading.settings:
             try:
-                reading.settings[key] = get_sampler(reading.settings[key]).name
+                samplers[key] = get_sampler(reading.settings[key])
+                reading.settings[key] = samplers[key].name
             except UserError:
                 reading.notes.append(f'sampler "{reading.settings[key]}" of {reading.sampler_at}: personae has no '
                                      "such sampler or schedule (pass --sampler)")
+    # ComfyUI's denoise runs all its steps on the tail of a schedule of steps / denoise: A1111's "img2img fix steps"
+    # and its hires redraw with a k-diffusion sampler; diffusers' samplers keep the step count made for them
+    k_diffusion = {key: s.scheduler is KDiffusionScheduler for key, s in samplers.items()}
+    steps, hires_steps = reading.settings.pop("_comfy_steps", None), reading.settings.pop("_comfy_hires_steps", None)
+    if steps is not None and k_diffusion.get("sampler", True):
+        reading.settings.update(steps=steps, img2img_fix_steps=True)
+    if hires_steps is not None and k_diffusion.get("hires_sampler", k_diffusion.get("sampler", True)):
+        reading.settings["hires_steps"] = hires_steps
     return reading
 
 

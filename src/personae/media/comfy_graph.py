@@ -227,8 +227,10 @@ def _sampler(graph: _Graph, node_id: str) -> dict:
 
 
 def _steps_for(steps: int, denoise: float) -> int:
-    """personae's steps for a ComfyUI pass of `steps` at `denoise`: ComfyUI runs all its steps on the tail of a
-    longer schedule; personae (as A1111) runs int(steps x denoise) of them, so the smallest count giving as many."""
+    """personae's steps for a ComfyUI pass of `steps` at `denoise` with one of diffusers' samplers (DDIM, UniPC):
+    ComfyUI runs all its steps on the tail of a longer schedule; diffusers runs int(steps x denoise) of them, so the
+    smallest count giving as many. The k-diffusion samplers run ComfyUI's own plan instead (jobs/generate.py:
+    "_comfy_steps", "_comfy_hires_steps")."""
     total = max(steps, math.ceil(min(steps / denoise, 10**6) - 1e-9))  # past personae's bound: refused by name
     for _ in range(3):  # float rounding: one more step or two at most
         if int(total * denoise) >= steps:
@@ -334,7 +336,7 @@ def _hires(graph: _Graph, second: str, inputs: dict, values: dict) -> tuple[str,
         raise graph.refuse(f"redraws the upscaled latent in {graph.name(second)} at denoise {values['denoise']:g}; "
                            "personae's hires fix redraws at a denoise between 0 and 1.")
     hires: dict = {"hires_upscaler": "latent", "hires_denoise": values["denoise"],
-                   "hires_steps": _steps_for(values["steps"], values["denoise"])}
+                   "hires_steps": _steps_for(values["steps"], values["denoise"]), "_comfy_hires_steps": values["steps"]}
     if kind == "LatentUpscaleBy":
         hires["hires_scale"] = float(graph.value(upscale_id, up, "scale_by", (int, float)))
     else:
@@ -370,6 +372,7 @@ def read_comfy_graph(text: str, source: str) -> ComfyReading:
                            "redraws a txt2img picture.")
     if "strength" in data:
         data["steps"] = _steps_for(base["steps"], base["denoise"]) if base["denoise"] > 0 else base["steps"]
+        data["_comfy_steps"] = base["steps"]
     texts = [prompt, negative]
     if hires:
         data.update(_hires_settings(graph, last, inputs, values, base, hires[1], (prompt, negative, clip, loras),
