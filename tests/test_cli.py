@@ -108,6 +108,9 @@ def test_demo_runs_offline_and_writes_an_index(tmp_path):
         int(re.search(r"the checker reads (\d+) of 4 as prompted, star included", flow).group(1))]
     assert reads[0] >= 4 and reads[1] >= 3 and reads[2] >= 3, flow  # of 5, 4, 4: 5, 4, 4 measured
     assert "each reloaded and compared: a1111 0e+00, diffusers 0e+00" in flow, flow
+    # A1111's samplers, k-diffusion's steps, on the world: 11 of 11 measured
+    samplers = re.search(r"Read back by the checker: (\d+) of 11 as prompted", flow)
+    assert samplers and int(samplers.group(1)) >= 10, flow
     # A1111's prompt editing on the world: the switch decides what is drawn (8 of 8 both ways measured, 8 seeds)
     edited = re.search(r"Switched at 2, the checker reads (\d+) of 4 as the second prompt; at 18, (\d+) of 4", flow)
     assert edited and int(edited.group(1)) >= 3 and int(edited.group(2)) >= 3, flow

@@ -9,8 +9,8 @@ control map says (demo/world_control.py), img2img's strength curve and one shape
 (demo/world_img2img.py), a drawing style taught from banded pictures with a
 trigger phrase, measured with and without it (demo/world_style.py), and the world motion adapter animating held-out
 shapes and the taught star, every frame read back (demo/world_motion.py); then the everyday flow on it (a
-folder prepared, text to image with A1111's settings, a long weighted prompt, a LoRA and its exports reloaded,
-the LoRA baked into the model, --from-png; demo/world_flow.py). The random tiny model comes last, only where a file
+folder prepared, text to image with A1111's settings and through A1111's samplers, a long weighted prompt, a LoRA
+and its exports reloaded, the LoRA baked into the model, --from-png; demo/world_flow.py). The random tiny model comes last, only where a file
 format is the point: a single file in the original checkpoint layout (which cannot carry the world's own tokenizer);
 its pictures are noise and the index does not show them.
 
@@ -34,8 +34,8 @@ from personae.outputs import Kind, open_output
 from personae.staging import write_text
 
 DEMO = Kind("demo", "a demo", "personae demo",
-            layout=("index.md", "index.html", "models/*", "photos/*", "prepared/*", "generate/*", "single-file/*",
-                    "runs/*", "with-lora/*", "merged/*", "from-png/*", "storyboard/*", "controlnet/*", "animate/*", "compare/*",
+            layout=("index.md", "index.html", "models/*", "photos/*", "prepared/*", "generate/*", "samplers/*",
+                    "single-file/*", "runs/*", "with-lora/*", "merged/*", "from-png/*", "storyboard/*", "controlnet/*", "animate/*", "compare/*",
                     "world/*", "world-bench/*", "world-board/*", "world-compare/*", "world-control/*",
                     "world-img2img/*", "world-style/*", "world-motion/*"))
 

@@ -29,6 +29,10 @@ def same_pixels(a: Path, b: Path) -> bool:
     return np.array_equal(np.asarray(Image.open(a)), np.asarray(Image.open(b)))
 
 
+DEMO_SAMPLERS = ("Euler", "Euler a", "LMS Karras", "Heun", "DPM2 a", "DPM++ 2S a", "DPM++ 2M", "DPM++ SDE Karras",
+                 "DPM++ 2M SDE Exponential", "DPM++ 3M SDE Exponential", "DPM++ 2M Align Your Steps")
+
+
 def _read(paths: list[Path], prompts: list[str]) -> int:
     """How many pictures the checker reads as their prompt says (background, colour, shape, size)."""
     from personae.world.check import agreement, check
@@ -70,6 +74,16 @@ def world_flow(out: Path, model: Path, index, on_event: EventHandler) -> None:
                                f"steps, CFG 7); then \"{other}\" as a batch of 2 x 2 with Euler a, clip skip 2 and a "
                                f"negative prompt. The checker reads {right} of 5 as prompted. Every PNG carries A1111 "
                                "`parameters`.", plain + batch)
+
+    # 2b. A1111's samplers, each k-diffusion's own algorithm on A1111's schedule (inference/ksampler.py)
+    drawn = [run_generate(base.model_copy(update={"sampler": name}), out / "samplers", on_event)[0]
+             for name in DEMO_SAMPLERS]
+    right = _read(drawn, [base.prompt] * len(drawn))
+    index.add("A1111's samplers", f"\"{base.prompt}\", seed 7, 20 steps, through {len(drawn)} of A1111's samplers and "
+                                  f"schedule types ({', '.join(DEMO_SAMPLERS)}): each runs k-diffusion's own steps "
+                                  "on A1111's sigmas, as A1111 and ComfyUI do, so a seed gives A1111's picture "
+                                  "(tests/test_ksampler.py runs k-diffusion beside them: they agree to a millionth). "
+                                  f"Read back by the checker: {right} of {len(drawn)} as prompted.", drawn)
 
     # 3. a long, weighted prompt: chunks of 75 tokens, not truncated
     long = run_generate(base.model_copy(update={"prompt": LONG_PROMPT, "sampler": "UniPC", "seed": 0, "batch_size": 4}),
