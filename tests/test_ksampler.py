@@ -383,6 +383,47 @@ def test_sde_noise_is_a_brownian_tree_per_image_seed(tiny_model, tiny_session):
     assert np.array_equal(gpu, again)
 
 
+def test_v_prediction_models_denoise_as_k_diffusions_v_wrapper(k, tiny_model, tiny_session):
+    """A v-prediction model (SD 2.x 768, zero-SNR models): the UNet's output read as k-diffusion's CompVisVDenoiser
+    reads it (the tiny UNet's output taken as v)."""
+    pipe = tiny_session.pipe
+    config = {**dict(pipe.scheduler.config), "prediction_type": "v_prediction"}
+    scheduler = get_sampler("DPM++ 2M Karras").make(config)
+    cond, uncond = pipe.encode_prompt("a photo of a cat", "cpu", 1, True, "blurry")
+    start = torch.randn(SHAPE, generator=torch.Generator().manual_seed(11))
+    with torch.no_grad():
+        ours = _decoder_input(pipe, lambda: pipe.__class__(**{**pipe.components, "scheduler": scheduler})(
+            prompt_embeds=cond, negative_prompt_embeds=uncond, latents=start, num_inference_steps=6,
+            guidance_scale=5.0, height=64, width=64))
+        denoiser = k.external.CompVisVDenoiser(_CompVisModel(pipe))
+        sigmas = k.sampling.get_sigmas_karras(6, denoiser.sigmas[0].item(), denoiser.sigmas[-1].item())
+
+        def cfg(x, sigma, **_):
+            d_cond, d_uncond = denoiser(torch.cat([x, x]), torch.cat([sigma, sigma]),
+                                        cond=torch.cat([cond, uncond])).chunk(2)
+            return d_uncond + (d_cond - d_uncond) * 5.0
+
+        final = k.sampling.sample_dpmpp_2m(cfg, start * sigmas[0], sigmas, disable=True)
+        theirs = _decoder_input(pipe, lambda: pipe.vae.decode(final / pipe.vae.config.scaling_factor))
+    assert (ours - theirs).abs().max().item() <= 2e-5 * theirs.abs().max().item()
+
+
+def test_a_zero_terminal_snr_v_prediction_model_samples_as_a1111s_zero_terminal_snr_schedule():
+    """A1111's "Zero Terminal SNR" schedule: alphabar rescaled to end at 0 (as diffusers' rescale_betas_zero_snr
+    rescales the betas), its last value then A1111's 4.8973451890853435e-08, a finite largest sigma."""
+    from diffusers import DDPMScheduler
+
+    config = {"beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear", "prediction_type": "v_prediction",
+              "rescale_betas_zero_snr": True}
+    m = ModelSigmas(config)
+    diffusers_abar = DDPMScheduler(**config).alphas_cumprod
+    assert torch.allclose(m.sigmas[:-1], ((1 - diffusers_abar[:-1]) / diffusers_abar[:-1]) ** 0.5, rtol=1e-3)
+    assert m.sigma_max == pytest.approx((1 / 4.8973451890853435e-08 - 1) ** 0.5, rel=1e-5)  # 4,519
+    scheduler = get_sampler("Euler").make(config)
+    scheduler.set_timesteps(10)
+    assert scheduler.init_noise_sigma == pytest.approx(m.sigma_max) and torch.isfinite(scheduler.timesteps).all()
+
+
 def test_scheduler_config_round_trips():
     scheduler = KDiffusionScheduler(sampler="DPM++ SDE", schedule="Karras")
     again = KDiffusionScheduler.from_config(scheduler.config)

@@ -39,11 +39,9 @@ class ModelSigmas:
         else:
             raise UserError(f'The model\'s scheduler config has beta_schedule "{kind}", which the k-diffusion samplers '
                             "do not read.", "Use DDIM, PLMS or UniPC with this model.")
-        if config.get("rescale_betas_zero_snr"):
-            raise UserError("The model's scheduler config has zero terminal SNR (rescale_betas_zero_snr): its last "
-                            "noise level is infinite, which A1111's k-diffusion samplers cannot start from.",
-                            "Use DDIM or UniPC with this model.")
         alphas_cumprod = torch.tensor(np.cumprod(1.0 - betas, axis=0), dtype=torch.float32)
+        if config.get("rescale_betas_zero_snr"):
+            alphas_cumprod = zero_terminal_snr(alphas_cumprod)
         self.sigmas = ((1 - alphas_cumprod) / alphas_cumprod) ** 0.5
         self.log_sigmas = self.sigmas.log()
         self.v_prediction = config.get("prediction_type", "epsilon") == "v_prediction"
@@ -73,6 +71,18 @@ class ModelSigmas:
         low, high = self.log_sigmas[low_idx], self.log_sigmas[high_idx]
         w = ((low - log_sigma) / (low - high)).clamp(0, 1)
         return ((1 - w) * low_idx + w * high_idx).view(sigma.shape)
+
+
+def zero_terminal_snr(alphas_cumprod: torch.Tensor) -> torch.Tensor:
+    """A1111's "Zero Terminal SNR" noise schedule (Lin et al. 2023, as diffusers' rescale_betas_zero_snr): sqrt of
+    alphabar shifted and scaled to end at 0, then its last value set to A1111's 4.8973451890853435e-08, so the
+    largest sigma is finite (about 4,519) for the k-diffusion samplers to start from."""
+    root = alphas_cumprod.sqrt()
+    first, last = root[0].clone(), root[-1].clone()
+    root = (root - last) * (first / (first - last))
+    rescaled = root ** 2
+    rescaled[-1] = 4.8973451890853435e-08
+    return rescaled
 
 
 def _zero(sigmas: torch.Tensor) -> torch.Tensor:
