@@ -613,23 +613,20 @@ def test_a1111_hires_with_a_model_upscaler_is_read_and_the_difference_named(tmp_
     assert applied.hires_upscaler == "image"
     assert png_not_applied(png, applied) == ['Hires upscaler "R-ESRGAN 4x+" (upscaled as image here; --upscaler-dir '
                                              "with the folder holding its file would apply it)"]
-    nearest = _a1111_png(tmp_path / "nearest.png", "a cat\nSteps: 20, Seed: 1, Size: 512x512, Denoising strength: "
-                         "0.45, Hires upscale: 2, Hires upscaler: Nearest")
-    data = settings_from_png(nearest)
-    assert data["hires_upscaler"] == "image"
-    assert png_not_applied(nearest, GenerateSettings(model="m", **data)) == [
-        'Hires upscaler "Nearest" (upscaled as image here)']
-    ays = _a1111_png(tmp_path / "ays.png", "a cat\nSteps: 20, Sampler: DPM++ 2M, Schedule type: Align Your Steps, "
-                     "Seed: 1, Size: 512x512, VAE: vae-ft-mse-840000-ema-pruned.safetensors")
-    data = settings_from_png(ays)
+    def read_back(name: str, params: str) -> tuple[dict, list[str]]:
+        png = _a1111_png(tmp_path / name, f"a cat\nSteps: 20, Seed: 1, Size: 512x512, {params}")
+        data = settings_from_png(png)
+        return data, png_not_applied(png, GenerateSettings(model="m", **data))
+
+    data, notes = read_back("nearest.png", "Denoising strength: 0.45, Hires upscale: 2, Hires upscaler: Nearest")
+    assert data["hires_upscaler"] == "image" and notes == ['Hires upscaler "Nearest" (upscaled as image here)']
+    data, notes = read_back("ays.png", "Sampler: DPM++ 2M, Schedule type: Align Your Steps, "
+                                       "VAE: vae-ft-mse-840000-ema-pruned.safetensors")
     assert data["sampler"] == "DPM++ 2M Align Your Steps"  # k-diffusion's samplers take every schedule type
-    assert png_not_applied(ays, GenerateSettings(model="m", **data)) == ["VAE (pass it with --vae)"]
-    ddim = _a1111_png(tmp_path / "ddim.png", "a cat\nSteps: 20, Sampler: DDIM, Schedule type: Align Your Steps, "
-                      "Seed: 1, Size: 512x512")
-    data = settings_from_png(ddim)
+    assert notes == ["VAE (pass it with --vae)"]
+    data, notes = read_back("ddim.png", "Sampler: DDIM, Schedule type: Align Your Steps")
     assert data["sampler"] == "DDIM"
-    assert png_not_applied(ddim, GenerateSettings(model="m", **data)) == [
-        'Schedule type "Align Your Steps" (the sampler\'s own schedule is used)']
+    assert notes == ['Schedule type "Align Your Steps" (the sampler\'s own schedule is used)']
 
 
 def test_vae_from_a_diffusers_folder_or_an_a1111_single_file_replaces_the_models(tiny_model, tiny_session, tmp_path):
