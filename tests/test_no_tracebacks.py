@@ -136,11 +136,12 @@ def test_a_decompression_bomb_is_skipped_by_prepare_and_refused_as_init_image(ti
 
 
 def test_img2img_with_no_denoising_step_left_is_refused(tiny_model, photo, tmp_path, capsys):
+    # diffusers' DDIM runs int(steps x strength) steps (A1111's k-diffusion samplers one more: never none)
     code, err = cli(capsys, "generate", "--model", tiny_model[0], "--prompt", "x", "--init-image", photo,
-                    "--steps", 2, "--strength", 0.2, "--out", tmp_path / "out")
+                    "--steps", 2, "--strength", 0.2, "--sampler", "DDIM", "--out", tmp_path / "out")
     refused(code, err, "--strength 0.2 with --steps 2 leaves no denoising step", "at least 5", "at least 0.5")
     code, err = cli(capsys, "generate", "--model", tiny_model[0], "--prompt", "x", "--init-image", photo, "--mask",
-                    photo, "--steps", 3, "--strength", 0.3, "--out", tmp_path / "out")
+                    photo, "--steps", 3, "--strength", 0.3, "--sampler", "DDIM", "--out", tmp_path / "out")
     refused(code, err, "at least 0.34")
     assert not (tmp_path / "out").exists()
 

@@ -24,7 +24,8 @@ from personae.errors import UserError
 from personae.media.png import infotext_settings, infotext_values
 
 SRC = Path(__file__).resolve().parents[1] / "src"
-NEW_FIELD = '''    eta: float = setting(0.0, '"Eta": a setting added by the test', infotext="Eta", ge=0.0, le=1.0)
+NEW_FIELD = '''    s_churn: float = setting(0.0, '"Sigma churn": a setting added by the test', infotext="Sigma churn", ge=0.0,
+                             le=1.0)
 
 '''
 
@@ -53,29 +54,29 @@ for command in ("generate", "animate", "storyboard", "compare"):
         build_parser().parse_args([command, "--help"])
     out["help " + command] = text.getvalue()
 scene = [{"number": 1, "description": "a cat"}]
-(work / "board.yaml").write_text(yaml.safe_dump({"model": tiny, "eta": 0.5, "scenes": scene}))
-out["storyboard yaml"] = load_scenes(work / "board.yaml").eta
-(work / "suite.yaml").write_text(yaml.safe_dump({"base_model": tiny, "eta": 0.25}))
-out["compare yaml"] = load_suite(work / "suite.yaml").eta
-(work / "bad.yaml").write_text(yaml.safe_dump({"model": tiny, "eta": 2, "scenes": scene}))
+(work / "board.yaml").write_text(yaml.safe_dump({"model": tiny, "s_churn": 0.5, "scenes": scene}))
+out["storyboard yaml"] = load_scenes(work / "board.yaml").s_churn
+(work / "suite.yaml").write_text(yaml.safe_dump({"base_model": tiny, "s_churn": 0.25}))
+out["compare yaml"] = load_suite(work / "suite.yaml").s_churn
+(work / "bad.yaml").write_text(yaml.safe_dump({"model": tiny, "s_churn": 2, "scenes": scene}))
 try:
     load_scenes(work / "bad.yaml")
 except UserError as exc:
     out["out of bounds"] = str(exc)
 clip = animate_cmd.settings_from_args(build_parser().parse_args(
-    ["animate", "--model", tiny, "--prompt", "x", "--motion-adapter", "m", "--eta", "0.75"]))
-out["animate option"], out["animate infotext"] = clip.eta, infotext_values(clip).get("Eta")
+    ["animate", "--model", tiny, "--prompt", "x", "--motion-adapter", "m", "--s-churn", "0.75"]))
+out["animate option"], out["animate infotext"] = clip.s_churn, infotext_values(clip).get("Sigma churn")
 out["generate exit"] = main(["generate", "--model", tiny, "--prompt", "a cat", "--steps", "2", "--width", "64",
-                             "--height", "64", "--seed", "3", "--eta", "0.125", "--out", str(work / "a"), "--quiet"])
+                             "--height", "64", "--seed", "3", "--s-churn", "0.125", "--out", str(work / "a"), "--quiet"])
 png = next((work / "a").glob("*.png"))
-out["png json"] = json.loads(read_png_text(png)["personae"])["eta"]
+out["png json"] = json.loads(read_png_text(png)["personae"])["s_churn"]
 out["png parameters"] = read_png_text(png)["parameters"]
 main(["generate", "--from-png", str(png), "--model", tiny, "--out", str(work / "b"), "--quiet"])
-out["from png"] = json.loads(read_png_text(next((work / "b").glob("*.png")))["personae"])["eta"]
+out["from png"] = json.loads(read_png_text(next((work / "b").glob("*.png")))["personae"])["s_churn"]
 info = PngInfo()
-info.add_text("parameters", "a dog\nSteps: 2, Sampler: Euler, CFG scale: 7, Seed: 1, Size: 64x64, Eta: 0.5")
+info.add_text("parameters", "a dog\nSteps: 2, Sampler: Euler, CFG scale: 7, Seed: 1, Size: 64x64, Sigma churn: 0.5")
 Image.new("RGB", (8, 8)).save(work / "a1111.png", pnginfo=info)
-out["from a1111 png"] = settings_from_png(work / "a1111.png")["eta"]
+out["from a1111 png"] = settings_from_png(work / "a1111.png")["s_churn"]
 print("RESULT " + json.dumps(out))
 '''
 
@@ -93,7 +94,7 @@ def _personae_with_one_more_field(root: Path) -> Path:
 
 
 def test_a_sampling_field_added_once_reaches_cli_help_yaml_png_and_from_png(tiny_model, tmp_path):
-    assert "--eta" not in _help("generate")  # the field is new
+    assert "--s-churn" not in _help("generate")  # the field is new
     src = _personae_with_one_more_field(tmp_path)
     (tmp_path / "work").mkdir()
     env = {**os.environ, "PYTHONPATH": str(src), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
@@ -102,12 +103,12 @@ def test_a_sampling_field_added_once_reaches_cli_help_yaml_png_and_from_png(tiny
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout.rsplit("RESULT ", 1)[1])
     for command in ("generate", "animate", "storyboard", "compare"):
-        assert "--eta ETA" in out["help " + command] and '"Eta": a setting added by the test' in out["help " + command]
+        assert "--s-churn S_CHURN" in out["help " + command] and '"Sigma churn": a setting added by the test' in out["help " + command]
     assert out["storyboard yaml"] == 0.5 and out["compare yaml"] == 0.25
-    assert '"eta"' in out["out of bounds"] and "less than or equal to 1" in out["out of bounds"]
+    assert '"s_churn"' in out["out of bounds"] and "less than or equal to 1" in out["out of bounds"]
     assert out["animate option"] == 0.75 and out["animate infotext"] == 0.75
     assert out["generate exit"] == 0
-    assert out["png json"] == 0.125 and "Eta: 0.125" in out["png parameters"]
+    assert out["png json"] == 0.125 and "Sigma churn: 0.125" in out["png parameters"]
     assert out["from png"] == 0.125 and out["from a1111 png"] == 0.5
 
 
@@ -134,8 +135,8 @@ def test_generated_options_keep_the_names_users_know():
     assert _options("generate") == SHARED | {
         "--batch-size", "--batch-count", "--init-image", "--strength", "--mask", "--mask-blur", "--control",
         "--hires-scale", "--hires-resize", "--hires-steps", "--hires-denoise", "--hires-upscaler", "--upscaler-dir",
-        "--subseed", "--subseed-strength", "--seed-resize-from-w", "--seed-resize-from-h", "--rng", "--ensd",
-        "--pad-conds", "--hires-prompt", "--hires-negative",
+        "--subseed", "--subseed-strength", "--seed-resize-from-w", "--seed-resize-from-h", "--rng", "--ensd", "--eta",
+        "--eta-ddim", "--quantize", "--img2img-fix-steps", "--pad-conds", "--hires-prompt", "--hires-negative",
         "--hires-sampler", "--hires-cfg", "--inpaint-area", "--masked-padding",
         "--ad-model", "--ad-prompt", "--ad-negative-prompt", "--ad-confidence", "--ad-mask-k-largest",
         "--ad-dilate-erode", "--ad-mask-blur", "--ad-denoising-strength", "--no-ad-inpaint-only-masked",
