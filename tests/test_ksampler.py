@@ -368,6 +368,20 @@ def test_prompt_editing_counts_a_second_order_samplers_calls(tiny_model, tiny_se
     assert [torch.equal(e, cat) for e in seen] == [True] * 5 + [False] * 2
 
 
+def test_a1111_schedule_types_are_read_with_their_samplers(tmp_path):
+    """A1111 1.9+ writes the schedule beside the sampler, and a hires schedule of its own only when it differs."""
+    from personae.jobs.generate import _from_infotext
+
+    head = "a cat\nSteps: 20, CFG scale: 7, Seed: 5, Size: 512x512, Hires upscale: 2, Denoising strength: 0.5, "
+    read = _from_infotext(head + "Sampler: DPM++ 2M, Schedule type: Karras, Hires schedule type: Exponential",
+                          tmp_path)
+    assert (read["sampler"], read["hires_sampler"]) == ("DPM++ 2M Karras", "DPM++ 2M Exponential")
+    read = _from_infotext(head + "Sampler: DPM++ 2M SDE, Schedule type: Automatic, Hires sampler: Euler a, "
+                                 "Hires schedule type: Align Your Steps", tmp_path)
+    assert (read["sampler"], read["hires_sampler"]) == ("DPM++ 2M SDE Exponential", "Euler a Align Your Steps")
+    assert "hires_sampler" not in _from_infotext(head + "Sampler: Euler a", tmp_path)
+
+
 def test_sde_noise_is_a_brownian_tree_per_image_seed(tiny_model, tiny_session):
     """Each image's SDE noise comes from its own seed's tree, so it does not depend on the batch it is drawn in
     (A1111's "batch determinism"); the GPU sources draw it too, the same each time."""

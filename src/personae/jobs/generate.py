@@ -130,6 +130,8 @@ def _from_infotext(text: str, source: Path) -> dict:
         data["pad_conds"] = "on"
     elif not ours:  # A1111's default: a prompt and negative prompt of different lengths drawn each over its own
         data["pad_conds"] = "off"
+    if "Hires schedule type" in p and "hires_sampler" not in data and "sampler" in data:
+        data["hires_sampler"] = data["sampler"]  # A1111 1.9+: the same sampler, on a schedule of its own
     for field, key in (("sampler", "Schedule type"), ("hires_sampler", "Hires schedule type")):
         joined = with_schedule_type(data.get(field, ""), p.get(key, "")) if field in data and p.get(key) else None
         if joined:
