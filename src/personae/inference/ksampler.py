@@ -217,8 +217,8 @@ class KDiffusionScheduler(SchedulerMixin, ConfigMixin):
             from personae.inference.brownian import BrownianNoise
             positive = self.sigmas[self.sigmas > 0]
             gens = self._generator if isinstance(self._generator, list) else [self._generator] * x.shape[0]
-            seeds = [getattr(g, "image_seed", None) or (g.initial_seed() if g is not None else
-                                                        int(torch.randint(0, 2 ** 63 - 1, []))) for g in gens]
+            seeds = [g.image_seed if hasattr(g, "image_seed") else g.initial_seed() if g is not None
+                     else int(torch.randint(0, 2 ** 63 - 1, [])) for g in gens]
             self._noise = BrownianNoise(x, positive.min(), self.sigmas.max(), seeds, getattr(gens[0], "source", "CPU"))
         return self._noise(sigma, sigma_next)
 
@@ -249,12 +249,10 @@ class KDiffusionScheduler(SchedulerMixin, ConfigMixin):
 
     def _heun(self, i, stage, x, denoised):
         sigma, nxt = self.sigmas[i], self.sigmas[i + 1]
-        if stage == 0:
-            d, dt = self._to_d(x, sigma, denoised), nxt - sigma
-            if nxt == 0:
-                return x + d * dt
+        if stage == 0:  # Euler to the next sigma: the answer on the last step, else the point of the second call
+            d = self._to_d(x, sigma, denoised)
             self._state.update(x=x, d=d)
-            return x + d * dt
+            return x + d * (nxt - sigma)
         d_2 = self._to_d(x, nxt, denoised)
         return self._state["x"] + (self._state["d"] + d_2) / 2 * (nxt - sigma)
 
