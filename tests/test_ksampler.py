@@ -233,6 +233,50 @@ def test_img2img_runs_a1111s_steps_from_a1111s_start(k, tiny_model, tiny_session
     assert (ours - theirs).abs().max().item() <= 2e-5 * theirs.abs().max().item()
 
 
+def test_inpainting_an_ordinary_model_is_a1111s(k, tiny_model, tiny_session, photo, tmp_path):
+    """A1111's inpainting with a 4-channel model: the kept part of every denoised estimate is the encoded picture
+    (its CFGDenoiser's init_latent x mask + nmask x denoised, the mask rounded at the latents' size), and so is the
+    kept part of the result; diffusers' inpainting pipeline blends noisy latents instead."""
+    from PIL import Image
+
+    from personae.inference.img2img import feathered_mask
+
+    drawn = Image.new("L", (64, 64))
+    drawn.paste(255, (16, 8, 48, 40))
+    drawn.save(tmp_path / "mask.png")
+    settings = _settings(tiny_model[0], sampler="Euler a", init_image=str(photo), mask=str(tmp_path / "mask.png"),
+                         strength=0.75, steps=8)
+    pipe = tiny_session.pipe
+    ours = _personae(tiny_session, settings)
+    # A1111's latent mask: the blurred mask at the latents' size (PIL's default filter), rounded
+    small = feathered_mask(settings.mask, (64, 64), settings.mask_blur).convert("RGB").resize((8, 8))
+    latmask = torch.from_numpy(np.around(np.asarray(small, dtype=np.float32)[..., 0] / 255))[None, None]
+    mask, nmask = 1.0 - latmask, latmask
+    with torch.no_grad():
+        image = pipe.image_processor.preprocess(Image.open(photo).convert("RGB"), height=64, width=64)
+        init = pipe.vae.encode(image).latent_dist.sample(generator=torch.Generator().manual_seed(settings.seed))
+        init = init * pipe.vae.config.scaling_factor
+    denoiser = _denoiser(k, pipe)
+    cond, uncond = pipe.encode_prompt(settings.prompt, "cpu", 1, True, settings.negative)
+
+    def cfg(x, sigma, **_):
+        d_cond, d_uncond = denoiser(torch.cat([x, x]), torch.cat([sigma, sigma]),
+                                    cond=torch.cat([cond, uncond])).chunk(2)
+        return init * mask + nmask * (d_uncond + (d_cond - d_uncond) * settings.cfg)
+
+    sigmas = denoiser.get_sigmas(settings.steps)
+    schedule = sigmas[settings.steps - int(0.75 * settings.steps) - 1:]
+    stream = torch.Generator().manual_seed(settings.seed)
+    x = init + torch.randn(SHAPE, generator=stream) * schedule[0]
+    with torch.no_grad():
+        final = k.sampling.sample_euler_ancestral(
+            cfg, x, schedule, disable=True, noise_sampler=lambda s, n: torch.randn(SHAPE, generator=stream))
+        final = final * nmask + init * mask
+        theirs = _decoder_input(pipe, lambda: pipe.vae.decode(final / pipe.vae.config.scaling_factor))
+    assert 4 < nmask.sum() < 60  # some of the latents redrawn, some kept
+    assert (ours - theirs).abs().max().item() <= 2e-5 * theirs.abs().max().item()
+
+
 @pytest.mark.parametrize("steps,strength", [(20, 0.75), (20, 0.7), (10, 0.3), (30, 0.999), (20, 1.0), (7, 0.05)])
 def test_img2img_step_plans_are_a1111s(tiny_model, steps, strength):
     """Through diffusers' own get_timesteps: img2img runs the last int(strength x steps) + 1 of `steps` sigmas;

@@ -32,7 +32,15 @@ from personae.data.control.mediapipe_models import native_quiet, solutions
 from personae.errors import UserError, did_you_mean
 from personae.events import EventHandler, Message, Progress, ignore
 from personae.inference.composable import composing, scheduled_prompts
-from personae.inference.img2img import crop_region, denoiser, feather, fit_region, paste_back, vae_roundtrip
+from personae.inference.img2img import (
+    crop_region,
+    denoiser,
+    feather,
+    fit_region,
+    mask_kwargs,
+    paste_back,
+    vae_roundtrip,
+)
 from personae.inference.ksampler import img2img_steps
 from personae.inference.rng import image_generators
 from personae.inference.samplers import get_sampler, with_schedule_type
@@ -233,9 +241,9 @@ def redraw_face(session, settings, picture: Image.Image, mask: Image.Image, prom
             return prompts.after_step(pipeline, step, kwargs)
 
         with composing(prompts, session.pipe.unet, pad=settings.pad_conds):  # AND composes there too
-            drawn = pipe(image=init, mask_image=crop_mask, width=width, height=height, **prompts.call_kwargs(),
-                         **img2img_steps(pipe.scheduler, steps, settings.ad_denoising_strength, fixed=settings.img2img_fix_steps),
-                         guidance_scale=cfg,
+            drawn = pipe(image=init, **mask_kwargs(pipe, crop_mask, width, height), **prompts.call_kwargs(),
+                         **img2img_steps(pipe.scheduler, steps, settings.ad_denoising_strength,
+                                         fixed=settings.img2img_fix_steps), guidance_scale=cfg,
                          generator=image_generators([seed % 2**64], settings.rng, settings.ensd),
                          callback_on_step_end=step_end).images[0]
     return paste_back(picture, drawn, region, full_mask)

@@ -56,11 +56,40 @@ def vae_roundtrip(pipe, image: Image.Image) -> Image.Image:
 
 
 def denoiser(session, init_image: Image.Image, mask: Image.Image | None, scheduler):
-    """The diffusers pipeline for this mode, built on the session's own modules (no copy) and `scheduler`."""
+    """The diffusers pipeline for this mode, built on the session's own modules (no copy) and `scheduler`.
+
+    Inpainting with an ordinary (4-channel) model and one of A1111's k-diffusion samplers is A1111's own: the img2img
+    pipeline, and the sampler keeps the picture in every denoised estimate outside the mask (a1111_latent_mask);
+    diffusers' inpainting pipeline (its way: the noisy latents blended each step) serves inpainting models (9
+    channels) and diffusers' samplers."""
     from diffusers import StableDiffusionImg2ImgPipeline, StableDiffusionInpaintPipeline
 
+    from personae.inference.ksampler import KDiffusionScheduler
+
+    if mask is not None and isinstance(scheduler, KDiffusionScheduler) and session.pipe.unet.config.in_channels == 4:
+        scheduler.inpaint = a1111_latent_mask(mask, session.pipe.vae_scale_factor)
+        mask = None
     cls = StableDiffusionInpaintPipeline if mask is not None else StableDiffusionImg2ImgPipeline
     return session.pipeline(cls, scheduler=scheduler)
+
+
+def mask_kwargs(pipe, mask: Image.Image | None, width: int, height: int) -> dict:
+    """The inpainting arguments of `pipe`'s call: the mask and the size for diffusers' inpainting pipeline, nothing
+    for the img2img pipeline that A1111's inpainting runs in (the sampler holds the mask)."""
+    import inspect
+
+    if mask is None or "mask_image" not in inspect.signature(type(pipe).__call__).parameters:
+        return {}
+    return {"mask_image": mask, "height": height, "width": width}
+
+
+def a1111_latent_mask(mask: Image.Image, scale: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A1111's (mask, nmask) for inpainting in latent space: the (blurred) mask resized to the latents' size as an RGB
+    picture (PIL's default filter), its first channel rounded to 0 or 1; nmask is that, mask 1 - it (what is kept)."""
+    small = mask.convert("RGB").resize((mask.width // scale, mask.height // scale))
+    latmask = np.around(np.asarray(small, dtype=np.float32)[..., 0] / 255)
+    latmask = torch.from_numpy(np.tile(latmask[None, None], (1, 4, 1, 1)))
+    return 1.0 - latmask, latmask
 
 
 def composite(original: Image.Image, generated: Image.Image, mask: Image.Image) -> Image.Image:

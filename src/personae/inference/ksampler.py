@@ -107,6 +107,10 @@ class KDiffusionScheduler(SchedulerMixin, ConfigMixin):
         self.timesteps = torch.zeros(0)
         self.num_inference_steps = None
         self._step_index = self._begin_index = None
+        # A1111's inpainting with an ordinary (4-channel) model: (mask, nmask) at the latents' size, mask 1 where the
+        # picture is kept; each denoised estimate is the encoded picture there, and so is the result (inpaint_like)
+        self.inpaint: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._init_latent: torch.Tensor | None = None
 
     # --- the plan: one entry per model call --------------------------------------------------------------------
 
@@ -184,6 +188,8 @@ class KDiffusionScheduler(SchedulerMixin, ConfigMixin):
         else:
             index = self._step_index if self._step_index is not None else self._begin_index
         sigma = self._calls[index][2].to(original_samples.device, original_samples.dtype)
+        if self.inpaint is not None and self._init_latent is None:  # the pipeline's first call: the encoded picture
+            self._init_latent = original_samples.float()
         return original_samples + noise * sigma
 
     def __len__(self):
@@ -203,11 +209,23 @@ class KDiffusionScheduler(SchedulerMixin, ConfigMixin):
             denoised = out * c_out + x * c_skip
         else:  # CompVisDenoiser: x + eps x c_out, c_out = -sigma
             denoised = x + out * -sigma
+        keep = self._inpaint_masks(x)
+        if keep is not None:  # A1111's CFGDenoiser: the kept part of every estimate is the picture
+            denoised = self._init_latent * keep[0] + keep[1] * denoised
         self._generator = generator
         x = getattr(self, "_" + self.kind.function.replace("_heun", ""))(i, stage, x, denoised)
         self._step_index += 1
+        if keep is not None and self._step_index == len(self._calls):  # and of the result
+            x = x * keep[1] + self._init_latent * keep[0]
         x = x.to(dtype)
         return SchedulerOutput(prev_sample=x) if return_dict else (x,)
+
+    def _inpaint_masks(self, x: torch.Tensor):
+        if self.inpaint is None:
+            return None
+        if self._init_latent is None:
+            raise RuntimeError("inpainting needs the encoded picture: the pipeline must start through add_noise")
+        return tuple(m.to(x.device, x.dtype) for m in self.inpaint)
 
     def _randn(self, x: torch.Tensor) -> torch.Tensor:
         return randn_tensor(x.shape, generator=self._generator, device=x.device, dtype=x.dtype)

@@ -43,6 +43,7 @@ from personae.inference.img2img import (
     denoiser,
     feathered_mask,
     fit_region,
+    mask_kwargs,
     open_image,
     paste_back,
     vae_roundtrip,
@@ -372,10 +373,11 @@ def txt2img(settings: GenerateSettings, session: Session | None = None, on_event
                     images = control_denoise(session, settings, controls, init, mask, (width, height), kwargs,
                                              scheduler, on_event)
             elif init is not None:
-                extra = {"mask_image": mask, "height": height, "width": width} if mask is not None else {}
+                redrawer = denoiser(session, init, mask, scheduler)
                 with first_pass:
                     steps = img2img_steps(scheduler, settings.steps, settings.strength, fixed=settings.img2img_fix_steps)
-                    images = denoiser(session, init, mask, scheduler)(image=init, **extra, **{**kwargs, **steps}).images
+                    images = redrawer(image=init, **mask_kwargs(redrawer, mask, width, height),
+                                      **{**kwargs, **steps}).images
             elif settings.hires_scale:
                 redraw_scheduler = hires_sampler.make(session.base_scheduler, settings.eta, settings.quantize)
                 redraw = denoiser(session, None, None, redraw_scheduler)
