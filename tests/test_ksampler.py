@@ -426,6 +426,25 @@ def test_a1111_schedule_types_are_read_with_their_samplers(tmp_path):
     assert "hires_sampler" not in _from_infotext(head + "Sampler: Euler a", tmp_path)
 
 
+def test_the_beta_schedules_parameters_are_said_only_when_not_a1111s_default(tmp_path):
+    from PIL import Image
+    from PIL.PngImagePlugin import PngInfo
+
+    from personae.jobs.generate import png_not_applied, settings_from_png
+
+    def notes(alpha: str) -> list[str]:
+        info = PngInfo()
+        info.add_text("parameters", "a cat\nSteps: 20, Sampler: Euler, Schedule type: Beta, Beta schedule alpha: "
+                                    f"{alpha}, Beta schedule beta: 0.6, CFG scale: 7, Seed: 1, Size: 64x64")
+        Image.new("RGB", (8, 8)).save(tmp_path / "beta.png", pnginfo=info)
+        data = settings_from_png(tmp_path / "beta.png")
+        assert data["sampler"] == "Euler Beta"
+        return png_not_applied(tmp_path / "beta.png", GenerateSettings(model="m", **data))
+
+    assert notes("0.6") == []
+    assert notes("0.5") == ['Beta schedule alpha "0.5"']
+
+
 def test_sde_noise_is_a_brownian_tree_per_image_seed(tiny_model, tiny_session):
     """Each image's SDE noise comes from its own seed's tree, so it does not depend on the batch it is drawn in
     (A1111's "batch determinism"); the GPU sources draw it too, the same each time."""
@@ -471,8 +490,8 @@ def test_a_zero_terminal_snr_v_prediction_model_samples_as_a1111s_zero_terminal_
     rescales the betas), its last value then A1111's 4.8973451890853435e-08, a finite largest sigma."""
     from diffusers import DDPMScheduler
 
-    config = {"beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear", "prediction_type": "v_prediction",
-              "rescale_betas_zero_snr": True}
+    config = {"beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear",
+              "prediction_type": "v_prediction", "rescale_betas_zero_snr": True}
     m = ModelSigmas(config)
     diffusers_abar = DDPMScheduler(**config).alphas_cumprod
     assert torch.allclose(m.sigmas[:-1], ((1 - diffusers_abar[:-1]) / diffusers_abar[:-1]) ** 0.5, rtol=1e-3)

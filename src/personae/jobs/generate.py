@@ -216,6 +216,17 @@ _READ_KEYS = {"Size", "Seed resize from", "Inpaint area", "Masked area padding",
               "Template", "Negative Template"}  # Dynamic Prompts' prompts as written: the PNG's prompts are drawn
 
 
+# A1111 keys whose value personae always draws with: said as not applied only when the picture used another
+_FIXED_VALUES = {"Beta schedule alpha": 0.6, "Beta schedule beta": 0.6}  # A1111's Beta schedule (sigmas.beta)
+
+
+def _at_our_value(key: str, value: str) -> bool:
+    try:
+        return key in _FIXED_VALUES and float(value) == _FIXED_VALUES[key]
+    except ValueError:
+        return False
+
+
 def _shown(key: str, value: str) -> str:
     value = " ".join(value.split())
     return f"{key} {json.dumps(value, ensure_ascii=False)}" if value and len(value) <= 32 else key
@@ -238,7 +249,8 @@ def png_not_applied(path: str | Path, settings: GenerateSettings, model_hash: st
                                     f"{next(iter(FACE_MODELS))} runs ADetailer's MediaPipe one)"
                                     if key == "ADetailer model" else "")
               for key, value in params.items()
-              if key not in known | {"TI hashes"} or (yolo and key.startswith("ADetailer "))]
+              if (key not in known | {"TI hashes"} and not _at_our_value(key, value))
+              or (yolo and key.startswith("ADetailer "))]
     if "TI hashes" in params:  # the embeddings the prompts named: each given, or found in --embeddings-dir
         named = [part.partition(":")[0].strip() for part in params["TI hashes"].strip('"').split(",") if part.strip()]
         have = {e.token or Path(e.path).stem for e in settings.embeddings}
