@@ -445,6 +445,43 @@ def test_the_beta_schedules_parameters_are_said_only_when_not_a1111s_default(tmp
     assert notes("0.5") == ['Beta schedule alpha "0.5"']
 
 
+def test_a1111s_emphasis_modes(tiny_model, tiny_session, tmp_path):
+    """A1111's "Emphasis": Original scales the weighted words and restores the chunk's mean; No norm only scales;
+    None ignores the weights. Written when not Original, read back; a mode personae lacks is said."""
+    from PIL import Image
+    from PIL.PngImagePlugin import PngInfo
+
+    from personae.cli.main import main
+    from personae.inference.session import open_session
+    from personae.inference.txt2img import txt2img
+    from personae.jobs.generate import png_not_applied, settings_from_png
+    from personae.media.png import parse_parameters, save_png
+
+    # the world's text encoder (the tiny one's output mean is ~0, where A1111's rescale says nothing)
+    assert main(["model", "world", str(tmp_path / "world")]) == 0
+    encoder = open_session(str(tmp_path / "world"), device="cpu").encoder
+    plain = encoder.encode("a red circle on a blue background").embeds
+    weighted = {mode: encoder.encode("a red (circle:1.5) on a blue background", emphasis=mode).embeds
+                for mode in ("Original", "No norm", "None")}
+    assert torch.equal(weighted["None"], plain)
+    assert not torch.allclose(weighted["No norm"], weighted["Original"])
+    assert torch.allclose(weighted["Original"].mean(), plain.mean(), atol=1e-5)  # the mean restored
+    assert not torch.allclose(weighted["No norm"].mean(), plain.mean(), atol=1e-5)
+    out = txt2img(_settings(tiny_model[0], prompt="a photo of a (cat:1.5)", steps=2, emphasis="No norm"),
+                  tiny_session)[0]
+    assert parse_parameters(out.parameters)[2]["Emphasis"] == "No norm"
+    save_png(out.image, tmp_path / "p.png", out.parameters)
+    assert settings_from_png(tmp_path / "p.png")["emphasis"] == "No norm"
+    original = txt2img(_settings(tiny_model[0], prompt="a photo of a (cat:1.5)", steps=2), tiny_session)[0]
+    assert "Emphasis" not in parse_parameters(original.parameters)[2]
+    info = PngInfo()
+    info.add_text("parameters", "a cat\nSteps: 2, Sampler: Euler, Seed: 1, Size: 64x64, Emphasis: Something new")
+    Image.new("RGB", (8, 8)).save(tmp_path / "a.png", pnginfo=info)
+    data = settings_from_png(tmp_path / "a.png")
+    assert "emphasis" not in data
+    assert png_not_applied(tmp_path / "a.png", GenerateSettings(model="m", **data)) == ['Emphasis "Something new"']
+
+
 def test_sde_noise_is_a_brownian_tree_per_image_seed(tiny_model, tiny_session):
     """Each image's SDE noise comes from its own seed's tree, so it does not depend on the batch it is drawn in
     (A1111's "batch determinism"); the GPU sources draw it too, the same each time."""

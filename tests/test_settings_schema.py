@@ -24,8 +24,8 @@ from personae.errors import UserError
 from personae.media.png import infotext_settings, infotext_values
 
 SRC = Path(__file__).resolve().parents[1] / "src"
-NEW_FIELD = '''    s_churn: float = setting(0.0, '"Sigma churn": a setting added by the test', infotext="Sigma churn", ge=0.0,
-                             le=1.0)
+NEW_FIELD = '''    s_churn: float = setting(0.0, '"Sigma churn": a setting added by the test', infotext="Sigma churn",
+                             ge=0.0, le=1.0)
 
 '''
 
@@ -67,7 +67,8 @@ clip = animate_cmd.settings_from_args(build_parser().parse_args(
     ["animate", "--model", tiny, "--prompt", "x", "--motion-adapter", "m", "--s-churn", "0.75"]))
 out["animate option"], out["animate infotext"] = clip.s_churn, infotext_values(clip).get("Sigma churn")
 out["generate exit"] = main(["generate", "--model", tiny, "--prompt", "a cat", "--steps", "2", "--width", "64",
-                             "--height", "64", "--seed", "3", "--s-churn", "0.125", "--out", str(work / "a"), "--quiet"])
+                             "--height", "64", "--seed", "3", "--s-churn", "0.125", "--out", str(work / "a"),
+                             "--quiet"])
 png = next((work / "a").glob("*.png"))
 out["png json"] = json.loads(read_png_text(png)["personae"])["s_churn"]
 out["png parameters"] = read_png_text(png)["parameters"]
@@ -103,7 +104,8 @@ def test_a_sampling_field_added_once_reaches_cli_help_yaml_png_and_from_png(tiny
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout.rsplit("RESULT ", 1)[1])
     for command in ("generate", "animate", "storyboard", "compare"):
-        assert "--s-churn S_CHURN" in out["help " + command] and '"Sigma churn": a setting added by the test' in out["help " + command]
+        assert "--s-churn S_CHURN" in out["help " + command]
+        assert '"Sigma churn": a setting added by the test' in out["help " + command]
     assert out["storyboard yaml"] == 0.5 and out["compare yaml"] == 0.25
     assert '"s_churn"' in out["out of bounds"] and "less than or equal to 1" in out["out of bounds"]
     assert out["animate option"] == 0.75 and out["animate infotext"] == 0.75
@@ -136,8 +138,8 @@ def test_generated_options_keep_the_names_users_know():
         "--batch-size", "--batch-count", "--init-image", "--strength", "--mask", "--mask-blur", "--control",
         "--hires-scale", "--hires-resize", "--hires-steps", "--hires-denoise", "--hires-upscaler", "--upscaler-dir",
         "--subseed", "--subseed-strength", "--seed-resize-from-w", "--seed-resize-from-h", "--rng", "--ensd", "--eta",
-        "--eta-ddim", "--quantize", "--img2img-fix-steps", "--pad-conds", "--hires-prompt", "--hires-negative",
-        "--hires-sampler", "--hires-cfg", "--inpaint-area", "--masked-padding",
+        "--eta-ddim", "--emphasis", "--quantize", "--img2img-fix-steps", "--pad-conds", "--hires-prompt",
+        "--hires-negative", "--hires-sampler", "--hires-cfg", "--inpaint-area", "--masked-padding",
         "--ad-model", "--ad-prompt", "--ad-negative-prompt", "--ad-confidence", "--ad-mask-k-largest",
         "--ad-dilate-erode", "--ad-mask-blur", "--ad-denoising-strength", "--no-ad-inpaint-only-masked",
         "--ad-inpaint-padding", "--ad-inpaint-width", "--ad-inpaint-height", "--ad-steps", "--ad-cfg-scale",

@@ -126,6 +126,10 @@ class OptionSettings(Concept):
     eta: float = setting(1.0, '"Eta noise multiplier for ancestral samplers" (infotext "Eta", written when not 1): the '
                               "share of fresh noise Euler a, DPM2 a, DPM++ 2S a and the SDE samplers add at each step; "
                               "0 makes them deterministic", ge=0, le=10)
+    emphasis: Literal["Original", "No norm", "None"] = setting(
+        "Original", '"Emphasis" (infotext "Emphasis", written when not Original): how (word:1.2) weights apply; '
+                    "Original scales the words' embeddings and restores the chunk's mean, as A1111 always did; No "
+                    "norm leaves the mean as scaled; None ignores the weights")
     quantize: bool = setting(False, '"Enable quantization in K samplers": the UNet is given each sigma\'s nearest '
                                     "whole training step instead of the fractional one (A1111's option, off by "
                                     "default; ComfyUI always samples so, and --from-png sets it for its pictures)",

@@ -62,8 +62,9 @@ class ComposablePrompts:
     ScheduledPrompts with the negative (its own schedule, encoded once per text), and the step the pass is at."""
 
     def __init__(self, encoder, parts: list[tuple[str, float]], negative: str, clip_skip: int, steps: int,
-                 batch: int, dtype):
-        self.parts = [ScheduledPrompts(encoder, text, negative, clip_skip, steps, batch, dtype) for text, _ in parts]
+                 batch: int, dtype, emphasis: str = "Original"):
+        self.parts = [ScheduledPrompts(encoder, text, negative, clip_skip, steps, batch, dtype, emphasis)
+                      for text, _ in parts]
         self.weights = [weight for _, weight in parts]
         self.batch, self.dtype = batch, dtype
         self.step = 0  # the sampler step of the pass: 0 as it starts (composing), then set by the step callback
@@ -119,12 +120,13 @@ class ComposablePrompts:
         return kwargs
 
 
-def scheduled_prompts(encoder, prompt: str, negative: str, clip_skip: int, steps: int, batch: int, dtype):
+def scheduled_prompts(encoder, prompt: str, negative: str, clip_skip: int, steps: int, batch: int, dtype,
+                      emphasis: str = "Original"):
     """ComposablePrompts for a prompt with AND (or a trailing weight), else the plain ScheduledPrompts."""
     parts = composable_parts(prompt)
     if parts is None:
-        return ScheduledPrompts(encoder, prompt, negative, clip_skip, steps, batch, dtype)
-    return ComposablePrompts(encoder, parts, negative, clip_skip, steps, batch, dtype)
+        return ScheduledPrompts(encoder, prompt, negative, clip_skip, steps, batch, dtype, emphasis)
+    return ComposablePrompts(encoder, parts, negative, clip_skip, steps, batch, dtype, emphasis)
 
 
 class _Composition:

@@ -5,7 +5,8 @@
 - A prompt longer than 75 tokens is not cut: it is split into chunks of 75, each
   encoded as its own 77-token sequence, and the embeddings are concatenated, as A1111
   does. The UNet's cross-attention takes any sequence length.
-- Weights scale the token embeddings, then the chunk is rescaled to keep its mean
+- Weights scale the token embeddings, then the chunk is rescaled to keep its mean (A1111's "Emphasis":
+  Original; "No norm" skips the rescale, "None" ignores the weights)
   (A1111's method), so `(word:1.0)` equals `word`.
 - Clip skip K uses the K-th hidden state from the end, passed through the final layer
   norm (K=1 is the normal output).
@@ -140,7 +141,7 @@ class PromptEncoder:
         return chunks
 
     @torch.no_grad()
-    def _encode_chunk(self, chunk: list[tuple[int, float]], clip_skip: int) -> torch.Tensor:
+    def _encode_chunk(self, chunk: list[tuple[int, float]], clip_skip: int, emphasis: str = "Original") -> torch.Tensor:
         bos, eos = self.tokenizer.bos_token_id, self.tokenizer.eos_token_id
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else eos
         ids = [bos] + [t for t, _ in chunk] + [eos]
@@ -148,14 +149,15 @@ class PromptEncoder:
         weights = torch.tensor([1.0] + [w for _, w in chunk] + [1.0] * (CHUNK + 1 - len(chunk)))
         device = getattr(self.pipe, "_execution_device", None) or self.text_encoder.device  # offloaded: the GPU
         z = clip_states(self.text_encoder, torch.tensor([ids], device=device), clip_skip)
-        if bool((weights != 1.0).any()):
+        if emphasis != "None" and bool((weights != 1.0).any()):  # A1111's "Emphasis": None ignores the weights
             weights = weights.to(device=z.device, dtype=z.dtype)
             original_mean = z.mean()
             z = z * weights[None, :, None]
-            z = z * mean_restoring_factor(original_mean, z)
+            if emphasis == "Original":  # "No norm" leaves the weighted chunk as it is
+                z = z * mean_restoring_factor(original_mean, z)
         return z
 
-    def encode(self, prompt: str, clip_skip: int = 1, min_chunks: int = 1) -> EncodedPrompt:
+    def encode(self, prompt: str, clip_skip: int = 1, min_chunks: int = 1, emphasis: str = "Original") -> EncodedPrompt:
         layers = self.text_encoder.config.num_hidden_layers
         if clip_skip > layers:
             from personae.errors import UserError
@@ -164,10 +166,11 @@ class PromptEncoder:
         chunks = self.token_chunks(prompt)
         own = len(chunks)
         chunks += [[]] * (min_chunks - len(chunks))
-        embeds = torch.cat([self._encode_chunk(c, clip_skip) for c in chunks], dim=1)
+        embeds = torch.cat([self._encode_chunk(c, clip_skip, emphasis) for c in chunks], dim=1)
         return EncodedPrompt(embeds, len(chunks), sum(len(c) for c in chunks), own)
 
-    def encode_pair(self, prompt: str, negative: str, clip_skip: int = 1) -> tuple[EncodedPrompt, EncodedPrompt]:
+    def encode_pair(self, prompt: str, negative: str, clip_skip: int = 1, emphasis: str = "Original"
+                    ) -> tuple[EncodedPrompt, EncodedPrompt]:
         """Positive and negative embeddings with the same number of chunks (padded with empty ones)."""
         n = max(len(self.token_chunks(prompt)), len(self.token_chunks(negative)))
-        return self.encode(prompt, clip_skip, n), self.encode(negative, clip_skip, n)
+        return self.encode(prompt, clip_skip, n, emphasis), self.encode(negative, clip_skip, n, emphasis)

@@ -89,8 +89,10 @@ class ScheduledPrompts:
     """The prompt and negative prompt of one sampling pass of `steps` steps, encoded per step as the schedules
     say (each distinct pair once), and the diffusers step callback that swaps them in as the pass goes on."""
 
-    def __init__(self, encoder, prompt: str, negative: str, clip_skip: int, steps: int, batch: int, dtype):
+    def __init__(self, encoder, prompt: str, negative: str, clip_skip: int, steps: int, batch: int, dtype,
+                 emphasis: str = "Original"):
         self.encoder, self.clip_skip, self.batch, self.dtype = encoder, clip_skip, batch, dtype
+        self.emphasis = emphasis
         self.prompts, self.negatives = prompt_schedule(prompt, steps), prompt_schedule(negative, steps)
         self._encoded: dict[tuple[str, str], tuple] = {}
         self.step = 0  # the sampler step of the pass: set by the step callback (and to 0 as a pass starts)
@@ -103,7 +105,7 @@ class ScheduledPrompts:
         """(positive, negative) EncodedPrompts for sampler step `step` (0-based)."""
         key = (text_at(self.prompts, step), text_at(self.negatives, step))
         if key not in self._encoded:
-            self._encoded[key] = self.encoder.encode_pair(key[0], key[1], self.clip_skip)
+            self._encoded[key] = self.encoder.encode_pair(key[0], key[1], self.clip_skip, self.emphasis)
         return self._encoded[key]
 
     def every_pair(self) -> list:

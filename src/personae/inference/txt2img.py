@@ -94,6 +94,7 @@ def infotext(settings: GenerateSettings, session: Session, seed: int, width: int
     params = {  # the settings that declare an A1111 name, then what this run resolved
         **infotext_values(settings), **uniform_said(settings.sampler),
         **get_sampler(settings.sampler).eta_said(settings.eta, settings.eta_ddim),
+        **({"Emphasis": settings.emphasis} if settings.emphasis != "Original" else {}),
         **(uniform_said(settings.hires_sampler, "Hires schedule type")
            if settings.hires_scale and settings.hires_sampler else {}),
         "Seed": seed,
@@ -314,11 +315,11 @@ def txt2img(settings: GenerateSettings, session: Session | None = None, on_event
     # composed by hooks on the UNet during each pass (inference/composable.py)
     n = settings.batch_size
     prompts = scheduled_prompts(session.encoder, settings.prompt, settings.negative, settings.clip_skip,
-                                sampler.prompt_steps(settings.steps), n, session.dtype)
+                                sampler.prompt_steps(settings.steps), n, session.dtype, settings.emphasis)
     hires_prompts = scheduled_prompts(session.encoder, hires_text or settings.prompt,
                                       settings.hires_negative or settings.negative, settings.clip_skip,
                                       hires_sampler.prompt_steps(settings.hires_steps or settings.steps), n,
-                                      session.dtype)
+                                      session.dtype, settings.emphasis)
     for positive, negative in prompts.every_pair() + (hires_prompts.every_pair() if settings.hires_scale else []):
         check_embeddings(positive.embeds)  # NaN from emphasis or an embedding file: said before any denoising
         check_embeddings(negative.embeds, "negative prompt")

@@ -112,6 +112,8 @@ def _from_infotext(text: str, source: Path) -> dict:
     except ValidationError:
         raise UserError(f'--from-png: {source} stores "Size: {sizes["Width"][:20]}x{sizes["Height"][:20]}", which is '
                         "not a size in pixels.", "Pass --width and --height on the command line instead.") from None
+    if p.get("Emphasis") in _READ_VALUES["Emphasis"]:  # A1111 writes it when not Original
+        data["emphasis"] = p["Emphasis"]
     for key, field in (("Eta", "eta"), ("Eta DDIM", "eta_ddim")):  # written only when not the sampler's default
         if key in p:
             try:
@@ -216,11 +218,14 @@ _READ_KEYS = {"Size", "Seed resize from", "Inpaint area", "Masked area padding",
               "Template", "Negative Template"}  # Dynamic Prompts' prompts as written: the PNG's prompts are drawn
 
 
-# A1111 keys whose value personae always draws with: said as not applied only when the picture used another
+# A1111 keys personae applies at some values only: said as not applied when the picture used another
 _FIXED_VALUES = {"Beta schedule alpha": 0.6, "Beta schedule beta": 0.6}  # A1111's Beta schedule (sigmas.beta)
+_READ_VALUES = {"Emphasis": ("Original", "No norm", "None")}
 
 
 def _at_our_value(key: str, value: str) -> bool:
+    if key in _READ_VALUES:
+        return value in _READ_VALUES[key]
     try:
         return key in _FIXED_VALUES and float(value) == _FIXED_VALUES[key]
     except ValueError:
