@@ -17,7 +17,7 @@ import torch
 
 from personae.config.generate import GenerateSettings
 from personae.inference.ksampler import KSAMPLERS, KDiffusionScheduler, img2img_steps
-from personae.inference.samplers import get_sampler, with_schedule_type
+from personae.inference.samplers import get_sampler, k_tuning, with_schedule_type
 from personae.inference.sigmas import AYS, SCHEDULES, ModelSigmas, schedule_sigmas
 
 SHAPE = (1, 4, 8, 8)  # the tiny model's latents at 64 px
@@ -327,6 +327,31 @@ def test_quantized_timesteps_are_k_diffusions_and_comfyuis(k, tiny_model, tiny_s
     assert off <= 2e-5 * theirs.abs().max().item()
     fractional = _personae(tiny_session, settings.model_copy(update={"quantize": False}))
     assert (fractional - theirs).abs().max().item() > 20 * off  # the whole steps are what agrees
+
+
+def test_a1111s_schedule_parameters_reach_the_sigmas_as_k_diffusions(k, tiny_model, tiny_session, tmp_path):
+    """A1111's "Schedule rho", "Schedule min sigma", "Schedule max sigma" and "Discard penultimate sigma": the
+    Karras sigmas k-diffusion gives for them, to the bit; written when set and read back."""
+    from personae.inference.txt2img import txt2img
+    from personae.jobs.generate import settings_from_png
+    from personae.media.png import parse_parameters, save_png
+
+    settings = _settings(tiny_model[0], sampler="DPM++ 2M Karras", schedule_rho=5.0, schedule_min_sigma=0.1,
+                         schedule_max_sigma=10.0, discard_penultimate=True)
+    scheduler = get_sampler(settings.sampler).make(_tiny_config(tiny_model), k_tuning(settings))
+    scheduler.set_timesteps(8)
+    theirs = k.sampling.get_sigmas_karras(9, 0.1, 10.0, rho=5.0)
+    assert torch.equal(scheduler.sigmas, torch.cat([theirs[:-2], theirs[-1:]]))
+    out = txt2img(settings.model_copy(update={"steps": 3}), tiny_session)[0]
+    params = parse_parameters(out.parameters)[2]
+    assert (params["Schedule rho"], params["Schedule min sigma"], params["Schedule max sigma"],
+            params["Discard penultimate sigma"]) == ("5", "0.1", "10", "True")
+    save_png(out.image, tmp_path / "p.png", out.parameters)
+    again = settings_from_png(tmp_path / "p.png")
+    assert (again["schedule_rho"], again["schedule_min_sigma"], again["schedule_max_sigma"],
+            again["discard_penultimate"]) == (5.0, 0.1, 10.0, True)
+    plain = txt2img(_settings(tiny_model[0], steps=3), tiny_session)[0]
+    assert not {"Schedule rho", "Discard penultimate sigma"} & set(parse_parameters(plain.parameters)[2])
 
 
 def test_the_unets_timesteps_are_k_diffusions_fractional_steps(k, tiny_model, tiny_session):

@@ -139,6 +139,19 @@ class OptionSettings(Concept):
                "last of a schedule of steps / strength (A1111's option, off by default: then int(strength x steps) + 1 "
                "of --steps run; ComfyUI's denoise works this way, and --from-png sets it for its pictures)",
         infotext="Img2img fix steps", infotext_if="img2img_fix_steps")
+    schedule_rho: float = setting(0.0, '"Schedule rho" (A1111\'s "rho" sampler parameter): the Karras and '
+                                       "Polyexponential schedules' rho; 0 is theirs (7 and 1)",
+                                  infotext="Schedule rho", infotext_if="schedule_rho", ge=0, le=100)
+    schedule_min_sigma: float = setting(0.0, '"Schedule min sigma" (A1111\'s "sigma min"): where the schedule ends '
+                                             "before 0; 0 is the model's lowest sigma",
+                                        infotext="Schedule min sigma", infotext_if="schedule_min_sigma", ge=0)
+    schedule_max_sigma: float = setting(0.0, '"Schedule max sigma" (A1111\'s "sigma max"): where the schedule starts; '
+                                             "0 is the model's highest sigma",
+                                        infotext="Schedule max sigma", infotext_if="schedule_max_sigma", ge=0)
+    discard_penultimate: bool = setting(False, '"Always discard next-to-last sigma" (infotext "Discard penultimate '
+                                               'sigma"): one step more is scheduled and its next-to-last sigma '
+                                               "dropped, as DPM2 and DPM++ 3M SDE always do",
+                                        infotext="Discard penultimate sigma", infotext_if="discard_penultimate")
     eta_ddim: float = setting(0.0, '"Eta for DDIM" (infotext "Eta DDIM", written when not 0): DDIM\'s step noise; 0 '
                                    "is deterministic DDIM, 1 is DDPM-like", ge=0, le=10)
 

@@ -43,7 +43,7 @@ from personae.inference.img2img import (
 )
 from personae.inference.ksampler import img2img_steps
 from personae.inference.rng import image_generators
-from personae.inference.samplers import get_sampler, with_schedule_type
+from personae.inference.samplers import get_sampler, k_tuning, with_schedule_type
 from personae.models.lora_dir import lora_tags
 
 # ADetailer's MediaPipe models: name -> what it finds
@@ -226,7 +226,7 @@ def redraw_face(session, settings, picture: Image.Image, mask: Image.Image, prom
         region = fit_region(found, width, height, picture.size)
     init = picture.crop(region).resize((width, height), Image.Resampling.LANCZOS)
     crop_mask = full_mask.crop(region).resize((width, height), Image.Resampling.LANCZOS)
-    pipe = denoiser(session, init, crop_mask, sampler.make(session.base_scheduler, settings.eta, settings.quantize))
+    pipe = denoiser(session, init, crop_mask, sampler.make(session.base_scheduler, k_tuning(settings)))
     if settings.ad_denoising_strength == 0:  # nothing to redraw: the face as the VAE gives it
         drawn = vae_roundtrip(pipe, init)
     else:

@@ -97,7 +97,8 @@ class KDiffusionScheduler(SchedulerMixin, ConfigMixin):
     def __init__(self, num_train_timesteps: int = 1000, beta_start: float = 0.00085, beta_end: float = 0.012,
                  beta_schedule: str = "scaled_linear", trained_betas=None, prediction_type: str = "epsilon",
                  rescale_betas_zero_snr: bool = False, sampler: str = "Euler", schedule: str = "Automatic",
-                 eta: float = 1.0, s_noise: float = 1.0, sdxl: bool = False, quantize: bool = False):
+                 eta: float = 1.0, s_noise: float = 1.0, sdxl: bool = False, quantize: bool = False,
+                 rho: float = 0.0, sigma_min: float = 0.0, sigma_max: float = 0.0, discard_penultimate: bool = False):
         self.kind = KSAMPLERS[sampler]
         self.schedule = self.kind.schedule if schedule == "Automatic" else schedule
         if self.schedule not in SCHEDULES:
@@ -116,8 +117,10 @@ class KDiffusionScheduler(SchedulerMixin, ConfigMixin):
 
     def set_timesteps(self, num_inference_steps: int, device=None):
         self.num_inference_steps = num_inference_steps
-        self.sigmas = schedule_sigmas(self.schedule, num_inference_steps, self.model, self.config.sdxl,
-                                      self.kind.discard_penultimate)
+        c = self.config
+        self.sigmas = schedule_sigmas(self.schedule, num_inference_steps, self.model, c.sdxl,
+                                      self.kind.discard_penultimate or c.discard_penultimate, c.rho, c.sigma_min,
+                                      c.sigma_max)
         self._calls: list[tuple[int, int, torch.Tensor]] = []  # (step, stage, sigma the model sees)
         for i in range(len(self.sigmas) - 1):
             self._calls.append((i, 0, self.sigmas[i]))

@@ -51,7 +51,7 @@ class Sampler:
             return {"Eta DDIM": eta_ddim}
         return {}
 
-    def make(self, base_config: dict, eta: float = 1.0, quantize: bool = False) -> SchedulerMixin:
+    def make(self, base_config: dict, tuning: dict | None = None) -> SchedulerMixin:
         """A fresh scheduler built on the model's own noise schedule (betas, timesteps).
 
         Options that tell samplers apart are always set, so a model whose shipped scheduler
@@ -62,7 +62,7 @@ class Sampler:
         options.update(self.options)
         if self.scheduler is KDiffusionScheduler:  # it reads the noise schedule alone: the rest would be warned of
             base_config = {k: v for k, v in base_config.items() if k in accepted}
-            options.update(eta=eta, quantize=quantize)
+            options.update(tuning or {})
         return self.scheduler.from_config(base_config, **options)
 
 
@@ -179,6 +179,14 @@ def uniform_said(name: str, key: str = "Schedule type") -> dict[str, str]:
             and KSAMPLERS[sampler.options["sampler"]].schedule != "Uniform":
         return {key: "Uniform"}
     return {}
+
+
+def k_tuning(settings) -> dict:
+    """A1111's options that reach a k-diffusion sampler, from `settings` (those without them keep A1111's defaults):
+    Eta, K-sampler quantization, Schedule rho / min sigma / max sigma, Discard penultimate sigma."""
+    names = {"eta": "eta", "quantize": "quantize", "rho": "schedule_rho", "sigma_min": "schedule_min_sigma",
+             "sigma_max": "schedule_max_sigma", "discard_penultimate": "discard_penultimate"}
+    return {option: getattr(settings, field) for option, field in names.items() if hasattr(settings, field)}
 
 
 def with_schedule_type(sampler: str, schedule: str) -> str | None:

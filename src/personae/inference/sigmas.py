@@ -167,12 +167,19 @@ SCHEDULES = {"Uniform": uniform, "Karras": karras, "Exponential": exponential, "
              "Simple": simple, "Normal": normal, "DDIM": ddim, "Beta": beta}
 
 
-def schedule_sigmas(schedule: str, n: int, m: ModelSigmas, sdxl: bool = False, discard_penultimate: bool = False
-                    ) -> torch.Tensor:
+DEFAULT_RHO = {"Karras": 7.0, "Polyexponential": 1.0}  # the schedules that take A1111's "Schedule rho"
+
+
+def schedule_sigmas(schedule: str, n: int, m: ModelSigmas, sdxl: bool = False, discard_penultimate: bool = False,
+                    rho: float = 0.0, sigma_min: float = 0.0, sigma_max: float = 0.0) -> torch.Tensor:
     """The n + 1 sigmas of n steps (A1111's KDiffusionSampler.get_sigmas): with `discard_penultimate` (DPM2, DPM2 a,
-    DPM++ 3M SDE), one step more is scheduled and its next-to-last sigma dropped."""
+    DPM++ 3M SDE, or A1111's "Always discard next-to-last sigma"), one step more is scheduled and its next-to-last
+    sigma dropped. A1111's "Schedule rho", "Schedule min sigma" and "Schedule max sigma": 0 is the schedule's own
+    rho and the model's lowest and highest sigma (Uniform takes none of them)."""
     steps = n + 1 if discard_penultimate else n
-    sigmas = SCHEDULES[schedule](steps, m, m.sigma_min, m.sigma_max, sdxl).float()
+    lo, hi = sigma_min or m.sigma_min, sigma_max or m.sigma_max
+    extra = {"rho": rho} if rho and schedule in DEFAULT_RHO else {}
+    sigmas = SCHEDULES[schedule](steps, m, lo, hi, sdxl, **extra).float()
     if discard_penultimate:
         sigmas = torch.cat([sigmas[:-2], sigmas[-1:]])
     return sigmas

@@ -53,7 +53,7 @@ from personae.inference.nans import check_embeddings, nan_guard
 from personae.inference.prompt import with_styles
 from personae.inference.prompt_schedule import ScheduledPrompts
 from personae.inference.rng import image_generators
-from personae.inference.samplers import get_sampler, uniform_said
+from personae.inference.samplers import get_sampler, k_tuning, uniform_said
 from personae.inference.session import Session, open_session
 from personae.inference.variation import variation_generators
 from personae.media.png import format_parameters, infotext_values
@@ -308,7 +308,7 @@ def txt2img(settings: GenerateSettings, session: Session | None = None, on_event
             init = original.crop(region).resize((width, height), Image.Resampling.LANCZOS)
             mask = full_mask.crop(region).resize((width, height), Image.Resampling.LANCZOS)
     # 3. the sampler, built on the model's own noise schedule, in a pipeline of this call's own
-    scheduler = sampler.make(session.base_scheduler, settings.eta, settings.quantize)
+    scheduler = sampler.make(session.base_scheduler, k_tuning(settings))
     pipe = session.pipeline(scheduler=scheduler)
     # 4. encode prompts: weighted, chunked by 75 tokens, clip skip; A1111's prompt editing ([a:b:0.5], [a|b]): each
     # text the schedule reaches encoded once, swapped in by the step callback; A1111's AND: each part on its own,
@@ -380,7 +380,7 @@ def txt2img(settings: GenerateSettings, session: Session | None = None, on_event
                     images = redrawer(image=init, **mask_kwargs(redrawer, mask, width, height),
                                       **{**kwargs, **steps}).images
             elif settings.hires_scale:
-                redraw_scheduler = hires_sampler.make(session.base_scheduler, settings.eta, settings.quantize)
+                redraw_scheduler = hires_sampler.make(session.base_scheduler, k_tuning(settings))
                 redraw = denoiser(session, None, None, redraw_scheduler)
                 if upscaler is not None:
                     upscaler.net.to(session.device)
