@@ -1,7 +1,7 @@
 """The SDE samplers' noise (DPM++ SDE, DPM++ 2M SDE, DPM++ 3M SDE), drawn as A1111 draws it.
 
-k-diffusion's BrownianTreeNoiseSampler, which A1111 gives these samplers with the images' seeds ("batch
-determinism"): one torchsde Brownian tree per image, seeded with the image's seed, between the schedule's lowest and
+k-diffusion's BrownianTreeNoiseSampler (diffusers ships the same class, used here), which A1111 gives these samplers
+with the images' seeds ("batch determinism"): one torchsde Brownian tree per image, seeded with the image's seed, between the schedule's lowest and
 highest sigma; the noise of a step from sigma to sigma_next is the tree's increment over that interval divided by
 its square root. So a picture's noise does not depend on the batch it was drawn in.
 
@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from contextlib import contextmanager
 
 import torch
-import torchsde
+from diffusers.schedulers.scheduling_dpmsolver_sde import BrownianTreeNoiseSampler
 from torchsde._brownian import brownian_interval
 
 from personae.inference.rng import gpu_randn
@@ -52,20 +52,16 @@ def _drawing(source: str):
 
 
 class BrownianNoise:
-    """noise(sigma, sigma_next): unit-variance noise for a step, one Brownian tree per image of `x`'s batch."""
+    """noise(sigma, sigma_next): unit-variance noise for a step, one Brownian tree per image of `x`'s batch:
+    diffusers' BrownianTreeNoiseSampler (k-diffusion's, which A1111 uses), drawn from `source`."""
 
     def __init__(self, x: torch.Tensor, sigma_min, sigma_max, seeds: Sequence[int], source: str = "CPU"):
         _route()
         self.source = source
-        w0 = torch.zeros_like(x[0])
-        low, high = torch.as_tensor(sigma_min), torch.as_tensor(sigma_max)
         with _drawing(source):
-            self.trees = [torchsde.BrownianTree(low, w0, high, entropy=int(s)) for s in seeds]
+            self.sampler = BrownianTreeNoiseSampler(x, sigma_min, sigma_max, seed=[int(s) for s in seeds])
 
     def __call__(self, sigma, sigma_next) -> torch.Tensor:
-        a, b = torch.as_tensor(sigma), torch.as_tensor(sigma_next)
-        low, high, sign = (a, b, 1) if a < b else (b, a, -1)
         with _drawing(self.source), warnings.catch_warnings():
             warnings.filterwarnings("ignore", "Should have", UserWarning)  # torchsde: its ends held in float64
-            w = torch.stack([tree(low, high) for tree in self.trees]) * sign
-        return w / (b - a).abs().sqrt()
+            return self.sampler(sigma, sigma_next)
