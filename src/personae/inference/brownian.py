@@ -1,9 +1,10 @@
 """The SDE samplers' noise (DPM++ SDE, DPM++ 2M SDE, DPM++ 3M SDE), drawn as A1111 draws it.
 
-k-diffusion's BrownianTreeNoiseSampler (diffusers ships the same class, used here), which A1111 gives these samplers
-with the images' seeds ("batch determinism"): one torchsde Brownian tree per image, seeded with the image's seed, between the schedule's lowest and
-highest sigma; the noise of a step from sigma to sigma_next is the tree's increment over that interval divided by
-its square root. So a picture's noise does not depend on the batch it was drawn in.
+k-diffusion's BrownianTreeNoiseSampler (diffusers ships the same class, used here), which A1111 gives these
+samplers with the images' seeds ("batch determinism"): one torchsde Brownian tree per image, seeded with the
+image's seed, between the schedule's lowest and highest sigma; the noise of a step from sigma to sigma_next is the
+tree's increment over that interval divided by its square root. So a picture's noise does not depend on the batch
+it was drawn in.
 
 torchsde draws its normals with a generator on the device of the latents. A1111 on an NVIDIA GPU therefore gets
 CUDA's numbers here, whatever its RNG setting says; with `source` GPU or NV the tree's draws are CUDA's numbers
