@@ -66,6 +66,17 @@ def _open(browser, url):
     return page
 
 
+def _dropped(browser, url, png, prompt: str):
+    """A fresh page with `png` dropped on its PNG box, once the form holds the PNG's prompt (asserted)."""
+    page = _open(browser, url)
+    page.locator("#png-drop input[type=file]").set_input_files(str(png))
+    deadline = time.time() + 30
+    while page.locator("#field-prompt textarea").input_value() != prompt and time.time() < deadline:
+        page.wait_for_timeout(250)
+    assert page.locator("#field-prompt textarea").input_value() == prompt
+    return page
+
+
 def _tab(page, name):
     page.get_by_role("tab", name=name, exact=True).click()
     page.wait_for_timeout(300)
@@ -161,12 +172,7 @@ def test_generate_shows_an_image_that_is_not_blank(server, browser, workspace):
     page.close()
     # dropping that PNG on a fresh page fills the form from the settings it carries
     made = sorted((workspace / "outputs" / "generate").rglob("*.png"))[0]
-    page = _open(browser, server[1])
-    page.locator("#png-drop input[type=file]").set_input_files(str(made))
-    deadline = time.time() + 30
-    while page.locator("#field-prompt textarea").input_value() != "a photo of a cat" and time.time() < deadline:
-        page.wait_for_timeout(250)
-    assert page.locator("#field-prompt textarea").input_value() == "a photo of a cat"
+    page = _dropped(browser, server[1], made, "a photo of a cat")
     assert page.locator("#field-seed input, #field-seed textarea").first.input_value() == "7"
     assert page.locator("#field-steps input[type=number]").input_value() == "4"
     page.close()
@@ -181,12 +187,7 @@ def test_a_comfyui_png_dropped_fills_the_form_with_its_64_bit_seed(server, brows
     graph = default_graph(seed=seed, steps=5, sampler_name="dpmpp_2m", scheduler="karras", cfg=6.5)
     graph["6"]["inputs"]["text"] = "a (red:1.2) fox"
     png = comfy_png(tmp_path / "ComfyUI_00001_.png", graph)
-    page = _open(browser, server[1])
-    page.locator("#png-drop input[type=file]").set_input_files(str(png))
-    deadline = time.time() + 30
-    while page.locator("#field-prompt textarea").input_value() != "a (red:1.2) fox" and time.time() < deadline:
-        page.wait_for_timeout(250)
-    assert page.locator("#field-prompt textarea").input_value() == "a (red:1.2) fox"
+    page = _dropped(browser, server[1], png, "a (red:1.2) fox")
     assert page.locator("#field-seed input, #field-seed textarea").first.input_value() == str(seed)
     assert page.locator("#field-steps input[type=number]").input_value() == "5"
     assert page.locator("#field-sampler input").input_value() == "DPM++ 2M Karras"
