@@ -96,3 +96,118 @@ def test_only_masked_draws_the_region_alone_at_the_full_size_and_pastes_it_back(
 
     with pytest.raises(UserError, match="no --mask is given"):
         txt2img(s.model_copy(update={"mask": None}), tiny_session)
+
+
+def _gaussian_rows(pixels: np.ndarray, sigma: float, axis: int) -> np.ndarray:
+    """A Gaussian of `sigma` along `axis` over A1111's 2 x int(2.5 sigma + 0.5) + 1 taps, the border mirrored without
+    repeating the edge pixel (OpenCV's default), written out here as the reference."""
+    half = int(2.5 * sigma + 0.5)
+    taps = np.exp(-0.5 * (np.arange(-half, half + 1) / sigma) ** 2)
+    taps /= taps.sum()
+    padded = np.pad(pixels.astype(np.float64), [(half, half) if a == axis else (0, 0) for a in range(2)],
+                    mode="reflect")
+    out = np.zeros(pixels.shape)
+    for i, w in enumerate(taps):
+        out += w * np.take(padded, range(i, i + pixels.shape[axis]), axis=axis)
+    return out
+
+
+def test_mask_blur_masks_and_overlay_are_a1111s(tmp_path):
+    """A1111's inpainting mask: "Mask blur" is a Gaussian of sigma = blur across then down (OpenCV, its kernel size),
+    at the mask's own size before the resize; a picture with transparency is its alpha channel (> 128); "Inpaint not
+    masked" inverts; inpainting the whole picture keeps the original where the doubled mask is black."""
+    from personae.inference.img2img import composite, feather, load_mask, overlay_mask
+
+    square = np.zeros((48, 40), np.uint8)
+    square[10:30, 12:28] = 255
+    for blur in (1, 4, 7):
+        ours = np.asarray(feather(Image.fromarray(square), blur), dtype=np.float64)
+        across = np.clip(np.round(_gaussian_rows(square, blur, 1)), 0, 255)
+        reference = _gaussian_rows(across, blur, 0)
+        assert np.abs(ours - reference).max() <= 2.0, blur  # PIL's blur: 2.5-11.7 off; OpenCV's own size: 3.9
+        assert 0 < ours[10, 20] < ours[20, 20] and (blur > 1 or (ours[20, 20] == 255 and ours[0, 0] == 0))
+    Image.fromarray(square).save(tmp_path / "m.png")
+    big = Image.fromarray(square).resize((80, 96), Image.Resampling.NEAREST)
+    big.save(tmp_path / "big.png")
+    loaded = load_mask(str(tmp_path / "big.png"), (40, 48), 4)  # feathered at 80 x 96, then resized
+    assert loaded.size == (40, 48)
+    assert np.abs(np.asarray(loaded, np.int16) - np.asarray(feather(big, 4).resize((40, 48), Image.Resampling.LANCZOS),
+                                                            np.int16)).max() == 0
+    assert np.abs(np.asarray(loaded, np.int16) - np.asarray(feather(Image.fromarray(square), 4), np.int16)).max() > 8
+    inverted = np.asarray(load_mask(str(tmp_path / "m.png"), (40, 48), 0, invert=True))
+    assert inverted[20, 20] == 0 and inverted[0, 0] == 255
+    rgba = np.zeros((48, 40, 4), np.uint8)
+    rgba[..., :3] = 255  # white everywhere: only the alpha says where
+    rgba[10:30, 12:28, 3] = 200
+    rgba[30:34, 12:28, 3] = 100  # painted faintly: not part of the mask (A1111 rounds at 128)
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "painted.png")
+    assert np.array_equal(np.asarray(load_mask(str(tmp_path / "painted.png"), (40, 48), 0)), square)
+    opaque = rgba.copy()
+    opaque[..., 3] = 255
+    opaque[10:30, 12:28, :3] = 0
+    Image.fromarray(opaque, "RGBA").save(tmp_path / "opaque.png")  # no transparency: its grey levels
+    assert np.array_equal(np.asarray(load_mask(str(tmp_path / "opaque.png"), (40, 48), 0)), 255 - square)
+    levels = Image.fromarray(np.tile(np.arange(0, 256, 4, dtype=np.uint8), (4, 1)))
+    original, drawn = Image.new("RGB", levels.size, (0, 0, 0)), Image.new("RGB", levels.size, (200, 200, 200))
+    mixed = _px(composite(original, drawn, overlay_mask(levels)))[0, :, 0]
+    expected = np.minimum(2 * np.arange(0, 256, 4), 255) / 255 * 200
+    assert np.abs(mixed - expected).max() <= 1  # the redrawn part at full strength from the feather's middle on
+
+
+def test_masked_content_fill_paints_the_mask_with_the_colours_around_it():
+    from personae.inference.img2img import fill_masked
+
+    picture = np.zeros((64, 64, 3), np.uint8)
+    picture[:, :32] = (200, 40, 40)  # red left, blue right, a white square over the seam
+    picture[:, 32:] = (40, 40, 200)
+    picture[20:44, 20:44] = 255
+    mask = np.zeros((64, 64), np.uint8)
+    mask[20:44, 20:44] = 255
+    filled = _px(fill_masked(Image.fromarray(picture), Image.fromarray(mask)))
+    assert np.array_equal(filled[mask == 0], picture[mask == 0])  # the rest kept
+    inside = filled[22:42, 22:42]
+    assert inside.max() < 215 and inside[..., 1].max() < 60  # no white left: red and blue around it
+    assert inside[:, 0, 0].mean() > inside[:, 0, 2].mean() + 40  # reddish on the red side
+    assert inside[:, -1, 2].mean() > inside[:, -1, 0].mean() + 40  # bluish on the blue side
+
+
+def test_masked_content_and_mask_mode_draw_and_are_written_and_read_as_a1111s(tmp_path, tiny_model, tiny_session):
+    """"Masked content" changes only what the redrawn part starts from, with a k-diffusion sampler and with a
+    diffusers one (DDIM); "Inpaint not masked" keeps the white part. Both are written as A1111 writes them (only when
+    not the default) and read back from the PNG."""
+    from personae.jobs.generate import png_not_applied, settings_from_png
+    from personae.media.png import parse_parameters, save_png
+
+    init = tmp_path / "init.png"
+    draw_star(64, BACKGROUNDS["green"], 0.6, (0, 0)).save(init)
+    mask = Image.new("L", (64, 64), 0)
+    mask.paste(255, (0, 0, 32, 64))  # the left half
+    mask.save(tmp_path / "mask.png")
+    original = _px(Image.open(init).convert("RGB"))
+    for sampler in ("Euler a", "DDIM"):
+        runs = {content: txt2img(_settings(tiny_model[0], init, strength=0.6, mask=str(tmp_path / "mask.png"),
+                                           mask_blur=2, sampler=sampler, masked_content=content), tiny_session)[0]
+                for content in ("original", "fill", "latent noise", "latent nothing")}
+        base = _px(runs["original"].image)
+        for content, out in runs.items():
+            result = _px(out.image)
+            assert np.abs(result[:, 40:] - original[:, 40:]).max() <= 1, (sampler, content)  # the rest kept
+            if content != "original":
+                assert np.abs(result[:, :24] - base[:, :24]).mean() > 3, (sampler, content)  # another start
+                assert parse_parameters(out.parameters)[2]["Masked content"] == content
+            else:
+                assert "Masked content" not in out.parameters
+    inverted = txt2img(_settings(tiny_model[0], init, strength=1.0, mask=str(tmp_path / "mask.png"), mask_blur=2,
+                                 mask_invert=True, masked_content="latent nothing"), tiny_session)[0]
+    result = _px(inverted.image)
+    assert np.abs(result[:, :24] - original[:, :24]).max() <= 1  # the white half kept
+    assert np.abs(result[:, 40:] - original[:, 40:]).mean() > 10  # the black half redrawn
+    assert "Mask mode: Inpaint not masked" in inverted.parameters
+    save_png(inverted.image, tmp_path / "a1111.png", inverted.parameters.replace("personae", "v1.10.1"))
+    data = settings_from_png(tmp_path / "a1111.png")
+    assert data["masked_content"] == "latent nothing" and data["mask_invert"] is True
+    strange = inverted.parameters.replace("latent nothing", "latent everything").replace("personae", "v1.10.1")
+    save_png(inverted.image, tmp_path / "strange.png", strange)
+    assert "masked_content" not in settings_from_png(tmp_path / "strange.png")
+    said = png_not_applied(tmp_path / "strange.png", GenerateSettings(model=str(tiny_model[0]), prompt="x"))
+    assert any("Masked content" in item for item in said)

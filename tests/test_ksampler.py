@@ -233,29 +233,38 @@ def test_img2img_runs_a1111s_steps_from_a1111s_start(k, tiny_model, tiny_session
     assert (ours - theirs).abs().max().item() <= 2e-5 * theirs.abs().max().item()
 
 
-def test_inpainting_an_ordinary_model_is_a1111s(k, tiny_model, tiny_session, photo, tmp_path):
+@pytest.mark.parametrize("content", ["original", "fill", "latent noise", "latent nothing"])
+def test_inpainting_an_ordinary_model_is_a1111s(k, tiny_model, tiny_session, photo, tmp_path, content):
     """A1111's inpainting with a 4-channel model: the kept part of every denoised estimate is the encoded picture
     (its CFGDenoiser's init_latent x mask + nmask x denoised, the mask rounded at the latents' size), and so is the
-    kept part of the result; diffusers' inpainting pipeline blends noisy latents instead."""
+    kept part of the result; diffusers' inpainting pipeline blends noisy latents instead. "Masked content" other
+    than original encodes the filled picture; latent noise / nothing then replace its masked latents by the seed's
+    first draw (the starting noise) or zeros."""
     from PIL import Image
 
-    from personae.inference.img2img import feathered_mask
+    from personae.inference.img2img import fill_masked, load_mask
 
     drawn = Image.new("L", (64, 64))
     drawn.paste(255, (16, 8, 48, 40))
     drawn.save(tmp_path / "mask.png")
     settings = _settings(tiny_model[0], sampler="Euler a", init_image=str(photo), mask=str(tmp_path / "mask.png"),
-                         strength=0.75, steps=8)
+                         strength=0.75, steps=8, masked_content=content)
     pipe = tiny_session.pipe
     ours = _personae(tiny_session, settings)
     # A1111's latent mask: the blurred mask at the latents' size (PIL's default filter), rounded
-    small = feathered_mask(settings.mask, (64, 64), settings.mask_blur).convert("RGB").resize((8, 8))
+    blurred = load_mask(settings.mask, (64, 64), settings.mask_blur)
+    small = blurred.convert("RGB").resize((8, 8))
     latmask = torch.from_numpy(np.around(np.asarray(small, dtype=np.float32)[..., 0] / 255))[None, None]
     mask, nmask = 1.0 - latmask, latmask
+    picture = Image.open(photo).convert("RGB").resize((64, 64), Image.Resampling.LANCZOS)
+    if content != "original":
+        picture = fill_masked(picture, blurred)
     with torch.no_grad():
-        image = pipe.image_processor.preprocess(Image.open(photo).convert("RGB"), height=64, width=64)
+        image = pipe.image_processor.preprocess(picture, height=64, width=64)
         init = pipe.vae.encode(image).latent_dist.sample(generator=torch.Generator().manual_seed(settings.seed))
         init = init * pipe.vae.config.scaling_factor
+    first = torch.randn(SHAPE, generator=torch.Generator().manual_seed(settings.seed))
+    init = {"latent noise": init * mask + first * nmask, "latent nothing": init * mask}.get(content, init)
     denoiser = _denoiser(k, pipe)
     cond, uncond = pipe.encode_prompt(settings.prompt, "cpu", 1, True, settings.negative)
 

@@ -211,6 +211,12 @@ class Img2ImgSettings(Concept):
                                      "(needs --init-image)", metavar="MASK")
     mask_blur: int = setting(4, '"Mask blur": feathering of the mask edge, in pixels', infotext="Mask blur",
                              infotext_if="mask", ge=0, le=64)
+    mask_invert: bool = setting(False, '"Mask mode: Inpaint not masked": redraw the black part of --mask and keep '
+                                       "the white")
+    masked_content: Literal["original", "fill", "latent noise", "latent nothing"] = setting(
+        "original", '"Masked content": what the redrawn part starts from: original (the picture), fill (the colours '
+                    "around the mask blurred into it), latent noise (noise, for something new at high --strength) "
+                    "or latent nothing (zeros)")
     inpaint_area: Literal["whole", "masked"] = setting(
         "whole", '"Inpaint area": whole (the picture drawn at --width x --height) or masked (A1111\'s "Only masked": '
                  "the mask's region and --masked-padding around it cut out, drawn at --width x --height and pasted "

@@ -16,19 +16,26 @@ from PIL import Image, ImageFilter, ImageOps
 from personae.errors import UserError
 
 
-def open_image(path: str, what: str, size: tuple[int, int] | None = None) -> Image.Image:
+def _read(path: str, what: str, mode: str | None = "RGB") -> Image.Image:
+    """The picture at `path`, turned upright by its EXIF orientation, in `mode` (None: the file's own)."""
     p = Path(path).expanduser()
     if not p.is_file():
         raise UserError(f"The {what} {p} does not exist.")
     try:
         with Image.open(p) as im:
             im = ImageOps.exif_transpose(im) or im
-            image = im.convert("RGB")
+            image = im.convert(mode) if mode else im.copy()
+            image.load()
     except Image.DecompressionBombError as exc:
         raise UserError(f"The {what} {p} is too large to decode safely ({exc.args[0].split(' exceeds')[0]}).",
                         "Use a smaller image (a few thousand pixels a side is plenty).") from None
     except (OSError, SyntaxError, ValueError) as exc:  # PIL reports damaged files as these
         raise UserError(f"The {what} {p} is not a readable image ({exc}).") from None
+    return image
+
+
+def open_image(path: str, what: str, size: tuple[int, int] | None = None) -> Image.Image:
+    image = _read(path, what)
     return image.resize(size, Image.Resampling.LANCZOS) if size and image.size != size else image
 
 
@@ -39,12 +46,66 @@ def default_size(path: str) -> tuple[int, int]:
 
 
 def feather(mask: Image.Image, blur: int) -> Image.Image:
-    """A1111's "Mask blur": the mask's edge feathered by a Gaussian of `blur` pixels."""
-    return mask.filter(ImageFilter.GaussianBlur(blur)) if blur else mask
+    """A1111's "Mask blur": the mask's edge feathered by OpenCV's Gaussian of sigma `blur` pixels, across and then
+    down, each over 2 x int(2.5 x blur + 0.5) + 1 pixels (A1111's kernel, OpenCV's mirrored border)."""
+    if not blur:
+        return mask
+    import cv2
+
+    size = 2 * int(2.5 * blur + 0.5) + 1
+    pixels = cv2.GaussianBlur(np.asarray(mask.convert("L")), (size, 1), blur)
+    return Image.fromarray(cv2.GaussianBlur(pixels, (1, size), blur))
 
 
-def feathered_mask(path: str, size: tuple[int, int], blur: int) -> Image.Image:
-    return feather(open_image(path, "mask", size).convert("L"), blur)
+def load_mask(path: str, size: tuple[int, int], blur: int, invert: bool = False) -> Image.Image:
+    """The inpainting mask at `size` as A1111 makes it ("L", white redrawn): a picture with transparency is its alpha
+    channel, opaque (> 128) white (a mask painted over the photo), any other its grey levels; inverted for "Inpaint
+    not masked"; feathered at its own size, then resized (Lanczos) to `size`."""
+    image = _read(path, "mask", None)
+    if image.mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")
+    if image.mode in ("RGBA", "LA", "PA") and image.getchannel("A").getextrema() != (255, 255):
+        mask = image.getchannel("A").point(lambda v: 255 if v > 128 else 0)
+    else:
+        mask = image.convert("L")
+    mask = feather(ImageOps.invert(mask) if invert else mask, blur)
+    return mask.resize(size, Image.Resampling.LANCZOS) if mask.size != size else mask
+
+
+def overlay_mask(mask: Image.Image) -> Image.Image:
+    """Where inpainting the whole picture keeps the original (A1111's mask_for_overlay): the feathered mask doubled,
+    so the picture is kept up to the middle of the feathered edge and the redrawn part blends in from there."""
+    return mask.point(lambda v: min(2 * v, 255))
+
+
+def fill_masked(image: Image.Image, mask: Image.Image) -> Image.Image:
+    """A1111's "Masked content: fill": the part under `mask` painted with the colours around it, the kept pixels
+    blurred outward at falling radii (256, 64, 16, 4, 2 pixels, then sharp) and laid over one another."""
+    kept = Image.new("RGBa", image.size)
+    kept.paste(image.convert("RGBA").convert("RGBa"), mask=ImageOps.invert(mask.convert("L")))
+    painted = Image.new("RGBA", image.size)
+    for radius, times in ((256, 1), (64, 1), (16, 2), (4, 4), (2, 2), (0, 1)):
+        layer = kept.filter(ImageFilter.GaussianBlur(radius)).convert("RGBA")
+        for _ in range(times):
+            painted.alpha_composite(layer)
+    return painted.convert("RGB")
+
+
+def start_latents(scheduler, content: str, latent_mask: tuple[torch.Tensor, torch.Tensor]) -> None:
+    """A1111's "latent noise" / "latent nothing": the encoded picture's masked part replaced by the image's starting
+    noise (the seed's first draw, as A1111's) or by zeros before the sampler adds its noise. Set on `scheduler`,
+    whose add_noise every inpainting pipeline starts from (only the masked part changes, so the pipelines that add
+    noise to the picture again at every step to keep the rest are unaffected)."""
+    if content not in ("latent noise", "latent nothing"):
+        return
+    add_noise = scheduler.add_noise
+
+    def filled(original_samples, noise, timesteps):
+        keep, redraw = (m.to(original_samples.device, original_samples.dtype) for m in latent_mask)
+        start = original_samples * keep + (noise * redraw if content == "latent noise" else 0)
+        return add_noise(start, noise, timesteps)
+
+    scheduler.add_noise = filled
 
 
 @torch.no_grad()
@@ -93,7 +154,7 @@ def a1111_latent_mask(mask: Image.Image, scale: int) -> tuple[torch.Tensor, torc
 
 
 def composite(original: Image.Image, generated: Image.Image, mask: Image.Image) -> Image.Image:
-    """Keep the original where the mask is black, A1111's overlay."""
+    """Keep the original where the mask is black, A1111's overlay (`mask`: its mask_for_overlay)."""
     alpha = np.asarray(mask, dtype=np.float32)[..., None] / 255.0
     mixed = np.asarray(generated, dtype=np.float32) * alpha + np.asarray(original, dtype=np.float32) * (1 - alpha)
     return Image.fromarray(np.clip(mixed + 0.5, 0, 255).astype(np.uint8))

@@ -37,15 +37,19 @@ from personae.inference.controlnet import (
 from personae.inference.detailer import check_detailer, detail_faces, detailer_infotext
 from personae.inference.hires import hires_fix, upscaler_to_a1111
 from personae.inference.img2img import (
+    a1111_latent_mask,
     composite,
     crop_region,
     default_size,
     denoiser,
-    feathered_mask,
+    fill_masked,
     fit_region,
+    load_mask,
     mask_kwargs,
     open_image,
+    overlay_mask,
     paste_back,
+    start_latents,
     vae_roundtrip,
 )
 from personae.inference.ksampler import KDiffusionScheduler, img2img_steps
@@ -108,6 +112,9 @@ def infotext(settings: GenerateSettings, session: Session, seed: int, width: int
            if settings.seed_resize_from_w and settings.seed_resize_from_h else {}),
         **({"Inpaint area": "Only masked", "Masked area padding": settings.masked_padding}
            if settings.mask and settings.inpaint_area == "masked" else {}),
+        **({"Mask mode": "Inpaint not masked"} if settings.mask and settings.mask_invert else {}),
+        **({"Masked content": settings.masked_content}
+           if settings.mask and settings.masked_content != "original" else {}),
         **(detailer_infotext(settings) if settings.ad_model else {}),
         **({"Pad conds": True} if padded and settings.pad_conds == "on" else {}),
         **({"Pad conds v0": True} if padded and settings.pad_conds == "v0" else {}),
@@ -295,11 +302,12 @@ def txt2img(settings: GenerateSettings, session: Session | None = None, on_event
     width = settings.width or size[0]
     height = settings.height or size[1]
     init = open_image(settings.init_image, "init image", (width, height)) if settings.init_image else None
-    mask = feathered_mask(settings.mask, (width, height), settings.mask_blur) if settings.mask else None
+    mask = load_mask(settings.mask, (width, height), settings.mask_blur, settings.mask_invert) \
+        if settings.mask else None
     region = original = full_mask = None
     if mask is not None and settings.inpaint_area == "masked":  # A1111's "Only masked": the region drawn alone
         original = open_image(settings.init_image, "init image")
-        full_mask = feathered_mask(settings.mask, original.size, settings.mask_blur)
+        full_mask = load_mask(settings.mask, original.size, settings.mask_blur, settings.mask_invert)
         found = crop_region(full_mask, settings.masked_padding)
         if found is None:
             on_event(Message("the mask is blank, so the whole picture is drawn (A1111 does the same)", "warning"))
@@ -309,6 +317,10 @@ def txt2img(settings: GenerateSettings, session: Session | None = None, on_event
             mask = full_mask.crop(region).resize((width, height), Image.Resampling.LANCZOS)
     # 3. the sampler, built on the model's own noise schedule, in a pipeline of this call's own
     scheduler = sampler.make(session.base_scheduler, k_tuning(settings))
+    kept = init  # what the result keeps outside the mask; the masked part starts from "Masked content"
+    if mask is not None and settings.masked_content != "original":
+        init = fill_masked(init, mask)
+        start_latents(scheduler, settings.masked_content, a1111_latent_mask(mask, session.pipe.vae_scale_factor))
     pipe = session.pipeline(scheduler=scheduler)
     # 4. encode prompts: weighted, chunked by 75 tokens, clip skip; A1111's prompt editing ([a:b:0.5], [a|b]): each
     # text the schedule reaches encoded once, swapped in by the step callback; A1111's AND: each part on its own,
@@ -397,7 +409,7 @@ def txt2img(settings: GenerateSettings, session: Session | None = None, on_event
         if region is not None:
             images = [paste_back(original, image, region, full_mask) for image in images]
         elif mask is not None:
-            images = [composite(init, image, mask) for image in images]
+            images = [composite(kept, image, overlay_mask(mask)) for image in images]
         if settings.ad_model:  # ADetailer's face fix on each picture; after inpainting the whole picture, only on
             within = open_image(settings.mask, "mask") if mask is not None and region is None else None  # faces it hit
             with torch.no_grad(), session.lora_weights(loras), nan_guard(session.pipe):

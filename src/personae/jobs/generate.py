@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path, PureWindowsPath
+from typing import get_args
 
 from pydantic import TypeAdapter, ValidationError
 
@@ -114,6 +115,10 @@ def _from_infotext(text: str, source: Path) -> dict:
                         "not a size in pixels.", "Pass --width and --height on the command line instead.") from None
     if p.get("Emphasis") in _READ_VALUES["Emphasis"]:  # A1111 writes it when not Original
         data["emphasis"] = p["Emphasis"]
+    if p.get("Masked content") in _READ_VALUES["Masked content"]:  # written when not original
+        data["masked_content"] = p["Masked content"]
+    if p.get("Mask mode") in _READ_VALUES["Mask mode"]:
+        data["mask_invert"] = p["Mask mode"] == "Inpaint not masked"
     for key, field in (("Eta", "eta"), ("Eta DDIM", "eta_ddim")):  # written only when not the sampler's default
         if key in p:
             try:
@@ -220,7 +225,9 @@ _READ_KEYS = {"Size", "Seed resize from", "Inpaint area", "Masked area padding",
 
 # A1111 keys personae applies at some values only: said as not applied when the picture used another
 _FIXED_VALUES = {"Beta schedule alpha": 0.6, "Beta schedule beta": 0.6}  # A1111's Beta schedule (sigmas.beta)
-_READ_VALUES = {"Emphasis": ("Original", "No norm", "None")}
+_READ_VALUES = {"Emphasis": ("Original", "No norm", "None"),
+                "Masked content": get_args(GenerateSettings.model_fields["masked_content"].annotation),
+                "Mask mode": ("Inpaint masked", "Inpaint not masked")}
 
 
 def _at_our_value(key: str, value: str) -> bool:
