@@ -80,6 +80,27 @@ def test_mask_only_top_k_largest_keeps_the_largest_first():
     assert [m.getbbox() for m in face_masks(faces, 1, 0)] == [(50, 50, 91, 91)]
 
 
+def test_ratio_offset_and_merge_shape_the_masks_as_adetailer_does():
+    """ADetailer's pred_preprocessing: faces outside the min / max share of the picture's area left out, then the
+    k largest, each mask moved (right x, up y; what leaves one edge comes back at the other), then dilated or eroded;
+    "Merge" joins the masks, "Merge and Invert" gives everything but the faces."""
+    boxes = [(0, 0, 9, 9), (50, 50, 89, 89), (20, 0, 39, 19)]  # 100, 1600 and 400 pixels of 10,000
+    faces = [Face(box, box_mask(box, (100, 100))) for box in boxes]
+    kept = [m.getbbox() for m in face_masks(faces, 0, 0, ratio=(0.02, 0.1))]
+    assert kept == [(20, 0, 40, 20)]  # 1 % and 16 % left out (ADetailer's areas: x2 - x1 times y2 - y1)
+    assert len(face_masks(faces, 0, 0, ratio=(0.0, 0.0361))) == 2 and len(face_masks(faces, 2, 0, ratio=(0.02, 1))) == 2
+    moved = np.asarray(face_masks(faces[1:2], 0, 0, offset=(5, 3))[0])
+    assert Image.fromarray(moved).getbbox() == (55, 47, 95, 87)  # 5 right, 3 up
+    wrapped = np.asarray(face_masks(faces[:1], 0, 0, offset=(-4, 0))[0])
+    assert wrapped[:10, 96:].all() and wrapped[:10, :6].all() and not wrapped[:10, 6:96].any()  # around the edge
+    merged = face_masks(faces, 0, 2, merge="Merge")
+    assert len(merged) == 1
+    assert np.array_equal(np.asarray(merged[0]) > 0, np.any([np.asarray(m) > 0 for m in face_masks(faces, 0, 2)], 0))
+    inverted = face_masks(faces, 0, 0, merge="Merge and Invert")
+    plain = np.asarray(face_masks(faces, 0, 0, merge="Merge")[0])
+    assert len(inverted) == 1 and np.array_equal(np.asarray(inverted[0]), 255 - plain)
+
+
 def test_face_prompts_follow_adetailers_sep_and_prompt_words():
     assert face_prompts("", "a man") == ["a man"]
     assert face_prompts("[PROMPT], smiling", "a man") == ["a man, smiling"]
@@ -194,7 +215,8 @@ def test_face_fix_works_on_the_hires_fix_picture(tiny_model, tiny_session):
 
 
 def test_the_faces_own_steps_cfg_sampler_and_size_are_used(astronaut, tiny_model, tiny_session):
-    """ADetailer's "use separate" steps, CFG scale, sampler and width/height replace the generation's for the faces."""
+    """ADetailer's "use separate" steps, CFG scale, sampler, width/height, noise multiplier and CLIP skip replace the
+    generation's for the faces."""
     from personae.inference.detailer import check_detailer, detail_faces
     from personae.inference.samplers import get_sampler
 
@@ -215,7 +237,8 @@ def test_the_faces_own_steps_cfg_sampler_and_size_are_used(astronaut, tiny_model
     steps, totals = run(ad_steps=6)
     assert totals == {4} and not np.array_equal(steps, base)  # int(6 x 0.5) + 1
     for own in ({"ad_cfg_scale": 2.0}, {"ad_sampler": "euler_ancestral"}, {"ad_inpaint_width": 32,
-                                                                            "ad_inpaint_height": 32}):
+                                                                            "ad_inpaint_height": 32},
+                {"ad_noise_multiplier": 0.6}, {"ad_clip_skip": 2}):
         assert not np.array_equal(run(**own)[0], base), own
     assert check_detailer(s.model_copy(update={"ad_sampler": "euler_ancestral"})).ad_sampler == "Euler a"
     with pytest.raises(ValueError, match="ad_inpaint_width and ad_inpaint_height go together"):
@@ -262,12 +285,21 @@ def test_png_carries_adetailers_keys_and_from_png_reads_them_back(astronaut, bla
     custom = {"ad_prompt": "[PROMPT], freckles, smiling", "ad_negative_prompt": "blurry", "ad_mask_k_largest": 1,
               "ad_dilate_erode": -8, "ad_mask_blur": 6, "ad_confidence": 0.45, "ad_inpaint_only_masked": False,
               "ad_denoising_strength": 0.0}
-    custom.update(ad_steps=6, ad_cfg_scale=5.5, ad_sampler="Euler a", ad_inpaint_width=128, ad_inpaint_height=64)
+    custom.update(ad_steps=6, ad_cfg_scale=5.5, ad_sampler="Euler a", ad_inpaint_width=128, ad_inpaint_height=64,
+                  ad_noise_multiplier=0.9, ad_clip_skip=2, ad_mask_min_ratio=0.01, ad_mask_max_ratio=0.9,
+                  ad_x_offset=3, ad_y_offset=-2, ad_mask_merge_invert="Merge")
     out = txt2img(s.model_copy(update=custom), tiny_session)[0]
     params = parse_parameters(out.parameters)[2]
     assert {k: params[k] for k in params if k.startswith("ADetailer use")} == {
         "ADetailer use inpaint width height": "True", "ADetailer use separate steps": "True",
-        "ADetailer use separate CFG scale": "True", "ADetailer use separate sampler": "True"}
+        "ADetailer use separate CFG scale": "True", "ADetailer use separate sampler": "True",
+        "ADetailer use separate noise multiplier": "True", "ADetailer use separate CLIP skip": "True"}
+    assert {k: params[k] for k in ("ADetailer noise multiplier", "ADetailer CLIP skip", "ADetailer mask min ratio",
+                                   "ADetailer mask max ratio", "ADetailer x offset", "ADetailer y offset",
+                                   "ADetailer mask merge invert")} == {
+        "ADetailer noise multiplier": "0.9", "ADetailer CLIP skip": "2", "ADetailer mask min ratio": "0.01",
+        "ADetailer mask max ratio": "0.9", "ADetailer x offset": "3", "ADetailer y offset": "-2",
+        "ADetailer mask merge invert": "Merge"}
     assert (params["ADetailer steps"], params["ADetailer CFG scale"], params["ADetailer sampler"],
             params["ADetailer inpaint width"], params["ADetailer inpaint height"]) == ("6", "5.5", "Euler a", "128",
                                                                                    "64")
@@ -285,9 +317,10 @@ def test_png_carries_adetailers_keys_and_from_png_reads_them_back(astronaut, bla
     assert {k: own[k] for k in custom} == custom
     # ADetailer options personae does not take, and a second ADetailer unit, are named, not dropped silently
     extra = tmp_path / "extra.png"
-    save_png(out.image, extra, out.parameters + ", ADetailer x offset: 5, ADetailer model 2nd: mediapipe_face_mesh")
+    save_png(out.image, extra, out.parameters + ", ADetailer restore face: True, ADetailer model 2nd: "
+             "mediapipe_face_mesh")
     missed = png_not_applied(extra, applied)
-    assert missed == ['ADetailer x offset "5"', 'ADetailer model 2nd "mediapipe_face_mesh"'], missed
+    assert missed == ['ADetailer restore face "True"', 'ADetailer model 2nd "mediapipe_face_mesh"'], missed
     # A1111 1.9+ writes the sampler and its schedule apart; an unticked "use separate" box leaves its value unread
     split = tmp_path / "split.png"
     save_png(out.image, split, "a man\nSteps: 20, Seed: 1, Size: 512x512, ADetailer model: mediapipe_face_full, "

@@ -211,3 +211,37 @@ def test_masked_content_and_mask_mode_draw_and_are_written_and_read_as_a1111s(tm
     assert "masked_content" not in settings_from_png(tmp_path / "strange.png")
     said = png_not_applied(tmp_path / "strange.png", GenerateSettings(model=str(tiny_model[0]), prompt="x"))
     assert any("Masked content" in item for item in said)
+
+
+def test_noise_multiplier_is_a1111s_and_written_only_when_not_1(tmp_path, tiny_model, tiny_session):
+    """A1111's "Noise multiplier for img2img" scales the starting noise with every sampler (DDIM too; the k-diffusion
+    oracle in test_ksampler checks the numbers): the UNet's first input moves in equal steps for equal steps of the
+    multiplier. Written as "Noise multiplier" when not 1, read back by --from-png; txt2img never writes it."""
+    import torch
+
+    from personae.jobs.generate import settings_from_png
+    from personae.media.png import parse_parameters, save_png
+
+    init = tmp_path / "init.png"
+    draw_star(64, BACKGROUNDS["blue"], 0.7, (0, 0)).save(init)
+    for sampler in ("Euler a", "DDIM"):
+        first, runs = {}, {}
+        for m in (0.0, 0.5, 1.0):
+            seen = []
+            hook = tiny_session.pipe.unet.register_forward_pre_hook(lambda mod, args, kw: seen.append(args[0]),
+                                                                     with_kwargs=True)
+            try:
+                runs[m] = txt2img(_settings(tiny_model[0], init, strength=0.8, sampler=sampler, noise_multiplier=m),
+                                  tiny_session)[0]
+            finally:
+                hook.remove()
+            first[m] = seen[0].double()
+        step, again = first[0.5] - first[0.0], first[1.0] - first[0.5]
+        assert step.abs().max() > 0.05 and torch.allclose(step, again, atol=1e-5), sampler
+        assert "Noise multiplier" not in runs[1.0].parameters
+        assert parse_parameters(runs[0.5].parameters)[2]["Noise multiplier"] == "0.5"
+    save_png(runs[0.5].image, tmp_path / "a1111.png", runs[0.5].parameters.replace("personae", "v1.10.1"))
+    assert settings_from_png(tmp_path / "a1111.png")["noise_multiplier"] == 0.5
+    plain = txt2img(GenerateSettings(model=str(tiny_model[0]), prompt="a star", steps=2, noise_multiplier=0.5),
+                    tiny_session)[0]
+    assert "Noise multiplier" not in plain.parameters

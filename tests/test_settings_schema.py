@@ -136,7 +136,7 @@ SHARED = {"--model", "--prompt", "--negative", "--steps", "--cfg", "--seed", "--
 def test_generated_options_keep_the_names_users_know():
     assert _options("generate") == SHARED | {
         "--batch-size", "--batch-count", "--init-image", "--strength", "--mask", "--mask-blur", "--mask-invert",
-        "--masked-content", "--control", "--hires-scale", "--hires-resize", "--hires-steps", "--hires-denoise",
+        "--masked-content", "--noise-multiplier", "--control", "--hires-scale", "--hires-resize", "--hires-steps", "--hires-denoise",
         "--hires-upscaler", "--upscaler-dir",
         "--subseed", "--subseed-strength", "--seed-resize-from-w", "--seed-resize-from-h", "--rng", "--ensd", "--eta",
         "--eta-ddim", "--emphasis", "--quantize", "--img2img-fix-steps", "--schedule-rho", "--schedule-min-sigma",
@@ -145,7 +145,8 @@ def test_generated_options_keep_the_names_users_know():
         "--ad-model", "--ad-prompt", "--ad-negative-prompt", "--ad-confidence", "--ad-mask-k-largest",
         "--ad-dilate-erode", "--ad-mask-blur", "--ad-denoising-strength", "--no-ad-inpaint-only-masked",
         "--ad-inpaint-padding", "--ad-inpaint-width", "--ad-inpaint-height", "--ad-steps", "--ad-cfg-scale",
-        "--ad-sampler",
+        "--ad-sampler", "--ad-mask-min-ratio", "--ad-mask-max-ratio", "--ad-x-offset", "--ad-y-offset",
+        "--ad-mask-merge-invert", "--ad-noise-multiplier", "--ad-clip-skip",
         "--controlnet", "--control-option", "--control-start", "--control-end", "--recipe", "--animal", "--from-png",
         "--out", "--quiet", "--yes"}
     assert _options("animate") == SHARED | {"--motion-adapter", "--frames", "--fps", "--motion-scale", "--context",

@@ -8,7 +8,7 @@ inference/detailer.py runs the pass.
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 from pydantic import field_validator, model_validator
 
@@ -40,9 +40,27 @@ class DetailerSettings(Concept):
                                         "largest first; 0: every face, in the detector's order",
                                      infotext="ADetailer mask only top k largest",
                                      infotext_if=(_ON, "ad_mask_k_largest"), metavar="K", ge=0, le=100)
+    ad_mask_min_ratio: float = setting(0.0, '"ADetailer mask min ratio": leave out faces whose box is a smaller '
+                                            "share of the picture's area than this",
+                                       infotext="ADetailer mask min ratio",
+                                       infotext_if=(_ON, "ad_mask_min_ratio"), metavar="R", ge=0.0, le=1.0)
+    ad_mask_max_ratio: float = setting(1.0, '"ADetailer mask max ratio": leave out faces whose box is a larger share '
+                                            "of the picture's area than this", infotext="ADetailer mask max ratio",
+                                       infotext_if=_ON, infotext_unless=1.0, metavar="R", ge=0.0, le=1.0)
+    ad_x_offset: int = setting(0, '"ADetailer x offset": move each face\'s mask right by this many pixels (left when '
+                                  "negative; what leaves one side comes back on the other, as in ADetailer)",
+                               infotext="ADetailer x offset", infotext_if=(_ON, "ad_x_offset"), metavar="X",
+                               ge=-4096, le=4096)
+    ad_y_offset: int = setting(0, '"ADetailer y offset": move each face\'s mask up by this many pixels (down when '
+                                  "negative)", infotext="ADetailer y offset", infotext_if=(_ON, "ad_y_offset"),
+                               metavar="Y", ge=-4096, le=4096)
     ad_dilate_erode: int = setting(4, '"ADetailer dilate erode": grow (positive) or shrink (negative) each face\'s '
                                       "mask by a square of this many pixels", infotext="ADetailer dilate erode",
                                    infotext_if=_ON, metavar="D", ge=-128, le=128)
+    ad_mask_merge_invert: Literal["None", "Merge", "Merge and Invert"] = setting(
+        "None", '"ADetailer mask merge invert": Merge redraws all the faces in one pass through one mask; Merge and '
+                "Invert redraws everything but the faces", infotext="ADetailer mask merge invert", infotext_if=_ON,
+        infotext_unless="None")
     ad_mask_blur: int = setting(4, '"ADetailer mask blur": feathering of each face\'s mask edge, in pixels',
                                 infotext="ADetailer mask blur", infotext_if=_ON, metavar="B", ge=0, le=64)
     ad_denoising_strength: float = setting(0.4, '"ADetailer denoising strength": 0 keeps the face, 1 redraws it',
@@ -71,6 +89,13 @@ class DetailerSettings(Concept):
     ad_cfg_scale: float | None = setting(None, '"ADetailer CFG scale": the faces\' own CFG ("Use separate CFG '
                                                'scale"); empty: --cfg', infotext="ADetailer CFG scale",
                                          infotext_if=(_ON, "ad_cfg_scale"), metavar="C", ge=0.0, le=100.0)
+    ad_noise_multiplier: float | None = setting(None, '"ADetailer noise multiplier": the faces\' own noise '
+                                                      'multiplier ("Use separate noise multiplier"); empty: '
+                                                      "--noise-multiplier", infotext="ADetailer noise multiplier",
+                                                infotext_if=(_ON, "ad_noise_multiplier"), metavar="M", ge=0.5, le=1.5)
+    ad_clip_skip: int | None = setting(None, '"ADetailer CLIP skip": the faces\' own CLIP skip ("Use separate CLIP '
+                                             'skip"); empty: --clip-skip', infotext="ADetailer CLIP skip",
+                                       infotext_if=(_ON, "ad_clip_skip"), metavar="N", ge=1, le=12)
     ad_sampler: str = setting("", '"ADetailer sampler": the faces\' own sampler ("Use separate sampler"); empty: '
                                   "--sampler", infotext="ADetailer sampler", infotext_if=(_ON, "ad_sampler"),
                               metavar="NAME")

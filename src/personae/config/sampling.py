@@ -207,6 +207,10 @@ class Img2ImgSettings(Concept):
                                            'changes)', metavar="IMG")
     strength: float = setting(0.75, '"Denoising strength" for --init-image: 0 keeps the image, 1 redraws it',
                               infotext="Denoising strength", infotext_if="init_image", ge=0.0, le=1.0)
+    noise_multiplier: float = setting(1.0, '"Noise multiplier" (A1111\'s "Noise multiplier for img2img"): '
+                                           "img2img's starting noise scaled by this (below 1 keeps more of the "
+                                           "picture, above 1 less); written when not 1", infotext="Noise multiplier",
+                                      infotext_if="init_image", infotext_unless=1.0, ge=0.0, le=1.5)
     mask: str | None = setting(None, "inpainting: redraw only the white part of this mask, keep the black "
                                      "(needs --init-image)", metavar="MASK")
     mask_blur: int = setting(4, '"Mask blur": feathering of the mask edge, in pixels', infotext="Mask blur",

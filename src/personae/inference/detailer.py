@@ -38,6 +38,8 @@ from personae.inference.img2img import (
     feather,
     fit_region,
     mask_kwargs,
+    noised_start,
+    overlay_mask,
     paste_back,
     vae_roundtrip,
 )
@@ -59,7 +61,9 @@ NEEDED_BY = "The face fix (--ad-model) and its MediaPipe detectors"
 # ADetailer's "use separate ..." boxes: written as True before the values they release, which are written only then
 SWITCHES = {"ADetailer use inpaint width height": ("ad_inpaint_width", "ad_inpaint_height"),
             "ADetailer use separate steps": ("ad_steps",), "ADetailer use separate CFG scale": ("ad_cfg_scale",),
-            "ADetailer use separate sampler": ("ad_sampler",)}
+            "ADetailer use separate sampler": ("ad_sampler",),
+            "ADetailer use separate noise multiplier": ("ad_noise_multiplier",),
+            "ADetailer use separate CLIP skip": ("ad_clip_skip",)}
 
 
 @dataclass(frozen=True)
@@ -194,10 +198,26 @@ def dilate_erode(mask: Image.Image, value: int) -> Image.Image:
     return Image.fromarray(morph(np.asarray(mask), kernel, iterations=1))
 
 
-def face_masks(faces: list[Face], k: int, grow: int) -> list[Image.Image]:
-    """The masks to redraw, in order: the k largest faces', dilated or eroded, empty ones left out."""
-    masks = [dilate_erode(f.mask, grow) for f in largest(faces, k)]
-    return [m for m in masks if m.getbbox() is not None]
+def shifted(mask: Image.Image, x: int, y: int) -> Image.Image:
+    """The mask moved x pixels right and y up, what leaves one edge coming back at the other (ADetailer's offset,
+    PIL's ImageChops.offset)."""
+    return Image.fromarray(np.roll(np.asarray(mask), (-y, x), axis=(0, 1))) if x or y else mask
+
+
+def face_masks(faces: list[Face], k: int, grow: int, ratio: tuple[float, float] = (0.0, 1.0),
+               offset: tuple[int, int] = (0, 0), merge: str = "None") -> list[Image.Image]:
+    """The masks to redraw, in order, as ADetailer's pred_preprocessing makes them: the faces whose box is between
+    `ratio` of the picture's area, the k largest of them, each mask moved by `offset`, dilated or eroded, empty ones
+    left out; "Merge" joins them into one, "Merge and Invert" into everything but them."""
+    if faces:
+        area = faces[0].mask.width * faces[0].mask.height
+        faces = [f for f in faces if ratio[0] <= (f.box[2] - f.box[0]) * (f.box[3] - f.box[1]) / area <= ratio[1]]
+    masks = [dilate_erode(shifted(f.mask, *offset), grow) for f in largest(faces, k)]
+    masks = [m for m in masks if m.getbbox() is not None]
+    if merge == "None" or not masks:
+        return masks
+    merged = np.bitwise_or.reduce([np.asarray(m) for m in masks])
+    return [Image.fromarray(255 - merged if merge == "Merge and Invert" else merged)]
 
 
 def face_prompts(text: str, default: str) -> list[str]:
@@ -226,14 +246,16 @@ def redraw_face(session, settings, picture: Image.Image, mask: Image.Image, prom
         region = fit_region(found, width, height, picture.size)
     init = picture.crop(region).resize((width, height), Image.Resampling.LANCZOS)
     crop_mask = full_mask.crop(region).resize((width, height), Image.Resampling.LANCZOS)
-    pipe = denoiser(session, init, crop_mask, sampler.make(session.base_scheduler, k_tuning(settings)))
+    scheduler = sampler.make(session.base_scheduler, k_tuning(settings))
+    noised_start(scheduler, multiplier=settings.ad_noise_multiplier or settings.noise_multiplier)
+    pipe = denoiser(session, init, crop_mask, scheduler)
     if settings.ad_denoising_strength == 0:  # nothing to redraw: the face as the VAE gives it
         drawn = vae_roundtrip(pipe, init)
     else:
         steps = settings.ad_steps or settings.steps
         cfg = settings.cfg if settings.ad_cfg_scale is None else settings.ad_cfg_scale
-        prompts = scheduled_prompts(session.encoder, prompt, negative, settings.clip_skip, sampler.prompt_steps(steps),
-                                    1, session.dtype, settings.emphasis)
+        prompts = scheduled_prompts(session.encoder, prompt, negative, settings.ad_clip_skip or settings.clip_skip,
+                                    sampler.prompt_steps(steps), 1, session.dtype, settings.emphasis)
 
         def step_end(pipeline, step, timestep, kwargs):
             if report is not None:
@@ -246,7 +268,8 @@ def redraw_face(session, settings, picture: Image.Image, mask: Image.Image, prom
                                          fixed=settings.img2img_fix_steps), guidance_scale=cfg,
                          generator=image_generators([seed % 2**64], settings.rng, settings.ensd),
                          callback_on_step_end=step_end).images[0]
-    return paste_back(picture, drawn, region, full_mask)
+    overlay = full_mask if settings.ad_inpaint_only_masked else overlay_mask(full_mask)  # A1111's mask_for_overlay
+    return paste_back(picture, drawn, region, overlay)
 
 
 def touching(masks: list[Image.Image], within: Image.Image) -> list[Image.Image]:
@@ -262,7 +285,9 @@ def detail_faces(session, settings, picture: Image.Image, seed: int, sampler, si
     messages); `within`: the inpainting mask of an img2img inpainting of the whole picture (faces outside it stay)."""
     # 1. detect, keep the k largest, dilate or erode; with an inpainting mask, only the faces it touches
     faces = detect_faces(picture, settings.ad_model, settings.ad_confidence)
-    masks = face_masks(faces, settings.ad_mask_k_largest, settings.ad_dilate_erode)
+    masks = face_masks(faces, settings.ad_mask_k_largest, settings.ad_dilate_erode,
+                       (settings.ad_mask_min_ratio, settings.ad_mask_max_ratio),
+                       (settings.ad_x_offset, settings.ad_y_offset), settings.ad_mask_merge_invert)
     if not masks:
         on_event(Message(f"face fix ({settings.ad_model}): nothing detected on image {number}; it is left as drawn"))
         return picture

@@ -91,21 +91,25 @@ def fill_masked(image: Image.Image, mask: Image.Image) -> Image.Image:
     return painted.convert("RGB")
 
 
-def start_latents(scheduler, content: str, latent_mask: tuple[torch.Tensor, torch.Tensor]) -> None:
-    """A1111's "latent noise" / "latent nothing": the encoded picture's masked part replaced by the image's starting
-    noise (the seed's first draw, as A1111's) or by zeros before the sampler adds its noise. Set on `scheduler`,
-    whose add_noise every inpainting pipeline starts from (only the masked part changes, so the pipelines that add
-    noise to the picture again at every step to keep the rest are unaffected)."""
-    if content not in ("latent noise", "latent nothing"):
+def noised_start(scheduler, content: str = "original", latent_mask: tuple[torch.Tensor, torch.Tensor] | None = None,
+                 multiplier: float = 1.0) -> None:
+    """img2img's start as A1111 makes it, set on `scheduler`, whose add_noise every img2img and inpainting pipeline
+    starts from: "latent noise" / "latent nothing" replace the encoded picture's masked part (`latent_mask`: keep,
+    redraw) by the image's starting noise (the seed's first draw, as A1111's) or by zeros; "Noise multiplier" scales
+    the noise added to the picture. (Pipelines that noise the picture again at every step to keep the rest of it
+    see the same: only the masked part changes.)"""
+    latent = content in ("latent noise", "latent nothing")
+    if not latent and multiplier == 1.0:
         return
     add_noise = scheduler.add_noise
 
-    def filled(original_samples, noise, timesteps):
-        keep, redraw = (m.to(original_samples.device, original_samples.dtype) for m in latent_mask)
-        start = original_samples * keep + (noise * redraw if content == "latent noise" else 0)
-        return add_noise(start, noise, timesteps)
+    def start(original_samples, noise, timesteps):
+        if latent:
+            keep, redraw = (m.to(original_samples.device, original_samples.dtype) for m in latent_mask)
+            original_samples = original_samples * keep + (noise * redraw if content == "latent noise" else 0)
+        return add_noise(original_samples, noise * multiplier if multiplier != 1.0 else noise, timesteps)
 
-    scheduler.add_noise = filled
+    scheduler.add_noise = start
 
 
 @torch.no_grad()

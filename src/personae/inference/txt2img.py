@@ -46,10 +46,10 @@ from personae.inference.img2img import (
     fit_region,
     load_mask,
     mask_kwargs,
+    noised_start,
     open_image,
     overlay_mask,
     paste_back,
-    start_latents,
     vae_roundtrip,
 )
 from personae.inference.ksampler import KDiffusionScheduler, img2img_steps
@@ -320,7 +320,10 @@ def txt2img(settings: GenerateSettings, session: Session | None = None, on_event
     kept = init  # what the result keeps outside the mask; the masked part starts from "Masked content"
     if mask is not None and settings.masked_content != "original":
         init = fill_masked(init, mask)
-        start_latents(scheduler, settings.masked_content, a1111_latent_mask(mask, session.pipe.vae_scale_factor))
+        noised_start(scheduler, settings.masked_content, a1111_latent_mask(mask, session.pipe.vae_scale_factor),
+                     settings.noise_multiplier)
+    elif init is not None:
+        noised_start(scheduler, multiplier=settings.noise_multiplier)
     pipe = session.pipeline(scheduler=scheduler)
     # 4. encode prompts: weighted, chunked by 75 tokens, clip skip; A1111's prompt editing ([a:b:0.5], [a|b]): each
     # text the schedule reaches encoded once, swapped in by the step callback; A1111's AND: each part on its own,

@@ -64,12 +64,14 @@ def infotext_values(settings: BaseModel) -> dict[str, object]:
     """{A1111 key: value} of every field of `settings` that declares its A1111 name, in --help order.
 
     A field with `infotext_if` is written only when that other field is set (strength only for img2img), or
-    those other fields, when it names several (ADetailer's padding: a face fix that inpaints only masked).
+    those other fields, when it names several (ADetailer's padding: a face fix that inpaints only masked); one with
+    `infotext_unless` not at that value.
     """
     values: dict[str, object] = {}
     for _, name, info in grouped_fields(type(settings)):
         extra = extra_of(info)
-        if "infotext" in extra and all(getattr(settings, field) for field in _conditions(extra)):
+        if "infotext" in extra and all(getattr(settings, field) for field in _conditions(extra)) \
+                and ("infotext_unless" not in extra or getattr(settings, name) != extra["infotext_unless"]):
             values[extra["infotext"]] = getattr(settings, name)
     return values
 
