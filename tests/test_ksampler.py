@@ -75,15 +75,21 @@ def _k_sigmas(k, denoiser, schedule: str, steps: int, discard: bool) -> torch.Te
     return torch.cat([sigmas[:-2], sigmas[-1:]]) if discard else sigmas
 
 
-def _k_run(k, pipe, settings: GenerateSettings, sigmas: torch.Tensor, x: torch.Tensor, stream) -> torch.Tensor:
+def _k_run(k, pipe, settings: GenerateSettings, sigmas: torch.Tensor, x: torch.Tensor, stream,
+           skip=None) -> torch.Tensor:
     """k-diffusion's sampler of `settings.sampler` from x over `sigmas`, A1111's CFG (on the denoised outputs),
-    its ancestral noise the generator `stream`'s next draws, its SDE noise a Brownian tree of the seed."""
+    its ancestral noise the generator `stream`'s next draws, its SDE noise a Brownian tree of the seed; `skip(call,
+    sigma)`: the calls where A1111's CFGDenoiser leaves the negative prompt out (the prompt's denoised alone)."""
     base = get_sampler(settings.sampler).options["sampler"]
     fn = KSAMPLERS[base].function
     denoiser = _denoiser(k, pipe, settings.quantize)
     cond, uncond = pipe.encode_prompt(settings.prompt, "cpu", 1, True, settings.negative)
+    calls = [0]
 
     def cfg(x, sigma, **_):
+        calls[0] += 1
+        if skip is not None and skip(calls[0] - 1, sigma.item()):
+            return denoiser(x, sigma, cond=cond)
         out = denoiser(torch.cat([x, x]), torch.cat([sigma, sigma]), cond=torch.cat([cond, uncond]))
         d_cond, d_uncond = out.chunk(2)
         return d_uncond + (d_cond - d_uncond) * settings.cfg
@@ -579,3 +585,75 @@ def test_scheduler_config_round_trips():
     again = KDiffusionScheduler.from_config(scheduler.config)
     again.set_timesteps(5)
     assert again.config.sampler == "DPM++ SDE" and again.order == 2 and len(again.timesteps) == 9
+
+
+@pytest.mark.parametrize("name,options", [("Euler a", {"ngms": 3.0}),
+                                          ("DPM++ 2M Karras", {"ngms": 3.0, "ngms_all_steps": True}),
+                                          ("Heun", {"skip_early_cfg": 0.3}), ("DPM++ SDE", {"ngms": 1.5})])
+def test_ngms_and_skip_early_cfg_leave_the_negative_prompt_out_as_a1111s_cfg_denoiser(k, tiny_model, tiny_session,
+                                                                                       name, options):
+    """A1111's NGMS: every other model call (odd ones; every one with "NGMS all steps") whose sigma is below it runs
+    the prompt alone; Skip Early CFG: calls with call / (steps x order) <= it. The UNet runs on the prompt's rows
+    only on those calls."""
+    from personae.media.png import parse_parameters
+
+    settings = _settings(tiny_model[0], sampler=name, steps=8, **options)
+    sampler = get_sampler(settings.sampler)
+    kind = KSAMPLERS[sampler.options["sampler"]]
+    pipe = tiny_session.pipe
+    sigmas = _k_sigmas(k, _denoiser(k, pipe), sampler.options["schedule"], settings.steps, kind.discard_penultimate)
+    total = settings.steps * (2 if kind.two_stage else 1)
+
+    def skip(call, sigma):
+        if settings.skip_early_cfg and call / total <= settings.skip_early_cfg:
+            return True
+        return bool((call % 2 or settings.ngms_all_steps) and settings.ngms > 0 and sigma < settings.ngms)
+
+    stream = torch.Generator().manual_seed(settings.seed)
+    x = torch.randn(SHAPE, generator=stream) * sigmas[0]
+    final = _k_run(k, pipe, settings, sigmas, x, stream, skip)
+    with torch.no_grad():
+        theirs = _decoder_input(pipe, lambda: pipe.vae.decode(final / pipe.vae.config.scaling_factor))
+    rows = []
+    hook = pipe.unet.conv_in.register_forward_pre_hook(lambda module, args: rows.append(args[0].shape[0]))
+    try:
+        ours = _personae(tiny_session, settings)
+    finally:
+        hook.remove()
+    plain = _personae(tiny_session, settings.model_copy(update={"ngms": 0.0, "skip_early_cfg": 0.0}))
+    assert 1 in rows and 2 in rows  # some calls ran the prompt alone
+    assert (ours - theirs).abs().max().item() <= 2e-5 * theirs.abs().max().item()
+    assert (plain - theirs).abs().max().item() > 2e-4 * theirs.abs().max().item()  # 10x the agreement
+    from personae.inference.txt2img import txt2img
+
+    said = parse_parameters(txt2img(settings, tiny_session)[0].parameters)[2]
+    assert {key: said.get(key) for key in ("NGMS", "NGMS all steps", "Skip Early CFG")} == {
+        "NGMS": f"{settings.ngms:g}" if settings.ngms else None,
+        "NGMS all steps": "True" if settings.ngms_all_steps else None,
+        "Skip Early CFG": f"{settings.skip_early_cfg:g}" if settings.skip_early_cfg else None}
+
+
+def test_ngms_with_ddim_reads_the_timestep_and_with_and_the_first_part_stands_in(tiny_model, tiny_session):
+    """DDIM is one of A1111's timestep samplers, which hand the timestep to the CFG denoiser as its sigma: NGMS 15
+    skips the odd calls below timestep 15 (the last one here). With AND, a skipped call uses the first part for the
+    negative prompt: "a cat AND a cat" with every call skipped is "a cat" alone (cond_1 + cfg x (cond_2 - cond_1))."""
+    seen = []
+    hooks = [tiny_session.pipe.unet.register_forward_pre_hook(
+        lambda module, args, kw: seen.append(["t", float(kw.get("timestep", args[1] if len(args) > 1 else 0))]),
+        with_kwargs=True),
+        tiny_session.pipe.unet.conv_in.register_forward_pre_hook(
+            lambda module, args: seen[-1].append(args[0].shape[0]))]
+    try:
+        _personae(tiny_session, _settings(tiny_model[0], sampler="DDIM", steps=8, ngms=15.0))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    assert [rows == 1 for _, t, rows in seen] == [bool(i % 2 and t < 15) for i, (_, t, _) in enumerate(seen)]
+    assert any(rows == 1 for _, _, rows in seen)
+    every = {"skip_early_cfg": 1.0, "sampler": "Euler"}
+    twice = _personae(tiny_session, _settings(tiny_model[0], prompt="a photo of a cat AND a photo of a cat", **every))
+    once = _personae(tiny_session, _settings(tiny_model[0], **every))
+    guided = _personae(tiny_session, _settings(tiny_model[0], prompt="a photo of a cat AND a photo of a cat",
+                                               sampler="Euler"))
+    assert (twice - once).abs().max() <= 1e-4 * once.abs().max()
+    assert (guided - once).abs().max() > 1e-2 * once.abs().max()

@@ -130,6 +130,15 @@ class OptionSettings(Concept):
         "Original", '"Emphasis" (infotext "Emphasis", written when not Original): how (word:1.2) weights apply; '
                     "Original scales the words' embeddings and restores the chunk's mean, as A1111 always did; No "
                     "norm leaves the mean as scaled; None ignores the weights")
+    ngms: float = setting(0.0, '"NGMS" (A1111\'s "Negative Guidance minimum sigma"): every other model call whose '
+                               "sigma is below this runs without the negative prompt (the UNet once, not twice: "
+                               "faster, the picture a little different); 0: off", infotext="NGMS", infotext_if="ngms",
+                          ge=0.0, le=15.0)
+    ngms_all_steps: bool = setting(False, '"NGMS all steps": with --ngms, every such call, not every other',
+                                   infotext="NGMS all steps", infotext_if=("ngms", "ngms_all_steps"))
+    skip_early_cfg: float = setting(0.0, '"Skip Early CFG" (A1111 1.10): the first share (0-1) of the model calls '
+                                         "runs without the negative prompt; 0: off", infotext="Skip Early CFG",
+                                    infotext_if="skip_early_cfg", ge=0.0, le=1.0)
     quantize: bool = setting(False, '"Enable quantization in K samplers": the UNet is given each sigma\'s nearest '
                                     "whole training step instead of the fractional one (A1111's option, off by "
                                     "default; ComfyUI always samples so, and --from-png sets it for its pictures)",

@@ -46,6 +46,7 @@ from personae.inference.img2img import (
 from personae.inference.ksampler import img2img_steps
 from personae.inference.rng import image_generators
 from personae.inference.samplers import get_sampler, k_tuning, with_schedule_type
+from personae.inference.skip_uncond import skipping_uncond
 from personae.models.lora_dir import lora_tags
 
 # ADetailer's MediaPipe models: name -> what it finds
@@ -262,7 +263,8 @@ def redraw_face(session, settings, picture: Image.Image, mask: Image.Image, prom
                 report(step + 1, getattr(pipeline, "_num_timesteps", 0) or len(pipeline.scheduler.timesteps))
             return prompts.after_step(pipeline, step, kwargs)
 
-        with composing(prompts, session.pipe.unet, pad=settings.pad_conds):  # AND composes there too
+        with composing(prompts, session.pipe.unet, pad=settings.pad_conds), \
+                skipping_uncond(session.pipe.unet, scheduler, settings, 1):  # AND and NGMS there too
             drawn = pipe(image=init, **mask_kwargs(pipe, crop_mask, width, height), **prompts.call_kwargs(),
                          **img2img_steps(pipe.scheduler, steps, settings.ad_denoising_strength,
                                          fixed=settings.img2img_fix_steps), guidance_scale=cfg,

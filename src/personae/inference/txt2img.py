@@ -14,6 +14,8 @@ from __future__ import annotations
 import json
 import math
 import random
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -59,6 +61,7 @@ from personae.inference.prompt_schedule import ScheduledPrompts
 from personae.inference.rng import image_generators
 from personae.inference.samplers import get_sampler, k_tuning, uniform_said
 from personae.inference.session import Session, open_session
+from personae.inference.skip_uncond import skipping_uncond
 from personae.inference.variation import variation_generators
 from personae.media.png import format_parameters, infotext_values
 from personae.models.addons import LoadedEmbedding, LoadedLora, hashes_text
@@ -122,6 +125,15 @@ def infotext(settings: GenerateSettings, session: Session, seed: int, width: int
     }
     prompt = settings.prompt + "".join(f" <lora:{l.name}:{l.weight:g}>" for l in loras)
     return format_parameters(prompt, settings.negative, params)
+
+
+@contextmanager
+def sampling_pass(prompts, unet, nets, settings: GenerateSettings, scheduler) -> Iterator[None]:
+    """One sampling pass's UNet (and ControlNet) calls: AND composed, a prompt and a negative prompt of different
+    lengths drawn as --pad-conds says, the negative prompt left out where NGMS / Skip Early CFG say so."""
+    with composing(prompts, unet, nets, settings.pad_conds), \
+            skipping_uncond(unet, scheduler, settings, settings.batch_size):
+        yield
 
 
 def session_lora_tags(settings: GenerateSettings, session: Session, loras: list[LoadedLora] | None
@@ -379,7 +391,7 @@ def txt2img(settings: GenerateSettings, session: Session | None = None, on_event
                       generator=generators(), callback_on_step_end=reporter(prompts))
         # A1111's AND: the pass's UNet (and ControlNet) calls run every part of its prompt; the hires fix's two
         # passes each compose their own prompt
-        first_pass = composing(prompts, session.pipe.unet, nets, settings.pad_conds)
+        first_pass = sampling_pass(prompts, session.pipe.unet, nets, settings, scheduler)
         with torch.no_grad(), session.lora_weights(loras) as used, \
                 nan_guard(session.pipe, [f"{l.name} at {l.weight:g}" for l in used if l.weight]):
             if init is not None and settings.strength == 0:  # nothing to redraw: the image as the VAE gives it
@@ -404,8 +416,8 @@ def txt2img(settings: GenerateSettings, session: Session | None = None, on_event
                                     **({"guidance_scale": settings.hires_cfg} if settings.hires_cfg is not None else {})},
                                    lambda done, tiles, _b=batch: on_event(Progress("upscale", done, tiles, {
                                        "batch": _b + 1, "batches": settings.batch_count})),
-                                   passes=(first_pass, composing(hires_prompts, session.pipe.unet,
-                                                                 pad=settings.pad_conds)))
+                                   passes=(first_pass, sampling_pass(hires_prompts, session.pipe.unet, (), settings,
+                                                                     redraw_scheduler)))
             else:
                 with first_pass:
                     images = pipe(width=width, height=height, **kwargs).images
