@@ -76,7 +76,7 @@ def _k_sigmas(k, denoiser, schedule: str, steps: int, discard: bool) -> torch.Te
 
 
 def _k_run(k, pipe, settings: GenerateSettings, sigmas: torch.Tensor, x: torch.Tensor, stream,
-           skip=None) -> torch.Tensor:
+           skip=None, **parameters) -> torch.Tensor:
     """k-diffusion's sampler of `settings.sampler` from x over `sigmas`, A1111's CFG (on the denoised outputs),
     its ancestral noise the generator `stream`'s next draws, its SDE noise a Brownian tree of the seed; `skip(call,
     sigma)`: the calls where A1111's CFGDenoiser leaves the negative prompt out (the prompt's denoised alone)."""
@@ -104,6 +104,7 @@ def _k_run(k, pipe, settings: GenerateSettings, sigmas: torch.Tensor, x: torch.T
         fn, extra["solver_type"] = fn[: -len("_heun")], "heun"
     if KSAMPLERS[base].noisy:
         extra["eta"] = settings.eta
+    extra.update(parameters)
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torchsde's float-precision notes on the tree's ends
         return getattr(k.sampling, "sample_" + fn)(cfg, x, sigmas, disable=True, **extra)
@@ -657,3 +658,77 @@ def test_ngms_with_ddim_reads_the_timestep_and_with_and_the_first_part_stands_in
                                                sampler="Euler"))
     assert (twice - once).abs().max() <= 1e-4 * once.abs().max()
     assert (guided - once).abs().max() > 1e-2 * once.abs().max()
+
+
+class _TorchHijack:
+    """A1111's TorchHijack: k-diffusion's torch.randn_like draws the image's next numbers."""
+
+    def __init__(self, stream):
+        self.stream = stream
+
+    def __getattr__(self, name):
+        return getattr(torch, name)
+
+    def randn_like(self, x):
+        return torch.randn(x.shape, generator=self.stream)
+
+
+@pytest.mark.parametrize("name,options,img2img", [
+    ("Euler", {"sigma_churn": 2.0}, False), ("Heun", {"sigma_churn": 1.0, "sigma_tmin": 0.5, "sigma_tmax": 5.0}, False),
+    ("DPM2", {"sigma_churn": 3.0, "sigma_noise": 0.9}, False), ("DPM++ 2S a", {"sigma_noise": 0.8}, False),
+    ("Euler a", {"sigma_noise": 0.5}, False), ("Euler", {"sigma_churn": 2.0}, True)])
+def test_sigma_churn_tmin_tmax_and_noise_are_k_diffusions(k, tiny_model, tiny_session, photo, name, options, img2img):
+    """A1111's sampler parameters: Sigma churn / tmin / tmax / noise reach Euler, Heun and DPM2 (k-diffusion's
+    S_churn: eps drawn from the image's numbers at every step, A1111's TorchHijack), Sigma noise the noisy samplers
+    A1111 gives it to, not Euler a; in img2img the churn divides by the steps run. Written when not the default for a
+    sampler that takes them, and read back."""
+    from PIL import Image
+
+    from personae.inference.txt2img import txt2img
+    from personae.jobs.generate import settings_from_png
+    from personae.media.png import parse_parameters, save_png
+
+    settings = _settings(tiny_model[0], sampler=name, steps=8, **options,
+                         **({"init_image": str(photo), "strength": 0.6} if img2img else {}))
+    sampler = get_sampler(settings.sampler)
+    kind = KSAMPLERS[sampler.options["sampler"]]
+    pipe = tiny_session.pipe
+    sigmas = _k_sigmas(k, _denoiser(k, pipe), sampler.options["schedule"], settings.steps, kind.discard_penultimate)
+    parameters = {}
+    if kind.churns:
+        parameters = {"s_churn": settings.sigma_churn, "s_tmin": settings.sigma_tmin,
+                      "s_tmax": settings.sigma_tmax or float("inf")}
+    if kind.takes_s_noise:
+        parameters["s_noise"] = settings.sigma_noise
+    stream = torch.Generator().manual_seed(settings.seed)
+    if img2img:
+        sigmas = sigmas[settings.steps - int(0.6 * settings.steps) - 1:]
+        with torch.no_grad():
+            image = pipe.image_processor.preprocess(Image.open(photo).convert("RGB"), height=64, width=64)
+            encoded = pipe.vae.encode(image).latent_dist.sample(generator=torch.Generator().manual_seed(settings.seed))
+        x = encoded * pipe.vae.config.scaling_factor + torch.randn(SHAPE, generator=stream) * sigmas[0]
+    else:
+        x = torch.randn(SHAPE, generator=stream) * sigmas[0]
+    original = k.sampling.torch
+    k.sampling.torch = _TorchHijack(stream)
+    try:
+        final = _k_run(k, pipe, settings, sigmas, x, stream, **parameters)
+    finally:
+        k.sampling.torch = original
+    with torch.no_grad():
+        theirs = _decoder_input(pipe, lambda: pipe.vae.decode(final / pipe.vae.config.scaling_factor))
+    ours = _personae(tiny_session, settings)
+    plain = _personae(tiny_session, settings.model_copy(update={"sigma_churn": 0.0, "sigma_noise": 1.0}))
+    assert (ours - theirs).abs().max().item() <= 2e-5 * theirs.abs().max().item()
+    said = parse_parameters(txt2img(settings, tiny_session)[0].parameters)[2]
+    if name == "Euler a":  # A1111 does not give Euler a its Sigma noise: nothing changes, nothing is written
+        assert torch.equal(ours, plain) and "Sigma noise" not in said
+        return
+    assert (plain - theirs).abs().max().item() > 2e-4 * theirs.abs().max().item()
+    keys = {"sigma_churn": "Sigma churn", "sigma_tmin": "Sigma tmin", "sigma_tmax": "Sigma tmax",
+            "sigma_noise": "Sigma noise"}
+    assert {key: said[key] for key in said if key.startswith("Sigma")} == {
+        keys[field]: f"{value:g}" for field, value in options.items()}
+    png = tiny_model[0].parent / f"churn-{name.replace(' ', '_')}-{img2img}.png"
+    save_png(Image.new("RGB", (8, 8)), png, txt2img(settings, tiny_session)[0].parameters.replace("personae", "v1"))
+    assert {field: settings_from_png(png)[field] for field in options} == options

@@ -139,6 +139,14 @@ class OptionSettings(Concept):
     skip_early_cfg: float = setting(0.0, '"Skip Early CFG" (A1111 1.10): the first share (0-1) of the model calls '
                                          "runs without the negative prompt; 0: off", infotext="Skip Early CFG",
                                     infotext_if="skip_early_cfg", ge=0.0, le=1.0)
+    sigma_churn: float = setting(0.0, '"Sigma churn" (A1111\'s sampler parameter, Karras et al.\'s S_churn): Euler, '
+                                      "Heun and DPM2 add noise before each step and step from the raised sigma; 0: "
+                                      "off", ge=0.0, le=100.0)
+    sigma_tmin: float = setting(0.0, '"Sigma tmin": the churn only where the sigma is at least this', ge=0.0, le=100.0)
+    sigma_tmax: float = setting(0.0, '"Sigma tmax": the churn only where the sigma is at most this; 0: no bound',
+                                ge=0.0, le=1000.0)
+    sigma_noise: float = setting(1.0, '"Sigma noise": the scale of the fresh noise of the churn and of the '
+                                      "ancestral and SDE samplers A1111 gives it to (not Euler a)", ge=0.0, le=2.0)
     quantize: bool = setting(False, '"Enable quantization in K samplers": the UNet is given each sigma\'s nearest '
                                     "whole training step instead of the fractional one (A1111's option, off by "
                                     "default; ComfyUI always samples so, and --from-png sets it for its pictures)",

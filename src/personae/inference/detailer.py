@@ -263,12 +263,13 @@ def redraw_face(session, settings, picture: Image.Image, mask: Image.Image, prom
                 report(step + 1, getattr(pipeline, "_num_timesteps", 0) or len(pipeline.scheduler.timesteps))
             return prompts.after_step(pipeline, step, kwargs)
 
+        faces_generators = scheduler.generators = image_generators([seed % 2**64], settings.rng, settings.ensd)
         with composing(prompts, session.pipe.unet, pad=settings.pad_conds), \
                 skipping_uncond(session.pipe.unet, scheduler, settings, 1):  # AND and NGMS there too
             drawn = pipe(image=init, **mask_kwargs(pipe, crop_mask, width, height), **prompts.call_kwargs(),
                          **img2img_steps(pipe.scheduler, steps, settings.ad_denoising_strength,
                                          fixed=settings.img2img_fix_steps), guidance_scale=cfg,
-                         generator=image_generators([seed % 2**64], settings.rng, settings.ensd),
+                         generator=faces_generators,
                          callback_on_step_end=step_end).images[0]
     overlay = full_mask if settings.ad_inpaint_only_masked else overlay_mask(full_mask)  # A1111's mask_for_overlay
     return paste_back(picture, drawn, region, overlay)

@@ -124,5 +124,6 @@ def hires_fix(pipe, redraw_pipe, settings, size: tuple[int, int], kwargs: dict, 
     redraw = {**kwargs, **(redraw_kwargs or {}), "generator": generators(),
               **img2img_steps(redraw_pipe.scheduler, settings.hires_steps or settings.steps, settings.hires_denoise,
                               hires=True)}
+    redraw_pipe.scheduler.generators = redraw["generator"]  # a k-sampler's churn draws before its first call
     with redraw_pass:
         return redraw_pipe(image=image, **redraw).images

@@ -42,6 +42,17 @@ class KSampler:
         """Adds fresh noise at each step (A1111's "Eta" applies)."""
         return "ancestral" in self.function or "sde" in self.function
 
+    @property
+    def churns(self) -> bool:
+        """Takes A1111's "Sigma churn", "Sigma tmin" and "Sigma tmax" (Karras et al.'s S_churn: noise added before
+        each step's first call)."""
+        return self.function in ("euler", "heun", "dpm_2")
+
+    @property
+    def takes_s_noise(self) -> bool:
+        """Takes A1111's "Sigma noise" (its sampler_extra_params; Euler a and LMS keep k-diffusion's 1)."""
+        return self.function not in ("euler_ancestral", "lms", "dpmpp_2m")
+
 
 # A1111 1.10's samplers_k_diffusion: function, its "Automatic" schedule, and whether the next-to-last sigma goes
 KSAMPLERS = {
@@ -98,7 +109,8 @@ class KDiffusionScheduler(SchedulerMixin, ConfigMixin):
                  beta_schedule: str = "scaled_linear", trained_betas=None, prediction_type: str = "epsilon",
                  rescale_betas_zero_snr: bool = False, sampler: str = "Euler", schedule: str = "Automatic",
                  eta: float = 1.0, s_noise: float = 1.0, sdxl: bool = False, quantize: bool = False,
-                 rho: float = 0.0, sigma_min: float = 0.0, sigma_max: float = 0.0, discard_penultimate: bool = False):
+                 rho: float = 0.0, sigma_min: float = 0.0, sigma_max: float = 0.0, discard_penultimate: bool = False,
+                 s_churn: float = 0.0, s_tmin: float = 0.0, s_tmax: float = 0.0):
         self.kind = KSAMPLERS[sampler]
         self.schedule = self.kind.schedule if schedule == "Automatic" else schedule
         if self.schedule not in SCHEDULES:
@@ -112,6 +124,11 @@ class KDiffusionScheduler(SchedulerMixin, ConfigMixin):
         # picture is kept; each denoised estimate is the encoded picture there, and so is the result (inpaint_like)
         self.inpaint: tuple[torch.Tensor, torch.Tensor] | None = None
         self._init_latent: torch.Tensor | None = None
+        # the images' generators, for the churn noise drawn before a step's first call (the pipeline hands them to
+        # step() only after it); set by the caller when "Sigma churn" is on
+        self.generators: list | None = None
+        self.steps_run: int | None = None  # img2img: the last steps_run steps of the schedule (img2img_steps)
+        self.s_noise = s_noise if self.kind.takes_s_noise else 1.0
 
     # --- the plan: one entry per model call --------------------------------------------------------------------
 
@@ -121,9 +138,16 @@ class KDiffusionScheduler(SchedulerMixin, ConfigMixin):
         self.sigmas = schedule_sigmas(self.schedule, num_inference_steps, self.model, c.sdxl,
                                       self.kind.discard_penultimate or c.discard_penultimate, c.rho, c.sigma_min,
                                       c.sigma_max)
+        steps = len(self.sigmas) - 1
+        # k-diffusion's sigma_hat: each step's first call at sigma x (gamma + 1), gamma from "Sigma churn" where the
+        # sigma is within [tmin, tmax] (tmax 0: no bound, A1111's); exactly sigma without churn
+        top = c.s_tmax or float("inf")
+        self._hats = [self.sigmas[i] * ((min(c.s_churn / (self.steps_run or steps), 2 ** 0.5 - 1)
+                                         if self.kind.churns and c.s_churn and c.s_tmin <= self.sigmas[i] <= top
+                                         else 0.0) + 1) for i in range(steps)]
         self._calls: list[tuple[int, int, torch.Tensor]] = []  # (step, stage, sigma the model sees)
-        for i in range(len(self.sigmas) - 1):
-            self._calls.append((i, 0, self.sigmas[i]))
+        for i in range(steps):
+            self._calls.append((i, 0, self._hats[i]))
             second = self._second_sigma(i) if self.kind.two_stage else None
             if second is not None:
                 self._calls.append((i, 1, second))
@@ -132,6 +156,7 @@ class KDiffusionScheduler(SchedulerMixin, ConfigMixin):
         self._state: dict = {}
         self._step_index = self._begin_index = None
         self._noise = None
+        self._churned = None
 
     def _second_sigma(self, i: int):
         """The sigma of step i's second model call, or None when the step makes one (the last, to sigma 0)."""
@@ -139,7 +164,7 @@ class KDiffusionScheduler(SchedulerMixin, ConfigMixin):
         if fn == "heun":
             return None if nxt == 0 else nxt
         if fn == "dpm_2":
-            return None if nxt == 0 else now.log().lerp(nxt.log(), 0.5).exp()
+            return None if nxt == 0 else self._hats[i].log().lerp(nxt.log(), 0.5).exp()
         down, _ = ancestral_step(now, nxt, eta)
         if fn == "dpm_2_ancestral":
             return None if down == 0 else now.log().lerp(down.log(), 0.5).exp()
@@ -181,8 +206,27 @@ class KDiffusionScheduler(SchedulerMixin, ConfigMixin):
     def scale_model_input(self, sample: torch.Tensor, timestep=None) -> torch.Tensor:
         if self._step_index is None:
             self._init_step_index(timestep)
-        c_in = 1 / (self._call_sigma() ** 2 + 1.0) ** 0.5
+        i, stage, hat = self._calls[self._step_index]
+        if stage == 0 and self.kind.churns and self.config.s_churn:
+            sample = self._churn(sample, i, hat)
+        c_in = 1 / (hat ** 2 + 1.0) ** 0.5
         return sample * c_in.to(sample.device, sample.dtype)
+
+    def _churn(self, sample: torch.Tensor, i: int, hat) -> torch.Tensor:
+        """k-diffusion's churn before step i's first call: eps drawn every step (A1111's generator moves on even
+        where gamma is 0), x + eps x s_noise x sqrt(hat^2 - sigma^2) where it is not; `sample` is the pipeline's
+        latents, repeated for guidance; step() goes on from the churned latents."""
+        gens = self.generators
+        if gens is None:
+            raise RuntimeError("Sigma churn draws noise before the model call: set the scheduler's generators")
+        n = len(gens) if isinstance(gens, list) else 1
+        x = sample[:n].float()
+        eps = randn_tensor(x.shape, generator=gens, device=x.device, dtype=x.dtype) * self.s_noise
+        sigma = self.sigmas[i]
+        if hat > sigma:
+            x = x + eps * (hat ** 2 - sigma ** 2) ** 0.5
+        self._churned = x
+        return x.to(sample.dtype).repeat(sample.shape[0] // n, *[1] * (x.dim() - 1))
 
     def add_noise(self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
         """img2img's start, as A1111's: the encoded picture + noise x the first sigma of the run."""
@@ -190,7 +234,7 @@ class KDiffusionScheduler(SchedulerMixin, ConfigMixin):
             index = self.index_for_timestep(timesteps.reshape(-1)[0].to(self.timesteps.device))
         else:
             index = self._step_index if self._step_index is not None else self._begin_index
-        sigma = self._calls[index][2].to(original_samples.device, original_samples.dtype)
+        sigma = self.sigmas[self._calls[index][0]].to(original_samples.device, original_samples.dtype)  # not churned
         if self.inpaint is not None and self._init_latent is None:  # the pipeline's first call: the encoded picture
             self._init_latent = original_samples.float()
         return original_samples + noise * sigma
@@ -207,6 +251,8 @@ class KDiffusionScheduler(SchedulerMixin, ConfigMixin):
         i, stage, sigma = self._calls[self._step_index]
         dtype = sample.dtype
         x, out = sample.float(), model_output.float()
+        if stage == 0 and self._churned is not None:  # the latents the model saw: churned in scale_model_input
+            x, self._churned = self._churned, None
         if self.model.v_prediction:  # CompVisVDenoiser
             c_skip, c_out = 1.0 / (sigma ** 2 + 1.0), -sigma / (sigma ** 2 + 1.0) ** 0.5
             denoised = out * c_out + x * c_skip
@@ -247,7 +293,7 @@ class KDiffusionScheduler(SchedulerMixin, ConfigMixin):
         return (x - denoised) / sigma
 
     def _euler(self, i, stage, x, denoised):
-        sigma, nxt = self.sigmas[i], self.sigmas[i + 1]
+        sigma, nxt = self._hats[i], self.sigmas[i + 1]
         return x + self._to_d(x, sigma, denoised) * (nxt - sigma)
 
     def _euler_ancestral(self, i, stage, x, denoised):
@@ -255,7 +301,7 @@ class KDiffusionScheduler(SchedulerMixin, ConfigMixin):
         down, up = ancestral_step(sigma, nxt, self.config.eta)
         x = x + self._to_d(x, sigma, denoised) * (down - sigma)
         if nxt > 0:
-            x = x + self._randn(x) * self.config.s_noise * up
+            x = x + self._randn(x) * self.s_noise * up
         return x
 
     def _lms(self, i, stage, x, denoised, order: int = 4):
@@ -269,7 +315,7 @@ class KDiffusionScheduler(SchedulerMixin, ConfigMixin):
         return x + sum(c * d for c, d in zip(coeffs, reversed(ds)))
 
     def _heun(self, i, stage, x, denoised):
-        sigma, nxt = self.sigmas[i], self.sigmas[i + 1]
+        sigma, nxt = self._hats[i], self.sigmas[i + 1]
         if stage == 0:  # Euler to the next sigma: the answer on the last step, else the point of the second call
             d = self._to_d(x, sigma, denoised)
             self._state.update(x=x, d=d)
@@ -278,7 +324,7 @@ class KDiffusionScheduler(SchedulerMixin, ConfigMixin):
         return self._state["x"] + (self._state["d"] + d_2) / 2 * (nxt - sigma)
 
     def _dpm_2(self, i, stage, x, denoised):
-        sigma, nxt = self.sigmas[i], self.sigmas[i + 1]
+        sigma, nxt = self._hats[i], self.sigmas[i + 1]
         return self._midpoint(i, stage, x, denoised, sigma, nxt, 0.0)
 
     def _dpm_2_ancestral(self, i, stage, x, denoised):
@@ -298,7 +344,7 @@ class KDiffusionScheduler(SchedulerMixin, ConfigMixin):
         mid = self._calls[self._step_index][2]
         x = self._state["x"] + self._to_d(x, mid, denoised) * (target - sigma)
         if up:
-            x = x + self._randn(x) * self.config.s_noise * up
+            x = x + self._randn(x) * self.s_noise * up
         return x
 
     def _dpmpp_2s_ancestral(self, i, stage, x, denoised):
@@ -315,11 +361,11 @@ class KDiffusionScheduler(SchedulerMixin, ConfigMixin):
             t, t_next = _t(sigma), _t(down)
             x = (_sigma(t_next) / _sigma(t)) * self._state["x"] - (-(t_next - t)).expm1() * denoised
         if nxt > 0:
-            x = x + self._randn(x) * self.config.s_noise * up
+            x = x + self._randn(x) * self.s_noise * up
         return x
 
     def _dpmpp_sde(self, i, stage, x, denoised, r: float = 0.5):
-        sigma, nxt, eta, s_noise = self.sigmas[i], self.sigmas[i + 1], self.config.eta, self.config.s_noise
+        sigma, nxt, eta, s_noise = self.sigmas[i], self.sigmas[i + 1], self.config.eta, self.s_noise
         if nxt == 0:
             return x + self._to_d(x, sigma, denoised) * (nxt - sigma)
         t, t_next = _t(sigma), _t(nxt)
@@ -370,7 +416,7 @@ class KDiffusionScheduler(SchedulerMixin, ConfigMixin):
                 else:
                     x = x + 0.5 * (-h - eta_h).expm1().neg() * (1 / r) * (denoised - old)
             if eta:
-                x = x + self._brownian(x, sigma, nxt) * nxt * (-2 * eta_h).expm1().neg().sqrt() * self.config.s_noise
+                x = x + self._brownian(x, sigma, nxt) * nxt * (-2 * eta_h).expm1().neg().sqrt() * self.s_noise
         self._state.update(old=denoised, h_last=h)
         return x
 
@@ -396,7 +442,7 @@ class KDiffusionScheduler(SchedulerMixin, ConfigMixin):
                 phi_2 = h_eta.neg().expm1() / h_eta + 1
                 x = x + phi_2 * ((denoised - d_1) / (h_1 / h))
             if eta:
-                x = x + self._brownian(x, sigma, nxt) * nxt * (-2 * h * eta).expm1().neg().sqrt() * self.config.s_noise
+                x = x + self._brownian(x, sigma, nxt) * nxt * (-2 * h * eta).expm1().neg().sqrt() * self.s_noise
         self._state.update(d_1=denoised, d_2=d_1, h_1=h, h_2=h_1)
         return x
 
@@ -418,4 +464,6 @@ def img2img_steps(scheduler, steps: int, strength: float, hires: bool = False, f
         total, run = int(steps / capped), steps
     else:
         total, run = steps, int(capped * steps) + 1
+    if k_diffusion:
+        scheduler.steps_run = run  # k-diffusion's churn divides by the steps of the schedule it is given
     return {"num_inference_steps": total, "strength": min(1.0, (run + 0.5) / total)}

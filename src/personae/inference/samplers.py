@@ -51,6 +51,18 @@ class Sampler:
             return {"Eta DDIM": eta_ddim}
         return {}
 
+    def sigmas_said(self, churn: float, tmin: float, tmax: float, noise: float) -> dict[str, float]:
+        """The infotext's "Sigma churn" / "Sigma tmin" / "Sigma tmax" / "Sigma noise", as A1111 writes them: for a
+        sampler that takes each (Euler, Heun and DPM2 all four; most noisy samplers the noise), when not its
+        default (0, 0, 0 = no bound, 1)."""
+        if self.scheduler is not KDiffusionScheduler:
+            return {}
+        kind = KSAMPLERS[self.options["sampler"]]
+        said = {"Sigma churn": churn, "Sigma tmin": tmin, "Sigma tmax": tmax} if kind.churns else {}
+        said.update({"Sigma noise": noise} if kind.takes_s_noise else {})
+        defaults = {"Sigma churn": 0.0, "Sigma tmin": 0.0, "Sigma tmax": 0.0, "Sigma noise": 1.0}
+        return {key: value for key, value in said.items() if value != defaults[key]}
+
     def make(self, base_config: dict, tuning: dict | None = None) -> SchedulerMixin:
         """A fresh scheduler built on the model's own noise schedule (betas, timesteps).
 
@@ -183,9 +195,11 @@ def uniform_said(name: str, key: str = "Schedule type") -> dict[str, str]:
 
 def k_tuning(settings) -> dict:
     """A1111's options that reach a k-diffusion sampler, from `settings` (those without them keep A1111's defaults):
-    Eta, K-sampler quantization, Schedule rho / min sigma / max sigma, Discard penultimate sigma."""
+    Eta, K-sampler quantization, Schedule rho / min sigma / max sigma, Discard penultimate sigma, Sigma churn / tmin /
+    tmax / noise."""
     names = {"eta": "eta", "quantize": "quantize", "rho": "schedule_rho", "sigma_min": "schedule_min_sigma",
-             "sigma_max": "schedule_max_sigma", "discard_penultimate": "discard_penultimate"}
+             "sigma_max": "schedule_max_sigma", "discard_penultimate": "discard_penultimate",
+             "s_churn": "sigma_churn", "s_tmin": "sigma_tmin", "s_tmax": "sigma_tmax", "s_noise": "sigma_noise"}
     return {option: getattr(settings, field) for option, field in names.items() if hasattr(settings, field)}
 
 

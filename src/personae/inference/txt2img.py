@@ -101,6 +101,8 @@ def infotext(settings: GenerateSettings, session: Session, seed: int, width: int
     params = {  # the settings that declare an A1111 name, then what this run resolved
         **infotext_values(settings), **uniform_said(settings.sampler),
         **get_sampler(settings.sampler).eta_said(settings.eta, settings.eta_ddim),
+        **get_sampler(settings.sampler).sigmas_said(settings.sigma_churn, settings.sigma_tmin, settings.sigma_tmax,
+                                                    settings.sigma_noise),
         **({"Emphasis": settings.emphasis} if settings.emphasis != "Original" else {}),
         **(uniform_said(settings.hires_sampler, "Hires schedule type")
            if settings.hires_scale and settings.hires_sampler else {}),
@@ -389,6 +391,7 @@ def txt2img(settings: GenerateSettings, session: Session | None = None, on_event
         kwargs = dict(**prompts.call_kwargs(), num_inference_steps=settings.steps, guidance_scale=settings.cfg,
                       **({"eta": settings.eta_ddim} if settings.eta_ddim else {}),
                       generator=generators(), callback_on_step_end=reporter(prompts))
+        scheduler.generators = kwargs["generator"]  # a k-sampler's churn draws before the pipeline hands them over
         # A1111's AND: the pass's UNet (and ControlNet) calls run every part of its prompt; the hires fix's two
         # passes each compose their own prompt
         first_pass = sampling_pass(prompts, session.pipe.unet, nets, settings, scheduler)

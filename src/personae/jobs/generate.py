@@ -119,7 +119,9 @@ def _from_infotext(text: str, source: Path) -> dict:
         data["masked_content"] = p["Masked content"]
     if p.get("Mask mode") in _READ_VALUES["Mask mode"]:
         data["mask_invert"] = p["Mask mode"] == "Inpaint not masked"
-    for key, field in (("Eta", "eta"), ("Eta DDIM", "eta_ddim")):  # written only when not the sampler's default
+    for key, field in (("Eta", "eta"), ("Eta DDIM", "eta_ddim"), ("Sigma churn", "sigma_churn"),
+                       ("Sigma tmin", "sigma_tmin"), ("Sigma tmax", "sigma_tmax"), ("Sigma noise", "sigma_noise")):
+        # written only when not the sampler's default
         if key in p:
             try:
                 data[field] = float(p[key])
@@ -220,6 +222,7 @@ def settings_from_png(path: str | Path) -> dict:
 _READ_KEYS = {"Size", "Seed resize from", "Inpaint area", "Masked area padding", "Schedule type", "Hires schedule type",
               "Lora hashes", "Version", "Model", "Model hash", "VAE", "VAE hash", "ADetailer version",
               "ADetailer scheduler", *DETAILER_SWITCHES, "Pad conds", "Pad conds v0", "Eta", "Eta DDIM",
+              "Sigma churn", "Sigma tmin", "Sigma tmax", "Sigma noise",
               "Template", "Negative Template"}  # Dynamic Prompts' prompts as written: the PNG's prompts are drawn
 
 
