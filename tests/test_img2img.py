@@ -205,7 +205,10 @@ def test_masked_content_and_mask_mode_draw_and_are_written_and_read_as_a1111s(tm
     assert "Mask mode: Inpaint not masked" in inverted.parameters
     save_png(inverted.image, tmp_path / "a1111.png", inverted.parameters.replace("personae", "v1.10.1"))
     data = settings_from_png(tmp_path / "a1111.png")
-    assert data["masked_content"] == "latent nothing" and data["mask_invert"] is True
+    assert data["masked_content"] == "latent nothing" and data["mask_invert"] is True and data["mask_blur"] == 2
+    unblurred = inverted.parameters.replace("personae", "v1.10.1").replace("Mask blur: 2, ", "")
+    save_png(inverted.image, tmp_path / "unblurred.png", unblurred)  # A1111 leaves out a mask blur of 0
+    assert settings_from_png(tmp_path / "unblurred.png")["mask_blur"] == 0
     strange = inverted.parameters.replace("latent nothing", "latent everything").replace("personae", "v1.10.1")
     save_png(inverted.image, tmp_path / "strange.png", strange)
     assert "masked_content" not in settings_from_png(tmp_path / "strange.png")

@@ -115,10 +115,13 @@ def _from_infotext(text: str, source: Path) -> dict:
                         "not a size in pixels.", "Pass --width and --height on the command line instead.") from None
     if p.get("Emphasis") in _READ_VALUES["Emphasis"]:  # A1111 writes it when not Original
         data["emphasis"] = p["Emphasis"]
+    ours = p.get("Version", "").startswith("personae")  # personae's own infotext says what differs from its defaults
     if p.get("Masked content") in _READ_VALUES["Masked content"]:  # written when not original
         data["masked_content"] = p["Masked content"]
     if p.get("Mask mode") in _READ_VALUES["Mask mode"]:
         data["mask_invert"] = p["Mask mode"] == "Inpaint not masked"
+    if "Mask blur" not in p and not ours and {"Inpaint area", "Masked content", "Mask mode"} & p.keys():
+        data["mask_blur"] = 0  # an inpainting (A1111 wrote its other keys) whose blur was 0: A1111 leaves it out
     for key, field in (("Eta", "eta"), ("Eta DDIM", "eta_ddim"), ("Sigma churn", "sigma_churn"),
                        ("Sigma tmin", "sigma_tmin"), ("Sigma tmax", "sigma_tmax"), ("Sigma noise", "sigma_noise")):
         # written only when not the sampler's default
@@ -128,7 +131,6 @@ def _from_infotext(text: str, source: Path) -> dict:
             except ValueError:
                 raise UserError(f'--from-png: {source} stores "{key}: {p[key][:20]}", which is not a number.',
                                 f"Pass --{field.replace('_', '-')} on the command line instead.") from None
-    ours = p.get("Version", "").startswith("personae")  # personae's own infotext says what differs from its defaults
     if "RNG" not in p and not ours:
         # A1111 writes "RNG" only when it is not its default: the picture's noise was drawn on the GPU (personae
         # draws those numbers on any device); personae's own PNGs always name their source
