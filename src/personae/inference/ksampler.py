@@ -220,13 +220,15 @@ class KDiffusionScheduler(SchedulerMixin, ConfigMixin):
         if gens is None:
             raise RuntimeError("Sigma churn draws noise before the model call: set the scheduler's generators")
         n = len(gens) if isinstance(gens, list) else 1
-        x = sample[:n].float()
-        eps = randn_tensor(x.shape, generator=gens, device=x.device, dtype=x.dtype) * self.s_noise
-        sigma = self.sigmas[i]
-        if hat > sigma:
-            x = x + eps * (hat ** 2 - sigma ** 2) ** 0.5
-        self._churned = x
-        return x.to(sample.dtype).repeat(sample.shape[0] // n, *[1] * (x.dim() - 1))
+        if self._churned is None or self._churned[0] != self._step_index:  # a second scale for the same call (a
+            x = sample[:n].float()  # ControlNet's input in guess mode) reuses the draw
+            eps = randn_tensor(x.shape, generator=gens, device=x.device, dtype=x.dtype) * self.s_noise
+            sigma = self.sigmas[i]
+            if hat > sigma:
+                x = x + eps * (hat ** 2 - sigma ** 2) ** 0.5
+            self._churned = (self._step_index, x)
+        x = self._churned[1]
+        return x.to(sample.dtype).repeat(sample.shape[0] // x.shape[0], *[1] * (x.dim() - 1))
 
     def add_noise(self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
         """img2img's start, as A1111's: the encoded picture + noise x the first sigma of the run."""
@@ -252,7 +254,7 @@ class KDiffusionScheduler(SchedulerMixin, ConfigMixin):
         dtype = sample.dtype
         x, out = sample.float(), model_output.float()
         if stage == 0 and self._churned is not None:  # the latents the model saw: churned in scale_model_input
-            x, self._churned = self._churned, None
+            x, self._churned = self._churned[1], None
         if self.model.v_prediction:  # CompVisVDenoiser
             c_skip, c_out = 1.0 / (sigma ** 2 + 1.0), -sigma / (sigma ** 2 + 1.0) ** 0.5
             denoised = out * c_out + x * c_skip
