@@ -41,13 +41,29 @@ def _rows(value, index: slice, rows: int):
 
 
 @contextmanager
+def forward_replaced(unet, forward, signature: inspect.Signature) -> Iterator[None]:
+    """Within the block, `unet`'s forward is `forward` (which binds its arguments by the UNet's `signature`, and
+    shows it to hooks that bind them too); then the forward it had again."""
+    had_own = "forward" in vars(unet)  # accelerate's offload hooks put a forward of their own on the module
+    original = unet.forward
+    forward.__signature__ = signature
+    unet.forward = forward
+    try:
+        yield
+    finally:
+        if had_own:
+            unet.forward = original
+        else:
+            del unet.forward
+
+
+@contextmanager
 def unpadded(prompts, unet, mode: str = "on") -> Iterator[None]:
     """Within the block (one sampling pass of `prompts`), `unet` draws the pair as `mode` says."""
     if mode == "on" or not isinstance(prompts, ScheduledPrompts) or not pads(prompts):
         yield
         return
     prompts.step = 0
-    had_own = "forward" in vars(unet)  # accelerate's offload hooks put a forward of their own on the module
     original = unet.forward
     signature = inspect.signature(original)
 
@@ -78,11 +94,5 @@ def unpadded(prompts, unet, mode: str = "on") -> Iterator[None]:
             return (torch.cat([outputs[0][0], outputs[1][0]]), *outputs[0][1:])
         return type(outputs[0])(sample=torch.cat([outputs[0].sample, outputs[1].sample]))
 
-    unet.forward = forward
-    try:
+    with forward_replaced(unet, forward, signature):
         yield
-    finally:
-        if had_own:
-            unet.forward = original
-        else:
-            del unet.forward

@@ -19,7 +19,7 @@ import inspect
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from personae.inference.cond_lengths import _rows
+from personae.inference.cond_lengths import _rows, forward_replaced
 
 
 def _planned_calls(scheduler) -> int:
@@ -49,7 +49,6 @@ def skipping_uncond(unet, scheduler, settings, images: int) -> Iterator[None]:
     if not ngms and not early:
         yield
         return
-    had_own = "forward" in vars(unet)  # accelerate's offload hooks put a forward of their own on the module
     original = unet.forward
     signature = inspect.signature(original)
     state = {"call": 0, "calls": None}
@@ -70,15 +69,8 @@ def skipping_uncond(unet, scheduler, settings, images: int) -> Iterator[None]:
             return (_with_uncond(conds[0], images), *conds[1:])
         return type(conds)(sample=_with_uncond(conds.sample, images))
 
-    forward.__signature__ = signature  # hooks that bind the UNet's arguments by name (composable's) still can
-    unet.forward = forward
-    try:
+    with forward_replaced(unet, forward, signature):  # composable's hooks bind the UNet's arguments by name
         yield
-    finally:
-        if had_own:
-            unet.forward = original
-        else:
-            del unet.forward
 
 
 def _with_uncond(conds, images: int):
