@@ -214,6 +214,31 @@ def test_masked_content_and_mask_mode_draw_and_are_written_and_read_as_a1111s(tm
     assert "masked_content" not in settings_from_png(tmp_path / "strange.png")
     said = png_not_applied(tmp_path / "strange.png", GenerateSettings(model=str(tiny_model[0]), prompt="x"))
     assert any("Masked content" in item for item in said)
+    # a PNG does not carry its mask: without --mask its inpainting settings are named, not applied, and not an error
+    from personae.errors import UserError
+    from personae.jobs.generate import png_without_mask
+
+    stored = settings_from_png(tmp_path / "a1111.png")
+    read = GenerateSettings(**{**stored, "model": str(tiny_model[0]), "init_image": None})
+    plain = png_without_mask(read, stored)
+    assert (plain.masked_content, plain.mask_invert) == ("original", False)
+    assert txt2img(plain.model_copy(update={"steps": 2}), tiny_session)[0].image.size == (64, 64)
+    said = png_not_applied(tmp_path / "a1111.png", plain)
+    assert 'Masked content "latent nothing" (no --mask)' in said
+    assert 'Mask mode "Inpaint not masked" (no --mask)' in said
+    import subprocess
+    import sys
+
+    run = subprocess.run([sys.executable, "-m", "personae", "generate", "--model", str(tiny_model[0]), "--from-png",
+                          str(tmp_path / "a1111.png"), "--steps", "2", "--out", str(tmp_path / "drawn")],
+                         capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0 and 'Masked content "latent nothing" (no --mask)' in run.stderr, run.stderr
+    assert len(list((tmp_path / "drawn").glob("*.png"))) == 1
+    with_mask = read.model_copy(update={"mask": str(tmp_path / "mask.png")})
+    assert png_without_mask(with_mask, stored) is with_mask
+    for wrong in ({"masked_content": "fill"}, {"mask_invert": True}):  # typed without --mask: said, before loading
+        with pytest.raises(UserError, match="no --mask is given"):
+            txt2img(GenerateSettings(model=str(tiny_model[0]), prompt="x", **wrong))
 
 
 def test_noise_multiplier_is_a1111s_and_written_only_when_not_1(tmp_path, tiny_model, tiny_session):

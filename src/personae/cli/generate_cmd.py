@@ -142,7 +142,14 @@ def run(args) -> int:
     from personae.cli.big_jobs import confirm_big_job, estimate_seconds
     from personae.cli.progress import TerminalProgress
     from personae.events import Message
-    from personae.jobs.generate import png_not_applied, png_references, png_upscaler, run_generate, settings_from_png
+    from personae.jobs.generate import (
+        png_not_applied,
+        png_references,
+        png_upscaler,
+        png_without_mask,
+        run_generate,
+        settings_from_png,
+    )
     from personae.models.resolve import model_hash, resolve_model
 
     stored = settings_from_png(args.from_png) if args.from_png else None
@@ -151,8 +158,8 @@ def run(args) -> int:
     if args.recipe:
         base = run_recipe(args, base, progress)
     settings = settings_from_args(args, base)
-    if stored is not None:  # a model upscaler the PNG names: from --upscaler-dir, else Lanczos (and said below)
-        settings = png_upscaler(settings, stored)
+    if stored is not None:  # a model upscaler the PNG names: from --upscaler-dir, else Lanczos (and said below);
+        settings = png_without_mask(png_upscaler(settings, stored), stored)  # its inpainting only with --mask
     images = settings.batch_size * settings.batch_count
     confirm_big_job("This generation", images, estimate_seconds(
         settings.model, images, settings.steps, settings.width, settings.height, settings.cfg, settings.device,

@@ -287,6 +287,10 @@ def txt2img(settings: GenerateSettings, session: Session | None = None, on_event
         settings = settings.model_copy(update={"subseed": subseed})
     if settings.mask and not settings.init_image:
         raise UserError("--mask needs --init-image (the picture to inpaint).")
+    if (settings.masked_content != "original" or settings.mask_invert) and not settings.mask:
+        flag = "--mask-invert" if settings.mask_invert else f'--masked-content "{settings.masked_content}"'
+        raise UserError(f"{flag} says how the part under --mask is redrawn; no --mask is given.",
+                        "Add --mask (with --init-image), or leave it out.")
     if settings.inpaint_area == "masked" and not settings.mask:
         raise UserError("--inpaint-area masked draws the region of --mask alone; no --mask is given.",
                         "Add --mask, or leave --inpaint-area at whole.")

@@ -292,6 +292,9 @@ def png_not_applied(path: str | Path, settings: GenerateSettings, model_hash: st
             missed.append(_shown("Hires upscaler", upscaler) + f" (upscaled as {settings.hires_upscaler} here{hint})")
     if "Denoising strength" in params and not (settings.init_image or hires):
         missed.append(_shown("Denoising strength", params["Denoising strength"]) + " (no --init-image)")
+    if not settings.mask:
+        missed += [_shown(key, params[key]) + " (no --mask)" for key in ("Inpaint area", "Masked content", "Mask mode")
+                   if key in params]
     if "VAE" in params and not settings.vae:
         missed.append(_shown("VAE", params["VAE"]) + " (pass it with --vae)")
     if "Model hash" in params and params["Model hash"] != model_hash:
@@ -330,6 +333,18 @@ def png_upscaler(settings: GenerateSettings, stored: dict) -> GenerateSettings:
             or find_upscaler(name, settings.upscaler_dir) is not None):
         return settings
     return settings.model_copy(update={"hires_upscaler": "image"})
+
+
+_MASK_ONLY = ("inpaint_area", "masked_content", "mask_invert")  # settings that shape the inpainting of --mask
+
+
+def png_without_mask(settings: GenerateSettings, stored: dict) -> GenerateSettings:
+    """`settings` with the inpainting settings a PNG stores back at their defaults when this run has no --mask (a PNG
+    does not carry its mask): the picture is then drawn without them, and png_not_applied names them."""
+    if settings.mask:
+        return settings
+    return settings.model_copy(update={name: GenerateSettings.model_fields[name].default for name in _MASK_ONLY
+                                       if name in stored and getattr(settings, name) == stored[name]})
 
 
 def png_references(settings: GenerateSettings, stored: dict) -> list[str]:
