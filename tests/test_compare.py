@@ -284,11 +284,13 @@ def test_controlnet_variants_in_one_suite(control_compared):
 
 
 def test_report_names_each_unit_and_shows_the_control_map_once(control_compared, project):
-    from personae.data.control import detect_control
+    from personae.config.addons import ControlRef
+    from personae.inference.controlnet import make_map
 
-    # one map for three units that share image and type; it is the map generate draws
+    # one map for three units that share image and type; it is the map generate makes (A1111's: at Processor Res)
     assert [p.name for p in (control_compared / "controls").iterdir()] == ["canny-shapes.png"]
-    expected = detect_control("canny", Image.open(project / "shapes.png").convert("RGB"))
+    unit = ControlRef(type="canny", image=str(project / "shapes.png"))
+    expected = make_map(unit, Image.open(project / "shapes.png").convert("RGB"), unit.processor_res)
     assert np.array_equal(pixels(control_compared / "controls/canny-shapes.png"), np.asarray(expected, dtype=np.int16))
     report = (control_compared / "report.html").read_text()
     assert "<h2>ControlNet units</h2>" in report and report.count("src='controls/canny-shapes.png'") >= 3 + 3

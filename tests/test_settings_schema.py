@@ -148,7 +148,8 @@ def test_generated_options_keep_the_names_users_know():
         "--ad-inpaint-padding", "--ad-inpaint-width", "--ad-inpaint-height", "--ad-steps", "--ad-cfg-scale",
         "--ad-sampler", "--ad-mask-min-ratio", "--ad-mask-max-ratio", "--ad-x-offset", "--ad-y-offset",
         "--ad-mask-merge-invert", "--ad-noise-multiplier", "--ad-clip-skip",
-        "--controlnet", "--control-option", "--control-start", "--control-end", "--recipe", "--animal", "--from-png",
+        "--controlnet", "--control-option", "--control-start", "--control-end", "--control-resize", "--control-mode",
+        "--control-res", "--pixel-perfect", "--recipe", "--animal", "--from-png",
         "--out", "--quiet", "--yes"}
     assert _options("animate") == SHARED | {"--motion-adapter", "--frames", "--fps", "--motion-scale", "--context",
                                             "--context-stride", "--out", "--frames-dir", "--overwrite", "--quiet",

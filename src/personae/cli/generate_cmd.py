@@ -42,12 +42,27 @@ def _assignment(sep: str, meaning: str):
 
 def add_control_choices(p) -> None:
     """Options that refine the --control units (not settings of their own: they fill each unit's model / options)."""
+    from typing import get_args
+
+    from personae.config.addons import ControlRef
+
     p.add_argument("--controlnet", action="append", type=_assignment("=", "TYPE=PATH_OR_ID"), metavar="TYPE=PATH_OR_ID",
                    help="the ControlNet for a control type: a diffusers folder, an original-layout .safetensors file "
                         "or a hub id (owner/name[/subfolder]); default: lllyasviel/control_v11p_sd15_canny, "
                         "..._openpose, CrucibleAI/ControlNetMediaPipeFace/diffusion_sd15")
     p.add_argument("--control-option", action="append", type=_assignment("=", "TYPE.KEY=VALUE"),
                    metavar="TYPE.KEY=VALUE", help="a preprocessor option, e.g. canny.low=50 canny.high=150")
+    # A1111's per-unit settings, for every --control unit (a YAML file or a PNG sets them unit by unit)
+    p.add_argument("--control-resize", choices=get_args(ControlRef.model_fields["resize_mode"].annotation),
+                   metavar="MODE", help='"Resize Mode" of every unit: "Just Resize" (stretch), "Crop and Resize" '
+                                        '(A1111\'s default: cover, cut the middle) or "Resize and Fill"')
+    p.add_argument("--control-mode", choices=get_args(ControlRef.model_fields["control_mode"].annotation),
+                   metavar="MODE", help='"Control Mode" of every unit: "Balanced" (default), "My prompt is more '
+                                        'important" or "ControlNet is more important"')
+    p.add_argument("--control-res", type=int, metavar="PIXELS",
+                   help='"Processor Res" of every unit: the photo\'s short side when its map is made (default 512)')
+    p.add_argument("--pixel-perfect", action="store_true", default=None,
+                   help='"Pixel Perfect" for every unit: the map made at the resolution the picture needs')
 
 
 def add_parser(sub) -> None:
@@ -75,15 +90,25 @@ def add_parser(sub) -> None:
     p.set_defaults(run=run)
 
 
-def settings_from_args(args, base: dict | None = None):
-    """Merge the options given over `base` (a PNG's or a recipe's settings) and validate them as GenerateSettings."""
+def settings_from_args(args, base: dict | None = None, png_units: list[dict] = ()):
+    """Merge the options given over `base` (a PNG's or a recipe's settings) and validate them as GenerateSettings;
+    an A1111 PNG's ControlNet units (`png_units`, without their pictures) under the --control units given."""
     from personae.cli.options import missing_required, settings_values
     from personae.config.base import parse_settings
     from personae.config.generate import GenerateSettings
     from personae.errors import UserError
+    from personae.jobs.png_controls import with_png_units
 
-    data = {**(base or {}), **settings_values(args, GenerateSettings)}
-    apply_control_choices(data, getattr(args, "controlnet", None) or [], getattr(args, "control_option", None) or [])
+    given = settings_values(args, GenerateSettings)
+    data = {**(base or {}), **given}
+    if png_units and given.get("controls"):
+        data["controls"] = with_png_units(png_units, [dict(c) for c in given["controls"]])
+    apply_control_choices(data, getattr(args, "controlnet", None) or [], getattr(args, "control_option", None) or [],
+                          {key: value for key, value in (("resize_mode", getattr(args, "control_resize", None)),
+                                                         ("control_mode", getattr(args, "control_mode", None)),
+                                                         ("processor_res", getattr(args, "control_res", None)),
+                                                         ("pixel_perfect", getattr(args, "pixel_perfect", None)))
+                           if value is not None})
     flag = missing_required(GenerateSettings, data)
     if flag:
         hint = " (the PNG names only the model's name)" if flag == "--model" and base else ""
@@ -91,12 +116,20 @@ def settings_from_args(args, base: dict | None = None):
     return parse_settings(GenerateSettings, data, "the generate options")
 
 
-def apply_control_choices(data: dict, models: list[tuple[str, str]], options: list[tuple[str, str]]) -> None:
-    """--controlnet TYPE=MODEL and --control-option TYPE.KEY=VALUE, applied to every unit of that type."""
+def apply_control_choices(data: dict, models: list[tuple[str, str]], options: list[tuple[str, str]],
+                          every: dict | None = None) -> None:
+    """--controlnet TYPE=MODEL and --control-option TYPE.KEY=VALUE, applied to every unit of that type; `every`
+    (--control-resize, --control-mode, --control-res, --pixel-perfect) to every unit."""
     from personae.data.control import get_control_type
     from personae.errors import UserError
 
     controls = [dict(c) for c in data.get("controls", [])]
+    if every and not controls:
+        flags = {"resize_mode": "--control-resize", "control_mode": "--control-mode", "processor_res": "--control-res",
+                 "pixel_perfect": "--pixel-perfect"}
+        raise UserError(f"{', '.join(flags[key] for key in every)} set{'s' * (len(every) == 1)} the --control units; "
+                        "no --control is given.", "Add --control TYPE:IMAGE, or leave it out.")
+    controls = [{**control, **(every or {})} for control in controls]
     for kind, model in models:
         get_control_type(kind)  # a typo names the valid types
         for control in controls:
@@ -150,16 +183,20 @@ def run(args) -> int:
         run_generate,
         settings_from_png,
     )
+    from personae.jobs.png_controls import png_control_units
     from personae.models.resolve import model_hash, resolve_model
 
     stored = settings_from_png(args.from_png) if args.from_png else None
+    units = png_control_units(args.from_png) if args.from_png else []  # an A1111 PNG's ControlNet units
     base = stored
     progress = TerminalProgress(quiet=args.quiet)
     if args.recipe:
         base = run_recipe(args, base, progress)
-    settings = settings_from_args(args, base)
+    settings = settings_from_args(args, base, units)
     if stored is not None:  # a model upscaler the PNG names: from --upscaler-dir, else Lanczos (and said below);
         settings = png_without_mask(png_upscaler(settings, stored), stored)  # its inpainting only with --mask
+        if units:  # the ControlNets the PNG's units name are what a file makes us read (png_references)
+            stored = {**stored, "controls": [u for u in units if "model" in u]}
     images = settings.batch_size * settings.batch_count
     confirm_big_job("This generation", images, estimate_seconds(
         settings.model, images, settings.steps, settings.width, settings.height, settings.cfg, settings.device,

@@ -7,7 +7,7 @@ so the CLI options are generated from these declarations like every other settin
 from __future__ import annotations
 
 from pathlib import Path
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 from pydantic import model_validator
 
@@ -82,6 +82,19 @@ class ControlRef(Strict):
     weight: float = setting(1.0, '"Control Weight": 0 switches the unit off, 1 as trained', ge=0.0, le=2.0)
     model: str | None = setting(None, "ControlNet folder or hub id; default: the type's public default model")
     options: dict[str, float] = setting({}, 'the type\'s preprocessor options, e.g. canny {"low": 100, "high": 200}')
+    resize_mode: Literal["Just Resize", "Crop and Resize", "Resize and Fill"] = setting(
+        "Crop and Resize", '"Resize Mode": how the map fits the picture: stretched, scaled to cover it and cut to '
+                           "size, or scaled to fit inside and the rest filled")
+    processor_res: int = setting(512, '"Processor Res": the short side the photo is scaled to before its map is made',
+                                 ge=64, le=4096)
+    pixel_perfect: bool = setting(False, '"Pixel Perfect": the processor resolution the fitted map needs, in place of '
+                                         "processor_res")
+    control_mode: Literal["Balanced", "My prompt is more important", "ControlNet is more important"] = setting(
+        "Balanced", '"Control Mode": A1111\'s; the other two weaken the shallow residuals (0.825 per layer), and '
+                    '"ControlNet is more important" leaves the negative prompt\'s prediction without control')
+    guidance_start: float | None = setting(None, '"Guidance Start" of this unit (default: control_start)', ge=0.0,
+                                           le=1.0)
+    guidance_end: float | None = setting(None, '"Guidance End" of this unit (default: control_end)', ge=0.0, le=1.0)
 
     @model_validator(mode="before")
     @classmethod
@@ -100,4 +113,4 @@ class ControlRef(Strict):
                 return {"type": kind, "image": split[0], "weight": float(split[1])}
             except ValueError:
                 pass
-        return {"type": kind, "image": rest, "weight": 1.0}
+        return {"type": kind, "image": rest}  # the weight as typed only: a PNG's unit keeps its own otherwise

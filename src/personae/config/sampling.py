@@ -332,6 +332,12 @@ class ControlSettings(Concept):
     def _control_window(self):
         if self.control_start >= self.control_end:
             raise ValueError(f"control_start ({self.control_start:g}) must be below control_end ({self.control_end:g})")
+        for i, unit in enumerate(self.controls):
+            start = self.control_start if unit.guidance_start is None else unit.guidance_start
+            end = self.control_end if unit.guidance_end is None else unit.guidance_end
+            if start >= end:
+                raise ValueError(f"controls[{i}]: its guidance start ({start:g}) must be below its guidance end "
+                                 f"({end:g})")
         return self
 
 

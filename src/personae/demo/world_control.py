@@ -24,7 +24,8 @@ STAR_SIZES = (24.0, 16.0)  # close-up and medium shot: a full-shot (10 px) star 
 
 def _draw(model: Path, controlnet: Path | None, picture: Path | None, prompt: str, seed: int, out: Path,
           on_event: EventHandler) -> Image.Image:
-    controls = [ControlRef(type="canny", image=str(picture), model=str(controlnet))] if controlnet else []
+    controls = [ControlRef(type="canny", image=str(picture), model=str(controlnet), pixel_perfect=True)] \
+        if controlnet else []  # A1111's Pixel Perfect: the edges made at the picture's own 32 px
     (path,) = run_generate(GenerateSettings(model=str(model), prompt=prompt, seed=seed, controls=controls), out, on_event)
     return Image.open(path)
 
@@ -73,7 +74,8 @@ def world_control(out: Path, model: Path, star_model: Path, index, on_event: Eve
               "(`personae world controlnet`: ControlNetModel.from_unet of its UNet, zero convolutions, trained on "
               "rendered pairs at any position and size). Each control is a picture of a shape the ControlNet never "
               "trained on (ring, diamond) in a colour pair it never saw, anywhere on the canvas; `personae generate "
-              "--control canny:PICTURE --controlnet canny=models/world-controlnet` with its caption as the prompt: "
+              "--control canny:PICTURE --controlnet canny=models/world-controlnet --pixel-perfect` (A1111's Pixel "
+              "Perfect: the edges made at the picture's own size) with its caption as the prompt: "
               f"placed {counts['placed']} of {n} (centre within 2 px of the control's, size right), colour and "
               f"background as prompted {counts['prompt']} of {n}; the same seeds without control placed "
               f"{counts['own_placed']} of {n} (without control the seed decides where). The DreamBooth star (section "

@@ -9,17 +9,24 @@ multi-ControlNet. Guidance start/end are fractions of the steps, as A1111's slid
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import itertools
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+import torch
 from PIL import Image
 
 from personae.config.generate import ControlRef, GenerateSettings
 from personae.data.control import ControlType, detect_control, get_control_type
+from personae.data.control.fit import fit_map, pixel_perfect_res, processor_input
 from personae.errors import UserError
 from personae.events import EventHandler, Message, ignore
 from personae.inference.img2img import open_image
 from personae.inference.ksampler import img2img_steps
+from personae.media.controlnet_text import write_unit
 from personae.models.controlnet import ControlNetSource, check_available, load_controlnet, resolve_controlnet
 
 
@@ -28,11 +35,35 @@ class PreparedControl:
     ref: ControlRef
     control_type: ControlType
     model: str  # what was asked for: a folder or hub id
-    map: Image.Image  # the control map at the photo's size
+    map: Image.Image  # the control map as the preprocessor made it (at the unit's processor resolution)
+    photo: Image.Image | None = None  # what it was made from (a pixel-perfect unit remakes it for the picture's size)
+    made: dict = field(default_factory=dict)  # res -> map, made once each
 
     def map_at(self, size: tuple[int, int]) -> Image.Image:
-        """The map at the output size (stretched like the init image, so both stay aligned)."""
-        return self.map if self.map.size == size else self.map.resize(size, Image.Resampling.BILINEAR)
+        """The map at the picture's size, fitted as the unit's "Resize Mode" says (data/control/fit.py); a
+        pixel-perfect unit's map made at the resolution that size needs."""
+        made = self.map
+        if self.ref.pixel_perfect and self.photo is not None and self.control_type.a1111_module != "none":
+            res = pixel_perfect_res(self.photo.size, size, self.ref.resize_mode)
+            if res not in self.made:
+                self.made[res] = make_map(self.ref, self.photo, res)
+            made = self.made[res]
+        return fit_map(made, size, self.ref.resize_mode)
+
+    def with_ref(self, ref: ControlRef) -> PreparedControl:
+        """The same map for another unit with the same image and preprocessor (a comparison's rows)."""
+        return PreparedControl(ref, self.control_type, model_for(ref), self.map, self.photo, self.made)
+
+
+def make_map(ref: ControlRef, photo: Image.Image, res: int) -> Image.Image:
+    """A1111's preprocessing: the photo scaled to `res` on its short side (and padded to a multiple of 64) for the
+    preprocessor, its map cut back; the "none" module (raw) takes the image as the map itself."""
+    control_type = get_control_type(ref.type)
+    if control_type.a1111_module == "none":
+        return photo.convert("RGB")
+    padded, unpad = processor_input(photo, res)
+    made = detect_control(ref.type, Image.fromarray(padded), ref.options, where=f"the control image {ref.image}")
+    return Image.fromarray(unpad(np.asarray(made.convert("RGB"))))
 
 
 def model_for(ref: ControlRef) -> str:
@@ -47,14 +78,14 @@ def model_for(ref: ControlRef) -> str:
 
 
 def prepare_controls(controls: list[ControlRef], allow_pickle: bool = False) -> list[PreparedControl]:
-    """Read every control image and draw its map: bad input fails here, before any model loads."""
+    """Read every control image and make its map: bad input fails here, before any model loads."""
     prepared = []
     for i, ref in enumerate(controls):
         control_type = get_control_type(ref.type)
         check_available(resolve_controlnet(model_for(ref), allow_pickle))  # a wrong path or an unreachable hub id, at once
         photo = open_image(ref.image, f"control image of ControlNet {i} ({ref.type})")
-        control_map = detect_control(ref.type, photo, ref.options, where=f"the control image {ref.image}")
-        prepared.append(PreparedControl(ref, control_type, model_for(ref), control_map))
+        prepared.append(PreparedControl(ref, control_type, model_for(ref), make_map(ref, photo, ref.processor_res),
+                                        photo))
     return prepared
 
 
@@ -93,33 +124,85 @@ def control_denoise(session, settings: GenerateSettings, controls: list[Prepared
     controlnets = [controlnet_for(session, c.model, settings.allow_pickle, on_event) for c in controls]
     maps = [c.map_at(size) for c in controls]
     weights = [float(c.ref.weight) for c in controls]
+    starts, ends = zip(*(unit_window(settings, c.ref) for c in controls))
     single = len(controls) == 1
     control = dict(controlnet_conditioning_scale=weights[0] if single else weights,
-                   control_guidance_start=settings.control_start, control_guidance_end=settings.control_end)
+                   control_guidance_start=starts[0] if single else list(starts),
+                   control_guidance_end=ends[0] if single else list(ends))
     pipe = control_pipeline(session, controlnets, img2img=init is not None, inpaint=mask is not None,
                             scheduler=scheduler)
     width, height = size
-    if init is None:
-        return pipe(image=maps[0] if single else maps, width=width, height=height, **control, **kwargs).images
-    extra = {"mask_image": mask} if mask is not None else {}
-    steps = img2img_steps(scheduler, settings.steps, settings.strength, fixed=settings.img2img_fix_steps)
-    return pipe(image=init, control_image=maps[0] if single else maps, width=width, height=height, **extra,
-                **control, **{**kwargs, **steps}).images
+    with control_modes(controlnets, [c.ref.control_mode for c in controls], kwargs["prompt_embeds"].shape[0]):
+        if init is None:
+            return pipe(image=maps[0] if single else maps, width=width, height=height, **control, **kwargs).images
+        extra = {"mask_image": mask} if mask is not None else {}
+        steps = img2img_steps(scheduler, settings.steps, settings.strength, fixed=settings.img2img_fix_steps)
+        return pipe(image=init, control_image=maps[0] if single else maps, width=width, height=height, **extra,
+                    **control, **{**kwargs, **steps}).images
+
+
+def unit_window(settings: GenerateSettings, ref: ControlRef) -> tuple[float, float]:
+    """A unit's "Guidance Start" / "Guidance End": its own, else the generation's."""
+    return (settings.control_start if ref.guidance_start is None else ref.guidance_start,
+            settings.control_end if ref.guidance_end is None else ref.guidance_end)
+
+
+SOFT = 0.825  # A1111's soft injection: residual i of 13 (the middle block last) scaled by SOFT ** (12 - i)
+
+
+@contextmanager
+def control_modes(controlnets: list, modes: list[str], batch: int) -> Iterator[None]:
+    """A1111's "Control Mode" on each unit's residuals while the block runs. "My prompt is more important" scales
+    the residuals of the shallow layers down (0.825 per layer from the middle block, A1111's soft injection);
+    "ControlNet is more important" does that and gives the negative prompt's rows no control at all (its cfg
+    injection: the first `batch` rows of a guided call, which carries negative rows first; a call with only the
+    prompt's rows, CFG 1, keeps them all). "Balanced" leaves them as the weight made them. A ControlNet that two
+    units share is called once per unit, in the units' order, so its hook takes their modes in turn."""
+    by_net: dict[int, tuple] = {}
+    for net, mode in zip(controlnets, modes):
+        by_net.setdefault(id(net), (net, []))[1].append(mode)
+
+    def hook_for(turn):
+        def scaled(module, args, kwargs, output):
+            mode = next(turn)
+            if mode == "Balanced":
+                return output
+            down, mid = output if isinstance(output, tuple) else (output.down_block_res_samples,
+                                                                   output.mid_block_res_sample)
+            residuals = [r * SOFT ** (len(down) - i) for i, r in enumerate(down)] + [mid]
+            if mode == "ControlNet is more important" and mid.shape[0] >= 2 * batch:
+                keep = torch.ones(mid.shape[0], 1, 1, 1, dtype=mid.dtype, device=mid.device)
+                keep[:batch] = 0
+                residuals = [r * keep for r in residuals]
+            return (residuals[:-1], residuals[-1]) if isinstance(output, tuple) else type(output)(
+                down_block_res_samples=residuals[:-1], mid_block_res_sample=residuals[-1])
+        return scaled
+
+    handles = [net.register_forward_hook(hook_for(itertools.cycle(units)), with_kwargs=True)
+               for net, units in by_net.values() if any(mode != "Balanced" for mode in units)]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 def control_infotext(settings: GenerateSettings, session) -> dict[str, str]:
-    """A1111's "ControlNet 0: ..." entries (module, model, weight, thresholds, guidance window)."""
+    """A1111's "ControlNet 0: ..." entries, in the extension's form (media/controlnet_text.py)."""
     entries = {}
     for i, ref in enumerate(settings.controls):
         control_type = get_control_type(ref.type)
         spec = ref.model or control_type.default_model or ""
         source: ControlNetSource | None = session.controlnets.get(spec, (None, None))[0]
         name = (f"{source.name} [{source.hash}]" if source.hash else source.name) if source else Path(spec).name
-        fields = {"Module": control_type.a1111_module, "Model": name,
-                  "Weight": f"{ref.weight:g}"}
+        start, end = unit_window(settings, ref)
+        fields = {"Module": control_type.a1111_module, "Model": name, "Weight": f"{ref.weight:g}",
+                  "Resize Mode": ref.resize_mode, "Guidance Start": f"{start:g}", "Guidance End": f"{end:g}",
+                  "Pixel Perfect": str(ref.pixel_perfect), "Control Mode": ref.control_mode}
+        if control_type.a1111_module != "none":  # the extension leaves out what a unit does not use
+            fields["Processor Res"] = str(ref.processor_res)
         options = control_type.check_options(ref.options)
         for label, value in zip(("Threshold A", "Threshold B"), options.values()):
             fields[label] = f"{value:g}"
-        fields.update({"Guidance Start": f"{settings.control_start:g}", "Guidance End": f"{settings.control_end:g}"})
-        entries[f"ControlNet {i}"] = ", ".join(f"{k}: {v}" for k, v in fields.items())
+        entries[f"ControlNet {i}"] = write_unit(fields)
     return entries

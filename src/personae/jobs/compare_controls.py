@@ -21,8 +21,9 @@ from personae.models.controlnet import check_available, resolve_controlnet
 
 
 def _map_key(ref: ControlRef) -> tuple:
-    """What decides a control map's pixels (not the weight or the model)."""
-    return ref.type.strip().lower(), str(Path(ref.image).expanduser().resolve()), tuple(sorted(ref.options.items()))
+    """What decides a control map's pixels before it is fitted to a picture (not the weight, model or modes)."""
+    return (ref.type.strip().lower(), str(Path(ref.image).expanduser().resolve()), tuple(sorted(ref.options.items())),
+            ref.processor_res, ref.pixel_perfect)
 
 
 def _prepare_unit(ref: ControlRef, where: str, allow_pickle: bool) -> PreparedControl:
@@ -62,8 +63,7 @@ def prepare_suite_controls(suite: CompareSuite) -> dict[tuple, PreparedControl]:
 
 def prepared_for(row: Row, maps: dict[tuple, PreparedControl]) -> list[PreparedControl]:
     """The row's units with the maps drawn once for the whole comparison."""
-    return [PreparedControl(ref, maps[_map_key(ref)].control_type, model_for(ref), maps[_map_key(ref)].map)
-            for ref in row.controls]
+    return [maps[_map_key(ref)].with_ref(ref) for ref in row.controls]
 
 
 @dataclass

@@ -51,6 +51,15 @@ def describe_unit(ref: ControlRef, start: float = 0.0, end: float = 1.0) -> str:
     if ref.model:
         parts.append(f"model {Path(ref.model).name or ref.model}")
     parts += [f"{k} {v:g}" for k, v in ref.options.items()]
+    defaults = ControlRef.model_fields
+    parts += [str(getattr(ref, name)) for name in ("resize_mode", "control_mode")
+              if getattr(ref, name) != defaults[name].default]
+    if ref.pixel_perfect:
+        parts.append("pixel perfect")
+    elif ref.processor_res != defaults["processor_res"].default:
+        parts.append(f"processor res {ref.processor_res}")
+    start = start if ref.guidance_start is None else ref.guidance_start
+    end = end if ref.guidance_end is None else ref.guidance_end
     if (start, end) != (0.0, 1.0):
         parts.append(f"steps {start:g}-{end:g}")
     return " ".join(parts)

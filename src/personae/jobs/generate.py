@@ -25,6 +25,7 @@ from personae.inference.hires import upscaler_from_a1111
 from personae.inference.ksampler import KDiffusionScheduler
 from personae.inference.samplers import get_sampler, with_schedule_type
 from personae.inference.txt2img import GeneratedImage, txt2img
+from personae.jobs.png_controls import png_control_units, units_not_applied
 from personae.media.comfy_graph import ComfyReading, read_comfy_graph
 from personae.media.png import (
     InfotextValueError,
@@ -235,6 +236,9 @@ _READ_VALUES = {"Emphasis": ("Original", "No norm", "None"),
                 "Mask mode": ("Inpaint masked", "Inpaint not masked")}
 
 
+_UNIT = re.compile(r"ControlNet \d+")  # A1111's ControlNet units, read by jobs/png_controls.py
+
+
 def _at_our_value(key: str, value: str) -> bool:
     if key in _READ_VALUES:
         return value in _READ_VALUES[key]
@@ -266,8 +270,9 @@ def png_not_applied(path: str | Path, settings: GenerateSettings, model_hash: st
                                     f"{next(iter(FACE_MODELS))} runs ADetailer's MediaPipe one)"
                                     if key == "ADetailer model" else "")
               for key, value in params.items()
-              if (key not in known | {"TI hashes"} and not _at_our_value(key, value))
+              if (key not in known | {"TI hashes"} and not _at_our_value(key, value) and not _UNIT.fullmatch(key))
               or (yolo and key.startswith("ADetailer "))]
+    missed += units_not_applied(png_control_units(path), settings.controls)  # "ControlNet 0", ...: jobs/png_controls
     if "TI hashes" in params:  # the embeddings the prompts named: each given, or found in --embeddings-dir
         named = [part.partition(":")[0].strip() for part in params["TI hashes"].strip('"').split(",") if part.strip()]
         have = {e.token or Path(e.path).stem for e in settings.embeddings}
@@ -377,14 +382,14 @@ def png_references(settings: GenerateSettings, stored: dict) -> list[str]:
         if any(c.get("image") == control.image for c in stored_controls):
             named.append(("control image", control.image, None))
         if any(c.get("model") == control.model for c in stored_controls):
-            named.append(("ControlNet", model_for(control), "config.json"))
+            named.append(("ControlNet", model_for(control), "config.json", f"--controlnet {control.type}="))
     lines = []
-    for what, spec, marker in named:
+    for what, spec, marker, *flag in named:
         local = Path(spec).expanduser()
         if marker and not local.exists() and "/" in spec and not _in_hub_cache(spec, marker):
             raise UserError(f'--from-png: the PNG names the {what} "{spec}", a hub repository that is not downloaded; '
                             "personae does not download what a file asks for.",
-                            f"If you want it, pass it yourself (--model {spec}), or pass your own.")
+                            f"If you want it, pass it yourself ({(flag or ['--model '])[0]}{spec}), or pass your own.")
         lines.append(f"{what}: {spec}")
     return lines
 

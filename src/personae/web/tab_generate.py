@@ -107,7 +107,7 @@ def style_names(ws) -> list[str]:
 
 
 def settings_data(ctx, data: dict, model, loras, lora_weight, embeddings, init_image, control_type, control_image,
-                  control_weight, styles=()) -> dict:
+                  control_weight, styles=(), control_unit: dict | None = None) -> dict:
     """The form's values completed with the pickers and uploads, every path checked to be in the workspace; the
     workspace's styles.csv for the chosen styles and its wildcards/ folder for Dynamic Prompts' __names__."""
     ws = ctx.workspace
@@ -128,19 +128,24 @@ def settings_data(ctx, data: dict, model, loras, lora_weight, embeddings, init_i
         image = upload(ctx, control_image, "uploads/control")
         if not image:
             raise UserError(f"ControlNet {control_type} needs a control image.", "Drop an image on \"Control image\".")
-        data["controls"] = [{"type": control_type, "image": image, "weight": float(control_weight)}]
+        data["controls"] = [{"type": control_type, "image": image, "weight": float(control_weight),
+                             **(control_unit or {})}]  # A1111's unit settings: resize and control modes, resolution
     return data
 
 
 def build(ctx) -> None:
+    from typing import get_args
+
     import gradio as gr
 
+    from personae.config.addons import ControlRef
     from personae.config.base import parse_settings
     from personae.config.generate import GenerateSettings
     from personae.data.control import CONTROL_TYPES
     from personae.inference.detailer import MODELS as FACE_MODELS
     from personae.inference.samplers import SAMPLERS
     from personae.jobs.generate import png_not_applied, run_generate, settings_from_png
+    from personae.jobs.png_controls import png_control_units
     from personae.web.forms import SettingsForm
 
     ws, jobs = ctx.workspace, ctx.jobs
@@ -176,6 +181,15 @@ def build(ctx) -> None:
                                            label="Control type")
                 control_image = gr.Image(type="filepath", label="Control image")
                 control_weight = gr.Slider(0, 2, value=1.0, step=0.05, label="Control weight")
+                unit_fields = ControlRef.model_fields
+                resize_mode = gr.Radio(list(get_args(unit_fields["resize_mode"].annotation)), value="Crop and Resize",
+                                       label="Resize Mode", elem_id="field-control-resize")
+                control_mode = gr.Radio(list(get_args(unit_fields["control_mode"].annotation)), value="Balanced",
+                                        label="Control Mode", elem_id="field-control-mode")
+                pixel_perfect = gr.Checkbox(False, label="Pixel Perfect", elem_id="field-pixel-perfect")
+                processor_res = gr.Slider(64, 2048, value=512, step=8, label="Processor Res",
+                                          info="the photo's short side when its map is made (unless Pixel Perfect)",
+                                          elem_id="field-control-res")
                 control_form = SettingsForm(GenerateSettings, names=("control_start", "control_end"))
             with gr.Accordion("Runtime", open=False):
                 runtime_form = SettingsForm(GenerateSettings, groups=("runtime",))
@@ -196,10 +210,13 @@ def build(ctx) -> None:
             at += len(f.inputs)
         return out
 
-    def submit(model_v, loras_v, weight_v, emb_v, init_v, ctype_v, cimage_v, cweight_v, styles_v, *raw):
+    def submit(model_v, loras_v, weight_v, emb_v, init_v, ctype_v, cimage_v, cweight_v, styles_v, resize_v, mode_v,
+               perfect_v, res_v, *raw):
         try:
+            unit = {"resize_mode": resize_v, "control_mode": mode_v, "pixel_perfect": bool(perfect_v),
+                    "processor_res": int(res_v)}
             data = settings_data(ctx, values(raw), model_v, loras_v, weight_v, emb_v, init_v, ctype_v, cimage_v,
-                                 cweight_v, styles_v)
+                                 cweight_v, styles_v, unit)
             settings = parse_settings(GenerateSettings, data, "the Generate form")
             out = ws.new_folder("outputs/generate")
         except UserError as exc:
@@ -210,7 +227,7 @@ def build(ctx) -> None:
         return f"Queued as job {task.id}{where}; images go to `{ws.relative(out)}`."
 
     go.click(submit, [model, loras, lora_weight, embeddings, init_image, control_type, control_image, control_weight,
-                      styles, *raw_inputs], status)
+                      styles, resize_mode, control_mode, pixel_perfect, processor_res, *raw_inputs], status)
 
     def latest(seen: int):
         done = [t for t in jobs.snapshot() if t.kind == "generate" and t.status in ("done", "failed")]
@@ -223,15 +240,27 @@ def build(ctx) -> None:
 
     gr.Timer(1.0).tick(latest, shown, [gallery, status, shown], show_progress="hidden")
 
+    unit_outputs = [control_type, control_weight, resize_mode, control_mode, pixel_perfect, processor_res]
+
+    def unit_updates(path, data: dict) -> list:
+        """The ControlNet accordion from the PNG's first unit (personae's own, or A1111's without its picture)."""
+        units = data.get("controls") or png_control_units(path)
+        unit = units[0] if units and isinstance(units[0], dict) else {}
+        if unit.get("type") not in CONTROL_TYPES:
+            return [gr.skip()] * len(unit_outputs)
+        return [unit["type"], *(gr.skip() if unit.get(k) is None else unit[k] for k in (
+            "weight", "resize_mode", "control_mode", "pixel_perfect", "processor_res"))]
+
     def from_png(file, model_v):
         if not file:
-            return [gr.skip()] * (len(raw_inputs) + 1)
+            return [gr.skip()] * (len(raw_inputs) + 1 + len(unit_outputs))
         path = file if isinstance(file, str) else file.name
         try:
             data = settings_from_png(path)
+            units = unit_updates(path, data)
         except UserError as exc:
             gr.Warning(str(exc))
-            return [gr.skip()] * (len(raw_inputs) + 1)
+            return [gr.skip()] * (len(raw_inputs) + 1 + len(unit_outputs))
         try:  # what the picture asks for that the form does not do, said as the command line says it
             missed = png_not_applied(path, GenerateSettings(**{"model": model_v or "-", **data}))
         except (UserError, ValueError):
@@ -248,9 +277,9 @@ def build(ctx) -> None:
                 value = data.get(name)
                 updates.append(gr.skip() if value is None else value)
         shown_model = data.get("model")
-        return [*updates, shown_model if shown_model else gr.skip()]
+        return [*updates, shown_model if shown_model else gr.skip(), *units]
 
-    png.upload(from_png, [png, model], [*raw_inputs, model])
+    png.upload(from_png, [png, model], [*raw_inputs, model, *unit_outputs])
     refresh.click(lambda: (gr.update(choices=ws.files(LORA_SUFFIXES)), gr.update(choices=embedding_files(ws)),
                            gr.update(choices=models(ws)), gr.update(choices=upscalers(ws)),
                            gr.update(choices=style_names(ws))), None,

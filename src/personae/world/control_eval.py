@@ -86,7 +86,8 @@ def generate_placed(session, controlnet: str | None, placements: list[Placed], k
     prompts = prompts or [p.caption() for p in placements]
     images = []
     for i, (path, prompt) in enumerate(zip(paths, prompts)):
-        unit = ControlRef(type=GENERATE_TYPE[kind], image=str(path), model=controlnet, weight=weight) if path else None
+        unit = ControlRef(type=GENERATE_TYPE[kind], image=str(path), model=controlnet, weight=weight,
+                          pixel_perfect=True) if path else None
         controls = [unit] if unit else []
         settings = GenerateSettings(model=session.source.location, prompt=prompt, seed=seed + i, steps=steps, cfg=cfg,
                                     controls=controls, control_start=start, control_end=end, device="cpu")

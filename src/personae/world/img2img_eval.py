@@ -128,7 +128,8 @@ def draw(session, files: list[dict[str, Path]], prompts: list[str], strength: fl
     canny=DIR` (kind "canny")."""
     images = []
     for i, (paths, prompt) in enumerate(zip(files, prompts)):
-        unit = ControlRef(type=GENERATE_TYPE[kind], image=str(paths[kind]), model=controlnet) if controlnet else None
+        unit = ControlRef(type=GENERATE_TYPE[kind], image=str(paths[kind]), model=controlnet,
+                          pixel_perfect=True) if controlnet else None
         controls = [unit] if unit else []
         settings = GenerateSettings(model=session.source.location, prompt=prompt, seed=seed + i, steps=steps, cfg=cfg,
                                     init_image=str(paths["init"]), strength=strength, controls=controls, device="cpu")

@@ -1,0 +1,123 @@
+"""An A1111 PNG's ControlNet units ("ControlNet 0: ..."), taken by `--from-png` with the pictures given on the
+command line.
+
+A PNG carries every setting of a unit but the picture it read. `--from-png x.png --control canny:photo.png` gives
+unit 0 that picture: the PNG's unit supplies its model, weight, thresholds, resize and control modes, processor
+resolution and guidance window, and what the command line types (a weight after the picture, --control-mode,
+--controlnet ...) overrides them. The i-th --control fills the i-th unit when their types agree (or the PNG's
+preprocessor is one personae lacks: a ready map given as `raw` then runs with the unit's model); another type
+replaces the unit. A unit left without a picture is not applied, and said.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from personae.data.control import CONTROL_TYPES
+from personae.errors import UserError
+from personae.media.controlnet_text import UnitTextError, model_id, model_name, read_unit
+from personae.media.png import parse_parameters, read_image_text
+
+_TYPE_OF = {t.a1111_module: name for name, t in CONTROL_TYPES.items()}  # "canny" -> canny, "none" -> raw, ...
+_MODES = {"Resize Mode": "resize_mode", "Control Mode": "control_mode"}
+_NUMBERS = {"Weight": "weight", "Guidance Start": "guidance_start", "Guidance End": "guidance_end"}
+
+
+def _unit_keys(params: dict) -> list[str]:
+    keys = sorted((k for k in params if k.startswith("ControlNet ") and k[11:].isdigit()), key=lambda k: int(k[11:]))
+    return keys
+
+
+def _number(fields: dict, key: str, source, where: str, kind=float):
+    try:
+        return kind(float(fields[key])) if kind is int else kind(fields[key])
+    except ValueError:
+        raise UserError(f'--from-png: {source} stores {where} with "{key}: {fields[key][:20]}", which is not a number.',
+                        "Pass the unit's settings on the command line instead.") from None
+
+
+def unit_settings(fields: dict[str, str], source, where: str) -> dict:
+    """A unit's ControlRef fields (no picture) from its infotext fields; "_module" and "_model" keep what the PNG
+    named, for what is said."""
+    module, shown = fields.get("Module", "none"), fields.get("Model", "")
+    unit: dict = {"_module": module, "_model": shown}
+    kind = _TYPE_OF.get(module)
+    if kind:
+        unit["type"] = kind
+    hub = model_id(shown) if shown and shown != "None" else None
+    if hub:
+        unit["model"] = hub
+    for key, name in _NUMBERS.items():
+        if key in fields:
+            unit[name] = _number(fields, key, source, where)
+    if "Processor Res" in fields:
+        res = _number(fields, "Processor Res", source, where, int)
+        if res > 0:
+            unit["processor_res"] = res
+    for key, name in _MODES.items():
+        if key in fields:
+            unit[name] = fields[key]
+    if "Pixel Perfect" in fields:
+        unit["pixel_perfect"] = fields["Pixel Perfect"] == "True"
+    if kind:  # thresholds are the preprocessor's options, in its order (canny: low, high)
+        options = {}
+        for key, option in zip(("Threshold A", "Threshold B"), CONTROL_TYPES[kind].options):
+            if key in fields and float(_number(fields, key, source, where)) != -1:
+                options[option] = _number(fields, key, source, where)
+        if options:
+            unit["options"] = options
+    return unit
+
+
+def png_control_units(path: str | Path) -> list[dict]:
+    """The ControlNet units an A1111 PNG's infotext stores, in order (none for personae's own PNGs, whose units
+    are read whole, or for ComfyUI's)."""
+    text = read_image_text(Path(path))
+    if "personae" in text or "parameters" not in text:
+        return []
+    _, _, params = parse_parameters(text["parameters"])
+    units = []
+    for key in _unit_keys(params):
+        try:
+            fields = read_unit(params[key])
+        except UnitTextError as exc:
+            raise UserError(f'--from-png: {path} stores "{key}" in a form personae cannot read ({exc}).',
+                            "Pass the unit's settings on the command line instead.") from None
+        units.append(unit_settings(fields, path, f'"{key}"'))
+    return units
+
+
+def with_png_units(units: list[dict], typed: list[dict]) -> list[dict]:
+    """The units a run uses: each typed --control over the PNG's unit at its place when their types agree (or the
+    PNG's preprocessor is one personae lacks); else the typed unit alone."""
+    merged = []
+    for i, unit in enumerate(typed):
+        stored = units[i] if i < len(units) else None
+        if stored is not None and stored.get("type", unit.get("type")) == unit.get("type"):
+            own = {k: v for k, v in stored.items() if not k.startswith("_") and k != "type"}
+            merged.append({**own, **unit})
+        else:
+            merged.append(unit)
+    return merged
+
+
+def units_not_applied(units: list[dict], controls: list) -> list[str]:
+    """What of the PNG's units this run does not do as the PNG did: a unit with no picture given, a unit replaced
+    by another type, a preprocessor personae lacks, a model it cannot name."""
+    said = []
+    for i, unit in enumerate(units):
+        name = f"ControlNet {i} (Module {unit['_module']}, Model {unit['_model'] or 'None'})"
+        if i >= len(controls):
+            said.append(f"{name} (no picture: pass it with --control TYPE:IMAGE, in the units' order)")
+            continue
+        ref = controls[i]
+        if "type" in unit and unit["type"] != ref.type:
+            said.append(f"{name} (replaced by --control {ref.type})")
+            continue
+        if "type" not in unit:
+            said.append(f"{name} (a preprocessor personae lacks: the picture is read as --control {ref.type})")
+        if "model" not in unit and unit["_model"] not in ("", "None") and \
+                model_name(unit["_model"]) not in (Path(ref.model or "").stem, Path(ref.model or "").name):
+            said.append(f"{name} (that ControlNet is not one personae can name: this run uses "
+                        f"{ref.model or 'the type default'}; pass the file with --controlnet {ref.type}=PATH)")
+    return said

@@ -1,0 +1,250 @@
+"""A1111's ControlNet unit settings (sd-webui-controlnet): Resize Mode, Processor Res, Pixel Perfect, Control Mode
+and each unit's guidance window; written as the extension writes them and read back from A1111's PNGs by
+--from-png, with the pictures given on the command line."""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from PIL.PngImagePlugin import PngInfo
+
+from personae.cli.main import main
+from personae.config.generate import ControlRef, GenerateSettings
+from personae.data.control.fit import fit_map
+from personae.errors import UserError
+from personae.inference.controlnet import SOFT, make_map, prepare_controls
+from personae.inference.txt2img import txt2img
+from personae.jobs.generate import settings_from_png
+from personae.media.controlnet_text import UnitTextError, model_id, read_unit
+from personae.media.png import parse_parameters, read_png_text
+
+skimage_data = pytest.importorskip("skimage.data")
+
+
+@pytest.fixture(scope="module")
+def coffee(tmp_path_factory):
+    path = tmp_path_factory.mktemp("photos") / "coffee.png"  # 600 x 400: not the picture's shape
+    Image.fromarray(skimage_data.coffee()).save(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def tiny_controlnet(tiny_model, tmp_path_factory):
+    from personae.models.controlnet import write_tiny_controlnet
+
+    return write_tiny_controlnet(tmp_path_factory.mktemp("controlnet") / "tiny-controlnet", base=tiny_model[0], seed=0)
+
+
+def _settings(model, **kw):
+    return GenerateSettings(**{"model": str(model), "prompt": "a photo of a cat", "steps": 3, "seed": 7,
+                               "width": 64, "height": 64, **kw})
+
+
+def _unit(image, model, **kw):
+    return {"type": "canny", "image": str(image), "model": str(model), **kw}
+
+
+def _px(image):
+    return np.asarray(image, dtype=np.int16)
+
+
+# --- the unit's text ------------------------------------------------------------------------------------------
+
+def test_unit_text_in_the_extensions_forms():
+    current = read_unit('"Module: canny, Model: control_v11p_sd15_canny [d14c016b], Weight: 0.8, Resize Mode: Just '
+                        'Resize, Processor Res: 768, Threshold A: 50, Threshold B: 150, Guidance Start: 0.1, Guidance '
+                        'End: 0.9, Pixel Perfect: True, Control Mode: My prompt is more important"')
+    assert current == {"Module": "canny", "Model": "control_v11p_sd15_canny [d14c016b]", "Weight": "0.8",
+                       "Resize Mode": "Just Resize", "Processor Res": "768", "Threshold A": "50",
+                       "Threshold B": "150", "Guidance Start": "0.1", "Guidance End": "0.9", "Pixel Perfect": "True",
+                       "Control Mode": "My prompt is more important"}
+    legacy = read_unit("preprocessor: canny, model: control_v11p_sd15_canny [d14c016b], weight: 0.8, "
+                       "starting/ending: (0.1, 0.9), resize mode: Crop and Resize, pixel perfect: False, "
+                       "control mode: Balanced, preprocessor params: (512, 100, 200)")
+    assert legacy == {"Module": "canny", "Model": "control_v11p_sd15_canny [d14c016b]", "Weight": "0.8",
+                      "Guidance Start": "0.1", "Guidance End": "0.9", "Resize Mode": "Crop and Resize",
+                      "Pixel Perfect": "False", "Control Mode": "Balanced", "Processor Res": "512",
+                      "Threshold A": "100", "Threshold B": "200"}
+    assert "Threshold A" not in read_unit("preprocessor: openpose, model: x, preprocessor params: (512, -1, -1)")
+    for bad in ("", "Module canny", "preprocessor: canny, starting/ending: 0.5"):
+        with pytest.raises(UnitTextError):
+            read_unit(bad)
+
+
+def test_lllyasviels_controlnets_by_their_hub_ids():
+    assert model_id("control_v11p_sd15_canny [d14c016b]") == "lllyasviel/control_v11p_sd15_canny"
+    assert model_id("control_v11f1p_sd15_depth [cfd03158]") == "lllyasviel/control_v11f1p_sd15_depth"
+    anime = "control_v11p_sd15s2_lineart_anime"
+    assert model_id(f"{anime}.fp16.safetensors") == f"lllyasviel/{anime}"
+    assert model_id("control_sd15_openpose [fef5e48e]") == "lllyasviel/sd-controlnet-openpose"
+    assert model_id("my_controlnet [abcdef12]") is None and model_id("diffusers_xl_canny_full") is None
+
+
+# --- the map, the residuals, the window ----------------------------------------------------------------------
+
+def _captured(tiny_session, settings, hook_on="unet"):
+    """What the first UNet call receives as ControlNet residuals (hook_on="unet"), or the ControlNet's control
+    picture (hook_on="controlnet")."""
+    seen = []
+
+    def grab(module, args, kwargs):
+        if not seen:
+            seen.append(kwargs)
+
+    target = tiny_session.pipe.unet
+    if hook_on == "controlnet":
+        from personae.inference.controlnet import controlnet_for
+
+        target = controlnet_for(tiny_session, settings.controls[0].model)
+    hook = target.register_forward_pre_hook(grab, with_kwargs=True)
+    try:
+        txt2img(settings, tiny_session)
+    finally:
+        hook.remove()
+    return seen[0]
+
+
+def test_control_modes_scale_the_residuals_as_a1111(tiny_model, tiny_session, coffee, tiny_controlnet):
+    """Balanced: as the weight made them; My prompt is more important: residual i of n + 1 (the middle block last)
+    times 0.825 ** (n - i); ControlNet is more important: that, and none on the negative prompt's rows."""
+    def residuals(mode):
+        got = _captured(tiny_session, _settings(tiny_model[0], controls=[_unit(coffee, tiny_controlnet, weight=0.7,
+                                                                                control_mode=mode)]))
+        return [*got["down_block_additional_residuals"], got["mid_block_additional_residual"]]
+
+    balanced, prompt, control = (residuals(m) for m in ("Balanced", "My prompt is more important",
+                                                         "ControlNet is more important"))
+    n = len(balanced) - 1
+    assert n >= 4 and all(r.shape[0] == 2 for r in balanced)  # one image: [negative, prompt]
+    assert all(r.abs().max() > 0 for r in balanced[:-1])
+    for i, (b, p, c) in enumerate(zip(balanced, prompt, control)):
+        assert torch.allclose(p, b * SOFT ** (n - i), atol=1e-6), i
+        assert (c[0] == 0).all() and torch.allclose(c[1], p[1], atol=1e-6), i
+    assert SOFT ** n < 0.9 and torch.equal(prompt[-1], balanced[-1])  # the middle block keeps its full weight
+
+
+def test_the_map_reaches_the_controlnet_fitted_as_the_unit_says(tiny_model, tiny_session, coffee, tiny_controlnet):
+    photo = Image.open(coffee).convert("RGB")
+    for mode in ("Just Resize", "Crop and Resize", "Resize and Fill"):
+        settings = _settings(tiny_model[0], controls=[_unit(coffee, tiny_controlnet, resize_mode=mode,
+                                                            processor_res=128)])
+        ref = settings.controls[0]
+        made = make_map(ref, photo, 128)
+        assert made.size == (192, 128)  # the preprocessor ran on the photo at 128 on its short side
+        expected = torch.from_numpy(np.asarray(fit_map(made, (64, 64), mode), dtype=np.float32) / 255)
+        got = _captured(tiny_session, settings, "controlnet")["controlnet_cond"][0].permute(1, 2, 0)
+        assert torch.allclose(got, expected, atol=1e-6), mode
+    prepared = prepare_controls([ControlRef(**_unit(coffee, tiny_controlnet, pixel_perfect=True))])[0]
+    # pixel perfect for 64 x 64, covering: the photo's 400-pixel side becomes 64, so the map is made at 64
+    assert prepared.map_at((64, 64)) == fit_map(make_map(prepared.ref, photo, 64), (64, 64), "Crop and Resize")
+    assert list(prepared.made) == [64]
+
+
+def test_each_unit_has_its_own_guidance_window(tiny_model, tiny_session, coffee, tiny_controlnet):
+    unit = _unit(coffee, tiny_controlnet)
+    own = txt2img(_settings(tiny_model[0], steps=4, controls=[{**unit, "guidance_start": 0.5}]), tiny_session)[0]
+    shared = txt2img(_settings(tiny_model[0], steps=4, controls=[unit], control_start=0.5), tiny_session)[0]
+    full = txt2img(_settings(tiny_model[0], steps=4, controls=[unit]), tiny_session)[0]
+    assert np.array_equal(_px(own.image), _px(shared.image)) and not np.array_equal(_px(own.image), _px(full.image))
+    assert "Guidance Start: 0.5, Guidance End: 1" in own.parameters
+    # two units: the second's own window ends before the first's
+    both = txt2img(_settings(tiny_model[0], steps=4, controls=[unit, {**unit, "weight": 0.5, "guidance_end": 0.5}]),
+                   tiny_session)[0]
+    _, _, params = parse_parameters(both.parameters)
+    assert "Guidance End: 1," in params["ControlNet 0"] and "Guidance End: 0.5," in params["ControlNet 1"]
+    with pytest.raises(ValueError, match=r"controls\[0\]: its guidance start \(0.6\) must be below"):
+        _settings(tiny_model[0], controls=[{**unit, "guidance_start": 0.6}], control_end=0.5)
+
+
+# --- A1111's PNGs through --from-png --------------------------------------------------------------------------
+
+def _a1111_png(path, unit_text, size=64):
+    info = PngInfo()
+    info.add_text("parameters", "a photo of a cat\nNegative prompt: \nSteps: 3, Sampler: Euler a, CFG scale: 7, "
+                                f"Seed: 7, Size: {size}x{size}, Model: tiny, ControlNet 0: \"{unit_text}\"")
+    Image.new("RGB", (size, size)).save(path, pnginfo=info)
+    return path
+
+
+def test_from_png_takes_the_units_settings_with_the_picture_given(tiny_model, coffee, tiny_controlnet, tmp_path,
+                                                                  capsys):
+    png = _a1111_png(tmp_path / "a1111.png", "Module: canny, Model: tiny-controlnet [0123abcd], Weight: 0.6, Resize "
+                     "Mode: Just Resize, Processor Res: 256, Threshold A: 50, Threshold B: 150, Guidance Start: 0.25, "
+                     "Guidance End: 1, Pixel Perfect: False, Control Mode: My prompt is more important")
+    args = ["generate", "--from-png", str(png), "--model", str(tiny_model[0]), "--quiet"]
+    assert main(args + ["--control", f"canny:{coffee}", "--controlnet", f"canny={tiny_controlnet}",
+                        "--out", str(tmp_path / "with")]) == 0
+    err = capsys.readouterr().err
+    assert "ControlNet 0" not in err, err  # nothing of the unit is left out
+    [made] = (tmp_path / "with").glob("*.png")
+    unit = settings_from_png(made)["controls"][0]
+    assert unit == {"type": "canny", "image": str(coffee), "weight": 0.6, "model": str(tiny_controlnet),
+                    "options": {"low": 50.0, "high": 150.0}, "resize_mode": "Just Resize", "processor_res": 256,
+                    "pixel_perfect": False, "control_mode": "My prompt is more important", "guidance_start": 0.25,
+                    "guidance_end": 1.0}
+    _, _, params = parse_parameters(read_png_text(made)["parameters"])
+    assert params["ControlNet 0"].startswith("Module: canny, Model: tiny-controlnet, Weight: 0.6, Resize Mode: Just "
+                                             "Resize, Processor Res: 256, Threshold A: 50, Threshold B: 150")
+    direct = txt2img(GenerateSettings(**{**settings_from_png(made), "model": str(tiny_model[0])}))[0]
+    assert np.array_equal(np.asarray(Image.open(made).convert("RGB")), _px(direct.image).astype(np.uint8))
+    # a weight typed after the picture wins over the PNG's
+    assert main(args + ["--control", f"canny:{coffee}:0.9", "--controlnet", f"canny={tiny_controlnet}",
+                        "--out", str(tmp_path / "typed")]) == 0
+    [typed] = (tmp_path / "typed").glob("*.png")
+    assert settings_from_png(typed)["controls"][0]["weight"] == 0.9
+    assert settings_from_png(typed)["controls"][0]["control_mode"] == "My prompt is more important"
+    # without a picture the unit cannot run: drawn without it, and said
+    assert main(args + ["--out", str(tmp_path / "without")]) == 0
+    err = capsys.readouterr().err
+    assert "ControlNet 0 (Module canny, Model tiny-controlnet [0123abcd]) (no picture: pass it with --control" in err
+    assert settings_from_png(next((tmp_path / "without").glob("*.png")))["controls"] == []
+
+
+def test_from_png_names_what_it_cannot_place(tiny_model, coffee, tiny_controlnet, tmp_path, capsys):
+    args = ["generate", "--model", str(tiny_model[0]), "--quiet"]
+    # lllyasviel's canny ControlNet named by the PNG: a hub model a file asks for is never downloaded
+    png = _a1111_png(tmp_path / "hub.png", "Module: canny, Model: control_v11p_sd15_canny [d14c016b], Weight: 1")
+    assert main(args + ["--from-png", str(png), "--control", f"canny:{coffee}", "--out", str(tmp_path / "a")]) == 2
+    err = capsys.readouterr().err
+    assert "(--controlnet canny=lllyasviel/control_v11p_sd15_canny)" in err
+    assert not (tmp_path / "a").exists()
+    # a preprocessor personae lacks: a ready map given as raw runs with the unit's other settings, and it is said
+    png = _a1111_png(tmp_path / "depth.png", "Module: depth_midas, Model: my_depth [0123abcd], Weight: 0.5, "
+                     "Control Mode: ControlNet is more important")
+    assert main(args + ["--from-png", str(png), "--control", f"raw:{coffee}", "--controlnet", f"raw={tiny_controlnet}",
+                        "--out", str(tmp_path / "b")]) == 0
+    err = capsys.readouterr().err
+    assert "ControlNet 0 (Module depth_midas, Model my_depth [0123abcd]) (a preprocessor personae lacks" in err
+    unit = settings_from_png(next((tmp_path / "b").glob("*.png")))["controls"][0]
+    assert unit["type"] == "raw" and unit["weight"] == 0.5 and unit["control_mode"] == "ControlNet is more important"
+    # another type given replaces the unit, and it is said
+    assert main(args + ["--from-png", str(png), "--control", f"canny:{coffee}", "--controlnet",
+                        f"canny={tiny_controlnet}", "--out", str(tmp_path / "c")]) == 0
+    assert "(a preprocessor personae lacks: the picture is read as --control canny)" in capsys.readouterr().err
+    # a unit's text personae cannot read: one paragraph, nothing written
+    png = _a1111_png(tmp_path / "bad.png", "Module canny")
+    assert main(args + ["--from-png", str(png), "--out", str(tmp_path / "d")]) == 2
+    assert '"ControlNet 0" in a form personae cannot read' in capsys.readouterr().err
+    # the unit flags without a unit
+    assert main(args + ["--prompt", "a cat", "--control-mode", "Balanced", "--out", str(tmp_path / "e")]) == 2
+    assert "--control-mode sets the --control units; no --control is given" in capsys.readouterr().err
+
+
+def test_cli_unit_flags_reach_every_unit(tiny_model, coffee, tiny_controlnet, tmp_path):
+    assert main(["generate", "--model", str(tiny_model[0]), "--prompt", "a cat", "--steps", "2", "--width", "64",
+                 "--height", "64", "--quiet", "--control", f"canny:{coffee}", "--control", f"canny:{coffee}:0.5",
+                 "--controlnet", f"canny={tiny_controlnet}", "--control-resize", "Resize and Fill", "--control-mode",
+                 "ControlNet is more important", "--control-res", "256", "--pixel-perfect",
+                 "--out", str(tmp_path)]) == 0
+    units = settings_from_png(next(tmp_path.glob("*.png")))["controls"]
+    assert [(u["weight"], u["resize_mode"], u["control_mode"], u["processor_res"], u["pixel_perfect"]) for u in units] \
+        == [(1.0, "Resize and Fill", "ControlNet is more important", 256, True),
+            (0.5, "Resize and Fill", "ControlNet is more important", 256, True)]
+    with pytest.raises(SystemExit):  # a mode A1111 does not have: argparse's one line, exit 2
+        main(["generate", "--model", str(tiny_model[0]), "--prompt", "a cat", "--control", f"canny:{coffee}",
+              "--control-mode", "Strict", "--out", str(tmp_path / "bad")])
+    with pytest.raises(UserError, match=r"controls\.0\.resize_mode.*Crop and Resize"):
+        from personae.config.base import parse_settings
+
+        parse_settings(GenerateSettings, {"model": "m", "prompt": "p", "controls": [
+            {"type": "canny", "image": "x.png", "resize_mode": "Stretch"}]}, "the test's settings")
