@@ -24,7 +24,7 @@ WORLD_EXAMPLES = """examples:
 WORLD_CONTROLNET_EXAMPLES = """examples:
   personae model world ./world && personae model world-controlnet ./world-controlnet
   personae generate --model ./world --prompt "a red ring on a blue background, full shot" \\
-      --control canny:picture.png --controlnet canny=./world-controlnet
+      --control canny:picture.png --controlnet canny=./world-controlnet --pixel-perfect
   personae generate --model ./world --prompt "a red ring on a blue background, full shot" \\
       --control raw:silhouette.png --controlnet raw=./world-controlnet
 """

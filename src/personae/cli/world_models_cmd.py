@@ -15,7 +15,7 @@ CONTROLNET_EXAMPLES = """examples:
   # a control: any picture of a shape (here a ring somewhere on the canvas); generate draws its canny edges
   personae world render pic --shapes ring --colours red --backgrounds blue --shots "full shot" --count 1 --seed 3
   personae generate --model ./world --prompt "a green ring on a yellow background, full shot" \\
-      --control canny:pic/0000-red-ring-on-blue-full.png --controlnet canny=./world-controlnet
+      --control canny:pic/0000-red-ring-on-blue-full.png --controlnet canny=./world-controlnet --pixel-perfect
 
 """
 
@@ -74,7 +74,7 @@ IMG2IMG_EXAMPLES = """examples:
   personae world render square --shapes square --colours red --backgrounds blue --shots "medium shot" --count 1 --seed 3
   personae generate --model ./world --prompt "a red square on a blue background, medium shot" \\
       --init-image circle/0000-red-circle-on-blue-medium.png --strength 0.75 \\
-      --control canny:square/0000-red-square-on-blue-medium.png --controlnet canny=./world-controlnet
+      --control canny:square/0000-red-square-on-blue-medium.png --controlnet canny=./world-controlnet --pixel-perfect
 
 """
 MOTION_EXAMPLES = """examples:
