@@ -109,3 +109,14 @@ def test_a_map_of_many_colours_is_resized_smoothly():
     gradient = np.tile(np.linspace(0, 255, 64, dtype=np.uint8)[None, :, None], (64, 1, 3))
     fitted = np.asarray(fit_map(gradient, (32, 32), "Just Resize"))[0, :, 0].astype(int)
     assert (np.diff(fitted) >= 0).all() and fitted[0] < 8 and fitted[-1] > 247  # area averaging, no banding
+
+
+def test_a_map_already_the_right_size_is_passed_through_untouched():
+    """A black-and-white line map at the picture's size is not thinned or thresholded: the extension (and diffusers
+    with a map of the right size) use it as it is, so personae's picture matches a plain diffusers run."""
+    bar = np.zeros((32, 32, 3), np.uint8)
+    bar[8:24, 10:12] = 255  # a line two pixels wide: read as one-pixel edges, which a resize thins to one
+    for mode in ("Just Resize", "Crop and Resize", "Resize and Fill"):
+        assert (np.asarray(fit_map(bar, (32, 32), mode)) == bar).all(), mode
+    grown = np.asarray(fit_map(bar, (64, 64), "Just Resize"))[:, :, 0]
+    assert 0 < np.count_nonzero(grown) <= 32 * 2  # resized: the line, thinned (a plain resize would be 4 wide: 128)

@@ -102,6 +102,8 @@ def _resize(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     import cv2
 
     w, h = size
+    if (h, w) == image.shape[:2]:
+        return image  # the extension leaves a map of the right size untouched (no thinning, no threshold)
     shrink, grow = w * h < image.shape[0] * image.shape[1], w * h > image.shape[0] * image.shape[1]
     colours = np.unique(image.reshape(-1, image.shape[2]), axis=0).shape[0]
     binary = colours == 2 and image.min() < 16 and image.max() > 240
