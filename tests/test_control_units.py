@@ -12,7 +12,8 @@ from personae.cli.main import main
 from personae.config.generate import ControlRef, GenerateSettings
 from personae.data.control.fit import fit_map
 from personae.errors import UserError
-from personae.inference.controlnet import SOFT, make_map, prepare_controls
+from personae.inference.control_steps import SOFT
+from personae.inference.controlnet import make_map, prepare_controls
 from personae.inference.txt2img import txt2img
 from personae.jobs.generate import settings_from_png
 from personae.media.controlnet_text import UnitTextError, model_id, read_unit
@@ -154,6 +155,44 @@ def test_each_unit_has_its_own_guidance_window(tiny_model, tiny_session, coffee,
     assert "Guidance End: 1," in params["ControlNet 0"] and "Guidance End: 0.5," in params["ControlNet 1"]
     with pytest.raises(ValueError, match=r"controls\[0\]: its guidance start \(0.6\) must be below"):
         _settings(tiny_model[0], controls=[{**unit, "guidance_start": 0.6}], control_end=0.5)
+
+
+def _controlled_calls(tiny_session, settings):
+    """For each UNet call of the run, whether ControlNet residuals reached it."""
+    seen = []
+
+    def grab(module, args, kwargs):
+        residuals = kwargs.get("down_block_additional_residuals")
+        seen.append(int(residuals is not None and any(r.abs().max() > 0 for r in residuals)))
+
+    hook = tiny_session.pipe.unet.register_forward_pre_hook(grab, with_kwargs=True)
+    try:
+        txt2img(settings, tiny_session)
+    finally:
+        hook.remove()
+    return seen
+
+
+def test_guidance_windows_count_the_steps_as_a1111(tiny_model, tiny_session, coffee, tiny_controlnet, tmp_path):
+    """The extension's window: a model call is controlled when start <= sampling_step / steps <= end, where
+    sampling_step is the last step whose callback ran (step i's first call sees i - 1, step 0 sees 0; a second-order
+    sampler's second call sees i). diffusers' own window, i / n >= start and (i + 1) / n <= end, differs at both ends:
+    with 10 steps and end 0.3 it controls 3 steps, A1111 5."""
+    def calls(**kw):
+        unit = _unit(coffee, tiny_controlnet, **{k: v for k, v in kw.items() if k.startswith("guidance")})
+        rest = {k: v for k, v in kw.items() if not k.startswith("guidance")}
+        return _controlled_calls(tiny_session, _settings(tiny_model[0], controls=[unit], **{"steps": 10, **rest}))
+
+    assert calls(guidance_end=0.3) == [1] * 5 + [0] * 5  # percents 0, 0, .1, .2, .3 | .4 ...
+    assert calls(guidance_start=0.7) == [0] * 8 + [1] * 2  # .6 at step 7, .7 at step 8
+    assert calls(guidance_end=0.3, sampler="DDIM") == [1] * 5 + [0] * 5  # A1111's DDIM calls back the same way
+    # Heun, 4 steps: calls (step, percent) (0, 0) (0, 0) (1, 0) (1, .25) (2, .25) (2, .5) (3, .5), the last step single
+    assert calls(guidance_end=0.25, sampler="Heun", steps=4) == [1] * 5 + [0] * 2
+    assert calls(guidance_start=0.5, sampler="Heun", steps=4) == [0] * 5 + [1] * 2
+    # img2img at strength 0.5 of 10 steps runs A1111's last 6 (t_enc + 1), its percents 0, 0, 1/6, 2/6 ...
+    Image.open(coffee).convert("RGB").resize((64, 64)).save(tmp_path / "init.png")
+    assert calls(guidance_end=0.3, init_image=str(tmp_path / "init.png"), strength=0.5) == [1] * 3 + [0] * 3
+    assert calls() == [1] * 10
 
 
 # --- A1111's PNGs through --from-png --------------------------------------------------------------------------

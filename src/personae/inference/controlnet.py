@@ -4,19 +4,16 @@ and diffusers' ControlNet pipelines built on the session's own modules (no copie
 txt2img, img2img and inpainting each have a ControlNet counterpart in diffusers; the
 session's LoRAs stay active (they live in the shared UNet) and prompts arrive as our
 own embeddings (weights, chunks, clip skip, textual inversion). Several units make a
-multi-ControlNet. Guidance start/end are fractions of the steps, as A1111's sliders.
+multi-ControlNet. Guidance start/end are fractions of the steps, as A1111's sliders, and
+act as there (inference/control_steps.py, with the units' Control Modes).
 """
 
 from __future__ import annotations
 
-import itertools
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
 from PIL import Image
 
 from personae.config.generate import ControlRef, GenerateSettings
@@ -24,6 +21,7 @@ from personae.data.control import ControlType, detect_control, get_control_type
 from personae.data.control.fit import fit_map, pixel_perfect_res, processor_input
 from personae.errors import UserError
 from personae.events import EventHandler, Message, ignore
+from personae.inference.control_steps import UnitSteps, unit_steps
 from personae.inference.img2img import open_image
 from personae.inference.ksampler import img2img_steps
 from personae.media.controlnet_text import write_unit
@@ -124,15 +122,16 @@ def control_denoise(session, settings: GenerateSettings, controls: list[Prepared
     controlnets = [controlnet_for(session, c.model, settings.allow_pickle, on_event) for c in controls]
     maps = [c.map_at(size) for c in controls]
     weights = [float(c.ref.weight) for c in controls]
-    starts, ends = zip(*(unit_window(settings, c.ref) for c in controls))
+    units = [UnitSteps(c.ref.control_mode, *unit_window(settings, c.ref)) for c in controls]
     single = len(controls) == 1
+    # the windows are A1111's, kept by unit_steps: diffusers' own would count the steps another way
     control = dict(controlnet_conditioning_scale=weights[0] if single else weights,
-                   control_guidance_start=starts[0] if single else list(starts),
-                   control_guidance_end=ends[0] if single else list(ends))
+                   control_guidance_start=0.0 if single else [0.0] * len(controls),
+                   control_guidance_end=1.0 if single else [1.0] * len(controls))
     pipe = control_pipeline(session, controlnets, img2img=init is not None, inpaint=mask is not None,
                             scheduler=scheduler)
     width, height = size
-    with control_modes(controlnets, [c.ref.control_mode for c in controls], kwargs["prompt_embeds"].shape[0]):
+    with unit_steps(controlnets, units, kwargs["prompt_embeds"].shape[0], scheduler):
         if init is None:
             return pipe(image=maps[0] if single else maps, width=width, height=height, **control, **kwargs).images
         extra = {"mask_image": mask} if mask is not None else {}
@@ -145,46 +144,6 @@ def unit_window(settings: GenerateSettings, ref: ControlRef) -> tuple[float, flo
     """A unit's "Guidance Start" / "Guidance End": its own, else the generation's."""
     return (settings.control_start if ref.guidance_start is None else ref.guidance_start,
             settings.control_end if ref.guidance_end is None else ref.guidance_end)
-
-
-SOFT = 0.825  # A1111's soft injection: residual i of 13 (the middle block last) scaled by SOFT ** (12 - i)
-
-
-@contextmanager
-def control_modes(controlnets: list, modes: list[str], batch: int) -> Iterator[None]:
-    """A1111's "Control Mode" on each unit's residuals while the block runs. "My prompt is more important" scales
-    the residuals of the shallow layers down (0.825 per layer from the middle block, A1111's soft injection);
-    "ControlNet is more important" does that and gives the negative prompt's rows no control at all (its cfg
-    injection: the first `batch` rows of a guided call, which carries negative rows first; a call with only the
-    prompt's rows, CFG 1, keeps them all). "Balanced" leaves them as the weight made them. A ControlNet that two
-    units share is called once per unit, in the units' order, so its hook takes their modes in turn."""
-    by_net: dict[int, tuple] = {}
-    for net, mode in zip(controlnets, modes):
-        by_net.setdefault(id(net), (net, []))[1].append(mode)
-
-    def hook_for(turn):
-        def scaled(module, args, kwargs, output):
-            mode = next(turn)
-            if mode == "Balanced":
-                return output
-            down, mid = output if isinstance(output, tuple) else (output.down_block_res_samples,
-                                                                   output.mid_block_res_sample)
-            residuals = [r * SOFT ** (len(down) - i) for i, r in enumerate(down)] + [mid]
-            if mode == "ControlNet is more important" and mid.shape[0] >= 2 * batch:
-                keep = torch.ones(mid.shape[0], 1, 1, 1, dtype=mid.dtype, device=mid.device)
-                keep[:batch] = 0
-                residuals = [r * keep for r in residuals]
-            return (residuals[:-1], residuals[-1]) if isinstance(output, tuple) else type(output)(
-                down_block_res_samples=residuals[:-1], mid_block_res_sample=residuals[-1])
-        return scaled
-
-    handles = [net.register_forward_hook(hook_for(itertools.cycle(units)), with_kwargs=True)
-               for net, units in by_net.values() if any(mode != "Balanced" for mode in units)]
-    try:
-        yield
-    finally:
-        for handle in handles:
-            handle.remove()
 
 
 def control_infotext(settings: GenerateSettings, session) -> dict[str, str]:

@@ -1,0 +1,92 @@
+"""What each ControlNet unit gives at each model call, as A1111's ControlNet extension does it: its "Control Mode"
+and its guidance window ("Guidance Start" / "Guidance End").
+
+The window. The extension switches a unit off at a model call when the sampling percent is below its start or
+above its end, inclusive at both ends. That percent is A1111's state.sampling_step / state.sampling_steps:
+sampling_steps is the steps the pass runs (img2img: the last t_enc + 1 of its schedule), and sampling_step is set by
+the sampler's callback, which k-diffusion and A1111's DDIM / PLMS call after a step's first model call. So step i's
+first call sees i - 1 (step 0 sees 0) and a second-order sampler's second call sees i. With 20 steps and Guidance
+End 0.3, A1111 controls steps 0 to 7 (8 steps); diffusers' own window, (i + 1) / 20 <= 0.3, would give 6. personae
+hands diffusers the whole run and switches the unit off here, so an A1111 PNG's window draws A1111's picture.
+
+The mode: "My prompt is more important" scales the residuals of the shallow layers down (0.825 per layer from the
+middle block, the extension's soft injection); "ControlNet is more important" does that and gives the negative
+prompt's rows no control at all (its cfg injection: the first `batch` rows of a guided call, which carries negative
+rows first; a call with only the prompt's rows, CFG 1, keeps them all). "Balanced" leaves the residuals as the
+weight made them.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+
+SOFT = 0.825  # A1111's soft injection: residual i of 13 (the middle block last) scaled by SOFT ** (12 - i)
+
+
+@dataclass(frozen=True)
+class UnitSteps:
+    mode: str  # "Control Mode"
+    start: float  # "Guidance Start"
+    end: float  # "Guidance End"
+
+
+def sampling_percent(scheduler, iteration: int) -> float:
+    """A1111's sampling percent at the pipeline's model call number `iteration` of this pass (0-based): the last
+    step whose callback has run, over the steps the pass runs."""
+    from personae.inference.ksampler import KDiffusionScheduler
+
+    if isinstance(scheduler, KDiffusionScheduler):  # one entry per model call: (step, stage, sigma)
+        begin = scheduler.begin_index or 0
+        step, stage, _ = scheduler._calls[scheduler.step_index]
+        steps = len({s for s, _, _ in scheduler._calls[begin:]})
+        i = step - scheduler._calls[begin][0]
+    else:  # DDIM, PLMS, UniPC, LCM: one model call per step
+        i, stage = iteration, 0
+        steps = len(scheduler.timesteps) - (getattr(scheduler, "begin_index", None) or 0)
+    return (i if stage else max(i - 1, 0)) / max(steps, 1)
+
+
+@contextmanager
+def unit_steps(controlnets: Sequence, units: Sequence[UnitSteps], batch: int, scheduler) -> Iterator[None]:
+    """Within the block (one sampling pass with `scheduler`), each unit's residuals are switched off outside its
+    window and scaled as its mode says. A ControlNet that two units share is called once per unit, in the units'
+    order, so its hook takes them in turn."""
+    by_net: dict[int, tuple] = {}
+    for net, unit in zip(controlnets, units):
+        by_net.setdefault(id(net), (net, []))[1].append(unit)
+
+    def hook_for(shared: list[UnitSteps]):
+        calls = itertools.count()
+
+        def hook(module, args, kwargs, output):
+            call = next(calls)
+            unit = shared[call % len(shared)]
+            on = unit.start <= sampling_percent(scheduler, call // len(shared)) <= unit.end
+            if on and unit.mode == "Balanced":
+                return output
+            down, mid = output if isinstance(output, tuple) else (output.down_block_res_samples,
+                                                                   output.mid_block_res_sample)
+            if not on:
+                residuals = [torch.zeros_like(r) for r in (*down, mid)]
+            else:
+                residuals = [r * SOFT ** (len(down) - i) for i, r in enumerate(down)] + [mid]
+                if unit.mode == "ControlNet is more important" and mid.shape[0] >= 2 * batch:
+                    keep = torch.ones(mid.shape[0], 1, 1, 1, dtype=mid.dtype, device=mid.device)
+                    keep[:batch] = 0
+                    residuals = [r * keep for r in residuals]
+            return (residuals[:-1], residuals[-1]) if isinstance(output, tuple) else type(output)(
+                down_block_res_samples=residuals[:-1], mid_block_res_sample=residuals[-1])
+        return hook
+
+    handles = [net.register_forward_hook(hook_for(shared), with_kwargs=True) for net, shared in by_net.values()
+               if any(u.mode != "Balanced" or u.start > 0 or u.end < 1 for u in shared)]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
