@@ -13,7 +13,7 @@ from personae.config.generate import ControlRef, GenerateSettings
 from personae.data.control.fit import fit_map
 from personae.errors import UserError
 from personae.inference.control_steps import SOFT
-from personae.inference.controlnet import make_map, prepare_controls
+from personae.inference.controlnet import controlnet_for, make_map, prepare_controls
 from personae.inference.txt2img import txt2img
 from personae.jobs.generate import settings_from_png
 from personae.media.controlnet_text import UnitTextError, model_id, read_unit
@@ -195,12 +195,83 @@ def test_guidance_windows_count_the_steps_as_a1111(tiny_model, tiny_session, cof
     assert calls() == [1] * 10
 
 
+def test_hires_fix_with_control_units(tiny_model, tiny_session, coffee, tiny_controlnet):
+    """A1111's hires fix with ControlNet: each unit controls the passes its "Hires-Fix Option" names; the redraw's
+    map is the first pass's (made for its size, Pixel Perfect included) fitted to the redraw's size."""
+    from personae.data.control.fit import pixel_perfect_res
+
+    def run(**unit):
+        calls, maps = [], []
+
+        def unet_call(module, args, kwargs):
+            residuals = kwargs.get("down_block_additional_residuals")
+            calls.append((args[0].shape[-1] * 8, int(residuals is not None and residuals[0].abs().max() > 0)))
+
+        def controlnet_call(module, args, kwargs):
+            maps.append(kwargs["controlnet_cond"][0].permute(1, 2, 0).clone())
+
+        settings = _settings(tiny_model[0], controls=[_unit(coffee, tiny_controlnet, **unit)], hires_scale=2.0,
+                             hires_denoise=0.6)
+        net = controlnet_for(tiny_session, settings.controls[0].model)
+        hooks = [tiny_session.pipe.unet.register_forward_pre_hook(unet_call, with_kwargs=True),
+                 net.register_forward_pre_hook(controlnet_call, with_kwargs=True)]
+        try:
+            image = txt2img(settings, tiny_session)[0]
+        finally:
+            for hook in hooks:
+                hook.remove()
+        return image, calls, maps
+
+    both, calls, maps = run(pixel_perfect=True)
+    assert both.image.size == (128, 128)
+    assert sorted(set(calls)) == [(64, 1), (128, 1)]  # both passes controlled
+    photo = Image.open(coffee).convert("RGB")
+    prepared = prepare_controls([ControlRef(**_unit(coffee, tiny_controlnet, pixel_perfect=True))])[0]
+    made = make_map(prepared.ref, photo, pixel_perfect_res(photo.size, (64, 64), "Crop and Resize"))
+    for size in (64, 128):  # the map for 64 px, and that same map fitted to 128
+        expected = torch.from_numpy(np.asarray(fit_map(made, (size, size), "Crop and Resize"))).float() / 255
+        assert any(m.shape[0] == size and torch.allclose(m, expected, atol=1e-6) for m in maps), size
+    low, calls, _ = run(hr_option="Low res only")
+    assert sorted(set(calls)) == [(64, 1), (128, 0)]
+    assert "Hr Option: Low res only" in low.parameters
+    high, calls, _ = run(hr_option="High res only")
+    assert sorted(set(calls)) == [(64, 0), (128, 1)]
+    assert len({both.image.tobytes(), low.image.tobytes(), high.image.tobytes()}) == 3
+    _, _, params = parse_parameters(high.parameters)
+    assert params["ControlNet 0"].endswith("Control Mode: Balanced, Hr Option: High res only")
+
+
+def test_hires_fix_with_control_from_the_cli_and_an_a1111_png(tiny_model, coffee, tiny_controlnet, tmp_path):
+    common = ["--model", str(tiny_model[0]), "--controlnet", f"canny={tiny_controlnet}", "--quiet"]
+    assert main(["generate", "--prompt", "a photo of a cat", "--steps", "3", "--seed", "7", "--width", "64",
+                 "--height", "64", "--control", f"canny:{coffee}", "--hires-scale", "2", "--hires-denoise", "0.6",
+                 "--control-hr-option", "Low res only", "--out", str(tmp_path / "cli"), *common]) == 0
+    [made] = (tmp_path / "cli").glob("*.png")
+    assert settings_from_png(made)["controls"][0]["hr_option"] == "Low res only"
+    assert main(["generate", "--from-png", str(made), "--out", str(tmp_path / "again"), *common]) == 0
+    [again] = (tmp_path / "again").glob("*.png")
+    assert np.array_equal(_px(Image.open(made)), _px(Image.open(again))) and Image.open(made).size == (128, 128)
+    # an A1111 PNG's unit with its Hr Option and the hires fix: the picture given, the option kept
+    png = _a1111_png(tmp_path / "a1111.png", "Module: canny, Model: tiny-controlnet [0123abcd], Weight: 1, Hr "
+                     "Option: Low res only", extra="Denoising strength: 0.6, Hires upscale: 2, Hires upscaler: "
+                     "Latent, ")
+    assert main(["generate", "--from-png", str(png), "--control", f"canny:{coffee}", "--out", str(tmp_path / "a"),
+                 *common]) == 0
+    [drawn] = (tmp_path / "a").glob("*.png")
+    assert settings_from_png(drawn)["controls"][0]["hr_option"] == "Low res only" and Image.open(drawn).size == (128,
+                                                                                                                128)
+    with pytest.raises(ValueError, match="hr_option"):
+        ControlRef(type="canny", image=str(coffee), hr_option="Sometimes")
+    assert main(["generate", "--prompt", "x", "--control-hr-option", "Both", "--out", str(tmp_path / "b"),
+                 *common]) == 2  # no unit to set
+
+
 # --- A1111's PNGs through --from-png --------------------------------------------------------------------------
 
-def _a1111_png(path, unit_text, size=64):
+def _a1111_png(path, unit_text, size=64, extra=""):
     info = PngInfo()
     info.add_text("parameters", "a photo of a cat\nNegative prompt: \nSteps: 3, Sampler: Euler a, CFG scale: 7, "
-                                f"Seed: 7, Size: {size}x{size}, Model: tiny, ControlNet 0: \"{unit_text}\"")
+                                f"Seed: 7, Size: {size}x{size}, Model: tiny, {extra}ControlNet 0: \"{unit_text}\"")
     Image.new("RGB", (size, size)).save(path, pnginfo=info)
     return path
 
@@ -220,7 +291,7 @@ def test_from_png_takes_the_units_settings_with_the_picture_given(tiny_model, co
     assert unit == {"type": "canny", "image": str(coffee), "weight": 0.6, "model": str(tiny_controlnet),
                     "options": {"low": 50.0, "high": 150.0}, "resize_mode": "Just Resize", "processor_res": 256,
                     "pixel_perfect": False, "control_mode": "My prompt is more important", "guidance_start": 0.25,
-                    "guidance_end": 1.0}
+                    "guidance_end": 1.0, "hr_option": "Both"}
     _, _, params = parse_parameters(read_png_text(made)["parameters"])
     assert params["ControlNet 0"].startswith("Module: canny, Model: tiny-controlnet, Weight: 0.6, Resize Mode: Just "
                                              "Resize, Processor Res: 256, Threshold A: 50, Threshold B: 150")

@@ -63,6 +63,9 @@ def add_control_choices(p) -> None:
                    help='"Processor Res" of every unit: the photo\'s short side when its map is made (default 512)')
     p.add_argument("--pixel-perfect", action="store_true", default=None,
                    help='"Pixel Perfect" for every unit: the map made at the resolution the picture needs')
+    p.add_argument("--control-hr-option", choices=get_args(ControlRef.model_fields["hr_option"].annotation),
+                   metavar="OPTION", help='"Hires-Fix Option" of every unit, with --hires-scale: "Both" (default), '
+                                          '"Low res only" (the first pass) or "High res only" (the redraw)')
 
 
 def add_parser(sub) -> None:
@@ -107,7 +110,8 @@ def settings_from_args(args, base: dict | None = None, png_units: list[dict] = (
                           {key: value for key, value in (("resize_mode", getattr(args, "control_resize", None)),
                                                          ("control_mode", getattr(args, "control_mode", None)),
                                                          ("processor_res", getattr(args, "control_res", None)),
-                                                         ("pixel_perfect", getattr(args, "pixel_perfect", None)))
+                                                         ("pixel_perfect", getattr(args, "pixel_perfect", None)),
+                                                         ("hr_option", getattr(args, "control_hr_option", None)))
                            if value is not None})
     flag = missing_required(GenerateSettings, data)
     if flag:
@@ -119,14 +123,14 @@ def settings_from_args(args, base: dict | None = None, png_units: list[dict] = (
 def apply_control_choices(data: dict, models: list[tuple[str, str]], options: list[tuple[str, str]],
                           every: dict | None = None) -> None:
     """--controlnet TYPE=MODEL and --control-option TYPE.KEY=VALUE, applied to every unit of that type; `every`
-    (--control-resize, --control-mode, --control-res, --pixel-perfect) to every unit."""
+    (--control-resize, --control-mode, --control-res, --pixel-perfect, --control-hr-option) to every unit."""
     from personae.data.control import get_control_type
     from personae.errors import UserError
 
     controls = [dict(c) for c in data.get("controls", [])]
     if every and not controls:
         flags = {"resize_mode": "--control-resize", "control_mode": "--control-mode", "processor_res": "--control-res",
-                 "pixel_perfect": "--pixel-perfect"}
+                 "pixel_perfect": "--pixel-perfect", "hr_option": "--control-hr-option"}
         raise UserError(f"{', '.join(flags[key] for key in every)} set{'s' * (len(every) == 1)} the --control units; "
                         "no --control is given.", "Add --control TYPE:IMAGE, or leave it out.")
     controls = [{**control, **(every or {})} for control in controls]

@@ -37,12 +37,13 @@ class PreparedControl:
     photo: Image.Image | None = None  # what it was made from (a pixel-perfect unit remakes it for the picture's size)
     made: dict = field(default_factory=dict)  # res -> map, made once each
 
-    def map_at(self, size: tuple[int, int]) -> Image.Image:
+    def map_at(self, size: tuple[int, int], made_for: tuple[int, int] | None = None) -> Image.Image:
         """The map at the picture's size, fitted as the unit's "Resize Mode" says (data/control/fit.py); a
-        pixel-perfect unit's map made at the resolution that size needs."""
+        pixel-perfect unit's map made at the resolution that size needs, or that `made_for` needs (the hires fix's
+        redraw takes the first pass's map, fitted to its own size, as the extension does)."""
         made = self.map
         if self.ref.pixel_perfect and self.photo is not None and self.control_type.a1111_module != "none":
-            res = pixel_perfect_res(self.photo.size, size, self.ref.resize_mode)
+            res = pixel_perfect_res(self.photo.size, made_for or size, self.ref.resize_mode)
             if res not in self.made:
                 self.made[res] = make_map(self.ref, self.photo, res)
             made = self.made[res]
@@ -115,29 +116,40 @@ def control_pipeline(session, controlnets: list, img2img: bool, inpaint: bool, s
                             controlnet=controlnets[0] if len(controlnets) == 1 else controlnets)
 
 
-def control_denoise(session, settings: GenerateSettings, controls: list[PreparedControl], init: Image.Image | None,
-                    mask: Image.Image | None, size: tuple[int, int], kwargs: dict, scheduler,
-                    on_event: EventHandler = ignore) -> list[Image.Image]:
-    """Denoise with every control unit; `kwargs` are the shared pipeline arguments (embeds, steps, generators)."""
+def control_call(session, settings: GenerateSettings, controls: list[PreparedControl], size: tuple[int, int],
+                 scheduler, batch: int, img2img: bool = False, inpaint: bool = False,
+                 made_for: tuple[int, int] | None = None, on_event: EventHandler = ignore):
+    """One pass with these units: diffusers' ControlNet pipeline (with `scheduler`), its control arguments (the maps
+    fitted to `size`, the weights) and the hooks that give each unit its Control Mode and A1111's guidance window
+    (to be entered around the pass; `batch`: the pictures it draws)."""
     controlnets = [controlnet_for(session, c.model, settings.allow_pickle, on_event) for c in controls]
-    maps = [c.map_at(size) for c in controls]
+    maps = [c.map_at(size, made_for) for c in controls]
     weights = [float(c.ref.weight) for c in controls]
     units = [UnitSteps(c.ref.control_mode, *unit_window(settings, c.ref)) for c in controls]
     single = len(controls) == 1
     # the windows are A1111's, kept by unit_steps: diffusers' own would count the steps another way
-    control = dict(controlnet_conditioning_scale=weights[0] if single else weights,
-                   control_guidance_start=0.0 if single else [0.0] * len(controls),
-                   control_guidance_end=1.0 if single else [1.0] * len(controls))
-    pipe = control_pipeline(session, controlnets, img2img=init is not None, inpaint=mask is not None,
-                            scheduler=scheduler)
+    arguments = {"control_image" if img2img else "image": maps[0] if single else maps,
+                 "controlnet_conditioning_scale": weights[0] if single else weights,
+                 "control_guidance_start": 0.0 if single else [0.0] * len(controls),
+                 "control_guidance_end": 1.0 if single else [1.0] * len(controls)}
+    pipe = control_pipeline(session, controlnets, img2img=img2img, inpaint=inpaint, scheduler=scheduler)
+    return pipe, arguments, unit_steps(controlnets, units, batch, scheduler)
+
+
+def control_denoise(session, settings: GenerateSettings, controls: list[PreparedControl], init: Image.Image | None,
+                    mask: Image.Image | None, size: tuple[int, int], kwargs: dict, scheduler,
+                    on_event: EventHandler = ignore) -> list[Image.Image]:
+    """Denoise with every control unit; `kwargs` are the shared pipeline arguments (embeds, steps, generators)."""
+    pipe, control, steps_hooks = control_call(session, settings, controls, size, scheduler,
+                                              kwargs["prompt_embeds"].shape[0], img2img=init is not None,
+                                              inpaint=mask is not None, on_event=on_event)
     width, height = size
-    with unit_steps(controlnets, units, kwargs["prompt_embeds"].shape[0], scheduler):
+    with steps_hooks:
         if init is None:
-            return pipe(image=maps[0] if single else maps, width=width, height=height, **control, **kwargs).images
+            return pipe(width=width, height=height, **control, **kwargs).images
         extra = {"mask_image": mask} if mask is not None else {}
         steps = img2img_steps(scheduler, settings.steps, settings.strength, fixed=settings.img2img_fix_steps)
-        return pipe(image=init, control_image=maps[0] if single else maps, width=width, height=height, **extra,
-                    **control, **{**kwargs, **steps}).images
+        return pipe(image=init, width=width, height=height, **extra, **control, **{**kwargs, **steps}).images
 
 
 def unit_window(settings: GenerateSettings, ref: ControlRef) -> tuple[float, float]:
@@ -157,7 +169,8 @@ def control_infotext(settings: GenerateSettings, session) -> dict[str, str]:
         start, end = unit_window(settings, ref)
         fields = {"Module": control_type.a1111_module, "Model": name, "Weight": f"{ref.weight:g}",
                   "Resize Mode": ref.resize_mode, "Guidance Start": f"{start:g}", "Guidance End": f"{end:g}",
-                  "Pixel Perfect": str(ref.pixel_perfect), "Control Mode": ref.control_mode}
+                  "Pixel Perfect": str(ref.pixel_perfect), "Control Mode": ref.control_mode,
+                  "Hr Option": ref.hr_option}
         if control_type.a1111_module != "none":  # the extension leaves out what a unit does not use
             fields["Processor Res"] = str(ref.processor_res)
         options = control_type.check_options(ref.options)

@@ -81,6 +81,20 @@ def crop_overhang(upscaled, truncate: tuple[int, int], cell: int):
             for p in upscaled]
 
 
+def hires_plan(settings, width: int, height: int) -> tuple[tuple[int, int], tuple[int, int]]:
+    """The size the base picture is upscaled to and the overhang (x, y, in latent cells) cut from it afterwards."""
+    if settings.hires_resize:  # A1111's "Hires resize": cover the size, then crop the overhang
+        size, truncate = resize_plan(width, height, settings.hires_target)
+        return (max(8, size[0] // 8 * 8), max(8, size[1] // 8 * 8)), truncate
+    return hires_size(width, height, settings.hires_scale), (0, 0)
+
+
+def redrawn_size(settings, width: int, height: int) -> tuple[int, int]:
+    """The size of the hires fix's redraw (and of its pictures): the upscaled size less the overhang."""
+    (w, h), (tx, ty) = hires_plan(settings, width, height)
+    return w - 8 * tx, h - 8 * ty
+
+
 def upscale(pipe, latents: torch.Tensor, size: tuple[int, int], upscaler: str,
             net: UpscalerNet | None = None, on_tile=None) -> torch.Tensor | list[Image.Image]:
     """The base pass's latents at `size`: interpolated latents, or decoded pictures resized with Lanczos or
@@ -97,26 +111,22 @@ def upscale(pipe, latents: torch.Tensor, size: tuple[int, int], upscaler: str,
 
 
 def hires_fix(pipe, redraw_pipe, settings, size: tuple[int, int], kwargs: dict, generators,
-              net: UpscalerNet | None = None, redraw_kwargs: dict | None = None, on_tile=None, passes=None):
+              net: UpscalerNet | None = None, redraw_kwargs: dict | None = None, on_tile=None, passes=None,
+              base_kwargs: dict | None = None):
     """Images of `settings` with the hires fix: `pipe` draws the base picture, `redraw_pipe` (img2img, with a
     scheduler of its own) redraws the upscaled one. `kwargs`: the shared call arguments (embeds, steps, cfg, the
     base pass's generators); `generators()`: fresh generators of the same seeds for the redraw (inference/rng.py);
     `net`: the model upscaler that --hires-upscaler names, read beforehand; `redraw_kwargs`: the redraw's own
     (its prompt schedule over the hires steps, A1111's hr conditioning); `on_tile(done, total)`: the upscaler's
     progress; `passes`: a context manager for each pass to run in (the base pass, the redraw), such as the hooks
-    that compose a prompt's AND parts, each pass its own."""
+    that compose a prompt's AND parts, each pass its own; `base_kwargs`: the base pass's own (a ControlNet's maps)."""
     width, height = size
     base_pass, redraw_pass = passes or (nullcontext(), nullcontext())
     # 1. the base picture, kept as latents
     with base_pass:
-        base = pipe(width=width, height=height, output_type="latent", **kwargs).images
+        base = pipe(width=width, height=height, output_type="latent", **kwargs, **(base_kwargs or {})).images
     # 2. upscale the latents or the decoded picture
-    truncate = (0, 0)
-    if settings.hires_resize:  # A1111's "Hires resize": cover the size, then crop the overhang
-        size, truncate = resize_plan(width, height, settings.hires_target)
-        size = (max(8, size[0] // 8 * 8), max(8, size[1] // 8 * 8))
-    else:
-        size = hires_size(width, height, settings.hires_scale)
+    size, truncate = hires_plan(settings, width, height)
     image = crop_overhang(upscale(pipe, base, size, settings.hires_upscaler, net, on_tile), truncate,
                           pipe.vae_scale_factor)
     # 3. redraw at the denoising strength, from the same seeds: A1111's hires pass draws from fresh generators, its

@@ -15,7 +15,7 @@ import json
 import math
 import random
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -31,13 +31,14 @@ from personae.inference.composable import ComposablePrompts, composing, schedule
 from personae.inference.cond_lengths import pads
 from personae.inference.controlnet import (
     PreparedControl,
+    control_call,
     control_denoise,
     control_infotext,
     controlnet_for,
     prepare_controls,
 )
 from personae.inference.detailer import check_detailer, detail_faces, detailer_infotext
-from personae.inference.hires import hires_fix, upscaler_to_a1111
+from personae.inference.hires import hires_fix, redrawn_size, upscaler_to_a1111
 from personae.inference.img2img import (
     a1111_latent_mask,
     composite,
@@ -130,6 +131,14 @@ def infotext(settings: GenerateSettings, session: Session, seed: int, width: int
 
 
 @contextmanager
+def _within(*managers) -> Iterator[None]:
+    with ExitStack() as stack:
+        for manager in managers:
+            stack.enter_context(manager)
+        yield
+
+
+@contextmanager
 def sampling_pass(prompts, unet, nets, settings: GenerateSettings, scheduler) -> Iterator[None]:
     """One sampling pass's UNet (and ControlNet) calls: AND composed, a prompt and a negative prompt of different
     lengths drawn as --pad-conds says, the negative prompt left out where NGMS / Skip Early CFG say so."""
@@ -166,12 +175,11 @@ def hires_prompt_text(settings: GenerateSettings) -> str:
 
 
 def check_hires(settings: GenerateSettings) -> tuple[GenerateSettings, UpscalerNet | None]:
-    """The hires fix is a txt2img second pass (as in A1111): not with img2img or ControlNet, and with a step to run.
-    Returns the settings with a model upscaler's name resolved to its file, and that upscaler read (else None)."""
-    if settings.init_image or settings.controls:
-        what = "--init-image" if settings.init_image else "--control"
-        raise UserError(f"--hires-scale cannot be combined with {what}: the hires fix redraws a txt2img picture.",
-                        f"Leave out --hires-scale, or run img2img on the picture yourself with {what} and a larger "
+    """The hires fix is a txt2img second pass (as in A1111): not with img2img, and with a step to run. Returns the
+    settings with a model upscaler's name resolved to its file, and that upscaler read (else None)."""
+    if settings.init_image:
+        raise UserError("--hires-scale cannot be combined with --init-image: the hires fix redraws a txt2img picture.",
+                        "Leave out --hires-scale, or run img2img on the picture yourself with a larger "
                         "--width / --height.")
     steps = settings.hires_steps or settings.steps
     k_diffusion = get_sampler(settings.hires_sampler or settings.sampler).scheduler is KDiffusionScheduler
@@ -403,7 +411,7 @@ def txt2img(settings: GenerateSettings, session: Session | None = None, on_event
                 nan_guard(session.pipe, [f"{l.name} at {l.weight:g}" for l in used if l.weight]):
             if init is not None and settings.strength == 0:  # nothing to redraw: the image as the VAE gives it
                 images = [vae_roundtrip(pipe, init)] * n
-            elif controls:
+            elif controls and not settings.hires_scale:
                 with first_pass:
                     images = control_denoise(session, settings, controls, init, mask, (width, height), kwargs,
                                              scheduler, on_event)
@@ -415,16 +423,28 @@ def txt2img(settings: GenerateSettings, session: Session | None = None, on_event
                                       **{**kwargs, **steps}).images
             elif settings.hires_scale:
                 redraw_scheduler = hires_sampler.make(session.base_scheduler, k_tuning(settings))
-                redraw = denoiser(session, None, None, redraw_scheduler)
+                # ControlNet units in the passes their "Hires-Fix Option" names; the redraw's maps fitted to its size
+                low = [c for c in controls if c.ref.hr_option != "High res only"]
+                high = [c for c in controls if c.ref.hr_option != "Low res only"]
+                base, base_args, base_units = control_call(session, settings, low, (width, height), scheduler, n,
+                                                           on_event=on_event) if low else (pipe, {}, nullcontext())
+                redraw, redraw_args, redraw_units = control_call(
+                    session, settings, high, redrawn_size(settings, width, height), redraw_scheduler, n,
+                    img2img=True, made_for=(width, height), on_event=on_event) if high else \
+                    (denoiser(session, None, None, redraw_scheduler), {}, nullcontext())
                 if upscaler is not None:
                     upscaler.net.to(session.device)
-                images = hires_fix(pipe, redraw, settings, (width, height), kwargs, generators, upscaler,
+                images = hires_fix(base, redraw, settings, (width, height), kwargs, generators, upscaler,
                                    {**hires_prompts.call_kwargs(), "callback_on_step_end": reporter(hires_prompts),
-                                    **({"guidance_scale": settings.hires_cfg} if settings.hires_cfg is not None else {})},
+                                    **({"guidance_scale": settings.hires_cfg} if settings.hires_cfg is not None else {}),
+                                    **redraw_args},
                                    lambda done, tiles, _b=batch: on_event(Progress("upscale", done, tiles, {
                                        "batch": _b + 1, "batches": settings.batch_count})),
-                                   passes=(first_pass, sampling_pass(hires_prompts, session.pipe.unet, (), settings,
-                                                                     redraw_scheduler)))
+                                   passes=(_within(first_pass, base_units),
+                                           _within(sampling_pass(hires_prompts, session.pipe.unet,
+                                                                 [nets[controls.index(c)] for c in high],
+                                                                 settings, redraw_scheduler), redraw_units)),
+                                   base_kwargs=base_args)
             else:
                 with first_pass:
                     images = pipe(width=width, height=height, **kwargs).images

@@ -19,7 +19,7 @@ from personae.media.controlnet_text import UnitTextError, model_id, model_name, 
 from personae.media.png import parse_parameters, read_image_text
 
 _TYPE_OF = {t.a1111_module: name for name, t in CONTROL_TYPES.items()}  # "canny" -> canny, "none" -> raw, ...
-_MODES = {"Resize Mode": "resize_mode", "Control Mode": "control_mode"}
+_MODES = {"Resize Mode": "resize_mode", "Control Mode": "control_mode", "Hr Option": "hr_option"}
 _NUMBERS = {"Weight": "weight", "Guidance Start": "guidance_start", "Guidance End": "guidance_end"}
 
 

@@ -2,7 +2,7 @@
 
     "ControlNet 0": "Module: canny, Model: control_v11p_sd15_canny [d14c016b], Weight: 1, Resize Mode: Crop and
     Resize, Processor Res: 512, Threshold A: 100, Threshold B: 200, Guidance Start: 0, Guidance End: 1, Pixel
-    Perfect: False, Control Mode: Balanced"
+    Perfect: False, Control Mode: Balanced, Hr Option: Both"
 
 `read_unit` gives the unit's fields by the extension's names, from that form and from the older ones still in
 PNGs: "preprocessor: canny, model: ..., weight: 1, starting/ending: (0, 1), resize mode: ..., pixel perfect:
@@ -17,9 +17,9 @@ import re
 
 # the fields personae writes, in the extension's order (its ControlNetUnit)
 FIELDS = ("Module", "Model", "Weight", "Resize Mode", "Processor Res", "Threshold A", "Threshold B",
-          "Guidance Start", "Guidance End", "Pixel Perfect", "Control Mode")
+          "Guidance Start", "Guidance End", "Pixel Perfect", "Control Mode", "Hr Option")
 _LEGACY = {"preprocessor": "Module", "model": "Model", "weight": "Weight", "resize mode": "Resize Mode",
-           "pixel perfect": "Pixel Perfect", "control mode": "Control Mode"}
+           "pixel perfect": "Pixel Perfect", "control mode": "Control Mode", "hr option": "Hr Option"}
 _PAIR = re.compile(r"\(\s*([^()]*?)\s*\)")
 _HASH = re.compile(r"\s*\[[0-9a-fA-F]{6,64}\]\s*$")
 _V11 = re.compile(r"^control_v11[a-z0-9]*_sd15[a-z0-9]*_[a-z0-9_]+$")  # lllyasviel/ControlNet-v1-1's files
