@@ -6,8 +6,10 @@ from __future__ import annotations
 import os
 import threading
 import time
+from pathlib import Path
 
 import pytest
+from PIL import Image
 
 from personae.errors import UserError
 from personae.events import ImageReady, Message, Progress
@@ -105,6 +107,28 @@ def test_the_workspaces_styles_and_wildcards_reach_the_settings(tmp_path):
                          None, 1.0, ["Ink"])
     assert data["styles"] == ["Ink"] and data["styles_file"] == str(ws.root / "styles.csv")
     assert data["wildcards_dir"] == str(ws.root / "wildcards")
+
+
+def test_the_controlnet_accordion_reaches_the_unit(tmp_path):
+    """The accordion's A1111 unit settings (as the Generate button passes them) become the run's ControlNet unit."""
+    from types import SimpleNamespace
+
+    from personae.config.base import parse_settings
+    from personae.config.generate import GenerateSettings
+    from personae.web.tab_generate import settings_data
+
+    ws = Workspace(tmp_path / "work")
+    (ws.root / "models" / "m").mkdir(parents=True)
+    photo = tmp_path / "pose.png"
+    Image.new("RGB", (64, 48), "white").save(photo)
+    unit = {"resize_mode": "Just Resize", "control_mode": "My prompt is more important", "pixel_perfect": True,
+            "processor_res": 256, "hr_option": "High res only"}
+    data = settings_data(SimpleNamespace(workspace=ws), {"prompt": "a cat"}, "models/m", [], 1.0, [], None, "canny",
+                         str(photo), 0.7, [], unit)
+    ref = parse_settings(GenerateSettings, data, "the Generate form").controls[0]
+    assert (ref.type, ref.weight, ref.resize_mode, ref.control_mode, ref.pixel_perfect, ref.processor_res,
+            ref.hr_option) == ("canny", 0.7, "Just Resize", "My prompt is more important", True, 256, "High res only")
+    assert Path(ref.image).is_relative_to(ws.root / "uploads") and Path(ref.image).read_bytes() == photo.read_bytes()
 
 
 def test_a_workspace_that_is_a_file_is_refused(tmp_path):

@@ -187,6 +187,9 @@ def build(ctx) -> None:
                 control_mode = gr.Radio(list(get_args(unit_fields["control_mode"].annotation)), value="Balanced",
                                         label="Control Mode", elem_id="field-control-mode")
                 pixel_perfect = gr.Checkbox(False, label="Pixel Perfect", elem_id="field-pixel-perfect")
+                hr_option = gr.Radio(list(get_args(unit_fields["hr_option"].annotation)), value="Both",
+                                     label="Hires-Fix Option", info="with the hires fix: the passes this unit controls",
+                                     elem_id="field-control-hr-option")
                 processor_res = gr.Slider(64, 2048, value=512, step=8, label="Processor Res",
                                           info="the photo's short side when its map is made (unless Pixel Perfect)",
                                           elem_id="field-control-res")
@@ -211,10 +214,10 @@ def build(ctx) -> None:
         return out
 
     def submit(model_v, loras_v, weight_v, emb_v, init_v, ctype_v, cimage_v, cweight_v, styles_v, resize_v, mode_v,
-               perfect_v, res_v, *raw):
+               perfect_v, res_v, hr_v, *raw):
         try:
             unit = {"resize_mode": resize_v, "control_mode": mode_v, "pixel_perfect": bool(perfect_v),
-                    "processor_res": int(res_v)}
+                    "processor_res": int(res_v), "hr_option": hr_v}
             data = settings_data(ctx, values(raw), model_v, loras_v, weight_v, emb_v, init_v, ctype_v, cimage_v,
                                  cweight_v, styles_v, unit)
             settings = parse_settings(GenerateSettings, data, "the Generate form")
@@ -227,7 +230,7 @@ def build(ctx) -> None:
         return f"Queued as job {task.id}{where}; images go to `{ws.relative(out)}`."
 
     go.click(submit, [model, loras, lora_weight, embeddings, init_image, control_type, control_image, control_weight,
-                      styles, resize_mode, control_mode, pixel_perfect, processor_res, *raw_inputs], status)
+                      styles, resize_mode, control_mode, pixel_perfect, processor_res, hr_option, *raw_inputs], status)
 
     def latest(seen: int):
         done = [t for t in jobs.snapshot() if t.kind == "generate" and t.status in ("done", "failed")]
@@ -240,7 +243,7 @@ def build(ctx) -> None:
 
     gr.Timer(1.0).tick(latest, shown, [gallery, status, shown], show_progress="hidden")
 
-    unit_outputs = [control_type, control_weight, resize_mode, control_mode, pixel_perfect, processor_res]
+    unit_outputs = [control_type, control_weight, resize_mode, control_mode, pixel_perfect, processor_res, hr_option]
 
     def unit_updates(path, data: dict) -> list:
         """The ControlNet accordion from the PNG's first unit (personae's own, or A1111's without its picture)."""
@@ -249,7 +252,7 @@ def build(ctx) -> None:
         if unit.get("type") not in CONTROL_TYPES:
             return [gr.skip()] * len(unit_outputs)
         return [unit["type"], *(gr.skip() if unit.get(k) is None else unit[k] for k in (
-            "weight", "resize_mode", "control_mode", "pixel_perfect", "processor_res"))]
+            "weight", "resize_mode", "control_mode", "pixel_perfect", "processor_res", "hr_option"))]
 
     def from_png(file, model_v):
         if not file:
