@@ -358,3 +358,25 @@ def test_cli_unit_flags_reach_every_unit(tiny_model, coffee, tiny_controlnet, tm
 
         parse_settings(GenerateSettings, {"model": "m", "prompt": "p", "controls": [
             {"type": "canny", "image": "x.png", "resize_mode": "Stretch"}]}, "the test's settings")
+
+
+def test_img2img_resize_modes_with_a_unit(tiny_model, tiny_session, coffee, tiny_controlnet, tmp_path):
+    """The ControlNet img2img pipeline takes the init as its Resize mode makes it: an init of the picture's size gives
+    the same pixels with the latent mode as with Just resize; the 3:2 photo cut by "Crop and resize" (as the unit's
+    default cuts its map) gives the pixels of that cut passed as the init."""
+    square = tmp_path / "square.png"
+    Image.open(coffee).convert("RGB").resize((64, 64), Image.Resampling.LANCZOS).save(square)
+    unit = _unit(coffee, tiny_controlnet)
+    kw = dict(controls=[unit], strength=0.6, batch_size=2)
+    plain = txt2img(_settings(tiny_model[0], init_image=str(square), **kw), tiny_session)
+    latent = txt2img(_settings(tiny_model[0], init_image=str(square), resize_mode="Just resize (latent upscale)", **kw),
+                     tiny_session)
+    assert all((_px(a.image) == _px(b.image)).all() for a, b in zip(plain, latent))
+    cut = tmp_path / "cut.png"
+    photo = Image.open(coffee).convert("RGB")  # 600x400 -> 96x64 -> columns 16-80
+    photo.resize((96, 64), Image.Resampling.LANCZOS).crop((16, 0, 80, 64)).save(cut)
+    cropped = txt2img(_settings(tiny_model[0], init_image=str(coffee), resize_mode="Crop and resize", **kw),
+                      tiny_session)
+    by_hand = txt2img(_settings(tiny_model[0], init_image=str(cut), **kw), tiny_session)
+    assert all((_px(a.image) == _px(b.image)).all() for a, b in zip(cropped, by_hand))
+    assert cropped[0].image.size == (64, 64)

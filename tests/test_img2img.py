@@ -273,3 +273,105 @@ def test_noise_multiplier_is_a1111s_and_written_only_when_not_1(tmp_path, tiny_m
     plain = txt2img(GenerateSettings(model=str(tiny_model[0]), prompt="a star", steps=2, noise_multiplier=0.5),
                     tiny_session)[0]
     assert "Noise multiplier" not in plain.parameters
+
+
+def _bands(size=(96, 64)):
+    """Red, green and blue vertical thirds: where each mode puts which part of the picture is plain to see."""
+    w, h = size
+    bands = Image.new("RGB", size, (255, 0, 0))
+    bands.paste((0, 255, 0), (w // 3, 0, 2 * w // 3, h))
+    bands.paste((0, 0, 255), (2 * w // 3, 0, w, h))
+    return bands
+
+
+def test_resize_modes_are_a1111s():
+    """A1111's img2img "Resize mode" on a 3:2 picture drawn square: Just resize squeezes all three bands in, Crop and
+    resize keeps the middle one (scaled to cover, the overhang cut evenly), Resize and fill fits the whole picture
+    in the middle and fills above and below with its first and last rows stretched; a tall picture fills at the
+    sides. A picture already the size is untouched."""
+    from personae.inference.img2img import a1111_resize
+
+    bands = _bands()
+    just = _px(a1111_resize(bands, (64, 64), "Just resize"))
+    assert (just[:, 5] == (255, 0, 0)).all() and (just[:, 32] == (0, 255, 0)).all() and (just[:, 58] == (0, 0, 255)).all()
+    crop = _px(a1111_resize(bands, (64, 64), "Crop and resize"))  # 96x64 at its size, columns 16-80 kept
+    assert (crop == _px(bands.crop((16, 0, 80, 64)))).all()
+    fill = a1111_resize(bands, (64, 64), "Resize and fill")  # scaled to 64x42, pasted at y 11, 11 rows above/below
+    scaled = _px(bands.resize((64, 42), Image.Resampling.LANCZOS))
+    got = _px(fill)
+    assert (got[11:53] == scaled).all()
+    assert (got[:11] == scaled[0]).all() and (got[53:] == scaled[-1]).all()
+    tall = _px(a1111_resize(bands.rotate(90, expand=True), (64, 64), "Resize and fill"))  # 64x96: bands at the sides
+    assert (tall[:, :11] == tall[:, 11:12]).all() and (tall[:, 53:] == tall[:, 52:53]).all()
+    mask = Image.new("L", (96, 64), 0)
+    mask.paste(255, (0, 0, 32, 64))
+    cut = np.asarray(a1111_resize(mask, (64, 64), "Crop and resize"))  # a mask is cut as its picture is, still "L"
+    assert a1111_resize(mask, (64, 64), "Crop and resize").mode == "L" and cut[:, :16].min() == 255 \
+        and cut[:, 16:].max() == 0
+    assert a1111_resize(bands, (96, 64), "Resize and fill") is bands
+
+
+def test_resize_mode_cuts_the_init_and_the_mask_alike(tmp_path, tiny_model, tiny_session):
+    """--resize-mode "Crop and resize": at strength 0 the picture is the middle of the wide init as the VAE gives it
+    back; inpainting keeps the cut picture outside the cut mask (the mask's white third is at the left edge)."""
+    init, mask = tmp_path / "wide.png", tmp_path / "mask.png"
+    _bands().save(init)
+    white = Image.new("L", (96, 64), 0)
+    white.paste(255, (0, 0, 40, 64))  # after the cut: columns 0-24 redrawn
+    white.save(mask)
+    middle = _bands().crop((16, 0, 80, 64))
+    kept = txt2img(_settings(tiny_model[0], init, strength=0.0, width=64, height=64, resize_mode="Crop and resize"),
+                   tiny_session)[0]
+    assert kept.image.size == (64, 64)
+    assert np.abs(_px(kept.image) - _px(vae_roundtrip(tiny_session.pipe, middle))).max() <= 1
+    assert kept.settings.resize_mode == "Crop and resize"
+    out = txt2img(_settings(tiny_model[0], init, strength=1.0, width=64, height=64, resize_mode="Crop and resize",
+                            mask=str(mask), mask_blur=2), tiny_session)[0].image
+    assert np.abs(_px(out)[:, 32:] - _px(middle)[:, 32:]).max() <= 1  # kept, away from the feathered edge
+    assert np.abs(_px(out)[:, :16] - _px(middle)[:, :16]).mean() > 10  # redrawn
+
+
+def test_latent_resize_stretches_the_latents(tmp_path, tiny_model, tiny_session):
+    """"Just resize (latent upscale)": the init encoded at its own size, its latents stretched bilinearly. An init
+    already the size gives exactly the pixels of Just resize (the generators advance as in diffusers' img2img); a
+    wide one drawn at 64x32 at strength 0 is the VAE's decoding of its stretched latents."""
+    import torch
+    import torch.nn.functional as F
+
+    square, wide = tmp_path / "square.png", tmp_path / "wide.png"
+    draw_star(64, BACKGROUNDS["blue"], 0.7, (0, 0)).save(square)
+    _bands().save(wide)
+    for sampler in ("Euler a", "DDIM"):
+        kw = dict(strength=0.6, sampler=sampler, batch_size=2)
+        plain = txt2img(_settings(tiny_model[0], square, **kw), tiny_session)
+        latent = txt2img(_settings(tiny_model[0], square, resize_mode="Just resize (latent upscale)", **kw),
+                         tiny_session)
+        assert [_px(a.image).tolist() == _px(b.image).tolist() for a, b in zip(plain, latent)] == [True, True]
+    kept = txt2img(_settings(tiny_model[0], wide, strength=0.0, width=64, height=32,
+                             resize_mode="Just resize (latent upscale)"), tiny_session)[0].image
+    vae = tiny_session.pipe.vae
+    with torch.no_grad():
+        x = torch.from_numpy(_px(Image.open(wide)).astype(np.float32) / 127.5 - 1).permute(2, 0, 1)[None]
+        z = F.interpolate(vae.encode(x).latent_dist.mode(), size=(4, 8), mode="bilinear")
+        by_hand = ((vae.decode(z).sample[0].permute(1, 2, 0).clamp(-1, 1) + 1) * 127.5).round().numpy()
+    assert kept.size == (64, 32) and np.abs(_px(kept) - by_hand).max() <= 1
+    drawn = txt2img(_settings(tiny_model[0], wide, strength=0.5, width=64, height=32,
+                              resize_mode="Just resize (latent upscale)"), tiny_session)[0].image
+    assert drawn.size == (64, 32)
+
+
+@pytest.mark.parametrize("extra, match", [
+    ({"init_image": None}, "no --init-image"),
+    ({"resize_mode": "Just resize (latent upscale)", "mask": "MASK"}, "resized as latents"),
+    ({"inpaint_area": "masked", "mask": "MASK"}, "ignores its Resize mode"),
+])
+def test_resize_mode_refusals(tmp_path, tiny_model, extra, match):
+    from personae.errors import UserError
+
+    init, mask = tmp_path / "init.png", tmp_path / "mask.png"
+    Image.new("RGB", (64, 64)).save(init)
+    Image.new("L", (64, 64), 255).save(mask)
+    extra = {k: str(mask) if v == "MASK" else v for k, v in extra.items()}
+    settings = _settings(tiny_model[0], init, **{"resize_mode": "Crop and resize", **extra})
+    with pytest.raises(UserError, match=match):
+        txt2img(settings)

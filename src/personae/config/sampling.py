@@ -224,6 +224,12 @@ class Img2ImgSettings(Concept):
                                            'changes)', metavar="IMG")
     strength: float = setting(0.75, '"Denoising strength" for --init-image: 0 keeps the image, 1 redraws it',
                               infotext="Denoising strength", infotext_if="init_image", ge=0.0, le=1.0)
+    resize_mode: Literal["Just resize", "Crop and resize", "Resize and fill", "Just resize (latent upscale)"] = \
+        setting("Just resize", 'img2img\'s "Resize mode": how --init-image (and --mask) meet --width x --height: '
+                               "Just resize stretches it; Crop and resize scales it to cover the size and cuts the "
+                               "overhang evenly; Resize and fill scales it to fit and fills the gaps with its edge "
+                               "rows or columns stretched; Just resize (latent upscale) encodes it at its own size "
+                               "and stretches the latents (A1111's four)")
     noise_multiplier: float = setting(1.0, '"Noise multiplier" (A1111\'s "Noise multiplier for img2img"): '
                                            "img2img's starting noise scaled by this (below 1 keeps more of the "
                                            "picture, above 1 less); written when not 1", infotext="Noise multiplier",

@@ -1,6 +1,6 @@
 """img2img and inpainting on the loaded model: diffusers' pipelines sharing the session's components.
 
-Like A1111: the init image is resized to the output size; "Denoising strength" 0 returns
+Like A1111: the init image is resized to the output size as its "Resize mode" says; "Denoising strength" 0 returns
 the image as the VAE reproduces it; inpainting redraws the white part of the mask and
 pastes the untouched pixels back through a feathered mask, so unmasked pixels are kept.
 """
@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image, ImageFilter, ImageOps
 
 from personae.errors import UserError
@@ -34,9 +35,57 @@ def _read(path: str, what: str, mode: str | None = "RGB") -> Image.Image:
     return image
 
 
-def open_image(path: str, what: str, size: tuple[int, int] | None = None) -> Image.Image:
+def open_image(path: str, what: str, size: tuple[int, int] | None = None, resize_mode: str = "Just resize"
+               ) -> Image.Image:
     image = _read(path, what)
-    return image.resize(size, Image.Resampling.LANCZOS) if size and image.size != size else image
+    return a1111_resize(image, size, resize_mode) if size and image.size != size else image
+
+
+LATENT_RESIZE = "Just resize (latent upscale)"
+
+
+def a1111_resize(image: Image.Image, size: tuple[int, int], mode: str = "Just resize") -> Image.Image:
+    """`image` brought to `size` by A1111's img2img "Resize mode" (images.resize_image, no img2img upscaler set, so
+    Lanczos): "Just resize" stretches it; "Crop and resize" scales it to cover the size, centred, the overhang cut;
+    "Resize and fill" scales it to fit, centred, and fills each side's gap with its outermost row (or column)
+    stretched across it. The latent mode resizes latents, not pixels (latent_resized); A1111 fills there."""
+    width, height = size
+    if mode == "Just resize" or image.size == size:
+        return image.resize(size, Image.Resampling.LANCZOS) if image.size != size else image
+    ratio, own = width / height, image.width / image.height
+    if mode == "Crop and resize":
+        w = width if ratio > own else image.width * height // image.height
+        h = height if ratio <= own else image.height * width // image.width
+    else:
+        w = width if ratio < own else image.width * height // image.height
+        h = height if ratio >= own else image.height * width // image.width
+    scaled = image.resize((w, h), Image.Resampling.LANCZOS)
+    canvas = Image.new(image.mode, size)
+    canvas.paste(scaled, (width // 2 - w // 2, height // 2 - h // 2))
+    if mode == "Crop and resize":
+        return canvas
+    if ratio < own and (gap := height // 2 - h // 2) > 0:  # bands above and below
+        canvas.paste(scaled.resize((width, gap), box=(0, 0, width, 0)), (0, 0))
+        canvas.paste(scaled.resize((width, gap), box=(0, h, width, h)), (0, gap + h))
+    elif ratio > own and (gap := width // 2 - w // 2) > 0:  # bands left and right
+        canvas.paste(scaled.resize((gap, height), box=(0, 0, 0, height)), (0, 0))
+        canvas.paste(scaled.resize((gap, height), box=(w, 0, w, height)), (gap + w, 0))
+    return canvas
+
+
+@torch.no_grad()
+def latent_resized(pipe, image: Image.Image, size: tuple[int, int], generators) -> torch.Tensor:
+    """A1111's "Just resize (latent upscale)": the picture encoded at its own size (a multiple of 8, as diffusers
+    encodes it: one sample per image, each from its own generator, so the generators advance as in diffusers'
+    img2img), its latents stretched bilinearly to `size`; diffusers' img2img pipelines take them as the init."""
+    from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion_img2img import retrieve_latents
+
+    x = pipe.image_processor.preprocess(image).to(pipe.vae.device, pipe.vae.dtype)
+    each = generators if isinstance(generators, list) else [generators]
+    latents = torch.cat([retrieve_latents(pipe.vae.encode(x), generator=g) for g in each])
+    cell = pipe.vae_scale_factor
+    return F.interpolate(latents * pipe.vae.config.scaling_factor, size=(size[1] // cell, size[0] // cell),
+                         mode="bilinear")
 
 
 def default_size(path: str) -> tuple[int, int]:
@@ -57,10 +106,11 @@ def feather(mask: Image.Image, blur: int) -> Image.Image:
     return Image.fromarray(cv2.GaussianBlur(pixels, (1, size), blur))
 
 
-def load_mask(path: str, size: tuple[int, int], blur: int, invert: bool = False) -> Image.Image:
+def load_mask(path: str, size: tuple[int, int], blur: int, invert: bool = False, resize_mode: str = "Just resize"
+              ) -> Image.Image:
     """The inpainting mask at `size` as A1111 makes it ("L", white redrawn): a picture with transparency is its alpha
     channel, opaque (> 128) white (a mask painted over the photo), any other its grey levels; inverted for "Inpaint
-    not masked"; feathered at its own size, then resized (Lanczos) to `size`."""
+    not masked"; feathered at its own size, then resized to `size` as the init image is (`resize_mode`)."""
     image = _read(path, "mask", None)
     if image.mode == "P" and "transparency" in image.info:
         image = image.convert("RGBA")
@@ -69,7 +119,7 @@ def load_mask(path: str, size: tuple[int, int], blur: int, invert: bool = False)
     else:
         mask = image.convert("L")
     mask = feather(ImageOps.invert(mask) if invert else mask, blur)
-    return mask.resize(size, Image.Resampling.LANCZOS) if mask.size != size else mask
+    return a1111_resize(mask, size, resize_mode)
 
 
 def overlay_mask(mask: Image.Image) -> Image.Image:
@@ -113,10 +163,14 @@ def noised_start(scheduler, content: str = "original", latent_mask: tuple[torch.
 
 
 @torch.no_grad()
-def vae_roundtrip(pipe, image: Image.Image) -> Image.Image:
-    """What strength 0 gives: the image encoded and decoded by the model's VAE."""
+def vae_roundtrip(pipe, image: Image.Image, size: tuple[int, int] | None = None) -> Image.Image:
+    """What strength 0 gives: the image encoded and decoded by the model's VAE (its latents stretched to `size`
+    first: the latent resize mode)."""
     x = pipe.image_processor.preprocess(image).to(pipe.vae.device, pipe.vae.dtype)
     latents = pipe.vae.encode(x).latent_dist.mode()
+    cell = pipe.vae_scale_factor
+    if size and latents.shape[-2:] != (size[1] // cell, size[0] // cell):
+        latents = F.interpolate(latents, size=(size[1] // cell, size[0] // cell), mode="bilinear")
     return pipe.image_processor.postprocess(pipe.vae.decode(latents).sample, output_type="pil")[0]
 
 

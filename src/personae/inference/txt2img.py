@@ -14,8 +14,6 @@ from __future__ import annotations
 import json
 import math
 import random
-from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -27,19 +25,20 @@ from personae.config.generate import GenerateSettings
 from personae.data.dynamic_prompts import image_prompts, is_template
 from personae.errors import UserError
 from personae.events import EventHandler, Message, Progress, ignore
-from personae.inference.composable import ComposablePrompts, composing, scheduled_prompts
+from personae.inference.composable import ComposablePrompts, scheduled_prompts
 from personae.inference.cond_lengths import pads
 from personae.inference.controlnet import (
     PreparedControl,
-    control_call,
     control_denoise,
     control_infotext,
     controlnet_for,
     prepare_controls,
 )
 from personae.inference.detailer import check_detailer, detail_faces, detailer_infotext
-from personae.inference.hires import hires_fix, redrawn_size, upscaler_to_a1111
+from personae.inference.hires import upscaler_to_a1111
+from personae.inference.hires_passes import check_hires, draw_hires, hires_prompt_text, sampling_pass
 from personae.inference.img2img import (
+    LATENT_RESIZE,
     a1111_latent_mask,
     composite,
     crop_region,
@@ -47,6 +46,7 @@ from personae.inference.img2img import (
     denoiser,
     fill_masked,
     fit_region,
+    latent_resized,
     load_mask,
     mask_kwargs,
     noised_start,
@@ -62,13 +62,12 @@ from personae.inference.prompt_schedule import ScheduledPrompts
 from personae.inference.rng import image_generators
 from personae.inference.samplers import get_sampler, k_tuning, uniform_said
 from personae.inference.session import Session, open_session
-from personae.inference.skip_uncond import skipping_uncond
 from personae.inference.variation import variation_generators
 from personae.media.png import format_parameters, infotext_values
 from personae.models.addons import LoadedEmbedding, LoadedLora, hashes_text
 from personae.models.embedding_dir import expand_embedding_names
 from personae.models.lora_dir import expand_lora_tags, lora_tags
-from personae.models.upscalers import UpscalerNet, is_path, read_upscaler, resolve_upscaler
+from personae.models.upscalers import is_path
 
 SEEDS = 2**64  # seeds (and variation seeds) are 0 .. SEEDS - 1; counting up wraps there
 
@@ -130,23 +129,6 @@ def infotext(settings: GenerateSettings, session: Session, seed: int, width: int
     return format_parameters(prompt, settings.negative, params)
 
 
-@contextmanager
-def _within(*managers) -> Iterator[None]:
-    with ExitStack() as stack:
-        for manager in managers:
-            stack.enter_context(manager)
-        yield
-
-
-@contextmanager
-def sampling_pass(prompts, unet, nets, settings: GenerateSettings, scheduler) -> Iterator[None]:
-    """One sampling pass's UNet (and ControlNet) calls: AND composed, a prompt and a negative prompt of different
-    lengths drawn as --pad-conds says, the negative prompt left out where NGMS / Skip Early CFG say so."""
-    with composing(prompts, unet, nets, settings.pad_conds), \
-            skipping_uncond(unet, scheduler, settings, settings.batch_size):
-        yield
-
-
 def session_lora_tags(settings: GenerateSettings, session: Session, loras: list[LoadedLora] | None
                       ) -> tuple[GenerateSettings, list[LoadedLora] | None]:
     """A caller holding a session (compare, storyboard): a prompt's <lora:name:w> tags pick the weights of the
@@ -163,35 +145,6 @@ def session_lora_tags(settings: GenerateSettings, session: Session, loras: list[
                             "file's `loras:`), or take the tag out of the prompt.")
         chosen[tag.name] = replace(by_name[tag.name], weight=tag.weight)
     return settings.model_copy(update={"prompt": prompt}), list(chosen.values())
-
-
-def hires_prompt_text(settings: GenerateSettings) -> str:
-    """--hires-prompt without its <lora:...> tags, which must be the prompt's own (the LoRAs apply to both passes)."""
-    text, tags = lora_tags(settings.hires_prompt)
-    if tags and {(t.name, t.weight) for t in tags} != {(t.name, t.weight) for t in lora_tags(settings.prompt)[1]}:
-        raise UserError("--hires-prompt has LoRA tags other than the prompt's; personae applies one set of LoRAs to "
-                        "both passes.", "Give the hires prompt the prompt's tags, or none.")
-    return text
-
-
-def check_hires(settings: GenerateSettings) -> tuple[GenerateSettings, UpscalerNet | None]:
-    """The hires fix is a txt2img second pass (as in A1111): not with img2img, and with a step to run. Returns the
-    settings with a model upscaler's name resolved to its file, and that upscaler read (else None)."""
-    if settings.init_image:
-        raise UserError("--hires-scale cannot be combined with --init-image: the hires fix redraws a txt2img picture.",
-                        "Leave out --hires-scale, or run img2img on the picture yourself with a larger "
-                        "--width / --height.")
-    steps = settings.hires_steps or settings.steps
-    k_diffusion = get_sampler(settings.hires_sampler or settings.sampler).scheduler is KDiffusionScheduler
-    if int(steps * settings.hires_denoise) < 1 and not k_diffusion:  # A1111's k-diffusion redraw runs every step
-        raise UserError(f"--hires-denoise {settings.hires_denoise:g} with {steps} hires steps leaves no step of the "
-                        "redraw (it runs steps x denoise, rounded down).",
-                        "Raise --hires-denoise (0.3-0.7 is usual) or --hires-steps.")
-    if settings.hires_upscaler in ("latent", "image"):
-        return settings, None
-    path = resolve_upscaler(settings.hires_upscaler, settings.upscaler_dir)
-    net = read_upscaler(path, settings.allow_pickle)  # a wrong or missing file fails before the model loads
-    return settings.model_copy(update={"hires_upscaler": str(path)}), net
 
 
 def _absolute(path: str | None) -> str | None:
@@ -299,6 +252,17 @@ def txt2img(settings: GenerateSettings, session: Session | None = None, on_event
         flag = "--mask-invert" if settings.mask_invert else f'--masked-content "{settings.masked_content}"'
         raise UserError(f"{flag} says how the part under --mask is redrawn; no --mask is given.",
                         "Add --mask (with --init-image), or leave it out.")
+    if settings.resize_mode != "Just resize" and not settings.init_image:
+        raise UserError(f'--resize-mode "{settings.resize_mode}" says how --init-image meets the picture\'s size; no '
+                        "--init-image is given.", "Add --init-image, or leave --resize-mode out.")
+    if settings.resize_mode == LATENT_RESIZE and settings.mask:
+        raise UserError(f'--resize-mode "{LATENT_RESIZE}" with --mask: the picture would be resized as latents and the '
+                        "mask as pixels (A1111's own inpainting breaks on this).",
+                        'Inpaint with "Just resize", "Crop and resize" or "Resize and fill".')
+    if settings.resize_mode != "Just resize" and settings.inpaint_area == "masked":
+        raise UserError("--resize-mode with --inpaint-area masked: the mask's region is cut out and fitted to the "
+                        "drawing size, so the picture is not resized (A1111 ignores its Resize mode there).",
+                        "Leave --resize-mode out, or inpaint the whole picture (--inpaint-area whole).")
     if settings.inpaint_area == "masked" and not settings.mask:
         raise UserError("--inpaint-area masked draws the region of --mask alone; no --mask is given.",
                         "Add --mask, or leave --inpaint-area at whole.")
@@ -327,8 +291,10 @@ def txt2img(settings: GenerateSettings, session: Session | None = None, on_event
     size = default_size(settings.init_image) if settings.init_image else (session.native_size, session.native_size)
     width = settings.width or size[0]
     height = settings.height or size[1]
-    init = open_image(settings.init_image, "init image", (width, height)) if settings.init_image else None
-    mask = load_mask(settings.mask, (width, height), settings.mask_blur, settings.mask_invert) \
+    latent_resize = settings.resize_mode == LATENT_RESIZE  # the init encoded at its own size, its latents resized
+    init = open_image(settings.init_image, "init image", None if latent_resize else (width, height),
+                      settings.resize_mode) if settings.init_image else None
+    mask = load_mask(settings.mask, (width, height), settings.mask_blur, settings.mask_invert, settings.resize_mode) \
         if settings.mask else None
     region = original = full_mask = None
     if mask is not None and settings.inpaint_area == "masked":  # A1111's "Only masked": the region drawn alone
@@ -409,42 +375,26 @@ def txt2img(settings: GenerateSettings, session: Session | None = None, on_event
         first_pass = sampling_pass(prompts, session.pipe.unet, nets, settings, scheduler)
         with torch.no_grad(), session.lora_weights(loras) as used, \
                 nan_guard(session.pipe, [f"{l.name} at {l.weight:g}" for l in used if l.weight]):
+            start = latent_resized(pipe, init, (width, height), kwargs["generator"]) \
+                if latent_resize and settings.strength else init  # what img2img starts from
             if init is not None and settings.strength == 0:  # nothing to redraw: the image as the VAE gives it
-                images = [vae_roundtrip(pipe, init)] * n
+                images = [vae_roundtrip(pipe, init, (width, height))] * n
             elif controls and not settings.hires_scale:
                 with first_pass:
-                    images = control_denoise(session, settings, controls, init, mask, (width, height), kwargs,
+                    images = control_denoise(session, settings, controls, start, mask, (width, height), kwargs,
                                              scheduler, on_event)
             elif init is not None:
                 redrawer = denoiser(session, init, mask, scheduler)
                 with first_pass:
                     steps = img2img_steps(scheduler, settings.steps, settings.strength, fixed=settings.img2img_fix_steps)
-                    images = redrawer(image=init, **mask_kwargs(redrawer, mask, width, height),
+                    images = redrawer(image=start, **mask_kwargs(redrawer, mask, width, height),
                                       **{**kwargs, **steps}).images
             elif settings.hires_scale:
-                redraw_scheduler = hires_sampler.make(session.base_scheduler, k_tuning(settings))
-                # ControlNet units in the passes their "Hires-Fix Option" names; the redraw's maps fitted to its size
-                low = [c for c in controls if c.ref.hr_option != "High res only"]
-                high = [c for c in controls if c.ref.hr_option != "Low res only"]
-                base, base_args, base_units = control_call(session, settings, low, (width, height), scheduler, n,
-                                                           on_event=on_event) if low else (pipe, {}, nullcontext())
-                redraw, redraw_args, redraw_units = control_call(
-                    session, settings, high, redrawn_size(settings, width, height), redraw_scheduler, n,
-                    img2img=True, made_for=(width, height), on_event=on_event) if high else \
-                    (denoiser(session, None, None, redraw_scheduler), {}, nullcontext())
-                if upscaler is not None:
-                    upscaler.net.to(session.device)
-                images = hires_fix(base, redraw, settings, (width, height), kwargs, generators, upscaler,
-                                   {**hires_prompts.call_kwargs(), "callback_on_step_end": reporter(hires_prompts),
-                                    **({"guidance_scale": settings.hires_cfg} if settings.hires_cfg is not None else {}),
-                                    **redraw_args},
-                                   lambda done, tiles, _b=batch: on_event(Progress("upscale", done, tiles, {
-                                       "batch": _b + 1, "batches": settings.batch_count})),
-                                   passes=(_within(first_pass, base_units),
-                                           _within(sampling_pass(hires_prompts, session.pipe.unet,
-                                                                 [nets[controls.index(c)] for c in high],
-                                                                 settings, redraw_scheduler), redraw_units)),
-                                   base_kwargs=base_args)
+                images = draw_hires(session, settings, (width, height), pipe, scheduler, hires_sampler, kwargs,
+                                    generators, upscaler, first_pass, hires_prompts, reporter(hires_prompts),
+                                    controls, nets, lambda done, tiles, _b=batch: on_event(Progress(
+                                        "upscale", done, tiles, {"batch": _b + 1, "batches": settings.batch_count})),
+                                    on_event)
             else:
                 with first_pass:
                     images = pipe(width=width, height=height, **kwargs).images
@@ -453,7 +403,8 @@ def txt2img(settings: GenerateSettings, session: Session | None = None, on_event
         elif mask is not None:
             images = [composite(kept, image, overlay_mask(mask)) for image in images]
         if settings.ad_model:  # ADetailer's face fix on each picture; after inpainting the whole picture, only on
-            within = open_image(settings.mask, "mask") if mask is not None and region is None else None  # faces it hit
+            within = open_image(settings.mask, "mask", (width, height), settings.resize_mode) \
+                if mask is not None and region is None else None  # only the faces it hits
             with torch.no_grad(), session.lora_weights(loras), nan_guard(session.pipe):
                 images = [detail_faces(session, settings, image, s, sampler, (width, height), on_event,
                                        batch * n + i + 1, within) for i, (image, s) in enumerate(zip(images, seeds))]

@@ -172,7 +172,7 @@ def build(ctx) -> None:
                 refresh = gr.Button("Refresh lists", size="sm")
             with gr.Accordion("img2img", open=False):
                 init_image = gr.Image(type="filepath", label="Init image (img2img)", elem_id="field-init-image")
-                img_form = SettingsForm(GenerateSettings, names=("strength",))
+                img_form = SettingsForm(GenerateSettings, names=("strength", "resize_mode"))
             with gr.Accordion("Face fix (ADetailer)", open=False):
                 face_form = SettingsForm(GenerateSettings, groups=("face fix (ADetailer)",),
                                          choices={"ad_model": ["", *FACE_MODELS], "ad_sampler": ["", *SAMPLERS]})
