@@ -333,3 +333,87 @@ def test_a_comfy_hires_graph_runs_as_personaes_hires_fix(tiny_model, tiny_sessio
     [a], [b] = sorted((tmp_path / "a").glob("*.png")), sorted((tmp_path / "b").glob("*.png"))
     assert Image.open(a).size == (96, 96)
     assert np.array_equal(np.asarray(Image.open(a)), np.asarray(Image.open(b)))
+
+
+# -- ControlNet nodes
+
+def controlnet_graph(graph: dict | None = None, canny: bool = False, start: float = 0.0, end: float = 1.0,
+                     strength: float = 0.8, name: str = "control_v11p_sd15_canny.pth") -> dict:
+    """The sampler's conditioning through ControlNetApplyAdvanced (a ControlNetLoader's model, a LoadImage's
+    picture, or ComfyUI's Canny of it), as ComfyUI's ControlNet examples wire it."""
+    graph = copy.deepcopy(graph or default_graph())
+    graph["20"] = {"class_type": "ControlNetLoader", "inputs": {"control_net_name": name}}
+    graph["21"] = {"class_type": "LoadImage", "inputs": {"image": "pose.png", "upload": "image"}}
+    graph["22"] = {"class_type": "ControlNetApplyAdvanced", "inputs": {
+        "positive": ["6", 0], "negative": ["7", 0], "control_net": ["20", 0], "image": ["21", 0],
+        "strength": strength, "start_percent": start, "end_percent": end}}
+    if canny:
+        graph["23"] = {"class_type": "Canny", "inputs": {"image": ["21", 0], "low_threshold": 0.4,
+                                                         "high_threshold": 0.8}}
+        graph["22"]["inputs"]["image"] = ["23", 0]
+    graph["3"]["inputs"]["positive"], graph["3"]["inputs"]["negative"] = ["22", 0], ["22", 1]
+    return graph
+
+
+def test_controlnet_nodes_read_as_units_whose_pictures_are_asked_for(tmp_path):
+    """A ControlNetApplyAdvanced on the sampler's conditioning is a unit: its ControlNetLoader's file (lllyasviel's
+    by its hub id), strength as the weight, the window; a LoadImage is a ready map (raw), ComfyUI's Canny node canny
+    with its thresholds on 255. The picture is not in the PNG: said by the name ComfyUI read."""
+    from personae.jobs.png_controls import png_control_units
+
+    png = comfy_png(tmp_path / "raw.png", controlnet_graph())
+    assert settings_from_png(png)["prompt"] == "a photo of a cat"  # the walk reaches the text encoders through it
+    [unit] = png_control_units(png)
+    assert unit == {"_module": "none", "_model": "control_v11p_sd15_canny.pth", "_picture": "pose.png", "type": "raw",
+                    "model": "lllyasviel/control_v11p_sd15_canny", "weight": 0.8, "guidance_start": 0.0,
+                    "guidance_end": 1.0, "hr_option": "Both"}
+    notes = not_applied(tmp_path, controlnet_graph())
+    assert ('ControlNet 0 (Module none, Model control_v11p_sd15_canny.pth) (no picture: pass it with --control '
+            'TYPE:IMAGE, in the units\' order (ComfyUI read "pose.png"))') in notes
+    [unit] = png_control_units(comfy_png(tmp_path / "canny.png", controlnet_graph(canny=True, start=0.1, end=0.6)))
+    assert (unit["type"], unit["options"], unit["guidance_start"], unit["guidance_end"]) == \
+        ("canny", {"low": 102.0, "high": 204.0}, 0.1, 0.6)
+    notes = not_applied(tmp_path, controlnet_graph(canny=True, start=0.1, end=0.6))
+    assert "Canny node 23 makes its map with kornia's canny" in notes
+    assert "ControlNetApplyAdvanced node 22 controls from 0.1 to 0.6 of the denoising as ComfyUI counts it" in notes
+
+
+def test_chained_and_old_controlnet_nodes_and_hires_passes(tmp_path):
+    """Two ControlNetApplyAdvanced in a row are units 0 and 1 (the one nearest the text encoders first); the old
+    ControlNetApply (the prompt alone) is a unit and said; in a hires graph a unit conditioning only one pass gets
+    that pass as its Hires-Fix Option."""
+    from personae.jobs.png_controls import png_control_units
+
+    graph = controlnet_graph()
+    graph["24"] = {"class_type": "ControlNetApplyAdvanced", "inputs": {
+        "positive": ["22", 0], "negative": ["22", 1], "control_net": ["20", 0], "image": ["21", 0], "strength": 0.5,
+        "start_percent": 0.0, "end_percent": 1.0}}
+    graph["3"]["inputs"]["positive"], graph["3"]["inputs"]["negative"] = ["24", 0], ["24", 1]
+    assert [u["weight"] for u in png_control_units(comfy_png(tmp_path / "two.png", graph))] == [0.8, 0.5]
+    old = controlnet_graph()
+    old["22"] = {"class_type": "ControlNetApply", "inputs": {"conditioning": ["6", 0], "control_net": ["20", 0],
+                                                             "image": ["21", 0], "strength": 0.7}}
+    old["3"]["inputs"]["negative"] = ["7", 0]
+    [unit] = png_control_units(comfy_png(tmp_path / "old.png", old))
+    assert unit["weight"] == 0.7 and "ControlNetApply node 22 controls the prompt alone" in not_applied(tmp_path, old)
+    both = controlnet_graph(hires_graph())  # both passes read node 22's conditioning
+    both["11"]["inputs"]["positive"], both["11"]["inputs"]["negative"] = ["22", 0], ["22", 1]
+    assert [u["hr_option"] for u in png_control_units(comfy_png(tmp_path / "both.png", both))] == ["Both"]
+    low = controlnet_graph(hires_graph())  # the redraw reads the text encoders directly
+    assert [u["hr_option"] for u in png_control_units(comfy_png(tmp_path / "low.png", low))] == ["Low res only"]
+    high = controlnet_graph(hires_graph())
+    high["3"]["inputs"]["positive"], high["3"]["inputs"]["negative"] = ["6", 0], ["7", 0]
+    high["11"]["inputs"]["positive"], high["11"]["inputs"]["negative"] = ["22", 0], ["22", 1]
+    assert [u["hr_option"] for u in png_control_units(comfy_png(tmp_path / "high.png", high))] == ["High res only"]
+
+
+def test_controlnet_wiring_personae_cannot_place_is_refused(tmp_path):
+    crossed = controlnet_graph()
+    crossed["3"]["inputs"]["negative"] = ["7", 0]  # the prompt controlled by an Advanced node, the negative not
+    assert "through different ControlNet nodes" in refusal(tmp_path, crossed)
+    strong = controlnet_graph(strength=3.0)
+    assert "the strength 3; personae's Control Weight goes from 0 to 2" in refusal(tmp_path, strong)
+    preprocessed = controlnet_graph()
+    preprocessed["23"] = {"class_type": "DWPreprocessor", "inputs": {"image": ["21", 0]}}
+    preprocessed["22"]["inputs"]["image"] = ["23", 0]
+    assert "DWPreprocessor node 23, a custom node" in refusal(tmp_path, preprocessed)

@@ -380,3 +380,30 @@ def test_img2img_resize_modes_with_a_unit(tiny_model, tiny_session, coffee, tiny
     by_hand = txt2img(_settings(tiny_model[0], init_image=str(cut), **kw), tiny_session)
     assert all((_px(a.image) == _px(b.image)).all() for a, b in zip(cropped, by_hand))
     assert cropped[0].image.size == (64, 64)
+
+
+def test_a_comfyui_pictures_controlnet_runs_with_the_picture_given(tiny_model, coffee, tiny_controlnet, tmp_path,
+                                                                  capsys):
+    """--from-png of a ComfyUI picture whose conditioning goes through ControlNetApplyAdvanced and a Canny node:
+    the unit runs with the picture given by --control, its weight, window and thresholds the graph's; its PNG
+    draws the same pixels again; without --control it is drawn without the unit, and said."""
+    from test_comfy_png import comfy_png, controlnet_graph, default_graph
+
+    graph = controlnet_graph(default_graph(steps=3, seed=5), canny=True, strength=0.7, end=0.8,
+                             name="tiny-controlnet.safetensors")
+    graph["5"]["inputs"].update(width=64, height=64)
+    png = comfy_png(tmp_path / "ComfyUI_00001_.png", graph)
+    args = ["generate", "--from-png", str(png), "--model", str(tiny_model[0]), "--quiet"]
+    assert main(args + ["--control", f"canny:{coffee}", "--controlnet", f"canny={tiny_controlnet}",
+                        "--out", str(tmp_path / "with")]) == 0
+    err = capsys.readouterr().err
+    assert "no picture" not in err and "Canny node 23 makes its map with kornia's canny" in err
+    [made] = (tmp_path / "with").glob("*.png")
+    unit = settings_from_png(made)["controls"][0]
+    assert (unit["type"], unit["weight"], unit["options"], unit["guidance_start"], unit["guidance_end"]) == \
+        ("canny", 0.7, {"low": 102.0, "high": 204.0}, 0.0, 0.8)
+    direct = txt2img(GenerateSettings(**{**settings_from_png(made), "model": str(tiny_model[0])}))[0]
+    assert np.array_equal(np.asarray(Image.open(made).convert("RGB")), _px(direct.image).astype(np.uint8))
+    assert main(args + ["--out", str(tmp_path / "without")]) == 0
+    assert '(ComfyUI read "pose.png")' in capsys.readouterr().err
+    assert settings_from_png(next((tmp_path / "without").glob("*.png")))["controls"] == []

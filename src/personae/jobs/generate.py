@@ -260,7 +260,8 @@ def png_not_applied(path: str | Path, settings: GenerateSettings, model_hash: st
     another model than the one passed."""
     text = read_image_text(Path(path))
     if "personae" not in text and "parameters" not in text and "prompt" in text:
-        return comfy_not_applied(_from_comfy(text["prompt"], Path(path)), settings)
+        return comfy_not_applied(_from_comfy(text["prompt"], Path(path)), settings) + \
+            units_not_applied(png_control_units(path), settings.controls)
     if "personae" in text or "parameters" not in text:
         return []
     _, _, params = parse_parameters(text["parameters"])

@@ -1,5 +1,5 @@
-"""An A1111 PNG's ControlNet units ("ControlNet 0: ..."), taken by `--from-png` with the pictures given on the
-command line.
+"""An A1111 PNG's ControlNet units ("ControlNet 0: ..."), or a ComfyUI PNG's ControlNet nodes, taken by `--from-png`
+with the pictures given on the command line.
 
 A PNG carries every setting of a unit but the picture it read. `--from-png x.png --control canny:photo.png` gives
 unit 0 that picture: the PNG's unit supplies its model, weight, thresholds, resize and control modes, processor
@@ -15,6 +15,7 @@ from pathlib import Path
 
 from personae.data.control import CONTROL_TYPES
 from personae.errors import UserError
+from personae.media.comfy_graph import read_comfy_graph
 from personae.media.controlnet_text import UnitTextError, model_id, model_name, read_unit
 from personae.media.png import parse_parameters, read_image_text
 
@@ -69,10 +70,27 @@ def unit_settings(fields: dict[str, str], source, where: str) -> dict:
     return unit
 
 
+def comfy_unit(unit: dict) -> dict:
+    """A ComfyUI graph's unit (media/comfy_controls.py) as ControlRef fields (no picture); "_module", "_model" and
+    "_picture" keep what the graph named, for what is said."""
+    kind = _TYPE_OF[unit["module"]]
+    out = {"_module": unit["module"], "_model": unit["model"], "_picture": unit["picture"], "type": kind,
+           "weight": unit["weight"], "guidance_start": unit["guidance_start"], "guidance_end": unit["guidance_end"],
+           "hr_option": unit["hr_option"]}
+    hub = model_id(unit["model"])
+    if hub:
+        out["model"] = hub
+    if unit["thresholds"]:
+        out["options"] = dict(zip(CONTROL_TYPES[kind].options, unit["thresholds"]))
+    return out
+
+
 def png_control_units(path: str | Path) -> list[dict]:
-    """The ControlNet units an A1111 PNG's infotext stores, in order (none for personae's own PNGs, whose units
-    are read whole, or for ComfyUI's)."""
+    """The ControlNet units an A1111 PNG's infotext or a ComfyUI PNG's graph stores, in order (none for personae's
+    own PNGs, whose units are read whole)."""
     text = read_image_text(Path(path))
+    if "personae" not in text and "parameters" not in text and "prompt" in text:
+        return [comfy_unit(unit) for unit in read_comfy_graph(text["prompt"], str(path)).units]
     if "personae" in text or "parameters" not in text:
         return []
     _, _, params = parse_parameters(text["parameters"])
@@ -108,7 +126,8 @@ def units_not_applied(units: list[dict], controls: list) -> list[str]:
     for i, unit in enumerate(units):
         name = f"ControlNet {i} (Module {unit['_module']}, Model {unit['_model'] or 'None'})"
         if i >= len(controls):
-            said.append(f"{name} (no picture: pass it with --control TYPE:IMAGE, in the units' order)")
+            read = f' (ComfyUI read "{unit["_picture"]}")' if unit.get("_picture") else ""
+            said.append(f"{name} (no picture: pass it with --control TYPE:IMAGE, in the units' order{read})")
             continue
         ref = controls[i]
         if "type" in unit and unit["type"] != ref.type:

@@ -7,7 +7,8 @@
 The graph is {"<node id>": {"class_type": ..., "inputs": {name: value, or [node id, output index]}}}. The
 picture is what the last sampler makes (a KSampler, or a KSamplerAdvanced set up to run as one): the walk starts
 there and follows its links back: model <- LoRAs <- checkpoint, text encoders <- clip skip <- LoRAs <- checkpoint,
-latent <- an empty latent, an encoded picture (img2img) or the first pass of a hires fix. Every node on that walk
+latent <- an empty latent, an encoded picture (img2img) or the first pass of a hires fix, conditioning <- ControlNet
+units (media/comfy_controls.py) <- text encoders. Every node on that walk
 is one of the classes in INPUTS, with exactly the inputs ComfyUI's nodes.py declares for it; anything else there
 is refused by name. Nodes off the walk (previews, notes, another branch) are not read.
 
@@ -24,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import PureWindowsPath
 
 from personae.errors import UserError
+from personae.media.comfy_controls import CONTROL_INPUTS, control_chain, pass_units
 
 # the inputs of each node class personae places (ComfyUI's nodes.py; "upload" is LoadImage's upload widget)
 INPUTS: dict[str, set[str]] = {
@@ -45,6 +47,7 @@ INPUTS: dict[str, set[str]] = {
     "LatentUpscaleBy": {"samples", "upscale_method", "scale_by"},
     "SaveImage": {"images", "filename_prefix"},
     "PreviewImage": {"images"},
+    **CONTROL_INPUTS,  # ControlNet units on the conditioning (media/comfy_controls.py)
 }
 SAMPLER_NODES = ("KSampler", "KSamplerAdvanced")
 # ComfyUI samplers that draw noise at every step (on the GPU there, from the seed's CPU generator here)
@@ -63,6 +66,7 @@ class ComfyReading:
     init_image: str = ""  # LoadImage's file, for img2img
     embeddings: list[str] = field(default_factory=list)  # `embedding:name` in the texts, by name
     sampler_at: str = ""  # the node the sampler name comes from, for messages
+    units: list[dict] = field(default_factory=list)  # ControlNet units (media/comfy_controls.py), in order
 
 
 class _Graph:
@@ -239,10 +243,12 @@ def _steps_for(steps: int, denoise: float) -> int:
     return total
 
 
-def _prompts(graph: _Graph, node_id: str, inputs: dict, reading: ComfyReading) -> tuple[str, str, tuple, tuple, str]:
-    """(prompt with LoRA tags, negative, clip chain, model chain, checkpoint node) of a sampler."""
-    positive, clip = _text(graph, graph.link(node_id, inputs, "positive")[0], reading)
-    negative, negative_clip = _text(graph, graph.link(node_id, inputs, "negative")[0], reading)
+def _prompts(graph: _Graph, node_id: str, inputs: dict, reading: ComfyReading
+             ) -> tuple[str, str, tuple, tuple, str, list[dict]]:
+    """(prompt, negative, clip chain, model chain, checkpoint node, ControlNet units) of a sampler."""
+    positive_id, negative_id, units = control_chain(graph, node_id, inputs, reading.notes)
+    positive, clip = _text(graph, positive_id, reading)
+    negative, negative_clip = _text(graph, negative_id, reading)
     if negative_clip != clip:
         raise graph.refuse(f"encodes {graph.name(node_id)}'s positive and negative prompts through different CLIP "
                            "chains (clip skip or LoRAs); personae encodes both with one.")
@@ -250,7 +256,7 @@ def _prompts(graph: _Graph, node_id: str, inputs: dict, reading: ComfyReading) -
     if clip[2] != checkpoint:
         raise graph.refuse(f"takes {graph.name(node_id)}'s model and its text encoder from two checkpoints "
                            f"({graph.name(checkpoint)}, {graph.name(clip[2])}); personae loads one model.")
-    return positive, negative, clip, loras, checkpoint
+    return positive, negative, clip, loras, checkpoint, units
 
 
 def _lora_tags(graph: _Graph, loras: tuple, clip_loras: tuple, reading: ComfyReading) -> str:
@@ -362,7 +368,7 @@ def read_comfy_graph(text: str, source: str) -> ComfyReading:
     base_id = hires[0] if hires else last
     _, base_inputs = graph.node(base_id)
     base = _sampler(graph, base_id) if hires else values
-    prompt, negative, clip, loras, checkpoint = _prompts(graph, base_id, base_inputs, reading)
+    prompt, negative, clip, loras, checkpoint, units = _prompts(graph, base_id, base_inputs, reading)
     data: dict = {"prompt": prompt, "negative": negative, "seed": base["seed"], "steps": base["steps"],
                   "cfg": base["cfg"], "sampler": base["sampler"], "clip_skip": clip[0]}
     reading.sampler_at = graph.name(base_id)
@@ -378,6 +384,7 @@ def read_comfy_graph(text: str, source: str) -> ComfyReading:
         data.update(_hires_settings(graph, last, inputs, values, base, hires[1], (prompt, negative, clip, loras),
                                     reading))
         texts += [data.get("hires_prompt", ""), data.get("hires_negative", "")]
+    reading.units = pass_units(units, data.pop("_units") if hires else None)
     tags = _lora_tags(graph, loras, clip[1], reading)
     if tags:
         data["prompt"] = f"{prompt} {tags}".strip()
@@ -396,7 +403,7 @@ def read_comfy_graph(text: str, source: str) -> ComfyReading:
 def _hires_settings(graph: _Graph, last: str, inputs: dict, values: dict, base: dict, hires: dict, first: tuple,
                     reading: ComfyReading) -> dict:
     """The second pass as personae's hires fix: its own prompt, sampler and CFG where they differ from the first."""
-    prompt, negative, clip, loras, checkpoint = _prompts(graph, last, inputs, reading)
+    prompt, negative, clip, loras, checkpoint, hires["_units"] = _prompts(graph, last, inputs, reading)
     if (clip, loras) != (first[2], first[3]):
         raise graph.refuse(f"runs the hires pass {graph.name(last)} with other LoRAs or another clip skip than the "
                            "first pass; personae's hires fix uses the first pass's model.")
