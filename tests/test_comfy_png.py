@@ -417,3 +417,71 @@ def test_controlnet_wiring_personae_cannot_place_is_refused(tmp_path):
     preprocessed["23"] = {"class_type": "DWPreprocessor", "inputs": {"image": ["21", 0]}}
     preprocessed["22"]["inputs"]["image"] = ["23", 0]
     assert "DWPreprocessor node 23, a custom node" in refusal(tmp_path, preprocessed)
+
+
+# -- inpainting
+
+def inpaint_graph(node: str = "SetLatentNoiseMask", mask_node: str = "LoadImage", denoise: float = 0.6) -> dict:
+    """img2img whose latent carries a mask: LoadImage -> VAEEncode -> SetLatentNoiseMask (the mask the LoadImage's
+    own, drawn in ComfyUI's mask editor), or LoadImage -> VAEEncodeForInpaint with a LoadImageMask's red channel."""
+    graph = default_graph(denoise=denoise)
+    graph["10"] = {"class_type": "LoadImage", "inputs": {"image": "photo.png", "upload": "image"}}
+    mask = ["10", 1]
+    if mask_node == "LoadImageMask":
+        graph["13"] = {"class_type": "LoadImageMask", "inputs": {"image": "mask.png", "channel": "red",
+                                                                 "upload": "image"}}
+        mask = ["13", 0]
+    if node == "SetLatentNoiseMask":
+        graph["11"] = {"class_type": "VAEEncode", "inputs": {"pixels": ["10", 0], "vae": ["4", 2]}}
+        graph["12"] = {"class_type": "SetLatentNoiseMask", "inputs": {"samples": ["11", 0], "mask": mask}}
+    else:
+        graph["12"] = {"class_type": "VAEEncodeForInpaint", "inputs": {"pixels": ["10", 0], "vae": ["4", 2],
+                                                                       "mask": mask, "grow_mask_by": 6}}
+    graph["3"]["inputs"]["latent_image"] = ["12", 0]
+    del graph["5"]
+    return graph
+
+
+def test_inpainting_graphs_read_as_personaes_inpainting(tmp_path):
+    """SetLatentNoiseMask over a VAEEncode is A1111's inpainting of the original (no blur); ComfyUI's mask of a
+    picture is 1 - alpha, so its transparent part is what is redrawn ("Inpaint not masked" on personae's reading of
+    alpha); VAEEncodeForInpaint starts the masked part afresh (fill). The mask's file is the user's to pass."""
+    data = read(tmp_path, inpaint_graph())
+    assert (data["strength"], data["mask_invert"], data["mask_blur"], data["masked_content"]) == \
+        (0.6, True, 0, "original")
+    notes = not_applied(tmp_path, inpaint_graph())
+    assert 'inpainting with the mask in "photo.png" (pass that picture with --mask' in notes
+    assert "SetLatentNoiseMask node 12: ComfyUI keeps the unmasked part by blending the latents" in notes
+    data = read(tmp_path, inpaint_graph("VAEEncodeForInpaint", "LoadImageMask", denoise=1.0), "fresh.png")
+    assert (data["strength"], data["mask_invert"], data["masked_content"]) == (1.0, False, "fill")
+    notes = not_applied(tmp_path, inpaint_graph("VAEEncodeForInpaint", "LoadImageMask", denoise=1.0))
+    assert "grows the mask by 6 pixels" in notes and "ComfyUI its red channel, personae its grey levels" in notes
+    wrong = inpaint_graph()
+    wrong["12"]["inputs"]["mask"] = ["10", 0]
+    assert "a mask from output 0 of LoadImage node 10, which is not its mask" in refusal(tmp_path, wrong)
+    odd = inpaint_graph(mask_node="LoadImageMask")
+    odd["13"]["inputs"]["channel"] = "purple"
+    assert "the channel purple" in refusal(tmp_path, odd)
+
+
+def test_a_comfy_inpainting_redraws_the_transparent_part(tiny_model, tiny_session, tmp_path, capsys):
+    """End to end: the picture ComfyUI's mask editor saves (transparent where painted) given as --init-image and
+    --mask: the opaque half is kept exactly, the transparent half redrawn, as in ComfyUI."""
+    import numpy as np
+
+    from personae.cli.main import main
+
+    graph = inpaint_graph(denoise=1.0)
+    graph["3"]["inputs"].update(steps=3, seed=9)
+    png = comfy_png(tmp_path / "comfy.png", graph)
+    photo = Image.new("RGBA", (64, 64), (200, 60, 40, 255))
+    photo.paste((200, 60, 40, 0), (0, 0, 32, 64))  # the left half painted out in the mask editor
+    photo.save(tmp_path / "photo.png")
+    assert main(["generate", "--from-png", str(png), "--model", str(tiny_model[0]), "--init-image",
+                 str(tmp_path / "photo.png"), "--mask", str(tmp_path / "photo.png"), "--quiet",
+                 "--out", str(tmp_path / "out")]) == 0
+    assert "pass that picture with --mask" not in capsys.readouterr().err
+    [made] = (tmp_path / "out").glob("*.png")
+    got = np.asarray(Image.open(made).convert("RGB"), dtype=np.int16)
+    assert (np.abs(got[:, 40:] - (200, 60, 40)).max(), np.abs(got[:, :24] - (200, 60, 40)).mean() > 10) == (0, True)
+    assert "Mask mode: Inpaint not masked" in read_png_text(made)["parameters"]

@@ -312,6 +312,9 @@ def comfy_not_applied(reading: ComfyReading, settings: GenerateSettings) -> list
     """What a ComfyUI graph does that this run does not: the graph's own notes (media/comfy_graph.py), then the
     files it names that are the user's to pass (the init image, a VAE, embeddings) and another checkpoint."""
     missed = list(reading.notes)
+    if reading.mask and not settings.mask:
+        missed.append(f'inpainting with the mask in "{reading.mask}" (pass that picture with --mask; without it the '
+                      "whole picture is redrawn)")
     if reading.init_image and not settings.init_image:
         missed.append(f'img2img from LoadImage "{reading.init_image}" (pass that picture with --init-image; the '
                       f"graph's denoise is the --strength, {settings.strength:g})")

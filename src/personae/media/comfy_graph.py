@@ -26,6 +26,7 @@ from pathlib import PureWindowsPath
 
 from personae.errors import UserError
 from personae.media.comfy_controls import CONTROL_INPUTS, control_chain, pass_units
+from personae.media.comfy_mask import mask_settings
 
 # the inputs of each node class personae places (ComfyUI's nodes.py; "upload" is LoadImage's upload widget)
 INPUTS: dict[str, set[str]] = {
@@ -43,6 +44,9 @@ INPUTS: dict[str, set[str]] = {
     "VAEEncode": {"pixels", "vae"},
     "VAEDecode": {"samples", "vae"},
     "LoadImage": {"image", "upload"},
+    "LoadImageMask": {"image", "channel", "upload"},
+    "SetLatentNoiseMask": {"samples", "mask"},
+    "VAEEncodeForInpaint": {"pixels", "vae", "mask", "grow_mask_by"},
     "LatentUpscale": {"samples", "upscale_method", "width", "height", "crop"},
     "LatentUpscaleBy": {"samples", "upscale_method", "scale_by"},
     "SaveImage": {"images", "filename_prefix"},
@@ -64,6 +68,7 @@ class ComfyReading:
     checkpoint: str = ""  # CheckpointLoaderSimple's ckpt_name, compared with the run's model
     vae: str = ""  # VAELoader's vae_name, if the picture is decoded by one
     init_image: str = ""  # LoadImage's file, for img2img
+    mask: str = ""  # the file the inpainting mask is read from
     embeddings: list[str] = field(default_factory=list)  # `embedding:name` in the texts, by name
     sampler_at: str = ""  # the node the sampler name comes from, for messages
     units: list[dict] = field(default_factory=list)  # ControlNet units (media/comfy_controls.py), in order
@@ -290,7 +295,7 @@ def _prompt_notes(texts: list[str], reading: ComfyReading) -> None:
 def _latent(graph: _Graph, sampler_id: str, inputs: dict, values: dict, reading: ComfyReading) -> dict:
     """Size, batch and img2img settings from what the sampler's latent_image comes from."""
     latent_id = graph.link(sampler_id, inputs, "latent_image")[0]
-    kind, latent = graph.node(latent_id, ("EmptyLatentImage", "VAEEncode"))
+    kind, latent = graph.node(latent_id, ("EmptyLatentImage", "VAEEncode", "SetLatentNoiseMask", "VAEEncodeForInpaint"))
     if kind == "EmptyLatentImage":
         if values["denoise"] < 1:
             raise graph.refuse(f"denoises {graph.name(sampler_id)} at {values['denoise']:g} from an empty latent; "
@@ -301,11 +306,26 @@ def _latent(graph: _Graph, sampler_id: str, inputs: dict, values: dict, reading:
                                  "personae (as A1111) gives image i the seed + i, so only the first picture matches "
                                  "the seed's noise")
         return {"width": width, "height": height, "batch_size": batch}
+    settings: dict = {"strength": values["denoise"]}
+    if kind == "SetLatentNoiseMask":  # img2img whose unmasked part the sampler keeps: A1111's inpainting
+        settings.update(mask_settings(graph, latent_id, latent, reading), masked_content="original")
+        reading.notes.append(f"{graph.name(latent_id)}: ComfyUI keeps the unmasked part by blending the latents at "
+                             "every model call (its mask at the latents' size, not rounded) and keeps the decoded "
+                             "picture whole; personae blends the denoised latents as A1111 (the mask rounded) and "
+                             "pastes the unmasked pixels back, so the mask's edge differs a little")
+        latent_id = graph.link(latent_id, latent, "samples")[0]
+        kind, latent = graph.node(latent_id, ("VAEEncode",))
+    elif kind == "VAEEncodeForInpaint":
+        settings.update(mask_settings(graph, latent_id, latent, reading), masked_content="fill")
+        grow = graph.value(latent_id, latent, "grow_mask_by", int)
+        reading.notes.append(f"{graph.name(latent_id)} paints the masked part grey before encoding it and grows the "
+                             f"mask by {grow} pixels; personae starts the masked part from the colours around it "
+                             "(masked content fill), the mask as drawn")
     _vae(graph, *graph.link(latent_id, latent, "vae"), reading)
     image_id = graph.link(latent_id, latent, "pixels")[0]
     _, load = graph.node(image_id, ("LoadImage",))
     reading.init_image = str(graph.value(image_id, load, "image", str))
-    return {"strength": values["denoise"]}
+    return settings
 
 
 def _vae(graph: _Graph, node_id: str, output: int, reading: ComfyReading) -> None:
