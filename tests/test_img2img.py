@@ -375,3 +375,26 @@ def test_resize_mode_refusals(tmp_path, tiny_model, extra, match):
     settings = _settings(tiny_model[0], init, **{"resize_mode": "Crop and resize", **extra})
     with pytest.raises(UserError, match=match):
         txt2img(settings)
+
+
+def test_only_masked_fits_a_region_clamped_at_the_edge_as_a1111():
+    """A region that cannot grow to the drawing size's aspect ratio (the picture ends first) is fitted as A1111 fits
+    it: cut out and "Resize and fill"ed to the drawing size (the gaps filled with its edge rows), then drawn, then put
+    back by "Crop and resize", which cuts those filled rows away again."""
+    from personae.inference.img2img import crop_region, cut_region, fit_region, paste_back
+
+    ramp = np.linspace(0, 160, 64)[None, :] + np.linspace(0, 90, 32)[:, None]  # 64x32, brighter right and down
+    picture = Image.fromarray(np.repeat(ramp[..., None], 3, axis=2).round().astype(np.uint8))
+    mask = Image.new("L", (64, 32), 0)
+    mask.paste(255, (2, 10, 62, 20))
+    region = fit_region(crop_region(mask, 4), 32, 32, picture.size)
+    assert region == (0, 0, 64, 32)  # wanted 64 rows; the picture has 32
+    cut = _px(cut_region(picture, region, (32, 32)))  # 32x16 in the middle, 8 rows above and below filled
+    assert (cut[:8] == cut[0]).all() and (cut[24:] == cut[31]).all()  # the edge rows stretched (PIL's resample of
+    assert np.abs(cut[0] - cut[8]).max() <= 2 and np.abs(cut[31] - cut[23]).max() <= 2  # a zero-high box: ~ the edge)
+    assert np.abs(cut[8:24] - _px(picture.resize((32, 16), Image.Resampling.LANCZOS))).max() == 0
+    drawn = Image.fromarray(cut.astype(np.uint8))
+    drawn.paste((255, 0, 0), (0, 0, 32, 8))  # whatever the model drew in the filled band is cut away again
+    back = _px(paste_back(picture, drawn, region, Image.new("L", (64, 32), 255)))
+    assert (back[2:, :, 0] - back[2:, :, 1]).max() < 40  # no red band at the top (Lanczos bleeds into row 0-1)
+    assert np.abs(back - _px(picture)).mean() < 4

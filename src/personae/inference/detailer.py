@@ -34,6 +34,7 @@ from personae.events import EventHandler, Message, Progress, ignore
 from personae.inference.composable import composing, scheduled_prompts
 from personae.inference.img2img import (
     crop_region,
+    cut_region,
     denoiser,
     feather,
     fit_region,
@@ -245,8 +246,11 @@ def redraw_face(session, settings, picture: Image.Image, mask: Image.Image, prom
         if found is None:
             return picture
         region = fit_region(found, width, height, picture.size)
-    init = picture.crop(region).resize((width, height), Image.Resampling.LANCZOS)
-    crop_mask = full_mask.crop(region).resize((width, height), Image.Resampling.LANCZOS)
+    if settings.ad_inpaint_only_masked:  # A1111's "Only masked", which ADetailer runs
+        init, crop_mask = cut_region(picture, region, size), cut_region(full_mask, region, size)
+    else:
+        init = picture.resize(size, Image.Resampling.LANCZOS)
+        crop_mask = full_mask.resize(size, Image.Resampling.LANCZOS)
     scheduler = sampler.make(session.base_scheduler, k_tuning(settings))
     noised_start(scheduler, multiplier=settings.ad_noise_multiplier or settings.noise_multiplier)
     pipe = denoiser(session, init, crop_mask, scheduler)
@@ -272,7 +276,8 @@ def redraw_face(session, settings, picture: Image.Image, mask: Image.Image, prom
                          generator=faces_generators,
                          callback_on_step_end=step_end).images[0]
     overlay = full_mask if settings.ad_inpaint_only_masked else overlay_mask(full_mask)  # A1111's mask_for_overlay
-    return paste_back(picture, drawn, region, overlay)
+    return paste_back(picture, drawn, region, overlay, "Crop and resize" if settings.ad_inpaint_only_masked
+                      else "Just resize")
 
 
 def touching(masks: list[Image.Image], within: Image.Image) -> list[Image.Image]:

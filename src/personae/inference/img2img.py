@@ -251,11 +251,18 @@ def fit_region(region: tuple[int, int, int, int], width: int, height: int, image
     return x1, y1, x2, y2
 
 
+def cut_region(picture: Image.Image, region: tuple[int, int, int, int], size: tuple[int, int]) -> Image.Image:
+    """A1111's "Only masked" crop at the drawing size: the region cut out and fitted by "Resize and fill" (the same
+    as a stretch when fit_region reached the size's aspect ratio; at the picture's edge it may not)."""
+    return a1111_resize(picture.crop(region), size, "Resize and fill")
+
+
 def paste_back(original: Image.Image, drawn: Image.Image, region: tuple[int, int, int, int],
-               mask: Image.Image) -> Image.Image:
-    """The crop drawn at the drawing size, resized back to its region and pasted into the original; then the
-    original kept wherever the (feathered, full-size) mask is black, A1111's overlay."""
+               mask: Image.Image, resize_mode: str = "Crop and resize") -> Image.Image:
+    """The crop drawn at the drawing size, resized back to its region ("Crop and resize" as A1111's apply_overlay,
+    undoing cut_region's fill) and pasted into the original; then the original kept wherever the (feathered,
+    full-size) mask is black, A1111's overlay."""
     x1, y1, x2, y2 = region
     canvas = original.copy()
-    canvas.paste(drawn.resize((x2 - x1, y2 - y1), Image.Resampling.LANCZOS), (x1, y1))
+    canvas.paste(a1111_resize(drawn, (x2 - x1, y2 - y1), resize_mode), (x1, y1))
     return composite(original, canvas, mask)

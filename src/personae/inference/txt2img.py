@@ -42,6 +42,7 @@ from personae.inference.img2img import (
     a1111_latent_mask,
     composite,
     crop_region,
+    cut_region,
     default_size,
     denoiser,
     fill_masked,
@@ -305,8 +306,7 @@ def txt2img(settings: GenerateSettings, session: Session | None = None, on_event
             on_event(Message("the mask is blank, so the whole picture is drawn (A1111 does the same)", "warning"))
         else:
             region = fit_region(found, width, height, original.size)
-            init = original.crop(region).resize((width, height), Image.Resampling.LANCZOS)
-            mask = full_mask.crop(region).resize((width, height), Image.Resampling.LANCZOS)
+            init, mask = cut_region(original, region, (width, height)), cut_region(full_mask, region, (width, height))
     # 3. the sampler, built on the model's own noise schedule, in a pipeline of this call's own
     scheduler = sampler.make(session.base_scheduler, k_tuning(settings))
     kept = init  # what the result keeps outside the mask; the masked part starts from "Masked content"
