@@ -410,7 +410,7 @@ def test_chained_and_old_controlnet_nodes_and_hires_passes(tmp_path):
 def test_controlnet_wiring_personae_cannot_place_is_refused(tmp_path):
     crossed = controlnet_graph()
     crossed["3"]["inputs"]["negative"] = ["7", 0]  # the prompt controlled by an Advanced node, the negative not
-    assert "through different ControlNet nodes" in refusal(tmp_path, crossed)
+    assert "through different ControlNetApplyAdvanced nodes" in refusal(tmp_path, crossed)
     strong = controlnet_graph(strength=3.0)
     assert "the strength 3; personae's Control Weight goes from 0 to 2" in refusal(tmp_path, strong)
     preprocessed = controlnet_graph()
@@ -485,3 +485,34 @@ def test_a_comfy_inpainting_redraws_the_transparent_part(tiny_model, tiny_sessio
     got = np.asarray(Image.open(made).convert("RGB"), dtype=np.int16)
     assert (np.abs(got[:, 40:] - (200, 60, 40)).max(), np.abs(got[:, :24] - (200, 60, 40)).mean() > 10) == (0, True)
     assert "Mask mode: Inpaint not masked" in read_png_text(made)["parameters"]
+
+
+def test_an_inpainting_models_conditioning_reads_as_inpainting(tmp_path):
+    """InpaintModelConditioning (an inpainting checkpoint's picture and mask on the conditioning, the latent from
+    the same node) is inpainting the original with that mask; conditioning and latent from different nodes are
+    refused, a ControlNet after it is still a unit."""
+    from personae.jobs.png_controls import png_control_units
+
+    graph = default_graph(denoise=1.0)
+    graph["10"] = {"class_type": "LoadImage", "inputs": {"image": "photo.png", "upload": "image"}}
+    graph["12"] = {"class_type": "InpaintModelConditioning", "inputs": {
+        "positive": ["6", 0], "negative": ["7", 0], "vae": ["4", 2], "pixels": ["10", 0], "mask": ["10", 1],
+        "noise_mask": True}}
+    graph["3"]["inputs"].update(positive=["12", 0], negative=["12", 1], latent_image=["12", 2])
+    del graph["5"]
+    data = read(tmp_path, graph)
+    assert (data["prompt"], data["strength"], data["mask_invert"], data["masked_content"]) == \
+        ("a photo of a cat", 1.0, True, "original")
+    notes = not_applied(tmp_path, graph)
+    assert "InpaintModelConditioning node 12 with noise_mask" in notes and '"photo.png" (pass that picture with --mask' \
+        in notes
+    controlled = controlnet_graph(graph)  # the ControlNet on the text encoders' conditioning, before the inpainting
+    controlled["3"]["inputs"].update(positive=["12", 0], negative=["12", 1])
+    controlled["12"]["inputs"].update(positive=["22", 0], negative=["22", 1])
+    assert [u["weight"] for u in png_control_units(comfy_png(tmp_path / "both.png", controlled))] == [0.8]
+    split = copy.deepcopy(graph)
+    split["3"]["inputs"].update(positive=["6", 0], negative=["7", 0])
+    assert "an inpainting model's conditioning and latent from different nodes" in refusal(tmp_path, split)
+    odd = copy.deepcopy(graph)
+    odd["12"]["inputs"]["noise_mask"] = "yes"
+    assert "the input noise_mask as 'yes'" in refusal(tmp_path, odd)

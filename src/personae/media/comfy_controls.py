@@ -20,25 +20,34 @@ CONTROL_INPUTS: dict[str, set[str]] = {  # ComfyUI's nodes.py and comfy_extras/n
     "ControlNetApply": {"conditioning", "control_net", "image", "strength"},
     "ControlNetLoader": {"control_net_name"},
     "Canny": {"image", "low_threshold", "high_threshold"},
+    # an inpainting model's picture and mask on the conditioning, and its latent (read in comfy_graph._latent)
+    "InpaintModelConditioning": {"positive", "negative", "vae", "pixels", "mask", "noise_mask"},
 }
 APPLY = ("ControlNetApplyAdvanced", "ControlNetApply")
 
 
-def control_chain(graph, sampler_id: str, inputs: dict, notes: list[str]) -> tuple[str, str, list[dict]]:
-    """(positive text node, negative text node, units) of a sampler: its conditioning followed back through the
-    ControlNet nodes to the CLIPTextEncodes. What ComfyUI does there that personae does another way is added to
-    `notes`."""
+def control_chain(graph, sampler_id: str, inputs: dict, notes: list[str]
+                  ) -> tuple[str, str, list[dict], list[str]]:
+    """(positive text node, negative text node, units, InpaintModelConditioning nodes) of a sampler: its
+    conditioning followed back through the ControlNet (and inpainting model) nodes to the CLIPTextEncodes. What
+    ComfyUI does there that personae does another way is added to `notes`."""
     positive, negative = graph.link(sampler_id, inputs, "positive"), graph.link(sampler_id, inputs, "negative")
     units: list[dict] = []
+    inpaint: list[str] = []
     while True:
         kinds = [graph.nodes.get(node_id, {}).get("class_type") for node_id, _ in (positive, negative)]
-        if kinds[0] == "ControlNetApplyAdvanced" or kinds[1] == "ControlNetApplyAdvanced":
+        both = ("ControlNetApplyAdvanced", "InpaintModelConditioning")
+        if kinds[0] in both or kinds[1] in both:
             node_id = positive[0]
             if positive != (node_id, 0) or negative != (node_id, 1):
                 raise graph.refuse(f"gives {graph.name(sampler_id)} its prompt and negative prompt through different "
-                                   "ControlNet nodes; personae applies each unit to both, as one "
-                                   "ControlNetApplyAdvanced does.")
-            _, apply = graph.node(node_id, ("ControlNetApplyAdvanced",))
+                                   f"{' or '.join(sorted({k for k in kinds if k in both}))} nodes; personae conditions "
+                                   "both alike, as one such node does.")
+            kind, apply = graph.node(node_id, both)
+            if kind == "InpaintModelConditioning":
+                inpaint.append(node_id)
+                positive, negative = graph.link(node_id, apply, "positive"), graph.link(node_id, apply, "negative")
+                continue
             units.insert(0, _unit(graph, node_id, apply, notes))
             positive, negative = graph.link(node_id, apply, "positive"), graph.link(node_id, apply, "negative")
         elif kinds[0] == "ControlNetApply":
@@ -53,7 +62,7 @@ def control_chain(graph, sampler_id: str, inputs: dict, notes: list[str]) -> tup
             raise graph.refuse(f"controls {graph.name(sampler_id)}'s negative prompt alone ({graph.name(negative[0])});"
                                " personae applies a unit to the prompt and the negative prompt alike.")
         else:
-            return positive[0], negative[0], units
+            return positive[0], negative[0], units, inpaint
 
 
 def _unit(graph, node_id: str, apply: dict, notes: list[str]) -> dict:

@@ -251,7 +251,14 @@ def _steps_for(steps: int, denoise: float) -> int:
 def _prompts(graph: _Graph, node_id: str, inputs: dict, reading: ComfyReading
              ) -> tuple[str, str, tuple, tuple, str, list[dict]]:
     """(prompt, negative, clip chain, model chain, checkpoint node, ControlNet units) of a sampler."""
-    positive_id, negative_id, units = control_chain(graph, node_id, inputs, reading.notes)
+    positive_id, negative_id, units, inpaint = control_chain(graph, node_id, inputs, reading.notes)
+    latent = graph.link(node_id, inputs, "latent_image")
+    latent_kind = graph.nodes.get(latent[0], {}).get("class_type")
+    if inpaint != ([latent[0]] if latent_kind == "InpaintModelConditioning" else []) or \
+            (inpaint and latent != (inpaint[0], 2)):
+        raise graph.refuse(f"gives {graph.name(node_id)} an inpainting model's conditioning and latent from different "
+                           "nodes; personae's inpainting reads the picture and mask once, from one "
+                           "InpaintModelConditioning.")
     positive, clip = _text(graph, positive_id, reading)
     negative, negative_clip = _text(graph, negative_id, reading)
     if negative_clip != clip:
@@ -295,7 +302,8 @@ def _prompt_notes(texts: list[str], reading: ComfyReading) -> None:
 def _latent(graph: _Graph, sampler_id: str, inputs: dict, values: dict, reading: ComfyReading) -> dict:
     """Size, batch and img2img settings from what the sampler's latent_image comes from."""
     latent_id = graph.link(sampler_id, inputs, "latent_image")[0]
-    kind, latent = graph.node(latent_id, ("EmptyLatentImage", "VAEEncode", "SetLatentNoiseMask", "VAEEncodeForInpaint"))
+    kind, latent = graph.node(latent_id, ("EmptyLatentImage", "VAEEncode", "SetLatentNoiseMask", "VAEEncodeForInpaint",
+                                          "InpaintModelConditioning"))
     if kind == "EmptyLatentImage":
         if values["denoise"] < 1:
             raise graph.refuse(f"denoises {graph.name(sampler_id)} at {values['denoise']:g} from an empty latent; "
@@ -315,6 +323,16 @@ def _latent(graph: _Graph, sampler_id: str, inputs: dict, values: dict, reading:
                              "pastes the unmasked pixels back, so the mask's edge differs a little")
         latent_id = graph.link(latent_id, latent, "samples")[0]
         kind, latent = graph.node(latent_id, ("VAEEncode",))
+    elif kind == "InpaintModelConditioning":  # an inpainting model: the picture with its masked part grey beside it
+        settings.update(mask_settings(graph, latent_id, latent, reading), masked_content="original")
+        noise_mask = latent.get("noise_mask", True)  # ComfyUI's default; a switch, which graph.value does not read
+        if not isinstance(noise_mask, bool):
+            raise graph.refuse(f"gives {graph.name(latent_id)} the input noise_mask as {noise_mask!r}, which personae "
+                               "cannot read.")
+        if noise_mask:
+            reading.notes.append(f"{graph.name(latent_id)} with noise_mask: ComfyUI also keeps the unmasked latents at "
+                                 "every model call; personae runs diffusers' inpainting pipeline, which leaves that to "
+                                 "the inpainting model")
     elif kind == "VAEEncodeForInpaint":
         settings.update(mask_settings(graph, latent_id, latent, reading), masked_content="fill")
         grow = graph.value(latent_id, latent, "grow_mask_by", int)
