@@ -407,3 +407,30 @@ def test_a_comfyui_pictures_controlnet_runs_with_the_picture_given(tiny_model, c
     assert main(args + ["--out", str(tmp_path / "without")]) == 0
     assert '(ComfyUI read "pose.png")' in capsys.readouterr().err
     assert settings_from_png(next((tmp_path / "without").glob("*.png")))["controls"] == []
+
+
+def test_ngms_and_skip_early_cfg_leave_the_negative_prompt_out_of_the_controlnet_too(tiny_model, tiny_session, coffee,
+                                                                                   tiny_controlnet):
+    """Where NGMS / Skip Early CFG run the UNet on the prompt's rows alone, the ControlNet before it runs on those
+    rows alone too (A1111's ControlNet runs inside that UNet call); every call skipped, the picture is CFG 1's."""
+    net = controlnet_for(tiny_session, str(tiny_controlnet))
+    seen: dict[str, list[int]] = {"unet": [], "controlnet": []}
+    hooks = [module.conv_in.register_forward_pre_hook(lambda m, args, name=name: seen[name].append(args[0].shape[0]))
+             for name, module in (("unet", tiny_session.pipe.unet), ("controlnet", net))]
+    unit = [_unit(coffee, tiny_controlnet)]
+    try:
+        txt2img(_settings(tiny_model[0], controls=unit, steps=4, skip_early_cfg=0.5), tiny_session)
+        assert seen["controlnet"] == seen["unet"] == [1, 1, 1, 2]  # calls 0-2 of 4: call / calls <= 0.5
+        seen["unet"].clear(), seen["controlnet"].clear()
+        skipped = txt2img(_settings(tiny_model[0], controls=unit, steps=4, ngms=15.0, ngms_all_steps=True,
+                                    sampler="Euler"), tiny_session)[0]
+        assert seen["controlnet"] == seen["unet"] == [1] * 4
+        seen["unet"].clear(), seen["controlnet"].clear()  # with AND: the negative prompt and two parts, then the parts
+        txt2img(_settings(tiny_model[0], prompt="a cat AND a dog", controls=unit, steps=4, skip_early_cfg=0.5),
+                tiny_session)
+        assert seen["controlnet"] == seen["unet"] == [2, 2, 2, 3]
+    finally:
+        for hook in hooks:
+            hook.remove()
+    plain = txt2img(_settings(tiny_model[0], controls=unit, steps=4, cfg=1.0, sampler="Euler"), tiny_session)[0]
+    assert np.array_equal(_px(skipped.image), _px(plain.image))

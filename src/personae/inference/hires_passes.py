@@ -66,7 +66,7 @@ def sampling_pass(prompts, unet, nets, settings: GenerateSettings, scheduler) ->
     """One sampling pass's UNet (and ControlNet) calls: AND composed, a prompt and a negative prompt of different
     lengths drawn as --pad-conds says, the negative prompt left out where NGMS / Skip Early CFG say so."""
     with composing(prompts, unet, nets, settings.pad_conds), \
-            skipping_uncond(unet, scheduler, settings, settings.batch_size):
+            skipping_uncond(unet, scheduler, settings, settings.batch_size, nets):
         yield
 
 

@@ -10,14 +10,15 @@ the pass has its steps x 2 of them, A1111's total_steps); "sigma" is the sampler
 and the timestep for DDIM, PLMS and UniPC (A1111's timestep samplers hand the timestep over as sigma). A skipped
 call runs the UNet on the prompt's rows only and uses the result for the negative prompt's rows too, so guidance
 gives the prompt's prediction alone (A1111's fake uncond); with AND the first part stands in for the negative prompt.
-The UNet then runs once instead of twice on those calls.
+The UNet then runs once instead of twice on those calls, and so does a ControlNet before it (as in A1111, where
+the extension's ControlNet runs inside the UNet's call on the rows it is given).
 """
 
 from __future__ import annotations
 
 import inspect
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack, contextmanager
 
 from personae.inference.cond_lengths import _rows, forward_replaced
 
@@ -42,35 +43,58 @@ def _sigma(scheduler, timestep) -> float:
 
 
 @contextmanager
-def skipping_uncond(unet, scheduler, settings, images: int) -> Iterator[None]:
+def skipping_uncond(unet, scheduler, settings, images: int, controlnets: Sequence = ()) -> Iterator[None]:
     """Within the block (one sampling pass with `scheduler`, drawing `images` pictures), calls of `unet` leave the
-    negative prompt out where NGMS / Skip Early CFG say so (`settings`: ngms, ngms_all_steps, skip_early_cfg)."""
+    negative prompt out where NGMS / Skip Early CFG say so (`settings`: ngms, ngms_all_steps, skip_early_cfg); so
+    do the calls of `controlnets` that come before such a UNet call (the UNet reads the prompt's residuals alone)."""
     ngms, every, early = settings.ngms, settings.ngms_all_steps, settings.skip_early_cfg
     if not ngms and not early:
         yield
         return
-    original = unet.forward
-    signature = inspect.signature(original)
     state = {"call": 0, "calls": None}
 
-    def forward(*args, **kwargs):
-        arguments = dict(signature.bind(*args, **kwargs).arguments)
+    def skipped(timestep) -> bool:
+        """Whether the next UNet call (and the ControlNet calls before it) leaves the negative prompt out."""
         call = state["call"]
         if state["calls"] is None:
             state["calls"] = max(_planned_calls(scheduler), 1)
-        state["call"] += 1
-        skip = (early and call / state["calls"] <= early) or \
-            ((call % 2 or every) and ngms > 0 and _sigma(scheduler, arguments["timestep"]) < ngms)
-        rows = arguments["sample"].shape[0]
-        if not skip or rows <= images or rows % images:
-            return original(**arguments)
-        conds = original(**{name: _rows(value, slice(images, rows), rows) for name, value in arguments.items()})
-        if isinstance(conds, tuple):
-            return (_with_uncond(conds[0], images), *conds[1:])
-        return type(conds)(sample=_with_uncond(conds.sample, images))
+        return bool((early and call / state["calls"] <= early) or
+                    ((call % 2 or every) and ngms > 0 and _sigma(scheduler, timestep) < ngms))
 
-    with forward_replaced(unet, forward, signature):  # composable's hooks bind the UNet's arguments by name
+    def replaced(module, counts: bool):
+        original = module.forward
+        signature = inspect.signature(original)
+
+        def forward(*args, **kwargs):
+            arguments = dict(signature.bind(*args, **kwargs).arguments)
+            skip = skipped(arguments["timestep"])
+            state["call"] += counts
+            rows = arguments["sample"].shape[0]
+            if not skip or rows <= images or rows % images:
+                return original(**arguments)
+            conds = original(**{name: _rows(value, slice(images, rows), rows) for name, value in arguments.items()})
+            return _as_uncond_too(conds, images)
+
+        return forward_replaced(module, forward, signature)  # composable's hooks bind the arguments by name
+
+    with ExitStack() as stack:
+        for net in {id(net): net for net in controlnets}.values():  # two units may share one ControlNet
+            stack.enter_context(replaced(net, counts=False))
+        stack.enter_context(replaced(unet, counts=True))
         yield
+
+
+def _as_uncond_too(conds, images: int):
+    """A UNet's or ControlNet's output on the prompt's rows, with its first `images` rows standing in for the
+    negative prompt's (the UNet's prediction, or each residual the ControlNet hands the UNet)."""
+    if isinstance(conds, tuple) and conds and isinstance(conds[0], (list, tuple)):  # ControlNet: (down, mid)
+        return (type(conds[0])(_with_uncond(d, images) for d in conds[0]), _with_uncond(conds[1], images))
+    if isinstance(conds, tuple):
+        return (_with_uncond(conds[0], images), *conds[1:])
+    if hasattr(conds, "down_block_res_samples"):
+        return type(conds)(down_block_res_samples=[_with_uncond(d, images) for d in conds.down_block_res_samples],
+                           mid_block_res_sample=_with_uncond(conds.mid_block_res_sample, images))
+    return type(conds)(sample=_with_uncond(conds.sample, images))
 
 
 def _with_uncond(conds, images: int):
