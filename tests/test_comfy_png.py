@@ -504,8 +504,8 @@ def test_an_inpainting_models_conditioning_reads_as_inpainting(tmp_path):
     assert (data["prompt"], data["strength"], data["mask_invert"], data["masked_content"]) == \
         ("a photo of a cat", 1.0, True, "original")
     notes = not_applied(tmp_path, graph)
-    assert "InpaintModelConditioning node 12 with noise_mask" in notes and '"photo.png" (pass that picture with --mask' \
-        in notes
+    assert "InpaintModelConditioning node 12 with noise_mask" in notes
+    assert '"photo.png" (pass that picture with --mask' in notes
     controlled = controlnet_graph(graph)  # the ControlNet on the text encoders' conditioning, before the inpainting
     controlled["3"]["inputs"].update(positive=["12", 0], negative=["12", 1])
     controlled["12"]["inputs"].update(positive=["22", 0], negative=["22", 1])
