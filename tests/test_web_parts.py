@@ -131,6 +131,35 @@ def test_the_controlnet_accordion_reaches_the_unit(tmp_path):
     assert Path(ref.image).is_relative_to(ws.root / "uploads") and Path(ref.image).read_bytes() == photo.read_bytes()
 
 
+def test_the_inpainting_mask_reaches_the_run_and_its_fields_wait_for_one(tmp_path):
+    """The img2img accordion's mask is copied into the workspace byte for byte (its transparency is the mask) and
+    carries the inpainting fields; without a mask those fields (always sent by the form, or filled from a dropped
+    A1111 inpainting PNG) are left out, as A1111 ignores them outside inpainting."""
+    from types import SimpleNamespace
+
+    from personae.config.base import parse_settings
+    from personae.config.generate import GenerateSettings
+    from personae.web.tab_generate import settings_data
+
+    ws = Workspace(tmp_path / "work")
+    (ws.root / "models" / "m").mkdir(parents=True)
+    photo, mask = tmp_path / "photo.png", tmp_path / "mask.png"
+    Image.new("RGB", (64, 64), "white").save(photo)
+    Image.new("RGBA", (64, 64), (0, 0, 0, 0)).save(mask)
+    fields = {"prompt": "a cat", "mask_blur": 2, "mask_invert": True, "masked_content": "fill",
+              "inpaint_area": "masked", "masked_padding": 8}
+    ctx = SimpleNamespace(workspace=ws)
+    data = settings_data(ctx, dict(fields), "models/m", [], 1.0, [], str(photo), "none", None, 1.0, [], None,
+                         str(mask))
+    settings = parse_settings(GenerateSettings, data, "the Generate form")
+    assert Path(settings.mask).is_relative_to(ws.root / "uploads") and Path(settings.mask).read_bytes() == \
+        mask.read_bytes()
+    assert (settings.mask_blur, settings.mask_invert, settings.masked_content, settings.inpaint_area,
+            settings.masked_padding) == (2, True, "fill", "masked", 8)
+    data = settings_data(ctx, dict(fields), "models/m", [], 1.0, [], str(photo), "none", None, 1.0)
+    assert "mask" not in data and not set(fields) - {"prompt"} & set(data)
+
+
 def test_a_workspace_that_is_a_file_is_refused(tmp_path):
     (tmp_path / "f").write_text("mine")
     with pytest.raises(UserError, match="is a file"):

@@ -156,6 +156,7 @@ def _start_training(page, run, steps, save_every):
 
 
 def test_generate_shows_an_image_that_is_not_blank(server, browser, workspace):
+    before = set((workspace / "outputs").rglob("*.png"))
     page = _open(browser, server[1])
     _set(page, "field-prompt", "a photo of a cat")
     _set(page, "field-seed", 7)
@@ -172,7 +173,7 @@ def test_generate_shows_an_image_that_is_not_blank(server, browser, workspace):
     page.screenshot(path=str(ARTIFACTS / "generate.png"))
     page.close()
     # dropping that PNG on a fresh page fills the form from the settings it carries
-    made = sorted((workspace / "outputs" / "generate").rglob("*.png"))[0]
+    [made] = set((workspace / "outputs").rglob("*.png")) - before
     page = _dropped(browser, server[1], made, "a photo of a cat")
     assert page.locator("#field-seed input, #field-seed textarea").first.input_value() == "7"
     assert page.locator("#field-steps input[type=number]").input_value() == "4"
@@ -216,6 +217,35 @@ def test_an_a1111_png_with_a_controlnet_unit_fills_the_unit_and_says_its_picture
     assert page.locator("#field-pixel-perfect input[type=checkbox]").is_checked()
     assert page.locator("#field-control-res input[type=number]").input_value() == "768"
     assert page.locator("#field-control-hr-option input[value='Low res only']").is_checked()
+    page.close()
+
+
+def test_inpainting_from_the_img2img_accordion_keeps_the_unmasked_half(server, browser, workspace, tmp_path):
+    """An init image and a mask dropped in the img2img accordion: the picture made keeps the mask's black half pixel
+    for pixel and redraws the white half."""
+    init, mask = tmp_path / "init.png", tmp_path / "mask.png"
+    Image.new("RGB", (64, 64), (30, 140, 200)).save(init)
+    white = Image.new("L", (64, 64), 0)
+    white.paste(255, (0, 0, 32, 64))
+    white.save(mask)
+    page = _open(browser, server[1])
+    _set(page, "field-prompt", "a red fox, inpainted")
+    _set(page, "field-steps", 3)
+    page.get_by_text("img2img", exact=True).first.click()
+    page.locator("#field-init-image input[type=file]").set_input_files(str(init))
+    page.locator("#field-mask input[type=file]").set_input_files(str(mask))
+    page.wait_for_selector("#field-init-image img", timeout=30_000)
+    _wait_text(page, "#field-mask", ".png", timeout=30)  # the uploaded file listed (name and size)
+    _set(page, "field-strength", 1)
+    _set(page, "field-mask-blur", 0)
+    before = set((workspace / "outputs").rglob("*.png"))
+    page.wait_for_timeout(1500)  # the status's first tick (it shows the last job done) before this job is queued
+    page.click("#generate-button")
+    job = _job_id(_wait_text(page, "#generate-status", "Queued as job", timeout=30))
+    _wait_text(page, "#generate-status", f"Job {job} done", timeout=120)  # not an earlier test's job
+    [made] = set((workspace / "outputs").rglob("*.png")) - before
+    got, kept = np.asarray(Image.open(made).convert("RGB"), dtype=np.int16), np.asarray(Image.open(init), np.int16)
+    assert np.abs(got[:, 40:] - kept[:, 40:]).max() <= 1 and np.abs(got[:, :24] - kept[:, :24]).mean() > 10
     page.close()
 
 

@@ -106,8 +106,11 @@ def style_names(ws) -> list[str]:
         return []
 
 
+MASK_FIELDS = ("mask_blur", "mask_invert", "masked_content", "inpaint_area", "masked_padding")
+
+
 def settings_data(ctx, data: dict, model, loras, lora_weight, embeddings, init_image, control_type, control_image,
-                  control_weight, styles=(), control_unit: dict | None = None) -> dict:
+                  control_weight, styles=(), control_unit: dict | None = None, mask=None) -> dict:
     """The form's values completed with the pickers and uploads, every path checked to be in the workspace; the
     workspace's styles.csv for the chosen styles and its wildcards/ folder for Dynamic Prompts' __names__."""
     ws = ctx.workspace
@@ -124,6 +127,12 @@ def settings_data(ctx, data: dict, model, loras, lora_weight, embeddings, init_i
     init = upload(ctx, init_image, "uploads/init")
     if init:
         data["init_image"] = init
+    mask = upload(ctx, mask, "uploads/mask")  # kept as the file is: a painted-over picture's transparency is the mask
+    if mask:
+        data["mask"] = mask
+    else:  # the inpainting fields (always sent by the form, or filled from a dropped PNG) wait for a mask, as in A1111
+        for name in MASK_FIELDS:
+            data.pop(name, None)
     if control_type and control_type != CONTROL_TYPES_NONE:
         image = upload(ctx, control_image, "uploads/control")
         if not image:
@@ -172,7 +181,10 @@ def build(ctx) -> None:
                 refresh = gr.Button("Refresh lists", size="sm")
             with gr.Accordion("img2img", open=False):
                 init_image = gr.Image(type="filepath", label="Init image (img2img)", elem_id="field-init-image")
-                img_form = SettingsForm(GenerateSettings, names=("strength", "resize_mode"))
+                mask_file = gr.File(label="Inpainting mask: white (or a painted-over picture's opaque part) is "
+                                          "redrawn; the settings below it apply when one is given",
+                                    file_types=["image"], elem_id="field-mask")
+                img_form = SettingsForm(GenerateSettings, names=("strength", "resize_mode", *MASK_FIELDS))
             with gr.Accordion("Face fix (ADetailer)", open=False):
                 face_form = SettingsForm(GenerateSettings, groups=("face fix (ADetailer)",),
                                          choices={"ad_model": ["", *FACE_MODELS], "ad_sampler": ["", *SAMPLERS]})
@@ -214,12 +226,12 @@ def build(ctx) -> None:
         return out
 
     def submit(model_v, loras_v, weight_v, emb_v, init_v, ctype_v, cimage_v, cweight_v, styles_v, resize_v, mode_v,
-               perfect_v, res_v, hr_v, *raw):
+               perfect_v, res_v, hr_v, mask_v, *raw):
         try:
             unit = {"resize_mode": resize_v, "control_mode": mode_v, "pixel_perfect": bool(perfect_v),
                     "processor_res": int(res_v), "hr_option": hr_v}
             data = settings_data(ctx, values(raw), model_v, loras_v, weight_v, emb_v, init_v, ctype_v, cimage_v,
-                                 cweight_v, styles_v, unit)
+                                 cweight_v, styles_v, unit, mask_v)
             settings = parse_settings(GenerateSettings, data, "the Generate form")
             out = ws.new_folder("outputs/generate")
         except UserError as exc:
@@ -230,7 +242,8 @@ def build(ctx) -> None:
         return f"Queued as job {task.id}{where}; images go to `{ws.relative(out)}`."
 
     go.click(submit, [model, loras, lora_weight, embeddings, init_image, control_type, control_image, control_weight,
-                      styles, resize_mode, control_mode, pixel_perfect, processor_res, hr_option, *raw_inputs], status)
+                      styles, resize_mode, control_mode, pixel_perfect, processor_res, hr_option, mask_file,
+                      *raw_inputs], status)
 
     def latest(seen: int):
         done = [t for t in jobs.snapshot() if t.kind == "generate" and t.status in ("done", "failed")]
