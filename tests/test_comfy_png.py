@@ -396,9 +396,10 @@ def test_chained_and_old_controlnet_nodes_and_hires_passes(tmp_path):
     old["3"]["inputs"]["negative"] = ["7", 0]
     [unit] = png_control_units(comfy_png(tmp_path / "old.png", old))
     assert unit["weight"] == 0.7 and "ControlNetApply node 22 controls the prompt alone" in not_applied(tmp_path, old)
-    both = controlnet_graph(hires_graph())  # both passes read node 22's conditioning
+    both = controlnet_graph(hires_graph(), start=0.2)  # both passes read node 22's conditioning
     both["11"]["inputs"]["positive"], both["11"]["inputs"]["negative"] = ["22", 0], ["22", 1]
     assert [u["hr_option"] for u in png_control_units(comfy_png(tmp_path / "both.png", both))] == ["Both"]
+    assert not_applied(tmp_path, both).count("ControlNetApplyAdvanced node 22 controls from 0.2") == 1  # said once
     low = controlnet_graph(hires_graph())  # the redraw reads the text encoders directly
     assert [u["hr_option"] for u in png_control_units(comfy_png(tmp_path / "low.png", low))] == ["Low res only"]
     high = controlnet_graph(hires_graph())

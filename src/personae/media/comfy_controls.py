@@ -7,7 +7,9 @@ graph; this reads what sits between a sampler and its text encoders).
 
 Each ControlNetApplyAdvanced is a unit (the one nearest the text encoders first, as ComfyUI chains them): its
 strength the weight, its start / end percent the guidance window. The old ControlNetApply (the prompt alone) is a
-unit too, and said. A unit is a plain dict here; jobs/png_controls.py makes ControlRef fields of it.
+unit too, and said. A unit is a plain dict here; jobs/png_controls.py makes ControlRef fields of it. An
+InpaintModelConditioning on the way (an inpainting checkpoint's picture and mask) is passed through and named, for
+comfy_graph to read with the sampler's latent.
 """
 
 from __future__ import annotations
@@ -23,7 +25,6 @@ CONTROL_INPUTS: dict[str, set[str]] = {  # ComfyUI's nodes.py and comfy_extras/n
     # an inpainting model's picture and mask on the conditioning, and its latent (read in comfy_graph._latent)
     "InpaintModelConditioning": {"positive", "negative", "vae", "pixels", "mask", "noise_mask"},
 }
-APPLY = ("ControlNetApplyAdvanced", "ControlNetApply")
 
 
 def control_chain(graph, sampler_id: str, inputs: dict, notes: list[str]

@@ -435,6 +435,7 @@ def read_comfy_graph(text: str, source: str) -> ComfyReading:
             reading.notes.append(f"sampler {name}: ComfyUI draws its step noise on the GPU, personae from the seed's "
                                  "CPU generator, so the picture differs from ComfyUI's")
     reading.settings = data
+    reading.notes = list(dict.fromkeys(reading.notes))  # a node both hires passes read is said once
     return reading
 
 
