@@ -48,29 +48,17 @@ def a1111_resize(image: Image.Image, size: tuple[int, int], mode: str = "Just re
     """`image` brought to `size` by A1111's img2img "Resize mode" (images.resize_image, no img2img upscaler set, so
     Lanczos): "Just resize" stretches it; "Crop and resize" scales it to cover the size, centred, the overhang cut;
     "Resize and fill" scales it to fit, centred, and fills each side's gap with its outermost row (or column)
-    stretched across it. The latent mode resizes latents, not pixels (latent_resized); A1111 fills there."""
-    width, height = size
-    if mode == "Just resize" or image.size == size:
-        return image.resize(size, Image.Resampling.LANCZOS) if image.size != size else image
-    ratio, own = width / height, image.width / image.height
-    if mode == "Crop and resize":
-        w = width if ratio > own else image.width * height // image.height
-        h = height if ratio <= own else image.height * width // image.width
-    else:
-        w = width if ratio < own else image.width * height // image.height
-        h = height if ratio >= own else image.height * width // image.width
-    scaled = image.resize((w, h), Image.Resampling.LANCZOS)
-    canvas = Image.new(image.mode, size)
-    canvas.paste(scaled, (width // 2 - w // 2, height // 2 - h // 2))
-    if mode == "Crop and resize":
-        return canvas
-    if ratio < own and (gap := height // 2 - h // 2) > 0:  # bands above and below
-        canvas.paste(scaled.resize((width, gap), box=(0, 0, width, 0)), (0, 0))
-        canvas.paste(scaled.resize((width, gap), box=(0, h, width, h)), (0, gap + h))
-    elif ratio > own and (gap := width // 2 - w // 2) > 0:  # bands left and right
-        canvas.paste(scaled.resize((gap, height), box=(0, 0, 0, height)), (0, 0))
-        canvas.paste(scaled.resize((gap, height), box=(w, 0, w, height)), (gap + w, 0))
-    return canvas
+    stretched across it. diffusers' image processor carries A1111's two ("crop", "fill"); a mask stays a mask. The
+    latent mode resizes latents, not pixels (latent_resized); A1111 fills there."""
+    if image.size == size:
+        return image
+    if mode == "Just resize":
+        return image.resize(size, Image.Resampling.LANCZOS)
+    from diffusers.image_processor import VaeImageProcessor
+
+    fitted = VaeImageProcessor(resample="lanczos").resize(image, size[1], size[0],
+                                                          resize_mode="crop" if mode == "Crop and resize" else "fill")
+    return fitted.convert(image.mode) if fitted.mode != image.mode else fitted
 
 
 @torch.no_grad()
