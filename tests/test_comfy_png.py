@@ -366,16 +366,16 @@ def test_controlnet_nodes_read_as_units_whose_pictures_are_asked_for(tmp_path):
     [unit] = png_control_units(png)
     assert unit == {"_module": "none", "_model": "control_v11p_sd15_canny.pth", "_picture": "pose.png", "type": "raw",
                     "model": "lllyasviel/control_v11p_sd15_canny", "weight": 0.8, "guidance_start": 0.0,
-                    "guidance_end": 1.0, "hr_option": "Both"}
+                    "guidance_end": 1.0, "guidance_by": "steps", "hr_option": "Both"}
     notes = not_applied(tmp_path, controlnet_graph())
     assert ('ControlNet 0 (Module none, Model control_v11p_sd15_canny.pth) (no picture: pass it with --control '
             'TYPE:IMAGE, in the units\' order (ComfyUI read "pose.png"))') in notes
     [unit] = png_control_units(comfy_png(tmp_path / "canny.png", controlnet_graph(canny=True, start=0.1, end=0.6)))
-    assert (unit["type"], unit["options"], unit["guidance_start"], unit["guidance_end"]) == \
-        ("canny", {"low": 102.0, "high": 204.0}, 0.1, 0.6)
+    # a window is ComfyUI's, by noise level (test_control_units.py: the calls it controls)
+    assert (unit["type"], unit["options"], unit["guidance_start"], unit["guidance_end"], unit["guidance_by"]) == \
+        ("canny", {"low": 102.0, "high": 204.0}, 0.1, 0.6, "noise")
     notes = not_applied(tmp_path, controlnet_graph(canny=True, start=0.1, end=0.6))
-    assert "Canny node 23 makes its map with kornia's canny" in notes
-    assert "ControlNetApplyAdvanced node 22 controls from 0.1 to 0.6 of the denoising as ComfyUI counts it" in notes
+    assert "Canny node 23 makes its map with kornia's canny" in notes and "0.6" not in notes
 
 
 def test_chained_and_old_controlnet_nodes_and_hires_passes(tmp_path):
@@ -396,10 +396,10 @@ def test_chained_and_old_controlnet_nodes_and_hires_passes(tmp_path):
     old["3"]["inputs"]["negative"] = ["7", 0]
     [unit] = png_control_units(comfy_png(tmp_path / "old.png", old))
     assert unit["weight"] == 0.7 and "ControlNetApply node 22 controls the prompt alone" in not_applied(tmp_path, old)
-    both = controlnet_graph(hires_graph(), start=0.2)  # both passes read node 22's conditioning
+    both = controlnet_graph(hires_graph(), canny=True, start=0.2)  # both passes read node 22's conditioning
     both["11"]["inputs"]["positive"], both["11"]["inputs"]["negative"] = ["22", 0], ["22", 1]
     assert [u["hr_option"] for u in png_control_units(comfy_png(tmp_path / "both.png", both))] == ["Both"]
-    assert not_applied(tmp_path, both).count("ControlNetApplyAdvanced node 22 controls from 0.2") == 1  # said once
+    assert not_applied(tmp_path, both).count("Canny node 23 makes its map") == 1  # said once
     low = controlnet_graph(hires_graph())  # the redraw reads the text encoders directly
     assert [u["hr_option"] for u in png_control_units(comfy_png(tmp_path / "low.png", low))] == ["Low res only"]
     high = controlnet_graph(hires_graph())
@@ -517,3 +517,43 @@ def test_an_inpainting_models_conditioning_reads_as_inpainting(tmp_path):
     odd = copy.deepcopy(graph)
     odd["12"]["inputs"]["noise_mask"] = "yes"
     assert "the input noise_mask as 'yes'" in refusal(tmp_path, odd)
+
+
+def test_a_comfy_controlnet_window_runs_by_noise_level(tiny_model, tmp_path, capsys):
+    """End to end: a ComfyUI PNG whose ControlNet node controls up to end_percent 0.5, its map given with --control:
+    the run keeps ComfyUI's window by noise level (test_control_units.py checks the calls it controls), its PNG
+    redraws the same picture, and the same window counted by steps draws another."""
+    import numpy as np
+
+    from personae.cli.main import main
+    from personae.inference.txt2img import txt2img
+    from personae.models.controlnet import write_tiny_controlnet
+
+    net = write_tiny_controlnet(tmp_path / "controlnet", base=tiny_model[0], seed=0)
+    graph = controlnet_graph(end=0.5)
+    graph["3"]["inputs"].update(steps=6, seed=9)
+    png = comfy_png(tmp_path / "comfy.png", graph)
+    control = Image.new("RGB", (64, 64))
+    control.paste((255, 255, 255), (16, 16, 48, 48))
+    control.save(tmp_path / "pose.png")
+    assert main(["generate", "--from-png", str(png), "--model", str(tiny_model[0]), "--control",
+                 f"raw:{tmp_path / 'pose.png'}", "--controlnet", f"raw={net}", "--quiet",
+                 "--out", str(tmp_path / "out")]) == 0
+    assert "ControlNet 0" not in capsys.readouterr().err  # the unit is run as the graph has it
+    [made] = (tmp_path / "out").glob("*.png")
+    data = settings_from_png(made)
+    unit = data["controls"][0]
+    assert (unit["guidance_start"], unit["guidance_end"], unit["guidance_by"], unit["weight"]) == (0.0, 0.5, "noise",
+                                                                                                   0.8)
+    again = txt2img(GenerateSettings(**data))[0].image
+    assert np.array_equal(np.asarray(Image.open(made).convert("RGB")), np.asarray(again))
+    by_steps = {**data, "controls": [{**unit, "guidance_by": "steps"}]}
+    other = txt2img(GenerateSettings(**by_steps))[0].image
+    assert not np.array_equal(np.asarray(other), np.asarray(again))
+    # --control-guidance-by steps counts the same window A1111's way
+    assert main(["generate", "--from-png", str(png), "--model", str(tiny_model[0]), "--control",
+                 f"raw:{tmp_path / 'pose.png'}", "--controlnet", f"raw={net}", "--control-guidance-by", "steps",
+                 "--quiet", "--out", str(tmp_path / "steps")]) == 0
+    [steps] = (tmp_path / "steps").glob("*.png")
+    assert settings_from_png(steps)["controls"][0]["guidance_by"] == "steps"
+    assert np.array_equal(np.asarray(Image.open(steps).convert("RGB")), np.asarray(other))

@@ -195,6 +195,58 @@ def test_guidance_windows_count_the_steps_as_a1111(tiny_model, tiny_session, cof
     assert calls() == [1] * 10
 
 
+def _comfy_sigmas():
+    """SD's training noise levels as ComfyUI's ModelSamplingDiscrete holds them (the tiny model's schedule)."""
+    betas = np.linspace(0.00085 ** 0.5, 0.012 ** 0.5, 1000, dtype=np.float64) ** 2
+    alphabar = np.cumprod(1 - betas)
+    return np.log(((1 - alphabar) / alphabar) ** 0.5)
+
+
+def _sigma_at(log_sigmas, t: float) -> float:
+    return float(np.exp(np.interp(t, np.arange(len(log_sigmas)), log_sigmas)))
+
+
+def test_a_window_by_noise_level_controls_the_calls_comfyui_does(tiny_model, tiny_session, coffee, tiny_controlnet,
+                                                                 tmp_path):
+    """ComfyUI's start_percent / end_percent (guidance_by "noise"): percent p is the training schedule's sigma at
+    step (1 - p) x 999, and a model call is controlled while its own sigma lies between the two. Each call's sigma is
+    read from the UNet's timestep input and compared with bounds computed here; on a Karras schedule this differs
+    from the window by steps."""
+    import json
+
+    assert json.loads((tiny_model[0] / "scheduler/scheduler_config.json").read_text())["beta_schedule"] == \
+        "scaled_linear"
+    log_sigmas = _comfy_sigmas()
+    Image.open(coffee).convert("RGB").resize((64, 64)).save(tmp_path / "init.png")
+
+    def run(start=0.0, end=1.0, by="noise", **rest):
+        settings = _settings(tiny_model[0], controls=[_unit(coffee, tiny_controlnet, guidance_start=start,
+                                                            guidance_end=end, guidance_by=by)],
+                             **{"steps": 10, **rest})
+        timesteps = []
+        hook = tiny_session.pipe.unet.register_forward_pre_hook(
+            lambda m, a, kw: timesteps.append(float((a[1] if len(a) > 1 else kw["timestep"]).reshape(-1)[0])),
+            with_kwargs=True)
+        try:
+            controlled = _controlled_calls(tiny_session, settings)
+        finally:
+            hook.remove()
+        high = float("inf") if start <= 0 else _sigma_at(log_sigmas, (1 - start) * 999)
+        low = 0.0 if end >= 1 else _sigma_at(log_sigmas, (1 - end) * 999)
+        expected = [int(low <= _sigma_at(log_sigmas, t) <= high) for t in timesteps]
+        return controlled, expected
+
+    for case in ({"end": 0.5}, {"start": 0.5}, {"start": 0.2, "end": 0.7}, {"end": 0.4, "sampler": "DDIM"},
+                 {"start": 0.3, "sampler": "Heun", "steps": 4},
+                 {"end": 0.6, "init_image": str(tmp_path / "init.png"), "strength": 0.5}):
+        controlled, expected = run(**case)
+        assert controlled == expected and 0 < sum(controlled) < len(controlled), (case, controlled, expected)
+    # DPM++ 2M Karras, 10 steps: end 0.5 is sigma 1.62 (step 499.5), the schedule 14.6, 9.10, 5.48, 3.17, 1.75, 0.91
+    # ...: 5 calls; by steps 7 (percents 0, 0, .1, ... .5)
+    assert run(end=0.5)[0] == [1] * 5 + [0] * 5
+    assert run(end=0.5, by="steps")[0] == [1] * 7 + [0] * 3
+
+
 def test_hires_fix_with_control_units(tiny_model, tiny_session, coffee, tiny_controlnet):
     """A1111's hires fix with ControlNet: each unit controls the passes its "Hires-Fix Option" names; the redraw's
     map is the first pass's (made for its size, Pixel Perfect included) fitted to the redraw's size."""
@@ -291,7 +343,7 @@ def test_from_png_takes_the_units_settings_with_the_picture_given(tiny_model, co
     assert unit == {"type": "canny", "image": str(coffee), "weight": 0.6, "model": str(tiny_controlnet),
                     "options": {"low": 50.0, "high": 150.0}, "resize_mode": "Just Resize", "processor_res": 256,
                     "pixel_perfect": False, "control_mode": "My prompt is more important", "guidance_start": 0.25,
-                    "guidance_end": 1.0, "hr_option": "Both"}
+                    "guidance_end": 1.0, "guidance_by": "steps", "hr_option": "Both"}
     _, _, params = parse_parameters(read_png_text(made)["parameters"])
     assert params["ControlNet 0"].startswith("Module: canny, Model: tiny-controlnet, Weight: 0.6, Resize Mode: Just "
                                              "Resize, Processor Res: 256, Threshold A: 50, Threshold B: 150")

@@ -220,6 +220,38 @@ def test_an_a1111_png_with_a_controlnet_unit_fills_the_unit_and_says_its_picture
     page.close()
 
 
+def test_a_comfyui_png_with_a_controlnet_window_fills_it_by_noise_level(server, browser, tmp_path):
+    """A ComfyUI graph's ControlNetApplyAdvanced dropped: the accordion takes its strength and its window, counted
+    by noise level as ComfyUI counts it."""
+    import json
+
+    graph = {
+        "3": {"class_type": "KSampler", "inputs": {
+            "seed": 5, "steps": 6, "cfg": 7.0, "sampler_name": "euler", "scheduler": "normal", "denoise": 1.0,
+            "model": ["4", 0], "positive": ["22", 0], "negative": ["22", 1], "latent_image": ["5", 0]}},
+        "4": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "v1-5-pruned-emaonly.safetensors"}},
+        "5": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
+        "6": {"class_type": "CLIPTextEncode", "inputs": {"text": "a blue heron", "clip": ["4", 1]}},
+        "7": {"class_type": "CLIPTextEncode", "inputs": {"text": "", "clip": ["4", 1]}},
+        "8": {"class_type": "VAEDecode", "inputs": {"samples": ["3", 0], "vae": ["4", 2]}},
+        "9": {"class_type": "SaveImage", "inputs": {"filename_prefix": "ComfyUI", "images": ["8", 0]}},
+        "20": {"class_type": "ControlNetLoader", "inputs": {"control_net_name": "control_v11p_sd15_canny.pth"}},
+        "21": {"class_type": "LoadImage", "inputs": {"image": "edges.png", "upload": "image"}},
+        "22": {"class_type": "ControlNetApplyAdvanced", "inputs": {
+            "positive": ["6", 0], "negative": ["7", 0], "control_net": ["20", 0], "image": ["21", 0],
+            "strength": 0.75, "start_percent": 0.0, "end_percent": 0.4}}}
+    info = PngInfo()
+    info.add_text("prompt", json.dumps(graph))
+    png = tmp_path / "comfy-controlnet.png"
+    Image.new("RGB", (64, 64)).save(png, pnginfo=info)
+    page = _dropped(browser, server[1], png, "a blue heron")
+    _wait_text(page, "body", 'ComfyUI read "edges.png"', timeout=30)
+    page.get_by_text("ControlNet", exact=True).first.click()
+    assert page.locator("#field-control-guidance-by input[value='noise']").is_checked()
+    assert page.locator("#field-control-end input[type=number]").input_value() == "0.4"
+    page.close()
+
+
 def test_inpainting_from_the_img2img_accordion_keeps_the_unmasked_half(server, browser, workspace, tmp_path):
     """An init image and a mask dropped in the img2img accordion: the picture made keeps the mask's black half pixel
     for pixel and redraws the white half."""

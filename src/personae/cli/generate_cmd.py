@@ -66,6 +66,9 @@ def add_control_choices(p) -> None:
     p.add_argument("--control-hr-option", choices=get_args(ControlRef.model_fields["hr_option"].annotation),
                    metavar="OPTION", help='"Hires-Fix Option" of every unit, with --hires-scale: "Both" (default), '
                                           '"Low res only" (the first pass) or "High res only" (the redraw)')
+    p.add_argument("--control-guidance-by", choices=get_args(ControlRef.model_fields["guidance_by"].annotation),
+                   help='what every unit\'s guidance window counts: "steps" as A1111 (default) or "noise" level as '
+                        "ComfyUI's start / end percent")
 
 
 def add_parser(sub) -> None:
@@ -111,7 +114,8 @@ def settings_from_args(args, base: dict | None = None, png_units: list[dict] = (
                                                          ("control_mode", getattr(args, "control_mode", None)),
                                                          ("processor_res", getattr(args, "control_res", None)),
                                                          ("pixel_perfect", getattr(args, "pixel_perfect", None)),
-                                                         ("hr_option", getattr(args, "control_hr_option", None)))
+                                                         ("hr_option", getattr(args, "control_hr_option", None)),
+                                                         ("guidance_by", getattr(args, "control_guidance_by", None)))
                            if value is not None})
     flag = missing_required(GenerateSettings, data)
     if flag:
@@ -123,14 +127,16 @@ def settings_from_args(args, base: dict | None = None, png_units: list[dict] = (
 def apply_control_choices(data: dict, models: list[tuple[str, str]], options: list[tuple[str, str]],
                           every: dict | None = None) -> None:
     """--controlnet TYPE=MODEL and --control-option TYPE.KEY=VALUE, applied to every unit of that type; `every`
-    (--control-resize, --control-mode, --control-res, --pixel-perfect, --control-hr-option) to every unit."""
+    (--control-resize, --control-mode, --control-res, --pixel-perfect, --control-hr-option,
+    --control-guidance-by) to every unit."""
     from personae.data.control import get_control_type
     from personae.errors import UserError
 
     controls = [dict(c) for c in data.get("controls", [])]
     if every and not controls:
         flags = {"resize_mode": "--control-resize", "control_mode": "--control-mode", "processor_res": "--control-res",
-                 "pixel_perfect": "--pixel-perfect", "hr_option": "--control-hr-option"}
+                 "pixel_perfect": "--pixel-perfect", "hr_option": "--control-hr-option",
+                 "guidance_by": "--control-guidance-by"}
         raise UserError(f"{', '.join(flags[key] for key in every)} set{'s' * (len(every) == 1)} the --control units; "
                         "no --control is given.", "Add --control TYPE:IMAGE, or leave it out.")
     controls = [{**control, **(every or {})} for control in controls]

@@ -95,6 +95,10 @@ class ControlRef(Strict):
     guidance_start: float | None = setting(None, '"Guidance Start" of this unit (default: control_start)', ge=0.0,
                                            le=1.0)
     guidance_end: float | None = setting(None, '"Guidance End" of this unit (default: control_end)', ge=0.0, le=1.0)
+    guidance_by: Literal["steps", "noise"] = setting(
+        "steps", 'what the guidance window counts: "steps" as A1111 does (the share of the steps run), or "noise" as '
+                 "ComfyUI's start_percent / end_percent do (points of the model's noise levels: a model call is "
+                 "controlled while its sigma lies between theirs)")
     hr_option: Literal["Both", "Low res only", "High res only"] = setting(
         "Both", '"Hires-Fix Option": with the hires fix, the passes the unit controls: both, the first (low '
                 "resolution) only, or the redraw (high resolution) only")

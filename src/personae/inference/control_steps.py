@@ -9,6 +9,12 @@ first call sees i - 1 (step 0 sees 0) and a second-order sampler's second call s
 End 0.3, A1111 controls steps 0 to 7 (8 steps); diffusers' own window, (i + 1) / 20 <= 0.3, would give 6. personae
 hands diffusers the whole run and switches the unit off here, so an A1111 PNG's window draws A1111's picture.
 
+A window by noise level (a unit's guidance_by "noise") is ComfyUI's start_percent / end_percent instead
+(comfy/controlnet.py, ControlBase.get_control): each percent p is the sigma of the model's training schedule at
+step (1 - p) x (T - 1), log sigma interpolated (model_sampling.percent_to_sigma; 0 and 1 are no bound), and a
+model call is controlled while its own sigma lies between the two, inclusive. The same percents thus take in other
+steps on a Karras schedule than on a uniform one, and a hires pass, whose sigmas start lower, may lie outside.
+
 The mode: "My prompt is more important" scales the residuals of the shallow layers down (0.825 per layer from the
 middle block, the extension's soft injection); "ControlNet is more important" does that and gives the negative
 prompt's rows no control at all (its cfg injection: the first `batch` rows of a guided call, which carries negative
@@ -33,6 +39,31 @@ class UnitSteps:
     mode: str  # "Control Mode"
     start: float  # "Guidance Start"
     end: float  # "Guidance End"
+    by_noise: bool = False  # ComfyUI's window: start and end are points of the noise levels, not of the steps
+
+
+def percent_sigma(scheduler, percent: float) -> float:
+    """ComfyUI's percent_to_sigma on the model's training schedule (the scheduler's config)."""
+    from personae.inference.sigmas import ModelSigmas
+
+    if percent <= 0:
+        return float("inf")
+    if percent >= 1:
+        return 0.0
+    model = ModelSigmas(dict(scheduler.config))
+    return model.t_to_sigma(torch.tensor((1 - percent) * (len(model.sigmas) - 1))).item()
+
+
+def call_sigma(scheduler, iteration: int) -> float:
+    """The sigma the model sees at the pass's model call number `iteration` (0-based)."""
+    from personae.inference.ksampler import KDiffusionScheduler
+
+    if isinstance(scheduler, KDiffusionScheduler):
+        return float(scheduler._call_sigma())
+    # DDIM, PLMS, UniPC, LCM: one call per timestep, from the pass's first (img2img: begin_index)
+    t = int(scheduler.timesteps[(getattr(scheduler, "begin_index", None) or 0) + iteration])
+    alphabar = scheduler.alphas_cumprod[t].item()
+    return ((1 - alphabar) / alphabar) ** 0.5
 
 
 def sampling_percent(scheduler, iteration: int) -> float:
@@ -60,13 +91,21 @@ def unit_steps(controlnets: Sequence, units: Sequence[UnitSteps], batch: int, sc
     for net, unit in zip(controlnets, units):
         by_net.setdefault(id(net), (net, []))[1].append(unit)
 
+    bounds = {u: (percent_sigma(scheduler, u.start), percent_sigma(scheduler, u.end)) for u in units if u.by_noise}
+
+    def controlled(unit: UnitSteps, iteration: int) -> bool:
+        if unit.by_noise:
+            high, low = bounds[unit]
+            return low <= call_sigma(scheduler, iteration) <= high
+        return unit.start <= sampling_percent(scheduler, iteration) <= unit.end
+
     def hook_for(shared: list[UnitSteps]):
         calls = itertools.count()
 
         def hook(module, args, kwargs, output):
             call = next(calls)
             unit = shared[call % len(shared)]
-            on = unit.start <= sampling_percent(scheduler, call // len(shared)) <= unit.end
+            on = controlled(unit, call // len(shared))
             if on and unit.mode == "Balanced":
                 return output
             down, mid = output if isinstance(output, tuple) else (output.down_block_res_samples,

@@ -125,7 +125,8 @@ def control_call(session, settings: GenerateSettings, controls: list[PreparedCon
     controlnets = [controlnet_for(session, c.model, settings.allow_pickle, on_event) for c in controls]
     maps = [c.map_at(size, made_for) for c in controls]
     weights = [float(c.ref.weight) for c in controls]
-    units = [UnitSteps(c.ref.control_mode, *unit_window(settings, c.ref)) for c in controls]
+    units = [UnitSteps(c.ref.control_mode, *unit_window(settings, c.ref), by_noise=c.ref.guidance_by == "noise")
+             for c in controls]
     single = len(controls) == 1
     # the windows are A1111's, kept by unit_steps: diffusers' own would count the steps another way
     arguments = {"control_image" if img2img else "image": maps[0] if single else maps,

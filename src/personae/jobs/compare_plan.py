@@ -61,7 +61,7 @@ def describe_unit(ref: ControlRef, start: float = 0.0, end: float = 1.0) -> str:
     start = start if ref.guidance_start is None else ref.guidance_start
     end = end if ref.guidance_end is None else ref.guidance_end
     if (start, end) != (0.0, 1.0):
-        parts.append(f"steps {start:g}-{end:g}")
+        parts.append(f"{'noise' if ref.guidance_by == 'noise' else 'steps'} {start:g}-{end:g}")
     return " ".join(parts)
 
 

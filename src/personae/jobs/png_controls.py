@@ -76,7 +76,7 @@ def comfy_unit(unit: dict) -> dict:
     kind = _TYPE_OF[unit["module"]]
     out = {"_module": unit["module"], "_model": unit["model"], "_picture": unit["picture"], "type": kind,
            "weight": unit["weight"], "guidance_start": unit["guidance_start"], "guidance_end": unit["guidance_end"],
-           "hr_option": unit["hr_option"]}
+           "guidance_by": unit["guidance_by"], "hr_option": unit["hr_option"]}
     hub = model_id(unit["model"])
     if hub:
         out["model"] = hub

@@ -6,7 +6,8 @@ graph; this reads what sits between a sampler and its text encoders).
                                         image       <- LoadImage (a ready map), or Canny <- LoadImage
 
 Each ControlNetApplyAdvanced is a unit (the one nearest the text encoders first, as ComfyUI chains them): its
-strength the weight, its start / end percent the guidance window. The old ControlNetApply (the prompt alone) is a
+strength the weight, its start / end percent the guidance window (by noise level, as ComfyUI counts it:
+inference/control_steps.py). The old ControlNetApply (the prompt alone) is a
 unit too, and said. A unit is a plain dict here; jobs/png_controls.py makes ControlRef fields of it. An
 InpaintModelConditioning on the way (an inpainting checkpoint's picture and mask) is passed through and named, for
 comfy_graph to read with the sampler's latent.
@@ -79,12 +80,9 @@ def _unit(graph, node_id: str, apply: dict, notes: list[str]) -> dict:
         if not 0 <= start <= end <= 1:
             raise graph.refuse(f"gives {graph.name(node_id)} start_percent {start:g} and end_percent {end:g}; "
                                "personae's guidance window runs from 0 to 1, its start before its end.")
-        if (start, end) != (0.0, 1.0):
-            notes.append(f"{graph.name(node_id)} controls from {start:g} to {end:g} of the denoising as ComfyUI counts "
-                         "it (by the model's noise levels); personae counts A1111's way (by steps), so the window "
-                         "takes in other steps")
     unit = {"node": node_id, "module": "none", "model": graph.value(loader_id, loader, "control_net_name", str),
-            "weight": strength, "guidance_start": start, "guidance_end": end, "thresholds": None}
+            "weight": strength, "guidance_start": start, "guidance_end": end, "thresholds": None,
+            "guidance_by": "steps" if (start, end) == (0.0, 1.0) else "noise"}  # ComfyUI counts by noise level
     image_id = graph.link(node_id, apply, "image")[0]
     kind, image = graph.node(image_id, ("LoadImage", "Canny"))
     if kind == "Canny":

@@ -206,6 +206,9 @@ def build(ctx) -> None:
                                           info="the photo's short side when its map is made (unless Pixel Perfect)",
                                           elem_id="field-control-res")
                 control_form = SettingsForm(GenerateSettings, names=("control_start", "control_end"))
+                guidance_by = gr.Radio(list(get_args(unit_fields["guidance_by"].annotation)), value="steps",
+                                       label="Guidance window counts", info="steps as A1111 does, or noise level as "
+                                       "ComfyUI's start / end percent", elem_id="field-control-guidance-by")
             with gr.Accordion("Runtime", open=False):
                 runtime_form = SettingsForm(GenerateSettings, groups=("runtime",))
             png = gr.File(label="Drop a PNG made by personae, A1111 or ComfyUI (or an A1111 JPEG / WebP) to fill the form",
@@ -226,10 +229,10 @@ def build(ctx) -> None:
         return out
 
     def submit(model_v, loras_v, weight_v, emb_v, init_v, ctype_v, cimage_v, cweight_v, styles_v, resize_v, mode_v,
-               perfect_v, res_v, hr_v, mask_v, *raw):
+               perfect_v, res_v, hr_v, by_v, mask_v, *raw):
         try:
             unit = {"resize_mode": resize_v, "control_mode": mode_v, "pixel_perfect": bool(perfect_v),
-                    "processor_res": int(res_v), "hr_option": hr_v}
+                    "processor_res": int(res_v), "hr_option": hr_v, "guidance_by": by_v}
             data = settings_data(ctx, values(raw), model_v, loras_v, weight_v, emb_v, init_v, ctype_v, cimage_v,
                                  cweight_v, styles_v, unit, mask_v)
             settings = parse_settings(GenerateSettings, data, "the Generate form")
@@ -242,7 +245,8 @@ def build(ctx) -> None:
         return f"Queued as job {task.id}{where}; images go to `{ws.relative(out)}`."
 
     go.click(submit, [model, loras, lora_weight, embeddings, init_image, control_type, control_image, control_weight,
-                      styles, resize_mode, control_mode, pixel_perfect, processor_res, hr_option, mask_file,
+                      styles, resize_mode, control_mode, pixel_perfect, processor_res, hr_option, guidance_by,
+                      mask_file,
                       *raw_inputs], status)
 
     def latest(seen: int):
@@ -256,16 +260,21 @@ def build(ctx) -> None:
 
     gr.Timer(1.0).tick(latest, shown, [gallery, status, shown], show_progress="hidden")
 
-    unit_outputs = [control_type, control_weight, resize_mode, control_mode, pixel_perfect, processor_res, hr_option]
+    unit_outputs = [control_type, control_weight, resize_mode, control_mode, pixel_perfect, processor_res, hr_option,
+                    guidance_by]
 
     def unit_updates(path, data: dict) -> list:
-        """The ControlNet accordion from the PNG's first unit (personae's own, or A1111's without its picture)."""
+        """The ControlNet accordion from the PNG's first unit (personae's own, or A1111's or ComfyUI's without its
+        picture); its guidance window is the form's (`data` takes it where the PNG has no other)."""
         units = data.get("controls") or png_control_units(path)
         unit = units[0] if units and isinstance(units[0], dict) else {}
         if unit.get("type") not in CONTROL_TYPES:
             return [gr.skip()] * len(unit_outputs)
+        for key, own in (("control_start", "guidance_start"), ("control_end", "guidance_end")):
+            if data.get(key) is None and unit.get(own) is not None:
+                data[key] = unit[own]
         return [unit["type"], *(gr.skip() if unit.get(k) is None else unit[k] for k in (
-            "weight", "resize_mode", "control_mode", "pixel_perfect", "processor_res", "hr_option"))]
+            "weight", "resize_mode", "control_mode", "pixel_perfect", "processor_res", "hr_option", "guidance_by"))]
 
     def from_png(file, model_v):
         if not file:
