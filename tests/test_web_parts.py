@@ -162,6 +162,54 @@ def test_the_inpainting_mask_reaches_the_run_and_its_fields_wait_for_one(tmp_pat
     assert "mask" not in data and not set(fields) - {"prompt"} & set(data)
 
 
+
+def test_a_painted_mask_becomes_the_init_image_and_its_mask(tmp_path):
+    """"Paint the mask" (A1111's inpaint tab): the editor's picture is copied into the workspace byte for byte as
+    the init image, and its painted layers (any alpha) become a mask beside it, white where painted; a picture with
+    nothing painted, or given beside an init image or a mask file, is refused in one paragraph."""
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from personae.config.base import parse_settings
+    from personae.config.generate import GenerateSettings
+    from personae.web.tab_generate import settings_data
+
+    ws = Workspace(tmp_path / "work")
+    (ws.root / "models" / "m").mkdir(parents=True)
+    ctx = SimpleNamespace(workspace=ws)
+    picture, layer, other, empty = (tmp_path / n for n in ("background.png", "layer.png", "layer2.png", "empty.png"))
+    Image.new("RGB", (64, 48), (30, 140, 200)).save(picture)
+    stroke = Image.new("RGBA", (64, 48), (0, 0, 0, 0))
+    stroke.paste((255, 255, 255, 128), (4, 4, 20, 12))  # a soft brush's edge counts too
+    stroke.save(layer)
+    second = Image.new("RGBA", (32, 24), (0, 0, 0, 0))  # a layer at another size is scaled to the picture's
+    second.paste((255, 255, 255, 255), (20, 12, 24, 16))
+    second.save(other)
+    Image.new("RGBA", (64, 48), (0, 0, 0, 0)).save(empty)
+    fields = {"prompt": "a cat", "mask_blur": 0, "masked_content": "fill"}
+    paint = {"background": str(picture), "layers": [str(layer), str(other)], "composite": str(picture)}
+    data = settings_data(ctx, dict(fields), "models/m", [], 1.0, [], None, "none", None, 1.0, paint=paint)
+    settings = parse_settings(GenerateSettings, data, "the Generate form")
+    assert Path(settings.init_image).is_relative_to(ws.root / "uploads")
+    assert Path(settings.init_image).read_bytes() == picture.read_bytes()
+    mask = np.asarray(Image.open(settings.mask))
+    expected = np.zeros((48, 64), dtype=np.uint8)
+    expected[4:12, 4:20] = 255
+    expected[24:32, 40:48] = 255
+    assert Path(settings.mask).is_relative_to(ws.root / "uploads") and np.array_equal(mask, expected)
+    assert (settings.mask_blur, settings.masked_content) == (0, "fill")
+    before = sorted(p for p in ws.root.rglob("*"))
+    with pytest.raises(UserError, match="nothing painted on it"):
+        settings_data(ctx, dict(fields), "models/m", [], 1.0, [], None, "none", None, 1.0,
+                      paint={"background": str(picture), "layers": [str(empty)]})
+    with pytest.raises(UserError, match='"Paint the mask" holds a picture, and so does "Init image"'):
+        settings_data(ctx, dict(fields), "models/m", [], 1.0, [], str(picture), "none", None, 1.0, paint=paint)
+    with pytest.raises(UserError, match='and so does "Inpainting mask"'):
+        settings_data(ctx, dict(fields), "models/m", [], 1.0, [], None, "none", None, 1.0, [], None, str(layer),
+                      paint)
+    assert sorted(p for p in ws.root.rglob("*")) == before  # a refusal leaves nothing in the workspace
+
 def test_a_workspace_that_is_a_file_is_refused(tmp_path):
     (tmp_path / "f").write_text("mine")
     with pytest.raises(UserError, match="is a file"):

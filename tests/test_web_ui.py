@@ -281,6 +281,47 @@ def test_inpainting_from_the_img2img_accordion_keeps_the_unmasked_half(server, b
     page.close()
 
 
+def test_a_mask_painted_on_the_picture_redraws_only_what_was_painted(server, browser, workspace, tmp_path):
+    """A1111's inpaint tab: the picture dropped on "Paint the mask", a brush stroke drawn over its left part with the
+    mouse, Generate: the picture made redraws the painted part and keeps the far right pixel for pixel."""
+    init = tmp_path / "init.png"
+    Image.new("RGB", (64, 64), (30, 140, 200)).save(init)
+    page = _open(browser, server[1])
+    _set(page, "field-prompt", "a red fox, painted over")
+    _set(page, "field-steps", 3)
+    page.get_by_text("img2img", exact=True).first.click()
+    page.locator("#field-paint canvas").first.wait_for(state="visible", timeout=30_000)  # the editor is mounted
+    page.wait_for_timeout(1000)
+    page.locator("#field-paint input[type=file]").set_input_files(str(init))
+    _wait_text(page, "#paint-info", "Nothing painted yet on the picture (64x64)", timeout=30)
+    canvas = page.locator("#field-paint canvas").first
+    canvas.scroll_into_view_if_needed()
+    box = canvas.bounding_box()
+    # the picture sits centred in the canvas, square: a stroke down its left fifth, well inside it
+    side = min(box["width"], box["height"]) * 0.8
+    left, top = box["x"] + (box["width"] - side) / 2, box["y"] + (box["height"] - side) / 2
+    page.mouse.move(left + side * 0.1, top + side * 0.1)
+    page.mouse.down()
+    for k in range(1, 17):
+        page.mouse.move(left + side * 0.1, top + side * (0.1 + 0.05 * k), steps=3)
+    page.mouse.up()
+    # the editor's value reaches the server as it changes; the page says what a run will read
+    _wait_text(page, "#paint-info", "Painted:", timeout=30)
+    _set(page, "field-strength", 1)
+    _set(page, "field-mask-blur", 0)
+    before = set((workspace / "outputs").rglob("*.png"))
+    page.wait_for_timeout(1500)  # the status's first tick (it shows the last job done) before this job is queued
+    page.click("#generate-button")
+    job = _job_id(_wait_text(page, "#generate-status", "Queued as job", timeout=30))
+    _wait_text(page, "#generate-status", f"Job {job} done", timeout=120)
+    [made] = set((workspace / "outputs").rglob("*.png")) - before
+    got, kept = np.asarray(Image.open(made).convert("RGB"), dtype=np.int16), np.asarray(Image.open(init), np.int16)
+    [mask_file] = (workspace / "uploads" / "mask").rglob("painted-mask.png")
+    painted = np.asarray(Image.open(mask_file)) > 0
+    assert 0 < painted[:, :32].sum() and painted[:, 40:].sum() == 0, painted.sum()  # the stroke, where it was drawn
+    assert np.abs(got[:, 48:] - kept[:, 48:]).max() <= 1 and np.abs(got[painted] - kept[painted]).mean() > 10
+    page.close()
+
 def test_training_progress_reaches_100_percent_with_a_validation_image(server, browser, workspace):
     page = _open(browser, server[1])
     job = _start_training(page, "short", steps=6, save_every=3)

@@ -109,10 +109,59 @@ def style_names(ws) -> list[str]:
 MASK_FIELDS = ("mask_blur", "mask_invert", "masked_content", "inpaint_area", "masked_padding")
 
 
+def painted_area(value):
+    """The "Paint the mask" editor's value (a Gradio ImageMask's: its picture and layers) as a boolean array at the
+    picture's size, True wherever any layer is painted (any alpha: a soft brush's edge too); None without a
+    picture."""
+    import numpy as np
+    from PIL import Image
+
+    if not value or not value.get("background"):
+        return None
+    size = Image.open(value["background"]).size
+    painted = np.zeros(size[::-1], dtype=bool)
+    for layer in value.get("layers") or []:
+        alpha = Image.open(layer).convert("RGBA").getchannel("A")
+        painted |= np.asarray(alpha if alpha.size == size else alpha.resize(size, Image.NEAREST)) > 0
+    return painted
+
+
+def painted_text(value) -> str:
+    """What the editor holds, as a run will read it (shown under the editor)."""
+    painted = painted_area(value)
+    if painted is None:
+        return ""
+    height, width = painted.shape
+    if not painted.any():
+        return f"Nothing painted yet on the picture ({width}x{height})."
+    return f"Painted: {painted.mean():.0%} of the picture ({width}x{height}) is redrawn."
+
+
+def painted_mask(ctx, value) -> tuple[str, str] | None:
+    """A1111's inpaint tab: the picture in "Paint the mask" copied into the workspace as the init image, and what
+    was painted on it as the mask beside it: white where painted (the part redrawn, as --mask reads white), black
+    elsewhere. None when no picture is there."""
+    import numpy as np
+    from PIL import Image
+
+    painted = painted_area(value)
+    if painted is None:
+        return None
+    if not painted.any():
+        raise UserError('The picture in "Paint the mask" has nothing painted on it.',
+                        'Paint over what should be redrawn, or drop the picture on "Init image" for img2img without '
+                        "a mask.")
+    init = upload(ctx, value["background"], "uploads/init")
+    mask = ctx.workspace.new_folder("uploads/mask") / "painted-mask.png"
+    Image.fromarray(painted.astype(np.uint8) * 255, "L").save(mask)
+    return init, str(mask)
+
+
 def settings_data(ctx, data: dict, model, loras, lora_weight, embeddings, init_image, control_type, control_image,
-                  control_weight, styles=(), control_unit: dict | None = None, mask=None) -> dict:
+                  control_weight, styles=(), control_unit: dict | None = None, mask=None, paint=None) -> dict:
     """The form's values completed with the pickers and uploads, every path checked to be in the workspace; the
-    workspace's styles.csv for the chosen styles and its wildcards/ folder for Dynamic Prompts' __names__."""
+    workspace's styles.csv for the chosen styles and its wildcards/ folder for Dynamic Prompts' __names__; `paint`:
+    the "Paint the mask" editor's value (its picture and mask, in place of init_image and mask)."""
     ws = ctx.workspace
     if styles:
         data["styles"], data["styles_file"] = list(styles), str(ws.root / "styles.csv")
@@ -124,10 +173,16 @@ def settings_data(ctx, data: dict, model, loras, lora_weight, embeddings, init_i
     data["embeddings"] = [{"path": str(ws.path(p, what="embedding", must_exist=True))} for p in embeddings or []]
     if data.get("hires_upscaler"):
         data["hires_upscaler"] = upscaler_path(ws, data["hires_upscaler"])
-    init = upload(ctx, init_image, "uploads/init")
+    if paint and paint.get("background") and (init_image or mask):
+        raise UserError('"Paint the mask" holds a picture, and so does "' + ("Init image" if init_image else
+                        "Inpainting mask") + '".', 'Use one: paint on the picture in "Paint the mask", or give the '
+                        "init image and a mask file, and clear the other.")
+    painted = painted_mask(ctx, paint)
+    init = painted[0] if painted else upload(ctx, init_image, "uploads/init")
     if init:
         data["init_image"] = init
-    mask = upload(ctx, mask, "uploads/mask")  # kept as the file is: a painted-over picture's transparency is the mask
+    # an uploaded mask is kept as the file is: a painted-over picture's transparency is the mask
+    mask = painted[1] if painted else upload(ctx, mask, "uploads/mask")
     if mask:
         data["mask"] = mask
     else:  # the inpainting fields (always sent by the form, or filled from a dropped PNG) wait for a mask, as in A1111
@@ -184,6 +239,11 @@ def build(ctx) -> None:
                 mask_file = gr.File(label="Inpainting mask: white (or a painted-over picture's opaque part) is "
                                           "redrawn; the settings below it apply when one is given",
                                     file_types=["image"], elem_id="field-mask")
+                paint = gr.ImageMask(type="filepath", label="Paint the mask (A1111's inpaint tab): drop the picture "
+                                     "here and paint over what is redrawn; in place of the two above",
+                                     brush=gr.Brush(colors=["#ffffff"], color_mode="fixed"),
+                                     elem_id="field-paint")
+                paint_info = gr.Markdown(elem_id="paint-info")
                 img_form = SettingsForm(GenerateSettings, names=("strength", "resize_mode", *MASK_FIELDS))
             with gr.Accordion("Face fix (ADetailer)", open=False):
                 face_form = SettingsForm(GenerateSettings, groups=("face fix (ADetailer)",),
@@ -229,12 +289,12 @@ def build(ctx) -> None:
         return out
 
     def submit(model_v, loras_v, weight_v, emb_v, init_v, ctype_v, cimage_v, cweight_v, styles_v, resize_v, mode_v,
-               perfect_v, res_v, hr_v, by_v, mask_v, *raw):
+               perfect_v, res_v, hr_v, by_v, mask_v, paint_v, *raw):
         try:
             unit = {"resize_mode": resize_v, "control_mode": mode_v, "pixel_perfect": bool(perfect_v),
                     "processor_res": int(res_v), "hr_option": hr_v, "guidance_by": by_v}
             data = settings_data(ctx, values(raw), model_v, loras_v, weight_v, emb_v, init_v, ctype_v, cimage_v,
-                                 cweight_v, styles_v, unit, mask_v)
+                                 cweight_v, styles_v, unit, mask_v, paint_v)
             settings = parse_settings(GenerateSettings, data, "the Generate form")
             out = ws.new_folder("outputs/generate")
         except UserError as exc:
@@ -246,7 +306,7 @@ def build(ctx) -> None:
 
     go.click(submit, [model, loras, lora_weight, embeddings, init_image, control_type, control_image, control_weight,
                       styles, resize_mode, control_mode, pixel_perfect, processor_res, hr_option, guidance_by,
-                      mask_file,
+                      mask_file, paint,
                       *raw_inputs], status)
 
     def latest(seen: int):
@@ -305,6 +365,12 @@ def build(ctx) -> None:
         return [*updates, shown_model if shown_model else gr.skip(), *units]
 
     png.upload(from_png, [png, model], [*raw_inputs, model, *unit_outputs])
+
+    # a dropped picture fires change (still empty) and then upload, whose answers may cross: an empty value says
+    # nothing, and clearing the editor clears the text
+    for event in (paint.upload, paint.change):
+        event(lambda value: painted_text(value) or gr.skip(), paint, paint_info, show_progress="hidden")
+    paint.clear(lambda: "", None, paint_info, show_progress="hidden")
     refresh.click(lambda: (gr.update(choices=ws.files(LORA_SUFFIXES)), gr.update(choices=embedding_files(ws)),
                            gr.update(choices=models(ws)), gr.update(choices=upscalers(ws)),
                            gr.update(choices=style_names(ws))), None,
