@@ -7,7 +7,8 @@
 The graph is {"<node id>": {"class_type": ..., "inputs": {name: value, or [node id, output index]}}}. The
 picture is what the last sampler makes (a KSampler, or a KSamplerAdvanced set up to run as one): the walk starts
 there and follows its links back: model <- LoRAs <- checkpoint, text encoders <- clip skip <- LoRAs <- checkpoint,
-latent <- an empty latent, an encoded picture (img2img) or the first pass of a hires fix, conditioning <- ControlNet
+latent <- an empty latent, an encoded picture (img2img) or the first pass of a hires fix
+(media/comfy_hires.py), conditioning <- ControlNet
 units (media/comfy_controls.py) <- text encoders. Every node on that walk
 is one of the classes in INPUTS, with exactly the inputs ComfyUI's nodes.py declares for it; anything else there
 is refused by name. Nodes off the walk (previews, notes, another branch) are not read.
@@ -19,13 +20,13 @@ media/ sits below inference/).
 from __future__ import annotations
 
 import json
-import math
 import re
 from dataclasses import dataclass, field
 from pathlib import PureWindowsPath
 
 from personae.errors import UserError
 from personae.media.comfy_controls import CONTROL_INPUTS, control_chain, pass_units
+from personae.media.comfy_hires import SAMPLER_NODES, hires_pass, hires_settings, steps_for
 from personae.media.comfy_mask import mask_settings
 
 # the inputs of each node class personae places (ComfyUI's nodes.py; "upload" is LoadImage's upload widget)
@@ -53,7 +54,6 @@ INPUTS: dict[str, set[str]] = {
     "PreviewImage": {"images"},
     **CONTROL_INPUTS,  # ControlNet units on the conditioning (media/comfy_controls.py)
 }
-SAMPLER_NODES = ("KSampler", "KSamplerAdvanced")
 # ComfyUI samplers that draw noise at every step (on the GPU there, from the seed's CPU generator here)
 _NOISY = re.compile(r"ancestral|sde|^lcm$|^ddpm$|^er_sde$")
 _EMBEDDING = re.compile(r"embedding:([^\s,()\[\]:]+)", re.IGNORECASE)
@@ -235,19 +235,6 @@ def _sampler(graph: _Graph, node_id: str) -> dict:
             "sampler": f"{name} {scheduler}", "name": name, "denoise": denoise}
 
 
-def _steps_for(steps: int, denoise: float) -> int:
-    """personae's steps for a ComfyUI pass of `steps` at `denoise` with one of diffusers' samplers (DDIM, UniPC):
-    ComfyUI runs all its steps on the tail of a longer schedule; diffusers runs int(steps x denoise) of them, so the
-    smallest count giving as many. The k-diffusion samplers run ComfyUI's own plan instead (jobs/generate.py:
-    "_comfy_steps", "_comfy_hires_steps")."""
-    total = max(steps, math.ceil(min(steps / denoise, 10**6) - 1e-9))  # past personae's bound: refused by name
-    for _ in range(3):  # float rounding: one more step or two at most
-        if int(total * denoise) >= steps:
-            break
-        total += 1
-    return total
-
-
 def _prompts(graph: _Graph, node_id: str, inputs: dict, reading: ComfyReading
              ) -> tuple[str, str, tuple, tuple, str, list[dict]]:
     """(prompt, negative, clip chain, model chain, checkpoint node, ControlNet units) of a sampler."""
@@ -368,31 +355,6 @@ def _decoded(graph: _Graph, sampler_id: str, reading: ComfyReading) -> None:
                                      "picture, personae does not do it)")
 
 
-def _hires(graph: _Graph, second: str, inputs: dict, values: dict) -> tuple[str, dict] | None:
-    """(first sampler, hires settings) when the last sampler redraws an upscaled first pass; else None."""
-    kind, up = graph.node(graph.link(second, inputs, "latent_image")[0])
-    if kind not in ("LatentUpscale", "LatentUpscaleBy"):
-        return None
-    upscale_id = graph.link(second, inputs, "latent_image")[0]
-    first = graph.link(upscale_id, up, "samples")[0]
-    graph.node(first, SAMPLER_NODES)
-    if not 0 < values["denoise"] < 1:
-        raise graph.refuse(f"redraws the upscaled latent in {graph.name(second)} at denoise {values['denoise']:g}; "
-                           "personae's hires fix redraws at a denoise between 0 and 1.")
-    hires: dict = {"hires_upscaler": "latent", "hires_denoise": values["denoise"],
-                   "hires_steps": _steps_for(values["steps"], values["denoise"]), "_comfy_hires_steps": values["steps"]}
-    if kind == "LatentUpscaleBy":
-        hires["hires_scale"] = float(graph.value(upscale_id, up, "scale_by", (int, float)))
-    else:
-        width, height = (graph.value(upscale_id, up, k, int) for k in ("width", "height"))
-        hires["hires_resize"] = f"{width}x{height}" if width or height else ""
-        hires["hires_scale"] = 1.0
-        hires["_crop"] = graph.value(upscale_id, up, "crop", str)
-    hires["_method"] = graph.value(upscale_id, up, "upscale_method", str)
-    hires["_at"] = graph.name(upscale_id)
-    return first, hires
-
-
 def read_comfy_graph(text: str, source: str) -> ComfyReading:
     """Generate settings from ComfyUI's `prompt` chunk; raises a UserError naming what personae cannot place."""
     graph = _Graph(_parse(text, source), source)
@@ -400,7 +362,7 @@ def read_comfy_graph(text: str, source: str) -> ComfyReading:
     reading = ComfyReading({})
     _, inputs = graph.node(last, SAMPLER_NODES)
     values = _sampler(graph, last)
-    hires = _hires(graph, last, inputs, values)
+    hires = hires_pass(graph, last, inputs, values)
     if len(samplers) > 1 and not hires:
         raise _several(graph, samplers)
     base_id = hires[0] if hires else last
@@ -415,12 +377,12 @@ def read_comfy_graph(text: str, source: str) -> ComfyReading:
         raise graph.refuse(f"runs a hires fix ({graph.name(last)}) on an img2img first pass; personae's hires fix "
                            "redraws a txt2img picture.")
     if "strength" in data:
-        data["steps"] = _steps_for(base["steps"], base["denoise"]) if base["denoise"] > 0 else base["steps"]
+        data["steps"] = steps_for(base["steps"], base["denoise"]) if base["denoise"] > 0 else base["steps"]
         data["_comfy_steps"] = base["steps"]
     texts = [prompt, negative]
     if hires:
-        data.update(_hires_settings(graph, last, inputs, values, base, hires[1], (prompt, negative, clip, loras),
-                                    reading))
+        data.update(hires_settings(graph, last, values, base, hires[1], (prompt, negative, clip, loras),
+                                   _prompts(graph, last, inputs, reading), reading))
         texts += [data.get("hires_prompt", ""), data.get("hires_negative", "")]
     reading.units = pass_units(units, data.pop("_units") if hires else None)
     tags = _lora_tags(graph, loras, clip[1], reading)
@@ -437,30 +399,3 @@ def read_comfy_graph(text: str, source: str) -> ComfyReading:
     reading.settings = data
     reading.notes = list(dict.fromkeys(reading.notes))  # a node both hires passes read is said once
     return reading
-
-
-def _hires_settings(graph: _Graph, last: str, inputs: dict, values: dict, base: dict, hires: dict, first: tuple,
-                    reading: ComfyReading) -> dict:
-    """The second pass as personae's hires fix: its own prompt, sampler and CFG where they differ from the first."""
-    prompt, negative, clip, loras, checkpoint, hires["_units"] = _prompts(graph, last, inputs, reading)
-    if (clip, loras) != (first[2], first[3]):
-        raise graph.refuse(f"runs the hires pass {graph.name(last)} with other LoRAs or another clip skip than the "
-                           "first pass; personae's hires fix uses the first pass's model.")
-    method, crop, at = hires.pop("_method"), hires.pop("_crop", "disabled"), hires.pop("_at")
-    if method != "bilinear":
-        reading.notes.append(f"{at} upscales with {method}; personae's latent upscaler is bilinear (A1111's Latent)")
-    if hires.get("hires_resize") and crop == "disabled":
-        reading.notes.append(f"{at} stretches to {hires['hires_resize']} (crop disabled); personae covers that size "
-                             "and crops the overhang evenly, the same when the aspect ratio is kept")
-    if values["seed"] != base["seed"]:
-        reading.notes.append(f"the hires pass {graph.name(last)} has its own seed {values['seed']}; personae's hires "
-                             f"fix draws the redraw's noise from the first seed {base['seed']}")
-    if prompt != first[0]:
-        hires["hires_prompt"] = prompt
-    if negative != first[1]:
-        hires["hires_negative"] = negative
-    if values["sampler"] != base["sampler"]:
-        hires["hires_sampler"] = values["sampler"]
-    if values["cfg"] != base["cfg"]:
-        hires["hires_cfg"] = values["cfg"]
-    return hires
