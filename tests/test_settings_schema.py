@@ -149,8 +149,8 @@ def test_generated_options_keep_the_names_users_know():
         "--ad-sampler", "--ad-mask-min-ratio", "--ad-mask-max-ratio", "--ad-x-offset", "--ad-y-offset",
         "--ad-mask-merge-invert", "--ad-noise-multiplier", "--ad-clip-skip",
         "--controlnet", "--control-option", "--control-start", "--control-end", "--control-resize", "--control-mode",
-        "--control-res", "--pixel-perfect", "--control-hr-option", "--recipe", "--animal", "--from-png",
-        "--out", "--quiet", "--yes"}
+        "--control-res", "--pixel-perfect", "--control-hr-option", "--control-guidance-by", "--recipe", "--animal",
+        "--from-png", "--out", "--quiet", "--yes"}
     assert _options("animate") == SHARED | {"--motion-adapter", "--frames", "--fps", "--motion-scale", "--context",
                                             "--context-stride", "--out", "--frames-dir", "--overwrite", "--quiet",
                                             "--yes"}

@@ -221,29 +221,14 @@ def test_an_a1111_png_with_a_controlnet_unit_fills_the_unit_and_says_its_picture
 
 
 def test_a_comfyui_png_with_a_controlnet_window_fills_it_by_noise_level(server, browser, tmp_path):
-    """A ComfyUI graph's ControlNetApplyAdvanced dropped: the accordion takes its strength and its window, counted
-    by noise level as ComfyUI counts it."""
-    import json
+    """A ComfyUI graph's ControlNetApplyAdvanced dropped: the accordion takes its window, counted by noise level as
+    ComfyUI counts it, and the picture ComfyUI read is asked for."""
+    from test_comfy_png import comfy_png, controlnet_graph, default_graph
 
-    graph = {
-        "3": {"class_type": "KSampler", "inputs": {
-            "seed": 5, "steps": 6, "cfg": 7.0, "sampler_name": "euler", "scheduler": "normal", "denoise": 1.0,
-            "model": ["4", 0], "positive": ["22", 0], "negative": ["22", 1], "latent_image": ["5", 0]}},
-        "4": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "v1-5-pruned-emaonly.safetensors"}},
-        "5": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
-        "6": {"class_type": "CLIPTextEncode", "inputs": {"text": "a blue heron", "clip": ["4", 1]}},
-        "7": {"class_type": "CLIPTextEncode", "inputs": {"text": "", "clip": ["4", 1]}},
-        "8": {"class_type": "VAEDecode", "inputs": {"samples": ["3", 0], "vae": ["4", 2]}},
-        "9": {"class_type": "SaveImage", "inputs": {"filename_prefix": "ComfyUI", "images": ["8", 0]}},
-        "20": {"class_type": "ControlNetLoader", "inputs": {"control_net_name": "control_v11p_sd15_canny.pth"}},
-        "21": {"class_type": "LoadImage", "inputs": {"image": "edges.png", "upload": "image"}},
-        "22": {"class_type": "ControlNetApplyAdvanced", "inputs": {
-            "positive": ["6", 0], "negative": ["7", 0], "control_net": ["20", 0], "image": ["21", 0],
-            "strength": 0.75, "start_percent": 0.0, "end_percent": 0.4}}}
-    info = PngInfo()
-    info.add_text("prompt", json.dumps(graph))
-    png = tmp_path / "comfy-controlnet.png"
-    Image.new("RGB", (64, 64)).save(png, pnginfo=info)
+    graph = controlnet_graph(default_graph(steps=6), strength=0.75, end=0.4)
+    graph["6"]["inputs"]["text"] = "a blue heron"
+    graph["21"]["inputs"]["image"] = "edges.png"
+    png = comfy_png(tmp_path / "comfy-controlnet.png", graph)
     page = _dropped(browser, server[1], png, "a blue heron")
     _wait_text(page, "body", 'ComfyUI read "edges.png"', timeout=30)
     page.get_by_text("ControlNet", exact=True).first.click()
@@ -251,6 +236,18 @@ def test_a_comfyui_png_with_a_controlnet_window_fills_it_by_noise_level(server, 
     assert page.locator("#field-control-end input[type=number]").input_value() == "0.4"
     page.close()
 
+
+def _inpainted(page, workspace) -> Path:
+    """Generate at strength 1 without mask blur; the one picture this job made."""
+    _set(page, "field-strength", 1)
+    _set(page, "field-mask-blur", 0)
+    before = set((workspace / "outputs").rglob("*.png"))
+    page.wait_for_timeout(1500)  # the status's first tick (it shows the last job done) before this job is queued
+    page.click("#generate-button")
+    job = _job_id(_wait_text(page, "#generate-status", "Queued as job", timeout=30))
+    _wait_text(page, "#generate-status", f"Job {job} done", timeout=120)  # not an earlier test's job
+    [made] = set((workspace / "outputs").rglob("*.png")) - before
+    return made
 
 def test_inpainting_from_the_img2img_accordion_keeps_the_unmasked_half(server, browser, workspace, tmp_path):
     """An init image and a mask dropped in the img2img accordion: the picture made keeps the mask's black half pixel
@@ -268,14 +265,7 @@ def test_inpainting_from_the_img2img_accordion_keeps_the_unmasked_half(server, b
     page.locator("#field-mask input[type=file]").set_input_files(str(mask))
     page.wait_for_selector("#field-init-image img", timeout=30_000)
     _wait_text(page, "#field-mask", ".png", timeout=30)  # the uploaded file listed (name and size)
-    _set(page, "field-strength", 1)
-    _set(page, "field-mask-blur", 0)
-    before = set((workspace / "outputs").rglob("*.png"))
-    page.wait_for_timeout(1500)  # the status's first tick (it shows the last job done) before this job is queued
-    page.click("#generate-button")
-    job = _job_id(_wait_text(page, "#generate-status", "Queued as job", timeout=30))
-    _wait_text(page, "#generate-status", f"Job {job} done", timeout=120)  # not an earlier test's job
-    [made] = set((workspace / "outputs").rglob("*.png")) - before
+    made = _inpainted(page, workspace)
     got, kept = np.asarray(Image.open(made).convert("RGB"), dtype=np.int16), np.asarray(Image.open(init), np.int16)
     assert np.abs(got[:, 40:] - kept[:, 40:]).max() <= 1 and np.abs(got[:, :24] - kept[:, :24]).mean() > 10
     page.close()
@@ -307,14 +297,7 @@ def test_a_mask_painted_on_the_picture_redraws_only_what_was_painted(server, bro
     page.mouse.up()
     # the editor's value reaches the server as it changes; the page says what a run will read
     _wait_text(page, "#paint-info", "Painted:", timeout=30)
-    _set(page, "field-strength", 1)
-    _set(page, "field-mask-blur", 0)
-    before = set((workspace / "outputs").rglob("*.png"))
-    page.wait_for_timeout(1500)  # the status's first tick (it shows the last job done) before this job is queued
-    page.click("#generate-button")
-    job = _job_id(_wait_text(page, "#generate-status", "Queued as job", timeout=30))
-    _wait_text(page, "#generate-status", f"Job {job} done", timeout=120)
-    [made] = set((workspace / "outputs").rglob("*.png")) - before
+    made = _inpainted(page, workspace)
     got, kept = np.asarray(Image.open(made).convert("RGB"), dtype=np.int16), np.asarray(Image.open(init), np.int16)
     [mask_file] = (workspace / "uploads" / "mask").rglob("painted-mask.png")
     painted = np.asarray(Image.open(mask_file)) > 0
