@@ -6,12 +6,12 @@
 
 The graph is {"<node id>": {"class_type": ..., "inputs": {name: value, or [node id, output index]}}}. The
 picture is what the last sampler makes (a KSampler, or a KSamplerAdvanced set up to run as one): the walk starts
-there and follows its links back: model <- LoRAs <- checkpoint, text encoders <- clip skip <- LoRAs <- checkpoint,
-latent <- an empty latent, an encoded picture (img2img) or the first pass of a hires fix
-(media/comfy_hires.py), conditioning <- ControlNet
-units (media/comfy_controls.py) <- text encoders. Every node on that walk
-is one of the classes in INPUTS, with exactly the inputs ComfyUI's nodes.py declares for it; anything else there
-is refused by name. Nodes off the walk (previews, notes, another branch) are not read.
+there and follows its links back: model <- LoRAs <- checkpoint; conditioning <- ControlNet units
+(media/comfy_controls.py) <- text encoders, joined by ComfyUI's combines and concats (media/comfy_prompts.py) <-
+clip skip <- LoRAs <- checkpoint; latent <- an empty latent, an encoded picture (img2img) or the first pass of a
+hires fix (media/comfy_hires.py). Every node on that walk is one of the classes in INPUTS, with exactly the inputs
+ComfyUI's nodes.py declares for it; anything else there is refused by name. Nodes off the walk (previews, notes,
+another branch) are not read.
 
 The sampler stays in ComfyUI's words ("dpmpp_2m karras"): inference/samplers.py reads those (not imported here:
 media/ sits below inference/).
@@ -28,6 +28,7 @@ from personae.errors import UserError
 from personae.media.comfy_controls import CONTROL_INPUTS, control_chain, pass_units
 from personae.media.comfy_hires import SAMPLER_NODES, hires_pass, hires_settings, steps_for
 from personae.media.comfy_mask import mask_settings
+from personae.media.comfy_prompts import conditioning_texts, joined_prompt, prompt_notes
 
 # the inputs of each node class personae places (ComfyUI's nodes.py; "upload" is LoadImage's upload widget)
 INPUTS: dict[str, set[str]] = {
@@ -37,6 +38,8 @@ INPUTS: dict[str, set[str]] = {
                          "negative", "latent_image", "start_at_step", "end_at_step", "return_with_leftover_noise"},
     "CheckpointLoaderSimple": {"ckpt_name"},
     "CLIPTextEncode": {"text", "clip"},
+    "ConditioningCombine": {"conditioning_1", "conditioning_2"},
+    "ConditioningConcat": {"conditioning_to", "conditioning_from"},
     "CLIPSetLastLayer": {"clip", "stop_at_clip_layer"},
     "EmptyLatentImage": {"width", "height", "batch_size"},
     "LoraLoader": {"model", "clip", "lora_name", "strength_model", "strength_clip"},
@@ -56,9 +59,6 @@ INPUTS: dict[str, set[str]] = {
 }
 # ComfyUI samplers that draw noise at every step (on the GPU there, from the seed's CPU generator here)
 _NOISY = re.compile(r"ancestral|sde|^lcm$|^ddpm$|^er_sde$")
-_EMBEDDING = re.compile(r"embedding:([^\s,()\[\]:]+)", re.IGNORECASE)
-_EMPHASIS = re.compile(r"(?<!\\)\(")
-_A1111_ONLY = re.compile(r"(?<!\\)\[|\bBREAK\b|\bAND\b")
 
 
 @dataclass
@@ -72,6 +72,7 @@ class ComfyReading:
     embeddings: list[str] = field(default_factory=list)  # `embedding:name` in the texts, by name
     sampler_at: str = ""  # the node the sampler name comes from, for messages
     units: list[dict] = field(default_factory=list)  # ControlNet units (media/comfy_controls.py), in order
+    texts: list[str] = field(default_factory=list)  # every CLIPTextEncode's text on the walk, as ComfyUI has it
 
 
 class _Graph:
@@ -174,33 +175,6 @@ def _upstream_samplers_of_any(graph: _Graph, node_id: str, samplers: list[str]) 
     return False
 
 
-def _text(graph: _Graph, node_id: str, reading: ComfyReading) -> tuple[str, tuple]:
-    """A CLIPTextEncode's text (ComfyUI's `embedding:name` as the name, A1111's way) and its clip chain."""
-    _, inputs = graph.node(node_id, ("CLIPTextEncode",))
-    text = graph.value(node_id, inputs, "text", str)
-    for match in _EMBEDDING.finditer(text):
-        name = re.sub(r"\.(pt|pth|bin|safetensors)$", "", match.group(1), flags=re.IGNORECASE)
-        reading.embeddings.append(PureWindowsPath(name).name)
-    text = _EMBEDDING.sub(lambda m: PureWindowsPath(re.sub(r"\.(pt|pth|bin|safetensors)$", "", m.group(1),
-                                                           flags=re.IGNORECASE)).name, text)
-    return text, _clip(graph, *graph.link(node_id, inputs, "clip"))
-
-
-def _clip(graph: _Graph, node_id: str, output: int) -> tuple:
-    """(clip skip, ((LoRA node, strength_clip), ...), checkpoint node) of a CLIP output."""
-    kind, inputs = graph.node(node_id, ("CLIPSetLastLayer", "LoraLoader", "CheckpointLoaderSimple"))
-    if kind == "CheckpointLoaderSimple":
-        return 1, (), node_id
-    skip, loras, checkpoint = _clip(graph, *graph.link(node_id, inputs, "clip"))
-    if kind == "CLIPSetLastLayer":
-        layer = graph.value(node_id, inputs, "stop_at_clip_layer", int)
-        if not -12 <= layer <= -1:
-            raise graph.refuse(f"sets stop_at_clip_layer {layer} in {graph.name(node_id)}; personae's clip skip "
-                               "goes from 1 to 12 (stop_at_clip_layer -1 to -12).")
-        return -layer, loras, checkpoint
-    return skip, ((node_id, float(graph.value(node_id, inputs, "strength_clip", (int, float)))), *loras), checkpoint
-
-
 def _model(graph: _Graph, node_id: str) -> tuple[tuple, str]:
     """(((LoRA node, file name, strength_model), ...), checkpoint node) of a MODEL output."""
     kind, inputs = graph.node(node_id, ("LoraLoader", "LoraLoaderModelOnly", "CheckpointLoaderSimple"))
@@ -246,8 +220,9 @@ def _prompts(graph: _Graph, node_id: str, inputs: dict, reading: ComfyReading
         raise graph.refuse(f"gives {graph.name(node_id)} an inpainting model's conditioning and latent from different "
                            "nodes; personae's inpainting reads the picture and mask once, from one "
                            "InpaintModelConditioning.")
-    positive, clip = _text(graph, positive_id, reading)
-    negative, negative_clip = _text(graph, negative_id, reading)
+    positives, clip = conditioning_texts(graph, positive_id, reading)
+    negatives, negative_clip = conditioning_texts(graph, negative_id, reading)
+    positive, negative = joined_prompt(graph, node_id, positives, False), joined_prompt(graph, node_id, negatives, True)
     if negative_clip != clip:
         raise graph.refuse(f"encodes {graph.name(node_id)}'s positive and negative prompts through different CLIP "
                            "chains (clip skip or LoRAs); personae encodes both with one.")
@@ -276,14 +251,6 @@ def _lora_tags(graph: _Graph, loras: tuple, clip_loras: tuple, reading: ComfyRea
         raise graph.refuse(f"applies {graph.name(node_id)} to the text encoder only; personae applies a LoRA to the "
                            "model and its text encoder together.")
     return " ".join(tags)
-
-
-def _prompt_notes(texts: list[str], reading: ComfyReading) -> None:
-    if any(_EMPHASIS.search(t) for t in texts):
-        reading.notes.append("weighted prompts ((word:1.2)): ComfyUI scales the words without A1111's mean restore, "
-                             "which personae applies, so they draw slightly differently")
-    if any(_A1111_ONLY.search(t) for t in texts):
-        reading.notes.append("[...], BREAK or AND in the prompts: plain text to ComfyUI, A1111 syntax to personae")
 
 
 def _latent(graph: _Graph, sampler_id: str, inputs: dict, values: dict, reading: ComfyReading) -> dict:
@@ -379,11 +346,9 @@ def read_comfy_graph(text: str, source: str) -> ComfyReading:
     if "strength" in data:
         data["steps"] = steps_for(base["steps"], base["denoise"]) if base["denoise"] > 0 else base["steps"]
         data["_comfy_steps"] = base["steps"]
-    texts = [prompt, negative]
     if hires:
         data.update(hires_settings(graph, last, values, base, hires[1], (prompt, negative, clip, loras),
                                    _prompts(graph, last, inputs, reading), reading))
-        texts += [data.get("hires_prompt", ""), data.get("hires_negative", "")]
     reading.units = pass_units(units, data.pop("_units") if hires else None)
     tags = _lora_tags(graph, loras, clip[1], reading)
     if tags:
@@ -391,7 +356,7 @@ def read_comfy_graph(text: str, source: str) -> ComfyReading:
     _decoded(graph, last, reading)
     _, ckpt = graph.node(checkpoint)
     reading.checkpoint = str(graph.value(checkpoint, ckpt, "ckpt_name", str))
-    _prompt_notes(texts, reading)
+    prompt_notes(reading.texts, reading)
     for name in dict.fromkeys((base["name"], values["name"])):
         if _NOISY.search(name):
             reading.notes.append(f"sampler {name}: ComfyUI draws its step noise on the GPU, personae from the seed's "
