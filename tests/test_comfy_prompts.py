@@ -47,7 +47,11 @@ def test_combine_is_and_at_one_over_n_and_concat_is_break(tmp_path):
     data = read(tmp_path, combined_graph())
     assert data["prompt"] == "a photo of a cat :0.5 AND a red house BREAK watercolor :0.5"
     assert data["negative"] == "lowres BREAK blurry"
-    assert not_applied(tmp_path, combined_graph()) == ""  # nothing drawn differently; no "AND in the prompts" note
+    # the parts are one and two texts long: ComfyUI runs each over its own tokens, A1111's AND pads the shorter
+    assert not_applied(tmp_path, combined_graph()) == (
+        "KSampler node 3 combines prompts joined from different numbers of texts (ConditioningConcat), so of "
+        "different lengths: ComfyUI runs each over its own tokens, personae (as A1111's AND) pads the shorter by "
+        "repeating its last token, so the picture differs a little")  # and no "AND in the prompts" note
 
     three = combined_graph()
     _encode(three, "36", "a dog")
@@ -128,9 +132,10 @@ def _comfy_by_hand(session, conds: list[list[str]], negative: list[str], cfg: fl
 
 
 def test_a_combined_and_concatenated_graph_draws_comfyuis_average(tiny_model, tiny_session, tmp_path):
-    """Both parts two texts long (154 tokens) as the negative prompt is, so the UNet sees every cond at its own
-    length on both sides; the picture from the PNG is the hand-written ComfyUI loop's within one level of 255 (one
-    batch there, one cond at a time here), and differs from either part alone."""
+    """Both parts two texts long (154 tokens), the negative prompt one (77): the UNet sees every cond at its own
+    length (--pad-conds off runs the negative rows apart); the picture from the PNG is the hand-written ComfyUI
+    loop's within one level of 255 (one batch there, one cond at a time here), and differs from either part
+    alone."""
     from personae.cli.main import main
 
     graph = combined_graph(steps=4, cfg=5.0, sampler_name="euler", scheduler="normal", seed=3)
@@ -138,12 +143,14 @@ def test_a_combined_and_concatenated_graph_draws_comfyuis_average(tiny_model, ti
     _encode(graph, "36", "at night")
     _join(graph, "37", "ConditioningConcat", "6", "36")
     graph["33"]["inputs"]["conditioning_1"] = ["37", 0]
+    graph["3"]["inputs"]["negative"] = ["7", 0]  # one text: the UNet runs it apart, over its own 77 tokens
     png = comfy_png(tmp_path / "comfy.png", graph)
+    assert not_applied(tmp_path, graph) == ""
     assert main(["generate", "--from-png", str(png), "--model", str(tiny_model[0]), "--out", str(tmp_path / "a")]) == 0
     [drawn] = sorted((tmp_path / "a").glob("*.png"))
     drawn = np.asarray(Image.open(drawn), dtype=np.int16)
     conds = [["a photo of a cat", "at night"], ["a red house", "watercolor"]]
-    by_hand = _comfy_by_hand(tiny_session, conds, ["lowres", "blurry"], cfg=5.0, steps=4, seed=3)
+    by_hand = _comfy_by_hand(tiny_session, conds, ["lowres"], cfg=5.0, steps=4, seed=3)
     assert np.abs(drawn - by_hand).max() <= 1
     for alone in conds:
-        assert np.abs(_comfy_by_hand(tiny_session, [alone], ["lowres", "blurry"], 5.0, 4, 3) - by_hand).max() > 10
+        assert np.abs(_comfy_by_hand(tiny_session, [alone], ["lowres"], 5.0, 4, 3) - by_hand).max() > 10

@@ -63,11 +63,17 @@ def _hand_composed(session, parts, negative, cfg, steps, seed, size=64):
     """A1111's composable diffusion written out: the negative prompt and each part through the UNet one at a time,
     each part encoded alone; noise = uncond + cfg * sum w (cond - uncond), A1111's combine_denoised (CFG 1 and
     below: its value at 1); the sampler stepped on that; then decoded."""
-    pipe, encoder = session.pipe, session.encoder
+    encoder = session.encoder
+    return _hand_loop(session, encoder.encode(negative).embeds,
+                      [(encoder.encode(text).embeds, weight) for text, weight in parts], cfg, steps, seed, size)
+
+
+def _hand_loop(session, uncond_embeds, part_embeds, cfg, steps, seed, size=64):
+    """The loop of _hand_composed on given text embeddings: the negative prompt's and each part's, as the UNet is
+    to see them."""
+    pipe = session.pipe
     scheduler = get_sampler("Euler").make(session.base_scheduler)
     scheduler.set_timesteps(steps)
-    uncond_embeds = encoder.encode(negative).embeds
-    part_embeds = [(encoder.encode(text).embeds, weight) for text, weight in parts]
     cell = pipe.vae_scale_factor
     shape = (1, pipe.unet.config.in_channels, size // cell, size // cell)
     latents = torch.randn(shape, generator=torch.Generator("cpu").manual_seed(seed)) * scheduler.init_noise_sigma
@@ -108,6 +114,45 @@ def test_the_prediction_is_a1111s_formula(tiny_model, tiny_session, cfg):
     assert np.abs(_px(drawn) - by_hand).max() <= 1
     plain = txt2img(GenerateSettings(prompt=CAT, negative=negative, **_base(tiny_model[0], cfg=cfg)), tiny_session)[0]
     assert np.abs(_px(plain) - by_hand).max() > 10  # the second part changes the picture: the check above bites
+
+
+def test_the_negative_prompt_meets_the_parts_as_a1111s_pad_modes_say(tiny_model, tiny_session):
+    """A long part (two chunks) and a short one, padded to it by repeating its last vector; against them a short
+    negative prompt, then a long one. "on": the shorter side padded with the empty prompt's chunk; "v0": the
+    negative prompt padded by its last vector, or cut; "off": the negative prompt over its own length, the UNet run
+    apart. Each against the loop written by hand; the three differ; the PNG's "Pad conds" keys are A1111's."""
+    encode = lambda text: tiny_session.encoder.encode(text).embeds  # noqa: E731
+    long = ", ".join(["a red house by the sea"] * 14)
+    assert encode(long).shape[1] == 154 and encode(CAT).shape[1] == 77
+
+    def repeated(embeds, to):
+        return torch.cat([embeds, embeds[:, -1:].repeat(1, max(0, to - embeds.shape[1]), 1)], dim=1)[:, :to]
+
+    cases = {  # prompt, negative prompt: the parts as the UNet sees them, padded among themselves
+        (f"{CAT} AND {long}", "blurry"): [repeated(encode(CAT), 154), encode(" " + long)],
+        (f"{CAT} AND {DOG}", long): [encode(CAT), encode(" " + DOG)]}
+    empty = encode("")
+    for (prompt, negative), parts in cases.items():
+        uncond = encode(negative)
+        short_negative = uncond.shape[1] < parts[0].shape[1]
+        hand = {"on": (torch.cat([uncond, empty], dim=1), parts) if short_negative else
+                (uncond, [torch.cat([p, empty], dim=1) for p in parts]),
+                "v0": (repeated(uncond, parts[0].shape[1]), parts), "off": (uncond, parts)}
+        drawn = {}
+        for mode, (hand_uncond, hand_parts) in hand.items():
+            drawn[mode] = txt2img(GenerateSettings(prompt=prompt, negative=negative, pad_conds=mode,
+                                                   **_base(tiny_model[0])), tiny_session)[0]
+            by_hand = _hand_loop(tiny_session, hand_uncond, [(p, 1.0) for p in hand_parts], 5.0, 4, 3)
+            assert np.abs(_px(drawn[mode]) - by_hand).max() <= 1, (negative, mode)
+        assert np.abs(_px(drawn["on"]) - _px(drawn["off"])).max() > 5 and \
+            np.abs(_px(drawn["v0"]) - _px(drawn["off"])).max() > 5 and \
+            np.abs(_px(drawn["on"]) - _px(drawn["v0"])).max() > 5, negative
+        keys = [("Pad conds: True" in drawn[m].parameters, "Pad conds v0: True" in drawn[m].parameters) for m in hand]
+        assert keys == [(True, False), (False, True), (False, False)], negative
+    # parts of different lengths against a negative prompt as long as the longer: nothing met unequal, no key
+    equal = txt2img(GenerateSettings(prompt=f"{CAT} AND {long}", negative=long, **_base(tiny_model[0])),
+                    tiny_session)[0]
+    assert "Pad conds" not in equal.parameters
 
 
 def test_a_prompt_without_and_draws_as_before(tiny_model, tiny_session):

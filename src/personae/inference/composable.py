@@ -17,9 +17,11 @@ holds for epsilon and v-prediction and for every sampler. A ControlNet's residua
 expanded batch, each part with its own text (as A1111's ControlNet extension runs it). With CFG at 1 or below
 (diffusers then runs no uncond row) the hook adds the uncond row itself and returns A1111's formula at CFG 1.
 
-Parts of different lengths are padded to the longest by repeating its last vector (A1111's
-reconstruct_multicond_batch); the negative prompt meets the parts padded with empty 75-token chunks, as one prompt
-does (PromptEncoder.encode_pair).
+Parts of different lengths are padded to the longest by repeating their last vector (A1111's
+reconstruct_multicond_batch). The negative prompt then meets the parts as A1111's CFGDenoiser has it meet them, by
+the pass's pad mode (inference/cond_lengths.py): "on" pads the shorter side with empty 75-token chunks, "v0" pads
+the negative prompt by repeating its last vector or cuts it to the parts' length, and "off" runs the negative rows
+through the UNet apart, over their own length, when the lengths differ.
 """
 
 from __future__ import annotations
@@ -27,11 +29,11 @@ from __future__ import annotations
 import inspect
 import re
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 
 import torch
 
-from personae.inference.cond_lengths import unpadded
+from personae.inference.cond_lengths import apart, forward_replaced, unpadded
 from personae.inference.prompt_schedule import ScheduledPrompts
 
 _AND = re.compile(r"\bAND\b")
@@ -68,6 +70,8 @@ class ComposablePrompts:
         self.weights = [weight for _, weight in parts]
         self.batch, self.dtype = batch, dtype
         self.step = 0  # the sampler step of the pass: 0 as it starts (composing), then set by the step callback
+        self.pad = "on"  # how the negative prompt meets the parts when their lengths differ: set by `composing`
+        self._encoder, self._clip_skip, self._emphasis, self._empty_chunk = encoder, clip_skip, emphasis, None
 
     @property
     def changes(self) -> bool:
@@ -89,17 +93,49 @@ class ComposablePrompts:
     def every_pair(self) -> list:
         return [pair for part in self.parts for pair in part.every_pair()]
 
-    def embeddings(self, step: int) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """(negative, [part, ...]) at sampler step `step`, each [1, tokens, hidden], all of one length."""
+    def lengths(self, step: int) -> tuple[int, int]:
+        """(the negative prompt's own length, the parts' length: the longest part's own) at `step`, in tokens."""
         pairs = [part.pair(step) for part in self.parts]
-        longest = max(pairs, key=lambda pair: pair[0].embeds.shape[1])
-        length = longest[0].embeds.shape[1]
+        return pairs[0][1].own_length, max(positive.own_length for positive, _ in pairs)
 
-        def padded(embeds: torch.Tensor) -> torch.Tensor:
-            missing = length - embeds.shape[1]
-            return torch.cat([embeds, embeds[:, -1:].repeat(1, missing, 1)], dim=1) if missing else embeds
+    def split(self, step: int) -> tuple[int, int] | None:
+        """The two lengths when the UNet runs the negative rows apart at `step` (pad "off", lengths unequal)."""
+        lengths = self.lengths(step)
+        return lengths if self.pad == "off" and lengths[0] != lengths[1] else None
 
-        return longest[1].embeds, [padded(positive.embeds) for positive, _ in pairs]
+    def pads(self) -> bool:
+        """Whether some step meets a negative prompt and parts of different lengths (A1111's "Pad conds" key)."""
+        ends = sorted({end for part in self.parts for end, _ in (*part.prompts, *part.negatives)} | {0})
+        return any(negative != parts for negative, parts in map(self.lengths, ends))
+
+    def _empty(self) -> torch.Tensor:
+        """The empty prompt's chunk, A1111's padding for "Pad conds"."""
+        if self._empty_chunk is None:
+            self._empty_chunk = self._encoder.encode("", self._clip_skip, emphasis=self._emphasis).embeds
+        return self._empty_chunk
+
+    def embeddings(self, step: int) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """(negative, [part, ...]) at sampler step `step`, each [1, tokens, hidden], all of one length: the parts
+        padded to the longest by their last vector, then the two sides met as `pad` says (for "off" the shorter
+        side padded with empty chunks, which the UNet's split call leaves out again)."""
+        pairs = [part.pair(step) for part in self.parts]
+        negative_length, length = self.lengths(step)
+        negative = pairs[0][1].embeds[:, :negative_length]
+
+        def repeated(embeds: torch.Tensor, own: int, to: int) -> torch.Tensor:
+            embeds = embeds[:, :own]
+            return torch.cat([embeds, embeds[:, -1:].repeat(1, to - own, 1)], dim=1) if to > own else embeds[:, :to]
+
+        parts = [repeated(positive.embeds, positive.own_length, length) for positive, _ in pairs]
+        if self.pad == "v0":
+            return repeated(negative, negative_length, length), parts
+        empty = self._empty() if negative_length != length else None
+        if negative_length < length:
+            negative = torch.cat([negative, empty.repeat(1, (length - negative_length) // empty.shape[1], 1)], dim=1)
+        elif negative_length > length:
+            pad = empty.repeat(1, (negative_length - length) // empty.shape[1], 1)
+            parts = [torch.cat([part, pad], dim=1) for part in parts]
+        return negative, parts
 
     def hidden_states(self, step: int, device, dtype) -> torch.Tensor:
         """The UNet's text input for the expanded batch: [negative x batch; part 1 x batch; ...; part k x batch]."""
@@ -193,14 +229,26 @@ def composing(prompts, unet, controlnets: Sequence = (), pad: str = "on") -> Ite
         with unpadded(prompts, unet, pad):
             yield
         return
-    prompts.step = 0
+    prompts.step, prompts.pad = 0, pad
     composition = _Composition(prompts)
     handles = [unet.register_forward_pre_hook(composition.unet_inputs, with_kwargs=True),
                unet.register_forward_hook(composition.unet_output, with_kwargs=True)]
     unique = {id(net): net for net in controlnets}.values()  # two units may share one ControlNet: one hook each
     handles += [net.register_forward_pre_hook(composition.control_inputs, with_kwargs=True) for net in unique]
+    original = unet.forward
+    signature = inspect.signature(original)
+
+    def forward(*args, **kwargs):  # beneath the hooks: the expanded batch, run in two calls when pad "off" says
+        arguments = dict(signature.bind(*args, **kwargs).arguments)
+        lengths = prompts.split(prompts.step)
+        if lengths is None:
+            return original(**arguments)
+        n, rows = prompts.batch, arguments["sample"].shape[0]
+        return apart(original, arguments, ((slice(0, n), lengths[0]), (slice(n, rows), lengths[1])))
+
     try:
-        yield
+        with forward_replaced(unet, forward, signature) if pad == "off" else nullcontext():
+            yield
     finally:
         for handle in handles:
             handle.remove()

@@ -26,7 +26,10 @@ from personae.inference.prompt_schedule import ScheduledPrompts
 
 
 def pads(prompts) -> bool:
-    """Whether any step of the pass pairs a prompt and a negative prompt of different lengths."""
+    """Whether any step of the pass pairs a prompt and a negative prompt of different lengths (a prompt with AND:
+    the parts' length and the negative prompt's, inference/composable.py)."""
+    if hasattr(prompts, "pads"):
+        return prompts.pads()
     return any(positive.own_length != negative.own_length for positive, negative in prompts.every_pair())
 
 
@@ -38,6 +41,20 @@ def _rows(value, index: slice, rows: int):
     if isinstance(value, dict):
         return {key: _rows(v, index, rows) for key, v in value.items()}
     return value
+
+
+def apart(forward, arguments: dict, pieces) -> object:
+    """One UNet call run as several: for each (rows, length) of `pieces` (slices in order, covering the batch) the
+    rows alone over the first `length` tokens of their text; the predictions joined again."""
+    rows = arguments["sample"].shape[0]
+    outputs = []
+    for index, length in pieces:
+        part = {name: _rows(value, index, rows) for name, value in arguments.items()}
+        part["encoder_hidden_states"] = arguments["encoder_hidden_states"][index, :length]
+        outputs.append(forward(**part))
+    if isinstance(outputs[0], tuple):
+        return (torch.cat([out[0] for out in outputs]), *outputs[0][1:])
+    return type(outputs[0])(sample=torch.cat([out.sample for out in outputs]))
 
 
 @contextmanager
@@ -85,14 +102,7 @@ def unpadded(prompts, unet, mode: str = "on") -> Iterator[None]:
                 negative_rows = torch.cat([negative_rows, negative_rows[:, -1:].repeat(1, cond - uncond, 1)], dim=1)
             joined = torch.cat([negative_rows[:, :cond], hidden[n:, :cond]])
             return original(**{**arguments, "encoder_hidden_states": joined})
-        outputs = []
-        for index, length in ((slice(0, n), uncond), (slice(n, 2 * n), cond)):
-            half = {name: _rows(value, index, rows) for name, value in arguments.items()}
-            half["encoder_hidden_states"] = hidden[index, :length]
-            outputs.append(original(**half))
-        if isinstance(outputs[0], tuple):
-            return (torch.cat([outputs[0][0], outputs[1][0]]), *outputs[0][1:])
-        return type(outputs[0])(sample=torch.cat([outputs[0].sample, outputs[1].sample]))
+        return apart(original, arguments, ((slice(0, n), uncond), (slice(n, 2 * n), cond)))
 
     with forward_replaced(unet, forward, signature):
         yield

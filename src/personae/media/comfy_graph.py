@@ -222,7 +222,8 @@ def _prompts(graph: _Graph, node_id: str, inputs: dict, reading: ComfyReading
                            "InpaintModelConditioning.")
     positives, clip = conditioning_texts(graph, positive_id, reading)
     negatives, negative_clip = conditioning_texts(graph, negative_id, reading)
-    positive, negative = joined_prompt(graph, node_id, positives, False), joined_prompt(graph, node_id, negatives, True)
+    positive = joined_prompt(graph, node_id, positives, False, reading)
+    negative = joined_prompt(graph, node_id, negatives, True, reading)
     if negative_clip != clip:
         raise graph.refuse(f"encodes {graph.name(node_id)}'s positive and negative prompts through different CLIP "
                            "chains (clip skip or LoRAs); personae encodes both with one.")

@@ -32,8 +32,9 @@ def text_of(graph, node_id: str, reading) -> tuple[str, tuple]:
     return text, _clip(graph, *graph.link(node_id, inputs, "clip"))
 
 
-def conditioning_texts(graph, node_id: str, reading) -> tuple[list[str], tuple]:
-    """The texts of a CONDITIONING output, in A1111's words, and the one clip chain that encodes them all.
+def conditioning_texts(graph, node_id: str, reading) -> tuple[list[tuple[str, int]], tuple]:
+    """The conds of a CONDITIONING output, each (its text in A1111's words, how many encodings it joins), and the
+    one clip chain that encodes them all.
 
     ComfyUI's conditioning is a list of conds. ConditioningCombine joins two lists, and the sampler averages the
     predictions of a list's conds: A1111's AND with weights 1/n (joined_prompt). ConditioningConcat appends the
@@ -42,31 +43,37 @@ def conditioning_texts(graph, node_id: str, reading) -> tuple[list[str], tuple]:
     kind, inputs = graph.node(node_id, ("CLIPTextEncode", "ConditioningCombine", "ConditioningConcat"))
     if kind == "CLIPTextEncode":
         text, clip = text_of(graph, node_id, reading)
-        return [text], clip
+        return [(text, 1)], clip
     first, second = ("conditioning_1", "conditioning_2") if kind == "ConditioningCombine" else \
         ("conditioning_to", "conditioning_from")
-    texts, clip = conditioning_texts(graph, graph.link(node_id, inputs, first)[0], reading)
+    conds, clip = conditioning_texts(graph, graph.link(node_id, inputs, first)[0], reading)
     others, other_clip = conditioning_texts(graph, graph.link(node_id, inputs, second)[0], reading)
     if other_clip != clip:
         raise graph.refuse(f"joins texts encoded through different CLIP chains (clip skip or LoRAs) in "
                            f"{graph.name(node_id)}; personae encodes every part of a prompt with one.")
     if kind == "ConditioningCombine":
-        return texts + others, clip
-    return [f"{text} BREAK {others[0]}" for text in texts], clip  # ComfyUI too appends only the first
+        return conds + others, clip
+    (appended, pieces), = others[:1]  # ComfyUI too appends only the first
+    return [(f"{text} BREAK {appended}", n + pieces) for text, n in conds], clip
 
 
-def joined_prompt(graph, node_id: str, texts: list[str], negative: bool) -> str:
+def joined_prompt(graph, node_id: str, conds: list[tuple[str, int]], negative: bool, reading) -> str:
     """One prompt in A1111's syntax for a list of conds: ComfyUI's average of their predictions is
     uncond + cfg * sum_i (cond_i - uncond) / n, A1111's AND with weight 1/n on each part."""
-    if len(texts) == 1:
-        return texts[0]
+    if len(conds) == 1:
+        return conds[0][0]
     if negative:
-        raise graph.refuse(f"combines {len(texts)} conditionings into {graph.name(node_id)}'s negative prompt "
+        raise graph.refuse(f"combines {len(conds)} conditionings into {graph.name(node_id)}'s negative prompt "
                            "(ConditioningCombine); A1111 and personae take one negative prompt.",
                            "Join the negative texts with ConditioningConcat (A1111's BREAK), or pass the settings on "
                            "the command line.")
-    weight = repr(1 / len(texts))
-    return " AND ".join(f"{text} :{weight}" for text in texts)
+    if len({pieces for _, pieces in conds}) > 1:
+        reading.notes.append(f"{graph.name(node_id)} combines prompts joined from different numbers of texts "
+                             "(ConditioningConcat), so of different lengths: ComfyUI runs each over its own tokens, "
+                             "personae (as A1111's AND) pads the shorter by repeating its last token, so the picture "
+                             "differs a little")
+    weight = repr(1 / len(conds))
+    return " AND ".join(f"{text} :{weight}" for text, _ in conds)
 
 
 def _clip(graph, node_id: str, output: int) -> tuple:
