@@ -326,6 +326,9 @@ def comfy_not_applied(reading: ComfyReading, settings: GenerateSettings) -> list
                       "file with --embedding FILE:NAME)")
     if reading.vae and not settings.vae:
         missed.append(f'VAELoader "{reading.vae}" (pass it with --vae)')
+    if reading.upscaler and settings.hires_scale and settings.hires_upscaler == "image":  # png_upscaler: not found
+        missed.append(f'UpscaleModelLoader "{reading.upscaler}" (the hires fix resizes with Lanczos here; '
+                      "--upscaler-dir with the folder holding its file would apply it)")
     if reading.checkpoint:
         stem = PureWindowsPath(reading.checkpoint).stem
         if stem not in (Path(settings.model).stem, Path(settings.model).name):

@@ -26,7 +26,7 @@ from pathlib import PureWindowsPath
 
 from personae.errors import UserError
 from personae.media.comfy_controls import CONTROL_INPUTS, control_chain, pass_units
-from personae.media.comfy_hires import SAMPLER_NODES, hires_pass, hires_settings, steps_for
+from personae.media.comfy_hires import HIRES_INPUTS, SAMPLER_NODES, hires_pass, hires_settings, steps_for
 from personae.media.comfy_mask import mask_settings
 from personae.media.comfy_prompts import conditioning_texts, joined_prompt, prompt_notes
 
@@ -56,6 +56,7 @@ INPUTS: dict[str, set[str]] = {
     "SaveImage": {"images", "filename_prefix"},
     "PreviewImage": {"images"},
     **CONTROL_INPUTS,  # ControlNet units on the conditioning (media/comfy_controls.py)
+    **HIRES_INPUTS,  # a hires fix in pixels (media/comfy_hires.py)
 }
 # ComfyUI samplers that draw noise at every step (on the GPU there, from the seed's CPU generator here)
 _NOISY = re.compile(r"ancestral|sde|^lcm$|^ddpm$|^er_sde$")
@@ -67,6 +68,7 @@ class ComfyReading:
     notes: list[str] = field(default_factory=list)  # said whatever the run's options (png_not_applied)
     checkpoint: str = ""  # CheckpointLoaderSimple's ckpt_name, compared with the run's model
     vae: str = ""  # VAELoader's vae_name, if the picture is decoded by one
+    upscaler: str = ""  # an UpscaleModelLoader's file (its stem: the hires upscaler's name), found by --upscaler-dir
     init_image: str = ""  # LoadImage's file, for img2img
     mask: str = ""  # the file the inpainting mask is read from
     embeddings: list[str] = field(default_factory=list)  # `embedding:name` in the texts, by name
@@ -157,7 +159,8 @@ def _last_sampler(graph: _Graph) -> tuple[str, list[str]]:
 
 def _several(graph: _Graph, samplers: list[str]) -> UserError:
     return graph.refuse(f"has {len(samplers)} samplers ({', '.join(graph.name(s) for s in samplers)}) that do not "
-                        "form a hires fix (a first pass, a LatentUpscale or LatentUpscaleBy, a second pass).",
+                        "form a hires fix (a first pass; a LatentUpscale(By), or a VAEDecode, an image upscale and a "
+                        "VAEEncode; a second pass).",
                         "personae reads one sampler, or two as a hires fix. Pass the settings on the command line.")
 
 
@@ -350,6 +353,8 @@ def read_comfy_graph(text: str, source: str) -> ComfyReading:
     if hires:
         data.update(hires_settings(graph, last, values, base, hires[1], (prompt, negative, clip, loras),
                                    _prompts(graph, last, inputs, reading), reading))
+        for link in data.pop("_vaes", ()):  # the hires fix in pixels decodes and encodes with a VAE too
+            _vae(graph, *link, reading)
     reading.units = pass_units(units, data.pop("_units") if hires else None)
     tags = _lora_tags(graph, loras, clip[1], reading)
     if tags:
