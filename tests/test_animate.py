@@ -196,7 +196,8 @@ def test_a_held_session_takes_lora_tags_out_of_the_prompt(tiny_model, tiny_motio
     tagged = animate(with_lora.model_copy(update={"prompt": with_lora.prompt + " <lora:style:1>"}), held)
     assert np.array_equal(pixels(tagged), pixels(plain)) and tagged.parameters == plain.parameters
     assert plain.parameters.count("<lora:style:1>") == 1
-    for tag, expected in (("<lora:style:0.5>", "loaded at weight 1"), ("<lora:other:1>", "not among the LoRAs")):
+    for tag, expected in (("<lora:style:0.5>", "loaded as <lora:style:1>"), ("<lora:style:1:0.5>", "FILE:1:0.5"),
+                          ("<lora:other:1>", "not among the LoRAs")):
         with pytest.raises(UserError, match=expected):
             animate(with_lora.model_copy(update={"prompt": with_lora.prompt + " " + tag}), held)
 

@@ -119,14 +119,18 @@ def test_a_sampler_personae_lacks_stays_by_name_and_is_said(tmp_path):
 
 
 def test_lora_chains_and_clip_skip(tmp_path):
+    """A LoraLoader is <lora:name:w>, or A1111's <lora:name:te:unet> where strength_clip and strength_model differ;
+    a LoraLoaderModelOnly leaves the text encoder alone (te 0), a LoraLoader whose MODEL output goes unused the
+    UNet (unet 0). Nothing of that is drawn otherwise, so nothing is said."""
     data = read(tmp_path, with_lora_chain(default_graph()))
-    assert data["prompt"] == "a photo of a cat <lora:watercolor:0.8> <lora:detail:0.5>"
+    assert data["prompt"] == "a photo of a cat <lora:watercolor:0.8> <lora:detail:0:0.5>"
     assert data["clip_skip"] == 2 and data["negative"] == "lowres, blurry"
-    notes = not_applied(tmp_path, with_lora_chain(default_graph()))
-    assert "LoraLoaderModelOnly node 11 (detail.safetensors) applies to the UNet only" in notes
-    assert "LoraLoader node 10" not in notes  # strength_clip = strength_model: applied as ComfyUI does
-    notes = not_applied(tmp_path, with_lora_chain(default_graph(), strength_clip=0.3))
-    assert "LoraLoader node 10 (styles\\watercolor.safetensors) has strength_clip 0.3 and strength_model 0.8" in notes
+    assert not_applied(tmp_path, with_lora_chain(default_graph())) == ""
+    data = read(tmp_path, with_lora_chain(default_graph(), strength_clip=0.3))
+    assert data["prompt"] == "a photo of a cat <lora:watercolor:0.3:0.8> <lora:detail:0:0.5>"
+    clip_only = with_lora_chain(default_graph())
+    clip_only["11"]["inputs"]["model"] = ["4", 0]  # the LoraLoader's MODEL output unused
+    assert read(tmp_path, clip_only)["prompt"] == "a photo of a cat <lora:detail:0:0.5> <lora:watercolor:0.8:0>"
 
 
 def test_ksampler_advanced_reads_when_it_runs_as_a_ksampler(tmp_path):

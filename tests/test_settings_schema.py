@@ -167,7 +167,7 @@ def test_help_comes_from_the_declarations_with_each_commands_defaults(monkeypatc
             assert " ".join(info.description.split()) in generate, name
     assert '"Steps": sampling steps (default 20)' in generate and '"Steps": sampling steps (default 25)' in animate
     assert '(default "DPM++ 2M Karras")' in generate and "(default DDIM)" in animate
-    assert "--device {auto,cpu,cuda,mps}" in generate and "--lora FILE[:WEIGHT]" in generate
+    assert "--device {auto,cpu,cuda,mps}" in generate and "--lora FILE[:WEIGHT[:UNET]]" in generate
     assert "motion options:" in animate and "ControlNet options:" in generate
 
 

@@ -266,7 +266,7 @@ def test_a_csv_storyboard_reaches_the_style_lora_shot_embeddings_and_any_setting
     assert r.returncode == 0, r.stderr
     record = json.loads((tmp_path / "board/storyboard.json").read_text(encoding="utf-8"))
     settings = record["settings"]
-    assert settings["style_lora"] == {"path": str(lora), "weight": 0.8} and settings["steps"] == 3
+    assert settings["style_lora"] == {"path": str(lora), "weight": 0.8, "unet_weight": None} and settings["steps"] == 3
     assert [e["token"] for e in settings["shot_embeddings"]] == ["<cu_trg>"]
     assert settings["layout"]["title"] == "Act 1" and settings["layout"]["panels_per_row"] == 3  # nested, kept
     assert settings["seed_policy"] == "fixed" and [p["seed"] for p in record["panels"]] == [0, 0]

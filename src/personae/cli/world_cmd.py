@@ -196,7 +196,7 @@ def _add_style(kinds) -> None:
                                      "the shape, colour, background and size still right (docs/world.md, \"A "
                                      "drawing style\").")
     p.add_argument("--model", default="world", help="`world` (the shipped model, default) or a model folder")
-    p.add_argument("--lora", action="append", default=[], type=LoraRef.from_cli, metavar="FILE[:WEIGHT]",
+    p.add_argument("--lora", action="append", default=[], type=LoraRef.from_cli, metavar="FILE[:WEIGHT[:UNET]]",
                    help="the style's LoRA (repeatable); none measures the model as it is")
     p.add_argument("--trigger", default=TRIGGER, help=f'the text after each caption (default "{TRIGGER}", what '
                                                       '`personae prepare --append` wrote)')
@@ -228,7 +228,8 @@ def run_style(args) -> int:
     if args.out:  # a folder that cannot take the record is said now, not after 128 pictures
         check_output(args.out, STYLE_CHECK)
     model = str(WORLD_DIR) if args.model == "world" else args.model
-    session = open_session(model, device="cpu", loras=[(r["path"], r["weight"]) for r in args.lora])
+    loras = [(r["path"], r["weight"], r.get("unet_weight")) for r in args.lora]
+    session = open_session(model, device="cpu", loras=loras)
     progress = TerminalProgress(quiet=args.quiet)
     try:
         with torch.no_grad():

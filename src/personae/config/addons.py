@@ -24,12 +24,15 @@ def _split_last(text: str, sep: str = ":") -> tuple[str, str] | None:
 
 
 class LoraRef(Strict):
-    """A LoRA file applied at a strength (A1111's <lora:name:weight>)."""
+    """A LoRA file applied at a strength (A1111's <lora:name:weight>, or <lora:name:te:unet>)."""
 
-    CLI_FORM: ClassVar[str] = "FILE[:WEIGHT]"
+    CLI_FORM: ClassVar[str] = "FILE[:WEIGHT[:UNET]]"
 
     path: str = setting(description=".safetensors in kohya/A1111 or diffusers/peft layout, or a peft adapter folder")
-    weight: float = setting(1.0, "strength; 0 disables, 1 is as trained, negative inverts")
+    weight: float = setting(1.0, "strength; 0 disables, 1 is as trained, negative inverts (the text encoder's, and "
+                                 "the UNet's unless unet_weight is given)")
+    unet_weight: float | None = setting(None, "the UNet's strength where it differs from the text encoder's (A1111's "
+                                              "<lora:name:te:unet>, ComfyUI's strength_model)")
 
     @model_validator(mode="before")
     @classmethod
@@ -42,9 +45,16 @@ class LoraRef(Strict):
         split = _split_last(text)
         if split:
             try:
-                return {"path": split[0], "weight": float(split[1])}
+                weight = float(split[1])
             except ValueError:
-                pass
+                return {"path": text, "weight": 1.0}
+            again = _split_last(split[0])  # FILE:TE:UNET, as A1111's tag orders them
+            if again:
+                try:
+                    return {"path": again[0], "weight": float(again[1]), "unet_weight": weight}
+                except ValueError:
+                    pass
+            return {"path": split[0], "weight": weight}
         return {"path": text, "weight": 1.0}
 
 

@@ -166,7 +166,8 @@ def open_animate_session(session: Session, adapter, motion: MotionSource) -> Ani
     adapter = adapter.to(device=session.device, dtype=session.dtype)
     base = session.pipe
     try:
-        unet = motion_unet(base.unet, adapter, {l.adapter: l.weight for l in session.loras})
+        unet = motion_unet(base.unet, adapter, {l.adapter: l.weight if l.unet_weight is None else l.unet_weight
+                                                 for l in session.loras})
     except ValueError as exc:  # from_unet2d: block counts or layers per block differ
         raise UserError(f"The motion adapter {motion.location} does not fit the model {session.source.name}: {exc}.",
                         "Use a motion adapter made for this model family (Stable Diffusion 1.x adapters for SD-1.x models).") from None
@@ -227,7 +228,7 @@ def clip_infotext(settings: AnimateSettings, animate_session: AnimateSession, se
         "Context": f"{settings.context}/{settings.context_stride}" if settings.frames > settings.context else None,
         "Version": f"personae {__version__}",
     }
-    prompt = settings.prompt + "".join(f" <lora:{l.name}:{l.weight:g}>" for l in session.loras)
+    prompt = settings.prompt + "".join(f" {l.tag}" for l in session.loras)
     return format_parameters(prompt, settings.negative, params)
 
 
@@ -237,17 +238,20 @@ def held_lora_tags(settings: AnimateSettings, session) -> AnimateSettings:
     prompt, tags = lora_tags(settings.prompt)
     if not tags:
         return settings
-    loaded = {l.name: l.weight for l in session.loras}
+    loaded = {l.name: l for l in session.loras}
     for tag in tags:
         if tag.name not in loaded:
             raise UserError(f"The prompt asks for the LoRA {tag.text}, which is not among the LoRAs loaded for this "
                             f"clip ({', '.join(loaded) or 'none'}).", "Add the file to the clip's LoRAs (--lora), "
                             "or take the tag out of the prompt.")
-        if abs(tag.weight - loaded[tag.name]) > 1e-6:
-            raise UserError(f"The prompt asks for the LoRA {tag.text}, but it is loaded at weight "
-                            f"{loaded[tag.name]:g} for these clips (a clip's LoRA weights are fixed when its motion "
-                            "model is built).", f"Write <lora:{tag.name}:{loaded[tag.name]:g}>, or start a new run "
-                            f"with --lora FILE:{tag.weight:g}.")
+        have = loaded[tag.name]
+        unet = (tag.weight if tag.unet_weight is None else tag.unet_weight,
+                have.weight if have.unet_weight is None else have.unet_weight)
+        if abs(tag.weight - have.weight) > 1e-6 or abs(unet[0] - unet[1]) > 1e-6:
+            asked = f"{tag.weight:g}" + ("" if tag.unet_weight is None else f":{tag.unet_weight:g}")
+            raise UserError(f"The prompt asks for the LoRA {tag.text}, but it is loaded as {have.tag} for these clips "
+                            "(a clip's LoRA weights are fixed when its motion model is built).",
+                            f"Write {have.tag}, or start a new run with --lora FILE:{asked}.")
     return settings.model_copy(update={"prompt": prompt})
 
 
@@ -263,7 +267,7 @@ def open_for(settings: AnimateSettings, on_event: EventHandler = ignore) -> Anim
     adapter = load_motion_adapter(motion)
     check_context(settings, int(adapter.config.motion_max_seq_length), motion.name)
     session = open_session(settings.model, settings.device, settings.dtype, settings.allow_pickle,
-                           loras=[(l.path, l.weight) for l in settings.loras],
+                           loras=[(l.path, l.weight, l.unet_weight) for l in settings.loras],
                            embeddings=[(e.path, e.token) for e in settings.embeddings], on_event=on_event,
                            vae=settings.vae, runtime=settings)
     return open_animate_session(session, adapter, motion)

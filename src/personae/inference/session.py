@@ -83,24 +83,24 @@ class Session:
         if loras is None or not self.loras:
             yield self.loras if loras is None else loras
             return
-        chosen = {lora.adapter: lora.weight for lora in loras}
+        chosen = {lora.adapter: lora.adapter_weight for lora in loras}
         adapters = [lora.adapter for lora in self.loras]
         self.pipe.set_adapters(adapters, adapter_weights=[chosen.get(a, 0.0) for a in adapters])
         try:
             yield loras
         finally:
-            self.pipe.set_adapters(adapters, adapter_weights=[lora.weight for lora in self.loras])
+            self.pipe.set_adapters(adapters, adapter_weights=[lora.adapter_weight for lora in self.loras])
 
 
 def open_session(model: str, device: str = "auto", dtype: str = "auto", allow_pickle: bool = False,
-                 loras: list[tuple[str, float]] = (), embeddings: list[tuple[str, str | None]] = (),
+                 loras: list[tuple] = (), embeddings: list[tuple[str, str | None]] = (),
                  on_event: EventHandler = ignore, vae: str | None = None,
                  runtime: RuntimeSettings | None = None) -> Session:
     """Resolve and load a model, put `vae` (a folder or file) in place of its VAE, apply LoRAs and embeddings,
     then the speed and memory switches of `runtime` (its device and dtype are `device` and `dtype`), and move it."""
     # 1. check inputs before any heavy work
     source = resolve_model(model, allow_pickle=allow_pickle)
-    for path, _ in loras:  # a bad add-on fails before the model loads
+    for path, *_ in loras:  # a bad add-on fails before the model loads
         check_lora_path(path, allow_pickle)  # a file, or a peft adapter folder
     for path, _ in embeddings:
         check_embedding_path(path, allow_pickle)  # a tensor file or an A1111 embedding card

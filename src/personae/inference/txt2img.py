@@ -87,7 +87,7 @@ class GeneratedImage:
 
 def session_for(settings: GenerateSettings, on_event: EventHandler = ignore) -> Session:
     return open_session(settings.model, settings.device, settings.dtype, settings.allow_pickle,
-                        loras=[(l.path, l.weight) for l in settings.loras],
+                        loras=[(l.path, l.weight, l.unet_weight) for l in settings.loras],
                         embeddings=[(e.path, e.token) for e in settings.embeddings], on_event=on_event,
                         vae=settings.vae, runtime=settings)
 
@@ -126,7 +126,7 @@ def infotext(settings: GenerateSettings, session: Session, seed: int, width: int
         **({"Pad conds v0": True} if padded and settings.pad_conds == "v0" else {}),
         "Version": f"personae {__version__}",
     }
-    prompt = settings.prompt + "".join(f" <lora:{l.name}:{l.weight:g}>" for l in loras)
+    prompt = settings.prompt + "".join(f" {l.tag}" for l in loras)
     return format_parameters(prompt, settings.negative, params)
 
 
@@ -144,7 +144,7 @@ def session_lora_tags(settings: GenerateSettings, session: Session, loras: list[
             raise UserError(f"The prompt asks for the LoRA {tag.text}, which is not among the LoRAs loaded for this "
                             f"run ({', '.join(by_name) or 'none'}).", "Add the file to the run's LoRAs (--lora or the "
                             "file's `loras:`), or take the tag out of the prompt.")
-        chosen[tag.name] = replace(by_name[tag.name], weight=tag.weight)
+        chosen[tag.name] = replace(by_name[tag.name], weight=tag.weight, unet_weight=tag.unet_weight)
     return settings.model_copy(update={"prompt": prompt}), list(chosen.values())
 
 
@@ -188,9 +188,9 @@ def _each_drawn(settings: GenerateSettings, session: Session | None, on_event: E
         loaded = expand_lora_tags(settings.model_copy(update={"prompt": named}))
         every = "\n".join(text for pair in drawn for text in pair)  # and the embeddings any drawn prompt names
         loaded = expand_embedding_names(loaded.model_copy(update={"prompt": every, "negative": ""}))
-        given = {Path(l.path).expanduser().resolve(): l.weight for l in settings.loras}  # --lora keeps its weight
+        given = {Path(l.path).expanduser().resolve(): l for l in settings.loras}  # --lora keeps its weights
         session = session_for(loaded.model_copy(update={"loras": [
-            l.model_copy(update={"weight": given.get(Path(l.path).expanduser().resolve(), l.weight)})
+            given.get(Path(l.path).expanduser().resolve(), l).model_copy(update={"path": l.path})
             for l in loaded.loras]}), on_event)
     results = []
     for i, ((prompt, negative), image_seed, image_subseed) in enumerate(zip(drawn, seeds, subseeds)):
@@ -201,7 +201,8 @@ def _each_drawn(settings: GenerateSettings, session: Session | None, on_event: E
             text, tags = lora_tags(prompt)
             chosen = {l.name: l for l in session.loras if l.weight}
             by_name = {l.name: l for l in session.loras}
-            chosen.update({tag.name: replace(by_name[tag.name], weight=tag.weight) for tag in tags})
+            chosen.update({tag.name: replace(by_name[tag.name], weight=tag.weight, unet_weight=tag.unet_weight)
+                           for tag in tags})
             image_loras, stored = list(chosen.values()), expand_lora_tags(one).loras
             one = one.model_copy(update={"prompt": text})
         on_event(Progress("images", i, count))
@@ -327,7 +328,9 @@ def txt2img(settings: GenerateSettings, session: Session | None = None, on_event
                                       settings.hires_negative or settings.negative, settings.clip_skip,
                                       hires_sampler.prompt_steps(settings.hires_steps or settings.steps), n,
                                       session.dtype, settings.emphasis)
-    for positive, negative in prompts.every_pair() + (hires_prompts.every_pair() if settings.hires_scale else []):
+    with torch.no_grad(), session.lora_weights(loras):  # every text encoded now, through this call's LoRA weights
+        pairs = prompts.every_pair() + (hires_prompts.every_pair() if settings.hires_scale else [])
+    for positive, negative in pairs:
         check_embeddings(positive.embeds)  # NaN from emphasis or an embedding file: said before any denoising
         check_embeddings(negative.embeds, "negative prompt")
     positive = prompts.pair(0)[0]

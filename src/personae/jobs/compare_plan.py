@@ -155,7 +155,7 @@ def _with_controls(rows: list[Row], v: Variant, suite: CompareSuite) -> list[Row
 def _variant_rows(v: Variant, base_model: str) -> list[Row]:
     if v.run:
         return _run_rows(v, base_model)
-    loras = ([(v.lora, v.weight)] if v.lora else []) + [(l.path, l.weight) for l in v.loras]
+    loras = ([(v.lora, v.weight)] if v.lora else []) + [(l.path, l.weight, l.unet_weight) for l in v.loras]
     embeddings = [(v.embedding, None)] if v.embedding else []
     changed = {k: getattr(v, k) for k in ("steps", "cfg", "sampler") if getattr(v, k) is not None}
     if loras:

@@ -114,7 +114,7 @@ def _bake_loras(pipe, settings: MergeSettings, single_file: bool, on_event: Even
             raise UserError(f"{ref.path} bundles embeddings ({', '.join(lora.embeddings)}): their tokens would join "
                             "the tokenizer, which a single checkpoint file does not carry.",
                             "Write a diffusers folder (an OUT not ending in .safetensors), or leave the LoRA out.")
-    loaded = load_loras(pipe, [(ref.path, ref.weight) for ref in settings.loras], settings.allow_pickle)
+    loaded = load_loras(pipe, [(r.path, r.weight, r.unet_weight) for r in settings.loras], settings.allow_pickle)
     # the changes kept beside the layers (OFT, BOFT, GLoRA, IA3, input-axis DoRA, norms, embeddings) as weight
     # changes, computed from the weights before the LoRA pairs are fused, then added after: the sum the layers gave
     beside = take_patches(pipe.unet) + take_patches(pipe.text_encoder)
@@ -122,7 +122,7 @@ def _bake_loras(pipe, settings: MergeSettings, single_file: bool, on_event: Even
     pipe.unload_lora_weights()
     add_changes(beside)
     for l in loaded:
-        on_event(Message(f"baked {l.name} at {l.weight:g} ({l.layout})"))
+        on_event(Message(f"baked {l.tag} ({l.layout})"))
 
 
 def _check_out(models: list[str], out: Path, single_file: bool, overwrite: bool) -> None:

@@ -192,7 +192,7 @@ def _draw(settings: StoryboardSettings, only: set[int] | None, font: str, previo
     panels_dir.mkdir(parents=True, exist_ok=True)
     # 2. one loaded model with the style LoRA, character LoRAs and the shot / character tokens
     session = open_session(settings.model, settings.device, settings.dtype,
-                           loras=[(l.path, l.weight) for l in addon_loras(settings)],
+                           loras=[(l.path, l.weight, l.unet_weight) for l in addon_loras(settings)],
                            embeddings=[(e.path, e.token) for e in addon_embeddings(settings)], on_event=on_event,
                            runtime=settings)
     loaded = {e.token for e in session.embeddings}

@@ -29,6 +29,7 @@ from personae.media.comfy_controls import CONTROL_INPUTS, control_chain, pass_un
 from personae.media.comfy_hires import HIRES_INPUTS, SAMPLER_NODES, hires_pass, hires_settings, steps_for
 from personae.media.comfy_mask import mask_settings
 from personae.media.comfy_prompts import conditioning_texts, joined_prompt, prompt_notes
+from personae.media.png import lora_tag
 
 # the inputs of each node class personae places (ComfyUI's nodes.py; "upload" is LoadImage's upload widget)
 INPUTS: dict[str, set[str]] = {
@@ -237,23 +238,19 @@ def _prompts(graph: _Graph, node_id: str, inputs: dict, reading: ComfyReading
     return positive, negative, clip, loras, checkpoint, units
 
 
-def _lora_tags(graph: _Graph, loras: tuple, clip_loras: tuple, reading: ComfyReading) -> str:
-    """A1111's <lora:name:weight> tags (found through --lora-dir), at strength_model; what differs is said."""
+def _lora_tags(graph: _Graph, loras: tuple, clip_loras: tuple) -> str:
+    """A1111's <lora:name:weight> tags (found through --lora-dir): <lora:name:te:unet> where the file's text-encoder
+    strength (strength_clip; 0 for a LoraLoaderModelOnly, which leaves the text encoder alone) differs from its
+    UNet strength (strength_model; 0 for a LoraLoader whose MODEL output goes unused)."""
     clip_strength = dict(clip_loras)
     tags = []
     for node_id, name, strength in reversed(loras):  # the checkpoint's end first, as ComfyUI applies them
         stem = PureWindowsPath(name).stem  # ComfyUI names "sub\\file.safetensors" on Windows
-        tags.append(f"<lora:{stem}:{strength:g}>")
-        te = clip_strength.pop(node_id, None)
-        if te is None:
-            reading.notes.append(f"{graph.name(node_id)} ({name}) applies to the UNet only in ComfyUI; personae "
-                                 f"applies a LoRA file's text-encoder part too, at {strength:g}")
-        elif te != strength:
-            reading.notes.append(f"{graph.name(node_id)} ({name}) has strength_clip {te:g} and strength_model "
-                                 f"{strength:g}; personae applies one weight per LoRA file, {strength:g}, to both")
-    for node_id in clip_strength:
-        raise graph.refuse(f"applies {graph.name(node_id)} to the text encoder only; personae applies a LoRA to the "
-                           "model and its text encoder together.")
+        tags.append(lora_tag(stem, clip_strength.pop(node_id, 0.0), strength))
+    for node_id, te in reversed(clip_loras):  # on the text encoder only
+        if node_id in clip_strength:
+            name = graph.value(node_id, graph.nodes[node_id]["inputs"], "lora_name", str)
+            tags.append(lora_tag(PureWindowsPath(name).stem, te, 0.0))
     return " ".join(tags)
 
 
@@ -356,7 +353,7 @@ def read_comfy_graph(text: str, source: str) -> ComfyReading:
         for link in data.pop("_vaes", ()):  # the hires fix in pixels decodes and encodes with a VAE too
             _vae(graph, *link, reading)
     reading.units = pass_units(units, data.pop("_units") if hires else None)
-    tags = _lora_tags(graph, loras, clip[1], reading)
+    tags = _lora_tags(graph, loras, clip[1])
     if tags:
         data["prompt"] = f"{prompt} {tags}".strip()
     _decoded(graph, last, reading)

@@ -43,6 +43,14 @@ def format_number(value: float) -> str:
     return f"{value:g}"
 
 
+def lora_tag(name: str, weight: float, unet_weight: float | None = None) -> str:
+    """A1111's prompt tag for a LoRA: <lora:name:w>, or <lora:name:te:unet> when the UNet's weight differs from the
+    text encoder's (A1111's order, extra_networks_lora.py)."""
+    if unet_weight is None or unet_weight == weight:
+        return f"<lora:{name}:{weight:g}>"
+    return f"<lora:{name}:{weight:g}:{unet_weight:g}>"
+
+
 def format_parameters(prompt: str, negative: str, params: dict[str, object]) -> str:
     """A1111 infotext. Values with commas or quotes are quoted, as A1111 does."""
     parts = []

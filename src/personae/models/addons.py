@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 
 from personae.errors import UserError
+from personae.media.png import lora_tag
 from personae.models.embedding_images import is_picture, read_embedding_picture
 from personae.models.layer_patches import install
 from personae.models.lora_layouts import (
@@ -44,11 +45,29 @@ from personae.models.tensor_files import flat_tensors, read_tensors
 @dataclass(frozen=True)
 class LoadedLora:
     name: str  # file stem, as A1111 names it in <lora:name:w>
-    weight: float
+    weight: float  # the text encoder's, and the UNet's unless unet_weight says otherwise (A1111's <lora:name:te:unet>)
     hash: str  # A1111's "Lora hashes" value
     adapter: str = ""  # the diffusers adapter name (for set_adapters)
     layout: str = ""  # what the file was read as (naming and kinds), for messages
     tokens: tuple[str, ...] = ()  # embeddings bundled in the file (bundle_emb), added to the tokenizer
+    unet_weight: float | None = None  # the UNet's weight where it differs from the text encoder's
+
+    @property
+    def adapter_weight(self) -> float | dict[str, float]:
+        """The weight as diffusers' set_adapters takes it: one number, or one per component."""
+        return adapter_weight(self.weight, self.unet_weight)
+
+    @property
+    def tag(self) -> str:
+        """A1111's prompt tag for this LoRA at its weights."""
+        return lora_tag(self.name, self.weight, self.unet_weight)
+
+
+def adapter_weight(weight: float, unet_weight: float | None = None) -> float | dict[str, float]:
+    """set_adapters' weight of a LoRA whose text encoder is at `weight` and UNet at `unet_weight` (None: the same)."""
+    if unet_weight is None or unet_weight == weight:
+        return weight
+    return {TEXT: weight, UNET: unet_weight}
 
 
 @dataclass(frozen=True)
@@ -167,15 +186,23 @@ def add_lora_adapter(pipe, lora: LoraFile, adapter: str) -> None:
         raise
 
 
-def _carrier(pipe) -> dict:
-    """A zero rank-1 change on conv_in: the peft layer that carries the weight of a file whose changes all sit
-    beside their layers (layer_patches read it there); it adds exactly nothing."""
-    out, inp, *kernel = pipe.unet.conv_in.weight.shape
-    return {(UNET, "conv_in"): LowRank(torch.zeros(1, inp, *kernel), torch.zeros(out, 1, 1, 1), 1.0)}
+def _carrier(pipe, component: str) -> dict:
+    """A zero rank-1 change (on the UNet's conv_in, the text encoder's first query projection): the peft layer
+    that carries the component's weight for a file whose changes there all sit beside their layers (layer_patches
+    read it there); it adds exactly nothing."""
+    if component == UNET:
+        out, inp, *kernel = pipe.unet.conv_in.weight.shape
+        return {(UNET, "conv_in"): LowRank(torch.zeros(1, inp, *kernel), torch.zeros(out, 1, 1, 1), 1.0)}
+    module = next(name for name, _ in pipe.text_encoder.named_modules() if name.endswith("layers.0.self_attn.q_proj"))
+    out, inp = pipe.text_encoder.get_submodule(module).weight.shape
+    return {(TEXT, module): LowRank(torch.zeros(1, inp), torch.zeros(out, 1), 1.0)}
 
 
 def _add_lora_adapter(pipe, lora: LoraFile, adapter: str) -> None:
-    changes = lora.changes or _carrier(pipe)
+    changes = dict(lora.changes)
+    for component in dict.fromkeys([c for c, _ in lora.patches] or ([] if changes else [UNET])):
+        if not any(c == component for c, _ in changes):  # the patches' weight follows a layer of their own model
+            changes.update(_carrier(pipe, component))
     for component in (UNET, TEXT):
         state, config = peft_layers(changes, component)
         if not state:
@@ -195,21 +222,25 @@ def _add_lora_adapter(pipe, lora: LoraFile, adapter: str) -> None:
         if placed != len(config["target_modules"]):  # our placement and peft's disagree: a bug, not the user's file
             raise RuntimeError(f"{lora.path}: {placed} of {len(config['target_modules'])} {component} layers got the LoRA")
     if lora.patches:  # norms, embeddings, OFT / GLoRA / IA3: their weight follows one of the adapter's peft layers
-        from peft.tuners.lora import LoraLayer
+        from peft.tuners.lora import LoraLayer  # in the same model, so a text-encoder weight apart holds for them
 
-        root, path = next((model, name) for model in (pipe.unet, pipe.text_encoder) for name, m in model.named_modules()
-                          if isinstance(m, LoraLayer) and adapter in m.lora_A)
+        anchors = {component: next(name for name, m in getattr(pipe, component).named_modules()
+                                   if isinstance(m, LoraLayer) and adapter in m.lora_A)
+                   for component in {c for c, _ in lora.patches}}
         for (component, module), patch in lora.patches.items():
-            layer = getattr(pipe, component).get_submodule(module)
-            install(getattr(layer, "base_layer", layer), adapter, patch, root, path)  # under any peft LoRA layer
+            root = getattr(pipe, component)
+            layer = root.get_submodule(module)
+            install(getattr(layer, "base_layer", layer), adapter, patch, root, anchors[component])
 
 
-def load_loras(pipe, loras: list[tuple[str, float]], allow_pickle: bool = False) -> list[LoadedLora]:
-    """Load LoRA files (any layout, see lora_layouts) as named adapters and set their weights; embeddings bundled
-    in them (bundle_emb, as A1111 reads them) join the tokenizer under their own tokens, whatever the weight."""
+def load_loras(pipe, loras: list[tuple], allow_pickle: bool = False) -> list[LoadedLora]:
+    """Load LoRA files (any layout, see lora_layouts) as named adapters and set their weights: (path, weight) or
+    (path, text encoder's weight, UNet's weight); embeddings bundled in them (bundle_emb, as A1111 reads them) join
+    the tokenizer under their own tokens, whatever the weight."""
     width = pipe.text_encoder.get_input_embeddings().weight.shape[1]
+    loras = [(path, weight, unet[0] if unet else None) for path, weight, *unet in loras]
     read = []
-    for path, _ in loras:  # every file read and checked before the pipeline changes
+    for path, _, _ in loras:  # every file read and checked before the pipeline changes
         p = Path(path).expanduser()
         lora = read_lora(pipe, p, allow_pickle)
         if not lora.changes and not lora.patches:
@@ -220,15 +251,16 @@ def load_loras(pipe, loras: list[tuple[str, float]], allow_pickle: bool = False)
         read.append((p, lora, bundled))
     _check_tokens(pipe, [(token, p) for _, _, bundled in read for token, p, _ in bundled], bundled=True)
     loaded, names = [], []
-    for i, ((p, lora, bundled), (_, weight)) in enumerate(zip(read, loras)):
+    for i, ((p, lora, bundled), (_, weight, unet_weight)) in enumerate(zip(read, loras)):
         name = f"lora{i}_" + re.sub(r"[^\w-]", "_", p.stem)  # peft adapter names must not contain dots
         add_lora_adapter(pipe, lora, name)
         names.append(name)
         weights = lora_sources(p)[0][0]  # a folder: its (first) adapter file
         loaded.append(LoadedLora(p.stem, weight, file_sha256(weights, skip_safetensors_header=True)[:12], name,
-                                 lora.layout, tuple(token for token, _, _ in bundled)))
+                                 lora.layout, tuple(token for token, _, _ in bundled),
+                                 None if unet_weight == weight else unet_weight))
     if names:
-        pipe.set_adapters(names, adapter_weights=[w for _, w in loras])
+        pipe.set_adapters(names, adapter_weights=[lora.adapter_weight for lora in loaded])
     _add_tokens(pipe, [(token, v) for _, _, bundled in read for token, _, v in bundled])
     return loaded
 

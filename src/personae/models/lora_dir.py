@@ -3,9 +3,9 @@
     prompt, tags = lora_tags("a cat <lora:watercolor:0.8>")     # "a cat", [LoraTag("watercolor", 0.8)]
     path = find_lora("watercolor", "~/stable-diffusion-webui")  # .../models/Lora/watercolor.safetensors
 
-As in A1111: `<lora:name>` is weight 1; `<lyco:...>` is the same tag (LyCORIS files load as LoRAs here);
-`<lora:name:te:unet>` gives the text-encoder and UNet weights separately, and personae applies one weight per
-file, the first. A name is a file stem anywhere under the folder (subfolders included) or its path without the
+As in A1111 (extra_networks_lora.py): `<lora:name>` is weight 1; `<lyco:...>` is the same tag (LyCORIS files load
+as LoRAs here); `<lora:name:te:unet>` gives the text encoder's and the UNet's weights apart (the UNet's is the text
+encoder's when left out), also written `te=0.8` / `unet=0.5`; `dyn=` (DyLoRA's rank cut) is refused. A name is a file stem anywhere under the folder (subfolders included) or its path without the
 extension (`styles/watercolor`); a folder given as an A1111 webui folder is searched in `models/Lora` and
 `models/LyCORIS`. The file's content is checked when it loads (models/addons.py), like any `--lora FILE`.
 """
@@ -26,8 +26,33 @@ _TAG = re.compile(r"<(lora|lyco):([^:>]+)((?::[^:>]*)*)>", re.IGNORECASE)
 @dataclass(frozen=True)
 class LoraTag:
     name: str
-    weight: float
+    weight: float  # the text encoder's, and the UNet's unless unet_weight is given
     text: str  # the tag as written, for messages
+    unet_weight: float | None = None
+
+
+def _weights(args: list[str], text: str) -> tuple[float, float | None]:
+    """(text encoder's weight, UNet's or None) of a tag's arguments after the name, as A1111 reads them: the first
+    two numbers in order, or by name (te=, unet=)."""
+    positional, named = [], {}
+    for arg in args:
+        key, sep, value = arg.partition("=")
+        if sep:
+            named[key.strip()] = value.strip()
+        elif arg:
+            positional.append(arg)
+    if "dyn" in named or len(positional) > 2 or set(named) - {"te", "unet", "dyn"}:
+        raise UserError(f"The prompt tag {text} asks for more than a LoRA's weights (A1111's dyn=, DyLoRA's rank cut, "
+                        "or an argument A1111 does not read); personae applies the file's full rank.",
+                        "Write it as <lora:name:0.8>, or <lora:name:TE:UNET> for the text encoder's and the UNet's "
+                        "weights apart.")
+    try:
+        weight = float(named.get("te", positional[0] if positional else 1.0))
+        unet = named.get("unet", positional[1] if len(positional) > 1 else None)
+        return weight, None if unet is None else float(unet)
+    except ValueError:
+        raise UserError(f"The prompt tag {text} has a weight that is not a number.",
+                        "Write it as <lora:name:0.8>, or <lora:name:TE:UNET>.") from None
 
 
 def lora_tags(prompt: str) -> tuple[str, list[LoraTag]]:
@@ -35,15 +60,8 @@ def lora_tags(prompt: str) -> tuple[str, list[LoraTag]]:
     tags = []
     for match in _TAG.finditer(prompt):
         name, args = match.group(2).strip(), [a.strip() for a in match.group(3).split(":")[1:]]
-        text = match.group(0)
-        weight = 1.0
-        if args and args[0]:
-            try:
-                weight = float(args[0].removeprefix("te="))
-            except ValueError:
-                raise UserError(f'The prompt tag {text} has the weight "{args[0]}", which is not a number.',
-                                "Write it as <lora:name:0.8>.") from None
-        tags.append(LoraTag(name, weight, text))
+        weight, unet = _weights(args, match.group(0))
+        tags.append(LoraTag(name, weight, match.group(0), None if unet == weight else unet))
     return re.sub(r" {2,}", " ", _TAG.sub("", prompt)).strip(), tags  # as A1111: the tag goes, commas stay
 
 
@@ -78,7 +96,7 @@ def find_lora(name: str, lora_dir: str | Path | None, tag: str = "") -> Path:
 
 def expand_lora_tags(settings):
     """`settings` (any with prompt, loras, lora_dir) with the prompt's tags taken out and their files added to
-    `loras`, as if each had been passed as --lora FILE:WEIGHT (a tag naming a file already given sets its weight)."""
+    `loras`, as if each had been passed as --lora FILE:WEIGHT (a tag naming a file already given sets its weights)."""
     prompt, tags = lora_tags(settings.prompt)
     if not tags:
         return settings
@@ -87,7 +105,7 @@ def expand_lora_tags(settings):
         path = str(find_lora(tag.name, settings.lora_dir, tag.text))
         same = [ref for ref in loras if Path(ref["path"]).expanduser().resolve() == Path(path)]
         if same:
-            same[0]["weight"] = tag.weight
+            same[0].update(weight=tag.weight, unet_weight=tag.unet_weight)
         else:
-            loras.append({"path": path, "weight": tag.weight})
+            loras.append({"path": path, "weight": tag.weight, "unet_weight": tag.unet_weight})
     return type(settings).model_validate({**settings.model_dump(), "prompt": prompt, "loras": loras})
