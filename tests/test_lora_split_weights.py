@@ -38,8 +38,9 @@ def _both(pipe, path, seed=0, patch=False):
     `patch`, a change of the text encoder's first layer norm too (a change beside its layer, layer_patches.py)."""
     g = torch.Generator().manual_seed(seed)
     tensors = {}
-    for prefix, model, pick in (("lora_unet_", pipe.unet, lambda n: n.endswith("attn1.to_q")),
-                                ("lora_te_text_model_", pipe.text_encoder, lambda n: n.endswith("layers.0.self_attn.q_proj"))):
+    for prefix, model, pick in (
+            ("lora_unet_", pipe.unet, lambda n: n.endswith("attn1.to_q")),
+            ("lora_te_text_model_", pipe.text_encoder, lambda n: n.endswith("layers.0.self_attn.q_proj"))):
         for name, module in model.named_modules():
             if pick(name):
                 key = prefix + name.removeprefix("text_model.").replace(".", "_")  # kohya's names in any transformers
@@ -138,6 +139,7 @@ def test_merge_bakes_each_models_own_weight(tiny_model, tiny_session, tmp_path):
     halves = _halves(both)
     baked = run_merge([str(tiny_model[0])], tmp_path / "baked", MergeSettings(method="none", loras=[f"{both}:0.6:1"]))
     alone = _draw(baked)
-    by_halves = _draw(tiny_model[0], loras=[{"path": halves["te"], "weight": 0.6}, {"path": halves["unet"], "weight": 1}])
+    by_halves = _draw(tiny_model[0], loras=[{"path": halves["te"], "weight": 0.6},
+                                            {"path": halves["unet"], "weight": 1.0}])
     assert np.abs(_px(alone) - _px(by_halves)).max() <= 2
     assert np.abs(_px(alone) - _px(_draw(tiny_model[0], loras=[{"path": str(both), "weight": 0.6}]))).max() > 5
