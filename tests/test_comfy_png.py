@@ -99,7 +99,7 @@ def test_the_default_workflow_reads_as_its_txt2img_settings(tmp_path):
     data = read(tmp_path, default_graph())
     assert data == {"prompt": "a photo of a cat", "negative": "lowres, blurry", "seed": BIG_SEED, "steps": 20,
                     "cfg": 8.0, "sampler": "Euler", "clip_skip": 1, "width": 512, "height": 768, "batch_size": 1,
-                    "rng": "CPU", "pad_conds": "off", "quantize": True}
+                    "rng": "CPU", "pad_conds": "off", "quantize": True, "emphasis": "ComfyUI"}
     GenerateSettings(model="m", **data)  # a seed above 2**32 is a valid personae seed
     assert not_applied(tmp_path, default_graph()) == ""  # same checkpoint name, nothing else to say
 
@@ -185,11 +185,11 @@ def test_what_comfyui_draws_differently_is_said(tmp_path):
     assert read(tmp_path, graph)["prompt"] == "a (photo:1.2) of a cat, easynegative"
     notes = not_applied(tmp_path, graph)
     for said in ("batch_size 4: ComfyUI draws the whole batch's starting noise from one seed",
-                 "weighted prompts ((word:1.2))", "without A1111's mean restore",
                  "sampler euler_ancestral: ComfyUI draws its step noise on the GPU",
                  "embedding:easynegative (written as the name; pass --embeddings-dir"):
         assert said in notes, (said, notes)
     assert "embedding" not in not_applied(tmp_path, graph, embeddings=["easynegative.pt"])
+    assert "weighted" not in notes  # weighted as ComfyUI weights them (test_comfy_prompts.py)
     notes = not_applied(tmp_path, default_graph(), model="./tiny")
     assert 'CheckpointLoaderSimple "v1-5-pruned-emaonly.safetensors" (this run uses ./tiny)' in notes
 

@@ -154,3 +154,30 @@ def test_a_combined_and_concatenated_graph_draws_comfyuis_average(tiny_model, ti
     assert np.abs(drawn - by_hand).max() <= 1
     for alone in conds:
         assert np.abs(_comfy_by_hand(tiny_session, [alone], ["lowres"], 5.0, 4, 3) - by_hand).max() > 10
+
+
+def test_weighted_words_are_weighted_as_comfyui_weights_them(tiny_session, tmp_path):
+    """Emphasis "ComfyUI" (set for every ComfyUI picture): a weighted token's embedding is the empty prompt's at its
+    place plus w times the difference (comfy/sd1_clip.py), the text encoder's own outputs computed here; the other
+    tokens as encoded. Not A1111's Original or No norm."""
+    encoder, text_encoder = tiny_session.encoder, tiny_session.pipe.text_encoder
+    prompt = "a photo of a (cat:1.5), ((red))"
+    [chunk] = encoder.token_chunks(prompt)
+    assert sorted({round(w, 4) for _, w in chunk}) == [1.0, 1.21, 1.5]
+    tok = encoder.tokenizer
+    ids = [tok.bos_token_id] + [t for t, _ in chunk] + [tok.eos_token_id]
+    ids += [tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id] * (77 - len(ids))
+    empty = [tok.bos_token_id, tok.eos_token_id] + [ids[-1]] * 75
+    weights = torch.tensor([1.0] + [w for _, w in chunk] + [1.0] * (76 - len(chunk)))[None, :, None]
+    with torch.no_grad():
+        z, z_empty = (text_encoder(torch.tensor([x])).last_hidden_state for x in (ids, empty))
+    by_hand = torch.where(weights != 1, z_empty + weights * (z - z_empty), z)
+    comfy = encoder.encode(prompt, emphasis="ComfyUI").embeds
+    assert torch.allclose(comfy, by_hand, atol=1e-6)
+    assert torch.equal(encoder.encode("a photo of a cat", emphasis="ComfyUI").embeds,
+                       encoder.encode("a photo of a cat").embeds)  # nothing weighted: the text as encoded
+    for other in ("Original", "No norm"):
+        assert (encoder.encode(prompt, emphasis=other).embeds - comfy).abs().max() > 1e-3, other
+    graph = default_graph()
+    graph["6"]["inputs"]["text"] = prompt
+    assert read(tmp_path, graph)["emphasis"] == "ComfyUI" and not_applied(tmp_path, graph) == ""

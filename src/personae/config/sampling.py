@@ -126,10 +126,12 @@ class OptionSettings(Concept):
     eta: float = setting(1.0, '"Eta noise multiplier for ancestral samplers" (infotext "Eta", written when not 1): the '
                               "share of fresh noise Euler a, DPM2 a, DPM++ 2S a and the SDE samplers add at each step; "
                               "0 makes them deterministic", ge=0, le=10)
-    emphasis: Literal["Original", "No norm", "None"] = setting(
+    emphasis: Literal["Original", "No norm", "None", "ComfyUI"] = setting(
         "Original", '"Emphasis" (infotext "Emphasis", written when not Original): how (word:1.2) weights apply; '
                     "Original scales the words' embeddings and restores the chunk's mean, as A1111 always did; No "
-                    "norm leaves the mean as scaled; None ignores the weights")
+                    "norm leaves the mean as scaled; None ignores the weights; ComfyUI moves each weighted word's "
+                    "embedding away from the empty prompt's at its place, empty + w x (word - empty), as ComfyUI's "
+                    "CLIPTextEncode does (--from-png sets it for ComfyUI pictures; A1111 does not read it)")
     ngms: float = setting(0.0, '"NGMS" (A1111\'s "Negative Guidance minimum sigma"): every other model call whose '
                                "sigma is below this runs without the negative prompt (the UNet once, not twice: "
                                "faster, the picture a little different); 0: off", infotext="NGMS", infotext_if="ngms",

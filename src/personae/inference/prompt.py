@@ -6,8 +6,9 @@
   encoded as its own 77-token sequence, and the embeddings are concatenated, as A1111
   does. The UNet's cross-attention takes any sequence length.
 - Weights scale the token embeddings, then the chunk is rescaled to keep its mean (A1111's "Emphasis":
-  Original; "No norm" skips the rescale, "None" ignores the weights)
-  (A1111's method), so `(word:1.0)` equals `word`.
+  Original; "No norm" skips the rescale, "None" ignores the weights), so `(word:1.0)` equals `word`. "ComfyUI"
+  is ComfyUI's CLIPTextEncode: a weighted token's embedding becomes empty + w x (token - empty), `empty` the
+  empty prompt's embedding at the same place.
 - Clip skip K uses the K-th hidden state from the end, passed through the final layer
   norm (K=1 is the normal output).
 """
@@ -149,6 +150,11 @@ class PromptEncoder:
         weights = torch.tensor([1.0] + [w for _, w in chunk] + [1.0] * (CHUNK + 1 - len(chunk)))
         device = getattr(self.pipe, "_execution_device", None) or self.text_encoder.device  # offloaded: the GPU
         z = clip_states(self.text_encoder, torch.tensor([ids], device=device), clip_skip)
+        if emphasis == "ComfyUI" and bool((weights != 1.0).any()):  # comfy/sd1_clip.py, encode_token_weights
+            empty = [bos, eos] + [pad] * CHUNK
+            z_empty = clip_states(self.text_encoder, torch.tensor([empty], device=device), clip_skip)
+            weights = weights.to(device=z.device, dtype=z.dtype)[None, :, None]
+            return torch.where(weights != 1.0, (z - z_empty) * weights + z_empty, z)
         if emphasis != "None" and bool((weights != 1.0).any()):  # A1111's "Emphasis": None ignores the weights
             weights = weights.to(device=z.device, dtype=z.dtype)
             original_mean = z.mean()

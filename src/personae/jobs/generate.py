@@ -158,8 +158,9 @@ def _from_comfy(text: str, source: Path) -> ComfyReading:
     reading = read_comfy_graph(text, str(source))
     # ComfyUI draws the starting noise with torch's CPU generator, and runs a prompt and a negative prompt of other
     # lengths each over its own (it repeats the shorter to a common length, which attention reads the same): A1111's
-    # pad conds off; and it gives the UNet each sigma's nearest whole training step (A1111's K-sampler quantization)
-    reading.settings.update(rng="CPU", pad_conds="off", quantize=True)
+    # pad conds off; it gives the UNet each sigma's nearest whole training step (A1111's K-sampler quantization); and
+    # it weights (word:1.2) from the empty prompt's embedding (emphasis "ComfyUI", inference/prompt.py)
+    reading.settings.update(rng="CPU", pad_conds="off", quantize=True, emphasis="ComfyUI")
     samplers = {}
     for key in ("sampler", "hires_sampler"):
         if key in reading.settings:
@@ -231,7 +232,7 @@ _READ_KEYS = {"Size", "Seed resize from", "Inpaint area", "Masked area padding",
 
 # A1111 keys personae applies at some values only: said as not applied when the picture used another
 _FIXED_VALUES = {"Beta schedule alpha": 0.6, "Beta schedule beta": 0.6}  # A1111's Beta schedule (sigmas.beta)
-_READ_VALUES = {"Emphasis": ("Original", "No norm", "None"),
+_READ_VALUES = {"Emphasis": ("Original", "No norm", "None", "ComfyUI"),
                 "Masked content": get_args(GenerateSettings.model_fields["masked_content"].annotation),
                 "Mask mode": ("Inpaint masked", "Inpaint not masked")}
 

@@ -15,7 +15,6 @@ import re
 from pathlib import PureWindowsPath
 
 _EMBEDDING = re.compile(r"embedding:([^\s,()\[\]:]+)", re.IGNORECASE)
-_EMPHASIS = re.compile(r"(?<!\\)\(")
 _A1111_ONLY = re.compile(r"(?<!\\)\[|\bBREAK\b|\bAND\b")
 
 
@@ -92,8 +91,7 @@ def _clip(graph, node_id: str, output: int) -> tuple:
 
 
 def prompt_notes(texts: list[str], reading) -> None:
-    if any(_EMPHASIS.search(t) for t in texts):
-        reading.notes.append("weighted prompts ((word:1.2)): ComfyUI scales the words without A1111's mean restore, "
-                             "which personae applies, so they draw slightly differently")
+    """What ComfyUI reads as plain text and A1111's syntax does not. Weighted words, (word:1.2), are read alike
+    and weighted as ComfyUI weights them (the reading's emphasis "ComfyUI", jobs/generate.py)."""
     if any(_A1111_ONLY.search(t) for t in texts):
         reading.notes.append("[...], BREAK or AND in the prompts: plain text to ComfyUI, A1111 syntax to personae")
