@@ -263,11 +263,11 @@ def test_the_cli_refuses_a_custom_node_without_a_traceback(tmp_path, capsys):
 
     graph = default_graph()
     graph["3"]["inputs"]["model"] = ["30", 0]
-    graph["30"] = {"class_type": "FreeU_V2", "inputs": {"model": ["4", 0], "b1": 1.3, "b2": 1.4, "s1": 0.9, "s2": 0.2}}
-    code = main(["generate", "--from-png", str(comfy_png(tmp_path / "freeu.png", graph)), "--model", "x",
+    graph["30"] = {"class_type": "PerturbedAttentionGuidance", "inputs": {"model": ["4", 0], "scale": 3.0}}
+    code = main(["generate", "--from-png", str(comfy_png(tmp_path / "pag.png", graph)), "--model", "x",
                  "--out", str(tmp_path / "out")])
     err = " ".join(capsys.readouterr().err.split())  # the paragraph is wrapped to the terminal, around the path
-    assert code != 0 and "FreeU_V2 node 30" in err and "Traceback" not in err
+    assert code != 0 and "PerturbedAttentionGuidance node 30" in err and "Traceback" not in err
 
 
 # -- the pixels

@@ -141,7 +141,7 @@ def test_generated_options_keep_the_names_users_know():
         "--hires-scale", "--hires-resize", "--hires-steps", "--hires-denoise", "--hires-upscaler", "--upscaler-dir",
         "--subseed", "--subseed-strength", "--seed-resize-from-w", "--seed-resize-from-h", "--rng", "--ensd", "--eta",
         "--eta-ddim", "--emphasis", "--quantize", "--img2img-fix-steps", "--schedule-rho", "--schedule-min-sigma",
-        "--schedule-max-sigma", "--discard-penultimate", "--pad-conds", "--hires-prompt",
+        "--schedule-max-sigma", "--discard-penultimate", "--freeu", "--freeu-v2", "--pad-conds", "--hires-prompt",
         "--hires-negative", "--hires-sampler", "--hires-cfg", "--inpaint-area", "--masked-padding",
         "--ad-model", "--ad-prompt", "--ad-negative-prompt", "--ad-confidence", "--ad-mask-k-largest",
         "--ad-dilate-erode", "--ad-mask-blur", "--ad-denoising-strength", "--no-ad-inpaint-only-masked",

@@ -174,6 +174,30 @@ class OptionSettings(Concept):
     eta_ddim: float = setting(0.0, '"Eta for DDIM" (infotext "Eta DDIM", written when not 0): DDIM\'s step noise; 0 '
                                    "is deterministic DDIM, 1 is DDPM-like", ge=0, le=10)
 
+    freeu: str = setting("", "FreeU (Si et al.; ComfyUI's FreeU and FreeU_V2 nodes): \"B1,B2,S1,S2\", the "
+                             "decoder's backbone features scaled by B1 where they are 4x the first block's channels "
+                             "(1280 in SD-1.5) and B2 where 2x (640), its skip features' lowest frequencies by S1 and "
+                             "S2; ComfyUI's defaults are 1.1,1.2,0.9,0.2 (FreeU) and 1.3,1.4,0.9,0.2 (FreeU_V2); "
+                             "empty: off",
+                         infotext="FreeU", infotext_if="freeu", metavar="B1,B2,S1,S2")
+    freeu_v2: bool = setting(False, "FreeU_V2: with --freeu, each backbone scale B weighted by where the features are "
+                                    "strong, 1 + (B - 1) x their channel mean normalised to 0-1",
+                             infotext="FreeU V2", infotext_if=("freeu", "freeu_v2"))
+
+    @field_validator("freeu")
+    @classmethod
+    def _freeu(cls, value: str) -> str:
+        if not value.strip():
+            return ""
+        try:
+            numbers = [float(part) for part in value.split(",")]
+        except ValueError:
+            numbers = []
+        if len(numbers) != 4 or not all(0 <= n <= 10 for n in numbers):
+            raise ValueError(f'FreeU is four numbers from 0 to 10, "B1,B2,S1,S2" (such as 1.3,1.4,0.9,0.2); got '
+                             f'"{value}"')
+        return ",".join(f"{n:g}" for n in numbers)
+
     pad_conds: Literal["on", "off", "v0"] = setting(
         "on", 'a prompt and negative prompt of different lengths (in chunks of 75 tokens): on, the shorter padded '
               'with empty chunks (A1111\'s "Pad prompt/negative prompt", written "Pad conds"); off, each drawn over '

@@ -27,6 +27,7 @@ from personae.errors import UserError
 from personae.events import EventHandler, Message, Progress, ignore
 from personae.inference.composable import ComposablePrompts, scheduled_prompts
 from personae.inference.cond_lengths import pads
+from personae.inference.freeu import freeu_applied
 from personae.inference.controlnet import (
     PreparedControl,
     control_denoise,
@@ -377,7 +378,10 @@ def txt2img(settings: GenerateSettings, session: Session | None = None, on_event
         # passes each compose their own prompt
         first_pass = sampling_pass(prompts, session.pipe.unet, nets, settings, scheduler)
         with torch.no_grad(), session.lora_weights(loras) as used, \
-                nan_guard(session.pipe, [f"{l.name} at {l.weight:g}" for l in used if l.weight]):
+                freeu_applied(session.pipe.unet, settings.freeu, settings.freeu_v2), \
+                nan_guard(session.pipe, [f"{l.name} at {l.weight:g}" + (f" (UNet {l.unet_weight:g})" if l.unet_weight
+                                                                        is not None else "")
+                                         for l in used if l.weight or l.unet_weight]):
             start = latent_resized(pipe, init, (width, height), kwargs["generator"]) \
                 if latent_resize and settings.strength else init  # what img2img starts from
             if init is not None and settings.strength == 0:  # nothing to redraw: the image as the VAE gives it
@@ -408,7 +412,8 @@ def txt2img(settings: GenerateSettings, session: Session | None = None, on_event
         if settings.ad_model:  # ADetailer's face fix on each picture; after inpainting the whole picture, only on
             within = open_image(settings.mask, "mask", (width, height), settings.resize_mode) \
                 if mask is not None and region is None else None  # only the faces it hits
-            with torch.no_grad(), session.lora_weights(loras), nan_guard(session.pipe):
+            with torch.no_grad(), session.lora_weights(loras), nan_guard(session.pipe), \
+                    freeu_applied(session.pipe.unet, settings.freeu, settings.freeu_v2):
                 images = [detail_faces(session, settings, image, s, sampler, (width, height), on_event,
                                        batch * n + i + 1, within) for i, (image, s) in enumerate(zip(images, seeds))]
         # 6. settings that reproduce each image on its own

@@ -45,6 +45,8 @@ INPUTS: dict[str, set[str]] = {
     "EmptyLatentImage": {"width", "height", "batch_size"},
     "LoraLoader": {"model", "clip", "lora_name", "strength_model", "strength_clip"},
     "LoraLoaderModelOnly": {"model", "lora_name", "strength_model"},
+    "FreeU": {"model", "b1", "b2", "s1", "s2"},
+    "FreeU_V2": {"model", "b1", "b2", "s1", "s2"},
     "VAELoader": {"vae_name"},
     "VAEEncode": {"pixels", "vae"},
     "VAEDecode": {"samples", "vae"},
@@ -180,13 +182,24 @@ def _upstream_samplers_of_any(graph: _Graph, node_id: str, samplers: list[str]) 
 
 
 def _model(graph: _Graph, node_id: str) -> tuple[tuple, str]:
-    """(((LoRA node, file name, strength_model), ...), checkpoint node) of a MODEL output."""
-    kind, inputs = graph.node(node_id, ("LoraLoader", "LoraLoaderModelOnly", "CheckpointLoaderSimple"))
+    """((("lora", LoRA node, file name, strength_model) or ("freeu", node, "B1,B2,S1,S2", v2), ...), checkpoint node)
+    of a MODEL output, the sampler's end first."""
+    kind, inputs = graph.node(node_id, ("LoraLoader", "LoraLoaderModelOnly", "FreeU", "FreeU_V2",
+                                        "CheckpointLoaderSimple"))
     if kind == "CheckpointLoaderSimple":
         return (), node_id
-    loras, checkpoint = _model(graph, graph.link(node_id, inputs, "model")[0])
+    patches, checkpoint = _model(graph, graph.link(node_id, inputs, "model")[0])
+    if kind in ("FreeU", "FreeU_V2"):
+        values = [float(graph.value(node_id, inputs, k, (int, float))) for k in ("b1", "b2", "s1", "s2")]
+        if not all(0 <= v <= 10 for v in values):
+            raise graph.refuse(f"gives {graph.name(node_id)} a value outside ComfyUI's range (0 to 10).")
+        if any(p[0] == "freeu" for p in patches):
+            raise graph.refuse(f"applies FreeU twice on the model ({graph.name(node_id)} among them); personae "
+                               "applies it once.")
+        return (("freeu", node_id, ",".join(f"{v:g}" for v in values), kind == "FreeU_V2"), *patches), checkpoint
     name = graph.value(node_id, inputs, "lora_name", str)
-    return ((node_id, name, float(graph.value(node_id, inputs, "strength_model", (int, float)))), *loras), checkpoint
+    strength = float(graph.value(node_id, inputs, "strength_model", (int, float)))
+    return (("lora", node_id, name, strength), *patches), checkpoint
 
 
 def _sampler(graph: _Graph, node_id: str) -> dict:
@@ -244,7 +257,7 @@ def _lora_tags(graph: _Graph, loras: tuple, clip_loras: tuple) -> str:
     UNet strength (strength_model; 0 for a LoraLoader whose MODEL output goes unused)."""
     clip_strength = dict(clip_loras)
     tags = []
-    for node_id, name, strength in reversed(loras):  # the checkpoint's end first, as ComfyUI applies them
+    for _, node_id, name, strength in reversed([p for p in loras if p[0] == "lora"]):  # the checkpoint's end first
         stem = PureWindowsPath(name).stem  # ComfyUI names "sub\\file.safetensors" on Windows
         tags.append(lora_tag(stem, clip_strength.pop(node_id, 0.0), strength))
     for node_id, te in reversed(clip_loras):  # on the text encoder only
@@ -354,6 +367,8 @@ def read_comfy_graph(text: str, source: str) -> ComfyReading:
             _vae(graph, *link, reading)
     reading.units = pass_units(units, data.pop("_units") if hires else None)
     tags = _lora_tags(graph, loras, clip[1])
+    for _, _, freeu, v2 in (p for p in loras if p[0] == "freeu"):  # FreeU's hooks, wherever it sits in the chain
+        data.update(freeu=freeu, freeu_v2=v2)
     if tags:
         data["prompt"] = f"{prompt} {tags}".strip()
     _decoded(graph, last, reading)

@@ -142,8 +142,8 @@ def hires_settings(graph, last: str, values: dict, base: dict, hires: dict, firs
     them, its ControlNet units last)."""
     prompt, negative, clip, loras, _, hires["_units"] = second
     if (clip, loras) != (first[2], first[3]):
-        raise graph.refuse(f"runs the hires pass {graph.name(last)} with other LoRAs or another clip skip than the "
-                           "first pass; personae's hires fix uses the first pass's model.")
+        raise graph.refuse(f"runs the hires pass {graph.name(last)} with other LoRAs, FreeU or another clip skip than "
+                           "the first pass; personae's hires fix uses the first pass's model.")
     method, crop, at = hires.pop("_method"), hires.pop("_crop", "disabled"), hires.pop("_at")
     reading.upscaler = hires.pop("_model", "")
     if hires["hires_upscaler"] == "latent" and method != "bilinear":
