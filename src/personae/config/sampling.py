@@ -174,6 +174,11 @@ class OptionSettings(Concept):
     eta_ddim: float = setting(0.0, '"Eta for DDIM" (infotext "Eta DDIM", written when not 0): DDIM\'s step noise; 0 '
                                    "is deterministic DDIM, 1 is DDPM-like", ge=0, le=10)
 
+    comma_backtrack: int = setting(20, '"Prompt word wrap length limit" (A1111\'s option, 20 unless changed; not in '
+                                       "its infotext): a prompt past 75 tokens starts its next chunk after the last "
+                                       "comma when that comma is at most this many tokens back; 0 cuts at 75 exactly "
+                                       "(as personae did before; its older PNGs read so). Emphasis ComfyUI cuts as "
+                                       "ComfyUI does", ge=0, le=74)
     freeu: str = setting("", "FreeU (Si et al.; ComfyUI's FreeU and FreeU_V2 nodes): \"B1,B2,S1,S2\", the "
                              "decoder's backbone features scaled by B1 where they are 4x the first block's channels "
                              "(1280 in SD-1.5) and B2 where 2x (640), its skip features' lowest frequencies by S1 and "

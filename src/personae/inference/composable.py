@@ -64,8 +64,8 @@ class ComposablePrompts:
     ScheduledPrompts with the negative (its own schedule, encoded once per text), and the step the pass is at."""
 
     def __init__(self, encoder, parts: list[tuple[str, float]], negative: str, clip_skip: int, steps: int,
-                 batch: int, dtype, emphasis: str = "Original"):
-        self.parts = [ScheduledPrompts(encoder, text, negative, clip_skip, steps, batch, dtype, emphasis)
+                 batch: int, dtype, emphasis: str = "Original", backtrack: int = 20):
+        self.parts = [ScheduledPrompts(encoder, text, negative, clip_skip, steps, batch, dtype, emphasis, backtrack)
                       for text, _ in parts]
         self.weights = [weight for _, weight in parts]
         self.batch, self.dtype = batch, dtype
@@ -157,12 +157,12 @@ class ComposablePrompts:
 
 
 def scheduled_prompts(encoder, prompt: str, negative: str, clip_skip: int, steps: int, batch: int, dtype,
-                      emphasis: str = "Original"):
+                      emphasis: str = "Original", backtrack: int = 20):
     """ComposablePrompts for a prompt with AND (or a trailing weight), else the plain ScheduledPrompts."""
     parts = composable_parts(prompt)
     if parts is None:
-        return ScheduledPrompts(encoder, prompt, negative, clip_skip, steps, batch, dtype, emphasis)
-    return ComposablePrompts(encoder, parts, negative, clip_skip, steps, batch, dtype, emphasis)
+        return ScheduledPrompts(encoder, prompt, negative, clip_skip, steps, batch, dtype, emphasis, backtrack)
+    return ComposablePrompts(encoder, parts, negative, clip_skip, steps, batch, dtype, emphasis, backtrack)
 
 
 class _Composition:

@@ -260,7 +260,8 @@ def redraw_face(session, settings, picture: Image.Image, mask: Image.Image, prom
         steps = settings.ad_steps or settings.steps
         cfg = settings.cfg if settings.ad_cfg_scale is None else settings.ad_cfg_scale
         prompts = scheduled_prompts(session.encoder, prompt, negative, settings.ad_clip_skip or settings.clip_skip,
-                                    sampler.prompt_steps(steps), 1, session.dtype, settings.emphasis)
+                                    sampler.prompt_steps(steps), 1, session.dtype, settings.emphasis,
+                                    settings.comma_backtrack)
 
         def step_end(pipeline, step, timestep, kwargs):
             if report is not None:

@@ -125,21 +125,23 @@ class PromptEncoder:
         self.tokenizer = pipe.tokenizer
         self.text_encoder = pipe.text_encoder
 
-    def token_chunks(self, prompt: str) -> list[list[tuple[int, float]]]:
-        """(token id, weight) lists of at most 75 tokens each."""
-        chunks: list[list[tuple[int, float]]] = [[]]
+    def token_chunks(self, prompt: str, backtrack: int = 20, emphasis: str = "Original"
+                     ) -> list[list[tuple[int, float]]]:
+        """(token id, weight) lists of at most 75 tokens each, cut where A1111 cuts them (tokenize_line): when a chunk
+        is full and a comma lies at most `backtrack` tokens back (A1111's "Prompt word wrap length limit", 20 unless
+        changed; 0: at 75 exactly), the tokens after it start the next chunk. Emphasis "ComfyUI": where ComfyUI's
+        tokenizer cuts (comfy/sd1_clip.py): each run of one weight is a group, a group of 8 tokens or more is cut at
+        75, a shorter one that does not fit moves whole to the next chunk."""
+        runs = []
         for text, weight in parse_attention(prompt):
-            if weight == -1.0:  # BREAK
-                chunks.append([])
-                continue
-            if hasattr(self.pipe, "maybe_convert_prompt"):  # expands multi-vector embedding tokens
+            if weight != -1.0 and hasattr(self.pipe, "maybe_convert_prompt"):  # multi-vector embedding tokens
                 text = self.pipe.maybe_convert_prompt(text, self.tokenizer)
-            ids = self.tokenizer(text, add_special_tokens=False, truncation=False, verbose=False).input_ids
-            for token in ids:
-                if len(chunks[-1]) == CHUNK:
-                    chunks.append([])
-                chunks[-1].append((token, weight))
-        return chunks
+            ids = [] if weight == -1.0 else \
+                self.tokenizer(text, add_special_tokens=False, truncation=False, verbose=False).input_ids
+            runs.append((ids, weight))
+        if emphasis == "ComfyUI":
+            return _comfy_chunks(runs)
+        return a1111_chunks(runs, self.tokenizer.get_vocab().get(",</w>"), backtrack)
 
     @torch.no_grad()
     def _encode_chunk(self, chunk: list[tuple[int, float]], clip_skip: int, emphasis: str = "Original") -> torch.Tensor:
@@ -163,20 +165,71 @@ class PromptEncoder:
                 z = z * mean_restoring_factor(original_mean, z)
         return z
 
-    def encode(self, prompt: str, clip_skip: int = 1, min_chunks: int = 1, emphasis: str = "Original") -> EncodedPrompt:
+    def encode(self, prompt: str, clip_skip: int = 1, min_chunks: int = 1, emphasis: str = "Original",
+               backtrack: int = 20) -> EncodedPrompt:
         layers = self.text_encoder.config.num_hidden_layers
         if clip_skip > layers:
             from personae.errors import UserError
 
             raise UserError(f"Clip skip {clip_skip} is more than this text encoder's {layers} layers.", "Use 1 or 2.")
-        chunks = self.token_chunks(prompt)
+        chunks = self.token_chunks(prompt, backtrack, emphasis)
         own = len(chunks)
         chunks += [[]] * (min_chunks - len(chunks))
         embeds = torch.cat([self._encode_chunk(c, clip_skip, emphasis) for c in chunks], dim=1)
         return EncodedPrompt(embeds, len(chunks), sum(len(c) for c in chunks), own)
 
-    def encode_pair(self, prompt: str, negative: str, clip_skip: int = 1, emphasis: str = "Original"
-                    ) -> tuple[EncodedPrompt, EncodedPrompt]:
+    def encode_pair(self, prompt: str, negative: str, clip_skip: int = 1, emphasis: str = "Original",
+                    backtrack: int = 20) -> tuple[EncodedPrompt, EncodedPrompt]:
         """Positive and negative embeddings with the same number of chunks (padded with empty ones)."""
-        n = max(len(self.token_chunks(prompt)), len(self.token_chunks(negative)))
-        return self.encode(prompt, clip_skip, n, emphasis), self.encode(negative, clip_skip, n, emphasis)
+        n = max(len(self.token_chunks(text, backtrack, emphasis)) for text in (prompt, negative))
+        return (self.encode(prompt, clip_skip, n, emphasis, backtrack),
+                self.encode(negative, clip_skip, n, emphasis, backtrack))
+
+
+def a1111_chunks(runs: list[tuple[list[int], float]], comma: int | None, backtrack: int = 20
+                 ) -> list[list[tuple[int, float]]]:
+    """A1111's tokenize_line on (token ids, weight) runs (weight -1: BREAK): 75 tokens a chunk, and a full chunk
+    whose last comma is at most `backtrack` tokens back hands the tokens after it to the next one."""
+    chunks: list[list[tuple[int, float]]] = [[]]
+    last_comma = -1
+    for ids, weight in runs:
+        if weight == -1.0:  # BREAK
+            chunks.append([])
+            last_comma = -1
+            continue
+        for token in ids:
+            chunk = chunks[-1]
+            if token == comma:
+                last_comma = len(chunk)
+            elif backtrack and len(chunk) == CHUNK and last_comma != -1 and len(chunk) - last_comma <= backtrack:
+                chunks[-1], moved = chunk[:last_comma + 1], chunk[last_comma + 1:]
+                chunks.append(moved)
+                last_comma = -1
+            if len(chunks[-1]) == CHUNK:
+                chunks.append([])
+                last_comma = -1
+            chunks[-1].append((token, weight))
+    return chunks
+
+
+def _comfy_chunks(runs: list[tuple[list[int], float]]) -> list[list[tuple[int, float]]]:
+    """ComfyUI's batching of token groups (SDTokenizer.tokenize_with_weights, max_word_length 8): a group that does
+    not fit in the chunk is cut at 75 when it has 8 tokens or more, else it starts the next chunk whole. A BREAK
+    (personae's reading of a ConditioningConcat) starts a new chunk."""
+    chunks: list[list[tuple[int, float]]] = [[]]
+    for ids, weight in runs:
+        if weight == -1.0:
+            chunks.append([])
+            continue
+        group = [(token, weight) for token in ids]
+        large = len(group) >= 8
+        while group:
+            room = CHUNK - len(chunks[-1])
+            if len(group) <= room:
+                chunks[-1] += group
+                break
+            if large:
+                chunks[-1] += group[:room]
+                group = group[room:]
+            chunks.append([])
+    return chunks

@@ -90,9 +90,9 @@ class ScheduledPrompts:
     say (each distinct pair once), and the diffusers step callback that swaps them in as the pass goes on."""
 
     def __init__(self, encoder, prompt: str, negative: str, clip_skip: int, steps: int, batch: int, dtype,
-                 emphasis: str = "Original"):
+                 emphasis: str = "Original", backtrack: int = 20):
         self.encoder, self.clip_skip, self.batch, self.dtype = encoder, clip_skip, batch, dtype
-        self.emphasis = emphasis
+        self.emphasis, self.backtrack = emphasis, backtrack
         self.prompts, self.negatives = prompt_schedule(prompt, steps), prompt_schedule(negative, steps)
         self._encoded: dict[tuple[str, str], tuple] = {}
         self.step = 0  # the sampler step of the pass: set by the step callback (and to 0 as a pass starts)
@@ -105,7 +105,8 @@ class ScheduledPrompts:
         """(positive, negative) EncodedPrompts for sampler step `step` (0-based)."""
         key = (text_at(self.prompts, step), text_at(self.negatives, step))
         if key not in self._encoded:
-            self._encoded[key] = self.encoder.encode_pair(key[0], key[1], self.clip_skip, self.emphasis)
+            self._encoded[key] = self.encoder.encode_pair(key[0], key[1], self.clip_skip, self.emphasis,
+                                                          self.backtrack)
         return self._encoded[key]
 
     def every_pair(self) -> list:

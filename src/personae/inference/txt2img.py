@@ -324,11 +324,12 @@ def txt2img(settings: GenerateSettings, session: Session | None = None, on_event
     # composed by hooks on the UNet during each pass (inference/composable.py)
     n = settings.batch_size
     prompts = scheduled_prompts(session.encoder, settings.prompt, settings.negative, settings.clip_skip,
-                                sampler.prompt_steps(settings.steps), n, session.dtype, settings.emphasis)
+                                sampler.prompt_steps(settings.steps), n, session.dtype, settings.emphasis,
+                                settings.comma_backtrack)
     hires_prompts = scheduled_prompts(session.encoder, hires_text or settings.prompt,
                                       settings.hires_negative or settings.negative, settings.clip_skip,
                                       hires_sampler.prompt_steps(settings.hires_steps or settings.steps), n,
-                                      session.dtype, settings.emphasis)
+                                      session.dtype, settings.emphasis, settings.comma_backtrack)
     with torch.no_grad(), session.lora_weights(loras):  # every text encoded now, through this call's LoRA weights
         pairs = prompts.every_pair() + (hires_prompts.every_pair() if settings.hires_scale else [])
     for positive, negative in pairs:

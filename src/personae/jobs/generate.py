@@ -205,6 +205,7 @@ def settings_from_png(path: str | Path) -> dict:
             raise UserError(f"--from-png: the settings stored in {path} (its `personae` chunk) are not valid JSON "
                             "settings.", "The file was damaged or edited; pass the settings on the command line.")
         data.pop("allow_pickle", None)  # a file never widens what the user allowed on the command line
+        data.setdefault("comma_backtrack", 0)  # drawn before personae cut long prompts at commas, as A1111 does
         parse_settings(GenerateSettings, data, f"the settings stored in {path}")  # validate early
         return data
     if "parameters" in text:

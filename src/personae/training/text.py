@@ -4,8 +4,9 @@
 
 Up to 75 tokens (CLIP's 77 with its start and end tokens), the plain encoding, cut at 75. With `max_chunks`
 above 1 (train.max_token_length 150 or 225, kohya's values), a longer caption is encoded as generation encodes a
-long prompt: chunks of 75 tokens, each between its own start and end tokens and padded to 77, encoded
-separately and joined; captions of fewer chunks are padded with empty chunks (start, end, padding), as A1111
+long prompt: chunks of up to 75 tokens (cut after a comma within 20 tokens of the end, as A1111 cuts them),
+each between its own start and end tokens and padded to 77, encoded separately and joined, the first max_chunks
+kept; captions of fewer chunks are padded with empty chunks (start, end, padding), as A1111
 pads the shorter of a prompt and its negative. So the model trains on what `personae generate` (and A1111)
 feed it for the same text. (kohya joins its chunks without their inner start and end tokens: 227 states for
 225 tokens, where A1111 and personae give 231.)
@@ -15,13 +16,19 @@ from __future__ import annotations
 
 import torch
 
-from personae.inference.prompt import CHUNK, clip_states
+from personae.inference.prompt import CHUNK, a1111_chunks, clip_states
 
 
 def caption_tokens(pipe, caption: str) -> list[int]:
     """The caption's token ids, without start and end tokens, new tokens expanded as diffusers' loader does."""
     text = pipe.maybe_convert_prompt(caption, pipe.tokenizer)
     return pipe.tokenizer(text, add_special_tokens=False, truncation=False, verbose=False).input_ids
+
+
+def caption_chunks(pipe, caption: str) -> list[list[int]]:
+    """The caption's tokens in chunks of up to 75, cut where generation cuts a prompt (after a comma near the end)."""
+    comma = pipe.tokenizer.get_vocab().get(",</w>")
+    return [[t for t, _ in chunk] for chunk in a1111_chunks([(caption_tokens(pipe, caption), 1.0)], comma)]
 
 
 def _row(tokenizer, chunk: list[int]) -> list[int]:
@@ -39,9 +46,9 @@ def encode_text(pipe, text_encoder, captions: list[str], clip_skip: int = 1, max
         ids = pipe.tokenizer(captions, padding="max_length", max_length=pipe.tokenizer.model_max_length,
                              truncation=True, return_tensors="pt").input_ids
         return clip_states(text_encoder, ids.to(device), clip_skip)
-    tokens = [caption_tokens(pipe, c)[:CHUNK * max_chunks] for c in captions]
-    count = max(1, *(-(-len(t) // CHUNK) for t in tokens))
-    rows = [_row(pipe.tokenizer, t[i * CHUNK:(i + 1) * CHUNK]) for t in tokens for i in range(count)]
+    chunked = [caption_chunks(pipe, c)[:max_chunks] for c in captions]
+    count = max(1, *(len(c) for c in chunked))
+    rows = [_row(pipe.tokenizer, c[i] if i < len(c) else []) for c in chunked for i in range(count)]
     states = clip_states(text_encoder, torch.tensor(rows, device=device), clip_skip)
     return states.reshape(len(captions), count * states.shape[1], states.shape[2])
 
@@ -55,5 +62,5 @@ def stack_padded(embeddings: list[torch.Tensor], empty: torch.Tensor) -> torch.T
 
 
 def long_captions(pipe, captions: list[str], max_chunks: int) -> int:
-    """How many of the captions have more tokens than max_chunks x 75 (the rest is cut)."""
-    return sum(len(caption_tokens(pipe, c)) > CHUNK * max_chunks for c in set(captions))
+    """How many of the captions need more than max_chunks chunks (the rest is cut)."""
+    return sum(len(caption_chunks(pipe, c)) > max_chunks for c in set(captions))
