@@ -106,3 +106,66 @@ def test_personaes_older_pngs_keep_the_cut_at_75(tiny_model, tiny_session, tmp_p
         Image.new("RGB", (8, 8)).save(tmp_path / f"{name}.png", pnginfo=info)
     assert settings_from_png(tmp_path / "new.png")["comma_backtrack"] == 20
     assert settings_from_png(tmp_path / "old.png")["comma_backtrack"] == 0
+
+
+def _a1111_with_embedding(encoder, prompt, name, vectors, backtrack=20):
+    """tokenize_line with an embedding: its first token passes the comma and full checks, then the embedding's
+    vectors go in whole, in the next chunk when they do not fit."""
+    comma = encoder.tokenizer.get_vocab()[",</w>"]
+    names = [name] + [f"{name}_{i}" for i in range(1, vectors)]
+    first, *rest = encoder.tokenizer.convert_tokens_to_ids(names)
+    chunks, chunk, last_comma = [], [], -1
+    for text, weight in parse_attention(prompt):
+        ids = [t for token in encoder.tokenizer(text, add_special_tokens=False).input_ids
+               for t in ([first, *rest] if token == first else [token])]
+        position = 0
+        while position < len(ids):
+            token = ids[position]
+            if token == comma:
+                last_comma = len(chunk)
+            elif backtrack and len(chunk) == 75 and last_comma != -1 and len(chunk) - last_comma <= backtrack:
+                chunks.append(chunk[:last_comma + 1])
+                chunk, last_comma = chunk[last_comma + 1:], -1
+            if len(chunk) == 75:
+                chunks.append(chunk)
+                chunk, last_comma = [], -1
+            width = vectors if token == first else 1
+            if len(chunk) + width > 75:
+                chunks.append(chunk)
+                chunk, last_comma = [], -1
+            chunk += [(t, weight) for t in ids[position:position + width]]
+            position += width
+    return chunks + [chunk]
+
+
+def test_a_multi_vector_embedding_stays_whole_in_a_chunk(tiny_model, tmp_path):
+    """A1111 puts an embedding's vectors in one chunk (the next one when they do not fit); ComfyUI makes it a group
+    of its own (an 8-vector one is cut at 75, being 8 tokens long)."""
+    import torch
+    from safetensors.torch import save_file
+
+    from personae.inference.session import open_session
+
+    width = 32
+    save_file({"emb_params": torch.randn(8, width) * 0.1}, str(tmp_path / "EasyNegative.safetensors"))
+    encoder = open_session(str(tiny_model[0]), device="cpu",
+                           embeddings=[(str(tmp_path / "EasyNegative.safetensors"), None)]).encoder
+    assert encoder.text_encoder.get_input_embeddings().weight.shape[1] == width
+    # all 8 vectors, whatever the case the prompt writes the name in (diffusers' maybe_convert_prompt, which
+    # personae used before, missed a name with capitals and gave the first vector alone)
+    vectors = encoder.tokenizer.convert_tokens_to_ids(["EasyNegative"] + [f"EasyNegative_{i}" for i in range(1, 8)])
+    for text in ("EasyNegative", "easynegative", "a, EasyNegative, b"):
+        assert [t for t, _ in encoder.token_chunks(text)[0] if t in vectors] == vectors, text
+    from personae.training.text import caption_tokens
+
+    assert [t for t in caption_tokens(encoder.pipe, "sks man, EasyNegative") if t in vectors] == vectors
+    for red in (68, 69, 70, 73):  # the embedding fits, is cut at 75, starts the next chunk
+        prompt = " ".join(["red"] * red) + " EasyNegative green blue"
+        got = encoder.token_chunks(prompt, backtrack=0)
+        assert got == _a1111_with_embedding(encoder, prompt, "EasyNegative", 8, backtrack=0), red
+        assert len(got[0]) == (red + 8 if red + 8 <= 75 else red)
+        assert got == encoder.token_chunks(prompt)  # no comma: the backtrack changes nothing
+        comfy = encoder.token_chunks(prompt, emphasis="ComfyUI")
+        assert [len(c) for c in comfy] == ([75, red + 8 + 2 - 75] if red + 8 > 75 else [red + 10]), red
+    prompt = "a cat, " + " ".join(["red"] * 60) + " EasyNegative, " + " ".join(["green"] * 10)
+    assert encoder.token_chunks(prompt) == _a1111_with_embedding(encoder, prompt, "EasyNegative", 8)

@@ -188,12 +188,14 @@ def test_a_comfyui_png_dropped_fills_the_form_with_its_64_bit_seed(server, brows
     seed = 2**64 - 3
     graph = default_graph(seed=seed, steps=5, sampler_name="dpmpp_2m", scheduler="karras", cfg=6.5)
     graph["6"]["inputs"]["text"] = "a (red:1.2) fox"
+    graph["5"]["inputs"]["batch_size"] = 2
     png = comfy_png(tmp_path / "ComfyUI_00001_.png", graph)
     page = _dropped(browser, server[1], png, "a (red:1.2) fox")
     assert page.locator("#field-seed input, #field-seed textarea").first.input_value() == str(seed)
     assert page.locator("#field-steps input[type=number]").input_value() == "5"
     assert page.locator("#field-sampler input").input_value() == "DPM++ 2M Karras"
-    _wait_text(page, "body", "without A1111's mean restore", timeout=30)
+    assert page.locator("#field-emphasis input").input_value() == "ComfyUI"  # its (red:1.2) weighted as ComfyUI's
+    _wait_text(page, "body", "ComfyUI draws the whole batch's starting noise from one seed", timeout=30)
     page.close()
 
 

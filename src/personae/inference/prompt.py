@@ -132,16 +132,16 @@ class PromptEncoder:
         changed; 0: at 75 exactly), the tokens after it start the next chunk. Emphasis "ComfyUI": where ComfyUI's
         tokenizer cuts (comfy/sd1_clip.py): each run of one weight is a group, a group of 8 tokens or more is cut at
         75, a shorter one that does not fit moves whole to the next chunk."""
+        spans = embedding_spans(self.tokenizer)
         runs = []
         for text, weight in parse_attention(prompt):
-            if weight != -1.0 and hasattr(self.pipe, "maybe_convert_prompt"):  # multi-vector embedding tokens
-                text = self.pipe.maybe_convert_prompt(text, self.tokenizer)
-            ids = [] if weight == -1.0 else \
-                self.tokenizer(text, add_special_tokens=False, truncation=False, verbose=False).input_ids
+            ids = [] if weight == -1.0 else expand_embeddings(
+                self.tokenizer(text, add_special_tokens=False, truncation=False, verbose=False).input_ids, spans)
             runs.append((ids, weight))
+        widths = {first: len(ids) for first, ids in spans.items()}
         if emphasis == "ComfyUI":
-            return _comfy_chunks(runs)
-        return a1111_chunks(runs, self.tokenizer.get_vocab().get(",</w>"), backtrack)
+            return _comfy_chunks(runs, widths)
+        return a1111_chunks(runs, self.tokenizer.get_vocab().get(",</w>"), backtrack, widths)
 
     @torch.no_grad()
     def _encode_chunk(self, chunk: list[tuple[int, float]], clip_skip: int, emphasis: str = "Original") -> torch.Tensor:
@@ -186,10 +186,34 @@ class PromptEncoder:
                 self.encode(negative, clip_skip, n, emphasis, backtrack))
 
 
-def a1111_chunks(runs: list[tuple[list[int], float]], comma: int | None, backtrack: int = 20
-                 ) -> list[list[tuple[int, float]]]:
-    """A1111's tokenize_line on (token ids, weight) runs (weight -1: BREAK): 75 tokens a chunk, and a full chunk
-    whose last comma is at most `backtrack` tokens back hands the tokens after it to the next one."""
+def embedding_spans(tokenizer) -> dict[int, list[int]]:
+    """{first token id: the embedding's token ids} of the embeddings in the tokenizer: diffusers adds `name`,
+    `name_1`, ... `name_{n-1}` for an n-vector one, and the prompt's `name` stands for all of them, in that order."""
+    added = tokenizer.get_added_vocab()
+    special = set(tokenizer.all_special_ids)
+    spans = {}
+    for token, token_id in added.items():
+        if token_id in special:
+            continue
+        ids = [token_id]
+        while f"{token}_{len(ids)}" in added:
+            ids.append(added[f"{token}_{len(ids)}"])
+        spans[token_id] = ids
+    return spans
+
+
+def expand_embeddings(ids: list[int], spans: dict[int, list[int]]) -> list[int]:
+    """Token ids with each multi-vector embedding's name written out as its vectors' tokens. (diffusers'
+    maybe_convert_prompt does this on the text, and misses a name with capitals, such as EasyNegative, where the
+    tokenizer lowercases what it reads: the picture then gets only the first vector.)"""
+    return [t for token in ids for t in spans.get(token, (token,))]
+
+
+def a1111_chunks(runs: list[tuple[list[int], float]], comma: int | None, backtrack: int = 20,
+                 spans: dict[int, int] | None = None) -> list[list[tuple[int, float]]]:
+    """A1111's tokenize_line on (token ids, weight) runs (weight -1: BREAK): 75 tokens a chunk; a full chunk whose
+    last comma is at most `backtrack` tokens back hands the tokens after it to the next one; a multi-vector
+    embedding (`spans`) that does not fit in the chunk starts the next one whole."""
     chunks: list[list[tuple[int, float]]] = [[]]
     last_comma = -1
     for ids, weight in runs:
@@ -197,8 +221,9 @@ def a1111_chunks(runs: list[tuple[list[int], float]], comma: int | None, backtra
             chunks.append([])
             last_comma = -1
             continue
-        for token in ids:
-            chunk = chunks[-1]
+        position = 0
+        while position < len(ids):
+            token, chunk = ids[position], chunks[-1]
             if token == comma:
                 last_comma = len(chunk)
             elif backtrack and len(chunk) == CHUNK and last_comma != -1 and len(chunk) - last_comma <= backtrack:
@@ -208,12 +233,19 @@ def a1111_chunks(runs: list[tuple[list[int], float]], comma: int | None, backtra
             if len(chunks[-1]) == CHUNK:
                 chunks.append([])
                 last_comma = -1
-            chunks[-1].append((token, weight))
+            width = (spans or {}).get(token, 1)
+            if len(chunks[-1]) + width > CHUNK:
+                chunks.append([])
+                last_comma = -1
+            chunks[-1] += [(t, weight) for t in ids[position:position + width]]
+            position += width
     return chunks
 
 
-def _comfy_chunks(runs: list[tuple[list[int], float]]) -> list[list[tuple[int, float]]]:
-    """ComfyUI's batching of token groups (SDTokenizer.tokenize_with_weights, max_word_length 8): a group that does
+def _comfy_chunks(runs: list[tuple[list[int], float]], spans: dict[int, int] | None = None
+                  ) -> list[list[tuple[int, float]]]:
+    """ComfyUI's batching of token groups (SDTokenizer.tokenize_with_weights, max_word_length 8): each run of one
+    weight is a group, an embedding a group of its own (ComfyUI splits the text at `embedding:`); a group that does
     not fit in the chunk is cut at 75 when it has 8 tokens or more, else it starts the next chunk whole. A BREAK
     (personae's reading of a ConditioningConcat) starts a new chunk."""
     chunks: list[list[tuple[int, float]]] = [[]]
@@ -221,15 +253,30 @@ def _comfy_chunks(runs: list[tuple[list[int], float]]) -> list[list[tuple[int, f
         if weight == -1.0:
             chunks.append([])
             continue
-        group = [(token, weight) for token in ids]
-        large = len(group) >= 8
-        while group:
-            room = CHUNK - len(chunks[-1])
-            if len(group) <= room:
-                chunks[-1] += group
-                break
-            if large:
-                chunks[-1] += group[:room]
-                group = group[room:]
-            chunks.append([])
+        for group in _groups(ids, spans or {}):
+            group = [(token, weight) for token in group]
+            large = len(group) >= 8
+            while group:
+                room = CHUNK - len(chunks[-1])
+                if len(group) <= room:
+                    chunks[-1] += group
+                    break
+                if large:
+                    chunks[-1] += group[:room]
+                    group = group[room:]
+                chunks.append([])
     return chunks
+
+
+def _groups(ids: list[int], spans: dict[int, int]) -> list[list[int]]:
+    """A run's tokens cut around its multi-vector embeddings: text, embedding, text, ..."""
+    groups, current, position = [], [], 0
+    while position < len(ids):
+        width = spans.get(ids[position], 0)
+        if width:
+            groups += [current, ids[position:position + width]] if current else [ids[position:position + width]]
+            current = []
+        else:
+            current.append(ids[position])
+        position += width or 1
+    return groups + [current] if current else groups

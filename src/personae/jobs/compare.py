@@ -62,7 +62,7 @@ def load_references(folder: str | None) -> list:
 def _generate_group(suite: CompareSuite, model: str, rows: list[Row], prompts: list[str], work: Path, maps: dict,
                     progress, on_event: EventHandler) -> list[tuple[Row, Sample, Path]]:
     """One loaded model for every row that uses it; LoRAs switch on and off by adapter weight."""
-    loras = list(dict.fromkeys(p for r in rows for p, _ in r.loras))
+    loras = list(dict.fromkeys(p for r in rows for p, *_ in r.loras))
     embeddings = list(dict.fromkeys(e for r in rows for e in r.embeddings))
     session = open_session(model, suite.device, suite.dtype, loras=[(p, 1.0) for p in loras], embeddings=embeddings,
                            on_event=on_event, runtime=suite)
@@ -70,7 +70,8 @@ def _generate_group(suite: CompareSuite, model: str, rows: list[Row], prompts: l
     by_file = dict(zip(embeddings, session.embeddings))
     out = []
     for row in rows:
-        used_loras = [replace(by_path[p], weight=w) for p, w in row.loras]  # this row's weights; the rest off
+        used_loras = [replace(by_path[p], weight=w, unet_weight=unet[0] if unet else None)  # this row's weights;
+                      for p, w, *unet in row.loras]  # the rest off
         used_embeddings = [by_file[e] for e in row.embeddings]
         controls = prepared_for(row, maps)  # generate's ControlNet units, their maps drawn once per comparison
         token = row.token or (used_embeddings[0].token if used_embeddings else suite.token)

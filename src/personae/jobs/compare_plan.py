@@ -159,7 +159,7 @@ def _variant_rows(v: Variant, base_model: str) -> list[Row]:
     embeddings = [(v.embedding, None)] if v.embedding else []
     changed = {k: getattr(v, k) for k in ("steps", "cfg", "sampler") if getattr(v, k) is not None}
     if loras:
-        changed["weight"] = ", ".join(f"{w:g}" for _, w in loras)
+        changed["weight"] = ", ".join(":".join(f"{w:g}" for w in lora[1:] if w is not None) for lora in loras)
     return [Row(v.label, v.model or base_model, tuple(loras), tuple(embeddings), v.token, v.steps, v.cfg, v.sampler,
                 settings=changed)]
 
@@ -171,7 +171,7 @@ def _swept(row: Row, sweep: dict[str, list]) -> list[Row]:
         update, parts, settings = {}, [], dict(row.settings)
         for (key, _), value in zip(axes, combo):
             if key == "weight":
-                update["loras"] = tuple((p, float(value)) for p, _ in row.loras)
+                update["loras"] = tuple((p, float(value)) for p, *_ in row.loras)  # both weights
             else:
                 update[key] = value
             parts.append(f"{key} {value}")

@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import torch
 
-from personae.inference.prompt import CHUNK, a1111_chunks, clip_states
+from personae.inference.prompt import CHUNK, a1111_chunks, clip_states, embedding_spans, expand_embeddings
 
 
 def caption_tokens(pipe, caption: str) -> list[int]:
-    """The caption's token ids, without start and end tokens, new tokens expanded as diffusers' loader does."""
-    text = pipe.maybe_convert_prompt(caption, pipe.tokenizer)
-    return pipe.tokenizer(text, add_special_tokens=False, truncation=False, verbose=False).input_ids
+    """The caption's token ids, without start and end tokens, a multi-vector embedding's name as all its tokens."""
+    ids = pipe.tokenizer(caption, add_special_tokens=False, truncation=False, verbose=False).input_ids
+    return expand_embeddings(ids, embedding_spans(pipe.tokenizer))
 
 
 def caption_chunks(pipe, caption: str) -> list[list[int]]:
@@ -42,10 +42,8 @@ def encode_text(pipe, text_encoder, captions: list[str], clip_skip: int = 1, max
     longest with empty chunks."""
     device = pipe.text_encoder.device
     if max_chunks == 1:  # CLIP's own input: one chunk, cut at 75 tokens
-        captions = [pipe.maybe_convert_prompt(c, pipe.tokenizer) for c in captions]
-        ids = pipe.tokenizer(captions, padding="max_length", max_length=pipe.tokenizer.model_max_length,
-                             truncation=True, return_tensors="pt").input_ids
-        return clip_states(text_encoder, ids.to(device), clip_skip)
+        rows = [_row(pipe.tokenizer, caption_tokens(pipe, c)[:CHUNK]) for c in captions]
+        return clip_states(text_encoder, torch.tensor(rows, device=device), clip_skip)
     chunked = [caption_chunks(pipe, c)[:max_chunks] for c in captions]
     count = max(1, *(len(c) for c in chunked))
     rows = [_row(pipe.tokenizer, c[i] if i < len(c) else []) for c in chunked for i in range(count)]
