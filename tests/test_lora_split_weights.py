@@ -143,3 +143,18 @@ def test_merge_bakes_each_models_own_weight(tiny_model, tiny_session, tmp_path):
                                             {"path": halves["unet"], "weight": 1.0}])
     assert np.abs(_px(alone) - _px(by_halves)).max() <= 2
     assert np.abs(_px(alone) - _px(_draw(tiny_model[0], loras=[{"path": str(both), "weight": 0.6}]))).max() > 5
+
+
+def test_a_compare_variant_keeps_both_weights(tmp_path):
+    """A suite's variant `loras: [FILE:TE:UNET]` reaches its row with both weights, shown as te:unet; a weight
+    sweep sets both."""
+    from personae.config.compare import CompareSuite
+    from personae.jobs.compare_plan import expand
+
+    suite = CompareSuite.model_validate({"version": 1, "base_model": "m", "prompts": ["a cat"], "variants": [
+        {"label": "split", "loras": ["a.safetensors:0.8:0.3"]}, {"label": "one", "loras": ["b.safetensors:0.5"]}]})
+    rows = {row.label: row for row in expand(suite)}
+    assert rows["split"].loras == (("a.safetensors", 0.8, 0.3),) and rows["split"].settings["weight"] == "0.8:0.3"
+    assert rows["one"].loras == (("b.safetensors", 0.5, None),) and rows["one"].settings["weight"] == "0.5"
+    swept = expand(suite.model_copy(update={"sweep": {"weight": [1.0]}}))
+    assert {row.loras for row in swept} == {(("a.safetensors", 1.0),), (("b.safetensors", 1.0),)}
