@@ -23,17 +23,25 @@ PROMPTS = [
 ]
 
 
-def _a1111(encoder, prompt, backtrack=20):
+def _a1111(encoder, prompt, backtrack=20, embedding=None):
     """modules/sd_hijack_clip.py, tokenize_line: a chunk full at 75 with a comma at most `backtrack` back moves the
-    tokens after the comma on; BREAK starts a chunk."""
+    tokens after the comma on; BREAK starts a chunk. An embedding (name, vectors): its first token passes the comma
+    and full checks, then its vectors go in whole, in the next chunk when they do not fit."""
     comma = encoder.tokenizer.get_vocab()[",</w>"]
+    name, vectors = embedding or ("", 1)
+    span = encoder.tokenizer.convert_tokens_to_ids([name] + [f"{name}_{i}" for i in range(1, vectors)]) \
+        if embedding else []
     chunks, chunk, last_comma = [], [], -1
     for text, weight in parse_attention(prompt):
         if weight == -1:
             chunks.append(chunk)
             chunk, last_comma = [], -1
             continue
-        for token in encoder.tokenizer(text, add_special_tokens=False).input_ids:
+        ids = [t for token in encoder.tokenizer(text, add_special_tokens=False).input_ids
+               for t in (span if span and token == span[0] else [token])]
+        position = 0
+        while position < len(ids):
+            token = ids[position]
             if token == comma:
                 last_comma = len(chunk)
             elif backtrack and len(chunk) == 75 and last_comma != -1 and len(chunk) - last_comma <= backtrack:
@@ -42,7 +50,12 @@ def _a1111(encoder, prompt, backtrack=20):
             if len(chunk) == 75:
                 chunks.append(chunk)
                 chunk, last_comma = [], -1
-            chunk.append((token, weight))
+            width = vectors if span and token == span[0] else 1
+            if len(chunk) + width > 75:
+                chunks.append(chunk)
+                chunk, last_comma = [], -1
+            chunk += [(t, weight) for t in ids[position:position + width]]
+            position += width
     return chunks + [chunk] if chunk or not chunks else chunks
 
 
@@ -108,36 +121,6 @@ def test_personaes_older_pngs_keep_the_cut_at_75(tiny_model, tiny_session, tmp_p
     assert settings_from_png(tmp_path / "old.png")["comma_backtrack"] == 0
 
 
-def _a1111_with_embedding(encoder, prompt, name, vectors, backtrack=20):
-    """tokenize_line with an embedding: its first token passes the comma and full checks, then the embedding's
-    vectors go in whole, in the next chunk when they do not fit."""
-    comma = encoder.tokenizer.get_vocab()[",</w>"]
-    names = [name] + [f"{name}_{i}" for i in range(1, vectors)]
-    first, *rest = encoder.tokenizer.convert_tokens_to_ids(names)
-    chunks, chunk, last_comma = [], [], -1
-    for text, weight in parse_attention(prompt):
-        ids = [t for token in encoder.tokenizer(text, add_special_tokens=False).input_ids
-               for t in ([first, *rest] if token == first else [token])]
-        position = 0
-        while position < len(ids):
-            token = ids[position]
-            if token == comma:
-                last_comma = len(chunk)
-            elif backtrack and len(chunk) == 75 and last_comma != -1 and len(chunk) - last_comma <= backtrack:
-                chunks.append(chunk[:last_comma + 1])
-                chunk, last_comma = chunk[last_comma + 1:], -1
-            if len(chunk) == 75:
-                chunks.append(chunk)
-                chunk, last_comma = [], -1
-            width = vectors if token == first else 1
-            if len(chunk) + width > 75:
-                chunks.append(chunk)
-                chunk, last_comma = [], -1
-            chunk += [(t, weight) for t in ids[position:position + width]]
-            position += width
-    return chunks + [chunk]
-
-
 def test_a_multi_vector_embedding_stays_whole_in_a_chunk(tiny_model, tmp_path):
     """A1111 puts an embedding's vectors in one chunk (the next one when they do not fit); ComfyUI makes it a group
     of its own (an 8-vector one is cut at 75, being 8 tokens long)."""
@@ -162,10 +145,10 @@ def test_a_multi_vector_embedding_stays_whole_in_a_chunk(tiny_model, tmp_path):
     for red in (68, 69, 70, 73):  # the embedding fits, is cut at 75, starts the next chunk
         prompt = " ".join(["red"] * red) + " EasyNegative green blue"
         got = encoder.token_chunks(prompt, backtrack=0)
-        assert got == _a1111_with_embedding(encoder, prompt, "EasyNegative", 8, backtrack=0), red
+        assert got == _a1111(encoder, prompt, 0, ("EasyNegative", 8)), red
         assert len(got[0]) == (red + 8 if red + 8 <= 75 else red)
         assert got == encoder.token_chunks(prompt)  # no comma: the backtrack changes nothing
         comfy = encoder.token_chunks(prompt, emphasis="ComfyUI")
         assert [len(c) for c in comfy] == ([75, red + 8 + 2 - 75] if red + 8 > 75 else [red + 10]), red
     prompt = "a cat, " + " ".join(["red"] * 60) + " EasyNegative, " + " ".join(["green"] * 10)
-    assert encoder.token_chunks(prompt) == _a1111_with_embedding(encoder, prompt, "EasyNegative", 8)
+    assert encoder.token_chunks(prompt) == _a1111(encoder, prompt, 20, ("EasyNegative", 8))
