@@ -6,7 +6,8 @@ has 4x the first block's channels (B1, S1) or 2x (B2, S2):
 
     h[:, : C/2] *= B                        FreeU
     h[:, : C/2] *= 1 + (B - 1) x m          FreeU_V2, m: h's channel mean, normalised to 0-1 per picture
-    skip = its Fourier transform with the 2 x 2 lowest frequencies scaled by S (fftshift, centre, threshold 1)
+    skip = its Fourier transform with the 2 x 2 lowest frequencies scaled by S (diffusers' fourier_filter,
+           threshold 1: ComfyUI's Fourier_filter, computed in float32 as ComfyUI computes it)
 
 diffusers' own enable_freeu picks the blocks by index instead (up blocks 0 and 1), which on SD-1.5 scales the
 second 1280-channel block by B2 and leaves the 640-channel ones alone; so personae applies ComfyUI's rule with
@@ -20,15 +21,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import torch
-
-
-def fourier_filter(x: torch.Tensor, threshold: int, scale: float) -> torch.Tensor:
-    """x with its lowest spatial frequencies (the centred 2*threshold square of the shifted spectrum) scaled."""
-    freq = torch.fft.fftshift(torch.fft.fftn(x.float(), dim=(-2, -1)), dim=(-2, -1))
-    mask = torch.ones(freq.shape, device=x.device)
-    rows, cols = freq.shape[-2] // 2, freq.shape[-1] // 2
-    mask[..., rows - threshold:rows + threshold, cols - threshold:cols + threshold] = scale
-    return torch.fft.ifftn(torch.fft.ifftshift(freq * mask, dim=(-2, -1)), dim=(-2, -1)).real.to(x.dtype)
+from diffusers.utils.torch_utils import fourier_filter  # FreeU's filter, in float32 as ComfyUI's
 
 
 def freeu_input(joined: torch.Tensor, hidden: int, backbone: float, skip: float, v2: bool) -> torch.Tensor:
