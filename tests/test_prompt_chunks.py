@@ -142,6 +142,11 @@ def test_a_multi_vector_embedding_stays_whole_in_a_chunk(tiny_model, tmp_path):
     from personae.training.text import caption_tokens
 
     assert [t for t in caption_tokens(encoder.pipe, "sks man, EasyNegative") if t in vectors] == vectors
+    from personae.training.text import caption_chunks
+
+    caption = " ".join(["red"] * 70) + " EasyNegative, green"  # training cuts a long caption where generation does
+    assert caption_chunks(encoder.pipe, caption) == [[t for t, _ in c] for c in encoder.token_chunks(caption)]
+    assert [len(c) for c in caption_chunks(encoder.pipe, caption)] == [70, 10]
     for red in (68, 69, 70, 73):  # the embedding fits, is cut at 75, starts the next chunk
         prompt = " ".join(["red"] * red) + " EasyNegative green blue"
         got = encoder.token_chunks(prompt, backtrack=0)

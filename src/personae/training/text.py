@@ -28,7 +28,8 @@ def caption_tokens(pipe, caption: str) -> list[int]:
 def caption_chunks(pipe, caption: str) -> list[list[int]]:
     """The caption's tokens in chunks of up to 75, cut where generation cuts a prompt (after a comma near the end)."""
     comma = pipe.tokenizer.get_vocab().get(",</w>")
-    return [[t for t, _ in chunk] for chunk in a1111_chunks([(caption_tokens(pipe, caption), 1.0)], comma)]
+    widths = {first: len(ids) for first, ids in embedding_spans(pipe.tokenizer).items()}  # an embedding kept whole
+    return [[t for t, _ in chunk] for chunk in a1111_chunks([(caption_tokens(pipe, caption), 1.0)], comma, 20, widths)]
 
 
 def _row(tokenizer, chunk: list[int]) -> list[int]:
