@@ -455,6 +455,15 @@ def test_a_pasted_kohya_config_becomes_a_run_under_runs(tmp_path):
     assert data["base_model"] == str(ws.root / "models" / "m") and data["data"]["path"] == str(ws.root / "uploads/img")
     with pytest.raises(UserError, match="sdxl = True"):
         job_data(SimpleNamespace(workspace=ws), {}, "", "lora", "", "", "", "", kohya + "sdxl = true\n")
+    # kohya's network_weights: the LoRA to go on from, found in the workspace; one outside it is refused
+    (ws.root / "models" / "old.safetensors").write_bytes(b"")
+    data = job_data(SimpleNamespace(workspace=ws), {}, "", "lora", "", "", "", "",
+                    kohya + 'network_weights = "models/old.safetensors"\n')
+    assert data["lora"]["init_from"] == str(ws.root / "models" / "old.safetensors") and "rank" not in data["lora"]
+    for where, why in [("/etc/old.safetensors", "absolute"), ("models/gone.safetensors", "does not exist")]:
+        with pytest.raises(UserError, match=why):
+            job_data(SimpleNamespace(workspace=ws), {}, "", "lora", "", "", "", "",
+                     kohya + f'network_weights = "{where}"\n')
 
 
 def test_a_pasted_job_is_read_as_a_job_file_and_kept_in_the_workspace(tmp_path):

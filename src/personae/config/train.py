@@ -162,6 +162,8 @@ LORA_VARIANTS = ("lora", "locon", "dora", "loha", "lokr")
 # the original (LDM) UNet layout: input_blocks.NN, middle_block, output_blocks.NN
 BLOCK_NAME = re.compile(r"IN|MID|OUT|IN\d\d|M00|OUT\d\d")
 LoraVariant = Literal["lora", "locon", "dora", "loha", "lokr"]
+# what a file given as lora.init_from decides (the text encoder's pair only when the file has text-encoder layers)
+INIT_SHAPE = ("rank", "alpha", "target_modules", "block_ranks", "block_alphas", "conv_rank", "conv_alpha")
 
 
 class LoraSection(Strict):
@@ -195,6 +197,13 @@ class LoraSection(Strict):
                                           "rank)", ge=1)
     conv_alpha: float | None = setting(None, "locon: the alpha of the 3x3 convolutions (kohya conv_alpha; default: "
                                              "alpha)", gt=0)
+    init_from: str = setting(
+        "", "start from this LoRA file's weights and go on training them (kohya --network_weights with "
+            "--dim_from_weights): a kohya / A1111, diffusers or peft file of LoRA, LoCon or DoRA layers made for the "
+            "base model. Its layers, ranks and alphas make the adapter: rank, alpha, conv_rank, conv_alpha and "
+            "target_modules may be left unset, and when set must be the file's (block_ranks / block_alphas stay "
+            "unset); its text-encoder layers train when text_encoder is on and are kept as they are (and exported) "
+            "when it is off")
 
     @field_validator("block_ranks", "block_alphas")
     @classmethod
@@ -218,6 +227,11 @@ class LoraSection(Strict):
         if self.loraplus_lr_ratio and self.variant in ("loha", "lokr"):
             raise ValueError(f"lora.loraplus_lr_ratio speeds up LoRA's up (B) matrices, which a {self.variant} has "
                              "not: use variant lora, locon or dora, or remove loraplus_lr_ratio")
+        if self.init_from:
+            if self.variant in ("loha", "lokr"):
+                raise ValueError(f"lora.init_from goes on training LoRA, LoCon and DoRA files; a {self.variant} run "
+                                 "starts from new weights: set lora.variant to lora, locon or dora (as the file is), "
+                                 "or remove lora.init_from")
         if self.dropout and self.variant in ("loha", "lokr"):
             raise ValueError(f"lora.dropout is LoRA's input dropout, which peft's {self.variant} layers do not "
                              "have: set lora.dropout: 0 for this variant")
@@ -339,6 +353,9 @@ class TrainJob(Strict):
             raise ValueError(f"pivotal.phases {phases} make {sum(phases)} steps, but train sets "
                              f"{'epochs' if self.train.epochs is not None else f'steps: {self.train.steps}'}: "
                              f"remove train.steps / train.epochs, or make the phases add up to them")
+        if self.lora.init_from and self.method not in ("lora", "pivotal"):
+            raise ValueError(f"lora.init_from starts a LoRA from a file, and method {self.method} trains no LoRA: use "
+                             "method lora (or pivotal), or remove lora.init_from")
         d = self.dreambooth
         if d.prior_preservation and not d.class_prompt and not d.class_data_dir:
             raise ValueError("dreambooth.prior_preservation needs dreambooth.class_prompt (e.g. 'a photo of a dog') "

@@ -15,6 +15,7 @@ from __future__ import annotations
 import shlex
 from pathlib import Path
 
+from personae.config.train import INIT_SHAPE
 from personae.errors import UserError
 
 try:
@@ -66,8 +67,6 @@ REFUSED = {"sdxl": "personae trains SD-1.5 models", "v2": "personae trains SD-1.
            "full_fp16": "use mixed_precision", "full_bf16": "use mixed_precision", "fp8_base": "not available",
            "color_aug": "not available", "random_crop": "not available", "face_crop_aug_range": "not available",
            "network_train_text_encoder_only": "not available",
-           "network_weights": "starting from a LoRA is not available",
-           "dim_from_weights": "starting from a LoRA is not available",
            "dataset_config": "pass train_data_dir (kohya's 10_token folders work)",
            "in_json": "fine-tuning metadata is not read; pass train_data_dir",
            "scale_weight_norms": "max-norm regularisation is not available", "adaptive_noise_scale": "not available",
@@ -237,6 +236,16 @@ def _settings(c: dict, base: Path, path: str) -> tuple[dict, list[str]]:
             lora[field] = {b: (int(v) if field == "block_ranks" else v) for b, v in zip(BLOCKS, values)}
     if args:
         unknown += [f"network_args {k}={v}" for k, v in args.items()]
+    if c.get("network_weights"):  # go on from a LoRA file: its layers, ranks and alphas make the adapter
+        lora["init_from"] = str(c["network_weights"])
+        shaped = [key for key in ("network_dim", "network_alpha") if c.get(key) is not None]
+        shaped += [f"network_args {key}" for key in ("conv_dim", "conv_alpha", "block_dims", "block_alphas")
+                   if key in _network_args(c.get("network_args"))]
+        for key in INIT_SHAPE:
+            lora.pop(key, None)
+        if shaped:
+            notes.append(f"{' / '.join(shaped)} (the adapter takes its layers, ranks and alphas from network_weights, "
+                         "as kohya's dim_from_weights does; without it kohya stops when they differ from the file's)")
     lora["text_encoder"] = not c.get("network_train_unet_only", False)
     lr = float(c.get("unet_lr") or c.get("learning_rate") or 1e-4)
     t["learning_rate"] = lr
@@ -314,7 +323,7 @@ def _settings(c: dict, base: Path, path: str) -> tuple[dict, list[str]]:
         "save_precision", "cache_latents", "cache_latents_to_disk", "shuffle_caption", "keep_tokens",
         "caption_dropout_rate", "caption_tag_dropout_rate", "flip_aug", "masked_loss", "reg_data_dir",
         "prior_loss_weight", "sample_prompts", "sample_sampler", "resolution", "enable_bucket", "caption_extension",
-        "network_args", "loraplus_lr_ratio"}
+        "network_args", "loraplus_lr_ratio", "network_weights", "dim_from_weights"}
     for key, value in c.items():
         if key in placed or key in REFUSED:  # read above, or refused when set
             continue

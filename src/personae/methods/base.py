@@ -45,6 +45,7 @@ class ParamGroup:
 class Method:
     job: TrainJob
     skipped: list[str] = field(default_factory=list)  # exports the last `export` could not write, each with why
+    said: list[str] = field(default_factory=list)  # what `setup` found that the run's log should say
 
     # 1. setup: freeze the base, add what is trained; returns optimizer groups
     def setup(self, pipe) -> list[ParamGroup]:

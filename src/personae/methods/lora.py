@@ -172,14 +172,36 @@ class LoraMethod(Method):
     def setup(self, pipe) -> list[ParamGroup]:
         c = self.job.lora
         freeze(pipe)
-        add_lora(pipe, c.rank, c.alpha, c.dropout, c.target_modules, c.text_encoder, c.text_encoder_rank, c.variant,
-                 c.conv_rank, c.conv_alpha, c.text_encoder_alpha, c.block_ranks, c.block_alphas)
+        if c.init_from:
+            self._from_file(pipe)
+        else:
+            add_lora(pipe, c.rank, c.alpha, c.dropout, c.target_modules, c.text_encoder, c.text_encoder_rank,
+                     c.variant, c.conv_rank, c.conv_alpha, c.text_encoder_alpha, c.block_ranks, c.block_alphas)
         lr = self.job.train.learning_rate
         groups = lora_plus_groups("unet_lora", pipe.unet, lr, c.loraplus_lr_ratio)
         if c.text_encoder:
             groups += lora_plus_groups("text_encoder_lora", pipe.text_encoder, c.text_encoder_lr or lr,
                                        c.loraplus_lr_ratio)
         return groups
+
+    def _from_file(self, pipe) -> None:
+        """lora.init_from: the file's layers are the adapter (methods.lora_init); a text encoder it does not cover
+        gets new layers when lora.text_encoder is on."""
+        from personae.methods.lora_init import add_lora_from_file
+
+        c = self.job.lora
+        shape = add_lora_from_file(pipe, c, self.job.allow_pickle)
+        if shape.layers["text_encoder"] and (c.text_encoder_rank or c.text_encoder_alpha):
+            raise UserError(f"lora.init_from {c.init_from} has text-encoder layers of its own, so "
+                            "lora.text_encoder_rank / text_encoder_alpha do not apply.", "Remove them.")
+        if c.text_encoder and not shape.layers["text_encoder"]:
+            r = c.text_encoder_rank or shape.rank
+            pipe.text_encoder.add_adapter(adapter_config("lora" if c.variant == "locon" else c.variant, r,
+                                                         c.text_encoder_alpha or shape.alpha * r / shape.rank,
+                                                         c.dropout, TEXT_ENCODER_TARGETS))
+            self.said.append(shape.summary() + f"; the text encoder gets new layers at rank {r}")
+        else:
+            self.said.append(shape.summary())
 
     def modules(self, pipe) -> list[torch.nn.Module]:
         return [pipe.unet, pipe.text_encoder] if self.job.lora.text_encoder else [pipe.unet]
@@ -191,6 +213,11 @@ class LoraMethod(Method):
     def export(self, pipe, out: Path, metadata: dict[str, str]) -> list[ExportFile]:
         c = self.job.lora
         header = {k: v for k, v in metadata.items() if k.startswith(("ss_", "modelspec.", "personae_"))}
+        if c.init_from:  # the header describes the adapter as the file made it, not the (unset) rank and alpha
+            from personae.methods.lora_init import adapter_shape, source_name
+
+            c = c.model_copy(update=adapter_shape(pipe.unet))
+            header["personae_init_from"] = source_name(c.init_from)
         return export_lora(pipe, out, name=self.job.name or Path(self.job.output).resolve().name or "lora",
                            rank=c.rank, alpha=c.alpha, steps=int(metadata.get("steps", 0)),
                            base_model=metadata.get("base_model", ""), trigger=self.job.trigger, extra_meta=header,

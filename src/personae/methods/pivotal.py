@@ -34,7 +34,9 @@ class PivotalMethod(TextualInversionMethod):
         return self.job.pivotal.tokens
 
     def setup(self, pipe) -> list[ParamGroup]:
-        groups = LoraMethod(self.job).setup(pipe)  # freezes the base, adds the LoRA
+        lora = LoraMethod(self.job)
+        groups = lora.setup(pipe)  # freezes the base, adds the LoRA
+        self.said += lora.said
         self.table = TokenTable(self._specs())
         self.table.add(pipe)
         self.adapter_params = [p for g in groups for p in g.params]

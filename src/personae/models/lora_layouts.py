@@ -112,6 +112,7 @@ class LoraFile:
     # textual-inversion embeddings bundled in the file (A1111's bundle_emb.<token>.<vectors>, written by OneTrainer
     # for a LoRA trained with its embeddings): token -> (key, vectors as stored)
     embeddings: dict[str, tuple[str, torch.Tensor]] = field(default_factory=dict)
+    kinds: Counter = field(default_factory=Counter)  # modules per kind: LoRA, LoCon, DoRA, LoHa, LoKr, full, ...
 
 
 def _layers(model) -> tuple[dict[str, torch.nn.Module], dict[str, torch.nn.Module]]:
@@ -383,6 +384,7 @@ def place(path: Path, tensors: dict[str, torch.Tensor], header: dict[str, str], 
         result.changes[(component, module)] = change
     result.layers = len(groups)
     result.layout = describe(namings, kinds)
+    result.kinds = kinds
     result.naming = namings.most_common(1)[0][0] if namings else ""
     return result
 

@@ -132,6 +132,8 @@ def _train(job: TrainJob, run: Path, resume: bool, on_event: EventHandler, comma
     method = method_class(job.method)(job)
     torch.manual_seed(t.seed)  # new weights (LoRA matrices) start from the job's seed, not the process's
     groups = method.setup(pipe)
+    for text in method.said:
+        on_event(Message(text))
     params = [p for g in groups for p in g.params]
     if t.gradient_checkpointing:
         pipe.unet.enable_gradient_checkpointing()

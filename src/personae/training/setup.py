@@ -56,6 +56,10 @@ def preflight(job: TrainJob) -> None:
             require_masks([e.image for e in examples], data)
     elif data.is_dir():  # the captions a raw folder will be given (load_examples checks the prepared ones again)
         check_tokens(job, planned_captions(data, raw_folder_settings(job)), data)
+    if job.lora.init_from:  # the LoRA to go on from: what the file alone tells (methods.lora_init)
+        from personae.methods.lora_init import check_init_file
+
+        check_init_file(job.lora, job.allow_pickle)
     resolve_model(job.base_model, allow_pickle=job.allow_pickle)
 
 
