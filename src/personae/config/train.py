@@ -114,6 +114,10 @@ class TrainSection(Strict):
     clip_skip: int = setting(1, 'train on the text encoder\'s output this many layers from the end, as A1111\'s "Clip '
                                 'skip": 2 for anime models made that way (kohya --clip_skip); generate with the same '
                                 'value', ge=1, le=12)
+    scale_weight_norms: float = setting(0.0, "max-norm regularisation of LoRA-family layers: after each step a layer "
+                                             "whose weight change (scale included) has a norm above this is scaled "
+                                             "down to it, e.g. 1 (kohya --scale_weight_norms; 0: off). The log shows "
+                                             "how many were scaled and their mean norm", ge=0)
     ema: bool = setting(False, "keep an exponential moving average of the trained weights (exported instead)")
     ema_decay: float = setting(0.999, "EMA decay", gt=0, lt=1)
     mixed_precision: Literal["no", "fp16", "bf16"] = setting("no", "fp16 needs a GPU; bf16 also runs on the CPU")
@@ -353,6 +357,9 @@ class TrainJob(Strict):
             raise ValueError(f"pivotal.phases {phases} make {sum(phases)} steps, but train sets "
                              f"{'epochs' if self.train.epochs is not None else f'steps: {self.train.steps}'}: "
                              f"remove train.steps / train.epochs, or make the phases add up to them")
+        if self.train.scale_weight_norms and self.method not in ("lora", "pivotal"):
+            raise ValueError(f"train.scale_weight_norms bounds the norms of LoRA-family layers, and method "
+                             f"{self.method} trains none: use method lora (or pivotal), or remove it")
         if self.lora.init_from and self.method not in ("lora", "pivotal"):
             raise ValueError(f"lora.init_from starts a LoRA from a file, and method {self.method} trains no LoRA: use "
                              "method lora (or pivotal), or remove lora.init_from")

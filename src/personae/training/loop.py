@@ -29,6 +29,7 @@ from personae.methods.base import ExportFile
 from personae.models.resolve import load_pipeline, resolve_model
 from personae.runs import RunLog, is_run, read_run
 from personae.training import checkpoint as ckpt
+from personae.training.max_norm import apply_max_norm, trained_layers
 from personae.training.memory import GB, check_fits, estimate_training, free_memory
 from personae.training.saving import DIVERGED_FIX, Saver, export_header
 from personae.training.setup import (
@@ -156,6 +157,7 @@ def _train(job: TrainJob, run: Path, resume: bool, on_event: EventHandler, comma
     unet = wrapped.get(id(pipe.unet), pipe.unet)
     text_encoder = wrapped.get(id(pipe.text_encoder), pipe.text_encoder)
     ema = EMAModel(params, decay=t.ema_decay) if t.ema else None
+    norm_layers = trained_layers([pipe.unet, pipe.text_encoder]) if t.scale_weight_norms else []
     # 6. resume: weights, optimizer, schedule, EMA, losses; the rest follows from the step
     start, losses = 0, []
     found = previous.checkpoints if previous else []
@@ -232,13 +234,21 @@ def _train(job: TrainJob, run: Path, resume: bool, on_event: EventHandler, comma
                     optimizer_step(loss, optimizer, params, t.max_grad_norm, accelerator, method.frozen(step))
                 step_loss += accelerator.reduce(loss.detach(), "mean").item() / t.gradient_accumulation
             check_finite(step_loss, step + 1, lambda: _last_checkpoint(run), DIVERGED_FIX)
+            shown = {"loss": f"{step_loss:.4f}"}
+            if norm_layers:  # kohya's max-norm: before the EMA takes the step's weights
+                norms = apply_max_norm(norm_layers, t.scale_weight_norms)
+                shown.update({"keys scaled": str(norms.scaled), "key norm": f"{norms.mean:.3g}"})
+                if writer:
+                    writer.add_scalar("keys_scaled", norms.scaled, step + 1)
+                    writer.add_scalar("average_key_norm", norms.mean, step + 1)
+                    writer.add_scalar("max_key_norm", norms.largest, step + 1)
             after_step(lr_schedule, ema, params)
             method.after_step(pipe)
             losses.append(step_loss)
             if writer:
                 writer.add_scalar("loss", step_loss, step + 1)
                 writer.add_scalar("lr", lr_schedule.get_last_lr()[0], step + 1)
-            on_event(Progress("train", step + 1, total, {"loss": f"{step_loss:.4f}"}))
+            on_event(Progress("train", step + 1, total, shown))
             saved = bool(t.save_every and (step + 1) % t.save_every == 0 and step + 1 < total)
             asked = commands.take()  # "save" / "sample" from the job interface
             if "save" in asked and step + 1 < total and not saved:
