@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from personae.errors import UserError
-from personae.jobs.kohya_job import kohya_job
+from personae.jobs.kohya_job import kohya_job, kohya_settings
 from personae.jobs.train import load_job
 
 # a LoRA config as the kohya_ss GUI saves it beside its run: every switch written, most off
@@ -185,3 +185,12 @@ def test_the_command_line_refuses_a_config_it_cannot_train_in_one_paragraph(tmp_
     err = capsys.readouterr().err
     assert code == 2 and "full_fp16 = True (use mixed_precision)" in err and "Traceback" not in err
     assert not (tmp_path / "model").exists()
+
+
+def test_noise_offset_shapes_and_max_norm_are_read(tmp_path):
+    job, _ = kohya_settings({"pretrained_model_name_or_path": "./m", "train_data_dir": "./d",
+                             "caption_extension": ".txt", "noise_offset": 0.05, "noise_offset_random_strength": True,
+                             "adaptive_noise_scale": 0.01, "scale_weight_norms": 1.0}, tmp_path, "config.toml")
+    t = job["train"]
+    assert (t["noise_offset"], t["noise_offset_random_strength"], t["adaptive_noise_scale"]) == (0.05, True, 0.01)
+    assert t["scale_weight_norms"] == 1.0

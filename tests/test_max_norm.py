@@ -15,7 +15,6 @@ from train_helpers import prepared_subject, write_job
 
 from personae.config.train import TrainJob
 from personae.events import Progress
-from personae.jobs.kohya_job import kohya_settings
 from personae.jobs.train import load_job, run_training
 from personae.methods.lora import add_lora, freeze, layer_alphas
 from personae.methods.lora_files import peft_to_kohya
@@ -127,10 +126,7 @@ def test_a_run_keeps_every_exported_layer_under_the_limit(tiny_model, tmp_path):
     assert json.loads((tmp_path / "run/run.json").read_text())["settings"]["train"]["scale_weight_norms"] == limit
 
 
-def test_kohya_scale_weight_norms_is_read_and_other_methods_refuse_it(tmp_path):
-    job, _ = kohya_settings({"pretrained_model_name_or_path": "./m", "train_data_dir": "./d", "caption_extension":
-                             ".txt", "scale_weight_norms": 1.0}, tmp_path, "config.toml")
-    assert job["train"]["scale_weight_norms"] == 1.0
+def test_methods_without_a_lora_refuse_it():  # kohya's config is read in tests/test_kohya_job.py
     with pytest.raises(ValueError, match="method dreambooth trains none"):
         TrainJob.model_validate({"base_model": "m", "method": "dreambooth", "data": {"path": "."}, "output": "r",
                                  "train": {"scale_weight_norms": 1}})

@@ -72,6 +72,48 @@ def test_noise_offset_adds_one_value_per_channel():
     assert 0 < shift.abs().max() < 1.0
 
 
+def test_random_and_adaptive_noise_offsets_are_kohyas():
+    """kohya's apply_noise_offset written out: strength rand() x offset (random strength), plus adaptive x |mean of
+    each example's channel| clamped at 0, times one normal draw per example and channel."""
+    shape = (3, 4, 8, 8)
+    latents = torch.randn(shape, generator=torch.Generator().manual_seed(9)) + torch.tensor([1.0, -2, 0.5, 0])[:, None,
+                                                                                                            None]
+    got, timesteps = draw_noise(seeded(3), shape, 1000, noise_offset=0.1, offset_random=True,
+                                adaptive_noise_scale=0.05, latents=latents)
+    gen = seeded(3)
+    want = torch.randn(shape, generator=gen)
+    strength = float(torch.rand((), generator=gen)) * 0.1
+    offset = (strength + 0.05 * latents.mean(dim=(2, 3), keepdim=True).abs()).clamp_min(0)
+    want = want + offset * torch.randn((3, 4, 1, 1), generator=gen)
+    assert torch.allclose(got, want, atol=1e-6)
+    assert torch.equal(timesteps, torch.randint(0, 1000, (3,), generator=gen))
+    # a negative adaptive scale never makes the offset negative
+    low, _ = draw_noise(seeded(3), shape, 1000, noise_offset=0.01, adaptive_noise_scale=-1.0, latents=latents)
+    plain, _ = draw_noise(seeded(3), shape, 1000)
+    first = torch.randn(shape, generator=seeded(3))
+    assert torch.equal(plain, first) and torch.allclose(low[:, 3], first[:, 3], atol=0.02)
+    assert torch.allclose(low[:, :2], first[:, :2], atol=1e-7)  # channels with a mean past 0.01: offset 0
+    # the batch hands its latents to the noise: the same as drawing them apart
+    posteriors = _posteriors(2)
+    batch = draw_batch(seeded(0, 2), posteriors, ["", ""], 0.5, 1000, noise_offset=0.1, offset_random=True,
+                       adaptive_noise_scale=0.05)
+    gen = seeded(0, 2)
+    eps = torch.randn((2, 4, 8, 8), generator=gen)
+    z = torch.stack([p[:4] + p[4:].mul(0.5).exp() * e for p, e in zip(posteriors, eps)]) * 0.5
+    noise, _ = draw_noise(gen, (2, 4, 8, 8), 1000, noise_offset=0.1, offset_random=True, adaptive_noise_scale=0.05,
+                          latents=z)
+    assert torch.allclose(batch.latents, z, atol=1e-6) and torch.allclose(batch.noise, noise, atol=1e-6)
+
+
+def test_noise_offset_options_need_a_noise_offset():
+    from personae.config.train import TrainSection
+
+    for option in ({"noise_offset_random_strength": True}, {"adaptive_noise_scale": 0.01}):
+        with pytest.raises(ValueError, match="train.noise_offset is 0"):
+            TrainSection(**option)
+        assert TrainSection(noise_offset=0.05, **option)
+
+
 def test_a_timestep_range_draws_only_its_timesteps_and_the_full_range_is_unchanged():
     """kohya's --min_timestep / --max_timestep: the draws stay in [min, max); the default draws what it always drew
     (same seed, same timesteps: runs and resumes made before the option are reproduced)."""

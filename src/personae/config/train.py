@@ -85,6 +85,11 @@ class TrainSection(Strict):
     max_timestep: int | None = setting(None, "train on noise levels below this timestep only (kohya --max_timestep; "
                                              "default: the scheduler's num_train_timesteps, all of them)", ge=1)
     noise_offset: float = setting(0.0, "noise offset, e.g. 0.05 for darker darks and brighter brights", ge=0)
+    noise_offset_random_strength: bool = setting(False, "draw the noise offset's strength per step between 0 and "
+                                                        "noise_offset (kohya --noise_offset_random_strength)")
+    adaptive_noise_scale: float = setting(0.0, "add this times each image's absolute mean latent (per channel) to the "
+                                               "noise offset, e.g. 0.01; needs noise_offset (kohya "
+                                               "--adaptive_noise_scale; 0: off)")
     multires_noise_iterations: int = setting(0, "multi-resolution (pyramid) noise: this many coarser noise layers "
                                                 "added to the noise, e.g. 6 (kohya --multires_noise_iterations; 0: "
                                                 "off)", ge=0)
@@ -151,6 +156,14 @@ class TrainSection(Strict):
     def _steps_or_epochs(self):
         if self.steps is None and self.epochs is None:
             self.steps = 500
+        return self
+
+    @model_validator(mode="after")
+    def _offset_options(self):
+        for name in ("noise_offset_random_strength", "adaptive_noise_scale"):
+            if getattr(self, name) and not self.noise_offset:
+                raise ValueError(f"train.{name} shapes the noise offset, and train.noise_offset is 0: set "
+                                 "noise_offset (e.g. 0.05), or remove it (kohya stops here too)")
         return self
 
     @model_validator(mode="after")

@@ -69,7 +69,6 @@ REFUSED = {"sdxl": "personae trains SD-1.5 models", "v2": "personae trains SD-1.
            "network_train_text_encoder_only": "not available",
            "dataset_config": "pass train_data_dir (kohya's 10_token folders work)",
            "in_json": "fine-tuning metadata is not read; pass train_data_dir",
-           "adaptive_noise_scale": "not available", "noise_offset_random_strength": "not available",
            "zero_terminal_snr": "not available",
            "weighted_captions": "not available", "token_warmup_step": "not available",
            "vae": "training with another VAE is not available",
@@ -266,7 +265,9 @@ def _settings(c: dict, base: Path, path: str) -> tuple[dict, list[str]]:
               "huber_c": "huber_c", "huber_schedule": "huber_schedule", "min_timestep": "min_timestep",
               "max_timestep": "max_timestep", "lr_scheduler_num_cycles": "lr_scheduler_num_cycles",
               "lr_scheduler_power": "lr_scheduler_power", "gradient_checkpointing": "gradient_checkpointing",
-              "max_token_length": "max_token_length", "scale_weight_norms": "scale_weight_norms"}
+              "max_token_length": "max_token_length", "scale_weight_norms": "scale_weight_norms",
+              "noise_offset_random_strength": "noise_offset_random_strength",
+              "adaptive_noise_scale": "adaptive_noise_scale"}
     for key, field in simple.items():
         if c.get(key) is not None:
             t[field] = c[key]

@@ -306,7 +306,8 @@ class _Draws:
         captions = [self.caption(i, rng) for i in ids]
         batch = draw_batch(gen, posteriors, captions, self.scaling, self.timesteps[1], t.noise_offset,
                            self.timesteps[0], t.multires_noise_iterations, t.multires_noise_discount,
-                           t.ip_noise_gamma, t.ip_noise_gamma_random_strength)
+                           t.ip_noise_gamma, t.ip_noise_gamma_random_strength, t.noise_offset_random_strength,
+                           t.adaptive_noise_scale)
         if self.masks is not None:  # the loss weights, flipped with their images (class images have none)
             size = tuple(batch.latents.shape[-2:])
             batch.masks = torch.stack([self.masks.get(i, f, size) for i, f in zip(ids, flips)])

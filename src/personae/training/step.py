@@ -72,14 +72,23 @@ def seeded(*parts: int) -> torch.Generator:
 
 def draw_noise(gen: torch.Generator, shape: tuple[int, ...], num_train_timesteps: int,
                noise_offset: float = 0.0, min_timestep: int = 0, multires_iterations: int = 0,
-               multires_discount: float = 0.3) -> tuple[torch.Tensor, torch.Tensor]:
+               multires_discount: float = 0.3, *, offset_random: bool = False, adaptive_noise_scale: float = 0.0,
+               latents: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Noise (plus a per-channel offset, the "noise offset" trick) and a timestep per example, uniform over
     min_timestep .. num_train_timesteps - 1 (a lower num_train_timesteps leaves the noisiest steps out); then,
     with `multires_iterations`, the coarser noise layers of `pyramid_noise` (drawn after the timesteps, so the
-    timesteps are those of the same seed without them)."""
+    timesteps are those of the same seed without them).
+
+    The offset as kohya's apply_noise_offset makes it: with `offset_random` its strength is drawn uniform in
+    [0, noise_offset) once per batch (--noise_offset_random_strength); with `adaptive_noise_scale` each example's
+    channel adds that times the absolute mean of its (scaled) `latents` over the image, the sum clamped at 0
+    (--adaptive_noise_scale)."""
     noise = torch.randn(shape, generator=gen)
     if noise_offset:
-        noise = noise + noise_offset * torch.randn((shape[0], shape[1], 1, 1), generator=gen)
+        offset = float(torch.rand((), generator=gen)) * noise_offset if offset_random else noise_offset
+        if adaptive_noise_scale and latents is not None:
+            offset = (offset + adaptive_noise_scale * latents.mean(dim=(2, 3), keepdim=True).abs()).clamp_min(0.0)
+        noise = noise + offset * torch.randn((shape[0], shape[1], 1, 1), generator=gen)
     timesteps = torch.randint(min_timestep, num_train_timesteps, (shape[0],), generator=gen)
     if multires_iterations:
         noise = pyramid_noise(gen, noise, multires_iterations, multires_discount)
@@ -115,21 +124,22 @@ def sample_latents(params: list[torch.Tensor], draws: torch.Tensor, scaling: flo
 def draw_batch(gen: torch.Generator, posteriors: list[torch.Tensor], captions: list[str], scaling: float,
                num_train_timesteps: int, noise_offset: float = 0.0, min_timestep: int = 0,
                multires_iterations: int = 0, multires_discount: float = 0.3, ip_noise_gamma: float = 0.0,
-               ip_noise_random: bool = False) -> Batch:
-    """A batch from VAE posteriors (one per example): a latent sample, noise and timesteps, drawn in that order;
-    then the input perturbation (kohya's --ip_noise_gamma: gamma x fresh noise, its strength drawn uniform in
-    [0, gamma) once per batch with `ip_noise_random`)."""
+               ip_noise_random: bool = False, offset_random: bool = False, adaptive_noise_scale: float = 0.0) -> Batch:
+    """A batch from VAE posteriors (one per example): a latent sample, noise and timesteps, drawn in that order
+    (`draw_noise`'s offset options see the latents); then the input perturbation (kohya's --ip_noise_gamma: gamma x
+    fresh noise, its strength drawn uniform in [0, gamma) once per batch with `ip_noise_random`)."""
     channels, *size = posteriors[0].shape
     shape = (len(posteriors), channels // 2, *size)
     eps = torch.randn(shape, generator=gen)
+    latents = sample_latents(posteriors, eps, scaling)
     noise, timesteps = draw_noise(gen, shape, num_train_timesteps, noise_offset, min_timestep, multires_iterations,
-                                  multires_discount)
+                                  multires_discount, offset_random=offset_random,
+                                  adaptive_noise_scale=adaptive_noise_scale, latents=latents)
     perturbation = None
     if ip_noise_gamma:
         strength = float(torch.rand((), generator=gen)) * ip_noise_gamma if ip_noise_random else ip_noise_gamma
         perturbation = strength * torch.randn(shape, generator=gen)
-    return Batch(sample_latents(posteriors, eps, scaling), noise, timesteps, list(captions),
-                 perturbation=perturbation)
+    return Batch(latents, noise, timesteps, list(captions), perturbation=perturbation)
 
 
 def per_example_loss(prediction: torch.Tensor, target: torch.Tensor, masks: torch.Tensor | None = None,
