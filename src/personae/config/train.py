@@ -322,6 +322,9 @@ class TrainJob(Strict):
     output_dtype: Literal["fp32", "fp16", "bf16"] = setting(
         "fp32", "precision of the exported LoRA and embedding tensors (kohya --save_precision); fp16 halves the "
                 "file. DreamBooth models are written in fp32")
+    vae: str = setting("", "another VAE in place of the base model's, for the training latents, the class and "
+                           "validation images (kohya --vae, A1111's SD VAE): a diffusers AutoencoderKL folder or a "
+                           "single-file VAE; generate with the same --vae")
     allow_pickle: bool = setting(False, "allow a base model in a pickle (.ckpt / .bin) file: it can run code")
     device: Literal["auto", "cpu", "cuda", "mps"] = setting("auto", "where to train (auto: a GPU when there is one)")
 

@@ -71,7 +71,6 @@ REFUSED = {"sdxl": "personae trains SD-1.5 models", "v2": "personae trains SD-1.
            "in_json": "fine-tuning metadata is not read; pass train_data_dir",
            "zero_terminal_snr": "not available",
            "weighted_captions": "not available", "token_warmup_step": "not available",
-           "vae": "training with another VAE is not available",
            "caption_dropout_every_n_epochs": "use caption_dropout_rate",
            "resume": "personae resumes its own run folders (personae train --resume)"}
 
@@ -308,6 +307,8 @@ def _settings(c: dict, base: Path, path: str) -> tuple[dict, list[str]]:
             d[field] = c[key]
     if c.get("masked_loss"):
         d["masked_loss"] = "on"
+    if c.get("vae"):
+        job["vae"] = str(c["vae"])
     if c.get("reg_data_dir"):
         db.update(prior_preservation=True, class_data_dir=str(c["reg_data_dir"]))
     if c.get("prior_loss_weight") is not None:
@@ -324,7 +325,7 @@ def _settings(c: dict, base: Path, path: str) -> tuple[dict, list[str]]:
         "save_precision", "cache_latents", "cache_latents_to_disk", "shuffle_caption", "keep_tokens",
         "caption_dropout_rate", "caption_tag_dropout_rate", "flip_aug", "masked_loss", "reg_data_dir",
         "prior_loss_weight", "sample_prompts", "sample_sampler", "resolution", "enable_bucket", "caption_extension",
-        "network_args", "loraplus_lr_ratio", "network_weights", "dim_from_weights"}
+        "network_args", "loraplus_lr_ratio", "network_weights", "dim_from_weights", "vae"}
     for key, value in c.items():
         if key in placed or key in REFUSED:  # read above, or refused when set
             continue

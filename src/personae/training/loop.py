@@ -40,6 +40,7 @@ from personae.training.setup import (
     make_accelerator,
     make_optimizer,
     preflight,
+    swap_vae,
     uses_masks,
 )
 from personae.training.step import (
@@ -106,6 +107,7 @@ def _train(job: TrainJob, run: Path, resume: bool, on_event: EventHandler, comma
     where = {"folder": "diffusers folder", "single_file": "single file", "hub": "hub id"}.get(source.kind, source.kind)
     on_event(Message(f"loading the base model {source.name} ({where} {source.location}) on {accelerator.device}"))
     pipe = load_pipeline(source).to(accelerator.device)
+    vae = swap_vae(pipe, job, on_event) if job.vae else None
     check()
     pipe.set_progress_bar_config(disable=True)
     base_scheduler = dict(pipe.scheduler.config)
@@ -183,7 +185,8 @@ def _train(job: TrainJob, run: Path, resume: bool, on_event: EventHandler, comma
 
     saver = Saver(run, job, pipe, method, source, base_scheduler, prompts, baseline, optimizer, lr_schedule, ema,
                   params, losses, log, on_event,
-                  header=export_header(job, stats, plan.steps_per_epoch, total, examples[0].size))
+                  header=export_header(job, stats, plan.steps_per_epoch, total, examples[0].size,
+                                       vae.name if vae else None))
     masks = MaskCache(examples) if uses_masks(job, examples, on_event) else None
     train_batch = _Draws(job, examples, latents, timesteps, scaling, tag=0, masks=masks)
     prior_batch = _Draws(job, priors, prior_latents, timesteps, scaling, tag=1) if priors else None

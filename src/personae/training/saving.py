@@ -166,8 +166,9 @@ class Saver:
 
 
 def export_header(job: TrainJob, stats: DatasetStats, steps_per_epoch: int, total: int,
-                  size: tuple[int, int]) -> dict[str, str]:
-    """The exports' header: the dataset (kohya's ss_* names) and the settings that made them; no paths."""
+                  size: tuple[int, int], vae_name: str | None = None) -> dict[str, str]:
+    """The exports' header: the dataset (kohya's ss_* names) and the settings that made them; no paths (`vae_name`:
+    the name of job.vae's file or folder)."""
     t = job.train
     epochs = -(-total // steps_per_epoch)
     return {**stats.kohya_fields(), "ss_learning_rate": f"{t.learning_rate:g}",
@@ -191,4 +192,8 @@ def export_header(job: TrainJob, stats: DatasetStats, steps_per_epoch: int, tota
             "ss_scale_v_pred_loss_like_noise_pred": str(t.scale_v_pred_loss_like_noise_pred),
             "ss_shuffle_caption": str(job.data.shuffle_tags),
             "ss_flip_aug": str(job.data.flip), "ss_prior_loss_weight": f"{job.dreambooth.prior_loss_weight:g}",
+            "ss_noise_offset_random_strength": str(t.noise_offset_random_strength),
+            "ss_adaptive_noise_scale": f"{t.adaptive_noise_scale:g}" if t.adaptive_noise_scale else "None",
+            "ss_scale_weight_norms": f"{t.scale_weight_norms:g}" if t.scale_weight_norms else "None",
+            **({"ss_vae_name": vae_name} if vae_name else {}),
             **({"ss_loraplus_lr_ratio": f"{job.lora.loraplus_lr_ratio:g}"} if job.lora.loraplus_lr_ratio else {})}

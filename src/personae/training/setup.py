@@ -56,11 +56,30 @@ def preflight(job: TrainJob) -> None:
             require_masks([e.image for e in examples], data)
     elif data.is_dir():  # the captions a raw folder will be given (load_examples checks the prepared ones again)
         check_tokens(job, planned_captions(data, raw_folder_settings(job)), data)
+    if job.vae and not Path(job.vae).expanduser().exists():
+        raise UserError(f"vae {job.vae} was not found: no such file or folder.",
+                        "Pass a diffusers AutoencoderKL folder or a single-file SD-1.x VAE .safetensors.")
     if job.lora.init_from:  # the LoRA to go on from: what the file alone tells (methods.lora_init)
         from personae.methods.lora_init import check_init_file
 
         check_init_file(job.lora, job.allow_pickle)
     resolve_model(job.base_model, allow_pickle=job.allow_pickle)
+
+
+def swap_vae(pipe, job: TrainJob, on_event: EventHandler):
+    """job.vae in place of the base model's VAE (kohya --vae), checked against the UNet; returns its LoadedVae."""
+    from personae.models.vae import load_vae
+
+    loaded = load_vae(job.vae, pipe.vae.dtype, job.allow_pickle)
+    channels = loaded.vae.config.latent_channels
+    if channels != pipe.unet.config.in_channels:
+        raise UserError(f"vae {job.vae} makes latents of {channels} channels, and the base model's UNet takes "
+                        f"{pipe.unet.config.in_channels}: it is a VAE for another kind of model.",
+                        "Pass a VAE made for Stable Diffusion 1.x (4 latent channels), or remove vae.")
+    loaded.vae.requires_grad_(False)
+    pipe.vae = loaded.vae.to(pipe.device)
+    on_event(Message(f"the VAE {loaded.name} encodes the training images and decodes the validation images"))
+    return loaded
 
 
 def check_tokens(job: TrainJob, captions: list[str], where: Path) -> None:

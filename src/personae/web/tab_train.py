@@ -44,6 +44,8 @@ def job_data(ctx, base: dict, model: str, method: str, dataset: str, run_name: s
     if not isinstance(data.get("data"), dict) or not data["data"].get("path"):
         raise UserError("The job has no training images (data.path).", "Pick a prepared set or an upload folder.")
     data["data"] = {**data["data"], "path": str(ws.path(data["data"]["path"], what="data folder", must_exist=True))}
+    if isinstance(data.get("vae"), str) and data["vae"].strip():
+        data["vae"] = str(ws.path(data["vae"], what="VAE (vae)", must_exist=True))
     lora = data.get("lora")
     if isinstance(lora, dict) and isinstance(lora.get("init_from"), str) and lora["init_from"].strip():
         lora["init_from"] = str(ws.path(lora["init_from"], what="LoRA to go on from (lora.init_from)", must_exist=True))
