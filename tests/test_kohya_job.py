@@ -187,10 +187,11 @@ def test_the_command_line_refuses_a_config_it_cannot_train_in_one_paragraph(tmp_
     assert not (tmp_path / "model").exists()
 
 
-def test_noise_offset_shapes_and_max_norm_are_read(tmp_path):
+def test_noise_offset_shapes_max_norm_and_epoch_caption_dropout_are_read(tmp_path):
     job, _ = kohya_settings({"pretrained_model_name_or_path": "./m", "train_data_dir": "./d",
                              "caption_extension": ".txt", "noise_offset": 0.05, "noise_offset_random_strength": True,
-                             "adaptive_noise_scale": 0.01, "scale_weight_norms": 1.0}, tmp_path, "config.toml")
+                             "adaptive_noise_scale": 0.01, "scale_weight_norms": 1.0,
+                             "caption_dropout_every_n_epochs": 3}, tmp_path, "config.toml")
     t = job["train"]
     assert (t["noise_offset"], t["noise_offset_random_strength"], t["adaptive_noise_scale"]) == (0.05, True, 0.01)
-    assert t["scale_weight_norms"] == 1.0
+    assert t["scale_weight_norms"] == 1.0 and job["data"]["caption_dropout_every_n_epochs"] == 3

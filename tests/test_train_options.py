@@ -51,6 +51,19 @@ def test_tag_shuffle_keeps_the_first_tags_and_dropout_empties_captions():
     assert 0.2 < dropped.count("") / 400 < 0.4
 
 
+def test_every_nth_epoch_trains_without_captions_as_kohya_counts_epochs():
+    from personae.config.train import TrainJob
+    from personae.training.loop import _Draws
+
+    job = TrainJob.model_validate({"base_model": "m", "method": "lora", "output": "r", "data": {
+        "path": ".", "caption_dropout_every_n_epochs": 2}})
+    draws = _Draws(job, [Example("0.png", "sks, man", (64, 64))], None, (0, 1000), 1.0, tag=0, steps_per_epoch=3)
+    captions = [draws.caption(0, random.Random(step), step) for step in range(12)]
+    assert captions == ["sks, man"] * 3 + [""] * 3 + ["sks, man"] * 3 + [""] * 3  # kohya's epochs 2 and 4
+    prior = _Draws(job, [Example("c.png", "a man", (64, 64))], None, (0, 1000), 1.0, tag=1, steps_per_epoch=3)
+    assert prior.caption(0, random.Random(0), 4) == "a man"  # class images keep their captions
+
+
 def test_batches_stay_within_one_size_bucket_and_cover_repeats():
     examples = [Example(f"{i}.png", "x", (64, 64) if i < 3 else (96, 64), repeats=2 if i == 0 else 1) for i in range(5)]
     plan = BatchPlan(examples, 2, seed=0)

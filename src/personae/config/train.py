@@ -34,6 +34,8 @@ class DataSection(Strict):
     shuffle_tags: bool = setting(False, "shuffle comma-separated tags after the kept ones (kohya --shuffle_caption)")
     keep_tokens: int | None = setting(None, "tags fixed in front when shuffling (default: as prepare recorded)")
     caption_dropout: float = setting(0.0, "share of examples trained with an empty caption", ge=0.0, le=1.0)
+    caption_dropout_every_n_epochs: int = setting(0, "every N-th epoch (N, 2N, ...) trains with every caption "
+                                                     "empty (kohya --caption_dropout_every_n_epochs; 0: never)", ge=0)
     caption_tag_dropout: float = setting(0.0, "chance of leaving out each comma-separated tag after the kept ones "
                                               "(kohya --caption_tag_dropout_rate)", ge=0.0, le=1.0)
     masked_loss: Literal["auto", "on", "off"] = setting(

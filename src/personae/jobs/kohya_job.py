@@ -71,7 +71,6 @@ REFUSED = {"sdxl": "personae trains SD-1.5 models", "v2": "personae trains SD-1.
            "in_json": "fine-tuning metadata is not read; pass train_data_dir",
            "zero_terminal_snr": "not available",
            "weighted_captions": "not available", "token_warmup_step": "not available",
-           "caption_dropout_every_n_epochs": "use caption_dropout_rate",
            "resume": "personae resumes its own run folders (personae train --resume)"}
 
 
@@ -301,6 +300,7 @@ def _settings(c: dict, base: Path, path: str) -> tuple[dict, list[str]]:
     t["cache_latents"] = cache
     # the data
     for key, field in (("shuffle_caption", "shuffle_tags"), ("keep_tokens", "keep_tokens"),
+                       ("caption_dropout_every_n_epochs", "caption_dropout_every_n_epochs"),
                        ("caption_dropout_rate", "caption_dropout"), ("caption_tag_dropout_rate",
                                                                       "caption_tag_dropout"), ("flip_aug", "flip")):
         if c.get(key) is not None:
@@ -323,7 +323,8 @@ def _settings(c: dict, base: Path, path: str) -> tuple[dict, list[str]]:
         "text_encoder_lr", "max_train_epochs", "max_train_steps", "mixed_precision", "lr_scheduler",
         "lr_warmup_steps", "optimizer_type", "optimizer_args", "use_8bit_adam", "use_lion_optimizer",
         "save_precision", "cache_latents", "cache_latents_to_disk", "shuffle_caption", "keep_tokens",
-        "caption_dropout_rate", "caption_tag_dropout_rate", "flip_aug", "masked_loss", "reg_data_dir",
+        "caption_dropout_rate", "caption_tag_dropout_rate", "caption_dropout_every_n_epochs", "flip_aug",
+        "masked_loss", "reg_data_dir",
         "prior_loss_weight", "sample_prompts", "sample_sampler", "resolution", "enable_bucket", "caption_extension",
         "network_args", "loraplus_lr_ratio", "network_weights", "dim_from_weights", "vae"}
     for key, value in c.items():

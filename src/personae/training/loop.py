@@ -188,7 +188,8 @@ def _train(job: TrainJob, run: Path, resume: bool, on_event: EventHandler, comma
                   header=export_header(job, stats, plan.steps_per_epoch, total, examples[0].size,
                                        vae.name if vae else None))
     masks = MaskCache(examples) if uses_masks(job, examples, on_event) else None
-    train_batch = _Draws(job, examples, latents, timesteps, scaling, tag=0, masks=masks)
+    train_batch = _Draws(job, examples, latents, timesteps, scaling, tag=0, masks=masks,
+                         steps_per_epoch=plan.steps_per_epoch)
     prior_batch = _Draws(job, priors, prior_latents, timesteps, scaling, tag=1) if priors else None
 
     loss_shape = LossShape(t.loss_type, t.huber_c, t.huber_schedule, t.debiased_estimation,
@@ -288,14 +289,18 @@ class _Draws:
     """The batch of one optimizer step from a set of examples: flips, then `draw_batch`, then caption noise."""
 
     def __init__(self, job: TrainJob, examples, cache: LatentCache, timesteps: tuple[int, int], scaling: float,
-                 tag: int, masks: MaskCache | None = None):
+                 tag: int, masks: MaskCache | None = None, steps_per_epoch: int = 1):
         self.job, self.examples, self.cache, self.tag, self.masks = job, examples, cache, tag, masks
         self.scaling, self.timesteps = scaling, timesteps  # drawn from timesteps[0] .. timesteps[1] - 1
+        self.steps_per_epoch = steps_per_epoch
 
-    def caption(self, i: int, rng: random.Random) -> str:
+    def caption(self, i: int, rng: random.Random, step: int = 0) -> str:
         if self.tag:  # class images: their caption as is
             return self.examples[i].caption
         d, ex = self.job.data, self.examples[i]
+        every = d.caption_dropout_every_n_epochs  # kohya counts epochs from 1: epochs N, 2N, ... go uncaptioned
+        if every and (step // self.steps_per_epoch + 1) % every == 0:
+            return ""
         keep = ex.keep_tokens if d.keep_tokens is None else d.keep_tokens
         return noisy_caption(ex.caption, rng, d.shuffle_tags, keep, d.caption_dropout, d.caption_tag_dropout)
 
@@ -306,7 +311,7 @@ class _Draws:
         flips = (torch.rand(n, generator=gen) < 0.5).tolist() if self.job.data.flip and not self.tag else [False] * n
         posteriors = [self.cache.get(i, f) for i, f in zip(ids, flips)]
         rng = random.Random(f"{t.seed}-{step}-{self.tag}")
-        captions = [self.caption(i, rng) for i in ids]
+        captions = [self.caption(i, rng, step) for i in ids]
         batch = draw_batch(gen, posteriors, captions, self.scaling, self.timesteps[1], t.noise_offset,
                            self.timesteps[0], t.multires_noise_iterations, t.multires_noise_discount,
                            t.ip_noise_gamma, t.ip_noise_gamma_random_strength, t.noise_offset_random_strength,

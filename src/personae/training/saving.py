@@ -181,6 +181,7 @@ def export_header(job: TrainJob, stats: DatasetStats, steps_per_epoch: int, tota
             "ss_max_grad_norm": f"{t.max_grad_norm:g}", "ss_noise_offset": f"{t.noise_offset:g}",
             "ss_min_snr_gamma": f"{t.min_snr_gamma:g}" if t.min_snr_gamma else "None",
             "ss_caption_dropout_rate": f"{job.data.caption_dropout:g}",
+            "ss_caption_dropout_every_n_epochs": str(job.data.caption_dropout_every_n_epochs or None),
             "ss_caption_tag_dropout_rate": f"{job.data.caption_tag_dropout:g}", "ss_clip_skip": str(t.clip_skip),
             "ss_max_token_length": str(t.max_token_length),
             "ss_multires_noise_iterations": str(t.multires_noise_iterations or None),
