@@ -238,6 +238,35 @@ def test_long_captions_are_encoded_in_chunks_as_generation_encodes_long_prompts(
         assert torch.allclose(batch[0, 77:154], empty, atol=1e-6)
 
 
+def test_weighted_captions_are_encoded_as_generation_weighs_a_prompt(tiny_model, tiny_session):
+    """train.weighted_captions (kohya --weighted_captions): (word:1.5), [word] and BREAK weigh a caption's tokens as
+    `personae generate` weighs a prompt's (A1111's Original emphasis, per chunk), with gradients for a text encoder
+    that trains; off, the brackets are text."""
+    from personae.models.resolve import load_pipeline, resolve_model
+    from personae.training.text import encode_text
+
+    pipe = tiny_session.pipe
+    captions = ["a photo of (sks:1.5) man, [smiling]", f"(sks man:1.3), {LONG} BREAK red hat"]
+    with torch.no_grad():
+        for caption in captions:
+            weighted = encode_text(pipe, pipe.text_encoder, [caption], 1, 3, weighted=True)
+            generated = tiny_session.encoder.encode(caption).embeds[:, :3 * 77]  # max_token_length 225: 3 chunks
+            assert weighted.shape == generated.shape and torch.allclose(weighted, generated, atol=1e-5), caption
+            plain = encode_text(pipe, pipe.text_encoder, [caption], 1, 3)
+            assert (plain.shape != weighted.shape) or (plain - weighted).abs().max() > 1e-3  # brackets as text
+        unweighted = encode_text(pipe, pipe.text_encoder, ["a photo of sks man, smiling"], 1, 3, weighted=True)
+        assert torch.allclose(unweighted, encode_text(pipe, pipe.text_encoder, ["a photo of sks man, smiling"], 1, 3))
+        assert (unweighted - encode_text(pipe, pipe.text_encoder, captions[:1], 1, 3, weighted=True)).abs().max() > 1e-3
+        batch = encode_text(pipe, pipe.text_encoder, captions, 1, 3, weighted=True)
+        alone = encode_text(pipe, pipe.text_encoder, captions[:1], 1, 3, weighted=True)
+        assert torch.allclose(batch[0, :77], alone[0], atol=1e-6)
+    trained = load_pipeline(resolve_model(str(tiny_model[0])))
+    layer = trained.text_encoder.get_input_embeddings()
+    states = encode_text(trained, trained.text_encoder, captions[:1], 1, 1, weighted=True)
+    states.square().mean().backward()
+    assert layer.weight.grad is not None and layer.weight.grad.abs().sum() > 0
+
+
 def test_long_captions_train_whole_with_the_cache_or_without_and_the_cut_is_said(tmp_path, tiny_model):
     from train_helpers import prepared_subject
 

@@ -118,6 +118,9 @@ class TrainSection(Strict):
     max_token_length: Literal[75, 150, 225] = setting(
         75, "captions are cut after this many tokens; 150 or 225 keep long (tag) captions, encoded in chunks of 75 "
             "as generation encodes long prompts (kohya --max_token_length)")
+    weighted_captions: bool = setting(False, "read captions as A1111 prompts: (word:1.2), [word] and BREAK weight "
+                                             "their tokens as generation weighs a prompt's (kohya "
+                                             "--weighted_captions); off: brackets are ordinary text")
     clip_skip: int = setting(1, 'train on the text encoder\'s output this many layers from the end, as A1111\'s "Clip '
                                 'skip": 2 for anime models made that way (kohya --clip_skip); generate with the same '
                                 'value', ge=1, le=12)

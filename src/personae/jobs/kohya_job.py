@@ -70,7 +70,7 @@ REFUSED = {"sdxl": "personae trains SD-1.5 models", "v2": "personae trains SD-1.
            "dataset_config": "pass train_data_dir (kohya's 10_token folders work)",
            "in_json": "fine-tuning metadata is not read; pass train_data_dir",
            "zero_terminal_snr": "not available",
-           "weighted_captions": "not available", "token_warmup_step": "not available",
+           "token_warmup_step": "not available",
            "resume": "personae resumes its own run folders (personae train --resume)"}
 
 
@@ -265,7 +265,7 @@ def _settings(c: dict, base: Path, path: str) -> tuple[dict, list[str]]:
               "lr_scheduler_power": "lr_scheduler_power", "gradient_checkpointing": "gradient_checkpointing",
               "max_token_length": "max_token_length", "scale_weight_norms": "scale_weight_norms",
               "noise_offset_random_strength": "noise_offset_random_strength",
-              "adaptive_noise_scale": "adaptive_noise_scale"}
+              "adaptive_noise_scale": "adaptive_noise_scale", "weighted_captions": "weighted_captions"}
     for key, field in simple.items():
         if c.get(key) is not None:
             t[field] = c[key]

@@ -203,13 +203,14 @@ def _train(job: TrainJob, run: Path, resume: bool, on_event: EventHandler, comma
 
     def text_embeddings(captions):
         if method.text_encoder_changes:
-            return encode_text(pipe, text_encoder, captions, t.clip_skip, chunks)
+            return encode_text(pipe, text_encoder, captions, t.clip_skip, chunks, t.weighted_captions)
         if not t.cache_text_encoder_outputs:
             with torch.no_grad():
-                return encode_text(pipe, pipe.text_encoder, captions, t.clip_skip, chunks)
+                return encode_text(pipe, pipe.text_encoder, captions, t.clip_skip, chunks, t.weighted_captions)
         for c in (set(captions) | ({""} if chunks > 1 else set())) - set(text_cache):  # "": the empty chunk
             with torch.no_grad():
-                text_cache[c] = encode_text(pipe, pipe.text_encoder, [c], t.clip_skip, chunks)[0]
+                text_cache[c] = encode_text(pipe, pipe.text_encoder, [c], t.clip_skip, chunks,
+                                            t.weighted_captions)[0]
         if chunks == 1:
             return torch.stack([text_cache[c] for c in captions])
         return stack_padded([text_cache[c] for c in captions], text_cache[""][:77])

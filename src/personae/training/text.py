@@ -16,7 +16,15 @@ from __future__ import annotations
 
 import torch
 
-from personae.inference.prompt import CHUNK, a1111_chunks, clip_states, embedding_spans, expand_embeddings
+from personae.inference.prompt import (
+    CHUNK,
+    PromptEncoder,
+    a1111_chunks,
+    clip_states,
+    embedding_spans,
+    expand_embeddings,
+    mean_restoring_factor,
+)
 
 
 def caption_tokens(pipe, caption: str) -> list[int]:
@@ -38,9 +46,12 @@ def _row(tokenizer, chunk: list[int]) -> list[int]:
     return ids + [pad] * (CHUNK + 2 - len(ids))
 
 
-def encode_text(pipe, text_encoder, captions: list[str], clip_skip: int = 1, max_chunks: int = 1) -> torch.Tensor:
+def encode_text(pipe, text_encoder, captions: list[str], clip_skip: int = 1, max_chunks: int = 1,
+                weighted: bool = False) -> torch.Tensor:
     """(captions, 77 x chunks, hidden): each caption cut at 75 x max_chunks tokens, all padded to the batch's
-    longest with empty chunks."""
+    longest with empty chunks. `weighted` (kohya's --weighted_captions): read as generation reads a prompt."""
+    if weighted:
+        return _encode_weighted(pipe, text_encoder, captions, clip_skip, max_chunks)
     device = pipe.text_encoder.device
     if max_chunks == 1:  # CLIP's own input: one chunk, cut at 75 tokens
         rows = [_row(pipe.tokenizer, caption_tokens(pipe, c)[:CHUNK]) for c in captions]
@@ -49,6 +60,30 @@ def encode_text(pipe, text_encoder, captions: list[str], clip_skip: int = 1, max
     count = max(1, *(len(c) for c in chunked))
     rows = [_row(pipe.tokenizer, c[i] if i < len(c) else []) for c in chunked for i in range(count)]
     states = clip_states(text_encoder, torch.tensor(rows, device=device), clip_skip)
+    return states.reshape(len(captions), count * states.shape[1], states.shape[2])
+
+
+def _encode_weighted(pipe, text_encoder, captions: list[str], clip_skip: int, max_chunks: int) -> torch.Tensor:
+    """Captions with A1111's attention syntax ((word:1.2), [word], BREAK): chunked where generation chunks a prompt,
+    each chunk's token states times their weights and brought back to the chunk's mean (A1111's "Original"
+    emphasis, as inference/prompt.py encodes a prompt), here with gradients when the text encoder trains. kohya's
+    --weighted_captions does the same within one chunk; across chunks it restores one mean for all of them."""
+    reader = PromptEncoder(pipe)
+    chunked = [reader.token_chunks(caption)[:max_chunks] for caption in captions]
+    count = max(1, *(len(c) for c in chunked))
+    rows = [c[i] if i < len(c) else [] for c in chunked for i in range(count)]
+    ids = torch.tensor([_row(pipe.tokenizer, [t for t, _ in row]) for row in rows], device=pipe.text_encoder.device)
+    states = clip_states(text_encoder, ids, clip_skip)
+    out = []
+    for z, row in zip(states, rows):
+        weights = torch.tensor([1.0] + [w for _, w in row] + [1.0] * (CHUNK + 1 - len(row)), device=z.device,
+                               dtype=z.dtype)
+        if bool((weights != 1.0).any()):
+            mean = z.mean()
+            z = z * weights[:, None]
+            z = z * mean_restoring_factor(mean, z)
+        out.append(z)
+    states = torch.stack(out)
     return states.reshape(len(captions), count * states.shape[1], states.shape[2])
 
 
