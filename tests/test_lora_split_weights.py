@@ -29,6 +29,11 @@ def test_tags_are_read_as_a1111_reads_them():
                       ("<lora:a:te=1:unet=y>", "not a number")):
         with pytest.raises(UserError, match=said):
             lora_tags(f"a cat {tag}")
+    # A1111 takes every <word:...> tag out as an extra network: a hypernetwork or an unknown kind is refused by name
+    for tag, said in (("<hypernet:anime:0.8>", "an A1111 hypernetwork"), ("<foo:bar:1>", "knows only <lora:...>")):
+        with pytest.raises(UserError, match=said):
+            lora_tags(f"a cat {tag} <lora:a:1>")
+    assert lora_tags("a cat <3, (smiling:1.2), a:b>")[0] == "a cat <3, (smiling:1.2), a:b>"  # not tags: kept
     assert LoraRef.from_cli("a.safetensors:0.5:0.25") == {"path": "a.safetensors", "weight": 0.5, "unet_weight": 0.25}
     assert LoraRef.from_cli("a.safetensors:0.5") == {"path": "a.safetensors", "weight": 0.5}
 

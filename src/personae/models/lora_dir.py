@@ -55,8 +55,23 @@ def _weights(args: list[str], text: str) -> tuple[float, float | None]:
                         "Write it as <lora:name:0.8>, or <lora:name:TE:UNET>.") from None
 
 
+_EXTRA_NETWORK = re.compile(r"<(\w+):([^>]+)>")  # A1111's re_extra_net: every such tag leaves the prompt
+
+
 def lora_tags(prompt: str) -> tuple[str, list[LoraTag]]:
-    """The prompt without its `<lora:...>` tags, and the tags in order."""
+    """The prompt without its `<lora:...>` tags, and the tags in order. A1111 takes every `<word:...>` tag out of a
+    prompt as an extra network: one personae does not apply (a hypernetwork, or a kind A1111 itself skips as
+    unknown) would change what the words mean if it stayed, and is refused by name."""
+    for match in _EXTRA_NETWORK.finditer(prompt):
+        kind = match.group(1).lower()
+        if kind in ("lora", "lyco"):
+            continue
+        if kind == "hypernet":
+            raise UserError(f"The prompt has {match.group(0)}, an A1111 hypernetwork, which personae does not apply.",
+                            "Remove the tag (the picture then differs from A1111's with it), or use a LoRA instead.")
+        raise UserError(f"The prompt has {match.group(0)}: A1111 reads <{match.group(1)}:...> as an extra network "
+                        "and takes it out of the prompt, and personae knows only <lora:...> (and <lyco:...>).",
+                        "Remove the tag; for a LoRA write <lora:name:weight>.")
     tags = []
     for match in _TAG.finditer(prompt):
         name, args = match.group(2).strip(), [a.strip() for a in match.group(3).split(":")[1:]]
