@@ -64,17 +64,18 @@ def world_bench(tmp_path_factory):
     from personae.world.bench_settings import WorldBench
 
     settings = WorldBench(methods=WORLD_METHODS, concepts=["star"], seeds=1, workers=1, eval={"seeds_per_prompt": 4})
-    result = run_bench(settings, tmp_path_factory.mktemp("world") / "bench")
+    folder = tmp_path_factory.mktemp("world") / "bench"
+    result = run_bench(settings, folder)
     runs = {r["method"]: r for r in result["runs"]}
     for method, r in runs.items():
         print(f"{method}: subject {r['subject_fidelity']:.0%} (unseen backgrounds {r['subject_unseen_bg']:.0%}), "
               f"prompt {r['prompt_fidelity']:.0%}, prior {r['prior_after']:.0%}")
-    return result["base"]["star"], runs
+    return result["base"]["star"], runs, folder, settings
 
 
 @pytest.mark.parametrize("method, least", [("lora", 0.4), ("dreambooth", 0.6), (NO_PRIOR, 0.6)])
 def test_lora_and_dreambooth_teach_the_world_a_shape_it_never_drew(world_bench, method, least):
-    base, runs = world_bench
+    base, runs, _, _ = world_bench
     assert base["subject_fidelity"] == 0.0, base  # the untaught word never draws the star
     run = runs[method]
     assert run["subject_fidelity"] >= least, run
@@ -84,6 +85,30 @@ def test_lora_and_dreambooth_teach_the_world_a_shape_it_never_drew(world_bench, 
 def test_prior_preservation_keeps_what_the_model_drew_before(world_bench):
     """DreamBooth with the model's own pictures of ordinary captions beside the star's keeps the 16 ordinary
     prompts right; without them the whole UNet drifts toward the star (language drift)."""
-    base, runs = world_bench
+    base, runs, _, _ = world_bench
     kept, lost = runs["dreambooth"]["prior_after"], runs[NO_PRIOR]["prior_after"]
     assert kept >= base["prior_after"] - 0.1 and kept >= lost + 0.15, (base, runs["dreambooth"], runs[NO_PRIOR])
+
+
+def test_a_lora_extracted_from_the_dreambooth_model_draws_its_star(world_bench, tmp_path):
+    """`personae extract` (kohya's extract_lora_from_models) on the DreamBooth star: the base world model with the
+    extracted LoRA draws the taught word as the star about as often as the DreamBooth model itself."""
+    from personae.config.extract import ExtractSettings
+    from personae.inference.session import open_session
+    from personae.jobs.extract import run_extract
+    from personae.runs import read_run
+    from personae.world.bench import evaluate, word_for
+
+    _, runs, folder, settings = world_bench
+    run = folder / "runs" / "dreambooth-star-s0"
+    tuned = next(run / f.path for f in read_run(run).exports if f.loader == "folder")
+    lora = run_extract(str(tuned), tmp_path / "star.safetensors",
+                       ExtractSettings(base=str(folder / "model"), rank=16, conv_rank=16))
+    session = open_session(str(folder / "model"), device="cpu", loras=[(str(lora), 1.0)])
+    scores, _, _ = evaluate(settings, session.pipe, word_for(settings, "dreambooth", "star"), "star", 0)
+    dreambooth = runs["dreambooth"]
+    print(f"extracted rank-16 LoRA: subject {scores['subject_fidelity']:.0%} (DreamBooth "
+          f"{dreambooth['subject_fidelity']:.0%}), prompt {scores['prompt_fidelity']:.0%} "
+          f"({dreambooth['prompt_fidelity']:.0%})")
+    assert scores["subject_fidelity"] >= dreambooth["subject_fidelity"] - 0.15
+    assert scores["subject_fidelity"] >= 0.6 and scores["prompt_fidelity"] >= dreambooth["prompt_fidelity"] - 0.15

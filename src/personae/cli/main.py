@@ -22,7 +22,7 @@ from pathlib import Path
 from personae.errors import UserError
 from personae.quiet import quiet_libraries
 
-COMMANDS = ["demo", "model", "detect", "generate", "prepare", "captions", "train", "convert", "merge", "upscale", "storyboard", "compare", "animate", "world", "doctor", "ui"]  # each is personae.cli.<name>_cmd with add_parser() and run()
+COMMANDS = ["demo", "model", "detect", "generate", "prepare", "captions", "train", "convert", "merge", "extract", "upscale", "storyboard", "compare", "animate", "world", "doctor", "ui"]  # each is personae.cli.<name>_cmd with add_parser() and run()
 
 
 def build_parser() -> argparse.ArgumentParser:

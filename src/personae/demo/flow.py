@@ -1,7 +1,8 @@
 """`personae demo`: every capability that exists, offline.
 
 First the shapes-world model that ships with personae (demo/world.py): it draws what
-it is asked and learns a held-out shape, measured exactly; then shot tokens and a star
+it is asked and learns a held-out shape, measured exactly, and the DreamBooth model becomes a small LoRA
+(`personae extract`) that draws the shape too; then shot tokens and a star
 character taught on it and drawn as a storyboard whose panels are read back exactly
 (demo/world_board.py), and the base model, the DreamBooth star and the LoRA star compared with
 the checker as a metric (demo/world_compare.py), the world ControlNet placing shapes where a

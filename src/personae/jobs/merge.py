@@ -48,13 +48,14 @@ def _load(spec: str, label: str, allow_pickle: bool, on_event: EventHandler):
     return load_pipeline(resolve_model(spec, allow_pickle))
 
 
-def _check_alike(a, other, a_label: str, label: str) -> None:
-    """Same tokenizer and the same weights by name and shape (an inpainting A's first layer aside)."""
+def check_alike(a, other, a_label: str, label: str, fix: str = "") -> None:
+    """Same tokenizer and the same weights by name and shape (an inpainting A's first layer aside); `fix`: what to
+    do instead of merging models of one family."""
     if a.tokenizer.get_vocab() != other.tokenizer.get_vocab():
         raise UserError(f"{a_label} and {label} have different tokenizers ({len(a.tokenizer)} and "
                         f"{len(other.tokenizer)} tokens), so their text encoders do not mean the same thing by the "
                         "same weights.",
-                        "Merge models of one family (SD-1.x with SD-1.x).")
+                        fix or "Merge models of one family (SD-1.x with SD-1.x).")
     for part in COMPONENTS:
         mine, theirs = getattr(a, part).state_dict(), getattr(other, part).state_dict()
         odd = sorted(set(mine) ^ set(theirs))
@@ -65,8 +66,8 @@ def _check_alike(a, other, a_label: str, label: str) -> None:
             shapes = f"{tuple(mine[key].shape) if key in mine else 'absent'} in {a_label}, " \
                      f"{tuple(theirs[key].shape) if key in theirs else 'absent'} in {label}"
             raise UserError(f"{a_label} and {label} are not the same architecture: {part} weight {key} is {shapes}.",
-                            "Merge models of one architecture (SD-1.x with SD-1.x); for an inpainting model, pass it "
-                            "as A.")
+                            fix or "Merge models of one architecture (SD-1.x with SD-1.x); for an inpainting model, "
+                                   "pass it as A.")
 
 
 def _inpainting_pair(a: torch.Tensor, b: torch.Tensor) -> bool:
@@ -158,13 +159,13 @@ def run_merge(models: list[str], out_path: str | Path, settings: MergeSettings, 
         b = _load(models[1], "B", settings.allow_pickle, on_event)
     if needs > 2:
         c = _load(models[2], "C", settings.allow_pickle, on_event)
-        _check_alike(b, c, "B", "C")
+        check_alike(b, c, "B", "C")
         _difference(b, c)
         del c
     a = _load(models[0], "A", settings.allow_pickle, on_event)
     if b is not None:
         _refuse_inpainting_b(a, b, "A", "B")
-        _check_alike(a, b, "A", "B")
+        check_alike(a, b, "A", "B")
         if a.scheduler.config.get("prediction_type") != b.scheduler.config.get("prediction_type"):
             on_event(Message(f"A predicts {a.scheduler.config.get('prediction_type')}, B "
                              f"{b.scheduler.config.get('prediction_type')}: the result keeps A's scheduler", "warning"))
