@@ -279,3 +279,20 @@ def test_extras_and_merge_forms_become_the_commands_settings_and_run_through_the
     assert not merge.allow_pickle
     assert merge_request(ws, ["models/tiny", "", ""], [], 1.0, "", "mix", {"method": "none",
                                                                            "allow_pickle": True})[2].allow_pickle
+    # a LoRA extracted from a fine-tuned model (here the fp16 copy: its rounding is the difference) into models/Lora
+    from personae.jobs.extract import run_extract
+    from personae.web.tab_extras import extract_request
+
+    tuned, lora, extract = extract_request(ws, "models/tiny-half", "models/tiny", "half-diff", {"rank": 2})
+    assert lora == ws.root / "models/Lora/half-diff.safetensors" and extract.base == str(ws.root / "models" / "tiny")
+    task = ctx.jobs.wait(ctx.jobs.submit("merge", "x", lambda on_event: run_extract(tuned, lora, extract,
+                                                                                    on_event=on_event)).id, 120)
+    assert task.status == "done", task.error
+    from personae.web.tab_generate import LORA_SUFFIXES
+
+    assert "models/Lora/half-diff.safetensors" in ws.files(LORA_SUFFIXES)  # the Generate tab offers it
+    for args, message in ((("models/tiny-half", "", "x"), "needs the fine-tuned model"),
+                          (("models/tiny-half", "models/tiny", "half-diff"), "already exists"),
+                          (("models/tiny-half", "models/tiny", "a/b"), "not a plain name")):
+        with pytest.raises(UserError, match=message):
+            extract_request(ws, *args, {})

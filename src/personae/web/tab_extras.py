@@ -1,6 +1,7 @@
 """The Extras and Merge tabs (A1111's Extras and Checkpoint Merger): pictures through a model upscaler as `personae
 upscale` does (jobs/upscale.py) into a new outputs/upscale/NNNN, and models merged, LoRAs and a VAE baked in, as
-`personae merge` does (jobs/merge.py) into models/ of the workspace, where the Generate tab finds the result."""
+`personae merge` does (jobs/merge.py) into models/ of the workspace, where the Generate tab finds the result; and a
+LoRA extracted from a fine-tuned model as `personae extract` does (jobs/extract.py) into models/Lora."""
 
 from __future__ import annotations
 
@@ -62,6 +63,27 @@ def merge_request(ws, models: list[str | None], loras, lora_weight: float, vae: 
     return chosen, out, parse_settings(MergeSettings, data, "the Merge form")
 
 
+def extract_request(ws, tuned: str | None, base: str | None, name: str, values: dict):
+    """(tuned model, output file, ExtractSettings) for the Merge tab's LoRA extraction: both models in the workspace
+    (or hub ids), the LoRA a new file under models/Lora (A1111's LoRA folder)."""
+    from personae.config.base import parse_settings
+    from personae.config.extract import ExtractSettings
+    from personae.web.tab_generate import model_path
+
+    if not (tuned and tuned.strip()) or not (base and base.strip()):
+        raise UserError("Extracting a LoRA needs the fine-tuned model and the model it was trained from.",
+                        "Pick both from the models in the workspace.")
+    name = (name or "").strip().removesuffix(".safetensors")
+    if not name or "/" in name or "\\" in name or name.startswith("."):
+        raise UserError(f"The LoRA's name {name!r} is not a plain name.",
+                        "Type a name such as my-character; it goes to models/Lora/NAME.safetensors in the workspace.")
+    out = ws.path(f"models/Lora/{name}.safetensors", what="extracted LoRA")
+    if out.exists():
+        raise UserError(f"models/Lora/{name}.safetensors already exists in the workspace.", "Type another name.")
+    settings = parse_settings(ExtractSettings, {**values, "base": model_path(ws, base)}, "the Extract form")
+    return model_path(ws, tuned), out, settings
+
+
 def build_extras(ctx) -> None:
     import gradio as gr
 
@@ -114,7 +136,9 @@ def build_extras(ctx) -> None:
 def build_merge(ctx) -> None:
     import gradio as gr
 
+    from personae.config.extract import ExtractSettings
     from personae.config.merge import MergeSettings
+    from personae.jobs.extract import run_extract
     from personae.jobs.merge import run_merge
     from personae.web.forms import SettingsForm
     from personae.web.jobfiles import ended_line, latest
@@ -138,9 +162,32 @@ def build_merge(ctx) -> None:
             name = gr.Textbox(label="Name of the result under models/ (.safetensors: one file for A1111 / ComfyUI; "
                                     "else a diffusers folder)", elem_id="merge-name", placeholder="mix.safetensors")
             go = gr.Button("Merge", variant="primary", elem_id="merge-run")
+            with gr.Accordion("Or extract a LoRA from a fine-tuned model (kohya's extract_lora_from_models)",
+                              open=False):
+                with gr.Row():
+                    tuned = gr.Dropdown(models(ws), allow_custom_value=True, label="Fine-tuned model",
+                                        elem_id="extract-tuned")
+                    base = gr.Dropdown(models(ws), value=first, allow_custom_value=True, label="Its base model",
+                                       elem_id="extract-base")
+                extract_form = SettingsForm(ExtractSettings, prefix="extract", names=(
+                    "rank", "conv_rank", "clamp_quantile", "min_diff", "save_precision", "allow_pickle"))
+                lora_name = gr.Textbox(label="Name of the LoRA (models/Lora/NAME.safetensors)",
+                                       elem_id="extract-name", placeholder="my-character")
+                extract = gr.Button("Extract", elem_id="extract-run")
         with gr.Column(scale=2):
             status = gr.Markdown(elem_id="merge-status")
     seen = gr.State(0)
+
+    def submit_extract(tuned_v, base_v, name_v, *raw):
+        try:
+            model, out, settings = extract_request(ws, tuned_v, base_v, name_v, extract_form.values(*raw))
+        except UserError as exc:
+            return f"**Not started:** {exc}"
+        task = jobs.submit("merge", f"models/Lora/{out.name}",
+                           lambda on_event: str(run_extract(model, out, settings, on_event=on_event)))
+        return f"Queued as job {task.id}; the LoRA goes to `models/Lora/{out.name}`."
+
+    extract.click(submit_extract, [tuned, base, lora_name, *extract_form.inputs], status)
 
     def submit(a, b, c, loras_v, weight_v, vae_v, name_v, *raw):
         try:
