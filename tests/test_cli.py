@@ -138,6 +138,13 @@ def test_demo_runs_offline_and_writes_an_index(tmp_path):
     assert index.index("## Shapes-world model") < index.index("## Teach a star") < index.index("## Single-file")
     right = int(re.search(r"the exact checker finds (\d+) of 16 right", index).group(1))
     assert right >= 13, index
+    # the DreamBooth star as a LoRA (personae extract): drawn on the world model with it (3 of 4, as the DreamBooth
+    # model itself draws them, measured)
+    extracted = " ".join(index[index.index("## A LoRA extracted"):].split())
+    drawn = re.search(r"the checker reads (\d+) of 4 as prompted, star included \(the DreamBooth model itself: "
+                      r"(\d+) of 4", extracted)
+    assert drawn and int(drawn.group(1)) >= max(2, int(drawn.group(2)) - 1), extracted[:600]
+    assert (tmp_path / "demo/world/star-extracted.safetensors").is_file()
     # the demo's bench run: DreamBooth, the star, one seed, the default recipe, on the shipped model; the taught
     # word draws the star where the untaught one never does, on backgrounds it never saw
     bench_out = tmp_path / "demo/world-bench"

@@ -103,11 +103,11 @@ def test_a_lora_extracted_from_the_dreambooth_model_draws_its_star(world_bench, 
     run = folder / "runs" / "dreambooth-star-s0"
     tuned = next(run / f.path for f in read_run(run).exports if f.loader == "folder")
     lora = run_extract(str(tuned), tmp_path / "star.safetensors",
-                       ExtractSettings(base=str(folder / "model"), rank=16, conv_rank=16))
+                       ExtractSettings(base=str(folder / "model"), rank=32, conv_rank=32))
     session = open_session(str(folder / "model"), device="cpu", loras=[(str(lora), 1.0)])
     scores, _, _ = evaluate(settings, session.pipe, word_for(settings, "dreambooth", "star"), "star", 0)
     dreambooth = runs["dreambooth"]
-    print(f"extracted rank-16 LoRA: subject {scores['subject_fidelity']:.0%} (DreamBooth "
+    print(f"extracted rank-32 LoRA: subject {scores['subject_fidelity']:.0%} (DreamBooth "
           f"{dreambooth['subject_fidelity']:.0%}), prompt {scores['prompt_fidelity']:.0%} "
           f"({dreambooth['prompt_fidelity']:.0%})")
     assert scores["subject_fidelity"] >= dreambooth["subject_fidelity"] - 0.15

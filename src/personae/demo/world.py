@@ -73,7 +73,7 @@ def _extracted(out: Path, model: Path, taught: Path, taught_images: list[Path], 
     from personae.world.check import agreement, check
 
     lora = run_extract(str(taught), out / "world/star-extracted.safetensors",
-                       ExtractSettings(base=str(model), rank=16, conv_rank=16), on_event=on_event)
+                       ExtractSettings(base=str(model), rank=32, conv_rank=32), on_event=on_event)
     images = []
     for i, prompt in enumerate(TAUGHT_PROMPTS):
         images += run_generate(GenerateSettings(model=str(model), prompt=prompt, seed=i, loras=[LoraRef(
@@ -84,9 +84,9 @@ def _extracted(out: Path, model: Path, taught: Path, taught_images: list[Path], 
 
     unet = sum(f.stat().st_size for f in (taught / "unet").glob("*.safetensors"))
     index.add("A LoRA extracted from the DreamBooth star",
-              "`personae extract world-bench/runs/dreambooth-star-s0/model --base models/world --rank 16 --conv-rank "
-              "16 --out world/star-extracted.safetensors` (kohya's extract_lora_from_models: the fine-tuned model's "
-              f"difference from its base, cut to rank 16 by SVD): {lora.stat().st_size / 1e6:.2f} MB against the "
+              "`personae extract world-bench/runs/dreambooth-star-s0/model --base models/world --rank 32 --conv-rank "
+              "32 --out world/star-extracted.safetensors` (kohya's extract_lora_from_models: the fine-tuned model's "
+              f"difference from its base, cut to rank 32 by SVD): {lora.stat().st_size / 1e6:.2f} MB against the "
               f"DreamBooth UNet's {unet / 1e6:.2f} MB. The same prompts and seeds with `personae generate --model "
               f"models/world --lora world/star-extracted.safetensors`: the checker reads {right(images)} of 4 as "
               f"prompted, star included (the DreamBooth model itself: {right(taught_images)} of 4).", images)

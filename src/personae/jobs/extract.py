@@ -96,6 +96,7 @@ def kohya_name(component: str, module: str) -> str:
     return "lora_te_text_model_" + module.removeprefix("text_model.").replace(".", "_")
 
 
+@torch.no_grad()
 def _covered(layers: dict, base_layers: dict, settings: ExtractSettings, on_event: EventHandler) -> list:
     """The (component, module) keys to extract: the text encoder's left out when it is the same (kohya's min_diff
     test); a tuned model that is the base model is refused."""
@@ -153,7 +154,7 @@ def run_extract(tuned_spec: str, out_path: str | Path, settings: ExtractSettings
     dtype, tensors, kept, total = DTYPES[settings.save_precision], {}, 0.0, 0.0
     for i, (component, module) in enumerate(keys):  # one difference in memory at a time
         key = (component, module)
-        diff = (layers[key].weight.float() - base_layers[key].weight.float()).to(settings.device)
+        diff = (layers[key].weight.detach().float() - base_layers[key].weight.detach().float()).to(settings.device)
         is_3x3 = diff.dim() == 4 and tuple(diff.shape[2:]) != (1, 1)
         part = low_rank(diff, settings.conv_rank if is_3x3 else settings.rank, settings.clamp_quantile)
         name = kohya_name(component, module)
