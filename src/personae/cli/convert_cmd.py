@@ -13,11 +13,16 @@ EXAMPLES = """examples:
   personae convert pytorch_lora_weights.safetensors --to kohya --out me.safetensors
   personae convert my_sd_scripts_lora.safetensors --to diffusers --out converted/
   personae convert old_pytorch_lora_weights.bin --allow-pickle --to kohya   # the 2023 attention-processor layout
+  # a rank-128 LoRA cut to rank 32 (kohya's resize_lora), or each layer to 90 % of its Frobenius norm, at most 64
+  personae convert big.safetensors --to kohya --rank 32 --out small.safetensors
+  personae convert big.safetensors --to kohya --rank 64 --dynamic-method sv_fro --dynamic-param 0.9 \\
+      --out fro.safetensors
 """
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("convert", help="convert a LoRA between the kohya/A1111 and diffusers layouts", epilog=EXAMPLES,
+    p = sub.add_parser("convert", help="convert a LoRA between the kohya/A1111 and diffusers layouts, or resize it",
+                       epilog=EXAMPLES,
                        formatter_class=argparse.RawDescriptionHelpFormatter,
                        description="Convert a LoRA file (kohya/A1111 in either UNet spelling, diffusers/peft, the old "
                                    "attention-processor layout, LyCORIS as its exact low-rank form); every alpha and rank is "
@@ -29,6 +34,15 @@ def add_parser(sub) -> None:
                    help="accept pickle (.pt/.ckpt/.bin) input; only its tensors are read, never code")
     p.add_argument("--overwrite", action="store_true",
                    help="replace an existing output file, or a folder an earlier convert wrote")
+    size = p.add_argument_group("resize options (kohya's resize_lora)")
+    size.add_argument("--rank", type=int, help="cut every layer to this rank (by SVD; alpha / rank stays); with a "
+                                               "dynamic method, the largest rank kept")
+    size.add_argument("--conv-rank", type=int, help="the rank of convolution layers (default: --rank)")
+    size.add_argument("--dynamic-method", choices=["sv_ratio", "sv_fro", "sv_cumulative"],
+                      help="pick each layer's rank from its singular values: those above the largest / PARAM "
+                           "(sv_ratio), the fewest reaching PARAM of the Frobenius norm (sv_fro) or of their sum "
+                           "(sv_cumulative)")
+    size.add_argument("--dynamic-param", type=float, metavar="PARAM", help="the dynamic method's target")
     p.set_defaults(run=run)
 
 
@@ -40,25 +54,40 @@ def run(args) -> int:
     from personae.staging import explain_disk_full
 
     src = Path(args.file)
+    resize = None
+    if args.rank is not None or args.conv_rank is not None or args.dynamic_method or args.dynamic_param is not None:
+        from personae.methods.lora_resize import Resize
+
+        if args.rank is None:
+            raise UserError("Resizing needs --rank: the rank every layer is cut to, or with a dynamic method the "
+                            "largest one kept (kohya's --new_rank).", "Add --rank, e.g. --rank 32.")
+        resize = Resize(args.rank, args.conv_rank, args.dynamic_method, args.dynamic_param)
+        resize.check()
+    notes: list[str] = []
+    tag = f"_rank{args.rank}" if resize else ""  # the default output's name says what was done
     check_lora_path(src, args.allow_pickle)  # by content (damaged, foreign or unwanted pickles stop here); or a peft folder
     try:
         if args.to == "diffusers":
-            dst = Path(args.out) if args.out else src.with_name(src.stem + "_diffusers")
+            dst = Path(args.out) if args.out else src.with_name(src.stem + tag + "_diffusers")
             if dst.suffix == ".safetensors":
                 raise UserError(f"--out {dst}: --to diffusers writes a folder (holding pytorch_lora_weights.safetensors).",
                                 "Give a folder name, e.g. --out lora_diffusers.")
             with staged_output(dst, CONVERTED_LORA, replace=args.overwrite) as work:  # a full disk: explained there
-                kohya_to_diffusers_file(src, work, allow_pickle=args.allow_pickle)
+                kohya_to_diffusers_file(src, work, allow_pickle=args.allow_pickle, resize=resize, notes=notes)
             out = dst / "pytorch_lora_weights.safetensors"
         else:
-            dst = Path(args.out) if args.out else src.with_name(src.stem.replace("pytorch_lora_weights", "lora") + "_kohya.safetensors")
+            dst = Path(args.out) if args.out else src.with_name(
+                src.stem.replace("pytorch_lora_weights", "lora") + (tag or "_kohya") + ".safetensors")
             if dst.suffix != ".safetensors":
                 raise UserError(f"--out {dst}: --to kohya writes one .safetensors file.", "Give a name ending in .safetensors.")
             with explain_disk_full(dst):
-                out = diffusers_to_kohya_file(src, check_file_output(dst, args.overwrite), allow_pickle=args.allow_pickle)
+                out = diffusers_to_kohya_file(src, check_file_output(dst, args.overwrite), allow_pickle=args.allow_pickle,
+                                              resize=resize, notes=notes)
     except (ValueError, KeyError, IndexError, RuntimeError, TypeError) as exc:
         raise UserError(f"{src} could not be converted: {str(exc).rstrip('.')}.",
                         "Check that it is a LoRA for Stable Diffusion 1.x in the other layout.") from None
+    for note in notes:
+        print(note)
     print(f"wrote {out}")
     return 0
 

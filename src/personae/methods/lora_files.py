@@ -245,10 +245,29 @@ def read_lora_file(path: Path, allow_pickle: bool = False) -> LoraFile:
     return lora
 
 
-def kohya_to_diffusers_file(src: Path, dst_folder: Path, allow_pickle: bool = False) -> Path:
+def _resized(lora: LoraFile, spec, notes: list[str] | None) -> dict[str, str]:
+    """`spec` (methods.lora_resize.Resize) applied to the read file; the header fields that change with it."""
+    if spec is None:
+        return {}
+    from personae.methods.lora_resize import resize
+
+    said = resize(lora, spec)
+    if notes is not None:
+        notes.append(said)
+    ranks = {c.rank for c in lora.changes.values()}
+    alphas = {float(c.alpha) for c in lora.changes.values()}
+    return {"ss_network_dim": str(max(ranks)) if not spec.dynamic_method else "Dynamic",
+            "ss_network_alpha": f"{max(alphas):g}" if not spec.dynamic_method else "Dynamic",
+            "personae_resized": said}
+
+
+def kohya_to_diffusers_file(src: Path, dst_folder: Path, allow_pickle: bool = False, resize=None,
+                            notes: list[str] | None = None) -> Path:
     """Convert a LoRA in any layout personae reads (kohya in either spelling, the old processor layout,
-    LyCORIS as its exact low-rank form) to the diffusers/peft layout, keeping its training metadata."""
+    LyCORIS as its exact low-rank form) to the diffusers/peft layout, keeping its training metadata; with `resize`
+    (methods.lora_resize.Resize) at a lower rank, what was done appended to `notes`."""
     lora = read_lora_file(src, allow_pickle)
+    changed = _resized(lora, resize, notes)
     parts = {}
     for component in (UNET, TEXT):
         mine = {module: c for (comp, module), c in lora.changes.items() if comp == component}
@@ -258,15 +277,18 @@ def kohya_to_diffusers_file(src: Path, dst_folder: Path, allow_pickle: bool = Fa
             if change.magnitude is not None:
                 state[f"{module}.{magnitude_key(component)}"] = change.magnitude
         parts[component] = (state, {module: float(change.alpha) for module, change in mine.items()})
-    meta = dict(training_metadata(src), personae_converted_from=src.name)
+    meta = dict(training_metadata(src), personae_converted_from=src.name, **changed)
     return write_diffusers(dst_folder, parts, meta)
 
 
-def diffusers_to_kohya_file(src: Path, dst: Path, allow_pickle: bool = False) -> Path:
-    """Convert a LoRA in any layout but kohya's to the kohya/A1111 layout, keeping each module's alpha."""
+def diffusers_to_kohya_file(src: Path, dst: Path, allow_pickle: bool = False, resize=None,
+                            notes: list[str] | None = None) -> Path:
+    """Convert a LoRA in any layout but kohya's to the kohya/A1111 layout, keeping each module's alpha; with `resize`
+    any layout, kohya's too, at a lower rank (kohya's resize_lora), what was done appended to `notes`."""
     lora = read_lora_file(src, allow_pickle)
-    if lora.naming in ("kohya", "kohya-ldm"):
-        raise ValueError(f"{src} is already in the kohya layout")
+    if lora.naming in ("kohya", "kohya-ldm") and resize is None:
+        raise ValueError(f"{src} is already in the kohya layout (give --rank to resize it)")
+    changed = _resized(lora, resize, notes)
     out = {}
     for (component, module), change in sorted(lora.changes.items()):
         prefix = "lora_unet_" if component == UNET else _TE_PREFIX
@@ -280,4 +302,5 @@ def diffusers_to_kohya_file(src: Path, dst: Path, allow_pickle: bool = False) ->
     meta = {"ss_network_module": "lycoris.kohya" if dora else "networks.lora", "ss_base_model_version": "sd_v1"}
     meta.update(training_metadata(src))
     meta["personae_converted_from"] = src.name
+    meta.update(changed)
     return write_kohya(dst, out, meta)
