@@ -378,10 +378,11 @@ class TrainJob(Strict):
             raise ValueError(f"pivotal.phases {phases} make {sum(phases)} steps, but train sets "
                              f"{'epochs' if self.train.epochs is not None else f'steps: {self.train.steps}'}: "
                              f"remove train.steps / train.epochs, or make the phases add up to them")
-        if self.train.scale_weight_norms and self.method not in ("lora", "pivotal"):
+        lora = "lora" in METHODS[self.method].reads  # the methods that train a LoRA read its section
+        if self.train.scale_weight_norms and not lora:
             raise ValueError(f"train.scale_weight_norms bounds the norms of LoRA-family layers, and method "
                              f"{self.method} trains none: use method lora (or pivotal), or remove it")
-        if self.lora.init_from and self.method not in ("lora", "pivotal"):
+        if self.lora.init_from and not lora:
             raise ValueError(f"lora.init_from starts a LoRA from a file, and method {self.method} trains no LoRA: use "
                              "method lora (or pivotal), or remove lora.init_from")
         d = self.dreambooth

@@ -18,29 +18,21 @@ from pathlib import Path
 
 import torch
 from peft import LoHaConfig, LoKrConfig, LoraConfig
-from peft.tuners.tuners_utils import BaseTunerLayer
 from peft.utils import get_peft_model_state_dict
 
 from personae.errors import UserError
 from personae.methods.base import ExportFile, Method, ParamGroup, export_dtype
 from personae.methods.lora_blocks import layer_shapes, patterns
 from personae.methods.lora_files import kohya_metadata, peft_to_kohya, training_metadata, write_diffusers, write_kohya
+from personae.methods.lora_layers import LOCON_CONVS, layer_alphas, targeted, unet_targets
 from personae.methods.lycoris_files import lycoris_network_args, peft_to_lycoris, write_peft_folder
 
 TEXT_ENCODER_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj"]
-LOCON_CONVS = ["conv1", "conv2", "conv"]  # resnet 3x3 convolutions and the down/up samplers' (kohya's conv_dim set)
-LOCON_1X1 = ["conv_shortcut"]  # 1x1 convolutions: kohya trains them at network_dim, as Linear layers
 
 
 def freeze(pipe) -> None:
     for part in (pipe.unet, pipe.vae, pipe.text_encoder):
         part.requires_grad_(False)
-
-
-def unet_targets(targets: list[str], variant: str) -> list[str]:
-    """The UNet layers a variant trains: `targets`, and for locon every resnet and sampler convolution."""
-    extra = LOCON_CONVS + LOCON_1X1 if variant == "locon" else []
-    return list(dict.fromkeys([*targets, *extra]))
 
 
 def adapter_config(variant: str, rank: int, alpha: float, dropout: float, targets: list[str],
@@ -55,12 +47,6 @@ def adapter_config(variant: str, rank: int, alpha: float, dropout: float, target
     return LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets,
                       init_lora_weights="gaussian", use_dora=variant == "dora", rank_pattern=ranks,
                       alpha_pattern=alphas)
-
-
-def targeted(model, targets: list[str]) -> dict[str, str]:
-    """{module name: class name} of the layers `targets` names (a whole name, or its last parts, as peft matches)."""
-    return {name: type(m).__name__ for name, m in model.named_modules()
-            if any(name == t or name.endswith("." + t) for t in targets)}
 
 
 def check_targets(model, targets: list[str], variant: str, where: str) -> None:
@@ -98,15 +84,6 @@ def add_lora(pipe, rank: int, alpha: float, dropout: float, targets: list[str], 
         r = te_rank or rank
         pipe.text_encoder.add_adapter(adapter_config("lora" if variant == "locon" else variant, r,
                                                      te_alpha or alpha * r / rank, dropout, TEXT_ENCODER_TARGETS))
-
-
-def layer_alphas(model) -> dict[str, float]:
-    """{module: alpha} of every adapted layer, read from peft's own layers (scale * rank), so patterns count."""
-    alphas = {}
-    for name, module in model.named_modules():
-        if isinstance(module, BaseTunerLayer) and "default" in getattr(module, "scaling", {}):
-            alphas[name] = float(module.scaling["default"]) * module.r["default"]
-    return alphas
 
 
 def variant_of(model) -> str:

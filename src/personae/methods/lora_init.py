@@ -26,6 +26,7 @@ from peft import LoraConfig, set_peft_model_state_dict
 from peft.tuners.tuners_utils import BaseTunerLayer
 
 from personae.errors import UserError
+from personae.methods.lora_layers import layer_alphas, targeted, unet_targets
 from personae.models.addons import read_lora
 from personae.models.lora_layouts import TEXT, UNET, peft_layers
 
@@ -127,7 +128,6 @@ def _agree(c, shape: FileShape, unet=None, unet_modules: set[str] = frozenset())
     """What the job sets of the adapter's shape must be the file's (kohya without --dim_from_weights stops on a
     size that differs too); unset, the file decides. target_modules is checked when the model's `unet` is given."""
     from personae.config.train import LoraSection
-    from personae.methods.lora import targeted, unet_targets
 
     default = {name: field.default for name, field in LoraSection.model_fields.items()}
     differ = [f"lora.{name} is {getattr(c, name):g} and the file's is {mine:g}" for name, mine in (
@@ -190,8 +190,6 @@ def add_lora_from_file(pipe, c, allow_pickle: bool = False) -> FileShape:
 def adapter_shape(unet) -> dict:
     """{rank, alpha, conv_rank, conv_alpha} of the UNet's adapter as it is: the most common rank and alpha of its
     layers, and of its 3x3 convolutions apart (None without them), for the export's header."""
-    from personae.methods.lora import layer_alphas
-
     alphas, ranks, convs = layer_alphas(unet), {}, set()
     for name, module in unet.named_modules():
         if isinstance(module, BaseTunerLayer) and "default" in getattr(module, "r", {}):
