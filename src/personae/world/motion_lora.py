@@ -20,8 +20,8 @@ import torch
 from peft import LoraConfig
 from peft.utils import get_peft_model_state_dict
 
-from personae.methods.lora_layers import layer_alphas, targeted
 from personae.methods.lora_files import kohya_metadata, peft_to_kohya, write_kohya
+from personae.methods.lora_layers import layer_alphas, targeted
 from personae.world.motion_settings import MotionLoraSection
 
 
