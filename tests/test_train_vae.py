@@ -34,7 +34,7 @@ def test_the_jobs_vae_makes_the_latents_and_is_named_in_the_exports(tiny_model, 
     vae = AutoencoderKL.from_pretrained(str(other))
     base = AutoencoderKL.from_pretrained(str(tiny_model[0] / "vae"))
     for i, example in enumerate(examples_from_prepared(prepared)):
-        [key] = [k for k in cached if k.startswith(example.image.name + "|") and k.endswith(f"|0|{i}")]
+        [key] = [k for k in cached if k.startswith(example.image.name + "|") and k.endswith(f"|0|{i}|vae=vae:")]
         pixels = torch.from_numpy(load_pixels(example.image, False))[None]
         with torch.no_grad():
             want = vae.encode(pixels).latent_dist.parameters[0]

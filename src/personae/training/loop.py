@@ -176,7 +176,8 @@ def _train(job: TrainJob, run: Path, resume: bool, on_event: EventHandler, comma
     elif resume:
         on_event(Message("no checkpoint to resume from: starting at step 0", "warning"))
     # 7. caches: VAE latents always; text embeddings while the text encoder does not change
-    latents = LatentCache(pipe.vae, examples, job.data.flip, t.cache_latents, run / "cache" / "latents.safetensors")
+    latents = LatentCache(pipe.vae, examples, job.data.flip, t.cache_latents, run / "cache" / "latents.safetensors",
+                          f"{vae.name}:{vae.hash or ''}" if vae else "")
     prior_latents = LatentCache(pipe.vae, priors, False, t.cache_latents, None) if priors else None
     text_cache: dict[str, torch.Tensor] = {}
     scaling = float(pipe.vae.config.scaling_factor)

@@ -238,8 +238,8 @@ class LatentCache:
     changes speed, not results. mode: memory, disk (<run>/cache/latents.safetensors) or none.
     """
 
-    def __init__(self, vae, examples: list[Example], flip: bool, mode: str, cache_file: Path | None):
-        self.vae, self.examples, self.mode = vae, examples, mode
+    def __init__(self, vae, examples: list[Example], flip: bool, mode: str, cache_file: Path | None, vae_name: str = ""):
+        self.vae, self.examples, self.mode, self.vae_name = vae, examples, mode, vae_name
         self.store: dict[str, torch.Tensor] = {}
         self.flips = (False, True) if flip else (False,)
         if mode == "disk" and cache_file and cache_file.is_file():
@@ -257,10 +257,12 @@ class LatentCache:
                     save_file(self.store, str(tmp))
 
     def _key(self, i: int, flip: bool) -> str:
-        """Names the image by path, size and modification time, so a re-prepared set is not served stale latents."""
+        """Names the image by path, size and modification time, so a re-prepared set is not served stale latents;
+        and the job's own VAE when it has one (a resumed run given another VAE encodes again)."""
         path = self.examples[i].image
         stat = path.stat()
-        return f"{path.name}|{stat.st_size}|{stat.st_mtime_ns}|{int(flip)}|{i}"
+        key = f"{path.name}|{stat.st_size}|{stat.st_mtime_ns}|{int(flip)}|{i}"
+        return f"{key}|vae={self.vae_name}" if self.vae_name else key
 
     @torch.no_grad()
     def _encode(self, i: int, flip: bool) -> torch.Tensor:
