@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors import safe_open
+from train_helpers import model_outputs
 
 from personae.config.extract import ExtractSettings
 from personae.errors import UserError
@@ -48,14 +49,6 @@ def _tuned(tiny_model, out: Path, text: bool = True) -> Path:
     return out
 
 
-def _outputs(pipe):
-    g = torch.Generator().manual_seed(5)
-    ids = pipe.tokenizer(["a photo of a star"], padding="max_length", max_length=77, return_tensors="pt").input_ids
-    with torch.no_grad():
-        text = pipe.text_encoder(ids)[0]
-        latents = torch.randn(1, pipe.unet.config.in_channels, 8, 8, generator=g)
-        return pipe.unet(latents, 500, encoder_hidden_states=text).sample, text
-
 
 def test_a_low_rank_difference_comes_back_exactly_in_kohyas_layout(tiny_model, tmp_path):
     tuned = _tuned(tiny_model, tmp_path / "tuned")
@@ -63,14 +56,14 @@ def test_a_low_rank_difference_comes_back_exactly_in_kohyas_layout(tiny_model, t
     out = run_extract(str(tuned), tmp_path / "x.safetensors", ExtractSettings(base=str(tiny_model[0]), rank=4,
                                                                              conv_rank=4, clamp_quantile=1.0),
                       on_event=events.append)
-    want = _outputs(_pipe(tuned))
+    want = model_outputs(_pipe(tuned))
     for loader in ("personae", "diffusers"):
         pipe = _pipe(tiny_model[0])
         if loader == "personae":
             load_loras(pipe, [(str(out), 1.0)])
         else:
             pipe.load_lora_weights(str(out))
-        got = _outputs(pipe)
+        got = model_outputs(pipe)
         for a, b in zip(got, want):
             torch.testing.assert_close(a, b, rtol=0, atol=2e-4)
     with safe_open(str(out), "pt") as fh:

@@ -15,7 +15,7 @@ import pytest
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
-from train_helpers import prepared_subject, write_job
+from train_helpers import model_outputs, prepared_subject, write_job
 
 from personae.config.train import TrainJob
 from personae.errors import UserError
@@ -63,29 +63,20 @@ def _job(tiny_model, lora: dict, **extra) -> TrainJob:
                                     "output": "./run", "lora": lora, **extra})
 
 
-def _outputs(pipe) -> tuple[torch.Tensor, torch.Tensor]:
-    """The UNet's and the text encoder's outputs on fixed inputs."""
-    g = torch.Generator().manual_seed(5)
-    ids = pipe.tokenizer(["a photo of a star"], padding="max_length", max_length=77, return_tensors="pt").input_ids
-    with torch.no_grad():
-        text = pipe.text_encoder(ids)[0]
-        latents = torch.randn(1, pipe.unet.config.in_channels, 8, 8, generator=g)
-        return pipe.unet(latents, 500, encoder_hidden_states=text).sample, text
-
 
 def test_the_adapter_from_a_file_changes_the_model_as_generate_lora_does(tiny_model, tmp_path):
     pipe = _pipe(tiny_model)
-    plain_unet, plain_text = _outputs(pipe)
+    plain_unet, plain_text = model_outputs(pipe)
     path = _kohya_file(pipe, tmp_path / "mine.safetensors")
     load_loras(pipe, [(str(path), 1.0)])  # generate --lora FILE
-    want_unet, want_text = _outputs(pipe)
+    want_unet, want_text = model_outputs(pipe)
     assert (want_unet - plain_unet).abs().max() > 1e-3 and (want_text - plain_text).abs().max() > 1e-3
 
     for text_encoder in (False, True):
         pipe = _pipe(tiny_model)
         method = LoraMethod(_job(tiny_model, {"init_from": str(path), "text_encoder": text_encoder}))
         groups = method.setup(pipe)
-        got_unet, got_text = _outputs(pipe)
+        got_unet, got_text = model_outputs(pipe)
         torch.testing.assert_close(got_unet, want_unet, rtol=0, atol=1e-5)
         torch.testing.assert_close(got_text, want_text, rtol=0, atol=1e-5)
         trained = {id(p) for g in groups for p in g.params}
@@ -149,7 +140,7 @@ def test_a_run_goes_on_from_its_own_export_and_keeps_the_text_encoder_as_it_was(
         pipe = _pipe(tiny_model)
         LoraMethod(_job(tiny_model, {"variant": "locon", "init_from": str(tmp_path / source),
                                      "text_encoder": True})).setup(pipe)
-        pipes.append(_outputs(pipe))
+        pipes.append(model_outputs(pipe))
     torch.testing.assert_close(pipes[0], pipes[1], rtol=0, atol=1e-5)
 
 

@@ -8,6 +8,7 @@ import pytest
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
+from train_helpers import model_outputs
 
 from personae.methods.lora_resize import new_rank
 from personae.models.addons import load_loras
@@ -47,14 +48,6 @@ def _rank8_file(pipe, path):
     return path
 
 
-def _outputs(pipe):
-    g = torch.Generator().manual_seed(5)
-    ids = pipe.tokenizer(["a photo of a star"], padding="max_length", max_length=77, return_tensors="pt").input_ids
-    with torch.no_grad():
-        text = pipe.text_encoder(ids)[0]
-        latents = torch.randn(1, pipe.unet.config.in_channels, 8, 8, generator=g)
-        return pipe.unet(latents, 500, encoder_hidden_states=text).sample, text
-
 
 def test_a_rank_8_file_of_true_rank_2_resizes_exactly(tiny_model, tmp_path, capsys):
     from personae.cli.main import main
@@ -62,7 +55,7 @@ def test_a_rank_8_file_of_true_rank_2_resizes_exactly(tiny_model, tmp_path, caps
     source = _rank8_file(_pipe(tiny_model), tmp_path / "big.safetensors")
     want_pipe = _pipe(tiny_model)
     load_loras(want_pipe, [(str(source), 1.0)])
-    want = _outputs(want_pipe)
+    want = model_outputs(want_pipe)
     capsys.readouterr()
     assert main(["convert", str(source), "--to", "kohya", "--rank", "2"]) == 0  # kohya to kohya: a resize
     said = capsys.readouterr().out
@@ -80,7 +73,7 @@ def test_a_rank_8_file_of_true_rank_2_resizes_exactly(tiny_model, tmp_path, caps
             load_loras(pipe, [(str(small), 1.0)])
         else:
             pipe.load_lora_weights(str(small))
-        for got, expected in zip(_outputs(pipe), want):
+        for got, expected in zip(model_outputs(pipe), want):
             torch.testing.assert_close(got, expected, rtol=0, atol=1e-4)
     # to diffusers at rank 4, the convolution at rank 1
     assert main(["convert", str(source), "--to", "diffusers", "--rank", "4", "--conv-rank", "1"]) == 0

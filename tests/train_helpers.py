@@ -118,3 +118,14 @@ def prepared_subject(root: Path, count: int, trigger: str = "sks") -> Path:
     write_sample_subject(root / "photos", count=count, trigger=trigger)
     prepare_dataset(root / "photos", root / "prepared", PrepareSettings(resolution=64))
     return root / "prepared"
+
+
+def model_outputs(pipe) -> tuple[torch.Tensor, torch.Tensor]:
+    """The UNet's and the text encoder's outputs on fixed inputs: what a LoRA (loaded, extracted, resized, or the
+    start of a run) changes, compared exactly."""
+    g = torch.Generator().manual_seed(5)
+    ids = pipe.tokenizer(["a photo of a star"], padding="max_length", max_length=77, return_tensors="pt").input_ids
+    with torch.no_grad():
+        text = pipe.text_encoder(ids)[0]
+        latents = torch.randn(1, pipe.unet.config.in_channels, 8, 8, generator=g)
+        return pipe.unet(latents, 500, encoder_hidden_states=text).sample, text

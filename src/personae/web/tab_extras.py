@@ -12,6 +12,14 @@ from personae.errors import UserError
 METHODS = ("weighted-sum", "add-difference", "none")
 
 
+def plain_name(name: str | None, what: str, fix: str) -> str:
+    """A result's name typed in a form: one plain file or folder name, no path."""
+    name = (name or "").strip()
+    if not name or "/" in name or "\\" in name or name.startswith("."):
+        raise UserError(f"The {what} name {name!r} is not a plain name.", fix)
+    return name
+
+
 def upscale_request(ctx, uploads, folder: str | None, upscaler: str, values: dict):
     """(pictures, UpscaleSettings) for the Extras form: uploads copied into the workspace, or a picture or folder in
     it; the upscaler a workspace file, or an A1111 name of one under models/ESRGAN or models/RealESRGAN."""
@@ -49,10 +57,8 @@ def merge_request(ws, models: list[str | None], loras, lora_weight: float, vae: 
     if missing:
         raise UserError(f"{method} needs model {' and '.join(missing)}.", "Pick it from the models in the workspace.")
     chosen = [model_path(ws, m) for m in models[:needs]]  # the ones the method uses; the other boxes are ignored
-    name = (name or "").strip()
-    if not name or "/" in name or "\\" in name or name.startswith("."):
-        raise UserError(f"The merged model's name {name!r} is not a plain name.",
-                        "Type a name such as mix or mix.safetensors; it goes under models/ in the workspace.")
+    name = plain_name(name, "merged model's", "Type a name such as mix or mix.safetensors; it goes under models/ in "
+                                              "the workspace.")
     out = ws.path(f"models/{name}", what="merged model")
     if out.exists():
         raise UserError(f"models/{name} already exists in the workspace.", "Type another name.")
@@ -73,10 +79,8 @@ def extract_request(ws, tuned: str | None, base: str | None, name: str, values: 
     if not (tuned and tuned.strip()) or not (base and base.strip()):
         raise UserError("Extracting a LoRA needs the fine-tuned model and the model it was trained from.",
                         "Pick both from the models in the workspace.")
-    name = (name or "").strip().removesuffix(".safetensors")
-    if not name or "/" in name or "\\" in name or name.startswith("."):
-        raise UserError(f"The LoRA's name {name!r} is not a plain name.",
-                        "Type a name such as my-character; it goes to models/Lora/NAME.safetensors in the workspace.")
+    name = plain_name(name, "LoRA's", "Type a name such as my-character; it goes to models/Lora/NAME.safetensors in "
+                                      "the workspace.").removesuffix(".safetensors")
     out = ws.path(f"models/Lora/{name}.safetensors", what="extracted LoRA")
     if out.exists():
         raise UserError(f"models/Lora/{name}.safetensors already exists in the workspace.", "Type another name.")
