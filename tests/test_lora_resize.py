@@ -84,6 +84,12 @@ def test_a_rank_8_file_of_true_rank_2_resizes_exactly(tiny_model, tmp_path, caps
     assert main(["convert", str(source), "--to", "kohya", "--rank", "16"]) == 0
     with safe_open(str(tmp_path / "big_rank16.safetensors"), "pt") as fh:
         assert {fh.get_tensor(k).shape[0] for k in fh.keys() if k.endswith("lora_down.weight")} == {8}
+    # in fp16 (kohya --save_precision), half the bytes, and it loads
+    assert main(["convert", str(source), "--to", "kohya", "--rank", "2", "--save-precision", "fp16", "--out",
+                 str(tmp_path / "half.safetensors")]) == 0
+    with safe_open(str(tmp_path / "half.safetensors"), "pt") as fh:
+        assert {fh.get_tensor(k).dtype for k in fh.keys()} == {torch.float16}
+    load_loras(_pipe(tiny_model), [(str(tmp_path / "half.safetensors"), 1.0)])
 
 
 def test_dynamic_methods_pick_kohyas_ranks():

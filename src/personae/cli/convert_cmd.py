@@ -34,6 +34,8 @@ def add_parser(sub) -> None:
                    help="accept pickle (.pt/.ckpt/.bin) input; only its tensors are read, never code")
     p.add_argument("--overwrite", action="store_true",
                    help="replace an existing output file, or a folder an earlier convert wrote")
+    p.add_argument("--save-precision", choices=["fp32", "fp16", "bf16"], default="fp32",
+                   help="the written tensors' type (kohya --save_precision; fp16 halves the file; default: fp32)")
     size = p.add_argument_group("resize options (kohya's resize_lora)")
     size.add_argument("--rank", type=int, help="cut every layer to this rank (by SVD; alpha / rank stays); with a "
                                                "dynamic method, the largest rank kept")
@@ -47,6 +49,8 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
+    import torch
+
     from personae.errors import UserError
     from personae.methods.lora_files import diffusers_to_kohya_file, kohya_to_diffusers_file
     from personae.models.addons import check_lora_path
@@ -64,6 +68,7 @@ def run(args) -> int:
         resize = Resize(args.rank, args.conv_rank, args.dynamic_method, args.dynamic_param)
         resize.check()
     notes: list[str] = []
+    dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[args.save_precision]
     tag = f"_rank{args.rank}" if resize else ""  # the default output's name says what was done
     check_lora_path(src, args.allow_pickle)  # by content (damaged, foreign or unwanted pickles stop here); or a peft folder
     try:
@@ -73,7 +78,8 @@ def run(args) -> int:
                 raise UserError(f"--out {dst}: --to diffusers writes a folder (holding pytorch_lora_weights.safetensors).",
                                 "Give a folder name, e.g. --out lora_diffusers.")
             with staged_output(dst, CONVERTED_LORA, replace=args.overwrite) as work:  # a full disk: explained there
-                kohya_to_diffusers_file(src, work, allow_pickle=args.allow_pickle, resize=resize, notes=notes)
+                kohya_to_diffusers_file(src, work, allow_pickle=args.allow_pickle, resize=resize, notes=notes,
+                                        dtype=dtype)
             out = dst / "pytorch_lora_weights.safetensors"
         else:
             dst = Path(args.out) if args.out else src.with_name(
@@ -82,7 +88,7 @@ def run(args) -> int:
                 raise UserError(f"--out {dst}: --to kohya writes one .safetensors file.", "Give a name ending in .safetensors.")
             with explain_disk_full(dst):
                 out = diffusers_to_kohya_file(src, check_file_output(dst, args.overwrite), allow_pickle=args.allow_pickle,
-                                              resize=resize, notes=notes)
+                                              resize=resize, notes=notes, dtype=dtype)
     except (ValueError, KeyError, IndexError, RuntimeError, TypeError) as exc:
         raise UserError(f"{src} could not be converted: {str(exc).rstrip('.')}.",
                         "Check that it is a LoRA for Stable Diffusion 1.x in the other layout.") from None

@@ -262,7 +262,7 @@ def _resized(lora: LoraFile, spec, notes: list[str] | None) -> dict[str, str]:
 
 
 def kohya_to_diffusers_file(src: Path, dst_folder: Path, allow_pickle: bool = False, resize=None,
-                            notes: list[str] | None = None) -> Path:
+                            notes: list[str] | None = None, dtype: torch.dtype = torch.float32) -> Path:
     """Convert a LoRA in any layout personae reads (kohya in either spelling, the old processor layout,
     LyCORIS as its exact low-rank form) to the diffusers/peft layout, keeping its training metadata; with `resize`
     (methods.lora_resize.Resize) at a lower rank, what was done appended to `notes`."""
@@ -278,11 +278,11 @@ def kohya_to_diffusers_file(src: Path, dst_folder: Path, allow_pickle: bool = Fa
                 state[f"{module}.{magnitude_key(component)}"] = change.magnitude
         parts[component] = (state, {module: float(change.alpha) for module, change in mine.items()})
     meta = dict(training_metadata(src), personae_converted_from=src.name, **changed)
-    return write_diffusers(dst_folder, parts, meta)
+    return write_diffusers(dst_folder, parts, meta, dtype)
 
 
 def diffusers_to_kohya_file(src: Path, dst: Path, allow_pickle: bool = False, resize=None,
-                            notes: list[str] | None = None) -> Path:
+                            notes: list[str] | None = None, dtype: torch.dtype = torch.float32) -> Path:
     """Convert a LoRA in any layout but kohya's to the kohya/A1111 layout, keeping each module's alpha; with `resize`
     any layout, kohya's too, at a lower rank (kohya's resize_lora), what was done appended to `notes`."""
     lora = read_lora_file(src, allow_pickle)
@@ -293,11 +293,11 @@ def diffusers_to_kohya_file(src: Path, dst: Path, allow_pickle: bool = False, re
     for (component, module), change in sorted(lora.changes.items()):
         prefix = "lora_unet_" if component == UNET else _TE_PREFIX
         name = prefix + module.removeprefix("text_model.").replace(".", "_")
-        out[f"{name}.lora_down.weight"] = change.down.contiguous()
-        out[f"{name}.lora_up.weight"] = change.up.contiguous()
-        out[f"{name}.alpha"] = torch.tensor(float(change.alpha))
+        out[f"{name}.lora_down.weight"] = change.down.to(dtype).contiguous()
+        out[f"{name}.lora_up.weight"] = change.up.to(dtype).contiguous()
+        out[f"{name}.alpha"] = torch.tensor(float(change.alpha), dtype=dtype)
         if change.magnitude is not None:
-            out[f"{name}.dora_scale"] = dora_scale(change.magnitude, change.down)
+            out[f"{name}.dora_scale"] = dora_scale(change.magnitude, change.down).to(dtype)
     dora = any(change.magnitude is not None for change in lora.changes.values())
     meta = {"ss_network_module": "lycoris.kohya" if dora else "networks.lora", "ss_base_model_version": "sd_v1"}
     meta.update(training_metadata(src))
