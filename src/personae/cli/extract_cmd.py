@@ -30,7 +30,7 @@ def add_parser(sub) -> None:
                                                   "downloaded hub id")
     p.add_argument("--out", required=True, metavar="OUT.safetensors", help="the LoRA file to write")
     add_settings_options(p, ExtractSettings)  # every setting, with its help, from config/extract.py
-    p.add_argument("--overwrite", action="store_true", help="replace OUT if personae wrote it")
+    p.add_argument("--overwrite", action="store_true", help="replace OUT when it exists")
     p.add_argument("--quiet", action="store_true", help="no progress output")
     p.set_defaults(run=run)
 
