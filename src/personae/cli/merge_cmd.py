@@ -30,7 +30,7 @@ def add_parser(sub) -> None:
                                                                "downloaded hub ids")
     p.add_argument("--out", required=True, metavar="OUT", help="a .safetensors file, or a folder for a diffusers model")
     add_settings_options(p, MergeSettings)  # every setting, with its help, from config/merge.py
-    p.add_argument("--overwrite", action="store_true", help="replace OUT if personae wrote it")
+    p.add_argument("--overwrite", action="store_true", help="replace OUT: a file, or a folder personae wrote")
     p.add_argument("--quiet", action="store_true", help="no progress output")
     p.set_defaults(run=run)
 
