@@ -15,7 +15,8 @@ from train_helpers import model_outputs
 
 from personae.config.extract import ExtractSettings
 from personae.errors import UserError
-from personae.jobs.extract import low_rank, run_extract
+from personae.jobs.extract import run_extract
+from personae.methods.lora_resize import low_rank
 from personae.models.addons import load_loras
 from personae.models.resolve import load_pipeline, resolve_model
 

@@ -117,3 +117,55 @@ def test_bad_resize_options_are_one_paragraph(tiny_model, tmp_path, capsys):
         err = " ".join(capsys.readouterr().err.split())
         assert said in err and "Traceback" not in err, err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["big.safetensors"]  # nothing written
+
+
+def _rank2_file(pipe, path, modules: dict, seed: int):
+    """A kohya file of rank-2 changes on `modules` ({kohya name: (out, inner shape)})."""
+    g = torch.Generator().manual_seed(seed)
+    tensors = {}
+    for name, (out, inner) in modules.items():
+        tensors[f"{name}.lora_down.weight"] = torch.randn(2, *inner, generator=g) * 0.2
+        tensors[f"{name}.lora_up.weight"] = (torch.randn(out, 2, generator=g) * 0.2).reshape(
+            out, 2, *([1, 1] if len(inner) == 3 else []))
+        tensors[f"{name}.alpha"] = torch.tensor(1.0)
+    save_file(tensors, str(path), {"ss_network_module": "networks.lora"})
+    return path
+
+
+def test_several_loras_merge_into_one_as_kohyas_svd_merge(tiny_model, tmp_path, capsys):
+    """kohya's svd_merge_lora: the files' changes at their weights summed per layer, cut to the rank by SVD. Two
+    rank-2 files at 0.5 and 1 share a layer (a rank-4 sum there), so rank 4 without clamping is exact."""
+    from personae.cli.main import main
+
+    pipe = _pipe(tiny_model)
+    q, conv = pipe.unet.get_submodule(Q), pipe.unet.get_submodule(CONV)
+    te = next(m for n, m in pipe.text_encoder.named_modules() if n.endswith(TE_Q))
+    q_name, conv_name = "lora_unet_" + Q.replace(".", "_"), "lora_unet_" + CONV.replace(".", "_")
+    te_name = "lora_te_text_model_" + TE_Q.replace(".", "_")
+    first = _rank2_file(pipe, tmp_path / "a.safetensors", {q_name: (q.out_features, (q.in_features,)),
+                                                           conv_name: (conv.out_channels, (conv.in_channels, 3, 3))}, 1)
+    second = _rank2_file(pipe, tmp_path / "b.safetensors", {q_name: (q.out_features, (q.in_features,)),
+                                                            te_name: (te.out_features, (te.in_features,))}, 2)
+    both = _pipe(tiny_model)
+    load_loras(both, [(str(first), 0.5), (str(second), 1.0)])
+    want = model_outputs(both)
+    capsys.readouterr()
+    assert main(["convert", f"{first}:0.5", str(second), "--to", "kohya", "--rank", "4", "--clamp-quantile", "1",
+                 "--out", str(tmp_path / "ab.safetensors")]) == 0
+    said = capsys.readouterr().out
+    assert "merged a.safetensors x 0.5, b.safetensors x 1 over 3 layers at rank 4" in said and "keeps 100.0%" in said
+    merged = _pipe(tiny_model)
+    load_loras(merged, [(str(tmp_path / "ab.safetensors"), 1.0)])
+    for got, expected in zip(model_outputs(merged), want):
+        torch.testing.assert_close(got, expected, rtol=0, atol=1e-4)
+    with safe_open(str(tmp_path / "ab.safetensors"), "pt") as fh:
+        assert fh.get_tensor(f"{q_name}.lora_down.weight").shape[0] == 4
+        assert float(fh.get_tensor(f"{q_name}.alpha")) == 4  # alpha = rank: the sum carries its own scale
+    # kohya's default clamp, and the diffusers layout, run too; bad merges are one paragraph
+    assert main(["convert", str(first), str(second), "--to", "diffusers", "--rank", "2"]) == 0
+    assert (tmp_path / "a_merged_rank2_diffusers/pytorch_lora_weights.safetensors").is_file()
+    for argv, words in (([str(first), str(second), "--to", "kohya"], "needs a fixed --rank"),
+                        ([f"{first}:half", "--to", "kohya", "--rank", "2"], "is not a number")):
+        capsys.readouterr()
+        assert main(["convert", *argv]) == 2
+        assert words in " ".join(capsys.readouterr().err.split())

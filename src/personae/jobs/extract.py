@@ -20,7 +20,6 @@ leading vectors kohya's full one gives, up to their signs.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -30,6 +29,7 @@ from personae.errors import UserError
 from personae.events import EventHandler, Message, Progress, ignore
 from personae.jobs.merge import check_alike
 from personae.methods.lora_files import write_kohya
+from personae.methods.lora_resize import low_rank
 from personae.models.resolve import load_pipeline, resolve_model
 from personae.outputs import absolute, check_file_output
 
@@ -38,14 +38,6 @@ UNET_PARENTS = ("Transformer2DModel",)
 CONV_PARENTS = ("ResnetBlock2D", "Downsample2D", "Upsample2D")
 TEXT_PARENTS = ("CLIPAttention", "CLIPSdpaAttention", "CLIPMLP")
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-
-
-@dataclass
-class Extracted:
-    up: torch.Tensor
-    down: torch.Tensor
-    kept: float  # squared norm of the difference the rank keeps (before clamping)
-    total: float  # the difference's squared norm
 
 
 def target_layers(model, parents: tuple[str, ...], convs: bool) -> dict[str, torch.nn.Module]:
@@ -70,23 +62,6 @@ def layers_of(pipe, conv_rank: int | None) -> dict[tuple[str, str], torch.nn.Mod
     text = target_layers(pipe.text_encoder, TEXT_PARENTS, False)
     return {**{("unet", m): layer for m, layer in unet.items()},
             **{("text_encoder", m): layer for m, layer in text.items()}}
-
-
-@torch.no_grad()
-def low_rank(diff: torch.Tensor, rank: int, clamp_quantile: float) -> Extracted:
-    """kohya's svd(): the leading `rank` singular triplets of the (flattened) difference, up = U S and down = Vh,
-    clamped to [-q, q] with q the clamp_quantile-th value of their entries together."""
-    out_dim, in_dim = diff.shape[:2]
-    matrix = diff.flatten(1) if diff.dim() == 4 else diff
-    rank = min(rank, out_dim, matrix.shape[1])
-    u, s, vh = torch.linalg.svd(matrix.float(), full_matrices=False)
-    up, down = u[:, :rank] * s[:rank], vh[:rank]
-    if clamp_quantile < 1.0:
-        limit = torch.quantile(torch.cat([up.flatten(), down.flatten()]), clamp_quantile)
-        up, down = up.clamp(-limit, limit), down.clamp(-limit, limit)
-    if diff.dim() == 4:
-        up, down = up.reshape(out_dim, rank, 1, 1), down.reshape(rank, in_dim, *diff.shape[2:])
-    return Extracted(up.contiguous(), down.contiguous(), float((s[:rank] ** 2).sum()), float((s ** 2).sum()))
 
 
 def kohya_name(component: str, module: str) -> str:

@@ -268,16 +268,22 @@ def kohya_to_diffusers_file(src: Path, dst_folder: Path, allow_pickle: bool = Fa
     (methods.lora_resize.Resize) at a lower rank, what was done appended to `notes`."""
     lora = read_lora_file(src, allow_pickle)
     changed = _resized(lora, resize, notes)
+    meta = dict(training_metadata(src), personae_converted_from=src.name, **changed)
+    return write_diffusers_changes(lora.changes, dst_folder, meta, dtype)
+
+
+def write_diffusers_changes(changes: dict, dst_folder: Path, meta: dict[str, str],
+                            dtype: torch.dtype = torch.float32) -> Path:
+    """A read (or merged) file's changes in the diffusers / peft layout."""
     parts = {}
     for component in (UNET, TEXT):
-        mine = {module: c for (comp, module), c in lora.changes.items() if comp == component}
+        mine = {module: c for (comp, module), c in changes.items() if comp == component}
         state = {}
         for module, change in mine.items():
             state[f"{module}.lora_A.weight"], state[f"{module}.lora_B.weight"] = change.down, change.up
             if change.magnitude is not None:
                 state[f"{module}.{magnitude_key(component)}"] = change.magnitude
         parts[component] = (state, {module: float(change.alpha) for module, change in mine.items()})
-    meta = dict(training_metadata(src), personae_converted_from=src.name, **changed)
     return write_diffusers(dst_folder, parts, meta, dtype)
 
 
@@ -289,8 +295,14 @@ def diffusers_to_kohya_file(src: Path, dst: Path, allow_pickle: bool = False, re
     if lora.naming in ("kohya", "kohya-ldm") and resize is None:
         raise ValueError(f"{src} is already in the kohya layout (give --rank to resize it)")
     changed = _resized(lora, resize, notes)
+    meta = dict(training_metadata(src), personae_converted_from=src.name, **changed)
+    return write_kohya_changes(lora.changes, dst, meta, dtype)
+
+
+def write_kohya_changes(changes: dict, dst: Path, meta: dict[str, str], dtype: torch.dtype = torch.float32) -> Path:
+    """A read (or merged) file's changes in the kohya / A1111 layout (LyCORIS' module name for DoRA)."""
     out = {}
-    for (component, module), change in sorted(lora.changes.items()):
+    for (component, module), change in sorted(changes.items()):
         prefix = "lora_unet_" if component == UNET else _TE_PREFIX
         name = prefix + module.removeprefix("text_model.").replace(".", "_")
         out[f"{name}.lora_down.weight"] = change.down.to(dtype).contiguous()
@@ -298,9 +310,25 @@ def diffusers_to_kohya_file(src: Path, dst: Path, allow_pickle: bool = False, re
         out[f"{name}.alpha"] = torch.tensor(float(change.alpha), dtype=dtype)
         if change.magnitude is not None:
             out[f"{name}.dora_scale"] = dora_scale(change.magnitude, change.down).to(dtype)
-    dora = any(change.magnitude is not None for change in lora.changes.values())
-    meta = {"ss_network_module": "lycoris.kohya" if dora else "networks.lora", "ss_base_model_version": "sd_v1"}
-    meta.update(training_metadata(src))
-    meta["personae_converted_from"] = src.name
-    meta.update(changed)
-    return write_kohya(dst, out, meta)
+    dora = any(change.magnitude is not None for change in changes.values())
+    header = {"ss_network_module": "lycoris.kohya" if dora else "networks.lora", "ss_base_model_version": "sd_v1"}
+    header.update(meta)
+    return write_kohya(dst, out, header)
+
+
+def merge_lora_files(sources: list[tuple[Path, float]], dst: Path, to: str, spec, clamp_quantile: float = 0.99,
+                     allow_pickle: bool = False, dtype: torch.dtype = torch.float32) -> tuple[Path, str]:
+    """Several LoRA files at their weights as one (kohya's svd_merge_lora; methods.lora_resize.merge), written in
+    the kohya layout (`to` "kohya", dst a file) or the diffusers one (dst a folder); returns (file, what was done)."""
+    from personae.methods.lora_resize import merge
+
+    loras = [(read_lora_file(Path(path), allow_pickle), weight) for path, weight in sources]
+    changes, said = merge(loras, spec, clamp_quantile)
+    meta = {"ss_network_dim": str(spec.rank), "ss_network_alpha": f"{float(spec.rank):g}",
+            "ss_network_args": json.dumps({"conv_dim": str(spec.conv_rank), "conv_alpha": f"{float(spec.conv_rank):g}"}
+                                          if spec.conv_rank else {}),
+            "personae_merged_from": json.dumps([[Path(path).name, weight] for path, weight in sources]),
+            "personae_merged": said}
+    if to == "kohya":
+        return write_kohya_changes(changes, dst, meta, dtype), said
+    return write_diffusers_changes(changes, dst, meta, dtype), said

@@ -17,6 +17,7 @@ DoRA layer keeps its magnitude, and its direction is the resized change. Layer b
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -97,3 +98,63 @@ def resize(lora, spec: Resize) -> str:
     return (f"resized {len(kept)} layers from rank {old} to {how}: ranks now {ranks[0]}"
             f"{f'-{ranks[-1]}' if len(ranks) > 1 else ''}; each layer keeps {sum(kept.values()) / len(kept):.1%} of "
             f"its Frobenius norm on average, the least {kept[worst]:.1%} ({worst[1]})")
+
+
+@dataclass
+class Extracted:
+    up: torch.Tensor
+    down: torch.Tensor
+    kept: float  # squared norm of the difference the rank keeps (before clamping)
+    total: float  # the difference's squared norm
+
+
+@torch.no_grad()
+def low_rank(diff: torch.Tensor, rank: int, clamp_quantile: float) -> Extracted:
+    """kohya's svd() of extract_lora_from_models and svd_merge_lora: the leading `rank` singular triplets of a
+    (flattened) weight change, up = U S and down = Vh, clamped to [-q, q] with q the clamp_quantile-th value of
+    their entries together (1: no clamping)."""
+    out_dim, in_dim = diff.shape[:2]
+    matrix = diff.flatten(1) if diff.dim() == 4 else diff
+    rank = min(rank, out_dim, matrix.shape[1])
+    u, s, vh = torch.linalg.svd(matrix.float(), full_matrices=False)
+    up, down = u[:, :rank] * s[:rank], vh[:rank]
+    if clamp_quantile < 1.0:
+        limit = torch.quantile(torch.cat([up.flatten(), down.flatten()]), clamp_quantile)
+        up, down = up.clamp(-limit, limit), down.clamp(-limit, limit)
+    if diff.dim() == 4:
+        up, down = up.reshape(out_dim, rank, 1, 1), down.reshape(rank, in_dim, *diff.shape[2:])
+    return Extracted(up.contiguous(), down.contiguous(), float((s[:rank] ** 2).sum()), float((s ** 2).sum()))
+
+
+@torch.no_grad()
+def merge(loras: list, spec: Resize, clamp_quantile: float = 0.99) -> tuple[dict, str]:
+    """kohya's svd_merge_lora: several read files at their weights summed layer by layer (each layer's change with
+    its scale), then each sum cut to the rank by SVD as extraction cuts it (alpha = rank). Returns (changes, what
+    was done). DoRA magnitudes and layer biases cannot be summed and are refused."""
+    from personae.models.lora_math import LowRank
+
+    spec.check()
+    sums: dict = {}
+    for lora, weight in loras:
+        for key, change in lora.changes.items():
+            if change.magnitude is not None or change.bias is not None:
+                what = "DoRA magnitudes" if change.magnitude is not None else "layer bias changes"
+                raise UserError(f"{lora.path} has {what} ({key[1]}), which a sum of LoRAs cannot hold.",
+                                "Merge LoRA, LoCon, LoHa or LoKr files; apply this one beside the merge with --lora.")
+            delta = change.delta().float() * weight
+            if key in sums and sums[key].shape != delta.shape:
+                raise UserError(f"{lora.path} changes {key[1]} with another shape than the files before it: they "
+                                "were made for different models.", "Merge LoRAs made for one base model.")
+            sums[key] = sums[key] + delta if key in sums else delta
+    changes, kept, total = {}, 0.0, 0.0
+    for key, delta in sums.items():
+        convolution = delta.dim() == 4 and tuple(delta.shape[2:]) != (1, 1)
+        rank = (spec.conv_rank or spec.rank) if convolution else spec.rank
+        part = low_rank(delta, rank, clamp_quantile)
+        changes[key] = LowRank(part.down, part.up, float(part.down.shape[0]))
+        kept, total = kept + part.kept, total + part.total
+    names = ", ".join(f"{Path(lora.path).name} x {weight:g}" for lora, weight in loras)
+    said = (f"merged {names} over {len(changes)} layers at rank {spec.rank}"
+            f"{f' (3x3 convolutions {spec.conv_rank})' if spec.conv_rank else ''}: the rank keeps "
+            f"{kept / total:.1%} of the summed changes' squared norm" if total else f"merged {names}: no change")
+    return changes, said
