@@ -165,7 +165,9 @@ def test_several_loras_merge_into_one_as_kohyas_svd_merge(tiny_model, tmp_path, 
     assert main(["convert", str(first), str(second), "--to", "diffusers", "--rank", "2"]) == 0
     assert (tmp_path / "a_merged_rank2_diffusers/pytorch_lora_weights.safetensors").is_file()
     for argv, words in (([str(first), str(second), "--to", "kohya"], "needs a fixed --rank"),
-                        ([f"{first}:half", "--to", "kohya", "--rank", "2"], "is not a number")):
+                        ([f"{first}:half", "--to", "kohya", "--rank", "2"], "is not a number"),
+                        ([str(first), "--to", "kohya", "--rank", "1", "--out", str(first), "--overwrite"],
+                         "never writes its inputs")):
         capsys.readouterr()
         assert main(["convert", *argv]) == 2
         assert words in " ".join(capsys.readouterr().err.split())

@@ -88,6 +88,9 @@ def run(args) -> int:
     tag = f"_merged_rank{args.rank}" if merging else f"_rank{args.rank}" if resize else ""
     for path, _ in sources:  # by content (damaged, foreign or unwanted pickles stop here); or a peft folder
         check_lora_path(Path(path), args.allow_pickle)
+        if args.out and Path(path).expanduser().resolve() == Path(args.out).expanduser().resolve():
+            raise UserError(f"--out {args.out} is the input {path}; personae never writes its inputs.",
+                            "Choose another output name.")
     try:
         if args.to == "diffusers":
             dst = Path(args.out) if args.out else src.with_name(src.stem + tag + "_diffusers")
