@@ -537,3 +537,45 @@ def test_loading_models_starts_no_telemetry(tmp_path):
     pid = _import_in_a_fresh_process(
         "import personae\nfrom diffusers.pipelines import OnnxRuntimeModel  # what pipeline loading imports", mine)
     assert list(mine.rglob("*")) == [] and not Path(f"/tmp/mat-debug-{pid}.log").exists()
+
+
+def test_class_images_are_never_written_into_a_users_regularization_folder(tiny_session, tmp_path):
+    """Prior preservation with class_data_dir: a user's folder (kohya's reg images) is only read, and the images it
+    lacks are generated into the run; a new folder becomes personae's cache of class images, marked as such."""
+    from personae.config.train import TrainJob
+    from personae.training.setup import class_examples
+
+    reg = tmp_path / "reg"
+    reg.mkdir()
+    Image.new("RGB", (64, 64), "red").save(reg / "mine.png")
+    (reg / "mine.txt").write_text("a red photo\n")
+    before = snapshot(reg)
+    said = []
+
+    def job(folder: Path, count: int) -> TrainJob:
+        return TrainJob(base_model="x", method="lora", data={"path": str(tmp_path)}, output=str(tmp_path / "run"),
+                        dreambooth={"prior_preservation": True, "class_data_dir": str(folder), "class_steps": 1,
+                                    "num_class_images": count, "class_prompt": "a photo of a thing"})
+
+    pipe, source = tiny_session.pipe, tiny_session.source
+    examples = class_examples(pipe, source, job(reg, 3), tmp_path / "run", (64, 64), said.append)
+    assert snapshot(reg) == before  # nothing written, replaced or added
+    made = sorted(p.name for p in (tmp_path / "run/class_images").iterdir())
+    assert made == ["class_00000.png", "class_00001.png"]
+    assert [e.caption for e in examples] == ["a red photo", "a photo of a thing", "a photo of a thing"]
+    assert [e.image.parent.name for e in examples] == ["reg", "class_images", "class_images"]
+    assert any("does not write into a folder it did not make" in getattr(m, "text", "") for m in said)
+    # again: the run's images are reused, nothing generated
+    again = class_examples(pipe, source, job(reg, 3), tmp_path / "run", (64, 64), said.append)
+    assert [e.image for e in again] == [e.image for e in examples] and snapshot(reg) == before
+    # a new folder is personae's: generated images are kept there, marked, and a later run adds to them
+    cache = tmp_path / "cache"
+    class_examples(pipe, source, job(cache, 2), tmp_path / "run2", (64, 64), said.append)
+    assert read_marker(cache)["kind"] == "class-images"
+    assert sorted(read_marker(cache)["files"]) == ["class_00000.png", "class_00001.png"]
+    first = snapshot(cache)
+    class_examples(pipe, source, job(cache, 3), tmp_path / "run3", (64, 64), said.append)
+    assert {k: v for k, v in snapshot(cache).items() if k in first and k != MARKER} == \
+        {k: v for k, v in first.items() if k != MARKER}  # the earlier images kept as they were
+    assert "class_00002.png" in read_marker(cache)["files"]
+    assert not (tmp_path / "run2/class_images").exists() and not (tmp_path / "run3/class_images").exists()

@@ -300,8 +300,10 @@ class DreamBoothSection(Strict):  # prior preservation here applies to every met
     prior_preservation: bool = setting(False, "train on class images too, so the class keeps its look (any method)")
     num_class_images: int = setting(50, "class images to use (generated when missing)", ge=1)
     prior_loss_weight: float = setting(1.0, "weight of the class images' loss", ge=0)
-    class_data_dir: str | None = setting(None, "class images: generated ones are cached here, or your own "
-                                         "regularization images (default: <output>/class_images)")
+    class_data_dir: str | None = setting(None, "class images: your own regularization images (only read; the ones "
+                                         "missing are generated into <output>/class_images), or a new folder "
+                                         "where generated ones are kept for other runs (default: "
+                                         "<output>/class_images)")
     class_steps: int = setting(25, "sampling steps when generating class images", ge=1)
     train_text_encoder: bool = setting(False, "DreamBooth: train the text encoder too")
     text_encoder_lr: float | None = setting(None, "the text encoder's learning rate (default: train.learning_rate)")

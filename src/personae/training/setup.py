@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -17,6 +18,7 @@ from personae.data.prepare import planned_captions, prepare_dataset
 from personae.errors import UserError
 from personae.events import EventHandler, Message, Progress
 from personae.methods.base import ParamGroup
+from personae.outputs import Kind, open_output, survey
 from personae.staging import atomic_file
 
 
@@ -160,41 +162,45 @@ def uses_masks(job: TrainJob, examples: list[Example], on_event: EventHandler) -
     return masked == len(examples)
 
 
+# class images personae generates into a class_data_dir it made (a new or empty folder, then marked as its own)
+CLASS_IMAGES = Kind("class-images", "class images", "personae train (prior preservation)", layout=("class_*.png",))
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
+
+
 def class_examples(pipe, source, job: TrainJob, run: Path, size: tuple[int, int], on_event: EventHandler) -> list[Example]:
     """Prior preservation: class images from the untouched base model, cached and reused.
 
     A `class_data_dir` may also hold regularization images made elsewhere (kohya's reg folder):
     any PNG / JPEG / WebP there is used, captioned by its .txt sidecar or else by `class_prompt`.
+    Generated images go into class_data_dir only when personae made that folder (it was new or
+    empty); a folder of the user's is only read, and the images it lacks are generated into the
+    run's own class_images/.
     """
-    from personae.config.generate import GenerateSettings
-    from personae.inference.session import Session
-    from personae.inference.txt2img import txt2img
-
     c = job.dreambooth
     folder = Path(c.class_data_dir).expanduser() if c.class_data_dir else run / "class_images"
-    folder.mkdir(parents=True, exist_ok=True)
+    ours = not c.class_data_dir or survey(folder, CLASS_IMAGES).state in ("new", "empty", "ours")
+    if c.class_data_dir and not ours and not folder.is_dir():
+        raise UserError(f"dreambooth.class_data_dir {folder} is not a folder.",
+                        "Point it at a folder of class images, or at a new folder for generated ones.")
+    extra = run / "class_images"  # where the images a user's folder lacks are generated
 
-    def found() -> list[Path]:
-        return sorted(p for p in folder.iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".webp"))
+    def found(where: Path) -> list[Path]:
+        if not where.is_dir():
+            return []
+        return sorted(p for p in where.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
 
-    missing = c.num_class_images - len(found())
+    have = found(folder) + ([] if ours else found(extra))
+    missing = c.num_class_images - len(have)
     if missing > 0 and c.class_prompt:
-        on_event(Message(f"generating {missing} class images for prior preservation ({c.class_prompt!r})"))
-        session = Session(pipe, source, pipe.device, pipe.unet.dtype)
-        start = len(found())
-        for i in range(start, c.num_class_images):
-            on_event(Progress("class images", i - start, missing))
-            settings = GenerateSettings(model=source.location, prompt=c.class_prompt, steps=c.class_steps, seed=i,
-                                        width=size[0], height=size[1], sampler="DDIM")
-            image = txt2img(settings, session)[0].image
-            target = folder / f"class_{i:05d}.png"
-            k = 1
-            while target.exists() or target.is_symlink():  # class_data_dir may be the user's: never replace a file
-                target, k = folder / f"class_{i:05d}_{k}.png", k + 1
-            with atomic_file(target) as tmp:
-                image.save(tmp, format="PNG")
-        on_event(Progress("class images", missing, missing))
-    images = found()[: c.num_class_images]
+        target = folder if ours else extra
+        if not ours:
+            on_event(Message(f"class_data_dir {folder} holds {len(found(folder))} images, fewer than num_class_images "
+                             f"({c.num_class_images}); personae does not write into a folder it did not make, so the "
+                             f"other {missing} are generated into {extra}"))
+        with open_output(target, CLASS_IMAGES) if c.class_data_dir and ours else nullcontext():
+            _generate_class_images(pipe, source, job, target, len(found(target)), missing, size, on_event)
+        have = found(folder) + ([] if ours else found(extra))
+    images = have[: c.num_class_images]
     if not images:
         raise UserError(f"Prior preservation has no class images: {folder} holds none and no class_prompt is set.",
                         "Set dreambooth.class_prompt (images are generated) or put captioned images in class_data_dir.")
@@ -204,6 +210,31 @@ def class_examples(pipe, source, job: TrainJob, run: Path, size: tuple[int, int]
         return sidecar.read_text(encoding="utf-8").strip() if sidecar.is_file() else c.class_prompt
 
     return [Example(p, caption_of(p), size) for p in images]
+
+
+def _generate_class_images(pipe, source, job: TrainJob, folder: Path, start: int, count: int, size: tuple[int, int],
+                           on_event: EventHandler) -> None:
+    """`count` images of class_prompt by the untouched model, seeds start.., as class_NNNNN.png in `folder`."""
+    from personae.config.generate import GenerateSettings
+    from personae.inference.session import Session
+    from personae.inference.txt2img import txt2img
+
+    c = job.dreambooth
+    on_event(Message(f"generating {count} class images for prior preservation ({c.class_prompt!r})"))
+    folder.mkdir(parents=True, exist_ok=True)
+    session = Session(pipe, source, pipe.device, pipe.unet.dtype)
+    for n, i in enumerate(range(start, start + count)):
+        on_event(Progress("class images", n, count))
+        settings = GenerateSettings(model=source.location, prompt=c.class_prompt, steps=c.class_steps, seed=i,
+                                    width=size[0], height=size[1], sampler="DDIM")
+        image = txt2img(settings, session)[0].image
+        target = folder / f"class_{i:05d}.png"
+        k = 1
+        while target.exists() or target.is_symlink():  # never replace a file
+            target, k = folder / f"class_{i:05d}_{k}.png", k + 1
+        with atomic_file(target) as tmp:
+            image.save(tmp, format="PNG")
+    on_event(Progress("class images", count, count))
 
 
 def make_optimizer(job: TrainJob, groups: list[ParamGroup]):
