@@ -174,7 +174,10 @@ def test_a_kohya_config_trains_and_its_lora_carries_kohyas_names(tmp_path, tiny_
     assert any("_ff_net_0_proj.lora_up" in k for k in keys) and any(k.startswith("lora_te_") for k in keys)
     assert not any("_resnets_" in k for k in keys)  # kohya's networks.lora without conv_dim: no resnet layers
     assert (meta["ss_network_dim"], meta["ss_clip_skip"], meta["ss_multires_noise_iterations"]) == ("8", "2", "6")
-    assert json.loads(meta["ss_tag_frequency"])  # the kohya folder's captions were read
+    # the kohya folder's captions, read as kohya reads them: the .txt as written, "sks man" not put before it again
+    assert json.loads(meta["ss_tag_frequency"]) == {"img": {"outdoors": 2, "sks man": 2, "smiling": 2}}
+    prepared = (tmp_path / "model" / "sks_man" / "prepared" / "manifest.jsonl").read_text().splitlines()
+    assert [json.loads(line)["caption"] for line in prepared] == ["sks man, smiling, outdoors"] * 2
 
 
 def test_the_command_line_refuses_a_config_it_cannot_train_in_one_paragraph(tmp_path, capsys):
@@ -197,3 +200,152 @@ def test_noise_offset_shapes_max_norm_and_epoch_caption_dropout_are_read(tmp_pat
     assert (t["noise_offset"], t["noise_offset_random_strength"], t["adaptive_noise_scale"]) == (0.05, True, 0.01)
     assert t["scale_weight_norms"] == 1.0 and job["data"]["caption_dropout_every_n_epochs"] == 3
     assert t["weighted_captions"] is True
+
+
+def _images(folder, count, captions=()):
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(len(str(folder)))
+    for i in range(count):
+        Image.fromarray((rng.random((64, 64, 3)) * 255).astype(np.uint8)).save(folder / f"{i}.png")
+        if i < len(captions):
+            (folder / f"{i}.txt").write_text(captions[i] + "\n")
+    return folder
+
+
+DATASET = """
+[general]
+shuffle_caption = true
+caption_extension = ".txt"
+keep_tokens = 1
+
+[[datasets]]
+resolution = 64
+batch_size = 2
+enable_bucket = true
+
+  [[datasets.subsets]]
+  image_dir = "{me}"
+  num_repeats = 10
+  class_tokens = "sks man"
+
+  [[datasets.subsets]]
+  image_dir = "style"
+  num_repeats = 2
+
+  [[datasets.subsets]]
+  image_dir = "{reg}"
+  is_reg = true
+  class_tokens = "man"
+"""
+
+
+def _dataset_config(tmp_path, text=DATASET, **extra):
+    _images(tmp_path / "me", 2, ["sks man, smiling"])  # one image captioned, one by its class tokens
+    _images(tmp_path / "style", 1, ["pencil drawing"])
+    _images(tmp_path / "reg", 3)
+    path = tmp_path / "dataset.toml"
+    path.write_text(text.format(me=tmp_path / "me", reg=tmp_path / "reg"))
+    return {**_dataset_config_keys(), **extra}
+
+
+def _dataset_config_keys():
+    return {"pretrained_model_name_or_path": "./m", "dataset_config": "dataset.toml", "max_train_steps": 2,
+            "train_data_dir": "./ignored"}
+
+
+def test_a_dataset_config_becomes_subsets_with_their_repeats_and_class_tokens(tmp_path):
+    """kohya's dataset_config: each training subset a data.subsets entry (its num_repeats, its class_tokens for
+    images without a .txt), [general] / [[datasets]] settings as the job's, the is_reg subset the class images."""
+    job, notes = kohya_settings(_dataset_config(tmp_path), tmp_path, "config.toml")
+    d, t, db = job["data"], job["train"], job["dreambooth"]
+    assert d["subsets"] == [{"path": str(tmp_path / "me"), "repeats": 10, "caption": "sks man"},
+                            {"path": "style", "repeats": 2}]  # as written: the job reads it relative to the config
+    assert (d["sidecars"], d["shuffle_tags"], d["keep_tokens"], d["crop"]) == ("verbatim", True, 1, "none")
+    assert (t["resolution"], t["batch_size"]) == (64, 2)
+    assert db == {"prior_preservation": True, "class_data_dir": str(tmp_path / "reg"), "num_class_images": 3,
+                  "class_prompt": "man"}
+    import os
+
+    here = os.getcwd()
+    try:  # read relative to the config's folder, wherever personae runs
+        os.chdir("/")
+        (tmp_path / "config.toml").write_text("\n".join(f"{k} = {json.dumps(v)}"
+                                                        for k, v in _dataset_config_keys().items()) + "\n")
+        loaded = load_job(tmp_path / "config.toml")
+    finally:
+        os.chdir(here)
+    assert [s.path for s in loaded.data.subsets] == [str(tmp_path / "me"), str(tmp_path / "style")]
+    assert any("train_data_dir (dataset_config is given" in n for n in notes)
+    from personae.training.setup import data_sources, planned_captions, raw_folder_settings
+
+    captions = [planned_captions(s.path, raw_folder_settings(loaded, s)) for _, s in data_sources(loaded)]
+    assert captions == [["sks man, smiling", "sks man"], ["pencil drawing"]]
+
+
+@pytest.mark.parametrize("change, named", [
+    (("  num_repeats = 2\n", "  num_repeats = 2\n  shuffle_caption = false\n"),
+     "shuffle_caption differs between subsets (False, True)"),
+    (("  num_repeats = 2\n", "  num_repeats = 2\n  color_aug = true\n"), "color_aug = True (not available)"),
+    (("  num_repeats = 2\n", "  num_repeats = 2\n  sparkle = 1\n"), "subsets sparkle (not a dataset_config"),
+    (("batch_size = 2\n", "batch_size = 2\n\n[[datasets]]\nresolution = 128\n  [[datasets.subsets]]\n"
+                            "  image_dir = \"style\"\n"), "datasets of different resolution"),
+    (("  class_tokens = \"man\"\n", "  class_tokens = \"man\"\n\n  [[datasets.subsets]]\n  image_dir = "
+                                      "\"style\"\n  is_reg = true\n"), "2 subsets with is_reg"),
+    (('caption_extension = ".txt"', 'caption_extension = ".caption"'), "caption_extension = '.caption'"),
+])
+def test_what_a_dataset_config_asks_that_personae_cannot_is_named(tmp_path, change, named):
+    text = DATASET.replace(*change)
+    assert text != DATASET
+    with pytest.raises(UserError) as err:
+        kohya_settings(_dataset_config(tmp_path, text), tmp_path, "config.toml")
+    assert named in str(err.value)
+
+
+def test_a_missing_dataset_config_or_an_empty_reg_folder_says_so(tmp_path):
+    with pytest.raises(UserError, match="dataset_config .*nothing.toml does not exist"):
+        kohya_settings({"pretrained_model_name_or_path": "m", "dataset_config": "nothing.toml"}, tmp_path, "c.toml")
+    (tmp_path / "reg" / "1_man").mkdir(parents=True)
+    (tmp_path / "reg" / "1_woman").mkdir()
+    config = {"pretrained_model_name_or_path": "m", "train_data_dir": "d", "caption_extension": ".txt",
+              "reg_data_dir": "reg"}
+    with pytest.raises(UserError, match="found 2 such folders"):
+        kohya_settings(config, tmp_path, "c.toml")
+    (tmp_path / "reg" / "1_woman").rmdir()
+    with pytest.raises(UserError, match="reg_data_dir .*1_man holds no images"):
+        kohya_settings(config, tmp_path, "c.toml")
+
+
+def test_reg_data_dir_is_read_in_kohyas_layout(tmp_path):
+    """kohya's reg_data_dir holds a `1_man` folder; its images are the class images, its words their caption."""
+    _images(tmp_path / "reg" / "1_man", 2, ["a man, hat"])
+    job, _ = kohya_settings({"pretrained_model_name_or_path": "m", "train_data_dir": "d", "caption_extension": ".txt",
+                             "reg_data_dir": "reg"}, tmp_path, "c.toml")
+    assert job["dreambooth"] == {"prior_preservation": True, "class_data_dir": "reg/1_man", "num_class_images": 2,
+                                 "class_prompt": "man"}  # as written: the job reads it relative to the config
+
+
+def test_a_dataset_config_trains_and_its_header_lists_each_folder(tmp_path, tiny_model):
+    """Subsets train as one set: each prepared into the run, the header's ss_dataset_dirs naming each folder with
+    its repeats and image count, the class images the is_reg folder's (nothing generated)."""
+    from safetensors import safe_open
+
+    from personae.jobs.train import run_training
+
+    config = _dataset_config(tmp_path)
+    text = "\n".join(f"{k} = {json.dumps(v)}" for k, v in {**config, "pretrained_model_name_or_path":
+                                                            str(tiny_model[0]), "output_dir": str(tmp_path / "out"),
+                                                            "output_name": "me", "network_dim": 2,
+                                                            "network_alpha": 2}.items())
+    (tmp_path / "config.toml").write_text(text + "\n")
+    job = load_job(tmp_path / "config.toml", ["train.verify_exports=false", "train.validation.steps=1"], [])
+    result = run_training(job)
+    assert result.steps == 2
+    run = tmp_path / "out" / "me"
+    assert sorted(p.name for p in (run / "prepared").iterdir()) == ["1", "2"] and not (run / "class_images").exists()
+    with safe_open(str(run / "me.safetensors"), "pt") as f:
+        meta = f.metadata()
+    assert json.loads(meta["ss_dataset_dirs"]) == {"me": {"n_repeats": 10, "img_count": 2},
+                                                   "style": {"n_repeats": 2, "img_count": 1}}
+    assert json.loads(meta["ss_tag_frequency"]) == {"me": {"sks man": 2, "smiling": 1},
+                                                    "style": {"pencil drawing": 1}}
+    assert (meta["ss_num_train_images"], meta["ss_num_reg_images"]) == ("22", "3")

@@ -466,6 +466,31 @@ def test_a_pasted_kohya_config_becomes_a_run_under_runs(tmp_path):
                      kohya + f'network_weights = "{where}"\n')
 
 
+def test_a_pasted_kohya_dataset_config_reads_only_inside_the_workspace(tmp_path):
+    from types import SimpleNamespace
+
+    from PIL import Image
+
+    from personae.web.tab_train import job_data
+
+    ws = Workspace(tmp_path / "work")
+    (ws.root / "models" / "m").mkdir(parents=True)
+    for folder in ("uploads/me", "uploads/reg"):
+        (ws.root / folder).mkdir(parents=True)
+    Image.new("RGB", (8, 8)).save(ws.root / "uploads/reg/r.png")
+    (ws.root / "uploads/dataset.toml").write_text('[general]\ncaption_extension = ".txt"\n[[datasets]]\n'
+                                                  '[[datasets.subsets]]\nimage_dir = "uploads/me"\nnum_repeats = 5\n'
+                                                  '[[datasets.subsets]]\nimage_dir = "uploads/reg"\nis_reg = true\n')
+    kohya = 'pretrained_model_name_or_path = "models/m"\noutput_name = "me"\ndataset_config = "{}"\n'
+    data = job_data(SimpleNamespace(workspace=ws), {}, "", "lora", "", "", "", "", kohya.format("uploads/dataset.toml"))
+    assert data["data"]["subsets"] == [{"path": str(ws.root / "uploads/me"), "repeats": 5}]
+    assert data["dreambooth"]["class_data_dir"] == str(ws.root / "uploads/reg")
+    outside = tmp_path / "dataset.toml"
+    outside.write_text((ws.root / "uploads/dataset.toml").read_text())
+    with pytest.raises(UserError, match="absolute"):
+        job_data(SimpleNamespace(workspace=ws), {}, "", "lora", "", "", "", "", kohya.format(outside))
+
+
 def test_a_pasted_job_is_read_as_a_job_file_and_kept_in_the_workspace(tmp_path):
     from types import SimpleNamespace
 

@@ -49,6 +49,10 @@ class PrepareSettings(Strict):
                               "the text encoder reads, MORE_DETAILED a paragraph past them, CAPTION a phrase",
         metavar="TASK")
     recaption: bool = setting(False, "caption with the captioner even where a sidecar .txt exists")
+    sidecars: Literal["template", "verbatim"] = setting(
+        "template", "template: a sidecar caption fills {caption} like a captioner's text; verbatim: a sidecar .txt is "
+                    "the caption as written, as kohya's sd-scripts reads it (template, trigger and append then "
+                    "caption only the images without one; a 10_sks dog folder's \"sks dog\" via {folder})")
     duplicate_distance: int = setting(4, "pHash bits within which two images count as near-duplicates",
                                       ge=0, le=64)
 

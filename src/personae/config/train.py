@@ -25,11 +25,28 @@ RESERVED_NAMES = {"checkpoints", "validation", "logs", "cache", "prepared", "emb
                   "run", "config", "losses", "loss"}
 
 
+class DataSubset(Strict):
+    path: str = setting(description="a `personae prepare` output, or a folder of images to prepare now")
+    repeats: int | None = setting(None, "each image this many times per epoch (kohya num_repeats; default: what the "
+                                        "set or its 10_name folders say, else 1)", ge=1)
+    caption: str = setting("", "a raw folder's caption, as data.caption (kohya class_tokens, with sidecars: "
+                               "verbatim; default: data.caption)")
+
+
 class DataSection(Strict):
-    path: str = setting(description="a `personae prepare` output (has manifest.jsonl), or a folder of images to "
-                                    "prepare now")
+    path: str = setting("", "a `personae prepare` output (has manifest.jsonl), or a folder of images to prepare now "
+                            "(or subsets)")
+    subsets: list[DataSubset] = setting([], "several folders trained as one set, each with its own repeats and "
+                                            "caption, instead of path (kohya dataset_config subsets), e.g. [{path: "
+                                            "./me, repeats: 10}, {path: ./style, repeats: 2}]")
     crop: Literal["center", "face", "none"] = setting("center", "framing when `path` is a raw folder")
-    caption: str = setting("", 'caption for a raw folder\'s images without sidecar .txt, e.g. "a photo of sks dog"')
+    caption: str = setting("", 'a raw folder\'s caption, e.g. "a photo of sks dog": put before each image\'s own '
+                               '(its .txt, else its file name); with sidecars: verbatim, only for images without a '
+                               '.txt (kohya class_tokens)')
+    sidecars: Literal["template", "verbatim"] = setting(
+        "template", "a raw folder's .txt captions: template (caption and the folder's 10_name words put before "
+                    "them) or verbatim (as written, as kohya's sd-scripts reads them; the folder's words caption "
+                    "only images without one)")
     flip: bool = setting(False, "random horizontal flips (leave off for faces and text)")
     shuffle_tags: bool = setting(False, "shuffle comma-separated tags after the kept ones (kohya --shuffle_caption)")
     keep_tokens: int | None = setting(None, "tags fixed in front when shuffling (default: as prepare recorded)")
@@ -50,6 +67,19 @@ class DataSection(Strict):
     @classmethod
     def _yes_no(cls, value):
         return ("on" if value else "off") if isinstance(value, bool) else value  # YAML's true / false, as before
+
+    @model_validator(mode="after")
+    def _one_source(self):
+        if bool(self.path) == bool(self.subsets):
+            raise ValueError("data needs path (one folder) or subsets (several), and not both" if self.path else
+                             "data needs path: a `personae prepare` output or a folder of images (or subsets)")
+        return self
+
+    def sources(self) -> list[DataSubset]:
+        """The folders trained on: path as one subset, or the subsets (data.caption for those without their own)."""
+        if not self.subsets:
+            return [DataSubset(path=self.path, caption=self.caption)]
+        return [s.model_copy(update={"caption": s.caption or self.caption}) for s in self.subsets]
 
 
 class ValidationSection(Strict):

@@ -229,6 +229,8 @@ def caption_for(path: Path, relative: Path, settings: PrepareSettings, captioner
     text. `image` may be None for captioners that read only the path (filename, none)."""
     _, prefix, token = cap.folder_meaning(relative, settings.folder_tokens)
     sidecar = cap.read_sidecar(path)
+    if sidecar and not settings.recaption and settings.sidecars == "verbatim":
+        return sidecar, "sidecar"
     if sidecar and not settings.recaption:
         raw, origin = sidecar, "sidecar"
     else:

@@ -28,6 +28,7 @@ class DatasetStats:
     triggers: list[str] = field(default_factory=list)
     with_trigger: int = 0  # captions holding any trigger word
     class_images: int = 0
+    dirs: dict[str, dict[str, int]] = field(default_factory=dict)  # folder -> n_repeats, img_count (kohya's)
 
     @property
     def per_epoch(self) -> int:
@@ -52,8 +53,7 @@ class DatasetStats:
         """sd-scripts' dataset header fields."""
         import json
 
-        dirs = {self.name: {"n_repeats": max(self.repeats, key=self.repeats.get) if self.repeats else 1,
-                            "img_count": self.images}}
+        dirs = self.dirs or {self.name: {"n_repeats": _most(self.repeats), "img_count": self.images}}
         buckets = {str(i): {"resolution": list(size), "count": n}
                    for i, (size, n) in enumerate(sorted(self.buckets.items()))}
         return {"ss_num_train_images": str(self.per_epoch), "ss_num_reg_images": str(self.class_images),
@@ -71,13 +71,26 @@ def has_word(caption: str, word: str) -> bool:
     return re.search(rf"(?<![\w<]){re.escape(word)}(?![\w>])", caption) is not None
 
 
-def dataset_stats(examples: list[Example], name: str, triggers: list[str], class_images: int = 0) -> DatasetStats:
-    tags: Counter = Counter()
-    for ex in examples:
-        tags.update(dict.fromkeys(caption_tags(ex.caption), 1))  # once per image
+def _most(repeats: Counter) -> int:
+    return max(repeats, key=repeats.get) if repeats else 1
+
+
+def dataset_stats(examples: list[Example], name: str, triggers: list[str], class_images: int = 0,
+                  groups: list[tuple[str, list[Example]]] | None = None) -> DatasetStats:
+    """`groups`: (folder name, its examples) when the set is several folders (data.subsets): kohya's header lists
+    each folder's repeats, image count and tags."""
+    groups = groups or [(name, examples)]
+    frequency, dirs = {}, {}
+    for folder, group in groups:
+        while folder in dirs:  # two subsets in folders of one name
+            folder += "_"
+        tags: Counter = Counter()
+        for ex in group:
+            tags.update(dict.fromkeys(caption_tags(ex.caption), 1))  # once per image
+        frequency[folder] = dict(sorted(tags.items(), key=lambda kv: (-kv[1], kv[0])))
+        dirs[folder] = {"n_repeats": _most(Counter(ex.repeats for ex in group)), "img_count": len(group)}
     triggers = [t for t in dict.fromkeys(triggers) if t]
     with_trigger = sum(any(has_word(ex.caption, t) for t in triggers) for ex in examples)
-    return DatasetStats(name, len(examples), Counter(ex.repeats for ex in examples),
-                        Counter(ex.size for ex in examples),
-                        {name: dict(sorted(tags.items(), key=lambda kv: (-kv[1], kv[0])))}, triggers, with_trigger,
-                        class_images)
+    return DatasetStats(" + ".join(dirs), len(examples), Counter(ex.repeats for ex in examples),
+                        Counter(ex.size for ex in examples), frequency, triggers, with_trigger, class_images,
+                        dirs if len(dirs) > 1 else {})

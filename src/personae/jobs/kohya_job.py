@@ -17,6 +17,7 @@ from pathlib import Path
 
 from personae.config.train import INIT_SHAPE
 from personae.errors import UserError
+from personae.jobs.kohya_dataset import SUBSET_DATA, read_dataset_config, reg_data_dir
 
 try:
     import tomllib  # Python 3.11+
@@ -67,7 +68,6 @@ REFUSED = {"sdxl": "personae trains SD-1.5 models", "v2": "personae trains SD-1.
            "full_fp16": "use mixed_precision", "full_bf16": "use mixed_precision", "fp8_base": "not available",
            "color_aug": "not available", "random_crop": "not available", "face_crop_aug_range": "not available",
            "network_train_text_encoder_only": "not available",
-           "dataset_config": "pass train_data_dir (kohya's 10_token folders work)",
            "in_json": "fine-tuning metadata is not read; pass train_data_dir",
            "zero_terminal_snr": "not available",
            "token_warmup_step": "not available",
@@ -173,23 +173,32 @@ def _settings(c: dict, base: Path, path: str) -> tuple[dict, list[str]]:
     d, t, lora, db = {}, {"min_snr_gamma": 0.0}, {}, {}  # the job's data, train, lora and dreambooth sections
     job: dict = {"version": 1, "method": "lora", "data": d, "train": t}
     job["lora"], job["dreambooth"] = lora, db
-    if "pretrained_model_name_or_path" not in c or "train_data_dir" not in c:
-        raise UserError(f"{path} names no pretrained_model_name_or_path or train_data_dir: it is not a kohya "
-                        "training config.", "Pass the config_file sd-scripts trains from, or a personae job YAML.")
+    if "pretrained_model_name_or_path" not in c or not (c.get("train_data_dir") or c.get("dataset_config")):
+        raise UserError(f"{path} names no pretrained_model_name_or_path, or neither train_data_dir nor "
+                        "dataset_config: it is not a kohya training config.",
+                        "Pass the config_file sd-scripts trains from, or a personae job YAML.")
     job["base_model"] = str(c["pretrained_model_name_or_path"])
-    d["path"] = str(c["train_data_dir"])
+    if c.get("dataset_config"):  # its subsets; train_data_dir and reg_data_dir are ignored, as kohya ignores them
+        data, train, dreambooth, refused_there, said = read_dataset_config(str(c["dataset_config"]), base, c)
+        d.update(data), t.update(train), db.update(dreambooth)
+        refused += refused_there
+        notes += said + [f"{key} (dataset_config is given: kohya ignores it too)" for key in
+                         ("train_data_dir", "reg_data_dir") if c.get(key)]
+    else:
+        d.update(path=str(c["train_data_dir"]), sidecars="verbatim")  # captions as kohya reads them
     name = str(c.get("output_name") or "last")
     job["name"] = name
     job["output"] = str(Path(str(c.get("output_dir") or ".")) / name)  # a run folder of its own inside output_dir
     extension = str(c.get("caption_extension", ".caption"))  # sd-scripts' default is .caption
-    if extension.lstrip(".") != "txt":
+    if extension.lstrip(".") != "txt" and not c.get("dataset_config"):  # else checked per subset
         refused.append(f"caption_extension = {extension!r} (personae reads .txt captions beside the images; set "
                        "caption_extension = \".txt\" with captions named so)")
-    size = [int(v) for v in str(c.get("resolution", "512")).split(",")]
-    if len(set(size)) != 1:
-        refuse("resolution", "a square size: personae buckets each image's own shape")
-    t["resolution"] = size[0]
-    d["crop"] = "none" if c.get("enable_bucket") else "center"
+    if not c.get("dataset_config"):  # else the dataset's size
+        size = [int(v) for v in str(c.get("resolution", "512")).split(",")]
+        if len(set(size)) != 1:
+            refuse("resolution", "a square size: personae buckets each image's own shape")
+        t["resolution"] = size[0]
+        d["crop"] = "none" if c.get("enable_bucket") else "center"
     # the network
     module = str(c.get("network_module", "networks.lora"))
     args = _network_args(c.get("network_args"))
@@ -253,7 +262,7 @@ def _settings(c: dict, base: Path, path: str) -> tuple[dict, list[str]]:
         t["epochs"] = int(c["max_train_epochs"])
     else:
         t["steps"] = int(c.get("max_train_steps", 1600))  # kohya's default
-    simple = {"train_batch_size": "batch_size", "gradient_accumulation_steps": "gradient_accumulation",
+    simple = {"gradient_accumulation_steps": "gradient_accumulation",
               "max_grad_norm": "max_grad_norm", "seed": "seed", "clip_skip": "clip_skip",
               "noise_offset": "noise_offset", "multires_noise_iterations": "multires_noise_iterations",
               "multires_noise_discount": "multires_noise_discount", "ip_noise_gamma": "ip_noise_gamma",
@@ -269,6 +278,8 @@ def _settings(c: dict, base: Path, path: str) -> tuple[dict, list[str]]:
     for key, field in simple.items():
         if c.get(key) is not None:
             t[field] = c[key]
+    if c.get("train_batch_size") is not None and not c.get("dataset_config"):  # else the dataset's batch_size
+        t["batch_size"] = c["train_batch_size"]
     t["mixed_precision"] = str(c.get("mixed_precision", "no"))
     scheduler = str(c.get("lr_scheduler", "constant")).lower()
     if scheduler not in SCHEDULERS:
@@ -298,19 +309,16 @@ def _settings(c: dict, base: Path, path: str) -> tuple[dict, list[str]]:
     job["output_dtype"] = PRECISION.get(str(c.get("save_precision", "float")), "fp32")
     cache = "disk" if c.get("cache_latents_to_disk") else "memory" if c.get("cache_latents") else "none"
     t["cache_latents"] = cache
-    # the data
-    for key, field in (("shuffle_caption", "shuffle_tags"), ("keep_tokens", "keep_tokens"),
-                       ("caption_dropout_every_n_epochs", "caption_dropout_every_n_epochs"),
-                       ("caption_dropout_rate", "caption_dropout"), ("caption_tag_dropout_rate",
-                                                                      "caption_tag_dropout"), ("flip_aug", "flip")):
-        if c.get(key) is not None:
+    # the data (with a dataset_config, these keys are its fallbacks: read there)
+    for key, (field, _) in SUBSET_DATA.items():
+        if c.get(key) is not None and not c.get("dataset_config"):
             d[field] = c[key]
     if c.get("masked_loss"):
         d["masked_loss"] = "on"
     if c.get("vae"):
         job["vae"] = str(c["vae"])
-    if c.get("reg_data_dir"):
-        db.update(prior_preservation=True, class_data_dir=str(c["reg_data_dir"]))
+    if c.get("reg_data_dir") and not c.get("dataset_config"):
+        db.update(reg_data_dir(str(c["reg_data_dir"]), base))
     if c.get("prior_loss_weight") is not None:
         db["prior_loss_weight"] = float(c["prior_loss_weight"])
     if c.get("sample_prompts"):
@@ -326,7 +334,8 @@ def _settings(c: dict, base: Path, path: str) -> tuple[dict, list[str]]:
         "caption_dropout_rate", "caption_tag_dropout_rate", "caption_dropout_every_n_epochs", "flip_aug",
         "masked_loss", "reg_data_dir",
         "prior_loss_weight", "sample_prompts", "sample_sampler", "resolution", "enable_bucket", "caption_extension",
-        "network_args", "loraplus_lr_ratio", "network_weights", "dim_from_weights", "vae"}
+        "network_args", "loraplus_lr_ratio", "network_weights", "dim_from_weights", "vae", "dataset_config",
+        "train_batch_size"}
     for key, value in c.items():
         if key in placed or key in REFUSED:  # read above, or refused when set
             continue

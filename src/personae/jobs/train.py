@@ -64,9 +64,18 @@ def load_job(path: str | Path, overrides: list[str] = (), notes: list[str] | Non
         value = getattr(job, key)
         if not Path(value).is_absolute() and (value.startswith(".") or (base / value).exists() or key == "output"):
             updates[key] = str((base / value).resolve())
-    data_path = job.data.path
-    if not Path(data_path).is_absolute():
-        job.data.path = str((base / data_path).resolve())
+    if job.data.path and not Path(job.data.path).is_absolute():
+        job.data.path = str((base / job.data.path).resolve())
+    for subset in job.data.subsets:
+        if not Path(subset.path).is_absolute():
+            subset.path = str((base / subset.path).resolve())
+    folder = job.dreambooth.class_data_dir
+    if folder and not Path(folder).expanduser().is_absolute():
+        job.dreambooth.class_data_dir = str((base / folder).resolve())
+    for section, key in ((job, "vae"), (job.lora, "init_from")):  # files: as base_model
+        value = getattr(section, key)
+        if value and not Path(value).expanduser().is_absolute() and (value.startswith(".") or (base / value).exists()):
+            setattr(section, key, str((base / value).resolve()))
     return job.model_copy(update=updates)
 
 
@@ -110,6 +119,7 @@ def _refuse_overlaps(job: TrainJob, run: Path) -> None:
     """The run folder may not be, hold or sit inside what training reads."""
     out = absolute(run)
     reads = [("data.path", job.data.path, False), ("dreambooth.class_data_dir", job.dreambooth.class_data_dir, True)]
+    reads += [(f"data.subsets[{i}].path", s.path, False) for i, s in enumerate(job.data.subsets)]
     if Path(job.base_model).expanduser().exists():
         reads.append(("base_model", job.base_model, False))
     for key, value, may_be_inside in reads:  # class images may be cached inside the run (its default place)

@@ -36,6 +36,7 @@ from personae.training.setup import (
     LatentCache,
     MaskCache,
     class_examples,
+    load_example_groups,
     load_examples,
     make_accelerator,
     make_optimizer,
@@ -117,14 +118,15 @@ def _train(job: TrainJob, run: Path, resume: bool, on_event: EventHandler, comma
         raise UserError(f"train.clip_skip {t.clip_skip} is more than the base model's text encoder has layers "
                         f"({layers}).", "Use clip_skip 1 (the last layer) or 2 (the one before, for anime models).")
     # 3. data, and class images from the untouched base model
-    examples = load_examples(job, run, on_event)
+    groups = load_example_groups(job, run, on_event)
+    examples = load_examples(job, run, on_event, groups)
     plan = BatchPlan(examples, t.batch_size * world * t.gradient_accumulation, t.seed)
     priors = None
     if job.dreambooth.prior_preservation:  # DreamBooth's class images, or kohya-style regularization images
         priors = class_examples(pipe, source, job, run, examples[0].size, on_event)
         prior_plan = BatchPlan(priors, plan.batch, t.seed + 1)
     total = t.steps or t.epochs * plan.steps_per_epoch
-    stats = dataset_stats(examples, Path(job.data.path).name, _trigger_words(job), len(priors or []))
+    stats = dataset_stats(examples, groups[0][0], _trigger_words(job), len(priors or []), groups)  # kohya's dirs
     on_event(Message(stats.summary()))
     on_event(Message(f"{total} steps, {plan.batch} image(s) per step ({plan.steps_per_epoch} steps per epoch)"))
     prompts = t.validation.prompts or [examples[0].caption]

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import importlib.util
 from contextlib import nullcontext
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 
 from personae.config.methods import METHODS
 from personae.config.prepare import PrepareSettings
-from personae.config.train import TrainJob
+from personae.config.train import DataSubset, TrainJob
 from personae.data.caption_checks import require_token
 from personae.data.dataset import Example, examples_from_prepared, load_pixels
 from personae.data.masks import load_mask, require_masks
@@ -47,17 +48,20 @@ def preflight(job: TrainJob) -> None:
     if job.train.optimizer == "lion" and importlib.util.find_spec("lion_pytorch") is None:
         raise UserError("optimizer lion needs the lion-pytorch package.",
                         "pip install lion-pytorch (and use a learning rate 3-10x below AdamW's)")
-    data = Path(job.data.path).expanduser()
-    if not data.exists():
-        raise UserError(f"data.path {job.data.path} does not exist.",
-                        "Point it at a `personae prepare` output or an image folder.")
-    if (data / "manifest.jsonl").is_file():
-        examples = examples_from_prepared(data)
-        check_tokens(job, [e.caption for e in examples], data)
-        if job.data.masked_loss == "on":
-            require_masks([e.image for e in examples], data)
-    elif data.is_dir():  # the captions a raw folder will be given (load_examples checks the prepared ones again)
-        check_tokens(job, planned_captions(data, raw_folder_settings(job)), data)
+    captions = []
+    for key, subset in data_sources(job):
+        data = Path(subset.path).expanduser()
+        if not data.exists():
+            raise UserError(f"{key} {subset.path} does not exist.",
+                            "Point it at a `personae prepare` output or an image folder.")
+        if (data / "manifest.jsonl").is_file():
+            examples = examples_from_prepared(data)
+            captions += [e.caption for e in examples]
+            if job.data.masked_loss == "on":
+                require_masks([e.image for e in examples], data)
+        elif data.is_dir():  # the captions a raw folder will be given (load_examples checks the prepared ones again)
+            captions += planned_captions(data, raw_folder_settings(job, subset))
+    check_tokens(job, captions, Path(job.data.path or job.data.subsets[0].path))
     if job.vae and not Path(job.vae).expanduser().exists():
         raise UserError(f"vae {job.vae} was not found: no such file or folder.",
                         "Pass a diffusers AutoencoderKL folder or a single-file SD-1.x VAE .safetensors.")
@@ -93,13 +97,24 @@ def check_tokens(job: TrainJob, captions: list[str], where: Path) -> None:
         require_token(spec.token, captions, str(where), f"{section}.tokens")
 
 
-def raw_folder_settings(job: TrainJob) -> PrepareSettings:
-    """How a raw image folder in data.path is prepared for this job."""
-    literal = job.data.caption.replace("{", "{{").replace("}", "}}")  # the user's text, not placeholders
-    template = f"{literal}, {{caption}}" if literal else PrepareSettings().template
+def data_sources(job: TrainJob) -> list[tuple[str, DataSubset]]:
+    """(the setting's name for messages, the subset) of every folder the job trains on."""
+    if not job.data.subsets:
+        return [("data.path", job.data.sources()[0])]
+    return [(f"data.subsets[{i}].path", s) for i, s in enumerate(job.data.sources())]
+
+
+def raw_folder_settings(job: TrainJob, subset: DataSubset | None = None) -> PrepareSettings:
+    """How a raw image folder in data.path (or a subset's) is prepared for this job."""
+    caption = job.data.caption if subset is None else subset.caption
+    literal = caption.replace("{", "{{").replace("}", "}}")  # the user's text, not placeholders
     small = min(64, job.train.resolution)  # a model trained below 64 px (the world model) takes its own size
-    return PrepareSettings(crop=job.data.crop, resolution=job.train.resolution, template=template, min_side=small,
-                           bucket_step=small)
+    common = {"crop": job.data.crop, "resolution": job.train.resolution, "min_side": small, "bucket_step": small}
+    if job.data.sidecars == "verbatim":  # kohya: a .txt as written, else the subset's or the folder's class tokens
+        return PrepareSettings(**common, sidecars="verbatim", template=literal or "{folder}", captioner="none",
+                               keep_underscores=True)
+    template = f"{literal}, {{caption}}" if literal else PrepareSettings().template
+    return PrepareSettings(**common, template=template)
 
 
 def make_accelerator(job: TrainJob):
@@ -119,24 +134,41 @@ def make_accelerator(job: TrainJob):
                         "(isolated, the default).") from None
 
 
-def load_examples(job: TrainJob, run: Path, on_event: EventHandler) -> list[Example]:
-    """A prepared set as is; a raw folder is prepared now into <run>/prepared."""
-    path = Path(job.data.path).expanduser()
-    if (path / "manifest.jsonl").is_file():
-        examples = examples_from_prepared(path, on_event)
-    elif path.is_dir():
-        on_event(Message(f"{path} is not a prepared set: preparing it into {run / 'prepared'}"))
-        prepare_dataset(path, run / "prepared", raw_folder_settings(job), on_event)
-        examples = examples_from_prepared(run / "prepared")
-    else:
-        raise UserError(f"data.path {path} does not exist.", "Point it at a `personae prepare` output or an image folder.")
-    if not examples:
-        raise UserError(f"data.path {path} holds no usable images.", "See its report.md for why images were rejected.")
+def load_example_groups(job: TrainJob, run: Path, on_event: EventHandler) -> list[tuple[str, list[Example]]]:
+    """(folder name, examples) per data source: a prepared set as is; a raw folder is prepared now into
+    <run>/prepared (a subset's into <run>/prepared/N); a subset's repeats replace its images' own."""
+    groups = []
+    for i, (key, subset) in enumerate(data_sources(job)):
+        path = Path(subset.path).expanduser()
+        if (path / "manifest.jsonl").is_file():
+            examples = examples_from_prepared(path, on_event)
+        elif path.is_dir():
+            where = run / "prepared" / str(i + 1) if job.data.subsets else run / "prepared"
+            on_event(Message(f"{path} is not a prepared set: preparing it into {where}"))
+            prepare_dataset(path, where, raw_folder_settings(job, subset), on_event)
+            examples = examples_from_prepared(where)
+        else:
+            raise UserError(f"{key} {path} does not exist.", "Point it at a `personae prepare` output or an image "
+                                                               "folder.")
+        if not examples:
+            raise UserError(f"{key} {path} holds no usable images.", "See its report.md for why images were rejected.")
+        if subset.repeats:
+            examples = [replace(e, repeats=subset.repeats) for e in examples]
+        if job.method == "dreambooth" and job.dreambooth.instance_prompt:  # one caption for every training image
+            examples = [replace(e, caption=job.dreambooth.instance_prompt, keep_tokens=0) for e in examples]
+        groups.append((path.name, examples))
+    return groups
+
+
+def load_examples(job: TrainJob, run: Path, on_event: EventHandler, groups=None) -> list[Example]:
+    """Every training example, checked: the tokens the method learns are in the captions, masks where asked."""
+    if groups is None:
+        groups = load_example_groups(job, run, on_event)
+    examples = [e for _, group in groups for e in group]
+    path = Path(job.data.path or job.data.subsets[0].path)
     check_tokens(job, [e.caption for e in examples], path)  # the captions as prepared (preflight predicted them)
     if job.data.masked_loss == "on":
         require_masks([e.image for e in examples], path)
-    if job.method == "dreambooth" and job.dreambooth.instance_prompt:
-        examples = [Example(e.image, job.dreambooth.instance_prompt, e.size, e.repeats, 0, e.mask) for e in examples]
     if job.trigger and not any(job.trigger in e.caption for e in examples):  # exports would name a word never taught
         on_event(Message(f'trigger "{job.trigger}" appears in none of the {len(examples)} training captions (e.g. '
                          f'"{examples[0].caption[:80]}"): prompts with it will not call up what this run learns. Put '

@@ -16,7 +16,11 @@ def job_data(ctx, base: dict, model: str, method: str, dataset: str, run_name: s
 
     ws = ctx.workspace
     if pasted and pasted.strip() and looks_like_kohya(pasted):  # kohya's config_file, pasted: its run under runs/
-        data, _ = kohya_settings(flat_text(pasted, "The pasted kohya config"), ws.root, "The pasted kohya config")
+        flat = flat_text(pasted, "The pasted kohya config")
+        for key in ("dataset_config", "reg_data_dir"):  # read while importing: only inside the workspace
+            if flat.get(key):
+                ws.path(str(flat[key]), what=f"{key}", must_exist=True)
+        data, _ = kohya_settings(flat, ws.root, "The pasted kohya config")
         data["output"] = f"runs/{data.get('name') or 'kohya'}"
         data["base_model"] = str(data["base_model"])
     elif pasted and pasted.strip():
@@ -41,9 +45,19 @@ def job_data(ctx, base: dict, model: str, method: str, dataset: str, run_name: s
     if ws.root / "runs" not in [out, *out.parents]:
         raise UserError(f"The run folder {data['output']} is not under runs/.", "Name runs as runs/NAME.")
     data["output"] = str(out)
-    if not isinstance(data.get("data"), dict) or not data["data"].get("path"):
+    section = data.get("data")
+    subsets = section.get("subsets") if isinstance(section, dict) else None
+    if not isinstance(section, dict) or not (section.get("path") or subsets):
         raise UserError("The job has no training images (data.path).", "Pick a prepared set or an upload folder.")
-    data["data"] = {**data["data"], "path": str(ws.path(data["data"]["path"], what="data folder", must_exist=True))}
+    if section.get("path"):
+        data["data"] = {**section, "path": str(ws.path(section["path"], what="data folder", must_exist=True))}
+    if isinstance(subsets, list):  # several folders (a kohya dataset_config), each in the workspace
+        data["data"]["subsets"] = [{**s, "path": str(ws.path(str(s.get("path", "")), what="data folder",
+                                                             must_exist=True))} if isinstance(s, dict) else s
+                                   for s in subsets]
+    prior = data.get("dreambooth")
+    if isinstance(prior, dict) and isinstance(prior.get("class_data_dir"), str) and prior["class_data_dir"].strip():
+        prior["class_data_dir"] = str(ws.path(prior["class_data_dir"], what="class images folder (class_data_dir)"))
     if isinstance(data.get("vae"), str) and data["vae"].strip():
         data["vae"] = str(ws.path(data["vae"], what="VAE (vae)", must_exist=True))
     lora = data.get("lora")
@@ -84,7 +98,8 @@ def build(ctx) -> None:
             with gr.Accordion("LoRA settings", open=False):
                 lora_form = SettingsForm(LoraSection, prefix="train-lora")
             with gr.Accordion("Data settings", open=False):
-                data_form = SettingsForm(DataSection, skip=("path",), prefix="train-data")
+                # several folders (data.subsets) come with a pasted job or kohya config
+                data_form = SettingsForm(DataSection, skip=("path", "subsets"), prefix="train-data")
             with gr.Accordion("Or paste a job YAML, or kohya's config .toml (replaces the form)", open=False):
                 pasted = gr.Code(language="yaml", label="job.yaml or kohya config_lora.toml (paths in the workspace)",
                                  lines=10)
