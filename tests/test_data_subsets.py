@@ -90,3 +90,15 @@ def test_verbatim_sidecars_keep_the_text_as_written(tmp_path):
     assert sorted((e.caption, e.repeats) for e in result.entries) == [("sks man", 10), ("sks man, long_hair", 10)]
     templated = prepare_dataset(src, tmp_path / "out2", PrepareSettings(resolution=64))
     assert "sks man, sks man, long hair" in [e.caption for e in templated.entries]  # the template's way, unchanged
+
+
+def test_the_caption_extension_picks_which_caption_file_is_read(tmp_path):
+    """kohya reads only the caption_extension's files: x.caption when it says .caption, even beside an x.txt."""
+    src = _images(tmp_path / "src", 2, ["tags from a tagger"])
+    (src / "p0.caption").write_text("a man in a hat")
+    (src / "p1.caption").write_text("a man on a bike")
+    read = {ext: sorted(e.caption for e in prepare_dataset(src, tmp_path / ext.strip("."), PrepareSettings(
+        resolution=64, sidecars="verbatim", template="", captioner="none", caption_extension=ext)).entries)
+        for ext in ("auto", ".txt", ".caption")}
+    assert read == {"auto": ["a man on a bike", "tags from a tagger"], ".txt": ["", "tags from a tagger"],
+                    ".caption": ["a man in a hat", "a man on a bike"]}

@@ -130,8 +130,9 @@ def test_what_personae_cannot_train_as_asked_is_named(tmp_path, line, named):
 
 def test_kohyas_default_caption_extension_and_its_network_forms(tmp_path):
     text = "\n".join(l for l in GUI_CONFIG.splitlines() if not l.startswith("caption_extension"))
-    with pytest.raises(UserError, match="caption_extension = '.caption'"):
-        kohya_job(_config(tmp_path, text))
+    assert kohya_job(_config(tmp_path, text))[0]["data"]["caption_extension"] == ".caption"  # sd-scripts' default
+    with pytest.raises(UserError, match="caption_extension = '.json' .personae reads .txt or .caption"):
+        kohya_job(_config(tmp_path, text + '\ncaption_extension = ".json"\n'))
     def network(args: str, module: str = "networks.lora"):
         swapped = GUI_CONFIG.replace('network_args = [ "loraplus_lr_ratio=4",]', f"network_args = [ {args} ]")
         swapped = swapped.replace('network_module = "networks.lora"', f'network_module = "{module}"')
@@ -291,7 +292,9 @@ def test_a_dataset_config_becomes_subsets_with_their_repeats_and_class_tokens(tm
                             "  image_dir = \"style\"\n"), "datasets of different resolution"),
     (("  class_tokens = \"man\"\n", "  class_tokens = \"man\"\n\n  [[datasets.subsets]]\n  image_dir = "
                                       "\"style\"\n  is_reg = true\n"), "2 subsets with is_reg"),
-    (('caption_extension = ".txt"', 'caption_extension = ".caption"'), "caption_extension = '.caption'"),
+    (("  num_repeats = 2\n", '  num_repeats = 2\n  caption_extension = ".caption"\n'),
+     "caption_extension differs between subsets (.caption, .txt)"),
+    (('caption_extension = ".txt"', 'caption_extension = ".md"'), "caption_extension = '.md'"),
 ])
 def test_what_a_dataset_config_asks_that_personae_cannot_is_named(tmp_path, change, named):
     text = DATASET.replace(*change)

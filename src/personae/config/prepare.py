@@ -49,6 +49,9 @@ class PrepareSettings(Strict):
                               "the text encoder reads, MORE_DETAILED a paragraph past them, CAPTION a phrase",
         metavar="TASK")
     recaption: bool = setting(False, "caption with the captioner even where a sidecar .txt exists")
+    caption_extension: Literal["auto", ".txt", ".caption"] = setting(
+        "auto", "the caption file read beside an image: auto (x.txt, else x.caption), or only .txt or only .caption "
+                "(kohya --caption_extension)")
     sidecars: Literal["template", "verbatim"] = setting(
         "template", "template: a sidecar caption fills {caption} like a captioner's text; verbatim: a sidecar .txt is "
                     "the caption as written, as kohya's sd-scripts reads it (template, trigger and append then "

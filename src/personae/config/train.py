@@ -43,6 +43,9 @@ class DataSection(Strict):
     caption: str = setting("", 'a raw folder\'s caption, e.g. "a photo of sks dog": put before each image\'s own '
                                '(its .txt, else its file name); with sidecars: verbatim, only for images without a '
                                '.txt (kohya class_tokens)')
+    caption_extension: Literal["auto", ".txt", ".caption"] = setting(
+        "auto", "a raw folder's caption files: auto (x.txt, else x.caption), or only .txt or only .caption (kohya "
+                "caption_extension)")
     sidecars: Literal["template", "verbatim"] = setting(
         "template", "a raw folder's .txt captions: template (caption and the folder's 10_name words put before "
                     "them) or verbatim (as written, as kohya's sd-scripts reads them; the folder's words caption "

@@ -22,9 +22,14 @@ KAOMOJI = frozenset({"0_0", "(o)_(o)", "+_+", "+_-", "._.", "<o>_<o>", "<|>_<|>"
                      "@_@", "^_^", "o_o", "u_u", "x_x", "|_|", "||_||"})
 
 
-def read_sidecar(image_path: Path) -> str | None:
-    """The caption next to an image (`x.txt` or `x.caption`), if any and not empty."""
-    for suffix in CAPTION_SUFFIXES:
+def sidecar_suffixes(extension: str = "auto") -> tuple[str, ...]:
+    """The caption files read beside an image: auto, x.txt then x.caption; or the one extension named (kohya)."""
+    return CAPTION_SUFFIXES if extension == "auto" else (extension,)
+
+
+def read_sidecar(image_path: Path, suffixes: tuple[str, ...] = CAPTION_SUFFIXES) -> str | None:
+    """The caption next to an image (`x.txt` or `x.caption`, the first of `suffixes` there), if any and not empty."""
+    for suffix in suffixes:
         side = image_path.with_suffix(suffix)
         if side.is_file():
             text = side.read_text(encoding="utf-8", errors="replace").strip()
@@ -33,11 +38,11 @@ def read_sidecar(image_path: Path) -> str | None:
     return None
 
 
-def sidecar_fingerprint(image_path: Path) -> str:
+def sidecar_fingerprint(image_path: Path, suffixes: tuple[str, ...] = CAPTION_SUFFIXES) -> str:
     """A hash of the image's caption sidecars (what `read_sidecar` reads), "" when it has none: a changed caption
     file makes `prepare` caption the image again even when the image itself is unchanged."""
     parts = []
-    for suffix in CAPTION_SUFFIXES:
+    for suffix in suffixes:
         side = image_path.with_suffix(suffix)
         if side.is_file():
             parts.append(suffix.encode() + b"\0" + side.read_bytes())

@@ -228,7 +228,7 @@ def caption_for(path: Path, relative: Path, settings: PrepareSettings, captioner
     captioner's text, through the template; "from" is "sidecar", the captioner's name, or "" when neither gave
     text. `image` may be None for captioners that read only the path (filename, none)."""
     _, prefix, token = cap.folder_meaning(relative, settings.folder_tokens)
-    sidecar = cap.read_sidecar(path)
+    sidecar = cap.read_sidecar(path, cap.sidecar_suffixes(settings.caption_extension))
     if sidecar and not settings.recaption and settings.sidecars == "verbatim":
         return sidecar, "sidecar"
     if sidecar and not settings.recaption:
@@ -264,7 +264,8 @@ def _prepare(src: Path, files: list[Path], out: Path, work: Path, previous: dict
         name = _output_name(relative)
         image_rel = f"images/{name}.png"
         old = previous.get(relative.as_posix())
-        sidecar_sha, mask_sha = cap.sidecar_fingerprint(path), mask_fingerprint(path)
+        sidecar_sha = cap.sidecar_fingerprint(path, cap.sidecar_suffixes(settings.caption_extension))
+        mask_sha = mask_fingerprint(path)
         mask_rel = f"images/{name}{MASK_SUFFIX}"
         if (old and old.settings_hash == settings_hash and old.source_size == stat.st_size
                 and old.source_mtime_ns == stat.st_mtime_ns and old.sidecar_sha256 == sidecar_sha

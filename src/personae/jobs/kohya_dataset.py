@@ -34,6 +34,12 @@ DATASET_READ = {"resolution", "batch_size", "enable_bucket", "bucket_reso_steps"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")  # kohya's glob_images, the formats personae reads
 
 
+def caption_extension(value) -> str | None:
+    """kohya's caption_extension as data.caption_extension (".txt" or ".caption"), None for another."""
+    extension = "." + str(value).strip().lstrip(".").lower()
+    return extension if extension in (".txt", ".caption") else None
+
+
 def _path(value: str, base: Path) -> Path:
     path = Path(str(value)).expanduser()
     return path if path.is_absolute() else (base / path).resolve()
@@ -99,7 +105,7 @@ def read_dataset_config(value: str, base: Path, c: dict) -> tuple[dict, dict, di
                 return level[key]
         return default
 
-    train_subsets, reg, sizes = [], [], set()
+    train_subsets, reg, sizes, extensions = [], [], set(), set()
     for dataset in datasets:
         unknown += sorted(set(dataset) - DATASET_READ - SUBSET_READ)
         size = str(pick("resolution", dataset, default=512))
@@ -112,10 +118,10 @@ def read_dataset_config(value: str, base: Path, c: dict) -> tuple[dict, dict, di
             for key, why in SUBSET_REFUSED.items():
                 if pick(key, subset, dataset):
                     refused.append(f"{key} = {pick(key, subset, dataset)!r} ({why})")
-            extension = str(pick("caption_extension", subset, dataset, default=".caption"))
-            if extension.lstrip(".") != "txt":
-                refused.append(f"caption_extension = {extension!r} (personae reads .txt captions beside the images; "
-                               "set caption_extension = \".txt\" with captions named so)")
+            extension = pick("caption_extension", subset, dataset, default=".caption")
+            if caption_extension(extension) is None:
+                refused.append(f"caption_extension = {extension!r} (personae reads .txt or .caption caption files)")
+            extensions.add(caption_extension(extension) or extension)
             if "image_dir" not in subset:
                 raise UserError(f"dataset_config {path}: a subset has no image_dir.", "Give each subset its folder.")
             folder = str(subset["image_dir"])  # as written: read relative to the config, as the job's paths are
@@ -145,6 +151,10 @@ def read_dataset_config(value: str, base: Path, c: dict) -> tuple[dict, dict, di
             refused.append(f"{key} differs between subsets ({', '.join(sorted(values))}): personae sets it for the "
                            "whole set")
         data[field] = train_subsets[0][1][field]
+    if len(extensions) > 1:
+        refused.append(f"caption_extension differs between subsets ({', '.join(sorted(map(str, extensions)))}): "
+                       "personae reads one kind of caption file for the whole set")
+    data["caption_extension"] = sorted(map(str, extensions))[0]
     size, batch, bucket = sorted(sizes)[0]
     sides = [int(v) for v in size.strip("()[] ").split(",") if v.strip()]
     if len(set(sides)) != 1:

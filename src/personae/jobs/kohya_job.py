@@ -17,7 +17,7 @@ from pathlib import Path
 
 from personae.config.train import INIT_SHAPE
 from personae.errors import UserError
-from personae.jobs.kohya_dataset import SUBSET_DATA, read_dataset_config, reg_data_dir
+from personae.jobs.kohya_dataset import SUBSET_DATA, caption_extension, read_dataset_config, reg_data_dir
 
 try:
     import tomllib  # Python 3.11+
@@ -189,10 +189,13 @@ def _settings(c: dict, base: Path, path: str) -> tuple[dict, list[str]]:
     name = str(c.get("output_name") or "last")
     job["name"] = name
     job["output"] = str(Path(str(c.get("output_dir") or ".")) / name)  # a run folder of its own inside output_dir
-    extension = str(c.get("caption_extension", ".caption"))  # sd-scripts' default is .caption
-    if extension.lstrip(".") != "txt" and not c.get("dataset_config"):  # else checked per subset
-        refused.append(f"caption_extension = {extension!r} (personae reads .txt captions beside the images; set "
-                       "caption_extension = \".txt\" with captions named so)")
+    if not c.get("dataset_config"):  # else read per subset
+        extension = caption_extension(c.get("caption_extension", ".caption"))  # sd-scripts' default is .caption
+        if extension:
+            d["caption_extension"] = extension
+        else:
+            refused.append(f"caption_extension = {c['caption_extension']!r} (personae reads .txt or .caption "
+                           "caption files)")
     if not c.get("dataset_config"):  # else the dataset's size
         size = [int(v) for v in str(c.get("resolution", "512")).split(",")]
         if len(set(size)) != 1:

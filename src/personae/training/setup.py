@@ -13,6 +13,7 @@ from personae.config.methods import METHODS
 from personae.config.prepare import PrepareSettings
 from personae.config.train import DataSubset, TrainJob
 from personae.data.caption_checks import require_token
+from personae.data.captions import read_sidecar, sidecar_suffixes
 from personae.data.dataset import Example, examples_from_prepared, load_pixels
 from personae.data.masks import load_mask, require_masks
 from personae.data.prepare import planned_captions, prepare_dataset
@@ -109,7 +110,8 @@ def raw_folder_settings(job: TrainJob, subset: DataSubset | None = None) -> Prep
     caption = job.data.caption if subset is None else subset.caption
     literal = caption.replace("{", "{{").replace("}", "}}")  # the user's text, not placeholders
     small = min(64, job.train.resolution)  # a model trained below 64 px (the world model) takes its own size
-    common = {"crop": job.data.crop, "resolution": job.train.resolution, "min_side": small, "bucket_step": small}
+    common = {"crop": job.data.crop, "resolution": job.train.resolution, "min_side": small, "bucket_step": small,
+              "caption_extension": job.data.caption_extension}
     if job.data.sidecars == "verbatim":  # kohya: a .txt as written, else the subset's or the folder's class tokens
         return PrepareSettings(**common, sidecars="verbatim", template=literal or "{folder}", captioner="none",
                                keep_underscores=True)
@@ -237,9 +239,8 @@ def class_examples(pipe, source, job: TrainJob, run: Path, size: tuple[int, int]
         raise UserError(f"Prior preservation has no class images: {folder} holds none and no class_prompt is set.",
                         "Set dreambooth.class_prompt (images are generated) or put captioned images in class_data_dir.")
 
-    def caption_of(path: Path) -> str:
-        sidecar = path.with_suffix(".txt")
-        return sidecar.read_text(encoding="utf-8").strip() if sidecar.is_file() else c.class_prompt
+    def caption_of(path: Path) -> str:  # its caption file (data.caption_extension), else class_prompt
+        return read_sidecar(path, sidecar_suffixes(job.data.caption_extension)) or c.class_prompt
 
     return [Example(p, caption_of(p), size) for p in images]
 
