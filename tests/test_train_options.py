@@ -101,7 +101,8 @@ def plain_weights(tmp_path_factory, tiny_model, prepared):
                                     {"ip_noise_gamma": 0.1}, {"loss_type": "huber"},
                                     {"loss_type": "smooth_l1", "huber_schedule": "exponential"},
                                     {"debiased_estimation": True}, {"optimizer": "adafactor"},
-                                    {"optimizer": "lion", "learning_rate": 3e-5}])
+                                    {"optimizer": "lion", "learning_rate": 3e-5},
+                                    {"zero_terminal_snr": True, "min_snr_gamma": 5.0}])
 def test_each_option_runs_and_changes_the_result(tmp_path, tiny_model, prepared, plain_weights, option):
     """Each loop option reaches the step (the weights differ from the plain run's) and is recorded in the exports'
     header under kohya's ss_* name, as kohya's trainers write it."""
@@ -117,7 +118,8 @@ def test_each_option_runs_and_changes_the_result(tmp_path, tiny_model, prepared,
     kohya_names = {"clip_skip": "ss_clip_skip", "multires_noise_iterations": "ss_multires_noise_iterations",
                    "ip_noise_gamma": "ss_ip_noise_gamma", "loss_type": "ss_loss_type", "huber_schedule":
                    "ss_huber_schedule", "debiased_estimation": "ss_debiased_estimation", "optimizer": "ss_optimizer",
-                   "noise_offset": "ss_noise_offset", "min_snr_gamma": "ss_min_snr_gamma"}
+                   "noise_offset": "ss_noise_offset", "min_snr_gamma": "ss_min_snr_gamma",
+                   "zero_terminal_snr": "ss_zero_terminal_snr"}
     for key, value in option.items():
         if key in kohya_names:
             assert header[kohya_names[key]] == (f"{value:g}" if isinstance(value, float) else str(value)), key

@@ -384,3 +384,36 @@ def test_debiased_estimation_and_v_as_epsilon_weight_each_example_as_kohya(predi
     min_snr = raw.clamp(max=5.0) / (raw + 1 if prediction == "v_prediction" else raw)
     assert both.item() == pytest.approx(sum(m * w * p for m, w, p in zip(min_snr.tolist(), weights.tolist(), plain))
                                         / 4, rel=1e-4)
+
+
+@pytest.mark.parametrize("prediction", ["epsilon", "v_prediction"])
+def test_zero_terminal_snr_noises_to_pure_noise_and_weighs_by_the_base_snr_as_kohya(prediction):
+    """kohya --zero_terminal_snr: the betas rescaled (Lin et al. 2023, kohya's enforce_zero_terminal_snr) so the
+    last step's input is the noise alone; min-SNR reads the schedule's SNR from before the rescale (kohya computes
+    all_snr first), so the last step's weight is finite for epsilon models too."""
+    from personae.training.step import LossShape
+
+    config = {"num_train_timesteps": 1000, "beta_schedule": "scaled_linear", "beta_start": 0.00085,
+              "beta_end": 0.012, "prediction_type": prediction}
+    base = DDPMScheduler.from_config(config)
+    zero = DDPMScheduler.from_config({**config, "rescale_betas_zero_snr": True})
+    # kohya's formula, written out: sqrt(alphabar) shifted to end at 0 and scaled to keep its first value
+    root = base.alphas_cumprod.double().sqrt()
+    root = (root - root[-1]) * root[0] / (root[0] - root[-1])
+    assert torch.allclose(zero.alphas_cumprod.double(), root**2, atol=1e-6) and zero.alphas_cumprod[-1] == 0
+    unet = _unet()
+    batch = draw_batch(seeded(0, 0), _posteriors(2), [""] * 2, 1.0, 1000)
+    batch.timesteps = torch.tensor([10, 999])
+    noisy = zero.add_noise(batch.latents, batch.noise, batch.timesteps)
+    assert torch.equal(noisy[1], batch.noise[1])  # the last step: nothing of the image is left
+    base_snr = base.alphas_cumprod / (1 - base.alphas_cumprod)
+    embeddings = torch.zeros(2, 5, 8)
+    with torch.no_grad():
+        plain = [diffusion_loss(unet, zero, batch.part(slice(i, i + 1)), embeddings[:1]).item() for i in range(2)]
+        weighted = diffusion_loss(unet, zero, batch, embeddings, 5.0, LossShape(snr=base_snr))
+        unguarded = diffusion_loss(unet, zero, batch, embeddings, 5.0)
+    snr = base_snr[batch.timesteps]
+    weights = snr.clamp(max=5.0) / (snr + 1 if prediction == "v_prediction" else snr)
+    assert weighted.item() == pytest.approx(sum(w * p for w, p in zip(weights.tolist(), plain)) / 2, rel=1e-4)
+    if prediction == "epsilon":  # the rescaled schedule's own SNR is 0 there: min-SNR would divide 0 by 0
+        assert torch.isnan(unguarded)

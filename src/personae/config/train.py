@@ -142,6 +142,12 @@ class TrainSection(Strict):
     huber_schedule: Literal["snr", "exponential", "constant"] = setting(
         "snr", "huber / smooth_l1: huber_c per timestep: snr (near 1 for nearly clean latents, huber_c for noisy "
                "ones), exponential (from 1 at t=0 down to huber_c), or constant (kohya --huber_schedule)")
+    zero_terminal_snr: bool = setting(False, "train on the noise schedule rescaled to zero SNR at its last step "
+                                             "(Lin et al. 2023; kohya --zero_terminal_snr), for v-prediction models "
+                                             "above all; the loss weights (min-SNR, debiased) read the base "
+                                             "schedule's SNR, as kohya's do. Sample from a model whose scheduler "
+                                             "config sets rescale_betas_zero_snr (A1111: the Zero Terminal SNR "
+                                             "noise schedule)")
     debiased_estimation: bool = setting(False, "weight each example by 1 / sqrt(SNR) (1 / (SNR + 1) for "
                                                "v-prediction), so nearly clean timesteps count less (kohya "
                                                "--debiased_estimation_loss)")

@@ -69,7 +69,6 @@ REFUSED = {"sdxl": "personae trains SD-1.5 models", "v2": "personae trains SD-1.
            "color_aug": "not available", "random_crop": "not available", "face_crop_aug_range": "not available",
            "network_train_text_encoder_only": "not available",
            "in_json": "fine-tuning metadata is not read; pass train_data_dir",
-           "zero_terminal_snr": "not available",
            "token_warmup_step": "not available",
            "resume": "personae resumes its own run folders (personae train --resume)"}
 
@@ -277,7 +276,8 @@ def _settings(c: dict, base: Path, path: str) -> tuple[dict, list[str]]:
               "lr_scheduler_power": "lr_scheduler_power", "gradient_checkpointing": "gradient_checkpointing",
               "max_token_length": "max_token_length", "scale_weight_norms": "scale_weight_norms",
               "noise_offset_random_strength": "noise_offset_random_strength",
-              "adaptive_noise_scale": "adaptive_noise_scale", "weighted_captions": "weighted_captions"}
+              "adaptive_noise_scale": "adaptive_noise_scale", "weighted_captions": "weighted_captions",
+              "zero_terminal_snr": "zero_terminal_snr"}
     for key, field in simple.items():
         if c.get(key) is not None:
             t[field] = c[key]

@@ -113,6 +113,10 @@ def _train(job: TrainJob, run: Path, resume: bool, on_event: EventHandler, comma
     pipe.set_progress_bar_config(disable=True)
     base_scheduler = dict(pipe.scheduler.config)
     noise_scheduler = DDPMScheduler.from_config(base_scheduler)
+    base_snr = None
+    if t.zero_terminal_snr:  # kohya: the weights keep the schedule's SNR from before the rescale
+        base_snr = noise_scheduler.alphas_cumprod / (1 - noise_scheduler.alphas_cumprod)
+        noise_scheduler = DDPMScheduler.from_config({**base_scheduler, "rescale_betas_zero_snr": True})
     timesteps = timestep_range(t.min_timestep, t.max_timestep, noise_scheduler.config.num_train_timesteps)
     if t.clip_skip > (layers := pipe.text_encoder.config.num_hidden_layers):
         raise UserError(f"train.clip_skip {t.clip_skip} is more than the base model's text encoder has layers "
@@ -196,7 +200,7 @@ def _train(job: TrainJob, run: Path, resume: bool, on_event: EventHandler, comma
     prior_batch = _Draws(job, priors, prior_latents, timesteps, scaling, tag=1) if priors else None
 
     loss_shape = LossShape(t.loss_type, t.huber_c, t.huber_schedule, t.debiased_estimation,
-                           t.scale_v_pred_loss_like_noise_pred)
+                           t.scale_v_pred_loss_like_noise_pred, base_snr)
 
     chunks = t.max_token_length // 75
     if cut := long_captions(pipe, [e.caption for e in examples], chunks):

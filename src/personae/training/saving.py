@@ -189,7 +189,7 @@ def export_header(job: TrainJob, stats: DatasetStats, steps_per_epoch: int, tota
             "ss_ip_noise_gamma": f"{t.ip_noise_gamma:g}" if t.ip_noise_gamma else "None",
             "ss_ip_noise_gamma_random_strength": str(t.ip_noise_gamma_random_strength),
             "ss_loss_type": t.loss_type, "ss_huber_c": f"{t.huber_c:g}", "ss_huber_schedule": t.huber_schedule,
-            "ss_debiased_estimation": str(t.debiased_estimation),
+            "ss_debiased_estimation": str(t.debiased_estimation), "ss_zero_terminal_snr": str(t.zero_terminal_snr),
             "ss_scale_v_pred_loss_like_noise_pred": str(t.scale_v_pred_loss_like_noise_pred),
             "ss_shuffle_caption": str(job.data.shuffle_tags),
             "ss_flip_aug": str(job.data.flip), "ss_prior_loss_weight": f"{job.dreambooth.prior_loss_weight:g}",

@@ -63,6 +63,9 @@ class LossShape:
     huber_schedule: str = "snr"  # snr | exponential | constant
     debiased_estimation: bool = False
     scale_v_pred_like_noise: bool = False
+    # the SNR per timestep the weights read; None: the noise scheduler's (kohya keeps the schedule's SNR from before
+    # --zero_terminal_snr rescales it, so no weight divides by the last step's zero)
+    snr: torch.Tensor | None = None
 
 
 def seeded(*parts: int) -> torch.Generator:
@@ -197,7 +200,8 @@ def diffusion_loss(unet, noise_scheduler, batch: Batch, embeddings: torch.Tensor
         huber_c = huber_threshold(noise_scheduler, batch.timesteps, shape.huber_c, shape.huber_schedule)
     per_example = per_example_loss(prediction, target, batch.masks, shape.loss_type, huber_c)
     if min_snr_gamma or shape.debiased_estimation or (shape.scale_v_pred_like_noise and v_prediction):
-        snr = compute_snr(noise_scheduler, batch.timesteps).to(per_example.device)
+        snr = (compute_snr(noise_scheduler, batch.timesteps) if shape.snr is None
+               else shape.snr[batch.timesteps.cpu()]).to(per_example.device)
         if min_snr_gamma:
             per_example = per_example * snr.clamp(max=min_snr_gamma) / (snr + 1 if v_prediction else snr)
         capped = snr.clamp(max=1000)
