@@ -102,3 +102,13 @@ def test_the_caption_extension_picks_which_caption_file_is_read(tmp_path):
         for ext in ("auto", ".txt", ".caption")}
     assert read == {"auto": ["a man on a bike", "tags from a tagger"], ".txt": ["", "tags from a tagger"],
                     ".caption": ["a man in a hat", "a man on a bike"]}
+
+
+def test_sets_prepared_before_the_caption_settings_are_still_reused(tmp_path):
+    """The hash an earlier personae (before caption_extension and sidecars) stored for these settings: with both at
+    their defaults it is unchanged, so a re-run reuses those images instead of preparing (and captioning) again."""
+    from personae.data.prepare import _settings_hash
+
+    assert _settings_hash(PrepareSettings()) == "a3d9ac585d4c1dda"
+    assert _settings_hash(PrepareSettings(resolution=64, crop="none")) == "2338db4bbc041c78"
+    assert _settings_hash(PrepareSettings(sidecars="verbatim")) != "a3d9ac585d4c1dda"

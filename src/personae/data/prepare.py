@@ -83,8 +83,14 @@ class PrepareResult:
     reused: int
 
 
+# settings added after sets were prepared without them: left out of the hash at their defaults, so those sets'
+# images are reused instead of prepared (and captioned) again
+LATER_SETTINGS = {"caption_extension": "auto", "sidecars": "template"}
+
+
 def _settings_hash(settings: PrepareSettings) -> str:
-    return hashlib.sha256(settings.model_dump_json().encode()).hexdigest()[:16]
+    later = {key for key, default in LATER_SETTINGS.items() if getattr(settings, key) == default}
+    return hashlib.sha256(settings.model_dump_json(exclude=later).encode()).hexdigest()[:16]
 
 
 def _output_name(relative: Path) -> str:
