@@ -125,7 +125,13 @@ def test_a_run_goes_on_from_its_own_export_and_keeps_the_text_encoder_as_it_was(
     unet = [k for k in start if k.startswith("lora_unet_") and not k.endswith(".alpha")]
     assert te and all(torch.equal(after[k], start[k]) for k in te)  # kept as they were
     assert all(after[k].shape == start[k].shape for k in unet)
-    assert sum(not torch.equal(after[k], start[k]) for k in unet) == len(unet)  # every UNet layer trained on
+    # every UNet layer trained on, but the middle block's self-attention query and key: at the tiny model's 1x1
+    # middle one token attends to itself, softmax over one key is 1 whatever they are, so no gradient reaches their
+    # up matrices (zero since the first run; earlier runs passed an assertion without this exception, on machines
+    # where rounding alone must have moved them)
+    unchanged = [k for k in unet if torch.equal(after[k], start[k])]
+    degenerate = [f"lora_unet_mid_block_attentions_0_transformer_blocks_0_attn1_to_{w}.lora_up.weight" for w in "qk"]
+    assert set(unchanged) <= set(degenerate) and all(not start[k].any() for k in unchanged), unchanged
     assert all(torch.equal(after[k], start[k]) for k in start if k.endswith(".alpha"))
     for key in ("ss_network_dim", "ss_network_alpha", "ss_network_args"):
         assert meta[key] == start_meta[key], key  # rank 4, alpha 2, conv_dim 2 / conv_alpha 1, as the file made them
