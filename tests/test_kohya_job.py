@@ -165,6 +165,8 @@ def test_a_kohya_config_trains_and_its_lora_carries_kohyas_names(tmp_path, tiny_
 
     _kohya_folder(tmp_path)
     config = _config(tmp_path, model=tiny_model[0])
+    config.write_text(config.read_text() + 'training_comment = "trigger: sks man"\nmetadata_author = "me"\n'
+                      'metadata_license = "CreativeML-OpenRAIL-M"\n')
     notes = []
     job = load_job(config, ["train.verify_exports=false", "train.validation.steps=1"], notes)
     assert job.lora.rank == 8 and job.train.clip_skip == 2 and notes
@@ -175,6 +177,9 @@ def test_a_kohya_config_trains_and_its_lora_carries_kohyas_names(tmp_path, tiny_
     assert any("_ff_net_0_proj.lora_up" in k for k in keys) and any(k.startswith("lora_te_") for k in keys)
     assert not any("_resnets_" in k for k in keys)  # kohya's networks.lora without conv_dim: no resnet layers
     assert (meta["ss_network_dim"], meta["ss_clip_skip"], meta["ss_multires_noise_iterations"]) == ("8", "2", "6")
+    assert (meta["ss_training_comment"], meta["modelspec.author"], meta["modelspec.license"]) == (
+        "trigger: sks man", "me", "CreativeML-OpenRAIL-M")  # kohya's metadata keys, where kohya writes them
+    assert meta["modelspec.title"] == "sks_man"  # no metadata_title: the output name, as kohya titles it
     # the kohya folder's captions, read as kohya reads them: the .txt as written, "sks man" not put before it again
     assert json.loads(meta["ss_tag_frequency"]) == {"img": {"outdoors": 2, "sks man": 2, "smiling": 2}}
     prepared = (tmp_path / "model" / "sks_man" / "prepared" / "manifest.jsonl").read_text().splitlines()

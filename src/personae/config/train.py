@@ -348,6 +348,15 @@ class DreamBoothSection(Strict):  # prior preservation here applies to every met
     text_encoder_lr: float | None = setting(None, "the text encoder's learning rate (default: train.learning_rate)")
 
 
+class MetadataSection(Strict):  # kohya's --metadata_* and --training_comment, as its exports carry them
+    title: str = setting("", "the exports' title (modelspec.title; default: the run's name)")
+    author: str = setting("", "who made it (modelspec.author)")
+    description: str = setting("", "what it is and how to use it (modelspec.description)")
+    license: str = setting("", "its license, e.g. CreativeML-OpenRAIL-M (modelspec.license)")
+    tags: str = setting("", "comma-separated tags (modelspec.tags)")
+    comment: str = setting("", "a note for whoever loads it (ss_training_comment; default: the trigger word)")
+
+
 class TrainJob(Strict):
     version: int = setting(1, "job file version")
     base_model: str = setting(description="the model to start from: a diffusers folder, a single .safetensors file, "
@@ -365,6 +374,8 @@ class TrainJob(Strict):
     name: str = setting("", 'what the exports are called (kohya --output_name): "sks_dog" writes sks_dog.safetensors, '
                             "sks_dog_diffusers/ and names itself sks_dog inside (default: files lora.safetensors / "
                             "model.safetensors, named after the run folder inside); embeddings keep their token's name")
+    metadata: MetadataSection = setting(MetadataSection(), "what the exported files say about themselves (the "
+                                                           "header A1111's and Civitai's readers show)")
     output_dtype: Literal["fp32", "fp16", "bf16"] = setting(
         "fp32", "precision of the exported LoRA and embedding tensors (kohya --save_precision); fp16 halves the "
                 "file. DreamBooth models are written in fp32")

@@ -43,7 +43,7 @@ BLOCKS = [f"IN{i:02d}" for i in range(12)] + ["M00"] + [f"OUT{i:02d}" for i in r
 # keys that only steer kohya's machinery: the trained weights do not depend on them (why, where it helps)
 NOT_NEEDED = {
     "logging_dir": "TensorBoard logs go to the run folder's logs/", "log_prefix": "", "log_with": "",
-    "log_tracker_name": "", "log_config": "", "wandb_api_key": "", "wandb_run_name": "", "training_comment": "",
+    "log_tracker_name": "", "log_config": "", "wandb_api_key": "", "wandb_run_name": "",
     "max_data_loader_n_workers": "personae reads the cached latents itself", "persistent_data_loader_workers": "",
     "xformers": "PyTorch's SDPA attention is used", "sdpa": "", "mem_eff_attn": "", "lowram": "", "lowvram": "",
     "save_model_as": "exports are .safetensors (kohya layout) plus a diffusers copy",
@@ -56,12 +56,14 @@ NOT_NEEDED = {
     "cache_text_encoder_outputs": "caption encodings are cached whenever the text encoder does not train",
     "cache_text_encoder_outputs_to_disk": "", "no_half_vae": "the VAE encodes in fp32 (the latents are cached once)",
     "huggingface_repo_id": "",
-    "huggingface_token": "", "metadata_title": "", "metadata_author": "", "metadata_description": "",
-    "metadata_license": "", "metadata_tags": "", "output_config": "", "dynamo_backend": "", "ddp_timeout": "",
+    "huggingface_token": "", "output_config": "", "dynamo_backend": "", "ddp_timeout": "",
     "ddp_gradient_as_bucket_view": "", "ddp_static_graph": "", "debug_dataset": "", "console_log_level": "",
     "console_log_file": "", "console_log_simple": "", "bucket_reso_steps": "buckets step by 64 pixels",
     "min_bucket_reso": "", "max_bucket_reso": "", "bucket_no_upscale": "",
 }
+# what the exports say about themselves: kohya's keys -> the job's metadata section
+METADATA = {"metadata_title": "title", "metadata_author": "author", "metadata_description": "description",
+            "metadata_license": "license", "metadata_tags": "tags", "training_comment": "comment"}
 # what personae cannot train as asked: refused when set (the kohya_ss GUI writes each one, off, in every config)
 REFUSED = {"sdxl": "personae trains SD-1.5 models", "v2": "personae trains SD-1.5 models",
            "v_parameterization": "the prediction type is read from the base model's scheduler config",
@@ -320,6 +322,9 @@ def _settings(c: dict, base: Path, path: str) -> tuple[dict, list[str]]:
         d["masked_loss"] = "on"
     if c.get("vae"):
         job["vae"] = str(c["vae"])
+    described = {field: str(c[key]) for key, field in METADATA.items() if c.get(key)}
+    if described:
+        job["metadata"] = described
     if c.get("reg_data_dir") and not c.get("dataset_config"):
         db.update(reg_data_dir(str(c["reg_data_dir"]), base))
     if c.get("prior_loss_weight") is not None:
@@ -338,7 +343,7 @@ def _settings(c: dict, base: Path, path: str) -> tuple[dict, list[str]]:
         "masked_loss", "reg_data_dir",
         "prior_loss_weight", "sample_prompts", "sample_sampler", "resolution", "enable_bucket", "caption_extension",
         "network_args", "loraplus_lr_ratio", "network_weights", "dim_from_weights", "vae", "dataset_config",
-        "train_batch_size"}
+        "train_batch_size", *METADATA}
     for key, value in c.items():
         if key in placed or key in REFUSED:  # read above, or refused when set
             continue

@@ -171,7 +171,12 @@ def export_header(job: TrainJob, stats: DatasetStats, steps_per_epoch: int, tota
     the name of job.vae's file or folder)."""
     t = job.train
     epochs = -(-total // steps_per_epoch)
-    return {**stats.kohya_fields(), "ss_learning_rate": f"{t.learning_rate:g}",
+    m = job.metadata
+    described = {f"modelspec.{key}": getattr(m, key) for key in ("title", "author", "description", "license", "tags")
+                 if getattr(m, key)}
+    if m.comment:
+        described["ss_training_comment"] = m.comment
+    return {**stats.kohya_fields(), **described, "ss_learning_rate": f"{t.learning_rate:g}",
             "ss_batch_size_per_device": str(t.batch_size),
             "ss_gradient_accumulation_steps": str(t.gradient_accumulation), "ss_max_train_steps": str(total),
             "ss_num_batches_per_epoch": str(steps_per_epoch), "ss_num_epochs": str(epochs),
