@@ -358,3 +358,32 @@ def test_a_dataset_config_trains_and_its_header_lists_each_folder(tmp_path, tiny
     assert json.loads(meta["ss_tag_frequency"]) == {"me": {"sks man": 2, "smiling": 1},
                                                     "style": {"pencil drawing": 1}}
     assert (meta["ss_num_train_images"], meta["ss_num_reg_images"]) == ("22", "3")
+
+
+def test_sample_prompt_options_become_the_validation_settings_or_are_said(tmp_path):
+    """kohya's sample prompts file: the prompt before ' --'; --n / --s / --l / --d / --ss every line agrees on are
+    the validation's negative prompt, steps, CFG, seed and sampler; what differs or has no place is said."""
+    (tmp_path / "prompts.txt").write_text("# samples\n"
+                                          "sks man, smiling --n lowres, blurry --s 28 --l 7.5 --d 42 --w 512\n"
+                                          "sks man, hat --n lowres, blurry --s 28 --l 6 --d 42 --ss euler_a\n")
+    job, notes = kohya_settings({"pretrained_model_name_or_path": "m", "train_data_dir": "d",
+                                 "caption_extension": ".txt", "sample_prompts": "prompts.txt",
+                                 "sample_sampler": "ddim"}, tmp_path, "c.toml")
+    assert job["train"]["validation"] == {"prompts": ["sks man, smiling", "sks man, hat"], "negative": "lowres, blurry",
+                                          "steps": 28, "cfg": 7.5, "seed": 42, "sampler": "DDIM"}
+    said = " ".join(notes)
+    assert "--l differs between prompts (one cfg serves every validation prompt: 7.5" in said
+    assert "--ss differs" in said and "--w (validation images are drawn at the training size" in said
+
+
+def test_the_validation_negative_prompt_reaches_the_pictures(tiny_session):
+    import numpy as np
+
+    from personae.config.train import ValidationSection
+    from personae.training.validation import render_prompts
+
+    s = tiny_session
+    draw = [render_prompts(s.pipe, s.source, s.base_scheduler, ["a photo of a cat"],
+                           ValidationSection(steps=2, negative=negative))[0] for negative in ("", "dog", "")]
+    assert np.array_equal(np.asarray(draw[0]), np.asarray(draw[2]))
+    assert not np.array_equal(np.asarray(draw[0]), np.asarray(draw[1]))

@@ -91,6 +91,7 @@ class ValidationSection(Strict):
     steps: int = setting(20, "sampling steps of the validation images", ge=1)
     cfg: float = setting(7.0, "CFG scale of the validation images")
     sampler: str = setting("DDIM", "sampler of the validation images, by its A1111 name")
+    negative: str = setting("", "negative prompt of the validation images (kohya's --n)")
 
 
 class TrainSection(Strict):

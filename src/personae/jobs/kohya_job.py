@@ -135,14 +135,37 @@ def _numbers(text: str, name: str) -> list[float]:
         raise UserError(f"network_args {name} {text!r} is not a comma-separated list of numbers.") from None
 
 
-def _prompts(spec: str, base: Path) -> list[str]:
-    """kohya's sample prompts file (.txt: one per line, options after ' --'); the prompts only."""
+# kohya's per-prompt options in a sample prompts file: --n negative, --s steps, --l CFG scale, --d seed, --ss sampler
+PROMPT_OPTIONS = {"n": "negative", "s": "steps", "l": "cfg", "d": "seed", "ss": "sampler"}
+
+
+def _prompts(spec: str, base: Path) -> tuple[dict, list[str]]:
+    """kohya's sample prompts file (.txt: one per line, options after ' --') as the validation section, and notes:
+    the options every line agrees on become its settings (one negative prompt, steps, CFG, seed and sampler serve
+    every validation prompt); the others are said."""
     path = (base / spec).resolve() if not Path(spec).is_absolute() else Path(spec)
     if path.suffix.lower() != ".txt" or not path.is_file():
         raise UserError(f"sample_prompts {spec} is not a readable .txt prompts file.",
                         "Point it at kohya's prompt file (one prompt per line), or remove sample_prompts.")
     lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
-    return [line.split(" --")[0].strip() for line in lines if line and not line.startswith("#")]
+    prompts, options, notes = [], [], []
+    for line in (line for line in lines if line and not line.startswith("#")):
+        text, *parts = line.split(" --")
+        prompts.append(text.strip())
+        options.append({key: value.strip() for key, _, value in (part.strip().partition(" ") for part in parts)})
+    validation: dict = {"prompts": prompts}
+    for key in sorted({key for found in options for key in found}):
+        values, field = [found.get(key) for found in options], PROMPT_OPTIONS.get(key)
+        if field is None:
+            notes.append(f"sample_prompts --{key} (validation images are drawn at the training size, without it)")
+        elif len(set(values)) > 1:
+            notes.append(f"sample_prompts --{key} differs between prompts (one {field} serves every validation "
+                         f"prompt: {values[0] or 'the default'}, the first line's)")
+        if field and values[0]:
+            value = values[0]
+            validation[field] = (int(value) if field in ("steps", "seed") else float(value) if field == "cfg"
+                                 else SAMPLERS.get(value.lower(), "DDIM") if field == "sampler" else value)
+    return validation, notes
 
 
 def kohya_job(path: str | Path) -> tuple[dict, list[str]]:
@@ -330,8 +353,9 @@ def _settings(c: dict, base: Path, path: str) -> tuple[dict, list[str]]:
     if c.get("prior_loss_weight") is not None:
         db["prior_loss_weight"] = float(c["prior_loss_weight"])
     if c.get("sample_prompts"):
-        t["validation"] = {"prompts": _prompts(str(c["sample_prompts"]), base)}
-        if c.get("sample_sampler"):
+        t["validation"], said = _prompts(str(c["sample_prompts"]), base)
+        notes += said
+        if c.get("sample_sampler") and "sampler" not in t["validation"]:  # a line's --ss wins, as in kohya
             t["validation"]["sampler"] = SAMPLERS.get(str(c["sample_sampler"]).lower(), "DDIM")
     placed = set(simple) | {
         "pretrained_model_name_or_path", "train_data_dir", "output_dir", "output_name", "network_module",

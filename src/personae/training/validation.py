@@ -19,8 +19,9 @@ def render_prompts(pipe, source, base_scheduler: dict, prompts: list[str], v: Va
     modes = {name: getattr(pipe, name).training for name in ("unet", "text_encoder")}
     pipe.unet.eval(), pipe.text_encoder.eval()
     try:
-        return [txt2img(GenerateSettings(model=source.location, prompt=p, steps=v.steps, cfg=v.cfg, seed=v.seed,
-                                         sampler=v.sampler, clip_skip=clip_skip), session)[0].image for p in prompts]
+        return [txt2img(GenerateSettings(model=source.location, prompt=p, negative=v.negative, steps=v.steps,
+                                         cfg=v.cfg, seed=v.seed, sampler=v.sampler, clip_skip=clip_skip),
+                        session)[0].image for p in prompts]
     finally:
         pipe.scheduler = scheduler
         for name, was in modes.items():
