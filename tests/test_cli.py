@@ -214,6 +214,11 @@ def test_demo_runs_offline_and_writes_an_index(tmp_path):
     # draws none
     assert star >= 86 and star_moves >= 2 and base_star <= 2, section
     assert (tmp_path / "demo/animate/clip.gif").is_file() and (tmp_path / "demo/animate/clip.mp4").is_file()
+    # a kohya config and its dataset_config of two subsets, trained as they are (demo/world_kohya.py)
+    section = " ".join(index[index.index("## A kohya config, trained as it is"):index.index("## Single-file")].split())
+    kohya = re.search(r"close 4 images x 2, medium 4 images x 1 = 12 per epoch, author \"the personae demo\".* the "
+                      r"exact checker reads (\d+) of 4 as prompted", section)
+    assert kohya and int(kohya.group(1)) >= 3, section
     for line in index.splitlines():
         if line.startswith("![]("):
             assert (tmp_path / "demo" / line[4:-1]).is_file()

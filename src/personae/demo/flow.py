@@ -11,7 +11,8 @@ control map says (demo/world_control.py), img2img's strength curve and one shape
 trigger phrase, measured with and without it (demo/world_style.py), and the world motion adapter animating held-out
 shapes and the taught star, every frame read back (demo/world_motion.py); then the everyday flow on it (a
 folder prepared, text to image with A1111's settings and through A1111's samplers, a long weighted prompt, a LoRA
-and its exports reloaded, the LoRA baked into the model, --from-png; demo/world_flow.py). The random tiny model comes last, only where a file
+and its exports reloaded, the LoRA baked into the model, --from-png; demo/world_flow.py), and a kohya config with its
+dataset_config trained as it is (demo/world_kohya.py). The random tiny model comes last, only where a file
 format is the point: a single file in the original checkpoint layout (which cannot carry the world's own tokenizer);
 its pictures are noise and the index does not show them.
 
@@ -38,7 +39,7 @@ DEMO = Kind("demo", "a demo", "personae demo",
             layout=("index.md", "index.html", "models/*", "photos/*", "prepared/*", "generate/*", "samplers/*",
                     "single-file/*", "runs/*", "with-lora/*", "merged/*", "from-png/*", "storyboard/*", "controlnet/*", "animate/*", "compare/*",
                     "world/*", "world-bench/*", "world-board/*", "world-compare/*", "world-control/*",
-                    "world-img2img/*", "world-style/*", "world-motion/*"))
+                    "world-img2img/*", "world-style/*", "world-motion/*", "world-kohya/*"))
 
 
 class Index:
@@ -94,6 +95,10 @@ def _demo(out: Path, on_event: EventHandler) -> Path:
 
     # and the everyday flow on it: prepare, text to image, a long prompt, a LoRA and its files, --from-png
     world_flow(out, world, index, on_event)
+    # and a kohya user's config and dataset_config, trained as they are
+    from personae.demo.world_kohya import world_kohya
+
+    world_kohya(out, world, index, on_event)
 
     # the random tiny model where the file formats are the point: its pictures are noise, so none are shown
     on_event(Message("writing the tiny model"))
