@@ -310,6 +310,13 @@ def test_what_a_dataset_config_asks_that_personae_cannot_is_named(tmp_path, chan
     assert named in str(err.value)
 
 
+def test_a_refusal_every_subset_inherits_is_named_once(tmp_path):
+    text = DATASET.replace("[general]\n", "[general]\ncolor_aug = true\n")
+    with pytest.raises(UserError) as err:
+        kohya_settings({**_dataset_config(tmp_path, text), "color_aug": True}, tmp_path, "config.toml")
+    assert str(err.value).count("color_aug = True (not available)") == 1
+
+
 def test_a_missing_dataset_config_or_an_empty_reg_folder_says_so(tmp_path):
     with pytest.raises(UserError, match="dataset_config .*nothing.toml does not exist"):
         kohya_settings({"pretrained_model_name_or_path": "m", "dataset_config": "nothing.toml"}, tmp_path, "c.toml")

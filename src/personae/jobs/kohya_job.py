@@ -377,7 +377,8 @@ def _settings(c: dict, base: Path, path: str) -> tuple[dict, list[str]]:
         else:
             unknown.append(key)
     if refused or unknown:
-        lines = [f"- {r}" for r in refused] + [f"- {u} (not a setting personae knows)" for u in unknown]
+        lines = [f"- {r}" for r in dict.fromkeys(refused)] + [f"- {u} (not a setting personae knows)" for u in unknown]
+        # (once each: a key in the config or in [general] is every subset's fallback)
         raise UserError(f"{path} asks for what personae cannot train as asked:\n" + "\n".join(lines),
                         "Remove those keys (or set them to their defaults) and train again; every other key is read.")
     return job, notes
