@@ -8,6 +8,7 @@ optimizer_type AdamW8bit -> train.optimizer adamw8bit, ...); a key that only tun
 what is trained and that personae cannot do (SDXL, v2, random crops, colour augmentation, ...) stops the
 load, named, with what to do. kohya's defaults where they differ from personae's are written out
 (min-SNR off, the text encoder trained with the UNet, LoRA on attention and feed-forward layers only).
+The training folders (train_data_dir, reg_data_dir, dataset_config) are read in jobs/kohya_dataset.py.
 """
 
 from __future__ import annotations
@@ -213,14 +214,13 @@ def _settings(c: dict, base: Path, path: str) -> tuple[dict, list[str]]:
     name = str(c.get("output_name") or "last")
     job["name"] = name
     job["output"] = str(Path(str(c.get("output_dir") or ".")) / name)  # a run folder of its own inside output_dir
-    if not c.get("dataset_config"):  # else read per subset
+    if not c.get("dataset_config"):  # else read per subset, the size from its dataset
         extension = caption_extension(c.get("caption_extension", ".caption"))  # sd-scripts' default is .caption
         if extension:
             d["caption_extension"] = extension
         else:
             refused.append(f"caption_extension = {c['caption_extension']!r} (personae reads .txt or .caption "
                            "caption files)")
-    if not c.get("dataset_config"):  # else the dataset's size
         size = [int(v) for v in str(c.get("resolution", "512")).split(",")]
         if len(set(size)) != 1:
             refuse("resolution", "a square size: personae buckets each image's own shape")
