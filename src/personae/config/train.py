@@ -39,7 +39,7 @@ class DataSection(Strict):
     subsets: list[DataSubset] = setting([], "several folders trained as one set, each with its own repeats and "
                                             "caption, instead of path (kohya dataset_config subsets), e.g. [{path: "
                                             "./me, repeats: 10}, {path: ./style, repeats: 2}]")
-    crop: Literal["center", "face", "none"] = setting("center", "framing when `path` is a raw folder")
+    crop: Literal["center", "face", "none"] = setting("center", "framing of raw folders (path or subsets)")
     caption: str = setting("", 'a raw folder\'s caption, e.g. "a photo of sks dog": put before each image\'s own '
                                '(its .txt, else its file name); with sidecars: verbatim, only for images without a '
                                '.txt (kohya class_tokens)')
@@ -47,7 +47,7 @@ class DataSection(Strict):
         "auto", "a raw folder's caption files: auto (x.txt, else x.caption), or only .txt or only .caption (kohya "
                 "caption_extension)")
     sidecars: Literal["template", "verbatim"] = setting(
-        "template", "a raw folder's .txt captions: template (caption and the folder's 10_name words put before "
+        "template", "a raw folder's caption files: template (caption and the folder's 10_name words put before "
                     "them) or verbatim (as written, as kohya's sd-scripts reads them; the folder's words caption "
                     "only images without one)")
     flip: bool = setting(False, "random horizontal flips (leave off for faces and text)")
