@@ -732,3 +732,52 @@ def test_sigma_churn_tmin_tmax_and_noise_are_k_diffusions(k, tiny_model, tiny_se
     png = tiny_model[0].parent / f"churn-{name.replace(' ', '_')}-{img2img}.png"
     save_png(Image.new("RGB", (8, 8)), png, txt2img(settings, tiny_session)[0].parameters.replace("personae", "v1"))
     assert {field: settings_from_png(png)[field] for field in options} == options
+
+
+def test_the_zero_terminal_snr_noise_schedule_samples_a_model_whose_config_lacks_it(tmp_path):
+    """A1111's "Noise schedule for sampling: Zero Terminal SNR" (infotext "Noise Schedule"): the shipped zero-SNR
+    world model with rescale_betas_zero_snr taken out of its scheduler config draws, with the option, exactly what
+    the model draws with its own config; without it something else; the PNG says so and --from-png redraws it. A
+    sampler whose scheduler cannot rescale (PLMS) is refused."""
+    import json
+
+    from PIL import Image
+
+    from personae.errors import UserError
+    from personae.jobs.generate import run_generate, settings_from_png
+    from personae.media.png import parse_parameters, read_png_text
+    from personae.world.model import write_world_zero_snr
+
+    model = write_world_zero_snr(tmp_path / "zsnr")
+    bare = tmp_path / "bare"
+    import shutil
+
+    shutil.copytree(model, bare)
+    config_file = bare / "scheduler" / "scheduler_config.json"
+    config = json.loads(config_file.read_text())
+    assert config.pop("rescale_betas_zero_snr") is True
+    config_file.write_text(json.dumps(config))
+    base = GenerateSettings(model=str(model), prompt="a red circle on a blue background, close-up", seed=1, steps=8,
+                            sampler="Euler")
+    own = run_generate(base, tmp_path / "own")[0]
+    told = run_generate(base.model_copy(update={"model": str(bare), "noise_schedule": "Zero Terminal SNR"}),
+                        tmp_path / "told")[0]
+    plain = run_generate(base.model_copy(update={"model": str(bare)}), tmp_path / "plain")[0]
+    pixels = [np.asarray(Image.open(p), np.int16) for p in (own, told, plain)]
+    assert np.array_equal(pixels[0], pixels[1]) and not np.array_equal(pixels[0], pixels[2])
+    # the schedules themselves: without the option the bare config starts at its own largest sigma (about 14.6),
+    # with it at A1111's zero-SNR one (about 4,519)
+    starts = []
+    for option in ("Default", "Zero Terminal SNR"):
+        scheduler = get_sampler("Euler").make(config, k_tuning(base.model_copy(update={"noise_schedule": option})))
+        scheduler.set_timesteps(8)
+        starts.append(float(scheduler.init_noise_sigma))
+    assert starts[0] < 20 and starts[1] == pytest.approx((1 / 4.8973451890853435e-08 - 1) ** 0.5, rel=1e-4)
+    said = parse_parameters(read_png_text(told)["parameters"])[2]
+    assert said.get("Noise Schedule") == "Zero Terminal SNR" and "Noise Schedule" not in parse_parameters(
+        read_png_text(plain)["parameters"])[2]
+    again = run_generate(GenerateSettings(**settings_from_png(told)), tmp_path / "again")[0]
+    assert np.array_equal(np.asarray(Image.open(again)), pixels[1].astype(np.uint8))
+    with pytest.raises(UserError, match="PLMS cannot sample on the Zero Terminal SNR"):
+        run_generate(base.model_copy(update={"model": str(bare), "noise_schedule": "Zero Terminal SNR",
+                                             "sampler": "PLMS"}), tmp_path / "plms")

@@ -171,6 +171,11 @@ class OptionSettings(Concept):
                                                'sigma"): one step more is scheduled and its next-to-last sigma '
                                                "dropped, as DPM2 and DPM++ 3M SDE always do",
                                         infotext="Discard penultimate sigma", infotext_if="discard_penultimate")
+    noise_schedule: Literal["Default", "Zero Terminal SNR"] = setting(
+        "Default", '"Noise schedule for sampling" (A1111\'s setting), Default or "Zero Terminal SNR": the latter '
+                   "rescales the model's noise schedule to end at zero SNR, for models trained on it (kohya "
+                   "--zero_terminal_snr, personae train.zero_terminal_snr); a model whose scheduler config sets "
+                   "rescale_betas_zero_snr samples so already", infotext="Noise Schedule", infotext_unless="Default", metavar="SCHEDULE")
     eta_ddim: float = setting(0.0, '"Eta for DDIM" (infotext "Eta DDIM", written when not 0): DDIM\'s step noise; 0 '
                                    "is deterministic DDIM, 1 is DDPM-like", ge=0, le=10)
 

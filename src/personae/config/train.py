@@ -146,9 +146,9 @@ class TrainSection(Strict):
     zero_terminal_snr: bool = setting(False, "train on the noise schedule rescaled to zero SNR at its last step "
                                              "(Lin et al. 2023; kohya --zero_terminal_snr), for v-prediction models "
                                              "above all; the loss weights (min-SNR, debiased) read the base "
-                                             "schedule's SNR, as kohya's do. Sample from a model whose scheduler "
-                                             "config sets rescale_betas_zero_snr (A1111: the Zero Terminal SNR "
-                                             "noise schedule)")
+                                             "schedule's SNR, as kohya's do. Sample on the same schedule: "
+                                             "personae generate --noise-schedule \"Zero Terminal SNR\" (A1111's "
+                                             "Noise schedule for sampling)")
     debiased_estimation: bool = setting(False, "weight each example by 1 / sqrt(SNR) (1 / (SNR + 1) for "
                                                "v-prediction), so nearly clean timesteps count less (kohya "
                                                "--debiased_estimation_loss)")

@@ -70,6 +70,13 @@ class Sampler:
         config enables e.g. Karras sigmas does not turn "DPM++ 2M" into "DPM++ 2M Karras".
         """
         accepted = inspect.signature(self.scheduler.__init__).parameters
+        tuning = dict(tuning or {})
+        if tuning.pop("zero_terminal_snr", False):  # A1111's "Noise schedule for sampling: Zero Terminal SNR"
+            if "rescale_betas_zero_snr" not in accepted:
+                raise UserError(f"The sampler {self.name} cannot sample on the Zero Terminal SNR noise schedule "
+                                "(its diffusers scheduler has no rescale_betas_zero_snr).",
+                                "Use one of A1111's k-diffusion samplers (Euler, DPM++ 2M, ...) or DDIM with it.")
+            base_config = {**base_config, "rescale_betas_zero_snr": True}
         options = {k: v for k, v in _DISTINGUISHING.items() if k in accepted}
         options.update(self.options)
         if self.scheduler is KDiffusionScheduler:  # it reads the noise schedule alone: the rest would be warned of
@@ -200,7 +207,10 @@ def k_tuning(settings) -> dict:
     names = {"eta": "eta", "quantize": "quantize", "rho": "schedule_rho", "sigma_min": "schedule_min_sigma",
              "sigma_max": "schedule_max_sigma", "discard_penultimate": "discard_penultimate",
              "s_churn": "sigma_churn", "s_tmin": "sigma_tmin", "s_tmax": "sigma_tmax", "s_noise": "sigma_noise"}
-    return {option: getattr(settings, field) for option, field in names.items() if hasattr(settings, field)}
+    tuning = {option: getattr(settings, field) for option, field in names.items() if hasattr(settings, field)}
+    if getattr(settings, "noise_schedule", "Default") == "Zero Terminal SNR":
+        tuning["zero_terminal_snr"] = True
+    return tuning
 
 
 def with_schedule_type(sampler: str, schedule: str) -> str | None:
