@@ -11,6 +11,10 @@ from personae.config.base import Strict, check_template
 from personae.config.fields import setting
 
 TEMPLATE_FIELDS = ("caption", "trigger", "class", "token", "folder")
+# which caption file beside an image is read, and whether it goes through the template (a training job's data
+# section takes both too, for the raw folders it prepares)
+CaptionExtension = Literal["auto", ".txt", ".caption"]
+Sidecars = Literal["template", "verbatim"]
 
 
 class PrepareSettings(Strict):
@@ -49,10 +53,10 @@ class PrepareSettings(Strict):
                               "the text encoder reads, MORE_DETAILED a paragraph past them, CAPTION a phrase",
         metavar="TASK")
     recaption: bool = setting(False, "caption with the captioner even where a sidecar .txt exists")
-    caption_extension: Literal["auto", ".txt", ".caption"] = setting(
+    caption_extension: CaptionExtension = setting(
         "auto", "the caption file read beside an image: auto (x.txt, else x.caption), or only .txt or only .caption "
                 "(kohya --caption_extension)")
-    sidecars: Literal["template", "verbatim"] = setting(
+    sidecars: Sidecars = setting(
         "template", "template: a sidecar caption fills {caption} like a captioner's text; verbatim: a sidecar .txt is "
                     "the caption as written, as kohya's sd-scripts reads it (template, trigger and append then "
                     "caption only the images without one; a 10_sks dog folder's \"sks dog\" via {folder})")

@@ -19,6 +19,7 @@ from pydantic import field_validator, model_validator
 from personae.config.base import Strict
 from personae.config.fields import setting
 from personae.config.methods import METHODS, MethodName
+from personae.config.prepare import CaptionExtension, Sidecars
 
 # names the run folder uses itself: an export called so would collide with them
 RESERVED_NAMES = {"checkpoints", "validation", "logs", "cache", "prepared", "embeddings", "class_images", "model",
@@ -43,10 +44,10 @@ class DataSection(Strict):
     caption: str = setting("", 'a raw folder\'s caption, e.g. "a photo of sks dog": put before each image\'s own '
                                '(its .txt, else its file name); with sidecars: verbatim, only for images without a '
                                '.txt (kohya class_tokens)')
-    caption_extension: Literal["auto", ".txt", ".caption"] = setting(
+    caption_extension: CaptionExtension = setting(
         "auto", "a raw folder's caption files: auto (x.txt, else x.caption), or only .txt or only .caption (kohya "
                 "caption_extension)")
-    sidecars: Literal["template", "verbatim"] = setting(
+    sidecars: Sidecars = setting(
         "template", "a raw folder's caption files: template (caption and the folder's 10_name words put before "
                     "them) or verbatim (as written, as kohya's sd-scripts reads them; the folder's words caption "
                     "only images without one)")

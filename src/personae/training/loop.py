@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 from diffusers import DDPMScheduler
+from diffusers.training_utils import compute_snr
 from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
 
@@ -115,7 +116,7 @@ def _train(job: TrainJob, run: Path, resume: bool, on_event: EventHandler, comma
     noise_scheduler = DDPMScheduler.from_config(base_scheduler)
     base_snr = None
     if t.zero_terminal_snr:  # kohya: the weights keep the schedule's SNR from before the rescale
-        base_snr = noise_scheduler.alphas_cumprod / (1 - noise_scheduler.alphas_cumprod)
+        base_snr = compute_snr(noise_scheduler, torch.arange(noise_scheduler.config.num_train_timesteps))
         noise_scheduler = DDPMScheduler.from_config({**base_scheduler, "rescale_betas_zero_snr": True})
     timesteps = timestep_range(t.min_timestep, t.max_timestep, noise_scheduler.config.num_train_timesteps)
     if t.clip_skip > (layers := pipe.text_encoder.config.num_hidden_layers):
