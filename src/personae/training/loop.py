@@ -15,9 +15,8 @@ from pathlib import Path
 
 import torch
 from diffusers import DDPMScheduler
-from diffusers.training_utils import compute_snr
 from diffusers.optimization import get_scheduler
-from diffusers.training_utils import EMAModel
+from diffusers.training_utils import EMAModel, compute_snr
 
 from personae.config.methods import METHODS
 from personae.config.train import TrainJob
