@@ -94,6 +94,24 @@ def test_help_has_examples_for_every_command():
         assert r.returncode == 0 and "example" in r.stdout
 
 
+def test_help_and_version_come_up_without_the_model_libraries():
+    # the parser of every command (with its samplers, recipes and style trigger) is built from names alone: help,
+    # --version and a mistyped option answer at once instead of after seconds of importing torch and diffusers
+    probe = ("import sys; from personae.cli.main import build_parser; parser = build_parser(); "
+             "[parser.parse_known_args([c, '--sampler', 'x']) for c in ('generate', 'animate')]; "
+             "heavy = ('torch', 'diffusers', 'transformers', 'peft', 'accelerate'); "
+             "print(','.join(m for m in heavy if m in sys.modules))")
+    r = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and r.stdout.strip() == "", (r.stdout, r.stderr)
+    from personae.inference.sampler_names import SAMPLER_NAMES
+    from personae.inference.samplers import SAMPLERS, get_sampler
+
+    assert tuple(SAMPLERS) == SAMPLER_NAMES  # the help lists exactly the samplers there are
+    assert all(get_sampler(name).name == name for name in SAMPLER_NAMES)
+    assert SAMPLERS["DPM++ 2M Karras"].options == {"sampler": "DPM++ 2M", "schedule": "Karras"}
+    assert SAMPLERS["UniPC"].scheduler.__name__ == "UniPCMultistepScheduler"
+
+
 def test_demo_runs_offline_and_writes_an_index(tmp_path):
     # one thread, as under CI's workers: the style LoRA below is then the one docs/world.md measured
     r = personae("demo", "--out", tmp_path / "demo", "--quiet", timeout=1800,

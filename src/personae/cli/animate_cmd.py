@@ -24,12 +24,12 @@ samplers: {samplers}
 def add_parser(sub) -> None:
     from personae.cli.options import add_settings_options
     from personae.config.animate import AnimateSettings
-    from personae.inference.samplers import SAMPLERS
+    from personae.inference.sampler_names import SAMPLER_NAMES
 
     p = sub.add_parser("animate", help="AnimateDiff clip -> .gif / .mp4",
                        description="Animate a prompt with an AnimateDiff motion adapter on a Stable Diffusion 1.x model "
                                    "(with its LoRAs and embeddings) and write a looping GIF and/or an MP4.",
-                       epilog=EXAMPLES.format(samplers=", ".join(SAMPLERS)),
+                       epilog=EXAMPLES.format(samplers=", ".join(SAMPLER_NAMES)),
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     add_settings_options(p, AnimateSettings)  # the shared options with animate's own defaults in their help
     p.add_argument("--out", action="append", default=[], metavar="CLIP.gif|CLIP.mp4",

@@ -75,12 +75,12 @@ def add_parser(sub) -> None:
     from personae.cli.options import add_settings_options
     from personae.config.generate import GenerateSettings
     from personae.data.control import CONTROL_TYPES
-    from personae.inference.samplers import SAMPLERS
+    from personae.inference.sampler_names import SAMPLER_NAMES
     from personae.jobs.recipes import RECIPES
 
     p = sub.add_parser("generate", help="text to image with A1111 settings",
                        description="Generate images; each PNG carries its settings in A1111's `parameters` chunk.",
-                       epilog=EXAMPLES.format(samplers=", ".join(SAMPLERS), control_types=", ".join(CONTROL_TYPES),
+                       epilog=EXAMPLES.format(samplers=", ".join(SAMPLER_NAMES), control_types=", ".join(CONTROL_TYPES),
                                               recipes=", ".join(RECIPES)),
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     sections = add_settings_options(p, GenerateSettings)

@@ -2,14 +2,15 @@
 
 A1111's k-diffusion samplers (Euler, Euler a, LMS, Heun, DPM2, DPM2 a, the DPM++ family) run k-diffusion's own
 algorithms on A1111's schedules (inference/ksampler.py, inference/sigmas.py), so a seed and settings give A1111's
-picture; DDIM, PLMS, UniPC and LCM are diffusers' schedulers. A new sampler is one line in SAMPLERS.
+picture; DDIM, PLMS, UniPC and LCM are diffusers' schedulers. A new sampler is one line in inference/sampler_names.py.
 
 Schedule types (A1111's "Schedule type", which it used to write into the sampler name) are a suffix: "Euler
 Karras", "DPM++ 3M SDE Exponential", "DPM++ 2M Align Your Steps". A k-diffusion sampler takes every A1111 schedule
 type, and "Automatic" picks the one A1111 1.9+ picks for it (Karras for DPM++ 2M); a bare name is the Uniform
 schedule, what A1111 ran before 1.9. DDIM, PLMS and UniPC take the schedule types diffusers has (SCHEDULES).
 ComfyUI's names are read too: its sampler name and its scheduler, e.g. "dpmpp_2m karras" or "dpmpp_2m + karras"
-(COMFY_SAMPLERS, COMFY_SCHEDULERS); a name is always written back the A1111 way.
+(COMFY_SAMPLERS, COMFY_SCHEDULERS); a name is always written back the A1111 way. Which samplers there are is
+declared in inference/sampler_names.py (no torch there, so the command line's help lists them at once).
 """
 
 from __future__ import annotations
@@ -17,11 +18,13 @@ from __future__ import annotations
 import inspect
 from dataclasses import dataclass, field
 
-from diffusers import DDIMScheduler, LCMScheduler, PNDMScheduler, UniPCMultistepScheduler
+import diffusers
+from diffusers import DDIMScheduler
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
 from personae.errors import UserError, did_you_mean
 from personae.inference.ksampler import KSAMPLERS, KDiffusionScheduler
+from personae.inference.sampler_names import K_DIFFUSION, SAMPLER_TABLE, SamplerEntry
 from personae.inference.sigmas import SCHEDULES as K_SCHEDULES
 
 
@@ -92,34 +95,17 @@ _DISTINGUISHING = {"use_karras_sigmas": False, "use_exponential_sigmas": False, 
 def _k(name: str, schedule: str = "Uniform") -> Sampler:
     """k-diffusion's sampler `name` on A1111's schedule `schedule` (inference/ksampler.py): A1111's own algorithm.
     A bare name is the Uniform schedule, as A1111 ran it before its separate "Schedule type" (1.9)."""
-    return Sampler(name if schedule == "Uniform" else f"{name} {schedule}", KDiffusionScheduler,
+    return Sampler(SamplerEntry(name, K_DIFFUSION, schedule).name, KDiffusionScheduler,
                    {"sampler": name, "schedule": schedule})
 
 
-SAMPLERS: dict[str, Sampler] = {s.name: s for s in [
-    _k("Euler"),
-    _k("Euler a"),
-    Sampler("DDIM", DDIMScheduler),
-    Sampler("PLMS", PNDMScheduler),
-    _k("LMS"),
-    _k("LMS", "Karras"),
-    _k("Heun"),
-    _k("DPM2"),
-    _k("DPM2 a"),
-    _k("DPM++ 2M"),
-    _k("DPM++ 2M", "Karras"),
-    _k("DPM++ 2M SDE"),
-    _k("DPM++ 2M SDE", "Karras"),
-    _k("DPM++ 2M SDE Heun"),
-    _k("DPM++ 2S a"),
-    _k("DPM++ 2S a", "Karras"),
-    _k("DPM++ SDE"),
-    _k("DPM++ SDE", "Karras"),
-    _k("DPM++ 3M SDE"),
-    _k("DPM++ 3M SDE", "Karras"),
-    Sampler("UniPC", UniPCMultistepScheduler),
-    Sampler("LCM", LCMScheduler),  # for LCM models and LCM-LoRAs: 4-8 steps, CFG 1-2
-]}
+def _built(entry: SamplerEntry) -> Sampler:
+    if entry.runs == K_DIFFUSION:
+        return _k(entry.sampler, entry.schedule)
+    return Sampler(entry.name, getattr(diffusers, entry.runs))
+
+
+SAMPLERS: dict[str, Sampler] = {entry.name: _built(entry) for entry in SAMPLER_TABLE}
 
 # A1111's schedule types that mean the sampler's own; "Automatic" is A1111 1.9+'s, which picks per sampler
 DEFAULT_SCHEDULES = ("Automatic", "Uniform")

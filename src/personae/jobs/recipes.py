@@ -21,7 +21,6 @@ from PIL import Image
 from personae.data.control import detect_control
 from personae.data.framing import Box, detect_faces, face_box
 from personae.errors import UserError, did_you_mean
-from personae.inference.img2img import open_image
 from personae.staging import atomic_file
 
 FACE_TO_ANIMAL_PROMPT = "{animal}, close up, face portrait, looking at the camera, detailed fur, sharp focus, photo"
@@ -50,6 +49,8 @@ def fit_aspect(box: Box, aspect: float, width: int, height: int) -> Box:
 
 def crop_face(photo: str | Path, out: Path, size: tuple[int, int] = (512, 512), margin: float = 0.6) -> Path:
     """Save a crop around the largest face in `photo` (OpenCV Haar cascade) at `size` (width, height) pixels."""
+    from personae.inference.img2img import open_image  # torch: not for the command line's help, which reads RECIPES
+
     image = open_image(str(photo), "init image")
     faces = detect_faces(image)
     if not faces:

@@ -22,7 +22,6 @@ from personae.events import EventHandler, ignore
 from personae.outputs import Kind, staged_output
 from personae.staging import atomic_file, write_text
 from personae.world.check import read_style
-from personae.world.evaluate import generate_world
 
 TRIGGER = ", drawn by KSH style"  # what `personae prepare --append` wrote after each caption
 STYLE = "banded"  # the style the trigger should call (vocab.STYLES)
@@ -64,6 +63,8 @@ def score_style(pipe, trigger: str = TRIGGER, seeds: int = SEEDS, style: str = S
     """Share of the triggered generations drawn in `style` ("present"), of the untriggered ones drawn in it ("leak"),
     and of each whose shape, colour, background and size are the ones asked ("content" with the trigger,
     "content_plain" without), at DDIM 25, CFG 4 (the world's evaluation settings). Also the images and readings."""
+    from personae.world.evaluate import generate_world  # torch: not for the command line's help, which reads TRIGGER
+
     plan = style_prompts(trigger, seeds, combinations)
     images = generate_world(pipe, [p for p, _, _, _ in plan], [s for _, _, _, s in plan], on_event=on_event)
     rows = []
