@@ -29,6 +29,7 @@ from personae.methods.base import ExportFile
 from personae.models.resolve import load_pipeline, resolve_model
 from personae.runs import RunLog, is_run, read_run
 from personae.training import checkpoint as ckpt
+from personae.training.precision import halved
 from personae.training.max_norm import apply_max_norm, trained_layers
 from personae.training.memory import GB, check_fits, estimate_training, free_memory
 from personae.training.saving import DIVERGED_FIX, Saver, export_header
@@ -155,6 +156,7 @@ def _train(job: TrainJob, run: Path, resume: bool, on_event: EventHandler, comma
     if (free := free_memory(accelerator.device)) is not None:
         check_fits(memory, free, f"the GPU ({accelerator.device})")
     log.update(metrics={"memory_estimate_gb": round(memory.total() / GB, 2)})
+    frozen = halved(pipe, t.mixed_precision)  # under mixed precision the weights that do not train are stored in half
     # 5. optimizer, LR schedule (stepped once per optimizer step, by us), EMA; accelerate wraps modules
     optimizer = make_optimizer(job, groups)
     lr_schedule = get_scheduler(t.lr_scheduler, optimizer, num_warmup_steps=t.warmup_steps, num_training_steps=total,
@@ -191,7 +193,7 @@ def _train(job: TrainJob, run: Path, resume: bool, on_event: EventHandler, comma
     check()
 
     saver = Saver(run, job, pipe, method, source, base_scheduler, prompts, baseline, optimizer, lr_schedule, ema,
-                  params, losses, log, on_event,
+                  params, losses, log, on_event, frozen, lambda: load_pipeline(source),
                   header=export_header(job, stats, plan.steps_per_epoch, total, examples[0].size,
                                        vae.name if vae else None))
     masks = MaskCache(examples) if uses_masks(job, examples, on_event) else None
@@ -224,8 +226,9 @@ def _train(job: TrainJob, run: Path, resume: bool, on_event: EventHandler, comma
 
     def loss_of(batch: Batch) -> torch.Tensor:
         batch = batch.to(accelerator.device)
-        return diffusion_loss(unet, noise_scheduler, batch, text_embeddings(batch.captions), t.min_snr_gamma,
-                              loss_shape)
+        with accelerator.autocast():  # every module, also those accelerate did not wrap (the UNet under TI)
+            return diffusion_loss(unet, noise_scheduler, batch, text_embeddings(batch.captions), t.min_snr_gamma,
+                                  loss_shape)
 
     # 8. the loop
     writer = _tensorboard(run, on_event) if main else None

@@ -7,8 +7,9 @@ that names the switch that would make it fit.
 
 The model, in bytes (each term printed by `MemoryEstimate.parts`):
 
-  weights      every parameter of the UNet, text encoder and VAE, at 4 bytes (training keeps fp32 weights;
-               mixed precision only computes in half)
+  weights      every parameter of the UNet, text encoder and VAE, at 4 bytes; with mixed precision (fp16 /
+               bf16) the frozen UNet and text-encoder ones at 2 (training/precision.py: kohya's and diffusers'
+               LoRA scripts store them so too)
   training     per trained parameter: its gradient (4) + the optimizer's state (AdamW 8, 8-bit AdamW 2,
                Prodigy 16, Lion 4 (one momentum), Adafactor at most 4: a matrix keeps only its row and column
                means) + an EMA copy (4) when ema is on
@@ -35,6 +36,7 @@ import torch
 
 from personae.config.train import TrainJob
 from personae.errors import UserError
+from personae.training.precision import halvable
 
 GB = 1024**3
 OPTIMIZER_BYTES = {"adamw": 8, "adamw8bit": 2, "prodigy": 16, "lion": 4, "adafactor": 4}  # state per trained parameter
@@ -55,12 +57,14 @@ class MemoryEstimate:
     ema: bool = False
     mixed_precision: str = "no"
     checkpointing: bool = False
+    halvable: int = 0  # of the frozen: those mixed precision stores in half (training/precision.py)
 
     def parts(self, checkpointing: bool | None = None) -> dict[str, int]:
         checkpointing = self.checkpointing if checkpointing is None else checkpointing
         half = 0.5 if self.mixed_precision in ("fp16", "bf16") else 1.0
         per_trained = 4 + OPTIMIZER_BYTES[self.optimizer] + (4 if self.ema else 0)
-        return {"weights": 4 * (self.frozen + self.trained), "training": per_trained * self.trained,
+        weights = 4 * (self.frozen + self.trained) - (2 * self.halvable if half < 1 else 0)
+        return {"weights": weights, "training": per_trained * self.trained,
                 "activations": int(half * (self.checkpointed if checkpointing else self.activations)),
                 "transient": int(2 * half * self.largest), "overhead": OVERHEAD}
 
@@ -278,6 +282,7 @@ def estimate_training(pipe, trained: list[torch.Tensor], job: TrainJob, size: tu
         text, text_largest = text_activation_bytes(pipe.text_encoder, batch, tokens)
         act, ckpt, largest = act + text, ckpt + text, max(largest, text_largest)
     return MemoryEstimate(frozen=sum(n for i, n in everything.items() if i not in ids), trained=n_trained,
+                          halvable=sum(p.numel() for p in halvable(pipe).values()),
                           activations=act, checkpointed=ckpt, largest=largest, batch=batch, size=size,
                           optimizer=t.optimizer, ema=t.ema, mixed_precision=t.mixed_precision,
                           checkpointing=t.gradient_checkpointing)

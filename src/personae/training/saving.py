@@ -25,6 +25,7 @@ from personae.methods.base import ExportFile, export_dtype
 from personae.runs import CheckRecord, ExportRecord, RunLog
 from personae.staging import atomic_file, disk_full, is_disk_full
 from personae.training import checkpoint as ckpt
+from personae.training.precision import full_precision
 from personae.training.step import check_weights
 from personae.training.validation import validation_grid
 from personae.training.verify import TOLERANCES, Check, verify_exports
@@ -49,6 +50,8 @@ class Saver:
     losses: list[float]  # the loss per step so far (shared with the loop)
     log: RunLog
     on_event: EventHandler
+    halved: dict = field(default_factory=dict)  # frozen weights stored in half (training/precision.py)
+    load_base: object = None  # () -> a fresh pipeline of the base model: their fp32 values, for saves and samples
     header: dict[str, str] = field(default_factory=dict)  # the exports' dataset and settings fields (kohya ss_*)
     saved_steps: list[int] = field(default_factory=list)
 
@@ -82,9 +85,11 @@ class Saver:
         check_weights(self.params, step, self._last, DIVERGED_FIX)
 
     def _drawn(self, step: int, work):
-        """`work()` (it draws with the trained model); NaNs out of the model mean the training diverged."""
+        """`work()` (it draws with the trained model, on the base model's fp32 weights); NaNs out of the model mean
+        the training diverged."""
         try:
-            return self.with_ema(work)
+            with full_precision(self.pipe, self.halved, self.load_base):
+                return self.with_ema(work)
         except NansError as exc:
             kept = f"The last good checkpoint is {self._last()}." if self._last() else "No checkpoint was written."
             raise UserError(f"The model draws NaNs after step {step} ({exc.what.split(',')[0]}): training "

@@ -194,7 +194,7 @@ def diffusion_loss(unet, noise_scheduler, batch: Batch, embeddings: torch.Tensor
     noise_in = batch.noise if batch.perturbation is None else batch.noise + batch.perturbation
     noisy = noise_scheduler.add_noise(batch.latents, noise_in, batch.timesteps)
     target = noise_scheduler.get_velocity(batch.latents, batch.noise, batch.timesteps) if v_prediction else batch.noise
-    prediction = unet(noisy, batch.timesteps, encoder_hidden_states=embeddings).sample
+    prediction = unet(noisy, batch.timesteps, encoder_hidden_states=embeddings).sample.float()  # the loss in fp32
     huber_c = None
     if shape.loss_type in ("huber", "smooth_l1"):
         huber_c = huber_threshold(noise_scheduler, batch.timesteps, shape.huber_c, shape.huber_schedule)

@@ -1,0 +1,98 @@
+"""Mixed precision in training: the frozen weights in half, and saves at full precision.
+
+With train.mixed_precision fp16 or bf16, the UNet and text-encoder weights that do not train are stored in that
+type: SD-1.5's 4.0 GB of frozen fp32 weights become 2.0 GB, which decides whether a LoRA run fits a 6-8 GB GPU.
+What trains (LoRA matrices, a DreamBooth UNet, an embedding table) stays fp32, and the forward runs under
+autocast, as kohya's trainers and diffusers' train_text_to_image_lora.py do. The VAE stays fp32 (kohya's
+--no_half_vae): it only encodes the training images once, and SD's VAE overflows in fp16.
+
+Saves (exports, their checks, validation images) run at full precision, as the files are loaded elsewhere:
+`full_precision` takes away accelerate's autocast wrapper from the trained modules' forward for the time of a
+save, and puts the base model's own fp32 weights back from its files (so a DreamBooth model writes its untouched
+text encoder exactly, and a LoRA is checked on the base users load it onto); after it, the weights are halved
+again, to the same values as before, and the wrapper is back.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+import torch
+
+PARTS = ("unet", "text_encoder")
+DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def halvable(pipe) -> dict[str, torch.nn.Parameter]:
+    """The parameters mixed precision stores in half, by name ("unet.<name>"): every frozen floating-point one of
+    the UNet and the text encoder. A text encoder whose token embeddings train (textual inversion, pivotal) stays
+    fp32: its layer norms would take the fp32 embeddings with half weights, which CPU autocast does not reconcile
+    (diffusers' textual inversion script keeps it fp32 too)."""
+    parts = [part for part in PARTS
+             if part != "text_encoder" or not pipe.text_encoder.get_input_embeddings().weight.requires_grad]
+    return {f"{part}.{name}": p for part in parts for name, p in getattr(pipe, part).named_parameters()
+            if not p.requires_grad and p.is_floating_point()}
+
+
+def halved(pipe, mixed_precision: str) -> dict[str, torch.nn.Parameter]:
+    """Store the `halvable` parameters in `mixed_precision`'s type ("no": none); returns them, for
+    `full_precision`."""
+    dtype = DTYPES.get(mixed_precision)
+    if dtype is None:
+        return {}
+    frozen = halvable(pipe)
+    with torch.no_grad():
+        for p in frozen.values():
+            p.data = p.data.to(dtype)
+    return frozen
+
+
+def _base_name(name: str) -> str:
+    """The parameter's name in the base model: adapters wrap the layer they change as `<layer>.base_layer`."""
+    return name.replace(".base_layer.", ".")
+
+
+@contextmanager
+def plain_forward(modules):
+    """The modules' own forward inside the block: accelerate's prepare wraps a module's forward in autocast under
+    mixed precision (keeping the original as `_original_forward`), which would draw a save's images in half."""
+    wrapped = [(m, m.__dict__["forward"]) for m in modules if "_original_forward" in m.__dict__]
+    for m, _ in wrapped:
+        m.forward = m._original_forward
+    try:
+        yield
+    finally:
+        for m, forward in wrapped:
+            m.forward = forward
+
+
+@contextmanager
+def full_precision(pipe, frozen: dict[str, torch.nn.Parameter], load_base):
+    """`pipe` at full precision inside the block: its modules' own forward, and the halved parameters (`frozen`)
+    with the base model's fp32 values (`load_base()`: a fresh pipeline of it); halved again after it."""
+    with plain_forward([getattr(pipe, part) for part in PARTS]):
+        if not frozen:
+            yield
+            return
+        with _fp32_values(frozen, load_base):
+            yield
+
+
+@contextmanager
+def _fp32_values(frozen: dict[str, torch.nn.Parameter], load_base):
+    base = load_base()
+    original = {f"{part}.{name}": p for part in PARTS for name, p in getattr(base, part).named_parameters()}
+    missing = [name for name in frozen if _base_name(name) not in original]
+    if missing:
+        raise RuntimeError(f"the base model has no weight for {missing[:3]}: cannot put the fp32 weights back")
+    dtype = next(iter(frozen.values())).dtype
+    with torch.no_grad():
+        for name, p in frozen.items():
+            p.data = original[_base_name(name)].data.to(p.device, torch.float32)
+    del base, original
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for p in frozen.values():
+                p.data = p.data.to(dtype)
