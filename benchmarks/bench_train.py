@@ -32,13 +32,19 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 from common import GB, PeakRss, cuda_peak, machine, model_folder, write_json  # noqa: E402
 
-CONFIGS = {  # name: (loop, gradient checkpointing, caching of latents and captions)
-    "plain": ("plain", False, False), "plain-gc": ("plain", True, False),
-    "personae-nocache": ("personae", False, False), "personae": ("personae", False, True),
-    "personae-nocache-gc": ("personae", True, False), "personae-gc": ("personae", True, True),
+CONFIGS = {  # name: (loop, gradient checkpointing, caching of latents and captions, mixed precision)
+    "plain": ("plain", False, False, "no"), "plain-gc": ("plain", True, False, "no"),
+    "personae-nocache": ("personae", False, False, "no"), "personae": ("personae", False, True, "no"),
+    "personae-nocache-gc": ("personae", True, False, "no"), "personae-gc": ("personae", True, True, "no"),
+    # bf16 mixed precision: diffusers' train_text_to_image_lora.py recipe (the frozen models cast to bf16, the
+    # LoRA kept fp32, the forward under autocast) against personae's train.mixed_precision: bf16
+    "plain-bf16": ("plain", False, False, "bf16"), "personae-nocache-bf16": ("personae", False, False, "bf16"),
+    "personae-bf16": ("personae", False, True, "bf16"), "personae-bf16-gc": ("personae", True, True, "bf16"),
 }
+PLAIN_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]  # diffusers' LoRA script's layers; personae's job gets the same
 REFERENCE = {"personae-nocache": "plain", "personae": "plain", "personae-nocache-gc": "plain-gc",
-             "personae-gc": "plain-gc", "plain-gc": "plain"}
+             "personae-gc": "plain-gc", "plain-gc": "plain", "plain-bf16": "plain",
+             "personae-nocache-bf16": "plain-bf16", "personae-bf16": "plain-bf16", "personae-bf16-gc": "personae-bf16"}
 
 
 class Enough(Exception):
@@ -68,9 +74,16 @@ def plain_loop(a, peak: PeakRss) -> dict:
     pipe = load_pipeline(resolve_model(a.model)).to(device)
     for part in (pipe.unet, pipe.vae, pipe.text_encoder):
         part.requires_grad_(False)
+    half = a.precision == "bf16" and a.method == "lora"  # diffusers' LoRA script: the frozen models in bf16
+    if half:
+        for part in (pipe.unet, pipe.vae, pipe.text_encoder):
+            part.to(dtype=torch.bfloat16)
     if a.method == "lora":
-        pipe.unet.add_adapter(LoraConfig(r=4, lora_alpha=4, target_modules=["to_q", "to_k", "to_v", "to_out.0"],
-                                         init_lora_weights="gaussian"))
+        pipe.unet.add_adapter(LoraConfig(r=4, lora_alpha=4, target_modules=PLAIN_TARGETS, init_lora_weights="gaussian"))
+        if half:
+            from diffusers.training_utils import cast_training_params
+
+            cast_training_params(pipe.unet, dtype=torch.float32)
     else:
         pipe.unet.requires_grad_(True)
     if a.gc:
@@ -91,12 +104,15 @@ def plain_loop(a, peak: PeakRss) -> dict:
     stamps = []
     for step in range(a.steps + 1):
         pick = torch.arange(step * a.batch, (step + 1) * a.batch) % len(examples)
-        with torch.no_grad():
-            latents = pipe.vae.encode(pixels[pick].to(device)).latent_dist.sample() * pipe.vae.config.scaling_factor
+        autocast = torch.autocast(device.type, torch.bfloat16, enabled=a.precision == "bf16")
+        with torch.no_grad(), autocast:
+            latents = pipe.vae.encode(pixels[pick].to(device, pipe.vae.dtype)).latent_dist.sample()
+            latents = latents.float() * pipe.vae.config.scaling_factor
             embeds = pipe.text_encoder(ids[pick].to(device))[0]
         noise = torch.randn_like(latents)
         t = torch.randint(0, 1000, (a.batch,), device=device)
-        pred = pipe.unet(noise_scheduler.add_noise(latents, noise, t), t, embeds).sample
+        with autocast:
+            pred = pipe.unet(noise_scheduler.add_noise(latents, noise, t), t, embeds).sample
         F.mse_loss(pred.float(), noise.float()).backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -113,11 +129,12 @@ def personae_loop(a, peak: PeakRss) -> dict:
     from personae.jobs.train import run_training
 
     job = TrainJob(base_model=a.model, method=a.method, data={"path": a.prepared}, output=a.out,
-                   lora={"rank": 4, "alpha": 4},
+                   lora={"rank": 4, "alpha": 4, "target_modules": PLAIN_TARGETS},  # the plain loop's layers
                    train={"steps": a.steps + 2, "batch_size": a.batch, "verify_exports": False,
                           "learning_rate": 1e-4 if a.method == "lora" else 1e-6,
                           "optimizer": "adamw8bit" if eight_bit(a.method) else "adamw",
                           "gradient_checkpointing": a.gc, "cache_latents": "memory" if a.cached else "none",
+                          "mixed_precision": a.precision,
                           "cache_text_encoder_outputs": a.cached, "validation": {"steps": 1}})
     stamps, estimate = [], {}
 
@@ -157,9 +174,9 @@ def child(a) -> None:
 # ---------------------------------------------------------------- the parent: data, model, interleaved runs
 
 def run_child(args, name: str, method: str, batch: int, model: Path, prepared: Path, work: Path) -> dict:
-    loop, gc, cache = CONFIGS[name]
+    loop, gc, cache, precision = CONFIGS[name]
     cmd = [sys.executable, __file__, "--child", "--loop", loop, "--method", method, "--batch", str(batch),
-           "--steps", str(args.steps), "--model", str(model), "--prepared", str(prepared),
+           "--steps", str(args.steps), "--model", str(model), "--prepared", str(prepared), "--precision", precision,
            "--out", str(work / f"run-{name}-{method}-{batch}")] + (["--gc"] if gc else []) + (["--cached"] if cache else [])
     with tempfile.TemporaryFile("w+") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, text=True)
@@ -194,6 +211,7 @@ def main() -> None:
     parser.add_argument("--prepared", help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
     parser.add_argument("--gc", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--precision", default="no", help=argparse.SUPPRESS)
     parser.add_argument("--cached", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:

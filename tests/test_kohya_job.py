@@ -201,12 +201,12 @@ def test_noise_offset_shapes_max_norm_and_epoch_caption_dropout_are_read(tmp_pat
                              "caption_extension": ".txt", "noise_offset": 0.05, "noise_offset_random_strength": True,
                              "adaptive_noise_scale": 0.01, "scale_weight_norms": 1.0,
                              "caption_dropout_every_n_epochs": 3, "weighted_captions": True,
-                             "zero_terminal_snr": True}, tmp_path,
+                             "zero_terminal_snr": True, "no_half_vae": True}, tmp_path,
                             "config.toml")
     t = job["train"]
     assert (t["noise_offset"], t["noise_offset_random_strength"], t["adaptive_noise_scale"]) == (0.05, True, 0.01)
     assert t["scale_weight_norms"] == 1.0 and job["data"]["caption_dropout_every_n_epochs"] == 3
-    assert t["weighted_captions"] is True and t["zero_terminal_snr"] is True
+    assert t["weighted_captions"] is True and t["zero_terminal_snr"] is True and t["no_half_vae"] is True
 
 
 def _images(folder, count, captions=()):

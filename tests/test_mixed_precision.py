@@ -12,6 +12,7 @@ from personae.models.resolve import ModelSource, load_pipeline
 from personae.runs import read_run
 from personae.training.memory import GB, MemoryEstimate, variants
 from personae.training.precision import full_precision, halved
+from personae.training.setup import LatentCache
 
 pytestmark = pytest.mark.slow  # models, training or CLI subprocesses: the full tier only
 
@@ -75,6 +76,12 @@ def test_a_bf16_run_finishes_and_its_exports_reproduce_it(tmp_path, tiny_model, 
     record = read_run(result.run)
     assert record.status == "finished" and record.checks and all(c.max_abs_diff <= c.tolerance for c in record.checks)
     assert (result.run / "checkpoints" / "step-000001").is_dir()  # the save in the middle passed its check too
+    if method == "lora":  # kohya's header says how it was trained
+        from safetensors import safe_open
+
+        with safe_open(str(result.run / "lora.safetensors"), "pt") as f:
+            header = f.metadata()
+        assert (header["ss_mixed_precision"], header["ss_no_half_vae"]) == ("bf16", "False")
     if method == "dreambooth":  # the text encoder did not train: written as the base model holds it, not halved
         exported = load_file(str(result.run / "model" / "text_encoder" / "model.safetensors"))
         base = load_file(str(tiny_model[0] / "text_encoder" / "model.safetensors"))
@@ -89,3 +96,23 @@ def test_the_estimate_halves_the_frozen_weights_with_mixed_precision():
     assert half.parts()["weights"] == 4 * 1_001_000_000 - 2 * 900_000_000  # the VAE's 100 M stay fp32
     switched = dict(variants(e))["train.mixed_precision: bf16 (or fp16)"]
     assert switched.parts()["weights"] == half.parts()["weights"]
+
+
+def test_the_vae_encodes_in_half_and_an_overflowing_image_again_in_fp32(tmp_path, tiny_model, prepared):
+    from personae.data.dataset import examples_from_prepared, load_pixels
+
+    pipe = load_pipeline(ModelSource("folder", str(tiny_model[0]), "tiny"))
+    examples = examples_from_prepared(prepared)[:1]
+    full = LatentCache(pipe.vae, examples, False, "none", None).get(0, False)
+    bf16 = LatentCache(pipe.vae, examples, False, "none", None, half=torch.bfloat16)
+    half = bf16.get(0, False)
+    assert torch.isfinite(half).all() and 0 < (half - full).abs().max() < 0.05 * full.abs().max()
+    assert bf16._key(0, False) != LatentCache(pipe.vae, examples, False, "none", None)._key(0, False)
+    with torch.no_grad():  # activations beyond fp16's 65504: the half encoding overflows, fp32's does not
+        pipe.vae.encoder.conv_in.weight.mul_(1e6)
+    fp32 = LatentCache(pipe.vae, examples, False, "none", None).get(0, False)
+    pixels = torch.from_numpy(load_pixels(examples[0].image))[None]
+    with torch.no_grad(), torch.autocast("cpu", torch.float16):
+        overflowing = pipe.vae.encode(pixels).latent_dist.parameters
+    assert not torch.isfinite(overflowing).all() and torch.isfinite(fp32).all()
+    assert torch.equal(LatentCache(pipe.vae, examples, False, "none", None, half=torch.float16).get(0, False), fp32)

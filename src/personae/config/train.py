@@ -171,7 +171,13 @@ class TrainSection(Strict):
                                              "how many were scaled and their mean norm", ge=0)
     ema: bool = setting(False, "keep an exponential moving average of the trained weights (exported instead)")
     ema_decay: float = setting(0.999, "EMA decay", gt=0, lt=1)
-    mixed_precision: Literal["no", "fp16", "bf16"] = setting("no", "fp16 needs a GPU; bf16 also runs on the CPU")
+    mixed_precision: Literal["no", "fp16", "bf16"] = setting("no", "compute in half, and store the weights that do "
+                                                                  "not train in half (SD-1.5's 4 GB become 2), as "
+                                                                  "kohya does; what trains stays fp32. fp16 needs a "
+                                                                  "GPU; bf16 also runs on the CPU")
+    no_half_vae: bool = setting(False, "with mixed_precision, encode the training images with the VAE in fp32 "
+                                       "rather than in half (kohya --no_half_vae); an image whose half encoding "
+                                       "overflows is encoded in fp32 either way")
     gradient_checkpointing: bool = setting(False, "recompute activations in the backward pass: less memory, slower")
     cache_latents: Literal["memory", "disk", "none"] = setting("memory", "keep the VAE encodings in memory, on disk "
                                                                "(<output>/cache) or encode every step (kohya "

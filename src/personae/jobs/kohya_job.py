@@ -55,7 +55,7 @@ NOT_NEEDED = {
     "sample_every_n_epochs": "validation grids are drawn at every checkpoint", "sample_every_n_steps": "",
     "sample_at_first": "the base model's grid is always drawn first", "vae_batch_size": "",
     "cache_text_encoder_outputs": "caption encodings are cached whenever the text encoder does not train",
-    "cache_text_encoder_outputs_to_disk": "", "no_half_vae": "the VAE encodes in fp32 (the latents are cached once)",
+    "cache_text_encoder_outputs_to_disk": "",
     "huggingface_repo_id": "",
     "huggingface_token": "", "output_config": "", "dynamo_backend": "", "ddp_timeout": "",
     "ddp_gradient_as_bucket_view": "", "ddp_static_graph": "", "debug_dataset": "", "console_log_level": "",
@@ -302,7 +302,7 @@ def _settings(c: dict, base: Path, path: str) -> tuple[dict, list[str]]:
               "max_token_length": "max_token_length", "scale_weight_norms": "scale_weight_norms",
               "noise_offset_random_strength": "noise_offset_random_strength",
               "adaptive_noise_scale": "adaptive_noise_scale", "weighted_captions": "weighted_captions",
-              "zero_terminal_snr": "zero_terminal_snr"}
+              "zero_terminal_snr": "zero_terminal_snr", "no_half_vae": "no_half_vae"}
     for key, field in simple.items():
         if c.get(key) is not None:
             t[field] = c[key]

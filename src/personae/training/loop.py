@@ -29,7 +29,7 @@ from personae.methods.base import ExportFile
 from personae.models.resolve import load_pipeline, resolve_model
 from personae.runs import RunLog, is_run, read_run
 from personae.training import checkpoint as ckpt
-from personae.training.precision import halved
+from personae.training.precision import DTYPES, halved
 from personae.training.max_norm import apply_max_norm, trained_layers
 from personae.training.memory import GB, check_fits, estimate_training, free_memory
 from personae.training.saving import DIVERGED_FIX, Saver, export_header
@@ -184,9 +184,10 @@ def _train(job: TrainJob, run: Path, resume: bool, on_event: EventHandler, comma
     elif resume:
         on_event(Message("no checkpoint to resume from: starting at step 0", "warning"))
     # 7. caches: VAE latents always; text embeddings while the text encoder does not change
+    half_vae = None if t.no_half_vae else DTYPES.get(t.mixed_precision)
     latents = LatentCache(pipe.vae, examples, job.data.flip, t.cache_latents, run / "cache" / "latents.safetensors",
-                          f"{vae.name}:{vae.hash or ''}" if vae else "")
-    prior_latents = LatentCache(pipe.vae, priors, False, t.cache_latents, None) if priors else None
+                          f"{vae.name}:{vae.hash or ''}" if vae else "", half=half_vae)
+    prior_latents = LatentCache(pipe.vae, priors, False, t.cache_latents, None, half=half_vae) if priors else None
     text_cache: dict[str, torch.Tensor] = {}
     scaling = float(pipe.vae.config.scaling_factor)
     log.update(metrics={"steps": start, "total_steps": total, "final_loss": losses[-1] if losses else None})

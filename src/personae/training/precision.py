@@ -3,8 +3,9 @@
 With train.mixed_precision fp16 or bf16, the UNet and text-encoder weights that do not train are stored in that
 type: SD-1.5's 4.0 GB of frozen fp32 weights become 2.0 GB, which decides whether a LoRA run fits a 6-8 GB GPU.
 What trains (LoRA matrices, a DreamBooth UNet, an embedding table) stays fp32, and the forward runs under
-autocast, as kohya's trainers and diffusers' train_text_to_image_lora.py do. The VAE stays fp32 (kohya's
---no_half_vae): it only encodes the training images once, and SD's VAE overflows in fp16.
+autocast, as kohya's trainers and diffusers' train_text_to_image_lora.py do. The VAE keeps fp32 weights (0.3 GB;
+they decode the saves' images) and encodes the training images under autocast in half, unless train.no_half_vae
+(training/setup.LatentCache).
 
 Saves (exports, their checks, validation images) run at full precision, as the files are loaded elsewhere:
 `full_precision` takes away accelerate's autocast wrapper from the trained modules' forward for the time of a

@@ -300,10 +300,13 @@ class LatentCache:
 
     Latents are sampled from them each step with the step's generator, so caching
     changes speed, not results. mode: memory, disk (<run>/cache/latents.safetensors) or none.
+    `half` (mixed precision, unless train.no_half_vae): the VAE encodes under autocast in that type, as kohya's
+    VAE in the weight dtype does; an image whose half encoding overflows (fp16) is encoded again in fp32.
     """
 
-    def __init__(self, vae, examples: list[Example], flip: bool, mode: str, cache_file: Path | None, vae_name: str = ""):
-        self.vae, self.examples, self.mode, self.vae_name = vae, examples, mode, vae_name
+    def __init__(self, vae, examples: list[Example], flip: bool, mode: str, cache_file: Path | None, vae_name: str = "",
+                 half: torch.dtype | None = None):
+        self.vae, self.examples, self.mode, self.vae_name, self.half = vae, examples, mode, vae_name, half
         self.store: dict[str, torch.Tensor] = {}
         self.flips = (False, True) if flip else (False,)
         if mode == "disk" and cache_file and cache_file.is_file():
@@ -326,13 +329,18 @@ class LatentCache:
         path = self.examples[i].image
         stat = path.stat()
         key = f"{path.name}|{stat.st_size}|{stat.st_mtime_ns}|{int(flip)}|{i}"
+        key += f"|{str(self.half).removeprefix('torch.')}" if self.half else ""  # encoded in half: not fp32's
         return f"{key}|vae={self.vae_name}" if self.vae_name else key
 
     @torch.no_grad()
     def _encode(self, i: int, flip: bool) -> torch.Tensor:
         pixels = torch.from_numpy(load_pixels(self.examples[i].image, flip))[None]
         pixels = pixels.to(self.vae.device, self.vae.dtype)
-        return self.vae.encode(pixels).latent_dist.parameters[0].float().cpu()
+        with torch.autocast(self.vae.device.type, self.half or torch.bfloat16, enabled=self.half is not None):
+            encoded = self.vae.encode(pixels).latent_dist.parameters[0].float()
+        if not torch.isfinite(encoded).all() and self.half is not None:  # fp16's range overflowed: fp32 instead
+            encoded = self.vae.encode(pixels).latent_dist.parameters[0].float()
+        return encoded.cpu()
 
     def get(self, i: int, flip: bool) -> torch.Tensor:
         key = self._key(i, flip)
