@@ -5,6 +5,7 @@ import torch
 from safetensors.torch import load_file
 from train_helpers import prepared_subject, write_job
 
+from personae.errors import UserError
 from personae.jobs.runner import start
 from personae.jobs.train import load_job
 from personae.methods import method_class
@@ -59,6 +60,14 @@ def test_frozen_weights_are_halved_and_saves_see_the_base_models_own(tmp_path, t
     for name, p in frozen.items():  # halved again, to the very values training had: a save changes nothing
         assert p.dtype == torch.bfloat16 and torch.equal(p, before[name]), name
     assert halved(pipe, "no") == {}
+    changed = load_pipeline(source)  # the base model's files replaced while the run trained: said, nothing swapped
+    part, _, name = next(iter(frozen)).replace(".base_layer.", ".").partition(".")
+    with torch.no_grad():
+        dict(getattr(changed, part).named_parameters())[name].add_(1.0)
+    with pytest.raises(UserError, match="base model's files changed"):
+        with full_precision(pipe, frozen, lambda: changed):
+            pass
+    assert all(p.dtype == torch.bfloat16 and torch.equal(p, before[name]) for name, p in frozen.items())
 
 
 @pytest.mark.parametrize("method, sections", [

@@ -20,6 +20,8 @@ from contextlib import contextmanager
 
 import torch
 
+from personae.errors import UserError
+
 PARTS = ("unet", "text_encoder")
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -87,6 +89,13 @@ def _fp32_values(frozen: dict[str, torch.nn.Parameter], load_base):
     if missing:
         raise RuntimeError(f"the base model has no weight for {missing[:3]}: cannot put the fp32 weights back")
     dtype = next(iter(frozen.values())).dtype
+    changed = [name for name, p in frozen.items()
+               if not torch.equal(original[_base_name(name)].data.to(p.device, dtype), p.data)]
+    if changed:  # checked before anything is swapped: the run can go on from its last checkpoint
+        raise UserError(f"The base model's files changed while this run trained ({changed[0]} and "
+                        f"{len(changed) - 1} more differ from the weights it started from), so its exports cannot be "
+                        "written on them.", "Put the base model back as it was, then continue with "
+                        "`personae train JOB.yaml --resume`.")
     with torch.no_grad():
         for name, p in frozen.items():
             p.data = original[_base_name(name)].data.to(p.device, torch.float32)
