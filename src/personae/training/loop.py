@@ -29,9 +29,9 @@ from personae.methods.base import ExportFile
 from personae.models.resolve import load_pipeline, resolve_model
 from personae.runs import RunLog, is_run, read_run
 from personae.training import checkpoint as ckpt
-from personae.training.precision import DTYPES, halved
 from personae.training.max_norm import apply_max_norm, trained_layers
 from personae.training.memory import GB, check_fits, estimate_training, free_memory
+from personae.training.precision import DTYPES, halved
 from personae.training.saving import DIVERGED_FIX, Saver, export_header
 from personae.training.setup import (
     LatentCache,
