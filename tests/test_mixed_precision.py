@@ -70,17 +70,21 @@ def test_frozen_weights_are_halved_and_saves_see_the_base_models_own(tmp_path, t
     assert all(p.dtype == torch.bfloat16 and torch.equal(p, before[name]) for name, p in frozen.items())
 
 
-@pytest.mark.parametrize("method, sections", [
-    ("lora", {"lora": {"rank": 2}}),
-    ("dreambooth", {}),
-    ("pivotal", {"pivotal": {"tokens": [{"token": "<sks>", "init_word": "dog"}]}}),
+@pytest.mark.parametrize("method, sections, full_bf16", [
+    ("lora", {"lora": {"rank": 2}}, False),
+    ("dreambooth", {}, False),
+    ("pivotal", {"pivotal": {"tokens": [{"token": "<sks>", "init_word": "dog"}]}}, False),
+    # full_bf16 keeps the token table fp32: rounded, every word's vector would differ from the base model's
+    ("pivotal", {"pivotal": {"tokens": [{"token": "<sks>", "init_word": "dog"}]}}, True),
 ])
-def test_a_bf16_run_finishes_and_its_exports_reproduce_it(tmp_path, tiny_model, prepared, method, sections):
+def test_a_bf16_run_finishes_and_its_exports_reproduce_it(tmp_path, tiny_model, prepared, method, sections,
+                                                          full_bf16):
     # before: every save under mixed precision rendered the check's reference through accelerate's autocast
     # wrapper, so the exports "differed" (4e-2 to 8e-2) and the run stopped at its first checkpoint as a bug
     if method == "pivotal":
         prepared = prepared_subject(tmp_path / "data", count=3, trigger="<sks>")
-    job = _job(tmp_path, tiny_model[0], prepared, method, "run", **sections, train={"save_every": 1})
+    job = _job(tmp_path, tiny_model[0], prepared, method, "run", **sections,
+               train={"save_every": 1, "full_bf16": full_bf16})
     result = start(job).result(timeout=900)  # one precision per process (accelerate): a worker of its own
     record = read_run(result.run)
     assert record.status == "finished" and record.checks and all(c.max_abs_diff <= c.tolerance for c in record.checks)
@@ -125,3 +129,40 @@ def test_the_vae_encodes_in_half_and_an_overflowing_image_again_in_fp32(tmp_path
         overflowing = pipe.vae.encode(pixels).latent_dist.parameters
     assert not torch.isfinite(overflowing).all() and torch.isfinite(fp32).all()
     assert torch.equal(LatentCache(pipe.vae, examples, False, "none", None, half=torch.float16).get(0, False), fp32)
+
+
+def test_full_bf16_trains_in_bf16_and_saves_fp32_models(tmp_path, tiny_model, prepared):
+    """kohya's --full_bf16: what trains is bf16 with its optimizer state; the DreamBooth model is written in fp32
+    (exactly the bf16 values) and reloads as the model in memory draws; a resume continues bit for bit."""
+    from personae.training import checkpoint as ckpt
+
+    job = _job(tmp_path, tiny_model[0], prepared, "dreambooth", "run", train={"full_bf16": True, "steps": 3,
+                                                                                "save_every": 2, "lr_scheduler": "constant"})
+    result = start(job).result(timeout=900)
+    record = read_run(result.run)
+    assert record.status == "finished" and all(c.max_abs_diff <= c.tolerance for c in record.checks)
+    weights, state = ckpt.load_checkpoint(result.run / "checkpoints" / "step-000003")
+    assert {v.dtype for v in weights.values()} == {torch.bfloat16}  # the trained UNet, as it trained
+    moments = [v for s in state["optimizer"]["state"].values() for k, v in s.items() if k.startswith("exp_avg")]
+    assert moments and {m.dtype for m in moments} == {torch.bfloat16}  # AdamW's state follows its parameters
+    unet = load_file(str(result.run / "model" / "unet" / "diffusion_pytorch_model.safetensors"))
+    assert {v.dtype for v in unet.values()} == {torch.float32}
+    assert all(torch.equal(unet[k], v.float()) for k, v in ((k.removeprefix("unet."), v) for k, v in weights.items()))
+    short = {"full_bf16": True, "save_every": 2, "lr_scheduler": "constant"}  # 2 steps, then resumed to 3
+    start(_job(tmp_path, tiny_model[0], prepared, "dreambooth", "part", train={**short, "steps": 2})).result(timeout=900)
+    resumed = start(_job(tmp_path, tiny_model[0], prepared, "dreambooth", "part", train={**short, "steps": 3}),
+                    resume=True).result(timeout=900)
+    again, _ = ckpt.load_checkpoint(resumed.run / "checkpoints" / "step-000003")
+    assert resumed.steps == 3 and all(torch.equal(again[k], weights[k]) for k in weights)  # bit for bit
+
+
+def test_full_bf16_needs_bf16_mixed_precision_and_the_estimate_halves_the_training_state(tmp_path, tiny_model,
+                                                                                        prepared):
+    with pytest.raises(Exception, match="set mixed_precision: bf16 with it"):
+        _job(tmp_path, tiny_model[0], prepared, "dreambooth", "run", train={"full_bf16": True, "mixed_precision": "no"})
+    e = MemoryEstimate(frozen=200_000_000, trained=860_000_000, activations=GB, checkpointed=GB // 4,
+                       largest=GB // 8, batch=1, size=(512, 512), halvable=120_000_000, mixed_precision="bf16")
+    full = MemoryEstimate(**{**vars(e), "full_bf16": True})
+    assert e.parts()["training"] == 12 * 860_000_000 and full.parts()["training"] == 6 * 860_000_000
+    assert e.parts()["weights"] - full.parts()["weights"] == 2 * 860_000_000
+    assert "train.full_bf16: true (with mixed_precision: bf16)" in dict(variants(e))

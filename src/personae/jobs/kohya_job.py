@@ -68,7 +68,8 @@ METADATA = {"metadata_title": "title", "metadata_author": "author", "metadata_de
 # what personae cannot train as asked: refused when set (the kohya_ss GUI writes each one, off, in every config)
 REFUSED = {"sdxl": "personae trains SD-1.5 models", "v2": "personae trains SD-1.5 models",
            "v_parameterization": "the prediction type is read from the base model's scheduler config",
-           "full_fp16": "use mixed_precision", "full_bf16": "use mixed_precision", "fp8_base": "not available",
+           "full_fp16": "trained weights in fp16 need kohya's own gradient scaler: use full_bf16, or mixed_precision "
+                        "fp16 alone (the frozen weights in fp16, what trains in fp32)", "fp8_base": "not available",
            "color_aug": "not available", "random_crop": "not available", "face_crop_aug_range": "not available",
            "network_train_text_encoder_only": "not available",
            "in_json": "fine-tuning metadata is not read; pass train_data_dir",
@@ -302,7 +303,7 @@ def _settings(c: dict, base: Path, path: str) -> tuple[dict, list[str]]:
               "max_token_length": "max_token_length", "scale_weight_norms": "scale_weight_norms",
               "noise_offset_random_strength": "noise_offset_random_strength",
               "adaptive_noise_scale": "adaptive_noise_scale", "weighted_captions": "weighted_captions",
-              "zero_terminal_snr": "zero_terminal_snr", "no_half_vae": "no_half_vae"}
+              "zero_terminal_snr": "zero_terminal_snr", "no_half_vae": "no_half_vae", "full_bf16": "full_bf16"}
     for key, field in simple.items():
         if c.get(key) is not None:
             t[field] = c[key]

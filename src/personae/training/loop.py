@@ -31,7 +31,7 @@ from personae.runs import RunLog, is_run, read_run
 from personae.training import checkpoint as ckpt
 from personae.training.max_norm import apply_max_norm, trained_layers
 from personae.training.memory import GB, check_fits, estimate_training, free_memory
-from personae.training.precision import DTYPES, halved
+from personae.training.precision import DTYPES, halved, halved_trained
 from personae.training.saving import DIVERGED_FIX, Saver, export_header
 from personae.training.setup import (
     LatentCache,
@@ -157,6 +157,7 @@ def _train(job: TrainJob, run: Path, resume: bool, on_event: EventHandler, comma
         check_fits(memory, free, f"the GPU ({accelerator.device})")
     log.update(metrics={"memory_estimate_gb": round(memory.total() / GB, 2)})
     frozen = halved(pipe, t.mixed_precision)  # under mixed precision the weights that do not train are stored in half
+    trained_half = halved_trained(pipe, params, t.full_bf16)  # and with full_bf16 those that do (before the optimizer)
     # 5. optimizer, LR schedule (stepped once per optimizer step, by us), EMA; accelerate wraps modules
     optimizer = make_optimizer(job, groups)
     lr_schedule = get_scheduler(t.lr_scheduler, optimizer, num_warmup_steps=t.warmup_steps, num_training_steps=total,
@@ -194,7 +195,7 @@ def _train(job: TrainJob, run: Path, resume: bool, on_event: EventHandler, comma
     check()
 
     saver = Saver(run, job, pipe, method, source, base_scheduler, prompts, baseline, optimizer, lr_schedule, ema,
-                  params, losses, log, on_event, frozen, lambda: load_pipeline(source),
+                  params, losses, log, on_event, frozen, lambda: load_pipeline(source), trained_half,
                   header=export_header(job, stats, plan.steps_per_epoch, total, examples[0].size,
                                        vae.name if vae else None))
     masks = MaskCache(examples) if uses_masks(job, examples, on_event) else None

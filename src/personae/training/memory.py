@@ -12,7 +12,8 @@ The model, in bytes (each term printed by `MemoryEstimate.parts`):
                LoRA scripts store them so too)
   training     per trained parameter: its gradient (4) + the optimizer's state (AdamW 8, 8-bit AdamW 2,
                Prodigy 16, Lion 4 (one momentum), Adafactor at most 4: a matrix keeps only its row and column
-               means) + an EMA copy (4) when ema is on
+               means) + an EMA copy (4) when ema is on; with full_bf16 the trained weight, its gradient, its EMA
+               and a 32-bit optimizer state take half
   activations  what autograd keeps from the forward pass for the backward pass. Not guessed: the UNet (and the
                text encoder when it trains) runs once on PyTorch's meta device (shapes without storage, no
                arithmetic) at the run's batch and size, with the real module tree, its adapters and which
@@ -58,12 +59,15 @@ class MemoryEstimate:
     mixed_precision: str = "no"
     checkpointing: bool = False
     halvable: int = 0  # of the frozen: those mixed precision stores in half (training/precision.py)
+    full_bf16: bool = False  # the trained ones in bf16 too, with their gradients and optimizer state
 
     def parts(self, checkpointing: bool | None = None) -> dict[str, int]:
         checkpointing = self.checkpointing if checkpointing is None else checkpointing
         half = 0.5 if self.mixed_precision in ("fp16", "bf16") else 1.0
-        per_trained = 4 + OPTIMIZER_BYTES[self.optimizer] + (4 if self.ema else 0)
-        weights = 4 * (self.frozen + self.trained) - (2 * self.halvable if half < 1 else 0)
+        size = 2 if self.full_bf16 else 4  # bytes of a trained value: weight, gradient, EMA, a 32-bit state's
+        state = OPTIMIZER_BYTES[self.optimizer] * (4 if self.optimizer == "adamw8bit" else size) // 4
+        per_trained = size + state + (size if self.ema else 0)
+        weights = 4 * self.frozen + size * self.trained - (2 * self.halvable if half < 1 else 0)
         return {"weights": weights, "training": per_trained * self.trained,
                 "activations": int(half * (self.checkpointed if checkpointing else self.activations)),
                 "transient": int(2 * half * self.largest), "overhead": OVERHEAD}
@@ -92,6 +96,9 @@ def variants(estimate: MemoryEstimate) -> list[tuple[str, MemoryEstimate]]:
     if e.optimizer == "adamw" and e.trained > 50_000_000:  # a few-MB LoRA gains nothing from 8-bit states
         e = replace(e, optimizer="adamw8bit")
         out.append(("train.optimizer: adamw8bit", e))
+    if not e.full_bf16 and e.trained > 50_000_000:  # a whole model (DreamBooth): its weights and gradients in bf16
+        e = replace(e, full_bf16=True, mixed_precision="bf16")
+        out.append(("train.full_bf16: true (with mixed_precision: bf16)", e))
     if e.batch > 1:
         e = replace(e, activations=e.activations // e.batch, checkpointed=e.checkpointed // e.batch,
                     largest=e.largest // e.batch, batch=1)
@@ -284,5 +291,5 @@ def estimate_training(pipe, trained: list[torch.Tensor], job: TrainJob, size: tu
     return MemoryEstimate(frozen=sum(n for i, n in everything.items() if i not in ids), trained=n_trained,
                           halvable=sum(p.numel() for p in halvable(pipe).values()),
                           activations=act, checkpointed=ckpt, largest=largest, batch=batch, size=size,
-                          optimizer=t.optimizer, ema=t.ema, mixed_precision=t.mixed_precision,
+                          optimizer=t.optimizer, ema=t.ema, mixed_precision=t.mixed_precision, full_bf16=t.full_bf16,
                           checkpointing=t.gradient_checkpointing)

@@ -12,6 +12,9 @@ Saves (exports, their checks, validation images) run at full precision, as the f
 save, and puts the base model's own fp32 weights back from its files (so a DreamBooth model writes its untouched
 text encoder exactly, and a LoRA is checked on the base users load it onto); after it, the weights are halved
 again, to the same values as before, and the wrapper is back.
+
+`train.full_bf16` (kohya's --full_bf16) keeps what trains in bf16 too (`halved_trained`): its gradients and the
+optimizer's state follow its type. Saves see it in fp32 (exactly: every bf16 value is an fp32 one).
 """
 
 from __future__ import annotations
@@ -50,6 +53,21 @@ def halved(pipe, mixed_precision: str) -> dict[str, torch.nn.Parameter]:
     return frozen
 
 
+def halved_trained(pipe, params: list[torch.nn.Parameter], full_bf16: bool) -> list[torch.nn.Parameter]:
+    """kohya's --full_bf16: the trained parameters in bf16 too (so their gradients and the optimizer's state are);
+    returns them, for `full_precision` (bf16 to fp32 and back is exact). The text encoder's token table stays fp32
+    (textual inversion, pivotal): all of it is a parameter, and rounding it would change every word's vector, not
+    only the new tokens' the exports carry."""
+    if not full_bf16:
+        return []
+    table = pipe.text_encoder.get_input_embeddings().weight
+    half = [p for p in params if p is not table]
+    with torch.no_grad():
+        for p in half:
+            p.data = p.data.to(torch.bfloat16)
+    return half
+
+
 def _base_name(name: str) -> str:
     """The parameter's name in the base model: adapters wrap the layer they change as `<layer>.base_layer`."""
     return name.replace(".base_layer.", ".")
@@ -70,15 +88,30 @@ def plain_forward(modules):
 
 
 @contextmanager
-def full_precision(pipe, frozen: dict[str, torch.nn.Parameter], load_base):
-    """`pipe` at full precision inside the block: its modules' own forward, and the halved parameters (`frozen`)
-    with the base model's fp32 values (`load_base()`: a fresh pipeline of it); halved again after it."""
-    with plain_forward([getattr(pipe, part) for part in PARTS]):
+def full_precision(pipe, frozen: dict[str, torch.nn.Parameter], load_base, trained: list = ()):
+    """`pipe` at full precision inside the block: its modules' own forward, the halved parameters (`frozen`) with
+    the base model's fp32 values (`load_base()`: a fresh pipeline of it), and the trained ones kept in bf16
+    (`trained`, full_bf16) in fp32; all halved again after it."""
+    with plain_forward([getattr(pipe, part) for part in PARTS]), _upcast(trained):
         if not frozen:
             yield
             return
         with _fp32_values(frozen, load_base):
             yield
+
+
+@contextmanager
+def _upcast(params: list):
+    dtypes = [p.dtype for p in params]
+    with torch.no_grad():
+        for p in params:
+            p.data = p.data.float()
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for p, dtype in zip(params, dtypes):
+                p.data = p.data.to(dtype)
 
 
 @contextmanager

@@ -52,6 +52,7 @@ class Saver:
     on_event: EventHandler
     halved: dict = field(default_factory=dict)  # frozen weights stored in half (training/precision.py)
     load_base: object = None  # () -> a fresh pipeline of the base model: their fp32 values, for saves and samples
+    trained_half: list = field(default_factory=list)  # trained parameters kept in bf16 (train.full_bf16)
     header: dict[str, str] = field(default_factory=dict)  # the exports' dataset and settings fields (kohya ss_*)
     saved_steps: list[int] = field(default_factory=list)
 
@@ -88,7 +89,7 @@ class Saver:
         """`work()` (it draws with the trained model, on the base model's fp32 weights); NaNs out of the model mean
         the training diverged."""
         try:
-            with full_precision(self.pipe, self.halved, self.load_base):
+            with full_precision(self.pipe, self.halved, self.load_base, self.trained_half):
                 return self.with_ema(work)
         except NansError as exc:
             kept = f"The last good checkpoint is {self._last()}." if self._last() else "No checkpoint was written."
