@@ -40,11 +40,14 @@ CONFIGS = {  # name: (loop, gradient checkpointing, caching of latents and capti
     # LoRA kept fp32, the forward under autocast) against personae's train.mixed_precision: bf16
     "plain-bf16": ("plain", False, False, "bf16"), "personae-nocache-bf16": ("personae", False, False, "bf16"),
     "personae-bf16": ("personae", False, True, "bf16"), "personae-bf16-gc": ("personae", True, True, "bf16"),
+    # kohya's --full_bf16: what trains is bf16 too (the plain side: the whole pipeline cast to bf16, AdamW on it)
+    "plain-full-bf16": ("plain", False, False, "full_bf16"), "personae-full-bf16": ("personae", False, True, "full_bf16"),
 }
 PLAIN_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]  # diffusers' LoRA script's layers; personae's job gets the same
 REFERENCE = {"personae-nocache": "plain", "personae": "plain", "personae-nocache-gc": "plain-gc",
              "personae-gc": "plain-gc", "plain-gc": "plain", "plain-bf16": "plain",
-             "personae-nocache-bf16": "plain-bf16", "personae-bf16": "plain-bf16", "personae-bf16-gc": "personae-bf16"}
+             "personae-nocache-bf16": "plain-bf16", "personae-bf16": "plain-bf16", "personae-bf16-gc": "personae-bf16",
+             "plain-full-bf16": "plain", "personae-full-bf16": "plain-full-bf16"}
 
 
 class Enough(Exception):
@@ -74,13 +77,14 @@ def plain_loop(a, peak: PeakRss) -> dict:
     pipe = load_pipeline(resolve_model(a.model)).to(device)
     for part in (pipe.unet, pipe.vae, pipe.text_encoder):
         part.requires_grad_(False)
-    half = a.precision == "bf16" and a.method == "lora"  # diffusers' LoRA script: the frozen models in bf16
+    half = (a.precision == "bf16" and a.method == "lora"  # diffusers' LoRA script: the frozen models in bf16
+            or a.precision == "full_bf16")  # kohya's full_bf16: everything, what trains too
     if half:
         for part in (pipe.unet, pipe.vae, pipe.text_encoder):
             part.to(dtype=torch.bfloat16)
     if a.method == "lora":
         pipe.unet.add_adapter(LoraConfig(r=4, lora_alpha=4, target_modules=PLAIN_TARGETS, init_lora_weights="gaussian"))
-        if half:
+        if half and a.precision == "bf16":
             from diffusers.training_utils import cast_training_params
 
             cast_training_params(pipe.unet, dtype=torch.float32)
@@ -104,7 +108,7 @@ def plain_loop(a, peak: PeakRss) -> dict:
     stamps = []
     for step in range(a.steps + 1):
         pick = torch.arange(step * a.batch, (step + 1) * a.batch) % len(examples)
-        autocast = torch.autocast(device.type, torch.bfloat16, enabled=a.precision == "bf16")
+        autocast = torch.autocast(device.type, torch.bfloat16, enabled=a.precision != "no")
         with torch.no_grad(), autocast:
             latents = pipe.vae.encode(pixels[pick].to(device, pipe.vae.dtype)).latent_dist.sample()
             latents = latents.float() * pipe.vae.config.scaling_factor
@@ -134,7 +138,8 @@ def personae_loop(a, peak: PeakRss) -> dict:
                           "learning_rate": 1e-4 if a.method == "lora" else 1e-6,
                           "optimizer": "adamw8bit" if eight_bit(a.method) else "adamw",
                           "gradient_checkpointing": a.gc, "cache_latents": "memory" if a.cached else "none",
-                          "mixed_precision": a.precision,
+                          "mixed_precision": "no" if a.precision == "no" else "bf16",
+                          "full_bf16": a.precision == "full_bf16",
                           "cache_text_encoder_outputs": a.cached, "validation": {"steps": 1}})
     stamps, estimate = [], {}
 

@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file
 from train_helpers import prepared_subject, write_job
 
@@ -90,11 +91,13 @@ def test_a_bf16_run_finishes_and_its_exports_reproduce_it(tmp_path, tiny_model, 
     assert record.status == "finished" and record.checks and all(c.max_abs_diff <= c.tolerance for c in record.checks)
     assert (result.run / "checkpoints" / "step-000001").is_dir()  # the save in the middle passed its check too
     if method == "lora":  # kohya's header says how it was trained
-        from safetensors import safe_open
-
         with safe_open(str(result.run / "lora.safetensors"), "pt") as f:
             header = f.metadata()
-        assert (header["ss_mixed_precision"], header["ss_no_half_vae"]) == ("bf16", "False")
+        assert (header["ss_mixed_precision"], header["ss_no_half_vae"], header["ss_full_bf16"]) == \
+            ("bf16", "False", "False")
+    if full_bf16:
+        with safe_open(str(result.run / "lora.safetensors"), "pt") as f:
+            assert f.metadata()["ss_full_bf16"] == "True"
     if method == "dreambooth":  # the text encoder did not train: written as the base model holds it, not halved
         exported = load_file(str(result.run / "model" / "text_encoder" / "model.safetensors"))
         base = load_file(str(tiny_model[0] / "text_encoder" / "model.safetensors"))

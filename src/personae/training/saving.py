@@ -189,7 +189,7 @@ def export_header(job: TrainJob, stats: DatasetStats, steps_per_epoch: int, tota
             "ss_resolution": f"({size[0]}, {size[1]})", "ss_seed": str(t.seed), "ss_lr_scheduler": t.lr_scheduler,
             "ss_lr_warmup_steps": str(t.warmup_steps), "ss_optimizer": t.optimizer,
             "ss_mixed_precision": t.mixed_precision, "ss_save_precision": job.output_dtype,
-            "ss_no_half_vae": str(t.no_half_vae),
+            "ss_no_half_vae": str(t.no_half_vae), "ss_full_fp16": "False", "ss_full_bf16": str(t.full_bf16),
             "ss_max_grad_norm": f"{t.max_grad_norm:g}", "ss_noise_offset": f"{t.noise_offset:g}",
             "ss_min_snr_gamma": f"{t.min_snr_gamma:g}" if t.min_snr_gamma else "None",
             "ss_caption_dropout_rate": f"{job.data.caption_dropout:g}",
