@@ -12,7 +12,7 @@ from personae.jobs.train import load_job
 from personae.methods import method_class
 from personae.models.resolve import ModelSource, load_pipeline
 from personae.runs import read_run
-from personae.training.memory import GB, MemoryEstimate, variants
+from personae.training.memory import GB, MemoryEstimate, estimate_training, variants
 from personae.training.precision import full_precision, halved
 from personae.training.setup import LatentCache
 
@@ -47,7 +47,12 @@ def test_frozen_weights_are_halved_and_saves_see_the_base_models_own(tmp_path, t
     method_class(method)(job).setup(pipe)
     trained = {f"{part}.{k}" for part in ("unet", "text_encoder")
                for k, p in getattr(pipe, part).named_parameters() if p.requires_grad}
+    params = [p for part in ("unet", "text_encoder") for p in getattr(pipe, part).parameters() if p.requires_grad]
+    estimate = estimate_training(pipe, params, job, (64, 64), text_encoder_trains=method != "dreambooth")
+    table = pipe.text_encoder.get_input_embeddings().weight.numel()
+    assert estimate.kept_fp32 == (table if method == "textual_inversion" else 0)  # what full_bf16 leaves fp32
     frozen = halved(pipe, "bf16")
+    assert estimate.halvable == sum(p.numel() for p in frozen.values())  # the estimate halves what is halved
     assert frozen and {name.split(".")[0] for name in frozen} == halved_parts
     assert all(p.dtype == torch.bfloat16 for p in frozen.values()) and not set(frozen) & trained
     for part in ("unet", "text_encoder"):  # what trains stays fp32
@@ -139,9 +144,9 @@ def test_full_bf16_trains_in_bf16_and_saves_fp32_models(tmp_path, tiny_model, pr
     (exactly the bf16 values) and reloads as the model in memory draws; a resume continues bit for bit."""
     from personae.training import checkpoint as ckpt
 
-    job = _job(tmp_path, tiny_model[0], prepared, "dreambooth", "run", train={"full_bf16": True, "steps": 3,
-                                                                                "save_every": 2, "lr_scheduler": "constant"})
-    result = start(job).result(timeout=900)
+    short = {"full_bf16": True, "save_every": 2, "lr_scheduler": "constant"}  # below: 2 steps, then resumed to 3
+    result = start(_job(tmp_path, tiny_model[0], prepared, "dreambooth", "run",
+                        train={**short, "steps": 3})).result(timeout=900)
     record = read_run(result.run)
     assert record.status == "finished" and all(c.max_abs_diff <= c.tolerance for c in record.checks)
     weights, state = ckpt.load_checkpoint(result.run / "checkpoints" / "step-000003")
@@ -151,8 +156,8 @@ def test_full_bf16_trains_in_bf16_and_saves_fp32_models(tmp_path, tiny_model, pr
     unet = load_file(str(result.run / "model" / "unet" / "diffusion_pytorch_model.safetensors"))
     assert {v.dtype for v in unet.values()} == {torch.float32}
     assert all(torch.equal(unet[k], v.float()) for k, v in ((k.removeprefix("unet."), v) for k, v in weights.items()))
-    short = {"full_bf16": True, "save_every": 2, "lr_scheduler": "constant"}  # 2 steps, then resumed to 3
-    start(_job(tmp_path, tiny_model[0], prepared, "dreambooth", "part", train={**short, "steps": 2})).result(timeout=900)
+    start(_job(tmp_path, tiny_model[0], prepared, "dreambooth", "part", train={**short, "steps": 2})).result(
+        timeout=900)
     resumed = start(_job(tmp_path, tiny_model[0], prepared, "dreambooth", "part", train={**short, "steps": 3}),
                     resume=True).result(timeout=900)
     again, _ = ckpt.load_checkpoint(resumed.run / "checkpoints" / "step-000003")
@@ -169,3 +174,6 @@ def test_full_bf16_needs_bf16_mixed_precision_and_the_estimate_halves_the_traini
     assert e.parts()["training"] == 12 * 860_000_000 and full.parts()["training"] == 6 * 860_000_000
     assert e.parts()["weights"] - full.parts()["weights"] == 2 * 860_000_000
     assert "train.full_bf16: true (with mixed_precision: bf16)" in dict(variants(e))
+    table = MemoryEstimate(**{**vars(full), "kept_fp32": 60_000_000})  # textual inversion's token table: fp32
+    assert table.parts()["training"] == 6 * 800_000_000 + 12 * 60_000_000
+    assert table.parts()["weights"] - full.parts()["weights"] == 2 * 60_000_000

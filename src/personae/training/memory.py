@@ -13,7 +13,7 @@ The model, in bytes (each term printed by `MemoryEstimate.parts`):
   training     per trained parameter: its gradient (4) + the optimizer's state (AdamW 8, 8-bit AdamW 2,
                Prodigy 16, Lion 4 (one momentum), Adafactor at most 4: a matrix keeps only its row and column
                means) + an EMA copy (4) when ema is on; with full_bf16 the trained weight, its gradient, its EMA
-               and a 32-bit optimizer state take half
+               and a 32-bit optimizer state take half (not the token table's, which stays fp32)
   activations  what autograd keeps from the forward pass for the backward pass. Not guessed: the UNet (and the
                text encoder when it trains) runs once on PyTorch's meta device (shapes without storage, no
                arithmetic) at the run's batch and size, with the real module tree, its adapters and which
@@ -37,7 +37,7 @@ import torch
 
 from personae.config.train import TrainJob
 from personae.errors import UserError
-from personae.training.precision import halvable
+from personae.training.precision import halvable, token_table
 
 GB = 1024**3
 OPTIMIZER_BYTES = {"adamw": 8, "adamw8bit": 2, "prodigy": 16, "lion": 4, "adafactor": 4}  # state per trained parameter
@@ -60,15 +60,19 @@ class MemoryEstimate:
     checkpointing: bool = False
     halvable: int = 0  # of the frozen: those mixed precision stores in half (training/precision.py)
     full_bf16: bool = False  # the trained ones in bf16 too, with their gradients and optimizer state
+    kept_fp32: int = 0  # of the trained: those full_bf16 leaves in fp32 (the token table, training/precision.py)
 
     def parts(self, checkpointing: bool | None = None) -> dict[str, int]:
         checkpointing = self.checkpointing if checkpointing is None else checkpointing
         half = 0.5 if self.mixed_precision in ("fp16", "bf16") else 1.0
-        size = 2 if self.full_bf16 else 4  # bytes of a trained value: weight, gradient, EMA, a 32-bit state's
-        state = OPTIMIZER_BYTES[self.optimizer] * (4 if self.optimizer == "adamw8bit" else size) // 4
-        per_trained = size + state + (size if self.ema else 0)
-        weights = 4 * self.frozen + size * self.trained - (2 * self.halvable if half < 1 else 0)
-        return {"weights": weights, "training": per_trained * self.trained,
+        in_bf16 = self.trained - self.kept_fp32 if self.full_bf16 else 0
+        counts = {4: self.trained - in_bf16, 2: in_bf16}  # trained values by the bytes of their weight
+        weights = 4 * self.frozen + sum(size * n for size, n in counts.items()) - (2 * self.halvable if half < 1 else 0)
+        training = 0
+        for size, n in counts.items():  # gradient, optimizer state (a 32-bit state in the weight's type), EMA
+            state = OPTIMIZER_BYTES[self.optimizer] * (4 if self.optimizer == "adamw8bit" else size) // 4
+            training += (size + state + (size if self.ema else 0)) * n
+        return {"weights": weights, "training": training,
                 "activations": int(half * (self.checkpointed if checkpointing else self.activations)),
                 "transient": int(2 * half * self.largest), "overhead": OVERHEAD}
 
@@ -290,6 +294,7 @@ def estimate_training(pipe, trained: list[torch.Tensor], job: TrainJob, size: tu
         act, ckpt, largest = act + text, ckpt + text, max(largest, text_largest)
     return MemoryEstimate(frozen=sum(n for i, n in everything.items() if i not in ids), trained=n_trained,
                           halvable=sum(p.numel() for p in halvable(pipe).values()),
+                          kept_fp32=sum(p.numel() for p in trained if p is token_table(pipe)),
                           activations=act, checkpointed=ckpt, largest=largest, batch=batch, size=size,
                           optimizer=t.optimizer, ema=t.ema, mixed_precision=t.mixed_precision, full_bf16=t.full_bf16,
                           checkpointing=t.gradient_checkpointing)

@@ -34,8 +34,7 @@ def halvable(pipe) -> dict[str, torch.nn.Parameter]:
     the UNet and the text encoder. A text encoder whose token embeddings train (textual inversion, pivotal) stays
     fp32: its layer norms would take the fp32 embeddings with half weights, which CPU autocast does not reconcile
     (diffusers' textual inversion script keeps it fp32 too)."""
-    parts = [part for part in PARTS
-             if part != "text_encoder" or not pipe.text_encoder.get_input_embeddings().weight.requires_grad]
+    parts = [part for part in PARTS if part != "text_encoder" or not token_table(pipe).requires_grad]
     return {f"{part}.{name}": p for part in parts for name, p in getattr(pipe, part).named_parameters()
             if not p.requires_grad and p.is_floating_point()}
 
@@ -53,6 +52,11 @@ def halved(pipe, mixed_precision: str) -> dict[str, torch.nn.Parameter]:
     return frozen
 
 
+def token_table(pipe) -> torch.nn.Parameter:
+    """The text encoder's token embeddings: trained whole by textual inversion and pivotal, and kept fp32."""
+    return pipe.text_encoder.get_input_embeddings().weight
+
+
 def halved_trained(pipe, params: list[torch.nn.Parameter], full_bf16: bool) -> list[torch.nn.Parameter]:
     """kohya's --full_bf16: the trained parameters in bf16 too (so their gradients and the optimizer's state are);
     returns them, for `full_precision` (bf16 to fp32 and back is exact). The text encoder's token table stays fp32
@@ -60,8 +64,7 @@ def halved_trained(pipe, params: list[torch.nn.Parameter], full_bf16: bool) -> l
     only the new tokens' the exports carry."""
     if not full_bf16:
         return []
-    table = pipe.text_encoder.get_input_embeddings().weight
-    half = [p for p in params if p is not table]
+    half = [p for p in params if p is not token_table(pipe)]
     with torch.no_grad():
         for p in half:
             p.data = p.data.to(torch.bfloat16)
