@@ -207,11 +207,12 @@ def _load_from_hub(repo_id: str, **kwargs):
     return StableDiffusionPipeline.from_pretrained(repo_id, **kwargs)
 
 
-def load_pipeline(source: ModelSource, dtype: torch.dtype = torch.float32):
-    """Load a StableDiffusionPipeline (no safety checker) from any kind of source, on the CPU."""
+def load_pipeline(source: ModelSource, dtype: torch.dtype = torch.float32, components: dict | None = None):
+    """Load a StableDiffusionPipeline (no safety checker) from any kind of source, on the CPU; `components`
+    (name: module) are taken as they are instead of being read from the source."""
     from diffusers import StableDiffusionPipeline
 
-    kwargs = dict(dtype=dtype, safety_checker=None, requires_safety_checker=False)
+    kwargs = dict(dtype=dtype, safety_checker=None, requires_safety_checker=False, **(components or {}))
     if source.kind == "folder":
         try:
             return aligned(StableDiffusionPipeline.from_pretrained(source.location, local_files_only=True, **kwargs))
@@ -233,7 +234,7 @@ def load_pipeline(source: ModelSource, dtype: torch.dtype = torch.float32):
                             "not damaged, and made for this architecture.") from None
     # from_single_file takes the VAE's scaling factor from the original SD config (0.18215), not from `config`
     scaling = configs.get("vae", {}).get("scaling_factor")
-    if scaling is not None and scaling != pipe.vae.config.scaling_factor:
+    if scaling is not None and scaling != pipe.vae.config.scaling_factor and "vae" not in (components or {}):
         pipe.vae.register_to_config(scaling_factor=scaling)
     return aligned(pipe)
 
