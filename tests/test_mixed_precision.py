@@ -1,5 +1,7 @@
 """Mixed precision in training (training/precision.py): the frozen weights in half, saves at full precision."""
 
+from dataclasses import replace
+
 import pytest
 import torch
 from safetensors import safe_open
@@ -10,9 +12,10 @@ from personae.errors import UserError
 from personae.jobs.runner import start
 from personae.jobs.train import load_job
 from personae.methods import method_class
-from personae.models.resolve import ModelSource, load_pipeline
+from personae.models.resolve import ALIGNMENT, ModelSource, load_pipeline
 from personae.runs import read_run
-from personae.training.memory import GB, MemoryEstimate, estimate_training, variants
+from personae.training.memory import (GB, OVERHEAD, MemoryEstimate, check_fits, estimate_training, fitting_switch,
+                                      variants)
 from personae.training.precision import full_precision, halved
 from personae.training.setup import LatentCache
 
@@ -60,9 +63,20 @@ def test_frozen_weights_are_halved_and_saves_see_the_base_models_own(tmp_path, t
     assert sum(p.numel() * p.element_size() for p in frozen.values()) * 2 == \
         sum(original[name.replace(".base_layer.", ".")].numel() * 4 for name in frozen)
     before = {name: p.detach().clone() for name, p in frozen.items()}
-    with full_precision(pipe, frozen, lambda: load_pipeline(source)):
+    given = {}
+
+    def load_base(components, mapped):
+        given.update(components)
+        return load_pipeline(source, components=components, mapped=mapped)
+
+    with full_precision(pipe, frozen, load_base):
         for name, p in frozen.items():  # the base model's fp32 values, exactly
             assert p.dtype == torch.float32 and torch.equal(p, original[name.replace(".base_layer.", ".")]), name
+        # copies of their own at aligned addresses (CPU kernels round by alignment), not views of the mapped files
+        assert all(p.data_ptr() % ALIGNMENT == 0 for p in frozen.values())
+    # only the halved parts are read from the files again (each is a model's worth of memory at a save)
+    assert set(given) == {"vae", "unet", "text_encoder"} - halved_parts
+    assert all(module is getattr(pipe, name) for name, module in given.items())
     for name, p in frozen.items():  # halved again, to the very values training had: a save changes nothing
         assert p.dtype == torch.bfloat16 and torch.equal(p, before[name]), name
     assert halved(pipe, "no") == {}
@@ -71,7 +85,7 @@ def test_frozen_weights_are_halved_and_saves_see_the_base_models_own(tmp_path, t
     with torch.no_grad():
         dict(getattr(changed, part).named_parameters())[name].add_(1.0)
     with pytest.raises(UserError, match="base model's files changed"):
-        with full_precision(pipe, frozen, lambda: changed):
+        with full_precision(pipe, frozen, lambda **_: changed):
             pass
     assert all(p.dtype == torch.bfloat16 and torch.equal(p, before[name]) for name, p in frozen.items())
 
@@ -177,3 +191,23 @@ def test_full_bf16_needs_bf16_mixed_precision_and_the_estimate_halves_the_traini
     table = MemoryEstimate(**{**vars(full), "kept_fp32": 60_000_000})  # textual inversion's token table: fp32
     assert table.parts()["training"] == 6 * 800_000_000 + 12 * 60_000_000
     assert table.parts()["weights"] - full.parts()["weights"] == 2 * 60_000_000
+
+
+def test_a_save_holds_every_weight_at_full_precision_and_a_gpu_too_small_for_it_is_refused():
+    """Under mixed precision a save puts every weight back at fp32 to write and check the exports: the estimate
+    says what the saves need, and a GPU that could train the run but not save it is refused before the first step
+    (full-size LoRA, bf16, 256 px: steps 3.3 GB, saves 5.0-6.1 GB measured; benchmarks/RESULTS.md)."""
+    frozen, trained, largest = 1_066_235_307, 797_184, int(0.01 * GB)
+    lora = MemoryEstimate(frozen=frozen, trained=trained, activations=int(0.4 * GB), checkpointed=int(0.1 * GB),
+                          largest=largest, batch=1, size=(256, 256), halvable=982_000_000, mixed_precision="bf16")
+    assert lora.saving() == 4 * (frozen + trained) + 8 * trained + 2 * largest + OVERHEAD  # AdamW's state, no gradients
+    assert lora.peak() == lora.saving() > lora.total()
+    assert f"saves about {lora.saving() / GB:.1f} GB" in lora.summary()
+    plain = replace(lora, mixed_precision="no")  # fp32 throughout: a save holds no more than a step
+    assert plain.peak() == plain.total() and "saves" not in plain.summary()
+    free = int(lora.saving() / 1.3)
+    assert lora.total() <= free  # it would train, then stop at its first checkpoint
+    with pytest.raises(UserError, match="saves need about") as err:
+        check_fits(lora, free)
+    assert f"{free / GB:.1f} GB free" in str(err.value) and "no training switch lowers" in str(err.value)
+    assert fitting_switch(lora, int(lora.saving() / 1.2)) is None  # within the estimate's uncertainty

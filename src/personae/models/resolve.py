@@ -207,21 +207,26 @@ def _load_from_hub(repo_id: str, **kwargs):
     return StableDiffusionPipeline.from_pretrained(repo_id, **kwargs)
 
 
-def load_pipeline(source: ModelSource, dtype: torch.dtype = torch.float32, components: dict | None = None):
+def load_pipeline(source: ModelSource, dtype: torch.dtype = torch.float32, components: dict | None = None,
+                  mapped: bool = False):
     """Load a StableDiffusionPipeline (no safety checker) from any kind of source, on the CPU; `components`
-    (name: module) are taken as they are instead of being read from the source."""
+    (name: module) are taken as they are instead of being read from the source. `mapped`: the weights may stay
+    views of the files as safetensors maps them (not `aligned`: memory is taken only as they are read), for a
+    caller that copies each one where it goes."""
     from diffusers import StableDiffusionPipeline
+
+    done = (lambda pipe: pipe) if mapped else aligned
 
     kwargs = dict(dtype=dtype, safety_checker=None, requires_safety_checker=False, **(components or {}))
     if source.kind == "folder":
         try:
-            return aligned(StableDiffusionPipeline.from_pretrained(source.location, local_files_only=True, **kwargs))
+            return done(StableDiffusionPipeline.from_pretrained(source.location, local_files_only=True, **kwargs))
         except LOAD_ERRORS as exc:
             raise UserError(f"{source.location} could not be loaded as a diffusers model folder ({_short(exc)}).",
                             "Check that it is a complete Stable Diffusion 1.x model folder (model_index.json, unet/, "
                             "vae/, text_encoder/, tokenizer/, scheduler/).") from None
     if source.kind == "hub":
-        return aligned(_load_from_hub(source.location, **kwargs))
+        return done(_load_from_hub(source.location, **kwargs))
     path = Path(source.location)
     kind = check_model_file(path, "model", allow_pickle=True)  # the opt-in was checked by resolve_model
     with tempfile.TemporaryDirectory(prefix="personae-config-") as tmp, named_by_content(path, kind) as named:
@@ -236,7 +241,7 @@ def load_pipeline(source: ModelSource, dtype: torch.dtype = torch.float32, compo
     scaling = configs.get("vae", {}).get("scaling_factor")
     if scaling is not None and scaling != pipe.vae.config.scaling_factor and "vae" not in (components or {}):
         pipe.vae.register_to_config(scaling_factor=scaling)
-    return aligned(pipe)
+    return done(pipe)
 
 
 ALIGNMENT = 64  # bytes: what torch's CPU allocator gives every new tensor

@@ -11,6 +11,7 @@ from __future__ import annotations
 import random
 import signal
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -195,7 +196,7 @@ def _train(job: TrainJob, run: Path, resume: bool, on_event: EventHandler, comma
     check()
 
     saver = Saver(run, job, pipe, method, source, base_scheduler, prompts, baseline, optimizer, lr_schedule, ema,
-                  params, losses, log, on_event, frozen, lambda: load_pipeline(source), trained_half,
+                  params, losses, log, on_event, frozen, partial(load_pipeline, source), trained_half,
                   header=export_header(job, stats, plan.steps_per_epoch, total, examples[0].size,
                                        vae.name if vae else None))
     masks = MaskCache(examples) if uses_masks(job, examples, on_event) else None

@@ -25,6 +25,11 @@ The model, in bytes (each term printed by `MemoryEstimate.parts`):
   transient    the gradients flowing backward: one more copy of the largest saved tensor, x2 as headroom
   overhead     0.6 GB: the CUDA context and allocator slack (on a GPU) or the Python libraries (on the CPU)
 
+A save (`MemoryEstimate.saving`) writes and checks the exports at full precision: under mixed precision every
+weight is fp32 for its time (training/precision.full_precision), beside the optimizer's state and the EMA (the
+gradients are freed by then) and the overhead; the reload checks borrow those weights (training/verify.py), and the
+renders are small. Without mixed precision it stays below the steps' figure.
+
 The arithmetic (`MemoryEstimate`, `fitting_switch`) is pure; `activation_bytes` does the meta-device run.
 """
 
@@ -62,16 +67,30 @@ class MemoryEstimate:
     full_bf16: bool = False  # the trained ones in bf16 too, with their gradients and optimizer state
     kept_fp32: int = 0  # of the trained: those full_bf16 leaves in fp32 (the token table, training/precision.py)
 
+    @property
+    def halves(self) -> bool:
+        return self.mixed_precision in ("fp16", "bf16")
+
+    def _trained_counts(self) -> dict[int, int]:
+        """The trained values by the bytes of their weight (full_bf16: 2, but for what it keeps fp32)."""
+        in_bf16 = self.trained - self.kept_fp32 if self.full_bf16 else 0
+        return {4: self.trained - in_bf16, 2: in_bf16}
+
+    def _kept(self, gradients: bool) -> int:
+        """Per trained parameter: its gradient (when `gradients`), the optimizer's state (a 32-bit state in the
+        weight's type), its EMA copy."""
+        kept = 0
+        for size, n in self._trained_counts().items():
+            state = OPTIMIZER_BYTES[self.optimizer] * (4 if self.optimizer == "adamw8bit" else size) // 4
+            kept += ((size if gradients else 0) + state + (size if self.ema else 0)) * n
+        return kept
+
     def parts(self, checkpointing: bool | None = None) -> dict[str, int]:
         checkpointing = self.checkpointing if checkpointing is None else checkpointing
-        half = 0.5 if self.mixed_precision in ("fp16", "bf16") else 1.0
-        in_bf16 = self.trained - self.kept_fp32 if self.full_bf16 else 0
-        counts = {4: self.trained - in_bf16, 2: in_bf16}  # trained values by the bytes of their weight
-        weights = 4 * self.frozen + sum(size * n for size, n in counts.items()) - (2 * self.halvable if half < 1 else 0)
-        training = 0
-        for size, n in counts.items():  # gradient, optimizer state (a 32-bit state in the weight's type), EMA
-            state = OPTIMIZER_BYTES[self.optimizer] * (4 if self.optimizer == "adamw8bit" else size) // 4
-            training += (size + state + (size if self.ema else 0)) * n
+        half = 0.5 if self.halves else 1.0
+        weights = (4 * self.frozen + sum(size * n for size, n in self._trained_counts().items())
+                   - (2 * self.halvable if half < 1 else 0))
+        training = self._kept(gradients=True)
         return {"weights": weights, "training": training,
                 "activations": int(half * (self.checkpointed if checkpointing else self.activations)),
                 "transient": int(2 * half * self.largest), "overhead": OVERHEAD}
@@ -79,13 +98,23 @@ class MemoryEstimate:
     def total(self, checkpointing: bool | None = None) -> int:
         return sum(self.parts(checkpointing).values())
 
+    def saving(self) -> int:
+        """A save's peak: every weight at fp32, the optimizer's state and the EMA, the renders' transient."""
+        return 4 * (self.frozen + self.trained) + self._kept(gradients=False) + 2 * self.largest + OVERHEAD
+
+    def peak(self) -> int:
+        """The run's peak: its steps, or under mixed precision its saves when they need more."""
+        return max(self.total(), self.saving() if self.halves else 0)
+
     def summary(self) -> str:
         w, h = self.size
         line = (f"memory: about {self.total(False) / GB:.1f} GB at batch {self.batch}, {w}x{h} px; with gradient "
                 f"checkpointing about {self.total(True) / GB:.1f} GB")
         parts = ", ".join(f"{k} {v / GB:.1f}" for k, v in self.parts().items())
         on = "on" if self.checkpointing else "off"
-        return f"{line} (checkpointing {on}: {parts} GB)"
+        saves = (f"; saves about {self.saving() / GB:.1f} GB (the weights at full precision while the exports are "
+                 "written and checked)" if self.halves else "")
+        return f"{line} (checkpointing {on}: {parts} GB){saves}"
 
 
 def variants(estimate: MemoryEstimate) -> list[tuple[str, MemoryEstimate]]:
@@ -113,13 +142,13 @@ def variants(estimate: MemoryEstimate) -> list[tuple[str, MemoryEstimate]]:
 def fitting_switch(estimate: MemoryEstimate, free: int) -> tuple[str, MemoryEstimate] | None:
     """None when the run fits (or may: within the estimate's uncertainty); else the fewest switches, named, that
     make it fit, with their estimate (the last of them all when none does)."""
-    if estimate.total() <= CLEARLY * free:
+    if estimate.peak() <= CLEARLY * free:
         return None
     steps = variants(estimate)
     names = []
     for name, e in steps:
         names.append(name)
-        if e.total() <= free:
+        if e.peak() <= free:
             return " and ".join(names), e
     return (" and ".join(names), steps[-1][1]) if steps else ("a smaller train.resolution", estimate)
 
@@ -139,11 +168,16 @@ def check_fits(estimate: MemoryEstimate, free: int, where: str = "the GPU") -> N
     if found is None:
         return
     switches, fitted = found
-    fits = fitted.total() <= free
-    fix = (f"Set {switches}: about {fitted.total() / GB:.1f} GB." if fits else
-           f"Even with {switches} it needs about {fitted.total() / GB:.1f} GB: lower train.resolution as well, or "
-           "train on a GPU with more memory.")
-    raise UserError(f"This run needs about {estimate.total() / GB:.1f} GB ({estimate.summary()}), but {where} has "
+    if fitted.peak() <= free:
+        fix = f"Set {switches}: about {fitted.peak() / GB:.1f} GB."
+    elif fitted.total() <= free:  # it would train, then stop at its first checkpoint
+        fix = (f"With {switches} it trains in about {fitted.total() / GB:.1f} GB, but its saves need about "
+               f"{fitted.saving() / GB:.1f} GB (every weight at full precision while the exports are written and "
+               "checked), which no training switch lowers: train on a GPU with more free memory.")
+    else:
+        fix = (f"Even with {switches} it needs about {fitted.peak() / GB:.1f} GB: lower train.resolution as well, "
+               "or train on a GPU with more memory.")
+    raise UserError(f"This run needs about {estimate.peak() / GB:.1f} GB ({estimate.summary()}), but {where} has "
                     f"{free / GB:.1f} GB free: it would stop with out-of-memory.", fix)
 
 

@@ -93,13 +93,14 @@ def plain_forward(modules):
 @contextmanager
 def full_precision(pipe, frozen: dict[str, torch.nn.Parameter], load_base, trained: list = ()):
     """`pipe` at full precision inside the block: its modules' own forward, the halved parameters (`frozen`) with
-    the base model's fp32 values (`load_base()`: a fresh pipeline of it), and the trained ones kept in bf16
+    the base model's fp32 values (`load_base(components=..., mapped=True)`: a fresh pipeline of it, given the
+    parts it need not read), and the trained ones kept in bf16
     (`trained`, full_bf16) in fp32; all halved again after it."""
     with plain_forward([getattr(pipe, part) for part in PARTS]), _upcast(trained):
         if not frozen:
             yield
             return
-        with _fp32_values(frozen, load_base):
+        with _fp32_values(pipe, frozen, load_base):
             yield
 
 
@@ -118,8 +119,10 @@ def _upcast(params: list):
 
 
 @contextmanager
-def _fp32_values(frozen: dict[str, torch.nn.Parameter], load_base):
-    base = load_base()
+def _fp32_values(pipe, frozen: dict[str, torch.nn.Parameter], load_base):
+    unread = {name: getattr(pipe, name) for name in ("vae", *PARTS) if not any(n.startswith(f"{name}.") for n in frozen)}
+    # read from the files: only the parts that were halved, left as the files' mapped views (taken as read)
+    base = load_base(components=unread, mapped=True)
     original = {f"{part}.{name}": p for part in PARTS for name, p in getattr(base, part).named_parameters()}
     missing = [name for name in frozen if _base_name(name) not in original]
     if missing:
@@ -132,9 +135,9 @@ def _fp32_values(frozen: dict[str, torch.nn.Parameter], load_base):
                         f"{len(changed) - 1} more differ from the weights it started from), so its exports cannot be "
                         "written on them.", "Put the base model back as it was, then continue with "
                         "`personae train JOB.yaml --resume`.")
-    with torch.no_grad():
+    with torch.no_grad():  # one weight at a time: its half copy is freed as its fp32 one is made
         for name, p in frozen.items():
-            p.data = original[_base_name(name)].data.to(p.device, torch.float32)
+            p.data = original[_base_name(name)].data.to(p.device, torch.float32, copy=True)  # aligned, its own
     del base, original
     try:
         yield

@@ -51,7 +51,7 @@ class Saver:
     log: RunLog
     on_event: EventHandler
     halved: dict = field(default_factory=dict)  # frozen weights stored in half (training/precision.py)
-    load_base: object = None  # () -> a fresh pipeline of the base model: their fp32 values, for saves and samples
+    load_base: object = None  # (components=...) -> a fresh pipeline of the base model: fp32 values for saves
     trained_half: list = field(default_factory=list)  # trained parameters kept in bf16 (train.full_bf16)
     header: dict[str, str] = field(default_factory=dict)  # the exports' dataset and settings fields (kohya ss_*)
     saved_steps: list[int] = field(default_factory=list)
