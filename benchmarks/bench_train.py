@@ -15,7 +15,10 @@ repeat 2, ...), so the memory one leaves behind never counts against the next. P
     but includes loading, which can peak higher than training;
   - peak CUDA memory (torch.cuda.max_memory_allocated) when on a GPU;
   - personae's memory estimate for the run (training/memory.py), to set beside the measured peak.
-personae's run is ended after its timed steps (no exports), as only the step is compared.
+personae's run is ended after its timed steps (no exports), as only the step is compared; with --saves it goes
+on to its final save (exports written and checked, the validation grid) and that phase's peak is recorded too,
+as anonymous memory (without the pages of the model files mapped while they are read), beside the estimate's
+"saves" figure (mixed precision only: without it a save needs no more than a step).
 """
 
 from __future__ import annotations
@@ -134,33 +137,41 @@ def personae_loop(a, peak: PeakRss) -> dict:
 
     job = TrainJob(base_model=a.model, method=a.method, data={"path": a.prepared}, output=a.out,
                    lora={"rank": 4, "alpha": 4, "target_modules": PLAIN_TARGETS},  # the plain loop's layers
-                   train={"steps": a.steps + 2, "batch_size": a.batch, "verify_exports": False,
+                   train={"steps": a.steps + (1 if a.saves else 2), "batch_size": a.batch, "verify_exports": a.saves,
                           "learning_rate": 1e-4 if a.method == "lora" else 1e-6,
                           "optimizer": "adamw8bit" if eight_bit(a.method) else "adamw",
                           "gradient_checkpointing": a.gc, "cache_latents": "memory" if a.cached else "none",
                           "mixed_precision": "no" if a.precision == "no" else "bf16",
                           "full_bf16": a.precision == "full_bf16",
                           "cache_text_encoder_outputs": a.cached, "validation": {"steps": 1}})
-    stamps, estimate = [], {}
+    stamps, estimate, measured = [], {}, {}
+    save_peak = PeakRss(anonymous=True) if a.saves else None
 
     def on_event(event):
         text = getattr(event, "text", "")
         if text.startswith("memory: about"):
             words = text.split()
             estimate.update(without_gc=float(words[2]), with_gc=float(words[words.index("checkpointing") + 2]))
+            if "saves about" in text:
+                estimate["saves"] = float(text.split("saves about ")[1].split()[0])
         if getattr(event, "stage", "") == "train":
             stamps.append(time.perf_counter())
             if len(stamps) == 1:
                 peak.start()
             if len(stamps) == a.steps + 1:
-                raise Enough
+                if save_peak is None:
+                    raise Enough
+                measured["step_peak_gb"] = peak.stop() / GB  # the last step is done: the final save follows
+                save_peak.start()
 
     try:
         run_training(job, overwrite=True, on_event=on_event)
     except Enough:
         pass
+    if save_peak is not None:
+        measured.update(save_peak_gb=save_peak.stop() / GB, save_estimate_gb=estimate.get("saves"))
     gb = estimate.get("with_gc" if a.gc else "without_gc")
-    return {"s_per_step": (stamps[-1] - stamps[0]) / a.steps, "estimate_gb": gb}
+    return {"s_per_step": (stamps[-1] - stamps[0]) / a.steps, "estimate_gb": gb, **measured}
 
 
 def child(a) -> None:
@@ -172,7 +183,9 @@ def child(a) -> None:
     peak = PeakRss()
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     result = (plain_loop if a.loop == "plain" else personae_loop)(a, peak)
-    result.update(step_peak_gb=peak.stop() / GB, libraries_gb=base / GB, cuda_peak_gb=(cuda_peak() or 0) / GB or None)
+    step_peak = peak.stop() / GB  # (--saves: stopped already, at the last step)
+    result.update(step_peak_gb=result.get("step_peak_gb", step_peak), libraries_gb=base / GB,
+                  cuda_peak_gb=(cuda_peak() or 0) / GB or None)
     print("RESULT " + json.dumps(result), flush=True)
 
 
@@ -182,7 +195,8 @@ def run_child(args, name: str, method: str, batch: int, model: Path, prepared: P
     loop, gc, cache, precision = CONFIGS[name]
     cmd = [sys.executable, __file__, "--child", "--loop", loop, "--method", method, "--batch", str(batch),
            "--steps", str(args.steps), "--model", str(model), "--prepared", str(prepared), "--precision", precision,
-           "--out", str(work / f"run-{name}-{method}-{batch}")] + (["--gc"] if gc else []) + (["--cached"] if cache else [])
+           "--out", str(work / f"run-{name}-{method}-{batch}")] + (["--gc"] if gc else []) \
+        + (["--cached"] if cache else []) + (["--saves"] if args.saves and loop == "personae" else [])
     with tempfile.TemporaryFile("w+") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, text=True)
         _, status, usage = os.wait4(proc.pid, 0)  # this child's own resource use, its max RSS among it
@@ -207,6 +221,8 @@ def main() -> None:
     parser.add_argument("--cache", default=os.path.join(tempfile.gettempdir(), "personae-bench"),
                         help="where the model is written once and reused")
     parser.add_argument("--json", default=None, help="default: benchmarks/results/train-<size>.json")
+    parser.add_argument("--saves", action="store_true",
+                        help="personae's runs go on to their final save (exports checked): its peak memory too")
     # the child's own options
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--loop", help=argparse.SUPPRESS)
@@ -254,7 +270,8 @@ def report(args, resolution: int, rows: dict) -> None:
     table = []
     for (method, batch, name), items in rows.items():
         entry = {"method": method, "batch": batch, "config": name, "repeats": len(items)}
-        for key in ("s_per_step", "step_peak_gb", "process_peak_gb", "libraries_gb", "cuda_peak_gb", "estimate_gb"):
+        for key in ("s_per_step", "step_peak_gb", "process_peak_gb", "libraries_gb", "cuda_peak_gb", "estimate_gb",
+                    "save_peak_gb", "save_estimate_gb"):
             entry[key] = mean(items, key)
         entry["runs"] = items
         table.append(entry)
@@ -282,6 +299,17 @@ def report(args, resolution: int, rows: dict) -> None:
               f"{f(e['gc_memory_ratio'], '6.2f')}{f(e['estimate_gb'], '8.1f')}{f(e['estimate_error'], '+8.0%')}")
     print("x ref: personae-X over plain-X (gc over gc); gc x: with gradient checkpointing over without; est err: the "
           "estimate over the measured step peak RSS")
+    saved = [e for e in table if e["save_peak_gb"] is not None]
+    if saved:
+        print(f"\n{'method':<11}{'batch':>5} {'config':<20}{'step GB':>9}{'save GB':>9}{'x step':>8}{'est GB':>8}"
+              f"{'est err':>8}")
+        for e in saved:
+            est = e["save_estimate_gb"] or e["estimate_gb"]  # without mixed precision the steps' figure
+            print(f"{e['method']:<11}{e['batch']:>5} {e['config']:<20}{f(e['step_peak_gb'], '9.2f')}"
+                  f"{f(e['save_peak_gb'], '9.2f')}{f(e['save_peak_gb'] / e['step_peak_gb'], '8.2f')}"
+                  f"{f(est, '8.1f')}{f(est / e['save_peak_gb'] - 1 if est else None, '+8.0%')}")
+        print("save GB: the final save's peak (exports written and checked, the validation grid), anonymous memory; "
+              "est: the estimate's saves figure (the steps' without mixed precision)")
     path = args.json or Path(__file__).parent / "results" / f"train-{args.size}.json"
     write_json(path, {"benchmark": "train", "size": args.size, "resolution": resolution, "steps": args.steps,
                       "repeats": args.repeats, "command": " ".join(sys.argv), "machine": machine(), "rows": table})

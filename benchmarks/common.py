@@ -59,26 +59,32 @@ class PeakRss:
     (the training steps), which the process-wide maximum (ru_maxrss) cannot give once loading or saving
     peaked higher. Sampling can miss a spike shorter than `every`; a training step lasts seconds."""
 
-    def __init__(self, every: float = 0.02):
-        self.process, self.every = psutil.Process(), every
+    def __init__(self, every: float = 0.02, anonymous: bool = False):
+        self.process, self.every, self.anonymous = psutil.Process(), every, anonymous
         self.active, self.peak, self._stop = False, 0, False
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
 
+    def _now(self) -> int:
+        """Resident bytes; `anonymous`: without the pages of mapped files (a model file safetensors maps while it
+        is read: the kernel drops those pages when memory runs short, so they never cause an out-of-memory)."""
+        info = self.process.memory_info()
+        return info.rss - info.shared if self.anonymous else info.rss
+
     def _run(self) -> None:
         while not self._stop:
             if self.active:
-                self.peak = max(self.peak, self.process.memory_info().rss)
+                self.peak = max(self.peak, self._now())
             time.sleep(self.every)
 
     def start(self) -> None:
-        self.peak = max(self.peak, self.process.memory_info().rss)
+        self.peak = max(self.peak, self._now())
         self.active = True
 
     def stop(self) -> int:
-        self.active = False
-        self.peak = max(self.peak, self.process.memory_info().rss)
-        self._stop = True
+        if self.active:
+            self.peak = max(self.peak, self._now())
+        self.active, self._stop = False, True
         return self.peak
 
 

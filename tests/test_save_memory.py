@@ -75,5 +75,6 @@ def test_what_trains_is_read_from_the_base_models_files(tiny_model, trains):
     base = borrowed_base(pipe, source)
     fresh = load_pipeline(source)
     assert not storages(getattr(base, read)) & storages(getattr(pipe, read))
-    assert all(torch.equal(v, getattr(fresh, read).state_dict()[k]) for k, v in getattr(base, read).state_dict().items())
+    expected = getattr(fresh, read).state_dict()
+    assert all(torch.equal(v, expected[k]) for k, v in getattr(base, read).state_dict().items())
     assert storages(getattr(base, kept)) <= storages(getattr(pipe, kept))

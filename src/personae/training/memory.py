@@ -25,10 +25,11 @@ The model, in bytes (each term printed by `MemoryEstimate.parts`):
   transient    the gradients flowing backward: one more copy of the largest saved tensor, x2 as headroom
   overhead     0.6 GB: the CUDA context and allocator slack (on a GPU) or the Python libraries (on the CPU)
 
-A save (`MemoryEstimate.saving`) writes and checks the exports at full precision: under mixed precision every
-weight is fp32 for its time (training/precision.full_precision), beside the optimizer's state and the EMA (the
-gradients are freed by then) and the overhead; the reload checks borrow those weights (training/verify.py), and the
-renders are small. Without mixed precision it stays below the steps' figure.
+A save (`MemoryEstimate.saving`) writes and checks the exports at full precision: every weight is fp32 for its
+time (under mixed precision too: training/precision.full_precision), beside the optimizer's state and the EMA (the
+gradients are freed by then) and the overhead. The reload checks of adapters and embeddings borrow those weights
+(training/verify.py); a whole exported model (DreamBooth's folder and single file) is loaded once more, in fp32
+(`reloads_model`). The renders are small. The run's figure (`peak`) is the larger of its steps and its saves.
 
 The arithmetic (`MemoryEstimate`, `fitting_switch`) is pure; `activation_bytes` does the meta-device run.
 """
@@ -66,6 +67,7 @@ class MemoryEstimate:
     halvable: int = 0  # of the frozen: those mixed precision stores in half (training/precision.py)
     full_bf16: bool = False  # the trained ones in bf16 too, with their gradients and optimizer state
     kept_fp32: int = 0  # of the trained: those full_bf16 leaves in fp32 (the token table, training/precision.py)
+    reloads_model: bool = False  # a save's check loads a whole exported model beside the run's (DreamBooth)
 
     @property
     def halves(self) -> bool:
@@ -99,12 +101,14 @@ class MemoryEstimate:
         return sum(self.parts(checkpointing).values())
 
     def saving(self) -> int:
-        """A save's peak: every weight at fp32, the optimizer's state and the EMA, the renders' transient."""
-        return 4 * (self.frozen + self.trained) + self._kept(gradients=False) + 2 * self.largest + OVERHEAD
+        """A save's peak: every weight at fp32 (twice when a whole exported model is loaded back), the optimizer's
+        state and the EMA, the renders' transient."""
+        weights = 4 * (self.frozen + self.trained) * (2 if self.reloads_model else 1)
+        return weights + self._kept(gradients=False) + 2 * self.largest + OVERHEAD
 
     def peak(self) -> int:
-        """The run's peak: its steps, or under mixed precision its saves when they need more."""
-        return max(self.total(), self.saving() if self.halves else 0)
+        """The run's peak: its steps, or its saves when they need more."""
+        return max(self.total(), self.saving())
 
     def summary(self) -> str:
         w, h = self.size
@@ -113,7 +117,7 @@ class MemoryEstimate:
         parts = ", ".join(f"{k} {v / GB:.1f}" for k, v in self.parts().items())
         on = "on" if self.checkpointing else "off"
         saves = (f"; saves about {self.saving() / GB:.1f} GB (the weights at full precision while the exports are "
-                 "written and checked)" if self.halves else "")
+                 "written and checked)" if self.saving() > self.total() else "")
         return f"{line} (checkpointing {on}: {parts} GB){saves}"
 
 
@@ -136,6 +140,9 @@ def variants(estimate: MemoryEstimate) -> list[tuple[str, MemoryEstimate]]:
         e = replace(e, activations=e.activations // e.batch, checkpointed=e.checkpointed // e.batch,
                     largest=e.largest // e.batch, batch=1)
         out.append(("train.batch_size: 1 (with gradient_accumulation for the same effective batch)", e))
+    if e.reloads_model:  # a save then holds no second model (its exports are not loaded back to be checked)
+        e = replace(e, reloads_model=False)
+        out.append(("train.verify_exports: false", e))
     return out
 
 
@@ -173,7 +180,7 @@ def check_fits(estimate: MemoryEstimate, free: int, where: str = "the GPU") -> N
     elif fitted.total() <= free:  # it would train, then stop at its first checkpoint
         fix = (f"With {switches} it trains in about {fitted.total() / GB:.1f} GB, but its saves need about "
                f"{fitted.saving() / GB:.1f} GB (every weight at full precision while the exports are written and "
-               "checked), which no training switch lowers: train on a GPU with more free memory.")
+               "checked), which none of the switches lowers enough: train on a GPU with more free memory.")
     else:
         fix = (f"Even with {switches} it needs about {fitted.peak() / GB:.1f} GB: lower train.resolution as well, "
                "or train on a GPU with more memory.")
@@ -331,4 +338,5 @@ def estimate_training(pipe, trained: list[torch.Tensor], job: TrainJob, size: tu
                           kept_fp32=sum(p.numel() for p in trained if p is token_table(pipe)),
                           activations=act, checkpointed=ckpt, largest=largest, batch=batch, size=size,
                           optimizer=t.optimizer, ema=t.ema, mixed_precision=t.mixed_precision, full_bf16=t.full_bf16,
-                          checkpointing=t.gradient_checkpointing)
+                          checkpointing=t.gradient_checkpointing,
+                          reloads_model=t.verify_exports and job.method == "dreambooth")

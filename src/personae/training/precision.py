@@ -120,7 +120,8 @@ def _upcast(params: list):
 
 @contextmanager
 def _fp32_values(pipe, frozen: dict[str, torch.nn.Parameter], load_base):
-    unread = {name: getattr(pipe, name) for name in ("vae", *PARTS) if not any(n.startswith(f"{name}.") for n in frozen)}
+    unread = {name: getattr(pipe, name) for name in ("vae", *PARTS)
+              if not any(n.startswith(f"{name}.") for n in frozen)}
     # read from the files: only the parts that were halved, left as the files' mapped views (taken as read)
     base = load_base(components=unread, mapped=True)
     original = {f"{part}.{name}": p for part in PARTS for name, p in getattr(base, part).named_parameters()}
