@@ -18,7 +18,7 @@ repeat 2, ...), so the memory one leaves behind never counts against the next. P
 personae's run is ended after its timed steps (no exports), as only the step is compared; with --saves it goes
 on to its final save (exports written and checked, the validation grid) and that phase's peak is recorded too,
 as anonymous memory (without the pages of the model files mapped while they are read), beside the estimate's
-"saves" figure (mixed precision only: without it a save needs no more than a step).
+"saves" figure (printed when the saves need more than the steps; else the steps' figure stands for both).
 """
 
 from __future__ import annotations
@@ -304,12 +304,12 @@ def report(args, resolution: int, rows: dict) -> None:
         print(f"\n{'method':<11}{'batch':>5} {'config':<20}{'step GB':>9}{'save GB':>9}{'x step':>8}{'est GB':>8}"
               f"{'est err':>8}")
         for e in saved:
-            est = e["save_estimate_gb"] or e["estimate_gb"]  # without mixed precision the steps' figure
+            est = e["save_estimate_gb"] or e["estimate_gb"]  # no saves figure: the steps' stands for both
             print(f"{e['method']:<11}{e['batch']:>5} {e['config']:<20}{f(e['step_peak_gb'], '9.2f')}"
                   f"{f(e['save_peak_gb'], '9.2f')}{f(e['save_peak_gb'] / e['step_peak_gb'], '8.2f')}"
                   f"{f(est, '8.1f')}{f(est / e['save_peak_gb'] - 1 if est else None, '+8.0%')}")
         print("save GB: the final save's peak (exports written and checked, the validation grid), anonymous memory; "
-              "est: the estimate's saves figure (the steps' without mixed precision)")
+              "est: the estimate's saves figure (the steps' when it prints none)")
     path = args.json or Path(__file__).parent / "results" / f"train-{args.size}.json"
     write_json(path, {"benchmark": "train", "size": args.size, "resolution": resolution, "steps": args.steps,
                       "repeats": args.repeats, "command": " ".join(sys.argv), "machine": machine(), "rows": table})

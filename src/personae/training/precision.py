@@ -24,6 +24,7 @@ from contextlib import contextmanager
 import torch
 
 from personae.errors import UserError
+from personae.models.resolve import ALIGNMENT
 
 PARTS = ("unet", "text_encoder")
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
@@ -94,8 +95,8 @@ def plain_forward(modules):
 def full_precision(pipe, frozen: dict[str, torch.nn.Parameter], load_base, trained: list = ()):
     """`pipe` at full precision inside the block: its modules' own forward, the halved parameters (`frozen`) with
     the base model's fp32 values (`load_base(components=..., mapped=True)`: a fresh pipeline of it, given the
-    parts it need not read), and the trained ones kept in bf16
-    (`trained`, full_bf16) in fp32; all halved again after it."""
+    parts it need not read), and the trained ones kept in bf16 (`trained`, full_bf16) in fp32; all halved again
+    after it."""
     with plain_forward([getattr(pipe, part) for part in PARTS]), _upcast(trained):
         if not frozen:
             yield
@@ -138,7 +139,9 @@ def _fp32_values(pipe, frozen: dict[str, torch.nn.Parameter], load_base):
                         "`personae train JOB.yaml --resume`.")
     with torch.no_grad():  # one weight at a time: its half copy is freed as its fp32 one is made
         for name, p in frozen.items():
-            p.data = original[_base_name(name)].data.to(p.device, torch.float32, copy=True)  # aligned, its own
+            value = original[_base_name(name)].data.to(p.device, torch.float32)
+            # a view at an odd offset of a mapped file gets aligned memory of its own (models/resolve.aligned)
+            p.data = value.clone() if value.device.type == "cpu" and value.data_ptr() % ALIGNMENT else value
     del base, original
     try:
         yield
