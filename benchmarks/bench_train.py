@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -203,6 +204,7 @@ def run_child(args, name: str, method: str, batch: int, model: Path, prepared: P
         proc.returncode = os.waitstatus_to_exitcode(status)
         out.seek(0)
         text = out.read()
+    shutil.rmtree(work / f"run-{name}-{method}-{batch}", ignore_errors=True)  # its exports: GBs for a DreamBooth model
     lines = [line for line in text.splitlines() if line.startswith("RESULT ")]
     if proc.returncode or not lines:
         raise SystemExit(f"{name} {method} batch {batch} failed:\n{text[-3000:]}")
@@ -260,6 +262,7 @@ def main() -> None:
                     print(f"repeat {repeat + 1}: {method} batch {batch} {name}: {r['s_per_step']:.3f} s/step, "
                           f"step peak {r['step_peak_gb']:.2f} GB", flush=True)
     report(args, resolution, rows)
+    shutil.rmtree(work, ignore_errors=True)  # the benchmark's own folder (photos, prepared set)
 
 
 def report(args, resolution: int, rows: dict) -> None:

@@ -1,6 +1,6 @@
 """A save's export check reloads every file onto a fresh base model built on the trained pipeline's own frozen
 weights: no second copy of the base model (at SD-1.5's size, 4.3 GB more at every checkpoint: a full-size LoRA run
-that trained in 5.6 GB peaked at 11.6 GB at its save before, 6.3 GB now; benchmarks/RESULTS.md)."""
+that trained in 5.4 GB peaked at 8.7 GB at its save before, 6.1 GB now; benchmarks/RESULTS.md)."""
 
 from __future__ import annotations
 

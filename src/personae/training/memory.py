@@ -29,7 +29,9 @@ A save (`MemoryEstimate.saving`) writes and checks the exports at full precision
 time (under mixed precision too: training/precision.full_precision), beside the optimizer's state and the EMA (the
 gradients are freed by then) and the overhead. The reload checks of adapters and embeddings borrow those weights
 (training/verify.py); a whole exported model (DreamBooth's folder and single file) is loaded once more, in fp32
-(`reloads_model`). The renders are small. The run's figure (`peak`) is the larger of its steps and its saves.
+(`reloads_model`). Its largest render is a validation image at the model's own size (512 px for SD-1.5): the
+UNet's forward with CFG and the VAE's decode, whose tensors are counted on the meta device as they are made and
+dropped (`inference_bytes`). The run's figure (`peak`) is the larger of its steps and its saves.
 
 The arithmetic (`MemoryEstimate`, `fitting_switch`) is pure; `activation_bytes` does the meta-device run.
 """
@@ -37,9 +39,11 @@ The arithmetic (`MemoryEstimate`, `fitting_switch`) is pure; `activation_bytes` 
 from __future__ import annotations
 
 import contextlib
+import weakref
 from dataclasses import dataclass, replace
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from personae.config.train import TrainJob
 from personae.errors import UserError
@@ -68,6 +72,7 @@ class MemoryEstimate:
     full_bf16: bool = False  # the trained ones in bf16 too, with their gradients and optimizer state
     kept_fp32: int = 0  # of the trained: those full_bf16 leaves in fp32 (the token table, training/precision.py)
     reloads_model: bool = False  # a save's check loads a whole exported model beside the run's (DreamBooth)
+    inference: int = 0  # the tensors of a save's largest render at once (a validation image, fp32)
 
     @property
     def halves(self) -> bool:
@@ -102,9 +107,9 @@ class MemoryEstimate:
 
     def saving(self) -> int:
         """A save's peak: every weight at fp32 (twice when a whole exported model is loaded back), the optimizer's
-        state and the EMA, the renders' transient."""
+        state and the EMA, its largest render."""
         weights = 4 * (self.frozen + self.trained) * (2 if self.reloads_model else 1)
-        return weights + self._kept(gradients=False) + 2 * self.largest + OVERHEAD
+        return weights + self._kept(gradients=False) + self.inference + OVERHEAD
 
     def peak(self) -> int:
         """The run's peak: its steps, or its saves when they need more."""
@@ -313,6 +318,50 @@ def unet_activation_bytes(unet, batch: int, size: tuple[int, int], context: int)
     return full, outside + inputs_kept + max(per_block.values(), default=0), max((s for s, _, _ in saved), default=0)
 
 
+class _LivePeak(TorchDispatchMode):
+    """The most bytes the tensors made inside hold at once: each one counted from the operation that makes it until
+    Python drops it (views share their base's memory and are not counted)."""
+
+    def __init__(self):
+        super().__init__()
+        self.live = self.peak = 0
+
+    def _free(self, n: int) -> None:
+        self.live -= n
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in out if isinstance(out, (tuple, list)) else (out,):
+            if isinstance(t, torch.Tensor) and not t._is_view():
+                n = t.numel() * t.element_size()
+                self.live += n
+                self.peak = max(self.peak, self.live)
+                weakref.finalize(t, self._free, n)
+        return out
+
+
+def inference_bytes(pipe, size: tuple[int, int]) -> int:
+    """The most memory one image of `size` pixels takes beyond the weights: the larger of the UNet's forward with
+    CFG (a batch of 2) and the VAE's decode, counted on the meta device (nothing computed or stored), attention as
+    the fused kernels hold it."""
+    from torch.func import functional_call
+
+    w, h = size
+    factor = 2 ** (len(pipe.vae.config.block_out_channels) - 1)
+    latents = torch.empty(1, pipe.vae.config.latent_channels, h // factor, w // factor, device="meta")
+    context = torch.empty(2, pipe.tokenizer.model_max_length, pipe.unet.config.cross_attention_dim, device="meta")
+    calls = [(pipe.unet, (latents.expand(2, -1, -1, -1).contiguous(), torch.zeros(2, dtype=torch.long, device="meta")),
+              {"encoder_hidden_states": context}), (pipe.vae.decoder, (latents,), {})]
+    peak = 0
+    for module, args, kwargs in calls:
+        params = {n: torch.empty_like(t, device="meta") for n, t in [*module.named_parameters(),
+                                                                     *module.named_buffers()]}
+        with torch.no_grad(), _meta_attention(), _LivePeak() as live:
+            functional_call(module, params, args, kwargs)
+        peak = max(peak, live.peak)
+    return peak
+
+
 def text_activation_bytes(text_encoder, batch: int, tokens: int) -> tuple[int, int]:
     ids = torch.zeros(batch, tokens, dtype=torch.long, device="meta")
     return saved_bytes(text_encoder, (ids,), {})
@@ -328,6 +377,7 @@ def estimate_training(pipe, trained: list[torch.Tensor], job: TrainJob, size: tu
     ids = {id(p) for p in trained}
     everything = {id(p): p.numel() for m in modules for p in m.parameters()} | {id(p): p.numel() for p in trained}
     n_trained = sum(p.numel() for p in trained)
+    factor = 2 ** (len(pipe.vae.config.block_out_channels) - 1)  # validation images are drawn at the model's size
     tokens = pipe.tokenizer.model_max_length
     act, ckpt, largest = unet_activation_bytes(pipe.unet, batch, size, tokens)
     if text_encoder_trains:
@@ -339,4 +389,5 @@ def estimate_training(pipe, trained: list[torch.Tensor], job: TrainJob, size: tu
                           activations=act, checkpointed=ckpt, largest=largest, batch=batch, size=size,
                           optimizer=t.optimizer, ema=t.ema, mixed_precision=t.mixed_precision, full_bf16=t.full_bf16,
                           checkpointing=t.gradient_checkpointing,
-                          reloads_model=t.verify_exports and job.method == "dreambooth")
+                          reloads_model=t.verify_exports and job.method == "dreambooth",
+                          inference=inference_bytes(pipe, (pipe.unet.config.sample_size * factor,) * 2))
