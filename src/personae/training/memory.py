@@ -330,9 +330,11 @@ class _LivePeak(TorchDispatchMode):
         self.live -= n
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        given = {id(a) for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor)}  # in place: nothing new
         for t in out if isinstance(out, (tuple, list)) else (out,):
-            if isinstance(t, torch.Tensor) and not t._is_view():
+            if isinstance(t, torch.Tensor) and not t._is_view() and id(t) not in given:
                 n = t.numel() * t.element_size()
                 self.live += n
                 self.peak = max(self.peak, self.live)
