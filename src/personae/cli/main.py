@@ -118,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        quiet_libraries()
+        quiet_libraries(downloads=not getattr(args, "quiet", False))  # --quiet: no download bars either
         return int(args.run(args) or 0)
     except UserError as exc:
         report_error(str(exc))

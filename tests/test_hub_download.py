@@ -1,0 +1,82 @@
+"""A model given by hub id is downloaded through the real path (diffusers -> huggingface_hub -> HTTP), from a hub
+on 127.0.0.1 (tests/fake_hub.py) serving the tiny model's folder: the download shows its progress at a terminal,
+is silent under --quiet, and what it cached then works offline, file for file the folder that was served.
+
+Before this test, personae's library quieting (transformers' switch for its own load bars turns off the hub's bars
+as well) hid the download: a first `--model stable-diffusion-v1-5/stable-diffusion-v1-5` sat on "loading hub ..."
+for the minutes 4 GB take, with nothing moving."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import pty
+import shutil
+import struct
+import subprocess
+import sys
+import termios
+from pathlib import Path
+
+import numpy as np
+from fake_hub import FakeHub
+from PIL import Image
+
+REPO = "someone/tiny-sd"
+
+
+def at_terminal(args: list, env: dict[str, str], timeout: float = 300) -> tuple[int, str]:
+    """`personae ARGS` with a terminal (100 columns) as stdin, stdout and stderr; its exit code and what it drew."""
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))  # no size: tqdm draws empty bars
+    proc = subprocess.Popen([sys.executable, "-m", "personae", *map(str, args)], stdin=slave, stdout=slave,
+                            stderr=slave, env=env, close_fds=True)
+    os.close(slave)
+    out = bytearray()
+    while True:
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:  # the other end closed: the process is gone
+            break
+        if not chunk:
+            break
+        out += chunk
+    os.close(master)
+    return proc.wait(timeout=timeout), out.decode(errors="replace")
+
+
+def user_env(tmp_path: Path, hub_url: str, hf_home: str, **extra) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGINGFACE"))}  # no HF_HUB_OFFLINE
+    env.update(HF_ENDPOINT=hub_url, HF_HOME=str(tmp_path / hf_home), OMP_NUM_THREADS="1", **extra)
+    return env
+
+
+def test_a_hub_id_downloads_with_its_progress_shown_then_works_offline(tmp_path, tiny_model):
+    folder = tmp_path / "repo"  # the tiny model as a hub repository holds it (without personae's own record)
+    shutil.copytree(tiny_model[0], folder, ignore=shutil.ignore_patterns(".personae.json"))
+    draw = ["generate", "--model", REPO, "--prompt", "a photo of a cat", "--steps", 2, "--seed", 3, "--width", 64,
+            "--height", 64]
+    with FakeHub({REPO: folder}) as hub:
+        code, shown = at_terminal(draw + ["--out", tmp_path / "first"], user_env(tmp_path, hub.url, "hf"))
+        assert code == 0, shown
+        files = hub.files(REPO)
+        # the hub's own bars: the files, then the bytes (huggingface_hub draws them at a terminal only)
+        assert f"Fetching {len(files)} files" in shown and "100%" in shown, shown[-2000:]
+        fetched = [r for r in hub.requests if r.startswith("GET ") and "/resolve/" in r]
+        assert len(fetched) == len(files), fetched
+
+        hub.requests.clear()
+        code, quiet = at_terminal(draw + ["--out", tmp_path / "quiet", "--quiet"], user_env(tmp_path, hub.url, "hf2"))
+        assert code == 0, quiet
+        assert "Fetching" not in quiet and "%|" not in quiet, quiet  # --quiet: no bar, the download's neither
+        assert len([r for r in hub.requests if r.startswith("GET ") and "/resolve/" in r]) == len(files)
+
+    # the cache is the folder that was served, file for file, and draws the same picture with no hub at all
+    snapshot = next((tmp_path / "hf/hub").glob("models--someone--tiny-sd/snapshots/*"))
+    assert sorted(p.relative_to(snapshot).as_posix() for p in snapshot.rglob("*") if p.is_file()) == files
+    assert all((snapshot / name).read_bytes() == (folder / name).read_bytes() for name in files)
+    code, offline = at_terminal(draw + ["--out", tmp_path / "offline"],
+                                user_env(tmp_path, "http://127.0.0.1:9", "hf", HF_HUB_OFFLINE="1"))
+    assert code == 0, offline
+    pictures = [np.asarray(Image.open(next((tmp_path / name).glob("*.png")))) for name in ("first", "quiet", "offline")]
+    assert np.array_equal(pictures[0], pictures[1]) and np.array_equal(pictures[0], pictures[2])
