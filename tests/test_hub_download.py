@@ -51,6 +51,12 @@ def user_env(tmp_path: Path, hub_url: str, hf_home: str, **extra) -> dict[str, s
     return env
 
 
+def fetched(hub: FakeHub) -> list[str]:
+    """The files downloaded from `hub` ("owner/name:path"), one entry per GET."""
+    parts = [r.split(" ", 1)[1].split("/", 5) for r in hub.requests if r.startswith("GET ") and "/resolve/" in r]
+    return [f"{p[1]}/{p[2]}:{p[5]}" for p in parts]  # /owner/name/resolve/COMMIT/path
+
+
 def test_a_hub_id_downloads_with_its_progress_shown_then_works_offline(tmp_path, tiny_model):
     folder = tmp_path / "repo"  # the tiny model as a hub repository holds it (without personae's own record)
     shutil.copytree(tiny_model[0], folder, ignore=shutil.ignore_patterns(".personae.json"))
@@ -62,14 +68,13 @@ def test_a_hub_id_downloads_with_its_progress_shown_then_works_offline(tmp_path,
         files = hub.files(REPO)
         # the hub's own bars: the files, then the bytes (huggingface_hub draws them at a terminal only)
         assert f"Fetching {len(files)} files" in shown and "100%" in shown, shown[-2000:]
-        fetched = [r for r in hub.requests if r.startswith("GET ") and "/resolve/" in r]
-        assert len(fetched) == len(files), fetched
+        assert sorted(fetched(hub)) == [f"{REPO}:{name}" for name in files], hub.requests  # each file once
 
         hub.requests.clear()
         code, quiet = at_terminal(draw + ["--out", tmp_path / "quiet", "--quiet"], user_env(tmp_path, hub.url, "hf2"))
         assert code == 0, quiet
         assert "Fetching" not in quiet and "%|" not in quiet, quiet  # --quiet: no bar, the download's neither
-        assert len([r for r in hub.requests if r.startswith("GET ") and "/resolve/" in r]) == len(files)
+        assert sorted(fetched(hub)) == [f"{REPO}:{name}" for name in files], hub.requests
 
     # the cache is the folder that was served, file for file, and draws the same picture with no hub at all
     snapshot = next((tmp_path / "hf/hub").glob("models--someone--tiny-sd/snapshots/*"))
@@ -80,3 +85,42 @@ def test_a_hub_id_downloads_with_its_progress_shown_then_works_offline(tmp_path,
     assert code == 0, offline
     pictures = [np.asarray(Image.open(next((tmp_path / name).glob("*.png")))) for name in ("first", "quiet", "offline")]
     assert np.array_equal(pictures[0], pictures[1]) and np.array_equal(pictures[0], pictures[2])
+
+
+def test_a_controlnet_in_a_subfolder_and_a_motion_adapter_download_from_the_hub(tmp_path, tiny_model):
+    """The add-ons' hub paths: a ControlNet named owner/name/subfolder (as CrucibleAI/ControlNetMediaPipeFace/
+    diffusion_sd15, the default face ControlNet) and a motion adapter, each fetched once, then the same outputs as
+    from the folders that were served."""
+    from personae.models.controlnet import write_tiny_controlnet
+    from personae.models.tiny_motion import write_tiny_motion_adapter
+
+    served = tmp_path / "served"
+    write_tiny_controlnet(tmp_path / "cn", base=tiny_model[0])
+    shutil.copytree(tmp_path / "cn", served / "cn/diffusion_sd15", ignore=shutil.ignore_patterns(".personae.json"))
+    write_tiny_motion_adapter(tmp_path / "motion")
+    shutil.copytree(tmp_path / "motion", served / "motion", ignore=shutil.ignore_patterns(".personae.json"))
+    Image.fromarray(np.kron(np.eye(4, dtype=np.uint8) * 255, np.ones((16, 16), np.uint8))).convert("RGB").save(
+        tmp_path / "edges.png")
+    draw = ["generate", "--model", tiny_model[0], "--prompt", "a photo of a cat", "--steps", 2, "--seed", 3, "--width",
+            64, "--height", 64, "--control", f"canny:{tmp_path / 'edges.png'}"]
+    clip = ["animate", "--model", tiny_model[0], "--prompt", "a cat", "--steps", 2, "--seed", 3, "--width", 64,
+            "--height", 64, "--frames", 4]
+    with FakeHub({"someone/cn": served / "cn", "someone/motion": served / "motion"}) as hub:
+        env = user_env(tmp_path, hub.url, "hf")
+        code, shown = at_terminal(draw + ["--controlnet", "canny=someone/cn/diffusion_sd15", "--out", tmp_path / "a"],
+                                  env)
+        assert code == 0, shown
+        code, shown = at_terminal(clip + ["--motion-adapter", "someone/motion", "--frames-dir", tmp_path / "fa",
+                                          "--out", tmp_path / "a.gif"], env)
+        assert code == 0, shown
+    weights = ("config.json", "diffusion_pytorch_model.safetensors")
+    assert sorted(fetched(hub)) == sorted([f"someone/cn:diffusion_sd15/{name}" for name in weights] +
+                                          [f"someone/motion:{name}" for name in weights]), hub.requests
+    # the same picture and frames as from the folders themselves
+    assert at_terminal(draw + ["--controlnet", f"canny={tmp_path / 'cn'}", "--out", tmp_path / "b"], env)[0] == 0
+    assert at_terminal(clip + ["--motion-adapter", tmp_path / "motion", "--frames-dir", tmp_path / "fb", "--out",
+                               tmp_path / "b.gif"], env)[0] == 0
+    for a, b in [("a", "b"), ("fa", "fb")]:
+        left, right = sorted((tmp_path / a).glob("*.png")), sorted((tmp_path / b).glob("*.png"))
+        assert len(left) == len(right) >= 1
+        assert all(np.array_equal(np.asarray(Image.open(x)), np.asarray(Image.open(y))) for x, y in zip(left, right))
