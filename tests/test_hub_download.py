@@ -124,3 +124,30 @@ def test_a_controlnet_in_a_subfolder_and_a_motion_adapter_download_from_the_hub(
         left, right = sorted((tmp_path / a).glob("*.png")), sorted((tmp_path / b).glob("*.png"))
         assert len(left) == len(right) >= 1
         assert all(np.array_equal(np.asarray(Image.open(x)), np.asarray(Image.open(y))) for x, y in zip(left, right))
+
+
+def test_captioners_download_from_the_hub(tmp_path):
+    """`personae prepare --captioner` by hub id: a WD14 tagger (two files fetched by name) and a transformers
+    captioner (Florence-2: its config read first, then the processor's and the model's files), the same captions
+    as from the folders that were served."""
+    from test_captioners import _write_images, write_florence, write_tagger
+
+    write_tagger(tmp_path / "tagger")
+    write_florence(tmp_path / "florence")
+    _write_images(tmp_path / "src")
+    prepare = ["prepare", tmp_path / "src", "--resolution", 64]
+    captions = {}
+    with FakeHub({"someone/tagger": tmp_path / "tagger", "someone/florence": tmp_path / "florence"}) as hub:
+        env = user_env(tmp_path, hub.url, "hf")
+        for name, spec in [("hub-tags", "wd14:someone/tagger"), ("folder-tags", f"wd14:{tmp_path / 'tagger'}"),
+                           ("hub-words", "someone/florence"), ("folder-words", str(tmp_path / "florence"))]:
+            code, shown = at_terminal(prepare + [tmp_path / name, "--captioner", spec], env)
+            assert code == 0, shown
+            captions[name] = {p.name: p.read_text() for p in (tmp_path / name / "images").glob("*.txt")}
+        got = fetched(hub)
+    assert sorted(n for n in got if n.startswith("someone/tagger:")) == ["someone/tagger:model.onnx",
+                                                                           "someone/tagger:selected_tags.csv"]
+    assert "someone/florence:config.json" in got and any(n.endswith(".safetensors") for n in got), got
+    assert len(got) == len(set(got)), got  # nothing fetched twice
+    assert captions["hub-tags"] == captions["folder-tags"] and len(captions["hub-tags"]) == 2
+    assert captions["hub-words"] == captions["folder-words"] and len(captions["hub-words"]) == 2
