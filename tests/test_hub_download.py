@@ -151,3 +151,42 @@ def test_captioners_download_from_the_hub(tmp_path):
     assert len(got) == len(set(got)), got  # nothing fetched twice
     assert captions["hub-tags"] == captions["folder-tags"] and len(captions["hub-tags"]) == 2
     assert captions["hub-words"] == captions["folder-words"] and len(captions["hub-words"]) == 2
+
+
+def test_metric_models_download_whole_from_the_hub_then_load_offline(tmp_path, monkeypatch):
+    """compare's CLIP and DINO by hub id, as a user with network first runs them: the weights, the image processor
+    and the tokenizer all fetched, then the same scores offline as from the folders.
+
+    Before, each part looked in the cache alone: the model's files fetched, the image processor found the half
+    cached repo and failed to load from it (OSError), on every run after the first too."""
+    import huggingface_hub.constants as constants
+    from test_metrics import _images, _samples
+    from tiny_metric_models import write_tiny_clip, write_tiny_dino
+
+    from personae.config.compare import MetricSettings
+    from personae.evaluation.metrics import build_metrics
+    from personae.evaluation.model_metrics import load_clip, load_dino
+
+    write_tiny_clip(tmp_path / "clip")
+    write_tiny_dino(tmp_path / "dino")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf"))
+    only = dict(pixel=False, ssim=False, diversity=False)
+    gens, refs = _images(2, 0), _images(2, 1)
+
+    def scores(clip, dino):
+        load_clip.cache_clear()
+        load_dino.cache_clear()
+        metrics, skipped = build_metrics(MetricSettings(**only, clip=clip, dino=dino))
+        assert skipped == {}, skipped
+        return [m.score(_samples(gens, ["a", "b"]), refs) for m in metrics]
+
+    with FakeHub({"someone/clip": tmp_path / "clip", "someone/dino": tmp_path / "dino"}) as hub:
+        monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+        monkeypatch.setattr(constants, "ENDPOINT", hub.url)
+        monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", hub.url + "/{repo_id}/resolve/{revision}/{filename}")
+        from_hub = scores("someone/clip", "someone/dino")
+        got = fetched(hub)
+    assert {"someone/clip:preprocessor_config.json", "someone/clip:model.safetensors",
+            "someone/dino:preprocessor_config.json", "someone/dino:model.safetensors"} <= set(got), got
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    assert scores("someone/clip", "someone/dino") == from_hub == scores(str(tmp_path / "clip"), str(tmp_path / "dino"))

@@ -22,19 +22,18 @@ from personae.errors import UserError
 from personae.evaluation.metric import Metric, Unavailable
 
 
-def _source(name: str, load):
-    """Load from a local folder, the local hub cache, or the hub; anything else is Unavailable."""
+def _sources(name: str, *loads) -> tuple:
+    """Each of `loads` (from_pretrained functions) on one model: from a local folder, from the hub cache, or from
+    the hub; anything else is Unavailable. The cache is taken only when it holds every part: a repo cached in part
+    (the weights fetched, not yet the image processor) is fetched the rest of the way, not loaded half."""
     path = Path(name).expanduser()
     if path.is_dir():
-        return load(str(path))
+        return tuple(load(str(path)) for load in loads)
     if path.suffix or name.startswith((".", "/", "~")) or name.count("/") != 1:
         raise Unavailable(f'"{name}" is not a model folder (and not a hub id)')
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import LocalEntryNotFoundError
-
-    try:  # already downloaded: load the cached folder without asking the network anything
-        return load(snapshot_download(name, local_files_only=True))
-    except LocalEntryNotFoundError:
+    try:  # already downloaded: loaded without asking the network anything
+        return tuple(load(name, local_files_only=True) for load in loads)
+    except OSError:  # not in the cache, or not all of it
         pass
     from personae.hub import require_hub
 
@@ -42,23 +41,24 @@ def _source(name: str, load):
         require_hub(name, "the metric model", "set it in the suite's metrics section as a local folder.")
     except UserError as exc:
         raise Unavailable(str(exc)) from None
-    return load(name)
+    return tuple(load(name) for load in loads)
 
 
 @lru_cache(maxsize=4)
 def load_clip(name: str, device: str):
     from transformers import AutoImageProcessor, AutoTokenizer, CLIPModel
 
-    model = _source(name, CLIPModel.from_pretrained).to(device).eval()
-    return model, _source(name, AutoImageProcessor.from_pretrained), _source(name, AutoTokenizer.from_pretrained)
+    model, processor, tokenizer = _sources(name, CLIPModel.from_pretrained, AutoImageProcessor.from_pretrained,
+                                           AutoTokenizer.from_pretrained)
+    return model.to(device).eval(), processor, tokenizer
 
 
 @lru_cache(maxsize=2)
 def load_dino(name: str, device: str):
     from transformers import AutoImageProcessor, AutoModel
 
-    model = _source(name, AutoModel.from_pretrained).to(device).eval()
-    return model, _source(name, AutoImageProcessor.from_pretrained)
+    model, processor = _sources(name, AutoModel.from_pretrained, AutoImageProcessor.from_pretrained)
+    return model.to(device).eval(), processor
 
 
 def _pooled(output) -> torch.Tensor:
