@@ -183,7 +183,8 @@ def test_metric_models_download_whole_from_the_hub_then_load_offline(tmp_path, m
     with FakeHub({"someone/clip": tmp_path / "clip", "someone/dino": tmp_path / "dino"}) as hub:
         monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
         monkeypatch.setattr(constants, "ENDPOINT", hub.url)
-        monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", hub.url + "/{repo_id}/resolve/{revision}/{filename}")
+        monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE",
+                            hub.url + "/{repo_id}/resolve/{revision}/{filename}")
         from_hub = scores("someone/clip", "someone/dino")
         got = fetched(hub)
     assert {"someone/clip:preprocessor_config.json", "someone/clip:model.safetensors",
