@@ -7,7 +7,8 @@ It answers what huggingface_hub asks when diffusers downloads a pipeline (hub 0.
 info (`/api/models/ID[/revision/REV]`, with the file list), the recursive file tree
 (`/api/models/ID/tree/REV`), and each file's `HEAD` / `GET` at `/ID/resolve/REV/PATH` with the headers the client
 reads (`X-Repo-Commit`, `ETag`, `Content-Length`). Every file is served as a plain (non-LFS) file; no Xet, no
-redirects, no auth. `hub.requests` records the paths asked for.
+redirects, no auth. A `gated` repo answers its model info, as the hub does, and refuses its files to a user
+not logged in (401, GatedRepo). `hub.requests` records the paths asked for.
 """
 
 from __future__ import annotations
@@ -23,8 +24,9 @@ COMMIT = "0123456789abcdef0123456789abcdef01234567"
 
 
 class FakeHub:
-    def __init__(self, repos: dict[str, Path]):
+    def __init__(self, repos: dict[str, Path], gated: set[str] = frozenset()):
         self.repos = {repo_id: Path(folder) for repo_id, folder in repos.items()}
+        self.gated = set(gated)
         self.requests: list[str] = []
         hub = self
 
@@ -69,6 +71,10 @@ class FakeHub:
                 return self._json(handler, self._tree(repo_id), body)
         elif len(parts) >= 5 and parts[2] == "resolve":
             repo_id, name = "/".join(parts[:2]), "/".join(parts[4:])
+            if repo_id in self.gated:
+                return self._send(handler, 401, b"{}", {"X-Error-Code": "GatedRepo", "X-Error-Message": (
+                    f"Access to model {repo_id} is restricted. You must have access to it and be authenticated "
+                    "to access it. Please log in.")}, body)
             file = self.repos[repo_id] / name if repo_id in self.repos else None
             if file is None or not file.is_file():
                 return self._send(handler, 404, b"Entry not found", {"X-Error-Code": "EntryNotFound",

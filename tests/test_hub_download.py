@@ -9,6 +9,7 @@ for the minutes 4 GB take, with nothing moving."""
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import pty
 import shutil
@@ -191,3 +192,55 @@ def test_metric_models_download_whole_from_the_hub_then_load_offline(tmp_path, m
             "someone/dino:preprocessor_config.json", "someone/dino:model.safetensors"} <= set(got), got
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     assert scores("someone/clip", "someone/dino") == from_hub == scores(str(tmp_path / "clip"), str(tmp_path / "dino"))
+
+
+REFUSALS = """
+import json, sys
+from personae.errors import UserError
+from personae.models.controlnet import load_controlnet, resolve_controlnet
+from personae.models.motion import load_motion_adapter, resolve_motion_adapter
+from personae.models.resolve import load_pipeline, resolve_model
+from personae.models.wd14 import tagger_files
+said = {}
+for name, load in [("controlnet", lambda: load_controlnet(resolve_controlnet("someone/gated-cn/diffusion_sd15"))),
+                   ("motion", lambda: load_motion_adapter(resolve_motion_adapter("someone/gated-motion"))),
+                   ("tagger", lambda: tagger_files("someone/gated-tagger")),
+                   ("missing", lambda: load_pipeline(resolve_model("someone/no-such-model")))]:
+    try:
+        load()
+        said[name] = None
+    except UserError as exc:
+        said[name] = [str(exc), exc.fix]
+print(json.dumps(said))
+"""
+
+
+def test_what_the_hub_refuses_is_said_as_the_users_to_act_on(tmp_path, tiny_model):
+    """A gated repository (its model info public, its files only for a logged-in account that accepted its terms,
+    as CompVis/stable-diffusion-v1-4 is) and a misspelt or private one: one paragraph that says which, and how to
+    log in; before, a gated model ended in "this is a bug in personae" (GatedRepoError, or diffusers' OSError
+    around it for a ControlNet or a motion adapter)."""
+    repo = tmp_path / "repo"
+    shutil.copytree(tiny_model[0], repo, ignore=shutil.ignore_patterns(".personae.json"))
+    gated = {"someone/gated-sd": repo, "someone/gated-cn": repo, "someone/gated-motion": repo,
+             "someone/gated-tagger": repo}
+    with FakeHub(gated, gated=set(gated)) as hub:
+        env = user_env(tmp_path, hub.url, "hf")
+        done = subprocess.run([sys.executable, "-m", "personae", "generate", "--model", "someone/gated-sd", "--prompt",
+                               "x", "--out", tmp_path / "out"], env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 2, done.stderr
+        said = " ".join(done.stderr.split())
+        assert 'Cannot load model "someone/gated-sd" from the Hugging Face hub: it is gated' in said, said
+        assert f"Accept them at {hub.url}/someone/gated-sd" in said and "`hf auth login`" in said, said
+        assert "bug" not in said and "Traceback" not in done.stderr and not (tmp_path / "out").exists()
+        others = subprocess.run([sys.executable, "-c", REFUSALS], env=env, capture_output=True, text=True,
+                                timeout=300)
+    assert others.returncode == 0, others.stderr
+    said = json.loads(others.stdout.splitlines()[-1])
+    for name, what in [("controlnet", 'ControlNet "someone/gated-cn"'), ("tagger", 'the tagger "someone/gated-tagger"'),
+                       ("motion", 'motion adapter "someone/gated-motion"')]:
+        assert said[name] and said[name][0].startswith(f"Cannot load {what} from the Hugging Face hub: it is gated"), \
+            said
+        assert "`hf auth login`" in said[name][1], said
+    assert said["missing"] and "the hub has no repository of that name" in said["missing"][0], said
+    assert "for a private repository, log in" in said["missing"][1], said

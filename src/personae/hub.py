@@ -1,11 +1,15 @@
-"""The Hugging Face hub, asked once and quickly: is a repo reachable? (No retry loops offline.)"""
+"""The Hugging Face hub, asked once and quickly: is a repo reachable? (No retry loops offline.) And what it refuses
+during a download (gated, private or missing repositories, server errors) said as the user's to act on."""
 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
+from typing import TypeVar
 
 from personae.errors import UserError
 
+T = TypeVar("T")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+(/[\w./-]+)?$")  # owner/name[/subfolder]
 
 
@@ -33,6 +37,52 @@ def require_hub(repo_id: str, what: str, local_hint: str) -> None:
             HfApi().model_info(repo_id, timeout=10)
             return
         except Exception as exc:  # noqa: BLE001 - any failure means we cannot download it now
-            why = f"the hub could not be reached or has no such repository ({type(exc).__name__})."
+            refused = _hub_error(exc)
+            if refused is not None:
+                raise UserError(*_refusal(refused, repo_id, what, local_hint)) from None
+            why = f"the hub could not be reached ({type(exc).__name__})."
     raise UserError(f'Cannot load {what} "{repo_id}" from the Hugging Face hub: {why}',
                     f"Download it where you have network (or copy its folder), then {local_hint}")
+
+
+def from_hub(repo_id: str, what: str, local_hint: str, fetch: Callable[[], T]) -> T:
+    """`fetch()`, a download of `repo_id` (a from_pretrained, an hf_hub_download), once `require_hub` agrees; what
+    the hub refuses on the way (a gated or private repository, a missing one, a server error) is the user's to act
+    on: a UserError, also when a library wrapped it in an error of its own."""
+    require_hub(repo_id, what, local_hint)
+    try:
+        return fetch()
+    except Exception as exc:
+        refused = _hub_error(exc)
+        if refused is None:
+            raise
+        raise UserError(*_refusal(refused, repo_id, what, local_hint)) from None
+
+
+def _hub_error(exc: BaseException | None):
+    """The hub's HTTP error behind `exc` (diffusers and transformers re-raise it as an OSError of their own)."""
+    from huggingface_hub.utils import HfHubHTTPError
+
+    while exc is not None:
+        if isinstance(exc, HfHubHTTPError):
+            return exc
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def _refusal(exc, repo_id: str, what: str, local_hint: str) -> tuple[str, str]:
+    from huggingface_hub import constants
+    from huggingface_hub.utils import GatedRepoError, RepositoryNotFoundError
+
+    cannot = f'Cannot load {what} "{repo_id}" from the Hugging Face hub'
+    login = ("log in on this machine with `hf auth login` (older huggingface_hub: `huggingface-cli login`) or set "
+             "HF_TOKEN")
+    if isinstance(exc, GatedRepoError):
+        return (f"{cannot}: it is gated (its files go only to a logged-in account that accepted its terms).",
+                f"Accept them at {constants.ENDPOINT}/{repo_id}, {login}, then run the command again; or {local_hint}")
+    if isinstance(exc, RepositoryNotFoundError):
+        return (f"{cannot}: the hub has no repository of that name this machine may read (a misspelt id, or a "
+                "private repository).", f"Check the id; for a private repository, {login}. Or {local_hint}")
+    status = getattr(getattr(exc, "response", None), "status_code", "an error")
+    return (f"{cannot}: the hub answered {status} during the download ({str(exc).splitlines()[0][:160]}).",
+            f"Run the command again later (what was downloaded stays in the cache); or {local_hint}")

@@ -35,13 +35,13 @@ def _sources(name: str, *loads) -> tuple:
         return tuple(load(name, local_files_only=True) for load in loads)
     except OSError:  # not in the cache, or not all of it
         pass
-    from personae.hub import require_hub
+    from personae.hub import from_hub
 
     try:
-        require_hub(name, "the metric model", "set it in the suite's metrics section as a local folder.")
+        return from_hub(name, "the metric model", "set it in the suite's metrics section as a local folder.",
+                        lambda: tuple(load(name) for load in loads))
     except UserError as exc:
         raise Unavailable(str(exc)) from None
-    return tuple(load(name) for load in loads)
 
 
 @lru_cache(maxsize=4)

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from personae.errors import UserError
-from personae.hub import require_hub
+from personae.hub import from_hub, require_hub
 from personae.models.addons import file_sha256
 from personae.models.folders import readable_by_others
 from personae.models.model_files import check_model_file, header_json, named_by_content, tensor_shapes
@@ -125,8 +125,8 @@ def load_controlnet(source: ControlNetSource, dtype: torch.dtype = torch.float32
     except (OSError, ValueError):
         pass
     # 2. one quick request decides whether the hub is reachable at all
-    require_hub(source.location, "ControlNet", "pass its folder with --controlnet TYPE=./path/to/controlnet.")
-    return ControlNetModel.from_pretrained(source.location, **kwargs)
+    return from_hub(source.location, "ControlNet", "pass its folder with --controlnet TYPE=./path/to/controlnet.",
+                    lambda: ControlNetModel.from_pretrained(source.location, **kwargs))
 
 
 @torch.no_grad()

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from personae.errors import UserError
-from personae.hub import require_hub
+from personae.hub import from_hub
 from personae.models.model_files import check_model_file, header_json, read_state_dict
 from personae.models.resolve import LOAD_ERRORS, Source, _short, locate
 
@@ -106,9 +106,9 @@ def load_motion_adapter(source: MotionSource):
             adapter = MotionAdapter.from_pretrained(source.location, local_files_only=True)
         except (OSError, ValueError):
             # 2. one quick request decides whether the hub is reachable at all (no retry loop)
-            require_hub(source.location, "motion adapter",
-                        "pass its folder with --motion-adapter ./path/to/folder, or one .safetensors motion module file.")
-            adapter = MotionAdapter.from_pretrained(source.location)
+            adapter = from_hub(source.location, "motion adapter", "pass its folder with --motion-adapter "
+                               "./path/to/folder, or one .safetensors motion module file.",
+                               lambda: MotionAdapter.from_pretrained(source.location))
     return adapter
 
 

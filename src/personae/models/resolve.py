@@ -29,7 +29,7 @@ from diffusers.loaders.single_file_utils import SingleFileComponentError
 from safetensors import SafetensorError
 
 from personae.errors import UserError
-from personae.hub import is_hub_id, require_hub
+from personae.hub import from_hub, is_hub_id
 from personae.models.model_files import (
     PICKLE,
     PICKLE_SUFFIXES,
@@ -202,9 +202,9 @@ def _load_from_hub(repo_id: str, **kwargs):
     except (OSError, ValueError):
         pass
     # 2. one quick request decides whether the hub is reachable at all (no retry loop)
-    require_hub(repo_id, "model", "pass the local folder with --model ./path/to/folder, "
-                                  "or a checkpoint file with --model ./model.safetensors.")
-    return StableDiffusionPipeline.from_pretrained(repo_id, **kwargs)
+    return from_hub(repo_id, "model", "pass the local folder with --model ./path/to/folder, or a checkpoint file "
+                    "with --model ./model.safetensors.",
+                    lambda: StableDiffusionPipeline.from_pretrained(repo_id, **kwargs))
 
 
 def load_pipeline(source: ModelSource, dtype: torch.dtype = torch.float32, components: dict | None = None,

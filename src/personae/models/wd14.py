@@ -20,7 +20,7 @@ from PIL import Image
 
 from personae.data.captions import KAOMOJI
 from personae.errors import UserError
-from personae.hub import is_hub_id, require_hub
+from personae.hub import from_hub, is_hub_id
 
 FILES = ("model.onnx", "selected_tags.csv")
 RATING, GENERAL, CHARACTER = 9, 0, 4  # selected_tags.csv categories
@@ -98,10 +98,9 @@ def tagger_files(spec: str) -> tuple[Path, Path]:
     if all(isinstance(c, str) for c in cached):
         return Path(cached[0]), Path(cached[1])
     hint = ("pass its folder with --captioner wd14:./folder, or use the offline default --captioner filename.")
-    require_hub(spec, "the tagger", hint)
     from huggingface_hub import hf_hub_download
 
-    return tuple(Path(hf_hub_download(spec, name)) for name in FILES)
+    return from_hub(spec, "the tagger", hint, lambda: tuple(Path(hf_hub_download(spec, name)) for name in FILES))
 
 
 def to_input(image: Image.Image, side: int) -> np.ndarray:
