@@ -8,13 +8,15 @@ info (`/api/models/ID[/revision/REV]`, with the file list), the recursive file t
 (`/api/models/ID/tree/REV`), and each file's `HEAD` / `GET` at `/ID/resolve/REV/PATH` with the headers the client
 reads (`X-Repo-Commit`, `ETag`, `Content-Length`). Every file is served as a plain (non-LFS) file; no Xet, no
 redirects, no auth. A `gated` repo answers its model info, as the hub does, and refuses its files to a user
-not logged in (401, GatedRepo). `hub.requests` records the paths asked for.
+not logged in (401, GatedRepo). With `cut` set, a file larger than `cut` bytes stops halfway and the connection
+closes, as a network that drops does. `hub.requests` records the paths asked for.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import socket
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -24,9 +26,9 @@ COMMIT = "0123456789abcdef0123456789abcdef01234567"
 
 
 class FakeHub:
-    def __init__(self, repos: dict[str, Path], gated: set[str] = frozenset()):
+    def __init__(self, repos: dict[str, Path], gated: set[str] = frozenset(), cut: int | None = None):
         self.repos = {repo_id: Path(folder) for repo_id, folder in repos.items()}
-        self.gated = set(gated)
+        self.gated, self.cut = set(gated), cut
         self.requests: list[str] = []
         hub = self
 
@@ -80,6 +82,8 @@ class FakeHub:
                 return self._send(handler, 404, b"Entry not found", {"X-Error-Code": "EntryNotFound",
                                                                       "X-Repo-Commit": COMMIT}, body)
             data = file.read_bytes()
+            if body and self.cut is not None and len(data) > self.cut:
+                return self._cut_off(handler, data)
             return self._send(handler, 200, data, {"X-Repo-Commit": COMMIT, "ETag": f'"{_sha1(data)}"',
                                                     "Content-Type": "application/octet-stream"}, body)
         self._send(handler, 404, b"{}", {}, body)
@@ -96,6 +100,18 @@ class FakeHub:
 
     def _json(self, handler, value, body: bool) -> None:
         self._send(handler, 200, json.dumps(value).encode(), {"Content-Type": "application/json"}, body)
+
+    @staticmethod
+    def _cut_off(handler, data: bytes) -> None:
+        handler.send_response(200)
+        handler.send_header("X-Repo-Commit", COMMIT)
+        handler.send_header("ETag", f'"{_sha1(data)}"')
+        handler.send_header("Content-Length", str(len(data)))
+        handler.end_headers()
+        handler.wfile.write(data[:len(data) // 2])
+        handler.wfile.flush()
+        handler.close_connection = True
+        handler.connection.shutdown(socket.SHUT_RDWR)
 
     @staticmethod
     def _send(handler, status: int, data: bytes, headers: dict[str, str], body: bool) -> None:

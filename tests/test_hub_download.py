@@ -244,3 +244,25 @@ def test_what_the_hub_refuses_is_said_as_the_users_to_act_on(tmp_path, tiny_mode
         assert "`hf auth login`" in said[name][1], said
     assert said["missing"] and "the hub has no repository of that name" in said["missing"][0], said
     assert "for a private repository, log in" in said["missing"][1], said
+
+
+def test_a_download_that_breaks_off_is_said_and_the_next_run_finishes_it(tmp_path, tiny_model):
+    """The network drops in the middle of each large file: one paragraph that says so and to run the command
+    again (before: "this is a bug in personae", httpx2's RemoteProtocolError); run again, it finishes and draws."""
+    repo = tmp_path / "repo"
+    shutil.copytree(tiny_model[0], repo, ignore=shutil.ignore_patterns(".personae.json"))
+    draw = [sys.executable, "-m", "personae", "generate", "--model", REPO, "--prompt", "x", "--steps", 1, "--width",
+            64, "--height", 64, "--quiet", "--out", tmp_path / "out"]
+    with FakeHub({REPO: repo}, cut=100_000) as hub:
+        done = subprocess.run(list(map(str, draw)), env=user_env(tmp_path, hub.url, "hf"), capture_output=True,
+                              text=True, timeout=300)
+    assert done.returncode == 2, done.stderr
+    said = " ".join(done.stderr.split())
+    assert f'Cannot load model "{REPO}" from the Hugging Face hub: the download broke off' in said, said
+    assert "Run the command again once the network is back" in said and "bug" not in said, said
+    assert not (tmp_path / "out").exists()
+    with FakeHub({REPO: repo}) as hub:
+        done = subprocess.run(list(map(str, draw)), env=user_env(tmp_path, hub.url, "hf"), capture_output=True,
+                              text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert len(list((tmp_path / "out").glob("*.png"))) == 1

@@ -1,5 +1,6 @@
 """The Hugging Face hub, asked once and quickly: is a repo reachable? (No retry loops offline.) And what it refuses
-during a download (gated, private or missing repositories, server errors) said as the user's to act on."""
+during a download (gated, private or missing repositories, server errors, a connection that breaks off) said as the
+user's to act on."""
 
 from __future__ import annotations
 
@@ -54,9 +55,15 @@ def from_hub(repo_id: str, what: str, local_hint: str, fetch: Callable[[], T]) -
         return fetch()
     except Exception as exc:
         refused = _hub_error(exc)
-        if refused is None:
+        if refused is not None:
+            raise UserError(*_refusal(refused, repo_id, what, local_hint)) from None
+        broken = _network_error(exc)
+        if broken is None:
             raise
-        raise UserError(*_refusal(refused, repo_id, what, local_hint)) from None
+        raise UserError(f'Cannot load {what} "{repo_id}" from the Hugging Face hub: the download broke off '
+                        f"({type(broken).__name__}: {str(broken).splitlines()[0][:160]}).",
+                        "Run the command again once the network is back: what was downloaded stays in the Hugging "
+                        f"Face cache and the rest is fetched. Or {local_hint}") from None
 
 
 def _hub_error(exc: BaseException | None):
@@ -65,6 +72,26 @@ def _hub_error(exc: BaseException | None):
 
     while exc is not None:
         if isinstance(exc, HfHubHTTPError):
+            return exc
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def _network_error(exc: BaseException | None):
+    """The network failure behind `exc` (a connection refused, reset or cut mid-file, a timeout), whichever HTTP
+    library huggingface_hub uses (httpx2, httpx, requests), or None."""
+    import importlib
+
+    kinds = [ConnectionError, TimeoutError]
+    for module, name in [("httpx2", "TransportError"), ("httpx", "TransportError"),
+                         ("requests.exceptions", "ConnectionError"), ("requests.exceptions", "ChunkedEncodingError"),
+                         ("requests.exceptions", "Timeout")]:
+        try:
+            kinds.append(getattr(importlib.import_module(module), name))
+        except (ImportError, AttributeError):
+            continue
+    while exc is not None:
+        if isinstance(exc, tuple(kinds)):
             return exc
         exc = exc.__cause__ or exc.__context__
     return None
