@@ -205,7 +205,8 @@ said = {}
 for name, load in [("controlnet", lambda: load_controlnet(resolve_controlnet("someone/gated-cn/diffusion_sd15"))),
                    ("motion", lambda: load_motion_adapter(resolve_motion_adapter("someone/gated-motion"))),
                    ("tagger", lambda: tagger_files("someone/gated-tagger")),
-                   ("missing", lambda: load_pipeline(resolve_model("someone/no-such-model")))]:
+                   ("missing", lambda: load_pipeline(resolve_model("someone/no-such-model"))),
+                   ("files", lambda: load_pipeline(resolve_model("someone/checkpoints")))]:
     try:
         load()
         said[name] = None
@@ -218,13 +219,16 @@ print(json.dumps(said))
 def test_what_the_hub_refuses_is_said_as_the_users_to_act_on(tmp_path, tiny_model):
     """A gated repository (its model info public, its files only for a logged-in account that accepted its terms,
     as CompVis/stable-diffusion-v1-4 is) and a misspelt or private one: one paragraph that says which, and how to
-    log in; before, a gated model ended in "this is a bug in personae" (GatedRepoError, or diffusers' OSError
-    around it for a ControlNet or a motion adapter)."""
+    log in; a repository of checkpoint files, not a diffusers folder: which file it lacks. Before, a gated model
+    ended in "this is a bug in personae" (GatedRepoError, or diffusers' OSError around it for a ControlNet or a
+    motion adapter)."""
     repo = tmp_path / "repo"
     shutil.copytree(tiny_model[0], repo, ignore=shutil.ignore_patterns(".personae.json"))
     gated = {"someone/gated-sd": repo, "someone/gated-cn": repo, "someone/gated-motion": repo,
              "someone/gated-tagger": repo}
-    with FakeHub(gated, gated=set(gated)) as hub:
+    (tmp_path / "checkpoints").mkdir()  # a repository of single-file checkpoints, no diffusers folder
+    shutil.copy(tiny_model[1], tmp_path / "checkpoints/model.safetensors")
+    with FakeHub({**gated, "someone/checkpoints": tmp_path / "checkpoints"}, gated=set(gated)) as hub:
         env = user_env(tmp_path, hub.url, "hf")
         done = subprocess.run([sys.executable, "-m", "personae", "generate", "--model", "someone/gated-sd", "--prompt",
                                "x", "--out", tmp_path / "out"], env=env, capture_output=True, text=True, timeout=300)
@@ -244,6 +248,8 @@ def test_what_the_hub_refuses_is_said_as_the_users_to_act_on(tmp_path, tiny_mode
         assert "`hf auth login`" in said[name][1], said
     assert said["missing"] and "the hub has no repository of that name" in said["missing"][0], said
     assert "for a private repository, log in" in said["missing"][1], said
+    assert said["files"] and "the repository has no model_index.json" in said["files"][0], said
+    assert "Download the file you want from it and pass the local folder" in said["files"][1], said
 
 
 def test_a_download_that_breaks_off_is_said_and_the_next_run_finishes_it(tmp_path, tiny_model):

@@ -110,6 +110,21 @@ def _refusal(exc, repo_id: str, what: str, local_hint: str) -> tuple[str, str]:
     if isinstance(exc, RepositoryNotFoundError):
         return (f"{cannot}: the hub has no repository of that name this machine may read (a misspelt id, or a "
                 "private repository).", f"Check the id; for a private repository, {login}. Or {local_hint}")
+    if _missing_file(exc):
+        url = str(getattr(getattr(exc, "response", None), "url", ""))
+        name = url.split("/resolve/", 1)[1].split("/", 1)[-1] if "/resolve/" in url else "a file it needs"
+        return (f"{cannot}: the repository has no {name}: it is not laid out as the library that loads it expects "
+                "(a repository of single checkpoint files?).",
+                f"Download the file you want from it and {local_hint}")
     status = getattr(getattr(exc, "response", None), "status_code", "an error")
     return (f"{cannot}: the hub answered {status} during the download ({str(exc).splitlines()[0][:160]}).",
             f"Run the command again later (what was downloaded stays in the cache); or {local_hint}")
+
+
+def _missing_file(exc) -> bool:
+    """A 404 for one file of a repository that exists (EntryNotFoundError, RemoteEntryNotFoundError in hub 1.x+)."""
+    from huggingface_hub import errors
+
+    kinds = tuple(k for k in (getattr(errors, "RemoteEntryNotFoundError", None),
+                              getattr(errors, "EntryNotFoundError", None)) if k is not None)
+    return isinstance(exc, kinds) and not isinstance(exc, getattr(errors, "LocalEntryNotFoundError", ()))
