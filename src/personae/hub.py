@@ -48,8 +48,9 @@ def require_hub(repo_id: str, what: str, local_hint: str) -> None:
 
 def from_hub(repo_id: str, what: str, local_hint: str, fetch: Callable[[], T]) -> T:
     """`fetch()`, a download of `repo_id` (a from_pretrained, an hf_hub_download), once `require_hub` agrees; what
-    the hub refuses on the way (a gated or private repository, a missing one, a server error) is the user's to act
-    on: a UserError, also when a library wrapped it in an error of its own."""
+    goes wrong on the way (a gated or private repository, a missing one or a missing file, a server error, a
+    connection that breaks off) is the user's to act on: a UserError, also when a library wrapped it in an error
+    of its own."""
     require_hub(repo_id, what, local_hint)
     try:
         return fetch()
@@ -70,11 +71,7 @@ def _hub_error(exc: BaseException | None):
     """The hub's HTTP error behind `exc` (diffusers and transformers re-raise it as an OSError of their own)."""
     from huggingface_hub.utils import HfHubHTTPError
 
-    while exc is not None:
-        if isinstance(exc, HfHubHTTPError):
-            return exc
-        exc = exc.__cause__ or exc.__context__
-    return None
+    return _behind(exc, (HfHubHTTPError,))
 
 
 def _network_error(exc: BaseException | None):
@@ -90,8 +87,13 @@ def _network_error(exc: BaseException | None):
             kinds.append(getattr(importlib.import_module(module), name))
         except (ImportError, AttributeError):
             continue
+    return _behind(exc, tuple(kinds))
+
+
+def _behind(exc: BaseException | None, kinds: tuple[type, ...]):
+    """The first exception of `kinds` in `exc`'s chain (what it was raised from, or while handling), or None."""
     while exc is not None:
-        if isinstance(exc, tuple(kinds)):
+        if isinstance(exc, kinds):
             return exc
         exc = exc.__cause__ or exc.__context__
     return None
