@@ -60,9 +60,13 @@ def run(args) -> int:
     from personae.cli.big_jobs import confirm_big_job, estimate_seconds
     from personae.cli.progress import TerminalProgress
     from personae.jobs.animate import check_outputs, run_animate
+    from personae.models.motion import resolve_motion_adapter
+    from personae.models.resolve import resolve_model
 
-    settings = settings_from_args(args)
-    check_outputs(args.out, args.frames_dir, args.overwrite)  # a bad --out fails before the model loads
+    settings = settings_from_args(args)  # wrong options, --out and models are said before the libraries load
+    check_outputs(args.out, args.frames_dir, args.overwrite)
+    resolve_model(settings.model, settings.allow_pickle)
+    resolve_motion_adapter(settings.motion_adapter, settings.allow_pickle)
     confirm_big_job("This clip", settings.frames, estimate_seconds(
         settings.model, 1, settings.steps, settings.width, settings.height, settings.cfg, settings.device,
         frames=settings.frames), args.yes)

@@ -65,12 +65,16 @@ def run(args) -> int:
     from personae.config.base import apply_overrides
     from personae.config.compare import CompareSuite
     from personae.evaluation.suites import PROMPT_SETS
-    from personae.jobs.compare import run_compare
     from personae.jobs.compare_plan import expand, load_suite
+    from personae.models.resolve import resolve_model
 
     overrides = {**apply_overrides({}, args.set), **settings_values(args, CompareSuite, groups=SHARED)}
     suite = load_suite(args.suite, overrides)
     rows, per_row = expand(suite), len(suite.prompts or PROMPT_SETS[suite.prompt_set]) * len(suite.seeds)
+    for model in dict.fromkeys(r.model for r in rows):  # a suite's mistakes and a model not found are said at once,
+        resolve_model(model)  # before the libraries' seconds of importing
+    from personae.jobs.compare import run_compare
+
     seconds = sum(estimate_seconds(r.model, per_row, r.steps or suite.steps, suite.width, suite.height,
                                    suite.cfg if r.cfg is None else r.cfg, suite.device, controls=len(r.controls))
                   for r in rows)

@@ -185,24 +185,29 @@ def run(args) -> int:
     from personae.cli.big_jobs import confirm_big_job, estimate_seconds
     from personae.cli.progress import TerminalProgress
     from personae.events import Message
-    from personae.jobs.generate import (
-        png_not_applied,
-        png_references,
-        png_upscaler,
-        png_without_mask,
-        run_generate,
-        settings_from_png,
-    )
     from personae.jobs.png_controls import png_control_units
     from personae.models.resolve import model_hash, resolve_model
 
-    stored = settings_from_png(args.from_png) if args.from_png else None
-    units = png_control_units(args.from_png) if args.from_png else []  # an A1111 PNG's ControlNet units
+    stored, units = None, []
+    if args.from_png:
+        from personae.jobs.generate import settings_from_png
+
+        stored = settings_from_png(args.from_png)
+        units = png_control_units(args.from_png)  # an A1111 PNG's ControlNet units
     base = stored
     progress = TerminalProgress(quiet=args.quiet)
     if args.recipe:
         base = run_recipe(args, base, progress)
     settings = settings_from_args(args, base, units)
+    resolve_model(settings.model, settings.allow_pickle)  # a wrong --model, like a wrong option, is said at once:
+    from personae.jobs.generate import (  # before the libraries' seconds of importing
+        png_not_applied,
+        png_references,
+        png_upscaler,
+        png_without_mask,
+        run_generate,
+    )
+
     if stored is not None:  # a model upscaler the PNG names: from --upscaler-dir, else Lanczos (and said below);
         settings = png_without_mask(png_upscaler(settings, stored), stored)  # its inpainting only with --mask
         if units:  # the ControlNets the PNG's units name are what a file makes us read (png_references)

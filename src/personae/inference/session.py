@@ -92,6 +92,17 @@ class Session:
             self.pipe.set_adapters(adapters, adapter_weights=[lora.adapter_weight for lora in self.loras])
 
 
+def check_session_inputs(model: str, allow_pickle: bool = False, loras: list = (), embeddings: list = ()):
+    """The model, LoRA and embedding paths `open_session` would load, checked without loading anything (a caller
+    with slow work of its own to do first checks them before it)."""
+    source = resolve_model(model, allow_pickle=allow_pickle)
+    for path in loras:  # a bad add-on fails before the model loads
+        check_lora_path(path, allow_pickle)  # a file, or a peft adapter folder
+    for path in embeddings:
+        check_embedding_path(path, allow_pickle)  # a tensor file or an A1111 embedding card
+    return source
+
+
 def open_session(model: str, device: str = "auto", dtype: str = "auto", allow_pickle: bool = False,
                  loras: list[tuple] = (), embeddings: list[tuple[str, str | None]] = (),
                  on_event: EventHandler = ignore, vae: str | None = None,
@@ -99,11 +110,7 @@ def open_session(model: str, device: str = "auto", dtype: str = "auto", allow_pi
     """Resolve and load a model, put `vae` (a folder or file) in place of its VAE, apply LoRAs and embeddings,
     then the speed and memory switches of `runtime` (its device and dtype are `device` and `dtype`), and move it."""
     # 1. check inputs before any heavy work
-    source = resolve_model(model, allow_pickle=allow_pickle)
-    for path, *_ in loras:  # a bad add-on fails before the model loads
-        check_lora_path(path, allow_pickle)  # a file, or a peft adapter folder
-    for path, _ in embeddings:
-        check_embedding_path(path, allow_pickle)  # a tensor file or an A1111 embedding card
+    source = check_session_inputs(model, allow_pickle, [path for path, *_ in loras], [path for path, _ in embeddings])
     dev = pick_device(device)
     torch_dtype = pick_dtype(dtype, dev)
     check_runtime(runtime or RuntimeSettings(), dev)  # offload on a CPU: said before the model loads

@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import zlib
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from personae.config.generate import GenerateSettings
 from personae.config.storyboard import DEFAULT_SHOT_PHRASES, SHOT_ALIASES, SHOTS, Scene, StoryboardSettings
 from personae.data.captions import fill_template
 from personae.errors import UserError
-from personae.inference.session import Session
-from personae.inference.txt2img import GeneratedImage, txt2img
+
+if TYPE_CHECKING:  # the pipeline's modules load when a panel is drawn: a storyboard's mistakes are said first
+    from personae.inference.session import Session
+    from personae.inference.txt2img import GeneratedImage
 
 
 def _words(name: str) -> str:
@@ -106,6 +109,8 @@ def render_panel(session: Session, scene: Scene, settings: StoryboardSettings) -
             loras.append(lora)
     generate = GenerateSettings(**settings.sampling(), model=settings.model, prompt=prompt,
                                 seed=panel_seed(scene, settings))
+    from personae.inference.txt2img import txt2img
+
     return txt2img(generate, session, loras=loras)[0], prompt
 
 

@@ -10,15 +10,18 @@ existing clip file is replaced only with `overwrite`; the frames folder follows 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from personae.config.animate import AnimateSettings
 from personae.errors import UserError
 from personae.events import EventHandler, Message, ignore
-from personae.inference.animate import Clip, animate
 from personae.media.png import save_png
 from personae.media.video import check_clip_path, write_clip
 from personae.outputs import Kind, check_file_output, check_output, staged_output
 from personae.staging import explain_disk_full
+
+if TYPE_CHECKING:  # the pipeline's modules are imported when a clip is drawn, after the options are checked
+    from personae.inference.animate import Clip
 
 FRAMES = Kind("frames", "the frames of a clip", "personae animate --frames-dir", layout=("frame-*.png",))
 
@@ -57,6 +60,8 @@ def run_animate(settings: AnimateSettings, outputs: list[str | Path], frames_dir
                 on_event: EventHandler = ignore, overwrite: bool = False) -> Clip:
     """Generate one clip and write it to every output (.gif / .mp4) and, if given, frame PNGs to `frames_dir`."""
     paths = check_outputs(outputs, frames_dir, overwrite)
+    from personae.inference.animate import animate
+
     clip = animate(settings, on_event=on_event)
     save_clip(clip, paths, frames_dir, overwrite)
     where = ", ".join(str(p) for p in paths) + (f" and frames in {frames_dir}" if frames_dir is not None else "")

@@ -34,7 +34,7 @@ from personae.evaluation.suites import PROMPT_SETS, fill
 from personae.evaluation.world_metric import check_world_suite, rank_variants, ranking_text
 from personae.events import EventHandler, Message, Progress, ignore
 from personae.inference.samplers import get_sampler
-from personae.inference.session import open_session
+from personae.inference.session import check_session_inputs, open_session
 from personae.inference.txt2img import txt2img
 from personae.jobs.compare_controls import prepare_suite_controls, prepared_for, row_units, save_maps
 from personae.jobs.compare_plan import Row, expand, slug
@@ -145,6 +145,9 @@ def run_compare(suite: CompareSuite, out: str | Path, on_event: EventHandler = i
     prompts = suite.prompts or PROMPT_SETS[suite.prompt_set]
     for name in {r.sampler or suite.sampler for r in rows}:
         get_sampler(name)
+    for model, embeddings in dict.fromkeys((r.model, r.embeddings) for r in rows):  # before the metrics' models load
+        check_session_inputs(model, loras=[p for r in rows if r.model == model for p, *_ in r.loras],
+                             embeddings=[path for path, _ in embeddings])
     references = load_references(suite.references)
     metrics, skipped = build_metrics(suite.metrics, "cpu", bool(references))
     if suite.metrics.world:  # prompts in the world's grammar, shapes-world models only: said before any image

@@ -28,7 +28,6 @@ from personae.config.extract import ExtractSettings
 from personae.errors import UserError
 from personae.events import EventHandler, Message, Progress, ignore
 from personae.jobs.merge import check_alike
-from personae.methods.lora_files import write_kohya
 from personae.methods.lora_resize import low_rank
 from personae.models.resolve import load_pipeline, resolve_model
 from personae.outputs import absolute, check_file_output
@@ -105,8 +104,6 @@ def _probe(pipe) -> torch.Tensor:
 
 def run_extract(tuned_spec: str, out_path: str | Path, settings: ExtractSettings, overwrite: bool = False,
                 on_event: EventHandler = ignore) -> Path:
-    from personae.models.addons import load_loras
-
     out = absolute(out_path)
     if out.suffix.lower() != ".safetensors":
         raise UserError(f"--out {out_path} does not end in .safetensors: the LoRA is one file in kohya's layout.",
@@ -121,6 +118,9 @@ def run_extract(tuned_spec: str, out_path: str | Path, settings: ExtractSettings
     check_file_output(out, overwrite)
     tuned_source = resolve_model(tuned_spec, settings.allow_pickle)
     base_source = resolve_model(settings.base, settings.allow_pickle)  # a missing model fails before any loads
+    from personae.methods.lora_files import write_kohya  # peft's seconds of importing: after the checks
+    from personae.models.addons import load_loras
+
     on_event(Message(f"loading the tuned model {tuned_spec} and the base model {settings.base}"))
     tuned, base = load_pipeline(tuned_source), load_pipeline(base_source)
     check_alike(tuned, base, "TUNED", "--base", "Pass as --base the model TUNED was fine-tuned from.")

@@ -28,7 +28,6 @@ import torch
 from personae.config.merge import MergeSettings
 from personae.errors import UserError
 from personae.events import EventHandler, Message, Progress, ignore
-from personae.models.addons import load_loras, read_lora
 from personae.models.folders import save_pipeline_folder
 from personae.models.layer_patches import add_changes, take_patches
 from personae.models.original_layout import save_single_file
@@ -109,6 +108,8 @@ def _merge(a, b, method: str, m: float, on_event: EventHandler) -> None:
 
 
 def _bake_loras(pipe, settings: MergeSettings, single_file: bool, on_event: EventHandler) -> None:
+    from personae.models.addons import load_loras, read_lora  # peft's import: after the checks of run_merge
+
     for ref in settings.loras:  # every file read and checked before the weights change
         lora = read_lora(pipe, Path(ref.path).expanduser(), settings.allow_pickle)
         if lora.embeddings and single_file:

@@ -22,7 +22,6 @@ from personae.config.base import apply_overrides, load_yaml, parse_settings, par
 from personae.config.storyboard import StoryboardSettings
 from personae.errors import UserError
 from personae.events import EventHandler, Message, Progress, ignore
-from personae.inference.session import open_session
 from personae.inference.storyboard import (
     PanelRecord,
     addon_embeddings,
@@ -35,6 +34,7 @@ from personae.inference.storyboard import (
 from personae.media.fonts import font_for
 from personae.media.png import save_png
 from personae.media.storyboard_sheet import PanelText, body, header, render_png_pages, write_pdf
+from personae.models.resolve import resolve_model
 from personae.outputs import Kind, check_output, staged_output
 from personae.staging import atomic_file, write_text
 
@@ -160,6 +160,7 @@ def _check(settings: StoryboardSettings, only: set[int] | None) -> None:
             raise UserError(f"Scene {scene.number} names characters not defined under `characters`: {unknown}.")
     if only and not only <= set(numbers):
         raise UserError(f"--only names scenes that are not in the file: {sorted(only - set(numbers))}.")
+    resolve_model(settings.model)  # a wrong path is said at once, not after seconds of imports
 
 
 def run_storyboard(settings: StoryboardSettings, out: str | Path, only: set[int] | None = None,
@@ -191,6 +192,8 @@ def _draw(settings: StoryboardSettings, only: set[int] | None, font: str, previo
     panels_dir = out / "panels"
     panels_dir.mkdir(parents=True, exist_ok=True)
     # 2. one loaded model with the style LoRA, character LoRAs and the shot / character tokens
+    from personae.inference.session import open_session
+
     session = open_session(settings.model, settings.device, settings.dtype,
                            loras=[(l.path, l.weight, l.unet_weight) for l in addon_loras(settings)],
                            embeddings=[(e.path, e.token) for e in addon_embeddings(settings)], on_event=on_event,

@@ -81,12 +81,13 @@ def load_job(path: str | Path, overrides: list[str] = (), notes: list[str] | Non
 
 def run_training(job: TrainJob, resume: bool = False, overwrite: bool = False, on_event: EventHandler = ignore,
                  commands=None):
-    """Check, lock and train; `commands` (training.stopping.Commands) stop, sample or save at a step's end."""
-    from personae.training.loop import train
-
+    """Check, lock and train; `commands` (training.stopping.Commands) stop, sample or save at a step's end. The
+    trainer's modules (seconds of importing) load after the checks: a mistake in the job is said at once."""
     run = Path(job.output)
     state = _distributed_state(job)
     if state is not None and not state.is_main_process:  # one process sets the folder up, the others wait
+        from personae.training.loop import train
+
         state.wait_for_everyone()
         return train(job, run, resume=resume, on_event=ignore, commands=commands)
     # 1. nothing is written before every check passed: the folder, the paths, the settings
@@ -96,6 +97,8 @@ def run_training(job: TrainJob, resume: bool = False, overwrite: bool = False, o
     preflight(job)
     if _holds_run(run) and not (resume or overwrite):
         raise UserError(f"The run folder {run} already holds a run.", TRAINING_RUN.hint)
+    from personae.training.loop import train
+
     # 2. locked while training; --overwrite removes what earlier runs wrote, nothing else
     with open_output(run, kind, clear=overwrite):
         write_text(run / "config.yaml", yaml.safe_dump(job.model_dump(), sort_keys=False, allow_unicode=True))

@@ -26,7 +26,7 @@ from personae.models.addons import file_sha256
 from personae.models.folders import readable_by_others
 from personae.models.model_files import check_model_file, header_json, named_by_content, tensor_shapes
 from personae.models.original_layout import CONFIG_METADATA_KEY
-from personae.models.resolve import LOAD_ERRORS, Source, _short, locate
+from personae.models.resolve import Source, _short, load_errors, locate
 from personae.models.tiny import SD15_DIR
 
 # The perturbation of the tiny ControlNet's zero convolutions, and the gain of its conditioning embedding's
@@ -108,7 +108,7 @@ def load_controlnet(source: ControlNetSource, dtype: torch.dtype = torch.float32
             (Path(tmp) / "config.json").write_text(json.dumps(_single_file_config(path), default=list))
             try:
                 return ControlNetModel.from_single_file(str(named), config=tmp, local_files_only=True, torch_dtype=dtype)
-            except LOAD_ERRORS as exc:
+            except load_errors() as exc:
                 raise UserError(f"{path} could not be loaded as a ControlNet ({_short(exc)}).",
                                 "Use a ControlNet for Stable Diffusion 1.x (original layout or a diffusers folder).") from None
     kwargs = dict(torch_dtype=dtype)
@@ -117,7 +117,7 @@ def load_controlnet(source: ControlNetSource, dtype: torch.dtype = torch.float32
     if source.kind == "folder":
         try:
             return ControlNetModel.from_pretrained(source.location, local_files_only=True, **kwargs)
-        except LOAD_ERRORS as exc:
+        except load_errors() as exc:
             raise UserError(f"{source.location} could not be loaded as a ControlNet folder ({_short(exc)}).",
                             "Pass the folder ControlNetModel.save_pretrained wrote.") from None
     try:  # 1. already in the local cache: no network needed

@@ -38,6 +38,7 @@ from personae.errors import UserError
 SAFETENSORS = "safetensors"
 PICKLE = "pickle"
 PICKLE_SUFFIXES = {".ckpt", ".pt", ".pth", ".bin", ".pkl", ".pickle"}
+SD15_DIR = Path(__file__).parent / "sd15"  # the SD-1.5 component configs and CLIP tokenizer this package ships
 _ZIP_MAGIC = b"PK\x03\x04"
 _HEADER_LIMIT = 100_000_000  # safetensors' own limit on the JSON header
 

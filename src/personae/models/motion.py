@@ -23,7 +23,7 @@ import torch
 from personae.errors import UserError
 from personae.hub import from_hub
 from personae.models.model_files import check_model_file, header_json, read_state_dict
-from personae.models.resolve import LOAD_ERRORS, Source, _short, locate
+from personae.models.resolve import Source, _short, load_errors, locate
 
 MOTION_CONFIG_KEY = "personae_motion_config"  # single-file header entry holding the adapter config
 
@@ -78,7 +78,7 @@ def _load_single_file(path: Path):
             config["motion_max_seq_length"] = table_lengths[0]
         adapter = MotionAdapter(**config)
         missing, unexpected = adapter.load_state_dict(state, strict=False)
-    except LOAD_ERRORS as exc:
+    except load_errors() as exc:
         raise UserError(f"{path} could not be loaded as a motion module ({_short(exc)}).",
                         "Use an AnimateDiff motion module for Stable Diffusion 1.x, or its diffusers folder.") from None
     missing = [k for k in missing if not k.endswith("pos_embed.pe")]  # fixed sinusoids, rebuilt from the config
@@ -96,7 +96,7 @@ def load_motion_adapter(source: MotionSource):
     if source.kind == "folder":
         try:
             adapter = MotionAdapter.from_pretrained(source.location, local_files_only=True)
-        except LOAD_ERRORS as exc:
+        except load_errors() as exc:
             raise UserError(f"{source.location} could not be loaded as a motion adapter folder ({_short(exc)}).",
                             "Pass the folder MotionAdapter.save_pretrained wrote, or one motion module file.") from None
     elif source.kind == "single_file":

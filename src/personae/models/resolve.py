@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import Literal
 
 import torch
-from diffusers.loaders.single_file_utils import SingleFileComponentError
 from safetensors import SafetensorError
 
 from personae.errors import UserError
@@ -33,6 +32,7 @@ from personae.hub import from_hub, is_hub_id
 from personae.models.model_files import (
     PICKLE,
     PICKLE_SUFFIXES,
+    SD15_DIR,
     check_folder_weights,
     check_model_file,
     header_json,
@@ -41,11 +41,15 @@ from personae.models.model_files import (
     tensor_shapes,
 )
 from personae.models.original_layout import CONFIG_METADATA_KEY
-from personae.models.tiny import SD15_DIR
 
-# What diffusers' and transformers' loaders raise on a file or folder that is not what they expect
-LOAD_ERRORS = (OSError, ValueError, KeyError, RuntimeError, TypeError, AttributeError, IndexError, EOFError,
-               pickle.UnpicklingError, SafetensorError, SingleFileComponentError)
+
+def load_errors() -> tuple[type[BaseException], ...]:
+    """What diffusers' and transformers' loaders raise on a file or folder that is not what they expect (a function:
+    this module locates models without importing diffusers, so that a wrong path is said at once)."""
+    from diffusers.loaders.single_file_utils import SingleFileComponentError
+
+    return (OSError, ValueError, KeyError, RuntimeError, TypeError, AttributeError, IndexError, EOFError,
+            pickle.UnpicklingError, SafetensorError, SingleFileComponentError)
 
 
 @dataclass(frozen=True)
@@ -221,7 +225,7 @@ def load_pipeline(source: ModelSource, dtype: torch.dtype = torch.float32, compo
     if source.kind == "folder":
         try:
             return done(StableDiffusionPipeline.from_pretrained(source.location, local_files_only=True, **kwargs))
-        except LOAD_ERRORS as exc:
+        except load_errors() as exc:
             raise UserError(f"{source.location} could not be loaded as a diffusers model folder ({_short(exc)}).",
                             "Check that it is a complete Stable Diffusion 1.x model folder (model_index.json, unet/, "
                             "vae/, text_encoder/, tokenizer/, scheduler/).") from None
@@ -233,7 +237,7 @@ def load_pipeline(source: ModelSource, dtype: torch.dtype = torch.float32, compo
         configs = _write_config_dir(path, Path(tmp))
         try:
             pipe = StableDiffusionPipeline.from_single_file(str(named), config=tmp, local_files_only=True, **kwargs)
-        except LOAD_ERRORS as exc:
+        except load_errors() as exc:
             raise UserError(f"{path} could not be loaded as a Stable Diffusion 1.x checkpoint ({_short(exc)}).",
                             "Check that it is a full SD 1.x model in the original layout (as shared on model sites), "
                             "not damaged, and made for this architecture.") from None

@@ -16,11 +16,10 @@ from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNe
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 from personae.models.folders import save_pipeline_folder
+from personae.models.model_files import SD15_DIR
 from personae.models.original_layout import save_single_file
 from personae.outputs import MODEL_FOLDER, check_file_output, staged_output
 from personae.staging import explain_disk_full
-
-SD15_DIR = Path(__file__).parent / "sd15"
 
 TINY_UNET = dict(
     sample_size=8, in_channels=4, out_channels=4, layers_per_block=1,

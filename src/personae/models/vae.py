@@ -18,6 +18,7 @@ import torch
 
 from personae.errors import UserError
 from personae.models.model_files import (
+    SD15_DIR,
     check_folder_weights,
     check_model_file,
     header_json,
@@ -25,7 +26,6 @@ from personae.models.model_files import (
     tensor_shapes,
 )
 from personae.models.original_layout import CONFIG_METADATA_KEY
-from personae.models.tiny import SD15_DIR
 
 
 @dataclass(frozen=True)
@@ -39,7 +39,7 @@ def load_vae(spec: str, dtype: torch.dtype = torch.float32, allow_pickle: bool =
     from diffusers import AutoencoderKL
 
     from personae.models.addons import file_sha256
-    from personae.models.resolve import LOAD_ERRORS, _short
+    from personae.models.resolve import _short, load_errors
 
     path = Path(spec).expanduser()
     fix = "Pass a diffusers AutoencoderKL folder (config.json and weights) or a single-file SD-1.x VAE .safetensors."
@@ -49,7 +49,7 @@ def load_vae(spec: str, dtype: torch.dtype = torch.float32, allow_pickle: bool =
         check_folder_weights(path, allow_pickle)
         try:
             vae = AutoencoderKL.from_pretrained(str(path), torch_dtype=dtype, local_files_only=True)
-        except LOAD_ERRORS as exc:
+        except load_errors() as exc:
             raise UserError(f"--vae {path} could not be loaded as a diffusers VAE ({_short(exc)}).", fix) from None
         return LoadedVae(vae, path.resolve().name, None)
     if not path.exists():
@@ -66,7 +66,7 @@ def load_vae(spec: str, dtype: torch.dtype = torch.float32, allow_pickle: bool =
         try:
             vae = AutoencoderKL.from_single_file(str(named), config=tmp, subfolder="vae", torch_dtype=dtype,
                                                  local_files_only=True)
-        except LOAD_ERRORS as exc:
+        except load_errors() as exc:
             raise UserError(f"--vae {path} could not be loaded as an SD-1.x VAE ({_short(exc)}).", fix) from None
     # from_single_file takes the scaling factor from the original SD config (0.18215), not from `config`
     if vae_config.get("scaling_factor") not in (None, vae.config.scaling_factor):

@@ -292,13 +292,13 @@ def _write_sweep(work: Path, bench: WorldBench, base: dict, rows: list[dict], co
 def run_bench(bench: WorldBench, out: str | Path, command: str = "personae world bench",
               overwrite: bool = False, on_event: EventHandler = ignore) -> dict:
     """Every task, the base model's scores, the table and report; returns results.json's content."""
-    from personae.world.model import write_world_model
-
     started = time.monotonic()
     out = Path(out)
     with staged_output(out, WORLD_BENCH, replace=overwrite) as work:
         model = bench.model
-        if model == "world":
+        if model == "world":  # the model's modules are imported once the output folder is known to be right
+            from personae.world.model import write_world_model
+
             model = str(write_world_model(work / "model"))
         elif not (Path(model) / "model_index.json").is_file():
             raise UserError(f"model {model} is not a diffusers model folder.",
