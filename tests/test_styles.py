@@ -80,10 +80,10 @@ def test_a_styled_picture_is_the_picture_of_its_written_out_prompt_and_its_png_r
     assert np.array_equal(np.asarray(again.image), np.asarray(styled.image))
 
 
-def test_the_command_line_takes_styles_and_refuses_a_missing_file_without_a_traceback(tmp_path, capsys):
+def test_the_command_line_takes_styles_and_refuses_a_missing_file_without_a_traceback(tmp_path, tiny_model, capsys):
     from personae.cli.main import main
 
-    code = main(["generate", "--model", str(tmp_path / "model"), "--prompt", "a cat", "--style", "Cinematic",
+    code = main(["generate", "--model", str(tiny_model[0]), "--prompt", "a cat", "--style", "Cinematic",
                  "--styles-file", str(tmp_path / "missing.csv"), "--out", str(tmp_path / "out")])
     err = capsys.readouterr().err
     assert code == 2 and "--styles-file" in err and "Traceback" not in err
