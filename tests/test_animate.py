@@ -303,6 +303,53 @@ def test_every_sampler_runs_on_the_motion_schedule(tiny_model, tiny_motion, clip
         assert len(clip.frames) == 4 and pixels(clip).std() > 0 and f"Sampler: {name}," in clip.parameters
 
 
+def test_a1111_sampler_parameters_reach_the_clip(tiny_model, tiny_motion, clip_session):
+    """A1111's sampler parameters change a clip's frames as they change a picture, and the clip's parameters name
+    them as txt2img's infotext does (only where the sampler uses them, and not at their defaults)."""
+    def clip(sampler, on_event=None, **option):
+        return animate(settings(tiny_model[0], tiny_motion[0], sampler=sampler, frames=4, **option), clip_session,
+                       on_event=on_event or (lambda event: None))
+
+    cases = [  # (sampler, the parameter, what the clip's parameters say)
+        ("DDIM", {"eta_ddim": 0.5}, "Eta DDIM: 0.5"),
+        ("Euler a", {"eta": 0.5}, "Eta: 0.5"),
+        ("Euler", {"sigma_churn": 0.5}, "Sigma churn: 0.5"),
+        ("DPM++ 2M Karras", {"schedule_rho": 3.0}, "Schedule rho: 3"),
+        ("DPM++ 2M Karras", {"schedule_max_sigma": 5.0}, "Schedule max sigma: 5"),
+        ("Euler", {"discard_penultimate": True}, "Discard penultimate sigma: True"),
+        ("DDIM", {"noise_schedule": "Zero Terminal SNR"}, "Noise Schedule: Zero Terminal SNR"),
+    ]
+    for sampler, option, said in cases:
+        plain, tuned = clip(sampler), clip(sampler, **option)
+        assert np.abs(pixels(plain) - pixels(tuned)).max() > 0, option
+        assert said in tuned.parameters and said not in plain.parameters, (option, tuned.parameters)
+    # quantization: the UNet is given whole training steps (3 steps of Euler: fractional ones otherwise); on the
+    # tiny model that moves a pixel by one level at most, so the steps themselves are what is checked
+    for quantize in (False, True):
+        given = []
+        shown = clip("Euler", steps=3, quantize=quantize, on_event=lambda e: given.append(
+            clip_session.pipe.scheduler.timesteps.clone()) if isinstance(e, Progress) else None).parameters
+        assert torch.equal(given[0], given[0].round()) is quantize, given[0]
+        assert ("K-sampler quantization: True" in shown) is quantize
+    # a sampler a parameter does not apply to leaves it out of the parameters, as A1111 does
+    assert "Eta" not in clip("Euler", eta=0.5).parameters
+    # the churn draws from the clip's own seeded generator: the same clip twice
+    assert np.array_equal(pixels(clip("Euler", sigma_churn=0.5)), pixels(clip("Euler", sigma_churn=0.5)))
+    # a bare "DPM++ 2M" (Uniform) is named as such: A1111 1.9+ would read it as its Automatic, Karras
+    assert "Schedule type: Uniform" in clip("DPM++ 2M").parameters
+
+
+def test_sampler_parameters_from_the_command_line():
+    from personae.cli.animate_cmd import settings_from_args
+    from personae.cli.main import build_parser
+
+    args = build_parser().parse_args(["animate", "--model", "m", "--motion-adapter", "a", "--prompt", "p", "--out",
+                                      "c.gif", "--sampler", "Euler", "--sigma-churn", "0.4", "--eta-ddim", "0.2",
+                                      "--noise-schedule", "Zero Terminal SNR"])
+    chosen = settings_from_args(args)
+    assert (chosen.sigma_churn, chosen.eta_ddim, chosen.noise_schedule) == (0.4, 0.2, "Zero Terminal SNR")
+
+
 @pytest.mark.parametrize("frames", [8, 20])
 def test_long_weighted_prompt_with_and_without_guidance(tiny_model, tiny_motion, clip_session, frames):
     """Our prompt embeddings (chunks of 75 tokens, weights) go through both the plain and the windowed path."""

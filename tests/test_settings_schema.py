@@ -153,9 +153,12 @@ def test_generated_options_keep_the_names_users_know():
         "--controlnet", "--control-option", "--control-start", "--control-end", "--control-resize", "--control-mode",
         "--control-res", "--pixel-perfect", "--control-hr-option", "--control-guidance-by", "--recipe", "--animal",
         "--from-png", "--out", "--quiet", "--yes"}
-    assert _options("animate") == SHARED | {"--motion-adapter", "--frames", "--fps", "--motion-scale", "--context",
-                                            "--context-stride", "--out", "--frames-dir", "--overwrite", "--quiet",
-                                            "--yes"}
+    sampler_parameters = {"--eta", "--eta-ddim", "--sigma-churn", "--sigma-tmin", "--sigma-tmax", "--sigma-noise",
+                          "--quantize", "--schedule-rho", "--schedule-min-sigma", "--schedule-max-sigma",
+                          "--discard-penultimate", "--noise-schedule"}
+    assert _options("animate") == SHARED | sampler_parameters | {
+        "--motion-adapter", "--frames", "--fps", "--motion-scale", "--context", "--context-stride", "--out",
+        "--frames-dir", "--overwrite", "--quiet", "--yes"}
     sampling = {"--negative", "--steps", "--cfg", "--sampler", "--clip-skip", "--width", "--height", "--device",
                 "--dtype", "--attention", "--medvram", "--lowvram", "--compile"}
     assert sampling <= _options("storyboard") and sampling <= _options("compare")

@@ -19,6 +19,7 @@ from personae.config.sampling import (
     Img2ImgSettings,
     PromptSettings,
     RuntimeSettings,
+    SamplerParameters,
     SamplingSettings,
     SourceSettings,
     StyleSettings,
@@ -49,8 +50,8 @@ class MotionSettings(Concept):
         return self
 
 
-class AnimateSettings(SourceSettings, PromptSettings, StyleSettings, SamplingSettings, MotionSettings, AddonSettings,
-                      RuntimeSettings):
+class AnimateSettings(SourceSettings, PromptSettings, StyleSettings, SamplingSettings, SamplerParameters,
+                      MotionSettings, AddonSettings, RuntimeSettings):
     """Everything that decides the frames of one clip (the shared settings mean the same as for generate)."""
 
     version: int = setting(1, "version of this settings layout", cli=False)

@@ -18,6 +18,7 @@ from personae.config.sampling import (
     OptionSettings,
     PromptSettings,
     RuntimeSettings,
+    SamplerParameters,
     SamplingSettings,
     SourceSettings,
     StyleSettings,
@@ -28,8 +29,8 @@ __all__ = ["GenerateSettings", "LoraRef", "EmbeddingRef", "ControlRef"]
 
 
 class GenerateSettings(SourceSettings, PromptSettings, StyleSettings, SamplingSettings, BatchSettings,
-                       VariationSettings, OptionSettings, AddonSettings, Img2ImgSettings, HiresSettings,
-                       DetailerSettings, ControlSettings, RuntimeSettings):
+                       VariationSettings, SamplerParameters, OptionSettings, AddonSettings, Img2ImgSettings,
+                       HiresSettings, DetailerSettings, ControlSettings, RuntimeSettings):
     """Everything that decides the pixels of a txt2img / img2img / ControlNet run."""
 
     version: int = setting(1, "version of this settings layout", cli=False)

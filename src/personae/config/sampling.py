@@ -110,37 +110,16 @@ class VariationSettings(Concept):
         return self
 
 
-class OptionSettings(Concept):
-    """A1111's options from its Settings page that change the pixels, and so go into its infotext."""
+class SamplerParameters(Concept):
+    """A1111's "Sampler parameters" settings that change the pixels: the noise of the ancestral, SDE and DDIM
+    samplers, the churn of Euler, Heun and DPM2, the sigma schedule, the noise schedule. Images and clips take
+    them alike."""
 
-    TITLE: ClassVar[str] = "A1111 options"
+    TITLE: ClassVar[str] = "sampler parameters"
 
-    rng: Literal["CPU", "GPU", "NV"] = setting(
-        "CPU", '"Random number generator source": CPU, torch\'s CPU numbers (the same on every machine); GPU, the '
-               "numbers an NVIDIA GPU draws, A1111's default (its pictures without an \"RNG\" key were drawn so), "
-               "computed here on the CPU so they too reproduce anywhere; NV, A1111's name for the same numbers",
-        infotext="RNG")
-    ensd: int = setting(0, '"Eta noise seed delta" (ENSD): the noise ancestral samplers add at each step comes from '
-                           "seed + ENSD instead of the seed (A1111's setting; 31337 in many shared pictures)",
-                        infotext="ENSD", infotext_if="ensd", ge=0, lt=2**32)
     eta: float = setting(1.0, '"Eta noise multiplier for ancestral samplers" (infotext "Eta", written when not 1): the '
                               "share of fresh noise Euler a, DPM2 a, DPM++ 2S a and the SDE samplers add at each step; "
                               "0 makes them deterministic", ge=0, le=10)
-    emphasis: Literal["Original", "No norm", "None", "ComfyUI"] = setting(
-        "Original", '"Emphasis" (infotext "Emphasis", written when not Original): how (word:1.2) weights apply; '
-                    "Original scales the words' embeddings and restores the chunk's mean, as A1111 always did; No "
-                    "norm leaves the mean as scaled; None ignores the weights; ComfyUI moves each weighted word's "
-                    "embedding away from the empty prompt's at its place, empty + w x (word - empty), as ComfyUI's "
-                    "CLIPTextEncode does (--from-png sets it for ComfyUI pictures; A1111 does not read it)")
-    ngms: float = setting(0.0, '"NGMS" (A1111\'s "Negative Guidance minimum sigma"): every other model call whose '
-                               "sigma is below this runs without the negative prompt (the UNet once, not twice: "
-                               "faster, the picture a little different); 0: off", infotext="NGMS", infotext_if="ngms",
-                          ge=0.0, le=15.0)
-    ngms_all_steps: bool = setting(False, '"NGMS all steps": with --ngms, every such call, not every other',
-                                   infotext="NGMS all steps", infotext_if=("ngms", "ngms_all_steps"))
-    skip_early_cfg: float = setting(0.0, '"Skip Early CFG" (A1111 1.10): the first share (0-1) of the model calls '
-                                         "runs without the negative prompt; 0: off", infotext="Skip Early CFG",
-                                    infotext_if="skip_early_cfg", ge=0.0, le=1.0)
     sigma_churn: float = setting(0.0, '"Sigma churn" (A1111\'s sampler parameter, Karras et al.\'s S_churn): Euler, '
                                       "Heun and DPM2 add noise before each step and step from the raised sigma; 0: "
                                       "off", ge=0.0, le=100.0)
@@ -153,11 +132,6 @@ class OptionSettings(Concept):
                                     "whole training step instead of the fractional one (A1111's option, off by "
                                     "default; ComfyUI always samples so, and --from-png sets it for its pictures)",
                              infotext="K-sampler quantization", infotext_if="quantize")
-    img2img_fix_steps: bool = setting(
-        False, '"With img2img, do exactly the amount of steps the slider specifies": img2img runs --steps steps, the '
-               "last of a schedule of steps / strength (A1111's option, off by default: then int(strength x steps) + 1 "
-               "of --steps run; ComfyUI's denoise works this way, and --from-png sets it for its pictures)",
-        infotext="Img2img fix steps", infotext_if="img2img_fix_steps")
     schedule_rho: float = setting(0.0, '"Schedule rho" (A1111\'s "rho" sampler parameter): the Karras and '
                                        "Polyexponential schedules' rho; 0 is theirs (7 and 1)",
                                   infotext="Schedule rho", infotext_if="schedule_rho", ge=0, le=100)
@@ -179,6 +153,40 @@ class OptionSettings(Concept):
     eta_ddim: float = setting(0.0, '"Eta for DDIM" (infotext "Eta DDIM", written when not 0): DDIM\'s step noise; 0 '
                                    "is deterministic DDIM, 1 is DDPM-like", ge=0, le=10)
 
+
+class OptionSettings(Concept):
+    """A1111's options from its Settings page that change the pixels, and so go into its infotext."""
+
+    TITLE: ClassVar[str] = "A1111 options"
+
+    rng: Literal["CPU", "GPU", "NV"] = setting(
+        "CPU", '"Random number generator source": CPU, torch\'s CPU numbers (the same on every machine); GPU, the '
+               "numbers an NVIDIA GPU draws, A1111's default (its pictures without an \"RNG\" key were drawn so), "
+               "computed here on the CPU so they too reproduce anywhere; NV, A1111's name for the same numbers",
+        infotext="RNG")
+    ensd: int = setting(0, '"Eta noise seed delta" (ENSD): the noise ancestral samplers add at each step comes from '
+                           "seed + ENSD instead of the seed (A1111's setting; 31337 in many shared pictures)",
+                        infotext="ENSD", infotext_if="ensd", ge=0, lt=2**32)
+    emphasis: Literal["Original", "No norm", "None", "ComfyUI"] = setting(
+        "Original", '"Emphasis" (infotext "Emphasis", written when not Original): how (word:1.2) weights apply; '
+                    "Original scales the words' embeddings and restores the chunk's mean, as A1111 always did; No "
+                    "norm leaves the mean as scaled; None ignores the weights; ComfyUI moves each weighted word's "
+                    "embedding away from the empty prompt's at its place, empty + w x (word - empty), as ComfyUI's "
+                    "CLIPTextEncode does (--from-png sets it for ComfyUI pictures; A1111 does not read it)")
+    ngms: float = setting(0.0, '"NGMS" (A1111\'s "Negative Guidance minimum sigma"): every other model call whose '
+                               "sigma is below this runs without the negative prompt (the UNet once, not twice: "
+                               "faster, the picture a little different); 0: off", infotext="NGMS", infotext_if="ngms",
+                          ge=0.0, le=15.0)
+    ngms_all_steps: bool = setting(False, '"NGMS all steps": with --ngms, every such call, not every other',
+                                   infotext="NGMS all steps", infotext_if=("ngms", "ngms_all_steps"))
+    skip_early_cfg: float = setting(0.0, '"Skip Early CFG" (A1111 1.10): the first share (0-1) of the model calls '
+                                         "runs without the negative prompt; 0: off", infotext="Skip Early CFG",
+                                    infotext_if="skip_early_cfg", ge=0.0, le=1.0)
+    img2img_fix_steps: bool = setting(
+        False, '"With img2img, do exactly the amount of steps the slider specifies": img2img runs --steps steps, the '
+               "last of a schedule of steps / strength (A1111's option, off by default: then int(strength x steps) + 1 "
+               "of --steps run; ComfyUI's denoise works this way, and --from-png sets it for its pictures)",
+        infotext="Img2img fix steps", infotext_if="img2img_fix_steps")
     comma_backtrack: int = setting(20, '"Prompt word wrap length limit" (A1111\'s option, 20 unless changed; not in '
                                        "its infotext): a prompt past 75 tokens starts its next chunk after the last "
                                        "comma when that comma is at most this many tokens back; 0 cuts at 75 exactly "

@@ -6,7 +6,8 @@
   on the session (peft adapters) are carried over with their weights, embeddings and
   text-encoder LoRAs act through the shared tokenizer and text encoder.
 - Prompts go through our encoder (A1111 weights, any length, clip skip), samplers by
-  their A1111 names, seeds on a CPU generator as in txt2img.
+  their A1111 names with A1111's sampler parameters (eta, churn, schedule), seeds on a CPU
+  generator as in txt2img.
 - Clips longer than the motion module's context run as overlapping windows (FreeNoise),
   so frame 17 of a 32-frame clip continues frame 16 instead of starting a second clip.
 - `motion_scale` multiplies what each motion module adds to its input: 0 gives frames
@@ -34,7 +35,7 @@ from personae.events import EventHandler, Message, Progress, ignore
 from personae.inference.composable import composable_parts
 from personae.inference.prompt import with_styles
 from personae.inference.prompt_schedule import prompt_schedule
-from personae.inference.samplers import get_sampler
+from personae.inference.samplers import get_sampler, k_tuning, uniform_said
 from personae.inference.session import Session, open_session
 from personae.media.png import format_parameters, infotext_values
 from personae.models.addons import hashes_text
@@ -218,8 +219,12 @@ def use_context_windows(pipe, frames: int, context: int, stride: int) -> bool:
 
 def clip_infotext(settings: AnimateSettings, animate_session: AnimateSession, seed: int, width: int, height: int) -> str:
     session = animate_session.session
-    params = {  # the settings that declare an A1111 name, then what this run resolved
-        **infotext_values(settings), "Seed": seed,
+    sampler = get_sampler(settings.sampler)
+    params = {  # the settings that declare an A1111 name, then what this run resolved (as txt2img's infotext)
+        **infotext_values(settings), **uniform_said(settings.sampler),
+        **sampler.eta_said(settings.eta, settings.eta_ddim),
+        **sampler.sigmas_said(settings.sigma_churn, settings.sigma_tmin, settings.sigma_tmax, settings.sigma_noise),
+        "Seed": seed,
         "Size": f"{width}x{height}", "Model hash": session.model_hash, "Model": session.source.name,
         "VAE hash": session.vae_hash, "VAE": session.vae_name,
         "Lora hashes": hashes_text({l.name: l.hash for l in session.loras}),
@@ -303,8 +308,8 @@ def animate(settings: AnimateSettings, animate_session: AnimateSession | None = 
     check_context(settings, animate_session.context_limit, animate_session.motion.name)
     width = settings.width or session.native_size
     height = settings.height or session.native_size
-    # 3. the sampler, on the schedule the motion modules were trained with
-    scheduler = sampler.make({**session.base_scheduler, **MOTION_SCHEDULE})
+    # 3. the sampler, on the schedule the motion modules were trained with, with A1111's sampler parameters
+    scheduler = sampler.make({**session.base_scheduler, **MOTION_SCHEDULE}, k_tuning(settings))
     # 4. encode prompts: weighted, chunked by 75 tokens, clip skip
     positive, negative = session.encoder.encode_pair(settings.prompt, settings.negative, settings.clip_skip)
     if positive.chunks > 1:
@@ -325,14 +330,16 @@ def animate(settings: AnimateSettings, animate_session: AnimateSession | None = 
 
     # 6. denoise all frames together, with this call's scheduler (the session's is back afterwards; the motion
     # pipeline keeps its FreeNoise state across calls, so it is lent rather than rebuilt)
+    generator = torch.Generator("cpu").manual_seed(seed)
+    scheduler.generators = generator  # a k-sampler's churn draws from the clip's generator before the pipeline does
     previous, pipe.scheduler = pipe.scheduler, scheduler
     try:
         with torch.no_grad():
             out = pipe(prompt_embeds=positive.embeds.to(session.dtype),
                        negative_prompt_embeds=negative.embeds.to(session.dtype), num_frames=settings.frames,
                        width=width, height=height, num_inference_steps=settings.steps, guidance_scale=settings.cfg,
-                       generator=torch.Generator("cpu").manual_seed(seed), callback_on_step_end=report,
-                       output_type="pil")
+                       **({"eta": settings.eta_ddim} if settings.eta_ddim else {}),
+                       generator=generator, callback_on_step_end=report, output_type="pil")
     finally:
         pipe.scheduler = previous
     frames = list(out.frames[0])
