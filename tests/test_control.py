@@ -266,6 +266,9 @@ def test_cli_detect_writes_the_map_and_names_valid_types(photos, tmp_path, capsy
     message = capsys.readouterr().err
     assert 'Unknown control type "depth"' in message and "canny, face, pose, raw" in message
     assert not (tmp_path / "d.png").exists()
+    # a wrong type is said first, before a missing photo (the arguments in their order)
+    assert main(["detect", "cany", str(tmp_path / "no-photo.png"), str(tmp_path / "d.png")]) == 2
+    assert 'Unknown control type "cany"' in capsys.readouterr().err
 
 
 def test_cli_generate_with_control_end_to_end(tiny_model, photos, tiny_controlnet, tmp_path, capsys):

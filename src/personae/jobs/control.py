@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from personae.data.control import detect_control
+from personae.data.control import detect_control, get_control_type
 from personae.errors import UserError
 from personae.inference.img2img import open_image
 from personae.media.png import save_png
@@ -15,6 +15,7 @@ from personae.staging import explain_disk_full
 def run_detect(control_type: str, image: str | Path, out: str | Path, options: dict[str, float] | None = None,
                overwrite: bool = False) -> Path:
     """Draw the control map of `image` and write it to `out` (a PNG; an existing file only with `overwrite`)."""
+    get_control_type(control_type)  # the arguments are checked in the order they are given: TYPE first
     out = Path(out)
     if out.suffix.lower() != ".png":
         raise UserError(f"{out}: the control map is written as a PNG; give the output a .png name.")
