@@ -200,11 +200,13 @@ from personae.errors import UserError
 from personae.models.controlnet import load_controlnet, resolve_controlnet
 from personae.models.motion import load_motion_adapter, resolve_motion_adapter
 from personae.models.resolve import load_pipeline, resolve_model
+from personae.models.captioners import TransformersCaptioner
 from personae.models.wd14 import tagger_files
 said = {}
 for name, load in [("controlnet", lambda: load_controlnet(resolve_controlnet("someone/gated-cn/diffusion_sd15"))),
                    ("motion", lambda: load_motion_adapter(resolve_motion_adapter("someone/gated-motion"))),
                    ("tagger", lambda: tagger_files("someone/gated-tagger")),
+                   ("captioner", lambda: TransformersCaptioner("someone/gated-captioner")),
                    ("missing", lambda: load_pipeline(resolve_model("someone/no-such-model"))),
                    ("files", lambda: load_pipeline(resolve_model("someone/checkpoints")))]:
     try:
@@ -225,7 +227,7 @@ def test_what_the_hub_refuses_is_said_as_the_users_to_act_on(tmp_path, tiny_mode
     repo = tmp_path / "repo"
     shutil.copytree(tiny_model[0], repo, ignore=shutil.ignore_patterns(".personae.json"))
     gated = {"someone/gated-sd": repo, "someone/gated-cn": repo, "someone/gated-motion": repo,
-             "someone/gated-tagger": repo}
+             "someone/gated-tagger": repo, "someone/gated-captioner": repo}
     (tmp_path / "checkpoints").mkdir()  # a repository of single-file checkpoints, no diffusers folder
     shutil.copy(tiny_model[1], tmp_path / "checkpoints/model.safetensors")
     with FakeHub({**gated, "someone/checkpoints": tmp_path / "checkpoints"}, gated=set(gated)) as hub:
@@ -242,7 +244,8 @@ def test_what_the_hub_refuses_is_said_as_the_users_to_act_on(tmp_path, tiny_mode
     assert others.returncode == 0, others.stderr
     said = json.loads(others.stdout.splitlines()[-1])
     for name, what in [("controlnet", 'ControlNet "someone/gated-cn"'), ("tagger", 'the tagger "someone/gated-tagger"'),
-                       ("motion", 'motion adapter "someone/gated-motion"')]:
+                       ("motion", 'motion adapter "someone/gated-motion"'),
+                       ("captioner", 'captioner "someone/gated-captioner"')]:
         assert said[name] and said[name][0].startswith(f"Cannot load {what} from the Hugging Face hub: it is gated"), \
             said
         assert "`hf auth login`" in said[name][1], said

@@ -12,7 +12,7 @@ from pathlib import Path
 from personae.config.prepare import PrepareSettings
 from personae.data.captioners import SIMPLE, Captioner
 from personae.errors import UserError
-from personae.hub import require_hub
+from personae.hub import from_hub
 
 WD14 = "wd14:"
 FLORENCE_TASKS = ("<CAPTION>", "<DETAILED_CAPTION>", "<MORE_DETAILED_CAPTION>")
@@ -53,19 +53,31 @@ def check_native(config: dict, name: str) -> None:
                         "a WD14 tagger with --captioner wd14:FOLDER, or --captioner filename.")
 
 
-def _config_of(source: str, local_only: bool) -> dict:
-    """config.json of a folder or a hub repo, read as data."""
-    if local_only:
+def _config_of(source: str, folder: bool, cache_only: bool) -> dict:
+    """config.json of a folder or a hub repo (from the cache alone with `cache_only`), read as data."""
+    if folder:
         path = Path(source) / "config.json"
     else:
         from huggingface_hub import hf_hub_download
 
-        path = Path(hf_hub_download(source, "config.json"))
+        path = Path(hf_hub_download(source, "config.json", local_files_only=cache_only))
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise UserError(f"{path} could not be read as a model config ({type(exc).__name__}).",
                         "Pass the folder of a transformers image-to-text model (it holds config.json).") from None
+
+
+def _parts(source: str, name: str, folder: bool, cache_only: bool):
+    """(config, processor, model) of a folder, the hub cache or the hub; the config is read, and a model that needs
+    code of its own refused, before anything else loads."""
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    config = _config_of(source, folder, cache_only)
+    check_native(config, name)
+    local = folder or cache_only
+    return (config, AutoProcessor.from_pretrained(source, local_files_only=local),
+            AutoModelForImageTextToText.from_pretrained(source, local_files_only=local))
 
 
 class TransformersCaptioner:
@@ -75,34 +87,29 @@ class TransformersCaptioner:
                  prompt: str | None = None, florence_task: str = "<DETAILED_CAPTION>"):
         """max_new_tokens: 40, or 256 for Florence-2; florence_task: the task prompt when the model is Florence-2."""
         import torch
-        from transformers import AutoModelForImageTextToText, AutoProcessor
 
         self.name = name_or_path
         local = Path(name_or_path).expanduser()
-        local_only = local.is_dir()
-        if not local_only and (name_or_path.startswith((".", "/", "~")) or local.suffix):
+        folder = local.is_dir()
+        if not folder and (name_or_path.startswith((".", "/", "~")) or local.suffix):
             raise UserError(f'Captioner "{name_or_path}" was not found.', "Pass a model folder or a hub id.")
-        if not local_only:  # the local cache first, else one quick check that the hub answers
-            from huggingface_hub import try_to_load_from_cache
-
-            if not isinstance(try_to_load_from_cache(name_or_path, "config.json"), str):
-                require_hub(name_or_path, "captioner", "pass its folder with --captioner ./folder, "
-                                                       "or use the offline default --captioner filename.")
-        source = str(local) if local_only else name_or_path
-        config = _config_of(source, local_only)
-        check_native(config, name_or_path)
+        hint = "pass its folder with --captioner ./folder, or use the offline default --captioner filename."
+        try:
+            if folder:
+                config, self.processor, model = _parts(str(local), name_or_path, True, True)
+            else:
+                try:  # already downloaded, every part of it: loaded without asking the network anything
+                    config, self.processor, model = _parts(name_or_path, name_or_path, False, True)
+                except OSError:  # not in the cache, or not all of it: the hub's refusals said as the user's to act on
+                    config, self.processor, model = from_hub(
+                        name_or_path, "captioner", hint, lambda: _parts(name_or_path, name_or_path, False, False))
+        except OSError as exc:
+            raise UserError(f'Captioner "{name_or_path}" could not be loaded ({str(exc).splitlines()[0]}).',
+                            "With no network, download the model elsewhere and pass its folder with --captioner "
+                            "./folder, or use the offline default --captioner filename.") from None
         if config.get("model_type") == "florence2":  # a task prompt in, and room for a whole paragraph out:
             prompt, max_new_tokens = florence_task, max_new_tokens or 256  # no caption cut mid-sentence
-        try:
-            self.processor = AutoProcessor.from_pretrained(source, local_files_only=local_only)
-            model = AutoModelForImageTextToText.from_pretrained(source, local_files_only=local_only)
-            self.model = model.to(device).eval()
-        except OSError as exc:
-            raise UserError(
-                f'Captioner "{name_or_path}" could not be loaded ({str(exc).splitlines()[0]}).',
-                "With no network, download the model elsewhere and pass its folder with --captioner ./folder, "
-                "or use the offline default --captioner filename.",
-            ) from None
+        self.model = model.to(device).eval()
         self.device, self.max_new_tokens, self.prompt = device, max_new_tokens or 40, prompt
         self._torch = torch
 
