@@ -339,15 +339,36 @@ def test_a1111_sampler_parameters_reach_the_clip(tiny_model, tiny_motion, clip_s
     assert "Schedule type: Uniform" in clip("DPM++ 2M").parameters
 
 
+def test_prompt_encoding_reaches_the_clip(tiny_model, tiny_motion, clip_session):
+    """A1111's emphasis mode and prompt word wrap reach a clip's prompt as they reach a picture's."""
+    def clip(prompt, **option):
+        return animate(settings(tiny_model[0], tiny_motion[0], prompt=prompt, frames=4, **option), clip_session)
+
+    weighted, plain = "a (photo:1.5) of a cat", "a photo of a cat"
+    original = clip(weighted)
+    assert not np.array_equal(pixels(original), pixels(clip(plain)))  # the weight counts...
+    ignored = clip(weighted, emphasis="None")
+    assert np.array_equal(pixels(ignored), pixels(clip(plain)))  # ...and emphasis None ignores it
+    assert "Emphasis: None" in ignored.parameters and "Emphasis" not in original.parameters
+    comfy = clip(weighted, emphasis="ComfyUI")  # weighted from the empty prompt's embedding: other frames (No norm
+    # differs from Original by the chunk's mean, which the tiny text encoder leaves at about 0)
+    assert np.abs(pixels(comfy) - pixels(original)).max() > 0 and "Emphasis: ComfyUI" in comfy.parameters
+    # past 75 tokens, the next chunk starts after the last comma within the word wrap limit (20), or at 75 (0)
+    long = ", ".join(["a red fox in a misty forest at dawn"] * 10)
+    assert not np.array_equal(pixels(clip(long)), pixels(clip(long, comma_backtrack=0)))
+
+
 def test_sampler_parameters_from_the_command_line():
     from personae.cli.animate_cmd import settings_from_args
     from personae.cli.main import build_parser
 
     args = build_parser().parse_args(["animate", "--model", "m", "--motion-adapter", "a", "--prompt", "p", "--out",
                                       "c.gif", "--sampler", "Euler", "--sigma-churn", "0.4", "--eta-ddim", "0.2",
-                                      "--noise-schedule", "Zero Terminal SNR"])
+                                      "--noise-schedule", "Zero Terminal SNR", "--emphasis", "No norm",
+                                      "--comma-backtrack", "0"])
     chosen = settings_from_args(args)
     assert (chosen.sigma_churn, chosen.eta_ddim, chosen.noise_schedule) == (0.4, 0.2, "Zero Terminal SNR")
+    assert (chosen.emphasis, chosen.comma_backtrack) == ("No norm", 0)
 
 
 @pytest.mark.parametrize("frames", [8, 20])

@@ -155,7 +155,7 @@ def test_generated_options_keep_the_names_users_know():
         "--from-png", "--out", "--quiet", "--yes"}
     sampler_parameters = {"--eta", "--eta-ddim", "--sigma-churn", "--sigma-tmin", "--sigma-tmax", "--sigma-noise",
                           "--quantize", "--schedule-rho", "--schedule-min-sigma", "--schedule-max-sigma",
-                          "--discard-penultimate", "--noise-schedule"}
+                          "--discard-penultimate", "--noise-schedule", "--emphasis", "--comma-backtrack"}
     assert _options("animate") == SHARED | sampler_parameters | {
         "--motion-adapter", "--frames", "--fps", "--motion-scale", "--context", "--context-stride", "--out",
         "--frames-dir", "--overwrite", "--quiet", "--yes"}

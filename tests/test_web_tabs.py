@@ -299,11 +299,11 @@ def test_extras_and_merge_forms_become_the_commands_settings_and_run_through_the
 
 
 def test_the_generate_and_animate_tabs_show_the_sampler_parameters(ws):
-    """A1111's sampler parameters are one concept that images and clips share: both tabs show each of them."""
-    from personae.config.sampling import SamplerParameters
+    """A1111's sampler parameters and prompt encoding are concepts images and clips share: both tabs show each."""
+    from personae.config.sampling import PromptEncoding, SamplerParameters
     from personae.jobs.queue import JobQueue
     from personae.web.app import build
 
     shown = {getattr(block, "elem_id", None) for block in build(ws, JobQueue()).blocks.values()}
-    for name in SamplerParameters.model_fields:
+    for name in [*SamplerParameters.model_fields, *PromptEncoding.model_fields]:
         assert {f"field-{name.replace('_', '-')}", f"animate-{name.replace('_', '-')}"} <= shown, name

@@ -17,6 +17,7 @@ from personae.config.sampling import (
     BatchSettings,
     ControlSettings,
     Img2ImgSettings,
+    PromptEncoding,
     PromptSettings,
     RuntimeSettings,
     SamplerParameters,
@@ -51,7 +52,7 @@ class MotionSettings(Concept):
 
 
 class AnimateSettings(SourceSettings, PromptSettings, StyleSettings, SamplingSettings, SamplerParameters,
-                      MotionSettings, AddonSettings, RuntimeSettings):
+                      PromptEncoding, MotionSettings, AddonSettings, RuntimeSettings):
     """Everything that decides the frames of one clip (the shared settings mean the same as for generate)."""
 
     version: int = setting(1, "version of this settings layout", cli=False)

@@ -16,6 +16,7 @@ from personae.config.sampling import (
     HiresSettings,
     Img2ImgSettings,
     OptionSettings,
+    PromptEncoding,
     PromptSettings,
     RuntimeSettings,
     SamplerParameters,
@@ -29,8 +30,8 @@ __all__ = ["GenerateSettings", "LoraRef", "EmbeddingRef", "ControlRef"]
 
 
 class GenerateSettings(SourceSettings, PromptSettings, StyleSettings, SamplingSettings, BatchSettings,
-                       VariationSettings, SamplerParameters, OptionSettings, AddonSettings, Img2ImgSettings,
-                       HiresSettings, DetailerSettings, ControlSettings, RuntimeSettings):
+                       VariationSettings, SamplerParameters, PromptEncoding, OptionSettings, AddonSettings,
+                       Img2ImgSettings, HiresSettings, DetailerSettings, ControlSettings, RuntimeSettings):
     """Everything that decides the pixels of a txt2img / img2img / ControlNet run."""
 
     version: int = setting(1, "version of this settings layout", cli=False)

@@ -154,6 +154,25 @@ class SamplerParameters(Concept):
                                    "is deterministic DDIM, 1 is DDPM-like", ge=0, le=10)
 
 
+class PromptEncoding(Concept):
+    """How a prompt's words become the text encoder's input, past the weights themselves: A1111's emphasis
+    mode and its prompt word wrap. Images and clips take them alike."""
+
+    TITLE: ClassVar[str] = "prompt encoding"
+
+    emphasis: Literal["Original", "No norm", "None", "ComfyUI"] = setting(
+        "Original", '"Emphasis" (infotext "Emphasis", written when not Original): how (word:1.2) weights apply; '
+                    "Original scales the words' embeddings and restores the chunk's mean, as A1111 always did; No "
+                    "norm leaves the mean as scaled; None ignores the weights; ComfyUI moves each weighted word's "
+                    "embedding away from the empty prompt's at its place, empty + w x (word - empty), as ComfyUI's "
+                    "CLIPTextEncode does (--from-png sets it for ComfyUI pictures; A1111 does not read it)")
+    comma_backtrack: int = setting(20, '"Prompt word wrap length limit" (A1111\'s option, 20 unless changed; not in '
+                                       "its infotext): a prompt past 75 tokens starts its next chunk after the last "
+                                       "comma when that comma is at most this many tokens back; 0 cuts at 75 exactly "
+                                       "(as personae did before; its older PNGs read so). Emphasis ComfyUI cuts as "
+                                       "ComfyUI does", ge=0, le=74)
+
+
 class OptionSettings(Concept):
     """A1111's options from its Settings page that change the pixels, and so go into its infotext."""
 
@@ -167,12 +186,6 @@ class OptionSettings(Concept):
     ensd: int = setting(0, '"Eta noise seed delta" (ENSD): the noise ancestral samplers add at each step comes from '
                            "seed + ENSD instead of the seed (A1111's setting; 31337 in many shared pictures)",
                         infotext="ENSD", infotext_if="ensd", ge=0, lt=2**32)
-    emphasis: Literal["Original", "No norm", "None", "ComfyUI"] = setting(
-        "Original", '"Emphasis" (infotext "Emphasis", written when not Original): how (word:1.2) weights apply; '
-                    "Original scales the words' embeddings and restores the chunk's mean, as A1111 always did; No "
-                    "norm leaves the mean as scaled; None ignores the weights; ComfyUI moves each weighted word's "
-                    "embedding away from the empty prompt's at its place, empty + w x (word - empty), as ComfyUI's "
-                    "CLIPTextEncode does (--from-png sets it for ComfyUI pictures; A1111 does not read it)")
     ngms: float = setting(0.0, '"NGMS" (A1111\'s "Negative Guidance minimum sigma"): every other model call whose '
                                "sigma is below this runs without the negative prompt (the UNet once, not twice: "
                                "faster, the picture a little different); 0: off", infotext="NGMS", infotext_if="ngms",
@@ -187,11 +200,6 @@ class OptionSettings(Concept):
                "last of a schedule of steps / strength (A1111's option, off by default: then int(strength x steps) + 1 "
                "of --steps run; ComfyUI's denoise works this way, and --from-png sets it for its pictures)",
         infotext="Img2img fix steps", infotext_if="img2img_fix_steps")
-    comma_backtrack: int = setting(20, '"Prompt word wrap length limit" (A1111\'s option, 20 unless changed; not in '
-                                       "its infotext): a prompt past 75 tokens starts its next chunk after the last "
-                                       "comma when that comma is at most this many tokens back; 0 cuts at 75 exactly "
-                                       "(as personae did before; its older PNGs read so). Emphasis ComfyUI cuts as "
-                                       "ComfyUI does", ge=0, le=74)
     freeu: str = setting("", "FreeU (Si et al.; ComfyUI's FreeU and FreeU_V2 nodes): \"B1,B2,S1,S2\", the "
                              "decoder's backbone features scaled by B1 where they are 4x the first block's channels "
                              "(1280 in SD-1.5) and B2 where 2x (640), its skip features' lowest frequencies by S1 and "

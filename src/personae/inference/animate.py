@@ -224,6 +224,7 @@ def clip_infotext(settings: AnimateSettings, animate_session: AnimateSession, se
         **infotext_values(settings), **uniform_said(settings.sampler),
         **sampler.eta_said(settings.eta, settings.eta_ddim),
         **sampler.sigmas_said(settings.sigma_churn, settings.sigma_tmin, settings.sigma_tmax, settings.sigma_noise),
+        **({"Emphasis": settings.emphasis} if settings.emphasis != "Original" else {}),
         "Seed": seed,
         "Size": f"{width}x{height}", "Model hash": session.model_hash, "Model": session.source.name,
         "VAE hash": session.vae_hash, "VAE": session.vae_name,
@@ -310,8 +311,10 @@ def animate(settings: AnimateSettings, animate_session: AnimateSession | None = 
     height = settings.height or session.native_size
     # 3. the sampler, on the schedule the motion modules were trained with, with A1111's sampler parameters
     scheduler = sampler.make({**session.base_scheduler, **MOTION_SCHEDULE}, k_tuning(settings))
-    # 4. encode prompts: weighted, chunked by 75 tokens, clip skip
-    positive, negative = session.encoder.encode_pair(settings.prompt, settings.negative, settings.clip_skip)
+    # 4. encode prompts: weighted (A1111's emphasis mode), chunked by 75 tokens (at a comma within the word wrap
+    # limit), clip skip
+    positive, negative = session.encoder.encode_pair(settings.prompt, settings.negative, settings.clip_skip,
+                                                     settings.emphasis, settings.comma_backtrack)
     if positive.chunks > 1:
         on_event(Message(f"prompt has {positive.tokens} tokens: encoded as {positive.chunks} chunks of 75 (not truncated)"))
     # 5. motion: strength, the motion the prompt names (an adapter with a condition), and overlapping windows for

@@ -65,7 +65,8 @@ def build_animate(ctx) -> None:
             prompt_form = SettingsForm(AnimateSettings, prefix="animate", groups=("prompt",))
             motion_form = SettingsForm(AnimateSettings, prefix="animate", groups=("motion",), skip=("motion_adapter",))
             with gr.Accordion("Sampling", open=False):
-                form = SettingsForm(AnimateSettings, prefix="animate", groups=("sampling", "sampler parameters"),
+                form = SettingsForm(AnimateSettings, prefix="animate",
+                                    groups=("sampling", "sampler parameters", "prompt encoding"),
                                     choices={"sampler": list(SAMPLERS)})
             with gr.Accordion("LoRA and embeddings", open=False):
                 loras = gr.Dropdown(ws.files(LORA_SUFFIXES), multiselect=True, label="LoRAs")

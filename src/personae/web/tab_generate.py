@@ -223,8 +223,8 @@ def build(ctx) -> None:
                                  info="A1111 styles from styles.csv in the workspace; {a|b} and __name__ (files in "
                                       "wildcards/) draw a prompt per image", elem_id="field-styles")
             form = SettingsForm(GenerateSettings,
-                                groups=("sampling", "batch", "variation", "sampler parameters", "A1111 options",
-                                        "hires fix"),
+                                groups=("sampling", "batch", "variation", "sampler parameters", "prompt encoding",
+                                        "A1111 options", "hires fix"),
                                 skip=("upscaler_dir",),
                                 choices={"sampler": list(SAMPLERS), "hires_upscaler": upscalers(ws),
                                          "hires_sampler": ["", *SAMPLERS]})
