@@ -121,7 +121,7 @@ COMPARE_JOB = textwrap.dedent("""
 
 def test_compare_checks_its_models_before_it_fetches_the_metrics_models(tmp_path):
     """The job itself (the web UI runs it without the command line's checks): a variant's wrong model path is said
-    before the CLIP and DINO models are fetched, which for a user with network is a download of a gigabyte."""
+    before the CLIP and DINO models are fetched, which for a user with network is a download of about 0.7 GB."""
     from fake_hub import FakeHub
 
     suite = tmp_path / "suite.yaml"
