@@ -67,6 +67,17 @@ def from_hub(repo_id: str, what: str, local_hint: str, fetch: Callable[[], T]) -
                         f"Face cache and the rest is fetched. Or {local_hint}") from None
 
 
+def from_cache_or_hub(repo_id: str, what: str, local_hint: str, load: Callable[[bool], T]) -> T:
+    """`load(True)`: all of `repo_id` from the local Hugging Face cache, asking the network nothing; when the cache
+    does not hold all of it (a part missing, or none), `load(False)` through `from_hub`, which fetches the rest. Every
+    hub loader goes this way: a repository cached in part is never loaded half."""
+    try:
+        return load(True)
+    except (OSError, ValueError):  # the libraries' "not in the cache"; the fetch runs outside this handler, so its
+        pass  # errors are not chained to this one
+    return from_hub(repo_id, what, local_hint, lambda: load(False))
+
+
 def _hub_error(exc: BaseException | None):
     """The hub's HTTP error behind `exc` (diffusers and transformers re-raise it as an OSError of their own)."""
     from huggingface_hub.utils import HfHubHTTPError

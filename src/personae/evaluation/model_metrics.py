@@ -31,15 +31,11 @@ def _sources(name: str, *loads) -> tuple:
         return tuple(load(str(path)) for load in loads)
     if path.suffix or name.startswith((".", "/", "~")) or name.count("/") != 1:
         raise Unavailable(f'"{name}" is not a model folder (and not a hub id)')
-    try:  # already downloaded: loaded without asking the network anything
-        return tuple(load(name, local_files_only=True) for load in loads)
-    except OSError:  # not in the cache, or not all of it
-        pass
-    from personae.hub import from_hub
+    from personae.hub import from_cache_or_hub
 
     try:
-        return from_hub(name, "the metric model", "set it in the suite's metrics section as a local folder.",
-                        lambda: tuple(load(name) for load in loads))
+        return from_cache_or_hub(name, "the metric model", "set it in the suite's metrics section as a local folder.",
+                                 lambda cached: tuple(load(name, local_files_only=cached) for load in loads))
     except UserError as exc:
         raise Unavailable(str(exc)) from None
 

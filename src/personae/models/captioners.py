@@ -12,7 +12,7 @@ from pathlib import Path
 from personae.config.prepare import PrepareSettings
 from personae.data.captioners import SIMPLE, Captioner
 from personae.errors import UserError
-from personae.hub import from_hub
+from personae.hub import from_cache_or_hub
 
 WD14 = "wd14:"
 FLORENCE_TASKS = ("<CAPTION>", "<DETAILED_CAPTION>", "<MORE_DETAILED_CAPTION>")
@@ -97,12 +97,9 @@ class TransformersCaptioner:
         try:
             if folder:
                 config, self.processor, model = _parts(str(local), name_or_path, True, True)
-            else:
-                try:  # already downloaded, every part of it: loaded without asking the network anything
-                    config, self.processor, model = _parts(name_or_path, name_or_path, False, True)
-                except OSError:  # not in the cache, or not all of it: the hub's refusals said as the user's to act on
-                    config, self.processor, model = from_hub(
-                        name_or_path, "captioner", hint, lambda: _parts(name_or_path, name_or_path, False, False))
+            else:  # the hub's refusals said as the user's to act on
+                config, self.processor, model = from_cache_or_hub(
+                    name_or_path, "captioner", hint, lambda cached: _parts(name_or_path, name_or_path, False, cached))
         except OSError as exc:
             raise UserError(f'Captioner "{name_or_path}" could not be loaded ({str(exc).splitlines()[0]}).',
                             "With no network, download the model elsewhere and pass its folder with --captioner "

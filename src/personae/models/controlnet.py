@@ -21,13 +21,12 @@ from pathlib import Path
 import torch
 
 from personae.errors import UserError
-from personae.hub import from_hub, require_hub
+from personae.hub import from_cache_or_hub, require_hub
 from personae.models.addons import file_sha256
 from personae.models.folders import readable_by_others
-from personae.models.model_files import check_model_file, header_json, named_by_content, tensor_shapes
+from personae.models.model_files import SD15_DIR, check_model_file, header_json, named_by_content, tensor_shapes
 from personae.models.original_layout import CONFIG_METADATA_KEY
 from personae.models.resolve import Source, _short, load_errors, locate
-from personae.models.tiny import SD15_DIR
 
 # The perturbation of the tiny ControlNet's zero convolutions, and the gain of its conditioning embedding's
 # last layer (see build_tiny_controlnet)
@@ -120,13 +119,10 @@ def load_controlnet(source: ControlNetSource, dtype: torch.dtype = torch.float32
         except load_errors() as exc:
             raise UserError(f"{source.location} could not be loaded as a ControlNet folder ({_short(exc)}).",
                             "Pass the folder ControlNetModel.save_pretrained wrote.") from None
-    try:  # 1. already in the local cache: no network needed
-        return ControlNetModel.from_pretrained(source.location, local_files_only=True, **kwargs)
-    except (OSError, ValueError):
-        pass
-    # 2. one quick request decides whether the hub is reachable at all
-    return from_hub(source.location, "ControlNet", "pass its folder with --controlnet TYPE=./path/to/controlnet.",
-                    lambda: ControlNetModel.from_pretrained(source.location, **kwargs))
+    hint = "pass its folder with --controlnet TYPE=./path/to/controlnet."
+    return from_cache_or_hub(source.location, "ControlNet", hint,
+                             lambda cached: ControlNetModel.from_pretrained(source.location, local_files_only=cached,
+                                                                            **kwargs))
 
 
 @torch.no_grad()

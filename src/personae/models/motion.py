@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from personae.errors import UserError
-from personae.hub import from_hub
+from personae.hub import from_cache_or_hub
 from personae.models.model_files import check_model_file, header_json, read_state_dict
 from personae.models.resolve import Source, _short, load_errors, locate
 
@@ -102,13 +102,10 @@ def load_motion_adapter(source: MotionSource):
     elif source.kind == "single_file":
         adapter = _load_single_file(Path(source.location))
     else:
-        try:  # 1. already in the local cache: no network needed
-            adapter = MotionAdapter.from_pretrained(source.location, local_files_only=True)
-        except (OSError, ValueError):
-            # 2. one quick request decides whether the hub is reachable at all (no retry loop)
-            adapter = from_hub(source.location, "motion adapter", "pass its folder with --motion-adapter "
-                               "./path/to/folder, or one .safetensors motion module file.",
-                               lambda: MotionAdapter.from_pretrained(source.location))
+        adapter = from_cache_or_hub(source.location, "motion adapter", "pass its folder with --motion-adapter "
+                                    "./path/to/folder, or one .safetensors motion module file.",
+                                    lambda cached: MotionAdapter.from_pretrained(source.location,
+                                                                                 local_files_only=cached))
     return adapter
 
 

@@ -28,7 +28,7 @@ import torch
 from safetensors import SafetensorError
 
 from personae.errors import UserError
-from personae.hub import from_hub, is_hub_id
+from personae.hub import from_cache_or_hub, is_hub_id
 from personae.models.model_files import (
     PICKLE,
     PICKLE_SUFFIXES,
@@ -201,14 +201,10 @@ def _write_config_dir(path: Path, target: Path) -> dict:
 def _load_from_hub(repo_id: str, **kwargs):
     from diffusers import StableDiffusionPipeline
 
-    try:  # 1. already in the local cache: no network needed
-        return StableDiffusionPipeline.from_pretrained(repo_id, local_files_only=True, **kwargs)
-    except (OSError, ValueError):
-        pass
-    # 2. one quick request decides whether the hub is reachable at all (no retry loop)
-    return from_hub(repo_id, "model", "pass the local folder with --model ./path/to/folder, or a checkpoint file "
-                    "with --model ./model.safetensors.",
-                    lambda: StableDiffusionPipeline.from_pretrained(repo_id, **kwargs))
+    return from_cache_or_hub(repo_id, "model", "pass the local folder with --model ./path/to/folder, or a checkpoint "
+                             "file with --model ./model.safetensors.",
+                             lambda cached: StableDiffusionPipeline.from_pretrained(repo_id, local_files_only=cached,
+                                                                                    **kwargs))
 
 
 def load_pipeline(source: ModelSource, dtype: torch.dtype = torch.float32, components: dict | None = None,

@@ -20,7 +20,7 @@ from PIL import Image
 
 from personae.data.captions import KAOMOJI
 from personae.errors import UserError
-from personae.hub import from_hub, is_hub_id
+from personae.hub import from_cache_or_hub, is_hub_id
 
 FILES = ("model.onnx", "selected_tags.csv")
 RATING, GENERAL, CHARACTER = 9, 0, 4  # selected_tags.csv categories
@@ -92,15 +92,11 @@ def tagger_files(spec: str) -> tuple[Path, Path]:
         raise UserError(f'The tagger "{spec}" was not found.',
                         f"Pass --captioner wd14:FOLDER (a folder with {' and '.join(FILES)}) or a hub id such as "
                         "wd14:SmilingWolf/wd-vit-tagger-v3.")
-    from huggingface_hub import try_to_load_from_cache
-
-    cached = [try_to_load_from_cache(spec, name) for name in FILES]
-    if all(isinstance(c, str) for c in cached):
-        return Path(cached[0]), Path(cached[1])
-    hint = ("pass its folder with --captioner wd14:./folder, or use the offline default --captioner filename.")
     from huggingface_hub import hf_hub_download
 
-    return from_hub(spec, "the tagger", hint, lambda: tuple(Path(hf_hub_download(spec, name)) for name in FILES))
+    hint = "pass its folder with --captioner wd14:./folder, or use the offline default --captioner filename."
+    return from_cache_or_hub(spec, "the tagger", hint, lambda cached: tuple(
+        Path(hf_hub_download(spec, name, local_files_only=cached)) for name in FILES))
 
 
 def to_input(image: Image.Image, side: int) -> np.ndarray:
