@@ -232,6 +232,16 @@ def test_demo_runs_offline_and_writes_an_index(tmp_path):
     # draws none
     assert star >= 86 and star_moves >= 2 and base_star <= 2, section
     assert (tmp_path / "demo/animate/clip.gif").is_file() and (tmp_path / "demo/animate/clip.mp4").is_file()
+    # prompt travel with that adapter: each of three travels starts as its first keyframe and ends as its last, its
+    # control (the first prompt alone) ends as the first (demo/world_travel.py; 3-4 and 4 of 4 measured)
+    start = index.index("## Prompt travel on the world")
+    section = " ".join(index[start:index.index("\n## ", start)].split())
+    travels = re.findall(r"(shape|colour|background): (\d) of 4 as the first keyframe at the start, (\d) of 4 as the "
+                         r"last at the end \(its control: (\d) of 4 still the first at the end\)", section)
+    assert [t[0] for t in travels] == ["shape", "colour", "background"], section
+    assert all(int(a) >= 3 and int(b) >= 3 and int(c) >= 3 for _, a, b, c in travels), section
+    with Image.open(tmp_path / "demo/world-travel/travel.gif") as gif:
+        assert gif.n_frames == 16
     # a kohya config and its dataset_config of two subsets, trained as they are (demo/world_kohya.py)
     section = " ".join(index[index.index("## A kohya config, trained as it is"):index.index("## Single-file")].split())
     kohya = re.search(r"close 4 images x 2, medium 4 images x 1 = 12 per epoch, author \"the personae demo\".* the "

@@ -284,3 +284,23 @@ def test_the_shipped_adapter_moves_the_shape_the_way_the_prompt_says(shipped_mot
     assert all(r["direction"] for r in moving if r["motion"] != "still"), [(r["motion"], r["track"]) for r in moving]
     jitter = {scale: np.mean([r["jitter"] for r in rows]) for scale, rows in scored.items()}
     assert jitter[1.0] < jitter[0.0] / 3, jitter
+
+
+def test_prompt_travel_changes_shape_colour_and_background_between_its_keyframes(shipped_motion):
+    """Prompt travel on the world (world/travel_eval.py): a still shape whose caption changes from frame 0 to frame
+    15, its shape (circle to triangle), its colour (white to black) or its background (blue to yellow), two seeds
+    each. Every clip starts as its first keyframe says and ends as its last says, read by the checker in its first
+    and last four frames (at two threads: 3-4 of 4 at the start, 4 of 4 at the end); the same seed with the first
+    caption alone still shows it at the end, so the change is the travel's."""
+    from personae.world.motion_eval import adapter_lora
+    from personae.world.travel_eval import measure_travel
+
+    world, motion = shipped_motion
+    rows = measure_travel(str(world), str(motion), seeds=2, lora=adapter_lora(str(motion)))
+    assert {r["changes"] for r in rows} == {"shape", "colour", "background"} and len(rows) == 6
+    for r in rows:
+        said = {k: r[k] for k in ("changes", "seed", "starts_first", "starts_last", "ends_first", "ends_last",
+                                  "control")}
+        assert r["starts_first"] >= 3 and r["starts_last"] == 0, said
+        assert r["ends_last"] >= 3 and r["ends_first"] == 0, said
+        assert r["control"]["ends_first"] >= 3 and r["control"]["ends_last"] == 0, said

@@ -13,6 +13,9 @@ EXAMPLES = """examples:
       --frames 16 --fps 8 --steps 30 --seed 7 --out me.gif
   personae animate --model ./model.safetensors --motion-adapter ./mm_sd_v15_v2.safetensors --prompt "waves" \\
       --frames 32 --out waves.mp4 --frames-dir waves-frames/       # 32 frames: overlapping 16-frame windows
+  personae animate --model ./model.safetensors --motion-adapter ./mm_sd_v15_v2.safetensors \\
+      --prompt $'photo of sks man, wind in hair\\n0: eyes closed\\n6: smiling\\n15: laughing' --out travel.gif
+                                                                    # prompt travel: keyframes 0, 6 and 15
 
 defaults that work: DDIM, clip skip 2, 25 steps (25-45 is the useful range), CFG 7.5, 16 frames at 8 fps.
 Clips longer than --context frames (16) are drawn in overlapping windows (FreeNoise), so they stay one

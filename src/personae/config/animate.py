@@ -10,8 +10,10 @@ from __future__ import annotations
 from typing import ClassVar
 
 from pydantic import model_validator
+from pydantic.fields import FieldInfo
 
 from personae.config.fields import Concept, retuned, setting
+from personae.config.prompt_travel import parse_travel
 from personae.config.sampling import (
     AddonSettings,
     BatchSettings,
@@ -56,6 +58,11 @@ class AnimateSettings(SourceSettings, PromptSettings, StyleSettings, SamplingSet
     """Everything that decides the frames of one clip (the shared settings mean the same as for generate)."""
 
     version: int = setting(1, "version of this settings layout", cli=False)
+    prompt: str = FieldInfo.merge_field_infos(
+        PromptSettings.model_fields["prompt"],
+        description=PromptSettings.model_fields["prompt"].description + '; prompt travel, as A1111\'s AnimateDiff: '
+        'lines "FRAME: prompt" (frames from 0, ascending) between optional head and tail lines, each frame drawn '
+        "between the keyframes around it")
     steps: int = retuned(SamplingSettings, "steps", 25)
     cfg: float = retuned(SamplingSettings, "cfg", 7.5)
     sampler: str = retuned(SamplingSettings, "sampler", "DDIM")
@@ -69,3 +76,8 @@ class AnimateSettings(SourceSettings, PromptSettings, StyleSettings, SamplingSet
         if unsupported:
             raise ValueError(f"{', '.join(unsupported)} cannot be used for animation (one clip from text per run)")
         return data
+
+    @model_validator(mode="after")
+    def _keyframes_within_the_clip(self):
+        parse_travel(self.prompt, self.frames, "prompt")  # prompt travel's keyframes: read, on frames of the clip
+        return self

@@ -120,14 +120,15 @@ def parse_settings(cls: type[T], data: Mapping[str, Any] | None, source: str = "
         problems = []
         for err in exc.errors():
             loc = tuple(err["loc"])
-            where = ".".join(str(p) for p in loc) or "(top level)"
+            where = ".".join(str(p) for p in loc)
             if err["type"] == "extra_forbidden":
                 hint = nearest(str(loc[-1]), _fields_at(cls, loc))
                 problems.append(f'unknown key "{where}"' + (f' (did you mean "{hint}"?)' if hint else ""))
-            else:
-                problems.append(f'"{where}": {err["msg"].removeprefix("Value error, ")}')
+            else:  # a check of several keys together (a model validator) names its keys itself
+                message = err["msg"].removeprefix("Value error, ").rstrip(".")
+                problems.append(f'"{where}": {message}' if where else message)
         raise UserError(
-            f"{source} is not valid: " + "; ".join(problems) + ".",
+            f"In {source}: " + "; ".join(problems) + ".",
             "Fix the key or value named above (see --help for the valid settings).",
         ) from None
 

@@ -24,19 +24,20 @@ from personae.config.base import Strict
 def setting(default: Any = PydanticUndefined, description: str = "", *, infotext: str | None = None,
             infotext_if: str | tuple[str, ...] | None = None, infotext_unless: float | str | None = None,
             flag: str | None = None, aliases: tuple[str, ...] = (), metavar: str | None = None, cli: bool = True,
-            text: bool = False, **constraints: Any) -> Any:
+            text: bool = False, lines: int | None = None, **constraints: Any) -> Any:
     """A pydantic Field carrying personae's outside names.
 
     infotext: the A1111 `parameters` key; infotext_if: written only when that field is set (e.g. the
     denoising strength only for img2img), or all of those fields when a tuple; infotext_unless: not written at this
     value (A1111 leaves out a "Noise multiplier" of 1); flag / aliases / metavar: the CLI
     option; cli=False: YAML only;
-    text=True: the option takes one word that the model's own validator parses (a colour, `a=b,c=d` pairs).
+    text=True: the option takes one word that the model's own validator parses (a colour, `a=b,c=d` pairs);
+    lines: a UI form's text box this many lines high, Enter starting a new line (prompts: prompt travel's lines).
     """
     condition = list(infotext_if) if isinstance(infotext_if, tuple) else infotext_if
     extra = {"infotext": infotext, "infotext_if": condition, "infotext_unless": infotext_unless, "flag": flag,
              "aliases": list(aliases) or None,
-             "metavar": metavar, "cli": None if cli else False, "text": True if text else None}
+             "metavar": metavar, "cli": None if cli else False, "text": True if text else None, "lines": lines}
     extra = {k: v for k, v in extra.items() if v is not None}
     return Field(default, description=description, json_schema_extra=extra or None, **constraints)
 

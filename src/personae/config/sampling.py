@@ -32,7 +32,7 @@ class PromptSettings(Concept):
     TITLE: ClassVar[str] = "prompt"
 
     prompt: str = setting(description="the prompt; A1111 syntax: (word:1.3), (word), [word], BREAK; any length "
-                                      "(chunked by 75 tokens)")
+                                      "(chunked by 75 tokens)", lines=3)
     seed: int = setting(-1, '"Seed"; -1 picks one at random (written to the PNG); up to 2**64 - 1, as ComfyUI\'s',
                         infotext="Seed", ge=-1, lt=2**64)
 
@@ -55,7 +55,7 @@ class SamplingSettings(Concept):
 
     TITLE: ClassVar[str] = "sampling"
 
-    negative: str = setting("", '"Negative prompt": what the image should not show')
+    negative: str = setting("", '"Negative prompt": what the image should not show', lines=2)
     steps: int = setting(20, '"Steps": sampling steps', infotext="Steps", ge=1, le=1000)
     cfg: float = setting(7.0, '"CFG scale": how strongly the prompt steers; <= 1 turns guidance off',
                          infotext="CFG scale", ge=0.0, le=100.0)

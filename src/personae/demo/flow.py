@@ -78,6 +78,7 @@ def _demo(out: Path, on_event: EventHandler) -> Path:
     from personae.demo.world_img2img import world_img2img
     from personae.demo.world_motion import world_motion
     from personae.demo.world_style import world_style
+    from personae.demo.world_travel import world_travel
 
     world = world_demo(out, index, on_event)
     # then a storyboard on it: shot tokens and a star character taught, every panel read back exactly
@@ -92,6 +93,8 @@ def _demo(out: Path, on_event: EventHandler) -> Path:
     world_style(out, world, index, on_event)
     # and motion: the world motion adapter on held-out shapes and on the taught star, every frame read back
     world_motion(out, index, on_event)
+    # and prompt travel with that adapter: a shape's prompt changing between two keyframes, every frame read back
+    world_travel(out, out / "models/world-zero-snr", out / "models/world-motion", index, on_event)
 
     # and the everyday flow on it: prepare, text to image, a long prompt, a LoRA and its files, --from-png
     world_flow(out, world, index, on_event)

@@ -35,6 +35,7 @@ from personae.events import EventHandler, Message, Progress, ignore
 from personae.inference.composable import composable_parts
 from personae.inference.prompt import with_styles
 from personae.inference.prompt_schedule import prompt_schedule
+from personae.inference.prompt_travel import frame_conditionings, frame_conditions, read_travel
 from personae.inference.samplers import get_sampler, k_tuning, uniform_said
 from personae.inference.session import Session, open_session
 from personae.media.png import format_parameters, infotext_values
@@ -298,6 +299,7 @@ def animate(settings: AnimateSettings, animate_session: AnimateSession | None = 
             raise UserError(f"{flag} uses A1111's prompt editing ([from:to:when] or [a|b]), which `personae generate` "
                             "applies and animate does not: every frame is drawn with one prompt here.",
                             "Write the prompt without it, or make the stills with `personae generate`.")
+    travel = read_travel(settings.prompt, settings.frames)  # prompt travel: "frame: prompt" lines
     if composable_parts(settings.prompt) is not None:  # read as words, AND and the weight would be drawn
         raise UserError("--prompt uses A1111's AND or ends in a weight (:0.5), composable diffusion, which `personae "
                         "generate` applies and animate does not: the motion UNet runs every frame with one prompt.",
@@ -313,10 +315,19 @@ def animate(settings: AnimateSettings, animate_session: AnimateSession | None = 
     scheduler = sampler.make({**session.base_scheduler, **MOTION_SCHEDULE}, k_tuning(settings))
     # 4. encode prompts: weighted (A1111's emphasis mode), chunked by 75 tokens (at a comma within the word wrap
     # limit), clip skip
-    positive, negative = session.encoder.encode_pair(settings.prompt, settings.negative, settings.clip_skip,
-                                                     settings.emphasis, settings.comma_backtrack)
+    # (a travelling prompt: each keyframe's prompt, all of one length)
+    texts = travel.prompts if travel else [settings.prompt]
+    *encoded, negative = session.encoder.encode_alike([*texts, settings.negative], settings.clip_skip,
+                                                      settings.emphasis, settings.comma_backtrack)
+    positive = encoded[0]
     if positive.chunks > 1:
-        on_event(Message(f"prompt has {positive.tokens} tokens: encoded as {positive.chunks} chunks of 75 (not truncated)"))
+        on_event(Message(f"prompt has {max(e.tokens for e in encoded)} tokens: encoded as {positive.chunks} chunks "
+                         "of 75 (not truncated)"))
+    frame_conds = None
+    if travel:
+        frame_conds = frame_conditionings({frame: e.embeds for (frame, _), e in zip(travel.keyframes, encoded)},
+                                          settings.frames)
+        on_event(Message(f"prompt travel: keyframes at frames {', '.join(str(f) for f, _ in travel.keyframes)}"))
     # 5. motion: strength, the motion the prompt names (an adapter with a condition), and overlapping windows for
     # clips longer than the context
     animate_session.motion_scale.value = settings.motion_scale
@@ -336,8 +347,9 @@ def animate(settings: AnimateSettings, animate_session: AnimateSession | None = 
     generator = torch.Generator("cpu").manual_seed(seed)
     scheduler.generators = generator  # a k-sampler's churn draws from the clip's generator before the pipeline does
     previous, pipe.scheduler = pipe.scheduler, scheduler
+    guided = settings.cfg > 1  # the pipeline's classifier-free guidance: negative rows before the prompt's
     try:
-        with torch.no_grad():
+        with torch.no_grad(), frame_conditions(pipe.unet, frame_conds, negative.embeds if guided else None):
             out = pipe(prompt_embeds=positive.embeds.to(session.dtype),
                        negative_prompt_embeds=negative.embeds.to(session.dtype), num_frames=settings.frames,
                        width=width, height=height, num_inference_steps=settings.steps, guidance_scale=settings.cfg,

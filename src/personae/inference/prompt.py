@@ -181,9 +181,14 @@ class PromptEncoder:
     def encode_pair(self, prompt: str, negative: str, clip_skip: int = 1, emphasis: str = "Original",
                     backtrack: int = 20) -> tuple[EncodedPrompt, EncodedPrompt]:
         """Positive and negative embeddings with the same number of chunks (padded with empty ones)."""
-        n = max(len(self.token_chunks(text, backtrack, emphasis)) for text in (prompt, negative))
-        return (self.encode(prompt, clip_skip, n, emphasis, backtrack),
-                self.encode(negative, clip_skip, n, emphasis, backtrack))
+        positive, negative_encoded = self.encode_alike([prompt, negative], clip_skip, emphasis, backtrack)
+        return positive, negative_encoded
+
+    def encode_alike(self, prompts: list[str], clip_skip: int = 1, emphasis: str = "Original",
+                     backtrack: int = 20) -> list[EncodedPrompt]:
+        """Embeddings of `prompts`, all with the same number of chunks (the shorter padded with empty ones)."""
+        n = max(len(self.token_chunks(text, backtrack, emphasis)) for text in prompts)
+        return [self.encode(text, clip_skip, n, emphasis, backtrack) for text in prompts]
 
 
 def embedding_spans(tokenizer) -> dict[int, list[int]]:

@@ -21,7 +21,7 @@ from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
 from personae.cli.options import _chosen, _plain, option_kwargs
-from personae.config.fields import grouped_fields
+from personae.config.fields import extra_of, grouped_fields
 
 SLIDER_SPAN = 2000  # a bounded number whose range is wider than this is a number box (seeds, sizes)
 EXACT_IN_BROWSER = 2**53  # the browser holds numbers as doubles: an int that may pass this is typed as text (seeds)
@@ -85,7 +85,7 @@ def component_for(name: str, info: FieldInfo, choices: list | None = None,
                          **common), kind.__name__
     if isinstance(default, (tuple, list)):  # e.g. a colour (255, 255, 255): shown as the CLI spells it, 255,255,255
         default = ",".join(str(v) for v in default)
-    return gr.Textbox(value=default or "", **common), "text"
+    return gr.Textbox(value=default or "", lines=extra_of(info).get("lines", 1), **common), "text"
 
 
 class SettingsForm:
