@@ -43,7 +43,13 @@ from personae.models.addons import hashes_text
 from personae.models.embedding_dir import expand_embedding_names
 from personae.models.layer_patches import copy_patches
 from personae.models.lora_dir import expand_lora_tags, lora_tags
-from personae.models.motion import MotionSource, load_motion_adapter, resolve_motion_adapter
+from personae.models.motion import (
+    MotionSource,
+    is_motion_lora,
+    load_motion_adapter,
+    load_motion_loras,
+    resolve_motion_adapter,
+)
 
 # AnimateDiff's motion modules were trained on the linear beta schedule (not SD's scaled_linear) with
 # DDIM-style "linspace" timesteps and no sample clipping; samplers are built on that schedule.
@@ -152,6 +158,12 @@ class AnimateSession:
     motion_scale: MotionScale
     context_limit: int = field(default=32)  # positions in the adapter's table
     condition: object = None  # the adapter folder's MotionCondition, attached to the motion UNet, or None
+    motion_loras: list = field(default_factory=list)  # LoadedLora of the MotionLoRAs on the motion UNet
+
+    @property
+    def loras(self) -> list:
+        """Every LoRA of the clip: the image model's, then the motion UNet's (as A1111 lists them in the prompt)."""
+        return [*self.session.loras, *self.motion_loras]
 
     @cached_property
     def motion_hash(self) -> str | None:
@@ -163,21 +175,24 @@ class AnimateSession:
         return file_sha256(Path(self.motion.location))[:10] if self.motion.kind == "single_file" else None
 
 
-def open_animate_session(session: Session, adapter, motion: MotionSource) -> AnimateSession:
-    """Build the AnimateDiff pipeline on a loaded session and a loaded MotionAdapter."""
+def open_animate_session(session: Session, adapter, motion: MotionSource, motion_loras: list[tuple] = (),
+                         allow_pickle: bool = False) -> AnimateSession:
+    """Build the AnimateDiff pipeline on a loaded session and a loaded MotionAdapter; `motion_loras` ((path,
+    weight) pairs) load on its motion UNet."""
     adapter = adapter.to(device=session.device, dtype=session.dtype)
     base = session.pipe
+    unet_weights = {l.adapter: l.weight if l.unet_weight is None else l.unet_weight for l in session.loras}
     try:
-        unet = motion_unet(base.unet, adapter, {l.adapter: l.weight if l.unet_weight is None else l.unet_weight
-                                                 for l in session.loras})
+        unet = motion_unet(base.unet, adapter, unet_weights)
     except ValueError as exc:  # from_unet2d: block counts or layers per block differ
         raise UserError(f"The motion adapter {motion.location} does not fit the model {session.source.name}: {exc}.",
                         "Use a motion adapter made for this model family (Stable Diffusion 1.x adapters for SD-1.x models).") from None
     pipe = _pipeline_class()(vae=base.vae, text_encoder=base.text_encoder, tokenizer=base.tokenizer, unet=unet,
                              motion_adapter=adapter, scheduler=base.scheduler)
     pipe.set_progress_bar_config(disable=True)
+    loaded = load_motion_loras(pipe, list(motion_loras), unet_weights, allow_pickle)
     return AnimateSession(session, pipe, motion, MotionScale(unet), int(adapter.config.motion_max_seq_length),
-                          _condition(unet, base.tokenizer, motion))
+                          _condition(unet, base.tokenizer, motion), loaded)
 
 
 def _condition(unet, tokenizer, motion: MotionSource):
@@ -229,13 +244,13 @@ def clip_infotext(settings: AnimateSettings, animate_session: AnimateSession, se
         "Seed": seed,
         "Size": f"{width}x{height}", "Model hash": session.model_hash, "Model": session.source.name,
         "VAE hash": session.vae_hash, "VAE": session.vae_name,
-        "Lora hashes": hashes_text({l.name: l.hash for l in session.loras}),
+        "Lora hashes": hashes_text({l.name: l.hash for l in animate_session.loras}),
         "TI hashes": hashes_text({e.token: e.hash for e in session.embeddings}),
         "Motion module": animate_session.motion.name, "Motion module hash": animate_session.motion_hash,
         "Context": f"{settings.context}/{settings.context_stride}" if settings.frames > settings.context else None,
         "Version": f"personae {__version__}",
     }
-    prompt = settings.prompt + "".join(f" {l.tag}" for l in session.loras)
+    prompt = settings.prompt + "".join(f" {l.tag}" for l in animate_session.loras)
     return format_parameters(prompt, settings.negative, params)
 
 
@@ -273,11 +288,18 @@ def open_for(settings: AnimateSettings, on_event: EventHandler = ignore) -> Anim
     on_event(Message(f"loading motion adapter {motion.location}"))
     adapter = load_motion_adapter(motion)
     check_context(settings, int(adapter.config.motion_max_seq_length), motion.name)
+    # a MotionLoRA (its keys name motion modules) loads on the motion UNet, any other LoRA on the image model
+    moving = [is_motion_lora(l.path, settings.allow_pickle) for l in settings.loras]
+    for lora, is_motion in zip(settings.loras, moving):
+        if is_motion and lora.unet_weight is not None and lora.unet_weight != lora.weight:
+            raise UserError(f"--lora {lora.path}:{lora.weight:g}:{lora.unet_weight:g} gives a motion LoRA two weights, "
+                            "but it has no text-encoder part.", f"Give it one weight: --lora {lora.path}:{lora.weight:g}.")
     session = open_session(settings.model, settings.device, settings.dtype, settings.allow_pickle,
-                           loras=[(l.path, l.weight, l.unet_weight) for l in settings.loras],
+                           loras=[(l.path, l.weight, l.unet_weight) for l, m in zip(settings.loras, moving) if not m],
                            embeddings=[(e.path, e.token) for e in settings.embeddings], on_event=on_event,
                            vae=settings.vae, runtime=settings)
-    return open_animate_session(session, adapter, motion)
+    return open_animate_session(session, adapter, motion, [(l.path, l.weight) for l, m in zip(settings.loras, moving)
+                                                           if m], settings.allow_pickle)
 
 
 def animate(settings: AnimateSettings, animate_session: AnimateSession | None = None,
@@ -293,7 +315,7 @@ def animate(settings: AnimateSettings, animate_session: AnimateSession | None = 
     if animate_session is None:
         settings = expand_embedding_names(expand_lora_tags(settings))  # <lora:name:w> tags, embeddings by name
     else:
-        settings = held_lora_tags(settings, animate_session.session)  # never passed on to the text encoder
+        settings = held_lora_tags(settings, animate_session)  # never passed on to the text encoder
     for text, flag in ((settings.prompt, "--prompt"), (settings.negative, "--negative")):
         if len(prompt_schedule(text, settings.steps)) > 1:  # read as words, the brackets would be drawn
             raise UserError(f"{flag} uses A1111's prompt editing ([from:to:when] or [a|b]), which `personae generate` "

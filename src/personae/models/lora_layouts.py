@@ -57,6 +57,8 @@ NAMINGS = {
     "comfyui": "ComfyUI's model-key names (diffusion_model.input_blocks..., text_encoders.clip_l.transformer...)",
     "omi": "the Open Model Initiative layout (unet.input_blocks..., clip_l.text_model..., OneTrainer's)",
     "peft-adapter": "peft's own adapter layout (adapter_model.safetensors + adapter_config.json, base_model.model...)",
+    "animatediff": "AnimateDiff's MotionLoRA layout (...motion_modules.0.temporal_transformer...attention_blocks.0."
+                   "processor.to_q_lora.down.weight)",
 }
 _PARAM = re.compile(
     r"^(?P<name>.+?)\.(?P<param>lora_(?:down|up|mid)\.weight|lora\.(?:down|up)\.weight|lora_[AB](?:\.[\w-]+)?\.weight"
@@ -137,6 +139,19 @@ def _unet_spellings(module: str) -> list[tuple[str, str]]:
             ("unet." + module, "peft"), (module, "peft"), ("base_model.model." + module, "peft-adapter")]
 
 
+_MOTION_RENAMES = ((".attn1.", ".attention_blocks.0."), (".attn2.", ".attention_blocks.1."), (".norm1", ".norms.0"),
+                   (".norm2", ".norms.1"), (".norm3", ".ff_norm"))
+
+
+def _motion_spellings(module: str) -> list[tuple[str, str]]:
+    """A motion module's layer as AnimateDiff's own files name it (the MotionLoRA .ckpt files, the original motion
+    modules): `...motion_modules.0.temporal_transformer.transformer_blocks.0.attention_blocks.0.to_q`."""
+    original = re.sub(r"(\.motion_modules\.\d+)\.", r"\1.temporal_transformer.", module)
+    for diffusers_name, animatediff_name in _MOTION_RENAMES:
+        original = original.replace(diffusers_name, animatediff_name)
+    return [(original, "animatediff"), ("unet." + original, "animatediff")]
+
+
 def _ldm_spellings(ldm: str) -> list[tuple[str, str]]:
     return [("lora_unet_" + ldm.replace(".", "_"), "kohya-ldm"), ("diffusion_model." + ldm, "comfyui"),
             ("unet." + ldm, "omi")]
@@ -165,6 +180,7 @@ def module_table(unet, text_encoder, with_weights: bool = True) -> ModuleTable:
                                                                         text_others.items()}
     named = [(UNET, m, _unet_spellings(m)) for m in unet_layers] + [(TEXT, m, _text_spellings(m)) for m in text_layers]
     named += [(UNET, m, _ldm_spellings(ldm[m])) for m in unet_layers if m in ldm]  # the diffusers names win
+    named += [(UNET, m, _motion_spellings(m)) for m in unet_layers if ".motion_modules." in m]  # a motion UNet's
     spellings = {}
     for component, module, names in named:
         for name, naming in names:
@@ -213,8 +229,8 @@ def _resolve(name: str, table: ModuleTable) -> tuple[str, str, str] | None:
     for pattern, repl in _PROCESSOR:
         renamed = pattern.sub(repl, name)
         if renamed != name and renamed in table.spellings:
-            component, module, _ = table.spellings[renamed]
-            return component, module, "processor"
+            component, module, naming = table.spellings[renamed]
+            return component, module, "animatediff" if naming == "animatediff" else "processor"
     return None
 
 
@@ -453,6 +469,10 @@ def refuse_unplaced(lora: LoraFile, total_keys: int) -> None:
                             "loads LoRA, LoCon, LoHa, LoKr, DoRA, full-diff, OFT, BOFT, GLoRA and IA3 modules, each as "
                             "the exact change it makes.", f"{who}; for personae, train the concept as one of those "
                             "forms.")
+    if unplaced and all(".motion_modules." in key for key in unplaced):
+        raise UserError(f"{lora.path} is a motion LoRA for AnimateDiff's motion modules (a MotionLoRA: zoom, pan, "
+                        f"tilt, roll), e.g. {unplaced[0]}; a picture has no motion modules.",
+                        "Give it to `personae animate --lora`, which loads it on the clip's motion modules.")
     if lora.unplaced:
         raise UserError(
             f"{lora.path} would load only in part, so personae does not load it: {unplaced_message(lora, total_keys)}.",

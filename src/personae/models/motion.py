@@ -116,3 +116,46 @@ def save_motion_single_file(adapter, path: str | Path) -> Path:
     state = {k: v.contiguous() for k, v in adapter.state_dict().items() if not k.endswith("pos_embed.pe")}
     config = {k: v for k, v in adapter.config.items() if not k.startswith("_")}
     return save_safetensors(state, path, {MOTION_CONFIG_KEY: json.dumps(config, default=list)})
+
+
+MOTION_MODULES = ".motion_modules."  # in every key of a motion module, and of a LoRA for one
+
+
+def is_motion_lora(path: str | Path, allow_pickle: bool = False) -> bool:
+    """A LoRA with weights for AnimateDiff's motion modules (a MotionLoRA: zoom, pan, tilt, roll), read from its
+    key names alone: it loads on a clip's motion UNet, not on the image model."""
+    from personae.models.addons import check_lora_path
+    from personae.models.model_files import tensor_shapes
+
+    return any(MOTION_MODULES in key for file, _ in check_lora_path(path, allow_pickle)
+               for key in tensor_shapes(file)[0])
+
+
+def load_motion_loras(pipe, loras: list[tuple], active: dict[str, float], allow_pickle: bool = False) -> list:
+    """Motion LoRAs ((path, weight) pairs; any layout lora_layouts reads, AnimateDiff's own included) as peft
+    adapters on an AnimateDiff pipeline's motion UNet, set to their weights beside the `active` adapters there
+    ({adapter: the UNet's weight}: the image LoRAs the motion UNet carries). A file with text-encoder weights beside
+    its motion modules is refused: the text encoder is the image model's, loaded before the motion UNet exists."""
+    from personae.models.addons import TEXT, LoadedLora, add_lora_adapter, file_sha256, lora_sources, read_lora
+
+    read = []
+    for path, weight, *_ in loras:
+        p = Path(path).expanduser()
+        lora = read_lora(pipe, p, allow_pickle)  # the pipe's UNet is the motion UNet: its motion modules are placed
+        text = [module for component, module in [*lora.changes, *lora.patches] if component == TEXT]
+        if text:
+            raise UserError(f"{p} is a motion LoRA (it has weights for the motion modules) with text-encoder weights "
+                            f"too ({len(text)} layers, e.g. {text[0]}), which personae does not load beside a motion "
+                            "module.", "Use the motion LoRA alone, or split its text-encoder part into a LoRA of its "
+                                       "own.")
+        read.append((p, lora, float(weight)))
+    loaded = []
+    for i, (p, lora, weight) in enumerate(read):
+        name = f"motion{i}_" + re.sub(r"[^\w-]", "_", p.stem)
+        add_lora_adapter(pipe, lora, name)
+        weights = lora_sources(p)[0][0]
+        loaded.append(LoadedLora(p.stem, weight, file_sha256(weights, skip_safetensors_header=True)[:12], name,
+                                 lora.layout))
+    if loaded:
+        pipe.unet.set_adapters([*active, *(l.adapter for l in loaded)], [*active.values(), *(l.weight for l in loaded)])
+    return loaded
