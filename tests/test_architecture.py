@@ -23,7 +23,7 @@ WORLD = {"__init__": "base", "vocab": "config", "pretrain_settings": "config", "
          "bench_recipes": "config", "render_settings": "config", "controlnet_settings": "config", "placed": "data",
          "scene": "data", "render": "data", "tokenizer": "models", "model": "models", "check": "evaluation",
          "bench_scores": "evaluation", "evaluate": "evaluation", "shots": "evaluation", "style": "evaluation",
-         "control_eval": "inference", "img2img_eval": "inference", "motion_settings": "config", "clips": "evaluation", "motion_eval": "inference", "travel_eval": "inference",
+         "control_eval": "inference", "img2img_eval": "inference", "motion_settings": "config", "clips": "evaluation", "motion_eval": "inference", "travel_eval": "inference", "clip_control_eval": "inference",
          "motion_train": "training", "motion_lora": "training", "motion_words": "training",
          "pretrain": "training", "controlnet_train": "training", "zero_snr_settings": "config",
          "zero_snr": "training", "bench": "jobs"}

@@ -242,6 +242,15 @@ def test_demo_runs_offline_and_writes_an_index(tmp_path):
     assert all(int(a) >= 3 and int(b) >= 3 and int(c) >= 3 for _, a, b, c in travels), section
     with Image.open(tmp_path / "demo/world-travel/travel.gif") as gif:
         assert gif.n_frames == 16
+    # the world ControlNet steering a clip along a map per frame while the prompt says "still"
+    # (demo/world_clip_control.py; 16 of 16 frames, 0.2-1.0 px, 5-9 px without the unit, measured)
+    start = index.index("## ControlNet for a clip on the world")
+    section = " ".join(index[start:index.index("\n## ", start)].split())
+    steered = re.findall(r"maps moving (\w+): the shape right in (\d+) of 16 frames, ([\d.]+) px from each map's "
+                         r"centre on average, moving as the maps (do|do not) \(without the unit: ([\d.]+) px\)", section)
+    assert [s[0] for s in steered] == ["right", "down", "left", "up"], section
+    assert all(int(n) >= 14 and float(px) <= 1.5 and do == "do" and float(free) > 3 for _, n, px, do, free in steered)
+    assert (tmp_path / "demo/world-clip-control/steered.gif").is_file()
     # a kohya config and its dataset_config of two subsets, trained as they are (demo/world_kohya.py)
     section = " ".join(index[index.index("## A kohya config, trained as it is"):index.index("## Single-file")].split())
     kohya = re.search(r"close 4 images x 2, medium 4 images x 1 = 12 per epoch, author \"the personae demo\".* the "

@@ -158,7 +158,10 @@ def test_generated_options_keep_the_names_users_know():
                           "--discard-penultimate", "--noise-schedule", "--emphasis", "--comma-backtrack"}
     assert _options("animate") == SHARED | sampler_parameters | {
         "--motion-adapter", "--frames", "--fps", "--motion-scale", "--context", "--context-stride", "--out",
-        "--frames-dir", "--overwrite", "--quiet", "--yes"}
+        "--frames-dir", "--overwrite", "--quiet", "--yes",
+        # ControlNet units, as generate's but for the hires fix a clip has not
+        "--control", "--controlnet", "--control-option", "--control-start", "--control-end", "--control-resize",
+        "--control-mode", "--control-res", "--pixel-perfect", "--control-guidance-by"}
     sampling = {"--negative", "--steps", "--cfg", "--sampler", "--clip-skip", "--width", "--height", "--device",
                 "--dtype", "--attention", "--medvram", "--lowvram", "--compile"}
     assert sampling <= _options("storyboard") and sampling <= _options("compare")

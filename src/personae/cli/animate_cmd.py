@@ -16,6 +16,8 @@ EXAMPLES = """examples:
   personae animate --model ./model.safetensors --motion-adapter ./mm_sd_v15_v2.safetensors \\
       --prompt $'photo of sks man, wind in hair\\n0: eyes closed\\n6: smiling\\n15: laughing' --out travel.gif
                                                                     # prompt travel: keyframes 0, 6 and 15
+  personae animate --model ./model.safetensors --motion-adapter ./mm_sd_v15_v2.safetensors --prompt "a dancer" \\
+      --frames 16 --control pose:dance-frames/ --out dancer.gif    # ControlNet: a map per frame (folder / GIF / MP4)
 
 defaults that work: DDIM, clip skip 2, 25 steps (25-45 is the useful range), CFG 7.5, 16 frames at 8 fps.
 Clips longer than --context frames (16) are drawn in overlapping windows (FreeNoise), so they stay one
@@ -25,6 +27,7 @@ samplers: {samplers}
 """
 
 def add_parser(sub) -> None:
+    from personae.cli.generate_cmd import add_control_choices
     from personae.cli.options import add_settings_options
     from personae.config.animate import AnimateSettings
     from personae.inference.sampler_names import SAMPLER_NAMES
@@ -34,7 +37,8 @@ def add_parser(sub) -> None:
                                    "(with its LoRAs and embeddings) and write a looping GIF and/or an MP4.",
                        epilog=EXAMPLES.format(samplers=", ".join(SAMPLER_NAMES)),
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_settings_options(p, AnimateSettings)  # the shared options with animate's own defaults in their help
+    sections = add_settings_options(p, AnimateSettings)  # the shared options, with animate's own defaults
+    add_control_choices(sections["ControlNet"], hires=False)
     p.add_argument("--out", action="append", default=[], metavar="CLIP.gif|CLIP.mp4",
                    help="output clip; the suffix picks the format; repeat for both")
     p.add_argument("--frames-dir", metavar="DIR", help="also write every frame as a PNG (with its settings) to DIR")
@@ -47,12 +51,14 @@ def add_parser(sub) -> None:
 
 def settings_from_args(args):
     """The animate settings from the options given (the shared options mean the same as for generate)."""
+    from personae.cli.generate_cmd import apply_control_choices, control_choices
     from personae.cli.options import missing_required, settings_values
     from personae.config.animate import AnimateSettings
     from personae.config.base import parse_settings
     from personae.errors import UserError
 
     data = settings_values(args, AnimateSettings)
+    apply_control_choices(data, *control_choices(args))
     flag = missing_required(AnimateSettings, data)
     if flag:
         raise UserError(f"{flag} is required.", "See `personae animate --help` for examples.")

@@ -40,8 +40,9 @@ def _assignment(sep: str, meaning: str):
     return parse
 
 
-def add_control_choices(p) -> None:
-    """Options that refine the --control units (not settings of their own: they fill each unit's model / options)."""
+def add_control_choices(p, hires: bool = True) -> None:
+    """Options that refine the --control units (not settings of their own: they fill each unit's model / options);
+    `hires`: the units' Hires-Fix Option too (a clip has no hires fix)."""
     from typing import get_args
 
     from personae.config.addons import ControlRef
@@ -63,9 +64,11 @@ def add_control_choices(p) -> None:
                    help='"Processor Res" of every unit: the photo\'s short side when its map is made (default 512)')
     p.add_argument("--pixel-perfect", action="store_true", default=None,
                    help='"Pixel Perfect" for every unit: the map made at the resolution the picture needs')
-    p.add_argument("--control-hr-option", choices=get_args(ControlRef.model_fields["hr_option"].annotation),
-                   metavar="OPTION", help='"Hires-Fix Option" of every unit, with --hires-scale: "Both" (default), '
-                                          '"Low res only" (the first pass) or "High res only" (the redraw)')
+    if hires:
+        p.add_argument("--control-hr-option", choices=get_args(ControlRef.model_fields["hr_option"].annotation),
+                       metavar="OPTION", help='"Hires-Fix Option" of every unit, with --hires-scale: "Both" '
+                                              '(default), "Low res only" (the first pass) or "High res only" (the '
+                                              "redraw)")
     p.add_argument("--control-guidance-by", choices=get_args(ControlRef.model_fields["guidance_by"].annotation),
                    help='what every unit\'s guidance window counts: "steps" as A1111 (default) or "noise" level as '
                         "ComfyUI's start / end percent")
@@ -109,19 +112,21 @@ def settings_from_args(args, base: dict | None = None, png_units: list[dict] = (
     data = {**(base or {}), **given}
     if png_units and given.get("controls"):
         data["controls"] = with_png_units(png_units, [dict(c) for c in given["controls"]])
-    apply_control_choices(data, getattr(args, "controlnet", None) or [], getattr(args, "control_option", None) or [],
-                          {key: value for key, value in (("resize_mode", getattr(args, "control_resize", None)),
-                                                         ("control_mode", getattr(args, "control_mode", None)),
-                                                         ("processor_res", getattr(args, "control_res", None)),
-                                                         ("pixel_perfect", getattr(args, "pixel_perfect", None)),
-                                                         ("hr_option", getattr(args, "control_hr_option", None)),
-                                                         ("guidance_by", getattr(args, "control_guidance_by", None)))
-                           if value is not None})
+    apply_control_choices(data, *control_choices(args))
     flag = missing_required(GenerateSettings, data)
     if flag:
         hint = " (the PNG names only the model's name)" if flag == "--model" and base else ""
         raise UserError(f"{flag} is required{hint}.", "See `personae generate --help` for examples.")
     return parse_settings(GenerateSettings, data, "the generate options")
+
+
+def control_choices(args) -> tuple[list, list, dict]:
+    """The arguments of `apply_control_choices` from the options `add_control_choices` made."""
+    every = {key: getattr(args, flag, None) for key, flag in (
+        ("resize_mode", "control_resize"), ("control_mode", "control_mode"), ("processor_res", "control_res"),
+        ("pixel_perfect", "pixel_perfect"), ("hr_option", "control_hr_option"), ("guidance_by", "control_guidance_by"))}
+    return (getattr(args, "controlnet", None) or [], getattr(args, "control_option", None) or [],
+            {key: value for key, value in every.items() if value is not None})
 
 
 def apply_control_choices(data: dict, models: list[tuple[str, str]], options: list[tuple[str, str]],

@@ -12,6 +12,7 @@ from typing import ClassVar
 from pydantic import model_validator
 from pydantic.fields import FieldInfo
 
+from personae.config.addons import ControlRef
 from personae.config.fields import Concept, retuned, setting
 from personae.config.prompt_travel import parse_travel
 from personae.config.sampling import (
@@ -29,7 +30,7 @@ from personae.config.sampling import (
 )
 
 # generate's settings that a clip does not take (one clip from text per run)
-NOT_FOR_CLIPS = (*BatchSettings.model_fields, *Img2ImgSettings.model_fields, *ControlSettings.model_fields)
+NOT_FOR_CLIPS = (*BatchSettings.model_fields, *Img2ImgSettings.model_fields)
 
 
 class MotionSettings(Concept):
@@ -54,7 +55,7 @@ class MotionSettings(Concept):
 
 
 class AnimateSettings(SourceSettings, PromptSettings, StyleSettings, SamplingSettings, SamplerParameters,
-                      PromptEncoding, MotionSettings, AddonSettings, RuntimeSettings):
+                      PromptEncoding, MotionSettings, ControlSettings, AddonSettings, RuntimeSettings):
     """Everything that decides the frames of one clip (the shared settings mean the same as for generate)."""
 
     version: int = setting(1, "version of this settings layout", cli=False)
@@ -63,6 +64,10 @@ class AnimateSettings(SourceSettings, PromptSettings, StyleSettings, SamplingSet
         description=PromptSettings.model_fields["prompt"].description + '; prompt travel, as A1111\'s AnimateDiff: '
         'lines "FRAME: prompt" (frames from 0, ascending) between optional head and tail lines, each frame drawn '
         "between the keyframes around it")
+    controls: list[ControlRef] = FieldInfo.merge_field_infos(
+        ControlSettings.model_fields["controls"],
+        description=ControlSettings.model_fields["controls"].description + "; for a clip the image is a folder of "
+        "its frames (in name order), a GIF / MP4 of them, or one picture for every frame")
     steps: int = retuned(SamplingSettings, "steps", 25)
     cfg: float = retuned(SamplingSettings, "cfg", 7.5)
     sampler: str = retuned(SamplingSettings, "sampler", "DDIM")

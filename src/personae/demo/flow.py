@@ -73,6 +73,7 @@ def _demo(out: Path, on_event: EventHandler) -> Path:
     # 0. the shapes-world model: 16 prompts read back exactly, then a star taught and measured
     from personae.demo.world import world_demo
     from personae.demo.world_board import world_board
+    from personae.demo.world_clip_control import world_clip_control
     from personae.demo.world_compare import world_compare
     from personae.demo.world_control import world_control
     from personae.demo.world_img2img import world_img2img
@@ -95,6 +96,9 @@ def _demo(out: Path, on_event: EventHandler) -> Path:
     world_motion(out, index, on_event)
     # and prompt travel with that adapter: a shape's prompt changing between two keyframes, every frame read back
     world_travel(out, out / "models/world-zero-snr", out / "models/world-motion", index, on_event)
+    # and the world ControlNet steering a clip: a map per frame moves the shape where the prompt says "still"
+    world_clip_control(out, out / "models/world-zero-snr", out / "models/world-motion", out / "models/world-controlnet",
+                       index, on_event)
 
     # and the everyday flow on it: prepare, text to image, a long prompt, a LoRA and its files, --from-png
     world_flow(out, world, index, on_event)

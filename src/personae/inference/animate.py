@@ -18,6 +18,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import random
@@ -32,7 +33,9 @@ from personae.config.animate import AnimateSettings
 from personae.data.dynamic_prompts import image_prompts, is_template
 from personae.errors import UserError
 from personae.events import EventHandler, Message, Progress, ignore
+from personae.inference.animate_control import clip_control_call, prepare_clip_controls
 from personae.inference.composable import composable_parts
+from personae.inference.controlnet import control_infotext
 from personae.inference.prompt import with_styles
 from personae.inference.prompt_schedule import prompt_schedule
 from personae.inference.prompt_travel import frame_conditionings, frame_conditions, read_travel
@@ -67,27 +70,25 @@ class Clip:
         return json.dumps(self.settings.model_dump(), ensure_ascii=False)
 
 
-def _pipeline_class():
-    from diffusers import AnimateDiffPipeline
+def _own_embeds(free_noise_self, prompt, num_frames, device, num_videos_per_prompt, do_classifier_free_guidance,
+                negative_prompt=None, prompt_embeds=None, negative_prompt_embeds=None, lora_scale=None,
+                clip_skip=None):
+    """FreeNoise's prompt encoding for our embeddings: diffusers' FreeNoise path encodes prompts itself and refuses
+    `prompt_embeds`; ours carry A1111 weights, 75-token chunks and clip skip, so they are repeated per frame exactly
+    as the plain path does (negative frames first, then positive)."""
+    positive = prompt_embeds.to(device).repeat_interleave(num_frames, dim=0)
+    if not do_classifier_free_guidance:
+        return positive, None
+    negative = negative_prompt_embeds.to(device).repeat_interleave(num_frames, dim=0)
+    return torch.cat([negative, positive]), negative
 
-    class WindowedAnimateDiffPipeline(AnimateDiffPipeline):
-        """AnimateDiff whose FreeNoise path takes precomputed prompt embeddings.
 
-        diffusers' FreeNoise path encodes prompts itself and refuses `prompt_embeds`; ours carry
-        A1111 weights, 75-token chunks and clip skip, so here they are repeated per frame exactly
-        as the plain path does (negative frames first, then positive).
-        """
+def _pipeline_class(control: bool = False):
+    """diffusers' AnimateDiff pipeline (its ControlNet one for `control`) whose FreeNoise path takes our embeddings."""
+    from diffusers import AnimateDiffControlNetPipeline, AnimateDiffPipeline
 
-        def _encode_prompt_free_noise(self, prompt, num_frames, device, num_videos_per_prompt,
-                                      do_classifier_free_guidance, negative_prompt=None, prompt_embeds=None,
-                                      negative_prompt_embeds=None, lora_scale=None, clip_skip=None):
-            positive = prompt_embeds.to(device).repeat_interleave(num_frames, dim=0)
-            if not do_classifier_free_guidance:
-                return positive, None
-            negative = negative_prompt_embeds.to(device).repeat_interleave(num_frames, dim=0)
-            return torch.cat([negative, positive]), negative
-
-    return WindowedAnimateDiffPipeline
+    base = AnimateDiffControlNetPipeline if control else AnimateDiffPipeline
+    return type(f"Windowed{base.__name__}", (base,), {"_encode_prompt_free_noise": _own_embeds})
 
 
 def motion_unet(unet, adapter, lora_weights: dict[str, float] | None = None):
@@ -248,6 +249,7 @@ def clip_infotext(settings: AnimateSettings, animate_session: AnimateSession, se
         "TI hashes": hashes_text({e.token: e.hash for e in session.embeddings}),
         "Motion module": animate_session.motion.name, "Motion module hash": animate_session.motion_hash,
         "Context": f"{settings.context}/{settings.context_stride}" if settings.frames > settings.context else None,
+        **control_infotext(settings, session),
         "Version": f"personae {__version__}",
     }
     prompt = settings.prompt + "".join(f" {l.tag}" for l in animate_session.loras)
@@ -293,7 +295,8 @@ def open_for(settings: AnimateSettings, on_event: EventHandler = ignore) -> Anim
     for lora, is_motion in zip(settings.loras, moving):
         if is_motion and lora.unet_weight is not None and lora.unet_weight != lora.weight:
             raise UserError(f"--lora {lora.path}:{lora.weight:g}:{lora.unet_weight:g} gives a motion LoRA two weights, "
-                            "but it has no text-encoder part.", f"Give it one weight: --lora {lora.path}:{lora.weight:g}.")
+                            "but it has no text-encoder part.",
+                            f"Give it one weight: --lora {lora.path}:{lora.weight:g}.")
     session = open_session(settings.model, settings.device, settings.dtype, settings.allow_pickle,
                            loras=[(l.path, l.weight, l.unet_weight) for l, m in zip(settings.loras, moving) if not m],
                            embeddings=[(e.path, e.token) for e in settings.embeddings], on_event=on_event,
@@ -322,6 +325,8 @@ def animate(settings: AnimateSettings, animate_session: AnimateSession | None = 
                             "applies and animate does not: every frame is drawn with one prompt here.",
                             "Write the prompt without it, or make the stills with `personae generate`.")
     travel = read_travel(settings.prompt, settings.frames)  # prompt travel: "frame: prompt" lines
+    # ControlNet units: their control frames read and mapped now, before any model loads
+    controls = prepare_clip_controls(settings.controls, settings.frames, settings.allow_pickle)
     if composable_parts(settings.prompt) is not None:  # read as words, AND and the weight would be drawn
         raise UserError("--prompt uses A1111's AND or ends in a weight (:0.5), composable diffusion, which `personae "
                         "generate` applies and animate does not: the motion UNet runs every frame with one prompt.",
@@ -350,36 +355,48 @@ def animate(settings: AnimateSettings, animate_session: AnimateSession | None = 
         frame_conds = frame_conditionings({frame: e.embeds for (frame, _), e in zip(travel.keyframes, encoded)},
                                           settings.frames)
         on_event(Message(f"prompt travel: keyframes at frames {', '.join(str(f) for f, _ in travel.keyframes)}"))
-    # 5. motion: strength, the motion the prompt names (an adapter with a condition), and overlapping windows for
-    # clips longer than the context
+    # 5. motion: strength, the motion the prompt names (an adapter with a condition)
     animate_session.motion_scale.value = settings.motion_scale
     if animate_session.condition is not None:
         with torch.no_grad():
             animate_session.condition.given = animate_session.condition.read(pipe.tokenizer, [settings.prompt])
-    if use_context_windows(pipe, settings.frames, settings.context, settings.context_stride):
-        on_event(Message(f"{settings.frames} frames: motion in overlapping windows of {settings.context} "
-                         f"(stride {settings.context_stride})"))
 
     def report(pipeline, step, timestep, kwargs):
         on_event(Progress("denoise", step + 1, len(pipeline.scheduler.timesteps) or settings.steps))
         return kwargs
 
-    # 6. denoise all frames together, with this call's scheduler (the session's is back afterwards; the motion
-    # pipeline keeps its FreeNoise state across calls, so it is lent rather than rebuilt)
+    # 6. the pipeline: the motion pipeline with this call's scheduler (the session's is back afterwards; it keeps
+    # its FreeNoise state across calls, so it is lent rather than rebuilt), or with ControlNet units a ControlNet
+    # pipeline on the same modules; overlapping windows for clips longer than the context
+    control, unit_hooks, conditioned = {}, contextlib.nullcontext(), [pipe.unet]
+    previous = pipe.scheduler
+    if controls:
+        use_context_windows(pipe, 1, settings.context, settings.context_stride)  # the UNet's blocks back to plain
+        pipe, control, unit_hooks, nets = clip_control_call(animate_session, settings, controls, (width, height),
+                                                            scheduler, _pipeline_class(control=True), on_event)
+        conditioned += nets
+    pipe.scheduler = scheduler
+    windows = use_context_windows(pipe, settings.frames, settings.context, settings.context_stride)
+    if windows:
+        on_event(Message(f"{settings.frames} frames: motion in overlapping windows of {settings.context} "
+                         f"(stride {settings.context_stride})"))
+    # 7. denoise all frames together
     generator = torch.Generator("cpu").manual_seed(seed)
     scheduler.generators = generator  # a k-sampler's churn draws from the clip's generator before the pipeline does
-    previous, pipe.scheduler = pipe.scheduler, scheduler
     guided = settings.cfg > 1  # the pipeline's classifier-free guidance: negative rows before the prompt's
     try:
-        with torch.no_grad(), frame_conditions(pipe.unet, frame_conds, negative.embeds if guided else None):
+        with torch.no_grad(), unit_hooks, frame_conditions(conditioned, frame_conds,
+                                                           negative.embeds if guided else None):
             out = pipe(prompt_embeds=positive.embeds.to(session.dtype),
                        negative_prompt_embeds=negative.embeds.to(session.dtype), num_frames=settings.frames,
                        width=width, height=height, num_inference_steps=settings.steps, guidance_scale=settings.cfg,
-                       **({"eta": settings.eta_ddim} if settings.eta_ddim else {}),
+                       **({"eta": settings.eta_ddim} if settings.eta_ddim else {}), **control,
                        generator=generator, callback_on_step_end=report, output_type="pil")
     finally:
-        pipe.scheduler = previous
+        if controls:  # the blocks back to plain, for the motion pipeline's next call
+            use_context_windows(pipe, 1, settings.context, settings.context_stride)
+        animate_session.pipe.scheduler = previous
     frames = list(out.frames[0])
-    # 7. settings that reproduce this clip
+    # 8. settings that reproduce this clip
     exact = settings.model_copy(update={"seed": seed, "width": width, "height": height})
     return Clip(frames, seed, clip_infotext(settings, animate_session, seed, width, height), exact)

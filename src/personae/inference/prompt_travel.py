@@ -62,10 +62,11 @@ def frame_conditionings(keyframes: dict[int, torch.Tensor], frames: int) -> torc
 
 
 @contextmanager
-def frame_conditions(unet, positive: torch.Tensor | None, negative: torch.Tensor | None):
-    """While open, the UNet is given `positive` ([frames, tokens, hidden]) frame by frame in place of the one
-    prompt the pipeline repeats for every frame, and `negative` ([1, tokens, hidden], or None without guidance)
-    for the negative rows before them. With no `positive` (one prompt for the clip) nothing changes."""
+def frame_conditions(modules: list, positive: torch.Tensor | None, negative: torch.Tensor | None):
+    """While open, the `modules` (the motion UNet, and a clip's ControlNets) are given `positive` ([frames, tokens,
+    hidden]) frame by frame in place of the one prompt the pipeline repeats for every frame, and `negative` ([1,
+    tokens, hidden], or None without guidance) for the negative rows before them. With no `positive` (one prompt for
+    the clip) nothing changes."""
     if positive is None:
         yield
         return
@@ -79,8 +80,9 @@ def frame_conditions(unet, positive: torch.Tensor | None, negative: torch.Tensor
                                f"{None if given is None else tuple(given.shape)}, not {tuple(rows.shape)}")
         return args, {**kwargs, "encoder_hidden_states": rows.to(device=given.device, dtype=given.dtype)}
 
-    handle = unet.register_forward_pre_hook(swap, with_kwargs=True)
+    handles = [module.register_forward_pre_hook(swap, with_kwargs=True) for module in modules]
     try:
         yield
     finally:
-        handle.remove()
+        for handle in handles:
+            handle.remove()

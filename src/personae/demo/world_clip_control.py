@@ -1,0 +1,43 @@
+"""The demo's ControlNet for clips on the world: the world ControlNet moves a shape along a map per frame, with the
+shipped motion adapter, while the prompt says "still"; every frame read back by the exact checker
+(world/clip_control_eval.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from personae.events import EventHandler, Message
+
+
+def world_clip_control(out: Path, model: Path, adapter: Path, controlnet: Path, index, on_event: EventHandler
+                       ) -> list[dict]:
+    """Section "ControlNet for a clip on the world"; returns its rows without their frames."""
+    from personae.jobs.animate import run_animate
+    from personae.media.grid import save_image
+    from personae.world.clip_control_eval import FRAMES, case_settings, measure_clip_control
+    from personae.world.control_eval import sheet
+    from personae.world.motion_eval import adapter_lora
+
+    on_event(Message("world ControlNet for a clip: a shape moved along a map per frame"))
+    here = out / "world-clip-control"
+    lora = adapter_lora(str(adapter))
+    rows = measure_clip_control(str(model), str(adapter), str(controlnet), here / "maps", lora=lora)
+    save_image(sheet([r["frames"] for r in rows] + [r["uncontrolled_frames"] for r in rows]), here / "clips.png")
+    first = rows[0]  # as `personae animate --control canny:FOLDER` writes it
+    unit = {"type": "canny", "image": first["maps"], "model": str(controlnet), "pixel_perfect": True}
+    run_animate(case_settings(str(model), str(adapter), first["scene"], 0, lora, [unit]), [here / "steered.gif"],
+                on_event=on_event)
+    said = "; ".join(f"{r['case']}, maps moving {r['maps_move']}: the shape right in {r['identity_frames']} of "
+                     f"{FRAMES} frames, {r['centre_error']:.1f} px from each map's centre on average, moving as the "
+                     f"maps {'do' if r['follows_maps'] else 'do not'} (without the unit: "
+                     f"{r['uncontrolled']['centre_error']:.1f} px)" for r in rows)
+    index.add("ControlNet for a clip on the world",
+              "`personae animate --control canny:FOLDER --controlnet canny=models/world-controlnet`: a control map "
+              "per frame (a folder of frames, a GIF / MP4, or one picture for every frame), drawn with diffusers' "
+              "AnimateDiff ControlNet pipeline on the clip's own modules, A1111's unit settings included. The world "
+              f"ControlNet with the shipped motion adapter, {FRAMES} frames of four rendered clips whose shape moves "
+              "right, down, left and up given as the frames, the prompt asking for a still shape: " + said + ". Top "
+              "rows: steered; bottom rows: the same seeds without the unit. world-clip-control/steered.gif is the "
+              "first (tests/test_world_motion.py holds the four).",
+              [here / "clips.png", here / "steered.gif"])
+    return [{k: v for k, v in r.items() if k not in ("frames", "uncontrolled_frames")} for r in rows]

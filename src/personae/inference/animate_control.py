@@ -1,0 +1,109 @@
+"""ControlNet for clips: a control map per frame, as A1111's AnimateDiff with its ControlNet extension takes them (a
+unit's batch of frames, or a video).
+
+    personae animate ... --control pose:dance-frames/ --control canny:walk.mp4:0.6 --controlnet pose=./pose-net
+
+- A unit's `image` is a folder (its pictures in name order, numbers read as numbers: frame-2 before frame-10), a
+  GIF / MP4 / WebM / MOV (its frames), or one picture (the same map for every frame). A folder or a video holds
+  exactly the clip's frames; anything else is said before a model loads.
+- Each frame's map is made as `personae generate` makes a unit's map (the preprocessor at its Processor Res or Pixel
+  Perfect, fitted by its Resize Mode).
+- diffusers' AnimateDiffControlNetPipeline draws the clip on the animate session's own modules, with our prompt
+  embeddings, sampler and FreeNoise windows; A1111's guidance windows and Control Modes act through the same hooks
+  as for pictures (inference/control_steps.py), the negative prompt's rows being the clip's frames.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from PIL import Image
+
+from personae.config.addons import ControlRef
+from personae.data.control import get_control_type
+from personae.errors import UserError
+from personae.events import EventHandler, ignore
+from personae.inference.control_steps import UnitSteps, unit_steps
+from personae.inference.controlnet import PreparedControl, controlnet_for, make_map, model_for, unit_window
+from personae.inference.img2img import open_image
+from personae.models.controlnet import check_available, resolve_controlnet
+
+VIDEO_SUFFIXES = (".gif", ".mp4", ".webm", ".mov", ".mkv")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+
+
+def _natural(path: Path) -> list:
+    return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", path.name)]
+
+
+def control_frames(ref: ControlRef, frames: int, unit: int) -> list[Image.Image]:
+    """The pictures a unit's maps are made from, one per frame of the clip."""
+    what = f"control {unit} ({ref.type})"
+    path = Path(ref.image).expanduser()
+    if path.is_dir():
+        files = sorted((p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()), key=_natural)
+        if not files:
+            raise UserError(f"The folder {path} of {what} holds no pictures ({', '.join(IMAGE_SUFFIXES)}).",
+                            "Put the control frames there, one picture per frame of the clip.")
+        pictures = [open_image(str(p), what) for p in files]
+    elif path.suffix.lower() in VIDEO_SUFFIXES and path.is_file():
+        from personae.media.video import read_clip_frames
+
+        try:
+            pictures = [Image.fromarray(frame) for frame in read_clip_frames(path)]
+        except Exception as exc:  # a damaged or unknown video: ffmpeg's or Pillow's words
+            raise UserError(f"The video {path} of {what} could not be read ({str(exc).splitlines()[0]}).",
+                            "Pass a GIF or MP4 that plays, or a folder of its frames.") from None
+    else:
+        return [open_image(str(path), what)] * frames  # one picture: the same map for every frame
+    if len(pictures) != frames:
+        raise UserError(f"{path}, {what}, holds {len(pictures)} frames; the clip has {frames}.",
+                        f"Ask for --frames {len(pictures)}, or give the unit {frames} frames.")
+    return pictures
+
+
+def prepare_clip_controls(controls: list[ControlRef], frames: int, allow_pickle: bool = False
+                          ) -> list[list[PreparedControl]]:
+    """Every unit's maps, frame by frame (a picture given once is mapped once): bad input fails here, before any
+    model loads."""
+    prepared = []
+    for i, ref in enumerate(controls):
+        control_type = get_control_type(ref.type)
+        if ref.hr_option != "Both":
+            raise UserError(f'control {i} ({ref.type}) has the Hires-Fix Option "{ref.hr_option}"; a clip has no '
+                            "hires fix.", "Leave the option out for a clip.")
+        check_available(resolve_controlnet(model_for(ref), allow_pickle))
+        made: dict[int, PreparedControl] = {}
+        units = []
+        for picture in control_frames(ref, frames, i):
+            if id(picture) not in made:
+                made[id(picture)] = PreparedControl(ref, control_type, model_for(ref),
+                                                    make_map(ref, picture, ref.processor_res), picture)
+            units.append(made[id(picture)])
+        prepared.append(units)
+    return prepared
+
+
+def clip_control_call(animate_session, settings, prepared: list[list[PreparedControl]], size: tuple[int, int],
+                      scheduler, pipeline_class, on_event: EventHandler = ignore):
+    """(the ControlNet pipeline on the animate session's modules with `scheduler`, its control arguments, the hooks
+    of A1111's guidance windows and Control Modes to enter around the call, the ControlNets it calls)."""
+    from diffusers.models.controlnets.multicontrolnet import MultiControlNetModel
+
+    session, base = animate_session.session, animate_session.pipe
+    nets = [controlnet_for(session, units[0].model, settings.allow_pickle, on_event) for units in prepared]
+    controlnet = nets[0] if len(nets) == 1 else MultiControlNetModel(nets)
+    pipe = pipeline_class(vae=base.vae, text_encoder=base.text_encoder, tokenizer=base.tokenizer, unet=base.unet,
+                          motion_adapter=base.motion_adapter, controlnet=controlnet, scheduler=scheduler)
+    pipe.set_progress_bar_config(disable=True)
+    maps = [[unit.map_at(size) for unit in units] for units in prepared]
+    weights = [float(units[0].ref.weight) for units in prepared]
+    single = len(prepared) == 1
+    arguments = {"conditioning_frames": maps[0] if single else maps,
+                 "controlnet_conditioning_scale": weights[0] if single else weights,
+                 "control_guidance_start": 0.0 if single else [0.0] * len(nets),
+                 "control_guidance_end": 1.0 if single else [1.0] * len(nets)}
+    steps = [UnitSteps(units[0].ref.control_mode, *unit_window(settings, units[0].ref),
+                       by_noise=units[0].ref.guidance_by == "noise") for units in prepared]
+    return pipe, arguments, unit_steps(nets, steps, settings.frames, scheduler), [controlnet]

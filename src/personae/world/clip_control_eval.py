@@ -1,0 +1,73 @@
+"""A clip steered by ControlNet on the world: the world ControlNet, given a map per frame of a shape moving one way,
+with the shipped motion adapter, while the prompt asks the shape to stay still; every frame read back by the exact
+checker.
+
+    rows = measure_clip_control(str(zero_snr_model), str(motion_adapter), str(world_controlnet), folder)
+
+Case i is a rendered clip (world/clips.py) moving as MOTIONS_SHOWN[i]; its frames are written to FOLDER and passed
+as `personae animate --control canny:FOLDER --controlnet canny=NET` (animate draws their edges), with the prompt
+"<caption>, still" (the motion adapter's words for no motion) at the world's motion settings. Its control is the
+same seed without the unit. Each row: the frames whose shape, colour and background read as the caption says; the
+mean distance (px) of the shape's centre from the control's, frame by frame; whether the track moves as the maps
+move (world/clips.py's rule), for the clip and for its control.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from personae.config.animate import AnimateSettings
+from personae.inference.animate import animate, open_for
+from personae.world.check import check_box
+from personae.world.clips import MOTION_WORDS, direction_right, make_clip
+from personae.world.motion_eval import CONTEXT, STRIDE
+from personae.world.scene import caption
+
+FRAMES, STEPS, CFG = 16, 25, 4.0
+SIZE = "medium shot"
+CASES = (("triangle", "red", "blue", "right"), ("square", "white", "green", "down"),
+         ("circle", "yellow", "red", "left"), ("ring", "black", "yellow", "up"))
+
+
+def case_settings(model: str, adapter: str, case: tuple, seed: int, lora: str | None,
+                  controls: list) -> AnimateSettings:
+    shape, colour, background, _ = case
+    return AnimateSettings(model=model, motion_adapter=adapter, seed=seed, steps=STEPS, cfg=CFG, sampler="DDIM",
+                           prompt=f"{caption(shape, colour, background, SIZE)}, {MOTION_WORDS['still']}",
+                           clip_skip=1, frames=FRAMES, context=CONTEXT, context_stride=STRIDE, device="cpu",
+                           loras=[{"path": lora, "weight": 1.0}] if lora else [], controls=controls)
+
+
+def score(frames, clip) -> dict:
+    reads = [check_box(frame) for frame in frames]
+    side = frames[0].width
+    centres = [(a.position[0] * side, a.position[1] * side) for a, _ in reads]
+    boxes = [max(box, 1e-6) for _, box in reads]
+    identity = sum((a.shape, a.colour, a.background) == (clip.shape, clip.colour, clip.background) for a, _ in reads)
+    off = float(np.mean([np.hypot(x - cx, y - cy) for (x, y), (cx, cy) in zip(centres, clip.centres)]))
+    return {"identity_frames": identity, "centre_error": off,
+            "follows_maps": direction_right(clip.motion, centres, boxes)}
+
+
+def measure_clip_control(model: str, adapter: str, controlnet: str, folder: Path, lora: str | None = None,
+                         cases: int = len(CASES)) -> list[dict]:
+    """A row per case: the controlled clip's score, its control's (`uncontrolled`), and both clips' frames."""
+    folder = Path(folder)
+    session, rows = None, []
+    for seed, case in enumerate(CASES[:cases]):
+        clip = make_clip(np.random.default_rng(seed), *case, frames=FRAMES, size=SIZE)
+        maps = folder / f"{seed:02d}-{case[3]}"
+        maps.mkdir(parents=True, exist_ok=True)
+        for i, picture in enumerate(clip.frames()):
+            picture.save(maps / f"{i:02d}.png")
+        unit = {"type": "canny", "image": str(maps), "model": controlnet, "pixel_perfect": True}
+        steered = case_settings(model, adapter, case, seed, lora, [unit])
+        session = session or open_for(steered)
+        frames = animate(steered, session).frames
+        free = animate(steered.model_copy(update={"controls": []}), session).frames
+        rows.append({"case": f"a {case[1]} {case[0]} on {case[2]}", "scene": case, "maps_move": case[3],
+                     "maps": str(maps), **score(frames, clip),
+                     "uncontrolled": score(free, clip), "frames": frames, "uncontrolled_frames": free})
+    return rows

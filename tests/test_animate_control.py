@@ -1,0 +1,136 @@
+"""ControlNet for clips (`personae animate --control TYPE:FRAMES`): a map per frame from a folder, a video or one
+picture; A1111's unit settings; the world ControlNet steering a clip's shape along its maps.
+
+Tiny model, tiny motion adapter and tiny ControlNet (32 px, 2 steps) for the plumbing; the shapes world for the
+behaviour.
+"""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from personae.config.animate import AnimateSettings
+from personae.errors import UserError
+from personae.inference.animate import animate, open_for
+from personae.media.video import write_gif
+
+
+@pytest.fixture(scope="module")
+def parts(tiny_model, tmp_path_factory):
+    """(tiny model, tiny motion adapter, tiny ControlNet, a folder of 4 control frames, the same as a GIF)."""
+    from personae.models.controlnet import write_tiny_controlnet
+    from personae.models.tiny_motion import write_tiny_motion_adapter
+
+    root = tmp_path_factory.mktemp("clip-control")
+    write_tiny_motion_adapter(root / "motion", seed=0)
+    net = write_tiny_controlnet(root / "controlnet", base=tiny_model[0], seed=0)
+    frames = []
+    for i in range(4):  # a white square walking right on black
+        a = np.zeros((32, 32, 3), np.uint8)
+        a[10:22, 2 + 5 * i:14 + 5 * i] = 255
+        frames.append(Image.fromarray(a))
+    (root / "frames").mkdir()
+    for i, frame in enumerate(frames):  # names whose order needs numbers read as numbers
+        frame.save(root / "frames" / f"f{[1, 2, 10, 11][i]}.png")
+    write_gif(frames, root / "walk.gif", 8)
+    return tiny_model[0], root / "motion", net, root / "frames", root / "walk.gif", frames
+
+
+def settings(parts, controls=(), **kw):
+    model, motion, net, *_ = parts
+    return AnimateSettings(**{"model": str(model), "motion_adapter": str(motion), "prompt": "a photo of a cat",
+                              "steps": 2, "seed": 7, "width": 32, "height": 32, "frames": 4, "context": 4,
+                              "context_stride": 2, "controls": [{"model": str(net), **c} for c in controls], **kw})
+
+
+@pytest.fixture(scope="module")
+def held(parts):
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield open_for(settings(parts))
+    torch.set_num_threads(before)
+
+
+def pixels(clip):
+    return np.stack([np.asarray(f, dtype=np.int16) for f in clip.frames])
+
+
+def test_a_folder_a_gif_and_one_picture_steer_the_clip(parts, held):
+    _, _, _, folder, gif, frames = parts
+    plain = animate(settings(parts), held)
+    from_folder = animate(settings(parts, [{"type": "raw", "image": str(folder)}]), held)
+    from_gif = animate(settings(parts, [{"type": "raw", "image": str(gif)}]), held)
+    assert np.abs(pixels(from_folder) - pixels(plain)).mean() > 0.5
+    # the GIF holds the same frames (a GIF's palette keeps black and white exact): the same clip
+    assert np.array_equal(pixels(from_gif), pixels(from_folder))
+    # frame i is steered by map i: the folder read in number order (f2 before f10), not as the names sort
+    swapped = settings(parts, [{"type": "raw", "image": str(gif)}])
+    write_gif([frames[0], frames[2], frames[1], frames[3]], parts[4].parent / "swapped.gif", 8)
+    other = animate(swapped.model_copy(update={"controls": [swapped.controls[0].model_copy(
+        update={"image": str(parts[4].parent / "swapped.gif")})]}), held)
+    assert not np.array_equal(pixels(other), pixels(from_folder))
+    # one picture: the same map for every frame
+    one = animate(settings(parts, [{"type": "raw", "image": str(folder / "f1.png")}]), held)
+    assert np.abs(pixels(one) - pixels(from_folder)).mean() > 0.5
+    # weight 0: the ControlNet pipeline adds nothing, so the plain clip comes out
+    off = animate(settings(parts, [{"type": "raw", "image": str(folder), "weight": 0.0}]), held)
+    assert np.array_equal(pixels(off), pixels(plain))
+    assert "ControlNet 0: \"Module: none, Model: controlnet" in from_folder.parameters
+    # the motion pipeline is left as it was: a plain clip after controlled ones is the plain clip
+    assert np.array_equal(pixels(animate(settings(parts), held)), pixels(plain))
+
+
+def test_unit_settings_and_windows_reach_the_clip(parts, held):
+    """A1111's Guidance End and Control Mode act on a clip as on a picture; a clip longer than its context runs in
+    FreeNoise's windows with a map per frame; prompt travel reaches the ControlNet too."""
+    _, _, _, folder, gif, frames = parts
+    full = animate(settings(parts, [{"type": "raw", "image": str(folder)}]), held)
+    # 4 steps: A1111's sampling percents 0, 0, 0.25, 0.5; Guidance Start 0.3 controls the last step only (whose
+    # change the tiny model does not carry to a pixel: the clip is then the uncontrolled one)
+    four = animate(settings(parts, [{"type": "raw", "image": str(folder)}], steps=4), held)
+    late = animate(settings(parts, [{"type": "raw", "image": str(folder)}], steps=4, control_start=0.3), held)
+    assert not np.array_equal(pixels(late), pixels(four))
+    important = animate(settings(parts, [{"type": "raw", "image": str(folder),
+                                          "control_mode": "ControlNet is more important"}]), held)
+    assert not np.array_equal(pixels(important), pixels(full))
+    long_frames = parts[4].parent / "long"
+    long_frames.mkdir(exist_ok=True)
+    for i in range(7):
+        frames[i % 4].save(long_frames / f"{i:02d}.png")
+    windowed = animate(settings(parts, [{"type": "raw", "image": str(long_frames)}], frames=7), held)
+    assert len(windowed.frames) == 7 and "Context: 4/2" in windowed.parameters
+    travelling = animate(settings(parts, [{"type": "raw", "image": str(folder)}],
+                                  prompt="0: a photo of a cat\n3: a photo of a dog"), held)
+    assert not np.array_equal(pixels(travelling), pixels(full))
+
+
+@pytest.mark.parametrize("unit, frames, says", [
+    ({"type": "raw", "image": "FOLDER"}, 6, "holds 4 frames; the clip has 6"),
+    ({"type": "raw", "image": "GIF"}, 5, "holds 4 frames; the clip has 5"),
+    ({"type": "raw", "image": "EMPTY"}, 4, "holds no pictures"),
+    ({"type": "raw", "image": "FOLDER", "hr_option": "Low res only"}, 4, "a clip has no hires fix"),
+    ({"type": "cany", "image": "FOLDER"}, 4, "cany"),
+])
+def test_control_input_a_clip_cannot_use_is_refused_before_a_model_loads(parts, tmp_path, unit, frames, says):
+    _, _, _, folder, gif, _ = parts
+    (tmp_path / "empty").mkdir()
+    image = {"FOLDER": str(folder), "GIF": str(gif), "EMPTY": str(tmp_path / "empty")}[unit["image"]]
+    s = settings(parts, [{**unit, "image": image}], frames=frames)
+    with pytest.raises(UserError, match=says):
+        animate(s, on_event=lambda e: pytest.fail(f"went on to {e}"))
+
+
+def test_the_command_line_takes_units_for_a_clip(parts, tmp_path):
+    from personae.cli.main import main
+
+    model, motion, net, folder, *_ = parts
+    out = tmp_path / "clip.gif"
+    assert main(["animate", "--model", str(model), "--motion-adapter", str(motion), "--prompt", "a cat",
+                 "--frames", "4", "--context", "4", "--context-stride", "2", "--steps", "2", "--width", "32",
+                 "--height", "32", "--control", f"raw:{folder}:0.8", "--controlnet", f"raw={net}",
+                 "--control-mode", "My prompt is more important", "--out", str(out), "--quiet"]) == 0
+    with Image.open(out) as clip:
+        assert clip.n_frames == 4
+        comment = clip.info["comment"].decode()
+    assert "ControlNet 0:" in comment and "Weight: 0.8" in comment and "My prompt is more important" in comment
