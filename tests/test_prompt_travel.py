@@ -184,3 +184,23 @@ def test_the_web_forms_prompt_boxes_take_lines():
     assert form.components["steps"].__class__.__name__ != "Textbox"
     values = form.values(*[TRAVEL if name == "prompt" else None for name in form.components])
     assert values["prompt"] == TRAVEL
+
+
+def test_a1111_styles_reach_every_keyframe(tmp_path):
+    """A style on a travelling prompt wraps every keyframe's prompt, as the extension's frames each get it (appended
+    to the text, a style would reach the last line's keyframe alone); the PNG's prompt stays a travel."""
+    from personae.data.styles import apply_styles
+    from personae.inference.prompt import with_styles
+
+    csv = tmp_path / "styles.csv"
+    csv.write_text('name,prompt,negative_prompt\nwrap,"masterpiece, {prompt}, best quality",lowres\n'
+                   'light,soft light,blurry\n', encoding="utf-8")
+    s = AnimateSettings(model="m", motion_adapter="a", prompt=TRAVEL, frames=4, negative="ugly",
+                        styles=["wrap", "light"], styles_file=str(csv))
+    styled = with_styles(s)
+    assert styled.styles == [] and styled.negative == apply_styles("a", "ugly", ["wrap", "light"], str(csv))[1]
+    plain = parse_travel(TRAVEL, 4).keyframes
+    assert parse_travel(styled.prompt, 4).keyframes == tuple(
+        (frame, apply_styles(text, "", ["wrap", "light"], str(csv))[0]) for frame, text in plain)
+    assert parse_travel(styled.prompt, 4).keyframes[1] == (
+        3, "masterpiece, a photo of a cat, running in the snow, late evening, best quality, soft light")

@@ -176,6 +176,36 @@ def test_animate_form_values_become_the_commands_settings(ws, tiny_model):
         animate_data(ws, {"prompt": "a cat"}, str(tiny_model[0]), "models/motion", [], 1.0, [])
 
 
+def test_the_animate_forms_controlnet_unit_becomes_the_clips(ws, tmp_path):
+    """The Animate tab's ControlNet accordion: a folder of frames in the workspace, or an uploaded video, with its
+    ControlNet, weight and Control Mode, becomes the clip's unit; none, a missing source or a folder outside the
+    workspace is said plainly."""
+    from personae.config.animate import AnimateSettings
+    from personae.config.base import parse_settings
+    from personae.web.tab_animate import animate_data, control_unit
+
+    (ws.root / "models" / "motion").mkdir(parents=True)
+    (ws.root / "models" / "pose-net").mkdir(parents=True)
+    (ws.root / "uploads" / "dance").mkdir(parents=True)
+    unit = control_unit(ws, "pose", None, "uploads/dance", "models/pose-net", 0.6, "My prompt is more important")
+    data = animate_data(ws, {"prompt": "a dancer", "frames": 4, "control_end": 0.8}, "models/motion",
+                        "models/motion", [], 1.0, [], unit)
+    settings = parse_settings(AnimateSettings, data, "the Animate form")
+    (ref,) = settings.controls
+    assert ref.image == str(ws.root / "uploads" / "dance") and ref.model == str(ws.root / "models" / "pose-net")
+    assert (ref.type, ref.weight, ref.control_mode, settings.control_end) == ("pose", 0.6,
+                                                                            "My prompt is more important", 0.8)
+    video = str(ws.root / "uploads" / "walk.gif")
+    assert control_unit(ws, "canny", video, "", "", 1.0, "Balanced") == {
+        "type": "canny", "image": video, "weight": 1.0, "control_mode": "Balanced"}  # the type's default ControlNet
+    assert control_unit(ws, "none", video, "uploads/dance", "", 1.0, "Balanced") is None
+    assert animate_data(ws, {"prompt": "a"}, "models/motion", "models/motion", [], 1.0, [])["controls"] == []
+    with pytest.raises(UserError, match="needs its control frames"):
+        control_unit(ws, "pose", None, " ", "", 1.0, "Balanced")
+    with pytest.raises(UserError):
+        control_unit(ws, "pose", None, "../elsewhere", "", 1.0, "Balanced")
+
+
 def test_earlier_results_are_listed_from_disk_after_a_restart(ws, tmp_path):
     """Animate, Storyboard and Compare list their earlier outputs from the workspace (newest first), so a restarted
     UI still shows them; a folder without its result, or a link out of the workspace, is not listed."""

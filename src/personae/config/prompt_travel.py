@@ -42,8 +42,8 @@ def _part(line: str) -> str:
     return line.strip().strip(",").strip()
 
 
-def parse_travel(prompt: str, frames: int, flag: str = "--prompt") -> Travel | None:
-    """The keyframes of a travelling prompt, or None for an ordinary prompt (no line starts with "N:")."""
+def split_travel(prompt: str) -> tuple[list[str], list[str], list[str]] | None:
+    """(head lines, keyframe lines, tail lines) of a travelling prompt, or None for an ordinary prompt."""
     lines = [line.rstrip("\r") for line in prompt.strip().split("\n")]
     first = next((i for i, line in enumerate(lines) if _KEYFRAME.match(line)), None)
     if first is None:
@@ -51,7 +51,23 @@ def parse_travel(prompt: str, frames: int, flag: str = "--prompt") -> Travel | N
     end = first
     while end < len(lines) and _KEYFRAME.match(lines[end]):
         end += 1
-    head, keys, tail = lines[:first], lines[first:end], lines[end:]
+    return lines[:first], lines[first:end], lines[end:]
+
+
+def travel_around(prompt: str, before: str, after: str) -> str:
+    """A travelling prompt with `before` put ahead of its head lines and `after` behind its tail lines, so every
+    keyframe's prompt is wrapped in them (an A1111 style applied to every frame, as the extension applies it)."""
+    head, keys, tail = split_travel(prompt)
+    lines = ([before] if _part(before) else []) + head + keys + tail + ([after] if _part(after) else [])
+    return "\n".join(lines)
+
+
+def parse_travel(prompt: str, frames: int, flag: str = "--prompt") -> Travel | None:
+    """The keyframes of a travelling prompt, or None for an ordinary prompt (no line starts with "N:")."""
+    split = split_travel(prompt)
+    if split is None:
+        return None
+    head, keys, tail = split
     stray = next((line for line in tail if _KEYFRAME.match(line)), None)
     if stray is not None:
         raise TravelError(f'{flag}: the keyframe line "{stray.strip()}" comes after a line that is not a keyframe. '

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
+from personae.config.prompt_travel import split_travel, travel_around
 from personae.data.styles import apply_styles
 
 
@@ -88,7 +89,13 @@ def with_styles(settings):
     prompt, and no styles left to apply: what is written to the PNG and read back from it."""
     if not settings.styles:
         return settings
-    prompt, negative = apply_styles(settings.prompt, settings.negative, settings.styles, settings.styles_file)
+    if hasattr(settings, "frames") and split_travel(settings.prompt):  # a clip's travelling prompt: every keyframe
+        marker = "\x00"  # where the prompt goes in the styles, read off one application
+        styled, negative = apply_styles(marker, settings.negative, settings.styles, settings.styles_file)
+        before, _, after = styled.partition(marker)
+        prompt = travel_around(settings.prompt, before, after)
+    else:
+        prompt, negative = apply_styles(settings.prompt, settings.negative, settings.styles, settings.styles_file)
     return settings.model_copy(update={"prompt": prompt, "negative": negative, "styles": [], "styles_file": None})
 
 def clip_states(text_encoder, ids: torch.Tensor, clip_skip: int = 1) -> torch.Tensor:

@@ -5,11 +5,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from personae.errors import UserError
+
 CLIPS = ("clip.gif", "clip.mp4")
 
 
-def animate_data(ws, data: dict, model: str, motion: str, loras, lora_weight: float, embeddings) -> dict:
-    """The form's values completed with the pickers, every path checked to be in the workspace."""
+def animate_data(ws, data: dict, model: str, motion: str, loras, lora_weight: float, embeddings,
+                 control: dict | None = None) -> dict:
+    """The form's values completed with the pickers, every path checked to be in the workspace; `control`: the
+    ControlNet unit (`control_unit`), if any."""
     from personae.web.tab_generate import model_path
 
     data["model"] = model_path(ws, model)
@@ -17,7 +21,30 @@ def animate_data(ws, data: dict, model: str, motion: str, loras, lora_weight: fl
     data["loras"] = [{"path": str(ws.path(p, what="LoRA", must_exist=True)), "weight": float(lora_weight)}
                      for p in loras or []]
     data["embeddings"] = [{"path": str(ws.path(p, what="embedding", must_exist=True))} for p in embeddings or []]
+    data["controls"] = [control] if control else []
     return data
+
+
+def control_unit(ws, kind: str | None, uploaded: str | None, folder: str | None, model: str | None, weight: float,
+                 mode: str) -> dict | None:
+    """The form's ControlNet unit for a clip (None for "none"): its frames from a folder in the workspace, else from
+    the uploaded video or picture (already copied into the workspace); its ControlNet from the workspace or the
+    hub, else the type's default."""
+    from personae.web.tab_generate import CONTROL_TYPES_NONE, model_path
+
+    if not kind or kind == CONTROL_TYPES_NONE:
+        return None
+    if (folder or "").strip():
+        image = str(ws.path(folder, what="folder of control frames", must_exist=True))
+    elif uploaded:
+        image = uploaded
+    else:
+        raise UserError(f"ControlNet {kind} needs its control frames.", 'Drop a GIF, MP4 or picture on "Control '
+                                                                        'frames", or name a folder of frames.')
+    unit = {"type": kind, "image": image, "weight": float(weight), "control_mode": mode}
+    if (model or "").strip():
+        unit["model"] = model_path(ws, model)
+    return unit
 
 
 def animate_work(settings, out: Path):
@@ -42,15 +69,18 @@ def show_clip(ws, folder: str | None) -> tuple[str, str | None, str | None]:
 
 
 def build_animate(ctx) -> None:
+    from typing import get_args
+
     import gradio as gr
 
+    from personae.config.addons import ControlRef
     from personae.config.animate import AnimateSettings
     from personae.config.base import parse_settings
-    from personae.errors import UserError
+    from personae.data.control import CONTROL_TYPES
     from personae.inference.samplers import SAMPLERS
     from personae.web.forms import SettingsForm
     from personae.web.jobfiles import ended_line, latest, shown
-    from personae.web.tab_generate import LORA_SUFFIXES, embedding_files, models
+    from personae.web.tab_generate import CONTROL_TYPES_NONE, LORA_SUFFIXES, embedding_files, models, upload
 
     ws, jobs = ctx.workspace, ctx.jobs
     with gr.Row():
@@ -68,6 +98,21 @@ def build_animate(ctx) -> None:
                 form = SettingsForm(AnimateSettings, prefix="animate",
                                     groups=("sampling", "sampler parameters", "prompt encoding"),
                                     choices={"sampler": list(SAMPLERS)})
+            with gr.Accordion("ControlNet", open=False):
+                control_type = gr.Dropdown([CONTROL_TYPES_NONE, *CONTROL_TYPES], value=CONTROL_TYPES_NONE,
+                                           label="Control type", elem_id="animate-control-type")
+                control_file = gr.File(label="Control frames: a GIF, MP4 or one picture", type="filepath",
+                                       elem_id="animate-control-file")
+                control_folder = gr.Textbox(label="or a folder of frames in the workspace (one per frame, in name "
+                                                  "order)", placeholder="uploads/frames",
+                                            elem_id="animate-control-folder")
+                control_model = gr.Dropdown(ws.folders("models"), value=None, allow_custom_value=True,
+                                            label="ControlNet", info="a ControlNet under models/, or a hub id; empty: "
+                                                                     "the type's default", elem_id="animate-controlnet")
+                control_weight = gr.Slider(0, 2, value=1.0, step=0.05, label="Control weight")
+                control_mode = gr.Radio(list(get_args(ControlRef.model_fields["control_mode"].annotation)),
+                                        value="Balanced", label="Control Mode", elem_id="animate-control-mode")
+                control_form = SettingsForm(AnimateSettings, prefix="animate", names=("control_start", "control_end"))
             with gr.Accordion("LoRA and embeddings", open=False):
                 loras = gr.Dropdown(ws.files(LORA_SUFFIXES), multiselect=True, label="LoRAs")
                 lora_weight = gr.Slider(-2, 2, value=1.0, step=0.05, label="LoRA weight")
@@ -82,17 +127,21 @@ def build_animate(ctx) -> None:
                                   elem_id="animate-earlier")
             video = gr.Video(label="Clip (MP4)", interactive=False, loop=True, elem_id="animate-video")
             gif = gr.Image(label="Clip (GIF)", type="filepath", interactive=False, elem_id="animate-gif")
-    forms = [prompt_form, motion_form, form, runtime_form]
+    forms = [prompt_form, motion_form, form, control_form, runtime_form]
     raw = [c for f in forms for c in f.inputs]
     seen = gr.State(0)
+    unit_inputs = [control_type, control_file, control_folder, control_model, control_weight, control_mode]
 
-    def submit(model_v, motion_v, loras_v, weight_v, emb_v, *values):
+    def submit(model_v, motion_v, loras_v, weight_v, emb_v, kind_v, file_v, folder_v, net_v, cweight_v, mode_v,
+               *values):
         data, at = {}, 0
         for f in forms:
             data.update(f.values(*values[at: at + len(f.inputs)]))
             at += len(f.inputs)
         try:
-            data = animate_data(ws, data, model_v, motion_v, loras_v, weight_v, emb_v)
+            uploaded = upload(ctx, file_v, "uploads/control") if file_v and not (folder_v or "").strip() else None
+            unit = control_unit(ws, kind_v, uploaded, folder_v, net_v, cweight_v, mode_v)
+            data = animate_data(ws, data, model_v, motion_v, loras_v, weight_v, emb_v, unit)
             settings = parse_settings(AnimateSettings, data, "the Animate form")
             out = ws.new_folder("outputs/animate")
         except UserError as exc:
@@ -100,7 +149,7 @@ def build_animate(ctx) -> None:
         task = jobs.submit("animate", settings.prompt[:60], animate_work(settings, out))
         return f"Queued as job {task.id}; the clip goes to `{ws.relative(out)}`."
 
-    go.click(submit, [model, motion, loras, lora_weight, embeddings, *raw], status)
+    go.click(submit, [model, motion, loras, lora_weight, embeddings, *unit_inputs, *raw], status)
 
     def tick(seen_v):
         task = latest(jobs, "animate", seen_v)
