@@ -39,6 +39,16 @@ def tiny_session(tiny_model):
     return open_session(str(tiny_model[0]), device="cpu")
 
 
+@pytest.fixture(scope="session")
+def motion_dir(tmp_path_factory):
+    """The folder of the tiny AnimateDiff motion adapter (matching the tiny model), seed 0."""
+    from personae.models.tiny_motion import write_tiny_motion_adapter
+
+    folder = tmp_path_factory.mktemp("tiny-motion") / "motion"
+    write_tiny_motion_adapter(folder, seed=0)
+    return folder
+
+
 @pytest.fixture(scope="module")
 def photo(tmp_path_factory):
     """A 64x64 PNG of seeded noise: an ordinary image file for commands that take one."""
@@ -54,7 +64,7 @@ def photo(tmp_path_factory):
 # trains a model (one of these fixtures, directly or through another fixture) is slow; tests that are slow for
 # other reasons say so with @pytest.mark.slow. CI runs everything.
 MODEL_FIXTURES = {"tiny_model", "tiny_session", "short_world", "shipped_world", "tiny_motion", "tiny_controlnet",
-                  "sd15"}  # sd15: the full-size SD-1.5 UNet and text encoder (tests/test_lora_layouts.py)
+                  "motion_dir", "sd15"}  # sd15: the full-size SD-1.5 UNet and text encoder (tests/test_lora_layouts.py)
 
 
 # The longest test files, longest first (seconds per file in a full run on 2 cores, one thread per worker). The

@@ -7,7 +7,6 @@ behaviour.
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from personae.config.animate import AnimateSettings
@@ -17,13 +16,11 @@ from personae.media.video import write_gif
 
 
 @pytest.fixture(scope="module")
-def parts(tiny_model, tmp_path_factory):
+def parts(tiny_model, motion_dir, tmp_path_factory):
     """(tiny model, tiny motion adapter, tiny ControlNet, a folder of 4 control frames, the same as a GIF)."""
     from personae.models.controlnet import write_tiny_controlnet
-    from personae.models.tiny_motion import write_tiny_motion_adapter
 
     root = tmp_path_factory.mktemp("clip-control")
-    write_tiny_motion_adapter(root / "motion", seed=0)
     net = write_tiny_controlnet(root / "controlnet", base=tiny_model[0], seed=0)
     frames = []
     for i in range(4):  # a white square walking right on black
@@ -34,7 +31,7 @@ def parts(tiny_model, tmp_path_factory):
     for i, frame in enumerate(frames):  # names whose order needs numbers read as numbers
         frame.save(root / "frames" / f"f{[1, 2, 10, 11][i]}.png")
     write_gif(frames, root / "walk.gif", 8)
-    return tiny_model[0], root / "motion", net, root / "frames", root / "walk.gif", frames
+    return tiny_model[0], motion_dir, net, root / "frames", root / "walk.gif", frames
 
 
 def settings(parts, controls=(), **kw):
@@ -46,10 +43,7 @@ def settings(parts, controls=(), **kw):
 
 @pytest.fixture(scope="module")
 def held(parts):
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield open_for(settings(parts))
-    torch.set_num_threads(before)
+    return open_for(settings(parts))
 
 
 def pixels(clip):

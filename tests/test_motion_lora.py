@@ -24,15 +24,6 @@ from personae.inference.animate import animate, open_for
 WEIGHT = 0.7
 
 
-@pytest.fixture(scope="module")
-def tiny_motion(tmp_path_factory):
-    from personae.models.tiny_motion import write_tiny_motion_adapter
-
-    folder = tmp_path_factory.mktemp("motion") / "motion"
-    write_tiny_motion_adapter(folder, seed=0)
-    return folder
-
-
 def settings(model, motion, loras=(), **kw):
     return AnimateSettings(**{"model": str(model), "motion_adapter": str(motion), "prompt": "a photo of a cat",
                               "steps": 2, "seed": 7, "width": 32, "height": 32, "frames": 4, "context": 4,
@@ -40,11 +31,8 @@ def settings(model, motion, loras=(), **kw):
 
 
 @pytest.fixture(scope="module")
-def plain(tiny_model, tiny_motion):
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield open_for(settings(tiny_model[0], tiny_motion))
-    torch.set_num_threads(before)
+def plain(tiny_model, motion_dir):
+    return open_for(settings(tiny_model[0], motion_dir))
 
 
 def motion_layers(unet) -> dict[str, torch.nn.Linear]:
@@ -90,13 +78,13 @@ def prediction(animate_session) -> torch.Tensor:
         return unet(sample, 500, encoder_hidden_states=text).sample
 
 
-def test_animatediff_layout_is_placed_on_the_motion_modules_as_up_times_down(tiny_model, tiny_motion, plain, tmp_path):
+def test_animatediff_layout_is_placed_on_the_motion_modules_as_up_times_down(tiny_model, motion_dir, plain, tmp_path):
     pairs = random_lora(plain.pipe.unet)
     assert animatediff_key(next(iter(pairs)), "down") == ("down_blocks.0.motion_modules.0.temporal_transformer."
                                                          "transformer_blocks.0.attention_blocks.0.processor.to_k_lora."
                                                          "down.weight")
     path = write(pairs, tmp_path / "v2_lora_ZoomIn.safetensors", animatediff_key)
-    loaded = open_for(settings(tiny_model[0], tiny_motion, [f"{path}:{WEIGHT}"]))
+    loaded = open_for(settings(tiny_model[0], motion_dir, [f"{path}:{WEIGHT}"]))
     assert [l.name for l in loaded.motion_loras] == ["v2_lora_ZoomIn"] and loaded.session.loras == []
     assert "AnimateDiff's MotionLoRA layout" in loaded.motion_loras[0].layout
     # the reference: the plain motion UNet with every change merged into its weights by hand
@@ -117,16 +105,16 @@ def test_animatediff_layout_is_placed_on_the_motion_modules_as_up_times_down(tin
     torch.testing.assert_close(got, merged, atol=2e-5, rtol=1e-4)
 
 
-def test_diffusers_layout_gives_what_diffusers_own_loader_gives(tiny_model, tiny_motion, plain, tmp_path):
+def test_diffusers_layout_gives_what_diffusers_own_loader_gives(tiny_model, motion_dir, plain, tmp_path):
     from diffusers import AnimateDiffPipeline, MotionAdapter
 
     pairs = random_lora(plain.pipe.unet, seed=1)
     folder = tmp_path / "animatediff-motion-lora-zoom-in"
     folder.mkdir()
     path = write(pairs, folder / "diffusion_pytorch_model.safetensors", diffusers_key)
-    ours = open_for(settings(tiny_model[0], tiny_motion, [f"{path}:{WEIGHT}"]))
+    ours = open_for(settings(tiny_model[0], motion_dir, [f"{path}:{WEIGHT}"]))
     pipe = AnimateDiffPipeline.from_pretrained(str(tiny_model[0]), motion_adapter=MotionAdapter.from_pretrained(
-        str(tiny_motion)))
+        str(motion_dir)))
     pipe.load_lora_weights(str(folder), weight_name="diffusion_pytorch_model.safetensors", adapter_name="zoom")
     pipe.set_adapters(["zoom"], [WEIGHT])
     theirs = type("Held", (), {"pipe": pipe, "session": ours.session})()  # their UNet, our prompt encoding
@@ -134,7 +122,7 @@ def test_diffusers_layout_gives_what_diffusers_own_loader_gives(tiny_model, tiny
     assert (prediction(ours) - prediction(plain)).abs().max() > 1e-3
 
 
-def test_a_motion_lora_beside_an_image_lora_and_in_the_clips_settings(tiny_model, tiny_motion, plain, tmp_path):
+def test_a_motion_lora_beside_an_image_lora_and_in_the_clips_settings(tiny_model, motion_dir, plain, tmp_path):
     """An image LoRA (on the image model, carried to the motion UNet at its weight) and a MotionLoRA together:
     each acts, the image LoRA as it does alone; the clip names both as A1111 does (tags, Lora hashes); a held
     session takes a MotionLoRA's tag out of the prompt as any other; weight 0 is the plain clip."""
@@ -143,26 +131,26 @@ def test_a_motion_lora_beside_an_image_lora_and_in_the_clips_settings(tiny_model
 
     style = _lora_file(tmp_path / "style.safetensors")
     zoom = write(random_lora(plain.pipe.unet, seed=4), tmp_path / "zoom.safetensors", animatediff_key)
-    both = open_for(settings(tiny_model[0], tiny_motion, [f"{style}:0.8", f"{zoom}:{WEIGHT}"]))
+    both = open_for(settings(tiny_model[0], motion_dir, [f"{style}:0.8", f"{zoom}:{WEIGHT}"]))
     assert [l.name for l in both.session.loras] == ["style"] and [l.name for l in both.motion_loras] == ["zoom"]
-    alone = open_for(settings(tiny_model[0], tiny_motion, [f"{style}:0.8"]))
+    alone = open_for(settings(tiny_model[0], motion_dir, [f"{style}:0.8"]))
     # the image LoRA keeps its weight on the motion UNet beside a MotionLoRA (at weight 0 here: nothing added)
-    beside_off = open_for(settings(tiny_model[0], tiny_motion, [f"{style}:0.8", f"{zoom}:0"]))
+    beside_off = open_for(settings(tiny_model[0], motion_dir, [f"{style}:0.8", f"{zoom}:0"]))
     torch.testing.assert_close(prediction(beside_off), prediction(alone), atol=1e-6, rtol=0)
     zoomed, styled, base = prediction(both), prediction(alone), prediction(plain)
     assert (styled - base).abs().max() > 1e-3 and (zoomed - styled).abs().max() > 1e-3
-    clip = animate(settings(tiny_model[0], tiny_motion, [f"{style}:0.8", f"{zoom}:{WEIGHT}"]), both)
+    clip = animate(settings(tiny_model[0], motion_dir, [f"{style}:0.8", f"{zoom}:{WEIGHT}"]), both)
     assert "<lora:style:0.8> <lora:zoom:0.7>" in clip.parameters and '"style: ' in clip.parameters \
         and "zoom: " in clip.parameters
-    tagged = animate(settings(tiny_model[0], tiny_motion, [f"{style}:0.8", f"{zoom}:{WEIGHT}"],
+    tagged = animate(settings(tiny_model[0], motion_dir, [f"{style}:0.8", f"{zoom}:{WEIGHT}"],
                               prompt="a photo of a cat <lora:zoom:0.7>"), both)
     assert all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(tagged.frames, clip.frames))
-    off = animate(settings(tiny_model[0], tiny_motion, [f"{zoom}:0"]))
-    plain_clip = animate(settings(tiny_model[0], tiny_motion), plain)
+    off = animate(settings(tiny_model[0], motion_dir, [f"{zoom}:0"]))
+    plain_clip = animate(settings(tiny_model[0], motion_dir), plain)
     assert all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(off.frames, plain_clip.frames))
 
 
-def test_a_motion_lora_is_refused_for_a_picture_and_a_pickle_without_opt_in(tiny_model, tiny_motion, plain,
+def test_a_motion_lora_is_refused_for_a_picture_and_a_pickle_without_opt_in(tiny_model, motion_dir, plain,
                                                                               tmp_path, tiny_session):
     from personae.models.addons import load_loras
 
@@ -176,9 +164,9 @@ def test_a_motion_lora_is_refused_for_a_picture_and_a_pickle_without_opt_in(tiny
     torch.save({animatediff_key(m, part): t for m, (down, up) in pairs.items()
                 for part, t in (("down", down), ("up", up))}, ckpt)
     with pytest.raises(UserError, match="allow-pickle"):
-        open_for(settings(tiny_model[0], tiny_motion, [f"{ckpt}:1"]))
-    from_pickle = open_for(settings(tiny_model[0], tiny_motion, [f"{ckpt}:1"], allow_pickle=True))
-    from_file = open_for(settings(tiny_model[0], tiny_motion, [f"{path}:1"]))
+        open_for(settings(tiny_model[0], motion_dir, [f"{ckpt}:1"]))
+    from_pickle = open_for(settings(tiny_model[0], motion_dir, [f"{ckpt}:1"], allow_pickle=True))
+    from_file = open_for(settings(tiny_model[0], motion_dir, [f"{path}:1"]))
     torch.testing.assert_close(prediction(from_pickle), prediction(from_file), atol=0, rtol=0)
     # a motion layer the adapter does not have: refused, naming the key
     extra = dict(pairs)
@@ -186,7 +174,7 @@ def test_a_motion_lora_is_refused_for_a_picture_and_a_pickle_without_opt_in(tiny
     extra[first.replace("motion_modules.0", "motion_modules.7")] = tuple(t.clone() for t in pairs[first])
     bad = write(extra, tmp_path / "bad.safetensors", animatediff_key)
     with pytest.raises(UserError, match=r"motion_modules\.7\.temporal_transformer"):
-        open_for(settings(tiny_model[0], tiny_motion, [f"{bad}:1"]))
+        open_for(settings(tiny_model[0], motion_dir, [f"{bad}:1"]))
     # two weights for a file with no text-encoder part
     with pytest.raises(UserError, match="gives a motion LoRA two weights"):
-        open_for(settings(tiny_model[0], tiny_motion, [f"{path}:1:0.5"]))
+        open_for(settings(tiny_model[0], motion_dir, [f"{path}:1:0.5"]))

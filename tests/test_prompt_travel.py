@@ -66,15 +66,6 @@ def test_frames_blend_the_keyframes_around_them():
     assert torch.allclose(slerp(a, a * 1.5, 0.5), a * 1.25, atol=1e-6)
 
 
-@pytest.fixture(scope="module")
-def tiny_motion(tmp_path_factory):
-    from personae.models.tiny_motion import write_tiny_motion_adapter
-
-    folder = tmp_path_factory.mktemp("motion") / "motion"
-    write_tiny_motion_adapter(folder, seed=0)
-    return folder
-
-
 def settings(model, motion, **kw):
     return AnimateSettings(**{"model": str(model), "motion_adapter": str(motion), "prompt": TRAVEL, "steps": 2,
                               "seed": 7, "width": 32, "height": 32, "frames": 4, "context": 4, "context_stride": 2,
@@ -82,11 +73,8 @@ def settings(model, motion, **kw):
 
 
 @pytest.fixture(scope="module")
-def clip_session(tiny_model, tiny_motion):
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield open_for(settings(tiny_model[0], tiny_motion))
-    torch.set_num_threads(before)
+def clip_session(tiny_model, motion_dir):
+    return open_for(settings(tiny_model[0], motion_dir))
 
 
 def conditioning_seen(clip_session, s: AnimateSettings) -> tuple[torch.Tensor, object]:
@@ -104,9 +92,9 @@ def conditioning_seen(clip_session, s: AnimateSettings) -> tuple[torch.Tensor, o
 
 
 @pytest.mark.parametrize("frames", [4, 7])  # 7 frames: FreeNoise's windows of 4
-def test_each_frame_is_conditioned_on_its_keyframes(tiny_model, tiny_motion, clip_session, frames):
+def test_each_frame_is_conditioned_on_its_keyframes(tiny_model, motion_dir, clip_session, frames):
     prompt = f"a photo of a cat\n1: sitting on a red sofa\n{frames - 2}: running in the snow\nlate evening"
-    s = settings(tiny_model[0], tiny_motion, prompt=prompt, frames=frames)
+    s = settings(tiny_model[0], motion_dir, prompt=prompt, frames=frames)
     given, clip = conditioning_seen(clip_session, s)
     encoder = clip_session.session.encoder
     first, last, negative = encoder.encode_alike(
@@ -124,32 +112,32 @@ def test_each_frame_is_conditioned_on_its_keyframes(tiny_model, tiny_motion, cli
     assert len({tuple(np.asarray(f).ravel()[:64]) for f in clip.frames}) == frames  # the clip was drawn
 
 
-def test_keyframes_of_one_prompt_draw_that_prompts_clip(tiny_model, tiny_motion, clip_session):
+def test_keyframes_of_one_prompt_draw_that_prompts_clip(tiny_model, motion_dir, clip_session):
     """Every keyframe the same: the frames are those of the joined prompt as an ordinary prompt, bit for bit."""
-    travel = animate(settings(tiny_model[0], tiny_motion, prompt="a photo of a cat\n0: on a sofa\n3: on a sofa"),
+    travel = animate(settings(tiny_model[0], motion_dir, prompt="a photo of a cat\n0: on a sofa\n3: on a sofa"),
                      clip_session)
-    plain = animate(settings(tiny_model[0], tiny_motion, prompt="a photo of a cat, on a sofa"), clip_session)
+    plain = animate(settings(tiny_model[0], motion_dir, prompt="a photo of a cat, on a sofa"), clip_session)
     assert all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(travel.frames, plain.frames))
-    other = animate(settings(tiny_model[0], tiny_motion, prompt="a photo of a cat\n0: on a sofa\n3: in the snow"),
+    other = animate(settings(tiny_model[0], motion_dir, prompt="a photo of a cat\n0: on a sofa\n3: in the snow"),
                     clip_session)
     assert not np.array_equal(np.asarray(other.frames[3]), np.asarray(plain.frames[3]))
 
 
-def test_without_guidance_and_with_a_long_keyframe(tiny_model, tiny_motion, clip_session):
+def test_without_guidance_and_with_a_long_keyframe(tiny_model, motion_dir, clip_session):
     """CFG 1: the prompt's rows alone. A keyframe past 75 tokens: every keyframe padded to its two chunks."""
     long = ", ".join(["a red sofa"] * 30)
-    s = settings(tiny_model[0], tiny_motion, prompt=f"0: a cat\n3: {long}", cfg=1.0)
+    s = settings(tiny_model[0], motion_dir, prompt=f"0: a cat\n3: {long}", cfg=1.0)
     given, _ = conditioning_seen(clip_session, s)
     first, last = clip_session.session.encoder.encode_alike(["a cat", long], s.clip_skip)
     assert first.chunks == 2 and given.shape == (4, *first.embeds.shape[1:])
     assert torch.equal(given[0], first.embeds[0]) and torch.equal(given[3], last.embeds[0])
 
 
-def test_the_clip_and_its_frames_carry_the_whole_travelling_prompt(tiny_model, tiny_motion, clip_session, tmp_path):
+def test_the_clip_and_its_frames_carry_the_whole_travelling_prompt(tiny_model, motion_dir, clip_session, tmp_path):
     from personae.jobs.animate import save_clip
     from personae.media.png import read_png_text
 
-    clip = animate(settings(tiny_model[0], tiny_motion), clip_session)
+    clip = animate(settings(tiny_model[0], motion_dir), clip_session)
     [frame] = save_clip(clip, [], tmp_path / "frames")[:1]
     prompt, negative, params = parse_parameters(read_png_text(frame)["parameters"])
     assert prompt == TRAVEL and negative == "blurry" and params["Frames"] == "4"
