@@ -206,7 +206,7 @@ def test_a_held_session_takes_lora_tags_out_of_the_prompt(tiny_model, tiny_motio
     ({"frames": 0}, "greater than or equal to 1"),
     ({"context_stride": 16}, "must be smaller than context"),
     ({"batch_size": 2}, "cannot be used for animation"),
-    ({"init_image": "x.png"}, "init_image cannot be used for animation"),
+    ({"mask": "x.png"}, "mask cannot be used for animation"),
     ({"motion_scale": -1}, "motion_scale"),
     ({"fps": 0}, "fps"),
 ])

@@ -128,3 +128,35 @@ def test_the_command_line_takes_units_for_a_clip(parts, tmp_path):
         assert clip.n_frames == 4
         comment = clip.info["comment"].decode()
     assert "ControlNet 0:" in comment and "Weight: 0.8" in comment and "My prompt is more important" in comment
+
+
+def test_a_clip_starts_from_frames_at_a_denoising_strength(parts, held):
+    """`--init-image FRAMES --strength S` (A1111's AnimateDiff img2img / video source): a folder, a GIF or one
+    picture; the clip keeps more of them at a lower strength; with ControlNet units too; any sampler; the progress
+    counts the steps the pass runs; the motion pipeline is left as it was."""
+    from personae.events import Progress
+
+    _, _, _, folder, gif, frames = parts
+    plain = animate(settings(parts), held)
+    source = np.stack([np.asarray(f, dtype=np.int16) for f in frames])
+    events = []
+    low = animate(settings(parts, init_image=str(folder), strength=0.3, steps=4), held, on_event=events.append)
+    high = animate(settings(parts, init_image=str(folder), strength=0.9, steps=4), held)
+    assert np.abs(pixels(low) - source).mean() < np.abs(pixels(high) - source).mean()
+    assert np.abs(pixels(low) - source).mean() < np.abs(pixels(plain) - source).mean()
+    assert "Denoising strength: 0.3" in low.parameters and "Denoising strength" not in plain.parameters
+    done = [e for e in events if isinstance(e, Progress)]
+    assert done and done[-1].done == done[-1].total == 1  # DDIM: int(0.3 x 4) = 1 step of 4, as diffusers cuts it
+    from_gif = animate(settings(parts, init_image=str(gif), strength=0.3, steps=4), held)
+    assert np.array_equal(pixels(from_gif), pixels(low))
+    one = animate(settings(parts, init_image=str(folder / "f1.png"), strength=0.3, steps=4), held)
+    assert not np.array_equal(pixels(one), pixels(low))
+    euler = animate(settings(parts, init_image=str(folder), strength=0.5, steps=4, sampler="Euler a"), held)
+    assert len(euler.frames) == 4
+    both = animate(settings(parts, [{"type": "raw", "image": str(folder)}], init_image=str(folder), strength=0.5,
+                            steps=4), held)
+    alone = animate(settings(parts, init_image=str(folder), strength=0.5, steps=4), held)
+    assert not np.array_equal(pixels(both), pixels(alone)) and "ControlNet 0" in both.parameters
+    assert np.array_equal(pixels(animate(settings(parts), held)), pixels(plain))
+    with pytest.raises(UserError, match="init clip, holds 4 frames; the clip has 6"):
+        animate(settings(parts, init_image=str(folder), frames=6), on_event=lambda e: pytest.fail(f"went on: {e}"))

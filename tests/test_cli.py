@@ -247,10 +247,17 @@ def test_demo_runs_offline_and_writes_an_index(tmp_path):
     start = index.index("## ControlNet for a clip on the world")
     section = " ".join(index[start:index.index("\n## ", start)].split())
     steered = re.findall(r"maps moving (\w+): the shape right in (\d+) of 16 frames, ([\d.]+) px from each map's "
-                         r"centre on average, moving as the maps (do|do not) \(without the unit: ([\d.]+) px\)", section)
+                         r"centre on average, moving as the maps (do|do not) \(without the unit: ([\d.]+) px\)",
+                         section)
     assert [s[0] for s in steered] == ["right", "down", "left", "up"], section
     assert all(int(n) >= 14 and float(px) <= 1.5 and do == "do" and float(free) > 3 for _, n, px, do, free in steered)
     assert (tmp_path / "demo/world-clip-control/steered.gif").is_file()
+    # and the same clips' frames as --init-image, redrawn in the colour the prompt names (0.4-0.9 px, measured)
+    start = index.index("## A clip started from another on the world")
+    section = " ".join(index[start:index.index("\n## ", start)].split())
+    started = re.findall(r"(\d+) of 16 frames in the new colour, ([\d.]+) px from the rendered track \(from noise: "
+                         r"([\d.]+) px\)", section)
+    assert len(started) == 4 and all(int(n) >= 14 and float(px) <= 1.5 for n, px, _ in started), section
     # a kohya config and its dataset_config of two subsets, trained as they are (demo/world_kohya.py)
     section = " ".join(index[index.index("## A kohya config, trained as it is"):index.index("## Single-file")].split())
     kohya = re.search(r"close 4 images x 2, medium 4 images x 1 = 12 per epoch, author \"the personae demo\".* the "

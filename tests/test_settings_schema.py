@@ -161,7 +161,8 @@ def test_generated_options_keep_the_names_users_know():
         "--frames-dir", "--overwrite", "--quiet", "--yes",
         # ControlNet units, as generate's but for the hires fix a clip has not
         "--control", "--controlnet", "--control-option", "--control-start", "--control-end", "--control-resize",
-        "--control-mode", "--control-res", "--pixel-perfect", "--control-guidance-by"}
+        "--control-mode", "--control-res", "--pixel-perfect", "--control-guidance-by",
+        "--init-image", "--strength"}  # a clip to start from, at a denoising strength
     sampling = {"--negative", "--steps", "--cfg", "--sampler", "--clip-skip", "--width", "--height", "--device",
                 "--dtype", "--attention", "--medvram", "--lowvram", "--compile"}
     assert sampling <= _options("storyboard") and sampling <= _options("compare")

@@ -18,6 +18,8 @@ EXAMPLES = """examples:
                                                                     # prompt travel: keyframes 0, 6 and 15
   personae animate --model ./model.safetensors --motion-adapter ./mm_sd_v15_v2.safetensors --prompt "a dancer" \\
       --frames 16 --control pose:dance-frames/ --out dancer.gif    # ControlNet: a map per frame (folder / GIF / MP4)
+  personae animate --model ./model.safetensors --motion-adapter ./mm_sd_v15_v2.safetensors --prompt "oil painting" \\
+      --frames 16 --init-image walk.mp4 --strength 0.6 --out painted.gif     # start from a clip (or one picture)
 
 defaults that work: DDIM, clip skip 2, 25 steps (25-45 is the useful range), CFG 7.5, 16 frames at 8 fps.
 Clips longer than --context frames (16) are drawn in overlapping windows (FreeNoise), so they stay one

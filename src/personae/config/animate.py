@@ -30,7 +30,8 @@ from personae.config.sampling import (
 )
 
 # generate's settings that a clip does not take (one clip from text per run)
-NOT_FOR_CLIPS = (*BatchSettings.model_fields, *Img2ImgSettings.model_fields)
+NOT_FOR_CLIPS = (*BatchSettings.model_fields,
+                 *(name for name in Img2ImgSettings.model_fields if name not in ("init_image", "strength")))
 
 
 class MotionSettings(Concept):
@@ -64,6 +65,12 @@ class AnimateSettings(SourceSettings, PromptSettings, StyleSettings, SamplingSet
         description=PromptSettings.model_fields["prompt"].description + '; prompt travel, as A1111\'s AnimateDiff: '
         'lines "FRAME: prompt" (frames from 0, ascending) between optional head and tail lines, each frame drawn '
         "between the keyframes around it")
+    init_image: str | None = FieldInfo.merge_field_infos(
+        Img2ImgSettings.model_fields["init_image"],
+        description="a clip to start from, as A1111's AnimateDiff img2img / video source: a folder of its frames (in "
+        'name order), a GIF / MP4, or one picture for every frame ("Denoising strength" --strength decides how much '
+        "is redrawn)")
+    strength: float = FieldInfo.merge_field_infos(Img2ImgSettings.model_fields["strength"])
     controls: list[ControlRef] = FieldInfo.merge_field_infos(
         ControlSettings.model_fields["controls"],
         description=ControlSettings.model_fields["controls"].description + "; for a clip the image is a folder of "

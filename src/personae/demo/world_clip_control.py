@@ -8,13 +8,15 @@ from pathlib import Path
 
 from personae.events import EventHandler, Message
 
+INIT_STRENGTH = 0.5  # tests/test_world_motion.py holds this strength
+
 
 def world_clip_control(out: Path, model: Path, adapter: Path, controlnet: Path, index, on_event: EventHandler
                        ) -> list[dict]:
     """Section "ControlNet for a clip on the world"; returns its rows without their frames."""
     from personae.jobs.animate import run_animate
     from personae.media.grid import save_image
-    from personae.world.clip_control_eval import FRAMES, case_settings, measure_clip_control
+    from personae.world.clip_control_eval import FRAMES, case_settings, measure_clip_control, measure_clip_init
     from personae.world.control_eval import sheet
     from personae.world.motion_eval import adapter_lora
 
@@ -40,4 +42,16 @@ def world_clip_control(out: Path, model: Path, adapter: Path, controlnet: Path, 
               "rows: steered; bottom rows: the same seeds without the unit. world-clip-control/steered.gif is the "
               "first (tests/test_world_motion.py holds the four).",
               [here / "clips.png", here / "steered.gif"])
+    # and a clip started from the rendered frames, redrawn in the colour its prompt names
+    started = measure_clip_init(str(model), str(adapter), here / "init", INIT_STRENGTH, lora=lora)
+    save_image(sheet([r["frames"] for r in started] + [r["from_noise_frames"] for r in started]), here / "init.png")
+    said = "; ".join(f"{r['case']}: {r['identity_frames']} of {FRAMES} frames in the new colour, "
+                     f"{r['centre_error']:.1f} px from the rendered track (from noise: "
+                     f"{r['from_noise']['centre_error']:.1f} px)" for r in started)
+    index.add("A clip started from another on the world",
+              f"`personae animate --init-image FOLDER --strength {INIT_STRENGTH}` (A1111's AnimateDiff img2img / "
+              "video source: a folder of frames, a GIF / MP4, or one picture for every frame, through diffusers' "
+              "AnimateDiff video-to-video pipeline with A1111's img2img steps). The same four rendered clips as "
+              "above, each redrawn in another colour its prompt names, with its own motion word: " + said + ". Top "
+              "rows: started from the frames; bottom rows: the same seeds from noise.", [here / "init.png"])
     return [{k: v for k, v in r.items() if k not in ("frames", "uncontrolled_frames")} for r in rows]

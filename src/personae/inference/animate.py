@@ -33,9 +33,10 @@ from personae.config.animate import AnimateSettings
 from personae.data.dynamic_prompts import image_prompts, is_template
 from personae.errors import UserError
 from personae.events import EventHandler, Message, Progress, ignore
-from personae.inference.animate_control import clip_control_call, prepare_clip_controls
+from personae.inference.animate_control import clip_control_call, clip_frames, prepare_clip_controls
 from personae.inference.composable import composable_parts
 from personae.inference.controlnet import control_infotext
+from personae.inference.ksampler import img2img_steps
 from personae.inference.prompt import with_styles
 from personae.inference.prompt_schedule import prompt_schedule
 from personae.inference.prompt_travel import frame_conditionings, frame_conditions, read_travel
@@ -83,11 +84,13 @@ def _own_embeds(free_noise_self, prompt, num_frames, device, num_videos_per_prom
     return torch.cat([negative, positive]), negative
 
 
-def _pipeline_class(control: bool = False):
-    """diffusers' AnimateDiff pipeline (its ControlNet one for `control`) whose FreeNoise path takes our embeddings."""
-    from diffusers import AnimateDiffControlNetPipeline, AnimateDiffPipeline
+def _pipeline_class(control: bool = False, video: bool = False):
+    """diffusers' AnimateDiff pipeline (its ControlNet one for `control`, its video-to-video one for `video`) whose
+    FreeNoise path takes our embeddings."""
+    import diffusers
 
-    base = AnimateDiffControlNetPipeline if control else AnimateDiffPipeline
+    name = "AnimateDiff" + ("VideoToVideo" if video else "") + ("ControlNet" if control else "") + "Pipeline"
+    base = getattr(diffusers, name)
     return type(f"Windowed{base.__name__}", (base,), {"_encode_prompt_free_noise": _own_embeds})
 
 
@@ -325,8 +328,9 @@ def animate(settings: AnimateSettings, animate_session: AnimateSession | None = 
                             "applies and animate does not: every frame is drawn with one prompt here.",
                             "Write the prompt without it, or make the stills with `personae generate`.")
     travel = read_travel(settings.prompt, settings.frames)  # prompt travel: "frame: prompt" lines
-    # ControlNet units: their control frames read and mapped now, before any model loads
+    # ControlNet units: their control frames read and mapped now, before any model loads; and the clip to start from
     controls = prepare_clip_controls(settings.controls, settings.frames, settings.allow_pickle)
+    init = clip_frames(settings.init_image, settings.frames, "init clip") if settings.init_image else None
     if composable_parts(settings.prompt) is not None:  # read as words, AND and the weight would be drawn
         raise UserError("--prompt uses A1111's AND or ends in a weight (:0.5), composable diffusion, which `personae "
                         "generate` applies and animate does not: the motion UNet runs every frame with one prompt.",
@@ -361,21 +365,32 @@ def animate(settings: AnimateSettings, animate_session: AnimateSession | None = 
         with torch.no_grad():
             animate_session.condition.given = animate_session.condition.read(pipe.tokenizer, [settings.prompt])
 
-    def report(pipeline, step, timestep, kwargs):
-        on_event(Progress("denoise", step + 1, len(pipeline.scheduler.timesteps) or settings.steps))
+    def report(pipeline, step, timestep, kwargs):  # the calls this pass makes (img2img: the last of the schedule)
+        on_event(Progress("denoise", step + 1, getattr(pipeline, "_num_timesteps", None) or settings.steps))
         return kwargs
 
     # 6. the pipeline: the motion pipeline with this call's scheduler (the session's is back afterwards; it keeps
-    # its FreeNoise state across calls, so it is lent rather than rebuilt), or with ControlNet units a ControlNet
-    # pipeline on the same modules; overlapping windows for clips longer than the context
+    # its FreeNoise state across calls, so it is lent rather than rebuilt), or with ControlNet units or a clip to
+    # start from diffusers' pipeline for that on the same modules; overlapping windows for clips longer than the
+    # context
     control, unit_hooks, conditioned = {}, contextlib.nullcontext(), [pipe.unet]
-    previous = pipe.scheduler
-    if controls:
+    previous, other = pipe.scheduler, bool(controls or init)
+    if other:
         use_context_windows(pipe, 1, settings.context, settings.context_stride)  # the UNet's blocks back to plain
-        pipe, control, unit_hooks, nets = clip_control_call(animate_session, settings, controls, (width, height),
-                                                            scheduler, _pipeline_class(control=True), on_event)
-        conditioned += nets
+        cls = _pipeline_class(control=bool(controls), video=init is not None)
+        if controls:
+            pipe, control, unit_hooks, nets = clip_control_call(animate_session, settings, controls, (width, height),
+                                                                scheduler, cls, on_event)
+            conditioned += nets
+        else:
+            pipe = cls(vae=pipe.vae, text_encoder=pipe.text_encoder, tokenizer=pipe.tokenizer, unet=pipe.unet,
+                       motion_adapter=pipe.motion_adapter, scheduler=scheduler)
+            pipe.set_progress_bar_config(disable=True)
     pipe.scheduler = scheduler
+    if init is None:
+        steps = {"num_frames": settings.frames, "num_inference_steps": settings.steps}
+    else:  # A1111's img2img steps: the last int(strength x steps) + 1 of the schedule for a k-diffusion sampler
+        steps = {"video": init, **img2img_steps(scheduler, settings.steps, settings.strength)}
     windows = use_context_windows(pipe, settings.frames, settings.context, settings.context_stride)
     if windows:
         on_event(Message(f"{settings.frames} frames: motion in overlapping windows of {settings.context} "
@@ -388,12 +403,12 @@ def animate(settings: AnimateSettings, animate_session: AnimateSession | None = 
         with torch.no_grad(), unit_hooks, frame_conditions(conditioned, frame_conds,
                                                            negative.embeds if guided else None):
             out = pipe(prompt_embeds=positive.embeds.to(session.dtype),
-                       negative_prompt_embeds=negative.embeds.to(session.dtype), num_frames=settings.frames,
-                       width=width, height=height, num_inference_steps=settings.steps, guidance_scale=settings.cfg,
+                       negative_prompt_embeds=negative.embeds.to(session.dtype), **steps,
+                       width=width, height=height, guidance_scale=settings.cfg,
                        **({"eta": settings.eta_ddim} if settings.eta_ddim else {}), **control,
                        generator=generator, callback_on_step_end=report, output_type="pil")
     finally:
-        if controls:  # the blocks back to plain, for the motion pipeline's next call
+        if other:  # the blocks back to plain, for the motion pipeline's next call
             use_context_windows(pipe, 1, settings.context, settings.context_stride)
         animate_session.pipe.scheduler = previous
     frames = list(out.frames[0])

@@ -1,5 +1,5 @@
 """ControlNet for clips: a control map per frame, as A1111's AnimateDiff with its ControlNet extension takes them (a
-unit's batch of frames, or a video).
+unit's batch of frames, or a video); and the frames a clip starts from (`--init-image`), read the same way.
 
     personae animate ... --control pose:dance-frames/ --control canny:walk.mp4:0.6 --controlnet pose=./pose-net
 
@@ -39,8 +39,12 @@ def _natural(path: Path) -> list:
 
 def control_frames(ref: ControlRef, frames: int, unit: int) -> list[Image.Image]:
     """The pictures a unit's maps are made from, one per frame of the clip."""
-    what = f"control {unit} ({ref.type})"
-    path = Path(ref.image).expanduser()
+    return clip_frames(ref.image, frames, f"control {unit} ({ref.type})")
+
+
+def clip_frames(text: str, frames: int, what: str) -> list[Image.Image]:
+    """One picture per frame of the clip from a folder of frames, a video, or one picture (repeated)."""
+    path = Path(text).expanduser()
     if path.is_dir():
         files = sorted((p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()), key=_natural)
         if not files:
@@ -59,7 +63,7 @@ def control_frames(ref: ControlRef, frames: int, unit: int) -> list[Image.Image]
         return [open_image(str(path), what)] * frames  # one picture: the same map for every frame
     if len(pictures) != frames:
         raise UserError(f"{path}, {what}, holds {len(pictures)} frames; the clip has {frames}.",
-                        f"Ask for --frames {len(pictures)}, or give the unit {frames} frames.")
+                        f"Ask for --frames {len(pictures)}, or give it {frames} frames.")
     return pictures
 
 

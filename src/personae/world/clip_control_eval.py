@@ -1,6 +1,7 @@
 """A clip steered by ControlNet on the world: the world ControlNet, given a map per frame of a shape moving one way,
 with the shipped motion adapter, while the prompt asks the shape to stay still; every frame read back by the exact
-checker.
+checker. And a clip started from another (`--init-image FRAMES --strength S`): the rendered clip's track kept, its
+colour redrawn as the prompt says (`measure_clip_init`).
 
     rows = measure_clip_control(str(zero_snr_model), str(motion_adapter), str(world_controlnet), folder)
 
@@ -32,10 +33,10 @@ CASES = (("triangle", "red", "blue", "right"), ("square", "white", "green", "dow
 
 
 def case_settings(model: str, adapter: str, case: tuple, seed: int, lora: str | None,
-                  controls: list) -> AnimateSettings:
+                  controls: list, motion: str = "still") -> AnimateSettings:
     shape, colour, background, _ = case
     return AnimateSettings(model=model, motion_adapter=adapter, seed=seed, steps=STEPS, cfg=CFG, sampler="DDIM",
-                           prompt=f"{caption(shape, colour, background, SIZE)}, {MOTION_WORDS['still']}",
+                           prompt=f"{caption(shape, colour, background, SIZE)}, {MOTION_WORDS[motion]}",
                            clip_skip=1, frames=FRAMES, context=CONTEXT, context_stride=STRIDE, device="cpu",
                            loras=[{"path": lora, "weight": 1.0}] if lora else [], controls=controls)
 
@@ -70,4 +71,33 @@ def measure_clip_control(model: str, adapter: str, controlnet: str, folder: Path
         rows.append({"case": f"a {case[1]} {case[0]} on {case[2]}", "scene": case, "maps_move": case[3],
                      "maps": str(maps), **score(frames, clip),
                      "uncontrolled": score(free, clip), "frames": frames, "uncontrolled_frames": free})
+    return rows
+
+
+RECOLOURED = {"red": "white", "white": "yellow", "yellow": "white", "black": "blue"}  # the prompt's colour per case
+
+
+def measure_clip_init(model: str, adapter: str, folder: Path, strength: float, lora: str | None = None,
+                      cases: int = len(CASES)) -> list[dict]:
+    """A row per case: the rendered clip's frames given as `--init-image FOLDER --strength S`, the prompt naming
+    another colour for the shape (RECOLOURED) and "still"; scored against the rendered track with the prompt's
+    colour, and its control (the same seed from noise)."""
+    folder = Path(folder)
+    session, rows = None, []
+    for seed, (shape, colour, background, motion) in enumerate(CASES[:cases]):
+        clip = make_clip(np.random.default_rng(seed), shape, colour, background, motion, frames=FRAMES, size=SIZE)
+        frames_dir = folder / f"{seed:02d}-{motion}"
+        frames_dir.mkdir(parents=True, exist_ok=True)
+        for i, picture in enumerate(clip.frames()):
+            picture.save(frames_dir / f"{i:02d}.png")
+        wanted = (shape, RECOLOURED[colour], background, motion)
+        target = make_clip(np.random.default_rng(seed), *wanted, frames=FRAMES, size=SIZE)  # the same track
+        started = case_settings(model, adapter, wanted, seed, lora, [], motion).model_copy(
+            update={"init_image": str(frames_dir), "strength": strength})
+        session = session or open_for(started)
+        frames = animate(started, session).frames
+        free = animate(started.model_copy(update={"init_image": None}), session).frames
+        rows.append({"case": f"a {colour} {shape} on {background} redrawn {wanted[1]}", "frames_dir": str(frames_dir),
+                     **score(frames, target), "from_noise": score(free, target), "frames": frames,
+                     "from_noise_frames": free})
     return rows
