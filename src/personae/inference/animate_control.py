@@ -49,7 +49,7 @@ def clip_frames(text: str, frames: int, what: str) -> list[Image.Image]:
         files = sorted((p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()), key=_natural)
         if not files:
             raise UserError(f"The folder {path} of {what} holds no pictures ({', '.join(IMAGE_SUFFIXES)}).",
-                            "Put the control frames there, one picture per frame of the clip.")
+                            "Put the frames there, one picture per frame of the clip.")
         pictures = [open_image(str(p), what) for p in files]
     elif path.suffix.lower() in VIDEO_SUFFIXES and path.is_file():
         from personae.media.video import read_clip_frames
