@@ -139,7 +139,8 @@ def build_animate(ctx) -> None:
             data.update(f.values(*values[at: at + len(f.inputs)]))
             at += len(f.inputs)
         try:
-            uploaded = upload(ctx, file_v, "uploads/control") if file_v and not (folder_v or "").strip() else None
+            wanted = kind_v and kind_v != CONTROL_TYPES_NONE and file_v and not (folder_v or "").strip()
+            uploaded = upload(ctx, file_v, "uploads/control") if wanted else None  # copied only when it is used
             unit = control_unit(ws, kind_v, uploaded, folder_v, net_v, cweight_v, mode_v)
             data = animate_data(ws, data, model_v, motion_v, loras_v, weight_v, emb_v, unit)
             settings = parse_settings(AnimateSettings, data, "the Animate form")
