@@ -62,7 +62,8 @@ def clip_frames(text: str, frames: int, what: str) -> list[Image.Image]:
     else:
         return [open_image(str(path), what)] * frames  # one picture: the same map for every frame
     if len(pictures) != frames:
-        raise UserError(f"{path}, {what}, holds {len(pictures)} frames; the clip has {frames}.",
+        raise UserError(f"{path}, {what}, holds {len(pictures)} frame{'s' * (len(pictures) != 1)}; the clip has "
+                        f"{frames}.",
                         f"Ask for --frames {len(pictures)}, or give it {frames} frames.")
     return pictures
 
