@@ -1,4 +1,4 @@
-"""AnimateDiff: GIF/MP4 with settings, context windows, motion scale, LoRAs, clear errors (issue #5).
+"""AnimateDiff: GIF/WebP/MP4/WebM with settings, context windows, motion scale, LoRAs, clear errors (issue #5).
 
 Tiny model + tiny motion adapter, 32 px, 2 steps: each clip takes well under a second.
 """
@@ -66,6 +66,7 @@ def test_cli_writes_gif_mp4_and_frames_that_decode_with_their_settings(tmp_path,
                         "--motion-adapter", str(tiny_motion[0]), "--prompt", "a (red:1.2) fox", "--negative", "blurry",
                         "--frames", "16", "--fps", "8", "--steps", "2", "--seed", "5", "--width", "48", "--height", "32",
                         "--out", str(tmp_path / "clip.gif"), "--out", str(tmp_path / "mp4/clip.mp4"),
+                        "--out", str(tmp_path / "clip.webp"), "--webp-lossless", "--out", str(tmp_path / "clip.webm"),
                         "--frames-dir", str(tmp_path / "frames")], capture_output=True, text=True, env=env, timeout=300)
     assert r.returncode == 0, r.stderr
     assert "wrote a 16-frame clip (seed 5)" in r.stderr
@@ -74,6 +75,7 @@ def test_cli_writes_gif_mp4_and_frames_that_decode_with_their_settings(tmp_path,
         assert gif.n_frames == 16 and gif.size == (48, 32)
         assert gif.info["loop"] == 0 and gif.info["duration"] in (120, 130)
         gif_comment = gif.info["comment"].decode("utf-8")
+    check_webp_and_webm(tmp_path, gif_comment, loop=0)
     # MP4: PyAV (an independent decoder) reads H.264 in yuv420p, 16 frames of 48x32 at 8 fps, and the comment tag
     with av.open(str(tmp_path / "mp4/clip.mp4")) as container:
         stream = container.streams.video[0]
@@ -95,6 +97,53 @@ def test_cli_writes_gif_mp4_and_frames_that_decode_with_their_settings(tmp_path,
     assert np.abs(decoded[0].to_ndarray(format="rgb24").astype(np.int16) - first).mean() < 20
     assert np.abs(read_clip_frames(tmp_path / "clip.gif")[0].astype(np.int16) - first).mean() < 20
     assert not list(tmp_path.rglob("*.partial"))
+
+
+def check_webp_and_webm(folder, comment, loop):
+    """folder/clip.webp (lossless) and folder/clip.webm hold the frames in folder/frames and `comment` where A1111's
+    AnimateDiff puts it and A1111 reads it: the WebP's EXIF UserComment as PNG Info loads it (piexif), the WebM's
+    comment tag (PyAV)."""
+    import av
+    import piexif
+    import piexif.helper
+
+    pngs = [np.asarray(Image.open(p).convert("RGB")) for p in sorted((folder / "frames").glob("frame-*.png"))]
+    with Image.open(folder / "clip.webp") as webp:
+        assert webp.n_frames == len(pngs) and webp.info["loop"] == loop
+        exif = piexif.load(webp.info["exif"])
+        assert piexif.helper.UserComment.load(exif["Exif"][piexif.ExifIFD.UserComment]) == comment
+        for i, png in enumerate(pngs):
+            webp.seek(i)
+            assert np.array_equal(np.asarray(webp.convert("RGB")), png)  # lossless
+            assert webp.info["duration"] == 125  # known once the frame is read
+    assert read_clip_comment(folder / "clip.webp") == comment
+    assert all(np.array_equal(a, b) for a, b in zip(read_clip_frames(folder / "clip.webp"), pngs, strict=True))
+    with av.open(str(folder / "clip.webm")) as container:
+        stream = container.streams.video[0]
+        assert stream.codec_context.name == "vp9" and stream.average_rate == 8
+        assert {k.lower(): v for k, v in container.metadata.items()}["comment"] == comment
+        decoded = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+    assert len(decoded) == len(pngs) and decoded[0].shape == pngs[0].shape
+    assert max(np.abs(d.astype(np.int16) - p).mean() for d, p in zip(decoded, pngs, strict=True)) < 20  # lossy
+    assert read_clip_comment(folder / "clip.webm") == comment and len(read_clip_frames(folder / "clip.webm")) == 16
+
+
+def test_a_clip_plays_its_loop_number_of_times_and_a_webp_at_its_quality(tmp_path, tiny_model, tiny_motion,
+                                                                          clip_session):
+    """A1111's "Display loop number" reaches the GIF and the WebP and the infotext (none when 0, forever); a lossy
+    WebP is smaller at a lower quality."""
+    clip = run_animate(settings(tiny_model[0], tiny_motion[0], loop_number=3, width=48),
+                       [tmp_path / "clip.gif", tmp_path / "clip.webp", tmp_path / "clip.webm"], tmp_path / "frames",
+                       webp_lossless=True)
+    assert parse_parameters(clip.parameters)[2]["Loop number"] == "3"
+    with Image.open(tmp_path / "clip.gif") as gif:
+        assert gif.info["loop"] == 3
+    check_webp_and_webm(tmp_path, clip.parameters, loop=3)
+    assert "Loop number" not in parse_parameters(animate(settings(tiny_model[0], tiny_motion[0])).parameters)[2]
+    sizes = [write_clip(clip.frames, tmp_path / f"q{q}.webp", fps=8, webp_quality=q).stat().st_size for q in (5, 95)]
+    assert sizes[0] < sizes[1]
+    pixels_5, pixels_95 = (np.stack(read_clip_frames(tmp_path / f"q{q}.webp")).astype(np.int16) for q in (5, 95))
+    assert np.abs(pixels_95 - pixels(clip)).mean() < np.abs(pixels_5 - pixels(clip)).mean()
 
 
 def test_same_seed_same_frames_and_what_changes_them(tiny_model, tiny_motion, clip_session):
@@ -222,8 +271,8 @@ def test_bad_adapters_and_outputs_fail_before_anything_is_written(tiny_model, ti
         with pytest.raises(UserError, match=expected) as err:
             run_animate(settings(tiny_model[0], adapter), [out / "clip.gif"], out / "frames")
         assert "--motion-adapter" in str(err.value)
-    with pytest.raises(UserError, match=r"\.gif or \.mp4"):
-        run_animate(settings(tiny_model[0], tiny_motion[0]), [out / "clip.webm"])
+    with pytest.raises(UserError, match=r"\.gif, \.mp4, \.webp, \.webm \(got \"\.avi\"\)"):
+        run_animate(settings(tiny_model[0], tiny_motion[0]), [out / "clip.avi"])
     with pytest.raises(UserError, match="Unknown sampler"):
         run_animate(settings(tiny_model[0], tiny_motion[0], sampler="Eulr a"), [out / "clip.mp4"], out / "frames")
     with pytest.raises(UserError, match="frame positions"):

@@ -160,3 +160,23 @@ def test_a_clip_starts_from_frames_at_a_denoising_strength(parts, held):
     assert np.array_equal(pixels(animate(settings(parts), held)), pixels(plain))
     with pytest.raises(UserError, match="init clip, holds 4 frames; the clip has 6"):
         animate(settings(parts, init_image=str(folder), frames=6), on_event=lambda e: pytest.fail(f"went on: {e}"))
+
+
+def test_an_animated_webp_or_a_webm_is_read_as_its_frames_and_a_still_webp_as_one_picture(parts, tmp_path):
+    """Clips as A1111's AnimateDiff also saves them: a WebP of several frames is a clip (lossless: the same frames);
+    a WebM is decoded by ffmpeg; a WebP of one frame is one picture for every frame."""
+    from personae.inference.animate_control import clip_frames
+    from personae.media.video import write_clip
+
+    frames = parts[5]
+    write_clip(frames, tmp_path / "walk.webp", 8, webp_lossless=True)
+    write_clip(frames, tmp_path / "walk.webm", 8)
+    frames[1].save(tmp_path / "still.webp", lossless=True)
+    read = [np.asarray(p) for p in clip_frames(str(tmp_path / "walk.webp"), 4, "control 0 (raw)")]
+    assert all(np.array_equal(r, np.asarray(f)) for r, f in zip(read, frames, strict=True))
+    webm = [np.asarray(p, dtype=np.int16) for p in clip_frames(str(tmp_path / "walk.webm"), 4, "control 0 (raw)")]
+    assert max(np.abs(r - np.asarray(f, dtype=np.int16)).mean() for r, f in zip(webm, frames, strict=True)) < 12
+    still = clip_frames(str(tmp_path / "still.webp"), 4, "control 0 (raw)")
+    assert len(still) == 4 and all(np.array_equal(np.asarray(p), np.asarray(frames[1])) for p in still)
+    with pytest.raises(UserError, match="walk.webp, control 0 \\(raw\\), holds 4 frames; the clip has 6"):
+        clip_frames(str(tmp_path / "walk.webp"), 6, "control 0 (raw)")

@@ -157,8 +157,8 @@ def test_generated_options_keep_the_names_users_know():
                           "--quantize", "--schedule-rho", "--schedule-min-sigma", "--schedule-max-sigma",
                           "--discard-penultimate", "--noise-schedule", "--emphasis", "--comma-backtrack"}
     assert _options("animate") == SHARED | sampler_parameters | {
-        "--motion-adapter", "--frames", "--fps", "--motion-scale", "--context", "--context-stride", "--out",
-        "--frames-dir", "--overwrite", "--quiet", "--yes",
+        "--motion-adapter", "--frames", "--fps", "--loop-number", "--motion-scale", "--context", "--context-stride",
+        "--out", "--webp-quality", "--webp-lossless", "--frames-dir", "--overwrite", "--quiet", "--yes",
         # ControlNet units, as generate's but for the hires fix a clip has not
         "--control", "--controlnet", "--control-option", "--control-start", "--control-end", "--control-resize",
         "--control-mode", "--control-res", "--pixel-perfect", "--control-guidance-by",

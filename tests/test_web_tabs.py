@@ -206,6 +206,36 @@ def test_the_animate_forms_controlnet_unit_becomes_the_clips(ws, tmp_path):
         control_unit(ws, "pose", None, "../elsewhere", "", 1.0, "Balanced")
 
 
+def test_the_animate_tab_saves_a_webp_and_a_webm_when_asked(ws, tiny_model, motion_dir):
+    """The tab's "Also save as" WebP / WebM: the job writes them beside the GIF and the MP4 it shows, each with the clip's
+    settings, "Display loop number" among them (a field of the form's motion group)."""
+    import shutil
+
+    from personae.config.animate import AnimateSettings
+    from personae.config.base import parse_settings
+    from personae.jobs.queue import JobQueue
+    from personae.media.video import read_clip_comment
+    from personae.web.app import build
+    from personae.web.tab_animate import animate_data, animate_work
+
+    shutil.copytree(tiny_model[0], ws.root / "models" / "tiny")
+    shutil.copytree(motion_dir, ws.root / "models" / "motion")
+    data = animate_data(ws, {"prompt": "a cat", "frames": 4, "context": 4, "context_stride": 2, "steps": 1,
+                             "width": 32, "height": 32, "loop_number": 2}, "models/tiny", "models/motion", [], 1.0, [])
+    settings = parse_settings(AnimateSettings, data, "the Animate form")
+    out = ws.new_folder("outputs/animate")
+    jobs = JobQueue()
+    task = jobs.wait(jobs.submit("animate", "a cat", animate_work(settings, out, ["WebP", "WebM"])).id, 300)
+    assert task.status == "done", task.error
+    assert [Path(p).name for p in task.result] == ["clip.gif", "clip.mp4"]
+    comments = {name: read_clip_comment(out / name) for name in ("clip.gif", "clip.mp4", "clip.webp", "clip.webm")}
+    assert len(set(comments.values())) == 1 and "Loop number: 2" in comments["clip.webp"]
+    with Image.open(out / "clip.webp") as webp:
+        assert webp.n_frames == 4 and webp.info["loop"] == 2
+    shown = {getattr(block, "elem_id", None) for block in build(ws, JobQueue()).blocks.values()}
+    assert {"animate-loop-number", "animate-also"} <= shown
+
+
 def test_earlier_results_are_listed_from_disk_after_a_restart(ws, tmp_path):
     """Animate, Storyboard and Compare list their earlier outputs from the workspace (newest first), so a restarted
     UI still shows them; a folder without its result, or a link out of the workspace, is not listed."""

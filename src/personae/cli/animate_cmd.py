@@ -1,4 +1,4 @@
-"""`personae animate`: an AnimateDiff clip as a looping GIF and/or an H.264 MP4."""
+"""`personae animate`: an AnimateDiff clip as a GIF, an animated WebP, an H.264 MP4 and/or a VP9 WebM."""
 
 from __future__ import annotations
 
@@ -20,13 +20,22 @@ EXAMPLES = """examples:
       --frames 16 --control pose:dance-frames/ --out dancer.gif    # ControlNet: a map per frame (folder / GIF / MP4)
   personae animate --model ./model.safetensors --motion-adapter ./mm_sd_v15_v2.safetensors --prompt "oil painting" \\
       --frames 16 --init-image walk.mp4 --strength 0.6 --out painted.gif     # start from a clip (or one picture)
+  personae animate --model ./model.safetensors --motion-adapter ./mm_sd_v15_v2.safetensors --prompt "rain" \
+      --out rain.webp --webp-quality 90 --out rain.webm --loop-number 3        # WebP (plays 3 times) and WebM
 
 defaults that work: DDIM, clip skip 2, 25 steps (25-45 is the useful range), CFG 7.5, 16 frames at 8 fps.
 Clips longer than --context frames (16) are drawn in overlapping windows (FreeNoise), so they stay one
-continuous motion. Settings are stored in the GIF comment, the MP4 comment tag and each frame PNG.
+continuous motion. Settings are stored in every clip as A1111's AnimateDiff puts them (the GIF comment, the
+WebP's EXIF comment, the MP4 / WebM comment tag) and in each frame PNG.
 
 samplers: {samplers}
 """
+
+def _quality(text: str) -> int:
+    if not text.strip().isdigit() or int(text) > 100:
+        raise argparse.ArgumentTypeError(f"expected a whole number from 0 to 100, got {text!r}")
+    return int(text)
+
 
 def add_parser(sub) -> None:
     from personae.cli.generate_cmd import add_control_choices
@@ -34,15 +43,20 @@ def add_parser(sub) -> None:
     from personae.config.animate import AnimateSettings
     from personae.inference.sampler_names import SAMPLER_NAMES
 
-    p = sub.add_parser("animate", help="AnimateDiff clip -> .gif / .mp4",
-                       description="Animate a prompt with an AnimateDiff motion adapter on a Stable Diffusion 1.x model "
-                                   "(with its LoRAs and embeddings) and write a looping GIF and/or an MP4.",
+    p = sub.add_parser("animate", help="AnimateDiff clip -> .gif / .webp / .mp4 / .webm",
+                       description="Animate a prompt with an AnimateDiff motion adapter on a Stable Diffusion 1.x "
+                                   "model (with its LoRAs and embeddings) and write it as a GIF, WebP, MP4 and/or "
+                                   "WebM.",
                        epilog=EXAMPLES.format(samplers=", ".join(SAMPLER_NAMES)),
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     sections = add_settings_options(p, AnimateSettings)  # the shared options, with animate's own defaults
     add_control_choices(sections["ControlNet"], hires=False)
-    p.add_argument("--out", action="append", default=[], metavar="CLIP.gif|CLIP.mp4",
-                   help="output clip; the suffix picks the format; repeat for both")
+    p.add_argument("--out", action="append", default=[], metavar="CLIP.gif|.webp|.mp4|.webm",
+                   help="output clip; the suffix picks the format (GIF, animated WebP, H.264 MP4, VP9 WebM); repeat "
+                        "for several")
+    p.add_argument("--webp-quality", type=_quality, default=80, metavar="0-100",
+                   help="a WebP's quality, as A1111's AnimateDiff setting (default 80)")
+    p.add_argument("--webp-lossless", action="store_true", help="write a WebP without loss (larger)")
     p.add_argument("--frames-dir", metavar="DIR", help="also write every frame as a PNG (with its settings) to DIR")
     p.add_argument("--overwrite", action="store_true",
                    help="replace existing --out files and an earlier clip's --frames-dir")
@@ -83,7 +97,8 @@ def run(args) -> int:
         frames=settings.frames), args.yes)
     progress = TerminalProgress(quiet=args.quiet)
     try:
-        run_animate(settings, args.out, args.frames_dir, on_event=progress, overwrite=args.overwrite)
+        run_animate(settings, args.out, args.frames_dir, on_event=progress, overwrite=args.overwrite,
+                    webp_quality=args.webp_quality, webp_lossless=args.webp_lossless)
     finally:
         progress.close()
     return 0

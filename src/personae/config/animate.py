@@ -41,7 +41,9 @@ class MotionSettings(Concept):
                                               "motion module, or a hub id", metavar="PATH_OR_ID")
     frames: int = setting(16, "clip length in frames; longer than --context runs in overlapping windows",
                           infotext="Frames", ge=1, le=1024)
-    fps: float = setting(8.0, "playback speed (frames per second) of the GIF / MP4", infotext="FPS", gt=0, le=120)
+    fps: float = setting(8.0, "playback speed (frames per second) of the clip", infotext="FPS", gt=0, le=120)
+    loop_number: int = setting(0, '"Display loop number": how many times a GIF or WebP plays; 0: forever',
+                               infotext="Loop number", infotext_unless=0, ge=0, le=65535)
     motion_scale: float = setting(1.0, "motion module strength: 0 = frames drawn independently, 1 = as trained",
                                   infotext="Motion scale", ge=0.0, le=5.0)
     context: int = setting(16, "frames the motion module sees at once (AnimateDiff v1-v3 trained on 16)", ge=2, le=256)
@@ -68,13 +70,13 @@ class AnimateSettings(SourceSettings, PromptSettings, StyleSettings, SamplingSet
     init_image: str | None = FieldInfo.merge_field_infos(
         Img2ImgSettings.model_fields["init_image"],
         description="a clip to start from, as A1111's AnimateDiff img2img / video source: a folder of its frames (in "
-        'name order), a GIF / MP4, or one picture for every frame ("Denoising strength" --strength decides how much '
-        "is redrawn)")
+        'name order), a GIF / WebP / MP4 / WebM, or one picture for every frame ("Denoising strength" --strength '
+        "decides how much is redrawn)")
     strength: float = FieldInfo.merge_field_infos(Img2ImgSettings.model_fields["strength"])
     controls: list[ControlRef] = FieldInfo.merge_field_infos(
         ControlSettings.model_fields["controls"],
         description=ControlSettings.model_fields["controls"].description + "; for a clip the image is a folder of "
-        "its frames (in name order), a GIF / MP4 of them, or one picture for every frame")
+        "its frames (in name order), a GIF / WebP / MP4 / WebM of them, or one picture for every frame")
     steps: int = retuned(SamplingSettings, "steps", 25)
     cfg: float = retuned(SamplingSettings, "cfg", 7.5)
     sampler: str = retuned(SamplingSettings, "sampler", "DDIM")

@@ -4,8 +4,8 @@ unit's batch of frames, or a video); and the frames a clip starts from (`--init-
     personae animate ... --control pose:dance-frames/ --control canny:walk.mp4:0.6 --controlnet pose=./pose-net
 
 - A unit's `image` is a folder (its pictures in name order, numbers read as numbers: frame-2 before frame-10), a
-  GIF / MP4 / WebM / MOV (its frames), or one picture (the same map for every frame). A folder or a video holds
-  exactly the clip's frames; anything else is said before a model loads.
+  GIF / animated WebP / MP4 / WebM / MOV (its frames), or one picture (the same map for every frame). A folder or a
+  video holds exactly the clip's frames; anything else is said before a model loads.
 - Each frame's map is made as `personae generate` makes a unit's map (the preprocessor at its Processor Res or Pixel
   Perfect, fitted by its Resize Mode).
 - diffusers' AnimateDiffControlNetPipeline draws the clip on the animate session's own modules, with our prompt
@@ -37,6 +37,17 @@ def _natural(path: Path) -> list:
     return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", path.name)]
 
 
+def _animated_webp(path: Path) -> bool:
+    """A WebP of several frames (a clip, as A1111's AnimateDiff saves one); a still WebP is one picture."""
+    if path.suffix.lower() != ".webp":
+        return False
+    try:
+        with Image.open(path) as image:
+            return getattr(image, "n_frames", 1) > 1
+    except (OSError, ValueError):
+        return False  # not a WebP that opens: read as a picture, whose error says so
+
+
 def control_frames(ref: ControlRef, frames: int, unit: int) -> list[Image.Image]:
     """The pictures a unit's maps are made from, one per frame of the clip."""
     return clip_frames(ref.image, frames, f"control {unit} ({ref.type})")
@@ -51,14 +62,14 @@ def clip_frames(text: str, frames: int, what: str) -> list[Image.Image]:
             raise UserError(f"The folder {path} of {what} holds no pictures ({', '.join(IMAGE_SUFFIXES)}).",
                             "Put the frames there, one picture per frame of the clip.")
         pictures = [open_image(str(p), what) for p in files]
-    elif path.suffix.lower() in VIDEO_SUFFIXES and path.is_file():
+    elif path.is_file() and (path.suffix.lower() in VIDEO_SUFFIXES or _animated_webp(path)):
         from personae.media.video import read_clip_frames
 
         try:
             pictures = [Image.fromarray(frame) for frame in read_clip_frames(path)]
         except Exception as exc:  # a damaged or unknown video: ffmpeg's or Pillow's words
             raise UserError(f"The video {path} of {what} could not be read ({str(exc).splitlines()[0]}).",
-                            "Pass a GIF or MP4 that plays, or a folder of its frames.") from None
+                            "Pass a GIF, WebP, MP4 or WebM that plays, or a folder of its frames.") from None
     else:
         return [open_image(str(path), what)] * frames  # one picture: the same map for every frame
     if len(pictures) != frames:

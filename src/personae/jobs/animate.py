@@ -1,8 +1,8 @@
-"""`personae animate`: settings in, a looping GIF and/or an H.264 MP4 out (plus the frames as PNGs on request).
+"""`personae animate`: settings in, a clip out as GIF, WebP, MP4 and/or WebM (plus the frames as PNGs on request).
 
 Every output carries the clip's settings: A1111-style infotext in the GIF comment, the
-MP4 `comment` tag and each frame PNG's `parameters` chunk (with the full personae
-settings as JSON in the PNG's `personae` chunk). Outputs are checked before the model
+WebP's EXIF comment, the videos' `comment` tag and each frame PNG's `parameters` chunk
+(with the full personae settings as JSON in the PNG's `personae` chunk). Outputs are checked before the model
 loads and written only after every frame exists, each under a temporary name first. An
 existing clip file is replaced only with `overwrite`; the frames folder follows outputs.py.
 """
@@ -31,7 +31,8 @@ def check_outputs(outputs: list[str | Path], frames_dir: str | Path | None, over
     if len(set(map(str, paths))) != len(paths):
         raise UserError("The same --out file is given twice.", "Name each output once.")
     if not paths and frames_dir is None:
-        raise UserError("No output given.", "Pass --out clip.gif and/or --out clip.mp4 (or --frames-dir DIR).")
+        raise UserError("No output given.", "Pass --out clip.gif and/or --out clip.mp4, clip.webp, clip.webm (or "
+                                            "--frames-dir DIR).")
     if frames_dir is not None:
         check_output(frames_dir, FRAMES, replace=overwrite)
     return paths
@@ -46,24 +47,27 @@ def save_frames(clip: Clip, folder: str | Path, overwrite: bool = False) -> list
 
 
 def save_clip(clip: Clip, outputs: list[str | Path], frames_dir: str | Path | None = None,
-              overwrite: bool = False) -> list[Path]:
+              overwrite: bool = False, webp_quality: int = 80, webp_lossless: bool = False) -> list[Path]:
     written = []
     for p in outputs:
         with explain_disk_full(p):
-            written.append(write_clip(clip.frames, check_file_output(p, overwrite), clip.settings.fps, clip.parameters))
+            written.append(write_clip(clip.frames, check_file_output(p, overwrite), clip.settings.fps, clip.parameters,
+                                      clip.settings.loop_number, webp_quality, webp_lossless))
     if frames_dir is not None:
         written += save_frames(clip, frames_dir, overwrite)
     return written
 
 
 def run_animate(settings: AnimateSettings, outputs: list[str | Path], frames_dir: str | Path | None = None,
-                on_event: EventHandler = ignore, overwrite: bool = False) -> Clip:
-    """Generate one clip and write it to every output (.gif / .mp4) and, if given, frame PNGs to `frames_dir`."""
+                on_event: EventHandler = ignore, overwrite: bool = False, webp_quality: int = 80,
+                webp_lossless: bool = False) -> Clip:
+    """Generate one clip and write it to every output (.gif / .webp / .mp4 / .webm) and, if given, frame PNGs to
+    `frames_dir`; a WebP is lossy at `webp_quality` (0-100) unless `webp_lossless`."""
     paths = check_outputs(outputs, frames_dir, overwrite)
     from personae.inference.animate import animate
 
     clip = animate(settings, on_event=on_event)
-    save_clip(clip, paths, frames_dir, overwrite)
+    save_clip(clip, paths, frames_dir, overwrite, webp_quality, webp_lossless)
     where = ", ".join(str(p) for p in paths) + (f" and frames in {frames_dir}" if frames_dir is not None else "")
     on_event(Message(f"wrote a {len(clip.frames)}-frame clip (seed {clip.seed}) to {where}"))
     return clip

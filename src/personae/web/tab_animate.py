@@ -1,5 +1,5 @@
-"""The Animate tab: an AnimateDiff clip as `personae animate` makes it (jobs/animate.py), GIF and MP4 into a new
-outputs/animate/NNNN, played in the page when done."""
+"""The Animate tab: an AnimateDiff clip as `personae animate` makes it (jobs/animate.py), GIF and MP4 (and a WebP
+or WebM when asked) into a new outputs/animate/NNNN, played in the page when done."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ from pathlib import Path
 
 from personae.errors import UserError
 
-CLIPS = ("clip.gif", "clip.mp4")
+CLIPS = ("clip.gif", "clip.mp4")  # always written, and shown in the page
+ALSO = {"WebP": "clip.webp", "WebM": "clip.webm"}  # "Also save as"
 
 
 def animate_data(ws, data: dict, model: str, motion: str, loras, lora_weight: float, embeddings,
@@ -39,23 +40,24 @@ def control_unit(ws, kind: str | None, uploaded: str | None, folder: str | None,
     elif uploaded:
         image = uploaded
     else:
-        raise UserError(f"ControlNet {kind} needs its control frames.", 'Drop a GIF, MP4 or picture on "Control '
-                                                                        'frames", or name a folder of frames.')
+        raise UserError(f"ControlNet {kind} needs its control frames.", 'Drop a GIF, WebP, MP4, WebM or picture on '
+                                                                        '"Control frames", or name a folder of frames.')
     unit = {"type": kind, "image": image, "weight": float(weight), "control_mode": mode}
     if (model or "").strip():
         unit["model"] = model_path(ws, model)
     return unit
 
 
-def animate_work(settings, out: Path):
-    """The job: `personae animate ... --out OUT/clip.gif --out OUT/clip.mp4`; returns the clip files."""
+def animate_work(settings, out: Path, also: list[str] | None = None):
+    """The job: `personae animate ... --out OUT/clip.gif --out OUT/clip.mp4` (and OUT/clip.webp, OUT/clip.webm for
+    the formats `also` names); returns the GIF and the MP4."""
     from personae.jobs.animate import run_animate
 
-    paths = [out / name for name in CLIPS]
+    paths = [out / name for name in CLIPS] + [out / ALSO[name] for name in also or []]
 
     def work(on_event):
         run_animate(settings, paths, on_event=on_event)
-        return [str(p) for p in paths]
+        return [str(p) for p in paths[:len(CLIPS)]]
     return work
 
 
@@ -101,7 +103,7 @@ def build_animate(ctx) -> None:
             with gr.Accordion("ControlNet", open=False):
                 control_type = gr.Dropdown([CONTROL_TYPES_NONE, *CONTROL_TYPES], value=CONTROL_TYPES_NONE,
                                            label="Control type", elem_id="animate-control-type")
-                control_file = gr.File(label="Control frames: a GIF, MP4 or one picture", type="filepath",
+                control_file = gr.File(label="Control frames: a GIF, WebP, MP4, WebM or one picture", type="filepath",
                                        elem_id="animate-control-file")
                 control_folder = gr.Textbox(label="or a folder of frames in the workspace (one per frame, in name "
                                                   "order)", placeholder="uploads/frames",
@@ -122,6 +124,8 @@ def build_animate(ctx) -> None:
                 runtime_form = SettingsForm(AnimateSettings, prefix="animate", groups=("runtime",))
         with gr.Column(scale=2):
             go = gr.Button("Animate", variant="primary", elem_id="animate-run")
+            also = gr.CheckboxGroup(list(ALSO), label="Also save as", info="beside the GIF and the MP4",
+                                    elem_id="animate-also")
             status = gr.Markdown(elem_id="animate-status")
             earlier = gr.Dropdown(ws.outputs("animate", CLIPS), value=None, label="Earlier clips",
                                   elem_id="animate-earlier")
@@ -132,7 +136,7 @@ def build_animate(ctx) -> None:
     seen = gr.State(0)
     unit_inputs = [control_type, control_file, control_folder, control_model, control_weight, control_mode]
 
-    def submit(model_v, motion_v, loras_v, weight_v, emb_v, kind_v, file_v, folder_v, net_v, cweight_v, mode_v,
+    def submit(model_v, motion_v, loras_v, weight_v, emb_v, also_v, kind_v, file_v, folder_v, net_v, cweight_v, mode_v,
                *values):
         data, at = {}, 0
         for f in forms:
@@ -147,10 +151,10 @@ def build_animate(ctx) -> None:
             out = ws.new_folder("outputs/animate")
         except UserError as exc:
             return f"**Not started:** {exc}"
-        task = jobs.submit("animate", settings.prompt[:60], animate_work(settings, out))
+        task = jobs.submit("animate", settings.prompt[:60], animate_work(settings, out, also_v))
         return f"Queued as job {task.id}; the clip goes to `{ws.relative(out)}`."
 
-    go.click(submit, [model, motion, loras, lora_weight, embeddings, *unit_inputs, *raw], status)
+    go.click(submit, [model, motion, loras, lora_weight, embeddings, also, *unit_inputs, *raw], status)
 
     def tick(seen_v):
         task = latest(jobs, "animate", seen_v)
