@@ -7,7 +7,7 @@ Defaults are the ones that worked for animated portraits (issue #5): DDIM, clip 
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 from pydantic import model_validator
 from pydantic.fields import FieldInfo
@@ -57,8 +57,29 @@ class MotionSettings(Concept):
         return self
 
 
+class FreeInitSettings(Concept):
+    """A1111's AnimateDiff "FreeInit" (inference/freeinit.py), with the extension's defaults."""
+
+    TITLE: ClassVar[str] = "FreeInit"
+
+    freeinit: bool = setting(False, '"FreeInit": draw the clip again from the low frequencies of the last pass and '
+                                    "the high ones of its first noise, for a steadier clip, at --freeinit-iters "
+                                    "times the time", infotext="FreeInit", infotext_unless=False)
+    freeinit_iters: int = setting(3, "FreeInit's passes, the first one included", infotext="FreeInit iterations",
+                                  infotext_if="freeinit", ge=2, le=10)
+    freeinit_filter: Literal["butterworth", "gaussian", "ideal", "box"] = setting(
+        "butterworth", "FreeInit's low-pass filter (butterworth: of order 4)", infotext="FreeInit filter",
+        infotext_if="freeinit")
+    freeinit_ds: float = setting(0.25, "FreeInit's spatial stop frequency d_s (0-1: how much of the last pass's "
+                                       "layout is kept)", infotext="FreeInit d_s", infotext_if="freeinit", ge=0.0,
+                                 le=1.0)
+    freeinit_dt: float = setting(0.25, "FreeInit's temporal stop frequency d_t (0-1)", infotext="FreeInit d_t",
+                                 infotext_if="freeinit", ge=0.0, le=1.0)
+
+
 class AnimateSettings(SourceSettings, PromptSettings, StyleSettings, SamplingSettings, SamplerParameters,
-                      PromptEncoding, MotionSettings, ControlSettings, AddonSettings, RuntimeSettings):
+                      PromptEncoding, MotionSettings, FreeInitSettings, ControlSettings, AddonSettings,
+                      RuntimeSettings):
     """Everything that decides the frames of one clip (the shared settings mean the same as for generate)."""
 
     version: int = setting(1, "version of this settings layout", cli=False)

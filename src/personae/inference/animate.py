@@ -36,6 +36,7 @@ from personae.events import EventHandler, Message, Progress, ignore
 from personae.inference.animate_control import clip_control_call, clip_frames, prepare_clip_controls
 from personae.inference.composable import composable_parts
 from personae.inference.controlnet import control_infotext
+from personae.inference.freeinit import free_init_passes, last_alphabar
 from personae.inference.ksampler import img2img_steps
 from personae.inference.prompt import with_styles
 from personae.inference.prompt_schedule import prompt_schedule
@@ -344,6 +345,11 @@ def animate(settings: AnimateSettings, animate_session: AnimateSession | None = 
     height = settings.height or session.native_size
     # 3. the sampler, on the schedule the motion modules were trained with, with A1111's sampler parameters
     scheduler = sampler.make({**session.base_scheduler, **MOTION_SCHEDULE}, k_tuning(settings))
+    if settings.freeinit and last_alphabar(scheduler) < 1e-6:  # diffused to the last step, nothing of a pass is left
+        raise UserError("FreeInit starts each pass from the last one diffused to the last training step, where this "
+                        "clip's Zero Terminal SNR noise schedule keeps nothing of it: every pass would draw the first "
+                        "one again.", "Leave out --freeinit for this model (its schedule already starts sampling "
+                        "from what training started from).")
     # 4. encode prompts: weighted (A1111's emphasis mode), chunked by 75 tokens (at a comma within the word wrap
     # limit), clip skip
     # (a travelling prompt: each keyframe's prompt, all of one length)
@@ -365,15 +371,20 @@ def animate(settings: AnimateSettings, animate_session: AnimateSession | None = 
         with torch.no_grad():
             animate_session.condition.given = animate_session.condition.read(pipe.tokenizer, [settings.prompt])
 
-    def report(pipeline, step, timestep, kwargs):  # the calls this pass makes (img2img: the last of the schedule)
-        on_event(Progress("denoise", step + 1, getattr(pipeline, "_num_timesteps", None) or settings.steps))
-        return kwargs
+    passes = settings.freeinit_iters if settings.freeinit else 1
+
+    def report_pass(index: int):  # the calls each pass makes (img2img: the last of the schedule), FreeInit's in turn
+        def report(pipeline, step, timestep, kwargs):
+            calls = getattr(pipeline, "_num_timesteps", None) or settings.steps
+            on_event(Progress("denoise", index * calls + step + 1, passes * calls))
+            return kwargs
+        return report
 
     # 6. the pipeline: the motion pipeline with this call's scheduler (the session's is back afterwards; it keeps
     # its FreeNoise state across calls, so it is lent rather than rebuilt), or with ControlNet units or a clip to
     # start from diffusers' pipeline for that on the same modules; overlapping windows for clips longer than the
     # context
-    control, unit_hooks, conditioned = {}, contextlib.nullcontext(), [pipe.unet]
+    control, unit_hooks, conditioned = {}, contextlib.nullcontext, [pipe.unet]
     previous, other = pipe.scheduler, bool(controls or init)
     if other:
         use_context_windows(pipe, 1, settings.context, settings.context_stride)  # the UNet's blocks back to plain
@@ -399,14 +410,24 @@ def animate(settings: AnimateSettings, animate_session: AnimateSession | None = 
     generator = torch.Generator("cpu").manual_seed(seed)
     scheduler.generators = generator  # a k-sampler's churn draws from the clip's generator before the pipeline does
     guided = settings.cfg > 1  # the pipeline's classifier-free guidance: negative rows before the prompt's
+    call = {"prompt_embeds": positive.embeds.to(session.dtype),
+            "negative_prompt_embeds": negative.embeds.to(session.dtype), **steps, "width": width, "height": height,
+            "guidance_scale": settings.cfg, **({"eta": settings.eta_ddim} if settings.eta_ddim else {}), **control,
+            "generator": generator}
+
+    def run_pass(index: int, output_type: str):
+        with unit_hooks():  # A1111's guidance windows count the steps of one pass
+            return pipe(**call, callback_on_step_end=report_pass(index), output_type=output_type)
+
     try:
-        with torch.no_grad(), unit_hooks, frame_conditions(conditioned, frame_conds,
-                                                           negative.embeds if guided else None):
-            out = pipe(prompt_embeds=positive.embeds.to(session.dtype),
-                       negative_prompt_embeds=negative.embeds.to(session.dtype), **steps,
-                       width=width, height=height, guidance_scale=settings.cfg,
-                       **({"eta": settings.eta_ddim} if settings.eta_ddim else {}), **control,
-                       generator=generator, callback_on_step_end=report, output_type="pil")
+        with torch.no_grad(), frame_conditions(conditioned, frame_conds, negative.embeds if guided else None):
+            if settings.freeinit:  # A1111's AnimateDiff FreeInit: passes, each from the last one's low frequencies
+                on_event(Message(f"FreeInit: {passes} passes ({settings.freeinit_filter}, d_s "
+                                 f"{settings.freeinit_ds:g}, d_t {settings.freeinit_dt:g})"))
+                out = free_init_passes(pipe, scheduler, passes, settings.freeinit_filter, settings.freeinit_ds,
+                                       settings.freeinit_dt, init is not None, run_pass)
+            else:
+                out = run_pass(0, "pil")
     finally:
         if other:  # the blocks back to plain, for the motion pipeline's next call
             use_context_windows(pipe, 1, settings.context, settings.context_stride)

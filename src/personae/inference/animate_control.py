@@ -15,6 +15,7 @@ unit's batch of frames, or a video); and the frames a clip starts from (`--init-
 
 from __future__ import annotations
 
+import functools
 import re
 from pathlib import Path
 
@@ -103,8 +104,8 @@ def prepare_clip_controls(controls: list[ControlRef], frames: int, allow_pickle:
 
 def clip_control_call(animate_session, settings, prepared: list[list[PreparedControl]], size: tuple[int, int],
                       scheduler, pipeline_class, on_event: EventHandler = ignore):
-    """(the ControlNet pipeline on the animate session's modules with `scheduler`, its control arguments, the hooks
-    of A1111's guidance windows and Control Modes to enter around the call, the ControlNets it calls)."""
+    """(the ControlNet pipeline on the animate session's modules with `scheduler`, its control arguments, a maker of
+    the hooks of A1111's guidance windows and Control Modes to enter around each call, the ControlNets it calls)."""
     from diffusers.models.controlnets.multicontrolnet import MultiControlNetModel
 
     session, base = animate_session.session, animate_session.pipe
@@ -122,4 +123,4 @@ def clip_control_call(animate_session, settings, prepared: list[list[PreparedCon
                  "control_guidance_end": 1.0 if single else [1.0] * len(nets)}
     steps = [UnitSteps(units[0].ref.control_mode, *unit_window(settings, units[0].ref),
                        by_noise=units[0].ref.guidance_by == "noise") for units in prepared]
-    return pipe, arguments, unit_steps(nets, steps, settings.frames, scheduler), [controlnet]
+    return pipe, arguments, functools.partial(unit_steps, nets, steps, settings.frames, scheduler), [controlnet]

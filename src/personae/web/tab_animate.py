@@ -100,6 +100,8 @@ def build_animate(ctx) -> None:
                 form = SettingsForm(AnimateSettings, prefix="animate",
                                     groups=("sampling", "sampler parameters", "prompt encoding"),
                                     choices={"sampler": list(SAMPLERS)})
+            with gr.Accordion("FreeInit", open=False):
+                freeinit_form = SettingsForm(AnimateSettings, prefix="animate", groups=("FreeInit",))
             with gr.Accordion("ControlNet", open=False):
                 control_type = gr.Dropdown([CONTROL_TYPES_NONE, *CONTROL_TYPES], value=CONTROL_TYPES_NONE,
                                            label="Control type", elem_id="animate-control-type")
@@ -131,7 +133,7 @@ def build_animate(ctx) -> None:
                                   elem_id="animate-earlier")
             video = gr.Video(label="Clip (MP4)", interactive=False, loop=True, elem_id="animate-video")
             gif = gr.Image(label="Clip (GIF)", type="filepath", interactive=False, elem_id="animate-gif")
-    forms = [prompt_form, motion_form, form, control_form, runtime_form]
+    forms = [prompt_form, motion_form, form, freeinit_form, control_form, runtime_form]
     raw = [c for f in forms for c in f.inputs]
     seen = gr.State(0)
     unit_inputs = [control_type, control_file, control_folder, control_model, control_weight, control_mode]
