@@ -20,7 +20,10 @@ EXAMPLES = """examples:
       --frames 16 --control pose:dance-frames/ --out dancer.gif    # ControlNet: a map per frame (folder / GIF / MP4)
   personae animate --model ./model.safetensors --motion-adapter ./mm_sd_v15_v2.safetensors --prompt "oil painting" \\
       --frames 16 --init-image walk.mp4 --strength 0.6 --out painted.gif     # start from a clip (or one picture)
-  personae animate --model ./model.safetensors --motion-adapter ./mm_sd_v15_v2.safetensors --prompt "rain" \
+  personae animate --from-png waves-frames/frame-0000.png --seed 8 --out waves-8.gif   # the clip again, seed 8
+  personae animate --from-png a1111.gif --model ./model.safetensors --motion-adapter ./mm_sd_v15_v2.safetensors \\
+      --out again.gif                                           # the settings of an A1111 AnimateDiff clip
+  personae animate --model ./model.safetensors --motion-adapter ./mm_sd_v15_v2.safetensors --prompt "rain" \\
       --out rain.webp --webp-quality 90 --out rain.webm --loop-number 3        # WebP (plays 3 times) and WebM
 
 defaults that work: DDIM, clip skip 2, 25 steps (25-45 is the useful range), CFG 7.5, 16 frames at 8 fps.
@@ -51,6 +54,9 @@ def add_parser(sub) -> None:
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     sections = add_settings_options(p, AnimateSettings)  # the shared options, with animate's own defaults
     add_control_choices(sections["ControlNet"], hires=False)
+    p.add_argument("--from-png", metavar="FILE", help="start from the settings a clip or frame stores (personae's "
+                                                      "or A1111's AnimateDiff: a frame PNG, GIF, WebP, MP4 or WebM); "
+                                                      "other options override")
     p.add_argument("--out", action="append", default=[], metavar="CLIP.gif|.webp|.mp4|.webm",
                    help="output clip; the suffix picks the format (GIF, animated WebP, H.264 MP4, VP9 WebM); repeat "
                         "for several")
@@ -65,30 +71,43 @@ def add_parser(sub) -> None:
     p.set_defaults(run=run)
 
 
-def settings_from_args(args):
-    """The animate settings from the options given (the shared options mean the same as for generate)."""
+def settings_from_args(args, reading=None):
+    """The animate settings from the options given (the shared options mean the same as for generate), over those
+    `reading` (jobs/animate_png.ClipReading) found in a --from-png file."""
     from personae.cli.generate_cmd import apply_control_choices, control_choices
     from personae.cli.options import missing_required, settings_values
     from personae.config.animate import AnimateSettings
     from personae.config.base import parse_settings
     from personae.errors import UserError
 
-    data = settings_values(args, AnimateSettings)
+    data = {**(reading.settings if reading else {}), **settings_values(args, AnimateSettings)}
     apply_control_choices(data, *control_choices(args))
     flag = missing_required(AnimateSettings, data)
     if flag:
+        what = {"--model": ("model", "model"), "--motion-adapter": ("motion", "motion module")}.get(flag)
+        name = getattr(reading, what[0], None) if reading and what else None
+        if name:
+            raise UserError(f'{flag} is required: {args.from_png} names its {what[1]} "{name}", not where it is.',
+                            f"Pass {flag} with that {what[1]} (a folder, a file or a hub id).")
         raise UserError(f"{flag} is required.", "See `personae animate --help` for examples.")
-    return parse_settings(AnimateSettings, data, "the animate options")
+    source = f"the settings of {args.from_png} and the animate options" if reading else "the animate options"
+    return parse_settings(AnimateSettings, data, source)
 
 
 def run(args) -> int:
     from personae.cli.big_jobs import confirm_big_job, estimate_seconds
     from personae.cli.progress import TerminalProgress
+    from personae.events import Message
     from personae.jobs.animate import check_outputs, run_animate
     from personae.models.motion import resolve_motion_adapter
     from personae.models.resolve import resolve_model
 
-    settings = settings_from_args(args)  # wrong options, --out and models are said before the libraries load
+    reading = None
+    if args.from_png:
+        from personae.jobs.animate_png import read_clip_settings
+
+        reading = read_clip_settings(args.from_png)
+    settings = settings_from_args(args, reading)  # wrong options, --out and models are said before the libraries load
     check_outputs(args.out, args.frames_dir, args.overwrite)
     resolve_model(settings.model, settings.allow_pickle)
     resolve_motion_adapter(settings.motion_adapter, settings.allow_pickle)
@@ -96,6 +115,9 @@ def run(args) -> int:
         settings.model, 1, settings.steps, settings.width, settings.height, settings.cfg, settings.device,
         frames=settings.frames), args.yes)
     progress = TerminalProgress(quiet=args.quiet)
+    if reading is not None and reading.notes:  # what the file asks for and this run does not do, said once
+        progress(Message(f"from {args.from_png}: not applied (personae does not do these, or they need your files): "
+                         f"{'; '.join(reading.notes)}", "warning"))
     try:
         run_animate(settings, args.out, args.frames_dir, on_event=progress, overwrite=args.overwrite,
                     webp_quality=args.webp_quality, webp_lossless=args.webp_lossless)
