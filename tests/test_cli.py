@@ -231,7 +231,9 @@ def test_demo_runs_offline_and_writes_an_index(tmp_path):
     # the taught star animates as a star, and moves (92 of 96 frames, 3 of 6 measured: up, down, still); the base
     # draws none
     assert star >= 86 and star_moves >= 2 and base_star <= 2, section
-    assert (tmp_path / "demo/animate/clip.gif").is_file() and (tmp_path / "demo/animate/clip.mp4").is_file()
+    assert all((tmp_path / f"demo/animate/clip.{suffix}").is_file() for suffix in ("gif", "mp4", "webp", "webm"))
+    # the same clip drawn again from the GIF's settings alone (`personae animate --from-png`)
+    assert re.search(r"drew animate/again.gif from the GIF's settings alone: 16 of 16 frames the same", section)
     # prompt travel with that adapter: each of three travels starts as its first keyframe and ends as its last, its
     # control (the first prompt alone) ends as the first (demo/world_travel.py; 3-4 and 4 of 4 measured)
     start = index.index("## Prompt travel on the world")

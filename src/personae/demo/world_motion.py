@@ -23,6 +23,21 @@ STAR_SIZE = "medium shot"  # a full-shot star is lost in the world VAE (docs/wor
 STAR_GIF = "down"  # the star clip written as a GIF
 
 
+def redraw_from_gif(gif: Path, model: Path, adapter: Path, again: Path, on_event: EventHandler) -> int:
+    """`personae animate --from-png GIF --model MODEL --motion-adapter ADAPTER --lora-dir ADAPTER --out AGAIN`: the
+    frames the same as the GIF's, counted."""
+    from personae.config.animate import AnimateSettings
+    from personae.jobs.animate import run_animate
+    from personae.jobs.animate_png import read_clip_settings
+    from personae.media.video import read_clip_frames
+
+    reading = read_clip_settings(gif)
+    settings = AnimateSettings(**{**reading.settings, "model": str(model), "motion_adapter": str(adapter),
+                                  "lora_dir": str(adapter)})
+    run_animate(settings, [again], on_event=on_event)
+    return sum(np.array_equal(a, b) for a, b in zip(read_clip_frames(gif), read_clip_frames(again), strict=True))
+
+
 def world_motion(out: Path, index, on_event: EventHandler) -> dict:
     """Section "World motion"; returns the counts it reports."""
     from personae.inference.animate import animate
@@ -47,11 +62,13 @@ def world_motion(out: Path, index, on_event: EventHandler) -> dict:
     here.mkdir(parents=True, exist_ok=True)
     save_image(clip_sheet(made), here / "clips.png")
     save_image(clip_sheet(loose), here / "independent.png")
-    # the growing clip as `personae animate` writes it: a GIF and an MP4 with the settings inside
+    # the growing clip as `personae animate` writes it: GIF, MP4, WebP and WebM with the settings inside; then drawn
+    # again from the GIF's settings alone (`personae animate --from-png`), its LoRA found by the tag in the prompt
     growing = MOTIONS.index("growing")
-    run_animate(clip_settings(str(zero), str(adapter), clips[growing], growing, STEPS, CFG, lora=lora),
-                [out / "animate/clip.gif", out / "animate/clip.mp4"],
+    written = [out / f"animate/clip.{suffix}" for suffix in ("gif", "mp4", "webp", "webm")]
+    run_animate(clip_settings(str(zero), str(adapter), clips[growing], growing, STEPS, CFG, lora=lora), written,
                 on_event=on_event)
+    again = redraw_from_gif(out / "animate/clip.gif", zero, adapter, out / "animate/again.gif", on_event)
     # a star taught to the adapter's base with the bench's DreamBooth recipe (a star taught to the world model
     # itself is lost through this adapter: 1 of 16 frames, docs/world.md), against that base with the same seed
     bench = WorldBench(model=str(zero), methods=["dreambooth"], concepts=["star"], seeds=1, workers=1,
@@ -69,7 +86,7 @@ def world_motion(out: Path, index, on_event: EventHandler) -> dict:
                 [here / "star.gif"], on_event=on_event)
     base_settings = clip_settings(str(zero), str(adapter), stars[shown], shown, STEPS, CFG, lora=lora)
     base = score_clip(animate(base_settings).frames, stars[shown])
-    counts = {"identity": sum(r["identity"] for r in scored), "direction": sum(r["direction"] for r in scored),
+    counts = {"redrawn_same": again, "identity": sum(r["identity"] for r in scored), "direction": sum(r["direction"] for r in scored),
               "clips": len(clips), "jitter": shares(scored)["jitter"], "jitter_independent": shares(independent)[
                   "jitter"], "star_frames": sum(r["identity_frames"] for r in taught),
               "star_moves": sum(r["direction"] for r in taught), "star_clips": len(stars),
@@ -89,8 +106,12 @@ def world_motion(out: Path, index, on_event: EventHandler) -> dict:
               f"({counts['direction']} of {counts['clips']}; in docs/world.md 26 of 32 clips move as asked and 30 of "
               "32 keep the shape in every frame); the shape moves smoothly: the track's jitter "
               f"{counts['jitter']:.1f} px, against {counts['jitter_independent']:.1f} px for the same seeds at "
-              "motion scale 0 (second sheet: frames drawn independently, the shape jumps about). animate/clip.gif "
-              "and clip.mp4 are the growing clip as `personae animate` writes them. A star taught to the "
+              "motion scale 0 (second sheet: frames drawn independently, the shape jumps about). animate/clip.gif, "
+              "clip.mp4, clip.webp and clip.webm are the growing clip as `personae animate` writes them (the formats "
+              "A1111's AnimateDiff saves, each with the settings inside); `personae animate --from-png "
+              "animate/clip.gif --model models/world-zero-snr --motion-adapter models/world-motion --lora-dir "
+              f"models/world-motion` drew animate/again.gif from the GIF's settings alone: {again} of "
+              f"{len(clips[growing].boxes)} frames the same, pixel for pixel. A star taught to the "
               "zero-terminal-SNR model by the bench's DreamBooth recipe (world-motion/star-bench) through the same "
               "adapter, asked for each motion (\"a white star on a blue background, medium shot, moving left\" and "
               "so on; third sheet, a row per motion): a star in "
@@ -101,5 +122,5 @@ def world_motion(out: Path, index, on_event: EventHandler) -> dict:
               f"the clip moving {STAR_GIF}, where the model it was taught on draws a star in "
               f"{counts['base_star_frames']} of {counts['frames']} frames with the same seed.",
               [here / "clips.png", here / "independent.png", out / "animate/clip.gif", here / "stars.png",
-               here / "star.gif"])
+               here / "star.gif", out / "animate/again.gif"])
     return counts
