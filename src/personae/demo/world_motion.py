@@ -86,9 +86,10 @@ def world_motion(out: Path, index, on_event: EventHandler) -> dict:
                 [here / "star.gif"], on_event=on_event)
     base_settings = clip_settings(str(zero), str(adapter), stars[shown], shown, STEPS, CFG, lora=lora)
     base = score_clip(animate(base_settings).frames, stars[shown])
-    counts = {"redrawn_same": again, "identity": sum(r["identity"] for r in scored), "direction": sum(r["direction"] for r in scored),
-              "clips": len(clips), "jitter": shares(scored)["jitter"], "jitter_independent": shares(independent)[
-                  "jitter"], "star_frames": sum(r["identity_frames"] for r in taught),
+    counts = {"redrawn_same": again, "identity": sum(r["identity"] for r in scored),
+              "direction": sum(r["direction"] for r in scored), "clips": len(clips),
+              "jitter": shares(scored)["jitter"], "jitter_independent": shares(independent)["jitter"],
+              "star_frames": sum(r["identity_frames"] for r in taught),
               "star_moves": sum(r["direction"] for r in taught), "star_clips": len(stars),
               "base_star_frames": base["identity_frames"], "frames": len(stars[0].boxes),
               "star_start_x": float(np.mean([r["track"][0][0] for r in taught]))}
