@@ -199,6 +199,36 @@ def test_a_comfyui_png_dropped_fills_the_form_with_its_64_bit_seed(server, brows
     page.close()
 
 
+def test_an_a1111_animatediff_gif_dropped_on_the_animate_tab_fills_its_form(server, browser, tmp_path):
+    """A clip's settings fill the Animate form as `personae animate --from-png` reads them: the travelling prompt's
+    lines, the extension's frames, fps, loop number, context and FreeInit; what it does not do is said."""
+    from personae.media.video import write_gif
+
+    prompt = "a cat\n0: red\n9: blue"
+    comment = (f"{prompt}\nNegative prompt: ugly\nSteps: 7, Sampler: Euler, CFG scale: 5, Seed: 42, Size: 48x32, "
+               "Model: v1-5, AnimateDiff: \"model: mm_sd_v15_v2.ckpt, video_length: 24, fps: 12, loop_number: 2, "
+               "closed_loop: R-P, batch_size: 16, stride: 1, overlap: -1, interp: FILM, interp_x: 10, "
+               "freeinit_enable: True\", Version: v1.9.4")
+    gif = write_gif([Image.new("RGB", (48, 32), (i * 40, 0, 0)) for i in range(3)], tmp_path / "00001-42.gif", 12,
+                    comment)
+    page = _open(browser, server[1])
+    _tab(page, "Animate")
+    page.locator("#animate-drop input[type=file]").set_input_files(str(gif))
+    deadline = time.time() + 30
+    while page.locator("#animate-prompt textarea").input_value() != prompt and time.time() < deadline:
+        page.wait_for_timeout(250)
+    assert page.locator("#animate-prompt textarea").input_value() == prompt
+    for accordion in ("Sampling", "FreeInit"):  # closed, so their fields are drawn once opened
+        page.locator(".label-wrap:visible", has_text=accordion).first.click()
+    values = {name: page.locator(f"#animate-{name} input").first.input_value()
+              for name in ("frames", "fps", "loop-number", "context", "steps", "seed", "width", "sampler")}
+    assert values == {"frames": "24", "fps": "12", "loop-number": "2", "context": "16", "steps": "7", "seed": "42",
+                      "width": "48", "sampler": "Euler"}, values
+    assert page.locator("#animate-freeinit input").is_checked()
+    _wait_text(page, "body", "frame interpolation FILM", timeout=30)
+    page.close()
+
+
 def test_an_a1111_png_with_a_controlnet_unit_fills_the_unit_and_says_its_picture_is_missing(server, browser,
                                                                                               tmp_path):
     """A1111's "ControlNet 0" unit dropped: the ControlNet accordion takes its type, weight, modes, resolution, pixel

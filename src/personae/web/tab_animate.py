@@ -9,6 +9,7 @@ from personae.errors import UserError
 
 CLIPS = ("clip.gif", "clip.mp4")  # always written, and shown in the page
 ALSO = {"WebP": "clip.webp", "WebM": "clip.webm"}  # "Also save as"
+DROPPED = (".png", ".gif", ".webp", ".mp4", ".webm")  # what fills the form (jobs/animate_png.py)
 
 
 def animate_data(ws, data: dict, model: str, motion: str, loras, lora_weight: float, embeddings,
@@ -124,6 +125,9 @@ def build_animate(ctx) -> None:
                 refresh = gr.Button("Refresh lists", size="sm")
             with gr.Accordion("Runtime", open=False):
                 runtime_form = SettingsForm(AnimateSettings, prefix="animate", groups=("runtime",))
+            clip_drop = gr.File(label="Drop a clip or frame made by personae or A1111's AnimateDiff (GIF, WebP, MP4, "
+                                      "WebM or a frame PNG) to fill the form", file_types=list(DROPPED),
+                                elem_id="animate-drop")
         with gr.Column(scale=2):
             go = gr.Button("Animate", variant="primary", elem_id="animate-run")
             also = gr.CheckboxGroup(list(ALSO), label="Also save as", info="beside the GIF and the MP4",
@@ -157,6 +161,26 @@ def build_animate(ctx) -> None:
         return f"Queued as job {task.id}; the clip goes to `{ws.relative(out)}`."
 
     go.click(submit, [model, motion, loras, lora_weight, embeddings, also, *unit_inputs, *raw], status)
+
+    def from_clip(file):
+        """The form filled from what a dropped clip or frame stores, as `personae animate --from-png` reads it."""
+        from personae.jobs.animate_png import read_clip_settings
+
+        skip = [gr.skip()] * (len(raw) + 2)
+        if not file:
+            return skip
+        try:
+            reading = read_clip_settings(file if isinstance(file, str) else file.name)
+        except UserError as exc:
+            gr.Warning(str(exc))
+            return skip
+        if reading.notes:  # what the file asks for that the form does not do, said as the command line says it
+            gr.Warning("Not applied (personae does not do these, or they need your files): " + "; ".join(reading.notes))
+        data = reading.settings
+        updates = [gr.skip() if data.get(name) is None else data[name] for f in forms for name in f.components]
+        return [*updates, data.get("model") or gr.skip(), data.get("motion_adapter") or gr.skip()]
+
+    clip_drop.upload(from_clip, clip_drop, [*raw, model, motion])
 
     def tick(seen_v):
         task = latest(jobs, "animate", seen_v)
