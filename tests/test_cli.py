@@ -260,6 +260,14 @@ def test_demo_runs_offline_and_writes_an_index(tmp_path):
     started = re.findall(r"(\d+) of 16 frames in the new colour, ([\d.]+) px from the rendered track \(from noise: "
                          r"([\d.]+) px\)", section)
     assert len(started) == 4 and all(int(n) >= 14 and float(px) <= 1.5 for n, px, _ in started), section
+    # and one picture per clip (A1111's img2gif): the clips start at the picture and move (4 of 4 measured; 2 of 4
+    # with the picture kept in every frame)
+    start = index.index("## A clip from one picture on the world")
+    section = " ".join(index[start:index.index("\n## ", start)].split())
+    pictured = re.findall(r"starts ([\d.]+) px from the picture's shape, the shape right in (\d+) of 16 frames, "
+                          r"(moves|does not move) as asked", section)
+    assert len(pictured) == 4 and all(float(px) <= 4.5 and int(n) >= 14 for px, n, _ in pictured), section
+    assert sum(m == "moves" for _, _, m in pictured) >= 3, section
     # a kohya config and its dataset_config of two subsets, trained as they are (demo/world_kohya.py)
     section = " ".join(index[index.index("## A kohya config, trained as it is"):index.index("## Single-file")].split())
     kohya = re.search(r"close 4 images x 2, medium 4 images x 1 = 12 per epoch, author \"the personae demo\".* the "

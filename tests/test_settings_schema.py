@@ -159,6 +159,7 @@ def test_generated_options_keep_the_names_users_know():
     assert _options("animate") == SHARED | sampler_parameters | {
         "--motion-adapter", "--frames", "--fps", "--loop-number", "--motion-scale", "--context", "--context-stride",
         "--freeinit", "--freeinit-iters", "--freeinit-filter", "--freeinit-ds", "--freeinit-dt",
+        "--latent-power", "--latent-scale", "--last-frame", "--latent-power-last", "--latent-scale-last",
         "--from-png", "--out", "--webp-quality", "--webp-lossless", "--frames-dir", "--overwrite", "--quiet", "--yes",
         # ControlNet units, as generate's but for the hires fix a clip has not
         "--control", "--controlnet", "--control-option", "--control-start", "--control-end", "--control-resize",

@@ -77,9 +77,29 @@ class FreeInitSettings(Concept):
                                  infotext_if="freeinit", ge=0.0, le=1.0)
 
 
+class PictureStartSettings(Concept):
+    """A1111's AnimateDiff img2img from one picture ("img2gif", inference/picture_start.py): frame i starts from
+    1 - i**power / scale of the picture's latent (the rest noise) before the denoising strength's noise, so the
+    clip begins at the picture and leaves it as it goes; an optional last frame the clip ends at the same way."""
+
+    TITLE: ClassVar[str] = "clip from a picture"
+
+    latent_power: float = setting(1.0, '"Latent power": with one --init-image picture, frame i keeps 1 - i**power / '
+                                       "scale of it (the rest noise)", infotext="Latent power",
+                                  infotext_if="init_image", ge=0.0, le=10.0)
+    latent_scale: float = setting(32.0, '"Latent scale": the scale of that fall; larger keeps more of the picture',
+                                  infotext="Latent scale", infotext_if="init_image", gt=0.0, le=1e9)
+    last_frame: str | None = setting(None, '"Optional last frame": a picture the clip ends at, as --init-image '
+                                           "begins it (--latent-power-last, --latent-scale-last)", metavar="IMG")
+    latent_power_last: float = setting(1.0, '"Latent power" of the last frame, counted back from the end',
+                                       infotext="Latent power last", infotext_if="last_frame", ge=0.0, le=10.0)
+    latent_scale_last: float = setting(32.0, '"Latent scale" of the last frame', infotext="Latent scale last",
+                                       infotext_if="last_frame", gt=0.0, le=1e9)
+
+
 class AnimateSettings(SourceSettings, PromptSettings, StyleSettings, SamplingSettings, SamplerParameters,
-                      PromptEncoding, MotionSettings, FreeInitSettings, ControlSettings, AddonSettings,
-                      RuntimeSettings):
+                      PromptEncoding, MotionSettings, FreeInitSettings, ControlSettings, PictureStartSettings,
+                      AddonSettings, RuntimeSettings):
     """Everything that decides the frames of one clip (the shared settings mean the same as for generate)."""
 
     version: int = setting(1, "version of this settings layout", cli=False)
@@ -91,8 +111,8 @@ class AnimateSettings(SourceSettings, PromptSettings, StyleSettings, SamplingSet
     init_image: str | None = FieldInfo.merge_field_infos(
         Img2ImgSettings.model_fields["init_image"],
         description="a clip to start from, as A1111's AnimateDiff img2img / video source: a folder of its frames (in "
-        'name order), a GIF / WebP / MP4 / WebM, or one picture for every frame ("Denoising strength" --strength '
-        "decides how much is redrawn)")
+        'name order) or a GIF / WebP / MP4 / WebM ("Denoising strength" --strength decides how much is redrawn); '
+        "or one picture the clip starts at (A1111's img2gif: --latent-power, --latent-scale)")
     strength: float = FieldInfo.merge_field_infos(Img2ImgSettings.model_fields["strength"])
     controls: list[ControlRef] = FieldInfo.merge_field_infos(
         ControlSettings.model_fields["controls"],
@@ -111,6 +131,13 @@ class AnimateSettings(SourceSettings, PromptSettings, StyleSettings, SamplingSet
         if unsupported:
             raise ValueError(f"{', '.join(unsupported)} cannot be used for animation (one clip from text per run)")
         return data
+
+    @model_validator(mode="after")
+    def _last_frame_after_a_first(self):
+        if self.last_frame and not self.init_image:
+            raise ValueError("last_frame is the picture a clip from a picture ends at: it needs init_image, the "
+                             "picture it starts from")
+        return self
 
     @model_validator(mode="after")
     def _keyframes_within_the_clip(self):

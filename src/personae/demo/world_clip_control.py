@@ -1,6 +1,6 @@
 """The demo's ControlNet for clips on the world: the world ControlNet moves a shape along a map per frame, with the
-shipped motion adapter, while the prompt says "still"; every frame read back by the exact checker
-(world/clip_control_eval.py)."""
+shipped motion adapter, while the prompt says "still"; a clip redrawn from rendered frames; a clip from one picture;
+every frame read back by the exact checker (world/clip_control_eval.py)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from pathlib import Path
 from personae.events import EventHandler, Message
 
 INIT_STRENGTH = 0.5  # tests/test_world_motion.py holds this strength
+PICTURE_STRENGTH, PICTURE_SCALE = 0.6, 4.0  # and these (a clip from one picture)
 
 
 def world_clip_control(out: Path, model: Path, adapter: Path, controlnet: Path, index, on_event: EventHandler
@@ -16,7 +17,13 @@ def world_clip_control(out: Path, model: Path, adapter: Path, controlnet: Path, 
     """Section "ControlNet for a clip on the world"; returns its rows without their frames."""
     from personae.jobs.animate import run_animate
     from personae.media.grid import save_image
-    from personae.world.clip_control_eval import FRAMES, case_settings, measure_clip_control, measure_clip_init
+    from personae.world.clip_control_eval import (
+        FRAMES,
+        case_settings,
+        measure_clip_control,
+        measure_clip_init,
+        measure_clip_picture,
+    )
     from personae.world.control_eval import sheet
     from personae.world.motion_eval import adapter_lora
 
@@ -50,8 +57,23 @@ def world_clip_control(out: Path, model: Path, adapter: Path, controlnet: Path, 
                      f"{r['from_noise']['centre_error']:.1f} px)" for r in started)
     index.add("A clip started from another on the world",
               f"`personae animate --init-image FOLDER --strength {INIT_STRENGTH}` (A1111's AnimateDiff img2img / "
-              "video source: a folder of frames, a GIF / MP4, or one picture for every frame, through diffusers' "
+              "video source: a folder of frames or a GIF / MP4, through diffusers' "
               "AnimateDiff video-to-video pipeline with A1111's img2img steps). The same four rendered clips as "
               "above, each redrawn in another colour its prompt names, with its own motion word: " + said + ". Top "
               "rows: started from the frames; bottom rows: the same seeds from noise.", [here / "init.png"])
+    # and a clip from one picture (A1111's img2gif): each clip's first frame, the prompt naming its motion
+    pictured = measure_clip_picture(str(model), str(adapter), here / "pictures", PICTURE_STRENGTH, PICTURE_SCALE,
+                                    lora=lora)
+    save_image(sheet([r["frames"] for r in pictured] + [r["kept_frames"] for r in pictured]), here / "picture.png")
+    said = "; ".join(f"{r['case']}: starts {r['start_error']:.1f} px from the picture's shape, the shape right in "
+                     f"{r['identity_frames']} of {FRAMES} frames, {'moves' if r['moves'] else 'does not move'} as "
+                     f"asked (the picture kept in every frame: {'moves' if r['kept']['moves'] else 'does not move'})"
+                     for r in pictured)
+    index.add("A clip from one picture on the world",
+              f"`personae animate --init-image PICTURE --strength {PICTURE_STRENGTH} --latent-scale "
+              f"{PICTURE_SCALE:g}`, as A1111's AnimateDiff img2img animates one picture: frame i starts from "
+              f"1 - i / {PICTURE_SCALE:g} of the picture, the rest noise, before the strength's noise. The first "
+              "frames of the same four rendered clips, each prompt naming its clip's motion: " + said + ". Top rows: "
+              "faded; bottom rows: the same seeds with the picture kept in every frame (latent scale 1e9).",
+              [here / "picture.png"])
     return [{k: v for k, v in r.items() if k not in ("frames", "uncontrolled_frames")} for r in rows]

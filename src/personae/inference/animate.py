@@ -33,11 +33,13 @@ from personae.config.animate import AnimateSettings
 from personae.data.dynamic_prompts import image_prompts, is_template
 from personae.errors import UserError
 from personae.events import EventHandler, Message, Progress, ignore
-from personae.inference.animate_control import clip_control_call, clip_frames, prepare_clip_controls
+from personae.inference.animate_control import clip_control_call, clip_frames, is_one_picture, prepare_clip_controls
 from personae.inference.composable import composable_parts
 from personae.inference.controlnet import control_infotext
 from personae.inference.freeinit import free_init_passes, last_alphabar
+from personae.inference.img2img import open_image
 from personae.inference.ksampler import img2img_steps
+from personae.inference.picture_start import start_from_picture, weights
 from personae.inference.prompt import with_styles
 from personae.inference.prompt_schedule import prompt_schedule
 from personae.inference.prompt_travel import frame_conditionings, frame_conditions, read_travel
@@ -256,6 +258,9 @@ def clip_infotext(settings: AnimateSettings, animate_session: AnimateSession, se
         **control_infotext(settings, session),
         "Version": f"personae {__version__}",
     }
+    if not (settings.init_image and is_one_picture(settings.init_image)):  # the fade is a clip from one picture's
+        for key in ("Latent power", "Latent scale"):
+            params.pop(key, None)
     prompt = settings.prompt + "".join(f" {l.tag}" for l in animate_session.loras)
     return format_parameters(prompt, settings.negative, params)
 
@@ -332,6 +337,13 @@ def animate(settings: AnimateSettings, animate_session: AnimateSession | None = 
     # ControlNet units: their control frames read and mapped now, before any model loads; and the clip to start from
     controls = prepare_clip_controls(settings.controls, settings.frames, settings.allow_pickle)
     init = clip_frames(settings.init_image, settings.frames, "init clip") if settings.init_image else None
+    one_picture = bool(settings.init_image) and is_one_picture(settings.init_image)  # A1111's img2gif
+    if settings.last_frame:
+        if not one_picture:
+            raise UserError(f"--last-frame {settings.last_frame} is the picture a clip from one picture ends at, but "
+                            f"--init-image {settings.init_image} is not one picture.",
+                            "Give --init-image one picture, or leave out --last-frame.")
+        init = [*init[:-1], open_image(settings.last_frame, "last frame")]
     if composable_parts(settings.prompt) is not None:  # read as words, AND and the weight would be drawn
         raise UserError("--prompt uses A1111's AND or ends in a weight (:0.5), composable diffusion, which `personae "
                         "generate` applies and animate does not: the motion UNet runs every frame with one prompt.",
@@ -409,6 +421,10 @@ def animate(settings: AnimateSettings, animate_session: AnimateSession | None = 
     # 7. denoise all frames together
     generator = torch.Generator("cpu").manual_seed(seed)
     scheduler.generators = generator  # a k-sampler's churn draws from the clip's generator before the pipeline does
+    if one_picture:  # each frame starts from a share of the picture (and of the last frame), the rest noise
+        last = (settings.latent_power_last, settings.latent_scale_last) if settings.last_frame else None
+        start_from_picture(scheduler, *weights(settings.frames, settings.latent_power, settings.latent_scale, last),
+                           generator)
     guided = settings.cfg > 1  # the pipeline's classifier-free guidance: negative rows before the prompt's
     call = {"prompt_embeds": positive.embeds.to(session.dtype),
             "negative_prompt_embeds": negative.embeds.to(session.dtype), **steps, "width": width, "height": height,

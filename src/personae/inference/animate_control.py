@@ -49,6 +49,12 @@ def _animated_webp(path: Path) -> bool:
         return False  # not a WebP that opens: read as a picture, whose error says so
 
 
+def is_one_picture(text: str) -> bool:
+    """`text` names one picture (not a folder of frames, a video or an animated WebP): a clip from a picture."""
+    path = Path(text).expanduser()
+    return path.is_file() and path.suffix.lower() not in VIDEO_SUFFIXES and not _animated_webp(path)
+
+
 def control_frames(ref: ControlRef, frames: int, unit: int) -> list[Image.Image]:
     """The pictures a unit's maps are made from, one per frame of the clip."""
     return clip_frames(ref.image, frames, f"control {unit} ({ref.type})")

@@ -125,6 +125,6 @@ def free_init_passes(pipe, scheduler, iterations: int, method: str, d_s: float, 
         return out
     finally:
         if video:
-            del scheduler.add_noise  # the class's own again
+            scheduler.add_noise = add_noise  # what it was (a clip from a picture blends there first)
         else:
             del pipe.prepare_latents

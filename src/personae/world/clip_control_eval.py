@@ -1,7 +1,8 @@
 """A clip steered by ControlNet on the world: the world ControlNet, given a map per frame of a shape moving one way,
 with the shipped motion adapter, while the prompt asks the shape to stay still; every frame read back by the exact
 checker. And a clip started from another (`--init-image FRAMES --strength S`): the rendered clip's track kept, its
-colour redrawn as the prompt says (`measure_clip_init`).
+colour redrawn as the prompt says (`measure_clip_init`); and a clip from one picture (`--init-image PICTURE`, A1111's
+img2gif): it starts where the picture's shape is and moves as the prompt says (`measure_clip_picture`).
 
     rows = measure_clip_control(str(zero_snr_model), str(motion_adapter), str(world_controlnet), folder)
 
@@ -101,3 +102,37 @@ def measure_clip_init(model: str, adapter: str, folder: Path, strength: float, l
                      **score(frames, target), "from_noise": score(free, target), "frames": frames,
                      "from_noise_frames": free})
     return rows
+
+
+def measure_clip_picture(model: str, adapter: str, folder: Path, strength: float = 0.6, scale: float = 4.0,
+                         lora: str | None = None, cases: int = len(CASES)) -> list[dict]:
+    """A row per case: the rendered clip's first frame given as `--init-image PICTURE --strength S --latent-scale
+    SCALE` (A1111's img2gif: frame i starts from 1 - i / SCALE of the picture), the prompt naming the clip's motion;
+    scored: the shape right in how many frames, the first frame's distance (px) from the picture's shape, whether it
+    moves as asked; and the same seed with the picture kept in every frame (`kept`: latent scale 1e9)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    session, rows = None, []
+    for seed, case in enumerate(CASES[:cases]):
+        clip = make_clip(np.random.default_rng(seed), *case, frames=FRAMES, size=SIZE)
+        picture = folder / f"{seed:02d}-{case[3]}.png"
+        clip.frames()[0].save(picture)
+        faded = case_settings(model, adapter, case, seed, lora, [], case[3]).model_copy(
+            update={"init_image": str(picture), "strength": strength, "latent_scale": scale})
+        session = session or open_for(faded)
+        frames = animate(faded, session).frames
+        kept = animate(faded.model_copy(update={"latent_scale": 1e9}), session).frames
+        rows.append({"case": f"a {case[1]} {case[0]} on {case[2]} moving {case[3]}", "picture": str(picture),
+                     **picture_score(frames, clip), "kept": picture_score(kept, clip), "frames": frames,
+                     "kept_frames": kept})
+    return rows
+
+
+def picture_score(frames, clip) -> dict:
+    reads = [check_box(frame) for frame in frames]
+    side = frames[0].width
+    centres = [(a.position[0] * side, a.position[1] * side) for a, _ in reads]
+    identity = sum((a.shape, a.colour, a.background) == (clip.shape, clip.colour, clip.background) for a, _ in reads)
+    (x, y), (px, py) = centres[0], clip.centres[0]
+    return {"identity_frames": identity, "start_error": float(np.hypot(x - px, y - py)),
+            "moves": direction_right(clip.motion, centres, [max(box, 1e-6) for _, box in reads])}
