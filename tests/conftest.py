@@ -29,6 +29,18 @@ def tiny_model(tmp_path_factory):
     return root / "tiny", root / "tiny.safetensors"
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for a module (`pytestmark = pytest.mark.usefixtures("one_thread")`): AnimateDiff on two
+    threads is many times slower while other processes share the two cores."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def tiny_session(tiny_model):
     """A loaded tiny pipeline (no add-ons); tests must not add LoRAs or tokens to it."""

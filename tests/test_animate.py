@@ -21,16 +21,9 @@ from personae.jobs.animate import run_animate
 from personae.media.png import parse_parameters, read_png_text
 from personae.media.video import read_clip_comment, read_clip_frames, write_clip
 
-pytestmark = pytest.mark.slow  # models, training or CLI subprocesses: the full tier only
+# models, training or CLI subprocesses: the full tier only; one thread (conftest.one_thread)
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One thread: AnimateDiff on two threads is many times slower while other processes share the two cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,6 @@ import json
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
@@ -19,15 +18,9 @@ from personae.errors import UserError
 from personae.jobs.animate_png import read_clip_settings
 from personae.media.video import read_clip_comment, read_clip_frames
 
-pytestmark = pytest.mark.slow  # models: the full tier only
+# models: the full tier only; one thread (conftest.one_thread)
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

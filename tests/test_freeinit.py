@@ -18,15 +18,9 @@ from personae.inference.animate import animate, open_for
 from personae.inference.freeinit import FILTERS, frequency_mix, last_alphabar, low_pass_filter, reinitialize
 from personae.media.png import parse_parameters
 
-pytestmark = pytest.mark.slow  # models: the full tier only
+# models: the full tier only; one thread (conftest.one_thread)
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def settings(model, motion, **kw):

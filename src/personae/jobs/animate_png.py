@@ -17,7 +17,6 @@ frame interpolation and context stride where they would matter, keys personae do
 from __future__ import annotations
 
 import ast
-import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -70,17 +69,12 @@ def read_clip_settings(path: str | Path) -> ClipReading:
         raise UserError(f"--from-png: {path} does not exist.")
     text = _text(path)
     if "personae" in text:
-        try:
-            data = json.loads(text["personae"])
-        except ValueError:
-            data = None
-        if not isinstance(data, dict):
-            raise UserError(f"--from-png: the settings stored in {path} (its `personae` chunk) are not valid JSON "
-                            "settings.", "The file was damaged or edited; pass the settings on the command line.")
+        from personae.jobs.generate import personae_chunk
+
+        data = personae_chunk(text["personae"], path)
         if "motion_adapter" not in data:
             raise UserError(f"--from-png: {path} holds a picture's settings, not a clip's.",
                             f"Draw it again with `personae generate --from-png {path}`.")
-        data.pop("allow_pickle", None)  # a file never widens what the user allowed on the command line
         parse_settings(AnimateSettings, data, f"the settings stored in {path}")  # validate early
         return ClipReading(data)
     if not text.get("parameters", "").strip():

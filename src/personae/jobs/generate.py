@@ -181,6 +181,20 @@ def _from_comfy(text: str, source: Path) -> ComfyReading:
     return reading
 
 
+def personae_chunk(text: str, path: Path) -> dict:
+    """The settings personae stored as JSON in a file it wrote (a PNG's `personae` chunk), `allow_pickle` left out:
+    a file never widens what the user allowed on the command line."""
+    try:
+        data = json.loads(text)
+    except ValueError:
+        data = None
+    if not isinstance(data, dict):
+        raise UserError(f"--from-png: the settings stored in {path} (its `personae` chunk) are not valid JSON "
+                        "settings.", "The file was damaged or edited; pass the settings on the command line.")
+    data.pop("allow_pickle", None)
+    return data
+
+
 def settings_from_png(path: str | Path) -> dict:
     """The settings stored in a PNG: personae's own chunk if present, else A1111's `parameters` (from a JPEG or
     WebP: A1111's EXIF UserComment), else ComfyUI's `prompt` graph.
@@ -197,14 +211,7 @@ def settings_from_png(path: str | Path) -> dict:
                         "Pass a PNG (or an A1111 JPEG / WebP) written by personae, AUTOMATIC1111 or another tool that "
                         "stores A1111 infotext.") from None
     if "personae" in text:
-        try:
-            data = json.loads(text["personae"])
-        except ValueError:
-            data = None
-        if not isinstance(data, dict):
-            raise UserError(f"--from-png: the settings stored in {path} (its `personae` chunk) are not valid JSON "
-                            "settings.", "The file was damaged or edited; pass the settings on the command line.")
-        data.pop("allow_pickle", None)  # a file never widens what the user allowed on the command line
+        data = personae_chunk(text["personae"], path)
         data.setdefault("comma_backtrack", 0)  # drawn before personae cut long prompts at commas, as A1111 does
         parse_settings(GenerateSettings, data, f"the settings stored in {path}")  # validate early
         return data
