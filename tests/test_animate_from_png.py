@@ -127,10 +127,12 @@ def test_files_that_hold_no_clip_settings_are_said(tmp_path, made):
     Image.new("RGB", (8, 8)).save(bare)
     broken = tmp_path / "broken.png"
     save_png(Image.new("RGB", (8, 8)), broken, "x", {"personae": "{not json"})
+    (tmp_path / "bogus.webm").write_text("not a video\n")
     weird = tmp_path / "weird.png"
     a1111_frame(weird, "{'model': __import__('os')}")
     for path, says in ((picture, "a picture's settings, not a clip's"), (bare, "carries no clip settings"),
                        (broken, "not valid JSON"), (weird, "not A1111's AnimateDiff settings"),
-                       (tmp_path / "none.gif", "does not exist"), (made / "styles.csv", "not a clip or picture")):
+                       (tmp_path / "none.gif", "does not exist"), (made / "styles.csv", "not a clip or picture"),
+                       (tmp_path / "bogus.webm", r"could not be read \(.*Invalid data found")):
         with pytest.raises(UserError, match=says):
             read_clip_settings(path)

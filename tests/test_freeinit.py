@@ -197,3 +197,13 @@ def test_the_command_line_and_the_ui_take_freeinit(tiny_model, motion_dir, tmp_p
     shown = {getattr(b, "elem_id", None) for b in build(Workspace(tmp_path / "ws"), JobQueue()).blocks.values()}
     assert {"animate-freeinit", "animate-freeinit-iters", "animate-freeinit-filter", "animate-freeinit-ds",
             "animate-freeinit-dt"} <= shown
+
+
+def test_the_time_asked_about_counts_freeinits_passes():
+    from personae.cli.animate_cmd import clip_seconds
+
+    plain = AnimateSettings(model="m", motion_adapter="a", prompt="p", device="cpu", width=512, height=512)
+    three = plain.model_copy(update={"freeinit": True})
+    assert clip_seconds(three) == pytest.approx(3 * clip_seconds(plain))
+    controlled = plain.model_copy(update={"controls": [{"type": "canny", "image": "x.png"}]})
+    assert clip_seconds(controlled) > clip_seconds(plain)

@@ -207,8 +207,8 @@ def test_the_animate_forms_controlnet_unit_becomes_the_clips(ws, tmp_path):
 
 
 def test_the_animate_tab_saves_a_webp_and_a_webm_when_asked(ws, tiny_model, motion_dir):
-    """The tab's "Also save as" WebP / WebM: the job writes them beside the GIF and the MP4 it shows, each with the clip's
-    settings, "Display loop number" among them (a field of the form's motion group)."""
+    """The tab's "Also save as" WebP / WebM: the job writes them beside the GIF and the MP4 it shows, each with the
+    clip's settings, "Display loop number" among them (a field of the form's motion group)."""
     import shutil
 
     from personae.config.animate import AnimateSettings
@@ -234,6 +234,48 @@ def test_the_animate_tab_saves_a_webp_and_a_webm_when_asked(ws, tiny_model, moti
         assert webp.n_frames == 4 and webp.info["loop"] == 2
     shown = {getattr(block, "elem_id", None) for block in build(ws, JobQueue()).blocks.values()}
     assert {"animate-loop-number", "animate-also"} <= shown
+
+
+def test_the_animate_tabs_start_from_a_picture_or_frames(ws, tiny_model, motion_dir, tmp_path):
+    """"Start from a clip or a picture": a folder of frames in the workspace wins over an upload; one picture with a
+    last frame is animated as A1111's img2gif (its latent power and scale in the clip's settings); a last frame alone,
+    or a folder outside the workspace, is said plainly."""
+    import shutil
+
+    from personae.config.animate import AnimateSettings
+    from personae.config.base import parse_settings
+    from personae.jobs.queue import JobQueue
+    from personae.media.png import parse_parameters
+    from personae.media.video import read_clip_comment
+    from personae.web.app import build
+    from personae.web.tab_animate import animate_data, animate_work, start_from
+
+    shutil.copytree(tiny_model[0], ws.root / "models" / "tiny")
+    shutil.copytree(motion_dir, ws.root / "models" / "motion")
+    (ws.root / "uploads" / "frames").mkdir(parents=True)
+    first, last = ws.root / "uploads" / "first.png", ws.root / "uploads" / "last.png"
+    Image.new("RGB", (32, 32), (200, 40, 40)).save(first)
+    Image.new("RGB", (32, 32), (40, 40, 200)).save(last)
+    assert start_from(ws, str(first), "uploads/frames", None) == {"init_image": str(ws.root / "uploads" / "frames")}
+    assert start_from(ws, None, "", None) == {}
+    with pytest.raises(UserError, match="clip from one picture ends at"):
+        start_from(ws, None, " ", str(last))
+    with pytest.raises(UserError):
+        start_from(ws, None, "../elsewhere", None)
+    data = animate_data(ws, {"prompt": "a cat", "frames": 4, "context": 4, "context_stride": 2, "steps": 2,
+                             "width": 32, "height": 32, "strength": 0.6, "latent_scale": 4.0}, "models/tiny",
+                        "models/motion", [], 1.0, [])
+    data.update(start_from(ws, str(first), "", str(last)))
+    settings = parse_settings(AnimateSettings, data, "the Animate form")
+    out = ws.new_folder("outputs/animate")
+    jobs = JobQueue()
+    task = jobs.wait(jobs.submit("animate", "a cat", animate_work(settings, out)).id, 300)
+    assert task.status == "done", task.error
+    params = parse_parameters(read_clip_comment(out / "clip.gif"))[2]
+    assert (params["Denoising strength"], params["Latent scale"], params["Latent scale last"]) == ("0.6", "4", "32")
+    shown = {getattr(block, "elem_id", None) for block in build(ws, JobQueue()).blocks.values()}
+    assert {"animate-init-file", "animate-init-folder", "animate-last-file", "animate-strength",
+            "animate-latent-power", "animate-latent-scale"} <= shown
 
 
 def test_earlier_results_are_listed_from_disk_after_a_restart(ws, tmp_path):

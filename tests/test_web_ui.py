@@ -84,9 +84,16 @@ def _tab(page, name):
 
 
 def _set(page, elem_id, value):
+    """Type `value` into the field and leave it; typed again if the page does not show it (once, on a loaded
+    machine, a training form's resolution reached the job as its default: session 46's full run)."""
     box = page.locator(f"#{elem_id} input, #{elem_id} textarea").first
-    box.fill(str(value))
-    box.press("Tab")
+    for _ in range(3):
+        box.fill(str(value))
+        box.press("Tab")
+        page.wait_for_timeout(100)
+        if box.input_value() == str(value):
+            return
+    assert box.input_value() == str(value), f"#{elem_id} shows {box.input_value()!r}, not {value!r}"
 
 
 def _wait_text(page, selector, text, timeout=300):

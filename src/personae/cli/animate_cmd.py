@@ -94,8 +94,17 @@ def settings_from_args(args, reading=None):
     return parse_settings(AnimateSettings, data, source)
 
 
+def clip_seconds(settings) -> float:
+    """A rough time for the clip: its frames' steps, FreeInit's passes and ControlNet units counted."""
+    from personae.cli.big_jobs import estimate_seconds
+
+    passes = settings.freeinit_iters if settings.freeinit else 1  # FreeInit draws the clip that many times
+    return estimate_seconds(settings.model, 1, settings.steps * passes, settings.width, settings.height, settings.cfg,
+                            settings.device, frames=settings.frames, controls=len(settings.controls))
+
+
 def run(args) -> int:
-    from personae.cli.big_jobs import confirm_big_job, estimate_seconds
+    from personae.cli.big_jobs import confirm_big_job
     from personae.cli.progress import TerminalProgress
     from personae.events import Message
     from personae.jobs.animate import check_outputs, run_animate
@@ -111,9 +120,7 @@ def run(args) -> int:
     check_outputs(args.out, args.frames_dir, args.overwrite)
     resolve_model(settings.model, settings.allow_pickle)
     resolve_motion_adapter(settings.motion_adapter, settings.allow_pickle)
-    confirm_big_job("This clip", settings.frames, estimate_seconds(
-        settings.model, 1, settings.steps, settings.width, settings.height, settings.cfg, settings.device,
-        frames=settings.frames), args.yes)
+    confirm_big_job("This clip", settings.frames, clip_seconds(settings), args.yes)
     progress = TerminalProgress(quiet=args.quiet)
     if reading is not None and reading.notes:  # what the file asks for and this run does not do, said once
         progress(Message(f"from {args.from_png}: not applied (personae does not do these, or they need your files): "

@@ -51,7 +51,8 @@ def _text(path: Path) -> dict[str, str]:
         try:
             comment = read_clip_comment(path)
         except Exception as exc:  # ffmpeg's or Pillow's words for a damaged or unknown file
-            raise UserError(f"--from-png: the settings of {path} could not be read ({str(exc).splitlines()[0]}).",
+            said = (getattr(exc, "stderr", None) or str(exc)).strip().splitlines() or [type(exc).__name__]
+            raise UserError(f"--from-png: the settings of {path} could not be read ({said[-1]}).",
                             "Pass a clip or frame written by personae or A1111's AnimateDiff.") from None
         return {"parameters": comment} if comment.strip() else {}
     try:

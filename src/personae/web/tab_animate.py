@@ -49,6 +49,22 @@ def control_unit(ws, kind: str | None, uploaded: str | None, folder: str | None,
     return unit
 
 
+def start_from(ws, uploaded: str | None, folder: str | None, last: str | None) -> dict:
+    """The form's "Start from" accordion as settings: a folder of frames in the workspace, else the uploaded clip or
+    picture (already copied into the workspace), and the uploaded last frame (for one picture only)."""
+    data = {}
+    if (folder or "").strip():
+        data["init_image"] = str(ws.path(folder, what="folder of frames to start from", must_exist=True))
+    elif uploaded:
+        data["init_image"] = uploaded
+    if last:
+        if "init_image" not in data:
+            raise UserError("A last frame is the picture a clip from one picture ends at.",
+                            'Drop the picture it starts from on "Start from" too, or take the last frame away.')
+        data["last_frame"] = last
+    return data
+
+
 def animate_work(settings, out: Path, also: list[str] | None = None):
     """The job: `personae animate ... --out OUT/clip.gif --out OUT/clip.mp4` (and OUT/clip.webp, OUT/clip.webm for
     the formats `also` names); returns the GIF and the MP4."""
@@ -101,6 +117,15 @@ def build_animate(ctx) -> None:
                 form = SettingsForm(AnimateSettings, prefix="animate",
                                     groups=("sampling", "sampler parameters", "prompt encoding"),
                                     choices={"sampler": list(SAMPLERS)})
+            with gr.Accordion("Start from a clip or a picture", open=False):
+                init_file = gr.File(label="Start from: a GIF, WebP, MP4 or WebM, or one picture (img2gif)",
+                                    type="filepath", elem_id="animate-init-file")
+                init_folder = gr.Textbox(label="or a folder of frames in the workspace (one per frame, in name order)",
+                                         placeholder="uploads/frames", elem_id="animate-init-folder")
+                last_file = gr.File(label="Last frame (with one picture): the picture the clip ends at",
+                                    type="filepath", elem_id="animate-last-file")
+                start_form = SettingsForm(AnimateSettings, prefix="animate", names=("strength",),
+                                          groups=("clip from a picture",), skip=("last_frame",))
             with gr.Accordion("FreeInit", open=False):
                 freeinit_form = SettingsForm(AnimateSettings, prefix="animate", groups=("FreeInit",))
             with gr.Accordion("ControlNet", open=False):
@@ -137,13 +162,14 @@ def build_animate(ctx) -> None:
                                   elem_id="animate-earlier")
             video = gr.Video(label="Clip (MP4)", interactive=False, loop=True, elem_id="animate-video")
             gif = gr.Image(label="Clip (GIF)", type="filepath", interactive=False, elem_id="animate-gif")
-    forms = [prompt_form, motion_form, form, freeinit_form, control_form, runtime_form]
+    forms = [prompt_form, motion_form, form, start_form, freeinit_form, control_form, runtime_form]
     raw = [c for f in forms for c in f.inputs]
     seen = gr.State(0)
     unit_inputs = [control_type, control_file, control_folder, control_model, control_weight, control_mode]
+    start_inputs = [init_file, init_folder, last_file]
 
-    def submit(model_v, motion_v, loras_v, weight_v, emb_v, also_v, kind_v, file_v, folder_v, net_v, cweight_v, mode_v,
-               *values):
+    def submit(model_v, motion_v, loras_v, weight_v, emb_v, also_v, init_v, init_folder_v, last_v, kind_v, file_v,
+               folder_v, net_v, cweight_v, mode_v, *values):
         data, at = {}, 0
         for f in forms:
             data.update(f.values(*values[at: at + len(f.inputs)]))
@@ -153,6 +179,9 @@ def build_animate(ctx) -> None:
             uploaded = upload(ctx, file_v, "uploads/control") if wanted else None  # copied only when it is used
             unit = control_unit(ws, kind_v, uploaded, folder_v, net_v, cweight_v, mode_v)
             data = animate_data(ws, data, model_v, motion_v, loras_v, weight_v, emb_v, unit)
+            given = init_v and not (init_folder_v or "").strip()  # an upload is copied in only when it is used
+            data.update(start_from(ws, upload(ctx, init_v, "uploads/init") if given else None, init_folder_v,
+                                   upload(ctx, last_v, "uploads/init") if last_v else None))
             settings = parse_settings(AnimateSettings, data, "the Animate form")
             out = ws.new_folder("outputs/animate")
         except UserError as exc:
@@ -160,7 +189,8 @@ def build_animate(ctx) -> None:
         task = jobs.submit("animate", settings.prompt[:60], animate_work(settings, out, also_v))
         return f"Queued as job {task.id}; the clip goes to `{ws.relative(out)}`."
 
-    go.click(submit, [model, motion, loras, lora_weight, embeddings, also, *unit_inputs, *raw], status)
+    go.click(submit, [model, motion, loras, lora_weight, embeddings, also, *start_inputs, *unit_inputs, *raw],
+             status)
 
     def from_clip(file):
         """The form filled from what a dropped clip or frame stores, as `personae animate --from-png` reads it."""
