@@ -92,11 +92,11 @@ def test_cfg_1_and_the_hires_fix_and_a_negative_longer_than_the_prompt(tiny_mode
 
 
 def test_a1111_infotext_without_the_key_draws_each_over_its_own_length(tmp_path):
-    from personae.jobs.generate import _from_infotext
+    from personae.jobs.generate import settings_from_infotext
 
     a1111 = f"{LONG}\nNegative prompt: {SHORT}\nSteps: 20, Sampler: Euler, CFG scale: 7, Seed: 5, Size: 512x512"
-    assert _from_infotext(a1111, tmp_path)["pad_conds"] == "off"
-    assert _from_infotext(a1111 + ", Pad conds: True", tmp_path)["pad_conds"] == "on"
-    assert _from_infotext(a1111 + ", Pad conds v0: True", tmp_path)["pad_conds"] == "v0"
+    assert settings_from_infotext(a1111, tmp_path)["pad_conds"] == "off"
+    assert settings_from_infotext(a1111 + ", Pad conds: True", tmp_path)["pad_conds"] == "on"
+    assert settings_from_infotext(a1111 + ", Pad conds v0: True", tmp_path)["pad_conds"] == "v0"
     ours = a1111 + ", Version: personae 0.1.0"  # personae's own padded before it said so
-    assert "pad_conds" not in _from_infotext(ours, tmp_path)
+    assert "pad_conds" not in settings_from_infotext(ours, tmp_path)

@@ -457,16 +457,16 @@ def test_prompt_editing_counts_a_second_order_samplers_calls(tiny_model, tiny_se
 
 def test_a1111_schedule_types_are_read_with_their_samplers(tmp_path):
     """A1111 1.9+ writes the schedule beside the sampler, and a hires schedule of its own only when it differs."""
-    from personae.jobs.generate import _from_infotext
+    from personae.jobs.generate import settings_from_infotext
 
     head = "a cat\nSteps: 20, CFG scale: 7, Seed: 5, Size: 512x512, Hires upscale: 2, Denoising strength: 0.5, "
-    read = _from_infotext(head + "Sampler: DPM++ 2M, Schedule type: Karras, Hires schedule type: Exponential",
+    read = settings_from_infotext(head + "Sampler: DPM++ 2M, Schedule type: Karras, Hires schedule type: Exponential",
                           tmp_path)
     assert (read["sampler"], read["hires_sampler"]) == ("DPM++ 2M Karras", "DPM++ 2M Exponential")
-    read = _from_infotext(head + "Sampler: DPM++ 2M SDE, Schedule type: Automatic, Hires sampler: Euler a, "
+    read = settings_from_infotext(head + "Sampler: DPM++ 2M SDE, Schedule type: Automatic, Hires sampler: Euler a, "
                                  "Hires schedule type: Align Your Steps", tmp_path)
     assert (read["sampler"], read["hires_sampler"]) == ("DPM++ 2M SDE Exponential", "Euler a Align Your Steps")
-    assert "hires_sampler" not in _from_infotext(head + "Sampler: Euler a", tmp_path)
+    assert "hires_sampler" not in settings_from_infotext(head + "Sampler: Euler a", tmp_path)
 
 
 def test_the_beta_schedules_parameters_are_said_only_when_not_a1111s_default(tmp_path):

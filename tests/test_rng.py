@@ -155,7 +155,7 @@ def test_variation_seeds_step_noise_continues_after_the_starting_draw(tiny_model
 
 
 def test_infotext_names_the_source_as_a1111_reads_it(tiny_model, tmp_path):
-    from personae.jobs.generate import _from_infotext
+    from personae.jobs.generate import settings_from_infotext
     from personae.media.png import infotext_values
 
     written = infotext_values(_settings(tiny_model[0], ensd=31337))
@@ -165,12 +165,13 @@ def test_infotext_names_the_source_as_a1111_reads_it(tiny_model, tmp_path):
     # before it had sources); A1111 reads "RNG: GPU" as its default
     assert gpu["RNG"] == "GPU" and "ENSD" not in gpu
     a1111 = "a cat\nSteps: 20, Sampler: Euler a, CFG scale: 7, Seed: 5, Size: 512x512, ENSD: 31337, Version: v1.10.1"
-    assert (_from_infotext(a1111, tmp_path)["rng"], _from_infotext(a1111, tmp_path)["ensd"]) == ("GPU", 31337)
-    assert _from_infotext(a1111.replace("ENSD", "RNG: NV, ENSD"), tmp_path)["rng"] == "NV"
-    assert _from_infotext(a1111.replace("ENSD", "RNG: CPU, ENSD"), tmp_path)["rng"] == "CPU"
+    read = settings_from_infotext(a1111, tmp_path)
+    assert (read["rng"], read["ensd"]) == ("GPU", 31337)
+    assert settings_from_infotext(a1111.replace("ENSD", "RNG: NV, ENSD"), tmp_path)["rng"] == "NV"
+    assert settings_from_infotext(a1111.replace("ENSD", "RNG: CPU, ENSD"), tmp_path)["rng"] == "CPU"
     ours = "a cat\nSteps: 20, Sampler: Euler a, CFG scale: 7, Seed: 5, Size: 512x512, Version: personae 0.1.0"
-    assert "rng" not in _from_infotext(ours, tmp_path)  # personae's own (before it wrote RNG) drew on the CPU
-    assert _from_infotext(ours.replace("Version", "RNG: GPU, Version"), tmp_path)["rng"] == "GPU"
+    assert "rng" not in settings_from_infotext(ours, tmp_path)  # personae's own (before it wrote RNG) drew on the CPU
+    assert settings_from_infotext(ours.replace("Version", "RNG: GPU, Version"), tmp_path)["rng"] == "GPU"
 
 
 def test_img2img_noise_is_the_images_first_draw_and_the_vae_sample_draws_aside(tiny_model, tiny_session, photo):

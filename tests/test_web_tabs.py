@@ -409,3 +409,14 @@ def test_the_generate_and_animate_tabs_show_the_sampler_parameters(ws):
     shown = {getattr(block, "elem_id", None) for block in build(ws, JobQueue()).blocks.values()}
     for name in [*SamplerParameters.model_fields, *PromptEncoding.model_fields]:
         assert {f"field-{name.replace('_', '-')}", f"animate-{name.replace('_', '-')}"} <= shown, name
+
+
+def test_a_dropped_clips_settings_the_animate_form_cannot_hold_are_named():
+    """A frame's JSON holds every setting; those the form has no field for (LoRAs, a picture to start from,
+    ControlNet units) are named in a warning instead of being dropped silently; empty ones are not named."""
+    from personae.web.tab_animate import stored_elsewhere
+
+    data = {"model": "/m", "motion_adapter": "/a", "version": 1, "prompt": "a cat", "steps": 4,
+            "loras": [{"path": "/l.safetensors", "weight": 1.0}], "init_image": "/first.png", "last_frame": None,
+            "controls": [], "embeddings": [{"path": "/e.pt"}]}
+    assert stored_elsewhere(data, {"prompt", "steps"}) == ["embeddings", "init_image", "loras"]

@@ -2,9 +2,10 @@
 
 Every output carries the clip's settings: A1111-style infotext in the GIF comment, the
 WebP's EXIF comment, the videos' `comment` tag and each frame PNG's `parameters` chunk
-(with the full personae settings as JSON in the PNG's `personae` chunk). Outputs are checked before the model
-loads and written only after every frame exists, each under a temporary name first. An
-existing clip file is replaced only with `overwrite`; the frames folder follows outputs.py.
+(with the full personae settings as JSON in the PNG's `personae` chunk). Outputs are
+checked before the model loads and written only after every frame exists, each under a
+temporary name first. An existing clip file is replaced only with `overwrite`; the frames
+folder follows outputs.py.
 """
 
 from __future__ import annotations

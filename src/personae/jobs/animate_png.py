@@ -81,14 +81,14 @@ def read_clip_settings(path: str | Path) -> ClipReading:
     if not text.get("parameters", "").strip():
         raise UserError(f"{path} carries no clip settings (no `parameters` text, EXIF comment or comment tag).",
                         "Pass a clip or frame written by personae or A1111's AnimateDiff.")
-    return _from_infotext(text["parameters"], path)
+    return _clip_from_infotext(text["parameters"], path)
 
 
-def _from_infotext(text: str, path: Path) -> ClipReading:
-    from personae.jobs.generate import _from_infotext as picture_settings
+def _clip_from_infotext(text: str, path: Path) -> ClipReading:
+    from personae.jobs.generate import settings_from_infotext
 
     _, _, params = parse_parameters(text)
-    picture = picture_settings(text, path)  # prompts, sampler and its parameters, seed, size, as generate reads them
+    picture = settings_from_infotext(text, path)  # prompts, sampler and its parameters, seed, size: as generate
     data = {k: v for k, v in picture.items() if k in AnimateSettings.model_fields and k not in NOT_FOR_CLIPS}
     try:
         data.update({k: v for k, v in infotext_settings(AnimateSettings, params).items() if k in _CLIP_FIELDS})

@@ -65,7 +65,7 @@ def run_generate(settings: GenerateSettings, out_dir: str | Path, on_event: Even
     return paths
 
 
-def _from_infotext(text: str, source: Path) -> dict:
+def settings_from_infotext(text: str, source: Path) -> dict:
     """Generate settings from A1111 infotext (a PNG made by A1111 or another tool).
 
     Every setting that declares its A1111 name is read by that name (media/png.py); "Size" and
@@ -216,7 +216,7 @@ def settings_from_png(path: str | Path) -> dict:
         parse_settings(GenerateSettings, data, f"the settings stored in {path}")  # validate early
         return data
     if "parameters" in text:
-        return _from_infotext(text["parameters"], path)
+        return settings_from_infotext(text["parameters"], path)
     if "prompt" in text:
         return _from_comfy(text["prompt"], path).settings
     if "workflow" in text:

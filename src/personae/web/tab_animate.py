@@ -65,6 +65,13 @@ def start_from(ws, uploaded: str | None, folder: str | None, last: str | None) -
     return data
 
 
+def stored_elsewhere(data: dict, fields: set[str]) -> list[str]:
+    """The settings a dropped clip or frame holds (not empty) that the form's fields do not take: its LoRAs,
+    embeddings, ControlNet units, frames or picture to start from, styles and the like."""
+    return sorted(k for k, v in data.items() if k not in fields and k not in ("model", "motion_adapter", "version")
+                  and v not in (None, "", [], {}))
+
+
 def animate_work(settings, out: Path, also: list[str] | None = None):
     """The job: `personae animate ... --out OUT/clip.gif --out OUT/clip.mp4` (and OUT/clip.webp, OUT/clip.webm for
     the formats `also` names); returns the GIF and the MP4."""
@@ -207,6 +214,9 @@ def build_animate(ctx) -> None:
         if reading.notes:  # what the file asks for that the form does not do, said as the command line says it
             gr.Warning("Not applied (personae does not do these, or they need your files): " + "; ".join(reading.notes))
         data = reading.settings
+        unfilled = stored_elsewhere(data, {name for f in forms for name in f.components})
+        if unfilled:  # a frame's JSON holds settings this form has no field for: said, not dropped silently
+            gr.Warning("Not filled in (set them with the pickers and accordions): " + ", ".join(unfilled))
         updates = [gr.skip() if data.get(name) is None else data[name] for f in forms for name in f.components]
         return [*updates, data.get("model") or gr.skip(), data.get("motion_adapter") or gr.skip()]
 
