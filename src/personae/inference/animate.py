@@ -30,6 +30,7 @@ from PIL import Image
 
 from personae import __version__
 from personae.config.animate import AnimateSettings
+from personae.config.sampling import RuntimeSettings
 from personae.data.dynamic_prompts import image_prompts, is_template
 from personae.errors import UserError
 from personae.events import EventHandler, Message, Progress, ignore
@@ -45,6 +46,7 @@ from personae.inference.prompt_schedule import prompt_schedule
 from personae.inference.prompt_travel import frame_conditionings, frame_conditions, read_travel
 from personae.inference.samplers import get_sampler, k_tuning, uniform_said
 from personae.inference.session import Session, open_session
+from personae.inference.speedups import keep_unet_attention, place_pipeline
 from personae.media.png import format_parameters, infotext_values
 from personae.models.addons import hashes_text
 from personae.models.embedding_dir import expand_embedding_names
@@ -97,12 +99,14 @@ def _pipeline_class(control: bool = False, video: bool = False):
     return type(f"Windowed{base.__name__}", (base,), {"_encode_prompt_free_noise": _own_embeds})
 
 
-def motion_unet(unet, adapter, lora_weights: dict[str, float] | None = None):
+def motion_unet(unet, adapter, lora_weights: dict[str, float] | None = None, share: bool = False):
     """A UNetMotionModel from the session's UNet (LoRA adapters and their weights included) plus the motion modules.
 
     diffusers' `UNetMotionModel.from_unet2d` copies the UNet block by block and fails on a UNet
     that carries peft LoRA layers (their weights appear as extra keys). So the motion UNet gets
     the same adapters first, then the whole state dict (same key names for every image layer).
+    `share`: the image layers hold the UNet's own tensors instead of copies (no second UNet in memory; for
+    sampling only, where nothing changes a weight in place).
     """
     from diffusers import UNetMotionModel
 
@@ -110,7 +114,7 @@ def motion_unet(unet, adapter, lora_weights: dict[str, float] | None = None):
     lora_configs = dict(getattr(unet, "peft_config", {}) or {})
     for name, config in lora_configs.items():
         model.add_adapter(_only_wrapped_modules(unet, name, config), adapter_name=name)
-    missing, unexpected = model.load_state_dict(unet.state_dict(), strict=False)
+    missing, unexpected = model.load_state_dict(unet.state_dict(), strict=False, assign=share)
     not_motion = [k for k in missing if ".motion_modules." not in k]
     if unexpected or not_motion:
         raise RuntimeError(f"UNet -> motion UNet: unexpected {unexpected[:3]}, missing {not_motion[:3]}")
@@ -155,6 +159,17 @@ class MotionScale:
         return output if self.value == 1.0 else output * self.value
 
 
+def config_only(adapter):
+    """The motion adapter as the pipeline keeps it once its modules are in the motion UNet: its config (diffusers'
+    FreeNoise reads the context length there) without its weights, which would be a second copy of the motion
+    modules in memory, and on the GPU with the pipeline."""
+    empty = copy.copy(adapter)  # a new instance sharing the config; the module tables below are its own
+    empty._modules, empty._parameters, empty._buffers = {}, {}, {}
+    first = next(adapter.parameters())  # an empty tensor keeps its dtype and device, which pipelines ask of it
+    empty.register_buffer("placed", torch.empty(0, dtype=first.dtype, device=first.device), persistent=False)
+    return empty
+
+
 @dataclass
 class AnimateSession:
     """A session plus its AnimateDiff pipeline (the motion UNet is built once per adapter)."""
@@ -166,6 +181,7 @@ class AnimateSession:
     context_limit: int = field(default=32)  # positions in the adapter's table
     condition: object = None  # the adapter folder's MotionCondition, attached to the motion UNet, or None
     motion_loras: list = field(default_factory=list)  # LoadedLora of the MotionLoRAs on the motion UNet
+    attention: str = "sdpa"  # the runtime's attention, set again where FreeNoise rebuilds the motion modules' blocks
 
     @property
     def loras(self) -> list:
@@ -183,23 +199,30 @@ class AnimateSession:
 
 
 def open_animate_session(session: Session, adapter, motion: MotionSource, motion_loras: list[tuple] = (),
-                         allow_pickle: bool = False) -> AnimateSession:
+                         allow_pickle: bool = False, runtime: RuntimeSettings | None = None) -> AnimateSession:
     """Build the AnimateDiff pipeline on a loaded session and a loaded MotionAdapter; `motion_loras` ((path,
-    weight) pairs) load on its motion UNet."""
-    adapter = adapter.to(device=session.device, dtype=session.dtype)
+    weight) pairs) load on its motion UNet. The pipeline gets `runtime`'s switches and goes to the session's device
+    (or is offloaded to it); a session opened with `place=False` stays in main memory, where its image UNet shares
+    its tensors with the motion UNet, so the model is not held twice."""
     base = session.pipe
+    adapter = adapter.to(device=base.unet.device, dtype=session.dtype)
     unet_weights = {l.adapter: l.weight if l.unet_weight is None else l.unet_weight for l in session.loras}
     try:
-        unet = motion_unet(base.unet, adapter, unet_weights)
+        unet = motion_unet(base.unet, adapter, unet_weights, share=True)
     except ValueError as exc:  # from_unet2d: block counts or layers per block differ
         raise UserError(f"The motion adapter {motion.location} does not fit the model {session.source.name}: {exc}.",
                         "Use a motion adapter made for this model family (Stable Diffusion 1.x adapters for SD-1.x models).") from None
     pipe = _pipeline_class()(vae=base.vae, text_encoder=base.text_encoder, tokenizer=base.tokenizer, unet=unet,
-                             motion_adapter=adapter, scheduler=base.scheduler)
+                             motion_adapter=config_only(adapter), scheduler=base.scheduler)
     pipe.set_progress_bar_config(disable=True)
     loaded = load_motion_loras(pipe, list(motion_loras), unet_weights, allow_pickle)
+    condition = _condition(unet, base.tokenizer, motion)
+    runtime = runtime or RuntimeSettings()
+    place_pipeline(pipe, runtime, session.device, session.dtype)  # attention, memory order, compile: the motion UNet's
+    if condition is not None:  # not a pipeline module: it goes where the UNet runs
+        condition.to(session.device)
     return AnimateSession(session, pipe, motion, MotionScale(unet), int(adapter.config.motion_max_seq_length),
-                          _condition(unet, base.tokenizer, motion), loaded)
+                          condition, loaded, runtime.attention)
 
 
 def _condition(unet, tokenizer, motion: MotionSource):
@@ -290,11 +313,6 @@ def held_lora_tags(settings: AnimateSettings, session) -> AnimateSettings:
 
 def open_for(settings: AnimateSettings, on_event: EventHandler = ignore) -> AnimateSession:
     """Load the motion adapter named in `settings` (first: it is the smaller download), then the model and add-ons."""
-    if settings.medvram or settings.lowvram:  # the motion UNet is built beside the session's, outside its hooks
-        flag = "--medvram" if settings.medvram else "--lowvram"
-        raise UserError(f"{flag} (CPU offload) is not available for animate yet: the motion UNet is built after the "
-                        "model is offloaded and would not be moved to the GPU.",
-                        f"Leave out {flag}; --vae-slicing and --attention sliced lower animate's GPU memory too.")
     motion = resolve_motion_adapter(settings.motion_adapter, settings.allow_pickle)
     on_event(Message(f"loading motion adapter {motion.location}"))
     adapter = load_motion_adapter(motion)
@@ -309,9 +327,9 @@ def open_for(settings: AnimateSettings, on_event: EventHandler = ignore) -> Anim
     session = open_session(settings.model, settings.device, settings.dtype, settings.allow_pickle,
                            loras=[(l.path, l.weight, l.unet_weight) for l, m in zip(settings.loras, moving) if not m],
                            embeddings=[(e.path, e.token) for e in settings.embeddings], on_event=on_event,
-                           vae=settings.vae, runtime=settings)
+                           vae=settings.vae, runtime=settings, place=False)  # the motion pipeline is placed
     return open_animate_session(session, adapter, motion, [(l.path, l.weight) for l, m in zip(settings.loras, moving)
-                                                           if m], settings.allow_pickle)
+                                                           if m], settings.allow_pickle, settings)
 
 
 def animate(settings: AnimateSettings, animate_session: AnimateSession | None = None,
@@ -415,6 +433,7 @@ def animate(settings: AnimateSettings, animate_session: AnimateSession | None = 
     else:  # A1111's img2img steps: the last int(strength x steps) + 1 of the schedule for a k-diffusion sampler
         steps = {"video": init, **img2img_steps(scheduler, settings.steps, settings.strength)}
     windows = use_context_windows(pipe, settings.frames, settings.context, settings.context_stride)
+    keep_unet_attention(pipe.unet, animate_session.attention)  # rebuilt blocks have diffusers' default
     if windows:
         on_event(Message(f"{settings.frames} frames: motion in overlapping windows of {settings.context} "
                          f"(stride {settings.context_stride})"))

@@ -106,9 +106,12 @@ def check_session_inputs(model: str, allow_pickle: bool = False, loras: list = (
 def open_session(model: str, device: str = "auto", dtype: str = "auto", allow_pickle: bool = False,
                  loras: list[tuple] = (), embeddings: list[tuple[str, str | None]] = (),
                  on_event: EventHandler = ignore, vae: str | None = None,
-                 runtime: RuntimeSettings | None = None) -> Session:
+                 runtime: RuntimeSettings | None = None, place: bool = True) -> Session:
     """Resolve and load a model, put `vae` (a folder or file) in place of its VAE, apply LoRAs and embeddings,
-    then the speed and memory switches of `runtime` (its device and dtype are `device` and `dtype`), and move it."""
+    then the speed and memory switches of `runtime` (its device and dtype are `device` and `dtype`), and move it.
+
+    `place=False` leaves the pipeline in main memory as loaded (in `dtype`, no switches, not moved or offloaded):
+    the caller builds the pipeline that runs on its modules and places that one (animate: on the motion UNet)."""
     # 1. check inputs before any heavy work
     source = check_session_inputs(model, allow_pickle, [path for path, *_ in loras], [path for path, _ in embeddings])
     dev = pick_device(device)
@@ -130,5 +133,6 @@ def open_session(model: str, device: str = "auto", dtype: str = "auto", allow_pi
         on_event(Message(f"LoRA {lora.name}: read as {lora.layout}{bundled}"))
     session.embeddings = load_embeddings(pipe, list(embeddings), allow_pickle=allow_pickle)
     # 4. attention, memory order, VAE slicing / tiling / upcast, offload or the device, compile
-    place_pipeline(pipe, runtime, dev, torch_dtype, on_event)
+    if place:
+        place_pipeline(pipe, runtime, dev, torch_dtype, on_event)
     return session

@@ -48,11 +48,34 @@ def attention_processor(name: str):
 
 def set_attention(pipe, name: str) -> None:
     """The attention of the UNet and VAE: PyTorch's SDPA kernel, head slices, or the plain math."""
-    if name == "sliced":  # the UNet's attention in head slices; the VAE's one attention block keeps SDPA
-        pipe.unet.set_attention_slice("auto")
-        return
-    for module in (pipe.unet, pipe.vae):
-        module.set_attn_processor(attention_processor(name))
+    set_unet_attention(pipe.unet, name)
+    if name != "sliced":  # the VAE's one attention block keeps SDPA when the UNet's is sliced
+        pipe.vae.set_attn_processor(attention_processor(name))
+
+
+def set_unet_attention(unet, name: str) -> None:
+    """`name`'s attention on every attention layer of `unet`: an image UNet or AnimateDiff's motion UNet (whose
+    FreeNoise windows rebuild the motion modules' blocks with diffusers' default, so they are set again after)."""
+    if name != "sliced":
+        unet.set_attn_processor(attention_processor(name))
+    elif hasattr(unet, "set_attention_slice"):
+        unet.set_attention_slice("auto")
+    else:  # UNetMotionModel has no set_attention_slice: each layer sliced as "auto" slices it, in half its heads
+        from diffusers.models.attention_processor import Attention
+
+        for module in unet.modules():
+            if isinstance(module, Attention):
+                module.set_attention_slice(max(1, module.sliceable_head_dim // 2))
+
+
+def keep_unet_attention(unet, name: str) -> None:
+    """`set_unet_attention` where a layer has another processor (blocks FreeNoise rebuilt), and nothing where each
+    has its own already: a compiled UNet is not recompiled for new processors of the same kind."""
+    from diffusers.models.attention_processor import SlicedAttnProcessor
+
+    wanted = SlicedAttnProcessor if name == "sliced" else type(attention_processor(name))
+    if any(type(p) is not wanted for p in unet.attn_processors.values()):
+        set_unet_attention(unet, name)
 
 
 def place_pipeline(pipe, runtime: RuntimeSettings | None, device: torch.device, dtype: torch.dtype,

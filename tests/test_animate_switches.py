@@ -1,0 +1,119 @@
+"""The speed and memory switches reach AnimateDiff's motion pipeline (issue #21). Its motion UNet is built after the
+model loads, so the switches are applied to the pipeline that runs (attention, memory order, compile, offload), and
+the model is held once: the motion UNet's image layers are the loaded UNet's tensors, the adapter's weights are in
+the motion UNet only."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0, SlicedAttnProcessor
+
+from personae.config.animate import AnimateSettings
+from personae.inference import session as session_module
+from personae.inference import speedups
+from personae.inference.animate import animate, open_for
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def _settings(model, motion, **changes) -> AnimateSettings:
+    return AnimateSettings(**{"model": str(model[0]), "motion_adapter": str(motion), "prompt": "a photo of a cat",
+                              "steps": 2, "frames": 4, "width": 32, "height": 32, "seed": 1, "device": "cpu",
+                              **changes})
+
+
+def _processors(unet) -> set[type]:
+    return {type(p) for p in unet.attn_processors.values()}
+
+
+def _pixels(clip) -> np.ndarray:
+    return np.stack([np.asarray(f, dtype=np.int16) for f in clip.frames])
+
+
+def _storage_bytes(*modules) -> int:
+    """Bytes of the distinct storages behind the modules' parameters and buffers (a tensor shared counts once)."""
+    seen = {}
+    for module in modules:
+        for t in [*module.parameters(), *module.buffers()]:
+            seen[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+    return sum(seen.values())
+
+
+def test_attention_memory_order_and_compile_reach_the_motion_unet(tiny_model, motion_dir):
+    for attention, kind in (("classic", AttnProcessor), ("sliced", SlicedAttnProcessor)):
+        held = open_for(_settings(tiny_model, motion_dir, attention=attention, channels_last=True, compile=True))
+        unet = held.pipe.unet
+        assert type(unet).__name__ == "UNetMotionModel" and _processors(unet) == {kind}
+        assert any(".motion_modules." in name for name in unet.attn_processors)  # the temporal layers too
+        assert unet.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
+        assert unet._compiled_call_impl is not None
+        # the loaded image UNet does not run in a clip: left as loaded
+        image_unet = held.session.pipe.unet
+        assert _processors(image_unet) == {AttnProcessor2_0} and image_unet._compiled_call_impl is None
+
+
+def test_a_clip_in_windows_keeps_its_attention_and_draws_the_same(tiny_model, motion_dir):
+    """FreeNoise rebuilds the motion modules' blocks with diffusers' default processor; the clip's attention is
+    set on them again, and each attention draws the same clip."""
+    from diffusers.models.attention import FreeNoiseTransformerBlock
+
+    windowed = {"frames": 12, "context": 8, "context_stride": 4}
+    plain = _pixels(animate(_settings(tiny_model, motion_dir, **windowed)))
+    for attention, kind in (("classic", AttnProcessor), ("sliced", SlicedAttnProcessor)):
+        settings = _settings(tiny_model, motion_dir, attention=attention, **windowed)
+        held = open_for(settings)
+        clip = _pixels(animate(settings, held))
+        assert any(isinstance(m, FreeNoiseTransformerBlock) for m in held.pipe.unet.modules())
+        assert _processors(held.pipe.unet) == {kind}
+        assert np.abs(clip - plain).max() <= 2
+
+
+def test_the_motion_pipeline_holds_each_weight_once(tiny_model, motion_dir):
+    held = open_for(_settings(tiny_model, motion_dir))
+    image, motion = held.session.pipe.unet.state_dict(), held.pipe.unet.state_dict()
+    assert all(motion[key].data_ptr() == tensor.data_ptr() for key, tensor in image.items())
+    assert not list(held.pipe.motion_adapter.parameters())  # its config only: the weights are in the motion UNet
+    assert held.pipe.motion_adapter.config.motion_max_seq_length == held.context_limit == 32
+    modules = [m for name, m in held.pipe.unet.named_modules() if name.endswith("motion_modules")]
+    loaded = held.session.pipe
+    assert _storage_bytes(loaded.unet, loaded.vae, loaded.text_encoder, held.pipe.unet, held.pipe.motion_adapter) == \
+        _storage_bytes(loaded.unet, loaded.vae, loaded.text_encoder) + _storage_bytes(*modules)
+
+
+def test_offload_on_the_cpu_says_it_needs_cuda(tiny_model, motion_dir, tmp_path, capsys):
+    from personae.cli.main import main
+
+    out = tmp_path / "clip.gif"
+    assert main(["animate", "--model", str(tiny_model[0]), "--motion-adapter", str(motion_dir), "--prompt", "a cat",
+                 "--device", "cpu", "--medvram", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "--medvram" in err and "needs a CUDA GPU" in err and "Traceback" not in err and not out.exists()
+
+
+@pytest.mark.parametrize("flag, hook", [("medvram", "CpuOffload"), ("lowvram", "AlignDevicesHook")])
+def test_offload_puts_accelerates_hooks_on_the_motion_pipeline(monkeypatch, tiny_model, motion_dir, tmp_path, flag,
+                                                               hook):
+    """What --medvram / --lowvram do on a GPU, with the CPU standing in for it (the device check set aside): the
+    hooks are on the motion pipeline's modules, the loaded image UNet has none, and the clip (in windows, and from
+    frames through a pipeline built per call) is the one drawn without offload."""
+    monkeypatch.setattr(speedups, "check_runtime", lambda runtime, device: None)
+    monkeypatch.setattr(session_module, "check_runtime", lambda runtime, device: None)
+    windowed = {"frames": 12, "context": 8, "context_stride": 4}
+    settings = _settings(tiny_model, motion_dir, **{flag: True}, **windowed)
+    held = open_for(settings)
+    for module in (held.pipe.unet, held.pipe.text_encoder, held.pipe.vae):
+        assert type(module._hf_hook).__name__ == hook
+    assert not hasattr(held.session.pipe.unet, "_hf_hook")
+    if flag == "lowvram":  # layer by layer: the weights wait on the meta device until their layer runs
+        assert held.pipe.unet.conv_in.weight.device.type == "meta"
+        return  # accelerate cannot stream weights from the CPU to the CPU (it fails in set_module_tensor_to_device)
+    plain = animate(_settings(tiny_model, motion_dir, **windowed))
+    assert np.abs(_pixels(animate(settings, held)) - _pixels(plain)).max() <= 1
+    for i, frame in enumerate(plain.frames):
+        frame.save(tmp_path / f"f{i:02d}.png")
+    from_frames = {"init_image": str(tmp_path), "strength": 0.5, "seed": 2, **windowed}
+    want = _pixels(animate(_settings(tiny_model, motion_dir, **from_frames)))
+    got = _pixels(animate(settings.model_copy(update=from_frames), held))
+    assert np.abs(got - want).max() <= 1
