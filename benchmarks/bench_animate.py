@@ -76,7 +76,7 @@ def child(a) -> None:
     peak = PeakRss()
     peak.start()
     start = time.perf_counter()
-    if a.side == "personae":
+    if a.child == "personae":
         from personae.config.animate import AnimateSettings
         from personae.inference.animate import animate, open_for
 
@@ -146,6 +146,7 @@ def main() -> None:
     parser.add_argument("--resolution", type=int, default=None, help="default: 128 (full), 64 (tiny)")
     parser.add_argument("--steps", type=int, default=2, help="denoising steps (the first is not timed per step)")
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--sides", nargs="+", choices=["personae", "bare"], default=["personae", "bare"])
     parser.add_argument("--cache", default=os.path.join(tempfile.gettempdir(), "personae-bench"))
     parser.add_argument("--json", default=None, help="default: benchmarks/results/animate-<size>.json")
     parser.add_argument("--child", choices=["personae", "bare"], help=argparse.SUPPRESS)
@@ -157,7 +158,7 @@ def main() -> None:
     args.resolution = args.resolution or (128 if args.size == "full" else 64)
     cache = Path(args.cache)
     model, motion = model_folder(args.size, cache), motion_folder(args.size, cache)
-    runs: dict[str, list[dict]] = {"personae": [], "bare": []}
+    runs: dict[str, list[dict]] = {side: [] for side in args.sides}
     for repeat in range(args.repeats):
         for side in runs:
             runs[side].append(run_child(args, side, model, motion))
@@ -171,16 +172,20 @@ def main() -> None:
 
     keys = ["load_s", "per_step_s", "load_peak_gb", "draw_peak_gb", "process_peak_gb", "pipeline_gb"]
     rows = {side: {k: mean(side, k) for k in keys} for side in runs}
-    rows["personae"].update(model_gb=mean("personae", "model_gb"), held_gb=mean("personae", "held_gb"))
+    if "personae" in rows:
+        rows["personae"].update(model_gb=mean("personae", "model_gb"), held_gb=mean("personae", "held_gb"))
     print(f"\n{args.size} model, {args.resolution} px, {args.frames} frames, DDIM {args.steps} steps, cfg 7.5, "
           f"{args.repeats} repeats, threads {machine()['threads']}")
     print(f"{'run':<18}" + "".join(f"{k:>17}" for k in keys))
     for side, row in rows.items():
         print(f"{side:<18}" + "".join(f"{row[k]:17.3f}" if row[k] is not None else f"{'-':>17}" for k in keys))
-    ratios = {k: rows["personae"][k] / rows["bare"][k] for k in keys if rows["personae"][k] and rows["bare"][k]}
-    print("personae / bare: " + ", ".join(f"{k} {v:.3f}" for k, v in ratios.items()))
-    print(f"personae: the loaded model holds {rows['personae']['model_gb']:.2f} GB, with the clip's pipeline "
-          f"{rows['personae']['held_gb']:.2f} GB in all")
+    ratios = {}
+    if len(rows) == 2:
+        ratios = {k: rows["personae"][k] / rows["bare"][k] for k in keys if rows["personae"][k] and rows["bare"][k]}
+        print("personae / bare: " + ", ".join(f"{k} {v:.3f}" for k, v in ratios.items()))
+    if "personae" in rows:
+        print(f"personae: the loaded model holds {rows['personae']['model_gb']:.2f} GB, with the clip's pipeline "
+              f"{rows['personae']['held_gb']:.2f} GB in all")
     path = args.json or Path(__file__).parent / "results" / f"animate-{args.size}.json"
     write_json(path, {"benchmark": "animate", "size": args.size, "resolution": args.resolution,
                       "frames": args.frames, "steps": args.steps, "repeats": args.repeats,

@@ -117,3 +117,25 @@ def test_offload_puts_accelerates_hooks_on_the_motion_pipeline(monkeypatch, tiny
     want = _pixels(animate(_settings(tiny_model, motion_dir, **from_frames)))
     got = _pixels(animate(settings.model_copy(update=from_frames), held))
     assert np.abs(got - want).max() <= 1
+
+
+def test_a_shared_motion_unet_is_built_without_copies_and_computes_what_a_copied_one_does(tiny_model, motion_dir):
+    """Built empty (on the meta device) and given the UNet's and the adapter's own tensors: nothing is allocated
+    twice, even while it is built, and it is the motion UNet diffusers' copies make."""
+    from personae.inference.animate import motion_unet
+    from personae.inference.session import open_session
+    from personae.models.motion import load_motion_adapter, resolve_motion_adapter
+
+    unet = open_session(str(tiny_model[0]), "cpu").pipe.unet
+    adapter = load_motion_adapter(resolve_motion_adapter(str(motion_dir)))
+    copied, shared = motion_unet(unet, adapter), motion_unet(unet, adapter, share=True)
+    ours, image, motion = shared.state_dict(), unet.state_dict(), adapter.state_dict()
+    assert all(ours[key].data_ptr() == t.data_ptr() for key, t in image.items())
+    assert all(ours[key].data_ptr() == t.data_ptr() for key, t in motion.items() if ".motion_modules." in key)
+    assert not any(t.is_meta for t in [*shared.parameters(), *shared.buffers()])
+    assert all(copied.state_dict()[key].data_ptr() != t.data_ptr() for key, t in image.items())
+    generator = torch.Generator().manual_seed(0)
+    sample = torch.randn(1, 4, 4, 8, 8, generator=generator)
+    text = torch.randn(4, 77, unet.config.cross_attention_dim, generator=generator)
+    with torch.no_grad():
+        assert torch.equal(copied(sample, 500, text).sample, shared(sample, 500, text).sample)

@@ -105,12 +105,14 @@ def motion_unet(unet, adapter, lora_weights: dict[str, float] | None = None, sha
     diffusers' `UNetMotionModel.from_unet2d` copies the UNet block by block and fails on a UNet
     that carries peft LoRA layers (their weights appear as extra keys). So the motion UNet gets
     the same adapters first, then the whole state dict (same key names for every image layer).
-    `share`: the image layers hold the UNet's own tensors instead of copies (no second UNet in memory; for
-    sampling only, where nothing changes a weight in place).
+    `share`: the model is built empty and holds the UNet's and the adapter's own tensors instead of copies (no
+    second UNet in memory, not even while it is built; for sampling only, where nothing changes a weight in place).
     """
+    from accelerate import init_empty_weights
     from diffusers import UNetMotionModel
 
-    model = UNetMotionModel.from_unet2d(unet, adapter, load_weights=False)
+    with init_empty_weights() if share else contextlib.nullcontext():  # the weights wait on the meta device
+        model = UNetMotionModel.from_unet2d(unet, adapter, load_weights=False)
     lora_configs = dict(getattr(unet, "peft_config", {}) or {})
     for name, config in lora_configs.items():
         model.add_adapter(_only_wrapped_modules(unet, name, config), adapter_name=name)
@@ -119,15 +121,27 @@ def motion_unet(unet, adapter, lora_weights: dict[str, float] | None = None, sha
     if unexpected or not_motion:
         raise RuntimeError(f"UNet -> motion UNet: unexpected {unexpected[:3]}, missing {not_motion[:3]}")
     try:
-        model.load_motion_modules(adapter)
+        _load_motion_modules(model, adapter, assign=share)
     except RuntimeError as exc:  # same block layout, other channel counts
         raise ValueError("its motion modules do not match the UNet's channels (" + str(exc).splitlines()[0] + ")") from None
+    empty = [name for name, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
+    if empty:
+        raise RuntimeError(f"UNet -> motion UNet: no weights for {empty[:3]}")
     if lora_configs:  # the same adapters active at the same weights as on the session's UNet
         names = list(lora_configs)
         weights = [(lora_weights or {}).get(name, 1.0) for name in names]
         model.set_adapters(names, weights)
     copy_patches(unet, model)  # a LoRA's changes beside its layers (norms, OFT, ...): the state dict has none
     return model.to(device=unet.device, dtype=unet.dtype)
+
+
+def _load_motion_modules(model, adapter, assign: bool = False) -> None:
+    """diffusers' `load_motion_modules`, block by block; `assign`: the adapter's own tensors rather than copies."""
+    pairs = [*zip(model.down_blocks, adapter.down_blocks), *zip(model.up_blocks, adapter.up_blocks)]
+    if hasattr(model.mid_block, "motion_modules"):  # v1 adapters have no mid-block module
+        pairs.append((model.mid_block, adapter.mid_block))
+    for ours, theirs in pairs:
+        ours.motion_modules.load_state_dict(theirs.motion_modules.state_dict(), assign=assign)
 
 
 def _only_wrapped_modules(unet, adapter_name: str, config):
