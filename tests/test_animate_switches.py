@@ -139,3 +139,20 @@ def test_a_shared_motion_unet_is_built_without_copies_and_computes_what_a_copied
     text = torch.randn(4, 77, unet.config.cross_attention_dim, generator=generator)
     with torch.no_grad():
         assert torch.equal(copied(sample, 500, text).sample, shared(sample, 500, text).sample)
+
+
+def test_a_controlnet_gets_the_sessions_attention_and_memory_order(tiny_model, motion_dir, tmp_path):
+    """A ControlNet runs beside the UNet at every step, in generate and in a clip: the session's switches reach it."""
+    from personae.config.sampling import RuntimeSettings
+    from personae.inference.controlnet import controlnet_for
+    from personae.inference.session import open_session
+    from personae.models.controlnet import write_tiny_controlnet
+
+    folder = write_tiny_controlnet(tmp_path / "controlnet", base=tiny_model[0], seed=0)
+    for attention, kind in (("classic", AttnProcessor), ("sliced", SlicedAttnProcessor)):
+        session = open_session(str(tiny_model[0]), "cpu",
+                               runtime=RuntimeSettings(attention=attention, channels_last=True))
+        model = controlnet_for(session, str(folder))
+        assert _processors(model) == {kind} and model.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
+    held = open_for(_settings(tiny_model, motion_dir, attention="classic"))  # a clip's session: the clip's switches
+    assert _processors(controlnet_for(held.session, str(folder))) == {AttnProcessor}

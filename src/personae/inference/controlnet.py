@@ -89,7 +89,10 @@ def prepare_controls(controls: list[ControlRef], allow_pickle: bool = False) -> 
 
 
 def controlnet_for(session, spec: str, allow_pickle: bool = False, on_event: EventHandler = ignore):
-    """The ControlNet named by `spec`, loaded once per session and moved to its device and dtype."""
+    """The ControlNet named by `spec`, loaded once per session, with the session's attention and memory order, and
+    moved to its device and dtype."""
+    from personae.inference.speedups import beside_unet
+
     if spec not in session.controlnets:
         source = resolve_controlnet(spec, allow_pickle)
         on_event(Message(f"loading ControlNet {source.location}" + (f"/{source.subfolder}" if source.subfolder else "")))
@@ -98,6 +101,7 @@ def controlnet_for(session, spec: str, allow_pickle: bool = False, on_event: Eve
             raise UserError(f"The ControlNet {spec} was made for another base model (cross-attention width "
                             f"{model.config.cross_attention_dim}, this model's is {session.pipe.unet.config.cross_attention_dim}).",
                             "Use a ControlNet trained for this model's family (SD 1.x ControlNets for SD 1.x models).")
+        beside_unet(model, session.runtime)
         session.controlnets[spec] = (source, model)
     return session.controlnets[spec][1]
 

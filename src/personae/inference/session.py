@@ -43,6 +43,7 @@ class Session:
     controlnets: dict = field(default_factory=dict)  # ControlNets loaded so far: spec -> (ControlNetSource, model)
     vae_name: str | None = None  # a --vae in place of the model's: its name and hash, as A1111's infotext has them
     vae_hash: str | None = None
+    runtime: RuntimeSettings | None = None  # the speed and memory switches it was opened with (ControlNets get them)
 
     def __post_init__(self):
         if not self.base_scheduler:
@@ -126,7 +127,8 @@ def open_session(model: str, device: str = "auto", dtype: str = "auto", allow_pi
         pipe.register_modules(vae=own_vae.vae)
     pipe.set_progress_bar_config(disable=True)
     # 3. add-ons: diffusers' own loaders
-    session = Session(pipe, source, dev, torch_dtype, vae_name=own_vae and own_vae.name, vae_hash=own_vae and own_vae.hash)
+    session = Session(pipe, source, dev, torch_dtype, vae_name=own_vae and own_vae.name, vae_hash=own_vae and own_vae.hash,
+                      runtime=runtime)
     session.loras = load_loras(pipe, list(loras), allow_pickle=allow_pickle)
     for lora in session.loras:
         bundled = f", with the embeddings {', '.join(lora.tokens)}" if lora.tokens else ""

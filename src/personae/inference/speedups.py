@@ -68,6 +68,15 @@ def set_unet_attention(unet, name: str) -> None:
                 module.set_attention_slice(max(1, module.sliceable_head_dim // 2))
 
 
+def beside_unet(model, runtime: RuntimeSettings | None) -> None:
+    """The switches that act on a model running beside the UNet at each step (a ControlNet): its attention and
+    memory order, as the UNet's."""
+    runtime = runtime or RuntimeSettings()
+    set_unet_attention(model, runtime.attention)
+    if runtime.channels_last:
+        model.to(memory_format=torch.channels_last)
+
+
 def keep_unet_attention(unet, name: str) -> None:
     """`set_unet_attention` where a layer has another processor (blocks FreeNoise rebuilt), and nothing where each
     has its own already: a compiled UNet is not recompiled for new processors of the same kind."""
