@@ -156,3 +156,47 @@ def test_a_controlnet_gets_the_sessions_attention_and_memory_order(tiny_model, m
         assert _processors(model) == {kind} and model.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
     held = open_for(_settings(tiny_model, motion_dir, attention="classic"))  # a clip's session: the clip's switches
     assert _processors(controlnet_for(held.session, str(folder))) == {AttnProcessor}
+
+
+def test_ddim_on_the_zero_snr_schedule_draws_finite_frames_as_a1111(tiny_model, motion_dir):
+    """AnimateDiff's DDIM starts at the last training step, where diffusers' rescaled schedule has alphabar 0 and
+    an epsilon model's x0 divides by zero: the clip was NaN, saved as black frames. A1111 ends that schedule at
+    4.8973451890853435e-08; so does personae now, and a v-prediction model keeps diffusers' exact 0."""
+    import warnings
+
+    from personae.inference.animate import MOTION_SCHEDULE
+    from personae.inference.samplers import get_sampler
+    from personae.inference.session import open_session
+
+    config = {**open_session(str(tiny_model[0]), "cpu").base_scheduler, **MOTION_SCHEDULE}
+    for prediction, last in (("epsilon", 4.8973451890853435e-08), ("v_prediction", 0.0)):
+        made = get_sampler("DDIM").make({**config, "prediction_type": prediction}, {"zero_terminal_snr": True})
+        assert float(made.alphas_cumprod[-1]) == pytest.approx(last, abs=1e-12)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # numpy's "invalid value encountered in cast": NaN pixels
+        clip = animate(_settings(tiny_model, motion_dir, sampler="DDIM", noise_schedule="Zero Terminal SNR"))
+    assert "Noise Schedule: Zero Terminal SNR" in clip.parameters
+
+
+def test_a_clip_with_nans_stops_and_names_the_lora(tiny_model, motion_dir, tmp_path, capsys):
+    """A1111's NansException for clips too: a LoRA with NaN weights stops the clip, nothing is written."""
+    from safetensors.torch import save_file
+
+    from personae.cli.main import main
+    from personae.inference.session import open_session
+
+    tensors = {}
+    for name, module in open_session(str(tiny_model[0]), "cpu").pipe.unet.named_modules():
+        if name.endswith("attn1.to_q"):
+            key = "lora_unet_" + name.replace(".", "_")
+            up = torch.randn(module.out_features, 2)
+            up[0, 0] = float("nan")
+            tensors |= {f"{key}.lora_down.weight": torch.randn(2, module.in_features), f"{key}.lora_up.weight": up,
+                        f"{key}.alpha": torch.tensor(2.0)}
+    save_file(tensors, str(tmp_path / "burnt.safetensors"))
+    out = tmp_path / "clip.gif"
+    assert main(["animate", "--model", str(tiny_model[0]), "--motion-adapter", str(motion_dir), "--prompt", "a cat",
+                 "--frames", "4", "--steps", "2", "--width", "32", "--height", "32", "--device", "cpu",
+                 "--lora", f"{tmp_path / 'burnt.safetensors'}:0.8", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "UNet produced NaNs" in err and "burnt" in err and "Traceback" not in err and not out.exists()

@@ -40,6 +40,7 @@ from personae.inference.controlnet import control_infotext
 from personae.inference.freeinit import free_init_passes, last_alphabar
 from personae.inference.img2img import open_image
 from personae.inference.ksampler import img2img_steps
+from personae.inference.nans import nan_guard
 from personae.inference.picture_start import start_from_picture, weights
 from personae.inference.prompt import with_styles
 from personae.inference.prompt_schedule import prompt_schedule
@@ -469,7 +470,8 @@ def animate(settings: AnimateSettings, animate_session: AnimateSession | None = 
             return pipe(**call, callback_on_step_end=report_pass(index), output_type=output_type)
 
     try:
-        with torch.no_grad(), frame_conditions(conditioned, frame_conds, negative.embeds if guided else None):
+        with torch.no_grad(), frame_conditions(conditioned, frame_conds, negative.embeds if guided else None), \
+                nan_guard(pipe, [l.tag for l in animate_session.loras]):  # never a clip of black frames
             if settings.freeinit:  # A1111's AnimateDiff FreeInit: passes, each from the last one's low frequencies
                 on_event(Message(f"FreeInit: {passes} passes ({settings.freeinit_filter}, d_s "
                                  f"{settings.freeinit_ds:g}, d_t {settings.freeinit_dt:g})"))

@@ -25,6 +25,7 @@ from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from personae.errors import UserError, did_you_mean
 from personae.inference.ksampler import KSAMPLERS, KDiffusionScheduler
 from personae.inference.sampler_names import K_DIFFUSION, SAMPLER_TABLE, SamplerEntry
+from personae.inference.sigmas import A1111_LAST_ALPHABAR
 from personae.inference.sigmas import SCHEDULES as K_SCHEDULES
 
 
@@ -85,7 +86,14 @@ class Sampler:
         if self.scheduler is KDiffusionScheduler:  # it reads the noise schedule alone: the rest would be warned of
             base_config = {k: v for k, v in base_config.items() if k in accepted}
             options.update(tuning or {})
-        return self.scheduler.from_config(base_config, **options)
+        scheduler = self.scheduler.from_config(base_config, **options)
+        table = getattr(scheduler, "alphas_cumprod", None)
+        if table is not None and float(table[-1]) == 0.0 and scheduler.config.get("prediction_type") == "epsilon":
+            # diffusers' DDIM keeps the rescaled schedule's exact 0, and an epsilon model's x0 divides by its root:
+            # NaN from the first step at the last timestep. A1111 ends it at 4.8973451890853435e-08 (sigmas.py).
+            scheduler.alphas_cumprod = table.clone()
+            scheduler.alphas_cumprod[-1] = A1111_LAST_ALPHABAR
+        return scheduler
 
 
 _KARRAS = {"use_karras_sigmas": True}

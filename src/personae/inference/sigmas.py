@@ -73,6 +73,9 @@ class ModelSigmas:
         return ((1 - w) * low_idx + w * high_idx).view(sigma.shape)
 
 
+A1111_LAST_ALPHABAR = 4.8973451890853435e-08  # A1111's (and ComfyUI's) last alphabar of a zero-SNR schedule
+
+
 def zero_terminal_snr(alphas_cumprod: torch.Tensor) -> torch.Tensor:
     """A1111's "Zero Terminal SNR" noise schedule (Lin et al. 2023, as diffusers' rescale_betas_zero_snr): sqrt of
     alphabar shifted and scaled to end at 0, then its last value set to A1111's 4.8973451890853435e-08, so the
@@ -81,7 +84,7 @@ def zero_terminal_snr(alphas_cumprod: torch.Tensor) -> torch.Tensor:
     first, last = root[0].clone(), root[-1].clone()
     root = (root - last) * (first / (first - last))
     rescaled = root ** 2
-    rescaled[-1] = 4.8973451890853435e-08
+    rescaled[-1] = A1111_LAST_ALPHABAR
     return rescaled
 
 
