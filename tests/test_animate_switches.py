@@ -117,6 +117,14 @@ def test_offload_puts_accelerates_hooks_on_the_motion_pipeline(monkeypatch, tiny
     want = _pixels(animate(_settings(tiny_model, motion_dir, **from_frames)))
     got = _pixels(animate(settings.model_copy(update=from_frames), held))
     assert np.abs(got - want).max() <= 1
+    # a ControlNet unit (its own pipeline on the offloaded modules; the ControlNet itself goes to the device)
+    from personae.models.controlnet import write_tiny_controlnet
+
+    net = write_tiny_controlnet(tmp_path / "controlnet", base=tiny_model[0], seed=0)
+    steered = {"controls": [{"model": str(net), "type": "raw", "image": str(tmp_path), "weight": 2.0}], **windowed}
+    want = _pixels(animate(_settings(tiny_model, motion_dir, **steered)))
+    got = _pixels(animate(AnimateSettings(**{**settings.model_dump(), **steered}), held))
+    assert np.abs(got - want).max() <= 1 and np.abs(want - _pixels(plain)).mean() > 0.5
 
 
 def test_a_shared_motion_unet_is_built_without_copies_and_computes_what_a_copied_one_does(tiny_model, motion_dir):
