@@ -188,20 +188,12 @@ def test_ddim_on_the_zero_snr_schedule_draws_finite_frames_as_a1111(tiny_model, 
 
 def test_a_clip_with_nans_stops_and_names_the_lora(tiny_model, motion_dir, tmp_path, capsys):
     """A1111's NansException for clips too: a LoRA with NaN weights stops the clip, nothing is written."""
-    from safetensors.torch import save_file
+    from test_nans import _nan_lora
 
     from personae.cli.main import main
     from personae.inference.session import open_session
 
-    tensors = {}
-    for name, module in open_session(str(tiny_model[0]), "cpu").pipe.unet.named_modules():
-        if name.endswith("attn1.to_q"):
-            key = "lora_unet_" + name.replace(".", "_")
-            up = torch.randn(module.out_features, 2)
-            up[0, 0] = float("nan")
-            tensors |= {f"{key}.lora_down.weight": torch.randn(2, module.in_features), f"{key}.lora_up.weight": up,
-                        f"{key}.alpha": torch.tensor(2.0)}
-    save_file(tensors, str(tmp_path / "burnt.safetensors"))
+    _nan_lora(open_session(str(tiny_model[0]), "cpu").pipe, tmp_path / "burnt.safetensors")
     out = tmp_path / "clip.gif"
     assert main(["animate", "--model", str(tiny_model[0]), "--motion-adapter", str(motion_dir), "--prompt", "a cat",
                  "--frames", "4", "--steps", "2", "--width", "32", "--height", "32", "--device", "cpu",
