@@ -13,7 +13,9 @@ Each switch is diffusers' or PyTorch's own primitive, named as A1111 users know 
     medvram, lowvram                    enable_model_cpu_offload / enable_sequential_cpu_offload (accelerate hooks)
 
 The switches live on the pipeline's modules, so every pipeline a session builds on them (txt2img,
-img2img, ControlNet, hires fix) has them.
+img2img, ControlNet, hires fix) has them. A ControlNet gets the attention and memory order when it loads
+(beside_unet). A clip places its own pipeline: the motion UNet is built after the model loads, so animate
+opens the session unplaced and places the motion pipeline (attention again where FreeNoise rebuilds blocks).
 """
 
 from __future__ import annotations
