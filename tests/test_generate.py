@@ -82,6 +82,47 @@ def test_unknown_sampler_lists_the_valid_names():
     assert "Euler a" in str(err.value) and "UniPC" in str(err.value)
 
 
+def test_the_torch_free_name_check_agrees_with_the_samplers():
+    """The command line checks a sampler's name before any library loads (inference/sampler_names.py); it must
+    refuse exactly the names get_sampler calls unknown. Every name, with every schedule type and ComfyUI's forms,
+    in other cases and spacing, and near misses."""
+    import subprocess
+    import sys
+
+    from personae.inference import sampler_names as names
+    from personae.inference.sigmas import SCHEDULES as K_SCHEDULES
+
+    assert names.K_SCHEDULE_NAMES == tuple(K_SCHEDULES)  # the names the code has, in its order
+    schedules = [*names.K_SCHEDULE_NAMES, *names.DEFAULT_SCHEDULES, "Nope", "Karras Exponential", ""]
+    candidates = [f"{n} {s}" for n in [*names.SAMPLER_NAMES, "Euler b", "DPM++"] for s in schedules]
+    candidates += [f"{c}{sep}{s}" for c in [*names.COMFY_SAMPLERS, "eulr"] for sep in (" ", " + ", "_")
+                   for s in [*names.COMFY_SCHEDULERS, "kl_optimal", ""]]
+    candidates += [c.upper() for c in candidates[::7]] + ["  dpm++   2m  karras ", "", "x", "+", "Euler a a"]
+    for name in candidates:
+        try:
+            get_sampler(name)
+            unknown = False
+        except UserError as err:
+            unknown = str(err).startswith("Unknown sampler")
+        assert names.is_sampler_name(name) is not unknown, name
+    # and the check runs with no torch in the process
+    code = "import sys; from personae.inference.sampler_names import check_sampler_names; " \
+           "check_sampler_names('DPM++ 2M Karras', 'dpmpp_2m_sde_karras'); assert 'torch' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_a_wrong_sampler_on_the_command_line_is_said_before_the_model_loads(tmp_path, capsys):
+    from personae.cli.main import main
+
+    assert main(["generate", "--model", str(tmp_path / "nowhere"), "--prompt", "x", "--sampler", "Euler b",
+                 "--out", str(tmp_path / "out")]) == 2  # the sampler is said first: the missing model comes later
+    err = capsys.readouterr().err
+    assert 'Unknown sampler "Euler b"' in err and "Euler a" in err and not (tmp_path / "out").exists()
+    assert main(["generate", "--model", str(tmp_path / "nowhere"), "--prompt", "x", "--hires-scale", "2",
+                 "--hires-sampler", "Nope", "--out", str(tmp_path / "out")]) == 2
+    assert 'Unknown sampler "Nope"' in capsys.readouterr().err
+
+
 def test_png_carries_a1111_parameters_and_from_png_reproduces(tiny_model, tmp_path):
     s = settings(tiny_model[0], negative="blurry, (lowres:1.2)", clip_skip=2, sampler="Euler a")
     [path] = run_generate(s, tmp_path)

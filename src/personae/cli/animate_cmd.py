@@ -107,9 +107,7 @@ def run(args) -> int:
     from personae.cli.big_jobs import confirm_big_job
     from personae.cli.progress import TerminalProgress
     from personae.events import Message
-    from personae.jobs.animate import check_outputs, run_animate
-    from personae.models.motion import resolve_motion_adapter
-    from personae.models.resolve import resolve_model
+    from personae.inference.sampler_names import check_sampler_names
 
     reading = None
     if args.from_png:
@@ -117,6 +115,11 @@ def run(args) -> int:
 
         reading = read_clip_settings(args.from_png)
     settings = settings_from_args(args, reading)  # wrong options, --out and models are said before the libraries load
+    check_sampler_names(settings.sampler)
+    from personae.jobs.animate import check_outputs, run_animate  # (torch, diffusers: seconds)
+    from personae.models.motion import resolve_motion_adapter
+    from personae.models.resolve import resolve_model
+
     check_outputs(args.out, args.frames_dir, args.overwrite)
     resolve_model(settings.model, settings.allow_pickle)
     resolve_motion_adapter(settings.motion_adapter, settings.allow_pickle)

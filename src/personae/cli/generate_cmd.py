@@ -190,8 +190,8 @@ def run(args) -> int:
     from personae.cli.big_jobs import confirm_big_job, estimate_seconds
     from personae.cli.progress import TerminalProgress
     from personae.events import Message
+    from personae.inference.sampler_names import check_sampler_names
     from personae.jobs.png_controls import png_control_units
-    from personae.models.resolve import model_hash, resolve_model
 
     stored, units = None, []
     if args.from_png:
@@ -204,6 +204,9 @@ def run(args) -> int:
     if args.recipe:
         base = run_recipe(args, base, progress)
     settings = settings_from_args(args, base, units)
+    check_sampler_names(settings.sampler, settings.hires_sampler)  # a sampler's name, as a wrong option, at once
+    from personae.models.resolve import model_hash, resolve_model  # (torch: seconds)
+
     resolve_model(settings.model, settings.allow_pickle)  # a wrong --model, like a wrong option, is said at once:
     from personae.jobs.generate import (  # before the libraries' seconds of importing
         png_not_applied,

@@ -9,8 +9,9 @@ Karras", "DPM++ 3M SDE Exponential", "DPM++ 2M Align Your Steps". A k-diffusion 
 type, and "Automatic" picks the one A1111 1.9+ picks for it (Karras for DPM++ 2M); a bare name is the Uniform
 schedule, what A1111 ran before 1.9. DDIM, PLMS and UniPC take the schedule types diffusers has (SCHEDULES).
 ComfyUI's names are read too: its sampler name and its scheduler, e.g. "dpmpp_2m karras" or "dpmpp_2m + karras"
-(COMFY_SAMPLERS, COMFY_SCHEDULERS); a name is always written back the A1111 way. Which samplers there are is
-declared in inference/sampler_names.py (no torch there, so the command line's help lists them at once).
+(COMFY_SAMPLERS, COMFY_SCHEDULERS); a name is always written back the A1111 way. Which samplers, schedule types
+and ComfyUI names there are is declared in inference/sampler_names.py (no torch there, so the command line's help
+lists them, and a wrong name is said, at once).
 """
 
 from __future__ import annotations
@@ -22,11 +23,19 @@ import diffusers
 from diffusers import DDIMScheduler
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
-from personae.errors import UserError, did_you_mean
+from personae.errors import UserError
 from personae.inference.ksampler import KSAMPLERS, KDiffusionScheduler
-from personae.inference.sampler_names import K_DIFFUSION, SAMPLER_TABLE, SamplerEntry
+from personae.inference.sampler_names import (
+    DEFAULT_SCHEDULES,
+    K_DIFFUSION,
+    SAMPLER_TABLE,
+    SCHEDULES,
+    SamplerEntry,
+    from_comfy,
+    split_schedule,
+    unknown_sampler,
+)
 from personae.inference.sigmas import A1111_LAST_ALPHABAR
-from personae.inference.sigmas import SCHEDULES as K_SCHEDULES
 
 
 @dataclass(frozen=True)
@@ -96,7 +105,6 @@ class Sampler:
         return scheduler
 
 
-_KARRAS = {"use_karras_sigmas": True}
 _DISTINGUISHING = {"use_karras_sigmas": False, "use_exponential_sigmas": False, "use_beta_sigmas": False}
 
 
@@ -115,73 +123,33 @@ def _built(entry: SamplerEntry) -> Sampler:
 
 SAMPLERS: dict[str, Sampler] = {entry.name: _built(entry) for entry in SAMPLER_TABLE}
 
-# A1111's schedule types that mean the sampler's own; "Automatic" is A1111 1.9+'s, which picks per sampler
-DEFAULT_SCHEDULES = ("Automatic", "Uniform")
-# the schedule types diffusers' own schedulers (DDIM, PLMS, UniPC) take, as their options; k-diffusion's samplers
-# take all of A1111's (inference/sigmas.SCHEDULES)
-SCHEDULES: dict[str, dict] = {
-    "Karras": _KARRAS,
-    "Exponential": {"use_exponential_sigmas": True},
-    "Beta": {"use_beta_sigmas": True},
-    "SGM Uniform": {"timestep_spacing": "trailing"},
-}
-# ComfyUI's sampler and scheduler names -> A1111's ("normal" is the sampler's own schedule)
-COMFY_SAMPLERS = {"euler": "Euler", "euler_ancestral": "Euler a", "heun": "Heun", "dpm_2": "DPM2",
-                  "dpm_2_ancestral": "DPM2 a", "lms": "LMS", "dpmpp_2s_ancestral": "DPM++ 2S a",
-                  "dpmpp_sde": "DPM++ SDE",
-                  "dpmpp_2m": "DPM++ 2M", "dpmpp_2m_sde": "DPM++ 2M SDE", "dpmpp_3m_sde": "DPM++ 3M SDE",
-                  "dpmpp_2m_sde_heun": "DPM++ 2M SDE Heun",
-                  "ddim": "DDIM", "uni_pc": "UniPC", "lcm": "LCM"}
-COMFY_SCHEDULERS = {"normal": "", "karras": "Karras", "exponential": "Exponential", "beta": "Beta",
-                    "sgm_uniform": "SGM Uniform", "simple": "Simple", "ddim_uniform": "DDIM"}
-
-
 def _lookup(name: str) -> Sampler | None:
     wanted = " ".join(name.split()).lower()
     return next((sampler for sampler in SAMPLERS.values() if sampler.name.lower() == wanted), None)
 
 
-def _from_comfy(name: str) -> str | None:
-    """ComfyUI's "dpmpp_2m karras" / "dpmpp_2m + karras" / "dpmpp_2m_karras" as A1111's "DPM++ 2M Karras"."""
-    words = name.replace("+", " ").replace("/", " ").replace(",", " ").split()
-    if len(words) == 1:
-        for scheduler in COMFY_SCHEDULERS:
-            if words[0].lower().endswith("_" + scheduler):
-                words = [words[0][: -len(scheduler) - 1], scheduler]
-                break
-    if not words or words[0].lower() not in COMFY_SAMPLERS or len(words) > 2:
-        return None
-    schedule = COMFY_SCHEDULERS.get(words[1].lower()) if len(words) == 2 else ""
-    if schedule is None:  # "kl_optimal", "linear_quadratic": no counterpart; the error lists what there is
-        return None
-    return f"{COMFY_SAMPLERS[words[0].lower()]} {schedule}".strip()
-
-
 def _with_schedule(name: str) -> Sampler | None:
     """"<sampler> <schedule type>", e.g. "Euler Karras", "DPM++ 2M SDE Exponential"; None if not of that form."""
-    for schedule in sorted((*K_SCHEDULES, *DEFAULT_SCHEDULES), key=len, reverse=True):  # SGM Uniform before Uniform
-        if not name.lower().endswith(" " + schedule.lower()):
-            continue
-        base = _lookup(name[: -len(schedule)])
-        if base is None:
+    split = split_schedule(name)
+    if split is None or split[0] is None:
+        return None
+    base, schedule = SAMPLERS[split[0].name], split[1]
+    if base.scheduler is KDiffusionScheduler:
+        if base.options["schedule"] != "Uniform":  # "DPM++ 2M Karras Exponential"
             return None
-        if base.scheduler is KDiffusionScheduler:
-            if base.options["schedule"] != "Uniform":  # "DPM++ 2M Karras Exponential"
-                return None
-            sampler = base.options["sampler"]
-            return _k(sampler, KSAMPLERS[sampler].schedule if schedule == "Automatic" else schedule)
-        if schedule in DEFAULT_SCHEDULES:
-            return base
-        options = SCHEDULES.get(schedule)
-        accepted = set(inspect.signature(base.scheduler.__init__).parameters)
-        if options is None or not set(options) <= accepted:
-            takes = [k for k in SCHEDULES if set(SCHEDULES[k]) <= accepted]
-            raise UserError(f'"{base.name}" runs as diffusers\' {base.scheduler.__name__}, which has no {schedule} '
-                            f"schedule{' (it has ' + ', '.join(takes) + ')' if takes else ''}.",
-                            f'Use "{base.name}", or a k-diffusion sampler, which takes every A1111 schedule type, '
-                            f'such as "Euler {schedule}".')
-        return Sampler(f"{base.name} {schedule}", base.scheduler, {**base.options, **options})
-    return None
+        sampler = base.options["sampler"]
+        return _k(sampler, KSAMPLERS[sampler].schedule if schedule == "Automatic" else schedule)
+    if schedule in DEFAULT_SCHEDULES:
+        return base
+    options = SCHEDULES.get(schedule)
+    accepted = set(inspect.signature(base.scheduler.__init__).parameters)
+    if options is None or not set(options) <= accepted:
+        takes = [k for k in SCHEDULES if set(SCHEDULES[k]) <= accepted]
+        raise UserError(f'"{base.name}" runs as diffusers\' {base.scheduler.__name__}, which has no {schedule} '
+                        f"schedule{' (it has ' + ', '.join(takes) + ')' if takes else ''}.",
+                        f'Use "{base.name}", or a k-diffusion sampler, which takes every A1111 schedule type, '
+                        f'such as "Euler {schedule}".')
+    return Sampler(f"{base.name} {schedule}", base.scheduler, {**base.options, **options})
 
 
 def uniform_said(name: str, key: str = "Schedule type") -> dict[str, str]:
@@ -220,14 +188,8 @@ def get_sampler(name: str) -> Sampler:
     """Look a sampler up by its A1111 name (case and spacing forgiven), with an A1111 schedule type after it, or by
     its ComfyUI sampler and scheduler names."""
     name = " ".join(name.split())
-    a1111 = _from_comfy(name) or name
+    a1111 = from_comfy(name) or name
     found = _lookup(a1111) or _with_schedule(a1111)
     if found:
         return found
-    raise UserError(
-        f'Unknown sampler "{name}".{did_you_mean(name, [*SAMPLERS, *COMFY_SAMPLERS])}',
-        "Valid names: " + ", ".join(SAMPLERS) + "; any of them with an A1111 schedule type after it ("
-        + ", ".join((*K_SCHEDULES, "Automatic")) + "; DDIM, PLMS and UniPC take " + ", ".join(SCHEDULES)
-        + "), or ComfyUI's names (" + ", ".join(COMFY_SAMPLERS) + ", with "
-        + "/".join(COMFY_SCHEDULERS) + ").",
-    )
+    raise unknown_sampler(name)
