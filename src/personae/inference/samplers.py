@@ -31,6 +31,7 @@ from personae.inference.sampler_names import (
     SAMPLER_TABLE,
     SCHEDULES,
     SamplerEntry,
+    entry_named,
     from_comfy,
     split_schedule,
     unknown_sampler,
@@ -124,8 +125,8 @@ def _built(entry: SamplerEntry) -> Sampler:
 SAMPLERS: dict[str, Sampler] = {entry.name: _built(entry) for entry in SAMPLER_TABLE}
 
 def _lookup(name: str) -> Sampler | None:
-    wanted = " ".join(name.split()).lower()
-    return next((sampler for sampler in SAMPLERS.values() if sampler.name.lower() == wanted), None)
+    entry = entry_named(name)  # the name's table entry, as the torch-free check finds it
+    return SAMPLERS[entry.name] if entry else None
 
 
 def _with_schedule(name: str) -> Sampler | None:
