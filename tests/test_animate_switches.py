@@ -117,7 +117,8 @@ def test_offload_puts_accelerates_hooks_on_the_motion_pipeline(monkeypatch, tiny
     want = _pixels(animate(_settings(tiny_model, motion_dir, **from_frames)))
     got = _pixels(animate(settings.model_copy(update=from_frames), held))
     assert np.abs(got - want).max() <= 1
-    # a ControlNet unit (its own pipeline on the offloaded modules; the ControlNet itself goes to the device)
+    # a ControlNet unit (its own pipeline on the offloaded modules; the ControlNet offloaded too, sent back to main
+    # memory when the clip's VAE decodes)
     from personae.models.controlnet import write_tiny_controlnet
 
     net = write_tiny_controlnet(tmp_path / "controlnet", base=tiny_model[0], seed=0)
@@ -125,6 +126,9 @@ def test_offload_puts_accelerates_hooks_on_the_motion_pipeline(monkeypatch, tiny
     want = _pixels(animate(_settings(tiny_model, motion_dir, **steered)))
     got = _pixels(animate(AnimateSettings(**{**settings.model_dump(), **steered}), held))
     assert np.abs(got - want).max() <= 1 and np.abs(want - _pixels(plain)).mean() > 0.5
+    model = held.session.controlnets[str(net)][1]
+    assert type(model._hf_hook).__name__ == hook
+    assert [h.models for h in held.pipe.vae._hf_hook.hooks if type(h).__name__ == "ReleaseBeforeDecode"] == [[model]]
 
 
 def test_a_shared_motion_unet_is_built_without_copies_and_computes_what_a_copied_one_does(tiny_model, motion_dir):

@@ -108,6 +108,45 @@ def test_medvram_session_draws_through_personaes_own_steps(monkeypatch, tiny_mod
     assert np.abs(a - b).max() <= 1
 
 
+@pytest.mark.parametrize("flag, hook", [("medvram", "CpuOffload"), ("lowvram", "AlignDevicesHook")])
+def test_offload_reaches_a_controlnet(monkeypatch, tiny_model, photo, tmp_path, flag, hook):
+    """Under --medvram / --lowvram a ControlNet waits in main memory as the session's modules do (before: it went
+    whole to the GPU at load and stayed there, beside the VAE's decode): lowvram streams it layer by layer; medvram
+    moves it whole for a pass, and the VAE's hook sends it back before the decode. The CPU stands in for the GPU."""
+    from personae.inference import session as session_module
+    from personae.inference.controlnet import controlnet_for
+    from personae.models.controlnet import write_tiny_controlnet
+
+    monkeypatch.setattr(speedups, "check_runtime", lambda runtime, device: None)
+    monkeypatch.setattr(session_module, "check_runtime", lambda runtime, device: None)
+    net = str(write_tiny_controlnet(tmp_path / "controlnet", base=tiny_model[0], seed=0))
+    session = open_session(str(tiny_model[0]), "cpu", runtime=RuntimeSettings(**{flag: True}))
+    model = controlnet_for(session, net)
+    assert type(model._hf_hook).__name__ == hook
+    if flag == "lowvram":  # layer by layer: its weights wait on the meta device until their layer runs
+        assert model.conv_in.weight.device.type == "meta"
+        return  # accelerate cannot stream weights from the CPU to the CPU (it fails in set_module_tensor_to_device)
+    release = [h for h in session.pipe.vae._hf_hook.hooks if type(h).__name__ == "ReleaseBeforeDecode"]
+    assert len(release) == 1 and release[0].models == [model]
+    events = []
+    model.register_forward_pre_hook(lambda *_: events.append("controlnet"))
+    session.pipe.vae.decoder.register_forward_pre_hook(lambda *_: events.append("decode"))
+    released = release[0].pre_forward
+    monkeypatch.setattr(release[0], "pre_forward", lambda *a, **k: events.append("release") or released(*a, **k))
+    unit = {"type": "raw", "image": str(photo), "model": net, "weight": 2.0}
+    settings = _settings(tiny_model[0], controls=[unit])
+    got = np.asarray(txt2img(settings, session)[0].image, dtype=np.int16)
+    assert events == ["controlnet"] * 2 + ["release", "decode"]  # a call per step (the CFG rows in one batch)
+    want = np.asarray(txt2img(settings)[0].image, dtype=np.int16)
+    plain = np.asarray(txt2img(_settings(tiny_model[0]))[0].image, dtype=np.int16)
+    assert np.abs(got - want).max() <= 1 and np.abs(want - plain).mean() > 0.5
+    # diffusers installs the offload hooks again (a pipeline's call ends so): the next use releases it again
+    session.pipe.enable_model_cpu_offload(device="cpu")
+    assert not any(type(h).__name__ == "ReleaseBeforeDecode" for h in getattr(session.pipe.vae._hf_hook, "hooks", []))
+    assert controlnet_for(session, net) is model
+    assert [h.models for h in session.pipe.vae._hf_hook.hooks if type(h).__name__ == "ReleaseBeforeDecode"] == [[model]]
+
+
 def test_fp16_on_the_cpu_is_refused_and_bf16_runs(tiny_model):
     with pytest.raises(UserError, match="fp16.*CPU"):
         open_session(str(tiny_model[0]), "cpu", "fp16")

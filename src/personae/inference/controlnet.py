@@ -89,21 +89,24 @@ def prepare_controls(controls: list[ControlRef], allow_pickle: bool = False) -> 
 
 
 def controlnet_for(session, spec: str, allow_pickle: bool = False, on_event: EventHandler = ignore):
-    """The ControlNet named by `spec`, loaded once per session, with the session's attention and memory order, and
-    moved to its device and dtype."""
-    from personae.inference.speedups import beside_unet
+    """The ControlNet named by `spec`, loaded once per session in its dtype, with the session's attention and memory
+    order, on its device (under --medvram / --lowvram: offloaded as the session's modules are)."""
+    from personae.inference.speedups import beside_unet, offload_beside_unet
 
     if spec not in session.controlnets:
         source = resolve_controlnet(spec, allow_pickle)
         on_event(Message(f"loading ControlNet {source.location}" + (f"/{source.subfolder}" if source.subfolder else "")))
-        model = load_controlnet(source, session.dtype).to(session.device)
+        model = load_controlnet(source, session.dtype)
         if model.config.cross_attention_dim != session.pipe.unet.config.cross_attention_dim:
             raise UserError(f"The ControlNet {spec} was made for another base model (cross-attention width "
                             f"{model.config.cross_attention_dim}, this model's is {session.pipe.unet.config.cross_attention_dim}).",
                             "Use a ControlNet trained for this model's family (SD 1.x ControlNets for SD 1.x models).")
         beside_unet(model, session.runtime)
         session.controlnets[spec] = (source, model)
-    return session.controlnets[spec][1]
+    model = session.controlnets[spec][1]
+    if not offload_beside_unet(model, session.pipe.vae, session.runtime, session.device):
+        model.to(session.device)  # once: a no-op after
+    return model
 
 
 def control_pipeline(session, controlnets: list, img2img: bool, inpaint: bool, scheduler):

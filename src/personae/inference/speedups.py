@@ -14,8 +14,9 @@ Each switch is diffusers' or PyTorch's own primitive, named as A1111 users know 
 
 The switches live on the pipeline's modules, so every pipeline a session builds on them (txt2img,
 img2img, ControlNet, hires fix) has them. A ControlNet gets the attention and memory order when it loads
-(beside_unet). A clip places its own pipeline: the motion UNet is built after the model loads, so animate
-opens the session unplaced and places the motion pipeline (attention again where FreeNoise rebuilds blocks).
+(beside_unet), and under medvram / lowvram waits in main memory as they do (offload_beside_unet). A clip
+places its own pipeline: the motion UNet is built after the model loads, so animate opens the session unplaced
+and places the motion pipeline (attention again where FreeNoise rebuilds blocks).
 """
 
 from __future__ import annotations
@@ -77,6 +78,55 @@ def beside_unet(model, runtime: RuntimeSettings | None) -> None:
     set_unet_attention(model, runtime.attention)
     if runtime.channels_last:
         model.to(memory_format=torch.channels_last)
+
+
+def offload_beside_unet(model, vae, runtime: RuntimeSettings | None, device: torch.device) -> bool:
+    """--medvram / --lowvram for a model that runs beside the UNet at each step (a ControlNet): it waits in main
+    memory as the pipeline's modules do. lowvram: streamed to `device` layer by layer as it runs (accelerate's
+    cpu_offload, as enable_sequential_cpu_offload does to the UNet). medvram: moved whole to `device` at its first
+    call of a pass (accelerate's cpu_offload_with_hook) and back before `vae` decodes, where a pass's memory peaks
+    (diffusers' own ControlNet pipelines keep it on the GPU until the call ends). Called for each use: a VAE whose
+    hooks were installed again gets the release again. False when neither switch is on."""
+    runtime = runtime or RuntimeSettings()
+    if not (runtime.lowvram or runtime.medvram):
+        return False
+    if runtime.lowvram:
+        if not hasattr(model, "_hf_hook"):
+            from accelerate import cpu_offload
+
+            cpu_offload(model, device, offload_buffers=len(model._parameters) > 0)
+        return True
+    from accelerate import cpu_offload_with_hook
+    from accelerate.hooks import add_hook_to_module
+
+    if not hasattr(model, "_hf_hook"):
+        cpu_offload_with_hook(model, device)
+    hook = getattr(vae, "_hf_hook", None)
+    release = next((h for h in getattr(hook, "hooks", [hook]) if isinstance(h, _release_class())), None)
+    if release is None:
+        release = _release_class()()
+        add_hook_to_module(vae, release, append=True)  # after the VAE's own offload hook
+    if all(m is not model for m in release.models):
+        release.models.append(model)
+    return True
+
+
+@functools.cache
+def _release_class():
+    from accelerate.hooks import ModelHook
+
+    class ReleaseBeforeDecode(ModelHook):
+        """Before the VAE runs (diffusers' decode calls its hooks): `models` go back to main memory."""
+
+        def __init__(self):
+            self.models = []
+
+        def pre_forward(self, module, *args, **kwargs):
+            for model in self.models:
+                model.to("cpu")
+            return args, kwargs
+
+    return ReleaseBeforeDecode
 
 
 def keep_unet_attention(unet, name: str) -> None:
