@@ -161,6 +161,7 @@ def test_metric_models_download_whole_from_the_hub_then_load_offline(tmp_path, m
     Before, each part looked in the cache alone: the model's files fetched, the image processor found the half
     cached repo and failed to load from it (OSError), on every run after the first too."""
     import huggingface_hub.constants as constants
+    import transformers.utils.hub as transformers_hub
     from test_metrics import _images, _samples
     from tiny_metric_models import write_tiny_clip, write_tiny_dino
 
@@ -186,6 +187,9 @@ def test_metric_models_download_whole_from_the_hub_then_load_offline(tmp_path, m
         monkeypatch.setattr(constants, "ENDPOINT", hub.url)
         monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE",
                             hub.url + "/{repo_id}/resolve/{revision}/{filename}")
+        # transformers keeps one HfApi per process, made with the endpoint of its time: one an earlier test made
+        # would ask huggingface.co for the tokenizer's chat templates, and back off 23 s per tokenizer with no network
+        monkeypatch.setattr(transformers_hub, "_hf_api", None)
         from_hub = scores("someone/clip", "someone/dino")
         got = fetched(hub)
     assert {"someone/clip:preprocessor_config.json", "someone/clip:model.safetensors",
