@@ -147,6 +147,40 @@ def test_offload_reaches_a_controlnet(monkeypatch, tiny_model, photo, tmp_path, 
     assert [h.models for h in session.pipe.vae._hf_hook.hooks if type(h).__name__ == "ReleaseBeforeDecode"] == [[model]]
 
 
+@pytest.mark.parametrize("flag, hook", [("medvram", "CpuOffload"), ("lowvram", "AlignDevicesHook")])
+def test_offload_reaches_the_hires_upscaler(monkeypatch, tiny_model, tmp_path, flag, hook):
+    """The hires fix's upscaler network (an ESRGAN file) waits in main memory under --medvram / --lowvram too
+    (before: it went whole to the GPU and stayed): medvram moves it for the upscale and the VAE's encode of the
+    upscaled picture sends it back; the picture is the one without offload. The CPU stands in for the GPU."""
+    from safetensors.torch import save_file
+
+    from personae.inference import hires_passes
+    from personae.inference import session as session_module
+    from personae.models.upscalers import CompactNet, read_upscaler
+
+    monkeypatch.setattr(speedups, "check_runtime", lambda runtime, device: None)
+    monkeypatch.setattr(session_module, "check_runtime", lambda runtime, device: None)
+    path = tmp_path / "2x-Tiny.safetensors"
+    torch.manual_seed(0)
+    save_file({k: torch.randn_like(v) * 0.1 for k, v in CompactNet(3, 3, 8, 2, 2).state_dict().items()}, str(path))
+    session = open_session(str(tiny_model[0]), "cpu", runtime=RuntimeSettings(**{flag: True}))
+    if flag == "lowvram":  # layer by layer; its tiles go in on the CPU for the hooks to move (not runnable CPU to CPU)
+        net = read_upscaler(path, False).net
+        assert speedups.offload_beside(net, session.pipe.vae, session.runtime, session.device)
+        assert type(net._hf_hook).__name__ == hook and next(net.parameters()).is_meta
+        return
+    offloaded = []
+    monkeypatch.setattr(hires_passes, "offload_beside",
+                        lambda net, *a: offloaded.append(net) or speedups.offload_beside(net, *a))
+    settings = _settings(tiny_model[0], hires_scale=1.5, hires_denoise=0.5, hires_steps=2, hires_upscaler=str(path))
+    got = np.asarray(txt2img(settings, session)[0].image, dtype=np.int16)
+    [net] = offloaded
+    assert type(net._hf_hook).__name__ == hook
+    assert [h.models for h in session.pipe.vae._hf_hook.hooks if type(h).__name__ == "ReleaseBeforeDecode"] == [[net]]
+    want = np.asarray(txt2img(settings)[0].image, dtype=np.int16)
+    assert got.shape == (96, 96, 3) and np.abs(got - want).max() <= 1
+
+
 def test_fp16_on_the_cpu_is_refused_and_bf16_runs(tiny_model):
     with pytest.raises(UserError, match="fp16.*CPU"):
         open_session(str(tiny_model[0]), "cpu", "fp16")

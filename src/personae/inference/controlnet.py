@@ -91,7 +91,7 @@ def prepare_controls(controls: list[ControlRef], allow_pickle: bool = False) -> 
 def controlnet_for(session, spec: str, allow_pickle: bool = False, on_event: EventHandler = ignore):
     """The ControlNet named by `spec`, loaded once per session in its dtype, with the session's attention and memory
     order, on its device (under --medvram / --lowvram: offloaded as the session's modules are)."""
-    from personae.inference.speedups import beside_unet, offload_beside_unet
+    from personae.inference.speedups import beside_unet, offload_beside
 
     if spec not in session.controlnets:
         source = resolve_controlnet(spec, allow_pickle)
@@ -104,7 +104,7 @@ def controlnet_for(session, spec: str, allow_pickle: bool = False, on_event: Eve
         beside_unet(model, session.runtime)
         session.controlnets[spec] = (source, model)
     model = session.controlnets[spec][1]
-    if not offload_beside_unet(model, session.pipe.vae, session.runtime, session.device):
+    if not offload_beside(model, session.pipe.vae, session.runtime, session.device):
         model.to(session.device)  # once: a no-op after
     return model
 

@@ -19,6 +19,7 @@ from personae.inference.ksampler import KDiffusionScheduler
 from personae.inference.samplers import Sampler, get_sampler, k_tuning
 from personae.inference.session import Session
 from personae.inference.skip_uncond import skipping_uncond
+from personae.inference.speedups import offload_beside
 from personae.models.lora_dir import lora_tags
 from personae.models.upscalers import UpscalerNet, read_upscaler, resolve_upscaler
 
@@ -88,7 +89,7 @@ def draw_hires(session: Session, settings: GenerateSettings, size: tuple[int, in
         session, settings, high, redrawn_size(settings, width, height), redraw_scheduler, n, img2img=True,
         made_for=size, on_event=on_event) if high else (denoiser(session, None, None, redraw_scheduler), {},
                                                         nullcontext())
-    if upscaler is not None:
+    if upscaler is not None and not offload_beside(upscaler.net, session.pipe.vae, session.runtime, session.device):
         upscaler.net.to(session.device)
     redraw_pass = sampling_pass(hires_prompts, session.pipe.unet, [nets[controls.index(c)] for c in high], settings,
                                 redraw_scheduler)

@@ -14,9 +14,10 @@ Each switch is diffusers' or PyTorch's own primitive, named as A1111 users know 
 
 The switches live on the pipeline's modules, so every pipeline a session builds on them (txt2img,
 img2img, ControlNet, hires fix) has them. A ControlNet gets the attention and memory order when it loads
-(beside_unet), and under medvram / lowvram waits in main memory as they do (offload_beside_unet). A clip
-places its own pipeline: the motion UNet is built after the model loads, so animate opens the session unplaced
-and places the motion pipeline (attention again where FreeNoise rebuilds blocks).
+(beside_unet), and under medvram / lowvram it waits in main memory as they do, and so does the hires fix's
+upscaler (offload_beside). A clip places its own pipeline: the motion UNet is built after the model loads, so
+animate opens the session unplaced and places the motion pipeline (attention again where FreeNoise rebuilds
+blocks).
 """
 
 from __future__ import annotations
@@ -80,12 +81,13 @@ def beside_unet(model, runtime: RuntimeSettings | None) -> None:
         model.to(memory_format=torch.channels_last)
 
 
-def offload_beside_unet(model, vae, runtime: RuntimeSettings | None, device: torch.device) -> bool:
-    """--medvram / --lowvram for a model that runs beside the UNet at each step (a ControlNet): it waits in main
-    memory as the pipeline's modules do. lowvram: streamed to `device` layer by layer as it runs (accelerate's
-    cpu_offload, as enable_sequential_cpu_offload does to the UNet). medvram: moved whole to `device` at its first
-    call of a pass (accelerate's cpu_offload_with_hook) and back before `vae` decodes, where a pass's memory peaks
-    (diffusers' own ControlNet pipelines keep it on the GPU until the call ends). Called for each use: a VAE whose
+def offload_beside(model, vae, runtime: RuntimeSettings | None, device: torch.device) -> bool:
+    """--medvram / --lowvram for a model the pipeline's own offload does not cover (a ControlNet, which runs beside
+    the UNet at each step; the hires fix's upscaler, between the passes): it waits in main memory as the pipeline's
+    modules do. lowvram: streamed to `device` layer by layer as it runs (accelerate's cpu_offload, as
+    enable_sequential_cpu_offload does to the UNet). medvram: moved whole to `device` at its first call
+    (accelerate's cpu_offload_with_hook) and back before `vae` next runs, where a pass's memory peaks (diffusers'
+    own ControlNet pipelines keep a ControlNet on the GPU until the call ends). Called for each use: a VAE whose
     hooks were installed again gets the release again. False when neither switch is on."""
     runtime = runtime or RuntimeSettings()
     if not (runtime.lowvram or runtime.medvram):

@@ -254,8 +254,9 @@ def _tile_through(net: UpscalerNet, tile: Image.Image) -> Image.Image:
     """One tile through the network as A1111 sends it: BGR, 0..1 float; out clamped, rounded, back to RGB."""
     bgr = np.ascontiguousarray(np.asarray(tile.convert("RGB"))[:, :, ::-1].transpose(2, 0, 1)) / 255
     param = next(net.net.parameters())
+    device = torch.device("cpu") if param.is_meta else param.device  # streamed (--lowvram): its hooks move the tile
     with torch.no_grad():
-        out = net.net(torch.from_numpy(bgr).unsqueeze(0).to(param.device, param.dtype))
+        out = net.net(torch.from_numpy(bgr).unsqueeze(0).to(device, param.dtype))
     arr = (255.0 * np.moveaxis(out[0].float().cpu().clamp_(0, 1).numpy(), 0, 2)).round().astype(np.uint8)
     return Image.fromarray(np.ascontiguousarray(arr[:, :, ::-1]), "RGB")
 
