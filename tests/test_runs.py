@@ -163,18 +163,23 @@ def test_a_stop_before_the_first_step_ends_the_run_without_a_checkpoint(tmp_path
 
 
 def test_a_second_ctrl_c_stops_at_once_and_cleans_up(tmp_path, tiny_model, prepared):
-    """The CLI runs the job in a worker: the second Ctrl-C interrupts it there, so its cleanup still runs."""
+    """The CLI runs the job in a worker: the second Ctrl-C interrupts it there, so its cleanup still runs.
+
+    Both Ctrl-Cs land inside step 3, long on purpose (20 micro-batches): signalled at step 2's bar, the first
+    one's graceful stop could end within the 50 ms gap (step 2's checkpoint was then still being written, and the
+    stop follows it), which would leave the second nothing to interrupt."""
     from personae.outputs import read_marker
 
-    job = _job(tmp_path, tiny_model, prepared, "run", steps=100000, save_every=1)
+    job = _job(tmp_path, tiny_model, prepared, "run", steps=100000, save_every=2, gradient_accumulation=20)
     proc = subprocess.Popen([sys.executable, "-m", "personae", "train", str(job)], stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, env=dict(os.environ, OMP_NUM_THREADS="1"))
     watcher = StepWatcher(proc)
-    watcher.wait(2)
+    watcher.wait_for_text("step 2: checkpoint")  # step 3 has begun
     proc.send_signal(signal.SIGINT)
     time.sleep(0.05)
     proc.send_signal(signal.SIGINT)
     err = watcher.finish(timeout=120)
+    assert watcher.done == 2, err[-2000:]  # step 3 never ended: the second Ctrl-C stopped it midway
     assert proc.returncode == 130 and "Traceback" not in err and "interrupted" in err, err[-2000:]
     run = tmp_path / "run"
     assert read_run(run).status == "stopped" and read_run(run).checkpoints

@@ -103,6 +103,15 @@ class StepWatcher:
             time.sleep(0.002)
         return self.done
 
+    def wait_for_text(self, text: str, timeout: float = 240) -> None:
+        """Returns once `text` is in the output (a checkpoint's line, a warning), which marks a later point of a
+        step than its bar's advance."""
+        deadline = time.monotonic() + timeout
+        while text not in self.text:
+            assert self.proc.poll() is None, f"the run ended before {text!r}: {self.text[-2000:]}"
+            assert time.monotonic() < deadline, f"{text!r} not seen in {timeout} s: {self.text[-2000:]}"
+            time.sleep(0.002)
+
     def finish(self, timeout: float = 240) -> str:
         self.proc.wait(timeout=timeout)
         self._thread.join(timeout=10)
