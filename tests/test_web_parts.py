@@ -290,6 +290,15 @@ def test_list_settings_read_one_reference_per_line():
 
 
 # -- the job queue
+def _until(ready, timeout: float = 10) -> None:
+    """Waits for a queue's worker thread to reach a state (not a guessed number of seconds: a loaded machine can
+    keep a thread from starting for longer)."""
+    deadline = time.monotonic() + timeout
+    while not ready():
+        assert time.monotonic() < deadline, "the queue's worker did not get there in time"
+        time.sleep(0.005)
+
+
 def test_jobs_run_one_at_a_time_in_order_and_a_queued_one_can_be_cancelled():
     jobs = JobQueue()
     gate, order, running = threading.Event(), [], []
@@ -305,7 +314,7 @@ def test_jobs_run_one_at_a_time_in_order_and_a_queued_one_can_be_cancelled():
         return run
 
     a, b, c = (jobs.submit("generate", n, work(n)) for n in "abc")
-    time.sleep(0.3)
+    _until(lambda: running == ["a"])
     snap = {t.id: t.status for t in jobs.snapshot()}
     assert snap == {a.id: "running", b.id: "queued", c.id: "queued"}
     assert "cancelled" in jobs.stop(b.id)
@@ -357,7 +366,7 @@ def test_the_queue_table_shows_places_in_line():
     first = jobs.submit("train", "long", lambda on_event: gate.wait(10))
     second = jobs.submit("generate", "fox", lambda on_event: None)
     third = jobs.submit("generate", "cat", lambda on_event: None)
-    time.sleep(0.3)
+    _until(lambda: jobs.get(first.id).status == "running")
     table = queue_table(jobs.snapshot())
     assert table.index(f"data-job='{first.id}'") < table.index(f"data-job='{second.id}'") \
         < table.index(f"data-job='{third.id}'")
@@ -434,7 +443,7 @@ def test_shutdown_cancels_the_queue_and_stops_a_running_training_job_with_its_st
 
     task = jobs.submit("train", "long", training)
     later = jobs.submit("generate", "after", lambda on_event: 1)
-    time.sleep(0.3)
+    _until(lambda: task.id in jobs._handles)  # running, its stop command registered
     ended = jobs.shutdown(timeout=10)
     assert [t.id for t in ended] == [task.id] and ended[0].status == "done" and ended[0].result == "checkpoint at 3"
     assert jobs.get(later.id).status == "cancelled"
