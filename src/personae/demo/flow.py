@@ -17,7 +17,9 @@ format is the point: a single file in the original checkpoint layout (which cann
 its pictures are noise and the index does not show them.
 
 Each step appends a section to index.md / index.html in the output folder, so the
-user sees what was made and where. Later capabilities add steps here. The folder must be
+user sees what was made and where. On two or more cores the drawing style (its LoRA is the demo's longest
+training) runs in a worker process from the start, beside the sections before it, and fills the place kept for it
+in the index (demo/beside.py). Later capabilities add steps here. The folder must be
 new, empty or an earlier demo's (whose files are replaced; files the user added stay), and
 it is locked while the demo runs (outputs.py).
 """
@@ -43,14 +45,27 @@ DEMO = Kind("demo", "a demo", "personae demo",
 
 
 class Index:
-    """index.md and index.html, rewritten after each section so a failed demo still shows progress."""
+    """index.md and index.html, rewritten after each section so a failed demo still shows progress. A section run
+    beside the others (demo/beside.py) fills a place reserved in the order, whenever it is done."""
 
     def __init__(self, out: Path):
         self.out = out
-        self.sections: list[tuple[str, str, list[Path]]] = []
+        self.entries: list[tuple[str, str, list[Path]] | Slot] = []
+
+    @property
+    def sections(self) -> list[tuple[str, str, list[Path]]]:
+        return [e for entry in self.entries for e in (entry.sections if isinstance(entry, Slot) else [entry])]
 
     def add(self, title: str, text: str, images: list[Path] = ()) -> None:
-        self.sections.append((title, text, list(images)))
+        self.entries.append((title, text, list(images)))
+        self.write()
+
+    def reserve(self) -> Slot:
+        slot = Slot(self)
+        self.entries.append(slot)
+        return slot
+
+    def write(self) -> None:
         md = ["# personae demo", ""]
         page = ["<!doctype html><meta charset='utf-8'><title>personae demo</title><h1>personae demo</h1>"]
         for t, body, imgs in self.sections:
@@ -62,15 +77,42 @@ class Index:
         write_text(self.out / "index.html", "\n".join(page))
 
 
-def run_demo(out_dir: str | Path, on_event: EventHandler = ignore) -> Path:
+class Slot:
+    """A place in the index's order that a later section fills (`add`, as on the index itself)."""
+
+    def __init__(self, index: Index):
+        self.index, self.sections = index, []
+
+    def add(self, title: str, text: str, images: list[Path] = ()) -> None:
+        self.sections.append((title, text, list(images)))
+        self.index.write()
+
+
+def run_demo(out_dir: str | Path, on_event: EventHandler = ignore, overlap: bool | None = None) -> Path:
+    """The demo into `out_dir`; `overlap`: the drawing style in a worker process beside the other sections (None:
+    when this process has two or more cores; demo/beside.py)."""
     with open_output(out_dir, DEMO, clear=True) as out:  # an earlier demo's files go first
-        return _demo(out, on_event)
+        return _demo(out, on_event, overlap)
 
 
-def _demo(out: Path, on_event: EventHandler) -> Path:
+def _demo(out: Path, on_event: EventHandler, overlap: bool | None) -> Path:
     index = Index(out)
 
-    # 0. the shapes-world model: 16 prompts read back exactly, then a star taught and measured
+    # 0. the shapes-world model: 16 prompts read back exactly, then a star taught and measured (demo/world.py)
+    from personae.demo.beside import Beside
+    from personae.demo.world_style import world_style
+    from personae.world.model import write_world_model
+
+    on_event(Message("writing the shapes-world model"))
+    world = write_world_model(out / "models/world")
+    # the drawing style needs the world model alone: on two or more cores it runs beside the sections before it
+    with Beside(world_style, (out, world), on_event, overlap, "world style") as style:
+        _world_sections(out, world, index, style, on_event)
+    _everyday(out, world, index, on_event)
+    return out / "index.html"
+
+
+def _world_sections(out: Path, world: Path, index: Index, style, on_event: EventHandler) -> None:
     from personae.demo.world import world_demo
     from personae.demo.world_board import world_board
     from personae.demo.world_clip_control import world_clip_control
@@ -78,10 +120,9 @@ def _demo(out: Path, on_event: EventHandler) -> Path:
     from personae.demo.world_control import world_control
     from personae.demo.world_img2img import world_img2img
     from personae.demo.world_motion import world_motion
-    from personae.demo.world_style import world_style
     from personae.demo.world_travel import world_travel
 
-    world = world_demo(out, index, on_event)
+    world_demo(out, world, index, on_event)
     # then a storyboard on it: shot tokens and a star character taught, every panel read back exactly
     world_board(out, world, index, on_event)
     # and the comparison: base vs the DreamBooth star vs the LoRA star, every image read back by the checker
@@ -91,7 +132,7 @@ def _demo(out: Path, on_event: EventHandler) -> Path:
     # and img2img: the strength curve, and one shape turned into another in place (init + silhouette + prompt)
     world_img2img(out, world, out / "models/world-controlnet", index, on_event)
     # and a drawing style: a LoRA on banded pictures whose captions end with a trigger phrase, with and without it
-    world_style(out, world, index, on_event)
+    slot = index.reserve()
     # and motion: the world motion adapter on held-out shapes and on the taught star, every frame read back
     world_motion(out, index, on_event)
     # and prompt travel with that adapter: a shape's prompt changing between two keyframes, every frame read back
@@ -99,7 +140,10 @@ def _demo(out: Path, on_event: EventHandler) -> Path:
     # and the world ControlNet steering a clip: a map per frame moves the shape where the prompt says "still"
     world_clip_control(out, out / "models/world-zero-snr", out / "models/world-motion", out / "models/world-controlnet",
                        index, on_event)
+    style.place(slot)  # here the worker's LoRA has long been done (it takes 2/5 of the time these take)
 
+
+def _everyday(out: Path, world: Path, index: Index, on_event: EventHandler) -> None:
     # and the everyday flow on it: prepare, text to image, a long prompt, a LoRA and its files, --from-png
     world_flow(out, world, index, on_event)
     # and a kohya user's config and dataset_config, trained as they are
@@ -121,5 +165,3 @@ def _demo(out: Path, on_event: EventHandler) -> Path:
                                         "from the file give identical pixels to the folder: "
                                         f"{same_pixels(folder[0], single[0])} (a random model draws noise, so the "
                                         "pictures are not shown).")
-
-    return out / "index.html"

@@ -13,7 +13,7 @@ from pathlib import Path
 from PIL import Image
 
 from personae.config.generate import GenerateSettings
-from personae.events import EventHandler, Message
+from personae.events import EventHandler
 from personae.jobs.generate import run_generate
 from personae.world.scene import EVAL_PROMPTS, parse_prompt
 
@@ -21,16 +21,13 @@ TAUGHT_PROMPTS = ["a white star on a red background, close-up", "a white star on
                   "a white star on a blue background, close-up", "a white star on a green background, medium shot"]
 
 
-def world_demo(out: Path, index, on_event: EventHandler) -> Path:
-    """Sections "Shapes-world model" and "Teach a star"; returns the world model's folder."""
+def world_demo(out: Path, model: Path, index, on_event: EventHandler) -> None:
+    """Sections "Shapes-world model" and "Teach a star", on the world model written to `model`."""
     from personae.media.grid import labelled_grid, save_image
     from personae.world.bench import run_bench
     from personae.world.bench_settings import WorldBench
     from personae.world.check import agreement, check
-    from personae.world.model import write_world_model
 
-    on_event(Message("writing the shapes-world model"))
-    model = write_world_model(out / "models/world")
     # 1. the 16 fixed prompts with generate's defaults (native 32x32, DPM++ 2M Karras, 20 steps, CFG 7)
     made = []
     for i, prompt in enumerate(EVAL_PROMPTS):
@@ -62,7 +59,6 @@ def world_demo(out: Path, index, on_event: EventHandler) -> Path:
                               "model` on red, yellow (never seen), blue and green.",
               images + [out / "world-bench/grids/dreambooth-star-s0.png"])
     _extracted(out, model, taught, images, index, on_event)
-    return model
 
 
 def _extracted(out: Path, model: Path, taught: Path, taught_images: list[Path], index, on_event: EventHandler) -> None:
