@@ -22,7 +22,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 from common import machine, write_json  # noqa: E402
 
-RUN = "import sys; from personae.demo.flow import run_demo; run_demo(sys.argv[1], overlap=sys.argv[2] == 'beside')"
+RUN = ("import sys; from personae.quiet import quiet_libraries; quiet_libraries(); "
+       "from personae.demo.flow import run_demo; run_demo(sys.argv[1], overlap=sys.argv[2] == 'beside')")
 
 
 def run(out: Path, how: str) -> dict:
