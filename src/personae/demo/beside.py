@@ -1,7 +1,7 @@
 """A demo section run in a worker process beside the others, when the machine has a core to spare.
 
 The demo is a chain of sections, each mostly one core's work on small tensors. The drawing style's LoRA (2000 steps,
-about 6 of the demo's 17 minutes on one core) needs nothing but the world model, so on two or more cores it runs in
+about 6 of the demo's 15 minutes on one core) needs nothing but the world model, so on two or more cores it runs in
 a worker process from the start while the other sections go on here, and its sections take the place in the index
 reserved for them. The worker computes on one torch thread (docs/world.md's style LoRA is the one-thread one);
 this process keeps the other threads. What the worker says (its messages, warnings included) is said here when it
