@@ -15,6 +15,8 @@ from personae.demo.flow import Index
 from personae.errors import UserError
 from personae.events import Message
 
+SPAWNS = pytest.mark.slow  # each starts a worker process that imports torch: several seconds, for the full tier
+
 
 def _section(out, word, index, on_event):
     on_event(Message(f"{word}: drawing"))
@@ -51,6 +53,7 @@ def _run(tmp_path, section, args, overlap):
     return later, index, said
 
 
+@SPAWNS
 def test_a_section_runs_in_a_worker_on_one_thread_and_fills_its_place_in_the_index(tmp_path):
     threads = torch.get_num_threads()
     torch.set_num_threads(2)
@@ -77,12 +80,14 @@ def test_on_one_core_the_section_runs_in_line_at_its_place(tmp_path):
     assert [m.text for m in said] == ["squares: drawing", "a warning from the worker"]
 
 
+@SPAWNS
 def test_a_user_error_in_the_worker_is_the_demo_s_user_error(tmp_path):
     with pytest.raises(UserError) as err:
         _run(tmp_path, _wrong_input, (tmp_path,), overlap=True)
     assert str(err.value) == f"{tmp_path / 'input.txt'} is not a list of shapes. Write one shape per line."
 
 
+@SPAWNS
 def test_a_bug_in_the_worker_fails_the_demo_with_its_traceback(tmp_path):
     with pytest.raises(RuntimeError) as err:
         _run(tmp_path, _bug, (tmp_path,), overlap=True)
@@ -90,12 +95,14 @@ def test_a_bug_in_the_worker_fails_the_demo_with_its_traceback(tmp_path):
     assert "ValueError: a bug in a section" in str(err.value) and "_bug" in str(err.value)
 
 
+@SPAWNS
 def test_a_worker_that_dies_fails_the_demo_saying_so(tmp_path):
     with pytest.raises(RuntimeError) as err:
         _run(tmp_path, _dies, (tmp_path,), overlap=True)
     assert "the worker process ended without a result (exit code 3)" in str(err.value)
 
 
+@SPAWNS
 def test_a_demo_that_fails_here_ends_the_worker(tmp_path):
     """The demo failing (or Ctrl-C) in this process while the section still runs: the worker does not go on
     writing into the demo's folder."""
