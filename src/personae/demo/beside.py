@@ -63,12 +63,16 @@ def _child(conn, section: Callable, args: tuple) -> None:
     recorder = Recorder()
     try:
         section(*args, recorder, recorder.event)
-        conn.send(("done", recorder.sections, recorder.messages, os.getpid()))
+        outcome = ("done", recorder.sections, recorder.messages, os.getpid())
     except UserError as err:
-        conn.send(("user error", str(err), recorder.messages, os.getpid()))
+        outcome = ("user error", str(err), recorder.messages, os.getpid())
     except BaseException:  # noqa: BLE001 - a bug: its traceback travels as text
-        conn.send(("bug", traceback.format_exc(), recorder.messages, os.getpid()))
-    conn.close()
+        outcome = ("bug", traceback.format_exc(), recorder.messages, os.getpid())
+    try:
+        conn.send(outcome)
+        conn.close()
+    except OSError:  # the demo has ended (it is ending this process): nobody to tell, and nothing to print
+        pass
 
 
 class Beside:
@@ -135,9 +139,10 @@ class Beside:
 
     def close(self) -> None:
         """Ends the worker if it still runs (the demo failed or was stopped here) and gives this process its
-        threads back."""
+        threads back. SIGKILL, not SIGTERM: a training run takes SIGTERM as "save a checkpoint, then stop", and
+        the demo has no use for that checkpoint."""
         if self._proc is not None and self._proc.is_alive():
-            self._proc.terminate()
+            self._proc.kill()
         if self._proc is not None:
             self._proc.join(10)
         if self._threads:
