@@ -51,8 +51,8 @@ def spare_cores() -> bool:
 
 
 def _child(conn, section: Callable, args: tuple) -> None:
-    """The worker: one torch thread, Ctrl-C left to the parent (which ends this process), the section's outcome sent
-    back whole."""
+    """The worker: one torch thread, Ctrl-C left to the parent, which ends this process (a training run in it takes
+    Ctrl-C as a stop at its step's end meanwhile); the section's outcome sent back whole."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     import torch
 
