@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0, SlicedAttnProcessor
+from PIL import Image
 
 from personae.config.generate import GenerateSettings
 from personae.config.sampling import RuntimeSettings
@@ -164,10 +165,15 @@ def test_offload_reaches_the_hires_upscaler(monkeypatch, tiny_model, tmp_path, f
     torch.manual_seed(0)
     save_file({k: torch.randn_like(v) * 0.1 for k, v in CompactNet(3, 3, 8, 2, 2).state_dict().items()}, str(path))
     session = open_session(str(tiny_model[0]), "cpu", runtime=RuntimeSettings(**{flag: True}))
-    if flag == "lowvram":  # layer by layer; its tiles go in on the CPU for the hooks to move (not runnable CPU to CPU)
-        net = read_upscaler(path, False).net
-        assert speedups.offload_beside(net, session.pipe.vae, session.runtime, session.device)
-        assert type(net._hf_hook).__name__ == hook and next(net.parameters()).is_meta
+    if flag == "lowvram":  # layer by layer: its tiles go in on the CPU and its hooks move them (and its layers)
+        from personae.models.upscalers import upscale_once
+
+        streamed = read_upscaler(path, False)
+        assert speedups.offload_beside(streamed.net, session.pipe.vae, session.runtime, session.device)
+        assert type(streamed.net._hf_hook).__name__ == hook and next(streamed.net.parameters()).is_meta
+        picture = Image.fromarray(np.random.default_rng(0).integers(0, 256, (24, 24, 3), dtype=np.uint8))
+        want = upscale_once(read_upscaler(path, False), picture, tile=16, overlap=4)
+        assert np.array_equal(np.asarray(upscale_once(streamed, picture, tile=16, overlap=4)), np.asarray(want))
         return
     offloaded = []
     monkeypatch.setattr(hires_passes, "offload_beside",
