@@ -76,8 +76,8 @@ def test_a_folder_a_gif_and_one_picture_steer_the_clip(parts, held):
 
 
 def test_unit_settings_and_windows_reach_the_clip(parts, held):
-    """A1111's Guidance End and Control Mode act on a clip as on a picture; a clip longer than its context runs in
-    FreeNoise's windows with a map per frame; prompt travel reaches the ControlNet too."""
+    """A1111's Guidance End, Control Mode and Low VRAM act on a clip as on a picture; a clip longer than its context
+    runs in FreeNoise's windows with a map per frame; prompt travel reaches the ControlNet too."""
     _, _, _, folder, gif, frames = parts
     full = animate(settings(parts, [{"type": "raw", "image": str(folder)}]), held)
     # 4 steps: A1111's sampling percents 0, 0, 0.25, 0.5; Guidance Start 0.3 controls the last step only (whose
@@ -88,6 +88,11 @@ def test_unit_settings_and_windows_reach_the_clip(parts, held):
     important = animate(settings(parts, [{"type": "raw", "image": str(folder),
                                           "control_mode": "ControlNet is more important"}]), held)
     assert not np.array_equal(pixels(important), pixels(full))
+    # "Low VRAM": the unit's ControlNet in main memory between its calls (a hook moves it), the same clip
+    low = animate(settings(parts, [{"type": "raw", "image": str(folder), "low_vram": True}]), held)
+    net = held.session.controlnets[str(parts[2])][1]
+    assert type(net._hf_hook).__name__ == "OnDeviceForEachCall" and "Low Vram: True" in low.parameters
+    assert np.array_equal(pixels(low), pixels(full))
     long_frames = parts[4].parent / "long"
     long_frames.mkdir(exist_ok=True)
     for i in range(7):

@@ -1,5 +1,5 @@
-"""A1111's ControlNet unit settings (sd-webui-controlnet): Resize Mode, Processor Res, Pixel Perfect, Control Mode
-and each unit's guidance window; written as the extension writes them and read back from A1111's PNGs by
+"""A1111's ControlNet unit settings (sd-webui-controlnet): Resize Mode, Processor Res, Pixel Perfect, Control Mode,
+Low VRAM and each unit's guidance window; written as the extension writes them and read back from A1111's PNGs by
 --from-png, with the pictures given on the command line."""
 
 import numpy as np
@@ -16,6 +16,7 @@ from personae.inference.control_steps import SOFT
 from personae.inference.controlnet import controlnet_for, make_map, prepare_controls
 from personae.inference.txt2img import txt2img
 from personae.jobs.generate import settings_from_png
+from personae.jobs.png_controls import png_control_units
 from personae.media.controlnet_text import UnitTextError, model_id, read_unit
 from personae.media.png import parse_parameters, read_png_text
 
@@ -343,10 +344,11 @@ def test_from_png_takes_the_units_settings_with_the_picture_given(tiny_model, co
     assert unit == {"type": "canny", "image": str(coffee), "weight": 0.6, "model": str(tiny_controlnet),
                     "options": {"low": 50.0, "high": 150.0}, "resize_mode": "Just Resize", "processor_res": 256,
                     "pixel_perfect": False, "control_mode": "My prompt is more important", "guidance_start": 0.25,
-                    "guidance_end": 1.0, "guidance_by": "steps", "hr_option": "Both"}
+                    "guidance_end": 1.0, "guidance_by": "steps", "low_vram": False, "hr_option": "Both"}
     _, _, params = parse_parameters(read_png_text(made)["parameters"])
     assert params["ControlNet 0"].startswith("Module: canny, Model: tiny-controlnet, Weight: 0.6, Resize Mode: Just "
-                                             "Resize, Processor Res: 256, Threshold A: 50, Threshold B: 150")
+                                             "Resize, Low Vram: False, Processor Res: 256, Threshold A: 50, Threshold "
+                                             "B: 150")
     direct = txt2img(GenerateSettings(**{**settings_from_png(made), "model": str(tiny_model[0])}))[0]
     assert np.array_equal(np.asarray(Image.open(made).convert("RGB")), _px(direct.image).astype(np.uint8))
     # a weight typed after the picture wins over the PNG's
@@ -410,6 +412,48 @@ def test_cli_unit_flags_reach_every_unit(tiny_model, coffee, tiny_controlnet, tm
 
         parse_settings(GenerateSettings, {"model": "m", "prompt": "p", "controls": [
             {"type": "canny", "image": "x.png", "resize_mode": "Stretch"}]}, "the test's settings")
+
+
+def test_a_units_low_vram_has_its_controlnet_on_the_device_for_each_call_only(tiny_model, coffee, tiny_controlnet,
+                                                                              tmp_path):
+    """A1111's per-unit "Low VRAM" (sd-webui-controlnet moves the unit's ControlNet to the GPU for each call and back
+    to main memory after it): inside each of the ControlNet's calls it goes to the session's device and back to the
+    CPU (the CPU stands for the GPU here, so the moves are seen as its .to calls); the same pixels; a later
+    generation without it takes the hook away; the PNG says "Low Vram: True", which --from-png and the CLI flag give
+    back."""
+    from personae.inference.session import open_session
+
+    session = open_session(str(tiny_model[0]), "cpu")
+    plain = txt2img(_settings(tiny_model[0], controls=[_unit(coffee, tiny_controlnet)]), session)[0]
+    net = session.controlnets[str(tiny_controlnet)][1]
+    assert not hasattr(net, "_hf_hook") and "Low Vram: False" in plain.parameters
+    events, to = [], net.to
+    net.to = lambda *args, **kwargs: events.append(("to", str(args[0]))) or to(*args, **kwargs)
+    net.register_forward_pre_hook(lambda *_: events.append("call"))
+    net.register_forward_hook(lambda *_: events.append("done"))
+    low = txt2img(_settings(tiny_model[0], controls=[_unit(coffee, tiny_controlnet, low_vram=True)]), session)[0]
+    assert type(net._hf_hook).__name__ == "OnDeviceForEachCall"
+    # the hook puts it in main memory, then each call (one per step: the CFG rows in one batch) moves it there and back
+    assert events == [("to", "cpu")] + ["call", ("to", str(session.device)), ("to", "cpu"), "done"] * 3, events
+    assert np.array_equal(_px(plain.image), _px(low.image))
+    _, _, params = parse_parameters(low.parameters)
+    assert "Resize Mode: Crop and Resize, Low Vram: True, Processor Res: 512" in params["ControlNet 0"]
+    events.clear()
+    again = txt2img(_settings(tiny_model[0], controls=[_unit(coffee, tiny_controlnet)]), session)[0]
+    assert not hasattr(net, "_hf_hook") and np.array_equal(_px(plain.image), _px(again.image))
+    assert [e for e in events if e != ("to", "cpu")] == ["call", "done"] * 3  # on the device throughout
+    # an A1111 PNG's unit with Low Vram: True, and the flag for every unit
+    png = _a1111_png(tmp_path / "a1111.png", "Module: canny, Model: tiny-controlnet [0123abcd], Weight: 1, Resize "
+                     "Mode: Crop and Resize, Low Vram: True, Processor Res: 512, Guidance Start: 0, Guidance End: 1, "
+                     "Pixel Perfect: False, Control Mode: Balanced, Hr Option: Both, Save Detected Map: True")
+    assert png_control_units(png)[0]["low_vram"] is True
+    common = ["--model", str(tiny_model[0]), "--controlnet", f"canny={tiny_controlnet}", "--quiet"]
+    assert main(["generate", "--from-png", str(png), "--control", f"canny:{coffee}", "--steps", "2", "--out",
+                 str(tmp_path / "png"), *common]) == 0
+    assert settings_from_png(next((tmp_path / "png").glob("*.png")))["controls"][0]["low_vram"] is True
+    assert main(["generate", "--prompt", "a cat", "--steps", "2", "--width", "64", "--height", "64", "--control",
+                 f"canny:{coffee}", "--control-low-vram", "--out", str(tmp_path / "flag"), *common]) == 0
+    assert settings_from_png(next((tmp_path / "flag").glob("*.png")))["controls"][0]["low_vram"] is True
 
 
 def test_img2img_resize_modes_with_a_unit(tiny_model, tiny_session, coffee, tiny_controlnet, tmp_path):

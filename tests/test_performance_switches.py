@@ -134,10 +134,12 @@ def test_offload_reaches_a_controlnet(monkeypatch, tiny_model, photo, tmp_path, 
     session.pipe.vae.decoder.register_forward_pre_hook(lambda *_: events.append("decode"))
     released = release[0].pre_forward
     monkeypatch.setattr(release[0], "pre_forward", lambda *a, **k: events.append("release") or released(*a, **k))
-    unit = {"type": "raw", "image": str(photo), "model": net, "weight": 2.0}
+    # a unit's own "Low VRAM" adds nothing to the session's offload: the ControlNet keeps the offload's hook
+    unit = {"type": "raw", "image": str(photo), "model": net, "weight": 2.0, "low_vram": True}
     settings = _settings(tiny_model[0], controls=[unit])
     got = np.asarray(txt2img(settings, session)[0].image, dtype=np.int16)
     assert events == ["controlnet"] * 2 + ["release", "decode"]  # a call per step (the CFG rows in one batch)
+    assert type(model._hf_hook).__name__ == hook
     want = np.asarray(txt2img(settings)[0].image, dtype=np.int16)
     plain = np.asarray(txt2img(_settings(tiny_model[0]))[0].image, dtype=np.int16)
     assert np.abs(got - want).max() <= 1 and np.abs(want - plain).mean() > 0.5

@@ -151,7 +151,8 @@ def test_generated_options_keep_the_names_users_know():
         "--ad-sampler", "--ad-mask-min-ratio", "--ad-mask-max-ratio", "--ad-x-offset", "--ad-y-offset",
         "--ad-mask-merge-invert", "--ad-noise-multiplier", "--ad-clip-skip",
         "--controlnet", "--control-option", "--control-start", "--control-end", "--control-resize", "--control-mode",
-        "--control-res", "--pixel-perfect", "--control-hr-option", "--control-guidance-by", "--recipe", "--animal",
+        "--control-res", "--pixel-perfect", "--control-low-vram", "--control-hr-option", "--control-guidance-by",
+        "--recipe", "--animal",
         "--from-png", "--out", "--quiet", "--yes"}
     sampler_parameters = {"--eta", "--eta-ddim", "--sigma-churn", "--sigma-tmin", "--sigma-tmax", "--sigma-noise",
                           "--quantize", "--schedule-rho", "--schedule-min-sigma", "--schedule-max-sigma",
@@ -163,7 +164,7 @@ def test_generated_options_keep_the_names_users_know():
         "--from-png", "--out", "--webp-quality", "--webp-lossless", "--frames-dir", "--overwrite", "--quiet", "--yes",
         # ControlNet units, as generate's but for the hires fix a clip has not
         "--control", "--controlnet", "--control-option", "--control-start", "--control-end", "--control-resize",
-        "--control-mode", "--control-res", "--pixel-perfect", "--control-guidance-by",
+        "--control-mode", "--control-res", "--pixel-perfect", "--control-low-vram", "--control-guidance-by",
         "--init-image", "--strength"}  # a clip to start from, at a denoising strength
     sampling = {"--negative", "--steps", "--cfg", "--sampler", "--clip-skip", "--width", "--height", "--device",
                 "--dtype", "--attention", "--medvram", "--lowvram", "--compile"}

@@ -122,14 +122,14 @@ def test_the_controlnet_accordion_reaches_the_unit(tmp_path):
     photo = tmp_path / "pose.png"
     Image.new("RGB", (64, 48), "white").save(photo)
     unit = {"resize_mode": "Just Resize", "control_mode": "My prompt is more important", "pixel_perfect": True,
-            "processor_res": 256, "hr_option": "High res only", "guidance_by": "noise"}
+            "low_vram": True, "processor_res": 256, "hr_option": "High res only", "guidance_by": "noise"}
     data = settings_data(SimpleNamespace(workspace=ws), {"prompt": "a cat", "control_end": 0.5}, "models/m", [], 1.0,
                          [], None, "canny", str(photo), 0.7, [], unit)
     settings = parse_settings(GenerateSettings, data, "the Generate form")
     ref = settings.controls[0]
-    assert (ref.type, ref.weight, ref.resize_mode, ref.control_mode, ref.pixel_perfect, ref.processor_res,
-            ref.hr_option, ref.guidance_by, settings.control_end) == (
-        "canny", 0.7, "Just Resize", "My prompt is more important", True, 256, "High res only", "noise", 0.5)
+    assert (ref.type, ref.weight, ref.resize_mode, ref.control_mode, ref.pixel_perfect, ref.low_vram,
+            ref.processor_res, ref.hr_option, ref.guidance_by, settings.control_end) == (
+        "canny", 0.7, "Just Resize", "My prompt is more important", True, True, 256, "High res only", "noise", 0.5)
     assert Path(ref.image).is_relative_to(ws.root / "uploads") and Path(ref.image).read_bytes() == photo.read_bytes()
 
 

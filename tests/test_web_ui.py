@@ -239,13 +239,13 @@ def test_an_a1111_animatediff_gif_dropped_on_the_animate_tab_fills_its_form(serv
 def test_an_a1111_png_with_a_controlnet_unit_fills_the_unit_and_says_its_picture_is_missing(server, browser,
                                                                                               tmp_path):
     """A1111's "ControlNet 0" unit dropped: the ControlNet accordion takes its type, weight, modes, resolution, pixel
-    perfect and Hires-Fix Option; the picture the unit read is not in a PNG, which is said."""
+    perfect, Low VRAM and Hires-Fix Option; the picture the unit read is not in a PNG, which is said."""
     info = PngInfo()
     info.add_text("parameters", "a red fox\nNegative prompt: \nSteps: 5, Sampler: Euler a, CFG scale: 7, Seed: 3, "
                                 'Size: 64x64, ControlNet 0: "Module: canny, Model: control_v11p_sd15_canny [d14c016b], '
-                                "Weight: 0.65, Resize Mode: Resize and Fill, Processor Res: 768, Threshold A: 100, "
-                                "Threshold B: 200, Guidance Start: 0, Guidance End: 1, Pixel Perfect: True, Control "
-                                'Mode: ControlNet is more important, Hr Option: Low res only"')
+                                "Weight: 0.65, Resize Mode: Resize and Fill, Low Vram: True, Processor Res: 768, "
+                                "Threshold A: 100, Threshold B: 200, Guidance Start: 0, Guidance End: 1, Pixel "
+                                'Perfect: True, Control Mode: ControlNet is more important, Hr Option: Low res only"')
     png = tmp_path / "a1111-controlnet.png"
     Image.new("RGB", (64, 64)).save(png, pnginfo=info)
     page = _dropped(browser, server[1], png, "a red fox")
@@ -254,6 +254,7 @@ def test_an_a1111_png_with_a_controlnet_unit_fills_the_unit_and_says_its_picture
     assert page.locator("#field-control-mode input[value='ControlNet is more important']").is_checked()
     assert page.locator("#field-control-resize input[value='Resize and Fill']").is_checked()
     assert page.locator("#field-pixel-perfect input[type=checkbox]").is_checked()
+    assert page.locator("#field-control-low-vram input[type=checkbox]").is_checked()
     assert page.locator("#field-control-res input[type=number]").input_value() == "768"
     assert page.locator("#field-control-hr-option input[value='Low res only']").is_checked()
     page.close()

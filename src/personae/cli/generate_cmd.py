@@ -64,6 +64,9 @@ def add_control_choices(p, hires: bool = True) -> None:
                    help='"Processor Res" of every unit: the photo\'s short side when its map is made (default 512)')
     p.add_argument("--pixel-perfect", action="store_true", default=None,
                    help='"Pixel Perfect" for every unit: the map made at the resolution the picture needs')
+    p.add_argument("--control-low-vram", action="store_true", default=None,
+                   help='"Low VRAM" for every unit: its ControlNet waits in main memory and goes to the GPU only for '
+                        "each of its calls (less GPU memory, slower; --medvram / --lowvram offload it anyway)")
     if hires:
         p.add_argument("--control-hr-option", choices=get_args(ControlRef.model_fields["hr_option"].annotation),
                        metavar="OPTION", help='"Hires-Fix Option" of every unit, with --hires-scale: "Both" '
@@ -124,7 +127,8 @@ def control_choices(args) -> tuple[list, list, dict]:
     """The arguments of `apply_control_choices` from the options `add_control_choices` made."""
     every = {key: getattr(args, flag, None) for key, flag in (
         ("resize_mode", "control_resize"), ("control_mode", "control_mode"), ("processor_res", "control_res"),
-        ("pixel_perfect", "pixel_perfect"), ("hr_option", "control_hr_option"), ("guidance_by", "control_guidance_by"))}
+        ("pixel_perfect", "pixel_perfect"), ("low_vram", "control_low_vram"), ("hr_option", "control_hr_option"),
+        ("guidance_by", "control_guidance_by"))}
     return (getattr(args, "controlnet", None) or [], getattr(args, "control_option", None) or [],
             {key: value for key, value in every.items() if value is not None})
 
@@ -132,7 +136,7 @@ def control_choices(args) -> tuple[list, list, dict]:
 def apply_control_choices(data: dict, models: list[tuple[str, str]], options: list[tuple[str, str]],
                           every: dict | None = None) -> None:
     """--controlnet TYPE=MODEL and --control-option TYPE.KEY=VALUE, applied to every unit of that type; `every`
-    (--control-resize, --control-mode, --control-res, --pixel-perfect, --control-hr-option,
+    (--control-resize, --control-mode, --control-res, --pixel-perfect, --control-low-vram, --control-hr-option,
     --control-guidance-by) to every unit."""
     from personae.data.control import get_control_type
     from personae.errors import UserError
@@ -140,7 +144,8 @@ def apply_control_choices(data: dict, models: list[tuple[str, str]], options: li
     controls = [dict(c) for c in data.get("controls", [])]
     if every and not controls:
         flags = {"resize_mode": "--control-resize", "control_mode": "--control-mode", "processor_res": "--control-res",
-                 "pixel_perfect": "--pixel-perfect", "hr_option": "--control-hr-option",
+                 "pixel_perfect": "--pixel-perfect", "low_vram": "--control-low-vram",
+                 "hr_option": "--control-hr-option",
                  "guidance_by": "--control-guidance-by"}
         raise UserError(f"{', '.join(flags[key] for key in every)} set{'s' * (len(every) == 1)} the --control units; "
                         "no --control is given.", "Add --control TYPE:IMAGE, or leave it out.")

@@ -109,6 +109,9 @@ class ControlRef(Strict):
         "steps", 'what the guidance window counts: "steps" as A1111 does (the share of the steps run), or "noise" as '
                  "ComfyUI's start_percent / end_percent do (points of the model's noise levels: a model call is "
                  "controlled while its sigma lies between theirs)")
+    low_vram: bool = setting(False, '"Low VRAM" (the extension\'s per-unit checkbox): this unit\'s ControlNet waits in '
+                                    "main memory and goes to the GPU only for each of its calls, for a GPU short of "
+                                    "memory without --medvram; the same pictures, slower (on the CPU: nothing to move)")
     hr_option: Literal["Both", "Low res only", "High res only"] = setting(
         "Both", '"Hires-Fix Option": with the hires fix, the passes the unit controls: both, the first (low '
                 "resolution) only, or the redraw (high resolution) only")

@@ -26,7 +26,7 @@ from personae.data.control import get_control_type
 from personae.errors import UserError
 from personae.events import EventHandler, ignore
 from personae.inference.control_steps import UnitSteps, unit_steps
-from personae.inference.controlnet import PreparedControl, controlnet_for, make_map, model_for, unit_window
+from personae.inference.controlnet import PreparedControl, make_map, model_for, unit_controlnets, unit_window
 from personae.inference.img2img import open_image
 from personae.models.controlnet import check_available, resolve_controlnet
 
@@ -115,7 +115,7 @@ def clip_control_call(animate_session, settings, prepared: list[list[PreparedCon
     from diffusers.models.controlnets.multicontrolnet import MultiControlNetModel
 
     session, base = animate_session.session, animate_session.pipe
-    nets = [controlnet_for(session, units[0].model, settings.allow_pickle, on_event) for units in prepared]
+    nets = unit_controlnets(session, prepared, settings.allow_pickle, on_event)
     controlnet = nets[0] if len(nets) == 1 else MultiControlNetModel(nets)
     pipe = pipeline_class(vae=base.vae, text_encoder=base.text_encoder, tokenizer=base.tokenizer, unet=base.unet,
                           motion_adapter=base.motion_adapter, controlnet=controlnet, scheduler=scheduler)

@@ -88,10 +88,21 @@ def prepare_controls(controls: list[ControlRef], allow_pickle: bool = False) -> 
     return prepared
 
 
-def controlnet_for(session, spec: str, allow_pickle: bool = False, on_event: EventHandler = ignore):
+def unit_controlnets(session, units: list[list[PreparedControl]], allow_pickle: bool = False,
+                     on_event: EventHandler = ignore) -> list:
+    """The ControlNet of each unit (`units`: the units each ControlNet serves, a picture's one or a clip's one per
+    keyframe); one that a unit asks "Low VRAM" of waits in main memory between its calls."""
+    low = {c.model for group in units for c in group if c.ref.low_vram}
+    return [controlnet_for(session, group[0].model, allow_pickle, on_event, low_vram=group[0].model in low)
+            for group in units]
+
+
+def controlnet_for(session, spec: str, allow_pickle: bool = False, on_event: EventHandler = ignore,
+                   low_vram: bool = False):
     """The ControlNet named by `spec`, loaded once per session in its dtype, with the session's attention and memory
-    order, on its device (under --medvram / --lowvram: offloaded as the session's modules are)."""
-    from personae.inference.speedups import beside_unet, offload_beside
+    order, on its device (under --medvram / --lowvram: offloaded as the session's modules are; else with a unit's
+    `low_vram`: there for each of its calls only)."""
+    from personae.inference.speedups import beside_unet, offload_beside, unit_low_vram
 
     if spec not in session.controlnets:
         source = resolve_controlnet(spec, allow_pickle)
@@ -105,7 +116,7 @@ def controlnet_for(session, spec: str, allow_pickle: bool = False, on_event: Eve
         session.controlnets[spec] = (source, model)
     model = session.controlnets[spec][1]
     if not offload_beside(model, session.pipe.vae, session.runtime, session.device):
-        model.to(session.device)  # once: a no-op after
+        unit_low_vram(model, low_vram, session.device)
     return model
 
 
@@ -129,7 +140,7 @@ def control_call(session, settings: GenerateSettings, controls: list[PreparedCon
     """One pass with these units: diffusers' ControlNet pipeline (with `scheduler`), its control arguments (the maps
     fitted to `size`, the weights) and the hooks that give each unit its Control Mode and A1111's guidance window
     (to be entered around the pass; `batch`: the pictures it draws)."""
-    controlnets = [controlnet_for(session, c.model, settings.allow_pickle, on_event) for c in controls]
+    controlnets = unit_controlnets(session, [[c] for c in controls], settings.allow_pickle, on_event)
     maps = [c.map_at(size, made_for) for c in controls]
     weights = [float(c.ref.weight) for c in controls]
     units = [UnitSteps(c.ref.control_mode, *unit_window(settings, c.ref), by_noise=c.ref.guidance_by == "noise")
@@ -176,7 +187,8 @@ def control_infotext(settings: GenerateSettings, session) -> dict[str, str]:
         name = (f"{source.name} [{source.hash}]" if source.hash else source.name) if source else Path(spec).name
         start, end = unit_window(settings, ref)
         fields = {"Module": control_type.a1111_module, "Model": name, "Weight": f"{ref.weight:g}",
-                  "Resize Mode": ref.resize_mode, "Guidance Start": f"{start:g}", "Guidance End": f"{end:g}",
+                  "Resize Mode": ref.resize_mode, "Low Vram": str(ref.low_vram), "Guidance Start": f"{start:g}",
+                  "Guidance End": f"{end:g}",
                   "Pixel Perfect": str(ref.pixel_perfect), "Control Mode": ref.control_mode,
                   "Hr Option": ref.hr_option}
         if control_type.a1111_module != "none":  # the extension leaves out what a unit does not use

@@ -15,9 +15,10 @@ Each switch is diffusers' or PyTorch's own primitive, named as A1111 users know 
 The switches live on the pipeline's modules, so every pipeline a session builds on them (txt2img,
 img2img, ControlNet, hires fix) has them. A ControlNet gets the attention and memory order when it loads
 (beside_unet), and under medvram / lowvram it waits in main memory as they do, and so does the hires fix's
-upscaler (offload_beside). A clip places its own pipeline: the motion UNet is built after the model loads, so
-animate opens the session unplaced and places the motion pipeline (attention again where FreeNoise rebuilds
-blocks).
+upscaler (offload_beside). Without them, a ControlNet unit's own "Low VRAM" keeps its ControlNet in main
+memory between its calls (unit_low_vram). A clip places its own pipeline: the motion UNet is built after the model
+loads, so animate opens the session unplaced and places the motion pipeline (attention again where FreeNoise
+rebuilds blocks).
 """
 
 from __future__ import annotations
@@ -111,6 +112,47 @@ def offload_beside(model, vae, runtime: RuntimeSettings | None, device: torch.de
     if all(m is not model for m in release.models):
         release.models.append(model)
     return True
+
+
+def unit_low_vram(model, on: bool, device: torch.device) -> None:
+    """A ControlNet unit's "Low VRAM" (sd-webui-controlnet's per-unit checkbox, for when the session itself is not
+    offloaded): `on`, the model waits in main memory and goes to `device` for each of its calls only, back after
+    each, as the extension's hook moves it; off, that hook is taken away and the model stays on `device` (a session
+    keeps its ControlNets between generations, which may ask otherwise)."""
+    from accelerate.hooks import add_hook_to_module, remove_hook_from_module
+
+    per_call = _per_call_class()
+    hooked = isinstance(getattr(model, "_hf_hook", None), per_call)
+    if on and not hooked:
+        add_hook_to_module(model, per_call(device))
+    elif not on:
+        if hooked:
+            remove_hook_from_module(model)
+        model.to(device)  # a no-op once there
+
+
+@functools.cache
+def _per_call_class():
+    from accelerate.hooks import ModelHook
+
+    class OnDeviceForEachCall(ModelHook):
+        """The model on `execution_device` while it runs, in main memory between its calls."""
+
+        def __init__(self, device: torch.device):
+            self.execution_device = device
+
+        def init_hook(self, module):
+            return module.to("cpu")
+
+        def pre_forward(self, module, *args, **kwargs):
+            module.to(self.execution_device)
+            return args, kwargs
+
+        def post_forward(self, module, output):
+            module.to("cpu")
+            return output
+
+    return OnDeviceForEachCall
 
 
 @functools.cache

@@ -27,15 +27,15 @@ from personae.errors import UserError
 from personae.events import EventHandler, Message, Progress, ignore
 from personae.inference.composable import ComposablePrompts, scheduled_prompts
 from personae.inference.cond_lengths import pads
-from personae.inference.freeu import freeu_applied
 from personae.inference.controlnet import (
     PreparedControl,
     control_denoise,
     control_infotext,
-    controlnet_for,
     prepare_controls,
+    unit_controlnets,
 )
 from personae.inference.detailer import check_detailer, detail_faces, detailer_infotext
+from personae.inference.freeu import freeu_applied
 from personae.inference.hires import upscaler_to_a1111
 from personae.inference.hires_passes import check_hires, draw_hires, hires_prompt_text, sampling_pass
 from personae.inference.img2img import (
@@ -345,7 +345,7 @@ def txt2img(settings: GenerateSettings, session: Session | None = None, on_event
         on_event(Message(f"composable diffusion (AND): {len(prompts.weights)} part(s) at weight(s) "
                          f"{', '.join(f'{w:g}' for w in prompts.weights)}"))
     padded = pads(prompts) or bool(settings.hires_scale and pads(hires_prompts))
-    nets = [controlnet_for(session, c.model, settings.allow_pickle, on_event) for c in controls]
+    nets = unit_controlnets(session, [[c] for c in controls], settings.allow_pickle, on_event)
     results: list[GeneratedImage] = []
     stored = with_absolute_paths(settings, session)
     for batch in range(settings.batch_count):

@@ -3,7 +3,7 @@ with the pictures given on the command line.
 
 A PNG carries every setting of a unit but the picture it read. `--from-png x.png --control canny:photo.png` gives
 unit 0 that picture: the PNG's unit supplies its model, weight, thresholds, resize and control modes, processor
-resolution and guidance window, and what the command line types (a weight after the picture, --control-mode,
+resolution, guidance window and Low VRAM, and what the command line types (a weight after the picture, --control-mode,
 --controlnet ...) overrides them. The i-th --control fills the i-th unit when their types agree (or the PNG's
 preprocessor is one personae lacks: a ready map given as `raw` then runs with the unit's model); another type
 replaces the unit. A unit left without a picture is not applied, and said.
@@ -58,8 +58,9 @@ def unit_settings(fields: dict[str, str], source, where: str) -> dict:
     for key, name in _MODES.items():
         if key in fields:
             unit[name] = fields[key]
-    if "Pixel Perfect" in fields:
-        unit["pixel_perfect"] = fields["Pixel Perfect"] == "True"
+    for key, name in (("Pixel Perfect", "pixel_perfect"), ("Low Vram", "low_vram")):
+        if key in fields:
+            unit[name] = fields[key] == "True"
     if kind:  # thresholds are the preprocessor's options, in its order (canny: low, high)
         options = {}
         for key, option in zip(("Threshold A", "Threshold B"), CONTROL_TYPES[kind].options):

@@ -1,8 +1,8 @@
 """A1111's ControlNet units in infotext (sd-webui-controlnet), read and written.
 
     "ControlNet 0": "Module: canny, Model: control_v11p_sd15_canny [d14c016b], Weight: 1, Resize Mode: Crop and
-    Resize, Processor Res: 512, Threshold A: 100, Threshold B: 200, Guidance Start: 0, Guidance End: 1, Pixel
-    Perfect: False, Control Mode: Balanced, Hr Option: Both"
+    Resize, Low Vram: False, Processor Res: 512, Threshold A: 100, Threshold B: 200, Guidance Start: 0, Guidance End:
+    1, Pixel Perfect: False, Control Mode: Balanced, Hr Option: Both"
 
 `read_unit` gives the unit's fields by the extension's names, from that form and from the older ones still in
 PNGs: "preprocessor: canny, model: ..., weight: 1, starting/ending: (0, 1), resize mode: ..., pixel perfect:
@@ -16,7 +16,7 @@ from __future__ import annotations
 import re
 
 # the fields personae writes, in the extension's order (its ControlNetUnit)
-FIELDS = ("Module", "Model", "Weight", "Resize Mode", "Processor Res", "Threshold A", "Threshold B",
+FIELDS = ("Module", "Model", "Weight", "Resize Mode", "Low Vram", "Processor Res", "Threshold A", "Threshold B",
           "Guidance Start", "Guidance End", "Pixel Perfect", "Control Mode", "Hr Option")
 _LEGACY = {"preprocessor": "Module", "model": "Model", "weight": "Weight", "resize mode": "Resize Mode",
            "pixel perfect": "Pixel Perfect", "control mode": "Control Mode", "hr option": "Hr Option"}

@@ -260,6 +260,8 @@ def build(ctx) -> None:
                 control_mode = gr.Radio(list(get_args(unit_fields["control_mode"].annotation)), value="Balanced",
                                         label="Control Mode", elem_id="field-control-mode")
                 pixel_perfect = gr.Checkbox(False, label="Pixel Perfect", elem_id="field-pixel-perfect")
+                low_vram = gr.Checkbox(False, label="Low VRAM", info="the ControlNet on the GPU only while it runs",
+                                       elem_id="field-control-low-vram")
                 hr_option = gr.Radio(list(get_args(unit_fields["hr_option"].annotation)), value="Both",
                                      label="Hires-Fix Option", info="with the hires fix: the passes this unit controls",
                                      elem_id="field-control-hr-option")
@@ -290,10 +292,10 @@ def build(ctx) -> None:
         return out
 
     def submit(model_v, loras_v, weight_v, emb_v, init_v, ctype_v, cimage_v, cweight_v, styles_v, resize_v, mode_v,
-               perfect_v, res_v, hr_v, by_v, mask_v, paint_v, *raw):
+               perfect_v, low_v, res_v, hr_v, by_v, mask_v, paint_v, *raw):
         try:
             unit = {"resize_mode": resize_v, "control_mode": mode_v, "pixel_perfect": bool(perfect_v),
-                    "processor_res": int(res_v), "hr_option": hr_v, "guidance_by": by_v}
+                    "low_vram": bool(low_v), "processor_res": int(res_v), "hr_option": hr_v, "guidance_by": by_v}
             data = settings_data(ctx, values(raw), model_v, loras_v, weight_v, emb_v, init_v, ctype_v, cimage_v,
                                  cweight_v, styles_v, unit, mask_v, paint_v)
             settings = parse_settings(GenerateSettings, data, "the Generate form")
@@ -306,7 +308,7 @@ def build(ctx) -> None:
         return f"Queued as job {task.id}{where}; images go to `{ws.relative(out)}`."
 
     go.click(submit, [model, loras, lora_weight, embeddings, init_image, control_type, control_image, control_weight,
-                      styles, resize_mode, control_mode, pixel_perfect, processor_res, hr_option, guidance_by,
+                      styles, resize_mode, control_mode, pixel_perfect, low_vram, processor_res, hr_option, guidance_by,
                       mask_file, paint,
                       *raw_inputs], status)
 
@@ -321,8 +323,8 @@ def build(ctx) -> None:
 
     gr.Timer(1.0).tick(latest, shown, [gallery, status, shown], show_progress="hidden")
 
-    unit_outputs = [control_type, control_weight, resize_mode, control_mode, pixel_perfect, processor_res, hr_option,
-                    guidance_by]
+    unit_outputs = [control_type, control_weight, resize_mode, control_mode, pixel_perfect, low_vram, processor_res,
+                    hr_option, guidance_by]
 
     def unit_updates(path, data: dict) -> list:
         """The ControlNet accordion from the PNG's first unit (personae's own, or A1111's or ComfyUI's without its
@@ -335,7 +337,8 @@ def build(ctx) -> None:
             if data.get(key) is None and unit.get(own) is not None:
                 data[key] = unit[own]
         return [unit["type"], *(gr.skip() if unit.get(k) is None else unit[k] for k in (
-            "weight", "resize_mode", "control_mode", "pixel_perfect", "processor_res", "hr_option", "guidance_by"))]
+            "weight", "resize_mode", "control_mode", "pixel_perfect", "low_vram", "processor_res", "hr_option",
+            "guidance_by"))]
 
     def from_png(file, model_v):
         if not file:
