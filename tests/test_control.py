@@ -235,8 +235,9 @@ def test_infotext_carries_controlnet_units_and_from_png_reproduces(tiny_model, p
     [path] = run_generate(s, tmp_path)
     _, _, params = parse_parameters(read_png_text(path)["parameters"])
     assert params["ControlNet 0"] == ("Module: canny, Model: tiny-controlnet, Weight: 0.8, Resize Mode: Crop and "
-                                      "Resize, Processor Res: 512, Threshold A: 50, Threshold B: 200, Guidance Start: "
-                                      "0, Guidance End: 0.75, Pixel Perfect: False, Control Mode: Balanced, Hr Option: Both")
+                                      "Resize, Low Vram: False, Processor Res: 512, Threshold A: 50, Threshold B: "
+                                      "200, Guidance Start: 0, Guidance End: 0.75, Pixel Perfect: False, Control Mode: "
+                                      "Balanced, Hr Option: Both")
     again = run_generate(GenerateSettings(**settings_from_png(path)), tmp_path / "again")[0]
     assert np.array_equal(np.asarray(Image.open(path)), np.asarray(Image.open(again)))
 
