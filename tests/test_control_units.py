@@ -385,6 +385,15 @@ def test_from_png_names_what_it_cannot_place(tiny_model, coffee, tiny_controlnet
     assert main(args + ["--from-png", str(png), "--control", f"canny:{coffee}", "--controlnet",
                         f"canny={tiny_controlnet}", "--out", str(tmp_path / "c")]) == 0
     assert "(a preprocessor personae lacks: the picture is read as --control canny)" in capsys.readouterr().err
+    # a setting personae has not (an older extension's Guess Mode) is named; what is off, or only says whether the
+    # extension showed the map, is not
+    png = _a1111_png(tmp_path / "guess.png", "preprocessor: canny, model: tiny-controlnet [0123abcd], weight: 1, "
+                     "guess mode: True, save detected map: True, low vram: False, mask: None")
+    assert main(args + ["--from-png", str(png), "--control", f"canny:{coffee}", "--controlnet",
+                        f"canny={tiny_controlnet}", "--out", str(tmp_path / "g")]) == 0
+    err = " ".join(capsys.readouterr().err.split())
+    assert "ControlNet 0 (Module canny, Model tiny-controlnet [0123abcd]) (Guess Mode: True: not a setting personae " \
+           "has)" in err and "Save Detected Map" not in err and "Mask" not in err, err
     # a unit's text personae cannot read: one paragraph, nothing written
     png = _a1111_png(tmp_path / "bad.png", "Module canny")
     assert main(args + ["--from-png", str(png), "--out", str(tmp_path / "d")]) == 2

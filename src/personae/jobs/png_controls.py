@@ -22,6 +22,9 @@ from personae.media.png import parse_parameters, read_image_text
 _TYPE_OF = {t.a1111_module: name for name, t in CONTROL_TYPES.items()}  # "canny" -> canny, "none" -> raw, ...
 _MODES = {"Resize Mode": "resize_mode", "Control Mode": "control_mode", "Hr Option": "hr_option"}
 _NUMBERS = {"Weight": "weight", "Guidance Start": "guidance_start", "Guidance End": "guidance_end"}
+_FLAGS = {"Pixel Perfect": "pixel_perfect", "Low Vram": "low_vram"}
+_PLACED = {"Module", "Model", "Processor Res", "Threshold A", "Threshold B", *_MODES, *_NUMBERS, *_FLAGS}
+_OUTPUT = {"Save Detected Map"}  # whether the extension showed the map beside the pictures: not the picture's
 
 
 def _unit_keys(params: dict) -> list[str]:
@@ -39,9 +42,12 @@ def _number(fields: dict, key: str, source, where: str, kind=float):
 
 def unit_settings(fields: dict[str, str], source, where: str) -> dict:
     """A unit's ControlRef fields (no picture) from its infotext fields; "_module" and "_model" keep what the PNG
-    named, for what is said."""
+    named, "_unplaced" the fields that set what personae does not (a newer extension's or another fork's; one that is
+    off or empty changes nothing), for what is said."""
     module, shown = fields.get("Module", "none"), fields.get("Model", "")
-    unit: dict = {"_module": module, "_model": shown}
+    unit: dict = {"_module": module, "_model": shown,
+                  "_unplaced": [f"{key}: {value}" for key, value in fields.items()
+                                if key not in _PLACED | _OUTPUT and value not in ("", "None", "False")]}
     kind = _TYPE_OF.get(module)
     if kind:
         unit["type"] = kind
@@ -58,7 +64,7 @@ def unit_settings(fields: dict[str, str], source, where: str) -> dict:
     for key, name in _MODES.items():
         if key in fields:
             unit[name] = fields[key]
-    for key, name in (("Pixel Perfect", "pixel_perfect"), ("Low Vram", "low_vram")):
+    for key, name in _FLAGS.items():
         if key in fields:
             unit[name] = fields[key] == "True"
     if kind:  # thresholds are the preprocessor's options, in its order (canny: low, high)
@@ -122,7 +128,7 @@ def with_png_units(units: list[dict], typed: list[dict]) -> list[dict]:
 
 def units_not_applied(units: list[dict], controls: list) -> list[str]:
     """What of the PNG's units this run does not do as the PNG did: a unit with no picture given, a unit replaced
-    by another type, a preprocessor personae lacks, a model it cannot name."""
+    by another type, a preprocessor personae lacks, a model it cannot name, a setting it has not."""
     said = []
     for i, unit in enumerate(units):
         name = f"ControlNet {i} (Module {unit['_module']}, Model {unit['_model'] or 'None'})"
@@ -140,4 +146,6 @@ def units_not_applied(units: list[dict], controls: list) -> list[str]:
                 model_name(unit["_model"]) not in (Path(ref.model or "").stem, Path(ref.model or "").name):
             said.append(f"{name} (that ControlNet is not one personae can name: this run uses "
                         f"{ref.model or 'the type default'}; pass the file with --controlnet {ref.type}=PATH)")
+        if unit.get("_unplaced"):
+            said.append(f"{name} ({', '.join(unit['_unplaced'])}: not a setting personae has)")
     return said
