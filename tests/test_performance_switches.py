@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0, SlicedAttnProcessor
+from offload_helpers import streamed_on_the_cpu
 from PIL import Image
 
 from personae.config.generate import GenerateSettings
@@ -25,6 +26,12 @@ from personae.training.memory import GB, MemoryEstimate, check_fits, fitting_swi
 
 def _processors(module) -> set[type]:
     return {type(p) for p in module.attn_processors.values()}
+
+
+def test_a_streamed_cpu_weight_stays_a_parameter_only_by_the_plain_device_name():
+    """Why tests/offload_helpers.py renames the device: the torch behaviour it works around."""
+    weight = torch.nn.Parameter(torch.zeros(2))
+    assert type(weight.to("cpu:0")) is torch.Tensor and weight.to("cpu") is weight
 
 
 def _settings(model, **changes) -> GenerateSettings:
@@ -87,26 +94,33 @@ def test_offload_installs_accelerates_hooks_on_the_pipeline(monkeypatch, flag, h
     assert type(offloaded.unet._hf_hook).__name__ == hook
     if flag == "lowvram":  # layer by layer: the hooks sit on the leaf modules, whose weights wait on the meta device
         assert hasattr(offloaded.unet.conv_in, "_hf_hook") and offloaded.unet.conv_in.weight.device.type == "meta"
-        return  # accelerate cannot stream weights from the CPU to the CPU (it fails in set_module_tensor_to_device)
+        streamed_on_the_cpu(offloaded.unet, offloaded.vae, offloaded.text_encoder)
     call = dict(prompt="a red square", num_inference_steps=2, height=64, width=64, output_type="np")
     a = plain(**call, generator=torch.Generator().manual_seed(0)).images
     b = offloaded(**call, generator=torch.Generator().manual_seed(0)).images
     assert np.abs(a - b).max() < 1e-5
 
 
-def test_medvram_session_draws_through_personaes_own_steps(monkeypatch, tiny_model):
-    """personae's prompt encoder and per-call pipelines run on an offloaded session (the CPU standing in for
-    the GPU) and draw the picture the plain session draws."""
+@pytest.mark.parametrize("flag, hook", [("medvram", "CpuOffload"), ("lowvram", "AlignDevicesHook")])
+def test_an_offloaded_session_draws_through_personaes_own_steps(monkeypatch, tiny_model, photo, flag, hook):
+    """personae's prompt encoder (weights, clip skip, prompt editing) and per-call pipelines (txt2img with the hires
+    fix, img2img) run on an offloaded session, the CPU standing in for the GPU, and draw the pictures the plain
+    session draws."""
     from personae.inference import session as session_module
 
     monkeypatch.setattr(speedups, "check_runtime", lambda runtime, device: None)
     monkeypatch.setattr(session_module, "check_runtime", lambda runtime, device: None)
-    settings = _settings(tiny_model[0], prompt="a (red:1.3) square")
-    offloaded = open_session(str(tiny_model[0]), "cpu", runtime=RuntimeSettings(medvram=True))
-    assert type(offloaded.pipe.unet._hf_hook).__name__ == "CpuOffload"
-    a = np.asarray(txt2img(settings)[0].image, dtype=np.int16)
-    b = np.asarray(txt2img(settings, offloaded)[0].image, dtype=np.int16)
-    assert np.abs(a - b).max() <= 1
+    offloaded = open_session(str(tiny_model[0]), "cpu", runtime=RuntimeSettings(**{flag: True}))
+    assert type(offloaded.pipe.unet._hf_hook).__name__ == hook
+    if flag == "lowvram":
+        streamed_on_the_cpu(offloaded.pipe.unet, offloaded.pipe.vae, offloaded.pipe.text_encoder)
+    for changes in ({"prompt": "a (red:1.3) square", "clip_skip": 2}, {"prompt": "a [red:blue:0.5] square",
+                                                                        "hires_scale": 1.5, "hires_denoise": 0.5},
+                    {"init_image": str(photo), "strength": 0.6, "width": 64, "height": 64}):
+        settings = _settings(tiny_model[0], **changes)
+        a = np.asarray(txt2img(settings)[0].image, dtype=np.int16)
+        b = np.asarray(txt2img(settings, offloaded)[0].image, dtype=np.int16)
+        assert np.abs(a - b).max() <= 1, changes
 
 
 @pytest.mark.parametrize("flag, hook", [("medvram", "CpuOffload"), ("lowvram", "AlignDevicesHook")])
@@ -126,7 +140,12 @@ def test_offload_reaches_a_controlnet(monkeypatch, tiny_model, photo, tmp_path, 
     assert type(model._hf_hook).__name__ == hook
     if flag == "lowvram":  # layer by layer: its weights wait on the meta device until their layer runs
         assert model.conv_in.weight.device.type == "meta"
-        return  # accelerate cannot stream weights from the CPU to the CPU (it fails in set_module_tensor_to_device)
+        streamed_on_the_cpu(session.pipe.unet, session.pipe.vae, session.pipe.text_encoder, model)
+        unit = {"type": "raw", "image": str(photo), "model": net, "weight": 2.0, "low_vram": True}
+        got = np.asarray(txt2img(_settings(tiny_model[0], controls=[unit]), session)[0].image, dtype=np.int16)
+        want = np.asarray(txt2img(_settings(tiny_model[0], controls=[unit]))[0].image, dtype=np.int16)
+        assert np.abs(got - want).max() <= 1 and type(model._hf_hook).__name__ == hook
+        return
     release = [h for h in session.pipe.vae._hf_hook.hooks if type(h).__name__ == "ReleaseBeforeDecode"]
     assert len(release) == 1 and release[0].models == [model]
     events = []
@@ -176,6 +195,13 @@ def test_offload_reaches_the_hires_upscaler(monkeypatch, tiny_model, tmp_path, f
         picture = Image.fromarray(np.random.default_rng(0).integers(0, 256, (24, 24, 3), dtype=np.uint8))
         want = upscale_once(read_upscaler(path, False), picture, tile=16, overlap=4)
         assert np.array_equal(np.asarray(upscale_once(streamed, picture, tile=16, overlap=4)), np.asarray(want))
+        # the whole hires fix through the streamed session and its own streamed upscaler
+        streamed_on_the_cpu(session.pipe.unet, session.pipe.vae, session.pipe.text_encoder)
+        settings = _settings(tiny_model[0], hires_scale=1.5, hires_denoise=0.5, hires_steps=2,
+                             hires_upscaler=str(path))
+        got = np.asarray(txt2img(settings, session)[0].image, dtype=np.int16)
+        want = np.asarray(txt2img(settings)[0].image, dtype=np.int16)
+        assert got.shape == (96, 96, 3) and np.abs(got - want).max() <= 1
         return
     offloaded = []
     monkeypatch.setattr(hires_passes, "offload_beside",

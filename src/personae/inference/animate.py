@@ -47,7 +47,7 @@ from personae.inference.prompt_schedule import prompt_schedule
 from personae.inference.prompt_travel import frame_conditionings, frame_conditions, read_travel
 from personae.inference.samplers import get_sampler, k_tuning, uniform_said
 from personae.inference.session import Session, open_session
-from personae.inference.speedups import keep_unet_attention, place_pipeline
+from personae.inference.speedups import keep_unet_attention, place_pipeline, rebuilt_while_streamed
 from personae.media.png import format_parameters, infotext_values
 from personae.models.addons import hashes_text
 from personae.models.embedding_dir import expand_embedding_names
@@ -265,14 +265,26 @@ def check_context(settings: AnimateSettings, limit: int, adapter_name: str) -> N
 
 
 def use_context_windows(pipe, frames: int, context: int, stride: int) -> bool:
-    """FreeNoise windows when the clip is longer than the context, the plain path otherwise."""
+    """FreeNoise windows when the clip is longer than the context, the plain path otherwise (the blocks diffusers
+    rebuilds for either keep --lowvram's streaming: speedups.rebuilt_while_streamed)."""
+    from diffusers.models.attention import BasicTransformerBlock, FreeNoiseTransformerBlock
+
+    # diffusers' disable_free_noise assumes a mid-block motion module (v1 adapters have none): only blocks that have
+    # them are touched
+    motion = [block for block in [*pipe.unet.down_blocks, pipe.unet.mid_block, *pipe.unet.up_blocks]
+              if hasattr(block, "motion_modules")]
+
+    def rebuilt(becomes: type):
+        return rebuilt_while_streamed([(m.transformer_blocks, i) for block in motion for m in block.motion_modules
+                                       for i, b in enumerate(m.transformer_blocks) if not isinstance(b, becomes)])
+
     if frames > context:
-        pipe.enable_free_noise(context_length=context, context_stride=stride)
+        with rebuilt(FreeNoiseTransformerBlock):
+            pipe.enable_free_noise(context_length=context, context_stride=stride)
         return True
     if pipe.free_noise_enabled:
-        # diffusers' disable_free_noise assumes a mid-block motion module (v1 adapters have none): only touch blocks that have them
-        for block in [*pipe.unet.down_blocks, pipe.unet.mid_block, *pipe.unet.up_blocks]:
-            if hasattr(block, "motion_modules"):
+        with rebuilt(BasicTransformerBlock):
+            for block in motion:
                 pipe._disable_free_noise_in_block(block)
         pipe._free_noise_context_length = None
     return False

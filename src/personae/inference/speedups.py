@@ -23,7 +23,9 @@ rebuilds blocks).
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import warnings
 
 import torch
 
@@ -171,6 +173,58 @@ def _release_class():
             return args, kwargs
 
     return ReleaseBeforeDecode
+
+
+@contextlib.contextmanager
+def rebuilt_while_streamed(blocks: list[tuple[torch.nn.ModuleList, int]]):
+    """Around diffusers' rebuilding of the transformer blocks at `blocks` (a list and an index each: FreeNoise swaps
+    a motion module's blocks for its own and back, copying each block's state dict into a new block made on the
+    pipeline's device). Streamed by --lowvram, a block's weights wait on the meta device, in its hooks' maps, and
+    the pipeline's device reads as meta: the copy would fail, or copy nothing. So each streamed block gets its
+    weights back (in main memory, its hooks taken away) before, and after, the block in its place takes them and
+    is streamed to the same device as the rest (accelerate's cpu_offload, as enable_sequential_cpu_offload does)."""
+    from accelerate import cpu_offload
+
+    streamed = [(where, _stream_device(where[0][where[1]])) for where in blocks]
+    streamed = [(where, device) for where, device in streamed if device is not None]
+    weights = [_unstreamed(where[0][where[1]]) for where, _ in streamed]
+    with warnings.catch_warnings():
+        if streamed:  # torch's word on the copy into a block made on the meta device, repaired below
+            warnings.filterwarnings("ignore", message=".*copying from a non-meta parameter in the checkpoint to a "
+                                                      "meta parameter")
+        yield
+    for ((parent, i), device), state in zip(streamed, weights):
+        if any(t.is_meta for t in parent[i].state_dict().values()):  # made on the meta device: nothing was copied
+            parent[i].load_state_dict(state, assign=True)
+        cpu_offload(parent[i], device)
+
+
+def _stream_device(module) -> torch.device | None:
+    """Where --lowvram's hooks on `module` (or its layers) stream its weights to; None when none do."""
+    from accelerate.hooks import AlignDevicesHook, SequentialHook
+
+    for part in module.modules():
+        hook = getattr(part, "_hf_hook", None)
+        for one in hook.hooks if isinstance(hook, SequentialHook) else [hook]:
+            if isinstance(one, AlignDevicesHook) and one.offload and one.execution_device is not None:
+                return torch.device(one.execution_device)
+    return None
+
+
+def _unstreamed(module) -> dict[str, torch.Tensor]:
+    """`module`'s streamed weights put back in main memory from its hooks' maps, the hooks taken away; its state."""
+    from accelerate.hooks import AlignDevicesHook, SequentialHook, remove_hook_from_module
+    from accelerate.utils import named_module_tensors, set_module_tensor_to_device
+
+    for part in module.modules():
+        hook = getattr(part, "_hf_hook", None)
+        for one in hook.hooks if isinstance(hook, SequentialHook) else [hook]:
+            if isinstance(one, AlignDevicesHook) and one.offload:
+                for name, _ in named_module_tensors(part, include_buffers=one.offload_buffers,
+                                                    recurse=one.place_submodules, remove_non_persistent=True):
+                    set_module_tensor_to_device(part, name, "cpu", value=one.weights_map[name])
+    remove_hook_from_module(module, recurse=True)
+    return dict(module.state_dict())
 
 
 def keep_unet_attention(unet, name: str) -> None:
