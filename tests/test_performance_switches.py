@@ -102,10 +102,10 @@ def test_offload_installs_accelerates_hooks_on_the_pipeline(monkeypatch, flag, h
 
 
 @pytest.mark.parametrize("flag, hook", [("medvram", "CpuOffload"), ("lowvram", "AlignDevicesHook")])
-def test_an_offloaded_session_draws_through_personaes_own_steps(monkeypatch, tiny_model, photo, flag, hook):
-    """personae's prompt encoder (weights, clip skip, prompt editing) and per-call pipelines (txt2img with the hires
-    fix, img2img) run on an offloaded session, the CPU standing in for the GPU, and draw the pictures the plain
-    session draws."""
+def test_an_offloaded_session_draws_through_personaes_own_steps(monkeypatch, tiny_model, photo, tmp_path, flag, hook):
+    """personae's prompt encoder (weights, clip skip, prompt editing, AND) and per-call pipelines (txt2img with the
+    hires fix, img2img, inpainting of the masked area only) run on an offloaded session, the CPU standing in for the
+    GPU, and draw the pictures the plain session draws."""
     from personae.inference import session as session_module
 
     monkeypatch.setattr(speedups, "check_runtime", lambda runtime, device: None)
@@ -114,9 +114,15 @@ def test_an_offloaded_session_draws_through_personaes_own_steps(monkeypatch, tin
     assert type(offloaded.pipe.unet._hf_hook).__name__ == hook
     if flag == "lowvram":
         streamed_on_the_cpu(offloaded.pipe.unet, offloaded.pipe.vae, offloaded.pipe.text_encoder)
+    mask = Image.new("L", (64, 64))
+    mask.paste(255, (16, 16, 40, 40))
+    mask.save(tmp_path / "mask.png")
     for changes in ({"prompt": "a (red:1.3) square", "clip_skip": 2}, {"prompt": "a [red:blue:0.5] square",
                                                                         "hires_scale": 1.5, "hires_denoise": 0.5},
-                    {"init_image": str(photo), "strength": 0.6, "width": 64, "height": 64}):
+                    {"prompt": "a red square :1.2 AND a blue circle :0.5"},
+                    {"init_image": str(photo), "strength": 0.6, "width": 64, "height": 64},
+                    {"init_image": str(photo), "mask": str(tmp_path / "mask.png"), "inpaint_area": "masked",
+                     "strength": 0.8, "width": 64, "height": 64}):
         settings = _settings(tiny_model[0], **changes)
         a = np.asarray(txt2img(settings)[0].image, dtype=np.int16)
         b = np.asarray(txt2img(settings, offloaded)[0].image, dtype=np.int16)
