@@ -199,30 +199,33 @@ def rebuilt_while_streamed(blocks: list[tuple[torch.nn.ModuleList, int]]):
         cpu_offload(parent[i], device)
 
 
-def _stream_device(module) -> torch.device | None:
-    """Where --lowvram's hooks on `module` (or its layers) stream its weights to; None when none do."""
+def _streaming_hooks(module):
+    """(layer, hook) for each of accelerate's offloading hooks on `module` and its layers (--lowvram's)."""
     from accelerate.hooks import AlignDevicesHook, SequentialHook
 
     for part in module.modules():
         hook = getattr(part, "_hf_hook", None)
         for one in hook.hooks if isinstance(hook, SequentialHook) else [hook]:
-            if isinstance(one, AlignDevicesHook) and one.offload and one.execution_device is not None:
-                return torch.device(one.execution_device)
-    return None
+            if isinstance(one, AlignDevicesHook) and one.offload:
+                yield part, one
+
+
+def _stream_device(module) -> torch.device | None:
+    """Where --lowvram's hooks on `module` (or its layers) stream its weights to; None when none do."""
+    devices = (hook.execution_device for _, hook in _streaming_hooks(module) if hook.execution_device is not None)
+    device = next(devices, None)
+    return None if device is None else torch.device(device)
 
 
 def _unstreamed(module) -> dict[str, torch.Tensor]:
     """`module`'s streamed weights put back in main memory from its hooks' maps, the hooks taken away; its state."""
-    from accelerate.hooks import AlignDevicesHook, SequentialHook, remove_hook_from_module
+    from accelerate.hooks import remove_hook_from_module
     from accelerate.utils import named_module_tensors, set_module_tensor_to_device
 
-    for part in module.modules():
-        hook = getattr(part, "_hf_hook", None)
-        for one in hook.hooks if isinstance(hook, SequentialHook) else [hook]:
-            if isinstance(one, AlignDevicesHook) and one.offload:
-                for name, _ in named_module_tensors(part, include_buffers=one.offload_buffers,
-                                                    recurse=one.place_submodules, remove_non_persistent=True):
-                    set_module_tensor_to_device(part, name, "cpu", value=one.weights_map[name])
+    for part, hook in list(_streaming_hooks(module)):
+        for name, _ in named_module_tensors(part, include_buffers=hook.offload_buffers, recurse=hook.place_submodules,
+                                            remove_non_persistent=True):
+            set_module_tensor_to_device(part, name, "cpu", value=hook.weights_map[name])
     remove_hook_from_module(module, recurse=True)
     return dict(module.state_dict())
 
