@@ -83,6 +83,19 @@ def _cases(tiny: Path, runs: dict[str, Path], world: Path) -> list[dict]:
     ]
 
 
+def _v_prediction_copy(model: Path, out: Path) -> Path:
+    """The model folder with a v-prediction, zero-terminal-SNR scheduler config."""
+    import shutil
+
+    shutil.copytree(model, out, dirs_exist_ok=True)
+    file = out / "scheduler" / "scheduler_config.json"
+    config = json.loads(file.read_text())
+    config.update(prediction_type="v_prediction", rescale_betas_zero_snr=True, timestep_spacing="trailing",
+                  _use_default_values=[])
+    file.write_text(json.dumps(config))
+    return out
+
+
 def _render(python: str, cases: list[dict], out: Path, script: Path = RENDER) -> tuple[dict[str, np.ndarray], dict]:
     cases_file = out.with_suffix(".cases.json")
     cases_file.write_text(json.dumps(cases))
@@ -107,8 +120,15 @@ def test_every_export_renders_the_same_in_the_old_stack(exports, tiny_model, old
                        MergeSettings(multiplier=0.5), overwrite=True)
     baked = run_merge([str(tiny_model[0])], root / "baked", MergeSettings(method="none", loras=[
         str(runs["lora"] / "lora.safetensors")]), overwrite=True)
+    # a v-prediction, zero-SNR model's file carries ComfyUI's v_pred / ztsnr keys: loaders that do not read them pass
+    # them by (the scheduler comes from the config folder, as the .yaml gives it to A1111)
+    v_model = _v_prediction_copy(tiny_model[0], root / "tiny-v")
+    v_merged = run_merge([str(v_model)], root / "v.safetensors", MergeSettings(method="none", half=True),
+                         overwrite=True)
     cases += [dict(cases[0], name="merged single file", model=str(merged), config=str(tiny_model[0])),
-              dict(cases[0], name="lora baked into a folder", model=str(baked))]
+              dict(cases[0], name="lora baked into a folder", model=str(baked)),
+              dict(cases[0], name="v-prediction single file with its marker keys", model=str(v_merged),
+                   config=str(v_model))]
     for case in cases:  # every file the case names exists: a renamed export must not make a case vanish
         for path in [case["model"], *case.get("loras", []), *(e[0] for e in case.get("embeddings", []))]:
             assert Path(path).exists(), path

@@ -45,7 +45,7 @@ from personae.inference.picture_start import start_from_picture, weights
 from personae.inference.prompt import with_styles
 from personae.inference.prompt_schedule import prompt_schedule
 from personae.inference.prompt_travel import frame_conditionings, frame_conditions, read_travel
-from personae.inference.samplers import get_sampler, k_tuning, uniform_said
+from personae.inference.samplers import get_sampler, k_tuning, schedule_said, uniform_said
 from personae.inference.session import Session, open_session
 from personae.inference.speedups import keep_unet_attention, place_pipeline, rebuilt_while_streamed
 from personae.media.png import format_parameters, infotext_values
@@ -295,6 +295,7 @@ def clip_infotext(settings: AnimateSettings, animate_session: AnimateSession, se
     sampler = get_sampler(settings.sampler)
     params = {  # the settings that declare an A1111 name, then what this run resolved (as txt2img's infotext)
         **infotext_values(settings), **uniform_said(settings.sampler),
+        **schedule_said(session.base_scheduler),
         **sampler.eta_said(settings.eta, settings.eta_ddim),
         **sampler.sigmas_said(settings.sigma_churn, settings.sigma_tmin, settings.sigma_tmax, settings.sigma_noise),
         **({"Emphasis": settings.emphasis} if settings.emphasis != "Original" else {}),

@@ -163,6 +163,13 @@ def uniform_said(name: str, key: str = "Schedule type") -> dict[str, str]:
     return {}
 
 
+def schedule_said(base_scheduler: dict) -> dict[str, str]:
+    """{"Noise Schedule": "Zero Terminal SNR"} for a model whose own scheduler config sets rescale_betas_zero_snr:
+    it samples so whatever the setting says, and A1111 needs the setting to draw it again (Forge writes the same
+    for a checkpoint with a `ztsnr` key)."""
+    return {"Noise Schedule": "Zero Terminal SNR"} if base_scheduler.get("rescale_betas_zero_snr") else {}
+
+
 def k_tuning(settings) -> dict:
     """A1111's options that reach a k-diffusion sampler, from `settings` (those without them keep A1111's defaults):
     Eta, K-sampler quantization, Schedule rho / min sigma / max sigma, Discard penultimate sigma, Sigma churn / tmin /

@@ -62,7 +62,7 @@ from personae.inference.nans import check_embeddings, nan_guard
 from personae.inference.prompt import with_styles
 from personae.inference.prompt_schedule import ScheduledPrompts
 from personae.inference.rng import image_generators
-from personae.inference.samplers import get_sampler, k_tuning, uniform_said
+from personae.inference.samplers import get_sampler, k_tuning, schedule_said, uniform_said
 from personae.inference.session import Session, open_session
 from personae.inference.variation import variation_generators
 from personae.media.png import format_parameters, infotext_values
@@ -102,6 +102,7 @@ def infotext(settings: GenerateSettings, session: Session, seed: int, width: int
     embeddings = session.embeddings if embeddings is None else embeddings
     params = {  # the settings that declare an A1111 name, then what this run resolved
         **infotext_values(settings), **uniform_said(settings.sampler),
+        **schedule_said(session.base_scheduler),
         **get_sampler(settings.sampler).eta_said(settings.eta, settings.eta_ddim),
         **get_sampler(settings.sampler).sigmas_said(settings.sigma_churn, settings.sigma_tmin, settings.sigma_tmax,
                                                     settings.sigma_noise),

@@ -67,7 +67,6 @@ METADATA = {"metadata_title": "title", "metadata_author": "author", "metadata_de
             "metadata_license": "license", "metadata_tags": "tags", "training_comment": "comment"}
 # what personae cannot train as asked: refused when set (the kohya_ss GUI writes each one, off, in every config)
 REFUSED = {"sdxl": "personae trains SD-1.5 models", "v2": "personae trains SD-1.5 models",
-           "v_parameterization": "the prediction type is read from the base model's scheduler config",
            "full_fp16": "trained weights in fp16 need kohya's own gradient scaler: use full_bf16, or mixed_precision "
                         "fp16 alone (the frozen weights in fp16, what trains in fp32)", "fp8_base": "not available",
            "color_aug": "not available", "random_crop": "not available", "face_crop_aug_range": "not available",
@@ -141,6 +140,24 @@ def _numbers(text: str, name: str) -> list[float]:
 PROMPT_OPTIONS = {"n": "negative", "s": "steps", "l": "cfg", "d": "seed", "ss": "sampler"}
 
 
+def _v_parameterization(model: str, refuse, notes: list[str]) -> None:
+    """kohya trains the velocity when told; personae trains what the base model's scheduler config says it
+    predicts, so the switch is taken only for a base model that predicts the velocity already."""
+    from personae.models.resolve import prediction_type, resolve_model
+
+    try:
+        predicts = prediction_type(resolve_model(model))
+    except UserError:
+        predicts = None  # a missing model is named when the run loads it
+    if predicts == "v_prediction":
+        notes.append("v_parameterization (the base model predicts the velocity: personae trains that)")
+        return
+    said = {None: "cannot be read before it is downloaded or found", "epsilon": "predicts the noise (epsilon)"}
+    refuse("v_parameterization", f"the base model {model} {said.get(predicts, f'predicts {predicts}')}, and personae "
+           "trains what the model predicts: a v-prediction checkpoint needs its .yaml (parameterization: v) beside "
+           "it, as A1111 reads it, or ComfyUI's v_pred key")
+
+
 def _prompts(spec: str, base: Path) -> tuple[dict, list[str]]:
     """kohya's sample prompts file (.txt: one per line, options after ' --') as the validation section, and notes:
     the options every line agrees on become its settings (one negative prompt, steps, CFG, seed and sampler serve
@@ -204,6 +221,8 @@ def _settings(c: dict, base: Path, path: str) -> tuple[dict, list[str]]:
                         "dataset_config: it is not a kohya training config.",
                         "Pass the config_file sd-scripts trains from, or a personae job YAML.")
     job["base_model"] = str(c["pretrained_model_name_or_path"])
+    if c.get("v_parameterization"):
+        _v_parameterization(job["base_model"], refuse, notes)
     if c.get("dataset_config"):  # its subsets; train_data_dir and reg_data_dir are ignored, as kohya ignores them
         data, train, dreambooth, refused_there, said = read_dataset_config(str(c["dataset_config"]), base, c)
         d.update(data), t.update(train), db.update(dreambooth)
@@ -368,7 +387,7 @@ def _settings(c: dict, base: Path, path: str) -> tuple[dict, list[str]]:
         "masked_loss", "reg_data_dir",
         "prior_loss_weight", "sample_prompts", "sample_sampler", "resolution", "enable_bucket", "caption_extension",
         "network_args", "loraplus_lr_ratio", "network_weights", "dim_from_weights", "vae", "dataset_config",
-        "train_batch_size", *METADATA}
+        "train_batch_size", "v_parameterization", *METADATA}
     for key, value in c.items():
         if key in placed or key in REFUSED:  # read above, or refused when set
             continue

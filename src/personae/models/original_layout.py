@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING
 import torch
 
 from personae.models.folders import save_safetensors
+from personae.models.ldm_config import check_config_beside, ldm_config, write_config_beside
+from personae.models.prediction import marker_tensors
 
 if TYPE_CHECKING:
     from diffusers import StableDiffusionPipeline
@@ -148,16 +150,22 @@ def save_single_file(pipe: StableDiffusionPipeline, path: str | Path, extra_meta
     """Write the pipeline's weights as one original-layout .safetensors file.
 
     The component configs go into the header so personae can rebuild non-standard
-    sizes (such as the tiny model) offline; other tools read the tensors as usual.
+    sizes (such as the tiny model) offline; other tools read the tensors as usual. A v-prediction or
+    zero-terminal-SNR model also gets ComfyUI's marker keys, and a v-prediction one the .yaml A1111 reads
+    beside it (models/ldm_config.py).
     """
     path = Path(path)
+    check_config_beside(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     state = pipeline_to_original(pipe.unet, pipe.vae, pipe.text_encoder)
+    state.update(marker_tensors(dict(pipe.scheduler.config)))
     # One header key only: safetensors writes metadata from a hash map whose order changes from
     # one call to the next, so two or more keys would break "same seed, same bytes".
     metadata = {CONFIG_METADATA_KEY: json.dumps(component_configs(pipe), default=list, sort_keys=True)}
     metadata.update(extra_metadata or {})
-    return save_safetensors(state, path, metadata)
+    save_safetensors(state, path, metadata)
+    write_config_beside(path, ldm_config(dict(pipe.unet.config), dict(pipe.vae.config), dict(pipe.scheduler.config)))
+    return path
 
 
 def _controlnet_prefixes(controlnet) -> dict[str, str]:

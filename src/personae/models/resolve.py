@@ -41,6 +41,7 @@ from personae.models.model_files import (
     tensor_shapes,
 )
 from personae.models.original_layout import CONFIG_METADATA_KEY
+from personae.models.prediction import prediction_overrides
 
 
 def load_errors() -> tuple[type[BaseException], ...]:
@@ -169,6 +170,32 @@ def native_size(source: ModelSource) -> int | None:
     return _native(found)
 
 
+def prediction_type(source: ModelSource) -> str | None:
+    """What the model's UNet predicts ("epsilon", "v_prediction": its scheduler config's prediction_type, for a
+    single file as load_pipeline reads it), without loading it; None for a hub model not downloaded yet."""
+    if source.kind == "single_file":
+        with tempfile.TemporaryDirectory(prefix="personae-config-") as tmp:
+            _write_config_dir(Path(source.location), Path(tmp))
+            file: str | Path | None = Path(tmp) / "scheduler" / "scheduler_config.json"
+            return json.loads(Path(file).read_text()).get("prediction_type", "epsilon")
+    if source.kind == "folder":
+        file = Path(source.location) / "scheduler" / "scheduler_config.json"
+    else:
+        from huggingface_hub import try_to_load_from_cache
+
+        try:
+            file = try_to_load_from_cache(source.location, "/".join(filter(None, [source.subfolder, "scheduler",
+                                                                                     "scheduler_config.json"])))
+        except ValueError:
+            file = None
+        if not isinstance(file, str):
+            return None
+    try:
+        return json.loads(Path(file).read_text()).get("prediction_type", "epsilon")
+    except (OSError, ValueError):
+        return "epsilon"  # diffusers' default, as the pipeline's scheduler would take it
+
+
 def _write_config_dir(path: Path, target: Path) -> dict:
     """Fill `target` with the component configs and tokenizer a single file needs (refusing other architectures)."""
     shutil.copytree(SD15_DIR, target, dirs_exist_ok=True)
@@ -188,14 +215,23 @@ def _write_config_dir(path: Path, target: Path) -> dict:
         unet = json.loads((target / "unet/config.json").read_text())
         unet["in_channels"] = first[1]
         configs = {"unet": unet}
-    for name, config in (configs or {}).items():
+    configs = dict(configs or {})
+    for name, config in configs.items():
         if not re.fullmatch(r"[a-z_]+", str(name)) or not isinstance(config, dict):
             raise UserError(f"{path}: its header entry {CONFIG_METADATA_KEY!r} is not a set of component configs.")
+    # what the file predicts and on which schedule: its header, ComfyUI's marker keys, the .yaml A1111 reads
+    for name, values in prediction_overrides(path, shapes, configs).items():
+        file = target / name / ("scheduler_config.json" if name == "scheduler" else "config.json")
+        config = {**(configs[name] if name in configs else json.loads(file.read_text())), **values}
+        # diffusers' from_config drops the keys a config lists as defaults: these are said, not defaults
+        config["_use_default_values"] = [k for k in config.get("_use_default_values", []) if k not in values]
+        configs[name] = config
+    for name, config in configs.items():
         sub = target / name
         sub.mkdir(exist_ok=True)
         file = "scheduler_config.json" if name == "scheduler" else "config.json"
         (sub / file).write_text(json.dumps(config, indent=1))
-    return configs or {}
+    return configs
 
 
 def _load_from_hub(repo_id: str, **kwargs):
