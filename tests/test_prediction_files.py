@@ -45,7 +45,7 @@ def _load(path):
     return load_pipeline(ModelSource("single_file", str(path), path.stem))
 
 
-def _foreign(file, out, keys=(), drop_scheduler=True, drop_scale=False):
+def _foreign(file, out, keys=(), drop_scheduler=True, drop_scale=False, header=None):
     """The same weights as another tool writes them: personae's header without its scheduler (and the VAE's
     latent scale; the architecture stays known, so the tiny model loads), and `keys` added as empty markers."""
     with safe_open(str(file), "pt") as fh:
@@ -56,7 +56,7 @@ def _foreign(file, out, keys=(), drop_scheduler=True, drop_scale=False):
         configs["vae"].pop("scaling_factor")
     tensors = {key: value for key, value in load_file(str(file)).items() if "." in key}  # no marker of its own
     tensors.update({key: torch.zeros(0) for key in keys})
-    save_file(tensors, str(out), {CONFIG_METADATA_KEY: json.dumps(configs)})
+    save_file(tensors, str(out), {CONFIG_METADATA_KEY: json.dumps(configs), **(header or {})})
     return out
 
 
@@ -73,6 +73,8 @@ def test_a_v_prediction_file_carries_comfyuis_keys_and_draws_as_its_folder(tmp_p
     with safe_open(str(file), "pt") as fh:
         markers = {key: fh.get_slice(key).get_shape() for key in fh.keys() if "." not in key}
     assert markers == {"v_pred": [0], "ztsnr": [0]}  # what ComfyUI writes, and Forge reads for zero SNR
+    with safe_open(str(file), "pt") as fh:
+        assert fh.metadata()["modelspec.prediction_type"] == "v"  # kohya's model spec field
     assert not (tmp_path / "v.yaml").exists()  # GroupNorm of 8 groups: no LDM config can build the tiny UNet
     loaded = _load(file)
     assert loaded.scheduler.config.prediction_type == "v_prediction" and loaded.scheduler.config.rescale_betas_zero_snr
@@ -83,6 +85,7 @@ def test_a_v_prediction_file_carries_comfyuis_keys_and_draws_as_its_folder(tmp_p
     eps_file = save_single_file(plain, tmp_path / "eps.safetensors")
     with safe_open(str(eps_file), "pt") as fh:
         assert all("." in key for key in fh.keys())  # an epsilon model has no marker
+        assert fh.metadata()["modelspec.prediction_type"] == "epsilon"
     save_pipeline_folder(plain, tmp_path / "eps")
     assert "Noise Schedule" not in _draw(tmp_path / "eps").parameters
 
@@ -124,6 +127,8 @@ def test_a_file_from_another_tool_is_read_as_its_yaml_or_its_keys_say(tmp_path, 
     assert prediction_type(resolve_model(str(bare))) == "epsilon"  # nothing says otherwise: A1111's default
     comfy = _foreign(file, tmp_path / "comfy.safetensors", keys=("v_pred", "ztsnr"))
     assert prediction_type(resolve_model(str(comfy))) == "v_prediction"
+    kohya = _foreign(file, tmp_path / "kohya.safetensors", header={"modelspec.prediction_type": "v"})
+    assert prediction_type(resolve_model(str(kohya))) == "v_prediction"
     (tmp_path / "bare.yaml").write_text("model:\n  params:\n    parameterization: \"v\"\n    linear_end: 0.012\n")
     a1111 = _load(bare)
     assert a1111.scheduler.config.prediction_type == "v_prediction"
@@ -151,6 +156,9 @@ def test_a_file_whose_sources_disagree_or_whose_yaml_is_unreadable_is_refused(tm
     with pytest.raises(UserError) as err:
         _load(checkpoint)
     assert named in str(err.value) and "c.yaml" in str(err.value)
+    spec = _foreign(file, tmp_path / "s.safetensors", keys=("v_pred",), header={"modelspec.prediction_type": "epsilon"})
+    with pytest.raises(UserError, match="its modelspec.prediction_type says 'epsilon', its v_pred key says"):
+        _load(spec)
     header_only = _foreign(file, tmp_path / "h.safetensors", keys=(), drop_scheduler=False)
     (tmp_path / "h.yaml").write_text("model:\n  params:\n    parameterization: eps\n")
     with pytest.raises(UserError, match="its header says 'v_prediction', h.yaml says 'epsilon'"):
@@ -196,25 +204,28 @@ def test_kohyas_v_parameterization_is_taken_for_a_v_prediction_base_only(tmp_pat
     assert kohya_settings({**config, "v_parameterization": False}, tmp_path, "config.toml")[0]
 
 
-def test_dreambooth_on_a_v_prediction_base_exports_a_file_that_says_so(tmp_path):
+def test_dreambooth_and_lora_on_a_v_prediction_base_export_files_that_say_so(tmp_path):
     from train_helpers import prepared_subject, write_job
 
     from personae.jobs.train import load_job, run_training
 
     save_pipeline_folder(_v_prediction(build_tiny_pipeline(0)), tmp_path / "v")
-    job = load_job(write_job(tmp_path, base_model=str(tmp_path / "v"), method="dreambooth",
-                             data=prepared_subject(tmp_path, count=2), output=tmp_path / "run",
-                             train={"steps": 2, "batch_size": 2, "learning_rate": 1e-3, "seed": 0,
-                                    "validation": {"steps": 2}}))
-    run_training(job)
-    file = tmp_path / "run" / "model.safetensors"
+    data = prepared_subject(tmp_path, count=2)
+    for method in ("dreambooth", "lora"):
+        run_training(load_job(write_job(tmp_path, base_model=str(tmp_path / "v"), method=method, data=data,
+                                        output=tmp_path / method, train={"steps": 2, "batch_size": 2, "seed": 0,
+                                                                         "validation": {"steps": 2}})))
+    with safe_open(str(tmp_path / "lora" / "lora.safetensors"), "pt") as fh:
+        assert fh.metadata()["modelspec.prediction_type"] == "v"  # as kohya says which models a LoRA is for
+    run = tmp_path / "dreambooth"
+    file = run / "model.safetensors"
     with safe_open(str(file), "pt") as fh:
         assert {"v_pred", "ztsnr"} <= set(fh.keys())
-    record = json.loads((tmp_path / "run" / "run.json").read_text())
+    record = json.loads((run / "run.json").read_text())
     checked = [c for c in record["checks"] if c["family"] == "single_file"]  # the run reloaded it as it loads
     assert checked and checked[0]["files"] == [str(file)] and checked[0]["max_abs_diff"] <= 1e-4, checked
     assert _load(file).scheduler.config.prediction_type == "v_prediction"
-    assert np.array_equal(np.asarray(_draw(tmp_path / "run" / "model").image), np.asarray(_draw(file).image))
+    assert np.array_equal(np.asarray(_draw(run / "model").image), np.asarray(_draw(file).image))
 
 
 @pytest.mark.parametrize("in_channels, target", [(4, "LatentDiffusion"), (9, "LatentInpaintDiffusion")])

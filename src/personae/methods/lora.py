@@ -26,6 +26,7 @@ from personae.methods.lora_blocks import layer_shapes, patterns
 from personae.methods.lora_files import kohya_metadata, peft_to_kohya, training_metadata, write_diffusers, write_kohya
 from personae.methods.lora_layers import LOCON_CONVS, layer_alphas, targeted, unet_targets
 from personae.methods.lycoris_files import lycoris_network_args, peft_to_lycoris, write_peft_folder
+from personae.models.prediction import modelspec_prediction
 
 TEXT_ENCODER_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj"]
 
@@ -112,6 +113,7 @@ def export_lora(pipe, out: Path, *, name: str, rank: int, alpha: float, te_alpha
     out.mkdir(parents=True, exist_ok=True)
     meta = kohya_metadata(rank=rank, alpha=alpha, steps=steps, base_model=base_model, trigger=trigger,
                           name=name, te_trained=te_trained, extra=extra_meta)
+    meta.update(modelspec_prediction(dict(pipe.scheduler.config)))  # what the base predicts, as kohya says it
     if variant in ("lora", "dora"):
         tensors = peft_to_kohya(states["unet"], states.get("text_encoder"), alphas["unet"], alphas.get("text_encoder"),
                                 dtype)

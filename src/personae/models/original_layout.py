@@ -17,7 +17,7 @@ import torch
 
 from personae.models.folders import save_safetensors
 from personae.models.ldm_config import check_config_beside, ldm_config, write_config_beside
-from personae.models.prediction import marker_tensors
+from personae.models.prediction import marker_tensors, modelspec_prediction
 
 if TYPE_CHECKING:
     from diffusers import StableDiffusionPipeline
@@ -159,9 +159,10 @@ def save_single_file(pipe: StableDiffusionPipeline, path: str | Path, extra_meta
     path.parent.mkdir(parents=True, exist_ok=True)
     state = pipeline_to_original(pipe.unet, pipe.vae, pipe.text_encoder)
     state.update(marker_tensors(dict(pipe.scheduler.config)))
-    # One header key only: safetensors writes metadata from a hash map whose order changes from
-    # one call to the next, so two or more keys would break "same seed, same bytes".
-    metadata = {CONFIG_METADATA_KEY: json.dumps(component_configs(pipe), default=list, sort_keys=True)}
+    # the component configs, and the model spec's prediction type as kohya writes it (save_safetensors puts the
+    # header's keys in order: safetensors writes them from a hash map, which would break "same seed, same bytes")
+    metadata = {CONFIG_METADATA_KEY: json.dumps(component_configs(pipe), default=list, sort_keys=True),
+                **modelspec_prediction(dict(pipe.scheduler.config))}
     metadata.update(extra_metadata or {})
     save_safetensors(state, path, metadata)
     write_config_beside(path, ldm_config(dict(pipe.unet.config), dict(pipe.vae.config), dict(pipe.scheduler.config)))

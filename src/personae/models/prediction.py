@@ -7,6 +7,7 @@ share such files say it; read when one loads, written when personae writes one.
   and the latent scale. ComfyUI's "Load Checkpoint With Config" reads the same file.
 - ComfyUI's checkpoint save adds an empty tensor `v_pred` to a v-prediction model's weights; ComfyUI and
   Forge read it, and `ztsnr` beside it, for a model made for the zero-terminal-SNR noise schedule.
+- kohya's sd-scripts (sai_model_spec) writes `modelspec.prediction_type` ("epsilon" or "v") into the header.
 - personae's own files carry the diffusers configs in their header as well.
 
 Every source that says something must agree with the others: a checkpoint read one way here and another way
@@ -27,6 +28,8 @@ from personae.errors import UserError
 V_PRED_KEY = "v_pred"  # ComfyUI's (and Forge's) marker of a v-prediction checkpoint
 ZTSNR_KEY = "ztsnr"  # theirs for a zero-terminal-SNR one
 MARKER_KEYS = (V_PRED_KEY, ZTSNR_KEY)
+MODELSPEC_KEY = "modelspec.prediction_type"  # the model spec's header field (kohya sd-scripts writes it)
+_MODELSPEC = {"epsilon": "epsilon", "eps": "epsilon", "v": "v_prediction", "v_prediction": "v_prediction"}
 WRITTEN_BY = "# written by personae"  # the first line of a .yaml personae wrote: the only kind it replaces
 _PARAMETERIZATION = {"eps": "epsilon", "v": "v_prediction"}
 _LDM_NUMBERS = {"linear_start": ("scheduler", "beta_start"), "linear_end": ("scheduler", "beta_end"),
@@ -89,6 +92,22 @@ def _said_by_header(configs: dict) -> dict[tuple[str, str], object]:
     return said
 
 
+def _said_by_modelspec(path: Path, metadata: dict[str, str]) -> dict[tuple[str, str], object]:
+    if MODELSPEC_KEY not in metadata:
+        return {}
+    value = metadata[MODELSPEC_KEY]
+    if value not in _MODELSPEC:
+        raise UserError(f"{path}: its header says {MODELSPEC_KEY} {value!r}; personae draws and trains models that "
+                        "predict the noise (epsilon) or the velocity (v).",
+                        "Load a Stable Diffusion 1.x checkpoint of one of those two kinds.")
+    return {("scheduler", "prediction_type"): _MODELSPEC[value]}
+
+
+def modelspec_prediction(scheduler_config: dict) -> dict[str, str]:
+    """The model spec's header field for a model with this scheduler, as kohya writes it."""
+    return {MODELSPEC_KEY: "v" if scheduler_config.get("prediction_type") == "v_prediction" else "epsilon"}
+
+
 def _said_by_markers(keys) -> dict[tuple[str, str], object]:
     said: dict[tuple[str, str], object] = {}
     if V_PRED_KEY in keys:
@@ -104,12 +123,13 @@ def _same(a, b) -> bool:
     return a == b
 
 
-def prediction_overrides(path: Path, keys, header_configs: dict) -> dict[str, dict]:
+def prediction_overrides(path: Path, keys, metadata: dict[str, str], header_configs: dict) -> dict[str, dict]:
     """The scheduler and VAE config values a checkpoint's sources say ({"scheduler": {...}, "vae": {...}}),
-    from personae's header, ComfyUI's marker keys among `keys` and the .yaml beside it; a UserError naming the
-    sources when two of them disagree."""
+    from personae's header configs, the model spec's field in its header `metadata`, ComfyUI's marker keys among
+    `keys` and the .yaml beside it; a UserError naming the sources when two of them disagree."""
     config_name = config_beside(path).name
-    sources = {"its header": _said_by_header(header_configs), "its marker key": _said_by_markers(keys),
+    sources = {"its header": _said_by_header(header_configs), f"its {MODELSPEC_KEY}":
+               _said_by_modelspec(path, metadata), "its marker key": _said_by_markers(keys),
                config_name: _said_by_config(path)}
     chosen: dict[tuple[str, str], tuple[str, object]] = {}
     for source, said in sources.items():

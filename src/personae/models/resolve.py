@@ -220,7 +220,7 @@ def _write_config_dir(path: Path, target: Path) -> dict:
         if not re.fullmatch(r"[a-z_]+", str(name)) or not isinstance(config, dict):
             raise UserError(f"{path}: its header entry {CONFIG_METADATA_KEY!r} is not a set of component configs.")
     # what the file predicts and on which schedule: its header, ComfyUI's marker keys, the .yaml A1111 reads
-    for name, values in prediction_overrides(path, shapes, configs).items():
+    for name, values in prediction_overrides(path, shapes, meta, configs).items():
         file = target / name / ("scheduler_config.json" if name == "scheduler" else "config.json")
         config = {**(configs[name] if name in configs else json.loads(file.read_text())), **values}
         # diffusers' from_config drops the keys a config lists as defaults: these are said, not defaults
