@@ -60,9 +60,9 @@ def _foreign(file, out, keys=(), drop_scheduler=True, drop_scale=False, header=N
     return out
 
 
-def _draw(model, session=None, seed=3):
-    settings = GenerateSettings(model=str(model), prompt="a photo of a cat", steps=4, seed=seed, width=64, height=64,
-                                sampler="Euler")
+def _draw(model, session=None, seed=3, **settings):
+    settings = GenerateSettings(**{"model": str(model), "prompt": "a photo of a cat", "steps": 4, "seed": seed,
+                                   "width": 64, "height": 64, "sampler": "Euler", **settings})
     return txt2img(settings, session)[0]
 
 
@@ -262,3 +262,70 @@ def test_a_full_size_sd15_v_model_gets_the_config_a1111_ships_with_v(in_channels
         assert theirs["layers_per_block"] == ours["layers_per_block"]
     assert theirs_unet["in_channels"] == in_channels and theirs_unet["attention_head_dim"] == 8
     assert theirs_vae["scaling_factor"] == 0.18215 and theirs_vae["latent_channels"] == 4
+
+
+def _euler_without_keys(folder):
+    """The model's scheduler as many shared folders have it: EulerDiscreteScheduler, its config written before
+    diffusers had rescale_betas_zero_snr or timestep_spacing (diffusers then lists those as defaults to take again)."""
+    index = json.loads((folder / "model_index.json").read_text())
+    index["scheduler"] = ["diffusers", "EulerDiscreteScheduler"]
+    (folder / "model_index.json").write_text(json.dumps(index))
+    (folder / "scheduler" / "scheduler_config.json").write_text(json.dumps(
+        {"_class_name": "EulerDiscreteScheduler", "beta_start": 0.00085, "beta_end": 0.012, "beta_schedule":
+         "scaled_linear", "num_train_timesteps": 1000, "steps_offset": 1}))
+    return folder
+
+
+def test_a_schedule_a_sampler_or_training_is_told_wins_over_a_key_the_models_config_left_out(tmp_path):
+    """A config whose file left a key out lists it in `_use_default_values`, and diffusers' from_config takes its
+    own default for such a key whatever the config then holds: "Zero Terminal SNR" with DDIM drew the default
+    schedule (the PNG said otherwise), animate's AnimateDiff timestep spacing fell back to "leading", and a
+    training with zero_terminal_snr trained on the plain schedule."""
+    from personae.inference.animate import MOTION_SCHEDULE
+    from personae.inference.samplers import get_sampler
+    from personae.inference.session import open_session
+    from personae.training.loop import training_noise_scheduler
+
+    save_pipeline_folder(build_tiny_pipeline(0), tmp_path / "m")
+    session = open_session(str(_euler_without_keys(tmp_path / "m")), device="cpu")
+    assert "rescale_betas_zero_snr" in session.base_scheduler["_use_default_values"]  # what made it fail
+    for name in ("DDIM", "Euler"):
+        rescaled = get_sampler(name).make(session.base_scheduler, {"zero_terminal_snr": True})
+        assert rescaled.config.rescale_betas_zero_snr, name
+    motion = get_sampler("DDIM").make(session.base_scheduler, {}, MOTION_SCHEDULE)
+    assert (motion.config.timestep_spacing, motion.config.beta_schedule) == ("linspace", "linear")
+    told = get_sampler("DDIM").make(session.base_scheduler, {"prediction_type": "v_prediction"})
+    assert told.config.prediction_type == "v_prediction"
+    plain, rescaled = (_draw(tmp_path / "m", session=session, sampler="DDIM", noise_schedule=schedule).image
+                       for schedule in ("Default", "Zero Terminal SNR"))
+    assert not np.array_equal(np.asarray(plain), np.asarray(rescaled))
+    scheduler, _ = training_noise_scheduler(session.base_scheduler, zero_terminal_snr=True)
+    assert scheduler.config.rescale_betas_zero_snr and float(scheduler.alphas_cumprod[-1]) < 1e-6
+
+
+def test_prediction_type_draws_a_file_that_does_not_say_it_as_comfyuis_model_sampling_does(tmp_path):
+    pipe = _v_prediction(build_tiny_pipeline(0), zero_snr=False)
+    save_pipeline_folder(pipe, tmp_path / "folder")
+    bare = _foreign(save_single_file(pipe, tmp_path / "v.safetensors"), tmp_path / "bare.safetensors")
+    reference = _draw(tmp_path / "folder")
+    unsaid = _draw(bare)
+    told = _draw(bare, prediction_type="v_prediction")
+    assert not np.array_equal(np.asarray(unsaid.image), np.asarray(reference.image))  # read as epsilon: another one
+    assert np.array_equal(np.asarray(told.image), np.asarray(reference.image))
+    assert told.settings.prediction_type == "v_prediction"  # kept in the PNG's own settings, so it draws again
+
+
+def test_comfyuis_model_sampling_node_is_read(tmp_path):
+    from test_comfy_png import default_graph, read, refusal
+
+    graph = default_graph()
+    graph["30"] = {"class_type": "ModelSamplingDiscrete", "inputs": {"model": ["4", 0], "sampling": "v_prediction",
+                                                                     "zsnr": True}}
+    graph["3"]["inputs"]["model"] = ["30", 0]
+    data = read(tmp_path, graph)
+    assert (data["prediction_type"], data["noise_schedule"]) == ("v_prediction", "Zero Terminal SNR")
+    graph["30"]["inputs"].update(sampling="eps", zsnr=False)
+    data = read(tmp_path, graph)
+    assert data["prediction_type"] == "epsilon" and "noise_schedule" not in data
+    graph["30"]["inputs"]["sampling"] = "lcm"
+    assert "to 'lcm' sampling" in refusal(tmp_path, graph)

@@ -150,6 +150,10 @@ class SamplerParameters(Concept):
                    "rescales the model's noise schedule to end at zero SNR, for models trained on it (kohya "
                    "--zero_terminal_snr, personae train.zero_terminal_snr); a model whose scheduler config sets "
                    "rescale_betas_zero_snr samples so already", infotext="Noise Schedule", infotext_unless="Default", metavar="SCHEDULE")
+    prediction_type: Literal["model", "epsilon", "v_prediction"] = setting(
+        "model", "what the UNet predicts: the model's own (its scheduler config; for a single file its .yaml, "
+                 "v_pred key or modelspec.prediction_type), or epsilon / v_prediction for a checkpoint that does "
+                 "not say it (ComfyUI's ModelSamplingDiscrete sampling)", metavar="TYPE")
     eta_ddim: float = setting(0.0, '"Eta for DDIM" (infotext "Eta DDIM", written when not 0): DDIM\'s step noise; 0 '
                                    "is deterministic DDIM, 1 is DDPM-like", ge=0, le=10)
 

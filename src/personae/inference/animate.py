@@ -402,7 +402,7 @@ def animate(settings: AnimateSettings, animate_session: AnimateSession | None = 
     width = settings.width or session.native_size
     height = settings.height or session.native_size
     # 3. the sampler, on the schedule the motion modules were trained with, with A1111's sampler parameters
-    scheduler = sampler.make({**session.base_scheduler, **MOTION_SCHEDULE}, k_tuning(settings))
+    scheduler = sampler.make(session.base_scheduler, k_tuning(settings), MOTION_SCHEDULE)
     if settings.freeinit and last_alphabar(scheduler) < 1e-6:  # diffused to the last step, nothing of a pass is left
         raise UserError("FreeInit starts each pass from the last one diffused to the last training step, where this "
                         "clip's Zero Terminal SNR noise schedule keeps nothing of it: every pass would draw the first "

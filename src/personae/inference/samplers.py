@@ -77,22 +77,35 @@ class Sampler:
         defaults = {"Sigma churn": 0.0, "Sigma tmin": 0.0, "Sigma tmax": 0.0, "Sigma noise": 1.0}
         return {key: value for key, value in said.items() if value != defaults[key]}
 
-    def make(self, base_config: dict, tuning: dict | None = None) -> SchedulerMixin:
+    def make(self, base_config: dict, tuning: dict | None = None, schedule: dict | None = None) -> SchedulerMixin:
         """A fresh scheduler built on the model's own noise schedule (betas, timesteps).
 
         Options that tell samplers apart are always set, so a model whose shipped scheduler
         config enables e.g. Karras sigmas does not turn "DPM++ 2M" into "DPM++ 2M Karras".
+        `schedule`: config values that replace the model's own (animate's AnimateDiff schedule). They, the Zero
+        Terminal SNR noise schedule and the prediction type are passed to from_config as arguments: merged into
+        the config, a key the model's file left out would be dropped again (diffusers lists such keys in
+        `_use_default_values` and takes its own defaults for them, whatever value the key then holds).
         """
         accepted = inspect.signature(self.scheduler.__init__).parameters
         tuning = dict(tuning or {})
+        chosen = {k: v for k, v in (schedule or {}).items() if k in accepted}
         if tuning.pop("zero_terminal_snr", False):  # A1111's "Noise schedule for sampling: Zero Terminal SNR"
             if "rescale_betas_zero_snr" not in accepted:
                 raise UserError(f"The sampler {self.name} cannot sample on the Zero Terminal SNR noise schedule "
                                 "(its diffusers scheduler has no rescale_betas_zero_snr).",
                                 "Use one of A1111's k-diffusion samplers (Euler, DPM++ 2M, ...) or DDIM with it.")
-            base_config = {**base_config, "rescale_betas_zero_snr": True}
+            chosen["rescale_betas_zero_snr"] = True
+        prediction = tuning.pop("prediction_type", None)  # ComfyUI's ModelSamplingDiscrete sampling
+        if prediction is not None:
+            if "prediction_type" not in accepted:
+                raise UserError(f"The sampler {self.name} cannot be told what the model predicts (its diffusers "
+                                "scheduler has no prediction_type).", "Choose another sampler, or leave "
+                                "--prediction-type at model.")
+            chosen["prediction_type"] = prediction
         options = {k: v for k, v in _DISTINGUISHING.items() if k in accepted}
         options.update(self.options)
+        options.update(chosen)
         if self.scheduler is KDiffusionScheduler:  # it reads the noise schedule alone: the rest would be warned of
             base_config = {k: v for k, v in base_config.items() if k in accepted}
             options.update(tuning or {})
@@ -180,6 +193,8 @@ def k_tuning(settings) -> dict:
     tuning = {option: getattr(settings, field) for option, field in names.items() if hasattr(settings, field)}
     if getattr(settings, "noise_schedule", "Default") == "Zero Terminal SNR":
         tuning["zero_terminal_snr"] = True
+    if getattr(settings, "prediction_type", "model") != "model":
+        tuning["prediction_type"] = settings.prediction_type
     return tuning
 
 

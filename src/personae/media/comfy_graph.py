@@ -47,6 +47,7 @@ INPUTS: dict[str, set[str]] = {
     "LoraLoaderModelOnly": {"model", "lora_name", "strength_model"},
     "FreeU": {"model", "b1", "b2", "s1", "s2"},
     "FreeU_V2": {"model", "b1", "b2", "s1", "s2"},
+    "ModelSamplingDiscrete": {"model", "sampling", "zsnr"},
     "VAELoader": {"vae_name"},
     "VAEEncode": {"pixels", "vae"},
     "VAEDecode": {"samples", "vae"},
@@ -181,14 +182,28 @@ def _upstream_samplers_of_any(graph: _Graph, node_id: str, samplers: list[str]) 
     return False
 
 
+_SAMPLING = {"eps": "epsilon", "v_prediction": "v_prediction"}  # ModelSamplingDiscrete's, as personae names them
+
+
 def _model(graph: _Graph, node_id: str) -> tuple[tuple, str]:
-    """((("lora", LoRA node, file name, strength_model) or ("freeu", node, "B1,B2,S1,S2", v2), ...), checkpoint node)
-    of a MODEL output, the sampler's end first."""
+    """((("lora", LoRA node, file name, strength_model), ("freeu", node, "B1,B2,S1,S2", v2) or ("sampling", node,
+    prediction type, zsnr), ...), checkpoint node) of a MODEL output, the sampler's end first."""
     kind, inputs = graph.node(node_id, ("LoraLoader", "LoraLoaderModelOnly", "FreeU", "FreeU_V2",
-                                        "CheckpointLoaderSimple"))
+                                        "ModelSamplingDiscrete", "CheckpointLoaderSimple"))
     if kind == "CheckpointLoaderSimple":
         return (), node_id
     patches, checkpoint = _model(graph, graph.link(node_id, inputs, "model")[0])
+    if kind == "ModelSamplingDiscrete":  # what the model predicts, and the zero-terminal-SNR schedule (zsnr)
+        sampling = graph.value(node_id, inputs, "sampling", str)
+        if sampling not in _SAMPLING:
+            raise graph.refuse(f"sets {graph.name(node_id)} to {sampling!r} sampling; personae draws models that "
+                               "predict the noise (eps) or the velocity (v_prediction).")
+        if any(p[0] == "sampling" for p in patches):  # ComfyUI keeps the last one: the graph says two things
+            raise graph.refuse(f"sets the model's sampling twice ({graph.name(node_id)} among them).")
+        zsnr = inputs.get("zsnr", False)  # a BOOLEAN input (older ComfyUI releases have none: off)
+        if not isinstance(zsnr, bool):
+            raise graph.refuse(f"gives {graph.name(node_id)} the input zsnr as {zsnr!r}, which personae cannot read.")
+        return (("sampling", node_id, _SAMPLING[sampling], zsnr), *patches), checkpoint
     if kind in ("FreeU", "FreeU_V2"):
         values = [float(graph.value(node_id, inputs, k, (int, float))) for k in ("b1", "b2", "s1", "s2")]
         if not all(0 <= v <= 10 for v in values):
@@ -369,6 +384,10 @@ def read_comfy_graph(text: str, source: str) -> ComfyReading:
     tags = _lora_tags(graph, loras, clip[1])
     for _, _, freeu, v2 in (p for p in loras if p[0] == "freeu"):  # FreeU's hooks, wherever it sits in the chain
         data.update(freeu=freeu, freeu_v2=v2)
+    for _, _, prediction, zsnr in (p for p in loras if p[0] == "sampling"):
+        data["prediction_type"] = prediction
+        if zsnr:
+            data["noise_schedule"] = "Zero Terminal SNR"
     if tags:
         data["prompt"] = f"{prompt} {tags}".strip()
     _decoded(graph, last, reading)

@@ -72,6 +72,19 @@ class TrainResult:
     skipped: list[str] = field(default_factory=list)  # exports the method could not write, each with why
 
 
+def training_noise_scheduler(base_scheduler: dict, zero_terminal_snr: bool
+                             ) -> tuple[DDPMScheduler, torch.Tensor | None]:
+    """The noise schedule a run trains on (the base model's, rescaled to zero terminal SNR when asked), and with
+    the rescale the SNR of the schedule before it, which kohya's loss weights keep."""
+    noise_scheduler = DDPMScheduler.from_config(base_scheduler)
+    if not zero_terminal_snr:
+        return noise_scheduler, None
+    base_snr = compute_snr(noise_scheduler, torch.arange(noise_scheduler.config.num_train_timesteps))
+    # an argument, not a config key: a base whose file left the key out lists it in _use_default_values, and
+    # from_config would take its default (no rescale) again
+    return DDPMScheduler.from_config(base_scheduler, rescale_betas_zero_snr=True), base_snr
+
+
 def train(job: TrainJob, run: Path, resume: bool = False, on_event: EventHandler = ignore,
           commands: Commands | None = None) -> TrainResult:
     """Train `job` into the run folder `run`; `commands` (stop, sample, save) are acted on at the end of a step.
@@ -114,11 +127,7 @@ def _train(job: TrainJob, run: Path, resume: bool, on_event: EventHandler, comma
     check()
     pipe.set_progress_bar_config(disable=True)
     base_scheduler = dict(pipe.scheduler.config)
-    noise_scheduler = DDPMScheduler.from_config(base_scheduler)
-    base_snr = None
-    if t.zero_terminal_snr:  # kohya: the weights keep the schedule's SNR from before the rescale
-        base_snr = compute_snr(noise_scheduler, torch.arange(noise_scheduler.config.num_train_timesteps))
-        noise_scheduler = DDPMScheduler.from_config({**base_scheduler, "rescale_betas_zero_snr": True})
+    noise_scheduler, base_snr = training_noise_scheduler(base_scheduler, t.zero_terminal_snr)
     timesteps = timestep_range(t.min_timestep, t.max_timestep, noise_scheduler.config.num_train_timesteps)
     if t.clip_skip > (layers := pipe.text_encoder.config.num_hidden_layers):
         raise UserError(f"train.clip_skip {t.clip_skip} is more than the base model's text encoder has layers "
