@@ -698,6 +698,40 @@ def test_vae_from_a_diffusers_folder_or_an_a1111_single_file_replaces_the_models
         txt2img(settings(tiny_model[0], steps=1, vae=str(_kohya_lora(tiny_session.pipe, tmp_path / "l.safetensors"))))
 
 
+
+def test_a_vae_named_after_a_single_file_model_beside_it_draws_as_a1111s_automatic(tiny_model, tmp_path):
+    """A1111's SD VAE "Automatic" (its default) draws a checkpoint NAME.safetensors with NAME.vae.safetensors
+    (.vae.pt, .vae.ckpt) when one lies beside it; "None" with the model's own."""
+    import json
+    import shutil
+
+    from personae.jobs.generate import png_not_applied
+    from personae.models.original_layout import CONFIG_METADATA_KEY, vae_to_original
+    from personae.models.tiny import build_tiny_pipeline
+
+    model = tmp_path / "m.safetensors"
+    shutil.copyfile(tiny_model[1], model)
+    vae = build_tiny_pipeline(seed=1).vae  # other weights than the model's own
+    near = tmp_path / "m.vae.safetensors"
+    save_file({k: v.contiguous() for k, v in vae_to_original(vae.state_dict(), dict(vae.config)).items()}, str(near),
+              metadata={CONFIG_METADATA_KEY: json.dumps({"vae": dict(vae.config)})})
+    said = []
+    automatic = txt2img(settings(model, steps=2), on_event=said.append)[0]
+    asked = txt2img(settings(tiny_model[1], steps=2, vae=str(near)))[0]
+    own = txt2img(settings(model, steps=2, vae="None"))[0]
+    assert np.array_equal(pixels(automatic), pixels(asked)) and np.abs(pixels(own) - pixels(asked)).mean() > 1
+    assert "VAE: m.vae.safetensors" in automatic.parameters and "VAE" not in parse_parameters(own.parameters)[2]
+    assert any("beside the model (A1111's Automatic" in getattr(e, "text", "") for e in said)
+    assert own.settings.vae == "None"  # A1111's word, not a file: it draws the same again
+    png = _a1111_png(tmp_path / "auto.png", automatic.parameters)
+    assert not [note for note in png_not_applied(png, settings(model, steps=2)) if "VAE" in note]  # the one beside
+    near.rename(tmp_path / "m.vae.pt")  # a pickle: A1111 loads it; personae only when allowed
+    said.clear()
+    unpickled = txt2img(settings(model, steps=2), on_event=said.append)[0]
+    assert np.array_equal(pixels(unpickled), pixels(own))
+    assert any("it is a pickle" in getattr(e, "text", "") for e in said)
+
+
 K = "KDiffusionScheduler"  # k-diffusion's algorithm, on A1111's schedule (tests/test_ksampler.py)
 
 

@@ -411,7 +411,10 @@ class AddonSettings(Concept):
     embeddings: list[EmbeddingRef] = setting([], "a textual-inversion embedding; repeatable; the token defaults to "
                                                  "the file's", flag="--embedding")
     vae: str | None = setting(None, '"SD VAE": a VAE in place of the model\'s: a diffusers AutoencoderKL folder or a '
-                                    "single-file VAE .safetensors (A1111's models/VAE)", metavar="FILE_OR_FOLDER")
+                                    "single-file VAE .safetensors (A1111's models/VAE); unset is A1111's Automatic "
+                                    "(a single-file model's NAME.vae.safetensors beside it, or .vae.pt / .vae.ckpt "
+                                    "with --allow-pickle, draws when there is one), None the model's own VAE",
+                              metavar="FILE_OR_FOLDER")
     lora_dir: str | None = setting(None, "the folder where <lora:name:weight> tags in the prompt are looked up by "
                                          "file name (A1111's models/Lora; an A1111 webui folder works too)",
                                    metavar="DIR")

@@ -10,6 +10,7 @@ import inspect
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
@@ -28,7 +29,7 @@ from personae.models.addons import (
 )
 from personae.models.device import pick_device, pick_dtype
 from personae.models.resolve import ModelSource, load_pipeline, model_hash, resolve_model
-from personae.models.vae import load_vae
+from personae.models.vae import NO_VAE, PICKLE_VAE, load_vae, vae_beside
 
 
 @dataclass
@@ -104,6 +105,22 @@ def check_session_inputs(model: str, allow_pickle: bool = False, loras: list = (
     return source
 
 
+def _automatic_vae(source: ModelSource, vae: str | None, allow_pickle: bool, on_event: EventHandler) -> str | None:
+    """The VAE to load: the one asked for; none for "None" (A1111's SD VAE None: the model's own); unasked, A1111's
+    Automatic, the VAE file named after a single-file model beside it (a pickle one only with allow_pickle)."""
+    if vae and vae.strip().lower() == NO_VAE:
+        return None
+    if vae or source.kind != "single_file" or (near := vae_beside(Path(source.location))) is None:
+        return vae
+    if near.name.endswith(PICKLE_VAE) and not allow_pickle:
+        on_event(Message(f"{near.name} lies beside the model, and A1111 draws with it, but it is a pickle (it can run "
+                         "code when loaded): the model's own VAE draws here. Pass --allow-pickle to use it, or "
+                         "--vae None to say so.", "warning"))
+        return None
+    on_event(Message(f"VAE: {near.name}, beside the model (A1111's Automatic; --vae None draws with the model's own)"))
+    return str(near)
+
+
 def open_session(model: str, device: str = "auto", dtype: str = "auto", allow_pickle: bool = False,
                  loras: list[tuple] = (), embeddings: list[tuple[str, str | None]] = (),
                  on_event: EventHandler = ignore, vae: str | None = None,
@@ -119,6 +136,7 @@ def open_session(model: str, device: str = "auto", dtype: str = "auto", allow_pi
     torch_dtype = pick_dtype(dtype, dev)
     check_runtime(runtime or RuntimeSettings(), dev)  # offload on a CPU: said before the model loads
     # 2. load the VAE asked for (first: it is small, and a wrong file fails before the model loads), the base model
+    vae = _automatic_vae(source, vae, allow_pickle, on_event)
     own_vae = load_vae(vae, torch_dtype, allow_pickle) if vae else None
     on_event(Message(f"loading {source.kind.replace('_', ' ')} {source.location}"))
     pipe = load_pipeline(source, dtype=torch_dtype)

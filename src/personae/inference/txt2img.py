@@ -70,6 +70,7 @@ from personae.models.addons import LoadedEmbedding, LoadedLora, hashes_text
 from personae.models.embedding_dir import expand_embedding_names
 from personae.models.lora_dir import expand_lora_tags, lora_tags
 from personae.models.upscalers import is_path
+from personae.models.vae import NO_VAE
 
 SEEDS = 2**64  # seeds (and variation seeds) are 0 .. SEEDS - 1; counting up wraps there
 
@@ -150,6 +151,10 @@ def session_lora_tags(settings: GenerateSettings, session: Session, loras: list[
     return settings.model_copy(update={"prompt": prompt}), list(chosen.values())
 
 
+def _no_vae(vae: str | None) -> bool:
+    return bool(vae) and vae.strip().lower() == NO_VAE  # A1111's SD VAE "None", not a file
+
+
 def _absolute(path: str | None) -> str | None:
     return str(Path(path).expanduser().resolve()) if path else path
 
@@ -160,7 +165,8 @@ def with_absolute_paths(settings: GenerateSettings, session: Session) -> Generat
     model = settings.model if session.source.kind == "hub" else session.source.location
     return settings.model_copy(update={
         "model": model, "init_image": _absolute(settings.init_image), "mask": _absolute(settings.mask),
-        "lora_dir": _absolute(settings.lora_dir), "vae": _absolute(settings.vae),
+        "lora_dir": _absolute(settings.lora_dir),
+        "vae": settings.vae if _no_vae(settings.vae) else _absolute(settings.vae),
         "upscaler_dir": _absolute(settings.upscaler_dir),
         **({"hires_upscaler": _absolute(settings.hires_upscaler)} if is_path(settings.hires_upscaler) else {}),
         "loras": [l.model_copy(update={"path": _absolute(l.path)}) for l in settings.loras],

@@ -37,6 +37,7 @@ from personae.media.png import (
 )
 from personae.models.embedding_dir import embedding_files
 from personae.models.upscalers import find_upscaler, is_path
+from personae.models.vae import PICKLE_VAE, vae_beside
 from personae.outputs import Kind, check_output, open_output
 
 GENERATED = Kind("generate", "generated images", "personae generate", signature=(),
@@ -310,11 +311,18 @@ def png_not_applied(path: str | Path, settings: GenerateSettings, model_hash: st
     if not settings.mask:
         missed += [_shown(key, params[key]) + " (no --mask)" for key in ("Inpaint area", "Masked content", "Mask mode")
                    if key in params]
-    if "VAE" in params and not settings.vae:
+    if "VAE" in params and not settings.vae and not _automatic_vae_named(settings, str(params["VAE"])):
         missed.append(_shown("VAE", params["VAE"]) + " (pass it with --vae)")
     if "Model hash" in params and params["Model hash"] != model_hash:
         missed.append(f'Model "{params.get("Model", "")}" [{params["Model hash"]}] (this run uses {settings.model})')
     return missed
+
+
+def _automatic_vae_named(settings: GenerateSettings, name: str) -> bool:
+    """The VAE beside a single-file model (A1111's Automatic, which this run takes too) is the one named."""
+    model = Path(settings.model).expanduser()
+    near = vae_beside(model) if model.is_file() else None
+    return near is not None and near.name == name and (settings.allow_pickle or not near.name.endswith(PICKLE_VAE))
 
 
 def comfy_not_applied(reading: ComfyReading, settings: GenerateSettings) -> list[str]:

@@ -72,3 +72,18 @@ def load_vae(spec: str, dtype: torch.dtype = torch.float32, allow_pickle: bool =
     if vae_config.get("scaling_factor") not in (None, vae.config.scaling_factor):
         vae.register_to_config(scaling_factor=vae_config["scaling_factor"])
     return LoadedVae(vae, path.name, file_sha256(path)[:10])
+
+
+NO_VAE = "none"  # A1111's SD VAE "None" (any case): the model's own VAE, even with one beside the file
+VAE_SUFFIXES = (".vae.safetensors", ".vae.pt", ".vae.ckpt")  # what A1111 finds beside a checkpoint
+PICKLE_VAE = (".vae.pt", ".vae.ckpt")
+
+
+def vae_beside(model_file: Path) -> Path | None:
+    """A1111's "Automatic" SD VAE (its default): the VAE file named after a single-file checkpoint, beside it
+    (`NAME.vae.safetensors`, `.vae.pt` or `.vae.ckpt` for `NAME.safetensors`; the safe kind first)."""
+    for suffix in VAE_SUFFIXES:
+        candidate = model_file.with_name(model_file.stem + suffix)
+        if candidate.is_file():
+            return candidate
+    return None
