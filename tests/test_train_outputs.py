@@ -156,6 +156,11 @@ def test_named_fp16_lora_run_prints_every_stage_and_shares_cleanly(tmp_path, tin
         torch.float16}
     assert meta["ss_output_name"] == meta["modelspec.title"] == "sks_me"
     assert meta["ss_sd_model_name"] == Path(tiny_model[0]).name and meta["ss_save_precision"] == "fp16"
+    assert (meta["modelspec.trigger_phrase"], meta["modelspec.prediction_type"]) == ("sks", "epsilon")
+    # A1111's card beside the file: a click adds <lora:sks_me:...> and the trigger; listed with SD-1 models
+    card = json.loads((run / "sks_me.json").read_text())
+    assert (card["activation text"], card["sd version"], card["preferred weight"]) == ("sks", "SD1", 0)
+    assert card["description"] == f"trained with personae on {Path(tiny_model[0]).name}"
     diffusers_meta, _ = _headers(run / "sks_me_diffusers/pytorch_lora_weights.safetensors")
     for where in [str(tmp_path), str(Path.home()), str(Path(tiny_model[0]).parent)]:
         for header in (meta, diffusers_meta):

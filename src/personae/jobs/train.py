@@ -33,7 +33,8 @@ TRAINING_RUN = Kind(  # the signature recognises runs from before output markers
     "train", "a training run", "personae train", signature=("config.yaml", "versions.json"),
     layout=(RUN_FILE, "config.yaml", "versions.json", "exports.json", "loss.png", "losses.csv", "checkpoints/step-*",
             "validation/step-*.png", "logs/*", "cache/*", "class_images/class_*.png", "prepared/*",
-            "lora.safetensors", "lora_diffusers/*", "lora_peft/*", "embeddings/*", "model/*", "model.safetensors"),
+            "lora.safetensors", "lora.json", "lora_diffusers/*", "lora_peft/*", "embeddings/*", "model/*",
+            "model.safetensors", "model.yaml"),
     hint="Pass --resume to continue it, --overwrite to start again, or set another output.")
 
 
@@ -43,7 +44,7 @@ def run_kind(job: TrainJob) -> Kind:
     if not job.name:
         return TRAINING_RUN
     return replace(TRAINING_RUN, layout=(*TRAINING_RUN.layout, f"{job.name}.safetensors", f"{job.name}_diffusers/*",
-                                              f"{job.name}_peft/*"))
+                                              f"{job.name}_peft/*", f"{job.name}.json", f"{job.name}.yaml"))
 
 
 def load_job(path: str | Path, overrides: list[str] = (), notes: list[str] | None = None) -> TrainJob:

@@ -23,7 +23,14 @@ from peft.utils import get_peft_model_state_dict
 from personae.errors import UserError
 from personae.methods.base import ExportFile, Method, ParamGroup, export_dtype
 from personae.methods.lora_blocks import layer_shapes, patterns
-from personae.methods.lora_files import kohya_metadata, peft_to_kohya, training_metadata, write_diffusers, write_kohya
+from personae.methods.lora_files import (
+    kohya_metadata,
+    peft_to_kohya,
+    training_metadata,
+    write_a1111_card,
+    write_diffusers,
+    write_kohya,
+)
 from personae.methods.lora_layers import LOCON_CONVS, layer_alphas, targeted, unet_targets
 from personae.methods.lycoris_files import lycoris_network_args, peft_to_lycoris, write_peft_folder
 from personae.models.prediction import modelspec_prediction
@@ -122,6 +129,7 @@ def export_lora(pipe, out: Path, *, name: str, rank: int, alpha: float, te_alpha
     if variant != "lora" or network_args:
         meta.update(lycoris_network_args(variant, te_trained, network_args or {}))
     kohya = write_kohya(out / f"{file_stem}.safetensors", tensors, meta)
+    write_a1111_card(kohya, trigger, base_model)
     if variant in ("loha", "lokr"):
         folder = write_peft_folder(out / f"{file_stem}_peft", models, states, dtype, training_metadata(kohya))
         return [ExportFile(kohya, "lycoris", "personae"), ExportFile(folder, "peft", "peft")]

@@ -169,6 +169,20 @@ def write_kohya(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str
     return save_safetensors(tensors, path, meta)
 
 
+def write_a1111_card(lora_file: Path, trigger: str, base_model: str) -> Path:
+    """A1111's user metadata for the LoRA's card: `NAME.json` beside `NAME.safetensors`, as its "Edit metadata"
+    dialog writes it. A click on the card adds `<lora:NAME:weight>` and the activation text (the trigger) to the
+    prompt; "sd version" SD1 lists it with SD-1 models; "preferred weight" 0 leaves the weight to A1111's default."""
+    from personae.staging import atomic_file
+
+    card = {"description": f"trained with personae on {base_model}", "sd version": "SD1", "activation text": trigger,
+            "preferred weight": 0, "negative text": "", "notes": ""}
+    path = lora_file.with_suffix(".json")
+    with atomic_file(path) as tmp:
+        tmp.write_text(json.dumps(card, indent=4, ensure_ascii=False) + "\n", encoding="utf-8")
+    return path
+
+
 def kohya_hashes(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> dict[str, str]:
     """sd-scripts' `sshs_model_hash` (sha256 of the tensor bytes after the header: A1111's LoRA hash) and
     `sshs_legacy_hash` (8 hex digits of the sha256 of 64 KiB at 1 MiB), over the file with its ss_* header."""
@@ -207,6 +221,7 @@ def kohya_metadata(*, rank: int, alpha: float, steps: int, base_model: str, trig
         "ss_tag_frequency": json.dumps({}),
         "modelspec.architecture": "stable-diffusion-v1/lora", "modelspec.title": name,
         "personae_trigger": trigger,
+        **({"modelspec.trigger_phrase": trigger} if trigger else {}),  # the model spec's: what UIs add to a prompt
     }
     meta.update(extra or {})
     return meta
