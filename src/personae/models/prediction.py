@@ -5,8 +5,10 @@ share such files say it; read when one loads, written when personae writes one.
   (sd_models_config.find_checkpoint_config_near_filename): `model.params.parameterization` is "eps" (the
   default) or "v", and `linear_start`, `linear_end`, `timesteps` and `scale_factor` give the noise schedule
   and the latent scale. ComfyUI's "Load Checkpoint With Config" reads the same file.
-- ComfyUI's checkpoint save adds an empty tensor `v_pred` to a v-prediction model's weights; ComfyUI and
-  Forge read it, and `ztsnr` beside it, for a model made for the zero-terminal-SNR noise schedule.
+- ComfyUI's checkpoint save adds an empty tensor `v_pred` to a v-prediction model's weights; ComfyUI reads it
+  back for SDXL (an SD-1 checkpoint there takes a ModelSamplingDiscrete node, which personae's
+  --prediction-type mirrors), and `ztsnr` beside it marks a model made for the zero-terminal-SNR noise schedule
+  (Forge reads it for every model).
 - kohya's sd-scripts (sai_model_spec) writes `modelspec.prediction_type` ("epsilon" or "v") into the header.
 - personae's own files carry the diffusers configs in their header as well.
 
@@ -27,7 +29,6 @@ from personae.errors import UserError
 
 V_PRED_KEY = "v_pred"  # ComfyUI's (and Forge's) marker of a v-prediction checkpoint
 ZTSNR_KEY = "ztsnr"  # theirs for a zero-terminal-SNR one
-MARKER_KEYS = (V_PRED_KEY, ZTSNR_KEY)
 MODELSPEC_KEY = "modelspec.prediction_type"  # the model spec's header field (kohya sd-scripts writes it)
 _MODELSPEC = {"epsilon": "epsilon", "eps": "epsilon", "v": "v_prediction", "v_prediction": "v_prediction"}
 WRITTEN_BY = "# written by personae"  # the first line of a .yaml personae wrote: the only kind it replaces
