@@ -120,7 +120,9 @@ def export_lora(pipe, out: Path, *, name: str, rank: int, alpha: float, te_alpha
     out.mkdir(parents=True, exist_ok=True)
     meta = kohya_metadata(rank=rank, alpha=alpha, steps=steps, base_model=base_model, trigger=trigger,
                           name=name, te_trained=te_trained, extra=extra_meta)
-    meta.update(modelspec_prediction(dict(pipe.scheduler.config)))  # what the base predicts, as kohya says it
+    scheduler = getattr(pipe, "scheduler", None)  # methods/lora_size.py sizes a file on bare components
+    if scheduler is not None:
+        meta.update(modelspec_prediction(dict(scheduler.config)))  # what the base predicts, as kohya says it
     if variant in ("lora", "dora"):
         tensors = peft_to_kohya(states["unet"], states.get("text_encoder"), alphas["unet"], alphas.get("text_encoder"),
                                 dtype)
