@@ -141,8 +141,8 @@ def test_generated_options_keep_the_names_users_know():
         "--hires-scale", "--hires-resize", "--hires-steps", "--hires-denoise", "--hires-upscaler", "--upscaler-dir",
         "--subseed", "--subseed-strength", "--seed-resize-from-w", "--seed-resize-from-h", "--rng", "--ensd", "--eta",
         "--eta-ddim", "--emphasis", "--quantize", "--img2img-fix-steps", "--schedule-rho", "--schedule-min-sigma",
-        "--schedule-max-sigma", "--discard-penultimate", "--noise-schedule", "--prediction-type", "--comma-backtrack", "--freeu",
-        "--freeu-v2", "--pad-conds",
+        "--schedule-max-sigma", "--discard-penultimate", "--noise-schedule", "--prediction-type", "--comma-backtrack",
+        "--freeu", "--freeu-v2", "--pad-conds",
         "--hires-prompt",
         "--hires-negative", "--hires-sampler", "--hires-cfg", "--inpaint-area", "--masked-padding",
         "--ad-model", "--ad-prompt", "--ad-negative-prompt", "--ad-confidence", "--ad-mask-k-largest",
@@ -156,7 +156,8 @@ def test_generated_options_keep_the_names_users_know():
         "--from-png", "--out", "--quiet", "--yes"}
     sampler_parameters = {"--eta", "--eta-ddim", "--sigma-churn", "--sigma-tmin", "--sigma-tmax", "--sigma-noise",
                           "--quantize", "--schedule-rho", "--schedule-min-sigma", "--schedule-max-sigma",
-                          "--discard-penultimate", "--noise-schedule", "--prediction-type", "--emphasis", "--comma-backtrack"}
+                          "--discard-penultimate", "--noise-schedule", "--prediction-type", "--emphasis",
+                          "--comma-backtrack"}
     assert _options("animate") == SHARED | sampler_parameters | {
         "--motion-adapter", "--frames", "--fps", "--loop-number", "--motion-scale", "--context", "--context-stride",
         "--freeinit", "--freeinit-iters", "--freeinit-filter", "--freeinit-ds", "--freeinit-dt",
