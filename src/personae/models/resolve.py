@@ -176,8 +176,8 @@ def prediction_type(source: ModelSource) -> str | None:
     if source.kind == "single_file":
         with tempfile.TemporaryDirectory(prefix="personae-config-") as tmp:
             _write_config_dir(Path(source.location), Path(tmp))
-            file: str | Path | None = Path(tmp) / "scheduler" / "scheduler_config.json"
-            return json.loads(Path(file).read_text()).get("prediction_type", "epsilon")
+            return json.loads((Path(tmp) / "scheduler" / "scheduler_config.json").read_text()).get("prediction_type",
+                                                                                                  "epsilon")
     if source.kind == "folder":
         file = Path(source.location) / "scheduler" / "scheduler_config.json"
     else:
