@@ -730,6 +730,10 @@ def test_a_vae_named_after_a_single_file_model_beside_it_draws_as_a1111s_automat
     unpickled = txt2img(settings(model, steps=2), on_event=said.append)[0]
     assert np.array_equal(pixels(unpickled), pixels(own))
     assert any("it is a pickle" in getattr(e, "text", "") for e in said)
+    (tmp_path / "m.vae.pt").unlink()
+    (tmp_path / "m.vae.safetensors").write_text("not a VAE")  # named as one: the run says which file, and why
+    with pytest.raises(UserError, match="m.vae.safetensors lies beside the model, so A1111's Automatic SD VAE"):
+        txt2img(settings(model, steps=1))
 
 
 K = "KDiffusionScheduler"  # k-diffusion's algorithm, on A1111's schedule (tests/test_ksampler.py)

@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from personae.config.sampling import RuntimeSettings
+from personae.errors import UserError
 from personae.events import EventHandler, Message, ignore
 from personae.inference.prompt import PromptEncoder
 from personae.inference.rng import route
@@ -136,8 +137,15 @@ def open_session(model: str, device: str = "auto", dtype: str = "auto", allow_pi
     torch_dtype = pick_dtype(dtype, dev)
     check_runtime(runtime or RuntimeSettings(), dev)  # offload on a CPU: said before the model loads
     # 2. load the VAE asked for (first: it is small, and a wrong file fails before the model loads), the base model
-    vae = _automatic_vae(source, vae, allow_pickle, on_event)
-    own_vae = load_vae(vae, torch_dtype, allow_pickle) if vae else None
+    asked, vae = vae, _automatic_vae(source, vae, allow_pickle, on_event)
+    try:
+        own_vae = load_vae(vae, torch_dtype, allow_pickle) if vae else None
+    except UserError as exc:
+        if asked:
+            raise
+        raise UserError(f"{vae} lies beside the model, so A1111's Automatic SD VAE (and personae without --vae) draws "
+                        f"with it, but it cannot be: {exc.what.removeprefix('--vae ')}",
+                        "Move it away or rename it, or pass --vae None to draw with the model's own VAE.") from None
     on_event(Message(f"loading {source.kind.replace('_', ' ')} {source.location}"))
     pipe = load_pipeline(source, dtype=torch_dtype)
     if own_vae:
