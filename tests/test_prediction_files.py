@@ -201,6 +201,9 @@ def test_kohyas_v_parameterization_is_taken_for_a_v_prediction_base_only(tmp_pat
     with pytest.raises(UserError) as err:
         kohya_settings({**config, "pretrained_model_name_or_path": str(tiny_model[1])}, tmp_path, "config.toml")
     assert "v_parameterization = True" in str(err.value) and "predicts the noise (epsilon)" in str(err.value)
+    with pytest.raises(UserError) as err:  # a base it cannot read is named with why, not guessed at
+        kohya_settings({**config, "pretrained_model_name_or_path": str(tmp_path / "gone")}, tmp_path, "config.toml")
+    assert "cannot be read (" in str(err.value) and "gone" in str(err.value)
     assert kohya_settings({**config, "v_parameterization": False}, tmp_path, "config.toml")[0]
 
 

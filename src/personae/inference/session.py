@@ -30,7 +30,7 @@ from personae.models.addons import (
 )
 from personae.models.device import pick_device, pick_dtype
 from personae.models.resolve import ModelSource, load_pipeline, model_hash, resolve_model
-from personae.models.vae import NO_VAE, PICKLE_VAE, load_vae, vae_beside
+from personae.models.vae import NO_VAE, load_vae, loads_unasked, vae_beside
 
 
 @dataclass
@@ -113,7 +113,7 @@ def _automatic_vae(source: ModelSource, vae: str | None, allow_pickle: bool, on_
         return None
     if vae or source.kind != "single_file" or (near := vae_beside(Path(source.location))) is None:
         return vae
-    if near.name.endswith(PICKLE_VAE) and not allow_pickle:
+    if not loads_unasked(near, allow_pickle):
         on_event(Message(f"{near.name} lies beside the model, and A1111 draws with it, but it is a pickle (it can run "
                          "code when loaded): the model's own VAE draws here. Pass --allow-pickle to use it, or "
                          "--vae None to say so.", "warning"))

@@ -37,7 +37,7 @@ from personae.media.png import (
 )
 from personae.models.embedding_dir import embedding_files
 from personae.models.upscalers import find_upscaler, is_path
-from personae.models.vae import PICKLE_VAE, vae_beside
+from personae.models.vae import loads_unasked, vae_beside
 from personae.outputs import Kind, check_output, open_output
 
 GENERATED = Kind("generate", "generated images", "personae generate", signature=(),
@@ -322,7 +322,7 @@ def _automatic_vae_named(settings: GenerateSettings, name: str) -> bool:
     """The VAE beside a single-file model (A1111's Automatic, which this run takes too) is the one named."""
     model = Path(settings.model).expanduser()
     near = vae_beside(model) if model.is_file() else None
-    return near is not None and near.name == name and (settings.allow_pickle or not near.name.endswith(PICKLE_VAE))
+    return near is not None and near.name == name and loads_unasked(near, settings.allow_pickle)
 
 
 def comfy_not_applied(reading: ComfyReading, settings: GenerateSettings) -> list[str]:

@@ -146,13 +146,13 @@ def _v_parameterization(model: str, refuse, notes: list[str]) -> None:
     from personae.models.resolve import prediction_type, resolve_model
 
     try:
-        predicts = prediction_type(resolve_model(model))
-    except UserError:
-        predicts = None  # a missing model is named when the run loads it
+        predicts, why = prediction_type(resolve_model(model)), "is a hub model not downloaded yet"
+    except UserError as exc:  # missing, a pickle, a file that contradicts itself: said here, in its own words
+        predicts, why = None, f"cannot be read ({exc})"
     if predicts == "v_prediction":
         notes.append("v_parameterization (the base model predicts the velocity: personae trains that)")
         return
-    said = {None: "cannot be read before it is downloaded or found", "epsilon": "predicts the noise (epsilon)"}
+    said = {None: why, "epsilon": "predicts the noise (epsilon)"}
     refuse("v_parameterization", f"the base model {model} {said.get(predicts, f'predicts {predicts}')}, and personae "
            "trains what the model predicts: a v-prediction checkpoint needs its .yaml (parameterization: v) beside "
            "it, as A1111 reads it, or ComfyUI's v_pred key")

@@ -79,6 +79,11 @@ VAE_SUFFIXES = (".vae.safetensors", ".vae.pt", ".vae.ckpt")  # what A1111 finds 
 PICKLE_VAE = (".vae.pt", ".vae.ckpt")
 
 
+def loads_unasked(vae_file: Path, allow_pickle: bool) -> bool:
+    """A VAE found beside the model is loaded without --vae when it is safetensors, a pickle only when allowed."""
+    return allow_pickle or not vae_file.name.endswith(PICKLE_VAE)
+
+
 def vae_beside(model_file: Path) -> Path | None:
     """A1111's "Automatic" SD VAE (its default): the VAE file named after a single-file checkpoint, beside it
     (`NAME.vae.safetensors`, `.vae.pt` or `.vae.ckpt` for `NAME.safetensors`; the safe kind first)."""
