@@ -8,6 +8,7 @@ EXAMPLES = """examples:
   personae detect canny photo.jpg edges.png --option low=50 --option high=150
   personae detect face me.jpg face-map.png
   personae detect pose me.jpg pose-map.png
+  personae detect shuffle painting.jpg shuffled.png --seed 7
   personae generate --model ./model --prompt "a knight" --control raw:pose-map.png --controlnet raw=./openpose-controlnet
 
 control types:
@@ -18,7 +19,7 @@ control types:
 def add_parser(sub) -> None:
     from personae.data.control import CONTROL_TYPES
 
-    p = sub.add_parser("detect", help="write a control map (canny, face, pose) for ControlNet",
+    p = sub.add_parser("detect", help="write a control map (canny, face, pose, shuffle) for ControlNet",
                        description="Draw the control map a ControlNet reads (edges, face landmarks, a pose skeleton) "
                                    "from a photo, offline. Use it to check what --control TYPE:IMAGE will see.",
                        epilog=EXAMPLES.format(types="\n".join(f"  {t.name:<7} {t.description}" for t in CONTROL_TYPES.values())),
@@ -28,6 +29,8 @@ def add_parser(sub) -> None:
     p.add_argument("out", metavar="OUT.png", help="where to write the map")
     p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                    help="a preprocessor option, e.g. low=50 for canny (repeatable)")
+    p.add_argument("--seed", type=int, default=None,
+                   help="a random map's seed (shuffle), taken as generate's --seed takes it; default random")
     p.add_argument("--overwrite", action="store_true", help="replace OUT.png if it exists")
     p.set_defaults(run=run)
 
@@ -45,6 +48,6 @@ def run(args) -> int:
             raise UserError(f"--option {text}: expected KEY=NUMBER, e.g. low=50.") from None
         if not sep:
             raise UserError(f"--option {text}: expected KEY=NUMBER, e.g. low=50.")
-    out = run_detect(args.type, args.image, args.out, options, overwrite=args.overwrite)
+    out = run_detect(args.type, args.image, args.out, options, overwrite=args.overwrite, seed=args.seed)
     print(f"wrote {args.type} control map to {out}")
     return 0

@@ -86,7 +86,7 @@ class ControlRef(Strict):
 
     CLI_FORM: ClassVar[str] = "TYPE:IMAGE[:WEIGHT]"
 
-    type: str = setting(description="how the image becomes a control map: canny, face, pose, raw "
+    type: str = setting(description="how the image becomes a control map: canny, face, pose, shuffle, raw "
                                     "(`personae detect --help` lists them)")
     image: str = setting(description="the photo to read (for raw: the control map itself)")
     weight: float = setting(1.0, '"Control Weight": 0 switches the unit off, 1 as trained', ge=0.0, le=2.0)

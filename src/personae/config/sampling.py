@@ -384,8 +384,8 @@ class ControlSettings(Concept):
     TITLE: ClassVar[str] = "ControlNet"
 
     controls: list[ControlRef] = setting([], 'ControlNet units (A1111\'s "ControlNet 0", "ControlNet 1", ...): '
-                                             "control type (canny, face, pose, raw), the image, weight (default 1); "
-                                             "repeat for multi-ControlNet", flag="--control")
+                                             "control type (canny, face, pose, shuffle, raw), the image, weight "
+                                             "(default 1); repeat for multi-ControlNet", flag="--control")
     control_start: float = setting(0.0, '"Guidance Start": fraction of the steps before control acts', ge=0.0, le=1.0)
     control_end: float = setting(1.0, '"Guidance End": fraction of the steps after which control stops', ge=0.0,
                                  le=1.0)

@@ -31,6 +31,7 @@ from PIL import Image
 from personae import __version__
 from personae.config.animate import AnimateSettings
 from personae.config.sampling import RuntimeSettings
+from personae.data.control.shuffle import numpy_seed
 from personae.data.dynamic_prompts import image_prompts, is_template
 from personae.errors import UserError
 from personae.events import EventHandler, Message, Progress, ignore
@@ -381,7 +382,7 @@ def animate(settings: AnimateSettings, animate_session: AnimateSession | None = 
                             "Write the prompt without it, or make the stills with `personae generate`.")
     travel = read_travel(settings.prompt, settings.frames)  # prompt travel: "frame: prompt" lines
     # ControlNet units: their control frames read and mapped now, before any model loads; and the clip to start from
-    controls = prepare_clip_controls(settings.controls, settings.frames, settings.allow_pickle)
+    controls = prepare_clip_controls(settings.controls, settings.frames, settings.allow_pickle, numpy_seed(seed))
     init = clip_frames(settings.init_image, settings.frames, "init clip") if settings.init_image else None
     one_picture = bool(settings.init_image) and is_one_picture(settings.init_image)  # A1111's img2gif
     if settings.last_frame:

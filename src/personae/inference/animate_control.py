@@ -26,7 +26,14 @@ from personae.data.control import get_control_type
 from personae.errors import UserError
 from personae.events import EventHandler, ignore
 from personae.inference.control_steps import UnitSteps, unit_steps
-from personae.inference.controlnet import PreparedControl, make_map, model_for, unit_controlnets, unit_window
+from personae.inference.controlnet import (
+    PreparedControl,
+    make_map,
+    model_for,
+    pools,
+    unit_controlnets,
+    unit_window,
+)
 from personae.inference.img2img import open_image
 from personae.models.controlnet import check_available, resolve_controlnet
 
@@ -86,10 +93,11 @@ def clip_frames(text: str, frames: int, what: str) -> list[Image.Image]:
     return pictures
 
 
-def prepare_clip_controls(controls: list[ControlRef], frames: int, allow_pickle: bool = False
+def prepare_clip_controls(controls: list[ControlRef], frames: int, allow_pickle: bool = False, seed: int = 0
                           ) -> list[list[PreparedControl]]:
-    """Every unit's maps, frame by frame (a picture given once is mapped once): bad input fails here, before any
-    model loads."""
+    """Every unit's maps, frame by frame (a picture given once is mapped once; `seed`: the numpy seed of random
+    maps, the same for every frame, as the extension seeds numpy before each of a unit's pictures): bad input fails
+    here, before any model loads."""
     prepared = []
     for i, ref in enumerate(controls):
         control_type = get_control_type(ref.type)
@@ -102,7 +110,8 @@ def prepare_clip_controls(controls: list[ControlRef], frames: int, allow_pickle:
         for picture in control_frames(ref, frames, i):
             if id(picture) not in made:
                 made[id(picture)] = PreparedControl(ref, control_type, model_for(ref),
-                                                    make_map(ref, picture, ref.processor_res), picture)
+                                                    make_map(ref, picture, ref.processor_res, seed), picture,
+                                                    seed=seed)
             units.append(made[id(picture)])
         prepared.append(units)
     return prepared
@@ -128,5 +137,6 @@ def clip_control_call(animate_session, settings, prepared: list[list[PreparedCon
                  "control_guidance_start": 0.0 if single else [0.0] * len(nets),
                  "control_guidance_end": 1.0 if single else [1.0] * len(nets)}
     steps = [UnitSteps(units[0].ref.control_mode, *unit_window(settings, units[0].ref),
-                       by_noise=units[0].ref.guidance_by == "noise") for units in prepared]
+                       by_noise=units[0].ref.guidance_by == "noise", pooled=pools(net))
+             for units, net in zip(prepared, nets)]
     return pipe, arguments, functools.partial(unit_steps, nets, steps, settings.frames, scheduler), [controlnet]

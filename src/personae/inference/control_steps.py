@@ -20,6 +20,12 @@ middle block, the extension's soft injection); "ControlNet is more important" do
 prompt's rows no control at all (its cfg injection: the first `batch` rows of a guided call, which carries negative
 rows first; a call with only the prompt's rows, CFG 1, keeps them all). "Balanced" leaves the residuals as the
 weight made them.
+
+Global average pooling (ControlNet 1.1's shuffle model, models/controlnet.py): every residual is averaged over the
+picture to one value per channel, and the negative prompt's rows get no control, whatever the mode (the extension's
+global_average_pooling, which turns its cfg injection on). diffusers would do the same for a pooled ControlNet by
+putting the whole pipeline into guess mode, which changes every other unit of a multi-ControlNet too; so the flag
+is kept off diffusers' config and applied here, per unit.
 """
 
 from __future__ import annotations
@@ -40,6 +46,7 @@ class UnitSteps:
     start: float  # "Guidance Start"
     end: float  # "Guidance End"
     by_noise: bool = False  # ComfyUI's window: start and end are points of the noise levels, not of the steps
+    pooled: bool = False  # global average pooling (a shuffle ControlNet)
 
 
 def percent_sigma(scheduler, percent: float) -> float:
@@ -106,15 +113,19 @@ def unit_steps(controlnets: Sequence, units: Sequence[UnitSteps], batch: int, sc
             call = next(calls)
             unit = shared[call % len(shared)]
             on = controlled(unit, call // len(shared))
-            if on and unit.mode == "Balanced":
+            if on and unit.mode == "Balanced" and not unit.pooled:
                 return output
             down, mid = output if isinstance(output, tuple) else (output.down_block_res_samples,
                                                                    output.mid_block_res_sample)
             if not on:
                 residuals = [torch.zeros_like(r) for r in (*down, mid)]
             else:
-                residuals = [r * SOFT ** (len(down) - i) for i, r in enumerate(down)] + [mid]
-                if unit.mode == "ControlNet is more important" and mid.shape[0] >= 2 * batch:
+                residuals = [*down, mid]
+                if unit.pooled:
+                    residuals = [r.mean(dim=(2, 3), keepdim=True).expand_as(r) for r in residuals]
+                if unit.mode != "Balanced":
+                    residuals = [r * SOFT ** (len(down) - i) for i, r in enumerate(residuals[:-1])] + residuals[-1:]
+                if (unit.mode == "ControlNet is more important" or unit.pooled) and mid.shape[0] >= 2 * batch:
                     keep = torch.ones(mid.shape[0], 1, 1, 1, dtype=mid.dtype, device=mid.device)
                     keep[:batch] = 0
                     residuals = [r * keep for r in residuals]
@@ -123,7 +134,7 @@ def unit_steps(controlnets: Sequence, units: Sequence[UnitSteps], batch: int, sc
         return hook
 
     handles = [net.register_forward_hook(hook_for(shared), with_kwargs=True) for net, shared in by_net.values()
-               if any(u.mode != "Balanced" or u.start > 0 or u.end < 1 for u in shared)]
+               if any(u.mode != "Balanced" or u.start > 0 or u.end < 1 or u.pooled for u in shared)]
     try:
         yield
     finally:

@@ -36,6 +36,7 @@ class PreparedControl:
     map: Image.Image  # the control map as the preprocessor made it (at the unit's processor resolution)
     photo: Image.Image | None = None  # what it was made from (a pixel-perfect unit remakes it for the picture's size)
     made: dict = field(default_factory=dict)  # res -> map, made once each
+    seed: int = 0  # the numpy seed a seeded type's map was drawn from (data/control/shuffle.py)
 
     def map_at(self, size: tuple[int, int], made_for: tuple[int, int] | None = None) -> Image.Image:
         """The map at the picture's size, fitted as the unit's "Resize Mode" says (data/control/fit.py); a
@@ -45,24 +46,36 @@ class PreparedControl:
         if self.ref.pixel_perfect and self.photo is not None and self.control_type.a1111_module != "none":
             res = pixel_perfect_res(self.photo.size, made_for or size, self.ref.resize_mode)
             if res not in self.made:
-                self.made[res] = make_map(self.ref, self.photo, res)
+                self.made[res] = make_map(self.ref, self.photo, res, self.seed)
             made = self.made[res]
         return fit_map(made, size, self.ref.resize_mode)
 
     def with_ref(self, ref: ControlRef) -> PreparedControl:
         """The same map for another unit with the same image and preprocessor (a comparison's rows)."""
-        return PreparedControl(ref, self.control_type, model_for(ref), self.map, self.photo, self.made)
+        return PreparedControl(ref, self.control_type, model_for(ref), self.map, self.photo, self.made, self.seed)
+
+    def for_seed(self, seed: int) -> PreparedControl:
+        """The unit for a picture whose preprocessors draw from numpy seed `seed`: itself, unless its map is random
+        (shuffle), which is drawn again from that seed."""
+        if not self.control_type.seeded or seed == self.seed or self.photo is None:
+            return self
+        return PreparedControl(self.ref, self.control_type, self.model,
+                               make_map(self.ref, self.photo, self.ref.processor_res, seed), self.photo, {}, seed)
 
 
-def make_map(ref: ControlRef, photo: Image.Image, res: int) -> Image.Image:
-    """A1111's preprocessing: the photo scaled to `res` on its short side (and padded to a multiple of 64) for the
-    preprocessor, its map cut back; the "none" module (raw) takes the image as the map itself."""
+def make_map(ref: ControlRef, photo: Image.Image, res: int, seed: int = 0) -> Image.Image:
+    """A1111's preprocessing: the photo scaled to `res` on its short side (and padded to a multiple of 64, for the
+    preprocessors the extension pads for) for the preprocessor, its map cut back; the "none" module (raw) takes the
+    image as the map itself. `seed`: the numpy seed of a seeded type (shuffle.numpy_seed)."""
     control_type = get_control_type(ref.type)
     if control_type.a1111_module == "none":
         return photo.convert("RGB")
     padded, unpad = processor_input(photo, res)
-    made = detect_control(ref.type, Image.fromarray(padded), ref.options, where=f"the control image {ref.image}")
-    return Image.fromarray(unpad(np.asarray(made.convert("RGB"))))
+    image = padded if control_type.padded else unpad(padded)
+    made = detect_control(ref.type, Image.fromarray(image), ref.options, where=f"the control image {ref.image}",
+                          seed=seed)
+    made = np.asarray(made.convert("RGB"))
+    return Image.fromarray(unpad(made) if control_type.padded else made)
 
 
 def model_for(ref: ControlRef) -> str:
@@ -76,15 +89,16 @@ def model_for(ref: ControlRef) -> str:
     return control_type.default_model
 
 
-def prepare_controls(controls: list[ControlRef], allow_pickle: bool = False) -> list[PreparedControl]:
-    """Read every control image and make its map: bad input fails here, before any model loads."""
+def prepare_controls(controls: list[ControlRef], allow_pickle: bool = False, seed: int = 0) -> list[PreparedControl]:
+    """Read every control image and make its map (`seed`: the numpy seed of random maps, shuffle.numpy_seed): bad
+    input fails here, before any model loads."""
     prepared = []
     for i, ref in enumerate(controls):
         control_type = get_control_type(ref.type)
         check_available(resolve_controlnet(model_for(ref), allow_pickle))  # a wrong path or an unreachable hub id, at once
         photo = open_image(ref.image, f"control image of ControlNet {i} ({ref.type})")
-        prepared.append(PreparedControl(ref, control_type, model_for(ref), make_map(ref, photo, ref.processor_res),
-                                        photo))
+        prepared.append(PreparedControl(ref, control_type, model_for(ref),
+                                        make_map(ref, photo, ref.processor_res, seed), photo, seed=seed))
     return prepared
 
 
@@ -113,11 +127,20 @@ def controlnet_for(session, spec: str, allow_pickle: bool = False, on_event: Eve
                             f"{model.config.cross_attention_dim}, this model's is {session.pipe.unet.config.cross_attention_dim}).",
                             "Use a ControlNet trained for this model's family (SD 1.x ControlNets for SD 1.x models).")
         beside_unet(model, session.runtime)
+        # a pooled ControlNet (shuffle) is pooled unit by unit (inference/control_steps.py): diffusers, seeing the
+        # flag, would run every unit of the pipeline in guess mode
+        model.global_average_pooling = bool(model.config.global_pool_conditions)
+        model.register_to_config(global_pool_conditions=False)
         session.controlnets[spec] = (source, model)
     model = session.controlnets[spec][1]
     if not offload_beside(model, session.pipe.vae, session.runtime, session.device):
         unit_low_vram(model, low_vram, session.device)
     return model
+
+
+def pools(controlnet) -> bool:
+    """Whether a ControlNet loaded by controlnet_for averages its control over the picture (a shuffle model)."""
+    return getattr(controlnet, "global_average_pooling", False)
 
 
 def control_pipeline(session, controlnets: list, img2img: bool, inpaint: bool, scheduler):
@@ -143,8 +166,8 @@ def control_call(session, settings: GenerateSettings, controls: list[PreparedCon
     controlnets = unit_controlnets(session, [[c] for c in controls], settings.allow_pickle, on_event)
     maps = [c.map_at(size, made_for) for c in controls]
     weights = [float(c.ref.weight) for c in controls]
-    units = [UnitSteps(c.ref.control_mode, *unit_window(settings, c.ref), by_noise=c.ref.guidance_by == "noise")
-             for c in controls]
+    units = [UnitSteps(c.ref.control_mode, *unit_window(settings, c.ref), by_noise=c.ref.guidance_by == "noise",
+                       pooled=pools(net)) for c, net in zip(controls, controlnets)]
     single = len(controls) == 1
     # the windows are A1111's, kept by unit_steps: diffusers' own would count the steps another way
     arguments = {"control_image" if img2img else "image": maps[0] if single else maps,

@@ -22,6 +22,7 @@ from PIL import Image
 
 from personae import __version__
 from personae.config.generate import GenerateSettings
+from personae.data.control.shuffle import numpy_seed
 from personae.data.dynamic_prompts import image_prompts, is_template
 from personae.errors import UserError
 from personae.events import EventHandler, Message, Progress, ignore
@@ -294,8 +295,10 @@ def txt2img(settings: GenerateSettings, session: Session | None = None, on_event
     for path, what in ((settings.init_image, "init image"), (settings.mask, "mask")):
         if path:
             open_image(path, what)  # a missing or unreadable file fails before the model loads
-    if controls is None:
-        controls = prepare_controls(settings.controls, settings.allow_pickle)  # no face found: said before loading
+    unit_seed = numpy_seed(seed, settings.subseed)  # what A1111 seeds numpy with before each unit's preprocessor
+    if controls is None:  # no face found: said before loading
+        controls = prepare_controls(settings.controls, settings.allow_pickle, unit_seed)
+    controls = [c.for_seed(unit_seed) for c in controls]  # a random map (shuffle) is this picture's seed's
     # 2. load the model, LoRAs and embeddings (unless the caller holds a session)
     session = session or session_for(settings, on_event)
     size = default_size(settings.init_image) if settings.init_image else (session.native_size, session.native_size)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import random
 from pathlib import Path
 
-from personae.data.control import detect_control, get_control_type
+from personae.data.control import CONTROL_TYPES, detect_control, get_control_type
+from personae.data.control.shuffle import numpy_seed
 from personae.errors import UserError
 from personae.inference.img2img import open_image
 from personae.media.png import save_png
@@ -13,18 +15,29 @@ from personae.staging import explain_disk_full
 
 
 def run_detect(control_type: str, image: str | Path, out: str | Path, options: dict[str, float] | None = None,
-               overwrite: bool = False) -> Path:
-    """Draw the control map of `image` and write it to `out` (a PNG; an existing file only with `overwrite`)."""
-    get_control_type(control_type)  # the arguments are checked in the order they are given: TYPE first
+               overwrite: bool = False, seed: int | None = None) -> Path:
+    """Draw the control map of `image` and write it to `out` (a PNG; an existing file only with `overwrite`);
+    `seed`: a random map's (shuffle), taken as `personae generate --seed SEED` takes it (the map itself is drawn at
+    the photo's own size here, at the unit's processor resolution there)."""
+    kind = get_control_type(control_type)  # the arguments are checked in the order they are given: TYPE first
+    if seed is not None and not kind.seeded:
+        raise UserError(f"--seed: the {kind.name} map is not random, so it has no seed.",
+                        "Leave --seed out (it is for: " + ", ".join(n for n, t in CONTROL_TYPES.items() if t.seeded)
+                        + ").")
+    if seed is not None and not 0 <= seed < 2**64:
+        raise UserError(f"--seed {seed}: a seed is a whole number from 0 to 2**64 - 1, as generate's.")
     out = Path(out)
     if out.suffix.lower() != ".png":
         raise UserError(f"{out}: the control map is written as a PNG; give the output a .png name.")
     check_file_output(out, overwrite)
     photo = open_image(str(image), "image")
-    control_map = detect_control(control_type, photo, options, where=str(image))
+    if kind.seeded and seed is None:
+        seed = random.randrange(2**32)
+    control_map = detect_control(control_type, photo, options, where=str(image),
+                                 seed=numpy_seed(seed) if kind.seeded else 0)
     check_file_output(out, overwrite)
     out.parent.mkdir(parents=True, exist_ok=True)
     settings = ", ".join(f"{k}: {v:g}" for k, v in (options or {}).items())
     with explain_disk_full(out):
         return save_png(control_map, out, f"Control map: {control_type}" + (f", {settings}" if settings else "") +
-                        f", Source: {Path(image).name}")
+                        (f", Seed: {seed}" if kind.seeded else "") + f", Source: {Path(image).name}")

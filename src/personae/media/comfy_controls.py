@@ -17,6 +17,8 @@ from __future__ import annotations
 
 from pathlib import PureWindowsPath
 
+from personae.media.controlnet_text import pools_by_name
+
 CONTROL_INPUTS: dict[str, set[str]] = {  # ComfyUI's nodes.py and comfy_extras/nodes_canny.py
     "ControlNetApplyAdvanced": {"positive", "negative", "control_net", "image", "strength", "start_percent",
                                 "end_percent", "vae"},  # vae: optional, for the newer model families
@@ -80,7 +82,12 @@ def _unit(graph, node_id: str, apply: dict, notes: list[str]) -> dict:
         if not 0 <= start <= end <= 1:
             raise graph.refuse(f"gives {graph.name(node_id)} start_percent {start:g} and end_percent {end:g}; "
                                "personae's guidance window runs from 0 to 1, its start before its end.")
-    unit = {"node": node_id, "module": "none", "model": graph.value(loader_id, loader, "control_net_name", str),
+    model = graph.value(loader_id, loader, "control_net_name", str)
+    if pools_by_name(model) and graph.nodes[node_id].get("class_type") == "ControlNetApplyAdvanced":
+        notes.append(f"{graph.name(node_id)} applies a shuffle ControlNet (its control averaged over the picture) to "
+                     "the negative prompt too, as ComfyUI's ControlNetApplyAdvanced does; personae gives the negative "
+                     "prompt none of it, as A1111's ControlNet extension does")
+    unit = {"node": node_id, "module": "none", "model": model,
             "weight": strength, "guidance_start": start, "guidance_end": end, "thresholds": None,
             "guidance_by": "steps" if (start, end) == (0.0, 1.0) else "noise"}  # ComfyUI counts by noise level
     image_id = graph.link(node_id, apply, "image")[0]

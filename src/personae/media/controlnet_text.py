@@ -14,6 +14,7 @@ ControlNets by their hub ids.
 from __future__ import annotations
 
 import re
+from pathlib import PureWindowsPath
 
 # the fields personae writes, in the extension's order (its ControlNetUnit)
 FIELDS = ("Module", "Model", "Weight", "Resize Mode", "Low Vram", "Processor Res", "Threshold A", "Threshold B",
@@ -91,6 +92,13 @@ def model_id(shown: str) -> str | None:
         return f"lllyasviel/{stem}"
     found = _V10.match(stem)
     return f"lllyasviel/sd-controlnet-{found.group(1)}" if found else None
+
+
+def pools_by_name(name: str) -> bool:
+    """Whether A1111's ControlNet extension averages a single-file ControlNet's control over the picture (global
+    average pooling, ControlNet 1.1's shuffle model): it does for every file with "shuffle" in its name. ComfyUI does
+    it only for names ending in "_shuffle" (or "_shuffle_fp16"), as ControlNet 1.1's own file names do."""
+    return "shuffle" in PureWindowsPath(name).name.rsplit(".", 1)[0].lower()  # either separator: a path from any OS
 
 
 def write_unit(fields: dict[str, str]) -> str:

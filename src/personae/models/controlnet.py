@@ -6,6 +6,9 @@
 A single file is the original layout A1111 users download (`control_model.*`); its config
 comes from the file's header when personae wrote it, else it is the SD-1.5 ControlNet
 config derived from the SD-1.5 UNet config shipped in this package, so no network is needed.
+A file with "shuffle" in its name is ControlNet 1.1's shuffle model, whose control is averaged over the picture
+(global average pooling), as A1111's ControlNet extension decides (its model guess; older versions read the same
+from control_v11e_sd15_shuffle.yaml); a diffusers folder says it in its config (`global_pool_conditions`).
 A hub id may name a subfolder after the repository (`owner/name/subfolder`), as the
 MediaPipe-face ControlNet keeps its SD-1.5 weights in `diffusion_sd15`. Offline, a hub
 id that is not in the local cache fails within seconds, saying to pass a local folder.
@@ -22,9 +25,17 @@ import torch
 
 from personae.errors import UserError
 from personae.hub import from_cache_or_hub, require_hub
+from personae.media.controlnet_text import pools_by_name
 from personae.models.addons import file_sha256
 from personae.models.folders import readable_by_others
-from personae.models.model_files import SD15_DIR, check_model_file, header_json, named_by_content, tensor_shapes
+from personae.models.model_files import (
+    SD15_DIR,
+    check_model_file,
+    config_saying,
+    header_json,
+    named_by_content,
+    tensor_shapes,
+)
 from personae.models.original_layout import CONFIG_METADATA_KEY
 from personae.models.resolve import Source, _short, load_errors, locate
 
@@ -93,7 +104,9 @@ def _single_file_config(path: Path) -> dict:
                         "Pass a ControlNet file (e.g. control_v11p_sd15_canny.safetensors) or a diffusers folder.")
     if config is not None and not isinstance(config, dict):
         raise UserError(f"{path}: its header entry {CONFIG_METADATA_KEY!r} holds no ControlNet config.")
-    return {"_class_name": "ControlNetModel", **config} if config else sd15_controlnet_config()
+    config = {"_class_name": "ControlNetModel", **config} if config else sd15_controlnet_config()
+    return config_saying(config, {"global_pool_conditions": True}) if pools_by_name(str(path)) else config
+
 
 
 def load_controlnet(source: ControlNetSource, dtype: torch.dtype = torch.float32):

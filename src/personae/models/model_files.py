@@ -203,6 +203,15 @@ def header_json(meta: dict[str, str], key: str, path: Path) -> dict | None:
     return value
 
 
+def config_saying(config: dict, values: dict) -> dict:
+    """`config` with `values` set, as values the config says: diffusers' from_config takes its own default for
+    every key a config lists in `_use_default_values` (the keys its file left out), whatever the key holds."""
+    config = {**config, **values}
+    if "_use_default_values" in config:
+        config["_use_default_values"] = [k for k in config["_use_default_values"] if k not in values]
+    return config
+
+
 @contextlib.contextmanager
 def named_by_content(path: Path, kind: str) -> Iterator[Path]:
     """`path`, or a link to it whose suffix matches its content (loaders that choose their reader by suffix)."""

@@ -35,6 +35,7 @@ from personae.models.model_files import (
     SD15_DIR,
     check_folder_weights,
     check_model_file,
+    config_saying,
     header_json,
     named_by_content,
     sniff,
@@ -222,10 +223,7 @@ def _write_config_dir(path: Path, target: Path) -> dict:
     # what the file predicts and on which schedule: its header, ComfyUI's marker keys, the .yaml A1111 reads
     for name, values in prediction_overrides(path, shapes, meta, configs).items():
         file = target / name / ("scheduler_config.json" if name == "scheduler" else "config.json")
-        config = {**(configs[name] if name in configs else json.loads(file.read_text())), **values}
-        # diffusers' from_config drops the keys a config lists as defaults: these are said, not defaults
-        config["_use_default_values"] = [k for k in config.get("_use_default_values", []) if k not in values]
-        configs[name] = config
+        configs[name] = config_saying(configs[name] if name in configs else json.loads(file.read_text()), values)
     for name, config in configs.items():
         sub = target / name
         sub.mkdir(exist_ok=True)

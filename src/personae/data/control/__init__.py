@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from PIL import Image
 
-from personae.data.control import canny, face, pose, raw
+from personae.data.control import canny, face, pose, raw, shuffle
 from personae.data.control.base import ControlType
 from personae.errors import UserError, did_you_mean
 
@@ -22,6 +22,7 @@ CONTROL_TYPES: dict[str, ControlType] = {t.name: t for t in [
     face.FACE,
     pose.POSE,
     raw.RAW,
+    shuffle.SHUFFLE,
 ]}
 
 
@@ -35,10 +36,14 @@ def get_control_type(name: str) -> ControlType:
 
 
 def detect_control(name: str, image: Image.Image, options: dict[str, float] | None = None,
-                   where: str = "the image") -> Image.Image:
-    """The control map of `image` for control type `name` (an RGB image of the same size)."""
+                   where: str = "the image", seed: int = 0) -> Image.Image:
+    """The control map of `image` for control type `name` (an RGB image of the same size); `seed`: the numpy seed
+    a seeded type draws from (shuffle.numpy_seed of the picture's seed)."""
     control_type = get_control_type(name)
-    return control_type.detect(image.convert("RGB"), control_type.check_options(options or {}), where)
+    options = control_type.check_options(options or {})
+    if control_type.seeded:
+        return control_type.detect(image.convert("RGB"), options, where, seed)
+    return control_type.detect(image.convert("RGB"), options, where)
 
 
 __all__ = ["CONTROL_TYPES", "ControlType", "detect_control", "get_control_type"]

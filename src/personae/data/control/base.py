@@ -9,7 +9,8 @@ from PIL import Image
 
 from personae.errors import UserError, did_you_mean
 
-Detect = Callable[[Image.Image, dict[str, float], str], Image.Image]  # (RGB photo, options, where) -> control map
+# (RGB photo, options, where) -> control map; a seeded type's also takes the numpy seed last
+Detect = Callable[..., Image.Image]
 
 
 @dataclass(frozen=True)
@@ -20,6 +21,8 @@ class ControlType:
     a1111_module: str  # A1111's preprocessor name, written to the infotext ("Module: canny")
     default_model: str | None  # the public ControlNet (hub id) trained on these maps; None: the user must name one
     options: dict[str, float] = field(default_factory=dict)  # option -> default (e.g. canny's thresholds)
+    seeded: bool = False  # the map is random: drawn from the picture's seed (data/control/shuffle.py)
+    padded: bool = True  # A1111 pads the scaled photo to a multiple of 64 before this preprocessor runs
 
     def check_options(self, options: dict[str, float]) -> dict[str, float]:
         """The type's defaults updated with `options`; an unknown option names the valid ones."""
