@@ -189,3 +189,14 @@ def test_a_comfyui_graph_with_a_shuffle_controlnet_says_how_its_negative_prompt_
     notes = not_applied(tmp_path, controlnet_graph(name="control_v11e_sd15_shuffle.pth"))
     assert "applies a shuffle ControlNet (its control averaged over the picture) to the negative prompt too" in notes
     assert "shuffle" not in not_applied(tmp_path, controlnet_graph())
+
+
+def test_a_comparison_shows_the_shuffle_map_of_its_first_seed(photo, controlnets):
+    from personae.config.compare import CompareSuite
+    from personae.jobs.compare_controls import prepare_suite_controls
+
+    unit = {"type": "shuffle", "image": str(photo), "model": str(controlnets[1])}
+    suite = CompareSuite(base_model="m", seeds=[5, 6], controls=[unit])
+    [prepared] = prepare_suite_controls(suite).values()
+    [expected] = prepare_controls(suite.controls, seed=numpy_seed(5))
+    assert prepared.seed == 10 and np.array_equal(np.asarray(prepared.map), np.asarray(expected.map))

@@ -13,6 +13,7 @@ from pathlib import Path
 from personae.config.addons import ControlRef
 from personae.config.compare import CompareSuite
 from personae.data.control import get_control_type
+from personae.data.control.shuffle import numpy_seed
 from personae.errors import UserError
 from personae.inference.controlnet import PreparedControl, model_for, prepare_controls
 from personae.jobs.compare_plan import Row, describe_unit, slug
@@ -26,7 +27,7 @@ def _map_key(ref: ControlRef) -> tuple:
             ref.processor_res, ref.pixel_perfect)
 
 
-def _prepare_unit(ref: ControlRef, where: str, allow_pickle: bool) -> PreparedControl:
+def _prepare_unit(ref: ControlRef, where: str, allow_pickle: bool, seed: int = 0) -> PreparedControl:
     """generate's checks, one field at a time, so the error says which field of which unit is wrong."""
     field = "type"
     try:
@@ -36,7 +37,7 @@ def _prepare_unit(ref: ControlRef, where: str, allow_pickle: bool) -> PreparedCo
         field = "model"
         check_available(resolve_controlnet(model_for(ref), allow_pickle))
         field = "image"
-        return prepare_controls([ref], allow_pickle)[0]
+        return prepare_controls([ref], allow_pickle, seed)[0]
     except UserError as exc:
         fix = exc.fix
         if field == "model":  # generate's advice names its --controlnet flag; a suite names the model in the unit
@@ -47,7 +48,9 @@ def _prepare_unit(ref: ControlRef, where: str, allow_pickle: bool) -> PreparedCo
 
 
 def prepare_suite_controls(suite: CompareSuite) -> dict[tuple, PreparedControl]:
-    """Every unit of every variant (and of the suite) checked and its map drawn: bad input fails before generation."""
+    """Every unit of every variant (and of the suite) checked and its map drawn: bad input fails before generation.
+    A random map (shuffle) is drawn from the suite's first seed, the one the report shows; each picture draws its
+    own seed's (inference/txt2img.py)."""
     maps: dict[tuple, PreparedControl] = {}
     for variant in suite.variants:
         own = variant.controls is not None
@@ -56,7 +59,8 @@ def prepare_suite_controls(suite: CompareSuite) -> dict[tuple, PreparedControl]:
                      else f'The suite\'s controls[{i}] (used by variant "{variant.label}")')
             key = _map_key(ref)
             if key not in maps or ref.model != maps[key].ref.model:
-                prepared = _prepare_unit(ref, where, allow_pickle=False)  # as the suite's models: no pickles
+                prepared = _prepare_unit(ref, where, allow_pickle=False,  # as the suite's models: no pickles
+                                         seed=numpy_seed(suite.seeds[0]))
                 maps.setdefault(key, prepared)
     return maps
 
