@@ -257,6 +257,39 @@ def test_single_file_controlnet_matches_the_folder(tiny_model, tiny_session, pho
         txt2img(_settings(tiny_model[0], controls=[_unit("canny", photos / "astronaut.png", tmp_path / "cn.pth")]))
 
 
+def test_a_controlnet_in_diffusers_layout_as_one_file_draws_as_its_folder(tiny_model, tiny_session, photos, tmp_path):
+    """A folder's diffusion_pytorch_model.safetensors alone, as A1111's extension and ComfyUI read it: its config from
+    its shapes over SD-1.5's (heads, GroupNorm groups), so a ControlNet with SD-1.5's groups draws as its folder;
+    a tensor it has no place for stops the load, naming it."""
+    from diffusers import ControlNetModel
+    from safetensors.torch import load_file, save_file
+
+    from personae.models.controlnet import build_tiny_controlnet, load_controlnet, resolve_controlnet
+
+    tiny = build_tiny_controlnet(tiny_session.pipe.unet, seed=2)
+    net = ControlNetModel.from_config({**tiny.config, "norm_num_groups": 32})  # SD-1.5's groups, tiny widths
+    net.load_state_dict(tiny.state_dict())
+    net.save_pretrained(tmp_path / "folder")
+    file = tmp_path / "control_sd15_diffusers.safetensors"
+    file.write_bytes((tmp_path / "folder" / "diffusion_pytorch_model.safetensors").read_bytes())
+    run = lambda model: txt2img(_settings(tiny_model[0], controls=[_unit("canny", photos / "astronaut.png", model)]),
+                                tiny_session)[0]
+    from_folder, from_file = run(tmp_path / "folder"), run(file)
+    assert np.array_equal(_px(from_folder.image), _px(from_file.image))
+    assert not np.array_equal(_px(from_folder.image), _px(txt2img(_settings(tiny_model[0]), tiny_session)[0].image))
+    assert load_controlnet(resolve_controlnet(str(file))).config.down_block_types == list(net.config.down_block_types)
+
+    weights = load_file(file)
+    save_file({**weights, "add_embedding.linear_1.weight": torch.zeros(4, 4)}, tmp_path / "sdxl_like.safetensors")
+    with pytest.raises(UserError, match="1 tensors a ControlNet for SD 1.x has no place for "
+                                        r"\(add_embedding.linear_1.weight\)"):
+        load_controlnet(resolve_controlnet(str(tmp_path / "sdxl_like.safetensors")))
+    del weights["controlnet_mid_block.bias"]
+    save_file(weights, tmp_path / "cut.safetensors")
+    with pytest.raises(UserError, match=r"1 missing \(controlnet_mid_block.bias\)"):
+        load_controlnet(resolve_controlnet(str(tmp_path / "cut.safetensors")))
+
+
 # --- command line ---------------------------------------------------------------------------------------------
 
 def test_cli_detect_writes_the_map_and_names_valid_types(photos, tmp_path, capsys):

@@ -6,6 +6,8 @@
 A single file is the original layout A1111 users download (`control_model.*`); its config
 comes from the file's header when personae wrote it, else it is the SD-1.5 ControlNet
 config derived from the SD-1.5 UNet config shipped in this package, so no network is needed.
+A folder's diffusion_pytorch_model.safetensors on its own (diffusers' layout) is read too, its config from its
+shapes (models/controlnet_layout.py).
 A file with "shuffle" in its name is ControlNet 1.1's shuffle model, whose control is averaged over the picture
 (global average pooling), as A1111's ControlNet extension decides (its model guess; older versions read the same
 from control_v11e_sd15_shuffle.yaml); a diffusers folder says it in its config (`global_pool_conditions`).
@@ -27,6 +29,7 @@ from personae.errors import UserError
 from personae.hub import from_cache_or_hub, require_hub
 from personae.media.controlnet_text import pools_by_name
 from personae.models.addons import file_sha256
+from personae.models.controlnet_layout import check_keys, diffusers_layout_config, is_diffusers_layout
 from personae.models.folders import readable_by_others
 from personae.models.model_files import (
     SD15_DIR,
@@ -99,12 +102,18 @@ def sd15_controlnet_config() -> dict:
 def _single_file_config(path: Path) -> dict:
     shapes, meta = tensor_shapes(path)
     config = (header_json(meta, CONFIG_METADATA_KEY, path) or {}).get("controlnet")
-    if not any(k.startswith("control_model.") for k in shapes):
-        raise UserError(f"{path} is not a ControlNet checkpoint in the original layout (no control_model.* weights).",
-                        "Pass a ControlNet file (e.g. control_v11p_sd15_canny.safetensors) or a diffusers folder.")
     if config is not None and not isinstance(config, dict):
         raise UserError(f"{path}: its header entry {CONFIG_METADATA_KEY!r} holds no ControlNet config.")
-    config = {"_class_name": "ControlNetModel", **config} if config else sd15_controlnet_config()
+    if is_diffusers_layout(shapes):  # a folder's weights file alone (models/controlnet_layout.py)
+        config = {"_class_name": "ControlNetModel", **config} if config else \
+            diffusers_layout_config(shapes, sd15_controlnet_config())
+        check_keys(path, shapes, config)
+    elif not any(k.startswith("control_model.") for k in shapes):
+        raise UserError(f"{path} is not a ControlNet checkpoint: it has neither the original layout's control_model.* "
+                        "weights nor diffusers' controlnet_cond_embedding.*.",
+                        "Pass a ControlNet file (e.g. control_v11p_sd15_canny.safetensors) or a diffusers folder.")
+    else:
+        config = {"_class_name": "ControlNetModel", **config} if config else sd15_controlnet_config()
     return config_saying(config, {"global_pool_conditions": True}) if pools_by_name(str(path)) else config
 
 
