@@ -290,6 +290,25 @@ def test_a_controlnet_in_diffusers_layout_as_one_file_draws_as_its_folder(tiny_m
         load_controlnet(resolve_controlnet(str(tmp_path / "cut.safetensors")))
 
 
+def test_a_controlnet_for_another_base_model_is_refused_before_drawing(tiny_model, tiny_session, photos, tmp_path):
+    """Its residuals would not fit the UNet's skip connections (other down blocks), or it would read another text
+    width: said as such, not as a tensor error."""
+    from diffusers import ControlNetModel
+
+    from personae.models.controlnet import build_tiny_controlnet
+
+    tiny = dict(build_tiny_controlnet(tiny_session.pipe.unet).config)
+    for name, change, said in (("blocks", {"block_out_channels": (32, 64), "down_block_types": (
+            "CrossAttnDownBlock2D", "DownBlock2D")}, "down blocks of 1 layers per block, 32, 64 wide, this model's of "
+                                                     "1 layers per block, 32, 32, 64, 64 wide"),
+                               ("text", {"cross_attention_dim": 48}, "cross-attention width 48, this model's is 32")):
+        ControlNetModel.from_config({**tiny, **change}).save_pretrained(tmp_path / name)
+        with pytest.raises(UserError, match="was made for another base model") as err:
+            txt2img(_settings(tiny_model[0], controls=[_unit("canny", photos / "grey.png", tmp_path / name)]),
+                    tiny_session)
+        assert said in str(err.value)
+
+
 # --- command line ---------------------------------------------------------------------------------------------
 
 def test_cli_detect_writes_the_map_and_names_valid_types(photos, tmp_path, capsys):

@@ -122,10 +122,7 @@ def controlnet_for(session, spec: str, allow_pickle: bool = False, on_event: Eve
         source = resolve_controlnet(spec, allow_pickle)
         on_event(Message(f"loading ControlNet {source.location}" + (f"/{source.subfolder}" if source.subfolder else "")))
         model = load_controlnet(source, session.dtype)
-        if model.config.cross_attention_dim != session.pipe.unet.config.cross_attention_dim:
-            raise UserError(f"The ControlNet {spec} was made for another base model (cross-attention width "
-                            f"{model.config.cross_attention_dim}, this model's is {session.pipe.unet.config.cross_attention_dim}).",
-                            "Use a ControlNet trained for this model's family (SD 1.x ControlNets for SD 1.x models).")
+        _check_fits(spec, model.config, session.pipe.unet.config)
         beside_unet(model, session.runtime)
         # a pooled ControlNet (shuffle) is pooled unit by unit (inference/control_steps.py): diffusers, seeing the
         # flag, would run every unit of the pipeline in guess mode
@@ -136,6 +133,22 @@ def controlnet_for(session, spec: str, allow_pickle: bool = False, on_event: Eve
     if not offload_beside(model, session.pipe.vae, session.runtime, session.device):
         unit_low_vram(model, low_vram, session.device)
     return model
+
+
+def _check_fits(spec: str, net, unet) -> None:
+    """A ControlNet's residuals are added to the UNet's skip connections and it reads the UNet's text: the two
+    (configs `net` and `unet`) must have the same text width and the same down blocks."""
+    def blocks(config) -> str:
+        return f"{config.layers_per_block} layers per block, {', '.join(map(str, config.block_out_channels))} wide"
+
+    if net.cross_attention_dim != unet.cross_attention_dim:
+        mismatch = f"cross-attention width {net.cross_attention_dim}, this model's is {unet.cross_attention_dim}"
+    elif blocks(net) != blocks(unet):
+        mismatch = f"down blocks of {blocks(net)}, this model's of {blocks(unet)}"
+    else:
+        return
+    raise UserError(f"The ControlNet {spec} was made for another base model ({mismatch}).",
+                    "Use a ControlNet trained for this model's family (SD 1.x ControlNets for SD 1.x models).")
 
 
 def pools(controlnet) -> bool:
