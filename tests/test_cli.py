@@ -78,6 +78,7 @@ def test_hub_id_offline_fails_fast_and_names_the_id(tmp_path):
     (["--model", "{tiny}"], "--prompt is required"),
     (["--model", "{tiny}", "--prompt", "x", "--mask", "{missing}"], "needs --init-image"),
     (["--model", "{tiny}", "--prompt", "x", "--init-image", "{missing}"], "does not exist"),
+    (["--model", "{tiny}", "--prompt", "x", "--init-image", "{tiny}"], "is a folder, not a picture"),
 ])
 def test_bad_input_is_one_paragraph_and_a_nonzero_exit(tmp_path, tiny_model, args, expected):
     (tmp_path / "model.ckpt").write_bytes(b"\x80\x02pickle")

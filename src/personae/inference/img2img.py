@@ -20,6 +20,8 @@ from personae.errors import UserError
 def _read(path: str, what: str, mode: str | None = "RGB") -> Image.Image:
     """The picture at `path`, turned upright by its EXIF orientation, in `mode` (None: the file's own)."""
     p = Path(path).expanduser()
+    if p.is_dir():
+        raise UserError(f"The {what} {p} is a folder, not a picture.", "Give one picture file.")
     if not p.is_file():
         raise UserError(f"The {what} {p} does not exist.")
     try:

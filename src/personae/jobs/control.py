@@ -24,15 +24,15 @@ def run_detect(control_type: str, image: str | Path, out: str | Path, options: d
         raise UserError(f"--seed: the {kind.name} map is not random, so it has no seed.",
                         "Leave --seed out (it is for: " + ", ".join(n for n, t in CONTROL_TYPES.items() if t.seeded)
                         + ").")
-    if seed is not None and not 0 <= seed < 2**64:
-        raise UserError(f"--seed {seed}: a seed is a whole number from 0 to 2**64 - 1, as generate's.")
+    if seed is not None and not -1 <= seed < 2**64:
+        raise UserError(f"--seed {seed}: a seed is a whole number from 0 to 2**64 - 1 (-1: random), as generate's.")
     out = Path(out)
     if out.suffix.lower() != ".png":
         raise UserError(f"{out}: the control map is written as a PNG; give the output a .png name.")
     check_file_output(out, overwrite)
     photo = open_image(str(image), "image")
-    if kind.seeded and seed is None:
-        seed = random.randrange(2**32)
+    if kind.seeded and (seed is None or seed < 0):
+        seed = random.randrange(2**32)  # as generate picks one
     control_map = detect_control(control_type, photo, options, where=str(image),
                                  seed=numpy_seed(seed) if kind.seeded else 0)
     check_file_output(out, overwrite)
