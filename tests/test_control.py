@@ -317,7 +317,7 @@ def test_cli_detect_writes_the_map_and_names_valid_types(photos, tmp_path, capsy
     assert np.array_equal(np.asarray(Image.open(tmp_path / "edges.png").convert("RGB")), np.asarray(expected))
     assert main(["detect", "depth", str(photos / "astronaut.png"), str(tmp_path / "d.png")]) == 2
     message = capsys.readouterr().err
-    assert 'Unknown control type "depth"' in message and "canny, face, pose, raw, shuffle" in message
+    assert 'Unknown control type "depth"' in message and "canny, face, pose, raw, shuffle, invert" in message
     assert not (tmp_path / "d.png").exists()
     # a wrong type is said first, before a missing photo (the arguments in their order)
     assert main(["detect", "cany", str(tmp_path / "no-photo.png"), str(tmp_path / "d.png")]) == 2
@@ -339,7 +339,7 @@ def test_cli_generate_with_control_end_to_end(tiny_model, photos, tiny_controlne
     message = capsys.readouterr().err
     assert "lllyasviel/control_v11p_sd15_canny" in message and "--controlnet" in message
     assert main(args + ["--control", f"edges:{photos / 'astronaut.png'}", "--out", str(tmp_path / "bad")]) == 2
-    assert "Valid types: canny, face, pose, raw, shuffle" in capsys.readouterr().err
+    assert "Valid types: canny, face, pose, raw, shuffle, invert" in capsys.readouterr().err
 
 
 def test_face_to_animal_recipe(tiny_model, photos, tiny_controlnet, tmp_path, capsys):

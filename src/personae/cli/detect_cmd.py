@@ -19,10 +19,11 @@ control types:
 def add_parser(sub) -> None:
     from personae.data.control import CONTROL_TYPES
 
-    p = sub.add_parser("detect", help="write a control map (canny, face, pose, shuffle) for ControlNet",
+    p = sub.add_parser("detect", help="write a control map (canny, face, pose, lineart, ...) for ControlNet",
                        description="Draw the control map a ControlNet reads (edges, face landmarks, a pose skeleton) "
                                    "from a photo, offline. Use it to check what --control TYPE:IMAGE will see.",
-                       epilog=EXAMPLES.format(types="\n".join(f"  {t.name:<7} {t.description}" for t in CONTROL_TYPES.values())),
+                       epilog=EXAMPLES.format(types="\n".join(f"  {t.name:<18} {t.description}"
+                                                               for t in CONTROL_TYPES.values())),
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("type", metavar="TYPE", help="control type: " + ", ".join(CONTROL_TYPES))
     p.add_argument("image", metavar="IMAGE", help="the photo")

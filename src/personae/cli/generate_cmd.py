@@ -104,7 +104,8 @@ def add_parser(sub) -> None:
 
 def settings_from_args(args, base: dict | None = None, png_units: list[dict] = ()):
     """Merge the options given over `base` (a PNG's or a recipe's settings) and validate them as GenerateSettings;
-    an A1111 PNG's ControlNet units (`png_units`, without their pictures) under the --control units given."""
+    an A1111 PNG's ControlNet units (`png_units`, without their pictures), or the units `base` holds whole (personae's
+    own PNG), under the --control units given: a unit's stored settings stay unless typed."""
     from personae.cli.options import missing_required, settings_values
     from personae.config.base import parse_settings
     from personae.config.generate import GenerateSettings
@@ -113,8 +114,9 @@ def settings_from_args(args, base: dict | None = None, png_units: list[dict] = (
 
     given = settings_values(args, GenerateSettings)
     data = {**(base or {}), **given}
-    if png_units and given.get("controls"):
-        data["controls"] = with_png_units(png_units, [dict(c) for c in given["controls"]])
+    stored_units = list(png_units) or list((base or {}).get("controls") or [])
+    if stored_units and given.get("controls"):
+        data["controls"] = with_png_units(stored_units, [dict(c) for c in given["controls"]])
     apply_control_choices(data, *control_choices(args))
     flag = missing_required(GenerateSettings, data)
     if flag:

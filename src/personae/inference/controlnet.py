@@ -43,7 +43,8 @@ class PreparedControl:
         pixel-perfect unit's map made at the resolution that size needs, or that `made_for` needs (the hires fix's
         redraw takes the first pass's map, fitted to its own size, as the extension does)."""
         made = self.map
-        if self.ref.pixel_perfect and self.photo is not None and self.control_type.a1111_module != "none":
+        if self.ref.pixel_perfect and self.photo is not None and self.control_type.scaled \
+                and self.control_type.a1111_module != "none":
             res = pixel_perfect_res(self.photo.size, made_for or size, self.ref.resize_mode)
             if res not in self.made:
                 self.made[res] = make_map(self.ref, self.photo, res, self.seed)
@@ -70,11 +71,13 @@ def make_map(ref: ControlRef, photo: Image.Image, res: int, seed: int = 0) -> Im
     control_type = get_control_type(ref.type)
     if control_type.a1111_module == "none":
         return photo.convert("RGB")
+    where = f"the control image {ref.image}"
+    if not control_type.scaled:  # the preprocessor takes the photo as it is (tile_resample, invert, recolor)
+        return detect_control(ref.type, photo, ref.options, where=where, seed=seed).convert("RGB")
     padded, unpad = processor_input(photo, res)
     image = padded if control_type.padded else unpad(padded)
-    made = detect_control(ref.type, Image.fromarray(image), ref.options, where=f"the control image {ref.image}",
-                          seed=seed)
-    made = np.asarray(made.convert("RGB"))
+    made = np.asarray(detect_control(ref.type, Image.fromarray(image), ref.options, where=where, seed=seed)
+                      .convert("RGB"))
     return Image.fromarray(unpad(made) if control_type.padded else made)
 
 

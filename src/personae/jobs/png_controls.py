@@ -19,7 +19,8 @@ from personae.media.comfy_graph import read_comfy_graph
 from personae.media.controlnet_text import UnitTextError, model_id, model_name, read_unit
 from personae.media.png import parse_parameters, read_image_text
 
-_TYPE_OF = {t.a1111_module: name for name, t in CONTROL_TYPES.items()}  # "canny" -> canny, "none" -> raw, ...
+_TYPE_OF = {module: name for name, t in CONTROL_TYPES.items()  # "canny" -> canny, "none" -> raw, ...
+            for module in (t.a1111_module, *t.aliases)}
 _MODES = {"Resize Mode": "resize_mode", "Control Mode": "control_mode", "Hr Option": "hr_option"}
 _NUMBERS = {"Weight": "weight", "Guidance Start": "guidance_start", "Guidance End": "guidance_end"}
 _FLAGS = {"Pixel Perfect": "pixel_perfect", "Low Vram": "low_vram"}

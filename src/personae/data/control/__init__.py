@@ -6,14 +6,15 @@ A type names how a photo becomes the picture a ControlNet was trained on (edges,
 landmarks, a pose skeleton), the A1111 preprocessor ("Module") it matches, and the
 public ControlNet that reads it, used when the user names no model. Weights come from
 packages only (OpenCV, MediaPipe 0.10.21), so every type works offline.
-Depth and lineart are absent on purpose: no registry package ships their models.
+Depth and the learned lineart / soft-edge detectors are absent on purpose: no registry package ships their models;
+A1111's model-free preprocessors are here (model_free.py).
 """
 
 from __future__ import annotations
 
 from PIL import Image
 
-from personae.data.control import canny, face, pose, raw, shuffle
+from personae.data.control import canny, face, model_free, pose, raw, shuffle
 from personae.data.control.base import ControlType
 from personae.errors import UserError, did_you_mean
 
@@ -23,6 +24,7 @@ CONTROL_TYPES: dict[str, ControlType] = {t.name: t for t in [
     pose.POSE,
     raw.RAW,
     shuffle.SHUFFLE,
+    *model_free.TYPES,
 ]}
 
 

@@ -23,6 +23,8 @@ class ControlType:
     options: dict[str, float] = field(default_factory=dict)  # option -> default (e.g. canny's thresholds)
     seeded: bool = False  # the map is random: drawn from the picture's seed (data/control/shuffle.py)
     padded: bool = True  # A1111 pads the scaled photo to a multiple of 64 before this preprocessor runs
+    scaled: bool = True  # A1111 scales the photo to "Processor Res" first (else the preprocessor takes it as it is)
+    aliases: tuple[str, ...] = ()  # other "Module" names A1111 PNGs use for it (the extension's older names)
 
     def check_options(self, options: dict[str, float]) -> dict[str, float]:
         """The type's defaults updated with `options`; an unknown option names the valid ones."""
