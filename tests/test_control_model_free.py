@@ -123,3 +123,16 @@ def test_generate_with_a_tile_unit_writes_the_extensions_unit_and_draws_again_fr
     assert main(args[:-3] + ["--control-option", "tile_resample.rate=1", "--quiet", "--out", str(tmp_path / "c")]) == 0
     [plain] = (tmp_path / "c").glob("*.png")
     assert not np.array_equal(_px(Image.open(plain)), _px(Image.open(made)))  # the shrunk map steers otherwise
+
+
+def test_a_comfyui_image_invert_before_the_controlnet_is_the_invert_preprocessor(tmp_path):
+    """ComfyUI's ImageInvert (1 - x on 0..1) between LoadImage and ControlNetApplyAdvanced: A1111's invert."""
+    from test_comfy_png import comfy_png, controlnet_graph
+
+    from personae.jobs.png_controls import png_control_units
+
+    graph = controlnet_graph(name="control_v11p_sd15_lineart.pth")
+    graph["23"] = {"class_type": "ImageInvert", "inputs": {"image": ["21", 0]}}
+    graph["22"]["inputs"]["image"] = ["23", 0]
+    [unit] = png_control_units(comfy_png(tmp_path / "invert.png", graph))
+    assert (unit["type"], unit["_picture"], unit["model"]) == ("invert", "pose.png", "lllyasviel/control_v11p_sd15_lineart")

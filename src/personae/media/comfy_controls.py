@@ -3,7 +3,7 @@ graph; this reads what sits between a sampler and its text encoders).
 
     KSampler.positive / .negative <- ControlNetApplyAdvanced <- ... <- CLIPTextEncode
                                         control_net <- ControlNetLoader
-                                        image       <- LoadImage (a ready map), or Canny <- LoadImage
+                                        image       <- LoadImage (a ready map), or Canny / ImageInvert <- LoadImage
 
 Each ControlNetApplyAdvanced is a unit (the one nearest the text encoders first, as ComfyUI chains them): its
 strength the weight, its start / end percent the guidance window (by noise level, as ComfyUI counts it:
@@ -25,6 +25,7 @@ CONTROL_INPUTS: dict[str, set[str]] = {  # ComfyUI's nodes.py and comfy_extras/n
     "ControlNetApply": {"conditioning", "control_net", "image", "strength"},
     "ControlNetLoader": {"control_net_name"},
     "Canny": {"image", "low_threshold", "high_threshold"},
+    "ImageInvert": {"image"},  # 1 - the picture: A1111's "invert (from white bg & black line)"
     # an inpainting model's picture and mask on the conditioning, and its latent (read in comfy_graph._latent)
     "InpaintModelConditioning": {"positive", "negative", "vae", "pixels", "mask", "noise_mask"},
 }
@@ -91,8 +92,12 @@ def _unit(graph, node_id: str, apply: dict, notes: list[str]) -> dict:
             "weight": strength, "guidance_start": start, "guidance_end": end, "thresholds": None,
             "guidance_by": "steps" if (start, end) == (0.0, 1.0) else "noise"}  # ComfyUI counts by noise level
     image_id = graph.link(node_id, apply, "image")[0]
-    kind, image = graph.node(image_id, ("LoadImage", "Canny"))
-    if kind == "Canny":
+    kind, image = graph.node(image_id, ("LoadImage", "Canny", "ImageInvert"))
+    if kind == "ImageInvert":  # ComfyUI's 1 - x of the picture on 0..1 is A1111's 255 - x
+        unit["module"] = "invert (from white bg & black line)"
+        image_id = graph.link(image_id, image, "image")[0]
+        _, image = graph.node(image_id, ("LoadImage",))
+    elif kind == "Canny":
         low, high = (float(graph.value(image_id, image, k, (int, float))) for k in ("low_threshold", "high_threshold"))
         unit["module"], unit["thresholds"] = "canny", (round(low * 255, 2), round(high * 255, 2))
         notes.append(f"{graph.name(image_id)} makes its map with kornia's canny (thresholds {low:g} and {high:g} of "
