@@ -214,10 +214,11 @@ def test_demo_runs_offline_and_writes_an_index(tmp_path):
     # the world ControlNet: held-out shapes placed where the control says, the DreamBooth star too (docs/world.md)
     section = index[index.index("## World ControlNet"):index.index("## img2img on the world")]
     counts = re.search(r"placed (\d+) of 8 .*colour and background as prompted (\d+) of 8; the same seeds without "
-                       r"control placed (\d+) of 8.*placed (\d+) of 8, a star (\d+) of 8", " ".join(section.split()))
+                       r"control placed (\d+) of 8.*invert preprocessor.*placed (\d+) of 8\. The DreamBooth star.*"
+                       r"placed (\d+) of 8, a star (\d+) of 8", " ".join(section.split()))
     assert counts, section
-    placed, prompted, own, star_placed, star = (int(g) for g in counts.groups())
-    assert placed >= 7 and prompted >= 7 and own < placed, section
+    placed, prompted, own, drawn, star_placed, star = (int(g) for g in counts.groups())
+    assert placed >= 7 and prompted >= 7 and own < placed and drawn >= 7, section
     assert (tmp_path / "demo/world-control/sheet.png").is_file()
     # img2img on the world: the strength curve's ends and the recipe in miniature, 8 cases (docs/world.md: 64)
     section = " ".join(index[index.index("## img2img on the world"):index.index("## A drawing style")].split())

@@ -8,6 +8,7 @@ from PIL import Image
 
 from personae.cli.main import main
 from personae.config.addons import ControlRef
+from personae.config.generate import GenerateSettings
 from personae.data.control import CONTROL_TYPES, detect_control
 from personae.errors import UserError
 from personae.inference.controlnet import make_map
@@ -136,3 +137,31 @@ def test_a_comfyui_image_invert_before_the_controlnet_is_the_invert_preprocessor
     graph["22"]["inputs"]["image"] = ["23", 0]
     [unit] = png_control_units(comfy_png(tmp_path / "invert.png", graph))
     assert (unit["type"], unit["_picture"], unit["model"]) == ("invert", "pose.png", "lllyasviel/control_v11p_sd15_lineart")
+
+
+def test_a_black_on_white_drawing_through_invert_steers_the_world_controlnet_as_its_silhouette(tmp_path):
+    """On the shipped world: a held-out shape drawn black on white, through A1111's invert preprocessor, is the
+    silhouette the world ControlNet reads (white on black): the pictures equal the silhouette's pixel for pixel,
+    and the checker finds the prompt's shape where the drawing put it."""
+    from personae.cli.main import quiet_libraries
+    from personae.inference.session import open_session
+    from personae.inference.txt2img import txt2img
+    from personae.world.control_eval import generate_placed, score
+    from personae.world.model import write_world_controlnet, write_world_model
+    from personae.world.placed import eval_placed, silhouette
+
+    quiet_libraries()
+    world, cn = write_world_model(tmp_path / "world"), write_world_controlnet(tmp_path / "cn")
+    session = open_session(str(world), device="cpu")
+    controls = eval_placed(64)[:8]
+    as_silhouette = generate_placed(session, str(cn), controls, "silhouette", tmp_path / "raw")
+    placed = 0
+    for i, (shape, expected) in enumerate(zip(controls, as_silhouette)):
+        drawing = tmp_path / f"drawing-{i}.png"
+        Image.fromarray(255 - np.asarray(silhouette(shape).convert("RGB"))).save(drawing)
+        unit = ControlRef(type="invert", image=str(drawing), model=str(cn), pixel_perfect=True)
+        settings = GenerateSettings(model=str(world), prompt=shape.caption(), seed=i, controls=[unit], device="cpu")
+        image = txt2img(settings, session)[0].image
+        assert np.array_equal(_px(image), _px(expected)), i
+        placed += score(image, shape)["placed"]
+    assert placed >= 7, placed
