@@ -115,14 +115,17 @@ def test_the_controlnet_accordion_reaches_the_unit(tmp_path):
 
     from personae.config.base import parse_settings
     from personae.config.generate import GenerateSettings
-    from personae.web.tab_generate import settings_data
+    from personae.errors import UserError
+    from personae.web.tab_generate import settings_data, unit_choices
 
     ws = Workspace(tmp_path / "work")
     (ws.root / "models" / "m").mkdir(parents=True)
+    (ws.root / "models" / "canny-controlnet").mkdir(parents=True)
     photo = tmp_path / "pose.png"
     Image.new("RGB", (64, 48), "white").save(photo)
     unit = {"resize_mode": "Just Resize", "control_mode": "My prompt is more important", "pixel_perfect": True,
-            "low_vram": True, "processor_res": 256, "hr_option": "High res only", "guidance_by": "noise"}
+            "low_vram": True, "processor_res": 256, "hr_option": "High res only", "guidance_by": "noise",
+            **unit_choices(ws, "models/canny-controlnet", "low=50, high=150")}
     data = settings_data(SimpleNamespace(workspace=ws), {"prompt": "a cat", "control_end": 0.5}, "models/m", [], 1.0,
                          [], None, "canny", str(photo), 0.7, [], unit)
     settings = parse_settings(GenerateSettings, data, "the Generate form")
@@ -130,6 +133,11 @@ def test_the_controlnet_accordion_reaches_the_unit(tmp_path):
     assert (ref.type, ref.weight, ref.resize_mode, ref.control_mode, ref.pixel_perfect, ref.low_vram,
             ref.processor_res, ref.hr_option, ref.guidance_by, settings.control_end) == (
         "canny", 0.7, "Just Resize", "My prompt is more important", True, True, 256, "High res only", "noise", 0.5)
+    assert ref.model == str(ws.root / "models" / "canny-controlnet") and ref.options == {"low": 50.0, "high": 150.0}
+    tile = "lllyasviel/control_v11f1e_sd15_tile"
+    assert unit_choices(ws, tile, "") == {"model": tile}
+    with pytest.raises(UserError, match='"low 50" is not KEY=NUMBER'):
+        unit_choices(ws, "", "low 50")
     assert Path(ref.image).is_relative_to(ws.root / "uploads") and Path(ref.image).read_bytes() == photo.read_bytes()
 
 

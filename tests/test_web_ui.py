@@ -239,7 +239,8 @@ def test_an_a1111_animatediff_gif_dropped_on_the_animate_tab_fills_its_form(serv
 def test_an_a1111_png_with_a_controlnet_unit_fills_the_unit_and_says_its_picture_is_missing(server, browser,
                                                                                               tmp_path):
     """A1111's "ControlNet 0" unit dropped: the ControlNet accordion takes its type, weight, modes, resolution, pixel
-    perfect, Low VRAM and Hires-Fix Option; the picture the unit read is not in a PNG, which is said."""
+    perfect, Low VRAM, Hires-Fix Option, model and thresholds; the picture the unit read is not in a PNG, which is
+    said."""
     info = PngInfo()
     info.add_text("parameters", "a red fox\nNegative prompt: \nSteps: 5, Sampler: Euler a, CFG scale: 7, Seed: 3, "
                                 'Size: 64x64, ControlNet 0: "Module: canny, Model: control_v11p_sd15_canny [d14c016b], '
@@ -257,6 +258,43 @@ def test_an_a1111_png_with_a_controlnet_unit_fills_the_unit_and_says_its_picture
     assert page.locator("#field-control-low-vram input[type=checkbox]").is_checked()
     assert page.locator("#field-control-res input[type=number]").input_value() == "768"
     assert page.locator("#field-control-hr-option input[value='Low res only']").is_checked()
+    # its model by lllyasviel's hub id, its Threshold A / B as canny's options
+    assert page.locator("#field-controlnet input").first.input_value() == "lllyasviel/control_v11p_sd15_canny"
+    assert page.locator("#field-control-options textarea, #field-control-options input").first.input_value() == \
+        "low=100, high=200"
+    page.close()
+
+
+def test_a_controlnet_unit_with_its_model_and_options_runs_from_the_generate_tab(server, browser, workspace,
+                                                                                 tmp_path):
+    """personae's own PNG with a canny unit dropped: the accordion takes its ControlNet (a folder in the workspace)
+    and its thresholds; with the control image dropped, Generate draws with that ControlNet at those thresholds."""
+    from personae.config.generate import GenerateSettings
+    from personae.jobs.generate import run_generate
+    from personae.media.png import read_png_text
+    from personae.models.controlnet import write_tiny_controlnet
+
+    net = write_tiny_controlnet(workspace / "models" / "edges-cn", base=workspace / "models" / "tiny", seed=0)
+    photo = tmp_path / "photo.png"
+    Image.fromarray((np.random.default_rng(3).random((48, 64, 3)) * 255).astype(np.uint8)).save(photo)
+    unit = {"type": "canny", "image": str(photo), "model": str(net), "options": {"low": 50, "high": 150}}
+    [png] = run_generate(GenerateSettings(model=str(workspace / "models" / "tiny"), prompt="a cat by its edges",
+                                          steps=3, width=64, height=64, seed=2, controls=[unit]), tmp_path / "made")
+    page = _dropped(browser, server[1], png, "a cat by its edges")
+    page.get_by_text("ControlNet", exact=True).first.click()
+    assert page.locator("#field-controlnet input").first.input_value() == "models/edges-cn"  # the workspace's path
+    assert page.locator("#field-control-options textarea, #field-control-options input").first.input_value() == \
+        "low=50, high=150"
+    page.locator("#field-control-image input[type=file]").set_input_files(str(photo))
+    page.wait_for_selector("#field-control-image img", timeout=30_000)
+    before = set((workspace / "outputs").rglob("*.png"))
+    page.wait_for_timeout(1500)  # the status's first tick before this job is queued
+    page.click("#generate-button")
+    job = _job_id(_wait_text(page, "#generate-status", "Queued as job", timeout=30))
+    _wait_text(page, "#generate-status", f"Job {job} done", timeout=120)
+    [made] = set((workspace / "outputs").rglob("*.png")) - before
+    text = read_png_text(made)["parameters"]
+    assert "Module: canny, Model: edges-cn, Weight: 1" in text and "Threshold A: 50, Threshold B: 150" in text, text
     page.close()
 
 

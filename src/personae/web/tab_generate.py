@@ -157,6 +157,50 @@ def painted_mask(ctx, value) -> tuple[str, str] | None:
     return init, str(mask)
 
 
+OPTIONS_INFO = "KEY=VALUE, comma-separated, A1111's Threshold A / B: {options}"
+
+
+def type_options(types) -> str:
+    """Each control type's options and defaults, for the options field's help."""
+    return "; ".join(f"{name}: " + ", ".join(f"{k} {v:g}" for k, v in t.options.items())
+                     for name, t in types.items() if t.options)
+
+
+def options_text(options: dict) -> str:
+    return ", ".join(f"{k}={float(v):g}" for k, v in options.items())
+
+
+def in_workspace(ws, path: str | None) -> str | None:
+    """A path a PNG names as the form names it: relative to the workspace when it lies in it (personae's own PNGs
+    name their models by absolute paths; the form takes workspace paths), else as it is."""
+    if path and Path(path).is_absolute() and Path(path).resolve().is_relative_to(ws.root):
+        return ws.relative(Path(path))
+    return path
+
+
+def unit_choices(ws, model: str | None, options: str | None) -> dict:
+    """The ControlNet and preprocessor options the accordion names, as a unit's fields: a ControlNet in the workspace
+    or a hub id; options typed as "low=50, high=150"."""
+    unit: dict = {}
+    if (model or "").strip():
+        unit["model"] = model_path(ws, model)
+    parsed = {}
+    for item in (options or "").replace(";", ",").split(","):
+        if not item.strip():
+            continue
+        key, eq, value = item.partition("=")
+        try:
+            parsed[key.strip()] = float(value)
+        except ValueError:
+            eq = ""
+        if not eq or not key.strip():
+            raise UserError(f'Preprocessor options: "{item.strip()}" is not KEY=NUMBER.', 'Write them as "low=50, '
+                                                                                          'high=150".')
+    if parsed:
+        unit["options"] = parsed
+    return unit
+
+
 def settings_data(ctx, data: dict, model, loras, lora_weight, embeddings, init_image, control_type, control_image,
                   control_weight, styles=(), control_unit: dict | None = None, mask=None, paint=None) -> dict:
     """The form's values completed with the pickers and uploads, every path checked to be in the workspace; the
@@ -251,8 +295,15 @@ def build(ctx) -> None:
                                          choices={"ad_model": ["", *FACE_MODELS], "ad_sampler": ["", *SAMPLERS]})
             with gr.Accordion("ControlNet", open=False):
                 control_type = gr.Dropdown([CONTROL_TYPES_NONE, *CONTROL_TYPES], value=CONTROL_TYPES_NONE,
-                                           label="Control type")
-                control_image = gr.Image(type="filepath", label="Control image")
+                                           label="Control type", elem_id="field-control-type")
+                control_image = gr.Image(type="filepath", label="Control image", elem_id="field-control-image")
+                control_model = gr.Dropdown(ws.folders("models"), value=None, allow_custom_value=True,
+                                            label="ControlNet", info="a ControlNet under models/ (folder or file), or "
+                                                                     "a hub id; empty: the type's default",
+                                            elem_id="field-controlnet")
+                control_options = gr.Textbox(label="Preprocessor options", placeholder="low=50, high=150",
+                                             info=OPTIONS_INFO.format(options=type_options(CONTROL_TYPES)),
+                                             elem_id="field-control-options")
                 control_weight = gr.Slider(0, 2, value=1.0, step=0.05, label="Control weight")
                 unit_fields = ControlRef.model_fields
                 resize_mode = gr.Radio(list(get_args(unit_fields["resize_mode"].annotation)), value="Crop and Resize",
@@ -292,10 +343,11 @@ def build(ctx) -> None:
         return out
 
     def submit(model_v, loras_v, weight_v, emb_v, init_v, ctype_v, cimage_v, cweight_v, styles_v, resize_v, mode_v,
-               perfect_v, low_v, res_v, hr_v, by_v, mask_v, paint_v, *raw):
+               perfect_v, low_v, res_v, hr_v, by_v, cmodel_v, coptions_v, mask_v, paint_v, *raw):
         try:
             unit = {"resize_mode": resize_v, "control_mode": mode_v, "pixel_perfect": bool(perfect_v),
-                    "low_vram": bool(low_v), "processor_res": int(res_v), "hr_option": hr_v, "guidance_by": by_v}
+                    "low_vram": bool(low_v), "processor_res": int(res_v), "hr_option": hr_v, "guidance_by": by_v,
+                    **unit_choices(ws, cmodel_v, coptions_v)}
             data = settings_data(ctx, values(raw), model_v, loras_v, weight_v, emb_v, init_v, ctype_v, cimage_v,
                                  cweight_v, styles_v, unit, mask_v, paint_v)
             settings = parse_settings(GenerateSettings, data, "the Generate form")
@@ -309,7 +361,7 @@ def build(ctx) -> None:
 
     go.click(submit, [model, loras, lora_weight, embeddings, init_image, control_type, control_image, control_weight,
                       styles, resize_mode, control_mode, pixel_perfect, low_vram, processor_res, hr_option, guidance_by,
-                      mask_file, paint,
+                      control_model, control_options, mask_file, paint,
                       *raw_inputs], status)
 
     def latest(seen: int):
@@ -324,7 +376,7 @@ def build(ctx) -> None:
     gr.Timer(1.0).tick(latest, shown, [gallery, status, shown], show_progress="hidden")
 
     unit_outputs = [control_type, control_weight, resize_mode, control_mode, pixel_perfect, low_vram, processor_res,
-                    hr_option, guidance_by]
+                    hr_option, guidance_by, control_model, control_options]
 
     def unit_updates(path, data: dict) -> list:
         """The ControlNet accordion from the PNG's first unit (personae's own, or A1111's or ComfyUI's without its
@@ -338,7 +390,7 @@ def build(ctx) -> None:
                 data[key] = unit[own]
         return [unit["type"], *(gr.skip() if unit.get(k) is None else unit[k] for k in (
             "weight", "resize_mode", "control_mode", "pixel_perfect", "low_vram", "processor_res", "hr_option",
-            "guidance_by"))]
+            "guidance_by")), in_workspace(ws, unit.get("model")) or gr.skip(), options_text(unit.get("options") or {})]
 
     def from_png(file, model_v):
         if not file:
@@ -365,7 +417,7 @@ def build(ctx) -> None:
             for name in f.components:
                 value = data.get(name)
                 updates.append(gr.skip() if value is None else value)
-        shown_model = data.get("model")
+        shown_model = in_workspace(ws, data.get("model"))
         return [*updates, shown_model if shown_model else gr.skip(), *units]
 
     png.upload(from_png, [png, model], [*raw_inputs, model, *unit_outputs])
