@@ -198,6 +198,8 @@ def test_the_animate_forms_controlnet_unit_becomes_the_clips(ws, tmp_path):
     video = str(ws.root / "uploads" / "walk.gif")
     assert control_unit(ws, "canny", video, "", "", 1.0, "Balanced") == {
         "type": "canny", "image": video, "weight": 1.0, "control_mode": "Balanced"}  # the type's default ControlNet
+    assert control_unit(ws, "canny", video, "", "", 1.0, "Balanced", "low=40, high=90")["options"] == {
+        "low": 40.0, "high": 90.0}  # the preprocessor's options, as on the Generate tab
     assert control_unit(ws, "none", video, "uploads/dance", "", 1.0, "Balanced") is None
     assert animate_data(ws, {"prompt": "a"}, "models/motion", "models/motion", [], 1.0, [])["controls"] == []
     with pytest.raises(UserError, match="needs its control frames"):

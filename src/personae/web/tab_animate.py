@@ -28,11 +28,11 @@ def animate_data(ws, data: dict, model: str, motion: str, loras, lora_weight: fl
 
 
 def control_unit(ws, kind: str | None, uploaded: str | None, folder: str | None, model: str | None, weight: float,
-                 mode: str) -> dict | None:
+                 mode: str, options: str | None = None) -> dict | None:
     """The form's ControlNet unit for a clip (None for "none"): its frames from a folder in the workspace, else from
     the uploaded video or picture (already copied into the workspace); its ControlNet from the workspace or the
-    hub, else the type's default."""
-    from personae.web.tab_generate import CONTROL_TYPES_NONE, model_path
+    hub, else the type's default; its preprocessor's options typed as on the Generate tab ("low=50, high=150")."""
+    from personae.web.tab_generate import CONTROL_TYPES_NONE, unit_choices
 
     if not kind or kind == CONTROL_TYPES_NONE:
         return None
@@ -43,10 +43,8 @@ def control_unit(ws, kind: str | None, uploaded: str | None, folder: str | None,
     else:
         raise UserError(f"ControlNet {kind} needs its control frames.", 'Drop a GIF, WebP, MP4, WebM or picture on '
                                                                         '"Control frames", or name a folder of frames.')
-    unit = {"type": kind, "image": image, "weight": float(weight), "control_mode": mode}
-    if (model or "").strip():
-        unit["model"] = model_path(ws, model)
-    return unit
+    return {"type": kind, "image": image, "weight": float(weight), "control_mode": mode,
+            **unit_choices(ws, model, options)}
 
 
 def start_from(ws, uploaded: str | None, folder: str | None, last: str | None) -> dict:
@@ -106,7 +104,15 @@ def build_animate(ctx) -> None:
     from personae.inference.samplers import SAMPLERS
     from personae.web.forms import SettingsForm
     from personae.web.jobfiles import ended_line, latest, shown
-    from personae.web.tab_generate import CONTROL_TYPES_NONE, LORA_SUFFIXES, embedding_files, models, upload
+    from personae.web.tab_generate import (
+        CONTROL_TYPES_NONE,
+        LORA_SUFFIXES,
+        OPTIONS_INFO,
+        embedding_files,
+        models,
+        type_options,
+        upload,
+    )
 
     ws, jobs = ctx.workspace, ctx.jobs
     with gr.Row():
@@ -146,6 +152,9 @@ def build_animate(ctx) -> None:
                 control_model = gr.Dropdown(ws.folders("models"), value=None, allow_custom_value=True,
                                             label="ControlNet", info="a ControlNet under models/, or a hub id; empty: "
                                                                      "the type's default", elem_id="animate-controlnet")
+                control_options = gr.Textbox(label="Preprocessor options", placeholder="low=50, high=150",
+                                             info=OPTIONS_INFO.format(options=type_options(CONTROL_TYPES)),
+                                             elem_id="animate-control-options")
                 control_weight = gr.Slider(0, 2, value=1.0, step=0.05, label="Control weight")
                 control_mode = gr.Radio(list(get_args(ControlRef.model_fields["control_mode"].annotation)),
                                         value="Balanced", label="Control Mode", elem_id="animate-control-mode")
@@ -172,11 +181,12 @@ def build_animate(ctx) -> None:
     forms = [prompt_form, motion_form, form, start_form, freeinit_form, control_form, runtime_form]
     raw = [c for f in forms for c in f.inputs]
     seen = gr.State(0)
-    unit_inputs = [control_type, control_file, control_folder, control_model, control_weight, control_mode]
+    unit_inputs = [control_type, control_file, control_folder, control_model, control_weight, control_mode,
+                   control_options]
     start_inputs = [init_file, init_folder, last_file]
 
     def submit(model_v, motion_v, loras_v, weight_v, emb_v, also_v, init_v, init_folder_v, last_v, kind_v, file_v,
-               folder_v, net_v, cweight_v, mode_v, *values):
+               folder_v, net_v, cweight_v, mode_v, options_v, *values):
         data, at = {}, 0
         for f in forms:
             data.update(f.values(*values[at: at + len(f.inputs)]))
@@ -184,7 +194,7 @@ def build_animate(ctx) -> None:
         try:
             wanted = kind_v and kind_v != CONTROL_TYPES_NONE and file_v and not (folder_v or "").strip()
             uploaded = upload(ctx, file_v, "uploads/control") if wanted else None  # copied only when it is used
-            unit = control_unit(ws, kind_v, uploaded, folder_v, net_v, cweight_v, mode_v)
+            unit = control_unit(ws, kind_v, uploaded, folder_v, net_v, cweight_v, mode_v, options_v)
             data = animate_data(ws, data, model_v, motion_v, loras_v, weight_v, emb_v, unit)
             given = init_v and not (init_folder_v or "").strip()  # an upload is copied in only when it is used
             data.update(start_from(ws, upload(ctx, init_v, "uploads/init") if given else None, init_folder_v,
