@@ -117,7 +117,6 @@ def _single_file_config(path: Path) -> dict:
     return config_saying(config, {"global_pool_conditions": True}) if pools_by_name(str(path)) else config
 
 
-
 def load_controlnet(source: ControlNetSource, dtype: torch.dtype = torch.float32):
     """A diffusers ControlNetModel on the CPU."""
     from diffusers import ControlNetModel
