@@ -101,6 +101,9 @@ def prepare_clip_controls(controls: list[ControlRef], frames: int, allow_pickle:
     prepared = []
     for i, ref in enumerate(controls):
         control_type = get_control_type(ref.type)
+        if control_type.masked:
+            raise UserError(f"control {i} ({ref.type}) marks the part a picture's --mask redraws; a clip has no mask.",
+                            "Use another control type for a clip.")
         if ref.hr_option != "Both":
             raise UserError(f'control {i} ({ref.type}) has the Hires-Fix Option "{ref.hr_option}"; a clip has no '
                             "hires fix.", "Leave the option out for a clip.")

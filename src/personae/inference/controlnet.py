@@ -18,11 +18,12 @@ from PIL import Image
 
 from personae.config.generate import ControlRef, GenerateSettings
 from personae.data.control import ControlType, detect_control, get_control_type
-from personae.data.control.fit import fit_map, pixel_perfect_res, processor_input
+from personae.data.control.fit import filled_at, fit_map, pixel_perfect_res, processor_input
+from personae.data.control.inpaint import inpaint_hint
 from personae.errors import UserError
 from personae.events import EventHandler, Message, ignore
 from personae.inference.control_steps import UnitSteps, unit_steps
-from personae.inference.img2img import open_image
+from personae.inference.img2img import load_mask, open_image
 from personae.inference.ksampler import img2img_steps
 from personae.media.controlnet_text import write_unit
 from personae.models.controlnet import ControlNetSource, check_available, load_controlnet, resolve_controlnet
@@ -69,7 +70,7 @@ def make_map(ref: ControlRef, photo: Image.Image, res: int, seed: int = 0) -> Im
     preprocessors the extension pads for) for the preprocessor, its map cut back; the "none" module (raw) takes the
     image as the map itself. `seed`: the numpy seed of a seeded type (shuffle.numpy_seed)."""
     control_type = get_control_type(ref.type)
-    if control_type.a1111_module == "none":
+    if control_type.a1111_module == "none" or control_type.masked:  # inpaint: its mask is marked at generation
         return photo.convert("RGB")
     where = f"the control image {ref.image}"
     if not control_type.scaled:  # the preprocessor takes the photo as it is (tile_resample, invert, recolor)
@@ -180,7 +181,7 @@ def control_call(session, settings: GenerateSettings, controls: list[PreparedCon
     fitted to `size`, the weights) and the hooks that give each unit its Control Mode and A1111's guidance window
     (to be entered around the pass; `batch`: the pictures it draws)."""
     controlnets = unit_controlnets(session, [[c] for c in controls], settings.allow_pickle, on_event)
-    maps = [c.map_at(size, made_for) for c in controls]
+    maps = [masked_hint(c, settings, size) if c.control_type.masked else c.map_at(size, made_for) for c in controls]
     weights = [float(c.ref.weight) for c in controls]
     units = [UnitSteps(c.ref.control_mode, *unit_window(settings, c.ref), by_noise=c.ref.guidance_by == "noise",
                        pooled=pools(net)) for c, net in zip(controls, controlnets)]
@@ -208,6 +209,27 @@ def control_denoise(session, settings: GenerateSettings, controls: list[Prepared
         extra = {"mask_image": mask} if mask is not None else {}
         steps = img2img_steps(scheduler, settings.steps, settings.strength, fixed=settings.img2img_fix_steps)
         return pipe(image=init, width=width, height=height, **extra, **control, **{**kwargs, **steps}).images
+
+
+def masked_hint(control: PreparedControl, settings: GenerateSettings, size: tuple[int, int]):
+    """An inpaint unit's hint (data/control/inpaint.py) at the picture's `size`, as a tensor diffusers' ControlNet
+    pipelines take as they are: its picture fitted as the unit says, the generation's --mask read at the picture's
+    size and fitted the same way (a "Resize and Fill" margin redrawn too)."""
+    import torch
+
+    if not settings.mask:
+        raise UserError(f"The inpaint unit ({control.ref.image}) marks the part --mask redraws; no --mask is given.",
+                        "Give --init-image and --mask, or use another control type.")
+    photo = control.photo or control.map
+    mask = load_mask(settings.mask, photo.size, 0, settings.mask_invert)
+    fitted = fit_map(mask.convert("RGB"), size, control.ref.resize_mode)
+    if control.ref.resize_mode == "Resize and Fill":
+        top, left, height, width = filled_at(photo.size, size)
+        margin = np.full((size[1], size[0], 3), 255, np.uint8)
+        margin[top:top + height, left:left + width] = np.asarray(fitted)[top:top + height, left:left + width]
+        fitted = Image.fromarray(margin)
+    hint = inpaint_hint(fit_map(photo, size, control.ref.resize_mode), fitted)
+    return torch.from_numpy(hint).permute(2, 0, 1)[None]
 
 
 def unit_window(settings: GenerateSettings, ref: ControlRef) -> tuple[float, float]:

@@ -22,6 +22,7 @@ from PIL import Image
 
 from personae import __version__
 from personae.config.generate import GenerateSettings
+from personae.data.control import get_control_type
 from personae.data.control.shuffle import numpy_seed
 from personae.data.dynamic_prompts import image_prompts, is_template
 from personae.errors import UserError
@@ -295,6 +296,10 @@ def txt2img(settings: GenerateSettings, session: Session | None = None, on_event
     for path, what in ((settings.init_image, "init image"), (settings.mask, "mask")):
         if path:
             open_image(path, what)  # a missing or unreadable file fails before the model loads
+    if not settings.mask and any(get_control_type(c.type).masked for c in settings.controls):
+        raise UserError("--control inpaint marks the part --mask redraws (ControlNet 1.1's inpaint model); no --mask "
+                        "is given.", "Give --init-image and --mask, as A1111's img2img inpaint tab does, or use "
+                                     "another control type.")
     unit_seed = numpy_seed(seed, settings.subseed)  # what A1111 seeds numpy with before each unit's preprocessor
     if controls is None:  # no face found: said before loading
         controls = prepare_controls(settings.controls, settings.allow_pickle, unit_seed)

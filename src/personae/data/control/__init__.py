@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from PIL import Image
 
-from personae.data.control import canny, face, model_free, pose, raw, shuffle
+from personae.data.control import canny, face, inpaint, model_free, pose, raw, shuffle
 from personae.data.control.base import ControlType
 from personae.errors import UserError, did_you_mean
 
@@ -25,6 +25,7 @@ CONTROL_TYPES: dict[str, ControlType] = {t.name: t for t in [
     raw.RAW,
     shuffle.SHUFFLE,
     *model_free.TYPES,
+    inpaint.INPAINT,
 ]}
 
 

@@ -25,6 +25,7 @@ class ControlType:
     padded: bool = True  # A1111 pads the scaled photo to a multiple of 64 before this preprocessor runs
     scaled: bool = True  # A1111 scales the photo to "Processor Res" first (else the preprocessor takes it as it is)
     aliases: tuple[str, ...] = ()  # other "Module" names A1111 PNGs use for it (the extension's older names)
+    masked: bool = False  # the map is the picture, its --mask part marked at generation (data/control/inpaint.py)
 
     def check_options(self, options: dict[str, float]) -> dict[str, float]:
         """The type's defaults updated with `options`; an unknown option names the valid ones."""

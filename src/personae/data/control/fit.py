@@ -124,6 +124,15 @@ def _resize(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return _rgb(grey)
 
 
+def filled_at(source: tuple[int, int], size: tuple[int, int]) -> tuple[int, int, int, int]:
+    """Where "Resize and Fill" puts a map of `source` (width, height) in a picture of `size`: (top, left, height,
+    width) of the scaled map; the rest is the filled margin."""
+    (old_w, old_h), (w, h) = source, size
+    k = min(h / old_h, w / old_w)
+    new_w, new_h = int(np.round(old_w * k)), int(np.round(old_h * k))
+    return max(0, (h - new_h) // 2), max(0, (w - new_w) // 2), new_h, new_w
+
+
 def fit_map(control_map: Image.Image | np.ndarray, size: tuple[int, int], resize_mode: str) -> Image.Image:
     """The map at the picture's `size` (width, height), fitted as `resize_mode` says (RESIZE_MODES)."""
     if resize_mode not in RESIZE_MODES:
@@ -140,7 +149,7 @@ def fit_map(control_map: Image.Image | np.ndarray, size: tuple[int, int], resize
     if fill:
         border = np.concatenate([image[0], image[-1], image[:, 0], image[:, -1]], axis=0)
         out = np.tile(np.median(border, axis=0).astype(image.dtype)[None, None], (h, w, 1))
-        top, left = max(0, (h - new_h) // 2), max(0, (w - new_w) // 2)
+        top, left = filled_at((old_w, old_h), size)[:2]
         out[top:top + new_h, left:left + new_w] = scaled
     else:
         top, left = max(0, (new_h - h) // 2), max(0, (new_w - w) // 2)
