@@ -213,14 +213,14 @@ def control_denoise(session, settings: GenerateSettings, controls: list[Prepared
 
 def masked_hint(control: PreparedControl, settings: GenerateSettings, size: tuple[int, int]):
     """An inpaint unit's hint (data/control/inpaint.py) at the picture's `size`, as a tensor diffusers' ControlNet
-    pipelines take as they are: its picture fitted as the unit says, the generation's --mask read at the picture's
+    pipelines take as they are: its picture fitted as the unit says, the generation's --mask read at that picture's
     size and fitted the same way (a "Resize and Fill" margin redrawn too)."""
     import torch
 
     if not settings.mask:
         raise UserError(f"The inpaint unit ({control.ref.image}) marks the part --mask redraws; no --mask is given.",
                         "Give --init-image and --mask, or use another control type.")
-    photo = control.photo or control.map
+    photo = control.photo if control.photo is not None else control.map
     mask = load_mask(settings.mask, photo.size, 0, settings.mask_invert)
     fitted = fit_map(mask.convert("RGB"), size, control.ref.resize_mode)
     if control.ref.resize_mode == "Resize and Fill":
