@@ -6,10 +6,12 @@ import torch
 from PIL import Image
 
 from personae.cli.main import main
+from personae.config.addons import ControlRef
 from personae.config.generate import GenerateSettings
 from personae.data.control import CONTROL_TYPES, detect_control
 from personae.data.framing import detect_faces
 from personae.errors import UserError
+from personae.inference.controlnet import make_map
 from personae.inference.txt2img import txt2img
 from personae.jobs.generate import run_generate, settings_from_png
 from personae.media.png import parse_parameters, read_png_text
@@ -315,6 +317,14 @@ def test_cli_detect_writes_the_map_and_names_valid_types(photos, tmp_path, capsy
     assert main(["detect", "canny", str(photos / "astronaut.png"), str(tmp_path / "edges.png"), "--option", "low=50"]) == 0
     expected = detect_control("canny", Image.open(photos / "astronaut.png"), {"low": 50})
     assert np.array_equal(np.asarray(Image.open(tmp_path / "edges.png").convert("RGB")), np.asarray(expected))
+    # --res: the map a unit of that Processor Res hands the ControlNet, before it is fitted to the picture
+    assert main(["detect", "canny", str(photos / "astronaut.png"), str(tmp_path / "at-128.png"), "--res", "128"]) == 0
+    unit = ControlRef(type="canny", image=str(photos / "astronaut.png"), model="m", processor_res=128)
+    made = make_map(unit, Image.open(photos / "astronaut.png"), 128)
+    assert made.size == (128, 128) and np.array_equal(np.asarray(Image.open(tmp_path / "at-128.png").convert("RGB")),
+                                                      np.asarray(made))
+    assert main(["detect", "canny", str(photos / "astronaut.png"), str(tmp_path / "r.png"), "--res", "8"]) == 2
+    assert "Processor Res goes from 64" in capsys.readouterr().err
     assert main(["detect", "depth", str(photos / "astronaut.png"), str(tmp_path / "d.png")]) == 2
     message = capsys.readouterr().err
     assert 'Unknown control type "depth"' in message and "canny, face, pose, raw, shuffle, invert" in message

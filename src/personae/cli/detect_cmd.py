@@ -6,6 +6,7 @@ import argparse
 
 EXAMPLES = """examples:
   personae detect canny photo.jpg edges.png --option low=50 --option high=150
+  personae detect canny photo.jpg edges-512.png --res 512     # as generate's unit makes it (Processor Res 512)
   personae detect face me.jpg face-map.png
   personae detect pose me.jpg pose-map.png
   personae detect shuffle painting.jpg shuffled.png --seed 7
@@ -21,7 +22,8 @@ def add_parser(sub) -> None:
 
     p = sub.add_parser("detect", help="write a control map (canny, face, pose, lineart, ...) for ControlNet",
                        description="Draw the control map a ControlNet reads (edges, face landmarks, a pose skeleton) "
-                                   "from a photo, offline. Use it to check what --control TYPE:IMAGE will see.",
+                                   "from a photo, offline. Use it to check what --control TYPE:IMAGE will see (with --res, "
+                                   "as generate makes it for that Processor Res, before it is fitted to the picture).",
                        epilog=EXAMPLES.format(types="\n".join(f"  {t.name:<18} {t.description}"
                                                                for t in CONTROL_TYPES.values())),
                        formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -30,6 +32,9 @@ def add_parser(sub) -> None:
     p.add_argument("out", metavar="OUT.png", help="where to write the map")
     p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                    help="a preprocessor option, e.g. low=50 for canny (repeatable)")
+    p.add_argument("--res", type=int, default=None, metavar="PIXELS",
+                   help="make the map as generate does for a unit of this Processor Res (--control-res): the photo "
+                        "scaled to it on its short side first; default: at the photo's own size")
     p.add_argument("--seed", type=int, default=None,
                    help="a random map's seed (shuffle), taken as generate's --seed takes it; default random")
     p.add_argument("--overwrite", action="store_true", help="replace OUT.png if it exists")
@@ -49,6 +54,7 @@ def run(args) -> int:
             raise UserError(f"--option {text}: expected KEY=NUMBER, e.g. low=50.") from None
         if not sep:
             raise UserError(f"--option {text}: expected KEY=NUMBER, e.g. low=50.")
-    out = run_detect(args.type, args.image, args.out, options, overwrite=args.overwrite, seed=args.seed)
+    out = run_detect(args.type, args.image, args.out, options, overwrite=args.overwrite, seed=args.seed,
+                     res=args.res)
     print(f"wrote {args.type} control map to {out}")
     return 0

@@ -17,8 +17,8 @@ import numpy as np
 from PIL import Image
 
 from personae.config.generate import ControlRef, GenerateSettings
-from personae.data.control import ControlType, detect_control, get_control_type
-from personae.data.control.fit import filled_at, fit_map, pixel_perfect_res, processor_input
+from personae.data.control import ControlType, get_control_type, processed_map
+from personae.data.control.fit import filled_at, fit_map, pixel_perfect_res
 from personae.data.control.inpaint import inpaint_hint
 from personae.errors import UserError
 from personae.events import EventHandler, Message, ignore
@@ -66,20 +66,9 @@ class PreparedControl:
 
 
 def make_map(ref: ControlRef, photo: Image.Image, res: int, seed: int = 0) -> Image.Image:
-    """A1111's preprocessing: the photo scaled to `res` on its short side (and padded to a multiple of 64, for the
-    preprocessors the extension pads for) for the preprocessor, its map cut back; the "none" module (raw) takes the
-    image as the map itself. `seed`: the numpy seed of a seeded type (shuffle.numpy_seed)."""
-    control_type = get_control_type(ref.type)
-    if control_type.a1111_module == "none" or control_type.masked:  # inpaint: its mask is marked at generation
-        return photo.convert("RGB")
-    where = f"the control image {ref.image}"
-    if not control_type.scaled:  # the preprocessor takes the photo as it is (tile_resample, invert, recolor)
-        return detect_control(ref.type, photo, ref.options, where=where, seed=seed).convert("RGB")
-    padded, unpad = processor_input(photo, res)
-    image = padded if control_type.padded else unpad(padded)
-    made = np.asarray(detect_control(ref.type, Image.fromarray(image), ref.options, where=where, seed=seed)
-                      .convert("RGB"))
-    return Image.fromarray(unpad(made) if control_type.padded else made)
+    """A unit's map as A1111's extension preprocesses its photo at Processor Res `res` (data/control's
+    processed_map); `seed`: the numpy seed of a seeded type (shuffle.numpy_seed)."""
+    return processed_map(ref.type, photo, res, ref.options, where=f"the control image {ref.image}", seed=seed)
 
 
 def model_for(ref: ControlRef) -> str:

@@ -49,4 +49,24 @@ def detect_control(name: str, image: Image.Image, options: dict[str, float] | No
     return control_type.detect(image.convert("RGB"), options, where)
 
 
-__all__ = ["CONTROL_TYPES", "ControlType", "detect_control", "get_control_type"]
+def processed_map(name: str, photo: Image.Image, res: int, options: dict[str, float] | None = None,
+                  where: str = "the image", seed: int = 0) -> Image.Image:
+    """A1111's preprocessing of `photo` for control type `name`: scaled to `res` on its short side (and padded to a
+    multiple of 64, for the preprocessors the extension pads for), the map cut back; a type the extension runs on the
+    photo as it is gets it so; the "none" module (raw) and inpaint take the photo as the map itself."""
+    import numpy as np
+
+    from personae.data.control.fit import processor_input
+
+    control_type = get_control_type(name)
+    if control_type.a1111_module == "none" or control_type.masked:  # inpaint: its mask is marked at generation
+        return photo.convert("RGB")
+    if not control_type.scaled:  # the preprocessor takes the photo as it is (tile_resample, invert, recolor)
+        return detect_control(name, photo, options, where=where, seed=seed).convert("RGB")
+    padded, unpad = processor_input(photo, res)
+    image = padded if control_type.padded else unpad(padded)
+    made = np.asarray(detect_control(name, Image.fromarray(image), options, where=where, seed=seed).convert("RGB"))
+    return Image.fromarray(unpad(made) if control_type.padded else made)
+
+
+__all__ = ["CONTROL_TYPES", "ControlType", "detect_control", "get_control_type", "processed_map"]
