@@ -6,7 +6,7 @@ import argparse
 
 EXAMPLES = """examples:
   personae detect canny photo.jpg edges.png --option low=50 --option high=150
-  personae detect canny photo.jpg edges-512.png --res 512     # as generate's unit makes it (Processor Res 512)
+  personae detect canny photo.jpg edges-512.png --res 512   # as a unit of Processor Res 512 makes it
   personae detect face me.jpg face-map.png
   personae detect pose me.jpg pose-map.png
   personae detect shuffle painting.jpg shuffled.png --seed 7
@@ -22,8 +22,9 @@ def add_parser(sub) -> None:
 
     p = sub.add_parser("detect", help="write a control map (canny, face, pose, lineart, ...) for ControlNet",
                        description="Draw the control map a ControlNet reads (edges, face landmarks, a pose skeleton) "
-                                   "from a photo, offline. Use it to check what --control TYPE:IMAGE will see (with --res, "
-                                   "as generate makes it for that Processor Res, before it is fitted to the picture).",
+                                   "from a photo, offline. Use it to check what --control TYPE:IMAGE will see (with "
+                                   "--res, as generate makes it for that Processor Res, before it is fitted to the "
+                                   "picture).",
                        epilog=EXAMPLES.format(types="\n".join(f"  {t.name:<18} {t.description}"
                                                                for t in CONTROL_TYPES.values())),
                        formatter_class=argparse.RawDescriptionHelpFormatter)

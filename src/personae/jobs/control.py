@@ -43,7 +43,8 @@ def run_detect(control_type: str, image: str | Path, out: str | Path, options: d
         control_map = detect_control(control_type, photo, options, where=str(image), seed=drawn_from)
     check_file_output(out, overwrite)
     out.parent.mkdir(parents=True, exist_ok=True)
-    settings = ", ".join(f"{k}: {v:g}" for k, v in (options or {}).items())
+    said = [f"Control map: {control_type}", *(f"{k}: {v:g}" for k, v in (options or {}).items()),
+            *([f"Seed: {seed}"] if kind.seeded else []), *([f"Processor Res: {res}"] if res else []),
+            f"Source: {Path(image).name}"]
     with explain_disk_full(out):
-        return save_png(control_map, out, f"Control map: {control_type}" + (f", {settings}" if settings else "") +
-                        (f", Seed: {seed}" if kind.seeded else "") + (f", Processor Res: {res}" if res else "") + f", Source: {Path(image).name}")
+        return save_png(control_map, out, ", ".join(said))
