@@ -136,7 +136,8 @@ def test_a_comfyui_image_invert_before_the_controlnet_is_the_invert_preprocessor
     graph["23"] = {"class_type": "ImageInvert", "inputs": {"image": ["21", 0]}}
     graph["22"]["inputs"]["image"] = ["23", 0]
     [unit] = png_control_units(comfy_png(tmp_path / "invert.png", graph))
-    assert (unit["type"], unit["_picture"], unit["model"]) == ("invert", "pose.png", "lllyasviel/control_v11p_sd15_lineart")
+    lineart = "lllyasviel/control_v11p_sd15_lineart"
+    assert (unit["type"], unit["_picture"], unit["model"]) == ("invert", "pose.png", lineart)
 
 
 def test_a_black_on_white_drawing_through_invert_steers_the_world_controlnet_as_its_silhouette(tmp_path):
