@@ -43,18 +43,10 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-    from personae.errors import UserError
+    from personae.data.control import option_values
     from personae.jobs.control import run_detect
 
-    options = {}
-    for text in args.option:
-        key, sep, value = text.partition("=")
-        try:
-            options[key.strip()] = float(value)
-        except ValueError:
-            raise UserError(f"--option {text}: expected KEY=NUMBER, e.g. low=50.") from None
-        if not sep:
-            raise UserError(f"--option {text}: expected KEY=NUMBER, e.g. low=50.")
+    options = option_values(args.option, "--option")
     out = run_detect(args.type, args.image, args.out, options, overwrite=args.overwrite, seed=args.seed,
                      res=args.res)
     print(f"wrote {args.type} control map to {out}")

@@ -184,18 +184,10 @@ def unit_choices(ws, model: str | None, options: str | None) -> dict:
     unit: dict = {}
     if (model or "").strip():
         unit["model"] = model_path(ws, model)
-    parsed = {}
-    for item in (options or "").replace(";", ",").split(","):
-        if not item.strip():
-            continue
-        key, eq, value = item.partition("=")
-        try:
-            parsed[key.strip()] = float(value)
-        except ValueError:
-            eq = ""
-        if not eq or not key.strip():
-            raise UserError(f'Preprocessor options: "{item.strip()}" is not KEY=NUMBER.', 'Write them as "low=50, '
-                                                                                          'high=150".')
+    from personae.data.control import option_values
+
+    items = [item for item in (options or "").replace(";", ",").split(",") if item.strip()]
+    parsed = option_values(items, "Preprocessor options:")
     if parsed:
         unit["options"] = parsed
     return unit

@@ -49,6 +49,21 @@ def detect_control(name: str, image: Image.Image, options: dict[str, float] | No
     return control_type.detect(image.convert("RGB"), options, where)
 
 
+def option_values(items, where: str) -> dict[str, float]:
+    """Preprocessor options typed as KEY=NUMBER items (detect's --option, the web UI's options field)."""
+    options = {}
+    for item in items:
+        key, sep, value = str(item).partition("=")
+        try:
+            number = float(value)
+        except ValueError:
+            sep = ""
+        if not sep or not key.strip():
+            raise UserError(f'{where} "{str(item).strip()}" is not KEY=NUMBER.', "Write it as low=50.")
+        options[key.strip()] = number
+    return options
+
+
 def processed_map(name: str, photo: Image.Image, res: int, options: dict[str, float] | None = None,
                   where: str = "the image", seed: int = 0) -> Image.Image:
     """A1111's preprocessing of `photo` for control type `name`: scaled to `res` on its short side (and padded to a
@@ -69,4 +84,4 @@ def processed_map(name: str, photo: Image.Image, res: int, options: dict[str, fl
     return Image.fromarray(unpad(made) if control_type.padded else made)
 
 
-__all__ = ["CONTROL_TYPES", "ControlType", "detect_control", "get_control_type", "processed_map"]
+__all__ = ["CONTROL_TYPES", "ControlType", "detect_control", "get_control_type", "option_values", "processed_map"]
