@@ -344,7 +344,8 @@ def test_from_png_takes_the_units_settings_with_the_picture_given(tiny_model, co
     assert unit == {"type": "canny", "image": str(coffee), "weight": 0.6, "model": str(tiny_controlnet),
                     "options": {"low": 50.0, "high": 150.0}, "resize_mode": "Just Resize", "processor_res": 256,
                     "pixel_perfect": False, "control_mode": "My prompt is more important", "guidance_start": 0.25,
-                    "guidance_end": 1.0, "guidance_by": "steps", "low_vram": False, "hr_option": "Both"}
+                    "guidance_end": 1.0, "guidance_by": "steps", "low_vram": False, "hr_option": "Both",
+                    "mask": None}
     _, _, params = parse_parameters(read_png_text(made)["parameters"])
     assert params["ControlNet 0"].startswith("Module: canny, Model: tiny-controlnet, Weight: 0.6, Resize Mode: Just "
                                              "Resize, Low Vram: False, Processor Res: 256, Threshold A: 50, Threshold "

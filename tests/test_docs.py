@@ -81,7 +81,7 @@ WORKFLOWS = {
 ALARMING = re.compile(r"warn|traceback|deprecat|\berror|exception|\bnans?\b", re.I)
 HUB_MODELS = {"stable-diffusion-v1-5/stable-diffusion-v1-5": "model"}
 HUB_CONTROLNETS = ["lllyasviel/control_v11p_sd15_canny", "lllyasviel/control_v11p_sd15_openpose",
-                   "CrucibleAI/ControlNetMediaPipeFace/diffusion_sd15"]
+                   "lllyasviel/control_v11p_sd15_inpaint", "CrucibleAI/ControlNetMediaPipeFace/diffusion_sd15"]
 HUB_MOTION = ["guoyww/animatediff-motion-adapter-v1-5-3"]
 
 

@@ -139,6 +139,14 @@ def test_the_controlnet_accordion_reaches_the_unit(tmp_path):
     with pytest.raises(UserError, match='"low 50" is not KEY=NUMBER'):
         unit_choices(ws, "", "low 50")
     assert Path(ref.image).is_relative_to(ws.root / "uploads") and Path(ref.image).read_bytes() == photo.read_bytes()
+    # an inpaint unit's own mask ("Control mask") is copied in as its mask; another type has no mask
+    data = settings_data(SimpleNamespace(workspace=ws), {"prompt": "a cat"}, "models/m", [], 1.0, [], None,
+                         "inpaint_only", str(photo), 1.0, [], {}, control_mask=str(photo))
+    ref = parse_settings(GenerateSettings, data, "the Generate form").controls[0]
+    assert Path(ref.mask).is_relative_to(ws.root / "uploads") and Path(ref.mask).read_bytes() == photo.read_bytes()
+    with pytest.raises(UserError, match='"Control mask" is the mask of an inpaint unit; a canny unit has none'):
+        settings_data(SimpleNamespace(workspace=ws), {"prompt": "a cat"}, "models/m", [], 1.0, [], None, "canny",
+                      str(photo), 1.0, [], {}, control_mask=str(photo))
 
 
 def test_the_inpainting_mask_reaches_the_run_and_its_fields_wait_for_one(tmp_path):

@@ -42,7 +42,7 @@ def _assignment(sep: str, meaning: str):
 
 def add_control_choices(p, hires: bool = True) -> None:
     """Options that refine the --control units (not settings of their own: they fill each unit's model / options);
-    `hires`: the units' Hires-Fix Option too (a clip has no hires fix)."""
+    `hires`: the units' Hires-Fix Option and inpaint masks too (a clip has no hires fix, and no inpaint units)."""
     from typing import get_args
 
     from personae.config.addons import ControlRef
@@ -68,6 +68,9 @@ def add_control_choices(p, hires: bool = True) -> None:
                    help='"Low VRAM" for every unit: its ControlNet waits in main memory and goes to the GPU only for '
                         "each of its calls (less GPU memory, slower; --medvram / --lowvram offload it anyway)")
     if hires:
+        p.add_argument("--control-mask", action="append", type=_assignment("=", "TYPE=FILE"), metavar="TYPE=FILE",
+                       help="the mask of the inpaint / inpaint_only units (white: redrawn), read at the unit "
+                            "picture's size: A1111's mask painted on the unit's picture; without it they take --mask")
         p.add_argument("--control-hr-option", choices=get_args(ControlRef.model_fields["hr_option"].annotation),
                        metavar="OPTION", help='"Hires-Fix Option" of every unit, with --hires-scale: "Both" '
                                               '(default), "Low res only" (the first pass) or "High res only" (the '
@@ -132,14 +135,15 @@ def control_choices(args) -> tuple[list, list, dict]:
         ("pixel_perfect", "pixel_perfect"), ("low_vram", "control_low_vram"), ("hr_option", "control_hr_option"),
         ("guidance_by", "control_guidance_by"))}
     return (getattr(args, "controlnet", None) or [], getattr(args, "control_option", None) or [],
-            {key: value for key, value in every.items() if value is not None})
+            {key: value for key, value in every.items() if value is not None},
+            getattr(args, "control_mask", None) or [])
 
 
 def apply_control_choices(data: dict, models: list[tuple[str, str]], options: list[tuple[str, str]],
-                          every: dict | None = None) -> None:
-    """--controlnet TYPE=MODEL and --control-option TYPE.KEY=VALUE, applied to every unit of that type; `every`
-    (--control-resize, --control-mode, --control-res, --pixel-perfect, --control-low-vram, --control-hr-option,
-    --control-guidance-by) to every unit."""
+                          every: dict | None = None, masks: list[tuple[str, str]] = ()) -> None:
+    """--controlnet TYPE=MODEL, --control-option TYPE.KEY=VALUE and --control-mask TYPE=FILE, applied to every unit
+    of that type; `every` (--control-resize, --control-mode, --control-res, --pixel-perfect, --control-low-vram,
+    --control-hr-option, --control-guidance-by) to every unit."""
     from personae.data.control import get_control_type
     from personae.errors import UserError
 
@@ -157,6 +161,16 @@ def apply_control_choices(data: dict, models: list[tuple[str, str]], options: li
         for control in controls:
             if control["type"] == kind:
                 control["model"] = model
+    for kind, mask in masks:
+        if not get_control_type(kind).masked:
+            raise UserError(f"--control-mask {kind}={mask}: a {kind} unit has no mask; the inpaint and inpaint_only "
+                            "units have.", "Write it as --control-mask inpaint=MASK.")
+        if not any(control["type"] == kind for control in controls):
+            raise UserError(f"--control-mask {kind}={mask} is the mask of the {kind} units; no --control {kind}:... "
+                            "is given.", f"Add --control {kind}:PICTURE, or leave it out.")
+        for control in controls:
+            if control["type"] == kind:
+                control["mask"] = mask
     for key, value in options:
         kind, dot, name = key.partition(".")
         get_control_type(kind)

@@ -92,6 +92,8 @@ class ControlRef(Strict):
     weight: float = setting(1.0, '"Control Weight": 0 switches the unit off, 1 as trained', ge=0.0, le=2.0)
     model: str | None = setting(None, "ControlNet folder or hub id; default: the type's public default model")
     options: dict[str, float] = setting({}, 'the type\'s preprocessor options, e.g. canny {"low": 100, "high": 200}')
+    mask: str | None = setting(None, "inpaint / inpaint_only: the unit's own mask (white: redrawn; the one A1111 "
+                                     "paints on the unit's picture), read at its picture's size; default: --mask")
     resize_mode: Literal["Just Resize", "Crop and Resize", "Resize and Fill"] = setting(
         "Crop and Resize", '"Resize Mode": how the map fits the picture: stretched, scaled to cover it and cut to '
                            "size, or scaled to fit inside and the rest filled")

@@ -10,6 +10,7 @@ act as there (inference/control_steps.py, with the units' Control Modes).
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -181,7 +182,14 @@ def control_call(session, settings: GenerateSettings, controls: list[PreparedCon
                  "control_guidance_start": 0.0 if single else [0.0] * len(controls),
                  "control_guidance_end": 1.0 if single else [1.0] * len(controls)}
     pipe = control_pipeline(session, controlnets, img2img=img2img, inpaint=inpaint, scheduler=scheduler)
-    return pipe, arguments, unit_steps(controlnets, units, batch, scheduler)
+    return pipe, arguments, _both(unit_steps(controlnets, units, batch, scheduler),
+                                  kept_outside(session, settings, controls, size))
+
+
+@contextmanager
+def _both(first, second):
+    with first, second:
+        yield
 
 
 def control_denoise(session, settings: GenerateSettings, controls: list[PreparedControl], init: Image.Image | None,
@@ -200,25 +208,55 @@ def control_denoise(session, settings: GenerateSettings, controls: list[Prepared
         return pipe(image=init, width=width, height=height, **extra, **control, **{**kwargs, **steps}).images
 
 
-def masked_hint(control: PreparedControl, settings: GenerateSettings, size: tuple[int, int]):
-    """An inpaint unit's hint (data/control/inpaint.py) at the picture's `size`, as a tensor diffusers' ControlNet
-    pipelines take as they are: its picture fitted as the unit says, the generation's --mask read at that picture's
-    size and fitted the same way (a "Resize and Fill" margin redrawn too)."""
-    import torch
-
-    if not settings.mask:
-        raise UserError(f"The inpaint unit ({control.ref.image}) marks the part --mask redraws; no --mask is given.",
-                        "Give --init-image and --mask, or use another control type.")
+def inpaint_parts(control: PreparedControl, settings: GenerateSettings, size: tuple[int, int]
+                  ) -> tuple[Image.Image, Image.Image]:
+    """An inpaint unit's picture and mask (white: redrawn) at the picture's `size`: its picture fitted as the unit
+    says; its own mask, else the generation's --mask (with --mask-invert), read at the picture's size and fitted the
+    same way; a "Resize and Fill" margin redrawn too (data/control/inpaint.py)."""
     photo = control.photo if control.photo is not None else control.map
-    mask = load_mask(settings.mask, photo.size, 0, settings.mask_invert)
+    if control.ref.mask:
+        mask = load_mask(control.ref.mask, photo.size, 0)
+    elif settings.mask:
+        mask = load_mask(settings.mask, photo.size, 0, settings.mask_invert)
+    else:
+        mask = Image.new("L", photo.size, 0)
     fitted = fit_map(mask.convert("RGB"), size, control.ref.resize_mode)
     if control.ref.resize_mode == "Resize and Fill":
         top, left, height, width = filled_at(photo.size, size)
         margin = np.full((size[1], size[0], 3), 255, np.uint8)
         margin[top:top + height, left:left + width] = np.asarray(fitted)[top:top + height, left:left + width]
         fitted = Image.fromarray(margin)
-    hint = inpaint_hint(fit_map(photo, size, control.ref.resize_mode), fitted)
-    return torch.from_numpy(hint).permute(2, 0, 1)[None]
+    return fit_map(photo, size, control.ref.resize_mode), fitted.convert("L")
+
+
+def masked_hint(control: PreparedControl, settings: GenerateSettings, size: tuple[int, int]):
+    """An inpaint unit's hint (data/control/inpaint.py) at the picture's `size`, as a tensor diffusers' ControlNet
+    pipelines take as they are."""
+    import torch
+
+    return torch.from_numpy(inpaint_hint(*inpaint_parts(control, settings, size))).permute(2, 0, 1)[None]
+
+
+def kept_outside(session, settings: GenerateSettings, controls: list[PreparedControl], size: tuple[int, int]):
+    """The inpaint_only units' restoration at each model call of a pass at `size` (inference/inpaint_only.py)."""
+    from personae.inference.inpaint_only import KeptUnit, kept_latents
+
+    units = [KeptUnit(*inpaint_parts(c, settings, size), c.ref.weight) for c in controls
+             if c.control_type.name == "inpaint_only"]
+    return kept_latents(session.pipe.unet, session.pipe.vae, session.base_scheduler, units)
+
+
+def restore_inpaint_only(images: list[Image.Image], settings: GenerateSettings,
+                         controls: list[PreparedControl]) -> list[Image.Image]:
+    """The finished pictures with each inpaint_only unit's picture kept outside its mask (inference/inpaint_only.py);
+    a unit the hires fix's redraw leaves out ("Low res only") does not reach the final size, as in the extension."""
+    from personae.inference.inpaint_only import kept_pixels
+
+    for control in controls:
+        if control.control_type.name == "inpaint_only" and not (
+                settings.hires_scale and control.ref.hr_option == "Low res only"):
+            images = [kept_pixels(image, *inpaint_parts(control, settings, image.size)) for image in images]
+    return images
 
 
 def unit_window(settings: GenerateSettings, ref: ControlRef) -> tuple[float, float]:

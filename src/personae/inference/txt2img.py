@@ -34,6 +34,7 @@ from personae.inference.controlnet import (
     control_denoise,
     control_infotext,
     prepare_controls,
+    restore_inpaint_only,
     unit_controlnets,
 )
 from personae.inference.detailer import check_detailer, detail_faces, detailer_infotext
@@ -173,7 +174,27 @@ def with_absolute_paths(settings: GenerateSettings, session: Session) -> Generat
         **({"hires_upscaler": _absolute(settings.hires_upscaler)} if is_path(settings.hires_upscaler) else {}),
         "loras": [l.model_copy(update={"path": _absolute(l.path)}) for l in settings.loras],
         "embeddings": [e.model_copy(update={"path": _absolute(e.path)}) for e in settings.embeddings],
-        "controls": [c.model_copy(update={"image": _absolute(c.image)}) for c in settings.controls]})
+        "controls": [c.model_copy(update={"image": _absolute(c.image), "mask": _absolute(c.mask)})
+                     for c in settings.controls]})
+
+
+def inpaint_units_checked(settings: GenerateSettings, on_event: EventHandler) -> GenerateSettings:
+    """The inpaint units' masks: each needs its own, --mask, or a "Resize and Fill" margin to redraw; with --mask
+    (A1111's img2img inpainting, which keeps the unmasked part itself) an inpaint_only unit runs as
+    inpaint_global_harmonious, as the extension runs it there."""
+    for ref in settings.controls:
+        outpaints = ref.resize_mode == "Resize and Fill"
+        if get_control_type(ref.type).masked and not (ref.mask or settings.mask or outpaints):
+            raise UserError(f"--control {ref.type} marks the part its mask redraws (ControlNet 1.1's inpaint model); "
+                            "no mask is given.", f"Give its mask (--control-mask {ref.type}=MASK), or --init-image "
+                                                 'and --mask, or outpaint with --control-resize "Resize and Fill".')
+    if settings.mask and any(ref.type == "inpaint_only" for ref in settings.controls):
+        on_event(Message("inpaint_only with --mask: img2img inpainting keeps the unmasked part itself, so the unit "
+                         "runs as inpaint_global_harmonious (as A1111's ControlNet extension does)", "warning"))
+        settings = settings.model_copy(update={"controls": [
+            ref.model_copy(update={"type": "inpaint"}) if ref.type == "inpaint_only" else ref
+            for ref in settings.controls]})
+    return settings
 
 
 def _each_drawn(settings: GenerateSettings, session: Session | None, on_event: EventHandler, loras, embeddings,
@@ -296,10 +317,7 @@ def txt2img(settings: GenerateSettings, session: Session | None = None, on_event
     for path, what in ((settings.init_image, "init image"), (settings.mask, "mask")):
         if path:
             open_image(path, what)  # a missing or unreadable file fails before the model loads
-    if not settings.mask and any(get_control_type(c.type).masked for c in settings.controls):
-        raise UserError("--control inpaint marks the part --mask redraws (ControlNet 1.1's inpaint model); no --mask "
-                        "is given.", "Give --init-image and --mask, as A1111's img2img inpaint tab does, or use "
-                                     "another control type.")
+    settings = inpaint_units_checked(settings, on_event)
     unit_seed = numpy_seed(seed, settings.subseed)  # what A1111 seeds numpy with before each unit's preprocessor
     if controls is None:  # no face found: said before loading
         controls = prepare_controls(settings.controls, settings.allow_pickle, unit_seed)
@@ -421,6 +439,7 @@ def txt2img(settings: GenerateSettings, session: Session | None = None, on_event
             else:
                 with first_pass:
                     images = pipe(width=width, height=height, **kwargs).images
+        images = restore_inpaint_only(images, settings, controls)
         if region is not None:
             images = [paste_back(original, image, region, full_mask) for image in images]
         elif mask is not None:

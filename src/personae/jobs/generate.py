@@ -405,6 +405,8 @@ def png_references(settings: GenerateSettings, stored: dict) -> list[str]:
     for control in settings.controls:
         if any(c.get("image") == control.image for c in stored_controls):
             named.append(("control image", control.image, None))
+        if control.mask and any(c.get("mask") == control.mask for c in stored_controls):
+            named.append(("control mask", control.mask, None))
         if any(c.get("model") == control.model for c in stored_controls):
             named.append(("ControlNet", model_for(control), "config.json", f"--controlnet {control.type}="))
     lines = []

@@ -194,10 +194,12 @@ def unit_choices(ws, model: str | None, options: str | None) -> dict:
 
 
 def settings_data(ctx, data: dict, model, loras, lora_weight, embeddings, init_image, control_type, control_image,
-                  control_weight, styles=(), control_unit: dict | None = None, mask=None, paint=None) -> dict:
+                  control_weight, styles=(), control_unit: dict | None = None, mask=None, paint=None,
+                  control_mask=None) -> dict:
     """The form's values completed with the pickers and uploads, every path checked to be in the workspace; the
     workspace's styles.csv for the chosen styles and its wildcards/ folder for Dynamic Prompts' __names__; `paint`:
-    the "Paint the mask" editor's value (its picture and mask, in place of init_image and mask)."""
+    the "Paint the mask" editor's value (its picture and mask, in place of init_image and mask); `control_mask`: an
+    inpaint unit's own mask."""
     ws = ctx.workspace
     if styles:
         data["styles"], data["styles_file"] = list(styles), str(ws.root / "styles.csv")
@@ -230,6 +232,13 @@ def settings_data(ctx, data: dict, model, loras, lora_weight, embeddings, init_i
             raise UserError(f"ControlNet {control_type} needs a control image.", "Drop an image on \"Control image\".")
         data["controls"] = [{"type": control_type, "image": image, "weight": float(control_weight),
                              **(control_unit or {})}]  # A1111's unit settings: resize and control modes, resolution
+        if control_mask:
+            from personae.data.control import get_control_type
+
+            if not get_control_type(control_type).masked:
+                raise UserError(f'"Control mask" is the mask of an inpaint unit; a {control_type} unit has none.',
+                                'Clear "Control mask", or choose inpaint or inpaint_only.')
+            data["controls"][0]["mask"] = upload(ctx, control_mask, "uploads/control")
     return data
 
 
@@ -289,6 +298,8 @@ def build(ctx) -> None:
                 control_type = gr.Dropdown([CONTROL_TYPES_NONE, *CONTROL_TYPES], value=CONTROL_TYPES_NONE,
                                            label="Control type", elem_id="field-control-type")
                 control_image = gr.Image(type="filepath", label="Control image", elem_id="field-control-image")
+                control_mask = gr.Image(type="filepath", label="Control mask (inpaint, inpaint_only: white is "
+                                        "redrawn; without it, the inpainting mask)", elem_id="field-control-mask")
                 control_model = gr.Dropdown(ws.folders("models"), value=None, allow_custom_value=True,
                                             label="ControlNet", info="a ControlNet under models/ (folder or file), or "
                                                                      "a hub id; empty: the type's default",
@@ -335,13 +346,13 @@ def build(ctx) -> None:
         return out
 
     def submit(model_v, loras_v, weight_v, emb_v, init_v, ctype_v, cimage_v, cweight_v, styles_v, resize_v, mode_v,
-               perfect_v, low_v, res_v, hr_v, by_v, cmodel_v, coptions_v, mask_v, paint_v, *raw):
+               perfect_v, low_v, res_v, hr_v, by_v, cmodel_v, coptions_v, mask_v, paint_v, cmask_v, *raw):
         try:
             unit = {"resize_mode": resize_v, "control_mode": mode_v, "pixel_perfect": bool(perfect_v),
                     "low_vram": bool(low_v), "processor_res": int(res_v), "hr_option": hr_v, "guidance_by": by_v,
                     **unit_choices(ws, cmodel_v, coptions_v)}
             data = settings_data(ctx, values(raw), model_v, loras_v, weight_v, emb_v, init_v, ctype_v, cimage_v,
-                                 cweight_v, styles_v, unit, mask_v, paint_v)
+                                 cweight_v, styles_v, unit, mask_v, paint_v, cmask_v)
             settings = parse_settings(GenerateSettings, data, "the Generate form")
             out = ws.new_folder("outputs/generate")
         except UserError as exc:
@@ -353,7 +364,7 @@ def build(ctx) -> None:
 
     go.click(submit, [model, loras, lora_weight, embeddings, init_image, control_type, control_image, control_weight,
                       styles, resize_mode, control_mode, pixel_perfect, low_vram, processor_res, hr_option, guidance_by,
-                      control_model, control_options, mask_file, paint,
+                      control_model, control_options, mask_file, paint, control_mask,
                       *raw_inputs], status)
 
     def latest(seen: int):

@@ -26,6 +26,7 @@ CONTROL_TYPES: dict[str, ControlType] = {t.name: t for t in [
     shuffle.SHUFFLE,
     *model_free.TYPES,
     inpaint.INPAINT,
+    inpaint.INPAINT_ONLY,
 ]}
 
 
