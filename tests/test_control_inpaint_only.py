@@ -132,6 +132,8 @@ def test_the_cli_reads_a_units_mask_and_reproduces_it_from_the_png(tiny_model, p
     assert "a canny unit has no mask" in " ".join(capsys.readouterr().err.split())
     assert main(args + ["--control-mask", f"inpaint={pictures / 'mask.png'}", "--out", str(tmp_path / "c")]) == 2
     assert "no --control inpaint:... is given" in " ".join(capsys.readouterr().err.split())
+    assert main(args + ["--control-mask", f"inpaint_only={tmp_path / 'gone.png'}", "--out", str(tmp_path / "c")]) == 2
+    assert "gone.png does not exist" in " ".join(capsys.readouterr().err.split())  # before any model loads
     assert not (tmp_path / "no-mask").exists() and not (tmp_path / "c").exists()
     assert main(args + ["--control-mask", f"inpaint_only={pictures / 'mask.png'}", "--out", str(tmp_path / "a")]) == 0
     [made] = (tmp_path / "a").glob("*.png")
@@ -155,3 +157,19 @@ def test_under_img2imgs_own_mask_it_runs_as_harmonious(tiny_model, pictures, con
     assert "runs as inpaint_global_harmonious" in " ".join(capsys.readouterr().err.split())
     [made] = (tmp_path / "a").glob("*.png")
     assert 'ControlNet 0: "Module: inpaint_global_harmonious, Model: cn' in read_png_text(made)["parameters"]
+
+
+def test_a_comparison_suite_reads_a_units_mask_beside_it(pictures, tmp_path):
+    import shutil
+
+    import yaml
+
+    from personae.jobs.compare_plan import load_suite
+
+    for name in ("photo.png", "mask.png"):
+        shutil.copy(pictures / name, tmp_path / name)
+    (tmp_path / "suite.yaml").write_text(yaml.safe_dump({
+        "base_model": "./tiny", "prompts": ["a cat"], "seeds": [0],
+        "controls": [{"type": "inpaint_only", "image": "photo.png", "mask": "mask.png"}]}))
+    [unit] = load_suite(tmp_path / "suite.yaml").controls
+    assert (unit.image, unit.mask) == (str(tmp_path / "photo.png"), str(tmp_path / "mask.png"))

@@ -298,6 +298,43 @@ def test_a_controlnet_unit_with_its_model_and_options_runs_from_the_generate_tab
     page.close()
 
 
+def test_an_inpaint_only_unit_with_its_control_mask_keeps_its_picture_outside_the_mask(server, browser, workspace,
+                                                                                       tmp_path):
+    """personae's PNG of an inpaint_only unit dropped (the accordion takes its type and ControlNet), its picture on
+    "Control image" and its mask on "Control mask": txt2img keeps the picture's unmasked part pixel for pixel."""
+    from personae.config.generate import GenerateSettings
+    from personae.jobs.generate import run_generate
+    from personae.media.png import read_png_text
+    from personae.models.controlnet import write_tiny_controlnet
+
+    net = write_tiny_controlnet(workspace / "models" / "inpaint-cn", base=workspace / "models" / "tiny", seed=0)
+    photo, mask = tmp_path / "photo.png", tmp_path / "mask.png"
+    Image.fromarray((np.random.default_rng(4).random((64, 64, 3)) * 255).astype(np.uint8)).save(photo)
+    left = Image.new("L", (64, 64), 0)
+    left.paste(255, (0, 0, 32, 64))
+    left.save(mask)
+    unit = {"type": "inpaint_only", "image": str(photo), "mask": str(mask), "model": str(net)}
+    [png] = run_generate(GenerateSettings(model=str(workspace / "models" / "tiny"), prompt="a cat beside the photo",
+                                          steps=3, width=64, height=64, seed=2, controls=[unit]), tmp_path / "made")
+    page = _dropped(browser, server[1], png, "a cat beside the photo")
+    page.get_by_text("ControlNet", exact=True).first.click()
+    assert page.locator("#field-controlnet input").first.input_value() == "models/inpaint-cn"
+    page.locator("#field-control-image input[type=file]").set_input_files(str(photo))
+    page.locator("#field-control-mask input[type=file]").set_input_files(str(mask))
+    page.wait_for_selector("#field-control-image img", timeout=30_000)
+    page.wait_for_selector("#field-control-mask img", timeout=30_000)
+    before = set((workspace / "outputs").rglob("*.png"))
+    page.wait_for_timeout(1500)  # the status's first tick before this job is queued
+    page.click("#generate-button")
+    job = _job_id(_wait_text(page, "#generate-status", "Queued as job", timeout=30))
+    _wait_text(page, "#generate-status", f"Job {job} done", timeout=120)
+    [made] = set((workspace / "outputs").rglob("*.png")) - before
+    assert 'Module: inpaint_only, Model: inpaint-cn' in read_png_text(made)["parameters"]
+    got, kept = np.asarray(Image.open(made).convert("RGB")), np.asarray(Image.open(photo))
+    assert np.array_equal(got[:, 38:], kept[:, 38:]) and (got[:, :26] != kept[:, :26]).mean() > 0.9
+    page.close()
+
+
 def test_a_comfyui_png_with_a_controlnet_window_fills_it_by_noise_level(server, browser, tmp_path):
     """A ComfyUI graph's ControlNetApplyAdvanced dropped: the accordion takes its window, counted by noise level as
     ComfyUI counts it, and the picture ComfyUI read is asked for."""

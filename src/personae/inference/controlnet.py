@@ -91,6 +91,8 @@ def prepare_controls(controls: list[ControlRef], allow_pickle: bool = False, see
         control_type = get_control_type(ref.type)
         check_available(resolve_controlnet(model_for(ref), allow_pickle))  # a wrong path or an unreachable hub id, at once
         photo = open_image(ref.image, f"control image of ControlNet {i} ({ref.type})")
+        if ref.mask:
+            load_mask(ref.mask, photo.size, 0)  # a missing or unreadable mask, before any model loads
         prepared.append(PreparedControl(ref, control_type, model_for(ref),
                                         make_map(ref, photo, ref.processor_res, seed), photo, seed=seed))
     return prepared

@@ -186,8 +186,9 @@ def inpaint_units_checked(settings: GenerateSettings, on_event: EventHandler) ->
         outpaints = ref.resize_mode == "Resize and Fill"
         if get_control_type(ref.type).masked and not (ref.mask or settings.mask or outpaints):
             raise UserError(f"--control {ref.type} marks the part its mask redraws (ControlNet 1.1's inpaint model); "
-                            "no mask is given.", f"Give its mask (--control-mask {ref.type}=MASK), or --init-image "
-                                                 'and --mask, or outpaint with --control-resize "Resize and Fill".')
+                            "no mask is given.", f"Give its mask (--control-mask {ref.type}=MASK; in the web UI: "
+                                                 '"Control mask"), or --init-image and --mask, or outpaint with '
+                                                 '--control-resize "Resize and Fill".')
     if settings.mask and any(ref.type == "inpaint_only" for ref in settings.controls):
         on_event(Message("inpaint_only with --mask: img2img inpainting keeps the unmasked part itself, so the unit "
                          "runs as inpaint_global_harmonious (as A1111's ControlNet extension does)", "warning"))

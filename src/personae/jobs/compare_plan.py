@@ -83,8 +83,8 @@ def load_suite(path: str | Path, overrides: dict | None = None) -> CompareSuite:
         return value
 
     def fix_units(units: list[ControlRef] | None) -> list[ControlRef] | None:
-        return None if units is None else [u.model_copy(update={"image": fix(u.image), "model": fix(u.model)})
-                                           for u in units]
+        return None if units is None else [u.model_copy(update={"image": fix(u.image), "model": fix(u.model),
+                                                                "mask": fix(u.mask)}) for u in units]
 
     variants = []
     for v in suite.variants:
