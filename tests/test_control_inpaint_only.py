@@ -149,6 +149,14 @@ def test_the_cli_reads_a_units_mask_and_reproduces_it_from_the_png(tiny_model, p
     assert (unit["type"], unit["model"]) == ("inpaint_only", "lllyasviel/control_v11p_sd15_inpaint")
 
 
+def test_a_mask_on_a_unit_that_has_none_is_an_error(tiny_model, tiny_session, pictures, controlnet):
+    from personae.errors import UserError
+
+    settings = _settings(tiny_model[0], pictures, controlnet, kind="canny", mask=str(pictures / "mask.png"))
+    with pytest.raises(UserError, match="only the inpaint and inpaint_only units have one"):
+        txt2img(settings, tiny_session)
+
+
 def test_under_img2imgs_own_mask_it_runs_as_harmonious(tiny_model, pictures, controlnet, tmp_path, capsys):
     assert main(["generate", "--model", str(tiny_model[0]), "--prompt", "a cat", "--steps", "3", "--seed", "4",
                  "--init-image", str(pictures / "photo.png"), "--mask", str(pictures / "mask.png"),

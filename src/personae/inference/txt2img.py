@@ -183,6 +183,9 @@ def inpaint_units_checked(settings: GenerateSettings, on_event: EventHandler) ->
     (A1111's img2img inpainting, which keeps the unmasked part itself) an inpaint_only unit runs as
     inpaint_global_harmonious, as the extension runs it there."""
     for ref in settings.controls:
+        if ref.mask and not get_control_type(ref.type).masked:
+            raise UserError(f"The {ref.type} unit ({ref.image}) has a mask ({ref.mask}); only the inpaint and "
+                            "inpaint_only units have one.", "Leave the mask out, or make the unit an inpaint unit.")
         outpaints = ref.resize_mode == "Resize and Fill"
         if get_control_type(ref.type).masked and not (ref.mask or settings.mask or outpaints):
             raise UserError(f"--control {ref.type} marks the part its mask redraws (ControlNet 1.1's inpaint model); "
