@@ -152,7 +152,7 @@ def test_generated_options_keep_the_names_users_know():
         "--ad-mask-merge-invert", "--ad-noise-multiplier", "--ad-clip-skip",
         "--controlnet", "--control-option", "--control-start", "--control-end", "--control-resize", "--control-mode",
         "--control-res", "--pixel-perfect", "--control-low-vram", "--control-hr-option", "--control-guidance-by",
-        "--recipe", "--animal",
+        "--control-mask", "--recipe", "--animal",
         "--from-png", "--out", "--quiet", "--yes"}
     sampler_parameters = {"--eta", "--eta-ddim", "--sigma-churn", "--sigma-tmin", "--sigma-tmax", "--sigma-noise",
                           "--quantize", "--schedule-rho", "--schedule-min-sigma", "--schedule-max-sigma",
@@ -163,7 +163,7 @@ def test_generated_options_keep_the_names_users_know():
         "--freeinit", "--freeinit-iters", "--freeinit-filter", "--freeinit-ds", "--freeinit-dt",
         "--latent-power", "--latent-scale", "--last-frame", "--latent-power-last", "--latent-scale-last",
         "--from-png", "--out", "--webp-quality", "--webp-lossless", "--frames-dir", "--overwrite", "--quiet", "--yes",
-        # ControlNet units, as generate's but for the hires fix a clip has not
+        # ControlNet units, as generate's but for the hires fix and the inpaint masks a clip has not
         "--control", "--controlnet", "--control-option", "--control-start", "--control-end", "--control-resize",
         "--control-mode", "--control-res", "--pixel-perfect", "--control-low-vram", "--control-guidance-by",
         "--init-image", "--strength"}  # a clip to start from, at a denoising strength

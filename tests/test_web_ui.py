@@ -287,12 +287,7 @@ def test_a_controlnet_unit_with_its_model_and_options_runs_from_the_generate_tab
         "low=50, high=150"
     page.locator("#field-control-image input[type=file]").set_input_files(str(photo))
     page.wait_for_selector("#field-control-image img", timeout=30_000)
-    before = set((workspace / "outputs").rglob("*.png"))
-    page.wait_for_timeout(1500)  # the status's first tick before this job is queued
-    page.click("#generate-button")
-    job = _job_id(_wait_text(page, "#generate-status", "Queued as job", timeout=30))
-    _wait_text(page, "#generate-status", f"Job {job} done", timeout=120)
-    [made] = set((workspace / "outputs").rglob("*.png")) - before
+    made = _generated(page, workspace)
     text = read_png_text(made)["parameters"]
     assert "Module: canny, Model: edges-cn, Weight: 1" in text and "Threshold A: 50, Threshold B: 150" in text, text
     page.close()
@@ -323,12 +318,7 @@ def test_an_inpaint_only_unit_with_its_control_mask_keeps_its_picture_outside_th
     page.locator("#field-control-mask input[type=file]").set_input_files(str(mask))
     page.wait_for_selector("#field-control-image img", timeout=30_000)
     page.wait_for_selector("#field-control-mask img", timeout=30_000)
-    before = set((workspace / "outputs").rglob("*.png"))
-    page.wait_for_timeout(1500)  # the status's first tick before this job is queued
-    page.click("#generate-button")
-    job = _job_id(_wait_text(page, "#generate-status", "Queued as job", timeout=30))
-    _wait_text(page, "#generate-status", f"Job {job} done", timeout=120)
-    [made] = set((workspace / "outputs").rglob("*.png")) - before
+    made = _generated(page, workspace)
     assert 'Module: inpaint_only, Model: inpaint-cn' in read_png_text(made)["parameters"]
     got, kept = np.asarray(Image.open(made).convert("RGB")), np.asarray(Image.open(photo))
     assert np.array_equal(got[:, 38:], kept[:, 38:]) and (got[:, :26] != kept[:, :26]).mean() > 0.9
@@ -352,10 +342,8 @@ def test_a_comfyui_png_with_a_controlnet_window_fills_it_by_noise_level(server, 
     page.close()
 
 
-def _inpainted(page, workspace) -> Path:
-    """Generate at strength 1 without mask blur; the one picture this job made."""
-    _set(page, "field-strength", 1)
-    _set(page, "field-mask-blur", 0)
+def _generated(page, workspace) -> Path:
+    """Generate; the one picture this job made."""
     before = set((workspace / "outputs").rglob("*.png"))
     page.wait_for_timeout(1500)  # the status's first tick (it shows the last job done) before this job is queued
     page.click("#generate-button")
@@ -363,6 +351,13 @@ def _inpainted(page, workspace) -> Path:
     _wait_text(page, "#generate-status", f"Job {job} done", timeout=120)  # not an earlier test's job
     [made] = set((workspace / "outputs").rglob("*.png")) - before
     return made
+
+
+def _inpainted(page, workspace) -> Path:
+    """Generate at strength 1 without mask blur; the one picture this job made."""
+    _set(page, "field-strength", 1)
+    _set(page, "field-mask-blur", 0)
+    return _generated(page, workspace)
 
 def test_inpainting_from_the_img2img_accordion_keeps_the_unmasked_half(server, browser, workspace, tmp_path):
     """An init image and a mask dropped in the img2img accordion: the picture made keeps the mask's black half pixel

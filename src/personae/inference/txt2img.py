@@ -326,6 +326,9 @@ def txt2img(settings: GenerateSettings, session: Session | None = None, on_event
     if controls is None:  # no face found: said before loading
         controls = prepare_controls(settings.controls, settings.allow_pickle, unit_seed)
     controls = [c.for_seed(unit_seed) for c in controls]  # a random map (shuffle) is this picture's seed's
+    if settings.mask:  # a caller's inpaint_only units run as harmonious too (inpaint_units_checked)
+        controls = [replace(c, ref=c.ref.model_copy(update={"type": "inpaint"}), control_type=get_control_type(
+            "inpaint")) if c.control_type.name == "inpaint_only" else c for c in controls]
     # 2. load the model, LoRAs and embeddings (unless the caller holds a session)
     session = session or session_for(settings, on_event)
     size = default_size(settings.init_image) if settings.init_image else (session.native_size, session.native_size)
