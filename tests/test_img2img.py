@@ -275,6 +275,60 @@ def test_noise_multiplier_is_a1111s_and_written_only_when_not_1(tmp_path, tiny_m
     assert "Noise multiplier" not in plain.parameters
 
 
+def test_extra_noise_is_a1111s_at_every_start_and_in_the_hires_redraw(tmp_path, tiny_model, tiny_session):
+    """A1111's "Extra noise": the starting noise added again x the extra, in the sampler's own scale (DDIM's start
+    moves by extra x sqrt(alphabar) x noise: equal steps for equal steps of the extra; the k-diffusion oracle in
+    test_ksampler checks Euler's numbers), at the start of every picture of a batch count, never in the steps after
+    it; the hires fix's redraw starts so too. Written as "Extra noise" when not 0, read back from A1111's PNGs;
+    txt2img without img2img or the hires fix has no start to add it to and says so."""
+    import torch
+
+    from personae.errors import UserError
+    from personae.jobs.generate import settings_from_png
+    from personae.media.png import parse_parameters, save_png
+
+    init = tmp_path / "init.png"
+    draw_star(64, BACKGROUNDS["blue"], 0.7, (0, 0)).save(init)
+    first, runs = {}, {}
+    for extra in (0.0, 0.2, 0.4):
+        seen = []
+        hook = tiny_session.pipe.unet.register_forward_pre_hook(lambda mod, args, kw: seen.append(args[0]),
+                                                                 with_kwargs=True)
+        try:
+            runs[extra] = txt2img(_settings(tiny_model[0], init, strength=0.8, sampler="DDIM", extra_noise=extra,
+                                            batch_count=2), tiny_session)
+        finally:
+            hook.remove()
+        first[extra] = seen[0].double()
+    step, again = first[0.2] - first[0.0], first[0.4] - first[0.2]
+    assert step.abs().max() > 0.05 and torch.allclose(step, again, atol=1e-5)
+    # the second picture of the batch count starts with its extra noise as a run of its own seed does
+    [alone] = txt2img(_settings(tiny_model[0], init, strength=0.8, sampler="DDIM", extra_noise=0.2, seed=4),
+                      tiny_session)
+    assert np.array_equal(np.asarray(runs[0.2][1].image), np.asarray(alone.image))
+    assert "Extra noise" not in runs[0.0][0].parameters
+    assert parse_parameters(runs[0.2][0].parameters)[2]["Extra noise"] == "0.2"
+    save_png(runs[0.2][0].image, tmp_path / "a1111.png", runs[0.2][0].parameters.replace("personae", "v1.10.1"))
+    assert settings_from_png(tmp_path / "a1111.png")["extra_noise"] == 0.2
+    # the hires fix: the first pass as without it, the redraw's start moved
+    hires = dict(model=str(tiny_model[0]), prompt="a star", steps=3, seed=2, width=64, height=64, hires_scale=1.5,
+                 hires_steps=2, hires_upscaler="latent", sampler="Euler")
+    inputs = {}
+    for extra in (0.0, 0.3):
+        seen = []
+        hook = tiny_session.pipe.unet.register_forward_pre_hook(lambda mod, args, kw: seen.append(args[0]),
+                                                                 with_kwargs=True)
+        try:
+            txt2img(GenerateSettings(**hires, extra_noise=extra), tiny_session)
+        finally:
+            hook.remove()
+        inputs[extra] = seen
+    assert all(torch.equal(a, b) for a, b in zip(inputs[0.0][:3], inputs[0.3][:3]))  # the first pass: 3 calls
+    assert inputs[0.0][3].shape[-1] == 12 and (inputs[0.0][3] - inputs[0.3][3]).abs().max() > 0.05
+    with pytest.raises(UserError, match="this is txt2img without the hires fix"):
+        txt2img(GenerateSettings(model=str(tiny_model[0]), prompt="a star", steps=2, extra_noise=0.2), tiny_session)
+
+
 def _bands(size=(96, 64)):
     """Red, green and blue vertical thirds: where each mode puts which part of the picture is plain to see."""
     w, h = size

@@ -215,14 +215,15 @@ def test_diffusers_schedulers_of_the_same_names_are_measurably_off(k, tiny_model
     assert (before - theirs).abs().max() > 10 * (ours - theirs).abs().max()
 
 
-@pytest.mark.parametrize("multiplier", [1.0, 0.8])
-def test_img2img_runs_a1111s_steps_from_a1111s_start(k, tiny_model, tiny_session, photo, multiplier):
+@pytest.mark.parametrize(("multiplier", "extra"), [(1.0, 0.0), (0.8, 0.0), (0.8, 0.3)])
+def test_img2img_runs_a1111s_steps_from_a1111s_start(k, tiny_model, tiny_session, photo, multiplier, extra):
     """A1111's img2img: of `steps` sigmas, the last int(strength x steps) + 1 steps, from the encoded picture +
-    the seed's first draw x "Noise multiplier" x the first of them (diffusers would run one step fewer)."""
+    the seed's first draw x "Noise multiplier" x the first of them (diffusers would run one step fewer); its "Extra
+    noise" adds that draw again x the extra (xi += noise x extra)."""
     from PIL import Image
 
     settings = _settings(tiny_model[0], sampler="DPM++ 2M Karras", init_image=str(photo), strength=0.6, steps=10,
-                         noise_multiplier=multiplier)
+                         noise_multiplier=multiplier, extra_noise=extra)
     pipe = tiny_session.pipe
     ours = _personae(tiny_session, settings)
     denoiser = _denoiser(k, pipe)
@@ -235,7 +236,8 @@ def test_img2img_runs_a1111s_steps_from_a1111s_start(k, tiny_model, tiny_session
         encoded = pipe.vae.encode(image).latent_dist.sample(generator=torch.Generator().manual_seed(settings.seed))
         encoded = encoded * pipe.vae.config.scaling_factor
     stream = torch.Generator().manual_seed(settings.seed)
-    x = encoded + torch.randn(SHAPE, generator=stream) * multiplier * schedule[0]
+    noise = torch.randn(SHAPE, generator=stream) * multiplier
+    x = encoded + noise * schedule[0] + noise * extra
     final = _k_run(k, pipe, settings, schedule, x, stream)
     with torch.no_grad():
         theirs = _decoder_input(pipe, lambda: pipe.vae.decode(final / pipe.vae.config.scaling_factor))

@@ -136,7 +136,8 @@ SHARED = {"--model", "--prompt", "--negative", "--steps", "--cfg", "--seed", "--
 def test_generated_options_keep_the_names_users_know():
     assert _options("generate") == SHARED | {
         "--batch-size", "--batch-count", "--init-image", "--strength", "--mask", "--mask-blur", "--mask-invert",
-        "--masked-content", "--noise-multiplier", "--resize-mode", "--ngms", "--ngms-all-steps", "--skip-early-cfg", "--control",
+        "--masked-content", "--noise-multiplier", "--extra-noise", "--resize-mode", "--ngms", "--ngms-all-steps",
+        "--skip-early-cfg", "--control",
         "--sigma-churn", "--sigma-tmin", "--sigma-tmax", "--sigma-noise",
         "--hires-scale", "--hires-resize", "--hires-steps", "--hires-denoise", "--hires-upscaler", "--upscaler-dir",
         "--subseed", "--subseed-strength", "--seed-resize-from-w", "--seed-resize-from-h", "--rng", "--ensd", "--eta",

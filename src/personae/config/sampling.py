@@ -290,6 +290,11 @@ class Img2ImgSettings(Concept):
                                            "img2img's starting noise scaled by this (below 1 keeps more of the "
                                            "picture, above 1 less); written when not 1", infotext="Noise multiplier",
                                       infotext_if="init_image", infotext_unless=1.0, ge=0.0, le=1.5)
+    extra_noise: float = setting(0.0, '"Extra noise" (A1111\'s "Extra noise multiplier for img2img and hires fix"): '
+                                      "the starting noise added once more, this many times over, to the picture "
+                                      "img2img and the hires fix's redraw start from (0: off; keep it below the "
+                                      "denoising strength)", infotext="Extra noise", infotext_unless=0.0, ge=0.0,
+                                 le=1.0)
     mask: str | None = setting(None, "inpainting: redraw only the white part of this mask, keep the black "
                                      "(needs --init-image)", metavar="MASK")
     mask_blur: int = setting(4, '"Mask blur": feathering of the mask edge, in pixels', infotext="Mask blur",

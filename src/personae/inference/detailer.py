@@ -252,7 +252,8 @@ def redraw_face(session, settings, picture: Image.Image, mask: Image.Image, prom
         init = picture.resize(size, Image.Resampling.LANCZOS)
         crop_mask = full_mask.resize(size, Image.Resampling.LANCZOS)
     scheduler = sampler.make(session.base_scheduler, k_tuning(settings))
-    noised_start(scheduler, multiplier=settings.ad_noise_multiplier or settings.noise_multiplier)
+    noised_start(scheduler, multiplier=settings.ad_noise_multiplier or settings.noise_multiplier,
+                 extra=settings.extra_noise)
     pipe = denoiser(session, init, crop_mask, scheduler)
     if settings.ad_denoising_strength == 0:  # nothing to redraw: the face as the VAE gives it
         drawn = vae_roundtrip(pipe, init)

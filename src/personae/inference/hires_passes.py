@@ -14,7 +14,7 @@ from personae.events import EventHandler
 from personae.inference.composable import composing
 from personae.inference.controlnet import PreparedControl, control_call
 from personae.inference.hires import hires_fix, redrawn_size
-from personae.inference.img2img import denoiser
+from personae.inference.img2img import denoiser, noised_start
 from personae.inference.ksampler import KDiffusionScheduler
 from personae.inference.samplers import Sampler, get_sampler, k_tuning
 from personae.inference.session import Session
@@ -81,6 +81,7 @@ def draw_hires(session: Session, settings: GenerateSettings, size: tuple[int, in
     width, height = size
     n = settings.batch_size
     redraw_scheduler = hires_sampler.make(session.base_scheduler, k_tuning(settings))
+    noised_start(redraw_scheduler, extra=settings.extra_noise)  # A1111's "Extra noise" reaches the redraw too
     low = [c for c in controls if c.ref.hr_option != "High res only"]
     high = [c for c in controls if c.ref.hr_option != "Low res only"]
     base, base_args, base_units = control_call(session, settings, low, size, scheduler, n, on_event=on_event) \

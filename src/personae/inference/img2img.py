@@ -132,24 +132,37 @@ def fill_masked(image: Image.Image, mask: Image.Image) -> Image.Image:
 
 
 def noised_start(scheduler, content: str = "original", latent_mask: tuple[torch.Tensor, torch.Tensor] | None = None,
-                 multiplier: float = 1.0) -> None:
+                 multiplier: float = 1.0, extra: float = 0.0) -> None:
     """img2img's start as A1111 makes it, set on `scheduler`, whose add_noise every img2img and inpainting pipeline
     starts from: "latent noise" / "latent nothing" replace the encoded picture's masked part (`latent_mask`: keep,
     redraw) by the image's starting noise (the seed's first draw, as A1111's) or by zeros; "Noise multiplier" scales
-    the noise added to the picture. (Pipelines that noise the picture again at every step to keep the rest of it
-    see the same: only the masked part changes.)"""
+    the noise added to the picture; "Extra noise" adds that noise again, `extra` times over, to the start alone
+    (A1111's xi += noise x extra, in the sampler's own scale: the picture plus extra x noise, then noised as usual).
+    (Pipelines that noise the picture again at every step to keep the rest of it see the same but the extra noise:
+    only the masked part changes.)"""
     latent = content in ("latent noise", "latent nothing")
-    if not latent and multiplier == 1.0:
+    if not latent and multiplier == 1.0 and not extra:
         return
     add_noise = scheduler.add_noise
+    calls = []
 
     def start(original_samples, noise, timesteps):
         if latent:
             keep, redraw = (m.to(original_samples.device, original_samples.dtype) for m in latent_mask)
             original_samples = original_samples * keep + (noise * redraw if content == "latent noise" else 0)
-        return add_noise(original_samples, noise * multiplier if multiplier != 1.0 else noise, timesteps)
+        noise = noise * multiplier if multiplier != 1.0 else noise
+        if extra and not calls:
+            original_samples = original_samples + noise * extra
+        calls.append(timesteps)
+        return add_noise(original_samples, noise, timesteps)
 
-    scheduler.add_noise = start
+    set_timesteps = scheduler.set_timesteps
+
+    def new_pass(*args, **kwargs):  # every pipeline call sets its timesteps first: its first add_noise is its start
+        calls.clear()
+        return set_timesteps(*args, **kwargs)
+
+    scheduler.add_noise, scheduler.set_timesteps = start, new_pass
 
 
 @torch.no_grad()

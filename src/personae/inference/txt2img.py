@@ -285,6 +285,10 @@ def txt2img(settings: GenerateSettings, session: Session | None = None, on_event
         settings = settings.model_copy(update={"subseed": subseed})
     if settings.mask and not settings.init_image:
         raise UserError("--mask needs --init-image (the picture to inpaint).")
+    if settings.extra_noise and not (settings.init_image or settings.hires_scale or settings.hires_resize):
+        raise UserError(f"--extra-noise {settings.extra_noise:g} is added to the picture img2img or the hires fix "
+                        "starts from; this is txt2img without the hires fix.",
+                        "Add --init-image or --hires-scale, or leave --extra-noise out.")
     if (settings.masked_content != "original" or settings.mask_invert) and not settings.mask:
         flag = "--mask-invert" if settings.mask_invert else f'--masked-content "{settings.masked_content}"'
         raise UserError(f"{flag} says how the part under --mask is redrawn; no --mask is given.",
@@ -355,9 +359,9 @@ def txt2img(settings: GenerateSettings, session: Session | None = None, on_event
     if mask is not None and settings.masked_content != "original":
         init = fill_masked(init, mask)
         noised_start(scheduler, settings.masked_content, a1111_latent_mask(mask, session.pipe.vae_scale_factor),
-                     settings.noise_multiplier)
+                     settings.noise_multiplier, settings.extra_noise)
     elif init is not None:
-        noised_start(scheduler, multiplier=settings.noise_multiplier)
+        noised_start(scheduler, multiplier=settings.noise_multiplier, extra=settings.extra_noise)
     pipe = session.pipeline(scheduler=scheduler)
     # 4. encode prompts: weighted, chunked by 75 tokens, clip skip; A1111's prompt editing ([a:b:0.5], [a|b]): each
     # text the schedule reaches encoded once, swapped in by the step callback; A1111's AND: each part on its own,
