@@ -151,6 +151,10 @@ def test_the_prediction_is_the_extensions():
     new = kept_prediction(v, x_t, alphabar, kept, mask, 1.0, v_prediction=True)
     assert torch.allclose((a * x_t - b * new)[..., 4:], kept.expand(2, -1, -1, -1)[..., 4:], atol=1e-5)
     assert torch.allclose(new[..., :4], v[..., :4], atol=1e-5)
+    # a zero-terminal-SNR model's first call (abar 0): an epsilon model's noise tells no clean picture; left as it is
+    zero = torch.zeros(2, 1, 1, 1)
+    assert torch.equal(kept_prediction(eps, x_t, zero, kept, mask, 1.0), eps)
+    assert torch.isfinite(kept_prediction(v, x_t, zero, kept, mask, 1.0, v_prediction=True)).all()
 
 
 def test_the_mask_reaches_the_latents_max_pooled_as_the_extension_pools_it():

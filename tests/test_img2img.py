@@ -241,6 +241,16 @@ def test_masked_content_and_mask_mode_draw_and_are_written_and_read_as_a1111s(tm
             txt2img(GenerateSettings(model=str(tiny_model[0]), prompt="x", **wrong))
 
 
+def _drawn_with_unet_inputs(session, settings):
+    """txt2img's pictures for `settings`, and every input the UNet was called with (in order)."""
+    seen = []
+    hook = session.pipe.unet.register_forward_pre_hook(lambda mod, args, kw: seen.append(args[0]), with_kwargs=True)
+    try:
+        return txt2img(settings, session), seen
+    finally:
+        hook.remove()
+
+
 def test_noise_multiplier_is_a1111s_and_written_only_when_not_1(tmp_path, tiny_model, tiny_session):
     """A1111's "Noise multiplier for img2img" scales the starting noise with every sampler (DDIM too; the k-diffusion
     oracle in test_ksampler checks the numbers): the UNet's first input moves in equal steps for equal steps of the
@@ -255,14 +265,8 @@ def test_noise_multiplier_is_a1111s_and_written_only_when_not_1(tmp_path, tiny_m
     for sampler in ("Euler a", "DDIM"):
         first, runs = {}, {}
         for m in (0.0, 0.5, 1.0):
-            seen = []
-            hook = tiny_session.pipe.unet.register_forward_pre_hook(lambda mod, args, kw: seen.append(args[0]),
-                                                                     with_kwargs=True)
-            try:
-                runs[m] = txt2img(_settings(tiny_model[0], init, strength=0.8, sampler=sampler, noise_multiplier=m),
-                                  tiny_session)[0]
-            finally:
-                hook.remove()
+            [runs[m]], seen = _drawn_with_unet_inputs(tiny_session, _settings(
+                tiny_model[0], init, strength=0.8, sampler=sampler, noise_multiplier=m))
             first[m] = seen[0].double()
         step, again = first[0.5] - first[0.0], first[1.0] - first[0.5]
         assert step.abs().max() > 0.05 and torch.allclose(step, again, atol=1e-5), sampler
@@ -291,14 +295,8 @@ def test_extra_noise_is_a1111s_at_every_start_and_in_the_hires_redraw(tmp_path, 
     draw_star(64, BACKGROUNDS["blue"], 0.7, (0, 0)).save(init)
     first, runs = {}, {}
     for extra in (0.0, 0.2, 0.4):
-        seen = []
-        hook = tiny_session.pipe.unet.register_forward_pre_hook(lambda mod, args, kw: seen.append(args[0]),
-                                                                 with_kwargs=True)
-        try:
-            runs[extra] = txt2img(_settings(tiny_model[0], init, strength=0.8, sampler="DDIM", extra_noise=extra,
-                                            batch_count=2), tiny_session)
-        finally:
-            hook.remove()
+        runs[extra], seen = _drawn_with_unet_inputs(tiny_session, _settings(
+            tiny_model[0], init, strength=0.8, sampler="DDIM", extra_noise=extra, batch_count=2))
         first[extra] = seen[0].double()
     step, again = first[0.2] - first[0.0], first[0.4] - first[0.2]
     assert step.abs().max() > 0.05 and torch.allclose(step, again, atol=1e-5)
@@ -313,16 +311,8 @@ def test_extra_noise_is_a1111s_at_every_start_and_in_the_hires_redraw(tmp_path, 
     # the hires fix: the first pass as without it, the redraw's start moved
     hires = dict(model=str(tiny_model[0]), prompt="a star", steps=3, seed=2, width=64, height=64, hires_scale=1.5,
                  hires_steps=2, hires_upscaler="latent", sampler="Euler")
-    inputs = {}
-    for extra in (0.0, 0.3):
-        seen = []
-        hook = tiny_session.pipe.unet.register_forward_pre_hook(lambda mod, args, kw: seen.append(args[0]),
-                                                                 with_kwargs=True)
-        try:
-            txt2img(GenerateSettings(**hires, extra_noise=extra), tiny_session)
-        finally:
-            hook.remove()
-        inputs[extra] = seen
+    inputs = {extra: _drawn_with_unet_inputs(tiny_session, GenerateSettings(**hires, extra_noise=extra))[1]
+              for extra in (0.0, 0.3)}
     assert all(torch.equal(a, b) for a, b in zip(inputs[0.0][:3], inputs[0.3][:3]))  # the first pass: 3 calls
     assert inputs[0.0][3].shape[-1] == 12 and (inputs[0.0][3] - inputs[0.3][3]).abs().max() > 0.05
     with pytest.raises(UserError, match="this is txt2img without the hires fix"):

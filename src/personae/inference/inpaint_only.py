@@ -49,6 +49,8 @@ def kept_prediction(output: torch.Tensor, x_t: torch.Tensor, alphabar: torch.Ten
     """The model `output` (noise, or v) whose clean picture keeps `kept` (latents) where `mask` is 0, mixed with the
     output by `weight`; `alphabar` broadcasts over the rows."""
     a, b = alphabar.sqrt(), (1 - alphabar).sqrt()
+    if not v_prediction and bool((a == 0).any()):  # a zero-terminal-SNR start: noise alone tells no x0 (A1111: NaN)
+        return output
     x0 = a * x_t - b * output if v_prediction else (x_t - b * output) / a
     x0 = x0 * mask + kept * (1 - mask)
     noise = (x_t - a * x0) / b
