@@ -240,6 +240,7 @@ def test_the_faces_own_steps_cfg_sampler_and_size_are_used(astronaut, tiny_model
                                                                             "ad_inpaint_height": 32},
                 {"ad_noise_multiplier": 0.6}, {"ad_clip_skip": 2}):
         assert not np.array_equal(run(**own)[0], base), own
+    assert not np.array_equal(run(extra_noise=0.3)[0], base)  # A1111's "Extra noise" reaches the faces' start too
     assert check_detailer(s.model_copy(update={"ad_sampler": "euler_ancestral"})).ad_sampler == "Euler a"
     with pytest.raises(ValueError, match="ad_inpaint_width and ad_inpaint_height go together"):
         GenerateSettings(model="m", prompt="p", ad_model="mediapipe_face_full", ad_inpaint_width=512)
