@@ -107,6 +107,10 @@ def test_inpaint_units_need_a_mask_and_are_named_as_the_extension_names_them(tin
                                        "ControlNet 0")
     assert main(["detect", "inpaint", str(pictures / "photo.png"), str(tmp_path / "m.png")]) == 2
     assert "a PNG cannot hold" in " ".join(capsys.readouterr().err.split())
+    assert main(["detect", "inpaint_only", str(pictures / "photo.png"), str(tmp_path / "m.png")]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "The inpaint_only map" in err and "--control-mask inpaint_only=MASK" in err
+    assert not (tmp_path / "m.png").exists()
 
 
 def test_a_clip_has_no_mask_for_an_inpaint_unit(pictures, controlnet):

@@ -23,11 +23,14 @@ from personae.data.control.base import ControlType
 from personae.errors import UserError
 
 
-def _no_map(image: Image.Image, options: dict[str, float], where: str) -> Image.Image:
-    raise UserError("The inpaint map is the picture with its masked part at -1, which a PNG cannot hold; it is made "
-                    "inside a generation, from the unit's mask or --mask.",
-                    "Use it with personae generate --control inpaint:PICTURE --control-mask inpaint=MASK (or "
-                    "--init-image PICTURE --mask MASK).")
+def _no_map(name: str):
+    """The detect of a type whose map exists only inside a generation: a refusal that names the type."""
+    def refuse(image: Image.Image, options: dict[str, float], where: str) -> Image.Image:
+        raise UserError(f"The {name} map is the picture with its masked part at -1, which a PNG cannot hold; it is "
+                        "made inside a generation, from the unit's mask or --mask.",
+                        f"Use it with personae generate --control {name}:PICTURE --control-mask {name}=MASK (or "
+                        "--init-image PICTURE --mask MASK).")
+    return refuse
 
 
 def inpaint_hint(picture: Image.Image, mask: Image.Image) -> np.ndarray:
@@ -37,10 +40,12 @@ def inpaint_hint(picture: Image.Image, mask: Image.Image) -> np.ndarray:
     return np.where(masked, -1.0, colour).astype(np.float32)
 
 
-INPAINT = ControlType("inpaint", _no_map, "the picture with its mask's part to redraw at -1 (ControlNet 1.1 inpaint; "
-                      "the mask: --control-mask inpaint=FILE, or --mask)", a1111_module="inpaint_global_harmonious",
+INPAINT = ControlType("inpaint", _no_map("inpaint"), "the picture with its mask's part to redraw at -1 (ControlNet "
+                      "1.1 inpaint; the mask: --control-mask inpaint=FILE, or --mask)",
+                      a1111_module="inpaint_global_harmonious",
                       default_model="lllyasviel/control_v11p_sd15_inpaint", scaled=False, masked=True,
                       aliases=("inpaint",))
-INPAINT_ONLY = ControlType("inpaint_only", _no_map, "inpaint's hint, and the picture kept outside the mask at every "
-                           "step and in the result (A1111's inpaint_only)", a1111_module="inpaint_only",
+INPAINT_ONLY = ControlType("inpaint_only", _no_map("inpaint_only"), "inpaint's hint, and the picture kept outside "
+                           "the mask at every step and in the result (A1111's inpaint_only)",
+                           a1111_module="inpaint_only",
                            default_model="lllyasviel/control_v11p_sd15_inpaint", scaled=False, masked=True)
