@@ -146,6 +146,8 @@ def test_generated_options_keep_the_names_users_know():
         "--freeu", "--freeu-v2", "--pad-conds",
         "--hires-prompt",
         "--hires-negative", "--hires-sampler", "--hires-cfg", "--inpaint-area", "--masked-padding",
+        "--soft-inpainting", "--soft-schedule-bias", "--soft-preservation", "--soft-contrast-boost",
+        "--soft-mask-influence", "--soft-difference-threshold", "--soft-difference-contrast",
         "--ad-model", "--ad-prompt", "--ad-negative-prompt", "--ad-confidence", "--ad-mask-k-largest",
         "--ad-dilate-erode", "--ad-mask-blur", "--ad-denoising-strength", "--no-ad-inpaint-only-masked",
         "--ad-inpaint-padding", "--ad-inpaint-width", "--ad-inpaint-height", "--ad-steps", "--ad-cfg-scale",

@@ -311,6 +311,37 @@ class Img2ImgSettings(Concept):
                  "back, so a small region gets all the pixels)")
     masked_padding: int = setting(32, '"Only masked padding, pixels": context kept around the mask with --inpaint-area '
                                       "masked", ge=0, le=2048)
+    soft_inpainting: bool = setting(False, '"Soft inpainting" (A1111\'s built-in extension): the grey of a feathered '
+                                           "mask keeps part of the picture at every step instead of being rounded, "
+                                           "and the result keeps the original wherever the drawing barely changed it "
+                                           "(raise --mask-blur for a wide soft edge); k-diffusion samplers, ordinary "
+                                           "models", infotext="Soft inpainting enabled",
+                                    infotext_if=("mask", "soft_inpainting"))
+    soft_schedule_bias: float = setting(1.0, 'Soft inpainting\'s "Schedule bias": when the picture is kept during '
+                                             "denoising (below 1: more near the end, above 1: more at the start)",
+                                        infotext="Soft inpainting schedule bias",
+                                        infotext_if=("mask", "soft_inpainting"), ge=0.0, le=8.0)
+    soft_preservation: float = setting(0.5, 'Soft inpainting\'s "Preservation strength": how strongly a partly '
+                                            "masked part keeps the picture", infotext="Soft inpainting preservation "
+                                                                                      "strength",
+                                       infotext_if=("mask", "soft_inpainting"), ge=0.0, le=8.0)
+    soft_contrast_boost: float = setting(4.0, 'Soft inpainting\'s "Transition contrast boost": keeps the contrast a '
+                                              "partly masked part would lose in the blend", infotext="Soft inpainting "
+                                                                                                   "transition "
+                                                                                                   "contrast boost",
+                                         infotext_if=("mask", "soft_inpainting"), ge=1.0, le=32.0)
+    soft_mask_influence: float = setting(0.0, 'Soft inpainting\'s "Mask influence": how much the mask (rather than '
+                                              "what changed) decides where the original is laid back over",
+                                         infotext="Soft inpainting mask influence",
+                                         infotext_if=("mask", "soft_inpainting"), ge=0.0, le=1.0)
+    soft_difference_threshold: float = setting(0.5, 'Soft inpainting\'s "Difference threshold": how much a part may '
+                                                    "change and still get the original laid back at half opacity",
+                                               infotext="Soft inpainting difference threshold",
+                                               infotext_if=("mask", "soft_inpainting"), ge=0.0, le=8.0)
+    soft_difference_contrast: float = setting(2.0, 'Soft inpainting\'s "Difference contrast": how sharp the step '
+                                                   "from the original to the drawing is",
+                                              infotext="Soft inpainting difference contrast",
+                                              infotext_if=("mask", "soft_inpainting"), ge=0.0, le=8.0)
 
 
 class HiresSettings(Concept):

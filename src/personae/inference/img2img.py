@@ -177,7 +177,7 @@ def vae_roundtrip(pipe, image: Image.Image, size: tuple[int, int] | None = None)
     return pipe.image_processor.postprocess(pipe.vae.decode(latents).sample, output_type="pil")[0]
 
 
-def denoiser(session, init_image: Image.Image, mask: Image.Image | None, scheduler):
+def denoiser(session, init_image: Image.Image, mask: Image.Image | None, scheduler, soft=None):
     """The diffusers pipeline for this mode, built on the session's own modules (no copy) and `scheduler`.
 
     Inpainting with an ordinary (4-channel) model and one of A1111's k-diffusion samplers is A1111's own: the img2img
@@ -189,8 +189,13 @@ def denoiser(session, init_image: Image.Image, mask: Image.Image | None, schedul
     from personae.inference.ksampler import KDiffusionScheduler
 
     if mask is not None and isinstance(scheduler, KDiffusionScheduler) and session.pipe.unet.config.in_channels == 4:
-        scheduler.inpaint = a1111_latent_mask(mask, session.pipe.vae_scale_factor)
+        scheduler.inpaint = a1111_latent_mask(mask, session.pipe.vae_scale_factor, rounded=soft is None)
+        scheduler.soft = soft  # A1111's Soft inpainting (inference/soft_inpaint.py): the mask's grey edge kept soft
         mask = None
+    elif soft is not None:  # soft_inpaint.soft_checked refused diffusers' samplers before the model loaded
+        raise UserError("Soft inpainting runs in A1111's own inpainting, on an ordinary model; this is an inpainting "
+                        "model (9 input channels), which diffusers' inpainting pipeline draws, keeping the picture "
+                        "its own way.", "Leave --soft-inpainting out, or inpaint with an ordinary model.")
     cls = StableDiffusionInpaintPipeline if mask is not None else StableDiffusionImg2ImgPipeline
     return session.pipeline(cls, scheduler=scheduler)
 
@@ -205,11 +210,13 @@ def mask_kwargs(pipe, mask: Image.Image | None, width: int, height: int) -> dict
     return {"mask_image": mask, "height": height, "width": width}
 
 
-def a1111_latent_mask(mask: Image.Image, scale: int) -> tuple[torch.Tensor, torch.Tensor]:
+def a1111_latent_mask(mask: Image.Image, scale: int, rounded: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """A1111's (mask, nmask) for inpainting in latent space: the (blurred) mask resized to the latents' size as an RGB
-    picture (PIL's default filter), its first channel rounded to 0 or 1; nmask is that, mask 1 - it (what is kept)."""
+    picture (PIL's default filter), its first channel rounded to 0 or 1 (not with Soft inpainting: `rounded`
+    False); nmask is that, mask 1 - it (what is kept)."""
     small = mask.convert("RGB").resize((mask.width // scale, mask.height // scale))
-    latmask = np.around(np.asarray(small, dtype=np.float32)[..., 0] / 255)
+    latmask = np.asarray(small, dtype=np.float32)[..., 0] / 255
+    latmask = np.around(latmask) if rounded else latmask
     latmask = torch.from_numpy(np.tile(latmask[None, None], (1, 4, 1, 1)))
     return 1.0 - latmask, latmask
 

@@ -124,6 +124,10 @@ class KDiffusionScheduler(SchedulerMixin, ConfigMixin):
         # picture is kept; each denoised estimate is the encoded picture there, and so is the result (inpaint_like)
         self.inpaint: tuple[torch.Tensor, torch.Tensor] | None = None
         self._init_latent: torch.Tensor | None = None
+        # A1111's Soft inpainting (inference/soft_inpaint.SoftInpainting): each estimate is soft.blend(picture,
+        # estimate, nmask, sigma) instead, and the result is left unblended, kept as `drawn` for its overlay mask
+        self.soft = None
+        self.drawn: torch.Tensor | None = None
         # the images' generators, for the churn noise drawn before a step's first call (the pipeline hands them to
         # step() only after it); set by the caller when "Sigma churn" is on
         self.generators: list | None = None
@@ -261,15 +265,24 @@ class KDiffusionScheduler(SchedulerMixin, ConfigMixin):
         else:  # CompVisDenoiser: x + eps x c_out, c_out = -sigma
             denoised = x + out * -sigma
         keep = self._inpaint_masks(x)
-        if keep is not None:  # A1111's CFGDenoiser: the kept part of every estimate is the picture
+        if keep is not None and self.soft is not None:  # A1111's on_mask_blend, as Soft inpainting makes it
+            denoised = self.soft.blend(self._init_latent, denoised, keep[1], sigma)
+        elif keep is not None:  # A1111's CFGDenoiser: the kept part of every estimate is the picture
             denoised = self._init_latent * keep[0] + keep[1] * denoised
         self._generator = generator
         x = getattr(self, "_" + self.kind.function.replace("_heun", ""))(i, stage, x, denoised)
         self._step_index += 1
-        if keep is not None and self._step_index == len(self._calls):  # and of the result
-            x = x * keep[1] + self._init_latent * keep[0]
+        if keep is not None and self._step_index == len(self._calls):  # and of the result (Soft inpainting: not)
+            self.drawn = x
+            if self.soft is None:
+                x = x * keep[1] + self._init_latent * keep[0]
         x = x.to(dtype)
         return SchedulerOutput(prev_sample=x) if return_dict else (x,)
+
+    @property
+    def init_latent(self) -> torch.Tensor | None:
+        """The encoded picture inpainting keeps (after "Masked content"), from the pipeline's first add_noise."""
+        return self._init_latent
 
     def _inpaint_masks(self, x: torch.Tensor):
         if self.inpaint is None:

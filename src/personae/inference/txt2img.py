@@ -67,6 +67,7 @@ from personae.inference.prompt_schedule import ScheduledPrompts
 from personae.inference.rng import image_generators
 from personae.inference.samplers import get_sampler, k_tuning, schedule_said, uniform_said
 from personae.inference.session import Session, open_session
+from personae.inference.soft_inpaint import overlay_masks, soft_checked, uncropped
 from personae.inference.variation import variation_generators
 from personae.media.png import format_parameters, infotext_values
 from personae.models.addons import LoadedEmbedding, LoadedLora, hashes_text
@@ -293,6 +294,7 @@ def txt2img(settings: GenerateSettings, session: Session | None = None, on_event
         flag = "--mask-invert" if settings.mask_invert else f'--masked-content "{settings.masked_content}"'
         raise UserError(f"{flag} says how the part under --mask is redrawn; no --mask is given.",
                         "Add --mask (with --init-image), or leave it out.")
+    soft = soft_checked(settings, sampler.scheduler is KDiffusionScheduler)  # A1111's Soft inpainting, or None
     if settings.resize_mode != "Just resize" and not settings.init_image:
         raise UserError(f'--resize-mode "{settings.resize_mode}" says how --init-image meets the picture\'s size; no '
                         "--init-image is given.", "Add --init-image, or leave --resize-mode out.")
@@ -358,7 +360,8 @@ def txt2img(settings: GenerateSettings, session: Session | None = None, on_event
     kept = init  # what the result keeps outside the mask; the masked part starts from "Masked content"
     if mask is not None and settings.masked_content != "original":
         init = fill_masked(init, mask)
-        noised_start(scheduler, settings.masked_content, a1111_latent_mask(mask, session.pipe.vae_scale_factor),
+        noised_start(scheduler, settings.masked_content, a1111_latent_mask(mask, session.pipe.vae_scale_factor,
+                                                                           rounded=soft is None),
                      settings.noise_multiplier, settings.extra_noise)
     elif init is not None:
         noised_start(scheduler, multiplier=settings.noise_multiplier, extra=settings.extra_noise)
@@ -436,7 +439,7 @@ def txt2img(settings: GenerateSettings, session: Session | None = None, on_event
                     images = control_denoise(session, settings, controls, start, mask, (width, height), kwargs,
                                              scheduler, on_event)
             elif init is not None:
-                redrawer = denoiser(session, init, mask, scheduler)
+                redrawer = denoiser(session, init, mask, scheduler, soft)
                 with first_pass:
                     steps = img2img_steps(scheduler, settings.steps, settings.strength, fixed=settings.img2img_fix_steps)
                     images = redrawer(image=start, **mask_kwargs(redrawer, mask, width, height),
@@ -451,10 +454,17 @@ def txt2img(settings: GenerateSettings, session: Session | None = None, on_event
                 with first_pass:
                     images = pipe(width=width, height=height, **kwargs).images
         images = restore_inpaint_only(images, settings, controls)
+        # the original laid back over the drawing: where the mask is black (A1111's overlay), or with Soft inpainting
+        # where the drawing barely changed the picture (none was drawn at strength 0)
+        drawn = getattr(scheduler, "drawn", None) if soft else None
+        overlays = overlay_masks(soft, scheduler.inpaint[1], scheduler.init_latent, drawn, (width, height)) \
+            if drawn is not None else None
         if region is not None:
-            images = [paste_back(original, image, region, full_mask) for image in images]
+            images = [paste_back(original, image, region, uncropped(overlays[i], original.size, region)
+                                 if overlays else full_mask) for i, image in enumerate(images)]
         elif mask is not None:
-            images = [composite(kept, image, overlay_mask(mask)) for image in images]
+            images = [composite(kept, image, overlays[i] if overlays else overlay_mask(mask))
+                      for i, image in enumerate(images)]
         if settings.ad_model:  # ADetailer's face fix on each picture; after inpainting the whole picture, only on
             within = open_image(settings.mask, "mask", (width, height), settings.resize_mode) \
                 if mask is not None and region is None else None  # only the faces it hits

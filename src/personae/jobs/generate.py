@@ -24,6 +24,7 @@ from personae.inference.detailer import detailer_keys
 from personae.inference.hires import upscaler_from_a1111
 from personae.inference.ksampler import KDiffusionScheduler
 from personae.inference.samplers import get_sampler, with_schedule_type
+from personae.inference.soft_inpaint import SOFT_FIELDS
 from personae.inference.txt2img import GeneratedImage, txt2img
 from personae.jobs.png_controls import png_control_units, units_not_applied
 from personae.media.comfy_graph import ComfyReading, read_comfy_graph
@@ -309,8 +310,8 @@ def png_not_applied(path: str | Path, settings: GenerateSettings, model_hash: st
     if "Denoising strength" in params and not (settings.init_image or hires):
         missed.append(_shown("Denoising strength", params["Denoising strength"]) + " (no --init-image)")
     if not settings.mask:
-        missed += [_shown(key, params[key]) + " (no --mask)" for key in ("Inpaint area", "Masked content", "Mask mode")
-                   if key in params]
+        missed += [_shown(key, params[key]) + " (no --mask)" for key in ("Inpaint area", "Masked content", "Mask mode",
+                                                                         "Soft inpainting enabled") if key in params]
     if "VAE" in params and not settings.vae and not _automatic_vae_named(settings, str(params["VAE"])):
         missed.append(_shown("VAE", params["VAE"]) + " (pass it with --vae)")
     if "Model hash" in params and params["Model hash"] != model_hash:
@@ -364,7 +365,8 @@ def png_upscaler(settings: GenerateSettings, stored: dict) -> GenerateSettings:
     return settings.model_copy(update={"hires_upscaler": "image"})
 
 
-_MASK_ONLY = ("inpaint_area", "masked_content", "mask_invert")  # settings that shape the inpainting of --mask
+_MASK_ONLY = ("inpaint_area", "masked_content", "mask_invert", "soft_inpainting", *SOFT_FIELDS)  # settings that shape
+# the inpainting of --mask
 
 
 def png_without_mask(settings: GenerateSettings, stored: dict) -> GenerateSettings:

@@ -106,7 +106,9 @@ def style_names(ws) -> list[str]:
         return []
 
 
-MASK_FIELDS = ("mask_blur", "mask_invert", "masked_content", "inpaint_area", "masked_padding")
+MASK_FIELDS = ("mask_blur", "mask_invert", "masked_content", "inpaint_area", "masked_padding", "soft_inpainting",
+               "soft_schedule_bias", "soft_preservation", "soft_contrast_boost", "soft_mask_influence",
+               "soft_difference_threshold", "soft_difference_contrast")
 
 
 def painted_area(value):
