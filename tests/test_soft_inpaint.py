@@ -20,7 +20,6 @@ from personae.inference.soft_inpaint import (
     overlay_masks,
 )
 
-
 # --- the arithmetic, against the extension's written out --------------------------------------------------------
 
 def _reference_filter(image, kernel, low, high, min_width=1.0):
@@ -280,3 +279,22 @@ def test_an_a1111_png_with_soft_inpainting_is_read_back(photo_and_mask, tiny_mod
     with_mask = _settings(tiny_model[0], photo_and_mask, **{k: v for k, v in data.items()
                                                             if k.startswith("soft")})
     assert not [m for m in png_not_applied(png, with_mask) if "Soft" in m]
+
+
+@pytest.mark.slow
+def test_generate_writes_soft_inpainting_and_from_png_draws_it_again(photo_and_mask, tiny_model, tmp_path):
+    """The flags reach the run and its PNG; --from-png of that PNG (settings read whole) draws the same pixels."""
+    first, again = tmp_path / "first", tmp_path / "again"
+    common = ["--model", str(tiny_model[0]), "--steps", "4"]
+    r = _run("generate", *common, "--prompt", "a star", "--seed", "5", "--init-image", str(photo_and_mask / "init.png"),
+             "--mask", str(photo_and_mask / "mask.png"), "--mask-blur", "8", "--sampler", "Euler",
+             "--soft-inpainting", "--soft-preservation", "2", "--soft-difference-threshold", "1.5", "--out", str(first))
+    assert r.returncode == 0, r.stderr
+    [png] = sorted(first.glob("*.png"))
+    text = Image.open(png).text["parameters"]
+    assert "Soft inpainting enabled: True" in text and "Soft inpainting preservation strength: 2," in text
+    assert "Soft inpainting difference threshold: 1.5" in text
+    r = _run("generate", "--from-png", str(png), "--out", str(again))
+    assert r.returncode == 0, r.stderr
+    [redrawn] = sorted(again.glob("*.png"))
+    assert np.array_equal(np.asarray(Image.open(png)), np.asarray(Image.open(redrawn)))

@@ -165,7 +165,7 @@ def test_the_inpainting_mask_reaches_the_run_and_its_fields_wait_for_one(tmp_pat
     Image.new("RGB", (64, 64), "white").save(photo)
     Image.new("RGBA", (64, 64), (0, 0, 0, 0)).save(mask)
     fields = {"prompt": "a cat", "mask_blur": 2, "mask_invert": True, "masked_content": "fill",
-              "inpaint_area": "masked", "masked_padding": 8}
+              "inpaint_area": "masked", "masked_padding": 8, "soft_inpainting": True, "soft_preservation": 2.0}
     ctx = SimpleNamespace(workspace=ws)
     data = settings_data(ctx, dict(fields), "models/m", [], 1.0, [], str(photo), "none", None, 1.0, [], None,
                          str(mask))
@@ -173,7 +173,8 @@ def test_the_inpainting_mask_reaches_the_run_and_its_fields_wait_for_one(tmp_pat
     assert Path(settings.mask).is_relative_to(ws.root / "uploads") and Path(settings.mask).read_bytes() == \
         mask.read_bytes()
     assert (settings.mask_blur, settings.mask_invert, settings.masked_content, settings.inpaint_area,
-            settings.masked_padding) == (2, True, "fill", "masked", 8)
+            settings.masked_padding, settings.soft_inpainting, settings.soft_preservation) == \
+        (2, True, "fill", "masked", 8, True, 2.0)
     data = settings_data(ctx, dict(fields), "models/m", [], 1.0, [], str(photo), "none", None, 1.0)
     assert "mask" not in data and not set(fields) - {"prompt"} & set(data)
 

@@ -166,7 +166,7 @@ def overlay_masks(soft: SoftInpainting, redraw: torch.Tensor, original: torch.Te
             kept = smootherstep(1 / (1 + ratio ** soft.difference_contrast))
             shown = (255.0 * (1 - kept)).astype(np.float32)
         small = Image.fromarray(np.nan_to_num(shown, nan=0.0).astype(np.uint8))
-        mask = small.resize(size, Image.Resampling.LANCZOS)  # the latents' own aspect: A1111's "Resize and fill" is this
+        mask = small.resize(size, Image.Resampling.LANCZOS)  # the latents' aspect: A1111's "Resize and fill" is this
         masks.append(mask.filter(ImageFilter.GaussianBlur(radius=4)))
     return masks
 
