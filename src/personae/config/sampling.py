@@ -214,6 +214,10 @@ class OptionSettings(Concept):
                                     "strong, 1 + (B - 1) x their channel mean normalised to 0-1",
                              infotext="FreeU V2", infotext_if=("freeu", "freeu_v2"))
 
+    tiling: bool = setting(False, '"Tiling": a picture that tiles seamlessly (a texture, a pattern): every convolution '
+                                  "of the UNet and the VAE pads circularly, so each edge continues the opposite one",
+                           infotext="Tiling", infotext_if="tiling")
+
     @field_validator("freeu")
     @classmethod
     def _freeu(cls, value: str) -> str:

@@ -14,6 +14,8 @@ from __future__ import annotations
 import json
 import math
 import random
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -68,6 +70,7 @@ from personae.inference.rng import image_generators
 from personae.inference.samplers import get_sampler, k_tuning, schedule_said, uniform_said
 from personae.inference.session import Session, open_session
 from personae.inference.soft_inpaint import overlay_masks, soft_checked, uncropped
+from personae.inference.tiling import tiling_applied
 from personae.inference.variation import variation_generators
 from personae.media.png import format_parameters, infotext_values
 from personae.models.addons import LoadedEmbedding, LoadedLora, hashes_text
@@ -177,6 +180,15 @@ def with_absolute_paths(settings: GenerateSettings, session: Session) -> Generat
         "embeddings": [e.model_copy(update={"path": _absolute(e.path)}) for e in settings.embeddings],
         "controls": [c.model_copy(update={"image": _absolute(c.image), "mask": _absolute(c.mask)})
                      for c in settings.controls]})
+
+
+@contextmanager
+def model_patches(session: Session, settings: GenerateSettings) -> Iterator[None]:
+    """The run's changes to the model itself, within the block: FreeU on the UNet, A1111's Tiling (circular padding)
+    on the UNet and the VAE."""
+    with freeu_applied(session.pipe.unet, settings.freeu, settings.freeu_v2), \
+            tiling_applied((session.pipe.unet, session.pipe.vae), settings.tiling):
+        yield
 
 
 def inpaint_units_checked(settings: GenerateSettings, on_event: EventHandler) -> GenerateSettings:
@@ -425,8 +437,7 @@ def txt2img(settings: GenerateSettings, session: Session | None = None, on_event
         # A1111's AND: the pass's UNet (and ControlNet) calls run every part of its prompt; the hires fix's two
         # passes each compose their own prompt
         first_pass = sampling_pass(prompts, session.pipe.unet, nets, settings, scheduler)
-        with torch.no_grad(), session.lora_weights(loras) as used, \
-                freeu_applied(session.pipe.unet, settings.freeu, settings.freeu_v2), \
+        with torch.no_grad(), session.lora_weights(loras) as used, model_patches(session, settings), \
                 nan_guard(session.pipe, [f"{l.name} at {l.weight:g}" + (f" (UNet {l.unet_weight:g})" if l.unet_weight
                                                                         is not None else "")
                                          for l in used if l.weight or l.unet_weight]):
@@ -469,7 +480,7 @@ def txt2img(settings: GenerateSettings, session: Session | None = None, on_event
             within = open_image(settings.mask, "mask", (width, height), settings.resize_mode) \
                 if mask is not None and region is None else None  # only the faces it hits
             with torch.no_grad(), session.lora_weights(loras), nan_guard(session.pipe), \
-                    freeu_applied(session.pipe.unet, settings.freeu, settings.freeu_v2):
+                    model_patches(session, settings):
                 images = [detail_faces(session, settings, image, s, sampler, (width, height), on_event,
                                        batch * n + i + 1, within) for i, (image, s) in enumerate(zip(images, seeds))]
         # 6. settings that reproduce each image on its own
