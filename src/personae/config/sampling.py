@@ -326,13 +326,12 @@ class Img2ImgSettings(Concept):
                                         infotext="Soft inpainting schedule bias",
                                         infotext_if=("mask", "soft_inpainting"), ge=0.0, le=8.0)
     soft_preservation: float = setting(0.5, 'Soft inpainting\'s "Preservation strength": how strongly a partly '
-                                            "masked part keeps the picture", infotext="Soft inpainting preservation "
-                                                                                      "strength",
+                                            "masked part keeps the picture",
+                                       infotext="Soft inpainting preservation strength",
                                        infotext_if=("mask", "soft_inpainting"), ge=0.0, le=8.0)
     soft_contrast_boost: float = setting(4.0, 'Soft inpainting\'s "Transition contrast boost": keeps the contrast a '
-                                              "partly masked part would lose in the blend", infotext="Soft inpainting "
-                                                                                                   "transition "
-                                                                                                   "contrast boost",
+                                              "partly masked part would lose in the blend",
+                                         infotext="Soft inpainting transition contrast boost",
                                          infotext_if=("mask", "soft_inpainting"), ge=1.0, le=32.0)
     soft_mask_influence: float = setting(0.0, 'Soft inpainting\'s "Mask influence": how much the mask (rather than '
                                               "what changed) decides where the original is laid back over",
