@@ -227,6 +227,50 @@ def test_a_painted_mask_becomes_the_init_image_and_its_mask(tmp_path):
                       paint)
     assert sorted(p for p in ws.root.rglob("*")) == before  # a refusal leaves nothing in the workspace
 
+
+def test_a_mask_painted_on_a_units_picture_becomes_its_picture_and_its_mask(tmp_path):
+    """"Paint the control mask": the editor's picture becomes the inpaint unit's picture (byte for byte) and what was
+    painted its own mask; beside a control image or mask, without a control type, or for a unit without a mask it is
+    refused in one paragraph, and nothing is left in the workspace."""
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from personae.config.base import parse_settings
+    from personae.config.generate import GenerateSettings
+    from personae.web.tab_generate import settings_data
+
+    ws = Workspace(tmp_path / "work")
+    (ws.root / "models" / "m").mkdir(parents=True)
+    ctx = SimpleNamespace(workspace=ws)
+    picture, layer = tmp_path / "unit.png", tmp_path / "layer.png"
+    Image.new("RGB", (64, 48), (200, 80, 30)).save(picture)
+    stroke = Image.new("RGBA", (64, 48), (0, 0, 0, 0))
+    stroke.paste((255, 255, 255, 255), (0, 0, 24, 48))
+    stroke.save(layer)
+    paint = {"background": str(picture), "layers": [str(layer)], "composite": str(picture)}
+
+    def data(control_type="inpaint_only", image=None, mask=None):
+        return settings_data(ctx, {"prompt": "a cat"}, "models/m", [], 1.0, [], None, control_type, image, 1.0,
+                             control_mask=mask, control_paint=paint)
+
+    before = sorted(p for p in ws.root.rglob("*"))
+    for kw, said in (({"image": str(picture)}, 'and so does "Control image"'),
+                     ({"mask": str(layer)}, 'and so does "Control mask"'),
+                     ({"control_type": "none"}, "no control type is chosen"),
+                     ({"control_type": "canny"}, '"Paint the control mask" is the mask of an inpaint unit')):
+        with pytest.raises(UserError, match=said):
+            data(**kw)
+    assert sorted(p for p in ws.root.rglob("*")) == before
+    settings = parse_settings(GenerateSettings, data(), "the Generate form")
+    [unit] = settings.controls
+    assert unit.type == "inpaint_only" and Path(unit.image).read_bytes() == picture.read_bytes()
+    assert Path(unit.image).is_relative_to(ws.root / "uploads") and Path(unit.mask).is_relative_to(ws.root / "uploads")
+    expected = np.zeros((48, 64), dtype=np.uint8)
+    expected[:, :24] = 255
+    assert np.array_equal(np.asarray(Image.open(unit.mask)), expected)
+
+
 def test_a_workspace_that_is_a_file_is_refused(tmp_path):
     (tmp_path / "f").write_text("mine")
     with pytest.raises(UserError, match="is a file"):

@@ -325,6 +325,56 @@ def test_an_inpaint_only_unit_with_its_control_mask_keeps_its_picture_outside_th
     page.close()
 
 
+def _stroke(page, editor: str, x: float = 0.1) -> None:
+    """A brush stroke with the mouse down the picture in the ImageMask `editor` (its picture sits centred in the
+    canvas, square), at `x` of its width, until the page says it was painted."""
+    canvas = page.locator(f"#{editor} canvas").first
+    canvas.scroll_into_view_if_needed()
+    box = canvas.bounding_box()
+    side = min(box["width"], box["height"]) * 0.8
+    left, top = box["x"] + (box["width"] - side) / 2, box["y"] + (box["height"] - side) / 2
+    page.mouse.move(left + side * x, top + side * 0.1)
+    page.mouse.down()
+    for k in range(1, 17):
+        page.mouse.move(left + side * x, top + side * (0.1 + 0.05 * k), steps=3)
+    page.mouse.up()
+
+
+def test_a_mask_painted_on_an_inpaint_units_picture_keeps_the_rest_of_it(server, browser, workspace, tmp_path):
+    """A1111's ControlNet unit with a mask painted on its picture: personae's PNG of an inpaint_only unit dropped,
+    the unit's picture dropped on "Paint the control mask", a stroke down its left part, Generate: the picture made
+    keeps the unit's picture right of the stroke pixel for pixel and redraws what was painted."""
+    from personae.config.generate import GenerateSettings
+    from personae.jobs.generate import run_generate
+    from personae.media.png import read_png_text
+    from personae.models.controlnet import write_tiny_controlnet
+
+    net = write_tiny_controlnet(workspace / "models" / "paint-cn", base=workspace / "models" / "tiny", seed=0)
+    photo, mask = tmp_path / "photo.png", tmp_path / "mask.png"
+    Image.fromarray((np.random.default_rng(5).random((64, 64, 3)) * 255).astype(np.uint8)).save(photo)
+    Image.new("L", (64, 64), 255).save(mask)
+    unit = {"type": "inpaint_only", "image": str(photo), "mask": str(mask), "model": str(net)}
+    [png] = run_generate(GenerateSettings(model=str(workspace / "models" / "tiny"), prompt="a cat painted in",
+                                          steps=3, width=64, height=64, seed=2, controls=[unit]), tmp_path / "made")
+    page = _dropped(browser, server[1], png, "a cat painted in")
+    page.get_by_text("ControlNet", exact=True).first.click()
+    assert page.locator("#field-controlnet input").first.input_value() == "models/paint-cn"
+    page.locator("#field-control-paint canvas").first.wait_for(state="visible", timeout=30_000)
+    page.wait_for_timeout(1000)
+    page.locator("#field-control-paint input[type=file]").set_input_files(str(photo))
+    _wait_text(page, "#control-paint-info", "Nothing painted yet on the picture (64x64)", timeout=30)
+    _stroke(page, "field-control-paint")
+    _wait_text(page, "#control-paint-info", "Painted:", timeout=30)
+    made = _generated(page, workspace)
+    assert "Module: inpaint_only, Model: paint-cn" in read_png_text(made)["parameters"]
+    [painted_file] = (workspace / "uploads" / "control").rglob("painted-mask.png")
+    painted = np.asarray(Image.open(painted_file)) > 0
+    assert 0 < painted[:, :32].sum() and painted[:, 32:].sum() == 0, painted.sum()
+    got, kept = np.asarray(Image.open(made).convert("RGB")), np.asarray(Image.open(photo))
+    assert np.array_equal(got[:, 44:], kept[:, 44:]) and (got[painted] != kept[painted]).mean() > 0.9
+    page.close()
+
+
 def test_a_comfyui_png_with_a_controlnet_window_fills_it_by_noise_level(server, browser, tmp_path):
     """A ComfyUI graph's ControlNetApplyAdvanced dropped: the accordion takes its window, counted by noise level as
     ComfyUI counts it, and the picture ComfyUI read is asked for."""
@@ -394,17 +444,7 @@ def test_a_mask_painted_on_the_picture_redraws_only_what_was_painted(server, bro
     page.wait_for_timeout(1000)
     page.locator("#field-paint input[type=file]").set_input_files(str(init))
     _wait_text(page, "#paint-info", "Nothing painted yet on the picture (64x64)", timeout=30)
-    canvas = page.locator("#field-paint canvas").first
-    canvas.scroll_into_view_if_needed()
-    box = canvas.bounding_box()
-    # the picture sits centred in the canvas, square: a stroke down its left fifth, well inside it
-    side = min(box["width"], box["height"]) * 0.8
-    left, top = box["x"] + (box["width"] - side) / 2, box["y"] + (box["height"] - side) / 2
-    page.mouse.move(left + side * 0.1, top + side * 0.1)
-    page.mouse.down()
-    for k in range(1, 17):
-        page.mouse.move(left + side * 0.1, top + side * (0.1 + 0.05 * k), steps=3)
-    page.mouse.up()
+    _stroke(page, "field-paint")  # down its left fifth, well inside it
     # the editor's value reaches the server as it changes; the page says what a run will read
     _wait_text(page, "#paint-info", "Painted:", timeout=30)
     made = _inpainted(page, workspace)

@@ -6,6 +6,7 @@ import re
 from pathlib import Path
 
 from personae.errors import UserError
+from personae.web.uploads import painted_area, painted_mask, painted_text, upload
 
 HUB_ID = re.compile(r"^[\w.\-]+/[\w.\-]+(/[\w.\-]+)?$")
 LORA_SUFFIXES = (".safetensors",)
@@ -87,14 +88,6 @@ def model_path(ws, text: str) -> str:
                     "Put the model under models/ in the workspace, or type its hub id (owner/name).")
 
 
-def upload(ctx, file, under: str) -> str | None:
-    """An uploaded file (a Gradio temp path) copied into a new workspace folder; its absolute path."""
-    if not file:
-        return None
-    src = Path(file if isinstance(file, str) else file.name)
-    return str(ctx.workspace.take_upload(src, src.name, ctx.workspace.new_folder(under)))
-
-
 def style_names(ws) -> list[str]:
     """The A1111 styles of the workspace's styles.csv (copy A1111's own there), or none."""
     from personae.data.styles import read_styles
@@ -109,54 +102,6 @@ def style_names(ws) -> list[str]:
 MASK_FIELDS = ("mask_blur", "mask_invert", "masked_content", "inpaint_area", "masked_padding", "soft_inpainting",
                "soft_schedule_bias", "soft_preservation", "soft_contrast_boost", "soft_mask_influence",
                "soft_difference_threshold", "soft_difference_contrast")
-
-
-def painted_area(value):
-    """The "Paint the mask" editor's value (a Gradio ImageMask's: its picture and layers) as a boolean array at the
-    picture's size, True wherever any layer is painted (any alpha: a soft brush's edge too); None without a
-    picture."""
-    import numpy as np
-    from PIL import Image
-
-    if not value or not value.get("background"):
-        return None
-    size = Image.open(value["background"]).size
-    painted = np.zeros(size[::-1], dtype=bool)
-    for layer in value.get("layers") or []:
-        alpha = Image.open(layer).convert("RGBA").getchannel("A")
-        painted |= np.asarray(alpha if alpha.size == size else alpha.resize(size, Image.NEAREST)) > 0
-    return painted
-
-
-def painted_text(value) -> str:
-    """What the editor holds, as a run will read it (shown under the editor)."""
-    painted = painted_area(value)
-    if painted is None:
-        return ""
-    height, width = painted.shape
-    if not painted.any():
-        return f"Nothing painted yet on the picture ({width}x{height})."
-    return f"Painted: {painted.mean():.0%} of the picture ({width}x{height}) is redrawn."
-
-
-def painted_mask(ctx, value) -> tuple[str, str] | None:
-    """A1111's inpaint tab: the picture in "Paint the mask" copied into the workspace as the init image, and what
-    was painted on it as the mask beside it: white where painted (the part redrawn, as --mask reads white), black
-    elsewhere. None when no picture is there."""
-    import numpy as np
-    from PIL import Image
-
-    painted = painted_area(value)
-    if painted is None:
-        return None
-    if not painted.any():
-        raise UserError('The picture in "Paint the mask" has nothing painted on it.',
-                        'Paint over what should be redrawn, or drop the picture on "Init image" for img2img without '
-                        "a mask.")
-    init = upload(ctx, value["background"], "uploads/init")
-    mask = ctx.workspace.new_folder("uploads/mask") / "painted-mask.png"
-    Image.fromarray(painted.astype(np.uint8) * 255, "L").save(mask)
-    return init, str(mask)
 
 
 OPTIONS_INFO = "KEY=VALUE, comma-separated, A1111's Threshold A / B: {options}"
@@ -197,11 +142,12 @@ def unit_choices(ws, model: str | None, options: str | None) -> dict:
 
 def settings_data(ctx, data: dict, model, loras, lora_weight, embeddings, init_image, control_type, control_image,
                   control_weight, styles=(), control_unit: dict | None = None, mask=None, paint=None,
-                  control_mask=None) -> dict:
+                  control_mask=None, control_paint=None) -> dict:
     """The form's values completed with the pickers and uploads, every path checked to be in the workspace; the
     workspace's styles.csv for the chosen styles and its wildcards/ folder for Dynamic Prompts' __names__; `paint`:
     the "Paint the mask" editor's value (its picture and mask, in place of init_image and mask); `control_mask`: an
-    inpaint unit's own mask."""
+    inpaint unit's own mask; `control_paint`: the "Paint the control mask" editor's value (the unit's picture and
+    its mask, in place of control_image and control_mask)."""
     ws = ctx.workspace
     if styles:
         data["styles"], data["styles_file"] = list(styles), str(ws.root / "styles.csv")
@@ -228,19 +174,32 @@ def settings_data(ctx, data: dict, model, loras, lora_weight, embeddings, init_i
     else:  # the inpainting fields (always sent by the form, or filled from a dropped PNG) wait for a mask, as in A1111
         for name in MASK_FIELDS:
             data.pop(name, None)
+    unit_painted = painted_area(control_paint) is not None
+    if unit_painted and (control_image or control_mask):
+        raise UserError('"Paint the control mask" holds a picture, and so does "' + ("Control image" if control_image
+                        else "Control mask") + '".', 'Use one: paint on the unit\'s picture in "Paint the control '
+                        'mask", or give its picture and mask file, and clear the other.')
+    if unit_painted and (not control_type or control_type == CONTROL_TYPES_NONE):
+        raise UserError('"Paint the control mask" holds a picture, and no control type is chosen.',
+                        "Choose inpaint or inpaint_only as the control type, or clear the picture.")
     if control_type and control_type != CONTROL_TYPES_NONE:
-        image = upload(ctx, control_image, "uploads/control")
+        from personae.data.control import get_control_type
+
+        field = "Paint the control mask" if unit_painted else "Control mask"
+        if (control_mask or unit_painted) and not get_control_type(control_type).masked:  # said before any upload
+            raise UserError(f'"{field}" is the mask of an inpaint unit; a {control_type} unit has none.',
+                            f'Clear "{field}", or choose inpaint or inpaint_only.')
+        painted_unit = painted_mask(ctx, control_paint, "Paint the control mask",
+                                    ("uploads/control", "uploads/control"),
+                                    'give the unit\'s picture as "Control image"') if unit_painted else None
+        image = painted_unit[0] if painted_unit else upload(ctx, control_image, "uploads/control")
         if not image:
             raise UserError(f"ControlNet {control_type} needs a control image.", "Drop an image on \"Control image\".")
         data["controls"] = [{"type": control_type, "image": image, "weight": float(control_weight),
                              **(control_unit or {})}]  # A1111's unit settings: resize and control modes, resolution
-        if control_mask:
-            from personae.data.control import get_control_type
-
-            if not get_control_type(control_type).masked:
-                raise UserError(f'"Control mask" is the mask of an inpaint unit; a {control_type} unit has none.',
-                                'Clear "Control mask", or choose inpaint or inpaint_only.')
-            data["controls"][0]["mask"] = upload(ctx, control_mask, "uploads/control")
+        if painted_unit or control_mask:
+            data["controls"][0]["mask"] = painted_unit[1] if painted_unit else upload(ctx, control_mask,
+                                                                                     "uploads/control")
     return data
 
 
@@ -302,6 +261,11 @@ def build(ctx) -> None:
                 control_image = gr.Image(type="filepath", label="Control image", elem_id="field-control-image")
                 control_mask = gr.Image(type="filepath", label="Control mask (inpaint, inpaint_only: white is "
                                         "redrawn; without it, the inpainting mask)", elem_id="field-control-mask")
+                control_paint = gr.ImageMask(type="filepath", label="Paint the control mask (inpaint, inpaint_only): "
+                                             "drop the unit's picture here and paint over what is redrawn; in place "
+                                             "of the two above", brush=gr.Brush(colors=["#ffffff"], color_mode="fixed"),
+                                             elem_id="field-control-paint")
+                control_paint_info = gr.Markdown(elem_id="control-paint-info")
                 control_model = gr.Dropdown(ws.folders("models"), value=None, allow_custom_value=True,
                                             label="ControlNet", info="a ControlNet under models/ (folder or file), or "
                                                                      "a hub id; empty: the type's default",
@@ -348,13 +312,13 @@ def build(ctx) -> None:
         return out
 
     def submit(model_v, loras_v, weight_v, emb_v, init_v, ctype_v, cimage_v, cweight_v, styles_v, resize_v, mode_v,
-               perfect_v, low_v, res_v, hr_v, by_v, cmodel_v, coptions_v, mask_v, paint_v, cmask_v, *raw):
+               perfect_v, low_v, res_v, hr_v, by_v, cmodel_v, coptions_v, mask_v, paint_v, cmask_v, cpaint_v, *raw):
         try:
             unit = {"resize_mode": resize_v, "control_mode": mode_v, "pixel_perfect": bool(perfect_v),
                     "low_vram": bool(low_v), "processor_res": int(res_v), "hr_option": hr_v, "guidance_by": by_v,
                     **unit_choices(ws, cmodel_v, coptions_v)}
             data = settings_data(ctx, values(raw), model_v, loras_v, weight_v, emb_v, init_v, ctype_v, cimage_v,
-                                 cweight_v, styles_v, unit, mask_v, paint_v, cmask_v)
+                                 cweight_v, styles_v, unit, mask_v, paint_v, cmask_v, cpaint_v)
             settings = parse_settings(GenerateSettings, data, "the Generate form")
             out = ws.new_folder("outputs/generate")
         except UserError as exc:
@@ -366,7 +330,7 @@ def build(ctx) -> None:
 
     go.click(submit, [model, loras, lora_weight, embeddings, init_image, control_type, control_image, control_weight,
                       styles, resize_mode, control_mode, pixel_perfect, low_vram, processor_res, hr_option, guidance_by,
-                      control_model, control_options, mask_file, paint, control_mask,
+                      control_model, control_options, mask_file, paint, control_mask, control_paint,
                       *raw_inputs], status)
 
     def latest(seen: int):
@@ -429,9 +393,10 @@ def build(ctx) -> None:
 
     # a dropped picture fires change (still empty) and then upload, whose answers may cross: an empty value says
     # nothing, and clearing the editor clears the text
-    for event in (paint.upload, paint.change):
-        event(lambda value: painted_text(value) or gr.skip(), paint, paint_info, show_progress="hidden")
-    paint.clear(lambda: "", None, paint_info, show_progress="hidden")
+    for editor, info in ((paint, paint_info), (control_paint, control_paint_info)):
+        for event in (editor.upload, editor.change):
+            event(lambda value: painted_text(value) or gr.skip(), editor, info, show_progress="hidden")
+        editor.clear(lambda: "", None, info, show_progress="hidden")
     refresh.click(lambda: (gr.update(choices=ws.files(LORA_SUFFIXES)), gr.update(choices=embedding_files(ws)),
                            gr.update(choices=models(ws)), gr.update(choices=upscalers(ws)),
                            gr.update(choices=style_names(ws))), None,
