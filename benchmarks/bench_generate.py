@@ -37,6 +37,8 @@ def main() -> None:
     parser.add_argument("--sampler", default="DPM++ 2M Karras")
     parser.add_argument("--cache", default=os.path.join(tempfile.gettempdir(), "personae-bench"))
     parser.add_argument("--json", default=None, help="default: benchmarks/results/generate-<size>.json")
+    parser.add_argument("--token-merging", type=float, default=0.0,
+                        help="also time personae with A1111's Token merging ratio (ToMe) at this ratio")
     args = parser.parse_args()
 
     import torch
@@ -83,6 +85,10 @@ def main() -> None:
         return total, per_step
 
     runs = {"personae": personae_run, "bare": bare_run}
+    if args.token_merging:
+        merged = settings.model_copy(update={"token_merging": args.token_merging})
+        runs["personae ToMe"] = lambda: txt2img(merged, session, on_event=lambda e: stamps.append(
+            time.perf_counter()) if getattr(e, "stage", "") == "denoise" else None)
     for run in runs.values():
         run()  # warm-up
     results: dict[str, list[tuple[float, float | None]]] = {name: [] for name in runs}
@@ -105,16 +111,27 @@ def main() -> None:
     print(f"\n{args.size} model, {resolution} px, {args.sampler}, {args.steps} steps, batch {args.batch}, "
           f"{args.repeats} repeats, threads {torch.get_num_threads()}, device {session.device}")
     print(f"{'run':<22}{'s / call':>10}{'s / step':>10}")
-    for name, row in (("bare diffusers", theirs), ("personae txt2img", ours)):
+    shown = [("bare diffusers", theirs), ("personae txt2img", ours)]
+    merged_row = rows.get("personae ToMe")
+    if merged_row:
+        shown.append((f"personae ToMe {args.token_merging:g}", merged_row))
+    for name, row in shown:
         step = f"{row['per_step_s']:10.3f}" if row["per_step_s"] else f"{'-':>10}"
         print(f"{name:<22}{row['end_to_end_s']:10.3f}{step}")
     print(f"ratio personae / bare: end to end {ratio_total:.3f}, per step "
           f"{f'{ratio_step:.3f}' if ratio_step else '-'}   (process peak RSS {peak_gb:.2f} GB)")
+    ratio_merged = None
+    if merged_row and merged_row["per_step_s"] and theirs["per_step_s"]:
+        ratio_merged = merged_row["per_step_s"] / theirs["per_step_s"]
+        print(f"ratio personae with Token merging {args.token_merging:g} / bare: end to end "
+              f"{merged_row['end_to_end_s'] / theirs['end_to_end_s']:.3f}, per step {ratio_merged:.3f}")
     path = args.json or Path(__file__).parent / "results" / f"generate-{args.size}.json"
     write_json(path, {"benchmark": "generate", "size": args.size, "resolution": resolution, "steps": args.steps,
                       "batch": args.batch, "sampler": args.sampler, "repeats": args.repeats,
                       "command": " ".join(sys.argv), "machine": machine(), "rows": rows,
-                      "ratio_end_to_end": ratio_total, "ratio_per_step": ratio_step, "peak_rss_gb": peak_gb})
+                      "ratio_end_to_end": ratio_total, "ratio_per_step": ratio_step, "peak_rss_gb": peak_gb,
+                      **({"token_merging": args.token_merging, "ratio_per_step_token_merging": ratio_merged}
+                         if args.token_merging else {})})
     print(f"wrote {path}")
 
 

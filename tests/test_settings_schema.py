@@ -143,7 +143,7 @@ def test_generated_options_keep_the_names_users_know():
         "--subseed", "--subseed-strength", "--seed-resize-from-w", "--seed-resize-from-h", "--rng", "--ensd", "--eta",
         "--eta-ddim", "--emphasis", "--quantize", "--img2img-fix-steps", "--schedule-rho", "--schedule-min-sigma",
         "--schedule-max-sigma", "--discard-penultimate", "--noise-schedule", "--prediction-type", "--comma-backtrack",
-        "--freeu", "--freeu-v2", "--tiling", "--pad-conds",
+        "--freeu", "--freeu-v2", "--tiling", "--token-merging", "--hires-token-merging", "--pad-conds",
         "--hires-prompt",
         "--hires-negative", "--hires-sampler", "--hires-cfg", "--inpaint-area", "--masked-padding",
         "--soft-inpainting", "--soft-schedule-bias", "--soft-preservation", "--soft-contrast-boost",

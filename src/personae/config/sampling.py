@@ -214,6 +214,11 @@ class OptionSettings(Concept):
                                     "strong, 1 + (B - 1) x their channel mean normalised to 0-1",
                              infotext="FreeU V2", infotext_if=("freeu", "freeu_v2"))
 
+    token_merging: float = setting(0.0, '"Token merging ratio" (ToMe, tomesd as A1111 applies it): this share of '
+                                        "the tokens in the UNet's full-resolution self-attention merged with their "
+                                        "most similar neighbours, and split back after: faster at large sizes, the "
+                                        "picture a little different; 0: off (A1111 offers 0-0.9)",
+                                   infotext="Token merging ratio", infotext_if="token_merging", ge=0.0, le=0.9)
     tiling: bool = setting(False, '"Tiling": a picture that tiles seamlessly (a texture, a pattern): every convolution '
                                   "of the UNet and the VAE pads circularly, so each edge continues the opposite one",
                            infotext="Tiling", infotext_if="tiling")
@@ -380,6 +385,9 @@ class HiresSettings(Concept):
                                  infotext="Hires sampler", infotext_if="hires_sampler")
     hires_cfg: float | None = setting(None, '"Hires CFG Scale": the redraw\'s CFG (A1111 1.9+); empty: --cfg',
                                       infotext="Hires CFG Scale", infotext_if="hires_cfg", ge=0.0, le=30.0)
+    hires_token_merging: float = setting(0.0, '"Token merging ratio hr": --token-merging for the redraw; 0: the '
+                                              "same as --token-merging", infotext="Token merging ratio hr",
+                                         infotext_if="hires_token_merging", ge=0.0, le=0.9)
 
     @field_validator("hires_resize")
     @classmethod
@@ -402,7 +410,8 @@ class HiresSettings(Concept):
 
     @model_validator(mode="after")
     def _redraw_needs_hires(self):
-        given = [f for f in ("hires_prompt", "hires_negative", "hires_sampler", "hires_cfg") if getattr(self, f)]
+        given = [f for f in ("hires_prompt", "hires_negative", "hires_sampler", "hires_cfg", "hires_token_merging")
+                 if getattr(self, f)]
         if given and not self.hires_scale:
             raise ValueError(f"{', '.join(given)} set the hires fix's redraw: they need hires_scale or hires_resize")
         return self

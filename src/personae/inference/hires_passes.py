@@ -20,6 +20,7 @@ from personae.inference.samplers import Sampler, get_sampler, k_tuning
 from personae.inference.session import Session
 from personae.inference.skip_uncond import skipping_uncond
 from personae.inference.speedups import offload_beside
+from personae.inference.token_merging import token_merged
 from personae.models.lora_dir import lora_tags
 from personae.models.upscalers import UpscalerNet, read_upscaler, resolve_upscaler
 
@@ -63,11 +64,14 @@ def within(*managers) -> Iterator[None]:
 
 
 @contextmanager
-def sampling_pass(prompts, unet, nets, settings: GenerateSettings, scheduler) -> Iterator[None]:
+def sampling_pass(prompts, unet, nets, settings: GenerateSettings, scheduler, merging: float | None = None
+                  ) -> Iterator[None]:
     """One sampling pass's UNet (and ControlNet) calls: AND composed, a prompt and a negative prompt of different
-    lengths drawn as --pad-conds says, the negative prompt left out where NGMS / Skip Early CFG say so."""
+    lengths drawn as --pad-conds says, the negative prompt left out where NGMS / Skip Early CFG say so, tokens merged
+    at `merging` (default: --token-merging)."""
     with composing(prompts, unet, nets, settings.pad_conds), \
-            skipping_uncond(unet, scheduler, settings, settings.batch_size, nets):
+            skipping_uncond(unet, scheduler, settings, settings.batch_size, nets), \
+            token_merged(unet, settings.token_merging if merging is None else merging):
         yield
 
 
@@ -93,7 +97,7 @@ def draw_hires(session: Session, settings: GenerateSettings, size: tuple[int, in
     if upscaler is not None and not offload_beside(upscaler.net, session.pipe.vae, session.runtime, session.device):
         upscaler.net.to(session.device)
     redraw_pass = sampling_pass(hires_prompts, session.pipe.unet, [nets[controls.index(c)] for c in high], settings,
-                                redraw_scheduler)
+                                redraw_scheduler, settings.hires_token_merging or settings.token_merging)
     return hires_fix(base, redraw, settings, size, kwargs, generators, upscaler,
                      {**hires_prompts.call_kwargs(), "callback_on_step_end": report,
                       **({"guidance_scale": settings.hires_cfg} if settings.hires_cfg is not None else {}),

@@ -71,6 +71,7 @@ from personae.inference.samplers import get_sampler, k_tuning, schedule_said, un
 from personae.inference.session import Session, open_session
 from personae.inference.soft_inpaint import overlay_masks, soft_checked, uncropped
 from personae.inference.tiling import tiling_applied
+from personae.inference.token_merging import token_merged
 from personae.inference.variation import variation_generators
 from personae.media.png import format_parameters, infotext_values
 from personae.models.addons import LoadedEmbedding, LoadedLora, hashes_text
@@ -117,6 +118,8 @@ def infotext(settings: GenerateSettings, session: Session, seed: int, width: int
         **({"Emphasis": settings.emphasis} if settings.emphasis != "Original" else {}),
         **(uniform_said(settings.hires_sampler, "Hires schedule type")
            if settings.hires_scale and settings.hires_sampler else {}),
+        **({"Token merging ratio hr": settings.token_merging}  # the redraw's ratio, as A1111 writes it
+           if settings.hires_scale and settings.token_merging and not settings.hires_token_merging else {}),
         "Seed": seed,
         "Size": f"{width}x{height}", "Model hash": session.model_hash, "Model": session.source.name,
         "VAE hash": session.vae_hash, "VAE": session.vae_name,
@@ -480,7 +483,7 @@ def txt2img(settings: GenerateSettings, session: Session | None = None, on_event
             within = open_image(settings.mask, "mask", (width, height), settings.resize_mode) \
                 if mask is not None and region is None else None  # only the faces it hits
             with torch.no_grad(), session.lora_weights(loras), nan_guard(session.pipe), \
-                    model_patches(session, settings):
+                    model_patches(session, settings), token_merged(session.pipe.unet, settings.token_merging):
                 images = [detail_faces(session, settings, image, s, sampler, (width, height), on_event,
                                        batch * n + i + 1, within) for i, (image, s) in enumerate(zip(images, seeds))]
         # 6. settings that reproduce each image on its own
