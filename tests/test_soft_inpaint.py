@@ -279,6 +279,11 @@ def test_an_a1111_png_with_soft_inpainting_is_read_back(photo_and_mask, tiny_mod
     with_mask = _settings(tiny_model[0], photo_and_mask, **{k: v for k, v in data.items()
                                                             if k.startswith("soft")})
     assert not [m for m in png_not_applied(png, with_mask) if "Soft" in m]
+    # without --mask the PNG's soft inpainting (and its six settings) wait for one: drawn without it, and said
+    r = _run("generate", "--from-png", str(png), "--model", str(tiny_model[0]), "--steps", "2",
+             "--out", str(tmp_path / "out"))
+    assert r.returncode == 0, r.stderr
+    assert 'Soft inpainting enabled "True" (no --mask)' in r.stderr
 
 
 @pytest.mark.slow
