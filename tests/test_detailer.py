@@ -241,6 +241,21 @@ def test_the_faces_own_steps_cfg_sampler_and_size_are_used(astronaut, tiny_model
                 {"ad_noise_multiplier": 0.6}, {"ad_clip_skip": 2}):
         assert not np.array_equal(run(**own)[0], base), own
     assert not np.array_equal(run(extra_noise=0.3)[0], base)  # A1111's "Extra noise" reaches the faces' start too
+    # Dynamic Thresholding reaches the faces at their own CFG (ADetailer keeps the extension's script)
+    from personae.inference.dynamic_thresholding import DynamicThresholding
+
+    scales, combine = [], DynamicThresholding.combine
+
+    def counted(self, uncond, guided, cfg, frac):
+        scales.append(cfg)
+        return combine(self, uncond, guided, cfg, frac)
+
+    DynamicThresholding.combine = counted
+    try:
+        thresholded, _ = run(dynamic_thresholding=True, mimic_scale=3.0, ad_cfg_scale=9.0)
+    finally:
+        DynamicThresholding.combine = combine
+    assert scales == [9.0] * 3 and not np.array_equal(thresholded, run(ad_cfg_scale=9.0)[0])
     assert check_detailer(s.model_copy(update={"ad_sampler": "euler_ancestral"})).ad_sampler == "Euler a"
     with pytest.raises(ValueError, match="ad_inpaint_width and ad_inpaint_height go together"):
         GenerateSettings(model="m", prompt="p", ad_model="mediapipe_face_full", ad_inpaint_width=512)

@@ -403,14 +403,19 @@ def test_extras_and_merge_forms_become_the_commands_settings_and_run_through_the
 
 
 def test_the_generate_and_animate_tabs_show_the_sampler_parameters(ws):
-    """A1111's sampler parameters and prompt encoding are concepts images and clips share: both tabs show each."""
+    """A1111's sampler parameters and prompt encoding are concepts images and clips share: both tabs show each. The
+    Generate tab shows Dynamic Thresholding's and Soft inpainting's settings too."""
     from personae.config.sampling import PromptEncoding, SamplerParameters
+    from personae.config.thresholding import ThresholdingSettings
     from personae.jobs.queue import JobQueue
     from personae.web.app import build
 
     shown = {getattr(block, "elem_id", None) for block in build(ws, JobQueue()).blocks.values()}
     for name in [*SamplerParameters.model_fields, *PromptEncoding.model_fields]:
         assert {f"field-{name.replace('_', '-')}", f"animate-{name.replace('_', '-')}"} <= shown, name
+    for name in [*ThresholdingSettings.model_fields, "soft_inpainting", "soft_difference_threshold", "tiling",
+                 "token_merging", "hires_token_merging"]:
+        assert f"field-{name.replace('_', '-')}" in shown, name
 
 
 def test_a_dropped_clips_settings_the_animate_form_cannot_hold_are_named():

@@ -25,13 +25,15 @@ from personae.config.sampling import (
     StyleSettings,
     VariationSettings,
 )
+from personae.config.thresholding import ThresholdingSettings
 
 __all__ = ["GenerateSettings", "LoraRef", "EmbeddingRef", "ControlRef"]
 
 
 class GenerateSettings(SourceSettings, PromptSettings, StyleSettings, SamplingSettings, BatchSettings,
                        VariationSettings, SamplerParameters, PromptEncoding, OptionSettings, AddonSettings,
-                       Img2ImgSettings, HiresSettings, DetailerSettings, ControlSettings, RuntimeSettings):
+                       Img2ImgSettings, HiresSettings, DetailerSettings, ThresholdingSettings, ControlSettings,
+                       RuntimeSettings):
     """Everything that decides the pixels of a txt2img / img2img / ControlNet run."""
 
     version: int = setting(1, "version of this settings layout", cli=False)

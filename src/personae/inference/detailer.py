@@ -31,7 +31,8 @@ from personae.config.fields import extra_of
 from personae.data.control.mediapipe_models import native_quiet, solutions
 from personae.errors import UserError, did_you_mean
 from personae.events import EventHandler, Message, Progress, ignore
-from personae.inference.composable import composing, scheduled_prompts
+from personae.inference.composable import scheduled_prompts
+from personae.inference.hires_passes import sampling_pass
 from personae.inference.img2img import (
     crop_region,
     cut_region,
@@ -47,7 +48,6 @@ from personae.inference.img2img import (
 from personae.inference.ksampler import img2img_steps
 from personae.inference.rng import image_generators
 from personae.inference.samplers import get_sampler, k_tuning, with_schedule_type
-from personae.inference.skip_uncond import skipping_uncond
 from personae.models.lora_dir import lora_tags
 
 # ADetailer's MediaPipe models: name -> what it finds
@@ -270,8 +270,8 @@ def redraw_face(session, settings, picture: Image.Image, mask: Image.Image, prom
             return prompts.after_step(pipeline, step, kwargs)
 
         faces_generators = scheduler.generators = image_generators([seed % 2**64], settings.rng, settings.ensd)
-        with composing(prompts, session.pipe.unet, pad=settings.pad_conds), \
-                skipping_uncond(session.pipe.unet, scheduler, settings, 1):  # AND and NGMS there too
+        # AND, NGMS, token merging and Dynamic Thresholding there too (ADetailer keeps the extension's script)
+        with sampling_pass(prompts, session.pipe.unet, (), settings, scheduler, cfg=cfg, images=1):
             drawn = pipe(image=init, **mask_kwargs(pipe, crop_mask, width, height), **prompts.call_kwargs(),
                          **img2img_steps(pipe.scheduler, steps, settings.ad_denoising_strength,
                                          fixed=settings.img2img_fix_steps), guidance_scale=cfg,

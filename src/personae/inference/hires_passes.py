@@ -13,6 +13,7 @@ from personae.errors import UserError
 from personae.events import EventHandler
 from personae.inference.composable import composing
 from personae.inference.controlnet import PreparedControl, control_call
+from personae.inference.dynamic_thresholding import DynamicThresholding, thresholded
 from personae.inference.hires import hires_fix, redrawn_size
 from personae.inference.img2img import denoiser, noised_start
 from personae.inference.ksampler import KDiffusionScheduler
@@ -64,14 +65,18 @@ def within(*managers) -> Iterator[None]:
 
 
 @contextmanager
-def sampling_pass(prompts, unet, nets, settings: GenerateSettings, scheduler, merging: float | None = None
-                  ) -> Iterator[None]:
-    """One sampling pass's UNet (and ControlNet) calls: AND composed, a prompt and a negative prompt of different
-    lengths drawn as --pad-conds says, the negative prompt left out where NGMS / Skip Early CFG say so, tokens merged
-    at `merging` (default: --token-merging)."""
+def sampling_pass(prompts, unet, nets, settings: GenerateSettings, scheduler, merging: float | None = None,
+                  cfg: float | None = None, images: int | None = None) -> Iterator[None]:
+    """One sampling pass's UNet (and ControlNet) calls, drawing `images` pictures (default: --batch-size) at `cfg`
+    (default: --cfg): AND composed, a prompt and a negative prompt of different lengths drawn as --pad-conds says,
+    the negative prompt left out where NGMS / Skip Early CFG say so, tokens merged at `merging` (default:
+    --token-merging), the guidance thresholded where --dynamic-thresholding says (after AND's composition)."""
+    images = settings.batch_size if images is None else images
     with composing(prompts, unet, nets, settings.pad_conds), \
-            skipping_uncond(unet, scheduler, settings, settings.batch_size, nets), \
-            token_merged(unet, settings.token_merging if merging is None else merging):
+            skipping_uncond(unet, scheduler, settings, images, nets), \
+            token_merged(unet, settings.token_merging if merging is None else merging), \
+            thresholded(unet, scheduler, DynamicThresholding.of(settings), settings.cfg if cfg is None else cfg,
+                        images):
         yield
 
 
@@ -97,7 +102,8 @@ def draw_hires(session: Session, settings: GenerateSettings, size: tuple[int, in
     if upscaler is not None and not offload_beside(upscaler.net, session.pipe.vae, session.runtime, session.device):
         upscaler.net.to(session.device)
     redraw_pass = sampling_pass(hires_prompts, session.pipe.unet, [nets[controls.index(c)] for c in high], settings,
-                                redraw_scheduler, settings.hires_token_merging or settings.token_merging)
+                                redraw_scheduler, settings.hires_token_merging or settings.token_merging,
+                                settings.cfg if settings.hires_cfg is None else settings.hires_cfg)
     return hires_fix(base, redraw, settings, size, kwargs, generators, upscaler,
                      {**hires_prompts.call_kwargs(), "callback_on_step_end": report,
                       **({"guidance_scale": settings.hires_cfg} if settings.hires_cfg is not None else {}),

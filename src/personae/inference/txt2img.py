@@ -40,6 +40,7 @@ from personae.inference.controlnet import (
     unit_controlnets,
 )
 from personae.inference.detailer import check_detailer, detail_faces, detailer_infotext
+from personae.inference.dynamic_thresholding import thresholding_checked
 from personae.inference.freeu import freeu_applied
 from personae.inference.hires import upscaler_to_a1111
 from personae.inference.hires_passes import check_hires, draw_hires, hires_prompt_text, sampling_pass
@@ -71,7 +72,6 @@ from personae.inference.samplers import get_sampler, k_tuning, schedule_said, un
 from personae.inference.session import Session, open_session
 from personae.inference.soft_inpaint import overlay_masks, soft_checked, uncropped
 from personae.inference.tiling import tiling_applied
-from personae.inference.token_merging import token_merged
 from personae.inference.variation import variation_generators
 from personae.media.png import format_parameters, infotext_values
 from personae.models.addons import LoadedEmbedding, LoadedLora, hashes_text
@@ -310,6 +310,7 @@ def txt2img(settings: GenerateSettings, session: Session | None = None, on_event
         raise UserError(f"{flag} says how the part under --mask is redrawn; no --mask is given.",
                         "Add --mask (with --init-image), or leave it out.")
     soft = soft_checked(settings, sampler.scheduler is KDiffusionScheduler)  # A1111's Soft inpainting, or None
+    thresholding_checked(settings)  # Dynamic Thresholding where it can run
     if settings.resize_mode != "Just resize" and not settings.init_image:
         raise UserError(f'--resize-mode "{settings.resize_mode}" says how --init-image meets the picture\'s size; no '
                         "--init-image is given.", "Add --init-image, or leave --resize-mode out.")
@@ -483,7 +484,7 @@ def txt2img(settings: GenerateSettings, session: Session | None = None, on_event
             within = open_image(settings.mask, "mask", (width, height), settings.resize_mode) \
                 if mask is not None and region is None else None  # only the faces it hits
             with torch.no_grad(), session.lora_weights(loras), nan_guard(session.pipe), \
-                    model_patches(session, settings), token_merged(session.pipe.unet, settings.token_merging):
+                    model_patches(session, settings):
                 images = [detail_faces(session, settings, image, s, sampler, (width, height), on_event,
                                        batch * n + i + 1, within) for i, (image, s) in enumerate(zip(images, seeds))]
         # 6. settings that reproduce each image on its own

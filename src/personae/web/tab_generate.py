@@ -252,6 +252,8 @@ def build(ctx) -> None:
                                      elem_id="field-paint")
                 paint_info = gr.Markdown(elem_id="paint-info")
                 img_form = SettingsForm(GenerateSettings, names=("strength", "resize_mode", *MASK_FIELDS))
+            with gr.Accordion("Dynamic Thresholding (CFG Scale Fix)", open=False):
+                thresholding_form = SettingsForm(GenerateSettings, groups=("dynamic thresholding (CFG scale fix)",))
             with gr.Accordion("Face fix (ADetailer)", open=False):
                 face_form = SettingsForm(GenerateSettings, groups=("face fix (ADetailer)",),
                                          choices={"ad_model": ["", *FACE_MODELS], "ad_sampler": ["", *SAMPLERS]})
@@ -300,7 +302,7 @@ def build(ctx) -> None:
             go = gr.Button("Generate", variant="primary", elem_id="generate-button")
             status = gr.Markdown(elem_id="generate-status")
             gallery = gr.Gallery(label="Results", columns=2, height=420, elem_id="generate-gallery")
-    forms = [prompt_form, form, img_form, face_form, control_form, runtime_form]
+    forms = [prompt_form, form, img_form, thresholding_form, face_form, control_form, runtime_form]
     raw_inputs = [c for f in forms for c in f.inputs]
     shown = gr.State(0)
 
