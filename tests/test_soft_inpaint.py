@@ -244,7 +244,6 @@ def _run(*args):
     (["--soft-inpainting"], "no --mask is given"),
     (["--soft-preservation", "2"], "--soft-preservation tunes Soft inpainting, which is off"),
     (["--soft-inpainting", "--mask", "{mask}", "--sampler", "DDIM"], "DDIM is one of diffusers' samplers"),
-    (["--soft-inpainting", "--mask", "{mask}", "--control", "canny:{init}"], "Soft inpainting with --control"),
 ])
 def test_generate_refuses_soft_inpainting_where_it_cannot_run(photo_and_mask, tiny_model, tmp_path, extra, said):
     args = [a.format(mask=photo_and_mask / "mask.png", init=photo_and_mask / "init.png") for a in extra]
@@ -303,3 +302,33 @@ def test_generate_writes_soft_inpainting_and_from_png_draws_it_again(photo_and_m
     assert r.returncode == 0, r.stderr
     [redrawn] = sorted(again.glob("*.png"))
     assert np.array_equal(np.asarray(Image.open(png)), np.asarray(Image.open(redrawn)))
+
+
+@pytest.mark.slow
+def test_controlnet_inpainting_is_a1111s_and_takes_soft_inpainting(photo_and_mask, tiny_model, tiny_session, tmp_path,
+                                                                   monkeypatch):
+    """Under a ControlNet, inpainting with an ordinary model and a k-diffusion sampler is A1111's too: the ControlNet
+    img2img pipeline, the sampler keeping the picture (with Soft inpainting's blend); the far side is the photo."""
+    import personae.inference.controlnet as cn
+    from personae.inference.txt2img import txt2img
+    from personae.models.controlnet import write_tiny_controlnet
+
+    net = write_tiny_controlnet(tmp_path / "cn", base=tiny_model[0], seed=0)
+    used = {}
+    real = cn.control_pipeline
+
+    def spy(session, controlnets, img2img, inpaint, scheduler):
+        used.update(inpaint=inpaint, kept=scheduler.inpaint is not None, soft=scheduler.soft)
+        return real(session, controlnets, img2img, inpaint, scheduler)
+
+    monkeypatch.setattr(cn, "control_pipeline", spy)
+    unit = {"type": "canny", "image": str(photo_and_mask / "init.png"), "model": str(net)}
+    for soft in (False, True):
+        out = txt2img(_settings(tiny_model[0], photo_and_mask, controls=[unit], soft_inpainting=soft),
+                      tiny_session)[0]
+        assert used["inpaint"] is False and used["kept"] and (used["soft"] is not None) == soft
+        original = np.asarray(Image.open(photo_and_mask / "init.png").convert("RGB"), dtype=np.int16)
+        result = np.asarray(out.image, dtype=np.int16)
+        assert np.abs(result[:, 96:] - original[:, 96:]).max() <= (0 if soft else 1)
+        assert np.abs(result[:, :8] - original[:, :8]).mean() > 10
+        assert ("Soft inpainting enabled: True" in out.parameters) == soft

@@ -24,7 +24,7 @@ from personae.data.control.inpaint import inpaint_hint
 from personae.errors import UserError
 from personae.events import EventHandler, Message, ignore
 from personae.inference.control_steps import UnitSteps, unit_steps
-from personae.inference.img2img import load_mask, open_image
+from personae.inference.img2img import kept_by_sampler, load_mask, open_image
 from personae.inference.ksampler import img2img_steps
 from personae.media.controlnet_text import write_unit
 from personae.models.controlnet import ControlNetSource, check_available, load_controlnet, resolve_controlnet
@@ -196,8 +196,12 @@ def _both(first, second):
 
 def control_denoise(session, settings: GenerateSettings, controls: list[PreparedControl], init: Image.Image | None,
                     mask: Image.Image | None, size: tuple[int, int], kwargs: dict, scheduler,
-                    on_event: EventHandler = ignore) -> list[Image.Image]:
-    """Denoise with every control unit; `kwargs` are the shared pipeline arguments (embeds, steps, generators)."""
+                    on_event: EventHandler = ignore, soft=None) -> list[Image.Image]:
+    """Denoise with every control unit; `kwargs` are the shared pipeline arguments (embeds, steps, generators).
+    Inpainting under `mask` is A1111's where the sampler can keep the picture (img2img.kept_by_sampler: the
+    ControlNet img2img pipeline, the mask in the sampler, `soft` its Soft inpainting), else diffusers' ControlNet
+    inpainting pipeline."""
+    mask = kept_by_sampler(session, mask, scheduler, soft)
     pipe, control, steps_hooks = control_call(session, settings, controls, size, scheduler,
                                               kwargs["prompt_embeds"].shape[0], img2img=init is not None,
                                               inpaint=mask is not None, on_event=on_event)

@@ -177,25 +177,32 @@ def vae_roundtrip(pipe, image: Image.Image, size: tuple[int, int] | None = None)
     return pipe.image_processor.postprocess(pipe.vae.decode(latents).sample, output_type="pil")[0]
 
 
-def denoiser(session, init_image: Image.Image, mask: Image.Image | None, scheduler, soft=None):
-    """The diffusers pipeline for this mode, built on the session's own modules (no copy) and `scheduler`.
-
-    Inpainting with an ordinary (4-channel) model and one of A1111's k-diffusion samplers is A1111's own: the img2img
-    pipeline, and the sampler keeps the picture in every denoised estimate outside the mask (a1111_latent_mask);
-    diffusers' inpainting pipeline (its way: the noisy latents blended each step) serves inpainting models (9
-    channels) and diffusers' samplers."""
-    from diffusers import StableDiffusionImg2ImgPipeline, StableDiffusionInpaintPipeline
-
+def kept_by_sampler(session, mask: Image.Image | None, scheduler, soft=None) -> Image.Image | None:
+    """A1111's inpainting where it can run, set on `scheduler`: with an ordinary (4-channel) model and one of A1111's
+    k-diffusion samplers the sampler keeps the picture outside `mask` in every denoised estimate (a1111_latent_mask;
+    with Soft inpainting, `soft`, its blend), and the pipeline needs no mask: None. Otherwise `mask`, for diffusers'
+    inpainting pipelines (their way: the noisy latents blended each step), which serve inpainting models (9
+    channels) and diffusers' samplers; Soft inpainting is refused there."""
     from personae.inference.ksampler import KDiffusionScheduler
 
     if mask is not None and isinstance(scheduler, KDiffusionScheduler) and session.pipe.unet.config.in_channels == 4:
         scheduler.inpaint = a1111_latent_mask(mask, session.pipe.vae_scale_factor, rounded=soft is None)
         scheduler.soft = soft  # A1111's Soft inpainting (inference/soft_inpaint.py): the mask's grey edge kept soft
-        mask = None
-    elif soft is not None:  # soft_inpaint.soft_checked refused diffusers' samplers before the model loaded
+        return None
+    if soft is not None:  # soft_inpaint.soft_checked refused diffusers' samplers before the model loaded
         raise UserError("Soft inpainting runs in A1111's own inpainting, on an ordinary model; this is an inpainting "
                         "model (9 input channels), which diffusers' inpainting pipeline draws, keeping the picture "
                         "its own way.", "Leave --soft-inpainting out, or inpaint with an ordinary model.")
+    return mask
+
+
+def denoiser(session, init_image: Image.Image, mask: Image.Image | None, scheduler, soft=None):
+    """The diffusers pipeline for this mode, built on the session's own modules (no copy) and `scheduler`: the
+    img2img pipeline, or diffusers' inpainting pipeline where the sampler does not keep the picture itself
+    (kept_by_sampler)."""
+    from diffusers import StableDiffusionImg2ImgPipeline, StableDiffusionInpaintPipeline
+
+    mask = kept_by_sampler(session, mask, scheduler, soft)
     cls = StableDiffusionInpaintPipeline if mask is not None else StableDiffusionImg2ImgPipeline
     return session.pipeline(cls, scheduler=scheduler)
 

@@ -64,8 +64,7 @@ SOFT_FIELDS = ("soft_schedule_bias", "soft_preservation", "soft_contrast_boost",
 
 def soft_checked(settings, k_diffusion: bool) -> SoftInpainting | None:
     """The soft inpainting `settings` ask for, refused where it cannot run (before any model loads): without --mask,
-    its settings without --soft-inpainting, with diffusers' samplers (they blend the picture their own way) or a
-    ControlNet (whose inpainting pipeline does too)."""
+    its settings without --soft-inpainting, with diffusers' samplers (they blend the picture their own way)."""
     from personae.errors import UserError
 
     if settings.soft_inpainting and not settings.mask:
@@ -79,10 +78,6 @@ def soft_checked(settings, k_diffusion: bool) -> SoftInpainting | None:
         raise UserError(f"Soft inpainting runs with A1111's k-diffusion samplers; {settings.sampler} is one of "
                         "diffusers' samplers here, which keep the picture their own way.",
                         "Choose a k-diffusion sampler (Euler, Euler a, DPM++ 2M, ...), or leave --soft-inpainting out.")
-    if settings.soft_inpainting and settings.controls:
-        raise UserError("Soft inpainting with --control: personae inpaints under a ControlNet with diffusers' "
-                        "inpainting pipeline, which keeps the picture its own way.",
-                        "Leave --soft-inpainting or the ControlNet out.")
     return SoftInpainting.of(settings)
 
 

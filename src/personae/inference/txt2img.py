@@ -452,7 +452,7 @@ def txt2img(settings: GenerateSettings, session: Session | None = None, on_event
             elif controls and not settings.hires_scale:
                 with first_pass:
                     images = control_denoise(session, settings, controls, start, mask, (width, height), kwargs,
-                                             scheduler, on_event)
+                                             scheduler, on_event, soft)
             elif init is not None:
                 redrawer = denoiser(session, init, mask, scheduler, soft)
                 with first_pass:
