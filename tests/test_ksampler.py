@@ -297,6 +297,56 @@ def test_inpainting_an_ordinary_model_is_a1111s(k, tiny_model, tiny_session, pho
     assert (ours - theirs).abs().max().item() <= 2e-5 * theirs.abs().max().item()
 
 
+def test_soft_inpainting_is_the_extensions_blend_in_k_diffusions_loop(k, tiny_model, tiny_session, photo, tmp_path):
+    """A1111's Soft inpainting around k-diffusion's own Euler a: the latent mask unrounded, every denoised estimate
+    mixed with the encoded picture by nmask ** (sigma x 0.5) (vectors linearly, their lengths with power 4:
+    the extension's latent_blend, written out here), the result left unblended."""
+    from PIL import Image
+
+    from personae.inference.img2img import load_mask
+
+    drawn = Image.new("L", (64, 64))
+    drawn.paste(255, (16, 8, 48, 40))
+    drawn.save(tmp_path / "mask.png")
+    settings = _settings(tiny_model[0], sampler="Euler a", init_image=str(photo), mask=str(tmp_path / "mask.png"),
+                         strength=0.75, steps=8, mask_blur=6, soft_inpainting=True)
+    pipe = tiny_session.pipe
+    ours = _personae(tiny_session, settings)
+    blurred = load_mask(settings.mask, (64, 64), settings.mask_blur)
+    small = blurred.convert("RGB").resize((8, 8))
+    nmask = torch.from_numpy(np.asarray(small, dtype=np.float32)[..., 0] / 255)[None, None]
+    picture = Image.open(photo).convert("RGB").resize((64, 64), Image.Resampling.LANCZOS)
+    with torch.no_grad():
+        image = pipe.image_processor.preprocess(picture, height=64, width=64)
+        init = pipe.vae.encode(image).latent_dist.sample(generator=torch.Generator().manual_seed(settings.seed))
+        init = init * pipe.vae.config.scaling_factor
+    denoiser = _denoiser(k, pipe)
+    cond, uncond = pipe.encode_prompt(settings.prompt, "cpu", 1, True, settings.negative)
+
+    def blend(a, b, t):
+        mixed = a * (1 - t) + b * t
+        length = ((a.norm(dim=1, keepdim=True).double() ** 4 * (1 - t.double())
+                   + b.norm(dim=1, keepdim=True).double() ** 4 * t.double()) ** 0.25)
+        return mixed * (length / (mixed.norm(dim=1, keepdim=True).double() + 1e-5)).float()
+
+    def cfg(x, sigma, **_):
+        d_cond, d_uncond = denoiser(torch.cat([x, x]), torch.cat([sigma, sigma]),
+                                    cond=torch.cat([cond, uncond])).chunk(2)
+        denoised = d_uncond + (d_cond - d_uncond) * settings.cfg
+        return blend(init, denoised, nmask ** (sigma[0].item() ** 1.0 * 0.5))
+
+    sigmas = denoiser.get_sigmas(settings.steps)
+    schedule = sigmas[settings.steps - int(0.75 * settings.steps) - 1:]
+    stream = torch.Generator().manual_seed(settings.seed)
+    x = init + torch.randn(SHAPE, generator=stream) * schedule[0]
+    with torch.no_grad():
+        final = k.sampling.sample_euler_ancestral(
+            cfg, x, schedule, disable=True, noise_sampler=lambda s, n: torch.randn(SHAPE, generator=stream))
+        theirs = _decoder_input(pipe, lambda: pipe.vae.decode(final / pipe.vae.config.scaling_factor))
+    assert ((nmask > 0) & (nmask < 1)).sum() >= 4  # a grey edge, not rounded
+    assert (ours - theirs).abs().max().item() <= 2e-5 * theirs.abs().max().item()
+
+
 @pytest.mark.parametrize("steps,strength", [(20, 0.75), (20, 0.7), (10, 0.3), (30, 0.999), (20, 1.0), (7, 0.05)])
 def test_img2img_step_plans_are_a1111s(tiny_model, steps, strength):
     """Through diffusers' own get_timesteps: img2img runs the last int(strength x steps) + 1 of `steps` sigmas;

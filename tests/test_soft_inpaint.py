@@ -332,3 +332,70 @@ def test_controlnet_inpainting_is_a1111s_and_takes_soft_inpainting(photo_and_mas
         assert np.abs(result[:, 96:] - original[:, 96:]).max() <= (0 if soft else 1)
         assert np.abs(result[:, :8] - original[:, :8]).mean() > 10
         assert ("Soft inpainting enabled: True" in out.parameters) == soft
+
+
+@pytest.fixture(scope="module")
+def inpainting_session(tiny_model, tmp_path_factory):
+    """The tiny model with an inpainting UNet (9 input channels: latents, mask, masked picture), seeded."""
+    from diffusers import StableDiffusionPipeline, UNet2DConditionModel
+
+    from personae.inference.session import open_session
+
+    pipe = StableDiffusionPipeline.from_pretrained(str(tiny_model[0]), safety_checker=None,
+                                                   requires_safety_checker=False)
+    torch.manual_seed(7)
+    pipe.unet = UNet2DConditionModel.from_config({**pipe.unet.config, "in_channels": 9})
+    folder = tmp_path_factory.mktemp("inpainting") / "tiny-inpainting"
+    pipe.save_pretrained(folder)
+    return open_session(str(folder)), folder
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("strength", [1.0, 0.8])
+def test_an_inpainting_model_keeps_the_picture_as_a1111s_sampler_does(photo_and_mask, inpainting_session, strength):
+    """An inpainting model (9 channels) draws through diffusers' inpainting pipeline, and a k-diffusion sampler keeps
+    the encoded picture outside the rounded latent mask in every estimate, as A1111's CFG denoiser does for every
+    model: the latents the VAE decodes are the picture's there (at strength 1 too, where the pipeline starts from
+    noise alone and never encodes the picture itself)."""
+    from personae.inference.img2img import encoded, load_mask
+    from personae.inference.txt2img import txt2img
+
+    session, folder = inpainting_session
+    settings = _settings(folder, photo_and_mask, sampler="Euler", strength=strength, mask_blur=0)
+    vae = session.pipe.vae
+    decoded = []
+    hook = vae.post_quant_conv.register_forward_pre_hook(lambda module, args: decoded.append(args[0].clone()))
+    try:
+        txt2img(settings, session)
+    finally:
+        hook.remove()
+    latents = decoded[-1] * vae.config.scaling_factor
+    picture = encoded(session.pipe, Image.open(photo_and_mask / "init.png").convert("RGB"))
+    kept = load_mask(settings.mask, (128, 128), 0).resize((16, 16), Image.Resampling.BICUBIC)
+    kept = torch.from_numpy(np.around(np.asarray(kept.convert("RGB"), np.float32)[..., 0] / 255)) == 0
+    assert kept.sum() > 100
+    if strength == 1.0:
+        torch.testing.assert_close(latents[..., kept], picture[..., kept], atol=1e-4, rtol=1e-4)
+    else:  # the pipeline's own encoding, drawn with the image's generator: within the VAE's spread of the mean
+        assert (latents[..., kept] - picture[..., kept]).abs().max() < 0.5
+        assert (latents[..., ~kept] - picture[..., ~kept]).abs().mean() > 0.1
+
+
+@pytest.mark.slow
+def test_soft_inpainting_gives_an_inpainting_model_the_unrounded_mask(photo_and_mask, inpainting_session):
+    """A1111 1.7+'s soft conditioning: the model's mask channel holds the feathered mask's grey, its masked-picture
+    channels the picture faded by it; the far side is the picture, byte for byte."""
+    from personae.inference.txt2img import txt2img
+
+    session, folder = inpainting_session
+    seen = []
+    hook = session.pipe.unet.register_forward_pre_hook(lambda module, args: seen.append(args[0][:, 4].clone()))
+    try:
+        out = txt2img(_settings(folder, photo_and_mask, soft_inpainting=True), session)[0]
+    finally:
+        hook.remove()
+    mask_channel = seen[0]
+    grey = ((mask_channel > 0.01) & (mask_channel < 0.99)).sum()
+    assert grey > 0  # diffusers' own pipeline would have rounded it to 0 or 1
+    original = np.asarray(Image.open(photo_and_mask / "init.png").convert("RGB"), dtype=np.int16)
+    assert np.array_equal(np.asarray(out.image, dtype=np.int16)[:, 96:], original[:, 96:])

@@ -323,8 +323,8 @@ class Img2ImgSettings(Concept):
     soft_inpainting: bool = setting(False, '"Soft inpainting" (A1111\'s built-in extension): the grey of a feathered '
                                            "mask keeps part of the picture at every step instead of being rounded, "
                                            "and the result keeps the original wherever the drawing barely changed it "
-                                           "(raise --mask-blur for a wide soft edge); k-diffusion samplers, ordinary "
-                                           "models", infotext="Soft inpainting enabled",
+                                           "(raise --mask-blur for a wide soft edge); k-diffusion samplers "
+                                           "only", infotext="Soft inpainting enabled",
                                     infotext_if=("mask", "soft_inpainting"))
     soft_schedule_bias: float = setting(1.0, 'Soft inpainting\'s "Schedule bias": when the picture is kept during '
                                              "denoising (below 1: more near the end, above 1: more at the start)",

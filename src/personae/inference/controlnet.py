@@ -201,7 +201,11 @@ def control_denoise(session, settings: GenerateSettings, controls: list[Prepared
     Inpainting under `mask` is A1111's where the sampler can keep the picture (img2img.kept_by_sampler: the
     ControlNet img2img pipeline, the mask in the sampler, `soft` its Soft inpainting), else diffusers' ControlNet
     inpainting pipeline."""
-    mask = kept_by_sampler(session, mask, scheduler, soft)
+    if soft is not None and session.pipe.unet.config.in_channels != 4:
+        raise UserError("Soft inpainting with an inpainting model under ControlNet units: diffusers' ControlNet "
+                        "inpainting pipeline gives the model a rounded mask, not A1111's soft one.",
+                        "Leave --soft-inpainting or the ControlNet out, or use an ordinary model.")
+    mask = kept_by_sampler(session, mask, scheduler, soft, init)
     pipe, control, steps_hooks = control_call(session, settings, controls, size, scheduler,
                                               kwargs["prompt_embeds"].shape[0], img2img=init is not None,
                                               inpaint=mask is not None, on_event=on_event)

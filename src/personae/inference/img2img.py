@@ -177,34 +177,56 @@ def vae_roundtrip(pipe, image: Image.Image, size: tuple[int, int] | None = None)
     return pipe.image_processor.postprocess(pipe.vae.decode(latents).sample, output_type="pil")[0]
 
 
-def kept_by_sampler(session, mask: Image.Image | None, scheduler, soft=None) -> Image.Image | None:
-    """A1111's inpainting where it can run, set on `scheduler`: with an ordinary (4-channel) model and one of A1111's
-    k-diffusion samplers the sampler keeps the picture outside `mask` in every denoised estimate (a1111_latent_mask;
-    with Soft inpainting, `soft`, its blend), and the pipeline needs no mask: None. Otherwise `mask`, for diffusers'
-    inpainting pipelines (their way: the noisy latents blended each step), which serve inpainting models (9
-    channels) and diffusers' samplers; Soft inpainting is refused there."""
+def kept_by_sampler(session, mask: Image.Image | None, scheduler, soft=None, init: Image.Image | None = None
+                    ) -> Image.Image | None:
+    """A1111's inpainting, set on `scheduler` where it can run: with one of A1111's k-diffusion samplers the sampler
+    keeps the picture outside `mask` in every denoised estimate (a1111_latent_mask; with Soft inpainting, `soft`, its
+    blend), for an ordinary model and an inpainting model (9 channels) alike, as A1111's CFG denoiser does. Returns
+    the mask the pipeline still needs: None for an ordinary model (the img2img pipeline draws), `mask` for an
+    inpainting model (diffusers' inpainting pipeline gives it the masked picture; `init`, the picture, is encoded
+    for the sampler, as that pipeline encodes none when it starts from noise alone) and for diffusers' samplers,
+    whose pipeline keeps the picture its own way (the noisy latents blended each step; Soft inpainting refused)."""
     from personae.inference.ksampler import KDiffusionScheduler
 
-    if mask is not None and isinstance(scheduler, KDiffusionScheduler) and session.pipe.unet.config.in_channels == 4:
-        scheduler.inpaint = a1111_latent_mask(mask, session.pipe.vae_scale_factor, rounded=soft is None)
-        scheduler.soft = soft  # A1111's Soft inpainting (inference/soft_inpaint.py): the mask's grey edge kept soft
+    if mask is None or not isinstance(scheduler, KDiffusionScheduler):
+        if soft is not None:  # soft_inpaint.soft_checked refused diffusers' samplers before the model loaded
+            raise UserError("Soft inpainting runs in A1111's own inpainting, with a k-diffusion sampler.",
+                            "Choose a k-diffusion sampler, or leave --soft-inpainting out.")
+        return mask
+    scheduler.inpaint = a1111_latent_mask(mask, session.pipe.vae_scale_factor, rounded=soft is None)
+    scheduler.soft = soft  # A1111's Soft inpainting (inference/soft_inpaint.py): the mask's grey edge kept soft
+    if session.pipe.unet.config.in_channels == 4:
         return None
-    if soft is not None:  # soft_inpaint.soft_checked refused diffusers' samplers before the model loaded
-        raise UserError("Soft inpainting runs in A1111's own inpainting, on an ordinary model; this is an inpainting "
-                        "model (9 input channels), which diffusers' inpainting pipeline draws, keeping the picture "
-                        "its own way.", "Leave --soft-inpainting out, or inpaint with an ordinary model.")
+    if init is not None:
+        scheduler.picture_latents = encoded(session.pipe, init)
     return mask
+
+
+@torch.no_grad()
+def encoded(pipe, image: Image.Image) -> torch.Tensor:
+    """`image`'s latents as the model reads them (the VAE's mean, scaled)."""
+    x = pipe.image_processor.preprocess(image).to(pipe.vae.device, pipe.vae.dtype)
+    return pipe.vae.encode(x).latent_dist.mode() * pipe.vae.config.scaling_factor
 
 
 def denoiser(session, init_image: Image.Image, mask: Image.Image | None, scheduler, soft=None):
     """The diffusers pipeline for this mode, built on the session's own modules (no copy) and `scheduler`: the
-    img2img pipeline, or diffusers' inpainting pipeline where the sampler does not keep the picture itself
-    (kept_by_sampler)."""
+    img2img pipeline, or diffusers' inpainting pipeline where the pipeline still needs the mask (kept_by_sampler).
+    An inpainting model under Soft inpainting gets A1111's soft conditioning: the mask unrounded and the picture
+    faded by it (`mask_kwargs`)."""
     from diffusers import StableDiffusionImg2ImgPipeline, StableDiffusionInpaintPipeline
+    from diffusers.image_processor import VaeImageProcessor
 
-    mask = kept_by_sampler(session, mask, scheduler, soft)
+    mask = kept_by_sampler(session, mask, scheduler, soft, init_image)
     cls = StableDiffusionInpaintPipeline if mask is not None else StableDiffusionImg2ImgPipeline
-    return session.pipeline(cls, scheduler=scheduler)
+    pipe = session.pipeline(cls, scheduler=scheduler)
+    if mask is not None and soft is not None:  # A1111 1.7+: mask_round off reaches the model's conditioning too
+        pipe.mask_processor = VaeImageProcessor(vae_scale_factor=pipe.vae_scale_factor, do_normalize=False,
+                                                do_binarize=False, do_convert_grayscale=True)
+        faded = pipe.image_processor.preprocess(init_image) * (1 - torch.from_numpy(
+            np.asarray(mask.convert("L"), dtype=np.float32) / 255))
+        pipe.soft_masked_image = faded  # the picture with its masked part faded to grey, by the mask's grey
+    return pipe
 
 
 def mask_kwargs(pipe, mask: Image.Image | None, width: int, height: int) -> dict:
@@ -214,7 +236,9 @@ def mask_kwargs(pipe, mask: Image.Image | None, width: int, height: int) -> dict
 
     if mask is None or "mask_image" not in inspect.signature(type(pipe).__call__).parameters:
         return {}
-    return {"mask_image": mask, "height": height, "width": width}
+    faded = getattr(pipe, "soft_masked_image", None)  # Soft inpainting's conditioning (denoiser)
+    return {"mask_image": mask, "height": height, "width": width,
+            **({"masked_image_latents": faded} if faded is not None else {})}
 
 
 def a1111_latent_mask(mask: Image.Image, scale: int, rounded: bool = True) -> tuple[torch.Tensor, torch.Tensor]:

@@ -128,6 +128,8 @@ class KDiffusionScheduler(SchedulerMixin, ConfigMixin):
         # estimate, nmask, sigma) instead, and the result is left unblended, kept as `drawn` for its overlay mask
         self.soft = None
         self.drawn: torch.Tensor | None = None
+        # the encoded picture, for a pipeline that starts from noise alone (an inpainting model at strength 1)
+        self.picture_latents: torch.Tensor | None = None
         # the images' generators, for the churn noise drawn before a step's first call (the pipeline hands them to
         # step() only after it); set by the caller when "Sigma churn" is on
         self.generators: list | None = None
@@ -287,6 +289,8 @@ class KDiffusionScheduler(SchedulerMixin, ConfigMixin):
     def _inpaint_masks(self, x: torch.Tensor):
         if self.inpaint is None:
             return None
+        if self._init_latent is None and self.picture_latents is not None:
+            self._init_latent = self.picture_latents.float().to(x.device).repeat(x.shape[0], 1, 1, 1)
         if self._init_latent is None:
             raise RuntimeError("inpainting needs the encoded picture: the pipeline must start through add_noise")
         return tuple(m.to(x.device, x.dtype) for m in self.inpaint)

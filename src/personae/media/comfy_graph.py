@@ -314,8 +314,9 @@ def _latent(graph: _Graph, sampler_id: str, inputs: dict, values: dict, reading:
                                "cannot read.")
         if noise_mask:
             reading.notes.append(f"{graph.name(latent_id)} with noise_mask: ComfyUI also keeps the unmasked latents at "
-                                 "every model call; personae runs diffusers' inpainting pipeline, which leaves that to "
-                                 "the inpainting model")
+                                 "every model call (its mask not rounded); personae keeps them in the denoised "
+                                 "latents as A1111 does (the mask rounded) with a k-diffusion sampler, and leaves "
+                                 "that to the inpainting model with DDIM, PLMS or UniPC")
     elif kind == "VAEEncodeForInpaint":
         settings.update(mask_settings(graph, latent_id, latent, reading), masked_content="fill")
         grow = graph.value(latent_id, latent, "grow_mask_by", int)
