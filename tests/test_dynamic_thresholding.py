@@ -1,14 +1,16 @@
 """Dynamic Thresholding (CFG Scale Fix, the sd-dynamic-thresholding extension for A1111) in generate."""
 
-import subprocess
-import sys
-
 import numpy as np
 import pytest
 import torch
+from cli_runs import a1111_png, drawn_again, generate, made
 from PIL import Image
 
-from personae.inference.dynamic_thresholding import DynamicThresholding, scheduled, thresholded
+from personae.inference.dynamic_thresholding import (
+    DynamicThresholding,
+    scheduled,
+    thresholded,
+)
 
 
 def _pair(seed=0, shape=(2, 4, 6, 5)):
@@ -153,10 +155,6 @@ def test_generate_thresholds_every_call_of_both_passes(tiny_model, tiny_session,
     assert "Mimic mode" not in out.parameters and "Scheduler value" not in out.parameters
 
 
-def _run(*args):
-    return subprocess.run([sys.executable, "-m", "personae", "generate", *args], capture_output=True, text=True)
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("extra, said", [
     (["--dynamic-thresholding", "--sampler", "DDIM"], "--sampler DDIM is not one"),
@@ -164,9 +162,9 @@ def _run(*args):
     (["--mimic-scale", "4"], "tunes Dynamic Thresholding, which is off"),
     (["--dt-cfg-mode", "Linear Down"], "tunes Dynamic Thresholding, which is off"),
 ])
-def test_generate_refuses_it_where_it_cannot_run(tiny_model, tmp_path, extra, said):
+def test_generate_refuses_it_where_it_cannotgenerate(tiny_model, tmp_path, extra, said):
     out = tmp_path / "out"
-    r = _run("--model", str(tiny_model[0]), "--prompt", "x", "--steps", "2", *extra, "--out", str(out))
+    r = generate("--model", str(tiny_model[0]), "--prompt", "x", "--steps", "2", *extra, "--out", str(out))
     assert r.returncode == 2, r.stderr
     assert said in " ".join(r.stderr.split()) and "Traceback" not in r.stderr  # the paragraph, wrapped
     assert not out.exists()
@@ -175,14 +173,12 @@ def test_generate_refuses_it_where_it_cannot_run(tiny_model, tmp_path, extra, sa
 @pytest.mark.slow
 def test_the_extensions_png_is_read_and_personae_draws_its_own_again(tiny_model, tmp_path):
     from personae.jobs.generate import settings_from_png
-    from personae.media.png import save_png
 
     text = ("a cube\nSteps: 4, Sampler: Euler a, CFG scale: 14, Seed: 2, Size: 64x64, Dynamic thresholding enabled: "
             "True, Mimic scale: 6, Separate Feature Channels: False, Scaling Startpoint: ZERO, Variability Measure: "
             "STD, Interpolate Phi: 0.8, Threshold percentile: 99.5, Mimic mode: Power Up, Mimic scale minimum: 2, "
             "CFG mode: Cosine Down, CFG scale minimum: 3, Scheduler value: 2, Version: v1.10.1")
-    png = tmp_path / "a1111.png"
-    save_png(Image.new("RGB", (64, 64)), png, text)
+    png = a1111_png(tmp_path / "a1111.png", text)
     data = settings_from_png(png)
     assert {k: data[k] for k in ("dynamic_thresholding", "mimic_scale", "dt_separate_feature_channels",
                                  "dt_scaling_startpoint", "dt_variability_measure", "dt_interpolate_phi",
@@ -192,14 +188,10 @@ def test_the_extensions_png_is_read_and_personae_draws_its_own_again(tiny_model,
         "dt_scaling_startpoint": "ZERO", "dt_variability_measure": "STD", "dt_interpolate_phi": 0.8,
         "dt_threshold_percentile": 99.5, "dt_mimic_mode": "Power Up", "dt_mimic_scale_min": 2,
         "dt_cfg_mode": "Cosine Down", "dt_cfg_scale_min": 3, "dt_scheduler_value": 2}
-    r = _run("--from-png", str(png), "--model", str(tiny_model[0]), "--out", str(tmp_path / "out"))
+    r = generate("--from-png", png, "--model", tiny_model[0], "--out", tmp_path / "out")
     assert r.returncode == 0, r.stderr
     assert "Mimic" not in r.stderr  # nothing of the extension's said as not applied
-    [made] = (tmp_path / "out").glob("*.png")
-    written = Image.open(made).text["parameters"]
+    written = Image.open(made(tmp_path / "out")).text["parameters"]
     assert "Mimic mode: Power Up, Mimic scale minimum: 2, CFG mode: Cosine Down, CFG scale minimum: 3, " \
            "Scheduler value: 2" in written
-    r = _run("--from-png", str(made), "--out", str(tmp_path / "again"))
-    assert r.returncode == 0, r.stderr
-    [again] = (tmp_path / "again").glob("*.png")
-    assert np.array_equal(np.asarray(Image.open(made)), np.asarray(Image.open(again)))
+    drawn_again(made(tmp_path / "out"), tmp_path / "again")

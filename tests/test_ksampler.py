@@ -244,6 +244,18 @@ def test_img2img_runs_a1111s_steps_from_a1111s_start(k, tiny_model, tiny_session
     assert (ours - theirs).abs().max().item() <= 2e-5 * theirs.abs().max().item()
 
 
+def _euler_a_img2img(k, denoiser, cfg, init, steps: int, strength: float, seed: int) -> torch.Tensor:
+    """k-diffusion's Euler a as A1111 runs img2img: the last int(strength x steps) + 1 sigmas of the schedule, the
+    picture plus the seed's noise at the first, the step noise from the same generator."""
+    sigmas = denoiser.get_sigmas(steps)
+    schedule = sigmas[steps - int(strength * steps) - 1:]
+    stream = torch.Generator().manual_seed(seed)
+    x = init + torch.randn(SHAPE, generator=stream) * schedule[0]
+    with torch.no_grad():
+        return k.sampling.sample_euler_ancestral(
+            cfg, x, schedule, disable=True, noise_sampler=lambda s, n: torch.randn(SHAPE, generator=stream))
+
+
 @pytest.mark.parametrize("content", ["original", "fill", "latent noise", "latent nothing"])
 def test_inpainting_an_ordinary_model_is_a1111s(k, tiny_model, tiny_session, photo, tmp_path, content):
     """A1111's inpainting with a 4-channel model: the kept part of every denoised estimate is the encoded picture
@@ -284,14 +296,8 @@ def test_inpainting_an_ordinary_model_is_a1111s(k, tiny_model, tiny_session, pho
                                     cond=torch.cat([cond, uncond])).chunk(2)
         return init * mask + nmask * (d_uncond + (d_cond - d_uncond) * settings.cfg)
 
-    sigmas = denoiser.get_sigmas(settings.steps)
-    schedule = sigmas[settings.steps - int(0.75 * settings.steps) - 1:]
-    stream = torch.Generator().manual_seed(settings.seed)
-    x = init + torch.randn(SHAPE, generator=stream) * schedule[0]
+    final = _euler_a_img2img(k, denoiser, cfg, init, settings.steps, 0.75, settings.seed) * nmask + init * mask
     with torch.no_grad():
-        final = k.sampling.sample_euler_ancestral(
-            cfg, x, schedule, disable=True, noise_sampler=lambda s, n: torch.randn(SHAPE, generator=stream))
-        final = final * nmask + init * mask
         theirs = _decoder_input(pipe, lambda: pipe.vae.decode(final / pipe.vae.config.scaling_factor))
     assert 4 < nmask.sum() < 60  # some of the latents redrawn, some kept
     assert (ours - theirs).abs().max().item() <= 2e-5 * theirs.abs().max().item()
@@ -335,13 +341,8 @@ def test_soft_inpainting_is_the_extensions_blend_in_k_diffusions_loop(k, tiny_mo
         denoised = d_uncond + (d_cond - d_uncond) * settings.cfg
         return blend(init, denoised, nmask ** (sigma[0].item() ** 1.0 * 0.5))
 
-    sigmas = denoiser.get_sigmas(settings.steps)
-    schedule = sigmas[settings.steps - int(0.75 * settings.steps) - 1:]
-    stream = torch.Generator().manual_seed(settings.seed)
-    x = init + torch.randn(SHAPE, generator=stream) * schedule[0]
+    final = _euler_a_img2img(k, denoiser, cfg, init, settings.steps, 0.75, settings.seed)  # left unblended
     with torch.no_grad():
-        final = k.sampling.sample_euler_ancestral(
-            cfg, x, schedule, disable=True, noise_sampler=lambda s, n: torch.randn(SHAPE, generator=stream))
         theirs = _decoder_input(pipe, lambda: pipe.vae.decode(final / pipe.vae.config.scaling_factor))
     assert ((nmask > 0) & (nmask < 1)).sum() >= 4  # a grey edge, not rounded
     assert (ours - theirs).abs().max().item() <= 2e-5 * theirs.abs().max().item()

@@ -2,12 +2,11 @@
 from what changed, and `generate --soft-inpainting` end to end on the tiny model."""
 
 import math
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import torch
+from cli_runs import a1111_png, drawn_again, generate, made
 from PIL import Image
 
 from personae.config.generate import GenerateSettings
@@ -235,10 +234,6 @@ def test_only_masked_soft_inpainting_keeps_the_picture_outside_the_region(tmp_pa
     assert np.abs(result[24:32, 64:72] - original[24:32, 64:72]).mean() > 5  # the mask's middle is drawn
 
 
-def _run(*args):
-    return subprocess.run([sys.executable, "-m", "personae", *args], capture_output=True, text=True)
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("extra, said", [
     (["--soft-inpainting"], "no --mask is given"),
@@ -248,8 +243,8 @@ def _run(*args):
 def test_generate_refuses_soft_inpainting_where_it_cannot_run(photo_and_mask, tiny_model, tmp_path, extra, said):
     args = [a.format(mask=photo_and_mask / "mask.png", init=photo_and_mask / "init.png") for a in extra]
     out = tmp_path / "out"
-    r = _run("generate", "--model", str(tiny_model[0]), "--prompt", "x", "--steps", "2", "--init-image",
-             str(photo_and_mask / "init.png"), *args, "--out", str(out))
+    r = generate("--model", tiny_model[0], "--prompt", "x", "--steps", "2", "--init-image",
+                 photo_and_mask / "init.png", *args, "--out", out)
     assert r.returncode == 2, r.stderr
     assert said in r.stderr and "Traceback" not in r.stderr
     assert not out.exists()
@@ -258,15 +253,13 @@ def test_generate_refuses_soft_inpainting_where_it_cannot_run(photo_and_mask, ti
 @pytest.mark.slow
 def test_an_a1111_png_with_soft_inpainting_is_read_back(photo_and_mask, tiny_model, tiny_session, tmp_path):
     from personae.jobs.generate import png_not_applied, settings_from_png
-    from personae.media.png import save_png
 
     text = ("a star\nNegative prompt: blurry\nSteps: 6, Sampler: Euler a, CFG scale: 7, Seed: 3, Size: 64x64, "
             "Denoising strength: 0.9, Mask blur: 8, Soft inpainting enabled: True, Soft inpainting schedule bias: 1.5, "
             "Soft inpainting preservation strength: 2.15, Soft inpainting transition contrast boost: 11, "
             "Soft inpainting mask influence: 0.75, Soft inpainting difference threshold: 3.25, "
             "Soft inpainting difference contrast: 1.75, Version: v1.10.1")
-    png = tmp_path / "a1111.png"
-    save_png(Image.new("RGB", (64, 64)), png, text)
+    png = a1111_png(tmp_path / "a1111.png", text)
     data = settings_from_png(png)
     assert data["soft_inpainting"] is True
     assert (data["soft_schedule_bias"], data["soft_preservation"], data["soft_contrast_boost"],
@@ -279,8 +272,7 @@ def test_an_a1111_png_with_soft_inpainting_is_read_back(photo_and_mask, tiny_mod
                                                             if k.startswith("soft")})
     assert not [m for m in png_not_applied(png, with_mask) if "Soft" in m]
     # without --mask the PNG's soft inpainting (and its six settings) wait for one: drawn without it, and said
-    r = _run("generate", "--from-png", str(png), "--model", str(tiny_model[0]), "--steps", "2",
-             "--out", str(tmp_path / "out"))
+    r = generate("--from-png", png, "--model", tiny_model[0], "--steps", "2", "--out", tmp_path / "out")
     assert r.returncode == 0, r.stderr
     assert 'Soft inpainting enabled "True" (no --mask)' in r.stderr
 
@@ -290,18 +282,14 @@ def test_generate_writes_soft_inpainting_and_from_png_draws_it_again(photo_and_m
     """The flags reach the run and its PNG; --from-png of that PNG (settings read whole) draws the same pixels."""
     first, again = tmp_path / "first", tmp_path / "again"
     common = ["--model", str(tiny_model[0]), "--steps", "4"]
-    r = _run("generate", *common, "--prompt", "a star", "--seed", "5", "--init-image", str(photo_and_mask / "init.png"),
-             "--mask", str(photo_and_mask / "mask.png"), "--mask-blur", "8", "--sampler", "Euler",
-             "--soft-inpainting", "--soft-preservation", "2", "--soft-difference-threshold", "1.5", "--out", str(first))
+    r = generate(*common, "--prompt", "a star", "--seed", "5", "--init-image", photo_and_mask / "init.png",
+                 "--mask", photo_and_mask / "mask.png", "--mask-blur", "8", "--sampler", "Euler",
+                 "--soft-inpainting", "--soft-preservation", "2", "--soft-difference-threshold", "1.5", "--out", first)
     assert r.returncode == 0, r.stderr
-    [png] = sorted(first.glob("*.png"))
-    text = Image.open(png).text["parameters"]
+    text = Image.open(made(first)).text["parameters"]
     assert "Soft inpainting enabled: True" in text and "Soft inpainting preservation strength: 2," in text
     assert "Soft inpainting difference threshold: 1.5" in text
-    r = _run("generate", "--from-png", str(png), "--out", str(again))
-    assert r.returncode == 0, r.stderr
-    [redrawn] = sorted(again.glob("*.png"))
-    assert np.array_equal(np.asarray(Image.open(png)), np.asarray(Image.open(redrawn)))
+    drawn_again(made(first), again)
 
 
 @pytest.mark.slow

@@ -1,11 +1,9 @@
 """A1111's "Tiling": circular padding in every convolution of the UNet and the VAE, so pictures wrap around."""
 
-import subprocess
-import sys
-
 import numpy as np
 import pytest
 import torch
+from cli_runs import drawn_again, generate, made
 from PIL import Image
 
 from personae.inference.tiling import tiling_applied
@@ -76,14 +74,8 @@ def test_generate_tiling_reaches_every_pass_and_the_png(tiny_model, tiny_session
     assert np.abs(np.asarray(tiled.image, dtype=np.int16) - np.asarray(plain.image, dtype=np.int16)).max() > 10
     assert all(m.padding_mode == "zeros" for m in _convs(tiny_session.pipe.unet))
     # the CLI: the flag, the PNG, and --from-png drawing the same pixels
-    out, again = tmp_path / "out", tmp_path / "again"
-    run = [sys.executable, "-m", "personae", "generate"]
-    r = subprocess.run(run + ["--model", str(tiny_model[0]), "--prompt", "a tiled floor", "--steps", "3", "--seed", "4",
-                              "--tiling", "--out", str(out)], capture_output=True, text=True)
+    r = generate("--model", tiny_model[0], "--prompt", "a tiled floor", "--steps", "3", "--seed", "4", "--tiling",
+                 "--out", tmp_path / "out")
     assert r.returncode == 0, r.stderr
-    [png] = out.glob("*.png")
-    assert "Tiling: True" in Image.open(png).text["parameters"]
-    r = subprocess.run(run + ["--from-png", str(png), "--out", str(again)], capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr
-    [redrawn] = again.glob("*.png")
-    assert np.array_equal(np.asarray(Image.open(png)), np.asarray(Image.open(redrawn)))
+    assert "Tiling: True" in Image.open(made(tmp_path / "out")).text["parameters"]
+    drawn_again(made(tmp_path / "out"), tmp_path / "again")

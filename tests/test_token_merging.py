@@ -1,11 +1,9 @@
 """A1111's "Token merging ratio" (ToMe through tomesd, applied with A1111's arguments) in generate."""
 
-import subprocess
-import sys
-
 import numpy as np
 import pytest
 import torch
+from cli_runs import drawn_again, generate, made
 from PIL import Image
 
 from personae.inference.token_merging import token_merged
@@ -85,18 +83,11 @@ def test_generate_merges_tokens_in_each_pass_at_its_ratio_and_writes_a1111s_keys
 
 @pytest.mark.slow
 def test_the_cli_takes_token_merging_and_from_png_draws_it_again(tiny_model, tmp_path):
-    out, again = tmp_path / "out", tmp_path / "again"
-    run = [sys.executable, "-m", "personae", "generate"]
-    r = subprocess.run(run + ["--model", str(tiny_model[0]), "--prompt", "a red cube", "--steps", "3", "--seed", "2",
-                              "--token-merging", "0.3", "--out", str(out)], capture_output=True, text=True)
+    r = generate("--model", tiny_model[0], "--prompt", "a red cube", "--steps", "3", "--seed", "2",
+                 "--token-merging", "0.3", "--out", tmp_path / "out")
     assert r.returncode == 0, r.stderr
-    [png] = out.glob("*.png")
-    assert "Token merging ratio: 0.3" in Image.open(png).text["parameters"]
-    r = subprocess.run(run + ["--from-png", str(png), "--out", str(again)], capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr
-    [redrawn] = again.glob("*.png")
-    assert np.array_equal(np.asarray(Image.open(png)), np.asarray(Image.open(redrawn)))
-    r = subprocess.run(run + ["--model", str(tiny_model[0]), "--prompt", "x", "--hires-token-merging", "0.3",
-                              "--out", str(tmp_path / "no")], capture_output=True, text=True)
+    assert "Token merging ratio: 0.3" in Image.open(made(tmp_path / "out")).text["parameters"]
+    drawn_again(made(tmp_path / "out"), tmp_path / "again")
+    r = generate("--model", tiny_model[0], "--prompt", "x", "--hires-token-merging", "0.3", "--out", tmp_path / "no")
     assert r.returncode == 2 and "hires_token_merging" in r.stderr and "Traceback" not in r.stderr
     assert not (tmp_path / "no").exists()

@@ -293,27 +293,37 @@ def test_a_controlnet_unit_with_its_model_and_options_runs_from_the_generate_tab
     page.close()
 
 
+def _inpaint_only_dropped(browser, server, workspace, tmp_path, net_name: str, seed: int, prompt: str, box):
+    """personae's PNG of an inpaint_only unit (a tiny ControlNet `net_name` in the workspace, a random photo, its
+    mask white in `box`) dropped on the page, the ControlNet accordion open and holding the unit's ControlNet; the
+    page, the photo and the mask."""
+    from personae.config.generate import GenerateSettings
+    from personae.jobs.generate import run_generate
+    from personae.models.controlnet import write_tiny_controlnet
+
+    net = write_tiny_controlnet(workspace / "models" / net_name, base=workspace / "models" / "tiny", seed=0)
+    photo, mask = tmp_path / "photo.png", tmp_path / "mask.png"
+    Image.fromarray((np.random.default_rng(seed).random((64, 64, 3)) * 255).astype(np.uint8)).save(photo)
+    white = Image.new("L", (64, 64), 0)
+    white.paste(255, box)
+    white.save(mask)
+    unit = {"type": "inpaint_only", "image": str(photo), "mask": str(mask), "model": str(net)}
+    [png] = run_generate(GenerateSettings(model=str(workspace / "models" / "tiny"), prompt=prompt, steps=3, width=64,
+                                          height=64, seed=2, controls=[unit]), tmp_path / "made")
+    page = _dropped(browser, server[1], png, prompt)
+    page.get_by_text("ControlNet", exact=True).first.click()
+    assert page.locator("#field-controlnet input").first.input_value() == f"models/{net_name}"
+    return page, photo, mask
+
+
 def test_an_inpaint_only_unit_with_its_control_mask_keeps_its_picture_outside_the_mask(server, browser, workspace,
                                                                                        tmp_path):
     """personae's PNG of an inpaint_only unit dropped (the accordion takes its type and ControlNet), its picture on
     "Control image" and its mask on "Control mask": txt2img keeps the picture's unmasked part pixel for pixel."""
-    from personae.config.generate import GenerateSettings
-    from personae.jobs.generate import run_generate
     from personae.media.png import read_png_text
-    from personae.models.controlnet import write_tiny_controlnet
 
-    net = write_tiny_controlnet(workspace / "models" / "inpaint-cn", base=workspace / "models" / "tiny", seed=0)
-    photo, mask = tmp_path / "photo.png", tmp_path / "mask.png"
-    Image.fromarray((np.random.default_rng(4).random((64, 64, 3)) * 255).astype(np.uint8)).save(photo)
-    left = Image.new("L", (64, 64), 0)
-    left.paste(255, (0, 0, 32, 64))
-    left.save(mask)
-    unit = {"type": "inpaint_only", "image": str(photo), "mask": str(mask), "model": str(net)}
-    [png] = run_generate(GenerateSettings(model=str(workspace / "models" / "tiny"), prompt="a cat beside the photo",
-                                          steps=3, width=64, height=64, seed=2, controls=[unit]), tmp_path / "made")
-    page = _dropped(browser, server[1], png, "a cat beside the photo")
-    page.get_by_text("ControlNet", exact=True).first.click()
-    assert page.locator("#field-controlnet input").first.input_value() == "models/inpaint-cn"
+    page, photo, mask = _inpaint_only_dropped(browser, server, workspace, tmp_path, "inpaint-cn", 4,
+                                              "a cat beside the photo", (0, 0, 32, 64))
     page.locator("#field-control-image input[type=file]").set_input_files(str(photo))
     page.locator("#field-control-mask input[type=file]").set_input_files(str(mask))
     page.wait_for_selector("#field-control-image img", timeout=30_000)
@@ -344,21 +354,10 @@ def test_a_mask_painted_on_an_inpaint_units_picture_keeps_the_rest_of_it(server,
     """A1111's ControlNet unit with a mask painted on its picture: personae's PNG of an inpaint_only unit dropped,
     the unit's picture dropped on "Paint the control mask", a stroke down its left part, Generate: the picture made
     keeps the unit's picture right of the stroke pixel for pixel and redraws what was painted."""
-    from personae.config.generate import GenerateSettings
-    from personae.jobs.generate import run_generate
     from personae.media.png import read_png_text
-    from personae.models.controlnet import write_tiny_controlnet
 
-    net = write_tiny_controlnet(workspace / "models" / "paint-cn", base=workspace / "models" / "tiny", seed=0)
-    photo, mask = tmp_path / "photo.png", tmp_path / "mask.png"
-    Image.fromarray((np.random.default_rng(5).random((64, 64, 3)) * 255).astype(np.uint8)).save(photo)
-    Image.new("L", (64, 64), 255).save(mask)
-    unit = {"type": "inpaint_only", "image": str(photo), "mask": str(mask), "model": str(net)}
-    [png] = run_generate(GenerateSettings(model=str(workspace / "models" / "tiny"), prompt="a cat painted in",
-                                          steps=3, width=64, height=64, seed=2, controls=[unit]), tmp_path / "made")
-    page = _dropped(browser, server[1], png, "a cat painted in")
-    page.get_by_text("ControlNet", exact=True).first.click()
-    assert page.locator("#field-controlnet input").first.input_value() == "models/paint-cn"
+    page, photo, _ = _inpaint_only_dropped(browser, server, workspace, tmp_path, "paint-cn", 5, "a cat painted in",
+                                           (0, 0, 64, 64))
     page.locator("#field-control-paint canvas").first.wait_for(state="visible", timeout=30_000)
     page.wait_for_timeout(1000)
     page.locator("#field-control-paint input[type=file]").set_input_files(str(photo))
