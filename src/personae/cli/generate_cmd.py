@@ -17,6 +17,10 @@ EXAMPLES = """examples:
       --out out/
   personae generate --model ./tiny --prompt "a watercolor" --init-image photo.png --strength 0.6 --out out/
   personae generate --model ./tiny --prompt "a red hat" --init-image photo.png --mask hat_mask.png --out out/
+  personae generate --model ./tiny --prompt "a red hat" --init-image photo.png --mask hat_mask.png --mask-blur 16 \\
+      --soft-inpainting --out out/
+  personae generate --model ./tiny --prompt "seamless stone wall texture" --tiling --cfg 14 \\
+      --dynamic-thresholding --mimic-scale 7 --token-merging 0.3 --out out/
   personae generate --model stable-diffusion-v1-5/stable-diffusion-v1-5 --prompt "a dancer on a stage" \\
       --control pose:me.jpg --control canny:me.jpg:0.5 --control-option canny.low=50 --control-end 0.8 --out out/
   personae generate --model ./tiny --prompt "a cat" --control face:me.jpg --controlnet face=./tiny-controlnet --out out/
