@@ -163,14 +163,14 @@ def thresholded(unet, scheduler, dt: DynamicThresholding | None, cfg: float, ima
     if dt is None:
         yield
         return
-    from personae.inference.skip_uncond import _planned_calls
+    from personae.inference.skip_uncond import planned_calls
 
     state = {"call": 0, "calls": None}
     signature = inspect.signature(unet.forward)
 
     def after(module, args, kwargs, output):
         if state["calls"] is None:
-            state["calls"] = _planned_calls(scheduler)
+            state["calls"] = planned_calls(scheduler)
         frac = state["call"] / (state["calls"] - 1) if state["calls"] > 1 else 0.0
         state["call"] += 1
         predicted = output[0] if isinstance(output, tuple) else output.sample

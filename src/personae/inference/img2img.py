@@ -169,8 +169,7 @@ def noised_start(scheduler, content: str = "original", latent_mask: tuple[torch.
 def vae_roundtrip(pipe, image: Image.Image, size: tuple[int, int] | None = None) -> Image.Image:
     """What strength 0 gives: the image encoded and decoded by the model's VAE (its latents stretched to `size`
     first: the latent resize mode)."""
-    x = pipe.image_processor.preprocess(image).to(pipe.vae.device, pipe.vae.dtype)
-    latents = pipe.vae.encode(x).latent_dist.mode()
+    latents = mean_latents(pipe, image)
     cell = pipe.vae_scale_factor
     if size and latents.shape[-2:] != (size[1] // cell, size[0] // cell):
         latents = F.interpolate(latents, size=(size[1] // cell, size[0] // cell), mode="bilinear")
@@ -203,10 +202,15 @@ def kept_by_sampler(session, mask: Image.Image | None, scheduler, soft=None, ini
 
 
 @torch.no_grad()
+def mean_latents(pipe, image: Image.Image) -> torch.Tensor:
+    """The VAE's mean for `image` (unscaled, as the VAE decodes it)."""
+    x = pipe.image_processor.preprocess(image).to(pipe.vae.device, pipe.vae.dtype)
+    return pipe.vae.encode(x).latent_dist.mode()
+
+
 def encoded(pipe, image: Image.Image) -> torch.Tensor:
     """`image`'s latents as the model reads them (the VAE's mean, scaled)."""
-    x = pipe.image_processor.preprocess(image).to(pipe.vae.device, pipe.vae.dtype)
-    return pipe.vae.encode(x).latent_dist.mode() * pipe.vae.config.scaling_factor
+    return mean_latents(pipe, image) * pipe.vae.config.scaling_factor
 
 
 def denoiser(session, init_image: Image.Image, mask: Image.Image | None, scheduler, soft=None):

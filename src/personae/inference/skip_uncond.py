@@ -23,7 +23,7 @@ from contextlib import ExitStack, contextmanager
 from personae.inference.cond_lengths import _rows, forward_replaced
 
 
-def _planned_calls(scheduler) -> int:
+def planned_calls(scheduler) -> int:
     """The model calls of the pass as A1111 counts them (total_steps): the steps it runs, twice for a second-order
     sampler."""
     from personae.inference.ksampler import KDiffusionScheduler
@@ -57,7 +57,7 @@ def skipping_uncond(unet, scheduler, settings, images: int, controlnets: Sequenc
         """Whether the next UNet call (and the ControlNet calls before it) leaves the negative prompt out."""
         call = state["call"]
         if state["calls"] is None:
-            state["calls"] = max(_planned_calls(scheduler), 1)
+            state["calls"] = max(planned_calls(scheduler), 1)
         return bool((early and call / state["calls"] <= early) or
                     ((call % 2 or every) and ngms > 0 and _sigma(scheduler, timestep) < ngms))
 
