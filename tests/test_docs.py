@@ -3,10 +3,10 @@
 Each document runs in a sandbox that looks like a user's machine: the project folder with `.venv/bin/personae`,
 `personae` on PATH, a HOME holding the files the text says the user has (photos, a downloaded checkpoint, a
 LoRA, an embedding, storyboard frames), and a Hugging Face cache (HF_HUB_OFFLINE=1) in which the hub ids the
-documents name hold the tiny model, a tiny ControlNet or a tiny motion adapter. Then every command block of
-the document runs in order in one bash script (`set -e`), so a block that depends on an earlier one gets its
-files, and a block that fails names itself. A ```yaml title="job.yaml"``` block is a file the text tells the
-user to write: it is written before the commands run.
+documents name hold the tiny model, a tiny ControlNet, a tiny motion adapter or tiny IP-Adapters. Then every
+command block of the document runs in order in one bash script (`set -e`), so a block that depends on an earlier
+one gets its files, and a block that fails names itself. A ```yaml title="job.yaml"``` block is a file the text
+tells the user to write: it is written before the commands run.
 
 What is not run as written is listed below with the reason, and each entry must still match its document.
 """
@@ -250,6 +250,7 @@ def machine(tmp_path_factory, tiny_model):
 
     from personae.data.samples import write_shot_frames
     from personae.models.controlnet import write_tiny_controlnet
+    from personae.models.ip_adapter import write_tiny_ip_adapter
     from personae.models.tiny import build_tiny_pipeline
     from personae.models.tiny_motion import write_tiny_motion_adapter
 
@@ -263,6 +264,8 @@ def machine(tmp_path_factory, tiny_model):
     for repo_id in HUB_MOTION:
         write_tiny_motion_adapter(root / "motion")
         hub_cache_put(cache, repo_id, root / "motion")
+    write_tiny_ip_adapter(root / "ip-adapter", base=tiny_model[0])  # h94/IP-Adapter's models/ folder
+    hub_cache_put(cache, "h94/IP-Adapter/models", root / "ip-adapter")
     # compare's learned metrics, which a user with network gets on first use
     hub_cache_put(cache, "openai/clip-vit-base-patch32", write_tiny_clip(root / "clip"))
     hub_cache_put(cache, "facebook/dino-vits16", write_tiny_dino(root / "dino"))

@@ -579,3 +579,39 @@ def test_a_pasted_job_is_read_as_a_job_file_and_kept_in_the_workspace(tmp_path):
                      (job.replace("uploads/me", "/etc"), "absolute")]:
         with pytest.raises(UserError, match=why):
             job_data(ctx, {}, "", "lora", "", "", "", "", bad)
+
+
+def test_the_ip_adapter_accordion_reaches_the_unit_and_a_pngs_unit_fills_it(tmp_path):
+    """The accordion's picture is copied into the workspace and its fields become the run's IP-Adapter unit (files
+    in the workspace or hub paths); no picture, no unit; a dropped A1111 PNG's IP-Adapter unit fills the fields."""
+    from types import SimpleNamespace
+
+    from personae.config.base import parse_settings
+    from personae.config.generate import GenerateSettings
+    from personae.media.png import save_png
+    from personae.web.ip_adapter_panel import adapter_files, ip_unit, png_updates
+
+    ws = Workspace(tmp_path / "work")
+    (ws.root / "models" / "ipadapter").mkdir(parents=True)
+    (ws.root / "models" / "ipadapter" / "ip-adapter-plus_sd15.safetensors").write_bytes(b"x")
+    photo = tmp_path / "face.png"
+    Image.new("RGB", (64, 48), "white").save(photo)
+    ctx = SimpleNamespace(workspace=ws)
+    assert adapter_files(ws) == ["models/ipadapter/ip-adapter-plus_sd15.safetensors"]
+    assert ip_unit(ctx, None, 1.0, "", "", 0.0, 1.0) == []
+    units = ip_unit(ctx, str(photo), 0.6, "models/ipadapter/ip-adapter-plus_sd15.safetensors",
+                    "h94/IP-Adapter/models/image_encoder", 0.1, 0.8)
+    data = {"model": "m", "prompt": "p", "ip_adapters": units}
+    ref = parse_settings(GenerateSettings, data, "the form").ip_adapters[0]
+    assert (ref.weight, ref.guidance_start, ref.guidance_end, ref.image_encoder) == (
+        0.6, 0.1, 0.8, "h94/IP-Adapter/models/image_encoder")
+    assert ref.model == str(ws.root / "models" / "ipadapter" / "ip-adapter-plus_sd15.safetensors")
+    assert Path(ref.image).is_relative_to(ws.root / "uploads") and Path(ref.image).read_bytes() == photo.read_bytes()
+    with pytest.raises(UserError, match="neither in the workspace nor a hub id"):
+        ip_unit(ctx, str(photo), 1.0, "./nope.safetensors", "", 0.0, 1.0)
+    save_png(Image.new("RGB", (64, 64)), tmp_path / "a1111.png", (
+        'a cat\nSteps: 3, Seed: 2, Size: 64x64, ControlNet 0: "Module: ip-adapter_clip_sd15, Model: '
+        'ip-adapter-plus_sd15 [0a36c98f], Weight: 0.6, Guidance Start: 0.1, Guidance End: 0.8"'))
+    weight, model, encoder, start, end = png_updates(ws, tmp_path / "a1111.png", {})
+    assert (weight, model, start, end) == (0.6, "h94/IP-Adapter/models/ip-adapter-plus_sd15.safetensors", 0.1, 0.8)
+    assert not isinstance(encoder, str)  # the PNG names no encoder: the field is left as it is (a Gradio skip)

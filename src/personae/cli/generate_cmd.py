@@ -24,6 +24,11 @@ EXAMPLES = """examples:
   personae generate --model stable-diffusion-v1-5/stable-diffusion-v1-5 --prompt "a dancer on a stage" \\
       --control pose:me.jpg --control canny:me.jpg:0.5 --control-option canny.low=50 --control-end 0.8 --out out/
   personae generate --model ./tiny --prompt "a cat" --control face:me.jpg --controlnet face=./tiny-controlnet --out out/
+  personae generate --model stable-diffusion-v1-5/stable-diffusion-v1-5 --prompt "a woman in a garden" \\
+      --ip-adapter me.jpg:0.6 --ip-adapter-model h94/IP-Adapter/models/ip-adapter-plus-face_sd15.safetensors --out out/
+  personae generate --model ./tiny --prompt "a cat" --ip-adapter me.jpg:0.8 --ip-adapter-end 0.7 \\
+      --ip-adapter-model ./tiny-ip-adapter/ip-adapter_sd15.safetensors \\
+      --image-encoder ./tiny-ip-adapter/image_encoder --out out/
   personae generate --model stable-diffusion-v1-5/stable-diffusion-v1-5 --recipe face-to-animal --init-image me.jpg \\
       --animal dog --seed 1 --out out/
 
@@ -84,6 +89,40 @@ def add_control_choices(p, hires: bool = True) -> None:
                         "ComfyUI's start / end percent")
 
 
+def add_ip_adapter_choices(p) -> None:
+    """Options for every --ip-adapter unit (a YAML file or a PNG sets them unit by unit)."""
+    p.add_argument("--ip-adapter-model", metavar="FILE", help="the IP-Adapter of every unit: a .safetensors file "
+                                                              "(ip-adapter_sd15, -plus, -plus-face, -full-face) or a "
+                                                              "hub file; default: h94/IP-Adapter/models/"
+                                                              "ip-adapter_sd15.safetensors")
+    p.add_argument("--image-encoder", metavar="PATH_OR_ID", help="the CLIP image encoder of every unit: a folder, one "
+                                                                 ".safetensors file or a hub folder; default: "
+                                                                 "h94/IP-Adapter/models/image_encoder")
+    p.add_argument("--ip-adapter-start", type=float, metavar="FRACTION",
+                   help='"Guidance Start" of every unit: the share of the steps before the picture acts')
+    p.add_argument("--ip-adapter-end", type=float, metavar="FRACTION",
+                   help='"Guidance End" of every unit: the share of the steps after which it stops')
+
+
+def apply_ip_adapter_choices(data: dict, args) -> None:
+    """--ip-adapter-model, --image-encoder, --ip-adapter-start / -end onto every --ip-adapter unit."""
+    from personae.config.ip_adapter import IpAdapterRef
+    from personae.errors import UserError
+
+    every = {key: getattr(args, flag, None) for key, flag in (
+        ("model", "ip_adapter_model"), ("image_encoder", "image_encoder"), ("guidance_start", "ip_adapter_start"),
+        ("guidance_end", "ip_adapter_end"))}
+    every = {key: value for key, value in every.items() if value is not None}
+    units = [IpAdapterRef.from_cli(u) if isinstance(u, str) else dict(u) for u in data.get("ip_adapters") or []]
+    if every and not units:
+        flags = {"model": "--ip-adapter-model", "image_encoder": "--image-encoder",
+                 "guidance_start": "--ip-adapter-start", "guidance_end": "--ip-adapter-end"}
+        raise UserError(f"{', '.join(flags[key] for key in every)} set{'s' * (len(every) == 1)} the --ip-adapter "
+                        "units; no --ip-adapter is given.", "Add --ip-adapter PICTURE, or leave it out.")
+    if units:
+        data["ip_adapters"] = [{**unit, **every} for unit in units]
+
+
 def add_parser(sub) -> None:
     from personae.cli.options import add_settings_options
     from personae.config.generate import GenerateSettings
@@ -98,6 +137,7 @@ def add_parser(sub) -> None:
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     sections = add_settings_options(p, GenerateSettings)
     add_control_choices(sections["ControlNet"])
+    add_ip_adapter_choices(sections["IP-Adapter"])
     p.add_argument("--recipe", metavar="NAME", help="start from a recipe's settings (face-to-animal: needs --init-image "
                                                     "PHOTO); other options override")
     p.add_argument("--animal", help="face-to-animal: the animal to draw (default dog)")
@@ -109,22 +149,26 @@ def add_parser(sub) -> None:
     p.set_defaults(run=run)
 
 
-def settings_from_args(args, base: dict | None = None, png_units: list[dict] = ()):
+def settings_from_args(args, base: dict | None = None, png_units: list[dict] = (), png_ip: list[dict] = ()):
     """Merge the options given over `base` (a PNG's or a recipe's settings) and validate them as GenerateSettings;
     an A1111 PNG's ControlNet units (`png_units`, without their pictures), or the units `base` holds whole (personae's
-    own PNG), under the --control units given: a unit's stored settings stay unless typed."""
+    own PNG), under the --control units given: a unit's stored settings stay unless typed; the PNG's IP-Adapter
+    units (`png_ip`) under the --ip-adapter pictures the same way."""
     from personae.cli.options import missing_required, settings_values
     from personae.config.base import parse_settings
     from personae.config.generate import GenerateSettings
     from personae.errors import UserError
-    from personae.jobs.png_controls import with_png_units
+    from personae.jobs.png_controls import with_png_ip_units, with_png_units
 
     given = settings_values(args, GenerateSettings)
     data = {**(base or {}), **given}
     stored_units = list(png_units) or list((base or {}).get("controls") or [])
     if stored_units and given.get("controls"):
         data["controls"] = with_png_units(stored_units, [dict(c) for c in given["controls"]])
+    if png_ip and given.get("ip_adapters"):
+        data["ip_adapters"] = with_png_ip_units(list(png_ip), [dict(u) for u in given["ip_adapters"]])
     apply_control_choices(data, *control_choices(args))
+    apply_ip_adapter_choices(data, args)
     flag = missing_required(GenerateSettings, data)
     if flag:
         hint = " (the PNG names only the model's name)" if flag == "--model" and base else ""
@@ -216,19 +260,20 @@ def run(args) -> int:
     from personae.cli.progress import TerminalProgress
     from personae.events import Message
     from personae.inference.sampler_names import check_sampler_names
-    from personae.jobs.png_controls import png_control_units
+    from personae.jobs.png_controls import png_control_units, png_ip_units
 
-    stored, units = None, []
+    stored, units, ip_units = None, [], []
     if args.from_png:
         from personae.jobs.generate import settings_from_png
 
         stored = settings_from_png(args.from_png)
         units = png_control_units(args.from_png)  # an A1111 PNG's ControlNet units
+        ip_units = png_ip_units(args.from_png)  # and its IP-Adapter units
     base = stored
     progress = TerminalProgress(quiet=args.quiet)
     if args.recipe:
         base = run_recipe(args, base, progress)
-    settings = settings_from_args(args, base, units)
+    settings = settings_from_args(args, base, units, ip_units)
     check_sampler_names(settings.sampler, settings.hires_sampler)  # a sampler's name, as a wrong option, at once
     from personae.models.resolve import model_hash, resolve_model  # (torch: seconds)
 
@@ -245,6 +290,8 @@ def run(args) -> int:
         settings = png_without_mask(png_upscaler(settings, stored), stored)  # its inpainting only with --mask
         if units:  # the ControlNets the PNG's units name are what a file makes us read (png_references)
             stored = {**stored, "controls": [u for u in units if "model" in u]}
+        if ip_units:  # and the IP-Adapters its IP-Adapter units name
+            stored = {**stored, "ip_adapters": [u for u in ip_units if "model" in u]}
     images = settings.batch_size * settings.batch_count
     confirm_big_job("This generation", images, estimate_seconds(
         settings.model, images, settings.steps, settings.width, settings.height, settings.cfg, settings.device,

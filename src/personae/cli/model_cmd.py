@@ -1,5 +1,5 @@
-"""`personae model tiny|tiny-motion|tiny-controlnet|world|world-controlnet|world-zero-snr|world-motion DIR`: the tiny
-test models, or the pretrained shapes-world model, its ControlNet, its zero-terminal-SNR fine-tune and the motion
+"""`personae model tiny|tiny-motion|tiny-controlnet|tiny-ip-adapter|world|world-controlnet|world-zero-snr|world-motion
+DIR`: the tiny test models, or the pretrained shapes-world model, its ControlNet, its zero-terminal-SNR fine-tune and the motion
 adapter trained on that."""
 
 from __future__ import annotations
@@ -16,6 +16,12 @@ MOTION_EXAMPLES = """examples:
   personae model tiny-motion ./tiny-motion
   personae model tiny-motion ./tiny-motion --single-file ./tiny-motion.safetensors
   personae animate --model ./tiny --motion-adapter ./tiny-motion --prompt "a cat" --out clip.gif
+"""
+IP_ADAPTER_EXAMPLES = """examples:
+  personae model tiny ./tiny && personae model tiny-ip-adapter ./tiny-ip-adapter --base ./tiny
+  personae generate --model ./tiny --prompt "a cat" --ip-adapter photo.png:0.7 \\
+      --ip-adapter-model ./tiny-ip-adapter/ip-adapter-plus_sd15.safetensors \\
+      --image-encoder ./tiny-ip-adapter/image_encoder
 """
 WORLD_EXAMPLES = """examples:
   personae model world ./world
@@ -74,6 +80,16 @@ def add_parser(sub) -> None:
                          help="also write it as one file in the original ControlNet layout (as A1111 users have them)")
     _overwrite(control)
     control.set_defaults(run=run_tiny_controlnet)
+    ip = kinds.add_parser("tiny-ip-adapter", help="tiny IP-Adapters (plain, plus, full-face) and their image encoder",
+                          epilog=IP_ADAPTER_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
+                          description="Write a folder laid out as h94/IP-Adapter's models/: a tiny plain, plus and "
+                                      "full-face IP-Adapter for the tiny model (random seeded weights, in the files' "
+                                      "own layout) and the tiny CLIP image encoder they read (image_encoder/).")
+    ip.add_argument("out_dir", metavar="DIR", help="folder to write")
+    ip.add_argument("--base", metavar="TINY_MODEL_DIR", help="the tiny model whose UNet they fit (default: seed 0)")
+    ip.add_argument("--seed", type=int, default=0, help="weight seed (default 0)")
+    _overwrite(ip)
+    ip.set_defaults(run=run_tiny_ip_adapter)
     _shipped(kinds, "world", "the small shapes-world model, pretrained (32x32)", WORLD_EXAMPLES, run_world,
              "Write the shapes-world model that ships with personae (SD-1.5 architecture, pretrained by `personae "
              "world pretrain`) as a diffusers folder.")
@@ -142,6 +158,14 @@ def run_tiny_controlnet(args) -> int:
     out = _checked_out(args)
     write_tiny_controlnet(out, base=args.base, seed=args.seed, single_file=args.single_file, overwrite=args.overwrite)
     return _wrote("tiny ControlNet", out, args.single_file)
+
+
+def run_tiny_ip_adapter(args) -> int:
+    from personae.models.ip_adapter import write_tiny_ip_adapter
+
+    out = _checked_out(args)
+    write_tiny_ip_adapter(out, base=args.base, seed=args.seed, overwrite=args.overwrite)
+    return _wrote("tiny IP-Adapters", out, None)
 
 
 def run_tiny_motion(args) -> int:

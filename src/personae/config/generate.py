@@ -9,6 +9,7 @@ from __future__ import annotations
 from personae.config.addons import ControlRef, EmbeddingRef, LoraRef
 from personae.config.detailer import DetailerSettings
 from personae.config.fields import setting
+from personae.config.ip_adapter import IpAdapterSettings
 from personae.config.sampling import (
     AddonSettings,
     BatchSettings,
@@ -33,7 +34,7 @@ __all__ = ["GenerateSettings", "LoraRef", "EmbeddingRef", "ControlRef"]
 class GenerateSettings(SourceSettings, PromptSettings, StyleSettings, SamplingSettings, BatchSettings,
                        VariationSettings, SamplerParameters, PromptEncoding, OptionSettings, AddonSettings,
                        Img2ImgSettings, HiresSettings, DetailerSettings, ThresholdingSettings, ControlSettings,
-                       RuntimeSettings):
+                       IpAdapterSettings, RuntimeSettings):
     """Everything that decides the pixels of a txt2img / img2img / ControlNet run."""
 
     version: int = setting(1, "version of this settings layout", cli=False)

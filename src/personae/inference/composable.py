@@ -187,6 +187,8 @@ class _Composition:
                 return value.index_select(0, index.to(value.device))
             if isinstance(value, dict):
                 return {key: rows_of(v) for key, v in value.items()}
+            if isinstance(value, (list, tuple)):  # an IP-Adapter's embeddings: one tensor per adapter
+                return type(value)(rows_of(v) for v in value)
             return value
 
         hidden = arguments["encoder_hidden_states"]

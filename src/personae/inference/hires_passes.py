@@ -16,6 +16,7 @@ from personae.inference.controlnet import PreparedControl, control_call
 from personae.inference.dynamic_thresholding import DynamicThresholding, thresholded
 from personae.inference.hires import hires_fix, redrawn_size
 from personae.inference.img2img import denoiser, noised_start
+from personae.inference.ip_adapter import ip_window
 from personae.inference.ksampler import KDiffusionScheduler
 from personae.inference.samplers import Sampler, get_sampler, k_tuning
 from personae.inference.session import Session
@@ -70,13 +71,15 @@ def sampling_pass(prompts, unet, nets, settings: GenerateSettings, scheduler, me
     """One sampling pass's UNet (and ControlNet) calls, drawing `images` pictures (default: --batch-size) at `cfg`
     (default: --cfg): AND composed, a prompt and a negative prompt of different lengths drawn as --pad-conds says,
     the negative prompt left out where NGMS / Skip Early CFG say so, tokens merged at `merging` (default:
-    --token-merging), the guidance thresholded where --dynamic-thresholding says (after AND's composition)."""
+    --token-merging), the guidance thresholded where --dynamic-thresholding says (after AND's composition), the
+    IP-Adapter units acting inside their guidance windows."""
     images = settings.batch_size if images is None else images
     with composing(prompts, unet, nets, settings.pad_conds), \
             skipping_uncond(unet, scheduler, settings, images, nets), \
             token_merged(unet, settings.token_merging if merging is None else merging), \
             thresholded(unet, scheduler, DynamicThresholding.of(settings), settings.cfg if cfg is None else cfg,
-                        images):
+                        images), \
+            ip_window(unet, scheduler):
         yield
 
 

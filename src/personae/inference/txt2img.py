@@ -63,6 +63,7 @@ from personae.inference.img2img import (
     paste_back,
     vae_roundtrip,
 )
+from personae.inference.ip_adapter import ip_adapted, ip_adapter_infotext, ip_adapters_checked
 from personae.inference.ksampler import KDiffusionScheduler, img2img_steps
 from personae.inference.nans import check_embeddings, nan_guard
 from personae.inference.prompt import with_styles
@@ -126,6 +127,7 @@ def infotext(settings: GenerateSettings, session: Session, seed: int, width: int
         "Lora hashes": hashes_text({l.name: l.hash for l in loras}),
         "TI hashes": hashes_text({e.token: e.hash for e in embeddings}),
         **control_infotext(settings, session),
+        **ip_adapter_infotext(settings.ip_adapters, len(settings.controls), settings.allow_pickle),
         **({"Hires upscaler": upscaler_to_a1111(settings.hires_upscaler)} if settings.hires_scale else {}),
         **({"Seed resize from": f"{settings.seed_resize_from_w}x{settings.seed_resize_from_h}"}
            if settings.seed_resize_from_w and settings.seed_resize_from_h else {}),
@@ -182,7 +184,14 @@ def with_absolute_paths(settings: GenerateSettings, session: Session) -> Generat
         "loras": [l.model_copy(update={"path": _absolute(l.path)}) for l in settings.loras],
         "embeddings": [e.model_copy(update={"path": _absolute(e.path)}) for e in settings.embeddings],
         "controls": [c.model_copy(update={"image": _absolute(c.image), "mask": _absolute(c.mask)})
-                     for c in settings.controls]})
+                     for c in settings.controls],
+        "ip_adapters": [u.model_copy(update={"image": _absolute(u.image), "model": _local(u.model),
+                                             "image_encoder": _local(u.image_encoder)}) for u in settings.ip_adapters]})
+
+
+def _local(spec: str) -> str:
+    """A local file or folder by its absolute path; a hub id as it is."""
+    return _absolute(spec) if Path(spec).expanduser().exists() else spec
 
 
 @contextmanager
@@ -344,6 +353,7 @@ def txt2img(settings: GenerateSettings, session: Session | None = None, on_event
         if path:
             open_image(path, what)  # a missing or unreadable file fails before the model loads
     settings = inpaint_units_checked(settings, on_event)
+    ip_adapters_checked(settings.ip_adapters, settings.allow_pickle)  # pictures, adapters, encoders: before loading
     unit_seed = numpy_seed(seed, settings.subseed)  # what A1111 seeds numpy with before each unit's preprocessor
     if controls is None:  # no face found: said before loading
         controls = prepare_controls(settings.controls, settings.allow_pickle, unit_seed)
@@ -444,7 +454,8 @@ def txt2img(settings: GenerateSettings, session: Session | None = None, on_event
         with torch.no_grad(), session.lora_weights(loras) as used, model_patches(session, settings), \
                 nan_guard(session.pipe, [f"{l.name} at {l.weight:g}" + (f" (UNet {l.unet_weight:g})" if l.unet_weight
                                                                         is not None else "")
-                                         for l in used if l.weight or l.unet_weight]):
+                                         for l in used if l.weight or l.unet_weight]), \
+                ip_adapted(session, settings.ip_adapters, n, settings.allow_pickle):
             start = latent_resized(pipe, init, (width, height), kwargs["generator"]) \
                 if latent_resize and settings.strength else init  # what img2img starts from
             if init is not None and settings.strength == 0:  # nothing to redraw: the image as the VAE gives it

@@ -16,6 +16,7 @@ from pydantic import TypeAdapter, ValidationError
 from personae.config.base import parse_settings
 from personae.config.fields import extra_of, grouped_fields
 from personae.config.generate import GenerateSettings
+from personae.config.ip_adapter import DEFAULT_IMAGE_ENCODER
 from personae.errors import UserError
 from personae.events import EventHandler, Message, ignore
 from personae.inference.detailer import MODELS as FACE_MODELS
@@ -26,7 +27,7 @@ from personae.inference.ksampler import KDiffusionScheduler
 from personae.inference.samplers import get_sampler, with_schedule_type
 from personae.inference.soft_inpaint import SOFT_FIELDS
 from personae.inference.txt2img import GeneratedImage, txt2img
-from personae.jobs.png_controls import png_control_units, units_not_applied
+from personae.jobs.png_controls import ip_units_not_applied, png_control_units, png_ip_units, units_not_applied
 from personae.media.comfy_graph import ComfyReading, read_comfy_graph
 from personae.media.png import (
     InfotextValueError,
@@ -285,6 +286,7 @@ def png_not_applied(path: str | Path, settings: GenerateSettings, model_hash: st
               if (key not in known | {"TI hashes"} and not _at_our_value(key, value) and not _UNIT.fullmatch(key))
               or (yolo and key.startswith("ADetailer "))]
     missed += units_not_applied(png_control_units(path), settings.controls)  # "ControlNet 0", ...: jobs/png_controls
+    missed += ip_units_not_applied(png_ip_units(path), settings.ip_adapters)
     if "TI hashes" in params:  # the embeddings the prompts named: each given, or found in --embeddings-dir
         named = [part.partition(":")[0].strip() for part in params["TI hashes"].strip('"').split(",") if part.strip()]
         have = {e.token or Path(e.path).stem for e in settings.embeddings}
@@ -411,6 +413,18 @@ def png_references(settings: GenerateSettings, stored: dict) -> list[str]:
             named.append(("control mask", control.mask, None))
         if any(c.get("model") == control.model for c in stored_controls):
             named.append(("ControlNet", model_for(control), "config.json", f"--controlnet {control.type}="))
+    stored_ip = [u for u in stored.get("ip_adapters", []) if isinstance(u, dict)]
+    for unit in settings.ip_adapters:
+        if any(u.get("image") == unit.image for u in stored_ip):
+            named.append(("IP-Adapter picture", unit.image, None))
+        if any(u.get("model") == unit.model for u in stored_ip):
+            folder, _, filename = unit.model.rpartition("/")
+            named.append(("IP-Adapter", unit.model, None))
+            _refuse_download("IP-Adapter", unit.model, folder, filename, "--ip-adapter-model ")
+        if any(u.get("image_encoder") == unit.image_encoder for u in stored_ip) or \
+                (stored_ip and unit.image_encoder == DEFAULT_IMAGE_ENCODER):
+            named.append(("image encoder", unit.image_encoder, None))
+            _refuse_download("image encoder", unit.image_encoder, unit.image_encoder, "config.json", "--image-encoder ")
     lines = []
     for what, spec, marker, *flag in named:
         local = Path(spec).expanduser()
@@ -420,6 +434,14 @@ def png_references(settings: GenerateSettings, stored: dict) -> list[str]:
                             f"If you want it, pass it yourself ({(flag or ['--model '])[0]}{spec}), or pass your own.")
         lines.append(f"{what}: {spec}")
     return lines
+
+
+def _refuse_download(what: str, spec: str, repo: str, marker: str, flag: str) -> None:
+    """A hub file or folder a PNG names that is not downloaded: refused (a file never starts a download)."""
+    if not Path(spec).expanduser().exists() and "/" in spec and not _in_hub_cache(repo, marker):
+        raise UserError(f'--from-png: the PNG names the {what} "{spec}", a hub file that is not downloaded; '
+                        "personae does not download what a file asks for.",
+                        f"If you want it, pass it yourself ({flag}{spec}), or pass your own.")
 
 
 def _in_hub_cache(repo: str, filename: str) -> bool:

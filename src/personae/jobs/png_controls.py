@@ -7,6 +7,11 @@ resolution, guidance window and Low VRAM, and what the command line types (a wei
 --controlnet ...) overrides them. The i-th --control fills the i-th unit when their types agree (or the PNG's
 preprocessor is one personae lacks: a ready map given as `raw` then runs with the unit's model); another type
 replaces the unit. A unit left without a picture is not applied, and said.
+
+The extension's IP-Adapter units (Module "ip-adapter_clip_sd15" and the like) are personae's --ip-adapter units:
+`png_ip_units` gives them, in order, to the --ip-adapter pictures typed (the i-th picture to the i-th of them), with
+their weight, guidance window and adapter (by its name, h94/IP-Adapter's file of that name unless
+--ip-adapter-model says otherwise); the ControlNet units are numbered without them.
 """
 
 from __future__ import annotations
@@ -39,6 +44,37 @@ def _number(fields: dict, key: str, source, where: str, kind=float):
     except ValueError:
         raise UserError(f'--from-png: {source} stores {where} with "{key}: {fields[key][:20]}", which is not a number.',
                         "Pass the unit's settings on the command line instead.") from None
+
+
+def _is_ip(fields: dict[str, str]) -> bool:
+    return fields.get("Module", "").startswith("ip-adapter") or model_name(fields.get("Model", "")).startswith(
+        "ip-adapter")
+
+
+def ip_unit_settings(fields: dict[str, str], source, where: str, index: int) -> dict:
+    """An IP-Adapter unit's IpAdapterRef fields (no picture); "_module", "_model", "_index" keep what the PNG named."""
+    module, shown = fields.get("Module", ""), fields.get("Model", "")
+    name = model_name(shown) if shown and shown != "None" else ""
+    unit: dict = {"_ip": True, "_module": module, "_model": shown, "_index": index,
+                  "_faceid": "face_id" in module or "faceid" in name.lower(),
+                  "_unplaced": [f"{key}: {value}" for key, value in fields.items()
+                                if key not in {"Module", "Model", "Weight", "Guidance Start", "Guidance End"} | _OUTPUT
+                                and not _at_extension_default(key, value)]}
+    if name:
+        unit["model"] = f"h94/IP-Adapter/{'sdxl_models' if 'sdxl' in name else 'models'}/{name}.safetensors"
+    if module == "ip-adapter_clip_sdxl":  # the ViT-bigG encoder
+        unit["image_encoder"] = "h94/IP-Adapter/sdxl_models/image_encoder"
+    for key, field in (("Weight", "weight"), ("Guidance Start", "guidance_start"), ("Guidance End", "guidance_end")):
+        if key in fields:
+            unit[field] = _number(fields, key, source, where)
+    return unit
+
+
+def _at_extension_default(key: str, value: str) -> bool:
+    """A unit field the extension writes for every unit, at a value that changes nothing for an IP-Adapter."""
+    return value in ("", "None", "False") or (key, value) in {
+        ("Resize Mode", "Crop and Resize"), ("Control Mode", "Balanced"), ("Hr Option", "Both")} or \
+        key in ("Processor Res", "Threshold A", "Threshold B")
 
 
 def unit_settings(fields: dict[str, str], source, where: str) -> dict:
@@ -95,10 +131,19 @@ def comfy_unit(unit: dict) -> dict:
 
 def png_control_units(path: str | Path) -> list[dict]:
     """The ControlNet units an A1111 PNG's infotext or a ComfyUI PNG's graph stores, in order (none for personae's
-    own PNGs, whose units are read whole)."""
+    own PNGs, whose units are read whole); IP-Adapter units are png_ip_units'."""
     text = read_image_text(Path(path))
     if "personae" not in text and "parameters" not in text and "prompt" in text:
         return [comfy_unit(unit) for unit in read_comfy_graph(text["prompt"], str(path)).units]
+    return [unit for unit in _a1111_units(path, text) if "_ip" not in unit]
+
+
+def png_ip_units(path: str | Path) -> list[dict]:
+    """The IP-Adapter units an A1111 PNG's infotext stores, in order."""
+    return [unit for unit in _a1111_units(path, read_image_text(Path(path))) if "_ip" in unit]
+
+
+def _a1111_units(path, text: dict) -> list[dict]:
     if "personae" in text or "parameters" not in text:
         return []
     _, _, params = parse_parameters(text["parameters"])
@@ -109,8 +154,31 @@ def png_control_units(path: str | Path) -> list[dict]:
         except UnitTextError as exc:
             raise UserError(f'--from-png: {path} stores "{key}" in a form personae cannot read ({exc}).',
                             "Pass the unit's settings on the command line instead.") from None
-        units.append(unit_settings(fields, path, f'"{key}"'))
+        index = int(key[11:])
+        units.append(ip_unit_settings(fields, path, f'"{key}"', index) if _is_ip(fields) else
+                     {**unit_settings(fields, path, f'"{key}"'), "_index": index})
     return units
+
+
+def with_png_ip_units(units: list[dict], typed: list[dict]) -> list[dict]:
+    """The IP-Adapter units a run uses: the i-th --ip-adapter typed over the PNG's i-th IP-Adapter unit."""
+    return [{**{k: v for k, v in units[i].items() if not k.startswith("_")}, **unit} if i < len(units) else unit
+            for i, unit in enumerate(typed)]
+
+
+def ip_units_not_applied(units: list[dict], ip_adapters: list) -> list[str]:
+    """What of the PNG's IP-Adapter units this run does not do as the PNG did."""
+    said = []
+    for i, unit in enumerate(units):
+        name = f"ControlNet {unit['_index']} (Module {unit['_module']}, Model {unit['_model'] or 'None'})"
+        if unit["_faceid"]:
+            said.append(f"{name} (an IP-Adapter FaceID, which reads a face embedding from insightface: personae does "
+                        "not run it)")
+        elif i >= len(ip_adapters):
+            said.append(f"{name} (no picture: pass it with --ip-adapter IMAGE, in the units' order)")
+        elif unit.get("_unplaced"):
+            said.append(f"{name} ({', '.join(unit['_unplaced'])}: not a setting personae has for an IP-Adapter)")
+    return said
 
 
 def with_png_units(units: list[dict], typed: list[dict]) -> list[dict]:
@@ -132,7 +200,7 @@ def units_not_applied(units: list[dict], controls: list) -> list[str]:
     by another type, a preprocessor personae lacks, a model it cannot name, a setting it has not."""
     said = []
     for i, unit in enumerate(units):
-        name = f"ControlNet {i} (Module {unit['_module']}, Model {unit['_model'] or 'None'})"
+        name = f"ControlNet {unit.get('_index', i)} (Module {unit['_module']}, Model {unit['_model'] or 'None'})"
         if i >= len(controls):
             read = f' (ComfyUI read "{unit["_picture"]}")' if unit.get("_picture") else ""
             said.append(f"{name} (no picture: pass it with --control TYPE:IMAGE, in the units' order{read})")

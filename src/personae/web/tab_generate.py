@@ -216,6 +216,7 @@ def build(ctx) -> None:
     from personae.inference.samplers import SAMPLERS
     from personae.jobs.generate import png_not_applied, run_generate, settings_from_png
     from personae.jobs.png_controls import png_control_units
+    from personae.web import ip_adapter_panel
     from personae.web.forms import SettingsForm
 
     ws, jobs = ctx.workspace, ctx.jobs
@@ -294,6 +295,7 @@ def build(ctx) -> None:
                 guidance_by = gr.Radio(list(get_args(unit_fields["guidance_by"].annotation)), value="steps",
                                        label="Guidance window counts", info="steps as A1111 does, or noise level as "
                                        "ComfyUI's start / end percent", elem_id="field-control-guidance-by")
+            ip_inputs = ip_adapter_panel.build(ws)
             with gr.Accordion("Runtime", open=False):
                 runtime_form = SettingsForm(GenerateSettings, groups=("runtime",))
             png = gr.File(label="Drop a PNG made by personae, A1111 or ComfyUI (or an A1111 JPEG / WebP) to fill the form",
@@ -314,13 +316,15 @@ def build(ctx) -> None:
         return out
 
     def submit(model_v, loras_v, weight_v, emb_v, init_v, ctype_v, cimage_v, cweight_v, styles_v, resize_v, mode_v,
-               perfect_v, low_v, res_v, hr_v, by_v, cmodel_v, coptions_v, mask_v, paint_v, cmask_v, cpaint_v, *raw):
+               perfect_v, low_v, res_v, hr_v, by_v, cmodel_v, coptions_v, mask_v, paint_v, cmask_v, cpaint_v, *rest):
+        ip_values, raw = rest[:len(ip_inputs)], rest[len(ip_inputs):]
         try:
             unit = {"resize_mode": resize_v, "control_mode": mode_v, "pixel_perfect": bool(perfect_v),
                     "low_vram": bool(low_v), "processor_res": int(res_v), "hr_option": hr_v, "guidance_by": by_v,
                     **unit_choices(ws, cmodel_v, coptions_v)}
             data = settings_data(ctx, values(raw), model_v, loras_v, weight_v, emb_v, init_v, ctype_v, cimage_v,
                                  cweight_v, styles_v, unit, mask_v, paint_v, cmask_v, cpaint_v)
+            data["ip_adapters"] = ip_adapter_panel.ip_unit(ctx, *ip_values)
             settings = parse_settings(GenerateSettings, data, "the Generate form")
             out = ws.new_folder("outputs/generate")
         except UserError as exc:
@@ -333,7 +337,7 @@ def build(ctx) -> None:
     go.click(submit, [model, loras, lora_weight, embeddings, init_image, control_type, control_image, control_weight,
                       styles, resize_mode, control_mode, pixel_perfect, low_vram, processor_res, hr_option, guidance_by,
                       control_model, control_options, mask_file, paint, control_mask, control_paint,
-                      *raw_inputs], status)
+                      *ip_inputs, *raw_inputs], status)
 
     def latest(seen: int):
         done = [t for t in jobs.snapshot() if t.kind == "generate" and t.status in ("done", "failed")]
@@ -363,16 +367,19 @@ def build(ctx) -> None:
             "weight", "resize_mode", "control_mode", "pixel_perfect", "low_vram", "processor_res", "hr_option",
             "guidance_by")), in_workspace(ws, unit.get("model")) or gr.skip(), options_text(unit.get("options") or {})]
 
+    ip_outputs = ip_inputs[1:]  # all but the picture, which a PNG does not hold
+
     def from_png(file, model_v):
+        nothing = [gr.skip()] * (len(raw_inputs) + 1 + len(unit_outputs) + len(ip_outputs))
         if not file:
-            return [gr.skip()] * (len(raw_inputs) + 1 + len(unit_outputs))
+            return nothing
         path = file if isinstance(file, str) else file.name
         try:
             data = settings_from_png(path)
-            units = unit_updates(path, data)
+            units = unit_updates(path, data) + ip_adapter_panel.png_updates(ws, path, data)
         except UserError as exc:
             gr.Warning(str(exc))
-            return [gr.skip()] * (len(raw_inputs) + 1 + len(unit_outputs))
+            return nothing
         try:  # what the picture asks for that the form does not do, said as the command line says it
             missed = png_not_applied(path, GenerateSettings(**{"model": model_v or "-", **data}))
         except (UserError, ValueError):
@@ -391,7 +398,7 @@ def build(ctx) -> None:
         shown_model = in_workspace(ws, data.get("model"))
         return [*updates, shown_model if shown_model else gr.skip(), *units]
 
-    png.upload(from_png, [png, model], [*raw_inputs, model, *unit_outputs])
+    png.upload(from_png, [png, model], [*raw_inputs, model, *unit_outputs, *ip_outputs])
 
     # a dropped picture fires change (still empty) and then upload, whose answers may cross: an empty value says
     # nothing, and clearing the editor clears the text
