@@ -47,13 +47,12 @@ def ip_adapters_checked(units: Sequence[IpAdapterRef], allow_pickle: bool = Fals
 
 def image_encoder(session, spec: str, allow_pickle: bool = False):
     """The image encoder `spec` names, loaded once per session, on its device and at its dtype."""
-    cache = session.controlnets.setdefault("image encoders", {})  # beside the session's ControlNets
-    if spec not in cache:
-        cache[spec] = load_image_encoder(spec, session.dtype, allow_pickle).to(session.device)
-    return cache[spec]
+    if spec not in session.image_encoders:
+        session.image_encoders[spec] = load_image_encoder(spec, session.dtype, allow_pickle).to(session.device)
+    return session.image_encoders[spec]
 
 
-def _processor(encoder):
+def image_processor(encoder):
     try:
         from transformers import CLIPImageProcessorPil as Processor  # transformers 5 without torchvision
     except ImportError:
@@ -66,7 +65,7 @@ def _processor(encoder):
 def picture_embeds(encoder, picture: Image.Image, hidden_states: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """(the picture's, the negative prompt's) embeddings as diffusers' pipelines make them (encode_image)."""
     device, dtype = encoder.device, next(encoder.parameters()).dtype
-    pixels = _processor(encoder)(picture.convert("RGB"), return_tensors="pt").pixel_values.to(device, dtype)
+    pixels = image_processor(encoder)(picture.convert("RGB"), return_tensors="pt").pixel_values.to(device, dtype)
     if hidden_states:
         own = encoder(pixels, output_hidden_states=True).hidden_states[-2]
         return own, encoder(torch.zeros_like(pixels), output_hidden_states=True).hidden_states[-2]

@@ -43,6 +43,7 @@ class Session:
     embeddings: list[LoadedEmbedding] = field(default_factory=list)
     base_scheduler: dict = field(default_factory=dict)  # the model's own scheduler config, samplers build on it
     controlnets: dict = field(default_factory=dict)  # ControlNets loaded so far: spec -> (ControlNetSource, model)
+    image_encoders: dict = field(default_factory=dict)  # IP-Adapters' CLIP image encoders loaded so far: spec -> model
     vae_name: str | None = None  # a --vae in place of the model's: its name and hash, as A1111's infotext has them
     vae_hash: str | None = None
     runtime: RuntimeSettings | None = None  # the speed and memory switches it was opened with (ControlNets get them)
