@@ -159,6 +159,7 @@ def test_generated_options_keep_the_names_users_know():
         "--controlnet", "--control-option", "--control-start", "--control-end", "--control-resize", "--control-mode",
         "--control-res", "--pixel-perfect", "--control-low-vram", "--control-hr-option", "--control-guidance-by",
         "--control-mask", "--recipe", "--animal",
+        "--ip-adapter", "--ip-adapter-model", "--image-encoder", "--ip-adapter-start", "--ip-adapter-end",
         "--from-png", "--out", "--quiet", "--yes"}
     sampler_parameters = {"--eta", "--eta-ddim", "--sigma-churn", "--sigma-tmin", "--sigma-tmax", "--sigma-noise",
                           "--quantize", "--schedule-rho", "--schedule-min-sigma", "--schedule-max-sigma",
