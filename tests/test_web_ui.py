@@ -293,6 +293,35 @@ def test_a_controlnet_unit_with_its_model_and_options_runs_from_the_generate_tab
     page.close()
 
 
+def test_an_ip_adapter_unit_runs_from_the_generate_tab(server, browser, workspace, tmp_path):
+    """personae's own PNG with an IP-Adapter unit dropped: the accordion takes its adapter and encoder (files in the
+    workspace) and its weight and window; with the picture dropped, Generate draws with them."""
+    from personae.config.generate import GenerateSettings
+    from personae.jobs.generate import run_generate
+    from personae.media.png import read_png_text
+    from personae.models.ip_adapter import write_tiny_ip_adapter
+
+    ipa = write_tiny_ip_adapter(workspace / "models" / "ipadapter", base=workspace / "models" / "tiny")
+    photo = tmp_path / "face.png"
+    Image.fromarray((np.random.default_rng(4).random((40, 48, 3)) * 255).astype(np.uint8)).save(photo)
+    unit = {"image": str(photo), "weight": 0.7, "guidance_end": 0.8,
+            "model": str(ipa / "ip-adapter-plus_sd15.safetensors"), "image_encoder": str(ipa / "image_encoder")}
+    [png] = run_generate(GenerateSettings(model=str(workspace / "models" / "tiny"), prompt="a cat like the picture",
+                                          steps=3, width=64, height=64, seed=2, ip_adapters=[unit]), tmp_path / "made")
+    page = _dropped(browser, server[1], png, "a cat like the picture")
+    page.get_by_text("IP-Adapter", exact=True).first.click()
+    assert page.locator("#field-ip-adapter-model input").first.input_value() == \
+        "models/ipadapter/ip-adapter-plus_sd15.safetensors"
+    assert page.locator("#field-ip-adapter-encoder input").first.input_value() == "models/ipadapter/image_encoder"
+    assert page.locator("#field-ip-adapter-weight input[type=number]").first.input_value() == "0.7"
+    page.locator("#field-ip-adapter-image input[type=file]").set_input_files(str(photo))
+    page.wait_for_selector("#field-ip-adapter-image img", timeout=30_000)
+    text = read_png_text(_generated(page, workspace))["parameters"]
+    assert "Module: ip-adapter_clip_sd15, Model: ip-adapter-plus_sd15 [" in text and "Weight: 0.7," in text, text
+    assert "Guidance End: 0.8," in text, text
+    page.close()
+
+
 def _inpaint_only_dropped(browser, server, workspace, tmp_path, net_name: str, seed: int, prompt: str, box):
     """personae's PNG of an inpaint_only unit (a tiny ControlNet `net_name` in the workspace, a random photo, its
     mask white in `box`) dropped on the page, the ControlNet accordion open and holding the unit's ControlNet; the
