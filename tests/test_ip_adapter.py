@@ -147,6 +147,15 @@ def test_a1111_infotext_is_written_and_a_pngs_units_are_read(tiny_model, ipa, tm
     assert "Weight: 0.6," in text and "Guidance Start: 0.1, Guidance End: 0.8," in text
     said = " ".join(r.stderr.split())
     assert "ControlNet 1 (Module ip-adapter_face_id_plus" in said and "insightface" in said
+    # a FaceID unit first takes no picture: the picture typed goes to the first unit personae runs
+    from personae.jobs.png_controls import ip_units_not_applied, png_ip_units, with_png_ip_units
+
+    units = list(reversed(png_ip_units(stand_in)))
+    assert [u["_index"] for u in units] == [1, 0]
+    [merged] = with_png_ip_units(units, [{"image": "face.png"}])
+    assert merged == {"image": "face.png", "model": "h94/IP-Adapter/models/ip-adapter-plus_sd15.safetensors",
+                      "weight": 0.6, "guidance_start": 0.1, "guidance_end": 0.8}
+    assert len(ip_units_not_applied(units, [merged])) == 1  # the FaceID unit only
     r = generate("--from-png", stand_in, "--model", tiny_model[0], "--out", tmp_path / "nothing")
     assert "ControlNet 0 (Module ip-adapter_clip_sd15, Model ip-adapter-plus_sd15 [0a36c98f]) (no picture: pass it " \
            "with --ip-adapter IMAGE" in " ".join(r.stderr.split())

@@ -161,20 +161,24 @@ def _a1111_units(path, text: dict) -> list[dict]:
 
 
 def with_png_ip_units(units: list[dict], typed: list[dict]) -> list[dict]:
-    """The IP-Adapter units a run uses: the i-th --ip-adapter typed over the PNG's i-th IP-Adapter unit."""
-    return [{**{k: v for k, v in units[i].items() if not k.startswith("_")}, **unit} if i < len(units) else unit
+    """The IP-Adapter units a run uses: the i-th --ip-adapter typed over the PNG's i-th IP-Adapter unit that
+    personae runs (FaceID units take no picture: they are said, not run)."""
+    runs = [u for u in units if not u["_faceid"]]
+    return [{**{k: v for k, v in runs[i].items() if not k.startswith("_")}, **unit} if i < len(runs) else unit
             for i, unit in enumerate(typed)]
 
 
 def ip_units_not_applied(units: list[dict], ip_adapters: list) -> list[str]:
     """What of the PNG's IP-Adapter units this run does not do as the PNG did."""
-    said = []
-    for i, unit in enumerate(units):
+    said, i = [], 0
+    for unit in units:
         name = f"ControlNet {unit['_index']} (Module {unit['_module']}, Model {unit['_model'] or 'None'})"
         if unit["_faceid"]:
             said.append(f"{name} (an IP-Adapter FaceID, which reads a face embedding from insightface: personae does "
                         "not run it)")
-        elif i >= len(ip_adapters):
+            continue
+        i += 1
+        if i > len(ip_adapters):
             said.append(f"{name} (no picture: pass it with --ip-adapter IMAGE, in the units' order)")
         elif unit.get("_unplaced"):
             said.append(f"{name} ({', '.join(unit['_unplaced'])}: not a setting personae has for an IP-Adapter)")
