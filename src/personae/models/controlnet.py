@@ -185,22 +185,13 @@ def write_tiny_controlnet(out_dir: str | Path, base: str | Path | None = None, s
                           single_file: str | Path | None = None, overwrite: bool = False) -> Path:
     """Write a tiny ControlNet (diffusers folder, optionally also one original-layout file) for the tiny
     model in `base` (default: the seed-0 tiny model)."""
-    from diffusers import UNet2DConditionModel
-
-    from personae.models.tiny import build_tiny_pipeline
+    from personae.models.tiny import tiny_base_unet
     from personae.outputs import MODEL_FOLDER, check_file_output, check_output, staged_output
 
     check_output(out_dir, MODEL_FOLDER, replace=overwrite)
     if single_file is not None:
         check_file_output(single_file, overwrite)
-    if base is None:
-        unet = build_tiny_pipeline(0).unet
-    else:
-        base = Path(base)
-        if not (base / "unet" / "config.json").is_file():
-            raise UserError(f"--base {base} is not a diffusers model folder (no unet/config.json in it).",
-                            "Pass the folder written by `personae model tiny`.")
-        unet = UNet2DConditionModel.from_pretrained(str(base), subfolder="unet", local_files_only=True)
+    unet = tiny_base_unet(base)
     out_dir = Path(out_dir)
     controlnet = build_tiny_controlnet(unet, seed)
     with staged_output(out_dir, MODEL_FOLDER, replace=overwrite) as work:

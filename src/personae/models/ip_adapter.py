@@ -269,22 +269,15 @@ def write_tiny_ip_adapter(out_dir: str | Path, base: str | Path | None = None, s
                           overwrite: bool = False) -> Path:
     """A folder laid out as h94/IP-Adapter's models/: the three kinds of adapter for the tiny model in `base`
     (default: the seed-0 tiny model) and the image encoder they read (image_encoder/)."""
-    from diffusers import UNet2DConditionModel
     from safetensors.torch import save_file
     from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
     from personae.models.folders import readable_by_others
-    from personae.models.tiny import build_tiny_pipeline
+    from personae.models.tiny import tiny_base_unet
     from personae.outputs import MODEL_FOLDER, check_output, staged_output
 
     check_output(out_dir, MODEL_FOLDER, replace=overwrite)
-    if base is None:
-        unet = build_tiny_pipeline(0).unet
-    else:
-        if not (Path(base) / "unet" / "config.json").is_file():
-            raise UserError(f"--base {base} is not a diffusers model folder (no unet/config.json in it).",
-                            "Pass the folder written by `personae model tiny`.")
-        unet = UNet2DConditionModel.from_pretrained(str(base), subfolder="unet", local_files_only=True)
+    unet = tiny_base_unet(base)
     cross = int(unet.config.cross_attention_dim)
     torch.manual_seed(seed)
     encoder = CLIPVisionModelWithProjection(CLIPVisionConfig(**TINY_ENCODER)).eval()

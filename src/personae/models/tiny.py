@@ -83,6 +83,18 @@ def build_tiny_pipeline(seed: int = 0) -> StableDiffusionPipeline:
     )
 
 
+def tiny_base_unet(base: str | Path | None):
+    """The UNet a tiny add-on is made for: the tiny model in folder `base` (`--base`), or the seed-0 one."""
+    if base is None:
+        return build_tiny_pipeline(0).unet
+    if not (Path(base) / "unet" / "config.json").is_file():
+        from personae.errors import UserError
+
+        raise UserError(f"--base {base} is not a diffusers model folder (no unet/config.json in it).",
+                        "Pass the folder written by `personae model tiny`.")
+    return UNet2DConditionModel.from_pretrained(str(base), subfolder="unet", local_files_only=True)
+
+
 def write_tiny_model(out_dir: str | Path, seed: int = 0, single_file: str | Path | None = None,
                      overwrite: bool = False) -> Path:
     """Write the tiny model as a diffusers folder (and optionally as one original-layout file)."""
